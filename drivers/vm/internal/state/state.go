@@ -1,0 +1,279 @@
+// Package state is the on-disk record of one VM sandbox. The driver and the sandbox's
+// runner process share it: a restarted driver re-adopts running VMs from these files
+// alone. Every write is atomic (temp file + rename) and serialised with a flock on a
+// lock file inside the sandbox directory, so the directory's removal leaves nothing.
+package state
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"regexp"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// File names inside a sandbox state directory. Short on purpose: Unix socket paths
+// are limited to 107 bytes.
+const (
+	RecordFile    = "state.json"
+	LockFile      = "state.lock"
+	SpecFile      = "runner.json" // what the runner boots (secrets inside: 0600)
+	TombstoneFile = "tombstone.json"
+	ControlSocket = "ctl.sock"
+	ConsoleLog    = "console.log"
+	RunnerLog     = "runner.log"
+	DiskFile      = "disk.img"
+	VMMDir        = "vmm" // vmm.Config.StateDir (channel sockets, QMP)
+)
+
+// Version is the record format version.
+const Version = 1
+
+// Record is state.json.
+type Record struct {
+	Version     int       `json:"version"`
+	SandboxID   string    `json:"sandbox_id"`
+	SandboxName string    `json:"sandbox_name"`
+	SpecDigest  string    `json:"spec_digest"`
+	CreatedAt   time.Time `json:"created_at"`
+	// Stopped is the wanted state: true after Stop, false after Start.
+	Stopped bool `json:"stopped,omitempty"`
+	// Error is set when provisioning failed before a runner existed.
+	Error *Tombstone `json:"error,omitempty"`
+
+	Image       string `json:"image,omitempty"`
+	ImageDigest string `json:"image_digest,omitempty"`
+	VCPUs       int    `json:"vcpus,omitempty"`
+	MemoryMiB   int    `json:"memory_mib,omitempty"`
+
+	RunnerPID   int    `json:"runner_pid,omitempty"`
+	RunnerStart uint64 `json:"runner_start,omitempty"` // /proc/<pid>/stat starttime (clock ticks since boot)
+	QEMUPID     int    `json:"qemu_pid,omitempty"`
+	QEMUStart   uint64 `json:"qemu_start,omitempty"`
+
+	Paths Paths `json:"paths"`
+}
+
+// Paths are the files of one sandbox (all inside Dir).
+type Paths struct {
+	Dir           string `json:"dir"`
+	ControlSocket string `json:"control_socket"`
+	ConsoleLog    string `json:"console_log"`
+	RunnerLog     string `json:"runner_log"`
+	Disk          string `json:"disk"`
+	Tombstone     string `json:"tombstone"`
+	VMMDir        string `json:"vmm_dir"`
+}
+
+// PathsFor returns the canonical paths of a sandbox directory.
+func PathsFor(dir string) Paths {
+	return Paths{
+		Dir:           dir,
+		ControlSocket: filepath.Join(dir, ControlSocket),
+		ConsoleLog:    filepath.Join(dir, ConsoleLog),
+		RunnerLog:     filepath.Join(dir, RunnerLog),
+		Disk:          filepath.Join(dir, DiskFile),
+		Tombstone:     filepath.Join(dir, TombstoneFile),
+		VMMDir:        filepath.Join(dir, VMMDir),
+	}
+}
+
+// Tombstone is what a runner leaves when its VM is gone.
+type Tombstone struct {
+	// Reason is a condition reason: Stopped (asked for), VMExited (crash or guest
+	// power-off), Killed, BootFailed, ProvisioningFailed.
+	Reason      string    `json:"reason"`
+	Message     string    `json:"message"`
+	Time        time.Time `json:"time"`
+	ConsoleTail string    `json:"console_tail,omitempty"`
+}
+
+var safeID = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
+
+// ValidID reports whether a sandbox id can name a directory safely (no separators, no
+// dot-dot, bounded length).
+func ValidID(id string) error {
+	if !safeID.MatchString(id) || id == "." || id == ".." {
+		return fmt.Errorf("sandbox id %q: must be 1-64 characters of letters, digits, '.', '_' or '-' starting with a letter or digit", id)
+	}
+	return nil
+}
+
+// WriteFileAtomic writes data to path via a temp file in the same directory, fsyncs
+// and renames it, so a reader sees the old or the new content, never a mix.
+func WriteFileAtomic(path string, data []byte, perm fs.FileMode) (retErr error) {
+	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp*")
+	if err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	defer func() {
+		if retErr != nil {
+			f.Close()
+			os.Remove(f.Name())
+		}
+	}()
+	if err := f.Chmod(perm); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if _, err := f.Write(data); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if err := os.Rename(f.Name(), path); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	return nil
+}
+
+// lock takes an exclusive flock on dir/state.lock. The returned func releases it.
+func lock(dir string) (func(), error) {
+	f, err := os.OpenFile(filepath.Join(dir, LockFile), os.O_RDWR|os.O_CREATE|unix.O_NOFOLLOW, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("lock sandbox state %s: %w", dir, err)
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("lock sandbox state %s: %w", dir, err)
+	}
+	return func() { f.Close() }, nil
+}
+
+// ErrNoRecord is returned by Load when the directory has no state.json.
+var ErrNoRecord = errors.New("no sandbox state record")
+
+// Load reads dir/state.json.
+func Load(dir string) (*Record, error) {
+	b, err := os.ReadFile(filepath.Join(dir, RecordFile))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("%s: %w", dir, ErrNoRecord)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read sandbox state: %w", err)
+	}
+	return Decode(b)
+}
+
+// Decode parses and checks a state.json document.
+func Decode(b []byte) (*Record, error) {
+	var r Record
+	if err := json.Unmarshal(b, &r); err != nil {
+		return nil, fmt.Errorf("sandbox state record: %w", err)
+	}
+	if r.Version != Version {
+		return nil, fmt.Errorf("sandbox state record: version %d, want %d (remove the sandbox directory to discard it)", r.Version, Version)
+	}
+	if err := ValidID(r.SandboxID); err != nil {
+		return nil, fmt.Errorf("sandbox state record: %w", err)
+	}
+	return &r, nil
+}
+
+// Create writes the first record of a new sandbox directory.
+func Create(r *Record) error {
+	unlock, err := lock(r.Paths.Dir)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	r.Version = Version
+	return save(r)
+}
+
+// Update applies fn to the record under the lock and saves the result.
+func Update(dir string, fn func(*Record) error) (*Record, error) {
+	unlock, err := lock(dir)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	r, err := Load(dir)
+	if err != nil {
+		return nil, err
+	}
+	if err := fn(r); err != nil {
+		return nil, err
+	}
+	return r, save(r)
+}
+
+func save(r *Record) error {
+	b, err := json.MarshalIndent(r, "", "  ")
+	if err != nil {
+		return fmt.Errorf("encode sandbox state %s: %w", r.SandboxID, err)
+	}
+	return WriteFileAtomic(filepath.Join(r.Paths.Dir, RecordFile), b, 0o600)
+}
+
+// WriteTombstone records why the VM is gone.
+func WriteTombstone(dir string, t *Tombstone) error {
+	b, err := json.MarshalIndent(t, "", "  ")
+	if err != nil {
+		return fmt.Errorf("encode tombstone: %w", err)
+	}
+	return WriteFileAtomic(filepath.Join(dir, TombstoneFile), b, 0o600)
+}
+
+// ReadTombstone returns the tombstone, or nil when the VM has not ended.
+func ReadTombstone(dir string) (*Tombstone, error) {
+	b, err := os.ReadFile(filepath.Join(dir, TombstoneFile))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read tombstone: %w", err)
+	}
+	var t Tombstone
+	if err := json.Unmarshal(b, &t); err != nil {
+		return nil, fmt.Errorf("tombstone %s: %w", dir, err)
+	}
+	return &t, nil
+}
+
+// ClearTombstone removes the tombstone before a new boot.
+func ClearTombstone(dir string) error {
+	err := os.Remove(filepath.Join(dir, TombstoneFile))
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("clear tombstone: %w", err)
+	}
+	return nil
+}
+
+// Tail returns at most n bytes from the end of a file, starting at a line boundary
+// when possible ("" when the file is missing).
+func Tail(path string, n int64) string {
+	f, err := os.Open(path)
+	if err != nil {
+		return ""
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return ""
+	}
+	off := st.Size() - n
+	if off < 0 {
+		off = 0
+	}
+	buf := make([]byte, st.Size()-off)
+	k, _ := f.ReadAt(buf, off)
+	buf = buf[:k]
+	if off > 0 {
+		for i, c := range buf {
+			if c == '\n' {
+				buf = buf[i+1:]
+				break
+			}
+		}
+	}
+	return string(buf)
+}

@@ -1,0 +1,146 @@
+package state
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestRecordRoundTrip(t *testing.T) {
+	dir := t.TempDir()
+	r := &Record{SandboxID: "sb-1", SandboxName: "one", CreatedAt: time.Now().UTC().Truncate(time.Second), Paths: PathsFor(dir)}
+	if err := Create(r); err != nil {
+		t.Fatal(err)
+	}
+	got, err := Update(dir, func(r *Record) error { r.RunnerPID = 42; return nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.RunnerPID != 42 {
+		t.Fatalf("runner pid %d", got.RunnerPID)
+	}
+	again, err := Load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if again.RunnerPID != 42 || again.SandboxName != "one" || !again.CreatedAt.Equal(r.CreatedAt) {
+		t.Fatalf("reloaded %+v", again)
+	}
+	st, _ := os.Stat(filepath.Join(dir, RecordFile))
+	if st.Mode().Perm() != 0o600 {
+		t.Fatalf("state.json mode %v, want 0600", st.Mode().Perm())
+	}
+	// No temp files left behind.
+	ents, _ := os.ReadDir(dir)
+	for _, e := range ents {
+		if strings.Contains(e.Name(), ".tmp") {
+			t.Fatalf("temp file left: %s", e.Name())
+		}
+	}
+}
+
+func TestTombstone(t *testing.T) {
+	dir := t.TempDir()
+	if ts, err := ReadTombstone(dir); ts != nil || err != nil {
+		t.Fatalf("empty dir tombstone %v %v", ts, err)
+	}
+	if err := WriteTombstone(dir, &Tombstone{Reason: "VMExited", Message: "qemu killed"}); err != nil {
+		t.Fatal(err)
+	}
+	ts, err := ReadTombstone(dir)
+	if err != nil || ts == nil || ts.Reason != "VMExited" {
+		t.Fatalf("tombstone %v %v", ts, err)
+	}
+	if err := ClearTombstone(dir); err != nil {
+		t.Fatal(err)
+	}
+	if ts, _ := ReadTombstone(dir); ts != nil {
+		t.Fatal("tombstone not cleared")
+	}
+}
+
+func TestValidID(t *testing.T) {
+	for _, id := range []string{"", ".", "..", "../x", "a/b", strings.Repeat("a", 65), "-x", "a b"} {
+		if ValidID(id) == nil {
+			t.Errorf("ValidID(%q) accepted", id)
+		}
+	}
+	for _, id := range []string{"a", "3f1c2b8e-1234-4abc-9def-0123456789ab", "sb_1.x"} {
+		if err := ValidID(id); err != nil {
+			t.Errorf("ValidID(%q): %v", id, err)
+		}
+	}
+}
+
+func TestTail(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "log")
+	os.WriteFile(p, []byte("line1\nline2\nline3\n"), 0o600)
+	if got := Tail(p, 9); got != "line3\n" {
+		t.Fatalf("Tail = %q", got)
+	}
+	if got := Tail(p, 100); got != "line1\nline2\nline3\n" {
+		t.Fatalf("Tail = %q", got)
+	}
+	if got := Tail(filepath.Join(t.TempDir(), "none"), 10); got != "" {
+		t.Fatalf("Tail of missing = %q", got)
+	}
+}
+
+func TestProcStatRealProcess(t *testing.T) {
+	cmd := exec.Command("sleep", "30")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	pid := cmd.Process.Pid
+	st, err := ProcStartTime(pid)
+	if err != nil || st == 0 {
+		t.Fatalf("start time %d %v", st, err)
+	}
+	if !SameProcess(pid, st) {
+		t.Fatal("SameProcess false for live child")
+	}
+	if SameProcess(pid, st+1) {
+		t.Fatal("SameProcess true with a wrong start time")
+	}
+	cmd.Process.Kill()
+	cmd.Wait()
+	if SameProcess(pid, st) {
+		t.Fatal("SameProcess true after exit")
+	}
+}
+
+func TestParseProcStat(t *testing.T) {
+	line := "1234 (we ird) (name) S 1 1234 1234 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 100 0"
+	s, err := ParseProcStat([]byte(line))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.State != 'S' || s.PPID != 1 || s.Session != 1234 || s.StartTime != 987654 {
+		t.Fatalf("parsed %+v", s)
+	}
+	if _, err := ParseProcStat([]byte("1 (x) S 1")); err == nil {
+		t.Fatal("short line accepted")
+	}
+}
+
+func FuzzParseProcStat(f *testing.F) {
+	f.Add([]byte("1234 (sleep) S 1 1234 1234 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 100 0"))
+	f.Add([]byte("1 ())) R"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		_, _ = ParseProcStat(b)
+	})
+}
+
+func FuzzDecode(f *testing.F) {
+	f.Add([]byte(`{"version":1,"sandbox_id":"a","paths":{"dir":"/x"}}`))
+	f.Add([]byte(`{"version":1,"sandbox_id":"../a"}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		r, err := Decode(b)
+		if err == nil && ValidID(r.SandboxID) != nil {
+			t.Fatalf("Decode accepted unsafe id %q", r.SandboxID)
+		}
+	})
+}
