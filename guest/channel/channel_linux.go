@@ -1,0 +1,324 @@
+package channel
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/yamux"
+	"github.com/mdlayher/vsock"
+
+	"github.com/openshell/openshell/guest/channel/wire"
+)
+
+// sysfs roots, variables so tests can point them elsewhere.
+var (
+	virtioPortsDir = "/sys/class/virtio-ports"
+	virtioDevsDir  = "/sys/bus/virtio/devices"
+	devDir         = "/dev"
+)
+
+const virtioIDVsock = "0x0013"
+
+// ErrNoChannel means the VM has neither a vsock device nor the serial port.
+var ErrNoChannel = errors.New("guest channel: no vsock device and no virtio-serial port " + wire.PortName)
+
+// Detect reports the transport: the serial port when the host gave one (the host
+// only adds it when it has no vsock), else vsock when a virtio vsock device exists.
+func Detect() (string, error) {
+	if _, err := findSerialPort(); err == nil {
+		return TransportSerial, nil
+	}
+	devs, _ := os.ReadDir(virtioDevsDir)
+	for _, d := range devs {
+		b, err := os.ReadFile(filepath.Join(virtioDevsDir, d.Name(), "device"))
+		if err == nil && strings.TrimSpace(string(b)) == virtioIDVsock {
+			return TransportVsock, nil
+		}
+	}
+	return "", ErrNoChannel
+}
+
+// findSerialPort returns /dev/vportNpM of the port named wire.PortName.
+func findSerialPort() (string, error) {
+	ents, err := os.ReadDir(virtioPortsDir)
+	if err != nil {
+		return "", err
+	}
+	for _, e := range ents {
+		b, err := os.ReadFile(filepath.Join(virtioPortsDir, e.Name(), "name"))
+		if err == nil && strings.TrimSpace(string(b)) == wire.PortName {
+			return filepath.Join(devDir, e.Name()), nil
+		}
+	}
+	return "", fmt.Errorf("guest channel: no virtio port named %s in %s", wire.PortName, virtioPortsDir)
+}
+
+// DialHost connects to the host on port, retrying until ctx is done while the host
+// end is not there yet (not listening, or the serial port not connected).
+func DialHost(ctx context.Context, port uint32) (net.Conn, error) {
+	backoff := 20 * time.Millisecond
+	var lastErr error
+	for {
+		tr, err := Detect()
+		if err == nil {
+			var c net.Conn
+			switch tr {
+			case TransportVsock:
+				c, err = dialVsock(ctx, port)
+			case TransportSerial:
+				c, err = serialMux.dial(ctx, port)
+			}
+			if err == nil {
+				return c, nil
+			}
+		}
+		lastErr = err
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("guest channel: dial host port %d: %w (last error: %v)", port, ctx.Err(), lastErr)
+		case <-time.After(backoff):
+		}
+		if backoff < 500*time.Millisecond {
+			backoff *= 2
+		}
+	}
+}
+
+func dialVsock(ctx context.Context, port uint32) (net.Conn, error) {
+	type res struct {
+		c   net.Conn
+		err error
+	}
+	ch := make(chan res, 1)
+	go func() {
+		c, err := vsock.Dial(HostCID, port, nil)
+		ch <- res{c, err}
+	}()
+	select {
+	case r := <-ch:
+		return r.c, r.err
+	case <-ctx.Done():
+		go func() {
+			if r := <-ch; r.c != nil {
+				_ = r.c.Close()
+			}
+		}()
+		return nil, ctx.Err()
+	}
+}
+
+// Listen accepts host-initiated connections to port (only from the host).
+func Listen(port uint32) (net.Listener, error) {
+	tr, err := Detect()
+	if err != nil {
+		return nil, err
+	}
+	if tr == TransportSerial {
+		return serialMux.listen(port)
+	}
+	ln, err := vsock.Listen(port, nil)
+	if err != nil {
+		return nil, fmt.Errorf("guest channel: vsock listen on port %d: %w", port, err)
+	}
+	return &hostOnly{Listener: ln}, nil
+}
+
+// hostOnly drops connections from anything but the host CID.
+type hostOnly struct{ net.Listener }
+
+func (h *hostOnly) Accept() (net.Conn, error) {
+	for {
+		c, err := h.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		if a, ok := c.RemoteAddr().(*vsock.Addr); ok && a.ContextID == HostCID {
+			return c, nil
+		}
+		_ = c.Close()
+	}
+}
+
+// serialSession keeps one yamux session over the serial port for the whole guest,
+// re-established whenever the host end reconnects.
+type serialSession struct {
+	mu        sync.Mutex
+	sess      *yamux.Session
+	f         *os.File
+	listeners map[uint32]*portListener
+}
+
+var serialMux = &serialSession{listeners: map[uint32]*portListener{}}
+
+func (s *serialSession) session(ctx context.Context) (*yamux.Session, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.sess != nil && !s.sess.IsClosed() {
+		return s.sess, nil
+	}
+	if s.f != nil {
+		_ = s.f.Close()
+		s.f = nil
+	}
+	path, err := findSerialPort()
+	if err != nil {
+		return nil, err
+	}
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		return nil, fmt.Errorf("guest channel: open %s: %w", path, err)
+	}
+	// While the host end is not connected reads return EOF; WaitHello fails then and
+	// the caller retries. Bound it by ctx via a read deadline when the port polls.
+	if dl, ok := ctx.Deadline(); ok {
+		_ = f.SetReadDeadline(dl)
+	}
+	br, err := wire.WaitHello(f)
+	_ = f.SetReadDeadline(time.Time{})
+	if err != nil {
+		_ = f.Close()
+		return nil, fmt.Errorf("guest channel: host end of %s not connected: %w", path, err)
+	}
+	rwc := struct {
+		io.Reader
+		io.Writer
+		io.Closer
+	}{br, f, f}
+	cfg := yamux.DefaultConfig()
+	cfg.LogOutput = io.Discard
+	cfg.ConnectionWriteTimeout = 30 * time.Second
+	cfg.KeepAliveInterval = 15 * time.Second
+	sess, err := yamux.Client(rwc, cfg)
+	if err != nil {
+		_ = f.Close()
+		return nil, err
+	}
+	s.sess, s.f = sess, f
+	go s.acceptLoop(sess)
+	return sess, nil
+}
+
+func (s *serialSession) dial(ctx context.Context, port uint32) (net.Conn, error) {
+	sess, err := s.session(ctx)
+	if err != nil {
+		return nil, err
+	}
+	st, err := sess.OpenStream()
+	if err != nil {
+		return nil, err
+	}
+	if err := wire.WriteHeader(st, port); err != nil {
+		_ = st.Close()
+		return nil, err
+	}
+	return st, nil
+}
+
+func (s *serialSession) acceptLoop(sess *yamux.Session) {
+	for {
+		st, err := sess.AcceptStream()
+		if err != nil {
+			return
+		}
+		go func() {
+			_ = st.SetReadDeadline(time.Now().Add(10 * time.Second))
+			port, err := wire.ReadHeader(st)
+			_ = st.SetReadDeadline(time.Time{})
+			if err != nil {
+				_ = st.Close()
+				return
+			}
+			s.mu.Lock()
+			l := s.listeners[port]
+			s.mu.Unlock()
+			if l == nil {
+				_ = st.Close()
+				return
+			}
+			select {
+			case l.conns <- st:
+			case <-l.done:
+				_ = st.Close()
+			}
+		}()
+	}
+}
+
+// listen registers a port and keeps a session up in the background so that host
+// dials reach the guest even if the guest never dials first.
+func (s *serialSession) listen(port uint32) (net.Listener, error) {
+	s.mu.Lock()
+	if _, dup := s.listeners[port]; dup {
+		s.mu.Unlock()
+		return nil, fmt.Errorf("guest channel: port %d already has a listener", port)
+	}
+	l := &portListener{s: s, port: port, conns: make(chan net.Conn, 16), done: make(chan struct{})}
+	s.listeners[port] = l
+	s.mu.Unlock()
+	go func() {
+		for {
+			select {
+			case <-l.done:
+				return
+			default:
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			sess, err := s.session(ctx)
+			cancel()
+			if err != nil {
+				time.Sleep(100 * time.Millisecond)
+				continue
+			}
+			select {
+			case <-sess.CloseChan():
+			case <-l.done:
+				return
+			}
+		}
+	}()
+	return l, nil
+}
+
+type portListener struct {
+	s     *serialSession
+	port  uint32
+	conns chan net.Conn
+	done  chan struct{}
+	once  sync.Once
+}
+
+func (l *portListener) Accept() (net.Conn, error) {
+	select {
+	case c := <-l.conns:
+		return c, nil
+	case <-l.done:
+		return nil, net.ErrClosed
+	}
+}
+
+func (l *portListener) Close() error {
+	l.once.Do(func() {
+		close(l.done)
+		l.s.mu.Lock()
+		if l.s.listeners[l.port] == l {
+			delete(l.s.listeners, l.port)
+		}
+		l.s.mu.Unlock()
+	})
+	return nil
+}
+
+type portAddr uint32
+
+func (a portAddr) Network() string { return "virtio-serial" }
+func (a portAddr) String() string  { return fmt.Sprintf("guest:%d", uint32(a)) }
+
+func (l *portListener) Addr() net.Addr { return portAddr(l.port) }

@@ -1,0 +1,21 @@
+//go:build !linux
+
+package channel
+
+import (
+	"context"
+	"errors"
+	"net"
+)
+
+// ErrNotLinux: the guest end only exists inside a Linux guest.
+var errNotLinux = errors.New("guest channel: only available inside a Linux guest")
+
+// DialHost is only implemented on Linux.
+func DialHost(ctx context.Context, port uint32) (net.Conn, error) { return nil, errNotLinux }
+
+// Listen is only implemented on Linux.
+func Listen(port uint32) (net.Listener, error) { return nil, errNotLinux }
+
+// Detect is only implemented on Linux.
+func Detect() (string, error) { return "", errNotLinux }

@@ -1,0 +1,288 @@
+package guest
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"runtime/debug"
+	"slices"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/openshell/openshell/guest/kmod"
+)
+
+// RunPID1 prepares the guest root, calls run (the supervisor main) as PID 1 in the
+// new root, then syncs, unmounts and powers the VM off. It never returns. A failure
+// before run is logged to the console (prefixed "openshell-init: FATAL") and the VM
+// powers off, so the host sees the reason in the console log.
+func RunPID1(opts InitOptions, run func() int) {
+	opts = opts.withDefaults()
+	start := time.Now()
+	setupConsole()
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo})).With("component", "openshell-init")
+	}
+	code := 0
+	if err := prepareRoot(opts, log); err != nil {
+		fmt.Fprintf(os.Stderr, "openshell-init: FATAL: %v\n", err)
+		code = 1
+	} else {
+		log.Info("root ready; starting", "elapsed", time.Since(start).Round(time.Millisecond))
+		code = runGuarded(run, log)
+	}
+	log.Info("powering off", "exit_code", code)
+	powerOff(log)
+}
+
+func runGuarded(run func() int, log *slog.Logger) (code int) {
+	defer func() {
+		if r := recover(); r != nil {
+			log.Error("main panicked", "panic", r, "stack", string(debug.Stack()))
+			code = 2
+		}
+	}()
+	return run()
+}
+
+// setupConsole mounts devtmpfs (CONFIG_DEVTMPFS_MOUNT is off in the cloud kernel) and
+// points stdin/stdout/stderr at /dev/console in case the kernel could not.
+func setupConsole() {
+	_ = os.MkdirAll("/dev", 0o755)
+	if err := unix.Mount("devtmpfs", "/dev", "devtmpfs", unix.MS_NOSUID, "mode=0755"); err != nil && !errors.Is(err, unix.EBUSY) {
+		// Nothing to log to yet; prepareRoot reports missing devices later.
+		_ = err
+	}
+	fd, err := unix.Open("/dev/console", unix.O_RDWR|unix.O_NOCTTY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return
+	}
+	for i := 0; i <= 2; i++ {
+		_ = unix.Dup3(fd, i, 0)
+	}
+	if fd > 2 {
+		_ = unix.Close(fd)
+	}
+}
+
+func mountOne(src, target, fstype string, flags uintptr, data string) error {
+	if err := os.MkdirAll(target, 0o755); err != nil {
+		return fmt.Errorf("mkdir %s: %w", target, err)
+	}
+	if err := unix.Mount(src, target, fstype, flags, data); err != nil {
+		return fmt.Errorf("mount %s (%s) on %s: %w", src, fstype, target, err)
+	}
+	return nil
+}
+
+func prepareRoot(opts InitOptions, log *slog.Logger) error {
+	if err := mountOne("proc", "/proc", "proc", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil {
+		return err
+	}
+	if err := mountOne("sysfs", "/sys", "sysfs", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil {
+		return err
+	}
+	t0 := time.Now()
+	n, err := loadModules(opts.ModulesDir, log)
+	if err != nil {
+		return err
+	}
+	log.Info("kernel modules loaded", "count", n, "took", time.Since(t0).Round(time.Millisecond))
+
+	if err := waitFor(opts.ImageDisk, opts.DiskWait); err != nil {
+		return fmt.Errorf("image disk: %w (the host must attach the image as the first virtio-blk disk)", err)
+	}
+	if err := mountOne(opts.ImageDisk, imageMount, "ext4", unix.MS_RDONLY|unix.MS_NODEV, "noload"); err != nil {
+		return fmt.Errorf("image disk: %w", err)
+	}
+	// The writable disk shows up right after the image disk (same probe pass).
+	if err := waitFor(opts.DataDisk, 500*time.Millisecond); err == nil {
+		if err := mountOne(opts.DataDisk, dataMount, "ext4", unix.MS_NODEV, ""); err != nil {
+			return fmt.Errorf("writable disk: %w (the host must format it with vmm.CreateWritableDisk)", err)
+		}
+	} else {
+		log.Warn("no writable disk; changes will not survive a reboot", "disk", opts.DataDisk)
+		if err := mountOne("tmpfs", dataMount, "tmpfs", unix.MS_NODEV, "mode=0755"); err != nil {
+			return err
+		}
+	}
+	upper, work := filepath.Join(dataMount, "upper"), filepath.Join(dataMount, "work")
+	for _, d := range []string{upper, work} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return fmt.Errorf("writable disk: %w", err)
+		}
+	}
+	ovl := fmt.Sprintf("lowerdir=%s,upperdir=%s,workdir=%s", imageMount, upper, work)
+	if err := mountOne("overlay", newRoot, "overlay", 0, ovl); err != nil {
+		return fmt.Errorf("overlay root: %w", err)
+	}
+	if err := switchRoot(); err != nil {
+		return err
+	}
+	extraMounts(log)
+	bringUpLoopback(log)
+	if os.Getenv("PATH") == "" {
+		_ = os.Setenv("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+	}
+	return nil
+}
+
+func waitFor(path string, d time.Duration) error {
+	deadline := time.Now().Add(d)
+	for {
+		_, err := os.Stat(path)
+		if err == nil {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s did not appear within %s: %w", path, d, err)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// loadModules loads every *.ko under dir in dependency order (depends= of modinfo).
+func loadModules(dir string, log *slog.Logger) (int, error) {
+	paths := map[string]string{}
+	var infos []kmod.Info
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() || !strings.HasSuffix(p, ".ko") {
+			return nil
+		}
+		f, err := os.Open(p)
+		if err != nil {
+			return nil
+		}
+		defer f.Close()
+		in, err := kmod.ReadInfo(f, d.Name())
+		if err != nil {
+			log.Warn("skipping module", "path", p, "err", err)
+			return nil
+		}
+		paths[in.Name] = p
+		infos = append(infos, in)
+		return nil
+	})
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return 0, fmt.Errorf("modules in %s: %w", dir, err)
+	}
+	ordered, err := kmod.Order(infos)
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, m := range ordered {
+		f, err := os.Open(paths[m.Name])
+		if err != nil {
+			log.Warn("module", "name", m.Name, "err", err)
+			continue
+		}
+		err = unix.FinitModule(int(f.Fd()), "", 0)
+		_ = f.Close()
+		if err != nil && !errors.Is(err, unix.EEXIST) {
+			log.Warn("module failed to load", "name", m.Name, "err", err)
+			continue
+		}
+		n++
+	}
+	return n, nil
+}
+
+// switchRoot moves /dev, /proc, /sys into the new root, frees the initramfs files and
+// makes the new root "/" (MS_MOVE + chroot, as switch_root does).
+func switchRoot() error {
+	for _, m := range []string{"/dev", "/proc", "/sys"} {
+		target := newRoot + m
+		if err := os.MkdirAll(target, 0o755); err != nil {
+			return fmt.Errorf("switch root: %w", err)
+		}
+		if err := unix.Mount(m, target, "", unix.MS_MOVE, ""); err != nil {
+			return fmt.Errorf("switch root: move %s: %w", m, err)
+		}
+	}
+	// The initramfs stays in RAM until its files are deleted; the big ones are ours.
+	_ = os.RemoveAll("/lib/modules")
+	_ = os.Remove("/init")
+	if err := unix.Chdir(newRoot); err != nil {
+		return fmt.Errorf("switch root: %w", err)
+	}
+	if err := unix.Mount(".", "/", "", unix.MS_MOVE, ""); err != nil {
+		return fmt.Errorf("switch root: move %s to /: %w", newRoot, err)
+	}
+	if err := unix.Chroot("."); err != nil {
+		return fmt.Errorf("switch root: chroot: %w", err)
+	}
+	return unix.Chdir("/")
+}
+
+// extraMounts are best effort: a supervisor without them still runs, with less.
+func extraMounts(log *slog.Logger) {
+	for _, m := range []struct {
+		src, target, fstype string
+		flags               uintptr
+		data                string
+	}{
+		{"devpts", "/dev/pts", "devpts", unix.MS_NOSUID | unix.MS_NOEXEC, "gid=5,mode=0620,ptmxmode=0666"},
+		{"tmpfs", "/dev/shm", "tmpfs", unix.MS_NOSUID | unix.MS_NODEV, "mode=1777"},
+		{"cgroup2", "/sys/fs/cgroup", "cgroup2", unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC, ""},
+		{"tmpfs", "/run", "tmpfs", unix.MS_NOSUID | unix.MS_NODEV, "mode=0755"},
+	} {
+		if err := mountOne(m.src, m.target, m.fstype, m.flags, m.data); err != nil {
+			log.Warn("optional mount failed", "err", err)
+		}
+	}
+}
+
+func bringUpLoopback(log *slog.Logger) {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		log.Warn("loopback", "err", err)
+		return
+	}
+	defer unix.Close(fd)
+	ifr, err := unix.NewIfreq("lo")
+	if err != nil {
+		return
+	}
+	if err := unix.IoctlIfreq(fd, unix.SIOCGIFFLAGS, ifr); err != nil {
+		log.Warn("loopback", "err", err)
+		return
+	}
+	ifr.SetUint16(ifr.Uint16() | unix.IFF_UP)
+	if err := unix.IoctlIfreq(fd, unix.SIOCSIFFLAGS, ifr); err != nil {
+		log.Warn("loopback", "err", err)
+	}
+}
+
+// powerOff syncs, detaches every mount but / (deepest first), remounts / read-only
+// and powers the machine off.
+func powerOff(log *slog.Logger) {
+	unix.Sync()
+	if b, err := os.ReadFile("/proc/self/mounts"); err == nil {
+		var targets []string
+		for _, line := range strings.Split(string(b), "\n") {
+			f := strings.Fields(line)
+			if len(f) >= 2 && f[1] != "/" && !slices.Contains([]string{"/proc", "/sys", "/dev"}, f[1]) {
+				targets = append(targets, f[1])
+			}
+		}
+		slices.Reverse(targets)
+		for _, t := range targets {
+			_ = unix.Unmount(t, unix.MNT_DETACH)
+		}
+	}
+	if err := unix.Mount("", "/", "", unix.MS_REMOUNT|unix.MS_RDONLY, ""); err != nil {
+		log.Debug("remount / read-only", "err", err)
+	}
+	unix.Sync()
+	for {
+		_ = unix.Reboot(unix.LINUX_REBOOT_CMD_POWER_OFF)
+		time.Sleep(time.Second)
+	}
+}

@@ -1,0 +1,243 @@
+package channel
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/yamux"
+
+	"github.com/openshell/openshell/guest/channel/wire"
+)
+
+// NewSerial is the host end for a virtserialport named wire.PortName whose QEMU
+// chardev is a Unix socket server at sockPath. The host connects (retrying until
+// QEMU has created the socket, and again after each disconnect), sends wire.Hello
+// and runs a yamux session over the port; each stream starts with a header naming
+// its vsock-style port. Close stops it.
+func NewSerial(sockPath string, log *slog.Logger) *Host {
+	if log == nil {
+		log = slog.Default()
+	}
+	s := &serial{
+		path:      sockPath,
+		log:       log.With("channel", TransportVirtioSerial, "socket", sockPath),
+		listeners: map[uint32]*serialListener{},
+		done:      make(chan struct{}),
+		ready:     make(chan struct{}),
+	}
+	go s.run()
+	return &Host{transport: TransportVirtioSerial, t: s}
+}
+
+type serial struct {
+	path string
+	log  *slog.Logger
+
+	mu        sync.Mutex
+	sess      *yamux.Session
+	ready     chan struct{} // closed while sess != nil; replaced when it dies
+	listeners map[uint32]*serialListener
+	done      chan struct{}
+	closeOnce sync.Once
+}
+
+func yamuxConfig() *yamux.Config {
+	c := yamux.DefaultConfig()
+	c.LogOutput = io.Discard
+	c.Logger = nil
+	// The guest may be paused or slow under TCG: be tolerant before declaring death.
+	c.ConnectionWriteTimeout = 30 * time.Second
+	c.KeepAliveInterval = 15 * time.Second
+	return c
+}
+
+func (s *serial) run() {
+	backoff := 10 * time.Millisecond
+	for {
+		select {
+		case <-s.done:
+			return
+		default:
+		}
+		conn, err := net.Dial("unix", s.path)
+		if err != nil {
+			select {
+			case <-s.done:
+				return
+			case <-time.After(backoff):
+			}
+			if backoff < 500*time.Millisecond {
+				backoff *= 2
+			}
+			continue
+		}
+		backoff = 10 * time.Millisecond
+		if _, err := io.WriteString(conn, wire.Hello); err != nil {
+			_ = conn.Close()
+			continue
+		}
+		sess, err := yamux.Server(conn, yamuxConfig())
+		if err != nil {
+			_ = conn.Close()
+			continue
+		}
+		s.mu.Lock()
+		s.sess = sess
+		close(s.ready)
+		s.mu.Unlock()
+		s.log.Debug("serial channel connected")
+		s.acceptLoop(sess)
+		_ = sess.Close()
+		s.mu.Lock()
+		s.sess = nil
+		s.ready = make(chan struct{})
+		s.mu.Unlock()
+		s.log.Debug("serial channel disconnected; reconnecting")
+		select {
+		case <-s.done:
+			return
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+func (s *serial) acceptLoop(sess *yamux.Session) {
+	go func() {
+		select {
+		case <-s.done:
+			_ = sess.Close()
+		case <-sess.CloseChan():
+		}
+	}()
+	for {
+		st, err := sess.AcceptStream()
+		if err != nil {
+			return
+		}
+		go s.route(st)
+	}
+}
+
+func (s *serial) route(st *yamux.Stream) {
+	_ = st.SetReadDeadline(time.Now().Add(10 * time.Second))
+	port, err := wire.ReadHeader(st)
+	if err != nil {
+		s.log.Warn("serial channel: dropping stream", "err", err)
+		_ = st.Close()
+		return
+	}
+	_ = st.SetReadDeadline(time.Time{})
+	s.mu.Lock()
+	l := s.listeners[port]
+	s.mu.Unlock()
+	if l == nil {
+		_ = st.Close()
+		return
+	}
+	select {
+	case l.conns <- st:
+	case <-l.done:
+		_ = st.Close()
+	}
+}
+
+func (s *serial) listen(port uint32) (net.Listener, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	select {
+	case <-s.done:
+		return nil, ErrClosed
+	default:
+	}
+	if _, dup := s.listeners[port]; dup {
+		return nil, fmt.Errorf("port %d already has a listener", port)
+	}
+	l := &serialListener{s: s, port: port, conns: make(chan net.Conn, 16), done: make(chan struct{})}
+	s.listeners[port] = l
+	return l, nil
+}
+
+func (s *serial) dial(ctx context.Context, port uint32) (net.Conn, error) {
+	for {
+		s.mu.Lock()
+		sess, ready := s.sess, s.ready
+		s.mu.Unlock()
+		if sess != nil {
+			st, err := sess.OpenStream()
+			if err == nil {
+				if err := wire.WriteHeader(st, port); err != nil {
+					_ = st.Close()
+					return nil, err
+				}
+				return st, nil
+			}
+		}
+		select {
+		case <-ready:
+			if sess != nil {
+				time.Sleep(20 * time.Millisecond) // session died under us; wait for the next
+			}
+		case <-s.done:
+			return nil, ErrClosed
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+}
+
+func (s *serial) close() error {
+	s.closeOnce.Do(func() {
+		close(s.done)
+		s.mu.Lock()
+		if s.sess != nil {
+			_ = s.sess.Close()
+		}
+		ls := s.listeners
+		s.mu.Unlock()
+		for _, l := range ls {
+			_ = l.Close()
+		}
+	})
+	return nil
+}
+
+type serialListener struct {
+	s     *serial
+	port  uint32
+	conns chan net.Conn
+	done  chan struct{}
+	once  sync.Once
+}
+
+func (l *serialListener) Accept() (net.Conn, error) {
+	select {
+	case c := <-l.conns:
+		return c, nil
+	case <-l.done:
+		return nil, net.ErrClosed
+	}
+}
+
+func (l *serialListener) Close() error {
+	l.once.Do(func() {
+		close(l.done)
+		l.s.mu.Lock()
+		if l.s.listeners[l.port] == l {
+			delete(l.s.listeners, l.port)
+		}
+		l.s.mu.Unlock()
+	})
+	return nil
+}
+
+type serialAddr uint32
+
+func (a serialAddr) Network() string { return "virtio-serial" }
+func (a serialAddr) String() string  { return fmt.Sprintf("host:%d", uint32(a)) }
+
+func (l *serialListener) Addr() net.Addr { return serialAddr(l.port) }
