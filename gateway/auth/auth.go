@@ -1,0 +1,231 @@
+// Package auth decides who is calling the gateway and whether that caller may call the
+// method. It runs as gRPC interceptors at the API edge: every method has a mode
+// (unauthenticated, user, sandbox, dual) as in the wire protocol's authorization table;
+// the resolved Principal travels in the context for handlers that must check which
+// sandbox a sandbox principal may name.
+package auth
+
+import (
+	"context"
+	"crypto/x509"
+	"log/slog"
+	"strings"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
+)
+
+// Mode is a method's authorization mode.
+type Mode int
+
+const (
+	// Unauthenticated methods accept anyone.
+	Unauthenticated Mode = iota
+	// User methods accept only a user principal (mTLS client cert or local-dev user).
+	User
+	// Sandbox methods accept only a sandbox principal (gateway-minted bearer token).
+	Sandbox
+	// Dual methods accept either.
+	Dual
+)
+
+const svc = "/openshell.v1.OpenShell/"
+
+// Modes maps full method names to modes. Methods not listed default to User, so a
+// newly added RPC is never accidentally open.
+var Modes = map[string]Mode{
+	svc + "Health":                Unauthenticated,
+	svc + "ConnectSupervisor":     Sandbox,
+	svc + "RelayStream":           Sandbox,
+	svc + "ReportMainProcessExit": Sandbox,
+	svc + "PushSandboxLogs":       Sandbox,
+	svc + "GetSandboxConfig":      Dual,
+}
+
+// ModeOf returns the mode for a full method name.
+func ModeOf(fullMethod string) Mode {
+	if strings.HasPrefix(fullMethod, "/grpc.reflection.") || strings.HasPrefix(fullMethod, "/grpc.health.") {
+		return Unauthenticated
+	}
+	if m, ok := Modes[fullMethod]; ok {
+		return m
+	}
+	return User
+}
+
+// Kind is the kind of principal.
+type Kind int
+
+const (
+	Anonymous Kind = iota
+	UserKind
+	SandboxKind
+)
+
+// Principal is the authenticated caller.
+type Principal struct {
+	Kind Kind
+	// Name is the user's certificate common name, "local-dev", or the sandbox id.
+	Name string
+	// SandboxID is set for sandbox principals.
+	SandboxID string
+}
+
+type ctxKey struct{}
+
+// FromContext returns the caller's principal (Anonymous when none).
+func FromContext(ctx context.Context) Principal {
+	p, _ := ctx.Value(ctxKey{}).(Principal)
+	return p
+}
+
+// WithPrincipal attaches p to ctx (for tests and in-process callers).
+func WithPrincipal(ctx context.Context, p Principal) context.Context {
+	return context.WithValue(ctx, ctxKey{}, p)
+}
+
+// TokenVerifier verifies a sandbox bearer token and returns the sandbox id it is bound to.
+type TokenVerifier interface {
+	Verify(token string) (sandboxID string, err error)
+}
+
+// Authenticator resolves principals. When LocalDev is true (plaintext gateway with no
+// user authentication) every request without a bearer token is the local-dev user.
+type Authenticator struct {
+	Tokens   TokenVerifier
+	LocalDev bool
+	Log      *slog.Logger
+}
+
+// Authenticate returns the principal for an incoming call, or an UNAUTHENTICATED status
+// when a credential was presented but is invalid.
+func (a *Authenticator) Authenticate(ctx context.Context) (Principal, error) {
+	if md, ok := metadata.FromIncomingContext(ctx); ok {
+		for _, v := range md.Get("authorization") {
+			tok, ok := strings.CutPrefix(v, "Bearer ")
+			if !ok {
+				tok, ok = strings.CutPrefix(v, "bearer ")
+			}
+			if !ok || strings.TrimSpace(tok) == "" {
+				return Principal{}, status.Error(codes.Unauthenticated, "authorization metadata must be 'Bearer <token>'")
+			}
+			if a.Tokens == nil {
+				return Principal{}, status.Error(codes.Unauthenticated, "this gateway does not accept bearer tokens")
+			}
+			id, err := a.Tokens.Verify(strings.TrimSpace(tok))
+			if err != nil {
+				return Principal{}, status.Errorf(codes.Unauthenticated, "sandbox token rejected: %v", err)
+			}
+			return Principal{Kind: SandboxKind, Name: id, SandboxID: id}, nil
+		}
+	}
+	if p, ok := peer.FromContext(ctx); ok {
+		if ti, ok := p.AuthInfo.(credentials.TLSInfo); ok {
+			if cn := verifiedClientCN(ti.State.VerifiedChains); cn != "" {
+				return Principal{Kind: UserKind, Name: cn}, nil
+			}
+		}
+	}
+	if a.LocalDev {
+		return Principal{Kind: UserKind, Name: "local-dev"}, nil
+	}
+	return Principal{}, nil
+}
+
+func verifiedClientCN(chains [][]*x509.Certificate) string {
+	if len(chains) == 0 || len(chains[0]) == 0 {
+		return ""
+	}
+	cn := chains[0][0].Subject.CommonName
+	if cn == "" {
+		cn = "mtls-user"
+	}
+	return cn
+}
+
+// authorize applies the method's mode to the principal.
+func authorize(method string, p Principal) error {
+	switch ModeOf(method) {
+	case Unauthenticated:
+		return nil
+	case User:
+		switch p.Kind {
+		case UserKind:
+			return nil
+		case SandboxKind:
+			return status.Errorf(codes.PermissionDenied, "%s is a user method; sandbox tokens may not call it", method)
+		}
+	case Sandbox:
+		switch p.Kind {
+		case SandboxKind:
+			return nil
+		case UserKind:
+			return status.Errorf(codes.PermissionDenied, "%s may only be called by a sandbox supervisor with its sandbox token", method)
+		}
+	case Dual:
+		if p.Kind != Anonymous {
+			return nil
+		}
+	}
+	return status.Errorf(codes.Unauthenticated, "%s needs credentials: a client certificate issued by this gateway (see `openshell gateway start`), or a sandbox token", method)
+}
+
+// RequireSandbox returns PERMISSION_DENIED when a sandbox principal names a sandbox other
+// than its own. User principals may name any sandbox.
+func RequireSandbox(ctx context.Context, sandboxID string) error {
+	p := FromContext(ctx)
+	if p.Kind == SandboxKind && p.SandboxID != sandboxID {
+		return status.Errorf(codes.PermissionDenied, "sandbox token for %q may not act on sandbox %q", p.SandboxID, sandboxID)
+	}
+	return nil
+}
+
+type sandboxIDGetter interface{ GetSandboxId() string }
+
+// Unary is the unary server interceptor.
+func (a *Authenticator) Unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	if ModeOf(info.FullMethod) == Unauthenticated {
+		return handler(ctx, req)
+	}
+	p, err := a.Authenticate(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if err := authorize(info.FullMethod, p); err != nil {
+		return nil, err
+	}
+	ctx = WithPrincipal(ctx, p)
+	if g, ok := req.(sandboxIDGetter); ok && p.Kind == SandboxKind {
+		if err := RequireSandbox(ctx, g.GetSandboxId()); err != nil {
+			return nil, err
+		}
+	}
+	return handler(ctx, req)
+}
+
+type wrappedStream struct {
+	grpc.ServerStream
+	ctx context.Context
+}
+
+func (w *wrappedStream) Context() context.Context { return w.ctx }
+
+// Stream is the streaming server interceptor. Stream handlers check sandbox ids
+// themselves (the id arrives in a later message) with RequireSandbox.
+func (a *Authenticator) Stream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+	if ModeOf(info.FullMethod) == Unauthenticated {
+		return handler(srv, ss)
+	}
+	p, err := a.Authenticate(ss.Context())
+	if err != nil {
+		return err
+	}
+	if err := authorize(info.FullMethod, p); err != nil {
+		return err
+	}
+	return handler(srv, &wrappedStream{ServerStream: ss, ctx: WithPrincipal(ss.Context(), p)})
+}

@@ -1,0 +1,315 @@
+// Package config is the gateway's configuration: one Config struct, filled from
+// defaults, then a TOML file, then the environment, then command-line flags (each later
+// source wins), validated once. Resolve is the only place that knows the precedence.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/BurntSushi/toml"
+	"github.com/spf13/pflag"
+
+	"github.com/openshell/openshell/gateway/store"
+)
+
+// DefaultPort is the gateway's gRPC port.
+const DefaultPort = 17670
+
+// DriverNames are the values --drivers accepts (exactly one).
+var DriverNames = []string{"docker", "podman", "kubernetes", "vm"}
+
+// Config is the gateway's resolved configuration.
+type Config struct {
+	BindAddress string `toml:"bind_address"`
+	Port        int    `toml:"port"`
+	DisableTLS  bool   `toml:"disable_tls"`
+	// Driver is the compute driver name ("" = auto-detect). The TOML key is `driver`
+	// because `[drivers.<name>]` tables hold per-driver options.
+	Driver              string `toml:"driver"`
+	ComputeDriverSocket string `toml:"compute_driver_socket"`
+	StateDir            string `toml:"state_dir"`
+	HealthPort          int    `toml:"health_port"`
+	DatabaseURL         string `toml:"database_url"`
+	LogFormat           string `toml:"log_format"` // text | json
+	LogLevel            string `toml:"log_level"`  // debug | info | warn | error
+	// ConfigFile is the TOML file the rest was read from ("" = none).
+	ConfigFile string `toml:"-"`
+	// DriverTables holds the `[drivers.<name>]` tables, passed verbatim to the driver.
+	DriverTables map[string]map[string]any `toml:"drivers"`
+}
+
+// Setting describes one configuration knob: its flag, environment variable and TOML key.
+type Setting struct {
+	Flag, Env, TOML, Usage string
+}
+
+// Settings lists every knob in flag order. Names here are the public interface.
+var Settings = []Setting{
+	{"bind-address", "OPENSHELL_BIND_ADDRESS", "bind_address", "address the gRPC API listens on"},
+	{"port", "OPENSHELL_SERVER_PORT", "port", "gRPC API port"},
+	{"disable-tls", "OPENSHELL_DISABLE_TLS", "disable_tls", "serve plaintext gRPC without mTLS (local development only)"},
+	{"drivers", "OPENSHELL_DRIVERS", "driver", "compute driver: one of " + strings.Join(DriverNames, ", ") + " (empty = auto-detect)"},
+	{"config", "OPENSHELL_GATEWAY_CONFIG", "", "TOML configuration file"},
+	{"compute-driver-socket", "OPENSHELL_COMPUTE_DRIVER_SOCKET", "compute_driver_socket", "attach to an already running compute driver on this Unix socket"},
+	{"state-dir", "OPENSHELL_STATE_DIR", "state_dir", "directory for certificates, keys, the database and driver state"},
+	{"health-port", "OPENSHELL_HEALTH_PORT", "health_port", "HTTP port for /healthz, /readyz and /metrics (0 = off)"},
+	{"database-url", "OPENSHELL_DATABASE_URL", "database_url", "PostgreSQL DSN (default: embedded SQLite in the state dir)"},
+	{"log-format", "OPENSHELL_LOG_FORMAT", "log_format", "log format: text or json"},
+	{"log-level", "OPENSHELL_LOG_LEVEL", "log_level", "log level: debug, info, warn or error"},
+}
+
+// Defaults returns the built-in defaults. StateDir defaults to the directory of the
+// default database path ($XDG_STATE_HOME/openshell/gateway).
+func Defaults() Config {
+	c := Config{
+		BindAddress: "127.0.0.1",
+		Port:        DefaultPort,
+		LogFormat:   "text",
+		LogLevel:    "info",
+	}
+	if p, err := store.DefaultPath(); err == nil {
+		c.StateDir = filepath.Dir(p)
+	}
+	return c
+}
+
+// BindFlags registers every setting on fs with the defaults shown in help.
+func BindFlags(fs *pflag.FlagSet) {
+	d := Defaults()
+	for _, s := range Settings {
+		usage := s.Usage + " (env " + s.Env + ")"
+		switch s.Flag {
+		case "port":
+			fs.Int(s.Flag, d.Port, usage)
+		case "health-port":
+			fs.Int(s.Flag, d.HealthPort, usage)
+		case "disable-tls":
+			fs.Bool(s.Flag, false, usage)
+		default:
+			def := ""
+			switch s.Flag {
+			case "bind-address":
+				def = d.BindAddress
+			case "state-dir":
+				def = d.StateDir
+			case "log-format":
+				def = d.LogFormat
+			case "log-level":
+				def = d.LogLevel
+			}
+			fs.String(s.Flag, def, usage)
+		}
+	}
+}
+
+// Resolve builds the configuration: defaults < TOML file < environment < flags. fs may
+// be nil (no flags); getenv may be nil (no environment). Only flags that were set on
+// the command line count (pflag's Changed), so a flag's default never hides the
+// environment.
+func Resolve(fs *pflag.FlagSet, getenv func(string) string) (*Config, error) {
+	if getenv == nil {
+		getenv = func(string) string { return "" }
+	}
+	flagVal := func(name string) (string, bool) {
+		if fs == nil {
+			return "", false
+		}
+		f := fs.Lookup(name)
+		if f == nil || !f.Changed {
+			return "", false
+		}
+		return f.Value.String(), true
+	}
+	cfg := Defaults()
+
+	// The config file's own location: flag > env.
+	path := getenv("OPENSHELL_GATEWAY_CONFIG")
+	if v, ok := flagVal("config"); ok {
+		path = v
+	}
+	if path != "" {
+		var file Config
+		md, err := toml.DecodeFile(path, &file)
+		if err != nil {
+			return nil, fmt.Errorf("config file %s: %w; fix the TOML syntax or point --config elsewhere", path, err)
+		}
+		if und := md.Undecoded(); len(und) > 0 {
+			var keys []string
+			for _, k := range und {
+				if len(k) > 0 && k[0] == "drivers" {
+					continue // driver tables are free-form; the driver checks them
+				}
+				keys = append(keys, k.String())
+			}
+			if len(keys) > 0 {
+				return nil, fmt.Errorf("config file %s: unknown keys %s; valid top-level keys are %s and [drivers.<name>] tables",
+					path, strings.Join(keys, ", "), strings.Join(tomlKeys(), ", "))
+			}
+		}
+		for _, s := range Settings {
+			if s.TOML == "" || !md.IsDefined(s.TOML) {
+				continue
+			}
+			applyFrom(&cfg, &file, s.TOML)
+		}
+		cfg.DriverTables = file.DriverTables
+		cfg.ConfigFile = path
+	}
+
+	for _, s := range Settings {
+		if s.TOML == "" {
+			continue
+		}
+		v, set := getenv(s.Env), false
+		set = v != ""
+		src := "environment variable " + s.Env
+		if fv, ok := flagVal(s.Flag); ok {
+			v, set, src = fv, true, "flag --"+s.Flag
+		}
+		if !set {
+			continue
+		}
+		if err := setString(&cfg, s.TOML, v); err != nil {
+			return nil, fmt.Errorf("%s: %w", src, err)
+		}
+	}
+	return &cfg, nil
+}
+
+func tomlKeys() []string {
+	var ks []string
+	for _, s := range Settings {
+		if s.TOML != "" {
+			ks = append(ks, s.TOML)
+		}
+	}
+	return ks
+}
+
+// applyFrom copies one field (by TOML key) from src to dst.
+func applyFrom(dst, src *Config, key string) {
+	switch key {
+	case "bind_address":
+		dst.BindAddress = src.BindAddress
+	case "port":
+		dst.Port = src.Port
+	case "disable_tls":
+		dst.DisableTLS = src.DisableTLS
+	case "driver":
+		dst.Driver = src.Driver
+	case "compute_driver_socket":
+		dst.ComputeDriverSocket = src.ComputeDriverSocket
+	case "state_dir":
+		dst.StateDir = src.StateDir
+	case "health_port":
+		dst.HealthPort = src.HealthPort
+	case "database_url":
+		dst.DatabaseURL = src.DatabaseURL
+	case "log_format":
+		dst.LogFormat = src.LogFormat
+	case "log_level":
+		dst.LogLevel = src.LogLevel
+	}
+}
+
+// setString parses a string (flag or environment value) into the field for key.
+func setString(c *Config, key, v string) error {
+	switch key {
+	case "port", "health_port":
+		n, err := strconv.Atoi(strings.TrimSpace(v))
+		if err != nil {
+			return fmt.Errorf("%s %q is not a number", key, v)
+		}
+		if key == "port" {
+			c.Port = n
+		} else {
+			c.HealthPort = n
+		}
+	case "disable_tls":
+		b, err := strconv.ParseBool(strings.TrimSpace(v))
+		if err != nil {
+			return fmt.Errorf("disable_tls %q is not a boolean (use true or false)", v)
+		}
+		c.DisableTLS = b
+	default:
+		var tmp Config
+		switch key {
+		case "bind_address":
+			tmp.BindAddress = v
+		case "driver":
+			tmp.Driver = v
+		case "compute_driver_socket":
+			tmp.ComputeDriverSocket = v
+		case "state_dir":
+			tmp.StateDir = v
+		case "database_url":
+			tmp.DatabaseURL = v
+		case "log_format":
+			tmp.LogFormat = v
+		case "log_level":
+			tmp.LogLevel = v
+		default:
+			return fmt.Errorf("unknown setting %q", key)
+		}
+		applyFrom(c, &tmp, key)
+	}
+	return nil
+}
+
+// Validate names the first bad field and how to fix it.
+func (c *Config) Validate() error {
+	var errs []error
+	if net.ParseIP(c.BindAddress) == nil && c.BindAddress != "localhost" {
+		errs = append(errs, fmt.Errorf("bind_address %q is not an IP address; use e.g. 127.0.0.1 or 0.0.0.0", c.BindAddress))
+	}
+	if c.Port < 0 || c.Port > 65535 {
+		errs = append(errs, fmt.Errorf("port %d is out of range; use 1-65535 (0 picks a free port)", c.Port))
+	}
+	if c.HealthPort < 0 || c.HealthPort > 65535 {
+		errs = append(errs, fmt.Errorf("health_port %d is out of range; use 0 (off) or 1-65535", c.HealthPort))
+	}
+	if c.Driver != "" && !slices.Contains(DriverNames, c.Driver) && c.ComputeDriverSocket == "" {
+		errs = append(errs, fmt.Errorf("drivers %q is not a known driver; use exactly one of %s", c.Driver, strings.Join(DriverNames, ", ")))
+	}
+	if c.StateDir == "" {
+		errs = append(errs, errors.New("state_dir is empty; set --state-dir or HOME"))
+	}
+	switch c.LogFormat {
+	case "text", "json":
+	default:
+		errs = append(errs, fmt.Errorf("log_format %q is not supported; use text or json", c.LogFormat))
+	}
+	switch strings.ToLower(c.LogLevel) {
+	case "debug", "info", "warn", "warning", "error":
+	default:
+		errs = append(errs, fmt.Errorf("log_level %q is not supported; use debug, info, warn or error", c.LogLevel))
+	}
+	if c.DatabaseURL != "" && !strings.HasPrefix(c.DatabaseURL, "postgres://") && !strings.HasPrefix(c.DatabaseURL, "postgresql://") {
+		errs = append(errs, fmt.Errorf("database_url must be a PostgreSQL URL (postgres://user:pass@host/db); leave it empty for the embedded SQLite database"))
+	}
+	return errors.Join(errs...)
+}
+
+// DriverTable returns the `[drivers.<name>]` table (never nil).
+func (c *Config) DriverTable(name string) map[string]any {
+	if t := c.DriverTables[name]; t != nil {
+		return t
+	}
+	return map[string]any{}
+}
+
+// Addr is the gRPC listen address.
+func (c *Config) Addr() string { return net.JoinHostPort(c.BindAddress, strconv.Itoa(c.Port)) }
+
+// DatabasePath is the SQLite file used when DatabaseURL is empty.
+func (c *Config) DatabasePath() string { return filepath.Join(c.StateDir, "openshell.db") }
+
+// Getenv is os.Getenv, named so callers read well: config.Resolve(fs, config.Getenv).
+var Getenv = os.Getenv
