@@ -53,7 +53,7 @@ type Hub struct {
 	openWait  time.Duration
 
 	mu       sync.Mutex
-	sessions map[string]*session       // by sandbox id
+	sessions map[string]*session      // by sandbox id
 	pending  map[string]*pendingRelay // by channel id
 }
 
