@@ -1,7 +1,6 @@
 package channel
 
 import (
-
 	"context"
 	"errors"
 	"fmt"
@@ -75,4 +74,3 @@ func (h *hybrid) dial(ctx context.Context, port uint32) (net.Conn, error) {
 }
 
 func (h *hybrid) close() error { return nil }
-

@@ -1,0 +1,201 @@
+package bundle
+
+import (
+	"bufio"
+	"bytes"
+	"compress/gzip"
+	"context"
+	"crypto/sha256"
+	"debug/elf"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+
+	"github.com/openshell/openshell/guest/kmod"
+)
+
+// GuestModules are the kernel modules the guest needs (their dependencies are added
+// automatically; modules built into the kernel are skipped): virtio transports,
+// vsock, the serial console port, block, net, virtiofs and overlayfs.
+var GuestModules = []string{
+	"virtio", "virtio_ring", "virtio_mmio", "virtio_pci_modern_dev", "virtio_pci_legacy_dev", "virtio_pci",
+	"vsock", "vmw_vsock_virtio_transport_common", "vmw_vsock_virtio_transport",
+	"virtio_console", "failover", "net_failover", "virtio_net", "virtio_blk",
+	"fuse", "virtiofs", "overlay",
+}
+
+// initramfsFormat changes whenever the archive layout changes, invalidating caches.
+const initramfsFormat = "openshell-initramfs-v1"
+
+// BuildInitramfs returns a gzip'd newc cpio initramfs with initBinary as /init and
+// GuestModules (plus dependencies) from modulesDir under /lib/modules/<kver>/. The
+// result is cached in cacheDir under a hash of its content and written atomically,
+// so concurrent builders and repeated calls are cheap and safe.
+func BuildInitramfs(ctx context.Context, initBinary, modulesDir, cacheDir string) (string, error) {
+	initData, err := os.ReadFile(initBinary)
+	if err != nil {
+		return "", fmt.Errorf("initramfs: init binary: %w", err)
+	}
+	if err := checkStatic(initData); err != nil {
+		return "", fmt.Errorf("initramfs: init binary %s: %w", initBinary, err)
+	}
+	mods, err := selectModules(modulesDir, GuestModules)
+	if err != nil {
+		return "", err
+	}
+	if err := ctx.Err(); err != nil {
+		return "", err
+	}
+	kver := filepath.Base(filepath.Clean(modulesDir))
+	h := sha256.New()
+	fmt.Fprintf(h, "%s\x00%s\x00", initramfsFormat, kver)
+	h.Write(initData)
+	for _, m := range mods {
+		fmt.Fprintf(h, "\x00%s\x00%d\x00", m.name, len(m.data))
+		h.Write(m.data)
+	}
+	sum := hex.EncodeToString(h.Sum(nil))[:24]
+	out := filepath.Join(cacheDir, "initramfs-"+sum+".cpio.gz")
+	if _, err := os.Stat(out); err == nil {
+		return out, nil
+	}
+	if err := os.MkdirAll(cacheDir, 0o755); err != nil {
+		return "", fmt.Errorf("initramfs: cache dir: %w", err)
+	}
+
+	var buf bytes.Buffer
+	zw, _ := gzip.NewWriterLevel(&buf, gzip.BestSpeed)
+	cw := &newcWriter{w: zw}
+	for _, d := range []string{"dev", "proc", "sys", "mnt", "newroot", "lib", "lib/modules", "lib/modules/" + kver} {
+		cw.Dir(d, 0o755)
+	}
+	// The kernel opens /dev/console for init before init can mount devtmpfs.
+	cw.CharDev("dev/console", 0o600, 5, 1)
+	for _, m := range mods {
+		cw.File("lib/modules/"+kver+"/"+m.name+".ko", 0o644, m.data)
+	}
+	cw.File("init", 0o755, initData)
+	if err := cw.Close(); err != nil {
+		return "", fmt.Errorf("initramfs: %w", err)
+	}
+	if err := zw.Close(); err != nil {
+		return "", fmt.Errorf("initramfs: %w", err)
+	}
+	tmp, err := os.CreateTemp(cacheDir, ".initramfs-*")
+	if err != nil {
+		return "", fmt.Errorf("initramfs: %w", err)
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.Write(buf.Bytes()); err != nil {
+		_ = tmp.Close()
+		return "", fmt.Errorf("initramfs: write %s: %w", tmp.Name(), err)
+	}
+	if err := tmp.Close(); err != nil {
+		return "", fmt.Errorf("initramfs: %w", err)
+	}
+	if err := os.Chmod(tmp.Name(), 0o644); err != nil {
+		return "", fmt.Errorf("initramfs: %w", err)
+	}
+	if err := os.Rename(tmp.Name(), out); err != nil {
+		return "", fmt.Errorf("initramfs: %w", err)
+	}
+	return out, nil
+}
+
+// checkStatic rejects binaries that need a dynamic loader: the initramfs has none.
+func checkStatic(b []byte) error {
+	f, err := elf.NewFile(bytes.NewReader(b))
+	if err != nil {
+		return fmt.Errorf("not an ELF executable: %w", err)
+	}
+	defer f.Close()
+	for _, p := range f.Progs {
+		if p.Type == elf.PT_INTERP {
+			return errors.New("is dynamically linked; build it with CGO_ENABLED=0")
+		}
+	}
+	if f.Machine != elf.EM_X86_64 {
+		return fmt.Errorf("is built for %s, the guest is x86_64 (GOARCH=amd64)", f.Machine)
+	}
+	return nil
+}
+
+type module struct {
+	name string
+	data []byte
+}
+
+// selectModules resolves want (plus dependencies) in the module tree at dir.
+func selectModules(dir string, want []string) ([]module, error) {
+	index := map[string]string{}
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if !d.IsDir() && strings.HasSuffix(p, ".ko") {
+			index[kmod.Normalize(d.Name())] = p
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("initramfs: kernel modules in %s: %w; run scripts/setup-vm-host.sh", dir, err)
+	}
+	builtin := readBuiltin(filepath.Join(dir, "modules.builtin"))
+	var out []module
+	seen := map[string]bool{}
+	var add func(name, neededBy string) error
+	add = func(name, neededBy string) error {
+		name = kmod.Normalize(name)
+		if seen[name] || builtin[name] {
+			return nil
+		}
+		seen[name] = true
+		p, ok := index[name]
+		if !ok {
+			return fmt.Errorf("initramfs: kernel module %s%s not found in %s (compressed .ko.xz/.zst modules are not supported; use the 6.1 cloud kernel from scripts/setup-vm-host.sh)", name, neededBy, dir)
+		}
+		data, err := os.ReadFile(p)
+		if err != nil {
+			return fmt.Errorf("initramfs: %w", err)
+		}
+		in, err := kmod.ReadInfo(bytes.NewReader(data), filepath.Base(p))
+		if err != nil {
+			return fmt.Errorf("initramfs: %w", err)
+		}
+		out = append(out, module{name: name, data: data})
+		for _, d := range in.Depends {
+			if err := add(d, " (needed by "+name+")"); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	for _, w := range want {
+		if err := add(w, ""); err != nil {
+			return nil, err
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].name < out[j].name })
+	return out, nil
+}
+
+func readBuiltin(path string) map[string]bool {
+	m := map[string]bool{}
+	f, err := os.Open(path)
+	if err != nil {
+		return m
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if line := strings.TrimSpace(sc.Text()); line != "" {
+			m[kmod.Normalize(filepath.Base(line))] = true
+		}
+	}
+	return m
+}
