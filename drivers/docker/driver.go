@@ -1,0 +1,394 @@
+// Package docker is the Docker compute driver: one container per sandbox, with the
+// static supervisor bind-mounted in as the entrypoint, on a dedicated bridge network.
+// It runs in-process in the gateway and talks to dockerd through its API socket.
+package docker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/moby/moby/api/types/container"
+	"github.com/moby/moby/client"
+
+	"github.com/openshell/openshell/api/computev1"
+	"github.com/openshell/openshell/drivers"
+)
+
+// DriverName is reported in capabilities.
+const DriverName = "docker"
+
+var _ drivers.Driver = (*Driver)(nil)
+
+// Driver manages sandbox containers on one Docker daemon. Safe for concurrent use.
+type Driver struct {
+	cfg       Config
+	cli       *client.Client
+	log       *slog.Logger
+	version   string   // daemon version, for capabilities
+	cdiDirs   []string // daemon CDI spec dirs; empty = no GPU support
+	gatewayIP string   // the openshell bridge network's gateway address
+	fwd       *forwarder
+
+	locks sync.Map // sandbox id → *sync.Mutex; serialises create/delete of one id
+
+	closeOnce sync.Once
+	closed    chan struct{}
+	wg        sync.WaitGroup // Watch goroutines
+}
+
+// New connects to the Docker daemon, makes sure the sandbox network exists and starts
+// the gateway forwarder. A daemon that does not answer is an ErrUnavailable naming the
+// socket and how to start Docker.
+func New(ctx context.Context, cfg Config) (_ *Driver, retErr error) {
+	cfg = cfg.withDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("%w: %w", drivers.ErrInvalidArgument, err)
+	}
+	cli, err := client.New(client.WithHost(cfg.Host))
+	if err != nil {
+		return nil, fmt.Errorf("docker driver: host %q: %w: %w", cfg.Host, drivers.ErrInvalidArgument, err)
+	}
+	d := &Driver{
+		cfg:    cfg,
+		cli:    cli,
+		log:    slog.Default().With("driver", DriverName),
+		closed: make(chan struct{}),
+	}
+	defer func() {
+		if retErr != nil {
+			_ = d.Close()
+		}
+	}()
+
+	pingCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if _, err := cli.Ping(pingCtx, client.PingOptions{NegotiateAPIVersion: true}); err != nil {
+		return nil, d.unavailable(err)
+	}
+	info, err := cli.Info(pingCtx, client.InfoOptions{})
+	if err != nil {
+		return nil, d.wrap(err, "read daemon info")
+	}
+	d.version = fmt.Sprintf("docker engine %s (API %s)", info.Info.ServerVersion, cli.ClientVersion())
+	d.cdiDirs = info.Info.CDISpecDirs
+
+	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
+		return nil, fmt.Errorf("docker driver: state_dir %s: %w", cfg.StateDir, err)
+	}
+	gw, err := d.ensureNetwork(ctx)
+	if err != nil {
+		return nil, err
+	}
+	d.gatewayIP = gw
+	if cfg.GatewayPort != 0 {
+		d.fwd, err = startForwarder(d.log, gw, cfg.GatewayPort)
+		if err != nil {
+			return nil, err
+		}
+	}
+	d.log.Info("docker driver ready", "host", cfg.Host, "engine", d.version, "network", cfg.Network, "gateway_ip", gw)
+	return d, nil
+}
+
+// Close stops the forwarder and every Watch; sandboxes keep running.
+func (d *Driver) Close() error {
+	var errs []error
+	d.closeOnce.Do(func() {
+		close(d.closed)
+		if d.fwd != nil {
+			errs = append(errs, d.fwd.Close())
+		}
+		d.wg.Wait()
+		errs = append(errs, d.cli.Close())
+	})
+	return errors.Join(errs...)
+}
+
+// GatewayIP is the address sandboxes reach the gateway at (host.openshell.internal).
+func (d *Driver) GatewayIP() string { return d.gatewayIP }
+
+// Capabilities reports the driver name, the daemon version and the default image.
+// Containers survive a gateway restart, so the gateway does not manage their lifecycle.
+func (d *Driver) Capabilities(ctx context.Context) (*computev1.GetCapabilitiesResponse, error) {
+	return &computev1.GetCapabilitiesResponse{
+		DriverName:              DriverName,
+		DriverVersion:           d.version,
+		DefaultImage:            d.cfg.DefaultImage,
+		GatewayManagesLifecycle: false,
+	}, nil
+}
+
+// sandboxNameRE is what Docker accepts in a container name (we prefix "openshell-").
+var sandboxNameRE = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,199}$`)
+
+func containerName(sandboxName string) string { return "openshell-" + sandboxName }
+
+// ValidateCreate checks the request, resolves the image and the resources without
+// creating anything.
+func (d *Driver) ValidateCreate(ctx context.Context, sb *computev1.DriverSandbox) error {
+	_, err := d.plan(ctx, sb)
+	return err
+}
+
+// Create creates and starts the sandbox container. It returns once the container is
+// started; readiness is reported by Get/Watch.
+func (d *Driver) Create(ctx context.Context, sb *computev1.DriverSandbox) (retErr error) {
+	p, err := d.plan(ctx, sb)
+	if err != nil {
+		return err
+	}
+	unlock := d.lock(sb.GetId())
+	defer unlock()
+
+	if c, err := d.find(ctx, sb.GetId(), ""); err == nil {
+		return fmt.Errorf("sandbox %s: %w (container %s)", sb.GetId(), drivers.ErrAlreadyExists, strings.TrimPrefix(c.Names[0], "/"))
+	} else if !errors.Is(err, drivers.ErrNotFound) {
+		return err
+	}
+
+	stateDir, err := d.writeState(sb.GetId(), sb.GetSpec().GetSandboxToken())
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if retErr != nil {
+			_ = os.RemoveAll(stateDir)
+		}
+	}()
+	cfg, hostCfg, netCfg := d.containerConfig(p, stateDir)
+	created, err := d.cli.ContainerCreate(ctx, client.ContainerCreateOptions{
+		Name:             containerName(p.name),
+		Config:           cfg,
+		HostConfig:       hostCfg,
+		NetworkingConfig: netCfg,
+	})
+	if err != nil {
+		if isConflict(err) {
+			return fmt.Errorf("sandbox %s: container name %q is already in use: %w; pick another sandbox name or delete the old sandbox",
+				sb.GetId(), containerName(p.name), drivers.ErrAlreadyExists)
+		}
+		return d.wrap(err, "create container for sandbox "+sb.GetId())
+	}
+	defer func() {
+		if retErr != nil {
+			// A fresh context: the caller's may be the reason we are failing.
+			cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+			defer cancel()
+			_, _ = d.cli.ContainerRemove(cctx, created.ID, client.ContainerRemoveOptions{Force: true, RemoveVolumes: true})
+		}
+	}()
+	if _, err := d.cli.ContainerStart(ctx, created.ID, client.ContainerStartOptions{}); err != nil {
+		return d.wrap(err, "start container for sandbox "+sb.GetId())
+	}
+	d.log.Info("sandbox container started", "sandbox_id", sb.GetId(), "container", created.ID[:12], "image", p.imageRef)
+	return nil
+}
+
+// Get returns the sandbox's current observation.
+func (d *Driver) Get(ctx context.Context, id, name string) (*computev1.DriverSandbox, error) {
+	c, err := d.find(ctx, id, name)
+	if err != nil {
+		return nil, err
+	}
+	return d.observe(ctx, c.ID)
+}
+
+// List returns every sandbox container with the driver's labels.
+func (d *Driver) List(ctx context.Context) ([]*computev1.DriverSandbox, error) {
+	res, err := d.cli.ContainerList(ctx, client.ContainerListOptions{All: true, Filters: d.filters()})
+	if err != nil {
+		return nil, d.wrap(err, "list sandbox containers")
+	}
+	out := make([]*computev1.DriverSandbox, 0, len(res.Items))
+	for _, c := range res.Items {
+		sb, err := d.observe(ctx, c.ID)
+		if errors.Is(err, drivers.ErrNotFound) {
+			continue // removed between list and inspect
+		}
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, sb)
+	}
+	return out, nil
+}
+
+// Stop stops the container, keeping its filesystem; the sandbox then reports
+// Suspended=True. A marker file records that the stop was requested, so an exit we
+// asked for is not mistaken for a crash (also after a gateway restart).
+func (d *Driver) Stop(ctx context.Context, id, name string) error {
+	c, err := d.find(ctx, id, name)
+	if err != nil {
+		return err
+	}
+	sid := c.Labels[LabelSandboxID]
+	if err := d.setStopped(sid, true); err != nil {
+		return err
+	}
+	timeout := int(d.cfg.StopTimeout.Round(time.Second) / time.Second)
+	if _, err := d.cli.ContainerStop(ctx, c.ID, client.ContainerStopOptions{Timeout: &timeout}); err != nil {
+		return d.wrap(err, "stop sandbox "+sid)
+	}
+	return nil
+}
+
+// Start starts a stopped sandbox's container again.
+func (d *Driver) Start(ctx context.Context, id, name string) error {
+	c, err := d.find(ctx, id, name)
+	if err != nil {
+		return err
+	}
+	sid := c.Labels[LabelSandboxID]
+	if _, err := d.cli.ContainerStart(ctx, c.ID, client.ContainerStartOptions{}); err != nil {
+		return d.wrap(err, "start sandbox "+sid)
+	}
+	return d.setStopped(sid, false)
+}
+
+// Delete removes the container, its anonymous volumes and the per-sandbox files.
+func (d *Driver) Delete(ctx context.Context, id, name string) (bool, error) {
+	unlock := d.lock(id)
+	defer unlock()
+	c, err := d.find(ctx, id, name)
+	if errors.Is(err, drivers.ErrNotFound) {
+		if id != "" {
+			_ = os.RemoveAll(d.stateDir(id))
+		}
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	sid := c.Labels[LabelSandboxID]
+	if _, err := d.cli.ContainerRemove(ctx, c.ID, client.ContainerRemoveOptions{Force: true, RemoveVolumes: true}); err != nil {
+		if isNotFound(err) {
+			_ = os.RemoveAll(d.stateDir(sid))
+			return false, nil
+		}
+		return false, d.wrap(err, "remove sandbox "+sid)
+	}
+	if err := os.RemoveAll(d.stateDir(sid)); err != nil {
+		return true, fmt.Errorf("sandbox %s: container removed but its state files remain: %w", sid, err)
+	}
+	d.log.Info("sandbox container removed", "sandbox_id", sid, "container", c.ID[:12])
+	return true, nil
+}
+
+// find returns the container of a sandbox, by id when given, else by name.
+func (d *Driver) find(ctx context.Context, id, name string) (container.Summary, error) {
+	f := d.filters()
+	switch {
+	case id != "":
+		f.Add("label", LabelSandboxID+"="+id)
+	case name != "":
+		f.Add("label", LabelSandboxName+"="+name)
+	default:
+		return container.Summary{}, fmt.Errorf("sandbox: neither id nor name given: %w", drivers.ErrInvalidArgument)
+	}
+	res, err := d.cli.ContainerList(ctx, client.ContainerListOptions{All: true, Filters: f})
+	if err != nil {
+		return container.Summary{}, d.wrap(err, "find sandbox "+id+name)
+	}
+	if len(res.Items) == 0 {
+		return container.Summary{}, fmt.Errorf("sandbox %s: %w", firstNonEmpty(id, name), drivers.ErrNotFound)
+	}
+	return res.Items[0], nil
+}
+
+// filters selects the containers this driver instance manages.
+func (d *Driver) filters() client.Filters {
+	f := make(client.Filters).Add("label", LabelManagedBy+"="+ManagedByValue)
+	for k, v := range d.cfg.Labels {
+		f.Add("label", k+"="+v)
+	}
+	return f
+}
+
+func (d *Driver) lock(id string) func() {
+	m, _ := d.locks.LoadOrStore(id, &sync.Mutex{})
+	mu := m.(*sync.Mutex)
+	mu.Lock()
+	return mu.Unlock
+}
+
+// Per-sandbox state on the host: StateDir/<id>/{token,ca.pem,stopped}. The directory is
+// bind-mounted read-only at BootstrapDir.
+func (d *Driver) stateDir(id string) string {
+	return filepath.Join(d.cfg.StateDir, "sandboxes", filepath.Base(id))
+}
+
+func (d *Driver) writeState(id, token string) (string, error) {
+	dir := d.stateDir(id)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", fmt.Errorf("sandbox %s: state dir: %w", id, err)
+	}
+	// The token is the sandbox's credential: root-only; the supervisor runs as root.
+	if err := writeFileAtomic(filepath.Join(dir, "token"), []byte(token), 0o600); err != nil {
+		return "", fmt.Errorf("sandbox %s: write token: %w", id, err)
+	}
+	if len(d.cfg.CAPEM) > 0 {
+		if err := writeFileAtomic(filepath.Join(dir, "ca.pem"), d.cfg.CAPEM, 0o644); err != nil {
+			return "", fmt.Errorf("sandbox %s: write CA bundle: %w", id, err)
+		}
+	}
+	return dir, nil
+}
+
+func (d *Driver) setStopped(id string, stopped bool) error {
+	p := filepath.Join(d.stateDir(id), "stopped")
+	if !stopped {
+		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("sandbox %s: clear stop marker: %w", id, err)
+		}
+		return nil
+	}
+	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+		return fmt.Errorf("sandbox %s: stop marker: %w", id, err)
+	}
+	if err := os.WriteFile(p, nil, 0o600); err != nil {
+		return fmt.Errorf("sandbox %s: stop marker: %w", id, err)
+	}
+	return nil
+}
+
+func (d *Driver) isStopped(id string) bool {
+	_, err := os.Stat(filepath.Join(d.stateDir(id), "stopped"))
+	return err == nil
+}
+
+func writeFileAtomic(path string, data []byte, perm os.FileMode) error {
+	tmp, err := os.CreateTemp(filepath.Dir(path), ".tmp-*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.Write(data); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Chmod(perm); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp.Name(), path)
+}
+
+func firstNonEmpty(s ...string) string {
+	for _, v := range s {
+		if v != "" {
+			return v
+		}
+	}
+	return ""
+}

@@ -1,0 +1,223 @@
+package docker
+
+import (
+	"context"
+	"fmt"
+	"maps"
+	"path/filepath"
+	"slices"
+	"strings"
+
+	"github.com/moby/moby/api/types/container"
+	"github.com/moby/moby/api/types/network"
+
+	"github.com/openshell/openshell/api/computev1"
+	"github.com/openshell/openshell/drivers"
+	"github.com/openshell/openshell/supervisor/bootstrap"
+)
+
+// Capabilities the supervisor keeps; everything else is dropped. The supervisor runs
+// as root only to set the sandbox up and then runs the agent as the image's user,
+// which loses all of them. Why each one:
+//   - CHOWN, FOWNER, DAC_OVERRIDE: create the image user's home/workdir and hand
+//     /sandbox to that user, even where the image left files owned by someone else.
+//   - SETUID, SETGID: switch to the image's user (and its groups) for the agent.
+//   - KILL: signal the agent's process tree, which runs under another uid.
+//   - NET_ADMIN: install the agent's network rules (egress only through the
+//     supervisor's proxy).
+//   - SYS_ADMIN: create the agent's network namespace and mounts (unshare/mount need
+//     it); Landlock and seccomp themselves need no capability.
+var supervisorCaps = []string{"CHOWN", "DAC_OVERRIDE", "FOWNER", "SETUID", "SETGID", "KILL", "NET_ADMIN", "SYS_ADMIN"}
+
+// plan is a validated create request with everything resolved.
+type plan struct {
+	id, name, workspace string
+	imageRef, imageID   string
+	imageUser, workdir  string
+	nanoCPUs            int64
+	memory, memoryReq   int64
+	gpu                 *container.DeviceRequest
+	labels              map[string]string
+	boot                bootstrap.Config
+}
+
+// plan validates a create request and resolves the image and resources.
+func (d *Driver) plan(ctx context.Context, sb *computev1.DriverSandbox) (*plan, error) {
+	invalid := func(format string, args ...any) error {
+		return fmt.Errorf("sandbox %s: %s: %w", sb.GetId(), fmt.Sprintf(format, args...), drivers.ErrInvalidArgument)
+	}
+	if sb.GetId() == "" {
+		return nil, fmt.Errorf("sandbox: id is empty: %w", drivers.ErrInvalidArgument)
+	}
+	if strings.ContainsAny(sb.GetId(), "/\\") || sb.GetId() == "." || sb.GetId() == ".." || filepath.Base(sb.GetId()) != sb.GetId() {
+		return nil, invalid("id %q must not contain path separators", sb.GetId())
+	}
+	if !sandboxNameRE.MatchString(sb.GetName()) {
+		return nil, invalid("name %q: want 1-200 characters of letters, digits, '.', '_' or '-', starting with a letter or digit", sb.GetName())
+	}
+	spec := sb.GetSpec()
+	tmpl := spec.GetTemplate()
+	p := &plan{id: sb.GetId(), name: sb.GetName(), workspace: sb.GetWorkspace()}
+
+	p.imageRef = tmpl.GetImage()
+	if p.imageRef == "" {
+		p.imageRef = d.cfg.DefaultImage
+	}
+	if p.imageRef == "" {
+		return nil, invalid("no image: set the sandbox's image (or the driver's default_image)")
+	}
+	img, err := d.cli.ImageInspect(ctx, p.imageRef)
+	if err != nil {
+		if isNotFound(err) {
+			return nil, invalid("image %q is not in the local Docker daemon; pull it (docker pull %s) or build it (openshell sandbox create --from DIR) first", p.imageRef, p.imageRef)
+		}
+		return nil, d.wrap(err, "inspect image "+p.imageRef)
+	}
+	// Pin the immutable id: a later re-tag must not change what this sandbox runs.
+	p.imageID = img.ID
+	if img.Config != nil {
+		p.imageUser = img.Config.User
+		p.workdir = img.Config.WorkingDir
+	}
+
+	cpu, mem, memReq := d.cfg.DefaultCPU, d.cfg.DefaultMemory, ""
+	if r := tmpl.GetResources(); r != nil {
+		cpu = firstNonEmpty(r.GetCpuLimit(), r.GetCpuRequest(), cpu)
+		mem = firstNonEmpty(r.GetMemoryLimit(), r.GetMemoryRequest(), mem)
+		memReq = r.GetMemoryRequest()
+	}
+	if cpu != "" {
+		if p.nanoCPUs, err = parseCPU(cpu); err != nil {
+			return nil, invalid("cpu: %v", err)
+		}
+		if p.nanoCPUs < 10_000_000 {
+			return nil, invalid("cpu %q is below the minimum of 10m", cpu)
+		}
+	}
+	if mem != "" {
+		if p.memory, err = parseMemory(mem); err != nil {
+			return nil, invalid("memory: %v", err)
+		}
+		if p.memory < d.cfg.MinMemory {
+			return nil, invalid("memory %q (%d bytes) is below the minimum of %d MiB", mem, p.memory, d.cfg.MinMemory>>20)
+		}
+	}
+	if memReq != "" {
+		if p.memoryReq, err = parseMemory(memReq); err != nil {
+			return nil, invalid("memory request: %v", err)
+		}
+		if p.memoryReq > p.memory {
+			p.memoryReq = 0 // a reservation above the limit is meaningless for Docker
+		}
+	}
+
+	if g := spec.GetResourceRequirements().GetGpu(); g != nil {
+		if len(d.cdiDirs) == 0 {
+			return nil, fmt.Errorf("sandbox %s: GPU requested but the Docker daemon has no CDI spec directories; configure CDI (generate a spec with `nvidia-ctk cdi generate --output=/etc/cdi/nvidia.yaml` and enable the daemon's CDI feature), or create the sandbox without --gpu: %w",
+				sb.GetId(), drivers.ErrFailedPrecondition)
+		}
+		ids := []string{"nvidia.com/gpu=all"}
+		if g.Count != nil && *g.Count > 0 {
+			ids = ids[:0]
+			for i := range *g.Count {
+				ids = append(ids, fmt.Sprintf("nvidia.com/gpu=%d", i))
+			}
+		}
+		p.gpu = &container.DeviceRequest{Driver: "cdi", DeviceIDs: ids}
+	}
+
+	p.labels = map[string]string{}
+	for k, v := range tmpl.GetLabels() {
+		if strings.HasPrefix(k, "openshell.ai/") {
+			return nil, invalid("label %q: the openshell.ai/ prefix is reserved", k)
+		}
+		p.labels[k] = v
+	}
+	maps.Copy(p.labels, d.cfg.Labels)
+	p.labels[LabelManagedBy] = ManagedByValue
+	p.labels[LabelSandboxID] = p.id
+	p.labels[LabelSandboxName] = p.name
+	p.labels[LabelImage] = p.imageRef
+	if p.workspace != "" {
+		p.labels[LabelWorkspace] = p.workspace
+	}
+
+	env := map[string]string{}
+	maps.Copy(env, tmpl.GetEnvironment())
+	maps.Copy(env, spec.GetEnvironment())
+	p.boot = bootstrap.Config{
+		Endpoint:     d.cfg.GatewayEndpoint,
+		SandboxID:    p.id,
+		SandboxName:  p.name,
+		TokenFile:    BootstrapDir + "/token",
+		LogLevel:     firstNonEmpty(spec.GetLogLevel(), d.cfg.LogLevel),
+		ImageUser:    p.imageUser,
+		ImageWorkdir: p.workdir,
+		Main: bootstrap.MainProcessSpec{
+			Version: 1,
+			Command: spec.GetCommand(),
+			TTY:     spec.GetTty(),
+			Env:     env,
+		},
+	}
+	if len(d.cfg.CAPEM) > 0 {
+		p.boot.CAFile = BootstrapDir + "/ca.pem"
+	}
+	return p, nil
+}
+
+// containerConfig renders a plan as Docker create options.
+func (d *Driver) containerConfig(p *plan, stateDir string) (*container.Config, *container.HostConfig, *network.NetworkingConfig) {
+	stopTimeout := int(d.cfg.StopTimeout.Seconds())
+	cfg := &container.Config{
+		Image:      p.imageID,
+		Hostname:   hostname(p.name),
+		Entrypoint: []string{SupervisorPath},
+		// Root so the supervisor can set the sandbox up; it runs the agent as ImageUser.
+		User:        "0:0",
+		Env:         p.boot.Env(),
+		Labels:      p.labels,
+		StopSignal:  "SIGTERM",
+		StopTimeout: &stopTimeout,
+		// The image's HEALTHCHECK would test the agent, not the supervisor we start.
+		Healthcheck: &container.HealthConfig{Test: []string{"NONE"}},
+	}
+	pids := d.cfg.PidsLimit
+	host := &container.HostConfig{
+		Binds: []string{
+			d.cfg.SupervisorBinary + ":" + SupervisorPath + ":ro",
+			stateDir + ":" + BootstrapDir + ":ro",
+		},
+		NetworkMode:   container.NetworkMode(d.cfg.Network),
+		ExtraHosts:    []string{GatewayHost + ":" + d.gatewayIP},
+		RestartPolicy: container.RestartPolicy{Name: container.RestartPolicyDisabled},
+		CapDrop:       []string{"ALL"},
+		CapAdd:        slices.Clone(supervisorCaps),
+		// Nothing in the sandbox may gain privileges through setuid binaries.
+		SecurityOpt: []string{"no-new-privileges:true"},
+		Resources: container.Resources{
+			NanoCPUs:          p.nanoCPUs,
+			Memory:            p.memory,
+			MemoryReservation: p.memoryReq,
+			PidsLimit:         &pids,
+		},
+	}
+	if p.gpu != nil {
+		host.DeviceRequests = []container.DeviceRequest{*p.gpu}
+	}
+	return cfg, host, &network.NetworkingConfig{}
+}
+
+// hostname is the sandbox name cut to a valid host name (63 chars, no dots/underscores).
+func hostname(name string) string {
+	h := strings.Map(func(r rune) rune {
+		if r == '.' || r == '_' {
+			return '-'
+		}
+		return r
+	}, name)
+	if len(h) > 63 {
+		h = h[:63]
+	}
+	return strings.Trim(h, "-")
+}

@@ -1,0 +1,144 @@
+package docker
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/moby/moby/api/pkg/stdcopy"
+	"github.com/moby/moby/api/types/container"
+	"github.com/moby/moby/client"
+
+	"github.com/openshell/openshell/api/computev1"
+	"github.com/openshell/openshell/drivers"
+)
+
+// exitLogLines is how many of a dead container's last log lines go into its condition.
+const exitLogLines = 20
+
+// Reasons this driver adds to the shared vocabulary.
+const (
+	ReasonContainerPaused   = "ContainerPaused"
+	ReasonContainerRemoving = "ContainerRemoving"
+)
+
+// observe inspects a container and turns it into a sandbox observation.
+func (d *Driver) observe(ctx context.Context, containerID string) (*computev1.DriverSandbox, error) {
+	res, err := d.cli.ContainerInspect(ctx, containerID, client.ContainerInspectOptions{})
+	if err != nil {
+		return nil, d.wrap(err, "inspect container "+containerID)
+	}
+	c := res.Container
+	var labels map[string]string
+	if c.Config != nil {
+		labels = c.Config.Labels
+	}
+	id := labels[LabelSandboxID]
+	sb := &computev1.DriverSandbox{
+		Id:        id,
+		Name:      labels[LabelSandboxName],
+		Workspace: labels[LabelWorkspace],
+		Status: &computev1.DriverSandboxStatus{
+			SandboxName: labels[LabelSandboxName],
+			InstanceId:  shortID(c.ID),
+		},
+	}
+	st := c.State
+	if st == nil {
+		sb.Status.Conditions = []*computev1.DriverCondition{
+			cond(drivers.ConditionReady, drivers.StatusUnknown, drivers.ReasonInspectFailed, "the daemon reported no container state", ""),
+		}
+		return sb, nil
+	}
+	var logs string
+	if (st.Status == container.StateExited || st.Status == container.StateDead) && !d.isStopped(id) {
+		logs = d.lastLogs(ctx, c.ID)
+	}
+	sb.Status.Conditions, sb.Status.Deleting = conditions(st, c.Created, d.isStopped(id), logs)
+	return sb, nil
+}
+
+// conditions maps a Docker container state onto the conditions the gateway derives
+// the sandbox phase from (see drivers.BackendPhase).
+func conditions(st *container.State, created string, stopRequested bool, logs string) ([]*computev1.DriverCondition, bool) {
+	ready := func(status, reason, msg, at string) []*computev1.DriverCondition {
+		return []*computev1.DriverCondition{cond(drivers.ConditionReady, status, reason, msg, at)}
+	}
+	switch {
+	case st.Status == container.StateRemoving:
+		return ready(drivers.StatusFalse, ReasonContainerRemoving, "container is being removed", st.FinishedAt), true
+	case st.Status == container.StateCreated:
+		return ready(drivers.StatusFalse, drivers.ReasonContainerCreated, "container created, not started yet", created), false
+	case st.Restarting || st.Status == container.StateRestarting:
+		return ready(drivers.StatusFalse, drivers.ReasonContainerStarting, "container is restarting", st.StartedAt), false
+	case st.Paused || st.Status == container.StatePaused:
+		return ready(drivers.StatusUnknown, ReasonContainerPaused, "container is paused (docker unpause to resume)", st.StartedAt), false
+	case st.Running || st.Status == container.StateRunning:
+		return ready(drivers.StatusTrue, drivers.ReasonRunning, "container running", st.StartedAt), false
+	case stopRequested:
+		return []*computev1.DriverCondition{
+			cond(drivers.ConditionReady, drivers.StatusFalse, drivers.ReasonContainerStopped, "sandbox stopped on request", st.FinishedAt),
+			cond(drivers.ConditionSuspended, drivers.StatusTrue, drivers.ReasonStopped, "sandbox stopped on request; start it to resume", st.FinishedAt),
+		}, false
+	default: // exited or dead without a stop request: the supervisor died.
+		var msg strings.Builder
+		fmt.Fprintf(&msg, "container exited with code %d", st.ExitCode)
+		if st.OOMKilled {
+			msg.WriteString(" (killed: out of memory; raise the sandbox's memory limit)")
+		}
+		if st.Error != "" {
+			fmt.Fprintf(&msg, ": %s", st.Error)
+		}
+		if logs != "" {
+			fmt.Fprintf(&msg, "; last log lines:\n%s", logs)
+		}
+		return ready(drivers.StatusFalse, drivers.ReasonContainerExited, msg.String(), st.FinishedAt), false
+	}
+}
+
+// lastLogs returns the container's last log lines (stdout and stderr interleaved
+// by stream), or "" when they cannot be read.
+func (d *Driver) lastLogs(ctx context.Context, containerID string) string {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	rc, err := d.cli.ContainerLogs(ctx, containerID, client.ContainerLogsOptions{
+		ShowStdout: true, ShowStderr: true, Tail: fmt.Sprint(exitLogLines),
+	})
+	if err != nil {
+		return ""
+	}
+	defer rc.Close()
+	var buf bytes.Buffer
+	if _, err := stdcopy.StdCopy(&buf, &buf, rc); err != nil && buf.Len() == 0 {
+		return ""
+	}
+	lines := strings.Split(strings.TrimRight(buf.String(), "\n"), "\n")
+	if len(lines) > exitLogLines {
+		lines = lines[len(lines)-exitLogLines:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+// cond builds a condition; at is a Docker RFC 3339 timestamp ("" or zero = now).
+func cond(typ, status, reason, msg, at string) *computev1.DriverCondition {
+	t, err := time.Parse(time.RFC3339Nano, at)
+	if err != nil || t.IsZero() || t.Year() < 2000 {
+		t = time.Now()
+	}
+	return &computev1.DriverCondition{
+		Type:               typ,
+		Status:             status,
+		Reason:             reason,
+		Message:            msg,
+		LastTransitionTime: t.UTC().Format(time.RFC3339),
+	}
+}
+
+func shortID(id string) string {
+	if len(id) > 12 {
+		return id[:12]
+	}
+	return id
+}
