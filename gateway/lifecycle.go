@@ -1,0 +1,383 @@
+package gateway
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"maps"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/openshell/openshell/api/datamodelv1"
+	"github.com/openshell/openshell/api/openshellv1"
+	"github.com/openshell/openshell/drivers"
+	"github.com/openshell/openshell/gateway/store"
+	"github.com/openshell/openshell/gateway/validation"
+)
+
+// DefaultListLimit is ListSandboxes' page size when the request says 0.
+const (
+	DefaultListLimit = 100
+	MaxListLimit     = 10000
+)
+
+// driverCallTimeout bounds one driver call made on behalf of an RPC; the call is
+// detached from the client's context so a disconnecting client does not leave a
+// half-created sandbox behind.
+const driverCallTimeout = 5 * time.Minute
+
+func (s *Server) Health(context.Context, *openshellv1.HealthRequest) (*openshellv1.HealthResponse, error) {
+	return &openshellv1.HealthResponse{Status: openshellv1.ServiceStatus_SERVICE_STATUS_HEALTHY, Version: Version}, nil
+}
+
+func (s *Server) CreateSandbox(ctx context.Context, req *openshellv1.CreateSandboxRequest) (*openshellv1.SandboxResponse, error) {
+	if err := validation.CreateRequest(req); err != nil {
+		return nil, err
+	}
+	ws := resolveWorkspace(req.GetWorkspace())
+	name := req.GetName()
+	if name == "" {
+		name = generateName()
+	}
+	id := uuid.NewString()
+	spec := cloneSpec(req.GetSpec())
+	if len(spec.Command) == 0 {
+		spec.Command = []string{"/bin/bash", "-l"}
+		spec.Tty = true
+	}
+	if spec.Template == nil {
+		spec.Template = &openshellv1.SandboxTemplate{}
+	}
+	if spec.Template.Image == "" {
+		spec.Template.Image = s.caps.GetDefaultImage()
+	}
+	sb := &openshellv1.Sandbox{
+		Metadata: &datamodelv1.ObjectMeta{Id: id, Name: name, Workspace: ws,
+			Labels: maps.Clone(req.GetLabels()), Annotations: maps.Clone(req.GetAnnotations())},
+		Spec:   spec,
+		Status: &openshellv1.SandboxStatus{SandboxName: name, Phase: openshellv1.SandboxPhase_SANDBOX_PHASE_PROVISIONING},
+	}
+	log := s.log.With("sandbox_id", id, "sandbox", name, "workspace", ws)
+	token, err := s.opts.Tokens.Mint(id, s.opts.TokenTTL)
+	if err != nil {
+		return nil, fmt.Errorf("sandbox %s: minting its token: %w", name, err)
+	}
+	dsb, err := toDriverSandbox(sb, s.opts.DriverName, token)
+	if err != nil {
+		return nil, err
+	}
+	r := &record{sb: sb}
+	data, err := r.encode()
+	if err != nil {
+		return nil, err
+	}
+	obj, err := s.st.Create(ctx, &store.Object{Kind: kindSandbox, ID: id, Workspace: ws, Name: name, Labels: sb.Metadata.Labels, Data: data})
+	if err != nil {
+		if errors.Is(err, store.ErrAlreadyExists) {
+			return nil, fmt.Errorf("a sandbox named %q already exists in workspace %q; pick another name or delete it first: %w", name, ws, store.ErrAlreadyExists)
+		}
+		return nil, err
+	}
+	r.obj = obj
+	log.Info("sandbox created; asking the driver to provision it", "image", spec.Template.Image)
+
+	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), driverCallTimeout)
+	defer cancel()
+	derr := s.drv.ValidateCreate(dctx, dsb)
+	if derr == nil {
+		derr = s.drv.Create(dctx, dsb)
+	}
+	if derr != nil {
+		log.Warn("driver refused the sandbox", "err", derr)
+		if _, merr := s.mutate(dctx, id, func(r *record) error {
+			r.failureReason, r.failureMessage = reasonCreateFailed, derr.Error()
+			return nil
+		}); merr != nil {
+			log.Error("could not record the create failure", "err", merr)
+		}
+		return nil, fmt.Errorf("sandbox %s: driver %s: %w", name, s.opts.DriverName, derr)
+	}
+	// Pick up the first observation if the driver has one already.
+	if ds, err := s.drv.Get(dctx, id, name); err == nil {
+		if nr, err := s.observe(dctx, id, ds); err == nil && nr != nil {
+			r = nr
+		}
+	} else if r2, err := s.load(dctx, id); err == nil {
+		r = r2
+	}
+	return &openshellv1.SandboxResponse{Sandbox: s.view(r)}, nil
+}
+
+func generateName() string {
+	var b [4]byte
+	_, _ = rand.Read(b[:])
+	return "sandbox-" + hex.EncodeToString(b[:])
+}
+
+func cloneSpec(sp *openshellv1.SandboxSpec) *openshellv1.SandboxSpec {
+	if sp == nil {
+		return &openshellv1.SandboxSpec{}
+	}
+	return cloneSandbox(&openshellv1.Sandbox{Spec: sp}).Spec
+}
+
+func (s *Server) GetSandbox(ctx context.Context, req *openshellv1.GetSandboxRequest) (*openshellv1.SandboxResponse, error) {
+	r, err := s.loadByName(ctx, req.GetWorkspace(), req.GetName())
+	if err != nil {
+		return nil, err
+	}
+	return &openshellv1.SandboxResponse{Sandbox: s.view(r)}, nil
+}
+
+func (s *Server) ListSandboxes(ctx context.Context, req *openshellv1.ListSandboxesRequest) (*openshellv1.ListSandboxesResponse, error) {
+	if req.GetAllWorkspaces() && req.GetWorkspace() != "" {
+		return nil, invalidf("all_workspaces and workspace %q are mutually exclusive; set only one", req.GetWorkspace())
+	}
+	sel, err := store.ParseSelector(req.GetLabelSelector())
+	if err != nil {
+		return nil, fmt.Errorf("label_selector: %w", err)
+	}
+	limit := int(req.GetLimit())
+	if limit == 0 {
+		limit = DefaultListLimit
+	}
+	limit = min(limit, MaxListLimit)
+	objs, err := s.st.List(ctx, kindSandbox, store.ListOptions{Workspace: resolveWorkspace(req.GetWorkspace()),
+		AllWorkspaces: req.GetAllWorkspaces(), Selector: sel, Limit: limit, Offset: int(req.GetOffset())})
+	if err != nil {
+		return nil, err
+	}
+	out := make([]*openshellv1.Sandbox, 0, len(objs))
+	for _, o := range objs {
+		r, err := decodeRecord(o)
+		if err != nil {
+			s.log.Error("skipping unreadable sandbox record", "sandbox_id", o.ID, "err", err)
+			continue
+		}
+		out = append(out, s.view(r))
+	}
+	return &openshellv1.ListSandboxesResponse{Sandboxes: out}, nil
+}
+
+func (s *Server) DeleteSandbox(ctx context.Context, req *openshellv1.DeleteSandboxRequest) (*openshellv1.DeleteSandboxResponse, error) {
+	r, err := s.loadByName(ctx, req.GetWorkspace(), req.GetName())
+	if err != nil {
+		return nil, err
+	}
+	id, name := r.id(), r.sb.GetMetadata().GetName()
+	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), driverCallTimeout)
+	defer cancel()
+	if _, err := s.mutate(dctx, id, func(r *record) error {
+		if r.intent == intentDeleting {
+			return errNoChange
+		}
+		r.intent = intentDeleting
+		r.sb.Metadata.DeletionTimestampMs = time.Now().UnixMilli()
+		return nil
+	}); err != nil {
+		return nil, err
+	}
+	if err := s.finishDelete(dctx, id, name); err != nil {
+		return nil, err
+	}
+	s.log.Info("sandbox deleted", "sandbox_id", id, "sandbox", name)
+	return &openshellv1.DeleteSandboxResponse{Deleted: true}, nil
+}
+
+// finishDelete removes the sandbox from the driver and then from the store.
+func (s *Server) finishDelete(ctx context.Context, id, name string) error {
+	if _, err := s.drv.Delete(ctx, id, name); err != nil && !errors.Is(err, drivers.ErrNotFound) {
+		return fmt.Errorf("sandbox %s: driver delete failed (it stays DELETING and the gateway retries): %w", name, err)
+	}
+	if err := s.st.Delete(ctx, kindSandbox, id, 0); err != nil && !errors.Is(err, store.ErrNotFound) {
+		return err
+	}
+	s.watch.notify(id)
+	s.logs.forget(id)
+	return nil
+}
+
+func (s *Server) StopSandbox(ctx context.Context, req *openshellv1.StopSandboxRequest) (*openshellv1.SandboxResponse, error) {
+	r, err := s.loadByName(ctx, req.GetWorkspace(), req.GetName())
+	if err != nil {
+		return nil, err
+	}
+	id, name := r.id(), r.sb.GetMetadata().GetName()
+	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), driverCallTimeout)
+	defer cancel()
+	if _, err := s.mutate(dctx, id, func(r *record) error {
+		switch r.intent {
+		case intentDeleting:
+			return fmt.Errorf("sandbox %s is being deleted: %w", name, drivers.ErrFailedPrecondition)
+		case intentStopped, intentStopping:
+			return errNoChange
+		}
+		r.intent = intentStopping
+		return nil
+	}); err != nil {
+		return nil, err
+	}
+	if err := s.drv.Stop(dctx, id, name); err != nil {
+		return nil, fmt.Errorf("sandbox %s: driver stop: %w", name, err)
+	}
+	// A successful Stop means the workload is stopped.
+	r, err = s.mutate(dctx, id, func(r *record) error {
+		if r.intent != intentStopping {
+			return errNoChange
+		}
+		r.intent = intentStopped
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &openshellv1.SandboxResponse{Sandbox: s.view(r)}, nil
+}
+
+func (s *Server) StartSandbox(ctx context.Context, req *openshellv1.StartSandboxRequest) (*openshellv1.SandboxResponse, error) {
+	r, err := s.loadByName(ctx, req.GetWorkspace(), req.GetName())
+	if err != nil {
+		return nil, err
+	}
+	id, name := r.id(), r.sb.GetMetadata().GetName()
+	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), driverCallTimeout)
+	defer cancel()
+	if _, err := s.mutate(dctx, id, func(r *record) error {
+		if r.intent == intentDeleting {
+			return fmt.Errorf("sandbox %s is being deleted: %w", name, drivers.ErrFailedPrecondition)
+		}
+		r.intent = intentStarting
+		r.sb.Status.ExitCode = nil
+		r.sb.Status.MainProcessInstanceId = ""
+		return nil
+	}); err != nil {
+		return nil, err
+	}
+	if err := s.drv.Start(dctx, id, name); err != nil {
+		return nil, fmt.Errorf("sandbox %s: driver start: %w", name, err)
+	}
+	if ds, err := s.drv.Get(dctx, id, name); err == nil {
+		if nr, err := s.observe(dctx, id, ds); err == nil && nr != nil {
+			r = nr
+		}
+	} else if r, err = s.load(dctx, id); err != nil {
+		return nil, err
+	}
+	return &openshellv1.SandboxResponse{Sandbox: s.view(r)}, nil
+}
+
+func (s *Server) WatchSandbox(req *openshellv1.WatchSandboxRequest, stream openshellv1.OpenShell_WatchSandboxServer) error {
+	ctx := stream.Context()
+	id := req.GetId()
+	if id == "" {
+		return invalidf("id is required (the sandbox's metadata.id; resolve a name with GetSandbox)")
+	}
+	wake, unsub := s.watch.subscribe(id)
+	defer unsub()
+	var fol *follower
+	if req.GetFollowLogs() || req.GetFollowEvents() {
+		f, stop := s.logs.follow(id)
+		defer stop()
+		fol = f
+	}
+	r, err := s.load(ctx, id)
+	if err != nil {
+		return err
+	}
+	send := func(sb *openshellv1.Sandbox) error {
+		return stream.Send(&openshellv1.SandboxStreamEvent{Payload: &openshellv1.SandboxStreamEvent_Sandbox{Sandbox: sb}})
+	}
+	last := s.view(r)
+	if err := send(last); err != nil {
+		return err
+	}
+	terminal := func(p openshellv1.SandboxPhase) bool {
+		return p == openshellv1.SandboxPhase_SANDBOX_PHASE_READY || p == openshellv1.SandboxPhase_SANDBOX_PHASE_ERROR
+	}
+	if req.GetStopOnTerminal() && terminal(last.GetStatus().GetPhase()) {
+		return nil
+	}
+	filter := logFilter{since: req.GetLogSinceMs(), sources: req.GetLogSources(), minLevel: req.GetLogMinLevel()}
+	if req.GetFollowLogs() {
+		n := int(req.GetLogTailLines())
+		if n == 0 {
+			n = 200
+		}
+		lines, _ := s.logs.tail(id, n, filter)
+		for _, l := range lines {
+			if err := stream.Send(&openshellv1.SandboxStreamEvent{Payload: &openshellv1.SandboxStreamEvent_Log{Log: l}}); err != nil {
+				return err
+			}
+		}
+	}
+	if req.GetFollowEvents() {
+		for _, e := range s.logs.eventTail(id, int(req.GetEventTail())) {
+			if err := stream.Send(&openshellv1.SandboxStreamEvent{Payload: &openshellv1.SandboxStreamEvent_Event{Event: e}}); err != nil {
+				return err
+			}
+		}
+	}
+	if !req.GetFollowStatus() && !req.GetFollowLogs() && !req.GetFollowEvents() && !req.GetStopOnTerminal() {
+		return nil
+	}
+	var logs <-chan *openshellv1.SandboxLogLine
+	var events <-chan *openshellv1.PlatformEvent
+	var lost <-chan struct{}
+	if fol != nil {
+		if req.GetFollowLogs() {
+			logs, lost = fol.logs, fol.lost
+		}
+		if req.GetFollowEvents() {
+			events = fol.events
+		}
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-wake:
+			r, err := s.load(ctx, id)
+			if errors.Is(err, store.ErrNotFound) {
+				// Deleted: send a final DELETING snapshot so clients see the end.
+				last.Status.Phase = openshellv1.SandboxPhase_SANDBOX_PHASE_DELETING
+				if req.GetFollowStatus() {
+					_ = send(last)
+				}
+				return nil
+			}
+			if err != nil {
+				return err
+			}
+			cur := s.view(r)
+			changed := cur.GetMetadata().GetResourceVersion() != last.GetMetadata().GetResourceVersion() ||
+				cur.GetStatus().GetPhase() != last.GetStatus().GetPhase()
+			last = cur
+			if changed && (req.GetFollowStatus() || req.GetStopOnTerminal()) {
+				if err := send(cur); err != nil {
+					return err
+				}
+			}
+			if req.GetStopOnTerminal() && terminal(cur.GetStatus().GetPhase()) {
+				return nil
+			}
+		case l := <-logs:
+			if filter.match(l) {
+				if err := stream.Send(&openshellv1.SandboxStreamEvent{Payload: &openshellv1.SandboxStreamEvent_Log{Log: l}}); err != nil {
+					return err
+				}
+			}
+		case <-lost:
+			if err := stream.Send(&openshellv1.SandboxStreamEvent{Payload: &openshellv1.SandboxStreamEvent_Warning{
+				Warning: &openshellv1.SandboxStreamWarning{Message: "log lines were dropped because this watcher fell behind"}}}); err != nil {
+				return err
+			}
+		case e := <-events:
+			if err := stream.Send(&openshellv1.SandboxStreamEvent{Payload: &openshellv1.SandboxStreamEvent_Event{Event: e}}); err != nil {
+				return err
+			}
+		}
+	}
+}

@@ -1,0 +1,282 @@
+package gateway
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/openshell/openshell/api/openshellv1"
+	"github.com/openshell/openshell/gateway/store"
+	"github.com/openshell/openshell/gateway/validation"
+)
+
+// requireReady loads a sandbox by id and fails with FAILED_PRECONDITION unless READY.
+func (s *Server) requireReady(ctx context.Context, id string) (*record, error) {
+	if id == "" {
+		return nil, invalidf("sandbox_id is required")
+	}
+	r, err := s.load(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	if p, _ := derivePhase(s.phaseInput(r)); p != openshellv1.SandboxPhase_SANDBOX_PHASE_READY {
+		return nil, fmt.Errorf("sandbox %s is %s, not READY; wait for it (openshell sandbox watch %s): %w",
+			r.sb.GetMetadata().GetName(), phaseName(p), r.sb.GetMetadata().GetName(), errNotReady)
+	}
+	return r, nil
+}
+
+func phaseName(p openshellv1.SandboxPhase) string {
+	n := p.String()
+	if len(n) > len("SANDBOX_PHASE_") {
+		return n[len("SANDBOX_PHASE_"):]
+	}
+	return n
+}
+
+func validateExec(req *openshellv1.ExecSandboxRequest) error {
+	if req.GetSandboxId() == "" {
+		return invalidf("sandbox_id is required")
+	}
+	if len(req.GetCommand()) == 0 {
+		return invalidf("command is required (argv, at least one element)")
+	}
+	if err := validation.Env("environment", req.GetEnvironment()); err != nil {
+		return err
+	}
+	return validation.Command("command", req.GetCommand())
+}
+
+func (s *Server) ExecSandbox(req *openshellv1.ExecSandboxRequest, stream openshellv1.OpenShell_ExecSandboxServer) error {
+	if s.opts.Exec == nil {
+		return status.Error(codes.Unimplemented, "exec is not available in this gateway build")
+	}
+	if err := validateExec(req); err != nil {
+		return err
+	}
+	ctx := stream.Context()
+	if _, err := s.requireReady(ctx, req.GetSandboxId()); err != nil {
+		return err
+	}
+	conn, err := s.hub.OpenRelay(ctx, req.GetSandboxId(), &openshellv1.RelayOpen{Target: &openshellv1.RelayOpen_Ssh{Ssh: &openshellv1.SshRelayTarget{}}})
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	return s.opts.Exec(ctx, conn, req, stream.Send)
+}
+
+func (s *Server) ExecSandboxInteractive(stream openshellv1.OpenShell_ExecSandboxInteractiveServer) error {
+	if s.opts.Interactive == nil {
+		return status.Error(codes.Unimplemented, "interactive exec is not available in this gateway build")
+	}
+	first, err := stream.Recv()
+	if err != nil {
+		return err
+	}
+	start := first.GetStart()
+	if start == nil {
+		return invalidf("the first ExecSandboxInteractive frame must be start")
+	}
+	if err := validateExec(start); err != nil {
+		return err
+	}
+	ctx := stream.Context()
+	if _, err := s.requireReady(ctx, start.GetSandboxId()); err != nil {
+		return err
+	}
+	conn, err := s.hub.OpenRelay(ctx, start.GetSandboxId(), &openshellv1.RelayOpen{Target: &openshellv1.RelayOpen_Ssh{Ssh: &openshellv1.SshRelayTarget{}}})
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	return s.opts.Interactive(ctx, conn, start, stream.Recv, stream.Send)
+}
+
+// ---- SSH sessions ----
+
+type sshSession struct {
+	SandboxID   string `json:"sandbox_id"`
+	ExpiresAtMs int64  `json:"expires_at_ms"`
+}
+
+func tokenKey(tok string) string {
+	sum := sha256.Sum256([]byte(tok))
+	return hex.EncodeToString(sum[:])
+}
+
+func (s *Server) CreateSshSession(ctx context.Context, req *openshellv1.CreateSshSessionRequest) (*openshellv1.CreateSshSessionResponse, error) {
+	if req.GetSandboxId() == "" {
+		return nil, invalidf("sandbox_id is required")
+	}
+	r, err := s.load(ctx, req.GetSandboxId())
+	if err != nil {
+		return nil, err
+	}
+	var raw [32]byte
+	if _, err := rand.Read(raw[:]); err != nil {
+		return nil, err
+	}
+	tok := base64.RawURLEncoding.EncodeToString(raw[:])
+	exp := time.Now().Add(s.opts.SSHSessionTTL).UnixMilli()
+	data, _ := json.Marshal(sshSession{SandboxID: r.id(), ExpiresAtMs: exp})
+	key := tokenKey(tok)
+	// Only the token's hash is stored: a leaked database does not leak live sessions.
+	if _, err := s.st.Create(ctx, &store.Object{Kind: kindSSHSession, ID: key, Name: key, Workspace: r.obj.Workspace, Data: data}); err != nil {
+		return nil, err
+	}
+	s.pruneSSHSessions(ctx)
+	return &openshellv1.CreateSshSessionResponse{SandboxId: r.id(), Token: tok, GatewayHost: s.opts.GatewayHost,
+		GatewayPort: s.opts.GatewayPort, GatewayScheme: s.opts.GatewayScheme, ExpiresAtMs: exp}, nil
+}
+
+// pruneSSHSessions drops expired session records (best effort).
+func (s *Server) pruneSSHSessions(ctx context.Context) {
+	objs, err := s.st.List(ctx, kindSSHSession, store.ListOptions{AllWorkspaces: true})
+	if err != nil {
+		return
+	}
+	now := time.Now().UnixMilli()
+	for _, o := range objs {
+		var ss sshSession
+		if json.Unmarshal(o.Data, &ss) == nil && ss.ExpiresAtMs < now {
+			_ = s.st.Delete(ctx, kindSSHSession, o.ID, o.ResourceVersion)
+		}
+	}
+}
+
+func (s *Server) RevokeSshSession(ctx context.Context, req *openshellv1.RevokeSshSessionRequest) (*openshellv1.RevokeSshSessionResponse, error) {
+	if req.GetToken() == "" {
+		return nil, invalidf("token is required")
+	}
+	err := s.st.Delete(ctx, kindSSHSession, tokenKey(req.GetToken()), 0)
+	if errors.Is(err, store.ErrNotFound) {
+		return &openshellv1.RevokeSshSessionResponse{Revoked: false}, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	return &openshellv1.RevokeSshSessionResponse{Revoked: true}, nil
+}
+
+// checkSSHToken verifies a session token for a sandbox.
+func (s *Server) checkSSHToken(ctx context.Context, sandboxID, tok string) error {
+	if tok == "" {
+		return fmt.Errorf("ssh target needs authorization_token = a token from CreateSshSession: %w", errUnauthenticated)
+	}
+	o, err := s.st.Get(ctx, kindSSHSession, tokenKey(tok))
+	if errors.Is(err, store.ErrNotFound) {
+		return fmt.Errorf("ssh session token is unknown or revoked; create a new one (openshell sandbox ssh-config): %w", errUnauthenticated)
+	}
+	if err != nil {
+		return err
+	}
+	var ss sshSession
+	if err := json.Unmarshal(o.Data, &ss); err != nil {
+		return err
+	}
+	if ss.SandboxID != sandboxID {
+		return fmt.Errorf("ssh session token belongs to another sandbox: %w", errUnauthenticated)
+	}
+	if time.Now().UnixMilli() > ss.ExpiresAtMs {
+		return fmt.Errorf("ssh session token expired at %s; create a new one (openshell sandbox ssh-config): %w",
+			time.UnixMilli(ss.ExpiresAtMs).UTC().Format(time.RFC3339), errUnauthenticated)
+	}
+	return nil
+}
+
+func isLoopbackHost(h string) bool {
+	if h == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(h)
+	return ip != nil && ip.IsLoopback()
+}
+
+func (s *Server) ForwardTcp(stream openshellv1.OpenShell_ForwardTcpServer) error {
+	ctx := stream.Context()
+	first, err := stream.Recv()
+	if err != nil {
+		return err
+	}
+	init := first.GetInit()
+	if init == nil {
+		return invalidf("the first ForwardTcp frame must be init")
+	}
+	id := init.GetSandboxId()
+	if id == "" {
+		return invalidf("init.sandbox_id is required")
+	}
+	open := &openshellv1.RelayOpen{ServiceId: init.GetServiceId()}
+	switch t := init.GetTarget().(type) {
+	case *openshellv1.TcpForwardInit_Tcp:
+		host, port := t.Tcp.GetHost(), t.Tcp.GetPort()
+		if !isLoopbackHost(host) {
+			return invalidf("init.tcp.host %q is not a loopback address; only 127.0.0.1, ::1 or localhost inside the sandbox can be forwarded", host)
+		}
+		if port == 0 || port > 65535 {
+			return invalidf("init.tcp.port %d is out of range 1-65535", port)
+		}
+		open.Target = &openshellv1.RelayOpen_Tcp{Tcp: &openshellv1.TcpRelayTarget{Host: host, Port: port}}
+	case *openshellv1.TcpForwardInit_Ssh:
+		if err := s.checkSSHToken(ctx, id, init.GetAuthorizationToken()); err != nil {
+			return err
+		}
+		open.Target = &openshellv1.RelayOpen_Ssh{Ssh: &openshellv1.SshRelayTarget{}}
+	default:
+		return invalidf("init.target must be ssh or tcp")
+	}
+	if _, err := s.requireReady(ctx, id); err != nil {
+		return err
+	}
+	conn, err := s.hub.OpenRelay(ctx, id, open)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	return pumpForward(ctx, stream, conn)
+}
+
+const forwardChunk = 64 * 1024
+
+func pumpForward(ctx context.Context, stream openshellv1.OpenShell_ForwardTcpServer, conn io.ReadWriteCloser) error {
+	go func() {
+		defer conn.Close()
+		for {
+			f, err := stream.Recv()
+			if err != nil {
+				return
+			}
+			if d := f.GetData(); len(d) > 0 {
+				if _, err := conn.Write(d); err != nil {
+					return
+				}
+			}
+		}
+	}()
+	stop := context.AfterFunc(ctx, func() { conn.Close() })
+	defer stop()
+	buf := make([]byte, forwardChunk)
+	for {
+		n, err := conn.Read(buf)
+		if n > 0 {
+			if serr := stream.Send(&openshellv1.TcpForwardFrame{Payload: &openshellv1.TcpForwardFrame_Data{Data: append([]byte(nil), buf[:n]...)}}); serr != nil {
+				return serr
+			}
+		}
+		if err != nil {
+			return nil
+		}
+	}
+}

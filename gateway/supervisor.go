@@ -1,0 +1,165 @@
+package gateway
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"io"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/openshell/openshell/api/openshellv1"
+	"github.com/openshell/openshell/api/sandboxv1"
+	"github.com/openshell/openshell/gateway/auth"
+)
+
+// onSession is the hub's listener: a session coming or going changes the derived
+// phase, so persist it and wake watchers.
+func (s *Server) onSession(sandboxID, instanceID string, connected bool) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_, err := s.mutate(ctx, sandboxID, func(r *record) error {
+		if connected && instanceID != "" && r.sb.GetStatus().GetMainProcessInstanceId() == "" {
+			r.sb.Status.MainProcessInstanceId = instanceID
+		}
+		return nil // always re-stamp the phase
+	})
+	if err != nil {
+		s.log.Debug("session change for an unknown sandbox", "sandbox_id", sandboxID, "err", err)
+	}
+}
+
+func (s *Server) ConnectSupervisor(stream openshellv1.OpenShell_ConnectSupervisorServer) error {
+	ctx := stream.Context()
+	first, err := stream.Recv()
+	if err != nil {
+		return err
+	}
+	hello := first.GetHello()
+	if hello == nil {
+		return invalidf("the first ConnectSupervisor message must be hello")
+	}
+	if hello.GetSandboxId() == "" {
+		return invalidf("hello.sandbox_id is empty")
+	}
+	if err := auth.RequireSandbox(ctx, hello.GetSandboxId()); err != nil {
+		return err
+	}
+	if _, err := s.load(ctx, hello.GetSandboxId()); err != nil {
+		return err
+	}
+	return s.hub.Serve(stream, hello)
+}
+
+func (s *Server) RelayStream(stream openshellv1.OpenShell_RelayStreamServer) error {
+	first, err := stream.Recv()
+	if err != nil {
+		return err
+	}
+	ch := first.GetInit().GetChannelId()
+	if ch == "" {
+		return invalidf("the first RelayStream frame must be init with a channel_id")
+	}
+	return s.hub.ServeRelay(stream, ch, func(sandboxID string) error {
+		return auth.RequireSandbox(stream.Context(), sandboxID)
+	})
+}
+
+func (s *Server) ReportMainProcessExit(ctx context.Context, req *openshellv1.ReportMainProcessExitRequest) (*openshellv1.ReportMainProcessExitResponse, error) {
+	if req.GetSandboxId() == "" || req.GetInstanceId() == "" {
+		return nil, invalidf("sandbox_id and instance_id are required")
+	}
+	code := req.GetExitCode()
+	_, err := s.mutate(ctx, req.GetSandboxId(), func(r *record) error {
+		switch r.intent {
+		case intentStopping, intentStopped, intentDeleting:
+			return errNoChange // the exit is the stop we asked for
+		}
+		if cur := r.sb.GetStatus().GetMainProcessInstanceId(); cur != "" && cur != req.GetInstanceId() {
+			s.log.Info("ignoring an exit report from a stale supervisor instance", "sandbox_id", req.GetSandboxId(),
+				"instance_id", req.GetInstanceId(), "current", cur)
+			return errNoChange
+		}
+		r.sb.Status.ExitCode = &code
+		r.sb.Status.MainProcessInstanceId = req.GetInstanceId()
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	s.log.Info("main process exited", "sandbox_id", req.GetSandboxId(), "exit_code", code)
+	return &openshellv1.ReportMainProcessExitResponse{}, nil
+}
+
+func (s *Server) PushSandboxLogs(stream openshellv1.OpenShell_PushSandboxLogsServer) error {
+	ctx := stream.Context()
+	for {
+		req, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			return stream.SendAndClose(&openshellv1.PushSandboxLogsResponse{})
+		}
+		if err != nil {
+			return err
+		}
+		id := req.GetSandboxId()
+		if err := auth.RequireSandbox(ctx, id); err != nil {
+			return err
+		}
+		lines := req.GetLogs()
+		for _, l := range lines {
+			l.SandboxId = id
+			if l.Source == "" {
+				l.Source = "sandbox"
+			}
+			if l.TimestampMs == 0 {
+				l.TimestampMs = time.Now().UnixMilli()
+			}
+		}
+		s.logs.append(id, lines...)
+	}
+}
+
+func (s *Server) GetSandboxLogs(ctx context.Context, req *openshellv1.GetSandboxLogsRequest) (*openshellv1.GetSandboxLogsResponse, error) {
+	if req.GetSandboxId() == "" {
+		return nil, invalidf("sandbox_id is required")
+	}
+	if _, err := s.load(ctx, req.GetSandboxId()); err != nil {
+		return nil, err
+	}
+	n := int(req.GetLines())
+	if n == 0 {
+		n = 2000
+	}
+	lines, total := s.logs.tail(req.GetSandboxId(), n, logFilter{since: req.GetSinceMs(), sources: req.GetSources(), minLevel: req.GetMinLevel()})
+	return &openshellv1.GetSandboxLogsResponse{Logs: lines, BufferTotal: uint32(total)}, nil
+}
+
+func (s *Server) GetSandboxConfig(ctx context.Context, req *sandboxv1.GetSandboxConfigRequest) (*sandboxv1.GetSandboxConfigResponse, error) {
+	if req.GetSandboxId() == "" {
+		return nil, invalidf("sandbox_id is required")
+	}
+	if err := auth.RequireSandbox(ctx, req.GetSandboxId()); err != nil {
+		return nil, err
+	}
+	r, err := s.load(ctx, req.GetSandboxId())
+	if err != nil {
+		return nil, err
+	}
+	resp := &sandboxv1.GetSandboxConfigResponse{Workspace: r.sb.GetMetadata().GetWorkspace(),
+		PolicySource: sandboxv1.PolicySource_POLICY_SOURCE_SANDBOX, PolicyValidationFailureMode: "fail_closed"}
+	if p := r.sb.GetSpec().GetPolicy(); p != nil {
+		b, err := proto.MarshalOptions{Deterministic: true}.Marshal(p)
+		if err != nil {
+			return nil, err
+		}
+		sum := sha256.Sum256(b)
+		resp.Policy = p
+		resp.Version = max(p.GetVersion(), 1)
+		resp.PolicyHash = hex.EncodeToString(sum[:])
+		resp.ConfigRevision = binary.BigEndian.Uint64(sum[:8])
+	}
+	return resp, nil
+}
