@@ -1,0 +1,122 @@
+package qemu
+
+import (
+	"fmt"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"github.com/openshell/openshell/vmm"
+)
+
+// plan is everything decided before QEMU starts.
+type plan struct {
+	accel      string // kvm | tcg
+	transport  string // resolved, never auto
+	q35        bool
+	cpuKHz     int
+	vhostUser  string   // vhost-user vsock socket (QEMU side)
+	serialSock string   // virtio-serial chardev socket
+	qmpSock    string   // QMP socket
+	fsSockets  []string // virtiofsd sockets, one per shared dir
+}
+
+// Paths inside the state dir.
+const (
+	qmpSockName     = "qmp.sock"
+	vhostUserName   = "vhu.sock"
+	vsockUDSName    = "vsock.sock"
+	serialSockName  = "serial.sock"
+	qemuLogName     = "qemu.log"
+	qemuPidName     = "qemu.pid"
+	backendLogName  = "vsock-backend.log"
+	backendPidName  = "vsock-backend.pid"
+	virtiofsdLogFmt = "virtiofsd-%d.log"
+	virtiofsdSock   = "fs-%d.sock"
+)
+
+// baseCmdline is always on the kernel command line; cfg.Cmdline is appended.
+const baseCmdline = "console=ttyS0 panic=-1 quiet"
+
+func kernelCmdline(cfg vmm.Config, p plan) string {
+	parts := []string{baseCmdline}
+	if p.accel == vmm.AccelTCG && p.cpuKHz > 0 {
+		// Without it TCG guests sometimes fail to calibrate the TSC and hang.
+		parts = append(parts, "tsc_early_khz="+strconv.Itoa(p.cpuKHz))
+	}
+	if c := strings.TrimSpace(cfg.Cmdline); c != "" {
+		parts = append(parts, c)
+	}
+	return strings.Join(parts, " ")
+}
+
+// qemuEscape doubles commas, QEMU's escape inside option values.
+func qemuEscape(s string) string { return strings.ReplaceAll(s, ",", ",,") }
+
+func buildArgs(cfg vmm.Config, p plan) []string {
+	dev := func(microvm, pci string) string {
+		if p.q35 {
+			return pci
+		}
+		return microvm
+	}
+	mem := strconv.Itoa(cfg.MemoryMiB)
+	var a []string
+	if p.q35 {
+		a = append(a, "-M", "q35,memory-backend=mem")
+	} else {
+		a = append(a, "-M", "microvm,x-option-roms=off,rtc=on,memory-backend=mem",
+			// vhost-user devices (vsock, virtiofs) refuse legacy virtio.
+			"-global", "virtio-mmio.force-legacy=false")
+	}
+	a = append(a,
+		"-accel", p.accel,
+		"-smp", strconv.Itoa(cfg.VCPUs),
+		"-m", mem+"M",
+		// Shared memfd memory: vhost-user backends map guest RAM.
+		"-object", "memory-backend-memfd,id=mem,size="+mem+"M,share=on",
+		"-nographic", "-no-reboot", "-nodefaults", "-no-user-config",
+		"-chardev", "file,id=con0,path="+qemuEscape(cfg.ConsoleLog),
+		"-serial", "chardev:con0",
+		"-qmp", "unix:"+qemuEscape(p.qmpSock)+",server=on,wait=off",
+		"-kernel", cfg.Kernel,
+		"-append", kernelCmdline(cfg, p),
+	)
+	if p.accel == vmm.AccelKVM {
+		a = append(a, "-cpu", "host")
+	}
+	if cfg.Initrd != "" {
+		a = append(a, "-initrd", cfg.Initrd)
+	}
+	for i, d := range cfg.Disks {
+		drive := fmt.Sprintf("id=disk%d,file=%s,format=raw,if=none,cache=writeback", i, qemuEscape(d.Path))
+		if d.ReadOnly {
+			drive += ",readonly=on"
+		} else {
+			drive += ",discard=unmap"
+		}
+		a = append(a, "-drive", drive,
+			"-device", fmt.Sprintf("%s,drive=disk%d,serial=openshell-disk%d", dev("virtio-blk-device", "virtio-blk-pci"), i, i))
+	}
+	switch p.transport {
+	case vmm.TransportVhostVsock:
+		a = append(a, "-device", fmt.Sprintf("%s,guest-cid=%d", dev("vhost-vsock-device", "vhost-vsock-pci"), cfg.Channel.CID))
+	case vmm.TransportVhostUserVsock:
+		a = append(a, "-chardev", "socket,id=vsock0,path="+qemuEscape(p.vhostUser),
+			"-device", dev("vhost-user-vsock-device", "vhost-user-vsock-pci")+",chardev=vsock0")
+	case vmm.TransportVirtioSerial:
+		a = append(a, "-device", dev("virtio-serial-device", "virtio-serial-pci"),
+			"-chardev", "socket,id=ch0,path="+qemuEscape(p.serialSock)+",server=on,wait=off",
+			"-device", "virtserialport,chardev=ch0,name=openshell.0")
+	}
+	for i, s := range cfg.SharedDirs {
+		a = append(a, "-chardev", fmt.Sprintf("socket,id=fs%d,path=%s", i, qemuEscape(p.fsSockets[i])),
+			"-device", fmt.Sprintf("%s,chardev=fs%d,tag=%s", dev("vhost-user-fs-device", "vhost-user-fs-pci"), i, qemuEscape(s.Tag)))
+	}
+	for _, bdf := range cfg.PCIDevices {
+		a = append(a, "-device", "vfio-pci,host="+bdf)
+	}
+	return a
+}
+
+func statePath(cfg vmm.Config, name string) string { return filepath.Join(cfg.StateDir, name) }
