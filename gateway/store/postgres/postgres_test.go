@@ -114,4 +114,3 @@ func TestBadDSN(t *testing.T) {
 		t.Fatalf("error leaks the password: %v", err)
 	}
 }
-
