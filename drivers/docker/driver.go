@@ -10,7 +10,6 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"sync"
 	"time"
@@ -125,9 +124,6 @@ func (d *Driver) Capabilities(ctx context.Context) (*computev1.GetCapabilitiesRe
 		GatewayManagesLifecycle: false,
 	}, nil
 }
-
-// sandboxNameRE is what Docker accepts in a container name (we prefix "openshell-").
-var sandboxNameRE = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,199}$`)
 
 func containerName(sandboxName string) string { return "openshell-" + sandboxName }
 

@@ -4,8 +4,7 @@ import (
 	"context"
 	"fmt"
 	"maps"
-	"path/filepath"
-	"slices"
+		"slices"
 	"strings"
 
 	"github.com/moby/moby/api/types/container"
@@ -46,14 +45,8 @@ func (d *Driver) plan(ctx context.Context, sb *computev1.DriverSandbox) (*plan, 
 	invalid := func(format string, args ...any) error {
 		return fmt.Errorf("sandbox %s: %s: %w", sb.GetId(), fmt.Sprintf(format, args...), drivers.ErrInvalidArgument)
 	}
-	if sb.GetId() == "" {
-		return nil, fmt.Errorf("sandbox: id is empty: %w", drivers.ErrInvalidArgument)
-	}
-	if strings.ContainsAny(sb.GetId(), "/\\") || sb.GetId() == "." || sb.GetId() == ".." || filepath.Base(sb.GetId()) != sb.GetId() {
-		return nil, invalid("id %q must not contain path separators", sb.GetId())
-	}
-	if !sandboxNameRE.MatchString(sb.GetName()) {
-		return nil, invalid("name %q: want 1-200 characters of letters, digits, '.', '_' or '-', starting with a letter or digit", sb.GetName())
+	if err := drivers.ValidateSandbox(sb); err != nil {
+		return nil, err
 	}
 	spec := sb.GetSpec()
 	tmpl := spec.GetTemplate()

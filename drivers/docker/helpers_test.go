@@ -1,0 +1,175 @@
+package docker
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/moby/moby/client"
+
+	"github.com/openshell/openshell/internal/testenv"
+)
+
+// Integration tests run against the real dockerd started by scripts/setup-docker.sh.
+// Everything a test creates carries openshell.ai/test-run=<run>-<n> (through
+// Config.Labels) and lives on its own network, so tests can check that they leak
+// nothing and clean up only what they made.
+
+const (
+	testImage    = "openshell-test/busybox:latest"
+	labelTestRun = "openshell.ai/test-run"
+)
+
+var (
+	testRunID  = randHex(4)
+	testSeq    atomic.Int64
+	setupOnce  sync.Once
+	setupErr   string
+	supervisor string // host path of the supervisor binary bind-mounted into sandboxes
+)
+
+func randHex(n int) string {
+	b := make([]byte, n)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// repoRoot is the module root (two levels above this package).
+func repoRoot() string {
+	_, file, _, _ := runtime.Caller(0)
+	return filepath.Join(filepath.Dir(file), "..", "..")
+}
+
+func dockerAnswers() bool {
+	cli, err := client.New(client.FromEnv)
+	if err != nil {
+		return false
+	}
+	defer cli.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	_, err = cli.Ping(ctx, client.PingOptions{NegotiateAPIVersion: true})
+	return err == nil
+}
+
+// requireDocker skips (or fails under CI) without a daemon, and makes sure the test
+// image and the supervisor binary exist.
+func requireDocker(t testing.TB) {
+	t.Helper()
+	testenv.Require(t, dockerAnswers(), "Docker daemon not reachable; run scripts/setup-docker.sh")
+	setupOnce.Do(func() {
+		if out, err := exec.Command(filepath.Join(repoRoot(), "scripts/testimage/build.sh"), "busybox").CombinedOutput(); err != nil {
+			setupErr = "build test image: " + err.Error() + ": " + string(out)
+			return
+		}
+		supervisor, setupErr = buildSupervisor()
+	})
+	if setupErr != "" {
+		t.Fatal(setupErr)
+	}
+}
+
+// buildSupervisor builds the real supervisor when OPENSHELL_DOCKER_TEST_SUPERVISOR=real
+// asks for it and it builds, else the stand-in (which needs no gateway to stay up).
+func buildSupervisor() (string, string) {
+	dir, err := os.MkdirTemp("", "openshell-docker-test-")
+	if err != nil {
+		return "", err.Error()
+	}
+	out := filepath.Join(dir, "openshell-sandbox")
+	pkg := "./drivers/docker/internal/standin"
+	if os.Getenv("OPENSHELL_DOCKER_TEST_SUPERVISOR") == "real" {
+		pkg = "./cmd/openshell-sandbox"
+	}
+	cmd := exec.Command("go", "build", "-o", out, pkg)
+	cmd.Dir = repoRoot()
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if b, err := cmd.CombinedOutput(); err != nil {
+		return "", "build " + pkg + ": " + err.Error() + ": " + string(b)
+	}
+	return out, ""
+}
+
+// testConfig is a driver config for one test: its own run label, network and state dir.
+func testConfig(t testing.TB) Config {
+	t.Helper()
+	run := testRunID + "-" + strconv.FormatInt(testSeq.Add(1), 10)
+	return Config{
+		SupervisorBinary: supervisor,
+		GatewayEndpoint:  "https://" + GatewayHost + ":17670",
+		StateDir:         t.TempDir(),
+		DefaultImage:     testImage,
+		Network:          "openshell-test-" + run,
+		StopTimeout:      5 * time.Second,
+		ResyncInterval:   2 * time.Second,
+		Labels:           map[string]string{labelTestRun: run},
+	}
+}
+
+// newTestDriver opens a driver and registers cleanup: close it, then check that no
+// container of this test run is left, then remove the test network.
+func newTestDriver(t testing.TB, cfg Config) *Driver {
+	t.Helper()
+	d, err := New(t.Context(), cfg)
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	t.Cleanup(func() { _ = d.Close() })
+	t.Cleanup(func() { checkNoLeaks(t, cfg) })
+	return d
+}
+
+// checkNoLeaks fails the test if containers of cfg's run remain (removing them so the
+// next run starts clean), and removes the run's network.
+func checkNoLeaks(t testing.TB, cfg Config) {
+	t.Helper()
+	cli, err := client.New(client.FromEnv)
+	if err != nil {
+		t.Errorf("leak check: %v", err)
+		return
+	}
+	defer cli.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	f := make(client.Filters).Add("label", labelTestRun+"="+cfg.Labels[labelTestRun])
+	res, err := cli.ContainerList(ctx, client.ContainerListOptions{All: true, Filters: f})
+	if err != nil {
+		t.Errorf("leak check: list containers: %v", err)
+	}
+	for _, c := range res.Items {
+		t.Errorf("leak: container %s (%v) of this test run was left behind", c.ID[:12], c.Names)
+		_, _ = cli.ContainerRemove(ctx, c.ID, client.ContainerRemoveOptions{Force: true, RemoveVolumes: true})
+	}
+	if _, err := cli.NetworkRemove(ctx, cfg.Network, client.NetworkRemoveOptions{}); err != nil && !isNotFound(err) {
+		t.Errorf("leak check: remove network %s: %v", cfg.Network, err)
+	}
+	nets, err := cli.NetworkList(ctx, client.NetworkListOptions{Filters: f})
+	if err == nil && len(nets.Items) > 0 {
+		t.Errorf("leak: %d networks of this test run remain", len(nets.Items))
+	}
+}
+
+// dockerCLI runs the docker CLI (for assertions independent of the driver's client).
+func dockerCLI(t testing.TB, args ...string) string {
+	t.Helper()
+	out, err := exec.Command("docker", args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("docker %s: %v: %s", strings.Join(args, " "), err, out)
+	}
+	return strings.TrimSpace(string(out))
+}
+
+func execCommand(name string, args ...string) (string, error) {
+	out, err := exec.Command(name, args...).CombinedOutput()
+	return strings.TrimSpace(string(out)), err
+}
