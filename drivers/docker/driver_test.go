@@ -51,7 +51,9 @@ func waitFor(t *testing.T, d *Driver, id string, what string, pred func(*compute
 	return nil
 }
 
-func phase(sb *computev1.DriverSandbox) openshellv1.SandboxPhase { return drivers.BackendPhase(sb.GetStatus()) }
+func phase(sb *computev1.DriverSandbox) openshellv1.SandboxPhase {
+	return drivers.BackendPhase(sb.GetStatus())
+}
 
 func TestCreateContainerShape(t *testing.T) {
 	requireDocker(t)

@@ -4,7 +4,7 @@ import (
 	"context"
 	"fmt"
 	"maps"
-		"slices"
+	"slices"
 	"strings"
 
 	"github.com/moby/moby/api/types/container"
