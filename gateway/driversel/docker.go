@@ -1,0 +1,30 @@
+package driversel
+
+import (
+	"context"
+	"path/filepath"
+
+	"github.com/openshell/openshell/drivers"
+	"github.com/openshell/openshell/drivers/docker"
+)
+
+func init() { Register("docker", newDocker) }
+
+// newDocker builds the Docker driver from the gateway environment plus the
+// `[drivers.docker]` table (table keys override the gateway-derived values).
+func newDocker(ctx context.Context, env DriverEnv) (drivers.Driver, error) {
+	cfg := docker.Config{
+		SupervisorBinary: env.SupervisorBinary,
+		GatewayEndpoint:  env.GatewayEndpoint,
+		GatewayPort:      env.GatewayPort,
+		CAPEM:            env.CAPEM,
+		StateDir:         filepath.Join(env.StateDir, "docker-driver"),
+	}
+	if err := env.Decode(&cfg); err != nil {
+		return nil, err
+	}
+	if cfg.SupervisorBinary == "" {
+		cfg.SupervisorBinary = env.SupervisorBinary
+	}
+	return docker.New(ctx, cfg)
+}

@@ -1,0 +1,261 @@
+// Package driversel picks and builds the gateway's compute driver: a registry of
+// factories (name → constructor), auto-detection (kubernetes, then podman, then
+// docker; vm is never auto-detected), attaching to an external driver socket, and the
+// process manager that runs the VM driver as a child process.
+package driversel
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/BurntSushi/toml"
+
+	"github.com/openshell/openshell/drivers"
+	"github.com/openshell/openshell/drivers/grpcdriver"
+)
+
+// DriverEnv is what every driver factory receives from the gateway.
+type DriverEnv struct {
+	// Name is the selected driver name.
+	Name string
+	// GatewayHost and GatewayPort are the gateway as seen from inside a sandbox
+	// (host "host.openshell.internal"); GatewayEndpoint is the URL built from them
+	// (https:// unless TLS is disabled).
+	GatewayHost     string
+	GatewayPort     int
+	GatewayEndpoint string
+	// GatewayListenAddr is the gateway's own listen address (host:port on the host).
+	GatewayListenAddr string
+	// CAPEM is the gateway CA bundle (empty with TLS disabled); CAFile is its path.
+	CAPEM  []byte
+	CAFile string
+	// SupervisorBinary is the host path of the static openshell-sandbox binary.
+	SupervisorBinary string
+	// StateDir is the gateway's state directory; drivers keep their state in
+	// StateDir/<name>-driver or below.
+	StateDir string
+	// Table is the driver's `[drivers.<name>]` TOML table (never nil).
+	Table map[string]any
+	// Log is the gateway's logger.
+	Log *slog.Logger
+}
+
+// Decode decodes the driver's TOML table into a config struct (with toml tags).
+func (e DriverEnv) Decode(v any) error {
+	var buf bytes.Buffer
+	if err := toml.NewEncoder(&buf).Encode(e.Table); err != nil {
+		return fmt.Errorf("[drivers.%s]: %w", e.Name, err)
+	}
+	md, err := toml.Decode(buf.String(), v)
+	if err != nil {
+		return fmt.Errorf("[drivers.%s]: %w", e.Name, err)
+	}
+	if und := md.Undecoded(); len(und) > 0 {
+		keys := make([]string, len(und))
+		for i, k := range und {
+			keys[i] = k.String()
+		}
+		return fmt.Errorf("[drivers.%s]: unknown keys %s", e.Name, strings.Join(keys, ", "))
+	}
+	return nil
+}
+
+// Factory builds a driver. Drivers that start helper processes stop them in Close.
+type Factory func(ctx context.Context, env DriverEnv) (drivers.Driver, error)
+
+var (
+	mu        sync.Mutex
+	factories = map[string]Factory{}
+)
+
+// Register adds (or replaces) a factory. Call it from an init function; adding a
+// driver to the gateway is one Register line.
+func Register(name string, f Factory) {
+	mu.Lock()
+	defer mu.Unlock()
+	factories[name] = f
+}
+
+// Names returns the registered driver names, sorted.
+func Names() []string {
+	mu.Lock()
+	defer mu.Unlock()
+	return slices.Sorted(maps.Keys(factories))
+}
+
+// ValidNames are the names --drivers accepts.
+var ValidNames = []string{"docker", "podman", "kubernetes", "vm"}
+
+// ErrNotBuilt is returned by factories whose driver package does not exist yet.
+var ErrNotBuilt = errors.New("driver not built into this gateway")
+
+// notBuilt returns a factory that fails with a clear message.
+func notBuilt(name string) Factory {
+	return func(context.Context, DriverEnv) (drivers.Driver, error) {
+		return nil, fmt.Errorf("compute driver %q: %w yet; use --drivers vm or docker, or attach an external driver with --compute-driver-socket", name, ErrNotBuilt)
+	}
+}
+
+func init() {
+	Register("podman", notBuilt("podman"))
+	Register("kubernetes", notBuilt("kubernetes"))
+}
+
+// Build creates the named driver via its factory.
+func Build(ctx context.Context, name string, env DriverEnv) (drivers.Driver, error) {
+	if !slices.Contains(ValidNames, name) {
+		return nil, fmt.Errorf("unknown compute driver %q; use exactly one of %s", name, strings.Join(ValidNames, ", "))
+	}
+	mu.Lock()
+	f := factories[name]
+	mu.Unlock()
+	if f == nil {
+		return notBuilt(name)(ctx, env)
+	}
+	env.Name = name
+	if env.Table == nil {
+		env.Table = map[string]any{}
+	}
+	return f(ctx, env)
+}
+
+// Attach connects to an already running external driver on a Unix socket.
+func Attach(ctx context.Context, socket string) (drivers.Driver, error) {
+	c, err := grpcdriver.Dial(ctx, socket)
+	if err != nil {
+		return nil, fmt.Errorf("compute driver socket %s: %w; start the driver first or fix --compute-driver-socket", socket, err)
+	}
+	return c, nil
+}
+
+// ParseDriverName validates a --drivers value: exactly one known name.
+func ParseDriverName(v string) (string, error) {
+	v = strings.TrimSpace(v)
+	if strings.Contains(v, ",") {
+		return "", fmt.Errorf("--drivers takes exactly one driver, got %q; pick one of %s", v, strings.Join(ValidNames, ", "))
+	}
+	if !slices.Contains(ValidNames, v) {
+		return "", fmt.Errorf("--drivers %q is not a known driver; valid values: %s", v, strings.Join(ValidNames, ", "))
+	}
+	return v, nil
+}
+
+// Detector finds a usable driver when none was chosen. Its fields make it testable;
+// the zero value uses the real environment.
+type Detector struct {
+	Getenv       func(string) string
+	UID          int    // -1 = os.Getuid()
+	DockerSocket string // default /var/run/docker.sock
+	Timeout      time.Duration
+}
+
+// Detection is what Detect found.
+type Detection struct {
+	Driver string
+	// Socket is the engine socket for podman/docker.
+	Socket string
+}
+
+// NewDetector returns a detector for this process's environment.
+func NewDetector() Detector { return Detector{Getenv: os.Getenv, UID: os.Getuid()} }
+
+// Detect probes kubernetes (KUBERNETES_SERVICE_HOST), then podman sockets (a socket
+// whose /_ping answer carries Libpod-Api-Version), then docker sockets (answering
+// /_ping without it). vm is never auto-detected.
+func (d Detector) Detect(ctx context.Context) (Detection, error) {
+	getenv := d.Getenv
+	if getenv == nil {
+		getenv = os.Getenv
+	}
+	if getenv("KUBERNETES_SERVICE_HOST") != "" {
+		return Detection{Driver: "kubernetes"}, nil
+	}
+	var tried []string
+	var podman []string
+	if p := getenv("OPENSHELL_PODMAN_SOCKET"); p != "" {
+		podman = append(podman, strings.TrimPrefix(p, "unix://"))
+	}
+	if x := getenv("XDG_RUNTIME_DIR"); x != "" {
+		podman = append(podman, filepath.Join(x, "podman", "podman.sock"))
+	}
+	uid := d.UID
+	if uid < 0 {
+		uid = os.Getuid()
+	}
+	podman = append(podman, filepath.Join("/run/user", strconv.Itoa(uid), "podman", "podman.sock"))
+	for _, s := range podman {
+		tried = append(tried, s)
+		if kind := d.ping(ctx, s); kind == "podman" {
+			return Detection{Driver: "podman", Socket: s}, nil
+		}
+	}
+	var docker []string
+	if h := getenv("DOCKER_HOST"); strings.HasPrefix(h, "unix://") {
+		docker = append(docker, strings.TrimPrefix(h, "unix://"))
+	}
+	ds := d.DockerSocket
+	if ds == "" {
+		ds = "/var/run/docker.sock"
+	}
+	docker = append(docker, ds)
+	for _, s := range docker {
+		tried = append(tried, s)
+		switch d.ping(ctx, s) {
+		case "docker":
+			return Detection{Driver: "docker", Socket: s}, nil
+		case "podman":
+			// Podman's Docker-compatible socket: it is podman.
+			return Detection{Driver: "podman", Socket: s}, nil
+		}
+	}
+	return Detection{}, fmt.Errorf("no compute driver found: KUBERNETES_SERVICE_HOST is unset and no Podman or Docker engine answered on %s; "+
+		"start one, or choose a driver explicitly with --drivers (one of %s; vm runs microVMs and is never auto-detected)",
+		strings.Join(tried, ", "), strings.Join(ValidNames, ", "))
+}
+
+// ping GETs /_ping on a Unix socket: "podman", "docker" or "" (nothing answered).
+func (d Detector) ping(ctx context.Context, socket string) string {
+	if st, err := os.Stat(socket); err != nil || st.Mode()&os.ModeSocket == 0 {
+		return ""
+	}
+	timeout := d.Timeout
+	if timeout == 0 {
+		timeout = 2 * time.Second
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	tr := &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		var nd net.Dialer
+		return nd.DialContext(ctx, "unix", socket)
+	}}
+	defer tr.CloseIdleConnections()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://engine/_ping", nil)
+	if err != nil {
+		return ""
+	}
+	resp, err := (&http.Client{Transport: tr}).Do(req)
+	if err != nil {
+		return ""
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return ""
+	}
+	if resp.Header.Get("Libpod-Api-Version") != "" {
+		return "podman"
+	}
+	return "docker"
+}

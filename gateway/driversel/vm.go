@@ -1,0 +1,197 @@
+package driversel
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/openshell/openshell/drivers"
+	"github.com/openshell/openshell/drivers/grpcdriver"
+)
+
+func init() { Register("vm", newVM) }
+
+// VMBinaryName is the VM driver executable.
+const VMBinaryName = "openshell-driver-vm"
+
+// vmTableFlags maps `[drivers.vm]` keys to the driver's flags (passed through).
+var vmTableFlags = []struct{ key, flag string }{
+	{"cpus", "--cpus"},
+	{"memory_mib", "--memory-mib"},
+	{"default_image", "--default-image"},
+	{"kernel", "--kernel"},
+	{"accel", "--accel"},
+	{"vsock_transport", "--vsock-transport"},
+}
+
+// FindBinary looks for name next to the running executable, then on PATH.
+func FindBinary(name, override string) (string, error) {
+	if override != "" {
+		if _, err := os.Stat(override); err != nil {
+			return "", fmt.Errorf("%s: %w", override, err)
+		}
+		return override, nil
+	}
+	if exe, err := os.Executable(); err == nil {
+		p := filepath.Join(filepath.Dir(exe), name)
+		if st, err := os.Stat(p); err == nil && !st.IsDir() {
+			return p, nil
+		}
+	}
+	p, err := exec.LookPath(name)
+	if err != nil {
+		return "", fmt.Errorf("%s not found next to the gateway binary or on PATH; build it (go build ./cmd/%s) or set its path in the config file", name, name)
+	}
+	return p, nil
+}
+
+// VMArgs builds the VM driver's command line.
+func VMArgs(env DriverEnv, socket, stateDir string, gatewayPID int) ([]string, error) {
+	args := []string{
+		"--bind-socket", socket,
+		"--expected-peer-pid", strconv.Itoa(gatewayPID),
+		"--state-dir", stateDir,
+		"--gateway-endpoint", "127.0.0.1:" + strconv.Itoa(env.GatewayPort),
+	}
+	if env.CAFile != "" {
+		args = append(args, "--gateway-ca-file", env.CAFile)
+	}
+	for _, kv := range vmTableFlags {
+		v, ok := env.Table[kv.key]
+		if !ok {
+			continue
+		}
+		switch x := v.(type) {
+		case string, int64, int, float64, bool:
+			args = append(args, kv.flag+"="+fmt.Sprint(x))
+		default:
+			return nil, fmt.Errorf("[drivers.vm] %s: value %v must be a string, number or boolean", kv.key, v)
+		}
+	}
+	for k := range env.Table {
+		known := k == "binary" || k == "supervisor_binary"
+		for _, kv := range vmTableFlags {
+			known = known || kv.key == k
+		}
+		if !known {
+			return nil, fmt.Errorf("[drivers.vm] unknown key %q; valid keys: binary, supervisor_binary, cpus, memory_mib, default_image, kernel, accel, vsock_transport", k)
+		}
+	}
+	return args, nil
+}
+
+// vmDriver is the VM driver client plus the child process that serves it.
+type vmDriver struct {
+	*grpcdriver.Client
+	proc   *os.Process
+	exited chan struct{}
+}
+
+// newVM starts openshell-driver-vm on a private socket (directory 0700) and
+// connects to it. Close stops the driver process by PID; its VMs (runner processes)
+// keep running and are re-adopted by the next driver.
+func newVM(ctx context.Context, env DriverEnv) (_ drivers.Driver, retErr error) {
+	override, _ := env.Table["binary"].(string)
+	bin, err := FindBinary(VMBinaryName, override)
+	if err != nil {
+		return nil, fmt.Errorf("vm driver: %w", err)
+	}
+	dir := filepath.Join(env.StateDir, "vm-driver")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("vm driver state dir: %w", err)
+	}
+	if err := os.Chmod(dir, 0o700); err != nil {
+		return nil, err
+	}
+	socket := filepath.Join(dir, "driver.sock")
+	_ = os.Remove(socket) // stale from a previous run
+	args, err := VMArgs(env, socket, dir, os.Getpid())
+	if err != nil {
+		return nil, err
+	}
+	logPath := filepath.Join(dir, "driver.log")
+	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	defer logf.Close()
+	cmd := exec.Command(bin, args...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	// Own process group: a Ctrl-C aimed at the gateway must not kill the driver
+	// before the gateway has stopped using it.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("vm driver: start %s: %w", bin, err)
+	}
+	d := &vmDriver{proc: cmd.Process, exited: make(chan struct{})}
+	go func() { _ = cmd.Wait(); close(d.exited) }()
+	defer func() {
+		if retErr != nil {
+			d.stop()
+		}
+	}()
+	if env.Log != nil {
+		env.Log.Info("started the VM driver", "pid", cmd.Process.Pid, "binary", bin, "socket", socket, "log", logPath)
+	}
+	dctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	go func() {
+		select {
+		case <-d.exited:
+			cancel() // no point waiting for a dead process
+		case <-dctx.Done():
+		}
+	}()
+	c, err := grpcdriver.Dial(dctx, socket)
+	if err != nil {
+		return nil, fmt.Errorf("vm driver (pid %d) did not come up: %w; see %s%s", cmd.Process.Pid, err, logPath, logTail(logPath))
+	}
+	d.Client = c
+	return d, nil
+}
+
+func logTail(path string) string {
+	b, err := os.ReadFile(path)
+	if err != nil || len(b) == 0 {
+		return ""
+	}
+	if len(b) > 2000 {
+		b = b[len(b)-2000:]
+	}
+	return ":\n" + strings.TrimSpace(string(b))
+}
+
+// stop sends SIGTERM to the driver process (by PID), then SIGKILL after 10 s.
+func (d *vmDriver) stop() {
+	select {
+	case <-d.exited:
+		return
+	default:
+	}
+	_ = d.proc.Signal(syscall.SIGTERM)
+	select {
+	case <-d.exited:
+	case <-time.After(10 * time.Second):
+		_ = d.proc.Kill()
+		<-d.exited
+	}
+}
+
+func (d *vmDriver) Close() error {
+	var err error
+	if d.Client != nil {
+		err = d.Client.Close()
+	}
+	d.stop()
+	return errors.Join(err)
+}
+
+// PID returns the driver process id.
+func (d *vmDriver) PID() int { return d.proc.Pid }
