@@ -1,0 +1,197 @@
+package session
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc"
+
+	pb "github.com/openshell/openshell/api/openshellv1"
+)
+
+// Shipper batches sandbox log lines to the gateway with PushSandboxLogs. Lines wait
+// in a bounded buffer across gateway outages; when it is full the oldest are dropped
+// and a line saying how many is shipped in their place.
+type Shipper struct {
+	sandboxID string
+	push      func(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[pb.PushSandboxLogsRequest, pb.PushSandboxLogsResponse], error)
+	max       int
+	batch     int
+	interval  time.Duration
+
+	mu      sync.Mutex
+	buf     []*pb.SandboxLogLine
+	dropped int
+	wake    chan struct{}
+}
+
+// ShipperOptions tune a Shipper; zero values pick defaults.
+type ShipperOptions struct {
+	MaxBuffered int           // lines kept while the gateway is away; default 10000
+	Batch       int           // lines per push; default 500
+	Interval    time.Duration // how long lines may wait to be batched; default 250 ms
+}
+
+// NewShipper returns a shipper for sandboxID over api. Run it.
+func NewShipper(api pb.OpenShellClient, sandboxID string, o ShipperOptions) *Shipper {
+	if o.MaxBuffered <= 0 {
+		o.MaxBuffered = 10000
+	}
+	if o.Batch <= 0 {
+		o.Batch = 500
+	}
+	if o.Interval <= 0 {
+		o.Interval = 250 * time.Millisecond
+	}
+	return &Shipper{sandboxID: sandboxID, push: api.PushSandboxLogs, max: o.MaxBuffered, batch: o.Batch,
+		interval: o.Interval, wake: make(chan struct{}, 1)}
+}
+
+// Add queues a line; it never blocks. source is set to "sandbox".
+func (s *Shipper) Add(level, target, message string, fields map[string]string) {
+	line := &pb.SandboxLogLine{SandboxId: s.sandboxID, TimestampMs: time.Now().UnixMilli(), Level: level,
+		Target: target, Message: message, Source: "sandbox", Fields: fields}
+	s.mu.Lock()
+	if len(s.buf) >= s.max {
+		s.buf = s.buf[1:]
+		s.dropped++
+	}
+	s.buf = append(s.buf, line)
+	full := len(s.buf) >= s.batch
+	s.mu.Unlock()
+	if full {
+		select {
+		case s.wake <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// Pending is the number of lines not yet acknowledged by the gateway.
+func (s *Shipper) Pending() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.buf)
+}
+
+// Run ships until ctx ends, then makes one last attempt (bounded by flushTimeout).
+func (s *Shipper) Run(ctx context.Context) {
+	fails := 0
+	for {
+		var wait time.Duration = s.interval
+		if err := s.flush(ctx); err != nil {
+			wait = Backoff(fails, time.Second, 30*time.Second)
+			fails++
+			slog.Debug("log push failed; keeping lines", "err", err, "pending", s.Pending(), "retry_in", wait)
+		} else {
+			fails = 0
+		}
+		select {
+		case <-ctx.Done():
+			fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+			_ = s.flush(fctx)
+			cancel()
+			return
+		case <-s.wake:
+		case <-time.After(wait):
+		}
+	}
+}
+
+// flush sends everything buffered, one push per batch; a batch leaves the buffer
+// only after the gateway acknowledged it.
+func (s *Shipper) flush(ctx context.Context) error {
+	for {
+		s.mu.Lock()
+		if s.dropped > 0 {
+			n := s.dropped
+			s.dropped = 0
+			s.buf = append([]*pb.SandboxLogLine{{SandboxId: s.sandboxID, TimestampMs: time.Now().UnixMilli(),
+				Level: "WARN", Target: "openshell-sandbox", Source: "sandbox",
+				Message: fmt.Sprintf("%d log lines dropped while the gateway was unreachable", n)}}, s.buf...)
+		}
+		n := min(len(s.buf), s.batch)
+		batch := append([]*pb.SandboxLogLine(nil), s.buf[:n]...)
+		s.mu.Unlock()
+		if n == 0 {
+			return nil
+		}
+		if err := s.pushBatch(ctx, batch); err != nil {
+			return err
+		}
+		s.mu.Lock()
+		// Lines dropped while pushing may have shifted the buffer: remove from the
+		// front whatever was sent, and nothing else.
+		sent := make(map[*pb.SandboxLogLine]bool, n)
+		for _, l := range batch {
+			sent[l] = true
+		}
+		for len(s.buf) > 0 && sent[s.buf[0]] {
+			s.buf = s.buf[1:]
+		}
+		s.mu.Unlock()
+	}
+}
+
+func (s *Shipper) pushBatch(ctx context.Context, batch []*pb.SandboxLogLine) error {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	st, err := s.push(ctx)
+	if err != nil {
+		return err
+	}
+	if err := st.Send(&pb.PushSandboxLogsRequest{SandboxId: s.sandboxID, Logs: batch}); err != nil {
+		_, rerr := st.CloseAndRecv()
+		if rerr != nil {
+			return rerr
+		}
+		return err
+	}
+	_, err = st.CloseAndRecv()
+	return err
+}
+
+// Handler returns a slog.Handler that passes records to next and ships those at
+// Info and above as supervisor events (target "openshell-sandbox").
+func (s *Shipper) Handler(next slog.Handler) slog.Handler {
+	return &teeHandler{next: next, s: s}
+}
+
+type teeHandler struct {
+	next  slog.Handler
+	s     *Shipper
+	attrs []slog.Attr
+}
+
+func (h *teeHandler) Enabled(ctx context.Context, l slog.Level) bool {
+	return l >= slog.LevelInfo || h.next.Enabled(ctx, l)
+}
+
+func (h *teeHandler) Handle(ctx context.Context, r slog.Record) error {
+	if r.Level >= slog.LevelInfo {
+		fields := map[string]string{}
+		for _, a := range h.attrs {
+			fields[a.Key] = a.Value.String()
+		}
+		r.Attrs(func(a slog.Attr) bool {
+			fields[a.Key] = a.Value.String()
+			return true
+		})
+		h.s.Add(r.Level.String(), "openshell-sandbox", r.Message, fields)
+	}
+	if h.next.Enabled(ctx, r.Level) {
+		return h.next.Handle(ctx, r)
+	}
+	return nil
+}
+
+func (h *teeHandler) WithAttrs(as []slog.Attr) slog.Handler {
+	return &teeHandler{next: h.next.WithAttrs(as), s: h.s, attrs: append(append([]slog.Attr(nil), h.attrs...), as...)}
+}
+
+func (h *teeHandler) WithGroup(name string) slog.Handler {
+	return &teeHandler{next: h.next.WithGroup(name), s: h.s, attrs: h.attrs}
+}

@@ -1,0 +1,401 @@
+package session
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	mrand "math/rand/v2"
+	"net"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	pb "github.com/openshell/openshell/api/openshellv1"
+)
+
+// RelayChunk is the largest data frame the supervisor sends on a relay.
+const RelayChunk = 16 << 10
+
+// Config configures a Client.
+type Config struct {
+	SandboxID  string
+	InstanceID string // random per supervisor process; NewInstanceID makes one
+	// DialSSH connects to the in-sandbox SSH server (its Unix socket).
+	DialSSH func(ctx context.Context) (net.Conn, error)
+	// BackoffMin/Max pace reconnects; 0 = 1 s and 30 s.
+	BackoffMin, BackoffMax time.Duration
+	// OnState is told when the session goes up (true) or down (false); optional.
+	OnState func(up bool)
+}
+
+// Validate names the first bad field.
+func (c *Config) Validate() error {
+	switch {
+	case c.SandboxID == "":
+		return errors.New("session: Config.SandboxID is empty: set OPENSHELL_SANDBOX_ID")
+	case c.InstanceID == "":
+		return errors.New("session: Config.InstanceID is empty: use NewInstanceID")
+	case c.DialSSH == nil:
+		return errors.New("session: Config.DialSSH is nil: give the SSH server's dialer")
+	}
+	return nil
+}
+
+// NewInstanceID returns a random supervisor instance id.
+func NewInstanceID() string {
+	b := make([]byte, 16)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// Client keeps the supervisor's session with the gateway.
+type Client struct {
+	cfg Config
+	api pb.OpenShellClient
+
+	relays sync.WaitGroup
+	up     atomic.Bool
+	// sessions counts accepted sessions (tests and status).
+	sessions atomic.Int64
+}
+
+// New returns a client over an existing gRPC connection (see Dial).
+func New(cc grpc.ClientConnInterface, cfg Config) (*Client, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if cfg.BackoffMin <= 0 {
+		cfg.BackoffMin = time.Second
+	}
+	if cfg.BackoffMax <= 0 {
+		cfg.BackoffMax = 30 * time.Second
+	}
+	return &Client{cfg: cfg, api: pb.NewOpenShellClient(cc)}, nil
+}
+
+// API is the underlying gRPC client (for the log shipper and config polling).
+func (c *Client) API() pb.OpenShellClient { return c.api }
+
+// Up reports whether a session is currently accepted.
+func (c *Client) Up() bool { return c.up.Load() }
+
+// Sessions is how many sessions the gateway accepted so far.
+func (c *Client) Sessions() int64 { return c.sessions.Load() }
+
+// Backoff returns the wait before retry n (0-based): min·2ⁿ capped at max, with
+// ±20 % jitter so that many sandboxes do not reconnect in lockstep.
+func Backoff(n int, min, max time.Duration) time.Duration {
+	d := min
+	for i := 0; i < n && d < max; i++ {
+		d *= 2
+	}
+	if d > max {
+		d = max
+	}
+	j := time.Duration(float64(d) * (0.8 + 0.4*mrand.Float64()))
+	return j
+}
+
+// Run keeps a session open until ctx ends, reconnecting after any break. Relays
+// opened by a session outlive it; Run waits for them before returning.
+func (c *Client) Run(ctx context.Context) error {
+	defer c.relays.Wait()
+	fails := 0
+	for {
+		accepted, err := c.runOnce(ctx)
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if accepted {
+			fails = 0
+		}
+		wait := Backoff(fails, c.cfg.BackoffMin, c.cfg.BackoffMax)
+		fails++
+		slog.Warn("gateway session ended; reconnecting", "err", err, "retry_in", wait.Round(time.Millisecond))
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(wait):
+		}
+	}
+}
+
+func (c *Client) setUp(up bool) {
+	if c.up.Swap(up) != up && c.cfg.OnState != nil {
+		c.cfg.OnState(up)
+	}
+}
+
+// runOnce runs one ConnectSupervisor stream; accepted tells whether the gateway
+// accepted it (then the next retry starts from the shortest backoff).
+func (c *Client) runOnce(ctx context.Context) (accepted bool, err error) {
+	sctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stream, err := c.api.ConnectSupervisor(sctx)
+	if err != nil {
+		return false, fmt.Errorf("open ConnectSupervisor: %w", err)
+	}
+	var sendMu sync.Mutex
+	send := func(m *pb.SupervisorMessage) error {
+		sendMu.Lock()
+		defer sendMu.Unlock()
+		return stream.Send(m)
+	}
+	if err := send(&pb.SupervisorMessage{Payload: &pb.SupervisorMessage_Hello{Hello: &pb.SupervisorHello{
+		SandboxId: c.cfg.SandboxID, InstanceId: c.cfg.InstanceID}}}); err != nil {
+		return false, fmt.Errorf("send hello: %w", streamErr(stream, err))
+	}
+	first, err := stream.Recv()
+	if err != nil {
+		return false, fmt.Errorf("await session_accepted: %w", err)
+	}
+	var interval time.Duration
+	switch p := first.Payload.(type) {
+	case *pb.GatewayMessage_SessionAccepted:
+		interval = time.Duration(p.SessionAccepted.GetHeartbeatIntervalSecs()) * time.Second
+		slog.Info("gateway session accepted", "session_id", p.SessionAccepted.GetSessionId())
+	case *pb.GatewayMessage_SessionRejected:
+		return false, fmt.Errorf("gateway rejected the session: %s", p.SessionRejected.GetReason())
+	default:
+		return false, fmt.Errorf("gateway sent %T before session_accepted", first.Payload)
+	}
+	if interval <= 0 {
+		interval = 15 * time.Second
+	}
+	c.sessions.Add(1)
+	c.setUp(true)
+	defer c.setUp(false)
+
+	var lastRecv atomic.Int64
+	lastRecv.Store(time.Now().UnixNano())
+	go func() {
+		t := time.NewTicker(interval)
+		defer t.Stop()
+		for {
+			select {
+			case <-sctx.Done():
+				return
+			case <-t.C:
+			}
+			if err := send(&pb.SupervisorMessage{Payload: &pb.SupervisorMessage_Heartbeat{Heartbeat: &pb.SupervisorHeartbeat{}}}); err != nil {
+				cancel()
+				return
+			}
+			// Three silent intervals: the gateway is gone without closing the stream.
+			if time.Since(time.Unix(0, lastRecv.Load())) > 3*interval {
+				slog.Warn("gateway silent for three heartbeat intervals; reconnecting")
+				cancel()
+				return
+			}
+		}
+	}()
+
+	relays := map[string]context.CancelFunc{}
+	var relaysMu sync.Mutex
+	for {
+		msg, err := stream.Recv()
+		if err != nil {
+			return true, err
+		}
+		lastRecv.Store(time.Now().UnixNano())
+		switch p := msg.Payload.(type) {
+		case *pb.GatewayMessage_RelayOpen:
+			open := p.RelayOpen
+			rctx, rcancel := context.WithCancel(context.WithoutCancel(ctx))
+			stop := context.AfterFunc(ctx, rcancel) // relays end with Run, not with this stream
+			relaysMu.Lock()
+			relays[open.GetChannelId()] = rcancel
+			relaysMu.Unlock()
+			c.relays.Add(1)
+			go func() {
+				defer c.relays.Done()
+				defer stop()
+				defer rcancel()
+				defer func() {
+					relaysMu.Lock()
+					delete(relays, open.GetChannelId())
+					relaysMu.Unlock()
+				}()
+				c.relay(rctx, open, send)
+			}()
+		case *pb.GatewayMessage_RelayClose:
+			relaysMu.Lock()
+			if rc := relays[p.RelayClose.GetChannelId()]; rc != nil {
+				rc()
+			}
+			relaysMu.Unlock()
+		case *pb.GatewayMessage_Heartbeat, *pb.GatewayMessage_SessionAccepted:
+		case *pb.GatewayMessage_SessionRejected:
+			return true, fmt.Errorf("gateway ended the session: %s", p.SessionRejected.GetReason())
+		}
+	}
+}
+
+func streamErr(s grpc.ClientStream, err error) error {
+	if errors.Is(err, io.EOF) {
+		// The real status arrives on Recv.
+		if _, rerr := s.(interface {
+			Recv() (*pb.GatewayMessage, error)
+		}).Recv(); rerr != nil {
+			return rerr
+		}
+	}
+	return err
+}
+
+// dialTarget connects to what a relay_open names: the SSH server, or a loopback
+// TCP port inside the sandbox.
+func (c *Client) dialTarget(ctx context.Context, open *pb.RelayOpen) (net.Conn, error) {
+	dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if t := open.GetTcp(); t != nil {
+		host := t.GetHost()
+		if !isLoopback(host) {
+			return nil, fmt.Errorf("relay target %s is not loopback: only 127.0.0.1, ::1 or localhost inside the sandbox can be reached", host)
+		}
+		if t.GetPort() == 0 || t.GetPort() > 65535 {
+			return nil, fmt.Errorf("relay target port %d is out of range 1-65535", t.GetPort())
+		}
+		var d net.Dialer
+		return d.DialContext(dctx, "tcp", net.JoinHostPort(host, strconv.Itoa(int(t.GetPort()))))
+	}
+	return c.cfg.DialSSH(dctx) // ssh target, or no target (= ssh)
+}
+
+func isLoopback(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+// relay serves one relay_open: dial, open RelayStream, report, pump.
+func (c *Client) relay(ctx context.Context, open *pb.RelayOpen, send func(*pb.SupervisorMessage) error) {
+	id := open.GetChannelId()
+	log := slog.With("channel_id", id)
+	result := func(err error) {
+		r := &pb.RelayOpenResult{ChannelId: id, Success: err == nil}
+		if err != nil {
+			r.Error = err.Error()
+		}
+		if serr := send(&pb.SupervisorMessage{Payload: &pb.SupervisorMessage_RelayOpenResult{RelayOpenResult: r}}); serr != nil {
+			log.Debug("relay: could not send relay_open_result", "err", serr)
+		}
+	}
+	if id == "" {
+		result(errors.New("relay_open without channel_id"))
+		return
+	}
+	conn, err := c.dialTarget(ctx, open)
+	if err != nil {
+		log.Warn("relay: dial target failed", "err", err)
+		result(err)
+		return
+	}
+	defer conn.Close()
+	rs, err := c.api.RelayStream(ctx)
+	if err != nil {
+		result(fmt.Errorf("open RelayStream: %w", err))
+		return
+	}
+	if err := rs.Send(&pb.RelayFrame{Payload: &pb.RelayFrame_Init{Init: &pb.RelayInit{ChannelId: id}}}); err != nil {
+		result(fmt.Errorf("send relay init: %w", err))
+		return
+	}
+	result(nil)
+	Pump(ctx, conn, rs)
+	_ = send(&pb.SupervisorMessage{Payload: &pb.SupervisorMessage_RelayClose{RelayClose: &pb.RelayClose{ChannelId: id, Reason: "closed"}}})
+}
+
+// Pump copies bytes between conn and a RelayStream until both directions end or one
+// fails. A clean end of one direction is passed on as a half-close.
+func Pump(ctx context.Context, conn net.Conn, rs grpc.BidiStreamingClient[pb.RelayFrame, pb.RelayFrame]) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stop := context.AfterFunc(ctx, func() { conn.Close() })
+	defer stop()
+	done := make(chan struct{}, 2)
+	go func() { // gateway → target
+		defer func() { done <- struct{}{} }()
+		for {
+			f, err := rs.Recv()
+			if err != nil {
+				if errors.Is(err, io.EOF) {
+					closeWrite(conn)
+					return
+				}
+				cancel()
+				return
+			}
+			if d := f.GetData(); len(d) > 0 {
+				if _, err := conn.Write(d); err != nil {
+					cancel()
+					return
+				}
+			}
+		}
+	}()
+	go func() { // target → gateway
+		defer func() { done <- struct{}{} }()
+		buf := make([]byte, RelayChunk)
+		for {
+			n, err := conn.Read(buf)
+			if n > 0 {
+				if serr := rs.Send(&pb.RelayFrame{Payload: &pb.RelayFrame_Data{Data: append([]byte(nil), buf[:n]...)}}); serr != nil {
+					cancel()
+					return
+				}
+			}
+			if err != nil {
+				_ = rs.CloseSend()
+				if !errors.Is(err, io.EOF) {
+					cancel()
+				}
+				return
+			}
+		}
+	}()
+	<-done
+	<-done
+}
+
+func closeWrite(c net.Conn) {
+	if cw, ok := c.(interface{ CloseWrite() error }); ok {
+		_ = cw.CloseWrite()
+		return
+	}
+	_ = c.Close()
+}
+
+// ReportExit reports the main process's exit, retrying with backoff until the
+// gateway acknowledges it, refuses it for good, or ctx ends.
+func (c *Client) ReportExit(ctx context.Context, code int) error {
+	req := &pb.ReportMainProcessExitRequest{SandboxId: c.cfg.SandboxID, InstanceId: c.cfg.InstanceID, ExitCode: int32(code)}
+	for n := 0; ; n++ {
+		_, err := c.api.ReportMainProcessExit(ctx, req)
+		if err == nil {
+			return nil
+		}
+		switch status.Code(err) {
+		case codes.InvalidArgument, codes.NotFound, codes.PermissionDenied, codes.Unimplemented:
+			return fmt.Errorf("session: gateway refused the main-process exit report: %w", err)
+		}
+		wait := Backoff(n, 500*time.Millisecond, 10*time.Second)
+		slog.Debug("exit report failed; retrying", "err", err, "retry_in", wait)
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("session: exit report not acknowledged: %w", errors.Join(ctx.Err(), err))
+		case <-time.After(wait):
+		}
+	}
+}

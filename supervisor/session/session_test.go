@@ -1,0 +1,508 @@
+package session
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io"
+	"math/big"
+	"net"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	pb "github.com/openshell/openshell/api/openshellv1"
+)
+
+// fakeGateway is a small real gRPC server with the supervisor-facing RPCs.
+type fakeGateway struct {
+	pb.UnimplementedOpenShellServer
+
+	mu         sync.Mutex
+	hellos     []*pb.SupervisorHello
+	helloTimes []time.Time
+	auth       []string
+	rejectN    int // reject this many sessions first
+	streams    chan grpc.BidiStreamingServer[pb.SupervisorMessage, pb.GatewayMessage]
+	results    chan *pb.RelayOpenResult
+	relays     chan relayCall
+	exitFails  int
+	exits      []*pb.ReportMainProcessExitRequest
+	logs       []*pb.SandboxLogLine
+}
+
+type relayCall struct {
+	id     string
+	stream grpc.BidiStreamingServer[pb.RelayFrame, pb.RelayFrame]
+	done   chan struct{}
+}
+
+func newFake() *fakeGateway {
+	return &fakeGateway{
+		streams: make(chan grpc.BidiStreamingServer[pb.SupervisorMessage, pb.GatewayMessage], 16),
+		results: make(chan *pb.RelayOpenResult, 16),
+		relays:  make(chan relayCall, 16),
+	}
+}
+
+func (g *fakeGateway) recordAuth(ctx context.Context) {
+	md, _ := metadata.FromIncomingContext(ctx)
+	g.mu.Lock()
+	g.auth = append(g.auth, strings.Join(md.Get("authorization"), ","))
+	g.mu.Unlock()
+}
+
+func (g *fakeGateway) ConnectSupervisor(s grpc.BidiStreamingServer[pb.SupervisorMessage, pb.GatewayMessage]) error {
+	g.recordAuth(s.Context())
+	m, err := s.Recv()
+	if err != nil {
+		return err
+	}
+	h := m.GetHello()
+	if h == nil {
+		return status.Error(codes.InvalidArgument, "first frame must be hello")
+	}
+	g.mu.Lock()
+	g.hellos = append(g.hellos, h)
+	g.helloTimes = append(g.helloTimes, time.Now())
+	reject := g.rejectN > 0
+	if reject {
+		g.rejectN--
+	}
+	g.mu.Unlock()
+	if reject {
+		return status.Error(codes.Unavailable, "not yet")
+	}
+	if err := s.Send(&pb.GatewayMessage{Payload: &pb.GatewayMessage_SessionAccepted{SessionAccepted: &pb.SessionAccepted{SessionId: "s1", HeartbeatIntervalSecs: 1}}}); err != nil {
+		return err
+	}
+	g.streams <- s
+	for {
+		m, err := s.Recv()
+		if err != nil {
+			return nil
+		}
+		if r := m.GetRelayOpenResult(); r != nil {
+			g.results <- r
+		}
+	}
+}
+
+func (g *fakeGateway) RelayStream(s grpc.BidiStreamingServer[pb.RelayFrame, pb.RelayFrame]) error {
+	g.recordAuth(s.Context())
+	f, err := s.Recv()
+	if err != nil {
+		return err
+	}
+	if f.GetInit().GetChannelId() == "" {
+		return status.Error(codes.InvalidArgument, "first frame must be init")
+	}
+	done := make(chan struct{})
+	g.relays <- relayCall{id: f.GetInit().GetChannelId(), stream: s, done: done}
+	<-done
+	return nil
+}
+
+func (g *fakeGateway) ReportMainProcessExit(ctx context.Context, r *pb.ReportMainProcessExitRequest) (*pb.ReportMainProcessExitResponse, error) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.exitFails > 0 {
+		g.exitFails--
+		return nil, status.Error(codes.Unavailable, "store busy")
+	}
+	g.exits = append(g.exits, r)
+	return &pb.ReportMainProcessExitResponse{}, nil
+}
+
+func (g *fakeGateway) PushSandboxLogs(s grpc.ClientStreamingServer[pb.PushSandboxLogsRequest, pb.PushSandboxLogsResponse]) error {
+	for {
+		r, err := s.Recv()
+		if errors.Is(err, io.EOF) {
+			return s.SendAndClose(&pb.PushSandboxLogsResponse{})
+		}
+		if err != nil {
+			return err
+		}
+		g.mu.Lock()
+		g.logs = append(g.logs, r.GetLogs()...)
+		g.mu.Unlock()
+	}
+}
+
+// serve starts g on addr ("127.0.0.1:0" for a new port) and returns the address and
+// a stop function that kills the server abruptly.
+func serve(t *testing.T, g *fakeGateway, addr string, opts ...grpc.ServerOption) (string, func()) {
+	t.Helper()
+	var ln net.Listener
+	var err error
+	for i := 0; i < 50; i++ { // the port of a just-stopped server may linger briefly
+		if ln, err = net.Listen("tcp", addr); err == nil {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := grpc.NewServer(opts...)
+	pb.RegisterOpenShellServer(s, g)
+	go s.Serve(ln)
+	var once sync.Once
+	stop := func() { once.Do(s.Stop) }
+	t.Cleanup(stop)
+	return ln.Addr().String(), stop
+}
+
+// echoSSH stands in for the SSH server's socket: a real Unix listener that echoes.
+func echoSSH(t *testing.T) func(ctx context.Context) (net.Conn, error) {
+	sock := filepath.Join(t.TempDir(), "ssh.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				_, _ = io.Copy(c, c)
+			}()
+		}
+	}()
+	return func(ctx context.Context) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "unix", sock)
+	}
+}
+
+func startClient(t *testing.T, endpoint string, dialSSH func(context.Context) (net.Conn, error), o DialOptions) (*Client, context.CancelFunc) {
+	t.Helper()
+	return startClientBackoff(t, endpoint, dialSSH, o, 100*time.Millisecond, 2*time.Second)
+}
+
+func startClientBackoff(t *testing.T, endpoint string, dialSSH func(context.Context) (net.Conn, error), o DialOptions, bmin, bmax time.Duration) (*Client, context.CancelFunc) {
+	t.Helper()
+	o.Endpoint = endpoint
+	if o.Token == nil {
+		o.Token = func() (string, error) { return "tok-123", nil }
+	}
+	cc, err := Dial(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cc.Close() })
+	c, err := New(cc, Config{SandboxID: "sb-1", InstanceID: "inst-1", DialSSH: dialSSH,
+		BackoffMin: bmin, BackoffMax: bmax})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { _ = c.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	return c, cancel
+}
+
+func waitUntil(t *testing.T, d time.Duration, what string, f func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !f() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", d, what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func TestHelloAuthAndRelay(t *testing.T) {
+	g := newFake()
+	addr, _ := serve(t, g, "127.0.0.1:0")
+	c, _ := startClient(t, "http://"+addr, echoSSH(t), DialOptions{})
+	var s grpc.BidiStreamingServer[pb.SupervisorMessage, pb.GatewayMessage]
+	select {
+	case s = <-g.streams:
+	case <-time.After(5 * time.Second):
+		t.Fatal("no session")
+	}
+	g.mu.Lock()
+	h, auth := g.hellos[0], g.auth[0]
+	g.mu.Unlock()
+	if h.GetSandboxId() != "sb-1" || h.GetInstanceId() != "inst-1" || auth != "Bearer tok-123" {
+		t.Fatalf("hello %v auth %q", h, auth)
+	}
+	waitUntil(t, 2*time.Second, "Up", c.Up)
+
+	// Relay to the SSH target (unset target = ssh): bytes flow both ways.
+	if err := s.Send(&pb.GatewayMessage{Payload: &pb.GatewayMessage_RelayOpen{RelayOpen: &pb.RelayOpen{ChannelId: "ch-1"}}}); err != nil {
+		t.Fatal(err)
+	}
+	var rc relayCall
+	select {
+	case rc = <-g.relays:
+	case <-time.After(5 * time.Second):
+		t.Fatal("no RelayStream")
+	}
+	if rc.id != "ch-1" {
+		t.Fatalf("relay init channel %q", rc.id)
+	}
+	if r := <-g.results; !r.GetSuccess() || r.GetChannelId() != "ch-1" {
+		t.Fatalf("relay_open_result %v", r)
+	}
+	big := strings.Repeat("0123456789abcdef", 4096) // 64 KiB: several 16 KiB frames
+	if err := rc.stream.Send(&pb.RelayFrame{Payload: &pb.RelayFrame_Data{Data: []byte(big)}}); err != nil {
+		t.Fatal(err)
+	}
+	var got []byte
+	for len(got) < len(big) {
+		f, err := rc.stream.Recv()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(f.GetData()) > RelayChunk {
+			t.Fatalf("frame of %d bytes exceeds %d", len(f.GetData()), RelayChunk)
+		}
+		got = append(got, f.GetData()...)
+	}
+	if string(got) != big {
+		t.Fatal("echoed bytes differ")
+	}
+	close(rc.done) // gateway ends the relay stream
+
+	// A TCP relay to a non-loopback host is refused with a clear error.
+	_ = s.Send(&pb.GatewayMessage{Payload: &pb.GatewayMessage_RelayOpen{RelayOpen: &pb.RelayOpen{ChannelId: "ch-2",
+		Target: &pb.RelayOpen_Tcp{Tcp: &pb.TcpRelayTarget{Host: "192.0.2.10", Port: 80}}}}})
+	if r := <-g.results; r.GetSuccess() || !strings.Contains(r.GetError(), "not loopback") {
+		t.Fatalf("relay_open_result %v", r)
+	}
+
+	// A TCP relay to a loopback port works.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		c, err := ln.Accept()
+		if err == nil {
+			c.Write([]byte("from-tcp"))
+			c.Close()
+		}
+	}()
+	port := ln.Addr().(*net.TCPAddr).Port
+	_ = s.Send(&pb.GatewayMessage{Payload: &pb.GatewayMessage_RelayOpen{RelayOpen: &pb.RelayOpen{ChannelId: "ch-3",
+		Target: &pb.RelayOpen_Tcp{Tcp: &pb.TcpRelayTarget{Host: "127.0.0.1", Port: uint32(port)}}}}})
+	rc = <-g.relays
+	if r := <-g.results; !r.GetSuccess() {
+		t.Fatalf("tcp relay result %v", r)
+	}
+	var fromTCP []byte
+	for {
+		f, err := rc.stream.Recv()
+		if err != nil {
+			break // the target closed: the supervisor half-closes the stream
+		}
+		fromTCP = append(fromTCP, f.GetData()...)
+	}
+	close(rc.done)
+	if string(fromTCP) != "from-tcp" {
+		t.Fatalf("tcp relay got %q", fromTCP)
+	}
+}
+
+func TestReconnectWithBackoffAfterGatewayRestart(t *testing.T) {
+	g := newFake()
+	addr, stop := serve(t, g, "127.0.0.1:0")
+	c, _ := startClientBackoff(t, "http://"+addr, echoSSH(t), DialOptions{}, 50*time.Millisecond, 10*time.Second)
+	waitUntil(t, 5*time.Second, "first session", func() bool { return c.Sessions() == 1 })
+
+	// Kill the gateway; the session drops.
+	stop()
+	waitUntil(t, 5*time.Second, "session down", func() bool { return !c.Up() })
+	time.Sleep(100 * time.Millisecond)
+
+	// Restart on the same address; it rejects three attempts, then accepts.
+	g2 := newFake()
+	g2.rejectN = 3
+	serve(t, g2, addr)
+	waitUntil(t, 15*time.Second, "session after restart", func() bool { return c.Up() && c.Sessions() == 2 })
+
+	g2.mu.Lock()
+	times := append([]time.Time(nil), g2.helloTimes...)
+	g2.mu.Unlock()
+	if len(times) != 4 {
+		t.Fatalf("%d hellos after restart, want 4", len(times))
+	}
+	// Gaps between the rejected attempts grow (50 ms·2ⁿ ± 20 %).
+	var gaps []time.Duration
+	for i := 1; i < len(times); i++ {
+		gaps = append(gaps, times[i].Sub(times[i-1]))
+	}
+	for i := 1; i < len(gaps); i++ {
+		if gaps[i] < gaps[i-1]*5/4 {
+			t.Fatalf("backoff does not grow: gaps %v", gaps)
+		}
+	}
+	if gaps[0] < 40*time.Millisecond {
+		t.Fatalf("retried without waiting: gaps %v", gaps)
+	}
+}
+
+func TestReportExitRetriesUntilAcknowledged(t *testing.T) {
+	g := newFake()
+	g.exitFails = 2
+	addr, _ := serve(t, g, "127.0.0.1:0")
+	c, _ := startClient(t, "http://"+addr, echoSSH(t), DialOptions{})
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+	defer cancel()
+	if err := c.ReportExit(ctx, 137); err != nil {
+		t.Fatal(err)
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if len(g.exits) != 1 || g.exits[0].GetExitCode() != 137 || g.exits[0].GetInstanceId() != "inst-1" || g.exitFails != 0 {
+		t.Fatalf("exits %v (fails left %d)", g.exits, g.exitFails)
+	}
+}
+
+func TestShipperKeepsLinesAcrossOutage(t *testing.T) {
+	g := newFake()
+	addr, stop := serve(t, g, "127.0.0.1:0")
+	stop() // gateway down from the start
+	cc, err := Dial(DialOptions{Endpoint: "http://" + addr, Token: func() (string, error) { return "t", nil }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	sh := NewShipper(pb.NewOpenShellClient(cc), "sb-1", ShipperOptions{MaxBuffered: 5, Batch: 2, Interval: 20 * time.Millisecond})
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan struct{})
+	go func() { sh.Run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+	for i := 0; i < 8; i++ {
+		sh.Add("INFO", "main", fmt.Sprintf("line %d", i), map[string]string{"stream": "stdout"})
+	}
+	time.Sleep(200 * time.Millisecond)
+	if p := sh.Pending(); p != 6 { // 5 lines + the notice of the 3 dropped
+		t.Fatalf("pending = %d, want the bounded 5 plus a drop notice", p)
+	}
+	g2 := newFake()
+	serve(t, g2, addr)
+	waitUntil(t, 10*time.Second, "lines delivered", func() bool { return sh.Pending() == 0 })
+	g2.mu.Lock()
+	defer g2.mu.Unlock()
+	var msgs []string
+	for _, l := range g2.logs {
+		if l.GetSource() != "sandbox" || l.GetSandboxId() != "sb-1" {
+			t.Fatalf("bad line %v", l)
+		}
+		msgs = append(msgs, l.GetMessage())
+	}
+	want := "3 log lines dropped while the gateway was unreachable|line 3|line 4|line 5|line 6|line 7"
+	if strings.Join(msgs, "|") != want {
+		t.Fatalf("delivered %q, want %q", strings.Join(msgs, "|"), want)
+	}
+}
+
+func TestTLSServerNameAndCA(t *testing.T) {
+	caPEM, cert := testPKI(t, "localhost")
+	g := newFake()
+	addr, _ := serve(t, g, "127.0.0.1:0", grpc.Creds(credentials.NewTLS(&tls.Config{Certificates: []tls.Certificate{cert}})))
+	_, port, _ := net.SplitHostPort(addr)
+	c, _ := startClient(t, "https://localhost:"+port, echoSSH(t), DialOptions{CAPEM: caPEM})
+	waitUntil(t, 5*time.Second, "TLS session", c.Up)
+
+	// A client trusting a different CA never gets a session.
+	otherCA, _ := testPKI(t, "localhost")
+	c2, _ := startClient(t, "https://localhost:"+port, echoSSH(t), DialOptions{CAPEM: otherCA})
+	time.Sleep(500 * time.Millisecond)
+	if c2.Sessions() != 0 {
+		t.Fatal("session established with an untrusted certificate")
+	}
+}
+
+func testPKI(t *testing.T, host string) ([]byte, tls.Certificate) {
+	t.Helper()
+	caKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "test CA"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), IsCA: true,
+		KeyUsage: x509.KeyUsageCertSign, BasicConstraintsValid: true}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca, _ := x509.ParseCertificate(caDER)
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: host}, DNSNames: []string{host},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER}),
+		tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
+}
+
+func TestParseEndpoint(t *testing.T) {
+	for in, want := range map[string]Endpoint{
+		"https://gw.example:17670": {Host: "gw.example", Addr: "gw.example:17670", Secure: true},
+		"http://127.0.0.1:9":       {Host: "127.0.0.1", Addr: "127.0.0.1:9"},
+		"gw:1":                     {Host: "gw", Addr: "gw:1", Secure: true},
+		"https://[::1]":            {Host: "::1", Addr: "[::1]:17670", Secure: true},
+	} {
+		got, err := ParseEndpoint(in)
+		if err != nil || got != want {
+			t.Errorf("ParseEndpoint(%q) = %+v, %v; want %+v", in, got, err, want)
+		}
+	}
+	for _, bad := range []string{"", "ftp://x:1", "https://:80"} {
+		if _, err := ParseEndpoint(bad); err == nil {
+			t.Errorf("ParseEndpoint(%q) accepted", bad)
+		}
+	}
+}
+
+func FuzzParseEndpoint(f *testing.F) {
+	for _, s := range []string{"https://gw:1", "http://[::1]:80", "x", "://", "https://a:b"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		ep, err := ParseEndpoint(s)
+		if err == nil {
+			if ep.Host == "" {
+				t.Fatalf("ParseEndpoint(%q) gave an empty host", s)
+			}
+			if _, _, err := net.SplitHostPort(ep.Addr); err != nil {
+				t.Fatalf("ParseEndpoint(%q).Addr = %q: %v", s, ep.Addr, err)
+			}
+		}
+	})
+}
+
+func TestBackoffBounds(t *testing.T) {
+	for n := 0; n < 40; n++ {
+		d := Backoff(n, time.Second, 30*time.Second)
+		if d < 800*time.Millisecond || d > 36*time.Second {
+			t.Fatalf("Backoff(%d) = %v", n, d)
+		}
+	}
+}
