@@ -7,7 +7,6 @@ package auth
 
 import (
 	"context"
-	"crypto/x509"
 	"log/slog"
 	"strings"
 
@@ -17,6 +16,8 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
+
+	"github.com/openshell/openshell/gateway/pki"
 )
 
 // Mode is a method's authorization mode.
@@ -125,7 +126,10 @@ func (a *Authenticator) Authenticate(ctx context.Context) (Principal, error) {
 	}
 	if p, ok := peer.FromContext(ctx); ok {
 		if ti, ok := p.AuthInfo.(credentials.TLSInfo); ok {
-			if cn := verifiedClientCN(ti.State.VerifiedChains); cn != "" {
+			if cn, ok := pki.VerifiedUser(&ti.State); ok {
+				if cn == "" {
+					cn = "mtls-user"
+				}
 				return Principal{Kind: UserKind, Name: cn}, nil
 			}
 		}
@@ -134,17 +138,6 @@ func (a *Authenticator) Authenticate(ctx context.Context) (Principal, error) {
 		return Principal{Kind: UserKind, Name: "local-dev"}, nil
 	}
 	return Principal{}, nil
-}
-
-func verifiedClientCN(chains [][]*x509.Certificate) string {
-	if len(chains) == 0 || len(chains[0]) == 0 {
-		return ""
-	}
-	cn := chains[0][0].Subject.CommonName
-	if cn == "" {
-		cn = "mtls-user"
-	}
-	return cn
 }
 
 // authorize applies the method's mode to the principal.
