@@ -119,6 +119,7 @@ func TestFieldFacts(t *testing.T) {
 		{&openshellv1.CreateSshSessionResponse{}, "token", 2, protoreflect.StringKind, false, true},
 		{&openshellv1.CreateSshSessionResponse{}, "host_key_fingerprint", 7, protoreflect.StringKind, false, false},
 		{&openshellv1.TcpForwardInit{}, "authorization_token", 7, protoreflect.StringKind, false, true},
+		{&openshellv1.RevokeSshSessionRequest{}, "token", 1, protoreflect.StringKind, false, true},
 		{&openshellv1.RelayOpen{}, "service_id", 5, protoreflect.StringKind, false, false},
 		{&computev1.DriverSandboxSpec{}, "sandbox_token", 11, protoreflect.StringKind, false, true},
 		{&computev1.DriverSandboxTemplate{}, "resources", 10, protoreflect.MessageKind, false, false},

@@ -11,6 +11,9 @@ GO_MODULE="github.com/openshell/openshell"
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PLUGIN_DIR="${OPENSHELL_TOOLS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/openshell/protoc-plugins}"
+# OPENSHELL_GEN_OUT redirects the output tree (the freshness test compares
+# a fresh generation against the committed code); default: the repository.
+OUT="${OPENSHELL_GEN_OUT:-$ROOT}"
 
 log() { echo "gen-proto: $*"; }
 
@@ -42,10 +45,11 @@ install_plugin protoc-gen-go google.golang.org/protobuf/cmd/protoc-gen-go "$PROT
 install_plugin protoc-gen-go-grpc google.golang.org/grpc/cmd/protoc-gen-go-grpc "$PROTOC_GEN_GO_GRPC_VERSION"
 
 log "protoc $(protoc --version | awk '{print $2}'), protoc-gen-go $PROTOC_GEN_GO_VERSION, protoc-gen-go-grpc $PROTOC_GEN_GO_GRPC_VERSION"
+mkdir -p "$OUT"
 cd "$ROOT/api/proto"
 PATH="$PLUGIN_DIR:$PATH" protoc \
   -I . -I "$WKT_INCLUDE" \
-  --go_out="$ROOT" --go_opt=module="$GO_MODULE" \
-  --go-grpc_out="$ROOT" --go-grpc_opt=module="$GO_MODULE" \
+  --go_out="$OUT" --go_opt=module="$GO_MODULE" \
+  --go-grpc_out="$OUT" --go-grpc_opt=module="$GO_MODULE" \
   options.proto datamodel.proto sandbox.proto openshell.proto compute_driver.proto
-log "generated: $(cd "$ROOT" && ls -d api/*v1 | tr '\n' ' ')"
+log "generated into $OUT: $(cd "$OUT" && ls -d api/*v1 | tr '\n' ' ')"
