@@ -24,6 +24,10 @@ type InitOptions struct {
 	DiskWait time.Duration
 	// Logger receives progress; default is a text logger on the console.
 	Logger *slog.Logger
+	// PowerButtonGrace is how long init waits, after the ACPI power button (the host's
+	// graceful Stop) made it send SIGTERM to every process including itself, before
+	// it powers off anyway (default 5s). run should return on SIGTERM.
+	PowerButtonGrace time.Duration
 }
 
 func (o InitOptions) withDefaults() InitOptions {
@@ -38,6 +42,9 @@ func (o InitOptions) withDefaults() InitOptions {
 	}
 	if o.DiskWait == 0 {
 		o.DiskWait = 10 * time.Second
+	}
+	if o.PowerButtonGrace == 0 {
+		o.PowerButtonGrace = 5 * time.Second
 	}
 	return o
 }

@@ -1,8 +1,10 @@
 package guest
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"log/slog"
 	"os"
@@ -94,6 +96,7 @@ func prepareRoot(opts InitOptions, log *slog.Logger) error {
 		return err
 	}
 	log.Info("kernel modules loaded", "count", n, "took", time.Since(t0).Round(time.Millisecond))
+	watchPowerButton(opts.PowerButtonGrace, log)
 
 	if err := waitFor(opts.ImageDisk, opts.DiskWait); err != nil {
 		return fmt.Errorf("image disk: %w (the host must attach the image as the first virtio-blk disk)", err)
@@ -284,5 +287,46 @@ func powerOff(log *slog.Logger) {
 	for {
 		_ = unix.Reboot(unix.LINUX_REBOOT_CMD_POWER_OFF)
 		time.Sleep(time.Second)
+	}
+}
+
+// Linux input event constants (linux/input-event-codes.h).
+const (
+	evKey         = 1
+	keyPower      = 116
+	inputEventLen = 24 // struct input_event on 64-bit: timeval(16) type(2) code(2) value(4)
+)
+
+// watchPowerButton opens the input devices now (before switch root moves /dev) and,
+// on a power-button press, sends SIGTERM to every process and to init itself, then
+// powers off after grace if run has not returned by then.
+func watchPowerButton(grace time.Duration, log *slog.Logger) {
+	paths, _ := filepath.Glob("/dev/input/event*")
+	for _, p := range paths {
+		f, err := os.Open(p)
+		if err != nil {
+			continue
+		}
+		go func() {
+			defer f.Close()
+			buf := make([]byte, inputEventLen)
+			for {
+				if _, err := io.ReadFull(f, buf); err != nil {
+					return
+				}
+				typ := binary.LittleEndian.Uint16(buf[16:])
+				code := binary.LittleEndian.Uint16(buf[18:])
+				val := int32(binary.LittleEndian.Uint32(buf[20:]))
+				if typ != evKey || code != keyPower || val != 1 {
+					continue
+				}
+				log.Info("power button pressed; terminating processes", "grace", grace)
+				_ = unix.Kill(-1, unix.SIGTERM)
+				_ = unix.Kill(os.Getpid(), unix.SIGTERM)
+				time.Sleep(grace)
+				log.Warn("main did not return after the power button; powering off")
+				powerOff(log)
+			}
+		}()
 	}
 }

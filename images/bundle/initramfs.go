@@ -21,12 +21,14 @@ import (
 
 // GuestModules are the kernel modules the guest needs (their dependencies are added
 // automatically; modules built into the kernel are skipped): virtio transports,
-// vsock, the serial console port, block, net, virtiofs and overlayfs.
+// vsock, the serial console port, block, net, virtiofs, overlayfs and the power button.
 var GuestModules = []string{
 	"virtio", "virtio_ring", "virtio_mmio", "virtio_pci_modern_dev", "virtio_pci_legacy_dev", "virtio_pci",
 	"vsock", "vmw_vsock_virtio_transport_common", "vmw_vsock_virtio_transport",
 	"virtio_console", "failover", "net_failover", "virtio_net", "virtio_blk",
 	"fuse", "virtiofs", "overlay",
+	// ACPI power button as an input device: Stop (system_powerdown) reaches init.
+	"button", "evdev",
 }
 
 // initramfsFormat changes whenever the archive layout changes, invalidating caches.

@@ -561,4 +561,3 @@ func tail(path string, n int) string {
 	}
 	return string(b)
 }
-

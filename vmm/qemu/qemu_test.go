@@ -380,6 +380,13 @@ func TestStopPowersDown(t *testing.T) {
 	if st := m.State(); st != vmm.StateStopped {
 		t.Fatalf("state after Stop = %s", st)
 	}
-	t.Logf("Stop took %s", time.Since(start).Round(time.Millisecond))
+	took := time.Since(start)
+	t.Logf("Stop took %s", took.Round(time.Millisecond))
+	// The guest handles the ACPI power button: Stop must not need the quit/kill fallback.
+	if took > 15*time.Second {
+		t.Fatalf("Stop took %s: the guest ignored the power button\n%s", took, m.ConsoleTail(4096))
+	}
+	if !strings.Contains(m.ConsoleTail(1<<16), "power button pressed") {
+		t.Fatalf("console does not show the power button:\n%s", m.ConsoleTail(4096))
+	}
 }
-

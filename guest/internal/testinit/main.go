@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/signal"
 	"strings"
 	"time"
 
@@ -99,9 +100,23 @@ func run() int {
 		fmt.Fprintln(os.Stderr, "testinit: send answer:", err)
 		return 1
 	}
-	line, err := bufio.NewReader(c).ReadString('\n')
-	if err != nil || strings.TrimSpace(line) != "bye" {
-		fmt.Fprintf(os.Stderr, "testinit: expected bye, got %q (%v)\n", line, err)
+	// SIGTERM (the power button, via init) ends the test program like "bye" does.
+	term := make(chan os.Signal, 1)
+	signal.Notify(term, unix.SIGTERM)
+	lines := make(chan string, 1)
+	go func() {
+		l, _ := bufio.NewReader(c).ReadString('\n')
+		lines <- l
+	}()
+	var line string
+	select {
+	case line = <-lines:
+	case <-term:
+		fmt.Println("testinit: SIGTERM, exiting")
+		return 0
+	}
+	if strings.TrimSpace(line) != "bye" {
+		fmt.Fprintf(os.Stderr, "testinit: expected bye, got %q\n", line)
 		return 1
 	}
 	return 0
