@@ -1,3 +1,5 @@
+//go:build linux
+
 // Command testinit is a guest /init for the VM tests and benchmarks. It is built
 // static (CGO_ENABLED=0) and packed into an initramfs. The kernel passes unknown
 // key=value command-line parameters to init as environment variables:

@@ -1,0 +1,210 @@
+package channel
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/yamux"
+
+	"github.com/openshell/openshell/guest/channel/wire"
+)
+
+func shortDir(t *testing.T) string {
+	t.Helper()
+	d, err := os.MkdirTemp("", "osch-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = os.RemoveAll(d) })
+	return d
+}
+
+// TestSerialHost plays QEMU's chardev server and the guest's multiplexer end and
+// checks both directions, the port header, and reconnection after a disconnect.
+func TestSerialHost(t *testing.T) {
+	dir := shortDir(t)
+	sock := filepath.Join(dir, "serial.sock")
+	h := NewSerial(sock, nil)
+	defer h.Close()
+	ln, err := h.Listen(PortBootstrap)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	if _, err := h.Listen(PortBootstrap); err == nil {
+		t.Fatal("second listener on the same port accepted")
+	}
+	// The chardev socket appears after the host started retrying.
+	time.Sleep(50 * time.Millisecond)
+	qemu, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer qemu.Close()
+
+	for round := range 2 {
+		conn, err := qemu.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		br, err := wire.WaitHello(conn)
+		if err != nil {
+			t.Fatalf("round %d: hello: %v", round, err)
+		}
+		sess, err := yamux.Client(struct {
+			io.Reader
+			io.Writer
+			io.Closer
+		}{br, conn, conn}, yamuxConfig())
+		if err != nil {
+			t.Fatal(err)
+		}
+		// guest → host
+		st, err := sess.OpenStream()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := wire.WriteHeader(st, PortBootstrap); err != nil {
+			t.Fatal(err)
+		}
+		fmt.Fprintf(st, "hello %d\n", round)
+		ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+		c, err := Accept(ctx, ln)
+		cancel()
+		if err != nil {
+			t.Fatalf("round %d: accept: %v", round, err)
+		}
+		line, _ := bufio.NewReader(c).ReadString('\n')
+		if line != fmt.Sprintf("hello %d\n", round) {
+			t.Fatalf("round %d: got %q", round, line)
+		}
+		_ = c.Close()
+		// host → guest
+		go func() {
+			gs, err := sess.AcceptStream()
+			if err != nil {
+				return
+			}
+			port, _ := wire.ReadHeader(gs)
+			fmt.Fprintf(gs, "port %d\n", port)
+			_ = gs.Close()
+		}()
+		dctx, dcancel := context.WithTimeout(t.Context(), 5*time.Second)
+		dc, err := h.Dial(dctx, 1030)
+		dcancel()
+		if err != nil {
+			t.Fatal(err)
+		}
+		line, _ = bufio.NewReader(dc).ReadString('\n')
+		if line != "port 1030\n" {
+			t.Fatalf("host dial got %q", line)
+		}
+		_ = dc.Close()
+		// A stream to a port nobody listens on is closed, not left hanging.
+		st2, _ := sess.OpenStream()
+		_ = wire.WriteHeader(st2, 4242)
+		_ = st2.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := st2.Read(make([]byte, 1)); err == nil {
+			t.Fatal("stream to unknown port got data")
+		}
+		// Disconnect like a QEMU restart: the host reconnects and says hello again.
+		_ = sess.Close()
+		_ = conn.Close()
+	}
+}
+
+func TestHybridHost(t *testing.T) {
+	dir := shortDir(t)
+	uds := filepath.Join(dir, "v.sock")
+	h := NewHybridVsock(uds)
+	ln, err := h.Listen(PortGateway)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(uds + "_1024"); err != nil {
+		t.Fatalf("guest-facing socket: %v", err)
+	}
+	// Play the backend's guest side: connect to <uds>_<port>.
+	go func() {
+		c, err := net.Dial("unix", uds+"_1024")
+		if err == nil {
+			io.WriteString(c, "from guest\n")
+			c.Close()
+		}
+	}()
+	c, err := Accept(t.Context(), ln)
+	if err != nil {
+		t.Fatal(err)
+	}
+	line, _ := bufio.NewReader(c).ReadString('\n')
+	if line != "from guest\n" {
+		t.Fatalf("got %q", line)
+	}
+	_ = ln.Close()
+	if _, err := os.Stat(uds + "_1024"); !os.IsNotExist(err) {
+		t.Fatalf("socket left after Close: %v", err)
+	}
+
+	// Host → guest: the backend takes "CONNECT <port>\n" and answers "OK ...".
+	backend, err := net.Listen("unix", uds)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer backend.Close()
+	go func() {
+		for {
+			c, err := backend.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				line, _ := bufio.NewReader(c).ReadString('\n')
+				if strings.TrimSpace(line) == "CONNECT 1030" {
+					io.WriteString(c, "OK 1073741824\nguest data\n")
+				} else {
+					io.WriteString(c, "ERR\n")
+				}
+			}()
+		}
+	}()
+	dc, err := h.Dial(t.Context(), 1030)
+	if err != nil {
+		t.Fatal(err)
+	}
+	line, _ = bufio.NewReader(dc).ReadString('\n')
+	if line != "guest data\n" {
+		t.Fatalf("data after OK: %q", line)
+	}
+	if _, err := h.Dial(t.Context(), 9); err == nil {
+		t.Fatal("refused CONNECT accepted")
+	}
+}
+
+func TestDetectTransportPrefersVsockBackend(t *testing.T) {
+	dir := t.TempDir()
+	t.Setenv("PATH", dir)
+	t.Setenv("OPENSHELL_VM_DIR", dir)
+	if _, err := os.Stat("/dev/vhost-vsock"); err == nil {
+		t.Skip("host has /dev/vhost-vsock")
+	}
+	if got := DetectTransport(); got.Name != TransportVirtioSerial {
+		t.Fatalf("no backend: %+v", got)
+	}
+	bin := filepath.Join(dir, "bin", VsockBackendName)
+	_ = os.MkdirAll(filepath.Dir(bin), 0o755)
+	if err := os.WriteFile(bin, []byte("#!/bin/sh\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if got := DetectTransport(); got.Name != TransportVhostUserVsock || got.Backend != bin {
+		t.Fatalf("with backend: %+v", got)
+	}
+}
