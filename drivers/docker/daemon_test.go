@@ -27,8 +27,8 @@ type privateDockerd struct {
 	dir    string
 	host   string
 	bridge string // the private daemon's default bridge, created and deleted by the test
-	cmd  *exec.Cmd
-	done chan struct{}
+	cmd    *exec.Cmd
+	done   chan struct{}
 }
 
 func startPrivateDockerd(t *testing.T) *privateDockerd {
