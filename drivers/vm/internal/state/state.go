@@ -5,6 +5,8 @@
 package state
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -28,7 +30,7 @@ const (
 	ConsoleLog    = "console.log"
 	RunnerLog     = "runner.log"
 	DiskFile      = "disk.img"
-	VMMDir        = "vmm" // vmm.Config.StateDir (channel sockets, QMP)
+	VMMDir        = "v" // vmm.Config.StateDir (channel sockets, QMP); short for sun_path
 )
 
 // Version is the record format version.
@@ -93,15 +95,28 @@ type Tombstone struct {
 	ConsoleTail string    `json:"console_tail,omitempty"`
 }
 
-var safeID = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
+var (
+	safeID  = regexp.MustCompile(`^[A-Za-z0-9._-]{1,128}$`)
+	safeDir = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
+)
 
-// ValidID reports whether a sandbox id can name a directory safely (no separators, no
-// dot-dot, bounded length).
+// ValidID checks a sandbox id: 1-128 characters of letters, digits, '.', '_' or '-'
+// (the compute contract's id rule), never "." or "..".
 func ValidID(id string) error {
 	if !safeID.MatchString(id) || id == "." || id == ".." {
-		return fmt.Errorf("sandbox id %q: must be 1-64 characters of letters, digits, '.', '_' or '-' starting with a letter or digit", id)
+		return fmt.Errorf("sandbox id %q: must be 1-128 characters of letters, digits, '.', '_' or '-'", id)
 	}
 	return nil
+}
+
+// DirName is the directory name of a sandbox: its id when short and plain, else a
+// hash of it (Unix socket paths inside the directory must stay short).
+func DirName(id string) string {
+	if safeDir.MatchString(id) {
+		return id
+	}
+	h := sha256.Sum256([]byte(id))
+	return "h-" + hex.EncodeToString(h[:16])
 }
 
 // WriteFileAtomic writes data to path via a temp file in the same directory, fsyncs

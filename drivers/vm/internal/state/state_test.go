@@ -63,15 +63,21 @@ func TestTombstone(t *testing.T) {
 }
 
 func TestValidID(t *testing.T) {
-	for _, id := range []string{"", ".", "..", "../x", "a/b", strings.Repeat("a", 65), "-x", "a b"} {
+	for _, id := range []string{"", ".", "..", "../x", "a/b", strings.Repeat("a", 129), "a b"} {
 		if ValidID(id) == nil {
 			t.Errorf("ValidID(%q) accepted", id)
 		}
 	}
-	for _, id := range []string{"a", "3f1c2b8e-1234-4abc-9def-0123456789ab", "sb_1.x"} {
+	for _, id := range []string{"a", "3f1c2b8e-1234-4abc-9def-0123456789ab", "sb_1.x", "-x", strings.Repeat("a", 128)} {
 		if err := ValidID(id); err != nil {
 			t.Errorf("ValidID(%q): %v", id, err)
 		}
+		if d := DirName(id); len(d) > 64 || d == "" || d[0] == '.' || strings.ContainsAny(d, "/") {
+			t.Errorf("DirName(%q) = %q", id, d)
+		}
+	}
+	if DirName("abc") != "abc" || DirName(strings.Repeat("a", 100)) == DirName(strings.Repeat("a", 101)) {
+		t.Error("DirName: plain ids keep their name, long ids get distinct hashes")
 	}
 }
 

@@ -1,0 +1,178 @@
+// Package vm is the VM compute driver: each sandbox is a microVM (QEMU today) booted
+// from the sandbox's OCI image, run by its own runner process that outlives the driver.
+// The driver process (cmd/openshell-driver-vm) serves the compute contract to the
+// gateway over a private Unix socket.
+package vm
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	"github.com/openshell/openshell/drivers/vm/internal/quantity"
+)
+
+// DefaultImage is the project's base sandbox image, built offline by
+// scripts/build-base-image.sh.
+const DefaultImage = "oci-layout:/var/lib/openshell/images/base:latest"
+
+// Defaults.
+const (
+	DefaultCPUs        = 2
+	DefaultMemoryMiB   = 2048
+	DefaultDiskSize    = "8Gi"
+	DefaultStopTimeout = 30 * time.Second
+)
+
+// Config configures the VM driver (flags of openshell-driver-vm).
+type Config struct {
+	// StateDir holds one directory per sandbox (sb/<id>) and the image cache.
+	StateDir string `json:"state_dir"`
+	// GatewayEndpoint is the gateway's TCP host:port; guest sessions are bridged there.
+	GatewayEndpoint string `json:"gateway_endpoint"`
+	// GatewayCAFile is the PEM CA the supervisor trusts for the gateway ("" = plaintext).
+	GatewayCAFile string `json:"gateway_ca_file,omitempty"`
+	// GatewayServerName is the TLS name the guest uses for the gateway.
+	GatewayServerName string `json:"gateway_server_name,omitempty"`
+
+	DefaultImage string `json:"default_image"`
+	CPUs         int    `json:"cpus"`
+	MemoryMiB    int    `json:"memory_mib"`
+	// DiskSize is the writable disk's size (Kubernetes quantity, e.g. 8Gi).
+	DiskSize    string        `json:"disk_size"`
+	StopTimeout time.Duration `json:"stop_timeout"`
+
+	Kernel    string `json:"kernel,omitempty"` // "" = the kernel installed by scripts/setup-vm-host.sh
+	Accel     string `json:"accel"`            // auto, kvm, tcg
+	Transport string `json:"vsock_transport"`  // auto, vhost-vsock, vhost-user-vsock, virtio-serial
+
+	// SupervisorBinary is the static openshell-sandbox put into the initramfs as /init
+	// ("" = next to the driver binary, then PATH).
+	SupervisorBinary string `json:"supervisor_binary,omitempty"`
+	// ImageCacheDir defaults to <StateDir>/images.
+	ImageCacheDir string `json:"image_cache_dir,omitempty"`
+
+	// RunnerCommand is argv[0..] of the runner re-exec; "--state-dir DIR" is appended.
+	// Default: [<this executable>, "runner"].
+	RunnerCommand []string `json:"runner_command,omitempty"`
+	// RunnerEnv is extra environment for runner processes.
+	RunnerEnv []string `json:"runner_env,omitempty"`
+}
+
+// DefaultStateDir is $XDG_STATE_HOME/openshell/vm, else ~/.local/state/openshell/vm.
+func DefaultStateDir() string {
+	if d := os.Getenv("XDG_STATE_HOME"); d != "" && filepath.IsAbs(d) {
+		return filepath.Join(d, "openshell", "vm")
+	}
+	home, err := os.UserHomeDir()
+	if err != nil || home == "" {
+		return filepath.Join(os.TempDir(), "openshell-vm-"+strconv.Itoa(os.Getuid()))
+	}
+	return filepath.Join(home, ".local", "state", "openshell", "vm")
+}
+
+// WithDefaults returns c with empty fields filled.
+func (c Config) WithDefaults() Config {
+	if c.StateDir == "" {
+		c.StateDir = DefaultStateDir()
+	}
+	if c.DefaultImage == "" {
+		c.DefaultImage = DefaultImage
+	}
+	if c.CPUs == 0 {
+		c.CPUs = DefaultCPUs
+	}
+	if c.MemoryMiB == 0 {
+		c.MemoryMiB = DefaultMemoryMiB
+	}
+	if c.DiskSize == "" {
+		c.DiskSize = DefaultDiskSize
+	}
+	if c.StopTimeout == 0 {
+		c.StopTimeout = DefaultStopTimeout
+	}
+	if c.Accel == "" {
+		c.Accel = "auto"
+	}
+	if c.Transport == "" {
+		c.Transport = "auto"
+	}
+	if c.GatewayServerName == "" {
+		c.GatewayServerName = "host.openshell.internal"
+	}
+	if c.ImageCacheDir == "" {
+		c.ImageCacheDir = filepath.Join(c.StateDir, "images")
+	}
+	return c
+}
+
+// maxStateDir keeps <StateDir>/sb/<64-char id>/v/<socket>_<port> within sun_path.
+const maxStateDir = 107 - len("/sb/") - 64 - len("/v/") - 24
+
+// Validate names the first bad field and how to fix it (call after WithDefaults).
+func (c Config) Validate() error {
+	var errs []error
+	switch {
+	case c.StateDir == "":
+		errs = append(errs, errors.New("state_dir (--state-dir) is empty"))
+	case !filepath.IsAbs(c.StateDir):
+		errs = append(errs, fmt.Errorf("state_dir (--state-dir) %q must be an absolute path", c.StateDir))
+	case len(c.StateDir) > maxStateDir:
+		errs = append(errs, fmt.Errorf("state_dir (--state-dir) %q is %d bytes; Unix socket paths inside it need it at most %d bytes: choose a shorter directory", c.StateDir, len(c.StateDir), maxStateDir))
+	}
+	if c.GatewayEndpoint == "" {
+		errs = append(errs, errors.New("gateway_endpoint (--gateway-endpoint) is empty: give the gateway's host:port, e.g. 127.0.0.1:17670"))
+	} else if _, port, err := net.SplitHostPort(c.GatewayEndpoint); err != nil || port == "" {
+		errs = append(errs, fmt.Errorf("gateway_endpoint (--gateway-endpoint) %q is not host:port", c.GatewayEndpoint))
+	}
+	if c.GatewayCAFile != "" {
+		if _, err := os.Stat(c.GatewayCAFile); err != nil {
+			errs = append(errs, fmt.Errorf("gateway_ca_file (--gateway-ca-file): %w", err))
+		}
+	}
+	if c.CPUs < 1 || c.CPUs > 256 {
+		errs = append(errs, fmt.Errorf("cpus (--cpus) %d: use 1..256", c.CPUs))
+	}
+	if c.MemoryMiB < 128 {
+		errs = append(errs, fmt.Errorf("memory_mib (--memory-mib) %d: use at least 128", c.MemoryMiB))
+	}
+	if _, err := diskBytes(c.DiskSize); err != nil {
+		errs = append(errs, fmt.Errorf("disk_size (--disk-size): %w", err))
+	}
+	if c.StopTimeout < 0 {
+		errs = append(errs, fmt.Errorf("stop_timeout (--stop-timeout) %v: must not be negative", c.StopTimeout))
+	}
+	switch c.Accel {
+	case "auto", "kvm", "tcg":
+	default:
+		errs = append(errs, fmt.Errorf("accel (--accel) %q: use auto, kvm or tcg", c.Accel))
+	}
+	switch c.Transport {
+	case "auto", "vhost-vsock", "vhost-user-vsock", "virtio-serial":
+	default:
+		errs = append(errs, fmt.Errorf("vsock_transport (--vsock-transport) %q: use auto, vhost-vsock, vhost-user-vsock or virtio-serial", c.Transport))
+	}
+	if c.DefaultImage == "" {
+		errs = append(errs, errors.New("default_image (--default-image) is empty"))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("vm driver config: %w", err)
+	}
+	return nil
+}
+
+// diskBytes parses a disk size quantity into bytes (at least 64 MiB).
+func diskBytes(s string) (int64, error) {
+	mib, err := quantity.MemoryMiB(s)
+	if err != nil {
+		return 0, err
+	}
+	if mib < 64 {
+		return 0, fmt.Errorf("disk size %q: use at least 64Mi", s)
+	}
+	return int64(mib) << 20, nil
+}

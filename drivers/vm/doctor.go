@@ -1,0 +1,109 @@
+package vm
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"strings"
+
+	"github.com/openshell/openshell/images"
+	"github.com/openshell/openshell/images/bundle"
+	"github.com/openshell/openshell/vmm"
+	"github.com/openshell/openshell/vmm/channel"
+)
+
+// Missing is one prerequisite the VM driver lacks, with the command that fixes it.
+type Missing struct {
+	What string `json:"what"`
+	Fix  string `json:"fix"`
+}
+
+// Report is what `openshell doctor` prints about VM sandboxes on this host.
+type Report struct {
+	Accel           string    `json:"accel"`            // kvm or tcg
+	AccelReason     string    `json:"accel_reason"`     // evidence for the choice
+	Transport       string    `json:"transport"`        // vhost-vsock, vhost-user-vsock or virtio-serial
+	TransportReason string    `json:"transport_reason"` // evidence for the choice
+	Kernel          string    `json:"kernel,omitempty"` // guest kernel path ("" = not found)
+	Supervisor      string    `json:"supervisor,omitempty"`
+	DefaultImage    string    `json:"default_image"`
+	Missing         []Missing `json:"missing,omitempty"`
+}
+
+// OK reports whether nothing is missing.
+func (r *Report) OK() bool { return len(r.Missing) == 0 }
+
+// Doctor inspects the host for what VM sandboxes need. cfg may be the zero Config
+// (defaults are used). It never changes anything.
+func Doctor(_ context.Context, cfg Config) Report {
+	cfg = cfg.WithDefaults()
+	var r Report
+	miss := func(what, fix string) { r.Missing = append(r.Missing, Missing{What: what, Fix: fix}) }
+
+	ai := vmm.DetectAccel()
+	r.Accel, r.AccelReason = ai.Name, ai.Reason
+	switch cfg.Accel {
+	case vmm.AccelKVM:
+		if ai.Name != vmm.AccelKVM {
+			miss("KVM was requested (--accel kvm) but is not usable: "+ai.Reason, "use --accel auto (software emulation, slower) or enable hardware virtualisation")
+		}
+		r.Accel = vmm.AccelKVM
+	case vmm.AccelTCG:
+		r.Accel, r.AccelReason = vmm.AccelTCG, "requested with --accel tcg"
+	}
+	ti := channel.DetectTransport()
+	r.Transport, r.TransportReason = ti.Name, ti.Reason
+	if cfg.Transport != "auto" {
+		r.Transport, r.TransportReason = cfg.Transport, "requested with --vsock-transport"
+		if cfg.Transport == channel.TransportVhostUserVsock {
+			if _, err := channel.FindVsockBackend(); err != nil {
+				miss("vhost-device-vsock (vsock backend)", "run scripts/setup-vm-host.sh")
+			}
+		}
+		if cfg.Transport == channel.TransportVhostVsock {
+			if _, err := os.Stat("/dev/vhost-vsock"); err != nil {
+				miss("/dev/vhost-vsock", "modprobe vhost_vsock, or use --vsock-transport auto")
+			}
+		}
+	}
+
+	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
+		miss("qemu-system-x86_64", "run scripts/setup-vm-host.sh (installs qemu-system-x86)")
+	}
+	if _, err := exec.LookPath("mkfs.ext4"); err != nil {
+		miss("mkfs.ext4", "run scripts/setup-vm-host.sh (installs e2fsprogs)")
+	}
+	if k, err := bundle.FindKernel(cfg.Kernel); err != nil {
+		miss("guest kernel: "+err.Error(), "run scripts/setup-vm-host.sh")
+	} else {
+		r.Kernel = k
+		if _, err := bundle.ModulesDir(k); err != nil {
+			miss("guest kernel modules: "+err.Error(), "run scripts/setup-vm-host.sh")
+		}
+	}
+	sup := cfg.SupervisorBinary
+	if sup == "" {
+		sup, _ = findSupervisor()
+	}
+	if sup == "" {
+		miss(SupervisorBinaryName+" (the guest's init and supervisor)", "make build (puts it next to openshell-driver-vm), or pass --supervisor-binary")
+	} else if _, err := os.Stat(sup); err != nil {
+		miss(SupervisorBinaryName+": "+err.Error(), "make build, or fix --supervisor-binary")
+	} else {
+		r.Supervisor = sup
+	}
+	r.DefaultImage = cfg.DefaultImage
+	if ref, err := images.ParseReference(cfg.DefaultImage); err != nil {
+		miss("default image: "+err.Error(), "fix --default-image")
+	} else if ref.Transport == images.TransportOCILayout {
+		if _, err := os.Stat(ref.Path + "/index.json"); err != nil {
+			fix := "pass --default-image with an image you have"
+			if strings.HasPrefix(cfg.DefaultImage, "oci-layout:/var/lib/openshell/images/base") {
+				fix = "run scripts/build-base-image.sh"
+			}
+			miss(fmt.Sprintf("default image %s (no OCI layout at %s)", cfg.DefaultImage, ref.Path), fix)
+		}
+	}
+	return r
+}

@@ -1,0 +1,768 @@
+package vm
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"sync"
+	"syscall"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/openshell/openshell/api/computev1"
+	"github.com/openshell/openshell/drivers"
+	"github.com/openshell/openshell/drivers/vm/internal/runner"
+	"github.com/openshell/openshell/drivers/vm/internal/state"
+)
+
+// Name is the driver name reported in capabilities.
+const Name = "vm"
+
+// Version is reported in capabilities.
+var Version = "0.1.0"
+
+// Condition reasons specific to the VM driver (all terminal: phase ERROR).
+const (
+	ReasonVMExited                = "VMExited"
+	ReasonBootFailed              = "BootFailed"
+	ReasonProvisioningFailed      = "ProvisioningFailed"
+	ReasonProvisioningInterrupted = "ProvisioningInterrupted"
+	ReasonKilled                  = "Killed"
+)
+
+type phase int
+
+const (
+	phaseProvisioning phase = iota // image, disk, initramfs being prepared
+	phaseBooting                   // runner started, guest not yet dialled in
+	phaseRunning                   // guest fetched its bootstrap config
+	phaseStopping                  // graceful shutdown requested
+	phaseStopped                   // VM down on request; disk kept
+	phaseFailed                    // VM gone without being asked, or never started
+	phaseDeleting
+)
+
+// sandbox is the driver's view of one VM sandbox. Fields under mu.
+type sandbox struct {
+	id, name string
+	paths    state.Paths
+
+	mu          sync.Mutex
+	phase       phase
+	reason, msg string
+	since       time.Time
+	runnerPID   int
+	runnerStart uint64
+	qemuPID     int
+	provCancel  context.CancelFunc
+	provDone    chan struct{}
+	monCancel   context.CancelFunc
+	monDone     chan struct{}
+	exited      chan struct{} // closed when the current runner is gone
+}
+
+func (s *sandbox) setPhase(p phase, reason, msg string) {
+	s.phase, s.reason, s.msg, s.since = p, reason, msg, time.Now().UTC()
+}
+
+// Driver is the VM compute driver.
+type Driver struct {
+	cfg Config
+	log *slog.Logger
+	hub *hub
+
+	ctx    context.Context // driver lifetime: provisioning and monitors
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	mu        sync.Mutex
+	sandboxes map[string]*sandbox
+}
+
+var _ drivers.Driver = (*Driver)(nil)
+
+// New creates the driver and re-adopts the sandboxes found in cfg.StateDir: running
+// VMs keep running, ended ones are reported with their tombstone.
+func New(cfg Config, log *slog.Logger) (*Driver, error) {
+	cfg = cfg.WithDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if log == nil {
+		log = slog.Default()
+	}
+	log = log.With("driver", Name)
+	if len(cfg.RunnerCommand) == 0 {
+		exe, err := os.Executable()
+		if err != nil {
+			return nil, fmt.Errorf("vm driver: find own executable for the runner re-exec: %w", err)
+		}
+		cfg.RunnerCommand = []string{exe, "runner"}
+	}
+	for _, d := range []string{cfg.StateDir, filepath.Join(cfg.StateDir, "sb")} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return nil, fmt.Errorf("vm driver: state dir %s: %w", d, err)
+		}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	d := &Driver{cfg: cfg, log: log, hub: newHub(log), ctx: ctx, cancel: cancel, sandboxes: map[string]*sandbox{}}
+	d.adoptAll()
+	return d, nil
+}
+
+// Config returns the effective configuration (defaults filled).
+func (d *Driver) Config() Config { return d.cfg }
+
+func (d *Driver) sandboxDir(id string) string {
+	return filepath.Join(d.cfg.StateDir, "sb", state.DirName(id))
+}
+
+// ---- observation ----
+
+func (d *Driver) snapshot(s *sandbox) *computev1.DriverSandbox {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	ts := s.since.Format(time.RFC3339)
+	cond := func(typ, status, reason, msg string) *computev1.DriverCondition {
+		return &computev1.DriverCondition{Type: typ, Status: status, Reason: reason, Message: msg, LastTransitionTime: ts}
+	}
+	st := &computev1.DriverSandboxStatus{SandboxName: s.name, InstanceId: "vm-" + s.id}
+	switch s.phase {
+	case phaseProvisioning, phaseBooting:
+		st.Conditions = []*computev1.DriverCondition{cond(drivers.ConditionReady, drivers.StatusFalse, drivers.ReasonStarting, s.msg)}
+	case phaseRunning, phaseStopping:
+		st.Conditions = []*computev1.DriverCondition{cond(drivers.ConditionReady, drivers.StatusTrue, drivers.ReasonRunning, s.msg)}
+	case phaseStopped:
+		st.Conditions = []*computev1.DriverCondition{
+			cond(drivers.ConditionReady, drivers.StatusFalse, drivers.ReasonContainerStopped, s.msg),
+			cond(drivers.ConditionSuspended, drivers.StatusTrue, drivers.ReasonStopped, s.msg),
+		}
+	case phaseFailed:
+		st.Conditions = []*computev1.DriverCondition{cond(drivers.ConditionReady, drivers.StatusFalse, s.reason, s.msg)}
+	case phaseDeleting:
+		st.Deleting = true
+		st.Conditions = []*computev1.DriverCondition{cond(drivers.ConditionReady, drivers.StatusFalse, "Deleting", "deleting the VM")}
+	}
+	return &computev1.DriverSandbox{Id: s.id, Name: s.name, Status: st}
+}
+
+// emit publishes the sandbox's current state to watchers. Never call with s.mu held.
+func (d *Driver) emit(s *sandbox) {
+	d.hub.mu.Lock()
+	defer d.hub.mu.Unlock()
+	d.hub.publishLocked(&computev1.WatchSandboxesEvent{Payload: &computev1.WatchSandboxesEvent_Sandbox{
+		Sandbox: &computev1.WatchSandboxesSandboxEvent{Sandbox: d.snapshot(s)},
+	}})
+}
+
+func (d *Driver) platformEvent(id, typ, reason, msg string) {
+	d.hub.mu.Lock()
+	defer d.hub.mu.Unlock()
+	d.hub.publishLocked(&computev1.WatchSandboxesEvent{Payload: &computev1.WatchSandboxesEvent_PlatformEvent{
+		PlatformEvent: &computev1.WatchSandboxesPlatformEvent{SandboxId: id, Event: &computev1.DriverPlatformEvent{
+			TimestampMs: time.Now().UnixMilli(), Source: Name, Type: typ, Reason: reason, Message: msg,
+		}},
+	}})
+}
+
+func (d *Driver) lookup(id string) (*sandbox, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	s, ok := d.sandboxes[id]
+	if !ok {
+		return nil, fmt.Errorf("vm sandbox %q: %w", id, drivers.ErrNotFound)
+	}
+	return s, nil
+}
+
+// Capabilities implements drivers.Driver.
+func (d *Driver) Capabilities(context.Context) (*computev1.GetCapabilitiesResponse, error) {
+	return &computev1.GetCapabilitiesResponse{DriverName: Name, DriverVersion: Version, DefaultImage: d.cfg.DefaultImage}, nil
+}
+
+// Get implements drivers.Driver.
+func (d *Driver) Get(_ context.Context, id, _ string) (*computev1.DriverSandbox, error) {
+	s, err := d.lookup(id)
+	if err != nil {
+		return nil, err
+	}
+	return d.snapshot(s), nil
+}
+
+// List implements drivers.Driver.
+func (d *Driver) List(context.Context) ([]*computev1.DriverSandbox, error) {
+	d.mu.Lock()
+	all := make([]*sandbox, 0, len(d.sandboxes))
+	for _, s := range d.sandboxes {
+		all = append(all, s)
+	}
+	d.mu.Unlock()
+	sort.Slice(all, func(i, j int) bool { return all[i].id < all[j].id })
+	out := make([]*computev1.DriverSandbox, 0, len(all))
+	for _, s := range all {
+		out = append(out, d.snapshot(s))
+	}
+	return out, nil
+}
+
+// Watch implements drivers.Driver: the current sandboxes first, then every change.
+func (d *Driver) Watch(ctx context.Context) (<-chan *computev1.WatchSandboxesEvent, error) {
+	return d.hub.subscribe(ctx, func() []*computev1.WatchSandboxesEvent {
+		list, _ := d.List(ctx)
+		evs := make([]*computev1.WatchSandboxesEvent, 0, len(list))
+		for _, sb := range list {
+			evs = append(evs, &computev1.WatchSandboxesEvent{Payload: &computev1.WatchSandboxesEvent_Sandbox{
+				Sandbox: &computev1.WatchSandboxesSandboxEvent{Sandbox: sb},
+			}})
+		}
+		return evs
+	}), nil
+}
+
+// Close stops the driver's goroutines. Running VMs and their runners are left alone:
+// the next driver re-adopts them.
+func (d *Driver) Close() error {
+	d.cancel()
+	d.wg.Wait()
+	d.hub.close()
+	return nil
+}
+
+// ---- create ----
+
+// ValidateCreate implements drivers.Driver.
+func (d *Driver) ValidateCreate(_ context.Context, sb *computev1.DriverSandbox) error {
+	_, err := d.resolve(sb)
+	return err
+}
+
+// Create implements drivers.Driver. It records the sandbox and returns; the image,
+// disk and boot proceed in the background and are reported through Watch/Get.
+func (d *Driver) Create(_ context.Context, sb *computev1.DriverSandbox) (retErr error) {
+	res, err := d.resolve(sb)
+	if err != nil {
+		return err
+	}
+	id := sb.GetId()
+	dir := d.sandboxDir(id)
+	d.mu.Lock()
+	if _, ok := d.sandboxes[id]; ok {
+		d.mu.Unlock()
+		return fmt.Errorf("vm sandbox %q: %w", id, drivers.ErrAlreadyExists)
+	}
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		d.mu.Unlock()
+		if errors.Is(err, fs.ErrExist) {
+			return fmt.Errorf("vm sandbox %q: state directory %s already exists (left over?): remove it or delete the sandbox: %w", id, dir, drivers.ErrAlreadyExists)
+		}
+		return fmt.Errorf("vm sandbox %q: create state directory: %w", id, err)
+	}
+	s := &sandbox{id: id, name: sb.GetName(), paths: state.PathsFor(dir)}
+	s.setPhase(phaseProvisioning, drivers.ReasonStarting, "preparing the image")
+	d.sandboxes[id] = s
+	d.mu.Unlock()
+	defer func() {
+		if retErr != nil {
+			d.mu.Lock()
+			delete(d.sandboxes, id)
+			d.mu.Unlock()
+			os.RemoveAll(dir)
+		}
+	}()
+
+	rec := &state.Record{
+		SandboxID: id, SandboxName: sb.GetName(), SpecDigest: specDigest(sb.GetSpec()),
+		CreatedAt: time.Now().UTC(), Image: res.image, VCPUs: res.vcpus, MemoryMiB: res.memoryMiB, Paths: s.paths,
+	}
+	if err := state.Create(rec); err != nil {
+		return fmt.Errorf("vm sandbox %q: %w", id, err)
+	}
+	d.log.Info("creating VM sandbox", "sandbox_id", id, "name", sb.GetName(), "image", res.image, "vcpus", res.vcpus, "memory_mib", res.memoryMiB)
+	d.emit(s)
+
+	ctx, cancel := context.WithCancel(d.ctx)
+	s.mu.Lock()
+	s.provCancel, s.provDone = cancel, make(chan struct{})
+	done := s.provDone
+	s.mu.Unlock()
+	spec := proto.Clone(sb.GetSpec()).(*computev1.DriverSandboxSpec)
+	d.wg.Add(1)
+	go func() {
+		defer d.wg.Done()
+		defer close(done)
+		defer cancel()
+		d.provision(ctx, s, res, spec)
+	}()
+	return nil
+}
+
+func specDigest(spec *computev1.DriverSandboxSpec) string {
+	c := proto.Clone(spec).(*computev1.DriverSandboxSpec)
+	if c == nil {
+		c = &computev1.DriverSandboxSpec{}
+	}
+	c.SandboxToken = ""
+	b, _ := proto.MarshalOptions{Deterministic: true}.Marshal(c)
+	h := sha256.Sum256(b)
+	return "sha256:" + hex.EncodeToString(h[:])
+}
+
+// provision prepares the image, disk and initramfs, writes runner.json and boots.
+func (d *Driver) provision(ctx context.Context, s *sandbox, res *resolved, spec *computev1.DriverSandboxSpec) {
+	log := d.log.With("sandbox_id", s.id)
+	rs, err := d.prepare(ctx, s, res, spec, func(msg string) {
+		log.Info("provisioning", "step", msg)
+		s.mu.Lock()
+		s.msg = msg
+		s.mu.Unlock()
+		d.platformEvent(s.id, "Normal", "Provisioning", msg)
+	})
+	if err == nil {
+		err = runner.WriteSpec(s.paths.Dir, rs)
+	}
+	if err != nil {
+		if ctx.Err() != nil {
+			log.Info("provisioning cancelled", "err", err)
+			return
+		}
+		log.Error("provisioning failed", "err", err)
+		ts := &state.Tombstone{Reason: ReasonProvisioningFailed, Message: err.Error(), Time: time.Now().UTC()}
+		state.Update(s.paths.Dir, func(r *state.Record) error { r.Error = ts; return nil })
+		s.mu.Lock()
+		s.setPhase(phaseFailed, ts.Reason, ts.Message)
+		s.mu.Unlock()
+		d.emit(s)
+		return
+	}
+	if err := d.boot(s); err != nil {
+		log.Error("boot failed", "err", err)
+	}
+}
+
+// ---- runner processes ----
+
+// boot spawns the runner for s and starts watching it. The caller has written
+// runner.json.
+func (d *Driver) boot(s *sandbox) error {
+	if err := state.ClearTombstone(s.paths.Dir); err != nil {
+		return d.fail(s, ReasonBootFailed, err)
+	}
+	logf, err := os.OpenFile(s.paths.RunnerLog, os.O_WRONLY|os.O_CREATE|os.O_APPEND|syscall.O_NOFOLLOW, 0o600)
+	if err != nil {
+		return d.fail(s, ReasonBootFailed, fmt.Errorf("open runner log: %w", err))
+	}
+	defer logf.Close()
+	argv := append(append([]string{}, d.cfg.RunnerCommand...), "--state-dir", s.paths.Dir)
+	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.Env = append(os.Environ(), d.cfg.RunnerEnv...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.Dir = s.paths.Dir
+	// Own session: no signal from the driver's or gateway's terminal/process group
+	// reaches it, and it survives both.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		return d.fail(s, ReasonBootFailed, fmt.Errorf("start runner %v: %w", argv, err))
+	}
+	pid := cmd.Process.Pid
+	start, _ := state.ProcStartTime(pid)
+	// Reap it if it ends while we live; after a driver restart init reaps it.
+	go cmd.Wait()
+	d.log.Info("runner started", "sandbox_id", s.id, "runner_pid", pid)
+	s.mu.Lock()
+	s.runnerPID, s.runnerStart = pid, start
+	s.setPhase(phaseBooting, drivers.ReasonStarting, "VM booting")
+	s.mu.Unlock()
+	d.emit(s)
+	d.startMonitor(s, pid, start)
+	return nil
+}
+
+func (d *Driver) fail(s *sandbox, reason string, err error) error {
+	s.mu.Lock()
+	s.setPhase(phaseFailed, reason, err.Error())
+	s.mu.Unlock()
+	d.emit(s)
+	return fmt.Errorf("vm sandbox %q: %w", s.id, err)
+}
+
+// startMonitor follows the runner's status stream until the runner is gone.
+func (d *Driver) startMonitor(s *sandbox, pid int, start uint64) {
+	ctx, cancel := context.WithCancel(d.ctx)
+	done := make(chan struct{})
+	exited := make(chan struct{})
+	s.mu.Lock()
+	s.monCancel, s.monDone, s.exited = cancel, done, exited
+	s.mu.Unlock()
+	d.wg.Add(1)
+	go func() {
+		defer d.wg.Done()
+		defer close(done)
+		defer cancel()
+		d.monitor(ctx, s, pid, start, exited)
+	}()
+}
+
+func (d *Driver) monitor(ctx context.Context, s *sandbox, pid int, start uint64, exited chan struct{}) {
+	cl := runner.NewClient(s.paths.ControlSocket)
+	for {
+		err := cl.Watch(ctx, func(st runner.Status) { d.applyRunnerStatus(s, st) })
+		if ctx.Err() != nil {
+			return
+		}
+		if err == nil || !state.SameProcess(pid, start) {
+			// The runner said it is done (or died): wait for it to go so its tombstone
+			// is complete, then report.
+			deadline := time.Now().Add(10 * time.Second)
+			for state.SameProcess(pid, start) && time.Now().Before(deadline) {
+				time.Sleep(50 * time.Millisecond)
+			}
+			d.runnerGone(s)
+			close(exited)
+			return
+		}
+		// Alive but not answering yet (still starting up): retry.
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+func (d *Driver) applyRunnerStatus(s *sandbox, st runner.Status) {
+	s.mu.Lock()
+	changed := false
+	if st.QEMUPID != 0 {
+		s.qemuPID = st.QEMUPID
+	}
+	switch st.State {
+	case runner.StateRunning:
+		if s.phase == phaseBooting {
+			s.setPhase(phaseRunning, drivers.ReasonRunning, "guest booted at "+st.BootedAt.Format(time.RFC3339Nano))
+			changed = true
+		}
+	case runner.StateStopping:
+		if s.phase == phaseRunning || s.phase == phaseBooting {
+			s.setPhase(phaseStopping, drivers.ReasonRunning, "stopping")
+		}
+	}
+	s.mu.Unlock()
+	if changed {
+		d.log.Info("VM sandbox ready", "sandbox_id", s.id, "qemu_pid", st.QEMUPID)
+		d.emit(s)
+	}
+}
+
+// runnerGone reports the end of a runner from its tombstone.
+func (d *Driver) runnerGone(s *sandbox) {
+	ts, err := state.ReadTombstone(s.paths.Dir)
+	if err != nil {
+		d.log.Warn("read tombstone", "sandbox_id", s.id, "err", err)
+	}
+	s.mu.Lock()
+	if s.phase == phaseDeleting {
+		s.mu.Unlock()
+		return
+	}
+	d.applyTombstone(s, ts)
+	s.runnerPID, s.runnerStart, s.qemuPID = 0, 0, 0
+	reason, msg := s.reason, s.msg
+	s.mu.Unlock()
+	d.log.Info("VM sandbox ended", "sandbox_id", s.id, "reason", reason, "message", firstLine(msg))
+	d.emit(s)
+}
+
+// applyTombstone sets s's phase from a tombstone (nil = the runner vanished). s.mu held.
+func (d *Driver) applyTombstone(s *sandbox, ts *state.Tombstone) {
+	switch {
+	case ts == nil:
+		s.setPhase(phaseFailed, ReasonVMExited, "the VM runner is gone without leaving a tombstone (host restart or runner killed); see "+s.paths.RunnerLog)
+	case ts.Reason == "Stopped":
+		s.setPhase(phaseStopped, drivers.ReasonContainerStopped, "stopped")
+	default:
+		msg := ts.Message
+		if ts.ConsoleTail != "" {
+			msg += "\nconsole tail:\n" + ts.ConsoleTail
+		}
+		s.setPhase(phaseFailed, ts.Reason, msg)
+	}
+}
+
+func firstLine(s string) string {
+	for i, c := range s {
+		if c == '\n' {
+			return s[:i]
+		}
+	}
+	return s
+}
+
+// ---- adoption ----
+
+func (d *Driver) adoptAll() {
+	root := filepath.Join(d.cfg.StateDir, "sb")
+	ents, err := os.ReadDir(root)
+	if err != nil {
+		d.log.Warn("scan sandboxes", "dir", root, "err", err)
+		return
+	}
+	for _, e := range ents {
+		if !e.IsDir() || e.Name()[0] == '.' {
+			continue
+		}
+		dir := filepath.Join(root, e.Name())
+		rec, err := state.Load(dir)
+		if err != nil {
+			d.log.Warn("skipping sandbox directory without a usable state record", "dir", dir, "err", err)
+			continue
+		}
+		if state.DirName(rec.SandboxID) != e.Name() {
+			d.log.Warn("skipping sandbox directory whose record names another id", "dir", dir, "record_id", rec.SandboxID)
+			continue
+		}
+		s := &sandbox{id: rec.SandboxID, name: rec.SandboxName, paths: state.PathsFor(dir)}
+		d.adopt(s, rec)
+		d.sandboxes[s.id] = s
+	}
+}
+
+func (d *Driver) adopt(s *sandbox, rec *state.Record) {
+	log := d.log.With("sandbox_id", s.id)
+	_, specErr := os.Stat(filepath.Join(s.paths.Dir, state.SpecFile))
+	switch {
+	case rec.Error != nil:
+		s.setPhase(phaseFailed, rec.Error.Reason, rec.Error.Message)
+	case rec.RunnerPID != 0 && state.SameProcess(rec.RunnerPID, rec.RunnerStart):
+		s.runnerPID, s.runnerStart, s.qemuPID = rec.RunnerPID, rec.RunnerStart, rec.QEMUPID
+		s.setPhase(phaseBooting, drivers.ReasonStarting, "re-adopting the running VM")
+		log.Info("re-adopting running VM", "runner_pid", rec.RunnerPID, "qemu_pid", rec.QEMUPID)
+		d.startMonitor(s, rec.RunnerPID, rec.RunnerStart)
+		return
+	case specErr != nil:
+		s.setPhase(phaseFailed, ReasonProvisioningInterrupted, "the driver stopped while the sandbox was being provisioned: delete and create it again")
+	default:
+		ts, err := state.ReadTombstone(s.paths.Dir)
+		if err != nil {
+			log.Warn("read tombstone", "err", err)
+		}
+		if rec.Stopped {
+			s.setPhase(phaseStopped, drivers.ReasonContainerStopped, "stopped")
+		} else {
+			d.applyTombstone(s, ts)
+		}
+	}
+	log.Info("adopted VM sandbox", "state", s.reason)
+}
+
+// ---- stop / start / delete ----
+
+// Stop implements drivers.Driver: graceful guest shutdown; the disk is kept.
+func (d *Driver) Stop(ctx context.Context, id, _ string) error {
+	s, err := d.lookup(id)
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	ph, exited := s.phase, s.exited
+	s.mu.Unlock()
+	switch ph {
+	case phaseStopped:
+		return nil
+	case phaseProvisioning:
+		return fmt.Errorf("vm sandbox %q is still being provisioned: wait until it is ready, or delete it: %w", id, drivers.ErrFailedPrecondition)
+	case phaseDeleting:
+		return fmt.Errorf("vm sandbox %q is being deleted: %w", id, drivers.ErrFailedPrecondition)
+	case phaseFailed:
+		d.killLeftovers(s)
+	case phaseBooting, phaseRunning, phaseStopping:
+		d.log.Info("stopping VM sandbox", "sandbox_id", id)
+		if err := runner.NewClient(s.paths.ControlSocket).Stop(ctx); err != nil {
+			d.log.Warn("ask runner to stop; terminating it", "sandbox_id", id, "err", err)
+			d.signalRunner(s, syscall.SIGTERM)
+		}
+		select {
+		case <-exited:
+		case <-ctx.Done():
+			return fmt.Errorf("vm sandbox %q: stop: %w", id, ctx.Err())
+		}
+	}
+	if _, err := state.Update(s.paths.Dir, func(r *state.Record) error { r.Stopped = true; return nil }); err != nil {
+		return fmt.Errorf("vm sandbox %q: %w", id, err)
+	}
+	s.mu.Lock()
+	s.setPhase(phaseStopped, drivers.ReasonContainerStopped, "stopped")
+	s.mu.Unlock()
+	d.emit(s)
+	return nil
+}
+
+// Start implements drivers.Driver: boots a stopped (or ended) sandbox again with the
+// same writable disk.
+func (d *Driver) Start(ctx context.Context, id, _ string) error {
+	s, err := d.lookup(id)
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	ph := s.phase
+	s.mu.Unlock()
+	switch ph {
+	case phaseProvisioning, phaseBooting, phaseRunning:
+		return nil
+	case phaseDeleting:
+		return fmt.Errorf("vm sandbox %q is being deleted: %w", id, drivers.ErrFailedPrecondition)
+	case phaseStopping:
+		return fmt.Errorf("vm sandbox %q is stopping: start it once it is stopped: %w", id, drivers.ErrFailedPrecondition)
+	}
+	rec, err := state.Load(s.paths.Dir)
+	if err != nil {
+		return fmt.Errorf("vm sandbox %q: %w", id, err)
+	}
+	if rec.Error != nil {
+		return fmt.Errorf("vm sandbox %q was never provisioned (%s): delete and create it again: %w", id, rec.Error.Message, drivers.ErrFailedPrecondition)
+	}
+	d.killLeftovers(s)
+	if err := d.refreshSpec(ctx, s, rec); err != nil {
+		return fmt.Errorf("vm sandbox %q: %w", id, err)
+	}
+	if _, err := state.Update(s.paths.Dir, func(r *state.Record) error { r.Stopped = false; return nil }); err != nil {
+		return fmt.Errorf("vm sandbox %q: %w", id, err)
+	}
+	d.log.Info("starting VM sandbox", "sandbox_id", id)
+	return d.boot(s)
+}
+
+// Delete implements drivers.Driver: kills the VM and its runner and removes every file
+// of the sandbox.
+func (d *Driver) Delete(ctx context.Context, id, _ string) (bool, error) {
+	s, err := d.lookup(id)
+	if errors.Is(err, drivers.ErrNotFound) {
+		return false, nil
+	}
+	s.mu.Lock()
+	if s.phase == phaseDeleting {
+		s.mu.Unlock()
+		return false, nil
+	}
+	s.setPhase(phaseDeleting, "Deleting", "")
+	provCancel, provDone := s.provCancel, s.provDone
+	s.mu.Unlock()
+	d.emit(s)
+	d.log.Info("deleting VM sandbox", "sandbox_id", id)
+
+	if provCancel != nil {
+		provCancel()
+		<-provDone
+	}
+	// Kill through the runner first (it reaps QEMU and writes its tombstone), then make
+	// sure by signal.
+	if d.runnerAlive(s) {
+		kctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+		if err := runner.NewClient(s.paths.ControlSocket).Kill(kctx); err != nil {
+			d.log.Warn("ask runner to kill the VM", "sandbox_id", id, "err", err)
+		}
+		cancel()
+		d.waitRunner(s, 10*time.Second)
+		if d.runnerAlive(s) {
+			d.signalRunner(s, syscall.SIGTERM)
+			d.waitRunner(s, 5*time.Second)
+		}
+	}
+	s.mu.Lock()
+	monCancel, monDone := s.monCancel, s.monDone
+	s.mu.Unlock()
+	if monCancel != nil {
+		monCancel()
+		<-monDone
+	}
+	d.killLeftovers(s)
+	if err := removeDir(s.paths.Dir); err != nil {
+		return false, fmt.Errorf("vm sandbox %q: remove %s: %w", id, s.paths.Dir, err)
+	}
+	d.mu.Lock()
+	delete(d.sandboxes, id)
+	d.mu.Unlock()
+	d.hub.mu.Lock()
+	d.hub.publishLocked(&computev1.WatchSandboxesEvent{Payload: &computev1.WatchSandboxesEvent_Deleted{
+		Deleted: &computev1.WatchSandboxesDeletedEvent{SandboxId: id},
+	}})
+	d.hub.mu.Unlock()
+	d.log.Info("VM sandbox deleted", "sandbox_id", id)
+	return true, nil
+}
+
+// removeDir removes a sandbox directory without following symlinks: if dir itself is
+// a symlink only the link goes; os.RemoveAll unlinks symlinks inside, never their targets.
+func removeDir(dir string) error {
+	st, err := os.Lstat(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if st.Mode()&fs.ModeSymlink != 0 {
+		return os.Remove(dir)
+	}
+	return os.RemoveAll(dir)
+}
+
+func (d *Driver) runnerAlive(s *sandbox) bool {
+	s.mu.Lock()
+	pid, start := s.runnerPID, s.runnerStart
+	s.mu.Unlock()
+	return pid != 0 && state.SameProcess(pid, start)
+}
+
+func (d *Driver) waitRunner(s *sandbox, max time.Duration) {
+	deadline := time.Now().Add(max)
+	for d.runnerAlive(s) && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func (d *Driver) signalRunner(s *sandbox, sig syscall.Signal) {
+	s.mu.Lock()
+	pid, start := s.runnerPID, s.runnerStart
+	s.mu.Unlock()
+	state.Signal(pid, start, sig)
+}
+
+// killLeftovers SIGKILLs whatever still runs for s: the runner, every process of the
+// runner's session (QEMU, the vsock backend) and the recorded QEMU pid.
+func (d *Driver) killLeftovers(s *sandbox) {
+	rec, err := state.Load(s.paths.Dir)
+	if err != nil {
+		return
+	}
+	var pids []int
+	if rec.RunnerPID != 0 {
+		pids = append(pids, state.SessionMembers(rec.RunnerPID, rec.RunnerStart)...)
+	}
+	if rec.QEMUPID != 0 && state.SameProcess(rec.QEMUPID, rec.QEMUStart) {
+		pids = append(pids, rec.QEMUPID)
+	}
+	for _, pid := range pids {
+		d.log.Info("killing leftover process", "sandbox_id", s.id, "pid", pid)
+		syscall.Kill(pid, syscall.SIGKILL)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for _, pid := range pids {
+		for time.Now().Before(deadline) {
+			st, err := state.ReadProcStat(pid)
+			if err != nil || st.State == 'Z' || st.State == 'X' {
+				break
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+}

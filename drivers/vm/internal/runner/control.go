@@ -1,0 +1,204 @@
+package runner
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+)
+
+// Runner states reported on the control socket.
+const (
+	StateBooting  = "booting"  // VMM started, guest has not dialled in yet
+	StateRunning  = "running"  // guest dialled the bootstrap port
+	StateStopping = "stopping" // graceful shutdown in progress
+	StateExited   = "exited"   // VM gone; tombstone written; runner about to exit
+)
+
+// Status is the runner's answer on GET /status and each line of GET /watch.
+type Status struct {
+	State     string    `json:"state"`
+	RunnerPID int       `json:"runner_pid"`
+	QEMUPID   int       `json:"qemu_pid,omitempty"`
+	StartedAt time.Time `json:"started_at"`         // VMM started
+	BootedAt  time.Time `json:"booted_at,omitzero"` // guest dialled the bootstrap port
+	Reason    string    `json:"reason,omitempty"`   // set in StateExited
+	Message   string    `json:"message,omitempty"`  // human detail
+	Bootstrap int       `json:"bootstrap_count"`    // bootstrap connections served
+	Gateway   int       `json:"gateway_conns"`      // gateway connections bridged
+}
+
+// statusBox holds the current status and wakes watchers on change.
+type statusBox struct {
+	mu      sync.Mutex
+	st      Status
+	changed chan struct{}
+}
+
+func newStatusBox(st Status) *statusBox {
+	return &statusBox{st: st, changed: make(chan struct{})}
+}
+
+func (b *statusBox) get() (Status, <-chan struct{}) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.st, b.changed
+}
+
+func (b *statusBox) update(fn func(*Status)) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	fn(&b.st)
+	close(b.changed)
+	b.changed = make(chan struct{})
+}
+
+// control is the HTTP API served on the runner's Unix socket.
+type control struct {
+	box  *statusBox
+	stop func() // asks for a graceful stop (idempotent)
+	kill func() // asks for an immediate kill (idempotent)
+}
+
+func (c *control) handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /status", func(w http.ResponseWriter, r *http.Request) {
+		st, _ := c.box.get()
+		w.Header().Set("Content-Type", "application/json")
+		json.NewEncoder(w).Encode(st)
+	})
+	mux.HandleFunc("GET /watch", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/x-ndjson")
+		fl, _ := w.(http.Flusher)
+		enc := json.NewEncoder(w)
+		for {
+			st, ch := c.box.get()
+			if err := enc.Encode(st); err != nil {
+				return
+			}
+			if fl != nil {
+				fl.Flush()
+			}
+			if st.State == StateExited {
+				return
+			}
+			select {
+			case <-ch:
+			case <-r.Context().Done():
+				return
+			}
+		}
+	})
+	mux.HandleFunc("POST /stop", func(w http.ResponseWriter, r *http.Request) {
+		c.stop()
+		w.WriteHeader(http.StatusAccepted)
+	})
+	mux.HandleFunc("POST /kill", func(w http.ResponseWriter, r *http.Request) {
+		c.kill()
+		w.WriteHeader(http.StatusAccepted)
+	})
+	return mux
+}
+
+// Client talks to a runner's control socket.
+type Client struct {
+	socket string
+	hc     *http.Client
+}
+
+// NewClient returns a client for the control socket at path.
+func NewClient(path string) *Client {
+	tr := &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", path)
+		},
+		DisableKeepAlives: true,
+	}
+	return &Client{socket: path, hc: &http.Client{Transport: tr}}
+}
+
+// ErrUnreachable wraps failures to reach the runner at all (no socket, refused).
+var ErrUnreachable = errors.New("runner control socket unreachable")
+
+func (c *Client) do(ctx context.Context, method, path string) (*http.Response, error) {
+	req, err := http.NewRequestWithContext(ctx, method, "http://runner"+path, nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %s: %w", ErrUnreachable, c.socket, err)
+	}
+	return resp, nil
+}
+
+// Status returns the runner's current status.
+func (c *Client) Status(ctx context.Context) (*Status, error) {
+	resp, err := c.do(ctx, http.MethodGet, "/status")
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("runner %s: status: HTTP %d", c.socket, resp.StatusCode)
+	}
+	var st Status
+	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
+		return nil, fmt.Errorf("runner %s: status: %w", c.socket, err)
+	}
+	return &st, nil
+}
+
+// Stop asks for a graceful guest shutdown; the runner exits when the VM is down.
+func (c *Client) Stop(ctx context.Context) error { return c.post(ctx, "/stop") }
+
+// Kill asks the runner to kill the VM now.
+func (c *Client) Kill(ctx context.Context) error { return c.post(ctx, "/kill") }
+
+func (c *Client) post(ctx context.Context, path string) error {
+	resp, err := c.do(ctx, http.MethodPost, path)
+	if err != nil {
+		return err
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusAccepted {
+		return fmt.Errorf("runner %s: %s: HTTP %d", c.socket, path, resp.StatusCode)
+	}
+	return nil
+}
+
+// Watch calls fn with every status change until the runner reports StateExited, the
+// connection ends (runner gone) or ctx ends. It returns nil after StateExited.
+func (c *Client) Watch(ctx context.Context, fn func(Status)) error {
+	resp, err := c.do(ctx, http.MethodGet, "/watch")
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		var st Status
+		if err := json.Unmarshal(sc.Bytes(), &st); err != nil {
+			return fmt.Errorf("runner %s: watch: %w", c.socket, err)
+		}
+		fn(st)
+		if st.State == StateExited {
+			return nil
+		}
+	}
+	if err := sc.Err(); err != nil && ctx.Err() == nil {
+		return fmt.Errorf("runner %s: watch: %w", c.socket, err)
+	}
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	return fmt.Errorf("runner %s: watch ended without an exit status: %w", c.socket, io.ErrUnexpectedEOF)
+}

@@ -1,0 +1,335 @@
+package runner
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/openshell/openshell/drivers/vm/internal/state"
+)
+
+// Machine is what the runner needs from a VMM backend. It is satisfied by an adapter
+// over vmm.Machine (see machine.go); the small surface keeps the lifecycle logic here
+// independent of the backend.
+type Machine interface {
+	// Listen returns a listener for guest-initiated connections to a channel port.
+	// Called before Start so no early guest dial is lost.
+	Listen(port uint32) (net.Listener, error)
+	Start(ctx context.Context) error
+	// Stop shuts the guest down gracefully and returns when the VM is gone.
+	Stop(ctx context.Context) error
+	Kill() error
+	// Wait returns when the VM has exited (nil for a clean guest power-off).
+	Wait(ctx context.Context) error
+	// PID is the VMM process id (0 before Start).
+	PID() int
+	Close() error
+}
+
+// NewMachine builds the machine for a spec. paths locate the sandbox's files.
+type NewMachine func(ctx context.Context, spec *Spec, paths state.Paths, log *slog.Logger) (Machine, error)
+
+// Channel ports the runner serves.
+type Ports struct {
+	Gateway, Bootstrap, Egress uint32
+}
+
+// Options configure Run.
+type Options struct {
+	NewMachine NewMachine
+	Ports      Ports
+	Log        *slog.Logger
+	// Hold, when set, is called before boot to pin resources while the VM runs (the
+	// cached image); the returned func releases them.
+	Hold func(spec *Spec) (release func(), err error)
+}
+
+// consoleTailBytes bounds the console excerpt kept in a tombstone.
+const consoleTailBytes = 4096
+
+// Run boots the VM described by dir/runner.json and serves it until the VM is gone.
+// It always leaves a tombstone when it returns after the state record was found.
+func Run(ctx context.Context, dir string, o Options) (retErr error) {
+	log := o.Log
+	if log == nil {
+		log = slog.Default()
+	}
+	paths := state.PathsFor(dir)
+	spec, err := ReadSpec(dir)
+	if err != nil {
+		return err
+	}
+	log = log.With("sandbox_id", spec.SandboxID, "driver", "vm", "component", "runner")
+	startTime, err := state.ProcStartTime(os.Getpid())
+	if err != nil {
+		return fmt.Errorf("runner: read own start time: %w", err)
+	}
+	if err := state.ClearTombstone(dir); err != nil {
+		return err
+	}
+	if _, err := state.Update(dir, func(r *state.Record) error {
+		r.RunnerPID, r.RunnerStart = os.Getpid(), startTime
+		r.QEMUPID, r.QEMUStart = 0, 0
+		return nil
+	}); err != nil {
+		return err
+	}
+
+	box := newStatusBox(Status{State: StateBooting, RunnerPID: os.Getpid(), StartedAt: time.Now().UTC()})
+	var (
+		reasonMu            sync.Mutex
+		exitReason, exitWhy string
+		stopOnce, killOnce  sync.Once
+		stopReq             = make(chan struct{})
+		killReq             = make(chan struct{})
+	)
+	setReason := func(reason, why string) {
+		reasonMu.Lock()
+		defer reasonMu.Unlock()
+		if exitReason == "" {
+			exitReason, exitWhy = reason, why
+		}
+	}
+	// Whatever happens below, leave a tombstone: the driver reads it to report why.
+	defer func() {
+		reasonMu.Lock()
+		reason, why := exitReason, exitWhy
+		reasonMu.Unlock()
+		if reason == "" {
+			reason, why = "VMExited", "the VM exited"
+		}
+		if retErr != nil {
+			why = why + ": " + retErr.Error()
+		}
+		ts := &state.Tombstone{Reason: reason, Message: why, Time: time.Now().UTC(), ConsoleTail: state.Tail(paths.ConsoleLog, consoleTailBytes)}
+		if err := state.WriteTombstone(dir, ts); err != nil {
+			log.Error("write tombstone", "err", err)
+		}
+		box.update(func(s *Status) { s.State, s.Reason, s.Message = StateExited, reason, why })
+		log.Info("runner exiting", "reason", reason, "message", why)
+	}()
+
+	// Control socket first: the driver polls it to see the runner is alive.
+	os.Remove(paths.ControlSocket)
+	old := syscall.Umask(0o177)
+	cl, err := net.Listen("unix", paths.ControlSocket)
+	syscall.Umask(old)
+	if err != nil {
+		setReason("BootFailed", "control socket")
+		return fmt.Errorf("runner: listen on control socket: %w", err)
+	}
+	ctl := &control{
+		box:  box,
+		stop: func() { stopOnce.Do(func() { close(stopReq) }) },
+		kill: func() { killOnce.Do(func() { close(killReq) }) },
+	}
+	srv := &http.Server{Handler: ctl.handler(), ReadHeaderTimeout: 10 * time.Second}
+	go srv.Serve(cl)
+	defer func() {
+		// Give watchers a moment to read the final status, then close.
+		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		srv.Shutdown(sctx)
+		os.Remove(paths.ControlSocket)
+	}()
+
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
+	defer signal.Stop(sigs)
+
+	if o.Hold != nil {
+		release, err := o.Hold(spec)
+		if err != nil {
+			setReason("BootFailed", "cannot pin the image")
+			return err
+		}
+		defer release()
+	}
+
+	m, err := o.NewMachine(ctx, spec, paths, log)
+	if err != nil {
+		setReason("BootFailed", "cannot configure the VM")
+		return err
+	}
+	defer m.Close()
+
+	if err := m.Start(ctx); err != nil {
+		setReason("BootFailed", "the VMM did not start")
+		return err
+	}
+	pid := m.PID()
+	qstart, _ := state.ProcStartTime(pid)
+	box.update(func(s *Status) { s.QEMUPID = pid })
+	if _, err := state.Update(dir, func(r *state.Record) error {
+		r.QEMUPID, r.QEMUStart = pid, qstart
+		return nil
+	}); err != nil {
+		log.Error("record qemu pid", "err", err)
+	}
+	log.Info("VM started", "qemu_pid", pid, "vcpus", spec.Machine.VCPUs, "memory_mib", spec.Machine.MemoryMiB)
+
+	// The channel's host end exists once the VMM runs; the guest needs over a second to
+	// boot before it dials, and its dial retries cover the rest.
+	// If anything below fails, the VM must not outlive the runner.
+	defer func() {
+		if retErr != nil {
+			m.Kill()
+		}
+	}()
+	var (
+		lns []net.Listener
+		wg  sync.WaitGroup
+	)
+	defer func() {
+		for _, l := range lns {
+			l.Close()
+		}
+		wg.Wait()
+	}()
+	for _, p := range []uint32{o.Ports.Bootstrap, o.Ports.Gateway, o.Ports.Egress} {
+		l, err := m.Listen(p)
+		if err != nil {
+			setReason("BootFailed", fmt.Sprintf("cannot listen on channel port %d", p))
+			return err
+		}
+		lns = append(lns, l)
+	}
+	bootDoc, err := json.Marshal(spec.Bootstrap)
+	if err != nil {
+		setReason("BootFailed", "bootstrap config")
+		return fmt.Errorf("runner: encode bootstrap config: %w", err)
+	}
+	wg.Add(3)
+	go func() { defer wg.Done(); serveBootstrap(lns[0], bootDoc, box, log) }()
+	go func() { defer wg.Done(); serveGateway(lns[1], spec.GatewayAddr, box, log) }()
+	go func() { defer wg.Done(); serveEgress(lns[2], log) }()
+
+	exited := make(chan error, 1)
+	go func() { exited <- m.Wait(context.Background()) }()
+
+	stopTimeout := time.Duration(spec.StopTimeout)
+	if stopTimeout <= 0 {
+		stopTimeout = 30 * time.Second
+	}
+	graceful := func(reason, why string) error {
+		setReason(reason, why)
+		box.update(func(s *Status) { s.State = StateStopping })
+		sctx, cancel := context.WithTimeout(context.Background(), stopTimeout)
+		defer cancel()
+		if err := m.Stop(sctx); err != nil {
+			log.Warn("graceful stop failed; killing the VM", "err", err)
+			m.Kill()
+		}
+		select {
+		case <-exited:
+		case <-time.After(10 * time.Second):
+			return errors.New("VM did not exit after kill")
+		}
+		return nil
+	}
+	select {
+	case err := <-exited:
+		msg := "the VM exited unexpectedly"
+		if err != nil {
+			msg = fmt.Sprintf("the VM exited unexpectedly: %v", err)
+		}
+		setReason("VMExited", msg)
+		return nil
+	case <-stopReq:
+		return graceful("Stopped", "stopped on request")
+	case sig := <-sigs:
+		return graceful("Stopped", "runner received "+sig.String())
+	case <-killReq:
+		setReason("Killed", "killed on request")
+		m.Kill()
+		<-exited
+		return nil
+	case <-ctx.Done():
+		return graceful("Stopped", "runner context ended")
+	}
+}
+
+func serveBootstrap(l net.Listener, doc []byte, box *statusBox, log *slog.Logger) {
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			return
+		}
+		c.SetWriteDeadline(time.Now().Add(10 * time.Second))
+		_, err = c.Write(doc)
+		c.Close()
+		if err != nil {
+			log.Warn("bootstrap: send config to guest", "err", err)
+			continue
+		}
+		now := time.Now().UTC()
+		box.update(func(s *Status) {
+			s.Bootstrap++
+			if s.State == StateBooting {
+				s.State, s.BootedAt = StateRunning, now
+			}
+		})
+		log.Info("guest fetched its bootstrap config")
+	}
+}
+
+func serveGateway(l net.Listener, addr string, box *statusBox, log *slog.Logger) {
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			return
+		}
+		box.update(func(s *Status) { s.Gateway++ })
+		go func() {
+			defer c.Close()
+			up, err := net.DialTimeout("tcp", addr, 10*time.Second)
+			if err != nil {
+				log.Warn("gateway bridge: dial gateway", "addr", addr, "err", err)
+				return
+			}
+			defer up.Close()
+			bridge(c, up)
+		}()
+	}
+}
+
+// bridge copies both ways and half-closes so each side sees the other's EOF.
+func bridge(a, b net.Conn) {
+	done := make(chan struct{}, 2)
+	cp := func(dst, src net.Conn) {
+		io.Copy(dst, src)
+		if cw, ok := dst.(interface{ CloseWrite() error }); ok {
+			cw.CloseWrite()
+		} else {
+			dst.Close()
+		}
+		done <- struct{}{}
+	}
+	go cp(a, b)
+	go cp(b, a)
+	<-done
+	<-done
+}
+
+// serveEgress reserves the egress port: the egress relay is not implemented yet, so
+// connections are refused politely (closed) and logged.
+func serveEgress(l net.Listener, log *slog.Logger) {
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			return
+		}
+		log.Warn("egress: guest connection refused: the VM egress relay is not implemented yet")
+		c.Close()
+	}
+}

@@ -1,0 +1,115 @@
+// Package runner is the per-VM process of the VM driver: a re-exec of the driver binary
+// (`openshell-driver-vm runner --state-dir DIR`) in its own session, so that it outlives
+// the driver and the gateway. It owns the VMM, the guest channel listeners and the
+// sandbox state directory; it serves a small control API on DIR/ctl.sock and leaves a
+// tombstone when the VM is gone.
+package runner
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/openshell/openshell/drivers/vm/internal/state"
+	"github.com/openshell/openshell/supervisor/bootstrap"
+)
+
+// Spec is runner.json: everything the runner needs to boot the VM. The driver writes it
+// (0600: it carries the sandbox token) before each start.
+type Spec struct {
+	SandboxID   string      `json:"sandbox_id"`
+	SandboxName string      `json:"sandbox_name"`
+	Machine     MachineSpec `json:"machine"`
+	// GatewayAddr is the gateway's TCP address; guest connections on the gateway port
+	// are bridged there byte for byte (TLS stays end to end).
+	GatewayAddr string `json:"gateway_addr"`
+	// Bootstrap is served as one JSON document on the bootstrap port.
+	Bootstrap bootstrap.Config `json:"bootstrap"`
+	// StopTimeout bounds a graceful guest shutdown before the VM is killed.
+	StopTimeout Duration `json:"stop_timeout"`
+	// ImageCacheDir/ImageKey name the cached image disk the VM reads; the runner holds
+	// it (images.Cache.Acquire) while the VM runs so it is not collected.
+	ImageCacheDir string `json:"image_cache_dir,omitempty"`
+	ImageKey      string `json:"image_key,omitempty"`
+}
+
+// MachineSpec is the VM itself.
+type MachineSpec struct {
+	VCPUs     int    `json:"vcpus"`
+	MemoryMiB int    `json:"memory_mib"`
+	Kernel    string `json:"kernel"`
+	Initrd    string `json:"initrd"`
+	Cmdline   string `json:"cmdline,omitempty"`
+	ImageDisk string `json:"image_disk"` // read-only root image (vda)
+	Disk      string `json:"disk"`       // writable disk (vdb)
+	Accel     string `json:"accel"`      // auto, kvm, tcg
+	Transport string `json:"transport"`  // auto, vhost-vsock, vhost-user-vsock, virtio-serial
+}
+
+// Duration is a time.Duration that marshals as a Go duration string.
+type Duration time.Duration
+
+func (d Duration) MarshalJSON() ([]byte, error) { return json.Marshal(time.Duration(d).String()) }
+
+func (d *Duration) UnmarshalJSON(b []byte) error {
+	var s string
+	if err := json.Unmarshal(b, &s); err != nil {
+		return err
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return err
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// Validate names the first bad field.
+func (s *Spec) Validate() error {
+	switch {
+	case state.ValidID(s.SandboxID) != nil:
+		return fmt.Errorf("runner spec: sandbox_id: %w", state.ValidID(s.SandboxID))
+	case s.Machine.VCPUs < 1:
+		return fmt.Errorf("runner spec: machine.vcpus %d: must be at least 1", s.Machine.VCPUs)
+	case s.Machine.MemoryMiB < 64:
+		return fmt.Errorf("runner spec: machine.memory_mib %d: must be at least 64", s.Machine.MemoryMiB)
+	case s.Machine.Kernel == "":
+		return fmt.Errorf("runner spec: machine.kernel is empty")
+	case s.Machine.Initrd == "":
+		return fmt.Errorf("runner spec: machine.initrd is empty")
+	case s.Machine.ImageDisk == "":
+		return fmt.Errorf("runner spec: machine.image_disk is empty")
+	case s.Machine.Disk == "":
+		return fmt.Errorf("runner spec: machine.disk is empty")
+	case s.GatewayAddr == "":
+		return fmt.Errorf("runner spec: gateway_addr is empty")
+	}
+	return nil
+}
+
+// WriteSpec stores spec in dir/runner.json (0600).
+func WriteSpec(dir string, s *Spec) error {
+	b, err := json.MarshalIndent(s, "", "  ")
+	if err != nil {
+		return fmt.Errorf("encode runner spec: %w", err)
+	}
+	return state.WriteFileAtomic(filepath.Join(dir, state.SpecFile), b, 0o600)
+}
+
+// ReadSpec loads and validates dir/runner.json.
+func ReadSpec(dir string) (*Spec, error) {
+	b, err := os.ReadFile(filepath.Join(dir, state.SpecFile))
+	if err != nil {
+		return nil, fmt.Errorf("read runner spec: %w", err)
+	}
+	var s Spec
+	if err := json.Unmarshal(b, &s); err != nil {
+		return nil, fmt.Errorf("runner spec %s: %w", dir, err)
+	}
+	if err := s.Validate(); err != nil {
+		return nil, err
+	}
+	return &s, nil
+}

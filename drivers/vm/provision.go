@@ -1,0 +1,293 @@
+package vm
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/openshell/openshell/api/computev1"
+	"github.com/openshell/openshell/drivers"
+	"github.com/openshell/openshell/drivers/vm/internal/quantity"
+	"github.com/openshell/openshell/drivers/vm/internal/runner"
+	"github.com/openshell/openshell/drivers/vm/internal/state"
+	"github.com/openshell/openshell/images"
+	"github.com/openshell/openshell/images/bundle"
+	"github.com/openshell/openshell/supervisor/bootstrap"
+	"github.com/openshell/openshell/vmm"
+)
+
+// SupervisorBinaryName is the static supervisor put into the initramfs as /init.
+const SupervisorBinaryName = "openshell-sandbox"
+
+// Keys accepted in a sandbox's driver_config (public driver_config["vm"]).
+const (
+	DriverConfigDiskSize = "disk_size" // writable disk size, e.g. "20Gi"
+)
+
+// resolved is a validated create request.
+type resolved struct {
+	image     string
+	vcpus     int
+	memoryMiB int
+	diskBytes int64
+}
+
+// resolve validates a create request and fills defaults.
+func (d *Driver) resolve(sb *computev1.DriverSandbox) (*resolved, error) {
+	bad := func(format string, a ...any) error {
+		return fmt.Errorf("vm sandbox %q: %s: %w", sb.GetId(), fmt.Sprintf(format, a...), drivers.ErrInvalidArgument)
+	}
+	if err := drivers.ValidateSandbox(sb); err != nil {
+		return nil, err
+	}
+	spec := sb.GetSpec()
+	if n := spec.GetResourceRequirements().GetGpu().GetCount(); n > 0 {
+		return nil, bad("%d GPU(s) requested; GPU passthrough is not configured for the vm driver", n)
+	}
+	tpl := spec.GetTemplate()
+	r := &resolved{image: tpl.GetImage(), vcpus: d.cfg.CPUs, memoryMiB: d.cfg.MemoryMiB}
+	if r.image == "" {
+		r.image = d.cfg.DefaultImage
+	}
+	if _, err := images.ParseReference(r.image); err != nil {
+		return nil, bad("image: %v", err)
+	}
+	res := tpl.GetResources()
+	if q := firstNonEmpty(res.GetCpuLimit(), res.GetCpuRequest()); q != "" {
+		n, err := quantity.CPUs(q)
+		if err != nil {
+			return nil, bad("resources cpu: %v", err)
+		}
+		r.vcpus = n
+	}
+	if q := firstNonEmpty(res.GetMemoryLimit(), res.GetMemoryRequest()); q != "" {
+		n, err := quantity.MemoryMiB(q)
+		if err != nil {
+			return nil, bad("resources memory: %v", err)
+		}
+		if n < 128 {
+			return nil, bad("resources memory %q: a VM needs at least 128Mi", q)
+		}
+		r.memoryMiB = n
+	}
+	size := d.cfg.DiskSize
+	for k, v := range tpl.GetDriverConfig().GetFields() {
+		switch k {
+		case DriverConfigDiskSize:
+			size = v.GetStringValue()
+		default:
+			return nil, bad("driver_config key %q is not known to the vm driver (known: %s)", k, DriverConfigDiskSize)
+		}
+	}
+	b, err := diskBytes(size)
+	if err != nil {
+		return nil, bad("disk size: %v", err)
+	}
+	r.diskBytes = b
+	return r, nil
+}
+
+func firstNonEmpty(a ...string) string {
+	for _, s := range a {
+		if s != "" {
+			return s
+		}
+	}
+	return ""
+}
+
+// supervisorBinary finds openshell-sandbox: the flag, next to this executable, PATH.
+func (d *Driver) supervisorBinary() (string, error) {
+	if d.cfg.SupervisorBinary != "" {
+		if _, err := os.Stat(d.cfg.SupervisorBinary); err != nil {
+			return "", fmt.Errorf("supervisor binary (--supervisor-binary): %w", err)
+		}
+		return d.cfg.SupervisorBinary, nil
+	}
+	return findSupervisor()
+}
+
+func findSupervisor() (string, error) {
+	if exe, err := os.Executable(); err == nil {
+		p := filepath.Join(filepath.Dir(exe), SupervisorBinaryName)
+		if _, err := os.Stat(p); err == nil {
+			return p, nil
+		}
+	}
+	if p, err := exec.LookPath(SupervisorBinaryName); err == nil {
+		return p, nil
+	}
+	return "", fmt.Errorf("%s not found next to the driver binary or on PATH: build it (make build) or pass --supervisor-binary", SupervisorBinaryName)
+}
+
+// progressLogger turns image progress into a few human lines (not one per chunk).
+func progressLogger(ref string, report func(string)) func(images.Progress) {
+	var last time.Time
+	var lastPhase string
+	return func(p images.Progress) {
+		now := time.Now()
+		if p.Phase == lastPhase && now.Sub(last) < 2*time.Second {
+			return
+		}
+		last, lastPhase = now, p.Phase
+		switch p.Phase {
+		case "pull":
+			if p.Total > 0 {
+				report(fmt.Sprintf("image %s: pulling %d/%d MiB", ref, p.Done>>20, p.Total>>20))
+			} else {
+				report(fmt.Sprintf("image %s: pulling %d MiB", ref, p.Done>>20))
+			}
+		case "convert":
+			report(fmt.Sprintf("image %s: building the disk", ref))
+		case "cached":
+			report(fmt.Sprintf("image %s: cached", ref))
+		case "done":
+			report(fmt.Sprintf("image %s: ready", ref))
+		}
+	}
+}
+
+// prepare ensures the image, kernel, initramfs and writable disk, and returns the
+// runner spec.
+func (d *Driver) prepare(ctx context.Context, s *sandbox, res *resolved, spec *computev1.DriverSandboxSpec, progress func(string)) (*runner.Spec, error) {
+	cache, err := images.NewCache(d.cfg.ImageCacheDir)
+	if err != nil {
+		return nil, err
+	}
+	progress("resolving image " + res.image)
+	entry, err := cache.Ensure(ctx, res.image, progressLogger(res.image, progress))
+	if err != nil {
+		return nil, err
+	}
+	if _, err := state.Update(s.paths.Dir, func(r *state.Record) error { r.ImageDigest = entry.Digest; return nil }); err != nil {
+		return nil, err
+	}
+	kernel, initrd, err := d.bootFiles(ctx)
+	if err != nil {
+		return nil, err
+	}
+	progress(fmt.Sprintf("creating the %d MiB writable disk", res.diskBytes>>20))
+	if err := vmm.CreateWritableDiskContext(ctx, s.paths.Disk, res.diskBytes); err != nil {
+		return nil, err
+	}
+	boot, err := d.bootstrapConfig(s, spec, entry)
+	if err != nil {
+		return nil, err
+	}
+	return &runner.Spec{
+		SandboxID:   s.id,
+		SandboxName: s.name,
+		Machine: runner.MachineSpec{
+			VCPUs: res.vcpus, MemoryMiB: res.memoryMiB, Kernel: kernel, Initrd: initrd,
+			ImageDisk: entry.DiskPath, Disk: s.paths.Disk, Accel: d.cfg.Accel, Transport: d.cfg.Transport,
+		},
+		GatewayAddr:   d.cfg.GatewayEndpoint,
+		Bootstrap:     *boot,
+		StopTimeout:   runner.Duration(d.cfg.StopTimeout),
+		ImageCacheDir: cache.Dir(),
+		ImageKey:      entry.Key,
+	}, nil
+}
+
+// bootFiles finds the kernel and builds (or reuses) the initramfs with the supervisor.
+func (d *Driver) bootFiles(ctx context.Context) (kernel, initrd string, err error) {
+	kernel, err = bundle.FindKernel(d.cfg.Kernel)
+	if err != nil {
+		return "", "", err
+	}
+	mods, err := bundle.ModulesDir(kernel)
+	if err != nil {
+		return "", "", err
+	}
+	sup, err := d.supervisorBinary()
+	if err != nil {
+		return "", "", err
+	}
+	initrd, err = bundle.BuildInitramfs(ctx, sup, mods, filepath.Join(d.cfg.StateDir, "initramfs"))
+	if err != nil {
+		return "", "", err
+	}
+	return kernel, initrd, nil
+}
+
+// bootstrapConfig is what the guest's supervisor receives on the bootstrap port.
+func (d *Driver) bootstrapConfig(s *sandbox, spec *computev1.DriverSandboxSpec, entry *images.Entry) (*bootstrap.Config, error) {
+	_, port, _ := net.SplitHostPort(d.cfg.GatewayEndpoint)
+	scheme := "http"
+	var ca []byte
+	if d.cfg.GatewayCAFile != "" {
+		b, err := os.ReadFile(d.cfg.GatewayCAFile)
+		if err != nil {
+			return nil, fmt.Errorf("gateway CA (--gateway-ca-file): %w", err)
+		}
+		ca, scheme = b, "https"
+	}
+	env := map[string]string{}
+	for _, kv := range entry.Config.Env {
+		if k, v, ok := strings.Cut(kv, "="); ok {
+			env[k] = v
+		}
+	}
+	for _, m := range []map[string]string{spec.GetTemplate().GetEnvironment(), spec.GetEnvironment()} {
+		for k, v := range m {
+			env[k] = v
+		}
+	}
+	return &bootstrap.Config{
+		Endpoint:     scheme + "://" + net.JoinHostPort(d.cfg.GatewayServerName, port),
+		SandboxID:    s.id,
+		SandboxName:  s.name,
+		Token:        spec.GetSandboxToken(),
+		CAPEM:        ca,
+		LogLevel:     spec.GetLogLevel(),
+		ImageUser:    entry.Config.User,
+		ImageWorkdir: entry.Config.WorkingDir,
+		Main:         bootstrap.MainProcessSpec{Version: 1, Command: spec.GetCommand(), TTY: spec.GetTty(), Env: env},
+	}, nil
+}
+
+// refreshSpec re-checks the boot files of a stopped sandbox before it boots again: the
+// image disk may have been pruned, the kernel or supervisor upgraded.
+func (d *Driver) refreshSpec(ctx context.Context, s *sandbox, rec *state.Record) error {
+	rs, err := runner.ReadSpec(s.paths.Dir)
+	if err != nil {
+		return fmt.Errorf("%w (the sandbox was not fully provisioned: delete and create it again): %w", err, drivers.ErrFailedPrecondition)
+	}
+	if _, err := os.Stat(rs.Machine.ImageDisk); err != nil && rec.Image != "" {
+		cache, err := images.NewCache(d.cfg.ImageCacheDir)
+		if err != nil {
+			return err
+		}
+		entry, err := cache.Ensure(ctx, rec.Image, nil)
+		if err != nil {
+			return err
+		}
+		rs.Machine.ImageDisk, rs.ImageKey = entry.DiskPath, entry.Key
+	}
+	if kernel, initrd, err := d.bootFiles(ctx); err == nil {
+		rs.Machine.Kernel, rs.Machine.Initrd = kernel, initrd
+	} else if _, serr := os.Stat(rs.Machine.Initrd); serr != nil {
+		return err
+	}
+	if _, err := os.Stat(s.paths.Disk); err != nil {
+		return fmt.Errorf("writable disk %s is gone: %w", s.paths.Disk, errors.Join(err, drivers.ErrFailedPrecondition))
+	}
+	return runner.WriteSpec(s.paths.Dir, rs)
+}
+
+// envKeys is for logs: which variables a sandbox gets, never their values.
+func envKeys(m map[string]string) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}
