@@ -12,6 +12,7 @@ step() { printf '\n==> %s (%s)\n' "$*" "$(date +%T)"; }
 
 step "host packages, guest kernel and vsock backend"
 ./scripts/setup-vm-host.sh
+command -v protoc >/dev/null || { apt-get update -qq && apt-get install -y -qq protobuf-compiler; }
 
 step "Docker engine"
 ./scripts/setup-docker.sh
