@@ -38,6 +38,7 @@ type options struct {
 	extraArgs    []string
 	log          *slog.Logger
 	startTimeout time.Duration
+	forceQ35     bool
 }
 
 // Option configures New.
@@ -56,6 +57,9 @@ func WithVirtiofsd(path string) Option { return func(o *options) { o.virtiofsd =
 func WithExtraArgs(args ...string) Option {
 	return func(o *options) { o.extraArgs = append(o.extraArgs, args...) }
 }
+
+// WithQ35 uses the q35 machine type (PCI devices) even without passthrough devices.
+func WithQ35() Option { return func(o *options) { o.forceQ35 = true } }
 
 // WithLogger sets the logger.
 func WithLogger(l *slog.Logger) Option { return func(o *options) { o.log = l } }
@@ -130,7 +134,7 @@ func (m *Machine) Args() ([]string, error) {
 func (m *Machine) resolve() (plan, vmm.AccelInfo, channel.TransportInfo, error) {
 	cfg := m.cfg
 	p := plan{
-		q35:        len(cfg.PCIDevices) > 0,
+		q35:        len(cfg.PCIDevices) > 0 || m.opts.forceQ35,
 		qmpSock:    statePath(cfg, qmpSockName),
 		vhostUser:  statePath(cfg, vhostUserName),
 		serialSock: statePath(cfg, serialSockName),

@@ -216,18 +216,26 @@ func TestBootAnswersOverChannel(t *testing.T) {
 	_, _, image := requireVM(t)
 	for _, tc := range []struct {
 		transport, guestSees string
+		q35                  bool
 	}{
-		{vmm.TransportVhostUserVsock, "vsock"},
-		{vmm.TransportVirtioSerial, "virtio-serial"},
+		{vmm.TransportVhostUserVsock, "vsock", false},
+		{vmm.TransportVirtioSerial, "virtio-serial", false},
+		{vmm.TransportVhostUserVsock, "vsock", true},
 	} {
-		t.Run(tc.transport, func(t *testing.T) {
+		name := tc.transport
+		var opts []qemu.Option
+		if tc.q35 {
+			name += "-q35"
+			opts = append(opts, qemu.WithQ35())
+		}
+		t.Run(name, func(t *testing.T) {
 			if tc.transport == vmm.TransportVhostUserVsock {
 				_, err := channel.FindVsockBackend()
 				testenv.Require(t, err == nil, fmt.Sprint(err))
 			}
 			cfg := baseConfig(t, "answer-"+tc.transport, tc.transport,
 				vmm.Disk{Path: image, ReadOnly: true}, vmm.Disk{Path: writableDisk(t)})
-			m := newMachine(t, cfg)
+			m := newMachine(t, cfg, opts...)
 			start := time.Now()
 			a := bootAndAsk(t, t.Context(), m, true)
 			t.Logf("boot→answer→poweroff in %s (accel %s, transport %s)", time.Since(start).Round(time.Millisecond), m.Accel().Name, m.Transport().Name)

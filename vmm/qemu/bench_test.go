@@ -1,0 +1,45 @@
+package qemu_test
+
+import (
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/openshell/openshell/vmm"
+)
+
+// BenchmarkBootToChannel: QEMU start → guest init (modules, disks, overlay, switch
+// root) → guest answers over the channel → clean power off. Compare with
+// BenchmarkBootBare (same kernel and initramfs, /init powers off at once) for the
+// cost of openshell's guest work:
+//
+//	go test -run '^$' -bench 'Boot' -benchtime 5x ./vmm/qemu/
+func BenchmarkBootToChannel(b *testing.B) {
+	_, _, image := requireVM(b)
+	data := writableDisk(b)
+	var toAnswer time.Duration
+	for i := 0; b.Loop(); i++ {
+		cfg := baseConfig(b, fmt.Sprintf("bench-%d", i), vmm.TransportAuto,
+			vmm.Disk{Path: image, ReadOnly: true}, vmm.Disk{Path: data})
+		m := newMachine(b, cfg)
+		start := time.Now()
+		bootAndAsk(b, b.Context(), m, false)
+		toAnswer += time.Since(start)
+	}
+	b.ReportMetric(float64(toAnswer.Milliseconds())/float64(b.N), "ms/boot")
+}
+
+// BenchmarkBootBare: QEMU start → kernel → trivial /init that powers off.
+func BenchmarkBootBare(b *testing.B) {
+	for i := 0; b.Loop(); i++ {
+		cfg := baseConfig(b, fmt.Sprintf("bare-%d", i), vmm.TransportAuto)
+		cfg.Cmdline = "openshell_test=bare"
+		m := newMachine(b, cfg)
+		if err := m.Start(b.Context()); err != nil {
+			b.Fatal(err)
+		}
+		if err := m.Wait(b.Context()); err != nil {
+			b.Fatalf("bare guest: %v\n%s", err, m.ConsoleTail(2048))
+		}
+	}
+}
