@@ -1,0 +1,123 @@
+// Command openshell-sandbox is the supervisor that runs inside every sandbox. In a VM
+// the same static binary is the guest's PID 1 (/init): it assembles the root, then
+// runs the supervisor with its configuration read from the vsock bootstrap port.
+//
+//	openshell-sandbox [--bootstrap env|vsock]   run the supervisor
+//	openshell-sandbox sftp-server               serve SFTP on stdin/stdout (re-exec'd as the sandbox user)
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/openshell/openshell/guest"
+	"github.com/openshell/openshell/guest/channel"
+	"github.com/openshell/openshell/supervisor"
+	"github.com/openshell/openshell/supervisor/bootstrap"
+	"github.com/openshell/openshell/supervisor/sshd"
+)
+
+func main() {
+	if len(os.Args) > 1 && os.Args[1] == supervisor.SFTPServerArg {
+		os.Exit(sftpServer())
+	}
+	if guest.IsPID1() && len(os.Args) == 1 {
+		// The VM's init: PID 1 duties first, then the supervisor with vsock bootstrap.
+		guest.RunPID1(guest.InitOptions{}, func() int { return run("vsock") })
+		return
+	}
+	fs := flag.NewFlagSet("openshell-sandbox", flag.ExitOnError)
+	mode := fs.String("bootstrap", "env", "where the configuration comes from: env (OPENSHELL_* variables) or vsock (the VM bootstrap port)")
+	_ = fs.Parse(os.Args[1:])
+	os.Exit(run(*mode))
+}
+
+func sftpServer() int {
+	if err := sshd.ServeSFTP(struct {
+		io.Reader
+		io.Writer
+	}{os.Stdin, os.Stdout}); err != nil {
+		fmt.Fprintln(os.Stderr, "openshell-sandbox sftp-server:", err)
+		return 1
+	}
+	return 0
+}
+
+func logLevel(s string) slog.Level {
+	switch strings.ToLower(s) {
+	case "debug", "trace":
+		return slog.LevelDebug
+	case "warn", "warning":
+		return slog.LevelWarn
+	case "error":
+		return slog.LevelError
+	}
+	return slog.LevelInfo
+}
+
+func run(mode string) int {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	var (
+		cfg  *bootstrap.Config
+		err  error
+		opts supervisor.Options
+	)
+	switch mode {
+	case "env":
+		cfg, err = bootstrap.FromEnv(os.Getenv)
+	case "vsock":
+		cfg, err = fetchVsock(ctx)
+		opts.Dial = func(ctx context.Context, _ string) (net.Conn, error) {
+			return channel.DialHost(ctx, channel.PortGateway)
+		}
+	default:
+		err = fmt.Errorf("--bootstrap %q: use env or vsock", mode)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "openshell-sandbox:", err)
+		return 2
+	}
+	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: logLevel(cfg.LogLevel)}))
+	opts.Logger = logger
+	if err := supervisor.Run(ctx, cfg, opts); err != nil {
+		logger.Error("supervisor failed", "err", err)
+		return 1
+	}
+	return 0
+}
+
+// fetchVsock reads the bootstrap Config from the host, retrying while the host side
+// is not listening yet.
+func fetchVsock(ctx context.Context) (*bootstrap.Config, error) {
+	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	defer cancel()
+	var lastErr error
+	for {
+		conn, err := channel.DialHost(ctx, channel.PortBootstrap)
+		if err == nil {
+			conn.SetDeadline(time.Now().Add(30 * time.Second))
+			cfg, rerr := bootstrap.Read(conn)
+			conn.Close()
+			if rerr == nil {
+				return cfg, nil
+			}
+			err = rerr
+		}
+		lastErr = err
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("bootstrap over vsock port %d: %w", channel.PortBootstrap, lastErr)
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}

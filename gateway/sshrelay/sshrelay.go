@@ -1,0 +1,347 @@
+// Package sshrelay runs ExecSandbox and ExecSandboxInteractive on the gateway side:
+// an SSH client over a relay connection to the supervisor's built-in SSH server.
+package sshrelay
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"regexp"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	pb "github.com/openshell/openshell/api/openshellv1"
+)
+
+// TimeoutExitCode is the exit code reported when timeout_seconds elapses.
+const TimeoutExitCode = 124
+
+var envKey = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
+
+// Quote shell-quotes s for a POSIX shell.
+func Quote(s string) string {
+	if s != "" && strings.IndexFunc(s, func(r rune) bool {
+		return !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("-_./=:,+@%", r))
+	}) < 0 {
+		return s
+	}
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
+}
+
+// BuildCommand renders argv, environment and workdir as one shell command line:
+// `cd WORKDIR && K='v' 'argv0' 'arg1'…`. Every value is quoted, so nothing in the
+// request is interpreted by the shell.
+func BuildCommand(argv []string, env map[string]string, workdir string) (string, error) {
+	if len(argv) == 0 {
+		return "", errors.New("sshrelay: command is empty: give at least the program to run")
+	}
+	for i, a := range argv {
+		if strings.IndexByte(a, 0) >= 0 {
+			return "", fmt.Errorf("sshrelay: command[%d] contains a NUL byte", i)
+		}
+	}
+	var b strings.Builder
+	if workdir != "" {
+		b.WriteString("cd " + Quote(workdir) + " && ")
+	}
+	keys := make([]string, 0, len(env))
+	for k := range env {
+		if !envKey.MatchString(k) {
+			return "", fmt.Errorf("sshrelay: environment key %q must match %s", k, envKey)
+		}
+		if strings.IndexByte(env[k], 0) >= 0 {
+			return "", fmt.Errorf("sshrelay: environment value of %s contains a NUL byte", k)
+		}
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		b.WriteString(k + "=" + Quote(env[k]) + " ")
+	}
+	for i, a := range argv {
+		if i > 0 {
+			b.WriteByte(' ')
+		}
+		b.WriteString(Quote(a))
+	}
+	return b.String(), nil
+}
+
+// conn adapts a relay's io.ReadWriteCloser to net.Conn for the SSH client.
+type conn struct{ io.ReadWriteCloser }
+
+type relayAddr struct{}
+
+func (relayAddr) Network() string { return "relay" }
+func (relayAddr) String() string  { return "relay" }
+
+func (conn) LocalAddr() net.Addr              { return relayAddr{} }
+func (conn) RemoteAddr() net.Addr             { return relayAddr{} }
+func (conn) SetDeadline(time.Time) error      { return nil }
+func (conn) SetReadDeadline(time.Time) error  { return nil }
+func (conn) SetWriteDeadline(time.Time) error { return nil }
+
+// Dial starts an SSH client over a relay connection.
+func Dial(ctx context.Context, rw io.ReadWriteCloser) (*ssh.Client, error) {
+	nc, ok := rw.(net.Conn)
+	if !ok {
+		nc = conn{rw}
+	}
+	stop := context.AfterFunc(ctx, func() { nc.Close() })
+	defer stop()
+	// The host key is not checked: this connection is a relay the supervisor opened
+	// from inside the sandbox over its own authenticated session (sandbox token over
+	// TLS); nobody else can be at the other end, and the key is regenerated at every
+	// supervisor start, so pinning it would only break reconnects.
+	sc, chans, reqs, err := ssh.NewClientConn(nc, "sandbox", &ssh.ClientConfig{
+		User:            "sandbox",
+		HostKeyCallback: ssh.InsecureIgnoreHostKey(), //nolint:gosec // see above
+		Timeout:         10 * time.Second,
+	})
+	if err != nil {
+		nc.Close()
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		return nil, status.Errorf(codes.Unavailable, "ssh handshake with the sandbox supervisor failed: %v", err)
+	}
+	return ssh.NewClient(sc, chans, reqs), nil
+}
+
+// sink serialises events and guarantees that nothing follows the exit event.
+type sink struct {
+	mu     sync.Mutex
+	send   func(*pb.ExecSandboxEvent) error
+	exited bool
+}
+
+func (k *sink) write(stderr bool, p []byte) (int, error) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.exited {
+		return 0, io.ErrClosedPipe
+	}
+	for off := 0; off < len(p); {
+		n := min(len(p)-off, 64<<10)
+		data := bytes.Clone(p[off : off+n])
+		var ev *pb.ExecSandboxEvent
+		if stderr {
+			ev = &pb.ExecSandboxEvent{Payload: &pb.ExecSandboxEvent_Stderr{Stderr: &pb.ExecSandboxStderr{Data: data}}}
+		} else {
+			ev = &pb.ExecSandboxEvent{Payload: &pb.ExecSandboxEvent_Stdout{Stdout: &pb.ExecSandboxStdout{Data: data}}}
+		}
+		if err := k.send(ev); err != nil {
+			return off, err
+		}
+		off += n
+	}
+	return len(p), nil
+}
+
+func (k *sink) exit(code int) error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.exited {
+		return nil
+	}
+	k.exited = true
+	return k.send(exitEvent(code))
+}
+
+type sinkWriter struct {
+	k      *sink
+	stderr bool
+}
+
+func (w sinkWriter) Write(p []byte) (int, error) { return w.k.write(w.stderr, p) }
+
+func exitEvent(code int) *pb.ExecSandboxEvent {
+	return &pb.ExecSandboxEvent{Payload: &pb.ExecSandboxEvent_Exit{Exit: &pb.ExecSandboxExit{ExitCode: int32(code)}}}
+}
+
+// waitCode converts a session's Wait error into an exit code.
+func waitCode(err error) (int, error) {
+	if err == nil {
+		return 0, nil
+	}
+	var ee *ssh.ExitError
+	if errors.As(err, &ee) {
+		return ee.ExitStatus(), nil
+	}
+	var missing *ssh.ExitMissingError
+	if errors.As(err, &missing) {
+		return 0, status.Error(codes.Unavailable, "the command ended without an exit status (the sandbox connection was lost)")
+	}
+	return 0, status.Errorf(codes.Unavailable, "the sandbox connection was lost: %v", err)
+}
+
+func defaultSize(cols, rows uint32) (int, int) {
+	if cols == 0 {
+		cols = 80
+	}
+	if rows == 0 {
+		rows = 24
+	}
+	return int(cols), int(rows)
+}
+
+// Exec runs req over conn, streaming stdout/stderr events and ending with exactly one
+// exit event (124 when timeout_seconds elapses). When the exit status cannot be
+// known it returns an error instead of an exit event.
+func Exec(ctx context.Context, conn io.ReadWriteCloser, req *pb.ExecSandboxRequest, send func(*pb.ExecSandboxEvent) error) error {
+	cmd, err := BuildCommand(req.GetCommand(), req.GetEnvironment(), req.GetWorkdir())
+	if err != nil {
+		conn.Close()
+		return status.Error(codes.InvalidArgument, err.Error())
+	}
+	client, err := Dial(ctx, conn)
+	if err != nil {
+		return err
+	}
+	defer client.Close()
+	sess, err := client.NewSession()
+	if err != nil {
+		return status.Errorf(codes.Unavailable, "open ssh session in the sandbox: %v", err)
+	}
+	defer sess.Close()
+	if req.GetTty() {
+		cols, rows := defaultSize(req.GetCols(), req.GetRows())
+		if err := sess.RequestPty("xterm-256color", rows, cols, ssh.TerminalModes{}); err != nil {
+			return status.Errorf(codes.Unavailable, "request pty: %v", err)
+		}
+	}
+	k := &sink{send: send}
+	sess.Stdout = sinkWriter{k: k}
+	sess.Stderr = sinkWriter{k: k, stderr: true}
+	if len(req.GetStdin()) > 0 {
+		sess.Stdin = bytes.NewReader(req.GetStdin())
+	}
+	if err := sess.Start(cmd); err != nil {
+		return status.Errorf(codes.Unavailable, "start command in the sandbox: %v", err)
+	}
+	waitErr := make(chan error, 1)
+	go func() { waitErr <- sess.Wait() }()
+	var timeout <-chan time.Time
+	if s := req.GetTimeoutSeconds(); s > 0 {
+		t := time.NewTimer(time.Duration(s) * time.Second)
+		defer t.Stop()
+		timeout = t.C
+	}
+	select {
+	case err := <-waitErr:
+		code, err := waitCode(err)
+		if err != nil {
+			return err
+		}
+		return k.exit(code)
+	case <-timeout:
+		_ = sess.Signal(ssh.SIGKILL)
+		err := k.exit(TimeoutExitCode)
+		client.Close()
+		return err
+	case <-ctx.Done():
+		_ = sess.Signal(ssh.SIGKILL)
+		return ctx.Err()
+	}
+}
+
+// Interactive runs first over conn and streams stdin and resize frames from recv
+// into it (with a PTY when first.tty) until the command exits; it ends with one exit
+// event. A client half-close sends EOF to the command's stdin.
+func Interactive(ctx context.Context, conn io.ReadWriteCloser, first *pb.ExecSandboxRequest,
+	recv func() (*pb.ExecSandboxInput, error), send func(*pb.ExecSandboxEvent) error) error {
+	cmd, err := BuildCommand(first.GetCommand(), first.GetEnvironment(), first.GetWorkdir())
+	if err != nil {
+		conn.Close()
+		return status.Error(codes.InvalidArgument, err.Error())
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	client, err := Dial(ctx, conn)
+	if err != nil {
+		return err
+	}
+	defer client.Close()
+	sess, err := client.NewSession()
+	if err != nil {
+		return status.Errorf(codes.Unavailable, "open ssh session in the sandbox: %v", err)
+	}
+	defer sess.Close()
+	if first.GetTty() {
+		cols, rows := defaultSize(first.GetCols(), first.GetRows())
+		if err := sess.RequestPty("xterm-256color", rows, cols, ssh.TerminalModes{}); err != nil {
+			return status.Errorf(codes.Unavailable, "request pty: %v", err)
+		}
+	}
+	k := &sink{send: send}
+	sess.Stdout = sinkWriter{k: k}
+	sess.Stderr = sinkWriter{k: k, stderr: true}
+	stdin, err := sess.StdinPipe()
+	if err != nil {
+		return status.Errorf(codes.Internal, "stdin pipe: %v", err)
+	}
+	if len(first.GetStdin()) > 0 {
+		go func() { _, _ = stdin.Write(first.GetStdin()) }()
+	}
+	if err := sess.Start(cmd); err != nil {
+		return status.Errorf(codes.Unavailable, "start command in the sandbox: %v", err)
+	}
+	recvErr := make(chan error, 1)
+	go func() {
+		for {
+			in, err := recv()
+			if err != nil {
+				if errors.Is(err, io.EOF) {
+					_ = stdin.Close()
+					return
+				}
+				recvErr <- err
+				return
+			}
+			switch p := in.GetPayload().(type) {
+			case *pb.ExecSandboxInput_Stdin:
+				if _, err := stdin.Write(p.Stdin); err != nil {
+					return
+				}
+			case *pb.ExecSandboxInput_Resize:
+				_ = sess.WindowChange(int(p.Resize.GetRows()), int(p.Resize.GetCols()))
+			}
+		}
+	}()
+	waitErr := make(chan error, 1)
+	go func() { waitErr <- sess.Wait() }()
+	var timeout <-chan time.Time
+	if s := first.GetTimeoutSeconds(); s > 0 {
+		t := time.NewTimer(time.Duration(s) * time.Second)
+		defer t.Stop()
+		timeout = t.C
+	}
+	select {
+	case err := <-waitErr:
+		code, err := waitCode(err)
+		if err != nil {
+			return err
+		}
+		return k.exit(code)
+	case <-timeout:
+		_ = sess.Signal(ssh.SIGKILL)
+		err := k.exit(TimeoutExitCode)
+		client.Close()
+		return err
+	case err := <-recvErr:
+		_ = sess.Signal(ssh.SIGHUP)
+		return err
+	case <-ctx.Done():
+		_ = sess.Signal(ssh.SIGHUP)
+		return ctx.Err()
+	}
+}

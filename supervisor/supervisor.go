@@ -1,0 +1,311 @@
+// Package supervisor is the process that runs inside every sandbox, whatever driver
+// started it: it launches the main process as the sandbox user, serves SSH on a
+// private Unix socket, keeps the session to the gateway (relays, exit report, logs).
+package supervisor
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/openshell/openshell/supervisor/bootstrap"
+	"github.com/openshell/openshell/supervisor/mainproc"
+	"github.com/openshell/openshell/supervisor/reaper"
+	"github.com/openshell/openshell/supervisor/sandboxuser"
+	"github.com/openshell/openshell/supervisor/session"
+	"github.com/openshell/openshell/supervisor/sshd"
+)
+
+// Options are the parts of a supervisor that differ between environments.
+type Options struct {
+	// Dial replaces the TCP dial to the gateway; addr is the endpoint's host:port. The
+	// VM mode dials its vsock gateway port whatever the address (TLS ServerName still
+	// comes from the endpoint host). nil = TCP.
+	Dial func(ctx context.Context, addr string) (net.Conn, error)
+	// RunDir holds the SSH socket and materialised secrets (default /run/openshell).
+	RunDir string
+	// Root is the sandbox's root for /etc/passwd and friends (default /).
+	Root string
+	// SandboxDir is the default working directory (default /sandbox).
+	SandboxDir string
+	// SelfExe re-executes this binary as "sftp-server" (default os.Executable()).
+	SelfExe string
+	// ReapOrphans runs the central wait loop; default: when this process is PID 1.
+	ReapOrphans *bool
+	// StopGrace bounds the wait for the main process after SIGTERM (default 10 s).
+	StopGrace time.Duration
+	// Logger is the base logger; its records at Info and above are also shipped.
+	Logger *slog.Logger
+}
+
+// SFTPServerArg is the argument that makes the binary serve SFTP on stdin/stdout.
+const SFTPServerArg = "sftp-server"
+
+// secretEnv are variables the supervisor consumes and the sandbox's processes must
+// not see (the token, its file, TLS material) or need not (the spec).
+var secretEnv = []string{
+	bootstrap.EnvToken, bootstrap.EnvTokenFile, bootstrap.EnvTLSCA, bootstrap.EnvTLSCert, bootstrap.EnvTLSKey,
+	bootstrap.EnvMainProcessSpec, bootstrap.EnvPolicyFile, bootstrap.EnvImageUser, bootstrap.EnvImageWorkdir,
+}
+
+// SandboxEnv builds the environment of the main process and SSH sessions: the
+// supervisor's own environment (the image's ENV in containers) without secrets, the
+// user's HOME/USER/SHELL, a default PATH, TERM when a TTY is used, then spec env.
+func SandboxEnv(base []string, u *sandboxuser.User, extra map[string]string) []string {
+	env := map[string]string{}
+	var order []string
+	set := func(k, v string) {
+		if _, ok := env[k]; !ok {
+			order = append(order, k)
+		}
+		env[k] = v
+	}
+	for _, kv := range base {
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok || k == "" {
+			continue
+		}
+		skip := false
+		for _, s := range secretEnv {
+			if k == s {
+				skip = true
+			}
+		}
+		if !skip {
+			set(k, v)
+		}
+	}
+	for _, kv := range u.Env() {
+		k, v, _ := strings.Cut(kv, "=")
+		set(k, v)
+	}
+	if env["PATH"] == "" {
+		set("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+	}
+	for k, v := range extra {
+		set(k, v)
+	}
+	out := make([]string, 0, len(order))
+	for _, k := range order {
+		out = append(out, k+"="+env[k])
+	}
+	return out
+}
+
+func exists(p string) bool {
+	_, err := os.Stat(p)
+	return err == nil
+}
+
+// resolveUser picks the sandbox user and working directory.
+func resolveUser(cfg *bootstrap.Config, o Options) (*sandboxuser.User, string, error) {
+	db := sandboxuser.DB{Root: o.Root}
+	dir := cfg.ImageWorkdir
+	if dir == "" {
+		dir = o.SandboxDir
+	}
+	if os.Geteuid() != 0 {
+		u := sandboxuser.Current(db)
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return nil, "", fmt.Errorf("supervisor: create working directory %s: %w", dir, err)
+		}
+		return u, dir, nil
+	}
+	shell := "/bin/sh"
+	if exists(filepath.Join(o.Root, "bin/bash")) {
+		shell = "/bin/bash"
+	}
+	var u *sandboxuser.User
+	var err error
+	if cfg.ImageUser != "" && !sandboxuser.IsRoot(cfg.ImageUser) {
+		u, err = db.Resolve(cfg.ImageUser)
+	} else {
+		u, err = db.EnsureDefault(o.SandboxDir, shell)
+	}
+	if err != nil {
+		return nil, "", err
+	}
+	if cfg.ImageWorkdir == "" {
+		// /sandbox belongs to the sandbox user; an image's WORKDIR is left as built.
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return nil, "", fmt.Errorf("supervisor: create %s: %w", dir, err)
+		}
+		if err := os.Chown(dir, int(u.UID), int(u.GID)); err != nil {
+			return nil, "", fmt.Errorf("supervisor: chown %s to %s: %w", dir, u.Name, err)
+		}
+	}
+	if u.Home == "" || u.Home == "/" || !exists(u.Home) {
+		u.Home = dir
+	}
+	return u, dir, nil
+}
+
+// Run runs the supervisor until ctx ends. The main process is started once: a
+// gateway reconnect never restarts it. When it exits the exit is reported and the
+// supervisor keeps serving (exec, logs) until it is stopped.
+func Run(ctx context.Context, cfg *bootstrap.Config, o Options) error {
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	if o.RunDir == "" {
+		o.RunDir = "/run/openshell"
+	}
+	if o.Root == "" {
+		o.Root = "/"
+	}
+	if o.SandboxDir == "" {
+		o.SandboxDir = "/sandbox"
+	}
+	if o.StopGrace == 0 {
+		o.StopGrace = 10 * time.Second
+	}
+	if o.SelfExe == "" {
+		exe, err := os.Executable()
+		if err != nil {
+			return fmt.Errorf("supervisor: find own executable for sftp: %w", err)
+		}
+		o.SelfExe = exe
+	}
+	reapOrphans := os.Getpid() == 1
+	if o.ReapOrphans != nil {
+		reapOrphans = *o.ReapOrphans
+	}
+	if err := bootstrap.Materialize(cfg, filepath.Join(o.RunDir, "secrets")); err != nil {
+		return err
+	}
+	if _, err := cfg.LoadToken(); err != nil {
+		return fmt.Errorf("supervisor: %w (the driver must provide the sandbox token)", err)
+	}
+
+	cc, err := session.Dial(session.DialOptions{
+		Endpoint: cfg.Endpoint, CAPEM: cfg.CAPEM, CAFile: cfg.CAFile, Dial: o.Dial, Token: cfg.LoadToken,
+	})
+	if err != nil {
+		return err
+	}
+	defer cc.Close()
+	base := o.Logger
+	if base == nil {
+		base = slog.Default()
+	}
+	shipper := session.NewShipper(newAPI(cc), cfg.SandboxID, session.ShipperOptions{})
+	log := slog.New(shipper.Handler(base.Handler())).With("sandbox_id", cfg.SandboxID)
+	slog.SetDefault(log)
+
+	r := reaper.New(reapOrphans)
+	defer r.Close()
+
+	user, dir, err := resolveUser(cfg, o)
+	if err != nil {
+		return err
+	}
+	env := SandboxEnv(os.Environ(), user, cfg.Main.Env)
+
+	var mainMu sync.Mutex
+	var main *mainproc.Main
+	var sftpArgv []string
+	if user.Credential() != nil {
+		sftpArgv = []string{o.SelfExe, SFTPServerArg}
+	}
+	srv, err := sshd.New(sshd.Config{User: user, Env: env, Dir: dir, Reaper: r, SFTPArgv: sftpArgv,
+		Main: func() sshd.MainTarget {
+			mainMu.Lock()
+			defer mainMu.Unlock()
+			if main == nil {
+				return nil
+			}
+			return main
+		}})
+	if err != nil {
+		return err
+	}
+	sock := filepath.Join(o.RunDir, "ssh", "ssh.sock")
+	ln, err := sshd.ListenUnix(sock)
+	if err != nil {
+		return err
+	}
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		if err := srv.Serve(ctx, ln); err != nil {
+			log.Error("ssh server stopped", "err", err)
+		}
+	}()
+
+	sc, err := session.New(cc, session.Config{
+		SandboxID: cfg.SandboxID, InstanceID: session.NewInstanceID(),
+		DialSSH: func(ctx context.Context) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", sock)
+		},
+	})
+	if err != nil {
+		return err
+	}
+	shipCtx, stopShip := context.WithCancel(context.WithoutCancel(ctx))
+	shipDone := make(chan struct{})
+	go func() { shipper.Run(shipCtx); close(shipDone) }()
+	defer func() { stopShip(); <-shipDone }()
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		_ = sc.Run(ctx)
+	}()
+
+	argv := cfg.Main.Command
+	if len(argv) == 0 {
+		argv = mainproc.DefaultArgv(func(p string) bool { return exists(filepath.Join(o.Root, p)) })
+	}
+	menv := env
+	if cfg.Main.TTY {
+		menv = append(menv, "TERM=xterm-256color")
+	}
+	m, err := mainproc.Start(r, mainproc.Options{Argv: argv, TTY: cfg.Main.TTY, Env: menv, Dir: dir, Cred: user.Credential(),
+		OnLine: func(stream, line string) {
+			shipper.Add("INFO", "main", line, map[string]string{"stream": stream})
+		}})
+	exitCode := make(chan int, 1)
+	if err != nil {
+		log.Error("main process failed to start", "argv", argv, "err", err)
+		exitCode <- 127
+	} else {
+		mainMu.Lock()
+		main = m
+		mainMu.Unlock()
+		log.Info("main process started", "pid", m.Pid(), "argv", argv, "tty", cfg.Main.TTY, "user", user.Name, "dir", dir)
+		go func() { <-m.Done(); exitCode <- m.ExitCode() }()
+	}
+
+	select {
+	case code := <-exitCode:
+		log.Info("main process exited", "exit_code", code)
+		if err := sc.ReportExit(ctx, code); err != nil && ctx.Err() == nil {
+			log.Error("main process exit not reported", "err", err)
+		}
+		<-ctx.Done()
+	case <-ctx.Done():
+		if m != nil {
+			log.Info("stopping main process")
+			_ = m.Signal(syscall.SIGTERM)
+			select {
+			case <-m.Done():
+			case <-time.After(o.StopGrace):
+				_ = m.Signal(syscall.SIGKILL)
+				<-m.Done()
+			}
+		}
+	}
+	cancel()
+	return nil
+}
