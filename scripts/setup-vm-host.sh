@@ -7,6 +7,9 @@
 #     with a PRIVATE apt sources list (never installed into the system) into
 #     $OPENSHELL_VM_DIR/bin/.
 # Idempotent: every step is skipped when its result (keyed by version) already exists.
+# OPENSHELL_VM_REFRESH=1 refreshes the package lists first (picks up newer versions).
+# OPENSHELL_VM_DIR overrides the install dir; OPENSHELL_VM_KERNEL_SERIES the kernel
+# series (default 6.1).
 set -euo pipefail
 
 VM_DIR="${OPENSHELL_VM_DIR:-/var/lib/openshell/vm}"
@@ -53,9 +56,18 @@ mkdir -p "$KERNEL_DIR" "$BIN_DIR" "$CACHE_DIR"
 # and its modules are uncompressed .ko files the guest init loads directly; the 6.12
 # series uses zstd and .ko.xz modules, which the guest bundle does not handle.
 SERIES="${OPENSHELL_VM_KERNEL_SERIES:-6.1}"
-apt_update_once
-kpkg="$(apt-cache search --names-only "^linux-image-${SERIES//./\\.}[.-].*-cloud-amd64-unsigned\$" |
-	awk '{print $1}' | sort -V | tail -n1)"
+find_kernel_pkg() {
+	apt-cache search --names-only "^linux-image-${SERIES//./\\.}[.-].*-cloud-amd64-unsigned\$" |
+		awk '{print $1}' | sort -V | tail -n1
+}
+# The package lists may be missing or stale: refresh them once when asked to
+# (OPENSHELL_VM_REFRESH=1) or when they know no such kernel.
+if [ "${OPENSHELL_VM_REFRESH:-0}" = 1 ]; then apt_update_once; fi
+kpkg="$(find_kernel_pkg)"
+if [ -z "$kpkg" ]; then
+	apt_update_once
+	kpkg="$(find_kernel_pkg)"
+fi
 [ -n "$kpkg" ] || die "no linux-image-${SERIES}*-cloud-amd64-unsigned package in the apt sources"
 kver="${kpkg#linux-image-}"
 kver="${kver%-unsigned}"
@@ -127,7 +139,7 @@ sid_cache=(apt-cache
 	-o "Dir::Cache::pkgcache=" -o "Dir::Cache::srcpkgcache=")
 
 if [ -x "$BIN_DIR/vhost-device-vsock" ] && [ -f "$BIN_DIR/vhost-device-vsock.version" ] &&
-	[ "${OPENSHELL_REFRESH_SID:-0}" != 1 ]; then
+	[ "${OPENSHELL_VM_REFRESH:-0}" != 1 ]; then
 	log "vhost-device-vsock $(cat "$BIN_DIR/vhost-device-vsock.version") already in $BIN_DIR"
 else
 	log "updating private apt lists for unstable (in $SID; the system is not touched)"
