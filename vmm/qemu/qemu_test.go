@@ -30,6 +30,7 @@ type answer struct {
 	Transport string `json:"transport"`
 	PID       int    `json:"pid"`
 	Root      string `json:"root"`
+	Share     string `json:"share"`
 }
 
 const echoPort = 1030
@@ -396,5 +397,26 @@ func TestStopPowersDown(t *testing.T) {
 	}
 	if !strings.Contains(m.ConsoleTail(1<<16), "power button pressed") {
 		t.Fatalf("console does not show the power button:\n%s", m.ConsoleTail(4096))
+	}
+}
+
+func TestSharedDirOverVirtiofs(t *testing.T) {
+	_, _, image := requireVM(t)
+	_, err := os.Stat(qemu.VirtiofsdPath)
+	testenv.Require(t, err == nil, qemu.VirtiofsdPath+" missing; run scripts/setup-vm-host.sh (qemu-system-common)")
+	share := t.TempDir()
+	if err := os.WriteFile(filepath.Join(share, "hello.txt"), []byte("from-host\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cfg := baseConfig(t, "share", vmm.TransportAuto, vmm.Disk{Path: image, ReadOnly: true}, vmm.Disk{Path: writableDisk(t)})
+	cfg.SharedDirs = []vmm.SharedDir{{Tag: "work", Path: share}}
+	cfg.Cmdline = "openshell_share=work"
+	m := newMachine(t, cfg)
+	a := bootAndAsk(t, t.Context(), m, false)
+	if a.Share != "from-host" {
+		t.Fatalf("guest read %q from the shared dir, want from-host\n%s", a.Share, m.ConsoleTail(4096))
+	}
+	if len(m.HelperPIDs()) != 0 {
+		t.Fatalf("helpers still tracked after exit: %v", m.HelperPIDs())
 	}
 }

@@ -9,6 +9,7 @@
 //	                      PortBootstrap and report what it sees as one JSON line;
 //	                      serve an echo on port 1030; power off when the host says "bye".
 //	openshell_token=T     written to /persist.txt on the overlay root for the next boot.
+//	openshell_share=TAG   mount virtiofs TAG and report /mnt/share/hello.txt.
 package main
 
 import (
@@ -38,6 +39,7 @@ type Answer struct {
 	Transport string `json:"transport"`
 	PID       int    `json:"pid"`
 	Root      string `json:"root"`
+	Share     string `json:"share,omitempty"`
 }
 
 func main() {
@@ -75,6 +77,16 @@ func run() int {
 		}
 	}
 	a.Transport, _ = channel.Detect()
+	if tag := os.Getenv("openshell_share"); tag != "" {
+		_ = os.MkdirAll("/mnt/share", 0o755)
+		if err := unix.Mount(tag, "/mnt/share", "virtiofs", 0, ""); err != nil {
+			a.Share = "mount error: " + err.Error()
+		} else if b, err := os.ReadFile("/mnt/share/hello.txt"); err == nil {
+			a.Share = strings.TrimSpace(string(b))
+		} else {
+			a.Share = "read error: " + err.Error()
+		}
+	}
 
 	if ln, err := channel.Listen(EchoPort); err == nil {
 		go func() {
