@@ -40,12 +40,18 @@ const (
 // modes (setuid/setgid/sticky included), symlinks, hardlinks, device nodes,
 // fifos, xattrs and mtimes. Nothing is ever written outside root.
 func UnpackLayer(ctx context.Context, root string, r io.Reader) error {
+	return unpackLayer(ctx, root, r, 0)
+}
+
+// unpackLayer is UnpackLayer with a cap on any one file's size (0: none), so
+// fuzzing cannot spend its time writing the zeros of a sparse-file bomb.
+func unpackLayer(ctx context.Context, root string, r io.Reader, maxFile int64) error {
 	rootFd, err := unix.Open(root, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return fmt.Errorf("open rootfs %s: %w", root, err)
 	}
 	defer unix.Close(rootFd)
-	u := &unpacker{root: rootFd, rootPath: root, written: map[string]bool{}, ancestors: map[string]bool{}, euid: os.Geteuid()}
+	u := &unpacker{root: rootFd, rootPath: root, maxFile: maxFile, written: map[string]bool{}, ancestors: map[string]bool{}, euid: os.Geteuid()}
 	return u.run(ctx, r)
 }
 
@@ -53,6 +59,7 @@ type unpacker struct {
 	root     int
 	rootPath string
 	euid     int
+	maxFile  int64
 	// written holds the cleaned names created by this layer, so an opaque
 	// whiteout removes only what lower layers put in the directory.
 	written map[string]bool
@@ -185,6 +192,9 @@ func (u *unpacker) entry(hdr *tar.Header, r io.Reader) error {
 			return nil
 
 		case tar.TypeReg, tar.TypeRegA, tar.TypeGNUSparse:
+			if u.maxFile > 0 && hdr.Size > u.maxFile {
+				return fmt.Errorf("file of %d bytes exceeds the %d-byte limit", hdr.Size, u.maxFile)
+			}
 			if err := replaceAt(pfd, base); err != nil {
 				return err
 			}
@@ -289,23 +299,63 @@ func (u *unpacker) withParent(dir string, create bool, fn func(fd int) error) er
 	return fn(fd)
 }
 
+// mkdirAll creates dir inside the rootfs the way a chroot'ed mkdir -p would:
+// symlinks met on the way (dangling ones included) are followed inside the
+// rootfs and the directories they name are created.
 func (u *unpacker) mkdirAll(dir string) error {
-	cur := ""
-	for _, c := range strings.Split(dir, "/") {
-		parentFd := u.root
+	return u.mkdirAllDepth(dir, 0)
+}
+
+func (u *unpacker) mkdirAllDepth(dir string, depth int) error {
+	if depth > 40 {
+		return fmt.Errorf("mkdir %q: %w", dir, unix.ELOOP)
+	}
+	comps := strings.Split(dir, "/")
+	cur := "" // canonical: no symlink components
+	for i, c := range comps {
+		if c == "" || c == "." {
+			continue
+		}
+		pfd := u.root
 		if cur != "" {
 			fd, err := openInRoot(u.root, cur)
 			if err != nil {
 				return fmt.Errorf("resolve %q: %w", cur, err)
 			}
-			parentFd = fd
+			pfd = fd
 		}
-		err := unix.Mkdirat(parentFd, c, 0o755)
-		if parentFd != u.root {
-			unix.Close(parentFd)
+		var st unix.Stat_t
+		err := unix.Fstatat(pfd, c, &st, unix.AT_SYMLINK_NOFOLLOW)
+		var target string
+		switch {
+		case errors.Is(err, unix.ENOENT):
+			err = unix.Mkdirat(pfd, c, 0o755)
+			if errors.Is(err, unix.EEXIST) {
+				err = nil
+			}
+		case err != nil:
+		case st.Mode&unix.S_IFMT == unix.S_IFLNK:
+			buf := make([]byte, unix.PathMax)
+			var n int
+			n, err = unix.Readlinkat(pfd, c, buf)
+			if err == nil {
+				target = string(buf[:n])
+			}
+		case st.Mode&unix.S_IFMT != unix.S_IFDIR:
+			err = unix.ENOTDIR
 		}
-		if err != nil && !errors.Is(err, unix.EEXIST) {
+		if pfd != u.root {
+			unix.Close(pfd)
+		}
+		if err != nil {
 			return fmt.Errorf("mkdir %q: %w", path.Join(cur, c), err)
+		}
+		if target != "" {
+			next := target
+			if !path.IsAbs(target) {
+				next = path.Join(cur, target)
+			}
+			return u.mkdirAllDepth(cleanName(path.Join(append([]string{next}, comps[i+1:]...)...)), depth+1)
 		}
 		cur = path.Join(cur, c)
 	}
