@@ -1,0 +1,285 @@
+// Package daemon assembles a running gateway from a resolved config: state directory,
+// PKI, sandbox token issuer, store, compute driver, gRPC server with auth, and the
+// optional health/metrics HTTP listener. cmd/openshell-gateway is a thin wrapper.
+package daemon
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+
+	"github.com/openshell/openshell/drivers"
+	"github.com/openshell/openshell/gateway"
+	"github.com/openshell/openshell/gateway/auth"
+	"github.com/openshell/openshell/gateway/config"
+	"github.com/openshell/openshell/gateway/driversel"
+	"github.com/openshell/openshell/gateway/pki"
+	"github.com/openshell/openshell/gateway/store"
+	"github.com/openshell/openshell/gateway/store/postgres"
+	"github.com/openshell/openshell/gateway/store/sqlite"
+	"github.com/openshell/openshell/gateway/token"
+)
+
+// PKIDir is where the gateway keeps its CA and certificates.
+func PKIDir(stateDir string) string { return filepath.Join(stateDir, "pki") }
+
+// CertHosts are the names the server certificate covers for a config.
+func CertHosts(cfg *config.Config) []string {
+	hosts := []string{}
+	if ip := net.ParseIP(cfg.BindAddress); ip != nil && !ip.IsUnspecified() {
+		hosts = append(hosts, cfg.BindAddress)
+	}
+	if h, err := os.Hostname(); err == nil && h != "" {
+		hosts = append(hosts, strings.ToLower(h))
+	}
+	return hosts
+}
+
+// EnsureCerts creates (or reuses) the gateway PKI in the state directory.
+func EnsureCerts(cfg *config.Config) (*pki.Bundle, error) {
+	return pki.Ensure(PKIDir(cfg.StateDir), CertHosts(cfg))
+}
+
+// gatewayID is a stable id for this gateway installation (token issuer/audience).
+func gatewayID(stateDir string) (string, error) {
+	p := filepath.Join(stateDir, "gateway-id")
+	if b, err := os.ReadFile(p); err == nil && len(strings.TrimSpace(string(b))) > 0 {
+		return strings.TrimSpace(string(b)), nil
+	}
+	id := uuid.NewString()
+	if err := os.WriteFile(p, []byte(id+"\n"), 0o600); err != nil {
+		return "", fmt.Errorf("writing gateway id: %w", err)
+	}
+	return id, nil
+}
+
+// OpenStore opens PostgreSQL when a URL is configured, else the SQLite file in the
+// state directory.
+func OpenStore(ctx context.Context, cfg *config.Config) (store.Store, error) {
+	if cfg.DatabaseURL != "" {
+		return postgres.Open(ctx, cfg.DatabaseURL)
+	}
+	return sqlite.Open(ctx, cfg.DatabasePath())
+}
+
+// Gateway is a running gateway.
+type Gateway struct {
+	Addr       net.Addr
+	HealthAddr net.Addr
+	DriverName string
+	Server     *gateway.Server
+
+	grpc   *grpc.Server
+	health *http.Server
+	driver drivers.Driver
+	store  store.Store
+	log    *slog.Logger
+	done   chan error
+}
+
+// Hooks let callers add behaviour without this package importing it (exec over SSH
+// lives in gateway/sshrelay).
+var (
+	ExecHook        gateway.ExecFunc
+	InteractiveHook gateway.InteractiveFunc
+)
+
+// Start brings a gateway up and returns once it is serving.
+func Start(ctx context.Context, cfg *config.Config, log *slog.Logger) (_ *Gateway, retErr error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	var cleanups []func() error
+	defer func() {
+		if retErr != nil {
+			for i := len(cleanups) - 1; i >= 0; i-- {
+				_ = cleanups[i]()
+			}
+		}
+	}()
+	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
+		return nil, fmt.Errorf("state dir %s: %w", cfg.StateDir, err)
+	}
+	gwID, err := gatewayID(cfg.StateDir)
+	if err != nil {
+		return nil, err
+	}
+	var bundle *pki.Bundle
+	var caFile string
+	if cfg.DisableTLS {
+		log.Warn("TLS is disabled: the gateway serves plaintext gRPC and treats every caller without a token as the local user; use this only for local development")
+	} else {
+		if bundle, err = EnsureCerts(cfg); err != nil {
+			return nil, fmt.Errorf("gateway certificates: %w", err)
+		}
+		caFile = filepath.Join(PKIDir(cfg.StateDir), pki.CACertFile)
+	}
+	issuer, err := token.NewIssuer(filepath.Join(cfg.StateDir, "sandbox-token.key"), gwID)
+	if err != nil {
+		return nil, fmt.Errorf("sandbox token issuer: %w", err)
+	}
+	st, err := OpenStore(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("store: %w", err)
+	}
+	cleanups = append(cleanups, st.Close)
+
+	lis, err := net.Listen("tcp", cfg.Addr())
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s: %w; is another gateway running? pick another --port", cfg.Addr(), err)
+	}
+	cleanups = append(cleanups, lis.Close)
+	port := lis.Addr().(*net.TCPAddr).Port
+
+	scheme := "https"
+	if cfg.DisableTLS {
+		scheme = "http"
+	}
+	env := driversel.DriverEnv{
+		GatewayHost:       pki.SandboxHostName,
+		GatewayPort:       port,
+		GatewayEndpoint:   scheme + "://" + net.JoinHostPort(pki.SandboxHostName, strconv.Itoa(port)),
+		GatewayListenAddr: lis.Addr().String(),
+		CAFile:            caFile,
+		StateDir:          cfg.StateDir,
+		Log:               log,
+	}
+	if bundle != nil {
+		env.CAPEM = bundle.CAPEM
+	}
+	var drv drivers.Driver
+	name := cfg.Driver
+	switch {
+	case cfg.ComputeDriverSocket != "":
+		if name == "" {
+			name = "external"
+		}
+		drv, err = driversel.Attach(ctx, cfg.ComputeDriverSocket)
+	default:
+		if name == "" {
+			det, derr := driversel.NewDetector().Detect(ctx)
+			if derr != nil {
+				return nil, derr
+			}
+			name = det.Driver
+			log.Info("auto-detected compute driver", "driver", name, "socket", det.Socket)
+		}
+		env.Table = cfg.DriverTable(name)
+		if sb, _ := env.Table["supervisor_binary"].(string); sb != "" {
+			env.SupervisorBinary = sb
+		} else if p, ferr := driversel.FindBinary("openshell-sandbox", ""); ferr == nil {
+			env.SupervisorBinary = p
+		}
+		drv, err = driversel.Build(ctx, name, env)
+	}
+	if err != nil {
+		return nil, err
+	}
+	cleanups = append(cleanups, drv.Close)
+
+	srv, err := gateway.New(ctx, gateway.Options{
+		Store: st, Driver: drv, DriverName: name, Tokens: issuer, Log: log,
+		GatewayHost: hostForClients(cfg), GatewayPort: uint32(port), GatewayScheme: scheme,
+		Exec: ExecHook, Interactive: InteractiveHook,
+	})
+	if err != nil {
+		return nil, err
+	}
+	if err := srv.Start(ctx); err != nil {
+		return nil, err
+	}
+	cleanups = append(cleanups, srv.Close)
+
+	var opts []grpc.ServerOption
+	if bundle != nil {
+		opts = append(opts, grpc.Creds(credentials.NewTLS(bundle.ServerTLSConfig())))
+	}
+	gs := gateway.NewGRPCServer(&auth.Authenticator{Tokens: issuer, LocalDev: cfg.DisableTLS, Log: log}, opts...)
+	srv.Register(gs)
+
+	g := &Gateway{Addr: lis.Addr(), DriverName: name, Server: srv, grpc: gs, driver: drv, store: st, log: log, done: make(chan error, 1)}
+	if cfg.HealthPort != 0 {
+		hl, err := net.Listen("tcp", net.JoinHostPort(cfg.BindAddress, strconv.Itoa(cfg.HealthPort)))
+		if err != nil {
+			return nil, fmt.Errorf("health port %d: %w", cfg.HealthPort, err)
+		}
+		g.HealthAddr = hl.Addr()
+		g.health = &http.Server{Handler: g.healthMux(), ReadHeaderTimeout: 5 * time.Second}
+		go func() { _ = g.health.Serve(hl) }()
+	}
+	go func() { g.done <- gs.Serve(lis) }()
+	log.Info("gateway listening", "addr", lis.Addr().String(), "tls", !cfg.DisableTLS, "driver", name,
+		"state_dir", cfg.StateDir, "health", fmt.Sprint(g.HealthAddr))
+	return g, nil
+}
+
+func hostForClients(cfg *config.Config) string {
+	if ip := net.ParseIP(cfg.BindAddress); ip != nil && ip.IsUnspecified() {
+		return "127.0.0.1"
+	}
+	return cfg.BindAddress
+}
+
+func (g *Gateway) healthMux() http.Handler {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
+	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "openshell_gateway_up", Help: "1 while the gateway serves."},
+		func() float64 { return 1 }))
+	mux := http.NewServeMux()
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) {
+		ctx, cancel := context.WithTimeout(r.Context(), 3*time.Second)
+		defer cancel()
+		if _, err := g.driver.Capabilities(ctx); err != nil {
+			http.Error(w, "compute driver not ready: "+err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		_, _ = w.Write([]byte("ok\n"))
+	})
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	return mux
+}
+
+// Wait blocks until the gRPC server stops.
+func (g *Gateway) Wait() error { return <-g.done }
+
+// Stop shuts down gracefully (bounded), then closes the driver (which stops a VM
+// driver process but not its VMs) and the store.
+func (g *Gateway) Stop(timeout time.Duration) error {
+	stopped := make(chan struct{})
+	go func() { g.grpc.GracefulStop(); close(stopped) }()
+	select {
+	case <-stopped:
+	case <-time.After(timeout):
+		g.grpc.Stop()
+	}
+	if g.health != nil {
+		_ = g.health.Close()
+	}
+	errs := []error{g.Server.Close(), g.driver.Close(), g.store.Close()}
+	return errors.Join(errs...)
+}
+
+// ClientTLS is a helper for tests and tools: the client TLS config from the state dir.
+func ClientTLS(stateDir string) (*tls.Config, error) {
+	b, err := pki.Ensure(PKIDir(stateDir), nil)
+	if err != nil {
+		return nil, err
+	}
+	return b.ClientTLSConfig(), nil
+}
