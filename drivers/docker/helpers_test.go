@@ -38,6 +38,14 @@ var (
 	supervisor string // host path of the supervisor binary bind-mounted into sandboxes
 )
 
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if supervisor != "" {
+		_ = os.RemoveAll(filepath.Dir(supervisor))
+	}
+	os.Exit(code)
+}
+
 func randHex(n int) string {
 	b := make([]byte, n)
 	_, _ = rand.Read(b)
