@@ -42,10 +42,12 @@ CREATE TABLE IF NOT EXISTS openshell_objects (
 	data             BYTEA,
 	PRIMARY KEY (kind, id)
 );
-CREATE UNIQUE INDEX IF NOT EXISTS openshell_objects_by_name ON openshell_objects (kind, workspace, name);
 CREATE INDEX IF NOT EXISTS openshell_objects_by_created ON openshell_objects (kind, workspace, created_at_ms, id);
 CREATE INDEX IF NOT EXISTS openshell_objects_by_kind_created ON openshell_objects (kind, created_at_ms, id);
 CREATE INDEX IF NOT EXISTS openshell_objects_labels ON openshell_objects USING gin (labels jsonb_path_ops);
+-- Created last: on a table without statistics the planner breaks cost ties in favour of
+-- the newest index, and GetByName must use this one, not a prefix of objects_by_created.
+CREATE UNIQUE INDEX IF NOT EXISTS openshell_objects_by_name ON openshell_objects (kind, workspace, name);
 `
 
 // Store is the PostgreSQL backend.
