@@ -115,7 +115,19 @@ func imageOf(t testing.TB, layers ...v1.Layer) v1.Image {
 
 // richImage has three layers exercising every unpacking rule the ext4 tests check.
 func richImage(t testing.TB) v1.Image {
-	base := layerOf(t,
+	base, upper, hostile := richLayers(t)
+	return imageOf(t, base, upper, hostile)
+}
+
+// benignImage is richImage without the hostile layer (which a Docker daemon
+// would refuse to load).
+func benignImage(t testing.TB) v1.Image {
+	base, upper, _ := richLayers(t)
+	return imageOf(t, base, upper)
+}
+
+func richLayers(t testing.TB) (base, upper, hostile v1.Layer) {
+	base = layerOf(t,
 		ent{name: "etc/", typ: tar.TypeDir},
 		ent{name: "etc/passwd", body: "root:x:0:0:root:/root:/bin/sh\n"},
 		ent{name: "bin/", typ: tar.TypeDir},
@@ -134,7 +146,7 @@ func richImage(t testing.TB) v1.Image {
 		ent{name: "run/fifo", typ: tar.TypeFifo, mode: 0o600},
 		ent{name: "gone/deep/file", body: "removed later"},
 	)
-	upper := layerOf(t,
+	upper = layerOf(t,
 		ent{name: "usr/lib/.wh.liba.so", body: ""},
 		ent{name: ".wh.gone", body: ""},
 		ent{name: "opq/", typ: tar.TypeDir, mode: 0o1777},
@@ -145,7 +157,7 @@ func richImage(t testing.TB) v1.Image {
 		ent{name: "work/", typ: tar.TypeDir, uid: 1000, gid: 1000},
 	)
 	// A hostile top layer: everything it tries stays inside the rootfs.
-	hostile := layerOf(t,
+	hostile = layerOf(t,
 		ent{name: "../../escape-dotdot", body: "contained"},
 		ent{name: "/abs-file", body: "contained"},
 		ent{name: "evil", typ: tar.TypeSymlink, link: "/etc"},
@@ -154,7 +166,7 @@ func richImage(t testing.TB) v1.Image {
 		ent{name: "up/openshell-escape-test", body: "must land in rootfs/etc"},
 		ent{name: "hl-passwd", typ: tar.TypeLink, link: "../../../../etc/passwd"},
 	)
-	return imageOf(t, base, upper, hostile)
+	return base, upper, hostile
 }
 
 func writeLayout(t testing.TB, dir string, img v1.Image, tag string) {
