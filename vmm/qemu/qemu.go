@@ -273,6 +273,9 @@ func (m *Machine) Start(ctx context.Context) (retErr error) {
 	if err := m.waitQMP(ctx); err != nil {
 		_ = m.Kill()
 		<-m.exited
+		m.mu.Lock()
+		m.state = vmm.StateCrashed // whatever reap concluded, this start failed
+		m.mu.Unlock()
 		return err
 	}
 	switch ti.Name {
