@@ -135,7 +135,7 @@ func (p *Policy) Validate() error {
 // validate appends every problem; lines maps paths to YAML lines when known.
 func (p *Policy) validate(errs *fieldErrors, lines map[string]int) {
 	add := func(path, format string, args ...any) {
-		errs.add(path, lines[path], fmt.Sprintf(format, args...))
+		errs.add(path, lineOf(lines, path), fmt.Sprintf(format, args...))
 	}
 	if p.Version != 1 {
 		add("version", "must be 1 (got %d)", p.Version)
@@ -317,4 +317,20 @@ func sortedKeys[V any](m map[string]V) []string {
 	}
 	slices.Sort(keys)
 	return keys
+}
+
+// lineOf finds the YAML line of path, or of its nearest ancestor when the field itself
+// is missing (e.g. a missing port is reported at its endpoint's line).
+func lineOf(lines map[string]int, path string) int {
+	for path != "" {
+		if l, ok := lines[path]; ok {
+			return l
+		}
+		i := strings.LastIndexAny(path, ".[")
+		if i < 0 {
+			break
+		}
+		path = path[:i]
+	}
+	return 0
 }

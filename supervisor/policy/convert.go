@@ -1,0 +1,173 @@
+package policy
+
+import (
+	"fmt"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/openshell/openshell/api/sandboxv1"
+)
+
+// ToProto converts a policy to the wire message (SandboxSpec.policy, GetSandboxConfig).
+func (p *Policy) ToProto() *sandboxv1.SandboxPolicy {
+	out := &sandboxv1.SandboxPolicy{
+		Version: uint32(p.Version),
+		Filesystem: &sandboxv1.FilesystemPolicy{
+			IncludeWorkdir: p.Filesystem.IncludeWorkdir,
+			ReadOnly:       append([]string(nil), p.Filesystem.ReadOnly...),
+			ReadWrite:      append([]string(nil), p.Filesystem.ReadWrite...),
+		},
+		Landlock: &sandboxv1.LandlockPolicy{Compatibility: p.Landlock.Compatibility},
+		Process:  &sandboxv1.ProcessPolicy{RunAsUser: p.Process.RunAsUser, RunAsGroup: p.Process.RunAsGroup},
+	}
+	if len(p.NetworkPolicies) > 0 {
+		out.NetworkPolicies = map[string]*sandboxv1.NetworkPolicyRule{}
+	}
+	for name, r := range p.NetworkPolicies {
+		pr := &sandboxv1.NetworkPolicyRule{Name: r.Name}
+		for _, e := range r.Endpoints {
+			pe := &sandboxv1.NetworkEndpoint{
+				Host: e.Host, Port: uint32(e.Port), Protocol: e.Protocol, Tls: e.TLS,
+				Enforcement: e.Enforcement, Access: e.Access,
+				AllowedIps: append([]string(nil), e.AllowedIPs...),
+			}
+			for _, port := range e.Ports {
+				pe.Ports = append(pe.Ports, uint32(port))
+			}
+			pr.Endpoints = append(pr.Endpoints, pe)
+		}
+		for _, b := range r.Binaries {
+			pr.Binaries = append(pr.Binaries, &sandboxv1.NetworkBinary{Path: b})
+		}
+		out.NetworkPolicies[name] = pr
+	}
+	return out
+}
+
+// FromProto converts and validates a wire policy. A nil message yields Default().
+// Fields this supervisor cannot enforce (L7 rules, middlewares, request signing) are
+// refused rather than ignored, so that a policy never silently means less than it says.
+func FromProto(m *sandboxv1.SandboxPolicy) (*Policy, error) {
+	if m == nil {
+		return Default(), nil
+	}
+	var errs fieldErrors
+	p := &Policy{Version: int(m.GetVersion()), NetworkPolicies: map[string]*NetworkRule{}}
+	if fs := m.GetFilesystem(); fs != nil {
+		p.Filesystem = Filesystem{IncludeWorkdir: fs.GetIncludeWorkdir(),
+			ReadOnly: append([]string(nil), fs.GetReadOnly()...), ReadWrite: append([]string(nil), fs.GetReadWrite()...)}
+	}
+	p.Landlock.Compatibility = m.GetLandlock().GetCompatibility()
+	p.Process = Process{RunAsUser: m.GetProcess().GetRunAsUser(), RunAsGroup: m.GetProcess().GetRunAsGroup()}
+	if len(m.GetNetworkMiddlewares()) > 0 {
+		errs.add("network_middlewares", 0, "network middlewares are not supported by this supervisor: remove them")
+	}
+	for name, r := range m.GetNetworkPolicies() {
+		nr := &NetworkRule{Name: r.GetName()}
+		for i, e := range r.GetEndpoints() {
+			base := fmt.Sprintf("network_policies.%s.endpoints[%d]", name, i)
+			if len(e.GetRules()) > 0 || len(e.GetDenyRules()) > 0 {
+				errs.add(base+".rules", 0, "L7 rules are not supported: use access (read-only, read-write, full)")
+			}
+			if e.GetCredentialSigning() != "" {
+				errs.add(base+".credential_signing", 0, "request signing is not supported")
+			}
+			if e.GetPath() != "" {
+				errs.add(base+".path", 0, "path-scoped endpoints are not supported")
+			}
+			ne := Endpoint{Host: e.GetHost(), Port: int(e.GetPort()), Protocol: e.GetProtocol(), TLS: e.GetTls(),
+				Enforcement: e.GetEnforcement(), Access: e.GetAccess(), AllowedIPs: append([]string(nil), e.GetAllowedIps()...)}
+			for _, port := range e.GetPorts() {
+				ne.Ports = append(ne.Ports, int(port))
+			}
+			if e.GetPort() > 65535 {
+				ne.Port = -1 // reported by validate
+			}
+			nr.Endpoints = append(nr.Endpoints, ne)
+		}
+		for _, b := range r.GetBinaries() {
+			nr.Binaries = append(nr.Binaries, b.GetPath())
+		}
+		p.NetworkPolicies[name] = nr
+	}
+	p.validate(&errs, nil)
+	if err := errs.err(); err != nil {
+		return nil, err
+	}
+	p.normalize()
+	return p, nil
+}
+
+// yaml output shapes: field order and names of the policy file.
+type (
+	yPolicy struct {
+		Version    int               `yaml:"version"`
+		Filesystem *yFilesystem      `yaml:"filesystem_policy,omitempty"`
+		Landlock   *yLandlock        `yaml:"landlock,omitempty"`
+		Process    *yProcess         `yaml:"process,omitempty"`
+		Network    map[string]*yRule `yaml:"network_policies,omitempty"`
+	}
+	yFilesystem struct {
+		IncludeWorkdir bool     `yaml:"include_workdir"`
+		ReadOnly       []string `yaml:"read_only,omitempty"`
+		ReadWrite      []string `yaml:"read_write,omitempty"`
+	}
+	yLandlock struct {
+		Compatibility string `yaml:"compatibility"`
+	}
+	yProcess struct {
+		RunAsUser  string `yaml:"run_as_user,omitempty"`
+		RunAsGroup string `yaml:"run_as_group,omitempty"`
+	}
+	yRule struct {
+		Name      string      `yaml:"name,omitempty"`
+		Endpoints []yEndpoint `yaml:"endpoints"`
+		Binaries  []yBinary   `yaml:"binaries,omitempty"`
+	}
+	yEndpoint struct {
+		Host        string   `yaml:"host"`
+		Port        int      `yaml:"port,omitempty"`
+		Ports       []int    `yaml:"ports,omitempty,flow"`
+		Protocol    string   `yaml:"protocol,omitempty"`
+		TLS         string   `yaml:"tls,omitempty"`
+		Enforcement string   `yaml:"enforcement,omitempty"`
+		Access      string   `yaml:"access,omitempty"`
+		AllowedIPs  []string `yaml:"allowed_ips,omitempty"`
+	}
+	yBinary struct {
+		Path string `yaml:"path"`
+	}
+)
+
+// MarshalYAML renders the policy as a policy file that Parse reads back unchanged.
+func (p *Policy) Marshal() ([]byte, error) {
+	y := yPolicy{
+		Version:    p.Version,
+		Filesystem: &yFilesystem{IncludeWorkdir: p.Filesystem.IncludeWorkdir, ReadOnly: p.Filesystem.ReadOnly, ReadWrite: p.Filesystem.ReadWrite},
+		Landlock:   &yLandlock{Compatibility: p.Landlock.Compatibility},
+	}
+	if p.Landlock.Compatibility == "" {
+		y.Landlock = nil
+	}
+	if p.Process != (Process{}) {
+		y.Process = &yProcess{RunAsUser: p.Process.RunAsUser, RunAsGroup: p.Process.RunAsGroup}
+	}
+	if len(p.NetworkPolicies) > 0 {
+		y.Network = map[string]*yRule{}
+	}
+	for name, r := range p.NetworkPolicies {
+		yr := &yRule{Name: r.Name}
+		if yr.Name == name {
+			yr.Name = ""
+		}
+		for _, e := range r.Endpoints {
+			yr.Endpoints = append(yr.Endpoints, yEndpoint{Host: e.Host, Port: e.Port, Ports: e.Ports, Protocol: e.Protocol,
+				TLS: e.TLS, Enforcement: e.Enforcement, Access: e.Access, AllowedIPs: e.AllowedIPs})
+		}
+		for _, b := range r.Binaries {
+			yr.Binaries = append(yr.Binaries, yBinary{Path: b})
+		}
+		y.Network[name] = yr
+	}
+	return yaml.Marshal(&y)
+}

@@ -1,0 +1,236 @@
+package policy
+
+import (
+	"fmt"
+	"net/netip"
+	"path"
+	"slices"
+	"strings"
+)
+
+// Compiled is a policy prepared for fast network decisions. It is immutable and safe
+// for concurrent use; swap a whole *Compiled to change policy.
+type Compiled struct {
+	policy *Policy
+	rules  []compiledRule // sorted by name for deterministic decisions
+}
+
+type compiledRule struct {
+	name      string
+	binaries  []string
+	endpoints []compiledEndpoint
+}
+
+type compiledEndpoint struct {
+	index      int
+	exact      string     // lower-case exact host, or ""
+	suffix     string     // for "*.example.com": ".example.com"
+	ip         netip.Addr // IP-literal host
+	ports      []int
+	audit      bool
+	access     string
+	allowedIPs []netip.Prefix
+}
+
+// Compile prepares a validated policy for matching.
+func Compile(p *Policy) (*Compiled, error) {
+	if err := p.Validate(); err != nil {
+		return nil, err
+	}
+	c := &Compiled{policy: p}
+	for _, name := range sortedKeys(p.NetworkPolicies) {
+		r := p.NetworkPolicies[name]
+		cr := compiledRule{name: name, binaries: r.Binaries}
+		for i, e := range r.Endpoints {
+			ce := compiledEndpoint{index: i, ports: e.EffectivePorts(), audit: e.Enforcement == Audit, access: e.Access}
+			h := strings.ToLower(strings.TrimSuffix(e.Host, "."))
+			if ip, err := parseIP(h); err == nil {
+				ce.ip = ip
+			} else if strings.HasPrefix(h, "*.") {
+				ce.suffix = h[1:]
+			} else {
+				ce.exact = h
+			}
+			for _, s := range e.AllowedIPs {
+				pfx, _ := parsePrefix(s) // validated above
+				ce.allowedIPs = append(ce.allowedIPs, pfx)
+			}
+			cr.endpoints = append(cr.endpoints, ce)
+		}
+		c.rules = append(c.rules, cr)
+	}
+	return c, nil
+}
+
+// MustCompile is Compile for policies known to be valid (Default, tests).
+func MustCompile(p *Policy) *Compiled {
+	c, err := Compile(p)
+	if err != nil {
+		panic(err)
+	}
+	return c
+}
+
+// Policy returns the policy this was compiled from (do not modify it).
+func (c *Compiled) Policy() *Policy { return c.policy }
+
+// Request is one connection (or HTTP request) to decide on.
+type Request struct {
+	Host string // as the client asked for it: name or IP literal
+	Port int
+	// Binaries is the calling executable first, then its ancestors' executables. A
+	// rule's binary globs match when any of them matches. Empty when unknown.
+	Binaries []string
+	// Method is the HTTP method when the proxy can see it ("" for CONNECT tunnels).
+	Method string
+}
+
+// Decision is the outcome for one Request.
+type Decision struct {
+	Allow  bool
+	Audit  bool   // allowed only because the matching endpoint is in audit mode
+	Rule   string // the network_policies key that decided, "" when none matched
+	Reason string // human-readable, names what to change when refused
+	// Explicit is true when the matching endpoint names the host or IP exactly (no
+	// wildcard): the proxy then lets it reach internal addresses.
+	Explicit bool
+	// AllowedIPs, when non-empty, replaces the proxy's internal-address check: the
+	// resolved address must be inside one of these prefixes.
+	AllowedIPs []netip.Prefix
+	// Endpoint is the path of the matching endpoint, e.g. network_policies.x.endpoints[0].
+	Endpoint string
+}
+
+// Decide is Evaluate for a single binary and no HTTP method.
+func (c *Compiled) Decide(host string, port int, binary string) Decision {
+	var bins []string
+	if binary != "" {
+		bins = []string{binary}
+	}
+	return c.Evaluate(Request{Host: host, Port: port, Binaries: bins})
+}
+
+// Evaluate decides a request. An endpoint matching host and port whose rule admits the
+// binary (and, for HTTP, the method) allows; the first such endpoint (rules by name,
+// endpoints in order) wins. Failing that, an audit-mode endpoint naming host and port
+// allows with Audit set; otherwise the request is refused with a reason naming the
+// host, port, binary and the rule to change.
+func (c *Compiled) Evaluate(r Request) Decision {
+	host := strings.ToLower(strings.TrimSuffix(r.Host, "."))
+	hostIP, ipErr := parseIP(host)
+	var near *Decision // the first host+port match that failed on binary or method
+	for _, rule := range c.rules {
+		binOK := len(rule.binaries) == 0 || matchBinaries(rule.binaries, r.Binaries)
+		for _, e := range rule.endpoints {
+			if !slices.Contains(e.ports, r.Port) {
+				continue
+			}
+			var explicit bool
+			switch {
+			case e.ip.IsValid():
+				if ipErr != nil || e.ip != hostIP {
+					continue
+				}
+				explicit = true
+			case e.exact != "":
+				if host != e.exact {
+					continue
+				}
+				explicit = true
+			default:
+				// "*.example.com" matches exactly one extra label.
+				if !strings.HasSuffix(host, e.suffix) {
+					continue
+				}
+				first := strings.TrimSuffix(host, e.suffix)
+				if first == "" || strings.Contains(first, ".") {
+					continue
+				}
+			}
+			d := Decision{Rule: rule.name, Explicit: explicit, AllowedIPs: e.allowedIPs,
+				Endpoint: fmt.Sprintf("network_policies.%s.endpoints[%d]", rule.name, e.index)}
+			methodOK := methodAllowed(e.access, r.Method)
+			if binOK && methodOK {
+				d.Allow = true
+				d.Reason = fmt.Sprintf("allowed by %s", d.Endpoint)
+				return d
+			}
+			if near == nil {
+				why := fmt.Sprintf("binary %s is not listed in network_policies.%s.binaries", describeBinary(r.Binaries), rule.name)
+				if binOK {
+					why = fmt.Sprintf("method %s is not allowed by access %q of %s", r.Method, e.access, d.Endpoint)
+				}
+				d.Audit = e.audit
+				d.Allow = e.audit
+				d.Reason = why
+				near = &d
+			}
+		}
+	}
+	if near != nil {
+		if near.Audit {
+			near.Reason = "audit: " + near.Reason + " (allowed because the endpoint's enforcement is audit)"
+		} else {
+			near.Reason = fmt.Sprintf("%s:%d refused: %s; add the binary to that rule's binaries or set enforcement: audit", r.Host, r.Port, near.Reason)
+		}
+		return *near
+	}
+	return Decision{Reason: fmt.Sprintf("%s:%d refused for binary %s: no network_policies endpoint names this host and port; add one (e.g. host: %s, port: %d) to the sandbox policy",
+		r.Host, r.Port, describeBinary(r.Binaries), r.Host, r.Port)}
+}
+
+func describeBinary(bins []string) string {
+	if len(bins) == 0 {
+		return "(unknown)"
+	}
+	return bins[0]
+}
+
+func matchBinaries(globs, bins []string) bool {
+	for _, b := range bins {
+		for _, g := range globs {
+			if ok, _ := path.Match(g, b); ok {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// methodAllowed applies an access preset; "" method (a tunnel) is decided at L4.
+func methodAllowed(access, method string) bool {
+	if method == "" {
+		return true
+	}
+	switch access {
+	case AccessReadOnly:
+		return method == "GET" || method == "HEAD" || method == "OPTIONS"
+	case AccessReadWrite:
+		return method != "DELETE" && method != "CONNECT" && method != "TRACE"
+	}
+	return true
+}
+
+func parseIP(s string) (netip.Addr, error) {
+	s = strings.TrimSuffix(strings.TrimPrefix(s, "["), "]")
+	a, err := netip.ParseAddr(s)
+	if err != nil {
+		return netip.Addr{}, err
+	}
+	return a.Unmap().WithZone(""), nil
+}
+
+func parsePrefix(s string) (netip.Prefix, error) {
+	if strings.Contains(s, "/") {
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			return netip.Prefix{}, fmt.Errorf("%q is not an IP or CIDR: %w", s, err)
+		}
+		return p.Masked(), nil
+	}
+	a, err := parseIP(s)
+	if err != nil {
+		return netip.Prefix{}, fmt.Errorf("%q is not an IP or CIDR", s)
+	}
+	return netip.PrefixFrom(a, a.BitLen()), nil
+}

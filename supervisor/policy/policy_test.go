@@ -1,0 +1,274 @@
+package policy
+
+import (
+	"errors"
+	"strings"
+	"testing"
+
+	"google.golang.org/protobuf/proto"
+)
+
+const sample = `version: 1
+filesystem_policy:
+  include_workdir: true
+  read_only: [/usr, /lib, /etc]
+  read_write: [/sandbox, /tmp]
+landlock:
+  compatibility: hard_requirement
+process:
+  run_as_user: sandbox
+  run_as_group: sandbox
+network_policies:
+  github:
+    name: github
+    endpoints:
+      - host: api.github.com
+        port: 443
+      - host: "*.githubusercontent.com"
+        ports: [443, 8443]
+        enforcement: audit
+        access: read-only
+    binaries:
+      - path: /usr/bin/git
+      - path: /usr/lib/git-core/*
+  local:
+    endpoints:
+      - host: 127.0.0.2
+        port: 8080
+        allowed_ips: [127.0.0.0/8]
+`
+
+func TestParseSample(t *testing.T) {
+	p, err := Parse([]byte(sample))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !p.LandlockHard() || !p.Filesystem.IncludeWorkdir || p.Process.RunAsUser != "sandbox" {
+		t.Fatalf("static sections wrong: %+v", p)
+	}
+	gh := p.NetworkPolicies["github"]
+	if gh == nil || len(gh.Endpoints) != 2 || len(gh.Binaries) != 2 || gh.Endpoints[1].Ports[1] != 8443 {
+		t.Fatalf("github rule wrong: %+v", gh)
+	}
+	if p.NetworkPolicies["local"].Name != "local" {
+		t.Fatalf("rule name not defaulted to key")
+	}
+}
+
+func TestParseErrors(t *testing.T) {
+	cases := []struct {
+		name, doc, want string
+	}{
+		{"wildcard middle", "version: 1\nnetwork_policies:\n  github:\n    endpoints:\n      - host: api.*.com\n        port: 443\n",
+			`network_policies.github.endpoints[0].host (line 5): wildcard allowed only as the first label, e.g. "*.example.com"`},
+		{"wildcard partial label", "version: 1\nnetwork_policies:\n  g:\n    endpoints:\n      - host: 'a*.example.com'\n        port: 443\n",
+			`network_policies.g.endpoints[0].host (line 5): wildcard allowed only as the first label`},
+		{"unknown top", "version: 1\nfoo: bar\n", `foo (line 2): unknown field "foo"`},
+		{"unknown nested", "version: 1\nfilesystem_policy:\n  read_only: [/usr]\n  writable: [/x]\n", `filesystem_policy.writable (line 4): unknown field`},
+		{"no version", "filesystem_policy:\n  read_only: [/usr]\n", `version (line 1): is required`},
+		{"bad version", "version: 2\n", `version (line 1): must be 1 (got 2)`},
+		{"version string", "version: one\n", `version (line 1): must be an integer`},
+		{"relative path", "version: 1\nfilesystem_policy:\n  read_write:\n    - tmp\n", `filesystem_policy.read_write[0] (line 4): path must be absolute`},
+		{"dotdot", "version: 1\nfilesystem_policy:\n  read_only: [/usr/../etc]\n", `filesystem_policy.read_only[0] (line 3): path must not contain '..'`},
+		{"root rw", "version: 1\nfilesystem_policy:\n  read_write: [/]\n", `too broad`},
+		{"landlock", "version: 1\nlandlock:\n  compatibility: maybe\n", `landlock.compatibility (line 3): must be "best_effort" or "hard_requirement"`},
+		{"root user", "version: 1\nprocess:\n  run_as_user: root\n", `process.run_as_user (line 3): the agent must not run as root`},
+		{"no port", "version: 1\nnetwork_policies:\n  x:\n    endpoints:\n      - host: a.example.com\n", `network_policies.x.endpoints[0].port (line 5): set port`},
+		{"port range", "version: 1\nnetwork_policies:\n  x:\n    endpoints:\n      - host: a.example.com\n        ports: [0, 70000]\n", `network_policies.x.endpoints[0].ports[0] (line 6): port must be 1-65535`},
+		{"enforcement", "version: 1\nnetwork_policies:\n  x:\n    endpoints:\n      - host: a.example.com\n        port: 1\n        enforcement: block\n", `network_policies.x.endpoints[0].enforcement (line 7): must be enforce or audit`},
+		{"access", "version: 1\nnetwork_policies:\n  x:\n    endpoints:\n      - {host: a.example.com, port: 1, access: write}\n", `network_policies.x.endpoints[0].access (line 5)`},
+		{"relative binary", "version: 1\nnetwork_policies:\n  x:\n    endpoints: [{host: a.b, port: 1}]\n    binaries:\n      - path: git\n", `network_policies.x.binaries[0] (line 6): binary must be an absolute path`},
+		{"no endpoints", "version: 1\nnetwork_policies:\n  x:\n    binaries: [/usr/bin/git]\n", `network_policies.x.endpoints (line 3): a rule needs at least one endpoint`},
+		{"endpoint unknown", "version: 1\nnetwork_policies:\n  x:\n    endpoints:\n      - host: a.b\n        port: 1\n        rules: []\n", `network_policies.x.endpoints[0].rules (line 7): unknown field "rules"`},
+		{"bad cidr", "version: 1\nnetwork_policies:\n  x:\n    endpoints:\n      - {host: a.b, port: 1, allowed_ips: [10.0.0.0/99]}\n", `network_policies.x.endpoints[0].allowed_ips[0] (line 5)`},
+		{"not mapping", "- a\n- b\n", `(document) (line 1): must be a mapping`},
+		{"syntax", "version: [1\n", `(document): not valid YAML`},
+		{"duplicate key", "version: 1\nversion: 1\n", `version (line 2): duplicate key`},
+		{"list type", "version: 1\nfilesystem_policy:\n  read_only: /usr\n", `filesystem_policy.read_only (line 3): must be a list`},
+		{"bool type", "version: 1\nfilesystem_policy:\n  include_workdir: yes please\n", `filesystem_policy.include_workdir (line 3): must be true or false`},
+		{"two docs", "version: 1\n---\nversion: 1\n", `more than one YAML document`},
+		{"broad wildcard", "version: 1\nnetwork_policies:\n  x:\n    endpoints: [{host: '*.com', port: 443}]\n", `too broad`},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Parse([]byte(tc.doc))
+			if err == nil {
+				t.Fatalf("want error containing %q, got none", tc.want)
+			}
+			if !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("error %q does not contain %q", err, tc.want)
+			}
+			var ve *ValidationError
+			if !errors.As(err, &ve) || len(ve.Errors) == 0 {
+				t.Fatalf("error is not a *ValidationError: %T", err)
+			}
+		})
+	}
+}
+
+func TestParseReportsAllErrors(t *testing.T) {
+	_, err := Parse([]byte("version: 1\nfilesystem_policy:\n  read_only: [usr]\n  read_write: [tmp]\n"))
+	var ve *ValidationError
+	if !errors.As(err, &ve) || len(ve.Errors) != 2 {
+		t.Fatalf("want 2 errors, got %v", err)
+	}
+}
+
+func TestProtoRoundTrip(t *testing.T) {
+	p, err := Parse([]byte(sample))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := p.ToProto()
+	if m.GetNetworkPolicies()["github"].GetEndpoints()[1].GetEnforcement() != "audit" {
+		t.Fatalf("proto lost enforcement: %v", m)
+	}
+	b, err := proto.Marshal(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m2 = p.ToProto()
+	m2.Reset()
+	if err := proto.Unmarshal(b, m2); err != nil {
+		t.Fatal(err)
+	}
+	p2, err := FromProto(m2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !proto.Equal(p2.ToProto(), m) {
+		t.Fatalf("round trip changed the policy:\n%v\n%v", p2.ToProto(), m)
+	}
+	// YAML round trip.
+	y, err := p2.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	p3, err := Parse(y)
+	if err != nil {
+		t.Fatalf("Marshal output does not parse: %v\n%s", err, y)
+	}
+	if !proto.Equal(p3.ToProto(), m) {
+		t.Fatalf("yaml round trip changed the policy:\n%s", y)
+	}
+}
+
+func TestFromProtoRejects(t *testing.T) {
+	p := MustParse(t, sample).ToProto()
+	p.NetworkPolicies["github"].Endpoints[0].Host = "a.*.com"
+	p.NetworkPolicies["github"].Endpoints[1].Port = 70000
+	_, err := FromProto(p)
+	if err == nil || !strings.Contains(err.Error(), "network_policies.github.endpoints[0].host: wildcard") ||
+		!strings.Contains(err.Error(), "endpoints[1].port") {
+		t.Fatalf("got %v", err)
+	}
+	if d, err := FromProto(nil); err != nil || len(d.NetworkPolicies) != 0 {
+		t.Fatalf("nil proto must give the default policy: %v", err)
+	}
+}
+
+func TestDefault(t *testing.T) {
+	d := Default()
+	if err := d.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	c := MustCompile(d)
+	if dec := c.Decide("example.com", 443, "/usr/bin/curl"); dec.Allow {
+		t.Fatalf("default policy allowed network: %+v", dec)
+	}
+	if !d.Filesystem.IncludeWorkdir {
+		t.Fatal("default must make the workdir writable")
+	}
+}
+
+func MustParse(t *testing.T, s string) *Policy {
+	t.Helper()
+	p, err := Parse([]byte(s))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestDecide(t *testing.T) {
+	c := MustCompile(MustParse(t, sample))
+	cases := []struct {
+		name     string
+		req      Request
+		allow    bool
+		audit    bool
+		rule     string
+		explicit bool
+		reason   string
+	}{
+		{"exact allowed", Request{Host: "api.github.com", Port: 443, Binaries: []string{"/usr/bin/git"}}, true, false, "github", true, ""},
+		{"case insensitive", Request{Host: "API.GitHub.com.", Port: 443, Binaries: []string{"/usr/bin/git"}}, true, false, "github", true, ""},
+		{"glob binary", Request{Host: "api.github.com", Port: 443, Binaries: []string{"/usr/lib/git-core/git-remote-https"}}, true, false, "github", true, ""},
+		{"ancestor binary", Request{Host: "api.github.com", Port: 443, Binaries: []string{"/usr/bin/ssh", "/usr/bin/git"}}, true, false, "github", true, ""},
+		{"wrong binary enforced", Request{Host: "api.github.com", Port: 443, Binaries: []string{"/usr/bin/curl"}}, false, false, "github", true, "binary /usr/bin/curl is not listed in network_policies.github.binaries"},
+		{"unknown binary enforced", Request{Host: "api.github.com", Port: 443}, false, false, "github", true, "(unknown)"},
+		{"wrong port", Request{Host: "api.github.com", Port: 80, Binaries: []string{"/usr/bin/git"}}, false, false, "", false, "no network_policies endpoint names this host and port"},
+		{"wildcard one label", Request{Host: "raw.githubusercontent.com", Port: 8443, Binaries: []string{"/usr/bin/git"}}, true, false, "github", false, ""},
+		{"wildcard not apex", Request{Host: "githubusercontent.com", Port: 443, Binaries: []string{"/usr/bin/git"}}, false, false, "", false, ""},
+		{"wildcard not two labels", Request{Host: "a.b.githubusercontent.com", Port: 443, Binaries: []string{"/usr/bin/git"}}, false, false, "", false, ""},
+		{"audit wrong binary", Request{Host: "raw.githubusercontent.com", Port: 443, Binaries: []string{"/usr/bin/curl"}}, true, true, "github", false, "audit:"},
+		{"read-only GET", Request{Host: "raw.githubusercontent.com", Port: 443, Binaries: []string{"/usr/bin/git"}, Method: "GET"}, true, false, "github", false, ""},
+		{"read-only POST audited", Request{Host: "raw.githubusercontent.com", Port: 443, Binaries: []string{"/usr/bin/git"}, Method: "POST"}, true, true, "github", false, "method POST"},
+		{"ip literal any binary", Request{Host: "127.0.0.2", Port: 8080}, true, false, "local", true, ""},
+		{"ip other", Request{Host: "127.0.0.3", Port: 8080}, false, false, "", false, ""},
+		{"unlisted host", Request{Host: "evil.example", Port: 443, Binaries: []string{"/usr/bin/git"}}, false, false, "", false, "add one (e.g. host: evil.example, port: 443)"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			d := c.Evaluate(tc.req)
+			if d.Allow != tc.allow || d.Audit != tc.audit || d.Rule != tc.rule || d.Explicit != tc.explicit {
+				t.Fatalf("got %+v", d)
+			}
+			if !strings.Contains(d.Reason, tc.reason) || d.Reason == "" {
+				t.Fatalf("reason %q does not contain %q", d.Reason, tc.reason)
+			}
+		})
+	}
+	if d := c.Decide("127.0.0.2", 8080, ""); len(d.AllowedIPs) != 1 || d.AllowedIPs[0].String() != "127.0.0.0/8" {
+		t.Fatalf("allowed_ips not carried: %+v", d)
+	}
+}
+
+func FuzzParse(f *testing.F) {
+	f.Add([]byte(sample))
+	f.Add([]byte("version: 1\n"))
+	f.Add([]byte("version: 1\nnetwork_policies:\n  x:\n    endpoints: [{host: '*.a.b', port: 1}]\n"))
+	f.Add([]byte("a: &x [*x]\n"))
+	f.Add([]byte("version: 1\nnetwork_policies: {x: {endpoints: [{host: 1.2.3.4, ports: [1,2]}], binaries: [{path: /a}]}}\n"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		p, err := Parse(data)
+		if err != nil {
+			var ve *ValidationError
+			if !errors.As(err, &ve) || len(ve.Errors) == 0 {
+				t.Fatalf("error without field errors: %v", err)
+			}
+			for _, fe := range ve.Errors {
+				if fe.Path == "" {
+					t.Fatalf("error without a path: %v", fe)
+				}
+			}
+			return
+		}
+		c, err := Compile(p)
+		if err != nil {
+			t.Fatalf("parsed policy does not compile: %v", err)
+		}
+		c.Decide("a.example.com", 443, "/usr/bin/x")
+		// A valid policy survives both round trips.
+		if _, err := FromProto(p.ToProto()); err != nil {
+			t.Fatalf("FromProto(ToProto) failed: %v", err)
+		}
+		y, err := p.Marshal()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := Parse(y); err != nil {
+			t.Fatalf("Marshal output does not parse: %v\n%s", err, y)
+		}
+	})
+}
