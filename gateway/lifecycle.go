@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/metadata"
 
 	"github.com/openshell/openshell/api/datamodelv1"
 	"github.com/openshell/openshell/api/openshellv1"
@@ -17,6 +19,9 @@ import (
 	"github.com/openshell/openshell/gateway/store"
 	"github.com/openshell/openshell/gateway/validation"
 )
+
+// DriverHeader is the Health response header naming the gateway's compute driver.
+const DriverHeader = "x-openshell-driver"
 
 // DefaultListLimit is ListSandboxes' page size when the request says 0.
 const (
@@ -29,7 +34,10 @@ const (
 // half-created sandbox behind.
 const driverCallTimeout = 5 * time.Minute
 
-func (s *Server) Health(context.Context, *openshellv1.HealthRequest) (*openshellv1.HealthResponse, error) {
+func (s *Server) Health(ctx context.Context, _ *openshellv1.HealthRequest) (*openshellv1.HealthResponse, error) {
+	// The driver name travels as response metadata: HealthResponse has no field for it
+	// and its schema is fixed by the wire protocol.
+	_ = grpc.SetHeader(ctx, metadata.Pairs(DriverHeader, s.opts.DriverName))
 	return &openshellv1.HealthResponse{Status: openshellv1.ServiceStatus_SERVICE_STATUS_HEALTHY, Version: Version}, nil
 }
 

@@ -313,3 +313,7 @@ func (c *Config) DatabasePath() string { return filepath.Join(c.StateDir, "opens
 
 // Getenv is os.Getenv, named so callers read well: config.Resolve(fs, config.Getenv).
 var Getenv = os.Getenv
+
+// PKIDir is where a gateway keeps its CA and certificates inside its state directory.
+// The CLI (gateway start) and the gateway itself both use it.
+func PKIDir(stateDir string) string { return filepath.Join(stateDir, "pki") }

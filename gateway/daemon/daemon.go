@@ -36,7 +36,7 @@ import (
 )
 
 // PKIDir is where the gateway keeps its CA and certificates.
-func PKIDir(stateDir string) string { return filepath.Join(stateDir, "pki") }
+func PKIDir(stateDir string) string { return config.PKIDir(stateDir) }
 
 // CertHosts are the names the server certificate covers for a config.
 func CertHosts(cfg *config.Config) []string {

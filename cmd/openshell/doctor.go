@@ -1,0 +1,88 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/openshell/openshell/gateway/doctor"
+	"github.com/openshell/openshell/gateway/driversel"
+)
+
+// Built-in checks. Driver packages register more (see gateway/doctor); to include the
+// VM driver's checks, add its package as a blank import here.
+func init() {
+	doctor.Register("driver-detect", func(ctx context.Context) []doctor.Finding {
+		det, err := driversel.NewDetector().Detect(ctx)
+		if err != nil {
+			return []doctor.Finding{{Check: "driver.autodetect", Status: doctor.Info, Detail: "no container engine or Kubernetes found",
+				Fix: "use --drivers vm, or start Docker/Podman"}}
+		}
+		return []doctor.Finding{{Check: "driver.autodetect", Status: doctor.OK, Detail: strings.TrimSpace(det.Driver + " " + det.Socket)}}
+	})
+	doctor.Register("host-virt", func(context.Context) []doctor.Finding {
+		var out []doctor.Finding
+		if _, err := os.Stat("/dev/kvm"); err != nil {
+			out = append(out, doctor.Finding{Check: "vm.kvm", Status: doctor.Warn, Detail: "/dev/kvm missing", Fix: "VMs will use software emulation (slow); enable KVM"})
+		} else {
+			cpu, _ := os.ReadFile("/proc/cpuinfo")
+			if strings.Contains(string(cpu), " vmx") || strings.Contains(string(cpu), " svm") {
+				out = append(out, doctor.Finding{Check: "vm.kvm", Status: doctor.OK, Detail: "/dev/kvm and hardware virtualisation"})
+			} else {
+				out = append(out, doctor.Finding{Check: "vm.kvm", Status: doctor.Warn, Detail: "/dev/kvm present but the CPU has no vmx/svm flag",
+					Fix: "VMs fall back to TCG (software); run on hardware with virtualisation for speed"})
+			}
+		}
+		if _, err := driversel.FindBinary(driversel.VMBinaryName, ""); err != nil {
+			out = append(out, doctor.Finding{Check: "vm.driver", Status: doctor.Warn, Detail: "openshell-driver-vm not found", Fix: "install it next to openshell-gateway"})
+		} else {
+			out = append(out, doctor.Finding{Check: "vm.driver", Status: doctor.OK, Detail: "openshell-driver-vm found"})
+		}
+		return out
+	})
+}
+
+func (a *app) doctorCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "doctor",
+		Short: "Check this host and the gateway: driver, virtualisation, vsock, guest kernel",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := checkOutput(a.output); err != nil {
+				return err
+			}
+			ctx, cancel := context.WithTimeout(cmd.Context(), 20*time.Second)
+			defer cancel()
+			findings := []doctor.Finding{}
+			if resp, driver, err := a.health(ctx); err == nil {
+				findings = append(findings, doctor.Finding{Check: "gateway", Status: doctor.OK,
+					Detail: fmt.Sprintf("%s, version %s, driver %s", resp.GetStatus(), resp.GetVersion(), driver)})
+			} else {
+				findings = append(findings, doctor.Finding{Check: "gateway", Status: doctor.Warn, Detail: humanize(err, a.gateway),
+					Fix: "openshell gateway start"})
+			}
+			findings = append(findings, doctor.Run(ctx)...)
+			out := cmd.OutOrStdout()
+			if a.output != "table" {
+				return printStructured(out, a.output, findings)
+			}
+			tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "CHECK\tSTATUS\tDETAIL\tFIX")
+			failed := false
+			for _, f := range findings {
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", f.Check, f.Status, f.Detail, f.Fix)
+				failed = failed || f.Status == doctor.Fail
+			}
+			tw.Flush()
+			if failed {
+				return &exitError{code: 1, err: fmt.Errorf("doctor found failures")}
+			}
+			return nil
+		},
+	}
+}

@@ -1,0 +1,68 @@
+// Command openshell is the openshell CLI: start and inspect a gateway, and create,
+// inspect and delete sandboxes through it.
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/spf13/cobra"
+	"google.golang.org/grpc"
+
+	"github.com/openshell/openshell/api/openshellv1"
+	"github.com/openshell/openshell/gateway"
+	"github.com/openshell/openshell/gateway/clientconf"
+)
+
+// app holds the global flags; commands read them at run time.
+type app struct {
+	gateway string
+	output  string
+}
+
+// dial is the connection factory shared by every command (and by the ssh commands,
+// whose DialFunc has the same signature).
+func (a *app) dial(ctx context.Context) (*grpc.ClientConn, error) {
+	return clientconf.Dialer(func() string { return a.gateway })(ctx)
+}
+
+func (a *app) client(ctx context.Context) (openshellv1.OpenShellClient, func(), error) {
+	cc, err := a.dial(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	return openshellv1.NewOpenShellClient(cc), func() { cc.Close() }, nil
+}
+
+func newRoot() (*cobra.Command, *app) {
+	a := &app{}
+	root := &cobra.Command{
+		Use:           "openshell",
+		Short:         "Create and manage sandboxes for AI agents",
+		Version:       gateway.Version,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.PersistentFlags().StringVar(&a.gateway, "gateway", clientconf.DefaultName, "name of the gateway to talk to (~/.config/openshell/gateways/<name>)")
+	root.PersistentFlags().StringVarP(&a.output, "output", "o", "table", "output format where it applies: table, json or yaml")
+	root.AddCommand(a.gatewayCmd(), a.sandboxCmd(), a.doctorCmd())
+	// TODO(gateway): mount sshcmds.Commands(a.dial) under `sandbox` and
+	// sshcmds.SSHProxyCommand(a.dial), and vmimages.Command() under `vm`, once
+	// internal/cli/sshcmds and internal/cli/vmimages exist.
+	mountExtensions(root, a)
+	return root, a
+}
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	root, a := newRoot()
+	err := root.ExecuteContext(ctx)
+	stop()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "error:", humanize(err, a.gateway))
+		os.Exit(exitCode(err))
+	}
+}
