@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/openshell/openshell/drivers/vm/internal/quantity"
+	"github.com/openshell/openshell/drivers/vm/internal/state"
 )
 
 // DefaultImage is the project's base sandbox image, built offline by
@@ -110,8 +111,9 @@ func (c Config) WithDefaults() Config {
 	return c
 }
 
-// maxStateDir keeps <StateDir>/sb/<64-char id>/v/<socket>_<port> within sun_path.
-const maxStateDir = 107 - len("/sb/") - 64 - len("/v/") - 24
+// maxStateDir keeps <StateDir>/sb/<dir name>/v/<socket>_<port> within sun_path: the
+// VMM needs its state dir (…/v) to be at most 85 bytes.
+const maxStateDir = 85 - len("/sb/") - state.MaxDirName - len("/v")
 
 // Validate names the first bad field and how to fix it (call after WithDefaults).
 func (c Config) Validate() error {

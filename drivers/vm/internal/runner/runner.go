@@ -101,23 +101,29 @@ func Run(ctx context.Context, dir string, o Options) (retErr error) {
 		}
 	}
 	// Whatever happens below, leave a tombstone: the driver reads it to report why.
-	defer func() {
-		reasonMu.Lock()
-		reason, why := exitReason, exitWhy
-		reasonMu.Unlock()
-		if reason == "" {
-			reason, why = "VMExited", "the VM exited"
-		}
-		if retErr != nil {
-			why = why + ": " + retErr.Error()
-		}
-		ts := &state.Tombstone{Reason: reason, Message: why, Time: time.Now().UTC(), ConsoleTail: state.Tail(paths.ConsoleLog, consoleTailBytes)}
-		if err := state.WriteTombstone(dir, ts); err != nil {
-			log.Error("write tombstone", "err", err)
-		}
-		box.update(func(s *Status) { s.State, s.Reason, s.Message = StateExited, reason, why })
-		log.Info("runner exiting", "reason", reason, "message", why)
-	}()
+	// finish runs once: before the control server shuts down (so watchers see the final
+	// status at once), or from the outer defer when the server never started.
+	var finishOnce sync.Once
+	finish := func() {
+		finishOnce.Do(func() {
+			reasonMu.Lock()
+			reason, why := exitReason, exitWhy
+			reasonMu.Unlock()
+			if reason == "" {
+				reason, why = "VMExited", "the VM exited"
+			}
+			if retErr != nil {
+				why = why + ": " + retErr.Error()
+			}
+			ts := &state.Tombstone{Reason: reason, Message: why, Time: time.Now().UTC(), ConsoleTail: state.Tail(paths.ConsoleLog, consoleTailBytes)}
+			if err := state.WriteTombstone(dir, ts); err != nil {
+				log.Error("write tombstone", "err", err)
+			}
+			box.update(func(s *Status) { s.State, s.Reason, s.Message = StateExited, reason, why })
+			log.Info("runner exiting", "reason", reason, "message", why)
+		})
+	}
+	defer finish()
 
 	// Control socket first: the driver polls it to see the runner is alive.
 	os.Remove(paths.ControlSocket)
@@ -136,6 +142,7 @@ func Run(ctx context.Context, dir string, o Options) (retErr error) {
 	srv := &http.Server{Handler: ctl.handler(), ReadHeaderTimeout: 10 * time.Second}
 	go srv.Serve(cl)
 	defer func() {
+		finish()
 		// Give watchers a moment to read the final status, then close.
 		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()

@@ -97,7 +97,7 @@ type Tombstone struct {
 
 var (
 	safeID  = regexp.MustCompile(`^[A-Za-z0-9._-]{1,128}$`)
-	safeDir = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
+	safeDir = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,35}$`)
 )
 
 // ValidID checks a sandbox id: 1-128 characters of letters, digits, '.', '_' or '-'
@@ -109,6 +109,9 @@ func ValidID(id string) error {
 	return nil
 }
 
+// MaxDirName is the longest directory name DirName returns (a UUID fits as is).
+const MaxDirName = 36
+
 // DirName is the directory name of a sandbox: its id when short and plain, else a
 // hash of it (Unix socket paths inside the directory must stay short).
 func DirName(id string) string {
@@ -116,7 +119,7 @@ func DirName(id string) string {
 		return id
 	}
 	h := sha256.Sum256([]byte(id))
-	return "h-" + hex.EncodeToString(h[:16])
+	return "h-" + hex.EncodeToString(h[:17])
 }
 
 // WriteFileAtomic writes data to path via a temp file in the same directory, fsyncs

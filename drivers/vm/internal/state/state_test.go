@@ -72,7 +72,7 @@ func TestValidID(t *testing.T) {
 		if err := ValidID(id); err != nil {
 			t.Errorf("ValidID(%q): %v", id, err)
 		}
-		if d := DirName(id); len(d) > 64 || d == "" || d[0] == '.' || strings.ContainsAny(d, "/") {
+		if d := DirName(id); len(d) > MaxDirName || d == "" || d[0] == '.' || strings.ContainsAny(d, "/") {
 			t.Errorf("DirName(%q) = %q", id, d)
 		}
 	}

@@ -1,0 +1,384 @@
+package vm_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/openshell/openshell/api/computev1"
+	"github.com/openshell/openshell/drivers"
+	"github.com/openshell/openshell/drivers/drivertest"
+	"github.com/openshell/openshell/drivers/vm"
+	"github.com/openshell/openshell/drivers/vm/internal/state"
+)
+
+// TCG on two shared cores: boots take seconds, several at once take longer.
+const vmTimeout = 3 * time.Minute
+
+func TestConformance(t *testing.T) {
+	if testing.Short() {
+		t.Skip("boots real VMs")
+	}
+	_, image := vmFixture(t)
+	gw := newGatewayStub(t)
+	drivertest.Suite(t, func(t *testing.T) drivers.Driver {
+		return newTestDriver(t, testConfig(t, shortDir(t), gw.addr()))
+	}, drivertest.Options{Image: image, ReadyTimeout: vmTimeout})
+}
+
+// waitFor polls Get until cond holds.
+func waitFor(t *testing.T, d drivers.Driver, id, what string, cond func(*computev1.DriverSandbox) bool) *computev1.DriverSandbox {
+	t.Helper()
+	deadline := time.Now().Add(vmTimeout)
+	var last *computev1.DriverSandbox
+	for time.Now().Before(deadline) {
+		sb, err := d.Get(t.Context(), id, "")
+		if err == nil {
+			last = sb
+			if cond(sb) {
+				return sb
+			}
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	t.Fatalf("timed out waiting for %s of %s; last: %v", what, id, last.GetStatus())
+	return nil
+}
+
+func ready(sb *computev1.DriverSandbox) bool {
+	c := drivers.FindCondition(sb.GetStatus(), drivers.ConditionReady)
+	return c != nil && c.GetStatus() == drivers.StatusTrue
+}
+
+func create(t *testing.T, d drivers.Driver, image string) (id string) {
+	t.Helper()
+	id, name := drivertest.NewIDs()
+	sb := drivertest.DefaultSandbox(id, name, image)
+	sb.Spec.Template.Resources = &computev1.DriverResourceRequirements{CpuLimit: "500m", MemoryLimit: "300Mi"}
+	if err := d.Create(t.Context(), sb); err != nil {
+		t.Fatalf("Create: %v", err)
+	}
+	return id
+}
+
+func record(t *testing.T, stateDir, id string) *state.Record {
+	t.Helper()
+	rec, err := state.Load(filepath.Join(stateDir, "sb", state.DirName(id)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rec
+}
+
+// TestBootstrapAndGatewayBridge: the guest gets its bootstrap config (id, token,
+// command, endpoint) and reaches the gateway through the runner's bridge; the
+// per-sandbox resources become the VM's size.
+func TestBootstrapAndGatewayBridge(t *testing.T) {
+	if testing.Short() {
+		t.Skip("boots real VMs")
+	}
+	_, image := vmFixture(t)
+	gw := newGatewayStub(t)
+	dir := shortDir(t)
+	d := newTestDriver(t, testConfig(t, dir, gw.addr()))
+	defer d.Close()
+	id := create(t, d, image)
+	defer d.Delete(context.Background(), id, "")
+	r := gw.next(t, id, vmTimeout)
+	if !r.HasToken || r.Endpoint != "http://host.openshell.internal:"+strings.Split(gw.addr(), ":")[1] || strings.Join(r.Command, " ") != "sleep 3600" {
+		t.Errorf("guest report %+v: want token, endpoint on the gateway port, command sleep 3600", r)
+	}
+	if r.Prev != "" || r.BootID == "" {
+		t.Errorf("first boot: prev=%q boot_id=%q", r.Prev, r.BootID)
+	}
+	waitFor(t, d, id, "Ready", ready)
+	rec := record(t, dir, id)
+	if rec.VCPUs != 1 || rec.MemoryMiB != 300 {
+		t.Errorf("record vcpus=%d memory=%d, want 1 and 300 from 500m/300Mi", rec.VCPUs, rec.MemoryMiB)
+	}
+	cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", rec.QEMUPID))
+	if !strings.Contains(strings.ReplaceAll(string(cmdline), "\x00", " "), " -m 300") {
+		t.Errorf("qemu command line lacks -m 300: %q", cmdline)
+	}
+}
+
+// TestStopStartKeepsDisk: a file the guest wrote before Stop is there after Start.
+func TestStopStartKeepsDisk(t *testing.T) {
+	if testing.Short() {
+		t.Skip("boots real VMs")
+	}
+	_, image := vmFixture(t)
+	gw := newGatewayStub(t)
+	dir := shortDir(t)
+	d := newTestDriver(t, testConfig(t, dir, gw.addr()))
+	defer d.Close()
+	id := create(t, d, image)
+	defer d.Delete(context.Background(), id, "")
+	first := gw.next(t, id, vmTimeout)
+	waitFor(t, d, id, "Ready", ready)
+	oldQEMU := record(t, dir, id).QEMUPID
+
+	t0 := time.Now()
+	if err := d.Stop(t.Context(), id, ""); err != nil {
+		t.Fatalf("Stop: %v", err)
+	}
+	t.Logf("graceful stop took %v", time.Since(t0))
+	sb := waitFor(t, d, id, "Suspended", func(sb *computev1.DriverSandbox) bool { return drivers.StopConfirmed(sb.GetStatus()) })
+	if drivers.FindCondition(sb.GetStatus(), drivers.ConditionSuspended).GetStatus() != drivers.StatusTrue {
+		t.Errorf("stopped sandbox conditions %v: want Suspended=True", sb.GetStatus().GetConditions())
+	}
+	if state.SameProcess(oldQEMU, record(t, dir, id).QEMUStart) {
+		t.Errorf("QEMU %d still runs after Stop", oldQEMU)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "sb", state.DirName(id), state.DiskFile)); err != nil {
+		t.Errorf("writable disk gone after Stop: %v", err)
+	}
+
+	if err := d.Start(t.Context(), id, ""); err != nil {
+		t.Fatalf("Start: %v", err)
+	}
+	second := gw.next(t, id, vmTimeout)
+	if second.Prev != first.BootID || second.BootID == first.BootID {
+		t.Errorf("after stop/start: prev=%q boot=%q; want prev = first boot %q and a new boot", second.Prev, second.BootID, first.BootID)
+	}
+	waitFor(t, d, id, "Ready after Start", ready)
+}
+
+// TestCrashThenDelete: kill -9 of QEMU is reported as Ready=False VMExited (terminal)
+// with the console tail; Delete then leaves no process and no file.
+func TestCrashThenDelete(t *testing.T) {
+	if testing.Short() {
+		t.Skip("boots real VMs")
+	}
+	_, image := vmFixture(t)
+	gw := newGatewayStub(t)
+	dir := shortDir(t)
+	d := newTestDriver(t, testConfig(t, dir, gw.addr()))
+	defer d.Close()
+	id := create(t, d, image)
+	gw.next(t, id, vmTimeout)
+	waitFor(t, d, id, "Ready", ready)
+	rec := record(t, dir, id)
+	helpers := state.SessionMembers(rec.RunnerPID, rec.RunnerStart)
+	if len(helpers) < 3 {
+		t.Logf("runner session members: %v (runner, qemu, vsock backend expected)", helpers)
+	}
+	if err := syscall.Kill(rec.QEMUPID, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	sb := waitFor(t, d, id, "VMExited", func(sb *computev1.DriverSandbox) bool {
+		c := drivers.FindCondition(sb.GetStatus(), drivers.ConditionReady)
+		return c != nil && c.GetStatus() == drivers.StatusFalse && c.GetReason() == vm.ReasonVMExited
+	})
+	c := drivers.FindCondition(sb.GetStatus(), drivers.ConditionReady)
+	if drivers.IsTransientReason(c.GetReason()) {
+		t.Errorf("VMExited must be terminal")
+	}
+	if !strings.Contains(c.GetMessage(), "console tail") || !strings.Contains(c.GetMessage(), "openshell-testguest") {
+		t.Errorf("crash message lacks the console tail: %q", c.GetMessage())
+	}
+	ts, _ := state.ReadTombstone(filepath.Join(dir, "sb", state.DirName(id)))
+	if ts == nil || ts.Reason != vm.ReasonVMExited {
+		t.Errorf("tombstone %+v, want reason VMExited", ts)
+	}
+
+	deleted, err := d.Delete(t.Context(), id, "")
+	if err != nil || !deleted {
+		t.Fatalf("Delete = %v, %v", deleted, err)
+	}
+	assertNoLeftovers(t, dir, rec, helpers)
+}
+
+// TestDeleteRunningLeavesNothing deletes a running VM.
+func TestDeleteRunningLeavesNothing(t *testing.T) {
+	if testing.Short() {
+		t.Skip("boots real VMs")
+	}
+	_, image := vmFixture(t)
+	gw := newGatewayStub(t)
+	dir := shortDir(t)
+	d := newTestDriver(t, testConfig(t, dir, gw.addr()))
+	defer d.Close()
+	id := create(t, d, image)
+	waitFor(t, d, id, "Ready", ready)
+	rec := record(t, dir, id)
+	members := state.SessionMembers(rec.RunnerPID, rec.RunnerStart)
+	// A symlink inside the sandbox dir must be removed, never followed.
+	outside := filepath.Join(t.TempDir(), "keep")
+	os.WriteFile(outside, []byte("x"), 0o600)
+	os.Symlink(filepath.Dir(outside), filepath.Join(rec.Paths.Dir, "link"))
+	deleted, err := d.Delete(t.Context(), id, "")
+	if err != nil || !deleted {
+		t.Fatalf("Delete = %v, %v", deleted, err)
+	}
+	if _, err := os.Stat(outside); err != nil {
+		t.Errorf("Delete followed a symlink: %v", err)
+	}
+	assertNoLeftovers(t, dir, rec, members)
+	if _, err := d.Get(t.Context(), id, ""); !errors.Is(err, drivers.ErrNotFound) {
+		t.Errorf("Get after Delete: %v", err)
+	}
+}
+
+func assertNoLeftovers(t *testing.T, stateDir string, rec *state.Record, pids []int) {
+	t.Helper()
+	ents, _ := os.ReadDir(filepath.Join(stateDir, "sb"))
+	for _, e := range ents {
+		t.Errorf("sandbox directory left behind: %s", e.Name())
+	}
+	for _, p := range append(pids, rec.RunnerPID, rec.QEMUPID) {
+		if st, err := state.ReadProcStat(p); err == nil && st.State != 'Z' && st.Session == rec.RunnerPID {
+			t.Errorf("process %d of the sandbox still runs", p)
+		}
+	}
+	if m := state.SessionMembers(rec.RunnerPID, rec.RunnerStart); len(m) > 0 {
+		t.Errorf("runner session still has processes %v", m)
+	}
+}
+
+// TestValidateCreate covers the VM-specific checks.
+func TestValidateCreate(t *testing.T) {
+	dir := shortDir(t)
+	d, err := vm.New(vm.Config{StateDir: dir, GatewayEndpoint: "127.0.0.1:1", DefaultImage: "oci-layout:/nonexistent:latest", RunnerCommand: []string{"/bin/false"}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	for _, tc := range []struct {
+		name string
+		edit func(*computev1.DriverSandbox)
+		ok   bool
+	}{
+		{"default", func(*computev1.DriverSandbox) {}, true},
+		{"cpu and memory", func(sb *computev1.DriverSandbox) {
+			sb.Spec.Template.Resources = &computev1.DriverResourceRequirements{CpuRequest: "1500m", MemoryLimit: "1Gi"}
+		}, true},
+		{"bad cpu", func(sb *computev1.DriverSandbox) {
+			sb.Spec.Template.Resources = &computev1.DriverResourceRequirements{CpuLimit: "lots"}
+		}, false},
+		{"tiny memory", func(sb *computev1.DriverSandbox) {
+			sb.Spec.Template.Resources = &computev1.DriverResourceRequirements{MemoryLimit: "16Mi"}
+		}, false},
+		{"gpu", func(sb *computev1.DriverSandbox) {
+			n := uint32(1)
+			sb.Spec.ResourceRequirements = &computev1.ResourceRequirements{Gpu: &computev1.GpuResourceRequirements{Count: &n}}
+		}, false},
+		{"bad image", func(sb *computev1.DriverSandbox) { sb.Spec.Template.Image = "oci-layout:" }, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			id, name := drivertest.NewIDs()
+			sb := drivertest.DefaultSandbox(id, name, "")
+			tc.edit(sb)
+			err := d.ValidateCreate(t.Context(), sb)
+			if tc.ok && err != nil {
+				t.Fatalf("ValidateCreate: %v", err)
+			}
+			if !tc.ok && !errors.Is(err, drivers.ErrInvalidArgument) {
+				t.Fatalf("ValidateCreate = %v, want ErrInvalidArgument", err)
+			}
+		})
+	}
+}
+
+// TestProvisioningFailureIsReported: an image that does not exist ends in a terminal
+// condition, and Delete cleans up.
+func TestProvisioningFailureIsReported(t *testing.T) {
+	dir := shortDir(t)
+	d, err := vm.New(vm.Config{StateDir: dir, GatewayEndpoint: "127.0.0.1:1", DefaultImage: "oci-layout:" + dir + "/missing:latest", RunnerCommand: []string{"/bin/false"}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	id, name := drivertest.NewIDs()
+	if err := d.Create(t.Context(), drivertest.DefaultSandbox(id, name, "")); err != nil {
+		t.Fatal(err)
+	}
+	sb := waitFor(t, d, id, "ProvisioningFailed", func(sb *computev1.DriverSandbox) bool {
+		return drivers.FindCondition(sb.GetStatus(), drivers.ConditionReady).GetReason() == vm.ReasonProvisioningFailed
+	})
+	if !strings.Contains(drivers.FindCondition(sb.GetStatus(), drivers.ConditionReady).GetMessage(), "missing") {
+		t.Errorf("message does not name the image: %v", sb.GetStatus())
+	}
+	// A restarted driver still reports it.
+	d.Close()
+	d2, err := vm.New(vm.Config{StateDir: dir, GatewayEndpoint: "127.0.0.1:1", DefaultImage: "oci-layout:/x:latest", RunnerCommand: []string{"/bin/false"}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d2.Close()
+	got, err := d2.Get(t.Context(), id, "")
+	if err != nil || drivers.FindCondition(got.GetStatus(), drivers.ConditionReady).GetReason() != vm.ReasonProvisioningFailed {
+		t.Fatalf("after restart: %v %v", got.GetStatus(), err)
+	}
+	if deleted, err := d2.Delete(t.Context(), id, ""); err != nil || !deleted {
+		t.Fatalf("Delete = %v %v", deleted, err)
+	}
+	if ents, _ := os.ReadDir(filepath.Join(dir, "sb")); len(ents) != 0 {
+		t.Errorf("left behind: %v", ents)
+	}
+}
+
+// TestConfigValidate names bad fields.
+func TestConfigValidate(t *testing.T) {
+	good := vm.Config{StateDir: "/tmp/x", GatewayEndpoint: "127.0.0.1:17670"}.WithDefaults()
+	if err := good.Validate(); err != nil {
+		t.Fatalf("good config: %v", err)
+	}
+	if good.CPUs != 2 || good.MemoryMiB != 2048 || good.DefaultImage != vm.DefaultImage || good.Accel != "auto" || good.Transport != "auto" {
+		t.Errorf("defaults: %+v", good)
+	}
+	for _, tc := range []struct {
+		field string
+		edit  func(*vm.Config)
+	}{
+		{"state_dir", func(c *vm.Config) { c.StateDir = "relative" }},
+		{"state_dir", func(c *vm.Config) { c.StateDir = "/" + strings.Repeat("x", 100) }},
+		{"gateway_endpoint", func(c *vm.Config) { c.GatewayEndpoint = "" }},
+		{"gateway_endpoint", func(c *vm.Config) { c.GatewayEndpoint = "nohostport" }},
+		{"gateway_ca_file", func(c *vm.Config) { c.GatewayCAFile = "/nonexistent/ca.pem" }},
+		{"cpus", func(c *vm.Config) { c.CPUs = -1 }},
+		{"memory_mib", func(c *vm.Config) { c.MemoryMiB = 1 }},
+		{"disk_size", func(c *vm.Config) { c.DiskSize = "1Mi" }},
+		{"accel", func(c *vm.Config) { c.Accel = "hvf" }},
+		{"vsock_transport", func(c *vm.Config) { c.Transport = "tcp" }},
+	} {
+		c := good
+		tc.edit(&c)
+		err := c.Validate()
+		if err == nil || !strings.Contains(err.Error(), tc.field) {
+			t.Errorf("%s: Validate = %v, want an error naming it", tc.field, err)
+		}
+	}
+	t.Setenv("XDG_STATE_HOME", "/xdg")
+	if got := vm.DefaultStateDir(); got != "/xdg/openshell/vm" {
+		t.Errorf("DefaultStateDir = %q", got)
+	}
+}
+
+func TestDoctor(t *testing.T) {
+	r := vm.Doctor(t.Context(), vm.Config{Accel: "tcg", DefaultImage: "oci-layout:/nonexistent/img:latest", SupervisorBinary: "/nonexistent/openshell-sandbox"})
+	if r.Accel != "tcg" || r.Transport == "" {
+		t.Errorf("doctor accel/transport: %+v", r)
+	}
+	var sawImage, sawSup bool
+	for _, m := range r.Missing {
+		sawImage = sawImage || strings.Contains(m.What, "/nonexistent/img")
+		sawSup = sawSup || strings.Contains(m.What, "openshell-sandbox")
+		if m.Fix == "" {
+			t.Errorf("missing %q has no fix", m.What)
+		}
+	}
+	if !sawImage || !sawSup || r.OK() {
+		t.Errorf("doctor did not report the missing image and supervisor: %+v", r.Missing)
+	}
+	if _, err := exec.LookPath("qemu-system-x86_64"); err == nil && r.Kernel == "" {
+		t.Logf("no guest kernel found: %+v", r.Missing)
+	}
+}
