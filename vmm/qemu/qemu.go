@@ -192,6 +192,7 @@ func (m *Machine) Start(ctx context.Context) (retErr error) {
 			m.mu.Lock()
 			if m.cmd == nil {
 				m.state = vmm.StateCrashed
+				m.exitErr = retErr // Wait reports why the machine never ran
 				close(m.exited)
 			}
 			m.mu.Unlock()

@@ -331,6 +331,9 @@ func TestMissingKernelIsClear(t *testing.T) {
 	if m.State() != vmm.StateCrashed || m.PID() != 0 {
 		t.Fatalf("state %s pid %d after failed start", m.State(), m.PID())
 	}
+	if err := m.Wait(t.Context()); err == nil || !strings.Contains(err.Error(), "kernel") {
+		t.Fatalf("Wait after a failed start = %v, want the start error", err)
+	}
 }
 
 func TestQEMUExitAtStartShowsOutput(t *testing.T) {
