@@ -131,8 +131,23 @@ func TestCreateContainerShape(t *testing.T) {
 		}
 	}
 
+	if !realSup { // these read what the stand-in reports; the real one hides the mount
+		checkStandinHandoff(t, d, c.ID, id)
+	}
+
+	if deleted, err := d.Delete(ctx, id, name); err != nil || !deleted {
+		t.Fatalf("Delete = %v, %v", deleted, err)
+	}
+	if _, err := os.Stat(d.stateDir(id)); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("state dir remains after Delete: %v", err)
+	}
+}
+
+func checkStandinHandoff(t *testing.T, d *Driver, cid, id string) {
+	t.Helper()
+	ctx := t.Context()
 	// The supervisor (stand-in) saw the hand-off: ran as root, image user/workdir, token.
-	logs := d.lastLogs(ctx, c.ID)
+	logs := d.lastLogs(ctx, cid)
 	for _, want := range []string{"sandbox=" + id, "uid=0", `image_user="sandbox"`, `image_workdir="/sandbox"`,
 		fmt.Sprintf("token_len=%d", len(drivertest.SuiteToken)), `ca="` + BootstrapDir + `/ca.pem"`} {
 		if !strings.Contains(logs, want) {
@@ -144,18 +159,11 @@ func TestCreateContainerShape(t *testing.T) {
 	if err != nil || st.Mode().Perm() != 0o600 {
 		t.Errorf("host token file: %v, %v; want mode 0600", st, err)
 	}
-	if got := strings.Fields(dockerCLI(t, "exec", c.ID, "stat", "-c", "%a", BootstrapDir+"/token", BootstrapDir+"/ca.pem")); strings.Join(got, " ") != "600 644" {
+	if got := strings.Fields(dockerCLI(t, "exec", cid, "stat", "-c", "%a", BootstrapDir+"/token", BootstrapDir+"/ca.pem")); strings.Join(got, " ") != "600 644" {
 		t.Errorf("modes in container = %q, want 600 644", got)
 	}
-	if out, err := execIn(c.ID, "sh", "-c", "echo x > "+BootstrapDir+"/token"); err == nil {
+	if out, err := execIn(cid, "sh", "-c", "echo x > "+BootstrapDir+"/token"); err == nil {
 		t.Errorf("writing the token in the container succeeded, want read-only: %s", out)
-	}
-
-	if deleted, err := d.Delete(ctx, id, name); err != nil || !deleted {
-		t.Fatalf("Delete = %v, %v", deleted, err)
-	}
-	if _, err := os.Stat(d.stateDir(id)); !errors.Is(err, os.ErrNotExist) {
-		t.Errorf("state dir remains after Delete: %v", err)
 	}
 }
 
@@ -286,7 +294,7 @@ func TestConfigValidate(t *testing.T) {
 // A supervisor that dies is an ERROR with its exit code and last log lines.
 func TestExitedReportsLogs(t *testing.T) {
 	requireDocker(t)
-	d := newTestDriver(t, testConfig(t))
+	d := newTestDriver(t, withStandin(testConfig(t)))
 	id, name := drivertest.NewIDs()
 	sb := drivertest.DefaultSandbox(id, name, testImage)
 	sb.Spec.Command = []string{"sh", "-c", "echo boom-marker-1; echo boom-marker-2 >&2; exit 3"}
@@ -303,6 +311,23 @@ func TestExitedReportsLogs(t *testing.T) {
 		if !strings.Contains(ready.GetMessage(), w) {
 			t.Errorf("message %q lacks %q", ready.GetMessage(), w)
 		}
+	}
+}
+
+// A supervisor killed from outside (whichever supervisor runs) is an ERROR too.
+func TestKilledSupervisorIsError(t *testing.T) {
+	requireDocker(t)
+	d := newTestDriver(t, testConfig(t))
+	id, name := drivertest.NewIDs()
+	if err := d.Create(t.Context(), drivertest.DefaultSandbox(id, name, testImage)); err != nil {
+		t.Fatalf("Create: %v", err)
+	}
+	t.Cleanup(func() { _, _ = d.Delete(context.Background(), id, name) })
+	waitFor(t, d, id, "READY", func(s *computev1.DriverSandbox) bool { return phase(s) == openshellv1.SandboxPhase_SANDBOX_PHASE_READY })
+	dockerCLI(t, "kill", "--signal", "KILL", containerName(name))
+	got := waitFor(t, d, id, "ERROR", func(s *computev1.DriverSandbox) bool { return phase(s) == openshellv1.SandboxPhase_SANDBOX_PHASE_ERROR })
+	if msg := drivers.FindCondition(got.GetStatus(), drivers.ConditionReady).GetMessage(); !strings.Contains(msg, "code 137") {
+		t.Errorf("message %q lacks the exit code 137", msg)
 	}
 }
 
@@ -402,7 +427,7 @@ func TestGatewayForwarder(t *testing.T) {
 		_, _ = c.Write([]byte("pong\n"))
 	}()
 
-	cfg := testConfig(t)
+	cfg := withStandin(testConfig(t))
 	cfg.GatewayPort = port
 	cfg.GatewayEndpoint = "https://" + GatewayHost + ":" + strconv.Itoa(port)
 	d := newTestDriver(t, cfg)

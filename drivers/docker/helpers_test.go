@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -36,12 +37,14 @@ var (
 	setupOnce  sync.Once
 	setupErr   string
 	supervisor string // host path of the supervisor binary bind-mounted into sandboxes
+	standin    string // host path of the stand-in (== supervisor unless the real one is used)
+	realSup    bool   // supervisor is the real openshell-sandbox
 )
 
 func TestMain(m *testing.M) {
 	code := m.Run()
-	if supervisor != "" {
-		_ = os.RemoveAll(filepath.Dir(supervisor))
+	if standin != "" {
+		_ = os.RemoveAll(filepath.Dir(standin))
 	}
 	os.Exit(code)
 }
@@ -87,25 +90,49 @@ func requireDocker(t testing.TB) {
 	}
 }
 
-// buildSupervisor builds the real supervisor when OPENSHELL_DOCKER_TEST_SUPERVISOR=real
-// asks for it and it builds, else the stand-in (which needs no gateway to stay up).
+// buildSupervisor builds the stand-in, and the real supervisor (./cmd/openshell-sandbox,
+// CGO_ENABLED=0) unless OPENSHELL_DOCKER_TEST_SUPERVISOR=standin. Sandboxes run the real
+// one when it builds; the stand-in (no gateway needed, reports the hand-off it got on
+// stdout) serves the tests that check the hand-off or need an unconfined main process,
+// and everything when the real one does not build.
 func buildSupervisor() (string, string) {
 	dir, err := os.MkdirTemp("", "openshell-docker-test-")
 	if err != nil {
 		return "", err.Error()
 	}
-	out := filepath.Join(dir, "openshell-sandbox")
-	pkg := "./drivers/docker/internal/standin"
-	if os.Getenv("OPENSHELL_DOCKER_TEST_SUPERVISOR") == "real" {
-		pkg = "./cmd/openshell-sandbox"
+	build := func(pkg, out string) string {
+		cmd := exec.Command("go", "build", "-o", out, pkg)
+		cmd.Dir = repoRoot()
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if b, err := cmd.CombinedOutput(); err != nil {
+			return "build " + pkg + ": " + err.Error() + ": " + string(b)
+		}
+		return ""
 	}
-	cmd := exec.Command("go", "build", "-o", out, pkg)
-	cmd.Dir = repoRoot()
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if b, err := cmd.CombinedOutput(); err != nil {
-		return "", "build " + pkg + ": " + err.Error() + ": " + string(b)
+	standin = filepath.Join(dir, "standin", "openshell-sandbox")
+	if msg := build("./drivers/docker/internal/standin", standin); msg != "" {
+		return "", msg
 	}
+	if os.Getenv("OPENSHELL_DOCKER_TEST_SUPERVISOR") == "standin" {
+		return standin, ""
+	}
+	out := filepath.Join(dir, "real", "openshell-sandbox")
+	if msg := build("./cmd/openshell-sandbox", out); msg != "" {
+		if os.Getenv("OPENSHELL_DOCKER_TEST_SUPERVISOR") == "real" {
+			return "", msg
+		}
+		fmt.Fprintf(os.Stderr, "docker driver tests: the real supervisor does not build, using the stand-in: %s\n", msg)
+		return standin, ""
+	}
+	realSup = true
 	return out, ""
+}
+
+// withStandin makes cfg use the stand-in, for tests whose main process must run
+// unconfined and without a gateway (the real supervisor holds it back or confines it).
+func withStandin(cfg Config) Config {
+	cfg.SupervisorBinary = standin
+	return cfg
 }
 
 // testConfig is a driver config for one test: its own run label, network and state dir.
