@@ -30,18 +30,18 @@ const virtioIDVsock = "0x0013"
 // ErrNoChannel means the VM has neither a vsock device nor the serial port.
 var ErrNoChannel = errors.New("guest channel: no vsock device and no virtio-serial port " + wire.PortName)
 
-// Detect reports the transport: the serial port when the host gave one (the host
-// only adds it when it has no vsock), else vsock when a virtio vsock device exists.
+// Detect reports the transport: vsock when the VM has a virtio vsock device, else
+// the virtio-serial port named wire.PortName.
 func Detect() (string, error) {
-	if _, err := findSerialPort(); err == nil {
-		return TransportSerial, nil
-	}
 	devs, _ := os.ReadDir(virtioDevsDir)
 	for _, d := range devs {
 		b, err := os.ReadFile(filepath.Join(virtioDevsDir, d.Name(), "device"))
 		if err == nil && strings.TrimSpace(string(b)) == virtioIDVsock {
 			return TransportVsock, nil
 		}
+	}
+	if _, err := findSerialPort(); err == nil {
+		return TransportSerial, nil
 	}
 	return "", ErrNoChannel
 }

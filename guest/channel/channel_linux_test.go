@@ -39,15 +39,18 @@ func TestDetect(t *testing.T) {
 		t.Fatalf("empty sysfs: %v", err)
 	}
 	write(t, filepath.Join(devs, "virtio0", "device"), "0x0002\n") // a block device
-	write(t, filepath.Join(devs, "virtio1", "device"), "0x0013\n") // vsock
-	if tr, err := Detect(); err != nil || tr != TransportVsock {
-		t.Fatalf("vsock device: %q %v", tr, err)
-	}
-	// The serial port wins: the host only adds it when it has no vsock.
 	write(t, filepath.Join(ports, "vport0p1", "name"), "other\n")
+	if _, err := Detect(); !errors.Is(err, ErrNoChannel) {
+		t.Fatalf("no vsock, no openshell port: %v", err)
+	}
 	write(t, filepath.Join(ports, "vport1p2", "name"), "openshell.0\n")
 	if tr, err := Detect(); err != nil || tr != TransportSerial {
 		t.Fatalf("serial port: %q %v", tr, err)
+	}
+	// A vsock device wins when both exist.
+	write(t, filepath.Join(devs, "virtio1", "device"), "0x0013\n")
+	if tr, err := Detect(); err != nil || tr != TransportVsock {
+		t.Fatalf("vsock device: %q %v", tr, err)
 	}
 	p, err := findSerialPort()
 	if err != nil || p != filepath.Join(devDir, "vport1p2") {
