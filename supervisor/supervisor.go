@@ -193,10 +193,14 @@ func Run(ctx context.Context, cfg *bootstrap.Config, o Options) error {
 	defer cc.Close()
 	base := o.Logger
 	if base == nil {
-		base = slog.Default()
+		// Not slog.Default(): wrapping the default handler and then installing the
+		// result as the default makes the log package write into itself.
+		base = slog.New(slog.NewTextHandler(os.Stderr, nil))
 	}
 	shipper := session.NewShipper(newAPI(cc), cfg.SandboxID, session.ShipperOptions{})
 	log := slog.New(shipper.Handler(base.Handler())).With("sandbox_id", cfg.SandboxID)
+	// The supervisor is the process's main: its packages log through the default
+	// logger, and their events are shipped too.
 	slog.SetDefault(log)
 
 	r := reaper.New(reapOrphans)

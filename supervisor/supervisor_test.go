@@ -1,0 +1,321 @@
+package supervisor
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	pb "github.com/openshell/openshell/api/openshellv1"
+	"github.com/openshell/openshell/gateway/sshrelay"
+	"github.com/openshell/openshell/supervisor/bootstrap"
+	"github.com/openshell/openshell/supervisor/sandboxuser"
+)
+
+// gw is a small real gateway: sessions, relays, exit reports and logs.
+type gw struct {
+	pb.UnimplementedOpenShellServer
+	mu       sync.Mutex
+	sessions chan grpc.BidiStreamingServer[pb.SupervisorMessage, pb.GatewayMessage]
+	relays   chan *relayConn
+	exits    []*pb.ReportMainProcessExitRequest
+	logs     []*pb.SandboxLogLine
+	hellos   []*pb.SupervisorHello
+}
+
+func newGW() *gw {
+	return &gw{sessions: make(chan grpc.BidiStreamingServer[pb.SupervisorMessage, pb.GatewayMessage], 4), relays: make(chan *relayConn, 4)}
+}
+
+func (g *gw) ConnectSupervisor(s grpc.BidiStreamingServer[pb.SupervisorMessage, pb.GatewayMessage]) error {
+	m, err := s.Recv()
+	if err != nil || m.GetHello() == nil {
+		return status.Error(codes.InvalidArgument, "hello first")
+	}
+	g.mu.Lock()
+	g.hellos = append(g.hellos, m.GetHello())
+	g.mu.Unlock()
+	if err := s.Send(&pb.GatewayMessage{Payload: &pb.GatewayMessage_SessionAccepted{SessionAccepted: &pb.SessionAccepted{SessionId: "s", HeartbeatIntervalSecs: 15}}}); err != nil {
+		return err
+	}
+	g.sessions <- s
+	for {
+		if _, err := s.Recv(); err != nil {
+			return nil
+		}
+	}
+}
+
+// relayConn is the gateway end of a RelayStream as an io.ReadWriteCloser.
+type relayConn struct {
+	s    grpc.BidiStreamingServer[pb.RelayFrame, pb.RelayFrame]
+	buf  []byte
+	done chan struct{}
+	once sync.Once
+}
+
+func (r *relayConn) Read(p []byte) (int, error) {
+	for len(r.buf) == 0 {
+		f, err := r.s.Recv()
+		if err != nil {
+			return 0, io.EOF
+		}
+		r.buf = f.GetData()
+	}
+	n := copy(p, r.buf)
+	r.buf = r.buf[n:]
+	return n, nil
+}
+
+func (r *relayConn) Write(p []byte) (int, error) {
+	if err := r.s.Send(&pb.RelayFrame{Payload: &pb.RelayFrame_Data{Data: append([]byte(nil), p...)}}); err != nil {
+		return 0, err
+	}
+	return len(p), nil
+}
+
+func (r *relayConn) Close() error { r.once.Do(func() { close(r.done) }); return nil }
+
+func (g *gw) RelayStream(s grpc.BidiStreamingServer[pb.RelayFrame, pb.RelayFrame]) error {
+	if _, err := s.Recv(); err != nil {
+		return err
+	}
+	rc := &relayConn{s: s, done: make(chan struct{})}
+	g.relays <- rc
+	select {
+	case <-rc.done:
+	case <-s.Context().Done():
+	}
+	return nil
+}
+
+func (g *gw) ReportMainProcessExit(_ context.Context, r *pb.ReportMainProcessExitRequest) (*pb.ReportMainProcessExitResponse, error) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.exits = append(g.exits, r)
+	return &pb.ReportMainProcessExitResponse{}, nil
+}
+
+func (g *gw) PushSandboxLogs(s grpc.ClientStreamingServer[pb.PushSandboxLogsRequest, pb.PushSandboxLogsResponse]) error {
+	for {
+		r, err := s.Recv()
+		if errors.Is(err, io.EOF) {
+			return s.SendAndClose(&pb.PushSandboxLogsResponse{})
+		}
+		if err != nil {
+			return err
+		}
+		g.mu.Lock()
+		g.logs = append(g.logs, r.GetLogs()...)
+		g.mu.Unlock()
+	}
+}
+
+func serveGW(t *testing.T, g *gw, addr string) (string, func()) {
+	t.Helper()
+	var ln net.Listener
+	var err error
+	for i := 0; i < 50; i++ {
+		if ln, err = net.Listen("tcp", addr); err == nil {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := grpc.NewServer()
+	pb.RegisterOpenShellServer(s, g)
+	go s.Serve(ln)
+	var once sync.Once
+	stop := func() { once.Do(s.Stop) }
+	t.Cleanup(stop)
+	return ln.Addr().String(), stop
+}
+
+func execOverRelay(t *testing.T, g *gw, s grpc.BidiStreamingServer[pb.SupervisorMessage, pb.GatewayMessage], argv ...string) (string, int32) {
+	t.Helper()
+	if err := s.Send(&pb.GatewayMessage{Payload: &pb.GatewayMessage_RelayOpen{RelayOpen: &pb.RelayOpen{ChannelId: "c-" + strconv.Itoa(int(time.Now().UnixNano()))}}}); err != nil {
+		t.Fatal(err)
+	}
+	var rc *relayConn
+	select {
+	case rc = <-g.relays:
+	case <-time.After(10 * time.Second):
+		t.Fatal("supervisor did not open a RelayStream")
+	}
+	defer rc.Close()
+	var out strings.Builder
+	var code int32 = -1
+	err := sshrelay.Exec(t.Context(), rc, &pb.ExecSandboxRequest{Command: argv}, func(ev *pb.ExecSandboxEvent) error {
+		out.Write(ev.GetStdout().GetData())
+		out.Write(ev.GetStderr().GetData())
+		if e := ev.GetExit(); e != nil {
+			code = e.GetExitCode()
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out.String(), code
+}
+
+func TestSupervisorEndToEnd(t *testing.T) {
+	base, err := os.MkdirTemp("", "supervisor-test-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(base) })
+	os.Chmod(base, 0o755)
+	root := filepath.Join(base, "root")
+	os.MkdirAll(filepath.Join(root, "etc"), 0o755)
+	os.WriteFile(filepath.Join(root, "etc", "passwd"), []byte("root:x:0:0:root:/root:/bin/sh\n"), 0o644)
+
+	g := newGW()
+	addr, stop := serveGW(t, g, "127.0.0.1:0")
+	cfg := &bootstrap.Config{
+		Endpoint: "http://" + addr, SandboxID: "sb-1", SandboxName: "box", Token: "tok",
+		Main: bootstrap.MainProcessSpec{Version: 1, Command: []string{"/bin/sh", "-c", "echo main-started $FOO; read x </dev/null; sleep 2; exit 4"},
+			Env: map[string]string{"FOO": "bar"}},
+	}
+	t.Setenv(bootstrap.EnvToken, "must-not-leak")
+	no := false
+	ctx, cancel := context.WithCancel(context.Background())
+	runErr := make(chan error, 1)
+	go func() {
+		runErr <- Run(ctx, cfg, Options{RunDir: filepath.Join(base, "run"), Root: root, SandboxDir: filepath.Join(base, "sandbox"),
+			SelfExe: os.Args[0], ReapOrphans: &no, StopGrace: 2 * time.Second})
+	}()
+	defer func() {
+		cancel()
+		select {
+		case err := <-runErr:
+			if err != nil {
+				t.Errorf("Run: %v", err)
+			}
+		case <-time.After(15 * time.Second):
+			t.Error("Run did not return after cancel")
+		}
+	}()
+
+	var s grpc.BidiStreamingServer[pb.SupervisorMessage, pb.GatewayMessage]
+	select {
+	case s = <-g.sessions:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no session")
+	}
+	out, code := execOverRelay(t, g, s, "sh", "-c", `id -u; pwd; echo "FOO=$FOO TOKEN=$OPENSHELL_SANDBOX_TOKEN"`)
+	if code != 0 {
+		t.Fatalf("exec exit %d: %s", code, out)
+	}
+	wantUID := strconv.Itoa(os.Getuid())
+	if os.Geteuid() == 0 {
+		u, err := sandboxuser.DB{Root: root}.Resolve(sandboxuser.DefaultName)
+		if err != nil {
+			t.Fatalf("sandbox user not created: %v", err)
+		}
+		wantUID = strconv.Itoa(int(u.UID))
+		if u.UID == 0 {
+			t.Fatal("sandbox user is root")
+		}
+	}
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	if len(lines) != 3 || lines[0] != wantUID || lines[1] != filepath.Join(base, "sandbox") || lines[2] != "FOO=bar TOKEN=" {
+		t.Fatalf("exec output %q (want uid %s)", out, wantUID)
+	}
+
+	// Main process exit is reported once, with its code.
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		g.mu.Lock()
+		n := len(g.exits)
+		g.mu.Unlock()
+		if n > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("main process exit not reported")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	g.mu.Lock()
+	if g.exits[0].GetExitCode() != 4 || g.exits[0].GetSandboxId() != "sb-1" || g.exits[0].GetInstanceId() != g.hellos[0].GetInstanceId() {
+		t.Fatalf("exit report %v (hello %v)", g.exits[0], g.hellos[0])
+	}
+	g.mu.Unlock()
+
+	// Logs: the main process's output line was shipped with source=sandbox.
+	for {
+		g.mu.Lock()
+		found := false
+		for _, l := range g.logs {
+			if l.GetMessage() == "main-started bar" && l.GetSource() == "sandbox" && l.GetFields()["stream"] == "stdout" {
+				found = true
+			}
+		}
+		g.mu.Unlock()
+		if found {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("main process output not shipped")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+
+	// Gateway restart: the supervisor reconnects with the same instance id and
+	// serves exec again; the main process is neither restarted nor re-reported.
+	stop()
+	g2 := newGW()
+	serveGW(t, g2, addr)
+	select {
+	case s = <-g2.sessions:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no session after gateway restart")
+	}
+	if g2.hellos[0].GetInstanceId() != g.hellos[0].GetInstanceId() {
+		t.Fatal("instance id changed across a reconnect")
+	}
+	out, code = execOverRelay(t, g2, s, "sh", "-c", "echo again; exit 9")
+	if code != 9 || out != "again\n" {
+		t.Fatalf("exec after restart: %q %d", out, code)
+	}
+	time.Sleep(500 * time.Millisecond)
+	g2.mu.Lock()
+	defer g2.mu.Unlock()
+	if len(g2.exits) != 0 {
+		t.Fatalf("exit re-reported after reconnect: %v", g2.exits)
+	}
+	for _, l := range g2.logs {
+		if strings.HasPrefix(l.GetMessage(), "main-started") {
+			t.Fatal("main process restarted after reconnect")
+		}
+	}
+}
+
+func TestSandboxEnvDropsSecrets(t *testing.T) {
+	u := &sandboxuser.User{Name: "sandbox", UID: 1000, GID: 1000, Home: "/sandbox", Shell: "/bin/bash"}
+	env := SandboxEnv([]string{"PATH=/img/bin", "OPENSHELL_SANDBOX_TOKEN_FILE=/run/t", "OPENSHELL_SANDBOX_ID=x", "HOME=/root", "LANG=C.UTF-8"},
+		u, map[string]string{"A": "1", "LANG": "en_US.UTF-8"})
+	got := strings.Join(env, "\n")
+	for _, want := range []string{"PATH=/img/bin", "OPENSHELL_SANDBOX_ID=x", "HOME=/sandbox", "USER=sandbox", "SHELL=/bin/bash", "A=1", "LANG=en_US.UTF-8"} {
+		if !strings.Contains(got+"\n", want+"\n") {
+			t.Fatalf("env lacks %q:\n%s", want, got)
+		}
+	}
+	if strings.Contains(got, "TOKEN") || strings.Contains(got, "HOME=/root") {
+		t.Fatalf("env leaks:\n%s", got)
+	}
+}
