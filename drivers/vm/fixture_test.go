@@ -18,7 +18,7 @@ import (
 	"time"
 
 	"github.com/openshell/openshell/drivers/vm"
-	"github.com/openshell/openshell/drivers/vm/internal/ocilayout"
+	"github.com/openshell/openshell/drivers/vm/ocilayout"
 	"github.com/openshell/openshell/drivers/vm/internal/state"
 	"github.com/openshell/openshell/images/bundle"
 	"github.com/openshell/openshell/internal/testenv"

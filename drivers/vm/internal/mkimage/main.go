@@ -11,7 +11,7 @@ import (
 	"os"
 	"strings"
 
-	"github.com/openshell/openshell/drivers/vm/internal/ocilayout"
+	"github.com/openshell/openshell/drivers/vm/ocilayout"
 )
 
 type list []string

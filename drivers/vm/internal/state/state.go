@@ -96,8 +96,7 @@ type Tombstone struct {
 }
 
 var (
-	safeID  = regexp.MustCompile(`^[A-Za-z0-9._-]{1,128}$`)
-	safeDir = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,35}$`)
+	safeID = regexp.MustCompile(`^[A-Za-z0-9._-]{1,128}$`)
 )
 
 // ValidID checks a sandbox id: 1-128 characters of letters, digits, '.', '_' or '-'
@@ -109,17 +108,15 @@ func ValidID(id string) error {
 	return nil
 }
 
-// MaxDirName is the longest directory name DirName returns (a UUID fits as is).
-const MaxDirName = 36
+// MaxDirName is the length of every sandbox directory name.
+const MaxDirName = 16
 
-// DirName is the directory name of a sandbox: its id when short and plain, else a
-// hash of it (Unix socket paths inside the directory must stay short).
+// DirName is the directory name of a sandbox: a hash of its id (ids may be 128 bytes,
+// while the Unix socket paths inside the directory must stay short). state.json inside
+// names the id.
 func DirName(id string) string {
-	if safeDir.MatchString(id) {
-		return id
-	}
 	h := sha256.Sum256([]byte(id))
-	return "h-" + hex.EncodeToString(h[:17])
+	return hex.EncodeToString(h[:MaxDirName/2])
 }
 
 // WriteFileAtomic writes data to path via a temp file in the same directory, fsyncs

@@ -72,12 +72,12 @@ func TestValidID(t *testing.T) {
 		if err := ValidID(id); err != nil {
 			t.Errorf("ValidID(%q): %v", id, err)
 		}
-		if d := DirName(id); len(d) > MaxDirName || d == "" || d[0] == '.' || strings.ContainsAny(d, "/") {
+		if d := DirName(id); len(d) != MaxDirName || d == "" || d[0] == '.' || strings.ContainsAny(d, "/") {
 			t.Errorf("DirName(%q) = %q", id, d)
 		}
 	}
-	if DirName("abc") != "abc" || DirName(strings.Repeat("a", 100)) == DirName(strings.Repeat("a", 101)) {
-		t.Error("DirName: plain ids keep their name, long ids get distinct hashes")
+	if DirName("abc") != DirName("abc") || DirName(strings.Repeat("a", 100)) == DirName(strings.Repeat("a", 101)) {
+		t.Error("DirName: stable, and distinct ids get distinct names")
 	}
 }
 
