@@ -104,8 +104,13 @@ func prepareRoot(opts InitOptions, log *slog.Logger) error {
 	if err := mountOne(opts.ImageDisk, imageMount, "ext4", unix.MS_RDONLY|unix.MS_NODEV, "noload"); err != nil {
 		return fmt.Errorf("image disk: %w", err)
 	}
-	// The writable disk shows up right after the image disk (same probe pass).
-	if err := waitFor(opts.DataDisk, 500*time.Millisecond); err == nil {
+	// Wait for the writable disk only when the VM has a second virtio disk: a VM
+	// without one must not pay the wait.
+	dataWait := 100 * time.Millisecond
+	if virtioBlockCount() >= 2 {
+		dataWait = opts.DiskWait
+	}
+	if err := waitFor(opts.DataDisk, dataWait); err == nil {
 		if err := mountOne(opts.DataDisk, dataMount, "ext4", unix.MS_NODEV, ""); err != nil {
 			return fmt.Errorf("writable disk: %w (the host must format it with vmm.CreateWritableDisk)", err)
 		}
@@ -134,6 +139,18 @@ func prepareRoot(opts InitOptions, log *slog.Logger) error {
 		_ = os.Setenv("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
 	}
 	return nil
+}
+
+// virtioBlockCount counts virtio block devices (virtio device id 2) on the bus.
+func virtioBlockCount() int {
+	devs, _ := filepath.Glob("/sys/bus/virtio/devices/*/device")
+	n := 0
+	for _, d := range devs {
+		if b, err := os.ReadFile(d); err == nil && strings.TrimSpace(string(b)) == "0x0002" {
+			n++
+		}
+	}
+	return n
 }
 
 func waitFor(path string, d time.Duration) error {

@@ -150,24 +150,40 @@ func (h *hostOnly) Accept() (net.Conn, error) {
 // serialSession keeps one yamux session over the serial port for the whole guest,
 // re-established whenever the host end reconnects.
 type serialSession struct {
-	mu        sync.Mutex
-	sess      *yamux.Session
-	f         *os.File
+	connMu sync.Mutex // serialises (re)connecting; may be held while waiting for the host
+	mu     sync.Mutex // guards the fields below; never held while blocking
+	sess   *yamux.Session
+	f      *os.File
+
 	listeners map[uint32]*portListener
 }
 
 var serialMux = &serialSession{listeners: map[uint32]*portListener{}}
 
-func (s *serialSession) session(ctx context.Context) (*yamux.Session, error) {
+func (s *serialSession) current() *yamux.Session {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.sess != nil && !s.sess.IsClosed() {
-		return s.sess, nil
+		return s.sess
 	}
+	return nil
+}
+
+func (s *serialSession) session(ctx context.Context) (*yamux.Session, error) {
+	if sess := s.current(); sess != nil {
+		return sess, nil
+	}
+	s.connMu.Lock()
+	defer s.connMu.Unlock()
+	if sess := s.current(); sess != nil {
+		return sess, nil // someone else reconnected while we waited
+	}
+	s.mu.Lock()
 	if s.f != nil {
 		_ = s.f.Close()
 		s.f = nil
 	}
+	s.mu.Unlock()
 	path, err := findSerialPort()
 	if err != nil {
 		return nil, err
@@ -201,7 +217,9 @@ func (s *serialSession) session(ctx context.Context) (*yamux.Session, error) {
 		_ = f.Close()
 		return nil, err
 	}
+	s.mu.Lock()
 	s.sess, s.f = sess, f
+	s.mu.Unlock()
 	go s.acceptLoop(sess)
 	return sess, nil
 }
