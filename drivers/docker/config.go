@@ -51,8 +51,8 @@ type Config struct {
 	// SupervisorBinary is the host path of the static openshell-sandbox binary;
 	// it is bind-mounted read-only into every sandbox as its entrypoint. Required.
 	SupervisorBinary string `json:"supervisor_binary" toml:"supervisor_binary"`
-	// GatewayEndpoint is the URL the supervisor dials, normally
-	// https://host.openshell.internal:<GatewayPort>. Required.
+	// GatewayEndpoint is the URL the supervisor dials; default
+	// https://host.openshell.internal:<GatewayPort>.
 	GatewayEndpoint string `json:"gateway_endpoint" toml:"gateway_endpoint"`
 	// GatewayPort is the gateway's listening port on the host loopback. The driver
 	// forwards <bridge gateway IP>:GatewayPort to 127.0.0.1:GatewayPort so containers
@@ -95,6 +95,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.Host == "" {
 		c.Host = "unix://" + defaultSocketPath
+	}
+	if c.GatewayEndpoint == "" && c.GatewayPort != 0 {
+		c.GatewayEndpoint = fmt.Sprintf("https://%s:%d", GatewayHost, c.GatewayPort)
 	}
 	if c.Network == "" {
 		c.Network = DefaultNetwork

@@ -73,6 +73,8 @@ func (d *Driver) plan(ctx context.Context, sb *computev1.DriverSandbox) (*plan, 
 		p.workdir = img.Config.WorkingDir
 	}
 
+	// Docker has limits, not requests: the limit is the sandbox's limit, else its
+	// request, else the driver default. A memory request becomes a soft reservation.
 	cpu, mem, memReq := d.cfg.DefaultCPU, d.cfg.DefaultMemory, ""
 	if r := tmpl.GetResources(); r != nil {
 		cpu = firstNonEmpty(r.GetCpuLimit(), r.GetCpuRequest(), cpu)
