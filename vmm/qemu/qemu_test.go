@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -139,6 +140,7 @@ func bootAndAsk(t testing.TB, ctx context.Context, m *qemu.Machine, checkDial bo
 	if err := m.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
+	helpers := m.HelperPIDs()
 	ln, err := m.Host().Listen(channel.PortBootstrap)
 	if err != nil {
 		t.Fatal(err)
@@ -188,6 +190,16 @@ func bootAndAsk(t testing.TB, ctx context.Context, m *qemu.Machine, checkDial bo
 	}
 	if st := m.State(); st != vmm.StateStopped {
 		t.Fatalf("state after power off = %s, want stopped", st)
+	}
+	// Helper processes (vsock backend, virtiofsd) must be gone with the VM.
+	for _, pid := range helpers {
+		deadline := time.Now().Add(5 * time.Second)
+		for syscall.Kill(pid, 0) == nil {
+			if time.Now().After(deadline) {
+				t.Fatalf("helper pid %d still alive after the VM exited", pid)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
 	}
 	return a
 }
@@ -421,5 +433,18 @@ func TestSharedDirOverVirtiofs(t *testing.T) {
 	}
 	if len(m.HelperPIDs()) != 0 {
 		t.Fatalf("helpers still tracked after exit: %v", m.HelperPIDs())
+	}
+}
+
+func TestNoWritableDiskUsesTmpfs(t *testing.T) {
+	_, _, image := requireVM(t)
+	cfg := baseConfig(t, "nodata", vmm.TransportAuto, vmm.Disk{Path: image, ReadOnly: true})
+	m := newMachine(t, cfg)
+	a := bootAndAsk(t, t.Context(), m, false)
+	if a.Image != "image-ok" || a.Root != "overlay" {
+		t.Fatalf("answer %+v", a)
+	}
+	if !strings.Contains(m.ConsoleTail(1<<16), "no writable disk") {
+		t.Fatalf("console lacks the no-writable-disk warning:\n%s", m.ConsoleTail(4096))
 	}
 }
