@@ -42,11 +42,75 @@ var (
 )
 
 func TestMain(m *testing.M) {
+	volumesBefore := volumeNames()
 	code := m.Run()
 	if standin != "" {
 		_ = os.RemoveAll(filepath.Dir(standin))
 	}
+	if leaks := runLeaks(volumesBefore); len(leaks) > 0 {
+		fmt.Fprintf(os.Stderr, "docker driver tests leaked:\n  %s\n", strings.Join(leaks, "\n  "))
+		if code == 0 {
+			code = 1
+		}
+	}
 	os.Exit(code)
+}
+
+// volumeNames lists the daemon's volumes (nil when there is no daemon).
+func volumeNames() map[string]bool {
+	cli, err := client.New(client.FromEnv)
+	if err != nil {
+		return nil
+	}
+	defer cli.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	res, err := cli.VolumeList(ctx, client.VolumeListOptions{})
+	if err != nil {
+		return nil
+	}
+	names := map[string]bool{}
+	for _, v := range res.Items {
+		names[v.Name] = true
+	}
+	return names
+}
+
+// runLeaks lists managed-by containers and networks of this test run, and volumes
+// that appeared during it (anonymous volumes carry no labels).
+func runLeaks(volumesBefore map[string]bool) []string {
+	if volumesBefore == nil {
+		return nil
+	}
+	cli, err := client.New(client.FromEnv)
+	if err != nil {
+		return nil
+	}
+	defer cli.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var leaks []string
+	f := make(client.Filters).Add("label", LabelManagedBy+"="+ManagedByValue)
+	if cs, err := cli.ContainerList(ctx, client.ContainerListOptions{All: true, Filters: f}); err == nil {
+		for _, c := range cs.Items {
+			if strings.HasPrefix(c.Labels[labelTestRun], testRunID) {
+				leaks = append(leaks, "container "+c.ID[:12])
+			}
+		}
+	}
+	if ns, err := cli.NetworkList(ctx, client.NetworkListOptions{Filters: f}); err == nil {
+		for _, n := range ns.Items {
+			if strings.HasPrefix(n.Labels[labelTestRun], testRunID) {
+				leaks = append(leaks, "network "+n.Name)
+			}
+		}
+	}
+	for name := range volumeNames() {
+		if !volumesBefore[name] {
+			leaks = append(leaks, "volume "+name)
+		}
+	}
+	return leaks
 }
 
 func randHex(n int) string {
