@@ -1,8 +1,9 @@
+//go:build linux
+
 package images
 
 import (
 	"errors"
-	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"strings"
@@ -36,15 +37,6 @@ func errString(err error) string {
 		return ""
 	}
 	return err.Error()
-}
-
-func randomBytes(n int, seed uint64) string {
-	r := rand.New(rand.NewPCG(seed, seed))
-	b := make([]byte, n)
-	for i := range b {
-		b[i] = byte(r.Uint32())
-	}
-	return string(b)
 }
 
 // TestEnsureDiskFull runs conversions on a cache that cannot hold them: the

@@ -50,7 +50,7 @@ func MeasureTree(root string) (TreeUsage, error) {
 		}
 		st, ok := info.Sys().(*syscall.Stat_t)
 		if ok && st.Nlink > 1 && !d.IsDir() {
-			k := [2]uint64{st.Dev, st.Ino}
+			k := [2]uint64{uint64(st.Dev), uint64(st.Ino)} //nolint:unconvert // int32 on darwin
 			if seen[k] {
 				return nil
 			}
@@ -106,7 +106,7 @@ func BuildExt4(ctx context.Context, rootfs, out string) (int64, error) {
 	// The image file is sparse: what it really takes is about the data size.
 	var sfs unix.Statfs_t
 	if err := unix.Statfs(filepath.Dir(out), &sfs); err == nil {
-		if free := int64(sfs.Bavail) * sfs.Bsize; free < u.DataBytes {
+		if free := int64(sfs.Bavail) * int64(sfs.Bsize); free < u.DataBytes { //nolint:unconvert // field types differ by OS
 			return 0, fmt.Errorf("%w: building %s needs about %d MiB, %s has %d MiB free; free space or move the image cache",
 				ErrNoSpace, out, u.DataBytes>>20, filepath.Dir(out), free>>20)
 		}

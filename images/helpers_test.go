@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"io"
 	"log"
+	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -306,4 +307,13 @@ func lockForTest(c *Cache, key string) (func(), error) {
 		return nil, err
 	}
 	return func() { _ = lk.Unlock() }, nil
+}
+
+func randomBytes(n int, seed uint64) string {
+	r := rand.New(rand.NewPCG(seed, seed))
+	b := make([]byte, n)
+	for i := range b {
+		b[i] = byte(r.Uint32())
+	}
+	return string(b)
 }

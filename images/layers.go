@@ -25,6 +25,15 @@ type Progress struct {
 	Done, Total int64
 }
 
+// errBadTar marks a malformed tar stream (as opposed to a failure to write the
+// rootfs), so callers can report the layer as corrupt.
+type errBadTar struct{ error }
+
+func (e errBadTar) Unwrap() error { return e.error }
+
+// ErrNotSupported is returned where the host OS cannot unpack images safely.
+var ErrNotSupported = errors.New("not supported on this OS")
+
 // ErrCorruptLayer is wrapped when a layer's bytes do not match its digest or
 // cannot be decompressed.
 var ErrCorruptLayer = errors.New("corrupt image layer")

@@ -23,12 +23,6 @@ import (
 // tree outside it. The last path component is never followed: it is what the
 // entry creates or replaces, through *at calls on the resolved parent.
 
-// errBadTar marks a malformed tar stream (as opposed to a failure to write the
-// rootfs), so callers can report the layer as corrupt.
-type errBadTar struct{ error }
-
-func (e errBadTar) Unwrap() error { return e.error }
-
 const (
 	whiteoutPrefix = ".wh."
 	whiteoutMeta   = ".wh..wh."
