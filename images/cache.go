@@ -216,7 +216,7 @@ func (c *Cache) build(ctx context.Context, src source, r Reference, digest, key 
 		}
 	}()
 
-	img, compressedSizes, err := src.image(ctx, digest, work)
+	img, compressedSizes, err := src.image(ctx, digest, work, progress)
 	if err != nil {
 		return nil, wrapNoSpace(err, c.dir)
 	}
@@ -267,6 +267,13 @@ func (c *Cache) build(ctx context.Context, src source, r Reference, digest, key 
 	}
 	if err := writeFileSync(filepath.Join(stage, configFile), raw); err != nil {
 		return nil, wrapNoSpace(err, c.dir)
+	}
+	if _, err := os.Lstat(c.entryDir(key)); err == nil {
+		// An unreadable leftover (we hold the lock and load failed): move it aside.
+		slog.Warn("images: replacing a damaged cache entry", "key", key)
+		if err := os.Rename(c.entryDir(key), filepath.Join(work, "damaged")); err != nil {
+			return nil, fmt.Errorf("move damaged cache entry %s aside: %w", key, err)
+		}
 	}
 	if err := os.Rename(stage, c.entryDir(key)); err != nil {
 		return nil, fmt.Errorf("move finished image into the cache: %w", err)

@@ -297,9 +297,13 @@ func TestEnsureArchives(t *testing.T) {
 		{"oci-archive:" + ociTar, d.String()},
 	} {
 		t.Run(strings.SplitN(tc.ref, ":", 2)[0], func(t *testing.T) {
-			e, err := c.Ensure(ctx, tc.ref, nil)
+			var ph0 phases
+			e, err := c.Ensure(ctx, tc.ref, ph0.fn)
 			if err != nil {
 				t.Fatal(err)
+			}
+			if strings.HasPrefix(tc.ref, "oci-archive:") && !ph0.has("fetch") {
+				t.Errorf("phases %v: an OCI archive is extracted first and should report fetch", ph0.seen)
 			}
 			if e.Digest != tc.digest {
 				t.Errorf("Digest %s, want %s", e.Digest, tc.digest)
@@ -507,4 +511,32 @@ func TestDefaultCacheDir(t *testing.T) {
 	if d, _ := DefaultCacheDir(); d != "/home/u/.cache/openshell/images" {
 		t.Errorf("without XDG_CACHE_HOME: %s", d)
 	}
+}
+
+func TestEnsureReplacesDamagedEntry(t *testing.T) {
+	requireTools(t)
+	dir := filepath.Join(t.TempDir(), "layout")
+	writeLayout(t, dir, benignImage(t), "")
+	c := newTestCache(t)
+	e, err := c.Ensure(t.Context(), dir, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A half-deleted entry (config.json gone) must not be served, nor block a rebuild.
+	if err := os.Remove(filepath.Join(c.Dir(), e.Key, "config.json")); err != nil {
+		t.Fatal(err)
+	}
+	if es, _ := c.List(); len(es) != 0 {
+		t.Errorf("List shows a damaged entry: %+v", es)
+	}
+	var ph phases
+	e2, err := c.Ensure(t.Context(), dir, ph.fn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e2.Key != e.Key || !ph.has("convert") {
+		t.Errorf("rebuild: key %s phases %v", e2.Key, ph.seen)
+	}
+	checkBenignDisk(t, e2.DiskPath)
+	assertNoDebris(t, c)
 }

@@ -17,9 +17,11 @@ import (
 )
 
 // Progress reports what Ensure is doing. Phases, in order: "resolve", then
-// either "cached" (nothing else to do) or "pull" (Done/Total in bytes of layer
-// data read; Total is 0 when the source cannot say cheaply), "convert"
-// (building the ext4 disk) and "done".
+// either "cached" (nothing else to do) or: "fetch" (only for sources copied
+// whole first — docker-daemon save, oci-archive extraction; Done bytes),
+// "pull" (Done/Total in bytes of layer data read; Total is 0 when the source
+// cannot say cheaply), "convert" (building the ext4 disk) and "done"
+// (Done = Total = disk size).
 type Progress struct {
 	Phase       string
 	Done, Total int64
@@ -66,7 +68,7 @@ func UnpackImage(ctx context.Context, img v1.Image, root string, compressedSizes
 			total += n
 		}
 	}
-	pr := &progressReporter{fn: progress, total: total}
+	pr := &progressReporter{fn: progress, phase: "pull", total: total}
 	pr.report(true)
 	for i, l := range layers {
 		if err := unpackOne(ctx, l, cf.RootFS.DiffIDs[i], root, compressedSizes, pr); err != nil {
@@ -219,6 +221,7 @@ func (c *countingReader) Read(p []byte) (int, error) {
 
 type progressReporter struct {
 	fn         func(Progress)
+	phase      string
 	total      int64
 	done, last int64
 }
@@ -239,5 +242,5 @@ func (p *progressReporter) report(force bool) {
 	if total != 0 && p.done > total {
 		total = p.done
 	}
-	p.fn(Progress{Phase: "pull", Done: p.done, Total: total})
+	p.fn(Progress{Phase: p.phase, Done: p.done, Total: total})
 }

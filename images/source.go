@@ -40,7 +40,9 @@ type source interface {
 	// that lives until the conversion ends. compressedSizes says whether layer
 	// Size/Digest/Compressed are cheap (false for docker-archive, whose layers
 	// are stored uncompressed and would be re-compressed to answer).
-	image(ctx context.Context, digest, workDir string) (img v1.Image, compressedSizes bool, err error)
+	// progress receives "fetch" updates while a source copies the whole image
+	// locally first (daemon save, archive extraction).
+	image(ctx context.Context, digest, workDir string, progress func(Progress)) (img v1.Image, compressedSizes bool, err error)
 }
 
 func newSource(r Reference) (source, error) {
@@ -86,7 +88,7 @@ func (s *registrySource) resolve(ctx context.Context) (string, error) {
 	return desc.Digest.String(), nil
 }
 
-func (s *registrySource) image(ctx context.Context, digest, _ string) (v1.Image, bool, error) {
+func (s *registrySource) image(ctx context.Context, digest, _ string, _ func(Progress)) (v1.Image, bool, error) {
 	// Fetch by the resolved digest so a tag moving meanwhile cannot mix images.
 	d, err := name.NewDigest(s.ref.Name + "@" + digest)
 	if err != nil {
@@ -115,7 +117,7 @@ func (s *layoutSource) resolve(context.Context) (string, error) {
 	return d.Digest.String(), nil
 }
 
-func (s *layoutSource) image(_ context.Context, digest, _ string) (v1.Image, bool, error) {
+func (s *layoutSource) image(_ context.Context, digest, _ string, _ func(Progress)) (v1.Image, bool, error) {
 	img, err := imageFromLayout(s.ref.Path, digest)
 	return img, true, err
 }
@@ -238,7 +240,7 @@ func (s *ociArchiveSource) resolve(context.Context) (string, error) {
 	return d.Digest.String(), nil
 }
 
-func (s *ociArchiveSource) image(ctx context.Context, digest, workDir string) (v1.Image, bool, error) {
+func (s *ociArchiveSource) image(ctx context.Context, digest, workDir string, progress func(Progress)) (v1.Image, bool, error) {
 	dir := filepath.Join(workDir, "oci-archive")
 	if err := os.Mkdir(dir, 0o700); err != nil {
 		return nil, false, err
@@ -248,9 +250,14 @@ func (s *ociArchiveSource) image(ctx context.Context, digest, workDir string) (v
 		return nil, false, fmt.Errorf("OCI archive %s: %w", s.path, err)
 	}
 	defer f.Close()
+	var total int64
+	if st, err := f.Stat(); err == nil {
+		total = st.Size()
+	}
+	pr := &progressReporter{fn: progress, phase: "fetch", total: total}
 	// The archive is as untrusted as a layer: extract it with the same
 	// contained unpacker.
-	if err := UnpackLayer(ctx, dir, f); err != nil {
+	if err := UnpackLayer(ctx, dir, &countingReader{r: f, pr: pr}); err != nil {
 		return nil, false, fmt.Errorf("extract OCI archive %s: %w", s.path, err)
 	}
 	img, err := imageFromLayout(dir, digest)
@@ -315,7 +322,7 @@ func dockerArchiveDigest(file string) (string, error) {
 	return "sha256:" + hex.EncodeToString(sum[:]), nil
 }
 
-func (s *dockerArchiveSource) image(_ context.Context, _, _ string) (v1.Image, bool, error) {
+func (s *dockerArchiveSource) image(_ context.Context, _, _ string, _ func(Progress)) (v1.Image, bool, error) {
 	img, err := tarball.ImageFromPath(s.path, nil)
 	if err != nil {
 		return nil, false, fmt.Errorf("docker archive %s: %w", s.path, err)
@@ -358,7 +365,7 @@ func (s *daemonSource) resolve(ctx context.Context) (string, error) {
 	return res.ID, nil
 }
 
-func (s *daemonSource) image(ctx context.Context, digest, workDir string) (v1.Image, bool, error) {
+func (s *daemonSource) image(ctx context.Context, digest, workDir string, progress func(Progress)) (v1.Image, bool, error) {
 	c, err := newDaemonClient()
 	if err != nil {
 		return nil, false, err
@@ -378,7 +385,10 @@ func (s *daemonSource) image(ctx context.Context, digest, workDir string) (v1.Im
 	if err != nil {
 		return nil, false, err
 	}
-	if _, err := io.Copy(f, rc); err != nil {
+	pr := &progressReporter{fn: progress, phase: "fetch"}
+	_, err = io.Copy(f, &countingReader{r: rc, pr: pr})
+	pr.report(true)
+	if err != nil {
 		f.Close()
 		return nil, false, fmt.Errorf("save %q from the docker daemon: %w", s.daemonName(), err)
 	}
