@@ -1,0 +1,52 @@
+package qemu
+
+import (
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/openshell/openshell/vmm"
+)
+
+func TestBuildArgs(t *testing.T) {
+	cfg := vmm.Config{
+		Name: "a", Kernel: "/k/vmlinux", Initrd: "/k/initrd", Cmdline: "openshell.x=1",
+		Disks:      []vmm.Disk{{Path: "/d/img,1.ext4", ReadOnly: true}, {Path: "/d/data.ext4"}},
+		SharedDirs: []vmm.SharedDir{{Tag: "work", Path: "/w"}},
+		StateDir:   "/s",
+	}.WithDefaults()
+	for _, tc := range []struct {
+		name        string
+		p           plan
+		want, avoid []string
+	}{
+		{"microvm tcg vhost-user", plan{accel: "tcg", transport: vmm.TransportVhostUserVsock, cpuKHz: 2596150, vhostUser: "/s/vhu.sock", qmpSock: "/s/qmp.sock", fsSockets: []string{"/s/fs-0.sock"}},
+			[]string{"microvm,", "virtio-mmio.force-legacy=false", "tsc_early_khz=2596150", "vhost-user-vsock-device,chardev=vsock0",
+				"file=/d/img,,1.ext4,format=raw,if=none,cache=writeback,readonly=on", "virtio-blk-device,drive=disk1", "discard=unmap",
+				"vhost-user-fs-device,chardev=fs0,tag=work", "console=ttyS0 panic=-1 quiet tsc_early_khz=2596150 openshell.x=1"},
+			[]string{"-cpu", "q35", "virtserialport"}},
+		{"q35 kvm serial", plan{accel: "kvm", transport: vmm.TransportVirtioSerial, q35: true, cpuKHz: 2596150, serialSock: "/s/serial.sock", qmpSock: "/s/qmp.sock", fsSockets: []string{"/s/fs-0.sock"}},
+			[]string{"q35,memory-backend=mem", "virtio-serial-pci", "virtserialport,chardev=ch0,name=openshell.0", "virtio-blk-pci,drive=disk0", "-cpu", "host"},
+			[]string{"tsc_early_khz", "microvm", "vhost-user-vsock"}},
+		{"vhost-vsock", plan{accel: "tcg", transport: vmm.TransportVhostVsock, qmpSock: "/s/qmp.sock", fsSockets: []string{"/s/fs-0.sock"}},
+			[]string{"vhost-vsock-device,guest-cid=3"}, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			args := buildArgs(cfg, tc.p)
+			joined := strings.Join(args, " ")
+			for _, w := range tc.want {
+				if !strings.Contains(joined, w) {
+					t.Errorf("args lack %q:\n%s", w, joined)
+				}
+			}
+			for _, a := range tc.avoid {
+				if strings.Contains(joined, a) {
+					t.Errorf("args contain %q:\n%s", a, joined)
+				}
+			}
+			if !slices.Contains(args, "-no-reboot") || !slices.Contains(args, "-nodefaults") {
+				t.Errorf("missing -no-reboot/-nodefaults")
+			}
+		})
+	}
+}
