@@ -257,7 +257,9 @@ func (s *ociArchiveSource) image(ctx context.Context, digest, workDir string, pr
 	pr := &progressReporter{fn: progress, phase: "fetch", total: total}
 	// The archive is as untrusted as a layer: extract it with the same
 	// contained unpacker.
-	if err := UnpackLayer(ctx, dir, &countingReader{r: f, pr: pr}); err != nil {
+	err = UnpackLayer(ctx, dir, &countingReader{r: f, pr: pr})
+	pr.report(true)
+	if err != nil {
 		return nil, false, fmt.Errorf("extract OCI archive %s: %w", s.path, err)
 	}
 	img, err := imageFromLayout(dir, digest)
