@@ -18,8 +18,8 @@ import (
 	"time"
 
 	"github.com/openshell/openshell/drivers/vm"
-	"github.com/openshell/openshell/drivers/vm/ocilayout"
 	"github.com/openshell/openshell/drivers/vm/internal/state"
+	"github.com/openshell/openshell/drivers/vm/ocilayout"
 	"github.com/openshell/openshell/images/bundle"
 	"github.com/openshell/openshell/internal/testenv"
 )

@@ -78,6 +78,24 @@ func TestVMEndToEnd(t *testing.T) {
 	e.cli("sandbox", "create", "--name", sandbox, "--from", image, "--timeout", cliTimeout.String(), "--", "sleep", "1000000")
 	t.Logf("create → Ready took %v", time.Since(t0))
 
+	// A gateway restart (which stops the driver process by PID) leaves the VM running;
+	// the new gateway's driver re-adopts it and the supervisor reconnects.
+	pids := e.vmPIDs()
+	if len(pids) < 2 {
+		t.Fatalf("runner/QEMU pids not recorded: %v", pids)
+	}
+	e.cli("gateway", "stop")
+	for _, p := range pids {
+		if syscall.Kill(p, 0) != nil {
+			t.Fatalf("process %d of the VM died with the gateway", p)
+		}
+	}
+	e.cli("gateway", "start", "--drivers", "vm", "--port", strconv.Itoa(port), "--state-dir", e.gwState, "--config", cfg)
+	e.waitPhase("READY")
+	if after := e.vmPIDs(); fmt.Sprint(after) != fmt.Sprint(pids) {
+		t.Errorf("re-adoption changed the VM processes: %v → %v", pids, after)
+	}
+
 	// exec arrives with the CLI's ssh commands; without it the lifecycle still runs and
 	// the persistence checks are skipped with the reason.
 	help, _ := e.run("sandbox", "exec", "--help")
@@ -269,6 +287,26 @@ func (e *env) qemuProcs() []string {
 		}
 	}
 	return out
+}
+
+// vmPIDs returns the runner and QEMU pids recorded in the sandbox's state.json.
+func (e *env) vmPIDs() []int {
+	var pids []int
+	files, _ := filepath.Glob(filepath.Join(e.gwState, "vm-driver", "sb", "*", "state.json"))
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		var rec struct {
+			RunnerPID int `json:"runner_pid"`
+			QEMUPID   int `json:"qemu_pid"`
+		}
+		if json.Unmarshal(b, &rec) == nil {
+			pids = append(pids, rec.RunnerPID, rec.QEMUPID)
+		}
+	}
+	return pids
 }
 
 // killLeftovers SIGKILLs what a failed run left (by PID, from the runners' records).
