@@ -4,6 +4,7 @@
 //
 //	openshell-sandbox [--bootstrap env|vsock]   run the supervisor
 //	openshell-sandbox sftp-server               serve SFTP on stdin/stdout (re-exec'd as the sandbox user)
+//	openshell-sandbox init                      as PID 1 in a VM (also the default for a PID 1 without OPENSHELL_ENDPOINT)
 package main
 
 import (
@@ -30,7 +31,7 @@ func main() {
 	if len(os.Args) > 1 && os.Args[1] == supervisor.SFTPServerArg {
 		os.Exit(sftpServer())
 	}
-	if guest.IsPID1() && len(os.Args) == 1 {
+	if isVMInit() {
 		// The VM's init: PID 1 duties first, then the supervisor with vsock bootstrap.
 		guest.RunPID1(guest.InitOptions{}, func() int { return run("vsock") })
 		return
@@ -39,6 +40,19 @@ func main() {
 	mode := fs.String("bootstrap", "env", "where the configuration comes from: env (OPENSHELL_* variables) or vsock (the VM bootstrap port)")
 	_ = fs.Parse(os.Args[1:])
 	os.Exit(run(*mode))
+}
+
+// isVMInit tells the VM's /init from a container entrypoint: both are PID 1, but a
+// container driver always hands over the configuration in the environment, and the
+// kernel starts /init with none (or with "init" as the explicit argument).
+func isVMInit() bool {
+	if !guest.IsPID1() {
+		return false
+	}
+	if len(os.Args) > 1 {
+		return os.Args[1] == "init"
+	}
+	return os.Getenv(bootstrap.EnvEndpoint) == ""
 }
 
 func sftpServer() int {
