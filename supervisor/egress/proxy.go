@@ -1,0 +1,529 @@
+// Package egress is the sandbox's egress proxy: the only way out of the sandbox. It
+// speaks HTTP CONNECT and absolute-form HTTP (a forward proxy) on a listener the
+// supervisor gives it, identifies the calling binary through /proc, asks the compiled
+// policy, refuses internal addresses after DNS resolution (and dials the address it
+// checked, so DNS rebinding cannot swap it), and reports every decision as an Event.
+//
+// Wiring: the supervisor creates one Proxy per sandbox with New, runs Serve on its
+// listener (loopback in a VM guest, the host side of the agent's veth in a container),
+// calls SetPolicy whenever GetSandboxConfig returns a new policy version, and puts
+// ChildEnv(url, caFile) into the agent's environment.
+package egress
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/openshell/openshell/supervisor/policy"
+)
+
+// Event is one proxy decision; the supervisor ships it to the gateway as a log line.
+// It never carries header values, so credentials cannot leak through it.
+type Event struct {
+	Time      time.Time
+	Action    string // "allow", "audit", "deny", "error"
+	Method    string // CONNECT or the HTTP method
+	Host      string
+	Port      int
+	Addr      string // the address dialed (after resolution), "" when not dialed
+	PID       int
+	Binary    string
+	Ancestors []string
+	Rule      string
+	Reason    string
+	Status    int // HTTP status the client got from the proxy (0 for a tunnel that was opened)
+}
+
+// String renders the event as one log line.
+func (e Event) String() string {
+	return fmt.Sprintf("egress %s %s %s:%d binary=%s pid=%d rule=%q addr=%s status=%d: %s",
+		e.Action, e.Method, e.Host, e.Port, orUnknown(e.Binary), e.PID, e.Rule, e.Addr, e.Status, e.Reason)
+}
+
+// Credentials is the hook for credential placeholders (package credentials implements
+// it). The proxy terminates TLS for hosts it names and rewrites request headers.
+type Credentials interface {
+	// Terminate reports whether a CONNECT tunnel to host:port must be TLS-terminated.
+	Terminate(host string, port int) bool
+	// ServerTLS is the server-side config for terminated tunnels (certificates for
+	// any SNI, signed by the sandbox CA).
+	ServerTLS() *tls.Config
+	// Rewrite swaps placeholders in h for real values when host is bound to their
+	// provider; it returns an error naming the mismatch when h holds a placeholder
+	// of a provider not bound to host. It must not log header values.
+	Rewrite(host string, h http.Header) error
+}
+
+// Resolver resolves host names (net.DefaultResolver satisfies it).
+type Resolver interface {
+	LookupNetIP(ctx context.Context, network, host string) ([]netip.Addr, error)
+}
+
+// Config configures a Proxy. Only Policy is required.
+type Config struct {
+	Policy *policy.Compiled
+	// OnEvent receives every decision; it is called on the connection's goroutine and
+	// must not block for long.
+	OnEvent func(Event)
+	// Dial opens upstream connections (default: net.Dialer). A VM guest passes a
+	// function that carries the connection over vsock to its runner. The address is
+	// always IP:port, never a name.
+	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
+	// Resolver for host names (default net.DefaultResolver).
+	Resolver Resolver
+	// Identifier finds the calling process (default &ProcIdentifier{}).
+	Identifier Identifier
+	// InternalPrefixes are extra addresses treated like loopback: the sandbox's own
+	// interfaces, the gateway's, the veth subnet.
+	InternalPrefixes []netip.Prefix
+	// Credentials enables TLS termination and placeholder rewriting (optional).
+	Credentials Credentials
+	// UpstreamRoots verifies upstream servers of terminated tunnels (nil = system roots).
+	UpstreamRoots *x509.CertPool
+	// DialTimeout bounds an upstream dial (default 10s).
+	DialTimeout time.Duration
+	Logger      *slog.Logger
+}
+
+// Validate names the first bad field.
+func (c *Config) Validate() error {
+	if c.Policy == nil {
+		return errors.New("egress: Config.Policy is nil: compile one with policy.Compile (policy.Default() for no network)")
+	}
+	if c.DialTimeout < 0 {
+		return errors.New("egress: Config.DialTimeout is negative")
+	}
+	return nil
+}
+
+// Proxy is the egress proxy. Create it with New.
+type Proxy struct {
+	cfg    Config
+	policy atomic.Pointer[policy.Compiled]
+	log    *slog.Logger
+
+	mu     sync.Mutex
+	conns  map[net.Conn]struct{}
+	lns    map[net.Listener]struct{}
+	closed bool
+	wg     sync.WaitGroup
+}
+
+// New validates cfg and fills defaults.
+func New(cfg Config) (*Proxy, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if cfg.Dial == nil {
+		d := &net.Dialer{}
+		cfg.Dial = d.DialContext
+	}
+	if cfg.Resolver == nil {
+		cfg.Resolver = net.DefaultResolver
+	}
+	if cfg.Identifier == nil {
+		cfg.Identifier = &ProcIdentifier{}
+	}
+	if cfg.DialTimeout == 0 {
+		cfg.DialTimeout = 10 * time.Second
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	p := &Proxy{cfg: cfg, log: cfg.Logger, conns: map[net.Conn]struct{}{}, lns: map[net.Listener]struct{}{}}
+	p.policy.Store(cfg.Policy)
+	return p, nil
+}
+
+// SetPolicy replaces the policy; requests (and CONNECT tunnels) started afterwards use
+// it. Tunnels already open are not cut.
+func (p *Proxy) SetPolicy(c *policy.Compiled) {
+	if c != nil {
+		p.policy.Store(c)
+	}
+}
+
+// Policy returns the policy in force.
+func (p *Proxy) Policy() *policy.Compiled { return p.policy.Load() }
+
+// Serve accepts connections until ctx ends, ln fails or Close is called.
+func (p *Proxy) Serve(ctx context.Context, ln net.Listener) error {
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return net.ErrClosed
+	}
+	p.lns[ln] = struct{}{}
+	p.mu.Unlock()
+	stop := context.AfterFunc(ctx, func() { ln.Close() })
+	defer stop()
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			p.mu.Lock()
+			delete(p.lns, ln)
+			closed := p.closed
+			p.mu.Unlock()
+			if closed || ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("egress: accept on %s: %w", ln.Addr(), err)
+		}
+		p.wg.Add(1)
+		go func() {
+			defer p.wg.Done()
+			p.ServeConn(ctx, c)
+		}()
+	}
+}
+
+// Close stops every listener given to Serve, closes open connections and waits for
+// their goroutines.
+func (p *Proxy) Close() error {
+	p.mu.Lock()
+	p.closed = true
+	for ln := range p.lns {
+		ln.Close()
+	}
+	for c := range p.conns {
+		c.Close()
+	}
+	p.mu.Unlock()
+	p.wg.Wait()
+	return nil
+}
+
+func (p *Proxy) track(c net.Conn, add bool) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if add {
+		if p.closed {
+			return false
+		}
+		p.conns[c] = struct{}{}
+	} else {
+		delete(p.conns, c)
+	}
+	return true
+}
+
+// conn is the per-client state.
+type conn struct {
+	p      *Proxy
+	c      net.Conn
+	br     *bufio.Reader
+	idOnce sync.Once
+	id     Identity
+	idErr  error
+}
+
+func (cc *conn) identity() Identity {
+	cc.idOnce.Do(func() { cc.id, cc.idErr = cc.p.cfg.Identifier.Identify(cc.c) })
+	return cc.id
+}
+
+// ServeConn serves one client connection (exported for tests and for listeners the
+// supervisor accepts itself). It returns when the client is done.
+func (p *Proxy) ServeConn(ctx context.Context, c net.Conn) {
+	if !p.track(c, true) {
+		c.Close()
+		return
+	}
+	defer p.track(c, false)
+	defer c.Close()
+	cc := &conn{p: p, c: c, br: bufio.NewReaderSize(c, 16<<10)}
+	for {
+		req, err := http.ReadRequest(cc.br)
+		if err != nil {
+			if !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) && !errors.Is(err, io.ErrUnexpectedEOF) {
+				writeError(c, http.StatusBadRequest, "openshell egress proxy: malformed request: "+err.Error())
+			}
+			return
+		}
+		if req.Method == http.MethodConnect {
+			cc.connect(ctx, req)
+			return
+		}
+		if !cc.forward(ctx, req, nil) {
+			return
+		}
+	}
+}
+
+// target splits host:port with a default port.
+func target(hostport string, defPort int) (string, int, error) {
+	host, portStr, err := net.SplitHostPort(hostport)
+	if err != nil {
+		if strings.Contains(err.Error(), "missing port") {
+			host, portStr = strings.TrimSuffix(strings.TrimPrefix(hostport, "["), "]"), strconv.Itoa(defPort)
+		} else {
+			return "", 0, err
+		}
+	}
+	port, err := strconv.Atoi(portStr)
+	if err != nil || port < 1 || port > 65535 {
+		return "", 0, fmt.Errorf("bad port %q", portStr)
+	}
+	if host == "" {
+		return "", 0, errors.New("empty host")
+	}
+	return host, port, nil
+}
+
+func (cc *conn) event(ev Event, d policy.Decision) {
+	id := cc.identity()
+	ev.Time = time.Now()
+	ev.PID, ev.Binary, ev.Ancestors = id.PID, id.Exe, id.Ancestors
+	if ev.Rule == "" {
+		ev.Rule = d.Rule
+	}
+	if ev.Reason == "" {
+		ev.Reason = d.Reason
+	}
+	if f := cc.p.cfg.OnEvent; f != nil {
+		f(ev)
+	}
+}
+
+// decide evaluates the policy and the address check; it returns the checked address
+// to dial, or a refusal already reported to the client and the event callback.
+func (cc *conn) decide(ctx context.Context, w io.Writer, method, host string, port int) (netip.AddrPort, policy.Decision, bool) {
+	id := cc.identity()
+	pol := cc.p.policy.Load()
+	d := pol.Evaluate(policy.Request{Host: host, Port: port, Binaries: id.Binaries(), Method: methodForPolicy(method)})
+	ev := Event{Method: method, Host: host, Port: port}
+	if !d.Allow {
+		ev.Action, ev.Status = "deny", http.StatusForbidden
+		cc.event(ev, d)
+		writeError(w, http.StatusForbidden, refusal(host, port, id, d.Reason))
+		return netip.AddrPort{}, d, false
+	}
+	addr, err := cc.p.resolveChecked(ctx, host, port, d)
+	if err != nil {
+		ev.Action, ev.Status, ev.Reason = "deny", http.StatusForbidden, err.Error()
+		cc.event(ev, d)
+		writeError(w, http.StatusForbidden, refusal(host, port, id, err.Error()))
+		return netip.AddrPort{}, d, false
+	}
+	return addr, d, true
+}
+
+func methodForPolicy(m string) string {
+	if m == http.MethodConnect {
+		return ""
+	}
+	return m
+}
+
+func refusal(host string, port int, id Identity, reason string) string {
+	return fmt.Sprintf("openshell: egress to %s:%d refused for binary %s.\n%s\nTo allow it, change the sandbox's network_policies and apply it with `openshell policy set <sandbox> --policy FILE`.\n",
+		host, port, orUnknown(id.Exe), reason)
+}
+
+func orUnknown(s string) string {
+	if s == "" {
+		return "(unknown)"
+	}
+	return s
+}
+
+func (p *Proxy) dial(ctx context.Context, addr netip.AddrPort) (net.Conn, error) {
+	ctx, cancel := context.WithTimeout(ctx, p.cfg.DialTimeout)
+	defer cancel()
+	return p.cfg.Dial(ctx, "tcp", addr.String())
+}
+
+// connect handles a CONNECT request: decide, dial, then splice (or terminate TLS).
+func (cc *conn) connect(ctx context.Context, req *http.Request) {
+	host, port, err := target(req.RequestURI, 443)
+	if err != nil {
+		writeError(cc.c, http.StatusBadRequest, "openshell egress proxy: CONNECT target must be host:port: "+err.Error())
+		return
+	}
+	addr, d, ok := cc.decide(ctx, cc.c, http.MethodConnect, host, port)
+	if !ok {
+		return
+	}
+	creds := cc.p.cfg.Credentials
+	if creds != nil && creds.Terminate(host, port) {
+		io.WriteString(cc.c, "HTTP/1.1 200 Connection Established\r\n\r\n")
+		cc.event(Event{Action: action(d), Method: http.MethodConnect, Host: host, Port: port, Addr: addr.String(), Reason: d.Reason + " (TLS terminated for credential injection)"}, d)
+		cc.terminate(ctx, host, port)
+		return
+	}
+	up, err := cc.p.dial(ctx, addr)
+	if err != nil {
+		cc.event(Event{Action: "error", Method: http.MethodConnect, Host: host, Port: port, Addr: addr.String(), Status: http.StatusBadGateway, Reason: "dial: " + err.Error()}, d)
+		writeError(cc.c, http.StatusBadGateway, fmt.Sprintf("openshell egress proxy: cannot reach %s:%d (%s): %v\n", host, port, addr, err))
+		return
+	}
+	defer up.Close()
+	cc.event(Event{Action: action(d), Method: http.MethodConnect, Host: host, Port: port, Addr: addr.String()}, d)
+	if _, err := io.WriteString(cc.c, "HTTP/1.1 200 Connection Established\r\n\r\n"); err != nil {
+		return
+	}
+	// Bytes the client pipelined after the CONNECT head are still in the reader.
+	if n := cc.br.Buffered(); n > 0 {
+		b, _ := cc.br.Peek(n)
+		if _, err := up.Write(b); err != nil {
+			return
+		}
+		cc.br.Discard(n)
+	}
+	splice(cc.c, up)
+}
+
+func action(d policy.Decision) string {
+	if d.Audit {
+		return "audit"
+	}
+	return "allow"
+}
+
+// splice copies both ways; io.Copy between TCP connections uses splice(2).
+func splice(a, b net.Conn) {
+	done := make(chan struct{}, 2)
+	cp := func(dst, src net.Conn) {
+		io.Copy(dst, src)
+		if cw, ok := dst.(interface{ CloseWrite() error }); ok {
+			cw.CloseWrite()
+		} else {
+			dst.Close()
+		}
+		done <- struct{}{}
+	}
+	go cp(a, b)
+	go cp(b, a)
+	<-done
+	<-done
+}
+
+// terminate serves HTTP requests inside a TLS tunnel the proxy terminates.
+func (cc *conn) terminate(ctx context.Context, host string, port int) {
+	tc := tls.Server(cc.c, cc.p.cfg.Credentials.ServerTLS())
+	hctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	err := tc.HandshakeContext(hctx)
+	cancel()
+	if err != nil {
+		cc.p.log.Debug("egress: client TLS handshake failed", "host", host, "err", err)
+		return
+	}
+	inner := &conn{p: cc.p, c: tc, br: bufio.NewReader(tc), id: cc.identity()}
+	inner.idOnce.Do(func() {})
+	for {
+		req, err := http.ReadRequest(inner.br)
+		if err != nil {
+			return
+		}
+		if !inner.forward(ctx, req, &tunnelTarget{host: host, port: port}) {
+			return
+		}
+	}
+}
+
+type tunnelTarget struct {
+	host string
+	port int
+}
+
+var hopHeaders = []string{"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authorization", "Proxy-Authenticate", "Te", "Trailer", "Upgrade"}
+
+// forward sends one HTTP request upstream and relays the response. tt is set inside a
+// terminated TLS tunnel (origin-form requests, TLS upstream). It reports whether the
+// client connection may serve another request.
+func (cc *conn) forward(ctx context.Context, req *http.Request, tt *tunnelTarget) bool {
+	defer req.Body.Close()
+	var host string
+	var port int
+	useTLS := false
+	if tt != nil {
+		host, port, useTLS = tt.host, tt.port, true
+	} else {
+		if req.URL == nil || !req.URL.IsAbs() || req.URL.Host == "" {
+			writeError(cc.c, http.StatusBadRequest, "openshell egress proxy: requests must use absolute-form (http://host/path) or CONNECT; set HTTP_PROXY/HTTPS_PROXY\n")
+			return false
+		}
+		if req.URL.Scheme != "http" {
+			writeError(cc.c, http.StatusBadRequest, fmt.Sprintf("openshell egress proxy: scheme %q is not proxied: use CONNECT for https\n", req.URL.Scheme))
+			return false
+		}
+		var err error
+		host, port, err = target(req.URL.Host, 80)
+		if err != nil {
+			writeError(cc.c, http.StatusBadRequest, "openshell egress proxy: bad target: "+err.Error()+"\n")
+			return false
+		}
+	}
+	addr, d, ok := cc.decide(ctx, cc.c, req.Method, host, port)
+	if !ok {
+		return false
+	}
+	for _, h := range hopHeaders {
+		req.Header.Del(h)
+	}
+	if creds := cc.p.cfg.Credentials; creds != nil {
+		if err := creds.Rewrite(host, req.Header); err != nil {
+			cc.event(Event{Action: "deny", Method: req.Method, Host: host, Port: port, Status: http.StatusForbidden, Reason: err.Error()}, d)
+			writeError(cc.c, http.StatusForbidden, refusal(host, port, cc.identity(), err.Error()))
+			return false
+		}
+	}
+	up, err := cc.p.dial(ctx, addr)
+	if err != nil {
+		cc.event(Event{Action: "error", Method: req.Method, Host: host, Port: port, Addr: addr.String(), Status: http.StatusBadGateway, Reason: "dial: " + err.Error()}, d)
+		writeError(cc.c, http.StatusBadGateway, fmt.Sprintf("openshell egress proxy: cannot reach %s:%d (%s): %v\n", host, port, addr, err))
+		return false
+	}
+	defer up.Close()
+	if useTLS {
+		tc := tls.Client(up, &tls.Config{ServerName: host, RootCAs: cc.p.cfg.UpstreamRoots, MinVersion: tls.VersionTLS12})
+		if err := tc.HandshakeContext(ctx); err != nil {
+			cc.event(Event{Action: "error", Method: req.Method, Host: host, Port: port, Addr: addr.String(), Status: http.StatusBadGateway, Reason: "upstream TLS: " + err.Error()}, d)
+			writeError(cc.c, http.StatusBadGateway, fmt.Sprintf("openshell egress proxy: TLS to %s:%d failed: %v\n", host, port, err))
+			return false
+		}
+		up = tc
+	}
+	cc.event(Event{Action: action(d), Method: req.Method, Host: host, Port: port, Addr: addr.String()}, d)
+	clientClose := req.Close
+	req.Close = true // one upstream connection per request: the decision is per request
+	req.RequestURI = ""
+	if err := req.Write(up); err != nil {
+		writeError(cc.c, http.StatusBadGateway, fmt.Sprintf("openshell egress proxy: sending to %s:%d failed: %v\n", host, port, err))
+		return false
+	}
+	resp, err := http.ReadResponse(bufio.NewReaderSize(up, 32<<10), req)
+	if err != nil {
+		writeError(cc.c, http.StatusBadGateway, fmt.Sprintf("openshell egress proxy: bad response from %s:%d: %v\n", host, port, err))
+		return false
+	}
+	defer resp.Body.Close()
+	for _, h := range hopHeaders {
+		resp.Header.Del(h)
+	}
+	resp.Close = clientClose
+	if err := resp.Write(cc.c); err != nil {
+		return false
+	}
+	return !clientClose
+}
+
+// writeError writes a complete text/plain response with Connection: close.
+func writeError(w io.Writer, status int, body string) {
+	fmt.Fprintf(w, "HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s",
+		status, http.StatusText(status), len(body), body)
+}
