@@ -21,14 +21,15 @@ import (
 	"github.com/openshell/openshell/internal/testenv"
 )
 
-// privateDockerd is a dockerd of the test's own (socket, data root, exec root,
-// address pool, no iptables), so the test can stop it without touching the shared one.
+// privateDockerd is a dockerd of the test's own (network namespace, socket, data
+// root, exec root), so the test can stop it without touching the shared one.
 type privateDockerd struct {
-	dir    string
-	host   string
-	bridge string // the private daemon's default bridge, created and deleted by the test
-	cmd    *exec.Cmd
-	done   chan struct{}
+	dir  string
+	host string
+	bin  string
+	args []string
+	cmd  *exec.Cmd
+	done chan struct{}
 }
 
 func startPrivateDockerd(t *testing.T) *privateDockerd {
@@ -40,38 +41,42 @@ func startPrivateDockerd(t *testing.T) *privateDockerd {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = os.RemoveAll(dir) }) // runs last; cleanup() below checks the removal
-	p := &privateDockerd{dir: dir, host: "unix://" + filepath.Join(dir, "docker.sock"), done: make(chan struct{}),
-		bridge: "osdk" + randHex(4)}
-	// Its own default bridge: with --bridge=none dockerd deletes docker0, which the
-	// shared daemon uses, and without --bridge it would take docker0 over.
-	if out, err := exec.Command("ip", "link", "add", p.bridge, "type", "bridge").CombinedOutput(); err != nil {
-		t.Fatalf("create bridge %s: %v: %s", p.bridge, err, out)
-	}
-	t.Cleanup(func() { _ = exec.Command("ip", "link", "delete", p.bridge).Run() })
-	if out, err := exec.Command("ip", "addr", "add", "10.214.0.1/24", "dev", p.bridge).CombinedOutput(); err != nil {
-		_ = exec.Command("ip", "link", "delete", p.bridge).Run()
-		t.Fatalf("address bridge %s: %v: %s", p.bridge, err, out)
-	}
-	logf, err := os.Create(filepath.Join(dir, "dockerd.log"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	p.cmd = exec.Command(bin,
+	p := &privateDockerd{dir: dir, host: "unix://" + filepath.Join(dir, "docker.sock")}
+	// In a network namespace of its own: nothing it does to bridges, veths or
+	// iptables (dockerd deletes a "docker0" at start in some cases) can reach the host's
+	// network, where the shared daemon lives. Its socket is a file, reachable from here.
+	p.args = []string{"--net", "--", bin,
 		"--host", p.host,
 		"--data-root", filepath.Join(dir, "root"),
 		"--exec-root", filepath.Join(dir, "exec"),
 		"--pidfile", filepath.Join(dir, "docker.pid"),
-		"--bridge", p.bridge,
+		"--bridge", "none",
 		"--iptables=false", "--ip-masq=false",
-		// Subnets apart from the shared daemon's, so the two bridges never overlap.
+		// Addresses apart from the shared daemon's, for clarity in logs.
 		"--default-address-pool", "base=10.213.0.0/16,size=24",
-	)
+	}
+	p.bin = testenv.RequireCommand(t, "unshare", "apt-get install util-linux")
+	t.Cleanup(func() { p.stop(t); p.cleanup(t) })
+	p.launch(t)
+	return p
+}
+
+// launch starts the daemon (again) and waits until it answers.
+func (p *privateDockerd) launch(t *testing.T) {
+	t.Helper()
+	logf, err := os.OpenFile(filepath.Join(p.dir, "dockerd.log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.cmd = exec.Command(p.bin, p.args...)
 	p.cmd.Stdout, p.cmd.Stderr = logf, logf
 	if err := p.cmd.Start(); err != nil {
+		logf.Close()
 		t.Fatalf("start private dockerd: %v", err)
 	}
-	go func() { _ = p.cmd.Wait(); logf.Close(); close(p.done) }()
-	t.Cleanup(func() { p.stop(t); p.cleanup(t) })
+	done := make(chan struct{})
+	p.done = done
+	go func() { _ = p.cmd.Wait(); logf.Close(); close(done) }()
 
 	cli, err := client.New(client.WithHost(p.host))
 	if err != nil {
@@ -84,11 +89,11 @@ func startPrivateDockerd(t *testing.T) *privateDockerd {
 		_, err := cli.Ping(ctx, client.PingOptions{NegotiateAPIVersion: true})
 		cancel()
 		if err == nil {
-			break
+			return
 		}
 		select {
-		case <-p.done:
-			log, _ := os.ReadFile(filepath.Join(dir, "dockerd.log"))
+		case <-done:
+			log, _ := os.ReadFile(filepath.Join(p.dir, "dockerd.log"))
 			t.Fatalf("private dockerd exited: %s", tail(string(log), 20))
 		default:
 		}
@@ -97,11 +102,13 @@ func startPrivateDockerd(t *testing.T) *privateDockerd {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	return p
 }
 
 // stop ends the daemon by its PID (SIGTERM, then SIGKILL) and waits for it.
 func (p *privateDockerd) stop(t *testing.T) {
+	if p.cmd == nil {
+		return
+	}
 	select {
 	case <-p.done:
 		return
@@ -117,8 +124,7 @@ func (p *privateDockerd) stop(t *testing.T) {
 	}
 }
 
-// cleanup removes what the daemon leaves behind: mounts under its dirs, the bridges
-// of its networks, the dirs.
+// cleanup removes what the daemon leaves behind: mounts under its dirs, the dirs.
 func (p *privateDockerd) cleanup(t *testing.T) {
 	if f, err := os.Open("/proc/self/mountinfo"); err == nil {
 		var mounts []string
@@ -134,30 +140,9 @@ func (p *privateDockerd) cleanup(t *testing.T) {
 			_ = syscall.Unmount(mounts[i], syscall.MNT_DETACH)
 		}
 	}
-	// Its network bridges (br-<id>) stay behind; they carry its pool's addresses.
-	_ = exec.Command("ip", "link", "delete", p.bridge).Run()
-	if out, err := exec.Command("ip", "-o", "link", "show", "type", "bridge").Output(); err == nil {
-		for _, line := range strings.Split(string(out), "\n") {
-			f := strings.Fields(line)
-			if len(f) < 2 {
-				continue
-			}
-			name := strings.TrimSuffix(f[1], ":")
-			if name == p.bridge || (strings.HasPrefix(name, "br-") && bridgeOfPrivate(name)) {
-				_ = exec.Command("ip", "link", "delete", name).Run()
-			}
-		}
-	}
 	if err := os.RemoveAll(p.dir); err != nil {
 		t.Errorf("remove private dockerd dir: %v", err)
 	}
-}
-
-// bridgeOfPrivate reports whether a bridge carries an address of the private
-// daemon's pool (10.213.0.0/16).
-func bridgeOfPrivate(name string) bool {
-	out, err := exec.Command("ip", "-o", "-4", "addr", "show", "dev", name).Output()
-	return err == nil && strings.Contains(string(out), " 10.213.")
 }
 
 func tail(s string, n int) string {
@@ -236,4 +221,63 @@ drain:
 	}
 	_, err = New(ctx, cfg)
 	checkErr("New", err)
+}
+
+// The watch outlives a daemon restart: it reconnects, and its resync reports what
+// happened meanwhile (the daemon's shutdown killed the sandbox: ERROR, not STOPPED).
+// The sandbox keeps its identity and can be started again.
+func TestWatchSurvivesDaemonRestart(t *testing.T) {
+	requireDocker(t)
+	p := startPrivateDockerd(t)
+	build := exec.Command(filepath.Join(repoRoot(), "scripts/testimage/build.sh"), "busybox")
+	build.Env = append(os.Environ(), "DOCKER_HOST="+p.host)
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("import test image into the private daemon: %v: %s", err, out)
+	}
+	cfg := withStandin(testConfig(t))
+	cfg.Host = p.host
+	cfg.ResyncInterval = time.Hour // only the reconnect's resync may repair
+	d, err := New(t.Context(), cfg)
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	defer d.Close()
+	ctx := t.Context()
+	id, name := drivertest.NewIDs()
+	if err := d.Create(ctx, drivertest.DefaultSandbox(id, name, testImage)); err != nil {
+		t.Fatalf("Create: %v", err)
+	}
+	defer func() { _, _ = d.Delete(context.Background(), id, name) }()
+	events, err := d.Watch(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitEvent := func(what string, pred func(*computev1.DriverSandbox) bool) {
+		t.Helper()
+		timeout := time.After(45 * time.Second)
+		for {
+			select {
+			case ev, ok := <-events:
+				if !ok {
+					t.Fatalf("watch closed while waiting for %s", what)
+				}
+				if s := ev.GetSandbox().GetSandbox(); s.GetId() == id && pred(s) {
+					return
+				}
+			case <-timeout:
+				t.Fatalf("no watch event for %s", what)
+			}
+		}
+	}
+	waitEvent("READY", func(s *computev1.DriverSandbox) bool { return phase(s) == openshellv1.SandboxPhase_SANDBOX_PHASE_READY })
+
+	p.stop(t)
+	p.launch(t)
+	waitEvent("ERROR after the daemon restart", func(s *computev1.DriverSandbox) bool {
+		return phase(s) == openshellv1.SandboxPhase_SANDBOX_PHASE_ERROR
+	})
+	if err := d.Start(ctx, id, name); err != nil {
+		t.Fatalf("Start after the daemon restart: %v", err)
+	}
+	waitEvent("READY again", func(s *computev1.DriverSandbox) bool { return phase(s) == openshellv1.SandboxPhase_SANDBOX_PHASE_READY })
 }
