@@ -112,8 +112,8 @@ func Default() *Policy {
 		Version: 1,
 		Filesystem: Filesystem{
 			IncludeWorkdir: true,
-			ReadOnly:       []string{"/usr", "/lib", "/lib64", "/bin", "/sbin", "/etc", "/opt", "/proc", "/dev/urandom", "/dev/null", "/dev/zero", "/dev/random", "/dev/tty", "/dev/pts"},
-			ReadWrite:      []string{"/tmp", "/dev/null"},
+			ReadOnly:       []string{"/usr", "/lib", "/lib64", "/bin", "/sbin", "/etc", "/opt", "/proc", "/dev/urandom", "/dev/zero", "/dev/random"},
+			ReadWrite:      []string{"/tmp", "/dev/null", "/dev/tty", "/dev/pts", "/dev/ptmx", "/dev/shm"},
 		},
 		Landlock:        Landlock{Compatibility: BestEffort},
 		Process:         Process{RunAsUser: "sandbox", RunAsGroup: "sandbox"},
