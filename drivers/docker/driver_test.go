@@ -58,7 +58,7 @@ func phase(sb *computev1.DriverSandbox) openshellv1.SandboxPhase {
 func TestCreateContainerShape(t *testing.T) {
 	requireDocker(t)
 	cfg := testConfig(t)
-	cfg.CAPEM = []byte("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
+	cfg.CAPEM = testCAPEM(t)
 	d := newTestDriver(t, cfg)
 	ctx := t.Context()
 
