@@ -57,6 +57,9 @@ func MeasureTree(root string) (TreeUsage, error) {
 			seen[k] = true
 		}
 		u.Inodes++
+		// Its directory entry in the parent (8-byte header + name, 4-aligned,
+		// plus slack for htree index blocks).
+		u.DataBytes += int64(16 + len(d.Name()))
 		switch {
 		case d.IsDir():
 			u.DataBytes += ext4BlockSize

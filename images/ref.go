@@ -209,6 +209,11 @@ func parseRegistry(s string) (Reference, error) {
 		return Reference{}, fmt.Errorf("%w %q: tag %q is not valid (letters, digits, '_', '.', '-'; at most 128)", ErrBadReference, s, tag)
 	}
 	nr, err := name.NewRepository(repo)
+	if err == nil {
+		// Short names grow ("x" → "index.docker.io/library/x"): the full name
+		// must still be valid, or the reference could not be printed back.
+		_, err = name.NewRepository(nr.Name())
+	}
 	if err != nil {
 		return Reference{}, fmt.Errorf("%w %q: repository %q: %v", ErrBadReference, s, repo, err)
 	}

@@ -15,7 +15,17 @@ import (
 // directory that must stay empty, and one holding a file that must stay as is.
 func sandboxDirs(t testing.TB) (tmp, root string) {
 	t.Helper()
-	tmp = t.TempDir()
+	// tmpfs when there is one: fuzzing creates and removes these trees for
+	// every input, and a disk-backed filesystem makes that the bottleneck.
+	var err error
+	tmp, err = os.MkdirTemp("/dev/shm", "openshell-unpack-")
+	if err != nil {
+		tmp, err = os.MkdirTemp("", "openshell-unpack-")
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = os.RemoveAll(tmp) })
 	root = filepath.Join(tmp, "root")
 	for _, d := range []string{root, filepath.Join(tmp, "sentinel"), filepath.Join(tmp, "outside")} {
 		if err := os.Mkdir(d, 0o755); err != nil {
