@@ -343,6 +343,9 @@ func (d *Driver) provision(ctx context.Context, s *sandbox, res *resolved, spec 
 		d.emit(s)
 		return
 	}
+	if ctx.Err() != nil { // deleted or driver closing meanwhile
+		return
+	}
 	if err := d.boot(s); err != nil {
 		log.Error("boot failed", "err", err)
 	}
@@ -353,6 +356,12 @@ func (d *Driver) provision(ctx context.Context, s *sandbox, res *resolved, spec 
 // boot spawns the runner for s and starts watching it. The caller has written
 // runner.json.
 func (d *Driver) boot(s *sandbox) error {
+	s.mu.Lock()
+	deleting := s.phase == phaseDeleting
+	s.mu.Unlock()
+	if deleting {
+		return fmt.Errorf("vm sandbox %q is being deleted: %w", s.id, drivers.ErrFailedPrecondition)
+	}
 	if err := state.ClearTombstone(s.paths.Dir); err != nil {
 		return d.fail(s, ReasonBootFailed, err)
 	}
@@ -477,6 +486,11 @@ func (d *Driver) runnerGone(s *sandbox) {
 	s.runnerPID, s.runnerStart, s.qemuPID = 0, 0, 0
 	reason, msg := s.reason, s.msg
 	s.mu.Unlock()
+	if ts == nil {
+		// The runner died without cleaning up (kill -9): a VM without its runner has
+		// no gateway bridge and nobody to reap it, so end it too.
+		d.killLeftovers(s)
+	}
 	d.log.Info("VM sandbox ended", "sandbox_id", s.id, "reason", reason, "message", firstLine(msg))
 	d.emit(s)
 }

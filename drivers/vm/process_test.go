@@ -19,6 +19,7 @@ import (
 
 	"github.com/openshell/openshell/api/computev1"
 	"github.com/openshell/openshell/drivers"
+	"github.com/openshell/openshell/drivers/drivertest"
 	"github.com/openshell/openshell/drivers/grpcdriver"
 	"github.com/openshell/openshell/drivers/vm/internal/state"
 )
@@ -269,4 +270,17 @@ func TestRunnerSurvivesDriverKill(t *testing.T) {
 		t.Fatalf("Delete = %v, %v", deleted, err)
 	}
 	assertNoLeftovers(t, dir, rec, nil)
+}
+
+// TestConformanceOverSocket runs the conformance suite against a real driver process
+// through the gRPC adapter, as the gateway uses it.
+func TestConformanceOverSocket(t *testing.T) {
+	if testing.Short() {
+		t.Skip("boots real VMs")
+	}
+	_, image := vmFixture(t)
+	gw := newGatewayStub(t)
+	dir := shortDir(t)
+	p := startDriver(t, dir, gw.addr())
+	drivertest.Suite(t, func(t *testing.T) drivers.Driver { return p.client(t) }, drivertest.Options{Image: image, ReadyTimeout: vmTimeout})
 }

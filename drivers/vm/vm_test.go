@@ -382,3 +382,41 @@ func TestDoctor(t *testing.T) {
 		t.Logf("no guest kernel found: %+v", r.Missing)
 	}
 }
+
+// TestRunnerKilled: kill -9 of the runner is reported (terminal) and its orphaned QEMU
+// is ended, since nothing bridges or reaps it any more.
+func TestRunnerKilled(t *testing.T) {
+	if testing.Short() {
+		t.Skip("boots real VMs")
+	}
+	_, image := vmFixture(t)
+	gw := newGatewayStub(t)
+	dir := shortDir(t)
+	d := newTestDriver(t, testConfig(t, dir, gw.addr()))
+	defer d.Close()
+	id := create(t, d, image)
+	defer d.Delete(context.Background(), id, "")
+	waitFor(t, d, id, "Ready", ready)
+	rec := record(t, dir, id)
+	if err := syscall.Kill(rec.RunnerPID, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	sb := waitFor(t, d, id, "VMExited", func(sb *computev1.DriverSandbox) bool {
+		return drivers.FindCondition(sb.GetStatus(), drivers.ConditionReady).GetReason() == vm.ReasonVMExited
+	})
+	if msg := drivers.FindCondition(sb.GetStatus(), drivers.ConditionReady).GetMessage(); !strings.Contains(msg, "runner") {
+		t.Errorf("message %q does not say the runner is gone", msg)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for state.SameProcess(rec.QEMUPID, rec.QEMUStart) && time.Now().Before(deadline) {
+		time.Sleep(100 * time.Millisecond)
+	}
+	if state.SameProcess(rec.QEMUPID, rec.QEMUStart) {
+		t.Errorf("QEMU %d outlived its killed runner", rec.QEMUPID)
+	}
+	// Start boots it again from the same disk.
+	if err := d.Start(t.Context(), id, ""); err != nil {
+		t.Fatalf("Start after a runner crash: %v", err)
+	}
+	waitFor(t, d, id, "Ready after restart", ready)
+}
