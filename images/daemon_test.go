@@ -75,7 +75,9 @@ func TestEnsureDockerDaemon(t *testing.T) {
 	if err != nil || e2.Key != e.Key || ph2.has("convert") {
 		t.Errorf("second Ensure: %v %v phases %v", e2, err, ph2.seen)
 	}
-	if took := time.Since(start); took > 100*time.Millisecond {
+	// Our side is one ImageInspect call; the daemon's answer time is not ours
+	// to promise, so the bound is looser than for the other sources.
+	if took := time.Since(start); took > time.Second {
 		t.Errorf("cached Ensure took %v", took)
 	}
 	if _, err := c.Ensure(ctx, "docker-daemon:openshell-images-test:does-not-exist", nil); err == nil {

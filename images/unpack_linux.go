@@ -518,6 +518,14 @@ func (u *unpacker) applyMeta(pfd int, base string, hdr *tar.Header, isLink bool)
 		return err
 	}
 	defer unix.Close(fd)
+	// The /proc path below follows symlinks: make sure this is not one.
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return err
+	}
+	if st.Mode&unix.S_IFMT == unix.S_IFLNK {
+		return fmt.Errorf("%q turned into a symlink while unpacking", base)
+	}
 	if err := u.chown(func(uid, gid int) error {
 		return unix.Fchownat(fd, "", uid, gid, unix.AT_EMPTY_PATH)
 	}, hdr); err != nil {
