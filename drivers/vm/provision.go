@@ -8,7 +8,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"sort"
 	"strings"
 	"time"
 
@@ -280,14 +279,4 @@ func (d *Driver) refreshSpec(ctx context.Context, s *sandbox, rec *state.Record)
 		return fmt.Errorf("writable disk %s is gone: %w", s.paths.Disk, errors.Join(err, drivers.ErrFailedPrecondition))
 	}
 	return runner.WriteSpec(s.paths.Dir, rs)
-}
-
-// envKeys is for logs: which variables a sandbox gets, never their values.
-func envKeys(m map[string]string) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	return keys
 }
