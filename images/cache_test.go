@@ -168,8 +168,8 @@ func TestEnsureOCILayout(t *testing.T) {
 		t.Errorf("DiskPath = %s", e.DiskPath)
 	}
 	st, err := os.Stat(e.DiskPath)
-	if err != nil || st.Size() != e.SizeBytes {
-		t.Errorf("disk %s: %v, size %v want %d", e.DiskPath, err, st, e.SizeBytes)
+	if err != nil || st.Size() != e.SizeBytes || st.Mode().Perm() != 0o444 {
+		t.Errorf("disk %s: %v, %v; want size %d, mode 0444", e.DiskPath, err, st, e.SizeBytes)
 	}
 	checkRichDisk(t, e.DiskPath)
 	if out, err := runFsck(e.DiskPath); err != nil {

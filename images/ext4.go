@@ -141,6 +141,11 @@ func BuildExt4(ctx context.Context, rootfs, out string) (int64, error) {
 		}
 		return 0, fmt.Errorf("mkfs.ext4 -d %s %s (%d MiB, %d inodes) failed: %w: %s", rootfs, out, size>>20, inodes, err, msg)
 	}
+	// The disk is shared by every VM of the image and must never be written:
+	// make an accidental read-write attach fail loudly.
+	if err := os.Chmod(out, 0o444); err != nil {
+		return 0, err
+	}
 	f, err := os.Open(out)
 	if err != nil {
 		return 0, err
