@@ -3,6 +3,7 @@ package images
 import (
 	"errors"
 	"fmt"
+	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
@@ -538,5 +539,58 @@ func TestEnsureReplacesDamagedEntry(t *testing.T) {
 		t.Errorf("rebuild: key %s phases %v", e2.Key, ph.seen)
 	}
 	checkBenignDisk(t, e2.DiskPath)
+	assertNoDebris(t, c)
+}
+
+// corruptingWriter flips one byte of what passes through it.
+type corruptingWriter struct {
+	http.ResponseWriter
+	n int
+}
+
+func (w *corruptingWriter) Write(p []byte) (int, error) {
+	if w.n >= 0 && w.n < len(p) {
+		q := append([]byte(nil), p...)
+		q[w.n] ^= 0xff
+		w.n = -1
+		return w.ResponseWriter.Write(q)
+	}
+	if w.n >= 0 {
+		w.n -= len(p)
+	}
+	return w.ResponseWriter.Write(p)
+}
+
+// TestEnsureRegistryCorruptBlob serves a layer whose bytes were damaged in
+// transit: the pull fails naming the layer and leaves nothing behind.
+func TestEnsureRegistryCorruptBlob(t *testing.T) {
+	requireTools(t)
+	l1 := layerOf(t, ent{name: "a", body: strings.Repeat("payload ", 8192)})
+	l2 := layerOf(t, ent{name: "b", body: strings.Repeat("second ", 8192)})
+	bad, _ := l2.Digest()
+	reg := registry.New(registry.Logger(nilLogger()))
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodGet && strings.HasSuffix(r.URL.Path, "/blobs/"+bad.String()) {
+			w = &corruptingWriter{ResponseWriter: w, n: 100}
+		}
+		reg.ServeHTTP(w, r)
+	}))
+	t.Cleanup(srv.Close)
+	tag, err := name.NewTag(strings.TrimPrefix(srv.URL, "http://") + "/openshell/corrupt:1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := remote.Write(tag, imageOf(t, l1, l2), remote.WithContext(t.Context())); err != nil {
+		t.Fatal(err)
+	}
+	c := newTestCache(t)
+	_, err = c.Ensure(t.Context(), tag.String(), nil)
+	if !errors.Is(err, ErrCorruptLayer) || !strings.Contains(err.Error(), bad.String()) {
+		t.Fatalf("err = %v, want ErrCorruptLayer naming %s", err, bad)
+	}
+	t.Logf("error: %v", err)
+	if es, _ := c.List(); len(es) != 0 {
+		t.Errorf("entries after a failed pull: %+v", es)
+	}
 	assertNoDebris(t, c)
 }
