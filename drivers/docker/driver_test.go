@@ -102,6 +102,7 @@ func TestCreateContainerShape(t *testing.T) {
 		{"nano cpus", c.HostConfig.NanoCPUs, int64(500_000_000)},
 		{"memory", c.HostConfig.Memory, int64(128 << 20)},
 		{"memory reservation", c.HostConfig.MemoryReservation, int64(96 << 20)},
+		{"memory+swap", c.HostConfig.MemorySwap, int64(128 << 20)},
 		{"pids limit", *c.HostConfig.PidsLimit, int64(DefaultPidsLimit)},
 		{"cap drop", strings.Join(c.HostConfig.CapDrop, ","), "ALL"},
 		{"network", string(c.HostConfig.NetworkMode), cfg.Network},

@@ -178,6 +178,10 @@ func (d *Driver) containerConfig(p *plan, stateDir string) (*container.Config, *
 		Healthcheck: &container.HealthConfig{Test: []string{"NONE"}},
 	}
 	pids := d.cfg.PidsLimit
+	swap := int64(0)
+	if p.memory > 0 {
+		swap = p.memory // memory+swap = memory: no swap, as a Kubernetes limit means
+	}
 	host := &container.HostConfig{
 		Binds: []string{
 			d.cfg.SupervisorBinary + ":" + SupervisorPath + ":ro",
@@ -193,6 +197,7 @@ func (d *Driver) containerConfig(p *plan, stateDir string) (*container.Config, *
 		Resources: container.Resources{
 			NanoCPUs:          p.nanoCPUs,
 			Memory:            p.memory,
+			MemorySwap:        swap,
 			MemoryReservation: p.memoryReq,
 			PidsLimit:         &pids,
 		},
