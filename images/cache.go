@@ -384,6 +384,28 @@ func (c *Cache) Acquire(key string) (release func(), err error) {
 	return func() { _ = lk.Unlock() }, nil
 }
 
+// EnsureAcquired is Ensure followed by Acquire, retried when a concurrent
+// Prune removes the entry in between. The caller must call release when the
+// VM no longer uses the disk.
+func (c *Cache) EnsureAcquired(ctx context.Context, ref string, progress func(Progress)) (_ *Entry, release func(), err error) {
+	for {
+		e, err := c.Ensure(ctx, ref, progress)
+		if err != nil {
+			return nil, nil, err
+		}
+		release, err := c.Acquire(e.Key)
+		if err == nil {
+			return e, release, nil
+		}
+		if !errors.Is(err, ErrNotFound) {
+			return nil, nil, err
+		}
+		if err := ctx.Err(); err != nil {
+			return nil, nil, err
+		}
+	}
+}
+
 // InUse reports whether some process holds the entry (Acquire) or is building
 // or pruning it right now.
 func (c *Cache) InUse(key string) (bool, error) {

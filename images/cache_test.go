@@ -594,3 +594,24 @@ func TestEnsureRegistryCorruptBlob(t *testing.T) {
 	}
 	assertNoDebris(t, c)
 }
+
+func TestEnsureAcquired(t *testing.T) {
+	requireTools(t)
+	dir := filepath.Join(t.TempDir(), "layout")
+	writeLayout(t, dir, benignImage(t), "")
+	c := newTestCache(t)
+	e, release, err := c.EnsureAcquired(t.Context(), dir, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if inUse, _ := c.InUse(e.Key); !inUse {
+		t.Error("entry not in use after EnsureAcquired")
+	}
+	if removed, _ := c.Prune(t.Context(), nil); len(removed) != 0 {
+		t.Errorf("pruned an acquired entry: %+v", removed)
+	}
+	release()
+	if inUse, _ := c.InUse(e.Key); inUse {
+		t.Error("entry still in use after release")
+	}
+}
