@@ -41,10 +41,7 @@ func humanize(err error, gw string) string {
 	if errors.Is(err, context.DeadlineExceeded) && status.Code(err) == codes.Unknown {
 		return err.Error()
 	}
-	st, ok := status.FromError(errors.Unwrap(err))
-	if !ok {
-		st, ok = status.FromError(err)
-	}
+	st, ok := status.FromError(err) // finds a status anywhere in the wrap chain
 	if !ok || st.Code() == codes.OK || st.Code() == codes.Unknown {
 		return err.Error()
 	}

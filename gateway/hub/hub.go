@@ -116,6 +116,20 @@ func (h *Hub) InstanceID(sandboxID string) string {
 	return ""
 }
 
+// Drop ends the sandbox's session (the sandbox was deleted). The supervisor sees
+// its stream end.
+func (h *Hub) Drop(sandboxID string) {
+	h.mu.Lock()
+	s := h.sessions[sandboxID]
+	if s != nil {
+		delete(h.sessions, sandboxID)
+	}
+	h.mu.Unlock()
+	if s != nil {
+		close(s.superseded)
+	}
+}
+
 // SessionStream is the server side of ConnectSupervisor.
 type SessionStream = grpc.BidiStreamingServer[openshellv1.SupervisorMessage, openshellv1.GatewayMessage]
 
@@ -195,7 +209,7 @@ func (h *Hub) Serve(stream SessionStream, hello *openshellv1.SupervisorHello) er
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-s.superseded:
-			return fmt.Errorf("sandbox %s: session superseded by a newer supervisor session", s.sandboxID)
+			return fmt.Errorf("sandbox %s: session superseded by a newer supervisor session or the sandbox was deleted", s.sandboxID)
 		case <-tick.C:
 			if err := stream.Send(&openshellv1.GatewayMessage{Payload: &openshellv1.GatewayMessage_Heartbeat{Heartbeat: &openshellv1.GatewayHeartbeat{}}}); err != nil {
 				return err
