@@ -48,6 +48,10 @@ type ProcIdentifier struct {
 	NetPID int
 	// StopPID ends the ancestor walk (excluded); 0 = the proxy's own pid.
 	StopPID int
+	// InNetNS, when set, runs a function inside the agent's network namespace (pass
+	// (*netns.Net).Do): the socket lookup then uses sock_diag there, which is fast,
+	// instead of /proc/NetPID/net/tcp.
+	InNetNS func(func() error) error
 
 	mu     sync.Mutex
 	recent []int // pids that owned recent client sockets: looked at before a full scan
@@ -78,17 +82,27 @@ func (pi *ProcIdentifier) Identify(c net.Conn) (Identity, error) {
 	sa = netip.AddrPortFrom(sa.Addr().Unmap(), sa.Port())
 	var inode string
 	var lastErr error
-	if pi.NetPID == 0 && pi.Proc == "" {
-		inode, lastErr = diagInode(ca, sa)
-		if inode == "" && ca.Addr().Is4() {
-			// A dual-stack AF_INET6 client socket shows v4-mapped addresses.
-			inode, _ = diagInode(netip.AddrPortFrom(netip.AddrFrom16(ca.Addr().As16()), ca.Port()),
-				netip.AddrPortFrom(netip.AddrFrom16(sa.Addr().As16()), sa.Port()))
+	if pi.Proc == "" && (pi.NetPID == 0 || pi.InNetNS != nil) {
+		lookup := func() error {
+			inode, lastErr = diagInode(ca, sa)
+			if inode == "" && ca.Addr().Is4() {
+				// A dual-stack AF_INET6 client socket shows v4-mapped addresses.
+				inode, _ = diagInode(netip.AddrPortFrom(netip.AddrFrom16(ca.Addr().As16()), ca.Port()),
+					netip.AddrPortFrom(netip.AddrFrom16(sa.Addr().As16()), sa.Port()))
+			}
+			return nil
+		}
+		if pi.InNetNS != nil {
+			if err := pi.InNetNS(lookup); err != nil {
+				lastErr = err
+			}
+		} else {
+			lookup()
 		}
 	}
 	for _, f := range []string{"tcp", "tcp6"} {
-		if inode != "" {
-			break
+		if inode != "" || (pi.InNetNS != nil && pi.NetPID == 0) {
+			break // no /proc table names the agent's namespace without a pid in it
 		}
 		ino, err := findInode(filepath.Join(netDir, f), ca, sa)
 		if err != nil {

@@ -63,9 +63,10 @@ type Credentials interface {
 	// any SNI, signed by the sandbox CA).
 	ServerTLS() *tls.Config
 	// Rewrite swaps placeholders in h for real values when host is bound to their
-	// provider; it returns an error naming the mismatch when h holds a placeholder
-	// of a provider not bound to host. It must not log header values.
-	Rewrite(host string, h http.Header) error
+	// provider and the request travels over TLS (overTLS); it returns an error
+	// naming the mismatch when h holds a placeholder it must not resolve there. It
+	// must not log header values.
+	Rewrite(host string, overTLS bool, h http.Header) error
 }
 
 // Resolver resolves host names (net.DefaultResolver satisfies it).
@@ -359,7 +360,7 @@ func (cc *conn) connect(ctx context.Context, req *http.Request) {
 		return
 	}
 	creds := cc.p.cfg.Credentials
-	if creds != nil && creds.Terminate(host, port) {
+	if creds != nil && (creds.Terminate(host, port) || d.TLSTerminate) {
 		io.WriteString(cc.c, "HTTP/1.1 200 Connection Established\r\n\r\n")
 		cc.event(Event{Action: action(d), Method: http.MethodConnect, Host: host, Port: port, Addr: addr.String(), Reason: d.Reason + " (TLS terminated for credential injection)"}, d)
 		cc.terminate(ctx, host, port)
@@ -476,7 +477,7 @@ func (cc *conn) forward(ctx context.Context, req *http.Request, tt *tunnelTarget
 		req.Header.Del(h)
 	}
 	if creds := cc.p.cfg.Credentials; creds != nil {
-		if err := creds.Rewrite(host, req.Header); err != nil {
+		if err := creds.Rewrite(host, useTLS, req.Header); err != nil {
 			cc.event(Event{Action: "deny", Method: req.Method, Host: host, Port: port, Status: http.StatusForbidden, Reason: err.Error()}, d)
 			writeError(cc.c, http.StatusForbidden, refusal(host, port, cc.identity(), err.Error()))
 			return false

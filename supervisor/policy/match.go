@@ -29,6 +29,7 @@ type compiledEndpoint struct {
 	ports      []int
 	audit      bool
 	access     string
+	terminate  bool
 	allowedIPs []netip.Prefix
 }
 
@@ -42,7 +43,7 @@ func Compile(p *Policy) (*Compiled, error) {
 		r := p.NetworkPolicies[name]
 		cr := compiledRule{name: name, binaries: r.Binaries}
 		for i, e := range r.Endpoints {
-			ce := compiledEndpoint{index: i, ports: e.EffectivePorts(), audit: e.Enforcement == Audit, access: e.Access}
+			ce := compiledEndpoint{index: i, ports: e.EffectivePorts(), audit: e.Enforcement == Audit, access: e.Access, terminate: e.TLS == "terminate"}
 			h := strings.ToLower(strings.TrimSuffix(e.Host, "."))
 			if ip, err := parseIP(h); err == nil {
 				ce.ip = ip
@@ -99,6 +100,9 @@ type Decision struct {
 	AllowedIPs []netip.Prefix
 	// Endpoint is the path of the matching endpoint, e.g. network_policies.x.endpoints[0].
 	Endpoint string
+	// TLSTerminate is set when the endpoint says tls: terminate: the proxy opens
+	// the TLS tunnel (with the sandbox CA) to inspect requests and their headers.
+	TLSTerminate bool
 }
 
 // Decide is Evaluate for a single binary and no HTTP method.
@@ -147,7 +151,7 @@ func (c *Compiled) Evaluate(r Request) Decision {
 					continue
 				}
 			}
-			d := Decision{Rule: rule.name, Explicit: explicit, AllowedIPs: e.allowedIPs,
+			d := Decision{Rule: rule.name, Explicit: explicit, AllowedIPs: e.allowedIPs, TLSTerminate: e.terminate,
 				Endpoint: fmt.Sprintf("network_policies.%s.endpoints[%d]", rule.name, e.index)}
 			methodOK := methodAllowed(e.access, r.Method)
 			if binOK && methodOK {

@@ -1,0 +1,182 @@
+package credentials
+
+import (
+	"bytes"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"math/big"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+)
+
+// CA is a per-sandbox certificate authority: the agent trusts it (through the bundle
+// written by WriteBundle and egress.ChildEnv), and the proxy mints leaf certificates
+// with it for the TLS tunnels it terminates. Its key lives only in the supervisor's
+// memory.
+type CA struct {
+	cert    *x509.Certificate
+	certDER []byte
+	key     *ecdsa.PrivateKey
+
+	mu    sync.Mutex
+	leafs map[string]*tls.Certificate
+}
+
+// caLifetime bounds how long a leaked bundle is worth anything; a sandbox living
+// longer gets a new CA on supervisor restart.
+const caLifetime = 90 * 24 * time.Hour
+
+// NewCA creates a CA named after the sandbox.
+func NewCA(sandbox string) (*CA, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, fmt.Errorf("credentials: CA key: %w", err)
+	}
+	now := time.Now()
+	tmpl := &x509.Certificate{
+		SerialNumber:          serial(),
+		Subject:               pkix.Name{CommonName: "openshell sandbox CA " + sandbox, Organization: []string{"openshell"}},
+		NotBefore:             now.Add(-time.Hour),
+		NotAfter:              now.Add(caLifetime),
+		IsCA:                  true,
+		BasicConstraintsValid: true,
+		MaxPathLenZero:        true,
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		return nil, fmt.Errorf("credentials: self-sign CA: %w", err)
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		return nil, err
+	}
+	return &CA{cert: cert, certDER: der, key: key, leafs: map[string]*tls.Certificate{}}, nil
+}
+
+func serial() *big.Int {
+	n, _ := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127))
+	return n
+}
+
+// CertPEM is the CA certificate (never the key).
+func (ca *CA) CertPEM() []byte {
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: ca.certDER})
+}
+
+// Pool is a pool holding only this CA (for tests and in-process clients).
+func (ca *CA) Pool() *x509.CertPool {
+	p := x509.NewCertPool()
+	p.AddCert(ca.cert)
+	return p
+}
+
+// systemBundles are where Debian, Fedora/RHEL, Alpine and SUSE keep their roots.
+var systemBundles = []string{
+	"/etc/ssl/certs/ca-certificates.crt",
+	"/etc/pki/tls/certs/ca-bundle.crt",
+	"/etc/ssl/cert.pem",
+	"/etc/ssl/ca-bundle.pem",
+}
+
+// WriteBundle writes the CA certificate followed by the system roots (when found)
+// to path, mode 0644: tools told to use SSL_CERT_FILE replace their trust store with
+// it, so it must keep trusting the public roots as well.
+func (ca *CA) WriteBundle(path string) error {
+	var buf bytes.Buffer
+	buf.Write(ca.CertPEM())
+	for _, f := range systemBundles {
+		if b, err := os.ReadFile(f); err == nil {
+			buf.WriteString("\n")
+			buf.Write(b)
+			break
+		}
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return fmt.Errorf("credentials: CA bundle dir: %w", err)
+	}
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, buf.Bytes(), 0o644); err != nil {
+		return fmt.Errorf("credentials: write CA bundle %s: %w", path, err)
+	}
+	return os.Rename(tmp, path)
+}
+
+// TLSConfig presents, for any SNI, a leaf certificate signed by the CA (cached per
+// name).
+func (ca *CA) TLSConfig() *tls.Config {
+	return &tls.Config{
+		MinVersion: tls.VersionTLS12,
+		GetCertificate: func(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
+			name := hello.ServerName
+			if name == "" {
+				// No SNI (an IP literal): name the address the client connected to.
+				if a, ok := hello.Conn.LocalAddr().(*net.TCPAddr); ok {
+					name = a.IP.String()
+				}
+			}
+			return ca.Leaf(name)
+		},
+	}
+}
+
+// Leaf returns the cached certificate for name, minting it when missing or close to
+// expiry.
+func (ca *CA) Leaf(name string) (*tls.Certificate, error) {
+	name = strings.ToLower(strings.TrimSuffix(name, "."))
+	if name == "" {
+		return nil, errors.New("credentials: no server name for the leaf certificate")
+	}
+	ca.mu.Lock()
+	defer ca.mu.Unlock()
+	if c, ok := ca.leafs[name]; ok && time.Until(c.Leaf.NotAfter) > time.Hour {
+		return c, nil
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, err
+	}
+	now := time.Now()
+	notAfter := now.Add(7 * 24 * time.Hour)
+	if notAfter.After(ca.cert.NotAfter) {
+		notAfter = ca.cert.NotAfter
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: serial(),
+		Subject:      pkix.Name{CommonName: name},
+		NotBefore:    now.Add(-time.Hour),
+		NotAfter:     notAfter,
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	if ip := net.ParseIP(name); ip != nil {
+		tmpl.IPAddresses = []net.IP{ip}
+	} else {
+		tmpl.DNSNames = []string{name}
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
+	if err != nil {
+		return nil, fmt.Errorf("credentials: leaf for %s: %w", name, err)
+	}
+	leaf, err := x509.ParseCertificate(der)
+	if err != nil {
+		return nil, err
+	}
+	c := &tls.Certificate{Certificate: [][]byte{der, ca.certDER}, PrivateKey: key, Leaf: leaf}
+	if len(ca.leafs) > 4096 { // bound memory against an agent enumerating names
+		clear(ca.leafs)
+	}
+	ca.leafs[name] = c
+	return c, nil
+}
