@@ -1,7 +1,34 @@
 package main
 
-import "github.com/spf13/cobra"
+import (
+	"errors"
 
-// mountExtensions adds commands implemented in other packages (ssh/exec commands,
-// VM image management). It is a separate file so wiring them is a one-file change.
-func mountExtensions(root *cobra.Command, a *app) {}
+	"github.com/spf13/cobra"
+
+	"github.com/openshell/openshell/internal/cli/sshcmds"
+	"github.com/openshell/openshell/internal/cli/vmimages"
+)
+
+// mountExtensions adds commands implemented in other packages: the exec/connect/
+// ssh-config/upload/download/logs sandbox subcommands and the ssh-proxy used as an
+// ssh ProxyCommand (internal/cli/sshcmds), and `vm images` (internal/cli/vmimages).
+func mountExtensions(root *cobra.Command, a *app) {
+	for _, c := range root.Commands() {
+		if c.Name() == "sandbox" {
+			c.AddCommand(sshcmds.Commands(a.dial)...)
+		}
+	}
+	root.AddCommand(sshcmds.SSHProxyCommand(a.dial))
+	vm := &cobra.Command{Use: "vm", Short: "VM driver tools"}
+	vm.AddCommand(vmimages.Command())
+	root.AddCommand(vm)
+}
+
+// remoteExitCode returns the exit code of a remote command that failed (exec).
+func remoteExitCode(err error) (int, bool) {
+	var ec *sshcmds.ExitCodeError
+	if errors.As(err, &ec) {
+		return ec.Code, true
+	}
+	return 0, false
+}

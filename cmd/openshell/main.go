@@ -49,9 +49,6 @@ func newRoot() (*cobra.Command, *app) {
 	root.PersistentFlags().StringVar(&a.gateway, "gateway", clientconf.DefaultName, "name of the gateway to talk to (~/.config/openshell/gateways/<name>)")
 	root.PersistentFlags().StringVarP(&a.output, "output", "o", "table", "output format where it applies: table, json or yaml")
 	root.AddCommand(a.gatewayCmd(), a.sandboxCmd(), a.doctorCmd())
-	// TODO(gateway): mount sshcmds.Commands(a.dial) under `sandbox` and
-	// sshcmds.SSHProxyCommand(a.dial), and vmimages.Command() under `vm`, once
-	// internal/cli/sshcmds and internal/cli/vmimages exist.
 	mountExtensions(root, a)
 	return root, a
 }
@@ -62,6 +59,10 @@ func main() {
 	err := root.ExecuteContext(ctx)
 	stop()
 	if err != nil {
+		// A remote command's own non-zero exit is not a CLI error: just pass it on.
+		if code, ok := remoteExitCode(err); ok {
+			os.Exit(code)
+		}
 		fmt.Fprintln(os.Stderr, "error:", humanize(err, a.gateway))
 		os.Exit(exitCode(err))
 	}

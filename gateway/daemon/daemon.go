@@ -29,6 +29,7 @@ import (
 	"github.com/openshell/openshell/gateway/config"
 	"github.com/openshell/openshell/gateway/driversel"
 	"github.com/openshell/openshell/gateway/pki"
+	"github.com/openshell/openshell/gateway/sshrelay"
 	"github.com/openshell/openshell/gateway/store"
 	"github.com/openshell/openshell/gateway/store/postgres"
 	"github.com/openshell/openshell/gateway/store/sqlite"
@@ -91,13 +92,6 @@ type Gateway struct {
 	log    *slog.Logger
 	done   chan error
 }
-
-// Hooks let callers add behaviour without this package importing it (exec over SSH
-// lives in gateway/sshrelay).
-var (
-	ExecHook        gateway.ExecFunc
-	InteractiveHook gateway.InteractiveFunc
-)
 
 // Start brings a gateway up and returns once it is serving.
 func Start(ctx context.Context, cfg *config.Config, log *slog.Logger) (_ *Gateway, retErr error) {
@@ -195,7 +189,7 @@ func Start(ctx context.Context, cfg *config.Config, log *slog.Logger) (_ *Gatewa
 	srv, err := gateway.New(ctx, gateway.Options{
 		Store: st, Driver: drv, DriverName: name, Tokens: issuer, Log: log,
 		GatewayHost: hostForClients(cfg), GatewayPort: uint32(port), GatewayScheme: scheme,
-		Exec: ExecHook, Interactive: InteractiveHook,
+		Exec: sshrelay.Exec, Interactive: sshrelay.Interactive,
 	})
 	if err != nil {
 		return nil, err
