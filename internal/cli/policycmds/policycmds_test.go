@@ -1,0 +1,190 @@
+package policycmds
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/spf13/cobra"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+
+	pb "github.com/openshell/openshell/api/openshellv1"
+	"github.com/openshell/openshell/api/datamodelv1"
+	"github.com/openshell/openshell/api/sandboxv1"
+	"github.com/openshell/openshell/supervisor/policy"
+)
+
+// miniGateway serves GetSandbox and GetSandboxConfig for one sandbox "box" over real
+// gRPC; applied lags behind stored to let --wait observe a delay.
+type miniGateway struct {
+	pb.UnimplementedOpenShellServer
+	mu      sync.Mutex
+	pol     *sandboxv1.SandboxPolicy
+	version uint32
+	noCfg   bool
+}
+
+func (g *miniGateway) GetSandbox(_ context.Context, r *pb.GetSandboxRequest) (*pb.SandboxResponse, error) {
+	if r.GetName() != "box" {
+		return nil, status.Errorf(codes.NotFound, "sandbox %q not found", r.GetName())
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return &pb.SandboxResponse{Sandbox: &pb.Sandbox{Metadata: &datamodelv1.ObjectMeta{Id: "sb-1", Name: "box"}, Spec: &pb.SandboxSpec{Policy: g.pol}}}, nil
+}
+
+func (g *miniGateway) GetSandboxConfig(_ context.Context, r *sandboxv1.GetSandboxConfigRequest) (*sandboxv1.GetSandboxConfigResponse, error) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.noCfg {
+		return nil, status.Error(codes.PermissionDenied, "config:read not granted")
+	}
+	if r.GetSandboxId() != "sb-1" {
+		return nil, status.Error(codes.NotFound, "no such sandbox")
+	}
+	return &sandboxv1.GetSandboxConfigResponse{Policy: g.pol, Version: g.version, PolicyHash: "abc"}, nil
+}
+
+// setter stands in for the UpdateSandboxPolicy RPC the gateway does not have yet.
+type setter struct {
+	GRPC
+	g *miniGateway
+}
+
+func (s setter) SetPolicy(_ context.Context, _ string, p *sandboxv1.SandboxPolicy) (uint32, error) {
+	s.g.mu.Lock()
+	v := s.g.version + 1
+	s.g.mu.Unlock()
+	go func() { // the supervisor picks it up a little later
+		time.Sleep(700 * time.Millisecond)
+		s.g.mu.Lock()
+		s.g.pol, s.g.version = p, v
+		s.g.mu.Unlock()
+	}()
+	return v, nil
+}
+
+func setup(t *testing.T) (*miniGateway, DialFunc) {
+	g := &miniGateway{pol: policy.Default().ToProto(), version: 3}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	gs := grpc.NewServer()
+	pb.RegisterOpenShellServer(gs, g)
+	go gs.Serve(ln)
+	t.Cleanup(gs.Stop)
+	return g, func(ctx context.Context) (*grpc.ClientConn, error) {
+		return grpc.NewClient("passthrough:///"+ln.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	}
+}
+
+func run(t *testing.T, gw func(context.Context) (Gateway, error), args ...string) (string, error) {
+	root := &cobra.Command{Use: "openshell", SilenceUsage: true, SilenceErrors: true}
+	root.AddCommand(Command(gw))
+	var out bytes.Buffer
+	root.SetOut(&out)
+	root.SetErr(&out)
+	root.SetArgs(args)
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	err := root.ExecuteContext(ctx)
+	return out.String(), err
+}
+
+func writeFile(t *testing.T, s string) string {
+	p := filepath.Join(t.TempDir(), "policy.yaml")
+	os.WriteFile(p, []byte(s), 0o644)
+	return p
+}
+
+const newPolicy = `version: 1
+filesystem_policy:
+  include_workdir: true
+  read_only: [/usr]
+network_policies:
+  pypi:
+    endpoints:
+      - {host: pypi.org, port: 443}
+    binaries: [{path: /usr/bin/pip*}]
+`
+
+func TestGet(t *testing.T) {
+	g, dial := setup(t)
+	out, err := run(t, GRPCFrom(dial), "policy", "get", "box")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out, "# sandbox box, policy version 3, sha256 abc") || !strings.Contains(out, "include_workdir: true") {
+		t.Fatalf("get: %s", out)
+	}
+	p, err := policy.Parse([]byte(out))
+	if err != nil || !p.Filesystem.IncludeWorkdir {
+		t.Fatalf("get output does not parse back: %v", err)
+	}
+	out, err = run(t, GRPCFrom(dial), "policy", "get", "box", "-o", "json")
+	if err != nil || !strings.Contains(out, `"includeWorkdir": true`) {
+		t.Fatalf("json: %v %s", err, out)
+	}
+	// GetSandboxConfig refused: fall back to the creation spec.
+	g.mu.Lock()
+	g.noCfg = true
+	g.mu.Unlock()
+	out, err = run(t, GRPCFrom(dial), "policy", "get", "box")
+	if err != nil || strings.Contains(out, "policy version") || !strings.Contains(out, "version: 1") {
+		t.Fatalf("fallback: %v %s", err, out)
+	}
+	if _, err := run(t, GRPCFrom(dial), "policy", "get", "nope"); err == nil || !strings.Contains(err.Error(), `sandbox "nope" not found`) {
+		t.Fatalf("unknown sandbox: %v", err)
+	}
+}
+
+func TestSet(t *testing.T) {
+	g, dial := setup(t)
+	file := writeFile(t, newPolicy)
+	// Today's gateway: a clear refusal, nothing changed.
+	_, err := run(t, GRPCFrom(dial), "policy", "set", "box", "--policy", file)
+	if !errors.Is(err, ErrSetUnsupported) {
+		t.Fatalf("want ErrSetUnsupported, got %v", err)
+	}
+	// With the RPC: --wait returns once GetSandboxConfig reports the new version.
+	gw := func(ctx context.Context) (Gateway, error) {
+		cc, _ := dial(ctx)
+		return setter{GRPC: GRPC{API: pb.NewOpenShellClient(cc)}, g: g}, nil
+	}
+	t0 := time.Now()
+	out, err := run(t, gw, "policy", "set", "box", "--policy", file, "--wait")
+	if err != nil || !strings.Contains(out, "policy version 4 in effect") || time.Since(t0) < 500*time.Millisecond {
+		t.Fatalf("set --wait: %v %q after %v", err, out, time.Since(t0))
+	}
+	out, _ = run(t, GRPCFrom(dial), "policy", "get", "box")
+	if !strings.Contains(out, "pypi.org") {
+		t.Fatalf("new policy not visible: %s", out)
+	}
+}
+
+func TestSetRejectsInvalidFileLocally(t *testing.T) {
+	_, dial := setup(t)
+	file := writeFile(t, "version: 1\nnetwork_policies:\n  x:\n    endpoints:\n      - host: a.*.com\n        port: 443\n")
+	_, err := run(t, GRPCFrom(dial), "policy", "set", "box", "--policy", file)
+	if err == nil || !strings.Contains(err.Error(), "network_policies.x.endpoints[0].host (line 5): wildcard allowed only as the first label") {
+		t.Fatalf("got %v", err)
+	}
+	out, err := run(t, GRPCFrom(dial), "policy", "validate", writeFile(t, newPolicy))
+	if err != nil || !strings.Contains(out, "valid") {
+		t.Fatalf("validate: %v %s", err, out)
+	}
+	if _, err := run(t, GRPCFrom(dial), "policy", "set", "box"); err == nil {
+		t.Fatal("set without --policy accepted")
+	}
+}
