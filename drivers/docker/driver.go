@@ -144,10 +144,14 @@ func (d *Driver) Create(ctx context.Context, sb *computev1.DriverSandbox) (retEr
 	unlock := d.lock(sb.GetId())
 	defer unlock()
 
-	if c, err := d.find(ctx, sb.GetId(), ""); err == nil {
-		return fmt.Errorf("sandbox %s: %w (container %s)", sb.GetId(), drivers.ErrAlreadyExists, strings.TrimPrefix(c.Names[0], "/"))
-	} else if !errors.Is(err, drivers.ErrNotFound) {
+	// The state dir records the container of every sandbox this driver created, so
+	// a known id is found without listing containers (a list waits for every
+	// container being started, which slows parallel creates down). A duplicate name
+	// is caught by Docker itself.
+	if c, ok, err := d.lookupByID(ctx, sb.GetId()); err != nil {
 		return err
+	} else if ok {
+		return fmt.Errorf("sandbox %s: %w (container %s)", sb.GetId(), drivers.ErrAlreadyExists, strings.TrimPrefix(c.Name, "/"))
 	}
 
 	stateDir, err := d.writeState(sb.GetId(), sb.GetSpec().GetSandboxToken())
@@ -181,6 +185,9 @@ func (d *Driver) Create(ctx context.Context, sb *computev1.DriverSandbox) (retEr
 			_, _ = d.cli.ContainerRemove(cctx, created.ID, client.ContainerRemoveOptions{Force: true, RemoveVolumes: true})
 		}
 	}()
+	if err := writeFileAtomic(filepath.Join(stateDir, "container"), []byte(created.ID), 0o644); err != nil {
+		return fmt.Errorf("sandbox %s: record container id: %w", sb.GetId(), err)
+	}
 	if _, err := d.cli.ContainerStart(ctx, created.ID, client.ContainerStartOptions{}); err != nil {
 		return d.wrap(err, "start container for sandbox "+sb.GetId())
 	}
@@ -194,7 +201,7 @@ func (d *Driver) Get(ctx context.Context, id, name string) (*computev1.DriverSan
 	if err != nil {
 		return nil, err
 	}
-	return d.observe(ctx, c.ID)
+	return d.observe(ctx, c), nil
 }
 
 // List returns every sandbox container with the driver's labels.
@@ -205,14 +212,14 @@ func (d *Driver) List(ctx context.Context) ([]*computev1.DriverSandbox, error) {
 	}
 	out := make([]*computev1.DriverSandbox, 0, len(res.Items))
 	for _, c := range res.Items {
-		sb, err := d.observe(ctx, c.ID)
-		if errors.Is(err, drivers.ErrNotFound) {
+		ins, err := d.cli.ContainerInspect(ctx, c.ID, client.ContainerInspectOptions{})
+		if isNotFound(err) {
 			continue // removed between list and inspect
 		}
 		if err != nil {
-			return nil, err
+			return nil, d.wrap(err, "inspect container "+shortID(c.ID))
 		}
-		out = append(out, sb)
+		out = append(out, d.observe(ctx, ins.Container))
 	}
 	return out, nil
 }
@@ -225,7 +232,7 @@ func (d *Driver) Stop(ctx context.Context, id, name string) error {
 	if err != nil {
 		return err
 	}
-	sid := c.Labels[LabelSandboxID]
+	sid := c.Config.Labels[LabelSandboxID]
 	if err := d.setStopped(sid, true); err != nil {
 		return err
 	}
@@ -242,7 +249,7 @@ func (d *Driver) Start(ctx context.Context, id, name string) error {
 	if err != nil {
 		return err
 	}
-	sid := c.Labels[LabelSandboxID]
+	sid := c.Config.Labels[LabelSandboxID]
 	if _, err := d.cli.ContainerStart(ctx, c.ID, client.ContainerStartOptions{}); err != nil {
 		return d.wrap(err, "start sandbox "+sid)
 	}
@@ -263,7 +270,7 @@ func (d *Driver) Delete(ctx context.Context, id, name string) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	sid := c.Labels[LabelSandboxID]
+	sid := c.Config.Labels[LabelSandboxID]
 	if _, err := d.cli.ContainerRemove(ctx, c.ID, client.ContainerRemoveOptions{Force: true, RemoveVolumes: true}); err != nil {
 		if isNotFound(err) {
 			_ = os.RemoveAll(d.stateDir(sid))
@@ -278,25 +285,81 @@ func (d *Driver) Delete(ctx context.Context, id, name string) (bool, error) {
 	return true, nil
 }
 
-// find returns the container of a sandbox, by id when given, else by name.
-func (d *Driver) find(ctx context.Context, id, name string) (container.Summary, error) {
-	f := d.filters()
+// find returns the container of a sandbox, by id when given, else by name. The fast
+// paths inspect one container (the id recorded in the state dir, or the container
+// named after the sandbox); only when those miss does it list containers by label, so
+// sandboxes whose state dir is gone are still found.
+func (d *Driver) find(ctx context.Context, id, name string) (container.InspectResponse, error) {
 	switch {
 	case id != "":
-		f.Add("label", LabelSandboxID+"="+id)
+		if c, ok, err := d.lookupByID(ctx, id); err != nil || ok {
+			return c, err
+		}
 	case name != "":
-		f.Add("label", LabelSandboxName+"="+name)
+		c, err := d.cli.ContainerInspect(ctx, containerName(name), client.ContainerInspectOptions{})
+		if err == nil && d.owns(c.Container) && c.Container.Config.Labels[LabelSandboxName] == name {
+			return c.Container, nil
+		}
+		if err != nil && !isNotFound(err) {
+			return container.InspectResponse{}, d.wrap(err, "find sandbox "+name)
+		}
 	default:
-		return container.Summary{}, fmt.Errorf("sandbox: neither id nor name given: %w", drivers.ErrInvalidArgument)
+		return container.InspectResponse{}, fmt.Errorf("sandbox: neither id nor name given: %w", drivers.ErrInvalidArgument)
+	}
+	f := d.filters()
+	if id != "" {
+		f.Add("label", LabelSandboxID+"="+id)
+	} else {
+		f.Add("label", LabelSandboxName+"="+name)
 	}
 	res, err := d.cli.ContainerList(ctx, client.ContainerListOptions{All: true, Filters: f})
 	if err != nil {
-		return container.Summary{}, d.wrap(err, "find sandbox "+id+name)
+		return container.InspectResponse{}, d.wrap(err, "find sandbox "+firstNonEmpty(id, name))
 	}
-	if len(res.Items) == 0 {
-		return container.Summary{}, fmt.Errorf("sandbox %s: %w", firstNonEmpty(id, name), drivers.ErrNotFound)
+	for _, it := range res.Items {
+		c, err := d.cli.ContainerInspect(ctx, it.ID, client.ContainerInspectOptions{})
+		if isNotFound(err) {
+			continue
+		}
+		if err != nil {
+			return container.InspectResponse{}, d.wrap(err, "inspect container "+shortID(it.ID))
+		}
+		return c.Container, nil
 	}
-	return res.Items[0], nil
+	return container.InspectResponse{}, fmt.Errorf("sandbox %s: %w", firstNonEmpty(id, name), drivers.ErrNotFound)
+}
+
+// lookupByID inspects the container recorded in the sandbox's state dir; ok is false
+// when there is no record or the recorded container is gone.
+func (d *Driver) lookupByID(ctx context.Context, id string) (container.InspectResponse, bool, error) {
+	raw, err := os.ReadFile(filepath.Join(d.stateDir(id), "container"))
+	if err != nil {
+		return container.InspectResponse{}, false, nil
+	}
+	c, err := d.cli.ContainerInspect(ctx, strings.TrimSpace(string(raw)), client.ContainerInspectOptions{})
+	if isNotFound(err) {
+		return container.InspectResponse{}, false, nil
+	}
+	if err != nil {
+		return container.InspectResponse{}, false, d.wrap(err, "find sandbox "+id)
+	}
+	if !d.owns(c.Container) || c.Container.Config.Labels[LabelSandboxID] != id {
+		return container.InspectResponse{}, false, nil
+	}
+	return c.Container, true, nil
+}
+
+// owns reports whether a container carries this driver instance's labels.
+func (d *Driver) owns(c container.InspectResponse) bool {
+	if c.Config == nil || c.Config.Labels[LabelManagedBy] != ManagedByValue {
+		return false
+	}
+	for k, v := range d.cfg.Labels {
+		if c.Config.Labels[k] != v {
+			return false
+		}
+	}
+	return true
 }
 
 // filters selects the containers this driver instance manages.

@@ -24,13 +24,8 @@ const (
 	ReasonContainerRemoving = "ContainerRemoving"
 )
 
-// observe inspects a container and turns it into a sandbox observation.
-func (d *Driver) observe(ctx context.Context, containerID string) (*computev1.DriverSandbox, error) {
-	res, err := d.cli.ContainerInspect(ctx, containerID, client.ContainerInspectOptions{})
-	if err != nil {
-		return nil, d.wrap(err, "inspect container "+containerID)
-	}
-	c := res.Container
+// observe turns an inspected container into a sandbox observation.
+func (d *Driver) observe(ctx context.Context, c container.InspectResponse) *computev1.DriverSandbox {
 	var labels map[string]string
 	if c.Config != nil {
 		labels = c.Config.Labels
@@ -50,14 +45,14 @@ func (d *Driver) observe(ctx context.Context, containerID string) (*computev1.Dr
 		sb.Status.Conditions = []*computev1.DriverCondition{
 			cond(drivers.ConditionReady, drivers.StatusUnknown, drivers.ReasonInspectFailed, "the daemon reported no container state", ""),
 		}
-		return sb, nil
+		return sb
 	}
 	var logs string
 	if (st.Status == container.StateExited || st.Status == container.StateDead) && !d.isStopped(id) {
 		logs = d.lastLogs(ctx, c.ID)
 	}
 	sb.Status.Conditions, sb.Status.Deleting = conditions(st, c.Created, d.isStopped(id), logs)
-	return sb, nil
+	return sb
 }
 
 // conditions maps a Docker container state onto the conditions the gateway derives
