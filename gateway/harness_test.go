@@ -50,6 +50,11 @@ func quietLog() *slog.Logger {
 
 func startEnv(t testing.TB, dir string, drv *drivertest.MemDriver) *env {
 	t.Helper()
+	return startEnvWith(t, dir, drv, 200*time.Millisecond)
+}
+
+func startEnvWith(t testing.TB, dir string, drv *drivertest.MemDriver, reconcile time.Duration) *env {
+	t.Helper()
 	ctx := context.Background()
 	bundle, err := pki.Ensure(filepath.Join(dir, "pki"), nil)
 	if err != nil {
@@ -64,7 +69,7 @@ func startEnv(t testing.TB, dir string, drv *drivertest.MemDriver) *env {
 		t.Fatal(err)
 	}
 	srv, err := gateway.New(ctx, gateway.Options{Store: st, Driver: drv, DriverName: "mem", Tokens: issuer, Log: quietLog(),
-		ReconcileInterval: 200 * time.Millisecond, GatewayPort: 1})
+		ReconcileInterval: reconcile, GatewayPort: 1})
 	if err != nil {
 		t.Fatal(err)
 	}

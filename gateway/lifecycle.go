@@ -137,7 +137,7 @@ func (s *Server) GetSandbox(ctx context.Context, req *openshellv1.GetSandboxRequ
 	if err != nil {
 		return nil, err
 	}
-	return &openshellv1.SandboxResponse{Sandbox: s.view(r)}, nil
+	return &openshellv1.SandboxResponse{Sandbox: s.viewOwned(r, r.sb)}, nil
 }
 
 func (s *Server) ListSandboxes(ctx context.Context, req *openshellv1.ListSandboxesRequest) (*openshellv1.ListSandboxesResponse, error) {
@@ -165,7 +165,7 @@ func (s *Server) ListSandboxes(ctx context.Context, req *openshellv1.ListSandbox
 			s.log.Error("skipping unreadable sandbox record", "sandbox_id", o.ID, "err", err)
 			continue
 		}
-		out = append(out, s.view(r))
+		out = append(out, s.viewOwned(r, r.sb))
 	}
 	return &openshellv1.ListSandboxesResponse{Sandboxes: out}, nil
 }

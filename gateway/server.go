@@ -325,7 +325,11 @@ func (s *Server) phaseInput(r *record) phaseInput {
 
 // view renders the public Sandbox for a record with the phase derived now.
 func (s *Server) view(r *record) *openshellv1.Sandbox {
-	sb := cloneSandbox(r.sb)
+	return s.viewOwned(r, cloneSandbox(r.sb))
+}
+
+// viewOwned is view without the copy, for records decoded only to be returned.
+func (s *Server) viewOwned(r *record, sb *openshellv1.Sandbox) *openshellv1.Sandbox {
 	md := sb.GetMetadata()
 	md.ResourceVersion = r.obj.ResourceVersion
 	md.CreatedAtMs = r.obj.CreatedAtMs
