@@ -18,8 +18,8 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
-	pb "github.com/openshell/openshell/api/openshellv1"
 	"github.com/openshell/openshell/api/datamodelv1"
+	pb "github.com/openshell/openshell/api/openshellv1"
 	"github.com/openshell/openshell/api/sandboxv1"
 	"github.com/openshell/openshell/supervisor/policy"
 )
