@@ -40,7 +40,10 @@ func TestBenchVsDocker(t *testing.T) {
 	pct := func(ds []time.Duration, p float64) time.Duration { return ds[min(len(ds)-1, int(float64(len(ds))*p))] }
 	osh := measure(func() error {
 		r := h.run(t.Context(), "sandbox", "exec", "-n", "bench", "--", "true")
-		return r.err
+		if r.err != nil {
+			return fmt.Errorf("openshell sandbox exec: %w: %s", r.err, r.stderr)
+		}
+		return nil
 	})
 	dck := measure(func() error { return exec.Command("docker", "exec", cid, "true").Run() })
 	fmt.Printf("exec true: openshell p50=%v p99=%v | docker exec p50=%v p99=%v | ratio p50=%.2f p99=%.2f\n",

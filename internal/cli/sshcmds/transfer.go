@@ -110,10 +110,15 @@ func (c countWriter) Write(b []byte) (int, error) {
 	return n, err
 }
 
+// countReader reports its size so that sftp's ReadFrom pipelines concurrent writes
+// (without a known size it falls back to one request at a time).
 type countReader struct {
-	r io.Reader
-	p *progress
+	r    io.Reader
+	p    *progress
+	size int64
 }
+
+func (c countReader) Size() int64 { return c.size }
 
 func (c countReader) Read(b []byte) (int, error) {
 	n, err := c.r.Read(b)
@@ -206,7 +211,11 @@ func uploadFile(ctx context.Context, c *sftp.Client, src, dst string, perm fs.Fi
 	}
 	stop := context.AfterFunc(ctx, func() { rf.Close() })
 	defer stop()
-	if _, err := rf.ReadFrom(countReader{lf, p}); err != nil {
+	st, err := lf.Stat()
+	if err != nil {
+		return fmt.Errorf("upload: %w", err)
+	}
+	if _, err := rf.ReadFrom(countReader{lf, p, st.Size()}); err != nil {
 		rf.Close()
 		return fmt.Errorf("upload: write %s in sandbox: %w", dst, err)
 	}
