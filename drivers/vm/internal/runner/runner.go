@@ -219,7 +219,7 @@ func Run(ctx context.Context, dir string, o Options) (retErr error) {
 	wg.Add(3)
 	go func() { defer wg.Done(); serveBootstrap(lns[0], bootDoc, box, log) }()
 	go func() { defer wg.Done(); serveGateway(lns[1], spec.GatewayAddr, box, log) }()
-	go func() { defer wg.Done(); serveEgress(lns[2], log) }()
+	go func() { defer wg.Done(); serveEgress(lns[2], spec.Egress, log) }()
 
 	exited := make(chan error, 1)
 	go func() { exited <- m.Wait(context.Background()) }()
@@ -326,17 +326,4 @@ func bridge(a, b net.Conn) {
 	go cp(b, a)
 	<-done
 	<-done
-}
-
-// serveEgress reserves the egress port: the egress relay is not implemented yet, so
-// connections are refused politely (closed) and logged.
-func serveEgress(l net.Listener, log *slog.Logger) {
-	for {
-		c, err := l.Accept()
-		if err != nil {
-			return
-		}
-		log.Warn("egress: guest connection refused: the VM egress relay is not implemented yet")
-		c.Close()
-	}
 }

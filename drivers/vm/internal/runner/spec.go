@@ -27,6 +27,8 @@ type Spec struct {
 	GatewayAddr string `json:"gateway_addr"`
 	// Bootstrap is served as one JSON document on the bootstrap port.
 	Bootstrap bootstrap.Config `json:"bootstrap"`
+	// Egress is the host-side check on the guest's egress connections.
+	Egress EgressPolicy `json:"egress"`
 	// StopTimeout bounds a graceful guest shutdown before the VM is killed.
 	StopTimeout Duration `json:"stop_timeout"`
 	// ImageCacheDir/ImageKey name the cached image disk the VM reads; the runner holds
@@ -86,7 +88,7 @@ func (s *Spec) Validate() error {
 	case s.GatewayAddr == "":
 		return fmt.Errorf("runner spec: gateway_addr is empty")
 	}
-	return nil
+	return s.Egress.Validate()
 }
 
 // WriteSpec stores spec in dir/runner.json (0600).

@@ -1,0 +1,195 @@
+package runner
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"strings"
+	"time"
+)
+
+// The egress port speaks HTTP/1.1, one request per guest connection:
+//
+//	CONNECT <ip-or-host>:<port> HTTP/1.1   → 200 then raw bytes both ways (a tunnel),
+//	                                          403 when the host-side policy refuses the
+//	                                          destination, 502 when the dial fails
+//	GET /v1/resolve?name=<host> HTTP/1.1   → 200 {"addrs":["1.2.3.4",...]} (host DNS;
+//	                                          the guest has no network of its own)
+//
+// The guest's supervisor enforces the sandbox's network policy in its proxy; the runner
+// checks again outside the VM boundary that the destination is not the host's own or
+// internal networks (loopback, private, link-local, CGNAT, multicast) unless allowed.
+
+// EgressPolicy is the host-side check on guest egress.
+type EgressPolicy struct {
+	// AllowPrivate lets guests reach loopback, private and link-local addresses.
+	AllowPrivate bool `json:"allow_private,omitempty"`
+	// AllowCIDRs are exceptions to the private-address rule (e.g. a LAN registry).
+	AllowCIDRs []string `json:"allow_cidrs,omitempty"`
+}
+
+// errRefused marks a destination the host-side policy refuses.
+var errRefused = errors.New("refused by the VM driver's egress policy")
+
+var cgnat = netip.MustParsePrefix("100.64.0.0/10")
+
+// Check returns nil when the guest may connect to ip.
+func (p EgressPolicy) Check(ip netip.Addr) error {
+	ip = ip.Unmap()
+	if !ip.IsValid() || ip.IsUnspecified() || ip.IsMulticast() || ip.IsInterfaceLocalMulticast() {
+		return fmt.Errorf("destination %s is not a unicast address: %w", ip, errRefused)
+	}
+	internal := ip.IsLoopback() || ip.IsPrivate() || ip.IsLinkLocalUnicast() || cgnat.Contains(ip) ||
+		(ip.Is4() && ip.As4()[0] == 0)
+	if !internal || p.AllowPrivate {
+		return nil
+	}
+	for _, c := range p.AllowCIDRs {
+		if pfx, err := netip.ParsePrefix(c); err == nil && pfx.Contains(ip) {
+			return nil
+		}
+	}
+	return fmt.Errorf("destination %s is a host-internal address (loopback, private, link-local or CGNAT): %w", ip, errRefused)
+}
+
+// Validate checks the CIDRs.
+func (p EgressPolicy) Validate() error {
+	for i, c := range p.AllowCIDRs {
+		if _, err := netip.ParsePrefix(c); err != nil {
+			return fmt.Errorf("egress.allow_cidrs[%d] %q: %w", i, c, err)
+		}
+	}
+	return nil
+}
+
+type egress struct {
+	policy   EgressPolicy
+	log      *slog.Logger
+	resolver *net.Resolver
+	dial     func(ctx context.Context, network, addr string) (net.Conn, error)
+	// readTimeout bounds reading the request (default 30s).
+	readTimeout time.Duration
+}
+
+func serveEgress(l net.Listener, p EgressPolicy, log *slog.Logger) {
+	e := &egress{policy: p, log: log, resolver: net.DefaultResolver, dial: (&net.Dialer{}).DialContext}
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			return
+		}
+		go e.handle(c)
+	}
+}
+
+func (e *egress) handle(c net.Conn) {
+	defer c.Close()
+	rt := e.readTimeout
+	if rt == 0 {
+		rt = 30 * time.Second
+	}
+	c.SetReadDeadline(time.Now().Add(rt))
+	br := bufio.NewReader(c)
+	req, err := http.ReadRequest(br)
+	if err != nil {
+		e.log.Warn("egress: bad request from guest", "err", err)
+		return
+	}
+	c.SetReadDeadline(time.Time{})
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	switch {
+	case req.Method == http.MethodConnect:
+		e.connect(ctx, c, br, req.Host)
+	case req.Method == http.MethodGet && req.URL.Path == "/v1/resolve":
+		e.resolve(ctx, c, req.URL.Query().Get("name"))
+	default:
+		reply(c, http.StatusMethodNotAllowed, "use CONNECT host:port or GET /v1/resolve?name=")
+	}
+}
+
+func reply(c net.Conn, code int, msg string) {
+	fmt.Fprintf(c, "HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s",
+		code, http.StatusText(code), len(msg), msg)
+}
+
+func (e *egress) lookup(ctx context.Context, host string) ([]netip.Addr, error) {
+	if ip, err := netip.ParseAddr(strings.Trim(host, "[]")); err == nil {
+		return []netip.Addr{ip}, nil
+	}
+	return e.resolver.LookupNetIP(ctx, "ip", host)
+}
+
+func (e *egress) connect(ctx context.Context, c net.Conn, br *bufio.Reader, target string) {
+	host, port, err := net.SplitHostPort(target)
+	if err != nil || port == "" {
+		reply(c, http.StatusBadRequest, "CONNECT needs host:port")
+		return
+	}
+	ips, err := e.lookup(ctx, host)
+	if err != nil || len(ips) == 0 {
+		reply(c, http.StatusBadGateway, fmt.Sprintf("resolve %s: %v", host, err))
+		return
+	}
+	var up net.Conn
+	var lastErr error
+	for _, ip := range ips {
+		if err := e.policy.Check(ip); err != nil {
+			lastErr = err
+			continue
+		}
+		up, err = e.dial(ctx, "tcp", net.JoinHostPort(ip.Unmap().String(), port))
+		if err == nil {
+			break
+		}
+		lastErr = err
+	}
+	if up == nil {
+		code := http.StatusBadGateway
+		if errors.Is(lastErr, errRefused) {
+			code = http.StatusForbidden
+		}
+		e.log.Info("egress: refused", "target", target, "err", lastErr)
+		reply(c, code, fmt.Sprint(lastErr))
+		return
+	}
+	defer up.Close()
+	if _, err := io.WriteString(c, "HTTP/1.1 200 Connection established\r\n\r\n"); err != nil {
+		return
+	}
+	// Bytes the guest sent after its request line belong to the tunnel.
+	if n := br.Buffered(); n > 0 {
+		b, _ := br.Peek(n)
+		if _, err := up.Write(b); err != nil {
+			return
+		}
+	}
+	bridge(c, up)
+}
+
+func (e *egress) resolve(ctx context.Context, c net.Conn, name string) {
+	if name == "" {
+		reply(c, http.StatusBadRequest, "name is empty")
+		return
+	}
+	ips, err := e.lookup(ctx, name)
+	if err != nil {
+		reply(c, http.StatusBadGateway, err.Error())
+		return
+	}
+	out := struct {
+		Addrs []string `json:"addrs"`
+	}{Addrs: []string{}}
+	for _, ip := range ips {
+		out.Addrs = append(out.Addrs, ip.Unmap().String())
+	}
+	b, _ := json.Marshal(out)
+	fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s", len(b), b)
+}

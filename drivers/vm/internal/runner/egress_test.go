@@ -1,0 +1,167 @@
+package runner
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestEgressPolicy(t *testing.T) {
+	var deny EgressPolicy
+	for _, s := range []string{"127.0.0.1", "10.1.2.3", "192.168.1.1", "172.16.0.1", "169.254.169.254", "100.64.1.1", "::1", "fe80::1", "fd00::1", "0.0.0.0", "224.0.0.1", "::ffff:127.0.0.1", "0.1.2.3"} {
+		if deny.Check(netip.MustParseAddr(s)) == nil {
+			t.Errorf("default policy allows %s", s)
+		}
+	}
+	for _, s := range []string{"93.184.216.34", "2606:2800:220:1::1", "8.8.8.8"} {
+		if err := deny.Check(netip.MustParseAddr(s)); err != nil {
+			t.Errorf("default policy refuses %s: %v", s, err)
+		}
+	}
+	allow := EgressPolicy{AllowCIDRs: []string{"10.0.0.0/8"}}
+	if allow.Check(netip.MustParseAddr("10.9.9.9")) != nil || allow.Check(netip.MustParseAddr("192.168.0.1")) == nil {
+		t.Error("AllowCIDRs exception not applied exactly")
+	}
+	if (EgressPolicy{AllowPrivate: true}).Check(netip.MustParseAddr("127.0.0.1")) != nil {
+		t.Error("AllowPrivate does not allow loopback")
+	}
+	if (EgressPolicy{AllowCIDRs: []string{"nope"}}).Validate() == nil {
+		t.Error("Validate accepted a bad CIDR")
+	}
+}
+
+// egressClient sends one request on a new connection to the egress listener.
+func egressDo(t *testing.T, sock, req string) (*http.Response, net.Conn, *bufio.Reader) {
+	t.Helper()
+	c, err := net.Dial("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.SetDeadline(time.Now().Add(20 * time.Second))
+	if _, err := io.WriteString(c, req); err != nil {
+		t.Fatal(err)
+	}
+	br := bufio.NewReader(c)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp, c, br
+}
+
+// TestEgressRelay runs the egress port on a real Unix listener (the guest side is a
+// plain client) against a real TCP echo server on loopback.
+func TestEgressRelay(t *testing.T) {
+	echo, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer echo.Close()
+	go func() {
+		for {
+			c, err := echo.Accept()
+			if err != nil {
+				return
+			}
+			go func() { defer c.Close(); io.Copy(c, c) }()
+		}
+	}()
+	start := func(p EgressPolicy) string {
+		sock := filepath.Join(t.TempDir(), "eg.sock")
+		l, err := net.Listen("unix", sock)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { l.Close() })
+		go serveEgress(l, p, slog.Default())
+		return sock
+	}
+	target := echo.Addr().String()
+
+	// Default policy: loopback is host-internal → 403.
+	resp, c, _ := egressDo(t, start(EgressPolicy{}), "CONNECT "+target+" HTTP/1.1\r\nHost: "+target+"\r\n\r\n")
+	c.Close()
+	if resp.StatusCode != http.StatusForbidden {
+		t.Fatalf("CONNECT to loopback with the default policy: %s", resp.Status)
+	}
+
+	// Allowed: a tunnel, including bytes sent right behind the request.
+	sock := start(EgressPolicy{AllowCIDRs: []string{"127.0.0.0/8"}})
+	resp, c, br := egressDo(t, sock, "CONNECT "+target+" HTTP/1.1\r\nHost: "+target+"\r\n\r\n")
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("CONNECT allowed: %s", resp.Status)
+	}
+	fmt.Fprintln(c, "ping through the tunnel")
+	line, err := br.ReadString('\n')
+	c.Close()
+	if err != nil || line != "ping through the tunnel\n" {
+		t.Fatalf("tunnel echo %q %v", line, err)
+	}
+
+	// Nobody listening → 502.
+	dead, _ := net.Listen("tcp", "127.0.0.1:0")
+	deadAddr := dead.Addr().String()
+	dead.Close()
+	resp, c, _ = egressDo(t, sock, "CONNECT "+deadAddr+" HTTP/1.1\r\nHost: "+deadAddr+"\r\n\r\n")
+	c.Close()
+	if resp.StatusCode != http.StatusBadGateway {
+		t.Fatalf("CONNECT to a closed port: %s", resp.Status)
+	}
+
+	// Host DNS for the guest.
+	resp, c, _ = egressDo(t, sock, "GET /v1/resolve?name=localhost HTTP/1.1\r\nHost: runner\r\n\r\n")
+	var out struct{ Addrs []string }
+	json.NewDecoder(resp.Body).Decode(&out)
+	c.Close()
+	if resp.StatusCode != http.StatusOK || len(out.Addrs) == 0 || !strings.Contains(strings.Join(out.Addrs, ","), "127.0.0.1") && !strings.Contains(strings.Join(out.Addrs, ","), "::1") {
+		t.Fatalf("resolve localhost: %s %v", resp.Status, out.Addrs)
+	}
+
+	// Anything else → 405.
+	resp, c, _ = egressDo(t, sock, "GET / HTTP/1.1\r\nHost: runner\r\n\r\n")
+	c.Close()
+	if resp.StatusCode != http.StatusMethodNotAllowed {
+		t.Fatalf("GET /: %s", resp.Status)
+	}
+}
+
+func FuzzEgressRequest(f *testing.F) {
+	f.Add("CONNECT 1.2.3.4:443 HTTP/1.1\r\nHost: 1.2.3.4:443\r\n\r\n")
+	f.Add("GET /v1/resolve?name=example.com HTTP/1.1\r\n\r\n")
+	f.Add("CONNECT [::1]:1 HTTP/1.1\r\n\r\n")
+	f.Add("CONNECT example.com:80 HTTP/1.1\r\n\r\n")
+	f.Fuzz(func(t *testing.T, req string) {
+		// No network: the dialer and DNS always fail. The handler must answer (or
+		// close) without panicking, and never tunnel.
+		e := &egress{
+			log:         slog.New(slog.DiscardHandler),
+			readTimeout: 20 * time.Millisecond,
+			dial:        func(context.Context, string, string) (net.Conn, error) { return nil, errors.New("no network") },
+			resolver: &net.Resolver{PreferGo: true, Dial: func(context.Context, string, string) (net.Conn, error) {
+				return nil, errors.New("no dns")
+			}},
+		}
+		guest, host := net.Pipe()
+		done := make(chan struct{})
+		go func() { e.handle(host); close(done) }()
+		guest.SetDeadline(time.Now().Add(5 * time.Second))
+		go func() { io.WriteString(guest, req) }()
+		b, _ := io.ReadAll(guest)
+		guest.Close()
+		<-done
+		if strings.HasPrefix(string(b), "HTTP/1.1 200 Connection established") {
+			t.Fatalf("tunnel opened without a network for %q", req)
+		}
+	})
+}
