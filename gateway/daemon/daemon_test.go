@@ -1,0 +1,110 @@
+package daemon
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/openshell/openshell/api/openshellv1"
+	"github.com/openshell/openshell/drivers/drivertest"
+	"github.com/openshell/openshell/drivers/grpcdriver"
+	"github.com/openshell/openshell/gateway/config"
+)
+
+func freePort(t *testing.T) int {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// TestPlaintextLocalDevWithHealth runs the assembled gateway with --disable-tls
+// against an external MemDriver socket: the local-dev user may call user RPCs, and the
+// health listener serves /healthz, /readyz and /metrics.
+func TestPlaintextLocalDevWithHealth(t *testing.T) {
+	tmp, err := os.MkdirTemp("", "gwd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(tmp) })
+	sock := filepath.Join(tmp, "d.sock")
+	lis, err := grpcdriver.ListenUnix(sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sctx, scancel := context.WithCancel(context.Background())
+	served := make(chan struct{})
+	go func() { grpcdriver.Serve(sctx, lis, drivertest.NewMemDriver()); close(served) }()
+	t.Cleanup(func() { scancel(); <-served })
+
+	cfg := config.Defaults()
+	cfg.StateDir = filepath.Join(tmp, "state")
+	cfg.Port = 0
+	cfg.DisableTLS = true
+	cfg.ComputeDriverSocket = sock
+	cfg.HealthPort = freePort(t)
+	g, err := Start(t.Context(), &cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Stop(5 * time.Second)
+
+	cc, err := grpc.NewClient("passthrough:///"+g.Addr.String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	c := openshellv1.NewOpenShellClient(cc)
+	if _, err := c.CreateSandbox(t.Context(), &openshellv1.CreateSandboxRequest{Name: "dev", Spec: &openshellv1.SandboxSpec{}}); err != nil {
+		t.Fatalf("local-dev user create: %v", err)
+	}
+	list, err := c.ListSandboxes(t.Context(), &openshellv1.ListSandboxesRequest{})
+	if err != nil || len(list.GetSandboxes()) != 1 {
+		t.Fatalf("list = %v, %v", list, err)
+	}
+
+	base := "http://127.0.0.1:" + strconv.Itoa(cfg.HealthPort)
+	for path, want := range map[string]string{"/healthz": "ok", "/readyz": "ok", "/metrics": "openshell_gateway_up 1"} {
+		resp, err := http.Get(base + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || !strings.Contains(string(body), want) {
+			t.Errorf("%s = %d %q, want %q", path, resp.StatusCode, body, want)
+		}
+	}
+	// The state directory holds the token key and the SQLite database, not certs.
+	for _, f := range []string{"sandbox-token.key", "openshell.db", "gateway-id"} {
+		if _, err := os.Stat(filepath.Join(cfg.StateDir, f)); err != nil {
+			t.Errorf("state file %s: %v", f, err)
+		}
+	}
+	if _, err := os.Stat(PKIDir(cfg.StateDir)); err == nil {
+		t.Errorf("--disable-tls must not create a PKI")
+	}
+}
+
+func TestStartRejectsUnknownDriver(t *testing.T) {
+	cfg := config.Defaults()
+	cfg.StateDir = t.TempDir()
+	cfg.Driver = "lxc"
+	_, err := Start(t.Context(), &cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err == nil || !strings.Contains(err.Error(), "docker, podman, kubernetes, vm") {
+		t.Fatalf("err = %v", err)
+	}
+}
