@@ -82,6 +82,11 @@ func parse(name string, args []string, stderr io.Writer) (*flags, error) {
 	fs.StringVar(&c.Transport, "vsock-transport", "", "auto, vhost-vsock, vhost-user-vsock or virtio-serial (default auto)")
 	fs.StringVar(&c.SupervisorBinary, "supervisor-binary", "", "static openshell-sandbox for the guest (default: next to this binary, then PATH)")
 	fs.StringVar(&c.ImageCacheDir, "image-cache-dir", "", "image cache (default <state-dir>/images)")
+	fs.BoolVar(&c.EgressAllowPrivate, "egress-allow-private", false, "let guests' egress reach loopback/private/link-local addresses (refused by default)")
+	fs.Func("egress-allow-cidr", "CIDR guests' egress may reach despite the private-address rule (repeatable)", func(s string) error {
+		c.EgressAllowCIDRs = append(c.EgressAllowCIDRs, s)
+		return nil
+	})
 	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	if err := fs.Parse(args); err != nil {
 		return nil, err

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -56,6 +57,12 @@ type Config struct {
 	SupervisorBinary string `json:"supervisor_binary,omitempty"`
 	// ImageCacheDir defaults to <StateDir>/images.
 	ImageCacheDir string `json:"image_cache_dir,omitempty"`
+
+	// EgressAllowPrivate lets guests' egress reach loopback, private and link-local
+	// addresses of the host's networks (refused by default).
+	EgressAllowPrivate bool `json:"egress_allow_private,omitempty"`
+	// EgressAllowCIDRs are exceptions to that refusal (e.g. a LAN package mirror).
+	EgressAllowCIDRs []string `json:"egress_allow_cidrs,omitempty"`
 
 	// RunnerCommand is argv[0..] of the runner re-exec; "--state-dir DIR" is appended.
 	// Default: [<this executable>, "runner"].
@@ -160,6 +167,11 @@ func (c Config) Validate() error {
 	}
 	if c.DefaultImage == "" {
 		errs = append(errs, errors.New("default_image (--default-image) is empty"))
+	}
+	for i, cidr := range c.EgressAllowCIDRs {
+		if _, err := netip.ParsePrefix(cidr); err != nil {
+			errs = append(errs, fmt.Errorf("egress_allow_cidrs[%d] (--egress-allow-cidr) %q: %w", i, cidr, err))
+		}
 	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("vm driver config: %w", err)

@@ -163,6 +163,9 @@ func (d *Driver) prepare(ctx context.Context, s *sandbox, res *resolved, spec *c
 	progress("resolving image " + res.image)
 	entry, err := cache.Ensure(ctx, res.image, progressLogger(res.image, progress))
 	if err != nil {
+		if res.image == DefaultImage {
+			return nil, fmt.Errorf("%w (the default image is built by scripts/build-base-image.sh)", err)
+		}
 		return nil, err
 	}
 	if _, err := state.Update(s.paths.Dir, func(r *state.Record) error { r.ImageDigest = entry.Digest; return nil }); err != nil {
@@ -188,6 +191,7 @@ func (d *Driver) prepare(ctx context.Context, s *sandbox, res *resolved, spec *c
 			ImageDisk: entry.DiskPath, Disk: s.paths.Disk, Accel: d.cfg.Accel, Transport: d.cfg.Transport,
 		},
 		GatewayAddr:   d.cfg.GatewayEndpoint,
+		Egress:        runner.EgressPolicy{AllowPrivate: d.cfg.EgressAllowPrivate, AllowCIDRs: d.cfg.EgressAllowCIDRs},
 		Bootstrap:     *boot,
 		StopTimeout:   runner.Duration(d.cfg.StopTimeout),
 		ImageCacheDir: cache.Dir(),
