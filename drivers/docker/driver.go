@@ -191,7 +191,7 @@ func (d *Driver) Create(ctx context.Context, sb *computev1.DriverSandbox) (retEr
 	if _, err := d.cli.ContainerStart(ctx, created.ID, client.ContainerStartOptions{}); err != nil {
 		return d.wrap(err, "start container for sandbox "+sb.GetId())
 	}
-	d.log.Info("sandbox container started", "sandbox_id", sb.GetId(), "container", created.ID[:12], "image", p.imageRef)
+	d.log.Info("sandbox container started", "sandbox_id", sb.GetId(), "container", shortID(created.ID), "image", p.imageRef)
 	return nil
 }
 
@@ -281,7 +281,10 @@ func (d *Driver) Delete(ctx context.Context, id, name string) (bool, error) {
 	if err := os.RemoveAll(d.stateDir(sid)); err != nil {
 		return true, fmt.Errorf("sandbox %s: container removed but its state files remain: %w", sid, err)
 	}
-	d.log.Info("sandbox container removed", "sandbox_id", sid, "container", c.ID[:12])
+	d.log.Info("sandbox container removed", "sandbox_id", sid, "container", shortID(c.ID))
+	// Forget the id's lock so the map does not grow with every sandbox ever made; a
+	// caller already waiting on it still gets it, which is harmless after a delete.
+	d.locks.Delete(id)
 	return true, nil
 }
 

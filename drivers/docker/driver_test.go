@@ -370,6 +370,23 @@ func TestRestartFindsSandboxes(t *testing.T) {
 	if len(list) != 2 || phases[idA] != openshellv1.SandboxPhase_SANDBOX_PHASE_READY || phases[idB] != openshellv1.SandboxPhase_SANDBOX_PHASE_STOPPED {
 		t.Fatalf("after restart List = %v, want %s READY and %s STOPPED", phases, idA, idB)
 	}
+	// Found by name alone, and by a driver whose state dir is gone (label lookup).
+	if got, err := d2.Get(ctx, "", nameA); err != nil || got.GetId() != idA {
+		t.Errorf("Get by name = %v, %v; want %s", got.GetId(), err, idA)
+	}
+	lost := cfg
+	lost.StateDir = t.TempDir()
+	d3, err := New(ctx, lost)
+	if err != nil {
+		t.Fatalf("New with an empty state dir: %v", err)
+	}
+	defer d3.Close()
+	if got, err := d3.Get(ctx, idA, ""); err != nil || phase(got) != openshellv1.SandboxPhase_SANDBOX_PHASE_READY {
+		t.Errorf("Get by id without state files = %v, %v; want READY", got.GetStatus(), err)
+	}
+	if list, err := d3.List(ctx); err != nil || len(list) != 2 {
+		t.Errorf("List without state files = %d sandboxes, %v; want 2", len(list), err)
+	}
 	// A Watch opened now reports both at once (its first resync).
 	ch, err := d2.Watch(ctx)
 	if err != nil {
