@@ -22,6 +22,7 @@ import (
 	"github.com/openshell/openshell/gateway"
 	"github.com/openshell/openshell/gateway/auth"
 	"github.com/openshell/openshell/gateway/pki"
+	"github.com/openshell/openshell/gateway/sshrelay"
 	"github.com/openshell/openshell/gateway/store/sqlite"
 	"github.com/openshell/openshell/gateway/token"
 )
@@ -69,7 +70,7 @@ func startEnvWith(t testing.TB, dir string, drv *drivertest.MemDriver, reconcile
 		t.Fatal(err)
 	}
 	srv, err := gateway.New(ctx, gateway.Options{Store: st, Driver: drv, DriverName: "mem", Tokens: issuer, Log: quietLog(),
-		ReconcileInterval: reconcile, GatewayPort: 1})
+		ReconcileInterval: reconcile, GatewayPort: 1, Exec: sshrelay.Exec, Interactive: sshrelay.Interactive})
 	if err != nil {
 		t.Fatal(err)
 	}
