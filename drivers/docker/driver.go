@@ -392,6 +392,10 @@ func (d *Driver) writeState(id, token string) (string, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return "", fmt.Errorf("sandbox %s: state dir: %w", id, err)
 	}
+	// A leftover from an earlier sandbox with this id (removed behind our back).
+	if err := d.setStopped(id, false); err != nil {
+		return "", err
+	}
 	// The token is the sandbox's credential: root-only; the supervisor runs as root.
 	if err := writeFileAtomic(filepath.Join(dir, "token"), []byte(token), 0o600); err != nil {
 		return "", fmt.Errorf("sandbox %s: write token: %w", id, err)
