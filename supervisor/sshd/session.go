@@ -218,6 +218,7 @@ func (s *session) serveSFTPInProcess() {
 // ServeSFTP serves the SFTP protocol on rw until the client closes it. The
 // "openshell-sandbox sftp-server" command calls it on stdin/stdout as the sandbox user.
 func ServeSFTP(rw io.ReadWriter, opts ...sftp.ServerOption) error {
+	opts = append([]sftp.ServerOption{sftp.WithMaxTxPacket(256 << 10)}, opts...)
 	srv, err := sftp.NewServer(struct {
 		io.Reader
 		io.Writer

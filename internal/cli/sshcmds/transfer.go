@@ -32,7 +32,7 @@ func sftpClient(ctx context.Context, api pb.OpenShellClient, name string) (*sftp
 		return nil, nil, err
 	}
 	sc, err := sftp.NewClient(cl, sftp.UseConcurrentWrites(true), sftp.UseConcurrentReads(true),
-		sftp.MaxConcurrentRequestsPerFile(64))
+		sftp.MaxConcurrentRequestsPerFile(64), sftp.MaxPacketUnchecked(128<<10))
 	if err != nil {
 		cl.Close()
 		return nil, nil, fmt.Errorf("start sftp in sandbox %q: %w", name, err)
