@@ -166,10 +166,11 @@ func killAll(t testing.TB, stateDir string) {
 // gatewayStub stands in for the gateway's TCP listener: the runner bridges each guest
 // gateway-port connection here, and the test guest sends one JSON report per connection.
 type gatewayStub struct {
-	ln      net.Listener
-	reports chan report
-	mu      sync.Mutex
-	conns   map[string][]net.Conn // by sandbox id
+	ln       net.Listener
+	accepted int // connections accepted (under mu)
+	reports  chan report
+	mu       sync.Mutex
+	conns    map[string][]net.Conn // by sandbox id
 }
 
 // report mirrors drivers/vm/internal/testguest.Report.
@@ -196,6 +197,9 @@ func newGatewayStub(t testing.TB) *gatewayStub {
 			if err != nil {
 				return
 			}
+			g.mu.Lock()
+			g.accepted++
+			g.mu.Unlock()
 			go func() {
 				line, err := bufio.NewReader(c).ReadString('\n')
 				if err != nil {
