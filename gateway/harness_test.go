@@ -54,7 +54,7 @@ func startEnv(t testing.TB, dir string, drv *drivertest.MemDriver) *env {
 	return startEnvWith(t, dir, drv, 200*time.Millisecond)
 }
 
-func startEnvWith(t testing.TB, dir string, drv *drivertest.MemDriver, reconcile time.Duration) *env {
+func startEnvWith(t testing.TB, dir string, drv *drivertest.MemDriver, reconcile time.Duration, mods ...func(*gateway.Options)) *env {
 	t.Helper()
 	ctx := context.Background()
 	bundle, err := pki.Ensure(filepath.Join(dir, "pki"), nil)
@@ -69,8 +69,12 @@ func startEnvWith(t testing.TB, dir string, drv *drivertest.MemDriver, reconcile
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, err := gateway.New(ctx, gateway.Options{Store: st, Driver: drv, DriverName: "mem", Tokens: issuer, Log: quietLog(),
-		ReconcileInterval: reconcile, GatewayPort: 1, Exec: sshrelay.Exec, Interactive: sshrelay.Interactive})
+	opts := gateway.Options{Store: st, Driver: drv, DriverName: "mem", Tokens: issuer, Log: quietLog(),
+		ReconcileInterval: reconcile, GatewayPort: 1, Exec: sshrelay.Exec, Interactive: sshrelay.Interactive}
+	for _, m := range mods {
+		m(&opts)
+	}
+	srv, err := gateway.New(ctx, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -196,6 +200,13 @@ type fakeSupervisor struct {
 
 func (e *env) connectSupervisor(id, instance string) *fakeSupervisor {
 	e.t.Helper()
+	return e.connectSupervisorMode(id, instance, "echo")
+}
+
+// connectSupervisorMode answers relay_open per mode: "echo" (RelayStream echoing
+// bytes), "fail" (relay_open_result success=false), "ignore" (nothing).
+func (e *env) connectSupervisorMode(id, instance, mode string) *fakeSupervisor {
+	e.t.Helper()
 	c := e.sandboxClient(id)
 	ctx, cancel := context.WithCancel(context.Background())
 	stream, err := c.ConnectSupervisor(ctx)
@@ -223,7 +234,13 @@ func (e *env) connectSupervisor(id, instance string) *fakeSupervisor {
 				return
 			}
 			if ro := m.GetRelayOpen(); ro != nil {
-				go echoRelay(ctx, c, ro.GetChannelId())
+				switch mode {
+				case "echo":
+					go echoRelay(ctx, c, ro.GetChannelId())
+				case "fail":
+					_ = stream.Send(&openshellv1.SupervisorMessage{Payload: &openshellv1.SupervisorMessage_RelayOpenResult{
+						RelayOpenResult: &openshellv1.RelayOpenResult{ChannelId: ro.GetChannelId(), Error: "connection refused by 127.0.0.1:8080"}}})
+				}
 			}
 		}
 	}()

@@ -65,6 +65,8 @@ type Options struct {
 	Interactive InteractiveFunc
 	// MaxRelaysPerSandbox caps concurrent relays (0 = hub default).
 	MaxRelaysPerSandbox int
+	// RelayOpenTimeout bounds the wait for a supervisor to claim a relay (0 = 10 s).
+	RelayOpenTimeout time.Duration
 	// LogLines is the per-sandbox log ring size (0 = 10000).
 	LogLines int
 }
@@ -128,7 +130,7 @@ func New(ctx context.Context, o Options) (*Server, error) {
 	}
 	s := &Server{opts: o, st: o.Store, drv: o.Driver, log: o.Log.With("driver", o.DriverName), caps: caps,
 		logs: newLogBook(o.LogLines), watch: newNotifier()}
-	s.hub = hub.New(hub.Options{Log: s.log, OnChange: s.onSession, MaxRelays: o.MaxRelaysPerSandbox})
+	s.hub = hub.New(hub.Options{Log: s.log, OnChange: s.onSession, MaxRelays: o.MaxRelaysPerSandbox, OpenWait: o.RelayOpenTimeout})
 	return s, nil
 }
 

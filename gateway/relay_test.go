@@ -1,0 +1,94 @@
+package gateway_test
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+
+	"github.com/openshell/openshell/api/openshellv1"
+	"github.com/openshell/openshell/drivers/drivertest"
+	"github.com/openshell/openshell/gateway"
+)
+
+func forwardInit(id string) *openshellv1.TcpForwardFrame {
+	return &openshellv1.TcpForwardFrame{Payload: &openshellv1.TcpForwardFrame_Init{Init: &openshellv1.TcpForwardInit{SandboxId: id,
+		Target: &openshellv1.TcpForwardInit_Tcp{Tcp: &openshellv1.TcpRelayTarget{Host: "127.0.0.1", Port: 8080}}}}}
+}
+
+// openForward starts a ForwardTcp and returns the first error (nil once data flows).
+func openForward(ctx context.Context, e *env, id string) (openshellv1.OpenShell_ForwardTcpClient, error) {
+	fs, err := e.user.ForwardTcp(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if err := fs.Send(forwardInit(id)); err != nil {
+		return nil, err
+	}
+	if err := fs.Send(&openshellv1.TcpForwardFrame{Payload: &openshellv1.TcpForwardFrame_Data{Data: []byte("x")}}); err != nil {
+		return nil, err
+	}
+	if _, err := fs.Recv(); err != nil {
+		return nil, err
+	}
+	return fs, nil
+}
+
+func TestRelayFailures(t *testing.T) {
+	e := startEnvWith(t, t.TempDir(), drivertest.NewMemDriver(), 200*time.Millisecond, func(o *gateway.Options) {
+		o.RelayOpenTimeout = 300 * time.Millisecond
+		o.MaxRelaysPerSandbox = 1
+	})
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+	defer cancel()
+
+	fail := e.create("fail").GetMetadata().GetId()
+	e.connectSupervisorMode(fail, "i", "fail")
+	e.waitPhase("fail", phaseReady)
+	_, err := openForward(ctx, e, fail)
+	wantCode(t, err, codes.Unavailable)
+	if !strings.Contains(err.Error(), "connection refused by 127.0.0.1:8080") {
+		t.Errorf("the supervisor's reason is lost: %v", err)
+	}
+
+	ignore := e.create("ignore").GetMetadata().GetId()
+	e.connectSupervisorMode(ignore, "i", "ignore")
+	e.waitPhase("ignore", phaseReady)
+	start := time.Now()
+	_, err = openForward(ctx, e, ignore)
+	wantCode(t, err, codes.Unavailable)
+	if d := time.Since(start); d > 5*time.Second || !strings.Contains(err.Error(), "did not open relay") {
+		t.Errorf("unclaimed relay: %v after %s", err, d)
+	}
+
+	echo := e.create("echo").GetMetadata().GetId()
+	e.connectSupervisor(echo, "i")
+	e.waitPhase("echo", phaseReady)
+	first, err := openForward(ctx, e, echo)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = openForward(ctx, e, echo)
+	wantCode(t, err, codes.ResourceExhausted)
+	// Closing the first relay frees the slot.
+	first.CloseSend()
+	for {
+		if _, err := first.Recv(); err != nil {
+			break
+		}
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		fs, err := openForward(ctx, e, echo)
+		if err == nil {
+			fs.CloseSend()
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("relay slot never freed: %v", err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
