@@ -507,7 +507,8 @@ func (cc *conn) forward(ctx context.Context, req *http.Request, tt *tunnelTarget
 		writeError(cc.c, http.StatusBadGateway, fmt.Sprintf("openshell egress proxy: sending to %s:%d failed: %v\n", host, port, err))
 		return false
 	}
-	resp, err := http.ReadResponse(bufio.NewReaderSize(up, 32<<10), req)
+	ubr := bufio.NewReaderSize(up, 32<<10)
+	resp, err := http.ReadResponse(ubr, req)
 	if err != nil {
 		writeError(cc.c, http.StatusBadGateway, fmt.Sprintf("openshell egress proxy: bad response from %s:%d: %v\n", host, port, err))
 		return false
@@ -517,6 +518,26 @@ func (cc *conn) forward(ctx context.Context, req *http.Request, tt *tunnelTarget
 		resp.Header.Del(h)
 	}
 	resp.Close = clientClose
+	if resp.ContentLength > 0 && len(resp.TransferEncoding) == 0 && req.Method != http.MethodHead && resp.StatusCode >= 200 {
+		// Fixed-length body: write the head, then move the body with io.CopyN so that
+		// a TCP upstream is spliced to the client without passing through user space.
+		if err := writeHead(cc.c, resp); err != nil {
+			return false
+		}
+		left := resp.ContentLength
+		if n := int64(ubr.Buffered()); n > 0 {
+			b, _ := ubr.Peek(int(min(n, left)))
+			if _, err := cc.c.Write(b); err != nil {
+				return false
+			}
+			ubr.Discard(len(b))
+			left -= int64(len(b))
+		}
+		if n, err := io.CopyN(cc.c, up, left); err != nil || n != left {
+			return false
+		}
+		return !clientClose
+	}
 	if err := resp.Write(cc.c); err != nil {
 		return false
 	}
@@ -527,4 +548,20 @@ func (cc *conn) forward(ctx context.Context, req *http.Request, tt *tunnelTarget
 func writeError(w io.Writer, status int, body string) {
 	fmt.Fprintf(w, "HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s",
 		status, http.StatusText(status), len(body), body)
+}
+
+// writeHead writes the status line and headers of a fixed-length response.
+func writeHead(w io.Writer, resp *http.Response) error {
+	bw := bufio.NewWriterSize(w, 4096)
+	fmt.Fprintf(bw, "HTTP/1.1 %s\r\n", resp.Status)
+	resp.Header.Del("Content-Length")
+	if err := resp.Header.Write(bw); err != nil {
+		return err
+	}
+	fmt.Fprintf(bw, "Content-Length: %d\r\n", resp.ContentLength)
+	if resp.Close {
+		bw.WriteString("Connection: close\r\n")
+	}
+	bw.WriteString("\r\n")
+	return bw.Flush()
 }

@@ -1,6 +1,7 @@
 package egress
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/tls"
@@ -496,5 +497,34 @@ func TestDiagInodeMatchesProc(t *testing.T) {
 	id, err := (&ProcIdentifier{NetPID: os.Getpid()}).Identify(s)
 	if err != nil || id.PID != os.Getpid() || id.Exe != self(t) {
 		t.Fatalf("proc-table identify: %+v %v", id, err)
+	}
+}
+
+func TestForwardKeepAlive(t *testing.T) {
+	plain := startUpstream(t, "127.0.0.2", false, nil)
+	pol := compile(t, fmt.Sprintf("version: 1\nnetwork_policies:\n  t:\n    endpoints: [{host: %s, port: %d}]\n", plain.host, plain.port))
+	_, purl, _ := startProxy(t, Config{Policy: pol})
+	c, err := net.Dial("tcp", strings.TrimPrefix(purl, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	br := bufio.NewReader(c)
+	for i := range 3 {
+		method := "GET"
+		if i == 1 {
+			method = "HEAD"
+		}
+		fmt.Fprintf(c, "%s %s/k%d HTTP/1.1\r\nHost: %s:%d\r\n\r\n", method, plain.srv.URL, i, plain.host, plain.port)
+		req, _ := http.NewRequest(method, plain.srv.URL, nil)
+		resp, err := http.ReadResponse(br, req)
+		if err != nil {
+			t.Fatalf("request %d: %v", i, err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || (method == "GET" && !strings.Contains(string(b), "hello from")) || (method == "HEAD" && len(b) != 0) {
+			t.Fatalf("request %d: %d %q", i, resp.StatusCode, b)
+		}
 	}
 }
