@@ -161,8 +161,7 @@ func (p *Policy) Marshal() ([]byte, error) {
 			yr.Name = ""
 		}
 		for _, e := range r.Endpoints {
-			yr.Endpoints = append(yr.Endpoints, yEndpoint{Host: e.Host, Port: e.Port, Ports: e.Ports, Protocol: e.Protocol,
-				TLS: e.TLS, Enforcement: e.Enforcement, Access: e.Access, AllowedIPs: e.AllowedIPs})
+			yr.Endpoints = append(yr.Endpoints, yEndpoint(e))
 		}
 		for _, b := range r.Binaries {
 			yr.Binaries = append(yr.Binaries, yBinary{Path: b})
