@@ -41,6 +41,15 @@ func TestSandboxLifecycle(t *testing.T) {
 		if f := strings.Fields(r.stdout); len(f) != 4 || f[0] != "/tmp" || f[1] != "y" || f[2] != "z" || f[3] == "0" {
 			t.Fatalf("exec workdir/env/user: %q (must not run as root)", r.stdout)
 		}
+		// Orphans re-parented to the supervisor (PID 1 in a container) are reaped.
+		for i := 0; i < 3; i++ {
+			h.mustRun("sandbox", "exec", "-n", "box", "--", "sh", "-c", "(sleep 0.2 &); exit 0")
+		}
+		time.Sleep(2 * time.Second)
+		r = h.mustRun("sandbox", "exec", "-n", "box", "--", "sh", "-c", `n=0; for f in /proc/[0-9]*/stat; do s=$(cut -d' ' -f3 "$f" 2>/dev/null); [ "$s" = Z ] && n=$((n+1)); done; echo zombies=$n`)
+		if strings.TrimSpace(r.stdout) != "zombies=0" {
+			t.Fatalf("after orphaned children exited: %q", r.stdout)
+		}
 		r = h.run(t.Context(), "sandbox", "exec", "-n", "box", "--timeout", "1s", "--", "sleep", "30")
 		if r.code != 124 || r.took > 15*time.Second {
 			t.Fatalf("timeout: code %d after %v (%s)", r.code, r.took, r.stderr)
