@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -33,6 +34,7 @@ type Driver struct {
 	log       *slog.Logger
 	version   string   // daemon version, for capabilities
 	cdiDirs   []string // daemon CDI spec dirs; empty = no GPU support
+	runtimes  []string // OCI runtimes the daemon offers (for runtime_class_name)
 	gatewayIP string   // the openshell bridge network's gateway address
 	fwd       *forwarder
 
@@ -78,6 +80,10 @@ func New(ctx context.Context, cfg Config) (_ *Driver, retErr error) {
 	}
 	d.version = fmt.Sprintf("docker engine %s (API %s)", info.Info.ServerVersion, cli.ClientVersion())
 	d.cdiDirs = info.Info.CDISpecDirs
+	for name := range info.Info.Runtimes {
+		d.runtimes = append(d.runtimes, name)
+	}
+	slices.Sort(d.runtimes)
 
 	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
 		return nil, fmt.Errorf("docker driver: state_dir %s: %w", cfg.StateDir, err)

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/moby/moby/client"
+	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/openshell/openshell/api/computev1"
 	"github.com/openshell/openshell/api/openshellv1"
@@ -67,6 +68,7 @@ func TestCreateContainerShape(t *testing.T) {
 	sb.Workspace = "ws1"
 	sb.Spec.Environment = map[string]string{"FOO": "bar"}
 	sb.Spec.Template.Resources = &computev1.DriverResourceRequirements{CpuLimit: "500m", MemoryLimit: "128Mi", MemoryRequest: "96Mi"}
+	sb.Spec.Template.PlatformConfig, _ = structpb.NewStruct(map[string]any{"runtime_class_name": "runc"})
 	if err := d.Create(ctx, sb); err != nil {
 		t.Fatalf("Create: %v", err)
 	}
@@ -98,6 +100,7 @@ func TestCreateContainerShape(t *testing.T) {
 		{"label sandbox-id", c.Config.Labels[LabelSandboxID], id},
 		{"label sandbox-name", c.Config.Labels[LabelSandboxName], name},
 		{"user label", c.Config.Labels["openshell.test/suite"], "drivertest"},
+		{"runtime", c.HostConfig.Runtime, "runc"},
 		{"restart policy", string(c.HostConfig.RestartPolicy.Name), "no"},
 		{"nano cpus", c.HostConfig.NanoCPUs, int64(500_000_000)},
 		{"memory", c.HostConfig.Memory, int64(128 << 20)},
@@ -196,6 +199,9 @@ func TestBadInput(t *testing.T) {
 		}, drivers.ErrInvalidArgument, []string{"cpu", "two"}},
 		{"reserved label", func(sb *computev1.DriverSandbox) { sb.Spec.Template.Labels = map[string]string{LabelSandboxID: "x"} },
 			drivers.ErrInvalidArgument, []string{"reserved"}},
+		{"unknown runtime class", func(sb *computev1.DriverSandbox) {
+			sb.Spec.Template.PlatformConfig, _ = structpb.NewStruct(map[string]any{"runtime_class_name": "no-such-runtime"})
+		}, drivers.ErrInvalidArgument, []string{"no-such-runtime", "runc"}},
 		{"gpu without CDI", func(sb *computev1.DriverSandbox) {
 			sb.Spec.ResourceRequirements = &computev1.ResourceRequirements{Gpu: &computev1.GpuResourceRequirements{}}
 		}, drivers.ErrFailedPrecondition, []string{"GPU", "CDI"}},

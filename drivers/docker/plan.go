@@ -36,6 +36,7 @@ type plan struct {
 	nanoCPUs            int64
 	memory, memoryReq   int64
 	gpu                 *container.DeviceRequest
+	runtime             string
 	labels              map[string]string
 	boot                bootstrap.Config
 }
@@ -121,6 +122,14 @@ func (d *Driver) plan(ctx context.Context, sb *computev1.DriverSandbox) (*plan, 
 		p.gpu = &container.DeviceRequest{Driver: "cdi", DeviceIDs: ids}
 	}
 
+	// runtime_class_name picks one of the daemon's OCI runtimes (e.g. a sandboxed one).
+	if rc := tmpl.GetPlatformConfig().GetFields()["runtime_class_name"].GetStringValue(); rc != "" {
+		if !slices.Contains(d.runtimes, rc) {
+			return nil, invalid("runtime_class_name %q is not a runtime of this Docker daemon (it has: %s)", rc, strings.Join(d.runtimes, ", "))
+		}
+		p.runtime = rc
+	}
+
 	p.labels = map[string]string{}
 	for k, v := range tmpl.GetLabels() {
 		if strings.HasPrefix(k, "openshell.ai/") {
@@ -202,6 +211,7 @@ func (d *Driver) containerConfig(p *plan, stateDir string) (*container.Config, *
 			PidsLimit:         &pids,
 		},
 	}
+	host.Runtime = p.runtime
 	if p.gpu != nil {
 		host.DeviceRequests = []container.DeviceRequest{*p.gpu}
 	}
