@@ -137,6 +137,9 @@ func freePort(t *testing.T) int {
 // newHarness starts a gateway with the driver under test.
 func newHarness(t *testing.T) *harness {
 	t.Helper()
+	if testing.Short() {
+		t.Skip("e2e builds the binaries and drives a real compute driver; not in -short")
+	}
 	requireDriver(t)
 	bin := build(t)
 	home, err := os.MkdirTemp(tmpRoot, "home-")

@@ -78,6 +78,19 @@ func TestVMEndToEnd(t *testing.T) {
 	e.cli("sandbox", "create", "--name", sandbox, "--from", image, "--timeout", cliTimeout.String(), "--", "sleep", "1000000")
 	t.Logf("create → Ready took %v", time.Since(t0))
 
+	// exec arrives with the CLI's ssh commands; without it the lifecycle still runs and
+	// the guest-side checks are skipped with the reason.
+	help, _ := e.run("sandbox", "exec", "--help")
+	haveExec := strings.Contains(help, "openshell sandbox exec")
+	bootID := func() string {
+		out := e.cli("sandbox", "exec", "-n", sandbox, "--", "cat", "/proc/sys/kernel/random/boot_id")
+		return strings.TrimSpace(out)
+	}
+	var boot0 string
+	if haveExec {
+		boot0 = bootID()
+	}
+
 	// A gateway restart (which stops the driver process by PID) leaves the VM running;
 	// the new gateway's driver re-adopts it and the supervisor reconnects.
 	pids := e.vmPIDs()
@@ -96,10 +109,6 @@ func TestVMEndToEnd(t *testing.T) {
 		t.Errorf("re-adoption changed the VM processes: %v → %v", pids, after)
 	}
 
-	// exec arrives with the CLI's ssh commands; without it the lifecycle still runs and
-	// the persistence checks are skipped with the reason.
-	help, _ := e.run("sandbox", "exec", "--help")
-	haveExec := strings.Contains(help, "openshell sandbox exec")
 	var boot1 string
 	t.Run("ExecWritesFile", func(t *testing.T) {
 		if !haveExec {
@@ -111,6 +120,9 @@ func TestVMEndToEnd(t *testing.T) {
 			t.Fatalf("exec output %q", out)
 		}
 		boot1 = lines[1]
+		if boot1 != boot0 {
+			t.Errorf("boot id changed across the gateway restart (%s → %s): the VM rebooted", boot0, boot1)
+		}
 	})
 
 	e.cli("sandbox", "stop", sandbox)
