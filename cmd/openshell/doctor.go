@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"os"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -25,26 +24,8 @@ func init() {
 		}
 		return []doctor.Finding{{Check: "driver.autodetect", Status: doctor.OK, Detail: strings.TrimSpace(det.Driver + " " + det.Socket)}}
 	})
-	doctor.Register("host-virt", func(context.Context) []doctor.Finding {
-		var out []doctor.Finding
-		if _, err := os.Stat("/dev/kvm"); err != nil {
-			out = append(out, doctor.Finding{Check: "vm.kvm", Status: doctor.Warn, Detail: "/dev/kvm missing", Fix: "VMs will use software emulation (slow); enable KVM"})
-		} else {
-			cpu, _ := os.ReadFile("/proc/cpuinfo")
-			if strings.Contains(string(cpu), " vmx") || strings.Contains(string(cpu), " svm") {
-				out = append(out, doctor.Finding{Check: "vm.kvm", Status: doctor.OK, Detail: "/dev/kvm and hardware virtualisation"})
-			} else {
-				out = append(out, doctor.Finding{Check: "vm.kvm", Status: doctor.Warn, Detail: "/dev/kvm present but the CPU has no vmx/svm flag",
-					Fix: "VMs fall back to TCG (software); run on hardware with virtualisation for speed"})
-			}
-		}
-		if _, err := driversel.FindBinary(driversel.VMBinaryName, ""); err != nil {
-			out = append(out, doctor.Finding{Check: "vm.driver", Status: doctor.Warn, Detail: "openshell-driver-vm not found", Fix: "install it next to openshell-gateway"})
-		} else {
-			out = append(out, doctor.Finding{Check: "vm.driver", Status: doctor.OK, Detail: "openshell-driver-vm found"})
-		}
-		return out
-	})
+	// The VM driver inspects the host itself (accel, vsock transport, kernel).
+	doctor.Register("vm", doctor.VMCheck(func() (string, error) { return driversel.FindBinary(driversel.VMBinaryName, "") }))
 }
 
 func (a *app) doctorCmd() *cobra.Command {

@@ -62,6 +62,11 @@ func Dir(name string) (string, error) {
 	return filepath.Join(h, "gateways", name), nil
 }
 
+type notConfigured struct{ msg string }
+
+func (e *notConfigured) Error() string        { return e.msg }
+func (e *notConfigured) Is(target error) bool { return target == ErrNotConfigured }
+
 // Gateway is a loaded registration.
 type Gateway struct {
 	Name     string
@@ -77,8 +82,8 @@ func Load(name string) (*Gateway, error) {
 	}
 	b, err := os.ReadFile(filepath.Join(dir, EndpointFile))
 	if errors.Is(err, os.ErrNotExist) {
-		return nil, fmt.Errorf("gateway %q is not configured (no %s); start one with `openshell gateway start`: %w",
-			name, filepath.Join(dir, EndpointFile), ErrNotConfigured)
+		return nil, &notConfigured{msg: fmt.Sprintf("gateway %q is not configured (no %s); start one with `openshell gateway start`",
+			name, filepath.Join(dir, EndpointFile))}
 	}
 	if err != nil {
 		return nil, err

@@ -171,6 +171,7 @@ func Start(ctx context.Context, cfg *config.Config, log *slog.Logger) (_ *Gatewa
 				return nil, derr
 			}
 			name = det.Driver
+			env.EngineSocket = det.Socket
 			log.Info("auto-detected compute driver", "driver", name, "socket", det.Socket)
 		}
 		env.Table = cfg.DriverTable(name)

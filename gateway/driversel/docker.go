@@ -20,6 +20,9 @@ func newDocker(ctx context.Context, env DriverEnv) (drivers.Driver, error) {
 		CAPEM:            env.CAPEM,
 		StateDir:         filepath.Join(env.StateDir, "docker-driver"),
 	}
+	if env.EngineSocket != "" {
+		cfg.Host = "unix://" + env.EngineSocket
+	}
 	if err := env.Decode(&cfg); err != nil {
 		return nil, err
 	}

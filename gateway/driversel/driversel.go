@@ -47,6 +47,9 @@ type DriverEnv struct {
 	// StateDir is the gateway's state directory; drivers keep their state in
 	// StateDir/<name>-driver or below.
 	StateDir string
+	// EngineSocket is the container engine socket auto-detection found (docker,
+	// podman); empty when the driver was chosen explicitly.
+	EngineSocket string
 	// Table is the driver's `[drivers.<name>]` TOML table (never nil).
 	Table map[string]any
 	// Log is the gateway's logger.

@@ -29,6 +29,8 @@ var vmTableFlags = []struct{ key, flag string }{
 	{"kernel", "--kernel"},
 	{"accel", "--accel"},
 	{"vsock_transport", "--vsock-transport"},
+	{"supervisor_binary", "--supervisor-binary"},
+	{"image_cache_dir", "--image-cache-dir"},
 }
 
 // FindBinary looks for name next to the running executable, then on PATH.
@@ -63,6 +65,9 @@ func VMArgs(env DriverEnv, socket, stateDir string, gatewayPID int) ([]string, e
 	if env.CAFile != "" {
 		args = append(args, "--gateway-ca-file", env.CAFile)
 	}
+	if _, set := env.Table["supervisor_binary"]; !set && env.SupervisorBinary != "" {
+		args = append(args, "--supervisor-binary", env.SupervisorBinary)
+	}
 	for _, kv := range vmTableFlags {
 		v, ok := env.Table[kv.key]
 		if !ok {
@@ -76,12 +81,12 @@ func VMArgs(env DriverEnv, socket, stateDir string, gatewayPID int) ([]string, e
 		}
 	}
 	for k := range env.Table {
-		known := k == "binary" || k == "supervisor_binary"
+		known := k == "binary"
 		for _, kv := range vmTableFlags {
 			known = known || kv.key == k
 		}
 		if !known {
-			return nil, fmt.Errorf("[drivers.vm] unknown key %q; valid keys: binary, supervisor_binary, cpus, memory_mib, default_image, kernel, accel, vsock_transport", k)
+			return nil, fmt.Errorf("[drivers.vm] unknown key %q; valid keys: binary, supervisor_binary, image_cache_dir, cpus, memory_mib, default_image, kernel, accel, vsock_transport", k)
 		}
 	}
 	return args, nil
