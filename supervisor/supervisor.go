@@ -128,6 +128,12 @@ func resolveUser(cfg *bootstrap.Config, o Options) (*sandboxuser.User, string, e
 		u, err = db.Resolve(cfg.ImageUser)
 	} else {
 		u, err = db.EnsureDefault(o.SandboxDir, shell)
+		if err != nil {
+			// A read-only /etc must not make the sandbox unusable: run as the numeric
+			// uid without an account entry, as container runtimes do.
+			slog.Warn("could not add the sandbox user to /etc/passwd; running as uid 1000 without an entry", "err", err)
+			u, err = &sandboxuser.User{Name: sandboxuser.DefaultName, UID: 1000, GID: 1000, Home: o.SandboxDir, Shell: shell}, nil
+		}
 	}
 	if err != nil {
 		return nil, "", err
