@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"encoding/base64"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -300,4 +301,44 @@ func TestLeafCache(t *testing.T) {
 	if len(ip.Leaf.IPAddresses) != 1 {
 		t.Fatal("IP leaf without IP SAN")
 	}
+}
+
+// FuzzRewrite: arbitrary header values never panic, never put the secret into a
+// request for an unbound host, and never leave a known placeholder unresolved in a
+// request that was let through to the bound host.
+func FuzzRewrite(f *testing.F) {
+	ca, _ := NewCA("fuzz")
+	store, err := New(ca, []Provider{{Name: "p", Credentials: map[string]string{"TOKEN": secretValue}, Hosts: []string{"*.bound.example"}}})
+	if err != nil {
+		f.Fatal(err)
+	}
+	ph := strings.TrimPrefix(store.Env()[0], "TOKEN=")
+	f.Add("Bearer "+ph, "api.bound.example", true)
+	f.Add("Basic "+base64.StdEncoding.EncodeToString([]byte("u:"+ph)), "x.bound.example", true)
+	f.Add(ph+ph, "evil.example", true)
+	f.Add("openshell-placeholder:p:TOKEN:zz", "api.bound.example", false)
+	f.Fuzz(func(t *testing.T, value, host string, overTLS bool) {
+		v := strings.ReplaceAll(value, "PH", ph) // let the fuzzer place the real placeholder
+		h := http.Header{"Authorization": {v}, "X-Other": {v}}
+		err := store.Rewrite(host, overTLS, h)
+		out := strings.Join(append(h["Authorization"], h["X-Other"]...), "\n")
+		if err != nil {
+			var me *MismatchError
+			if !errors.As(err, &me) {
+				t.Fatalf("error of type %T: %v", err, err)
+			}
+			if strings.Contains(err.Error(), secretValue) {
+				t.Fatal("error message holds the secret")
+			}
+			return
+		}
+		if !hostMatches([]string{"*.bound.example"}, host) || !overTLS {
+			if strings.Contains(out, secretValue) && !strings.Contains(v, secretValue) {
+				t.Fatalf("secret injected for host %q (tls=%v)", host, overTLS)
+			}
+		}
+		if strings.Contains(out, ph) && !strings.HasPrefix(v, "Basic ") {
+			t.Fatalf("placeholder left in an accepted request: %q", out)
+		}
+	})
 }
