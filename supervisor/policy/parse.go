@@ -179,8 +179,17 @@ func (d *decoder) networkPolicies(n *yaml.Node, path string, p *Policy) {
 	}
 }
 
+// unsupportedEndpointFields are endpoint fields of the upstream schema that this
+// supervisor cannot enforce yet: refused with a precise message, never ignored.
+var unsupportedEndpointFields = []string{
+	"rules", "deny_rules", "path", "allow_encoded_slash", "persisted_queries", "graphql_persisted_queries",
+	"graphql_max_body_bytes", "websocket_credential_rewrite", "request_body_credential_rewrite",
+	"credential_signing", "signing_service", "signing_region", "json_rpc_max_body_bytes", "mcp",
+	"credential_binding", "allow_uninspected_credentials",
+}
+
 func (d *decoder) endpoint(n *yaml.Node, path string, e *Endpoint) {
-	d.fields(n, path, map[string]func(*yaml.Node, string){
+	handlers := map[string]func(*yaml.Node, string){
 		"host": func(v *yaml.Node, path string) { e.Host = d.string(v, path) },
 		"port": func(v *yaml.Node, path string) { e.Port = d.int(v, path) },
 		"ports": func(v *yaml.Node, path string) {
@@ -191,7 +200,13 @@ func (d *decoder) endpoint(n *yaml.Node, path string, e *Endpoint) {
 		"enforcement": func(v *yaml.Node, path string) { e.Enforcement = d.string(v, path) },
 		"access":      func(v *yaml.Node, path string) { e.Access = d.string(v, path) },
 		"allowed_ips": func(v *yaml.Node, path string) { e.AllowedIPs = d.strings(v, path) },
-	})
+	}
+	for _, f := range unsupportedEndpointFields {
+		handlers[f] = func(v *yaml.Node, path string) {
+			d.fail(v, path, "%s is not supported by this openshell version: remove it (L7 inspection is limited to access: read-only|read-write|full)", f)
+		}
+	}
+	d.fields(n, path, handlers)
 }
 
 func (d *decoder) list(n *yaml.Node, path string, item func(*yaml.Node, string)) {
