@@ -8,11 +8,14 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/moby/moby/api/types/container"
@@ -95,12 +98,30 @@ func New(ctx context.Context, cfg Config) (_ *Driver, retErr error) {
 	d.gatewayIP = gw
 	if cfg.GatewayPort != 0 {
 		d.fwd, err = startForwarder(d.log, gw, cfg.GatewayPort)
+		if errors.Is(err, syscall.EADDRINUSE) && answers(ctx, gw, cfg.GatewayPort) {
+			// The gateway listens on all addresses (or on the bridge itself), so
+			// sandboxes reach it directly and the port is taken: no forwarder needed.
+			d.log.Info("gateway already reachable on the sandbox bridge; no forwarder", "addr", net.JoinHostPort(gw, strconv.Itoa(cfg.GatewayPort)))
+			err = nil
+		}
 		if err != nil {
 			return nil, err
 		}
 	}
 	d.log.Info("docker driver ready", "host", cfg.Host, "engine", d.version, "network", cfg.Network, "gateway_ip", gw)
 	return d, nil
+}
+
+// answers reports whether something accepts TCP connections at ip:port.
+func answers(ctx context.Context, ip string, port int) bool {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	c, err := (&net.Dialer{}).DialContext(ctx, "tcp", net.JoinHostPort(ip, strconv.Itoa(port)))
+	if err != nil {
+		return false
+	}
+	c.Close()
+	return true
 }
 
 // Close stops the forwarder and every Watch; sandboxes keep running.

@@ -432,7 +432,13 @@ func TestRestartFindsSandboxes(t *testing.T) {
 // The forwarder lets a sandbox reach a loopback-only gateway at host.openshell.internal.
 func TestGatewayForwarder(t *testing.T) {
 	requireDocker(t)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	t.Run("loopback gateway", func(t *testing.T) { testGatewayReachable(t, "127.0.0.1", true) })
+	// A gateway on all addresses is reached directly; its port cannot be forwarded.
+	t.Run("gateway on all addresses", func(t *testing.T) { testGatewayReachable(t, "0.0.0.0", false) })
+}
+
+func testGatewayReachable(t *testing.T, bind string, wantForwarder bool) {
+	ln, err := net.Listen("tcp", bind+":0")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -440,21 +446,29 @@ func TestGatewayForwarder(t *testing.T) {
 	port := ln.Addr().(*net.TCPAddr).Port
 	got := make(chan string, 1)
 	go func() {
-		c, err := ln.Accept()
-		if err != nil {
-			return
+		for { // skip empty connections (the driver probes the port)
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			buf := make([]byte, 64)
+			n, _ := c.Read(buf)
+			_, _ = c.Write([]byte("pong\n"))
+			c.Close()
+			if n > 0 {
+				got <- string(buf[:n])
+				return
+			}
 		}
-		defer c.Close()
-		buf := make([]byte, 64)
-		n, _ := c.Read(buf)
-		got <- string(buf[:n])
-		_, _ = c.Write([]byte("pong\n"))
 	}()
 
 	cfg := withStandin(testConfig(t))
 	cfg.GatewayPort = port
 	cfg.GatewayEndpoint = "https://" + GatewayHost + ":" + strconv.Itoa(port)
 	d := newTestDriver(t, cfg)
+	if (d.fwd != nil) != wantForwarder {
+		t.Fatalf("forwarder running = %v, want %v", d.fwd != nil, wantForwarder)
+	}
 	id, name := drivertest.NewIDs()
 	sb := drivertest.DefaultSandbox(id, name, testImage)
 	sb.Spec.Command = []string{"sh", "-c", "echo ping-from-sandbox | nc " + GatewayHost + " " + strconv.Itoa(port) + "; sleep 3600"}
@@ -470,6 +484,9 @@ func TestGatewayForwarder(t *testing.T) {
 	case <-time.After(20 * time.Second):
 		ins, _ := d.cli.ContainerInspect(t.Context(), containerName(name), client.ContainerInspectOptions{})
 		t.Fatalf("the sandbox never reached the loopback gateway through %s:%d; logs:\n%s", d.GatewayIP(), port, d.lastLogs(t.Context(), ins.Container.ID))
+	}
+	if !wantForwarder {
+		return
 	}
 	// Close stops the forwarder: nothing listens on the bridge address any more.
 	if err := d.Close(); err != nil {
