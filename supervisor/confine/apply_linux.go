@@ -42,7 +42,12 @@ func Apply(s Spec) (Result, error) {
 		}
 		res.LandlockABI = abi
 	}
+	// The bounding set is per thread: drop it on every thread when the runtime can
+	// (no cgo), and always on this one, which execs the agent.
 	for c := 0; c <= lastCap; c++ {
+		if _, _, e := syscall.AllThreadsSyscall(unix.SYS_PRCTL, unix.PR_CAPBSET_DROP, uintptr(c), 0); e != 0 && e != unix.EINVAL && e != unix.ENOTSUP {
+			return res, fmt.Errorf("confine: drop capability %d from the bounding set: %w", c, e)
+		}
 		if err := unix.Prctl(unix.PR_CAPBSET_DROP, uintptr(c), 0, 0, 0); err != nil && !errors.Is(err, unix.EINVAL) {
 			return res, fmt.Errorf("confine: drop capability %d from the bounding set: %w", c, err)
 		}

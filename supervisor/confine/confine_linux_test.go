@@ -94,7 +94,8 @@ func TestHelperConfined(t *testing.T) {
 		var rl unix.Rlimit
 		unix.Getrlimit(unix.RLIMIT_CORE, &rl)
 		p["core"] = fmt.Sprint(rl.Cur, rl.Max)
-		if b, err := os.ReadFile("/proc/self/status"); err == nil {
+		// Apply left this goroutine on the thread that would exec the agent.
+		if b, err := os.ReadFile("/proc/thread-self/status"); err == nil {
 			for _, l := range strings.Split(string(b), "\n") {
 				k, v, ok := strings.Cut(l, ":")
 				if ok && (strings.HasPrefix(k, "Cap") || k == "NoNewPrivs" || k == "Seccomp") {
@@ -239,7 +240,7 @@ func TestCommandExecsConfined(t *testing.T) {
 	exe, _ := os.Executable()
 	s := Spec{UID: nobody, GID: nobody, ReadOnly: []string{"/usr", "/bin", "/lib", "/lib64", "/etc", "/proc"},
 		ReadWrite: []string{filepath.Join(dir, "rw"), "/dev/null"}}
-	script := fmt.Sprintf(`id -u; grep -E '^(NoNewPrivs|Seccomp|CapEff):' /proc/self/status; echo hi > %s/rw/ok && echo rw-ok; echo x > %s/outside/f || echo outside-refused`, dir, dir)
+	script := fmt.Sprintf(`id -u; grep -E '^(NoNewPrivs|Seccomp|CapEff|CapBnd|CapPrm):' /proc/self/status; echo hi > %s/rw/ok && echo rw-ok; echo x > %s/outside/f || echo outside-refused`, dir, dir)
 	cmd, err := Command(t.Context(), exe, s, []string{"sh", "-c", script})
 	if err != nil {
 		t.Fatal(err)
@@ -253,7 +254,7 @@ func TestCommandExecsConfined(t *testing.T) {
 		t.Fatalf("%v\n%s", err, out)
 	}
 	got := string(out)
-	for _, want := range []string{"65534\n", "NoNewPrivs:\t1", "Seccomp:\t2", "CapEff:\t0000000000000000", "rw-ok", "outside-refused", "Permission denied"} {
+	for _, want := range []string{"65534\n", "NoNewPrivs:\t1", "Seccomp:\t2", "CapEff:\t0000000000000000", "CapBnd:\t0000000000000000", "CapPrm:\t0000000000000000", "rw-ok", "outside-refused", "Permission denied"} {
 		if !strings.Contains(got, want) {
 			t.Errorf("output lacks %q:\n%s", want, got)
 		}
