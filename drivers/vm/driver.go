@@ -559,6 +559,7 @@ func (d *Driver) adopt(s *sandbox, rec *state.Record) {
 		s.runnerPID, s.runnerStart, s.qemuPID = rec.RunnerPID, rec.RunnerStart, rec.QEMUPID
 		s.setPhase(phaseBooting, drivers.ReasonStarting, "re-adopting the running VM")
 		log.Info("re-adopting running VM", "runner_pid", rec.RunnerPID, "qemu_pid", rec.QEMUPID)
+		d.repointGateway(s)
 		d.startMonitor(s, rec.RunnerPID, rec.RunnerStart)
 		return
 	case specErr != nil:
@@ -575,6 +576,25 @@ func (d *Driver) adopt(s *sandbox, rec *state.Record) {
 		}
 	}
 	log.Info("adopted VM sandbox", "state", s.reason)
+}
+
+// repointGateway makes an adopted runner (and its next boots) bridge guest sessions to
+// this driver's gateway address, which may differ after a gateway restart.
+func (d *Driver) repointGateway(s *sandbox) {
+	rs, err := runner.ReadSpec(s.paths.Dir)
+	if err != nil || rs.GatewayAddr == d.cfg.GatewayEndpoint {
+		return
+	}
+	d.log.Info("gateway address changed since the VM booted; repointing its runner", "sandbox_id", s.id, "old", rs.GatewayAddr, "new", d.cfg.GatewayEndpoint)
+	rs.GatewayAddr = d.cfg.GatewayEndpoint
+	if err := runner.WriteSpec(s.paths.Dir, rs); err != nil {
+		d.log.Warn("update runner spec", "sandbox_id", s.id, "err", err)
+	}
+	ctx, cancel := context.WithTimeout(d.ctx, 5*time.Second)
+	defer cancel()
+	if err := runner.NewClient(s.paths.ControlSocket).SetGateway(ctx, d.cfg.GatewayEndpoint); err != nil {
+		d.log.Warn("repoint runner to the gateway", "sandbox_id", s.id, "err", err)
+	}
 }
 
 // ---- stop / start / delete ----

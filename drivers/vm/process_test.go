@@ -209,8 +209,8 @@ func tcpListeners(pid int) []string {
 }
 
 // TestRunnerSurvivesDriverKill: kill -9 of the driver process leaves the VM running;
-// a new driver process re-adopts it (same runner and QEMU, no reboot), and the guest's
-// gateway session keeps working.
+// a new driver process re-adopts it (same runner and QEMU, no reboot), repoints it to
+// the new gateway address, and the guest's gateway session works through it.
 func TestRunnerSurvivesDriverKill(t *testing.T) {
 	if testing.Short() {
 		t.Skip("boots real VMs")
@@ -238,7 +238,9 @@ func TestRunnerSurvivesDriverKill(t *testing.T) {
 		t.Fatalf("killing the driver took the VM down")
 	}
 
-	p2 := startDriver(t, dir, gw.addr())
+	// The restarted gateway listens elsewhere: the adopted runner is repointed.
+	gw2 := newGatewayStub(t)
+	p2 := startDriver(t, dir, gw2.addr())
 	c2 := p2.client(t)
 	list, err := c2.List(t.Context())
 	if err != nil || len(list) != 1 || list[0].GetId() != id {
@@ -256,13 +258,13 @@ func TestRunnerSurvivesDriverKill(t *testing.T) {
 		c.Close()
 	}
 	gw.mu.Unlock()
-	again := gw.next(t, id, vmTimeout)
+	again := gw2.next(t, id, vmTimeout)
 	if again.BootID != first.BootID || again.Conn < 2 {
 		t.Errorf("after re-adoption: boot %q conn %d; want the same boot %q and a reconnect", again.BootID, again.Conn, first.BootID)
 	}
 
 	// A guest-initiated power-off is reported as VMExited.
-	gw.send(t, id, "poweroff")
+	gw2.send(t, id, "poweroff")
 	waitFor(t, c2, id, "VMExited after guest power-off", func(sb *computev1.DriverSandbox) bool {
 		return drivers.FindCondition(sb.GetStatus(), drivers.ConditionReady).GetReason() == "VMExited"
 	})

@@ -220,17 +220,25 @@ func (d *Driver) bootFiles(ctx context.Context) (kernel, initrd string, err erro
 	return kernel, initrd, nil
 }
 
-// bootstrapConfig is what the guest's supervisor receives on the bootstrap port.
-func (d *Driver) bootstrapConfig(s *sandbox, spec *computev1.DriverSandboxSpec, entry *images.Entry) (*bootstrap.Config, error) {
+// gatewayForGuest is the endpoint URL and CA the guest's supervisor uses.
+func (d *Driver) gatewayForGuest() (endpoint string, ca []byte, err error) {
 	_, port, _ := net.SplitHostPort(d.cfg.GatewayEndpoint)
 	scheme := "http"
-	var ca []byte
 	if d.cfg.GatewayCAFile != "" {
 		b, err := os.ReadFile(d.cfg.GatewayCAFile)
 		if err != nil {
-			return nil, fmt.Errorf("gateway CA (--gateway-ca-file): %w", err)
+			return "", nil, fmt.Errorf("gateway CA (--gateway-ca-file): %w", err)
 		}
 		ca, scheme = b, "https"
+	}
+	return scheme + "://" + net.JoinHostPort(d.cfg.GatewayServerName, port), ca, nil
+}
+
+// bootstrapConfig is what the guest's supervisor receives on the bootstrap port.
+func (d *Driver) bootstrapConfig(s *sandbox, spec *computev1.DriverSandboxSpec, entry *images.Entry) (*bootstrap.Config, error) {
+	endpoint, ca, err := d.gatewayForGuest()
+	if err != nil {
+		return nil, err
 	}
 	env := map[string]string{}
 	for _, kv := range entry.Config.Env {
@@ -244,7 +252,7 @@ func (d *Driver) bootstrapConfig(s *sandbox, spec *computev1.DriverSandboxSpec, 
 		}
 	}
 	return &bootstrap.Config{
-		Endpoint:     scheme + "://" + net.JoinHostPort(d.cfg.GatewayServerName, port),
+		Endpoint:     endpoint,
 		SandboxID:    s.id,
 		SandboxName:  s.name,
 		Token:        spec.GetSandboxToken(),
@@ -282,5 +290,11 @@ func (d *Driver) refreshSpec(ctx context.Context, s *sandbox, rec *state.Record)
 	if _, err := os.Stat(s.paths.Disk); err != nil {
 		return fmt.Errorf("writable disk %s is gone: %w", s.paths.Disk, errors.Join(err, drivers.ErrFailedPrecondition))
 	}
+	// The gateway may have restarted elsewhere since the last boot.
+	endpoint, ca, err := d.gatewayForGuest()
+	if err != nil {
+		return err
+	}
+	rs.GatewayAddr, rs.Bootstrap.Endpoint, rs.Bootstrap.CAPEM = d.cfg.GatewayEndpoint, endpoint, ca
 	return runner.WriteSpec(s.paths.Dir, rs)
 }

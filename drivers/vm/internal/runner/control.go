@@ -2,6 +2,7 @@ package runner
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -64,6 +65,9 @@ type control struct {
 	box  *statusBox
 	stop func() // asks for a graceful stop (idempotent)
 	kill func() // asks for an immediate kill (idempotent)
+	// setGateway changes where guest gateway sessions are bridged (a restarted
+	// gateway may listen on another port).
+	setGateway func(addr string) error
 }
 
 func (c *control) handler() http.Handler {
@@ -103,6 +107,24 @@ func (c *control) handler() http.Handler {
 		c.kill()
 		w.WriteHeader(http.StatusAccepted)
 	})
+	mux.HandleFunc("POST /gateway", func(w http.ResponseWriter, r *http.Request) {
+		var req struct {
+			Addr string `json:"addr"`
+		}
+		if err := json.NewDecoder(io.LimitReader(r.Body, 4096)).Decode(&req); err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		if c.setGateway == nil {
+			http.Error(w, "not supported", http.StatusNotImplemented)
+			return
+		}
+		if err := c.setGateway(req.Addr); err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		w.WriteHeader(http.StatusAccepted)
+	})
 	return mux
 }
 
@@ -127,8 +149,12 @@ func NewClient(path string) *Client {
 // ErrUnreachable wraps failures to reach the runner at all (no socket, refused).
 var ErrUnreachable = errors.New("runner control socket unreachable")
 
-func (c *Client) do(ctx context.Context, method, path string) (*http.Response, error) {
-	req, err := http.NewRequestWithContext(ctx, method, "http://runner"+path, nil)
+func (c *Client) do(ctx context.Context, method, path string, body []byte) (*http.Response, error) {
+	var rd io.Reader
+	if body != nil {
+		rd = bytes.NewReader(body)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, "http://runner"+path, rd)
 	if err != nil {
 		return nil, err
 	}
@@ -141,7 +167,7 @@ func (c *Client) do(ctx context.Context, method, path string) (*http.Response, e
 
 // Status returns the runner's current status.
 func (c *Client) Status(ctx context.Context) (*Status, error) {
-	resp, err := c.do(ctx, http.MethodGet, "/status")
+	resp, err := c.do(ctx, http.MethodGet, "/status", nil)
 	if err != nil {
 		return nil, err
 	}
@@ -162,8 +188,16 @@ func (c *Client) Stop(ctx context.Context) error { return c.post(ctx, "/stop") }
 // Kill asks the runner to kill the VM now.
 func (c *Client) Kill(ctx context.Context) error { return c.post(ctx, "/kill") }
 
-func (c *Client) post(ctx context.Context, path string) error {
-	resp, err := c.do(ctx, http.MethodPost, path)
+// SetGateway points the runner's gateway bridge at addr (host:port) for new sessions.
+func (c *Client) SetGateway(ctx context.Context, addr string) error {
+	b, _ := json.Marshal(map[string]string{"addr": addr})
+	return c.postBody(ctx, "/gateway", b)
+}
+
+func (c *Client) post(ctx context.Context, path string) error { return c.postBody(ctx, path, nil) }
+
+func (c *Client) postBody(ctx context.Context, path string, body []byte) error {
+	resp, err := c.do(ctx, http.MethodPost, path, body)
 	if err != nil {
 		return err
 	}
@@ -178,7 +212,7 @@ func (c *Client) post(ctx context.Context, path string) error {
 // Watch calls fn with every status change until the runner reports StateExited, the
 // connection ends (runner gone) or ctx ends. It returns nil after StateExited.
 func (c *Client) Watch(ctx context.Context, fn func(Status)) error {
-	resp, err := c.do(ctx, http.MethodGet, "/watch")
+	resp, err := c.do(ctx, http.MethodGet, "/watch", nil)
 	if err != nil {
 		return err
 	}

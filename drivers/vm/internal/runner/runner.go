@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/signal"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -134,8 +135,20 @@ func Run(ctx context.Context, dir string, o Options) (retErr error) {
 		setReason("BootFailed", "control socket")
 		return fmt.Errorf("runner: listen on control socket: %w", err)
 	}
+	var gwAddr atomic.Value
+	gwAddr.Store(spec.GatewayAddr)
 	ctl := &control{
-		box:  box,
+		box: box,
+		setGateway: func(addr string) error {
+			if _, _, err := net.SplitHostPort(addr); err != nil {
+				return fmt.Errorf("gateway address %q: %w", addr, err)
+			}
+			old := gwAddr.Swap(addr)
+			if old != addr {
+				log.Info("gateway address changed; new guest sessions go there", "old", old, "new", addr)
+			}
+			return nil
+		},
 		stop: func() { stopOnce.Do(func() { close(stopReq) }) },
 		kill: func() { killOnce.Do(func() { close(killReq) }) },
 	}
@@ -218,7 +231,7 @@ func Run(ctx context.Context, dir string, o Options) (retErr error) {
 	}
 	wg.Add(3)
 	go func() { defer wg.Done(); serveBootstrap(lns[0], bootDoc, box, log) }()
-	go func() { defer wg.Done(); serveGateway(lns[1], spec.GatewayAddr, box, log) }()
+	go func() { defer wg.Done(); serveGateway(lns[1], &gwAddr, box, log) }()
 	go func() { defer wg.Done(); serveEgress(lns[2], spec.Egress, log) }()
 
 	exited := make(chan error, 1)
@@ -290,13 +303,14 @@ func serveBootstrap(l net.Listener, doc []byte, box *statusBox, log *slog.Logger
 	}
 }
 
-func serveGateway(l net.Listener, addr string, box *statusBox, log *slog.Logger) {
+func serveGateway(l net.Listener, gwAddr *atomic.Value, box *statusBox, log *slog.Logger) {
 	for {
 		c, err := l.Accept()
 		if err != nil {
 			return
 		}
 		box.update(func(s *Status) { s.Gateway++ })
+		addr := gwAddr.Load().(string)
 		go func() {
 			defer c.Close()
 			up, err := net.DialTimeout("tcp", addr, 10*time.Second)

@@ -22,7 +22,15 @@ func TestControlProtocol(t *testing.T) {
 	}
 	box := newStatusBox(Status{State: StateBooting, RunnerPID: 42})
 	var stops, kills atomic.Int32
-	srv := &http.Server{Handler: (&control{box: box, stop: func() { stops.Add(1) }, kill: func() { kills.Add(1) }}).handler()}
+	var gw atomic.Value
+	srv := &http.Server{Handler: (&control{box: box, stop: func() { stops.Add(1) }, kill: func() { kills.Add(1) },
+		setGateway: func(a string) error {
+			if _, _, err := net.SplitHostPort(a); err != nil {
+				return err
+			}
+			gw.Store(a)
+			return nil
+		}}).handler()}
 	go srv.Serve(l)
 	defer srv.Close()
 
@@ -53,6 +61,13 @@ func TestControlProtocol(t *testing.T) {
 	}
 	if err := c.Kill(t.Context()); err != nil || kills.Load() != 1 {
 		t.Fatalf("Kill: %v (kills=%d)", err, kills.Load())
+	}
+
+	if err := c.SetGateway(t.Context(), "127.0.0.1:4242"); err != nil || gw.Load() != "127.0.0.1:4242" {
+		t.Fatalf("SetGateway: %v (%v)", err, gw.Load())
+	}
+	if err := c.SetGateway(t.Context(), "no-port"); err == nil {
+		t.Fatal("SetGateway accepted an address without a port")
 	}
 
 	// A watch whose runner disappears mid-stream reports an error, not success.
