@@ -1,7 +1,3 @@
-// Package vm is the VM compute driver: each sandbox is a microVM (QEMU today) booted
-// from the sandbox's OCI image, run by its own runner process that outlives the driver.
-// The driver process (cmd/openshell-driver-vm) serves the compute contract to the
-// gateway over a private Unix socket.
 package vm
 
 import (

@@ -1,0 +1,33 @@
+// Package vm is the VM compute driver: each sandbox is a microVM (QEMU today) booted
+// from the sandbox's OCI image, run by its own runner process that outlives the driver.
+// The driver process (cmd/openshell-driver-vm) serves the compute contract to the
+// gateway over a private Unix socket (peer-checked with SO_PEERCRED, see peercred).
+//
+// On disk, under Config.StateDir:
+//
+//	images/            image cache (images.Cache): one read-only ext4 per image digest
+//	initramfs/         initramfs cache (supervisor as /init + guest modules)
+//	sb/<hash of id>/   one directory per sandbox, owned by its runner while it runs:
+//	  state.json       state.Record: id, name, spec digest, runner/QEMU pid + start time
+//	  state.lock       flock serialising state.json updates
+//	  runner.json      runner.Spec: what to boot, the bootstrap config (0600: token)
+//	  disk.img         the sparse writable ext4 disk (vdb), kept across stop/start
+//	  console.log      the guest console
+//	  runner.log       the runner's own log
+//	  ctl.sock         the runner's control API (HTTP: GET /status, GET /watch,
+//	                   POST /stop, POST /kill, POST /gateway)
+//	  tombstone.json   why the VM ended (reason, message, time, console tail)
+//	  v/               VMM sockets: QMP, vhost-user vsock and its per-port sockets
+//
+// Lifecycle: Create records the sandbox and returns; the image, writable disk and
+// initramfs are prepared in the background, then a runner is spawned
+// (`openshell-driver-vm runner --state-dir sb/<dir>`, its own session). The runner boots
+// QEMU, serves the guest channel ports (bootstrap config, gateway bridge, egress relay)
+// and reports "running" once the guest fetched its bootstrap config: the driver then
+// reports Ready=True. Stop shuts the guest down (ACPI power button) and the runner exits
+// with a "Stopped" tombstone (Suspended=True); Start spawns a new runner on the same
+// disk. A VM that ends unasked is Ready=False reason VMExited with the console tail.
+// Delete kills the runner's whole session and removes the directory (never following
+// symlinks). A restarted driver re-adopts live runners from state.json (pid + start
+// time) and reports ended ones from their tombstones.
+package vm
