@@ -132,10 +132,11 @@ func Dial(o DialOptions) (*grpc.ClientConn, error) {
 		grpc.WithTransportCredentials(creds),
 		grpc.WithPerRPCCredentials(bearer{token: o.Token, secure: ep.Secure}),
 		grpc.WithContextDialer(dial),
-		// Our own loop paces session retries (1 s → 30 s); keep the transport's
-		// reconnect backoff short so it never holds a retry back.
+		// While the gateway is unreachable the transport redials on its own with this
+		// backoff (1 s → 30 s, jittered); the session loop wakes as soon as the
+		// transport is back (Client.Run), so a restarted gateway is seen promptly.
 		grpc.WithConnectParams(grpc.ConnectParams{
-			Backoff:           backoff.Config{BaseDelay: 200 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 2 * time.Second},
+			Backoff:           backoff.Config{BaseDelay: time.Second, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 30 * time.Second},
 			MinConnectTimeout: 5 * time.Second,
 		}),
 		// A gateway that vanishes without closing TCP (VM host suspend, cable) is

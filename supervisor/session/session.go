@@ -17,6 +17,7 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/status"
 
 	pb "github.com/openshell/openshell/api/openshellv1"
@@ -61,6 +62,7 @@ func NewInstanceID() string {
 type Client struct {
 	cfg Config
 	api pb.OpenShellClient
+	cc  grpc.ClientConnInterface
 
 	relays sync.WaitGroup
 	up     atomic.Bool
@@ -79,7 +81,7 @@ func New(cc grpc.ClientConnInterface, cfg Config) (*Client, error) {
 	if cfg.BackoffMax <= 0 {
 		cfg.BackoffMax = 30 * time.Second
 	}
-	return &Client{cfg: cfg, api: pb.NewOpenShellClient(cc)}, nil
+	return &Client{cfg: cfg, api: pb.NewOpenShellClient(cc), cc: cc}, nil
 }
 
 // API is the underlying gRPC client (for the log shipper and config polling).
@@ -121,10 +123,35 @@ func (c *Client) Run(ctx context.Context) error {
 		wait := Backoff(fails, c.cfg.BackoffMin, c.cfg.BackoffMax)
 		fails++
 		slog.Warn("gateway session ended; reconnecting", "err", err, "retry_in", wait.Round(time.Millisecond))
-		select {
-		case <-ctx.Done():
+		c.sleep(ctx, wait)
+		if ctx.Err() != nil {
 			return ctx.Err()
-		case <-time.After(wait):
+		}
+	}
+}
+
+// sleep waits d, or less when the connection to the gateway was down and comes back
+// (the transport redials with its own backoff): a restarted gateway gets its session
+// at once instead of at the end of a long backoff. A gateway that is reachable but
+// refuses the session is not retried early.
+func (c *Client) sleep(ctx context.Context, d time.Duration) {
+	wctx, cancel := context.WithTimeout(ctx, d)
+	defer cancel()
+	cc, ok := c.cc.(*grpc.ClientConn)
+	if !ok || cc.GetState() == connectivity.Ready {
+		<-wctx.Done()
+		return
+	}
+	for {
+		s := cc.GetState()
+		if s == connectivity.Ready {
+			return
+		}
+		if s == connectivity.Idle {
+			cc.Connect()
+		}
+		if !cc.WaitForStateChange(wctx, s) {
+			return
 		}
 	}
 }

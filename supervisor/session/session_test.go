@@ -506,3 +506,20 @@ func TestBackoffBounds(t *testing.T) {
 		}
 	}
 }
+
+func TestRestartedGatewayIsSeenBeforeLongBackoff(t *testing.T) {
+	g := newFake()
+	addr, stop := serve(t, g, "127.0.0.1:0")
+	// A long session backoff: attempts at ≈0, 2, 6 and 14 s of the outage, so without
+	// the transport wake-up the session would return ≈7 s after the restart.
+	c, _ := startClientBackoff(t, "http://"+addr, echoSSH(t), DialOptions{}, 2*time.Second, 30*time.Second)
+	waitUntil(t, 5*time.Second, "first session", c.Up)
+	stop()
+	time.Sleep(7 * time.Second)
+	serve(t, newFake(), addr)
+	restarted := time.Now()
+	waitUntil(t, 15*time.Second, "session after restart", func() bool { return c.Sessions() == 2 })
+	if d := time.Since(restarted); d > 5*time.Second {
+		t.Fatalf("session back %v after the gateway restarted", d)
+	}
+}
