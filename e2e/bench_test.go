@@ -22,8 +22,9 @@ func TestBenchVsDocker(t *testing.T) {
 		t.Skip("compares against docker exec")
 	}
 	h := newHarness(t)
-	h.create("bench", "sleep", "1000000")
-	cid := containerID(t, "bench")
+	bench := uniqueName("bench")
+	h.create(bench, "sleep", "1000000")
+	cid := containerID(t, bench)
 	const n = 40
 	measure := func(f func() error) []time.Duration {
 		var ds []time.Duration
@@ -39,7 +40,7 @@ func TestBenchVsDocker(t *testing.T) {
 	}
 	pct := func(ds []time.Duration, p float64) time.Duration { return ds[min(len(ds)-1, int(float64(len(ds))*p))] }
 	osh := measure(func() error {
-		r := h.run(t.Context(), "sandbox", "exec", "-n", "bench", "--", "true")
+		r := h.run(t.Context(), "sandbox", "exec", "-n", bench, "--", "true")
 		if r.err != nil {
 			return fmt.Errorf("openshell sandbox exec: %w: %s", r.err, r.stderr)
 		}
@@ -53,7 +54,7 @@ func TestBenchVsDocker(t *testing.T) {
 	src := filepath.Join(t.TempDir(), "blob256")
 	writeTree(t, src, 256<<20)
 	start := time.Now()
-	h.mustRun("sandbox", "upload", "bench", src, "/tmp/up")
+	h.mustRun("sandbox", "upload", bench, src, "/tmp/up")
 	up := time.Since(start)
 	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
 	defer cancel()

@@ -30,27 +30,28 @@ const mainScript = `echo $$ > /tmp/main.pid; i=0; while true; do echo "tick $i";
 
 func TestSandboxLifecycle(t *testing.T) {
 	h := newHarness(t)
-	h.create("box", "sh", "-c", mainScript)
+	box := uniqueName("box")
+	h.create(box, "sh", "-c", mainScript)
 
 	t.Run("exec output and exit codes", func(t *testing.T) {
-		r := h.run(t.Context(), "sandbox", "exec", "-n", "box", "--", "sh", "-c", `echo "out $0"; echo err >&2; exit 3`, "a b")
+		r := h.run(t.Context(), "sandbox", "exec", "-n", box, "--", "sh", "-c", `echo "out $0"; echo err >&2; exit 3`, "a b")
 		if r.code != 3 || r.stdout != "out a b\n" || !strings.HasPrefix(r.stderr, "err\n") {
 			t.Fatalf("exec: code %d stdout %q stderr %q err %v", r.code, r.stdout, r.stderr, r.err)
 		}
-		r = h.mustRun("sandbox", "exec", "-n", "box", "--workdir", "/tmp", "--env", "X=y z", "--", "sh", "-c", `echo "$(pwd) $X $(id -u)"`)
+		r = h.mustRun("sandbox", "exec", "-n", box, "--workdir", "/tmp", "--env", "X=y z", "--", "sh", "-c", `echo "$(pwd) $X $(id -u)"`)
 		if f := strings.Fields(r.stdout); len(f) != 4 || f[0] != "/tmp" || f[1] != "y" || f[2] != "z" || f[3] == "0" {
 			t.Fatalf("exec workdir/env/user: %q (must not run as root)", r.stdout)
 		}
 		// Orphans re-parented to the supervisor (PID 1 in a container) are reaped.
 		for i := 0; i < 3; i++ {
-			h.mustRun("sandbox", "exec", "-n", "box", "--", "sh", "-c", "(sleep 0.2 &); exit 0")
+			h.mustRun("sandbox", "exec", "-n", box, "--", "sh", "-c", "(sleep 0.2 &); exit 0")
 		}
 		time.Sleep(2 * time.Second)
-		r = h.mustRun("sandbox", "exec", "-n", "box", "--", "sh", "-c", `n=0; for f in /proc/[0-9]*/stat; do s=$(cut -d' ' -f3 "$f" 2>/dev/null); [ "$s" = Z ] && n=$((n+1)); done; echo zombies=$n`)
+		r = h.mustRun("sandbox", "exec", "-n", box, "--", "sh", "-c", `n=0; for f in /proc/[0-9]*/stat; do s=$(cut -d' ' -f3 "$f" 2>/dev/null); [ "$s" = Z ] && n=$((n+1)); done; echo zombies=$n`)
 		if strings.TrimSpace(r.stdout) != "zombies=0" {
 			t.Fatalf("after orphaned children exited: %q", r.stdout)
 		}
-		r = h.run(t.Context(), "sandbox", "exec", "-n", "box", "--timeout", "1s", "--", "sleep", "30")
+		r = h.run(t.Context(), "sandbox", "exec", "-n", box, "--timeout", "1s", "--", "sleep", "30")
 		if r.code != 124 || r.took > 15*time.Second {
 			t.Fatalf("timeout: code %d after %v (%s)", r.code, r.took, r.stderr)
 		}
@@ -59,7 +60,7 @@ func TestSandboxLifecycle(t *testing.T) {
 	t.Run("tty session with resize", func(t *testing.T) {
 		ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
 		defer cancel()
-		cmd := h.command(ctx, "sandbox", "exec", "-n", "box", "--tty", "--", "sh")
+		cmd := h.command(ctx, "sandbox", "exec", "-n", box, "--tty", "--", "sh")
 		f, err := pty.StartWithSize(cmd, &pty.Winsize{Rows: 30, Cols: 100})
 		if err != nil {
 			t.Fatal(err)
@@ -84,13 +85,13 @@ func TestSandboxLifecycle(t *testing.T) {
 
 	t.Run("ssh via connect", func(t *testing.T) {
 		testenv.RequireCommand(t, "ssh", "apt-get install openssh-client")
-		r := h.mustRun("sandbox", "connect", "box", "--", "echo", "via-ssh", "$USER")
+		r := h.mustRun("sandbox", "connect", box, "--", "echo", "via-ssh", "$USER")
 		if !strings.HasPrefix(r.stdout, "via-ssh ") || strings.TrimSpace(r.stdout) == "via-ssh root" {
 			t.Fatalf("connect output %q", r.stdout)
 		}
 		ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
 		defer cancel()
-		cmd := h.command(ctx, "sandbox", "connect", "--tty", "box")
+		cmd := h.command(ctx, "sandbox", "connect", "--tty", box)
 		f, err := pty.StartWithSize(cmd, &pty.Winsize{Rows: 25, Cols: 90})
 		if err != nil {
 			t.Fatal(err)
@@ -109,27 +110,27 @@ func TestSandboxLifecycle(t *testing.T) {
 	t.Run("upload and download a tree with a 100 MiB file", func(t *testing.T) {
 		src := filepath.Join(t.TempDir(), "tree")
 		writeTree(t, src, 100<<20)
-		h.mustRun("sandbox", "upload", "box", src, "/tmp/up")
+		h.mustRun("sandbox", "upload", box, src, "/tmp/up")
 		// The sandbox computes the same checksum.
-		r := h.mustRun("sandbox", "exec", "-n", "box", "--", "sha256sum", "/tmp/up/big/blob.bin")
+		r := h.mustRun("sandbox", "exec", "-n", box, "--", "sha256sum", "/tmp/up/big/blob.bin")
 		if !strings.HasPrefix(r.stdout, fileSum(t, filepath.Join(src, "big", "blob.bin"))) {
 			t.Fatalf("checksum in sandbox %q", r.stdout)
 		}
 		dst := t.TempDir()
-		h.mustRun("sandbox", "download", "box", "/tmp/up", dst)
+		h.mustRun("sandbox", "download", box, "/tmp/up", dst)
 		if got, want := treeDigest(t, filepath.Join(dst, "up")), treeDigest(t, src); got != want {
 			t.Fatalf("downloaded tree differs:\n%s\nwant:\n%s", got, want)
 		}
 	})
 
 	t.Run("logs and follow", func(t *testing.T) {
-		r := h.mustRun("sandbox", "logs", "box", "--tail", "50")
+		r := h.mustRun("sandbox", "logs", box, "--tail", "50")
 		if !strings.Contains(r.stdout, "tick ") {
 			t.Fatalf("logs lack the main process output:\n%s", r.stdout)
 		}
 		ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 		defer cancel()
-		cmd := h.command(ctx, "sandbox", "logs", "box", "--follow", "--tail", "1")
+		cmd := h.command(ctx, "sandbox", "logs", box, "--follow", "--tail", "1")
 		stdout, _ := cmd.StdoutPipe()
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
@@ -149,7 +150,7 @@ func TestSandboxLifecycle(t *testing.T) {
 	})
 
 	t.Run("gateway kill -9 and restart", func(t *testing.T) {
-		before := h.mustRun("sandbox", "exec", "-n", "box", "--", "cat", "/tmp/main.pid").stdout
+		before := h.mustRun("sandbox", "exec", "-n", box, "--", "cat", "/tmp/main.pid").stdout
 		if err := killPID(h.gatewayPID()); err != nil {
 			t.Fatal(err)
 		}
@@ -157,7 +158,7 @@ func TestSandboxLifecycle(t *testing.T) {
 		h.startGateway()
 		start := time.Now()
 		for {
-			r := h.run(t.Context(), "sandbox", "get", "box")
+			r := h.run(t.Context(), "sandbox", "get", box)
 			if r.err == nil && strings.Contains(r.stdout, "READY") {
 				break
 			}
@@ -166,7 +167,7 @@ func TestSandboxLifecycle(t *testing.T) {
 			}
 			time.Sleep(100 * time.Millisecond)
 		}
-		after := h.mustRun("sandbox", "exec", "-n", "box", "--", "cat", "/tmp/main.pid").stdout
+		after := h.mustRun("sandbox", "exec", "-n", box, "--", "cat", "/tmp/main.pid").stdout
 		if before != after {
 			t.Fatalf("main process restarted: pid %q → %q", before, after)
 		}
@@ -178,7 +179,7 @@ func TestSandboxLifecycle(t *testing.T) {
 			t.Fatalf("exec into unknown sandbox: code %d stderr %q took %v", r.code, r.stderr, r.took)
 		}
 		api := pb.NewOpenShellClient(h.dial(t))
-		sb, err := api.GetSandbox(t.Context(), &pb.GetSandboxRequest{Name: "box"})
+		sb, err := api.GetSandbox(t.Context(), &pb.GetSandboxRequest{Name: box})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -205,14 +206,15 @@ func TestSessionGone(t *testing.T) {
 		t.Skip("kills the container with docker")
 	}
 	h := newHarness(t)
-	h.create("gone", "sleep", "100000")
-	id := containerID(t, "gone")
+	gone := uniqueName("gone")
+	h.create(gone, "sleep", "100000")
+	id := containerID(t, gone)
 	if out, err := exec.Command("docker", "kill", id).CombinedOutput(); err != nil {
 		t.Fatalf("docker kill: %v %s", err, out)
 	}
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 	defer cancel()
-	r := h.run(ctx, "sandbox", "exec", "-n", "gone", "--", "true")
+	r := h.run(ctx, "sandbox", "exec", "-n", gone, "--", "true")
 	if r.err == nil || ctx.Err() != nil || r.took > 20*time.Second {
 		t.Fatalf("exec into a dead sandbox: code %d after %v, stderr %q", r.code, r.took, r.stderr)
 	}

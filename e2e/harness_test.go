@@ -6,6 +6,7 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
 	"fmt"
 	"net"
 	"os"
@@ -230,6 +231,14 @@ func (h *harness) mustRun(args ...string) result {
 		h.t.Fatalf("openshell %s: %v\nstdout: %s\nstderr: %s", strings.Join(args, " "), r.err, r.stdout, r.stderr)
 	}
 	return r
+}
+
+// uniqueName makes sandbox names unique per run: other packages' tests may create
+// sandboxes (and containers named after them) on the same engine at the same time.
+func uniqueName(prefix string) string {
+	b := make([]byte, 3)
+	_, _ = rand.Read(b)
+	return fmt.Sprintf("%s-e2e-%x", prefix, b)
 }
 
 // create makes a sandbox and waits until it is READY.
