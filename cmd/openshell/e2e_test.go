@@ -63,30 +63,8 @@ func TestCLIEndToEnd(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds the gateway binary")
 	}
-	tmp, err := os.MkdirTemp("", "osh")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(tmp) })
-	// Keep the Go caches where they are: the build below would be cold otherwise.
-	goenv, err := exec.Command("go", "env", "GOCACHE", "GOMODCACHE", "GOPATH").Output()
-	if err != nil {
-		t.Fatal(err)
-	}
-	ge := strings.Split(strings.TrimSpace(string(goenv)), "\n")
-	t.Setenv("GOCACHE", ge[0])
-	t.Setenv("GOMODCACHE", ge[1])
-	t.Setenv("GOPATH", ge[2])
-	t.Setenv("HOME", tmp)
-	t.Setenv("XDG_CONFIG_HOME", filepath.Join(tmp, "config"))
-	t.Setenv("XDG_STATE_HOME", filepath.Join(tmp, "state"))
-
-	bin := filepath.Join(tmp, "openshell-gateway")
-	build := exec.Command("go", "build", "-o", bin, "github.com/openshell/openshell/cmd/openshell-gateway")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("build gateway: %v\n%s", err, out)
-	}
-	t.Setenv("OPENSHELL_GATEWAY_BIN", bin)
+	tmp := cliEnv(t, "openshell-gateway")
+	var err error
 
 	drv := drivertest.NewMemDriver()
 	sock := filepath.Join(tmp, "drv.sock")
@@ -197,6 +175,40 @@ func TestCLIEndToEnd(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Errorf("the supervisor session did not end when its sandbox was deleted")
 	}
+}
+
+// cliEnv isolates HOME and the XDG dirs in a short temp dir (Unix socket paths are
+// short), builds the named commands into tmp and points the CLI at the gateway binary.
+func cliEnv(t *testing.T, cmds ...string) string {
+	t.Helper()
+	tmp, err := os.MkdirTemp("", "osh")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(tmp) })
+	// Keep the Go caches where they are: the build below would be cold otherwise.
+	goenv, err := exec.Command("go", "env", "GOCACHE", "GOMODCACHE", "GOPATH").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ge := strings.Split(strings.TrimSpace(string(goenv)), "\n")
+	t.Setenv("GOCACHE", ge[0])
+	t.Setenv("GOMODCACHE", ge[1])
+	t.Setenv("GOPATH", ge[2])
+	t.Setenv("HOME", tmp)
+	t.Setenv("XDG_CONFIG_HOME", filepath.Join(tmp, "config"))
+	t.Setenv("XDG_STATE_HOME", filepath.Join(tmp, "state"))
+
+	for _, c := range cmds {
+		build := exec.Command("go", "build", "-o", filepath.Join(tmp, c), "github.com/openshell/openshell/cmd/"+c)
+		build.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := build.CombinedOutput(); err != nil {
+			t.Fatalf("build %s: %v\n%s", c, err, out)
+		}
+	}
+	t.Setenv("OPENSHELL_GATEWAY_BIN", filepath.Join(tmp, "openshell-gateway"))
+
+	return tmp
 }
 
 // superviseFirst waits for the first sandbox to reach the driver, then connects as its
