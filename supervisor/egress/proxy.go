@@ -80,9 +80,9 @@ type Config struct {
 	// OnEvent receives every decision; it is called on the connection's goroutine and
 	// must not block for long.
 	OnEvent func(Event)
-	// Dial opens upstream connections (default: net.Dialer). A VM guest passes a
-	// function that carries the connection over vsock to its runner. The address is
-	// always IP:port, never a name.
+	// Dial opens upstream connections (default: net.Dialer). A VM guest passes
+	// RelayDialer(open a vsock stream to the runner); the runner serves a Relay. The
+	// address is always the checked IP:port, never a name.
 	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
 	// Resolver for host names (default net.DefaultResolver).
 	Resolver Resolver
@@ -342,8 +342,8 @@ func orUnknown(s string) string {
 	return s
 }
 
-func (p *Proxy) dial(ctx context.Context, addr netip.AddrPort) (net.Conn, error) {
-	ctx, cancel := context.WithTimeout(ctx, p.cfg.DialTimeout)
+func (p *Proxy) dial(ctx context.Context, host string, addr netip.AddrPort) (net.Conn, error) {
+	ctx, cancel := context.WithTimeout(dialWithHost(ctx, host), p.cfg.DialTimeout)
 	defer cancel()
 	return p.cfg.Dial(ctx, "tcp", addr.String())
 }
@@ -366,7 +366,7 @@ func (cc *conn) connect(ctx context.Context, req *http.Request) {
 		cc.terminate(ctx, host, port)
 		return
 	}
-	up, err := cc.p.dial(ctx, addr)
+	up, err := cc.p.dial(ctx, host, addr)
 	if err != nil {
 		cc.event(Event{Action: "error", Method: http.MethodConnect, Host: host, Port: port, Addr: addr.String(), Status: http.StatusBadGateway, Reason: "dial: " + err.Error()}, d)
 		writeError(cc.c, http.StatusBadGateway, fmt.Sprintf("openshell egress proxy: cannot reach %s:%d (%s): %v\n", host, port, addr, err))
@@ -483,7 +483,7 @@ func (cc *conn) forward(ctx context.Context, req *http.Request, tt *tunnelTarget
 			return false
 		}
 	}
-	up, err := cc.p.dial(ctx, addr)
+	up, err := cc.p.dial(ctx, host, addr)
 	if err != nil {
 		cc.event(Event{Action: "error", Method: req.Method, Host: host, Port: port, Addr: addr.String(), Status: http.StatusBadGateway, Reason: "dial: " + err.Error()}, d)
 		writeError(cc.c, http.StatusBadGateway, fmt.Sprintf("openshell egress proxy: cannot reach %s:%d (%s): %v\n", host, port, addr, err))

@@ -119,12 +119,21 @@ func (c *Compiled) Decide(host string, port int, binary string) Decision {
 // endpoints in order) wins. Failing that, an audit-mode endpoint naming host and port
 // allows with Audit set; otherwise the request is refused with a reason naming the
 // host, port, binary and the rule to change.
-func (c *Compiled) Evaluate(r Request) Decision {
+func (c *Compiled) Evaluate(r Request) Decision { return c.evaluate(r, false) }
+
+// Destination decides on host and port alone, as if every rule admitted the caller:
+// the check a VM's runner repeats outside the guest, where the calling binary is
+// not visible. Enforced binary mismatches were already refused inside the guest.
+func (c *Compiled) Destination(host string, port int) Decision {
+	return c.evaluate(Request{Host: host, Port: port}, true)
+}
+
+func (c *Compiled) evaluate(r Request, anyBinary bool) Decision {
 	host := strings.ToLower(strings.TrimSuffix(r.Host, "."))
 	hostIP, ipErr := parseIP(host)
 	var near *Decision // the first host+port match that failed on binary or method
 	for _, rule := range c.rules {
-		binOK := len(rule.binaries) == 0 || matchBinaries(rule.binaries, r.Binaries)
+		binOK := anyBinary || len(rule.binaries) == 0 || matchBinaries(rule.binaries, r.Binaries)
 		for _, e := range rule.endpoints {
 			if !slices.Contains(e.ports, r.Port) {
 				continue

@@ -230,6 +230,12 @@ func TestDecide(t *testing.T) {
 			}
 		})
 	}
+	if d := c.Destination("api.github.com", 443); !d.Allow || d.Rule != "github" {
+		t.Fatalf("Destination ignores binaries: %+v", d)
+	}
+	if d := c.Destination("evil.example", 443); d.Allow {
+		t.Fatalf("Destination allowed an unlisted host: %+v", d)
+	}
 	if d := c.Decide("127.0.0.2", 8080, ""); len(d.AllowedIPs) != 1 || d.AllowedIPs[0].String() != "127.0.0.0/8" {
 		t.Fatalf("allowed_ips not carried: %+v", d)
 	}
