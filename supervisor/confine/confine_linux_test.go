@@ -265,3 +265,17 @@ func TestCommandExecsConfined(t *testing.T) {
 }
 
 var _ = net.IPv4len
+
+func TestLandlockMissing(t *testing.T) {
+	orig := landlockABI
+	t.Cleanup(func() { landlockABI = orig })
+	landlockABI = func() (int, error) { return 0, syscall.ENOSYS }
+	_, err := applyLandlock(Spec{UID: 1, GID: 1, LandlockHard: true, ReadOnly: []string{"/usr"}})
+	if err == nil || !strings.Contains(err.Error(), "hard_requirement") {
+		t.Fatalf("hard_requirement without Landlock: %v", err)
+	}
+	abi, err := applyLandlock(Spec{UID: 1, GID: 1, ReadOnly: []string{"/usr"}})
+	if err != nil || abi != 0 {
+		t.Fatalf("best_effort without Landlock must degrade to nothing: abi=%d err=%v", abi, err)
+	}
+}
