@@ -4,6 +4,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/openshell/openshell/api/openshellv1"
 )
@@ -44,6 +45,13 @@ func (n *notifier) notify(id string) {
 		default:
 		}
 	}
+}
+
+// gatewayLog records a gateway-side line in the sandbox's log (source "gateway"), so
+// `sandbox logs` and WatchSandbox show lifecycle steps next to the sandbox's own.
+func (s *Server) gatewayLog(id, level, msg string) {
+	s.logs.append(id, &openshellv1.SandboxLogLine{SandboxId: id, TimestampMs: time.Now().UnixMilli(), Level: level,
+		Target: "gateway", Message: msg, Source: "gateway"})
 }
 
 // logBook keeps a bounded ring of log lines and platform events per sandbox and fans

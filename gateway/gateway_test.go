@@ -397,21 +397,30 @@ func TestLogs(t *testing.T) {
 	if _, err := push.CloseAndRecv(); err != nil {
 		t.Fatal(err)
 	}
-	resp, err := e.user.GetSandboxLogs(ctx, &openshellv1.GetSandboxLogsRequest{SandboxId: id, Lines: 2})
+	resp, err := e.user.GetSandboxLogs(ctx, &openshellv1.GetSandboxLogsRequest{SandboxId: id, Lines: 2, Sources: []string{"sandbox"}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(resp.GetLogs()) != 2 || resp.GetLogs()[1].GetMessage() != "line 2" || resp.GetBufferTotal() != 3 || resp.GetLogs()[0].GetSource() != "sandbox" {
+	// 3 sandbox lines plus the gateway's own "accepted" line.
+	if len(resp.GetLogs()) != 2 || resp.GetLogs()[1].GetMessage() != "line 2" || resp.GetBufferTotal() != 4 || resp.GetLogs()[0].GetSource() != "sandbox" {
 		t.Fatalf("logs = %v total %d", resp.GetLogs(), resp.GetBufferTotal())
 	}
-	for i := range 3 {
+	gw, err := e.user.GetSandboxLogs(ctx, &openshellv1.GetSandboxLogsRequest{SandboxId: id, Sources: []string{"gateway"}})
+	if err != nil || len(gw.GetLogs()) != 1 || !strings.Contains(gw.GetLogs()[0].GetMessage(), "accepted") {
+		t.Fatalf("gateway lines = %v, %v", gw.GetLogs(), err)
+	}
+	for i := 0; i < 3; {
 		ev, err := ws.Recv()
 		if err != nil {
 			t.Fatal(err)
 		}
+		if ev.GetLog().GetSource() == "gateway" {
+			continue
+		}
 		if got := ev.GetLog().GetMessage(); got != fmt.Sprint("line ", i) {
 			t.Fatalf("followed log %d = %q", i, got)
 		}
+		i++
 	}
 }
 

@@ -94,12 +94,22 @@ func (s *Server) CreateSandbox(ctx context.Context, req *openshellv1.CreateSandb
 
 	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), driverCallTimeout)
 	defer cancel()
-	derr := s.drv.ValidateCreate(dctx, dsb)
+	s.gatewayLog(id, "INFO", fmt.Sprintf("sandbox %s accepted; asking driver %s to provision image %s", name, s.opts.DriverName, spec.Template.Image))
+	var derr error
+	if wm, ok := s.drv.(drivers.WorkspaceManager); ok {
+		if err := wm.EnsureWorkspace(dctx, ws); err != nil && !errors.Is(err, drivers.ErrNotSupported) {
+			derr = fmt.Errorf("preparing workspace %q: %w", ws, err)
+		}
+	}
+	if derr == nil {
+		derr = s.drv.ValidateCreate(dctx, dsb)
+	}
 	if derr == nil {
 		derr = s.drv.Create(dctx, dsb)
 	}
 	if derr != nil {
 		log.Warn("driver refused the sandbox", "err", derr)
+		s.gatewayLog(id, "ERROR", "driver refused the sandbox: "+derr.Error())
 		if _, merr := s.mutate(dctx, id, func(r *record) error {
 			r.failureReason, r.failureMessage = reasonCreateFailed, derr.Error()
 			return nil

@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"io"
 	"time"
 
@@ -29,6 +30,12 @@ func (s *Server) onSession(sandboxID, instanceID string, connected bool) {
 	})
 	if err != nil {
 		s.log.Debug("session change for an unknown sandbox", "sandbox_id", sandboxID, "err", err)
+		return
+	}
+	if connected {
+		s.gatewayLog(sandboxID, "INFO", "supervisor connected (instance "+instanceID+")")
+	} else {
+		s.gatewayLog(sandboxID, "WARN", "supervisor session ended")
 	}
 }
 
@@ -91,6 +98,7 @@ func (s *Server) ReportMainProcessExit(ctx context.Context, req *openshellv1.Rep
 		return nil, err
 	}
 	s.log.Info("main process exited", "sandbox_id", req.GetSandboxId(), "exit_code", code)
+	s.gatewayLog(req.GetSandboxId(), "WARN", fmt.Sprintf("main process exited with code %d", code))
 	return &openshellv1.ReportMainProcessExitResponse{}, nil
 }
 

@@ -106,6 +106,13 @@ func (h *Hub) Connected(sandboxID string) bool {
 	return ok
 }
 
+// Count returns the number of live sessions.
+func (h *Hub) Count() int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return len(h.sessions)
+}
+
 // InstanceID returns the instance id of the live session ("" when none).
 func (h *Hub) InstanceID(sandboxID string) string {
 	h.mu.Lock()
