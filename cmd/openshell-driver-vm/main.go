@@ -162,6 +162,16 @@ func serve(args []string, stderr io.Writer) int {
 		log.Warn("!!! SERVING THE VM DRIVER ON TCP WITHOUT ANY AUTHENTICATION: anyone who can reach this address can create and control VMs !!!", "address", l.Addr().String())
 		lns = append(lns, l)
 	}
+	if f.expectedPeerPID != 0 {
+		// The gateway that started us is our only client: when it is gone (even
+		// killed -9), exit, so a restarted gateway's new driver owns the state dir.
+		go func() {
+			if err := peercred.WaitExit(ctx, f.expectedPeerPID); err == nil {
+				log.Warn("the expected peer (gateway) exited; stopping the driver", "peer_pid", f.expectedPeerPID)
+				stop()
+			}
+		}()
+	}
 	errc := make(chan error, len(lns))
 	for _, l := range lns {
 		go func() { errc <- grpcdriver.Serve(ctx, l, d) }()

@@ -86,6 +86,8 @@ type Driver struct {
 
 	mu        sync.Mutex
 	sandboxes map[string]*sandbox
+
+	lock *os.File // flock on <StateDir>/driver.lock: one driver per state dir
 }
 
 var _ drivers.Driver = (*Driver)(nil)
@@ -113,10 +115,39 @@ func New(cfg Config, log *slog.Logger) (*Driver, error) {
 			return nil, fmt.Errorf("vm driver: state dir %s: %w", d, err)
 		}
 	}
+	lock, err := lockStateDir(cfg.StateDir, lockWait)
+	if err != nil {
+		return nil, err
+	}
 	ctx, cancel := context.WithCancel(context.Background())
-	d := &Driver{cfg: cfg, log: log, hub: newHub(log), ctx: ctx, cancel: cancel, sandboxes: map[string]*sandbox{}}
+	d := &Driver{cfg: cfg, log: log, hub: newHub(log), ctx: ctx, cancel: cancel, sandboxes: map[string]*sandbox{}, lock: lock}
 	d.adoptAll()
 	return d, nil
+}
+
+// lockWait is how long New waits for a previous driver to release the state dir.
+var lockWait = 15 * time.Second
+
+// lockStateDir takes the driver lock of a state dir, waiting up to wait for a previous
+// driver (e.g. one whose gateway just died) to let go.
+func lockStateDir(dir string, wait time.Duration) (*os.File, error) {
+	p := filepath.Join(dir, "driver.lock")
+	f, err := os.OpenFile(p, os.O_RDWR|os.O_CREATE|syscall.O_NOFOLLOW, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("vm driver: lock %s: %w", p, err)
+	}
+	deadline := time.Now().Add(wait)
+	for {
+		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
+		if err == nil {
+			return f, nil
+		}
+		if !errors.Is(err, syscall.EWOULDBLOCK) || time.Now().After(deadline) {
+			f.Close()
+			return nil, fmt.Errorf("vm driver: another openshell-driver-vm uses state dir %s (lock %s: %w); stop it or use another --state-dir", dir, p, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }
 
 // Config returns the effective configuration (defaults filled).
@@ -234,6 +265,12 @@ func (d *Driver) Close() error {
 	d.cancel()
 	d.wg.Wait()
 	d.hub.close()
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.lock != nil {
+		d.lock.Close()
+		d.lock = nil
+	}
 	return nil
 }
 

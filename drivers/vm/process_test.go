@@ -286,3 +286,38 @@ func TestConformanceOverSocket(t *testing.T) {
 	p := startDriver(t, dir, gw.addr())
 	drivertest.Suite(t, func(t *testing.T) drivers.Driver { return p.client(t) }, drivertest.Options{Image: image, ReadyTimeout: vmTimeout})
 }
+
+// TestDriverExitsWithItsPeer: when the gateway (expected peer) dies, even by kill -9,
+// the driver process exits and releases the state dir; the VMs are untouched.
+func TestDriverExitsWithItsPeer(t *testing.T) {
+	vmFixture(t)
+	dir := shortDir(t)
+	peer := exec.Command("sleep", "300")
+	if err := peer.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { peer.Process.Kill(); peer.Wait() }()
+	cmd := exec.Command(fixture.driverBin, "--bind-socket", filepath.Join(dir, "d.sock"), "--expected-peer-pid", strconv.Itoa(peer.Process.Pid),
+		"--state-dir", dir, "--gateway-endpoint", "127.0.0.1:1")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	select {
+	case err := <-exited:
+		t.Fatalf("driver exited while its peer lives: %v", err)
+	case <-time.After(2 * time.Second):
+	}
+	peer.Process.Kill()
+	peer.Wait()
+	select {
+	case err := <-exited:
+		if err != nil {
+			t.Errorf("driver exit status after its peer died: %v", err)
+		}
+	case <-time.After(15 * time.Second):
+		cmd.Process.Kill()
+		t.Fatal("driver still running 15s after its peer died")
+	}
+}

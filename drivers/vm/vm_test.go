@@ -473,3 +473,27 @@ func TestBaseImageBootsWithSupervisor(t *testing.T) {
 		t.Errorf("console shows no guest init progress:\n%s", console)
 	}
 }
+
+// TestOneDriverPerStateDir: a second driver on the same state dir is refused while the
+// first holds it, and gets it once the first closes.
+func TestOneDriverPerStateDir(t *testing.T) {
+	defer vm.SetLockWait(300 * time.Millisecond)()
+	dir := shortDir(t)
+	cfg := vm.Config{StateDir: dir, GatewayEndpoint: "127.0.0.1:1", RunnerCommand: []string{"/bin/false"}}
+	d1, err := vm.New(cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d2, err := vm.New(cfg, nil); err == nil || !strings.Contains(err.Error(), "another openshell-driver-vm") {
+		if d2 != nil {
+			d2.Close()
+		}
+		t.Fatalf("second driver on the same state dir: %v", err)
+	}
+	d1.Close()
+	d3, err := vm.New(cfg, nil)
+	if err != nil {
+		t.Fatalf("after the first closed: %v", err)
+	}
+	d3.Close()
+}

@@ -6,6 +6,7 @@
 package peercred
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -130,4 +131,31 @@ func Peer(c *net.UnixConn) (*unix.Ucred, error) {
 		return nil, errors.New("SO_PEERCRED: no credentials")
 	}
 	return cred, nil
+}
+
+// WaitExit blocks until process pid exits or ctx ends. It uses a pidfd, so a recycled
+// pid cannot be mistaken for the original process. It returns nil when the process is
+// gone (or was already gone), ctx.Err() otherwise.
+func WaitExit(ctx context.Context, pid int) error {
+	fd, err := unix.PidfdOpen(pid, 0)
+	if errors.Is(err, unix.ESRCH) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("watch pid %d: pidfd_open: %w", pid, err)
+	}
+	defer unix.Close(fd)
+	for {
+		fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+		n, err := unix.Poll(fds, 500)
+		if err != nil && !errors.Is(err, unix.EINTR) {
+			return fmt.Errorf("watch pid %d: poll: %w", pid, err)
+		}
+		if n > 0 {
+			return nil
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+	}
 }

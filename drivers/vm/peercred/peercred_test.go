@@ -143,3 +143,30 @@ func TestWrongUIDRefused(t *testing.T) {
 		t.Fatal("peer with another uid was served")
 	}
 }
+
+func TestWaitExit(t *testing.T) {
+	cmd := exec.Command("sleep", "30")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- WaitExit(t.Context(), cmd.Process.Pid) }()
+	select {
+	case err := <-done:
+		t.Fatalf("WaitExit returned %v while the process runs", err)
+	case <-time.After(700 * time.Millisecond):
+	}
+	cmd.Process.Kill()
+	cmd.Wait()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("WaitExit after exit: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("WaitExit did not notice the exit")
+	}
+	if err := WaitExit(t.Context(), cmd.Process.Pid); err != nil {
+		t.Fatalf("WaitExit on a gone pid: %v", err)
+	}
+}
