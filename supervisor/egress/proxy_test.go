@@ -15,6 +15,7 @@ import (
 	"net/url"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -211,14 +212,24 @@ func TestDeniedNeverConnects(t *testing.T) {
 	}
 }
 
+// curlPath is curl's real path, as /proc/PID/exe shows it.
+func curlPath(t *testing.T) string {
+	p, err := filepath.EvalSymlinks(testenv.RequireCommand(t, "curl", "apt-get install curl"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
 func TestWrongBinaryRefused(t *testing.T) {
 	plain := startUpstream(t, "127.0.0.2", false, nil)
+	curl := curlPath(t)
 	pol := compile(t, fmt.Sprintf(`version: 1
 network_policies:
   curl_only:
     endpoints: [{host: %s, port: %d}]
-    binaries: [{path: /usr/bin/curl}]
-`, plain.host, plain.port))
+    binaries: [{path: %s}]
+`, plain.host, plain.port, curl))
 	_, purl, ev := startProxy(t, Config{Policy: pol})
 	// This test binary is not curl.
 	code, body := get(t, client(purl, nil), plain.srv.URL)
@@ -229,13 +240,12 @@ network_policies:
 		t.Fatal("refused request reached the server")
 	}
 	// A real curl child process is identified through /proc and allowed.
-	curl := testenv.RequireCommand(t, "curl", "apt-get install curl")
 	out, err := exec.CommandContext(t.Context(), curl, "-sS", "--noproxy", "", "-x", purl, plain.srv.URL+"/c").CombinedOutput()
 	if err != nil || !strings.Contains(string(out), "hello from") {
 		t.Fatalf("curl through proxy: %v %s", err, out)
 	}
 	e := ev.last(t)
-	if e.Action != "allow" || e.Binary != "/usr/bin/curl" || e.PID == os.Getpid() {
+	if e.Action != "allow" || e.Binary != curl || e.PID == os.Getpid() {
 		t.Fatalf("curl event: %+v", e)
 	}
 	// The re-exec'd test binary as a child: its parent (this test) is not an ancestor

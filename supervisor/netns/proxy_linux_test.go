@@ -9,6 +9,7 @@ import (
 	"net/http/httptest"
 	"net/netip"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -20,11 +21,14 @@ import (
 )
 
 // TestAgentThroughProxy runs real curl inside the agent namespace: through the
-// proxy it reaches an allowed server and is identified as /usr/bin/curl across the
+// proxy it reaches an allowed server and is identified as curl across the
 // namespace boundary; without the proxy it is refused at once; another binary going
 // through the proxy is refused by the policy.
 func TestAgentThroughProxy(t *testing.T) {
-	curl := testenv.RequireCommand(t, "curl", "apt-get install curl")
+	curl, err := filepath.EvalSymlinks(testenv.RequireCommand(t, "curl", "apt-get install curl"))
+	if err != nil {
+		t.Fatal(err)
+	}
 	inSup := supervisorNS(t)
 	cfg := Config{HostLink: "osh-ptest0", HostAddr: netip.MustParsePrefix("10.231.250.1/30"),
 		AgentAddr: netip.MustParsePrefix("10.231.250.2/30"), ProxyPort: 3128}
