@@ -82,13 +82,14 @@ func LookPath(argv0 string, env []string) (string, error) {
 
 // Main is the running main process.
 type Main struct {
-	proc  *reaper.Proc
-	tty   *os.File // PTY master; nil without a TTY
-	out   *broadcaster
-	done  chan struct{}
-	code  int
-	wmu   sync.Mutex
-	start time.Time
+	proc   *reaper.Proc
+	tty    *os.File // PTY master; nil without a TTY
+	out    *broadcaster
+	done   chan struct{}
+	code   int
+	wmu    sync.Mutex // guards writes to, resizes and the closing of the PTY
+	closed bool
+	start  time.Time
 }
 
 // Start launches the main process.
@@ -204,9 +205,15 @@ func Start(r *reaper.Reaper, o Options) (_ *Main, retErr error) {
 				_ = f.SetReadDeadline(time.Now())
 			}
 		})
+		if m.tty != nil {
+			_ = m.tty.SetWriteDeadline(time.Now()) // unblock a Write stuck on a full PTY
+		}
+		m.wmu.Lock() // Write and Resize must not use the PTY while it is closed
 		for _, f := range readers {
 			f.Close()
 		}
+		m.closed = true
+		m.wmu.Unlock()
 		m.code = reaper.ExitCode(p.Status())
 		m.out.close()
 		close(m.done)
@@ -268,12 +275,20 @@ func (m *Main) Write(p []byte) (int, error) {
 	}
 	m.wmu.Lock()
 	defer m.wmu.Unlock()
+	if m.closed {
+		return 0, io.ErrClosedPipe
+	}
 	return m.tty.Write(p)
 }
 
 // Resize sets the PTY window size.
 func (m *Main) Resize(cols, rows uint16) error {
 	if m.tty == nil {
+		return nil
+	}
+	m.wmu.Lock()
+	defer m.wmu.Unlock()
+	if m.closed {
 		return nil
 	}
 	return pty.Setsize(m.tty, &pty.Winsize{Cols: cols, Rows: rows})

@@ -336,9 +336,13 @@ func (s *session) run(ctx context.Context, argv []string, withPTY bool) (retErr 
 				_ = f.SetReadDeadline(time.Now())
 			}
 		})
+		// Under the lock: a window-change must not use the PTY while it is closed.
+		s.mu.Lock()
+		s.master = nil
 		for _, f := range readers {
 			f.Close()
 		}
+		s.mu.Unlock()
 		s.finish(p.Status())
 		close(s.done)
 	}()
