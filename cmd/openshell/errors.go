@@ -44,7 +44,13 @@ func humanize(err error, gw string) string {
 	if errors.Is(err, context.DeadlineExceeded) && status.Code(err) == codes.Unknown {
 		return err.Error()
 	}
-	st, ok := status.FromError(err) // finds a status anywhere in the wrap chain
+	// The innermost gRPC status (status.FromError would fold the wrapping text into
+	// the message).
+	var se interface{ GRPCStatus() *status.Status }
+	if !errors.As(err, &se) {
+		return err.Error()
+	}
+	st, ok := se.GRPCStatus(), true
 	if !ok || st.Code() == codes.OK || st.Code() == codes.Unknown {
 		return err.Error()
 	}

@@ -7,7 +7,9 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/spf13/cobra"
 	"google.golang.org/protobuf/encoding/protojson"
@@ -71,6 +73,11 @@ func buildCreateRequest(o createOptions, workspace string, argv []string) (*open
 		}
 		if err := validation.Labels("--label", labels); err != nil {
 			return nil, err
+		}
+	}
+	for _, q := range []struct{ flag, v string }{{"--cpu", o.cpu}, {"--memory", o.memory}} {
+		if !utf8.ValidString(q.v) || strings.ContainsAny(q.v, " \t\r\n") {
+			return nil, fmt.Errorf("%s %q is not a quantity; write e.g. 2, 500m, 4Gi", q.flag, q.v)
 		}
 	}
 	if o.cpu != "" || o.memory != "" {

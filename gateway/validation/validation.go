@@ -124,6 +124,9 @@ func Env(field string, m map[string]string) error {
 		if strings.ContainsRune(v, 0) {
 			return invalid("%s %s: value contains a NUL byte", field, k)
 		}
+		if !utf8.ValidString(v) {
+			return invalid("%s %s: value is not valid UTF-8", field, k)
+		}
 		if len(v) > MaxEnvValueLen {
 			return invalid("%s %s: value is longer than %d bytes", field, k, MaxEnvValueLen)
 		}
@@ -149,6 +152,9 @@ func Command(field string, argv []string) error {
 		if strings.ContainsRune(a, 0) {
 			return invalid("%s[%d] contains a NUL byte", field, i)
 		}
+		if !utf8.ValidString(a) {
+			return invalid("%s[%d] is not valid UTF-8", field, i)
+		}
 	}
 	return nil
 }
@@ -169,9 +175,9 @@ func CreateRequest(req *openshellv1.CreateSandboxRequest) error {
 	if err := Labels("labels", req.GetLabels()); err != nil {
 		return err
 	}
-	for k := range req.GetAnnotations() {
-		if k == "" || !utf8.ValidString(k) {
-			return invalid("annotations key %q must be a non-empty UTF-8 string", trunc(k))
+	for k, v := range req.GetAnnotations() {
+		if k == "" || !utf8.ValidString(k) || !utf8.ValidString(v) {
+			return invalid("annotations key %q: keys must be non-empty and keys and values valid UTF-8", trunc(k))
 		}
 	}
 	spec := req.GetSpec()
@@ -184,13 +190,20 @@ func CreateRequest(req *openshellv1.CreateSandboxRequest) error {
 	if err := Command("spec.command", spec.GetCommand()); err != nil {
 		return err
 	}
+	if len(spec.GetProviders()) > 0 {
+		for i, p := range spec.GetProviders() {
+			if !utf8.ValidString(p) {
+				return invalid("spec.providers[%d] is not valid UTF-8", i)
+			}
+		}
+	}
 	switch strings.ToLower(spec.GetLogLevel()) {
 	case "", "trace", "debug", "info", "warn", "warning", "error":
 	default:
 		return invalid("spec.log_level %q is not one of trace, debug, info, warn, error", trunc(spec.GetLogLevel()))
 	}
 	if t := spec.GetTemplate(); t != nil {
-		if strings.ContainsAny(t.GetImage(), " \t\r\n") {
+		if strings.ContainsAny(t.GetImage(), " \t\r\n") || !utf8.ValidString(t.GetImage()) {
 			return invalid("spec.template.image %q contains whitespace; give an image reference such as docker.io/library/ubuntu:24.04", trunc(t.GetImage()))
 		}
 		if err := Labels("spec.template.labels", t.GetLabels()); err != nil {
