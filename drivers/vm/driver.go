@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -55,6 +56,7 @@ const (
 type sandbox struct {
 	id, name string
 	paths    state.Paths
+	cid      uint32 // guest vsock CID, fixed for the sandbox's life
 
 	mu          sync.Mutex
 	phase       phase
@@ -90,7 +92,10 @@ type Driver struct {
 	lock *os.File // flock on <StateDir>/driver.lock: one driver per state dir
 }
 
-var _ drivers.Driver = (*Driver)(nil)
+var (
+	_ drivers.Driver           = (*Driver)(nil)
+	_ drivers.ListenerRequirer = (*Driver)(nil)
+)
 
 // New creates the driver and re-adopts the sandboxes found in cfg.StateDir: running
 // VMs keep running, ended ones are reported with their tombstone.
@@ -157,6 +162,23 @@ func (d *Driver) sandboxDir(id string) string {
 	return filepath.Join(d.cfg.StateDir, "sb", state.DirName(id))
 }
 
+// firstCID is the lowest guest CID the driver hands out (0-2 are reserved, and low
+// numbers are what other tools pick by default).
+const firstCID = 1000
+
+// freeCIDLocked returns the lowest CID no sandbox of this driver uses. d.mu held.
+func (d *Driver) freeCIDLocked() uint32 {
+	used := map[uint32]bool{}
+	for _, s := range d.sandboxes {
+		used[s.cid] = true
+	}
+	c := uint32(firstCID)
+	for used[c] {
+		c++
+	}
+	return c
+}
+
 // ---- observation ----
 
 func (d *Driver) snapshot(s *sandbox) *computev1.DriverSandbox {
@@ -218,6 +240,23 @@ func (d *Driver) lookup(id string) (*sandbox, error) {
 // Capabilities implements drivers.Driver.
 func (d *Driver) Capabilities(context.Context) (*computev1.GetCapabilitiesResponse, error) {
 	return &computev1.GetCapabilitiesResponse{DriverName: Name, DriverVersion: Version, DefaultImage: d.cfg.DefaultImage}, nil
+}
+
+// ListenerRequirements implements drivers.ListenerRequirer: runners bridge guest
+// sessions to the gateway over loopback (--gateway-endpoint 127.0.0.1:PORT), so the
+// gateway must listen there.
+func (d *Driver) ListenerRequirements(context.Context) ([]*computev1.GatewayListenerRequirement, error) {
+	host, _, err := net.SplitHostPort(d.cfg.GatewayEndpoint)
+	if err != nil {
+		return nil, nil
+	}
+	if ip := net.ParseIP(host); ip == nil || !ip.IsLoopback() {
+		return nil, nil
+	}
+	return []*computev1.GatewayListenerRequirement{{
+		Reason:   "VM runners bridge guest sessions to the gateway over loopback (" + d.cfg.GatewayEndpoint + ")",
+		Selector: &computev1.GatewayListenerRequirement_LoopbackInterface{LoopbackInterface: &computev1.GatewayLoopbackInterfaceRequirement{}},
+	}}, nil
 }
 
 // Get implements drivers.Driver.
@@ -303,7 +342,7 @@ func (d *Driver) Create(_ context.Context, sb *computev1.DriverSandbox) (retErr 
 		}
 		return fmt.Errorf("vm sandbox %q: create state directory: %w", id, err)
 	}
-	s := &sandbox{id: id, name: sb.GetName(), paths: state.PathsFor(dir)}
+	s := &sandbox{id: id, name: sb.GetName(), paths: state.PathsFor(dir), cid: d.freeCIDLocked()}
 	s.setPhase(phaseProvisioning, drivers.ReasonStarting, "preparing the image")
 	d.sandboxes[id] = s
 	d.mu.Unlock()
@@ -318,7 +357,7 @@ func (d *Driver) Create(_ context.Context, sb *computev1.DriverSandbox) (retErr 
 
 	rec := &state.Record{
 		SandboxID: id, SandboxName: sb.GetName(), SpecDigest: specDigest(sb.GetSpec()),
-		CreatedAt: time.Now().UTC(), Image: res.image, VCPUs: res.vcpus, MemoryMiB: res.memoryMiB, Paths: s.paths,
+		CreatedAt: time.Now().UTC(), Image: res.image, CID: s.cid, VCPUs: res.vcpus, MemoryMiB: res.memoryMiB, Paths: s.paths,
 	}
 	if err := state.Create(rec); err != nil {
 		return fmt.Errorf("vm sandbox %q: %w", id, err)
@@ -580,7 +619,7 @@ func (d *Driver) adoptAll() {
 			d.log.Warn("skipping sandbox directory whose record names another id", "dir", dir, "record_id", rec.SandboxID)
 			continue
 		}
-		s := &sandbox{id: rec.SandboxID, name: rec.SandboxName, paths: state.PathsFor(dir)}
+		s := &sandbox{id: rec.SandboxID, name: rec.SandboxName, paths: state.PathsFor(dir), cid: rec.CID}
 		d.adopt(s, rec)
 		d.sandboxes[s.id] = s
 	}

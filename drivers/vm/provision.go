@@ -188,7 +188,7 @@ func (d *Driver) prepare(ctx context.Context, s *sandbox, res *resolved, spec *c
 		SandboxName: s.name,
 		Machine: runner.MachineSpec{
 			VCPUs: res.vcpus, MemoryMiB: res.memoryMiB, Kernel: kernel, Initrd: initrd,
-			ImageDisk: entry.DiskPath, Disk: s.paths.Disk, Accel: d.cfg.Accel, Transport: d.cfg.Transport,
+			ImageDisk: entry.DiskPath, Disk: s.paths.Disk, Accel: d.cfg.Accel, Transport: d.cfg.Transport, CID: s.cid,
 		},
 		GatewayAddr:   d.cfg.GatewayEndpoint,
 		Egress:        runner.EgressPolicy{AllowPrivate: d.cfg.EgressAllowPrivate, AllowCIDRs: d.cfg.EgressAllowCIDRs},

@@ -71,7 +71,7 @@ func newQEMUMachine(_ context.Context, spec *runner.Spec, paths state.Paths, log
 			{Path: spec.Machine.ImageDisk, ReadOnly: true},
 			{Path: spec.Machine.Disk},
 		},
-		Channel:    vmm.ChannelConfig{Transport: spec.Machine.Transport},
+		Channel:    vmm.ChannelConfig{Transport: spec.Machine.Transport, CID: spec.Machine.CID},
 		ConsoleLog: paths.ConsoleLog,
 		StateDir:   paths.VMMDir,
 		Accel:      spec.Machine.Accel,

@@ -108,6 +108,14 @@ func TestBootstrapAndGatewayBridge(t *testing.T) {
 	if !strings.Contains(strings.ReplaceAll(string(cmdline), "\x00", " "), " -m 300") {
 		t.Errorf("qemu command line lacks -m 300: %q", cmdline)
 	}
+	// The guest CID is the driver's allocation (first one: 1000), whatever the transport.
+	if rec.CID != 1000 {
+		t.Errorf("guest CID %d, want 1000", rec.CID)
+	}
+	reqs, err := d.ListenerRequirements(t.Context())
+	if err != nil || len(reqs) != 1 || reqs[0].GetLoopbackInterface() == nil {
+		t.Errorf("ListenerRequirements = %v, %v; want loopback", reqs, err)
+	}
 }
 
 // TestStopStartKeepsDisk: a file the guest wrote before Stop is there after Start.

@@ -48,6 +48,9 @@ type MachineSpec struct {
 	Disk      string `json:"disk"`       // writable disk (vdb)
 	Accel     string `json:"accel"`      // auto, kvm, tcg
 	Transport string `json:"transport"`  // auto, vhost-vsock, vhost-user-vsock, virtio-serial
+	// CID is the guest's vsock context id, unique among the driver's VMs (it must be
+	// unique on the host with vhost-vsock; the per-VM backends ignore clashes).
+	CID uint32 `json:"cid,omitempty"`
 }
 
 // Duration is a time.Duration that marshals as a Go duration string.

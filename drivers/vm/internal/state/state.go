@@ -50,6 +50,7 @@ type Record struct {
 
 	Image       string `json:"image,omitempty"`
 	ImageDigest string `json:"image_digest,omitempty"`
+	CID         uint32 `json:"cid,omitempty"` // guest vsock CID
 	VCPUs       int    `json:"vcpus,omitempty"`
 	MemoryMiB   int    `json:"memory_mib,omitempty"`
 
