@@ -291,8 +291,8 @@ func (c *Config) Validate() error {
 	default:
 		errs = append(errs, fmt.Errorf("log_level %q is not supported; use debug, info, warn or error", c.LogLevel))
 	}
-	if c.DatabaseURL != "" && !strings.HasPrefix(c.DatabaseURL, "postgres://") && !strings.HasPrefix(c.DatabaseURL, "postgresql://") {
-		errs = append(errs, fmt.Errorf("database_url must be a PostgreSQL URL (postgres://user:pass@host/db); leave it empty for the embedded SQLite database"))
+	if u := c.DatabaseURL; u != "" && !strings.HasPrefix(u, "postgres://") && !strings.HasPrefix(u, "postgresql://") && !strings.Contains(u, "=") {
+		errs = append(errs, fmt.Errorf("database_url must be a PostgreSQL DSN (postgres://user:pass@host/db or host=... dbname=...); leave it empty for the embedded SQLite database"))
 	}
 	return errors.Join(errs...)
 }
