@@ -19,9 +19,11 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net"
 	"net/http"
 	"net/netip"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -246,13 +248,11 @@ func (p *Proxy) ServeConn(ctx context.Context, c net.Conn) {
 	}
 	defer p.track(c, false)
 	defer c.Close()
-	cc := &conn{p: p, c: c, br: bufio.NewReaderSize(c, 16<<10)}
+	lr := &io.LimitedReader{R: c}
+	cc := &conn{p: p, c: c, br: bufio.NewReaderSize(lr, 16<<10)}
 	for {
-		req, err := http.ReadRequest(cc.br)
+		req, err := readRequest(c, lr, cc.br)
 		if err != nil {
-			if !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) && !errors.Is(err, io.ErrUnexpectedEOF) {
-				writeError(c, http.StatusBadRequest, "openshell egress proxy: malformed request: "+err.Error())
-			}
 			return
 		}
 		if req.Method == http.MethodConnect {
@@ -263,6 +263,37 @@ func (p *Proxy) ServeConn(ctx context.Context, c net.Conn) {
 			return
 		}
 	}
+}
+
+// Limits while reading a request head (bodies are not limited).
+const (
+	maxHeaderBytes = 1 << 20
+	idleTimeout    = 5 * time.Minute
+)
+
+// readRequest reads one request head from br (which reads from lr over c), bounded
+// in size and idle time, and answers malformed or oversized ones itself.
+func readRequest(c net.Conn, lr *io.LimitedReader, br *bufio.Reader) (*http.Request, error) {
+	lr.N = maxHeaderBytes
+	c.SetReadDeadline(time.Now().Add(idleTimeout))
+	req, err := http.ReadRequest(br)
+	c.SetReadDeadline(time.Time{})
+	exhausted := lr.N == 0
+	lr.N = math.MaxInt64
+	if err != nil {
+		switch {
+		case exhausted:
+			writeError(c, http.StatusRequestHeaderFieldsTooLarge, "openshell egress proxy: request head over 1 MiB\n")
+			// Read what the client still sends for a moment: closing with unread
+			// input resets the connection and can destroy the answer in flight.
+			c.SetReadDeadline(time.Now().Add(time.Second))
+			io.Copy(io.Discard, io.LimitReader(c, 4<<20))
+		case !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) && !errors.Is(err, io.ErrUnexpectedEOF) && !errors.Is(err, os.ErrDeadlineExceeded):
+			writeError(c, http.StatusBadRequest, "openshell egress proxy: malformed request: "+err.Error())
+		}
+		return nil, err
+	}
+	return req, nil
 }
 
 // target splits host:port with a default port.
@@ -423,10 +454,11 @@ func (cc *conn) terminate(ctx context.Context, host string, port int) {
 		cc.p.log.Debug("egress: client TLS handshake failed", "host", host, "err", err)
 		return
 	}
-	inner := &conn{p: cc.p, c: tc, br: bufio.NewReader(tc), id: cc.identity()}
+	lr := &io.LimitedReader{R: tc}
+	inner := &conn{p: cc.p, c: tc, br: bufio.NewReader(lr), id: cc.identity()}
 	inner.idOnce.Do(func() {})
 	for {
-		req, err := http.ReadRequest(inner.br)
+		req, err := readRequest(tc, lr, inner.br)
 		if err != nil {
 			return
 		}

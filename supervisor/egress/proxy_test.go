@@ -408,6 +408,29 @@ func TestMalformedRequests(t *testing.T) {
 	}
 }
 
+func TestOversizedHead(t *testing.T) {
+	_, purl, _ := startProxy(t, Config{Policy: policy.MustCompile(policy.Default())})
+	c, err := net.Dial("tcp", strings.TrimPrefix(purl, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	go func() {
+		io.WriteString(c, "GET http://a.example.com/ HTTP/1.1\r\n")
+		line := "X-Pad: " + strings.Repeat("a", 8000) + "\r\n"
+		for range 200 { // 1.6 MB of headers
+			if _, err := io.WriteString(c, line); err != nil {
+				return
+			}
+		}
+	}()
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	b, _ := io.ReadAll(c)
+	if !bytes.HasPrefix(b, []byte("HTTP/1.1 431")) {
+		t.Fatalf("got %q", b[:min(len(b), 200)])
+	}
+}
+
 func TestChildEnv(t *testing.T) {
 	env := strings.Join(ChildEnv("http://10.0.0.1:3128", "/etc/openshell/ca.pem"), "\n")
 	for _, want := range []string{"HTTP_PROXY=http://10.0.0.1:3128", "https_proxy=http://10.0.0.1:3128", "ALL_PROXY=", "NO_PROXY=localhost",
