@@ -15,6 +15,7 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/status"
 
 	"github.com/openshell/openshell/api/computev1"
@@ -173,6 +174,11 @@ func NewGRPCServer(a *auth.Authenticator, opts ...grpc.ServerOption) *grpc.Serve
 		grpc.ChainUnaryInterceptor(a.Unary, unaryErrors),
 		grpc.ChainStreamInterceptor(a.Stream, streamErrors),
 		grpc.MaxRecvMsgSize(1<<20),
+		// Supervisors ping every 30 s (also without an active call); the default
+		// enforcement (5 min) would answer that with GOAWAY "too_many_pings" and drop
+		// every session. Our own pings find dead peers behind idle sessions.
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
 	)
 	return grpc.NewServer(opts...)
 }

@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/uuid"
@@ -184,6 +185,8 @@ func (h *Hub) Serve(stream SessionStream, hello *openshellv1.SupervisorHello) er
 	}()
 
 	recvErr := make(chan error, 1)
+	var lastRecv atomic.Int64
+	lastRecv.Store(time.Now().UnixNano())
 	go func() {
 		for {
 			msg, err := stream.Recv()
@@ -191,6 +194,7 @@ func (h *Hub) Serve(stream SessionStream, hello *openshellv1.SupervisorHello) er
 				recvErr <- err
 				return
 			}
+			lastRecv.Store(time.Now().UnixNano())
 			switch p := msg.GetPayload().(type) {
 			case *openshellv1.SupervisorMessage_Heartbeat:
 			case *openshellv1.SupervisorMessage_RelayOpenResult:
@@ -218,6 +222,11 @@ func (h *Hub) Serve(stream SessionStream, hello *openshellv1.SupervisorHello) er
 		case <-s.superseded:
 			return fmt.Errorf("sandbox %s: session superseded by a newer supervisor session or the sandbox was deleted", s.sandboxID)
 		case <-tick.C:
+			// A supervisor that stopped talking (no heartbeat for three intervals) is
+			// gone even if TCP has not noticed yet.
+			if silent := time.Since(time.Unix(0, lastRecv.Load())); silent > 3*HeartbeatInterval {
+				return fmt.Errorf("sandbox %s: supervisor silent for %s; dropping its session", s.sandboxID, silent.Round(time.Second))
+			}
 			if err := stream.Send(&openshellv1.GatewayMessage{Payload: &openshellv1.GatewayMessage_Heartbeat{Heartbeat: &openshellv1.GatewayHeartbeat{}}}); err != nil {
 				return err
 			}
