@@ -342,3 +342,70 @@ func FuzzRewrite(f *testing.F) {
 		}
 	})
 }
+
+// skipHead sends the CONNECT head and the TLS client's first flight in one write
+// (pending), and hides the proxy's "200 Connection Established" head from the client.
+type skipHead struct {
+	net.Conn
+	pending []byte
+	skipped bool
+}
+
+func (s *skipHead) Write(p []byte) (int, error) {
+	if s.pending != nil {
+		s.pending = append(s.pending, p...)
+		return len(p), nil
+	}
+	return s.Conn.Write(p)
+}
+
+func (s *skipHead) Read(p []byte) (int, error) {
+	if s.pending != nil {
+		b := s.pending
+		s.pending = nil
+		if _, err := s.Conn.Write(b); err != nil {
+			return 0, err
+		}
+	}
+	if !s.skipped {
+		var head []byte
+		one := make([]byte, 1)
+		for !strings.HasSuffix(string(head), "\r\n\r\n") {
+			if _, err := s.Conn.Read(one); err != nil {
+				return 0, err
+			}
+			head = append(head, one[0])
+		}
+		if !strings.HasPrefix(string(head), "HTTP/1.1 200") {
+			return 0, fmt.Errorf("CONNECT refused: %q", head)
+		}
+		s.skipped = true
+	}
+	return s.Conn.Read(p)
+}
+
+// TestPipelinedClientHello: a client that sends its ClientHello right behind the
+// CONNECT head (without waiting for 200) still gets a working terminated tunnel.
+func TestPipelinedClientHello(t *testing.T) {
+	s := start(t)
+	u, _ := url.Parse(s.boundURL)
+	c, err := net.Dial("tcp", strings.TrimPrefix(s.proxyURL, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	head := fmt.Appendf(nil, "CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n", u.Host, u.Host)
+	tc := tls.Client(&skipHead{Conn: c, pending: head}, &tls.Config{ServerName: u.Hostname(), RootCAs: s.store.CA().Pool()})
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	if err := tc.Handshake(); err != nil {
+		t.Fatalf("handshake: %v", err)
+	}
+	fmt.Fprintf(tc, "GET / HTTP/1.1\r\nHost: %s\r\nAuthorization: Bearer %s\r\nConnection: close\r\n\r\n", u.Host, s.placeholder(t, "GITHUB_TOKEN"))
+	b, _ := io.ReadAll(tc)
+	if !strings.HasPrefix(string(b), "HTTP/1.1 200") || !strings.HasSuffix(string(b), "ok") {
+		t.Fatalf("response %q", b)
+	}
+	if got := s.bound.got(); len(got) != 1 || got[0] != "Bearer "+secretValue+"|" {
+		t.Fatalf("server received %q", got)
+	}
+}

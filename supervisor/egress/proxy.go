@@ -393,7 +393,7 @@ func (cc *conn) connect(ctx context.Context, req *http.Request) {
 	creds := cc.p.cfg.Credentials
 	if creds != nil && (creds.Terminate(host, port) || d.TLSTerminate) {
 		io.WriteString(cc.c, "HTTP/1.1 200 Connection Established\r\n\r\n")
-		cc.event(Event{Action: action(d), Method: http.MethodConnect, Host: host, Port: port, Addr: addr.String(), Reason: d.Reason + " (TLS terminated for credential injection)"}, d)
+		cc.event(Event{Action: action(d), Method: http.MethodConnect, Host: host, Port: port, Addr: addr.String(), Reason: d.Reason + " (TLS terminated by the proxy)"}, d)
 		cc.terminate(ctx, host, port)
 		return
 	}
@@ -446,7 +446,8 @@ func splice(a, b net.Conn) {
 
 // terminate serves HTTP requests inside a TLS tunnel the proxy terminates.
 func (cc *conn) terminate(ctx context.Context, host string, port int) {
-	tc := tls.Server(cc.c, cc.p.cfg.Credentials.ServerTLS())
+	// The ClientHello may already sit in the reader if the client pipelined it.
+	tc := tls.Server(&bufConn{Conn: cc.c, r: cc.br}, cc.p.cfg.Credentials.ServerTLS())
 	hctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	err := tc.HandshakeContext(hctx)
 	cancel()
@@ -467,6 +468,14 @@ func (cc *conn) terminate(ctx context.Context, host string, port int) {
 		}
 	}
 }
+
+// bufConn reads through a bufio.Reader that may hold bytes already read from Conn.
+type bufConn struct {
+	net.Conn
+	r *bufio.Reader
+}
+
+func (b *bufConn) Read(p []byte) (int, error) { return b.r.Read(p) }
 
 type tunnelTarget struct {
 	host string
