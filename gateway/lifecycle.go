@@ -11,7 +11,9 @@ import (
 
 	"github.com/google/uuid"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
 
 	"github.com/openshell/openshell/api/datamodelv1"
 	"github.com/openshell/openshell/api/openshellv1"
@@ -357,6 +359,8 @@ func (s *Server) WatchSandbox(req *openshellv1.WatchSandboxRequest, stream opens
 		select {
 		case <-ctx.Done():
 			return nil
+		case <-s.stopping:
+			return status.Error(codes.Unavailable, "the gateway is shutting down; watch again")
 		case <-wake:
 			r, err := s.load(ctx, id)
 			if errors.Is(err, store.ErrNotFound) {

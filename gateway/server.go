@@ -84,8 +84,10 @@ type Server struct {
 	logs  *logBook
 	watch *notifier
 
-	wg     sync.WaitGroup
-	cancel context.CancelFunc
+	wg       sync.WaitGroup
+	cancel   context.CancelFunc
+	stopping chan struct{}
+	stopOnce sync.Once
 }
 
 var _ openshellv1.OpenShellServer = (*Server)(nil)
@@ -130,7 +132,7 @@ func New(ctx context.Context, o Options) (*Server, error) {
 		o.DriverName = caps.GetDriverName()
 	}
 	s := &Server{opts: o, st: o.Store, drv: o.Driver, log: o.Log.With("driver", o.DriverName), caps: caps,
-		logs: newLogBook(o.LogLines), watch: newNotifier()}
+		logs: newLogBook(o.LogLines), watch: newNotifier(), stopping: make(chan struct{})}
 	s.hub = hub.New(hub.Options{Log: s.log, OnChange: s.onSession, MaxRelays: o.MaxRelaysPerSandbox, OpenWait: o.RelayOpenTimeout})
 	return s, nil
 }
@@ -155,8 +157,14 @@ func (s *Server) Start(ctx context.Context) error {
 	return nil
 }
 
-// Close stops the background loops. It does not close the store or the driver.
+// Close stops the background loops and ends long-lived streams (supervisor sessions,
+// watches) so a graceful gRPC stop does not wait for them. It does not close the store
+// or the driver.
 func (s *Server) Close() error {
+	s.stopOnce.Do(func() {
+		close(s.stopping)
+		s.hub.Shutdown()
+	})
 	if s.cancel != nil {
 		s.cancel()
 	}

@@ -258,6 +258,8 @@ func (g *Gateway) Wait() error { return <-g.done }
 // Stop shuts down gracefully (bounded), then closes the driver (which stops a VM
 // driver process but not its VMs) and the store.
 func (g *Gateway) Stop(timeout time.Duration) error {
+	// End sessions and watches first: GracefulStop waits for every open stream.
+	srvErr := g.Server.Close()
 	stopped := make(chan struct{})
 	go func() { g.grpc.GracefulStop(); close(stopped) }()
 	select {
@@ -268,7 +270,7 @@ func (g *Gateway) Stop(timeout time.Duration) error {
 	if g.health != nil {
 		_ = g.health.Close()
 	}
-	errs := []error{g.Server.Close(), g.driver.Close(), g.store.Close()}
+	errs := []error{srvErr, g.driver.Close(), g.store.Close()}
 	return errors.Join(errs...)
 }
 

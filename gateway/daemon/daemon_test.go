@@ -108,3 +108,72 @@ func TestStartRejectsUnknownDriver(t *testing.T) {
 		t.Fatalf("err = %v", err)
 	}
 }
+
+type bearer string
+
+func (b bearer) GetRequestMetadata(context.Context, ...string) (map[string]string, error) {
+	return map[string]string{"authorization": "Bearer " + string(b)}, nil
+}
+func (bearer) RequireTransportSecurity() bool { return false }
+
+// TestStopIsPromptWithOpenStreams: a connected supervisor and an open watch must not
+// hold a graceful shutdown for its whole timeout.
+func TestStopIsPromptWithOpenStreams(t *testing.T) {
+	tmp, err := os.MkdirTemp("", "gws")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(tmp) })
+	drv := drivertest.NewMemDriver()
+	sock := filepath.Join(tmp, "d.sock")
+	lis, err := grpcdriver.ListenUnix(sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sctx, scancel := context.WithCancel(context.Background())
+	served := make(chan struct{})
+	go func() { grpcdriver.Serve(sctx, lis, drv); close(served) }()
+	t.Cleanup(func() { scancel(); <-served })
+	cfg := config.Defaults()
+	cfg.StateDir = filepath.Join(tmp, "state")
+	cfg.Port = 0
+	cfg.DisableTLS = true
+	cfg.ComputeDriverSocket = sock
+	g, err := Start(t.Context(), &cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cc, err := grpc.NewClient("passthrough:///"+g.Addr.String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	c := openshellv1.NewOpenShellClient(cc)
+	resp, err := c.CreateSandbox(t.Context(), &openshellv1.CreateSandboxRequest{Name: "s", Spec: &openshellv1.SandboxSpec{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := resp.GetSandbox().GetMetadata().GetId()
+	ws, err := c.WatchSandbox(t.Context(), &openshellv1.WatchSandboxRequest{Id: id, FollowStatus: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ws.Recv(); err != nil {
+		t.Fatal(err)
+	}
+	sup, err := c.ConnectSupervisor(t.Context(), grpc.PerRPCCredentials(bearer(drv.Spec(id).GetSandboxToken())))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sup.Send(&openshellv1.SupervisorMessage{Payload: &openshellv1.SupervisorMessage_Hello{Hello: &openshellv1.SupervisorHello{SandboxId: id, InstanceId: "i"}}})
+	if _, err := sup.Recv(); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	if err := g.Stop(10 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if d := time.Since(start); d > 3*time.Second {
+		t.Errorf("Stop took %s with open streams", d)
+	}
+}

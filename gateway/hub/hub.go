@@ -138,6 +138,18 @@ func (h *Hub) Drop(sandboxID string) {
 	}
 }
 
+// Shutdown ends every session (the gateway is stopping; supervisors reconnect to the
+// next one).
+func (h *Hub) Shutdown() {
+	h.mu.Lock()
+	sessions := h.sessions
+	h.sessions = map[string]*session{}
+	h.mu.Unlock()
+	for _, s := range sessions {
+		close(s.superseded)
+	}
+}
+
 // SessionStream is the server side of ConnectSupervisor.
 type SessionStream = grpc.BidiStreamingServer[openshellv1.SupervisorMessage, openshellv1.GatewayMessage]
 
