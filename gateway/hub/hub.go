@@ -379,16 +379,18 @@ func (h *Hub) ServeRelay(stream RelayStreamServer, channel string, authorize fun
 	if err := authorize(p.sandboxID); err != nil {
 		return err
 	}
+	gwSide, relaySide := net.Pipe()
 	h.mu.Lock()
 	if h.pending[channel] != p {
 		h.mu.Unlock()
 		return fmt.Errorf("relay channel %q: %w (it expired)", channel, ErrUnknownChannel)
 	}
 	delete(h.pending, channel)
-	h.mu.Unlock()
-
-	gwSide, relaySide := net.Pipe()
+	// Deliver under the lock: OpenRelay's timeout path drops the pending entry under
+	// the same lock, so it either sees this result or the entry is gone (buffered, so
+	// this never blocks).
 	p.result <- pairResult{conn: gwSide}
+	h.mu.Unlock()
 	ctx := stream.Context()
 
 	// stream → pipe
