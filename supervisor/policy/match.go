@@ -3,7 +3,7 @@ package policy
 import (
 	"fmt"
 	"net/netip"
-	"path"
+	"regexp"
 	"slices"
 	"strings"
 )
@@ -17,7 +17,7 @@ type Compiled struct {
 
 type compiledRule struct {
 	name      string
-	binaries  []string
+	binaries  []*regexp.Regexp
 	endpoints []compiledEndpoint
 }
 
@@ -41,7 +41,14 @@ func Compile(p *Policy) (*Compiled, error) {
 	c := &Compiled{policy: p}
 	for _, name := range sortedKeys(p.NetworkPolicies) {
 		r := p.NetworkPolicies[name]
-		cr := compiledRule{name: name, binaries: r.Binaries}
+		cr := compiledRule{name: name}
+		for _, b := range r.Binaries {
+			re, err := compileGlob(b)
+			if err != nil { // validated above
+				return nil, err
+			}
+			cr.binaries = append(cr.binaries, re)
+		}
 		for i, e := range r.Endpoints {
 			ce := compiledEndpoint{index: i, ports: e.EffectivePorts(), audit: e.Enforcement == Audit, access: e.Access, terminate: e.TLS == "terminate"}
 			h := strings.ToLower(strings.TrimSuffix(e.Host, "."))
@@ -199,10 +206,10 @@ func describeBinary(bins []string) string {
 	return bins[0]
 }
 
-func matchBinaries(globs, bins []string) bool {
+func matchBinaries(globs []*regexp.Regexp, bins []string) bool {
 	for _, b := range bins {
 		for _, g := range globs {
-			if ok, _ := path.Match(g, b); ok {
+			if g.MatchString(b) {
 				return true
 			}
 		}

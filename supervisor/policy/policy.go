@@ -78,7 +78,7 @@ type Process struct {
 type NetworkRule struct {
 	Name      string
 	Endpoints []Endpoint
-	Binaries  []string // path globs (path.Match syntax), e.g. /usr/bin/git, /usr/lib/node*/bin/*
+	Binaries  []string // path globs: * and ? within a path element, ** across elements, [...] classes; e.g. /usr/bin/git, /usr/lib/node_modules/**
 }
 
 // Endpoint is one allowed destination.
@@ -184,7 +184,7 @@ func (p *Policy) validate(errs *fieldErrors, lines map[string]int) {
 			f := fmt.Sprintf("%s.binaries[%d]", base, i)
 			if !strings.HasPrefix(b, "/") {
 				add(f, "binary must be an absolute path or glob, e.g. /usr/bin/git (got %q)", b)
-			} else if _, err := path.Match(b, "/"); err != nil {
+			} else if _, err := compileGlob(b); err != nil {
 				add(f, "bad glob %q: %v", b, err)
 			}
 		}

@@ -241,6 +241,39 @@ func TestDecide(t *testing.T) {
 	}
 }
 
+func TestGlob(t *testing.T) {
+	for _, tc := range []struct {
+		glob, path string
+		want       bool
+	}{
+		{"/usr/bin/git", "/usr/bin/git", true},
+		{"/usr/bin/git", "/usr/bin/gitk", false},
+		{"/usr/bin/pip*", "/usr/bin/pip3", true},
+		{"/usr/bin/*", "/usr/bin/x/y", false},
+		{"/usr/lib/node_modules/**", "/usr/lib/node_modules/a/b/cli.js", true},
+		{"/usr/**/python3*", "/usr/local/bin/python3.11", true},
+		{"/usr/bin/python3.?", "/usr/bin/python3.9", true},
+		{"/usr/bin/python3.?", "/usr/bin/python3.11", false},
+		{"/opt/[ab]in/x", "/opt/bin/x", true},
+		{"/opt/[!ab]in/x", "/opt/bin/x", false},
+		{"/a.b", "/aXb", false},
+		{"/a+b", "/a+b", true},
+	} {
+		re, err := compileGlob(tc.glob)
+		if err != nil {
+			t.Fatalf("%s: %v", tc.glob, err)
+		}
+		if got := re.MatchString(tc.path); got != tc.want {
+			t.Errorf("%s ~ %s = %v, want %v", tc.glob, tc.path, got, tc.want)
+		}
+	}
+	for _, bad := range []string{"/a/[b", "/a/[]"} {
+		if _, err := compileGlob(bad); err == nil {
+			t.Errorf("%q accepted", bad)
+		}
+	}
+}
+
 func FuzzParse(f *testing.F) {
 	f.Add([]byte(sample))
 	f.Add([]byte("version: 1\n"))
