@@ -23,6 +23,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 
+	"github.com/openshell/openshell/api/computev1"
 	"github.com/openshell/openshell/drivers"
 	"github.com/openshell/openshell/gateway"
 	"github.com/openshell/openshell/gateway/auth"
@@ -186,6 +187,13 @@ func Start(ctx context.Context, cfg *config.Config, log *slog.Logger) (_ *Gatewa
 		return nil, err
 	}
 	cleanups = append(cleanups, drv.Close)
+	extra, err := extraListeners(ctx, drv, lis.Addr().(*net.TCPAddr), log)
+	if err != nil {
+		return nil, err
+	}
+	for _, l := range extra {
+		cleanups = append(cleanups, l.Close)
+	}
 
 	srv, err := gateway.New(ctx, gateway.Options{
 		Store: st, Driver: drv, DriverName: name, Tokens: issuer, Log: log,
@@ -218,9 +226,67 @@ func Start(ctx context.Context, cfg *config.Config, log *slog.Logger) (_ *Gatewa
 		go func() { _ = g.health.Serve(hl) }()
 	}
 	go func() { g.done <- gs.Serve(lis) }()
+	for _, l := range extra {
+		go func() { _ = gs.Serve(l) }()
+	}
 	log.Info("gateway listening", "addr", lis.Addr().String(), "tls", !cfg.DisableTLS, "driver", name,
 		"state_dir", cfg.StateDir, "health", fmt.Sprint(g.HealthAddr))
 	return g, nil
+}
+
+// extraListeners opens the additional listeners a driver needs (wire protocol §4.2,
+// GetGatewayListenerRequirements): e.g. the VM driver's runners reach the gateway on
+// loopback, so a gateway bound elsewhere also listens on 127.0.0.1:<port>.
+func extraListeners(ctx context.Context, drv drivers.Driver, main *net.TCPAddr, log *slog.Logger) ([]net.Listener, error) {
+	lr, ok := drv.(drivers.ListenerRequirer)
+	if !ok {
+		return nil, nil
+	}
+	reqs, err := lr.ListenerRequirements(ctx)
+	if err != nil {
+		if errors.Is(err, drivers.ErrNotSupported) {
+			return nil, nil
+		}
+		return nil, fmt.Errorf("compute driver listener requirements: %w", err)
+	}
+	var addrs []string
+	for _, r := range reqs {
+		switch sel := r.GetSelector().(type) {
+		case *computev1.GatewayListenerRequirement_LoopbackInterface:
+			if main.IP.IsLoopback() || main.IP.IsUnspecified() {
+				continue
+			}
+			addrs = append(addrs, net.JoinHostPort("127.0.0.1", strconv.Itoa(main.Port)))
+		case *computev1.GatewayListenerRequirement_ExactBindAddress:
+			want, err := net.ResolveTCPAddr("tcp", sel.ExactBindAddress)
+			if err != nil || want.Port != main.Port {
+				return nil, fmt.Errorf("compute driver wants the gateway on %q (%s), which is not an address on the gateway port %d", sel.ExactBindAddress, r.GetReason(), main.Port)
+			}
+			if want.IP.Equal(main.IP) || main.IP.IsUnspecified() {
+				continue
+			}
+			addrs = append(addrs, want.String())
+		case *computev1.GatewayListenerRequirement_DefaultRouteInterface:
+			if !main.IP.IsUnspecified() {
+				log.Warn("the compute driver needs the gateway on the default-route interface; bind with --bind-address 0.0.0.0", "reason", r.GetReason())
+			}
+		default:
+			return nil, fmt.Errorf("compute driver sent a listener requirement without a selector (%s)", r.GetReason())
+		}
+	}
+	var out []net.Listener
+	for _, a := range addrs {
+		l, err := net.Listen("tcp", a)
+		if err != nil {
+			for _, o := range out {
+				o.Close()
+			}
+			return nil, fmt.Errorf("extra listener %s for the compute driver: %w", a, err)
+		}
+		log.Info("extra listener for the compute driver", "addr", a)
+		out = append(out, l)
+	}
+	return out, nil
 }
 
 func hostForClients(cfg *config.Config) string {

@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/openshell/openshell/api/computev1"
 	"github.com/openshell/openshell/api/openshellv1"
 	"github.com/openshell/openshell/drivers/drivertest"
 	"github.com/openshell/openshell/drivers/grpcdriver"
@@ -175,5 +176,30 @@ func TestStopIsPromptWithOpenStreams(t *testing.T) {
 	}
 	if d := time.Since(start); d > 3*time.Second {
 		t.Errorf("Stop took %s with open streams", d)
+	}
+}
+
+// TestExtraListenerForLoopbackRequirement: a driver that needs the gateway on
+// loopback gets a 127.0.0.1:<port> listener when the gateway binds elsewhere.
+func TestExtraListenerForLoopbackRequirement(t *testing.T) {
+	drv := drivertest.NewMemDriver()
+	drv.SetListenerRequirements([]*computev1.GatewayListenerRequirement{{Reason: "runners dial loopback",
+		Selector: &computev1.GatewayListenerRequirement_LoopbackInterface{LoopbackInterface: &computev1.GatewayLoopbackInterfaceRequirement{}}}})
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	// Bound on loopback already: nothing extra.
+	ls, err := extraListeners(t.Context(), drv, &net.TCPAddr{IP: net.ParseIP("127.0.0.1"), Port: 1234}, log)
+	if err != nil || len(ls) != 0 {
+		t.Fatalf("loopback bind: %v %v", ls, err)
+	}
+	// Bound on another address: a loopback listener on the same port.
+	port := freePort(t)
+	ls, err = extraListeners(t.Context(), drv, &net.TCPAddr{IP: net.ParseIP("192.0.2.1"), Port: port}, log)
+	if err != nil || len(ls) != 1 || ls[0].Addr().String() != "127.0.0.1:"+strconv.Itoa(port) {
+		t.Fatalf("extra = %v, %v", ls, err)
+	}
+	ls[0].Close()
+	drv.SetListenerRequirements([]*computev1.GatewayListenerRequirement{{Reason: "bad"}})
+	if _, err := extraListeners(t.Context(), drv, &net.TCPAddr{IP: net.ParseIP("127.0.0.1"), Port: 1}, log); err == nil {
+		t.Error("a requirement without a selector must be rejected")
 	}
 }
