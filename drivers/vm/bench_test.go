@@ -91,6 +91,7 @@ func TestBenchCreateReady(t *testing.T) {
 		rss += r
 		pss += p
 	}
+	t.Logf("per process (first sandboxes): %s", strings.Join(memLog[:min(len(memLog), 3)], "; "))
 	t.Logf("BENCH memory per idle VM sandbox: RSS %.1f MiB, PSS %.1f MiB (avg of %d, guest %d MiB, TCG)", float64(rss)/1024/float64(len(ids)), float64(pss)/1024/float64(len(ids)), len(ids), 300)
 }
 
@@ -213,29 +214,41 @@ func printStats(t *testing.T, what string, ds []time.Duration) {
 	t.Logf("BENCH %s: n=%d p50=%v p99=%v min=%v max=%v", what, len(ds), pct(0.50).Round(time.Millisecond), pct(0.99).Round(time.Millisecond), ds[0].Round(time.Millisecond), ds[len(ds)-1].Round(time.Millisecond))
 }
 
+// memLog collects the per-process breakdown of sessionMemory.
+var memLog []string
+
 // sessionMemory sums Rss and Pss (KiB) from /proc/<pid>/smaps_rollup over the runner's
 // session (runner, QEMU, vsock backend).
 func sessionMemory(sid int, start uint64) (rss, pss int64) {
 	for _, pid := range state.SessionMembers(sid, start) {
-		f, err := os.Open(fmt.Sprintf("/proc/%d/smaps_rollup", pid))
-		if err != nil {
+		r, p := procMemory(pid)
+		comm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
+		memLog = append(memLog, fmt.Sprintf("%s RSS %d MiB PSS %d MiB", strings.TrimSpace(string(comm)), r>>10, p>>10))
+		rss += r
+		pss += p
+	}
+	return rss, pss
+}
+
+func procMemory(pid int) (rss, pss int64) {
+	f, err := os.Open(fmt.Sprintf("/proc/%d/smaps_rollup", pid))
+	if err != nil {
+		return 0, 0
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fl := strings.Fields(sc.Text())
+		if len(fl) < 2 {
 			continue
 		}
-		sc := bufio.NewScanner(f)
-		for sc.Scan() {
-			fl := strings.Fields(sc.Text())
-			if len(fl) < 2 {
-				continue
-			}
-			v, _ := strconv.ParseInt(fl[1], 10, 64)
-			switch fl[0] {
-			case "Rss:":
-				rss += v
-			case "Pss:":
-				pss += v
-			}
+		v, _ := strconv.ParseInt(fl[1], 10, 64)
+		switch fl[0] {
+		case "Rss:":
+			rss += v
+		case "Pss:":
+			pss += v
 		}
-		f.Close()
 	}
 	return rss, pss
 }
