@@ -50,7 +50,8 @@ type Options struct {
 	DriverName string
 	Tokens     Tokens
 	Log        *slog.Logger
-	// TokenTTL is the sandbox token lifetime (0 = 30 days).
+	// TokenTTL is the sandbox token lifetime (0 = 365 days: the token is minted once
+	// at create and there is no refresh RPC in the supported subset).
 	TokenTTL time.Duration
 	// ReconcileInterval is the period of the full driver List (0 = 10 s).
 	ReconcileInterval time.Duration
@@ -107,7 +108,7 @@ func New(ctx context.Context, o Options) (*Server, error) {
 		o.Log = slog.Default()
 	}
 	if o.TokenTTL == 0 {
-		o.TokenTTL = 30 * 24 * time.Hour
+		o.TokenTTL = 365 * 24 * time.Hour
 	}
 	if o.ReconcileInterval == 0 {
 		o.ReconcileInterval = 10 * time.Second
