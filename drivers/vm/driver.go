@@ -54,6 +54,9 @@ const (
 
 // sandbox is the driver's view of one VM sandbox. Fields under mu.
 type sandbox struct {
+	// op serialises Stop and Start of one sandbox (Delete does not wait for it).
+	op sync.Mutex
+
 	id, name string
 	paths    state.Paths
 	cid      uint32 // guest vsock CID, fixed for the sandbox's life
@@ -432,12 +435,6 @@ func (d *Driver) provision(ctx context.Context, s *sandbox, res *resolved, spec 
 // boot spawns the runner for s and starts watching it. The caller has written
 // runner.json.
 func (d *Driver) boot(s *sandbox) error {
-	s.mu.Lock()
-	deleting := s.phase == phaseDeleting
-	s.mu.Unlock()
-	if deleting {
-		return fmt.Errorf("vm sandbox %q is being deleted: %w", s.id, drivers.ErrFailedPrecondition)
-	}
 	if err := state.ClearTombstone(s.paths.Dir); err != nil {
 		return d.fail(s, ReasonBootFailed, err)
 	}
@@ -454,18 +451,25 @@ func (d *Driver) boot(s *sandbox) error {
 	// Own session: no signal from the driver's or gateway's terminal/process group
 	// reaches it, and it survives both.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	// Check for a concurrent Delete and record the runner under one lock: Delete either
+	// sees the runner (and kills it) or this refuses to start one.
+	s.mu.Lock()
+	if s.phase == phaseDeleting {
+		s.mu.Unlock()
+		return fmt.Errorf("vm sandbox %q is being deleted: %w", s.id, drivers.ErrFailedPrecondition)
+	}
 	if err := cmd.Start(); err != nil {
+		s.mu.Unlock()
 		return d.fail(s, ReasonBootFailed, fmt.Errorf("start runner %v: %w", argv, err))
 	}
 	pid := cmd.Process.Pid
 	start, _ := state.ProcStartTime(pid)
-	// Reap it if it ends while we live; after a driver restart init reaps it.
-	go cmd.Wait()
-	d.log.Info("runner started", "sandbox_id", s.id, "runner_pid", pid)
-	s.mu.Lock()
 	s.runnerPID, s.runnerStart = pid, start
 	s.setPhase(phaseBooting, drivers.ReasonStarting, "VM booting")
 	s.mu.Unlock()
+	// Reap it if it ends while we live; after a driver restart init reaps it.
+	go cmd.Wait()
+	d.log.Info("runner started", "sandbox_id", s.id, "runner_pid", pid)
 	d.emit(s)
 	d.startMonitor(s, pid, start)
 	return nil
@@ -681,6 +685,8 @@ func (d *Driver) Stop(ctx context.Context, id, _ string) error {
 	if err != nil {
 		return err
 	}
+	s.op.Lock()
+	defer s.op.Unlock()
 	s.mu.Lock()
 	ph, exited := s.phase, s.exited
 	s.mu.Unlock()
@@ -705,6 +711,12 @@ func (d *Driver) Stop(ctx context.Context, id, _ string) error {
 			return fmt.Errorf("vm sandbox %q: stop: %w", id, ctx.Err())
 		}
 	}
+	s.mu.Lock()
+	if s.phase == phaseDeleting { // deleted while stopping: nothing left to mark
+		s.mu.Unlock()
+		return nil
+	}
+	s.mu.Unlock()
 	if _, err := state.Update(s.paths.Dir, func(r *state.Record) error { r.Stopped = true; return nil }); err != nil {
 		return fmt.Errorf("vm sandbox %q: %w", id, err)
 	}
@@ -722,6 +734,8 @@ func (d *Driver) Start(ctx context.Context, id, _ string) error {
 	if err != nil {
 		return err
 	}
+	s.op.Lock()
+	defer s.op.Unlock()
 	s.mu.Lock()
 	ph := s.phase
 	s.mu.Unlock()

@@ -150,10 +150,20 @@ func TestStopStartKeepsDisk(t *testing.T) {
 		t.Errorf("writable disk gone after Stop: %v", err)
 	}
 
-	if err := d.Start(t.Context(), id, ""); err != nil {
-		t.Fatalf("Start: %v", err)
+	// Concurrent Starts boot exactly one VM.
+	errs := make(chan error, 3)
+	for range 3 {
+		go func() { errs <- d.Start(t.Context(), id, "") }()
+	}
+	for range 3 {
+		if err := <-errs; err != nil {
+			t.Fatalf("Start: %v", err)
+		}
 	}
 	second := gw.next(t, id, vmTimeout)
+	if n := runnersOf(record(t, dir, id).Paths.Dir); n != 1 {
+		t.Errorf("%d runner processes for one sandbox after concurrent Starts", n)
+	}
 	if second.Prev != first.BootID || second.BootID == first.BootID {
 		t.Errorf("after stop/start: prev=%q boot=%q; want prev = first boot %q and a new boot", second.Prev, second.BootID, first.BootID)
 	}
@@ -504,4 +514,21 @@ func TestOneDriverPerStateDir(t *testing.T) {
 		t.Fatalf("after the first closed: %v", err)
 	}
 	d3.Close()
+}
+
+// runnersOf counts live runner processes serving the sandbox directory dir.
+func runnersOf(dir string) int {
+	n := 0
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		b, err := os.ReadFile("/proc/" + e.Name() + "/cmdline")
+		if err != nil {
+			continue
+		}
+		args := strings.Split(string(b), "\x00")
+		if len(args) > 3 && args[1] == "runner" && strings.Contains(string(b), dir) {
+			n++
+		}
+	}
+	return n
 }
