@@ -54,7 +54,7 @@ func TestBenchVsDocker(t *testing.T) {
 	src := filepath.Join(t.TempDir(), "blob256")
 	writeTree(t, src, 256<<20)
 	start := time.Now()
-	h.mustRun("sandbox", "upload", bench, src, "/tmp/up")
+	h.mustRun(t, "sandbox", "upload", bench, src, "/tmp/up")
 	up := time.Since(start)
 	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
 	defer cancel()

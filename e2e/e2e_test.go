@@ -38,16 +38,16 @@ func TestSandboxLifecycle(t *testing.T) {
 		if r.code != 3 || r.stdout != "out a b\n" || !strings.HasPrefix(r.stderr, "err\n") {
 			t.Fatalf("exec: code %d stdout %q stderr %q err %v", r.code, r.stdout, r.stderr, r.err)
 		}
-		r = h.mustRun("sandbox", "exec", "-n", box, "--workdir", "/tmp", "--env", "X=y z", "--", "sh", "-c", `echo "$(pwd) $X $(id -u)"`)
+		r = h.mustRun(t, "sandbox", "exec", "-n", box, "--workdir", "/tmp", "--env", "X=y z", "--", "sh", "-c", `echo "$(pwd) $X $(id -u)"`)
 		if f := strings.Fields(r.stdout); len(f) != 4 || f[0] != "/tmp" || f[1] != "y" || f[2] != "z" || f[3] == "0" {
 			t.Fatalf("exec workdir/env/user: %q (must not run as root)", r.stdout)
 		}
 		// Orphans re-parented to the supervisor (PID 1 in a container) are reaped.
 		for i := 0; i < 3; i++ {
-			h.mustRun("sandbox", "exec", "-n", box, "--", "sh", "-c", "(sleep 0.2 &); exit 0")
+			h.mustRun(t, "sandbox", "exec", "-n", box, "--", "sh", "-c", "(sleep 0.2 &); exit 0")
 		}
 		time.Sleep(2 * time.Second)
-		r = h.mustRun("sandbox", "exec", "-n", box, "--", "sh", "-c", `n=0; for f in /proc/[0-9]*/stat; do s=$(cut -d' ' -f3 "$f" 2>/dev/null); [ "$s" = Z ] && n=$((n+1)); done; echo zombies=$n`)
+		r = h.mustRun(t, "sandbox", "exec", "-n", box, "--", "sh", "-c", `n=0; for f in /proc/[0-9]*/stat; do s=$(cut -d' ' -f3 "$f" 2>/dev/null); [ "$s" = Z ] && n=$((n+1)); done; echo zombies=$n`)
 		if strings.TrimSpace(r.stdout) != "zombies=0" {
 			t.Fatalf("after orphaned children exited: %q", r.stdout)
 		}
@@ -85,7 +85,7 @@ func TestSandboxLifecycle(t *testing.T) {
 
 	t.Run("ssh via connect", func(t *testing.T) {
 		testenv.RequireCommand(t, "ssh", "apt-get install openssh-client")
-		r := h.mustRun("sandbox", "connect", box, "--", "echo", "via-ssh", "$USER")
+		r := h.mustRun(t, "sandbox", "connect", box, "--", "echo", "via-ssh", "$USER")
 		if !strings.HasPrefix(r.stdout, "via-ssh ") || strings.TrimSpace(r.stdout) == "via-ssh root" {
 			t.Fatalf("connect output %q", r.stdout)
 		}
@@ -110,21 +110,21 @@ func TestSandboxLifecycle(t *testing.T) {
 	t.Run("upload and download a tree with a 100 MiB file", func(t *testing.T) {
 		src := filepath.Join(t.TempDir(), "tree")
 		writeTree(t, src, 100<<20)
-		h.mustRun("sandbox", "upload", box, src, "/tmp/up")
+		h.mustRun(t, "sandbox", "upload", box, src, "/tmp/up")
 		// The sandbox computes the same checksum.
-		r := h.mustRun("sandbox", "exec", "-n", box, "--", "sha256sum", "/tmp/up/big/blob.bin")
+		r := h.mustRun(t, "sandbox", "exec", "-n", box, "--", "sha256sum", "/tmp/up/big/blob.bin")
 		if !strings.HasPrefix(r.stdout, fileSum(t, filepath.Join(src, "big", "blob.bin"))) {
 			t.Fatalf("checksum in sandbox %q", r.stdout)
 		}
 		dst := t.TempDir()
-		h.mustRun("sandbox", "download", box, "/tmp/up", dst)
+		h.mustRun(t, "sandbox", "download", box, "/tmp/up", dst)
 		if got, want := treeDigest(t, filepath.Join(dst, "up")), treeDigest(t, src); got != want {
 			t.Fatalf("downloaded tree differs:\n%s\nwant:\n%s", got, want)
 		}
 	})
 
 	t.Run("logs and follow", func(t *testing.T) {
-		r := h.mustRun("sandbox", "logs", box, "--tail", "50")
+		r := h.mustRun(t, "sandbox", "logs", box, "--tail", "50")
 		if !strings.Contains(r.stdout, "tick ") {
 			t.Fatalf("logs lack the main process output:\n%s", r.stdout)
 		}
@@ -150,7 +150,7 @@ func TestSandboxLifecycle(t *testing.T) {
 	})
 
 	t.Run("gateway kill -9 and restart", func(t *testing.T) {
-		before := h.mustRun("sandbox", "exec", "-n", box, "--", "cat", "/tmp/main.pid").stdout
+		before := h.mustRun(t, "sandbox", "exec", "-n", box, "--", "cat", "/tmp/main.pid").stdout
 		if err := killPID(h.gatewayPID()); err != nil {
 			t.Fatal(err)
 		}
@@ -167,7 +167,7 @@ func TestSandboxLifecycle(t *testing.T) {
 			}
 			time.Sleep(100 * time.Millisecond)
 		}
-		after := h.mustRun("sandbox", "exec", "-n", box, "--", "cat", "/tmp/main.pid").stdout
+		after := h.mustRun(t, "sandbox", "exec", "-n", box, "--", "cat", "/tmp/main.pid").stdout
 		if before != after {
 			t.Fatalf("main process restarted: pid %q → %q", before, after)
 		}

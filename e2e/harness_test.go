@@ -82,18 +82,23 @@ func requireDriver(t *testing.T) {
 func build(t *testing.T) string {
 	t.Helper()
 	buildOnce.Do(func() {
-		tmpRoot, buildErr = os.MkdirTemp("", "openshell-e2e-")
+		// Short paths: the VM driver's Unix sockets live under the state dir (≤108 bytes).
+		tmpRoot, buildErr = os.MkdirTemp("", "osh-")
 		if buildErr != nil {
 			return
 		}
 		os.Chmod(tmpRoot, 0o755)
 		binDir = filepath.Join(tmpRoot, "bin")
-		for _, b := range []struct {
+		type target struct {
 			pkg    string
 			static bool
-		}{
-			{"./cmd/openshell", false}, {"./cmd/openshell-gateway", false}, {"./cmd/openshell-sandbox", true},
-		} {
+		}
+		targets := []target{{"./cmd/openshell", false}, {"./cmd/openshell-gateway", false}, {"./cmd/openshell-sandbox", true}}
+		if driver() == "vm" {
+			// The gateway runs the VM driver found next to itself.
+			targets = append(targets, target{"./cmd/openshell-driver-vm", false})
+		}
+		for _, b := range targets {
 			args := []string{"build", "-o", filepath.Join(binDir, filepath.Base(b.pkg))}
 			// E2E_GO_OVERLAY builds with a go -overlay file (wiring not yet in the tree).
 			if ov := os.Getenv("E2E_GO_OVERLAY"); ov != "" {
@@ -143,7 +148,7 @@ func newHarness(t *testing.T) *harness {
 	}
 	requireDriver(t)
 	bin := build(t)
-	home, err := os.MkdirTemp(tmpRoot, "home-")
+	home, err := os.MkdirTemp(tmpRoot, "h")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -151,7 +156,7 @@ func newHarness(t *testing.T) *harness {
 	h.env = append(os.Environ(),
 		"HOME="+home,
 		"XDG_CONFIG_HOME="+filepath.Join(home, "config"),
-		"XDG_STATE_HOME="+filepath.Join(home, "state"),
+		"XDG_STATE_HOME="+filepath.Join(home, "s"),
 		"OPENSHELL_GATEWAY_BIN="+filepath.Join(bin, "openshell-gateway"),
 		"PATH="+bin+":"+os.Getenv("PATH"),
 	)
@@ -178,7 +183,7 @@ func (h *harness) startGateway() {
 // gatewayPID is the pid of the background gateway from its pid file.
 func (h *harness) gatewayPID() int {
 	h.t.Helper()
-	matches, _ := filepath.Glob(filepath.Join(h.home, "state", "openshell", "*", "gateway.pid"))
+	matches, _ := filepath.Glob(filepath.Join(h.home, "s", "openshell", "*", "gateway.pid"))
 	if len(matches) == 0 {
 		h.t.Fatalf("no gateway.pid under %s", h.home)
 	}
@@ -222,13 +227,13 @@ func (h *harness) run(ctx context.Context, args ...string) result {
 }
 
 // mustRun runs the CLI and fails the test on a non-zero exit.
-func (h *harness) mustRun(args ...string) result {
-	h.t.Helper()
-	ctx, cancel := context.WithTimeout(h.t.Context(), 3*time.Minute)
+func (h *harness) mustRun(t *testing.T, args ...string) result {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
 	defer cancel()
 	r := h.run(ctx, args...)
 	if r.err != nil {
-		h.t.Fatalf("openshell %s: %v\nstdout: %s\nstderr: %s", strings.Join(args, " "), r.err, r.stdout, r.stderr)
+		t.Fatalf("openshell %s: %v\nstdout: %s\nstderr: %s", strings.Join(args, " "), r.err, r.stdout, r.stderr)
 	}
 	return r
 }
@@ -248,13 +253,13 @@ func (h *harness) create(name string, argv ...string) {
 	if len(argv) > 0 {
 		args = append(append(args, "--"), argv...)
 	}
-	h.mustRun(args...)
+	h.mustRun(h.t, args...)
 }
 
 // dial connects to the gateway with the CLI's client configuration.
 func (h *harness) dial(t *testing.T) *grpc.ClientConn {
 	t.Helper()
-	for _, kv := range []string{"HOME=" + h.home, "XDG_CONFIG_HOME=" + filepath.Join(h.home, "config"), "XDG_STATE_HOME=" + filepath.Join(h.home, "state")} {
+	for _, kv := range []string{"HOME=" + h.home, "XDG_CONFIG_HOME=" + filepath.Join(h.home, "config"), "XDG_STATE_HOME=" + filepath.Join(h.home, "s")} {
 		k, v, _ := strings.Cut(kv, "=")
 		t.Setenv(k, v)
 	}

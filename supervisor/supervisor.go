@@ -35,7 +35,7 @@ type Options struct {
 	Root string
 	// SandboxDir is the default working directory (default /sandbox).
 	SandboxDir string
-	// SelfExe re-executes this binary as "sftp-server" (default os.Executable()).
+	// SelfExe re-executes this binary as "sftp-server" (default /proc/self/exe).
 	SelfExe string
 	// ReapOrphans runs the central wait loop; default: when this process is PID 1.
 	ReapOrphans *bool
@@ -173,11 +173,10 @@ func Run(ctx context.Context, cfg *bootstrap.Config, o Options) error {
 		o.StopGrace = 10 * time.Second
 	}
 	if o.SelfExe == "" {
-		exe, err := os.Executable()
-		if err != nil {
-			return fmt.Errorf("supervisor: find own executable for sftp: %w", err)
-		}
-		o.SelfExe = exe
+		// /proc/self/exe, not os.Executable(): in a VM this binary was /init in the
+		// initramfs, a path that no longer exists after the switch to the image root;
+		// the magic link still executes the same file.
+		o.SelfExe = "/proc/self/exe"
 	}
 	reapOrphans := os.Getpid() == 1
 	if o.ReapOrphans != nil {
