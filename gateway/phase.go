@@ -100,3 +100,17 @@ func publicConditions(backend *computev1.DriverSandboxStatus, gw *openshellv1.Sa
 	}
 	return out
 }
+
+// keepTransitionTime gives the gateway's Ready condition the stored transition time
+// when its status and reason did not change, so the time means "since when".
+func keepTransitionTime(stored []*openshellv1.SandboxCondition, c *openshellv1.SandboxCondition) {
+	if c == nil {
+		return
+	}
+	for _, old := range stored {
+		if old.GetType() == c.GetType() && old.GetStatus() == c.GetStatus() && old.GetReason() == c.GetReason() && old.GetLastTransitionTime() != "" {
+			c.LastTransitionTime = old.GetLastTransitionTime()
+			return
+		}
+	}
+}

@@ -52,3 +52,17 @@ func TestDerivePhase(t *testing.T) {
 		})
 	}
 }
+
+func TestKeepTransitionTime(t *testing.T) {
+	stored := []*openshellv1.SandboxCondition{{Type: "Ready", Status: "False", Reason: drivers.ReasonSupervisorNotConnected, LastTransitionTime: "2020-01-01T00:00:00Z"}}
+	same := readyCond(false, drivers.ReasonSupervisorNotConnected, "x")
+	keepTransitionTime(stored, same)
+	if same.LastTransitionTime != "2020-01-01T00:00:00Z" {
+		t.Errorf("unchanged condition got a new time %s", same.LastTransitionTime)
+	}
+	changed := readyCond(true, drivers.ReasonDependenciesReady, "x")
+	keepTransitionTime(stored, changed)
+	if changed.LastTransitionTime == "2020-01-01T00:00:00Z" {
+		t.Error("a changed condition kept the old time")
+	}
+}

@@ -325,7 +325,10 @@ func (s *Server) stampPhase(r *record) {
 	if r.sb.Status == nil {
 		r.sb.Status = &openshellv1.SandboxStatus{}
 	}
-	r.sb.Status.Phase, _ = derivePhase(s.phaseInput(r))
+	var cond *openshellv1.SandboxCondition
+	r.sb.Status.Phase, cond = derivePhase(s.phaseInput(r))
+	keepTransitionTime(r.sb.Status.Conditions, cond)
+	r.sb.Status.Conditions = publicConditions(r.backend, cond)
 	// A finished start clears the intent.
 	if r.intent == intentStarting && r.sb.Status.Phase == openshellv1.SandboxPhase_SANDBOX_PHASE_READY {
 		r.intent = intentNone
@@ -355,6 +358,7 @@ func (s *Server) viewOwned(r *record, sb *openshellv1.Sandbox) *openshellv1.Sand
 	}
 	st := sb.Status
 	phase, cond := derivePhase(s.phaseInput(r))
+	keepTransitionTime(st.Conditions, cond)
 	st.Phase = phase
 	st.Conditions = publicConditions(r.backend, cond)
 	if r.backend != nil {
