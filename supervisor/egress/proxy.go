@@ -83,8 +83,9 @@ type Config struct {
 	// must not block for long.
 	OnEvent func(Event)
 	// Dial opens upstream connections (default: net.Dialer). A VM guest passes
-	// RelayDialer(open a vsock stream to the runner); the runner serves a Relay. The
-	// address is always the checked IP:port, never a name.
+	// RunnerDialer(open a vsock stream to the runner's egress port), with Resolver
+	// set to RunnerResolver on the same port. The address is always the checked
+	// IP:port, never a name.
 	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
 	// Resolver for host names (default net.DefaultResolver).
 	Resolver Resolver

@@ -1,13 +1,17 @@
 package egress
 
 import (
+	"bufio"
 	"context"
-	"errors"
+	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"net/netip"
+	"net/url"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -16,21 +20,23 @@ import (
 	"github.com/openshell/openshell/supervisor/policy"
 )
 
-// VM egress: a guest has no network interface, so its proxy's upstream connections
-// travel over vsock to the VM's runner on the host, which checks the destination
-// against the policy again (outside the VM boundary) and dials it.
+// VM egress. A guest has no network interface: its proxy's upstream connections and
+// DNS lookups travel over a stream to the VM's runner on the host (the egress vsock
+// port), one HTTP/1.1 request per stream, the protocol the VM runner serves:
 //
-// Per connection, guest → runner: one line "OPENSHELL-DIAL <host> <ip>:<port>\n"
-// (host as the agent asked for it, the address the guest proxy resolved and checked);
-// runner → guest: "OK\n" or "ERR <reason>\n"; then raw bytes both ways.
+//	CONNECT <ip>:<port> HTTP/1.1   → 200 then raw bytes both ways; 403 when the host
+//	X-Openshell-Host: <name>          side refuses the destination; 502 when the dial fails
+//	GET /v1/resolve?name=<host>    → 200 {"addrs":["1.2.3.4",...]}
+//
+// X-Openshell-Host carries the name the agent asked for, so that a host side that
+// knows the policy (Relay) can match host-based endpoints again outside the VM.
 
-const relayMagic = "OPENSHELL-DIAL"
+// HostHeader names the requested host on a relay CONNECT.
+const HostHeader = "X-Openshell-Host"
 
-// RelayDialer returns a Config.Dial for the guest proxy: open(ctx) opens a fresh
-// stream to the runner (e.g. a vsock connection to the host's egress port), and the
-// returned function asks the runner for addr on it. The host name travels too (from
-// WithHost), so the runner can match host-based endpoints.
-func RelayDialer(open func(ctx context.Context) (net.Conn, error)) func(ctx context.Context, network, addr string) (net.Conn, error) {
+// RunnerDialer returns a Config.Dial for a guest proxy: open(ctx) opens a fresh
+// stream to the runner (a vsock connection to the host's egress port).
+func RunnerDialer(open func(ctx context.Context) (net.Conn, error)) func(ctx context.Context, network, addr string) (net.Conn, error) {
 	return func(ctx context.Context, network, addr string) (net.Conn, error) {
 		if network != "tcp" && network != "tcp4" && network != "tcp6" {
 			return nil, fmt.Errorf("egress relay: network %q: only tcp is relayed", network)
@@ -50,53 +56,92 @@ func RelayDialer(open func(ctx context.Context) (net.Conn, error)) func(ctx cont
 		if dl, ok := ctx.Deadline(); ok {
 			c.SetDeadline(dl)
 		}
-		if _, err := fmt.Fprintf(c, "%s %s %s\n", relayMagic, host, ap); err != nil {
+		if _, err := fmt.Fprintf(c, "CONNECT %s HTTP/1.1\r\nHost: %s\r\n%s: %s\r\n\r\n", ap, ap, HostHeader, host); err != nil {
 			c.Close()
 			return nil, fmt.Errorf("egress relay: %w", err)
 		}
-		line, err := readLine(c)
+		br := bufio.NewReader(c)
+		resp, err := http.ReadResponse(br, &http.Request{Method: http.MethodConnect})
 		if err != nil {
 			c.Close()
 			return nil, fmt.Errorf("egress relay: no answer from the runner: %w", err)
 		}
-		if reason, ok := strings.CutPrefix(line, "ERR "); ok {
+		if resp.StatusCode != http.StatusOK {
+			b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
 			c.Close()
-			return nil, fmt.Errorf("egress relay: runner refused %s (%s): %s", host, ap, reason)
-		}
-		if line != "OK" {
-			c.Close()
-			return nil, fmt.Errorf("egress relay: unexpected answer %q", line)
+			return nil, fmt.Errorf("egress relay: runner refused %s (%s): %s: %s", host, ap, resp.Status, strings.TrimSpace(string(b)))
 		}
 		c.SetDeadline(time.Time{})
-		return c, nil
+		// Tunnel bytes may already sit in br (server-first protocols).
+		return &bufConn{Conn: c, r: br}, nil
 	}
+}
+
+// RunnerResolver resolves names through the runner (GET /v1/resolve): the guest has
+// no DNS of its own.
+type RunnerResolver struct {
+	Open func(ctx context.Context) (net.Conn, error)
+}
+
+var _ Resolver = RunnerResolver{}
+
+// LookupNetIP implements Resolver.
+func (r RunnerResolver) LookupNetIP(ctx context.Context, _, host string) ([]netip.Addr, error) {
+	c, err := r.Open(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("egress resolve: reach the runner: %w", err)
+	}
+	defer c.Close()
+	if dl, ok := ctx.Deadline(); ok {
+		c.SetDeadline(dl)
+	} else {
+		c.SetDeadline(time.Now().Add(15 * time.Second))
+	}
+	if _, err := fmt.Fprintf(c, "GET /v1/resolve?name=%s HTTP/1.1\r\nHost: runner\r\nConnection: close\r\n\r\n", url.QueryEscape(host)); err != nil {
+		return nil, err
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		return nil, fmt.Errorf("egress resolve %s: %w", host, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+	if resp.StatusCode != http.StatusOK {
+		return nil, &net.DNSError{Err: strings.TrimSpace(string(b)), Name: host, IsNotFound: resp.StatusCode == http.StatusBadGateway}
+	}
+	var out struct {
+		Addrs []string `json:"addrs"`
+	}
+	if err := json.Unmarshal(b, &out); err != nil {
+		return nil, fmt.Errorf("egress resolve %s: bad answer: %w", host, err)
+	}
+	var addrs []netip.Addr
+	for _, s := range out.Addrs {
+		if a, err := netip.ParseAddr(s); err == nil {
+			addrs = append(addrs, a.Unmap())
+		}
+	}
+	if len(addrs) == 0 {
+		return nil, &net.DNSError{Err: "no addresses", Name: host, IsNotFound: true}
+	}
+	return addrs, nil
 }
 
 type hostKey struct{}
 
-// readLine reads one '\n'-terminated line byte by byte, so that no tunnel byte
-// after it is consumed (at most 1 KiB).
-func readLine(r io.Reader) (string, error) {
-	var b []byte
-	one := make([]byte, 1)
-	for len(b) < 1024 {
-		if _, err := io.ReadFull(r, one); err != nil {
-			return "", err
-		}
-		if one[0] == '\n' {
-			return string(b), nil
-		}
-		b = append(b, one[0])
-	}
-	return "", errors.New("line too long")
+// dialWithHost passes the requested host name to a RunnerDialer.
+func dialWithHost(ctx context.Context, host string) context.Context {
+	return context.WithValue(ctx, hostKey{}, host)
 }
 
-// Relay is the runner's side: it serves guest dial requests, re-checking each
-// against the policy (destination only: the guest already checked the binary) and
-// the internal-address guard, then dials the requested address.
+// Relay is a host side of that protocol which also knows the sandbox policy: it
+// re-checks each CONNECT against the policy's destinations (the guest already
+// checked the binary) and the internal-address guard, then dials. A VM runner can
+// serve it on the egress port instead of a policy-blind relay.
 type Relay struct {
 	policy           atomic.Pointer[policy.Compiled]
-	Dial             func(ctx context.Context, network, addr string) (net.Conn, error)
+	Dial             func(ctx context.Context, network, addr string) (net.Conn, error) // default net.Dialer
+	Resolver         Resolver                                                          // default net.DefaultResolver
 	InternalPrefixes []netip.Prefix
 	OnEvent          func(Event)
 	Logger           *slog.Logger
@@ -104,7 +149,7 @@ type Relay struct {
 	wg sync.WaitGroup
 }
 
-// NewRelay creates a runner-side relay with the sandbox's current policy.
+// NewRelay creates a relay with the sandbox's current policy.
 func NewRelay(p *policy.Compiled) *Relay {
 	r := &Relay{}
 	r.policy.Store(p)
@@ -118,8 +163,8 @@ func (r *Relay) SetPolicy(p *policy.Compiled) {
 	}
 }
 
-// Serve handles connections from ln (the host end of the guest's egress port) until
-// ctx ends or ln fails, then waits for the open tunnels' goroutines.
+// Serve handles connections from ln until ctx ends or ln fails, then waits for the
+// open tunnels' goroutines.
 func (r *Relay) Serve(ctx context.Context, ln net.Listener) error {
 	stop := context.AfterFunc(ctx, func() { ln.Close() })
 	defer stop()
@@ -143,78 +188,133 @@ func (r *Relay) Serve(ctx context.Context, ln net.Listener) error {
 // ServeConn handles one guest stream.
 func (r *Relay) ServeConn(ctx context.Context, c net.Conn) {
 	defer c.Close()
-	c.SetReadDeadline(time.Now().Add(10 * time.Second))
-	line, err := readLine(c)
+	c.SetReadDeadline(time.Now().Add(30 * time.Second))
+	lr := &io.LimitedReader{R: c, N: 64 << 10}
+	br := bufio.NewReader(lr)
+	req, err := http.ReadRequest(br)
 	if err != nil {
 		return
 	}
 	c.SetReadDeadline(time.Time{})
-	f := strings.Fields(line)
-	if len(f) != 3 || f[0] != relayMagic {
-		io.WriteString(c, "ERR malformed request\n")
+	lr.N = 1<<63 - 1
+	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	switch {
+	case req.Method == http.MethodConnect:
+		r.connect(ctx, c, br, req)
+	case req.Method == http.MethodGet && req.URL.Path == "/v1/resolve":
+		r.resolve(ctx, c, req.URL.Query().Get("name"))
+	default:
+		writeError(c, http.StatusMethodNotAllowed, "use CONNECT ip:port or GET /v1/resolve?name=")
+	}
+}
+
+func (r *Relay) resolver() Resolver {
+	if r.Resolver != nil {
+		return r.Resolver
+	}
+	return net.DefaultResolver
+}
+
+func (r *Relay) resolve(ctx context.Context, c net.Conn, name string) {
+	if name == "" {
+		writeError(c, http.StatusBadRequest, "name is empty")
 		return
 	}
-	host := f[1]
-	ap, err := netip.ParseAddrPort(f[2])
+	addrs, err := r.resolver().LookupNetIP(ctx, "ip", name)
 	if err != nil {
-		io.WriteString(c, "ERR bad address\n")
+		writeError(c, http.StatusBadGateway, err.Error())
 		return
 	}
-	ap = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
-	ev := Event{Time: time.Now(), Method: "RELAY", Host: host, Port: int(ap.Port()), Addr: ap.String()}
-	emit := func(action, reason string) {
-		ev.Action, ev.Reason = action, reason
+	out := struct {
+		Addrs []string `json:"addrs"`
+	}{Addrs: []string{}}
+	for _, a := range addrs {
+		out.Addrs = append(out.Addrs, a.Unmap().String())
+	}
+	b, _ := json.Marshal(out)
+	fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s", len(b), b)
+}
+
+func (r *Relay) connect(ctx context.Context, c net.Conn, br *bufio.Reader, req *http.Request) {
+	hostport := req.RequestURI
+	hs, ps, err := net.SplitHostPort(hostport)
+	port, perr := strconv.Atoi(ps)
+	if err != nil || perr != nil || port < 1 || port > 65535 {
+		writeError(c, http.StatusBadRequest, "CONNECT needs ip:port")
+		return
+	}
+	ip, err := netip.ParseAddr(hs)
+	if err != nil {
+		writeError(c, http.StatusBadRequest, "CONNECT needs an IP address (resolve with /v1/resolve first)")
+		return
+	}
+	ip = ip.Unmap()
+	host := req.Header.Get(HostHeader)
+	if host == "" {
+		host = ip.String()
+	}
+	ap := netip.AddrPortFrom(ip, uint16(port))
+	ev := Event{Time: time.Now(), Method: "RELAY", Host: host, Port: port, Addr: ap.String()}
+	refuse := func(code int, reason string) {
+		ev.Action, ev.Reason, ev.Status = "deny", reason, code
+		if code != http.StatusForbidden {
+			ev.Action = "error"
+		}
 		if r.OnEvent != nil {
 			r.OnEvent(ev)
 		}
+		writeError(c, code, reason)
 	}
-	d := r.policy.Load().Destination(host, int(ap.Port()))
+	d := r.policy.Load().Destination(host, port)
 	ev.Rule = d.Rule
-	if !d.Allow {
-		emit("deny", d.Reason)
-		io.WriteString(c, "ERR "+oneLine(d.Reason)+"\n")
-		return
-	}
-	// The guest's resolution is not trusted: the address must be the host itself
-	// when host is an IP, and pass the same internal-address rules as in the guest.
-	if hostIP, err := netip.ParseAddr(strings.Trim(host, "[]")); err == nil && hostIP.Unmap() != ap.Addr() {
-		emit("deny", "address does not match the IP host")
-		io.WriteString(c, "ERR address does not match the requested IP\n")
-		return
-	}
 	switch {
-	case len(d.AllowedIPs) > 0 && !containsAddr(d.AllowedIPs, ap.Addr()):
-		emit("deny", "address not in allowed_ips of "+d.Endpoint)
-		io.WriteString(c, "ERR address not in allowed_ips\n")
+	case !d.Allow:
+		refuse(http.StatusForbidden, d.Reason)
 		return
-	case len(d.AllowedIPs) == 0 && !d.Explicit && IsInternal(ap.Addr(), r.InternalPrefixes):
-		emit("deny", "SSRF guard: internal address "+ap.Addr().String())
-		io.WriteString(c, "ERR internal address\n")
+	case host != ip.String() && isIPLiteral(host) && mustIP(host) != ip:
+		refuse(http.StatusForbidden, "the address does not match the requested IP host")
+		return
+	case len(d.AllowedIPs) > 0 && !containsAddr(d.AllowedIPs, ip):
+		refuse(http.StatusForbidden, "address "+ip.String()+" not in allowed_ips of "+d.Endpoint)
+		return
+	case len(d.AllowedIPs) == 0 && !d.Explicit && IsInternal(ip, r.InternalPrefixes):
+		refuse(http.StatusForbidden, "SSRF guard: "+host+" → internal address "+ip.String())
 		return
 	}
 	dial := r.Dial
 	if dial == nil {
 		dial = (&net.Dialer{}).DialContext
 	}
-	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	up, err := dial(dctx, "tcp", ap.String())
-	cancel()
+	up, err := dial(ctx, "tcp", ap.String())
 	if err != nil {
-		emit("error", "dial: "+err.Error())
-		io.WriteString(c, "ERR "+oneLine(err.Error())+"\n")
+		refuse(http.StatusBadGateway, "dial: "+err.Error())
 		return
 	}
 	defer up.Close()
-	if _, err := io.WriteString(c, "OK\n"); err != nil {
+	if _, err := io.WriteString(c, "HTTP/1.1 200 Connection established\r\n\r\n"); err != nil {
 		return
 	}
-	emit(action(d), d.Reason)
+	ev.Action, ev.Reason = action(d), d.Reason
+	if r.OnEvent != nil {
+		r.OnEvent(ev)
+	}
+	if n := br.Buffered(); n > 0 {
+		b, _ := br.Peek(n)
+		if _, err := up.Write(b); err != nil {
+			return
+		}
+		br.Discard(n)
+	}
 	splice(c, up)
 }
 
-func oneLine(s string) string { return strings.NewReplacer("\n", " ", "\r", " ").Replace(s) }
+func isIPLiteral(s string) bool {
+	_, err := netip.ParseAddr(strings.Trim(s, "[]"))
+	return err == nil
+}
 
-// dialWithHost passes the requested host name to a RelayDialer.
-func dialWithHost(ctx context.Context, host string) context.Context {
-	return context.WithValue(ctx, hostKey{}, host)
+func mustIP(s string) netip.Addr {
+	a, _ := netip.ParseAddr(strings.Trim(s, "[]"))
+	return a.Unmap()
 }

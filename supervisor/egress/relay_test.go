@@ -1,9 +1,13 @@
 package egress
 
 import (
+	"bytes"
 	"context"
+	"errors"
 	"fmt"
+	"io"
 	"net"
+	"net/netip"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -13,7 +17,7 @@ import (
 
 // startRelay runs the runner side on a Unix socket (what a hybrid-vsock backend
 // exposes on the host) and returns a guest-side Dial for it.
-func startRelay(t *testing.T, pol *policy.Compiled) (*Relay, *events, func(context.Context, string, string) (net.Conn, error)) {
+func startRelay(t *testing.T, pol *policy.Compiled) (*Relay, *events, func(context.Context, string, string) (net.Conn, error), func(context.Context) (net.Conn, error)) {
 	sock := filepath.Join(t.TempDir(), "egress.sock")
 	ln, err := net.Listen("unix", sock)
 	if err != nil {
@@ -31,16 +35,17 @@ func startRelay(t *testing.T, pol *policy.Compiled) (*Relay, *events, func(conte
 			t.Errorf("relay Serve: %v", err)
 		}
 	})
-	return r, ev, RelayDialer(func(ctx context.Context) (net.Conn, error) {
+	open := func(ctx context.Context) (net.Conn, error) {
 		var d net.Dialer
 		return d.DialContext(ctx, "unix", sock)
-	})
+	}
+	return r, ev, RunnerDialer(open), open
 }
 
 func TestRelayAllowsAndRechecks(t *testing.T) {
 	plain := startUpstream(t, "127.0.0.2", false, nil)
 	allow := compile(t, fmt.Sprintf("version: 1\nnetwork_policies:\n  t:\n    endpoints: [{host: %s, port: %d}]\n    binaries: [{path: %s}]\n", plain.host, plain.port, self(t)))
-	relay, rev, dial := startRelay(t, allow)
+	relay, rev, dial, _ := startRelay(t, allow)
 	_, purl, gev := startProxy(t, Config{Policy: allow, Dial: dial})
 	c := client(purl, nil)
 	if code, body := get(t, c, plain.srv.URL); code != 200 || !strings.Contains(body, "hello") {
@@ -57,7 +62,7 @@ func TestRelayAllowsAndRechecks(t *testing.T) {
 	before := plain.conns.Load()
 	relay.SetPolicy(policy.MustCompile(policy.Default()))
 	code, body := get(t, c, plain.srv.URL)
-	if code != 502 || !strings.Contains(body, "runner refused") {
+	if code != 502 || !strings.Contains(body, "runner refused") || !strings.Contains(body, "403") {
 		t.Fatalf("runner re-check: %d %q", code, body)
 	}
 	if plain.conns.Load() != before {
@@ -71,10 +76,11 @@ func TestRelayAllowsAndRechecks(t *testing.T) {
 func TestRelayRefusesForgedRequests(t *testing.T) {
 	plain := startUpstream(t, "127.0.0.2", false, nil)
 	pol := compile(t, fmt.Sprintf("version: 1\nnetwork_policies:\n  w:\n    endpoints: [{host: '*.example.com', port: %d}, {host: 127.0.0.2, port: %d}]\n", plain.port, plain.port))
-	_, _, dial := startRelay(t, pol)
+	_, _, dial, _ := startRelay(t, pol)
 	for _, tc := range []struct{ host, addr, want string }{
 		{"evil.example.com", fmt.Sprintf("127.0.0.2:%d", plain.port), "internal address"},
 		{"127.0.0.2", fmt.Sprintf("127.0.0.3:%d", plain.port), "does not match"},
+		{"evil.example.com", fmt.Sprintf("169.254.169.254:%d", plain.port), "internal address"},
 		{"other.test", fmt.Sprintf("127.0.0.2:%d", plain.port), "no network_policies endpoint"},
 	} {
 		_, err := dial(dialWithHost(t.Context(), tc.host), "tcp", tc.addr)
@@ -92,26 +98,44 @@ func TestRelayRefusesForgedRequests(t *testing.T) {
 	conn.Close()
 }
 
+func TestRunnerResolver(t *testing.T) {
+	r := NewRelay(policy.MustCompile(policy.Default()))
+	r.Resolver = staticResolver{"api.example.com": {netip.MustParseAddr("192.0.2.7"), netip.MustParseAddr("2001:db8::7")}}
+	sock := filepath.Join(t.TempDir(), "r.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- r.Serve(ctx, ln) }()
+	defer func() { cancel(); <-done }()
+	res := RunnerResolver{Open: func(ctx context.Context) (net.Conn, error) { return (&net.Dialer{}).DialContext(ctx, "unix", sock) }}
+	addrs, err := res.LookupNetIP(t.Context(), "ip", "api.example.com")
+	if err != nil || len(addrs) != 2 || addrs[0] != netip.MustParseAddr("192.0.2.7") {
+		t.Fatalf("resolve: %v %v", addrs, err)
+	}
+	var dnsErr *net.DNSError
+	if _, err := res.LookupNetIP(t.Context(), "ip", "nope.example.com"); !errors.As(err, &dnsErr) {
+		t.Fatalf("unknown name: %v", err)
+	}
+}
+
 func FuzzRelayRequest(f *testing.F) {
-	f.Add([]byte("OPENSHELL-DIAL a.example.com 127.0.0.2:80\n"))
-	f.Add([]byte("OPENSHELL-DIAL [::1] [::1]:443\n"))
-	f.Add([]byte("GET / HTTP/1.1\r\n\r\n"))
-	r := NewRelay(compile(f, "version: 1\nnetwork_policies:\n  w:\n    endpoints: [{host: '*.example.com', port: 80}]\n"))
+	f.Add([]byte("CONNECT 127.0.0.2:80 HTTP/1.1\r\nX-Openshell-Host: a.example.com\r\n\r\n"))
+	f.Add([]byte("CONNECT [::1]:443 HTTP/1.1\r\n\r\n"))
+	f.Add([]byte("GET /v1/resolve?name=a.example.com HTTP/1.1\r\n\r\n"))
+	f.Add([]byte("garbage\n"))
+	r := NewRelay(compile(f, "version: 1\nnetwork_policies:\n  w:\n    endpoints: [{host: '*.example.com', port: 80}, {host: 192.0.2.1, port: 80}]\n"))
 	r.Dial = func(context.Context, string, string) (net.Conn, error) { return nil, fmt.Errorf("fuzz: no network") }
+	r.Resolver = staticResolver{"a.example.com": {netip.MustParseAddr("192.0.2.1")}}
 	f.Fuzz(func(t *testing.T, data []byte) {
 		srv, cli := net.Pipe()
-		go func() { cli.Write(data); cli.Write([]byte("\n")) }()
-		done := make(chan struct{})
-		go func() {
-			buf := make([]byte, 512)
-			n, _ := cli.Read(buf)
-			if n > 0 && !strings.HasPrefix(string(buf[:n]), "ERR ") && !strings.HasPrefix(string(buf[:n]), "OK") {
-				t.Errorf("answer %q", buf[:n])
-			}
-			cli.Close()
-			close(done)
-		}()
-		r.ServeConn(context.Background(), srv)
-		<-done
+		done := make(chan []byte)
+		go func() { b, _ := io.ReadAll(cli); done <- b }()
+		r.ServeConn(context.Background(), &pipeConn{Conn: srv, in: bytes.NewReader(data)})
+		if out := <-done; len(out) > 0 && !bytes.HasPrefix(out, []byte("HTTP/1.1 ")) {
+			t.Fatalf("answer %q", out)
+		}
 	})
 }
