@@ -330,3 +330,19 @@ func TestParseEnv(t *testing.T) {
 		t.Fatal("accepted an assignment without =")
 	}
 }
+
+func FuzzParseEnv(f *testing.F) {
+	for _, s := range []string{"A=1", "=x", "novalue", "K==v", ""} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, kv string) {
+		env, err := ParseEnv([]string{kv})
+		if err != nil {
+			return
+		}
+		k, v, _ := strings.Cut(kv, "=")
+		if len(env) != 1 || env[k] != v || k == "" {
+			t.Fatalf("ParseEnv(%q) = %v", kv, env)
+		}
+	})
+}
