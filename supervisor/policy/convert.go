@@ -1,8 +1,11 @@
 package policy
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 
+	"google.golang.org/protobuf/proto"
 	"gopkg.in/yaml.v3"
 
 	"github.com/openshell/openshell/api/sandboxv1"
@@ -169,4 +172,12 @@ func (p *Policy) Marshal() ([]byte, error) {
 		y.Network[name] = yr
 	}
 	return yaml.Marshal(&y)
+}
+
+// Hash is the policy_hash of GetSandboxConfig: hex SHA-256 of the deterministic
+// protobuf encoding (equal policies hash equally, whatever their map order).
+func Hash(m *sandboxv1.SandboxPolicy) string {
+	b, _ := proto.MarshalOptions{Deterministic: true}.Marshal(m)
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:])
 }

@@ -154,6 +154,18 @@ func TestProtoRoundTrip(t *testing.T) {
 	}
 }
 
+func TestHash(t *testing.T) {
+	a := MustParse(t, sample).ToProto()
+	b := MustParse(t, sample).ToProto()
+	if Hash(a) != Hash(b) || len(Hash(a)) != 64 {
+		t.Fatalf("equal policies hash differently: %s %s", Hash(a), Hash(b))
+	}
+	b.NetworkPolicies["github"].Endpoints[0].Port = 444
+	if Hash(a) == Hash(b) {
+		t.Fatal("different policies hash equally")
+	}
+}
+
 func TestFromProtoRejects(t *testing.T) {
 	p := MustParse(t, sample).ToProto()
 	p.NetworkPolicies["github"].Endpoints[0].Host = "a.*.com"
