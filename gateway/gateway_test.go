@@ -320,6 +320,13 @@ func TestDriverFailureKeepsRecord(t *testing.T) {
 	if sb.GetStatus().GetPhase() != phaseError || !strings.Contains(readyCondition(sb).GetMessage(), "no space left") {
 		t.Fatalf("failed create left %v", sb.GetStatus())
 	}
+	// Stop on a sandbox the driver never created: a precondition error, and the
+	// sandbox does not stay STOPPING.
+	_, err = e.user.StopSandbox(t.Context(), &openshellv1.StopSandboxRequest{Name: "alpha"})
+	wantCode(t, err, codes.FailedPrecondition)
+	if p := e.get("alpha").GetStatus().GetPhase(); p != phaseError {
+		t.Errorf("phase after a refused stop = %v, want ERROR", p)
+	}
 	if _, err := e.user.DeleteSandbox(t.Context(), &openshellv1.DeleteSandboxRequest{Name: "alpha"}); err != nil {
 		t.Fatalf("deleting a failed sandbox: %v", err)
 	}

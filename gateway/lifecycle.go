@@ -242,7 +242,8 @@ func (s *Server) StopSandbox(ctx context.Context, req *openshellv1.StopSandboxRe
 		return nil, err
 	}
 	if err := s.drv.Stop(dctx, id, name); err != nil {
-		return nil, fmt.Errorf("sandbox %s: driver stop: %w", name, err)
+		s.revertIntent(dctx, id, intentStopping, intentNone)
+		return nil, driverOpError(name, "stop", err)
 	}
 	// A successful Stop means the workload is stopped.
 	r, err = s.mutate(dctx, id, func(r *record) error {
@@ -264,12 +265,14 @@ func (s *Server) StartSandbox(ctx context.Context, req *openshellv1.StartSandbox
 		return nil, err
 	}
 	id, name := r.id(), r.sb.GetMetadata().GetName()
+	prevIntent := r.intent
 	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), driverCallTimeout)
 	defer cancel()
 	if _, err := s.mutate(dctx, id, func(r *record) error {
 		if r.intent == intentDeleting {
 			return fmt.Errorf("sandbox %s is being deleted: %w", name, drivers.ErrFailedPrecondition)
 		}
+		prevIntent = r.intent
 		r.intent = intentStarting
 		r.sb.Status.ExitCode = nil
 		r.sb.Status.MainProcessInstanceId = ""
@@ -278,7 +281,8 @@ func (s *Server) StartSandbox(ctx context.Context, req *openshellv1.StartSandbox
 		return nil, err
 	}
 	if err := s.drv.Start(dctx, id, name); err != nil {
-		return nil, fmt.Errorf("sandbox %s: driver start: %w", name, err)
+		s.revertIntent(dctx, id, intentStarting, prevIntent)
+		return nil, driverOpError(name, "start", err)
 	}
 	if ds, err := s.drv.Get(dctx, id, name); err == nil {
 		if nr, err := s.observe(dctx, id, ds); err == nil && nr != nil {
@@ -288,6 +292,30 @@ func (s *Server) StartSandbox(ctx context.Context, req *openshellv1.StartSandbox
 		return nil, err
 	}
 	return &openshellv1.SandboxResponse{Sandbox: s.view(r)}, nil
+}
+
+// revertIntent undoes a lifecycle intent after the driver refused the operation, so
+// the sandbox does not stay STOPPING/STARTING forever.
+func (s *Server) revertIntent(ctx context.Context, id, from, to string) {
+	if _, err := s.mutate(ctx, id, func(r *record) error {
+		if r.intent != from {
+			return errNoChange
+		}
+		r.intent = to
+		return nil
+	}); err != nil {
+		s.log.Warn("could not revert a lifecycle intent", "sandbox_id", id, "err", err)
+	}
+}
+
+// driverOpError explains a failed stop/start; a workload the driver does not know
+// (e.g. its create failed) is a precondition problem, not a missing sandbox.
+func driverOpError(name, op string, err error) error {
+	if errors.Is(err, drivers.ErrNotFound) {
+		return fmt.Errorf("sandbox %s: the compute driver has no workload to %s (did its create fail? see `openshell sandbox get %s`); delete and recreate it: %w",
+			name, op, name, drivers.ErrFailedPrecondition)
+	}
+	return fmt.Errorf("sandbox %s: driver %s: %w", name, op, err)
 }
 
 func (s *Server) WatchSandbox(req *openshellv1.WatchSandboxRequest, stream openshellv1.OpenShell_WatchSandboxServer) error {
