@@ -39,7 +39,7 @@ type Options struct {
 	SelfExe string
 	// ReapOrphans runs the central wait loop; default: when this process is PID 1.
 	ReapOrphans *bool
-	// StopGrace bounds the wait for the main process after SIGTERM (default 10 s).
+	// StopGrace bounds the wait for the main process after SIGTERM (default 8 s).
 	StopGrace time.Duration
 	// Logger is the base logger; its records at Info and above are also shipped.
 	Logger *slog.Logger
@@ -170,7 +170,7 @@ func Run(ctx context.Context, cfg *bootstrap.Config, o Options) error {
 		o.SandboxDir = "/sandbox"
 	}
 	if o.StopGrace == 0 {
-		o.StopGrace = 10 * time.Second
+		o.StopGrace = 8 * time.Second // inside the container engine's 10 s stop timeout
 	}
 	if o.SelfExe == "" {
 		// /proc/self/exe, not os.Executable(): in a VM this binary was /init in the
