@@ -5,13 +5,15 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/openshell/openshell/internal/cli/policycmds"
 	"github.com/openshell/openshell/internal/cli/sshcmds"
 	"github.com/openshell/openshell/internal/cli/vmimages"
 )
 
 // mountExtensions adds commands implemented in other packages: the exec/connect/
 // ssh-config/upload/download/logs sandbox subcommands and the ssh-proxy used as an
-// ssh ProxyCommand (internal/cli/sshcmds), and `vm images` (internal/cli/vmimages).
+// ssh ProxyCommand (internal/cli/sshcmds), `policy` (internal/cli/policycmds) and
+// `vm images` (internal/cli/vmimages).
 func mountExtensions(root *cobra.Command, a *app) {
 	for _, c := range root.Commands() {
 		if c.Name() == "sandbox" {
@@ -19,6 +21,7 @@ func mountExtensions(root *cobra.Command, a *app) {
 		}
 	}
 	root.AddCommand(sshcmds.SSHProxyCommand(a.dial))
+	root.AddCommand(policycmds.Command(policycmds.GRPCFrom(a.dial)))
 	vm := &cobra.Command{Use: "vm", Short: "VM driver tools"}
 	vm.AddCommand(vmimages.Command())
 	root.AddCommand(vm)

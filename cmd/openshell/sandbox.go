@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -12,13 +11,12 @@ import (
 	"unicode/utf8"
 
 	"github.com/spf13/cobra"
-	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/types/known/structpb"
-	"gopkg.in/yaml.v3"
 
 	"github.com/openshell/openshell/api/openshellv1"
 	"github.com/openshell/openshell/api/sandboxv1"
 	"github.com/openshell/openshell/gateway/validation"
+	"github.com/openshell/openshell/supervisor/policy"
 )
 
 func (a *app) sandboxCmd() *cobra.Command {
@@ -111,26 +109,19 @@ func buildCreateRequest(o createOptions, workspace string, argv []string) (*open
 	return req, nil
 }
 
-// loadPolicy reads a sandbox policy from a YAML or JSON file (field names as in the
-// API, e.g. network_policies).
+// loadPolicy reads a sandbox policy file in the YAML format `openshell policy
+// validate` checks (version, filesystem_policy, landlock, process, network_policies);
+// errors name the field and line.
 func loadPolicy(path string) (*sandboxv1.SandboxPolicy, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("--policy: %w", err)
 	}
-	var doc any
-	if err := yaml.Unmarshal(b, &doc); err != nil {
-		return nil, fmt.Errorf("--policy %s: not YAML or JSON: %w", path, err)
-	}
-	js, err := json.Marshal(doc)
+	p, err := policy.Parse(b)
 	if err != nil {
 		return nil, fmt.Errorf("--policy %s: %w", path, err)
 	}
-	p := &sandboxv1.SandboxPolicy{}
-	if err := protojson.Unmarshal(js, p); err != nil {
-		return nil, fmt.Errorf("--policy %s: %w; see the SandboxPolicy fields (version, filesystem, landlock, process, network_policies)", path, err)
-	}
-	return p, nil
+	return p.ToProto(), nil
 }
 
 func (a *app) sandboxCreate(ws *string) *cobra.Command {
