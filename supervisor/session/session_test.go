@@ -287,6 +287,29 @@ func TestHelloAuthAndRelay(t *testing.T) {
 	}
 	close(rc.done) // gateway ends the relay stream
 
+	// relay_close from the gateway tears an open relay down.
+	_ = s.Send(&pb.GatewayMessage{Payload: &pb.GatewayMessage_RelayOpen{RelayOpen: &pb.RelayOpen{ChannelId: "ch-close"}}})
+	rc = <-g.relays
+	if r := <-g.results; !r.GetSuccess() {
+		t.Fatalf("relay_open_result %v", r)
+	}
+	_ = s.Send(&pb.GatewayMessage{Payload: &pb.GatewayMessage_RelayClose{RelayClose: &pb.RelayClose{ChannelId: "ch-close", Reason: "test"}}})
+	closed := make(chan error, 1)
+	go func() {
+		for {
+			if _, err := rc.stream.Recv(); err != nil {
+				closed <- err
+				return
+			}
+		}
+	}()
+	select {
+	case <-closed:
+	case <-time.After(5 * time.Second):
+		t.Fatal("relay still open after relay_close")
+	}
+	close(rc.done)
+
 	// A TCP relay to a non-loopback host is refused with a clear error.
 	_ = s.Send(&pb.GatewayMessage{Payload: &pb.GatewayMessage_RelayOpen{RelayOpen: &pb.RelayOpen{ChannelId: "ch-2",
 		Target: &pb.RelayOpen_Tcp{Tcp: &pb.TcpRelayTarget{Host: "192.0.2.10", Port: 80}}}}})
