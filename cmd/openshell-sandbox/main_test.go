@@ -1,0 +1,62 @@
+package main
+
+import (
+	"bytes"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/pkg/sftp"
+)
+
+// TestSFTPServerSubcommand runs the built binary's sftp-server mode (what the SSH
+// server re-executes as the sandbox user) and speaks SFTP to it over its stdio.
+func TestSFTPServerSubcommand(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the binary")
+	}
+	bin := filepath.Join(t.TempDir(), "openshell-sandbox")
+	build := exec.Command("go", "build", "-o", bin, ".")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("build: %v\n%s", err, out)
+	}
+	dir := t.TempDir()
+	cmd := exec.Command(bin, "sftp-server")
+	cmd.Dir = dir
+	stdin, _ := cmd.StdinPipe()
+	stdout, _ := cmd.StdoutPipe()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Wait()
+	c, err := sftp.NewClientPipe(stdout, stdin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := c.Create("hello.txt") // relative to the server's working directory
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Write([]byte("hi"))
+	f.Close()
+	c.Close()
+	if data, err := os.ReadFile(filepath.Join(dir, "hello.txt")); err != nil || !bytes.Equal(data, []byte("hi")) {
+		t.Fatalf("file = %q, %v", data, err)
+	}
+
+	// A bad --bootstrap mode is a usage error, not a hang.
+	out, err := exec.Command(bin, "--bootstrap", "floppy").CombinedOutput()
+	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 2 || !strings.Contains(string(out), "use env or vsock") {
+		t.Fatalf("bad mode: %v %s", err, out)
+	}
+	// Env mode without configuration names the missing variable.
+	cmd = exec.Command(bin)
+	cmd.Env = []string{"PATH=/usr/bin:/bin"}
+	out, err = cmd.CombinedOutput()
+	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 2 || !strings.Contains(string(out), "OPENSHELL_ENDPOINT") {
+		t.Fatalf("no config: %v %s", err, out)
+	}
+}
