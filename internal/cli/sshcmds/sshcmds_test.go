@@ -12,9 +12,11 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/creack/pty"
 	"github.com/spf13/cobra"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -345,4 +347,60 @@ func FuzzParseEnv(f *testing.F) {
 			t.Fatalf("ParseEnv(%q) = %v", kv, env)
 		}
 	})
+}
+
+func TestProgressBarOnlyOnATerminal(t *testing.T) {
+	dial, _ := setup(t)
+	src := filepath.Join(t.TempDir(), "nine")
+	if err := os.WriteFile(src, bytes.Repeat([]byte{7}, 9<<20), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// Not a terminal: nothing on stderr.
+	_, errOut, err := run(t, dial, nil, "sandbox", "upload", "box", src, "plain")
+	if err != nil || errOut != "" {
+		t.Fatalf("upload to a pipe: err %v, stderr %q", err, errOut)
+	}
+	// A terminal: a progress bar ending at 100%.
+	master, tty, err := pty.Open()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer master.Close()
+	var seen syncBuf
+	go io.Copy(&seen, master)
+	root := &cobra.Command{Use: "openshell", SilenceUsage: true, SilenceErrors: true}
+	sb := &cobra.Command{Use: "sandbox"}
+	sb.AddCommand(Commands(dial)...)
+	root.AddCommand(sb)
+	root.SetErr(tty)
+	root.SetOut(io.Discard)
+	root.SetArgs([]string{"sandbox", "upload", "box", src, "withbar"})
+	if err := root.ExecuteContext(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	tty.Close()
+	deadline := time.Now().Add(5 * time.Second)
+	for !strings.Contains(seen.String(), "100.0%") {
+		if time.Now().After(deadline) {
+			t.Fatalf("terminal output %q has no finished progress bar", seen.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+type syncBuf struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuf) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuf) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
