@@ -1,6 +1,12 @@
 // Package e2e drives the real binaries (openshell, openshell-gateway,
-// openshell-sandbox) against a real compute driver: E2E_DRIVER=docker (default) or
-// E2E_DRIVER=vm. Missing prerequisites skip locally and fail under CI=true.
+// openshell-sandbox, and openshell-driver-vm for the VM driver), built into a temp
+// dir, against a real compute driver. Missing prerequisites skip locally and fail
+// under CI=true.
+//
+//	go test ./e2e/                                   docker driver (scripts/setup-docker.sh)
+//	E2E_DRIVER=vm E2E_IMAGE=docker-daemon:openshell-test/bash:latest go test ./e2e/
+//	                                                 VM driver (scripts/setup-vm-host.sh)
+//	OPENSHELL_BENCH=1 go test -run Bench -v ./e2e/   exec and upload against docker exec/cp
 package e2e
 
 import (
