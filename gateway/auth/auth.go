@@ -105,24 +105,24 @@ type Authenticator struct {
 // Authenticate returns the principal for an incoming call, or an UNAUTHENTICATED status
 // when a credential was presented but is invalid.
 func (a *Authenticator) Authenticate(ctx context.Context) (Principal, error) {
-	if md, ok := metadata.FromIncomingContext(ctx); ok {
-		for _, v := range md.Get("authorization") {
-			tok, ok := strings.CutPrefix(v, "Bearer ")
-			if !ok {
-				tok, ok = strings.CutPrefix(v, "bearer ")
-			}
-			if !ok || strings.TrimSpace(tok) == "" {
-				return Principal{}, status.Error(codes.Unauthenticated, "authorization metadata must be 'Bearer <token>'")
-			}
-			if a.Tokens == nil {
-				return Principal{}, status.Error(codes.Unauthenticated, "this gateway does not accept bearer tokens")
-			}
-			id, err := a.Tokens.Verify(strings.TrimSpace(tok))
-			if err != nil {
-				return Principal{}, status.Errorf(codes.Unauthenticated, "sandbox token rejected: %v", err)
-			}
-			return Principal{Kind: SandboxKind, Name: id, SandboxID: id}, nil
+	md, _ := metadata.FromIncomingContext(ctx)
+	// Only the first authorization value counts (gRPC clients send one).
+	if vals := md.Get("authorization"); len(vals) > 0 {
+		tok, ok := strings.CutPrefix(vals[0], "Bearer ")
+		if !ok {
+			tok, ok = strings.CutPrefix(vals[0], "bearer ")
 		}
+		if !ok || strings.TrimSpace(tok) == "" {
+			return Principal{}, status.Error(codes.Unauthenticated, "authorization metadata must be 'Bearer <token>'")
+		}
+		if a.Tokens == nil {
+			return Principal{}, status.Error(codes.Unauthenticated, "this gateway does not accept bearer tokens")
+		}
+		id, err := a.Tokens.Verify(strings.TrimSpace(tok))
+		if err != nil {
+			return Principal{}, status.Errorf(codes.Unauthenticated, "sandbox token rejected: %v", err)
+		}
+		return Principal{Kind: SandboxKind, Name: id, SandboxID: id}, nil
 	}
 	if p, ok := peer.FromContext(ctx); ok {
 		if ti, ok := p.AuthInfo.(credentials.TLSInfo); ok {
