@@ -4,8 +4,8 @@
 // under CI=true.
 //
 //	go test ./e2e/                                   docker driver (scripts/setup-docker.sh)
-//	E2E_DRIVER=vm E2E_IMAGE=docker-daemon:openshell-test/bash:latest go test ./e2e/
-//	                                                 VM driver (scripts/setup-vm-host.sh)
+//	E2E_DRIVER=vm go test ./e2e/                     VM driver (scripts/setup-vm-host.sh); the
+//	                                                 image comes from dockerd (E2E_IMAGE overrides)
 //	OPENSHELL_BENCH=1 go test -run Bench -v ./e2e/   exec and upload against docker exec/cp
 package e2e
 
@@ -59,7 +59,28 @@ func testImage() string {
 	if img := os.Getenv("E2E_IMAGE"); img != "" {
 		return img
 	}
-	return "openshell-test/bash:latest"
+	if driver() == "vm" {
+		return "docker-daemon:" + dockerTestImage // the VM driver imports it from dockerd
+	}
+	return dockerTestImage
+}
+
+// dockerTestImage is built by scripts/testimage/build.sh (no registry needed).
+const dockerTestImage = "openshell-test/bash:latest"
+
+// ensureDockerImage builds the test image in dockerd when it is missing.
+func ensureDockerImage(t *testing.T) {
+	t.Helper()
+	testenv.RequireCommand(t, "docker", "run scripts/setup-docker.sh")
+	out, err := exec.Command("docker", "version", "--format", "{{.Server.Version}}").CombinedOutput()
+	testenv.Require(t, err == nil, "dockerd does not answer ("+strings.TrimSpace(string(out))+"): run scripts/setup-docker.sh")
+	if exec.Command("docker", "image", "inspect", dockerTestImage).Run() != nil {
+		// The script is idempotent and needs no registry (Debian's busybox and bash).
+		out, err := exec.Command("../scripts/testimage/build.sh", "bash").CombinedOutput()
+		testenv.Require(t, err == nil, "build the test image with scripts/testimage/build.sh bash: "+string(out))
+	}
+	err = exec.Command("docker", "image", "inspect", dockerTestImage).Run()
+	testenv.Require(t, err == nil, "image "+dockerTestImage+" missing: run scripts/testimage/build.sh bash")
 }
 
 // requireDriver checks the driver's prerequisites.
@@ -67,18 +88,16 @@ func requireDriver(t *testing.T) {
 	t.Helper()
 	switch driver() {
 	case "docker":
-		testenv.RequireCommand(t, "docker", "run scripts/setup-docker.sh")
-		out, err := exec.Command("docker", "version", "--format", "{{.Server.Version}}").CombinedOutput()
-		testenv.Require(t, err == nil, "dockerd does not answer ("+strings.TrimSpace(string(out))+"): run scripts/setup-docker.sh")
-		if exec.Command("docker", "image", "inspect", testImage()).Run() != nil && os.Getenv("E2E_IMAGE") == "" {
-			// The script is idempotent and needs no registry (Debian's busybox and bash).
-			out, err := exec.Command("../scripts/testimage/build.sh", "bash").CombinedOutput()
-			testenv.Require(t, err == nil, "build the test image with scripts/testimage/build.sh bash: "+string(out))
+		if os.Getenv("E2E_IMAGE") == "" {
+			ensureDockerImage(t)
+		} else {
+			testenv.RequireCommand(t, "docker", "run scripts/setup-docker.sh")
 		}
-		err = exec.Command("docker", "image", "inspect", testImage()).Run()
-		testenv.Require(t, err == nil, "image "+testImage()+" missing: run scripts/testimage/build.sh bash")
 	case "vm":
 		testenv.RequireCommand(t, "qemu-system-x86_64", "run scripts/setup-vm-host.sh")
+		if os.Getenv("E2E_IMAGE") == "" {
+			ensureDockerImage(t)
+		}
 	default:
 		t.Fatalf("E2E_DRIVER=%q: use docker or vm", driver())
 	}
