@@ -33,11 +33,11 @@ var Version = "0.1.0"
 
 // Condition reasons specific to the VM driver (all terminal: phase ERROR).
 const (
-	ReasonVMExited                = "VMExited"
-	ReasonBootFailed              = "BootFailed"
+	ReasonVMExited                = runner.ReasonVMExited
+	ReasonBootFailed              = runner.ReasonBootFailed
 	ReasonProvisioningFailed      = "ProvisioningFailed"
 	ReasonProvisioningInterrupted = "ProvisioningInterrupted"
-	ReasonKilled                  = "Killed"
+	ReasonKilled                  = runner.ReasonKilled
 )
 
 type phase int
@@ -580,7 +580,7 @@ func (d *Driver) applyTombstone(s *sandbox, ts *state.Tombstone) {
 	switch {
 	case ts == nil:
 		s.setPhase(phaseFailed, ReasonVMExited, "the VM runner is gone without leaving a tombstone (host restart or runner killed); see "+s.paths.RunnerLog)
-	case ts.Reason == "Stopped":
+	case ts.Reason == runner.ReasonStopped:
 		s.setPhase(phaseStopped, drivers.ReasonContainerStopped, "stopped")
 	default:
 		msg := ts.Message

@@ -55,6 +55,14 @@ type Options struct {
 	Hold func(spec *Spec) (release func(), err error)
 }
 
+// Tombstone reasons (the driver turns them into condition reasons).
+const (
+	ReasonStopped    = "Stopped"    // stopped on request (or SIGTERM): not a failure
+	ReasonVMExited   = "VMExited"   // the VM ended without being asked
+	ReasonKilled     = "Killed"     // killed on request (delete)
+	ReasonBootFailed = "BootFailed" // the VM could not be started
+)
+
 // consoleTailBytes bounds the console excerpt kept in a tombstone.
 const consoleTailBytes = 4096
 
@@ -111,7 +119,7 @@ func Run(ctx context.Context, dir string, o Options) (retErr error) {
 			reason, why := exitReason, exitWhy
 			reasonMu.Unlock()
 			if reason == "" {
-				reason, why = "VMExited", "the VM exited"
+				reason, why = ReasonVMExited, "the VM exited"
 			}
 			if retErr != nil {
 				why = why + ": " + retErr.Error()
@@ -132,7 +140,7 @@ func Run(ctx context.Context, dir string, o Options) (retErr error) {
 	cl, err := net.Listen("unix", paths.ControlSocket)
 	syscall.Umask(old)
 	if err != nil {
-		setReason("BootFailed", "control socket")
+		setReason(ReasonBootFailed, "control socket")
 		return fmt.Errorf("runner: listen on control socket: %w", err)
 	}
 	var gwAddr atomic.Value
@@ -170,7 +178,7 @@ func Run(ctx context.Context, dir string, o Options) (retErr error) {
 	if o.Hold != nil {
 		release, err := o.Hold(spec)
 		if err != nil {
-			setReason("BootFailed", "cannot pin the image")
+			setReason(ReasonBootFailed, "cannot pin the image")
 			return err
 		}
 		defer release()
@@ -178,13 +186,13 @@ func Run(ctx context.Context, dir string, o Options) (retErr error) {
 
 	m, err := o.NewMachine(ctx, spec, paths, log)
 	if err != nil {
-		setReason("BootFailed", "cannot configure the VM")
+		setReason(ReasonBootFailed, "cannot configure the VM")
 		return err
 	}
 	defer m.Close()
 
 	if err := m.Start(ctx); err != nil {
-		setReason("BootFailed", "the VMM did not start")
+		setReason(ReasonBootFailed, "the VMM did not start")
 		return err
 	}
 	pid := m.PID()
@@ -219,14 +227,14 @@ func Run(ctx context.Context, dir string, o Options) (retErr error) {
 	for _, p := range []uint32{o.Ports.Bootstrap, o.Ports.Gateway, o.Ports.Egress} {
 		l, err := m.Listen(p)
 		if err != nil {
-			setReason("BootFailed", fmt.Sprintf("cannot listen on channel port %d", p))
+			setReason(ReasonBootFailed, fmt.Sprintf("cannot listen on channel port %d", p))
 			return err
 		}
 		lns = append(lns, l)
 	}
 	bootDoc, err := json.Marshal(spec.Bootstrap)
 	if err != nil {
-		setReason("BootFailed", "bootstrap config")
+		setReason(ReasonBootFailed, "bootstrap config")
 		return fmt.Errorf("runner: encode bootstrap config: %w", err)
 	}
 	wg.Add(3)
@@ -263,19 +271,19 @@ func Run(ctx context.Context, dir string, o Options) (retErr error) {
 		if err != nil {
 			msg = fmt.Sprintf("the VM exited unexpectedly: %v", err)
 		}
-		setReason("VMExited", msg)
+		setReason(ReasonVMExited, msg)
 		return nil
 	case <-stopReq:
-		return graceful("Stopped", "stopped on request")
+		return graceful(ReasonStopped, "stopped on request")
 	case sig := <-sigs:
-		return graceful("Stopped", "runner received "+sig.String())
+		return graceful(ReasonStopped, "runner received "+sig.String())
 	case <-killReq:
-		setReason("Killed", "killed on request")
+		setReason(ReasonKilled, "killed on request")
 		m.Kill()
 		<-exited
 		return nil
 	case <-ctx.Done():
-		return graceful("Stopped", "runner context ended")
+		return graceful(ReasonStopped, "runner context ended")
 	}
 }
 
