@@ -153,18 +153,25 @@ func TestRegistry(t *testing.T) {
 
 func TestVMArgs(t *testing.T) {
 	env := DriverEnv{GatewayPort: 17670, CAFile: "/s/ca.crt", Table: map[string]any{
-		"cpus": int64(2), "memory_mib": int64(1024), "accel": "tcg", "vsock_transport": "vhost-user", "binary": "/x"}}
+		"cpus": int64(2), "memory_mib": int64(1024), "accel": "tcg", "vsock_transport": "vhost-user", "binary": "/x",
+		"disk_size": "4Gi", "egress_allow_cidr": []any{"10.1.0.0/16", "10.2.0.0/16"}}}
 	args, err := VMArgs(env, "/s/vm-driver/driver.sock", "/s/vm-driver", 42)
 	if err != nil {
 		t.Fatal(err)
 	}
 	got := strings.Join(args, " ")
 	for _, want := range []string{"--bind-socket /s/vm-driver/driver.sock", "--expected-peer-pid 42", "--state-dir /s/vm-driver",
-		"--gateway-endpoint 127.0.0.1:17670", "--gateway-ca-file /s/ca.crt", "--cpus=2", "--memory-mib=1024", "--accel=tcg", "--vsock-transport=vhost-user"} {
+		"--gateway-endpoint 127.0.0.1:17670", "--gateway-ca-file /s/ca.crt", "--cpus=2", "--memory-mib=1024", "--accel=tcg", "--vsock-transport=vhost-user",
+		"--disk-size=4Gi", "--egress-allow-cidr=10.1.0.0/16", "--egress-allow-cidr=10.2.0.0/16"} {
 		if !strings.Contains(got, want) {
 			t.Errorf("args %q lack %q", got, want)
 		}
 	}
+	env.Table["egress_allow_cidr"] = "10.0.0.0/8"
+	if _, err := VMArgs(env, "s", "d", 1); err == nil || !strings.Contains(err.Error(), "list of CIDR") {
+		t.Errorf("egress_allow_cidr not a list: %v", err)
+	}
+	delete(env.Table, "egress_allow_cidr")
 	env.Table["bogus"] = 1
 	if _, err := VMArgs(env, "s", "d", 1); err == nil || !strings.Contains(err.Error(), "bogus") {
 		t.Errorf("unknown key: %v", err)

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -31,6 +32,9 @@ var vmTableFlags = []struct{ key, flag string }{
 	{"vsock_transport", "--vsock-transport"},
 	{"supervisor_binary", "--supervisor-binary"},
 	{"image_cache_dir", "--image-cache-dir"},
+	{"disk_size", "--disk-size"},
+	{"stop_timeout", "--stop-timeout"},
+	{"egress_allow_private", "--egress-allow-private"},
 }
 
 // FindBinary looks for name next to the running executable, then on PATH.
@@ -80,13 +84,27 @@ func VMArgs(env DriverEnv, socket, stateDir string, gatewayPID int) ([]string, e
 			return nil, fmt.Errorf("[drivers.vm] %s: value %v must be a string, number or boolean", kv.key, v)
 		}
 	}
-	for k := range env.Table {
-		known := k == "binary"
-		for _, kv := range vmTableFlags {
-			known = known || kv.key == k
+	// egress_allow_cidr is a list: one flag per entry.
+	if v, ok := env.Table["egress_allow_cidr"]; ok {
+		list, ok := v.([]any)
+		if !ok {
+			return nil, fmt.Errorf("[drivers.vm] egress_allow_cidr: value %v must be a list of CIDR strings, e.g. [\"10.0.0.0/8\"]", v)
 		}
-		if !known {
-			return nil, fmt.Errorf("[drivers.vm] unknown key %q; valid keys: binary, supervisor_binary, image_cache_dir, cpus, memory_mib, default_image, kernel, accel, vsock_transport", k)
+		for _, c := range list {
+			s, ok := c.(string)
+			if !ok {
+				return nil, fmt.Errorf("[drivers.vm] egress_allow_cidr: entry %v must be a string", c)
+			}
+			args = append(args, "--egress-allow-cidr="+s)
+		}
+	}
+	valid := []string{"binary", "egress_allow_cidr"}
+	for _, kv := range vmTableFlags {
+		valid = append(valid, kv.key)
+	}
+	for k := range env.Table {
+		if !slices.Contains(valid, k) {
+			return nil, fmt.Errorf("[drivers.vm] unknown key %q; valid keys: %s", k, strings.Join(valid, ", "))
 		}
 	}
 	return args, nil

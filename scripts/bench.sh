@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Performance targets live here, not in timed unit tests. Each section runs a feature
+# and its baseline side by side in one run and prints the ratio (the Go benchmarks
+# report p50/p99 and ratios through b.ReportMetric / t.Logf):
+#   gateway  GetSandbox p50/p99 and ListSandboxes(1,000) over gRPC+mTLS (targets: p99 < 5 ms, < 50 ms)
+#   store    Get/List on 1,000 objects, SQLite and PostgreSQL
+#   vmm      QEMU start → guest answers over vsock vs a bare boot to a trivial /init (target ≤ 1.3×)
+#   images   image → ext4 for ~100 MiB; second Ensure of a cached image (target < 100 ms)
+#   vm       VM create → Ready, sequential and 4 at a time, vs bare QEMU; memory per idle VM
+#   docker   Docker create → Ready vs `docker run -d … sleep infinity` (target ≤ 1.5×)
+#   exec     `sandbox exec -- true` vs `docker exec`; upload 256 MiB vs `docker cp`
+#   egress   1 GiB through the proxy vs direct (target ≥ 0.8×); CONNECT added latency
+# Usage: scripts/bench.sh [section…]   (default: all)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="/usr/local/go/bin:$PATH"
+sections=("$@")
+[ ${#sections[@]} -gt 0 ] || sections=(gateway store vmm images vm docker exec egress)
+step() { printf '\n==> bench %s (%s)\n' "$*" "$(date +%T)"; }
+needs_docker() { ./scripts/setup-docker.sh >/dev/null; }
+
+for s in "${sections[@]}"; do
+	step "$s"
+	case "$s" in
+	gateway) go test -run '^$' -bench 'BenchmarkGetSandbox|BenchmarkListSandboxes' -benchtime 2000x ./gateway/ ;;
+	store) go test -run '^$' -bench . ./gateway/store/sqlite/ ./gateway/store/postgres/ ;;
+	vmm) ./scripts/setup-vm-host.sh >/dev/null; go test -run '^$' -bench 'Boot' -benchtime 10x -timeout 30m ./vmm/qemu/ ;;
+	images) go test -run '^$' -bench . -benchtime 3x ./images ;;
+	vm) ./scripts/setup-vm-host.sh >/dev/null; OPENSHELL_BENCH=1 go test -count=1 -run TestBenchCreateReady -v -timeout 40m ./drivers/vm ;;
+	docker) needs_docker; OPENSHELL_BENCH=1 go test -count=1 -run TestBenchCreateToReady -v -timeout 20m ./drivers/docker ;;
+	exec) needs_docker; OPENSHELL_BENCH=1 go test -count=1 -run Bench -v -timeout 20m ./e2e/ ;;
+	egress) go test -run '^$' -bench . -benchtime 3x ./supervisor/egress ;;
+	*) echo "unknown section $s; valid: gateway store vmm images vm docker exec egress" >&2; exit 2 ;;
+	esac
+done
