@@ -81,7 +81,7 @@ func ParseReference(s string) (Reference, error) {
 			}
 			return Reference{Transport: Transport(t), Path: rest}, nil
 		case "docker", "oci", "dir", "containers-storage":
-			return Reference{}, fmt.Errorf("%w %q: transport %q is not supported; use a plain registry reference, docker-daemon:, oci-layout:, oci-archive: or docker-archive:", ErrBadReference, s, t)
+			return Reference{}, fmt.Errorf("%w %q: transport %q is not supported; use a plain registry reference, docker-daemon:, oci-layout:, oci-archive: or docker-archive: references", ErrBadReference, s, t)
 		}
 	}
 	if strings.HasPrefix(s, "/") || strings.HasPrefix(s, ".") || isLayoutDir(s) {

@@ -344,7 +344,7 @@ func (s *daemonSource) daemonName() string {
 }
 
 func newDaemonClient() (*client.Client, error) {
-	c, err := client.New(client.FromEnv, client.WithAPIVersionNegotiation())
+	c, err := client.New(client.FromEnv)
 	if err != nil {
 		return nil, fmt.Errorf("docker daemon client (DOCKER_HOST=%q): %w", os.Getenv("DOCKER_HOST"), err)
 	}

@@ -185,7 +185,7 @@ func (u *unpacker) entry(hdr *tar.Header, r io.Reader) error {
 			u.dirTimes = append(u.dirTimes, dirTime{name: name, atime: hdr.AccessTime, mtime: hdr.ModTime})
 			return nil
 
-		case tar.TypeReg, tar.TypeRegA, tar.TypeGNUSparse:
+		case tar.TypeReg, tar.TypeGNUSparse: // archive/tar reports old-style TypeRegA entries as TypeReg
 			if u.maxFile > 0 && hdr.Size > u.maxFile {
 				return fmt.Errorf("file of %d bytes exceeds the %d-byte limit", hdr.Size, u.maxFile)
 			}

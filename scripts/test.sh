@@ -15,25 +15,33 @@ step "host packages, guest kernel and vsock backend"
 command -v protoc >/dev/null || { apt-get update -qq && apt-get install -y -qq protobuf-compiler; }
 
 step "Docker engine"
+# Stop at the end only a daemon this run started; one that already answered stays up.
+docker_was_up=false
+docker version >/dev/null 2>&1 && docker_was_up=true
 ./scripts/setup-docker.sh
 pgdir="$(mktemp -d /tmp/openshell-test-pg.XXXXXX)"
 cleanup() {
 	./scripts/setup-postgres.sh stop "$pgdir" >/dev/null 2>&1 || true
 	rm -rf "$pgdir"
-	./scripts/setup-docker.sh stop || true
+	$docker_was_up || ./scripts/setup-docker.sh stop || true
 }
 trap cleanup EXIT
 
 step "PostgreSQL (throwaway server for the store tests)"
 eval "$(./scripts/setup-postgres.sh start "$pgdir" | grep '^OPENSHELL_TEST_POSTGRES_DSN=' | sed 's/^/export /')"
 
-step "lint: gofmt, go vet, staticcheck"
-make --no-print-directory lint
-
 step "build"
 make --no-print-directory build
 
+# Lint and tests both run, so one report shows every problem; either failing fails the run.
+step "lint: gofmt, go vet, staticcheck"
+lint_ok=true
+make --no-print-directory lint || lint_ok=false
+
 step "go test"
-# -p 1 for the packages that boot guests would be gentler, but the suite fits in the
-# budget with Go's default of one package per core.
-go test -count=1 -timeout 40m ./... 2>&1 | tee "${OPENSHELL_TEST_LOG:-/tmp/openshell-test.log}"
+test_ok=true
+go test -count=1 -timeout 40m ./... 2>&1 | tee "${OPENSHELL_TEST_LOG:-/tmp/openshell-test.log}" || test_ok=false
+
+$lint_ok || echo "FAILED: lint (see above)"
+$test_ok || echo "FAILED: go test (see above)"
+$lint_ok && $test_ok

@@ -50,13 +50,12 @@ func run(args []string, stdout, stderr io.Writer) int {
 }
 
 type flags struct {
-	cfg               vm.Config
-	bindSocket        string
-	expectedPeerPID   int
-	allowTCP          bool
-	bindAddress       string
-	logLevel          string
-	supervisorBinFlag string
+	cfg             vm.Config
+	bindSocket      string
+	expectedPeerPID int
+	allowTCP        bool
+	bindAddress     string
+	logLevel        string
 }
 
 func parse(name string, args []string, stderr io.Writer) (*flags, error) {

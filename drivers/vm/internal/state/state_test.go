@@ -76,7 +76,7 @@ func TestValidID(t *testing.T) {
 			t.Errorf("DirName(%q) = %q", id, d)
 		}
 	}
-	if DirName("abc") != DirName("abc") || DirName(strings.Repeat("a", 100)) == DirName(strings.Repeat("a", 101)) {
+	if first, again := DirName("abc"), DirName("abc"); first != again || DirName(strings.Repeat("a", 100)) == DirName(strings.Repeat("a", 101)) {
 		t.Error("DirName: stable, and distinct ids get distinct names")
 	}
 }
