@@ -4,6 +4,7 @@
 //
 //	openshell-sandbox [--bootstrap env|vsock]   run the supervisor
 //	openshell-sandbox sftp-server               serve SFTP on stdin/stdout (re-exec'd as the sandbox user)
+//	openshell-sandbox confine-exec --spec FD -- CMD…   confine this process, then exec CMD (started by the supervisor)
 //	openshell-sandbox init                      as PID 1 in a VM (also the default for a PID 1 without OPENSHELL_ENDPOINT)
 package main
 
@@ -24,10 +25,18 @@ import (
 	"github.com/openshell/openshell/guest/channel"
 	"github.com/openshell/openshell/supervisor"
 	"github.com/openshell/openshell/supervisor/bootstrap"
+	"github.com/openshell/openshell/supervisor/confine"
 	"github.com/openshell/openshell/supervisor/sshd"
 )
 
 func main() {
+	// The confinement helper first: it runs between fork and the agent's exec and
+	// must not touch anything else (no flags, no logging setup).
+	if len(os.Args) > 1 && os.Args[1] == confine.Subcommand {
+		err := confine.ExecMain(os.Args[2:], os.Environ())
+		fmt.Fprintln(os.Stderr, "openshell-sandbox:", err)
+		os.Exit(126)
+	}
 	if len(os.Args) > 1 && os.Args[1] == supervisor.SFTPServerArg {
 		os.Exit(sftpServer())
 	}

@@ -47,8 +47,15 @@ func TestSFTPServerSubcommand(t *testing.T) {
 		t.Fatalf("file = %q, %v", data, err)
 	}
 
+	// The confinement helper is dispatched before anything else: a malformed call
+	// exits 126 naming its usage and runs nothing.
+	out, err := exec.Command(bin, "confine-exec", "--spec", "x", "--", "/bin/true").CombinedOutput()
+	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 126 || !strings.Contains(string(out), "want an inherited file descriptor") {
+		t.Fatalf("confine-exec usage: %v %s", err, out)
+	}
+
 	// A bad --bootstrap mode is a usage error, not a hang.
-	out, err := exec.Command(bin, "--bootstrap", "floppy").CombinedOutput()
+	out, err = exec.Command(bin, "--bootstrap", "floppy").CombinedOutput()
 	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 2 || !strings.Contains(string(out), "use env or vsock") {
 		t.Fatalf("bad mode: %v %s", err, out)
 	}

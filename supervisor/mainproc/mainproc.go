@@ -37,6 +37,11 @@ type Options struct {
 	ReplayBytes int
 	// OnLine receives each output line; stream is "stdout", "stderr" or "tty".
 	OnLine func(stream, line string)
+	// Start starts the prepared command (Path, Args, Env, Dir, stdio, SysProcAttr
+	// with Cred) and registers it with the reaper; the supervisor uses it to run the
+	// program through its confinement helper and inside the sandbox's network
+	// namespace. nil = r.Start(cmd).
+	Start func(cmd *exec.Cmd) (*reaper.Proc, error)
 }
 
 // Validate names the first bad field.
@@ -163,7 +168,11 @@ func Start(r *reaper.Reaper, o Options) (_ *Main, retErr error) {
 			}
 		}
 	}
-	p, err := r.Start(cmd)
+	start := r.Start
+	if o.Start != nil {
+		start = o.Start
+	}
+	p, err := start(cmd)
 	if err != nil {
 		return nil, fmt.Errorf("mainproc: start %q: %w", o.Argv[0], err)
 	}

@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"sync"
 
@@ -50,6 +51,10 @@ type Config struct {
 	// Shell is the login shell for "shell" requests and for running exec commands;
 	// empty = the user's shell, else /bin/bash, else /bin/sh.
 	Shell string
+	// Start starts a prepared program (Path, Args, Env, Dir, stdio, SysProcAttr with
+	// the user's Credential) and registers it with the reaper; the supervisor uses it
+	// to confine sessions as it confines the main process. nil = Reaper.Start.
+	Start func(cmd *exec.Cmd) (*reaper.Proc, error)
 }
 
 // Validate names the first bad field.

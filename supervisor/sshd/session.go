@@ -243,6 +243,10 @@ func (s *session) run(ctx context.Context, argv []string, withPTY bool) (retErr 
 	}
 	cmd := &exec.Cmd{Path: path, Args: argv, Env: env, Dir: cfg.Dir,
 		SysProcAttr: &syscall.SysProcAttr{Credential: cfg.User.Credential(), Setsid: true}}
+	startProc := cfg.Reaper.Start
+	if cfg.Start != nil {
+		startProc = cfg.Start
+	}
 	var toClose []*os.File
 	defer func() {
 		for _, f := range toClose {
@@ -278,7 +282,7 @@ func (s *session) run(ctx context.Context, argv []string, withPTY bool) (retErr 
 				master.Close()
 			}
 		}()
-		p, err := cfg.Reaper.Start(cmd)
+		p, err := startProc(cmd)
 		if err != nil {
 			return fmt.Errorf("start %s: %w", argv[0], err)
 		}
@@ -306,7 +310,7 @@ func (s *session) run(ctx context.Context, argv []string, withPTY bool) (retErr 
 		}
 		toClose = append(toClose, inR, outW, errW)
 		cmd.Stdin, cmd.Stdout, cmd.Stderr = inR, outW, errW
-		p, err := cfg.Reaper.Start(cmd)
+		p, err := startProc(cmd)
 		if err != nil {
 			inW.Close()
 			outR.Close()
