@@ -47,6 +47,9 @@ func (s *Server) CreateSandbox(ctx context.Context, req *openshellv1.CreateSandb
 	if err := validation.CreateRequest(req); err != nil {
 		return nil, err
 	}
+	if err := s.checkProviders(ctx, req.GetSpec().GetProviders()); err != nil {
+		return nil, err
+	}
 	ws := resolveWorkspace(req.GetWorkspace())
 	name := req.GetName()
 	if name == "" {

@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"fmt"
+	"strconv"
 
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
@@ -39,6 +40,10 @@ type record struct {
 	// failure is a gateway-side terminal error (e.g. the driver refused the create):
 	// reason and message end up on the Ready condition.
 	failureReason, failureMessage string
+	// policyVersion counts the sandbox's policy updates (0 in records written before
+	// UpdateSandboxPolicy existed = 1); policyError is the supervisor's last refusal.
+	policyVersion uint32
+	policyError   string
 }
 
 // The stored payload is a small protobuf-encoded envelope (no .proto file: it is
@@ -50,12 +55,16 @@ type record struct {
 //	3: string intent
 //	4: string failure_reason
 //	5: string failure_message
+//	6: string policy_version (decimal)
+//	7: string policy_error
 const (
 	fieldSandbox protowire.Number = iota + 1
 	fieldBackend
 	fieldIntent
 	fieldFailureReason
 	fieldFailureMessage
+	fieldPolicyVersion
+	fieldPolicyError
 )
 
 func decodeRecord(o *store.Object) (*record, error) {
@@ -84,6 +93,14 @@ func decodeRecord(o *store.Object) (*record, error) {
 			r.failureReason = string(v)
 		case fieldFailureMessage:
 			r.failureMessage = string(v)
+		case fieldPolicyVersion:
+			n, err := strconv.ParseUint(string(v), 10, 32)
+			if err != nil {
+				return nil, fmt.Errorf("sandbox %s: stored policy version is corrupt: %w", o.ID, err)
+			}
+			r.policyVersion = uint32(n)
+		case fieldPolicyError:
+			r.policyError = string(v)
 		}
 	}
 	if err := proto.Unmarshal(sbBytes, r.sb); err != nil {
@@ -116,7 +133,8 @@ func (r *record) encode() ([]byte, error) {
 	for _, f := range []struct {
 		num protowire.Number
 		v   string
-	}{{fieldIntent, r.intent}, {fieldFailureReason, r.failureReason}, {fieldFailureMessage, r.failureMessage}} {
+	}{{fieldIntent, r.intent}, {fieldFailureReason, r.failureReason}, {fieldFailureMessage, r.failureMessage},
+		{fieldPolicyVersion, policyVersionString(r.policyVersion)}, {fieldPolicyError, r.policyError}} {
 		if f.v != "" {
 			b = protowire.AppendTag(b, f.num, protowire.BytesType)
 			b = protowire.AppendString(b, f.v)
@@ -130,3 +148,13 @@ func (r *record) id() string { return r.obj.ID }
 func cloneSandbox(sb *openshellv1.Sandbox) *openshellv1.Sandbox {
 	return proto.Clone(sb).(*openshellv1.Sandbox)
 }
+
+func policyVersionString(v uint32) string {
+	if v == 0 {
+		return ""
+	}
+	return strconv.FormatUint(uint64(v), 10)
+}
+
+// currentPolicyVersion is the sandbox's policy version (1 until the first update).
+func (r *record) currentPolicyVersion() uint32 { return max(r.policyVersion, 1) }

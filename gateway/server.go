@@ -23,6 +23,7 @@ import (
 	"github.com/openshell/openshell/drivers"
 	"github.com/openshell/openshell/gateway/auth"
 	"github.com/openshell/openshell/gateway/hub"
+	"github.com/openshell/openshell/gateway/secrets"
 	"github.com/openshell/openshell/gateway/store"
 	"github.com/openshell/openshell/gateway/validation"
 )
@@ -71,6 +72,9 @@ type Options struct {
 	RelayOpenTimeout time.Duration
 	// LogLines is the per-sandbox log ring size (0 = 10000).
 	LogLines int
+	// Secrets encrypts provider credentials at rest; nil = provider RPCs answer
+	// FAILED_PRECONDITION.
+	Secrets *secrets.Box
 }
 
 // Server implements openshellv1.OpenShellServer.
@@ -173,8 +177,11 @@ func (s *Server) Close() error {
 	return nil
 }
 
-// Register adds the OpenShell service to a gRPC server.
-func (s *Server) Register(r grpc.ServiceRegistrar) { openshellv1.RegisterOpenShellServer(r, s) }
+// Register adds the OpenShell and OpenShellExt services to a gRPC server.
+func (s *Server) Register(r grpc.ServiceRegistrar) {
+	openshellv1.RegisterOpenShellServer(r, s)
+	openshellv1.RegisterOpenShellExtServer(r, &extServer{s: s})
+}
 
 // NewGRPCServer returns a gRPC server with the auth and error-mapping interceptors
 // installed (auth first, so unauthenticated calls never reach a handler).
@@ -328,7 +335,7 @@ func (s *Server) stampPhase(r *record) {
 	var cond *openshellv1.SandboxCondition
 	r.sb.Status.Phase, cond = derivePhase(s.phaseInput(r))
 	keepTransitionTime(r.sb.Status.Conditions, cond)
-	r.sb.Status.Conditions = publicConditions(r.backend, cond)
+	r.sb.Status.Conditions = append(publicConditions(r.backend, cond), policyCondition(r)...)
 	// A finished start clears the intent.
 	if r.intent == intentStarting && r.sb.Status.Phase == openshellv1.SandboxPhase_SANDBOX_PHASE_READY {
 		r.intent = intentNone
@@ -360,7 +367,7 @@ func (s *Server) viewOwned(r *record, sb *openshellv1.Sandbox) *openshellv1.Sand
 	phase, cond := derivePhase(s.phaseInput(r))
 	keepTransitionTime(st.Conditions, cond)
 	st.Phase = phase
-	st.Conditions = publicConditions(r.backend, cond)
+	st.Conditions = append(publicConditions(r.backend, cond), policyCondition(r)...)
 	if r.backend != nil {
 		st.AgentPod = r.backend.GetInstanceId()
 		st.AgentFd = r.backend.GetAgentFd()

@@ -2,19 +2,16 @@ package gateway
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/binary"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
+	"strconv"
 	"time"
-
-	"google.golang.org/protobuf/proto"
 
 	"github.com/openshell/openshell/api/openshellv1"
 	"github.com/openshell/openshell/api/sandboxv1"
 	"github.com/openshell/openshell/gateway/auth"
+	"github.com/openshell/openshell/supervisor/policy"
 )
 
 // onSession is the hub's listener: a session coming or going changes the derived
@@ -157,17 +154,15 @@ func (s *Server) GetSandboxConfig(ctx context.Context, req *sandboxv1.GetSandbox
 		return nil, err
 	}
 	resp := &sandboxv1.GetSandboxConfigResponse{Workspace: r.sb.GetMetadata().GetWorkspace(),
-		PolicySource: sandboxv1.PolicySource_POLICY_SOURCE_SANDBOX, PolicyValidationFailureMode: "fail_closed"}
+		PolicySource: sandboxv1.PolicySource_POLICY_SOURCE_SANDBOX, PolicyValidationFailureMode: "fail_closed",
+		Version: r.currentPolicyVersion()}
 	if p := r.sb.GetSpec().GetPolicy(); p != nil {
-		b, err := proto.MarshalOptions{Deterministic: true}.Marshal(p)
-		if err != nil {
-			return nil, err
-		}
-		sum := sha256.Sum256(b)
 		resp.Policy = p
-		resp.Version = max(p.GetVersion(), 1)
-		resp.PolicyHash = hex.EncodeToString(sum[:])
-		resp.ConfigRevision = binary.BigEndian.Uint64(sum[:8])
+		resp.PolicyHash = policy.Hash(p)
+		// The revision changes whenever the policy does (first 64 bits of its hash).
+		if len(resp.PolicyHash) >= 16 {
+			resp.ConfigRevision, _ = strconv.ParseUint(resp.PolicyHash[:16], 16, 64)
+		}
 	}
 	return resp, nil
 }

@@ -34,7 +34,10 @@ const (
 	Dual
 )
 
-const svc = "/openshell.v1.OpenShell/"
+const (
+	svc    = "/openshell.v1.OpenShell/"
+	extSvc = "/openshell.v1.OpenShellExt/"
+)
 
 // Modes maps full method names to modes. Methods not listed default to User, so a
 // newly added RPC is never accidentally open.
@@ -45,6 +48,10 @@ var Modes = map[string]Mode{
 	svc + "ReportMainProcessExit": Sandbox,
 	svc + "PushSandboxLogs":       Sandbox,
 	svc + "GetSandboxConfig":      Dual,
+	// openshell extensions (api/proto/openshell_ext.proto); the rest of that service is
+	// User by default.
+	extSvc + "ReportPolicyStatus":  Sandbox,
+	extSvc + "GetSandboxProviders": Sandbox,
 }
 
 // ModeOf returns the mode for a full method name.

@@ -31,6 +31,7 @@ import (
 	"github.com/openshell/openshell/gateway/config"
 	"github.com/openshell/openshell/gateway/driversel"
 	"github.com/openshell/openshell/gateway/pki"
+	"github.com/openshell/openshell/gateway/secrets"
 	"github.com/openshell/openshell/gateway/sshrelay"
 	"github.com/openshell/openshell/gateway/store"
 	"github.com/openshell/openshell/gateway/store/postgres"
@@ -196,10 +197,15 @@ func Start(ctx context.Context, cfg *config.Config, log *slog.Logger) (_ *Gatewa
 		cleanups = append(cleanups, l.Close)
 	}
 
+	// Provider credentials are sealed with a key kept next to the PKI, outside the DB.
+	box, err := secrets.LoadOrCreate(filepath.Join(cfg.StateDir, secrets.KeyFile))
+	if err != nil {
+		return nil, err
+	}
 	srv, err := gateway.New(ctx, gateway.Options{
 		Store: st, Driver: drv, DriverName: name, Tokens: issuer, Log: log,
 		GatewayHost: hostForClients(cfg), GatewayPort: uint32(port), GatewayScheme: scheme,
-		Exec: sshrelay.Exec, Interactive: sshrelay.Interactive,
+		Exec: sshrelay.Exec, Interactive: sshrelay.Interactive, Secrets: box,
 	})
 	if err != nil {
 		return nil, err

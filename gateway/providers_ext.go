@@ -1,0 +1,256 @@
+package gateway
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"regexp"
+	"slices"
+
+	"github.com/google/uuid"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/openshell/openshell/api/openshellv1"
+	"github.com/openshell/openshell/gateway/auth"
+	"github.com/openshell/openshell/gateway/store"
+)
+
+// Providers are gateway-wide named credential sets. The store row keeps the name in
+// the clear (it is unique and listed) and only ciphertext in Data: the sealed
+// ProviderCredentials message, bound to the row's id.
+const (
+	kindProvider      = "provider"
+	providerWorkspace = "global"
+	maxCredentials    = 64
+	maxCredentialSize = 64 << 10
+)
+
+var (
+	providerNameRE   = regexp.MustCompile(`^[a-z0-9]([a-z0-9_-]{0,61}[a-z0-9])?$`)
+	credentialKeyRE  = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]{0,127}$`)
+	errSecretsAbsent = status.Error(codes.FailedPrecondition, "this gateway has no secrets key configured, so it cannot store provider credentials (start it with a state directory)")
+)
+
+func providerAD(id string) []byte { return []byte(kindProvider + "/" + id) }
+
+func validateProvider(req *openshellv1.CreateProviderRequest) error {
+	if !providerNameRE.MatchString(req.GetName()) {
+		return invalidf("provider name %q must be 1-63 lowercase letters, digits, '-' or '_', starting and ending with a letter or digit", req.GetName())
+	}
+	if req.GetType() == "" || len(req.GetType()) > 63 {
+		return invalidf("provider %s: type is required (at most 63 characters), e.g. --type github", req.GetName())
+	}
+	if len(req.GetCredentials()) == 0 {
+		return invalidf("provider %s: at least one credential is required (--credential KEY[=VALUE])", req.GetName())
+	}
+	if len(req.GetCredentials()) > maxCredentials {
+		return invalidf("provider %s: %d credentials, at most %d", req.GetName(), len(req.GetCredentials()), maxCredentials)
+	}
+	for k, v := range req.GetCredentials() {
+		if !credentialKeyRE.MatchString(k) {
+			return invalidf("provider %s: credential key %q must look like an environment variable name (letters, digits, '_', not starting with a digit)", req.GetName(), k)
+		}
+		if len(v) > maxCredentialSize {
+			return invalidf("provider %s: credential %s is %d bytes, at most %d", req.GetName(), k, len(v), maxCredentialSize)
+		}
+	}
+	for i, h := range req.GetHosts() {
+		if h == "" || len(h) > 253 {
+			return invalidf("provider %s: hosts[%d] %q must be a host name or pattern of 1-253 characters", req.GetName(), i, h)
+		}
+	}
+	return nil
+}
+
+func (x *extServer) CreateProvider(ctx context.Context, req *openshellv1.CreateProviderRequest) (*openshellv1.Provider, error) {
+	s := x.s
+	if s.opts.Secrets == nil {
+		return nil, errSecretsAbsent
+	}
+	if err := validateProvider(req); err != nil {
+		return nil, err
+	}
+	id := uuid.NewString()
+	pc := &openshellv1.ProviderCredentials{Name: req.GetName(), Type: req.GetType(),
+		Credentials: maps.Clone(req.GetCredentials()), Hosts: slices.Clone(req.GetHosts())}
+	plain, err := proto.MarshalOptions{Deterministic: true}.Marshal(pc)
+	if err != nil {
+		return nil, err
+	}
+	sealed, err := s.opts.Secrets.Seal(plain, providerAD(id))
+	if err != nil {
+		return nil, fmt.Errorf("provider %s: %w", req.GetName(), err)
+	}
+	obj, err := s.st.Create(ctx, &store.Object{Kind: kindProvider, ID: id, Workspace: providerWorkspace, Name: req.GetName(), Data: sealed})
+	if errors.Is(err, store.ErrAlreadyExists) {
+		return nil, fmt.Errorf("provider %q already exists; delete it first (`openshell provider delete %s`) to replace it: %w", req.GetName(), req.GetName(), err)
+	}
+	if err != nil {
+		return nil, err
+	}
+	s.log.Info("provider created", "provider", req.GetName(), "type", req.GetType(), "keys", len(pc.Credentials))
+	return providerView(obj, pc), nil
+}
+
+func (x *extServer) GetProvider(ctx context.Context, req *openshellv1.GetProviderRequest) (*openshellv1.Provider, error) {
+	obj, pc, err := x.s.loadProvider(ctx, req.GetName())
+	if err != nil {
+		return nil, err
+	}
+	return providerView(obj, pc), nil
+}
+
+func (x *extServer) ListProviders(ctx context.Context, _ *openshellv1.ListProvidersRequest) (*openshellv1.ListProvidersResponse, error) {
+	s := x.s
+	objs, err := s.st.List(ctx, kindProvider, store.ListOptions{Workspace: providerWorkspace})
+	if err != nil {
+		return nil, err
+	}
+	resp := &openshellv1.ListProvidersResponse{}
+	for _, o := range objs {
+		pc, err := s.openProvider(o)
+		if err != nil {
+			return nil, err
+		}
+		resp.Providers = append(resp.Providers, providerView(o, pc))
+	}
+	slices.SortFunc(resp.Providers, func(a, b *openshellv1.Provider) int {
+		if a.Name < b.Name {
+			return -1
+		}
+		if a.Name > b.Name {
+			return 1
+		}
+		return 0
+	})
+	return resp, nil
+}
+
+func (x *extServer) DeleteProvider(ctx context.Context, req *openshellv1.DeleteProviderRequest) (*openshellv1.DeleteProviderResponse, error) {
+	s := x.s
+	if req.GetName() == "" {
+		return nil, invalidf("provider name is required")
+	}
+	obj, err := s.st.GetByName(ctx, kindProvider, providerWorkspace, req.GetName())
+	if err != nil {
+		return nil, providerNotFound(req.GetName(), err)
+	}
+	users, err := s.sandboxesUsingProvider(ctx, req.GetName())
+	if err != nil {
+		return nil, err
+	}
+	if len(users) > 0 {
+		return nil, status.Errorf(codes.FailedPrecondition, "provider %q is used by sandbox %s; delete the sandbox first", req.GetName(), users[0])
+	}
+	if err := s.st.Delete(ctx, kindProvider, obj.ID, obj.ResourceVersion); err != nil {
+		return nil, fmt.Errorf("provider %s: %w", req.GetName(), err)
+	}
+	s.log.Info("provider deleted", "provider", req.GetName())
+	return &openshellv1.DeleteProviderResponse{}, nil
+}
+
+// GetSandboxProviders returns the decrypted credentials of the sandbox's providers; the
+// auth mode admits only sandbox tokens, and only for their own sandbox.
+func (x *extServer) GetSandboxProviders(ctx context.Context, req *openshellv1.GetSandboxProvidersRequest) (*openshellv1.GetSandboxProvidersResponse, error) {
+	s := x.s
+	id := req.GetSandboxId()
+	if id == "" {
+		return nil, invalidf("sandbox_id is required")
+	}
+	if p := auth.FromContext(ctx); p.Kind != auth.SandboxKind {
+		return nil, status.Error(codes.PermissionDenied, "provider credentials are only given to the sandbox's own supervisor")
+	}
+	if err := auth.RequireSandbox(ctx, id); err != nil {
+		return nil, err
+	}
+	r, err := s.load(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	resp := &openshellv1.GetSandboxProvidersResponse{}
+	for _, name := range r.sb.GetSpec().GetProviders() {
+		_, pc, err := s.loadProvider(ctx, name)
+		if err != nil {
+			return nil, fmt.Errorf("sandbox %s: provider %s: %w", id, name, err)
+		}
+		resp.Providers = append(resp.Providers, pc)
+	}
+	return resp, nil
+}
+
+// checkProviders refuses a create that names providers that do not exist.
+func (s *Server) checkProviders(ctx context.Context, names []string) error {
+	for _, n := range names {
+		if _, err := s.st.GetByName(ctx, kindProvider, providerWorkspace, n); err != nil {
+			if errors.Is(err, store.ErrNotFound) {
+				return status.Errorf(codes.FailedPrecondition, "provider %q does not exist; create it first with `openshell provider create --name %s --type TYPE --credential KEY`", n, n)
+			}
+			return err
+		}
+	}
+	return nil
+}
+
+func (s *Server) sandboxesUsingProvider(ctx context.Context, name string) ([]string, error) {
+	objs, err := s.st.List(ctx, kindSandbox, store.ListOptions{AllWorkspaces: true})
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, o := range objs {
+		r, err := decodeRecord(o)
+		if err != nil {
+			return nil, err
+		}
+		if slices.Contains(r.sb.GetSpec().GetProviders(), name) {
+			out = append(out, fmt.Sprintf("%q (workspace %s)", o.Name, o.Workspace))
+		}
+	}
+	return out, nil
+}
+
+func (s *Server) loadProvider(ctx context.Context, name string) (*store.Object, *openshellv1.ProviderCredentials, error) {
+	if name == "" {
+		return nil, nil, invalidf("provider name is required")
+	}
+	obj, err := s.st.GetByName(ctx, kindProvider, providerWorkspace, name)
+	if err != nil {
+		return nil, nil, providerNotFound(name, err)
+	}
+	pc, err := s.openProvider(obj)
+	if err != nil {
+		return nil, nil, err
+	}
+	return obj, pc, nil
+}
+
+func (s *Server) openProvider(o *store.Object) (*openshellv1.ProviderCredentials, error) {
+	if s.opts.Secrets == nil {
+		return nil, errSecretsAbsent
+	}
+	plain, err := s.opts.Secrets.Open(o.Data, providerAD(o.ID))
+	if err != nil {
+		return nil, status.Errorf(codes.DataLoss, "provider %s: %v", o.Name, err)
+	}
+	pc := &openshellv1.ProviderCredentials{}
+	if err := proto.Unmarshal(plain, pc); err != nil {
+		return nil, status.Errorf(codes.DataLoss, "provider %s: stored credentials are corrupt: %v", o.Name, err)
+	}
+	return pc, nil
+}
+
+func providerNotFound(name string, err error) error {
+	if errors.Is(err, store.ErrNotFound) {
+		return status.Errorf(codes.NotFound, "provider %q does not exist (see `openshell provider list`)", name)
+	}
+	return err
+}
+
+// providerView is the user-facing Provider: credential keys only, never values.
+func providerView(o *store.Object, pc *openshellv1.ProviderCredentials) *openshellv1.Provider {
+	return &openshellv1.Provider{Name: o.Name, Type: pc.GetType(), CredentialKeys: slices.Sorted(maps.Keys(pc.GetCredentials())),
+		Hosts: slices.Clone(pc.GetHosts()), CreatedAtMs: o.CreatedAtMs}
+}
