@@ -1,0 +1,235 @@
+package gateway_test
+
+import (
+	"context"
+	"crypto/tls"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+
+	"github.com/openshell/openshell/api/openshellv1"
+	"github.com/openshell/openshell/api/sandboxv1"
+	"github.com/openshell/openshell/drivers/drivertest"
+	"github.com/openshell/openshell/gateway"
+	"github.com/openshell/openshell/gateway/secrets"
+	"github.com/openshell/openshell/supervisor/policy"
+)
+
+// startExtEnv is startEnv with a secrets key in the test's state dir.
+func startExtEnv(t *testing.T) *env {
+	t.Helper()
+	dir := t.TempDir()
+	box, err := secrets.LoadOrCreate(filepath.Join(dir, secrets.KeyFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return startEnvWith(t, dir, drivertest.NewMemDriver(), 200*time.Millisecond, func(o *gateway.Options) { o.Secrets = box })
+}
+
+// extClient dials the OpenShellExt service with tc and, when tok is set, a sandbox token.
+func (e *env) extClient(tc *tls.Config, tok string) openshellv1.OpenShellExtClient {
+	e.t.Helper()
+	opts := []grpc.DialOption{grpc.WithTransportCredentials(credentials.NewTLS(tc))}
+	if tok != "" {
+		opts = append(opts, grpc.WithPerRPCCredentials(bearer(tok)))
+	}
+	cc, err := grpc.NewClient("passthrough:///"+e.addr, opts...)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	e.t.Cleanup(func() { cc.Close() })
+	return openshellv1.NewOpenShellExtClient(cc)
+}
+
+func (e *env) userExt() openshellv1.OpenShellExtClient {
+	return e.extClient(e.bundle.ClientTLSConfig(), "")
+}
+
+func (e *env) sandboxExt(id string) openshellv1.OpenShellExtClient {
+	e.t.Helper()
+	tok, err := e.issuer.Mint(id, time.Hour)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return e.extClient(&tls.Config{RootCAs: e.bundle.CertPool(), MinVersion: tls.VersionTLS13}, tok)
+}
+
+func networkPolicy(host string) *sandboxv1.SandboxPolicy {
+	p := policy.Default().ToProto()
+	p.NetworkPolicies = map[string]*sandboxv1.NetworkPolicyRule{"api": {Name: "api",
+		Endpoints: []*sandboxv1.NetworkEndpoint{{Host: host, Port: 443}},
+		Binaries:  []*sandboxv1.NetworkBinary{{Path: "/usr/bin/curl"}}}}
+	return p
+}
+
+func TestUpdateSandboxPolicyBumpsVersion(t *testing.T) {
+	e := startExtEnv(t)
+	ctx := context.Background()
+	sb := e.create("pol")
+	id := sb.GetMetadata().GetId()
+	sup := e.client(&tls.Config{RootCAs: e.bundle.CertPool(), MinVersion: tls.VersionTLS13}, mustMint(t, e, id))
+
+	cfg, err := sup.GetSandboxConfig(ctx, &sandboxv1.GetSandboxConfigRequest{SandboxId: id})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.GetVersion() != 1 || cfg.GetPolicySource() != sandboxv1.PolicySource_POLICY_SOURCE_SANDBOX {
+		t.Fatalf("initial config: version %d source %v, want 1 SANDBOX", cfg.GetVersion(), cfg.GetPolicySource())
+	}
+
+	ue := e.userExt()
+	want := networkPolicy("api.example.com")
+	resp, err := ue.UpdateSandboxPolicy(ctx, &openshellv1.UpdateSandboxPolicyRequest{Name: "pol", Policy: want})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.GetVersion() != 2 || resp.GetPolicyHash() != policy.Hash(want) {
+		t.Fatalf("update: version %d hash %s, want 2 %s", resp.GetVersion(), resp.GetPolicyHash(), policy.Hash(want))
+	}
+	cfg, err = sup.GetSandboxConfig(ctx, &sandboxv1.GetSandboxConfigRequest{SandboxId: id})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.GetVersion() != 2 || cfg.GetPolicyHash() != resp.GetPolicyHash() || cfg.GetPolicy().GetNetworkPolicies()["api"] == nil {
+		t.Fatalf("config after update: version %d hash %s policy %v", cfg.GetVersion(), cfg.GetPolicyHash(), cfg.GetPolicy())
+	}
+	// The same policy again is no new version.
+	again, err := ue.UpdateSandboxPolicy(ctx, &openshellv1.UpdateSandboxPolicyRequest{Name: "pol", Policy: want})
+	if err != nil || again.GetVersion() != 2 {
+		t.Fatalf("identical update: %v, version %d, want 2", err, again.GetVersion())
+	}
+	// Omitted static sections keep the current ones.
+	netOnly := networkPolicy("other.example.com")
+	netOnly.Filesystem, netOnly.Landlock, netOnly.Process = nil, nil, nil
+	third, err := ue.UpdateSandboxPolicy(ctx, &openshellv1.UpdateSandboxPolicyRequest{Name: "pol", Policy: netOnly})
+	if err != nil || third.GetVersion() != 3 {
+		t.Fatalf("network-only update: %v, version %d, want 3", err, third.GetVersion())
+	}
+	// The merged policy keeps the filesystem section the update omitted.
+	cfg, err = sup.GetSandboxConfig(ctx, &sandboxv1.GetSandboxConfigRequest{SandboxId: id})
+	if err != nil || cfg.GetVersion() != 3 || cfg.GetPolicy().GetFilesystem() == nil {
+		t.Fatalf("config after network-only update: %v version %d fs %v", err, cfg.GetVersion(), cfg.GetPolicy().GetFilesystem())
+	}
+}
+
+func mustMint(t *testing.T, e *env, id string) string {
+	t.Helper()
+	tok, err := e.issuer.Mint(id, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tok
+}
+
+func TestUpdateSandboxPolicyRefusals(t *testing.T) {
+	e := startExtEnv(t)
+	ctx := context.Background()
+	e.create("pol")
+	ue := e.userExt()
+
+	static := networkPolicy("api.example.com")
+	static.Filesystem.ReadWrite = append(static.Filesystem.ReadWrite, "/data")
+	_, err := ue.UpdateSandboxPolicy(ctx, &openshellv1.UpdateSandboxPolicyRequest{Name: "pol", Policy: static})
+	wantCode(t, err, codes.FailedPrecondition)
+	if !strings.Contains(err.Error(), "filesystem_policy") || !strings.Contains(err.Error(), "created") {
+		t.Errorf("static refusal does not name the section and when it applies: %v", err)
+	}
+	proc := networkPolicy("api.example.com")
+	proc.Process.RunAsUser = "agent"
+	_, err = ue.UpdateSandboxPolicy(ctx, &openshellv1.UpdateSandboxPolicyRequest{Name: "pol", Policy: proc})
+	wantCode(t, err, codes.FailedPrecondition)
+
+	bad := networkPolicy("api.example.com")
+	bad.NetworkPolicies["api"].Endpoints[0].Rules = []*sandboxv1.L7Rule{{}}
+	_, err = ue.UpdateSandboxPolicy(ctx, &openshellv1.UpdateSandboxPolicyRequest{Name: "pol", Policy: bad})
+	wantCode(t, err, codes.InvalidArgument)
+	if !strings.Contains(err.Error(), "network_policies.api.endpoints[0].rules") {
+		t.Errorf("invalid policy error lacks the field path: %v", err)
+	}
+	_, err = ue.UpdateSandboxPolicy(ctx, &openshellv1.UpdateSandboxPolicyRequest{Name: "missing", Policy: networkPolicy("a.example.com")})
+	wantCode(t, err, codes.NotFound)
+
+	// A sandbox token may not update policies (user method).
+	sb := e.get("pol")
+	_, err = e.sandboxExt(sb.GetMetadata().GetId()).UpdateSandboxPolicy(ctx, &openshellv1.UpdateSandboxPolicyRequest{Name: "pol", Policy: networkPolicy("a.example.com")})
+	wantCode(t, err, codes.PermissionDenied)
+	if v := e.get("pol"); v.GetStatus().GetCurrentPolicyVersion() != 0 {
+		t.Errorf("refused updates changed the sandbox: %v", v.GetStatus())
+	}
+}
+
+func TestReportPolicyStatus(t *testing.T) {
+	e := startExtEnv(t)
+	ctx := context.Background()
+	a := e.create("a").GetMetadata().GetId()
+	b := e.create("b").GetMetadata().GetId()
+	ue := e.userExt()
+	if _, err := ue.UpdateSandboxPolicy(ctx, &openshellv1.UpdateSandboxPolicyRequest{Name: "a", Policy: networkPolicy("api.example.com")}); err != nil {
+		t.Fatal(err)
+	}
+	sa := e.sandboxExt(a)
+
+	// Refused: another sandbox's id, a user certificate, a version never stored.
+	_, err := sa.ReportPolicyStatus(ctx, &openshellv1.ReportPolicyStatusRequest{SandboxId: b, Version: 1, Applied: true})
+	wantCode(t, err, codes.PermissionDenied)
+	_, err = ue.ReportPolicyStatus(ctx, &openshellv1.ReportPolicyStatusRequest{SandboxId: a, Version: 2, Applied: true})
+	wantCode(t, err, codes.PermissionDenied)
+	_, err = sa.ReportPolicyStatus(ctx, &openshellv1.ReportPolicyStatusRequest{SandboxId: a, Version: 9, Applied: true})
+	wantCode(t, err, codes.InvalidArgument)
+
+	// A refusal shows as a condition and a log line.
+	if _, err := sa.ReportPolicyStatus(ctx, &openshellv1.ReportPolicyStatusRequest{SandboxId: a, Version: 2, Error: "bad rule"}); err != nil {
+		t.Fatal(err)
+	}
+	var cond *openshellv1.SandboxCondition
+	for _, c := range e.get("a").GetStatus().GetConditions() {
+		if c.GetType() == gateway.ConditionPolicyApplied {
+			cond = c
+		}
+	}
+	if cond == nil || cond.GetStatus() != "False" || !strings.Contains(cond.GetMessage(), "bad rule") {
+		t.Fatalf("PolicyApplied condition after a refusal = %v", cond)
+	}
+	logs, err := e.user.GetSandboxLogs(ctx, &openshellv1.GetSandboxLogsRequest{SandboxId: a})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !containsLog(logs.GetLogs(), "did not apply policy version 2") {
+		t.Errorf("no log line for the refusal in %v", logs.GetLogs())
+	}
+
+	if _, err := sa.ReportPolicyStatus(ctx, &openshellv1.ReportPolicyStatusRequest{SandboxId: a, Version: 2, Applied: true}); err != nil {
+		t.Fatal(err)
+	}
+	st := e.get("a").GetStatus()
+	if st.GetCurrentPolicyVersion() != 2 {
+		t.Fatalf("current_policy_version = %d, want 2", st.GetCurrentPolicyVersion())
+	}
+	for _, c := range st.GetConditions() {
+		if c.GetType() == gateway.ConditionPolicyApplied {
+			t.Errorf("PolicyApplied condition stays after the policy was applied: %v", c)
+		}
+	}
+	logs, _ = e.user.GetSandboxLogs(ctx, &openshellv1.GetSandboxLogsRequest{SandboxId: a})
+	if !containsLog(logs.GetLogs(), "applied policy version 2") {
+		t.Errorf("no log line for the applied policy")
+	}
+	if e.get("b").GetStatus().GetCurrentPolicyVersion() != 0 {
+		t.Error("sandbox b changed")
+	}
+}
+
+func containsLog(lines []*openshellv1.SandboxLogLine, sub string) bool {
+	for _, l := range lines {
+		if strings.Contains(l.GetMessage(), sub) {
+			return true
+		}
+	}
+	return false
+}
+
