@@ -232,4 +232,3 @@ func containsLog(lines []*openshellv1.SandboxLogLine, sub string) bool {
 	}
 	return false
 }
-
