@@ -1,0 +1,149 @@
+package gateway_test
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+
+	"github.com/openshell/openshell/api/openshellv1"
+)
+
+const ghSecret = "ghp_provider_secret_value_0123456789"
+
+func createGitHubProvider(t *testing.T, ue openshellv1.OpenShellExtClient) *openshellv1.Provider {
+	t.Helper()
+	p, err := ue.CreateProvider(context.Background(), &openshellv1.CreateProviderRequest{Name: "github", Type: "github",
+		Credentials: map[string]string{"GITHUB_TOKEN": ghSecret, "GH_USER": "bot"}, Hosts: []string{"api.github.com"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestProviderCRUD(t *testing.T) {
+	e := startExtEnv(t)
+	ctx := context.Background()
+	ue := e.userExt()
+	p := createGitHubProvider(t, ue)
+	if !slices.Equal(p.GetCredentialKeys(), []string{"GH_USER", "GITHUB_TOKEN"}) || p.GetType() != "github" || p.GetCreatedAtMs() == 0 {
+		t.Fatalf("created provider = %v", p)
+	}
+	_, err := ue.CreateProvider(ctx, &openshellv1.CreateProviderRequest{Name: "github", Type: "github", Credentials: map[string]string{"A": "b"}})
+	wantCode(t, err, codes.AlreadyExists)
+	_, err = ue.CreateProvider(ctx, &openshellv1.CreateProviderRequest{Name: "Bad Name", Type: "x", Credentials: map[string]string{"A": "b"}})
+	wantCode(t, err, codes.InvalidArgument)
+	_, err = ue.CreateProvider(ctx, &openshellv1.CreateProviderRequest{Name: "x", Type: "x", Credentials: map[string]string{"1BAD": "b"}})
+	wantCode(t, err, codes.InvalidArgument)
+
+	got, err := ue.GetProvider(ctx, &openshellv1.GetProviderRequest{Name: "github"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(got.String(), ghSecret) || !slices.Equal(got.GetHosts(), []string{"api.github.com"}) {
+		t.Fatalf("GetProvider = %v (values must never be returned)", got)
+	}
+	if _, err := ue.CreateProvider(ctx, &openshellv1.CreateProviderRequest{Name: "anthropic", Type: "llm", Credentials: map[string]string{"API_KEY": "k"}}); err != nil {
+		t.Fatal(err)
+	}
+	list, err := ue.ListProviders(ctx, &openshellv1.ListProvidersRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(list.GetProviders()) != 2 || list.GetProviders()[0].GetName() != "anthropic" || strings.Contains(list.String(), ghSecret) {
+		t.Fatalf("ListProviders = %v", list)
+	}
+	if _, err := ue.DeleteProvider(ctx, &openshellv1.DeleteProviderRequest{Name: "anthropic"}); err != nil {
+		t.Fatal(err)
+	}
+	_, err = ue.GetProvider(ctx, &openshellv1.GetProviderRequest{Name: "anthropic"})
+	wantCode(t, err, codes.NotFound)
+	_, err = ue.DeleteProvider(ctx, &openshellv1.DeleteProviderRequest{Name: "anthropic"})
+	wantCode(t, err, codes.NotFound)
+
+	// The database files hold no plaintext credential.
+	files, _ := filepath.Glob(filepath.Join(e.dir, "openshell.db*"))
+	if len(files) == 0 {
+		t.Fatal("no database files")
+	}
+	for _, f := range files {
+		raw, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if bytes.Contains(raw, []byte(ghSecret)) {
+			t.Fatalf("%s contains a provider credential in plaintext", f)
+		}
+	}
+}
+
+func TestSandboxProviders(t *testing.T) {
+	e := startExtEnv(t)
+	ctx := context.Background()
+	ue := e.userExt()
+	createGitHubProvider(t, ue)
+
+	// Unknown provider names are refused at create, naming the fix.
+	_, err := e.user.CreateSandbox(ctx, &openshellv1.CreateSandboxRequest{Name: "x", Spec: &openshellv1.SandboxSpec{
+		Template: &openshellv1.SandboxTemplate{Image: "test:1"}, Providers: []string{"github", "nope"}}})
+	wantCode(t, err, codes.FailedPrecondition)
+	if !strings.Contains(err.Error(), `"nope"`) || !strings.Contains(err.Error(), "openshell provider create") {
+		t.Errorf("unknown provider error = %v", err)
+	}
+
+	resp, err := e.user.CreateSandbox(ctx, &openshellv1.CreateSandboxRequest{Name: "agent", Spec: &openshellv1.SandboxSpec{
+		Template: &openshellv1.SandboxTemplate{Image: "test:1"}, Providers: []string{"github"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := resp.GetSandbox().GetMetadata().GetId()
+	other := e.create("other").GetMetadata().GetId()
+
+	got, err := e.sandboxExt(id).GetSandboxProviders(ctx, &openshellv1.GetSandboxProvidersRequest{SandboxId: id})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got.GetProviders()) != 1 || got.GetProviders()[0].GetCredentials()["GITHUB_TOKEN"] != ghSecret ||
+		got.GetProviders()[0].GetType() != "github" || !slices.Equal(got.GetProviders()[0].GetHosts(), []string{"api.github.com"}) {
+		t.Fatalf("GetSandboxProviders = %v", got)
+	}
+	// Never to a user, never to another sandbox.
+	_, err = ue.GetSandboxProviders(ctx, &openshellv1.GetSandboxProvidersRequest{SandboxId: id})
+	wantCode(t, err, codes.PermissionDenied)
+	_, err = e.sandboxExt(other).GetSandboxProviders(ctx, &openshellv1.GetSandboxProvidersRequest{SandboxId: id})
+	wantCode(t, err, codes.PermissionDenied)
+	none, err := e.sandboxExt(other).GetSandboxProviders(ctx, &openshellv1.GetSandboxProvidersRequest{SandboxId: other})
+	if err != nil || len(none.GetProviders()) != 0 {
+		t.Fatalf("sandbox without providers: %v %v", none, err)
+	}
+	// Provider CRUD is a user method.
+	_, err = e.sandboxExt(id).ListProviders(ctx, &openshellv1.ListProvidersRequest{})
+	wantCode(t, err, codes.PermissionDenied)
+
+	// In use: delete refused, naming the sandbox; allowed after the sandbox is gone.
+	_, err = ue.DeleteProvider(ctx, &openshellv1.DeleteProviderRequest{Name: "github"})
+	wantCode(t, err, codes.FailedPrecondition)
+	if !strings.Contains(err.Error(), `"agent"`) {
+		t.Errorf("delete-in-use error does not name the sandbox: %v", err)
+	}
+	if _, err := e.user.DeleteSandbox(ctx, &openshellv1.DeleteSandboxRequest{Name: "agent"}); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		_, err = ue.DeleteProvider(ctx, &openshellv1.DeleteProviderRequest{Name: "github"})
+		if err == nil || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err != nil {
+		t.Fatalf("delete after the sandbox is gone: %v", err)
+	}
+}
