@@ -69,7 +69,7 @@ func (x *extServer) UpdateSandboxPolicy(ctx context.Context, req *openshellv1.Up
 }
 
 // mergeStaticSections validates next and fills its omitted static sections from the
-// current policy (or the default policy when the sandbox has none). A changed static
+// current policy (or the default policy when the sandbox has none); empty sections count as omitted. A changed static
 // section is FAILED_PRECONDITION.
 func mergeStaticSections(sandbox string, old, next *sandboxv1.SandboxPolicy) (*sandboxv1.SandboxPolicy, error) {
 	next = proto.Clone(next).(*sandboxv1.SandboxPolicy)
@@ -77,13 +77,15 @@ func mergeStaticSections(sandbox string, old, next *sandboxv1.SandboxPolicy) (*s
 	if base == nil {
 		base = policy.Default().ToProto()
 	}
-	if next.Filesystem == nil {
+	// Empty sections count as omitted: a policy file with only network_policies parses
+	// into empty static sections.
+	if proto.Size(next.GetFilesystem()) == 0 {
 		next.Filesystem = proto.Clone(base.GetFilesystem()).(*sandboxv1.FilesystemPolicy)
 	}
-	if next.Landlock == nil {
+	if proto.Size(next.GetLandlock()) == 0 {
 		next.Landlock = proto.Clone(base.GetLandlock()).(*sandboxv1.LandlockPolicy)
 	}
-	if next.Process == nil {
+	if proto.Size(next.GetProcess()) == 0 {
 		next.Process = proto.Clone(base.GetProcess()).(*sandboxv1.ProcessPolicy)
 	}
 	np, err := policy.FromProto(next)

@@ -105,7 +105,7 @@ func TestUpdateSandboxPolicyBumpsVersion(t *testing.T) {
 	}
 	// Omitted static sections keep the current ones.
 	netOnly := networkPolicy("other.example.com")
-	netOnly.Filesystem, netOnly.Landlock, netOnly.Process = nil, nil, nil
+	netOnly.Filesystem, netOnly.Landlock, netOnly.Process = nil, &sandboxv1.LandlockPolicy{}, &sandboxv1.ProcessPolicy{}
 	third, err := ue.UpdateSandboxPolicy(ctx, &openshellv1.UpdateSandboxPolicyRequest{Name: "pol", Policy: netOnly})
 	if err != nil || third.GetVersion() != 3 {
 		t.Fatalf("network-only update: %v, version %d, want 3", err, third.GetVersion())

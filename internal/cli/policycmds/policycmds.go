@@ -2,21 +2,14 @@
 // is parsed and validated locally (errors name the field and line) before anything
 // is sent.
 //
-// Gateway RPCs: `get` works with the existing subset (GetSandbox to resolve the name,
-// then GetSandboxConfig for the effective policy, version and hash; it falls back to
-// the sandbox's spec.policy when GetSandboxConfig is refused). `set` needs an RPC
-// the gateway does not offer yet; until it does, GRPC's SetPolicy returns
-// ErrSetUnsupported. The proposed shape, in openshell.v1.OpenShell:
-//
-//	rpc UpdateSandboxPolicy(UpdateSandboxPolicyRequest) returns (UpdateSandboxPolicyResponse)
-//	message UpdateSandboxPolicyRequest  { string name = 1; string workspace = 2; openshell.sandbox.v1.SandboxPolicy policy = 3; }
-//	message UpdateSandboxPolicyResponse { uint32 version = 1; string policy_hash = 2; }
-//
-// The gateway stores the policy, bumps the version that GetSandboxConfig returns, and
-// the supervisor (polling GetSandboxConfig) applies network_policies live; the static
-// sections (filesystem_policy, landlock, process) only take effect on re-creation, so
-// the gateway should refuse a change to them with FAILED_PRECONDITION. `--wait`
-// polls GetSandboxConfig until the version reaches the one returned.
+// Gateway RPCs: `get` resolves the name with GetSandbox, then reads the effective
+// policy, version and hash with GetSandboxConfig (falling back to the sandbox's
+// spec.policy when GetSandboxConfig is refused). `set` calls
+// openshell.v1.OpenShellExt/UpdateSandboxPolicy: the gateway validates and stores the
+// policy and bumps the sandbox's policy version; network_policies apply live, while a
+// change to the static sections (filesystem_policy, landlock, process) is refused with
+// FAILED_PRECONDITION. `--wait` polls GetSandbox until status.current_policy_version
+// (set when the supervisor reports the version applied) reaches the stored version.
 package policycmds
 
 import (
@@ -48,16 +41,22 @@ type Status struct {
 type Gateway interface {
 	GetPolicy(ctx context.Context, sandbox string) (*Status, error)
 	SetPolicy(ctx context.Context, sandbox string, p *sandboxv1.SandboxPolicy) (version uint32, err error)
+	// AppliedVersion is the policy version the sandbox's supervisor last confirmed.
+	AppliedVersion(ctx context.Context, sandbox string) (uint32, error)
 }
 
-// ErrSetUnsupported: the gateway has no RPC to replace a running sandbox's policy.
-var ErrSetUnsupported = errors.New("this gateway cannot update a sandbox's policy yet (it needs the UpdateSandboxPolicy RPC); recreate the sandbox with the policy instead")
+// ErrSetUnsupported: the gateway has no RPC to replace a running sandbox's policy (an
+// older gateway without the OpenShellExt service).
+var ErrSetUnsupported = errors.New("this gateway cannot update a sandbox's policy (it lacks the UpdateSandboxPolicy RPC; upgrade it); recreate the sandbox with the policy instead")
 
 // DialFunc connects to the configured gateway.
 type DialFunc func(ctx context.Context) (*grpc.ClientConn, error)
 
-// GRPC is the Gateway over the OpenShell API.
-type GRPC struct{ API pb.OpenShellClient }
+// GRPC is the Gateway over the OpenShell and OpenShellExt APIs.
+type GRPC struct {
+	API pb.OpenShellClient
+	Ext pb.OpenShellExtClient
+}
 
 var _ Gateway = GRPC{}
 
@@ -82,9 +81,34 @@ func (g GRPC) GetPolicy(ctx context.Context, name string) (*Status, error) {
 	return nil, fmt.Errorf("get the policy of sandbox %q: %w", name, err)
 }
 
-// SetPolicy implements Gateway; see the package doc for the RPC it needs.
-func (GRPC) SetPolicy(context.Context, string, *sandboxv1.SandboxPolicy) (uint32, error) {
-	return 0, ErrSetUnsupported
+// SetPolicy implements Gateway with UpdateSandboxPolicy.
+func (g GRPC) SetPolicy(ctx context.Context, name string, p *sandboxv1.SandboxPolicy) (uint32, error) {
+	if g.Ext == nil {
+		return 0, ErrSetUnsupported
+	}
+	resp, err := g.Ext.UpdateSandboxPolicy(ctx, &pb.UpdateSandboxPolicyRequest{Name: name, Policy: p})
+	if err != nil {
+		switch status.Code(err) {
+		case codes.Unimplemented:
+			return 0, ErrSetUnsupported
+		case codes.NotFound:
+			return 0, fmt.Errorf("sandbox %q not found (see `openshell sandbox list`)", name)
+		}
+		if st, ok := status.FromError(err); ok {
+			return 0, errors.New(st.Message())
+		}
+		return 0, err
+	}
+	return resp.GetVersion(), nil
+}
+
+// AppliedVersion implements Gateway with GetSandbox (status.current_policy_version).
+func (g GRPC) AppliedVersion(ctx context.Context, name string) (uint32, error) {
+	resp, err := g.API.GetSandbox(ctx, &pb.GetSandboxRequest{Name: name})
+	if err != nil {
+		return 0, fmt.Errorf("look up sandbox %q: %w", name, err)
+	}
+	return resp.GetSandbox().GetStatus().GetCurrentPolicyVersion(), nil
 }
 
 // GRPCFrom adapts a DialFunc (as cmd/openshell has) to the commands' constructor.
@@ -94,7 +118,7 @@ func GRPCFrom(dial DialFunc) func(ctx context.Context) (Gateway, error) {
 		if err != nil {
 			return nil, err
 		}
-		return GRPC{API: pb.NewOpenShellClient(cc)}, nil
+		return GRPC{API: pb.NewOpenShellClient(cc), Ext: pb.NewOpenShellExtClient(cc)}, nil
 	}
 }
 
@@ -163,22 +187,34 @@ func setCmd(gateway func(ctx context.Context) (Gateway, error)) *cobra.Command {
 			}
 			ctx, cancel := context.WithTimeout(ctx, timeout)
 			defer cancel()
+			var applied uint32
+			var lastErr error
 			for {
-				st, err := gw.GetPolicy(ctx, args[0])
-				if err == nil && st.Version >= v {
-					fmt.Fprintf(cmd.OutOrStdout(), "policy version %d in effect for sandbox %s\n", st.Version, args[0])
+				a, err := gw.AppliedVersion(ctx, args[0])
+				if err == nil && a >= v {
+					fmt.Fprintf(cmd.OutOrStdout(), "policy version %d in effect for sandbox %s\n", a, args[0])
 					return nil
+				}
+				if err == nil {
+					applied = a
+				} else {
+					lastErr = err
 				}
 				select {
 				case <-ctx.Done():
-					return fmt.Errorf("sandbox %q did not reach policy version %d within %s: check `openshell sandbox logs %s`", args[0], v, timeout, args[0])
+					msg := fmt.Sprintf("policy version %d is stored, but the supervisor of sandbox %q has not confirmed it within %s (last confirmed: %d); is the sandbox running? see `openshell sandbox logs %s`",
+						v, args[0], timeout, applied, args[0])
+					if lastErr != nil {
+						msg += fmt.Sprintf(" (last error: %v)", lastErr)
+					}
+					return errors.New(msg)
 				case <-time.After(500 * time.Millisecond):
 				}
 			}
 		},
 	}
 	c.Flags().StringVar(&file, "policy", "", "policy YAML file")
-	c.Flags().BoolVar(&wait, "wait", false, "wait until the new version is in effect")
+	c.Flags().BoolVar(&wait, "wait", false, "wait until the sandbox's supervisor confirms the new version")
 	c.Flags().DurationVar(&timeout, "timeout", time.Minute, "how long --wait waits")
 	return c
 }

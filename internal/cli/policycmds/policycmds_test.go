@@ -24,14 +24,48 @@ import (
 	"github.com/openshell/openshell/supervisor/policy"
 )
 
-// miniGateway serves GetSandbox and GetSandboxConfig for one sandbox "box" over real
-// gRPC; applied lags behind stored to let --wait observe a delay.
+// miniGateway serves GetSandbox, GetSandboxConfig and UpdateSandboxPolicy for one
+// sandbox "box" over real gRPC; its "supervisor" confirms a new version (applied)
+// 700 ms after it is stored, or never when stuck is set.
 type miniGateway struct {
 	pb.UnimplementedOpenShellServer
 	mu      sync.Mutex
 	pol     *sandboxv1.SandboxPolicy
 	version uint32
+	applied uint32
 	noCfg   bool
+	stuck   bool
+	noExt   bool
+}
+
+type miniExt struct {
+	pb.UnimplementedOpenShellExtServer
+	g *miniGateway
+}
+
+func (x miniExt) UpdateSandboxPolicy(_ context.Context, r *pb.UpdateSandboxPolicyRequest) (*pb.UpdateSandboxPolicyResponse, error) {
+	g := x.g
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.noExt {
+		return nil, status.Error(codes.Unimplemented, "unknown service openshell.v1.OpenShellExt")
+	}
+	if r.GetName() != "box" {
+		return nil, status.Errorf(codes.NotFound, "sandbox %q not found", r.GetName())
+	}
+	if u := r.GetPolicy().GetProcess().GetRunAsUser(); u != "" && u != "sandbox" {
+		return nil, status.Error(codes.FailedPrecondition, "sandbox box: the policy changes [process], which apply only when a sandbox is created")
+	}
+	g.pol, g.version = r.GetPolicy(), g.version+1
+	v := g.version
+	if !g.stuck {
+		time.AfterFunc(700*time.Millisecond, func() {
+			g.mu.Lock()
+			g.applied = v
+			g.mu.Unlock()
+		})
+	}
+	return &pb.UpdateSandboxPolicyResponse{Version: v, PolicyHash: "def"}, nil
 }
 
 func (g *miniGateway) GetSandbox(_ context.Context, r *pb.GetSandboxRequest) (*pb.SandboxResponse, error) {
@@ -40,7 +74,8 @@ func (g *miniGateway) GetSandbox(_ context.Context, r *pb.GetSandboxRequest) (*p
 	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	return &pb.SandboxResponse{Sandbox: &pb.Sandbox{Metadata: &datamodelv1.ObjectMeta{Id: "sb-1", Name: "box"}, Spec: &pb.SandboxSpec{Policy: g.pol}}}, nil
+	return &pb.SandboxResponse{Sandbox: &pb.Sandbox{Metadata: &datamodelv1.ObjectMeta{Id: "sb-1", Name: "box"}, Spec: &pb.SandboxSpec{Policy: g.pol},
+		Status: &pb.SandboxStatus{CurrentPolicyVersion: g.applied}}}, nil
 }
 
 func (g *miniGateway) GetSandboxConfig(_ context.Context, r *sandboxv1.GetSandboxConfigRequest) (*sandboxv1.GetSandboxConfigResponse, error) {
@@ -55,33 +90,15 @@ func (g *miniGateway) GetSandboxConfig(_ context.Context, r *sandboxv1.GetSandbo
 	return &sandboxv1.GetSandboxConfigResponse{Policy: g.pol, Version: g.version, PolicyHash: "abc"}, nil
 }
 
-// setter stands in for the UpdateSandboxPolicy RPC the gateway does not have yet.
-type setter struct {
-	GRPC
-	g *miniGateway
-}
-
-func (s setter) SetPolicy(_ context.Context, _ string, p *sandboxv1.SandboxPolicy) (uint32, error) {
-	s.g.mu.Lock()
-	v := s.g.version + 1
-	s.g.mu.Unlock()
-	go func() { // the supervisor picks it up a little later
-		time.Sleep(700 * time.Millisecond)
-		s.g.mu.Lock()
-		s.g.pol, s.g.version = p, v
-		s.g.mu.Unlock()
-	}()
-	return v, nil
-}
-
 func setup(t *testing.T) (*miniGateway, DialFunc) {
-	g := &miniGateway{pol: policy.Default().ToProto(), version: 3}
+	g := &miniGateway{pol: policy.Default().ToProto(), version: 3, applied: 3}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	gs := grpc.NewServer()
 	pb.RegisterOpenShellServer(gs, g)
+	pb.RegisterOpenShellExtServer(gs, miniExt{g: g})
 	go gs.Serve(ln)
 	t.Cleanup(gs.Stop)
 	return g, func(ctx context.Context) (*grpc.ClientConn, error) {
@@ -152,24 +169,51 @@ func TestGet(t *testing.T) {
 func TestSet(t *testing.T) {
 	g, dial := setup(t)
 	file := writeFile(t, newPolicy)
-	// Today's gateway: a clear refusal, nothing changed.
+	// An older gateway without the RPC: a clear refusal.
+	g.mu.Lock()
+	g.noExt = true
+	g.mu.Unlock()
 	_, err := run(t, GRPCFrom(dial), "policy", "set", "box", "--policy", file)
 	if !errors.Is(err, ErrSetUnsupported) {
 		t.Fatalf("want ErrSetUnsupported, got %v", err)
 	}
-	// With the RPC: --wait returns once GetSandboxConfig reports the new version.
-	gw := func(ctx context.Context) (Gateway, error) {
-		cc, _ := dial(ctx)
-		return setter{GRPC: GRPC{API: pb.NewOpenShellClient(cc)}, g: g}, nil
-	}
+	g.mu.Lock()
+	g.noExt = false
+	g.mu.Unlock()
+	// --wait returns once GetSandbox reports the supervisor applied the new version.
 	t0 := time.Now()
-	out, err := run(t, gw, "policy", "set", "box", "--policy", file, "--wait")
+	out, err := run(t, GRPCFrom(dial), "policy", "set", "box", "--policy", file, "--wait")
 	if err != nil || !strings.Contains(out, "policy version 4 in effect") || time.Since(t0) < 500*time.Millisecond {
 		t.Fatalf("set --wait: %v %q after %v", err, out, time.Since(t0))
 	}
 	out, _ = run(t, GRPCFrom(dial), "policy", "get", "box")
 	if !strings.Contains(out, "pypi.org") {
 		t.Fatalf("new policy not visible: %s", out)
+	}
+	// Without --wait: the stored version, immediately.
+	out, err = run(t, GRPCFrom(dial), "policy", "set", "box", "--policy", file)
+	if err != nil || !strings.Contains(out, "policy version 5 stored") {
+		t.Fatalf("set: %v %q", err, out)
+	}
+	// A supervisor that never confirms: --wait fails clearly at the timeout.
+	g.mu.Lock()
+	g.stuck = true
+	g.mu.Unlock()
+	_, err = run(t, GRPCFrom(dial), "policy", "set", "box", "--policy", file, "--wait", "--timeout", "1200ms")
+	if err == nil || !strings.Contains(err.Error(), "has not confirmed it within 1.2s") || !strings.Contains(err.Error(), "policy version 6 is stored") {
+		t.Fatalf("stuck supervisor: %v", err)
+	}
+	// Gateway refusals come through with their message.
+	_, err = run(t, GRPCFrom(dial), "policy", "set", "nope", "--policy", file)
+	if err == nil || !strings.Contains(err.Error(), `sandbox "nope" not found`) {
+		t.Fatalf("unknown sandbox: %v", err)
+	}
+	g.mu.Lock()
+	g.stuck = false
+	g.mu.Unlock()
+	_, err = run(t, GRPCFrom(dial), "policy", "set", "box", "--policy", writeFile(t, strings.Replace(newPolicy, "network_policies:", "process:\n  run_as_user: agent\nnetwork_policies:", 1)))
+	if err == nil || !strings.Contains(err.Error(), "apply only when a sandbox is created") {
+		t.Fatalf("static change: %v", err)
 	}
 }
 
