@@ -16,7 +16,10 @@ import (
 	"time"
 
 	"github.com/openshell/openshell/supervisor/bootstrap"
+	"github.com/openshell/openshell/supervisor/credentials"
+	"github.com/openshell/openshell/supervisor/egress"
 	"github.com/openshell/openshell/supervisor/mainproc"
+	"github.com/openshell/openshell/supervisor/policy"
 	"github.com/openshell/openshell/supervisor/reaper"
 	"github.com/openshell/openshell/supervisor/sandboxuser"
 	"github.com/openshell/openshell/supervisor/session"
@@ -43,6 +46,15 @@ type Options struct {
 	StopGrace time.Duration
 	// Logger is the base logger; its records at Info and above are also shipped.
 	Logger *slog.Logger
+	// Network is how the sandbox's programs reach the egress proxy (default: the
+	// proxy on loopback, announced through the environment only).
+	Network NetworkMode
+	// EgressOpen opens a stream to the host runner's egress port (NetworkVM).
+	EgressOpen func(ctx context.Context) (net.Conn, error)
+	// Confine starts the main process, SSH sessions and SFTP through the confinement
+	// helper (SelfExe confine-exec: Landlock, seccomp, no capabilities, the sandbox
+	// user). Needs root and a SelfExe that dispatches confine.Subcommand.
+	Confine bool
 }
 
 // SFTPServerArg is the argument that makes the binary serve SFTP on stdin/stdout.
@@ -217,13 +229,69 @@ func Run(ctx context.Context, cfg *bootstrap.Config, o Options) error {
 	}
 	env := SandboxEnv(os.Environ(), user, cfg.Main.Env)
 
+	// Policy: the bootstrap's, else the gateway's, else the default.
+	gctx, gcancel := context.WithTimeout(ctx, 15*time.Second)
+	gwCfg, err := sandboxConfig(gctx, cc, cfg.SandboxID, true)
+	gcancel()
+	if err != nil {
+		log.Warn("the gateway's sandbox config is unavailable; starting with the bootstrap or default policy", "err", err)
+	}
+	pol, polSrc, err := initialPolicy(cfg, gwCfg)
+	if err != nil {
+		return err
+	}
+	compiled, err := policy.Compile(pol)
+	if err != nil {
+		return fmt.Errorf("supervisor: compile the %s: %w", polSrc, err)
+	}
+	var store *credentials.Store
+	caFile := ""
+	providers, err := fetchProviders(ctx, cc, cfg.SandboxID)
+	if err != nil {
+		log.Warn("provider credentials unavailable; the sandbox starts without them", "err", err)
+	}
+	if len(providers) > 0 {
+		ca, err := credentials.NewCA(cfg.SandboxID)
+		if err == nil {
+			store, err = credentials.New(ca, providers)
+		}
+		if err == nil {
+			caFile, err = writeCABundle(o.Root, ca)
+		}
+		if err != nil {
+			log.Error("provider credentials not installed", "err", err)
+			store, caFile = nil, ""
+		}
+	}
+	eg, err := startEgress(ctx, o, compiled, store, eventShipper(shipper.Add))
+	if err != nil {
+		return err
+	}
+	defer eg.close()
+	env = append(env, egress.ChildEnv(eg.proxyURL, caFile)...)
+	if store != nil {
+		env = append(env, store.Env()...)
+	}
+	launch := &launcher{r: r, self: o.SelfExe, n: eg.net}
+	if o.Confine {
+		if launch.spec, err = confineSpec(pol, user, dir); err != nil {
+			return err
+		}
+	}
+	log.Info("policy in force", "source", polSrc, "version", gwCfg.GetVersion(), "rules", len(pol.NetworkPolicies),
+		"proxy", eg.proxyURL, "network", o.Network, "confined", o.Confine, "providers", len(providers))
+	watcher := &policyWatcher{cc: cc, id: cfg.SandboxID, prx: eg.prx, net: eg.net, version: gwCfg.GetVersion(), log: log}
+	if gwCfg.GetPolicy() != nil {
+		go watcher.report(ctx, gwCfg.GetVersion(), nil)
+	}
+
 	var mainMu sync.Mutex
 	var main *mainproc.Main
 	var sftpArgv []string
 	if user.Credential() != nil {
 		sftpArgv = []string{o.SelfExe, SFTPServerArg}
 	}
-	srv, err := sshd.New(sshd.Config{User: user, Env: env, Dir: dir, Reaper: r, SFTPArgv: sftpArgv,
+	srv, err := sshd.New(sshd.Config{User: user, Env: env, Dir: dir, Reaper: r, SFTPArgv: sftpArgv, Start: launch.start,
 		Main: func() sshd.MainTarget {
 			mainMu.Lock()
 			defer mainMu.Unlock()
@@ -271,6 +339,11 @@ func Run(ctx context.Context, cfg *bootstrap.Config, o Options) error {
 		defer wg.Done()
 		_ = sc.Run(ctx)
 	}()
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		watcher.run(ctx)
+	}()
 
 	argv := cfg.Main.Command
 	if len(argv) == 0 {
@@ -281,6 +354,7 @@ func Run(ctx context.Context, cfg *bootstrap.Config, o Options) error {
 		menv = append(menv, "TERM=xterm-256color")
 	}
 	m, err := mainproc.Start(r, mainproc.Options{Argv: argv, TTY: cfg.Main.TTY, Env: menv, Dir: dir, Cred: user.Credential(),
+		Start: launch.start,
 		OnLine: func(stream, line string) {
 			shipper.Add("INFO", "main", line, map[string]string{"stream": stream})
 		}})

@@ -98,10 +98,19 @@ func run(mode string) int {
 	switch mode {
 	case "env":
 		cfg, err = bootstrap.FromEnv(os.Getenv)
+		if os.Geteuid() == 0 {
+			// A container: the agent gets its own network namespace and confinement.
+			opts.Network, opts.Confine = supervisor.NetworkNamespace, true
+		}
 	case "vsock":
 		cfg, err = fetchVsock(ctx)
 		opts.Dial = func(ctx context.Context, _ string) (net.Conn, error) {
 			return channel.DialHost(ctx, channel.PortGateway)
+		}
+		// A VM guest has no NIC: egress goes through the host runner over vsock.
+		opts.Network, opts.Confine = supervisor.NetworkVM, true
+		opts.EgressOpen = func(ctx context.Context) (net.Conn, error) {
+			return channel.DialHost(ctx, channel.PortEgress)
 		}
 	default:
 		err = fmt.Errorf("--bootstrap %q: use env or vsock", mode)

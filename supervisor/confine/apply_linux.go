@@ -44,7 +44,14 @@ func Apply(s Spec) (Result, error) {
 	}
 	// The bounding set is per thread: drop it on every thread when the runtime can
 	// (no cgo), and always on this one, which execs the agent.
-	for c := 0; c <= lastCap; c++ {
+	// Without CAP_SETPCAP (a container engine that did not grant it) the bounding set
+	// cannot shrink: what is left of it is inert for a non-root uid under
+	// no_new_privs (no setuid, no file capabilities), so that is not an error.
+	canDrop := hasEffectiveCap(unix.CAP_SETPCAP)
+	for c := 0; c <= lastCap && canDrop; c++ {
+		if in, err := unix.PrctlRetInt(unix.PR_CAPBSET_READ, uintptr(c), 0, 0, 0); err == nil && in == 0 {
+			continue // not in the bounding set
+		}
 		if _, _, e := syscall.AllThreadsSyscall(unix.SYS_PRCTL, unix.PR_CAPBSET_DROP, uintptr(c), 0); e != 0 && e != unix.EINVAL && e != unix.ENOTSUP {
 			return res, fmt.Errorf("confine: drop capability %d from the bounding set: %w", c, e)
 		}
@@ -80,6 +87,16 @@ func Apply(s Spec) (Result, error) {
 		return res, err
 	}
 	return res, nil
+}
+
+// hasEffectiveCap reports whether this thread has capability c in its effective set.
+func hasEffectiveCap(c int) bool {
+	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+	var data [2]unix.CapUserData
+	if err := unix.Capget(&hdr, &data[0]); err != nil {
+		return true // unknown: try, and let the drop report a real failure
+	}
+	return data[c/32].Effective&(1<<(uint(c)%32)) != 0
 }
 
 func lastCapability() (int, error) {

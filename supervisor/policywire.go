@@ -1,0 +1,380 @@
+package supervisor
+
+// The policy wiring: which policy the sandbox starts with, the egress proxy and the
+// agent's network placement, confinement of every program the supervisor starts,
+// provider credentials, and live policy updates from the gateway.
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"time"
+
+	llsys "github.com/landlock-lsm/go-landlock/landlock/syscall"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	pb "github.com/openshell/openshell/api/openshellv1"
+	sandboxv1 "github.com/openshell/openshell/api/sandboxv1"
+	"github.com/openshell/openshell/supervisor/bootstrap"
+	"github.com/openshell/openshell/supervisor/confine"
+	"github.com/openshell/openshell/supervisor/credentials"
+	"github.com/openshell/openshell/supervisor/egress"
+	"github.com/openshell/openshell/supervisor/netns"
+	"github.com/openshell/openshell/supervisor/policy"
+	"github.com/openshell/openshell/supervisor/reaper"
+	"github.com/openshell/openshell/supervisor/sandboxuser"
+)
+
+// NetworkMode says how the sandbox's programs reach the network.
+type NetworkMode int
+
+const (
+	// NetworkProxyOnly serves the egress proxy on loopback and points the programs at
+	// it through the environment only: nothing stops a program that ignores it. For
+	// tests and a supervisor that is not root.
+	NetworkProxyOnly NetworkMode = iota
+	// NetworkNamespace (a container, as root) puts the programs in their own network
+	// namespace whose only route out is the proxy.
+	NetworkNamespace
+	// NetworkVM (a VM guest without a NIC) serves the proxy on 127.0.0.1:3128 and
+	// sends its upstream connections and name lookups over Options.EgressOpen.
+	NetworkVM
+)
+
+// ProxyPort is the egress proxy's port in the namespace and VM modes.
+const ProxyPort = 3128
+
+// CABundlePath is where the sandbox CA bundle is written (under Options.Root).
+const CABundlePath = "etc/openshell/ca-bundle.pem"
+
+// policyPollInterval is how often the gateway is asked for a new policy version.
+var policyPollInterval = 2 * time.Second
+
+// sandboxConfig asks the gateway for the sandbox's policy; nil, nil when the gateway
+// does not serve it.
+func sandboxConfig(ctx context.Context, cc grpc.ClientConnInterface, id string, wait bool) (*sandboxv1.GetSandboxConfigResponse, error) {
+	var resp sandboxv1.GetSandboxConfigResponse
+	err := cc.Invoke(ctx, pb.OpenShell_GetSandboxConfig_FullMethodName, &sandboxv1.GetSandboxConfigRequest{SandboxId: id}, &resp, grpc.WaitForReady(wait))
+	if status.Code(err) == codes.Unimplemented {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	return &resp, nil
+}
+
+// initialPolicy picks the policy the sandbox starts with: the bootstrap's YAML (or
+// file), else the gateway's spec.policy, else the restrictive default. A policy that
+// does not parse is an error: starting with another policy than the one asked for
+// would be a surprise in either direction.
+func initialPolicy(cfg *bootstrap.Config, gw *sandboxv1.GetSandboxConfigResponse) (*policy.Policy, string, error) {
+	data := cfg.PolicyYAML
+	src := "bootstrap policy"
+	if len(data) == 0 && cfg.PolicyFile != "" {
+		b, err := os.ReadFile(cfg.PolicyFile)
+		if err != nil {
+			return nil, "", fmt.Errorf("supervisor: read policy file %s: %w (the driver must mount it)", cfg.PolicyFile, err)
+		}
+		data, src = b, "policy file "+cfg.PolicyFile
+	}
+	if len(data) > 0 {
+		p, err := policy.Parse(data)
+		if err != nil {
+			return nil, "", fmt.Errorf("supervisor: %s: %w", src, err)
+		}
+		return p, src, nil
+	}
+	if gw.GetPolicy() != nil {
+		p, err := policy.FromProto(gw.GetPolicy())
+		if err != nil {
+			return nil, "", fmt.Errorf("supervisor: the gateway's policy version %d: %w", gw.GetVersion(), err)
+		}
+		return p, "gateway policy", nil
+	}
+	return policy.Default(), "default policy", nil
+}
+
+// fetchProviders reads the sandbox's provider credentials, retrying while the gateway
+// is unreachable (up to ~20 s); a gateway without the RPC means no providers.
+func fetchProviders(ctx context.Context, cc grpc.ClientConnInterface, id string) ([]credentials.Provider, error) {
+	ctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	c := pb.NewOpenShellExtClient(cc)
+	for {
+		resp, err := c.GetSandboxProviders(ctx, &pb.GetSandboxProvidersRequest{SandboxId: id}, grpc.WaitForReady(true))
+		switch status.Code(err) {
+		case codes.OK:
+			var out []credentials.Provider
+			for _, p := range resp.GetProviders() {
+				out = append(out, credentials.Provider{Name: p.GetName(), Type: p.GetType(), Credentials: p.GetCredentials(), Hosts: p.GetHosts()})
+			}
+			return out, nil
+		case codes.Unimplemented, codes.NotFound:
+			return nil, nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("supervisor: fetch provider credentials: %w", err)
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+}
+
+// egressState is the running proxy and where the programs run.
+type egressState struct {
+	prx      *egress.Proxy
+	net      *netns.Net // nil unless NetworkNamespace
+	proxyURL string
+	caFile   string
+	store    *credentials.Store
+}
+
+func (e *egressState) close() {
+	if e.prx != nil {
+		_ = e.prx.Close()
+	}
+	if e.net != nil {
+		_ = e.net.Close()
+	}
+}
+
+// startEgress starts the proxy for the mode in o; ship receives every decision.
+func startEgress(ctx context.Context, o Options, c *policy.Compiled, store *credentials.Store, ship func(egress.Event)) (*egressState, error) {
+	st := &egressState{store: store}
+	cfg := egress.Config{Policy: c, OnEvent: ship}
+	if store != nil {
+		cfg.Credentials = store
+	}
+	var addr string
+	switch o.Network {
+	case NetworkNamespace:
+		n, err := netns.New(netns.Config{ProxyPort: ProxyPort})
+		if err != nil {
+			return nil, fmt.Errorf("supervisor: the sandbox network namespace: %w (the container needs CAP_NET_ADMIN and CAP_SYS_ADMIN)", err)
+		}
+		st.net = n
+		addr = n.ProxyAddr().String()
+		cfg.Identifier = &egress.ProcIdentifier{InNetNS: n.Do}
+		cfg.InternalPrefixes = []netip.Prefix{netip.PrefixFrom(n.ProxyAddr().Addr(), 30).Masked()}
+	case NetworkVM:
+		if o.EgressOpen == nil {
+			return nil, errors.New("supervisor: Options.EgressOpen is nil in VM network mode: pass the vsock dialer of the runner's egress port")
+		}
+		addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(ProxyPort))
+		cfg.Dial = egress.RunnerDialer(o.EgressOpen)
+		cfg.Resolver = egress.RunnerResolver{Open: o.EgressOpen}
+	default:
+		addr = "127.0.0.1:0"
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		st.close()
+		return nil, fmt.Errorf("supervisor: egress proxy listen on %s: %w", addr, err)
+	}
+	prx, err := egress.New(cfg)
+	if err != nil {
+		ln.Close()
+		st.close()
+		return nil, err
+	}
+	st.prx = prx
+	st.proxyURL = "http://" + ln.Addr().String()
+	go func() {
+		if err := prx.Serve(ctx, ln); err != nil && ctx.Err() == nil {
+			slog.Error("egress proxy stopped", "err", err)
+		}
+	}()
+	return st, nil
+}
+
+// eventShipper turns proxy decisions into shipped log lines: denials at WARN so that
+// `openshell sandbox logs` shows them.
+func eventShipper(add func(level, target, msg string, fields map[string]string)) func(egress.Event) {
+	return func(e egress.Event) {
+		level := "INFO"
+		if e.Action == "deny" || e.Action == "error" || e.Action == "audit" {
+			level = "WARN"
+		}
+		add(level, "egress", e.String(), map[string]string{
+			"action": e.Action, "host": e.Host, "port": strconv.Itoa(e.Port), "binary": e.Binary, "rule": e.Rule,
+		})
+	}
+}
+
+// launcher starts every program the supervisor runs for the sandbox (main process,
+// SSH sessions, SFTP): through the confinement helper when spec is set, inside the
+// sandbox's network namespace when n is set.
+type launcher struct {
+	r    *reaper.Reaper
+	self string
+	spec *confine.Spec
+	n    *netns.Net
+}
+
+func (l *launcher) start(cmd *exec.Cmd) (*reaper.Proc, error) {
+	c := cmd
+	if l.spec != nil {
+		// Background: the reaper, not exec's context watcher, owns the process.
+		cc, err := confine.Command(context.Background(), l.self, *l.spec, cmd.Args)
+		if err != nil {
+			return nil, err
+		}
+		defer cc.ExtraFiles[0].Close()
+		cc.Env, cc.Dir, cc.Stdin, cc.Stdout, cc.Stderr = cmd.Env, cmd.Dir, cmd.Stdin, cmd.Stdout, cmd.Stderr
+		if cmd.SysProcAttr != nil {
+			sp := *cmd.SysProcAttr
+			sp.Credential = nil // the helper switches identity itself, after Landlock
+			cc.SysProcAttr = &sp
+		}
+		c = cc
+	}
+	if l.n == nil {
+		return l.r.Start(c)
+	}
+	var p *reaper.Proc
+	err := l.n.Do(func() error {
+		var err error
+		p, err = l.r.Start(c)
+		return err
+	})
+	return p, err
+}
+
+// confineSpec derives the helper's spec; the supervisor binary itself stays
+// executable (SFTP re-executes it as the user) whatever the policy lists.
+func confineSpec(p *policy.Policy, u *sandboxuser.User, dir string) (*confine.Spec, error) {
+	cred := u.Credential()
+	if cred == nil {
+		return nil, errors.New("supervisor: confinement needs a non-root sandbox user")
+	}
+	var groups []int
+	for _, g := range cred.Groups {
+		if g != 0 {
+			groups = append(groups, int(g))
+		}
+	}
+	s := confine.SpecFromPolicy(p, int(cred.Uid), int(cred.Gid), groups, dir)
+	s.ReadOnly = append(s.ReadOnly, "/proc/self/exe")
+	if err := s.Validate(); err != nil {
+		return nil, err
+	}
+	if abi, err := llsys.LandlockGetABIVersion(); err != nil || abi < 1 {
+		if p.LandlockHard() {
+			slog.Error("the kernel offers no Landlock and the policy requires it (landlock.compatibility: hard_requirement): programs will refuse to start", "err", err)
+		} else {
+			slog.Warn("the kernel offers no Landlock: filesystem_policy is not enforced (landlock.compatibility: best_effort)", "err", err)
+		}
+	}
+	return &s, nil
+}
+
+// policyWatcher applies new policy versions from the gateway to the proxy and
+// reports the outcome.
+type policyWatcher struct {
+	cc      grpc.ClientConnInterface
+	id      string
+	prx     *egress.Proxy
+	net     *netns.Net
+	version uint32
+	log     *slog.Logger
+
+	mu sync.Mutex
+}
+
+// report tells the gateway whether a version was applied; a gateway without the RPC
+// is not an error.
+func (w *policyWatcher) report(ctx context.Context, version uint32, applyErr error) {
+	req := &pb.ReportPolicyStatusRequest{SandboxId: w.id, Version: version, Applied: applyErr == nil}
+	if applyErr != nil {
+		req.Error = applyErr.Error()
+	}
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if _, err := pb.NewOpenShellExtClient(w.cc).ReportPolicyStatus(ctx, req); err != nil && status.Code(err) != codes.Unimplemented {
+		w.log.Warn("policy status not reported", "version", version, "err", err)
+	}
+}
+
+// apply handles one GetSandboxConfig answer.
+func (w *policyWatcher) apply(ctx context.Context, resp *sandboxv1.GetSandboxConfigResponse) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if resp == nil || resp.GetPolicy() == nil || resp.GetVersion() == w.version {
+		return
+	}
+	v := resp.GetVersion()
+	p, err := policy.FromProto(resp.GetPolicy())
+	var c *policy.Compiled
+	if err == nil {
+		c, err = policy.Compile(p)
+	}
+	if err != nil {
+		if resp.GetPolicyValidationFailureMode() == "retain_last_valid" {
+			w.log.Error("new policy version is invalid; keeping the last valid one", "version", v, "err", err)
+		} else {
+			w.log.Error("new policy version is invalid; denying all egress (policy_validation_failure_mode fail_closed)", "version", v, "err", err)
+			w.prx.SetPolicy(policy.MustCompile(policy.Default()))
+		}
+		w.version = v
+		w.report(ctx, v, err)
+		return
+	}
+	w.prx.SetPolicy(c)
+	w.log.Info("policy version applied", "version", v, "previous", w.version)
+	w.version = v
+	w.report(ctx, v, nil)
+}
+
+// run polls the gateway until ctx ends; it also logs growth of the namespace's
+// refused-packet counter (programs bypassing the proxy).
+func (w *policyWatcher) run(ctx context.Context) {
+	t := time.NewTicker(policyPollInterval)
+	defer t.Stop()
+	var lastDenied uint64
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		resp, err := sandboxConfig(cctx, w.cc, w.id, false)
+		cancel()
+		if err != nil {
+			if ctx.Err() == nil {
+				w.log.Debug("policy poll failed", "err", err)
+			}
+		} else {
+			w.apply(ctx, resp)
+		}
+		if w.net != nil {
+			if pk, _, err := w.net.Denied(); err == nil && pk > lastDenied {
+				w.log.Warn("egress refused: traffic that bypassed the proxy was dropped", "packets", pk-lastDenied, "total", pk)
+				lastDenied = pk
+			}
+		}
+	}
+}
+
+// writeCABundle writes the sandbox CA where the agent can read it.
+func writeCABundle(root string, ca *credentials.CA) (string, error) {
+	p := filepath.Join(root, CABundlePath)
+	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+		return "", fmt.Errorf("supervisor: create %s: %w", filepath.Dir(p), err)
+	}
+	if err := ca.WriteBundle(p); err != nil {
+		return "", err
+	}
+	return p, nil
+}
