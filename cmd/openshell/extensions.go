@@ -6,6 +6,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/openshell/openshell/internal/cli/policycmds"
+	"github.com/openshell/openshell/internal/cli/providercmds"
 	"github.com/openshell/openshell/internal/cli/sshcmds"
 	"github.com/openshell/openshell/internal/cli/vmimages"
 )
@@ -22,6 +23,7 @@ func mountExtensions(root *cobra.Command, a *app) {
 	}
 	root.AddCommand(sshcmds.SSHProxyCommand(a.dial))
 	root.AddCommand(policycmds.Command(policycmds.GRPCFrom(a.dial)))
+	root.AddCommand(providercmds.Command(providercmds.DialFunc(a.dial)))
 	vm := &cobra.Command{Use: "vm", Short: "VM driver tools"}
 	vm.AddCommand(vmimages.Command())
 	root.AddCommand(vm)

@@ -31,7 +31,7 @@ func (a *app) sandboxCmd() *cobra.Command {
 // createOptions are the flags of `sandbox create`.
 type createOptions struct {
 	name, image, cpu, memory, policy string
-	env, labels                      []string
+	env, labels, providers           []string
 	gpu                              bool
 	timeout                          time.Duration
 	noWait                           bool
@@ -102,6 +102,7 @@ func buildCreateRequest(o createOptions, workspace string, argv []string) (*open
 		}
 		spec.Policy = p
 	}
+	spec.Providers = o.providers
 	req := &openshellv1.CreateSandboxRequest{Name: o.name, Workspace: workspace, Labels: labels, Spec: spec}
 	if err := validation.CreateRequest(req); err != nil {
 		return nil, err
@@ -168,6 +169,7 @@ func (a *app) sandboxCreate(ws *string) *cobra.Command {
 	f.StringArrayVar(&o.env, "env", nil, "environment variable KEY=VALUE (repeatable)")
 	f.StringArrayVar(&o.labels, "label", nil, "label KEY=VALUE (repeatable)")
 	f.StringVar(&o.policy, "policy", "", "sandbox policy file (YAML or JSON)")
+	f.StringArrayVar(&o.providers, "provider", nil, "attach a provider's credentials (see `openshell provider create`; repeatable)")
 	f.BoolVar(&o.gpu, "gpu", false, "request a GPU")
 	f.DurationVar(&o.timeout, "timeout", 5*time.Minute, "how long to wait for the sandbox to become ready")
 	f.BoolVar(&o.noWait, "no-wait", false, "return right after the gateway accepted the sandbox")
