@@ -23,12 +23,17 @@ import (
 // startExtEnv is startEnv with a secrets key in the test's state dir.
 func startExtEnv(t *testing.T) *env {
 	t.Helper()
-	dir := t.TempDir()
+	return startExtEnvAt(t, t.TempDir(), drivertest.NewMemDriver())
+}
+
+// startExtEnvAt starts (or restarts) a gateway on dir's database and key.
+func startExtEnvAt(t *testing.T, dir string, drv *drivertest.MemDriver) *env {
+	t.Helper()
 	box, err := secrets.LoadOrCreate(filepath.Join(dir, secrets.KeyFile))
 	if err != nil {
 		t.Fatal(err)
 	}
-	return startEnvWith(t, dir, drivertest.NewMemDriver(), 200*time.Millisecond, func(o *gateway.Options) { o.Secrets = box })
+	return startEnvWith(t, dir, drv, 200*time.Millisecond, func(o *gateway.Options) { o.Secrets = box })
 }
 
 // extClient dials the OpenShellExt service with tc and, when tok is set, a sandbox token.
@@ -231,4 +236,49 @@ func containsLog(lines []*openshellv1.SandboxLogLine, sub string) bool {
 		}
 	}
 	return false
+}
+
+// TestPolicyAndProvidersSurviveRestart: the policy version, the applied version and
+// the sealed provider credentials (key reloaded from the state dir) outlive the gateway.
+func TestPolicyAndProvidersSurviveRestart(t *testing.T) {
+	dir := t.TempDir()
+	drv := drivertest.NewMemDriver()
+	e := startExtEnvAt(t, dir, drv)
+	ctx := context.Background()
+	ue := e.userExt()
+	if _, err := ue.CreateProvider(ctx, &openshellv1.CreateProviderRequest{Name: "gh", Type: "github", Credentials: map[string]string{"TOKEN": "t0k"}}); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := e.user.CreateSandbox(ctx, &openshellv1.CreateSandboxRequest{Name: "r", Spec: &openshellv1.SandboxSpec{
+		Template: &openshellv1.SandboxTemplate{Image: "test:1"}, Providers: []string{"gh"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := resp.GetSandbox().GetMetadata().GetId()
+	up, err := ue.UpdateSandboxPolicy(ctx, &openshellv1.UpdateSandboxPolicyRequest{Name: "r", Policy: networkPolicy("api.example.com")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.sandboxExt(id).ReportPolicyStatus(ctx, &openshellv1.ReportPolicyStatusRequest{SandboxId: id, Version: up.GetVersion(), Applied: true}); err != nil {
+		t.Fatal(err)
+	}
+	e.stop()
+
+	e2 := startExtEnvAt(t, dir, drv)
+	sup := e2.client(&tls.Config{RootCAs: e2.bundle.CertPool(), MinVersion: tls.VersionTLS13}, mustMint(t, e2, id))
+	cfg, err := sup.GetSandboxConfig(ctx, &sandboxv1.GetSandboxConfigRequest{SandboxId: id})
+	if err != nil || cfg.GetVersion() != 2 || cfg.GetPolicyHash() != up.GetPolicyHash() {
+		t.Fatalf("config after restart: %v version %d hash %s, want 2 %s", err, cfg.GetVersion(), cfg.GetPolicyHash(), up.GetPolicyHash())
+	}
+	if v := e2.get("r").GetStatus().GetCurrentPolicyVersion(); v != 2 {
+		t.Fatalf("current_policy_version after restart = %d, want 2", v)
+	}
+	pv, err := e2.sandboxExt(id).GetSandboxProviders(ctx, &openshellv1.GetSandboxProvidersRequest{SandboxId: id})
+	if err != nil || len(pv.GetProviders()) != 1 || pv.GetProviders()[0].GetCredentials()["TOKEN"] != "t0k" {
+		t.Fatalf("providers after restart: %v %v", pv, err)
+	}
+	next, err := e2.userExt().UpdateSandboxPolicy(ctx, &openshellv1.UpdateSandboxPolicyRequest{Name: "r", Policy: networkPolicy("b.example.com")})
+	if err != nil || next.GetVersion() != 3 {
+		t.Fatalf("update after restart: %v version %d, want 3", err, next.GetVersion())
+	}
 }
