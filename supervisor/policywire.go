@@ -14,11 +14,14 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"sync"
+	"syscall"
 	"time"
 
 	llsys "github.com/landlock-lsm/go-landlock/landlock/syscall"
+	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -150,7 +153,7 @@ func (e *egressState) close() {
 }
 
 // startEgress starts the proxy for the mode in o; ship receives every decision.
-func startEgress(ctx context.Context, o Options, c *policy.Compiled, store *credentials.Store, ship func(egress.Event)) (*egressState, error) {
+func startEgress(ctx context.Context, o Options, c *policy.Compiled, store *credentials.Store, agent *syscall.Credential, ship func(egress.Event)) (*egressState, error) {
 	st := &egressState{store: store}
 	cfg := egress.Config{Policy: c, OnEvent: ship}
 	if store != nil {
@@ -166,6 +169,9 @@ func startEgress(ctx context.Context, o Options, c *policy.Compiled, store *cred
 		st.net = n
 		addr = n.ProxyAddr().String()
 		cfg.Identifier = &egress.ProcIdentifier{InNetNS: n.Do}
+		if agent != nil && os.Geteuid() == 0 {
+			cfg.Identifier = &asAgent{inner: cfg.Identifier, uid: int(agent.Uid), gid: int(agent.Gid)}
+		}
 		cfg.InternalPrefixes = []netip.Prefix{netip.PrefixFrom(n.ProxyAddr().Addr(), 30).Masked()}
 	case NetworkVM:
 		if o.EgressOpen == nil {
@@ -196,6 +202,33 @@ func startEgress(ctx context.Context, o Options, c *policy.Compiled, store *cred
 		}
 	}()
 	return st, nil
+}
+
+// asAgent identifies clients with the filesystem identity of the agent's user. A
+// container engine grants the supervisor no CAP_SYS_PTRACE, and without it root may
+// not read another user's /proc/PID/fd and exe links; the agent's own uid may.
+type asAgent struct {
+	inner    egress.Identifier
+	uid, gid int
+}
+
+func (a *asAgent) Identify(c net.Conn) (egress.Identity, error) {
+	// setfsuid acts on this thread only: keep the lookup on it.
+	runtime.LockOSThread()
+	euid, egid := os.Geteuid(), os.Getegid()
+	unix.Setfsgid(a.gid)
+	unix.Setfsuid(a.uid)
+	id, err := a.inner.Identify(c)
+	unix.Setfsuid(euid)
+	unix.Setfsgid(egid)
+	// Setfsuid(-1) changes nothing and returns the current value: only a thread
+	// that is back to the supervisor's identity may be reused by the runtime.
+	if cur, _ := unix.SetfsuidRetUid(-1); cur == euid {
+		if g, _ := unix.SetfsgidRetGid(-1); g == egid {
+			runtime.UnlockOSThread()
+		}
+	}
+	return id, err
 }
 
 // eventShipper turns proxy decisions into shipped log lines: denials at WARN so that

@@ -263,7 +263,11 @@ func Run(ctx context.Context, cfg *bootstrap.Config, o Options) error {
 			store, caFile = nil, ""
 		}
 	}
-	eg, err := startEgress(ctx, o, compiled, store, eventShipper(shipper.Add))
+	var agentCred *syscall.Credential
+	if o.Confine {
+		agentCred = user.Credential()
+	}
+	eg, err := startEgress(ctx, o, compiled, store, agentCred, eventShipper(shipper.Add))
 	if err != nil {
 		return err
 	}

@@ -1,0 +1,244 @@
+package e2e
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// gatewayHostName is the name every docker sandbox resolves to the bridge's host side
+// (the driver's extra host entry): the test servers are reached through it.
+const gatewayHostName = "host.openshell.internal"
+
+const policyTemplate = `version: 1
+filesystem_policy:
+  include_workdir: true
+  read_only: [/usr, /lib, /lib64, /bin, /sbin, /etc, /opt, /proc, /dev/urandom, /dev/zero, /dev/random]
+  read_write: [/tmp, /dev/null, /dev/tty, /dev/pts, /dev/ptmx, /dev/shm]
+landlock:
+  compatibility: best_effort
+network_policies:
+  web:
+    endpoints:
+      - host: %[1]s
+        port: %[2]d
+      - host: %[1]s
+        port: %[3]d
+    binaries:
+      - path: /usr/bin/curl
+  watched:
+    endpoints:
+      - host: %[1]s
+        port: %[4]d
+        enforcement: audit
+    binaries:
+      - path: /usr/bin/curl
+`
+
+const laterRule = `  later:
+    endpoints:
+      - host: %[1]s
+        port: %[2]d
+`
+
+// TestPolicyEnforcement drives the whole policy path through the real binaries on the
+// docker driver: egress proxy decisions, the namespace firewall, Landlock, seccomp,
+// provider credentials and a live policy update.
+func TestPolicyEnforcement(t *testing.T) {
+	if driver() != "docker" {
+		t.Skip("the policy e2e runs on the docker driver (the VM's egress goes through its runner)")
+	}
+	h := newHarness(t)
+	ensurePolicyImage(t)
+
+	cert, caPEM := testCA(t, gatewayHostName)
+	allowed := startCountingServer(t, "allowed", nil)
+	secure := startCountingServer(t, "secure", cert)
+	audited := startCountingServer(t, "audited", nil)
+	denied := startCountingServer(t, "denied", nil)
+	later := startCountingServer(t, "later", nil)
+
+	dir := t.TempDir()
+	pol := fmt.Sprintf(policyTemplate, gatewayHostName, allowed.port(), secure.port(), audited.port())
+	polFile := filepath.Join(dir, "policy.yaml")
+	if err := os.WriteFile(polFile, []byte(pol), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	const secret = "e2e-secret-4f1d9c2b7a"
+	prov := uniqueName("prov")
+	h.mustRun(t, "provider", "create", "--name", prov, "--type", "generic", "--credential", "API_TOKEN="+secret, "--host", gatewayHostName)
+
+	box := uniqueName("pol")
+	h.mustRun(t, "sandbox", "create", "--name", box, "--from", policyTestImage, "--timeout", "120s",
+		"--policy", polFile, "--provider", prov, "--",
+		"bash", "-c", "echo $$ > /tmp/main.pid; while true; do sleep 1; done")
+	cid := containerID(t, box)
+	// The proxy verifies terminated upstreams against the system roots of the
+	// sandbox's filesystem: trust the test CA there before the first TLS request.
+	cmd := exec.Command("docker", "exec", "-i", "-u", "0", cid, "sh", "-c", "cat >> /etc/ssl/certs/ca-certificates.crt")
+	cmd.Stdin = strings.NewReader(string(caPEM))
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("trust the test CA in the sandbox: %v\n%s", err, out)
+	}
+
+	sh := func(t *testing.T, script string) result {
+		t.Helper()
+		return h.run(t.Context(), "sandbox", "exec", "-n", box, "--", "bash", "-c", script)
+	}
+	url := func(s *countingServer, scheme string) string {
+		return fmt.Sprintf("%s://%s:%d/", scheme, gatewayHostName, s.port())
+	}
+	const pyGet = `python3 -c 'import sys, urllib.request
+try:
+    print(urllib.request.urlopen(sys.argv[1], timeout=10).read().decode().strip())
+except urllib.error.HTTPError as e:
+    print("status", e.code)'`
+
+	t.Run("allowed destination passes", func(t *testing.T) {
+		r := sh(t, "curl -sS -m 15 "+url(allowed, "http"))
+		if r.code != 0 || strings.TrimSpace(r.stdout) != "hello-allowed" {
+			t.Fatalf("curl allowed: code %d stdout %q stderr %q", r.code, r.stdout, r.stderr)
+		}
+		if allowed.conns.Load() == 0 {
+			t.Fatal("the allowed server saw no connection")
+		}
+	})
+
+	t.Run("denied destination refused without a connection", func(t *testing.T) {
+		r := sh(t, "curl -sS -m 15 -o /dev/null -w '%{http_code}' "+url(denied, "http"))
+		if strings.TrimSpace(r.stdout) != "403" {
+			t.Fatalf("curl denied: code %d stdout %q stderr %q (want status 403)", r.code, r.stdout, r.stderr)
+		}
+		if n := denied.conns.Load(); n != 0 {
+			t.Fatalf("the denied server saw %d connections", n)
+		}
+	})
+
+	t.Run("wrong binary refused", func(t *testing.T) {
+		before := allowed.conns.Load()
+		r := sh(t, pyGet+" "+url(allowed, "http"))
+		if strings.TrimSpace(r.stdout) != "status 403" {
+			t.Fatalf("python3 to curl's endpoint: code %d stdout %q stderr %q", r.code, r.stdout, r.stderr)
+		}
+		if allowed.conns.Load() != before {
+			t.Fatal("the server saw a connection from a refused binary")
+		}
+	})
+
+	t.Run("audit logs but passes", func(t *testing.T) {
+		r := sh(t, pyGet+" "+url(audited, "http"))
+		if strings.TrimSpace(r.stdout) != "hello-audited" {
+			t.Fatalf("python3 to the audited endpoint: code %d stdout %q stderr %q", r.code, r.stdout, r.stderr)
+		}
+		waitLogs(t, h, box, fmt.Sprintf("egress audit GET %s:%d", gatewayHostName, audited.port()))
+	})
+
+	t.Run("denials are in sandbox logs", func(t *testing.T) {
+		waitLogs(t, h, box, fmt.Sprintf("egress deny GET %s:%d", gatewayHostName, denied.port()))
+	})
+
+	t.Run("direct tcp bypass fails fast", func(t *testing.T) {
+		before := allowed.conns.Load()
+		start := time.Now()
+		r := sh(t, fmt.Sprintf(`ip=$(awk '/%s/{print $1; exit}' /etc/hosts); curl --noproxy '*' -sS -m 20 http://$ip:%d/`, gatewayHostName, allowed.port()))
+		took := time.Since(start)
+		if r.code == 0 {
+			t.Fatalf("direct connection succeeded: %q", r.stdout)
+		}
+		if took > 8*time.Second || strings.Contains(r.stderr, "timed out") {
+			t.Fatalf("direct connection was not refused fast (%v): %s", took, r.stderr)
+		}
+		if allowed.conns.Load() != before {
+			t.Fatal("the server saw the direct connection")
+		}
+	})
+
+	t.Run("https with credential placeholder swapped", func(t *testing.T) {
+		r := sh(t, `case "$API_TOKEN" in openshell-placeholder:*) ;; *) echo "API_TOKEN is not a placeholder" >&2; exit 9;; esac
+curl -sS -m 15 -H "Authorization: Bearer $API_TOKEN" `+url(secure, "https"))
+		if r.code != 0 || strings.TrimSpace(r.stdout) != "hello-secure" {
+			t.Fatalf("curl https: code %d stdout %q stderr %q", r.code, r.stdout, r.stderr)
+		}
+		if got := secure.lastAuth(); got != "Bearer "+secret {
+			t.Fatalf("upstream Authorization = %q, want the real secret", got)
+		}
+	})
+
+	t.Run("landlock refuses writes outside read_write", func(t *testing.T) {
+		if r := h.mustRun(t, "sandbox", "logs", box, "--tail", "2000"); strings.Contains(r.stdout, "offers no Landlock") {
+			t.Skip("this kernel (or the container engine's seccomp profile) offers no Landlock; best_effort ran without it")
+		}
+		r := sh(t, `touch /tmp/ok && echo tmp-ok; touch /sandbox/ok && echo workdir-ok; touch /var/tmp/outside 2>&1; echo rc=$?`)
+		out := r.stdout
+		if !strings.Contains(out, "tmp-ok") || !strings.Contains(out, "workdir-ok") || !strings.Contains(out, "Permission denied") || strings.Contains(out, "rc=0") {
+			t.Fatalf("landlock: %q %q", out, r.stderr)
+		}
+	})
+
+	t.Run("seccomp refuses ptrace", func(t *testing.T) {
+		r := sh(t, `python3 -c 'import ctypes; l = ctypes.CDLL(None, use_errno=True); r = l.ptrace(0, 0, 0, 0); print(r, ctypes.get_errno())'`)
+		if strings.TrimSpace(r.stdout) != "-1 1" {
+			t.Fatalf("ptrace(PTRACE_TRACEME): %q %q (want -1 EPERM)", r.stdout, r.stderr)
+		}
+	})
+
+	t.Run("no secret in environ, files or logs", func(t *testing.T) {
+		out, err := exec.Command("docker", "exec", "-u", "0", cid, "sh", "-c",
+			`grep -l -a -F '`+secret+`' /proc/[0-9]*/environ 2>/dev/null; grep -r -l -a -F '`+secret+`' / --exclude-dir=proc --exclude-dir=sys --exclude-dir=dev 2>/dev/null; true`).CombinedOutput()
+		if err != nil {
+			t.Fatalf("docker exec grep: %v %s", err, out)
+		}
+		if strings.TrimSpace(string(out)) != "" {
+			t.Fatalf("the secret is readable in the sandbox: %s", out)
+		}
+		r := sh(t, `cat /proc/[0-9]*/environ 2>/dev/null | tr '\0' '\n' | grep -c API_TOKEN=openshell-placeholder`)
+		if strings.TrimSpace(r.stdout) == "0" || strings.TrimSpace(r.stdout) == "" {
+			t.Fatalf("no placeholder in the sandbox's environment: %q %q", r.stdout, r.stderr)
+		}
+		if l := h.mustRun(t, "sandbox", "logs", box, "--tail", "5000"); strings.Contains(l.stdout, secret) {
+			t.Fatal("the secret is in the sandbox logs")
+		}
+	})
+
+	t.Run("live policy update without restarting the main process", func(t *testing.T) {
+		pid0 := strings.TrimSpace(sh(t, "cat /tmp/main.pid").stdout)
+		r := sh(t, "curl -sS -m 15 -o /dev/null -w '%{http_code}' "+url(later, "http"))
+		if strings.TrimSpace(r.stdout) != "403" || later.conns.Load() != 0 {
+			t.Fatalf("before the update: %q %q (conns %d)", r.stdout, r.stderr, later.conns.Load())
+		}
+		pol2 := pol + fmt.Sprintf(laterRule, gatewayHostName, later.port())
+		polFile2 := filepath.Join(dir, "policy2.yaml")
+		if err := os.WriteFile(polFile2, []byte(pol2), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		h.mustRun(t, "policy", "set", box, "--policy", polFile2, "--wait")
+		r = sh(t, "curl -sS -m 15 "+url(later, "http"))
+		if strings.TrimSpace(r.stdout) != "hello-later" {
+			t.Fatalf("after the update: code %d %q %q", r.code, r.stdout, r.stderr)
+		}
+		pid1 := strings.TrimSpace(sh(t, "cat /tmp/main.pid; kill -0 $(cat /tmp/main.pid) && echo alive").stdout)
+		if pid0 == "" || pid1 != pid0+"\nalive" {
+			t.Fatalf("main process changed: before %q after %q", pid0, pid1)
+		}
+	})
+}
+
+// waitLogs waits until the sandbox's logs contain want.
+func waitLogs(t *testing.T, h *harness, box, want string) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		r := h.run(t.Context(), "sandbox", "logs", box, "--tail", "2000")
+		if strings.Contains(r.stdout, want) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("sandbox logs lack %q:\n%s", want, r.stdout)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+}
