@@ -40,7 +40,11 @@ make --no-print-directory lint || lint_ok=false
 
 step "go test"
 test_ok=true
-go test -count=1 -timeout 40m ./... 2>&1 | tee "${OPENSHELL_TEST_LOG:-/tmp/openshell-test.log}" || test_ok=false
+log="${OPENSHELL_TEST_LOG:-/tmp/openshell-test.log}"
+go test -count=1 -timeout 40m ./... 2>&1 | tee "$log" || test_ok=false
+
+step "supervisor-core end-to-end tests again, on the VM driver"
+E2E_DRIVER=vm go test -count=1 -timeout 30m ./e2e/ 2>&1 | tee -a "$log" || test_ok=false
 
 $lint_ok || echo "FAILED: lint (see above)"
 $test_ok || echo "FAILED: go test (see above)"
