@@ -11,8 +11,12 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"slices"
+	"strconv"
 	"strings"
 	"time"
+
+	"github.com/openshell/openshell/supervisor/policy"
 )
 
 // The egress port speaks HTTP/1.1, one request per guest connection:
@@ -70,7 +74,12 @@ func (p EgressPolicy) Validate() error {
 }
 
 type egress struct {
-	policy   EgressPolicy
+	policy EgressPolicy
+	// dest, when set, is the sandbox's own network policy: destinations are checked
+	// against it on host and port (the calling binary is not visible outside the VM)
+	// in addition to the static guard, so a compromised guest cannot reach what its
+	// policy does not name.
+	dest     *policy.Compiled
 	log      *slog.Logger
 	resolver *net.Resolver
 	dial     func(ctx context.Context, network, addr string) (net.Conn, error)
@@ -79,11 +88,29 @@ type egress struct {
 }
 
 func serveEgress(l net.Listener, p EgressPolicy, log *slog.Logger) {
+	_ = serveEgressPolicy(l, p, nil, log)
+}
+
+// serveEgressPolicy is serveEgress that also re-checks CONNECT destinations against
+// the sandbox policy policyYAML (the bootstrap's PolicyYAML; empty = static guard
+// only). A policy that does not parse is an error: the caller must not start the
+// guest's egress without the check it asked for.
+func serveEgressPolicy(l net.Listener, p EgressPolicy, policyYAML []byte, log *slog.Logger) error {
 	e := &egress{policy: p, log: log, resolver: net.DefaultResolver, dial: (&net.Dialer{}).DialContext}
+	if len(policyYAML) > 0 {
+		pol, err := policy.Parse(policyYAML)
+		if err == nil {
+			e.dest, err = policy.Compile(pol)
+		}
+		if err != nil {
+			l.Close()
+			return fmt.Errorf("runner: the sandbox policy for the egress re-check: %w", err)
+		}
+	}
 	for {
 		c, err := l.Accept()
 		if err != nil {
-			return
+			return nil
 		}
 		go e.handle(c)
 	}
@@ -107,7 +134,7 @@ func (e *egress) handle(c net.Conn) {
 	defer cancel()
 	switch {
 	case req.Method == http.MethodConnect:
-		e.connect(ctx, c, br, req.Host)
+		e.connect(ctx, c, br, req.Host, req.Header.Get(hostHeader))
 	case req.Method == http.MethodGet && req.URL.Path == "/v1/resolve":
 		e.resolve(ctx, c, req.URL.Query().Get("name"))
 	default:
@@ -127,11 +154,37 @@ func (e *egress) lookup(ctx context.Context, host string) ([]netip.Addr, error) 
 	return e.resolver.LookupNetIP(ctx, "ip", host)
 }
 
-func (e *egress) connect(ctx context.Context, c net.Conn, br *bufio.Reader, target string) {
+// hostHeader carries the name the guest's agent asked for on a CONNECT to an address
+// (the guest resolved it through /v1/resolve first).
+const hostHeader = "X-Openshell-Host"
+
+func (e *egress) connect(ctx context.Context, c net.Conn, br *bufio.Reader, target, name string) {
 	host, port, err := net.SplitHostPort(target)
 	if err != nil || port == "" {
 		reply(c, http.StatusBadRequest, "CONNECT needs host:port")
 		return
+	}
+	var allowedIPs []netip.Prefix
+	if e.dest != nil {
+		pn, perr := strconv.Atoi(port)
+		if name == "" {
+			name = host
+		}
+		d := e.dest.Destination(strings.Trim(name, "[]"), pn)
+		if perr == nil && d.Allow && name != host {
+			// A name that is itself an address must be the address dialed.
+			if a, err := netip.ParseAddr(strings.Trim(name, "[]")); err == nil {
+				if b, err := netip.ParseAddr(strings.Trim(host, "[]")); err != nil || a.Unmap() != b.Unmap() {
+					d.Allow, d.Reason = false, "the address does not match the requested IP host"
+				}
+			}
+		}
+		if perr != nil || !d.Allow {
+			e.log.Info("egress: refused by the sandbox policy", "target", target, "host", name, "reason", d.Reason)
+			reply(c, http.StatusForbidden, "refused by the sandbox policy: "+d.Reason)
+			return
+		}
+		allowedIPs = d.AllowedIPs
 	}
 	ips, err := e.lookup(ctx, host)
 	if err != nil || len(ips) == 0 {
@@ -143,6 +196,10 @@ func (e *egress) connect(ctx context.Context, c net.Conn, br *bufio.Reader, targ
 	for _, ip := range ips {
 		if err := e.policy.Check(ip); err != nil {
 			lastErr = err
+			continue
+		}
+		if len(allowedIPs) > 0 && !slices.ContainsFunc(allowedIPs, func(p netip.Prefix) bool { return p.Contains(ip.Unmap()) }) {
+			lastErr = fmt.Errorf("destination %s is not in the policy's allowed_ips: %w", ip, errRefused)
 			continue
 		}
 		up, err = e.dial(ctx, "tcp", net.JoinHostPort(ip.Unmap().String(), port))

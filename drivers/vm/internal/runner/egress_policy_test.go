@@ -1,0 +1,72 @@
+package runner
+
+import (
+	"fmt"
+	"log/slog"
+	"net"
+	"path/filepath"
+	"sync/atomic"
+	"testing"
+)
+
+// TestEgressSandboxPolicyRecheck: with the sandbox's policy known, the runner refuses
+// a CONNECT whose destination the policy does not name (403, and the target sees no
+// connection) and lets a named one through, on top of the static guard.
+func TestEgressSandboxPolicyRecheck(t *testing.T) {
+	target, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer target.Close()
+	var accepted atomic.Int64
+	go func() {
+		for {
+			c, err := target.Accept()
+			if err != nil {
+				return
+			}
+			accepted.Add(1)
+			c.Write([]byte("hi"))
+			c.Close()
+		}
+	}()
+	port := target.Addr().(*net.TCPAddr).Port
+	pol := fmt.Sprintf("version: 1\nnetwork_policies:\n  api:\n    endpoints:\n      - host: allowed.test\n        port: %d\n", port)
+
+	sock := filepath.Join(t.TempDir(), "egress.sock")
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- serveEgressPolicy(l, EgressPolicy{AllowPrivate: true}, []byte(pol), slog.Default()) }()
+	defer func() { l.Close(); <-done }()
+
+	connect := func(name string, p int) int {
+		t.Helper()
+		resp, c, _ := egressDo(t, sock, fmt.Sprintf("CONNECT 127.0.0.1:%d HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nX-Openshell-Host: %s\r\n\r\n", p, p, name))
+		c.Close()
+		return resp.StatusCode
+	}
+	if code := connect("other.test", port); code != 403 {
+		t.Fatalf("unnamed host: status %d, want 403", code)
+	}
+	if code := connect("allowed.test", port+1); code != 403 {
+		t.Fatalf("named host on another port: status %d, want 403", code)
+	}
+	if code := connect("127.0.0.2", port); code != 403 {
+		t.Fatalf("IP host not named: status %d, want 403", code)
+	}
+	if n := accepted.Load(); n != 0 {
+		t.Fatalf("the target saw %d connections from refused CONNECTs", n)
+	}
+	if code := connect("allowed.test", port); code != 200 {
+		t.Fatalf("named destination: status %d, want 200", code)
+	}
+
+	// A policy that does not parse is refused, not ignored.
+	l2, _ := net.Listen("unix", filepath.Join(t.TempDir(), "bad.sock"))
+	if err := serveEgressPolicy(l2, EgressPolicy{}, []byte("version: 7\n"), slog.Default()); err == nil {
+		t.Fatal("a bad policy was accepted")
+	}
+}
