@@ -131,16 +131,20 @@ func (a *app) sandboxCreate(ws *string) *cobra.Command {
 		Use:   "create [flags] [-- COMMAND ARGS...]",
 		Short: "Create a sandbox and wait until it is ready",
 		Example: `  openshell sandbox create --name dev --from ubuntu:24.04
-  openshell sandbox create --name job --env MODE=batch -- python3 run.py`,
+  openshell sandbox create --name job --env MODE=batch -- python3 run.py
+  openshell sandbox create --name app --from ./app      # builds ./app/Dockerfile locally`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := checkOutput(a.output); err != nil {
+				return err
+			}
+			ctx := cmd.Context()
+			if err := a.resolveCreateImage(ctx, &o, os.Stderr); err != nil {
 				return err
 			}
 			req, err := buildCreateRequest(o, *ws, args)
 			if err != nil {
 				return err
 			}
-			ctx := cmd.Context()
 			c, done, err := a.client(ctx)
 			if err != nil {
 				return err
@@ -163,7 +167,7 @@ func (a *app) sandboxCreate(ws *string) *cobra.Command {
 	}
 	f := cmd.Flags()
 	f.StringVar(&o.name, "name", "", "sandbox name (a DNS label; default: generated)")
-	f.StringVar(&o.image, "from", "", "OCI image (default: the driver's default image)")
+	f.StringVar(&o.image, "from", "", "image reference, or a local directory/Dockerfile to build, an OCI layout directory or an image .tar (default: the driver's default image)")
 	f.StringVar(&o.cpu, "cpu", "", "CPU limit, e.g. 2 or 500m")
 	f.StringVar(&o.memory, "memory", "", "memory limit, e.g. 4Gi")
 	f.StringArrayVar(&o.env, "env", nil, "environment variable KEY=VALUE (repeatable)")
