@@ -1,0 +1,297 @@
+package vm_test
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/openshell/openshell/images/bundle"
+	"github.com/openshell/openshell/internal/testenv"
+)
+
+// vmRun is a started gateway (VM driver) with the test image built: what the kill -9
+// tests share with TestVMEndToEnd.
+type vmRun struct {
+	*env
+	image string
+	port  int
+	cfg   string
+}
+
+// startVMRun checks the prerequisites, builds the binaries and the image, and starts a
+// gateway with the VM driver; cleanup stops it and kills what is left, by PID.
+func startVMRun(t *testing.T) *vmRun {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("builds every binary and boots VMs")
+	}
+	testenv.RequireCommand(t, "qemu-system-x86_64", "run scripts/setup-vm-host.sh")
+	testenv.RequireCommand(t, "mkfs.ext4", "run scripts/setup-vm-host.sh")
+	testenv.RequireCommand(t, "go", "install Go")
+	_, kerr := bundle.FindKernel("")
+	testenv.Require(t, kerr == nil, fmt.Sprintf("guest kernel: %v; run scripts/setup-vm-host.sh", kerr))
+	busybox, berr := exec.LookPath("busybox")
+	testenv.Require(t, berr == nil && isStatic(busybox), "a static busybox is needed for the test image: apt-get install busybox-static")
+
+	r := &vmRun{env: newEnv(t)}
+	r.image = r.buildImage(busybox)
+	r.port = freePort(t)
+	r.cfg = filepath.Join(r.tmp, "gateway.toml")
+	if err := os.WriteFile(r.cfg, []byte("[drivers.vm]\ncpus = 1\nmemory_mib = 512\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r.startGateway()
+	t.Cleanup(func() {
+		r.cliMayFail("gateway", "stop")
+		r.killLeftovers()
+	})
+	return r
+}
+
+// startGateway starts (or restarts) the gateway with the same state dir, port and config.
+func (r *vmRun) startGateway() {
+	r.t.Helper()
+	r.cli("gateway", "start", "--drivers", "vm", "--port", strconv.Itoa(r.port), "--state-dir", r.gwState, "--config", r.cfg)
+}
+
+// sbView is the part of `sandbox get -o json` the tests read.
+type sbView struct {
+	Metadata struct {
+		ID   string `json:"id"`
+		Name string `json:"name"`
+	} `json:"metadata"`
+	Status struct {
+		Phase      string `json:"phase"`
+		Conditions []struct {
+			Type    string `json:"type"`
+			Status  string `json:"status"`
+			Reason  string `json:"reason"`
+			Message string `json:"message"`
+		} `json:"conditions"`
+	} `json:"status"`
+}
+
+func (e *env) getSandbox(name string) (sbView, string, error) {
+	var v sbView
+	out, err := e.run("sandbox", "get", name, "-o", "json")
+	if err != nil {
+		return v, out, err
+	}
+	if err := json.Unmarshal([]byte(out), &v); err != nil {
+		return v, out, fmt.Errorf("sandbox get %s: %w: %s", name, err, out)
+	}
+	return v, out, nil
+}
+
+// waitPhaseOf polls until name's phase contains want and returns that view; it fails
+// the test after timeout.
+func (e *env) waitPhaseOf(name, want string, timeout time.Duration) sbView {
+	e.t.Helper()
+	deadline := time.Now().Add(timeout)
+	var lastOut string
+	for {
+		v, out, err := e.getSandbox(name)
+		if err == nil {
+			lastOut = out
+			if strings.Contains(strings.ToUpper(v.Status.Phase), want) {
+				return v
+			}
+		}
+		if time.Now().After(deadline) {
+			e.dumpLogs()
+			e.t.Fatalf("sandbox %s not %s within %v (last: %s)", name, want, timeout, lastOut)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// execIn runs a command in a sandbox through the CLI and returns its trimmed output.
+func (e *env) execIn(name string, argv ...string) string {
+	e.t.Helper()
+	return strings.TrimSpace(e.cli(append([]string{"sandbox", "exec", "-n", name, "--"}, argv...)...))
+}
+
+// vmRecord is the part of a VM sandbox's state.json the tests read.
+type vmRecord struct {
+	SandboxName string `json:"sandbox_name"`
+	RunnerPID   int    `json:"runner_pid"`
+	QEMUPID     int    `json:"qemu_pid"`
+	Paths       struct {
+		ControlSocket string `json:"control_socket"`
+		Disk          string `json:"disk"`
+		VMMDir        string `json:"vmm_dir"`
+	} `json:"paths"`
+}
+
+// sandboxDir finds the driver's state directory of the sandbox called name.
+func (e *env) sandboxDir(name string) (string, vmRecord, bool) {
+	files, _ := filepath.Glob(filepath.Join(e.gwState, "vm-driver", "sb", "*", "state.json"))
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		var rec vmRecord
+		if json.Unmarshal(b, &rec) == nil && rec.SandboxName == name {
+			return filepath.Dir(f), rec, true
+		}
+	}
+	return "", vmRecord{}, false
+}
+
+// procsUnder lists live processes whose command line mentions dir.
+func procsUnder(dir string) []string {
+	var out []string
+	ents, _ := os.ReadDir("/proc")
+	for _, d := range ents {
+		pid, err := strconv.Atoi(d.Name())
+		if err != nil || pid == os.Getpid() || !alive(pid) {
+			continue
+		}
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+		if err != nil {
+			continue
+		}
+		if cl := strings.ReplaceAll(string(b), "\x00", " "); strings.Contains(cl, dir) {
+			out = append(out, fmt.Sprintf("%d %s", pid, cl))
+		}
+	}
+	return out
+}
+
+// alive reports whether pid exists and is not a zombie.
+func alive(pid int) bool {
+	st, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	s := string(st)
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
+	return len(f) > 0 && f[0] != "Z" && f[0] != "X"
+}
+
+// ppid returns pid's parent pid (0 if unknown).
+func ppid(pid int) int {
+	st, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	s := string(st)
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
+	if len(f) < 2 {
+		return 0
+	}
+	n, _ := strconv.Atoi(f[1])
+	return n
+}
+
+// childrenOf lists the live children of parent whose command line contains want.
+func childrenOf(parent int, want string) []int {
+	var out []int
+	ents, _ := os.ReadDir("/proc")
+	for _, d := range ents {
+		pid, err := strconv.Atoi(d.Name())
+		if err != nil || ppid(pid) != parent || !alive(pid) {
+			continue
+		}
+		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+		if strings.Contains(string(b), want) {
+			out = append(out, pid)
+		}
+	}
+	return out
+}
+
+// gatewayPID reads the pid file `openshell gateway start` wrote in the state dir.
+func (e *env) gatewayPID() int {
+	e.t.Helper()
+	b, err := os.ReadFile(filepath.Join(e.gwState, "gateway.pid"))
+	if err != nil {
+		e.t.Fatalf("gateway pid file: %v", err)
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil || !alive(pid) {
+		e.t.Fatalf("gateway pid file %q: no live process", b)
+	}
+	return pid
+}
+
+// kill9 SIGKILLs pid and waits until it is gone (or a zombie nobody reaps).
+func kill9(t *testing.T, what string, pid int) {
+	t.Helper()
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		t.Fatalf("kill -9 %s (pid %d): %v", what, pid, err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for alive(pid) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s (pid %d) still alive 10 s after SIGKILL", what, pid)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Logf("killed %s (pid %d) with SIGKILL", what, pid)
+}
+
+// deleteAndWaitGone deletes a sandbox and waits until the gateway no longer knows it.
+func (e *env) deleteAndWaitGone(name string, timeout time.Duration) {
+	e.t.Helper()
+	e.cli("sandbox", "delete", name)
+	deadline := time.Now().Add(timeout)
+	for {
+		out, err := e.run("sandbox", "get", name)
+		if err != nil && strings.Contains(strings.ToLower(out), "not found") {
+			return
+		}
+		if time.Now().After(deadline) {
+			e.dumpLogs()
+			e.t.Fatalf("sandbox %s still there %v after delete: %s", name, timeout, out)
+		}
+		time.Sleep(300 * time.Millisecond)
+	}
+}
+
+// waitNoProcs waits until nothing runs from dir (the runner and its children exit
+// asynchronously after the gateway reports the delete).
+func waitNoProcs(t *testing.T, dir string, timeout time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		p := procsUnder(dir)
+		if len(p) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Errorf("processes left behind under %s: %v", dir, p)
+			return
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// waitGone waits until path no longer exists.
+func waitGone(t *testing.T, path string, timeout time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		if _, err := os.Lstat(path); os.IsNotExist(err) {
+			return
+		}
+		if time.Now().After(deadline) {
+			ents, _ := os.ReadDir(path)
+			var names []string
+			for _, e := range ents {
+				names = append(names, e.Name())
+			}
+			t.Errorf("%s left behind %v after delete (contents %v)", path, timeout, names)
+			return
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
