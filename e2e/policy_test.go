@@ -138,7 +138,7 @@ except urllib.error.HTTPError as e:
 	})
 
 	t.Run("denials are in sandbox logs", func(t *testing.T) {
-		waitLogs(t, h, box, fmt.Sprintf("egress deny GET %s:%d", gatewayHostName, denied.port()))
+		waitLogs(t, h, box, fmt.Sprintf("egress deny GET %s:%d binary=/usr/bin/curl", gatewayHostName, denied.port()))
 	})
 
 	t.Run("direct tcp bypass fails fast", func(t *testing.T) {
@@ -176,6 +176,21 @@ curl -sS -m 15 -H "Authorization: Bearer $API_TOKEN" `+url(secure, "https"))
 		out := r.stdout
 		if !strings.Contains(out, "tmp-ok") || !strings.Contains(out, "workdir-ok") || !strings.Contains(out, "Permission denied") || strings.Contains(out, "rc=0") {
 			t.Fatalf("landlock: %q %q", out, r.stderr)
+		}
+	})
+
+	t.Run("sftp uploads to the workdir and is confined", func(t *testing.T) {
+		src := filepath.Join(dir, "up.txt")
+		if err := os.WriteFile(src, []byte("uploaded\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		h.mustRun(t, "sandbox", "upload", box, src, "/sandbox/up.txt")
+		if r := sh(t, "cat /sandbox/up.txt"); strings.TrimSpace(r.stdout) != "uploaded" {
+			t.Fatalf("uploaded file: %q %q", r.stdout, r.stderr)
+		}
+		r := h.run(t.Context(), "sandbox", "upload", box, src, "/var/tmp/up.txt")
+		if r.code == 0 || sh(t, "test -e /var/tmp/up.txt").code == 0 {
+			t.Fatalf("sftp wrote outside the policy's read_write paths (upload exit %d: %s)", r.code, r.stderr)
 		}
 	})
 
