@@ -393,7 +393,9 @@ func (w *policyWatcher) run(ctx context.Context) {
 		}
 		if w.net != nil {
 			if pk, _, err := w.net.Denied(); err == nil && pk > lastDenied {
-				w.log.Warn("egress refused: traffic that bypassed the proxy was dropped", "packets", pk-lastDenied, "total", pk)
+				// Info, not Warn: the kernel's own IPv6 neighbour discovery on the
+				// agent's link is counted too; the proxy's denials are the Warn lines.
+				w.log.Info("packets that did not go through the egress proxy were dropped", "packets", pk-lastDenied, "total", pk)
 				lastDenied = pk
 			}
 		}
