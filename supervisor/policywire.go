@@ -125,6 +125,10 @@ func fetchProviders(ctx context.Context, cc grpc.ClientConnInterface, id string)
 			return out, nil
 		case codes.Unimplemented, codes.NotFound:
 			return nil, nil
+		case codes.Unavailable, codes.DeadlineExceeded, codes.Aborted, codes.ResourceExhausted:
+			// The session is not up yet: retry.
+		default:
+			return nil, fmt.Errorf("supervisor: fetch provider credentials: %w", err)
 		}
 		select {
 		case <-ctx.Done():
