@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/BurntSushi/toml"
 	"github.com/spf13/pflag"
@@ -21,6 +22,9 @@ import (
 
 // DefaultPort is the gateway's gRPC port.
 const DefaultPort = 17670
+
+// DefaultSSHSessionTTL is the default lifetime of SSH session tokens.
+const DefaultSSHSessionTTL = time.Hour
 
 // DriverNames are the values --drivers accepts (exactly one).
 var DriverNames = []string{"docker", "podman", "kubernetes", "vm"}
@@ -39,6 +43,9 @@ type Config struct {
 	DatabaseURL         string `toml:"database_url"`
 	LogFormat           string `toml:"log_format"` // text | json
 	LogLevel            string `toml:"log_level"`  // debug | info | warn | error
+	// SSHSessionTTL is how long a CreateSshSession token stays valid (TOML: a
+	// duration string such as "15m").
+	SSHSessionTTL time.Duration `toml:"ssh_session_ttl"`
 	// ConfigFile is the TOML file the rest was read from ("" = none).
 	ConfigFile string `toml:"-"`
 	// DriverTables holds the `[drivers.<name>]` tables, passed verbatim to the driver.
@@ -63,6 +70,7 @@ var Settings = []Setting{
 	{"database-url", "OPENSHELL_DATABASE_URL", "database_url", "PostgreSQL DSN (default: embedded SQLite in the state dir)"},
 	{"log-format", "OPENSHELL_LOG_FORMAT", "log_format", "log format: text or json"},
 	{"log-level", "OPENSHELL_LOG_LEVEL", "log_level", "log level: debug, info, warn or error"},
+	{"ssh-session-ttl", "OPENSHELL_SSH_SESSION_TTL", "ssh_session_ttl", "lifetime of SSH/exec session tokens (e.g. 1h, 15m; at least 1s)"},
 }
 
 // Defaults returns the built-in defaults. StateDir defaults to the directory of the
@@ -73,6 +81,8 @@ func Defaults() Config {
 		Port:        DefaultPort,
 		LogFormat:   "text",
 		LogLevel:    "info",
+
+		SSHSessionTTL: DefaultSSHSessionTTL,
 	}
 	if p, err := store.DefaultPath(); err == nil {
 		c.StateDir = filepath.Dir(p)
@@ -92,6 +102,8 @@ func BindFlags(fs *pflag.FlagSet) {
 			fs.Int(s.Flag, d.HealthPort, usage)
 		case "disable-tls":
 			fs.Bool(s.Flag, false, usage)
+		case "ssh-session-ttl":
+			fs.Duration(s.Flag, d.SSHSessionTTL, usage)
 		default:
 			def := ""
 			switch s.Flag {
@@ -216,6 +228,8 @@ func applyFrom(dst, src *Config, key string) {
 		dst.LogFormat = src.LogFormat
 	case "log_level":
 		dst.LogLevel = src.LogLevel
+	case "ssh_session_ttl":
+		dst.SSHSessionTTL = src.SSHSessionTTL
 	}
 }
 
@@ -238,6 +252,12 @@ func setString(c *Config, key, v string) error {
 			return fmt.Errorf("disable_tls %q is not a boolean (use true or false)", v)
 		}
 		c.DisableTLS = b
+	case "ssh_session_ttl":
+		d, err := time.ParseDuration(strings.TrimSpace(v))
+		if err != nil {
+			return fmt.Errorf("ssh_session_ttl %q is not a duration (use e.g. 1h, 15m or 30s)", v)
+		}
+		c.SSHSessionTTL = d
 	default:
 		var tmp Config
 		switch key {
@@ -290,6 +310,9 @@ func (c *Config) Validate() error {
 	case "debug", "info", "warn", "warning", "error":
 	default:
 		errs = append(errs, fmt.Errorf("log_level %q is not supported; use debug, info, warn or error", c.LogLevel))
+	}
+	if c.SSHSessionTTL < time.Second {
+		errs = append(errs, fmt.Errorf("ssh_session_ttl %v is too short; use at least 1s (default %v)", c.SSHSessionTTL, DefaultSSHSessionTTL))
 	}
 	if u := c.DatabaseURL; u != "" && !strings.HasPrefix(u, "postgres://") && !strings.HasPrefix(u, "postgresql://") && !strings.Contains(u, "=") {
 		errs = append(errs, fmt.Errorf("database_url must be a PostgreSQL DSN (postgres://user:pass@host/db or host=... dbname=...); leave it empty for the embedded SQLite database"))

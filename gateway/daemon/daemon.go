@@ -205,7 +205,7 @@ func Start(ctx context.Context, cfg *config.Config, log *slog.Logger) (_ *Gatewa
 	srv, err := gateway.New(ctx, gateway.Options{
 		Store: st, Driver: drv, DriverName: name, Tokens: issuer, Log: log,
 		GatewayHost: hostForClients(cfg), GatewayPort: uint32(port), GatewayScheme: scheme,
-		Exec: sshrelay.Exec, Interactive: sshrelay.Interactive, Secrets: box,
+		Exec: sshrelay.Exec, Interactive: sshrelay.Interactive, Secrets: box, SSHSessionTTL: cfg.SSHSessionTTL,
 	})
 	if err != nil {
 		return nil, err
