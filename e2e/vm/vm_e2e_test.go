@@ -78,17 +78,10 @@ func TestVMEndToEnd(t *testing.T) {
 	e.cli("sandbox", "create", "--name", sandbox, "--from", image, "--timeout", cliTimeout.String(), "--", "sleep", "1000000")
 	t.Logf("create → Ready took %v", time.Since(t0))
 
-	// exec arrives with the CLI's ssh commands; without it the lifecycle still runs and
-	// the guest-side checks are skipped with the reason.
-	help, _ := e.run("sandbox", "exec", "--help")
-	haveExec := strings.Contains(help, "openshell sandbox exec")
-	bootID := func() string {
-		out := e.cli("sandbox", "exec", "-n", sandbox, "--", "cat", "/proc/sys/kernel/random/boot_id")
-		return strings.TrimSpace(out)
-	}
-	var boot0 string
-	if haveExec {
-		boot0 = bootID()
+	// The guest's boot id tells a re-adopted VM from a rebooted one.
+	boot0 := strings.TrimSpace(e.cli("sandbox", "exec", "-n", sandbox, "--", "cat", "/proc/sys/kernel/random/boot_id"))
+	if len(boot0) != 36 {
+		t.Fatalf("boot id %q is not a UUID", boot0)
 	}
 
 	// A gateway restart (which stops the driver process by PID) leaves the VM running;
@@ -111,9 +104,6 @@ func TestVMEndToEnd(t *testing.T) {
 
 	var boot1 string
 	t.Run("ExecWritesFile", func(t *testing.T) {
-		if !haveExec {
-			t.Skip("skipped: the openshell CLI in this tree has no `sandbox exec` subcommand yet")
-		}
 		out := e.cli("sandbox", "exec", "-n", sandbox, "--", "sh", "-c", "echo kept-across-restart > /sandbox/persist.txt && sync && cat /sandbox/persist.txt && cat /proc/sys/kernel/random/boot_id")
 		lines := strings.Fields(out)
 		if len(lines) < 2 || lines[0] != "kept-across-restart" {
@@ -133,8 +123,8 @@ func TestVMEndToEnd(t *testing.T) {
 
 	e.cli("sandbox", "start", sandbox, "--timeout", cliTimeout.String())
 	t.Run("FileSurvivesStopStart", func(t *testing.T) {
-		if !haveExec || boot1 == "" {
-			t.Skip("skipped: needs `sandbox exec` (see ExecWritesFile)")
+		if boot1 == "" {
+			t.Fatal("ExecWritesFile did not record a boot id; nothing to compare")
 		}
 		out := e.cli("sandbox", "exec", "-n", sandbox, "--", "sh", "-c", "cat /sandbox/persist.txt && cat /proc/sys/kernel/random/boot_id")
 		lines := strings.Fields(out)
