@@ -145,11 +145,13 @@ type egressState struct {
 	proxyURL string
 	caFile   string
 	store    *credentials.Store
+	served   chan struct{} // closed when Serve returned
 }
 
 func (e *egressState) close() {
 	if e.prx != nil {
 		_ = e.prx.Close()
+		<-e.served
 	}
 	if e.net != nil {
 		_ = e.net.Close()
@@ -200,7 +202,9 @@ func startEgress(ctx context.Context, o Options, c *policy.Compiled, store *cred
 	}
 	st.prx = prx
 	st.proxyURL = "http://" + ln.Addr().String()
+	st.served = make(chan struct{})
 	go func() {
+		defer close(st.served)
 		if err := prx.Serve(ctx, ln); err != nil && ctx.Err() == nil {
 			slog.Error("egress proxy stopped", "err", err)
 		}
@@ -325,6 +329,9 @@ type policyWatcher struct {
 	net     *netns.Net
 	version uint32
 	log     *slog.Logger
+	// reportInitial reports version as applied when run starts (the start-up policy
+	// came from the gateway).
+	reportInitial bool
 
 	mu sync.Mutex
 }
@@ -376,6 +383,9 @@ func (w *policyWatcher) apply(ctx context.Context, resp *sandboxv1.GetSandboxCon
 // run polls the gateway until ctx ends; it also logs growth of the namespace's
 // refused-packet counter (programs bypassing the proxy).
 func (w *policyWatcher) run(ctx context.Context) {
+	if w.reportInitial {
+		w.report(ctx, w.version, nil)
+	}
 	t := time.NewTicker(policyPollInterval)
 	defer t.Stop()
 	var lastDenied uint64

@@ -284,10 +284,8 @@ func Run(ctx context.Context, cfg *bootstrap.Config, o Options) error {
 	}
 	log.Info("policy in force", "source", polSrc, "version", gwCfg.GetVersion(), "rules", len(pol.NetworkPolicies),
 		"proxy", eg.proxyURL, "network", o.Network, "confined", o.Confine, "providers", len(providers))
-	watcher := &policyWatcher{cc: cc, id: cfg.SandboxID, prx: eg.prx, net: eg.net, version: gwCfg.GetVersion(), log: log}
-	if gwCfg.GetPolicy() != nil {
-		go watcher.report(ctx, gwCfg.GetVersion(), nil)
-	}
+	watcher := &policyWatcher{cc: cc, id: cfg.SandboxID, prx: eg.prx, net: eg.net, version: gwCfg.GetVersion(), log: log,
+		reportInitial: gwCfg.GetPolicy() != nil}
 
 	var mainMu sync.Mutex
 	var main *mainproc.Main
