@@ -257,3 +257,29 @@ func waitLogs(t *testing.T, h *harness, box, want string) {
 		time.Sleep(500 * time.Millisecond)
 	}
 }
+
+// TestPolicyDefaultConfinement runs on either driver (E2E_DRIVER=vm covers the VM
+// guest): a sandbox without a policy gets the default one — sessions confined
+// (no_new_privs, seccomp), the proxy in the environment, and egress refused by it
+// with the denial in the sandbox's logs.
+func TestPolicyDefaultConfinement(t *testing.T) {
+	h := newHarness(t)
+	box := uniqueName("dflt")
+	h.create(box, "sh", "-c", "while true; do sleep 1; done")
+	r := h.mustRun(t, "sandbox", "exec", "-n", box, "--", "sh", "-c",
+		`grep -E '^(NoNewPrivs|Seccomp):' /proc/self/status | tr -s '\t ' ' '; echo "proxy=$HTTP_PROXY"`)
+	out := r.stdout
+	if !strings.Contains(out, "NoNewPrivs: 1") || !strings.Contains(out, "Seccomp: 2") || !strings.Contains(out, "proxy=http://") {
+		t.Fatalf("session not confined or not pointed at the proxy:\n%s", out)
+	}
+	if driver() == "vm" && !strings.Contains(out, "proxy=http://127.0.0.1:3128") {
+		t.Fatalf("VM guest proxy address: %s", out)
+	}
+	// A raw proxy request (the test image's busybox wget cannot resolve names).
+	r = h.run(t.Context(), "sandbox", "exec", "-n", box, "--", "sh", "-c",
+		`p=${HTTP_PROXY#http://}; printf 'GET http://blocked.example.com/ HTTP/1.1\r\nHost: blocked.example.com\r\nConnection: close\r\n\r\n' | nc -w 10 ${p%:*} ${p##*:} | head -1`)
+	if !strings.Contains(r.stdout, " 403 ") {
+		t.Fatalf("default policy: proxy answered %q %q, want 403", r.stdout, r.stderr)
+	}
+	waitLogs(t, h, box, "egress deny GET blocked.example.com:80")
+}
