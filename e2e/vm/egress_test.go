@@ -1,0 +1,176 @@
+package vm_test
+
+import (
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/openshell/openshell/images/bundle"
+	"github.com/openshell/openshell/internal/testenv"
+)
+
+// egressPolicy allows one host test server (by IP and port) and nothing else; the
+// filesystem part lets exec sessions read /sys (for the NIC listing).
+const egressPolicy = `version: 1
+filesystem_policy:
+  include_workdir: true
+  read_only: [/usr, /bin, /sbin, /etc, /proc, /sys, /dev/urandom, /dev/zero, /dev/random]
+  read_write: [/tmp, /dev/null, /dev/tty, /dev/pts, /dev/ptmx, /dev/shm]
+landlock:
+  compatibility: best_effort
+network_policies:
+  allowed:
+    endpoints:
+      - host: 127.0.0.1
+        port: %d
+`
+
+// countingServer is an HTTP server on the host's loopback that counts the TCP
+// connections it accepted.
+type countingServer struct {
+	ln    net.Listener
+	conns atomic.Int64
+}
+
+func startCountingServer(t *testing.T, body string) *countingServer {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &countingServer{ln: ln}
+	srv := &http.Server{
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, body) }),
+		ConnState: func(_ net.Conn, st http.ConnState) {
+			if st == http.StateNew {
+				s.conns.Add(1)
+			}
+		},
+	}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	return s
+}
+
+func (s *countingServer) port() int { return s.ln.Addr().(*net.TCPAddr).Port }
+
+// TestVMEgressNoNIC: a VM guest has no network interface but loopback; its programs
+// reach the network only through the supervisor's proxy, whose upstream is the host
+// runner over the vsock channel. The sandbox policy allows one host server and not
+// another: the allowed request passes, the other is answered 403 by the proxy and its
+// server never sees a connection.
+func TestVMEgressNoNIC(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds every binary and boots a VM")
+	}
+	testenv.RequireCommand(t, "qemu-system-x86_64", "run scripts/setup-vm-host.sh")
+	testenv.RequireCommand(t, "mkfs.ext4", "run scripts/setup-vm-host.sh")
+	testenv.RequireCommand(t, "go", "install Go")
+	_, kerr := bundle.FindKernel("")
+	testenv.Require(t, kerr == nil, fmt.Sprintf("guest kernel: %v; run scripts/setup-vm-host.sh", kerr))
+	busybox, berr := exec.LookPath("busybox")
+	testenv.Require(t, berr == nil && isStatic(busybox), "a static busybox is needed for the test image: apt-get install busybox-static")
+
+	allowed := startCountingServer(t, "hello-allowed")
+	denied := startCountingServer(t, "hello-denied")
+
+	e := newEnv(t)
+	image := e.buildImage(busybox)
+	port := freePort(t)
+	cfg := filepath.Join(e.tmp, "gateway.toml")
+	// The test servers listen on the host's loopback, which the runner's static guard
+	// refuses unless allowed: the sandbox policy is then what tells them apart.
+	os.WriteFile(cfg, []byte("[drivers.vm]\ncpus = 1\nmemory_mib = 512\negress_allow_private = true\n"), 0o600)
+	e.cli("gateway", "start", "--drivers", "vm", "--port", strconv.Itoa(port), "--state-dir", e.gwState, "--config", cfg)
+	t.Cleanup(func() {
+		e.cliMayFail("gateway", "stop")
+		e.killLeftovers()
+	})
+	polFile := filepath.Join(e.tmp, "policy.yaml")
+	if err := os.WriteFile(polFile, []byte(fmt.Sprintf(egressPolicy, allowed.port())), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	const box = "e2e-vm-egress"
+	t0 := time.Now()
+	e.cli("sandbox", "create", "--name", box, "--from", image, "--policy", polFile, "--timeout", cliTimeout.String(), "--", "sleep", "1000000")
+	t.Logf("create → Ready took %v", time.Since(t0))
+	t.Cleanup(func() { e.cliMayFail("sandbox", "delete", box) })
+
+	sh := func(script string) (string, error) {
+		out, err := e.run("sandbox", "exec", "-n", box, "--", "sh", "-c", script)
+		t.Logf("$ %s\n%s", script, out)
+		return out, err
+	}
+
+	t.Run("no NIC but lo", func(t *testing.T) {
+		out, err := sh("ls /sys/class/net")
+		if err != nil {
+			t.Fatalf("ls /sys/class/net: %v\n%s", err, out)
+		}
+		if f := strings.Fields(out); len(f) != 1 || f[0] != "lo" {
+			t.Fatalf("guest interfaces %q, want only lo", f)
+		}
+	})
+
+	// A raw request to the proxy named in the environment (busybox wget crashes on
+	// refused connections, nc does not).
+	get := func(s *countingServer) string {
+		return fmt.Sprintf(`p=${HTTP_PROXY#http://}; p=${p%%/}; printf 'GET http://127.0.0.1:%d/ HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nConnection: close\r\n\r\n' | nc -w 15 ${p%%:*} ${p##*:}`, s.port(), s.port())
+	}
+	t.Run("allowed server reached through the proxy", func(t *testing.T) {
+		out, err := sh(get(allowed))
+		if err != nil || !strings.Contains(out, " 200 ") || !strings.Contains(out, "hello-allowed") {
+			t.Fatalf("allowed request: %v\n%s", err, out)
+		}
+		if allowed.conns.Load() == 0 {
+			t.Fatal("the allowed server saw no connection")
+		}
+	})
+	t.Run("denied server refused with 403 and never connected", func(t *testing.T) {
+		out, _ := sh(get(denied))
+		if first, _, _ := strings.Cut(out, "\n"); !strings.Contains(first, " 403 ") {
+			t.Fatalf("denied request answered %q, want 403", out)
+		}
+		if strings.Contains(out, "hello-denied") {
+			t.Fatal("the denied server's body reached the guest")
+		}
+		if n := denied.conns.Load(); n != 0 {
+			t.Fatalf("the denied server saw %d connections", n)
+		}
+	})
+	t.Run("direct connection without the proxy fails", func(t *testing.T) {
+		before := allowed.conns.Load()
+		out, _ := sh(fmt.Sprintf(`printf 'GET / HTTP/1.0\r\n\r\n' | nc -w 5 127.0.0.1 %d; echo rc=$?`, allowed.port()))
+		if strings.Contains(out, "hello-allowed") || allowed.conns.Load() != before {
+			t.Fatalf("a direct connection from the guest reached the host server:\n%s", out)
+		}
+	})
+
+	e.cli("sandbox", "delete", box)
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		out, err := e.cliMayFail("sandbox", "get", box)
+		if err != nil && strings.Contains(strings.ToLower(out), "not found") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("sandbox still there 2 min after delete: %s", out)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	time.Sleep(time.Second)
+	if ents, _ := os.ReadDir(filepath.Join(e.gwState, "vm-driver", "sb")); len(ents) != 0 {
+		t.Errorf("sandbox state left behind: %v", ents)
+	}
+	if p := e.qemuProcs(); len(p) != 0 {
+		t.Errorf("processes left behind: %v", p)
+	}
+}
