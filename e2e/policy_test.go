@@ -267,10 +267,14 @@ func TestPolicyDefaultConfinement(t *testing.T) {
 	box := uniqueName("dflt")
 	h.create(box, "sh", "-c", "while true; do sleep 1; done")
 	r := h.mustRun(t, "sandbox", "exec", "-n", box, "--", "sh", "-c",
-		`grep -E '^(NoNewPrivs|Seccomp):' /proc/self/status | tr -s '\t ' ' '; echo "proxy=$HTTP_PROXY"`)
+		`grep -E '^(NoNewPrivs|Seccomp|CapEff|CapBnd):' /proc/self/status | tr -s '\t ' ' '; echo "proxy=$HTTP_PROXY"`)
 	out := r.stdout
 	if !strings.Contains(out, "NoNewPrivs: 1") || !strings.Contains(out, "Seccomp: 2") || !strings.Contains(out, "proxy=http://") {
 		t.Fatalf("session not confined or not pointed at the proxy:\n%s", out)
+	}
+	// No capability now, and none to regain: the bounding set is empty too.
+	if !strings.Contains(out, "CapEff: 0000000000000000") || !strings.Contains(out, "CapBnd: 0000000000000000") {
+		t.Fatalf("session keeps capabilities:\n%s", out)
 	}
 	if driver() == "vm" && !strings.Contains(out, "proxy=http://127.0.0.1:3128") {
 		t.Fatalf("VM guest proxy address: %s", out)

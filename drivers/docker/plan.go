@@ -26,7 +26,9 @@ import (
 //     supervisor's proxy).
 //   - SYS_ADMIN: create the agent's network namespace and mounts (unshare/mount need
 //     it); Landlock and seccomp themselves need no capability.
-var supervisorCaps = []string{"CHOWN", "DAC_OVERRIDE", "FOWNER", "SETUID", "SETGID", "KILL", "NET_ADMIN", "SYS_ADMIN"}
+//   - SETPCAP: empty the agent's capability bounding set before it runs, so nothing
+//     it executes can regain a capability.
+var supervisorCaps = []string{"CHOWN", "DAC_OVERRIDE", "FOWNER", "SETUID", "SETGID", "KILL", "NET_ADMIN", "SYS_ADMIN", "SETPCAP"}
 
 // plan is a validated create request with everything resolved.
 type plan struct {
