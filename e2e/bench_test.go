@@ -12,7 +12,7 @@ import (
 )
 
 // TestBenchVsDocker compares `openshell sandbox exec -- true` with `docker exec
-// CONTAINER true` (p50/p99), and a 256 MiB upload with `docker cp`. It prints the
+// CONTAINER true` (p50/p99), and a 256 MiB upload and download with `docker cp`. It prints the
 // ratios; it runs with OPENSHELL_BENCH=1 and the docker driver only.
 func TestBenchVsDocker(t *testing.T) {
 	if os.Getenv("OPENSHELL_BENCH") != "1" {
@@ -65,4 +65,20 @@ func TestBenchVsDocker(t *testing.T) {
 	cp := time.Since(start)
 	fmt.Printf("upload 256 MiB: openshell %v (%.0f MiB/s) | docker cp %v (%.0f MiB/s) | ratio %.2f\n",
 		up, 256/up.Seconds(), cp, 256/cp.Seconds(), up.Seconds()/cp.Seconds())
+
+	dl := t.TempDir()
+	start = time.Now()
+	h.mustRun(t, "sandbox", "download", bench, "/tmp/up", filepath.Join(dl, "osh"))
+	down := time.Since(start)
+	start = time.Now()
+	if out, err := exec.CommandContext(ctx, "docker", "cp", cid+":/tmp/cp", filepath.Join(dl, "cp")).CombinedOutput(); err != nil {
+		t.Fatalf("docker cp out: %v %s", err, out)
+	}
+	cpDown := time.Since(start)
+	got, err := os.Stat(filepath.Join(dl, "osh", "big", "blob.bin"))
+	if err != nil || got.Size() != 256<<20 {
+		t.Fatalf("downloaded blob: %v size %v", err, got)
+	}
+	fmt.Printf("download 256 MiB: openshell %v (%.0f MiB/s) | docker cp %v (%.0f MiB/s) | ratio %.2f\n",
+		down, 256/down.Seconds(), cpDown, 256/cpDown.Seconds(), down.Seconds()/cpDown.Seconds())
 }
