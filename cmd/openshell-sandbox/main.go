@@ -121,6 +121,13 @@ func run(mode string) int {
 	}
 	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: logLevel(cfg.LogLevel)}))
 	opts.Logger = logger
+	if mode == "vsock" && cfg.SandboxName != "" {
+		// The guest kernel boots without a hostname ("(none)"); a container gets one
+		// from its engine. Name the VM after its sandbox, as a user would expect.
+		if err := syscall.Sethostname([]byte(cfg.SandboxName)); err != nil {
+			logger.Warn("cannot set the hostname", "err", err)
+		}
+	}
 	if err := supervisor.Run(ctx, cfg, opts); err != nil {
 		logger.Error("supervisor failed", "err", err)
 		return 1

@@ -83,6 +83,9 @@ func TestVMEndToEnd(t *testing.T) {
 	if len(boot0) != 36 {
 		t.Fatalf("boot id %q is not a UUID", boot0)
 	}
+	if h := strings.TrimSpace(e.cli("sandbox", "exec", "-n", sandbox, "--", "hostname")); h != sandbox {
+		t.Errorf("guest hostname %q, want the sandbox name %q", h, sandbox)
+	}
 
 	// A gateway restart (which stops the driver process by PID) leaves the VM running;
 	// the new gateway's driver re-adopts it and the supervisor reconnects.
