@@ -155,10 +155,10 @@ type serialSession struct {
 	sess   *yamux.Session
 	f      *os.File
 
-	listeners map[uint32]*portListener
+	ports *wire.Ports
 }
 
-var serialMux = &serialSession{listeners: map[uint32]*portListener{}}
+var serialMux = &serialSession{ports: wire.NewPorts("guest")}
 
 func (s *serialSession) current() *yamux.Session {
 	s.mu.Lock()
@@ -254,18 +254,7 @@ func (s *serialSession) acceptLoop(sess *yamux.Session) {
 				_ = st.Close()
 				return
 			}
-			s.mu.Lock()
-			l := s.listeners[port]
-			s.mu.Unlock()
-			if l == nil {
-				_ = st.Close()
-				return
-			}
-			select {
-			case l.conns <- st:
-			case <-l.done:
-				_ = st.Close()
-			}
+			s.ports.Deliver(port, st)
 		}()
 	}
 }
@@ -273,18 +262,14 @@ func (s *serialSession) acceptLoop(sess *yamux.Session) {
 // listen registers a port and keeps a session up in the background so that host
 // dials reach the guest even if the guest never dials first.
 func (s *serialSession) listen(port uint32) (net.Listener, error) {
-	s.mu.Lock()
-	if _, dup := s.listeners[port]; dup {
-		s.mu.Unlock()
-		return nil, fmt.Errorf("guest channel: port %d already has a listener", port)
+	l, err := s.ports.Listen(port)
+	if err != nil {
+		return nil, fmt.Errorf("guest channel: %w", err)
 	}
-	l := &portListener{s: s, port: port, conns: make(chan net.Conn, 16), done: make(chan struct{})}
-	s.listeners[port] = l
-	s.mu.Unlock()
 	go func() {
 		for {
 			select {
-			case <-l.done:
+			case <-l.Done():
 				return
 			default:
 			}
@@ -297,46 +282,10 @@ func (s *serialSession) listen(port uint32) (net.Listener, error) {
 			}
 			select {
 			case <-sess.CloseChan():
-			case <-l.done:
+			case <-l.Done():
 				return
 			}
 		}
 	}()
 	return l, nil
 }
-
-type portListener struct {
-	s     *serialSession
-	port  uint32
-	conns chan net.Conn
-	done  chan struct{}
-	once  sync.Once
-}
-
-func (l *portListener) Accept() (net.Conn, error) {
-	select {
-	case c := <-l.conns:
-		return c, nil
-	case <-l.done:
-		return nil, net.ErrClosed
-	}
-}
-
-func (l *portListener) Close() error {
-	l.once.Do(func() {
-		close(l.done)
-		l.s.mu.Lock()
-		if l.s.listeners[l.port] == l {
-			delete(l.s.listeners, l.port)
-		}
-		l.s.mu.Unlock()
-	})
-	return nil
-}
-
-type portAddr uint32
-
-func (a portAddr) Network() string { return "virtio-serial" }
-func (a portAddr) String() string  { return fmt.Sprintf("guest:%d", uint32(a)) }
-
-func (l *portListener) Addr() net.Addr { return portAddr(l.port) }

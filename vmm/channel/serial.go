@@ -2,7 +2,6 @@ package channel
 
 import (
 	"context"
-	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -24,11 +23,11 @@ func NewSerial(sockPath string, log *slog.Logger) *Host {
 		log = slog.Default()
 	}
 	s := &serial{
-		path:      sockPath,
-		log:       log.With("channel", TransportVirtioSerial, "socket", sockPath),
-		listeners: map[uint32]*serialListener{},
-		done:      make(chan struct{}),
-		ready:     make(chan struct{}),
+		path:  sockPath,
+		log:   log.With("channel", TransportVirtioSerial, "socket", sockPath),
+		ports: wire.NewPorts("host"),
+		done:  make(chan struct{}),
+		ready: make(chan struct{}),
 	}
 	go s.run()
 	return &Host{transport: TransportVirtioSerial, t: s}
@@ -41,7 +40,7 @@ type serial struct {
 	mu        sync.Mutex
 	sess      *yamux.Session
 	ready     chan struct{} // closed while sess != nil; replaced when it dies
-	listeners map[uint32]*serialListener
+	ports     *wire.Ports
 	done      chan struct{}
 	closeOnce sync.Once
 }
@@ -132,18 +131,7 @@ func (s *serial) route(st *yamux.Stream) {
 		return
 	}
 	_ = st.SetReadDeadline(time.Time{})
-	s.mu.Lock()
-	l := s.listeners[port]
-	s.mu.Unlock()
-	if l == nil {
-		_ = st.Close()
-		return
-	}
-	select {
-	case l.conns <- st:
-	case <-l.done:
-		_ = st.Close()
-	}
+	s.ports.Deliver(port, st)
 }
 
 func (s *serial) listen(port uint32) (net.Listener, error) {
@@ -154,11 +142,10 @@ func (s *serial) listen(port uint32) (net.Listener, error) {
 		return nil, ErrClosed
 	default:
 	}
-	if _, dup := s.listeners[port]; dup {
-		return nil, fmt.Errorf("port %d already has a listener", port)
+	l, err := s.ports.Listen(port)
+	if err != nil {
+		return nil, err // not a typed nil in the interface
 	}
-	l := &serialListener{s: s, port: port, conns: make(chan net.Conn, 16), done: make(chan struct{})}
-	s.listeners[port] = l
 	return l, nil
 }
 
@@ -197,47 +184,8 @@ func (s *serial) close() error {
 		if s.sess != nil {
 			_ = s.sess.Close()
 		}
-		ls := s.listeners
 		s.mu.Unlock()
-		for _, l := range ls {
-			_ = l.Close()
-		}
+		s.ports.CloseAll()
 	})
 	return nil
 }
-
-type serialListener struct {
-	s     *serial
-	port  uint32
-	conns chan net.Conn
-	done  chan struct{}
-	once  sync.Once
-}
-
-func (l *serialListener) Accept() (net.Conn, error) {
-	select {
-	case c := <-l.conns:
-		return c, nil
-	case <-l.done:
-		return nil, net.ErrClosed
-	}
-}
-
-func (l *serialListener) Close() error {
-	l.once.Do(func() {
-		close(l.done)
-		l.s.mu.Lock()
-		if l.s.listeners[l.port] == l {
-			delete(l.s.listeners, l.port)
-		}
-		l.s.mu.Unlock()
-	})
-	return nil
-}
-
-type serialAddr uint32
-
-func (a serialAddr) Network() string { return "virtio-serial" }
-func (a serialAddr) String() string  { return fmt.Sprintf("host:%d", uint32(a)) }
-
-func (l *serialListener) Addr() net.Addr { return serialAddr(l.port) }
