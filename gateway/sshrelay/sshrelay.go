@@ -228,30 +228,7 @@ func Exec(ctx context.Context, conn io.ReadWriteCloser, req *pb.ExecSandboxReque
 	if err := sess.Start(cmd); err != nil {
 		return status.Errorf(codes.Unavailable, "start command in the sandbox: %v", err)
 	}
-	waitErr := make(chan error, 1)
-	go func() { waitErr <- sess.Wait() }()
-	var timeout <-chan time.Time
-	if s := req.GetTimeoutSeconds(); s > 0 {
-		t := time.NewTimer(time.Duration(s) * time.Second)
-		defer t.Stop()
-		timeout = t.C
-	}
-	select {
-	case err := <-waitErr:
-		code, err := waitCode(err)
-		if err != nil {
-			return err
-		}
-		return k.exit(code)
-	case <-timeout:
-		_ = sess.Signal(ssh.SIGKILL)
-		err := k.exit(TimeoutExitCode)
-		client.Close()
-		return err
-	case <-ctx.Done():
-		_ = sess.Signal(ssh.SIGKILL)
-		return ctx.Err()
-	}
+	return awaitExit(ctx, sess, client, k, req.GetTimeoutSeconds(), nil, ssh.SIGKILL)
 }
 
 // Interactive runs first over conn and streams stdin and resize frames from recv
@@ -317,11 +294,18 @@ func Interactive(ctx context.Context, conn io.ReadWriteCloser, first *pb.ExecSan
 			}
 		}
 	}()
+	return awaitExit(ctx, sess, client, k, first.GetTimeoutSeconds(), recvErr, ssh.SIGHUP)
+}
+
+// awaitExit ends an exec with exactly one exit event: the command's status, or
+// TimeoutExitCode once timeoutSeconds (0 = none) pass. A client stream error
+// (recvErr, nil for none) or ctx ending sends cancelSig to the command instead.
+func awaitExit(ctx context.Context, sess *ssh.Session, client *ssh.Client, k *sink, timeoutSeconds uint32, recvErr <-chan error, cancelSig ssh.Signal) error {
 	waitErr := make(chan error, 1)
 	go func() { waitErr <- sess.Wait() }()
 	var timeout <-chan time.Time
-	if s := first.GetTimeoutSeconds(); s > 0 {
-		t := time.NewTimer(time.Duration(s) * time.Second)
+	if timeoutSeconds > 0 {
+		t := time.NewTimer(time.Duration(timeoutSeconds) * time.Second)
 		defer t.Stop()
 		timeout = t.C
 	}
@@ -338,10 +322,10 @@ func Interactive(ctx context.Context, conn io.ReadWriteCloser, first *pb.ExecSan
 		client.Close()
 		return err
 	case err := <-recvErr:
-		_ = sess.Signal(ssh.SIGHUP)
+		_ = sess.Signal(cancelSig)
 		return err
 	case <-ctx.Done():
-		_ = sess.Signal(ssh.SIGHUP)
+		_ = sess.Signal(cancelSig)
 		return ctx.Err()
 	}
 }
