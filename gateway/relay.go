@@ -248,7 +248,9 @@ func (s *Server) ForwardTcp(stream openshellv1.OpenShell_ForwardTcpServer) error
 	return pumpForward(ctx, stream, conn)
 }
 
-const forwardChunk = 64 * 1024
+// forwardChunk is the largest data frame sent back on a ForwardTcp stream (well
+// under the 1 MiB message limit; large frames keep per-frame costs low).
+const forwardChunk = 256 * 1024
 
 func pumpForward(ctx context.Context, stream openshellv1.OpenShell_ForwardTcpServer, conn io.ReadWriteCloser) error {
 	go func() {
@@ -271,7 +273,9 @@ func pumpForward(ctx context.Context, stream openshellv1.OpenShell_ForwardTcpSer
 	for {
 		n, err := conn.Read(buf)
 		if n > 0 {
-			if serr := stream.Send(&openshellv1.TcpForwardFrame{Payload: &openshellv1.TcpForwardFrame_Data{Data: append([]byte(nil), buf[:n]...)}}); serr != nil {
+			// Send marshals before it returns (no stats handler keeps the message),
+			// so buf is reused without a per-frame copy.
+			if serr := stream.Send(&openshellv1.TcpForwardFrame{Payload: &openshellv1.TcpForwardFrame_Data{Data: buf[:n]}}); serr != nil {
 				return serr
 			}
 		}

@@ -11,7 +11,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -39,8 +38,10 @@ const (
 	HeartbeatInterval = 15 * time.Second
 	RelayOpenTimeout  = 10 * time.Second
 	DefaultMaxRelays  = 64
-	// ChunkSize is the largest data frame the hub sends on a RelayStream.
-	ChunkSize = 16 * 1024
+	// ChunkSize is the largest data frame the hub sends on a RelayStream: large frames
+	// keep per-frame costs (syscalls, wakeups, allocations) small on bulk transfers;
+	// it stays well under the 1 MiB message limit.
+	ChunkSize = 256 * 1024
 )
 
 // Listener is told when a sandbox's session comes or goes.
@@ -95,7 +96,7 @@ type pendingRelay struct {
 }
 
 type pairResult struct {
-	conn net.Conn
+	conn io.ReadWriteCloser
 	err  error
 }
 
@@ -323,14 +324,14 @@ func (h *Hub) OpenRelay(ctx context.Context, sandboxID string, target *openshell
 			release()
 			return nil, r.err
 		}
-		return &relayConn{Conn: r.conn, release: release}, nil
+		return &relayConn{ReadWriteCloser: r.conn, release: release}, nil
 	case <-timer.C:
 		drop()
 		// A pairing may have raced the timer.
 		select {
 		case r := <-p.result:
 			if r.err == nil {
-				return &relayConn{Conn: r.conn, release: release}, nil
+				return &relayConn{ReadWriteCloser: r.conn, release: release}, nil
 			}
 		default:
 		}
@@ -351,13 +352,13 @@ func (h *Hub) OpenRelay(ctx context.Context, sandboxID string, target *openshell
 }
 
 type relayConn struct {
-	net.Conn
+	io.ReadWriteCloser
 	once    sync.Once
 	release func()
 }
 
 func (c *relayConn) Close() error {
-	err := c.Conn.Close()
+	err := c.ReadWriteCloser.Close()
 	c.once.Do(c.release)
 	return err
 }
@@ -379,7 +380,7 @@ func (h *Hub) ServeRelay(stream RelayStreamServer, channel string, authorize fun
 	if err := authorize(p.sandboxID); err != nil {
 		return err
 	}
-	gwSide, relaySide := net.Pipe()
+	gwSide, relaySide := bufPipe()
 	h.mu.Lock()
 	if h.pending[channel] != p {
 		h.mu.Unlock()
@@ -395,14 +396,21 @@ func (h *Hub) ServeRelay(stream RelayStreamServer, channel string, authorize fun
 
 	// stream → pipe
 	go func() {
-		defer relaySide.Close()
 		for {
 			f, err := stream.Recv()
 			if err != nil {
+				if errors.Is(err, io.EOF) {
+					// The supervisor half-closed: the gateway side reads EOF after
+					// the buffered bytes.
+					_ = relaySide.CloseWrite()
+					return
+				}
+				relaySide.Close()
 				return
 			}
 			if d := f.GetData(); len(d) > 0 {
 				if _, err := relaySide.Write(d); err != nil {
+					relaySide.Close()
 					return
 				}
 			}
@@ -415,7 +423,9 @@ func (h *Hub) ServeRelay(stream RelayStreamServer, channel string, authorize fun
 	for {
 		n, err := relaySide.Read(buf)
 		if n > 0 {
-			if serr := stream.Send(&openshellv1.RelayFrame{Payload: &openshellv1.RelayFrame_Data{Data: append([]byte(nil), buf[:n]...)}}); serr != nil {
+			// Send marshals the frame before it returns (no stats handler keeps it),
+			// so buf is reused without a per-frame copy.
+			if serr := stream.Send(&openshellv1.RelayFrame{Payload: &openshellv1.RelayFrame_Data{Data: buf[:n]}}); serr != nil {
 				relaySide.Close()
 				return serr
 			}

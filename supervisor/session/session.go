@@ -23,8 +23,10 @@ import (
 	pb "github.com/openshell/openshell/api/openshellv1"
 )
 
-// RelayChunk is the largest data frame the supervisor sends on a relay.
-const RelayChunk = 16 << 10
+// RelayChunk is the largest data frame the supervisor sends on a relay: one read of
+// the SSH server's socket takes whatever is queued, up to this much (well under the
+// gateway's 1 MiB message limit), so bulk transfers pay per-frame costs rarely.
+const RelayChunk = 256 << 10
 
 // Config configures a Client.
 type Config struct {
@@ -378,7 +380,9 @@ func Pump(ctx context.Context, conn net.Conn, rs grpc.BidiStreamingClient[pb.Rel
 		for {
 			n, err := conn.Read(buf)
 			if n > 0 {
-				if serr := rs.Send(&pb.RelayFrame{Payload: &pb.RelayFrame_Data{Data: append([]byte(nil), buf[:n]...)}}); serr != nil {
+				// Send marshals before it returns (no stats handler keeps the
+				// message), so buf is reused without a per-frame copy.
+				if serr := rs.Send(&pb.RelayFrame{Payload: &pb.RelayFrame_Data{Data: buf[:n]}}); serr != nil {
 					cancel()
 					return
 				}

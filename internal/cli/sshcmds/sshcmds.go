@@ -58,13 +58,80 @@ func resolve(ctx context.Context, api pb.OpenShellClient, name string) (string, 
 }
 
 // forwardConn is a ForwardTcp stream as a net.Conn.
+//
+// Writes are coalesced: Write only queues bytes, and one sender goroutine sends
+// whatever has queued as frames of up to forwardChunk. The SSH client writes one
+// packet (at most ~32 KiB) per Write; sending each as its own frame would multiply
+// the per-frame costs along the whole relay path.
 type forwardConn struct {
 	stream grpc.BidiStreamingClient[pb.TcpForwardFrame, pb.TcpForwardFrame]
 	cancel context.CancelFunc
 	buf    []byte
 	rmu    sync.Mutex
-	wmu    sync.Mutex
-	once   sync.Once
+
+	wmu     sync.Mutex
+	wcond   sync.Cond // pending changed, or closing/werr set
+	pending []byte
+	closing bool  // no more writes: the sender flushes, then half-closes
+	werr    error // the sender failed; writes fail with it
+	sent    chan struct{}
+	stopCtx func() bool
+	once    sync.Once
+}
+
+const (
+	// forwardChunk is the largest frame sent (well under the gateway's 1 MiB limit).
+	forwardChunk = 256 << 10
+	// forwardQueue bounds the queued bytes: a writer blocks beyond it, so a slow
+	// peer pushes back.
+	forwardQueue = 1 << 20
+)
+
+func newForwardConn(ctx context.Context, stream grpc.BidiStreamingClient[pb.TcpForwardFrame, pb.TcpForwardFrame], cancel context.CancelFunc) *forwardConn {
+	c := &forwardConn{stream: stream, cancel: cancel, sent: make(chan struct{})}
+	c.wcond.L = &c.wmu
+	// A cancelled stream ends the sender even if nobody closes the conn.
+	c.stopCtx = context.AfterFunc(ctx, func() {
+		c.wmu.Lock()
+		c.closing = true
+		c.wmu.Unlock()
+		c.wcond.Broadcast()
+	})
+	go c.sender()
+	return c
+}
+
+func (c *forwardConn) sender() {
+	defer close(c.sent)
+	var spare []byte
+	for {
+		c.wmu.Lock()
+		for len(c.pending) == 0 && !c.closing {
+			c.wcond.Wait()
+		}
+		if len(c.pending) == 0 {
+			c.wmu.Unlock()
+			_ = c.stream.CloseSend()
+			return
+		}
+		batch := c.pending
+		c.pending = spare[:0]
+		c.wmu.Unlock()
+		c.wcond.Broadcast()
+		for off := 0; off < len(batch); off += forwardChunk {
+			// Send marshals before it returns (no stats handler keeps the message),
+			// so batch is reused afterwards.
+			if err := c.stream.Send(&pb.TcpForwardFrame{Payload: &pb.TcpForwardFrame_Data{Data: batch[off:min(len(batch), off+forwardChunk)]}}); err != nil {
+				c.wmu.Lock()
+				c.werr = err
+				c.pending = nil
+				c.wmu.Unlock()
+				c.wcond.Broadcast()
+				return
+			}
+		}
+		spare = batch
+	}
 }
 
 func (c *forwardConn) Read(p []byte) (int, error) {
@@ -85,35 +152,56 @@ func (c *forwardConn) Read(p []byte) (int, error) {
 	return n, nil
 }
 
-const forwardChunk = 64 << 10
-
 func (c *forwardConn) Write(p []byte) (int, error) {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
 	written := 0
 	for len(p) > 0 {
-		n := min(len(p), forwardChunk)
-		if err := c.stream.Send(&pb.TcpForwardFrame{Payload: &pb.TcpForwardFrame_Data{Data: append([]byte(nil), p[:n]...)}}); err != nil {
-			return written, err
+		for len(c.pending) >= forwardQueue && c.werr == nil && !c.closing {
+			c.wcond.Wait()
 		}
-		written += n
-		p = p[n:]
+		if c.werr != nil {
+			return written, c.werr
+		}
+		if c.closing {
+			return written, net.ErrClosed
+		}
+		n := min(len(p), forwardQueue-len(c.pending))
+		c.pending = append(c.pending, p[:n]...)
+		p, written = p[n:], written+n
+		c.wcond.Broadcast()
 	}
 	return written, nil
 }
 
-// CloseWrite half-closes: the sandbox side sees EOF.
-func (c *forwardConn) CloseWrite() error {
+// finish stops writes and waits (at most wait) for the queued bytes to be sent and
+// the stream half-closed.
+func (c *forwardConn) finish(wait time.Duration) error {
+	c.wmu.Lock()
+	c.closing = true
+	c.wmu.Unlock()
+	c.wcond.Broadcast()
+	t := time.NewTimer(wait)
+	defer t.Stop()
+	select {
+	case <-c.sent:
+	case <-t.C:
+		return errors.New("forward: queued data not sent in time")
+	}
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
-	return c.stream.CloseSend()
+	return c.werr
 }
+
+// CloseWrite half-closes: the sandbox side sees EOF after the queued bytes.
+func (c *forwardConn) CloseWrite() error { return c.finish(time.Minute) }
 
 func (c *forwardConn) Close() error {
 	c.once.Do(func() {
-		c.wmu.Lock()
-		_ = c.stream.CloseSend()
-		c.wmu.Unlock()
+		// Give queued bytes a moment to leave; a peer that stopped reading must
+		// not hold Close up.
+		_ = c.finish(2 * time.Second)
+		c.stopCtx()
 		c.cancel()
 	})
 	return nil
@@ -157,7 +245,7 @@ func openForward(ctx context.Context, api pb.OpenShellClient, sandboxID, token s
 		}
 		return nil, fmt.Errorf("forward to sandbox %s: %w", sandboxID, err)
 	}
-	return &forwardConn{stream: stream, cancel: cancel}, nil
+	return newForwardConn(fctx, stream, cancel), nil
 }
 
 // sshClient opens an SSH client to the sandbox through the gateway.
