@@ -145,7 +145,11 @@ func (g *Gateway) Dial(ctx context.Context, opts ...grpc.DialOption) (*grpc.Clie
 		}
 		creds = credentials.NewTLS(tc)
 	}
-	opts = append([]grpc.DialOption{grpc.WithTransportCredentials(creds)}, opts...)
+	opts = append([]grpc.DialOption{grpc.WithTransportCredentials(creds),
+		// Large flow-control windows and socket buffers: uploads and downloads stream
+		// through ForwardTcp and must not stall on the 64 KiB defaults.
+		grpc.WithInitialWindowSize(4 << 20), grpc.WithInitialConnWindowSize(8 << 20),
+		grpc.WithReadBufferSize(256 << 10), grpc.WithWriteBufferSize(256 << 10)}, opts...)
 	return grpc.NewClient("passthrough:///"+target, opts...)
 }
 

@@ -215,7 +215,10 @@ func Start(ctx context.Context, cfg *config.Config, log *slog.Logger) (_ *Gatewa
 	}
 	cleanups = append(cleanups, srv.Close)
 
-	var opts []grpc.ServerOption
+	// Large flow-control windows and socket buffers: file transfers and port forwards
+	// stream through ForwardTcp and RelayStream and must not stall on 64 KiB defaults.
+	opts := []grpc.ServerOption{grpc.InitialWindowSize(4 << 20), grpc.InitialConnWindowSize(8 << 20),
+		grpc.ReadBufferSize(256 << 10), grpc.WriteBufferSize(256 << 10)}
 	if bundle != nil {
 		opts = append(opts, grpc.Creds(credentials.NewTLS(bundle.ServerTLSConfig())))
 	}

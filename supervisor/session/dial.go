@@ -143,5 +143,9 @@ func Dial(o DialOptions) (*grpc.ClientConn, error) {
 		// noticed by keepalive rather than by waiting forever.
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 30 * time.Second, Timeout: 10 * time.Second, PermitWithoutStream: true}),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(4<<20)),
+		// Large flow-control windows and socket buffers: relays carry file transfers
+		// and must not stall on the 64 KiB defaults.
+		grpc.WithInitialWindowSize(4<<20), grpc.WithInitialConnWindowSize(8<<20),
+		grpc.WithReadBufferSize(256<<10), grpc.WithWriteBufferSize(256<<10),
 	)
 }
