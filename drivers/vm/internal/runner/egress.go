@@ -23,13 +23,16 @@ import (
 //
 //	CONNECT <ip-or-host>:<port> HTTP/1.1   → 200 then raw bytes both ways (a tunnel),
 //	                                          403 when the host-side policy refuses the
-//	                                          destination, 502 when the dial fails
+//	                                          destination, 503 while the sandbox policy is
+//	                                          not loaded yet, 502 when the dial fails
 //	GET /v1/resolve?name=<host> HTTP/1.1   → 200 {"addrs":["1.2.3.4",...]} (host DNS;
 //	                                          the guest has no network of its own)
 //
 // The guest's supervisor enforces the sandbox's network policy in its proxy; the runner
-// checks again outside the VM boundary that the destination is not the host's own or
-// internal networks (loopback, private, link-local, CGNAT, multicast) unless allowed.
+// checks again outside the VM boundary, so a compromised guest gets no further: the
+// destination must be named by the sandbox's network policy (polled from the gateway,
+// see policysync.go) and must not be the host's own or internal networks (loopback,
+// private, link-local, CGNAT, multicast) unless allowed.
 
 // EgressPolicy is the host-side check on guest egress.
 type EgressPolicy struct {
@@ -79,10 +82,15 @@ type egress struct {
 	// against it on host and port (the calling binary is not visible outside the VM)
 	// in addition to the static guard, so a compromised guest cannot reach what its
 	// policy does not name.
-	dest     *policy.Compiled
-	log      *slog.Logger
-	resolver *net.Resolver
-	dial     func(ctx context.Context, network, addr string) (net.Conn, error)
+	// It is read on every CONNECT (the runner's policySync swaps it as the gateway's
+	// policy changes); nil = not known.
+	dest func() *policy.Compiled
+	// requireDest makes an unknown sandbox policy refuse CONNECTs (503) instead of
+	// falling back to the static guard alone: fail closed until the policy is loaded.
+	requireDest bool
+	log         *slog.Logger
+	resolver    *net.Resolver
+	dial        func(ctx context.Context, network, addr string) (net.Conn, error)
 	// readTimeout bounds reading the request (default 30s).
 	readTimeout time.Duration
 }
@@ -96,21 +104,46 @@ func serveEgress(l net.Listener, p EgressPolicy, log *slog.Logger) {
 // only). A policy that does not parse is an error: the caller must not start the
 // guest's egress without the check it asked for.
 func serveEgressPolicy(l net.Listener, p EgressPolicy, policyYAML []byte, log *slog.Logger) error {
-	e := &egress{policy: p, log: log, resolver: net.DefaultResolver, dial: (&net.Dialer{}).DialContext}
+	e := newEgress(p, log)
 	if len(policyYAML) > 0 {
-		pol, err := policy.Parse(policyYAML)
-		if err == nil {
-			e.dest, err = policy.Compile(pol)
-		}
+		c, err := compileYAML(policyYAML)
 		if err != nil {
 			l.Close()
 			return fmt.Errorf("runner: the sandbox policy for the egress re-check: %w", err)
 		}
+		e.dest = func() *policy.Compiled { return c }
 	}
+	e.serve(l)
+	return nil
+}
+
+// serveEgressSynced is serveEgress re-checking CONNECT destinations against the
+// sandbox policy src holds at the time of each request (the gateway's current one);
+// while src knows no policy yet, CONNECTs are refused with 503.
+func serveEgressSynced(l net.Listener, p EgressPolicy, src *policySync, log *slog.Logger) {
+	e := newEgress(p, log)
+	e.dest, e.requireDest = src.Current, true
+	e.serve(l)
+}
+
+func newEgress(p EgressPolicy, log *slog.Logger) *egress {
+	return &egress{policy: p, log: log, resolver: net.DefaultResolver, dial: (&net.Dialer{}).DialContext}
+}
+
+func compileYAML(b []byte) (*policy.Compiled, error) {
+	pol, err := policy.Parse(b)
+	if err != nil {
+		return nil, err
+	}
+	return policy.Compile(pol)
+}
+
+// serve accepts until l is closed.
+func (e *egress) serve(l net.Listener) {
 	for {
 		c, err := l.Accept()
 		if err != nil {
-			return nil
+			return
 		}
 		go e.handle(c)
 	}
@@ -164,13 +197,22 @@ func (e *egress) connect(ctx context.Context, c net.Conn, br *bufio.Reader, targ
 		reply(c, http.StatusBadRequest, "CONNECT needs host:port")
 		return
 	}
-	var allowedIPs []netip.Prefix
+	var dest *policy.Compiled
 	if e.dest != nil {
+		dest = e.dest()
+	}
+	if dest == nil && e.requireDest {
+		e.log.Warn("egress: refused: the sandbox policy is not loaded yet from the gateway", "target", target, "host", name)
+		reply(c, http.StatusServiceUnavailable, "policy not loaded yet: the VM runner has not fetched the sandbox policy from the gateway")
+		return
+	}
+	var allowedIPs []netip.Prefix
+	if dest != nil {
 		pn, perr := strconv.Atoi(port)
 		if name == "" {
 			name = host
 		}
-		d := e.dest.Destination(strings.Trim(name, "[]"), pn)
+		d := dest.Destination(strings.Trim(name, "[]"), pn)
 		if perr == nil && d.Allow && name != host {
 			// A name that is itself an address must be the address dialed.
 			if a, err := netip.ParseAddr(strings.Trim(name, "[]")); err == nil {

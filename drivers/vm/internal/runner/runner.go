@@ -237,10 +237,17 @@ func Run(ctx context.Context, dir string, o Options) (retErr error) {
 		setReason(ReasonBootFailed, "bootstrap config")
 		return fmt.Errorf("runner: encode bootstrap config: %w", err)
 	}
-	wg.Add(3)
+	// The guest's egress is re-checked here against the sandbox's network policy,
+	// which the runner polls from the gateway (fail closed until it is known).
+	stopEgress, err := startEgress(ctx, lns[2], spec, func() string { return gwAddr.Load().(string) }, log)
+	if err != nil {
+		setReason(ReasonBootFailed, "cannot serve the guest's egress with the policy check")
+		return err
+	}
+	defer stopEgress()
+	wg.Add(2)
 	go func() { defer wg.Done(); serveBootstrap(lns[0], bootDoc, box, log) }()
 	go func() { defer wg.Done(); serveGateway(lns[1], &gwAddr, box, log) }()
-	go func() { defer wg.Done(); serveEgress(lns[2], spec.Egress, log) }()
 
 	exited := make(chan error, 1)
 	go func() { exited <- m.Wait(context.Background()) }()
