@@ -7,9 +7,40 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
+	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
+
+// procCPU is the CPU time pid and its reaped children used (utime+stime+cutime+cstime
+// from /proc/PID/stat); the supervisor's SFTP servers are such children.
+func procCPU(t *testing.T, pid int) time.Duration {
+	t.Helper()
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Fields after the ")" closing the command name: state is field 3, utime 14.
+	f := strings.Fields(string(data[strings.LastIndexByte(string(data), ')')+1:]))
+	var ticks int64
+	for _, i := range []int{11, 12, 13, 14} {
+		n, err := strconv.ParseInt(f[i], 10, 64)
+		if err != nil {
+			t.Fatalf("/proc/%d/stat field %d: %v", pid, i+3, err)
+		}
+		ticks += n
+	}
+	return time.Duration(ticks) * time.Second / 100 // USER_HZ
+}
+
+// childrenCPU is the CPU time of this process's waited-for children (the CLI runs).
+func childrenCPU() time.Duration {
+	var ru syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_CHILDREN, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
 
 // TestBenchVsDocker compares `openshell sandbox exec -- true` with `docker exec
 // CONTAINER true` (p50/p99), and a 256 MiB upload and download with `docker cp`. It prints the
@@ -53,32 +84,64 @@ func TestBenchVsDocker(t *testing.T) {
 
 	src := filepath.Join(t.TempDir(), "blob256")
 	writeTree(t, src, 256<<20)
-	start := time.Now()
-	h.mustRun(t, "sandbox", "upload", bench, src, "/tmp/up")
-	up := time.Since(start)
-	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Minute)
 	defer cancel()
-	start = time.Now()
-	if out, err := exec.CommandContext(ctx, "docker", "cp", src, cid+":/tmp/cp").CombinedOutput(); err != nil {
-		t.Fatalf("docker cp: %v %s", err, out)
+	// Each transfer runs interleaved three times and the best is kept: the host is
+	// shared, and one run is at the mercy of whatever else is running.
+	const reps = 3
+	best := func(d *time.Duration, f func()) {
+		start := time.Now()
+		f()
+		if e := time.Since(start); *d == 0 || e < *d {
+			*d = e
+		}
 	}
-	cp := time.Since(start)
-	fmt.Printf("upload 256 MiB: openshell %v (%.0f MiB/s) | docker cp %v (%.0f MiB/s) | ratio %.2f\n",
-		up, 256/up.Seconds(), cp, 256/cp.Seconds(), up.Seconds()/cp.Seconds())
+	dockerCp := func(from, to string) {
+		if out, err := exec.CommandContext(ctx, "docker", "cp", from, to).CombinedOutput(); err != nil {
+			t.Fatalf("docker cp %s %s: %v %s", from, to, err, out)
+		}
+	}
+	// CPU used by the whole openshell path (CLI + gateway + supervisor and its SFTP
+	// server) per transfer: steadier than wall time on a busy host.
+	gwPID := h.gatewayPID()
+	supPID := func() int {
+		out, err := exec.Command("docker", "inspect", "-f", "{{.State.Pid}}", cid).Output()
+		if err != nil {
+			t.Fatal(err)
+		}
+		pid, err := strconv.Atoi(strings.TrimSpace(string(out)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return pid
+	}()
+	pathCPU := func() time.Duration { return childrenCPU() + procCPU(t, gwPID) + procCPU(t, supPID) }
+	var upCPU, downCPU time.Duration
+	var up, cp time.Duration
+	for i := 0; i < reps; i++ {
+		dst := fmt.Sprintf("/tmp/up%d", i)
+		c0 := pathCPU()
+		best(&up, func() { h.mustRun(t, "sandbox", "upload", bench, src, dst) })
+		upCPU += pathCPU() - c0
+		best(&cp, func() { dockerCp(src, cid+":"+fmt.Sprintf("/tmp/cp%d", i)) })
+	}
+	fmt.Printf("upload 256 MiB (best of %d): openshell %v (%.0f MiB/s) | docker cp %v (%.0f MiB/s) | ratio %.2f\n",
+		reps, up, 256/up.Seconds(), cp, 256/cp.Seconds(), up.Seconds()/cp.Seconds())
 
-	dl := t.TempDir()
-	start = time.Now()
-	h.mustRun(t, "sandbox", "download", bench, "/tmp/up", filepath.Join(dl, "osh"))
-	down := time.Since(start)
-	start = time.Now()
-	if out, err := exec.CommandContext(ctx, "docker", "cp", cid+":/tmp/cp", filepath.Join(dl, "cp")).CombinedOutput(); err != nil {
-		t.Fatalf("docker cp out: %v %s", err, out)
+	var down, cpDown time.Duration
+	for i := 0; i < reps; i++ {
+		dl := t.TempDir()
+		c0 := pathCPU()
+		best(&down, func() { h.mustRun(t, "sandbox", "download", bench, "/tmp/up0", filepath.Join(dl, "osh")) })
+		downCPU += pathCPU() - c0
+		best(&cpDown, func() { dockerCp(cid+":/tmp/cp0", filepath.Join(dl, "cp")) })
+		got, err := os.Stat(filepath.Join(dl, "osh", "big", "blob.bin"))
+		if err != nil || got.Size() != 256<<20 {
+			t.Fatalf("downloaded blob: %v size %v", err, got)
+		}
 	}
-	cpDown := time.Since(start)
-	got, err := os.Stat(filepath.Join(dl, "osh", "big", "blob.bin"))
-	if err != nil || got.Size() != 256<<20 {
-		t.Fatalf("downloaded blob: %v size %v", err, got)
-	}
-	fmt.Printf("download 256 MiB: openshell %v (%.0f MiB/s) | docker cp %v (%.0f MiB/s) | ratio %.2f\n",
-		down, 256/down.Seconds(), cpDown, 256/cpDown.Seconds(), down.Seconds()/cpDown.Seconds())
+	fmt.Printf("download 256 MiB (best of %d): openshell %v (%.0f MiB/s) | docker cp %v (%.0f MiB/s) | ratio %.2f\n",
+		reps, down, 256/down.Seconds(), cpDown, 256/cpDown.Seconds(), down.Seconds()/cpDown.Seconds())
+	fmt.Printf("openshell path CPU per 256 MiB: upload %v, download %v\n",
+		(upCPU / reps).Round(time.Millisecond), (downCPU / reps).Round(time.Millisecond))
 }
