@@ -143,7 +143,6 @@ type egressState struct {
 	prx      *egress.Proxy
 	net      *netns.Net // nil unless NetworkNamespace
 	proxyURL string
-	caFile   string
 	store    *credentials.Store
 	served   chan struct{} // closed when Serve returned
 }
