@@ -417,7 +417,7 @@ func (cc *conn) connect(ctx context.Context, req *http.Request) {
 		}
 		cc.br.Discard(n)
 	}
-	splice(cc.c, up)
+	Splice(cc.c, up)
 }
 
 func action(d policy.Decision) string {
@@ -427,8 +427,10 @@ func action(d policy.Decision) string {
 	return "allow"
 }
 
-// splice copies both ways; io.Copy between TCP connections uses splice(2).
-func splice(a, b net.Conn) {
+// Splice copies both ways until both directions end, half-closing each side so the
+// other sees EOF; io.Copy between TCP connections uses splice(2). The VM runner's
+// end of the egress relay uses it too.
+func Splice(a, b net.Conn) {
 	done := make(chan struct{}, 2)
 	cp := func(dst, src net.Conn) {
 		io.Copy(dst, src)

@@ -226,14 +226,20 @@ func (r *Relay) resolve(ctx context.Context, c net.Conn, name string) {
 		writeError(c, http.StatusBadGateway, err.Error())
 		return
 	}
+	WriteResolveAnswer(c, addrs)
+}
+
+// WriteResolveAnswer writes the 200 answer to GET /v1/resolve that RunnerResolver
+// reads: {"addrs":[...]}, IPv4-mapped addresses unmapped.
+func WriteResolveAnswer(w io.Writer, addrs []netip.Addr) {
 	out := struct {
 		Addrs []string `json:"addrs"`
 	}{Addrs: []string{}}
 	for _, a := range addrs {
 		out.Addrs = append(out.Addrs, a.Unmap().String())
 	}
-	b, _ := json.Marshal(out)
-	fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s", len(b), b)
+	b, _ := json.Marshal(out) // a struct of strings always marshals
+	fmt.Fprintf(w, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s", len(b), b)
 }
 
 func (r *Relay) connect(ctx context.Context, c net.Conn, br *bufio.Reader, req *http.Request) {
@@ -306,7 +312,7 @@ func (r *Relay) connect(ctx context.Context, c net.Conn, br *bufio.Reader, req *
 		}
 		br.Discard(n)
 	}
-	splice(c, up)
+	Splice(c, up)
 }
 
 func isIPLiteral(s string) bool {

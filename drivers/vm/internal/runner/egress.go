@@ -3,7 +3,6 @@ package runner
 import (
 	"bufio"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -16,6 +15,7 @@ import (
 	"strings"
 	"time"
 
+	proxy "github.com/openshell/openshell/supervisor/egress"
 	"github.com/openshell/openshell/supervisor/policy"
 )
 
@@ -270,7 +270,7 @@ func (e *egress) connect(ctx context.Context, c net.Conn, br *bufio.Reader, targ
 			return
 		}
 	}
-	bridge(c, up)
+	proxy.Splice(c, up)
 }
 
 func (e *egress) resolve(ctx context.Context, c net.Conn, name string) {
@@ -283,12 +283,5 @@ func (e *egress) resolve(ctx context.Context, c net.Conn, name string) {
 		reply(c, http.StatusBadGateway, err.Error())
 		return
 	}
-	out := struct {
-		Addrs []string `json:"addrs"`
-	}{Addrs: []string{}}
-	for _, ip := range ips {
-		out.Addrs = append(out.Addrs, ip.Unmap().String())
-	}
-	b, _ := json.Marshal(out)
-	fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s", len(b), b)
+	proxy.WriteResolveAnswer(c, ips)
 }

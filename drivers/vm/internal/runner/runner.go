@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -17,6 +16,7 @@ import (
 	"time"
 
 	"github.com/openshell/openshell/drivers/vm/internal/state"
+	proxy "github.com/openshell/openshell/supervisor/egress"
 )
 
 // Machine is what the runner needs from a VMM backend. It is satisfied by an adapter
@@ -334,25 +334,7 @@ func serveGateway(l net.Listener, gwAddr *atomic.Value, box *statusBox, log *slo
 				return
 			}
 			defer up.Close()
-			bridge(c, up)
+			proxy.Splice(c, up)
 		}()
 	}
-}
-
-// bridge copies both ways and half-closes so each side sees the other's EOF.
-func bridge(a, b net.Conn) {
-	done := make(chan struct{}, 2)
-	cp := func(dst, src net.Conn) {
-		io.Copy(dst, src)
-		if cw, ok := dst.(interface{ CloseWrite() error }); ok {
-			cw.CloseWrite()
-		} else {
-			dst.Close()
-		}
-		done <- struct{}{}
-	}
-	go cp(a, b)
-	go cp(b, a)
-	<-done
-	<-done
 }
