@@ -75,9 +75,9 @@ func ExecMain(args, env []string) error {
 		return err
 	}
 	// Look the command up after confinement: what the agent cannot reach, it cannot run.
-	path, err := lookPath(argv[0], env)
+	path, err := LookPath(argv[0], env)
 	if err != nil {
-		return err
+		return fmt.Errorf("confine: %w (or not readable under the filesystem policy)", err)
 	}
 	if err := syscall.Exec(path, argv, env); err != nil {
 		return fmt.Errorf("confine: exec %s: %w", path, err)
@@ -85,7 +85,10 @@ func ExecMain(args, env []string) error {
 	return nil
 }
 
-func lookPath(name string, env []string) (string, error) {
+// LookPath resolves name against the PATH in env (the child's PATH, not the
+// supervisor's), the way execvp would; an executable must be a regular file with an
+// execute bit. It is shared by every place that starts an agent program.
+func LookPath(name string, env []string) (string, error) {
 	if strings.Contains(name, "/") {
 		return name, nil
 	}
@@ -104,5 +107,5 @@ func lookPath(name string, env []string) (string, error) {
 			return p, nil
 		}
 	}
-	return "", fmt.Errorf("confine: %q not found in PATH %s (or not readable under the filesystem policy)", name, pathEnv)
+	return "", fmt.Errorf("%q not found in PATH %q", name, pathEnv)
 }

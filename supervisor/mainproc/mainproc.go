@@ -10,8 +10,6 @@ import (
 	"io"
 	"os"
 	"os/exec"
-	"path/filepath"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -19,6 +17,7 @@ import (
 
 	"github.com/creack/pty"
 
+	"github.com/openshell/openshell/supervisor/confine"
 	"github.com/openshell/openshell/supervisor/reaper"
 )
 
@@ -64,25 +63,11 @@ func DefaultArgv(exists func(string) bool) []string {
 
 // LookPath resolves argv0 against the PATH in env (the child's PATH, not ours).
 func LookPath(argv0 string, env []string) (string, error) {
-	if strings.Contains(argv0, "/") {
-		return argv0, nil
+	p, err := confine.LookPath(argv0, env)
+	if err != nil {
+		return "", fmt.Errorf("mainproc: %w: use an absolute path or fix the image's PATH", err)
 	}
-	path := "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-	for _, kv := range env {
-		if v, ok := strings.CutPrefix(kv, "PATH="); ok {
-			path = v
-		}
-	}
-	for _, dir := range filepath.SplitList(path) {
-		if dir == "" {
-			dir = "."
-		}
-		p := filepath.Join(dir, argv0)
-		if st, err := os.Stat(p); err == nil && st.Mode().IsRegular() && st.Mode()&0o111 != 0 {
-			return p, nil
-		}
-	}
-	return "", fmt.Errorf("mainproc: %q not found in PATH %q: use an absolute path or fix the image's PATH", argv0, path)
+	return p, nil
 }
 
 // Main is the running main process.
