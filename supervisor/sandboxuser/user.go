@@ -1,7 +1,8 @@
 // Package sandboxuser decides which unprivileged user runs the sandbox's processes:
-// the image's USER when one is given, else a "sandbox" user the supervisor adds to the
-// image's /etc/passwd and /etc/group. The files are read and written directly (the
-// binary is static, CGO_ENABLED=0, and the image may have no NSS configuration).
+// the account the policy names (process.run_as_user / run_as_group, see ResolveRunAs),
+// else the image's USER when one is given, else a "sandbox" user the supervisor adds
+// to the image's /etc/passwd and /etc/group. The files are read and written directly
+// (the binary is static, CGO_ENABLED=0, and the image may have no NSS configuration).
 package sandboxuser
 
 import (

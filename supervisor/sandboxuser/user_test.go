@@ -7,7 +7,7 @@ import (
 	"testing"
 )
 
-func writeEtc(t *testing.T, passwd, group string) DB {
+func writeEtc(t testing.TB, passwd, group string) DB {
 	t.Helper()
 	root := t.TempDir()
 	if err := os.MkdirAll(filepath.Join(root, "etc"), 0o755); err != nil {
