@@ -6,18 +6,12 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"net/http"
 	"net/netip"
 	"net/url"
-	"strconv"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"time"
-
-	"github.com/openshell/openshell/supervisor/policy"
 )
 
 // VM egress. A guest has no network interface: its proxy's upstream connections and
@@ -26,10 +20,15 @@ import (
 //
 //	CONNECT <ip>:<port> HTTP/1.1   → 200 then raw bytes both ways; 403 when the host
 //	X-Openshell-Host: <name>          side refuses the destination; 502 when the dial fails
-//	GET /v1/resolve?name=<host>    → 200 {"addrs":["1.2.3.4",...]}
+//	GET /v1/resolve?name=<host>    → 200 {"addrs":["1.2.3.4",...]}; 403 when no endpoint
+//	                                  of the sandbox policy names the host (or every
+//	                                  address it has is refused); 502 when the lookup fails
 //
-// X-Openshell-Host carries the name the agent asked for, so that a host side that
-// knows the policy (Relay) can match host-based endpoints again outside the VM.
+// Both answer 503 while the host side does not know the sandbox policy yet. The host
+// side is Relay (relay_server.go); the guest side is RunnerDialer and RunnerResolver.
+//
+// X-Openshell-Host carries the name the agent asked for, so that the host side, which
+// knows the policy, can match host-based endpoints again outside the VM.
 
 // HostHeader names the requested host on a relay CONNECT.
 const HostHeader = "X-Openshell-Host"
@@ -132,195 +131,4 @@ type hostKey struct{}
 // dialWithHost passes the requested host name to a RunnerDialer.
 func dialWithHost(ctx context.Context, host string) context.Context {
 	return context.WithValue(ctx, hostKey{}, host)
-}
-
-// Relay is a host side of that protocol which also knows the sandbox policy: it
-// re-checks each CONNECT against the policy's destinations (the guest already
-// checked the binary) and the internal-address guard, then dials. A VM runner can
-// serve it on the egress port instead of a policy-blind relay.
-type Relay struct {
-	policy           atomic.Pointer[policy.Compiled]
-	Dial             func(ctx context.Context, network, addr string) (net.Conn, error) // default net.Dialer
-	Resolver         Resolver                                                          // default net.DefaultResolver
-	InternalPrefixes []netip.Prefix
-	OnEvent          func(Event)
-	Logger           *slog.Logger
-
-	wg sync.WaitGroup
-}
-
-// NewRelay creates a relay with the sandbox's current policy.
-func NewRelay(p *policy.Compiled) *Relay {
-	r := &Relay{}
-	r.policy.Store(p)
-	return r
-}
-
-// SetPolicy replaces the policy for new connections.
-func (r *Relay) SetPolicy(p *policy.Compiled) {
-	if p != nil {
-		r.policy.Store(p)
-	}
-}
-
-// Serve handles connections from ln until ctx ends or ln fails, then waits for the
-// open tunnels' goroutines.
-func (r *Relay) Serve(ctx context.Context, ln net.Listener) error {
-	stop := context.AfterFunc(ctx, func() { ln.Close() })
-	defer stop()
-	defer r.wg.Wait()
-	for {
-		c, err := ln.Accept()
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil
-			}
-			return fmt.Errorf("egress relay: accept: %w", err)
-		}
-		r.wg.Add(1)
-		go func() {
-			defer r.wg.Done()
-			r.ServeConn(ctx, c)
-		}()
-	}
-}
-
-// ServeConn handles one guest stream.
-func (r *Relay) ServeConn(ctx context.Context, c net.Conn) {
-	defer c.Close()
-	c.SetReadDeadline(time.Now().Add(30 * time.Second))
-	lr := &io.LimitedReader{R: c, N: 64 << 10}
-	br := bufio.NewReader(lr)
-	req, err := http.ReadRequest(br)
-	if err != nil {
-		return
-	}
-	c.SetReadDeadline(time.Time{})
-	lr.N = 1<<63 - 1
-	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
-	defer cancel()
-	switch {
-	case req.Method == http.MethodConnect:
-		r.connect(ctx, c, br, req)
-	case req.Method == http.MethodGet && req.URL.Path == "/v1/resolve":
-		r.resolve(ctx, c, req.URL.Query().Get("name"))
-	default:
-		writeError(c, http.StatusMethodNotAllowed, "use CONNECT ip:port or GET /v1/resolve?name=")
-	}
-}
-
-func (r *Relay) resolver() Resolver {
-	if r.Resolver != nil {
-		return r.Resolver
-	}
-	return net.DefaultResolver
-}
-
-func (r *Relay) resolve(ctx context.Context, c net.Conn, name string) {
-	if name == "" {
-		writeError(c, http.StatusBadRequest, "name is empty")
-		return
-	}
-	addrs, err := r.resolver().LookupNetIP(ctx, "ip", name)
-	if err != nil {
-		writeError(c, http.StatusBadGateway, err.Error())
-		return
-	}
-	WriteResolveAnswer(c, addrs)
-}
-
-// WriteResolveAnswer writes the 200 answer to GET /v1/resolve that RunnerResolver
-// reads: {"addrs":[...]}, IPv4-mapped addresses unmapped.
-func WriteResolveAnswer(w io.Writer, addrs []netip.Addr) {
-	out := struct {
-		Addrs []string `json:"addrs"`
-	}{Addrs: []string{}}
-	for _, a := range addrs {
-		out.Addrs = append(out.Addrs, a.Unmap().String())
-	}
-	b, _ := json.Marshal(out) // a struct of strings always marshals
-	fmt.Fprintf(w, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s", len(b), b)
-}
-
-func (r *Relay) connect(ctx context.Context, c net.Conn, br *bufio.Reader, req *http.Request) {
-	hostport := req.RequestURI
-	hs, ps, err := net.SplitHostPort(hostport)
-	port, perr := strconv.Atoi(ps)
-	if err != nil || perr != nil || port < 1 || port > 65535 {
-		writeError(c, http.StatusBadRequest, "CONNECT needs ip:port")
-		return
-	}
-	ip, err := netip.ParseAddr(hs)
-	if err != nil {
-		writeError(c, http.StatusBadRequest, "CONNECT needs an IP address (resolve with /v1/resolve first)")
-		return
-	}
-	ip = ip.Unmap()
-	host := req.Header.Get(HostHeader)
-	if host == "" {
-		host = ip.String()
-	}
-	ap := netip.AddrPortFrom(ip, uint16(port))
-	ev := Event{Time: time.Now(), Method: "RELAY", Host: host, Port: port, Addr: ap.String()}
-	refuse := func(code int, reason string) {
-		ev.Action, ev.Reason, ev.Status = "deny", reason, code
-		if code != http.StatusForbidden {
-			ev.Action = "error"
-		}
-		if r.OnEvent != nil {
-			r.OnEvent(ev)
-		}
-		writeError(c, code, reason)
-	}
-	d := r.policy.Load().Destination(host, port)
-	ev.Rule = d.Rule
-	switch {
-	case !d.Allow:
-		refuse(http.StatusForbidden, d.Reason)
-		return
-	case host != ip.String() && isIPLiteral(host) && mustIP(host) != ip:
-		refuse(http.StatusForbidden, "the address does not match the requested IP host")
-		return
-	case len(d.AllowedIPs) > 0 && !containsAddr(d.AllowedIPs, ip):
-		refuse(http.StatusForbidden, "address "+ip.String()+" not in allowed_ips of "+d.Endpoint)
-		return
-	case len(d.AllowedIPs) == 0 && !d.Explicit && IsInternal(ip, r.InternalPrefixes):
-		refuse(http.StatusForbidden, "SSRF guard: "+host+" → internal address "+ip.String())
-		return
-	}
-	dial := r.Dial
-	if dial == nil {
-		dial = (&net.Dialer{}).DialContext
-	}
-	up, err := dial(ctx, "tcp", ap.String())
-	if err != nil {
-		refuse(http.StatusBadGateway, "dial: "+err.Error())
-		return
-	}
-	defer up.Close()
-	if _, err := io.WriteString(c, "HTTP/1.1 200 Connection established\r\n\r\n"); err != nil {
-		return
-	}
-	ev.Action, ev.Reason = action(d), d.Reason
-	if r.OnEvent != nil {
-		r.OnEvent(ev)
-	}
-	if n := br.Buffered(); n > 0 {
-		b, _ := br.Peek(n)
-		if _, err := up.Write(b); err != nil {
-			return
-		}
-		br.Discard(n)
-	}
-	Splice(c, up)
-}
-
-func isIPLiteral(s string) bool {
-	_, err := netip.ParseAddr(strings.Trim(s, "[]"))
-	return err == nil
-}
-
-func mustIP(s string) netip.Addr {
-	a, _ := netip.ParseAddr(strings.Trim(s, "[]"))
-	return a.Unmap()
 }

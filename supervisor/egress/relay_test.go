@@ -1,16 +1,24 @@
 package egress
 
 import (
+	"bufio"
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
+	"net/http"
 	"net/netip"
+	"net/url"
 	"path/filepath"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/openshell/openshell/supervisor/policy"
 )
@@ -18,14 +26,22 @@ import (
 // startRelay runs the runner side on a Unix socket (what a hybrid-vsock backend
 // exposes on the host) and returns a guest-side Dial for it.
 func startRelay(t *testing.T, pol *policy.Compiled) (*Relay, *events, func(context.Context, string, string) (net.Conn, error), func(context.Context) (net.Conn, error)) {
+	ev := &events{}
+	r := NewRelay(pol)
+	r.OnEvent = ev.add
+	_, open := serveRelay(t, r)
+	return r, ev, RunnerDialer(open), open
+}
+
+// serveRelay serves r on a fresh Unix socket until the test ends; it returns the
+// socket path and an opener for guest streams.
+func serveRelay(t *testing.T, r *Relay) (string, func(context.Context) (net.Conn, error)) {
+	t.Helper()
 	sock := filepath.Join(t.TempDir(), "egress.sock")
 	ln, err := net.Listen("unix", sock)
 	if err != nil {
 		t.Fatal(err)
 	}
-	ev := &events{}
-	r := NewRelay(pol)
-	r.OnEvent = ev.add
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- r.Serve(ctx, ln) }()
@@ -35,12 +51,44 @@ func startRelay(t *testing.T, pol *policy.Compiled) (*Relay, *events, func(conte
 			t.Errorf("relay Serve: %v", err)
 		}
 	})
-	open := func(ctx context.Context) (net.Conn, error) {
+	return sock, func(ctx context.Context) (net.Conn, error) {
 		var d net.Dialer
 		return d.DialContext(ctx, "unix", sock)
 	}
-	return r, ev, RunnerDialer(open), open
 }
+
+// relayDo sends one raw request on a new stream to the relay at sock and returns the
+// answer's status and body.
+func relayDo(t *testing.T, sock, req string) (int, string) {
+	t.Helper()
+	c, err := net.Dial("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(20 * time.Second))
+	if _, err := io.WriteString(c, req); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatalf("answer to %q: %v", req, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+// logBuf collects a relay's log lines.
+type logBuf struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *logBuf) Write(p []byte) (int, error) { l.mu.Lock(); defer l.mu.Unlock(); return l.b.Write(p) }
+func (l *logBuf) String() string              { l.mu.Lock(); defer l.mu.Unlock(); return l.b.String() }
+
+func (e *events) count() int { e.mu.Lock(); defer e.mu.Unlock(); return len(e.evs) }
 
 func TestRelayAllowsAndRechecks(t *testing.T) {
 	plain := startUpstream(t, "127.0.0.2", false, nil)
@@ -99,7 +147,7 @@ func TestRelayRefusesForgedRequests(t *testing.T) {
 }
 
 func TestRunnerResolver(t *testing.T) {
-	r := NewRelay(policy.MustCompile(policy.Default()))
+	r := NewRelay(compile(t, "version: 1\nnetwork_policies:\n  w:\n    endpoints: [{host: '*.example.com', port: 443}]\n"))
 	r.Resolver = staticResolver{"api.example.com": {netip.MustParseAddr("192.0.2.7"), netip.MustParseAddr("2001:db8::7")}}
 	sock := filepath.Join(t.TempDir(), "r.sock")
 	ln, err := net.Listen("unix", sock)
@@ -121,21 +169,247 @@ func TestRunnerResolver(t *testing.T) {
 	}
 }
 
+func resolveReq(name string) string {
+	return "GET /v1/resolve?name=" + url.QueryEscape(name) + " HTTP/1.1\r\nHost: runner\r\n\r\n"
+}
+
+// TestRelayResolveChecksPolicy: over a real Unix socket, a lookup is refused with 503
+// until the relay knows a policy; then a name some endpoint names gets the resolver's
+// answer unchanged, a name none names gets 403 naming the host (an event and a log
+// line, like a refused CONNECT), and addresses the SSRF guard refuses are left out of
+// the answer unless the endpoint names the host exactly or lists them in allowed_ips.
+func TestRelayResolveChecksPolicy(t *testing.T) {
+	var cur atomic.Pointer[policy.Compiled]
+	logs := &logBuf{}
+	ev := &events{}
+	a := netip.MustParseAddr
+	r := &Relay{Policy: cur.Load, OnEvent: ev.add, Logger: slog.New(slog.NewTextHandler(logs, nil)),
+		Resolver: staticResolver{
+			"api.example.com":   {a("192.0.2.7"), a("2001:db8::7")},
+			"mixed.example.com": {a("10.0.0.5"), a("192.0.2.9")},
+			"inner.example.com": {a("10.0.0.5"), a("169.254.169.254")},
+			"db.internal.test":  {a("10.0.0.6")},
+			"svc.test":          {a("10.2.0.1"), a("10.1.2.3")},
+			"other.test":        {a("192.0.2.1")},
+		}}
+	sock, open := serveRelay(t, r)
+	res := RunnerResolver{Open: open}
+
+	// No policy yet: 503 for lookups and CONNECTs alike.
+	if code, body := relayDo(t, sock, resolveReq("api.example.com")); code != 503 || !strings.Contains(body, "not known yet") {
+		t.Fatalf("lookup before the policy: %d %q", code, body)
+	}
+	if e := ev.last(t); e.Method != "RESOLVE" || e.Status != 503 || e.Action != "error" {
+		t.Fatalf("event before the policy: %+v", e)
+	}
+	if code, _ := relayDo(t, sock, "CONNECT 192.0.2.7:443 HTTP/1.1\r\nX-Openshell-Host: api.example.com\r\n\r\n"); code != 503 {
+		t.Fatalf("CONNECT before the policy: %d", code)
+	}
+	if _, err := res.LookupNetIP(t.Context(), "ip", "api.example.com"); err == nil {
+		t.Fatal("RunnerResolver got an answer before the policy")
+	}
+
+	cur.Store(compile(t, `version: 1
+network_policies:
+  w:
+    endpoints:
+      - {host: '*.example.com', port: 443}
+      - {host: db.internal.test, port: 5432}
+      - {host: svc.test, ports: [8443, 9443], allowed_ips: [10.1.0.0/16]}
+`))
+	// Allowed: the resolver's answer, unchanged (order and both families).
+	if code, body := relayDo(t, sock, resolveReq("api.example.com")); code != 200 || body != `{"addrs":["192.0.2.7","2001:db8::7"]}` {
+		t.Fatalf("allowed lookup: %d %q", code, body)
+	}
+	// Names match as in a CONNECT (case and a trailing dot do not matter): this
+	// spelling is allowed, so the resolver is asked, and does not know it.
+	var dnsErr *net.DNSError
+	if _, err := res.LookupNetIP(t.Context(), "ip", "API.example.com."); !errors.As(err, &dnsErr) || !dnsErr.IsNotFound {
+		t.Fatalf("allowed variant spelling: %v", err)
+	}
+
+	// Refused: no endpoint names the host, on any port; the resolver is not asked.
+	nev := ev.count()
+	for _, name := range []string{"other.test", "a.b.example.com", "example.com", "192.0.2.1"} {
+		code, body := relayDo(t, sock, resolveReq(name))
+		if code != 403 || !strings.Contains(body, "no network_policies endpoint") || !strings.Contains(body, "host "+name) {
+			t.Errorf("lookup of %s: %d %q", name, code, body)
+		}
+	}
+	if e := ev.last(t); e.Method != "RESOLVE" || e.Action != "deny" || e.Status != 403 || e.Host != "192.0.2.1" {
+		t.Fatalf("refused lookup event: %+v", e)
+	}
+	if n := ev.count() - nev; n != 4 {
+		t.Fatalf("%d events for 4 refused lookups", n)
+	}
+	if l := logs.String(); !strings.Contains(l, "method=RESOLVE host=other.test") || !strings.Contains(l, "status=403") {
+		t.Fatalf("refused lookup not logged:\n%s", l)
+	}
+	_, err := res.LookupNetIP(t.Context(), "ip", "other.test")
+	if !errors.As(err, &dnsErr) || dnsErr.IsNotFound || !strings.Contains(dnsErr.Err, "no network_policies endpoint") {
+		t.Fatalf("RunnerResolver on a refused name: %#v", err)
+	}
+
+	// Addresses the CONNECT path would refuse are not handed out.
+	for _, tc := range []struct {
+		name string
+		code int
+		want string
+	}{
+		{"mixed.example.com", 200, `{"addrs":["192.0.2.9"]}`},          // wildcard: internal address dropped
+		{"inner.example.com", 403, "internal address 169.254.169.254"}, // wildcard: only internal ones
+		{"db.internal.test", 200, `{"addrs":["10.0.0.6"]}`},            // explicit host may be internal
+		{"svc.test", 200, `{"addrs":["10.1.2.3"]}`},                    // allowed_ips decide
+		{"nope.example.com", 502, "no such host"},                      // allowed, but unknown
+	} {
+		code, body := relayDo(t, sock, resolveReq(tc.name))
+		if code != tc.code || !strings.Contains(body, tc.want) {
+			t.Errorf("lookup of %s: %d %q, want %d %q", tc.name, code, body, tc.code, tc.want)
+		}
+	}
+
+	// A Guard replaces the SSRF guard for lookups as for CONNECTs: here no private
+	// address at all, whatever the policy names.
+	r2 := &Relay{Policy: cur.Load, Resolver: r.Resolver, Logger: r.Logger,
+		Guard: func(ip netip.Addr, _ policy.Decision) error {
+			if ip.IsPrivate() {
+				return fmt.Errorf("operator guard: %s is private", ip)
+			}
+			return nil
+		}}
+	sock2, _ := serveRelay(t, r2)
+	if code, body := relayDo(t, sock2, resolveReq("db.internal.test")); code != 403 || !strings.Contains(body, "operator guard") {
+		t.Fatalf("guarded lookup: %d %q", code, body)
+	}
+	if code, body := relayDo(t, sock2, "CONNECT 10.0.0.6:5432 HTTP/1.1\r\nX-Openshell-Host: db.internal.test\r\n\r\n"); code != 403 || !strings.Contains(body, "operator guard") {
+		t.Fatalf("guarded CONNECT: %d %q", code, body)
+	}
+	if code, _ := relayDo(t, sock2, resolveReq("api.example.com")); code != 200 {
+		t.Fatalf("guarded public lookup: %d", code)
+	}
+}
+
+// TestRelayServeClosesTunnels: ending Serve's context closes open tunnels, so Serve
+// returns even while an upstream keeps its connection idle.
+func TestRelayServeClosesTunnels(t *testing.T) {
+	up, err := net.Listen("tcp", "127.0.0.2:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer up.Close()
+	held := make(chan net.Conn, 1)
+	go func() {
+		if c, err := up.Accept(); err == nil {
+			held <- c // idle: never writes, never closes
+		}
+	}()
+	port := up.Addr().(*net.TCPAddr).Port
+	r := NewRelay(compile(t, fmt.Sprintf("version: 1\nnetwork_policies:\n  w:\n    endpoints: [{host: 127.0.0.2, port: %d}]\n", port)))
+	sock := filepath.Join(t.TempDir(), "e.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- r.Serve(ctx, ln) }()
+	c, err := net.Dial("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	fmt.Fprintf(c, "CONNECT 127.0.0.2:%d HTTP/1.1\r\n\r\n", port)
+	resp, err := http.ReadResponse(bufio.NewReader(c), &http.Request{Method: http.MethodConnect})
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("CONNECT: %v %v", resp, err)
+	}
+	uc := <-held
+	defer uc.Close()
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Serve did not return with a tunnel open after its context ended")
+	}
+	uc.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := uc.Read(make([]byte, 1)); err == nil {
+		t.Fatal("the upstream connection is still open")
+	}
+}
+
+// FuzzRelayRequest feeds one guest stream to a relay that knows the policy and to one
+// that does not yet. Whatever the bytes: every answer is HTTP, no tunnel opens (there
+// is no network), a relay without a policy never answers 200, and a 200 lookup answer
+// is only for a name the policy names, with addresses the SSRF guard accepts.
 func FuzzRelayRequest(f *testing.F) {
 	f.Add([]byte("CONNECT 127.0.0.2:80 HTTP/1.1\r\nX-Openshell-Host: a.example.com\r\n\r\n"))
 	f.Add([]byte("CONNECT [::1]:443 HTTP/1.1\r\n\r\n"))
+	f.Add([]byte("CONNECT [fe80::1%eth0]:80 HTTP/1.1\r\nX-Openshell-Host: [fe80::1]\r\n\r\n"))
+	f.Add([]byte("CONNECT a.example.com:80 HTTP/1.1\r\n\r\n"))
 	f.Add([]byte("GET /v1/resolve?name=a.example.com HTTP/1.1\r\n\r\n"))
+	f.Add([]byte("GET /v1/resolve?name=mixed.example.com HTTP/1.1\r\n\r\n"))
+	f.Add([]byte("GET /v1/resolve?name=192.0.2.1&name=x HTTP/1.1\r\n\r\n"))
+	f.Add([]byte("GET /v1/resolve?name=A.EXAMPLE.COM. HTTP/1.1\r\n\r\n"))
+	f.Add([]byte("GET /v1/resolve?name=%00 HTTP/1.1\r\n\r\n"))
+	f.Add([]byte("GET /v1/resolve HTTP/1.1\r\n\r\n"))
 	f.Add([]byte("garbage\n"))
-	r := NewRelay(compile(f, "version: 1\nnetwork_policies:\n  w:\n    endpoints: [{host: '*.example.com', port: 80}, {host: 192.0.2.1, port: 80}]\n"))
-	r.Dial = func(context.Context, string, string) (net.Conn, error) { return nil, fmt.Errorf("fuzz: no network") }
-	r.Resolver = staticResolver{"a.example.com": {netip.MustParseAddr("192.0.2.1")}}
-	f.Fuzz(func(t *testing.T, data []byte) {
+	pol := compile(f, "version: 1\nnetwork_policies:\n  w:\n    endpoints: [{host: '*.example.com', port: 80}, {host: 192.0.2.1, port: 80}]\n")
+	res := staticResolver{
+		"a.example.com":     {netip.MustParseAddr("192.0.2.1")},
+		"mixed.example.com": {netip.MustParseAddr("10.0.0.1"), netip.MustParseAddr("192.0.2.2")},
+	}
+	noDial := func(context.Context, string, string) (net.Conn, error) { return nil, fmt.Errorf("fuzz: no network") }
+	quiet := slog.New(slog.DiscardHandler)
+	known := &Relay{Policy: func() *policy.Compiled { return pol }, Dial: noDial, Resolver: res, Logger: quiet}
+	unknown := &Relay{Policy: func() *policy.Compiled { return nil }, Dial: noDial, Resolver: res, Logger: quiet}
+	serve := func(r *Relay, data []byte) []byte {
 		srv, cli := net.Pipe()
 		done := make(chan []byte)
 		go func() { b, _ := io.ReadAll(cli); done <- b }()
 		r.ServeConn(context.Background(), &pipeConn{Conn: srv, in: bytes.NewReader(data)})
-		if out := <-done; len(out) > 0 && !bytes.HasPrefix(out, []byte("HTTP/1.1 ")) {
-			t.Fatalf("answer %q", out)
+		return <-done
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		req, _ := http.ReadRequest(bufio.NewReader(bytes.NewReader(data)))
+		for _, r := range []*Relay{known, unknown} {
+			out := serve(r, data)
+			if len(out) == 0 {
+				continue
+			}
+			if !bytes.HasPrefix(out, []byte("HTTP/1.1 ")) {
+				t.Fatalf("answer %q", out)
+			}
+			if bytes.HasPrefix(out, []byte("HTTP/1.1 200 Connection established")) {
+				t.Fatalf("tunnel opened without a network for %q", data)
+			}
+			if !bytes.HasPrefix(out, []byte("HTTP/1.1 200 ")) {
+				continue
+			}
+			if r == unknown {
+				t.Fatalf("200 without a policy for %q: %q", data, out)
+			}
+			// A 200 is a lookup answer: the name must be one the policy names and
+			// the answer free of internal addresses.
+			if req == nil {
+				t.Fatalf("200 for a request that does not parse: %q", data)
+			}
+			name := req.URL.Query().Get("name")
+			if len(nameDecisions(pol, name)) == 0 {
+				t.Fatalf("lookup of %q answered although no endpoint names it: %q", name, out)
+			}
+			i := bytes.Index(out, []byte("\r\n\r\n"))
+			var ans struct{ Addrs []string }
+			if err := json.Unmarshal(out[i+4:], &ans); err != nil {
+				t.Fatalf("lookup answer %q: %v", out, err)
+			}
+			for _, s := range ans.Addrs {
+				if IsInternal(netip.MustParseAddr(s), nil) {
+					t.Fatalf("lookup of %q handed out internal %s", name, s)
+				}
+			}
 		}
 	})
 }
