@@ -16,6 +16,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -320,7 +321,13 @@ func confineSpec(p *policy.Policy, u *sandboxuser.User, dir string) (*confine.Sp
 }
 
 // policyWatcher applies new policy versions from the gateway to the proxy and
-// reports the outcome.
+// reports the outcome. Only network_policies apply live. A version whose process
+// section asks for another account than the one the sandbox started with cannot be
+// applied to the running main process (nor, for consistency, to later sessions): its
+// network_policies are applied, and the version is reported as not applied with an
+// error saying so, which the gateway shows as a PolicyApplied=False condition and in
+// the sandbox's logs. (The gateway refuses such an update itself; this covers a
+// gateway that does not.)
 type policyWatcher struct {
 	cc      grpc.ClientConnInterface
 	id      string
@@ -331,8 +338,39 @@ type policyWatcher struct {
 	// reportInitial reports version as applied when run starts (the start-up policy
 	// came from the gateway).
 	reportInitial bool
+	// process is the start policy's process section and user the account it
+	// resolved to: every program of the sandbox runs as user.
+	process policy.Process
+	user    *sandboxuser.User
 
 	mu sync.Mutex
+}
+
+// processChange describes how next's process section differs from the start
+// policy's, or "" when it asks for the same account. Values are compared as the
+// gateway compares them (no account lookup), with "" and "sandbox" both meaning the
+// default account.
+func processChange(start, next policy.Process) string {
+	norm := func(s string) string {
+		if sandboxuser.IsDefault(s) {
+			return ""
+		}
+		return s
+	}
+	show := func(s string) string {
+		if norm(s) == "" {
+			return "the default"
+		}
+		return strconv.Quote(s)
+	}
+	var parts []string
+	if norm(start.RunAsUser) != norm(next.RunAsUser) {
+		parts = append(parts, fmt.Sprintf("process.run_as_user from %s to %s", show(start.RunAsUser), show(next.RunAsUser)))
+	}
+	if norm(start.RunAsGroup) != norm(next.RunAsGroup) {
+		parts = append(parts, fmt.Sprintf("process.run_as_group from %s to %s", show(start.RunAsGroup), show(next.RunAsGroup)))
+	}
+	return strings.Join(parts, " and ")
 }
 
 // report tells the gateway whether a version was applied; a gateway without the RPC
@@ -374,6 +412,18 @@ func (w *policyWatcher) apply(ctx context.Context, resp *sandboxv1.GetSandboxCon
 		return
 	}
 	w.prx.SetPolicy(c)
+	if change := processChange(w.process, p.Process); change != "" {
+		who := "the sandbox's account"
+		if w.user != nil {
+			who = fmt.Sprintf("%s (uid %d, gid %d)", w.user.Name, w.user.UID, w.user.GID)
+		}
+		err := fmt.Errorf("policy version %d changes %s, which cannot apply to a running sandbox: the main process and new sessions keep running as %s; its network_policies were applied; recreate the sandbox to change the account",
+			v, change, who)
+		w.log.Error("new policy version changes the process account; applied its network_policies only", "version", v, "previous", w.version, "err", err)
+		w.version = v
+		w.report(ctx, v, err)
+		return
+	}
 	w.log.Info("policy version applied", "version", v, "previous", w.version)
 	w.version = v
 	w.report(ctx, v, nil)

@@ -18,6 +18,7 @@ import (
 	"github.com/openshell/openshell/supervisor/bootstrap"
 	"github.com/openshell/openshell/supervisor/egress"
 	"github.com/openshell/openshell/supervisor/policy"
+	"github.com/openshell/openshell/supervisor/sandboxuser"
 )
 
 const apiPolicy = "version: 1\nnetwork_policies:\n  api:\n    endpoints:\n      - host: api.example.com\n        port: 443\n"
@@ -158,5 +159,78 @@ func TestEventShipperLevels(t *testing.T) {
 	}
 	if !strings.Contains(got[0].msg, "x.example.com:443") || !strings.Contains(got[0].msg, "/usr/bin/curl") {
 		t.Fatalf("deny line does not name host/port/binary: %q", got[0].msg)
+	}
+}
+
+func TestProcessChange(t *testing.T) {
+	tests := []struct {
+		start, next policy.Process
+		want        []string // substrings; none = no change
+	}{
+		{start: policy.Default().Process, next: policy.Process{}},
+		{start: policy.Process{}, next: policy.Default().Process},
+		{start: policy.Process{RunAsUser: "agent"}, next: policy.Process{RunAsUser: "agent", RunAsGroup: "sandbox"}},
+		{start: policy.Process{RunAsUser: "agent"}, next: policy.Process{RunAsUser: "other"},
+			want: []string{`process.run_as_user from "agent" to "other"`}},
+		{start: policy.Default().Process, next: policy.Process{RunAsUser: "agent"},
+			want: []string{`process.run_as_user from the default to "agent"`}},
+		{start: policy.Process{RunAsUser: "agent", RunAsGroup: "tools"}, next: policy.Process{},
+			want: []string{`process.run_as_user from "agent" to the default`, `process.run_as_group from "tools" to the default`}},
+	}
+	for _, tc := range tests {
+		got := processChange(tc.start, tc.next)
+		if (got == "") != (len(tc.want) == 0) {
+			t.Fatalf("processChange(%+v, %+v) = %q, want %q", tc.start, tc.next, got, tc.want)
+		}
+		for _, w := range tc.want {
+			if !strings.Contains(got, w) {
+				t.Fatalf("processChange(%+v, %+v) = %q, lacks %q", tc.start, tc.next, got, w)
+			}
+		}
+	}
+}
+
+// TestPolicyWatcherProcessChange: a version that asks for another account gets its
+// network rules applied but is reported as not applied, naming the field; the same
+// account spelled the default way is an ordinary update.
+func TestPolicyWatcherProcessChange(t *testing.T) {
+	prx, err := egress.New(egress.Config{Policy: policy.MustCompile(policy.Default())})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer prx.Close()
+	rc := &reportConn{}
+	user := &sandboxuser.User{Name: "agent", UID: 2345, GID: 2345}
+	w := &policyWatcher{cc: rc, id: "sb", prx: prx, version: 1, log: slog.Default(),
+		process: policy.Process{RunAsUser: "agent"}, user: user}
+	allowed := func() bool { return prx.Policy().Decide("api.example.com", 443, "/usr/bin/curl").Allow }
+	next, err := policy.Parse([]byte(apiPolicy + "process:\n  run_as_user: other\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.apply(t.Context(), &sandboxv1.GetSandboxConfigResponse{Policy: next.ToProto(), Version: 2})
+	if !allowed() {
+		t.Fatal("the network rules of a version that changes process were not applied")
+	}
+	r := rc.last()
+	if r == nil || r.GetVersion() != 2 || r.GetApplied() {
+		t.Fatalf("report %v, want version 2 not applied", r)
+	}
+	for _, s := range []string{`process.run_as_user from "agent" to "other"`, "agent (uid 2345, gid 2345)", "network_policies were applied", "recreate the sandbox"} {
+		if !strings.Contains(r.GetError(), s) {
+			t.Fatalf("report error %q lacks %q", r.GetError(), s)
+		}
+	}
+	if w.version != 2 {
+		t.Fatalf("watcher version %d: the refused version would be re-applied on every poll", w.version)
+	}
+	// The same account again (group spelled as the default): applied.
+	same, err := policy.Parse([]byte(apiPolicy + "process:\n  run_as_user: agent\n  run_as_group: sandbox\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.apply(t.Context(), &sandboxv1.GetSandboxConfigResponse{Policy: same.ToProto(), Version: 3})
+	if r := rc.last(); r.GetVersion() != 3 || !r.GetApplied() || r.GetError() != "" {
+		t.Fatalf("report %v, want version 3 applied", r)
 	}
 }

@@ -5,6 +5,7 @@ package supervisor
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -116,15 +117,47 @@ func exists(p string) bool {
 	return err == nil
 }
 
-// resolveUser picks the sandbox user and working directory.
-func resolveUser(cfg *bootstrap.Config, o Options) (*sandboxuser.User, string, error) {
+// resolveUser picks the account every program of the sandbox runs as (the main
+// process, exec/ssh sessions, the SFTP server) and the working directory:
+//
+//   - process.run_as_user naming an account (a name or numeric uid other than the
+//     default "sandbox"): that account from the sandbox's /etc/passwd, which must
+//     have it; the image's USER is then ignored.
+//   - otherwise (empty or "sandbox", what policy.Default fills in): the image's USER
+//     when it is not root, else the "sandbox" user, added to /etc/passwd and
+//     /etc/group when the image lacks it.
+//   - process.run_as_group naming a group (other than "sandbox"): that group from
+//     /etc/group replaces the account's primary group; otherwise the account's
+//     primary group. Supplementary groups are always the account's memberships in
+//     /etc/group.
+//
+// An account or group the image lacks, or one that resolves to uid/gid 0, fails the
+// start with an error naming the policy field and the fix. A supervisor that is not
+// root (tests) runs everything as itself, and refuses a policy account other than
+// its own identity rather than silently ignoring it.
+func resolveUser(cfg *bootstrap.Config, o Options, proc policy.Process) (*sandboxuser.User, string, error) {
 	db := sandboxuser.DB{Root: o.Root}
 	dir := cfg.ImageWorkdir
 	if dir == "" {
 		dir = o.SandboxDir
 	}
+	named := !sandboxuser.IsDefault(proc.RunAsUser)
+	group := proc.RunAsGroup
+	if sandboxuser.IsDefault(group) {
+		group = ""
+	}
 	if os.Geteuid() != 0 {
 		u := sandboxuser.Current(db)
+		if named || group != "" {
+			want, err := policyAccount(db, proc.RunAsUser, group, u)
+			if err != nil {
+				return nil, "", err
+			}
+			if want.UID != u.UID || want.GID != u.GID {
+				return nil, "", fmt.Errorf("supervisor: the policy's process section asks for %s (uid %d, gid %d), but the supervisor runs as uid %d, not root, and cannot switch accounts: run it as root or drop process.run_as_user/run_as_group",
+					want.Name, want.UID, want.GID, u.UID)
+			}
+		}
 		if err := os.MkdirAll(dir, 0o755); err != nil {
 			return nil, "", fmt.Errorf("supervisor: create working directory %s: %w", dir, err)
 		}
@@ -136,9 +169,12 @@ func resolveUser(cfg *bootstrap.Config, o Options) (*sandboxuser.User, string, e
 	}
 	var u *sandboxuser.User
 	var err error
-	if cfg.ImageUser != "" && !sandboxuser.IsRoot(cfg.ImageUser) {
+	switch {
+	case named:
+		u, err = policyAccount(db, proc.RunAsUser, group, nil)
+	case cfg.ImageUser != "" && !sandboxuser.IsRoot(cfg.ImageUser):
 		u, err = db.Resolve(cfg.ImageUser)
-	} else {
+	default:
 		u, err = db.EnsureDefault(o.SandboxDir, shell)
 		if err != nil {
 			// A read-only /etc must not make the sandbox unusable: run as the numeric
@@ -146,6 +182,9 @@ func resolveUser(cfg *bootstrap.Config, o Options) (*sandboxuser.User, string, e
 			slog.Warn("could not add the sandbox user to /etc/passwd; running as uid 1000 without an entry", "err", err)
 			u, err = &sandboxuser.User{Name: sandboxuser.DefaultName, UID: 1000, GID: 1000, Home: o.SandboxDir, Shell: shell}, nil
 		}
+	}
+	if err == nil && !named && group != "" {
+		u, err = policyAccount(db, "", group, u)
 	}
 	if err != nil {
 		return nil, "", err
@@ -165,10 +204,51 @@ func resolveUser(cfg *bootstrap.Config, o Options) (*sandboxuser.User, string, e
 	return u, dir, nil
 }
 
+// policyAccount resolves the policy's process section: the account user (when base
+// is nil) or base with its primary group replaced by group (when group is set). The
+// errors name the policy field, the missing account and the fix.
+func policyAccount(db sandboxuser.DB, user, group string, base *sandboxuser.User) (*sandboxuser.User, error) {
+	var u *sandboxuser.User
+	var err error
+	if base == nil {
+		u, err = db.ResolveRunAs(user, group)
+	} else {
+		u = base
+		if group != "" {
+			u, err = db.WithGroup(base, group)
+		}
+	}
+	if err == nil {
+		return u, nil
+	}
+	var ae *sandboxuser.AccountError
+	if !errors.As(err, &ae) {
+		return nil, fmt.Errorf("supervisor: resolve the policy's process section: %w", err)
+	}
+	field, value := "process.run_as_user", user
+	if ae.Kind == "group" {
+		field, value = "process.run_as_group", group
+	}
+	switch {
+	case errors.Is(err, sandboxuser.ErrNoAccount):
+		return nil, fmt.Errorf("supervisor: policy %s %q: %w: the sandbox image has no such %s; add it to the image (e.g. a useradd/groupadd line in its Dockerfile) or set %s to one the image has",
+			field, value, err, ae.Kind, field)
+	case ae.PrimaryRoot:
+		return nil, fmt.Errorf("supervisor: policy %s %q: %w: the agent must not run with the root group; set process.run_as_group to an unprivileged group",
+			field, value, err)
+	case errors.Is(err, sandboxuser.ErrRootAccount):
+		return nil, fmt.Errorf("supervisor: policy %s %q: %w: the agent must not run as root; name an unprivileged %s",
+			field, value, err, ae.Kind)
+	}
+	return nil, fmt.Errorf("supervisor: policy %s %q: %w", field, value, err)
+}
+
 // Run runs the supervisor until ctx ends. The main process is started once: a
 // gateway reconnect never restarts it. When it exits the exit is reported and the
-// supervisor keeps serving (exec, logs) until it is stopped.
-func Run(ctx context.Context, cfg *bootstrap.Config, o Options) error {
+// supervisor keeps serving (exec, logs) until it is stopped. An error that ends Run
+// once the gateway connection exists (e.g. a policy account the image lacks) is
+// also shipped to the gateway's sandbox logs, so `openshell sandbox logs` shows it.
+func Run(ctx context.Context, cfg *bootstrap.Config, o Options) (retErr error) {
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
@@ -219,15 +299,19 @@ func Run(ctx context.Context, cfg *bootstrap.Config, o Options) error {
 	// The supervisor is the process's main: its packages log through the default
 	// logger, and their events are shipped too.
 	slog.SetDefault(log)
+	shipCtx, stopShip := context.WithCancel(context.WithoutCancel(ctx))
+	shipDone := make(chan struct{})
+	go func() { shipper.Run(shipCtx); close(shipDone) }()
+	defer func() { stopShip(); <-shipDone }() // a last flush, bounded by the shipper
+	defer func() {
+		if retErr != nil {
+			// Not through log: the caller prints retErr to stderr already.
+			shipper.Add("ERROR", "openshell-sandbox", "sandbox start failed: "+retErr.Error(), nil)
+		}
+	}()
 
 	r := reaper.New(reapOrphans)
 	defer r.Close()
-
-	user, dir, err := resolveUser(cfg, o)
-	if err != nil {
-		return err
-	}
-	env := SandboxEnv(os.Environ(), user, cfg.Main.Env)
 
 	// Policy: the bootstrap's, else the gateway's, else the default.
 	gctx, gcancel := context.WithTimeout(ctx, 15*time.Second)
@@ -244,6 +328,14 @@ func Run(ctx context.Context, cfg *bootstrap.Config, o Options) error {
 	if err != nil {
 		return fmt.Errorf("supervisor: compile the %s: %w", polSrc, err)
 	}
+	// The account comes from the start policy and stays for the sandbox's life: the
+	// main process cannot change identity, and sessions follow it (policyWatcher
+	// reports a later version that asks for another account).
+	user, dir, err := resolveUser(cfg, o, pol.Process)
+	if err != nil {
+		return fmt.Errorf("%w (in the %s)", err, polSrc)
+	}
+	env := SandboxEnv(os.Environ(), user, cfg.Main.Env)
 	var store *credentials.Store
 	caFile := ""
 	providers, err := fetchProviders(ctx, cc, cfg.SandboxID)
@@ -285,7 +377,7 @@ func Run(ctx context.Context, cfg *bootstrap.Config, o Options) error {
 	log.Info("policy in force", "source", polSrc, "version", gwCfg.GetVersion(), "rules", len(pol.NetworkPolicies),
 		"proxy", eg.proxyURL, "network", o.Network, "confined", o.Confine, "providers", len(providers))
 	watcher := &policyWatcher{cc: cc, id: cfg.SandboxID, prx: eg.prx, net: eg.net, version: gwCfg.GetVersion(), log: log,
-		reportInitial: gwCfg.GetPolicy() != nil}
+		reportInitial: gwCfg.GetPolicy() != nil, process: pol.Process, user: user}
 
 	var mainMu sync.Mutex
 	var main *mainproc.Main
@@ -332,10 +424,6 @@ func Run(ctx context.Context, cfg *bootstrap.Config, o Options) error {
 	if err != nil {
 		return err
 	}
-	shipCtx, stopShip := context.WithCancel(context.WithoutCancel(ctx))
-	shipDone := make(chan struct{})
-	go func() { shipper.Run(shipCtx); close(shipDone) }()
-	defer func() { stopShip(); <-shipDone }()
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
@@ -368,7 +456,7 @@ func Run(ctx context.Context, cfg *bootstrap.Config, o Options) error {
 		mainMu.Lock()
 		main = m
 		mainMu.Unlock()
-		log.Info("main process started", "pid", m.Pid(), "argv", argv, "tty", cfg.Main.TTY, "user", user.Name, "dir", dir)
+		log.Info("main process started", "pid", m.Pid(), "argv", argv, "tty", cfg.Main.TTY, "user", user.Name, "uid", user.UID, "gid", user.GID, "dir", dir)
 		go func() { <-m.Done(); exitCode <- m.ExitCode() }()
 	}
 

@@ -7,9 +7,11 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -19,7 +21,9 @@ import (
 
 	pb "github.com/openshell/openshell/api/openshellv1"
 	"github.com/openshell/openshell/gateway/sshrelay"
+	"github.com/openshell/openshell/internal/testenv"
 	"github.com/openshell/openshell/supervisor/bootstrap"
+	"github.com/openshell/openshell/supervisor/policy"
 	"github.com/openshell/openshell/supervisor/sandboxuser"
 )
 
@@ -318,4 +322,221 @@ func TestSandboxEnvDropsSecrets(t *testing.T) {
 	if strings.Contains(got, "TOKEN") || strings.Contains(got, "HOME=/root") {
 		t.Fatalf("env leaks:\n%s", got)
 	}
+}
+
+// runAsRoot makes a sandbox root whose account files hold an image user (node), a
+// policy account (agent, member of tools) and a spare group (other).
+func runAsRoot(t *testing.T) string {
+	t.Helper()
+	base, err := os.MkdirTemp("", "supervisor-runas-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(base) })
+	// The accounts must reach their working directory under it.
+	os.Chmod(base, 0o755)
+	root := filepath.Join(base, "root")
+	if err := os.MkdirAll(filepath.Join(root, "etc"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	pw := "root:x:0:0:root:/root:/bin/sh\nnode:x:1000:1000::/home/node:/bin/sh\nagent:x:2345:2345:agent:/home/agent:/bin/sh\n"
+	gr := "root:x:0:\nnode:x:1000:\nagent:x:2345:\ntools:x:3456:agent\nother:x:4567:\n"
+	if err := os.WriteFile(filepath.Join(root, "etc", "passwd"), []byte(pw), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(root, "etc", "group"), []byte(gr), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return root
+}
+
+func TestResolveUserRunAs(t *testing.T) {
+	testenv.RequireRoot(t) // the account switch and the chown of the working directory
+	tests := []struct {
+		name      string
+		imageUser string
+		proc      policy.Process
+		uid, gid  uint32
+		groups    []uint32
+		user      string
+		errSub    []string
+		errIs     error
+	}{
+		{name: "policy user wins over the image USER", imageUser: "node", proc: policy.Process{RunAsUser: "agent"},
+			user: "agent", uid: 2345, gid: 2345, groups: []uint32{3456}},
+		{name: "numeric uid and gid", imageUser: "node", proc: policy.Process{RunAsUser: "2345", RunAsGroup: "4567"},
+			user: "agent", uid: 2345, gid: 4567, groups: []uint32{3456}},
+		{name: "group overrides the primary gid", proc: policy.Process{RunAsUser: "agent", RunAsGroup: "tools"},
+			user: "agent", uid: 2345, gid: 3456},
+		{name: "the default keeps the image USER", imageUser: "node", proc: policy.Default().Process,
+			user: "node", uid: 1000, gid: 1000},
+		{name: "the default with a group", imageUser: "node", proc: policy.Process{RunAsUser: "sandbox", RunAsGroup: "other"},
+			user: "node", uid: 1000, gid: 4567},
+		{name: "the default creates the sandbox user", proc: policy.Process{},
+			user: sandboxuser.DefaultName, uid: 1001, gid: 1001},
+		{name: "unknown user", imageUser: "node", proc: policy.Process{RunAsUser: "ghost"}, errIs: sandboxuser.ErrNoAccount,
+			errSub: []string{`process.run_as_user "ghost"`, "add it to the image", "passwd"}},
+		{name: "unknown uid", proc: policy.Process{RunAsUser: "4242"}, errIs: sandboxuser.ErrNoAccount,
+			errSub: []string{`process.run_as_user "4242"`}},
+		{name: "unknown group", proc: policy.Process{RunAsUser: "agent", RunAsGroup: "nosuch"}, errIs: sandboxuser.ErrNoAccount,
+			errSub: []string{`process.run_as_group "nosuch"`, "add it to the image"}},
+		{name: "unknown group with the default user", imageUser: "node", proc: policy.Process{RunAsGroup: "nosuch"}, errIs: sandboxuser.ErrNoAccount,
+			errSub: []string{`process.run_as_group "nosuch"`}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			root := runAsRoot(t)
+			sbDir := filepath.Join(filepath.Dir(root), "sandbox")
+			cfg := &bootstrap.Config{ImageUser: tc.imageUser}
+			u, dir, err := resolveUser(cfg, Options{Root: root, SandboxDir: sbDir}, tc.proc)
+			if tc.errIs != nil {
+				if !errors.Is(err, tc.errIs) {
+					t.Fatalf("resolveUser = %+v, %v; want %v", u, err, tc.errIs)
+				}
+				for _, s := range tc.errSub {
+					if !strings.Contains(err.Error(), s) {
+						t.Fatalf("error %q lacks %q", err, s)
+					}
+				}
+				if _, serr := os.Stat(filepath.Join(root, "etc", "passwd")); serr == nil {
+					if data, _ := os.ReadFile(filepath.Join(root, "etc", "passwd")); strings.Contains(string(data), "sandbox:") {
+						t.Fatal("a failed policy account still added the sandbox user")
+					}
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if u.Name != tc.user || u.UID != tc.uid || u.GID != tc.gid || !slices.Equal(u.Groups, tc.groups) {
+				t.Fatalf("resolveUser = %+v", u)
+			}
+			// /sandbox belongs to the account the programs run as.
+			var st syscall.Stat_t
+			if err := syscall.Stat(dir, &st); err != nil || dir != sbDir || st.Uid != tc.uid || st.Gid != tc.gid {
+				t.Fatalf("working directory %s: %v uid %d gid %d", dir, err, st.Uid, st.Gid)
+			}
+			cred := u.Credential()
+			if cred == nil || cred.Uid != tc.uid || cred.Gid != tc.gid {
+				t.Fatalf("credential %+v", cred)
+			}
+		})
+	}
+}
+
+// TestRunAsEndToEnd: a bootstrap policy naming an account makes the main process and
+// exec sessions run as it, with its supplementary groups and the policy's group.
+func TestRunAsEndToEnd(t *testing.T) {
+	testenv.RequireRoot(t)
+	root := runAsRoot(t)
+	base := filepath.Dir(root)
+	sbDir := filepath.Join(base, "sandbox")
+	g := newGW()
+	addr, _ := serveGW(t, g, "127.0.0.1:0")
+	cfg := &bootstrap.Config{
+		Endpoint: "http://" + addr, SandboxID: "sb-runas", SandboxName: "box", Token: "tok", ImageUser: "node",
+		PolicyYAML: []byte("version: 1\nprocess:\n  run_as_user: agent\n  run_as_group: other\n"),
+		Main:       bootstrap.MainProcessSpec{Version: 1, Command: []string{"/bin/sh", "-c", "echo $$ > main.pid; while :; do sleep 1; done"}},
+	}
+	no := false
+	ctx, cancel := context.WithCancel(context.Background())
+	runErr := make(chan error, 1)
+	go func() {
+		runErr <- Run(ctx, cfg, Options{RunDir: filepath.Join(base, "run"), Root: root, SandboxDir: sbDir,
+			SelfExe: os.Args[0], ReapOrphans: &no, StopGrace: 2 * time.Second})
+	}()
+	defer func() {
+		cancel()
+		select {
+		case err := <-runErr:
+			if err != nil {
+				t.Errorf("Run: %v", err)
+			}
+		case <-time.After(15 * time.Second):
+			t.Error("Run did not return after cancel")
+		}
+	}()
+	var s grpc.BidiStreamingServer[pb.SupervisorMessage, pb.GatewayMessage]
+	select {
+	case s = <-g.sessions:
+	case err := <-runErr:
+		t.Fatalf("Run ended: %v", err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("no session")
+	}
+	out, code := execOverRelay(t, g, s, "sh", "-c", `id -u; id -g; id -G; echo "USER=$USER"`)
+	if code != 0 {
+		t.Fatalf("exec exit %d: %s", code, out)
+	}
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	if len(lines) != 4 || lines[0] != "2345" || lines[1] != "4567" || !slices.Equal(strings.Fields(lines[2]), []string{"4567", "3456"}) || lines[3] != "USER=agent" {
+		t.Fatalf("exec identity %q, want uid 2345 gid 4567 groups [4567 3456] USER=agent", out)
+	}
+	// The main process: its uid, gid and groups from /proc.
+	var pid string
+	deadline := time.Now().Add(10 * time.Second)
+	for pid == "" {
+		b, _ := os.ReadFile(filepath.Join(sbDir, "main.pid"))
+		pid = strings.TrimSpace(string(b))
+		if pid == "" && time.Now().After(deadline) {
+			t.Fatal("the main process wrote no pid file")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	status, err := os.ReadFile(filepath.Join("/proc", pid, "status"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]string{"Uid": "2345 2345 2345 2345", "Gid": "4567 4567 4567 4567", "Groups": "3456"}
+	for _, line := range strings.Split(string(status), "\n") {
+		k, v, _ := strings.Cut(line, ":")
+		if w, ok := want[k]; ok {
+			if got := strings.Join(strings.Fields(v), " "); got != w {
+				t.Fatalf("main process %s: %q, want %q", k, got, w)
+			}
+			delete(want, k)
+		}
+	}
+	if len(want) != 0 {
+		t.Fatalf("/proc/%s/status lacks %v", pid, want)
+	}
+}
+
+// TestRunAsUnknownAccount: a policy account the image lacks fails the start with an
+// error naming the field, the account and the fix, also shipped to the gateway.
+func TestRunAsUnknownAccount(t *testing.T) {
+	root := runAsRoot(t)
+	base := filepath.Dir(root)
+	g := newGW()
+	addr, _ := serveGW(t, g, "127.0.0.1:0")
+	cfg := &bootstrap.Config{
+		Endpoint: "http://" + addr, SandboxID: "sb-ghost", SandboxName: "box", Token: "tok",
+		PolicyYAML: []byte("version: 1\nprocess:\n  run_as_user: ghost\n"),
+		Main:       bootstrap.MainProcessSpec{Version: 1, Command: []string{"/bin/sh", "-c", "touch started"}},
+	}
+	no := false
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	err := Run(ctx, cfg, Options{RunDir: filepath.Join(base, "run"), Root: root, SandboxDir: filepath.Join(base, "sandbox"),
+		SelfExe: os.Args[0], ReapOrphans: &no, StopGrace: time.Second})
+	if !errors.Is(err, sandboxuser.ErrNoAccount) {
+		t.Fatalf("Run = %v, want an unknown-account error", err)
+	}
+	for _, s := range []string{`process.run_as_user "ghost"`, "add it to the image", "(in the policy file "} {
+		if !strings.Contains(err.Error(), s) {
+			t.Fatalf("error %q lacks %q", err, s)
+		}
+	}
+	if _, serr := os.Stat(filepath.Join(base, "sandbox", "started")); serr == nil {
+		t.Fatal("the main process ran")
+	}
+	// Run flushes its shipped logs before returning.
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for _, l := range g.logs {
+		if l.GetLevel() == "ERROR" && strings.Contains(l.GetMessage(), "sandbox start failed") && strings.Contains(l.GetMessage(), `process.run_as_user "ghost"`) {
+			return
+		}
+	}
+	t.Fatalf("the start error was not shipped; logs: %v", g.logs)
 }
