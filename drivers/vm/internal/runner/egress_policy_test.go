@@ -2,9 +2,7 @@ package runner
 
 import (
 	"fmt"
-	"log/slog"
 	"net"
-	"path/filepath"
 	"sync/atomic"
 	"testing"
 )
@@ -33,14 +31,11 @@ func TestEgressSandboxPolicyRecheck(t *testing.T) {
 	port := target.Addr().(*net.TCPAddr).Port
 	pol := fmt.Sprintf("version: 1\nnetwork_policies:\n  api:\n    endpoints:\n      - host: allowed.test\n        port: %d\n", port)
 
-	sock := filepath.Join(t.TempDir(), "egress.sock")
-	l, err := net.Listen("unix", sock)
+	c, err := compileYAML([]byte(pol))
 	if err != nil {
 		t.Fatal(err)
 	}
-	done := make(chan error, 1)
-	go func() { done <- serveEgressPolicy(l, EgressPolicy{AllowPrivate: true}, []byte(pol), slog.Default()) }()
-	defer func() { l.Close(); <-done }()
+	sock := serveTestRelay(t, EgressPolicy{AllowPrivate: true}, c)
 
 	connect := func(name string, p int) int {
 		t.Helper()
@@ -65,8 +60,7 @@ func TestEgressSandboxPolicyRecheck(t *testing.T) {
 	}
 
 	// A policy that does not parse is refused, not ignored.
-	l2, _ := net.Listen("unix", filepath.Join(t.TempDir(), "bad.sock"))
-	if err := serveEgressPolicy(l2, EgressPolicy{}, []byte("version: 7\n"), slog.Default()); err == nil {
+	if _, err := compileYAML([]byte("version: 7\n")); err == nil {
 		t.Fatal("a bad policy was accepted")
 	}
 }

@@ -173,8 +173,8 @@ func dialGateway(b *bootstrap.Config, addr func() string) (*grpc.ClientConn, err
 }
 
 // startEgress serves the egress port with the sandbox-policy re-check, polling the
-// gateway until stop is called (stop also waits for the server to end once l is
-// closed by the caller).
+// gateway, until stop is called; stop closes l and the open tunnels and waits for
+// both goroutines.
 func startEgress(ctx context.Context, l net.Listener, spec *Spec, gwAddr func() string, log *slog.Logger) (stop func(), err error) {
 	cc, err := dialGateway(&spec.Bootstrap, gwAddr)
 	if err != nil {
@@ -189,7 +189,13 @@ func startEgress(ctx context.Context, l net.Listener, spec *Spec, gwAddr func() 
 	var wg sync.WaitGroup
 	wg.Add(2)
 	go func() { defer wg.Done(); ps.Run(pctx) }()
-	go func() { defer wg.Done(); serveEgressSynced(l, spec.Egress, ps, log) }()
+	relay := newEgressRelay(spec.Egress, ps.Current, log)
+	go func() {
+		defer wg.Done()
+		if err := relay.Serve(pctx, l); err != nil {
+			log.Error("egress: the guest's egress port stopped serving", "err", err)
+		}
+	}()
 	return func() {
 		cancel()
 		l.Close()

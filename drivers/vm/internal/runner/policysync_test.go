@@ -8,6 +8,7 @@ import (
 	"net"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -89,10 +90,10 @@ func syncSpec(gwPort string, caPEM []byte, token string) *Spec {
 }
 
 // TestEgressPolicySync runs the runner's egress wiring (startEgress, as Run calls it)
-// against a real TLS gRPC gateway and a real TCP target: CONNECTs are refused with 503
-// until the policy is fetched, allowed while the gateway's policy A names the target,
-// and refused with 403 — the target seeing no new connection — once the gateway
-// serves policy B, which does not.
+// against a real TLS gRPC gateway and a real TCP target: CONNECTs and name lookups are
+// refused with 503 until the policy is fetched, allowed while the gateway's policy A
+// names the target (and the name), and refused with 403 — the target seeing no new
+// connection — once the gateway serves policy B, which does not.
 func TestEgressPolicySync(t *testing.T) {
 	target, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -139,6 +140,14 @@ func TestEgressPolicySync(t *testing.T) {
 		}
 		return resp.StatusCode
 	}
+	// lookup asks the egress port for a name and returns the status and body.
+	lookup := func(name string) (int, string) {
+		t.Helper()
+		resp, c, _ := egressDo(t, sock, "GET /v1/resolve?name="+name+" HTTP/1.1\r\nHost: runner\r\n\r\n")
+		defer c.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
 	// The first poll happens at once; the gateway fails it, so nothing is known yet.
 	deadline := time.Now().Add(10 * time.Second)
 	for cs.calls.Load() == 0 {
@@ -153,9 +162,12 @@ func TestEgressPolicySync(t *testing.T) {
 	if n := accepted.Load(); n != 0 {
 		t.Fatalf("the target saw %d connections before the policy was known", n)
 	}
+	if code, body := lookup("localhost"); code != 503 || !strings.Contains(body, "not known yet") {
+		t.Fatalf("lookup before the policy is known: %d %q, want 503", code, body)
+	}
 
-	// Policy A names the target.
-	cs.resp.Store(policyResp(t, 1, "version: 1\nnetwork_policies:\n  api:\n    endpoints:\n      - host: allowed.test\n        port: "+strconv.Itoa(tport)+"\n"))
+	// Policy A names the target, and localhost (a name the host's DNS knows).
+	cs.resp.Store(policyResp(t, 1, "version: 1\nnetwork_policies:\n  api:\n    endpoints:\n      - host: allowed.test\n        port: "+strconv.Itoa(tport)+"\n      - host: localhost\n        port: 80\n"))
 	waitStatus := func(want int) {
 		t.Helper()
 		deadline := time.Now().Add(15 * time.Second)
@@ -178,6 +190,12 @@ func TestEgressPolicySync(t *testing.T) {
 	if accepted.Load() == 0 {
 		t.Fatal("policy A allowed the CONNECT but the target saw no connection")
 	}
+	if code, body := lookup("localhost"); code != 200 || !strings.Contains(body, `"addrs":[`) {
+		t.Fatalf("lookup of a name policy A names: %d %q, want 200", code, body)
+	}
+	if code, body := lookup("other.test"); code != 403 || !strings.Contains(body, "allows host other.test") {
+		t.Fatalf("lookup of a name policy A does not name: %d %q, want 403", code, body)
+	}
 
 	// Policy B names another host only: the runner refuses on its own, whatever the guest does.
 	cs.resp.Store(policyResp(t, 2, "version: 1\nnetwork_policies:\n  api:\n    endpoints:\n      - host: other.test\n        port: "+strconv.Itoa(tport)+"\n"))
@@ -190,6 +208,9 @@ func TestEgressPolicySync(t *testing.T) {
 	}
 	if n := accepted.Load(); n != before {
 		t.Fatalf("the target saw %d new connections after policy B", n-before)
+	}
+	if code, body := lookup("localhost"); code != 403 || !strings.Contains(body, "allows host localhost") {
+		t.Fatalf("lookup of a name only policy A named, under policy B: %d %q, want 403", code, body)
 	}
 }
 
