@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/openshell/openshell/gateway/pki"
+	"github.com/openshell/openshell/internal/tlsbatch"
 )
 
 // DefaultName is the gateway name used when --gateway is not given.
@@ -143,7 +144,7 @@ func (g *Gateway) Dial(ctx context.Context, opts ...grpc.DialOption) (*grpc.Clie
 		if err != nil {
 			return nil, err
 		}
-		creds = credentials.NewTLS(tc)
+		creds = tlsbatch.Credentials(credentials.NewTLS(tc))
 	}
 	opts = append([]grpc.DialOption{grpc.WithTransportCredentials(creds),
 		// Large flow-control windows and socket buffers: uploads and downloads stream

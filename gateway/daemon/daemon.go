@@ -37,6 +37,7 @@ import (
 	"github.com/openshell/openshell/gateway/store/postgres"
 	"github.com/openshell/openshell/gateway/store/sqlite"
 	"github.com/openshell/openshell/gateway/token"
+	"github.com/openshell/openshell/internal/tlsbatch"
 )
 
 // PKIDir is where the gateway keeps its CA and certificates.
@@ -220,7 +221,7 @@ func Start(ctx context.Context, cfg *config.Config, log *slog.Logger) (_ *Gatewa
 	opts := []grpc.ServerOption{grpc.InitialWindowSize(4 << 20), grpc.InitialConnWindowSize(8 << 20),
 		grpc.ReadBufferSize(256 << 10), grpc.WriteBufferSize(256 << 10)}
 	if bundle != nil {
-		opts = append(opts, grpc.Creds(credentials.NewTLS(bundle.ServerTLSConfig())))
+		opts = append(opts, grpc.Creds(tlsbatch.Credentials(credentials.NewTLS(bundle.ServerTLSConfig()))))
 	}
 	gs := gateway.NewGRPCServer(&auth.Authenticator{Tokens: issuer, LocalDev: cfg.DisableTLS, Log: log}, opts...)
 	srv.Register(gs)

@@ -21,6 +21,8 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/keepalive"
+
+	"github.com/openshell/openshell/internal/tlsbatch"
 )
 
 // Endpoint is a parsed gateway address.
@@ -119,7 +121,7 @@ func Dial(o DialOptions) (*grpc.ClientConn, error) {
 			}
 			cfg.RootCAs = pool
 		}
-		creds = credentials.NewTLS(cfg)
+		creds = tlsbatch.Credentials(credentials.NewTLS(cfg))
 	} else {
 		creds = insecure.NewCredentials()
 	}
