@@ -289,6 +289,42 @@ network_policies:
 	}
 }
 
+// TestRelayNameThroughGuestProxy runs the whole VM path in one process over real
+// sockets: an agent asks the guest proxy for a name, the proxy looks it up through
+// RunnerResolver and connects through RunnerDialer, both served by a Relay. When the
+// relay's policy stops naming the host, the lookup is refused outside the guest (the
+// guest's own policy still allows it) and the server sees nothing.
+func TestRelayNameThroughGuestProxy(t *testing.T) {
+	plain := startUpstream(t, "127.0.0.2", false, nil)
+	doc := fmt.Sprintf("version: 1\nnetwork_policies:\n  t:\n    endpoints: [{host: svc.example.test, port: %d}]\n    binaries: [{path: %s}]\n", plain.port, self(t))
+	ev := &events{}
+	r := NewRelay(compile(t, doc))
+	r.OnEvent = ev.add
+	r.Resolver = staticResolver{"svc.example.test": {netip.MustParseAddr(plain.host)}}
+	_, open := serveRelay(t, r)
+	_, purl, _ := startProxy(t, Config{Policy: compile(t, doc), Dial: RunnerDialer(open), Resolver: RunnerResolver{Open: open}})
+	c := client(purl, nil)
+	u := fmt.Sprintf("http://svc.example.test:%d/", plain.port)
+	if code, body := get(t, c, u); code != 200 || !strings.Contains(body, "hello from svc.example.test") {
+		t.Fatalf("by name through the relay: %d %q", code, body)
+	}
+	if e := ev.last(t); e.Method != "RELAY" || e.Action != "allow" || e.Host != "svc.example.test" {
+		t.Fatalf("relay event: %+v", e)
+	}
+	before := plain.conns.Load()
+	r.SetPolicy(policy.MustCompile(policy.Default()))
+	code, body := get(t, c, u)
+	if code != 403 || !strings.Contains(body, "no network_policies endpoint of the sandbox policy allows host svc.example.test") {
+		t.Fatalf("lookup refused by the relay: %d %q", code, body)
+	}
+	if e := ev.last(t); e.Method != "RESOLVE" || e.Action != "deny" || e.Host != "svc.example.test" {
+		t.Fatalf("relay event: %+v", e)
+	}
+	if plain.conns.Load() != before {
+		t.Fatal("a refused lookup still reached the server")
+	}
+}
+
 // TestRelayServeClosesTunnels: ending Serve's context closes open tunnels, so Serve
 // returns even while an upstream keeps its connection idle.
 func TestRelayServeClosesTunnels(t *testing.T) {
