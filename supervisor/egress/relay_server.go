@@ -154,7 +154,7 @@ func (r *Relay) ServeConn(ctx context.Context, c net.Conn) {
 func (r *Relay) refuse(c net.Conn, ev Event, code int, reason string) {
 	ev.Action, ev.Reason, ev.Status = "deny", reason, code
 	lvl := slog.LevelInfo
-	msg := "egress relay: refused by the sandbox policy"
+	msg := "egress relay: refused"
 	switch code {
 	case http.StatusForbidden:
 	case http.StatusServiceUnavailable:
