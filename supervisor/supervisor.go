@@ -1,6 +1,14 @@
 // Package supervisor is the process that runs inside every sandbox, whatever driver
-// started it: it launches the main process as the sandbox user, serves SSH on a
+// started it: it launches the main process as the sandbox's account, serves SSH on a
 // private Unix socket, keeps the session to the gateway (relays, exit report, logs).
+//
+// The account (resolveUser) is the start policy's process.run_as_user and
+// process.run_as_group when they name one (looked up in the sandbox's /etc/passwd
+// and /etc/group; a missing one fails the start), else the image's USER, else a
+// "sandbox" user the supervisor creates. The main process, every exec/ssh session
+// and the SFTP server run as it for the sandbox's whole life: a later policy version
+// that asks for another account has only its network rules applied and is reported
+// to the gateway as not applied.
 package supervisor
 
 import (
@@ -149,7 +157,11 @@ func resolveUser(cfg *bootstrap.Config, o Options, proc policy.Process) (*sandbo
 	if os.Geteuid() != 0 {
 		u := sandboxuser.Current(db)
 		if named || group != "" {
-			want, err := policyAccount(db, proc.RunAsUser, group, u)
+			base := u
+			if named {
+				base = nil
+			}
+			want, err := policyAccount(db, proc.RunAsUser, group, base)
 			if err != nil {
 				return nil, "", err
 			}
@@ -231,7 +243,7 @@ func policyAccount(db sandboxuser.DB, user, group string, base *sandboxuser.User
 	}
 	switch {
 	case errors.Is(err, sandboxuser.ErrNoAccount):
-		return nil, fmt.Errorf("supervisor: policy %s %q: %w: the sandbox image has no such %s; add it to the image (e.g. a useradd/groupadd line in its Dockerfile) or set %s to one the image has",
+		return nil, fmt.Errorf("supervisor: policy %s %q: %w: add the %s to the sandbox image (e.g. a useradd/groupadd line in its Dockerfile) or set %s to one the image has",
 			field, value, err, ae.Kind, field)
 	case ae.PrimaryRoot:
 		return nil, fmt.Errorf("supervisor: policy %s %q: %w: the agent must not run with the root group; set process.run_as_group to an unprivileged group",

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -375,11 +376,11 @@ func TestResolveUserRunAs(t *testing.T) {
 		{name: "the default creates the sandbox user", proc: policy.Process{},
 			user: sandboxuser.DefaultName, uid: 1001, gid: 1001},
 		{name: "unknown user", imageUser: "node", proc: policy.Process{RunAsUser: "ghost"}, errIs: sandboxuser.ErrNoAccount,
-			errSub: []string{`process.run_as_user "ghost"`, "add it to the image", "passwd"}},
+			errSub: []string{`process.run_as_user "ghost"`, "add the user to the sandbox image", "passwd"}},
 		{name: "unknown uid", proc: policy.Process{RunAsUser: "4242"}, errIs: sandboxuser.ErrNoAccount,
 			errSub: []string{`process.run_as_user "4242"`}},
 		{name: "unknown group", proc: policy.Process{RunAsUser: "agent", RunAsGroup: "nosuch"}, errIs: sandboxuser.ErrNoAccount,
-			errSub: []string{`process.run_as_group "nosuch"`, "add it to the image"}},
+			errSub: []string{`process.run_as_group "nosuch"`, "add the group to the sandbox image"}},
 		{name: "unknown group with the default user", imageUser: "node", proc: policy.Process{RunAsGroup: "nosuch"}, errIs: sandboxuser.ErrNoAccount,
 			errSub: []string{`process.run_as_group "nosuch"`}},
 	}
@@ -522,7 +523,7 @@ func TestRunAsUnknownAccount(t *testing.T) {
 	if !errors.Is(err, sandboxuser.ErrNoAccount) {
 		t.Fatalf("Run = %v, want an unknown-account error", err)
 	}
-	for _, s := range []string{`process.run_as_user "ghost"`, "add it to the image", "(in the policy file "} {
+	for _, s := range []string{`process.run_as_user "ghost"`, "add the user to the sandbox image", "(in the policy file "} {
 		if !strings.Contains(err.Error(), s) {
 			t.Fatalf("error %q lacks %q", err, s)
 		}
@@ -539,4 +540,67 @@ func TestRunAsUnknownAccount(t *testing.T) {
 		}
 	}
 	t.Fatalf("the start error was not shipped; logs: %v", g.logs)
+}
+
+// TestResolveUserNotRoot: a supervisor that is not root runs everything as itself; a
+// policy account that is its own identity is accepted, another one is refused (it
+// cannot switch), and an unknown one still names the field. The checks run in a
+// copy of this test binary started as agent (uid 2345).
+func TestResolveUserNotRoot(t *testing.T) {
+	if os.Getenv("OPENSHELL_TEST_NOTROOT_ROOT") != "" {
+		notRootChild(t, os.Getenv("OPENSHELL_TEST_NOTROOT_ROOT"))
+		return
+	}
+	testenv.RequireRoot(t) // to start the copy as another user
+	root := runAsRoot(t)
+	base := filepath.Dir(root)
+	self, err := os.ReadFile(os.Args[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	child := filepath.Join(base, "sandbox-child")
+	if err := os.Mkdir(child, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(child, 2345, 2345); err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(base, "supervisor.test")
+	if err := os.WriteFile(bin, self, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.CommandContext(t.Context(), bin, "-test.run=^TestResolveUserNotRoot$", "-test.v")
+	cmd.Env = append(os.Environ(), "OPENSHELL_TEST_NOTROOT_ROOT="+root, "HOME="+base)
+	cmd.Dir = base
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 2345, Gid: 2345}}
+	out, err := cmd.CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "--- PASS: TestResolveUserNotRoot") {
+		t.Fatalf("child as uid 2345: %v\n%s", err, out)
+	}
+}
+
+func notRootChild(t *testing.T, root string) {
+	if os.Geteuid() != 2345 {
+		t.Fatalf("child runs as uid %d", os.Geteuid())
+	}
+	o := Options{Root: root, SandboxDir: filepath.Join(filepath.Dir(root), "sandbox-child")}
+	u, _, err := resolveUser(&bootstrap.Config{}, o, policy.Process{RunAsUser: "agent"})
+	if err != nil || u.UID != 2345 || u.Name != "agent" {
+		t.Fatalf("own account: %+v %v", u, err)
+	}
+	if u, _, err = resolveUser(&bootstrap.Config{}, o, policy.Default().Process); err != nil || u.UID != 2345 {
+		t.Fatalf("default: %+v %v", u, err)
+	}
+	_, _, err = resolveUser(&bootstrap.Config{}, o, policy.Process{RunAsUser: "node"})
+	if err == nil || !strings.Contains(err.Error(), "cannot switch") || !strings.Contains(err.Error(), "node (uid 1000") {
+		t.Fatalf("another account: %v", err)
+	}
+	_, _, err = resolveUser(&bootstrap.Config{}, o, policy.Process{RunAsUser: "agent", RunAsGroup: "other"})
+	if err == nil || !strings.Contains(err.Error(), "cannot switch") {
+		t.Fatalf("another group: %v", err)
+	}
+	_, _, err = resolveUser(&bootstrap.Config{}, o, policy.Process{RunAsUser: "ghost"})
+	if !errors.Is(err, sandboxuser.ErrNoAccount) || !strings.Contains(err.Error(), "process.run_as_user") {
+		t.Fatalf("unknown account: %v", err)
+	}
 }
