@@ -19,6 +19,7 @@ import (
 	"github.com/openshell/openshell/api/openshellv1"
 	"github.com/openshell/openshell/gateway/store"
 	"github.com/openshell/openshell/gateway/validation"
+	"github.com/openshell/openshell/internal/grpcopts"
 )
 
 // requireReady loads a sandbox by id and fails with FAILED_PRECONDITION unless READY.
@@ -248,10 +249,6 @@ func (s *Server) ForwardTcp(stream openshellv1.OpenShell_ForwardTcpServer) error
 	return pumpForward(ctx, stream, conn)
 }
 
-// forwardChunk is the largest data frame sent back on a ForwardTcp stream (well
-// under the 1 MiB message limit; large frames keep per-frame costs low).
-const forwardChunk = 256 * 1024
-
 func pumpForward(ctx context.Context, stream openshellv1.OpenShell_ForwardTcpServer, conn io.ReadWriteCloser) error {
 	go func() {
 		defer conn.Close()
@@ -269,7 +266,7 @@ func pumpForward(ctx context.Context, stream openshellv1.OpenShell_ForwardTcpSer
 	}()
 	stop := context.AfterFunc(ctx, func() { conn.Close() })
 	defer stop()
-	buf := make([]byte, forwardChunk)
+	buf := make([]byte, grpcopts.RelayChunk)
 	for {
 		n, err := conn.Read(buf)
 		if n > 0 {

@@ -14,11 +14,10 @@ import (
 	"strings"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/openshell/openshell/gateway/pki"
-	"github.com/openshell/openshell/internal/tlsbatch"
+	"github.com/openshell/openshell/internal/grpcopts"
 )
 
 // DefaultName is the gateway name used when --gateway is not given.
@@ -144,13 +143,9 @@ func (g *Gateway) Dial(ctx context.Context, opts ...grpc.DialOption) (*grpc.Clie
 		if err != nil {
 			return nil, err
 		}
-		creds = tlsbatch.Credentials(credentials.NewTLS(tc))
+		creds = grpcopts.TLS(tc)
 	}
-	opts = append([]grpc.DialOption{grpc.WithTransportCredentials(creds),
-		// Large flow-control windows and socket buffers: uploads and downloads stream
-		// through ForwardTcp and must not stall on the 64 KiB defaults.
-		grpc.WithInitialWindowSize(4 << 20), grpc.WithInitialConnWindowSize(8 << 20),
-		grpc.WithReadBufferSize(256 << 10), grpc.WithWriteBufferSize(256 << 10)}, opts...)
+	opts = append(grpcopts.Dial(creds), opts...)
 	return grpc.NewClient("passthrough:///"+target, opts...)
 }
 

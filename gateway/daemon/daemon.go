@@ -37,7 +37,7 @@ import (
 	"github.com/openshell/openshell/gateway/store/postgres"
 	"github.com/openshell/openshell/gateway/store/sqlite"
 	"github.com/openshell/openshell/gateway/token"
-	"github.com/openshell/openshell/internal/tlsbatch"
+	"github.com/openshell/openshell/internal/grpcopts"
 )
 
 // PKIDir is where the gateway keeps its CA and certificates.
@@ -216,13 +216,11 @@ func Start(ctx context.Context, cfg *config.Config, log *slog.Logger) (_ *Gatewa
 	}
 	cleanups = append(cleanups, srv.Close)
 
-	// Large flow-control windows and socket buffers: file transfers and port forwards
-	// stream through ForwardTcp and RelayStream and must not stall on 64 KiB defaults.
-	opts := []grpc.ServerOption{grpc.InitialWindowSize(4 << 20), grpc.InitialConnWindowSize(8 << 20),
-		grpc.ReadBufferSize(256 << 10), grpc.WriteBufferSize(256 << 10)}
+	var creds credentials.TransportCredentials
 	if bundle != nil {
-		opts = append(opts, grpc.Creds(tlsbatch.Credentials(credentials.NewTLS(bundle.ServerTLSConfig()))))
+		creds = grpcopts.TLS(bundle.ServerTLSConfig())
 	}
+	opts := grpcopts.Server(creds)
 	gs := gateway.NewGRPCServer(&auth.Authenticator{Tokens: issuer, LocalDev: cfg.DisableTLS, Log: log}, opts...)
 	srv.Register(gs)
 

@@ -22,7 +22,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/keepalive"
 
-	"github.com/openshell/openshell/internal/tlsbatch"
+	"github.com/openshell/openshell/internal/grpcopts"
 )
 
 // Endpoint is a parsed gateway address.
@@ -121,7 +121,7 @@ func Dial(o DialOptions) (*grpc.ClientConn, error) {
 			}
 			cfg.RootCAs = pool
 		}
-		creds = tlsbatch.Credentials(credentials.NewTLS(cfg))
+		creds = grpcopts.TLS(cfg)
 	} else {
 		creds = insecure.NewCredentials()
 	}
@@ -130,8 +130,7 @@ func Dial(o DialOptions) (*grpc.ClientConn, error) {
 		var d net.Dialer
 		dial = func(ctx context.Context, addr string) (net.Conn, error) { return d.DialContext(ctx, "tcp", addr) }
 	}
-	return grpc.NewClient("passthrough:///"+ep.Addr,
-		grpc.WithTransportCredentials(creds),
+	return grpc.NewClient("passthrough:///"+ep.Addr, append(grpcopts.Dial(creds),
 		grpc.WithPerRPCCredentials(bearer{token: o.Token, secure: ep.Secure}),
 		grpc.WithContextDialer(dial),
 		// While the gateway is unreachable the transport redials on its own with this
@@ -145,9 +144,5 @@ func Dial(o DialOptions) (*grpc.ClientConn, error) {
 		// noticed by keepalive rather than by waiting forever.
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 30 * time.Second, Timeout: 10 * time.Second, PermitWithoutStream: true}),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(4<<20)),
-		// Large flow-control windows and socket buffers: relays carry file transfers
-		// and must not stall on the 64 KiB defaults.
-		grpc.WithInitialWindowSize(4<<20), grpc.WithInitialConnWindowSize(8<<20),
-		grpc.WithReadBufferSize(256<<10), grpc.WithWriteBufferSize(256<<10),
-	)
+	)...)
 }

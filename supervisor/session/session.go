@@ -21,12 +21,13 @@ import (
 	"google.golang.org/grpc/status"
 
 	pb "github.com/openshell/openshell/api/openshellv1"
+	"github.com/openshell/openshell/internal/grpcopts"
 )
 
 // RelayChunk is the largest data frame the supervisor sends on a relay: one read of
-// the SSH server's socket takes whatever is queued, up to this much (well under the
-// gateway's 1 MiB message limit), so bulk transfers pay per-frame costs rarely.
-const RelayChunk = 256 << 10
+// the SSH server's socket takes whatever is queued, up to this much, so bulk
+// transfers pay per-frame costs rarely.
+const RelayChunk = grpcopts.RelayChunk
 
 // Config configures a Client.
 type Config struct {

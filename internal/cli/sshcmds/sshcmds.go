@@ -20,6 +20,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	pb "github.com/openshell/openshell/api/openshellv1"
+	"github.com/openshell/openshell/internal/grpcopts"
 )
 
 // DialFunc connects to the configured gateway.
@@ -80,8 +81,8 @@ type forwardConn struct {
 }
 
 const (
-	// forwardChunk is the largest frame sent (well under the gateway's 1 MiB limit).
-	forwardChunk = 256 << 10
+	// forwardChunk is the largest frame sent.
+	forwardChunk = grpcopts.RelayChunk
 	// forwardQueue bounds the queued bytes: a writer blocks beyond it, so a slow
 	// peer pushes back.
 	forwardQueue = 1 << 20
