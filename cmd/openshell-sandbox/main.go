@@ -17,6 +17,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"strings"
 	"syscall"
 	"time"
@@ -30,6 +31,9 @@ import (
 )
 
 func main() {
+	if os.Getenv("GOGC") == "" {
+		debug.SetGCPercent(400)
+	}
 	// The confinement helper first: it runs between fork and the agent's exec and
 	// must not touch anything else (no flags, no logging setup).
 	if len(os.Args) > 1 && os.Args[1] == confine.Subcommand {

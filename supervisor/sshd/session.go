@@ -261,7 +261,7 @@ func (s *session) run(ctx context.Context, argv []string, withPTY bool) (retErr 
 		copies.Add(1)
 		go func() {
 			defer copies.Done()
-			_, _ = io.Copy(dst, &countingReader{src, &progress})
+			_, _ = io.CopyBuffer(dst, &countingReader{src, &progress}, make([]byte, copyBuf))
 		}()
 	}
 	if withPTY {
@@ -308,6 +308,11 @@ func (s *session) run(ctx context.Context, argv []string, withPTY bool) (retErr 
 			outW.Close()
 			return err
 		}
+		// Bulk transfers (SFTP) move through these pipes: 1 MiB pipes and 256 KiB
+		// copies take a tenth of the system calls and wake-ups of the 64 KiB/32 KiB
+		// defaults. Best effort: a smaller pipe only costs speed.
+		growPipe(inW)
+		growPipe(outR)
 		toClose = append(toClose, inR, outW, errW)
 		cmd.Stdin, cmd.Stdout, cmd.Stderr = inR, outW, errW
 		p, err := startProc(cmd)
@@ -319,7 +324,8 @@ func (s *session) run(ctx context.Context, argv []string, withPTY bool) (retErr 
 		}
 		s.proc = p
 		go func() {
-			_, _ = io.Copy(inW, s.ch)
+			// struct{io.Writer} hides (*os.File).ReadFrom, which would copy 32 KiB at a time.
+			_, _ = io.CopyBuffer(struct{ io.Writer }{inW}, s.ch, make([]byte, copyBuf))
 			inW.Close()
 		}()
 		copyOut(s.ch, outR)
@@ -493,4 +499,15 @@ func IsLoopbackHost(host string) bool {
 	}
 	ip := net.ParseIP(host)
 	return ip != nil && ip.IsLoopback()
+}
+
+// copyBuf is the buffer size for copies between a channel and a program's pipes.
+const copyBuf = 256 << 10
+
+// growPipe raises a pipe's capacity to 1 MiB (the default limit of
+// /proc/sys/fs/pipe-max-size); errors leave the default size.
+func growPipe(f *os.File) {
+	if rc, err := f.SyscallConn(); err == nil {
+		_ = rc.Control(func(fd uintptr) { _, _ = unix.FcntlInt(fd, unix.F_SETPIPE_SZ, 1<<20) })
+	}
 }
