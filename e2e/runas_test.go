@@ -1,5 +1,9 @@
 package e2e
 
+// The policy's process section (run_as_user / run_as_group) through the real
+// binaries. Both drivers: the image is built in dockerd, which the VM driver imports
+// from (`E2E_DRIVER=vm go test -run RunAs ./e2e/`).
+
 import (
 	"crypto/rand"
 	"encoding/hex"
