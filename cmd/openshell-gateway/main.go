@@ -10,7 +10,6 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
-	"runtime/debug"
 	"strings"
 	"syscall"
 	"time"
@@ -21,12 +20,11 @@ import (
 	"github.com/openshell/openshell/gateway/config"
 	"github.com/openshell/openshell/gateway/daemon"
 	"github.com/openshell/openshell/gateway/pki"
+	"github.com/openshell/openshell/internal/grpcopts"
 )
 
 func main() {
-	if os.Getenv("GOGC") == "" {
-		debug.SetGCPercent(400)
-	}
+	grpcopts.TuneGC()
 	if err := newRoot().Execute(); err != nil {
 		fmt.Fprintln(os.Stderr, "openshell-gateway:", err)
 		os.Exit(1)

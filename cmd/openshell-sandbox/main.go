@@ -17,13 +17,13 @@ import (
 	"net"
 	"os"
 	"os/signal"
-	"runtime/debug"
 	"strings"
 	"syscall"
 	"time"
 
 	"github.com/openshell/openshell/guest"
 	"github.com/openshell/openshell/guest/channel"
+	"github.com/openshell/openshell/internal/grpcopts"
 	"github.com/openshell/openshell/supervisor"
 	"github.com/openshell/openshell/supervisor/bootstrap"
 	"github.com/openshell/openshell/supervisor/confine"
@@ -31,9 +31,7 @@ import (
 )
 
 func main() {
-	if os.Getenv("GOGC") == "" {
-		debug.SetGCPercent(400)
-	}
+	grpcopts.TuneGC()
 	// The confinement helper first: it runs between fork and the agent's exec and
 	// must not touch anything else (no flags, no logging setup).
 	if len(os.Args) > 1 && os.Args[1] == confine.Subcommand {

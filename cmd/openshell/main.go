@@ -15,6 +15,7 @@ import (
 	"github.com/openshell/openshell/api/openshellv1"
 	"github.com/openshell/openshell/gateway"
 	"github.com/openshell/openshell/gateway/clientconf"
+	"github.com/openshell/openshell/internal/grpcopts"
 )
 
 // app holds the global flags; commands read them at run time.
@@ -54,6 +55,7 @@ func newRoot() (*cobra.Command, *app) {
 }
 
 func main() {
+	grpcopts.TuneGC()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	root, a := newRoot()
 	err := root.ExecuteContext(ctx)
