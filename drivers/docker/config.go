@@ -59,6 +59,11 @@ type Config struct {
 	// reach a loopback-only gateway. 0 = no forwarder (the gateway is reachable from
 	// the bridge some other way).
 	GatewayPort int `json:"gateway_port,omitempty" toml:"gateway_port"`
+	// GatewayServesBridge says the gateway running this driver in-process listens on
+	// <bridge gateway IP>:GatewayPort itself when asked (ListenerRequirements), so no
+	// forwarder is started: the supervisors' connections skip a hop through this
+	// process, which matters for file transfers.
+	GatewayServesBridge bool `json:"-" toml:"-"`
 	// CAPEM is the gateway CA bundle handed to each supervisor (optional for http://).
 	CAPEM []byte `json:"-" toml:"-"`
 	// StateDir holds per-sandbox token/CA files; default ~/.local/state/openshell/docker.

@@ -96,7 +96,7 @@ func New(ctx context.Context, cfg Config) (_ *Driver, retErr error) {
 		return nil, err
 	}
 	d.gatewayIP = gw
-	if cfg.GatewayPort != 0 {
+	if cfg.GatewayPort != 0 && !cfg.GatewayServesBridge {
 		d.fwd, err = startForwarder(d.log, gw, cfg.GatewayPort)
 		if errors.Is(err, syscall.EADDRINUSE) && answers(ctx, gw, cfg.GatewayPort) {
 			// The gateway listens on all addresses (or on the bridge itself), so
@@ -484,4 +484,18 @@ func firstNonEmpty(s ...string) string {
 		}
 	}
 	return ""
+}
+
+// ListenerRequirements implements drivers.ListenerRequirer: with GatewayServesBridge
+// the gateway itself listens on the bridge gateway IP, where sandboxes dial
+// host.openshell.internal.
+func (d *Driver) ListenerRequirements(context.Context) ([]*computev1.GatewayListenerRequirement, error) {
+	if !d.cfg.GatewayServesBridge || d.cfg.GatewayPort == 0 {
+		return nil, nil
+	}
+	addr := net.JoinHostPort(d.gatewayIP, strconv.Itoa(d.cfg.GatewayPort))
+	return []*computev1.GatewayListenerRequirement{{
+		Reason:   "sandboxes on the " + d.cfg.Network + " bridge reach the gateway at " + addr,
+		Selector: &computev1.GatewayListenerRequirement_ExactBindAddress{ExactBindAddress: addr},
+	}}, nil
 }

@@ -432,12 +432,14 @@ func TestRestartFindsSandboxes(t *testing.T) {
 // The forwarder lets a sandbox reach a loopback-only gateway at host.openshell.internal.
 func TestGatewayForwarder(t *testing.T) {
 	requireDocker(t)
-	t.Run("loopback gateway", func(t *testing.T) { testGatewayReachable(t, "127.0.0.1", true) })
+	t.Run("loopback gateway", func(t *testing.T) { testGatewayReachable(t, "127.0.0.1", true, false) })
 	// A gateway on all addresses is reached directly; its port cannot be forwarded.
-	t.Run("gateway on all addresses", func(t *testing.T) { testGatewayReachable(t, "0.0.0.0", false) })
+	t.Run("gateway on all addresses", func(t *testing.T) { testGatewayReachable(t, "0.0.0.0", false, false) })
+	// The in-process gateway listens on the bridge address the driver asks for.
+	t.Run("gateway serves the bridge", func(t *testing.T) { testGatewayReachable(t, "127.0.0.1", false, true) })
 }
 
-func testGatewayReachable(t *testing.T, bind string, wantForwarder bool) {
+func testGatewayReachable(t *testing.T, bind string, wantForwarder, servesBridge bool) {
 	ln, err := net.Listen("tcp", bind+":0")
 	if err != nil {
 		t.Fatal(err)
@@ -445,7 +447,7 @@ func testGatewayReachable(t *testing.T, bind string, wantForwarder bool) {
 	defer ln.Close()
 	port := ln.Addr().(*net.TCPAddr).Port
 	got := make(chan string, 1)
-	go func() {
+	serve := func(ln net.Listener) {
 		for { // skip empty connections (the driver probes the port)
 			c, err := ln.Accept()
 			if err != nil {
@@ -460,14 +462,37 @@ func testGatewayReachable(t *testing.T, bind string, wantForwarder bool) {
 				return
 			}
 		}
-	}()
+	}
 
 	cfg := withStandin(testConfig(t))
 	cfg.GatewayPort = port
 	cfg.GatewayEndpoint = "https://" + GatewayHost + ":" + strconv.Itoa(port)
+	cfg.GatewayServesBridge = servesBridge
 	d := newTestDriver(t, cfg)
 	if (d.fwd != nil) != wantForwarder {
 		t.Fatalf("forwarder running = %v, want %v", d.fwd != nil, wantForwarder)
+	}
+	reqs, err := d.ListenerRequirements(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	bridgeAddr := net.JoinHostPort(d.GatewayIP(), strconv.Itoa(port))
+	if !servesBridge {
+		if len(reqs) != 0 {
+			t.Fatalf("listener requirements without GatewayServesBridge: %v", reqs)
+		}
+		go serve(ln)
+	} else {
+		if len(reqs) != 1 || reqs[0].GetExactBindAddress() != bridgeAddr {
+			t.Fatalf("listener requirements = %v, want exactly %s", reqs, bridgeAddr)
+		}
+		// What the gateway does with the requirement: listen there itself.
+		bl, err := net.Listen("tcp", bridgeAddr)
+		if err != nil {
+			t.Fatalf("listen on the required %s: %v", bridgeAddr, err)
+		}
+		defer bl.Close()
+		go serve(bl)
 	}
 	id, name := drivertest.NewIDs()
 	sb := drivertest.DefaultSandbox(id, name, testImage)

@@ -17,8 +17,10 @@ func newDocker(ctx context.Context, env DriverEnv) (drivers.Driver, error) {
 		SupervisorBinary: env.SupervisorBinary,
 		GatewayEndpoint:  env.GatewayEndpoint,
 		GatewayPort:      env.GatewayPort,
-		CAPEM:            env.CAPEM,
-		StateDir:         filepath.Join(env.StateDir, "docker-driver"),
+		// The gateway opens the listeners its driver asks for (ListenerRequirements).
+		GatewayServesBridge: true,
+		CAPEM:               env.CAPEM,
+		StateDir:            filepath.Join(env.StateDir, "docker-driver"),
 	}
 	if env.EngineSocket != "" {
 		cfg.Host = "unix://" + env.EngineSocket
