@@ -9,8 +9,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
-	"sync"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -20,7 +18,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	pb "github.com/openshell/openshell/api/openshellv1"
-	"github.com/openshell/openshell/internal/grpcopts"
+	"github.com/openshell/openshell/internal/streamconn"
 )
 
 // DialFunc connects to the configured gateway.
@@ -58,170 +56,9 @@ func resolve(ctx context.Context, api pb.OpenShellClient, name string) (string, 
 	return id, nil
 }
 
-// forwardConn is a ForwardTcp stream as a net.Conn.
-//
-// Writes are coalesced: Write only queues bytes, and one sender goroutine sends
-// whatever has queued as frames of up to forwardChunk. The SSH client writes one
-// packet (at most ~32 KiB) per Write; sending each as its own frame would multiply
-// the per-frame costs along the whole relay path.
-type forwardConn struct {
-	stream grpc.BidiStreamingClient[pb.TcpForwardFrame, pb.TcpForwardFrame]
-	cancel context.CancelFunc
-	buf    []byte
-	rmu    sync.Mutex
-
-	wmu     sync.Mutex
-	wcond   sync.Cond // pending changed, or closing/werr set
-	pending []byte
-	closing bool  // no more writes: the sender flushes, then half-closes
-	werr    error // the sender failed; writes fail with it
-	sent    chan struct{}
-	stopCtx func() bool
-	once    sync.Once
-}
-
-const (
-	// forwardChunk is the largest frame sent.
-	forwardChunk = grpcopts.RelayChunk
-	// forwardQueue bounds the queued bytes: a writer blocks beyond it, so a slow
-	// peer pushes back.
-	forwardQueue = 1 << 20
-)
-
-func newForwardConn(ctx context.Context, stream grpc.BidiStreamingClient[pb.TcpForwardFrame, pb.TcpForwardFrame], cancel context.CancelFunc) *forwardConn {
-	c := &forwardConn{stream: stream, cancel: cancel, sent: make(chan struct{})}
-	c.wcond.L = &c.wmu
-	// A cancelled stream ends the sender even if nobody closes the conn.
-	c.stopCtx = context.AfterFunc(ctx, func() {
-		c.wmu.Lock()
-		c.closing = true
-		c.wmu.Unlock()
-		c.wcond.Broadcast()
-	})
-	go c.sender()
-	return c
-}
-
-func (c *forwardConn) sender() {
-	defer close(c.sent)
-	var spare []byte
-	for {
-		c.wmu.Lock()
-		for len(c.pending) == 0 && !c.closing {
-			c.wcond.Wait()
-		}
-		if len(c.pending) == 0 {
-			c.wmu.Unlock()
-			_ = c.stream.CloseSend()
-			return
-		}
-		batch := c.pending
-		c.pending = spare[:0]
-		c.wmu.Unlock()
-		c.wcond.Broadcast()
-		for off := 0; off < len(batch); off += forwardChunk {
-			// Send marshals before it returns (no stats handler keeps the message),
-			// so batch is reused afterwards.
-			if err := c.stream.Send(&pb.TcpForwardFrame{Payload: &pb.TcpForwardFrame_Data{Data: batch[off:min(len(batch), off+forwardChunk)]}}); err != nil {
-				c.wmu.Lock()
-				c.werr = err
-				c.pending = nil
-				c.wmu.Unlock()
-				c.wcond.Broadcast()
-				return
-			}
-		}
-		spare = batch
-	}
-}
-
-func (c *forwardConn) Read(p []byte) (int, error) {
-	c.rmu.Lock()
-	defer c.rmu.Unlock()
-	for len(c.buf) == 0 {
-		f, err := c.stream.Recv()
-		if err != nil {
-			if errors.Is(err, io.EOF) {
-				return 0, io.EOF
-			}
-			return 0, err
-		}
-		c.buf = f.GetData()
-	}
-	n := copy(p, c.buf)
-	c.buf = c.buf[n:]
-	return n, nil
-}
-
-func (c *forwardConn) Write(p []byte) (int, error) {
-	c.wmu.Lock()
-	defer c.wmu.Unlock()
-	written := 0
-	for len(p) > 0 {
-		for len(c.pending) >= forwardQueue && c.werr == nil && !c.closing {
-			c.wcond.Wait()
-		}
-		if c.werr != nil {
-			return written, c.werr
-		}
-		if c.closing {
-			return written, net.ErrClosed
-		}
-		n := min(len(p), forwardQueue-len(c.pending))
-		c.pending = append(c.pending, p[:n]...)
-		p, written = p[n:], written+n
-		c.wcond.Broadcast()
-	}
-	return written, nil
-}
-
-// finish stops writes and waits (at most wait) for the queued bytes to be sent and
-// the stream half-closed.
-func (c *forwardConn) finish(wait time.Duration) error {
-	c.wmu.Lock()
-	c.closing = true
-	c.wmu.Unlock()
-	c.wcond.Broadcast()
-	t := time.NewTimer(wait)
-	defer t.Stop()
-	select {
-	case <-c.sent:
-	case <-t.C:
-		return errors.New("forward: queued data not sent in time")
-	}
-	c.wmu.Lock()
-	defer c.wmu.Unlock()
-	return c.werr
-}
-
-// CloseWrite half-closes: the sandbox side sees EOF after the queued bytes.
-func (c *forwardConn) CloseWrite() error { return c.finish(time.Minute) }
-
-func (c *forwardConn) Close() error {
-	c.once.Do(func() {
-		// Give queued bytes a moment to leave; a peer that stopped reading must
-		// not hold Close up.
-		_ = c.finish(2 * time.Second)
-		c.stopCtx()
-		c.cancel()
-	})
-	return nil
-}
-
-type fwdAddr struct{}
-
-func (fwdAddr) Network() string { return "openshell-forward" }
-func (fwdAddr) String() string  { return "openshell-forward" }
-
-func (c *forwardConn) LocalAddr() net.Addr              { return fwdAddr{} }
-func (c *forwardConn) RemoteAddr() net.Addr             { return fwdAddr{} }
-func (c *forwardConn) SetDeadline(time.Time) error      { return nil }
-func (c *forwardConn) SetReadDeadline(time.Time) error  { return nil }
-func (c *forwardConn) SetWriteDeadline(time.Time) error { return nil }
-
 // openSSHForward creates an SSH session token and a ForwardTcp stream to the
 // sandbox's SSH server; the returned conn speaks SSH.
-func openSSHForward(ctx context.Context, api pb.OpenShellClient, sandboxID string) (*forwardConn, error) {
+func openSSHForward(ctx context.Context, api pb.OpenShellClient, sandboxID string) (*streamconn.Conn, error) {
 	sess, err := api.CreateSshSession(ctx, &pb.CreateSshSessionRequest{SandboxId: sandboxID})
 	if err != nil {
 		return nil, fmt.Errorf("create ssh session for sandbox %s: %w", sandboxID, err)
@@ -229,7 +66,13 @@ func openSSHForward(ctx context.Context, api pb.OpenShellClient, sandboxID strin
 	return openForward(ctx, api, sandboxID, sess.GetToken())
 }
 
-func openForward(ctx context.Context, api pb.OpenShellClient, sandboxID, token string) (*forwardConn, error) {
+// forwardData is a ForwardTcp data frame. The SSH client's packets are coalesced
+// into frames of up to streamconn.Chunk by the Conn.
+func forwardData(b []byte) *pb.TcpForwardFrame {
+	return &pb.TcpForwardFrame{Payload: &pb.TcpForwardFrame_Data{Data: b}}
+}
+
+func openForward(ctx context.Context, api pb.OpenShellClient, sandboxID, token string) (*streamconn.Conn, error) {
 	fctx, cancel := context.WithCancel(ctx)
 	stream, err := api.ForwardTcp(fctx)
 	if err != nil {
@@ -246,7 +89,7 @@ func openForward(ctx context.Context, api pb.OpenShellClient, sandboxID, token s
 		}
 		return nil, fmt.Errorf("forward to sandbox %s: %w", sandboxID, err)
 	}
-	return newForwardConn(fctx, stream, cancel), nil
+	return streamconn.New(fctx, streamconn.Bidi(stream, forwardData, (*pb.TcpForwardFrame).GetData), cancel, "openshell-forward"), nil
 }
 
 // sshClient opens an SSH client to the sandbox through the gateway.
@@ -330,7 +173,7 @@ func SSHProxyCommand(dial DialFunc) *cobra.Command {
 }
 
 // bridge copies in → c and c → out until the remote side ends.
-func bridge(c *forwardConn, in io.Reader, out io.Writer) error {
+func bridge(c *streamconn.Conn, in io.Reader, out io.Writer) error {
 	go func() {
 		_, _ = io.Copy(c, in)
 		_ = c.CloseWrite()
