@@ -41,7 +41,7 @@ type Options struct {
 	// VM mode dials its vsock gateway port whatever the address (TLS ServerName still
 	// comes from the endpoint host). nil = TCP.
 	Dial func(ctx context.Context, addr string) (net.Conn, error)
-	// RunDir holds the SSH socket and materialised secrets (default /run/openshell).
+	// RunDir holds materialised secrets (default /run/openshell).
 	RunDir string
 	// Root is the sandbox's root for /etc/passwd and friends (default /).
 	Root string
@@ -409,29 +409,15 @@ func Run(ctx context.Context, cfg *bootstrap.Config, o Options) (retErr error) {
 	if err != nil {
 		return err
 	}
-	sock := filepath.Join(o.RunDir, "ssh", "ssh.sock")
-	ln, err := sshd.ListenUnix(sock)
-	if err != nil {
-		return err
-	}
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		if err := srv.Serve(ctx, ln); err != nil {
-			log.Error("ssh server stopped", "err", err)
-		}
-	}()
 
+	// SSH relays are served in-process on the relay stream (no socket).
 	sc, err := session.New(cc, session.Config{
 		SandboxID: cfg.SandboxID, InstanceID: session.NewInstanceID(),
-		DialSSH: func(ctx context.Context) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, "unix", sock)
-		},
+		ServeSSH: srv.ServeConn,
 	})
 	if err != nil {
 		return err

@@ -22,18 +22,24 @@ import (
 
 	pb "github.com/openshell/openshell/api/openshellv1"
 	"github.com/openshell/openshell/internal/grpcopts"
+	"github.com/openshell/openshell/internal/streamconn"
 )
 
 // RelayChunk is the largest data frame the supervisor sends on a relay: one read of
-// the SSH server's socket takes whatever is queued, up to this much, so bulk
-// transfers pay per-frame costs rarely.
+// a relayed socket (or one send of the in-process SSH server's queued packets) takes
+// whatever is queued, up to this much, so bulk transfers pay per-frame costs rarely.
 const RelayChunk = grpcopts.RelayChunk
 
 // Config configures a Client.
 type Config struct {
 	SandboxID  string
 	InstanceID string // random per supervisor process; NewInstanceID makes one
-	// DialSSH connects to the in-sandbox SSH server (its Unix socket).
+	// ServeSSH serves one SSH connection in-process until it ends; ctx ends with Run
+	// (the connection itself ends with the relay). When set, SSH relays hand it the
+	// RelayStream as a net.Conn: no socket and no copying in between.
+	ServeSSH func(ctx context.Context, c net.Conn)
+	// DialSSH connects to an SSH server (e.g. on a Unix socket); used for SSH relays
+	// when ServeSSH is nil.
 	DialSSH func(ctx context.Context) (net.Conn, error)
 	// BackoffMin/Max pace reconnects; 0 = 1 s and 30 s.
 	BackoffMin, BackoffMax time.Duration
@@ -48,8 +54,8 @@ func (c *Config) Validate() error {
 		return errors.New("session: Config.SandboxID is empty: set OPENSHELL_SANDBOX_ID")
 	case c.InstanceID == "":
 		return errors.New("session: Config.InstanceID is empty: use NewInstanceID")
-	case c.DialSSH == nil:
-		return errors.New("session: Config.DialSSH is nil: give the SSH server's dialer")
+	case c.ServeSSH == nil && c.DialSSH == nil:
+		return errors.New("session: Config.ServeSSH and Config.DialSSH are both nil: give the SSH server's ServeConn (or a dialer)")
 	}
 	return nil
 }
@@ -255,7 +261,7 @@ func (c *Client) runOnce(ctx context.Context) (accepted bool, err error) {
 					delete(relays, open.GetChannelId())
 					relaysMu.Unlock()
 				}()
-				c.relay(rctx, open, send)
+				c.relay(rctx, ctx, open, send)
 			}()
 		case *pb.GatewayMessage_RelayClose:
 			relaysMu.Lock()
@@ -282,8 +288,8 @@ func streamErr(s grpc.ClientStream, err error) error {
 	return err
 }
 
-// dialTarget connects to what a relay_open names: the SSH server, or a loopback
-// TCP port inside the sandbox.
+// dialTarget connects to what a relay_open names: a loopback TCP port inside the
+// sandbox, or the SSH server through DialSSH.
 func (c *Client) dialTarget(ctx context.Context, open *pb.RelayOpen) (net.Conn, error) {
 	dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
@@ -309,8 +315,11 @@ func isLoopback(host string) bool {
 	return ip != nil && ip.IsLoopback()
 }
 
-// relay serves one relay_open: dial, open RelayStream, report, pump.
-func (c *Client) relay(ctx context.Context, open *pb.RelayOpen, send func(*pb.SupervisorMessage) error) {
+// relay serves one relay_open: dial (unless the SSH server runs in-process), open
+// RelayStream, report, then pump bytes or serve SSH on the stream. ctx ends the
+// relay; life (Run's context) bounds what the SSH server starts, so that a relay
+// ending hangs its programs up the same way a dropped SSH connection does.
+func (c *Client) relay(ctx, life context.Context, open *pb.RelayOpen, send func(*pb.SupervisorMessage) error) {
 	id := open.GetChannelId()
 	log := slog.With("channel_id", id)
 	result := func(err error) {
@@ -326,14 +335,20 @@ func (c *Client) relay(ctx context.Context, open *pb.RelayOpen, send func(*pb.Su
 		result(errors.New("relay_open without channel_id"))
 		return
 	}
-	conn, err := c.dialTarget(ctx, open)
-	if err != nil {
-		log.Warn("relay: dial target failed", "err", err)
-		result(err)
-		return
+	inProcess := open.GetTcp() == nil && c.cfg.ServeSSH != nil // no target = ssh
+	var conn net.Conn
+	if !inProcess {
+		var err error
+		if conn, err = c.dialTarget(ctx, open); err != nil {
+			log.Warn("relay: dial target failed", "err", err)
+			result(err)
+			return
+		}
+		defer conn.Close()
 	}
-	defer conn.Close()
-	rs, err := c.api.RelayStream(ctx)
+	sctx, scancel := context.WithCancel(ctx)
+	defer scancel()
+	rs, err := c.api.RelayStream(sctx)
 	if err != nil {
 		result(fmt.Errorf("open RelayStream: %w", err))
 		return
@@ -343,8 +358,19 @@ func (c *Client) relay(ctx context.Context, open *pb.RelayOpen, send func(*pb.Su
 		return
 	}
 	result(nil)
-	Pump(ctx, conn, rs)
+	if inProcess {
+		sc := streamconn.New(sctx, streamconn.Bidi(rs, relayData, (*pb.RelayFrame).GetData), scancel, "openshell-relay")
+		c.cfg.ServeSSH(life, sc)
+		_ = sc.Close()
+	} else {
+		Pump(ctx, conn, rs)
+	}
 	_ = send(&pb.SupervisorMessage{Payload: &pb.SupervisorMessage_RelayClose{RelayClose: &pb.RelayClose{ChannelId: id, Reason: "closed"}}})
+}
+
+// relayData is a RelayStream data frame.
+func relayData(b []byte) *pb.RelayFrame {
+	return &pb.RelayFrame{Payload: &pb.RelayFrame_Data{Data: b}}
 }
 
 // Pump copies bytes between conn and a RelayStream until both directions end or one

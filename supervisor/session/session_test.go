@@ -40,6 +40,7 @@ type fakeGateway struct {
 	rejectN    int // reject this many sessions first
 	streams    chan grpc.BidiStreamingServer[pb.SupervisorMessage, pb.GatewayMessage]
 	results    chan *pb.RelayOpenResult
+	closes     chan string // channel ids of the supervisor's relay_close messages
 	relays     chan relayCall
 	exitFails  int
 	exits      []*pb.ReportMainProcessExitRequest
@@ -56,6 +57,7 @@ func newFake() *fakeGateway {
 	return &fakeGateway{
 		streams: make(chan grpc.BidiStreamingServer[pb.SupervisorMessage, pb.GatewayMessage], 16),
 		results: make(chan *pb.RelayOpenResult, 16),
+		closes:  make(chan string, 16),
 		relays:  make(chan relayCall, 16),
 	}
 }
@@ -99,6 +101,12 @@ func (g *fakeGateway) ConnectSupervisor(s grpc.BidiStreamingServer[pb.Supervisor
 		}
 		if r := m.GetRelayOpenResult(); r != nil {
 			g.results <- r
+		}
+		if rc := m.GetRelayClose(); rc != nil {
+			select {
+			case g.closes <- rc.GetChannelId():
+			default: // tests that do not look at them
+			}
 		}
 	}
 }

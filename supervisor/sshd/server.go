@@ -92,11 +92,12 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("sshd: host key: %w", err)
 	}
-	// NoClientAuth: the server listens only on a Unix socket in a root-only directory
-	// and is reached only through relays the supervisor opens on the gateway's request.
-	// The gateway authenticates and authorises every caller (user credentials, SSH
-	// session tokens) before it asks for a relay, so the socket's reachability is the
-	// authentication; a second credential here would only duplicate that check.
+	// NoClientAuth: the server is reached only through relays the supervisor opens on
+	// the gateway's request (served in-process on the relay stream, or through a Unix
+	// socket in a root-only directory). The gateway authenticates and authorises every
+	// caller (user credentials, SSH session tokens) before it asks for a relay, so
+	// reaching the server is the authentication; a second credential here would only
+	// duplicate that check.
 	sc := &ssh.ServerConfig{NoClientAuth: true, ServerVersion: "SSH-2.0-openshell"}
 	sc.AddHostKey(signer)
 	return &Server{cfg: cfg, sshCfg: sc, hostKey: signer}, nil
