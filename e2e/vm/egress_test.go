@@ -30,7 +30,11 @@ network_policies:
   allowed:
     endpoints:
       - host: 127.0.0.1
-        port: %d
+        port: %[1]d
+      # By name: the guest has no resolver of its own; the name is looked up on
+      # the host through the runner, which checks it against this policy too.
+      - host: localhost
+        port: %[1]d
 `
 
 // countingServer is an HTTP server on the host's loopback that counts the TCP
@@ -132,6 +136,17 @@ func TestVMEgressNoNIC(t *testing.T) {
 		}
 		if allowed.conns.Load() == 0 {
 			t.Fatal("the allowed server saw no connection")
+		}
+	})
+	t.Run("allowed server reached by name", func(t *testing.T) {
+		before := allowed.conns.Load()
+		script := fmt.Sprintf(`p=${HTTP_PROXY#http://}; p=${p%%/}; printf 'GET http://localhost:%d/ HTTP/1.1\r\nHost: localhost:%d\r\nConnection: close\r\n\r\n' | nc -w 15 ${p%%:*} ${p##*:}`, allowed.port(), allowed.port())
+		out, err := sh(script)
+		if err != nil || !strings.Contains(out, " 200 ") || !strings.Contains(out, "hello-allowed") {
+			t.Fatalf("request by name: %v\n%s", err, out)
+		}
+		if allowed.conns.Load() == before {
+			t.Fatal("the allowed server saw no new connection")
 		}
 	})
 	t.Run("denied server refused with 403 and never connected", func(t *testing.T) {
