@@ -37,6 +37,13 @@ func (p *Policy) ToProto() *sandboxv1.SandboxPolicy {
 			for _, port := range e.Ports {
 				pe.Ports = append(pe.Ports, uint32(port))
 			}
+			pe.AllowEncodedSlash = e.AllowEncodedSlash
+			for _, r := range e.Rules {
+				pe.Rules = append(pe.Rules, &sandboxv1.L7Rule{Allow: &sandboxv1.L7Allow{Method: r.Method, Path: r.Path, Query: queryToProto(r.Query)}})
+			}
+			for _, r := range e.DenyRules {
+				pe.DenyRules = append(pe.DenyRules, &sandboxv1.L7DenyRule{Method: r.Method, Path: r.Path, Query: queryToProto(r.Query)})
+			}
 			pr.Endpoints = append(pr.Endpoints, pe)
 		}
 		for _, b := range r.Binaries {
@@ -69,17 +76,44 @@ func FromProto(m *sandboxv1.SandboxPolicy) (*Policy, error) {
 		nr := &NetworkRule{Name: r.GetName()}
 		for i, e := range r.GetEndpoints() {
 			base := fmt.Sprintf("network_policies.%s.endpoints[%d]", name, i)
-			if len(e.GetRules()) > 0 || len(e.GetDenyRules()) > 0 {
-				errs.add(base+".rules", 0, "L7 rules are not supported: use access (read-only, read-write, full)")
-			}
 			if e.GetCredentialSigning() != "" {
 				errs.add(base+".credential_signing", 0, "request signing is not supported")
 			}
 			if e.GetPath() != "" {
 				errs.add(base+".path", 0, "path-scoped endpoints are not supported")
 			}
+			for _, f := range []struct {
+				name string
+				set  bool
+			}{
+				{"persisted_queries", e.GetPersistedQueries() != ""},
+				{"graphql_persisted_queries", len(e.GetGraphqlPersistedQueries()) > 0},
+				{"signing_service", e.GetSigningService() != ""},
+				{"signing_region", e.GetSigningRegion() != ""},
+				{"mcp", e.GetMcp() != nil},
+			} {
+				if f.set {
+					errs.add(base+"."+f.name, 0, f.name+" is not supported: openshell enforces the L7 rules of protocol: rest only; remove it")
+				}
+			}
 			ne := Endpoint{Host: e.GetHost(), Port: int(e.GetPort()), Protocol: e.GetProtocol(), TLS: e.GetTls(),
-				Enforcement: e.GetEnforcement(), Access: e.GetAccess(), AllowedIPs: append([]string(nil), e.GetAllowedIps()...)}
+				Enforcement: e.GetEnforcement(), Access: e.GetAccess(), AllowedIPs: append([]string(nil), e.GetAllowedIps()...),
+				AllowEncodedSlash: e.GetAllowEncodedSlash()}
+			for j, r := range e.GetRules() {
+				rp := fmt.Sprintf("%s.rules[%d].allow", base, j)
+				a := r.GetAllow()
+				if a == nil {
+					errs.add(rp, 0, "is required: each rules entry is {allow: {method, path, query}}")
+					continue
+				}
+				unsupportedRuleProto(&errs, rp, a.GetCommand(), a.GetOperationType(), a.GetOperationName(), a.GetFields(), a.GetParams())
+				ne.Rules = append(ne.Rules, L7Rule{Method: a.GetMethod(), Path: a.GetPath(), Query: queryFromProto(a.GetQuery())})
+			}
+			for j, r := range e.GetDenyRules() {
+				rp := fmt.Sprintf("%s.deny_rules[%d]", base, j)
+				unsupportedRuleProto(&errs, rp, r.GetCommand(), r.GetOperationType(), r.GetOperationName(), r.GetFields(), r.GetParams())
+				ne.DenyRules = append(ne.DenyRules, L7Rule{Method: r.GetMethod(), Path: r.GetPath(), Query: queryFromProto(r.GetQuery())})
+			}
 			for _, port := range e.GetPorts() {
 				ne.Ports = append(ne.Ports, int(port))
 			}
@@ -99,6 +133,40 @@ func FromProto(m *sandboxv1.SandboxPolicy) (*Policy, error) {
 	}
 	p.normalize()
 	return p, nil
+}
+
+// unsupportedRuleProto refuses the L7 rule fields of protocols other than rest.
+func unsupportedRuleProto(errs *fieldErrors, base, command, opType, opName string, fields []string, params map[string]*sandboxv1.L7QueryMatcher) {
+	for _, f := range []struct {
+		name string
+		set  bool
+	}{{"command", command != ""}, {"operation_type", opType != ""}, {"operation_name", opName != ""}, {"fields", len(fields) > 0}, {"params", len(params) > 0}} {
+		if f.set {
+			errs.add(base+"."+f.name, 0, f.name+" is not supported: openshell enforces the L7 rules of protocol: rest only (method, path, query); remove it")
+		}
+	}
+}
+
+func queryToProto(q map[string]QueryMatcher) map[string]*sandboxv1.L7QueryMatcher {
+	if len(q) == 0 {
+		return nil
+	}
+	out := make(map[string]*sandboxv1.L7QueryMatcher, len(q))
+	for k, m := range q {
+		out[k] = &sandboxv1.L7QueryMatcher{Glob: m.Glob, Any: append([]string(nil), m.Any...)}
+	}
+	return out
+}
+
+func queryFromProto(q map[string]*sandboxv1.L7QueryMatcher) map[string]QueryMatcher {
+	if len(q) == 0 {
+		return nil
+	}
+	out := make(map[string]QueryMatcher, len(q))
+	for k, m := range q {
+		out[k] = QueryMatcher{Glob: m.GetGlob(), Any: append([]string(nil), m.GetAny()...)}
+	}
+	return out
 }
 
 // yaml output shapes: field order and names of the policy file.
@@ -136,6 +204,21 @@ type (
 		Enforcement string   `yaml:"enforcement,omitempty"`
 		Access      string   `yaml:"access,omitempty"`
 		AllowedIPs  []string `yaml:"allowed_ips,omitempty"`
+		Rules       []yAllow `yaml:"rules,omitempty"`
+		DenyRules   []yL7    `yaml:"deny_rules,omitempty"`
+		EncSlash    bool     `yaml:"allow_encoded_slash,omitempty"`
+	}
+	yAllow struct {
+		Allow yL7 `yaml:"allow"`
+	}
+	yL7 struct {
+		Method string            `yaml:"method,omitempty"`
+		Path   string            `yaml:"path,omitempty"`
+		Query  map[string]yQuery `yaml:"query,omitempty"`
+	}
+	yQuery struct {
+		Glob string   `yaml:"glob,omitempty"`
+		Any  []string `yaml:"any,omitempty"`
 	}
 	yBinary struct {
 		Path string `yaml:"path"`
@@ -164,7 +247,15 @@ func (p *Policy) Marshal() ([]byte, error) {
 			yr.Name = ""
 		}
 		for _, e := range r.Endpoints {
-			yr.Endpoints = append(yr.Endpoints, yEndpoint(e))
+			ye := yEndpoint{Host: e.Host, Port: e.Port, Ports: e.Ports, Protocol: e.Protocol, TLS: e.TLS,
+				Enforcement: e.Enforcement, Access: e.Access, AllowedIPs: e.AllowedIPs, EncSlash: e.AllowEncodedSlash}
+			for _, r := range e.Rules {
+				ye.Rules = append(ye.Rules, yAllow{Allow: yl7(r)})
+			}
+			for _, r := range e.DenyRules {
+				ye.DenyRules = append(ye.DenyRules, yl7(r))
+			}
+			yr.Endpoints = append(yr.Endpoints, ye)
 		}
 		for _, b := range r.Binaries {
 			yr.Binaries = append(yr.Binaries, yBinary{Path: b})
@@ -180,4 +271,15 @@ func Hash(m *sandboxv1.SandboxPolicy) string {
 	b, _ := proto.MarshalOptions{Deterministic: true}.Marshal(m)
 	sum := sha256.Sum256(b)
 	return hex.EncodeToString(sum[:])
+}
+
+func yl7(r L7Rule) yL7 {
+	y := yL7{Method: r.Method, Path: r.Path}
+	if len(r.Query) > 0 {
+		y.Query = map[string]yQuery{}
+		for k, q := range r.Query {
+			y.Query[k] = yQuery(q)
+		}
+	}
+	return y
 }

@@ -31,6 +31,7 @@ type compiledEndpoint struct {
 	access     string
 	terminate  bool
 	allowedIPs []netip.Prefix
+	l7         *l7Matcher // nil without rules and deny_rules
 }
 
 // Compile prepares a validated policy for matching.
@@ -63,6 +64,11 @@ func Compile(p *Policy) (*Compiled, error) {
 				pfx, _ := parsePrefix(s) // validated above
 				ce.allowedIPs = append(ce.allowedIPs, pfx)
 			}
+			l7, err := compileL7(&r.Endpoints[i], fmt.Sprintf("network_policies.%s.endpoints[%d]", name, i))
+			if err != nil { // validated above
+				return nil, err
+			}
+			ce.l7 = l7
 			cr.endpoints = append(cr.endpoints, ce)
 		}
 		c.rules = append(c.rules, cr)
@@ -91,6 +97,10 @@ type Request struct {
 	Binaries []string
 	// Method is the HTTP method when the proxy can see it ("" for CONNECT tunnels).
 	Method string
+	// Path is the request path as sent (escaped, without the query; "" = "/") and
+	// Query the raw query string, for endpoints with L7 rules.
+	Path  string
+	Query string
 }
 
 // Decision is the outcome for one Request.
@@ -110,6 +120,9 @@ type Decision struct {
 	// TLSTerminate is set when the endpoint says tls: terminate: the proxy opens
 	// the TLS tunnel (with the sandbox CA) to inspect requests and their headers.
 	TLSTerminate bool
+	// L7 is set when the endpoint has REST rules: a tunnel to it must be terminated
+	// (never spliced), since only the requests inside can be checked.
+	L7 bool
 }
 
 // Decide is Evaluate for a single binary and no HTTP method.
@@ -138,7 +151,8 @@ func (c *Compiled) Destination(host string, port int) Decision {
 func (c *Compiled) evaluate(r Request, anyBinary bool) Decision {
 	host := strings.ToLower(strings.TrimSuffix(r.Host, "."))
 	hostIP, ipErr := parseIP(host)
-	var near *Decision // the first host+port match that failed on binary or method
+	var near *Decision // the first host+port match that failed on binary, method or L7 rules
+	var nearFix string  // what to change for near
 	for _, rule := range c.rules {
 		binOK := anyBinary || len(rule.binaries) == 0 || matchBinaries(rule.binaries, r.Binaries)
 		for _, e := range rule.endpoints {
@@ -168,21 +182,31 @@ func (c *Compiled) evaluate(r Request, anyBinary bool) Decision {
 				}
 			}
 			d := Decision{Rule: rule.name, Explicit: explicit, AllowedIPs: e.allowedIPs, TLSTerminate: e.terminate,
-				Endpoint: fmt.Sprintf("network_policies.%s.endpoints[%d]", rule.name, e.index)}
-			methodOK := methodAllowed(e.access, r.Method)
-			if binOK && methodOK {
+				Endpoint: fmt.Sprintf("network_policies.%s.endpoints[%d]", rule.name, e.index), L7: e.l7 != nil}
+			why, fix := "", ""
+			switch {
+			case !binOK:
+				why = fmt.Sprintf("binary %s is not listed in network_policies.%s.binaries", describeBinary(r.Binaries), rule.name)
+				fix = "add the binary to that rule's binaries"
+			case !methodAllowed(e.access, r.Method):
+				why = fmt.Sprintf("method %s is not allowed by access %q of %s", r.Method, e.access, d.Endpoint)
+				fix = "change that endpoint's access"
+			case e.l7 != nil && !anyBinary:
+				// The VM runner's Destination check cannot see requests: the guest
+				// proxy applied the rules already.
+				why = e.l7.check(r)
+				fix = "change that endpoint's rules or deny_rules"
+			}
+			if why == "" {
 				d.Allow = true
 				d.Reason = fmt.Sprintf("allowed by %s", d.Endpoint)
 				return d
 			}
 			if near == nil {
-				why := fmt.Sprintf("binary %s is not listed in network_policies.%s.binaries", describeBinary(r.Binaries), rule.name)
-				if binOK {
-					why = fmt.Sprintf("method %s is not allowed by access %q of %s", r.Method, e.access, d.Endpoint)
-				}
 				d.Audit = e.audit
 				d.Allow = e.audit
 				d.Reason = why
+				nearFix = fix
 				near = &d
 			}
 		}
@@ -191,7 +215,7 @@ func (c *Compiled) evaluate(r Request, anyBinary bool) Decision {
 		if near.Audit {
 			near.Reason = "audit: " + near.Reason + " (allowed because the endpoint's enforcement is audit)"
 		} else {
-			near.Reason = fmt.Sprintf("%s:%d refused: %s; add the binary to that rule's binaries or set enforcement: audit", r.Host, r.Port, near.Reason)
+			near.Reason = fmt.Sprintf("%s:%d refused: %s; %s or set enforcement: audit", r.Host, r.Port, near.Reason, nearFix)
 		}
 		return *near
 	}

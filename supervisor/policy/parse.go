@@ -182,7 +182,7 @@ func (d *decoder) networkPolicies(n *yaml.Node, path string, p *Policy) {
 // unsupportedEndpointFields are endpoint fields of the upstream schema that this
 // supervisor cannot enforce yet: refused with a precise message, never ignored.
 var unsupportedEndpointFields = []string{
-	"rules", "deny_rules", "path", "allow_encoded_slash", "persisted_queries", "graphql_persisted_queries",
+	"path", "persisted_queries", "graphql_persisted_queries",
 	"graphql_max_body_bytes", "websocket_credential_rewrite", "request_body_credential_rewrite",
 	"credential_signing", "signing_service", "signing_region", "json_rpc_max_body_bytes", "mcp",
 	"credential_binding", "allow_uninspected_credentials",
@@ -200,10 +200,71 @@ func (d *decoder) endpoint(n *yaml.Node, path string, e *Endpoint) {
 		"enforcement": func(v *yaml.Node, path string) { e.Enforcement = d.string(v, path) },
 		"access":      func(v *yaml.Node, path string) { e.Access = d.string(v, path) },
 		"allowed_ips": func(v *yaml.Node, path string) { e.AllowedIPs = d.strings(v, path) },
+		"rules": func(v *yaml.Node, path string) {
+			d.list(v, path, func(item *yaml.Node, path string) {
+				// An entry without allow stays empty and validation reports it.
+				var r L7Rule
+				d.fields(item, path, map[string]func(*yaml.Node, string){
+					"allow": func(v *yaml.Node, path string) { d.l7Rule(v, path, &r) },
+				})
+				e.Rules = append(e.Rules, r)
+			})
+		},
+		"deny_rules": func(v *yaml.Node, path string) {
+			d.list(v, path, func(item *yaml.Node, path string) {
+				var r L7Rule
+				d.l7Rule(item, path, &r)
+				e.DenyRules = append(e.DenyRules, r)
+			})
+		},
+		"allow_encoded_slash": func(v *yaml.Node, path string) { e.AllowEncodedSlash = d.bool(v, path) },
 	}
 	for _, f := range unsupportedEndpointFields {
 		handlers[f] = func(v *yaml.Node, path string) {
-			d.fail(v, path, "%s is not supported by this openshell version: remove it (L7 inspection is limited to access: read-only|read-write|full)", f)
+			d.fail(v, path, "%s is not supported by this openshell version: remove it (L7 inspection is limited to access presets and the rules and deny_rules of protocol: rest)", f)
+		}
+	}
+	d.fields(n, path, handlers)
+}
+
+// l7Rule reads {method, path, query} (the body of allow: or a deny_rules entry).
+func (d *decoder) l7Rule(n *yaml.Node, path string, r *L7Rule) {
+	handlers := map[string]func(*yaml.Node, string){
+		"method": func(v *yaml.Node, path string) { r.Method = d.string(v, path) },
+		"path":   func(v *yaml.Node, path string) { r.Path = d.string(v, path) },
+		"query": func(v *yaml.Node, path string) {
+			if v.Kind == yaml.ScalarNode && v.Tag == "!!null" {
+				return
+			}
+			if v.Kind != yaml.MappingNode {
+				d.fail(v, path, "must be a mapping of query parameter name to {glob: G} or {any: [G, ...]}, got %s", kindName(v))
+				return
+			}
+			r.Query = map[string]QueryMatcher{}
+			for i := 0; i+1 < len(v.Content); i += 2 {
+				k, qv := v.Content[i], resolve(v.Content[i+1])
+				sub := join(path, k.Value)
+				d.lines[sub] = k.Line
+				if _, dup := r.Query[k.Value]; dup {
+					d.fail(k, sub, "duplicate query parameter")
+					continue
+				}
+				var q QueryMatcher
+				if qv.Kind == yaml.ScalarNode {
+					q.Glob = d.string(qv, sub) // shorthand: name: glob
+				} else {
+					d.fields(qv, sub, map[string]func(*yaml.Node, string){
+						"glob": func(v *yaml.Node, path string) { q.Glob = d.string(v, path) },
+						"any":  func(v *yaml.Node, path string) { q.Any = d.strings(v, path) },
+					})
+				}
+				r.Query[k.Value] = q
+			}
+		},
+	}
+	for _, f := range unsupportedRuleFields {
+		handlers[f] = func(v *yaml.Node, path string) {
+			d.fail(v, path, "%s is not supported: openshell enforces the L7 rules of protocol: rest only (method, path, query); remove it", f)
 		}
 	}
 	d.fields(n, path, handlers)

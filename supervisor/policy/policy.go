@@ -18,6 +18,37 @@
 //   - Internal addresses (loopback, link-local, private, unique-local, metadata) are
 //     reachable only through an endpoint that names the host or IP exactly (not via a
 //     wildcard), or whose allowed_ips lists the address.
+//
+// REST L7 rules (an endpoint with protocol: rest):
+//   - rules: [{allow: {method, path, query}}] list the requests the endpoint lets
+//     through; a request no entry matches is refused. deny_rules: [{method, path,
+//     query}] refuse requests even when rules or access allow them (deny wins).
+//     rules and access are exclusive; deny_rules combine with either (alone, they
+//     narrow the default access: full).
+//   - method: an HTTP method (case-insensitive) or "*"; path: a glob over the decoded
+//     path, "*" within one segment, "**" across segments, a trailing "/**" also
+//     matching the bare prefix; query: decoded parameter name → {glob: G} or
+//     {any: [G...]} (a bare string is taken as glob), where "*" is any run of
+//     characters. An allow rule needs each listed parameter present with every
+//     value matching; a deny rule fires when any value matches. Omitted fields match
+//     anything.
+//   - Paths are matched decoded with "//" collapsed; requests with "." or ".."
+//     segments, control characters or (unless allow_encoded_slash) %2F are refused
+//     on such endpoints, because they can mean another resource to the server than
+//     to the globs (see NormalizePath).
+//   - Rules apply to requests the proxy sees: plain http:// requests through the
+//     forward proxy, and requests inside tunnels it terminates. So an endpoint with
+//     rules must either set tls: terminate (HTTPS: the proxy opens the tunnel with
+//     the sandbox CA) or leave tls unset (plain HTTP; a CONNECT tunnel to it is then
+//     refused, since it could not be inspected). tls: passthrough with rules is a
+//     validation error.
+//   - Rules decide per endpoint: another endpoint that names the same host and port
+//     and admits the request still allows it. enforcement: audit logs a refused
+//     request and lets it through, as for binaries.
+//   - Other protocols (websocket, graphql, sql, json-rpc, mcp) are accepted for L4
+//     only: rules on them, and the L7 fields of other protocols (command,
+//     operation_type, operation_name, fields, params, persisted queries, request
+//     signing, ...), are refused naming the field.
 package policy
 
 import (
@@ -91,6 +122,12 @@ type Endpoint struct {
 	Enforcement string // Enforce (default) or Audit
 	Access      string // AccessFull (default), AccessReadOnly, AccessReadWrite
 	AllowedIPs  []string
+	// Rules (protocol: rest) list the requests the endpoint lets through; exclusive
+	// with Access. DenyRules refuse requests that Rules or Access would allow.
+	Rules     []L7Rule
+	DenyRules []L7Rule
+	// AllowEncodedSlash lets request paths hold %2F (see NormalizePath).
+	AllowEncodedSlash bool
 }
 
 // EffectivePorts is Ports when set, else [Port].
@@ -233,6 +270,7 @@ func validateEndpoint(e *Endpoint, base string, add func(path, format string, ar
 			add(fmt.Sprintf("%s.allowed_ips[%d]", base, i), "%v", err)
 		}
 	}
+	validateL7(e, base, add)
 }
 
 func checkPath(p string) string {

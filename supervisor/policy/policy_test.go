@@ -79,7 +79,7 @@ func TestParseErrors(t *testing.T) {
 		{"access", "version: 1\nnetwork_policies:\n  x:\n    endpoints:\n      - {host: a.example.com, port: 1, access: write}\n", `network_policies.x.endpoints[0].access (line 5)`},
 		{"relative binary", "version: 1\nnetwork_policies:\n  x:\n    endpoints: [{host: a.b, port: 1}]\n    binaries:\n      - path: git\n", `network_policies.x.binaries[0] (line 6): binary must be an absolute path`},
 		{"no endpoints", "version: 1\nnetwork_policies:\n  x:\n    binaries: [/usr/bin/git]\n", `network_policies.x.endpoints (line 3): a rule needs at least one endpoint`},
-		{"endpoint unknown", "version: 1\nnetwork_policies:\n  x:\n    endpoints:\n      - host: a.b\n        port: 1\n        rules: []\n", `network_policies.x.endpoints[0].rules (line 7): rules is not supported by this openshell version`},
+		{"endpoint unsupported", "version: 1\nnetwork_policies:\n  x:\n    endpoints:\n      - host: a.b\n        port: 1\n        path: /x\n", `network_policies.x.endpoints[0].path (line 7): path is not supported by this openshell version`},
 		{"endpoint unknown field", "version: 1\nnetwork_policies:\n  x:\n    endpoints:\n      - host: a.b\n        port: 1\n        colour: red\n", `network_policies.x.endpoints[0].colour (line 7): unknown field "colour"`},
 		{"bad cidr", "version: 1\nnetwork_policies:\n  x:\n    endpoints:\n      - {host: a.b, port: 1, allowed_ips: [10.0.0.0/99]}\n", `network_policies.x.endpoints[0].allowed_ips[0] (line 5)`},
 		{"not mapping", "- a\n- b\n", `(document) (line 1): must be a mapping`},
@@ -194,7 +194,7 @@ func TestDefault(t *testing.T) {
 	}
 }
 
-func MustParse(t *testing.T, s string) *Policy {
+func MustParse(t testing.TB, s string) *Policy {
 	t.Helper()
 	p, err := Parse([]byte(s))
 	if err != nil {
@@ -292,6 +292,9 @@ func FuzzParse(f *testing.F) {
 	f.Add([]byte("version: 1\nnetwork_policies:\n  x:\n    endpoints: [{host: '*.a.b', port: 1}]\n"))
 	f.Add([]byte("a: &x [*x]\n"))
 	f.Add([]byte("version: 1\nnetwork_policies: {x: {endpoints: [{host: 1.2.3.4, ports: [1,2]}], binaries: [{path: /a}]}}\n"))
+	f.Add([]byte(l7Sample))
+	f.Add([]byte("version: 1\nnetwork_policies: {x: {endpoints: [{host: a.example.com, port: 443, protocol: rest, tls: terminate, rules: [{allow: {method: GET, path: /a/**, query: {q: {any: [x, 'y*']}}}}], deny_rules: [{path: /a/b}]}]}}\n"))
+	f.Add([]byte("version: 1\nnetwork_policies: {x: {endpoints: [{host: a.example.com, port: 80, protocol: rest, allow_encoded_slash: true, access: read-only, deny_rules: [{method: '*', query: {a: b}}]}]}}\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		p, err := Parse(data)
 		if err != nil {
@@ -311,6 +314,15 @@ func FuzzParse(f *testing.F) {
 			t.Fatalf("parsed policy does not compile: %v", err)
 		}
 		c.Decide("a.example.com", 443, "/usr/bin/x")
+		for _, r := range []Request{
+			{Host: "a.example.com", Port: 443, Method: "GET", Path: "/a/b", Query: "q=x&q=y"},
+			{Host: "a.example.com", Port: 80, Method: "DELETE", Path: "/a/%2e%2e/b%2Fc", Query: "a=%zz"},
+			{Host: "api.github.com", Port: 443, Method: "POST", Path: "//repos/x/y/issues"},
+		} {
+			if d := c.Evaluate(r); !d.Allow && d.Reason == "" {
+				t.Fatalf("refusal without a reason: %+v", d)
+			}
+		}
 		// A valid policy survives both round trips.
 		if _, err := FromProto(p.ToProto()); err != nil {
 			t.Fatalf("FromProto(ToProto) failed: %v", err)
