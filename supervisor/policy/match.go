@@ -152,7 +152,7 @@ func (c *Compiled) evaluate(r Request, anyBinary bool) Decision {
 	host := strings.ToLower(strings.TrimSuffix(r.Host, "."))
 	hostIP, ipErr := parseIP(host)
 	var near *Decision // the first host+port match that failed on binary, method or L7 rules
-	var nearFix string  // what to change for near
+	var nearFix string // what to change for near
 	for _, rule := range c.rules {
 		binOK := anyBinary || len(rule.binaries) == 0 || matchBinaries(rule.binaries, r.Binaries)
 		for _, e := range rule.endpoints {
