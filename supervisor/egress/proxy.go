@@ -4,6 +4,15 @@
 // policy, refuses internal addresses after DNS resolution (and dials the address it
 // checked, so DNS rebinding cannot swap it), and reports every decision as an Event.
 //
+// L7 rules: for an endpoint with REST rules (protocol: rest, see package policy) every
+// request the proxy sees is decided on its own, by method, path and query exactly as
+// they are forwarded: absolute-form http:// requests, and requests inside a CONNECT
+// tunnel the proxy terminates (tls: terminate, with the sandbox CA that
+// Config.Credentials serves). A tunnel to such an endpoint is never spliced: without
+// tls: terminate, or without Credentials to terminate with, it is refused. Refused
+// requests get a 403 naming the endpoint, method, path and the fix, and never reach
+// the server.
+//
 // Wiring: the supervisor creates one Proxy per sandbox with New, runs Serve on its
 // listener (loopback in a VM guest, the host side of the agent's veth in a container),
 // calls SetPolicy whenever GetSandboxConfig returns a new policy version, and puts
@@ -23,6 +32,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"net/url"
 	"os"
 	"strconv"
 	"strings"
@@ -36,11 +46,14 @@ import (
 // Event is one proxy decision; the supervisor ships it to the gateway as a log line.
 // It never carries header values, so credentials cannot leak through it.
 type Event struct {
-	Time      time.Time
-	Action    string // "allow", "audit", "deny", "error"
-	Method    string // CONNECT or the HTTP method
-	Host      string
-	Port      int
+	Time   time.Time
+	Action string // "allow", "audit", "deny", "error"
+	Method string // CONNECT or the HTTP method
+	Host   string
+	Port   int
+	// Path is the request path as sent (escaped, never the query: query strings
+	// often carry tokens), "" for tunnels.
+	Path      string
 	Addr      string // the address dialed (after resolution), "" when not dialed
 	PID       int
 	Binary    string
@@ -52,8 +65,12 @@ type Event struct {
 
 // String renders the event as one log line.
 func (e Event) String() string {
-	return fmt.Sprintf("egress %s %s %s:%d binary=%s pid=%d rule=%q addr=%s status=%d: %s",
-		e.Action, e.Method, e.Host, e.Port, orUnknown(e.Binary), e.PID, e.Rule, e.Addr, e.Status, e.Reason)
+	path := ""
+	if e.Path != "" {
+		path = fmt.Sprintf(" path=%q", e.Path)
+	}
+	return fmt.Sprintf("egress %s %s %s:%d binary=%s pid=%d rule=%q addr=%s status=%d%s: %s",
+		e.Action, e.Method, e.Host, e.Port, orUnknown(e.Binary), e.PID, e.Rule, e.Addr, e.Status, path, e.Reason)
 }
 
 // Credentials is the hook for credential placeholders (package credentials implements
@@ -333,12 +350,18 @@ func (cc *conn) event(ev Event, d policy.Decision) {
 }
 
 // decide evaluates the policy and the address check; it returns the checked address
-// to dial, or a refusal already reported to the client and the event callback.
-func (cc *conn) decide(ctx context.Context, w io.Writer, method, host string, port int) (netip.AddrPort, policy.Decision, bool) {
+// to dial, or a refusal already reported to the client and the event callback. u is
+// the request's URL when the proxy sees the request (nil for CONNECT): L7 rules
+// match its path and query, exactly as they are sent upstream.
+func (cc *conn) decide(ctx context.Context, w io.Writer, method, host string, port int, u *url.URL) (netip.AddrPort, policy.Decision, bool) {
 	id := cc.identity()
 	pol := cc.p.policy.Load()
-	d := pol.Evaluate(policy.Request{Host: host, Port: port, Binaries: id.Binaries(), Method: methodForPolicy(method)})
-	ev := Event{Method: method, Host: host, Port: port}
+	r := policy.Request{Host: host, Port: port, Binaries: id.Binaries(), Method: methodForPolicy(method)}
+	if u != nil {
+		r.Path, r.Query = u.EscapedPath(), u.RawQuery
+	}
+	d := pol.Evaluate(r)
+	ev := Event{Method: method, Host: host, Port: port, Path: r.Path}
 	if !d.Allow {
 		ev.Action, ev.Status = "deny", http.StatusForbidden
 		cc.event(ev, d)
@@ -387,11 +410,18 @@ func (cc *conn) connect(ctx context.Context, req *http.Request) {
 		writeError(cc.c, http.StatusBadRequest, "openshell egress proxy: CONNECT target must be host:port: "+err.Error())
 		return
 	}
-	addr, d, ok := cc.decide(ctx, cc.c, http.MethodConnect, host, port)
+	addr, d, ok := cc.decide(ctx, cc.c, http.MethodConnect, host, port, nil)
 	if !ok {
 		return
 	}
 	creds := cc.p.cfg.Credentials
+	if d.L7 && d.TLSTerminate && !d.Audit && creds == nil {
+		// Splicing would let every request inside through unchecked.
+		reason := fmt.Sprintf("%s has L7 rules and tls: terminate, but this proxy has no sandbox CA to terminate TLS with (the supervisor gives it one with the sandbox's credentials store)", d.Endpoint)
+		cc.event(Event{Action: "deny", Method: http.MethodConnect, Host: host, Port: port, Status: http.StatusForbidden, Reason: reason}, d)
+		writeError(cc.c, http.StatusForbidden, refusal(host, port, cc.identity(), reason))
+		return
+	}
 	if creds != nil && (creds.Terminate(host, port) || d.TLSTerminate) {
 		io.WriteString(cc.c, "HTTP/1.1 200 Connection Established\r\n\r\n")
 		cc.event(Event{Action: action(d), Method: http.MethodConnect, Host: host, Port: port, Addr: addr.String(), Reason: d.Reason + " (TLS terminated by the proxy)"}, d)
@@ -513,23 +543,27 @@ func (cc *conn) forward(ctx context.Context, req *http.Request, tt *tunnelTarget
 			return false
 		}
 	}
-	addr, d, ok := cc.decide(ctx, cc.c, req.Method, host, port)
+	addr, d, ok := cc.decide(ctx, cc.c, req.Method, host, port, req.URL)
 	if !ok {
 		return false
+	}
+	path := ""
+	if req.URL != nil {
+		path = req.URL.EscapedPath()
 	}
 	for _, h := range hopHeaders {
 		req.Header.Del(h)
 	}
 	if creds := cc.p.cfg.Credentials; creds != nil {
 		if err := creds.Rewrite(host, useTLS, req.Header); err != nil {
-			cc.event(Event{Action: "deny", Method: req.Method, Host: host, Port: port, Status: http.StatusForbidden, Reason: err.Error()}, d)
+			cc.event(Event{Action: "deny", Method: req.Method, Host: host, Port: port, Path: path, Status: http.StatusForbidden, Reason: err.Error()}, d)
 			writeError(cc.c, http.StatusForbidden, refusal(host, port, cc.identity(), err.Error()))
 			return false
 		}
 	}
 	up, err := cc.p.dial(ctx, host, addr)
 	if err != nil {
-		cc.event(Event{Action: "error", Method: req.Method, Host: host, Port: port, Addr: addr.String(), Status: http.StatusBadGateway, Reason: "dial: " + err.Error()}, d)
+		cc.event(Event{Action: "error", Method: req.Method, Host: host, Port: port, Path: path, Addr: addr.String(), Status: http.StatusBadGateway, Reason: "dial: " + err.Error()}, d)
 		writeError(cc.c, http.StatusBadGateway, fmt.Sprintf("openshell egress proxy: cannot reach %s:%d (%s): %v\n", host, port, addr, err))
 		return false
 	}
@@ -537,13 +571,13 @@ func (cc *conn) forward(ctx context.Context, req *http.Request, tt *tunnelTarget
 	if useTLS {
 		tc := tls.Client(up, &tls.Config{ServerName: host, RootCAs: cc.p.cfg.UpstreamRoots, MinVersion: tls.VersionTLS12})
 		if err := tc.HandshakeContext(ctx); err != nil {
-			cc.event(Event{Action: "error", Method: req.Method, Host: host, Port: port, Addr: addr.String(), Status: http.StatusBadGateway, Reason: "upstream TLS: " + err.Error()}, d)
+			cc.event(Event{Action: "error", Method: req.Method, Host: host, Port: port, Path: path, Addr: addr.String(), Status: http.StatusBadGateway, Reason: "upstream TLS: " + err.Error()}, d)
 			writeError(cc.c, http.StatusBadGateway, fmt.Sprintf("openshell egress proxy: TLS to %s:%d failed: %v\n", host, port, err))
 			return false
 		}
 		up = tc
 	}
-	cc.event(Event{Action: action(d), Method: req.Method, Host: host, Port: port, Addr: addr.String()}, d)
+	cc.event(Event{Action: action(d), Method: req.Method, Host: host, Port: port, Path: path, Addr: addr.String()}, d)
 	clientClose := req.Close
 	req.Close = true // one upstream connection per request: the decision is per request
 	req.RequestURI = ""

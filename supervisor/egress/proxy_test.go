@@ -473,11 +473,24 @@ func FuzzProxyRequest(f *testing.F) {
 	f.Add([]byte("POST http://a.example.com:8080/x HTTP/1.1\r\nContent-Length: 3\r\n\r\nabcGET http://b/ HTTP/1.0\r\n\r\n"))
 	f.Add([]byte("GET http://[::1]:99999/ HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"))
 	f.Add([]byte("CONNECT [fe80::1%eth0]:443 HTTP/1.1\r\n\r\n"))
+	// Requests for the L7 endpoint rest.example.com.
+	f.Add([]byte("GET http://rest.example.com/pub/a?x=1 HTTP/1.1\r\nHost: rest.example.com\r\n\r\n"))
+	f.Add([]byte("GET http://rest.example.com/pub/../admin/x HTTP/1.1\r\n\r\nGET http://rest.example.com//admin HTTP/1.1\r\n\r\n"))
+	f.Add([]byte("POST http://rest.example.com/pub/%61dmin%2Fx?q=%zz HTTP/1.1\r\nContent-Length: 0\r\n\r\n"))
+	f.Add([]byte("DELETE http://rest.example.com/admin/users HTTP/1.1\r\n\r\n"))
+	f.Add([]byte("CONNECT rest.example.com:80 HTTP/1.1\r\n\r\n"))
+	f.Add([]byte("OPTIONS * HTTP/1.1\r\nHost: rest.example.com\r\n\r\n"))
 	pol := policy.MustCompile(&policy.Policy{Version: 1, NetworkPolicies: map[string]*policy.NetworkRule{
 		"all": {Endpoints: []policy.Endpoint{{Host: "*.example.com", Port: 443}, {Host: "example.com", Ports: []int{80, 443}}, {Host: "::1", Port: 80}}},
+		"rest": {Endpoints: []policy.Endpoint{{Host: "rest.example.com", Port: 80, Protocol: "rest",
+			Rules:     []policy.L7Rule{{Method: "*", Path: "/**"}},
+			DenyRules: []policy.L7Rule{{Path: "/admin/**"}, {Method: "POST", Query: map[string]policy.QueryMatcher{"q": {Any: []string{"*drop*"}}}}}}}},
 	}})
-	p, err := New(Config{Policy: pol, OnEvent: func(Event) {},
-		Resolver: staticResolver{"example.com": {netip.MustParseAddr("192.0.2.1")}, "a.example.com": {netip.MustParseAddr("10.0.0.1")}},
+	var mu sync.Mutex
+	var evs []Event
+	p, err := New(Config{Policy: pol, OnEvent: func(e Event) { mu.Lock(); evs = append(evs, e); mu.Unlock() },
+		Resolver: staticResolver{"example.com": {netip.MustParseAddr("192.0.2.1")}, "a.example.com": {netip.MustParseAddr("10.0.0.1")},
+			"rest.example.com": {netip.MustParseAddr("192.0.2.2")}},
 		Dial: func(context.Context, string, string) (net.Conn, error) {
 			return nil, errors.New("fuzz: no network")
 		}})
@@ -485,6 +498,9 @@ func FuzzProxyRequest(f *testing.F) {
 		f.Fatal(err)
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {
+		mu.Lock()
+		evs = nil
+		mu.Unlock()
 		srv, cli := net.Pipe()
 		done := make(chan []byte)
 		go func() { b, _ := io.ReadAll(cli); done <- b }()
@@ -492,6 +508,22 @@ func FuzzProxyRequest(f *testing.F) {
 		out := <-done
 		if len(out) > 0 && !bytes.HasPrefix(out, []byte("HTTP/1.1 ")) {
 			t.Fatalf("response is not HTTP: %q", out)
+		}
+		// Whatever the request looked like, the L7 endpoint never dialed a path
+		// under its deny rule, and never opened an uninspected tunnel.
+		mu.Lock()
+		defer mu.Unlock()
+		for _, e := range evs {
+			if e.Rule != "rest" || e.Addr == "" {
+				continue
+			}
+			if e.Method == http.MethodConnect {
+				t.Fatalf("tunnel opened to an L7 endpoint: %+v", e)
+			}
+			norm, err := policy.NormalizePath(e.Path, false)
+			if err != nil || strings.HasPrefix(norm+"/", "/admin/") {
+				t.Fatalf("dialed for a refused path %q (%q, %v): %+v", e.Path, norm, err, e)
+			}
 		}
 	})
 }
