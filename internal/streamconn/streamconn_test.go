@@ -31,6 +31,7 @@ import (
 //
 //	echo   send every frame back; end the stream at the client's EOF
 //	sum    read to EOF, then send the hex SHA-256 of the bytes and end
+//	discard read to EOF, then send "ok" and end
 //	stall  never read; end when the client cancels
 //	frames send a 3-byte frame, an empty one, a non-data frame and a 100-byte one, then end
 type peer struct {
@@ -119,6 +120,14 @@ func (p *peer) serve(mode string, s serverStream) error {
 			p.mu.Unlock()
 		}
 		return s.send([]byte(hex.EncodeToString(h.Sum(nil))))
+	case "discard":
+		for {
+			if _, err := s.recv(); errors.Is(err, io.EOF) {
+				return s.send([]byte("ok"))
+			} else if err != nil {
+				return err
+			}
+		}
 	case "stall":
 		<-s.ctx.Done()
 		return nil
@@ -420,5 +429,41 @@ func TestAddr(t *testing.T) {
 	defer c.Close()
 	if got := fmt.Sprint(c.LocalAddr(), " ", c.RemoteAddr().Network()); got != "test-forward test-forward" {
 		t.Fatalf("addresses %q", got)
+	}
+}
+
+// BenchmarkSSHSizedWrites sends 32 KiB writes (an SSH packet each) over a RelayStream
+// on loopback: the cost of the conn plus gRPC per byte relayed.
+func BenchmarkSSHSizedWrites(b *testing.B) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	s := grpc.NewServer()
+	pb.RegisterOpenShellServer(s, &peer{})
+	go s.Serve(ln)
+	defer s.Stop()
+	cc, err := grpc.NewClient("passthrough:///"+ln.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer cc.Close()
+	c, err := openRelay(b.Context(), pb.NewOpenShellClient(cc), "discard")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	pkt := make([]byte, 32<<10)
+	b.SetBytes(int64(len(pkt)))
+	for b.Loop() {
+		if _, err := c.Write(pkt); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if err := c.CloseWrite(); err != nil {
+		b.Fatal(err)
+	}
+	if reply, err := io.ReadAll(c); err != nil || string(reply) != "ok" {
+		b.Fatalf("peer reply %q, %v", reply, err)
 	}
 }
