@@ -30,15 +30,16 @@
 //     matching the bare prefix; query: decoded parameter name → {glob: G} or
 //     {any: [G...]} (a bare string is taken as glob), where "*" is any run of
 //     characters. An allow rule needs each listed parameter present with every
-//     value matching; a deny rule fires when any value matches. Omitted fields match
-//     anything.
+//     value matching; a deny rule fires when any value matches; a query string that
+//     does not parse is refused when some rule looks at parameters. Omitted fields
+//     match anything; a rule with none is an error (method: "*" matches everything).
 //   - Paths are matched decoded with "//" collapsed; requests with "." or ".."
 //     segments, control characters or (unless allow_encoded_slash) %2F are refused
 //     on such endpoints, because they can mean another resource to the server than
 //     to the globs (see NormalizePath).
 //   - Rules apply to requests the proxy sees: plain http:// requests through the
 //     forward proxy, and requests inside tunnels it terminates. So an endpoint with
-//     rules must either set tls: terminate (HTTPS: the proxy opens the tunnel with
+//     rules or deny_rules must either set tls: terminate (HTTPS: the proxy opens the tunnel with
 //     the sandbox CA) or leave tls unset (plain HTTP; a CONNECT tunnel to it is then
 //     refused, since it could not be inspected). tls: passthrough with rules is a
 //     validation error.
