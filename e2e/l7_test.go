@@ -61,13 +61,10 @@ func TestL7Rules(t *testing.T) {
 	if err := os.WriteFile(polFile, []byte(fmt.Sprintf(l7PolicyTemplate, gatewayHostName, plain.port(), secure.port())), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	// A provider gives the sandbox its CA (the supervisor creates one with the
-	// credentials store), which terminated tunnels need.
-	prov := uniqueName("l7prov")
-	h.mustRun(t, "provider", "create", "--name", prov, "--type", "generic", "--credential", "L7_TOKEN=l7-e2e-value", "--host", gatewayHostName)
+	// No provider: the sandbox CA that terminated tunnels need exists in every sandbox.
 	box := uniqueName("l7")
 	h.mustRun(t, "sandbox", "create", "--name", box, "--from", policyTestImage, "--timeout", "120s",
-		"--policy", polFile, "--provider", prov, "--", "bash", "-c", "while true; do sleep 1; done")
+		"--policy", polFile, "--", "bash", "-c", "while true; do sleep 1; done")
 	cid := containerID(t, box)
 	// The proxy verifies terminated upstreams against the sandbox's system roots.
 	cmd := exec.Command("docker", "exec", "-i", "-u", "0", cid, "sh", "-c", "cat >> /etc/ssl/certs/ca-certificates.crt")

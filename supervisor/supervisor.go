@@ -255,6 +255,27 @@ func policyAccount(db sandboxuser.DB, user, group string, base *sandboxuser.User
 	return nil, fmt.Errorf("supervisor: policy %s %q: %w", field, value, err)
 }
 
+// installCA creates the sandbox CA, writes the bundle the agent trusts and returns
+// the credential store of the providers. The CA exists even without providers:
+// endpoints with tls: terminate (L7 rules, access presets on HTTPS) need the proxy
+// to terminate TLS with a CA the agent already trusts, and a live policy update may
+// add such an endpoint.
+func installCA(root, sandboxID string, providers []credentials.Provider) (*credentials.Store, string, error) {
+	ca, err := credentials.NewCA(sandboxID)
+	if err != nil {
+		return nil, "", err
+	}
+	store, err := credentials.New(ca, providers)
+	if err != nil {
+		return nil, "", err
+	}
+	caFile, err := writeCABundle(root, ca)
+	if err != nil {
+		return nil, "", err
+	}
+	return store, caFile, nil
+}
+
 // Run runs the supervisor until ctx ends. The main process is started once: a
 // gateway reconnect never restarts it. When it exits the exit is reported and the
 // supervisor keeps serving (exec, logs) until it is stopped. An error that ends Run
@@ -348,24 +369,13 @@ func Run(ctx context.Context, cfg *bootstrap.Config, o Options) (retErr error) {
 		return fmt.Errorf("%w (in the %s)", err, polSrc)
 	}
 	env := SandboxEnv(os.Environ(), user, cfg.Main.Env)
-	var store *credentials.Store
-	caFile := ""
 	providers, err := fetchProviders(ctx, cc, cfg.SandboxID)
 	if err != nil {
 		log.Warn("provider credentials unavailable; the sandbox starts without them", "err", err)
 	}
-	if len(providers) > 0 {
-		ca, err := credentials.NewCA(cfg.SandboxID)
-		if err == nil {
-			store, err = credentials.New(ca, providers)
-		}
-		if err == nil {
-			caFile, err = writeCABundle(o.Root, ca)
-		}
-		if err != nil {
-			log.Error("provider credentials not installed", "err", err)
-			store, caFile = nil, ""
-		}
+	store, caFile, err := installCA(o.Root, cfg.SandboxID, providers)
+	if err != nil {
+		log.Error("sandbox CA and provider credentials not installed: TLS termination is unavailable", "err", err)
 	}
 	var agentCred *syscall.Credential
 	if o.Confine {
