@@ -95,6 +95,17 @@ func (s *Server) CreateSandbox(ctx context.Context, req *openshellv1.CreateSandb
 		return nil, err
 	}
 	r.obj = obj
+	// Check the providers again now that the sandbox is stored: a DeleteProvider
+	// that ran meanwhile either saw this sandbox (and refused) or marked the
+	// provider, which this check sees (DeleteProvider explains the protocol).
+	if len(spec.GetProviders()) > 0 {
+		if err := s.checkProviders(ctx, spec.GetProviders()); err != nil {
+			if derr := s.st.Delete(context.WithoutCancel(ctx), kindSandbox, id, obj.ResourceVersion); derr != nil {
+				log.Error("could not remove the sandbox record after its provider went away", "err", derr)
+			}
+			return nil, err
+		}
+	}
 	log.Info("sandbox created; asking the driver to provision it", "image", spec.Template.Image)
 
 	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), driverCallTimeout)

@@ -138,12 +138,30 @@ func (x *extServer) DeleteProvider(ctx context.Context, req *openshellv1.DeleteP
 	if err != nil {
 		return nil, providerNotFound(req.GetName(), err)
 	}
-	users, err := s.sandboxesUsingProvider(ctx, req.GetName())
-	if err != nil {
-		return nil, err
+	// Two phases against a concurrent CreateSandbox naming this provider: mark the
+	// provider as being deleted, then look for users. A create stores its sandbox
+	// first and then checks its providers (checkProvidersStill), so one of the two
+	// always sees the other: the create fails, or this delete does.
+	marked := obj.Clone()
+	if marked.Labels == nil {
+		marked.Labels = map[string]string{}
 	}
-	if len(users) > 0 {
-		return nil, status.Errorf(codes.FailedPrecondition, "provider %q is used by sandbox %s; delete the sandbox first", req.GetName(), users[0])
+	marked.Labels[providerDeletingLabel] = "true"
+	obj, err = s.st.Update(ctx, marked)
+	if err != nil {
+		return nil, fmt.Errorf("provider %s: %w", req.GetName(), err)
+	}
+	users, err := s.sandboxesUsingProvider(ctx, req.GetName())
+	if err == nil && len(users) > 0 {
+		err = status.Errorf(codes.FailedPrecondition, "provider %q is used by sandbox %s; delete the sandbox first", req.GetName(), users[0])
+	}
+	if err != nil {
+		unmarked := obj.Clone()
+		delete(unmarked.Labels, providerDeletingLabel)
+		if _, uerr := s.st.Update(context.WithoutCancel(ctx), unmarked); uerr != nil {
+			s.log.Error("provider left marked as being deleted", "provider", req.GetName(), "err", uerr)
+		}
+		return nil, err
 	}
 	if err := s.st.Delete(ctx, kindProvider, obj.ID, obj.ResourceVersion); err != nil {
 		return nil, fmt.Errorf("provider %s: %w", req.GetName(), err)
@@ -181,14 +199,22 @@ func (x *extServer) GetSandboxProviders(ctx context.Context, req *openshellv1.Ge
 	return resp, nil
 }
 
-// checkProviders refuses a create that names providers that do not exist.
+// providerDeletingLabel marks a provider whose DeleteProvider is checking for users.
+const providerDeletingLabel = "openshell.io/deleting"
+
+// checkProviders refuses a create that names providers that do not exist or are
+// being deleted.
 func (s *Server) checkProviders(ctx context.Context, names []string) error {
 	for _, n := range names {
-		if _, err := s.st.GetByName(ctx, kindProvider, providerWorkspace, n); err != nil {
-			if errors.Is(err, store.ErrNotFound) {
-				return status.Errorf(codes.FailedPrecondition, "provider %q does not exist; create it first with `openshell provider create --name %s --type TYPE --credential KEY`", n, n)
-			}
+		obj, err := s.st.GetByName(ctx, kindProvider, providerWorkspace, n)
+		if errors.Is(err, store.ErrNotFound) {
+			return status.Errorf(codes.FailedPrecondition, "provider %q does not exist; create it first with `openshell provider create --name %s --type TYPE --credential KEY`", n, n)
+		}
+		if err != nil {
 			return err
+		}
+		if obj.Labels[providerDeletingLabel] != "" {
+			return status.Errorf(codes.FailedPrecondition, "provider %q is being deleted; create it again, or retry if the delete fails", n)
 		}
 	}
 	return nil

@@ -3,14 +3,17 @@ package gateway_test
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/openshell/openshell/api/openshellv1"
 )
@@ -146,4 +149,67 @@ func TestSandboxProviders(t *testing.T) {
 	if err != nil {
 		t.Fatalf("delete after the sandbox is gone: %v", err)
 	}
+}
+
+// A CreateSandbox naming a provider and a DeleteProvider of it, at the same time,
+// never leave a sandbox whose provider is gone: one of the two fails.
+func TestProviderDeleteRacesCreate(t *testing.T) {
+	e := startExtEnv(t)
+	ctx := context.Background()
+	ue := e.userExt()
+	const rounds = 40
+	var bothOK, createOnly, deleteOnly int
+	for i := range rounds {
+		prov, box := fmt.Sprintf("p%d", i), fmt.Sprintf("race%d", i)
+		if _, err := ue.CreateProvider(ctx, &openshellv1.CreateProviderRequest{Name: prov, Type: "generic",
+			Credentials: map[string]string{"TOKEN": "v"}}); err != nil {
+			t.Fatal(err)
+		}
+		var cerr, derr error
+		var wg sync.WaitGroup
+		wg.Add(2)
+		go func() {
+			defer wg.Done()
+			_, cerr = e.user.CreateSandbox(ctx, &openshellv1.CreateSandboxRequest{Name: box, Spec: &openshellv1.SandboxSpec{
+				Template: &openshellv1.SandboxTemplate{Image: "test:1"}, Providers: []string{prov}}})
+		}()
+		go func() {
+			defer wg.Done()
+			_, derr = ue.DeleteProvider(ctx, &openshellv1.DeleteProviderRequest{Name: prov})
+		}()
+		wg.Wait()
+		_, gerr := ue.GetProvider(ctx, &openshellv1.GetProviderRequest{Name: prov})
+		_, serr := e.user.GetSandbox(ctx, &openshellv1.GetSandboxRequest{Name: box})
+		providerGone, sandboxThere := status.Code(gerr) == codes.NotFound, serr == nil
+		if providerGone && sandboxThere {
+			t.Fatalf("round %d: sandbox %s exists but its provider %s was deleted (create: %v, delete: %v)", i, box, prov, cerr, derr)
+		}
+		switch {
+		case cerr == nil && derr == nil:
+			bothOK++ // only if the sandbox was gone again before the delete looked
+		case cerr == nil:
+			createOnly++
+			wantCode(t, derr, codes.FailedPrecondition)
+		case derr == nil:
+			deleteOnly++
+			wantCode(t, cerr, codes.FailedPrecondition)
+		default:
+			wantCode(t, cerr, codes.FailedPrecondition)
+			wantCode(t, derr, codes.FailedPrecondition)
+		}
+		if derr != nil && status.Code(gerr) != codes.OK {
+			t.Fatalf("round %d: delete failed (%v) but the provider is gone: %v", i, derr, gerr)
+		}
+		if derr != nil {
+			// A refused delete leaves the provider usable (its mark removed).
+			if _, err := e.user.CreateSandbox(ctx, &openshellv1.CreateSandboxRequest{Name: box + "b", Spec: &openshellv1.SandboxSpec{
+				Template: &openshellv1.SandboxTemplate{Image: "test:1"}, Providers: []string{prov}}}); err != nil {
+				t.Fatalf("round %d: provider unusable after a refused delete: %v", i, err)
+			}
+		}
+	}
+	if bothOK != 0 {
+		t.Fatalf("%d rounds had both the create and the delete succeed", bothOK)
+	}
+	t.Logf("%d rounds: create won %d, delete won %d, both refused %d", rounds, createOnly, deleteOnly, rounds-createOnly-deleteOnly)
 }
