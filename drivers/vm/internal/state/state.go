@@ -58,6 +58,11 @@ type Record struct {
 	RunnerStart uint64 `json:"runner_start,omitempty"` // /proc/<pid>/stat starttime (clock ticks since boot)
 	QEMUPID     int    `json:"qemu_pid,omitempty"`
 	QEMUStart   uint64 `json:"qemu_start,omitempty"`
+	// BootID is the host's boot id (/proc/sys/kernel/random/boot_id) when the driver
+	// last started a runner for the sandbox: a different boot id now means the host
+	// restarted since, so the recorded pids name nothing of ours ("" in records written
+	// before the field existed: no conclusion is drawn).
+	BootID string `json:"boot_id,omitempty"`
 
 	Paths Paths `json:"paths"`
 }
