@@ -5,8 +5,6 @@ import (
 	"strings"
 	"testing"
 
-	"google.golang.org/protobuf/proto"
-
 	"github.com/openshell/openshell/api/sandboxv1"
 )
 
@@ -70,32 +68,7 @@ func TestParseL7(t *testing.T) {
 	if a := m.GetNetworkPolicies()["gh"].GetEndpoints()[0].GetRules()[2].GetAllow(); a.GetQuery()["per_page"].GetAny()[1] != "100" {
 		t.Fatalf("proto lost the query matcher: %v", a)
 	}
-	b, err := proto.Marshal(m)
-	if err != nil {
-		t.Fatal(err)
-	}
-	m2 := &sandboxv1.SandboxPolicy{}
-	if err := proto.Unmarshal(b, m2); err != nil {
-		t.Fatal(err)
-	}
-	p2, err := FromProto(m2)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !proto.Equal(p2.ToProto(), m) {
-		t.Fatalf("proto round trip changed the policy:\n%v\n%v", p2.ToProto(), m)
-	}
-	y, err := p2.Marshal()
-	if err != nil {
-		t.Fatal(err)
-	}
-	p3, err := Parse(y)
-	if err != nil {
-		t.Fatalf("Marshal output does not parse: %v\n%s", err, y)
-	}
-	if !proto.Equal(p3.ToProto(), m) {
-		t.Fatalf("yaml round trip changed the policy:\n%s", y)
-	}
+	assertRoundTrips(t, m)
 }
 
 func TestL7ParseErrors(t *testing.T) {

@@ -6,6 +6,8 @@ import (
 	"testing"
 
 	"google.golang.org/protobuf/proto"
+
+	"github.com/openshell/openshell/api/sandboxv1"
 )
 
 const sample = `version: 1
@@ -124,12 +126,18 @@ func TestProtoRoundTrip(t *testing.T) {
 	if m.GetNetworkPolicies()["github"].GetEndpoints()[1].GetEnforcement() != "audit" {
 		t.Fatalf("proto lost enforcement: %v", m)
 	}
+	assertRoundTrips(t, m)
+}
+
+// assertRoundTrips checks that m survives the wire (proto bytes → FromProto) and
+// YAML (Marshal → Parse) unchanged.
+func assertRoundTrips(t *testing.T, m *sandboxv1.SandboxPolicy) {
+	t.Helper()
 	b, err := proto.Marshal(m)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var m2 = p.ToProto()
-	m2.Reset()
+	m2 := &sandboxv1.SandboxPolicy{}
 	if err := proto.Unmarshal(b, m2); err != nil {
 		t.Fatal(err)
 	}
@@ -138,9 +146,8 @@ func TestProtoRoundTrip(t *testing.T) {
 		t.Fatal(err)
 	}
 	if !proto.Equal(p2.ToProto(), m) {
-		t.Fatalf("round trip changed the policy:\n%v\n%v", p2.ToProto(), m)
+		t.Fatalf("proto round trip changed the policy:\n%v\n%v", p2.ToProto(), m)
 	}
-	// YAML round trip.
 	y, err := p2.Marshal()
 	if err != nil {
 		t.Fatal(err)
