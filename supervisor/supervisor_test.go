@@ -196,24 +196,7 @@ func TestSupervisorEndToEnd(t *testing.T) {
 			Env: map[string]string{"FOO": "bar"}},
 	}
 	t.Setenv(bootstrap.EnvToken, "must-not-leak")
-	no := false
-	ctx, cancel := context.WithCancel(context.Background())
-	runErr := make(chan error, 1)
-	go func() {
-		runErr <- Run(ctx, cfg, Options{RunDir: filepath.Join(base, "run"), Root: root, SandboxDir: filepath.Join(base, "sandbox"),
-			SelfExe: os.Args[0], ReapOrphans: &no, StopGrace: 2 * time.Second})
-	}()
-	defer func() {
-		cancel()
-		select {
-		case err := <-runErr:
-			if err != nil {
-				t.Errorf("Run: %v", err)
-			}
-		case <-time.After(15 * time.Second):
-			t.Error("Run did not return after cancel")
-		}
-	}()
+	runInBackground(t, cfg, Options{RunDir: filepath.Join(base, "run"), Root: root, SandboxDir: filepath.Join(base, "sandbox")})
 
 	var s grpc.BidiStreamingServer[pb.SupervisorMessage, pb.GatewayMessage]
 	select {
@@ -439,24 +422,7 @@ func TestRunAsEndToEnd(t *testing.T) {
 		PolicyYAML: []byte("version: 1\nprocess:\n  run_as_user: agent\n  run_as_group: other\n"),
 		Main:       bootstrap.MainProcessSpec{Version: 1, Command: []string{"/bin/sh", "-c", "echo $$ > main.pid; while :; do sleep 1; done"}},
 	}
-	no := false
-	ctx, cancel := context.WithCancel(context.Background())
-	runErr := make(chan error, 1)
-	go func() {
-		runErr <- Run(ctx, cfg, Options{RunDir: filepath.Join(base, "run"), Root: root, SandboxDir: sbDir,
-			SelfExe: os.Args[0], ReapOrphans: &no, StopGrace: 2 * time.Second})
-	}()
-	defer func() {
-		cancel()
-		select {
-		case err := <-runErr:
-			if err != nil {
-				t.Errorf("Run: %v", err)
-			}
-		case <-time.After(15 * time.Second):
-			t.Error("Run did not return after cancel")
-		}
-	}()
+	runErr := runInBackground(t, cfg, Options{RunDir: filepath.Join(base, "run"), Root: root, SandboxDir: sbDir})
 	var s grpc.BidiStreamingServer[pb.SupervisorMessage, pb.GatewayMessage]
 	select {
 	case s = <-g.sessions:
@@ -603,4 +569,28 @@ func notRootChild(t *testing.T, root string) {
 	if !errors.Is(err, sandboxuser.ErrNoAccount) || !strings.Contains(err.Error(), "process.run_as_user") {
 		t.Fatalf("unknown account: %v", err)
 	}
+}
+
+// runInBackground runs the supervisor with o (this test binary as its own helper,
+// no orphan reaping, a short stop grace) until the test ends; the channel receives
+// Run's result. The test's cleanup stops it and checks that it returns cleanly.
+func runInBackground(t *testing.T, cfg *bootstrap.Config, o Options) <-chan error {
+	t.Helper()
+	no := false
+	o.SelfExe, o.ReapOrphans, o.StopGrace = os.Args[0], &no, 2*time.Second
+	ctx, cancel := context.WithCancel(context.Background())
+	runErr := make(chan error, 1)
+	go func() { runErr <- Run(ctx, cfg, o) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case err := <-runErr:
+			if err != nil {
+				t.Errorf("Run: %v", err)
+			}
+		case <-time.After(15 * time.Second):
+			t.Error("Run did not return after cancel")
+		}
+	})
+	return runErr
 }
