@@ -60,11 +60,27 @@ type Config struct {
 	// EgressAllowCIDRs are exceptions to that refusal (e.g. a LAN package mirror).
 	EgressAllowCIDRs []string `json:"egress_allow_cidrs,omitempty"`
 
+	// ResumeAfterHostReboot starts again, when the driver starts, every sandbox that
+	// was running when the host went down (power loss, reboot): not stopped by the
+	// user, no recorded failure, its runner gone and the host's boot id changed since
+	// the runner was started. The writable disk is kept, so /sandbox is as it was.
+	// nil means true; false leaves such sandboxes Ready=False reason VMExited until
+	// they are started by hand (`openshell sandbox start NAME`).
+	ResumeAfterHostReboot *bool `json:"resume_after_host_reboot,omitempty"`
+	// BootID returns the host's boot id (nil = state.HostBootID, reading
+	// /proc/sys/kernel/random/boot_id). Tests inject one to simulate a host reboot.
+	BootID func() (string, error) `json:"-"`
+
 	// RunnerCommand is argv[0..] of the runner re-exec; "--state-dir DIR" is appended.
 	// Default: [<this executable>, "runner"].
 	RunnerCommand []string `json:"runner_command,omitempty"`
 	// RunnerEnv is extra environment for runner processes.
 	RunnerEnv []string `json:"runner_env,omitempty"`
+}
+
+// resumeAfterHostReboot is the effective ResumeAfterHostReboot (default true).
+func (c Config) resumeAfterHostReboot() bool {
+	return c.ResumeAfterHostReboot == nil || *c.ResumeAfterHostReboot
 }
 
 // DefaultStateDir is $XDG_STATE_HOME/openshell/vm, else ~/.local/state/openshell/vm.
@@ -110,6 +126,13 @@ func (c Config) WithDefaults() Config {
 	}
 	if c.ImageCacheDir == "" {
 		c.ImageCacheDir = filepath.Join(c.StateDir, "images")
+	}
+	if c.ResumeAfterHostReboot == nil {
+		on := true
+		c.ResumeAfterHostReboot = &on
+	}
+	if c.BootID == nil {
+		c.BootID = state.HostBootID
 	}
 	return c
 }

@@ -8,7 +8,8 @@
 //	images/            image cache (images.Cache): one read-only ext4 per image digest
 //	initramfs/         initramfs cache (supervisor as /init + guest modules)
 //	sb/<hash of id>/   one directory per sandbox, owned by its runner while it runs:
-//	  state.json       state.Record: id, name, spec digest, runner/QEMU pid + start time
+//	  state.json       state.Record: id, name, spec digest, runner/QEMU pid + start time,
+//	                   host boot id the runner was started in
 //	  state.lock       flock serialising state.json updates
 //	  runner.json      runner.Spec: what to boot, the bootstrap config (0600: token)
 //	  disk.img         the sparse writable ext4 disk (vdb), kept across stop/start
@@ -30,4 +31,18 @@
 // Delete kills the runner's whole session and removes the directory (never following
 // symlinks). A restarted driver re-adopts live runners from state.json (pid + start
 // time) and reports ended ones from their tombstones.
+//
+// Host reboots: state.json records the host's boot id
+// (/proc/sys/kernel/random/boot_id) each time a runner is started. A driver that finds
+// a sandbox whose runner is gone, that the user did not stop, that never failed to
+// provision, whose VM did not end on its own (no tombstone, or a Stopped one from the
+// runner's SIGTERM at shutdown) and whose boot id differs from the current one, knows
+// the host went down under it: it starts the sandbox again in the background through
+// the same path as Start (Ready=False Starting "host restarted since the VM last ran;
+// starting it again", then Running), on the same writable disk, so /sandbox is kept.
+// Config.ResumeAfterHostReboot (resume_after_host_reboot, default true) turns this off:
+// such sandboxes are then Ready=False VMExited until started by hand. A runner killed
+// without a reboot (same boot id) stays VMExited as before, and records written before
+// the boot id existed are treated the same way. Pids recorded in an earlier boot are
+// never signalled.
 package vm

@@ -93,6 +93,10 @@ type Driver struct {
 	sandboxes map[string]*sandbox
 
 	lock *os.File // flock on <StateDir>/driver.lock: one driver per state dir
+
+	// bootID is the host's boot id ("" when unknown): recorded with every runner
+	// started, compared on adoption to tell a host reboot from a killed runner.
+	bootID string
 }
 
 var (
@@ -101,7 +105,8 @@ var (
 )
 
 // New creates the driver and re-adopts the sandboxes found in cfg.StateDir: running
-// VMs keep running, ended ones are reported with their tombstone.
+// VMs keep running, ended ones are reported with their tombstone, and those cut off by
+// a host reboot are started again in the background (Config.ResumeAfterHostReboot).
 func New(cfg Config, log *slog.Logger) (*Driver, error) {
 	cfg = cfg.WithDefaults()
 	if err := cfg.Validate(); err != nil {
@@ -127,8 +132,14 @@ func New(cfg Config, log *slog.Logger) (*Driver, error) {
 	if err != nil {
 		return nil, err
 	}
+	bootID, err := cfg.BootID()
+	if err != nil {
+		// Only resuming after a host reboot depends on it.
+		log.Warn("cannot read the host boot id; sandboxes will not be resumed after a host reboot", "err", err)
+		bootID = ""
+	}
 	ctx, cancel := context.WithCancel(context.Background())
-	d := &Driver{cfg: cfg, log: log, hub: newHub(log), ctx: ctx, cancel: cancel, sandboxes: map[string]*sandbox{}, lock: lock}
+	d := &Driver{cfg: cfg, log: log, hub: newHub(log), ctx: ctx, cancel: cancel, sandboxes: map[string]*sandbox{}, lock: lock, bootID: bootID}
 	d.adoptAll()
 	return d, nil
 }
@@ -438,6 +449,11 @@ func (d *Driver) boot(s *sandbox) error {
 	if err := state.ClearTombstone(s.paths.Dir); err != nil {
 		return d.fail(s, ReasonBootFailed, err)
 	}
+	// The boot id goes in before the runner exists: whatever pids the runner records
+	// then belong to this boot of the host.
+	if _, err := state.Update(s.paths.Dir, func(r *state.Record) error { r.BootID = d.bootID; return nil }); err != nil {
+		return d.fail(s, ReasonBootFailed, err)
+	}
 	logf, err := os.OpenFile(s.paths.RunnerLog, os.O_WRONLY|os.O_CREATE|os.O_APPEND|syscall.O_NOFOLLOW, 0o600)
 	if err != nil {
 		return d.fail(s, ReasonBootFailed, fmt.Errorf("open runner log: %w", err))
@@ -477,6 +493,10 @@ func (d *Driver) boot(s *sandbox) error {
 
 func (d *Driver) fail(s *sandbox, reason string, err error) error {
 	s.mu.Lock()
+	if s.phase == phaseDeleting { // a Delete raced the boot: its files may be gone
+		s.mu.Unlock()
+		return fmt.Errorf("vm sandbox %q is being deleted: %w", s.id, errors.Join(err, drivers.ErrFailedPrecondition))
+	}
 	s.setPhase(phaseFailed, reason, err.Error())
 	s.mu.Unlock()
 	d.emit(s)
@@ -609,6 +629,7 @@ func (d *Driver) adoptAll() {
 		d.log.Warn("scan sandboxes", "dir", root, "err", err)
 		return
 	}
+	var resume []*sandbox
 	for _, e := range ents {
 		if !e.IsDir() || e.Name()[0] == '.' {
 			continue
@@ -624,18 +645,28 @@ func (d *Driver) adoptAll() {
 			continue
 		}
 		s := &sandbox{id: rec.SandboxID, name: rec.SandboxName, paths: state.PathsFor(dir), cid: rec.CID}
-		d.adopt(s, rec)
+		if d.adopt(s, rec) {
+			resume = append(resume, s)
+		}
 		d.sandboxes[s.id] = s
+	}
+	// In the background: booting may take long (an image to fetch again) and New
+	// must not keep the gateway waiting.
+	for _, s := range resume {
+		d.startResume(s)
 	}
 }
 
-func (d *Driver) adopt(s *sandbox, rec *state.Record) {
+// adopt sets s's phase from its record and files, and re-attaches a live runner. It
+// reports true when the sandbox was cut off by a host reboot and is to be started
+// again (its phase is then "starting"; see startResume).
+func (d *Driver) adopt(s *sandbox, rec *state.Record) (resume bool) {
 	log := d.log.With("sandbox_id", s.id)
 	_, specErr := os.Stat(filepath.Join(s.paths.Dir, state.SpecFile))
 	switch {
 	case rec.Error != nil:
 		s.setPhase(phaseFailed, rec.Error.Reason, rec.Error.Message)
-	case rec.RunnerPID != 0 && state.SameProcess(rec.RunnerPID, rec.RunnerStart):
+	case !hostRebooted(rec, d.bootID) && rec.RunnerPID != 0 && state.SameProcess(rec.RunnerPID, rec.RunnerStart):
 		s.runnerPID, s.runnerStart, s.qemuPID = rec.RunnerPID, rec.RunnerStart, rec.QEMUPID
 		s.setPhase(phaseBooting, drivers.ReasonStarting, "re-adopting the running VM")
 		log.Info("re-adopting running VM", "runner_pid", rec.RunnerPID, "qemu_pid", rec.QEMUPID)
@@ -649,13 +680,83 @@ func (d *Driver) adopt(s *sandbox, rec *state.Record) {
 		if err != nil {
 			log.Warn("read tombstone", "err", err)
 		}
-		if rec.Stopped {
+		switch {
+		case rec.Stopped:
 			s.setPhase(phaseStopped, drivers.ReasonContainerStopped, "stopped")
-		} else {
+		case cutOffByReboot(rec, ts, d.bootID) && d.cfg.resumeAfterHostReboot():
+			log.Info(msgResume, "recorded_boot_id", rec.BootID, "boot_id", d.bootID)
+			s.setPhase(phaseProvisioning, drivers.ReasonStarting, msgResume)
+			return true
+		case cutOffByReboot(rec, ts, d.bootID):
+			s.setPhase(phaseFailed, ReasonVMExited, "the host restarted while the VM ran and resume_after_host_reboot is off: start the sandbox again (openshell sandbox start)")
+		default:
 			d.applyTombstone(s, ts)
 		}
 	}
 	log.Info("adopted VM sandbox", "state", s.reason)
+	return false
+}
+
+const msgResume = "host restarted since the VM last ran; starting it again"
+
+// hostRebooted reports whether the host restarted since rec's runner was started
+// (false when either boot id is unknown).
+func hostRebooted(rec *state.Record, bootID string) bool {
+	return rec.BootID != "" && bootID != "" && rec.BootID != bootID
+}
+
+// cutOffByReboot decides whether a sandbox whose runner is gone was running when the
+// host went down, rather than failed or stopped on its own: not stopped by the user,
+// never failed to provision, started in another boot of the host, and either no
+// tombstone (power loss, or the runner killed at shutdown) or a Stopped one without a
+// user's Stop (the runner got SIGTERM as the host shut down). A VM that crashed
+// (VMExited, BootFailed) or was killed stays failed, reboot or not.
+func cutOffByReboot(rec *state.Record, ts *state.Tombstone, bootID string) bool {
+	if rec.Error != nil || rec.Stopped || !hostRebooted(rec, bootID) {
+		return false
+	}
+	return ts == nil || ts.Reason == runner.ReasonStopped
+}
+
+// startResume starts a sandbox cut off by a host reboot again, in the background, as
+// Start does. Delete cancels it like provisioning (provCancel/provDone).
+func (d *Driver) startResume(s *sandbox) {
+	ctx, cancel := context.WithCancel(d.ctx)
+	done := make(chan struct{})
+	s.mu.Lock()
+	s.provCancel, s.provDone = cancel, done
+	s.mu.Unlock()
+	d.wg.Add(1)
+	go func() {
+		defer d.wg.Done()
+		defer close(done)
+		defer cancel()
+		log := d.log.With("sandbox_id", s.id)
+		d.platformEvent(s.id, "Normal", "HostRestarted", msgResume)
+		s.op.Lock()
+		defer s.op.Unlock()
+		s.mu.Lock()
+		ph := s.phase
+		s.mu.Unlock()
+		if ph != phaseProvisioning { // deleted meanwhile
+			return
+		}
+		err := d.startLocked(ctx, s)
+		if err == nil {
+			return
+		}
+		if ctx.Err() != nil {
+			log.Info("resuming after the host restart cancelled", "err", err)
+			return
+		}
+		log.Error("cannot start the VM again after the host restart", "err", err)
+		s.mu.Lock()
+		stuck := s.phase == phaseProvisioning // boot reports its own failures
+		s.mu.Unlock()
+		if stuck {
+			d.fail(s, ReasonBootFailed, fmt.Errorf("start again after the host restarted: %w", err))
+		}
+	}()
 }
 
 // repointGateway makes an adopted runner (and its next boots) bridge guest sessions to
@@ -747,6 +848,13 @@ func (d *Driver) Start(ctx context.Context, id, _ string) error {
 	case phaseStopping:
 		return fmt.Errorf("vm sandbox %q is stopping: start it once it is stopped: %w", id, drivers.ErrFailedPrecondition)
 	}
+	return d.startLocked(ctx, s)
+}
+
+// startLocked boots s again on its writable disk: Start, and resuming after a host
+// reboot. s.op held.
+func (d *Driver) startLocked(ctx context.Context, s *sandbox) error {
+	id := s.id
 	rec, err := state.Load(s.paths.Dir)
 	if err != nil {
 		return fmt.Errorf("vm sandbox %q: %w", id, err)
@@ -866,6 +974,11 @@ func (d *Driver) signalRunner(s *sandbox, sig syscall.Signal) {
 func (d *Driver) killLeftovers(s *sandbox) {
 	rec, err := state.Load(s.paths.Dir)
 	if err != nil {
+		return
+	}
+	if hostRebooted(rec, d.bootID) {
+		// Recorded in an earlier boot of the host: nothing of ours runs any more, and
+		// those pids (and session ids) may now be other programs'.
 		return
 	}
 	var pids []int
