@@ -205,3 +205,64 @@ func TestPidsOfAnEarlierBootAreLeftAlone(t *testing.T) {
 		t.Errorf("sandbox directory still there: %v", err)
 	}
 }
+
+// TestResumeAfterHostShutdown: an orderly host shutdown sends the runner SIGTERM; it
+// powers the guest off and leaves a Stopped tombstone although the user never stopped
+// the sandbox. Without a reboot that still reads as stopped; after one (new boot id)
+// the sandbox boots again on its own, on the same disk.
+func TestResumeAfterHostShutdown(t *testing.T) {
+	if testing.Short() {
+		t.Skip("boots real VMs")
+	}
+	_, image := vmFixture(t)
+	gw := newGatewayStub(t)
+	dir := shortDir(t)
+	cfg := testConfig(t, dir, gw.addr())
+
+	d1 := newTestDriver(t, withBootID(cfg, "boot-1", nil))
+	id := create(t, d1, image)
+	first := gw.next(t, id, vmTimeout)
+	waitFor(t, d1, id, "Ready", ready)
+	rec := record(t, dir, id)
+	d1.Close()
+	if err := syscall.Kill(rec.RunnerPID, syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(vmTimeout)
+	for state.SameProcess(rec.RunnerPID, rec.RunnerStart) && time.Now().Before(deadline) {
+		time.Sleep(100 * time.Millisecond)
+	}
+	ts, err := state.ReadTombstone(rec.Paths.Dir)
+	if err != nil || ts == nil || ts.Reason != "Stopped" {
+		t.Fatalf("tombstone after SIGTERM: %+v %v; want Stopped", ts, err)
+	}
+
+	t.Run("same boot id stays stopped", func(t *testing.T) {
+		d := newTestDriver(t, withBootID(cfg, "boot-1", nil))
+		defer d.Close()
+		sb, err := d.Get(t.Context(), id, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !drivers.StopConfirmed(sb.GetStatus()) {
+			t.Errorf("conditions %v: want Suspended=True as before", sb.GetStatus().GetConditions())
+		}
+		time.Sleep(2 * time.Second)
+		if n := runnersOf(rec.Paths.Dir); n != 0 {
+			t.Errorf("%d runners started without a reboot", n)
+		}
+	})
+	t.Run("new boot id resumes", func(t *testing.T) {
+		d := newTestDriver(t, withBootID(cfg, "boot-2", nil))
+		defer d.Close()
+		defer d.Delete(context.Background(), id, "")
+		second := gw.next(t, id, vmTimeout)
+		waitFor(t, d, id, "Ready after the host reboot", ready)
+		if second.BootID == first.BootID || second.Prev != first.BootID {
+			t.Errorf("after resume: boot %q prev %q; want a new boot whose prev is %q", second.BootID, second.Prev, first.BootID)
+		}
+		if ts, _ := state.ReadTombstone(rec.Paths.Dir); ts != nil {
+			t.Errorf("tombstone %+v left while the resumed VM runs", ts)
+		}
+	})
+}
