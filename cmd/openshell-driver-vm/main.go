@@ -86,10 +86,13 @@ func parse(name string, args []string, stderr io.Writer) (*flags, error) {
 		c.EgressAllowCIDRs = append(c.EgressAllowCIDRs, s)
 		return nil
 	})
+	resume := true
+	fs.BoolVar(&resume, "resume-after-host-reboot", true, "start sandboxes that a host reboot cut off again when the driver starts (false: they stay failed until `sandbox start`)")
 	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
+	c.ResumeAfterHostReboot = &resume
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("unexpected arguments %q", fs.Args())
 	}

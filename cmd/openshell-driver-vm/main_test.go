@@ -38,3 +38,26 @@ func TestDoctorJSON(t *testing.T) {
 		t.Errorf("doctor --json output %q (stderr %q)", out.String(), errb.String())
 	}
 }
+
+func TestResumeFlag(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want bool
+	}{
+		{nil, true},
+		{[]string{"--resume-after-host-reboot=false"}, false},
+		{[]string{"--resume-after-host-reboot"}, true},
+	} {
+		f, err := parse("openshell-driver-vm", tc.args, &bytes.Buffer{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r := f.cfg.ResumeAfterHostReboot; r == nil || *r != tc.want {
+			t.Errorf("parse(%v): ResumeAfterHostReboot = %v, want %v", tc.args, r, tc.want)
+		}
+	}
+	var errb bytes.Buffer
+	if _, err := parse("openshell-driver-vm", []string{"--resume-after-host-reboot=maybe"}, &errb); err == nil {
+		t.Error("--resume-after-host-reboot=maybe accepted")
+	}
+}

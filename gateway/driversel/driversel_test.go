@@ -154,7 +154,7 @@ func TestRegistry(t *testing.T) {
 func TestVMArgs(t *testing.T) {
 	env := DriverEnv{GatewayPort: 17670, CAFile: "/s/ca.crt", Table: map[string]any{
 		"cpus": int64(2), "memory_mib": int64(1024), "accel": "tcg", "vsock_transport": "vhost-user", "binary": "/x",
-		"disk_size": "4Gi", "egress_allow_cidr": []any{"10.1.0.0/16", "10.2.0.0/16"}}}
+		"disk_size": "4Gi", "egress_allow_cidr": []any{"10.1.0.0/16", "10.2.0.0/16"}, "resume_after_host_reboot": false}}
 	args, err := VMArgs(env, "/s/vm-driver/driver.sock", "/s/vm-driver", 42)
 	if err != nil {
 		t.Fatal(err)
@@ -162,7 +162,7 @@ func TestVMArgs(t *testing.T) {
 	got := strings.Join(args, " ")
 	for _, want := range []string{"--bind-socket /s/vm-driver/driver.sock", "--expected-peer-pid 42", "--state-dir /s/vm-driver",
 		"--gateway-endpoint 127.0.0.1:17670", "--gateway-ca-file /s/ca.crt", "--cpus=2", "--memory-mib=1024", "--accel=tcg", "--vsock-transport=vhost-user",
-		"--disk-size=4Gi", "--egress-allow-cidr=10.1.0.0/16", "--egress-allow-cidr=10.2.0.0/16"} {
+		"--disk-size=4Gi", "--egress-allow-cidr=10.1.0.0/16", "--egress-allow-cidr=10.2.0.0/16", "--resume-after-host-reboot=false"} {
 		if !strings.Contains(got, want) {
 			t.Errorf("args %q lack %q", got, want)
 		}

@@ -35,6 +35,7 @@ var vmTableFlags = []struct{ key, flag string }{
 	{"disk_size", "--disk-size"},
 	{"stop_timeout", "--stop-timeout"},
 	{"egress_allow_private", "--egress-allow-private"},
+	{"resume_after_host_reboot", "--resume-after-host-reboot"},
 }
 
 // FindBinary looks for name next to the running executable, then on PATH.
