@@ -1,12 +1,17 @@
 package grpcopts
 
 import (
+	"bytes"
+	"encoding/binary"
 	"fmt"
 	"sync"
 
 	"google.golang.org/grpc/encoding"
 	"google.golang.org/grpc/mem"
+	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
+
+	pb "github.com/openshell/openshell/api/openshellv1"
 )
 
 // The gRPC protobuf codec takes its buffers from gRPC's default pool, which rounds
@@ -46,9 +51,65 @@ func (codec) Unmarshal(data mem.BufferSlice, v any) error {
 	if !ok {
 		return fmt.Errorf("grpc codec: cannot unmarshal into %T: not a protobuf message", v)
 	}
+	// Relay data frames, the bulk of every transfer, are decoded with one copy
+	// instead of two (gather into a buffer, then copy the bytes field out of it).
+	switch f := v.(type) {
+	case *pb.RelayFrame:
+		if d, ok := dataField(data); ok {
+			f.Reset()
+			f.Payload = &pb.RelayFrame_Data{Data: d}
+			return nil
+		}
+	case *pb.TcpForwardFrame:
+		if d, ok := dataField(data); ok {
+			f.Reset()
+			f.Payload = &pb.TcpForwardFrame_Data{Data: d}
+			return nil
+		}
+	}
 	buf := data.MaterializeToBuffer(framePool)
 	defer buf.Free()
 	return proto.Unmarshal(buf.ReadOnlyData(), m)
+}
+
+// dataFieldNumber is the number of the bytes field "data" in RelayFrame and
+// TcpForwardFrame (the oneof's other member, init, is field 1).
+const dataFieldNumber = 2
+
+// dataField returns the payload of a message that consists of exactly one field
+// 2 of wire type bytes, copied once out of the gRPC buffers; ok is false for
+// anything else (which the protobuf decoder then handles).
+func dataField(data mem.BufferSlice) ([]byte, bool) {
+	var head [binary.MaxVarintLen64 + 1]byte
+	n := 0
+	for _, b := range data {
+		n += copy(head[n:], b.ReadOnlyData())
+		if n == len(head) {
+			break
+		}
+	}
+	num, typ, tagLen := protowire.ConsumeTag(head[:n])
+	if tagLen < 0 || num != dataFieldNumber || typ != protowire.BytesType {
+		return nil, false
+	}
+	size, sizeLen := protowire.ConsumeVarint(head[tagLen:n])
+	skip := tagLen + sizeLen
+	if sizeLen < 0 || uint64(data.Len()-skip) != size {
+		return nil, false
+	}
+	parts := make([][]byte, 0, len(data))
+	for _, b := range data {
+		p := b.ReadOnlyData()
+		if skip > 0 {
+			k := min(skip, len(p))
+			p, skip = p[k:], skip-k
+		}
+		if len(p) > 0 {
+			parts = append(parts, p)
+		}
+	}
+	// bytes.Join allocates without clearing and copies each part once.
+	return bytes.Join(parts, nil), true
 }
 
 // sizedPool is a mem.BufferPool with one sync.Pool per size class. Buffers are not
