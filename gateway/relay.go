@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/openshell/openshell/api/openshellv1"
+	"github.com/openshell/openshell/gateway/hub"
 	"github.com/openshell/openshell/gateway/store"
 	"github.com/openshell/openshell/gateway/validation"
 	"github.com/openshell/openshell/internal/grpcopts"
@@ -250,6 +251,7 @@ func (s *Server) ForwardTcp(stream openshellv1.OpenShell_ForwardTcpServer) error
 }
 
 func pumpForward(ctx context.Context, stream openshellv1.OpenShell_ForwardTcpServer, conn io.ReadWriteCloser) error {
+	cc, chunked := conn.(hub.ChunkConn)
 	go func() {
 		defer conn.Close()
 		for {
@@ -258,7 +260,13 @@ func pumpForward(ctx context.Context, stream openshellv1.OpenShell_ForwardTcpSer
 				return
 			}
 			if d := f.GetData(); len(d) > 0 {
-				if _, err := conn.Write(d); err != nil {
+				// Each received frame's data is a fresh slice: hand it on uncopied.
+				if chunked {
+					err = cc.WriteOwned(d)
+				} else {
+					_, err = conn.Write(d)
+				}
+				if err != nil {
 					return
 				}
 			}
@@ -266,6 +274,17 @@ func pumpForward(ctx context.Context, stream openshellv1.OpenShell_ForwardTcpSer
 	}()
 	stop := context.AfterFunc(ctx, func() { conn.Close() })
 	defer stop()
+	if chunked {
+		for {
+			d, err := cc.ReadChunk(grpcopts.RelayChunk)
+			if err != nil {
+				return nil
+			}
+			if serr := stream.Send(&openshellv1.TcpForwardFrame{Payload: &openshellv1.TcpForwardFrame_Data{Data: d}}); serr != nil {
+				return serr
+			}
+		}
+	}
 	buf := make([]byte, grpcopts.RelayChunk)
 	for {
 		n, err := conn.Read(buf)

@@ -96,7 +96,7 @@ type pendingRelay struct {
 }
 
 type pairResult struct {
-	conn io.ReadWriteCloser
+	conn *pipeEnd
 	err  error
 }
 
@@ -324,14 +324,14 @@ func (h *Hub) OpenRelay(ctx context.Context, sandboxID string, target *openshell
 			release()
 			return nil, r.err
 		}
-		return &relayConn{ReadWriteCloser: r.conn, release: release}, nil
+		return &relayConn{pipeEnd: r.conn, release: release}, nil
 	case <-timer.C:
 		drop()
 		// A pairing may have raced the timer.
 		select {
 		case r := <-p.result:
 			if r.err == nil {
-				return &relayConn{ReadWriteCloser: r.conn, release: release}, nil
+				return &relayConn{pipeEnd: r.conn, release: release}, nil
 			}
 		default:
 		}
@@ -352,13 +352,24 @@ func (h *Hub) OpenRelay(ctx context.Context, sandboxID string, target *openshell
 }
 
 type relayConn struct {
-	io.ReadWriteCloser
+	*pipeEnd
 	once    sync.Once
 	release func()
 }
 
+// ChunkConn is implemented by the relay connections OpenRelay returns: frames
+// move through the gateway without being copied (see the relay pipe).
+type ChunkConn interface {
+	// WriteOwned sends p; the caller hands p over and must not touch it again.
+	WriteOwned(p []byte) error
+	// ReadChunk returns up to limit bytes in a slice the caller keeps.
+	ReadChunk(limit int) ([]byte, error)
+}
+
+var _ ChunkConn = (*relayConn)(nil)
+
 func (c *relayConn) Close() error {
-	err := c.ReadWriteCloser.Close()
+	err := c.pipeEnd.Close()
 	c.once.Do(c.release)
 	return err
 }
@@ -408,8 +419,9 @@ func (h *Hub) ServeRelay(stream RelayStreamServer, channel string, authorize fun
 				relaySide.Close()
 				return
 			}
+			// Each received frame's data is a fresh slice: queue it as it is.
 			if d := f.GetData(); len(d) > 0 {
-				if _, err := relaySide.Write(d); err != nil {
+				if err := relaySide.WriteOwned(d); err != nil {
 					relaySide.Close()
 					return
 				}
@@ -419,19 +431,14 @@ func (h *Hub) ServeRelay(stream RelayStreamServer, channel string, authorize fun
 	// pipe → stream
 	stop := context.AfterFunc(ctx, func() { relaySide.Close() })
 	defer stop()
-	buf := make([]byte, ChunkSize)
 	for {
-		n, err := relaySide.Read(buf)
-		if n > 0 {
-			// Send marshals the frame before it returns (no stats handler keeps it),
-			// so buf is reused without a per-frame copy.
-			if serr := stream.Send(&openshellv1.RelayFrame{Payload: &openshellv1.RelayFrame_Data{Data: buf[:n]}}); serr != nil {
-				relaySide.Close()
-				return serr
-			}
-		}
+		d, err := relaySide.ReadChunk(ChunkSize)
 		if err != nil {
 			return nil
+		}
+		if serr := stream.Send(&openshellv1.RelayFrame{Payload: &openshellv1.RelayFrame_Data{Data: d}}); serr != nil {
+			relaySide.Close()
+			return serr
 		}
 	}
 }

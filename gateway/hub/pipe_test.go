@@ -82,3 +82,89 @@ func TestBufPipeCloseUnblocks(t *testing.T) {
 		t.Fatalf("read on a closed end: %v, want ErrClosedPipe", err)
 	}
 }
+
+// Frames handed over with WriteOwned come out of ReadChunk as the same slices (no
+// copy), small writes are gathered, a chunk larger than the limit is split, and the
+// bytes arrive in order; EOF follows a half-close once everything is read.
+func TestBufPipeChunksPassThrough(t *testing.T) {
+	a, b := bufPipe()
+	big := make([]byte, 200<<10)
+	rand.Read(big)
+	huge := make([]byte, 300<<10)
+	rand.Read(huge)
+	var want bytes.Buffer
+	if err := a.WriteOwned(big); err != nil {
+		t.Fatal(err)
+	}
+	want.Write(big)
+	for i := range 10 {
+		p := []byte{byte(i), byte(i), byte(i)}
+		if _, err := a.Write(p); err != nil {
+			t.Fatal(err)
+		}
+		p[0] = 0xff // the caller reuses its buffer: the pipe holds a copy
+		want.Write([]byte{byte(i), byte(i), byte(i)})
+	}
+	if err := a.WriteOwned(huge); err != nil {
+		t.Fatal(err)
+	}
+	want.Write(huge)
+	a.CloseWrite()
+
+	var got bytes.Buffer
+	var chunks [][]byte
+	for {
+		d, err := b.ReadChunk(ChunkSize)
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(d) == 0 || len(d) > ChunkSize {
+			t.Fatalf("ReadChunk returned %d bytes (limit %d)", len(d), ChunkSize)
+		}
+		chunks = append(chunks, d)
+		got.Write(d)
+	}
+	if !bytes.Equal(got.Bytes(), want.Bytes()) {
+		t.Fatalf("got %d bytes, not the %d written (or reordered)", got.Len(), want.Len())
+	}
+	if &chunks[0][0] != &big[0] || len(chunks[0]) != len(big) {
+		t.Fatal("the first frame was copied, not passed through")
+	}
+	if len(chunks[1]) != 30 {
+		t.Fatalf("the ten 3-byte writes came out as %d bytes, not gathered into one chunk of 30", len(chunks[1]))
+	}
+	if &chunks[2][0] != &huge[0] || len(chunks[2]) != ChunkSize || len(chunks[3]) != len(huge)-ChunkSize {
+		t.Fatalf("a chunk over the limit was not split in place: %d, %d bytes", len(chunks[2]), len(chunks[3]))
+	}
+}
+
+// WriteOwned waits while the pipe is full, and fails once the reader closes.
+func TestBufPipeOwnedBackPressure(t *testing.T) {
+	a, b := bufPipe()
+	if err := a.WriteOwned(make([]byte, pipeMax)); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- a.WriteOwned([]byte("more")) }()
+	select {
+	case err := <-done:
+		t.Fatalf("WriteOwned into a full pipe returned at once: %v", err)
+	case <-time.After(50 * time.Millisecond):
+	}
+	if d, err := b.ReadChunk(ChunkSize); err != nil || len(d) != ChunkSize {
+		t.Fatalf("ReadChunk = %d bytes, %v", len(d), err)
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("WriteOwned after room was freed: %v", err)
+	}
+	b.Close()
+	if err := a.WriteOwned([]byte("x")); !errors.Is(err, io.ErrClosedPipe) {
+		t.Fatalf("WriteOwned after the reader closed: %v, want ErrClosedPipe", err)
+	}
+	if _, err := b.ReadChunk(ChunkSize); !errors.Is(err, io.ErrClosedPipe) {
+		t.Fatalf("ReadChunk on a closed end: %v, want ErrClosedPipe", err)
+	}
+}
