@@ -24,7 +24,8 @@ import (
 // request outside the VM boundary, so a compromised guest gets no further than its
 // policy: a CONNECT must name a destination the policy allows (host and port; the
 // guest already checked the binary, which the host cannot see) at an address the
-// address guard accepts, and a name lookup must be for a host some endpoint names.
+// address guard accepts and, when it names a host, at an address the host resolves
+// for that name (see pins); a name lookup must be for a host some endpoint names.
 //
 // The zero value is usable and refuses everything with 503 until a policy is set
 // (SetPolicy) or a Policy source answers.
@@ -56,7 +57,67 @@ type Relay struct {
 	// ReadTimeout bounds reading a request (default 30s).
 	ReadTimeout time.Duration
 
-	wg sync.WaitGroup
+	wg   sync.WaitGroup
+	pins pins
+}
+
+// pinTTL is how long an address handed out for a name stays good for a CONNECT
+// naming that host, so a guest that looked a name up may connect to the answer even
+// if the host's resolver rotates its answers meanwhile.
+const pinTTL = 10 * time.Minute
+
+// maxPinned bounds the names remembered; beyond it, expired names are dropped and,
+// if that is not enough, all of them (later CONNECTs then resolve again).
+const maxPinned = 4096
+
+// pins remembers, per name, the addresses the relay resolved for it. A CONNECT that
+// names a host goes only to one of them: the host, not the guest, decides where a
+// name leads, so a compromised guest cannot claim an allowed name for another
+// address.
+type pins struct {
+	mu sync.Mutex
+	m  map[string]map[netip.Addr]time.Time // name → address → expiry
+}
+
+func pinKey(name string) string { return strings.TrimSuffix(strings.ToLower(name), ".") }
+
+func (p *pins) add(name string, addrs []netip.Addr, now time.Time) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.m == nil {
+		p.m = map[string]map[netip.Addr]time.Time{}
+	}
+	k := pinKey(name)
+	if _, ok := p.m[k]; !ok && len(p.m) >= maxPinned {
+		for n, as := range p.m {
+			for a, exp := range as {
+				if now.After(exp) {
+					delete(as, a)
+				}
+			}
+			if len(as) == 0 {
+				delete(p.m, n)
+			}
+		}
+		if len(p.m) >= maxPinned {
+			clear(p.m)
+		}
+	}
+	as := p.m[k]
+	if as == nil {
+		as = map[netip.Addr]time.Time{}
+		p.m[k] = as
+	}
+	for _, a := range addrs {
+		as[a.Unmap().WithZone("")] = now.Add(pinTTL)
+	}
+}
+
+func (p *pins) has(name string, ip netip.Addr, now time.Time) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	exp, ok := p.m[pinKey(name)][ip]
+	return ok && now.Before(exp)
 }
 
 // NewRelay creates a relay holding the sandbox's current policy.
@@ -223,6 +284,21 @@ func (r *Relay) connect(ctx context.Context, c net.Conn, br *bufio.Reader, req *
 		r.refuse(c, ev, http.StatusForbidden, err.Error())
 		return
 	}
+	if !isIPLiteral(host) && !r.pins.has(host, ip, time.Now()) {
+		// Not an address this relay handed out for host lately: ask the resolver.
+		lctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		addrs, err := r.lookup(lctx, host)
+		cancel()
+		if err != nil {
+			r.refuse(c, ev, http.StatusBadGateway, "lookup of "+host+" to check the address: "+err.Error())
+			return
+		}
+		r.pins.add(host, addrs, time.Now())
+		if !r.pins.has(host, ip, time.Now()) {
+			r.refuse(c, ev, http.StatusForbidden, fmt.Sprintf("the address %s is not one of %s's (%s): the relay connects a name only to the addresses the host resolves for it", ip, host, joinAddrs(addrs)))
+			return
+		}
+	}
 	dial := r.Dial
 	if dial == nil {
 		dial = (&net.Dialer{}).DialContext
@@ -303,7 +379,16 @@ func (r *Relay) resolve(ctx context.Context, c net.Conn, name string) {
 		r.refuse(c, ev, http.StatusForbidden, "lookup of "+name+" refused: every address is refused: "+strings.Join(refused, "; "))
 		return
 	}
+	r.pins.add(name, ok, time.Now())
 	WriteResolveAnswer(c, ok)
+}
+
+func joinAddrs(addrs []netip.Addr) string {
+	out := make([]string, len(addrs))
+	for i, a := range addrs {
+		out[i] = a.String()
+	}
+	return strings.Join(out, ", ")
 }
 
 func (r *Relay) lookup(ctx context.Context, name string) ([]netip.Addr, error) {

@@ -449,3 +449,75 @@ func FuzzRelayRequest(f *testing.F) {
 		}
 	})
 }
+
+// swappableResolver answers from a map the test can replace (a resolver that
+// rotates its answers).
+type swappableResolver struct{ cur atomic.Pointer[staticResolver] }
+
+func (s *swappableResolver) LookupNetIP(ctx context.Context, network, host string) ([]netip.Addr, error) {
+	return s.cur.Load().LookupNetIP(ctx, network, host)
+}
+
+// A CONNECT naming a host goes only to an address the relay resolved for that host:
+// one it handed out in a lookup (even if the resolver answers differently since) or
+// one the resolver gives now. Any other address is refused before a dial.
+func TestRelayPinsNamesToTheirAddresses(t *testing.T) {
+	a := netip.MustParseAddr
+	res := &swappableResolver{}
+	res.cur.Store(&staticResolver{"api.example.com": {a("192.0.2.7")}})
+	var dials []string
+	var mu sync.Mutex
+	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
+		mu.Lock()
+		dials = append(dials, addr)
+		mu.Unlock()
+		srv, cli := net.Pipe()
+		go func() { srv.Write([]byte("hi")); srv.Close() }()
+		return cli, nil
+	}
+	r := &Relay{Policy: func() *policy.Compiled {
+		return compile(t, "version: 1\nnetwork_policies:\n  w:\n    endpoints: [{host: api.example.com, port: 443}]\n")
+	}, Resolver: res, Dial: dial, Logger: slog.New(slog.DiscardHandler)}
+	sock, _ := serveRelay(t, r)
+	connect := func(ip string) (int, string) {
+		return relayDo(t, sock, "CONNECT "+ip+":443 HTTP/1.1\r\nX-Openshell-Host: api.example.com\r\n\r\n")
+	}
+	if code, body := relayDo(t, sock, resolveReq("api.example.com")); code != 200 || !strings.Contains(body, "192.0.2.7") {
+		t.Fatalf("lookup: %d %q", code, body)
+	}
+	res.cur.Store(&staticResolver{"api.example.com": {a("192.0.2.8")}}) // the answer rotates
+	if code, body := connect("192.0.2.7"); code != 200 {
+		t.Fatalf("CONNECT to the address the lookup handed out: %d %q", code, body)
+	}
+	if code, body := connect("192.0.2.8"); code != 200 {
+		t.Fatalf("CONNECT to the resolver's current address: %d %q", code, body)
+	}
+	code, body := connect("198.51.100.9")
+	if code != 403 || !strings.Contains(body, "not one of api.example.com's") {
+		t.Fatalf("CONNECT claiming api.example.com for another address: %d %q, want 403", code, body)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if strings.Join(dials, " ") != "192.0.2.7:443 192.0.2.8:443" {
+		t.Fatalf("dials = %v; the refused address must never be dialled", dials)
+	}
+}
+
+func TestPinsBounded(t *testing.T) {
+	var p pins
+	now := time.Now()
+	ip := netip.MustParseAddr("192.0.2.1")
+	for i := range maxPinned + 10 {
+		p.add(fmt.Sprintf("h%d.example", i), []netip.Addr{ip}, now)
+	}
+	if n := len(p.m); n > maxPinned {
+		t.Fatalf("%d names remembered, bound %d", n, maxPinned)
+	}
+	p.add("API.Example.com.", []netip.Addr{ip}, now)
+	if !p.has("api.example.com", ip, now) {
+		t.Fatal("names are not compared case-insensitively without the trailing dot")
+	}
+	if p.has("api.example.com", ip, now.Add(pinTTL+time.Second)) {
+		t.Fatal("a pin outlived its TTL")
+	}
+}

@@ -2,7 +2,9 @@ package runner
 
 import (
 	"fmt"
+	"io"
 	"net"
+	"strings"
 	"sync/atomic"
 	"testing"
 )
@@ -29,7 +31,7 @@ func TestEgressSandboxPolicyRecheck(t *testing.T) {
 		}
 	}()
 	port := target.Addr().(*net.TCPAddr).Port
-	pol := fmt.Sprintf("version: 1\nnetwork_policies:\n  api:\n    endpoints:\n      - host: allowed.test\n        port: %d\n", port)
+	pol := fmt.Sprintf("version: 1\nnetwork_policies:\n  api:\n    endpoints:\n      - host: localhost\n        port: %d\n", port)
 
 	c, err := compileYAML([]byte(pol))
 	if err != nil {
@@ -46,16 +48,24 @@ func TestEgressSandboxPolicyRecheck(t *testing.T) {
 	if code := connect("other.test", port); code != 403 {
 		t.Fatalf("unnamed host: status %d, want 403", code)
 	}
-	if code := connect("allowed.test", port+1); code != 403 {
+	if code := connect("localhost", port+1); code != 403 {
 		t.Fatalf("named host on another port: status %d, want 403", code)
 	}
 	if code := connect("127.0.0.2", port); code != 403 {
 		t.Fatalf("IP host not named: status %d, want 403", code)
 	}
+	// A named host goes only to the addresses the host resolves for it: a guest
+	// claiming "localhost" for another address is refused before any dial.
+	resp, conn, _ := egressDo(t, sock, fmt.Sprintf("CONNECT 192.0.2.1:%d HTTP/1.1\r\nHost: 192.0.2.1:%d\r\nX-Openshell-Host: localhost\r\n\r\n", port, port))
+	body, _ := io.ReadAll(resp.Body)
+	conn.Close()
+	if resp.StatusCode != 403 || !strings.Contains(string(body), "not one of localhost's") {
+		t.Fatalf("named host at a foreign address: %d %q, want 403", resp.StatusCode, body)
+	}
 	if n := accepted.Load(); n != 0 {
 		t.Fatalf("the target saw %d connections from refused CONNECTs", n)
 	}
-	if code := connect("allowed.test", port); code != 200 {
+	if code := connect("localhost", port); code != 200 {
 		t.Fatalf("named destination: status %d, want 200", code)
 	}
 

@@ -131,7 +131,7 @@ func TestEgressPolicySync(t *testing.T) {
 
 	connect := func() int {
 		t.Helper()
-		resp, c, br := egressDo(t, sock, fmt.Sprintf("CONNECT 127.0.0.1:%d HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nX-Openshell-Host: allowed.test\r\n\r\n", tport, tport))
+		resp, c, br := egressDo(t, sock, fmt.Sprintf("CONNECT 127.0.0.1:%d HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nX-Openshell-Host: localhost\r\n\r\n", tport, tport))
 		defer c.Close()
 		if resp.StatusCode == 200 {
 			if b, _ := io.ReadAll(br); string(b) != "hi" {
@@ -167,7 +167,7 @@ func TestEgressPolicySync(t *testing.T) {
 	}
 
 	// Policy A names the target, and localhost (a name the host's DNS knows).
-	cs.resp.Store(policyResp(t, 1, "version: 1\nnetwork_policies:\n  api:\n    endpoints:\n      - host: allowed.test\n        port: "+strconv.Itoa(tport)+"\n      - host: localhost\n        port: 80\n"))
+	cs.resp.Store(policyResp(t, 1, "version: 1\nnetwork_policies:\n  api:\n    endpoints:\n      - host: localhost\n        port: "+strconv.Itoa(tport)+"\n      - host: localhost\n        port: 80\n"))
 	waitStatus := func(want int) {
 		t.Helper()
 		deadline := time.Now().Add(15 * time.Second)
