@@ -452,7 +452,9 @@ func FuzzRelayRequest(f *testing.F) {
 
 // swappableResolver answers from a map the test can replace (a resolver that
 // rotates its answers).
-type swappableResolver struct{ cur atomic.Pointer[staticResolver] }
+type swappableResolver struct {
+	cur atomic.Pointer[staticResolver]
+}
 
 func (s *swappableResolver) LookupNetIP(ctx context.Context, network, host string) ([]netip.Addr, error) {
 	return s.cur.Load().LookupNetIP(ctx, network, host)
