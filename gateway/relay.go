@@ -9,7 +9,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"time"
 
@@ -250,8 +249,7 @@ func (s *Server) ForwardTcp(stream openshellv1.OpenShell_ForwardTcpServer) error
 	return pumpForward(ctx, stream, conn)
 }
 
-func pumpForward(ctx context.Context, stream openshellv1.OpenShell_ForwardTcpServer, conn io.ReadWriteCloser) error {
-	cc, chunked := conn.(hub.ChunkConn)
+func pumpForward(ctx context.Context, stream openshellv1.OpenShell_ForwardTcpServer, conn hub.Conn) error {
 	go func() {
 		defer conn.Close()
 		for {
@@ -259,14 +257,9 @@ func pumpForward(ctx context.Context, stream openshellv1.OpenShell_ForwardTcpSer
 			if err != nil {
 				return
 			}
+			// Each received frame's data is a fresh slice: hand it on uncopied.
 			if d := f.GetData(); len(d) > 0 {
-				// Each received frame's data is a fresh slice: hand it on uncopied.
-				if chunked {
-					err = cc.WriteOwned(d)
-				} else {
-					_, err = conn.Write(d)
-				}
-				if err != nil {
+				if err := conn.WriteOwned(d); err != nil {
 					return
 				}
 			}
@@ -274,29 +267,13 @@ func pumpForward(ctx context.Context, stream openshellv1.OpenShell_ForwardTcpSer
 	}()
 	stop := context.AfterFunc(ctx, func() { conn.Close() })
 	defer stop()
-	if chunked {
-		for {
-			d, err := cc.ReadChunk(grpcopts.RelayChunk)
-			if err != nil {
-				return nil
-			}
-			if serr := stream.Send(&openshellv1.TcpForwardFrame{Payload: &openshellv1.TcpForwardFrame_Data{Data: d}}); serr != nil {
-				return serr
-			}
-		}
-	}
-	buf := make([]byte, grpcopts.RelayChunk)
 	for {
-		n, err := conn.Read(buf)
-		if n > 0 {
-			// Send marshals before it returns (no stats handler keeps the message),
-			// so buf is reused without a per-frame copy.
-			if serr := stream.Send(&openshellv1.TcpForwardFrame{Payload: &openshellv1.TcpForwardFrame_Data{Data: buf[:n]}}); serr != nil {
-				return serr
-			}
-		}
+		d, err := conn.ReadChunk(grpcopts.RelayChunk)
 		if err != nil {
 			return nil
+		}
+		if serr := stream.Send(&openshellv1.TcpForwardFrame{Payload: &openshellv1.TcpForwardFrame_Data{Data: d}}); serr != nil {
+			return serr
 		}
 	}
 }

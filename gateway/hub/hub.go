@@ -19,6 +19,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/openshell/openshell/api/openshellv1"
+	"github.com/openshell/openshell/internal/grpcopts"
 )
 
 // Errors returned by OpenRelay; the API edge maps them to gRPC codes.
@@ -38,10 +39,8 @@ const (
 	HeartbeatInterval = 15 * time.Second
 	RelayOpenTimeout  = 10 * time.Second
 	DefaultMaxRelays  = 64
-	// ChunkSize is the largest data frame the hub sends on a RelayStream: large frames
-	// keep per-frame costs (syscalls, wakeups, allocations) small on bulk transfers;
-	// it stays well under the 1 MiB message limit.
-	ChunkSize = 256 * 1024
+	// ChunkSize is the largest data frame the hub sends on a RelayStream.
+	ChunkSize = grpcopts.RelayChunk
 )
 
 // Listener is told when a sandbox's session comes or goes.
@@ -268,7 +267,7 @@ func (h *Hub) failPending(channel string, s *session, reason string) {
 // OpenRelay asks the sandbox's supervisor to open target and returns the byte stream
 // once the supervisor's RelayStream arrives (or an error after the open timeout or a
 // failing relay_open_result). Closing the returned conn ends the relay.
-func (h *Hub) OpenRelay(ctx context.Context, sandboxID string, target *openshellv1.RelayOpen) (io.ReadWriteCloser, error) {
+func (h *Hub) OpenRelay(ctx context.Context, sandboxID string, target *openshellv1.RelayOpen) (Conn, error) {
 	channel := uuid.NewString()
 	msg := &openshellv1.RelayOpen{ChannelId: channel, ServiceId: target.GetServiceId()}
 	switch t := target.GetTarget().(type) {
@@ -357,16 +356,18 @@ type relayConn struct {
 	release func()
 }
 
-// ChunkConn is implemented by the relay connections OpenRelay returns: frames
-// move through the gateway without being copied (see the relay pipe).
-type ChunkConn interface {
+// Conn is a relay connection as OpenRelay returns it: a byte stream, plus frame
+// passing that moves bulk data through the gateway without copying it (see the
+// relay pipe).
+type Conn interface {
+	io.ReadWriteCloser
 	// WriteOwned sends p; the caller hands p over and must not touch it again.
 	WriteOwned(p []byte) error
 	// ReadChunk returns up to limit bytes in a slice the caller keeps.
 	ReadChunk(limit int) ([]byte, error)
 }
 
-var _ ChunkConn = (*relayConn)(nil)
+var _ Conn = (*relayConn)(nil)
 
 func (c *relayConn) Close() error {
 	err := c.pipeEnd.Close()

@@ -149,13 +149,11 @@ func (h *half) readChunk(limit int) ([]byte, error) {
 	}
 	front := h.chunks[0][h.off:]
 	if len(front) >= limit || len(front) >= copyBuf || len(h.chunks) == 1 {
-		// The front chunk alone. If the pipe's own tail buffer is handed out, later
-		// writes must not append into it: start a new one.
-		front = front[:min(len(front), limit):min(len(front), limit)]
-		if len(h.chunks) == 1 && h.off+len(front) == len(h.chunks[0]) {
-			h.tailOwn = false
-		}
-		h.consume(len(front))
+		// The front chunk alone. Capped at its length, so that a write appending
+		// to the pipe's own tail buffer lands past the bytes handed out.
+		n := min(len(front), limit)
+		front = front[:n:n]
+		h.consume(n)
 		return front, nil
 	}
 	// Gather the run of small chunks at the front; a large one after them is left
