@@ -169,23 +169,5 @@ func TestVMEgressNoNIC(t *testing.T) {
 		}
 	})
 
-	e.cli("sandbox", "delete", box)
-	deadline := time.Now().Add(2 * time.Minute)
-	for {
-		out, err := e.cliMayFail("sandbox", "get", box)
-		if err != nil && strings.Contains(strings.ToLower(out), "not found") {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("sandbox still there 2 min after delete: %s", out)
-		}
-		time.Sleep(500 * time.Millisecond)
-	}
-	time.Sleep(time.Second)
-	if ents, _ := os.ReadDir(filepath.Join(e.gwState, "vm-driver", "sb")); len(ents) != 0 {
-		t.Errorf("sandbox state left behind: %v", ents)
-	}
-	if p := e.qemuProcs(); len(p) != 0 {
-		t.Errorf("processes left behind: %v", p)
-	}
+	e.deleteAndCheckClean(t, box)
 }

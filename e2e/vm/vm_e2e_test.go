@@ -139,10 +139,18 @@ func TestVMEndToEnd(t *testing.T) {
 		}
 	})
 
-	e.cli("sandbox", "delete", sandbox)
+	e.deleteAndCheckClean(t, sandbox)
+}
+
+// deleteAndCheckClean deletes the sandbox, waits (up to 2 min) until the gateway
+// no longer knows it, and checks that neither its driver state nor a QEMU or
+// runner process is left behind.
+func (e *env) deleteAndCheckClean(t *testing.T, name string) {
+	t.Helper()
+	e.cli("sandbox", "delete", name)
 	deadline := time.Now().Add(2 * time.Minute)
 	for {
-		out, err := e.cliMayFail("sandbox", "get", sandbox)
+		out, err := e.cliMayFail("sandbox", "get", name)
 		if err != nil && strings.Contains(strings.ToLower(out), "not found") {
 			break
 		}
