@@ -13,24 +13,7 @@ import (
 // a CONNECT whose destination the policy does not name (403, and the target sees no
 // connection) and lets a named one through, on top of the static guard.
 func TestEgressSandboxPolicyRecheck(t *testing.T) {
-	target, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer target.Close()
-	var accepted atomic.Int64
-	go func() {
-		for {
-			c, err := target.Accept()
-			if err != nil {
-				return
-			}
-			accepted.Add(1)
-			c.Write([]byte("hi"))
-			c.Close()
-		}
-	}()
-	port := target.Addr().(*net.TCPAddr).Port
+	port, accepted := startHiTarget(t)
 	pol := fmt.Sprintf("version: 1\nnetwork_policies:\n  api:\n    endpoints:\n      - host: localhost\n        port: %d\n", port)
 
 	c, err := compileYAML([]byte(pol))
@@ -73,4 +56,28 @@ func TestEgressSandboxPolicyRecheck(t *testing.T) {
 	if _, err := compileYAML([]byte("version: 7\n")); err == nil {
 		t.Fatal("a bad policy was accepted")
 	}
+}
+
+// startHiTarget runs a TCP server on loopback until the test ends that answers
+// every connection with "hi" and counts them; it returns its port and the count.
+func startHiTarget(t *testing.T) (int, *atomic.Int64) {
+	t.Helper()
+	target, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { target.Close() })
+	accepted := &atomic.Int64{}
+	go func() {
+		for {
+			c, err := target.Accept()
+			if err != nil {
+				return
+			}
+			accepted.Add(1)
+			c.Write([]byte("hi"))
+			c.Close()
+		}
+	}()
+	return target.Addr().(*net.TCPAddr).Port, accepted
 }

@@ -95,24 +95,7 @@ func syncSpec(gwPort string, caPEM []byte, token string) *Spec {
 // names the target (and the name), and refused with 403 — the target seeing no new
 // connection — once the gateway serves policy B, which does not.
 func TestEgressPolicySync(t *testing.T) {
-	target, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer target.Close()
-	var accepted atomic.Int64
-	go func() {
-		for {
-			c, err := target.Accept()
-			if err != nil {
-				return
-			}
-			accepted.Add(1)
-			c.Write([]byte("hi"))
-			c.Close()
-		}
-	}()
-	tport := target.Addr().(*net.TCPAddr).Port
+	tport, accepted := startHiTarget(t)
 
 	cs := &configServer{}
 	gw, caPEM := startConfigServer(t, cs)
