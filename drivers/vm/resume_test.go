@@ -24,6 +24,31 @@ func withBootID(cfg vm.Config, id string, resume *bool) vm.Config {
 	return cfg
 }
 
+// bootedSandbox is a sandbox made Ready by a driver that saw host boot id "boot-1".
+type bootedSandbox struct {
+	cfg    vm.Config // without the boot id: each test adds the one it simulates
+	gw     *gatewayStub
+	dir    string // the driver's state dir
+	id     string
+	first  report // the guest's first report (its boot id)
+	rec    *state.Record
+	driver *vm.Driver // still open: each test closes it when it simulates the host
+}
+
+// readyInBoot1 creates a sandbox with a real VM and waits until it is Ready.
+func readyInBoot1(t *testing.T) bootedSandbox {
+	t.Helper()
+	_, image := vmFixture(t)
+	b := bootedSandbox{gw: newGatewayStub(t), dir: shortDir(t)}
+	b.cfg = testConfig(t, b.dir, b.gw.addr())
+	b.driver = newTestDriver(t, withBootID(b.cfg, "boot-1", nil))
+	b.id = create(t, b.driver, image)
+	b.first = b.gw.next(t, b.id, vmTimeout)
+	waitFor(t, b.driver, b.id, "Ready", ready)
+	b.rec = record(t, b.dir, b.id)
+	return b
+}
+
 // powerLoss SIGKILLs, by pid, every process of a sandbox's runner session and its
 // QEMU at once, as a power cut would end them: no tombstone, no clean-up.
 func powerLoss(t *testing.T, rec *state.Record) {
@@ -84,20 +109,12 @@ func TestResumeAfterHostReboot(t *testing.T) {
 	if testing.Short() {
 		t.Skip("boots real VMs")
 	}
-	_, image := vmFixture(t)
-	gw := newGatewayStub(t)
-	dir := shortDir(t)
-	cfg := testConfig(t, dir, gw.addr())
-
-	d1 := newTestDriver(t, withBootID(cfg, "boot-1", nil))
-	id := create(t, d1, image)
-	first := gw.next(t, id, vmTimeout)
-	waitFor(t, d1, id, "Ready", ready)
-	rec := record(t, dir, id)
+	rb := readyInBoot1(t)
+	cfg, gw, dir, id, first, rec := rb.cfg, rb.gw, rb.dir, rb.id, rb.first, rb.rec
 	if rec.BootID != "boot-1" {
 		t.Fatalf("record boot id %q, want boot-1 (the driver's)", rec.BootID)
 	}
-	d1.Close()
+	rb.driver.Close()
 	powerLoss(t, rec)
 
 	t.Run("same boot id stays failed", func(t *testing.T) {
@@ -214,17 +231,9 @@ func TestResumeAfterHostShutdown(t *testing.T) {
 	if testing.Short() {
 		t.Skip("boots real VMs")
 	}
-	_, image := vmFixture(t)
-	gw := newGatewayStub(t)
-	dir := shortDir(t)
-	cfg := testConfig(t, dir, gw.addr())
-
-	d1 := newTestDriver(t, withBootID(cfg, "boot-1", nil))
-	id := create(t, d1, image)
-	first := gw.next(t, id, vmTimeout)
-	waitFor(t, d1, id, "Ready", ready)
-	rec := record(t, dir, id)
-	d1.Close()
+	rb := readyInBoot1(t)
+	cfg, gw, id, first, rec := rb.cfg, rb.gw, rb.id, rb.first, rb.rec
+	rb.driver.Close()
 	if err := syscall.Kill(rec.RunnerPID, syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
