@@ -5,7 +5,7 @@ TOOLS     := $(or $(OPENSHELL_CACHE),$(HOME)/.cache/openshell)/tools
 STATICCHECK_VERSION := v0.8.2
 STATICCHECK := $(TOOLS)/staticcheck-$(STATICCHECK_VERSION)/staticcheck
 
-.PHONY: all build test test-short bench lint proto vet fmt staticcheck clean
+.PHONY: all build test test-short bench lint proto vet fmt staticcheck tidy clean
 
 all: build
 
@@ -26,13 +26,17 @@ test-short:
 bench:
 	./scripts/bench.sh
 
-lint: vet fmt staticcheck
+lint: vet fmt staticcheck tidy
 
 vet:
 	$(GO) vet ./...
 
 fmt:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
+
+# go.mod lists exactly what the code imports (direct vs indirect) and go.sum has every sum.
+tidy:
+	@$(GO) mod tidy -diff || { echo "go.mod/go.sum are not tidy: run go mod tidy"; exit 1; }
 
 $(STATICCHECK):
 	@mkdir -p $(dir $@)

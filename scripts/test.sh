@@ -30,11 +30,17 @@ trap cleanup EXIT
 step "PostgreSQL (throwaway server for the store tests)"
 eval "$(./scripts/setup-postgres.sh start "$pgdir" | grep '^OPENSHELL_TEST_POSTGRES_DSN=' | sed 's/^/export /')"
 
+step "images the tests use (built locally, no registry)"
+# Every image a test needs is built here, before go test, so no test depends on another
+# package having run first or on leftovers of an earlier run.
+./scripts/build-base-image.sh
+./scripts/testimage/build.sh all
+
 step "build"
 make --no-print-directory build
 
 # Lint and tests both run, so one report shows every problem; either failing fails the run.
-step "lint: gofmt, go vet, staticcheck"
+step "lint: gofmt, go vet, staticcheck, go mod tidy"
 lint_ok=true
 make --no-print-directory lint || lint_ok=false
 
