@@ -59,6 +59,13 @@ type Config struct {
 	PolicyFile   string          `json:"policy_file,omitempty"`
 	PolicyYAML   []byte          `json:"policy_yaml,omitempty"`
 	Main         MainProcessSpec `json:"main"`
+	// InstanceSecret identifies this boot of the supervisor to the gateway (hex, 32
+	// random bytes): a session is bound to the instance that presented it first, so a
+	// stolen token alone cannot take the session over. The VM runner mints one per
+	// boot and serves it once in the bootstrap document (the runner also requires it
+	// on its gateway and egress ports); where no driver supplies one, the supervisor
+	// mints its own at start. It never travels through the environment.
+	InstanceSecret string `json:"instance_secret,omitempty"`
 }
 
 // Validate names the first missing or malformed field.
