@@ -336,13 +336,18 @@ func (x *GetSandboxProvidersResponse) GetProviders() []*ProviderCredentials {
 
 // ProviderCredentials is a provider with its decrypted values (supervisor only).
 type ProviderCredentials struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	Type          string                 `protobuf:"bytes,2,opt,name=type,proto3" json:"type,omitempty"`
-	Credentials   map[string]string      `protobuf:"bytes,3,rep,name=credentials,proto3" json:"credentials,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
-	Hosts         []string               `protobuf:"bytes,4,rep,name=hosts,proto3" json:"hosts,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	Name        string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Type        string                 `protobuf:"bytes,2,opt,name=type,proto3" json:"type,omitempty"`
+	Credentials map[string]string      `protobuf:"bytes,3,rep,name=credentials,proto3" json:"credentials,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Hosts       []string               `protobuf:"bytes,4,rep,name=hosts,proto3" json:"hosts,omitempty"`
+	// Request headers that may carry the credentials' placeholders (the proxy
+	// replaces them there only); empty = Authorization.
+	Headers []string `protobuf:"bytes,5,rep,name=headers,proto3" json:"headers,omitempty"`
+	// Hosts may hold "*.example.com" patterns; without this, a wildcard is refused.
+	AllowWildcardHosts bool `protobuf:"varint,6,opt,name=allow_wildcard_hosts,json=allowWildcardHosts,proto3" json:"allow_wildcard_hosts,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
 }
 
 func (x *ProviderCredentials) Reset() {
@@ -403,14 +408,33 @@ func (x *ProviderCredentials) GetHosts() []string {
 	return nil
 }
 
+func (x *ProviderCredentials) GetHeaders() []string {
+	if x != nil {
+		return x.Headers
+	}
+	return nil
+}
+
+func (x *ProviderCredentials) GetAllowWildcardHosts() bool {
+	if x != nil {
+		return x.AllowWildcardHosts
+	}
+	return false
+}
+
 type CreateProviderRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	Type          string                 `protobuf:"bytes,2,opt,name=type,proto3" json:"type,omitempty"`
-	Credentials   map[string]string      `protobuf:"bytes,3,rep,name=credentials,proto3" json:"credentials,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
-	Hosts         []string               `protobuf:"bytes,4,rep,name=hosts,proto3" json:"hosts,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	Name        string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Type        string                 `protobuf:"bytes,2,opt,name=type,proto3" json:"type,omitempty"`
+	Credentials map[string]string      `protobuf:"bytes,3,rep,name=credentials,proto3" json:"credentials,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Hosts       []string               `protobuf:"bytes,4,rep,name=hosts,proto3" json:"hosts,omitempty"`
+	// Request headers that may carry the credentials' placeholders (the proxy
+	// replaces them there only); empty = Authorization.
+	Headers []string `protobuf:"bytes,5,rep,name=headers,proto3" json:"headers,omitempty"`
+	// Hosts may hold "*.example.com" patterns; without this, a wildcard is refused.
+	AllowWildcardHosts bool `protobuf:"varint,6,opt,name=allow_wildcard_hosts,json=allowWildcardHosts,proto3" json:"allow_wildcard_hosts,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
 }
 
 func (x *CreateProviderRequest) Reset() {
@@ -471,6 +495,20 @@ func (x *CreateProviderRequest) GetHosts() []string {
 	return nil
 }
 
+func (x *CreateProviderRequest) GetHeaders() []string {
+	if x != nil {
+		return x.Headers
+	}
+	return nil
+}
+
+func (x *CreateProviderRequest) GetAllowWildcardHosts() bool {
+	if x != nil {
+		return x.AllowWildcardHosts
+	}
+	return false
+}
+
 // Provider is what users see: credential keys, never values.
 type Provider struct {
 	state          protoimpl.MessageState `protogen:"open.v1"`
@@ -479,8 +517,13 @@ type Provider struct {
 	CredentialKeys []string               `protobuf:"bytes,3,rep,name=credential_keys,json=credentialKeys,proto3" json:"credential_keys,omitempty"`
 	Hosts          []string               `protobuf:"bytes,4,rep,name=hosts,proto3" json:"hosts,omitempty"`
 	CreatedAtMs    int64                  `protobuf:"varint,5,opt,name=created_at_ms,json=createdAtMs,proto3" json:"created_at_ms,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// Request headers that may carry the credentials' placeholders (the proxy
+	// replaces them there only); empty = Authorization.
+	Headers []string `protobuf:"bytes,6,rep,name=headers,proto3" json:"headers,omitempty"`
+	// Hosts may hold "*.example.com" patterns; without this, a wildcard is refused.
+	AllowWildcardHosts bool `protobuf:"varint,7,opt,name=allow_wildcard_hosts,json=allowWildcardHosts,proto3" json:"allow_wildcard_hosts,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
 }
 
 func (x *Provider) Reset() {
@@ -546,6 +589,20 @@ func (x *Provider) GetCreatedAtMs() int64 {
 		return x.CreatedAtMs
 	}
 	return 0
+}
+
+func (x *Provider) GetHeaders() []string {
+	if x != nil {
+		return x.Headers
+	}
+	return nil
+}
+
+func (x *Provider) GetAllowWildcardHosts() bool {
+	if x != nil {
+		return x.AllowWildcardHosts
+	}
+	return false
 }
 
 type GetProviderRequest struct {
@@ -776,29 +833,35 @@ const file_openshell_ext_proto_rawDesc = "" +
 	"\n" +
 	"sandbox_id\x18\x01 \x01(\tR\tsandboxId\"^\n" +
 	"\x1bGetSandboxProvidersResponse\x12?\n" +
-	"\tproviders\x18\x01 \x03(\v2!.openshell.v1.ProviderCredentialsR\tproviders\"\xef\x01\n" +
+	"\tproviders\x18\x01 \x03(\v2!.openshell.v1.ProviderCredentialsR\tproviders\"\xbb\x02\n" +
 	"\x13ProviderCredentials\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
 	"\x04type\x18\x02 \x01(\tR\x04type\x12Z\n" +
 	"\vcredentials\x18\x03 \x03(\v22.openshell.v1.ProviderCredentials.CredentialsEntryB\x04\x88\xb5\x18\x01R\vcredentials\x12\x14\n" +
-	"\x05hosts\x18\x04 \x03(\tR\x05hosts\x1a>\n" +
+	"\x05hosts\x18\x04 \x03(\tR\x05hosts\x12\x18\n" +
+	"\aheaders\x18\x05 \x03(\tR\aheaders\x120\n" +
+	"\x14allow_wildcard_hosts\x18\x06 \x01(\bR\x12allowWildcardHosts\x1a>\n" +
 	"\x10CredentialsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xf3\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xbf\x02\n" +
 	"\x15CreateProviderRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
 	"\x04type\x18\x02 \x01(\tR\x04type\x12\\\n" +
 	"\vcredentials\x18\x03 \x03(\v24.openshell.v1.CreateProviderRequest.CredentialsEntryB\x04\x88\xb5\x18\x01R\vcredentials\x12\x14\n" +
-	"\x05hosts\x18\x04 \x03(\tR\x05hosts\x1a>\n" +
+	"\x05hosts\x18\x04 \x03(\tR\x05hosts\x12\x18\n" +
+	"\aheaders\x18\x05 \x03(\tR\aheaders\x120\n" +
+	"\x14allow_wildcard_hosts\x18\x06 \x01(\bR\x12allowWildcardHosts\x1a>\n" +
 	"\x10CredentialsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x95\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xe1\x01\n" +
 	"\bProvider\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
 	"\x04type\x18\x02 \x01(\tR\x04type\x12'\n" +
 	"\x0fcredential_keys\x18\x03 \x03(\tR\x0ecredentialKeys\x12\x14\n" +
 	"\x05hosts\x18\x04 \x03(\tR\x05hosts\x12\"\n" +
-	"\rcreated_at_ms\x18\x05 \x01(\x03R\vcreatedAtMs\"(\n" +
+	"\rcreated_at_ms\x18\x05 \x01(\x03R\vcreatedAtMs\x12\x18\n" +
+	"\aheaders\x18\x06 \x03(\tR\aheaders\x120\n" +
+	"\x14allow_wildcard_hosts\x18\a \x01(\bR\x12allowWildcardHosts\"(\n" +
 	"\x12GetProviderRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\"\x16\n" +
 	"\x14ListProvidersRequest\"M\n" +

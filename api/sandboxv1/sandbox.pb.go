@@ -690,7 +690,13 @@ type NetworkBinary struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Path  string                 `protobuf:"bytes,1,opt,name=path,proto3" json:"path,omitempty"`
 	// Deprecated: Marked as deprecated in sandbox.proto.
-	Harness       bool `protobuf:"varint,2,opt,name=harness,proto3" json:"harness,omitempty"`
+	Harness bool `protobuf:"varint,2,opt,name=harness,proto3" json:"harness,omitempty"`
+	// openshell extension, absent from the upstream schema (peers that do not know it
+	// skip it as an unknown field): the rule also admits a process when one of its
+	// ancestors' executables matches path. Off by default: children do not inherit an
+	// allowed binary's rights unless the policy says so. Numbered far above
+	// upstream's fields so that a field upstream adds later cannot collide.
+	Ancestors     bool `protobuf:"varint,1000,opt,name=ancestors,proto3" json:"ancestors,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -736,6 +742,13 @@ func (x *NetworkBinary) GetPath() string {
 func (x *NetworkBinary) GetHarness() bool {
 	if x != nil {
 		return x.Harness
+	}
+	return false
+}
+
+func (x *NetworkBinary) GetAncestors() bool {
+	if x != nil {
+		return x.Ancestors
 	}
 	return false
 }
@@ -1850,10 +1863,11 @@ const file_sandbox_proto_rawDesc = "" +
 	"\x15provider_credentialed\x18\x1a \x01(\bR\x14providerCredentialed\x1ar\n" +
 	"\x1cGraphqlPersistedQueriesEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12<\n" +
-	"\x05value\x18\x02 \x01(\v2&.openshell.sandbox.v1.GraphqlOperationR\x05value:\x028\x01\"A\n" +
+	"\x05value\x18\x02 \x01(\v2&.openshell.sandbox.v1.GraphqlOperationR\x05value:\x028\x01\"`\n" +
 	"\rNetworkBinary\x12\x12\n" +
 	"\x04path\x18\x01 \x01(\tR\x04path\x12\x1c\n" +
-	"\aharness\x18\x02 \x01(\bB\x02\x18\x01R\aharness\"=\n" +
+	"\aharness\x18\x02 \x01(\bB\x02\x18\x01R\aharness\x12\x1d\n" +
+	"\tancestors\x18\xe8\a \x01(\bR\tancestors\"=\n" +
 	"\x06L7Rule\x123\n" +
 	"\x05allow\x18\x01 \x01(\v2\x1d.openshell.sandbox.v1.L7AllowR\x05allow\"\xff\x03\n" +
 	"\aL7Allow\x12\x16\n" +
