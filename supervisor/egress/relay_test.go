@@ -148,7 +148,7 @@ func TestRelayRefusesForgedRequests(t *testing.T) {
 
 func TestRunnerResolver(t *testing.T) {
 	r := NewRelay(compile(t, "version: 1\nnetwork_policies:\n  w:\n    endpoints: [{host: '*.example.com', port: 443}]\n"))
-	r.Resolver = staticResolver{"api.example.com": {netip.MustParseAddr("192.0.2.7"), netip.MustParseAddr("2001:db8::7")}}
+	r.Resolver = staticResolver{"api.example.com": {netip.MustParseAddr("93.184.215.7"), netip.MustParseAddr("2606:2800::7")}}
 	sock := filepath.Join(t.TempDir(), "r.sock")
 	ln, err := net.Listen("unix", sock)
 	if err != nil {
@@ -160,7 +160,7 @@ func TestRunnerResolver(t *testing.T) {
 	defer func() { cancel(); <-done }()
 	res := RunnerResolver{Open: func(ctx context.Context) (net.Conn, error) { return (&net.Dialer{}).DialContext(ctx, "unix", sock) }}
 	addrs, err := res.LookupNetIP(t.Context(), "ip", "api.example.com")
-	if err != nil || len(addrs) != 2 || addrs[0] != netip.MustParseAddr("192.0.2.7") {
+	if err != nil || len(addrs) != 2 || addrs[0] != netip.MustParseAddr("93.184.215.7") {
 		t.Fatalf("resolve: %v %v", addrs, err)
 	}
 	var dnsErr *net.DNSError
@@ -185,12 +185,12 @@ func TestRelayResolveChecksPolicy(t *testing.T) {
 	a := netip.MustParseAddr
 	r := &Relay{Policy: cur.Load, OnEvent: ev.add, Logger: slog.New(slog.NewTextHandler(logs, nil)),
 		Resolver: staticResolver{
-			"api.example.com":   {a("192.0.2.7"), a("2001:db8::7")},
-			"mixed.example.com": {a("10.0.0.5"), a("192.0.2.9")},
+			"api.example.com":   {a("93.184.215.7"), a("2606:2800::7")},
+			"mixed.example.com": {a("10.0.0.5"), a("93.184.215.9")},
 			"inner.example.com": {a("10.0.0.5"), a("169.254.169.254")},
 			"db.internal.test":  {a("10.0.0.6")},
 			"svc.test":          {a("10.2.0.1"), a("10.1.2.3")},
-			"other.test":        {a("192.0.2.1")},
+			"other.test":        {a("93.184.215.1")},
 		}}
 	sock, open := serveRelay(t, r)
 	res := RunnerResolver{Open: open}
@@ -202,7 +202,7 @@ func TestRelayResolveChecksPolicy(t *testing.T) {
 	if e := ev.last(t); e.Method != "RESOLVE" || e.Status != 503 || e.Action != "error" {
 		t.Fatalf("event before the policy: %+v", e)
 	}
-	if code, _ := relayDo(t, sock, "CONNECT 192.0.2.7:443 HTTP/1.1\r\nX-Openshell-Host: api.example.com\r\n\r\n"); code != 503 {
+	if code, _ := relayDo(t, sock, "CONNECT 93.184.215.7:443 HTTP/1.1\r\nX-Openshell-Host: api.example.com\r\n\r\n"); code != 503 {
 		t.Fatalf("CONNECT before the policy: %d", code)
 	}
 	if _, err := res.LookupNetIP(t.Context(), "ip", "api.example.com"); err == nil {
@@ -218,7 +218,7 @@ network_policies:
       - {host: svc.test, ports: [8443, 9443], allowed_ips: [10.1.0.0/16]}
 `))
 	// Allowed: the resolver's answer, unchanged (order and both families).
-	if code, body := relayDo(t, sock, resolveReq("api.example.com")); code != 200 || body != `{"addrs":["192.0.2.7","2001:db8::7"]}` {
+	if code, body := relayDo(t, sock, resolveReq("api.example.com")); code != 200 || body != `{"addrs":["93.184.215.7","2606:2800::7"]}` {
 		t.Fatalf("allowed lookup: %d %q", code, body)
 	}
 	// Names match as in a CONNECT (case and a trailing dot do not matter): this
@@ -230,13 +230,13 @@ network_policies:
 
 	// Refused: no endpoint names the host, on any port; the resolver is not asked.
 	nev := ev.count()
-	for _, name := range []string{"other.test", "a.b.example.com", "example.com", "192.0.2.1"} {
+	for _, name := range []string{"other.test", "a.b.example.com", "example.com", "93.184.215.1"} {
 		code, body := relayDo(t, sock, resolveReq(name))
 		if code != 403 || !strings.Contains(body, "no network_policies endpoint") || !strings.Contains(body, "host "+name) {
 			t.Errorf("lookup of %s: %d %q", name, code, body)
 		}
 	}
-	if e := ev.last(t); e.Method != "RESOLVE" || e.Action != "deny" || e.Status != 403 || e.Host != "192.0.2.1" {
+	if e := ev.last(t); e.Method != "RESOLVE" || e.Action != "deny" || e.Status != 403 || e.Host != "93.184.215.1" {
 		t.Fatalf("refused lookup event: %+v", e)
 	}
 	if n := ev.count() - nev; n != 4 {
@@ -256,7 +256,7 @@ network_policies:
 		code int
 		want string
 	}{
-		{"mixed.example.com", 200, `{"addrs":["192.0.2.9"]}`},          // wildcard: internal address dropped
+		{"mixed.example.com", 200, `{"addrs":["93.184.215.9"]}`},          // wildcard: internal address dropped
 		{"inner.example.com", 403, "internal address 169.254.169.254"}, // wildcard: only internal ones
 		{"db.internal.test", 200, `{"addrs":["10.0.0.6"]}`},            // explicit host may be internal
 		{"svc.test", 200, `{"addrs":["10.1.2.3"]}`},                    // allowed_ips decide
@@ -387,15 +387,15 @@ func FuzzRelayRequest(f *testing.F) {
 	f.Add([]byte("CONNECT a.example.com:80 HTTP/1.1\r\n\r\n"))
 	f.Add([]byte("GET /v1/resolve?name=a.example.com HTTP/1.1\r\n\r\n"))
 	f.Add([]byte("GET /v1/resolve?name=mixed.example.com HTTP/1.1\r\n\r\n"))
-	f.Add([]byte("GET /v1/resolve?name=192.0.2.1&name=x HTTP/1.1\r\n\r\n"))
+	f.Add([]byte("GET /v1/resolve?name=93.184.215.1&name=x HTTP/1.1\r\n\r\n"))
 	f.Add([]byte("GET /v1/resolve?name=A.EXAMPLE.COM. HTTP/1.1\r\n\r\n"))
 	f.Add([]byte("GET /v1/resolve?name=%00 HTTP/1.1\r\n\r\n"))
 	f.Add([]byte("GET /v1/resolve HTTP/1.1\r\n\r\n"))
 	f.Add([]byte("garbage\n"))
-	pol := compile(f, "version: 1\nnetwork_policies:\n  w:\n    endpoints: [{host: '*.example.com', port: 80}, {host: 192.0.2.1, port: 80}]\n")
+	pol := compile(f, "version: 1\nnetwork_policies:\n  w:\n    endpoints: [{host: '*.example.com', port: 80}, {host: 93.184.215.1, port: 80}]\n")
 	res := staticResolver{
-		"a.example.com":     {netip.MustParseAddr("192.0.2.1")},
-		"mixed.example.com": {netip.MustParseAddr("10.0.0.1"), netip.MustParseAddr("192.0.2.2")},
+		"a.example.com":     {netip.MustParseAddr("93.184.215.1")},
+		"mixed.example.com": {netip.MustParseAddr("10.0.0.1"), netip.MustParseAddr("93.184.215.2")},
 	}
 	noDial := func(context.Context, string, string) (net.Conn, error) { return nil, fmt.Errorf("fuzz: no network") }
 	quiet := slog.New(slog.DiscardHandler)
@@ -466,7 +466,7 @@ func (s *swappableResolver) LookupNetIP(ctx context.Context, network, host strin
 func TestRelayPinsNamesToTheirAddresses(t *testing.T) {
 	a := netip.MustParseAddr
 	res := &swappableResolver{}
-	res.cur.Store(&staticResolver{"api.example.com": {a("192.0.2.7")}})
+	res.cur.Store(&staticResolver{"api.example.com": {a("93.184.215.7")}})
 	var dials []string
 	var mu sync.Mutex
 	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
@@ -484,23 +484,23 @@ func TestRelayPinsNamesToTheirAddresses(t *testing.T) {
 	connect := func(ip string) (int, string) {
 		return relayDo(t, sock, "CONNECT "+ip+":443 HTTP/1.1\r\nX-Openshell-Host: api.example.com\r\n\r\n")
 	}
-	if code, body := relayDo(t, sock, resolveReq("api.example.com")); code != 200 || !strings.Contains(body, "192.0.2.7") {
+	if code, body := relayDo(t, sock, resolveReq("api.example.com")); code != 200 || !strings.Contains(body, "93.184.215.7") {
 		t.Fatalf("lookup: %d %q", code, body)
 	}
-	res.cur.Store(&staticResolver{"api.example.com": {a("192.0.2.8")}}) // the answer rotates
-	if code, body := connect("192.0.2.7"); code != 200 {
+	res.cur.Store(&staticResolver{"api.example.com": {a("93.184.215.8")}}) // the answer rotates
+	if code, body := connect("93.184.215.7"); code != 200 {
 		t.Fatalf("CONNECT to the address the lookup handed out: %d %q", code, body)
 	}
-	if code, body := connect("192.0.2.8"); code != 200 {
+	if code, body := connect("93.184.215.8"); code != 200 {
 		t.Fatalf("CONNECT to the resolver's current address: %d %q", code, body)
 	}
-	code, body := connect("198.51.100.9")
+	code, body := connect("93.184.214.9")
 	if code != 403 || !strings.Contains(body, "not one of api.example.com's") {
 		t.Fatalf("CONNECT claiming api.example.com for another address: %d %q, want 403", code, body)
 	}
 	mu.Lock()
 	defer mu.Unlock()
-	if strings.Join(dials, " ") != "192.0.2.7:443 192.0.2.8:443" {
+	if strings.Join(dials, " ") != "93.184.215.7:443 93.184.215.8:443" {
 		t.Fatalf("dials = %v; the refused address must never be dialled", dials)
 	}
 }
@@ -508,7 +508,7 @@ func TestRelayPinsNamesToTheirAddresses(t *testing.T) {
 func TestPinsBounded(t *testing.T) {
 	var p pins
 	now := time.Now()
-	ip := netip.MustParseAddr("192.0.2.1")
+	ip := netip.MustParseAddr("93.184.215.1")
 	for i := range maxPinned + 10 {
 		p.add(fmt.Sprintf("h%d.example", i), []netip.Addr{ip}, now)
 	}

@@ -6,35 +6,20 @@ import (
 	"net/netip"
 	"strings"
 
+	"github.com/openshell/openshell/internal/netguard"
 	"github.com/openshell/openshell/supervisor/policy"
 )
 
-// internalPrefixes are addresses an agent must not reach through a wildcard or a
-// name it does not control: loopback, link-local (cloud metadata 169.254.169.254
-// lives there), private and unique-local ranges (metadata fd00:ec2::254 among them),
-// carrier-grade NAT, unspecified, multicast and reserved ranges.
-var internalPrefixes = mustPrefixes(
-	"0.0.0.0/8", "127.0.0.0/8", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16",
-	"169.254.0.0/16", "100.64.0.0/10", "192.0.0.0/24", "198.18.0.0/15", "224.0.0.0/4", "240.0.0.0/4",
-	"::/128", "::1/128", "fe80::/10", "fc00::/7", "ff00::/8", "64:ff9b:1::/48",
-)
-
-func mustPrefixes(ss ...string) []netip.Prefix {
-	out := make([]netip.Prefix, len(ss))
-	for i, s := range ss {
-		out[i] = netip.MustParsePrefix(s)
-	}
-	return out
-}
-
-// IsInternal reports whether a is an address the SSRF guard refuses by default.
+// IsInternal reports whether a is an address the SSRF guard refuses by default: one
+// of the shared internal and special-purpose ranges (internal/netguard: loopback,
+// link-local with cloud metadata 169.254.169.254, private and unique-local with
+// fd00:ec2::254, carrier-grade NAT, NAT64, 6to4 of an internal address, Teredo,
+// documentation, benchmarking, multicast, reserved), or one of extra.
 func IsInternal(a netip.Addr, extra []netip.Prefix) bool {
-	a = a.Unmap()
-	for _, p := range internalPrefixes {
-		if p.Contains(a) {
-			return true
-		}
+	if netguard.IsInternal(a) {
+		return true
 	}
+	a = a.Unmap()
 	for _, p := range extra {
 		if p.Contains(a) {
 			return true

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net/netip"
 
+	"github.com/openshell/openshell/internal/netguard"
 	proxy "github.com/openshell/openshell/supervisor/egress"
 	"github.com/openshell/openshell/supervisor/policy"
 )
@@ -33,16 +34,14 @@ type EgressPolicy struct {
 // errRefused marks a destination the host-side policy refuses.
 var errRefused = errors.New("refused by the VM driver's egress policy")
 
-var cgnat = netip.MustParsePrefix("100.64.0.0/10")
-
 // Check returns nil when the guest may connect to ip.
 func (p EgressPolicy) Check(ip netip.Addr) error {
 	ip = ip.Unmap()
 	if !ip.IsValid() || ip.IsUnspecified() || ip.IsMulticast() || ip.IsInterfaceLocalMulticast() {
 		return fmt.Errorf("destination %s is not a unicast address: %w", ip, errRefused)
 	}
-	internal := ip.IsLoopback() || ip.IsPrivate() || ip.IsLinkLocalUnicast() || cgnat.Contains(ip) ||
-		(ip.Is4() && ip.As4()[0] == 0)
+	// The one list the guest's SSRF guard uses too (internal/netguard).
+	r, internal := netguard.Lookup(ip)
 	if !internal || p.AllowPrivate {
 		return nil
 	}
@@ -51,7 +50,7 @@ func (p EgressPolicy) Check(ip netip.Addr) error {
 			return nil
 		}
 	}
-	return fmt.Errorf("destination %s is a host-internal address (loopback, private, link-local or CGNAT): %w", ip, errRefused)
+	return fmt.Errorf("destination %s is a host-internal or special-purpose address (%s, %s): %w", ip, r.Prefix, r.Name, errRefused)
 }
 
 // Validate checks the CIDRs.
