@@ -256,7 +256,7 @@ network_policies:
 		code int
 		want string
 	}{
-		{"mixed.example.com", 200, `{"addrs":["93.184.215.9"]}`},          // wildcard: internal address dropped
+		{"mixed.example.com", 200, `{"addrs":["93.184.215.9"]}`},       // wildcard: internal address dropped
 		{"inner.example.com", 403, "internal address 169.254.169.254"}, // wildcard: only internal ones
 		{"db.internal.test", 200, `{"addrs":["10.0.0.6"]}`},            // explicit host may be internal
 		{"svc.test", 200, `{"addrs":["10.1.2.3"]}`},                    // allowed_ips decide
