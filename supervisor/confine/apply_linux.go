@@ -12,10 +12,8 @@ import (
 	"syscall"
 	"unsafe"
 
-	"github.com/elastic/go-seccomp-bpf"
 	"github.com/landlock-lsm/go-landlock/landlock"
 	llsys "github.com/landlock-lsm/go-landlock/landlock/syscall"
-	"golang.org/x/net/bpf"
 	"golang.org/x/sys/unix"
 )
 
@@ -115,13 +113,38 @@ func lastCapability() (int, error) {
 // play a kernel without Landlock).
 var landlockABI = llsys.LandlockGetABIVersion
 
-func applyLandlock(s Spec) (int, error) {
+// CheckLandlock reports the Landlock ABI the running kernel enforces (0: none). It
+// asks the kernel (landlock_create_ruleset with LANDLOCK_CREATE_RULESET_VERSION),
+// which answers only when Landlock is both built in and enabled at boot (in lsm=).
+// With hard set, a kernel without it is an error that names the cause and the fix.
+func CheckLandlock(hard bool) (int, error) {
 	abi, err := landlockABI()
-	if err != nil || abi < 1 {
-		if s.LandlockHard {
-			return 0, fmt.Errorf("confine: Landlock is required (landlock.compatibility: hard_requirement) but the kernel does not offer it (%v): use a kernel with CONFIG_SECURITY_LANDLOCK and lsm=landlock, or set best_effort", err)
-		}
+	if err == nil && abi >= 1 {
+		return abi, nil
+	}
+	if !hard {
 		return 0, nil
+	}
+	if err == nil {
+		err = fmt.Errorf("ABI %d", abi)
+	}
+	why := fmt.Sprintf("the kernel does not enforce Landlock (%v)", err)
+	switch {
+	case errors.Is(err, unix.EOPNOTSUPP):
+		why = "the kernel has Landlock built in but not enabled at boot (landlock_create_ruleset: EOPNOTSUPP)"
+	case errors.Is(err, unix.ENOSYS):
+		why = "the kernel is built without Landlock (landlock_create_ruleset: ENOSYS)"
+	}
+	if b, rerr := os.ReadFile("/sys/kernel/security/lsm"); rerr == nil {
+		why += "; active LSMs: " + strings.TrimSpace(string(b))
+	}
+	return 0, fmt.Errorf("confine: Landlock is required (landlock.compatibility: hard_requirement) but %s: boot a kernel with CONFIG_SECURITY_LANDLOCK=y and landlock in its lsm= list, or set landlock.compatibility: best_effort", why)
+}
+
+func applyLandlock(s Spec) (int, error) {
+	abi, err := CheckLandlock(s.LandlockHard)
+	if err != nil || abi == 0 {
+		return 0, err
 	}
 	var rules []landlock.Rule
 	for _, p := range s.ReadOnly {
@@ -147,83 +170,20 @@ func applyLandlock(s Spec) (int, error) {
 	return abi, nil
 }
 
-// deniedSyscalls return EPERM. Names are the same on amd64 and arm64.
-var deniedSyscalls = []string{
-	"ptrace", "process_vm_readv", "process_vm_writev",
-	"bpf", "perf_event_open", "userfaultfd",
-	"mount", "umount2", "pivot_root", "fsopen", "fsconfig", "fsmount", "fspick", "move_mount", "open_tree", "mount_setattr",
-	"kexec_load", "kexec_file_load", "init_module", "finit_module", "delete_module",
-	"keyctl", "add_key", "request_key", "setns", "open_by_handle_at",
-	"swapon", "swapoff", "reboot", "acct", "quotactl",
-}
-
+// loadSeccomp installs the agent's filter (see buildFilter) on every thread of the
+// process (TSYNC), with no_new_privs already set.
 func loadSeccomp() error {
-	f := seccomp.Filter{
-		NoNewPrivs: true,
-		Flag:       seccomp.FilterFlagTSync,
-		Policy: seccomp.Policy{
-			DefaultAction: seccomp.ActionAllow,
-			Syscalls:      []seccomp.SyscallGroup{{Action: seccomp.ActionErrno, Names: deniedSyscalls}},
-		},
-	}
-	if err := seccomp.LoadFilter(f); err != nil {
-		return fmt.Errorf("confine: seccomp syscall filter: %w", err)
-	}
-	prog, err := argFilter()
+	ins, err := buildFilter(auditArch)
 	if err != nil {
-		return fmt.Errorf("confine: assemble seccomp argument filter: %w", err)
+		return err
+	}
+	prog, err := assemble(ins)
+	if err != nil {
+		return fmt.Errorf("confine: assemble the seccomp filter: %w", err)
 	}
 	fprog := unix.SockFprog{Len: uint16(len(prog)), Filter: &prog[0]}
 	if _, _, e := unix.Syscall(unix.SYS_SECCOMP, unix.SECCOMP_SET_MODE_FILTER, unix.SECCOMP_FILTER_FLAG_TSYNC, uintptr(unsafe.Pointer(&fprog))); e != 0 {
-		return fmt.Errorf("confine: seccomp argument filter: %w", e)
+		return fmt.Errorf("confine: seccomp filter: %w", e)
 	}
 	return nil
-}
-
-// argFilter checks arguments the name-based filter cannot: only the low 32 bits of an
-// int argument reach the kernel, so it compares those alone (a filter comparing all
-// 64 bits is bypassed by setting the high half).
-func argFilter() ([]unix.SockFilter, error) {
-	const (
-		offNr   = 0
-		offArch = 4
-		offArg0 = 16 // low half of args[0] on little-endian
-	)
-	eperm := uint32(unix.SECCOMP_RET_ERRNO | uint32(unix.EPERM))
-	enosys := uint32(unix.SECCOMP_RET_ERRNO | uint32(unix.ENOSYS))
-	allow := uint32(unix.SECCOMP_RET_ALLOW)
-	kill := uint32(unix.SECCOMP_RET_KILL_PROCESS)
-	ins := []bpf.Instruction{
-		/* 0 */ bpf.LoadAbsolute{Off: offArch, Size: 4},
-		/* 1 */ bpf.JumpIf{Cond: bpf.JumpEqual, Val: auditArch, SkipTrue: 1},
-		/* 2 */ bpf.RetConstant{Val: kill}, // foreign ABI: never legitimate here
-		/* 3 */ bpf.LoadAbsolute{Off: offNr, Size: 4},
-		/* 4 */ bpf.JumpIf{Cond: bpf.JumpGreaterOrEqual, Val: 0x40000000, SkipTrue: 14}, // x32 numbers on amd64
-		/* 5 */ bpf.JumpIf{Cond: bpf.JumpEqual, Val: unix.SYS_SOCKET, SkipTrue: 4},
-		/* 6 */ bpf.JumpIf{Cond: bpf.JumpEqual, Val: unix.SYS_CLONE, SkipTrue: 7},
-		/* 7 */ bpf.JumpIf{Cond: bpf.JumpEqual, Val: unix.SYS_UNSHARE, SkipTrue: 6},
-		/* 8 */ bpf.JumpIf{Cond: bpf.JumpEqual, Val: unix.SYS_CLONE3, SkipTrue: 9},
-		/* 9 */ bpf.RetConstant{Val: allow},
-		// socket(domain, …)
-		/* 10 */ bpf.LoadAbsolute{Off: offArg0, Size: 4},
-		/* 11 */ bpf.JumpIf{Cond: bpf.JumpEqual, Val: unix.AF_VSOCK, SkipTrue: 5},
-		/* 12 */ bpf.JumpIf{Cond: bpf.JumpEqual, Val: unix.AF_PACKET, SkipTrue: 4},
-		/* 13 */ bpf.RetConstant{Val: allow},
-		// clone(flags, …) and unshare(flags): flags are args[0] on amd64 and arm64
-		/* 14 */ bpf.LoadAbsolute{Off: offArg0, Size: 4},
-		/* 15 */ bpf.JumpIf{Cond: bpf.JumpBitsSet, Val: unix.CLONE_NEWUSER, SkipTrue: 1},
-		/* 16 */ bpf.RetConstant{Val: allow},
-		/* 17 */ bpf.RetConstant{Val: eperm},
-		/* 18 */ bpf.RetConstant{Val: enosys},
-		/* 19 */ bpf.RetConstant{Val: kill},
-	}
-	raw, err := bpf.Assemble(ins)
-	if err != nil {
-		return nil, err
-	}
-	out := make([]unix.SockFilter, len(raw))
-	for i, r := range raw {
-		out[i] = unix.SockFilter{Code: r.Op, Jt: r.Jt, Jf: r.Jf, K: r.K}
-	}
-	return out, nil
 }

@@ -18,11 +18,14 @@
 //     threads). Refuses uid 0 / gid 0.
 //  6. Ambient set cleared and effective/permitted/inheritable zeroed with capset.
 //  7. no_new_privs: setuid binaries and file capabilities stay inert after exec.
-//  8. seccomp (two stacked filters, TSYNC): refuses ptrace, bpf, mount and the new
-//     mount API, kexec, module loading, userfaultfd, perf_event_open, keyring and
-//     namespace entry calls with EPERM; sockets of family AF_VSOCK and AF_PACKET
-//     and clone/unshare with CLONE_NEWUSER with EPERM; clone3 with ENOSYS (its flags
-//     live in memory a filter cannot read, so libc falls back to clone).
+//  8. seccomp (one filter, TSYNC), an allowlist: what shells, coreutils, git,
+//     interpreters, compilers and network clients call is allowed; every other
+//     known syscall returns EPERM (io_uring, ptrace, bpf, mount, kexec, modules,
+//     the keyring, namespace entry…; see allowedSyscalls). Sockets of family
+//     AF_VSOCK and AF_PACKET and clone/unshare with CLONE_NEWUSER return EPERM;
+//     clone3 returns ENOSYS (its flags live in memory a filter cannot read, so libc
+//     falls back to clone); numbers newer than the tables return ENOSYS; a foreign
+//     syscall ABI kills the process.
 //  9. The caller execs the agent (ExecMain does it on the same locked thread).
 //
 // Failure modes: every error is returned and the caller must exit without exec'ing
