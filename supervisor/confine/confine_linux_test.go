@@ -227,7 +227,7 @@ func TestConfine(t *testing.T) {
 		"io_uring_setup": "EPERM", "io_uring_enter": "EPERM", "io_uring_register": "EPERM",
 		"keyctl": "EPERM", "kcmp": "EPERM", "name_to_handle_at": "EPERM", "add_key": "EPERM", "syslog": "EPERM",
 		"future_syscall": "ENOSYS",
-		"getpid": "true", "statx": "ok", "getrandom": "ok", "memfd_create": "ok", "pipe2": "ok", "openat2": "ok",
+		"getpid":         "true", "statx": "ok", "getrandom": "ok", "memfd_create": "ok", "pipe2": "ok", "openat2": "ok",
 		"close_range": "ok", "epoll_create1": "ok", "unshare_files": "ok",
 		"uid": "65534 65534", "gid": "65534 65534", "groups": "[]", "core": "0 0",
 		"CapInh": "0000000000000000", "CapPrm": "0000000000000000", "CapEff": "0000000000000000",
