@@ -7,6 +7,7 @@ import (
 	"maps"
 	"regexp"
 	"slices"
+	"strings"
 
 	"github.com/google/uuid"
 	"google.golang.org/grpc/codes"
@@ -16,6 +17,7 @@ import (
 	"github.com/openshell/openshell/api/openshellv1"
 	"github.com/openshell/openshell/gateway/auth"
 	"github.com/openshell/openshell/gateway/store"
+	"github.com/openshell/openshell/supervisor/credentials"
 )
 
 // Providers are gateway-wide named credential sets. The store row keeps the name in
@@ -62,6 +64,11 @@ func validateProvider(req *openshellv1.CreateProviderRequest) error {
 			return invalidf("provider %s: hosts[%d] %q must be a host name or pattern of 1-253 characters", req.GetName(), i, h)
 		}
 	}
+	// Where the credentials may go (wildcards only when asked for, header names).
+	b := credentials.Provider{Name: req.GetName(), Hosts: req.GetHosts(), Headers: req.GetHeaders(), AllowWildcardHosts: req.GetAllowWildcardHosts()}
+	if err := b.ValidateBinding(); err != nil {
+		return invalidf("%s", strings.TrimPrefix(err.Error(), "credentials: "))
+	}
 	return nil
 }
 
@@ -75,7 +82,8 @@ func (x *extServer) CreateProvider(ctx context.Context, req *openshellv1.CreateP
 	}
 	id := uuid.NewString()
 	pc := &openshellv1.ProviderCredentials{Name: req.GetName(), Type: req.GetType(),
-		Credentials: maps.Clone(req.GetCredentials()), Hosts: slices.Clone(req.GetHosts())}
+		Credentials: maps.Clone(req.GetCredentials()), Hosts: slices.Clone(req.GetHosts()),
+		Headers: slices.Clone(req.GetHeaders()), AllowWildcardHosts: req.GetAllowWildcardHosts()}
 	plain, err := proto.MarshalOptions{Deterministic: true}.Marshal(pc)
 	if err != nil {
 		return nil, err
@@ -278,5 +286,6 @@ func providerNotFound(name string, err error) error {
 // providerView is the user-facing Provider: credential keys only, never values.
 func providerView(o *store.Object, pc *openshellv1.ProviderCredentials) *openshellv1.Provider {
 	return &openshellv1.Provider{Name: o.Name, Type: pc.GetType(), CredentialKeys: slices.Sorted(maps.Keys(pc.GetCredentials())),
-		Hosts: slices.Clone(pc.GetHosts()), CreatedAtMs: o.CreatedAtMs}
+		Hosts: slices.Clone(pc.GetHosts()), CreatedAtMs: o.CreatedAtMs,
+		Headers: slices.Clone(pc.GetHeaders()), AllowWildcardHosts: pc.GetAllowWildcardHosts()}
 }

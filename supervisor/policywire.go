@@ -121,7 +121,7 @@ func fetchProviders(ctx context.Context, cc grpc.ClientConnInterface, id string)
 		case codes.OK:
 			var out []credentials.Provider
 			for _, p := range resp.GetProviders() {
-				out = append(out, credentials.Provider{Name: p.GetName(), Type: p.GetType(), Credentials: p.GetCredentials(), Hosts: p.GetHosts()})
+				out = append(out, credentials.ProviderFromProto(p))
 			}
 			return out, nil
 		case codes.Unimplemented, codes.NotFound:

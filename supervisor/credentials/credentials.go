@@ -1,10 +1,17 @@
 // Package credentials keeps provider secrets out of the sandbox. The agent's
 // environment holds only placeholders (openshell-placeholder:<provider>:<KEY>:<random>);
 // the egress proxy terminates TLS for the hosts a provider is bound to (with the
-// per-sandbox CA the agent trusts) and swaps placeholders in request headers for the
-// real values there. A placeholder sent to any other host, or over plain HTTP, is
-// refused with a 403 naming the mismatch. Real values never reach the environment,
-// files, arguments or logs.
+// per-sandbox CA the agent trusts) and swaps placeholders for the real values there,
+// in the request headers the provider names (Authorization unless it says otherwise).
+// A placeholder sent to any other host, over plain HTTP, or in a header the provider
+// does not name, is refused with a 403 naming the mismatch: a header the server
+// reflects (Origin into Access-Control-Allow-Origin, a custom header into an echo
+// endpoint) would otherwise hand the real value back to the agent. Real values never
+// reach the environment, files, arguments or logs.
+//
+// Bound hosts are exact names unless the provider sets AllowWildcardHosts: a
+// "*.example.com" binding sends the secret to every host under the domain, including
+// ones the agent can make resolve or route elsewhere, so it must be asked for.
 //
 // Wiring: the supervisor builds a Store from the providers it receives, writes
 // ca.WriteBundle(path), passes the Store as egress.Config.Credentials, and adds
@@ -18,11 +25,14 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"maps"
 	"net/http"
 	"regexp"
 	"slices"
 	"sort"
 	"strings"
+
+	"github.com/openshell/openshell/api/openshellv1"
 )
 
 // Provider is one set of credentials and the hosts they may be sent to.
@@ -30,7 +40,54 @@ type Provider struct {
 	Name        string
 	Type        string            // e.g. "github", "generic" (informational here)
 	Credentials map[string]string // env KEY → real value
-	Hosts       []string          // bound hosts: exact names/IPs or "*.example.com" (one label)
+	Hosts       []string          // bound hosts: exact names/IPs, or "*.example.com" (one label) with AllowWildcardHosts
+	// Headers names the request headers whose placeholders are replaced
+	// (case-insensitive); empty = DefaultHeaders. A placeholder of this provider in
+	// any other header refuses the request.
+	Headers []string
+	// AllowWildcardHosts admits "*.example.com" entries in Hosts.
+	AllowWildcardHosts bool
+}
+
+// DefaultHeaders carry credentials when a provider names none.
+var DefaultHeaders = []string{"Authorization"}
+
+// ProviderFromProto converts the gateway's message, every field included (use it
+// rather than copying fields by hand, so that new ones are not dropped).
+func ProviderFromProto(pc *openshellv1.ProviderCredentials) Provider {
+	return Provider{Name: pc.GetName(), Type: pc.GetType(), Credentials: pc.GetCredentials(),
+		Hosts: slices.Clone(pc.GetHosts()), Headers: slices.Clone(pc.GetHeaders()), AllowWildcardHosts: pc.GetAllowWildcardHosts()}
+}
+
+// refusedHeaders frame the message or belong to one hop (the proxy drops or rewrites
+// them), or, for Host, route it: none may carry a credential.
+var refusedHeaders = []string{"Host", "Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authorization",
+	"Proxy-Authenticate", "Te", "Trailer", "Transfer-Encoding", "Upgrade", "Content-Length"}
+
+// tokenRE is an HTTP field name (RFC 9110 token).
+var tokenRE = regexp.MustCompile("^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,128}$")
+
+// ValidateBinding checks where the credentials may go: Hosts, Headers and the
+// wildcard opt-in (the gateway checks this at provider create; New again).
+func (p *Provider) ValidateBinding() error {
+	for i, h := range p.Hosts {
+		if h == "" || strings.Contains(strings.TrimPrefix(h, "*."), "*") {
+			return fmt.Errorf("credentials: provider %s: hosts[%d] %q: use an exact host name, e.g. api.example.com", p.Name, i, h)
+		}
+		if strings.HasPrefix(h, "*.") && !p.AllowWildcardHosts {
+			return fmt.Errorf("credentials: provider %s: hosts[%d] %q is a wildcard, which would send the credentials to every host under %s: list the exact hosts, or, if every one of them may receive the credentials, create the provider with allow_wildcard_hosts (openshell provider create --allow-wildcard-hosts)",
+				p.Name, i, h, strings.TrimPrefix(h, "*."))
+		}
+	}
+	for i, h := range p.Headers {
+		switch {
+		case !tokenRE.MatchString(h):
+			return fmt.Errorf("credentials: provider %s: headers[%d] %q is not an HTTP header name, e.g. Authorization or X-Api-Key", p.Name, i, h)
+		case slices.ContainsFunc(refusedHeaders, func(r string) bool { return strings.EqualFold(r, h) }):
+			return fmt.Errorf("credentials: provider %s: headers[%d] %q routes or frames the request and cannot carry credentials: name the header the service reads them from, e.g. Authorization", p.Name, i, h)
+		}
+	}
+	return nil
 }
 
 // PlaceholderPrefix starts every placeholder.
@@ -60,17 +117,13 @@ func (p *Provider) Validate() error {
 			return fmt.Errorf("credentials: provider %s: value of %s is empty or contains CR, LF or NUL", p.Name, k)
 		}
 	}
-	for _, h := range p.Hosts {
-		if h == "" || strings.Contains(strings.TrimPrefix(h, "*."), "*") {
-			return fmt.Errorf("credentials: provider %s: bound host %q: exact name or \"*.example.com\"", p.Name, h)
-		}
-	}
-	return nil
+	return p.ValidateBinding()
 }
 
 type secret struct {
 	provider, key, value string
 	hosts                []string
+	headers              []string // canonical names
 }
 
 // Store holds one sandbox's providers. It implements egress.Credentials.
@@ -93,6 +146,13 @@ func New(ca *CA, providers []Provider) (*Store, error) {
 		if err := p.Validate(); err != nil {
 			return nil, err
 		}
+		headers := DefaultHeaders
+		if len(p.Headers) > 0 {
+			headers = nil
+			for _, h := range p.Headers {
+				headers = append(headers, http.CanonicalHeaderKey(h))
+			}
+		}
 		keys := make([]string, 0, len(p.Credentials))
 		for k := range p.Credentials {
 			keys = append(keys, k)
@@ -106,7 +166,7 @@ func New(ca *CA, providers []Provider) (*Store, error) {
 			var r [16]byte
 			rand.Read(r[:])
 			ph := PlaceholderPrefix + p.Name + ":" + k + ":" + hex.EncodeToString(r[:])
-			s.placeholders[ph] = &secret{provider: p.Name, key: k, value: p.Credentials[k], hosts: normHosts(p.Hosts)}
+			s.placeholders[ph] = &secret{provider: p.Name, key: k, value: p.Credentials[k], hosts: normHosts(p.Hosts), headers: headers}
 			s.env = append(s.env, k+"="+ph)
 		}
 		s.hosts = append(s.hosts, normHosts(p.Hosts)...)
@@ -153,6 +213,7 @@ func (s *Store) ServerTLS() *tls.Config { return s.ca.TLSConfig() }
 // names the provider and key, never a value.
 type MismatchError struct {
 	Provider, Key, Host string
+	Header              string // set when the header was the mismatch
 	Reason              string
 }
 
@@ -163,51 +224,63 @@ func (e *MismatchError) Error() string {
 	return fmt.Sprintf("credential placeholder %s/%s refused for %s: %s", e.Provider, e.Key, e.Host, e.Reason)
 }
 
-// Rewrite implements egress.Credentials: in every header value, placeholders of
-// providers bound to host are replaced by the real value (also inside
-// "Authorization: Basic" credentials); any other placeholder refuses the request.
+// Rewrite implements egress.Credentials: placeholders of providers bound to host, in
+// the headers those providers name, are replaced by the real value (also inside
+// "Authorization: Basic" credentials when Authorization is named). Any other
+// placeholder refuses the request: unknown, bound elsewhere, over plain HTTP, or in a
+// header its provider does not name. Refusing rather than leaving it verbatim keeps
+// the decision visible (a 403 and an event naming the header) and never shows a
+// third party the placeholder. h is changed only when the request may go.
 func (s *Store) Rewrite(host string, overTLS bool, h http.Header) error {
 	var firstErr error
-	replace := func(v string) string {
+	fail := func(err *MismatchError) {
+		if firstErr == nil {
+			firstErr = err
+		}
+	}
+	replace := func(header, v string) string {
 		return placeholderRE.ReplaceAllStringFunc(v, func(ph string) string {
 			sec, ok := s.placeholders[ph]
 			switch {
 			case !ok:
-				if firstErr == nil {
-					firstErr = &MismatchError{Host: host, Reason: "unknown placeholder (not issued to this sandbox)"}
-				}
+				fail(&MismatchError{Host: host, Reason: "unknown placeholder (not issued to this sandbox)"})
 			case !hostMatches(sec.hosts, host):
-				if firstErr == nil {
-					firstErr = &MismatchError{Provider: sec.provider, Key: sec.key, Host: host,
-						Reason: fmt.Sprintf("provider %s is bound to %s, not to %s", sec.provider, strings.Join(sec.hosts, ", "), host)}
-				}
+				fail(&MismatchError{Provider: sec.provider, Key: sec.key, Host: host,
+					Reason: fmt.Sprintf("provider %s is bound to %s, not to %s", sec.provider, strings.Join(sec.hosts, ", "), host)})
 			case !overTLS:
-				if firstErr == nil {
-					firstErr = &MismatchError{Provider: sec.provider, Key: sec.key, Host: host, Reason: "credentials are only sent over HTTPS"}
-				}
+				fail(&MismatchError{Provider: sec.provider, Key: sec.key, Host: host, Reason: "credentials are only sent over HTTPS"})
+			case !slices.Contains(sec.headers, header):
+				fail(&MismatchError{Provider: sec.provider, Key: sec.key, Host: host, Header: header,
+					Reason: fmt.Sprintf("header %s may not carry it: provider %s sends its credentials only in %s; put the placeholder there, or create the provider with --header %s if the service reads it from %s",
+						header, sec.provider, strings.Join(sec.headers, ", "), header, header)})
 			default:
 				return sec.value
 			}
 			return ph
 		})
 	}
-	for name, vals := range h {
+	out := http.Header{}
+	for _, name := range slices.Sorted(maps.Keys(h)) { // sorted: the same request always names the same refusal
+		cname := http.CanonicalHeaderKey(name)
+		vals := slices.Clone(h[name])
 		for i, v := range vals {
-			if strings.EqualFold(name, "Authorization") || strings.EqualFold(name, "Proxy-Authorization") {
+			if cname == "Authorization" || cname == "Proxy-Authorization" {
 				if enc, ok := strings.CutPrefix(v, "Basic "); ok {
 					if dec, err := base64.StdEncoding.DecodeString(strings.TrimSpace(enc)); err == nil && strings.Contains(string(dec), PlaceholderPrefix) {
-						vals[i] = "Basic " + base64.StdEncoding.EncodeToString([]byte(replace(string(dec))))
+						vals[i] = "Basic " + base64.StdEncoding.EncodeToString([]byte(replace(cname, string(dec))))
 						continue
 					}
 				}
 			}
 			if strings.Contains(v, PlaceholderPrefix) {
-				vals[i] = replace(v)
+				vals[i] = replace(cname, v)
 			}
 		}
+		out[name] = vals
 	}
 	if firstErr != nil {
 		return firstErr
 	}
+	maps.Copy(h, out)
 	return nil
 }

@@ -30,7 +30,14 @@ const secretValue = "ghp_REAL-s3cr3t-0123456789"
 type recorder struct {
 	mu    sync.Mutex
 	auths []string
+	dumps []string // every request as the server saw it: Host, target and all headers
 	conns int
+}
+
+func (r *recorder) seen() string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return strings.Join(r.dumps, "\n")
 }
 
 func (r *recorder) got() []string {
@@ -49,6 +56,10 @@ func tlsServer(t *testing.T, ip string) (*httptest.Server, *recorder, int) {
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			rec.mu.Lock()
 			rec.auths = append(rec.auths, r.Header.Get("Authorization")+"|"+r.Header.Get("X-Api-Key"))
+			var b strings.Builder
+			fmt.Fprintf(&b, "%s %s Host=%s\n", r.Method, r.RequestURI, r.Host)
+			r.Header.Write(&b)
+			rec.dumps = append(rec.dumps, b.String())
 			rec.mu.Unlock()
 			io.WriteString(w, "ok")
 		}),
@@ -101,7 +112,7 @@ func start(t *testing.T) *setup {
 	}
 	store, err := New(ca, []Provider{{Name: "github", Type: "github",
 		Credentials: map[string]string{"GITHUB_TOKEN": secretValue, "GH_KEY": "key-" + secretValue},
-		Hosts:       []string{"api.example.com"}}})
+		Hosts:       []string{"api.example.com"}, Headers: []string{"authorization", "X-Api-Key"}}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -270,6 +281,11 @@ func TestProviderValidate(t *testing.T) {
 		{Name: "x", Credentials: map[string]string{"1K": "v"}, Hosts: []string{"a.b"}},
 		{Name: "x", Credentials: map[string]string{"K": "v\r\nX: y"}, Hosts: []string{"a.b"}},
 		{Name: "x", Credentials: map[string]string{"K": "v"}, Hosts: []string{"a.*.b"}},
+		{Name: "x", Credentials: map[string]string{"K": "v"}, Hosts: []string{"a.*.b"}, AllowWildcardHosts: true},
+		{Name: "x", Credentials: map[string]string{"K": "v"}, Hosts: []string{"a.b"}, Headers: []string{"Bad Header"}},
+		{Name: "x", Credentials: map[string]string{"K": "v"}, Hosts: []string{"a.b"}, Headers: []string{"host"}},
+		{Name: "x", Credentials: map[string]string{"K": "v"}, Hosts: []string{"a.b"}, Headers: []string{"Transfer-Encoding"}},
+		{Name: "x", Credentials: map[string]string{"K": "v"}, Hosts: []string{"a.b"}, Headers: []string{"Proxy-Authorization"}},
 	} {
 		if _, err := New(ca, []Provider{p}); err == nil {
 			t.Errorf("%+v accepted", p)
@@ -308,7 +324,7 @@ func TestLeafCache(t *testing.T) {
 // request that was let through to the bound host.
 func FuzzRewrite(f *testing.F) {
 	ca, _ := NewCA("fuzz")
-	store, err := New(ca, []Provider{{Name: "p", Credentials: map[string]string{"TOKEN": secretValue}, Hosts: []string{"*.bound.example"}}})
+	store, err := New(ca, []Provider{{Name: "p", Credentials: map[string]string{"TOKEN": secretValue}, Hosts: []string{"*.bound.example"}, AllowWildcardHosts: true}})
 	if err != nil {
 		f.Fatal(err)
 	}
@@ -336,6 +352,10 @@ func FuzzRewrite(f *testing.F) {
 			if strings.Contains(out, secretValue) && !strings.Contains(v, secretValue) {
 				t.Fatalf("secret injected for host %q (tls=%v)", host, overTLS)
 			}
+		}
+		// X-Other is not a header of the provider: never a real value there.
+		if strings.Contains(strings.Join(h["X-Other"], ""), secretValue) && !strings.Contains(v, secretValue) {
+			t.Fatalf("secret injected into an unnamed header: %q", h["X-Other"])
 		}
 		if strings.Contains(out, ph) && !strings.HasPrefix(v, "Basic ") {
 			t.Fatalf("placeholder left in an accepted request: %q", out)

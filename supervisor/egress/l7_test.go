@@ -1,9 +1,16 @@
 package egress
 
 import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
 	"crypto/x509"
+	"crypto/x509/pkix"
 	"fmt"
 	"io"
+	"math/big"
+	"net"
 	"net/http"
 	"net/url"
 	"slices"
@@ -11,9 +18,62 @@ import (
 	"sync"
 	"testing"
 	"time"
-
-	"github.com/openshell/openshell/supervisor/credentials"
 )
+
+// testCA is a minimal Credentials for tunnels the proxy terminates: a CA minting a
+// leaf per SNI, no placeholders. (Package credentials, which has the real one,
+// imports this package, so its tests cannot be imported here.)
+type testCA struct {
+	cert *x509.Certificate
+	key  *ecdsa.PrivateKey
+}
+
+var _ Credentials = (*testCA)(nil)
+
+func newTestCA(t testing.TB) *testCA {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "egress test CA"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), IsCA: true, BasicConstraintsValid: true,
+		KeyUsage: x509.KeyUsageCertSign}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, _ := x509.ParseCertificate(der)
+	return &testCA{cert: cert, key: key}
+}
+
+func (c *testCA) Pool() *x509.CertPool { p := x509.NewCertPool(); p.AddCert(c.cert); return p }
+
+func (c *testCA) Terminate(string, int) bool              { return false }
+func (c *testCA) Rewrite(string, bool, http.Header) error { return nil }
+func (c *testCA) ServerTLS() *tls.Config {
+	return &tls.Config{GetCertificate: func(h *tls.ClientHelloInfo) (*tls.Certificate, error) {
+		key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		if err != nil {
+			return nil, err
+		}
+		tmpl := &x509.Certificate{SerialNumber: big.NewInt(time.Now().UnixNano()), Subject: pkix.Name{CommonName: h.ServerName},
+			NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
+		if ip := net.ParseIP(h.ServerName); ip != nil || h.ServerName == "" {
+			if a, ok := h.Conn.LocalAddr().(*net.TCPAddr); ok && ip == nil {
+				ip = a.IP
+			}
+			tmpl.IPAddresses = []net.IP{ip}
+		} else {
+			tmpl.DNSNames = []string{h.ServerName}
+		}
+		der, err := x509.CreateCertificate(rand.Reader, tmpl, c.cert, &key.PublicKey, c.key)
+		if err != nil {
+			return nil, err
+		}
+		return &tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}, nil
+	}}
+}
 
 // seen records the requests an upstream served, by method and raw target.
 type seen struct {
@@ -193,14 +253,8 @@ func TestL7TerminatedTLS(t *testing.T) {
 	up := startUpstream(t, "127.0.0.1", true, s.handler())
 	roots := x509.NewCertPool()
 	roots.AddCert(up.srv.Certificate())
-	ca, err := credentials.NewCA("l7-test")
-	if err != nil {
-		t.Fatal(err)
-	}
-	store, err := credentials.New(ca, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	ca := newTestCA(t)
+	store := ca
 	doc := fmt.Sprintf(`version: 1
 network_policies:
   secure:
@@ -217,7 +271,7 @@ network_policies:
 `, up.host, up.port)
 	_, purl, ev := startProxy(t, Config{Policy: compile(t, doc), Credentials: store, UpstreamRoots: roots})
 	pu, _ := url.Parse(purl)
-	tr := &http.Transport{Proxy: http.ProxyURL(pu), TLSClientConfig: ca.TLSConfig().Clone()}
+	tr := &http.Transport{Proxy: http.ProxyURL(pu), TLSClientConfig: &tls.Config{}}
 	tr.TLSClientConfig.GetCertificate = nil
 	tr.TLSClientConfig.RootCAs = ca.Pool() // the agent trusts the sandbox CA only
 	t.Cleanup(tr.CloseIdleConnections)

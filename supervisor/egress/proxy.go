@@ -502,6 +502,60 @@ func (cc *conn) terminate(ctx context.Context, host string, port int) {
 	}
 }
 
+// CheckTunnelHost refuses a request inside a TLS tunnel to host:port whose Host
+// header, or absolute-form URL, names another host or port (names compare
+// case-insensitively and without a trailing dot; a Host without a port means the
+// tunnel's). An empty Host is set to the tunnel's. The VM runner applies it to the
+// requests a guest hands it, as the proxy does inside the tunnels it terminates.
+func CheckTunnelHost(r *http.Request, host string, port int) error {
+	if r.URL != nil && r.URL.Host != "" {
+		if !sameHostPort(r.URL.Host, host, port) {
+			return fmt.Errorf("request URL names host %q inside the tunnel to %s: requests in a tunnel must address its host (send this one through its own CONNECT)", r.URL.Host, net.JoinHostPort(host, strconv.Itoa(port)))
+		}
+	}
+	if r.Host == "" {
+		r.Host = host
+		if strings.Contains(host, ":") {
+			r.Host = "[" + host + "]"
+		}
+		if port != 443 {
+			r.Host = net.JoinHostPort(host, strconv.Itoa(port))
+		}
+		return nil
+	}
+	if !sameHostPort(r.Host, host, port) {
+		return fmt.Errorf("Host header %q does not name the tunnel's host %s: requests in a tunnel must address its host (send this one through its own CONNECT)", r.Host, net.JoinHostPort(host, strconv.Itoa(port)))
+	}
+	return nil
+}
+
+// sameHostPort reports whether hostport ("name", "name:port", "[v6]:port") names
+// host and port.
+func sameHostPort(hostport, host string, port int) bool {
+	h, p, err := net.SplitHostPort(hostport)
+	switch {
+	case err != nil: // no port: a name, a bracketed or a bare IPv6 literal
+		h = hostport
+		if strings.HasPrefix(h, "[") || strings.HasSuffix(h, "]") {
+			if len(h) < 2 || h[0] != '[' || h[len(h)-1] != ']' {
+				return false
+			}
+			h = h[1 : len(h)-1]
+		}
+	case p == "" || strings.Trim(p, "0123456789") != "":
+		return false
+	default:
+		if n, err := strconv.Atoi(p); err != nil || n != port {
+			return false
+		}
+	}
+	norm := func(s string) string { return strings.ToLower(strings.TrimSuffix(s, ".")) }
+	if h == "" || strings.ContainsAny(h, "%@/ ") || norm(h) != norm(host) {
+		return false
+	}
+	return true
+}
+
 // bufConn reads through a bufio.Reader that may hold bytes already read from Conn.
 type bufConn struct {
 	net.Conn
@@ -540,6 +594,17 @@ func (cc *conn) forward(ctx context.Context, req *http.Request, tt *tunnelTarget
 		host, port, err = target(req.URL.Host, 80)
 		if err != nil {
 			writeError(cc.c, http.StatusBadRequest, "openshell egress proxy: bad target: "+err.Error()+"\n")
+			return false
+		}
+	}
+	if tt != nil {
+		// The policy and the credentials were checked for the tunnel's host; a Host
+		// naming another one would let a shared front end (CDN, virtual hosts) route
+		// the request, and its headers, to a server nobody allowed.
+		if err := CheckTunnelHost(req, host, port); err != nil {
+			d := policy.Decision{}
+			cc.event(Event{Action: "deny", Method: req.Method, Host: host, Port: port, Status: http.StatusForbidden, Reason: err.Error()}, d)
+			writeError(cc.c, http.StatusForbidden, refusal(host, port, cc.identity(), err.Error()))
 			return false
 		}
 	}

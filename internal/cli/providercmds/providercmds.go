@@ -107,9 +107,10 @@ func rpcError(what string, err error) error {
 
 func createCmd(client clientFunc, lookup LookupEnv) *cobra.Command {
 	var name, typ, output string
-	var creds, hosts []string
+	var creds, hosts, headers []string
+	var wildcard bool
 	c := &cobra.Command{
-		Use:   "create --name NAME --type TYPE --credential KEY[=VALUE]... [--host HOST]...",
+		Use:   "create --name NAME --type TYPE --credential KEY[=VALUE]... [--host HOST]... [--header NAME]... [--allow-wildcard-hosts]",
 		Short: "Store a provider's credentials (encrypted) on the gateway",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -122,7 +123,8 @@ func createCmd(client clientFunc, lookup LookupEnv) *cobra.Command {
 			if len(creds) == 0 {
 				return errors.New("at least one --credential KEY[=VALUE] is required")
 			}
-			req := &pb.CreateProviderRequest{Name: name, Type: typ, Credentials: map[string]string{}, Hosts: hosts}
+			req := &pb.CreateProviderRequest{Name: name, Type: typ, Credentials: map[string]string{}, Hosts: hosts,
+				Headers: headers, AllowWildcardHosts: wildcard}
 			for _, f := range creds {
 				k, v, err := ParseCredentialFlag(f, lookup)
 				if err != nil {
@@ -149,7 +151,9 @@ func createCmd(client clientFunc, lookup LookupEnv) *cobra.Command {
 	f.StringVar(&name, "name", "", "provider name")
 	f.StringVar(&typ, "type", "", "provider type, e.g. github")
 	f.StringArrayVar(&creds, "credential", nil, "KEY=VALUE, or KEY to read the value from the environment variable KEY (repeatable)")
-	f.StringArrayVar(&hosts, "host", nil, "host the credentials are for (repeatable)")
+	f.StringArrayVar(&hosts, "host", nil, "host the credentials are for (repeatable); an exact name unless --allow-wildcard-hosts")
+	f.StringArrayVar(&headers, "header", nil, "request header the service reads the credentials from (repeatable; default Authorization): placeholders in any other header are refused")
+	f.BoolVar(&wildcard, "allow-wildcard-hosts", false, `let --host name "*.example.com" patterns: the credentials then go to every host under the domain`)
 	f.StringVarP(&output, "output", "o", "table", "table or json")
 	return c
 }
@@ -252,10 +256,14 @@ func printProviders(w io.Writer, format string, ps []*pb.Provider, list bool) er
 		return err
 	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "NAME\tTYPE\tCREDENTIALS\tHOSTS\tAGE")
+	fmt.Fprintln(tw, "NAME\tTYPE\tCREDENTIALS\tHOSTS\tHEADERS\tAGE")
 	for _, p := range ps {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", p.GetName(), p.GetType(), orDash(strings.Join(p.GetCredentialKeys(), ",")),
-			orDash(strings.Join(p.GetHosts(), ",")), age(p.GetCreatedAtMs()))
+		headers := strings.Join(p.GetHeaders(), ",")
+		if headers == "" {
+			headers = "Authorization"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", p.GetName(), p.GetType(), orDash(strings.Join(p.GetCredentialKeys(), ",")),
+			orDash(strings.Join(p.GetHosts(), ",")), headers, age(p.GetCreatedAtMs()))
 	}
 	return tw.Flush()
 }

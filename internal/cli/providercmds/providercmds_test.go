@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -188,6 +189,26 @@ func TestProviderCommands(t *testing.T) {
 	}
 	if _, err := run(t, dial, environ, "provider", "get", "gh", "-o", "yaml"); err == nil {
 		t.Fatal("-o yaml accepted")
+	}
+	// A wildcard host needs the explicit opt-in; the error names the flag.
+	_, err = run(t, dial, environ, "provider", "create", "--name", "wild", "--type", "generic", "--credential", "A=b", "--host", "*.example.com")
+	if err == nil || !strings.Contains(err.Error(), "hosts[0] \"*.example.com\" is a wildcard") || !strings.Contains(err.Error(), "--allow-wildcard-hosts") {
+		t.Fatalf("wildcard without opt-in: %v", err)
+	}
+	_, err = run(t, dial, environ, "provider", "create", "--name", "hdr", "--type", "generic", "--credential", "A=b", "--host", "a.example.com", "--header", "Host")
+	if err == nil || !strings.Contains(err.Error(), "headers[0] \"Host\"") {
+		t.Fatalf("Host as a credential header: %v", err)
+	}
+	out, err = run(t, dial, environ, "provider", "create", "--name", "wild", "--type", "generic", "--credential", "A=b",
+		"--host", "*.example.com", "--allow-wildcard-hosts", "--header", "X-Api-Key", "-o", "json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal([]byte(out), &one); err != nil || one["allow_wildcard_hosts"] != true || fmt.Sprint(one["headers"]) != "[X-Api-Key]" {
+		t.Fatalf("wildcard provider: %v\n%s", err, out)
+	}
+	if _, err := run(t, dial, environ, "provider", "delete", "wild"); err != nil {
+		t.Fatal(err)
 	}
 	if out, err := run(t, dial, environ, "provider", "delete", "gh"); err != nil || !strings.Contains(out, "deleted") {
 		t.Fatalf("delete: %v %s", err, out)
