@@ -10,6 +10,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -23,6 +24,7 @@ import (
 
 	"github.com/openshell/openshell/guest"
 	"github.com/openshell/openshell/guest/channel"
+	"github.com/openshell/openshell/guest/channel/wire"
 	"github.com/openshell/openshell/internal/grpcopts"
 	"github.com/openshell/openshell/supervisor"
 	"github.com/openshell/openshell/supervisor/bootstrap"
@@ -105,14 +107,17 @@ func run(mode string) int {
 			opts.Network, opts.Confine = supervisor.NetworkNamespace, true
 		}
 	case "vsock":
-		cfg, err = fetchVsock(ctx)
+		var secret wire.Secret
+		cfg, secret, err = fetchVsock(ctx)
+		// The runner admits only connections that open with this boot's instance
+		// secret, which the agent never sees: it cannot reach these ports itself.
 		opts.Dial = func(ctx context.Context, _ string) (net.Conn, error) {
-			return channel.DialHost(ctx, channel.PortGateway)
+			return channel.DialHostAs(ctx, channel.PortGateway, secret)
 		}
 		// A VM guest has no NIC: egress goes through the host runner over vsock.
 		opts.Network, opts.Confine = supervisor.NetworkVM, true
 		opts.EgressOpen = func(ctx context.Context) (net.Conn, error) {
-			return channel.DialHost(ctx, channel.PortEgress)
+			return channel.DialHostAs(ctx, channel.PortEgress, secret)
 		}
 	default:
 		err = fmt.Errorf("--bootstrap %q: use env or vsock", mode)
@@ -138,27 +143,70 @@ func run(mode string) int {
 }
 
 // fetchVsock reads the bootstrap Config from the host, retrying while the host side
-// is not listening yet.
-func fetchVsock(ctx context.Context) (*bootstrap.Config, error) {
+// is not listening yet or a transfer fails. The host serves it once per boot: the
+// guest acknowledges a document it could decode and goes on only when the host has
+// confirmed that the bootstrap port is closed (until then the document could still
+// be served to someone else, so it fetches again).
+func fetchVsock(ctx context.Context) (*bootstrap.Config, wire.Secret, error) {
 	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
-	var lastErr error
+	var (
+		lastErr error
+		held    *bootstrap.Config // acknowledged, but the close was not confirmed
+		heldCtx = ctx             // bounds the attempts after that
+	)
 	for {
-		conn, err := channel.DialHost(ctx, channel.PortBootstrap)
+		cfg, secret, err := fetchOnce(heldCtx)
 		if err == nil {
-			conn.SetDeadline(time.Now().Add(30 * time.Second))
-			cfg, rerr := bootstrap.Read(conn)
-			conn.Close()
-			if rerr == nil {
-				return cfg, nil
-			}
-			err = rerr
+			return cfg, secret, nil
 		}
 		lastErr = err
+		if cfg != nil && held == nil {
+			held = cfg
+			var c context.CancelFunc
+			heldCtx, c = context.WithTimeout(ctx, 5*time.Second)
+			defer c()
+		}
+		if errors.Is(err, errNoInstanceSecret) {
+			// A runner that mints no secret cannot admit this guest's sessions.
+			return nil, secret, err
+		}
 		select {
-		case <-ctx.Done():
-			return nil, fmt.Errorf("bootstrap over vsock port %d: %w", channel.PortBootstrap, lastErr)
+		case <-heldCtx.Done():
+			if held != nil {
+				// The host took the acknowledgement (its port no longer answers) but
+				// its confirmation was lost: the config in hand is this boot's.
+				fmt.Fprintln(os.Stderr, "openshell-sandbox: the host did not confirm the bootstrap port closed; going on with the acknowledged config:", lastErr)
+				s, _ := wire.ParseSecret(held.InstanceSecret)
+				return held, s, nil
+			}
+			return nil, secret, fmt.Errorf("bootstrap over vsock port %d: %w", channel.PortBootstrap, lastErr)
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
+}
+
+var errNoInstanceSecret = errors.New("the bootstrap config has no valid instance_secret (the VM runner mints one per boot; update openshell-driver-vm)")
+
+// fetchOnce runs one bootstrap handshake. It returns the decoded config also when
+// only the host's closing confirmation failed.
+func fetchOnce(ctx context.Context) (*bootstrap.Config, wire.Secret, error) {
+	var secret wire.Secret
+	conn, err := channel.DialHost(ctx, channel.PortBootstrap)
+	if err != nil {
+		return nil, secret, err
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(30 * time.Second))
+	cfg, err := bootstrap.Read(conn)
+	if err != nil {
+		return nil, secret, err
+	}
+	if secret, err = wire.ParseSecret(cfg.InstanceSecret); err != nil {
+		return nil, secret, fmt.Errorf("bootstrap over vsock port %d: %w: %w", channel.PortBootstrap, errNoInstanceSecret, err)
+	}
+	if err := channel.AckBootstrap(conn, 10*time.Second); err != nil {
+		return cfg, secret, err
+	}
+	return cfg, secret, nil
 }

@@ -17,7 +17,7 @@ import (
 // Runner states reported on the control socket.
 const (
 	StateBooting  = "booting"  // VMM started, guest has not dialled in yet
-	StateRunning  = "running"  // guest dialled the bootstrap port
+	StateRunning  = "running"  // guest fetched (and acknowledged) its bootstrap config
 	StateStopping = "stopping" // graceful shutdown in progress
 	StateExited   = "exited"   // VM gone; tombstone written; runner about to exit
 )
@@ -28,11 +28,22 @@ type Status struct {
 	RunnerPID int       `json:"runner_pid"`
 	QEMUPID   int       `json:"qemu_pid,omitempty"`
 	StartedAt time.Time `json:"started_at"`         // VMM started
-	BootedAt  time.Time `json:"booted_at,omitzero"` // guest dialled the bootstrap port
+	BootedAt  time.Time `json:"booted_at,omitzero"` // guest fetched its bootstrap config
 	Reason    string    `json:"reason,omitempty"`   // set in StateExited
 	Message   string    `json:"message,omitempty"`  // human detail
-	Bootstrap int       `json:"bootstrap_count"`    // bootstrap connections served
-	Gateway   int       `json:"gateway_conns"`      // gateway connections bridged
+	// Bootstrap counts bootstrap documents served and acknowledged (at most one per
+	// boot: the port closes after it); BootstrapUnacked counts attempts the guest
+	// did not complete (served again to its next one).
+	Bootstrap        int `json:"bootstrap_count"`
+	BootstrapUnacked int `json:"bootstrap_unacked,omitempty"`
+	Gateway          int `json:"gateway_conns"` // gateway connections bridged
+	// GatewayRefused and EgressRefused count connections closed because the port
+	// already held its limit of open streams (Spec.Limits).
+	GatewayRefused int `json:"gateway_refused,omitempty"`
+	EgressRefused  int `json:"egress_refused,omitempty"`
+	// BadPreamble counts connections to the gateway or egress port refused for not
+	// starting with this boot's instance preamble (not the supervisor).
+	BadPreamble int `json:"bad_preamble,omitempty"`
 }
 
 // statusBox holds the current status and wakes watchers on change.

@@ -232,11 +232,28 @@ func Run(ctx context.Context, dir string, o Options) (retErr error) {
 		}
 		lns = append(lns, l)
 	}
-	bootDoc, err := json.Marshal(spec.Bootstrap)
+	// A new boot, a new instance secret: it reaches the guest only in the bootstrap
+	// document (never runner.json) and admits the guest's gateway and egress streams.
+	secret, err := newInstanceSecret()
+	if err != nil {
+		setReason(ReasonBootFailed, "instance secret")
+		return err
+	}
+	boot := spec.Bootstrap
+	boot.InstanceSecret = secret.String()
+	bootDoc, err := json.Marshal(boot)
 	if err != nil {
 		setReason(ReasonBootFailed, "bootstrap config")
 		return fmt.Errorf("runner: encode bootstrap config: %w", err)
 	}
+	limits := spec.Limits.WithDefaults()
+	gwGate := &gate{port: "gateway", limit: limits.GatewayStreams, secret: secret, box: box, log: log,
+		refused:     func(s *Status) { s.GatewayRefused++ },
+		badPreamble: func(s *Status) { s.BadPreamble++ }}
+	egGate := &gate{port: "egress", limit: limits.EgressStreams, secret: secret, box: box, log: log,
+		refused:     func(s *Status) { s.EgressRefused++ },
+		badPreamble: func(s *Status) { s.BadPreamble++ }}
+	lns[1], lns[2] = gwGate.listen(lns[1]), egGate.listen(lns[2])
 	// The guest's egress is re-checked here against the sandbox's network policy,
 	// which the runner polls from the gateway (fail closed until it is known).
 	stopEgress, err := startEgress(ctx, lns[2], spec, func() string { return gwAddr.Load().(string) }, log)
@@ -246,7 +263,7 @@ func Run(ctx context.Context, dir string, o Options) (retErr error) {
 	}
 	defer stopEgress()
 	wg.Add(2)
-	go func() { defer wg.Done(); serveBootstrap(lns[0], bootDoc, box, log) }()
+	go func() { defer wg.Done(); serveBootstrapOnce(lns[0], bootDoc, box, log) }()
 	go func() { defer wg.Done(); serveGateway(lns[1], &gwAddr, box, log) }()
 
 	exited := make(chan error, 1)
@@ -294,30 +311,8 @@ func Run(ctx context.Context, dir string, o Options) (retErr error) {
 	}
 }
 
-func serveBootstrap(l net.Listener, doc []byte, box *statusBox, log *slog.Logger) {
-	for {
-		c, err := l.Accept()
-		if err != nil {
-			return
-		}
-		c.SetWriteDeadline(time.Now().Add(10 * time.Second))
-		_, err = c.Write(doc)
-		c.Close()
-		if err != nil {
-			log.Warn("bootstrap: send config to guest", "err", err)
-			continue
-		}
-		now := time.Now().UTC()
-		box.update(func(s *Status) {
-			s.Bootstrap++
-			if s.State == StateBooting {
-				s.State, s.BootedAt = StateRunning, now
-			}
-		})
-		log.Info("guest fetched its bootstrap config")
-	}
-}
-
+// serveGateway bridges the guest's admitted gateway-port connections (the instance
+// preamble already read) to the gateway's current address.
 func serveGateway(l net.Listener, gwAddr *atomic.Value, box *statusBox, log *slog.Logger) {
 	for {
 		c, err := l.Accept()

@@ -29,6 +29,8 @@ type Spec struct {
 	Bootstrap bootstrap.Config `json:"bootstrap"`
 	// Egress is the host-side check on the guest's egress connections.
 	Egress EgressPolicy `json:"egress"`
+	// Limits bound the streams one guest may hold open through the runner.
+	Limits Limits `json:"limits,omitzero"`
 	// StopTimeout bounds a graceful guest shutdown before the VM is killed.
 	StopTimeout Duration `json:"stop_timeout"`
 	// ImageCacheDir/ImageKey name the cached image disk the VM reads; the runner holds
@@ -51,6 +53,46 @@ type MachineSpec struct {
 	// CID is the guest's vsock context id, unique among the driver's VMs (it must be
 	// unique on the host with vhost-vsock; the per-VM backends ignore clashes).
 	CID uint32 `json:"cid,omitempty"`
+}
+
+// Limits bound the streams one guest may hold open through the runner at once; a
+// connection beyond a limit is closed at once (logged, counted in the status). Zero
+// means the default.
+type Limits struct {
+	// GatewayStreams caps the guest's connections on the gateway port (the
+	// supervisor's session needs one; reconnects briefly overlap). Default 64.
+	GatewayStreams int `json:"gateway_streams,omitempty"`
+	// EgressStreams caps the guest's open egress tunnels and lookups (one per
+	// upstream connection of the sandbox). Default 256.
+	EgressStreams int `json:"egress_streams,omitempty"`
+}
+
+// Default limits.
+const (
+	DefaultGatewayStreams = 64
+	DefaultEgressStreams  = 256
+)
+
+// WithDefaults fills the zero fields.
+func (l Limits) WithDefaults() Limits {
+	if l.GatewayStreams == 0 {
+		l.GatewayStreams = DefaultGatewayStreams
+	}
+	if l.EgressStreams == 0 {
+		l.EgressStreams = DefaultEgressStreams
+	}
+	return l
+}
+
+// Validate names a bad field.
+func (l Limits) Validate() error {
+	switch {
+	case l.GatewayStreams < 0:
+		return fmt.Errorf("runner spec: limits.gateway_streams %d: must be positive (or 0 for the default %d)", l.GatewayStreams, DefaultGatewayStreams)
+	case l.EgressStreams < 0:
+		return fmt.Errorf("runner spec: limits.egress_streams %d: must be positive (or 0 for the default %d)", l.EgressStreams, DefaultEgressStreams)
+	}
+	return nil
 }
 
 // Duration is a time.Duration that marshals as a Go duration string.
@@ -90,6 +132,9 @@ func (s *Spec) Validate() error {
 		return fmt.Errorf("runner spec: machine.disk is empty")
 	case s.GatewayAddr == "":
 		return fmt.Errorf("runner spec: gateway_addr is empty")
+	}
+	if err := s.Limits.Validate(); err != nil {
+		return err
 	}
 	return s.Egress.Validate()
 }

@@ -5,6 +5,8 @@
 // "session" here is one JSON Report line, after which it waits for the host to say
 // "poweroff" (clean guest power-off) or to close (it then reconnects, as a supervisor
 // does after a gateway restart). It remembers the previous boot on the overlay root.
+// With the command "probe-channel" it first tries, as an agent would, what the runner
+// must refuse on its channel ports (see probe.go) and reports the outcomes.
 package main
 
 import (
@@ -20,6 +22,7 @@ import (
 
 	"github.com/openshell/openshell/guest"
 	"github.com/openshell/openshell/guest/channel"
+	"github.com/openshell/openshell/guest/channel/wire"
 	"github.com/openshell/openshell/supervisor/bootstrap"
 )
 
@@ -32,6 +35,8 @@ type Report struct {
 	BootID    string   `json:"boot_id"`
 	Prev      string   `json:"prev"` // boot id recorded by the previous boot ("" = first boot)
 	Conn      int      `json:"conn"` // 1 for the first gateway connection of this boot
+	// Probes are the outcomes of the channel probes (command "probe-channel").
+	Probes map[string]string `json:"probes,omitempty"`
 }
 
 const persistFile = "/var/lib/openshell-testguest"
@@ -47,19 +52,15 @@ func main() {
 func run() int {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	c, err := channel.DialHost(ctx, channel.PortBootstrap)
+	cfg, secret, err := fetchBootstrap(ctx)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "testguest: bootstrap:", err)
 		return 1
 	}
-	var cfg bootstrap.Config
-	err = json.NewDecoder(c).Decode(&cfg)
-	c.Close()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "testguest: bootstrap config:", err)
-		return 1
-	}
 	r := Report{SandboxID: cfg.SandboxID, Endpoint: cfg.Endpoint, HasToken: cfg.Token != "", Command: cfg.Main.Command}
+	if len(cfg.Main.Command) > 0 && cfg.Main.Command[0] == "probe-channel" {
+		r.Probes = probeChannel(secret, cfg.SandboxID)
+	}
 	if b, err := os.ReadFile("/proc/sys/kernel/random/boot_id"); err == nil {
 		r.BootID = strings.TrimSpace(string(b))
 	}
@@ -77,7 +78,7 @@ func run() int {
 
 	for {
 		r.Conn++
-		gc, err := channel.DialHost(context.Background(), channel.PortGateway)
+		gc, err := channel.DialHostAs(context.Background(), channel.PortGateway, secret)
 		if err != nil {
 			time.Sleep(500 * time.Millisecond)
 			continue
@@ -94,5 +95,34 @@ func run() int {
 		}
 		gc.Close()
 		time.Sleep(500 * time.Millisecond)
+	}
+}
+
+// fetchBootstrap runs the bootstrap handshake as the supervisor does: decode,
+// acknowledge, wait for the host to confirm the port is closed; retry on failure.
+func fetchBootstrap(ctx context.Context) (*bootstrap.Config, wire.Secret, error) {
+	for {
+		c, err := channel.DialHost(ctx, channel.PortBootstrap)
+		if err != nil {
+			return nil, wire.Secret{}, err
+		}
+		var cfg bootstrap.Config
+		err = json.NewDecoder(c).Decode(&cfg)
+		if err == nil {
+			var secret wire.Secret
+			if secret, err = wire.ParseSecret(cfg.InstanceSecret); err == nil {
+				if err = channel.AckBootstrap(c, 10*time.Second); err == nil {
+					c.Close()
+					return &cfg, secret, nil
+				}
+			}
+		}
+		c.Close()
+		fmt.Fprintln(os.Stderr, "testguest: bootstrap attempt failed, retrying:", err)
+		select {
+		case <-ctx.Done():
+			return nil, wire.Secret{}, ctx.Err()
+		case <-time.After(200 * time.Millisecond):
+		}
 	}
 }
