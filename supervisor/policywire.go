@@ -21,7 +21,6 @@ import (
 	"syscall"
 	"time"
 
-	llsys "github.com/landlock-lsm/go-landlock/landlock/syscall"
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -310,12 +309,16 @@ func confineSpec(p *policy.Policy, u *sandboxuser.User, dir string) (*confine.Sp
 	if err := s.Validate(); err != nil {
 		return nil, err
 	}
-	if abi, err := llsys.LandlockGetABIVersion(); err != nil || abi < 1 {
-		if p.LandlockHard() {
-			slog.Error("the kernel offers no Landlock and the policy requires it (landlock.compatibility: hard_requirement): programs will refuse to start", "err", err)
-		} else {
-			slog.Warn("the kernel offers no Landlock: filesystem_policy is not enforced (landlock.compatibility: best_effort)", "err", err)
-		}
+	// Checked here, at start, so that hard_requirement fails the sandbox itself
+	// rather than each program later.
+	abi, err := confine.CheckLandlock(p.LandlockHard())
+	if err != nil {
+		return nil, fmt.Errorf("supervisor: %w", err)
+	}
+	if abi == 0 {
+		slog.Warn("the kernel does not enforce Landlock: filesystem_policy is not enforced (landlock.compatibility: best_effort)")
+	} else {
+		slog.Info("Landlock enforced", "abi", abi, "compatibility", p.Landlock.Compatibility)
 	}
 	return &s, nil
 }
