@@ -51,7 +51,7 @@ func (e *env) realSupervisor(id string) {
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	cl, err := session.New(cc, session.Config{SandboxID: id, InstanceID: session.NewInstanceID(),
+	cl, err := session.New(cc, session.Config{SandboxID: id, InstanceID: session.NewInstanceID(), HostKey: srv.HostKey(),
 		DialSSH: func(ctx context.Context) (net.Conn, error) {
 			var d net.Dialer
 			return d.DialContext(ctx, "unix", sock)

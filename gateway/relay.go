@@ -139,7 +139,8 @@ func (s *Server) CreateSshSession(ctx context.Context, req *openshellv1.CreateSs
 	}
 	s.pruneSSHSessions(ctx)
 	return &openshellv1.CreateSshSessionResponse{SandboxId: r.id(), Token: tok, GatewayHost: s.opts.GatewayHost,
-		GatewayPort: s.opts.GatewayPort, GatewayScheme: s.opts.GatewayScheme, ExpiresAtMs: exp}, nil
+		GatewayPort: s.opts.GatewayPort, GatewayScheme: s.opts.GatewayScheme, ExpiresAtMs: exp,
+		HostKeyFingerprint: s.hub.HostKeyFingerprint(r.id())}, nil
 }
 
 // pruneSSHSessions drops expired session records (best effort).

@@ -8,9 +8,13 @@ import (
 	"strconv"
 	"time"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
 	"github.com/openshell/openshell/api/openshellv1"
 	"github.com/openshell/openshell/api/sandboxv1"
 	"github.com/openshell/openshell/gateway/auth"
+	"github.com/openshell/openshell/gateway/hub"
 	"github.com/openshell/openshell/supervisor/policy"
 )
 
@@ -55,7 +59,28 @@ func (s *Server) ConnectSupervisor(stream openshellv1.OpenShell_ConnectSuperviso
 	if _, err := s.load(ctx, hello.GetSandboxId()); err != nil {
 		return err
 	}
-	return s.hub.Serve(stream, hello)
+	inst, err := hub.InstanceFromContext(ctx, hello.GetInstanceId())
+	if err != nil {
+		return identityStatus(err)
+	}
+	err = s.hub.Serve(stream, hello, inst)
+	if errors.Is(err, hub.ErrRefused) {
+		// Shown by `openshell sandbox logs`: a refused hello is either a leaked token
+		// in use or a supervisor that lost its binding.
+		s.gatewayLog(hello.GetSandboxId(), "WARN", "supervisor session refused: "+err.Error())
+	}
+	return identityStatus(err)
+}
+
+// identityStatus converts the hub's binding errors at the API edge.
+func identityStatus(err error) error {
+	switch {
+	case errors.Is(err, hub.ErrRefused):
+		return status.Error(codes.PermissionDenied, err.Error())
+	case errors.Is(err, hub.ErrBadIdentity):
+		return status.Error(codes.InvalidArgument, err.Error())
+	}
+	return err
 }
 
 func (s *Server) RelayStream(stream openshellv1.OpenShell_RelayStreamServer) error {
@@ -67,17 +92,29 @@ func (s *Server) RelayStream(stream openshellv1.OpenShell_RelayStreamServer) err
 	if ch == "" {
 		return invalidf("the first RelayStream frame must be init with a channel_id")
 	}
-	return s.hub.ServeRelay(stream, ch, func(sandboxID string) error {
+	inst, err := hub.InstanceFromContext(stream.Context(), "")
+	if err != nil {
+		return identityStatus(err)
+	}
+	return identityStatus(s.hub.ServeRelay(stream, ch, inst, func(sandboxID string) error {
 		return auth.RequireSandbox(stream.Context(), sandboxID)
-	})
+	}))
 }
 
 func (s *Server) ReportMainProcessExit(ctx context.Context, req *openshellv1.ReportMainProcessExitRequest) (*openshellv1.ReportMainProcessExitResponse, error) {
 	if req.GetSandboxId() == "" || req.GetInstanceId() == "" {
 		return nil, invalidf("sandbox_id and instance_id are required")
 	}
+	inst, err := hub.InstanceFromContext(ctx, req.GetInstanceId())
+	if err != nil {
+		return nil, identityStatus(err)
+	}
+	if err := s.hub.Authorize(req.GetSandboxId(), inst, false); err != nil {
+		s.gatewayLog(req.GetSandboxId(), "WARN", "main-process exit report refused: "+err.Error())
+		return nil, identityStatus(err)
+	}
 	code := req.GetExitCode()
-	_, err := s.mutate(ctx, req.GetSandboxId(), func(r *record) error {
+	_, err = s.mutate(ctx, req.GetSandboxId(), func(r *record) error {
 		switch r.intent {
 		case intentStopping, intentStopped, intentDeleting:
 			return errNoChange // the exit is the stop we asked for
@@ -99,8 +136,17 @@ func (s *Server) ReportMainProcessExit(ctx context.Context, req *openshellv1.Rep
 	return &openshellv1.ReportMainProcessExitResponse{}, nil
 }
 
+// sandboxLogSource is the only source a sandbox may give its log lines: the gateway's
+// own lines say "gateway" (gatewayLog), and a sandbox must not be able to pass a
+// forged line off as one of them.
+const sandboxLogSource = "sandbox"
+
 func (s *Server) PushSandboxLogs(stream openshellv1.OpenShell_PushSandboxLogsServer) error {
 	ctx := stream.Context()
+	inst, err := hub.InstanceFromContext(ctx, "")
+	if err != nil {
+		return identityStatus(err)
+	}
 	for {
 		req, err := stream.Recv()
 		if errors.Is(err, io.EOF) {
@@ -113,12 +159,21 @@ func (s *Server) PushSandboxLogs(stream openshellv1.OpenShell_PushSandboxLogsSer
 		if err := auth.RequireSandbox(ctx, id); err != nil {
 			return err
 		}
+		if err := s.hub.Authorize(id, inst, true); err != nil {
+			return identityStatus(err)
+		}
 		lines := req.GetLogs()
+		for i, l := range lines {
+			if l.GetSource() != "" && l.GetSource() != sandboxLogSource {
+				// The whole push is refused: a supervisor that forges sources is not
+				// one whose other lines deserve trust.
+				return status.Errorf(codes.PermissionDenied, "logs[%d].source %q: a sandbox may only push lines with source %q (or none); the gateway's own lines are written by the gateway",
+					i, l.GetSource(), sandboxLogSource)
+			}
+		}
 		for _, l := range lines {
 			l.SandboxId = id
-			if l.Source == "" {
-				l.Source = "sandbox"
-			}
+			l.Source = sandboxLogSource
 			if l.TimestampMs == 0 {
 				l.TimestampMs = time.Now().UnixMilli()
 			}

@@ -327,7 +327,14 @@ func Run(ctx context.Context, cfg *bootstrap.Config, o Options) (retErr error) {
 		// result as the default makes the log package write into itself.
 		base = slog.New(slog.NewTextHandler(os.Stderr, nil))
 	}
-	shipper := session.NewShipper(newAPI(cc), cfg.SandboxID, session.ShipperOptions{})
+	// This boot's identity: the gateway binds the sandbox's session to it. The VM
+	// runner mints the secret per boot and serves it once in the bootstrap; where no
+	// driver supplies one (containers) it is minted here and kept in memory only.
+	identity := session.Identity{InstanceID: session.NewInstanceID(), Secret: cfg.InstanceSecret}
+	if identity.Secret == "" {
+		identity.Secret = session.NewInstanceSecret()
+	}
+	shipper := session.NewShipper(newAPI(cc), cfg.SandboxID, session.ShipperOptions{Identity: &identity})
 	log := slog.New(shipper.Handler(base.Handler())).With("sandbox_id", cfg.SandboxID)
 	// The supervisor is the process's main: its packages log through the default
 	// logger, and their events are shipped too.
@@ -426,8 +433,8 @@ func Run(ctx context.Context, cfg *bootstrap.Config, o Options) (retErr error) {
 
 	// SSH relays are served in-process on the relay stream (no socket).
 	sc, err := session.New(cc, session.Config{
-		SandboxID: cfg.SandboxID, InstanceID: session.NewInstanceID(),
-		ServeSSH: srv.ServeConn,
+		SandboxID: cfg.SandboxID, InstanceID: identity.InstanceID, InstanceSecret: identity.Secret,
+		ServeSSH: srv.ServeConn, HostKey: srv.HostKey(),
 	})
 	if err != nil {
 		return err

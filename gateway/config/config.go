@@ -289,6 +289,11 @@ func (c *Config) Validate() error {
 	if net.ParseIP(c.BindAddress) == nil && c.BindAddress != "localhost" {
 		errs = append(errs, fmt.Errorf("bind_address %q is not an IP address; use e.g. 127.0.0.1 or 0.0.0.0", c.BindAddress))
 	}
+	if c.DisableTLS && !IsLoopback(c.BindAddress) {
+		// Without TLS there is no client certificate: every caller without a sandbox
+		// token is the local user, an administrator. Only this machine may call.
+		errs = append(errs, fmt.Errorf("disable_tls is set with bind_address %q, which is not a loopback address: a plaintext gateway treats every caller as an administrator, so it may only listen on loopback; use --bind-address 127.0.0.1 (or ::1), or drop --disable-tls and let clients use mTLS", c.BindAddress))
+	}
 	if c.Port < 0 || c.Port > 65535 {
 		errs = append(errs, fmt.Errorf("port %d is out of range; use 1-65535 (0 picks a free port)", c.Port))
 	}
@@ -326,6 +331,17 @@ func (c *Config) DriverTable(name string) map[string]any {
 		return t
 	}
 	return map[string]any{}
+}
+
+// IsLoopback reports whether a bind address only accepts connections from this
+// machine: a loopback IP or "localhost". The unspecified address (0.0.0.0, ::) is
+// not loopback.
+func IsLoopback(addr string) bool {
+	if addr == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(addr)
+	return ip != nil && ip.IsLoopback()
 }
 
 // Addr is the gRPC listen address.

@@ -137,3 +137,42 @@ func TestValidateNamesField(t *testing.T) {
 		t.Errorf("defaults invalid: %v", err)
 	}
 }
+
+// A plaintext gateway makes every caller an administrator: it may only listen on
+// loopback, and the error names the fix.
+func TestDisableTLSOnlyOnLoopback(t *testing.T) {
+	for _, tc := range []struct {
+		bind string
+		ok   bool
+	}{
+		{"127.0.0.1", true}, {"127.0.0.53", true}, {"::1", true}, {"localhost", true},
+		{"0.0.0.0", false}, {"::", false}, {"10.0.0.1", false}, {"192.168.1.2", false}, {"fe80::1", false},
+	} {
+		t.Run(tc.bind, func(t *testing.T) {
+			c := Defaults()
+			c.StateDir = t.TempDir()
+			c.BindAddress = tc.bind
+			c.DisableTLS = true
+			err := c.Validate()
+			if tc.ok {
+				if err != nil {
+					t.Fatalf("--disable-tls on %s refused: %v", tc.bind, err)
+				}
+				return
+			}
+			if err == nil {
+				t.Fatalf("--disable-tls on %s accepted", tc.bind)
+			}
+			for _, want := range []string{"disable_tls", tc.bind, "--bind-address 127.0.0.1", "drop --disable-tls"} {
+				if !strings.Contains(err.Error(), want) {
+					t.Errorf("error %q does not mention %q", err, want)
+				}
+			}
+			// The same address with TLS is fine.
+			c.DisableTLS = false
+			if err := c.Validate(); err != nil {
+				t.Errorf("TLS on %s refused: %v", tc.bind, err)
+			}
+		})
+	}
+}

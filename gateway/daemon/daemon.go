@@ -190,7 +190,7 @@ func Start(ctx context.Context, cfg *config.Config, log *slog.Logger) (_ *Gatewa
 		return nil, err
 	}
 	cleanups = append(cleanups, drv.Close)
-	extra, err := extraListeners(ctx, drv, lis.Addr().(*net.TCPAddr), log)
+	extra, err := extraListeners(ctx, drv, lis.Addr().(*net.TCPAddr), cfg.DisableTLS, log)
 	if err != nil {
 		return nil, err
 	}
@@ -246,7 +246,11 @@ func Start(ctx context.Context, cfg *config.Config, log *slog.Logger) (_ *Gatewa
 // extraListeners opens the additional listeners a driver needs (wire protocol §4.2,
 // GetGatewayListenerRequirements): e.g. the VM driver's runners reach the gateway on
 // loopback, so a gateway bound elsewhere also listens on 127.0.0.1:<port>.
-func extraListeners(ctx context.Context, drv drivers.Driver, main *net.TCPAddr, log *slog.Logger) ([]net.Listener, error) {
+//
+// A plaintext gateway (disableTLS) treats every caller without a token as an
+// administrator, so it never opens a listener off loopback (e.g. on a container
+// bridge that sandboxes reach).
+func extraListeners(ctx context.Context, drv drivers.Driver, main *net.TCPAddr, disableTLS bool, log *slog.Logger) ([]net.Listener, error) {
 	lr, ok := drv.(drivers.ListenerRequirer)
 	if !ok {
 		return nil, nil
@@ -281,6 +285,13 @@ func extraListeners(ctx context.Context, drv drivers.Driver, main *net.TCPAddr, 
 			}
 		default:
 			return nil, fmt.Errorf("compute driver sent a listener requirement without a selector (%s)", r.GetReason())
+		}
+	}
+	if disableTLS {
+		for _, a := range addrs {
+			if h, _, _ := net.SplitHostPort(a); !config.IsLoopback(h) {
+				return nil, fmt.Errorf("the compute driver needs the gateway on %s, which is not loopback, but --disable-tls makes every caller there an administrator: run the gateway with TLS (drop --disable-tls), or configure the driver so that sandboxes do not reach the gateway over a network (e.g. the docker driver without gateway_serves_bridge)", a)
+			}
 		}
 	}
 	var out []net.Listener

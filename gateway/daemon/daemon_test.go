@@ -187,19 +187,49 @@ func TestExtraListenerForLoopbackRequirement(t *testing.T) {
 		Selector: &computev1.GatewayListenerRequirement_LoopbackInterface{LoopbackInterface: &computev1.GatewayLoopbackInterfaceRequirement{}}}})
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	// Bound on loopback already: nothing extra.
-	ls, err := extraListeners(t.Context(), drv, &net.TCPAddr{IP: net.ParseIP("127.0.0.1"), Port: 1234}, log)
+	ls, err := extraListeners(t.Context(), drv, &net.TCPAddr{IP: net.ParseIP("127.0.0.1"), Port: 1234}, false, log)
 	if err != nil || len(ls) != 0 {
 		t.Fatalf("loopback bind: %v %v", ls, err)
 	}
 	// Bound on another address: a loopback listener on the same port.
 	port := freePort(t)
-	ls, err = extraListeners(t.Context(), drv, &net.TCPAddr{IP: net.ParseIP("192.0.2.1"), Port: port}, log)
+	ls, err = extraListeners(t.Context(), drv, &net.TCPAddr{IP: net.ParseIP("192.0.2.1"), Port: port}, false, log)
 	if err != nil || len(ls) != 1 || ls[0].Addr().String() != "127.0.0.1:"+strconv.Itoa(port) {
 		t.Fatalf("extra = %v, %v", ls, err)
 	}
 	ls[0].Close()
 	drv.SetListenerRequirements([]*computev1.GatewayListenerRequirement{{Reason: "bad"}})
-	if _, err := extraListeners(t.Context(), drv, &net.TCPAddr{IP: net.ParseIP("127.0.0.1"), Port: 1}, log); err == nil {
+	if _, err := extraListeners(t.Context(), drv, &net.TCPAddr{IP: net.ParseIP("127.0.0.1"), Port: 1}, false, log); err == nil {
 		t.Error("a requirement without a selector must be rejected")
 	}
+}
+
+// TestPlaintextRefusesNonLoopbackExtraListener: a driver asking for the gateway on a
+// bridge address (where sandboxes reach it) is refused when TLS is off, because every
+// caller of a plaintext gateway is an administrator; a loopback requirement still works.
+func TestPlaintextRefusesNonLoopbackExtraListener(t *testing.T) {
+	drv := drivertest.NewMemDriver()
+	port := freePort(t)
+	drv.SetListenerRequirements([]*computev1.GatewayListenerRequirement{{Reason: "sandboxes on a bridge",
+		Selector: &computev1.GatewayListenerRequirement_ExactBindAddress{ExactBindAddress: "192.0.2.7:" + strconv.Itoa(port)}}})
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	ls, err := extraListeners(t.Context(), drv, &net.TCPAddr{IP: net.ParseIP("127.0.0.1"), Port: port}, true, log)
+	if err == nil {
+		for _, l := range ls {
+			l.Close()
+		}
+		t.Fatal("a plaintext gateway opened a listener on a non-loopback address")
+	}
+	for _, want := range []string{"192.0.2.7", "--disable-tls", "administrator"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q does not mention %q", err, want)
+		}
+	}
+	drv.SetListenerRequirements([]*computev1.GatewayListenerRequirement{{Reason: "runners dial loopback",
+		Selector: &computev1.GatewayListenerRequirement_LoopbackInterface{LoopbackInterface: &computev1.GatewayLoopbackInterfaceRequirement{}}}})
+	ls, err = extraListeners(t.Context(), drv, &net.TCPAddr{IP: net.ParseIP("192.0.2.1"), Port: port}, true, log)
+	if err != nil || len(ls) != 1 {
+		t.Fatalf("loopback requirement under --disable-tls: %v %v", ls, err)
+	}
+	ls[0].Close()
 }

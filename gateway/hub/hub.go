@@ -3,10 +3,49 @@
 // supervisors open in answer. The gateway never dials into a sandbox: to reach one it
 // asks the supervisor, on its session, to open a relay (OpenRelay), and the supervisor
 // calls back with RelayStream carrying the channel id.
+//
+// # Binding a sandbox to one supervisor instance
+//
+// The sandbox token proves "some process of this sandbox", not "the supervisor that
+// booted": a leaked token must not let its holder take the session over. So a session
+// is bound to a supervisor instance. Each supervisor boot has an instance id (in the
+// hello) and an instance secret (MDInstanceSecret call metadata; minted per boot by
+// the VM runner and served once in the bootstrap, or minted in memory by a container
+// supervisor at start). The first hello for a sandbox binds it to that (instance id,
+// secret) pair and to the SSH host key the supervisor registers (MDHostKey); the
+// binding outlives a dropped stream. Then:
+//
+//   - same instance id, same secret: a reconnect. It supersedes a live stream of the
+//     same instance (logged), and must present the same host key.
+//   - same instance id, another secret (or none): refused (ErrRefused).
+//   - another instance id while the bound instance holds a live session: refused.
+//   - another instance id while no session is live: the bound instance is gone (the
+//     sandbox restarted, or the supervisor died): the new instance binds, replacing
+//     the old binding (logged). A token holder racing a restart can therefore win the
+//     binding only while the sandbox has no live supervisor, and the real supervisor's
+//     next hello is then refused and logged to the sandbox's gateway log, where it
+//     shows.
+//
+// Bindings live in memory: after a gateway restart the first instance to connect
+// binds. Deleting the sandbox (Drop) forgets its binding.
+//
+// The pinned host key is handed out with every relay (Conn.HostKey), so the gateway's
+// SSH client checks on every exec/connect/transfer that it talks to the SSH server of
+// the bound supervisor, and CreateSshSession reports its fingerprint
+// (HostKeyFingerprint) for clients that speak SSH through ForwardTcp.
+//
+// The wire messages are unchanged (SupervisorHello has only sandbox_id and
+// instance_id): the secret and the key travel as call metadata. A supervisor that
+// presents no secret still binds (with an empty secret, so anyone with the token can
+// reconnect as its instance; a warning says so), and one that registers no host key
+// gets no SSH relays.
 package hub
 
 import (
 	"context"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
@@ -16,7 +55,9 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"golang.org/x/crypto/ssh"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/metadata"
 
 	"github.com/openshell/openshell/api/openshellv1"
 	"github.com/openshell/openshell/internal/grpcopts"
@@ -32,7 +73,103 @@ var (
 	ErrRelayFailed = errors.New("relay failed")
 	// ErrUnknownChannel: a RelayStream named a channel nobody is waiting for.
 	ErrUnknownChannel = errors.New("unknown relay channel")
+	// ErrRefused: a call came from a supervisor instance that is not the one the
+	// sandbox is bound to, or with the wrong instance secret (PERMISSION_DENIED).
+	ErrRefused = errors.New("supervisor instance refused")
+	// ErrBadIdentity: the instance metadata of a call is malformed (INVALID_ARGUMENT).
+	ErrBadIdentity = errors.New("malformed supervisor instance metadata")
 )
+
+// Call metadata a supervisor sends besides its hello (the wire messages stay as
+// upstream defines them). The supervisor's session package sends the same keys.
+const (
+	// MDInstanceID names the supervisor instance on calls that carry no instance
+	// id of their own (RelayStream, PushSandboxLogs).
+	MDInstanceID = "x-openshell-instance-id"
+	// MDInstanceSecret is the per-boot instance secret (hex), on every call.
+	MDInstanceSecret = "x-openshell-instance-secret"
+	// MDHostKey is the supervisor's SSH host public key (SSH wire format, standard
+	// base64), on ConnectSupervisor.
+	MDHostKey = "x-openshell-ssh-host-key"
+)
+
+// maxSecretLen bounds the instance secret a caller may present (64 hex chars for
+// 32 bytes; a little room for other encodings).
+const maxSecretLen = 256
+
+// Instance is who a supervisor says it is: an instance id (the hello's, or
+// MDInstanceID), the secret it presents and, on ConnectSupervisor, its host key.
+type Instance struct {
+	ID      string
+	Secret  string
+	HostKey ssh.PublicKey // nil: none registered
+}
+
+// InstanceFromContext reads the instance metadata of an incoming call. helloID, when
+// not empty, is the instance id of the call's hello and wins over MDInstanceID.
+// Missing values are empty; malformed ones are an ErrBadIdentity.
+func InstanceFromContext(ctx context.Context, helloID string) (Instance, error) {
+	md, _ := metadata.FromIncomingContext(ctx)
+	one := func(key string) (string, error) {
+		v := md.Get(key)
+		switch {
+		case len(v) == 0:
+			return "", nil
+		case len(v) > 1:
+			return "", fmt.Errorf("%s given %d times; send it once: %w", key, len(v), ErrBadIdentity)
+		}
+		return v[0], nil
+	}
+	inst := Instance{ID: helloID}
+	var err error
+	if inst.ID == "" {
+		if inst.ID, err = one(MDInstanceID); err != nil {
+			return Instance{}, err
+		}
+	}
+	if inst.Secret, err = one(MDInstanceSecret); err != nil {
+		return Instance{}, err
+	}
+	if len(inst.Secret) > maxSecretLen {
+		return Instance{}, fmt.Errorf("%s is %d bytes, more than %d: %w", MDInstanceSecret, len(inst.Secret), maxSecretLen, ErrBadIdentity)
+	}
+	key, err := one(MDHostKey)
+	if err != nil {
+		return Instance{}, err
+	}
+	if key != "" {
+		raw, err := base64.StdEncoding.DecodeString(key)
+		if err != nil {
+			return Instance{}, fmt.Errorf("%s is not standard base64: %v: %w", MDHostKey, err, ErrBadIdentity)
+		}
+		if inst.HostKey, err = ssh.ParsePublicKey(raw); err != nil {
+			return Instance{}, fmt.Errorf("%s is not an SSH public key: %v: %w", MDHostKey, err, ErrBadIdentity)
+		}
+	}
+	return inst, nil
+}
+
+// binding is the supervisor instance a sandbox is bound to (see the package doc).
+type binding struct {
+	instanceID string
+	secret     [32]byte // SHA-256 of the secret: compared in constant time
+	hasSecret  bool     // false: the supervisor presented none (nothing to check)
+	hostKey    ssh.PublicKey
+}
+
+func secretSum(s string) [32]byte { return sha256.Sum256([]byte(s)) }
+
+func (b *binding) secretMatches(s string) bool {
+	sum := secretSum(s)
+	return subtle.ConstantTimeCompare(b.secret[:], sum[:]) == 1
+}
+
+func keysEqual(a, b ssh.PublicKey) bool {
+	if a == nil || b == nil {
+		return a == nil && b == nil
+	}
+	return string(a.Marshal()) == string(b.Marshal())
+}
 
 // Defaults.
 const (
@@ -55,6 +192,7 @@ type Hub struct {
 
 	mu       sync.Mutex
 	sessions map[string]*session      // by sandbox id
+	bindings map[string]*binding      // by sandbox id; outlive sessions
 	pending  map[string]*pendingRelay // by channel id
 }
 
@@ -78,11 +216,12 @@ func New(o Options) *Hub {
 		o.OpenWait = RelayOpenTimeout
 	}
 	return &Hub{log: o.Log, onChange: o.OnChange, maxRelays: o.MaxRelays, openWait: o.OpenWait,
-		sessions: map[string]*session{}, pending: map[string]*pendingRelay{}}
+		sessions: map[string]*session{}, bindings: map[string]*binding{}, pending: map[string]*pendingRelay{}}
 }
 
 type session struct {
 	id, sandboxID, instanceID string
+	bound                     *binding
 	out                       chan *openshellv1.GatewayMessage
 	superseded                chan struct{}
 	relays                    int
@@ -124,14 +263,59 @@ func (h *Hub) InstanceID(sandboxID string) string {
 	return ""
 }
 
-// Drop ends the sandbox's session (the sandbox was deleted). The supervisor sees
-// its stream end.
+// HostKey returns the SSH host key pinned for the sandbox's bound supervisor
+// instance (nil when none is bound or it registered none).
+func (h *Hub) HostKey(sandboxID string) ssh.PublicKey {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if b := h.bindings[sandboxID]; b != nil {
+		return b.hostKey
+	}
+	return nil
+}
+
+// HostKeyFingerprint is HostKey as ssh.FingerprintSHA256 ("SHA256:…"; "" for none).
+func (h *Hub) HostKeyFingerprint(sandboxID string) string {
+	if k := h.HostKey(sandboxID); k != nil {
+		return ssh.FingerprintSHA256(k)
+	}
+	return ""
+}
+
+// Authorize checks a supervisor call other than ConnectSupervisor and RelayStream
+// against the sandbox's binding. A call naming the bound instance with the wrong
+// secret is always refused. With onlyBound (log pushes), a call from any other
+// instance is refused too while the bound instance holds a live session; without
+// it (exit reports, which the gateway already ignores from a stale instance) such a
+// call passes. Without a binding, or when the bound supervisor presented no secret,
+// the call is accepted (a restarting supervisor may report before its session
+// binds).
+func (h *Hub) Authorize(sandboxID string, inst Instance, onlyBound bool) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	b := h.bindings[sandboxID]
+	if b == nil || !b.hasSecret {
+		return nil
+	}
+	live := h.sessions[sandboxID] != nil
+	switch {
+	case inst.ID == b.instanceID && !b.secretMatches(inst.Secret):
+		return fmt.Errorf("sandbox %s: the call names supervisor instance %s but presents the wrong instance secret: %w", sandboxID, inst.ID, ErrRefused)
+	case onlyBound && inst.ID != b.instanceID && live:
+		return fmt.Errorf("sandbox %s: supervisor instance %q is not the instance %s that holds the sandbox's session: %w", sandboxID, inst.ID, b.instanceID, ErrRefused)
+	}
+	return nil
+}
+
+// Drop ends the sandbox's session and forgets its binding (the sandbox was
+// deleted). The supervisor sees its stream end.
 func (h *Hub) Drop(sandboxID string) {
 	h.mu.Lock()
 	s := h.sessions[sandboxID]
 	if s != nil {
 		delete(h.sessions, sandboxID)
 	}
+	delete(h.bindings, sandboxID)
 	h.mu.Unlock()
 	if s != nil {
 		close(s.superseded)
@@ -153,27 +337,88 @@ func (h *Hub) Shutdown() {
 // SessionStream is the server side of ConnectSupervisor.
 type SessionStream = grpc.BidiStreamingServer[openshellv1.SupervisorMessage, openshellv1.GatewayMessage]
 
-// Serve runs an accepted session until the stream ends or a newer session for the same
-// sandbox supersedes it. The caller has already read and authorized the hello.
-func (h *Hub) Serve(stream SessionStream, hello *openshellv1.SupervisorHello) error {
+// bind applies the binding rules of the package doc to a hello and, when it is
+// accepted, registers s as the sandbox's live session. It returns the session s
+// supersedes (nil for none). h.mu held.
+func (h *Hub) bind(s *session, inst Instance, log *slog.Logger) (*session, error) {
+	old := h.sessions[s.sandboxID]
+	b := h.bindings[s.sandboxID]
+	switch {
+	case b == nil:
+	case inst.ID == b.instanceID:
+		if !b.secretMatches(inst.Secret) {
+			return nil, fmt.Errorf("sandbox %s: a supervisor hello names instance %s, which the sandbox is bound to, but presents the wrong instance secret; only the supervisor that booted may hold the session: %w",
+				s.sandboxID, inst.ID, ErrRefused)
+		}
+		if !keysEqual(b.hostKey, inst.HostKey) {
+			return nil, fmt.Errorf("sandbox %s: supervisor instance %s reconnected with another SSH host key (%s, pinned %s); refused: %w",
+				s.sandboxID, inst.ID, fingerprint(inst.HostKey), fingerprint(b.hostKey), ErrRefused)
+		}
+		s.bound = b
+		if old != nil {
+			log.Info("supervisor instance reconnected; its new session supersedes the old one", "instance_id", inst.ID, "old_session_id", old.id)
+		}
+	case old != nil:
+		return nil, fmt.Errorf("sandbox %s: supervisor instance %s holds the sandbox's live session; a second supervisor (instance %q) is refused: %w",
+			s.sandboxID, b.instanceID, inst.ID, ErrRefused)
+	default:
+		log.Warn("the sandbox's bound supervisor instance is gone (no live session); a new instance binds", "old_instance_id", b.instanceID, "instance_id", inst.ID)
+	}
+	if s.bound == nil {
+		s.bound = &binding{instanceID: inst.ID, secret: secretSum(inst.Secret), hasSecret: inst.Secret != "", hostKey: inst.HostKey}
+		h.bindings[s.sandboxID] = s.bound
+		if inst.Secret == "" {
+			log.Warn("supervisor presented no instance secret: any holder of the sandbox token can reconnect as its instance; update openshell-sandbox", "instance_id", inst.ID)
+		}
+		if inst.HostKey == nil {
+			log.Warn("supervisor registered no SSH host key: exec, connect and file transfer to this sandbox will be refused", "instance_id", inst.ID)
+		}
+	}
+	h.sessions[s.sandboxID] = s
+	return old, nil
+}
+
+func fingerprint(k ssh.PublicKey) string {
+	if k == nil {
+		return "none"
+	}
+	return ssh.FingerprintSHA256(k)
+}
+
+// Serve runs a session until the stream ends or a newer session for the same sandbox
+// supersedes it. The caller has already read and authorized the hello (the token is
+// the sandbox's); Serve binds it to the presented instance (see the package doc) and
+// returns an ErrRefused, before accepting anything, when the binding refuses it.
+func (h *Hub) Serve(stream SessionStream, hello *openshellv1.SupervisorHello, inst Instance) error {
 	ctx := stream.Context()
-	s := &session{id: uuid.NewString(), sandboxID: hello.GetSandboxId(), instanceID: hello.GetInstanceId(),
+	inst.ID = hello.GetInstanceId()
+	s := &session{id: uuid.NewString(), sandboxID: hello.GetSandboxId(), instanceID: inst.ID,
 		out: make(chan *openshellv1.GatewayMessage, 16), superseded: make(chan struct{})}
 	log := h.log.With("sandbox_id", s.sandboxID, "session_id", s.id)
 
-	if err := stream.Send(&openshellv1.GatewayMessage{Payload: &openshellv1.GatewayMessage_SessionAccepted{
-		SessionAccepted: &openshellv1.SessionAccepted{SessionId: s.id, HeartbeatIntervalSecs: uint32(HeartbeatInterval / time.Second)}}}); err != nil {
+	h.mu.Lock()
+	old, err := h.bind(s, inst, log)
+	h.mu.Unlock()
+	if err != nil {
+		log.Warn("supervisor session refused", "instance_id", inst.ID, "err", err)
 		return err
 	}
-	h.mu.Lock()
-	old := h.sessions[s.sandboxID]
-	h.sessions[s.sandboxID] = s
-	h.mu.Unlock()
 	if old != nil {
-		log.Info("supervisor session supersedes an older one", "old_session_id", old.id)
 		close(old.superseded)
 	}
-	log.Info("supervisor session accepted", "instance_id", s.instanceID)
+	if err := stream.Send(&openshellv1.GatewayMessage{Payload: &openshellv1.GatewayMessage_SessionAccepted{
+		SessionAccepted: &openshellv1.SessionAccepted{SessionId: s.id, HeartbeatIntervalSecs: uint32(HeartbeatInterval / time.Second)}}}); err != nil {
+		h.mu.Lock()
+		if h.sessions[s.sandboxID] == s {
+			delete(h.sessions, s.sandboxID)
+		}
+		h.mu.Unlock()
+		if old != nil && h.onChange != nil {
+			h.onChange(s.sandboxID, s.instanceID, false)
+		}
+		return err
+	}
+	log.Info("supervisor session accepted", "instance_id", s.instanceID, "host_key", fingerprint(s.bound.hostKey))
 	if h.onChange != nil {
 		h.onChange(s.sandboxID, s.instanceID, true)
 	}
@@ -323,14 +568,14 @@ func (h *Hub) OpenRelay(ctx context.Context, sandboxID string, target *openshell
 			release()
 			return nil, r.err
 		}
-		return &relayConn{pipeEnd: r.conn, release: release}, nil
+		return &relayConn{pipeEnd: r.conn, release: release, hostKey: s.bound.hostKey}, nil
 	case <-timer.C:
 		drop()
 		// A pairing may have raced the timer.
 		select {
 		case r := <-p.result:
 			if r.err == nil {
-				return &relayConn{pipeEnd: r.conn, release: release}, nil
+				return &relayConn{pipeEnd: r.conn, release: release, hostKey: s.bound.hostKey}, nil
 			}
 		default:
 		}
@@ -354,6 +599,7 @@ type relayConn struct {
 	*pipeEnd
 	once    sync.Once
 	release func()
+	hostKey ssh.PublicKey
 }
 
 // Conn is a relay connection as OpenRelay returns it: a byte stream, plus frame
@@ -365,9 +611,14 @@ type Conn interface {
 	WriteOwned(p []byte) error
 	// ReadChunk returns up to limit bytes in a slice the caller keeps.
 	ReadChunk(limit int) ([]byte, error)
+	// HostKey is the SSH host key the sandbox's supervisor registered when its
+	// session opened (nil: none). An SSH client on the relay must accept only it.
+	HostKey() ssh.PublicKey
 }
 
 var _ Conn = (*relayConn)(nil)
+
+func (c *relayConn) HostKey() ssh.PublicKey { return c.hostKey }
 
 func (c *relayConn) Close() error {
 	err := c.pipeEnd.Close()
@@ -381,8 +632,9 @@ type RelayStreamServer = grpc.BidiStreamingServer[openshellv1.RelayFrame, opensh
 // ServeRelay pairs a RelayStream (whose init frame the caller has read) with the
 // pending relay and pumps bytes until either side closes. authorize is called with the
 // sandbox id the channel belongs to before pairing, so a sandbox can only claim its
-// own relays.
-func (h *Hub) ServeRelay(stream RelayStreamServer, channel string, authorize func(sandboxID string) error) error {
+// own relays; inst (the call's instance metadata) must be the supervisor instance
+// whose session the relay was asked on, with its secret.
+func (h *Hub) ServeRelay(stream RelayStreamServer, channel string, inst Instance, authorize func(sandboxID string) error) error {
 	h.mu.Lock()
 	p := h.pending[channel]
 	h.mu.Unlock()
@@ -391,6 +643,10 @@ func (h *Hub) ServeRelay(stream RelayStreamServer, channel string, authorize fun
 	}
 	if err := authorize(p.sandboxID); err != nil {
 		return err
+	}
+	if b := p.sess.bound; b.hasSecret && (inst.ID != p.sess.instanceID || !b.secretMatches(inst.Secret)) {
+		return fmt.Errorf("sandbox %s: relay %s was asked of supervisor instance %s; a RelayStream from instance %q (or with another instance secret) may not claim it: %w",
+			p.sandboxID, channel, p.sess.instanceID, inst.ID, ErrRefused)
 	}
 	gwSide, relaySide := bufPipe()
 	h.mu.Lock()

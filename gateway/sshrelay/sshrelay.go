@@ -90,31 +90,80 @@ func (conn) SetDeadline(time.Time) error      { return nil }
 func (conn) SetReadDeadline(time.Time) error  { return nil }
 func (conn) SetWriteDeadline(time.Time) error { return nil }
 
-// Dial starts an SSH client over a relay connection.
+// HostKeyed is a relay connection that knows the SSH host key its supervisor
+// registered with the gateway when its session opened (the hub's relays do).
+type HostKeyed interface {
+	HostKey() ssh.PublicKey
+}
+
+// ErrHostKeyMismatch: the SSH server at the other end of a relay presented a host
+// key other than the one its supervisor registered with the gateway.
+var ErrHostKeyMismatch = errors.New("sandbox SSH host key does not match the key its supervisor registered")
+
+// ErrNoHostKey: the relay's supervisor registered no SSH host key, so nothing it
+// presents can be trusted.
+var ErrNoHostKey = errors.New("the sandbox supervisor registered no SSH host key")
+
+// PinnedHostKey is an ssh.HostKeyCallback that accepts only want. The errors name
+// both fingerprints and wrap ErrHostKeyMismatch / ErrNoHostKey.
+func PinnedHostKey(want ssh.PublicKey) ssh.HostKeyCallback {
+	return func(_ string, _ net.Addr, got ssh.PublicKey) error {
+		if want == nil {
+			return fmt.Errorf("%w when its session opened; refusing to trust the key %s it now presents (restart the sandbox with a current openshell-sandbox)",
+				ErrNoHostKey, ssh.FingerprintSHA256(got))
+		}
+		if !bytes.Equal(got.Marshal(), want.Marshal()) {
+			return fmt.Errorf("%w: it presented %s, but the supervisor's session registered %s; refusing to talk to it (something other than the sandbox's supervisor answered the relay)",
+				ErrHostKeyMismatch, ssh.FingerprintSHA256(got), ssh.FingerprintSHA256(want))
+		}
+		return nil
+	}
+}
+
+// Dial starts an SSH client over a relay connection. The server must present the host
+// key its supervisor registered with the gateway (rw's HostKey): the relay is opened
+// by whoever answered on the sandbox's session, and only the bound supervisor's key
+// proves it is the supervisor that booted.
 func Dial(ctx context.Context, rw io.ReadWriteCloser) (*ssh.Client, error) {
+	var want ssh.PublicKey
+	if hk, ok := rw.(HostKeyed); ok {
+		want = hk.HostKey()
+	}
 	nc, ok := rw.(net.Conn)
 	if !ok {
 		nc = conn{rw}
 	}
 	stop := context.AfterFunc(ctx, func() { nc.Close() })
 	defer stop()
-	// The host key is not checked: this connection is a relay the supervisor opened
-	// from inside the sandbox over its own authenticated session (sandbox token over
-	// TLS); nobody else can be at the other end, and the key is regenerated at every
-	// supervisor start, so pinning it would only break reconnects.
 	sc, chans, reqs, err := ssh.NewClientConn(nc, "sandbox", &ssh.ClientConfig{
-		User:            "sandbox",
-		HostKeyCallback: ssh.InsecureIgnoreHostKey(), //nolint:gosec // see above
-		Timeout:         10 * time.Second,
+		User:              "sandbox",
+		HostKeyCallback:   PinnedHostKey(want),
+		HostKeyAlgorithms: hostKeyAlgorithms(want),
+		Timeout:           10 * time.Second,
 	})
 	if err != nil {
 		nc.Close()
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
 		}
+		if errors.Is(err, ErrHostKeyMismatch) || errors.Is(err, ErrNoHostKey) {
+			return nil, status.Errorf(codes.PermissionDenied, "ssh to the sandbox supervisor: %v", err)
+		}
 		return nil, status.Errorf(codes.Unavailable, "ssh handshake with the sandbox supervisor failed: %v", err)
 	}
 	return ssh.NewClient(sc, chans, reqs), nil
+}
+
+// hostKeyAlgorithms asks the server for the pinned key's algorithm, so a server
+// holding several keys presents the one that can match (nil: the library default).
+func hostKeyAlgorithms(want ssh.PublicKey) []string {
+	if want == nil {
+		return nil
+	}
+	if want.Type() == ssh.KeyAlgoRSA {
+		return []string{ssh.KeyAlgoRSASHA512, ssh.KeyAlgoRSASHA256, ssh.KeyAlgoRSA}
+	}
+	return []string{want.Type()}
 }
 
 // sink serialises events and guarantees that nothing follows the exit event.

@@ -2,6 +2,8 @@ package sshrelay
 
 import (
 	"context"
+	"crypto/ed25519"
+	"crypto/rand"
 	"io"
 	"net"
 	"os"
@@ -10,6 +12,10 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"golang.org/x/crypto/ssh"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	pb "github.com/openshell/openshell/api/openshellv1"
 	"github.com/openshell/openshell/supervisor/reaper"
@@ -43,8 +49,71 @@ func startSSHD(t *testing.T) (dial func() net.Conn, dir string) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		return c
+		return keyedConn{Conn: c, key: srv.HostKey()}
 	}, dir
+}
+
+// keyedConn is a connection to an SSH server with the host key its supervisor
+// registered, as the hub's relay connections carry it.
+type keyedConn struct {
+	net.Conn
+	key ssh.PublicKey
+}
+
+func (c keyedConn) HostKey() ssh.PublicKey { return c.key }
+
+// TestHostKeyPinned: exec through a relay whose SSH server presents a key other than
+// the one registered (or when none was registered) fails before any command runs,
+// with an error naming both fingerprints.
+func TestHostKeyPinned(t *testing.T) {
+	dial, dir := startSSHD(t)
+	_, other, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	otherSigner, _ := ssh.NewSignerFromKey(other)
+	marker := filepath.Join(dir, "ran")
+	req := &pb.ExecSandboxRequest{Command: []string{"touch", marker}}
+	for _, tc := range []struct {
+		name string
+		key  ssh.PublicKey
+		want []string
+	}{
+		{"changed key", otherSigner.PublicKey(), []string{"does not match", ssh.FingerprintSHA256(otherSigner.PublicKey())}},
+		{"no key registered", nil, []string{"registered no SSH host key"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := dial().(keyedConn)
+			var ev events
+			err := Exec(t.Context(), keyedConn{Conn: c.Conn, key: tc.key}, req, ev.send)
+			if status.Code(err) != codes.PermissionDenied {
+				t.Fatalf("exec with a mismatched host key: %v (code %v), want PermissionDenied", err, status.Code(err))
+			}
+			for _, w := range append(tc.want, ssh.FingerprintSHA256(c.key)) {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not mention %q", err, w)
+				}
+			}
+			if _, err := os.Stat(marker); err == nil {
+				t.Fatal("the command ran although the host key did not match")
+			}
+			var ch chan *pb.ExecSandboxInput
+			err = Interactive(t.Context(), keyedConn{Conn: dial().(keyedConn).Conn, key: tc.key}, req,
+				func() (*pb.ExecSandboxInput, error) { <-ch; return nil, io.EOF }, ev.send)
+			if status.Code(err) != codes.PermissionDenied {
+				t.Fatalf("interactive with a mismatched host key: %v", err)
+			}
+		})
+	}
+	// The registered key works.
+	var ev events
+	if err := Exec(t.Context(), dial(), req, ev.send); err != nil {
+		t.Fatal(err)
+	}
+	ev.check(t, 0)
+	if _, err := os.Stat(marker); err != nil {
+		t.Fatalf("the command did not run with the registered key: %v", err)
+	}
 }
 
 type events struct {

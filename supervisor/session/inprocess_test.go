@@ -68,7 +68,7 @@ func inProcessSSH(t *testing.T) (g *fakeGateway, s grpc.BidiStreamingServer[pb.S
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cc.Close() })
-	c, err := New(cc, Config{SandboxID: "sb-1", InstanceID: "inst-1", ServeSSH: srv.ServeConn})
+	c, err := New(cc, Config{SandboxID: "sb-1", InstanceID: "inst-1", ServeSSH: srv.ServeConn, HostKey: srv.HostKey()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -286,9 +286,14 @@ func TestConfigNeedsAnSSHServer(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "ServeSSH") {
 		t.Fatalf("Validate without ServeSSH or DialSSH = %v", err)
 	}
+	err = (&Config{SandboxID: "sb", InstanceID: "i", ServeSSH: func(context.Context, net.Conn) {}}).Validate()
+	if err == nil || !strings.Contains(err.Error(), "HostKey") {
+		t.Fatalf("Validate without HostKey = %v", err)
+	}
+	key := testHostKey(t)
 	for _, c := range []Config{
-		{SandboxID: "sb", InstanceID: "i", ServeSSH: func(context.Context, net.Conn) {}},
-		{SandboxID: "sb", InstanceID: "i", DialSSH: func(context.Context) (net.Conn, error) { return nil, io.EOF }},
+		{SandboxID: "sb", InstanceID: "i", ServeSSH: func(context.Context, net.Conn) {}, HostKey: key},
+		{SandboxID: "sb", InstanceID: "i", DialSSH: func(context.Context) (net.Conn, error) { return nil, io.EOF }, HostKey: key},
 	} {
 		if err := c.Validate(); err != nil {
 			t.Fatalf("Validate = %v", err)

@@ -17,6 +17,7 @@ import (
 // and a line saying how many is shipped in their place.
 type Shipper struct {
 	sandboxID string
+	identity  *Identity
 	push      func(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[pb.PushSandboxLogsRequest, pb.PushSandboxLogsResponse], error)
 	max       int
 	batch     int
@@ -33,6 +34,9 @@ type ShipperOptions struct {
 	MaxBuffered int           // lines kept while the gateway is away; default 10000
 	Batch       int           // lines per push; default 500
 	Interval    time.Duration // how long lines may wait to be batched; default 250 ms
+	// Identity is the supervisor instance the pushes come from (the gateway refuses
+	// pushes from another instance while the bound one is live); nil = none sent.
+	Identity *Identity
 }
 
 // NewShipper returns a shipper for sandboxID over api. Run it.
@@ -46,7 +50,7 @@ func NewShipper(api pb.OpenShellClient, sandboxID string, o ShipperOptions) *Shi
 	if o.Interval <= 0 {
 		o.Interval = 250 * time.Millisecond
 	}
-	return &Shipper{sandboxID: sandboxID, push: api.PushSandboxLogs, max: o.MaxBuffered, batch: o.Batch,
+	return &Shipper{sandboxID: sandboxID, identity: o.Identity, push: api.PushSandboxLogs, max: o.MaxBuffered, batch: o.Batch,
 		interval: o.Interval, wake: make(chan struct{}, 1)}
 }
 
@@ -139,6 +143,9 @@ func (s *Shipper) flush(ctx context.Context) error {
 func (s *Shipper) pushBatch(ctx context.Context, batch []*pb.SandboxLogLine) error {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
+	if s.identity != nil {
+		ctx = s.identity.Outgoing(ctx)
+	}
 	st, err := s.push(ctx)
 	if err != nil {
 		return err

@@ -3,6 +3,7 @@ package session
 import (
 	"context"
 	"crypto/rand"
+	"encoding/base64"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -15,9 +16,11 @@ import (
 	"sync/atomic"
 	"time"
 
+	"golang.org/x/crypto/ssh"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/connectivity"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	pb "github.com/openshell/openshell/api/openshellv1"
@@ -30,10 +33,43 @@ import (
 // whatever is queued, up to this much, so bulk transfers pay per-frame costs rarely.
 const RelayChunk = grpcopts.RelayChunk
 
+// Call metadata that identifies this supervisor instance to the gateway (the
+// gateway's session hub reads the same keys). The wire messages stay as upstream
+// defines them: SupervisorHello carries only the sandbox and instance ids.
+const (
+	MDInstanceID     = "x-openshell-instance-id"
+	MDInstanceSecret = "x-openshell-instance-secret"
+	MDHostKey        = "x-openshell-ssh-host-key"
+)
+
+// Identity is this supervisor boot as the gateway binds it: the instance id and the
+// per-boot instance secret. The gateway binds the sandbox's session to the first
+// identity it sees and refuses another while that one is live, so a stolen sandbox
+// token alone cannot take the session over.
+type Identity struct {
+	InstanceID string
+	Secret     string
+}
+
+// Outgoing returns ctx carrying the identity as call metadata.
+func (id Identity) Outgoing(ctx context.Context) context.Context {
+	kv := []string{MDInstanceID, id.InstanceID}
+	if id.Secret != "" {
+		kv = append(kv, MDInstanceSecret, id.Secret)
+	}
+	return metadata.AppendToOutgoingContext(ctx, kv...)
+}
+
 // Config configures a Client.
 type Config struct {
 	SandboxID  string
 	InstanceID string // random per supervisor process; NewInstanceID makes one
+	// InstanceSecret is this boot's instance secret (bootstrap.Config.InstanceSecret
+	// when the driver minted one); empty = New mints one, kept in memory only.
+	InstanceSecret string
+	// HostKey is the SSH server's public host key, registered with the gateway when
+	// the session opens; the gateway's SSH clients accept no other.
+	HostKey ssh.PublicKey
 	// ServeSSH serves one SSH connection in-process until it ends; ctx ends with Run
 	// (the connection itself ends with the relay). When set, SSH relays hand it the
 	// RelayStream as a net.Conn: no socket and no copying in between.
@@ -56,6 +92,8 @@ func (c *Config) Validate() error {
 		return errors.New("session: Config.InstanceID is empty: use NewInstanceID")
 	case c.ServeSSH == nil && c.DialSSH == nil:
 		return errors.New("session: Config.ServeSSH and Config.DialSSH are both nil: give the SSH server's ServeConn (or a dialer)")
+	case c.HostKey == nil:
+		return errors.New("session: Config.HostKey is nil: give the SSH server's HostKey() (the gateway pins it and talks SSH to no other key)")
 	}
 	return nil
 }
@@ -63,6 +101,13 @@ func (c *Config) Validate() error {
 // NewInstanceID returns a random supervisor instance id.
 func NewInstanceID() string {
 	b := make([]byte, 16)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// NewInstanceSecret returns a random instance secret (32 bytes, hex).
+func NewInstanceSecret() string {
+	b := make([]byte, 32)
 	_, _ = rand.Read(b)
 	return hex.EncodeToString(b)
 }
@@ -90,7 +135,15 @@ func New(cc grpc.ClientConnInterface, cfg Config) (*Client, error) {
 	if cfg.BackoffMax <= 0 {
 		cfg.BackoffMax = 30 * time.Second
 	}
+	if cfg.InstanceSecret == "" {
+		cfg.InstanceSecret = NewInstanceSecret()
+	}
 	return &Client{cfg: cfg, api: pb.NewOpenShellClient(cc), cc: cc}, nil
+}
+
+// Identity is the instance this client presents to the gateway.
+func (c *Client) Identity() Identity {
+	return Identity{InstanceID: c.cfg.InstanceID, Secret: c.cfg.InstanceSecret}
 }
 
 // API is the underlying gRPC client (for the log shipper and config polling).
@@ -176,7 +229,9 @@ func (c *Client) setUp(up bool) {
 func (c *Client) runOnce(ctx context.Context) (accepted bool, err error) {
 	sctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	stream, err := c.api.ConnectSupervisor(sctx)
+	octx := metadata.AppendToOutgoingContext(c.Identity().Outgoing(sctx),
+		MDHostKey, base64.StdEncoding.EncodeToString(c.cfg.HostKey.Marshal()))
+	stream, err := c.api.ConnectSupervisor(octx)
 	if err != nil {
 		return false, fmt.Errorf("open ConnectSupervisor: %w", err)
 	}
@@ -348,7 +403,7 @@ func (c *Client) relay(ctx, life context.Context, open *pb.RelayOpen, send func(
 	}
 	sctx, scancel := context.WithCancel(ctx)
 	defer scancel()
-	rs, err := c.api.RelayStream(sctx)
+	rs, err := c.api.RelayStream(c.Identity().Outgoing(sctx))
 	if err != nil {
 		result(fmt.Errorf("open RelayStream: %w", err))
 		return
@@ -439,8 +494,9 @@ func closeWrite(c net.Conn) {
 // gateway acknowledges it, refuses it for good, or ctx ends.
 func (c *Client) ReportExit(ctx context.Context, code int) error {
 	req := &pb.ReportMainProcessExitRequest{SandboxId: c.cfg.SandboxID, InstanceId: c.cfg.InstanceID, ExitCode: int32(code)}
+	octx := c.Identity().Outgoing(ctx)
 	for n := 0; ; n++ {
-		_, err := c.api.ReportMainProcessExit(ctx, req)
+		_, err := c.api.ReportMainProcessExit(octx, req)
 		if err == nil {
 			return nil
 		}

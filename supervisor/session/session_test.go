@@ -1,13 +1,16 @@
 package session
 
 import (
+	"bytes"
 	"context"
 	"crypto/ecdsa"
+	"crypto/ed25519"
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/base64"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -15,11 +18,13 @@ import (
 	"math/big"
 	"net"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"golang.org/x/crypto/ssh"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
@@ -37,7 +42,8 @@ type fakeGateway struct {
 	hellos     []*pb.SupervisorHello
 	helloTimes []time.Time
 	auth       []string
-	rejectN    int // reject this many sessions first
+	md         []metadata.MD // of every call, in order
+	rejectN    int           // reject this many sessions first
 	streams    chan grpc.BidiStreamingServer[pb.SupervisorMessage, pb.GatewayMessage]
 	results    chan *pb.RelayOpenResult
 	closes     chan string // channel ids of the supervisor's relay_close messages
@@ -66,7 +72,23 @@ func (g *fakeGateway) recordAuth(ctx context.Context) {
 	md, _ := metadata.FromIncomingContext(ctx)
 	g.mu.Lock()
 	g.auth = append(g.auth, strings.Join(md.Get("authorization"), ","))
+	g.md = append(g.md, md)
 	g.mu.Unlock()
+}
+
+// testHostKey is a fresh ed25519 public key for clients whose SSH target is not a
+// real SSH server.
+func testHostKey(t *testing.T) ssh.PublicKey {
+	t.Helper()
+	pub, _, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	k, err := ssh.NewPublicKey(pub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
 }
 
 func (g *fakeGateway) ConnectSupervisor(s grpc.BidiStreamingServer[pb.SupervisorMessage, pb.GatewayMessage]) error {
@@ -127,6 +149,7 @@ func (g *fakeGateway) RelayStream(s grpc.BidiStreamingServer[pb.RelayFrame, pb.R
 }
 
 func (g *fakeGateway) ReportMainProcessExit(ctx context.Context, r *pb.ReportMainProcessExitRequest) (*pb.ReportMainProcessExitResponse, error) {
+	g.recordAuth(ctx)
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if g.exitFails > 0 {
@@ -218,7 +241,7 @@ func startClientBackoff(t *testing.T, endpoint string, dialSSH func(context.Cont
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cc.Close() })
-	c, err := New(cc, Config{SandboxID: "sb-1", InstanceID: "inst-1", DialSSH: dialSSH,
+	c, err := New(cc, Config{SandboxID: "sb-1", InstanceID: "inst-1", DialSSH: dialSSH, HostKey: testHostKey(t),
 		BackoffMin: bmin, BackoffMax: bmax})
 	if err != nil {
 		t.Fatal(err)
@@ -552,5 +575,77 @@ func TestRestartedGatewayIsSeenBeforeLongBackoff(t *testing.T) {
 	waitUntil(t, 15*time.Second, "session after restart", func() bool { return c.Sessions() == 2 })
 	if d := time.Since(restarted); d > 5*time.Second {
 		t.Fatalf("session back %v after the gateway restarted", d)
+	}
+}
+
+// TestIdentityMetadata: the hello carries the instance secret and the SSH host key as
+// call metadata (the messages stay upstream's), RelayStream and the exit report carry
+// the same instance id and secret, and a reconnect presents the same secret again.
+func TestIdentityMetadata(t *testing.T) {
+	g := newFake()
+	addr, stop := serve(t, g, "127.0.0.1:0")
+	c, _ := startClientBackoff(t, "http://"+addr, echoSSH(t), DialOptions{}, 50*time.Millisecond, 200*time.Millisecond)
+	var s grpc.BidiStreamingServer[pb.SupervisorMessage, pb.GatewayMessage]
+	select {
+	case s = <-g.streams:
+	case <-time.After(5 * time.Second):
+		t.Fatal("no session")
+	}
+	if err := s.Send(&pb.GatewayMessage{Payload: &pb.GatewayMessage_RelayOpen{RelayOpen: &pb.RelayOpen{ChannelId: "ch-1"}}}); err != nil {
+		t.Fatal(err)
+	}
+	rc := <-g.relays
+	close(rc.done)
+	if err := c.ReportExit(t.Context(), 3); err != nil {
+		t.Fatal(err)
+	}
+	g.mu.Lock()
+	md := slices.Clone(g.md)
+	g.mu.Unlock()
+	if len(md) < 3 {
+		t.Fatalf("%d calls recorded, want hello, relay, exit", len(md))
+	}
+	secret := md[0].Get(MDInstanceSecret)
+	if len(secret) != 1 || len(secret[0]) != 64 {
+		t.Fatalf("hello instance secret = %q, want one 64-hex value", secret)
+	}
+	if id := md[0].Get(MDInstanceID); len(id) != 1 || id[0] != "inst-1" {
+		t.Errorf("hello instance id metadata = %q", id)
+	}
+	raw, err := base64.StdEncoding.DecodeString(strings.Join(md[0].Get(MDHostKey), ""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if key, err := ssh.ParsePublicKey(raw); err != nil || !bytes.Equal(key.Marshal(), c.cfg.HostKey.Marshal()) {
+		t.Errorf("registered host key = %v (%v), want the configured one", key, err)
+	}
+	for i, name := range []string{"RelayStream", "ReportMainProcessExit"} {
+		m := md[i+1]
+		if got := m.Get(MDInstanceSecret); len(got) != 1 || got[0] != secret[0] {
+			t.Errorf("%s instance secret = %q, want the hello's", name, got)
+		}
+		if got := m.Get(MDInstanceID); len(got) != 1 || got[0] != "inst-1" {
+			t.Errorf("%s instance id = %q", name, got)
+		}
+		if len(m.Get(MDHostKey)) != 0 {
+			t.Errorf("%s carries the host key; only the hello registers it", name)
+		}
+	}
+
+	// The gateway goes away and comes back: the reconnect presents the same secret.
+	stop()
+	waitUntil(t, 5*time.Second, "session down", func() bool { return !c.Up() })
+	g2 := newFake()
+	serve(t, g2, addr)
+	select {
+	case <-g2.streams:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no reconnect")
+	}
+	g2.mu.Lock()
+	again := g2.md[0].Get(MDInstanceSecret)
+	g2.mu.Unlock()
+	if len(again) != 1 || again[0] != secret[0] {
+		t.Errorf("reconnect secret %q, want %q", again, secret[0])
 	}
 }

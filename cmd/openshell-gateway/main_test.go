@@ -1,0 +1,47 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestDisableTLSRefusedOffLoopback runs the real binary: a plaintext gateway on a
+// non-loopback address would make every caller an administrator, so it must exit
+// non-zero before listening, with an error that names the fix.
+func TestDisableTLSRefusedOffLoopback(t *testing.T) {
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "openshell-gateway")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("build: %v\n%s", err, out)
+	}
+	for _, bind := range []string{"0.0.0.0", "::"} {
+		t.Run(bind, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+			defer cancel()
+			cmd := exec.CommandContext(ctx, bin, "--disable-tls", "--bind-address", bind, "--port", "0",
+				"--state-dir", filepath.Join(dir, "state"), "--compute-driver-socket", filepath.Join(dir, "none.sock"))
+			cmd.Env = []string{"HOME=" + dir, "PATH=/usr/bin:/bin"}
+			out, err := cmd.CombinedOutput()
+			var ee *exec.ExitError
+			if !errors.As(err, &ee) || ee.ExitCode() == 0 {
+				t.Fatalf("openshell-gateway --disable-tls --bind-address %s: err %v (want a non-zero exit)\n%s", bind, err, out)
+			}
+			if ctx.Err() != nil {
+				t.Fatalf("the gateway kept running instead of refusing:\n%s", out)
+			}
+			for _, want := range []string{"disable_tls", "not a loopback address", "--bind-address 127.0.0.1", "drop --disable-tls"} {
+				if !strings.Contains(string(out), want) {
+					t.Errorf("output does not mention %q:\n%s", want, out)
+				}
+			}
+			if strings.Contains(string(out), "gateway listening") {
+				t.Errorf("the gateway started listening:\n%s", out)
+			}
+		})
+	}
+}

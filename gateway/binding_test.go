@@ -1,0 +1,358 @@
+package gateway_test
+
+import (
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"encoding/base64"
+	"errors"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	"github.com/openshell/openshell/api/openshellv1"
+	"github.com/openshell/openshell/drivers/drivertest"
+	"github.com/openshell/openshell/supervisor/reaper"
+	"github.com/openshell/openshell/supervisor/sandboxuser"
+	"github.com/openshell/openshell/supervisor/session"
+	"github.com/openshell/openshell/supervisor/sshd"
+)
+
+// boundSupervisor is the real supervisor session client and SSH server (in-process
+// on the relay stream), with a known identity.
+type boundSupervisor struct {
+	id      session.Identity
+	hostKey ssh.PublicKey // what its SSH server presents
+	stop    func()
+}
+
+// startBound runs a real supervisor for sandbox id. register, when set, is the host
+// key the session registers instead of its SSH server's own (a supervisor whose key
+// "changed" under the gateway).
+func (e *env) startBound(id string, secret string, register ssh.PublicKey) *boundSupervisor {
+	e.t.Helper()
+	dir, err := os.MkdirTemp("", "sup")
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	r := reaper.New(false)
+	u := &sandboxuser.User{Name: "me", UID: uint32(os.Getuid()), GID: uint32(os.Getgid()), Home: dir, Shell: "/bin/sh"}
+	srv, err := sshd.New(sshd.Config{User: u, Env: append([]string{"PATH=/usr/bin:/bin"}, u.Env()...), Dir: dir, Reaper: r})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	if register == nil {
+		register = srv.HostKey()
+	}
+	tok, err := e.issuer.Mint(id, time.Hour)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	cc, err := session.Dial(session.DialOptions{Endpoint: "https://" + e.addr, CAPEM: e.bundle.CAPEM,
+		Token: func() (string, error) { return tok, nil }})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	b := &boundSupervisor{id: session.Identity{InstanceID: session.NewInstanceID(), Secret: secret}, hostKey: srv.HostKey()}
+	cl, err := session.New(cc, session.Config{SandboxID: id, InstanceID: b.id.InstanceID, InstanceSecret: secret,
+		HostKey: register, ServeSSH: srv.ServeConn, BackoffMin: 50 * time.Millisecond, BackoffMax: 200 * time.Millisecond})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	b.id = cl.Identity()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { _ = cl.Run(ctx); close(done) }()
+	stopped := false
+	b.stop = func() {
+		if stopped {
+			return
+		}
+		stopped = true
+		cancel()
+		<-done
+		cc.Close()
+		r.Close()
+		os.RemoveAll(dir)
+	}
+	e.t.Cleanup(b.stop)
+	return b
+}
+
+// hello opens ConnectSupervisor with the sandbox's valid token, as instance with
+// secret (and host key, when set), and returns the gateway's first answer.
+func (e *env) hello(ctx context.Context, id, instance, secret string, key ssh.PublicKey) (*openshellv1.GatewayMessage, error) {
+	kv := []string{session.MDInstanceID, instance}
+	if secret != "" {
+		kv = append(kv, session.MDInstanceSecret, secret)
+	}
+	if key != nil {
+		kv = append(kv, session.MDHostKey, base64.StdEncoding.EncodeToString(key.Marshal()))
+	}
+	stream, err := e.sandboxClient(id).ConnectSupervisor(metadata.AppendToOutgoingContext(ctx, kv...))
+	if err != nil {
+		return nil, err
+	}
+	if err := stream.Send(&openshellv1.SupervisorMessage{Payload: &openshellv1.SupervisorMessage_Hello{
+		Hello: &openshellv1.SupervisorHello{SandboxId: id, InstanceId: instance}}}); err != nil {
+		return nil, err
+	}
+	return stream.Recv()
+}
+
+func newKey(t *testing.T) ssh.PublicKey {
+	t.Helper()
+	pub, _, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	k, err := ssh.NewPublicKey(pub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
+
+// execOut runs argv through ExecSandbox and returns stdout and the exit code.
+func (e *env) execOut(ctx context.Context, id string, argv ...string) (string, int32, error) {
+	st, err := e.user.ExecSandbox(ctx, &openshellv1.ExecSandboxRequest{SandboxId: id, Command: argv})
+	if err != nil {
+		return "", 0, err
+	}
+	var out strings.Builder
+	code := int32(-1)
+	for {
+		ev, err := st.Recv()
+		if errors.Is(err, io.EOF) {
+			return out.String(), code, nil
+		}
+		if err != nil {
+			return out.String(), code, err
+		}
+		out.Write(ev.GetStdout().GetData())
+		if x := ev.GetExit(); x != nil {
+			code = x.GetExitCode()
+		}
+	}
+}
+
+func (e *env) gatewayLines(ctx context.Context, id string) string {
+	e.t.Helper()
+	resp, err := e.user.GetSandboxLogs(ctx, &openshellv1.GetSandboxLogsRequest{SandboxId: id, Sources: []string{"gateway"}})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	var b strings.Builder
+	for _, l := range resp.GetLogs() {
+		b.WriteString(l.GetSource() + ": " + l.GetMessage() + "\n")
+	}
+	return b.String()
+}
+
+// TestSessionBoundToInstance attacks a live session with the sandbox's own valid
+// token over real gRPC and TLS: a second ConnectSupervisor with the bound instance id
+// but the wrong (or no) instance secret, or with another instance id, is refused with
+// PERMISSION_DENIED and logged to the sandbox's gateway log, and the real supervisor
+// keeps its session (exec still reaches it). Forged exit reports and log pushes are
+// refused too. Once the bound supervisor is gone, a new instance binds.
+func TestSessionBoundToInstance(t *testing.T) {
+	e := startEnv(t, t.TempDir(), drivertest.NewMemDriver())
+	id := e.create("alpha").GetMetadata().GetId()
+	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
+	defer cancel()
+	real := e.startBound(id, session.NewInstanceSecret(), nil)
+	e.waitPhase("alpha", phaseReady)
+
+	attacks := []struct {
+		name, instance, secret string
+		want                   string
+	}{
+		{"bound instance, wrong secret", real.id.InstanceID, session.NewInstanceSecret(), "wrong instance secret"},
+		{"bound instance, no secret", real.id.InstanceID, "", "wrong instance secret"},
+		{"another instance", session.NewInstanceID(), session.NewInstanceSecret(), "holds the sandbox's live session"},
+		{"another instance, no secret", "attacker", "", "holds the sandbox's live session"},
+	}
+	for _, a := range attacks {
+		t.Run(a.name, func(t *testing.T) {
+			m, err := e.hello(ctx, id, a.instance, a.secret, newKey(t))
+			if err == nil {
+				t.Fatalf("hello accepted: %v", m)
+			}
+			if status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), a.want) {
+				t.Fatalf("hello refused with %v, want PermissionDenied mentioning %q", err, a.want)
+			}
+		})
+	}
+	if lines := e.gatewayLines(ctx, id); strings.Count(lines, "supervisor session refused") != len(attacks) {
+		t.Errorf("gateway log has %d refusal lines, want %d:\n%s", strings.Count(lines, "supervisor session refused"), len(attacks), lines)
+	}
+	// The real supervisor still holds the session: the sandbox is READY and exec
+	// reaches its SSH server.
+	if p := e.get("alpha").GetStatus().GetPhase(); p != phaseReady {
+		t.Fatalf("phase after the attacks = %v, want READY", p)
+	}
+	if out, code, err := e.execOut(ctx, id, "echo", "still mine"); err != nil || code != 0 || out != "still mine\n" {
+		t.Fatalf("exec after the attacks = %q %d %v", out, code, err)
+	}
+
+	// A forged exit report for the live instance, without its secret.
+	forger := e.sandboxClient(id)
+	fctx := session.Identity{InstanceID: real.id.InstanceID, Secret: session.NewInstanceSecret()}.Outgoing(ctx)
+	_, err := forger.ReportMainProcessExit(fctx, &openshellv1.ReportMainProcessExitRequest{SandboxId: id, InstanceId: real.id.InstanceID, ExitCode: 1})
+	wantCode(t, err, codes.PermissionDenied)
+	if ec := e.get("alpha").GetStatus().ExitCode; ec != nil {
+		t.Fatalf("a forged exit report set exit code %d", *ec)
+	}
+	// Log pushes from another instance while the bound one is live.
+	push := func(ctx context.Context, line *openshellv1.SandboxLogLine) error {
+		st, err := forger.PushSandboxLogs(ctx)
+		if err != nil {
+			return err
+		}
+		_ = st.Send(&openshellv1.PushSandboxLogsRequest{SandboxId: id, Logs: []*openshellv1.SandboxLogLine{line}})
+		_, err = st.CloseAndRecv()
+		return err
+	}
+	err = push(session.Identity{InstanceID: "attacker", Secret: "x"}.Outgoing(ctx), &openshellv1.SandboxLogLine{Level: "INFO", Message: "from another instance"})
+	wantCode(t, err, codes.PermissionDenied)
+	// The bound instance's own pushes pass.
+	if err := push(real.id.Outgoing(ctx), &openshellv1.SandboxLogLine{Level: "INFO", Message: "own line"}); err != nil {
+		t.Fatalf("the bound instance's own log push: %v", err)
+	}
+
+	// The bound supervisor goes away (the sandbox restarts): a new instance binds.
+	real.stop()
+	e.waitPhase("alpha", phaseProvisioning)
+	next := e.startBound(id, "", nil)
+	e.waitPhase("alpha", phaseReady)
+	if out, code, err := e.execOut(ctx, id, "echo", "new boot"); err != nil || code != 0 || out != "new boot\n" {
+		t.Fatalf("exec on the new instance = %q %d %v", out, code, err)
+	}
+	// And the old instance, back with its own secret, is refused while the new one
+	// holds the session.
+	_, err = e.hello(ctx, id, real.id.InstanceID, real.id.Secret, real.hostKey)
+	if status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("the old instance's hello while the new one is live: %v, want PermissionDenied", err)
+	}
+	next.stop()
+}
+
+// TestSessionReconnectSameInstance: the bound instance reconnecting with its secret
+// supersedes its own older stream; with the same secret but another host key it is
+// refused.
+func TestSessionReconnectSameInstance(t *testing.T) {
+	e := startEnv(t, t.TempDir(), drivertest.NewMemDriver())
+	id := e.create("alpha").GetMetadata().GetId()
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	secret, key := session.NewInstanceSecret(), newKey(t)
+	m, err := e.hello(ctx, id, "i1", secret, key)
+	if err != nil || m.GetSessionAccepted() == nil {
+		t.Fatalf("first hello: %v %v", m, err)
+	}
+	e.waitPhase("alpha", phaseReady)
+	if _, err := e.hello(ctx, id, "i1", secret, newKey(t)); status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "another SSH host key") {
+		t.Fatalf("reconnect with another host key: %v, want PermissionDenied", err)
+	}
+	m, err = e.hello(ctx, id, "i1", secret, key)
+	if err != nil || m.GetSessionAccepted() == nil {
+		t.Fatalf("reconnect with the same secret and key: %v %v", m, err)
+	}
+	e.waitPhase("alpha", phaseReady)
+}
+
+// TestExecRefusesChangedHostKey: a supervisor whose SSH server presents a host key
+// other than the one its session registered gets no exec and no SSH forward: the
+// gateway's SSH client fails with an error naming both fingerprints, and no command
+// runs.
+func TestExecRefusesChangedHostKey(t *testing.T) {
+	e := startEnv(t, t.TempDir(), drivertest.NewMemDriver())
+	id := e.create("alpha").GetMetadata().GetId()
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	registered := newKey(t)
+	sup := e.startBound(id, "", registered)
+	e.waitPhase("alpha", phaseReady)
+	marker := filepath.Join(t.TempDir(), "ran")
+	_, _, err := e.execOut(ctx, id, "touch", marker)
+	if status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("exec against a changed host key: %v, want PermissionDenied", err)
+	}
+	for _, want := range []string{"does not match", ssh.FingerprintSHA256(registered), ssh.FingerprintSHA256(sup.hostKey)} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q does not mention %q", err, want)
+		}
+	}
+	if _, err := os.Stat(marker); err == nil {
+		t.Fatal("the command ran although the host key did not match")
+	}
+	// CreateSshSession reports the registered key's fingerprint for clients that
+	// speak SSH themselves through ForwardTcp.
+	resp, err := e.user.CreateSshSession(ctx, &openshellv1.CreateSshSessionRequest{SandboxId: id})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.GetHostKeyFingerprint() != ssh.FingerprintSHA256(registered) {
+		t.Fatalf("host_key_fingerprint = %q, want %q", resp.GetHostKeyFingerprint(), ssh.FingerprintSHA256(registered))
+	}
+}
+
+// TestForgedLogSourceRefused: a sandbox pushing a line that claims the gateway's
+// source (or any source but its own) is refused, and nothing it sent shows among the
+// gateway's lines; a line without a source is stored as the sandbox's.
+func TestForgedLogSourceRefused(t *testing.T) {
+	e := startEnv(t, t.TempDir(), drivertest.NewMemDriver())
+	id := e.create("alpha").GetMetadata().GetId()
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	c := e.sandboxClient(id)
+	push := func(lines ...*openshellv1.SandboxLogLine) error {
+		st, err := c.PushSandboxLogs(ctx)
+		if err != nil {
+			return err
+		}
+		_ = st.Send(&openshellv1.PushSandboxLogsRequest{SandboxId: id, Logs: lines})
+		_, err = st.CloseAndRecv()
+		return err
+	}
+	for _, src := range []string{"gateway", "Gateway", " gateway", "driver"} {
+		err := push(&openshellv1.SandboxLogLine{Level: "INFO", Message: "innocent"},
+			&openshellv1.SandboxLogLine{Level: "WARN", Target: "gateway", Source: src, Message: "forged: sandbox deleted by admin"})
+		if status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "source") {
+			t.Errorf("push with source %q: %v, want PermissionDenied naming the source", src, err)
+		}
+	}
+	if err := push(&openshellv1.SandboxLogLine{Level: "INFO", Message: "plain"}); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := e.user.GetSandboxLogs(ctx, &openshellv1.GetSandboxLogsRequest{SandboxId: id})
+	if err != nil {
+		t.Fatal(err)
+	}
+	plain := 0
+	for _, l := range resp.GetLogs() {
+		if strings.Contains(l.GetMessage(), "forged") || l.GetMessage() == "innocent" {
+			t.Errorf("a line of a refused push was stored: %v", l)
+		}
+		if l.GetMessage() == "plain" {
+			plain++
+			if l.GetSource() != "sandbox" {
+				t.Errorf("a line without a source is stored as %q, want sandbox", l.GetSource())
+			}
+		}
+		if l.GetSource() == "gateway" && l.GetMessage() != "" && !strings.HasPrefix(l.GetTarget(), "gateway") {
+			t.Errorf("gateway line with an unexpected target: %v", l)
+		}
+	}
+	if plain != 1 {
+		t.Fatalf("%d plain lines stored, want 1: %v", plain, resp.GetLogs())
+	}
+}
