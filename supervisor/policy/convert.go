@@ -47,7 +47,7 @@ func (p *Policy) ToProto() *sandboxv1.SandboxPolicy {
 			pr.Endpoints = append(pr.Endpoints, pe)
 		}
 		for _, b := range r.Binaries {
-			pr.Binaries = append(pr.Binaries, &sandboxv1.NetworkBinary{Path: b})
+			pr.Binaries = append(pr.Binaries, &sandboxv1.NetworkBinary{Path: b.Path, Ancestors: b.Ancestors})
 		}
 		out.NetworkPolicies[name] = pr
 	}
@@ -123,7 +123,7 @@ func FromProto(m *sandboxv1.SandboxPolicy) (*Policy, error) {
 			nr.Endpoints = append(nr.Endpoints, ne)
 		}
 		for _, b := range r.GetBinaries() {
-			nr.Binaries = append(nr.Binaries, b.GetPath())
+			nr.Binaries = append(nr.Binaries, Binary{Path: b.GetPath(), Ancestors: b.GetAncestors()})
 		}
 		p.NetworkPolicies[name] = nr
 	}
@@ -221,7 +221,8 @@ type (
 		Any  []string `yaml:"any,omitempty"`
 	}
 	yBinary struct {
-		Path string `yaml:"path"`
+		Path      string `yaml:"path"`
+		Ancestors bool   `yaml:"ancestors,omitempty"`
 	}
 )
 
@@ -258,7 +259,7 @@ func (p *Policy) Marshal() ([]byte, error) {
 			yr.Endpoints = append(yr.Endpoints, ye)
 		}
 		for _, b := range r.Binaries {
-			yr.Binaries = append(yr.Binaries, yBinary{Path: b})
+			yr.Binaries = append(yr.Binaries, yBinary(b))
 		}
 		y.Network[name] = yr
 	}

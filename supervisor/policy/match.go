@@ -17,8 +17,14 @@ type Compiled struct {
 
 type compiledRule struct {
 	name      string
-	binaries  []*regexp.Regexp
+	binaries  []compiledBinary
 	endpoints []compiledEndpoint
+}
+
+type compiledBinary struct {
+	path      string // the glob as written, for messages
+	glob      *regexp.Regexp
+	ancestors bool
 }
 
 type compiledEndpoint struct {
@@ -44,11 +50,11 @@ func Compile(p *Policy) (*Compiled, error) {
 		r := p.NetworkPolicies[name]
 		cr := compiledRule{name: name}
 		for _, b := range r.Binaries {
-			re, err := compileGlob(b)
+			re, err := compileGlob(b.Path)
 			if err != nil { // validated above
 				return nil, err
 			}
-			cr.binaries = append(cr.binaries, re)
+			cr.binaries = append(cr.binaries, compiledBinary{path: b.Path, glob: re, ancestors: b.Ancestors})
 		}
 		for i, e := range r.Endpoints {
 			ce := compiledEndpoint{index: i, ports: e.EffectivePorts(), audit: e.Enforcement == Audit, access: e.Access, terminate: e.TLS == "terminate"}
@@ -92,9 +98,14 @@ func (c *Compiled) Policy() *Policy { return c.policy }
 type Request struct {
 	Host string // as the client asked for it: name or IP literal
 	Port int
-	// Binaries is the calling executable first, then its ancestors' executables. A
-	// rule's binary globs match when any of them matches. Empty when unknown.
+	// Binaries is the calling executable first, then its ancestors' executables
+	// (parent first). A rule's entry matches the first; entries with ancestors: true
+	// match any of them. Empty when unknown.
 	Binaries []string
+	// Taint, parallel to Binaries, says why an entry must not match any binary rule
+	// ("" = it may), e.g. "runs with LD_PRELOAD set": that process may run code
+	// other than its executable's.
+	Taint []string
 	// Method is the HTTP method when the proxy can see it ("" for CONNECT tunnels).
 	Method string
 	// Path is the request path as sent (escaped, without the query; "" = "/") and
@@ -154,7 +165,10 @@ func (c *Compiled) evaluate(r Request, anyBinary bool) Decision {
 	var near *Decision // the first host+port match that failed on binary, method or L7 rules
 	var nearFix string // what to change for near
 	for _, rule := range c.rules {
-		binOK := anyBinary || len(rule.binaries) == 0 || matchBinaries(rule.binaries, r.Binaries)
+		binOK, binWhy := anyBinary || len(rule.binaries) == 0, ""
+		if !binOK {
+			binOK, binWhy = matchBinaries(rule.binaries, r)
+		}
 		for _, e := range rule.endpoints {
 			if !slices.Contains(e.ports, r.Port) {
 				continue
@@ -188,6 +202,9 @@ func (c *Compiled) evaluate(r Request, anyBinary bool) Decision {
 			case !binOK:
 				why = fmt.Sprintf("binary %s is not listed in network_policies.%s.binaries", describeBinary(r.Binaries), rule.name)
 				fix = "add the binary to that rule's binaries"
+				if binWhy != "" {
+					why += " (" + binWhy + ")"
+				}
 			case !methodAllowed(e.access, r.Method):
 				why = fmt.Sprintf("method %s is not allowed by access %q of %s", r.Method, e.access, d.Endpoint)
 				fix = "change that endpoint's access"
@@ -230,15 +247,35 @@ func describeBinary(bins []string) string {
 	return bins[0]
 }
 
-func matchBinaries(globs []*regexp.Regexp, bins []string) bool {
-	for _, b := range bins {
+// matchBinaries reports whether an entry admits the caller: its executable, or an
+// ancestor's for entries with ancestors: true, never a tainted one. When none does,
+// it says why an entry that would have matched did not.
+func matchBinaries(globs []compiledBinary, r Request) (bool, string) {
+	why := ""
+	for i, b := range r.Binaries {
 		for _, g := range globs {
-			if g.MatchString(b) {
-				return true
+			if !g.glob.MatchString(b) {
+				continue
+			}
+			switch {
+			case i > 0 && !g.ancestors:
+				if why == "" {
+					why = fmt.Sprintf("its ancestor %s matches %s, but that entry does not set ancestors: true", b, g.path)
+				}
+			case i < len(r.Taint) && r.Taint[i] != "":
+				if why == "" || i == 0 {
+					who := "it"
+					if i > 0 {
+						who = "its ancestor " + b
+					}
+					why = fmt.Sprintf("%s matches, but %s, so it may run code other than its executable's", who, r.Taint[i])
+				}
+			default:
+				return true, ""
 			}
 		}
 	}
-	return false
+	return false, why
 }
 
 // methodAllowed applies an access preset; "" method (a tunnel) is decided at L4.

@@ -164,13 +164,14 @@ func (d *decoder) networkPolicies(n *yaml.Node, path string, p *Policy) {
 				d.list(v, path, func(item *yaml.Node, path string) {
 					// Upstream form is {path: /usr/bin/x}; a bare string is accepted too.
 					if item.Kind == yaml.ScalarNode {
-						r.Binaries = append(r.Binaries, d.string(item, path))
+						r.Binaries = append(r.Binaries, Binary{Path: d.string(item, path)})
 						return
 					}
-					var b string
+					var b Binary
 					d.fields(item, path, map[string]func(*yaml.Node, string){
-						"path":    func(v *yaml.Node, path string) { b = d.string(v, path) },
-						"harness": func(v *yaml.Node, path string) { d.bool(v, path) }, // deprecated, ignored
+						"path":      func(v *yaml.Node, path string) { b.Path = d.string(v, path) },
+						"ancestors": func(v *yaml.Node, path string) { b.Ancestors = d.bool(v, path) },
+						"harness":   func(v *yaml.Node, path string) { d.bool(v, path) }, // deprecated, ignored
 					})
 					r.Binaries = append(r.Binaries, b)
 				})

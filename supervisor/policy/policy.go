@@ -6,9 +6,14 @@
 //
 // Semantics (the parts a policy author must know):
 //   - Network: default deny. A connection is allowed when some endpoint of some named
-//     rule matches its host and port AND the calling binary (or one of its ancestors)
-//     matches one of the rule's `binaries` globs (a rule without binaries admits any
-//     binary).
+//     rule matches its host and port AND the calling binary matches one of the rule's
+//     `binaries` globs (a rule without binaries admits any binary). An entry with
+//     `ancestors: true` also matches when an ancestor's executable does (children of
+//     an allowed program inherit its rights only when the policy says so). A process
+//     whose dynamic loader is steered by its environment (LD_PRELOAD, LD_AUDIT,
+//     LD_LIBRARY_PATH) never matches a binary entry. Binary rules are a convenience
+//     for writing policies, not a security boundary: a program allowed by path runs
+//     whatever code it is given (an interpreter its script, git its hooks).
 //   - enforcement: `enforce` (the default here; stricter than upstream's `audit`
 //     default, on purpose) refuses a connection whose host and port an endpoint names
 //     but whose binary or access preset does not fit; `audit` logs the same mismatch
@@ -110,7 +115,17 @@ type Process struct {
 type NetworkRule struct {
 	Name      string
 	Endpoints []Endpoint
-	Binaries  []string // path globs: * and ? within a path element, ** across elements, [...] classes; e.g. /usr/bin/git, /usr/lib/node_modules/**
+	Binaries  []Binary
+}
+
+// Binary is one entry of a rule's binaries.
+type Binary struct {
+	// Path is a glob over /proc/PID/exe: * and ? within a path element, ** across
+	// elements, [...] classes; e.g. /usr/bin/git, /usr/lib/node_modules/**.
+	Path string
+	// Ancestors lets the entry match the executable of any ancestor of the calling
+	// process as well (default: the calling process's own executable only).
+	Ancestors bool
 }
 
 // Endpoint is one allowed destination.
@@ -220,14 +235,33 @@ func (p *Policy) validate(errs *fieldErrors, lines map[string]int) {
 		}
 		for i, b := range r.Binaries {
 			f := fmt.Sprintf("%s.binaries[%d]", base, i)
-			if !strings.HasPrefix(b, "/") {
-				add(f, "binary must be an absolute path or glob, e.g. /usr/bin/git (got %q)", b)
-			} else if _, err := compileGlob(b); err != nil {
-				add(f, "bad glob %q: %v", b, err)
+			if !strings.HasPrefix(b.Path, "/") {
+				add(f, "binary must be an absolute path or glob, e.g. /usr/bin/git (got %q)", b.Path)
+				continue
+			}
+			re, err := compileGlob(b.Path)
+			if err != nil {
+				add(f, "bad glob %q: %v", b.Path, err)
+				continue
+			}
+			if b.Ancestors {
+				for _, sh := range launchers {
+					if re.MatchString(sh) {
+						add(f+".ancestors", "%q matches %s, which starts other programs: with ancestors: true every program it starts would get this rule; name the program that opens the connection instead, or drop ancestors", b.Path, sh)
+						break
+					}
+				}
 			}
 		}
 	}
 }
+
+// launchers start arbitrary programs (shells, env, busybox, sudo-likes): an entry
+// matching one of them with ancestors: true would hand its rule to everything.
+var launchers = []string{"/bin/sh", "/usr/bin/sh", "/bin/bash", "/usr/bin/bash", "/bin/dash", "/usr/bin/dash",
+	"/bin/ash", "/bin/zsh", "/usr/bin/zsh", "/usr/bin/fish", "/bin/busybox", "/usr/bin/busybox", "/usr/bin/env",
+	"/usr/bin/nohup", "/usr/bin/setsid", "/usr/bin/timeout", "/usr/bin/xargs", "/usr/bin/su", "/usr/bin/sudo",
+	"/sbin/init", "/usr/local/bin/openshell-sandbox", "/init"}
 
 var knownProtocols = []string{"", "tcp", "rest", "websocket", "graphql", "sql", "json-rpc", "mcp"}
 

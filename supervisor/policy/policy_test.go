@@ -2,6 +2,7 @@ package policy
 
 import (
 	"errors"
+	"slices"
 	"strings"
 	"testing"
 
@@ -224,7 +225,8 @@ func TestDecide(t *testing.T) {
 		{"exact allowed", Request{Host: "api.github.com", Port: 443, Binaries: []string{"/usr/bin/git"}}, true, false, "github", true, ""},
 		{"case insensitive", Request{Host: "API.GitHub.com.", Port: 443, Binaries: []string{"/usr/bin/git"}}, true, false, "github", true, ""},
 		{"glob binary", Request{Host: "api.github.com", Port: 443, Binaries: []string{"/usr/lib/git-core/git-remote-https"}}, true, false, "github", true, ""},
-		{"ancestor binary", Request{Host: "api.github.com", Port: 443, Binaries: []string{"/usr/bin/ssh", "/usr/bin/git"}}, true, false, "github", true, ""},
+		{"ancestor binary without opt-in", Request{Host: "api.github.com", Port: 443, Binaries: []string{"/usr/bin/ssh", "/usr/bin/git"}}, false, false, "github", true, "its ancestor /usr/bin/git matches /usr/bin/git, but that entry does not set ancestors: true"},
+		{"preloaded binary", Request{Host: "api.github.com", Port: 443, Binaries: []string{"/usr/bin/git"}, Taint: []string{"it runs with LD_PRELOAD set"}}, false, false, "github", true, "it matches, but it runs with LD_PRELOAD set"},
 		{"wrong binary enforced", Request{Host: "api.github.com", Port: 443, Binaries: []string{"/usr/bin/curl"}}, false, false, "github", true, "binary /usr/bin/curl is not listed in network_policies.github.binaries"},
 		{"unknown binary enforced", Request{Host: "api.github.com", Port: 443}, false, false, "github", true, "(unknown)"},
 		{"wrong port", Request{Host: "api.github.com", Port: 80, Binaries: []string{"/usr/bin/git"}}, false, false, "", false, "no network_policies endpoint names this host and port"},
@@ -300,6 +302,7 @@ func FuzzParse(f *testing.F) {
 	f.Add([]byte("a: &x [*x]\n"))
 	f.Add([]byte("version: 1\nnetwork_policies: {x: {endpoints: [{host: 1.2.3.4, ports: [1,2]}], binaries: [{path: /a}]}}\n"))
 	f.Add([]byte(l7Sample))
+	f.Add([]byte("version: 1\nnetwork_policies: {x: {endpoints: [{host: a.example.com, port: 443}], binaries: [{path: /usr/bin/git, ancestors: true}, {path: /usr/bin/*, ancestors: false}, /a]}}\n"))
 	f.Add([]byte("version: 1\nnetwork_policies: {x: {endpoints: [{host: a.example.com, port: 443, protocol: rest, tls: terminate, rules: [{allow: {method: GET, path: /a/**, query: {q: {any: [x, 'y*']}}}}], deny_rules: [{path: /a/b}]}]}}\n"))
 	f.Add([]byte("version: 1\nnetwork_policies: {x: {endpoints: [{host: a.example.com, port: 80, protocol: rest, allow_encoded_slash: true, access: read-only, deny_rules: [{method: '*', query: {a: b}}]}]}}\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {
@@ -330,9 +333,16 @@ func FuzzParse(f *testing.F) {
 				t.Fatalf("refusal without a reason: %+v", d)
 			}
 		}
-		// A valid policy survives both round trips.
-		if _, err := FromProto(p.ToProto()); err != nil {
+		// A valid policy survives both round trips, binaries (and their ancestors
+		// opt-in) unchanged.
+		back, err := FromProto(p.ToProto())
+		if err != nil {
 			t.Fatalf("FromProto(ToProto) failed: %v", err)
+		}
+		for name, r := range p.NetworkPolicies {
+			if !slices.Equal(r.Binaries, back.NetworkPolicies[name].Binaries) {
+				t.Fatalf("binaries of %s changed in the proto round trip: %+v -> %+v", name, r.Binaries, back.NetworkPolicies[name].Binaries)
+			}
 		}
 		y, err := p.Marshal()
 		if err != nil {
@@ -342,4 +352,87 @@ func FuzzParse(f *testing.F) {
 			t.Fatalf("Marshal output does not parse: %v\n%s", err, y)
 		}
 	})
+}
+
+// TestAncestorsOptIn: an entry matches an ancestor's executable only with
+// ancestors: true, never a tainted ancestor, and the opt-in survives YAML and proto
+// round trips.
+func TestAncestorsOptIn(t *testing.T) {
+	doc := `version: 1
+network_policies:
+  git:
+    endpoints: [{host: api.github.com, port: 443}]
+    binaries:
+      - {path: /usr/bin/git, ancestors: true}
+      - path: /usr/bin/curl
+`
+	p := MustParse(t, doc)
+	if b := p.NetworkPolicies["git"].Binaries; len(b) != 2 || !b[0].Ancestors || b[1].Ancestors {
+		t.Fatalf("parsed binaries: %+v", b)
+	}
+	out, err := p.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(out), "ancestors: true") || strings.Count(string(out), "ancestors") != 1 {
+		t.Fatalf("Marshal lost or invented the opt-in:\n%s", out)
+	}
+	back := MustParse(t, string(out))
+	m := back.ToProto()
+	wire, err := proto.Marshal(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m2 sandboxv1.SandboxPolicy
+	if err := proto.Unmarshal(wire, &m2); err != nil {
+		t.Fatal(err)
+	}
+	fp, err := FromProto(&m2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b := fp.NetworkPolicies["git"].Binaries; len(b) != 2 || !b[0].Ancestors || b[1].Ancestors {
+		t.Fatalf("after YAML and proto round trips: %+v", b)
+	}
+	// An upstream peer that does not know field 1000 sees the path only: decoding
+	// our bytes as an upstream-shaped message keeps the path and drops nothing else.
+	if nb := m2.GetNetworkPolicies()["git"].GetBinaries()[0]; nb.GetPath() != "/usr/bin/git" || !nb.GetAncestors() {
+		t.Fatalf("wire binary: %+v", nb)
+	}
+	c := MustCompile(fp)
+	for _, tc := range []struct {
+		name  string
+		r     Request
+		allow bool
+		why   string
+	}{
+		{"git itself", Request{Binaries: []string{"/usr/bin/git"}}, true, ""},
+		{"child of git", Request{Binaries: []string{"/usr/lib/git-core/git-remote-https", "/usr/bin/git"}}, true, ""},
+		{"grandchild of git", Request{Binaries: []string{"/usr/bin/ssh", "/bin/sh", "/usr/bin/git"}}, true, ""},
+		{"child of curl", Request{Binaries: []string{"/usr/bin/python3", "/usr/bin/curl"}}, false, "does not set ancestors: true"},
+		{"curl itself", Request{Binaries: []string{"/usr/bin/curl"}}, true, ""},
+		{"child of a preloaded git", Request{Binaries: []string{"/usr/bin/ssh", "/usr/bin/git"}, Taint: []string{"", "it runs with LD_PRELOAD set"}}, false, "its ancestor /usr/bin/git matches, but it runs with LD_PRELOAD set"},
+		{"preloaded child of git", Request{Binaries: []string{"/usr/bin/python3", "/usr/bin/git"}, Taint: []string{"it runs with LD_AUDIT set", ""}}, true, ""},
+		{"preloaded curl", Request{Binaries: []string{"/usr/bin/curl"}, Taint: []string{"it runs with LD_LIBRARY_PATH set"}}, false, "LD_LIBRARY_PATH"},
+	} {
+		tc.r.Host, tc.r.Port = "api.github.com", 443
+		d := c.Evaluate(tc.r)
+		if d.Allow != tc.allow || !strings.Contains(d.Reason, tc.why) {
+			t.Errorf("%s: got allow=%v %q, want allow=%v containing %q", tc.name, d.Allow, d.Reason, tc.allow, tc.why)
+		}
+	}
+}
+
+// TestAncestorsOnLauncherRefused: ancestors: true on a glob matching a shell (or
+// another program that starts arbitrary ones) would hand the rule to everything.
+func TestAncestorsOnLauncherRefused(t *testing.T) {
+	for _, glob := range []string{"/bin/bash", "/usr/bin/*", "/**", "/bin/?ash"} {
+		_, err := Parse([]byte("version: 1\nnetwork_policies:\n  x:\n    endpoints: [{host: a.example.com, port: 443}]\n    binaries:\n      - {path: \"" + glob + "\", ancestors: true}\n"))
+		if err == nil || !strings.Contains(err.Error(), "network_policies.x.binaries[0].ancestors (line 6)") || !strings.Contains(err.Error(), "name the program that opens the connection") {
+			t.Errorf("%s: %v", glob, err)
+		}
+	}
+	if _, err := Parse([]byte("version: 1\nnetwork_policies:\n  x:\n    endpoints: [{host: a.example.com, port: 443}]\n    binaries: [{path: /usr/bin/git, ancestors: yes}]\n")); err == nil || !strings.Contains(err.Error(), "ancestors") {
+		t.Errorf("non-boolean ancestors accepted: %v", err)
+	}
 }
