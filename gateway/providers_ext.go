@@ -11,12 +11,14 @@ import (
 
 	"github.com/google/uuid"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/openshell/openshell/api/openshellv1"
 	"github.com/openshell/openshell/gateway/auth"
 	"github.com/openshell/openshell/gateway/store"
+	"github.com/openshell/openshell/internal/hostcred"
 	"github.com/openshell/openshell/supervisor/credentials"
 )
 
@@ -179,7 +181,9 @@ func (x *extServer) DeleteProvider(ctx context.Context, req *openshellv1.DeleteP
 }
 
 // GetSandboxProviders returns the decrypted credentials of the sandbox's providers; the
-// auth mode admits only sandbox tokens, and only for their own sandbox.
+// auth mode admits only sandbox tokens, and only for their own sandbox. For a VM
+// sandbox the real values go only to its runner on the host, never into the guest:
+// the caller must also show the runner credential (see checkRunner).
 func (x *extServer) GetSandboxProviders(ctx context.Context, req *openshellv1.GetSandboxProvidersRequest) (*openshellv1.GetSandboxProvidersResponse, error) {
 	s := x.s
 	id := req.GetSandboxId()
@@ -190,6 +194,9 @@ func (x *extServer) GetSandboxProviders(ctx context.Context, req *openshellv1.Ge
 		return nil, status.Error(codes.PermissionDenied, "provider credentials are only given to the sandbox's own supervisor")
 	}
 	if err := auth.RequireSandbox(ctx, id); err != nil {
+		return nil, err
+	}
+	if err := s.checkRunner(ctx, id); err != nil {
 		return nil, err
 	}
 	r, err := s.load(ctx, id)
@@ -205,6 +212,43 @@ func (x *extServer) GetSandboxProviders(ctx context.Context, req *openshellv1.Ge
 		resp.Providers = append(resp.Providers, pc)
 	}
 	return resp, nil
+}
+
+// RunnerKeyer is a driver whose sandboxes run in VMs with a host-side runner that
+// holds the provider credentials (driversel's VM driver process). RunnerKey is the
+// key runner credentials are derived from (package hostcred).
+type RunnerKeyer interface {
+	RunnerKey() []byte
+}
+
+// checkRunner admits a GetSandboxProviders caller for sandbox id. Containers get the
+// values in their root supervisor (nothing to check beyond the token). A VM guest
+// holds the same sandbox token as its runner, so the runner also shows a credential
+// derived from the driver's runner key that never enters the guest; without a valid
+// one the answer is PERMISSION_DENIED, also when the VM driver is attached without a
+// key (its runners then get no values: a missing credential, never a leaked one).
+func (s *Server) checkRunner(ctx context.Context, id string) error {
+	var key []byte
+	if rk, ok := s.drv.(RunnerKeyer); ok {
+		key = rk.RunnerKey()
+	}
+	if key == nil && s.caps.GetDriverName() != "vm" {
+		return nil
+	}
+	var cred string
+	if md, ok := metadata.FromIncomingContext(ctx); ok {
+		if v := md.Get(hostcred.MetadataKey); len(v) == 1 {
+			cred = v[0]
+		}
+	}
+	if key == nil {
+		return status.Errorf(codes.PermissionDenied, "sandbox %s runs in a VM and this gateway has no runner key for its driver: provider credentials are given only to the VM's runner on the host; let the gateway start the VM driver (--drivers vm) rather than attaching it", id)
+	}
+	if !hostcred.Verify(key, id, cred) {
+		s.log.Warn("provider credentials of a VM sandbox asked for without a valid runner credential (from inside the guest?)", "sandbox_id", id, "credential_present", cred != "")
+		return status.Errorf(codes.PermissionDenied, "sandbox %s runs in a VM: its provider credentials are given only to the VM's runner on the host (the guest receives placeholders from the runner)", id)
+	}
+	return nil
 }
 
 // providerDeletingLabel marks a provider whose DeleteProvider is checking for users.

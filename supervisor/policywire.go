@@ -143,7 +143,7 @@ type egressState struct {
 	prx      *egress.Proxy
 	net      *netns.Net // nil unless NetworkNamespace
 	proxyURL string
-	store    *credentials.Store
+	store    sandboxCredentials
 	served   chan struct{} // closed when Serve returned
 }
 
@@ -158,7 +158,7 @@ func (e *egressState) close() {
 }
 
 // startEgress starts the proxy for the mode in o; ship receives every decision.
-func startEgress(ctx context.Context, o Options, c *policy.Compiled, store *credentials.Store, agent *syscall.Credential, ship func(egress.Event)) (*egressState, error) {
+func startEgress(ctx context.Context, o Options, c *policy.Compiled, store sandboxCredentials, agent *syscall.Credential, ship func(egress.Event)) (*egressState, error) {
 	st := &egressState{store: store}
 	cfg := egress.Config{Policy: c, OnEvent: ship}
 	if store != nil {
@@ -185,6 +185,8 @@ func startEgress(ctx context.Context, o Options, c *policy.Compiled, store *cred
 		addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(ProxyPort))
 		cfg.Dial = egress.RunnerDialer(o.EgressOpen)
 		cfg.Resolver = egress.RunnerResolver{Open: o.EgressOpen}
+		// Requests of terminated tunnels go to the runner, which holds the values.
+		cfg.OriginateTLS = egress.RunnerOriginator(o.EgressOpen)
 	default:
 		addr = "127.0.0.1:0"
 	}

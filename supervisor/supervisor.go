@@ -376,14 +376,7 @@ func Run(ctx context.Context, cfg *bootstrap.Config, o Options) (retErr error) {
 		return fmt.Errorf("%w (in the %s)", err, polSrc)
 	}
 	env := SandboxEnv(os.Environ(), user, cfg.Main.Env)
-	providers, err := fetchProviders(ctx, cc, cfg.SandboxID)
-	if err != nil {
-		log.Warn("provider credentials unavailable; the sandbox starts without them", "err", err)
-	}
-	store, caFile, err := installCA(o.Root, cfg.SandboxID, providers)
-	if err != nil {
-		log.Error("sandbox CA and provider credentials not installed: TLS termination is unavailable", "err", err)
-	}
+	store, caFile, nProviders := loadCredentials(ctx, cc, cfg.SandboxID, o, log)
 	var agentCred *syscall.Credential
 	if o.Confine {
 		agentCred = user.Credential()
@@ -404,7 +397,7 @@ func Run(ctx context.Context, cfg *bootstrap.Config, o Options) (retErr error) {
 		}
 	}
 	log.Info("policy in force", "source", polSrc, "version", gwCfg.GetVersion(), "rules", len(pol.NetworkPolicies),
-		"proxy", eg.proxyURL, "network", o.Network, "confined", o.Confine, "providers", len(providers))
+		"proxy", eg.proxyURL, "network", o.Network, "confined", o.Confine, "providers", nProviders)
 	watcher := &policyWatcher{cc: cc, id: cfg.SandboxID, prx: eg.prx, net: eg.net, version: gwCfg.GetVersion(), log: log,
 		reportInitial: gwCfg.GetPolicy() != nil, process: pol.Process, user: user}
 

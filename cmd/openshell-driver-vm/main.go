@@ -86,6 +86,8 @@ func parse(name string, args []string, stderr io.Writer) (*flags, error) {
 		c.EgressAllowCIDRs = append(c.EgressAllowCIDRs, s)
 		return nil
 	})
+	fs.StringVar(&c.EgressCAFile, "egress-ca-file", "", "PEM CA bundle runners trust besides the system roots for the TLS they originate for guests (provider hosts)")
+	fs.StringVar(&c.RunnerKeyFile, "runner-key-file", "", "the gateway's runner key: runners derive their sandbox's credential for provider values from it (set by the gateway)")
 	resume := true
 	fs.BoolVar(&resume, "resume-after-host-reboot", true, "start sandboxes that a host reboot cut off again when the driver starts (false: they stay failed until `sandbox start`)")
 	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")

@@ -1,6 +1,7 @@
 package vm
 
 import (
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"net"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/openshell/openshell/drivers/vm/internal/quantity"
 	"github.com/openshell/openshell/drivers/vm/internal/state"
+	"github.com/openshell/openshell/internal/hostcred"
 )
 
 // DefaultImage is the project's base sandbox image, built offline by
@@ -59,6 +61,14 @@ type Config struct {
 	EgressAllowPrivate bool `json:"egress_allow_private,omitempty"`
 	// EgressAllowCIDRs are exceptions to that refusal (e.g. a LAN package mirror).
 	EgressAllowCIDRs []string `json:"egress_allow_cidrs,omitempty"`
+	// EgressCAFile is a PEM bundle the runners trust, besides the system roots, for
+	// the TLS connections they make on behalf of guests (requests to a provider's
+	// bound hosts, where the runner puts the real credential in): a private CA.
+	EgressCAFile string `json:"egress_ca_file,omitempty"`
+	// RunnerKeyFile is the gateway's runner key (package hostcred): each runner gets
+	// the credential of its own sandbox derived from it, with which it fetches the
+	// sandbox's provider values; "" = runners get none (guests get no credentials).
+	RunnerKeyFile string `json:"runner_key_file,omitempty"`
 
 	// ResumeAfterHostReboot starts again, when the driver starts, every sandbox that
 	// was running when the host went down (power loss, reboot): not stopped by the
@@ -190,6 +200,18 @@ func (c Config) Validate() error {
 	for i, cidr := range c.EgressAllowCIDRs {
 		if _, err := netip.ParsePrefix(cidr); err != nil {
 			errs = append(errs, fmt.Errorf("egress_allow_cidrs[%d] (--egress-allow-cidr) %q: %w", i, cidr, err))
+		}
+	}
+	if c.EgressCAFile != "" {
+		if b, err := os.ReadFile(c.EgressCAFile); err != nil {
+			errs = append(errs, fmt.Errorf("egress_ca_file (--egress-ca-file): %w", err))
+		} else if !x509.NewCertPool().AppendCertsFromPEM(b) {
+			errs = append(errs, fmt.Errorf("egress_ca_file (--egress-ca-file) %s holds no PEM certificate: give a PEM CA bundle", c.EgressCAFile))
+		}
+	}
+	if c.RunnerKeyFile != "" {
+		if _, err := hostcred.Load(c.RunnerKeyFile); err != nil {
+			errs = append(errs, fmt.Errorf("runner_key_file (--runner-key-file): %w", err))
 		}
 	}
 	if err := errors.Join(errs...); err != nil {

@@ -18,6 +18,7 @@ import (
 	"github.com/openshell/openshell/drivers/vm/internal/state"
 	"github.com/openshell/openshell/images"
 	"github.com/openshell/openshell/images/bundle"
+	"github.com/openshell/openshell/internal/hostcred"
 	"github.com/openshell/openshell/supervisor/bootstrap"
 	"github.com/openshell/openshell/vmm"
 )
@@ -183,6 +184,10 @@ func (d *Driver) prepare(ctx context.Context, s *sandbox, res *resolved, spec *c
 	if err != nil {
 		return nil, err
 	}
+	egress, err := d.egressPolicy(s.id)
+	if err != nil {
+		return nil, err
+	}
 	return &runner.Spec{
 		SandboxID:   s.id,
 		SandboxName: s.name,
@@ -191,7 +196,7 @@ func (d *Driver) prepare(ctx context.Context, s *sandbox, res *resolved, spec *c
 			ImageDisk: entry.DiskPath, Disk: s.paths.Disk, Accel: d.cfg.Accel, Transport: d.cfg.Transport, CID: s.cid,
 		},
 		GatewayAddr:   d.cfg.GatewayEndpoint,
-		Egress:        runner.EgressPolicy{AllowPrivate: d.cfg.EgressAllowPrivate, AllowCIDRs: d.cfg.EgressAllowCIDRs},
+		Egress:        egress,
 		Bootstrap:     *boot,
 		StopTimeout:   runner.Duration(d.cfg.StopTimeout),
 		ImageCacheDir: cache.Dir(),
@@ -264,6 +269,22 @@ func (d *Driver) bootstrapConfig(s *sandbox, spec *computev1.DriverSandboxSpec, 
 	}, nil
 }
 
+// egressPolicy is the runner's host-side egress configuration for sandbox id: the
+// address guard, the extra upstream roots and the runner credential for the
+// sandbox's provider values (in the runner's spec on the host, never in the guest's
+// bootstrap).
+func (d *Driver) egressPolicy(id string) (runner.EgressPolicy, error) {
+	p := runner.EgressPolicy{AllowPrivate: d.cfg.EgressAllowPrivate, AllowCIDRs: d.cfg.EgressAllowCIDRs, UpstreamCAFile: d.cfg.EgressCAFile}
+	if d.cfg.RunnerKeyFile != "" {
+		key, err := hostcred.Load(d.cfg.RunnerKeyFile)
+		if err != nil {
+			return p, fmt.Errorf("--runner-key-file: %w", err)
+		}
+		p.RunnerCredential = hostcred.Derive(key, id)
+	}
+	return p, nil
+}
+
 // refreshSpec re-checks the boot files of a stopped sandbox before it boots again: the
 // image disk may have been pruned, the kernel or supervisor upgraded.
 func (d *Driver) refreshSpec(ctx context.Context, s *sandbox, rec *state.Record) error {
@@ -296,5 +317,9 @@ func (d *Driver) refreshSpec(ctx context.Context, s *sandbox, rec *state.Record)
 		return err
 	}
 	rs.GatewayAddr, rs.Bootstrap.Endpoint, rs.Bootstrap.CAPEM = d.cfg.GatewayEndpoint, endpoint, ca
+	// The runner key or the operator's upstream CA may have changed since.
+	if rs.Egress, err = d.egressPolicy(s.id); err != nil {
+		return err
+	}
 	return runner.WriteSpec(s.paths.Dir, rs)
 }

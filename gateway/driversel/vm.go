@@ -15,6 +15,7 @@ import (
 
 	"github.com/openshell/openshell/drivers"
 	"github.com/openshell/openshell/drivers/grpcdriver"
+	"github.com/openshell/openshell/internal/hostcred"
 )
 
 func init() { Register("vm", newVM) }
@@ -35,6 +36,7 @@ var vmTableFlags = []struct{ key, flag string }{
 	{"disk_size", "--disk-size"},
 	{"stop_timeout", "--stop-timeout"},
 	{"egress_allow_private", "--egress-allow-private"},
+	{"egress_ca_file", "--egress-ca-file"},
 	{"resume_after_host_reboot", "--resume-after-host-reboot"},
 }
 
@@ -116,6 +118,9 @@ type vmDriver struct {
 	*grpcdriver.Client
 	proc   *os.Process
 	exited chan struct{}
+	// runnerKey derives each VM runner's credential for its sandbox's provider
+	// values (package hostcred); the gateway checks it, the driver hands it out.
+	runnerKey []byte
 }
 
 // newVM starts openshell-driver-vm on a private socket (directory 0700) and
@@ -140,6 +145,13 @@ func newVM(ctx context.Context, env DriverEnv) (_ drivers.Driver, retErr error) 
 	if err != nil {
 		return nil, err
 	}
+	// Kept across restarts: runners outlive the gateway and keep their credential.
+	keyFile := filepath.Join(dir, hostcred.KeyFile)
+	runnerKey, err := hostcred.LoadOrCreate(keyFile)
+	if err != nil {
+		return nil, fmt.Errorf("vm driver: %w", err)
+	}
+	args = append(args, "--runner-key-file", keyFile)
 	logPath := filepath.Join(dir, "driver.log")
 	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
@@ -154,7 +166,7 @@ func newVM(ctx context.Context, env DriverEnv) (_ drivers.Driver, retErr error) 
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("vm driver: start %s: %w", bin, err)
 	}
-	d := &vmDriver{proc: cmd.Process, exited: make(chan struct{})}
+	d := &vmDriver{proc: cmd.Process, exited: make(chan struct{}), runnerKey: runnerKey}
 	go func() { _ = cmd.Wait(); close(d.exited) }()
 	defer func() {
 		if retErr != nil {
@@ -216,6 +228,9 @@ func (d *vmDriver) Close() error {
 	d.stop()
 	return errors.Join(err)
 }
+
+// RunnerKey implements gateway.RunnerKeyer.
+func (d *vmDriver) RunnerKey() []byte { return d.runnerKey }
 
 // PID returns the driver process id.
 func (d *vmDriver) PID() int { return d.proc.Pid }

@@ -115,6 +115,11 @@ type Config struct {
 	Credentials Credentials
 	// UpstreamRoots verifies upstream servers of terminated tunnels (nil = system roots).
 	UpstreamRoots *x509.CertPool
+	// OriginateTLS, when set, carries each request of a terminated tunnel instead of
+	// Dial and TLS: the other end makes the TLS connection to host at addr and the
+	// returned stream takes the plaintext request (a VM guest: RunnerOriginator, so
+	// that the runner on the host puts the real credential values in).
+	OriginateTLS func(ctx context.Context, host string, addr netip.AddrPort) (net.Conn, error)
 	// DialTimeout bounds an upstream dial (default 10s).
 	DialTimeout time.Duration
 	Logger      *slog.Logger
@@ -626,14 +631,19 @@ func (cc *conn) forward(ctx context.Context, req *http.Request, tt *tunnelTarget
 			return false
 		}
 	}
-	up, err := cc.p.dial(ctx, host, addr)
+	// VM hand-off (OriginateTLS): the runner makes the TLS connection instead.
+	dial, originate := cc.p.dial, useTLS && cc.p.cfg.OriginateTLS != nil
+	if originate {
+		dial = cc.p.originate
+	}
+	up, err := dial(ctx, host, addr)
 	if err != nil {
 		cc.event(Event{Action: "error", Method: req.Method, Host: host, Port: port, Path: path, Addr: addr.String(), Status: http.StatusBadGateway, Reason: "dial: " + err.Error()}, d)
 		writeError(cc.c, http.StatusBadGateway, fmt.Sprintf("openshell egress proxy: cannot reach %s:%d (%s): %v\n", host, port, addr, err))
 		return false
 	}
 	defer up.Close()
-	if useTLS {
+	if useTLS && !originate {
 		tc := tls.Client(up, &tls.Config{ServerName: host, RootCAs: cc.p.cfg.UpstreamRoots, MinVersion: tls.VersionTLS12})
 		if err := tc.HandshakeContext(ctx); err != nil {
 			cc.event(Event{Action: "error", Method: req.Method, Host: host, Port: port, Path: path, Addr: addr.String(), Status: http.StatusBadGateway, Reason: "upstream TLS: " + err.Error()}, d)

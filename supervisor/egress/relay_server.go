@@ -3,6 +3,7 @@ package egress
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -56,6 +57,14 @@ type Relay struct {
 	Logger *slog.Logger
 	// ReadTimeout bounds reading a request (default 30s).
 	ReadTimeout time.Duration
+	// Secrets, when set, is asked for the sandbox's credential store on requests
+	// with originated TLS and on GET /v1/credentials; a nil answer means not known
+	// yet (503). Unset: originated requests go out as they are and the guest gets an
+	// empty PlaceholderSet.
+	Secrets func() HostSecrets
+	// UpstreamTLS is the template for originated TLS (RootCAs: the host's roots plus
+	// any operator CA; nil = system roots). ServerName is set per request.
+	UpstreamTLS *tls.Config
 
 	wg   sync.WaitGroup
 	pins pins
@@ -178,6 +187,9 @@ func (r *Relay) Serve(ctx context.Context, ln net.Listener) error {
 	}
 }
 
+// errSecretsUnknown is the 503 answer before the relay has the sandbox's credentials.
+const errSecretsUnknown = "the sandbox's provider credentials are not known yet (the VM runner has not fetched them from the gateway); retry shortly"
+
 // errPolicyUnknown is the 503 answer before the relay knows the sandbox policy.
 const errPolicyUnknown = "the sandbox policy is not known yet (the VM runner has not fetched it from the gateway); retry shortly"
 
@@ -202,13 +214,26 @@ func (r *Relay) ServeConn(ctx context.Context, c net.Conn) {
 	c.SetReadDeadline(time.Time{})
 	lr.N = 1<<63 - 1
 	switch {
+	case req.Method == http.MethodConnect && req.Header.Get(OriginateHeader) != "":
+		r.connect(ctx, c, &stream{br: br, lr: lr, rt: rt}, req)
 	case req.Method == http.MethodConnect:
-		r.connect(ctx, c, br, req)
+		r.connect(ctx, c, &stream{br: br}, req)
 	case req.Method == http.MethodGet && req.URL.Path == "/v1/resolve":
 		r.resolve(ctx, c, req.URL.Query().Get("name"))
+	case req.Method == http.MethodGet && req.URL.Path == "/v1/credentials":
+		r.placeholders(c)
 	default:
-		writeError(c, http.StatusMethodNotAllowed, "use CONNECT ip:port or GET /v1/resolve?name=")
+		writeError(c, http.StatusMethodNotAllowed, "use CONNECT ip:port, GET /v1/resolve?name= or GET /v1/credentials")
 	}
+}
+
+// stream is the guest side of a relay request after its head: br holds what was
+// read past it. For originated TLS lr bounds the inner request's head (rt its
+// reading time); nil for a plain tunnel.
+type stream struct {
+	br *bufio.Reader
+	lr *io.LimitedReader
+	rt time.Duration
 }
 
 // refuse answers code with reason and reports it as an event and a log line.
@@ -246,7 +271,7 @@ func (r *Relay) checkAddr(host string, ip netip.Addr, d policy.Decision) error {
 	return nil
 }
 
-func (r *Relay) connect(ctx context.Context, c net.Conn, br *bufio.Reader, req *http.Request) {
+func (r *Relay) connect(ctx context.Context, c net.Conn, st *stream, req *http.Request) {
 	hs, ps, err := net.SplitHostPort(req.RequestURI)
 	port, perr := strconv.Atoi(ps)
 	if err != nil || perr != nil || port < 1 || port > 65535 {
@@ -299,6 +324,13 @@ func (r *Relay) connect(ctx context.Context, c net.Conn, br *bufio.Reader, req *
 			return
 		}
 	}
+	var sec HostSecrets
+	if st.lr != nil && r.Secrets != nil {
+		if sec = r.Secrets(); sec == nil {
+			r.refuse(c, ev, http.StatusServiceUnavailable, errSecretsUnknown)
+			return
+		}
+	}
 	dial := r.Dial
 	if dial == nil {
 		dial = (&net.Dialer{}).DialContext
@@ -313,6 +345,15 @@ func (r *Relay) connect(ctx context.Context, c net.Conn, br *bufio.Reader, req *
 	defer up.Close()
 	stop := context.AfterFunc(ctx, func() { up.Close() })
 	defer stop()
+	if st.lr != nil {
+		ev.Method = "RELAY-TLS"
+		tc, err := r.handshake(ctx, up, host)
+		if err != nil {
+			r.refuse(c, ev, http.StatusBadGateway, err.Error())
+			return
+		}
+		up = tc
+	}
 	if _, err := io.WriteString(c, "HTTP/1.1 200 Connection established\r\n\r\n"); err != nil {
 		return
 	}
@@ -320,6 +361,11 @@ func (r *Relay) connect(ctx context.Context, c net.Conn, br *bufio.Reader, req *
 	if r.OnEvent != nil {
 		r.OnEvent(ev)
 	}
+	if st.lr != nil {
+		r.originate(c, st, up, host, port, sec, ev)
+		return
+	}
+	br := st.br
 	// Bytes the guest sent right behind its request belong to the tunnel.
 	if n := br.Buffered(); n > 0 {
 		b, _ := br.Peek(n)

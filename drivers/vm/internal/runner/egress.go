@@ -1,6 +1,7 @@
 package runner
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -29,6 +30,13 @@ type EgressPolicy struct {
 	AllowPrivate bool `json:"allow_private,omitempty"`
 	// AllowCIDRs are exceptions to the private-address rule (e.g. a LAN registry).
 	AllowCIDRs []string `json:"allow_cidrs,omitempty"`
+	// UpstreamCAFile is a PEM bundle trusted besides the system roots for the TLS
+	// connections the runner makes itself (requests carrying provider credentials).
+	UpstreamCAFile string `json:"upstream_ca_file,omitempty"`
+	// RunnerCredential proves to the gateway that the caller is this sandbox's runner
+	// (package hostcred): with it the runner receives the provider values the guest
+	// never does. "" = no provider values (guests get no placeholders either).
+	RunnerCredential string `json:"runner_credential,omitempty"`
 }
 
 // errRefused marks a destination the host-side policy refuses.
@@ -67,11 +75,15 @@ func (p EgressPolicy) Validate() error {
 // sandbox policy from src (nil until known: 503) and the static guard p, which
 // replaces the relay's own SSRF guard. p is the operator's word on the host's internal
 // networks, so a sandbox policy naming an internal address does not lift it.
-func newEgressRelay(p EgressPolicy, src func() *policy.Compiled, log *slog.Logger) *proxy.Relay {
+// secrets (nil: none) holds the sandbox's credential store and upstream the TLS
+// template of the connections the runner originates (see secrets.go).
+func newEgressRelay(p EgressPolicy, src func() *policy.Compiled, secrets func() proxy.HostSecrets, upstream *tls.Config, log *slog.Logger) *proxy.Relay {
 	return &proxy.Relay{
-		Policy: src,
-		Guard:  func(ip netip.Addr, _ policy.Decision) error { return p.Check(ip) },
-		Logger: log,
+		Policy:      src,
+		Guard:       func(ip netip.Addr, _ policy.Decision) error { return p.Check(ip) },
+		Secrets:     secrets,
+		UpstreamTLS: upstream,
+		Logger:      log,
 	}
 }
 

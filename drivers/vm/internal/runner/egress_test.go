@@ -75,7 +75,7 @@ func serveTestRelay(t *testing.T, p EgressPolicy, pol *policy.Compiled) string {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
-		done <- newEgressRelay(p, func() *policy.Compiled { return pol }, slog.Default()).Serve(ctx, l)
+		done <- newEgressRelay(p, func() *policy.Compiled { return pol }, nil, nil, slog.Default()).Serve(ctx, l)
 	}()
 	t.Cleanup(func() {
 		cancel()
@@ -195,7 +195,7 @@ func FuzzEgressRequest(f *testing.F) {
 		// close) without panicking, never tunnel, and never answer 200 before it
 		// knows the sandbox policy.
 		for _, src := range []func() *policy.Compiled{func() *policy.Compiled { return pol }, func() *policy.Compiled { return nil }} {
-			r := newEgressRelay(EgressPolicy{}, src, quiet)
+			r := newEgressRelay(EgressPolicy{}, src, nil, nil, quiet)
 			r.ReadTimeout = 20 * time.Millisecond
 			r.Dial = func(context.Context, string, string) (net.Conn, error) { return nil, errors.New("no network") }
 			r.Resolver = &net.Resolver{PreferGo: true, Dial: func(context.Context, string, string) (net.Conn, error) {

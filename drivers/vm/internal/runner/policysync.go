@@ -173,8 +173,9 @@ func dialGateway(b *bootstrap.Config, addr func() string) (*grpc.ClientConn, err
 }
 
 // startEgress serves the egress port with the sandbox-policy re-check, polling the
-// gateway, until stop is called; stop closes l and the open tunnels and waits for
-// both goroutines.
+// gateway, and the sandbox's provider credentials (fetched once, see secrets.go),
+// until stop is called; stop closes l and the open tunnels and waits for the
+// goroutines.
 func startEgress(ctx context.Context, l net.Listener, spec *Spec, gwAddr func() string, log *slog.Logger) (stop func(), err error) {
 	cc, err := dialGateway(&spec.Bootstrap, gwAddr)
 	if err != nil {
@@ -185,11 +186,18 @@ func startEgress(ctx context.Context, l net.Listener, spec *Spec, gwAddr func() 
 		cc.Close()
 		return nil, err
 	}
+	up, err := upstreamTLS(spec.Egress)
+	if err != nil {
+		cc.Close()
+		return nil, err
+	}
+	ss := &secretsSync{cc: cc, id: spec.SandboxID, cred: spec.Egress.RunnerCredential, log: log}
 	pctx, cancel := context.WithCancel(ctx)
 	var wg sync.WaitGroup
-	wg.Add(2)
+	wg.Add(3)
 	go func() { defer wg.Done(); ps.Run(pctx) }()
-	relay := newEgressRelay(spec.Egress, ps.Current, log)
+	go func() { defer wg.Done(); ss.Run(pctx) }()
+	relay := newEgressRelay(spec.Egress, ps.Current, ss.Current, up, log)
 	go func() {
 		defer wg.Done()
 		if err := relay.Serve(pctx, l); err != nil {

@@ -1,0 +1,115 @@
+package egress
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"strings"
+	"time"
+)
+
+// The host side of originated TLS and of GET /v1/credentials (see relay.go): the
+// VM runner keeps the sandbox's credential store, so that real values exist only on
+// the host.
+
+// HostSecrets is what the relay needs from the sandbox's credential store
+// (credentials.Store implements it).
+type HostSecrets interface {
+	// Rewrite replaces placeholders in h with real values (see Credentials.Rewrite);
+	// an error names the mismatch, never a value.
+	Rewrite(host string, overTLS bool, h http.Header) error
+	// Placeholders is what the guest may know: placeholders and bound hosts.
+	Placeholders() []PlaceholderProvider
+}
+
+// maxOriginHead bounds the head of an originated request (as the guest proxy does).
+const maxOriginHead = 1 << 20
+
+// handshake makes the TLS connection to host over up, verifying the server against
+// UpstreamTLS's roots (system roots when unset).
+func (r *Relay) handshake(ctx context.Context, up net.Conn, host string) (*tls.Conn, error) {
+	cfg := &tls.Config{MinVersion: tls.VersionTLS12}
+	if r.UpstreamTLS != nil {
+		cfg = r.UpstreamTLS.Clone()
+	}
+	cfg.ServerName = strings.Trim(host, "[]")
+	cfg.NextProtos = nil // HTTP/1.1 only: the request is relayed as it was written
+	tc := tls.Client(up, cfg)
+	hctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	if err := tc.HandshakeContext(hctx); err != nil {
+		return nil, fmt.Errorf("TLS to %s: %w", host, err)
+	}
+	return tc, nil
+}
+
+// originate relays one plaintext request from the guest over the TLS connection up
+// to host:port, with the credential values put in, and copies the response back.
+// Refusals are answered as the response (the tunnel is already open).
+func (r *Relay) originate(c net.Conn, st *stream, up net.Conn, host string, port int, sec HostSecrets, ev Event) {
+	st.lr.N = maxOriginHead
+	c.SetReadDeadline(time.Now().Add(st.rt))
+	req, err := http.ReadRequest(st.br)
+	c.SetReadDeadline(time.Time{})
+	st.lr.N = 1<<63 - 1
+	if err != nil {
+		r.log().Debug("egress relay: unreadable request inside originated TLS", "host", host, "err", err)
+		writeError(c, http.StatusBadRequest, "egress relay: malformed request: "+err.Error())
+		return
+	}
+	defer req.Body.Close()
+	ev.Method, ev.Path = req.Method, req.URL.EscapedPath()
+	if err := CheckTunnelHost(req, host, port); err != nil {
+		r.refuse(c, ev, http.StatusForbidden, err.Error())
+		return
+	}
+	for _, h := range hopHeaders {
+		req.Header.Del(h)
+	}
+	if sec != nil {
+		if err := sec.Rewrite(host, true, req.Header); err != nil {
+			r.refuse(c, ev, http.StatusForbidden, err.Error())
+			return
+		}
+	}
+	req.Close = true // one request per stream; the upstream closes after its answer
+	req.RequestURI = ""
+	if err := req.Write(up); err != nil {
+		r.refuse(c, ev, http.StatusBadGateway, fmt.Sprintf("sending to %s:%d: %v", host, port, err))
+		return
+	}
+	io.Copy(c, up)
+}
+
+// placeholders answers GET /v1/credentials.
+func (r *Relay) placeholders(c net.Conn) {
+	set := PlaceholderSet{Providers: []PlaceholderProvider{}}
+	if r.Secrets != nil {
+		sec := r.Secrets()
+		if sec == nil {
+			writeError(c, http.StatusServiceUnavailable, errSecretsUnknown)
+			return
+		}
+		if ps := sec.Placeholders(); ps != nil {
+			set.Providers = ps
+		}
+	}
+	b, err := json.Marshal(set)
+	if err != nil {
+		writeError(c, http.StatusInternalServerError, err.Error())
+		return
+	}
+	fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s", len(b), b)
+}
+
+// originate opens a Config.OriginateTLS stream, bounded like a dial.
+func (p *Proxy) originate(ctx context.Context, host string, addr netip.AddrPort) (net.Conn, error) {
+	ctx, cancel := context.WithTimeout(ctx, p.cfg.DialTimeout)
+	defer cancel()
+	return p.cfg.OriginateTLS(ctx, host, addr)
+}
