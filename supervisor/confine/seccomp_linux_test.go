@@ -4,6 +4,7 @@ package confine
 
 import (
 	"encoding/binary"
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
@@ -248,5 +249,90 @@ func TestRealProgramsConfined(t *testing.T) {
 	}
 	if len(proxied) != 1 || proxied[0] != "http://example.invalid/path" {
 		t.Errorf("the proxy saw %q", proxied)
+	}
+}
+
+// TestHelperNoLandlockKernel plays a kernel that has Landlock built in but not
+// enabled (lsm= without it, which is how a guest kernel could boot): a filter makes
+// landlock_create_ruleset answer EOPNOTSUPP, as that kernel does, then Apply runs.
+func TestHelperNoLandlockKernel(t *testing.T) {
+	raw := os.Getenv("CONFINE_NOLANDLOCK_SPEC")
+	if raw == "" {
+		t.Skip("helper process only")
+	}
+	s, err := ParseSpec([]byte(raw))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ins := []bpf.Instruction{
+		bpf.LoadAbsolute{Off: offNr, Size: 4},
+		bpf.JumpIf{Cond: bpf.JumpEqual, Val: unix.SYS_LANDLOCK_CREATE_RULESET, SkipFalse: 1},
+		bpf.RetConstant{Val: uint32(unix.SECCOMP_RET_ERRNO | uint32(unix.EOPNOTSUPP))},
+		bpf.RetConstant{Val: retAllow},
+	}
+	prog, err := assemble(ins)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Prctl(unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); err != nil {
+		t.Fatal(err)
+	}
+	fprog := unix.SockFprog{Len: uint16(len(prog)), Filter: &prog[0]}
+	if _, _, e := unix.Syscall(unix.SYS_SECCOMP, unix.SECCOMP_SET_MODE_FILTER, unix.SECCOMP_FILTER_FLAG_TSYNC, uintptr(unsafe.Pointer(&fprog))); e != 0 {
+		t.Fatal(e)
+	}
+	res, err := Apply(s)
+	p := probe{"apply": errName(err), "landlock_abi": fmt.Sprint(res.LandlockABI)}
+	if err == nil {
+		p["write_outside"] = errName(os.WriteFile(filepath.Join(os.Getenv("CONFINE_HELPER_DIR"), "outside", "f"), []byte("x"), 0o644))
+	}
+	fmt.Printf("%s\n", must(json.Marshal(p)))
+}
+
+func must[T any](v T, err error) T {
+	if err != nil {
+		panic(err)
+	}
+	return v
+}
+
+// TestLandlockNotEnabled: on a kernel that does not enforce Landlock,
+// hard_requirement refuses to confine (naming Landlock, the cause and the fixes) and
+// best_effort confines without it, reporting ABI 0.
+func TestLandlockNotEnabled(t *testing.T) {
+	testenv.RequireRoot(t)
+	dir := setupTree(t)
+	exe, _ := os.Executable()
+	run := func(hard bool) probe {
+		s := Spec{UID: nobody, GID: nobody, LandlockHard: hard,
+			ReadOnly: []string{"/usr", "/lib", "/etc", filepath.Dir(exe)}, ReadWrite: []string{filepath.Join(dir, "rw")}}
+		b, _ := s.Marshal()
+		cmd := exec.CommandContext(t.Context(), exe, "-test.run=^TestHelperNoLandlockKernel$")
+		cmd.Env = append(os.Environ(), "CONFINE_NOLANDLOCK_SPEC="+string(b), "CONFINE_HELPER_DIR="+dir)
+		out, err := cmd.Output()
+		if err != nil {
+			t.Fatalf("helper: %v\n%s", err, out)
+		}
+		for _, l := range strings.Split(string(out), "\n") {
+			if strings.HasPrefix(l, "{") {
+				p := probe{}
+				if err := json.Unmarshal([]byte(l), &p); err != nil {
+					t.Fatal(err)
+				}
+				return p
+			}
+		}
+		t.Fatalf("helper printed no probe:\n%s", out)
+		return nil
+	}
+	p := run(true)
+	for _, want := range []string{"Landlock is required", "hard_requirement", "EOPNOTSUPP", "lsm=", "best_effort"} {
+		if !strings.Contains(p["apply"], want) {
+			t.Errorf("hard_requirement on a kernel without Landlock: apply = %q, lacks %q", p["apply"], want)
+		}
+	}
+	p = run(false)
+	if p["apply"] != "ok" || p["landlock_abi"] != "0" || p["write_outside"] != "ok" {
+		t.Errorf("best_effort on a kernel without Landlock: %v (want apply ok, landlock_abi 0, the write outside not refused)", p)
 	}
 }
