@@ -2,9 +2,11 @@ package egress
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"os"
@@ -12,14 +14,24 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 )
 
 // Identity is the process behind a client connection.
+//
+// It is advisory: it says which executable a process was started from, not which
+// code it runs. An interpreter runs any script, a program runs what its plugins and
+// hooks say, and a process of the agent's own uid can be written to through
+// /proc/PID/mem. Binary rules built on it are a convenience, not a boundary; the
+// checks below close the cheap ways to borrow another binary's identity.
 type Identity struct {
 	PID       int
 	Exe       string   // /proc/PID/exe
 	Ancestors []string // executables of the parent, grandparent, … up to (excluding) the supervisor or PID 1
+	// Taint, parallel to Binaries(), says why that process must not match a binary
+	// rule ("" = it may): its environment steers the dynamic loader (LD_PRELOAD,
+	// LD_AUDIT, LD_LIBRARY_PATH), so it may run the agent's code under an allowed
+	// executable's path.
+	Taint []string
 }
 
 // Binaries is Exe then Ancestors, the list policy.Request.Binaries wants.
@@ -29,6 +41,65 @@ func (id Identity) Binaries() []string {
 	}
 	return append([]string{id.Exe}, id.Ancestors...)
 }
+
+// loaderVars make the dynamic loader (glibc's and musl's) load code the executable
+// did not ask for.
+var loaderVars = []string{"LD_PRELOAD", "LD_AUDIT", "LD_LIBRARY_PATH"}
+
+// maxEnviron bounds how much of /proc/PID/environ is read; a larger environment is
+// not checked and taints the process.
+const maxEnviron = 4 << 20
+
+// LoaderTaint reads a /proc/PID/environ image (NUL-separated KEY=VALUE) and says why
+// the process may run foreign code ("" when none of loaderVars is set to a
+// non-empty value).
+func LoaderTaint(environ []byte) string {
+	if len(environ) >= maxEnviron {
+		return "its environment is too large to check for LD_PRELOAD"
+	}
+	var found []string
+	for len(environ) > 0 {
+		var kv []byte
+		if i := bytes.IndexByte(environ, 0); i >= 0 {
+			kv, environ = environ[:i], environ[i+1:]
+		} else {
+			kv, environ = environ, nil
+		}
+		k, v, ok := bytes.Cut(kv, []byte("="))
+		if !ok || len(v) == 0 {
+			continue
+		}
+		for _, name := range loaderVars {
+			if string(k) == name && !slices.Contains(found, name) {
+				found = append(found, name)
+			}
+		}
+	}
+	if len(found) == 0 {
+		return ""
+	}
+	return "it runs with " + strings.Join(found, " and ") + " set"
+}
+
+// processTaint is LoaderTaint of a live process; an environment that cannot be read
+// taints it too (fail closed).
+func processTaint(proc string, pid int) string {
+	f, err := os.Open(filepath.Join(proc, strconv.Itoa(pid), "environ"))
+	if err != nil {
+		return fmt.Sprintf("its environment cannot be checked for LD_PRELOAD (%v)", err)
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, maxEnviron))
+	if err != nil {
+		return fmt.Sprintf("its environment cannot be checked for LD_PRELOAD (%v)", err)
+	}
+	return LoaderTaint(b)
+}
+
+// ErrSharedSocket means more than one process holds the client socket: it was
+// passed (SCM_RIGHTS, inheritance, pidfd_getfd), so the connection cannot be
+// attributed to one executable.
+var ErrSharedSocket = errors.New("egress: the client socket is held by more than one process")
 
 // Identifier finds the process owning the client end of an accepted connection.
 type Identifier interface {
@@ -52,9 +123,6 @@ type ProcIdentifier struct {
 	// (*netns.Net).Do): the socket lookup then uses sock_diag there, which is fast,
 	// instead of /proc/NetPID/net/tcp.
 	InNetNS func(func() error) error
-
-	mu     sync.Mutex
-	recent []int // pids that owned recent client sockets: looked at before a full scan
 }
 
 var _ Identifier = (*ProcIdentifier)(nil)
@@ -120,11 +188,17 @@ func (pi *ProcIdentifier) Identify(c net.Conn) (Identity, error) {
 		}
 		return Identity{}, fmt.Errorf("%w: no socket %s -> %s in %s/tcp{,6}", ErrNoOwner, ca, sa, netDir)
 	}
-	pid, err := pi.owner(proc, "socket:["+inode+"]")
+	link := "socket:[" + inode + "]"
+	pids, err := socketHolders(proc, link)
 	if err != nil {
 		return Identity{}, err
 	}
-	id := Identity{PID: pid}
+	if len(pids) > 1 {
+		return Identity{PID: pids[0]}, fmt.Errorf("%w (pids %s hold %s): a socket handed to another process is not attributed to it; open the connection in the process that uses it",
+			ErrSharedSocket, joinInts(pids), link)
+	}
+	pid := pids[0]
+	id := Identity{PID: pid, Taint: []string{processTaint(proc, pid)}}
 	id.Exe, err = os.Readlink(filepath.Join(proc, strconv.Itoa(pid), "exe"))
 	if err != nil {
 		return Identity{}, fmt.Errorf("egress: read exe of pid %d: %w", pid, err)
@@ -145,6 +219,7 @@ func (pi *ProcIdentifier) Identify(c net.Conn) (Identity, error) {
 			break
 		}
 		id.Ancestors = append(id.Ancestors, strings.TrimSuffix(exe, " (deleted)"))
+		id.Taint = append(id.Taint, processTaint(proc, ppid))
 		cur = ppid
 	}
 	return id, nil
@@ -198,51 +273,14 @@ func parseProcAddr(s string) (netip.AddrPort, error) {
 	return netip.AddrPortFrom(a.Unmap(), uint16(p)), nil
 }
 
-// owner finds the pid holding link, trying recent owners first: an agent's
-// connections come from a handful of processes, and a full /proc scan costs
-// milliseconds on a busy machine.
-func (pi *ProcIdentifier) owner(proc, link string) (int, error) {
-	pi.mu.Lock()
-	recent := slices.Clone(pi.recent)
-	pi.mu.Unlock()
-	for _, pid := range recent {
-		if holds(proc, pid, link) {
-			return pid, nil
-		}
-	}
-	pid, err := findSocketOwner(proc, link)
-	if err != nil {
-		return 0, err
-	}
-	pi.mu.Lock()
-	pi.recent = slices.DeleteFunc(pi.recent, func(p int) bool { return p == pid })
-	pi.recent = append([]int{pid}, pi.recent...)
-	if len(pi.recent) > 8 {
-		pi.recent = pi.recent[:8]
-	}
-	pi.mu.Unlock()
-	return pid, nil
-}
-
-func holds(proc string, pid int, link string) bool {
-	fdDir := filepath.Join(proc, strconv.Itoa(pid), "fd")
-	fds, err := os.ReadDir(fdDir)
-	if err != nil {
-		return false
-	}
-	for _, fd := range fds {
-		if l, err := os.Readlink(filepath.Join(fdDir, fd.Name())); err == nil && l == link {
-			return true
-		}
-	}
-	return false
-}
-
-func findSocketOwner(proc, link string) (int, error) {
+// socketHolders lists every process holding link among /proc/*/fd. The whole table
+// is read every time (no early exit): a second holder is a refusal, not a detail.
+func socketHolders(proc, link string) ([]int, error) {
 	ents, err := os.ReadDir(proc)
 	if err != nil {
-		return 0, fmt.Errorf("egress: list %s: %w", proc, err)
+		return nil, fmt.Errorf("egress: list %s: %w", proc, err)
 	}
+	var pids []int
 	for _, e := range ents {
 		pid, err := strconv.Atoi(e.Name())
 		if err != nil {
@@ -255,11 +293,23 @@ func findSocketOwner(proc, link string) (int, error) {
 		}
 		for _, fd := range fds {
 			if l, err := os.Readlink(filepath.Join(fdDir, fd.Name())); err == nil && l == link {
-				return pid, nil
+				pids = append(pids, pid)
+				break
 			}
 		}
 	}
-	return 0, fmt.Errorf("%w (%s)", ErrNoOwner, link)
+	if len(pids) == 0 {
+		return nil, fmt.Errorf("%w (%s)", ErrNoOwner, link)
+	}
+	return pids, nil
+}
+
+func joinInts(v []int) string {
+	s := make([]string, len(v))
+	for i, n := range v {
+		s[i] = strconv.Itoa(n)
+	}
+	return strings.Join(s, ", ")
 }
 
 func parentPID(proc string, pid int) (int, error) {

@@ -360,8 +360,15 @@ func (cc *conn) event(ev Event, d policy.Decision) {
 // match its path and query, exactly as they are sent upstream.
 func (cc *conn) decide(ctx context.Context, w io.Writer, method, host string, port int, u *url.URL) (netip.AddrPort, policy.Decision, bool) {
 	id := cc.identity()
+	if errors.Is(cc.idErr, ErrSharedSocket) {
+		// Fail closed: whichever process sends, the rule of the other would apply.
+		reason := cc.idErr.Error()
+		cc.event(Event{Action: "deny", Method: method, Host: host, Port: port, Status: http.StatusForbidden, Reason: reason}, policy.Decision{})
+		writeError(w, http.StatusForbidden, refusal(host, port, id, reason))
+		return netip.AddrPort{}, policy.Decision{}, false
+	}
 	pol := cc.p.policy.Load()
-	r := policy.Request{Host: host, Port: port, Binaries: id.Binaries(), Method: methodForPolicy(method)}
+	r := policy.Request{Host: host, Port: port, Binaries: id.Binaries(), Taint: id.Taint, Method: methodForPolicy(method)}
 	if u != nil {
 		r.Path, r.Query = u.EscapedPath(), u.RawQuery
 	}
@@ -494,7 +501,7 @@ func (cc *conn) terminate(ctx context.Context, host string, port int) {
 		return
 	}
 	lr := &io.LimitedReader{R: tc}
-	inner := &conn{p: cc.p, c: tc, br: bufio.NewReader(lr), id: cc.identity()}
+	inner := &conn{p: cc.p, c: tc, br: bufio.NewReader(lr), id: cc.identity(), idErr: cc.idErr}
 	inner.idOnce.Do(func() {})
 	for {
 		req, err := readRequest(tc, lr, inner.br)

@@ -16,6 +16,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -592,4 +593,230 @@ func TestForwardKeepAlive(t *testing.T) {
 			t.Fatalf("request %d: %d %q", i, resp.StatusCode, b)
 		}
 	}
+}
+
+// curlVia runs real curl through the proxy with extra environment and returns the
+// HTTP status it got (curl prints it) and its output.
+func curlVia(t *testing.T, curl, proxyURL, target string, env ...string) (string, string) {
+	t.Helper()
+	cmd := exec.CommandContext(t.Context(), curl, "-sS", "--noproxy", "", "-x", proxyURL, "-o", "/dev/stderr", "-w", "%{http_code}", target)
+	cmd.Env = append(os.Environ(), env...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	cmd.Run() // a refused request is a non-2xx status, not an error worth failing on here
+	return stdout.String(), stderr.String()
+}
+
+// TestLoaderEnvironmentRefusesBinaryMatch: curl is allowed by path, but a curl
+// started with LD_PRELOAD, LD_AUDIT or LD_LIBRARY_PATH may run the agent's code, so
+// it matches no binary entry (403 naming the variable and the fix); a rule without
+// binaries is not affected.
+func TestLoaderEnvironmentRefusesBinaryMatch(t *testing.T) {
+	plain := startUpstream(t, "127.0.0.2", false, nil)
+	other := startUpstream(t, "127.0.0.3", false, nil)
+	curl := curlPath(t)
+	libc := "/lib/x86_64-linux-gnu/libc.so.6" // preloading libc changes nothing for curl
+	if _, err := os.Stat(libc); err != nil {
+		t.Skipf("no %s to preload: %v", libc, err)
+	}
+	pol := compile(t, fmt.Sprintf(`version: 1
+network_policies:
+  curl_only:
+    endpoints: [{host: %s, port: %d}]
+    binaries: [{path: %s}]
+  anyone:
+    endpoints: [{host: %s, port: %d}]
+`, plain.host, plain.port, curl, other.host, other.port))
+	_, purl, ev := startProxy(t, Config{Policy: pol})
+
+	if code, out := curlVia(t, curl, purl, plain.srv.URL+"/clean"); code != "200" {
+		t.Fatalf("clean curl: %s %s", code, out)
+	}
+	for _, tc := range []struct{ env, name string }{
+		{"LD_PRELOAD=" + libc, "LD_PRELOAD"},
+		{"LD_AUDIT=" + libc, "LD_AUDIT"},
+		{"LD_LIBRARY_PATH=" + t.TempDir(), "LD_LIBRARY_PATH"},
+	} {
+		code, out := curlVia(t, curl, purl, plain.srv.URL+"/tainted", tc.env)
+		if code != "403" || !strings.Contains(out, "runs with "+tc.name+" set") || !strings.Contains(out, "start the program without LD_PRELOAD") {
+			t.Errorf("%s: got %s %q, want 403 naming %s and the fix", tc.name, code, out, tc.name)
+		}
+		if e := ev.last(t); e.Action != "deny" || e.Binary != curl || e.PID == os.Getpid() {
+			t.Errorf("%s: event %+v", tc.name, e)
+		}
+		// The rule without binaries does not look at the binary at all.
+		if code, out := curlVia(t, curl, purl, other.srv.URL+"/any", tc.env); code != "200" {
+			t.Errorf("%s: rule without binaries refused: %s %s", tc.name, code, out)
+		}
+	}
+	if n := plain.conns.Load(); n != 1 {
+		t.Fatalf("curl_only's server saw %d connections, want only the clean one", n)
+	}
+	// An empty variable does not steer the loader.
+	if code, out := curlVia(t, curl, purl, plain.srv.URL+"/empty", "LD_PRELOAD="); code != "200" {
+		t.Fatalf("empty LD_PRELOAD refused: %s %s", code, out)
+	}
+}
+
+// TestAncestorsOptInRealProcesses: curl started by a helper process (this test
+// binary, re-executed) is admitted by an entry naming the helper only when that
+// entry sets ancestors: true.
+func TestAncestorsOptInRealProcesses(t *testing.T) {
+	plain := startUpstream(t, "127.0.0.2", false, nil)
+	curl := curlPath(t)
+	run := func(ancestors bool) string {
+		pol := compile(t, fmt.Sprintf(`version: 1
+network_policies:
+  helper:
+    endpoints: [{host: %s, port: %d}]
+    binaries: [{path: %s, ancestors: %v}]
+`, plain.host, plain.port, self(t), ancestors))
+		_, purl, ev := startProxy(t, Config{Policy: pol})
+		cmd := exec.CommandContext(t.Context(), self(t), "-test.run=^TestHelperSpawnCurl$")
+		cmd.Env = append(os.Environ(), "EGRESS_HELPER_CURL="+curl, "EGRESS_HELPER_URL="+plain.srv.URL, "EGRESS_HELPER_PROXY="+purl)
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("helper: %v\n%s", err, out)
+		}
+		e := ev.last(t)
+		if e.Binary != curl || len(e.Ancestors) == 0 || e.Ancestors[0] != self(t) {
+			t.Fatalf("identity of curl under the helper: %+v", e)
+		}
+		return string(out)
+	}
+	if out := run(false); !strings.Contains(out, "code=403") || !strings.Contains(out, "does not set ancestors: true") {
+		t.Fatalf("without ancestors: %s", out)
+	}
+	if out := run(true); !strings.Contains(out, "code=200") {
+		t.Fatalf("with ancestors: true: %s", out)
+	}
+}
+
+// TestHelperSpawnCurl is the middle process of TestAncestorsOptInRealProcesses.
+func TestHelperSpawnCurl(t *testing.T) {
+	curl := os.Getenv("EGRESS_HELPER_CURL")
+	if curl == "" {
+		t.Skip("helper process only")
+	}
+	out, _ := exec.Command(curl, "-sS", "--noproxy", "", "-x", os.Getenv("EGRESS_HELPER_PROXY"), "-o", "/dev/stdout", "-w", "\ncode=%{http_code}\n", os.Getenv("EGRESS_HELPER_URL")).CombinedOutput()
+	fmt.Printf("%s\n", out)
+}
+
+// TestSharedSocketRefused: a connection to the proxy whose socket is also held by a
+// forked child (as a socket passed to an allowed process would be) is refused with a
+// 403 naming the reason, before the policy is asked; once the child is gone, the
+// same request on a new connection goes through.
+func TestSharedSocketRefused(t *testing.T) {
+	plain := startUpstream(t, "127.0.0.2", false, nil)
+	pol := compile(t, fmt.Sprintf("version: 1\nnetwork_policies:\n  t:\n    endpoints: [{host: %s, port: %d}]\n    binaries: [{path: %s}]\n", plain.host, plain.port, self(t)))
+	_, purl, ev := startProxy(t, Config{Policy: pol})
+	sleep := testenv.RequireCommand(t, "sleep", "apt-get install coreutils")
+
+	c, err := net.Dial("tcp", strings.TrimPrefix(purl, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	f, err := c.(*net.TCPConn).File()
+	if err != nil {
+		t.Fatal(err)
+	}
+	child := exec.Command(sleep, "60")
+	child.ExtraFiles = []*os.File{f} // the child holds the client socket as fd 3
+	if err := child.Start(); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	defer func() {
+		child.Process.Kill() // by PID: the child this test started
+		child.Wait()
+	}()
+	// Wait until the child really holds it (its fd table is copied at fork).
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if l, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/3", child.Process.Pid)); err == nil && strings.HasPrefix(l, "socket:") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the child never held the socket")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	fmt.Fprintf(c, "GET %s/shared HTTP/1.1\r\nHost: %s:%d\r\n\r\n", plain.srv.URL, plain.host, plain.port)
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	pids := fmt.Sprintf("%d", child.Process.Pid)
+	if resp.StatusCode != 403 || !strings.Contains(string(body), "held by more than one process") || !strings.Contains(string(body), pids) {
+		t.Fatalf("shared socket: %d %q, want 403 naming the reason and pid %s", resp.StatusCode, body, pids)
+	}
+	if e := ev.last(t); e.Action != "deny" || !strings.Contains(e.Reason, "more than one process") {
+		t.Fatalf("event: %+v", e)
+	}
+	if n := plain.conns.Load(); n != 0 {
+		t.Fatalf("the server saw %d connections", n)
+	}
+	child.Process.Kill()
+	child.Wait()
+	if code, body := get(t, client(purl, nil), plain.srv.URL+"/alone"); code != 200 {
+		t.Fatalf("unshared connection refused: %d %q", code, body)
+	}
+}
+
+// FuzzLoaderTaint: any environment image (the agent controls it) gives a verdict
+// without panicking, and a non-empty LD_PRELOAD entry always taints.
+func FuzzLoaderTaint(f *testing.F) {
+	f.Add([]byte("PATH=/usr/bin\x00HOME=/root\x00"), "")
+	f.Add([]byte("LD_PRELOAD=/tmp/x.so\x00"), "/tmp/evil.so")
+	f.Add([]byte("LD_PRELOAD=\x00LD_LIBRARY_PATH\x00=x\x00\x00"), "a")
+	f.Add([]byte("XLD_PRELOAD=1\x00LD_AUDIT=a:b"), "")
+	f.Fuzz(func(t *testing.T, env []byte, preload string) {
+		if len(env) > 1<<16 {
+			return
+		}
+		LoaderTaint(env)
+		if preload == "" || strings.ContainsRune(preload, 0) {
+			return
+		}
+		tainted := append(append(slices.Clone(env), 0), "LD_PRELOAD="+preload...)
+		if got := LoaderTaint(tainted); !strings.Contains(got, "LD_PRELOAD") {
+			t.Fatalf("LD_PRELOAD=%q not seen in %q: %q", preload, tainted, got)
+		}
+	})
+}
+
+// FuzzCheckTunnelHost: whatever Host and absolute-form URL a request inside a tunnel
+// carries (the agent writes both), an accepted request addresses the tunnel's host.
+func FuzzCheckTunnelHost(f *testing.F) {
+	f.Add("GET / HTTP/1.1\r\nHost: api.example.com\r\n\r\n")
+	f.Add("GET https://evil.example/ HTTP/1.1\r\nHost: api.example.com\r\n\r\n")
+	f.Add("GET / HTTP/1.1\r\nHost: API.example.com.:443\r\n\r\n")
+	f.Add("GET / HTTP/1.1\r\nHost: api.example.com:8443\r\n\r\n")
+	f.Add("GET / HTTP/1.1\r\nHost: [api.example.com]\r\nHost: evil\r\n\r\n")
+	f.Add("GET //evil.example/x HTTP/1.1\r\n\r\n")
+	f.Fuzz(func(t *testing.T, head string) {
+		req, err := http.ReadRequest(bufio.NewReader(strings.NewReader(head)))
+		if err != nil {
+			return
+		}
+		if CheckTunnelHost(req, "api.example.com", 443) != nil {
+			return
+		}
+		// What the proxy sends upstream: Host from req.Host, never another name.
+		var b bytes.Buffer
+		req.Header.Del("Host")
+		req.Write(&b)
+		sent, err := http.ReadRequest(bufio.NewReader(&b))
+		if err != nil {
+			return
+		}
+		h := strings.ToLower(strings.TrimSuffix(strings.TrimSuffix(sent.Host, ":443"), "."))
+		if h != "api.example.com" {
+			t.Fatalf("accepted a request for %q (head %q)", sent.Host, head)
+		}
+	})
 }

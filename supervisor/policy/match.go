@@ -165,7 +165,7 @@ func (c *Compiled) evaluate(r Request, anyBinary bool) Decision {
 	var near *Decision // the first host+port match that failed on binary, method or L7 rules
 	var nearFix string // what to change for near
 	for _, rule := range c.rules {
-		binOK, binWhy := anyBinary || len(rule.binaries) == 0, ""
+		binOK, binWhy := anyBinary || len(rule.binaries) == 0, binaryMiss{}
 		if !binOK {
 			binOK, binWhy = matchBinaries(rule.binaries, r)
 		}
@@ -202,8 +202,13 @@ func (c *Compiled) evaluate(r Request, anyBinary bool) Decision {
 			case !binOK:
 				why = fmt.Sprintf("binary %s is not listed in network_policies.%s.binaries", describeBinary(r.Binaries), rule.name)
 				fix = "add the binary to that rule's binaries"
-				if binWhy != "" {
-					why += " (" + binWhy + ")"
+				switch binWhy.kind {
+				case whyAncestor:
+					why += " (" + binWhy.msg + ")"
+					fix = "add the binary to that rule's binaries, or set ancestors: true on the entry naming its ancestor"
+				case whyTaint:
+					why = fmt.Sprintf("binary %s may not use network_policies.%s.binaries: %s", describeBinary(r.Binaries), rule.name, binWhy.msg)
+					fix = "start the program without LD_PRELOAD, LD_AUDIT and LD_LIBRARY_PATH, or use a rule without binaries"
 				}
 			case !methodAllowed(e.access, r.Method):
 				why = fmt.Sprintf("method %s is not allowed by access %q of %s", r.Method, e.access, d.Endpoint)
@@ -247,11 +252,24 @@ func describeBinary(bins []string) string {
 	return bins[0]
 }
 
+// binaryMiss says why an entry that would have matched a caller did not.
+type binaryMiss struct {
+	kind int // whyNone, whyAncestor, whyTaint
+	msg  string
+}
+
+const (
+	whyNone = iota
+	whyAncestor
+	whyTaint
+)
+
 // matchBinaries reports whether an entry admits the caller: its executable, or an
 // ancestor's for entries with ancestors: true, never a tainted one. When none does,
-// it says why an entry that would have matched did not.
-func matchBinaries(globs []compiledBinary, r Request) (bool, string) {
-	why := ""
+// it says why an entry that would have matched did not (a taint wins: it is the
+// more surprising refusal).
+func matchBinaries(globs []compiledBinary, r Request) (bool, binaryMiss) {
+	var miss binaryMiss
 	for i, b := range r.Binaries {
 		for _, g := range globs {
 			if !g.glob.MatchString(b) {
@@ -259,23 +277,23 @@ func matchBinaries(globs []compiledBinary, r Request) (bool, string) {
 			}
 			switch {
 			case i > 0 && !g.ancestors:
-				if why == "" {
-					why = fmt.Sprintf("its ancestor %s matches %s, but that entry does not set ancestors: true", b, g.path)
+				if miss.kind == whyNone {
+					miss = binaryMiss{whyAncestor, fmt.Sprintf("its ancestor %s matches %s, but that entry does not set ancestors: true", b, g.path)}
 				}
 			case i < len(r.Taint) && r.Taint[i] != "":
-				if why == "" || i == 0 {
-					who := "it"
+				if miss.kind != whyTaint {
+					who := "it matches " + g.path
 					if i > 0 {
-						who = "its ancestor " + b
+						who = "its ancestor " + b + " matches " + g.path
 					}
-					why = fmt.Sprintf("%s matches, but %s, so it may run code other than its executable's", who, r.Taint[i])
+					miss = binaryMiss{whyTaint, fmt.Sprintf("%s, but %s, so it may run code other than its executable's", who, r.Taint[i])}
 				}
 			default:
-				return true, ""
+				return true, binaryMiss{}
 			}
 		}
 	}
-	return false, why
+	return false, miss
 }
 
 // methodAllowed applies an access preset; "" method (a tunnel) is decided at L4.

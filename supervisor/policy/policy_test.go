@@ -226,7 +226,7 @@ func TestDecide(t *testing.T) {
 		{"case insensitive", Request{Host: "API.GitHub.com.", Port: 443, Binaries: []string{"/usr/bin/git"}}, true, false, "github", true, ""},
 		{"glob binary", Request{Host: "api.github.com", Port: 443, Binaries: []string{"/usr/lib/git-core/git-remote-https"}}, true, false, "github", true, ""},
 		{"ancestor binary without opt-in", Request{Host: "api.github.com", Port: 443, Binaries: []string{"/usr/bin/ssh", "/usr/bin/git"}}, false, false, "github", true, "its ancestor /usr/bin/git matches /usr/bin/git, but that entry does not set ancestors: true"},
-		{"preloaded binary", Request{Host: "api.github.com", Port: 443, Binaries: []string{"/usr/bin/git"}, Taint: []string{"it runs with LD_PRELOAD set"}}, false, false, "github", true, "it matches, but it runs with LD_PRELOAD set"},
+		{"preloaded binary", Request{Host: "api.github.com", Port: 443, Binaries: []string{"/usr/bin/git"}, Taint: []string{"it runs with LD_PRELOAD set"}}, false, false, "github", true, "binary /usr/bin/git may not use network_policies.github.binaries: it matches /usr/bin/git, but it runs with LD_PRELOAD set"},
 		{"wrong binary enforced", Request{Host: "api.github.com", Port: 443, Binaries: []string{"/usr/bin/curl"}}, false, false, "github", true, "binary /usr/bin/curl is not listed in network_policies.github.binaries"},
 		{"unknown binary enforced", Request{Host: "api.github.com", Port: 443}, false, false, "github", true, "(unknown)"},
 		{"wrong port", Request{Host: "api.github.com", Port: 80, Binaries: []string{"/usr/bin/git"}}, false, false, "", false, "no network_policies endpoint names this host and port"},
@@ -411,7 +411,7 @@ network_policies:
 		{"grandchild of git", Request{Binaries: []string{"/usr/bin/ssh", "/bin/sh", "/usr/bin/git"}}, true, ""},
 		{"child of curl", Request{Binaries: []string{"/usr/bin/python3", "/usr/bin/curl"}}, false, "does not set ancestors: true"},
 		{"curl itself", Request{Binaries: []string{"/usr/bin/curl"}}, true, ""},
-		{"child of a preloaded git", Request{Binaries: []string{"/usr/bin/ssh", "/usr/bin/git"}, Taint: []string{"", "it runs with LD_PRELOAD set"}}, false, "its ancestor /usr/bin/git matches, but it runs with LD_PRELOAD set"},
+		{"child of a preloaded git", Request{Binaries: []string{"/usr/bin/ssh", "/usr/bin/git"}, Taint: []string{"", "it runs with LD_PRELOAD set"}}, false, "its ancestor /usr/bin/git matches /usr/bin/git, but it runs with LD_PRELOAD set"},
 		{"preloaded child of git", Request{Binaries: []string{"/usr/bin/python3", "/usr/bin/git"}, Taint: []string{"it runs with LD_AUDIT set", ""}}, true, ""},
 		{"preloaded curl", Request{Binaries: []string{"/usr/bin/curl"}, Taint: []string{"it runs with LD_LIBRARY_PATH set"}}, false, "LD_LIBRARY_PATH"},
 	} {
