@@ -27,7 +27,7 @@ import (
 // pivot_root, setns, open_by_handle_at and name_to_handle_at, fanotify, module
 // loading, kexec, reboot, swap, acct, quotactl, syslog, vhangup, clock setting,
 // sethostname/setdomainname, modify_ldt/iopl/ioperm, lookup_dcookie, nfsservctl,
-// uselib, move_pages/migrate_pages, memfd_secret, listmount/statmount and lsm_*.
+// uselib, move_pages/migrate_pages, memfd_secret and lsm_*.
 var allowedSyscalls = []string{
 	// files and directories
 	"read", "write", "readv", "writev", "pread64", "pwrite64", "preadv", "preadv2", "pwritev", "pwritev2",
@@ -44,6 +44,8 @@ var allowedSyscalls = []string{
 	"listxattr", "llistxattr", "flistxattr", "removexattr", "lremovexattr", "fremovexattr",
 	"getxattrat", "setxattrat", "listxattrat", "removexattrat",
 	"sendfile", "splice", "tee", "vmsplice", "copy_file_range", "cachestat",
+	// what /proc/self/mountinfo shows already; newer libmount asks these first
+	"listmount", "statmount",
 	"inotify_init", "inotify_init1", "inotify_add_watch", "inotify_rm_watch",
 	"io_setup", "io_destroy", "io_submit", "io_cancel", "io_getevents", "io_pgetevents",
 	// memory
