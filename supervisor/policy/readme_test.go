@@ -46,4 +46,14 @@ func TestREADMEExample(t *testing.T) {
 	if d := c.Evaluate(Request{Host: "files.pythonhosted.org", Port: 443, Binaries: []string{"/usr/bin/curl"}}); d.Allow {
 		t.Fatalf("pypi allowed a binary outside its binaries: %+v", d)
 	}
+	// As the comments say: pip runs as python; only the ancestors entry admits children.
+	if d := c.Evaluate(Request{Host: "pypi.org", Port: 443, Binaries: []string{"/usr/bin/python3.11"}}); !d.Allow {
+		t.Fatalf("pip (python) refused: %+v", d)
+	}
+	if d := c.Evaluate(Request{Host: "pypi.org", Port: 443, Binaries: []string{"/usr/bin/curl", "/usr/bin/python3.11"}}); d.Allow {
+		t.Fatalf("a child of /usr/bin/python3* allowed without ancestors: %+v", d)
+	}
+	if d := c.Evaluate(Request{Host: "github.com", Port: 443, Binaries: []string{"/usr/lib/git-core/git-remote-https", "/usr/bin/git"}}); !d.Allow {
+		t.Fatalf("git's helper refused despite ancestors: true: %+v", d)
+	}
 }
