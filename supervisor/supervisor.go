@@ -307,6 +307,9 @@ func Run(ctx context.Context, cfg *bootstrap.Config, o Options) (retErr error) {
 	if o.ReapOrphans != nil {
 		reapOrphans = *o.ReapOrphans
 	}
+	// A token file the driver handed in may be readable by the agent (hideTokenFile);
+	// one materialised here from an inline token is root-only already.
+	handedTokenFile := cfg.Token == "" && cfg.TokenFile != ""
 	if err := bootstrap.Materialize(cfg, filepath.Join(o.RunDir, "secrets")); err != nil {
 		return err
 	}
@@ -374,6 +377,12 @@ func Run(ctx context.Context, cfg *bootstrap.Config, o Options) (retErr error) {
 	user, dir, err := resolveUser(cfg, o, pol.Process)
 	if err != nil {
 		return fmt.Errorf("%w (in the %s)", err, polSrc)
+	}
+	// Before any program of the sandbox starts (SSH sessions, the main process).
+	if handedTokenFile {
+		if err := hideTokenFile(cfg, user, o.RunDir, log); err != nil {
+			return err
+		}
 	}
 	env := SandboxEnv(os.Environ(), user, cfg.Main.Env)
 	store, caFile, nProviders := loadCredentials(ctx, cc, cfg.SandboxID, o, log)

@@ -16,11 +16,13 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/crypto/ssh"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	pb "github.com/openshell/openshell/api/openshellv1"
+	"github.com/openshell/openshell/gateway/hub"
 	"github.com/openshell/openshell/gateway/sshrelay"
 	"github.com/openshell/openshell/internal/testenv"
 	"github.com/openshell/openshell/supervisor/bootstrap"
@@ -37,6 +39,7 @@ type gw struct {
 	exits    []*pb.ReportMainProcessExitRequest
 	logs     []*pb.SandboxLogLine
 	hellos   []*pb.SupervisorHello
+	hostKey  ssh.PublicKey // registered by the last hello
 }
 
 func newGW() *gw {
@@ -48,8 +51,13 @@ func (g *gw) ConnectSupervisor(s grpc.BidiStreamingServer[pb.SupervisorMessage, 
 	if err != nil || m.GetHello() == nil {
 		return status.Error(codes.InvalidArgument, "hello first")
 	}
+	inst, err := hub.InstanceFromContext(s.Context(), m.GetHello().GetInstanceId())
+	if err != nil {
+		return err
+	}
 	g.mu.Lock()
 	g.hellos = append(g.hellos, m.GetHello())
+	g.hostKey = inst.HostKey
 	g.mu.Unlock()
 	if err := s.Send(&pb.GatewayMessage{Payload: &pb.GatewayMessage_SessionAccepted{SessionAccepted: &pb.SessionAccepted{SessionId: "s", HeartbeatIntervalSecs: 15}}}); err != nil {
 		return err
@@ -68,7 +76,11 @@ type relayConn struct {
 	buf  []byte
 	done chan struct{}
 	once sync.Once
+	key  ssh.PublicKey
 }
+
+// HostKey is the key the supervisor registered: the SSH client accepts only it.
+func (r *relayConn) HostKey() ssh.PublicKey { return r.key }
 
 func (r *relayConn) Read(p []byte) (int, error) {
 	for len(r.buf) == 0 {
@@ -96,7 +108,10 @@ func (g *gw) RelayStream(s grpc.BidiStreamingServer[pb.RelayFrame, pb.RelayFrame
 	if _, err := s.Recv(); err != nil {
 		return err
 	}
-	rc := &relayConn{s: s, done: make(chan struct{})}
+	g.mu.Lock()
+	key := g.hostKey
+	g.mu.Unlock()
+	rc := &relayConn{s: s, done: make(chan struct{}), key: key}
 	g.relays <- rc
 	select {
 	case <-rc.done:

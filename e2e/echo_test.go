@@ -1,0 +1,159 @@
+package e2e
+
+import (
+	"crypto/tls"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+const echoPolicyTemplate = `version: 1
+filesystem_policy:
+  include_workdir: true
+  read_only: [/usr, /lib, /lib64, /bin, /sbin, /etc, /opt, /proc, /dev/urandom, /dev/zero, /dev/random]
+  read_write: [/tmp, /dev/null, /dev/tty, /dev/pts, /dev/ptmx, /dev/shm]
+landlock:
+  compatibility: best_effort
+network_policies:
+  api:
+    endpoints:
+      - {host: %[1]s, port: %[2]d}
+    binaries:
+      - path: /usr/bin/curl
+`
+
+// recordingServer is an HTTPS server on all host addresses that keeps every request
+// as it arrived (method, target, Host and all headers), as a server that echoes or
+// logs what it gets would see it.
+type recordingServer struct {
+	ln   net.Listener
+	srv  *http.Server
+	mu   sync.Mutex
+	seen []string
+}
+
+func startRecordingServer(t *testing.T, cert *tls.Certificate) *recordingServer {
+	t.Helper()
+	ln, err := net.Listen("tcp", "0.0.0.0:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &recordingServer{ln: ln}
+	s.srv = &http.Server{ReadHeaderTimeout: 10 * time.Second, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var b strings.Builder
+		fmt.Fprintf(&b, "%s %s Host=%s\n", r.Method, r.RequestURI, r.Host)
+		r.Header.Write(&b)
+		s.mu.Lock()
+		s.seen = append(s.seen, b.String())
+		s.mu.Unlock()
+		// Reflect Origin the way CORS handlers do: what an echo attack counts on.
+		if o := r.Header.Get("Origin"); o != "" {
+			w.Header().Set("Access-Control-Allow-Origin", o)
+		}
+		fmt.Fprintln(w, "hello-echo")
+	})}
+	go s.srv.Serve(tls.NewListener(ln, &tls.Config{Certificates: []tls.Certificate{*cert}}))
+	t.Cleanup(func() { s.srv.Close() })
+	return s
+}
+
+func (s *recordingServer) port() int { return s.ln.Addr().(*net.TCPAddr).Port }
+
+func (s *recordingServer) requests() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]string(nil), s.seen...)
+}
+
+// TestCredentialEchoes drives the echo attacks through the real binaries on the
+// docker driver: the agent, holding only the provider's placeholder, puts it in
+// Origin, in a custom header, or sends it inside the bound host's tunnel with a
+// Host naming another server. Every attempt is refused with a 403 before anything
+// reaches the server, and the server only ever sees the real value once, in the
+// Authorization header of the one legitimate request.
+func TestCredentialEchoes(t *testing.T) {
+	if driver() != "docker" {
+		t.Skip("the echo e2e runs on the docker driver (a VM's substitution happens in its runner)")
+	}
+	h := newHarness(t)
+	ensurePolicyImage(t)
+
+	cert, caPEM := testCA(t, gatewayHostName)
+	srv := startRecordingServer(t, cert)
+	dir := t.TempDir()
+	polFile := filepath.Join(dir, "policy.yaml")
+	if err := os.WriteFile(polFile, []byte(fmt.Sprintf(echoPolicyTemplate, gatewayHostName, srv.port())), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	const secret = "e2e-echo-secret-8c3f51aa90"
+	prov := uniqueName("echo")
+	// A wildcard binding is refused unless asked for, naming the flag.
+	r := h.run(t.Context(), "provider", "create", "--name", prov, "--type", "generic", "--credential", "API_TOKEN="+secret, "--host", "*.openshell.internal")
+	if r.code == 0 || !strings.Contains(r.stderr+r.stdout, "--allow-wildcard-hosts") {
+		t.Fatalf("wildcard provider: exit %d stdout %q stderr %q", r.code, r.stdout, r.stderr)
+	}
+	h.mustRun(t, "provider", "create", "--name", prov, "--type", "generic", "--credential", "API_TOKEN="+secret, "--host", gatewayHostName)
+
+	box := uniqueName("echo")
+	h.mustRun(t, "sandbox", "create", "--name", box, "--from", policyTestImage, "--timeout", "120s",
+		"--policy", polFile, "--provider", prov, "--", "bash", "-c", "while true; do sleep 1; done")
+	cid := containerID(t, box)
+	cmd := exec.Command("docker", "exec", "-i", "-u", "0", cid, "sh", "-c", "cat >> /etc/ssl/certs/ca-certificates.crt")
+	cmd.Stdin = strings.NewReader(string(caPEM))
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("trust the test CA in the sandbox: %v\n%s", err, out)
+	}
+	target := fmt.Sprintf("https://%s:%d/", gatewayHostName, srv.port())
+	// curl prints the body and headers, then the status on a line of its own.
+	curl := func(t *testing.T, args string) (int, string) {
+		t.Helper()
+		r := h.run(t.Context(), "sandbox", "exec", "-n", box, "--", "bash", "-c", "curl -sS -i -m 15 -w '\\n%{http_code}' "+args+" "+target)
+		out := strings.TrimSpace(r.stdout)
+		i := strings.LastIndexByte(out, '\n')
+		var code int
+		if _, err := fmt.Sscan(out[i+1:], &code); err != nil {
+			t.Fatalf("curl %s: exit %d stdout %q stderr %q", args, r.code, r.stdout, r.stderr)
+		}
+		return code, out[:max(i, 0)]
+	}
+
+	for _, tc := range []struct{ name, args, want string }{
+		{"Origin", `-H "Origin: https://$API_TOKEN"`, "header Origin may not carry it"},
+		{"custom header", `-H "X-Debug-Echo: $API_TOKEN"`, "header X-Debug-Echo may not carry it"},
+		{"Origin beside a valid Authorization", `-H "Authorization: Bearer $API_TOKEN" -H "Origin: $API_TOKEN"`, "header Origin may not carry it"},
+		{"Host of another server", fmt.Sprintf(`-H "Host: evil.example:%d" -H "Authorization: Bearer $API_TOKEN"`, srv.port()), "does not name the tunnel's host"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			before := len(srv.requests())
+			code, out := curl(t, tc.args)
+			if code != 403 || !strings.Contains(out, tc.want) {
+				t.Fatalf("got %d %q, want 403 naming %q", code, out, tc.want)
+			}
+			if strings.Contains(out, secret) {
+				t.Fatal("the agent got the secret back")
+			}
+			if n := len(srv.requests()) - before; n != 0 {
+				t.Fatalf("the server received %d requests for a refused one", n)
+			}
+		})
+	}
+
+	t.Run("Authorization alone reaches the server", func(t *testing.T) {
+		code, out := curl(t, `-H "Authorization: Bearer $API_TOKEN"`)
+		if code != 200 || !strings.Contains(out, "hello-echo") || strings.Contains(out, secret) {
+			t.Fatalf("got %d %q", code, out)
+		}
+	})
+	seen := strings.Join(srv.requests(), "\n")
+	if strings.Count(seen, secret) != 1 || !strings.Contains(seen, "Authorization: Bearer "+secret) {
+		t.Fatalf("the server saw the secret other than once in Authorization:\n%s", seen)
+	}
+	waitLogs(t, h, box, "header Origin may not carry it")
+}
