@@ -100,7 +100,13 @@ func dialVsock(ctx context.Context, port uint32) (net.Conn, error) {
 	ch := make(chan res, 1)
 	go func() {
 		c, err := vsock.Dial(HostCID, port, nil)
-		ch <- res{c, err}
+		if err != nil {
+			// Not res{c, err}: a nil *vsock.Conn in a net.Conn is not a nil
+			// interface, and closing it after a cancelled dial panics (in PID 1).
+			ch <- res{nil, err}
+			return
+		}
+		ch <- res{c, nil}
 	}()
 	select {
 	case r := <-ch:

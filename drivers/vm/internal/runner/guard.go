@@ -163,6 +163,16 @@ func (g *gate) refuseBad(err error) {
 	}
 }
 
+// lingerClose discards what the guest already sent (a little, briefly) before
+// closing: a Unix socket closed with unread data resets instead of ending, and the
+// vsock backend does not pass that reset on, which would leave the guest's end of a
+// refused connection open.
+func lingerClose(c net.Conn) {
+	c.SetReadDeadline(time.Now().Add(250 * time.Millisecond))
+	io.Copy(io.Discard, io.LimitReader(c, 64<<10))
+	c.Close()
+}
+
 // gatedListener is l behind g: Accept returns only admitted connections, whose Close
 // frees their slot.
 type gatedListener struct {
@@ -188,8 +198,8 @@ func (gl *gatedListener) loop() {
 			return
 		}
 		if !gl.g.acquire() {
-			c.Close()
 			gl.g.refuseFull()
+			c.Close()
 			continue
 		}
 		go gl.admit(c)
@@ -199,9 +209,9 @@ func (gl *gatedListener) loop() {
 func (gl *gatedListener) admit(c net.Conn) {
 	c.SetReadDeadline(time.Now().Add(preambleTimeout))
 	if err := wire.CheckPreamble(c, gl.g.secret); err != nil {
-		c.Close()
-		gl.g.release()
 		gl.g.refuseBad(err)
+		lingerClose(c)
+		gl.g.release()
 		return
 	}
 	c.SetReadDeadline(time.Time{})
