@@ -52,7 +52,9 @@ const maxEnviron = 4 << 20
 
 // LoaderTaint reads a /proc/PID/environ image (NUL-separated KEY=VALUE) and says why
 // the process may run foreign code ("" when none of loaderVars is set to a
-// non-empty value).
+// non-empty value). The image is the environment the process was started with, as
+// it sits in its memory: a preloaded library can overwrite it afterwards, so this
+// catches the plain use of these variables, not a determined one.
 func LoaderTaint(environ []byte) string {
 	if len(environ) >= maxEnviron {
 		return "its environment is too large to check for LD_PRELOAD"
@@ -98,7 +100,8 @@ func processTaint(proc string, pid int) string {
 
 // ErrSharedSocket means more than one process holds the client socket: it was
 // passed (SCM_RIGHTS, inheritance, pidfd_getfd), so the connection cannot be
-// attributed to one executable.
+// attributed to one executable. It is checked when a connection is identified
+// (its first request): a socket handed over later keeps the identity it had.
 var ErrSharedSocket = errors.New("egress: the client socket is held by more than one process")
 
 // Identifier finds the process owning the client end of an accepted connection.
