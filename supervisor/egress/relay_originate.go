@@ -79,11 +79,26 @@ func (r *Relay) originate(c net.Conn, st *stream, up net.Conn, host string, port
 	}
 	req.Close = true // one request per stream; the upstream closes after its answer
 	req.RequestURI = ""
-	if err := req.Write(up); err != nil {
-		r.refuse(c, ev, http.StatusBadGateway, fmt.Sprintf("sending to %s:%d: %v", host, port, err))
-		return
-	}
+	// The body is sent while the answer is relayed: a server may answer (and stop
+	// reading) before the body ends.
+	werr := make(chan error, 1)
+	go func() {
+		err := req.Write(up)
+		if err != nil {
+			up.Close() // ends the copy below
+		}
+		werr <- err
+	}()
 	io.Copy(c, up)
+	up.Close()
+	// The answer is complete: tell the guest, whose proxy then closes the stream,
+	// which ends a body the server did not wait for.
+	if cw, ok := c.(interface{ CloseWrite() error }); ok {
+		cw.CloseWrite()
+	}
+	if err := <-werr; err != nil {
+		r.log().Debug("egress relay: sending an originated request failed", "host", host, "port", port, "err", err)
+	}
 }
 
 // placeholders answers GET /v1/credentials.

@@ -1,6 +1,7 @@
 package runner
 
 import (
+	"bufio"
 	"context"
 	"crypto/tls"
 	"encoding/base64"
@@ -125,7 +126,7 @@ func TestVMSecretsStayOnHost(t *testing.T) {
 	}
 	gs := grpc.NewServer(grpc.Creds(grpccreds.NewTLS(b.ServerTLSConfig())))
 	cs := &configServer{}
-	cs.resp.Store(policyResp(t, 1, fmt.Sprintf("version: 1\nnetwork_policies:\n  api:\n    endpoints:\n      - {host: localhost, port: %d}\n", up.port)))
+	cs.resp.Store(policyResp(t, 1, fmt.Sprintf("version: 1\nnetwork_policies:\n  api:\n    endpoints:\n      - {host: localhost, port: %d}\n      - {host: 127.0.0.1, port: %[1]d}\n", up.port)))
 	pb.RegisterOpenShellServer(gs, cs)
 	pb.RegisterOpenShellExtServer(gs, &providersServer{key: key})
 	go gs.Serve(gl)
@@ -276,6 +277,53 @@ func TestVMSecretsStayOnHost(t *testing.T) {
 		}
 		if err := guest.Rewrite("other.example", true, http.Header{"Authorization": {"Bearer " + ph}}); err == nil {
 			t.Fatal("a placeholder for an unbound host was accepted")
+		}
+	})
+	// A compromised guest skips its proxy and talks to the runner itself: the
+	// runner's own checks must hold.
+	raw := func(t *testing.T, tunnelHost, inner string) (int, string) {
+		t.Helper()
+		c, err := open(t.Context())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(20 * time.Second))
+		fmt.Fprintf(c, "CONNECT 127.0.0.1:%d HTTP/1.1\r\nX-Openshell-Host: %s\r\nX-Openshell-Originate-TLS: 1\r\n\r\n%s", up.port, tunnelHost, inner)
+		br := bufio.NewReader(c)
+		resp, err := http.ReadResponse(br, &http.Request{Method: http.MethodConnect})
+		if err != nil || resp.StatusCode != 200 {
+			t.Fatalf("originate CONNECT: %v %v", resp, err)
+		}
+		resp, err = http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	for _, tc := range []struct{ name, tunnel, req string }{
+		{"forged Host", "localhost", "GET / HTTP/1.1\r\nHost: evil.example\r\nAuthorization: Bearer " + ph + "\r\n\r\n"},
+		{"absolute URL naming another host", "localhost", "GET https://evil.example/ HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer " + ph + "\r\n\r\n"},
+		{"allowed but unbound host", "127.0.0.1", fmt.Sprintf("GET / HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nAuthorization: Bearer %s\r\n\r\n", up.port, ph)},
+		{"custom header", "localhost", "GET / HTTP/1.1\r\nHost: localhost\r\nX-Custom: " + ph + "\r\n\r\n"},
+		{"placeholder in Origin", "localhost", "GET / HTTP/1.1\r\nHost: localhost\r\nOrigin: " + ph + "\r\n\r\n"},
+	} {
+		t.Run("runner refuses a compromised guest: "+tc.name, func(t *testing.T) {
+			n, _ := up.seen()
+			code, body := raw(t, tc.tunnel, tc.req)
+			if code != http.StatusForbidden || strings.Contains(body, testSecret) {
+				t.Fatalf("answer %d %q, want 403", code, body)
+			}
+			if auth, _ := up.seen(); len(auth) != len(n) {
+				t.Fatal("the server saw the request")
+			}
+		})
+	}
+	t.Run("runner puts the value in for its own bound host", func(t *testing.T) {
+		code, body := raw(t, "localhost", "GET / HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer "+ph+"\r\n\r\n")
+		if auth, _ := up.seen(); code != 200 || body != "ok" || auth[len(auth)-1] != "Bearer "+testSecret {
+			t.Fatalf("answer %d %q, server saw %q", code, body, auth)
 		}
 	})
 	// Every byte the guest side sent or received over the egress port.
