@@ -74,6 +74,9 @@ func (p *Provider) ValidateBinding() error {
 		if h == "" || strings.Contains(strings.TrimPrefix(h, "*."), "*") {
 			return fmt.Errorf("credentials: provider %s: hosts[%d] %q: use an exact host name, e.g. api.example.com", p.Name, i, h)
 		}
+		if suffix, ok := strings.CutPrefix(h, "*."); ok && !strings.Contains(strings.TrimSuffix(suffix, "."), ".") {
+			return fmt.Errorf("credentials: provider %s: hosts[%d] %q is too broad: name at least two labels after *, e.g. \"*.example.com\"", p.Name, i, h)
+		}
 		if strings.HasPrefix(h, "*.") && !p.AllowWildcardHosts {
 			return fmt.Errorf("credentials: provider %s: hosts[%d] %q is a wildcard, which would send the credentials to every host under %s: list the exact hosts, or, if every one of them may receive the credentials, create the provider with allow_wildcard_hosts (openshell provider create --allow-wildcard-hosts)",
 				p.Name, i, h, strings.TrimPrefix(h, "*."))

@@ -282,6 +282,7 @@ func TestProviderValidate(t *testing.T) {
 		{Name: "x", Credentials: map[string]string{"K": "v\r\nX: y"}, Hosts: []string{"a.b"}},
 		{Name: "x", Credentials: map[string]string{"K": "v"}, Hosts: []string{"a.*.b"}},
 		{Name: "x", Credentials: map[string]string{"K": "v"}, Hosts: []string{"a.*.b"}, AllowWildcardHosts: true},
+		{Name: "x", Credentials: map[string]string{"K": "v"}, Hosts: []string{"*.com"}, AllowWildcardHosts: true},
 		{Name: "x", Credentials: map[string]string{"K": "v"}, Hosts: []string{"a.b"}, Headers: []string{"Bad Header"}},
 		{Name: "x", Credentials: map[string]string{"K": "v"}, Hosts: []string{"a.b"}, Headers: []string{"host"}},
 		{Name: "x", Credentials: map[string]string{"K": "v"}, Hosts: []string{"a.b"}, Headers: []string{"Transfer-Encoding"}},
