@@ -15,7 +15,10 @@ import (
 // The egress port serves the relay protocol of supervisor/egress (proxy.Relay, see
 // supervisor/egress/relay.go), one HTTP/1.1 request per guest connection: CONNECT
 // <ip>:<port> opens a tunnel, GET /v1/resolve?name= answers with the host's DNS (the
-// guest has no network of its own).
+// guest has no network of its own), GET /v1/credentials gives the guest the
+// placeholders of the sandbox's providers, and CONNECT with originated TLS carries a
+// request the runner puts the real credential values into (see secrets.go: the
+// values never enter the guest).
 //
 // The guest's supervisor enforces the sandbox's network policy in its proxy; the runner
 // checks again outside the VM boundary, so a compromised guest gets no further: a
