@@ -77,7 +77,9 @@ func (s *recordingServer) requests() []string {
 // Origin, in a custom header, or sends it inside the bound host's tunnel with a
 // Host naming another server. Every attempt is refused with a 403 before anything
 // reaches the server, and the server only ever sees the real value once, in the
-// Authorization header of the one legitimate request.
+// Authorization header of the one legitimate request. In the same sandbox, a curl
+// started with LD_PRELOAD, and a proxy connection shared with a forked child, are
+// refused (binary identity checks, as the agent would try them).
 func TestCredentialEchoes(t *testing.T) {
 	if driver() != "docker" {
 		t.Skip("the echo e2e runs on the docker driver (a VM's substitution happens in its runner)")
@@ -112,9 +114,9 @@ func TestCredentialEchoes(t *testing.T) {
 	}
 	target := fmt.Sprintf("https://%s:%d/", gatewayHostName, srv.port())
 	// curl prints the body and headers, then the status on a line of its own.
-	curl := func(t *testing.T, args string) (int, string) {
+	curl := func(t *testing.T, env, args string) (int, string) {
 		t.Helper()
-		r := h.run(t.Context(), "sandbox", "exec", "-n", box, "--", "bash", "-c", "curl -sS -i -m 15 -w '\\n%{http_code}' "+args+" "+target)
+		r := h.run(t.Context(), "sandbox", "exec", "-n", box, "--", "bash", "-c", env+" curl -sS -i -m 15 -w '\\n%{http_code}' "+args+" "+target)
 		out := strings.TrimSpace(r.stdout)
 		i := strings.LastIndexByte(out, '\n')
 		var code int
@@ -132,7 +134,7 @@ func TestCredentialEchoes(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			before := len(srv.requests())
-			code, out := curl(t, tc.args)
+			code, out := curl(t, "", tc.args)
 			if code != 403 || !strings.Contains(out, tc.want) {
 				t.Fatalf("got %d %q, want 403 naming %q", code, out, tc.want)
 			}
@@ -146,9 +148,43 @@ func TestCredentialEchoes(t *testing.T) {
 	}
 
 	t.Run("Authorization alone reaches the server", func(t *testing.T) {
-		code, out := curl(t, `-H "Authorization: Bearer $API_TOKEN"`)
+		code, out := curl(t, "", `-H "Authorization: Bearer $API_TOKEN"`)
 		if code != 200 || !strings.Contains(out, "hello-echo") || strings.Contains(out, secret) {
 			t.Fatalf("got %d %q", code, out)
+		}
+	})
+	// Binary identity, in the sandbox: a curl started with LD_PRELOAD is not "curl"
+	// for the binary rule, and a socket shared with a forked child is refused before
+	// the policy is asked.
+	t.Run("LD_PRELOAD curl refused", func(t *testing.T) {
+		before := len(srv.requests())
+		// The tunnel itself is refused: curl shows the CONNECT answer's head only, the
+		// reason is in the sandbox's log.
+		_, out := curl(t, "LD_PRELOAD=/lib/x86_64-linux-gnu/libc.so.6", `-H "Authorization: Bearer $API_TOKEN"`)
+		if !strings.HasPrefix(out, "HTTP/1.1 403 Forbidden") {
+			t.Fatalf("got %q, want the CONNECT refused with a 403", out)
+		}
+		waitLogs(t, h, box, "it matches /usr/bin/curl, but it runs with LD_PRELOAD set")
+		if n := len(srv.requests()) - before; n != 0 {
+			t.Fatalf("the server received %d requests", n)
+		}
+	})
+	t.Run("shared socket refused", func(t *testing.T) {
+		script := fmt.Sprintf(`hp=${HTTPS_PROXY#http://}; hp=${hp%%/}
+exec 3<>/dev/tcp/${hp%%:*}/${hp##*:}
+sleep 30 <&- >&- 2>&- &
+kid=$!
+sleep 0.5
+printf 'CONNECT %[1]s:%[2]d HTTP/1.1\r\nHost: %[1]s:%[2]d\r\n\r\n' >&3
+timeout 10 cat <&3
+kill $kid`, gatewayHostName, srv.port())
+		before := len(srv.requests())
+		r := h.run(t.Context(), "sandbox", "exec", "-n", box, "--", "bash", "-c", script)
+		if !strings.HasPrefix(r.stdout, "HTTP/1.1 403") || !strings.Contains(r.stdout, "held by more than one process") {
+			t.Fatalf("exit %d stdout %q stderr %q, want a 403 naming the shared socket", r.code, r.stdout, r.stderr)
+		}
+		if n := len(srv.requests()) - before; n != 0 {
+			t.Fatalf("the server received %d requests", n)
 		}
 	})
 	seen := strings.Join(srv.requests(), "\n")
