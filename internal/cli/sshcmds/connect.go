@@ -24,7 +24,17 @@ func quote(s string) string {
 // ProxyCommand is the ssh ProxyCommand reaching sandbox name: this executable's
 // ssh-proxy, with the root's persistent flags that were set (--gateway, TLS, …) so
 // that the proxy talks to the same gateway.
-func ProxyCommand(cmd *cobra.Command, name string) string {
+func ProxyCommand(cmd *cobra.Command, name string) string { return proxyCommand(cmd, name) }
+
+// KnownHostsCommand is the ssh KnownHostsCommand for sandbox name: ssh-proxy
+// --known-hosts prints the sandbox's host key once it matches the key its supervisor
+// registered with the gateway, so ssh (StrictHostKeyChecking yes) accepts that key
+// only, and a restarted sandbox's new key without editing any file.
+func KnownHostsCommand(cmd *cobra.Command, name string) string {
+	return proxyCommand(cmd, name, "--known-hosts")
+}
+
+func proxyCommand(cmd *cobra.Command, name string, extra ...string) string {
 	self, err := os.Executable()
 	if err != nil {
 		self = "openshell"
@@ -37,6 +47,7 @@ func ProxyCommand(cmd *cobra.Command, name string) string {
 			}
 		})
 	}
+	parts = append(parts, extra...)
 	parts = append(parts, "--name", quote(name))
 	return strings.Join(parts, " ")
 }
@@ -44,16 +55,21 @@ func ProxyCommand(cmd *cobra.Command, name string) string {
 // HostAlias is the ssh host name of a sandbox in ssh-config output.
 func HostAlias(name string) string { return "openshell-" + name }
 
-// SSHConfig renders a Host block usable by ssh, scp, rsync and editors.
-func SSHConfig(name, proxy string) string {
+// SSHConfig renders a Host block usable by ssh, scp, rsync and editors (OpenSSH 8.5
+// or later, for KnownHostsCommand). The host key is checked strictly against the one
+// knownHosts prints: the key the sandbox's supervisor registered with the gateway.
+func SSHConfig(name, proxy, knownHosts string) string {
 	return fmt.Sprintf(`Host %s
     HostName %s
     User sandbox
     ProxyCommand %s
-    StrictHostKeyChecking no
+    KnownHostsCommand %s
+    StrictHostKeyChecking yes
     UserKnownHostsFile /dev/null
+    GlobalKnownHostsFile /dev/null
+    UpdateHostKeys no
     LogLevel ERROR
-`, HostAlias(name), HostAlias(name), proxy)
+`, HostAlias(name), HostAlias(name), proxy, knownHosts)
 }
 
 func sshConfigCmd() *cobra.Command {
@@ -62,7 +78,7 @@ func sshConfigCmd() *cobra.Command {
 		Short: "Print an ssh_config Host block for a sandbox (append it to ~/.ssh/config)",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			_, err := fmt.Fprint(cmd.OutOrStdout(), SSHConfig(args[0], ProxyCommand(cmd, args[0])))
+			_, err := fmt.Fprint(cmd.OutOrStdout(), SSHConfig(args[0], ProxyCommand(cmd, args[0]), KnownHostsCommand(cmd, args[0])))
 			return err
 		},
 	}
@@ -83,8 +99,13 @@ func connectCmd(dial DialFunc) *cobra.Command {
 			name := args[0]
 			sshArgs := []string{
 				"-o", "ProxyCommand=" + ProxyCommand(cmd, name),
-				"-o", "StrictHostKeyChecking=no",
+				// The host key must be the one the sandbox's supervisor registered
+				// with the gateway (see KnownHostsCommand).
+				"-o", "KnownHostsCommand=" + KnownHostsCommand(cmd, name),
+				"-o", "StrictHostKeyChecking=yes",
 				"-o", "UserKnownHostsFile=/dev/null",
+				"-o", "GlobalKnownHostsFile=/dev/null",
+				"-o", "UpdateHostKeys=no",
 				"-o", "LogLevel=ERROR",
 				"-l", "sandbox",
 			}

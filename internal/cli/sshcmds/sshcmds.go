@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -57,13 +58,36 @@ func resolve(ctx context.Context, api pb.OpenShellClient, name string) (string, 
 }
 
 // openSSHForward creates an SSH session token and a ForwardTcp stream to the
-// sandbox's SSH server; the returned conn speaks SSH.
-func openSSHForward(ctx context.Context, api pb.OpenShellClient, sandboxID string) (*streamconn.Conn, error) {
+// sandbox's SSH server; the returned conn speaks SSH. fingerprint is the host key
+// the sandbox's supervisor registered with the gateway ("SHA256:…", "" for none).
+func openSSHForward(ctx context.Context, api pb.OpenShellClient, sandboxID string) (c *streamconn.Conn, fingerprint string, err error) {
 	sess, err := api.CreateSshSession(ctx, &pb.CreateSshSessionRequest{SandboxId: sandboxID})
 	if err != nil {
-		return nil, fmt.Errorf("create ssh session for sandbox %s: %w", sandboxID, err)
+		return nil, "", fmt.Errorf("create ssh session for sandbox %s: %w", sandboxID, err)
 	}
-	return openForward(ctx, api, sandboxID, sess.GetToken())
+	c, err = openForward(ctx, api, sandboxID, sess.GetToken())
+	return c, sess.GetHostKeyFingerprint(), err
+}
+
+// ErrHostKey: the SSH server reached through the gateway is not the sandbox's own
+// supervisor (its host key is not the one registered with the gateway).
+var ErrHostKey = errors.New("sandbox SSH host key not verified")
+
+// pinnedHostKey accepts only the host key whose fingerprint the gateway reported for
+// the sandbox: the key its supervisor registered when its session opened.
+func pinnedHostKey(sandboxID, fingerprint string) ssh.HostKeyCallback {
+	return func(_ string, _ net.Addr, key ssh.PublicKey) error {
+		got := ssh.FingerprintSHA256(key)
+		switch {
+		case fingerprint == "":
+			return fmt.Errorf("%w: the gateway has no host key registered for sandbox %s (its supervisor registered none when its session opened; restart the sandbox with a current openshell-sandbox); it presented %s",
+				ErrHostKey, sandboxID, got)
+		case got != fingerprint:
+			return fmt.Errorf("%w: sandbox %s presented host key %s, but its supervisor registered %s with the gateway; refusing to connect (the connection did not reach the sandbox's own supervisor)",
+				ErrHostKey, sandboxID, got, fingerprint)
+		}
+		return nil
+	}
 }
 
 // forwardData is a ForwardTcp data frame. The SSH client's packets are coalesced
@@ -92,9 +116,10 @@ func openForward(ctx context.Context, api pb.OpenShellClient, sandboxID, token s
 	return streamconn.New(fctx, streamconn.Bidi(stream, forwardData, (*pb.TcpForwardFrame).GetData), cancel, "openshell-forward"), nil
 }
 
-// sshClient opens an SSH client to the sandbox through the gateway.
+// sshClient opens an SSH client to the sandbox through the gateway; the server must
+// present the host key its supervisor registered with the gateway.
 func sshClient(ctx context.Context, api pb.OpenShellClient, sandboxID string) (*ssh.Client, error) {
-	c, err := openSSHForward(ctx, api, sandboxID)
+	c, fp, err := openSSHForward(ctx, api, sandboxID)
 	if err != nil {
 		return nil, err
 	}
@@ -104,10 +129,8 @@ func sshClient(ctx context.Context, api pb.OpenShellClient, sandboxID string) (*
 	}
 	ch := make(chan result, 1)
 	go func() {
-		// Host key not checked: the server is reached only through the gateway,
-		// which authenticated us and the sandbox; its key changes every start.
 		sc, chans, reqs, err := ssh.NewClientConn(c, "sandbox", &ssh.ClientConfig{
-			User: "sandbox", HostKeyCallback: ssh.InsecureIgnoreHostKey(), //nolint:gosec // see above
+			User: "sandbox", HostKeyCallback: pinnedHostKey(sandboxID, fp),
 		})
 		if err != nil {
 			ch <- result{err: err}
@@ -140,9 +163,13 @@ func connect(ctx context.Context, dial DialFunc) (pb.OpenShellClient, func(), er
 }
 
 // SSHProxyCommand is `ssh-proxy --name NAME`: the ProxyCommand that ssh, scp, rsync
-// and editors run; it bridges stdin/stdout to the sandbox's SSH server.
+// and editors run; it bridges stdin/stdout to the sandbox's SSH server. With
+// --known-hosts it is the KnownHostsCommand instead: it prints the known_hosts line
+// of the sandbox's current host key, verified against the key its supervisor
+// registered with the gateway, so OpenSSH checks every connection against it.
 func SSHProxyCommand(dial DialFunc) *cobra.Command {
 	var name string
+	var knownHosts bool
 	cmd := &cobra.Command{
 		Use:    "ssh-proxy --name NAME",
 		Short:  "Bridge stdin/stdout to a sandbox's SSH server (used as an ssh ProxyCommand)",
@@ -159,7 +186,15 @@ func SSHProxyCommand(dial DialFunc) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			c, err := openSSHForward(ctx, api, id)
+			if knownHosts {
+				key, err := verifiedHostKey(ctx, api, id)
+				if err != nil {
+					return err
+				}
+				_, err = fmt.Fprint(cmd.OutOrStdout(), KnownHostsLine(name, key))
+				return err
+			}
+			c, _, err := openSSHForward(ctx, api, id)
 			if err != nil {
 				return err
 			}
@@ -168,8 +203,53 @@ func SSHProxyCommand(dial DialFunc) *cobra.Command {
 		},
 	}
 	cmd.Flags().StringVarP(&name, "name", "n", "", "sandbox name")
+	cmd.Flags().BoolVar(&knownHosts, "known-hosts", false, "print the sandbox's verified known_hosts line and exit (an ssh KnownHostsCommand)")
 	_ = cmd.MarkFlagRequired("name")
 	return cmd
+}
+
+// KnownHostsLine is the known_hosts line of a sandbox's host key under its ssh host
+// name (HostAlias).
+func KnownHostsLine(name string, key ssh.PublicKey) string {
+	return HostAlias(name) + " " + string(ssh.MarshalAuthorizedKey(key))
+}
+
+// errGotKey ends a handshake once the host key is verified: the key is all we want.
+var errGotKey = errors.New("host key verified")
+
+// verifiedHostKey reaches the sandbox's SSH server through the gateway and returns
+// its host key once it matches the key its supervisor registered with the gateway.
+func verifiedHostKey(ctx context.Context, api pb.OpenShellClient, sandboxID string) (ssh.PublicKey, error) {
+	c, fp, err := openSSHForward(ctx, api, sandboxID)
+	if err != nil {
+		return nil, err
+	}
+	defer c.Close()
+	check := pinnedHostKey(sandboxID, fp)
+	var got ssh.PublicKey
+	done := make(chan error, 1)
+	go func() {
+		_, _, _, err := ssh.NewClientConn(c, "sandbox", &ssh.ClientConfig{User: "sandbox",
+			HostKeyCallback: func(host string, addr net.Addr, key ssh.PublicKey) error {
+				if err := check(host, addr, key); err != nil {
+					return err
+				}
+				got = key
+				return errGotKey
+			}})
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if got != nil {
+			return got, nil
+		}
+		return nil, fmt.Errorf("ssh to sandbox %s through the gateway: %w", sandboxID, err)
+	case <-time.After(30 * time.Second):
+		return nil, fmt.Errorf("ssh to sandbox %s: no answer within 30s (is the sandbox ready? see `openshell sandbox get`)", sandboxID)
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
 }
 
 // bridge copies in → c and c → out until the remote side ends.

@@ -18,6 +18,7 @@ import (
 
 	"github.com/creack/pty"
 	"github.com/spf13/cobra"
+	"golang.org/x/crypto/ssh"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
@@ -38,7 +39,31 @@ type miniGateway struct {
 	sock  string
 	token string
 	logs  []*pb.SandboxLogLine
+	// key is the host key the supervisor "registered"; tests replace it to play a
+	// supervisor whose SSH server presents another key.
+	mu  sync.Mutex
+	key ssh.PublicKey
 }
+
+func (g *miniGateway) hostKey() ssh.PublicKey {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.key
+}
+
+func (g *miniGateway) setHostKey(k ssh.PublicKey) {
+	g.mu.Lock()
+	g.key = k
+	g.mu.Unlock()
+}
+
+// keyedConn carries the registered host key, as the gateway's relay connections do.
+type keyedConn struct {
+	net.Conn
+	key ssh.PublicKey
+}
+
+func (c keyedConn) HostKey() ssh.PublicKey { return c.key }
 
 func (g *miniGateway) GetSandbox(_ context.Context, r *pb.GetSandboxRequest) (*pb.SandboxResponse, error) {
 	if r.GetName() != "box" {
@@ -47,7 +72,13 @@ func (g *miniGateway) GetSandbox(_ context.Context, r *pb.GetSandboxRequest) (*p
 	return &pb.SandboxResponse{Sandbox: &pb.Sandbox{Metadata: metaID("sb-1", "box")}}, nil
 }
 
-func (g *miniGateway) dial() (net.Conn, error) { return net.Dial("unix", g.sock) }
+func (g *miniGateway) dial() (net.Conn, error) {
+	c, err := net.Dial("unix", g.sock)
+	if err != nil {
+		return nil, err
+	}
+	return keyedConn{Conn: c, key: g.hostKey()}, nil
+}
 
 func (g *miniGateway) ExecSandbox(r *pb.ExecSandboxRequest, s grpc.ServerStreamingServer[pb.ExecSandboxEvent]) error {
 	c, err := g.dial()
@@ -70,7 +101,7 @@ func (g *miniGateway) ExecSandboxInteractive(s grpc.BidiStreamingServer[pb.ExecS
 }
 
 func (g *miniGateway) CreateSshSession(_ context.Context, r *pb.CreateSshSessionRequest) (*pb.CreateSshSessionResponse, error) {
-	return &pb.CreateSshSessionResponse{SandboxId: r.GetSandboxId(), Token: g.token}, nil
+	return &pb.CreateSshSessionResponse{SandboxId: r.GetSandboxId(), Token: g.token, HostKeyFingerprint: ssh.FingerprintSHA256(g.hostKey())}, nil
 }
 
 func (g *miniGateway) ForwardTcp(s grpc.BidiStreamingServer[pb.TcpForwardFrame, pb.TcpForwardFrame]) error {
@@ -103,7 +134,7 @@ func (g *miniGateway) ForwardTcp(s grpc.BidiStreamingServer[pb.TcpForwardFrame, 
 	for {
 		f, err := s.Recv()
 		if err != nil {
-			c.(*net.UnixConn).CloseWrite()
+			c.(keyedConn).Conn.(*net.UnixConn).CloseWrite()
 			time.Sleep(50 * time.Millisecond)
 			return nil
 		}
@@ -118,6 +149,13 @@ func (g *miniGateway) GetSandboxLogs(_ context.Context, r *pb.GetSandboxLogsRequ
 }
 
 func setup(t *testing.T) (DialFunc, string) {
+	t.Helper()
+	dial, dir, _ := setupGateway(t)
+	return dial, dir
+}
+
+// setupGateway is setup that also returns the mini gateway and its address.
+func setupGateway(t *testing.T) (DialFunc, string, *gwHandle) {
 	t.Helper()
 	dir := t.TempDir()
 	r := reaper.New(false)
@@ -136,7 +174,7 @@ func setup(t *testing.T) (DialFunc, string) {
 	sshDone := make(chan struct{})
 	go func() { _ = srv.Serve(ctx, ln); close(sshDone) }()
 
-	g := &miniGateway{sock: sock, token: "sess-tok", logs: []*pb.SandboxLogLine{
+	g := &miniGateway{sock: sock, token: "sess-tok", key: srv.HostKey(), logs: []*pb.SandboxLogLine{
 		{TimestampMs: 0, Level: "INFO", Source: "sandbox", Target: "main", Message: "hello from main", Fields: map[string]string{"stream": "stdout"}},
 	}}
 	gl, err := net.Listen("tcp", "127.0.0.1:0")
@@ -147,9 +185,19 @@ func setup(t *testing.T) (DialFunc, string) {
 	pb.RegisterOpenShellServer(gs, g)
 	go gs.Serve(gl)
 	t.Cleanup(func() { gs.Stop(); cancel(); <-sshDone })
+	return dialAddr(gl.Addr().String()), dir, &gwHandle{g: g, addr: gl.Addr().String(), serverKey: srv.HostKey()}
+}
+
+type gwHandle struct {
+	g         *miniGateway
+	addr      string
+	serverKey ssh.PublicKey // what the SSH server presents
+}
+
+func dialAddr(addr string) DialFunc {
 	return func(ctx context.Context) (*grpc.ClientConn, error) {
-		return grpc.NewClient("passthrough:///"+gl.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	}, dir
+		return grpc.NewClient("passthrough:///"+addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	}
 }
 
 // run executes one command the way cmd/openshell mounts them.
@@ -308,8 +356,9 @@ func TestSSHConfigAndLogs(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"Host openshell-box\n", "User sandbox", "StrictHostKeyChecking no", "UserKnownHostsFile /dev/null",
-		"ssh-proxy --gateway=https://gw:17670 --name box"} {
+	for _, want := range []string{"Host openshell-box\n", "User sandbox", "StrictHostKeyChecking yes", "UserKnownHostsFile /dev/null",
+		"GlobalKnownHostsFile /dev/null", "ssh-proxy --gateway=https://gw:17670 --name box",
+		"KnownHostsCommand ", "ssh-proxy --gateway=https://gw:17670 --known-hosts --name box"} {
 		if !strings.Contains(out, want) {
 			t.Fatalf("ssh-config lacks %q:\n%s", want, out)
 		}
