@@ -39,6 +39,16 @@ func (s *Store) Placeholders() []egress.PlaceholderProvider {
 	return out
 }
 
+// Values implements egress.HostSecrets: the real values, for masking them in
+// answers on the host. Never for the guest.
+func (s *Store) Values() []string {
+	out := make([]string, 0, len(s.placeholders))
+	for _, sec := range s.placeholders {
+		out = append(out, sec.value)
+	}
+	return out
+}
+
 var _ egress.HostSecrets = (*Store)(nil)
 
 // Guest is the guest side of a VM sandbox's credentials: placeholders only. It

@@ -1,6 +1,7 @@
 package egress
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"encoding/json"
@@ -25,6 +26,8 @@ type HostSecrets interface {
 	Rewrite(host string, overTLS bool, h http.Header) error
 	// Placeholders is what the guest may know: placeholders and bound hosts.
 	Placeholders() []PlaceholderProvider
+	// Values are the real values, masked in answers before they reach the guest.
+	Values() []string
 }
 
 // maxOriginHead bounds the head of an originated request (as the guest proxy does).
@@ -89,7 +92,17 @@ func (r *Relay) originate(c net.Conn, st *stream, up net.Conn, host string, port
 		}
 		werr <- err
 	}()
-	io.Copy(c, up)
+	var w io.Writer = c
+	var m *masker
+	if sec != nil {
+		if m = newMasker(c, sec.Values()); m != nil {
+			w = m
+		}
+	}
+	io.Copy(w, up)
+	if m != nil {
+		m.flush()
+	}
 	up.Close()
 	// The answer is complete: tell the guest, whose proxy then closes the stream,
 	// which ends a body the server did not wait for.
@@ -127,4 +140,66 @@ func (p *Proxy) originate(ctx context.Context, host string, addr netip.AddrPort)
 	ctx, cancel := context.WithTimeout(ctx, p.cfg.DialTimeout)
 	defer cancel()
 	return p.cfg.OriginateTLS(ctx, host, addr)
+}
+
+// masker replaces every real value in the bytes of an answer with as many '*', so
+// that a server that echoes a request header (an error page, a debugging endpoint)
+// does not hand the value to the guest. The length stays, so the answer's framing
+// (Content-Length, chunk sizes) is untouched. Only the bytes that could begin a value
+// are held back between writes, so a streamed answer is not delayed.
+type masker struct {
+	w    io.Writer
+	vals [][]byte
+	pend []byte
+}
+
+func newMasker(w io.Writer, vals []string) *masker {
+	m := &masker{w: w}
+	for _, v := range vals {
+		if len(v) >= 4 { // shorter ones would mask ordinary text
+			m.vals = append(m.vals, []byte(v))
+		}
+	}
+	if len(m.vals) == 0 {
+		return nil
+	}
+	return m
+}
+
+func (m *masker) Write(p []byte) (int, error) {
+	buf := append(m.pend, p...)
+	for _, v := range m.vals {
+		for i := 0; ; {
+			j := bytes.Index(buf[i:], v)
+			if j < 0 {
+				break
+			}
+			for k := range v {
+				buf[i+j+k] = '*'
+			}
+			i += j + len(v)
+		}
+	}
+	keep := 0
+	for _, v := range m.vals {
+		for k := min(len(v)-1, len(buf)); k > keep; k-- {
+			if bytes.HasSuffix(buf, v[:k]) {
+				keep = k
+				break
+			}
+		}
+	}
+	if _, err := m.w.Write(buf[:len(buf)-keep]); err != nil {
+		return 0, err
+	}
+	m.pend = append(m.pend[:0], buf[len(buf)-keep:]...)
+	return len(p), nil
+}
+
+// flush writes what was held back (the answer ended without completing a value).
+func (m *masker) flush() {
+	if len(m.pend) > 0 {
+		m.w.Write(m.pend)
+		m.pend = m.pend[:0]
+	}
 }

@@ -44,6 +44,8 @@ func (stubSecrets) Rewrite(host string, overTLS bool, h http.Header) error {
 	return nil
 }
 
+func (stubSecrets) Values() []string { return []string{fuzzSecret} }
+
 func (stubSecrets) Placeholders() []PlaceholderProvider {
 	return []PlaceholderProvider{{Name: "api", Env: map[string]string{"TOKEN": fuzzPlaceholder}, Hosts: []string{"localhost"}}}
 }
@@ -70,6 +72,15 @@ func originateRelay(tb testing.TB) (*Relay, func() (hosts, auths []string)) {
 			mu.Lock()
 			hosts, auths = append(hosts, req.Host), append(auths, req.Header.Get("Authorization"))
 			mu.Unlock()
+			if req.URL.Path == "/echo" { // a server that reflects the credential
+				a := req.Header.Get("Authorization")
+				body := "you sent " + a
+				fmt.Fprintf(tc, "HTTP/1.1 401 Unauthorized\r\nX-Echo: %s\r\nContent-Length: %d\r\nConnection: close\r\n\r\n", a, len(body))
+				for i := 0; i < len(body); i += 7 { // in small pieces, across value boundaries
+					io.WriteString(tc, body[i:min(i+7, len(body))])
+				}
+				return
+			}
 			io.WriteString(tc, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
 		}()
 		return a, nil
@@ -127,6 +138,24 @@ func TestRelayOriginate(t *testing.T) {
 			}
 		})
 	}
+	t.Run("echoed value is masked", func(t *testing.T) {
+		out := serveStream(r, []byte(originateHead+"GET /echo HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer "+fuzzPlaceholder+"\r\n\r\n"))
+		_, after := seen()
+		if after[len(after)-1] != "Bearer "+fuzzSecret {
+			t.Fatalf("the server saw %q", after[len(after)-1])
+		}
+		br := bufio.NewReader(bytes.NewReader(out))
+		http.ReadResponse(br, &http.Request{Method: http.MethodConnect})
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, err := io.ReadAll(resp.Body)
+		mask := strings.Repeat("*", len(fuzzSecret))
+		if err != nil || bytes.Contains(out, []byte(fuzzSecret)) || string(body) != "you sent Bearer "+mask || resp.Header.Get("X-Echo") != "Bearer "+mask {
+			t.Fatalf("answer %q (%v): want the value masked, same length", out, err)
+		}
+	})
 	t.Run("credentials answer", func(t *testing.T) {
 		out := serveStream(r, []byte("GET /v1/credentials HTTP/1.1\r\nHost: runner\r\n\r\n"))
 		_, body, _ := bytes.Cut(out, []byte("\r\n\r\n"))
@@ -155,6 +184,7 @@ func FuzzRelayOriginate(f *testing.F) {
 		"GET http://evil.example/ HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer " + fuzzPlaceholder + "\r\n\r\n",
 		"GET / HTTP/1.1\r\nHost: localhost\r\nX-A: " + fuzzPlaceholder + "\r\n\r\n",
 		"GET / HTTP/1.0\r\n\r\n",
+		"GET /echo HTTP/1.1\r\nHost: localhost\r\nAuthorization: x" + fuzzPlaceholder + fuzzPlaceholder + "\r\n\r\n",
 		"\r\n\r\n",
 	} {
 		f.Add([]byte(s))
@@ -197,4 +227,34 @@ func FuzzParsePlaceholderSet(f *testing.F) {
 			}
 		}
 	})
+}
+
+func TestMasker(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		pieces []string
+		want   string
+	}{
+		{"whole", []string{"a SECRET b"}, "a ****** b"},
+		{"split", []string{"a SEC", "RET b"}, "a ****** b"},
+		{"byte by byte", strings.Split("xSECRETySECRET", ""), "x******y******"},
+		{"prefix at the end only", []string{"a SEC"}, "a SEC"},
+		{"overlapping prefix", []string{"SESE", "CRET"}, "SE******"},
+		{"two values", []string{"TOKEN2 and SECRET"}, "****** and ******"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var out bytes.Buffer
+			m := newMasker(&out, []string{"SECRET", "TOKEN2", "ab"})
+			for _, p := range tc.pieces {
+				m.Write([]byte(p))
+			}
+			m.flush()
+			if out.String() != tc.want {
+				t.Fatalf("got %q, want %q", out.String(), tc.want)
+			}
+		})
+	}
+	if newMasker(io.Discard, []string{"ab"}) != nil {
+		t.Fatal("values under 4 bytes are masked")
+	}
 }
