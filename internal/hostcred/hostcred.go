@@ -11,6 +11,13 @@
 // metadata (MetadataKey) beside the sandbox token; the gateway derives the same value
 // and compares. A compromised guest has the token but not the credential, and a
 // runner's credential is worth nothing for another sandbox.
+//
+// Why this rather than a channel the guest cannot reach: the runner already talks to
+// the gateway over the address it bridges guest sessions to, so a separate channel
+// would need its own listener, transport security and peer check on both ends, and
+// the compute contract carries no per-sandbox secret for the driver. A key created
+// by the gateway and one HMAC per sandbox needs neither; it survives gateway and
+// driver restarts (runners outlive both) because the key file is kept.
 package hostcred
 
 import (
