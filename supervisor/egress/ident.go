@@ -276,9 +276,9 @@ func parseProcAddr(s string) (netip.AddrPort, error) {
 	return netip.AddrPortFrom(a.Unmap(), uint16(p)), nil
 }
 
-// socketHolders lists every process holding link among /proc/*/fd. The whole table
-// is read every time (no early exit): a second holder is a refusal, not a detail.
-func socketHolders(proc, link string) ([]int, error) {
+// scanHolders is the portable form of socketHolders (os.ReadDir and os.Readlink);
+// Linux uses directory descriptors instead, which is several times faster.
+func scanHolders(proc, link string) ([]int, error) {
 	ents, err := os.ReadDir(proc)
 	if err != nil {
 		return nil, fmt.Errorf("egress: list %s: %w", proc, err)

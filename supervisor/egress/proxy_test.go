@@ -820,3 +820,73 @@ func FuzzCheckTunnelHost(f *testing.F) {
 		}
 	})
 }
+
+// TestSocketHoldersMatchesPortableScan: the descriptor-based scan finds the same
+// holders as the portable one, for a socket held by this process alone and then
+// also by a child.
+func TestSocketHoldersMatchesPortableScan(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ino, err := findInode("/proc/net/tcp", c.LocalAddr().(*net.TCPAddr).AddrPort(), c.RemoteAddr().(*net.TCPAddr).AddrPort())
+	if err != nil || ino == "" {
+		t.Fatalf("inode: %q %v", ino, err)
+	}
+	link := "socket:[" + ino + "]"
+	check := func(want ...int) {
+		t.Helper()
+		fast, err1 := socketHolders("/proc", link)
+		slow, err2 := scanHolders("/proc", link)
+		slices.Sort(fast)
+		slices.Sort(slow)
+		slices.Sort(want)
+		if err1 != nil || err2 != nil || !slices.Equal(fast, want) || !slices.Equal(slow, want) {
+			t.Fatalf("holders: fast %v (%v), portable %v (%v), want %v", fast, err1, slow, err2, want)
+		}
+	}
+	check(os.Getpid())
+	f, err := c.(*net.TCPConn).File()
+	if err != nil {
+		t.Fatal(err)
+	}
+	child := exec.Command(testenv.RequireCommand(t, "sleep", "apt-get install coreutils"), "60")
+	child.ExtraFiles = []*os.File{f}
+	if err := child.Start(); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	defer func() { child.Process.Kill(); child.Wait() }()
+	for deadline := time.Now().Add(5 * time.Second); ; {
+		if l, _ := os.Readlink(fmt.Sprintf("/proc/%d/fd/3", child.Process.Pid)); l == link {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the child never held the socket")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	check(os.Getpid(), child.Process.Pid)
+	if _, err := socketHolders("/proc", "socket:[1]"); !errors.Is(err, ErrNoOwner) {
+		t.Fatalf("no holder: %v", err)
+	}
+}
+
+func BenchmarkSocketHolders(b *testing.B) {
+	for _, tc := range []struct {
+		name string
+		f    func(string, string) ([]int, error)
+	}{{"dirfd", socketHolders}, {"portable", scanHolders}} {
+		b.Run(tc.name, func(b *testing.B) {
+			for range b.N {
+				tc.f("/proc", "socket:[1]")
+			}
+		})
+	}
+}
