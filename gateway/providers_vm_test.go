@@ -11,6 +11,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 
+	"github.com/openshell/openshell/api/computev1"
 	"github.com/openshell/openshell/api/openshellv1"
 	"github.com/openshell/openshell/drivers/drivertest"
 	"github.com/openshell/openshell/gateway"
@@ -88,5 +89,46 @@ func TestVMSandboxProvidersOnlyToRunner(t *testing.T) {
 	}
 	if len(got.GetProviders()) != 1 || got.GetProviders()[0].GetCredentials()["GITHUB_TOKEN"] != ghSecret {
 		t.Fatalf("runner got %v", got)
+	}
+}
+
+// attachedVMDriver reports itself as the VM driver but gives the gateway no runner
+// key (a VM driver attached with --compute-driver-socket).
+type attachedVMDriver struct{ *drivertest.MemDriver }
+
+func (d attachedVMDriver) Capabilities(ctx context.Context) (*computev1.GetCapabilitiesResponse, error) {
+	c, err := d.MemDriver.Capabilities(ctx)
+	if err != nil {
+		return nil, err
+	}
+	c.DriverName = "vm"
+	return c, nil
+}
+
+// TestAttachedVMDriverGetsNoValues: without a runner key the gateway cannot tell a
+// VM's runner from its guest, so nobody gets the values of a VM sandbox.
+func TestAttachedVMDriverGetsNoValues(t *testing.T) {
+	dir := t.TempDir()
+	box, err := secrets.LoadOrCreate(filepath.Join(dir, secrets.KeyFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := startEnvWith(t, dir, drivertest.NewMemDriver(), 200*time.Millisecond, func(o *gateway.Options) {
+		o.Secrets = box
+		o.Driver = attachedVMDriver{o.Driver.(*drivertest.MemDriver)}
+	})
+	ctx := context.Background()
+	createGitHubProvider(t, e.userExt())
+	resp, err := e.user.CreateSandbox(ctx, &openshellv1.CreateSandboxRequest{Name: "agent", Spec: &openshellv1.SandboxSpec{
+		Template: &openshellv1.SandboxTemplate{Image: "test:1"}, Providers: []string{"github"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := resp.GetSandbox().GetMetadata().GetId()
+	cctx := metadata.AppendToOutgoingContext(ctx, hostcred.MetadataKey, hostcred.Derive(nil, id))
+	got, err := e.sandboxExt(id).GetSandboxProviders(cctx, &openshellv1.GetSandboxProvidersRequest{SandboxId: id})
+	wantCode(t, err, codes.PermissionDenied)
+	if strings.Contains(got.String(), ghSecret) || !strings.Contains(err.Error(), "no runner key") {
+		t.Fatalf("answer %v, %v", got, err)
 	}
 }
