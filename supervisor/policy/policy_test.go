@@ -6,6 +6,7 @@ import (
 	"strings"
 	"testing"
 
+	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/openshell/openshell/api/sandboxv1"
@@ -394,10 +395,34 @@ network_policies:
 	if b := fp.NetworkPolicies["git"].Binaries; len(b) != 2 || !b[0].Ancestors || b[1].Ancestors {
 		t.Fatalf("after YAML and proto round trips: %+v", b)
 	}
-	// An upstream peer that does not know field 1000 sees the path only: decoding
-	// our bytes as an upstream-shaped message keeps the path and drops nothing else.
-	if nb := m2.GetNetworkPolicies()["git"].GetBinaries()[0]; nb.GetPath() != "/usr/bin/git" || !nb.GetAncestors() {
-		t.Fatalf("wire binary: %+v", nb)
+	// On the wire the opt-in is field 1000 alone, next to upstream's path (1): a
+	// peer without it skips one unknown varint and reads the same path.
+	nb, err := proto.Marshal(m2.GetNetworkPolicies()["git"].GetBinaries()[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	var fields []protowire.Number
+	for b := nb; len(b) > 0; {
+		num, typ, n := protowire.ConsumeTag(b)
+		m := protowire.ConsumeFieldValue(num, typ, b[n:])
+		if n < 0 || m < 0 {
+			t.Fatalf("bad wire bytes %x", nb)
+		}
+		fields = append(fields, num)
+		b = b[n+m:]
+	}
+	if !slices.Equal(fields, []protowire.Number{1, 1000}) {
+		t.Fatalf("NetworkBinary on the wire has fields %v, want [1 1000]", fields)
+	}
+	// What an upstream SDK sends (path, the deprecated harness flag) means no
+	// ancestor matching: harness is not taken for the opt-in.
+	upstream := protowire.AppendTag(nil, 1, protowire.BytesType)
+	upstream = protowire.AppendString(upstream, "/usr/bin/git")
+	upstream = protowire.AppendTag(upstream, 2, protowire.VarintType)
+	upstream = protowire.AppendVarint(upstream, 1)
+	var ub sandboxv1.NetworkBinary
+	if err := proto.Unmarshal(upstream, &ub); err != nil || ub.GetPath() != "/usr/bin/git" || ub.GetAncestors() {
+		t.Fatalf("upstream binary decoded as %+v (%v)", &ub, err)
 	}
 	c := MustCompile(fp)
 	for _, tc := range []struct {
