@@ -356,3 +356,80 @@ func TestForgedLogSourceRefused(t *testing.T) {
 		t.Fatalf("%d plain lines stored, want 1: %v", plain, resp.GetLogs())
 	}
 }
+
+// TestRelayStreamOnlyFromBoundInstance: a RelayStream naming a pending channel is
+// refused unless it comes from the instance the relay was asked of, with its secret;
+// the bound instance then claims it and bytes flow.
+func TestRelayStreamOnlyFromBoundInstance(t *testing.T) {
+	e := startEnv(t, t.TempDir(), drivertest.NewMemDriver())
+	id := e.create("alpha").GetMetadata().GetId()
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	bound := session.Identity{InstanceID: "i1", Secret: session.NewInstanceSecret()}
+	c := e.sandboxClient(id)
+	stream, err := c.ConnectSupervisor(metadata.AppendToOutgoingContext(bound.Outgoing(ctx), session.MDHostKey,
+		base64.StdEncoding.EncodeToString(newKey(t).Marshal())))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := stream.Send(&openshellv1.SupervisorMessage{Payload: &openshellv1.SupervisorMessage_Hello{
+		Hello: &openshellv1.SupervisorHello{SandboxId: id, InstanceId: bound.InstanceID}}}); err != nil {
+		t.Fatal(err)
+	}
+	if m, err := stream.Recv(); err != nil || m.GetSessionAccepted() == nil {
+		t.Fatalf("hello: %v %v", m, err)
+	}
+	e.waitPhase("alpha", phaseReady)
+
+	fs, err := e.user.ForwardTcp(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := fs.Send(&openshellv1.TcpForwardFrame{Payload: &openshellv1.TcpForwardFrame_Init{Init: &openshellv1.TcpForwardInit{
+		SandboxId: id, Target: &openshellv1.TcpForwardInit_Tcp{Tcp: &openshellv1.TcpRelayTarget{Host: "127.0.0.1", Port: 8080}}}}}); err != nil {
+		t.Fatal(err)
+	}
+	var channel string
+	for channel == "" {
+		m, err := stream.Recv()
+		if err != nil {
+			t.Fatal(err)
+		}
+		channel = m.GetRelayOpen().GetChannelId()
+	}
+	claim := func(ctx context.Context) (openshellv1.OpenShell_RelayStreamClient, error) {
+		rs, err := c.RelayStream(ctx)
+		if err != nil {
+			return nil, err
+		}
+		if err := rs.Send(&openshellv1.RelayFrame{Payload: &openshellv1.RelayFrame_Init{Init: &openshellv1.RelayInit{ChannelId: channel}}}); err != nil {
+			return nil, err
+		}
+		return rs, nil
+	}
+	for _, forged := range []session.Identity{
+		{InstanceID: bound.InstanceID, Secret: session.NewInstanceSecret()},
+		{InstanceID: "attacker", Secret: bound.Secret},
+		{InstanceID: bound.InstanceID},
+	} {
+		rs, err := claim(forged.Outgoing(ctx))
+		if err == nil {
+			_, err = rs.Recv()
+		}
+		if status.Code(err) != codes.PermissionDenied {
+			t.Fatalf("RelayStream claimed by %+v: %v, want PermissionDenied", forged, err)
+		}
+	}
+	// The bound instance claims the channel: data reaches the forward's client.
+	rs, err := claim(bound.Outgoing(ctx))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := rs.Send(&openshellv1.RelayFrame{Payload: &openshellv1.RelayFrame_Data{Data: []byte("from the bound supervisor")}}); err != nil {
+		t.Fatal(err)
+	}
+	f, err := fs.Recv()
+	if err != nil || string(f.GetData()) != "from the bound supervisor" {
+		t.Fatalf("forward got %q, %v", f.GetData(), err)
+	}
+}

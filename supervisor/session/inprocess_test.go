@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
+	"encoding/base64"
 	"errors"
 	"io"
 	"net"
@@ -105,7 +106,8 @@ func openSSH(t *testing.T, g *fakeGateway, s grpc.BidiStreamingServer[pb.Supervi
 	var once sync.Once
 	end := func() { once.Do(func() { close(rc.done) }) }
 	conn := streamconn.New(rc.stream.Context(), gatewayEnd{s: rc.stream, end: end}, end, "test-gateway")
-	sc, chans, reqs, err := ssh.NewClientConn(conn, "sandbox", &ssh.ClientConfig{User: "sandbox", HostKeyCallback: ssh.InsecureIgnoreHostKey()})
+	// Like the gateway: accept only the key the supervisor registered in its hello.
+	sc, chans, reqs, err := ssh.NewClientConn(conn, "sandbox", &ssh.ClientConfig{User: "sandbox", HostKeyCallback: ssh.FixedHostKey(registeredKey(t, g))})
 	if err != nil {
 		conn.Close()
 		t.Fatalf("ssh handshake over the relay: %v", err)
@@ -299,4 +301,23 @@ func TestConfigNeedsAnSSHServer(t *testing.T) {
 			t.Fatalf("Validate = %v", err)
 		}
 	}
+}
+
+// registeredKey is the SSH host key the client registered with its first hello.
+func registeredKey(t *testing.T, g *fakeGateway) ssh.PublicKey {
+	t.Helper()
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if len(g.md) == 0 {
+		t.Fatal("no call recorded")
+	}
+	raw, err := base64.StdEncoding.DecodeString(strings.Join(g.md[0].Get(MDHostKey), ""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	k, err := ssh.ParsePublicKey(raw)
+	if err != nil {
+		t.Fatalf("registered host key: %v", err)
+	}
+	return k
 }
