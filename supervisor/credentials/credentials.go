@@ -287,3 +287,29 @@ func (s *Store) Rewrite(host string, overTLS bool, h http.Header) error {
 	maps.Copy(h, out)
 	return nil
 }
+
+// minRedact is the shortest value Redact looks for: shorter ones would match
+// unrelated text (and are no credential worth the name).
+const minRedact = 8
+
+// Redact implements egress.Redactor: every real value of this store found in the
+// response headers is put back as its placeholder, so that a server reflecting a
+// request header (an echo of Authorization, a debug header) hands the agent nothing
+// it did not send. Bodies are not scanned: a bound host that echoes credentials in
+// its bodies still returns them, so bind only hosts that do not. It reports how many
+// values it replaced.
+func (s *Store) Redact(h http.Header) int {
+	n := 0
+	for _, vals := range h {
+		for i, v := range vals {
+			for ph, sec := range s.placeholders {
+				if len(sec.value) >= minRedact && strings.Contains(v, sec.value) {
+					n += strings.Count(v, sec.value)
+					v = strings.ReplaceAll(v, sec.value, ph)
+				}
+			}
+			vals[i] = v
+		}
+	}
+	return n
+}

@@ -61,6 +61,10 @@ func tlsServer(t *testing.T, ip string) (*httptest.Server, *recorder, int) {
 			r.Header.Write(&b)
 			rec.dumps = append(rec.dumps, b.String())
 			rec.mu.Unlock()
+			// A debug echo of the credential, as some APIs return in error replies.
+			if a := r.Header.Get("Authorization"); a != "" {
+				w.Header().Set("X-Echo-Authorization", a)
+			}
 			io.WriteString(w, "ok")
 		}),
 		ConnState: func(_ net.Conn, s http.ConnState) {

@@ -166,3 +166,24 @@ func TestRewriteIsAllOrNothing(t *testing.T) {
 		t.Fatalf("Authorization alone: %v %q", err, h.Get("Authorization"))
 	}
 }
+
+// TestResponseHeadersRedacted: a bound server that reflects Authorization in a
+// response header hands the agent its placeholder back, not the real value, while the
+// server itself received the real value.
+func TestResponseHeadersRedacted(t *testing.T) {
+	s := start(t)
+	tok := s.placeholder(t, "GITHUB_TOKEN")
+	req, _ := http.NewRequest("GET", s.boundURL, nil)
+	req.Header.Set("Authorization", "Bearer "+tok)
+	resp, err := s.client().Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if got := resp.Header.Get("X-Echo-Authorization"); resp.StatusCode != 200 || got != "Bearer "+tok {
+		t.Fatalf("echoed header reached the agent as %q (status %d), want the placeholder", got, resp.StatusCode)
+	}
+	if got := s.bound.got(); len(got) != 1 || got[0] != "Bearer "+secretValue+"|" {
+		t.Fatalf("server received %q", got)
+	}
+}

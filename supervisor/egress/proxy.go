@@ -88,6 +88,13 @@ type Credentials interface {
 	Rewrite(host string, overTLS bool, h http.Header) error
 }
 
+// Redactor is implemented by Credentials that can take the real values back out of
+// response headers (package credentials does); the proxy calls it on every response
+// from a terminated tunnel.
+type Redactor interface {
+	Redact(h http.Header) int
+}
+
 // Resolver resolves host names (net.DefaultResolver satisfies it).
 type Resolver interface {
 	LookupNetIP(ctx context.Context, network, host string) ([]netip.Addr, error)
@@ -676,6 +683,11 @@ func (cc *conn) forward(ctx context.Context, req *http.Request, tt *tunnelTarget
 	defer resp.Body.Close()
 	for _, h := range hopHeaders {
 		resp.Header.Del(h)
+	}
+	if r, ok := cc.p.cfg.Credentials.(Redactor); ok && useTLS {
+		if n := r.Redact(resp.Header); n > 0 {
+			cc.p.log.Info("egress: credential values removed from a response's headers", "host", host, "count", n)
+		}
 	}
 	resp.Close = clientClose
 	if resp.ContentLength > 0 && len(resp.TransferEncoding) == 0 && req.Method != http.MethodHead && resp.StatusCode >= 200 {
