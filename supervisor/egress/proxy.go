@@ -543,7 +543,7 @@ func CheckTunnelHost(r *http.Request, host string, port int) error {
 		return nil
 	}
 	if !sameHostPort(r.Host, host, port) {
-		return fmt.Errorf("Host header %q does not name the tunnel's host %s: requests in a tunnel must address its host (send this one through its own CONNECT)", r.Host, net.JoinHostPort(host, strconv.Itoa(port)))
+		return fmt.Errorf("the Host header %q does not name the tunnel's host %s: requests in a tunnel must address its host (send this one through its own CONNECT)", r.Host, net.JoinHostPort(host, strconv.Itoa(port)))
 	}
 	return nil
 }
