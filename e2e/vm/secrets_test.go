@@ -76,6 +76,11 @@ func startAuthServer(t *testing.T, dir string) *authServer {
 		s.mu.Lock()
 		s.auth = append(s.auth, r.Header.Get("Authorization"))
 		s.mu.Unlock()
+		if r.URL.Path == "/echo" { // a server that reflects the credential back
+			w.Header().Set("X-Echo", r.Header.Get("Authorization"))
+			fmt.Fprintf(w, "upstream-echo %s\n", r.Header.Get("Authorization"))
+			return
+		}
 		io.WriteString(w, "upstream-ok\n")
 	})}
 	go srv.ServeTLS(ln, "", "")
@@ -92,7 +97,8 @@ func (s *authServer) seen() []string {
 // TestVMSecretsNeverInGuest attaches a provider to a VM sandbox (real binaries, QEMU
 // under TCG, the Debian base image). curl, run as the agent through the proxy, sends
 // the placeholder in Authorization to the bound host and the host's HTTPS server
-// receives the real secret. Then the whole guest memory is dumped through QMP
+// receives the real secret; an endpoint that echoes it back reaches the guest
+// masked. Then the whole guest memory is dumped through QMP
 // (dump-guest-memory) and both guest disks are read byte for byte on the host: the
 // secret, and its base64 forms, occur zero times, while the placeholder (in guest
 // memory) and a marker file written in the guest (on the writable disk) are found,
@@ -167,6 +173,16 @@ func TestVMSecretsNeverInGuest(t *testing.T) {
 		}
 		if strings.Contains(out, secret) {
 			t.Fatal("the answer in the guest holds the secret")
+		}
+	})
+	t.Run("a server echoing the secret gets it masked", func(t *testing.T) {
+		out, err := sh(fmt.Sprintf(`NO_PROXY= no_proxy= curl -sS -i --max-time 120 -H "Authorization: Bearer $API_TOKEN" https://localhost:%d/echo`, up.port))
+		mask := "Bearer " + strings.Repeat("*", len(secret))
+		if err != nil || !strings.Contains(out, "upstream-echo "+mask) || strings.Contains(out, secret) {
+			t.Fatalf("echo through the proxy: %v\n%s", err, out)
+		}
+		if got := up.seen(); got[len(got)-1] != "Bearer "+secret {
+			t.Fatalf("the echo server saw %q", got[len(got)-1])
 		}
 	})
 	// A control secret, put into the guest on purpose (in RAM on /dev/shm, and base64
