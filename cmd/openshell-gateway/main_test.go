@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -23,8 +24,9 @@ func TestDisableTLSRefusedOffLoopback(t *testing.T) {
 		t.Run(bind, func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 			defer cancel()
-			cmd := exec.CommandContext(ctx, bin, "--disable-tls", "--bind-address", bind, "--port", "0",
-				"--state-dir", filepath.Join(dir, "state"), "--compute-driver-socket", filepath.Join(dir, "none.sock"))
+			// Exactly the command a user would type; HOME points the default state
+			// directory into the test's temp dir should the gateway get that far.
+			cmd := exec.CommandContext(ctx, bin, "--disable-tls", "--bind-address", bind)
 			cmd.Env = []string{"HOME=" + dir, "PATH=/usr/bin:/bin"}
 			out, err := cmd.CombinedOutput()
 			var ee *exec.ExitError
@@ -41,6 +43,9 @@ func TestDisableTLSRefusedOffLoopback(t *testing.T) {
 			}
 			if strings.Contains(string(out), "gateway listening") {
 				t.Errorf("the gateway started listening:\n%s", out)
+			}
+			if _, err := os.Stat(filepath.Join(dir, ".local")); err == nil {
+				t.Errorf("the refused gateway created state under HOME")
 			}
 		})
 	}
