@@ -14,6 +14,7 @@ package runner
 //     guest cannot exhaust the runner's descriptors or the gateway's.
 
 import (
+	"cmp"
 	"crypto/rand"
 	"errors"
 	"fmt"
@@ -27,12 +28,14 @@ import (
 	"github.com/openshell/openshell/guest/channel/wire"
 )
 
-// Timeouts of the guest handshakes; variables so tests can shorten them.
+// Timeouts of the guest handshakes (a gate may set its own, for tests).
 var (
 	// bootstrapTimeout bounds sending the document and receiving the acknowledgement.
 	bootstrapTimeout = 10 * time.Second
 	// preambleTimeout bounds how long a new connection may take to send its preamble.
 	preambleTimeout = 10 * time.Second
+	// lingerTimeout bounds draining a refused connection (lingerClose).
+	lingerTimeout = 250 * time.Millisecond
 )
 
 // refusalLogEvery spaces the log lines about refused connections: one line at the
@@ -111,6 +114,8 @@ type gate struct {
 	log    *slog.Logger
 	// refused and badPreamble count into the port's status fields.
 	refused, badPreamble func(*Status)
+	// preambleWait and linger override preambleTimeout and lingerTimeout when set.
+	preambleWait, linger time.Duration
 
 	open              atomic.Int64
 	fullLog, wrongLog refusalLog
@@ -167,8 +172,8 @@ func (g *gate) refuseBad(err error) {
 // closing: a Unix socket closed with unread data resets instead of ending, and the
 // vsock backend does not pass that reset on, which would leave the guest's end of a
 // refused connection open.
-func lingerClose(c net.Conn) {
-	c.SetReadDeadline(time.Now().Add(250 * time.Millisecond))
+func lingerClose(c net.Conn, d time.Duration) {
+	c.SetReadDeadline(time.Now().Add(d))
 	io.Copy(io.Discard, io.LimitReader(c, 64<<10))
 	c.Close()
 }
@@ -207,10 +212,11 @@ func (gl *gatedListener) loop() {
 }
 
 func (gl *gatedListener) admit(c net.Conn) {
-	c.SetReadDeadline(time.Now().Add(preambleTimeout))
-	if err := wire.CheckPreamble(c, gl.g.secret); err != nil {
-		gl.g.refuseBad(err)
-		lingerClose(c)
+	g := gl.g
+	c.SetReadDeadline(time.Now().Add(cmp.Or(g.preambleWait, preambleTimeout)))
+	if err := wire.CheckPreamble(c, g.secret); err != nil {
+		g.refuseBad(err)
+		lingerClose(c, cmp.Or(g.linger, lingerTimeout))
 		gl.g.release()
 		return
 	}
