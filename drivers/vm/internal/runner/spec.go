@@ -2,7 +2,9 @@
 // (`openshell-driver-vm runner --state-dir DIR`) in its own session, so that it outlives
 // the driver and the gateway. It owns the VMM, the guest channel listeners and the
 // sandbox state directory; it serves a small control API on DIR/ctl.sock and leaves a
-// tombstone when the VM is gone.
+// tombstone when the VM is gone. On the channel ports it serves the bootstrap config
+// once per boot and admits only the guest's supervisor, within per-VM stream limits
+// (guard.go).
 package runner
 
 import (
