@@ -168,6 +168,11 @@ func TestSessionBoundToInstance(t *testing.T) {
 	id := e.create("alpha").GetMetadata().GetId()
 	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
 	defer cancel()
+	// Before any supervisor bound the sandbox, a token holder without a secret cannot
+	// claim it (a binding to an empty secret would protect nothing).
+	if m, err := e.hello(ctx, id, "early", "", newKey(t)); status.Code(err) != codes.PermissionDenied || err == nil || !strings.Contains(err.Error(), "presents no instance secret") {
+		t.Fatalf("secretless hello on an unbound sandbox = %v, %v; want PermissionDenied naming the missing secret", m, err)
+	}
 	real := e.startBound(id, session.NewInstanceSecret(), nil)
 	e.waitPhase("alpha", phaseReady)
 
@@ -176,9 +181,9 @@ func TestSessionBoundToInstance(t *testing.T) {
 		want                   string
 	}{
 		{"bound instance, wrong secret", real.id.InstanceID, session.NewInstanceSecret(), "wrong instance secret"},
-		{"bound instance, no secret", real.id.InstanceID, "", "wrong instance secret"},
+		{"bound instance, no secret", real.id.InstanceID, "", "presents no instance secret"},
 		{"another instance", session.NewInstanceID(), session.NewInstanceSecret(), "holds the sandbox's live session"},
-		{"another instance, no secret", "attacker", "", "holds the sandbox's live session"},
+		{"another instance, no secret", "attacker", "", "presents no instance secret"},
 	}
 	for _, a := range attacks {
 		t.Run(a.name, func(t *testing.T) {
@@ -191,8 +196,8 @@ func TestSessionBoundToInstance(t *testing.T) {
 			}
 		})
 	}
-	if lines := e.gatewayLines(ctx, id); strings.Count(lines, "supervisor session refused") != len(attacks) {
-		t.Errorf("gateway log has %d refusal lines, want %d:\n%s", strings.Count(lines, "supervisor session refused"), len(attacks), lines)
+	if lines := e.gatewayLines(ctx, id); strings.Count(lines, "supervisor session refused") != len(attacks)+1 {
+		t.Errorf("gateway log has %d refusal lines, want %d (the attacks and the early secretless hello):\n%s", strings.Count(lines, "supervisor session refused"), len(attacks)+1, lines)
 	}
 	// The real supervisor still holds the session: the sandbox is READY and exec
 	// reaches its SSH server.

@@ -271,7 +271,7 @@ func TestStopStart(t *testing.T) {
 	}
 	sup.close() // the supervisor dies with the workload
 	// An exit report during a stop is ignored.
-	if _, err := e.sandboxClient(id).ReportMainProcessExit(t.Context(), &openshellv1.ReportMainProcessExitRequest{SandboxId: id, InstanceId: "i1", ExitCode: 143}); err != nil {
+	if _, err := e.sandboxClient(id).ReportMainProcessExit(asInstance(t.Context(), "i1"), &openshellv1.ReportMainProcessExitRequest{SandboxId: id, InstanceId: "i1", ExitCode: 143}); err != nil {
 		t.Fatal(err)
 	}
 	e.waitPhase("alpha", phaseStopped)
@@ -301,7 +301,7 @@ func TestMainProcessExit(t *testing.T) {
 	if sb := e.get("alpha"); sb.GetStatus().GetPhase() != phaseReady || sb.GetStatus().ExitCode != nil {
 		t.Fatalf("stale exit changed the sandbox: %v", sb.GetStatus())
 	}
-	if _, err := sc.ReportMainProcessExit(t.Context(), &openshellv1.ReportMainProcessExitRequest{SandboxId: id, InstanceId: "i1", ExitCode: 0}); err != nil {
+	if _, err := sc.ReportMainProcessExit(asInstance(t.Context(), "i1"), &openshellv1.ReportMainProcessExitRequest{SandboxId: id, InstanceId: "i1", ExitCode: 0}); err != nil {
 		t.Fatal(err)
 	}
 	sb := e.waitPhase("alpha", phaseError)

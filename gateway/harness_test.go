@@ -25,6 +25,7 @@ import (
 	"github.com/openshell/openshell/gateway/sshrelay"
 	"github.com/openshell/openshell/gateway/store/sqlite"
 	"github.com/openshell/openshell/gateway/token"
+	"github.com/openshell/openshell/supervisor/session"
 )
 
 // env is a real gateway on loopback: real TLS (gateway/pki), real SQLite, real token
@@ -198,6 +199,12 @@ type fakeSupervisor struct {
 	err      error
 }
 
+// asInstance is ctx carrying the identity (instance id and its secret) of the fake
+// supervisor instance that connectSupervisor opens.
+func asInstance(ctx context.Context, instance string) context.Context {
+	return session.Identity{InstanceID: instance, Secret: "secret-of-" + instance}.Outgoing(ctx)
+}
+
 func (e *env) connectSupervisor(id, instance string) *fakeSupervisor {
 	e.t.Helper()
 	return e.connectSupervisorMode(id, instance, "echo")
@@ -209,6 +216,7 @@ func (e *env) connectSupervisorMode(id, instance, mode string) *fakeSupervisor {
 	e.t.Helper()
 	c := e.sandboxClient(id)
 	ctx, cancel := context.WithCancel(context.Background())
+	ctx = asInstance(ctx, instance)
 	stream, err := c.ConnectSupervisor(ctx)
 	if err != nil {
 		cancel()

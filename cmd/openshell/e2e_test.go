@@ -22,6 +22,7 @@ import (
 	"github.com/openshell/openshell/drivers/grpcdriver"
 	"github.com/openshell/openshell/gateway/config"
 	"github.com/openshell/openshell/gateway/pki"
+	"github.com/openshell/openshell/supervisor/session"
 )
 
 // runCLI runs the CLI in-process and returns stdout, stderr and the error.
@@ -230,7 +231,7 @@ func superviseFirst(ctx context.Context, drv *drivertest.MemDriver, bundle *pki.
 		return err
 	}
 	defer cc.Close()
-	stream, err := openshellv1.NewOpenShellClient(cc).ConnectSupervisor(ctx)
+	stream, err := openshellv1.NewOpenShellClient(cc).ConnectSupervisor(session.Identity{InstanceID: "i", Secret: "s"}.Outgoing(ctx))
 	if err != nil {
 		return err
 	}

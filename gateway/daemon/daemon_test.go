@@ -21,6 +21,7 @@ import (
 	"github.com/openshell/openshell/drivers/drivertest"
 	"github.com/openshell/openshell/drivers/grpcdriver"
 	"github.com/openshell/openshell/gateway/config"
+	"github.com/openshell/openshell/supervisor/session"
 )
 
 func freePort(t *testing.T) int {
@@ -162,7 +163,7 @@ func TestStopIsPromptWithOpenStreams(t *testing.T) {
 	if _, err := ws.Recv(); err != nil {
 		t.Fatal(err)
 	}
-	sup, err := c.ConnectSupervisor(t.Context(), grpc.PerRPCCredentials(bearer(drv.Spec(id).GetSandboxToken())))
+	sup, err := c.ConnectSupervisor(session.Identity{InstanceID: "i", Secret: "s"}.Outgoing(t.Context()), grpc.PerRPCCredentials(bearer(drv.Spec(id).GetSandboxToken())))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -35,10 +35,9 @@
 // (HostKeyFingerprint) for clients that speak SSH through ForwardTcp.
 //
 // The wire messages are unchanged (SupervisorHello has only sandbox_id and
-// instance_id): the secret and the key travel as call metadata. A supervisor that
-// presents no secret still binds (with an empty secret, so anyone with the token can
-// reconnect as its instance; a warning says so), and one that registers no host key
-// gets no SSH relays.
+// instance_id): the secret and the key travel as call metadata. A hello without a
+// secret is refused (a binding to an empty secret would protect nothing), and a
+// supervisor that registers no host key gets no SSH relays.
 package hub
 
 import (
@@ -153,7 +152,6 @@ func InstanceFromContext(ctx context.Context, helloID string) (Instance, error) 
 type binding struct {
 	instanceID string
 	secret     [32]byte // SHA-256 of the secret: compared in constant time
-	hasSecret  bool     // false: the supervisor presented none (nothing to check)
 	hostKey    ssh.PublicKey
 }
 
@@ -287,14 +285,13 @@ func (h *Hub) HostKeyFingerprint(sandboxID string) string {
 // secret is always refused. With onlyBound (log pushes), a call from any other
 // instance is refused too while the bound instance holds a live session; without
 // it (exit reports, which the gateway already ignores from a stale instance) such a
-// call passes. Without a binding, or when the bound supervisor presented no secret,
-// the call is accepted (a restarting supervisor may report before its session
-// binds).
+// call passes. Without a binding the call is accepted (a restarting supervisor may
+// report before its session binds).
 func (h *Hub) Authorize(sandboxID string, inst Instance, onlyBound bool) error {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	b := h.bindings[sandboxID]
-	if b == nil || !b.hasSecret {
+	if b == nil {
 		return nil
 	}
 	live := h.sessions[sandboxID] != nil
@@ -343,6 +340,12 @@ type SessionStream = grpc.BidiStreamingServer[openshellv1.SupervisorMessage, ope
 func (h *Hub) bind(s *session, inst Instance, log *slog.Logger) (*session, error) {
 	old := h.sessions[s.sandboxID]
 	b := h.bindings[s.sandboxID]
+	if inst.Secret == "" {
+		// Without a secret the binding would protect nothing: any holder of the token
+		// could bind or reconnect as the instance. Every openshell-sandbox sends one.
+		return nil, fmt.Errorf("sandbox %s: supervisor instance %q presents no instance secret (%s call metadata); a session must be bound to the supervisor that booted: update openshell-sandbox: %w",
+			s.sandboxID, inst.ID, MDInstanceSecret, ErrRefused)
+	}
 	switch {
 	case b == nil:
 	case inst.ID == b.instanceID:
@@ -365,11 +368,8 @@ func (h *Hub) bind(s *session, inst Instance, log *slog.Logger) (*session, error
 		log.Warn("the sandbox's bound supervisor instance is gone (no live session); a new instance binds", "old_instance_id", b.instanceID, "instance_id", inst.ID)
 	}
 	if s.bound == nil {
-		s.bound = &binding{instanceID: inst.ID, secret: secretSum(inst.Secret), hasSecret: inst.Secret != "", hostKey: inst.HostKey}
+		s.bound = &binding{instanceID: inst.ID, secret: secretSum(inst.Secret), hostKey: inst.HostKey}
 		h.bindings[s.sandboxID] = s.bound
-		if inst.Secret == "" {
-			log.Warn("supervisor presented no instance secret: any holder of the sandbox token can reconnect as its instance; update openshell-sandbox", "instance_id", inst.ID)
-		}
 		if inst.HostKey == nil {
 			log.Warn("supervisor registered no SSH host key: exec, connect and file transfer to this sandbox will be refused", "instance_id", inst.ID)
 		}
@@ -644,7 +644,7 @@ func (h *Hub) ServeRelay(stream RelayStreamServer, channel string, inst Instance
 	if err := authorize(p.sandboxID); err != nil {
 		return err
 	}
-	if b := p.sess.bound; b.hasSecret && (inst.ID != p.sess.instanceID || !b.secretMatches(inst.Secret)) {
+	if b := p.sess.bound; inst.ID != p.sess.instanceID || !b.secretMatches(inst.Secret) {
 		return fmt.Errorf("sandbox %s: relay %s was asked of supervisor instance %s; a RelayStream from instance %q (or with another instance secret) may not claim it: %w",
 			p.sandboxID, channel, p.sess.instanceID, inst.ID, ErrRefused)
 	}
