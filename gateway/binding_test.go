@@ -20,6 +20,7 @@ import (
 
 	"github.com/openshell/openshell/api/openshellv1"
 	"github.com/openshell/openshell/drivers/drivertest"
+	"github.com/openshell/openshell/internal/instancemd"
 	"github.com/openshell/openshell/supervisor/reaper"
 	"github.com/openshell/openshell/supervisor/sandboxuser"
 	"github.com/openshell/openshell/supervisor/session"
@@ -90,12 +91,12 @@ func (e *env) startBound(id string, secret string, register ssh.PublicKey) *boun
 // hello opens ConnectSupervisor with the sandbox's valid token, as instance with
 // secret (and host key, when set), and returns the gateway's first answer.
 func (e *env) hello(ctx context.Context, id, instance, secret string, key ssh.PublicKey) (*openshellv1.GatewayMessage, error) {
-	kv := []string{session.MDInstanceID, instance}
+	kv := []string{instancemd.InstanceID, instance}
 	if secret != "" {
-		kv = append(kv, session.MDInstanceSecret, secret)
+		kv = append(kv, instancemd.InstanceSecret, secret)
 	}
 	if key != nil {
-		kv = append(kv, session.MDHostKey, base64.StdEncoding.EncodeToString(key.Marshal()))
+		kv = append(kv, instancemd.HostKey, base64.StdEncoding.EncodeToString(key.Marshal()))
 	}
 	stream, err := e.sandboxClient(id).ConnectSupervisor(metadata.AppendToOutgoingContext(ctx, kv...))
 	if err != nil {
@@ -372,7 +373,7 @@ func TestRelayStreamOnlyFromBoundInstance(t *testing.T) {
 	defer cancel()
 	bound := session.Identity{InstanceID: "i1", Secret: session.NewInstanceSecret()}
 	c := e.sandboxClient(id)
-	stream, err := c.ConnectSupervisor(metadata.AppendToOutgoingContext(bound.Outgoing(ctx), session.MDHostKey,
+	stream, err := c.ConnectSupervisor(metadata.AppendToOutgoingContext(bound.Outgoing(ctx), instancemd.HostKey,
 		base64.StdEncoding.EncodeToString(newKey(t).Marshal())))
 	if err != nil {
 		t.Fatal(err)

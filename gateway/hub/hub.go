@@ -9,10 +9,10 @@
 // The sandbox token proves "some process of this sandbox", not "the supervisor that
 // booted": a leaked token must not let its holder take the session over. So a session
 // is bound to a supervisor instance. Each supervisor boot has an instance id (in the
-// hello) and an instance secret (MDInstanceSecret call metadata; minted per boot by
+// hello) and an instance secret (instancemd.InstanceSecret call metadata; minted per boot by
 // the VM runner and served once in the bootstrap, or minted in memory by a container
 // supervisor at start). The first hello for a sandbox binds it to that (instance id,
-// secret) pair and to the SSH host key the supervisor registers (MDHostKey); the
+// secret) pair and to the SSH host key the supervisor registers (instancemd.HostKey); the
 // binding outlives a dropped stream. Then:
 //
 //   - same instance id, same secret: a reconnect. It supersedes a live stream of the
@@ -60,6 +60,7 @@ import (
 
 	"github.com/openshell/openshell/api/openshellv1"
 	"github.com/openshell/openshell/internal/grpcopts"
+	"github.com/openshell/openshell/internal/instancemd"
 )
 
 // Errors returned by OpenRelay; the API edge maps them to gRPC codes.
@@ -79,25 +80,12 @@ var (
 	ErrBadIdentity = errors.New("malformed supervisor instance metadata")
 )
 
-// Call metadata a supervisor sends besides its hello (the wire messages stay as
-// upstream defines them). The supervisor's session package sends the same keys.
-const (
-	// MDInstanceID names the supervisor instance on calls that carry no instance
-	// id of their own (RelayStream, PushSandboxLogs).
-	MDInstanceID = "x-openshell-instance-id"
-	// MDInstanceSecret is the per-boot instance secret (hex), on every call.
-	MDInstanceSecret = "x-openshell-instance-secret"
-	// MDHostKey is the supervisor's SSH host public key (SSH wire format, standard
-	// base64), on ConnectSupervisor.
-	MDHostKey = "x-openshell-ssh-host-key"
-)
-
 // maxSecretLen bounds the instance secret a caller may present (64 hex chars for
 // 32 bytes; a little room for other encodings).
 const maxSecretLen = 256
 
 // Instance is who a supervisor says it is: an instance id (the hello's, or
-// MDInstanceID), the secret it presents and, on ConnectSupervisor, its host key.
+// instancemd.InstanceID), the secret it presents and, on ConnectSupervisor, its host key.
 type Instance struct {
 	ID      string
 	Secret  string
@@ -105,7 +93,7 @@ type Instance struct {
 }
 
 // InstanceFromContext reads the instance metadata of an incoming call. helloID, when
-// not empty, is the instance id of the call's hello and wins over MDInstanceID.
+// not empty, is the instance id of the call's hello and wins over instancemd.InstanceID.
 // Missing values are empty; malformed ones are an ErrBadIdentity.
 func InstanceFromContext(ctx context.Context, helloID string) (Instance, error) {
 	md, _ := metadata.FromIncomingContext(ctx)
@@ -122,27 +110,27 @@ func InstanceFromContext(ctx context.Context, helloID string) (Instance, error) 
 	inst := Instance{ID: helloID}
 	var err error
 	if inst.ID == "" {
-		if inst.ID, err = one(MDInstanceID); err != nil {
+		if inst.ID, err = one(instancemd.InstanceID); err != nil {
 			return Instance{}, err
 		}
 	}
-	if inst.Secret, err = one(MDInstanceSecret); err != nil {
+	if inst.Secret, err = one(instancemd.InstanceSecret); err != nil {
 		return Instance{}, err
 	}
 	if len(inst.Secret) > maxSecretLen {
-		return Instance{}, fmt.Errorf("%s is %d bytes, more than %d: %w", MDInstanceSecret, len(inst.Secret), maxSecretLen, ErrBadIdentity)
+		return Instance{}, fmt.Errorf("%s is %d bytes, more than %d: %w", instancemd.InstanceSecret, len(inst.Secret), maxSecretLen, ErrBadIdentity)
 	}
-	key, err := one(MDHostKey)
+	key, err := one(instancemd.HostKey)
 	if err != nil {
 		return Instance{}, err
 	}
 	if key != "" {
 		raw, err := base64.StdEncoding.DecodeString(key)
 		if err != nil {
-			return Instance{}, fmt.Errorf("%s is not standard base64: %v: %w", MDHostKey, err, ErrBadIdentity)
+			return Instance{}, fmt.Errorf("%s is not standard base64: %v: %w", instancemd.HostKey, err, ErrBadIdentity)
 		}
 		if inst.HostKey, err = ssh.ParsePublicKey(raw); err != nil {
-			return Instance{}, fmt.Errorf("%s is not an SSH public key: %v: %w", MDHostKey, err, ErrBadIdentity)
+			return Instance{}, fmt.Errorf("%s is not an SSH public key: %v: %w", instancemd.HostKey, err, ErrBadIdentity)
 		}
 	}
 	return inst, nil
@@ -344,7 +332,7 @@ func (h *Hub) bind(s *session, inst Instance, log *slog.Logger) (*session, error
 		// Without a secret the binding would protect nothing: any holder of the token
 		// could bind or reconnect as the instance. Every openshell-sandbox sends one.
 		return nil, fmt.Errorf("sandbox %s: supervisor instance %q presents no instance secret (%s call metadata); a session must be bound to the supervisor that booted: update openshell-sandbox: %w",
-			s.sandboxID, inst.ID, MDInstanceSecret, ErrRefused)
+			s.sandboxID, inst.ID, instancemd.InstanceSecret, ErrRefused)
 	}
 	switch {
 	case b == nil:

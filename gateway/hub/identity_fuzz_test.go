@@ -8,6 +8,8 @@ import (
 
 	"golang.org/x/crypto/ssh"
 	"google.golang.org/grpc/metadata"
+
+	"github.com/openshell/openshell/internal/instancemd"
 )
 
 // FuzzInstanceFromContext: the instance metadata of a supervisor call comes from the
@@ -23,16 +25,16 @@ func FuzzInstanceFromContext(f *testing.F) {
 	f.Fuzz(func(t *testing.T, id, secret, hostKey, helloID string, twice bool) {
 		md := metadata.MD{}
 		if id != "" {
-			md.Append(MDInstanceID, id)
+			md.Append(instancemd.InstanceID, id)
 		}
 		if secret != "" {
-			md.Append(MDInstanceSecret, secret)
+			md.Append(instancemd.InstanceSecret, secret)
 			if twice {
-				md.Append(MDInstanceSecret, secret)
+				md.Append(instancemd.InstanceSecret, secret)
 			}
 		}
 		if hostKey != "" {
-			md.Append(MDHostKey, hostKey)
+			md.Append(instancemd.HostKey, hostKey)
 		}
 		inst, err := InstanceFromContext(metadata.NewIncomingContext(context.Background(), md), helloID)
 		if err != nil {

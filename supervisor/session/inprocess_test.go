@@ -22,6 +22,7 @@ import (
 	"google.golang.org/grpc"
 
 	pb "github.com/openshell/openshell/api/openshellv1"
+	"github.com/openshell/openshell/internal/instancemd"
 	"github.com/openshell/openshell/internal/streamconn"
 	"github.com/openshell/openshell/supervisor/reaper"
 	"github.com/openshell/openshell/supervisor/sandboxuser"
@@ -311,7 +312,7 @@ func registeredKey(t *testing.T, g *fakeGateway) ssh.PublicKey {
 	if len(g.md) == 0 {
 		t.Fatal("no call recorded")
 	}
-	raw, err := base64.StdEncoding.DecodeString(strings.Join(g.md[0].Get(MDHostKey), ""))
+	raw, err := base64.StdEncoding.DecodeString(strings.Join(g.md[0].Get(instancemd.HostKey), ""))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -25,6 +25,7 @@ import (
 
 	pb "github.com/openshell/openshell/api/openshellv1"
 	"github.com/openshell/openshell/internal/grpcopts"
+	"github.com/openshell/openshell/internal/instancemd"
 	"github.com/openshell/openshell/internal/streamconn"
 )
 
@@ -32,15 +33,6 @@ import (
 // a relayed socket (or one send of the in-process SSH server's queued packets) takes
 // whatever is queued, up to this much, so bulk transfers pay per-frame costs rarely.
 const RelayChunk = grpcopts.RelayChunk
-
-// Call metadata that identifies this supervisor instance to the gateway (the
-// gateway's session hub reads the same keys). The wire messages stay as upstream
-// defines them: SupervisorHello carries only the sandbox and instance ids.
-const (
-	MDInstanceID     = "x-openshell-instance-id"
-	MDInstanceSecret = "x-openshell-instance-secret"
-	MDHostKey        = "x-openshell-ssh-host-key"
-)
 
 // Identity is this supervisor boot as the gateway binds it: the instance id and the
 // per-boot instance secret. The gateway binds the sandbox's session to the first
@@ -53,9 +45,9 @@ type Identity struct {
 
 // Outgoing returns ctx carrying the identity as call metadata.
 func (id Identity) Outgoing(ctx context.Context) context.Context {
-	kv := []string{MDInstanceID, id.InstanceID}
+	kv := []string{instancemd.InstanceID, id.InstanceID}
 	if id.Secret != "" {
-		kv = append(kv, MDInstanceSecret, id.Secret)
+		kv = append(kv, instancemd.InstanceSecret, id.Secret)
 	}
 	return metadata.AppendToOutgoingContext(ctx, kv...)
 }
@@ -230,7 +222,7 @@ func (c *Client) runOnce(ctx context.Context) (accepted bool, err error) {
 	sctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	octx := metadata.AppendToOutgoingContext(c.Identity().Outgoing(sctx),
-		MDHostKey, base64.StdEncoding.EncodeToString(c.cfg.HostKey.Marshal()))
+		instancemd.HostKey, base64.StdEncoding.EncodeToString(c.cfg.HostKey.Marshal()))
 	stream, err := c.api.ConnectSupervisor(octx)
 	if err != nil {
 		return false, fmt.Errorf("open ConnectSupervisor: %w", err)

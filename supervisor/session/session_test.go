@@ -32,6 +32,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	pb "github.com/openshell/openshell/api/openshellv1"
+	"github.com/openshell/openshell/internal/instancemd"
 )
 
 // fakeGateway is a small real gRPC server with the supervisor-facing RPCs.
@@ -605,14 +606,14 @@ func TestIdentityMetadata(t *testing.T) {
 	if len(md) < 3 {
 		t.Fatalf("%d calls recorded, want hello, relay, exit", len(md))
 	}
-	secret := md[0].Get(MDInstanceSecret)
+	secret := md[0].Get(instancemd.InstanceSecret)
 	if len(secret) != 1 || len(secret[0]) != 64 {
 		t.Fatalf("hello instance secret = %q, want one 64-hex value", secret)
 	}
-	if id := md[0].Get(MDInstanceID); len(id) != 1 || id[0] != "inst-1" {
+	if id := md[0].Get(instancemd.InstanceID); len(id) != 1 || id[0] != "inst-1" {
 		t.Errorf("hello instance id metadata = %q", id)
 	}
-	raw, err := base64.StdEncoding.DecodeString(strings.Join(md[0].Get(MDHostKey), ""))
+	raw, err := base64.StdEncoding.DecodeString(strings.Join(md[0].Get(instancemd.HostKey), ""))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -621,13 +622,13 @@ func TestIdentityMetadata(t *testing.T) {
 	}
 	for i, name := range []string{"RelayStream", "ReportMainProcessExit"} {
 		m := md[i+1]
-		if got := m.Get(MDInstanceSecret); len(got) != 1 || got[0] != secret[0] {
+		if got := m.Get(instancemd.InstanceSecret); len(got) != 1 || got[0] != secret[0] {
 			t.Errorf("%s instance secret = %q, want the hello's", name, got)
 		}
-		if got := m.Get(MDInstanceID); len(got) != 1 || got[0] != "inst-1" {
+		if got := m.Get(instancemd.InstanceID); len(got) != 1 || got[0] != "inst-1" {
 			t.Errorf("%s instance id = %q", name, got)
 		}
-		if len(m.Get(MDHostKey)) != 0 {
+		if len(m.Get(instancemd.HostKey)) != 0 {
 			t.Errorf("%s carries the host key; only the hello registers it", name)
 		}
 	}
@@ -643,7 +644,7 @@ func TestIdentityMetadata(t *testing.T) {
 		t.Fatal("no reconnect")
 	}
 	g2.mu.Lock()
-	again := g2.md[0].Get(MDInstanceSecret)
+	again := g2.md[0].Get(instancemd.InstanceSecret)
 	g2.mu.Unlock()
 	if len(again) != 1 || again[0] != secret[0] {
 		t.Errorf("reconnect secret %q, want %q", again, secret[0])
