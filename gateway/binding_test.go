@@ -2,8 +2,6 @@ package gateway_test
 
 import (
 	"context"
-	"crypto/ed25519"
-	"crypto/rand"
 	"encoding/base64"
 	"errors"
 	"io"
@@ -21,6 +19,7 @@ import (
 	"github.com/openshell/openshell/api/openshellv1"
 	"github.com/openshell/openshell/drivers/drivertest"
 	"github.com/openshell/openshell/internal/instancemd"
+	"github.com/openshell/openshell/internal/testkeys"
 	"github.com/openshell/openshell/supervisor/reaper"
 	"github.com/openshell/openshell/supervisor/sandboxuser"
 	"github.com/openshell/openshell/supervisor/session"
@@ -109,19 +108,6 @@ func (e *env) hello(ctx context.Context, id, instance, secret string, key ssh.Pu
 	return stream.Recv()
 }
 
-func newKey(t *testing.T) ssh.PublicKey {
-	t.Helper()
-	pub, _, err := ed25519.GenerateKey(rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	k, err := ssh.NewPublicKey(pub)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return k
-}
-
 // execOut runs argv through ExecSandbox and returns stdout and the exit code.
 func (e *env) execOut(ctx context.Context, id string, argv ...string) (string, int32, error) {
 	st, err := e.user.ExecSandbox(ctx, &openshellv1.ExecSandboxRequest{SandboxId: id, Command: argv})
@@ -171,7 +157,7 @@ func TestSessionBoundToInstance(t *testing.T) {
 	defer cancel()
 	// Before any supervisor bound the sandbox, a token holder without a secret cannot
 	// claim it (a binding to an empty secret would protect nothing).
-	if m, err := e.hello(ctx, id, "early", "", newKey(t)); status.Code(err) != codes.PermissionDenied || err == nil || !strings.Contains(err.Error(), "presents no instance secret") {
+	if m, err := e.hello(ctx, id, "early", "", testkeys.SSHPublicKey(t)); status.Code(err) != codes.PermissionDenied || err == nil || !strings.Contains(err.Error(), "presents no instance secret") {
 		t.Fatalf("secretless hello on an unbound sandbox = %v, %v; want PermissionDenied naming the missing secret", m, err)
 	}
 	real := e.startBound(id, session.NewInstanceSecret(), nil)
@@ -188,7 +174,7 @@ func TestSessionBoundToInstance(t *testing.T) {
 	}
 	for _, a := range attacks {
 		t.Run(a.name, func(t *testing.T) {
-			m, err := e.hello(ctx, id, a.instance, a.secret, newKey(t))
+			m, err := e.hello(ctx, id, a.instance, a.secret, testkeys.SSHPublicKey(t))
 			if err == nil {
 				t.Fatalf("hello accepted: %v", m)
 			}
@@ -259,13 +245,13 @@ func TestSessionReconnectSameInstance(t *testing.T) {
 	id := e.create("alpha").GetMetadata().GetId()
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 	defer cancel()
-	secret, key := session.NewInstanceSecret(), newKey(t)
+	secret, key := session.NewInstanceSecret(), testkeys.SSHPublicKey(t)
 	m, err := e.hello(ctx, id, "i1", secret, key)
 	if err != nil || m.GetSessionAccepted() == nil {
 		t.Fatalf("first hello: %v %v", m, err)
 	}
 	e.waitPhase("alpha", phaseReady)
-	if _, err := e.hello(ctx, id, "i1", secret, newKey(t)); status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "another SSH host key") {
+	if _, err := e.hello(ctx, id, "i1", secret, testkeys.SSHPublicKey(t)); status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "another SSH host key") {
 		t.Fatalf("reconnect with another host key: %v, want PermissionDenied", err)
 	}
 	m, err = e.hello(ctx, id, "i1", secret, key)
@@ -284,7 +270,7 @@ func TestExecRefusesChangedHostKey(t *testing.T) {
 	id := e.create("alpha").GetMetadata().GetId()
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 	defer cancel()
-	registered := newKey(t)
+	registered := testkeys.SSHPublicKey(t)
 	sup := e.startBound(id, "", registered)
 	e.waitPhase("alpha", phaseReady)
 	marker := filepath.Join(t.TempDir(), "ran")
@@ -374,7 +360,7 @@ func TestRelayStreamOnlyFromBoundInstance(t *testing.T) {
 	bound := session.Identity{InstanceID: "i1", Secret: session.NewInstanceSecret()}
 	c := e.sandboxClient(id)
 	stream, err := c.ConnectSupervisor(metadata.AppendToOutgoingContext(bound.Outgoing(ctx), instancemd.HostKey,
-		base64.StdEncoding.EncodeToString(newKey(t).Marshal())))
+		base64.StdEncoding.EncodeToString(testkeys.SSHPublicKey(t).Marshal())))
 	if err != nil {
 		t.Fatal(err)
 	}

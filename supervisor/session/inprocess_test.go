@@ -24,6 +24,7 @@ import (
 	pb "github.com/openshell/openshell/api/openshellv1"
 	"github.com/openshell/openshell/internal/instancemd"
 	"github.com/openshell/openshell/internal/streamconn"
+	"github.com/openshell/openshell/internal/testkeys"
 	"github.com/openshell/openshell/supervisor/reaper"
 	"github.com/openshell/openshell/supervisor/sandboxuser"
 	"github.com/openshell/openshell/supervisor/sshd"
@@ -293,7 +294,7 @@ func TestConfigNeedsAnSSHServer(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "HostKey") {
 		t.Fatalf("Validate without HostKey = %v", err)
 	}
-	key := testHostKey(t)
+	key := testkeys.SSHPublicKey(t)
 	for _, c := range []Config{
 		{SandboxID: "sb", InstanceID: "i", ServeSSH: func(context.Context, net.Conn) {}, HostKey: key},
 		{SandboxID: "sb", InstanceID: "i", DialSSH: func(context.Context) (net.Conn, error) { return nil, io.EOF }, HostKey: key},

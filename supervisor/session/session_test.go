@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/ecdsa"
-	"crypto/ed25519"
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/tls"
@@ -33,6 +32,7 @@ import (
 
 	pb "github.com/openshell/openshell/api/openshellv1"
 	"github.com/openshell/openshell/internal/instancemd"
+	"github.com/openshell/openshell/internal/testkeys"
 )
 
 // fakeGateway is a small real gRPC server with the supervisor-facing RPCs.
@@ -75,21 +75,6 @@ func (g *fakeGateway) recordAuth(ctx context.Context) {
 	g.auth = append(g.auth, strings.Join(md.Get("authorization"), ","))
 	g.md = append(g.md, md)
 	g.mu.Unlock()
-}
-
-// testHostKey is a fresh ed25519 public key for clients whose SSH target is not a
-// real SSH server.
-func testHostKey(t *testing.T) ssh.PublicKey {
-	t.Helper()
-	pub, _, err := ed25519.GenerateKey(rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	k, err := ssh.NewPublicKey(pub)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return k
 }
 
 func (g *fakeGateway) ConnectSupervisor(s grpc.BidiStreamingServer[pb.SupervisorMessage, pb.GatewayMessage]) error {
@@ -242,7 +227,7 @@ func startClientBackoff(t *testing.T, endpoint string, dialSSH func(context.Cont
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cc.Close() })
-	c, err := New(cc, Config{SandboxID: "sb-1", InstanceID: "inst-1", DialSSH: dialSSH, HostKey: testHostKey(t),
+	c, err := New(cc, Config{SandboxID: "sb-1", InstanceID: "inst-1", DialSSH: dialSSH, HostKey: testkeys.SSHPublicKey(t),
 		BackoffMin: bmin, BackoffMax: bmax})
 	if err != nil {
 		t.Fatal(err)

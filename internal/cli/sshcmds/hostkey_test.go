@@ -2,8 +2,6 @@ package sshcmds
 
 import (
 	"context"
-	"crypto/ed25519"
-	"crypto/rand"
 	"errors"
 	"os"
 	"os/exec"
@@ -17,6 +15,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/openshell/openshell/internal/testenv"
+	"github.com/openshell/openshell/internal/testkeys"
 )
 
 // TestMain lets the test binary stand in for `openshell ssh-proxy` when OpenSSH runs
@@ -40,19 +39,6 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
-func otherKey(t *testing.T) ssh.PublicKey {
-	t.Helper()
-	pub, _, err := ed25519.GenerateKey(rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	k, err := ssh.NewPublicKey(pub)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return k
-}
-
 // TestCLIChecksRegisteredHostKey: upload, download and the known-hosts printer speak
 // SSH through the gateway themselves; when the sandbox's SSH server presents a key
 // other than the one its supervisor registered (the fingerprint CreateSshSession
@@ -67,7 +53,7 @@ func TestCLIChecksRegisteredHostKey(t *testing.T) {
 		t.Fatalf("known-hosts line %q, want %q", out, KnownHostsLine("box", h.serverKey))
 	}
 
-	registered := otherKey(t)
+	registered := testkeys.SSHPublicKey(t)
 	h.g.setHostKey(registered)
 	src := filepath.Join(t.TempDir(), "f.txt")
 	if err := os.WriteFile(src, []byte("data"), 0o644); err != nil {
@@ -120,7 +106,7 @@ func TestOpenSSHChecksRegisteredHostKey(t *testing.T) {
 	if err != nil || strings.TrimSpace(out) != "pinned-ok" {
 		t.Fatalf("ssh with the registered key: %v\n%s", err, out)
 	}
-	h.g.setHostKey(otherKey(t))
+	h.g.setHostKey(testkeys.SSHPublicKey(t))
 	out, err = ssh()
 	// The KnownHostsCommand refuses to vouch for the key, so ssh knows no key for the
 	// host and (StrictHostKeyChecking yes) does not connect.
