@@ -5,16 +5,12 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
-
-	"github.com/openshell/openshell/images/bundle"
-	"github.com/openshell/openshell/internal/testenv"
 )
 
 // egressPolicy allows one host test server (by IP and port) and nothing else; the
@@ -75,13 +71,8 @@ func TestVMEgressNoNIC(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds every binary and boots a VM")
 	}
-	testenv.RequireCommand(t, "qemu-system-x86_64", "run scripts/setup-vm-host.sh")
-	testenv.RequireCommand(t, "mkfs.ext4", "run scripts/setup-vm-host.sh")
-	testenv.RequireCommand(t, "go", "install Go")
-	_, kerr := bundle.FindKernel("")
-	testenv.Require(t, kerr == nil, fmt.Sprintf("guest kernel: %v; run scripts/setup-vm-host.sh", kerr))
-	busybox, berr := exec.LookPath("busybox")
-	testenv.Require(t, berr == nil && isStatic(busybox), "a static busybox is needed for the test image: apt-get install busybox-static")
+	requireVMHost(t)
+	busybox := requireStaticBusybox(t)
 
 	allowed := startCountingServer(t, "hello-allowed")
 	denied := startCountingServer(t, "hello-denied")

@@ -4,16 +4,12 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
-
-	"github.com/openshell/openshell/images/bundle"
-	"github.com/openshell/openshell/internal/testenv"
 )
 
 // vmRun is a started gateway (VM driver) with the test image built: what the kill -9
@@ -32,13 +28,8 @@ func startVMRun(t *testing.T) *vmRun {
 	if testing.Short() {
 		t.Skip("builds every binary and boots VMs")
 	}
-	testenv.RequireCommand(t, "qemu-system-x86_64", "run scripts/setup-vm-host.sh")
-	testenv.RequireCommand(t, "mkfs.ext4", "run scripts/setup-vm-host.sh")
-	testenv.RequireCommand(t, "go", "install Go")
-	_, kerr := bundle.FindKernel("")
-	testenv.Require(t, kerr == nil, fmt.Sprintf("guest kernel: %v; run scripts/setup-vm-host.sh", kerr))
-	busybox, berr := exec.LookPath("busybox")
-	testenv.Require(t, berr == nil && isStatic(busybox), "a static busybox is needed for the test image: apt-get install busybox-static")
+	requireVMHost(t)
+	busybox := requireStaticBusybox(t)
 
 	r := &vmRun{env: newEnv(t)}
 	r.image = r.buildImage(busybox)

@@ -22,7 +22,6 @@ import (
 	"github.com/digitalocean/go-qemu/qmp"
 	"golang.org/x/sys/unix"
 
-	"github.com/openshell/openshell/images/bundle"
 	"github.com/openshell/openshell/internal/testenv"
 	"github.com/openshell/openshell/supervisor/credentials"
 )
@@ -107,11 +106,7 @@ func TestVMSecretsNeverInGuest(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds every binary and boots a VM")
 	}
-	testenv.RequireCommand(t, "qemu-system-x86_64", "run scripts/setup-vm-host.sh")
-	testenv.RequireCommand(t, "mkfs.ext4", "run scripts/setup-vm-host.sh")
-	testenv.RequireCommand(t, "go", "install Go")
-	_, kerr := bundle.FindKernel("")
-	testenv.Require(t, kerr == nil, fmt.Sprintf("guest kernel: %v; run scripts/setup-vm-host.sh", kerr))
+	requireVMHost(t)
 	_, ierr := os.Stat(filepath.Join(baseImageDir, "index.json"))
 	testenv.Require(t, ierr == nil, "the base image (curl) is missing: run scripts/build-base-image.sh")
 

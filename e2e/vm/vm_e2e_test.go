@@ -54,13 +54,8 @@ func TestVMEndToEnd(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds every binary and boots VMs")
 	}
-	testenv.RequireCommand(t, "qemu-system-x86_64", "run scripts/setup-vm-host.sh")
-	testenv.RequireCommand(t, "mkfs.ext4", "run scripts/setup-vm-host.sh")
-	testenv.RequireCommand(t, "go", "install Go")
-	_, kerr := bundle.FindKernel("")
-	testenv.Require(t, kerr == nil, fmt.Sprintf("guest kernel: %v; run scripts/setup-vm-host.sh", kerr))
-	busybox, berr := exec.LookPath("busybox")
-	testenv.Require(t, berr == nil && isStatic(busybox), "a static busybox is needed for the test image: apt-get install busybox-static")
+	requireVMHost(t)
+	busybox := requireStaticBusybox(t)
 
 	e := newEnv(t)
 	image := e.buildImage(busybox)
@@ -410,6 +405,26 @@ func writeBusyboxRootfs(path, busybox string) error {
 		}
 	}
 	return tw.Close()
+}
+
+// requireVMHost requires what booting a VM sandbox needs on this host: QEMU, mkfs.ext4,
+// the Go toolchain (the tests build every binary) and the guest kernel.
+func requireVMHost(t *testing.T) {
+	t.Helper()
+	testenv.RequireCommand(t, "qemu-system-x86_64", "run scripts/setup-vm-host.sh")
+	testenv.RequireCommand(t, "mkfs.ext4", "run scripts/setup-vm-host.sh")
+	testenv.RequireCommand(t, "go", "install Go")
+	_, kerr := bundle.FindKernel("")
+	testenv.Require(t, kerr == nil, fmt.Sprintf("guest kernel: %v; run scripts/setup-vm-host.sh", kerr))
+}
+
+// requireStaticBusybox returns the path of a statically linked busybox, from which the
+// tests build their minimal image.
+func requireStaticBusybox(t *testing.T) string {
+	t.Helper()
+	busybox, berr := exec.LookPath("busybox")
+	testenv.Require(t, berr == nil && isStatic(busybox), "a static busybox is needed for the test image: apt-get install busybox-static")
+	return busybox
 }
 
 func isStatic(path string) bool {
