@@ -14,14 +14,7 @@ import (
 	"time"
 )
 
-const echoPolicyTemplate = `version: 1
-filesystem_policy:
-  include_workdir: true
-  read_only: [/usr, /lib, /lib64, /bin, /sbin, /etc, /opt, /proc, /dev/urandom, /dev/zero, /dev/random]
-  read_write: [/tmp, /dev/null, /dev/tty, /dev/pts, /dev/ptmx, /dev/shm]
-landlock:
-  compatibility: best_effort
-network_policies:
+const echoPolicyTemplate = policyFilesystem + `network_policies:
   api:
     endpoints:
       - {host: %[1]s, port: %[2]d}

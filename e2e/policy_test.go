@@ -14,14 +14,18 @@ import (
 // (the driver's extra host entry): the test servers are reached through it.
 const gatewayHostName = "host.openshell.internal"
 
-const policyTemplate = `version: 1
+// policyFilesystem is the start of every policy these tests write: the default
+// policy's filesystem and Landlock sections.
+const policyFilesystem = `version: 1
 filesystem_policy:
   include_workdir: true
   read_only: [/usr, /lib, /lib64, /bin, /sbin, /etc, /opt, /proc, /dev/urandom, /dev/zero, /dev/random]
   read_write: [/tmp, /dev/null, /dev/tty, /dev/pts, /dev/ptmx, /dev/shm]
 landlock:
   compatibility: best_effort
-network_policies:
+`
+
+const policyTemplate = policyFilesystem + `network_policies:
   web:
     endpoints:
       - host: %[1]s

@@ -18,14 +18,7 @@ import (
 )
 
 // runAsPolicy is the default policy's filesystem section with a process section.
-const runAsPolicy = `version: 1
-filesystem_policy:
-  include_workdir: true
-  read_only: [/usr, /lib, /lib64, /bin, /sbin, /etc, /opt, /proc, /dev/urandom, /dev/zero, /dev/random]
-  read_write: [/tmp, /dev/null, /dev/tty, /dev/pts, /dev/ptmx, /dev/shm]
-landlock:
-  compatibility: best_effort
-process:
+const runAsPolicy = policyFilesystem + `process:
 `
 
 // The accounts of the run-as image: the base test image's root and sandbox (still its
