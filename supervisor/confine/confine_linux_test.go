@@ -188,10 +188,18 @@ func setupTree(t *testing.T) string {
 
 func runHelper(t *testing.T, s Spec, dir string) probe {
 	t.Helper()
+	return runProbeHelper(t, "TestHelperConfined", "CONFINE_HELPER_SPEC", s, dir)
+}
+
+// runProbeHelper runs the helper test named helper in a child of this test binary,
+// with s (in the environment variable specEnv) and dir, and returns the probe it
+// prints as a JSON line.
+func runProbeHelper(t *testing.T, helper, specEnv string, s Spec, dir string) probe {
+	t.Helper()
 	exe, _ := os.Executable()
 	b, _ := s.Marshal()
-	cmd := exec.CommandContext(t.Context(), exe, "-test.run=^TestHelperConfined$", "-test.v")
-	cmd.Env = append(os.Environ(), "CONFINE_HELPER_SPEC="+string(b), "CONFINE_HELPER_DIR="+dir)
+	cmd := exec.CommandContext(t.Context(), exe, "-test.run=^"+helper+"$", "-test.v")
+	cmd.Env = append(os.Environ(), specEnv+"="+string(b), "CONFINE_HELPER_DIR="+dir)
 	out, err := cmd.Output()
 	if err != nil {
 		t.Fatalf("helper: %v\n%s", err, out)

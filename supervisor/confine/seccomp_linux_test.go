@@ -306,24 +306,7 @@ func TestLandlockNotEnabled(t *testing.T) {
 	run := func(hard bool) probe {
 		s := Spec{UID: nobody, GID: nobody, LandlockHard: hard,
 			ReadOnly: []string{"/usr", "/lib", "/etc", filepath.Dir(exe)}, ReadWrite: []string{filepath.Join(dir, "rw")}}
-		b, _ := s.Marshal()
-		cmd := exec.CommandContext(t.Context(), exe, "-test.run=^TestHelperNoLandlockKernel$")
-		cmd.Env = append(os.Environ(), "CONFINE_NOLANDLOCK_SPEC="+string(b), "CONFINE_HELPER_DIR="+dir)
-		out, err := cmd.Output()
-		if err != nil {
-			t.Fatalf("helper: %v\n%s", err, out)
-		}
-		for _, l := range strings.Split(string(out), "\n") {
-			if strings.HasPrefix(l, "{") {
-				p := probe{}
-				if err := json.Unmarshal([]byte(l), &p); err != nil {
-					t.Fatal(err)
-				}
-				return p
-			}
-		}
-		t.Fatalf("helper printed no probe:\n%s", out)
-		return nil
+		return runProbeHelper(t, "TestHelperNoLandlockKernel", "CONFINE_NOLANDLOCK_SPEC", s, dir)
 	}
 	p := run(true)
 	for _, want := range []string{"Landlock is required", "hard_requirement", "EOPNOTSUPP", "lsm=", "best_effort"} {
