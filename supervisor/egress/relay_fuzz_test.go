@@ -47,14 +47,7 @@ func FuzzRelayConnectDial(f *testing.F) {
 	} {
 		f.Add([]byte(s))
 	}
-	parsed, err := policy.Parse([]byte("version: 1\nnetwork_policies:\n  w:\n    endpoints: [{host: '*.example.com', port: 443}, {host: 93.184.216.34, port: 80}]\n"))
-	if err != nil {
-		f.Fatal(err)
-	}
-	pol, err := policy.Compile(parsed)
-	if err != nil {
-		f.Fatal(err)
-	}
+	pol := compile(f, "version: 1\nnetwork_policies:\n  w:\n    endpoints: [{host: '*.example.com', port: 443}, {host: 93.184.216.34, port: 80}]\n")
 	res := fuzzResolver{
 		"a.example.com":     {netip.MustParseAddr("93.184.216.10")},
 		"mixed.example.com": {netip.MustParseAddr("10.0.0.1"), netip.MustParseAddr("93.184.216.11")},
@@ -136,7 +129,7 @@ func relayDials(pol *policy.Compiled, res Resolver, known bool, data []byte) []s
 	srv, cli := net.Pipe()
 	done := make(chan struct{})
 	go func() { io.ReadAll(cli); close(done) }()
-	r.ServeConn(context.Background(), &fuzzConn{Conn: srv, in: bytes.NewReader(data)})
+	r.ServeConn(context.Background(), &pipeConn{Conn: srv, in: bytes.NewReader(data)})
 	<-done
 	return dials
 }
@@ -144,11 +137,7 @@ func relayDials(pol *policy.Compiled, res Resolver, known bool, data []byte) []s
 // The harness reaches the dial: an allowed name at its resolved address is dialed
 // once, the same name claimed for another address is not.
 func TestRelayDialsHarness(t *testing.T) {
-	parsed, _ := policy.Parse([]byte("version: 1\nnetwork_policies:\n  w:\n    endpoints: [{host: '*.example.com', port: 443}]\n"))
-	pol, err := policy.Compile(parsed)
-	if err != nil {
-		t.Fatal(err)
-	}
+	pol := compile(t, "version: 1\nnetwork_policies:\n  w:\n    endpoints: [{host: '*.example.com', port: 443}]\n")
 	res := fuzzResolver{"a.example.com": {netip.MustParseAddr("93.184.216.10")}}
 	got := relayDials(pol, res, true, []byte("CONNECT 93.184.216.10:443 HTTP/1.1\r\nX-Openshell-Host: a.example.com\r\n\r\n"))
 	if strings.Join(got, " ") != "93.184.216.10:443" {
@@ -158,11 +147,3 @@ func TestRelayDialsHarness(t *testing.T) {
 		t.Fatalf("dials %v for a claimed address", got)
 	}
 }
-
-// fuzzConn reads the guest's bytes from in and writes the relay's answers to Conn.
-type fuzzConn struct {
-	net.Conn
-	in io.Reader
-}
-
-func (c *fuzzConn) Read(p []byte) (int, error) { return c.in.Read(p) }
