@@ -139,10 +139,11 @@ func (e *env) sandboxClient(id string) openshellv1.OpenShellClient {
 	return e.client(&tls.Config{RootCAs: e.bundle.CertPool(), MinVersion: tls.VersionTLS13}, tok)
 }
 
-func (e *env) create(name string) *openshellv1.Sandbox {
+// create makes sandbox name from the test image, with the named providers attached.
+func (e *env) create(name string, providers ...string) *openshellv1.Sandbox {
 	e.t.Helper()
 	resp, err := e.user.CreateSandbox(context.Background(), &openshellv1.CreateSandboxRequest{Name: name, Spec: &openshellv1.SandboxSpec{
-		Template: &openshellv1.SandboxTemplate{Image: "test:1"}}})
+		Template: &openshellv1.SandboxTemplate{Image: "test:1"}, Providers: providers}})
 	if err != nil {
 		e.t.Fatalf("CreateSandbox(%s): %v", name, err)
 	}

@@ -100,12 +100,7 @@ func TestSandboxProviders(t *testing.T) {
 		t.Errorf("unknown provider error = %v", err)
 	}
 
-	resp, err := e.user.CreateSandbox(ctx, &openshellv1.CreateSandboxRequest{Name: "agent", Spec: &openshellv1.SandboxSpec{
-		Template: &openshellv1.SandboxTemplate{Image: "test:1"}, Providers: []string{"github"}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	id := resp.GetSandbox().GetMetadata().GetId()
+	id := e.create("agent", "github").GetMetadata().GetId()
 	other := e.create("other").GetMetadata().GetId()
 
 	got, err := e.sandboxExt(id).GetSandboxProviders(ctx, &openshellv1.GetSandboxProvidersRequest{SandboxId: id})

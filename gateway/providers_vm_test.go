@@ -47,12 +47,7 @@ func TestVMSandboxProvidersOnlyToRunner(t *testing.T) {
 	})
 	ctx := context.Background()
 	createGitHubProvider(t, e.userExt())
-	resp, err := e.user.CreateSandbox(ctx, &openshellv1.CreateSandboxRequest{Name: "agent", Spec: &openshellv1.SandboxSpec{
-		Template: &openshellv1.SandboxTemplate{Image: "test:1"}, Providers: []string{"github"}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	id := resp.GetSandbox().GetMetadata().GetId()
+	id := e.create("agent", "github").GetMetadata().GetId()
 	other := e.create("other").GetMetadata().GetId()
 	tok, err := e.issuer.Mint(id, time.Hour)
 	if err != nil {
@@ -119,12 +114,7 @@ func TestAttachedVMDriverGetsNoValues(t *testing.T) {
 	})
 	ctx := context.Background()
 	createGitHubProvider(t, e.userExt())
-	resp, err := e.user.CreateSandbox(ctx, &openshellv1.CreateSandboxRequest{Name: "agent", Spec: &openshellv1.SandboxSpec{
-		Template: &openshellv1.SandboxTemplate{Image: "test:1"}, Providers: []string{"github"}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	id := resp.GetSandbox().GetMetadata().GetId()
+	id := e.create("agent", "github").GetMetadata().GetId()
 	cctx := metadata.AppendToOutgoingContext(ctx, hostcred.MetadataKey, hostcred.Derive(nil, id))
 	got, err := e.sandboxExt(id).GetSandboxProviders(cctx, &openshellv1.GetSandboxProvidersRequest{SandboxId: id})
 	wantCode(t, err, codes.PermissionDenied)
