@@ -3,8 +3,6 @@ package gateway_test
 import (
 	"context"
 	"encoding/base64"
-	"errors"
-	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -20,10 +18,7 @@ import (
 	"github.com/openshell/openshell/drivers/drivertest"
 	"github.com/openshell/openshell/internal/instancemd"
 	"github.com/openshell/openshell/internal/testkeys"
-	"github.com/openshell/openshell/supervisor/reaper"
-	"github.com/openshell/openshell/supervisor/sandboxuser"
 	"github.com/openshell/openshell/supervisor/session"
-	"github.com/openshell/openshell/supervisor/sshd"
 )
 
 // boundSupervisor is the real supervisor session client and SSH server (in-process
@@ -39,27 +34,9 @@ type boundSupervisor struct {
 // "changed" under the gateway).
 func (e *env) startBound(id string, secret string, register ssh.PublicKey) *boundSupervisor {
 	e.t.Helper()
-	dir, err := os.MkdirTemp("", "sup")
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	r := reaper.New(false)
-	u := &sandboxuser.User{Name: "me", UID: uint32(os.Getuid()), GID: uint32(os.Getgid()), Home: dir, Shell: "/bin/sh"}
-	srv, err := sshd.New(sshd.Config{User: u, Env: append([]string{"PATH=/usr/bin:/bin"}, u.Env()...), Dir: dir, Reaper: r})
-	if err != nil {
-		e.t.Fatal(err)
-	}
+	dir, r, srv, cc := e.supervisorParts(id)
 	if register == nil {
 		register = srv.HostKey()
-	}
-	tok, err := e.issuer.Mint(id, time.Hour)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	cc, err := session.Dial(session.DialOptions{Endpoint: "https://" + e.addr, CAPEM: e.bundle.CAPEM,
-		Token: func() (string, error) { return tok, nil }})
-	if err != nil {
-		e.t.Fatal(err)
 	}
 	b := &boundSupervisor{id: session.Identity{InstanceID: session.NewInstanceID(), Secret: secret}, hostKey: srv.HostKey()}
 	cl, err := session.New(cc, session.Config{SandboxID: id, InstanceID: b.id.InstanceID, InstanceSecret: secret,
@@ -110,25 +87,8 @@ func (e *env) hello(ctx context.Context, id, instance, secret string, key ssh.Pu
 
 // execOut runs argv through ExecSandbox and returns stdout and the exit code.
 func (e *env) execOut(ctx context.Context, id string, argv ...string) (string, int32, error) {
-	st, err := e.user.ExecSandbox(ctx, &openshellv1.ExecSandboxRequest{SandboxId: id, Command: argv})
-	if err != nil {
-		return "", 0, err
-	}
-	var out strings.Builder
-	code := int32(-1)
-	for {
-		ev, err := st.Recv()
-		if errors.Is(err, io.EOF) {
-			return out.String(), code, nil
-		}
-		if err != nil {
-			return out.String(), code, err
-		}
-		out.Write(ev.GetStdout().GetData())
-		if x := ev.GetExit(); x != nil {
-			code = x.GetExitCode()
-		}
-	}
+	out, _, code, err := e.exec(ctx, &openshellv1.ExecSandboxRequest{SandboxId: id, Command: argv})
+	return out, code, err
 }
 
 func (e *env) gatewayLines(ctx context.Context, id string) string {
