@@ -531,17 +531,25 @@ func FuzzProxyRequest(f *testing.F) {
 
 var _ = tls.VersionTLS13
 
-func TestDiagInodeMatchesProc(t *testing.T) {
+// loopbackConn is a TCP connection dialed to a listener on 127.0.0.1 (not yet
+// accepted); both are closed at cleanup.
+func loopbackConn(t *testing.T) (net.Listener, net.Conn) {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
+	t.Cleanup(func() { ln.Close() })
 	c, err := net.Dial("tcp", ln.Addr().String())
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c.Close()
+	t.Cleanup(func() { c.Close() })
+	return ln, c
+}
+
+func TestDiagInodeMatchesProc(t *testing.T) {
+	ln, c := loopbackConn(t)
 	s, err := ln.Accept()
 	if err != nil {
 		t.Fatal(err)
@@ -825,16 +833,7 @@ func FuzzCheckTunnelHost(f *testing.F) {
 // holders as the portable one, for a socket held by this process alone and then
 // also by a child.
 func TestSocketHoldersMatchesPortableScan(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	c, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	_, c := loopbackConn(t)
 	ino, err := findInode("/proc/net/tcp", c.LocalAddr().(*net.TCPAddr).AddrPort(), c.RemoteAddr().(*net.TCPAddr).AddrPort())
 	if err != nil || ino == "" {
 		t.Fatalf("inode: %q %v", ino, err)
