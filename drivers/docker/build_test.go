@@ -9,8 +9,6 @@ import (
 
 	"github.com/moby/moby/client"
 
-	"github.com/openshell/openshell/api/computev1"
-	"github.com/openshell/openshell/api/openshellv1"
 	"github.com/openshell/openshell/drivers/drivertest"
 )
 
@@ -83,11 +81,7 @@ func TestBuildImageAndVolumes(t *testing.T) {
 	// A sandbox from the built image gets an anonymous volume for /data; Delete removes it.
 	d := newTestDriver(t, testConfig(t))
 	sid, name := drivertest.NewIDs()
-	if err := d.Create(ctx, drivertest.DefaultSandbox(sid, name, tag)); err != nil {
-		t.Fatalf("Create: %v", err)
-	}
-	t.Cleanup(func() { _, _ = d.Delete(context.Background(), sid, name) })
-	waitFor(t, d, sid, "READY", func(s *computev1.DriverSandbox) bool { return phase(s) == openshellv1.SandboxPhase_SANDBOX_PHASE_READY })
+	createReady(ctx, t, d, drivertest.DefaultSandbox(sid, name, tag))
 	ins, err := cli.ContainerInspect(ctx, containerName(name), client.ContainerInspectOptions{})
 	if err != nil {
 		t.Fatal(err)

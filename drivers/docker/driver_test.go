@@ -35,6 +35,16 @@ func TestConformance(t *testing.T) {
 	}, drivertest.Options{Image: testImage, ReadyTimeout: 30 * time.Second})
 }
 
+// createReady creates sb, deletes it at cleanup, and waits until it is READY.
+func createReady(ctx context.Context, t *testing.T, d *Driver, sb *computev1.DriverSandbox) *computev1.DriverSandbox {
+	t.Helper()
+	if err := d.Create(ctx, sb); err != nil {
+		t.Fatalf("Create: %v", err)
+	}
+	t.Cleanup(func() { _, _ = d.Delete(context.Background(), sb.GetId(), sb.GetName()) })
+	return waitFor(t, d, sb.GetId(), "READY", func(s *computev1.DriverSandbox) bool { return phase(s) == openshellv1.SandboxPhase_SANDBOX_PHASE_READY })
+}
+
 // waitFor polls Get until pred holds.
 func waitFor(t *testing.T, d *Driver, id string, what string, pred func(*computev1.DriverSandbox) bool) *computev1.DriverSandbox {
 	t.Helper()
@@ -69,11 +79,7 @@ func TestCreateContainerShape(t *testing.T) {
 	sb.Spec.Environment = map[string]string{"FOO": "bar"}
 	sb.Spec.Template.Resources = &computev1.DriverResourceRequirements{CpuLimit: "500m", MemoryLimit: "128Mi", MemoryRequest: "96Mi"}
 	sb.Spec.Template.PlatformConfig, _ = structpb.NewStruct(map[string]any{"runtime_class_name": "runc"})
-	if err := d.Create(ctx, sb); err != nil {
-		t.Fatalf("Create: %v", err)
-	}
-	t.Cleanup(func() { _, _ = d.Delete(context.Background(), id, name) })
-	got := waitFor(t, d, id, "Ready", func(s *computev1.DriverSandbox) bool { return phase(s) == openshellv1.SandboxPhase_SANDBOX_PHASE_READY })
+	got := createReady(ctx, t, d, sb)
 	if got.GetWorkspace() != "ws1" || got.GetStatus().GetInstanceId() == "" {
 		t.Errorf("observation workspace/instance = %q/%q", got.GetWorkspace(), got.GetStatus().GetInstanceId())
 	}
@@ -326,11 +332,7 @@ func TestKilledSupervisorIsError(t *testing.T) {
 	requireDocker(t)
 	d := newTestDriver(t, testConfig(t))
 	id, name := drivertest.NewIDs()
-	if err := d.Create(t.Context(), drivertest.DefaultSandbox(id, name, testImage)); err != nil {
-		t.Fatalf("Create: %v", err)
-	}
-	t.Cleanup(func() { _, _ = d.Delete(context.Background(), id, name) })
-	waitFor(t, d, id, "READY", func(s *computev1.DriverSandbox) bool { return phase(s) == openshellv1.SandboxPhase_SANDBOX_PHASE_READY })
+	createReady(t.Context(), t, d, drivertest.DefaultSandbox(id, name, testImage))
 	dockerCLI(t, "kill", "--signal", "KILL", containerName(name))
 	got := waitFor(t, d, id, "ERROR", func(s *computev1.DriverSandbox) bool { return phase(s) == openshellv1.SandboxPhase_SANDBOX_PHASE_ERROR })
 	if msg := drivers.FindCondition(got.GetStatus(), drivers.ConditionReady).GetMessage(); !strings.Contains(msg, "code 137") {

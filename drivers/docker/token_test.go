@@ -1,13 +1,10 @@
 package docker
 
 import (
-	"context"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/openshell/openshell/api/computev1"
-	"github.com/openshell/openshell/api/openshellv1"
 	"github.com/openshell/openshell/drivers/drivertest"
 	"github.com/openshell/openshell/internal/testenv"
 )
@@ -23,11 +20,7 @@ func TestAgentCannotReadToken(t *testing.T) {
 	testenv.Require(t, realSup, "the real supervisor (./cmd/openshell-sandbox) does not build; the stand-in covers nothing")
 	d := newTestDriver(t, testConfig(t))
 	id, name := drivertest.NewIDs()
-	if err := d.Create(t.Context(), drivertest.DefaultSandbox(id, name, testImage)); err != nil {
-		t.Fatalf("Create: %v", err)
-	}
-	t.Cleanup(func() { _, _ = d.Delete(context.Background(), id, name) })
-	waitFor(t, d, id, "READY", func(s *computev1.DriverSandbox) bool { return phase(s) == openshellv1.SandboxPhase_SANDBOX_PHASE_READY })
+	createReady(t.Context(), t, d, drivertest.DefaultSandbox(id, name, testImage))
 	cname := containerName(name)
 	// The supervisor starts the main process after covering the token.
 	deadline := time.Now().Add(60 * time.Second)
