@@ -55,9 +55,10 @@ func (s *configServer) GetSandboxConfig(ctx context.Context, req *sandboxv1.GetS
 	return r, nil
 }
 
-// startConfigServer serves cs over TLS with a fresh test CA; it returns the listen
-// address and the CA PEM.
-func startConfigServer(t *testing.T, cs *configServer) (addr string, caPEM []byte) {
+// startConfigServer serves cs over TLS with a fresh test CA, and whatever more the
+// register functions add to the server; it returns the listen address and the CA
+// PEM.
+func startConfigServer(t *testing.T, cs *configServer, register ...func(*grpc.Server)) (addr string, caPEM []byte) {
 	t.Helper()
 	b, err := pki.Ensure(t.TempDir(), nil)
 	if err != nil {
@@ -69,6 +70,9 @@ func startConfigServer(t *testing.T, cs *configServer) (addr string, caPEM []byt
 	}
 	srv := grpc.NewServer(grpc.Creds(credentials.NewTLS(b.ServerTLSConfig())))
 	pb.RegisterOpenShellServer(srv, cs)
+	for _, r := range register {
+		r(srv)
+	}
 	go srv.Serve(l)
 	t.Cleanup(srv.Stop)
 	return l.Addr().String(), b.CAPEM

@@ -21,12 +21,10 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	grpccreds "google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	pb "github.com/openshell/openshell/api/openshellv1"
-	"github.com/openshell/openshell/gateway/pki"
 	"github.com/openshell/openshell/internal/hostcred"
 	"github.com/openshell/openshell/supervisor/credentials"
 	"github.com/openshell/openshell/supervisor/egress"
@@ -116,22 +114,9 @@ func TestVMSecretsStayOnHost(t *testing.T) {
 	up := startUpstream(t)
 	key := []byte("0123456789abcdef0123456789abcdef")
 
-	b, err := pki.Ensure(t.TempDir(), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	gl, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	gs := grpc.NewServer(grpc.Creds(grpccreds.NewTLS(b.ServerTLSConfig())))
 	cs := &configServer{}
 	cs.resp.Store(policyResp(t, 1, fmt.Sprintf("version: 1\nnetwork_policies:\n  api:\n    endpoints:\n      - {host: localhost, port: %d}\n      - {host: 127.0.0.1, port: %[1]d}\n", up.port)))
-	pb.RegisterOpenShellServer(gs, cs)
-	pb.RegisterOpenShellExtServer(gs, &providersServer{key: key})
-	go gs.Serve(gl)
-	t.Cleanup(gs.Stop)
-	gw := gl.Addr().String()
+	gw, caPEM := startConfigServer(t, cs, func(gs *grpc.Server) { pb.RegisterOpenShellExtServer(gs, &providersServer{key: key}) })
 	_, gwPort, _ := net.SplitHostPort(gw)
 
 	run := func(t *testing.T, cred string) (open func(context.Context) (net.Conn, error), rec *recorder) {
@@ -140,7 +125,7 @@ func TestVMSecretsStayOnHost(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		spec := syncSpec(gwPort, b.CAPEM, syncTestToken)
+		spec := syncSpec(gwPort, caPEM, syncTestToken)
 		spec.Egress.UpstreamCAFile, spec.Egress.RunnerCredential = up.caFile, cred
 		stop, err := startEgress(t.Context(), l, spec, func() string { return gw }, slog.Default())
 		if err != nil {
