@@ -51,10 +51,7 @@ func buildAttacker(t *testing.T) string {
 func TestAttackFromAgent(t *testing.T) {
 	h := newHarness(t)
 	attacker := buildAttacker(t)
-	polFile := filepath.Join(t.TempDir(), "policy.yaml")
-	if err := os.WriteFile(polFile, []byte(attackPolicy), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	polFile := writePolicy(t, t.TempDir(), attackPolicy)
 	box := uniqueName("attack")
 	// Under hard_requirement the sandbox only becomes Ready when the supervisor found
 	// Landlock enforced by the (guest) kernel.

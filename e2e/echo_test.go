@@ -5,9 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -83,10 +81,7 @@ func TestCredentialEchoes(t *testing.T) {
 	cert, caPEM := testCA(t, gatewayHostName)
 	srv := startRecordingServer(t, cert)
 	dir := t.TempDir()
-	polFile := filepath.Join(dir, "policy.yaml")
-	if err := os.WriteFile(polFile, []byte(fmt.Sprintf(echoPolicyTemplate, gatewayHostName, srv.port())), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	polFile := writePolicy(t, dir, fmt.Sprintf(echoPolicyTemplate, gatewayHostName, srv.port()))
 	const secret = "e2e-echo-secret-8c3f51aa90"
 	prov := uniqueName("echo")
 	// A wildcard binding is refused unless asked for, naming the flag.

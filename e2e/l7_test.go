@@ -2,9 +2,7 @@ package e2e
 
 import (
 	"fmt"
-	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -50,10 +48,7 @@ func TestL7Rules(t *testing.T) {
 	secure := startCountingServer(t, "secure", cert)
 
 	dir := t.TempDir()
-	polFile := filepath.Join(dir, "policy.yaml")
-	if err := os.WriteFile(polFile, []byte(fmt.Sprintf(l7PolicyTemplate, gatewayHostName, plain.port(), secure.port())), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	polFile := writePolicy(t, dir, fmt.Sprintf(l7PolicyTemplate, gatewayHostName, plain.port(), secure.port()))
 	// No provider: the sandbox CA that terminated tunnels need exists in every sandbox.
 	box := uniqueName("l7")
 	h.mustRun(t, "sandbox", "create", "--name", box, "--from", policyTestImage, "--timeout", "120s",

@@ -144,3 +144,13 @@ func testCA(t *testing.T, host string) (*tls.Certificate, []byte) {
 	return &tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key},
 		pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER})
 }
+
+// writePolicy writes doc to dir/policy.yaml and returns its path.
+func writePolicy(t *testing.T, dir, doc string) string {
+	t.Helper()
+	f := filepath.Join(dir, "policy.yaml")
+	if err := os.WriteFile(f, []byte(doc), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return f
+}

@@ -68,10 +68,7 @@ func TestPolicyEnforcement(t *testing.T) {
 
 	dir := t.TempDir()
 	pol := fmt.Sprintf(policyTemplate, gatewayHostName, allowed.port(), secure.port(), audited.port())
-	polFile := filepath.Join(dir, "policy.yaml")
-	if err := os.WriteFile(polFile, []byte(pol), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	polFile := writePolicy(t, dir, pol)
 	const secret = "e2e-secret-4f1d9c2b7a"
 	prov := uniqueName("prov")
 	h.mustRun(t, "provider", "create", "--name", prov, "--type", "generic", "--credential", "API_TOKEN="+secret, "--host", gatewayHostName)

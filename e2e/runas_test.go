@@ -96,10 +96,7 @@ func TestRunAsPolicyAccount(t *testing.T) {
 	h := newHarness(t)
 	dir := t.TempDir()
 	pol := runAsPolicy + "  run_as_user: agent\n  run_as_group: other\n"
-	polFile := filepath.Join(dir, "policy.yaml")
-	if err := os.WriteFile(polFile, []byte(pol), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	polFile := writePolicy(t, dir, pol)
 	box := uniqueName("runas")
 	h.mustRun(t, "sandbox", "create", "--name", box, "--from", image, "--timeout", "120s", "--policy", polFile, "--",
 		"sh", "-c", "echo $$ > /tmp/main.pid; while true; do sleep 1; done")
@@ -201,10 +198,7 @@ func TestRunAsPolicyAccount(t *testing.T) {
 func TestRunAsUnknownAccount(t *testing.T) {
 	image := buildRunAsImage(t)
 	h := newHarness(t)
-	polFile := filepath.Join(t.TempDir(), "policy.yaml")
-	if err := os.WriteFile(polFile, []byte(runAsPolicy+"  run_as_user: ghost\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	polFile := writePolicy(t, t.TempDir(), runAsPolicy+"  run_as_user: ghost\n")
 	box := uniqueName("ghost")
 	r := h.run(t.Context(), "sandbox", "create", "--name", box, "--from", image, "--timeout", "120s", "--policy", polFile, "--",
 		"sh", "-c", "while true; do sleep 1; done")
