@@ -15,7 +15,8 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
-	"path/filepath"
+
+	"github.com/openshell/openshell/internal/keyfile"
 )
 
 // KeyFile is the key's file name in the gateway state directory.
@@ -42,28 +43,13 @@ type Box struct {
 func LoadOrCreate(path string) (*Box, error) {
 	key, err := os.ReadFile(path)
 	if errors.Is(err, fs.ErrNotExist) {
-		key = make([]byte, keySize)
-		if _, err := rand.Read(key); err != nil {
-			return nil, fmt.Errorf("secrets: generating key: %w", err)
-		}
-		if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-			return nil, fmt.Errorf("secrets: key directory: %w", err)
-		}
-		// O_EXCL: two gateways starting at once must not overwrite each other's key.
-		f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+		key, err = keyfile.Create(path, keySize)
 		if errors.Is(err, fs.ErrExist) {
+			// Two gateways starting at once must not overwrite each other's key.
 			return LoadOrCreate(path)
 		}
 		if err != nil {
-			return nil, fmt.Errorf("secrets: creating key file %s: %w", path, err)
-		}
-		_, werr := f.Write(key)
-		if cerr := f.Close(); werr == nil {
-			werr = cerr
-		}
-		if werr != nil {
-			_ = os.Remove(path)
-			return nil, fmt.Errorf("secrets: writing key file %s: %w", path, werr)
+			return nil, fmt.Errorf("secrets: %w", err)
 		}
 	} else if err != nil {
 		return nil, fmt.Errorf("secrets: reading key file %s: %w", path, err)

@@ -22,14 +22,14 @@ package hostcred
 
 import (
 	"crypto/hmac"
-	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"io/fs"
 	"os"
-	"path/filepath"
+
+	"github.com/openshell/openshell/internal/keyfile"
 )
 
 // MetadataKey is the gRPC metadata key that carries the runner credential.
@@ -64,28 +64,13 @@ func LoadOrCreate(path string) ([]byte, error) {
 	if !errors.Is(err, fs.ErrNotExist) {
 		return key, err
 	}
-	key = make([]byte, keySize)
-	if _, err := rand.Read(key); err != nil {
-		return nil, fmt.Errorf("runner key: %w", err)
-	}
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		return nil, fmt.Errorf("runner key directory: %w", err)
-	}
-	// O_EXCL: two gateways starting at once must agree on one key.
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	key, err = keyfile.Create(path, keySize)
 	if errors.Is(err, fs.ErrExist) {
+		// Two gateways starting at once must agree on one key.
 		return Load(path)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("runner key %s: %w", path, err)
-	}
-	_, werr := f.Write(key)
-	if cerr := f.Close(); werr == nil {
-		werr = cerr
-	}
-	if werr != nil {
-		os.Remove(path)
-		return nil, fmt.Errorf("runner key %s: %w", path, werr)
+		return nil, fmt.Errorf("runner key: %w", err)
 	}
 	return key, nil
 }
