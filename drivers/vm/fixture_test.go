@@ -20,8 +20,7 @@ import (
 	"github.com/openshell/openshell/drivers/vm"
 	"github.com/openshell/openshell/drivers/vm/internal/state"
 	"github.com/openshell/openshell/drivers/vm/ocilayout"
-	"github.com/openshell/openshell/images/bundle"
-	"github.com/openshell/openshell/internal/testenv"
+	"github.com/openshell/openshell/internal/testenv/vmhost"
 )
 
 // envRunner marks a re-exec of the test binary as a VM runner.
@@ -64,11 +63,7 @@ var (
 // driver binary. It skips (or fails under CI) without QEMU and a guest kernel.
 func vmFixture(t testing.TB) (guestBin, imageRef string) {
 	t.Helper()
-	testenv.RequireCommand(t, "qemu-system-x86_64", "run scripts/setup-vm-host.sh")
-	testenv.RequireCommand(t, "mkfs.ext4", "run scripts/setup-vm-host.sh")
-	testenv.RequireCommand(t, "go", "install Go")
-	_, kerr := bundle.FindKernel("")
-	testenv.Require(t, kerr == nil, fmt.Sprintf("guest kernel: %v; run scripts/setup-vm-host.sh", kerr))
+	vmhost.Require(t)
 	fixtureOnce.Do(func() {
 		f := &fixture
 		f.guest = filepath.Join(fixtureDir, "testguest")

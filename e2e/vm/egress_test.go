@@ -11,6 +11,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/openshell/openshell/internal/testenv/vmhost"
 )
 
 // egressPolicy allows one host test server (by IP and port) and nothing else; the
@@ -71,7 +73,7 @@ func TestVMEgressNoNIC(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds every binary and boots a VM")
 	}
-	requireVMHost(t)
+	vmhost.Require(t)
 	busybox := requireStaticBusybox(t)
 
 	allowed := startCountingServer(t, "hello-allowed")

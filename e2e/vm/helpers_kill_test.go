@@ -10,6 +10,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/openshell/openshell/internal/testenv/vmhost"
 )
 
 // vmRun is a started gateway (VM driver) with the test image built: what the kill -9
@@ -28,7 +30,7 @@ func startVMRun(t *testing.T) *vmRun {
 	if testing.Short() {
 		t.Skip("builds every binary and boots VMs")
 	}
-	requireVMHost(t)
+	vmhost.Require(t)
 	busybox := requireStaticBusybox(t)
 
 	r := &vmRun{env: newEnv(t)}

@@ -23,6 +23,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/openshell/openshell/internal/testenv"
+	"github.com/openshell/openshell/internal/testenv/vmhost"
 	"github.com/openshell/openshell/supervisor/credentials"
 )
 
@@ -106,7 +107,7 @@ func TestVMSecretsNeverInGuest(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds every binary and boots a VM")
 	}
-	requireVMHost(t)
+	vmhost.Require(t)
 	_, ierr := os.Stat(filepath.Join(baseImageDir, "index.json"))
 	testenv.Require(t, ierr == nil, "the base image (curl) is missing: run scripts/build-base-image.sh")
 

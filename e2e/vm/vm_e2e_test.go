@@ -22,8 +22,8 @@ import (
 	"time"
 
 	"github.com/openshell/openshell/drivers/vm/ocilayout"
-	"github.com/openshell/openshell/images/bundle"
 	"github.com/openshell/openshell/internal/testenv"
+	"github.com/openshell/openshell/internal/testenv/vmhost"
 )
 
 const (
@@ -54,7 +54,7 @@ func TestVMEndToEnd(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds every binary and boots VMs")
 	}
-	requireVMHost(t)
+	vmhost.Require(t)
 	busybox := requireStaticBusybox(t)
 
 	e := newEnv(t)
@@ -405,17 +405,6 @@ func writeBusyboxRootfs(path, busybox string) error {
 		}
 	}
 	return tw.Close()
-}
-
-// requireVMHost requires what booting a VM sandbox needs on this host: QEMU, mkfs.ext4,
-// the Go toolchain (the tests build every binary) and the guest kernel.
-func requireVMHost(t *testing.T) {
-	t.Helper()
-	testenv.RequireCommand(t, "qemu-system-x86_64", "run scripts/setup-vm-host.sh")
-	testenv.RequireCommand(t, "mkfs.ext4", "run scripts/setup-vm-host.sh")
-	testenv.RequireCommand(t, "go", "install Go")
-	_, kerr := bundle.FindKernel("")
-	testenv.Require(t, kerr == nil, fmt.Sprintf("guest kernel: %v; run scripts/setup-vm-host.sh", kerr))
 }
 
 // requireStaticBusybox returns the path of a statically linked busybox, from which the
