@@ -43,6 +43,7 @@ type serial struct {
 	ports     *wire.Ports
 	done      chan struct{}
 	closeOnce sync.Once
+	routing   sync.WaitGroup // streams whose port header is being read and delivered
 }
 
 func yamuxConfig() *yamux.Config {
@@ -118,7 +119,8 @@ func (s *serial) acceptLoop(sess *yamux.Session) {
 		if err != nil {
 			return
 		}
-		go s.route(st)
+		s.routing.Add(1)
+		go func() { defer s.routing.Done(); s.route(st) }()
 	}
 }
 

@@ -5,6 +5,7 @@ import (
 	"io"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -72,7 +73,7 @@ func FuzzSerialFromGuest(f *testing.F) {
 	f.Add(guestBytes(f, []uint32{PortBootstrap, PortBootstrap}, ""))
 	f.Add([]byte("garbage"))
 	f.Fuzz(func(t *testing.T, in []byte) {
-		for _, b := range feedSerial(t, in) {
+		for _, b := range feedSerial(t, in, 0) {
 			if bytes.HasPrefix(b, []byte("OSP1")) {
 				t.Fatalf("a stream was delivered with its header unread: %q", b)
 			}
@@ -80,9 +81,26 @@ func FuzzSerialFromGuest(f *testing.F) {
 	})
 }
 
+// gatedReader reads r, then holds its EOF until gate closes: the end of a serial port's
+// input ends the host's session, and streams it had not accepted yet die with it.
+type gatedReader struct {
+	r    *bytes.Reader
+	gate <-chan struct{}
+}
+
+func (g gatedReader) Read(p []byte) (int, error) {
+	n, err := g.r.Read(p)
+	if err == io.EOF && n == 0 {
+		<-g.gate
+	}
+	return n, err
+}
+
 // feedSerial runs the host end's session over in (the guest's bytes) and returns the
-// first bytes of every stream delivered to the bootstrap port.
-func feedSerial(t *testing.T, in []byte) [][]byte {
+// first bytes of every stream delivered to the bootstrap port. The input ends once
+// want streams were delivered (at most 5 s later): a test that knows how many streams
+// the input holds sees them all, a fuzz input (want 0) ends at once.
+func feedSerial(t *testing.T, in []byte, want int) [][]byte {
 	quiet := slog.New(slog.DiscardHandler)
 	s := &serial{log: quiet, ports: wire.NewPorts("host"), done: make(chan struct{}), ready: make(chan struct{})}
 	ln, err := s.ports.Listen(PortBootstrap)
@@ -91,19 +109,36 @@ func feedSerial(t *testing.T, in []byte) [][]byte {
 	}
 	defer ln.Close()
 	delivered := make(chan []byte, 64)
+	accepting := make(chan struct{})
+	var (
+		readers   sync.WaitGroup
+		gateOnce  sync.Once
+		seen      atomic.Int32
+		gate      = make(chan struct{})
+		closeGate = func() { gateOnce.Do(func() { close(gate) }) }
+	)
+	if want == 0 {
+		closeGate()
+	}
+	defer time.AfterFunc(5*time.Second, closeGate).Stop()
 	go func() {
+		defer close(accepting)
 		for {
 			c, err := ln.Accept()
 			if err != nil {
-				close(delivered)
 				return
 			}
+			readers.Add(1)
 			go func() {
+				defer readers.Done()
 				defer c.Close()
 				c.SetReadDeadline(time.Now().Add(time.Second))
 				b := make([]byte, 4)
 				n, _ := io.ReadFull(c, b)
 				delivered <- b[:n]
+				if int(seen.Add(1)) == want {
+					closeGate()
+				}
 			}()
 		}
 	}()
@@ -111,7 +146,7 @@ func feedSerial(t *testing.T, in []byte) [][]byte {
 		io.Reader
 		io.Writer
 		io.Closer
-	}{bytes.NewReader(in), io.Discard, io.NopCloser(nil)}, yamuxConfig())
+	}{gatedReader{bytes.NewReader(in), gate}, io.Discard, io.NopCloser(nil)}, yamuxConfig())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -123,8 +158,14 @@ func feedSerial(t *testing.T, in []byte) [][]byte {
 		t.Fatalf("the host's session did not end with its input %q", in)
 	}
 	sess.Close()
-	time.Sleep(5 * time.Millisecond)
+	// Every stream the session accepted has been routed (delivered to the listener or
+	// dropped) before the listener closes, and every delivered one read before the
+	// results are collected: no timing decides what the test sees.
+	s.routing.Wait()
 	ln.Close()
+	<-accepting
+	readers.Wait()
+	close(delivered)
 	var out [][]byte
 	for b := range delivered {
 		out = append(out, b)
@@ -135,7 +176,7 @@ func feedSerial(t *testing.T, in []byte) [][]byte {
 // The harness sees real streams: a guest stream to the bootstrap port arrives with
 // its payload; one to another port does not.
 func TestFeedSerialDelivers(t *testing.T) {
-	got := feedSerial(t, guestBytes(t, []uint32{PortBootstrap, 4242, PortBootstrap}, "hello"))
+	got := feedSerial(t, guestBytes(t, []uint32{PortBootstrap, 4242, PortBootstrap}, "hello"), 2)
 	if len(got) != 2 || string(got[0]) != "hell" || string(got[1]) != "hell" {
 		t.Fatalf("delivered %q; want two streams starting with the payload", got)
 	}
