@@ -25,7 +25,9 @@
 // (`openshell-driver-vm runner --state-dir sb/<dir>`, its own session). The runner boots
 // QEMU, serves the guest channel ports (bootstrap config, gateway bridge, egress relay)
 // and reports "running" once the guest fetched its bootstrap config: the driver then
-// reports Ready=True. Stop shuts the guest down (ACPI power button) and the runner exits
+// reports Ready=True. The bootstrap config is served once per boot, to the supervisor
+// before any agent runs, with a fresh instance secret; the port then closes, and the
+// gateway and egress ports admit only connections that open with that secret. Stop shuts the guest down (ACPI power button) and the runner exits
 // with a "Stopped" tombstone (Suspended=True); Start spawns a new runner on the same
 // disk. A VM that ends unasked is Ready=False reason VMExited with the console tail.
 // Delete kills the runner's whole session and removes the directory (never following
