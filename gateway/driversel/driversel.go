@@ -102,19 +102,22 @@ func Names() []string {
 // ValidNames are the names --drivers accepts.
 var ValidNames = []string{"docker", "podman", "kubernetes", "vm"}
 
-// ErrNotBuilt is returned by factories whose driver package does not exist yet.
+// ErrNotBuilt is returned for a known driver name that has no factory registered in
+// this gateway (its package is not built in).
 var ErrNotBuilt = errors.New("driver not built into this gateway")
 
-// notBuilt returns a factory that fails with a clear message.
-func notBuilt(name string) Factory {
-	return func(context.Context, DriverEnv) (drivers.Driver, error) {
-		return nil, fmt.Errorf("compute driver %q: %w yet; use --drivers vm or docker, or attach an external driver with --compute-driver-socket", name, ErrNotBuilt)
-	}
+// Built reports whether a factory is registered for name. Only built drivers are
+// registered, so auto-detection never picks a driver that cannot start.
+func Built(name string) bool {
+	mu.Lock()
+	defer mu.Unlock()
+	return factories[name] != nil
 }
 
-func init() {
-	Register("podman", notBuilt("podman"))
-	Register("kubernetes", notBuilt("kubernetes"))
+// notBuiltError names the driver, what is built and the ways forward.
+func notBuiltError(name string) error {
+	return fmt.Errorf("compute driver %q: %w; use --drivers with one of %s, or attach an external driver with --compute-driver-socket",
+		name, ErrNotBuilt, strings.Join(Names(), ", "))
 }
 
 // Build creates the named driver via its factory.
@@ -126,7 +129,7 @@ func Build(ctx context.Context, name string, env DriverEnv) (drivers.Driver, err
 	f := factories[name]
 	mu.Unlock()
 	if f == nil {
-		return notBuilt(name)(ctx, env)
+		return nil, notBuiltError(name)
 	}
 	env.Name = name
 	if env.Table == nil {
@@ -163,6 +166,9 @@ type Detector struct {
 	UID          int    // -1 = os.Getuid()
 	DockerSocket string // default /var/run/docker.sock
 	Timeout      time.Duration
+	// Built says whether a driver is built into this gateway (default: the registry,
+	// Built); drivers that are not are passed over, and the error says so.
+	Built func(name string) bool
 }
 
 // Detection is what Detect found.
@@ -177,14 +183,30 @@ func NewDetector() Detector { return Detector{Getenv: os.Getenv, UID: os.Getuid(
 
 // Detect probes kubernetes (KUBERNETES_SERVICE_HOST), then podman sockets (a socket
 // whose /_ping answer carries Libpod-Api-Version), then docker sockets (answering
-// /_ping without it). vm is never auto-detected.
+// /_ping without it). vm is never auto-detected, and neither is a driver that is not
+// built into this gateway: the search goes on past it, and the error names it.
 func (d Detector) Detect(ctx context.Context) (Detection, error) {
 	getenv := d.Getenv
 	if getenv == nil {
 		getenv = os.Getenv
 	}
+	built := d.Built
+	if built == nil {
+		built = Built
+	}
+	var passed []string // found but not built
 	if getenv("KUBERNETES_SERVICE_HOST") != "" {
-		return Detection{Driver: "kubernetes"}, nil
+		if built("kubernetes") {
+			return Detection{Driver: "kubernetes"}, nil
+		}
+		passed = append(passed, "KUBERNETES_SERVICE_HOST is set, but the kubernetes driver is not built into this gateway")
+	}
+	found := func(driver, socket string) (Detection, bool) {
+		if built(driver) {
+			return Detection{Driver: driver, Socket: socket}, true
+		}
+		passed = append(passed, fmt.Sprintf("a %s engine answered on %s, but the %s driver is not built into this gateway", driver, socket, driver))
+		return Detection{}, false
 	}
 	var tried []string
 	var podman []string
@@ -202,7 +224,9 @@ func (d Detector) Detect(ctx context.Context) (Detection, error) {
 	for _, s := range podman {
 		tried = append(tried, s)
 		if kind := d.ping(ctx, s); kind == "podman" {
-			return Detection{Driver: "podman", Socket: s}, nil
+			if det, ok := found("podman", s); ok {
+				return det, nil
+			}
 		}
 	}
 	var docker []string
@@ -216,17 +240,20 @@ func (d Detector) Detect(ctx context.Context) (Detection, error) {
 	docker = append(docker, ds)
 	for _, s := range docker {
 		tried = append(tried, s)
-		switch d.ping(ctx, s) {
-		case "docker":
-			return Detection{Driver: "docker", Socket: s}, nil
-		case "podman":
-			// Podman's Docker-compatible socket: it is podman.
-			return Detection{Driver: "podman", Socket: s}, nil
+		// Podman's Docker-compatible socket answers as podman: it is podman.
+		if kind := d.ping(ctx, s); kind != "" {
+			if det, ok := found(kind, s); ok {
+				return det, nil
+			}
 		}
 	}
-	return Detection{}, fmt.Errorf("no compute driver found: KUBERNETES_SERVICE_HOST is unset and no Podman or Docker engine answered on %s; "+
+	why := "KUBERNETES_SERVICE_HOST is unset and no Podman or Docker engine answered on " + strings.Join(tried, ", ")
+	if len(passed) > 0 {
+		why = strings.Join(passed, "; ") + "; and no other engine answered on " + strings.Join(tried, ", ")
+	}
+	return Detection{}, fmt.Errorf("no compute driver found: %s; "+
 		"start one, or choose a driver explicitly with --drivers (one of %s; vm runs microVMs and is never auto-detected)",
-		strings.Join(tried, ", "), strings.Join(ValidNames, ", "))
+		why, strings.Join(Names(), ", "))
 }
 
 // ping GETs /_ping on a Unix socket: "podman", "docker" or "" (nothing answered).

@@ -2,6 +2,7 @@ package driversel
 
 import (
 	"context"
+	"errors"
 	"net"
 	"net/http"
 	"os"
@@ -51,6 +52,7 @@ func TestDetectOrder(t *testing.T) {
 		wantDriver string
 		wantSocket string // relative to dir
 		wantErr    string
+		notBuilt   []string // drivers this gateway lacks (default: every driver built)
 	}{
 		{name: "kubernetes wins", env: map[string]string{"KUBERNETES_SERVICE_HOST": "10.0.0.1"},
 			setup:      func(t *testing.T, dir string) { engine(t, filepath.Join(dir, "docker.sock"), false) },
@@ -81,6 +83,20 @@ func TestDetectOrder(t *testing.T) {
 			l.Close()
 		}, wantErr: "--drivers"},
 		{name: "nothing", wantErr: "--drivers"},
+		// A driver that is not built is never chosen: the search goes on past it.
+		{name: "kubernetes not built: docker", env: map[string]string{"KUBERNETES_SERVICE_HOST": "10.0.0.1"}, notBuilt: []string{"kubernetes"},
+			setup:      func(t *testing.T, dir string) { engine(t, filepath.Join(dir, "docker.sock"), false) },
+			wantDriver: "docker", wantSocket: "docker.sock"},
+		{name: "podman not built: docker", env: map[string]string{"OPENSHELL_PODMAN_SOCKET": "{dir}/p.sock"}, notBuilt: []string{"podman"},
+			setup: func(t *testing.T, dir string) {
+				engine(t, filepath.Join(dir, "p.sock"), true)
+				engine(t, filepath.Join(dir, "docker.sock"), false)
+			}, wantDriver: "docker", wantSocket: "docker.sock"},
+		{name: "only an engine whose driver is not built", notBuilt: []string{"podman"},
+			setup:   func(t *testing.T, dir string) { engine(t, filepath.Join(dir, "docker.sock"), true) },
+			wantErr: "podman driver is not built into this gateway"},
+		{name: "only kubernetes, not built", env: map[string]string{"KUBERNETES_SERVICE_HOST": "10.0.0.1"}, notBuilt: []string{"kubernetes"},
+			wantErr: "kubernetes driver is not built into this gateway"},
 	}
 	for i, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -96,6 +112,7 @@ func TestDetectOrder(t *testing.T) {
 				UID:          987654, // no /run/user/<uid> on this host
 				DockerSocket: filepath.Join(dir, "docker.sock"),
 				Timeout:      time.Second,
+				Built:        func(name string) bool { return !slices.Contains(tc.notBuilt, name) },
 			}
 			got, err := d.Detect(context.Background())
 			if tc.wantErr != "" {
@@ -134,18 +151,35 @@ func TestParseDriverName(t *testing.T) {
 	}
 }
 
+// Only drivers that exist are registered: a name without a driver package is known
+// (--drivers accepts it) but building it fails clearly, and the real detector never
+// picks it.
 func TestRegistry(t *testing.T) {
 	names := Names()
-	for _, n := range []string{"docker", "vm", "podman", "kubernetes"} {
-		if !slices.Contains(names, n) {
+	for _, n := range []string{"docker", "vm"} {
+		if !slices.Contains(names, n) || !Built(n) {
 			t.Errorf("factory %q not registered (have %v)", n, names)
 		}
 	}
-	_, err := Build(context.Background(), "kubernetes", DriverEnv{})
-	if err == nil || !strings.Contains(err.Error(), "not built") {
-		t.Errorf("kubernetes factory: %v", err)
+	for _, n := range ValidNames {
+		if slices.Contains(names, n) {
+			continue
+		}
+		_, err := Build(context.Background(), n, DriverEnv{})
+		if !errors.Is(err, ErrNotBuilt) || !strings.Contains(err.Error(), strings.Join(names, ", ")) {
+			t.Errorf("Build(%q) of a driver that is not built = %v; want ErrNotBuilt naming %v", n, err, names)
+		}
+		d := Detector{Getenv: func(k string) string {
+			if k == "KUBERNETES_SERVICE_HOST" && n == "kubernetes" {
+				return "10.0.0.1"
+			}
+			return ""
+		}, UID: 987654, DockerSocket: filepath.Join(t.TempDir(), "none.sock")}
+		if got, err := d.Detect(context.Background()); err == nil && got.Driver == n {
+			t.Errorf("the real detector picked %q, which is not built", n)
+		}
 	}
-	_, err = Build(context.Background(), "nope", DriverEnv{})
+	_, err := Build(context.Background(), "nope", DriverEnv{})
 	if err == nil || !strings.Contains(err.Error(), "exactly one of") {
 		t.Errorf("unknown driver: %v", err)
 	}
