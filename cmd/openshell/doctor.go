@@ -13,8 +13,8 @@ import (
 	"github.com/openshell/openshell/gateway/driversel"
 )
 
-// Built-in checks. Driver packages register more (see gateway/doctor); to include the
-// VM driver's checks, add its package as a blank import here.
+// Built-in checks. The VM driver's checks run in its own binary (doctor.VMCheck), so
+// the CLI does not link the driver.
 func init() {
 	doctor.Register("driver-detect", func(ctx context.Context) []doctor.Finding {
 		det, err := driversel.NewDetector().Detect(ctx)
