@@ -51,7 +51,8 @@ func TestMain(m *testing.M) {
 	volumesBefore := volumeNames()
 	code := m.Run()
 	if standin != "" {
-		_ = os.RemoveAll(filepath.Dir(standin))
+		// The build dir holds standin/ and real/: remove both.
+		_ = os.RemoveAll(filepath.Dir(filepath.Dir(standin)))
 	}
 	if leaks := runLeaks(volumesBefore); len(leaks) > 0 {
 		fmt.Fprintf(os.Stderr, "docker driver tests leaked:\n  %s\n", strings.Join(leaks, "\n  "))
