@@ -30,8 +30,8 @@ type HostSecrets interface {
 	Values() []string
 }
 
-// maxOriginHead bounds the head of an originated request (as the guest proxy does).
-const maxOriginHead = 1 << 20
+// maxOriginHead bounds the head of an originated request: the guest proxy's bound.
+const maxOriginHead = maxHeaderBytes
 
 // handshake makes the TLS connection to host over up, verifying the server against
 // UpstreamTLS's roots (system roots when unset).
