@@ -232,8 +232,10 @@ func toStatus(err error) error {
 		code = codes.Unavailable
 	case errors.Is(err, hub.ErrTooManyRelays):
 		code = codes.ResourceExhausted
-	case errors.Is(err, hub.ErrUnknownChannel):
+	case errors.Is(err, hub.ErrUnknownChannel), errors.Is(err, hub.ErrBadIdentity):
 		code = codes.InvalidArgument
+	case errors.Is(err, hub.ErrRefused):
+		code = codes.PermissionDenied
 	case errors.Is(err, drivers.ErrNotSupported):
 		code = codes.Unimplemented
 	case errors.Is(err, errUnauthenticated):

@@ -61,24 +61,13 @@ func (s *Server) ConnectSupervisor(stream openshellv1.OpenShell_ConnectSuperviso
 	}
 	inst, err := hub.InstanceFromContext(ctx, hello.GetInstanceId())
 	if err != nil {
-		return identityStatus(err)
+		return err
 	}
 	err = s.hub.Serve(stream, hello, inst)
 	if errors.Is(err, hub.ErrRefused) {
 		// Shown by `openshell sandbox logs`: a refused hello is either a leaked token
 		// in use or a supervisor that lost its binding.
 		s.gatewayLog(hello.GetSandboxId(), "WARN", "supervisor session refused: "+err.Error())
-	}
-	return identityStatus(err)
-}
-
-// identityStatus converts the hub's binding errors at the API edge.
-func identityStatus(err error) error {
-	switch {
-	case errors.Is(err, hub.ErrRefused):
-		return status.Error(codes.PermissionDenied, err.Error())
-	case errors.Is(err, hub.ErrBadIdentity):
-		return status.Error(codes.InvalidArgument, err.Error())
 	}
 	return err
 }
@@ -94,11 +83,11 @@ func (s *Server) RelayStream(stream openshellv1.OpenShell_RelayStreamServer) err
 	}
 	inst, err := hub.InstanceFromContext(stream.Context(), "")
 	if err != nil {
-		return identityStatus(err)
+		return err
 	}
-	return identityStatus(s.hub.ServeRelay(stream, ch, inst, func(sandboxID string) error {
+	return s.hub.ServeRelay(stream, ch, inst, func(sandboxID string) error {
 		return auth.RequireSandbox(stream.Context(), sandboxID)
-	}))
+	})
 }
 
 func (s *Server) ReportMainProcessExit(ctx context.Context, req *openshellv1.ReportMainProcessExitRequest) (*openshellv1.ReportMainProcessExitResponse, error) {
@@ -107,11 +96,11 @@ func (s *Server) ReportMainProcessExit(ctx context.Context, req *openshellv1.Rep
 	}
 	inst, err := hub.InstanceFromContext(ctx, req.GetInstanceId())
 	if err != nil {
-		return nil, identityStatus(err)
+		return nil, err
 	}
 	if err := s.hub.Authorize(req.GetSandboxId(), inst, false); err != nil {
 		s.gatewayLog(req.GetSandboxId(), "WARN", "main-process exit report refused: "+err.Error())
-		return nil, identityStatus(err)
+		return nil, err
 	}
 	code := req.GetExitCode()
 	_, err = s.mutate(ctx, req.GetSandboxId(), func(r *record) error {
@@ -145,7 +134,7 @@ func (s *Server) PushSandboxLogs(stream openshellv1.OpenShell_PushSandboxLogsSer
 	ctx := stream.Context()
 	inst, err := hub.InstanceFromContext(ctx, "")
 	if err != nil {
-		return identityStatus(err)
+		return err
 	}
 	for {
 		req, err := stream.Recv()
@@ -160,7 +149,7 @@ func (s *Server) PushSandboxLogs(stream openshellv1.OpenShell_PushSandboxLogsSer
 			return err
 		}
 		if err := s.hub.Authorize(id, inst, true); err != nil {
-			return identityStatus(err)
+			return err
 		}
 		lines := req.GetLogs()
 		for i, l := range lines {
