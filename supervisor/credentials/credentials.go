@@ -243,23 +243,18 @@ func (s *Store) Rewrite(host string, overTLS bool, h http.Header) error {
 	}
 	replace := func(header, v string) string {
 		return placeholderRE.ReplaceAllStringFunc(v, func(ph string) string {
-			sec, ok := s.placeholders[ph]
-			switch {
-			case !ok:
-				fail(&MismatchError{Host: host, Reason: "unknown placeholder (not issued to this sandbox)"})
-			case !hostMatches(sec.hosts, host):
-				fail(&MismatchError{Provider: sec.provider, Key: sec.key, Host: host,
-					Reason: fmt.Sprintf("provider %s is bound to %s, not to %s", sec.provider, strings.Join(sec.hosts, ", "), host)})
-			case !overTLS:
-				fail(&MismatchError{Provider: sec.provider, Key: sec.key, Host: host, Reason: "credentials are only sent over HTTPS"})
-			case !slices.Contains(sec.headers, header):
+			sec := s.placeholders[ph]
+			if err := mismatch(sec, host, overTLS); err != nil {
+				fail(err)
+				return ph
+			}
+			if !slices.Contains(sec.headers, header) {
 				fail(&MismatchError{Provider: sec.provider, Key: sec.key, Host: host, Header: header,
 					Reason: fmt.Sprintf("header %s may not carry it: provider %s sends its credentials only in %s; put the placeholder there, or create the provider with --header %s if the service reads it from %s",
 						header, sec.provider, strings.Join(sec.headers, ", "), header, header)})
-			default:
-				return sec.value
+				return ph
 			}
-			return ph
+			return sec.value
 		})
 	}
 	out := http.Header{}
@@ -285,6 +280,21 @@ func (s *Store) Rewrite(host string, overTLS bool, h http.Header) error {
 		return firstErr
 	}
 	maps.Copy(h, out)
+	return nil
+}
+
+// mismatch says why the placeholder of sec (nil: not issued to this sandbox) may
+// not go to host, or returns nil. The Store and the Guest refuse alike.
+func mismatch(sec *secret, host string, overTLS bool) *MismatchError {
+	switch {
+	case sec == nil:
+		return &MismatchError{Host: host, Reason: "unknown placeholder (not issued to this sandbox)"}
+	case !hostMatches(sec.hosts, host):
+		return &MismatchError{Provider: sec.provider, Key: sec.key, Host: host,
+			Reason: fmt.Sprintf("provider %s is bound to %s, not to %s", sec.provider, strings.Join(sec.hosts, ", "), host)}
+	case !overTLS:
+		return &MismatchError{Provider: sec.provider, Key: sec.key, Host: host, Reason: "credentials are only sent over HTTPS"}
+	}
 	return nil
 }
 

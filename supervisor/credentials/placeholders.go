@@ -121,15 +121,8 @@ func (g *Guest) Rewrite(host string, overTLS bool, h http.Header) error {
 	for _, vals := range h {
 		for _, v := range vals {
 			for _, ph := range placeholdersIn(v) {
-				sec, ok := g.phs[ph]
-				switch {
-				case !ok:
-					return &MismatchError{Host: host, Reason: "unknown placeholder (not issued to this sandbox)"}
-				case !hostMatches(sec.hosts, host):
-					return &MismatchError{Provider: sec.provider, Key: sec.key, Host: host,
-						Reason: fmt.Sprintf("provider %s is bound to %s, not to %s", sec.provider, strings.Join(sec.hosts, ", "), host)}
-				case !overTLS:
-					return &MismatchError{Provider: sec.provider, Key: sec.key, Host: host, Reason: "credentials are only sent over HTTPS"}
+				if err := mismatch(g.phs[ph], host, overTLS); err != nil {
+					return err
 				}
 			}
 		}
