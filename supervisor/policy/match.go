@@ -165,10 +165,9 @@ func (c *Compiled) evaluate(r Request, anyBinary bool) Decision {
 	var near *Decision // the first host+port match that failed on binary, method or L7 rules
 	var nearFix string // what to change for near
 	for _, rule := range c.rules {
-		binOK, binWhy := anyBinary || len(rule.binaries) == 0, binaryMiss{}
-		if !binOK {
-			binOK, binWhy = matchBinaries(rule.binaries, r)
-		}
+		// The binary check (globs over every executable of the chain) runs once per
+		// rule, and only for a rule with an endpoint naming this host and port.
+		binOK, binWhy, binDone := true, binaryMiss{}, anyBinary || len(rule.binaries) == 0
 		for _, e := range rule.endpoints {
 			if !slices.Contains(e.ports, r.Port) {
 				continue
@@ -194,6 +193,10 @@ func (c *Compiled) evaluate(r Request, anyBinary bool) Decision {
 				if first == "" || strings.Contains(first, ".") {
 					continue
 				}
+			}
+			if !binDone {
+				binOK, binWhy = matchBinaries(rule.binaries, r)
+				binDone = true
 			}
 			d := Decision{Rule: rule.name, Explicit: explicit, AllowedIPs: e.allowedIPs, TLSTerminate: e.terminate,
 				Endpoint: fmt.Sprintf("network_policies.%s.endpoints[%d]", rule.name, e.index), L7: e.l7 != nil}
