@@ -112,8 +112,9 @@ type gate struct {
 	secret wire.Secret
 	box    *statusBox
 	log    *slog.Logger
-	// refused and badPreamble count into the port's status fields.
-	refused, badPreamble func(*Status)
+	// refused counts into the port's status field (a bad preamble counts into the
+	// one BadPreamble of both ports).
+	refused func(*Status)
 	// preambleWait and linger override preambleTimeout and lingerTimeout when set.
 	preambleWait, linger time.Duration
 
@@ -161,7 +162,7 @@ func (g *gate) refuseFull() {
 }
 
 func (g *gate) refuseBad(err error) {
-	g.box.update(g.badPreamble)
+	g.box.update(func(s *Status) { s.BadPreamble++ })
 	if ok, n := g.wrongLog.note(time.Now()); ok {
 		g.log.Warn("guest channel: refused a connection without this boot's instance preamble (not the supervisor)",
 			"port", g.port, "err", err, "refused_since_last_log", n, "log_every", refusalLogEvery)

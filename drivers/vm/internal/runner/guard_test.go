@@ -150,7 +150,7 @@ func TestGatePreamble(t *testing.T) {
 	box := newStatusBox(Status{})
 	var logs logBuf
 	g := &gate{port: "egress", limit: 8, secret: secret, box: box, log: logs.logger(),
-		refused: func(s *Status) { s.EgressRefused++ }, badPreamble: func(s *Status) { s.BadPreamble++ }}
+		refused: func(s *Status) { s.EgressRefused++ }}
 	gl := g.listen(l)
 	defer gl.Close()
 	admitted := make(chan net.Conn, 8)
@@ -231,7 +231,7 @@ func TestGateLimit(t *testing.T) {
 	var logs logBuf
 	const limit, extra = 5, 20
 	g := &gate{port: "gateway", limit: limit, secret: secret, box: box, log: logs.logger(),
-		refused: func(s *Status) { s.GatewayRefused++ }, badPreamble: func(s *Status) { s.BadPreamble++ }}
+		refused: func(s *Status) { s.GatewayRefused++ }}
 	gl := g.listen(l)
 	defer gl.Close()
 	var held []net.Conn

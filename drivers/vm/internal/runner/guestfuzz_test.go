@@ -132,7 +132,7 @@ func FuzzGuestEgressStream(f *testing.F) {
 func serveGuestEgress(t *testing.T, secret wire.Secret, pol *policy.Compiled, known bool, res proxy.Resolver, log *slog.Logger, data []byte) []byte {
 	box := newStatusBox(Status{})
 	g := &gate{port: "egress", limit: 4, secret: secret, box: box, log: log,
-		refused: func(s *Status) { s.EgressRefused++ }, badPreamble: func(s *Status) { s.BadPreamble++ },
+		refused:      func(s *Status) { s.EgressRefused++ },
 		preambleWait: 50 * time.Millisecond, linger: time.Millisecond}
 	cl := newChanListener()
 	gl := g.listen(cl)

@@ -248,11 +248,9 @@ func Run(ctx context.Context, dir string, o Options) (retErr error) {
 	}
 	limits := spec.Limits.WithDefaults()
 	gwGate := &gate{port: "gateway", limit: limits.GatewayStreams, secret: secret, box: box, log: log,
-		refused:     func(s *Status) { s.GatewayRefused++ },
-		badPreamble: func(s *Status) { s.BadPreamble++ }}
+		refused: func(s *Status) { s.GatewayRefused++ }}
 	egGate := &gate{port: "egress", limit: limits.EgressStreams, secret: secret, box: box, log: log,
-		refused:     func(s *Status) { s.EgressRefused++ },
-		badPreamble: func(s *Status) { s.BadPreamble++ }}
+		refused: func(s *Status) { s.EgressRefused++ }}
 	lns[1], lns[2] = gwGate.listen(lns[1]), egGate.listen(lns[2])
 	// The guest's egress is re-checked here against the sandbox's network policy,
 	// which the runner polls from the gateway (fail closed until it is known).
