@@ -119,9 +119,26 @@ func openForward(ctx context.Context, api pb.OpenShellClient, sandboxID, token s
 // sshClient opens an SSH client to the sandbox through the gateway; the server must
 // present the host key its supervisor registered with the gateway.
 func sshClient(ctx context.Context, api pb.OpenShellClient, sandboxID string) (*ssh.Client, error) {
+	return handshake(ctx, api, sandboxID, nil)
+}
+
+// handshake runs the SSH client handshake with the sandbox's SSH server through the
+// gateway. The host key must be the one its supervisor registered with the gateway;
+// once it is, onKey (when not nil) sees it and may end the handshake with an error.
+func handshake(ctx context.Context, api pb.OpenShellClient, sandboxID string, onKey func(ssh.PublicKey) error) (*ssh.Client, error) {
 	c, fp, err := openSSHForward(ctx, api, sandboxID)
 	if err != nil {
 		return nil, err
+	}
+	check := pinnedHostKey(sandboxID, fp)
+	if onKey != nil {
+		pinned := check
+		check = func(host string, addr net.Addr, key ssh.PublicKey) error {
+			if err := pinned(host, addr, key); err != nil {
+				return err
+			}
+			return onKey(key)
+		}
 	}
 	type result struct {
 		cl  *ssh.Client
@@ -130,7 +147,7 @@ func sshClient(ctx context.Context, api pb.OpenShellClient, sandboxID string) (*
 	ch := make(chan result, 1)
 	go func() {
 		sc, chans, reqs, err := ssh.NewClientConn(c, "sandbox", &ssh.ClientConfig{
-			User: "sandbox", HostKeyCallback: pinnedHostKey(sandboxID, fp),
+			User: "sandbox", HostKeyCallback: check,
 		})
 		if err != nil {
 			ch <- result{err: err}
@@ -220,35 +237,16 @@ var errGotKey = errors.New("host key verified")
 // verifiedHostKey reaches the sandbox's SSH server through the gateway and returns
 // its host key once it matches the key its supervisor registered with the gateway.
 func verifiedHostKey(ctx context.Context, api pb.OpenShellClient, sandboxID string) (ssh.PublicKey, error) {
-	c, fp, err := openSSHForward(ctx, api, sandboxID)
-	if err != nil {
-		return nil, err
-	}
-	defer c.Close()
-	check := pinnedHostKey(sandboxID, fp)
-	var got ssh.PublicKey
-	done := make(chan error, 1)
-	go func() {
-		_, _, _, err := ssh.NewClientConn(c, "sandbox", &ssh.ClientConfig{User: "sandbox",
-			HostKeyCallback: func(host string, addr net.Addr, key ssh.PublicKey) error {
-				if err := check(host, addr, key); err != nil {
-					return err
-				}
-				got = key
-				return errGotKey
-			}})
-		done <- err
-	}()
+	got := make(chan ssh.PublicKey, 1)
+	_, err := handshake(ctx, api, sandboxID, func(key ssh.PublicKey) error {
+		got <- key
+		return errGotKey
+	})
 	select {
-	case err := <-done:
-		if got != nil {
-			return got, nil
-		}
-		return nil, fmt.Errorf("ssh to sandbox %s through the gateway: %w", sandboxID, err)
-	case <-time.After(30 * time.Second):
-		return nil, fmt.Errorf("ssh to sandbox %s: no answer within 30s (is the sandbox ready? see `openshell sandbox get`)", sandboxID)
-	case <-ctx.Done():
-		return nil, ctx.Err()
+	case key := <-got:
+		return key, nil
+	default:
+		return nil, err
 	}
 }
 
