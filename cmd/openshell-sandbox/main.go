@@ -151,9 +151,10 @@ func fetchVsock(ctx context.Context) (*bootstrap.Config, wire.Secret, error) {
 	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
 	var (
-		lastErr error
-		held    *bootstrap.Config // acknowledged, but the close was not confirmed
-		heldCtx = ctx             // bounds the attempts after that
+		lastErr    error
+		held       *bootstrap.Config // acknowledged, but the close was not confirmed
+		heldSecret wire.Secret       // held's instance secret
+		heldCtx    = ctx             // bounds the attempts after that
 	)
 	for {
 		cfg, secret, err := fetchOnce(heldCtx)
@@ -162,7 +163,7 @@ func fetchVsock(ctx context.Context) (*bootstrap.Config, wire.Secret, error) {
 		}
 		lastErr = err
 		if cfg != nil && held == nil {
-			held = cfg
+			held, heldSecret = cfg, secret
 			var c context.CancelFunc
 			heldCtx, c = context.WithTimeout(ctx, 5*time.Second)
 			defer c()
@@ -177,8 +178,7 @@ func fetchVsock(ctx context.Context) (*bootstrap.Config, wire.Secret, error) {
 				// The host took the acknowledgement (its port no longer answers) but
 				// its confirmation was lost: the config in hand is this boot's.
 				fmt.Fprintln(os.Stderr, "openshell-sandbox: the host did not confirm the bootstrap port closed; going on with the acknowledged config:", lastErr)
-				s, _ := wire.ParseSecret(held.InstanceSecret)
-				return held, s, nil
+				return held, heldSecret, nil
 			}
 			return nil, secret, fmt.Errorf("bootstrap over vsock port %d: %w", channel.PortBootstrap, lastErr)
 		case <-time.After(200 * time.Millisecond):
