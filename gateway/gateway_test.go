@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/openshell/openshell/api/openshellv1"
 	"github.com/openshell/openshell/api/sandboxv1"
@@ -36,8 +37,9 @@ func TestCreateGetListDelete(t *testing.T) {
 	if p := sb.GetStatus().GetPhase(); p != phaseProvisioning {
 		t.Errorf("phase after create = %v, want PROVISIONING", p)
 	}
-	if got := sb.GetSpec().GetCommand(); len(got) != 2 || got[0] != "/bin/bash" || !sb.GetSpec().GetTty() {
-		t.Errorf("default command = %v tty=%v", got, sb.GetSpec().GetTty())
+	// No command: none is invented (the supervisor picks the image's shell), on a PTY.
+	if got := sb.GetSpec().GetCommand(); len(got) != 0 || !sb.GetSpec().GetTty() {
+		t.Errorf("default command = %v tty=%v, want none on a tty", got, sb.GetSpec().GetTty())
 	}
 	// The driver received the token and the mapped spec.
 	spec := e.drv.Spec(sb.GetMetadata().GetId())
@@ -330,6 +332,41 @@ func TestDriverFailureKeepsRecord(t *testing.T) {
 	if _, err := e.user.DeleteSandbox(t.Context(), &openshellv1.DeleteSandboxRequest{Name: "alpha"}); err != nil {
 		t.Fatalf("deleting a failed sandbox: %v", err)
 	}
+}
+
+// A create the driver refuses at validation leaves nothing stored: the list is the
+// same before and after, the name is free, and the driver was never asked to create.
+func TestRefusedCreateLeavesNoRecord(t *testing.T) {
+	drv := drivertest.NewMemDriver()
+	e := startEnv(t, t.TempDir(), drv)
+	e.create("kept")
+	list := func() []string {
+		resp, err := e.user.ListSandboxes(t.Context(), &openshellv1.ListSandboxesRequest{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var names []string
+		for _, sb := range resp.GetSandboxes() {
+			names = append(names, sb.GetMetadata().GetName())
+		}
+		return names
+	}
+	before := list()
+	drv.FailOn(drivertest.OpValidate, fmt.Errorf("memory 1 is below the 64Mi minimum: %w", drivers.ErrInvalidArgument))
+	_, err := e.user.CreateSandbox(t.Context(), &openshellv1.CreateSandboxRequest{Name: "alpha", Spec: &openshellv1.SandboxSpec{}})
+	wantCode(t, err, codes.InvalidArgument)
+	if !strings.Contains(err.Error(), "64Mi minimum") {
+		t.Errorf("refusal does not carry the driver's reason: %v", err)
+	}
+	if after := list(); strings.Join(after, ",") != strings.Join(before, ",") {
+		t.Errorf("sandbox list changed by a refused create: before %v, after %v", before, after)
+	}
+	if _, err := e.user.GetSandbox(t.Context(), &openshellv1.GetSandboxRequest{Name: "alpha"}); status.Code(err) != codes.NotFound {
+		t.Errorf("GetSandbox(alpha) after a refused create: %v, want NotFound", err)
+	}
+	// The name is free: once the driver accepts, the same create succeeds.
+	drv.FailOn(drivertest.OpValidate, nil)
+	e.create("alpha")
 }
 
 func TestBackendErrorPassesThrough(t *testing.T) {

@@ -58,7 +58,9 @@ func (s *Server) CreateSandbox(ctx context.Context, req *openshellv1.CreateSandb
 	id := uuid.NewString()
 	spec := cloneSpec(req.GetSpec())
 	if len(spec.Command) == 0 {
-		spec.Command = []string{"/bin/bash", "-l"}
+		// No command: the supervisor runs the shell the image has (bash, else sh) on a
+		// PTY and keeps the sandbox alive whatever the image holds. Naming a shell here
+		// would fail every image without it.
 		spec.Tty = true
 	}
 	if spec.Template == nil {
@@ -81,6 +83,16 @@ func (s *Server) CreateSandbox(ctx context.Context, req *openshellv1.CreateSandb
 	dsb, err := toDriverSandbox(sb, s.opts.DriverName, token)
 	if err != nil {
 		return nil, err
+	}
+	// The driver checks the request before anything is stored: a create it refuses
+	// (a memory limit it cannot honour, an image it cannot use) leaves no record for
+	// the user to delete.
+	vctx, vcancel := context.WithTimeout(context.WithoutCancel(ctx), driverCallTimeout)
+	verr := s.drv.ValidateCreate(vctx, dsb)
+	vcancel()
+	if verr != nil {
+		log.Info("driver refused the sandbox; nothing stored", "err", verr)
+		return nil, fmt.Errorf("sandbox %s: driver %s: %w", name, s.opts.DriverName, verr)
 	}
 	r := &record{sb: sb}
 	data, err := r.encode()
@@ -116,9 +128,6 @@ func (s *Server) CreateSandbox(ctx context.Context, req *openshellv1.CreateSandb
 		if err := wm.EnsureWorkspace(dctx, ws); err != nil && !errors.Is(err, drivers.ErrNotSupported) {
 			derr = fmt.Errorf("preparing workspace %q: %w", ws, err)
 		}
-	}
-	if derr == nil {
-		derr = s.drv.ValidateCreate(dctx, dsb)
 	}
 	if derr == nil {
 		derr = s.drv.Create(dctx, dsb)
