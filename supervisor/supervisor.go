@@ -452,28 +452,52 @@ func Run(ctx context.Context, cfg *bootstrap.Config, o Options) (retErr error) {
 		watcher.run(ctx)
 	}()
 
+	// Without a command the sandbox is a scratch shell: the shell the image has runs
+	// on a PTY for `openshell-main` attaches, and the sandbox stays up whatever happens
+	// to it (an image without any shell, a user typing exit). A given command is the
+	// sandbox's purpose: its exit, or its failure to start, is reported.
+	keepAlive := len(cfg.Main.Command) == 0
 	argv := cfg.Main.Command
-	if len(argv) == 0 {
+	if keepAlive {
 		argv = mainproc.DefaultArgv(func(p string) bool { return exists(filepath.Join(o.Root, p)) })
 	}
 	menv := env
 	if cfg.Main.TTY {
 		menv = append(menv, "TERM=xterm-256color")
 	}
-	m, err := mainproc.Start(r, mainproc.Options{Argv: argv, TTY: cfg.Main.TTY, Env: menv, Dir: dir, Cred: user.Credential(),
-		Start: launch.start,
-		OnLine: func(stream, line string) {
-			shipper.Add("INFO", "main", line, map[string]string{"stream": stream})
-		}})
-	exitCode := make(chan int, 1)
-	if err != nil {
-		log.Error("main process failed to start", "argv", argv, "err", err)
-		exitCode <- 127
-	} else {
+	startMain := func() (*mainproc.Main, error) {
+		m, err := mainproc.Start(r, mainproc.Options{Argv: argv, TTY: cfg.Main.TTY, Env: menv, Dir: dir, Cred: user.Credential(),
+			Start: launch.start,
+			OnLine: func(stream, line string) {
+				shipper.Add("INFO", "main", line, map[string]string{"stream": stream})
+			}})
+		if err != nil {
+			return nil, err
+		}
 		mainMu.Lock()
 		main = m
 		mainMu.Unlock()
 		log.Info("main process started", "pid", m.Pid(), "argv", argv, "tty", cfg.Main.TTY, "user", user.Name, "uid", user.UID, "gid", user.GID, "dir", dir)
+		return m, nil
+	}
+	current := func() *mainproc.Main {
+		mainMu.Lock()
+		defer mainMu.Unlock()
+		return main
+	}
+	exitCode := make(chan int, 1)
+	if keepAlive {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			keepShell(ctx, log, argv, startMain)
+		}()
+	} else if m, err := startMain(); err != nil {
+		// The reason reaches the gateway's log of this sandbox (the shipper) before the
+		// exit code, so `sandbox get`/`logs` say why the command did not run.
+		log.Error("main process could not start: "+err.Error(), "argv", argv, "err", err)
+		exitCode <- 127
+	} else {
 		go func() { <-m.Done(); exitCode <- m.ExitCode() }()
 	}
 
@@ -485,7 +509,7 @@ func Run(ctx context.Context, cfg *bootstrap.Config, o Options) (retErr error) {
 		}
 		<-ctx.Done()
 	case <-ctx.Done():
-		if m != nil {
+		if m := current(); m != nil {
 			log.Info("stopping main process")
 			_ = m.Signal(syscall.SIGTERM)
 			select {
@@ -498,4 +522,34 @@ func Run(ctx context.Context, cfg *bootstrap.Config, o Options) (retErr error) {
 	}
 	cancel()
 	return nil
+}
+
+// keepShell runs the default shell of a sandbox created without a command until ctx
+// ends, starting a fresh one when it exits (after a pause, so a shell that dies at
+// once does not spin). A shell that cannot start at all is logged once; the sandbox
+// stays Ready for exec and connect either way.
+func keepShell(ctx context.Context, log *slog.Logger, argv []string, start func() (*mainproc.Main, error)) {
+	const pause = time.Second
+	warned := false
+	for ctx.Err() == nil {
+		m, err := start()
+		if err != nil {
+			if !warned {
+				log.Warn("no default shell for the sandbox; it stays up for exec and connect: "+err.Error(), "argv", argv)
+				warned = true
+			}
+		} else {
+			select {
+			case <-m.Done():
+				log.Info("default shell exited; starting a new one", "exit_code", m.ExitCode())
+			case <-ctx.Done():
+				return // the caller stops the current shell
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(pause):
+		}
+	}
 }

@@ -8,8 +8,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -61,14 +63,43 @@ func DefaultArgv(exists func(string) bool) []string {
 	return []string{"/bin/sh", "-l"}
 }
 
-// LookPath resolves argv0 against the PATH in env (the child's PATH, not ours).
+// LookPath resolves argv0 against the PATH in env (the child's PATH, not ours) and
+// checks that the program can be executed, so a command that cannot start fails here
+// with the reason (a *StartError) rather than as an exit code from the confinement
+// helper that would have exec'd it.
 func LookPath(argv0 string, env []string) (string, error) {
 	p, err := confine.LookPath(argv0, env)
 	if err != nil {
-		return "", fmt.Errorf("mainproc: %w: use an absolute path or fix the image's PATH", err)
+		return "", &StartError{Path: argv0, Err: fmt.Errorf("%w: use an absolute path or fix the image's PATH", err)}
+	}
+	if !filepath.IsAbs(p) {
+		return p, nil // relative to the process's working directory: exec resolves it
+	}
+	fi, err := os.Stat(p)
+	switch {
+	case err != nil:
+		var pe *fs.PathError
+		if errors.As(err, &pe) {
+			err = pe.Err
+		}
+		return "", &StartError{Path: p, Err: err}
+	case fi.IsDir():
+		return "", &StartError{Path: p, Err: syscall.EISDIR}
+	case fi.Mode()&0o111 == 0:
+		return "", &StartError{Path: p, Err: syscall.EACCES}
 	}
 	return p, nil
 }
+
+// StartError says why the main process could not start, in exec's words:
+// "exec /bin/bash: no such file or directory".
+type StartError struct {
+	Path string
+	Err  error
+}
+
+func (e *StartError) Error() string { return "exec " + e.Path + ": " + e.Err.Error() }
+func (e *StartError) Unwrap() error { return e.Err }
 
 // Main is the running main process.
 type Main struct {

@@ -2,10 +2,12 @@ package mainproc
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -276,5 +278,45 @@ func TestRing(t *testing.T) {
 	r.write([]byte("0123456789"))
 	if string(r.buf) != "23456789" {
 		t.Fatalf("ring = %q", r.buf)
+	}
+}
+
+// A command that cannot start fails in Start with exec's reason and the path, which the
+// supervisor passes on to the gateway, instead of starting and exiting 126/127.
+func TestStartSaysWhyCommandCannotStart(t *testing.T) {
+	r := reaper.New(false)
+	defer r.Close()
+	dir := t.TempDir()
+	noexec := filepath.Join(dir, "script.sh")
+	if err := os.WriteFile(noexec, []byte("#!/bin/sh\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name, argv0, want string
+		errno             error
+	}{
+		{"missing", "/no/such/bin/bash", "exec /no/such/bin/bash: no such file or directory", syscall.ENOENT},
+		{"directory", dir, "exec " + dir + ": is a directory", syscall.EISDIR},
+		{"not executable", noexec, "exec " + noexec + ": permission denied", syscall.EACCES},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Start(r, Options{Argv: []string{tc.argv0, "-l"}, Env: os.Environ()})
+			var se *StartError
+			if !errors.As(err, &se) || err.Error() != tc.want || !errors.Is(err, tc.errno) {
+				t.Fatalf("err = %v, want %q (StartError wrapping %v)", err, tc.want, tc.errno)
+			}
+		})
+	}
+}
+
+func TestDefaultArgvPicksTheImagesShell(t *testing.T) {
+	has := func(paths ...string) func(string) bool {
+		return func(p string) bool { return slices.Contains(paths, p) }
+	}
+	if got := DefaultArgv(has("/bin/bash", "/bin/sh")); !slices.Equal(got, []string{"/bin/bash", "-l"}) {
+		t.Errorf("with bash: %v", got)
+	}
+	if got := DefaultArgv(has("/bin/sh")); !slices.Equal(got, []string{"/bin/sh", "-l"}) {
+		t.Errorf("busybox-like image: %v", got)
 	}
 }
