@@ -8,28 +8,22 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/openshell/openshell/drivers"
 )
 
-// Label keys the driver puts on everything it creates. Get/List/Watch find sandboxes
-// by these labels, so a restarted gateway finds every container again.
+// Label keys, paths inside a sandbox container and the gateway's host name are the
+// ones every container driver uses (drivers/labels.go).
 const (
-	LabelManagedBy   = "openshell.ai/managed-by"
-	ManagedByValue   = "openshell"
-	LabelSandboxID   = "openshell.ai/sandbox-id"
-	LabelSandboxName = "openshell.ai/sandbox-name"
-	LabelImage       = "openshell.ai/image" // the image reference the user asked for
-	LabelWorkspace   = "openshell.ai/workspace"
-)
-
-// Paths inside a sandbox container.
-const (
-	// SupervisorPath is where the supervisor binary is bind-mounted (read-only).
-	SupervisorPath = "/opt/openshell/bin/openshell-sandbox"
-	// BootstrapDir holds the per-sandbox token and CA bundle (read-only bind mount).
-	BootstrapDir = "/etc/openshell/bootstrap"
-	// GatewayHost is the name a sandbox uses to reach the gateway; it resolves to the
-	// openshell bridge network's gateway IP, where the driver's forwarder listens.
-	GatewayHost = "host.openshell.internal"
+	LabelManagedBy   = drivers.LabelManagedBy
+	ManagedByValue   = drivers.ManagedByValue
+	LabelSandboxID   = drivers.LabelSandboxID
+	LabelSandboxName = drivers.LabelSandboxName
+	LabelImage       = drivers.LabelImage
+	LabelWorkspace   = drivers.LabelWorkspace
+	SupervisorPath   = drivers.SupervisorPath
+	BootstrapDir     = drivers.BootstrapDir
+	GatewayHost      = drivers.GatewayHost
 )
 
 // Defaults filled by Config.withDefaults.

@@ -1,4 +1,4 @@
-package docker
+package drivers
 
 import (
 	"strings"
@@ -30,15 +30,15 @@ func TestParseCPU(t *testing.T) {
 		{"9E", 0, "too large"},
 	} {
 		t.Run(tc.in, func(t *testing.T) {
-			got, err := parseCPU(tc.in)
+			got, err := ParseCPU(tc.in)
 			if tc.err != "" {
 				if err == nil || !strings.Contains(err.Error(), tc.err) {
-					t.Fatalf("parseCPU(%q) = %d, %v; want error containing %q", tc.in, got, err, tc.err)
+					t.Fatalf("ParseCPU(%q) = %d, %v; want error containing %q", tc.in, got, err, tc.err)
 				}
 				return
 			}
 			if err != nil || got != tc.want {
-				t.Fatalf("parseCPU(%q) = %d, %v; want %d", tc.in, got, err, tc.want)
+				t.Fatalf("ParseCPU(%q) = %d, %v; want %d", tc.in, got, err, tc.want)
 			}
 		})
 	}
@@ -66,15 +66,15 @@ func TestParseMemory(t *testing.T) {
 		{strings.Repeat("9", 70), 0, "longer than"},
 	} {
 		t.Run(tc.in, func(t *testing.T) {
-			got, err := parseMemory(tc.in)
+			got, err := ParseMemory(tc.in)
 			if tc.err != "" {
 				if err == nil || !strings.Contains(err.Error(), tc.err) {
-					t.Fatalf("parseMemory(%q) = %d, %v; want error containing %q", tc.in, got, err, tc.err)
+					t.Fatalf("ParseMemory(%q) = %d, %v; want error containing %q", tc.in, got, err, tc.err)
 				}
 				return
 			}
 			if err != nil || got != tc.want {
-				t.Fatalf("parseMemory(%q) = %d, %v; want %d", tc.in, got, err, tc.want)
+				t.Fatalf("ParseMemory(%q) = %d, %v; want %d", tc.in, got, err, tc.want)
 			}
 		})
 	}
@@ -87,20 +87,20 @@ func FuzzParseQuantity(f *testing.F) {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, s string) {
-		mem, err := parseMemory(s)
+		mem, err := ParseMemory(s)
 		if err != nil {
 			return
 		}
 		if mem < 0 {
-			t.Fatalf("parseMemory(%q) = %d < 0", s, mem)
+			t.Fatalf("ParseMemory(%q) = %d < 0", s, mem)
 		}
 		if !strings.HasPrefix(s, "+") && !strings.HasPrefix(s, "-") {
-			if mem2, err2 := parseMemory("+" + s); len(s) < maxQuantityLen && (err2 != nil || mem2 != mem) {
-				t.Fatalf("parseMemory(+%q) = %d, %v; want %d", s, mem2, err2, mem)
+			if mem2, err2 := ParseMemory("+" + s); len(s) < maxQuantityLen && (err2 != nil || mem2 != mem) {
+				t.Fatalf("ParseMemory(+%q) = %d, %v; want %d", s, mem2, err2, mem)
 			}
 		}
-		if cpu, err := parseCPU(s); err == nil && cpu < 0 {
-			t.Fatalf("parseCPU(%q) = %d < 0", s, cpu)
+		if cpu, err := ParseCPU(s); err == nil && cpu < 0 {
+			t.Fatalf("ParseCPU(%q) = %d < 0", s, cpu)
 		}
 	})
 }
