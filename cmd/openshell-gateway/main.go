@@ -19,8 +19,10 @@ import (
 	"github.com/openshell/openshell/gateway"
 	"github.com/openshell/openshell/gateway/config"
 	"github.com/openshell/openshell/gateway/daemon"
+	"github.com/openshell/openshell/gateway/driversel"
 	"github.com/openshell/openshell/gateway/pki"
 	"github.com/openshell/openshell/internal/grpcopts"
+	"github.com/openshell/openshell/internal/staticbin"
 )
 
 func main() {
@@ -94,6 +96,9 @@ func newLogger(cfg *config.Config) *slog.Logger {
 func run(ctx context.Context, cfg *config.Config) error {
 	log := newLogger(cfg)
 	slog.SetDefault(log)
+	if err := checkSupervisor(cfg); err != nil {
+		return err
+	}
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	g, err := daemon.Start(ctx, cfg, log)
@@ -111,4 +116,32 @@ func run(ctx context.Context, cfg *config.Config) error {
 		}
 	}
 	return g.Stop(10 * time.Second)
+}
+
+// checkSupervisor refuses a dynamically linked supervisor binary before anything
+// starts: the drivers copy it into images that may lack glibc (busybox, distroless)
+// and into VM initramfs images, where it would fail every sandbox with a bare "exec
+// /opt/openshell/bin/openshell-sandbox: no such file or directory". An external driver
+// brings its own; a binary that is not found is left to the driver, which says where
+// it looked.
+func checkSupervisor(cfg *config.Config) error {
+	if cfg.ComputeDriverSocket != "" || cfg.Driver == "kubernetes" {
+		return nil
+	}
+	path := ""
+	if cfg.Driver != "" {
+		path, _ = cfg.DriverTable(cfg.Driver)["supervisor_binary"].(string)
+	}
+	if path == "" {
+		p, err := driversel.FindBinary("openshell-sandbox", "")
+		if err != nil {
+			return nil
+		}
+		path = p
+	}
+	if err := staticbin.Check(path); err != nil {
+		return fmt.Errorf("supervisor binary: %w; sandboxes would fail to start with it. Rebuild it static: %s (or point supervisor_binary in the driver's config section at a static build)",
+			err, strings.Replace(staticbin.BuildHint, "<dir>", filepath.Dir(path), 1))
+	}
+	return nil
 }

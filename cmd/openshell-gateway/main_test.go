@@ -50,3 +50,48 @@ func TestDisableTLSRefusedOffLoopback(t *testing.T) {
 		})
 	}
 }
+
+// TestDynamicSupervisorRefused runs the real gateway with a dynamically linked
+// openshell-sandbox next to it (what a plain `go build ./cmd/...` makes when cgo is on):
+// it must exit before listening and say how to build the supervisor static.
+func TestDynamicSupervisorRefused(t *testing.T) {
+	if _, err := exec.LookPath("gcc"); err != nil {
+		t.Skip("gcc not installed: cannot build a dynamically linked supervisor")
+	}
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "openshell-gateway")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("build: %v\n%s", err, out)
+	}
+	// A cgo build of a program using os/user links against glibc's loader.
+	src := filepath.Join(dir, "dyn.go")
+	if err := os.WriteFile(src, []byte("package main\nimport \"os/user\"\nfunc main() { user.Current() }\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	build := exec.Command("go", "build", "-o", filepath.Join(dir, "openshell-sandbox"), src)
+	build.Env = append(os.Environ(), "CGO_ENABLED=1")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("build dynamic supervisor: %v\n%s", err, out)
+	}
+	for _, drv := range []string{"docker", "vm"} {
+		t.Run(drv, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+			defer cancel()
+			cmd := exec.CommandContext(ctx, bin, "--drivers", drv, "--port", "0")
+			cmd.Env = []string{"HOME=" + dir, "PATH=/usr/bin:/bin"}
+			out, err := cmd.CombinedOutput()
+			var ee *exec.ExitError
+			if !errors.As(err, &ee) || ee.ExitCode() == 0 || ctx.Err() != nil {
+				t.Fatalf("gateway with a dynamic supervisor: err %v (want a non-zero exit)\n%s", err, out)
+			}
+			for _, want := range []string{"openshell-sandbox is dynamically linked", "CGO_ENABLED=0 go build -o " + dir + "/openshell-sandbox ./cmd/openshell-sandbox"} {
+				if !strings.Contains(string(out), want) {
+					t.Errorf("output does not mention %q:\n%s", want, out)
+				}
+			}
+			if strings.Contains(string(out), "gateway listening") {
+				t.Errorf("the gateway started listening:\n%s", out)
+			}
+		})
+	}
+}

@@ -12,13 +12,23 @@ import (
 )
 
 // mountExtensions adds commands implemented in other packages: the exec/connect/
-// ssh-config/upload/download/logs sandbox subcommands and the ssh-proxy used as an
+// ssh-config/upload/download/logs sandbox subcommands, `sandbox provider`
+// (internal/cli/providercmds) and the ssh-proxy used as an
 // ssh ProxyCommand (internal/cli/sshcmds), `policy` (internal/cli/policycmds) and
 // `vm images` (internal/cli/vmimages).
 func mountExtensions(root *cobra.Command, a *app) {
 	for _, c := range root.Commands() {
 		if c.Name() == "sandbox" {
-			c.AddCommand(sshcmds.Commands(a.dial)...)
+			for _, sc := range sshcmds.Commands(a.dial) {
+				// Every ssh command takes the sandbox name: first, or as -n/--name.
+				if sc.Flags().Lookup("name") != nil {
+					_ = sc.RegisterFlagCompletionFunc("name", a.completeSandboxes(false))
+				} else if sc.ValidArgsFunction == nil {
+					sc.ValidArgsFunction = a.completeSandboxes(false)
+				}
+				c.AddCommand(sc)
+			}
+			c.AddCommand(providercmds.SandboxCommand(providercmds.DialFunc(a.dial)))
 		}
 	}
 	root.AddCommand(sshcmds.SSHProxyCommand(a.dial))

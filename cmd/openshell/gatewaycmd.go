@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/metadata"
 
@@ -63,6 +64,59 @@ type startOptions struct {
 	port                                              int
 	foreground, disableTLS                            bool
 	wait                                              time.Duration
+	// set reports whether the user gave a flag: only those are passed on, so the
+	// config file's (and the environment's) values win over this command's defaults.
+	set func(name string) bool
+}
+
+// gatewayArgs builds the gateway's command line from the flags the user set and
+// resolves the settings the CLI needs to know (address, state dir) the way the
+// gateway will: defaults < config file < environment < flags.
+func (o startOptions) gatewayArgs(name string, getenv func(string) string) ([]string, *config.Config, error) {
+	set := o.set
+	if set == nil {
+		set = func(string) bool { return false }
+	}
+	fs := pflag.NewFlagSet("openshell-gateway", pflag.ContinueOnError)
+	config.BindFlags(fs)
+	var args []string
+	pass := func(flag, v string) error {
+		if err := fs.Set(flag, v); err != nil {
+			return fmt.Errorf("--%s: %w", flag, err)
+		}
+		args = append(args, "--"+flag, v)
+		return nil
+	}
+	for _, f := range []struct {
+		flag, v string
+		given   bool
+	}{
+		{"port", strconv.Itoa(o.port), set("port")},
+		{"bind-address", o.bind, set("bind-address")},
+		{"drivers", o.drivers, o.drivers != ""},
+		{"disable-tls", "true", o.disableTLS},
+		{"config", o.configFile, o.configFile != ""},
+		{"compute-driver-socket", o.driverSocket, o.driverSocket != ""},
+		{"state-dir", o.stateDir, o.stateDir != ""},
+	} {
+		if f.given {
+			if err := pass(f.flag, f.v); err != nil {
+				return nil, nil, err
+			}
+		}
+	}
+	cfg, err := config.Resolve(fs, getenv)
+	if err != nil {
+		return nil, nil, err
+	}
+	if o.stateDir == "" && cfg.StateDir == config.Defaults().StateDir {
+		// Neither the file nor the environment chose one: a per-name directory.
+		if err := pass("state-dir", stateDirFor(name)); err != nil {
+			return nil, nil, err
+		}
+		cfg.StateDir = stateDirFor(name)
+	}
+	return args, cfg, nil
 }
 
 func (a *app) gatewayStart() *cobra.Command {
@@ -74,7 +128,10 @@ func (a *app) gatewayStart() *cobra.Command {
 background by default. The gateway's certificates are created on first start and the
 client files are written to ~/.config/openshell/gateways/<name>/.`,
 		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error { return a.runGatewayStart(cmd.Context(), o) },
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			o.set = func(name string) bool { return cmd.Flags().Changed(name) }
+			return a.runGatewayStart(cmd.Context(), o)
+		},
 	}
 	f := cmd.Flags()
 	f.StringVar(&o.drivers, "drivers", "", "compute driver: docker, podman, kubernetes or vm (default: auto-detect)")
@@ -99,10 +156,11 @@ func (a *app) runGatewayStart(ctx context.Context, o startOptions) error {
 	if err != nil {
 		return err
 	}
-	stateDir := o.stateDir
-	if stateDir == "" {
-		stateDir = stateDirFor(a.gateway)
+	args, cfg, err := o.gatewayArgs(a.gateway, os.Getenv)
+	if err != nil {
+		return err
 	}
+	stateDir := cfg.StateDir
 	if err := os.MkdirAll(stateDir, 0o700); err != nil {
 		return fmt.Errorf("state dir: %w", err)
 	}
@@ -111,15 +169,15 @@ func (a *app) runGatewayStart(ctx context.Context, o startOptions) error {
 		return fmt.Errorf("gateway %q is already running (pid %d); stop it with `openshell gateway stop`", a.gateway, pid)
 	}
 
-	host := o.bind
+	host := cfg.BindAddress
 	if ip := net.ParseIP(host); ip != nil && ip.IsUnspecified() {
 		host = "127.0.0.1"
 	}
 	scheme := "https"
-	if o.disableTLS {
+	if cfg.DisableTLS {
 		scheme = "http"
 	}
-	endpoint := scheme + "://" + net.JoinHostPort(host, strconv.Itoa(o.port))
+	endpoint := scheme + "://" + net.JoinHostPort(host, strconv.Itoa(cfg.Port))
 	dir, err := clientconf.WriteEndpoint(a.gateway, endpoint)
 	if err != nil {
 		return err
@@ -127,7 +185,7 @@ func (a *app) runGatewayStart(ctx context.Context, o startOptions) error {
 	if err := os.WriteFile(filepath.Join(dir, stateDirFile), []byte(stateDir+"\n"), 0o600); err != nil {
 		return err
 	}
-	if !o.disableTLS {
+	if !cfg.DisableTLS {
 		// Create the PKI now (the gateway reuses it) so the client files exist before
 		// the first call.
 		b, err := pki.Ensure(config.PKIDir(stateDir), []string{host})
@@ -139,19 +197,6 @@ func (a *app) runGatewayStart(ctx context.Context, o startOptions) error {
 		}
 	}
 
-	args := []string{"--state-dir", stateDir, "--port", strconv.Itoa(o.port), "--bind-address", o.bind}
-	if o.drivers != "" {
-		args = append(args, "--drivers", o.drivers)
-	}
-	if o.disableTLS {
-		args = append(args, "--disable-tls")
-	}
-	if o.configFile != "" {
-		args = append(args, "--config", o.configFile)
-	}
-	if o.driverSocket != "" {
-		args = append(args, "--compute-driver-socket", o.driverSocket)
-	}
 	if o.foreground {
 		fmt.Fprintf(os.Stderr, "gateway %q: %s (client files in %s)\n", a.gateway, endpoint, dir)
 		return syscall.Exec(bin, append([]string{bin}, args...), os.Environ())

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 
 	"github.com/spf13/cobra"
@@ -47,11 +48,22 @@ func newRoot() (*cobra.Command, *app) {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.PersistentFlags().StringVar(&a.gateway, "gateway", clientconf.DefaultName, "name of the gateway to talk to (~/.config/openshell/gateways/<name>)")
+	root.PersistentFlags().StringVarP(&a.gateway, "gateway", "g", defaultGateway(os.Getenv), "name of the gateway to talk to (~/.config/openshell/gateways/<name>; default $"+gatewayEnv+", else \"default\")")
+	_ = root.RegisterFlagCompletionFunc("gateway", completeGatewayNames)
 	root.PersistentFlags().StringVarP(&a.output, "output", "o", "table", "output format where it applies: table, json or yaml")
 	root.AddCommand(a.gatewayCmd(), a.sandboxCmd(), a.doctorCmd())
 	mountExtensions(root, a)
 	return root, a
+}
+
+// gatewayEnv names the gateway when -g/--gateway is not given.
+const gatewayEnv = "OPENSHELL_GATEWAY"
+
+func defaultGateway(getenv func(string) string) string {
+	if g := strings.TrimSpace(getenv(gatewayEnv)); g != "" {
+		return g
+	}
+	return clientconf.DefaultName
 }
 
 func main() {

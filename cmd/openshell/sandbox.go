@@ -25,6 +25,14 @@ func (a *app) sandboxCmd() *cobra.Command {
 	cmd.PersistentFlags().StringVar(&workspace, "workspace", "", "workspace (default: the gateway's default workspace)")
 	cmd.AddCommand(a.sandboxCreate(&workspace), a.sandboxGet(&workspace), a.sandboxList(&workspace),
 		a.sandboxDelete(&workspace), a.sandboxStop(&workspace), a.sandboxStart(&workspace), a.sandboxWatch(&workspace))
+	for _, c := range cmd.Commands() {
+		switch c.Name() {
+		case "get", "stop", "start", "watch":
+			c.ValidArgsFunction = a.completeSandboxes(false)
+		case "delete":
+			c.ValidArgsFunction = a.completeSandboxes(true)
+		}
+	}
 	return cmd
 }
 
