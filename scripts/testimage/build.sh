@@ -6,16 +6,31 @@
 # Both images carry a `sandbox` user (uid 1000), USER sandbox and WORKDIR /sandbox, so the
 # drivers' hand-off of the image's USER/WorkingDir is exercised.
 # Idempotent: an image that already exists is left alone (FORCE=1 rebuilds).
-# ENGINE=podman builds into Podman instead of Docker.
+# ENGINE=podman builds into Podman instead of Docker: into every Podman service socket
+# in PODMAN_SOCKETS (space-separated; default: the rootful and the rootless services
+# scripts/setup-podman.sh starts), through the podman binary that script builds.
 set -euo pipefail
 
 ENGINE="${ENGINE:-docker}"
+case "$ENGINE" in
+docker | podman) ;;
+*) echo "testimage: ENGINE=$ENGINE: use docker or podman" >&2; exit 2 ;;
+esac
 FORCE="${FORCE:-0}"
 what="${1:-busybox}"
 
 log() { echo "testimage: $*" >&2; }
 
-have_image() { [[ "$FORCE" != 1 ]] && "$ENGINE" image inspect "$1" >/dev/null 2>&1; }
+# engine runs the engine's CLI; for podman, against the service at $PODMAN_URL.
+engine() {
+	if [[ "$ENGINE" == podman ]]; then
+		"$PODMAN_BIN" --remote --url "$PODMAN_URL" "$@"
+	else
+		docker "$@"
+	fi
+}
+
+have_image() { [[ "$FORCE" != 1 ]] && engine image inspect "$1" >/dev/null 2>&1; }
 
 ensure_busybox_static() {
 	if [[ -x /bin/busybox ]] && /bin/busybox --list >/dev/null 2>&1 && ! ldd /bin/busybox >/dev/null 2>&1; then
@@ -53,13 +68,13 @@ import_rootfs() {
 	local root="$1" ref="$2"
 	log "importing $ref"
 	tar -C "$root" --numeric-owner -c . |
-		"$ENGINE" import \
+		engine import \
 			--change 'USER sandbox' \
 			--change 'WORKDIR /sandbox' \
 			--change 'ENV PATH=/bin:/usr/bin:/sbin:/usr/sbin' \
 			--change 'CMD ["/bin/sh"]' \
 			- "$ref" >/dev/null
-	log "$ref: $("$ENGINE" image inspect --format '{{.Id}}' "$ref")"
+	log "$ref: $(engine image inspect --format '{{.Id}}' "$ref")"
 }
 
 build_busybox() {
@@ -67,7 +82,7 @@ build_busybox() {
 	if have_image "$ref"; then log "$ref exists"; return 0; fi
 	ensure_busybox_static
 	local tmp; tmp="$(mktemp -d)"
-	trap 'rm -rf "$tmp"' RETURN
+	trap 'rm -rf "${tmp:-}"; trap - RETURN' RETURN
 	make_rootfs "$tmp/rootfs"
 	import_rootfs "$tmp/rootfs" "$ref"
 }
@@ -77,7 +92,7 @@ build_bash() {
 	if have_image "$ref"; then log "$ref exists"; return 0; fi
 	ensure_busybox_static
 	local tmp; tmp="$(mktemp -d)"
-	trap 'rm -rf "$tmp"' RETURN
+	trap 'rm -rf "${tmp:-}"; trap - RETURN' RETURN
 	make_rootfs "$tmp/rootfs"
 	rm -f "$tmp/rootfs/bin/bash"
 	cp /bin/bash "$tmp/rootfs/bin/bash"
@@ -90,9 +105,25 @@ build_bash() {
 	import_rootfs "$tmp/rootfs" "$ref"
 }
 
-case "$what" in
-busybox) build_busybox ;;
-bash) build_bash ;;
-all) build_busybox; build_bash ;;
-*) echo "usage: $0 [busybox|bash|all]" >&2; exit 2 ;;
-esac
+build() {
+	case "$what" in
+	busybox) build_busybox ;;
+	bash) build_bash ;;
+	all) build_busybox; build_bash ;;
+	*) echo "usage: $0 [busybox|bash|all]" >&2; exit 2 ;;
+	esac
+}
+
+if [[ "$ENGINE" == podman ]]; then
+	setup="$(dirname "$0")/../setup-podman.sh"
+	PODMAN_BIN="${PODMAN_BIN:-$("$setup" env | sed -n 's/^OPENSHELL_PODMAN_BIN=//p')}"
+	PODMAN_SOCKETS="${PODMAN_SOCKETS:-$("$setup" env | sed -n 's/^OPENSHELL_PODMAN_\(ROOTFUL\|ROOTLESS\)_SOCK=//p' | tr '\n' ' ')}"
+	[[ -x "$PODMAN_BIN" ]] || { log "no podman binary at $PODMAN_BIN: run scripts/setup-podman.sh"; exit 1; }
+	for sock in $PODMAN_SOCKETS; do
+		PODMAN_URL="unix://$sock"
+		log "podman service $sock"
+		build
+	done
+else
+	build
+fi

@@ -1,0 +1,219 @@
+#!/usr/bin/env bash
+# Sets up Podman 5 for the podman compute driver and its tests.
+#   scripts/setup-podman.sh [start]   install the runtime packages from Debian, build podman
+#                                     and rootlessport from the Go module proxy (cached by
+#                                     version), create the unprivileged test user, start a
+#                                     rootful and a rootless `podman system service`
+#   scripts/setup-podman.sh build     only install packages and build the binaries
+#   scripts/setup-podman.sh env       print the variables the tests read (KEY=VALUE lines)
+#   scripts/setup-podman.sh stop      stop the services this script started (by pid file)
+# Idempotent: binaries already in the cache are reused, services that answer are left alone.
+#
+# Debian 12 ships Podman 4.3, which the driver refuses; Podman 5 is built from source here
+# (~3 min on two cores, once per machine and version). The binaries land in
+#   $OPENSHELL_CACHE/podman/$PODMAN_VERSION/bin/{podman,rootlessport}
+# and a containers.conf next to them points podman at Debian's conmon/runc/netavark.
+set -euo pipefail
+
+PODMAN_VERSION="${OPENSHELL_PODMAN_VERSION:-v5.4.2}"
+CACHE="${OPENSHELL_CACHE:-$HOME/.cache/openshell}/podman/$PODMAN_VERSION"
+BIN="$CACHE/bin"
+STATE_DIR="${OPENSHELL_PODMAN_STATE_DIR:-/var/lib/openshell/podman}"
+TEST_USER="${OPENSHELL_PODMAN_USER:-openshell-podman}"
+ROOTFUL_SOCK="/run/podman/podman.sock"
+TIMEOUT="${OPENSHELL_PODMAN_TIMEOUT:-60}"
+BUILD_TAGS="seccomp exclude_graphdriver_btrfs btrfs_noversion exclude_graphdriver_devicemapper"
+
+log() { echo "setup-podman: $*" >&2; }
+
+export DEBIAN_FRONTEND=noninteractive
+export PODMAN_IGNORE_CGROUPSV1_WARNING=1
+
+apt_install() {
+	local missing=() p
+	for p in "$@"; do
+		dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+	done
+	((${#missing[@]} == 0)) && return 0
+	log "installing from Debian: ${missing[*]}"
+	apt-get install -y -q --no-install-recommends "${missing[@]}" || {
+		apt-get update -q
+		apt-get install -y -q --no-install-recommends "${missing[@]}"
+	}
+}
+
+install_packages() {
+	# Runtime helpers podman execs, and the headers the build links against.
+	apt_install conmon runc netavark aardvark-dns slirp4netns uidmap fuse-overlayfs catatonit \
+		libseccomp-dev libgpgme-dev pkg-config gcc
+}
+
+build_binaries() {
+	if [[ -x "$BIN/podman" && -x "$BIN/rootlessport" ]] &&
+		"$BIN/podman" --version 2>/dev/null | grep -q "${PODMAN_VERSION#v}"; then
+		log "podman $PODMAN_VERSION cached in $BIN"
+		return 0
+	fi
+	command -v go >/dev/null || export PATH="/usr/local/go/bin:$PATH"
+	log "building podman $PODMAN_VERSION from the Go module proxy (about 3 min)"
+	local dir
+	dir="$(GOFLAGS=-mod=mod go mod download -json "github.com/containers/podman/v5@$PODMAN_VERSION" |
+		sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')"
+	[[ -d "$dir" ]] || { log "go mod download gave no module dir for podman $PODMAN_VERSION"; exit 1; }
+	mkdir -p "$BIN.tmp"
+	(cd "$dir" && GOFLAGS=-mod=mod CGO_ENABLED=1 go build -trimpath -tags "$BUILD_TAGS" \
+		-o "$BIN.tmp/" ./cmd/podman ./cmd/rootlessport)
+	rm -rf "$BIN"
+	mv "$BIN.tmp" "$BIN"
+	log "built $("$BIN/podman" --version)"
+}
+
+write_config() {
+	# One containers.conf for both services: Debian's runc (its crun fails on a cgroups v1
+	# layout), rootlessport from the cache, cgroupfs (no systemd here).
+	mkdir -p "$CACHE"
+	cat >"$CACHE/containers.conf" <<EOF
+[engine]
+runtime = "runc"
+cgroup_manager = "cgroupfs"
+events_logger = "file"
+helper_binaries_dir = ["$BIN", "/usr/libexec/podman", "/usr/lib/podman"]
+conmon_path = ["/usr/bin/conmon"]
+
+[network]
+network_backend = "netavark"
+
+[containers]
+log_driver = "k8s-file"
+EOF
+	chmod 0644 "$CACHE/containers.conf"
+	# Image imports and builds need a signature policy; Debian's containers-common
+	# would bring one but also an older containers.conf. Write the default (accept
+	# anything, as Debian ships it) only when the host has none.
+	if [[ ! -f /etc/containers/policy.json ]]; then
+		mkdir -p /etc/containers
+		printf '{"default":[{"type":"insecureAcceptAnything"}]}\n' >/etc/containers/policy.json
+	fi
+	# The rootless user must be able to read the binaries and the config.
+	local d="$CACHE"
+	while [[ "$d" != / ]]; do chmod o+x "$d" 2>/dev/null || true; d="$(dirname "$d")"; done
+	chmod -R o+rX "$CACHE"
+}
+
+ensure_user() {
+	if ! id "$TEST_USER" >/dev/null 2>&1; then
+		log "creating unprivileged user $TEST_USER"
+		useradd --create-home --shell /bin/bash "$TEST_USER"
+	fi
+	grep -q "^$TEST_USER:" /etc/subuid || usermod --add-subuids 200000-265535 "$TEST_USER"
+	grep -q "^$TEST_USER:" /etc/subgid || usermod --add-subgids 200000-265535 "$TEST_USER"
+	# slirp4netns opens /dev/net/tun as the user.
+	[[ -c /dev/net/tun ]] || { mkdir -p /dev/net; mknod /dev/net/tun c 10 200; }
+	chmod 0666 /dev/net/tun
+}
+
+user_uid() { id -u "$TEST_USER"; }
+rootless_sock() { echo "/run/user/$(user_uid)/podman/podman.sock"; }
+
+answers() { curl -fsS --max-time 2 --unix-socket "$1" http://d/_ping >/dev/null 2>&1; }
+
+# start_service NAME SOCK [setpriv args...]
+start_service() {
+	local name="$1" sock="$2"
+	shift 2
+	local pidf="$STATE_DIR/$name.pid" logf="$STATE_DIR/$name.log"
+	if answers "$sock"; then
+		log "$name service answers on $sock"
+		return 0
+	fi
+	if [[ -f "$pidf" ]] && kill -0 "$(cat "$pidf")" 2>/dev/null; then
+		log "$name service already started (pid $(cat "$pidf")), waiting for it"
+	else
+		log "starting $name podman service on $sock (log: $logf)"
+		rm -f "$sock"
+		nohup "$@" env CONTAINERS_CONF="$CACHE/containers.conf" PODMAN_IGNORE_CGROUPSV1_WARNING=1 \
+			"$BIN/podman" system service --time=0 "unix://$sock" >"$logf" 2>&1 </dev/null &
+		echo $! >"$pidf"
+	fi
+	local pid
+	pid="$(cat "$pidf")"
+	for _ in $(seq 1 $((TIMEOUT * 10))); do
+		answers "$sock" && { log "$name service answers (pid $pid)"; return 0; }
+		if ! kill -0 "$pid" 2>/dev/null; then
+			log "$name service (pid $pid) exited; last lines of $logf:"
+			tail -n 20 "$logf" >&2 || true
+			rm -f "$pidf"
+			exit 1
+		fi
+		sleep 0.1
+	done
+	log "$name service did not answer within ${TIMEOUT}s; see $logf"
+	exit 1
+}
+
+start_services() {
+	apt_install curl
+	mkdir -p "$STATE_DIR" /run/podman
+	start_service rootful "$ROOTFUL_SOCK"
+	local uid run
+	uid="$(user_uid)"
+	run="/run/user/$uid"
+	mkdir -p "$run/podman"
+	chown "$uid:$uid" "$run" "$run/podman"
+	chmod 0700 "$run" "$run/podman"
+	touch "$STATE_DIR/rootless.log"
+	chown "$uid" "$STATE_DIR/rootless.log"
+	start_service rootless "$(rootless_sock)" \
+		setpriv --reuid "$uid" --regid "$uid" --init-groups \
+		env HOME="$(getent passwd "$TEST_USER" | cut -d: -f6)" USER="$TEST_USER" XDG_RUNTIME_DIR="$run"
+}
+
+stop_service() {
+	local name="$1" pidf="$STATE_DIR/$1.pid"
+	[[ -f "$pidf" ]] || { log "$name: no pid file, this script did not start it"; return 0; }
+	local pid
+	pid="$(cat "$pidf")"
+	if kill -0 "$pid" 2>/dev/null; then
+		log "stopping $name service (pid $pid)"
+		kill -TERM "$pid"
+		for _ in $(seq 1 $((TIMEOUT * 10))); do
+			kill -0 "$pid" 2>/dev/null || break
+			sleep 0.1
+		done
+		kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null || true
+	fi
+	rm -f "$pidf"
+}
+
+print_env() {
+	echo "OPENSHELL_PODMAN_BIN=$BIN/podman"
+	echo "OPENSHELL_PODMAN_CONF=$CACHE/containers.conf"
+	echo "OPENSHELL_PODMAN_ROOTFUL_SOCK=$ROOTFUL_SOCK"
+	echo "OPENSHELL_PODMAN_ROOTLESS_SOCK=$(rootless_sock)"
+	echo "OPENSHELL_PODMAN_USER=$TEST_USER"
+}
+
+case "${1:-start}" in
+build)
+	install_packages
+	build_binaries
+	write_config
+	;;
+start)
+	install_packages
+	build_binaries
+	write_config
+	ensure_user
+	start_services
+	print_env
+	;;
+env) print_env ;;
+stop)
+	stop_service rootless
+	stop_service rootful
+	;;
+*)
+	echo "usage: $0 [start|build|env|stop]" >&2
+	exit 2
+	;;
+esac
