@@ -193,7 +193,10 @@ func TestInventoryNeverWrites(t *testing.T) {
 		dir := copyTree(t, tree)
 		before := snapshot(t, dir)
 		m := New(Config{Sysfs: filepath.Join(dir, "sys"), Proc: filepath.Join(dir, "proc"), StateDir: filepath.Join(dir, "state"),
-			Write: func(p string, _ []byte) error { t.Errorf("%s: write to %s while listing", tree, p); return errors.New("no") }})
+			Write: func(p string, _ []byte) error {
+				t.Errorf("%s: write to %s while listing", tree, p)
+				return errors.New("no")
+			}})
 		if _, err := m.Inventory(); err != nil {
 			t.Fatal(err)
 		}
