@@ -5,6 +5,9 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"os"
+	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -82,5 +85,90 @@ func TestEnsureDockerDaemon(t *testing.T) {
 	}
 	if _, err := c.Ensure(ctx, "docker-daemon:openshell-images-test:does-not-exist", nil); err == nil {
 		t.Error("missing daemon image: no error")
+	}
+}
+
+// A bare name (what `docker build -t NAME` makes) is found in the local Docker store
+// before any registry is asked; a name no store has fails naming every place tried.
+func TestBareNameFromLocalStore(t *testing.T) {
+	requireTools(t)
+	dc := requireDaemon(t)
+	ctx := t.Context()
+	repo := fmt.Sprintf("openshell-bare-%d", time.Now().UnixNano())
+	tag, err := name.NewTag(repo + ":latest")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var buf bytes.Buffer
+	if err := tarball.Write(tag, benignImage(t), &buf); err != nil {
+		t.Fatal(err)
+	}
+	res, err := dc.ImageLoad(ctx, &buf)
+	if err != nil {
+		t.Fatalf("docker load: %v", err)
+	}
+	_, _ = io.Copy(io.Discard, res)
+	res.Close()
+	t.Cleanup(func() {
+		if _, err := dc.ImageRemove(context.Background(), repo+":latest", client.ImageRemoveOptions{Force: true, PruneChildren: true}); err != nil {
+			t.Errorf("remove test image %s: %v", repo, err)
+		}
+	})
+	want, err := dc.ImageInspect(ctx, repo+":latest")
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	c := newTestCache(t)
+	e, err := c.Ensure(ctx, repo, nil) // bare, as a user types it
+	if err != nil {
+		t.Fatalf("Ensure(%q): %v", repo, err)
+	}
+	if e.Digest != want.ID {
+		t.Errorf("digest %s, want the local image's ID %s", e.Digest, want.ID)
+	}
+	checkBenignDisk(t, e.DiskPath)
+
+	// No store has it: the registry is tried last and the error lists all three.
+	tctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	_, err = c.Ensure(tctx, repo+"-missing", nil)
+	if err == nil {
+		t.Fatal("a name in no store resolved")
+	}
+	t.Logf("a name in no store: %v", err)
+	for _, w := range []string{"local Docker image store", "local Podman image store", "index.docker.io/library/" + repo + "-missing:latest"} {
+		if !strings.Contains(err.Error(), w) {
+			t.Errorf("error does not name %q: %v", w, err)
+		}
+	}
+}
+
+func TestLocalStores(t *testing.T) {
+	env := func(kv map[string]string) func(string) string { return func(k string) string { return kv[k] } }
+	dir := t.TempDir()
+	sock := filepath.Join(dir, "podman", "podman.sock")
+	if err := os.MkdirAll(filepath.Dir(sock), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(sock, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	st := localStores(env(map[string]string{"DOCKER_HOST": "tcp://127.0.0.1:1", "XDG_RUNTIME_DIR": dir}))
+	if len(st) != 2 || st[0].name != "Docker" || st[0].missing != "" || st[1].name != "Podman" {
+		t.Fatalf("stores = %+v", st)
+	}
+	if _, err := os.Stat("/run/podman/podman.sock"); err != nil && st[1].host != "unix://"+sock {
+		t.Errorf("rootless Podman socket not found: %+v", st[1])
+	}
+	st = localStores(env(map[string]string{"CONTAINER_HOST": "unix:///x/podman.sock"}))
+	if st[1].host != "unix:///x/podman.sock" {
+		t.Errorf("CONTAINER_HOST ignored: %+v", st[1])
+	}
+	if got := localName(MustParseReference("myimage")); got.Name != "myimage" || got.Tag != "latest" {
+		t.Errorf("localName(myimage) = %+v", got)
+	}
+	if got := localName(MustParseReference("ghcr.io/org/img:1")); got.Name != "ghcr.io/org/img" || got.Tag != "1" {
+		t.Errorf("localName(ghcr.io/org/img:1) = %+v", got)
 	}
 }

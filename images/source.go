@@ -48,6 +48,12 @@ type source interface {
 func newSource(r Reference) (source, error) {
 	switch r.Transport {
 	case TransportRegistry:
+		if r.Digest == "" {
+			// As `docker run` does, a name by tag is looked up in the local image
+			// stores first: an image just built with `docker build -t myimage` is used
+			// without a registry.
+			return &localFirstSource{ref: r, stores: localStores(os.Getenv)}, nil
+		}
 		return &registrySource{ref: r}, nil
 	case TransportOCILayout:
 		return &layoutSource{ref: r}, nil
@@ -334,7 +340,12 @@ func (s *dockerArchiveSource) image(_ context.Context, _, _ string, _ func(Progr
 
 // ---- local Docker / Podman daemon ----
 
-type daemonSource struct{ ref Reference }
+type daemonSource struct {
+	ref Reference
+	// host is the daemon's API address (unix:///run/podman/podman.sock); empty =
+	// the Docker daemon that DOCKER_HOST, else the default socket, names.
+	host string
+}
 
 func (s *daemonSource) daemonName() string {
 	if s.ref.Tag != "" {
@@ -344,31 +355,51 @@ func (s *daemonSource) daemonName() string {
 }
 
 func newDaemonClient() (*client.Client, error) {
-	c, err := client.New(client.FromEnv)
+	return newDaemonClientAt("")
+}
+
+func newDaemonClientAt(host string) (*client.Client, error) {
+	opt := client.FromEnv
+	if host != "" {
+		opt = client.WithHost(host)
+	}
+	c, err := client.New(opt)
 	if err != nil {
-		return nil, fmt.Errorf("docker daemon client (DOCKER_HOST=%q): %w", os.Getenv("DOCKER_HOST"), err)
+		if host == "" {
+			host = "DOCKER_HOST=" + os.Getenv("DOCKER_HOST")
+		}
+		return nil, fmt.Errorf("image store client (%s): %w", host, err)
 	}
 	return c, nil
 }
 
 func (s *daemonSource) resolve(ctx context.Context) (string, error) {
-	c, err := newDaemonClient()
+	id, host, err := s.inspect(ctx)
 	if err != nil {
-		return "", err
+		return "", fmt.Errorf("inspect %q in the image store at %s: %w (is the daemon running and the image present? `docker pull` or `docker build` it first)", s.daemonName(), host, err)
+	}
+	return id, nil
+}
+
+// inspect returns the image ID and the daemon's address.
+func (s *daemonSource) inspect(ctx context.Context) (id, host string, _ error) {
+	c, err := newDaemonClientAt(s.host)
+	if err != nil {
+		return "", s.host, err
 	}
 	defer c.Close()
 	res, err := c.ImageInspect(ctx, s.daemonName())
 	if err != nil {
-		return "", fmt.Errorf("inspect %q in the docker daemon at %s: %w (is the daemon running and the image present? `docker pull` or `docker build` it first)", s.daemonName(), c.DaemonHost(), err)
+		return "", c.DaemonHost(), err
 	}
 	if !digestRE.MatchString(res.ID) {
-		return "", fmt.Errorf("docker daemon reported image ID %q for %q, not a sha256 digest", res.ID, s.daemonName())
+		return "", c.DaemonHost(), fmt.Errorf("the daemon reported image ID %q for %q, not a sha256 digest", res.ID, s.daemonName())
 	}
-	return res.ID, nil
+	return res.ID, c.DaemonHost(), nil
 }
 
 func (s *daemonSource) image(ctx context.Context, digest, workDir string, progress func(Progress)) (v1.Image, bool, error) {
-	c, err := newDaemonClient()
+	c, err := newDaemonClientAt(s.host)
 	if err != nil {
 		return nil, false, err
 	}
@@ -402,4 +433,101 @@ func (s *daemonSource) image(ctx context.Context, digest, workDir string, progre
 		return nil, false, fmt.Errorf("read image %q saved by the docker daemon: %w", s.daemonName(), err)
 	}
 	return img, false, nil
+}
+
+// ---- a name by tag: local image stores, then its registry ----
+
+// localStore is a local image store reached through the Docker API: Docker's own, or
+// Podman's Docker-compatible socket.
+type localStore struct {
+	name string // "Docker", "Podman"
+	host string // API address; "" = Docker's from the environment
+	// missing, when set, says why the store was not asked (no socket there).
+	missing string
+}
+
+// localStores lists the stores a bare name is looked up in, in order: Docker
+// (DOCKER_HOST or its default socket), then Podman (CONTAINER_HOST, else the rootful
+// socket, else the rootless one under XDG_RUNTIME_DIR).
+func localStores(getenv func(string) string) []localStore {
+	stores := []localStore{{name: "Docker"}}
+	if h := getenv("DOCKER_HOST"); h == "" {
+		if _, err := os.Stat("/var/run/docker.sock"); err != nil {
+			stores[0].missing = "no socket at /var/run/docker.sock"
+		}
+	}
+	podman := localStore{name: "Podman"}
+	switch h := getenv("CONTAINER_HOST"); {
+	case strings.HasPrefix(h, "unix://"):
+		podman.host = h
+	default:
+		cands := []string{"/run/podman/podman.sock"}
+		if rt := getenv("XDG_RUNTIME_DIR"); rt != "" {
+			cands = append(cands, filepath.Join(rt, "podman", "podman.sock"))
+		}
+		for _, p := range cands {
+			if _, err := os.Stat(p); err == nil {
+				podman.host = "unix://" + p
+				break
+			}
+		}
+		if podman.host == "" {
+			podman.missing = "no socket at " + strings.Join(cands, " or ")
+		}
+	}
+	return append(stores, podman)
+}
+
+// localName is how the local stores name a registry reference: Docker Hub's
+// "index.docker.io/library/x:tag" is "x:tag" there.
+func localName(r Reference) Reference {
+	n := r.Name
+	for _, p := range []string{"index.docker.io/library/", "index.docker.io/"} {
+		if rest, ok := strings.CutPrefix(n, p); ok {
+			n = rest
+			break
+		}
+	}
+	return Reference{Transport: TransportDaemon, Name: n, Tag: r.Tag}
+}
+
+// localFirstSource resolves a registry name by tag in the local image stores, then
+// in its registry; the first that has it serves the image. When none does, the
+// error names every place tried.
+type localFirstSource struct {
+	ref    Reference
+	stores []localStore
+	chosen source
+}
+
+func (s *localFirstSource) resolve(ctx context.Context) (string, error) {
+	local := localName(s.ref)
+	var tried []string
+	for _, st := range s.stores {
+		if st.missing != "" {
+			tried = append(tried, fmt.Sprintf("the local %s image store (%s)", st.name, st.missing))
+			continue
+		}
+		d := &daemonSource{ref: local, host: st.host}
+		digest, host, err := d.inspect(ctx)
+		if err == nil {
+			s.chosen = d
+			return digest, nil
+		}
+		tried = append(tried, fmt.Sprintf("the local %s image store at %s (%v)", st.name, host, err))
+	}
+	r := &registrySource{ref: s.ref}
+	digest, err := r.resolve(ctx)
+	if err != nil {
+		return "", fmt.Errorf("image %s was not found; tried %s, then %w", (&daemonSource{ref: local}).daemonName(), strings.Join(tried, ", "), err)
+	}
+	s.chosen = r
+	return digest, nil
+}
+
+func (s *localFirstSource) image(ctx context.Context, digest, workDir string, progress func(Progress)) (v1.Image, bool, error) {
+	if s.chosen == nil {
+		return nil, false, errors.New("image source used before it was resolved")
+	}
+	return s.chosen.image(ctx, digest, workDir, progress)
 }
