@@ -6,6 +6,10 @@
 #   * the vhost-user vsock backend (vhost-device-vsock) from Debian unstable, fetched
 #     with a PRIVATE apt sources list (never installed into the system) into
 #     $OPENSHELL_VM_DIR/bin/.
+#   * the arm64 guest (what Apple silicon runs): qemu-system-aarch64 (qemu-system-arm)
+#     and Debian's arm64 cloud kernel, fetched through PRIVATE apt lists for arm64 (the
+#     system gains no foreign architecture) into $OPENSHELL_VM_DIR/kernel-arm64/
+#     {Image,modules/<kver>/,version}. OPENSHELL_VM_ARM64=0 skips it.
 # Idempotent: every step is skipped when its result (keyed by version) already exists.
 # OPENSHELL_VM_REFRESH=1 refreshes the package lists first (picks up newer versions).
 # OPENSHELL_VM_DIR overrides the install dir; OPENSHELL_VM_KERNEL_SERIES the kernel
@@ -161,7 +165,79 @@ else
 	log "vhost-device-vsock $vver installed in $BIN_DIR"
 fi
 
-# --- 4. summary -------------------------------------------------------------
+# --- 4. arm64 guest: qemu-system-aarch64 and Debian's arm64 cloud kernel -----
+# The kernel package's vmlinuz is an uncompressed arm64 Image, which is what
+# Virtualization.framework boots; the tests boot it under qemu-system-aarch64 (TCG).
+ARM_DIR="$VM_DIR/kernel-arm64"
+if [ "${OPENSHELL_VM_ARM64:-1}" != 0 ]; then
+	if ! command -v qemu-system-aarch64 >/dev/null; then
+		apt_update_once
+		log "installing qemu-system-arm"
+		apt-get install -y -qq --no-install-recommends qemu-system-arm
+	fi
+	ARMAPT="$CACHE_DIR/apt-arm64"
+	mkdir -p "$ARMAPT/lists/partial" "$ARMAPT/archives/partial"
+	# Same mirrors and suites as the system, arm64 only.
+	{
+		sec="$({ grep -hs '^URIs:' /etc/apt/sources.list.d/*.sources || true
+			grep -hs '^deb ' /etc/apt/sources.list /etc/apt/sources.list.d/*.list || true
+		} | grep -oE 'https?://[^ ]+' | grep -- '-security' | head -n1 || true)"
+		echo "deb [arch=arm64 signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $mirror bookworm main"
+		echo "deb [arch=arm64 signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $mirror bookworm-updates main"
+		[ -z "$sec" ] || echo "deb [arch=arm64 signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $sec bookworm-security main"
+	} >"$ARMAPT/sources.list"
+	arm_opts=(-o APT::Architecture=arm64 -o APT::Architectures=arm64
+		-o "Dir::Etc::sourcelist=$ARMAPT/sources.list"
+		-o "Dir::Etc::sourceparts=/nonexistent"
+		-o "Dir::State::Lists=$ARMAPT/lists"
+		-o "Dir::Cache::Archives=$ARMAPT/archives"
+		-o "Dir::State::status=/dev/null"
+		-o "Dir::Cache::pkgcache=" -o "Dir::Cache::srcpkgcache=")
+	find_arm_kernel() {
+		apt-cache "${arm_opts[@]}" search --names-only "^linux-image-${SERIES//./\\.}[.-].*-cloud-arm64-unsigned\$" 2>/dev/null |
+			awk '{print $1}' | sort -V | tail -n1
+	}
+	akpkg=""
+	if [ "${OPENSHELL_VM_REFRESH:-0}" != 1 ]; then akpkg="$(find_arm_kernel)"; fi
+	if [ -z "$akpkg" ]; then
+		log "updating private apt lists for arm64 (in $ARMAPT; the system is not touched)"
+		apt-get -qq "${arm_opts[@]}" update
+		akpkg="$(find_arm_kernel)"
+	fi
+	[ -n "$akpkg" ] || die "no linux-image-${SERIES}*-cloud-arm64-unsigned package for arm64"
+	akver="${akpkg#linux-image-}"
+	akver="${akver%-unsigned}"
+	akdeb="$(apt-cache "${arm_opts[@]}" show "$akpkg" | awk '/^Version:/{print $2; exit}')"
+	awant="$akpkg $akdeb"
+	if [ -f "$ARM_DIR/version" ] && [ "$(cat "$ARM_DIR/version")" = "$awant" ] &&
+		[ -f "$ARM_DIR/Image" ] && [ -d "$ARM_DIR/modules/$akver" ]; then
+		log "arm64 guest kernel $awant already in $ARM_DIR"
+	else
+		work="$(mktemp -d "$CACHE_DIR/kernel-arm64.XXXXXX")"
+		trap 'rm -rf "$work"' EXIT
+		log "downloading $akpkg ($akdeb)"
+		(cd "$work" && apt-get -qq "${arm_opts[@]}" -o APT::Sandbox::User=root download "$akpkg")
+		dpkg-deb -x "$work"/"$akpkg"_*.deb "$work/root"
+		img="$work/root/boot/vmlinuz-$akver"
+		[ -f "$img" ] || die "$img missing from $akpkg"
+		# An arm64 Image has "ARM\x64" at offset 56; a compressed one would not.
+		[ "$(dd if="$img" bs=1 skip=56 count=4 2>/dev/null | od -An -c | tr -d ' ')" = 'ARMd' ] ||
+			die "$img is not an uncompressed arm64 Image"
+		rm -rf "$ARM_DIR.new"
+		mkdir -p "$ARM_DIR.new/modules"
+		cp -a "$work/root/lib/modules/$akver" "$ARM_DIR.new/modules/$akver"
+		cp "$img" "$ARM_DIR.new/Image"
+		echo "$awant" >"$ARM_DIR.new/version"
+		echo "$akver" >"$ARM_DIR.new/kver"
+		rm -rf "$ARM_DIR"
+		mv "$ARM_DIR.new" "$ARM_DIR"
+		rm -rf "$work"
+		trap - EXIT
+		log "arm64 guest kernel $akver installed in $ARM_DIR"
+	fi
+fi
+
+# --- 5. summary -------------------------------------------------------------
 accel=tcg
 if grep -qwE 'vmx|svm' /proc/cpuinfo && [ -r /dev/kvm ]; then accel=kvm; fi
 log "done: kernel=$KERNEL_DIR/vmlinux ($(cat "$KERNEL_DIR/kver" 2>/dev/null || echo ?)) modules=$KERNEL_DIR/modules"

@@ -2,19 +2,21 @@ package vmm_test
 
 import (
 	"errors"
+	"runtime"
 	"testing"
 
 	"github.com/openshell/openshell/vmm"
-	"github.com/openshell/openshell/vmm/libkrun"
 	"github.com/openshell/openshell/vmm/vz"
 )
 
-func TestStubBackendsSayNotSupported(t *testing.T) {
-	cfg := vmm.Config{Name: "x"}
-	if _, err := libkrun.New(cfg); !errors.Is(err, vmm.ErrNotSupported) {
-		t.Fatalf("libkrun.New: %v", err)
+func TestVZNeedsMacOS(t *testing.T) {
+	if runtime.GOOS == "darwin" {
+		t.Skip("on macOS vz is real")
 	}
-	if _, err := vz.New(cfg); !errors.Is(err, vmm.ErrNotSupported) {
+	if _, err := vz.New(vmm.Config{Name: "x"}); !errors.Is(err, vmm.ErrNotSupported) {
 		t.Fatalf("vz.New: %v", err)
+	}
+	if err := vz.Available(); !errors.Is(err, vmm.ErrNotSupported) {
+		t.Fatalf("vz.Available: %v", err)
 	}
 }

@@ -1,6 +1,9 @@
-// Package vmm is the hypervisor abstraction: what a microVM is made of (Config) and how
-// it is driven (Machine). Backends live in subpackages (qemu, libkrun, vz); the host end
-// of the host↔guest channel lives in vmm/channel. Nothing here knows what a sandbox is.
+// Package vmm is the hypervisor abstraction: what a microVM is made of (Config), what
+// a backend can do (Features) and how a machine is driven (Machine). It imports no
+// backend: backends live in subpackages and are chosen by vmm/backends; the host end of the host↔guest channel lives in vmm/channel. Nothing
+// here knows what a sandbox is, and nothing here speaks one hypervisor's dialect:
+// machine types, accelerators, transport choices and command-line escaping are the
+// backends' own options.
 package vmm
 
 import (
@@ -28,47 +31,34 @@ type SharedDir struct {
 	Path string `json:"path"`
 }
 
-// Channel transports.
-const (
-	TransportAuto           = channel.TransportAuto
-	TransportVhostVsock     = channel.TransportVhostVsock
-	TransportVhostUserVsock = channel.TransportVhostUserVsock
-	TransportVirtioSerial   = channel.TransportVirtioSerial
-)
-
-// ChannelConfig selects the host↔guest transport.
+// ChannelConfig is the guest's side of the host↔guest vsock channel.
 type ChannelConfig struct {
-	// Transport: "auto" (default), "vhost-vsock", "vhost-user-vsock" or "virtio-serial".
-	Transport string `json:"transport,omitempty"`
-	// CID is the guest's vsock context id (>= 3). 0 = 3, which is fine for the
-	// per-VM vhost-user backend; vhost-vsock needs a CID unique on the host.
+	// CID is the guest's vsock context id (>= 3). 0 = 3; a backend whose host end is
+	// shared by every guest on the host needs it unique.
 	CID uint32 `json:"cid,omitempty"`
+	// Ports are the vsock ports the guest dials on the host. Backends that route
+	// ports to host sockets ahead of boot need them; empty = the project's port plan.
+	Ports []uint32 `json:"ports,omitempty"`
 }
 
-// Accelerators.
-const (
-	AccelAuto = "auto"
-	AccelKVM  = "kvm"
-	AccelTCG  = "tcg"
-)
-
-// Config describes one microVM.
+// Config describes one microVM, whatever the backend.
 type Config struct {
-	Name       string      `json:"name"`
-	VCPUs      int         `json:"vcpus,omitempty"`
-	MemoryMiB  int         `json:"memory_mib,omitempty"`
+	Name      string `json:"name"`
+	VCPUs     int    `json:"vcpus,omitempty"`
+	MemoryMiB int    `json:"memory_mib,omitempty"`
+	// Kernel is the guest kernel; an x86_64 ELF vmlinux or an arm64 Image (the
+	// bundle's format for the host's architecture).
 	Kernel     string      `json:"kernel"`
 	Initrd     string      `json:"initrd,omitempty"`
 	Cmdline    string      `json:"cmdline,omitempty"` // extra args appended to the backend's own
 	Disks      []Disk      `json:"disks,omitempty"`
 	SharedDirs []SharedDir `json:"shared_dirs,omitempty"`
-	// PCIDevices are host PCI addresses (e.g. 0000:01:00.0) passed through with VFIO;
-	// any forces the q35 machine type.
+	// PCIDevices are host devices (PCI addresses, e.g. 0000:01:00.0) passed through to
+	// the guest; only backends whose Features.DevicePassthrough is set accept them.
 	PCIDevices []string      `json:"pci_devices,omitempty"`
 	Channel    ChannelConfig `json:"channel"`
 	ConsoleLog string        `json:"console_log,omitempty"` // default <StateDir>/console.log
-	StateDir   string        `json:"state_dir"`             // sockets, pid files, QMP socket
-	Accel      string        `json:"accel,omitempty"`       // "auto" (default), "kvm", "tcg"
+	StateDir   string        `json:"state_dir"`             // the backend's sockets and pid files
 }
 
 // Defaults used by WithDefaults.
@@ -78,6 +68,9 @@ const (
 	DefaultCID       = 3
 )
 
+// DefaultPorts is the project's port plan: what the guest dials on the host.
+var DefaultPorts = []uint32{channel.PortGateway, channel.PortBootstrap, channel.PortEgress}
+
 // WithDefaults returns a copy of c with empty fields filled.
 func (c Config) WithDefaults() Config {
 	if c.VCPUs == 0 {
@@ -86,14 +79,11 @@ func (c Config) WithDefaults() Config {
 	if c.MemoryMiB == 0 {
 		c.MemoryMiB = DefaultMemoryMiB
 	}
-	if c.Channel.Transport == "" {
-		c.Channel.Transport = TransportAuto
-	}
 	if c.Channel.CID == 0 {
 		c.Channel.CID = DefaultCID
 	}
-	if c.Accel == "" {
-		c.Accel = AccelAuto
+	if len(c.Channel.Ports) == 0 {
+		c.Channel.Ports = append([]uint32(nil), DefaultPorts...)
 	}
 	if c.ConsoleLog == "" && c.StateDir != "" {
 		c.ConsoleLog = filepath.Join(c.StateDir, "console.log")
@@ -101,8 +91,8 @@ func (c Config) WithDefaults() Config {
 	return c
 }
 
-// maxSocketPath is the longest path a Unix socket may have (sun_path), leaving room
-// for the "_<port>" suffix of hybrid vsock sockets.
+// maxSocketPath is the longest state dir whose sockets fit in sun_path (107 bytes),
+// leaving room for the "_<port>" suffix of per-port sockets.
 const maxSocketPath = 107 - len("_4294967295") - len("/vsock.sock")
 
 // Validate checks c (after WithDefaults) and names the bad field and the fix.
@@ -125,22 +115,14 @@ func (c Config) Validate() error {
 	case c.Channel.CID != 0 && c.Channel.CID < 3:
 		return fmt.Errorf("vmm config %q: Channel.CID=%d; guest CIDs start at 3", c.Name, c.Channel.CID)
 	}
-	switch c.Channel.Transport {
-	case "", TransportAuto, TransportVhostVsock, TransportVhostUserVsock, TransportVirtioSerial:
-	default:
-		return fmt.Errorf("vmm config %q: Channel.Transport=%q; use auto, vhost-vsock, vhost-user-vsock or virtio-serial", c.Name, c.Channel.Transport)
-	}
-	switch c.Accel {
-	case "", AccelAuto, AccelKVM, AccelTCG:
-	default:
-		return fmt.Errorf("vmm config %q: Accel=%q; use auto, kvm or tcg", c.Name, c.Accel)
+	for i, p := range c.Channel.Ports {
+		if p == 0 {
+			return fmt.Errorf("vmm config %q: Channel.Ports[%d] is 0; use a port number from the port plan", c.Name, i)
+		}
 	}
 	for i, d := range c.Disks {
 		if d.Path == "" {
 			return fmt.Errorf("vmm config %q: Disks[%d].Path is empty", c.Name, i)
-		}
-		if strings.Contains(d.Path, ",") {
-			return fmt.Errorf("vmm config %q: Disks[%d].Path %q contains a comma; rename the file", c.Name, i, d.Path)
 		}
 	}
 	for i, s := range c.SharedDirs {
@@ -152,6 +134,18 @@ func (c Config) Validate() error {
 		if p == "" || strings.ContainsAny(p, ", ") {
 			return fmt.Errorf("vmm config %q: PCIDevices[%d]=%q is not a PCI address like 0000:01:00.0", c.Name, i, p)
 		}
+	}
+	return nil
+}
+
+// CheckFeatures refuses a config that asks for what f lacks, naming the field and the
+// backend that has it.
+func (c Config) CheckFeatures(f Features) error {
+	if len(c.SharedDirs) > 0 && !f.SharedDirs {
+		return fmt.Errorf("vmm config %q: SharedDirs: the %s backend cannot share host directories; drop them or use a backend that can", c.Name, f.Backend)
+	}
+	if len(c.PCIDevices) > 0 && !f.DevicePassthrough {
+		return fmt.Errorf("vmm config %q: PCIDevices: the %s backend cannot pass devices through; choose a backend whose Features.DevicePassthrough is set (see openshell doctor)", c.Name, f.Backend)
 	}
 	return nil
 }
@@ -169,16 +163,16 @@ const (
 
 // Machine is one microVM driven by a backend.
 type Machine interface {
-	// Start returns once the VMM process runs (not when the guest has booted).
+	// Start returns once the VMM runs (not when the guest has booted).
 	Start(ctx context.Context) error
-	// Stop asks the guest to power down (ACPI over QMP), then quits/kills the VMM
-	// when ctx is done.
+	// Stop asks the guest to power down, then ends the VMM when ctx is done.
 	Stop(ctx context.Context) error
 	Kill() error
 	// Wait blocks until the VMM exits and returns its exit error.
 	Wait(ctx context.Context) error
 	State() State
-	// PID of the VMM process, for re-adoption records.
+	// PID of the VMM process, for re-adoption records (this process's own PID for a
+	// backend that runs in-process).
 	PID() int
 	// Host is the host end of the guest channel (valid after Start).
 	Host() *channel.Host

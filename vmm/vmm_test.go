@@ -11,65 +11,53 @@ import (
 	"github.com/openshell/openshell/internal/testenv"
 )
 
-func TestDetectAccel(t *testing.T) {
+func TestDetectKVM(t *testing.T) {
 	vmx := []byte("processor\t: 0\nflags\t\t: fpu vme vmx sse\n\nprocessor\t: 1\nflags\t\t: fpu vme vmx sse\n")
 	plain := []byte("processor\t: 0\nflags\t\t: fpu vme sse hypervisor\n")
 	noKVM := errors.New("open /dev/kvm: no such file")
 	for _, tc := range []struct {
-		name           string
-		cpuinfo, mods  []byte
-		kvmErr         error
-		want, inReason string
+		name          string
+		cpuinfo, mods []byte
+		kvmErr        error
+		want          bool
+		inReason      string
 	}{
-		{"vmx and kvm", vmx, nil, nil, AccelKVM, "vmx"},
-		{"vmx without /dev/kvm", vmx, nil, noKVM, AccelTCG, "not usable"},
+		{"vmx and kvm", vmx, nil, nil, true, "vmx"},
+		{"vmx without /dev/kvm", vmx, nil, noKVM, false, "not usable"},
 		// A paravirtual KVM: /dev/kvm opens but the CPU has no vmx/svm.
-		{"pvm", plain, []byte("kvm_pvm 1 0 - Live\nkvm 2 1 kvm_pvm, Live\n"), nil, AccelTCG, "no hardware virtualisation"},
-		{"kvm_amd module", plain, []byte("kvm_amd 1 0 - Live\n"), nil, AccelKVM, "kvm_amd"},
-		{"svm", []byte("flags\t: svm\n"), nil, nil, AccelKVM, "svm"},
+		{"pvm", plain, []byte("kvm_pvm 1 0 - Live\nkvm 2 1 kvm_pvm, Live\n"), nil, false, "no hardware virtualisation"},
+		{"kvm_amd module", plain, []byte("kvm_amd 1 0 - Live\n"), nil, true, "kvm_amd"},
+		{"svm", []byte("flags\t: svm\n"), nil, nil, true, "svm"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			got := detectAccel(tc.cpuinfo, tc.mods, tc.kvmErr)
-			if got.Name != tc.want || !strings.Contains(got.Reason, tc.inReason) {
-				t.Fatalf("got %+v, want %s (reason containing %q)", got, tc.want, tc.inReason)
+			got := detectKVM(tc.cpuinfo, tc.mods, tc.kvmErr)
+			if got.Usable != tc.want || !strings.Contains(got.Reason, tc.inReason) {
+				t.Fatalf("got %+v, want usable=%v (reason containing %q)", got, tc.want, tc.inReason)
 			}
 		})
 	}
 }
 
-// TestDetectAccelHere: on this kind of host (/dev/kvm from a paravirtual KVM, no
-// vmx/svm) auto must pick TCG; on a real KVM host it must pick KVM.
-func TestDetectAccelHere(t *testing.T) {
+// TestDetectKVMHere: on this kind of host (/dev/kvm from a paravirtual KVM, no
+// vmx/svm) KVM must be reported unusable.
+func TestDetectKVMHere(t *testing.T) {
 	b, err := os.ReadFile("/proc/cpuinfo")
 	if err != nil {
 		t.Skip("no /proc/cpuinfo")
 	}
 	hw := cpuFlags(b)["vmx"] || cpuFlags(b)["svm"]
-	got := DetectAccel()
-	if !hw && got.Name != AccelTCG {
-		t.Fatalf("no vmx/svm but DetectAccel = %+v", got)
+	got := DetectKVM()
+	if !hw && got.Usable {
+		t.Fatalf("no vmx/svm but DetectKVM = %+v", got)
 	}
-	t.Logf("DetectAccel: %+v", got)
-}
-
-func TestCPUKHz(t *testing.T) {
-	if got := cpuKHz([]byte("model name\t: X\ncpu MHz\t\t: 2596.150\n")); got != 2596150 {
-		t.Fatalf("got %d", got)
-	}
-	for _, bad := range []string{"", "cpu MHz : fast\n", "cpu MHz : -3\n"} {
-		if got := cpuKHz([]byte(bad)); got != 0 {
-			t.Fatalf("%q gave %d", bad, got)
-		}
-	}
+	t.Logf("DetectKVM: %+v", got)
 }
 
 func FuzzCPUInfo(f *testing.F) {
 	f.Add([]byte("flags\t: vmx sse\ncpu MHz\t: 1000.5\n"))
 	f.Fuzz(func(t *testing.T, b []byte) {
-		if k := cpuKHz(b); k < 0 || k > 1e9 {
-			t.Fatalf("khz %d", k)
-		}
-		_ = detectAccel(b, b, nil)
+		_ = detectKVM(b, b, nil)
+		_ = cpuFlags(b)
 	})
 }
 
@@ -78,19 +66,18 @@ func TestValidate(t *testing.T) {
 	if err := good.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	if good.ConsoleLog != "/tmp/x/console.log" || good.Channel.CID != 3 || good.Accel != AccelAuto {
+	if good.ConsoleLog != "/tmp/x/console.log" || good.Channel.CID != 3 || len(good.Channel.Ports) != 3 {
 		t.Fatalf("defaults: %+v", good)
 	}
 	for field, mut := range map[string]func(*Config){
-		"Name":              func(c *Config) { c.Name = "" },
-		"Kernel":            func(c *Config) { c.Kernel = "" },
-		"StateDir":          func(c *Config) { c.StateDir = "rel" },
-		"Channel.Transport": func(c *Config) { c.Channel.Transport = "tcp" },
-		"Accel":             func(c *Config) { c.Accel = "hvf" },
-		"Disks[0]":          func(c *Config) { c.Disks = []Disk{{Path: "a,b"}} },
-		"Channel.CID":       func(c *Config) { c.Channel.CID = 2 },
-		"MemoryMiB":         func(c *Config) { c.MemoryMiB = 1 },
-		"PCIDevices[0]":     func(c *Config) { c.PCIDevices = []string{"0000:01:00.0,x"} },
+		"Name":             func(c *Config) { c.Name = "" },
+		"Kernel":           func(c *Config) { c.Kernel = "" },
+		"StateDir":         func(c *Config) { c.StateDir = "rel" },
+		"Channel.Ports[1]": func(c *Config) { c.Channel.Ports = []uint32{1, 0} },
+		"Disks[0]":         func(c *Config) { c.Disks = []Disk{{Path: ""}} },
+		"Channel.CID":      func(c *Config) { c.Channel.CID = 2 },
+		"MemoryMiB":        func(c *Config) { c.MemoryMiB = 1 },
+		"PCIDevices[0]":    func(c *Config) { c.PCIDevices = []string{"0000:01:00.0,x"} },
 	} {
 		c := good
 		mut(&c)

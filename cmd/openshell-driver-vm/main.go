@@ -77,7 +77,8 @@ func parse(name string, args []string, stderr io.Writer) (*flags, error) {
 	fs.DurationVar(&c.StopTimeout, "stop-timeout", 0, "graceful guest shutdown bound before the VM is killed (default 30s)")
 	fs.StringVar(&c.DefaultImage, "default-image", "", "image for sandboxes that name none (default "+vm.DefaultImage+")")
 	fs.StringVar(&c.Kernel, "kernel", "", "guest kernel (default: the one scripts/setup-vm-host.sh installed)")
-	fs.StringVar(&c.Accel, "accel", "", "auto, kvm or tcg (default auto)")
+	fs.StringVar(&c.Backend, "backend", "", "VMM backend: auto, qemu, libkrun or vz (default auto: vz on macOS, libkrun with its library and hardware KVM, else qemu)")
+	fs.StringVar(&c.Accel, "accel", "", "qemu: auto, kvm or tcg (default auto)")
 	fs.StringVar(&c.Transport, "vsock-transport", "", "auto, vhost-vsock, vhost-user-vsock or virtio-serial (default auto)")
 	fs.StringVar(&c.SupervisorBinary, "supervisor-binary", "", "static openshell-sandbox for the guest (default: next to this binary, then PATH)")
 	fs.StringVar(&c.ImageCacheDir, "image-cache-dir", "", "image cache (default <state-dir>/images)")
@@ -212,6 +213,7 @@ func doctor(args []string, stdout, stderr io.Writer) int {
 		enc.SetIndent("", "  ")
 		enc.Encode(r)
 	} else {
+		fmt.Fprintf(stdout, "vmm backend:   %s (%s)\n", r.Backend, r.BackendReason)
 		fmt.Fprintf(stdout, "accelerator:   %s (%s)\n", r.Accel, r.AccelReason)
 		fmt.Fprintf(stdout, "vsock channel: %s (%s)\n", r.Transport, r.TransportReason)
 		fmt.Fprintf(stdout, "guest kernel:  %s\n", orNone(r.Kernel))

@@ -14,6 +14,7 @@ import (
 	"github.com/openshell/openshell/drivers/vm/internal/quantity"
 	"github.com/openshell/openshell/drivers/vm/internal/state"
 	"github.com/openshell/openshell/internal/hostcred"
+	"github.com/openshell/openshell/vmm/backends"
 )
 
 // DefaultImage is the project's base sandbox image, built offline by
@@ -46,9 +47,12 @@ type Config struct {
 	DiskSize    string        `json:"disk_size"`
 	StopTimeout time.Duration `json:"stop_timeout"`
 
-	Kernel    string `json:"kernel,omitempty"` // "" = the kernel installed by scripts/setup-vm-host.sh
-	Accel     string `json:"accel"`            // auto, kvm, tcg
-	Transport string `json:"vsock_transport"`  // auto, vhost-vsock, vhost-user-vsock, virtio-serial
+	Kernel string `json:"kernel,omitempty"` // "" = the kernel installed by scripts/setup-vm-host.sh
+	// Backend is the VMM backend (--backend): auto (vz on macOS, libkrun where its
+	// library and hardware KVM are present, else qemu), qemu, libkrun or vz.
+	Backend   string `json:"backend"`
+	Accel     string `json:"accel"`           // auto, kvm, tcg
+	Transport string `json:"vsock_transport"` // auto, vhost-vsock, vhost-user-vsock, virtio-serial
 
 	// SupervisorBinary is the static openshell-sandbox put into the initramfs as /init
 	// ("" = next to the driver binary, then PATH).
@@ -125,6 +129,9 @@ func (c Config) WithDefaults() Config {
 	if c.StopTimeout == 0 {
 		c.StopTimeout = DefaultStopTimeout
 	}
+	if c.Backend == "" {
+		c.Backend = backends.Auto
+	}
 	if c.Accel == "" {
 		c.Accel = "auto"
 	}
@@ -183,6 +190,9 @@ func (c Config) Validate() error {
 	}
 	if c.StopTimeout < 0 {
 		errs = append(errs, fmt.Errorf("stop_timeout (--stop-timeout) %v: must not be negative", c.StopTimeout))
+	}
+	if err := backends.Validate(c.Backend); err != nil {
+		errs = append(errs, fmt.Errorf("backend (--backend): %w", err))
 	}
 	switch c.Accel {
 	case "auto", "kvm", "tcg":

@@ -9,8 +9,9 @@ import (
 
 	"github.com/openshell/openshell/images"
 	"github.com/openshell/openshell/images/bundle"
-	"github.com/openshell/openshell/vmm"
+	"github.com/openshell/openshell/vmm/backends"
 	"github.com/openshell/openshell/vmm/channel"
+	"github.com/openshell/openshell/vmm/qemu"
 )
 
 // Missing is one prerequisite the VM driver lacks, with the command that fixes it.
@@ -21,7 +22,9 @@ type Missing struct {
 
 // Report is what `openshell doctor` prints about VM sandboxes on this host.
 type Report struct {
-	Accel           string    `json:"accel"`            // kvm or tcg
+	Backend         string    `json:"backend"`          // the VMM backend sandboxes would use: qemu, libkrun or vz
+	BackendReason   string    `json:"backend_reason"`   // why that one (and why not the others)
+	Accel           string    `json:"accel"`            // qemu: kvm or tcg
 	AccelReason     string    `json:"accel_reason"`     // evidence for the choice
 	Transport       string    `json:"transport"`        // vhost-vsock, vhost-user-vsock or virtio-serial
 	TransportReason string    `json:"transport_reason"` // evidence for the choice
@@ -41,18 +44,24 @@ func Doctor(_ context.Context, cfg Config) Report {
 	var r Report
 	miss := func(what, fix string) { r.Missing = append(r.Missing, Missing{What: what, Fix: fix}) }
 
-	ai := vmm.DetectAccel()
+	if choice, err := backends.Choose(cfg.Backend); err != nil {
+		r.Backend, r.BackendReason = cfg.Backend, err.Error()
+		miss("VM backend: "+err.Error(), "use --backend auto, or install what the error names")
+	} else {
+		r.Backend, r.BackendReason = choice.Name, choice.Reason
+	}
+	ai := qemu.DetectAccel()
 	r.Accel, r.AccelReason = ai.Name, ai.Reason
 	switch cfg.Accel {
-	case vmm.AccelKVM:
-		if ai.Name != vmm.AccelKVM {
+	case qemu.AccelKVM:
+		if ai.Name != qemu.AccelKVM {
 			miss("KVM was requested (--accel kvm) but is not usable: "+ai.Reason, "use --accel auto (software emulation, slower) or enable hardware virtualisation")
 		}
-		r.Accel = vmm.AccelKVM
-	case vmm.AccelTCG:
-		r.Accel, r.AccelReason = vmm.AccelTCG, "requested with --accel tcg"
+		r.Accel = qemu.AccelKVM
+	case qemu.AccelTCG:
+		r.Accel, r.AccelReason = qemu.AccelTCG, "requested with --accel tcg"
 	}
-	ti := channel.DetectTransport()
+	ti := qemu.DetectTransport()
 	r.Transport, r.TransportReason = ti.Name, ti.Reason
 	if cfg.Transport != "auto" {
 		r.Transport, r.TransportReason = cfg.Transport, "requested with --vsock-transport"
@@ -68,7 +77,9 @@ func Doctor(_ context.Context, cfg Config) Report {
 		}
 	}
 
-	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
+	if r.Backend != backends.QEMU {
+		// QEMU is the fallback backend; its absence matters only when it is the one.
+	} else if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
 		miss("qemu-system-x86_64", "run scripts/setup-vm-host.sh (installs qemu-system-x86)")
 	}
 	if _, err := exec.LookPath("mkfs.ext4"); err != nil {

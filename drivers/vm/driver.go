@@ -67,7 +67,7 @@ type sandbox struct {
 	since       time.Time
 	runnerPID   int
 	runnerStart uint64
-	qemuPID     int
+	vmmPID      int
 	provCancel  context.CancelFunc
 	provDone    chan struct{}
 	monCancel   context.CancelFunc
@@ -550,8 +550,8 @@ func (d *Driver) monitor(ctx context.Context, s *sandbox, pid int, start uint64,
 func (d *Driver) applyRunnerStatus(s *sandbox, st runner.Status) {
 	s.mu.Lock()
 	changed := false
-	if st.QEMUPID != 0 {
-		s.qemuPID = st.QEMUPID
+	if st.VMMPID != 0 {
+		s.vmmPID = st.VMMPID
 	}
 	switch st.State {
 	case runner.StateRunning:
@@ -566,7 +566,7 @@ func (d *Driver) applyRunnerStatus(s *sandbox, st runner.Status) {
 	}
 	s.mu.Unlock()
 	if changed {
-		d.log.Info("VM sandbox ready", "sandbox_id", s.id, "qemu_pid", st.QEMUPID)
+		d.log.Info("VM sandbox ready", "sandbox_id", s.id, "vmm_pid", st.VMMPID)
 		d.emit(s)
 	}
 }
@@ -583,7 +583,7 @@ func (d *Driver) runnerGone(s *sandbox) {
 		return
 	}
 	d.applyTombstone(s, ts)
-	s.runnerPID, s.runnerStart, s.qemuPID = 0, 0, 0
+	s.runnerPID, s.runnerStart, s.vmmPID = 0, 0, 0
 	reason, msg := s.reason, s.msg
 	s.mu.Unlock()
 	if ts == nil {
@@ -667,9 +667,9 @@ func (d *Driver) adopt(s *sandbox, rec *state.Record) (resume bool) {
 	case rec.Error != nil:
 		s.setPhase(phaseFailed, rec.Error.Reason, rec.Error.Message)
 	case !hostRebooted(rec, d.bootID) && rec.RunnerPID != 0 && state.SameProcess(rec.RunnerPID, rec.RunnerStart):
-		s.runnerPID, s.runnerStart, s.qemuPID = rec.RunnerPID, rec.RunnerStart, rec.QEMUPID
+		s.runnerPID, s.runnerStart, s.vmmPID = rec.RunnerPID, rec.RunnerStart, rec.VMMPID
 		s.setPhase(phaseBooting, drivers.ReasonStarting, "re-adopting the running VM")
-		log.Info("re-adopting running VM", "runner_pid", rec.RunnerPID, "qemu_pid", rec.QEMUPID)
+		log.Info("re-adopting running VM", "runner_pid", rec.RunnerPID, "vmm_pid", rec.VMMPID)
 		d.repointGateway(s)
 		d.startMonitor(s, rec.RunnerPID, rec.RunnerStart)
 		return
@@ -985,8 +985,8 @@ func (d *Driver) killLeftovers(s *sandbox) {
 	if rec.RunnerPID != 0 {
 		pids = append(pids, state.SessionMembers(rec.RunnerPID, rec.RunnerStart)...)
 	}
-	if rec.QEMUPID != 0 && state.SameProcess(rec.QEMUPID, rec.QEMUStart) {
-		pids = append(pids, rec.QEMUPID)
+	if rec.VMMPID != 0 && state.SameProcess(rec.VMMPID, rec.VMMStart) {
+		pids = append(pids, rec.VMMPID)
 	}
 	for _, pid := range pids {
 		d.log.Info("killing leftover process", "sandbox_id", s.id, "pid", pid)

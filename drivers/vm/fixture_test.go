@@ -148,8 +148,8 @@ func killAll(t testing.TB, stateDir string) {
 		if rec.RunnerPID != 0 {
 			pids = state.SessionMembers(rec.RunnerPID, rec.RunnerStart)
 		}
-		if rec.QEMUPID != 0 && state.SameProcess(rec.QEMUPID, rec.QEMUStart) {
-			pids = append(pids, rec.QEMUPID)
+		if rec.VMMPID != 0 && state.SameProcess(rec.VMMPID, rec.VMMStart) {
+			pids = append(pids, rec.VMMPID)
 		}
 		for _, p := range pids {
 			t.Logf("cleanup: killing leftover pid %d of sandbox %s", p, rec.SandboxID)

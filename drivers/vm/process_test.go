@@ -224,7 +224,7 @@ func TestRunnerSurvivesDriverKill(t *testing.T) {
 	first := gw.next(t, id, vmTimeout)
 	waitFor(t, c1, id, "Ready", ready)
 	rec := record(t, dir, id)
-	if !state.SameProcess(rec.RunnerPID, rec.RunnerStart) || !state.SameProcess(rec.QEMUPID, rec.QEMUStart) {
+	if !state.SameProcess(rec.RunnerPID, rec.RunnerStart) || !state.SameProcess(rec.VMMPID, rec.VMMStart) {
 		t.Fatalf("runner/qemu not running: %+v", rec)
 	}
 	if st, _ := state.ReadProcStat(rec.RunnerPID); st == nil || st.Session != rec.RunnerPID {
@@ -234,7 +234,7 @@ func TestRunnerSurvivesDriverKill(t *testing.T) {
 	p1.cmd.Process.Signal(syscall.SIGKILL)
 	p1.cmd.Wait()
 	time.Sleep(500 * time.Millisecond)
-	if !state.SameProcess(rec.RunnerPID, rec.RunnerStart) || !state.SameProcess(rec.QEMUPID, rec.QEMUStart) {
+	if !state.SameProcess(rec.RunnerPID, rec.RunnerStart) || !state.SameProcess(rec.VMMPID, rec.VMMStart) {
 		t.Fatalf("killing the driver took the VM down")
 	}
 
@@ -248,8 +248,8 @@ func TestRunnerSurvivesDriverKill(t *testing.T) {
 	}
 	waitFor(t, c2, id, "Ready after re-adoption", ready)
 	rec2 := record(t, dir, id)
-	if rec2.RunnerPID != rec.RunnerPID || rec2.QEMUPID != rec.QEMUPID {
-		t.Errorf("re-adoption changed processes: runner %d→%d qemu %d→%d", rec.RunnerPID, rec2.RunnerPID, rec.QEMUPID, rec2.QEMUPID)
+	if rec2.RunnerPID != rec.RunnerPID || rec2.VMMPID != rec.VMMPID {
+		t.Errorf("re-adoption changed processes: runner %d→%d qemu %d→%d", rec.RunnerPID, rec2.RunnerPID, rec.VMMPID, rec2.VMMPID)
 	}
 	// The session path still works: close the guest's gateway connection; it reconnects
 	// from the same boot.

@@ -193,7 +193,7 @@ func (d *Driver) prepare(ctx context.Context, s *sandbox, res *resolved, spec *c
 		SandboxName: s.name,
 		Machine: runner.MachineSpec{
 			VCPUs: res.vcpus, MemoryMiB: res.memoryMiB, Kernel: kernel, Initrd: initrd,
-			ImageDisk: entry.DiskPath, Disk: s.paths.Disk, Accel: d.cfg.Accel, Transport: d.cfg.Transport, CID: s.cid,
+			ImageDisk: entry.DiskPath, Disk: s.paths.Disk, Backend: d.cfg.Backend, Accel: d.cfg.Accel, Transport: d.cfg.Transport, CID: s.cid,
 		},
 		GatewayAddr:   d.cfg.GatewayEndpoint,
 		Egress:        egress,

@@ -54,8 +54,8 @@ func readyInBoot1(t *testing.T) bootedSandbox {
 func powerLoss(t *testing.T, rec *state.Record) {
 	t.Helper()
 	pids := state.SessionMembers(rec.RunnerPID, rec.RunnerStart)
-	if state.SameProcess(rec.QEMUPID, rec.QEMUStart) {
-		pids = append(pids, rec.QEMUPID)
+	if state.SameProcess(rec.VMMPID, rec.VMMStart) {
+		pids = append(pids, rec.VMMPID)
 	}
 	if len(pids) < 2 {
 		t.Fatalf("runner session %d has processes %v: want at least the runner and QEMU", rec.RunnerPID, pids)
@@ -73,8 +73,8 @@ func powerLoss(t *testing.T, rec *state.Record) {
 			time.Sleep(20 * time.Millisecond)
 		}
 	}
-	if state.SameProcess(rec.RunnerPID, rec.RunnerStart) || state.SameProcess(rec.QEMUPID, rec.QEMUStart) {
-		t.Fatalf("runner %d or QEMU %d survived SIGKILL", rec.RunnerPID, rec.QEMUPID)
+	if state.SameProcess(rec.RunnerPID, rec.RunnerStart) || state.SameProcess(rec.VMMPID, rec.VMMStart) {
+		t.Fatalf("runner %d or QEMU %d survived SIGKILL", rec.RunnerPID, rec.VMMPID)
 	}
 }
 
@@ -194,7 +194,7 @@ func TestPidsOfAnEarlierBootAreLeftAlone(t *testing.T) {
 	}
 	if err := state.Create(&state.Record{
 		SandboxID: id, SandboxName: name, CreatedAt: time.Now().UTC(), Paths: state.PathsFor(sbDir),
-		RunnerPID: pid, RunnerStart: start, QEMUPID: pid, QEMUStart: start, BootID: "boot-before",
+		RunnerPID: pid, RunnerStart: start, VMMPID: pid, VMMStart: start, BootID: "boot-before",
 	}); err != nil {
 		t.Fatal(err)
 	}

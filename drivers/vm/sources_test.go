@@ -183,7 +183,7 @@ func TestImageSourcesAndTransports(t *testing.T) {
 				if !strings.Contains(string(runnerLog), "guest fetched its bootstrap config") {
 					t.Errorf("runner log does not show the bootstrap fetch over the channel:\n%s", tail(runnerLog, 3000))
 				}
-				cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", rec.QEMUPID))
+				cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", rec.VMMPID))
 				wantDev := map[string]string{channel.TransportVhostUserVsock: "vhost-user-vsock", channel.TransportVirtioSerial: "virtserialport"}[tr]
 				if !strings.Contains(string(cmdline), wantDev) {
 					t.Errorf("QEMU command line lacks %s: %q", wantDev, strings.ReplaceAll(string(cmdline), "\x00", " "))

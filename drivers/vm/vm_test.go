@@ -104,7 +104,7 @@ func TestBootstrapAndGatewayBridge(t *testing.T) {
 	if rec.VCPUs != 1 || rec.MemoryMiB != 300 {
 		t.Errorf("record vcpus=%d memory=%d, want 1 and 300 from 500m/300Mi", rec.VCPUs, rec.MemoryMiB)
 	}
-	cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", rec.QEMUPID))
+	cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", rec.VMMPID))
 	if !strings.Contains(strings.ReplaceAll(string(cmdline), "\x00", " "), " -m 300") {
 		t.Errorf("qemu command line lacks -m 300: %q", cmdline)
 	}
@@ -132,7 +132,7 @@ func TestStopStartKeepsDisk(t *testing.T) {
 	defer d.Delete(context.Background(), id, "")
 	first := gw.next(t, id, vmTimeout)
 	waitFor(t, d, id, "Ready", ready)
-	oldQEMU := record(t, dir, id).QEMUPID
+	oldQEMU := record(t, dir, id).VMMPID
 
 	t0 := time.Now()
 	if err := d.Stop(t.Context(), id, ""); err != nil {
@@ -143,7 +143,7 @@ func TestStopStartKeepsDisk(t *testing.T) {
 	if drivers.FindCondition(sb.GetStatus(), drivers.ConditionSuspended).GetStatus() != drivers.StatusTrue {
 		t.Errorf("stopped sandbox conditions %v: want Suspended=True", sb.GetStatus().GetConditions())
 	}
-	if state.SameProcess(oldQEMU, record(t, dir, id).QEMUStart) {
+	if state.SameProcess(oldQEMU, record(t, dir, id).VMMStart) {
 		t.Errorf("QEMU %d still runs after Stop", oldQEMU)
 	}
 	if _, err := os.Stat(filepath.Join(dir, "sb", state.DirName(id), state.DiskFile)); err != nil {
@@ -189,7 +189,7 @@ func TestCrashThenDelete(t *testing.T) {
 	if len(helpers) < 3 {
 		t.Logf("runner session members: %v (runner, qemu, vsock backend expected)", helpers)
 	}
-	if err := syscall.Kill(rec.QEMUPID, syscall.SIGKILL); err != nil {
+	if err := syscall.Kill(rec.VMMPID, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
 	sb := waitFor(t, d, id, "VMExited", func(sb *computev1.DriverSandbox) bool {
@@ -252,7 +252,7 @@ func assertNoLeftovers(t *testing.T, stateDir string, rec *state.Record, pids []
 	for _, e := range ents {
 		t.Errorf("sandbox directory left behind: %s", e.Name())
 	}
-	for _, p := range append(pids, rec.RunnerPID, rec.QEMUPID) {
+	for _, p := range append(pids, rec.RunnerPID, rec.VMMPID) {
 		if st, err := state.ReadProcStat(p); err == nil && st.State != 'Z' && st.Session == rec.RunnerPID {
 			t.Errorf("process %d of the sandbox still runs", p)
 		}
@@ -427,11 +427,11 @@ func TestRunnerKilled(t *testing.T) {
 		t.Errorf("message %q does not say the runner is gone", msg)
 	}
 	deadline := time.Now().Add(10 * time.Second)
-	for state.SameProcess(rec.QEMUPID, rec.QEMUStart) && time.Now().Before(deadline) {
+	for state.SameProcess(rec.VMMPID, rec.VMMStart) && time.Now().Before(deadline) {
 		time.Sleep(100 * time.Millisecond)
 	}
-	if state.SameProcess(rec.QEMUPID, rec.QEMUStart) {
-		t.Errorf("QEMU %d outlived its killed runner", rec.QEMUPID)
+	if state.SameProcess(rec.VMMPID, rec.VMMStart) {
+		t.Errorf("QEMU %d outlived its killed runner", rec.VMMPID)
 	}
 	// Start boots it again from the same disk.
 	if err := d.Start(t.Context(), id, ""); err != nil {

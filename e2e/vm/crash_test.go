@@ -19,17 +19,17 @@ func TestVMCrashKill9QEMU(t *testing.T) {
 	t.Logf("create → READY took %v", time.Since(t0))
 
 	dir, rec, ok := r.sandboxDir(name)
-	if !ok || rec.RunnerPID == 0 || rec.QEMUPID == 0 {
+	if !ok || rec.RunnerPID == 0 || rec.VMMPID == 0 {
 		t.Fatalf("no runner/QEMU pids in the driver state of %s (%+v)", name, rec)
 	}
 	vsock := childrenOf(rec.RunnerPID, "vhost-device-vsock")
 	if len(vsock) == 0 {
 		t.Fatalf("no vhost-device-vsock child of the runner (pid %d)", rec.RunnerPID)
 	}
-	t.Logf("state dir %s: runner %d, qemu %d, vhost-device-vsock %v", dir, rec.RunnerPID, rec.QEMUPID, vsock)
+	t.Logf("state dir %s: runner %d, qemu %d, vhost-device-vsock %v", dir, rec.RunnerPID, rec.VMMPID, vsock)
 
 	killed := time.Now()
-	kill9(t, "QEMU", rec.QEMUPID)
+	kill9(t, "QEMU", rec.VMMPID)
 	v := r.waitPhaseOf(name, "ERROR", 2*time.Minute)
 	t.Logf("phase ERROR %v after SIGKILL", time.Since(killed).Round(time.Millisecond))
 	var why string

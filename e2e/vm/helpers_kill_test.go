@@ -115,7 +115,7 @@ func (e *env) execIn(name string, argv ...string) string {
 type vmRecord struct {
 	SandboxName string `json:"sandbox_name"`
 	RunnerPID   int    `json:"runner_pid"`
-	QEMUPID     int    `json:"qemu_pid"`
+	VMMPID      int    `json:"vmm_pid"`
 	Paths       struct {
 		ControlSocket string `json:"control_socket"`
 		Disk          string `json:"disk"`

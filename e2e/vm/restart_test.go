@@ -61,12 +61,12 @@ func TestVMRestartKill9(t *testing.T) {
 	for _, n := range names {
 		g := read(n)
 		_, rec, ok := r.sandboxDir(n)
-		if !ok || rec.RunnerPID == 0 || rec.QEMUPID == 0 {
+		if !ok || rec.RunnerPID == 0 || rec.VMMPID == 0 {
 			t.Fatalf("%s: no runner/QEMU pids in the driver state (%+v)", n, rec)
 		}
-		g.pids = []int{rec.RunnerPID, rec.QEMUPID}
+		g.pids = []int{rec.RunnerPID, rec.VMMPID}
 		before[n] = g
-		t.Logf("%s: boot id %s, uptime %.2f s, runner %d, qemu %d", n, g.boot, g.uptime, rec.RunnerPID, rec.QEMUPID)
+		t.Logf("%s: boot id %s, uptime %.2f s, runner %d, qemu %d", n, g.boot, g.uptime, rec.RunnerPID, rec.VMMPID)
 	}
 
 	// The driver is the gateway's child (its command line names the gateway's pid).
@@ -128,8 +128,8 @@ func TestVMRestartKill9(t *testing.T) {
 		if g.uptime <= b.uptime {
 			t.Errorf("%s: uptime %.2f s not larger than before the kill (%.2f s): the VM rebooted", n, g.uptime, b.uptime)
 		}
-		if _, rec, _ := r.sandboxDir(n); rec.RunnerPID != b.pids[0] || rec.QEMUPID != b.pids[1] {
-			t.Errorf("%s: VM processes changed %v → [%d %d]", n, b.pids, rec.RunnerPID, rec.QEMUPID)
+		if _, rec, _ := r.sandboxDir(n); rec.RunnerPID != b.pids[0] || rec.VMMPID != b.pids[1] {
+			t.Errorf("%s: VM processes changed %v → [%d %d]", n, b.pids, rec.RunnerPID, rec.VMMPID)
 		}
 		if out := r.execIn(n, "sh", "-c", "echo exec-ok-$((40+2))"); out != "exec-ok-42" {
 			t.Errorf("%s: exec after restart printed %q", n, out)

@@ -308,10 +308,10 @@ func (e *env) vmPIDs() []int {
 		}
 		var rec struct {
 			RunnerPID int `json:"runner_pid"`
-			QEMUPID   int `json:"qemu_pid"`
+			VMMPID    int `json:"vmm_pid"`
 		}
 		if json.Unmarshal(b, &rec) == nil {
-			pids = append(pids, rec.RunnerPID, rec.QEMUPID)
+			pids = append(pids, rec.RunnerPID, rec.VMMPID)
 		}
 	}
 	return pids

@@ -10,6 +10,8 @@ import (
 
 // vmReport mirrors the JSON of `openshell-driver-vm doctor --json`.
 type vmReport struct {
+	Backend         string `json:"backend"`
+	BackendReason   string `json:"backend_reason"`
 	Accel           string `json:"accel"`
 	AccelReason     string `json:"accel_reason"`
 	Transport       string `json:"transport"`
@@ -55,6 +57,7 @@ func VMCheck(find func() (string, error)) Check {
 		out := []Finding{
 			{Check: "vm.driver", Status: OK, Detail: bin},
 			{Check: "vm.accel", Status: Info, Detail: r.Accel + " (" + r.AccelReason + ")"},
+			{Check: "vm.backend", Status: Info, Detail: r.Backend + " (" + r.BackendReason + ")"},
 			{Check: "vm.vsock_transport", Status: Info, Detail: r.Transport + " (" + r.TransportReason + ")"},
 			{Check: "vm.kernel", Status: statusIf(r.Kernel != ""), Detail: na(r.Kernel)},
 			{Check: "vm.supervisor", Status: statusIf(r.Supervisor != ""), Detail: na(r.Supervisor)},

@@ -16,12 +16,12 @@ import (
 	gchannel "github.com/openshell/openshell/guest/channel"
 )
 
-// Transports.
+// Transport names: the host ends this package implements.
 const (
-	TransportAuto           = "auto"
-	TransportVhostVsock     = "vhost-vsock"
-	TransportVhostUserVsock = "vhost-user-vsock"
-	TransportVirtioSerial   = "virtio-serial"
+	TransportVhostVsock     = "vhost-vsock"      // kernel AF_VSOCK (/dev/vhost-vsock)
+	TransportVhostUserVsock = "vhost-user-vsock" // hybrid vsock: Unix sockets <uds>_<port>
+	TransportVirtioSerial   = "virtio-serial"    // one serial port carrying a stream multiplexer
+	TransportUnixPorts      = "unix-ports"       // one host Unix socket per guest port
 )
 
 // The project's port plan (defined once, in guest/channel).
@@ -58,61 +58,52 @@ func FindVsockBackend() (string, error) {
 	return "", fmt.Errorf("%s not found on PATH or in %s: run scripts/setup-vm-host.sh", VsockBackendName, filepath.Dir(p))
 }
 
-// TransportInfo is the transport DetectTransport picked and why.
-type TransportInfo struct {
-	Name    string `json:"name"`
-	Reason  string `json:"reason"`
-	Backend string `json:"backend,omitempty"` // vhost-device-vsock path for vhost-user-vsock
+// Transport is what a backend supplies for its host end of the channel: accept the
+// guest's connections to a vsock port, connect to a port the guest listens on, and
+// release what it holds. Implementations need not wrap errors with the port: Host does.
+type Transport interface {
+	Listen(port uint32) (net.Listener, error)
+	Dial(ctx context.Context, port uint32) (net.Conn, error)
+	Close() error
 }
 
-// DetectTransport resolves "auto": vhost-vsock when /dev/vhost-vsock exists, else
-// vhost-user-vsock when the vhost-device-vsock backend is installed, else
-// virtio-serial (always available with QEMU).
-func DetectTransport() TransportInfo {
-	if _, err := os.Stat("/dev/vhost-vsock"); err == nil {
-		return TransportInfo{Name: TransportVhostVsock, Reason: "/dev/vhost-vsock exists"}
-	}
-	if p, err := FindVsockBackend(); err == nil {
-		return TransportInfo{Name: TransportVhostUserVsock, Reason: "no /dev/vhost-vsock; vsock backend " + p + " found", Backend: p}
-	}
-	return TransportInfo{Name: TransportVirtioSerial, Reason: "no /dev/vhost-vsock and no " + VsockBackendName + " (run scripts/setup-vm-host.sh for vsock); using virtio-serial with a stream multiplexer"}
-}
+// ErrNoHostDial is returned by a transport over which the host cannot connect to the
+// guest (only guest-initiated connections).
+var ErrNoHostDial = errors.New("this transport carries only guest-initiated connections")
 
-// Host is the host end of one guest's channel. It is safe for concurrent use.
+// Host is the host end of one guest's channel, over any Transport. It is safe for
+// concurrent use when its transport is.
 type Host struct {
-	transport string
-	t         transport
+	name string
+	t    Transport
 }
 
-type transport interface {
-	listen(port uint32) (net.Listener, error)
-	dial(ctx context.Context, port uint32) (net.Conn, error)
-	close() error
-}
+// New wraps a backend's transport, named for errors and diagnostics.
+func New(name string, t Transport) *Host { return &Host{name: name, t: t} }
 
 // Transport names the transport in use.
-func (h *Host) Transport() string { return h.transport }
+func (h *Host) Transport() string { return h.name }
 
 // Listen accepts guest-initiated connections to vsock port.
 func (h *Host) Listen(port uint32) (net.Listener, error) {
-	ln, err := h.t.listen(port)
+	ln, err := h.t.Listen(port)
 	if err != nil {
-		return nil, fmt.Errorf("channel %s: listen on port %d: %w", h.transport, port, err)
+		return nil, fmt.Errorf("channel %s: listen on port %d: %w", h.name, port, err)
 	}
 	return ln, nil
 }
 
 // Dial connects to a port the guest listens on.
 func (h *Host) Dial(ctx context.Context, port uint32) (net.Conn, error) {
-	c, err := h.t.dial(ctx, port)
+	c, err := h.t.Dial(ctx, port)
 	if err != nil {
-		return nil, fmt.Errorf("channel %s: dial guest port %d: %w", h.transport, port, err)
+		return nil, fmt.Errorf("channel %s: dial guest port %d: %w", h.name, port, err)
 	}
 	return c, nil
 }
 
 // Close releases the host end (listeners stay owned by their callers).
-func (h *Host) Close() error { return h.t.close() }
+func (h *Host) Close() error { return h.t.Close() }
 
 // Accept waits for one guest connection on ln, or for ctx. It closes nothing.
 func Accept(ctx context.Context, ln net.Listener) (net.Conn, error) {

@@ -3,6 +3,7 @@ package channel
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -27,7 +28,7 @@ func shortDir(t *testing.T) string {
 	return d
 }
 
-// TestSerialHost plays QEMU's chardev server and the guest's multiplexer end and
+// TestSerialHost plays the VMM's serial socket server and the guest's multiplexer end and
 // checks both directions, the port header, and reconnection after a disconnect.
 func TestSerialHost(t *testing.T) {
 	dir := shortDir(t)
@@ -42,16 +43,16 @@ func TestSerialHost(t *testing.T) {
 	if _, err := h.Listen(PortBootstrap); err == nil {
 		t.Fatal("second listener on the same port accepted")
 	}
-	// The chardev socket appears after the host started retrying.
+	// The serial socket appears after the host started retrying.
 	time.Sleep(50 * time.Millisecond)
-	qemu, err := net.Listen("unix", sock)
+	vmmEnd, err := net.Listen("unix", sock)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer qemu.Close()
+	defer vmmEnd.Close()
 
 	for round := range 2 {
-		conn, err := qemu.Accept()
+		conn, err := vmmEnd.Accept()
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -115,7 +116,7 @@ func TestSerialHost(t *testing.T) {
 		if _, err := st2.Read(make([]byte, 1)); err == nil {
 			t.Fatal("stream to unknown port got data")
 		}
-		// Disconnect like a QEMU restart: the host reconnects and says hello again.
+		// Disconnect like a VMM restart: the host reconnects and says hello again.
 		_ = sess.Close()
 		_ = conn.Close()
 	}
@@ -189,22 +190,26 @@ func TestHybridHost(t *testing.T) {
 	}
 }
 
-func TestDetectTransportPrefersVsockBackend(t *testing.T) {
-	dir := t.TempDir()
-	t.Setenv("PATH", dir)
-	t.Setenv("OPENSHELL_VM_DIR", dir)
-	if _, err := os.Stat("/dev/vhost-vsock"); err == nil {
-		t.Skip("host has /dev/vhost-vsock")
-	}
-	if got := DetectTransport(); got.Name != TransportVirtioSerial {
-		t.Fatalf("no backend: %+v", got)
-	}
-	bin := filepath.Join(dir, "bin", VsockBackendName)
-	_ = os.MkdirAll(filepath.Dir(bin), 0o755)
-	if err := os.WriteFile(bin, []byte("#!/bin/sh\n"), 0o755); err != nil {
+func TestUnixPorts(t *testing.T) {
+	prefix := filepath.Join(t.TempDir(), "vsock.sock")
+	h := NewUnixPorts(prefix)
+	ln, err := h.Listen(PortGateway)
+	if err != nil {
 		t.Fatal(err)
 	}
-	if got := DetectTransport(); got.Name != TransportVhostUserVsock || got.Backend != bin {
-		t.Fatalf("with backend: %+v", got)
+	defer ln.Close()
+	// The VMM connects to prefix_<port> when the guest dials that port.
+	c, err := net.Dial("unix", UnixPortPath(prefix, PortGateway))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	got, err := Accept(t.Context(), ln)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got.Close()
+	if _, err := h.Dial(t.Context(), 5); !errors.Is(err, ErrNoHostDial) {
+		t.Fatalf("dial over unix ports: %v", err)
 	}
 }

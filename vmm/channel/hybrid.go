@@ -15,12 +15,12 @@ import (
 // --uds-path udsPath: a guest dial to port P lands on the Unix socket udsPath_P, and
 // a host dial connects to udsPath and sends "CONNECT P".
 func NewHybridVsock(udsPath string) *Host {
-	return &Host{transport: TransportVhostUserVsock, t: &hybrid{uds: udsPath}}
+	return New(TransportVhostUserVsock, &hybrid{uds: udsPath})
 }
 
 type hybrid struct{ uds string }
 
-func (h *hybrid) listen(port uint32) (net.Listener, error) {
+func (h *hybrid) Listen(port uint32) (net.Listener, error) {
 	path := fmt.Sprintf("%s_%d", h.uds, port)
 	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return nil, err
@@ -33,7 +33,7 @@ func (h *hybrid) listen(port uint32) (net.Listener, error) {
 	return ln, nil
 }
 
-func (h *hybrid) dial(ctx context.Context, port uint32) (net.Conn, error) {
+func (h *hybrid) Dial(ctx context.Context, port uint32) (net.Conn, error) {
 	var d net.Dialer
 	c, err := d.DialContext(ctx, "unix", h.uds)
 	if err != nil {
@@ -73,4 +73,4 @@ func (h *hybrid) dial(ctx context.Context, port uint32) (net.Conn, error) {
 	return c, nil
 }
 
-func (h *hybrid) close() error { return nil }
+func (h *hybrid) Close() error { return nil }

@@ -13,9 +13,9 @@ import (
 	"github.com/openshell/openshell/guest/channel/wire"
 )
 
-// NewSerial is the host end for a virtserialport named wire.PortName whose QEMU
-// chardev is a Unix socket server at sockPath. The host connects (retrying until
-// QEMU has created the socket, and again after each disconnect), sends wire.Hello
+// NewSerial is the host end for a virtio-serial port named wire.PortName whose host
+// side is a Unix socket server at sockPath (the VMM serves it). The host connects
+// (retrying until the VMM has created the socket, and again after each disconnect), sends wire.Hello
 // and runs a yamux session over the port; each stream starts with a header naming
 // its vsock-style port. Close stops it.
 func NewSerial(sockPath string, log *slog.Logger) *Host {
@@ -30,7 +30,7 @@ func NewSerial(sockPath string, log *slog.Logger) *Host {
 		ready: make(chan struct{}),
 	}
 	go s.run()
-	return &Host{transport: TransportVirtioSerial, t: s}
+	return New(TransportVirtioSerial, s)
 }
 
 type serial struct {
@@ -50,7 +50,7 @@ func yamuxConfig() *yamux.Config {
 	c := yamux.DefaultConfig()
 	c.LogOutput = io.Discard
 	c.Logger = nil
-	// The guest may be paused or slow under TCG: be tolerant before declaring death.
+	// The guest may be paused or slow under software emulation: be tolerant before declaring death.
 	c.ConnectionWriteTimeout = 30 * time.Second
 	c.KeepAliveInterval = 15 * time.Second
 	return c
@@ -136,7 +136,7 @@ func (s *serial) route(st *yamux.Stream) {
 	s.ports.Deliver(port, st)
 }
 
-func (s *serial) listen(port uint32) (net.Listener, error) {
+func (s *serial) Listen(port uint32) (net.Listener, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	select {
@@ -151,7 +151,7 @@ func (s *serial) listen(port uint32) (net.Listener, error) {
 	return l, nil
 }
 
-func (s *serial) dial(ctx context.Context, port uint32) (net.Conn, error) {
+func (s *serial) Dial(ctx context.Context, port uint32) (net.Conn, error) {
 	for {
 		s.mu.Lock()
 		sess, ready := s.sess, s.ready
@@ -179,7 +179,7 @@ func (s *serial) dial(ctx context.Context, port uint32) (net.Conn, error) {
 	}
 }
 
-func (s *serial) close() error {
+func (s *serial) Close() error {
 	s.closeOnce.Do(func() {
 		close(s.done)
 		s.mu.Lock()

@@ -14,16 +14,16 @@ import (
 // shared by every Host in this process and connections are routed by the guest's CID;
 // a connection from any other CID is refused.
 func NewVhostVsock(cid uint32) *Host {
-	return &Host{transport: TransportVhostVsock, t: &vhostVsock{cid: cid}}
+	return New(TransportVhostVsock, &vhostVsock{cid: cid})
 }
 
 type vhostVsock struct{ cid uint32 }
 
-func (v *vhostVsock) listen(port uint32) (net.Listener, error) {
+func (v *vhostVsock) Listen(port uint32) (net.Listener, error) {
 	return vsockMux.subscribe(port, v.cid)
 }
 
-func (v *vhostVsock) dial(ctx context.Context, port uint32) (net.Conn, error) {
+func (v *vhostVsock) Dial(ctx context.Context, port uint32) (net.Conn, error) {
 	type res struct {
 		c   net.Conn
 		err error
@@ -46,7 +46,7 @@ func (v *vhostVsock) dial(ctx context.Context, port uint32) (net.Conn, error) {
 	}
 }
 
-func (v *vhostVsock) close() error { return nil }
+func (v *vhostVsock) Close() error { return nil }
 
 // portMux shares AF_VSOCK listeners between guests.
 type portMux struct {

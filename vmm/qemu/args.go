@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/openshell/openshell/vmm"
+	"github.com/openshell/openshell/vmm/channel"
 )
 
 // plan is everything decided before QEMU starts.
@@ -40,7 +41,7 @@ const baseCmdline = "console=ttyS0 panic=-1 quiet"
 
 func kernelCmdline(cfg vmm.Config, p plan) string {
 	parts := []string{baseCmdline}
-	if p.accel == vmm.AccelTCG && p.cpuKHz > 0 {
+	if p.accel == AccelTCG && p.cpuKHz > 0 {
 		// Without it TCG guests sometimes fail to calibrate the TSC and hang.
 		parts = append(parts, "tsc_early_khz="+strconv.Itoa(p.cpuKHz))
 	}
@@ -82,7 +83,7 @@ func buildArgs(cfg vmm.Config, p plan) []string {
 		"-kernel", cfg.Kernel,
 		"-append", kernelCmdline(cfg, p),
 	)
-	if p.accel == vmm.AccelKVM {
+	if p.accel == AccelKVM {
 		a = append(a, "-cpu", "host")
 	}
 	if cfg.Initrd != "" {
@@ -99,12 +100,12 @@ func buildArgs(cfg vmm.Config, p plan) []string {
 			"-device", fmt.Sprintf("%s,drive=disk%d,serial=openshell-disk%d", dev("virtio-blk-device", "virtio-blk-pci"), i, i))
 	}
 	switch p.transport {
-	case vmm.TransportVhostVsock:
+	case channel.TransportVhostVsock:
 		a = append(a, "-device", fmt.Sprintf("%s,guest-cid=%d", dev("vhost-vsock-device", "vhost-vsock-pci"), cfg.Channel.CID))
-	case vmm.TransportVhostUserVsock:
+	case channel.TransportVhostUserVsock:
 		a = append(a, "-chardev", "socket,id=vsock0,path="+qemuEscape(p.vhostUser),
 			"-device", dev("vhost-user-vsock-device", "vhost-user-vsock-pci")+",chardev=vsock0")
-	case vmm.TransportVirtioSerial:
+	case channel.TransportVirtioSerial:
 		a = append(a, "-device", dev("virtio-serial-device", "virtio-serial-pci"),
 			"-chardev", "socket,id=ch0,path="+qemuEscape(p.serialSock)+",server=on,wait=off",
 			"-device", "virtserialport,chardev=ch0,name=openshell.0")

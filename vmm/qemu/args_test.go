@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/openshell/openshell/vmm"
+	"github.com/openshell/openshell/vmm/channel"
 )
 
 func TestBuildArgs(t *testing.T) {
@@ -20,15 +21,15 @@ func TestBuildArgs(t *testing.T) {
 		p           plan
 		want, avoid []string
 	}{
-		{"microvm tcg vhost-user", plan{accel: "tcg", transport: vmm.TransportVhostUserVsock, cpuKHz: 2596150, vhostUser: "/s/vhu.sock", qmpSock: "/s/qmp.sock", fsSockets: []string{"/s/fs-0.sock"}},
+		{"microvm tcg vhost-user", plan{accel: "tcg", transport: channel.TransportVhostUserVsock, cpuKHz: 2596150, vhostUser: "/s/vhu.sock", qmpSock: "/s/qmp.sock", fsSockets: []string{"/s/fs-0.sock"}},
 			[]string{"microvm,", "virtio-mmio.force-legacy=false", "tsc_early_khz=2596150", "vhost-user-vsock-device,chardev=vsock0",
 				"file=/d/img,,1.ext4,format=raw,if=none,cache=writeback,readonly=on", "virtio-blk-device,drive=disk1", "discard=unmap",
 				"vhost-user-fs-device,chardev=fs0,tag=work", "console=ttyS0 panic=-1 quiet tsc_early_khz=2596150 openshell.x=1"},
 			[]string{"-cpu", "q35", "virtserialport"}},
-		{"q35 kvm serial", plan{accel: "kvm", transport: vmm.TransportVirtioSerial, q35: true, cpuKHz: 2596150, serialSock: "/s/serial.sock", qmpSock: "/s/qmp.sock", fsSockets: []string{"/s/fs-0.sock"}},
+		{"q35 kvm serial", plan{accel: "kvm", transport: channel.TransportVirtioSerial, q35: true, cpuKHz: 2596150, serialSock: "/s/serial.sock", qmpSock: "/s/qmp.sock", fsSockets: []string{"/s/fs-0.sock"}},
 			[]string{"q35,memory-backend=mem", "virtio-serial-pci", "virtserialport,chardev=ch0,name=openshell.0", "virtio-blk-pci,drive=disk0", "-cpu", "host"},
 			[]string{"tsc_early_khz", "microvm", "vhost-user-vsock"}},
-		{"vhost-vsock", plan{accel: "tcg", transport: vmm.TransportVhostVsock, qmpSock: "/s/qmp.sock", fsSockets: []string{"/s/fs-0.sock"}},
+		{"vhost-vsock", plan{accel: "tcg", transport: channel.TransportVhostVsock, qmpSock: "/s/qmp.sock", fsSockets: []string{"/s/fs-0.sock"}},
 			[]string{"vhost-vsock-device,guest-cid=3"}, nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -19,7 +19,7 @@ func BenchmarkBootToChannel(b *testing.B) {
 	data := writableDisk(b)
 	var toAnswer time.Duration
 	for i := 0; b.Loop(); i++ {
-		cfg := baseConfig(b, fmt.Sprintf("bench-%d", i), vmm.TransportAuto,
+		cfg := baseConfig(b, fmt.Sprintf("bench-%d", i),
 			vmm.Disk{Path: image, ReadOnly: true}, vmm.Disk{Path: data})
 		m := newMachine(b, cfg)
 		start := time.Now()
@@ -32,7 +32,7 @@ func BenchmarkBootToChannel(b *testing.B) {
 // BenchmarkBootBare: QEMU start → kernel → trivial /init that powers off.
 func BenchmarkBootBare(b *testing.B) {
 	for i := 0; b.Loop(); i++ {
-		cfg := baseConfig(b, fmt.Sprintf("bare-%d", i), vmm.TransportAuto)
+		cfg := baseConfig(b, fmt.Sprintf("bare-%d", i))
 		cfg.Cmdline = "openshell_test=bare"
 		m := newMachine(b, cfg)
 		if err := m.Start(b.Context()); err != nil {

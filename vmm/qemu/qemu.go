@@ -32,6 +32,8 @@ const DefaultBinary = "qemu-system-x86_64"
 const VirtiofsdPath = "/usr/lib/qemu/virtiofsd"
 
 type options struct {
+	accel        string
+	transport    string
 	binary       string
 	vsockBackend string
 	virtiofsd    string
@@ -43,6 +45,14 @@ type options struct {
 
 // Option configures New.
 type Option func(*options)
+
+// WithAccel sets the accelerator: "auto" (default: KVM when the CPU really
+// virtualises, else TCG), "kvm" or "tcg".
+func WithAccel(name string) Option { return func(o *options) { o.accel = name } }
+
+// WithTransport sets the channel's host end: "auto" (default), "vhost-vsock",
+// "vhost-user-vsock" or "virtio-serial" (names from vmm/channel).
+func WithTransport(name string) Option { return func(o *options) { o.transport = name } }
 
 // WithBinary sets the QEMU binary (name on PATH or path).
 func WithBinary(path string) Option { return func(o *options) { o.binary = path } }
@@ -82,8 +92,8 @@ type Machine struct {
 	exited    chan struct{}
 	exitErr   error
 	stopping  bool
-	accelInfo vmm.AccelInfo
-	transport channel.TransportInfo
+	accelInfo AccelInfo
+	transport TransportInfo
 }
 
 var _ vmm.Machine = (*Machine)(nil)
@@ -95,15 +105,34 @@ func New(cfg vmm.Config, opts ...Option) (vmm.Machine, error) {
 
 // NewMachine is New returning the concrete type (for Accel/Transport/QMP helpers).
 func NewMachine(cfg vmm.Config, opts ...Option) (*Machine, error) {
-	o := options{binary: DefaultBinary, virtiofsd: VirtiofsdPath, startTimeout: 15 * time.Second}
+	o := options{accel: AccelAuto, transport: TransportAuto, binary: DefaultBinary, virtiofsd: VirtiofsdPath, startTimeout: 15 * time.Second}
 	for _, opt := range opts {
 		opt(&o)
+	}
+	switch o.accel {
+	case "", AccelAuto, AccelKVM, AccelTCG:
+	default:
+		return nil, fmt.Errorf("vm %s: qemu accel %q: use auto, kvm or tcg", cfg.Name, o.accel)
+	}
+	switch o.transport {
+	case "", TransportAuto, channel.TransportVhostVsock, channel.TransportVhostUserVsock, channel.TransportVirtioSerial:
+	default:
+		return nil, fmt.Errorf("vm %s: qemu transport %q: use auto, vhost-vsock, vhost-user-vsock or virtio-serial", cfg.Name, o.transport)
+	}
+	if o.accel == "" {
+		o.accel = AccelAuto
+	}
+	if o.transport == "" {
+		o.transport = TransportAuto
 	}
 	if o.log == nil {
 		o.log = slog.Default()
 	}
 	cfg = cfg.WithDefaults()
 	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if err := cfg.CheckFeatures(Features()); err != nil {
 		return nil, err
 	}
 	return &Machine{cfg: cfg, opts: o, log: o.log.With("vm", cfg.Name, "vmm", "qemu"), state: vmm.StateCreated, exited: make(chan struct{})}, nil
@@ -113,10 +142,10 @@ func NewMachine(cfg vmm.Config, opts ...Option) (*Machine, error) {
 func (m *Machine) Config() vmm.Config { return m.cfg }
 
 // Accel is the accelerator in use (after Start).
-func (m *Machine) Accel() vmm.AccelInfo { m.mu.Lock(); defer m.mu.Unlock(); return m.accelInfo }
+func (m *Machine) Accel() AccelInfo { m.mu.Lock(); defer m.mu.Unlock(); return m.accelInfo }
 
 // Transport is the channel transport in use (after Start).
-func (m *Machine) Transport() channel.TransportInfo {
+func (m *Machine) Transport() TransportInfo {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	return m.transport
@@ -131,34 +160,34 @@ func (m *Machine) Args() ([]string, error) {
 	return append(buildArgs(m.cfg, p), m.opts.extraArgs...), nil
 }
 
-func (m *Machine) resolve() (plan, vmm.AccelInfo, channel.TransportInfo, error) {
+func (m *Machine) resolve() (plan, AccelInfo, TransportInfo, error) {
 	cfg := m.cfg
 	p := plan{
 		q35:        len(cfg.PCIDevices) > 0 || m.opts.forceQ35,
 		qmpSock:    statePath(cfg, qmpSockName),
 		vhostUser:  statePath(cfg, vhostUserName),
 		serialSock: statePath(cfg, serialSockName),
-		cpuKHz:     vmm.HostCPUKHz(),
+		cpuKHz:     HostCPUKHz(),
 	}
-	var ai vmm.AccelInfo
-	switch cfg.Accel {
-	case vmm.AccelAuto:
-		ai = vmm.DetectAccel()
-	case vmm.AccelKVM:
-		ai = vmm.AccelInfo{Name: vmm.AccelKVM, Reason: "requested"}
+	var ai AccelInfo
+	switch m.opts.accel {
+	case AccelAuto:
+		ai = DetectAccel()
+	case AccelKVM:
+		ai = AccelInfo{Name: AccelKVM, Reason: "requested"}
 	default:
-		ai = vmm.AccelInfo{Name: vmm.AccelTCG, Reason: "requested"}
+		ai = AccelInfo{Name: AccelTCG, Reason: "requested"}
 	}
 	p.accel = ai.Name
-	var ti channel.TransportInfo
-	switch cfg.Channel.Transport {
-	case vmm.TransportAuto:
-		ti = channel.DetectTransport()
-		if ti.Name == vmm.TransportVhostUserVsock && m.opts.vsockBackend != "" {
+	var ti TransportInfo
+	switch m.opts.transport {
+	case TransportAuto:
+		ti = DetectTransport()
+		if ti.Name == channel.TransportVhostUserVsock && m.opts.vsockBackend != "" {
 			ti.Backend = m.opts.vsockBackend
 		}
-	case vmm.TransportVhostUserVsock:
-		ti = channel.TransportInfo{Name: vmm.TransportVhostUserVsock, Reason: "requested", Backend: m.opts.vsockBackend}
+	case channel.TransportVhostUserVsock:
+		ti = TransportInfo{Name: channel.TransportVhostUserVsock, Reason: "requested", Backend: m.opts.vsockBackend}
 		if ti.Backend == "" {
 			b, err := channel.FindVsockBackend()
 			if err != nil {
@@ -167,7 +196,7 @@ func (m *Machine) resolve() (plan, vmm.AccelInfo, channel.TransportInfo, error) 
 			ti.Backend = b
 		}
 	default:
-		ti = channel.TransportInfo{Name: cfg.Channel.Transport, Reason: "requested"}
+		ti = TransportInfo{Name: m.opts.transport, Reason: "requested"}
 	}
 	p.transport = ti.Name
 	for i := range cfg.SharedDirs {
@@ -224,7 +253,7 @@ func (m *Machine) Start(ctx context.Context) (retErr error) {
 	if err != nil {
 		return err
 	}
-	if ai.Name == vmm.AccelTCG && cfg.Accel == vmm.AccelAuto {
+	if ai.Name == AccelTCG && m.opts.accel == AccelAuto {
 		m.log.Warn("no usable hardware virtualisation; guest runs under TCG software emulation", "reason", ai.Reason)
 	}
 	m.log.Info("starting vm", "accel", ai.Name, "transport", ti.Name, "transport_reason", ti.Reason, "machine", map[bool]string{true: "q35", false: "microvm"}[p.q35])
@@ -235,7 +264,7 @@ func (m *Machine) Start(ctx context.Context) (retErr error) {
 	m.plan, m.accelInfo, m.transport = p, ai, ti
 	m.mu.Unlock()
 
-	if ti.Name == vmm.TransportVhostUserVsock {
+	if ti.Name == channel.TransportVhostUserVsock {
 		uds := statePath(cfg, vsockUDSName)
 		_ = os.Remove(uds)
 		if err := m.startHelper(ctx, "vsock backend", ti.Backend, backendLogName, backendPidName, p.vhostUser,
@@ -280,11 +309,11 @@ func (m *Machine) Start(ctx context.Context) (retErr error) {
 		return err
 	}
 	switch ti.Name {
-	case vmm.TransportVhostUserVsock:
+	case channel.TransportVhostUserVsock:
 		m.setHost(channel.NewHybridVsock(statePath(cfg, vsockUDSName)))
-	case vmm.TransportVirtioSerial:
+	case channel.TransportVirtioSerial:
 		m.setHost(channel.NewSerial(p.serialSock, m.log))
-	case vmm.TransportVhostVsock:
+	case channel.TransportVhostVsock:
 		m.setHost(channel.NewVhostVsock(cfg.Channel.CID))
 	}
 	return nil

@@ -204,15 +204,13 @@ func bootAndAsk(t testing.TB, ctx context.Context, m *qemu.Machine, checkDial bo
 	return a
 }
 
-func baseConfig(tb testing.TB, name, transport string, disks ...vmm.Disk) vmm.Config {
+func baseConfig(tb testing.TB, name string, disks ...vmm.Disk) vmm.Config {
 	kernel, initrd, _ := requireVM(tb)
 	return vmm.Config{
 		Name: name, VCPUs: 1, MemoryMiB: 256,
 		Kernel: kernel, Initrd: initrd,
 		Disks:    disks,
-		Channel:  vmm.ChannelConfig{Transport: transport},
 		StateDir: shortStateDir(tb),
-		Accel:    vmm.AccelAuto,
 	}
 }
 
@@ -231,29 +229,29 @@ func TestBootAnswersOverChannel(t *testing.T) {
 		transport, guestSees string
 		q35                  bool
 	}{
-		{vmm.TransportVhostUserVsock, "vsock", false},
-		{vmm.TransportVirtioSerial, "virtio-serial", false},
-		{vmm.TransportVhostUserVsock, "vsock", true},
-		{vmm.TransportVhostVsock, "vsock", false},
+		{channel.TransportVhostUserVsock, "vsock", false},
+		{channel.TransportVirtioSerial, "virtio-serial", false},
+		{channel.TransportVhostUserVsock, "vsock", true},
+		{channel.TransportVhostVsock, "vsock", false},
 	} {
 		name := tc.transport
-		var opts []qemu.Option
+		opts := []qemu.Option{qemu.WithTransport(tc.transport)}
 		if tc.q35 {
 			name += "-q35"
 			opts = append(opts, qemu.WithQ35())
 		}
 		t.Run(name, func(t *testing.T) {
-			if tc.transport == vmm.TransportVhostVsock {
+			if tc.transport == channel.TransportVhostVsock {
 				// A host kernel capability, not something a setup script installs.
 				if _, err := os.Stat("/dev/vhost-vsock"); err != nil {
 					t.Skipf("host has no /dev/vhost-vsock (vhost_vsock module): %v", err)
 				}
 			}
-			if tc.transport == vmm.TransportVhostUserVsock {
+			if tc.transport == channel.TransportVhostUserVsock {
 				_, err := channel.FindVsockBackend()
 				testenv.Require(t, err == nil, fmt.Sprint(err))
 			}
-			cfg := baseConfig(t, "answer-"+tc.transport, tc.transport,
+			cfg := baseConfig(t, "answer-"+tc.transport,
 				vmm.Disk{Path: image, ReadOnly: true}, vmm.Disk{Path: writableDisk(t)})
 			m := newMachine(t, cfg, opts...)
 			start := time.Now()
@@ -277,7 +275,7 @@ func TestOverlaySurvivesReboot(t *testing.T) {
 	data := writableDisk(t)
 	var prev []string
 	for i, tok := range []string{"first-boot", "second-boot"} {
-		cfg := baseConfig(t, fmt.Sprintf("persist-%d", i), vmm.TransportAuto,
+		cfg := baseConfig(t, fmt.Sprintf("persist-%d", i),
 			vmm.Disk{Path: image, ReadOnly: true}, vmm.Disk{Path: data})
 		cfg.Cmdline = "openshell_token=" + tok
 		a := bootAndAsk(t, t.Context(), newMachine(t, cfg), false)
@@ -294,7 +292,7 @@ func TestTwoGuestsShareImageDisk(t *testing.T) {
 	results := make([]answer, 2)
 	errs := make(chan string, 2)
 	for i := range 2 {
-		cfg := baseConfig(t, fmt.Sprintf("share-%d", i), vmm.TransportAuto,
+		cfg := baseConfig(t, fmt.Sprintf("share-%d", i),
 			vmm.Disk{Path: image, ReadOnly: true}, vmm.Disk{Path: writableDisk(t)})
 		cfg.Channel.CID = uint32(3 + i)
 		m := newMachine(t, cfg)
@@ -341,8 +339,8 @@ func (c *collectT) Fatalf(format string, args ...any) {
 
 func TestMissingKernelIsClear(t *testing.T) {
 	testenv.RequireCommand(t, "qemu-system-x86_64", "run scripts/setup-vm-host.sh")
-	cfg := vmm.Config{Name: "nokernel", Kernel: filepath.Join(t.TempDir(), "no-vmlinux"), StateDir: shortStateDir(t), Channel: vmm.ChannelConfig{Transport: vmm.TransportVirtioSerial}}
-	m := newMachine(t, cfg)
+	cfg := vmm.Config{Name: "nokernel", Kernel: filepath.Join(t.TempDir(), "no-vmlinux"), StateDir: shortStateDir(t)}
+	m := newMachine(t, cfg, qemu.WithTransport(channel.TransportVirtioSerial))
 	err := m.Start(t.Context())
 	if err == nil || !strings.Contains(err.Error(), "kernel") || !strings.Contains(err.Error(), "setup-vm-host.sh") {
 		t.Fatalf("Start with a missing kernel: %v", err)
@@ -356,11 +354,12 @@ func TestMissingKernelIsClear(t *testing.T) {
 }
 
 func TestQEMUExitAtStartShowsOutput(t *testing.T) {
-	cfg := baseConfig(t, "badarg", vmm.TransportVhostUserVsock)
+	cfg := baseConfig(t, "badarg")
+	transport := channel.TransportVhostUserVsock
 	if _, err := channel.FindVsockBackend(); err != nil {
-		cfg.Channel.Transport = vmm.TransportVirtioSerial
+		transport = channel.TransportVirtioSerial
 	}
-	m := newMachine(t, cfg, qemu.WithExtraArgs("-definitely-not-an-option"))
+	m := newMachine(t, cfg, qemu.WithTransport(transport), qemu.WithExtraArgs("-definitely-not-an-option"))
 	err := m.Start(t.Context())
 	if err == nil {
 		t.Fatal("Start succeeded with a bad QEMU argument")
@@ -381,7 +380,7 @@ func TestQEMUExitAtStartShowsOutput(t *testing.T) {
 
 func TestStopPowersDown(t *testing.T) {
 	_, _, image := requireVM(t)
-	cfg := baseConfig(t, "stop", vmm.TransportAuto, vmm.Disk{Path: image, ReadOnly: true}, vmm.Disk{Path: writableDisk(t)})
+	cfg := baseConfig(t, "stop", vmm.Disk{Path: image, ReadOnly: true}, vmm.Disk{Path: writableDisk(t)})
 	m := newMachine(t, cfg)
 	if err := m.Start(t.Context()); err != nil {
 		t.Fatal(err)
@@ -430,7 +429,7 @@ func TestSharedDirOverVirtiofs(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(share, "hello.txt"), []byte("from-host\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	cfg := baseConfig(t, "share", vmm.TransportAuto, vmm.Disk{Path: image, ReadOnly: true}, vmm.Disk{Path: writableDisk(t)})
+	cfg := baseConfig(t, "share", vmm.Disk{Path: image, ReadOnly: true}, vmm.Disk{Path: writableDisk(t)})
 	cfg.SharedDirs = []vmm.SharedDir{{Tag: "work", Path: share}}
 	cfg.Cmdline = "openshell_share=work"
 	m := newMachine(t, cfg)
@@ -445,7 +444,7 @@ func TestSharedDirOverVirtiofs(t *testing.T) {
 
 func TestNoWritableDiskUsesTmpfs(t *testing.T) {
 	_, _, image := requireVM(t)
-	cfg := baseConfig(t, "nodata", vmm.TransportAuto, vmm.Disk{Path: image, ReadOnly: true})
+	cfg := baseConfig(t, "nodata", vmm.Disk{Path: image, ReadOnly: true})
 	m := newMachine(t, cfg)
 	a := bootAndAsk(t, t.Context(), m, false)
 	if a.Image != "image-ok" || a.Root != "overlay" {

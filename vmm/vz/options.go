@@ -1,6 +1,36 @@
 package vz
 
-// Option configures New (none yet).
+import (
+	"log/slog"
+
+	"github.com/openshell/openshell/vmm"
+	"github.com/openshell/openshell/vmm/channel"
+)
+
+// Option configures New.
 type Option func(*options)
 
-type options struct{}
+type options struct {
+	log *slog.Logger
+}
+
+// WithLogger sets the logger.
+func WithLogger(l *slog.Logger) Option { return func(o *options) { o.log = l } }
+
+// Features of the Virtualization.framework backend: the VM runs inside the calling
+// process (the runner), its channel is the framework's virtio socket device, and
+// Stop asks the guest to power off through the framework.
+func Features() vmm.Features {
+	return vmm.Features{
+		Backend:      "vz",
+		Transports:   []string{TransportVirtioSocket},
+		HostDial:     true,
+		SharedDirs:   true,
+		GracefulStop: true,
+	}
+}
+
+// TransportVirtioSocket names the host end over the framework's virtio socket device.
+const TransportVirtioSocket = "vz-virtio-socket"
+
+var _ = channel.New // the darwin host end wraps a channel.Transport

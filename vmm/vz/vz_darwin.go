@@ -1,7 +1,5 @@
 //go:build darwin
 
-// Package vz is the macOS Virtualization.framework backend. Not implemented yet:
-// New returns vmm.ErrNotSupported on every platform.
 package vz
 
 import (
@@ -14,3 +12,6 @@ import (
 func New(cfg vmm.Config, opts ...Option) (vmm.Machine, error) {
 	return nil, fmt.Errorf("vm %s: vz backend not implemented yet: %w", cfg.Name, vmm.ErrNotSupported)
 }
+
+// Available reports whether this Mac can run the backend.
+func Available() error { return fmt.Errorf("vz backend not implemented yet: %w", vmm.ErrNotSupported) }

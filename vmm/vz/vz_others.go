@@ -14,3 +14,8 @@ import (
 func New(cfg vmm.Config, opts ...Option) (vmm.Machine, error) {
 	return nil, fmt.Errorf("vm %s: vz backend needs macOS: %w", cfg.Name, vmm.ErrNotSupported)
 }
+
+// Available: Virtualization.framework exists only on macOS.
+func Available() error {
+	return fmt.Errorf("Virtualization.framework needs macOS: %w", vmm.ErrNotSupported)
+}

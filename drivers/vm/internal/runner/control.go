@@ -26,7 +26,7 @@ const (
 type Status struct {
 	State     string    `json:"state"`
 	RunnerPID int       `json:"runner_pid"`
-	QEMUPID   int       `json:"qemu_pid,omitempty"`
+	VMMPID    int       `json:"vmm_pid,omitempty"`  // runners of earlier versions said qemu_pid (see UnmarshalJSON)
 	StartedAt time.Time `json:"started_at"`         // VMM started
 	BootedAt  time.Time `json:"booted_at,omitzero"` // guest fetched its bootstrap config
 	Reason    string    `json:"reason,omitempty"`   // set in StateExited
@@ -246,4 +246,22 @@ func (c *Client) Watch(ctx context.Context, fn func(Status)) error {
 		return ctx.Err()
 	}
 	return fmt.Errorf("runner %s: watch ended without an exit status: %w", c.socket, io.ErrUnexpectedEOF)
+}
+
+// UnmarshalJSON also reads the answer of a runner started by an earlier version,
+// which named the VMM pid qemu_pid: the driver re-adopts such runners.
+func (s *Status) UnmarshalJSON(b []byte) error {
+	type plain Status
+	var aux struct {
+		plain
+		LegacyPID int `json:"qemu_pid"`
+	}
+	if err := json.Unmarshal(b, &aux); err != nil {
+		return err
+	}
+	*s = Status(aux.plain)
+	if s.VMMPID == 0 {
+		s.VMMPID = aux.LegacyPID
+	}
+	return nil
 }

@@ -88,7 +88,7 @@ func Run(ctx context.Context, dir string, o Options) (retErr error) {
 	}
 	if _, err := state.Update(dir, func(r *state.Record) error {
 		r.RunnerPID, r.RunnerStart = os.Getpid(), startTime
-		r.QEMUPID, r.QEMUStart = 0, 0
+		r.VMMPID, r.VMMStart = 0, 0
 		return nil
 	}); err != nil {
 		return err
@@ -197,14 +197,14 @@ func Run(ctx context.Context, dir string, o Options) (retErr error) {
 	}
 	pid := m.PID()
 	qstart, _ := state.ProcStartTime(pid)
-	box.update(func(s *Status) { s.QEMUPID = pid })
+	box.update(func(s *Status) { s.VMMPID = pid })
 	if _, err := state.Update(dir, func(r *state.Record) error {
-		r.QEMUPID, r.QEMUStart = pid, qstart
+		r.VMMPID, r.VMMStart = pid, qstart
 		return nil
 	}); err != nil {
-		log.Error("record qemu pid", "err", err)
+		log.Error("record vmm pid", "err", err)
 	}
-	log.Info("VM started", "qemu_pid", pid, "vcpus", spec.Machine.VCPUs, "memory_mib", spec.Machine.MemoryMiB)
+	log.Info("VM started", "vmm_pid", pid, "vcpus", spec.Machine.VCPUs, "memory_mib", spec.Machine.MemoryMiB)
 
 	// The channel's host end exists once the VMM runs; the guest needs over a second to
 	// boot before it dials, and its dial retries cover the rest.

@@ -16,6 +16,7 @@ import (
 
 	"github.com/openshell/openshell/drivers/vm/internal/state"
 	"github.com/openshell/openshell/supervisor/bootstrap"
+	"github.com/openshell/openshell/vmm/backends"
 )
 
 // Spec is runner.json: everything the runner needs to boot the VM. The driver writes it
@@ -50,8 +51,10 @@ type MachineSpec struct {
 	Cmdline   string `json:"cmdline,omitempty"`
 	ImageDisk string `json:"image_disk"` // read-only root image (vda)
 	Disk      string `json:"disk"`       // writable disk (vdb)
-	Accel     string `json:"accel"`      // auto, kvm, tcg
-	Transport string `json:"transport"`  // auto, vhost-vsock, vhost-user-vsock, virtio-serial
+	// Backend is the VMM backend: auto (default), qemu, libkrun or vz.
+	Backend   string `json:"backend,omitempty"`
+	Accel     string `json:"accel"`     // qemu only: auto, kvm, tcg
+	Transport string `json:"transport"` // qemu only: auto, vhost-vsock, vhost-user-vsock, virtio-serial
 	// CID is the guest's vsock context id, unique among the driver's VMs (it must be
 	// unique on the host with vhost-vsock; the per-VM backends ignore clashes).
 	CID uint32 `json:"cid,omitempty"`
@@ -134,6 +137,8 @@ func (s *Spec) Validate() error {
 		return fmt.Errorf("runner spec: machine.disk is empty")
 	case s.GatewayAddr == "":
 		return fmt.Errorf("runner spec: gateway_addr is empty")
+	case s.Machine.Backend != "" && backends.Validate(s.Machine.Backend) != nil:
+		return fmt.Errorf("runner spec: machine.%w", backends.Validate(s.Machine.Backend))
 	}
 	if err := s.Limits.Validate(); err != nil {
 		return err

@@ -19,14 +19,14 @@ func TestBootIDRoundTrip(t *testing.T) {
 		t.Fatal(err)
 	}
 	// A later update that does not touch the field (as the runner's do) keeps it.
-	if _, err := Update(dir, func(r *Record) error { r.QEMUPID = 8; return nil }); err != nil {
+	if _, err := Update(dir, func(r *Record) error { r.VMMPID = 8; return nil }); err != nil {
 		t.Fatal(err)
 	}
 	got, err := Load(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got.BootID != "4f0c-boot" || got.RunnerPID != 7 || got.QEMUPID != 8 {
+	if got.BootID != "4f0c-boot" || got.RunnerPID != 7 || got.VMMPID != 8 {
 		t.Fatalf("reloaded %+v", got)
 	}
 	// Records written before the field existed decode with an empty boot id.

@@ -56,8 +56,10 @@ type Record struct {
 
 	RunnerPID   int    `json:"runner_pid,omitempty"`
 	RunnerStart uint64 `json:"runner_start,omitempty"` // /proc/<pid>/stat starttime (clock ticks since boot)
-	QEMUPID     int    `json:"qemu_pid,omitempty"`
-	QEMUStart   uint64 `json:"qemu_start,omitempty"`
+	// VMMPID/VMMStart identify the VMM process (QEMU, or libkrun's enter process);
+	// records of earlier versions call them qemu_pid/qemu_start (read by UnmarshalJSON).
+	VMMPID   int    `json:"vmm_pid,omitempty"`
+	VMMStart uint64 `json:"vmm_start,omitempty"`
 	// BootID is the host's boot id (/proc/sys/kernel/random/boot_id) when the driver
 	// last started a runner for the sandbox: a different boot id now means the host
 	// restarted since, so the recorded pids name nothing of ours ("" in records written
@@ -65,6 +67,26 @@ type Record struct {
 	BootID string `json:"boot_id,omitempty"`
 
 	Paths Paths `json:"paths"`
+}
+
+// UnmarshalJSON reads records of every version: before the VMM became
+// backend-neutral its pid was stored as qemu_pid/qemu_start, and VMs started then
+// must still be re-adopted.
+func (r *Record) UnmarshalJSON(b []byte) error {
+	type plain Record
+	var aux struct {
+		plain
+		LegacyPID   int    `json:"qemu_pid"`
+		LegacyStart uint64 `json:"qemu_start"`
+	}
+	if err := json.Unmarshal(b, &aux); err != nil {
+		return err
+	}
+	*r = Record(aux.plain)
+	if r.VMMPID == 0 && aux.LegacyPID != 0 {
+		r.VMMPID, r.VMMStart = aux.LegacyPID, aux.LegacyStart
+	}
+	return nil
 }
 
 // Paths are the files of one sandbox (all inside Dir).

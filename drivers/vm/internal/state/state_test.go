@@ -1,6 +1,7 @@
 package state
 
 import (
+	"encoding/json"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -149,4 +150,27 @@ func FuzzDecode(f *testing.F) {
 			t.Fatalf("Decode accepted unsafe id %q", r.SandboxID)
 		}
 	})
+}
+
+// TestReadsLegacyVMMPID: records written before the VMM was backend-neutral name the
+// VMM's pid qemu_pid; a driver of this version must still re-adopt those VMs.
+func TestReadsLegacyVMMPID(t *testing.T) {
+	var r Record
+	if err := json.Unmarshal([]byte(`{"version":1,"sandbox_id":"a","qemu_pid":4242,"qemu_start":77,"runner_pid":5}`), &r); err != nil {
+		t.Fatal(err)
+	}
+	if r.VMMPID != 4242 || r.VMMStart != 77 || r.RunnerPID != 5 || r.SandboxID != "a" {
+		t.Fatalf("legacy record read as %+v", r)
+	}
+	b, err := json.Marshal(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(b), `"vmm_pid":4242`) || strings.Contains(string(b), "qemu") {
+		t.Fatalf("record written as %s", b)
+	}
+	var again Record
+	if err := json.Unmarshal(b, &again); err != nil || again.VMMPID != 4242 || again.VMMStart != 77 {
+		t.Fatalf("round trip: %+v %v", again, err)
+	}
 }
