@@ -1,0 +1,206 @@
+package podman
+
+import (
+	"errors"
+	"fmt"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/openshell/openshell/drivers"
+)
+
+// Defaults filled by Config.withDefaults.
+const (
+	DefaultNetwork      = "openshell"
+	DefaultMinMemory    = 64 << 20 // below this the supervisor itself does not start reliably
+	DefaultPidsLimit    = 4096
+	DefaultStopTimeout  = 10 * time.Second
+	DefaultResync       = 30 * time.Second
+	RootfulSocket       = "/run/podman/podman.sock"
+	defaultStateSubpath = ".local/state/openshell/podman"
+	// MinVersion is the oldest Podman the driver accepts (its API and netavark).
+	MinVersion = 5
+	// rootlessHostLoopback is where slirp4netns shows the host's loopback to a
+	// rootless container (allow_host_loopback=true).
+	rootlessHostLoopback = "10.0.2.2"
+)
+
+// Config configures the Podman driver. Zero values are filled by defaults where noted.
+type Config struct {
+	// Socket is the Podman service socket (a path or unix:///path); default
+	// $CONTAINER_HOST, else the user's $XDG_RUNTIME_DIR/podman/podman.sock when it
+	// exists, else /run/podman/podman.sock.
+	Socket string `json:"socket,omitempty" toml:"socket"`
+	// SupervisorBinary is the host path of the static openshell-sandbox binary;
+	// it is bind-mounted read-only into every sandbox as its entrypoint. Required.
+	SupervisorBinary string `json:"supervisor_binary" toml:"supervisor_binary"`
+	// GatewayPort is the gateway's port. Rootful sandboxes dial it on the sandbox
+	// network's gateway address, rootless ones on the host loopback (through
+	// slirp4netns); GatewayEndpoint is built from it when empty.
+	GatewayPort int `json:"gateway_port,omitempty" toml:"gateway_port"`
+	// GatewayEndpoint is the URL the supervisor dials; default
+	// https://host.openshell.internal:<GatewayPort>.
+	GatewayEndpoint string `json:"gateway_endpoint" toml:"gateway_endpoint"`
+	// CAPEM is the gateway CA bundle handed to each supervisor (optional for http://).
+	CAPEM []byte `json:"-" toml:"-"`
+	// StateDir holds per-sandbox token/CA files; default ~/.local/state/openshell/podman.
+	StateDir string `json:"state_dir,omitempty" toml:"state_dir"`
+	// DefaultImage is reported in capabilities and used when a sandbox names no image.
+	DefaultImage string `json:"default_image,omitempty" toml:"default_image"`
+	// Network is the rootful sandbox bridge network; default "openshell". Rootless
+	// sandboxes each get their own slirp4netns network instead.
+	Network string `json:"network,omitempty" toml:"network"`
+	// DefaultCPU and DefaultMemory (Kubernetes quantities) apply when a sandbox sets
+	// no limit; empty = unlimited.
+	DefaultCPU    string `json:"default_cpu,omitempty" toml:"default_cpu"`
+	DefaultMemory string `json:"default_memory,omitempty" toml:"default_memory"`
+	// MinMemory is the smallest memory limit accepted, in bytes; default 64 MiB.
+	MinMemory int64 `json:"min_memory,omitempty" toml:"min_memory"`
+	// PidsLimit caps processes per sandbox; default 4096, negative = unlimited.
+	PidsLimit int64 `json:"pids_limit,omitempty" toml:"pids_limit"`
+	// StopTimeout is how long Stop waits before SIGKILL; default 10s.
+	StopTimeout time.Duration `json:"stop_timeout,omitempty" toml:"stop_timeout"`
+	// ResyncInterval is how often Watch lists containers to repair missed events;
+	// default 30s.
+	ResyncInterval time.Duration `json:"resync_interval,omitempty" toml:"resync_interval"`
+	// LogLevel is the supervisor's default log level when the sandbox sets none.
+	LogLevel string `json:"log_level,omitempty" toml:"log_level"`
+	// AllowCgroupsV1 lets the driver run on a cgroups v1 host. There a rootless
+	// Podman cannot apply cpu/memory/pids limits at all (it drops them with a
+	// warning), so by default such a host is refused; set this (or
+	// OPENSHELL_PODMAN_ALLOW_CGROUPS_V1=1) only where unlimited rootless sandboxes are
+	// acceptable, e.g. test machines.
+	AllowCgroupsV1 bool `json:"allow_cgroups_v1,omitempty" toml:"allow_cgroups_v1"`
+	// Labels are added to every container and network the driver creates and are
+	// required on everything it lists and watches: they scope one driver instance
+	// (e.g. a test run) on a shared service.
+	Labels map[string]string `json:"labels,omitempty" toml:"labels"`
+}
+
+// EnvAllowCgroupsV1 set to 1/true has the effect of Config.AllowCgroupsV1.
+const EnvAllowCgroupsV1 = "OPENSHELL_PODMAN_ALLOW_CGROUPS_V1"
+
+// DefaultSocket is the socket the driver uses when none is configured:
+// $CONTAINER_HOST (unix://), else the rootless user socket when it exists, else the
+// rootful one.
+func DefaultSocket() string {
+	if h := os.Getenv("CONTAINER_HOST"); strings.HasPrefix(h, "unix://") {
+		return strings.TrimPrefix(h, "unix://")
+	}
+	if os.Getuid() != 0 {
+		run := os.Getenv("XDG_RUNTIME_DIR")
+		if run == "" {
+			run = filepath.Join("/run/user", strconv.Itoa(os.Getuid()))
+		}
+		if s := filepath.Join(run, "podman", "podman.sock"); exists(s) {
+			return s
+		}
+	}
+	return RootfulSocket
+}
+
+func exists(p string) bool { _, err := os.Stat(p); return err == nil }
+
+// withDefaults returns a copy with defaults filled in.
+func (c Config) withDefaults() Config {
+	c.Socket = strings.TrimPrefix(c.Socket, "unix://")
+	if c.Socket == "" {
+		c.Socket = DefaultSocket()
+	}
+	if c.GatewayEndpoint == "" && c.GatewayPort != 0 {
+		c.GatewayEndpoint = fmt.Sprintf("https://%s:%d", drivers.GatewayHost, c.GatewayPort)
+	}
+	if c.Network == "" {
+		c.Network = DefaultNetwork
+	}
+	if c.MinMemory == 0 {
+		c.MinMemory = DefaultMinMemory
+	}
+	if c.PidsLimit == 0 {
+		c.PidsLimit = DefaultPidsLimit
+	}
+	if c.StopTimeout == 0 {
+		c.StopTimeout = DefaultStopTimeout
+	}
+	if c.ResyncInterval == 0 {
+		c.ResyncInterval = DefaultResync
+	}
+	if c.StateDir == "" {
+		if home, err := os.UserHomeDir(); err == nil {
+			c.StateDir = filepath.Join(home, defaultStateSubpath)
+		}
+	}
+	if v := os.Getenv(EnvAllowCgroupsV1); v == "1" || strings.EqualFold(v, "true") {
+		c.AllowCgroupsV1 = true
+	}
+	return c
+}
+
+// Validate names the first bad field and how to fix it. It expects defaults filled.
+func (c Config) Validate() error {
+	var errs []error
+	bad := func(format string, args ...any) {
+		errs = append(errs, fmt.Errorf("podman driver config: "+format, args...))
+	}
+	if strings.Contains(c.Socket, "://") {
+		bad("socket %q: want a Unix socket path or unix:///path (ssh:// and tcp:// services are not supported: the driver bind-mounts host files)", c.Socket)
+	} else if !filepath.IsAbs(c.Socket) {
+		bad("socket %q is not an absolute path", c.Socket)
+	}
+	if c.SupervisorBinary == "" {
+		bad("supervisor_binary is empty: set it to the host path of the static openshell-sandbox binary")
+	} else if !filepath.IsAbs(c.SupervisorBinary) {
+		bad("supervisor_binary %q is not an absolute path", c.SupervisorBinary)
+	} else if st, err := os.Stat(c.SupervisorBinary); err != nil {
+		bad("supervisor_binary: %w (build it with CGO_ENABLED=0 go build ./cmd/openshell-sandbox)", err)
+	} else if !st.Mode().IsRegular() || st.Mode().Perm()&0o111 == 0 {
+		bad("supervisor_binary %q is not an executable file", c.SupervisorBinary)
+	}
+	if c.GatewayEndpoint == "" {
+		bad("gateway_endpoint is empty: set it to https://%s:<gateway port> (or set gateway_port)", drivers.GatewayHost)
+	} else if u, err := url.Parse(c.GatewayEndpoint); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		bad("gateway_endpoint %q: want an http(s) URL such as https://%s:17670", c.GatewayEndpoint, drivers.GatewayHost)
+	}
+	if c.GatewayPort < 0 || c.GatewayPort > 65535 {
+		bad("gateway_port %d is out of range 0-65535", c.GatewayPort)
+	}
+	if c.StateDir == "" {
+		bad("state_dir is empty: set it to a directory for per-sandbox files")
+	} else if !filepath.IsAbs(c.StateDir) {
+		bad("state_dir %q is not an absolute path (Podman bind-mounts files from it)", c.StateDir)
+	}
+	if c.Network == "" {
+		bad("network is empty")
+	}
+	if c.DefaultCPU != "" {
+		if _, err := drivers.ParseCPU(c.DefaultCPU); err != nil {
+			bad("default_cpu: %w", err)
+		}
+	}
+	if c.DefaultMemory != "" {
+		if m, err := drivers.ParseMemory(c.DefaultMemory); err != nil {
+			bad("default_memory: %w", err)
+		} else if m < c.MinMemory {
+			bad("default_memory %q is below min_memory (%d bytes)", c.DefaultMemory, c.MinMemory)
+		}
+	}
+	if c.MinMemory < 0 {
+		bad("min_memory %d is negative", c.MinMemory)
+	}
+	if c.StopTimeout < 0 || c.ResyncInterval < 0 {
+		bad("stop_timeout and resync_interval must not be negative")
+	}
+	for k := range c.Labels {
+		if strings.HasPrefix(k, "openshell.ai/") && k != labelTestRun {
+			bad("labels: %q: the openshell.ai/ prefix is reserved for the driver", k)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// labelTestRun scopes the driver's tests on a shared service.
+const labelTestRun = "openshell.ai/test-run"
