@@ -75,7 +75,7 @@ func buildArgs(cfg vmm.Config, p plan) []string {
 		"-smp", strconv.Itoa(cfg.VCPUs),
 		"-m", mem+"M",
 		// Shared memfd memory: vhost-user backends map guest RAM.
-		"-object", "memory-backend-memfd,id=mem,size="+mem+"M,share=on",
+		"-object", "memory-backend-memfd,id=mem,size="+mem+"M,share=on"+memPrealloc(cfg),
 		"-nographic", "-no-reboot", "-nodefaults", "-no-user-config",
 		"-chardev", "file,id=con0,path="+qemuEscape(cfg.ConsoleLog),
 		"-serial", "chardev:con0",
@@ -114,9 +114,7 @@ func buildArgs(cfg vmm.Config, p plan) []string {
 		a = append(a, "-chardev", fmt.Sprintf("socket,id=fs%d,path=%s", i, qemuEscape(p.fsSockets[i])),
 			"-device", fmt.Sprintf("%s,chardev=fs%d,tag=%s", dev("vhost-user-fs-device", "vhost-user-fs-pci"), i, qemuEscape(s.Tag)))
 	}
-	for _, bdf := range cfg.PCIDevices {
-		a = append(a, "-device", "vfio-pci,host="+bdf)
-	}
+	a = append(a, vfioArgs(cfg, p)...)
 	return a
 }
 
