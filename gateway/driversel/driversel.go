@@ -165,6 +165,7 @@ type Detector struct {
 	Getenv       func(string) string
 	UID          int    // -1 = os.Getuid()
 	DockerSocket string // default /var/run/docker.sock
+	PodmanSocket string // the rootful Podman socket; default /run/podman/podman.sock
 	Timeout      time.Duration
 	// Built says whether a driver is built into this gateway (default: the registry,
 	// Built); drivers that are not are passed over, and the error says so.
@@ -181,8 +182,9 @@ type Detection struct {
 // NewDetector returns a detector for this process's environment.
 func NewDetector() Detector { return Detector{Getenv: os.Getenv, UID: os.Getuid()} }
 
-// Detect probes kubernetes (KUBERNETES_SERVICE_HOST), then podman sockets (a socket
-// whose /_ping answer carries Libpod-Api-Version), then docker sockets (answering
+// Detect probes kubernetes (KUBERNETES_SERVICE_HOST), then podman sockets
+// (CONTAINER_HOST, the rootless user socket, the rootful socket; one whose /_ping
+// answer carries Libpod-Api-Version), then docker sockets (answering
 // /_ping without it). vm is never auto-detected, and neither is a driver that is not
 // built into this gateway: the search goes on past it, and the error names it.
 func (d Detector) Detect(ctx context.Context) (Detection, error) {
@@ -209,9 +211,13 @@ func (d Detector) Detect(ctx context.Context) (Detection, error) {
 		return Detection{}, false
 	}
 	var tried []string
+	// Podman: CONTAINER_HOST (what the podman CLI itself reads), the user's rootless
+	// socket, then the rootful one.
 	var podman []string
-	if p := getenv("OPENSHELL_PODMAN_SOCKET"); p != "" {
-		podman = append(podman, strings.TrimPrefix(p, "unix://"))
+	for _, k := range []string{"OPENSHELL_PODMAN_SOCKET", "CONTAINER_HOST"} {
+		if p := getenv(k); strings.HasPrefix(p, "unix://") || strings.HasPrefix(p, "/") {
+			podman = append(podman, strings.TrimPrefix(p, "unix://"))
+		}
 	}
 	if x := getenv("XDG_RUNTIME_DIR"); x != "" {
 		podman = append(podman, filepath.Join(x, "podman", "podman.sock"))
@@ -221,6 +227,11 @@ func (d Detector) Detect(ctx context.Context) (Detection, error) {
 		uid = os.Getuid()
 	}
 	podman = append(podman, filepath.Join("/run/user", strconv.Itoa(uid), "podman", "podman.sock"))
+	rootful := d.PodmanSocket
+	if rootful == "" {
+		rootful = "/run/podman/podman.sock"
+	}
+	podman = append(podman, rootful)
 	for _, s := range podman {
 		tried = append(tried, s)
 		if kind := d.ping(ctx, s); kind == "podman" {

@@ -67,6 +67,16 @@ func TestDetectOrder(t *testing.T) {
 				engine(t, filepath.Join(dir, "xdg", "podman", "podman.sock"), true)
 				engine(t, filepath.Join(dir, "docker.sock"), false)
 			}, wantDriver: "podman", wantSocket: "xdg/podman/podman.sock"},
+		{name: "podman via CONTAINER_HOST", env: map[string]string{"CONTAINER_HOST": "unix://{dir}/ch.sock"},
+			setup: func(t *testing.T, dir string) {
+				engine(t, filepath.Join(dir, "ch.sock"), true)
+				engine(t, filepath.Join(dir, "docker.sock"), false)
+			}, wantDriver: "podman", wantSocket: "ch.sock"},
+		{name: "rootful podman socket before docker",
+			setup: func(t *testing.T, dir string) {
+				engine(t, filepath.Join(dir, "rootful-podman.sock"), true)
+				engine(t, filepath.Join(dir, "docker.sock"), false)
+			}, wantDriver: "podman", wantSocket: "rootful-podman.sock"},
 		{name: "docker-compatible socket without libpod header is not podman", env: map[string]string{"OPENSHELL_PODMAN_SOCKET": "{dir}/p.sock"},
 			setup: func(t *testing.T, dir string) {
 				engine(t, filepath.Join(dir, "p.sock"), false)
@@ -111,6 +121,7 @@ func TestDetectOrder(t *testing.T) {
 				},
 				UID:          987654, // no /run/user/<uid> on this host
 				DockerSocket: filepath.Join(dir, "docker.sock"),
+				PodmanSocket: filepath.Join(dir, "rootful-podman.sock"),
 				Timeout:      time.Second,
 				Built:        func(name string) bool { return !slices.Contains(tc.notBuilt, name) },
 			}
@@ -156,7 +167,7 @@ func TestParseDriverName(t *testing.T) {
 // picks it.
 func TestRegistry(t *testing.T) {
 	names := Names()
-	for _, n := range []string{"docker", "vm"} {
+	for _, n := range []string{"docker", "podman", "vm"} {
 		if !slices.Contains(names, n) || !Built(n) {
 			t.Errorf("factory %q not registered (have %v)", n, names)
 		}
@@ -174,7 +185,7 @@ func TestRegistry(t *testing.T) {
 				return "10.0.0.1"
 			}
 			return ""
-		}, UID: 987654, DockerSocket: filepath.Join(t.TempDir(), "none.sock")}
+		}, UID: 987654, DockerSocket: filepath.Join(t.TempDir(), "none.sock"), PodmanSocket: filepath.Join(t.TempDir(), "none.sock")}
 		if got, err := d.Detect(context.Background()); err == nil && got.Driver == n {
 			t.Errorf("the real detector picked %q, which is not built", n)
 		}
