@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -16,7 +15,6 @@ import (
 
 	"github.com/openshell/openshell/drivers/drivertest"
 	"github.com/openshell/openshell/drivers/vm/internal/runner"
-	"github.com/openshell/openshell/drivers/vm/internal/state"
 )
 
 // lineGateway stands in for the gateway and keeps every line any bridged connection
@@ -139,7 +137,7 @@ func TestGuestChannelGuards(t *testing.T) {
 	}
 	gw.mu.Unlock()
 
-	st, err := runner.NewClient(filepath.Join(rec.Paths.Dir, state.ControlSocket)).Status(t.Context())
+	st, err := runner.NewClient(rec.Paths.ControlSocket).Status(t.Context())
 	if err != nil {
 		t.Fatal(err)
 	}

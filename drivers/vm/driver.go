@@ -920,6 +920,11 @@ func (d *Driver) Delete(ctx context.Context, id, _ string) (bool, error) {
 	if err := removeDir(s.paths.Dir); err != nil {
 		return false, fmt.Errorf("vm sandbox %q: remove %s: %w", id, s.paths.Dir, err)
 	}
+	if run := state.RunDir(s.paths.Dir); run != s.paths.Dir {
+		if err := removeDir(run); err != nil {
+			return false, fmt.Errorf("vm sandbox %q: remove %s: %w", id, run, err)
+		}
+	}
 	d.mu.Lock()
 	delete(d.sandboxes, id)
 	d.mu.Unlock()

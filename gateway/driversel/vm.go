@@ -16,6 +16,7 @@ import (
 	"github.com/openshell/openshell/drivers"
 	"github.com/openshell/openshell/drivers/grpcdriver"
 	"github.com/openshell/openshell/internal/hostcred"
+	"github.com/openshell/openshell/internal/rundir"
 )
 
 func init() { Register("vm", newVM) }
@@ -139,7 +140,13 @@ func newVM(ctx context.Context, env DriverEnv) (_ drivers.Driver, retErr error) 
 	if err := os.Chmod(dir, 0o700); err != nil {
 		return nil, err
 	}
-	socket := filepath.Join(dir, "driver.sock")
+	// The socket lives in a short runtime dir: under a long state dir its path would
+	// not fit sun_path (107 bytes).
+	run := rundir.For(dir)
+	if err := rundir.Ensure(run); err != nil {
+		return nil, fmt.Errorf("vm driver: %w", err)
+	}
+	socket := filepath.Join(run, "driver.sock")
 	_ = os.Remove(socket) // stale from a previous run
 	args, err := VMArgs(env, socket, dir, os.Getpid())
 	if err != nil {

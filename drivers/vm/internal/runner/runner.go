@@ -10,12 +10,14 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
 
 	"github.com/openshell/openshell/drivers/vm/internal/state"
+	"github.com/openshell/openshell/internal/rundir"
 	proxy "github.com/openshell/openshell/supervisor/egress"
 )
 
@@ -134,7 +136,12 @@ func Run(ctx context.Context, dir string, o Options) (retErr error) {
 	}
 	defer finish()
 
-	// Control socket first: the driver polls it to see the runner is alive.
+	// Control socket first: the driver polls it to see the runner is alive. Its
+	// runtime dir may be gone (tmpfs after a reboot) or never made (first boot).
+	if err := rundir.Ensure(filepath.Dir(paths.ControlSocket)); err != nil {
+		setReason(ReasonBootFailed, "runtime dir")
+		return fmt.Errorf("runner: %w", err)
+	}
 	os.Remove(paths.ControlSocket)
 	old := syscall.Umask(0o177)
 	cl, err := net.Listen("unix", paths.ControlSocket)

@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/openshell/openshell/internal/rundir"
 )
 
 // File names inside a sandbox state directory. Short on purpose: Unix socket paths
@@ -89,7 +91,7 @@ func (r *Record) UnmarshalJSON(b []byte) error {
 	return nil
 }
 
-// Paths are the files of one sandbox (all inside Dir).
+// Paths are the files of one sandbox: inside Dir, its sockets inside RunDir(Dir).
 type Paths struct {
 	Dir           string `json:"dir"`
 	ControlSocket string `json:"control_socket"`
@@ -100,17 +102,26 @@ type Paths struct {
 	VMMDir        string `json:"vmm_dir"`
 }
 
-// PathsFor returns the canonical paths of a sandbox directory.
+// PathsFor returns the canonical paths of a sandbox directory. Its sockets (the
+// control socket and the VMM's) live in RunDir(dir): under a long state dir their
+// paths would not fit sun_path (107 bytes).
 func PathsFor(dir string) Paths {
+	run := RunDir(dir)
 	return Paths{
 		Dir:           dir,
-		ControlSocket: filepath.Join(dir, ControlSocket),
+		ControlSocket: filepath.Join(run, ControlSocket),
 		ConsoleLog:    filepath.Join(dir, ConsoleLog),
 		RunnerLog:     filepath.Join(dir, RunnerLog),
 		Disk:          filepath.Join(dir, DiskFile),
 		Tombstone:     filepath.Join(dir, TombstoneFile),
-		VMMDir:        filepath.Join(dir, VMMDir),
+		VMMDir:        filepath.Join(run, VMMDir),
 	}
+}
+
+// RunDir is the short runtime directory (0700, per driver state dir) holding a
+// sandbox directory's sockets; rundir.Ensure creates it.
+func RunDir(dir string) string {
+	return filepath.Join(rundir.For(filepath.Dir(dir)), filepath.Base(dir))
 }
 
 // Tombstone is what a runner leaves when its VM is gone.
