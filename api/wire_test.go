@@ -69,15 +69,12 @@ func TestOpenShellServiceSubset(t *testing.T) {
 	if got := svc.ParentFile().Path(); got != "openshell.proto" {
 		t.Errorf("OpenShell defined in %q, want flat path openshell.proto", got)
 	}
-	methods := svc.Methods()
-	if methods.Len() != len(want) {
-		t.Errorf("OpenShell has %d RPCs, want %d", methods.Len(), len(want))
-	}
-	for i := 0; i < methods.Len(); i++ {
-		m := methods.Get(i)
-		w, ok := want[string(m.Name())]
-		if !ok {
-			t.Errorf("unexpected RPC %s", m.Name())
+	// The full service (67 RPCs) is compared with the tables in table_test.go; this
+	// pins the subset every component codes against.
+	for name, w := range want {
+		m := svc.Methods().ByName(protoreflect.Name(name))
+		if m == nil {
+			t.Errorf("RPC %s missing", name)
 			continue
 		}
 		if m.Input().FullName() != w.in || m.Output().FullName() != w.out {

@@ -54,12 +54,12 @@ func TestVMSandboxProvidersOnlyToRunner(t *testing.T) {
 		t.Fatal(err)
 	}
 	c := e.extClient(&tls.Config{RootCAs: e.bundle.CertPool(), MinVersion: tls.VersionTLS13}, tok)
-	ask := func(cred string) (*openshellv1.GetSandboxProvidersResponse, error) {
+	ask := func(cred string) (*openshellv1.GetSandboxProviderEnvironmentResponse, error) {
 		cctx := ctx
 		if cred != "" {
 			cctx = metadata.AppendToOutgoingContext(ctx, hostcred.MetadataKey, cred)
 		}
-		return c.GetSandboxProviders(cctx, &openshellv1.GetSandboxProvidersRequest{SandboxId: id})
+		return c.GetSandboxProviderEnvironment(cctx, envReq(id))
 	}
 	for _, tc := range []struct{ name, cred string }{
 		{"token only (the guest)", ""},
@@ -82,7 +82,7 @@ func TestVMSandboxProvidersOnlyToRunner(t *testing.T) {
 	if err != nil {
 		t.Fatalf("the runner credential was refused: %v", err)
 	}
-	if len(got.GetProviders()) != 1 || got.GetProviders()[0].GetCredentials()["GITHUB_TOKEN"] != ghSecret {
+	if ps := decodeEnv(t, got); len(ps) != 1 || ps[0].Credentials["GITHUB_TOKEN"] != ghSecret {
 		t.Fatalf("runner got %v", got)
 	}
 }
@@ -116,7 +116,7 @@ func TestAttachedVMDriverGetsNoValues(t *testing.T) {
 	createGitHubProvider(t, e.userExt())
 	id := e.create("agent", "github").GetMetadata().GetId()
 	cctx := metadata.AppendToOutgoingContext(ctx, hostcred.MetadataKey, hostcred.Derive(nil, id))
-	got, err := e.sandboxExt(id).GetSandboxProviders(cctx, &openshellv1.GetSandboxProvidersRequest{SandboxId: id})
+	got, err := e.sandboxExt(id).GetSandboxProviderEnvironment(cctx, envReq(id))
 	wantCode(t, err, codes.PermissionDenied)
 	if strings.Contains(got.String(), ghSecret) || !strings.Contains(err.Error(), "no runner key") {
 		t.Fatalf("answer %v, %v", got, err)

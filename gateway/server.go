@@ -177,10 +177,9 @@ func (s *Server) Close() error {
 	return nil
 }
 
-// Register adds the OpenShell and OpenShellExt services to a gRPC server.
+// Register adds the OpenShell service to a gRPC server.
 func (s *Server) Register(r grpc.ServiceRegistrar) {
 	openshellv1.RegisterOpenShellServer(r, s)
-	openshellv1.RegisterOpenShellExtServer(r, &extServer{s: s})
 }
 
 // NewGRPCServer returns a gRPC server with the auth and error-mapping interceptors

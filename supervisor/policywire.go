@@ -113,16 +113,12 @@ func initialPolicy(cfg *bootstrap.Config, gw *sandboxv1.GetSandboxConfigResponse
 func fetchProviders(ctx context.Context, cc grpc.ClientConnInterface, id string) ([]credentials.Provider, error) {
 	ctx, cancel := context.WithTimeout(ctx, 20*time.Second)
 	defer cancel()
-	c := pb.NewOpenShellExtClient(cc)
+	c := pb.NewOpenShellClient(cc)
 	for {
-		resp, err := c.GetSandboxProviders(ctx, &pb.GetSandboxProvidersRequest{SandboxId: id}, grpc.WaitForReady(true))
+		resp, err := c.GetSandboxProviderEnvironment(ctx, &pb.GetSandboxProviderEnvironmentRequest{SandboxId: id, SupportsStaticCredentialBindings: true}, grpc.WaitForReady(true))
 		switch status.Code(err) {
 		case codes.OK:
-			var out []credentials.Provider
-			for _, p := range resp.GetProviders() {
-				out = append(out, credentials.ProviderFromProto(p))
-			}
-			return out, nil
+			return credentials.ProvidersFromEnvironment(resp)
 		case codes.Unimplemented, codes.NotFound:
 			return nil, nil
 		case codes.Unavailable, codes.DeadlineExceeded, codes.Aborted, codes.ResourceExhausted:
@@ -381,13 +377,13 @@ func processChange(start, next policy.Process) string {
 // report tells the gateway whether a version was applied; a gateway without the RPC
 // is not an error.
 func (w *policyWatcher) report(ctx context.Context, version uint32, applyErr error) {
-	req := &pb.ReportPolicyStatusRequest{SandboxId: w.id, Version: version, Applied: applyErr == nil}
+	req := &pb.ReportPolicyStatusRequest{SandboxId: w.id, Version: version, Status: pb.PolicyStatus_POLICY_STATUS_LOADED}
 	if applyErr != nil {
-		req.Error = applyErr.Error()
+		req.Status, req.LoadError = pb.PolicyStatus_POLICY_STATUS_FAILED, applyErr.Error()
 	}
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	if _, err := pb.NewOpenShellExtClient(w.cc).ReportPolicyStatus(ctx, req); err != nil && status.Code(err) != codes.Unimplemented {
+	if _, err := pb.NewOpenShellClient(w.cc).ReportPolicyStatus(ctx, req); err != nil && status.Code(err) != codes.Unimplemented {
 		w.log.Warn("policy status not reported", "version", version, "err", err)
 	}
 }

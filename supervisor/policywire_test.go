@@ -67,7 +67,7 @@ func (r *reportConn) Invoke(_ context.Context, method string, args, _ any, _ ...
 	if r.unimpl {
 		return status.Error(codes.Unimplemented, "no")
 	}
-	if method != pb.OpenShellExt_ReportPolicyStatus_FullMethodName {
+	if method != pb.OpenShell_ReportPolicyStatus_FullMethodName {
 		return status.Errorf(codes.Unimplemented, "unexpected %s", method)
 	}
 	r.mu.Lock()
@@ -114,7 +114,7 @@ func TestPolicyWatcherApply(t *testing.T) {
 	if !allowed() {
 		t.Fatal("version 2 not applied")
 	}
-	if r := rc.last(); r == nil || r.GetVersion() != 2 || !r.GetApplied() || r.GetSandboxId() != "sb" {
+	if r := rc.last(); r == nil || r.GetVersion() != 2 || (r.GetStatus() != pb.PolicyStatus_POLICY_STATUS_LOADED) || r.GetSandboxId() != "sb" {
 		t.Fatalf("report %v", r)
 	}
 	bad := valid.ToProto()
@@ -124,7 +124,7 @@ func TestPolicyWatcherApply(t *testing.T) {
 	if !allowed() {
 		t.Fatal("retain_last_valid dropped the last valid policy")
 	}
-	if r := rc.last(); r.GetVersion() != 3 || r.GetApplied() || r.GetError() == "" {
+	if r := rc.last(); r.GetVersion() != 3 || (r.GetStatus() == pb.PolicyStatus_POLICY_STATUS_LOADED) || r.GetLoadError() == "" {
 		t.Fatalf("report %v", r)
 	}
 	// fail_closed (also the default for an empty mode) denies everything.
@@ -132,7 +132,7 @@ func TestPolicyWatcherApply(t *testing.T) {
 	if allowed() {
 		t.Fatal("fail_closed kept the old rules")
 	}
-	if r := rc.last(); r.GetVersion() != 4 || r.GetApplied() {
+	if r := rc.last(); r.GetVersion() != 4 || (r.GetStatus() == pb.PolicyStatus_POLICY_STATUS_LOADED) {
 		t.Fatalf("report %v", r)
 	}
 	// A gateway without the status RPC: the policy still applies.
@@ -213,12 +213,12 @@ func TestPolicyWatcherProcessChange(t *testing.T) {
 		t.Fatal("the network rules of a version that changes process were not applied")
 	}
 	r := rc.last()
-	if r == nil || r.GetVersion() != 2 || r.GetApplied() {
+	if r == nil || r.GetVersion() != 2 || (r.GetStatus() == pb.PolicyStatus_POLICY_STATUS_LOADED) {
 		t.Fatalf("report %v, want version 2 not applied", r)
 	}
 	for _, s := range []string{`process.run_as_user from "agent" to "other"`, "agent (uid 2345, gid 2345)", "network_policies were applied", "recreate the sandbox"} {
-		if !strings.Contains(r.GetError(), s) {
-			t.Fatalf("report error %q lacks %q", r.GetError(), s)
+		if !strings.Contains(r.GetLoadError(), s) {
+			t.Fatalf("report error %q lacks %q", r.GetLoadError(), s)
 		}
 	}
 	if w.version != 2 {
@@ -230,7 +230,7 @@ func TestPolicyWatcherProcessChange(t *testing.T) {
 		t.Fatal(err)
 	}
 	w.apply(t.Context(), &sandboxv1.GetSandboxConfigResponse{Policy: same.ToProto(), Version: 3})
-	if r := rc.last(); r.GetVersion() != 3 || !r.GetApplied() || r.GetError() != "" {
+	if r := rc.last(); r.GetVersion() != 3 || (r.GetStatus() != pb.PolicyStatus_POLICY_STATUS_LOADED) || r.GetLoadError() != "" {
 		t.Fatalf("report %v, want version 3 applied", r)
 	}
 }

@@ -148,6 +148,235 @@ func (SandboxPhase) EnumDescriptor() ([]byte, []int) {
 	return file_openshell_proto_rawDescGZIP(), []int{1}
 }
 
+type PolicyStatus int32
+
+const (
+	PolicyStatus_POLICY_STATUS_UNSPECIFIED PolicyStatus = 0
+	PolicyStatus_POLICY_STATUS_PENDING     PolicyStatus = 1
+	PolicyStatus_POLICY_STATUS_LOADED      PolicyStatus = 2
+	PolicyStatus_POLICY_STATUS_FAILED      PolicyStatus = 3
+	PolicyStatus_POLICY_STATUS_SUPERSEDED  PolicyStatus = 4
+)
+
+// Enum value maps for PolicyStatus.
+var (
+	PolicyStatus_name = map[int32]string{
+		0: "POLICY_STATUS_UNSPECIFIED",
+		1: "POLICY_STATUS_PENDING",
+		2: "POLICY_STATUS_LOADED",
+		3: "POLICY_STATUS_FAILED",
+		4: "POLICY_STATUS_SUPERSEDED",
+	}
+	PolicyStatus_value = map[string]int32{
+		"POLICY_STATUS_UNSPECIFIED": 0,
+		"POLICY_STATUS_PENDING":     1,
+		"POLICY_STATUS_LOADED":      2,
+		"POLICY_STATUS_FAILED":      3,
+		"POLICY_STATUS_SUPERSEDED":  4,
+	}
+)
+
+func (x PolicyStatus) Enum() *PolicyStatus {
+	p := new(PolicyStatus)
+	*p = x
+	return p
+}
+
+func (x PolicyStatus) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (PolicyStatus) Descriptor() protoreflect.EnumDescriptor {
+	return file_openshell_proto_enumTypes[2].Descriptor()
+}
+
+func (PolicyStatus) Type() protoreflect.EnumType {
+	return &file_openshell_proto_enumTypes[2]
+}
+
+func (x PolicyStatus) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use PolicyStatus.Descriptor instead.
+func (PolicyStatus) EnumDescriptor() ([]byte, []int) {
+	return file_openshell_proto_rawDescGZIP(), []int{2}
+}
+
+type ProviderCredentialRefreshStrategy int32
+
+const (
+	ProviderCredentialRefreshStrategy_PROVIDER_CREDENTIAL_REFRESH_STRATEGY_UNSPECIFIED                ProviderCredentialRefreshStrategy = 0
+	ProviderCredentialRefreshStrategy_PROVIDER_CREDENTIAL_REFRESH_STRATEGY_STATIC                     ProviderCredentialRefreshStrategy = 1
+	ProviderCredentialRefreshStrategy_PROVIDER_CREDENTIAL_REFRESH_STRATEGY_EXTERNAL                   ProviderCredentialRefreshStrategy = 2
+	ProviderCredentialRefreshStrategy_PROVIDER_CREDENTIAL_REFRESH_STRATEGY_OAUTH2_REFRESH_TOKEN       ProviderCredentialRefreshStrategy = 3
+	ProviderCredentialRefreshStrategy_PROVIDER_CREDENTIAL_REFRESH_STRATEGY_OAUTH2_CLIENT_CREDENTIALS  ProviderCredentialRefreshStrategy = 4
+	ProviderCredentialRefreshStrategy_PROVIDER_CREDENTIAL_REFRESH_STRATEGY_GOOGLE_SERVICE_ACCOUNT_JWT ProviderCredentialRefreshStrategy = 5
+	ProviderCredentialRefreshStrategy_PROVIDER_CREDENTIAL_REFRESH_STRATEGY_AWS_STS_ASSUME_ROLE        ProviderCredentialRefreshStrategy = 6
+)
+
+// Enum value maps for ProviderCredentialRefreshStrategy.
+var (
+	ProviderCredentialRefreshStrategy_name = map[int32]string{
+		0: "PROVIDER_CREDENTIAL_REFRESH_STRATEGY_UNSPECIFIED",
+		1: "PROVIDER_CREDENTIAL_REFRESH_STRATEGY_STATIC",
+		2: "PROVIDER_CREDENTIAL_REFRESH_STRATEGY_EXTERNAL",
+		3: "PROVIDER_CREDENTIAL_REFRESH_STRATEGY_OAUTH2_REFRESH_TOKEN",
+		4: "PROVIDER_CREDENTIAL_REFRESH_STRATEGY_OAUTH2_CLIENT_CREDENTIALS",
+		5: "PROVIDER_CREDENTIAL_REFRESH_STRATEGY_GOOGLE_SERVICE_ACCOUNT_JWT",
+		6: "PROVIDER_CREDENTIAL_REFRESH_STRATEGY_AWS_STS_ASSUME_ROLE",
+	}
+	ProviderCredentialRefreshStrategy_value = map[string]int32{
+		"PROVIDER_CREDENTIAL_REFRESH_STRATEGY_UNSPECIFIED":                0,
+		"PROVIDER_CREDENTIAL_REFRESH_STRATEGY_STATIC":                     1,
+		"PROVIDER_CREDENTIAL_REFRESH_STRATEGY_EXTERNAL":                   2,
+		"PROVIDER_CREDENTIAL_REFRESH_STRATEGY_OAUTH2_REFRESH_TOKEN":       3,
+		"PROVIDER_CREDENTIAL_REFRESH_STRATEGY_OAUTH2_CLIENT_CREDENTIALS":  4,
+		"PROVIDER_CREDENTIAL_REFRESH_STRATEGY_GOOGLE_SERVICE_ACCOUNT_JWT": 5,
+		"PROVIDER_CREDENTIAL_REFRESH_STRATEGY_AWS_STS_ASSUME_ROLE":        6,
+	}
+)
+
+func (x ProviderCredentialRefreshStrategy) Enum() *ProviderCredentialRefreshStrategy {
+	p := new(ProviderCredentialRefreshStrategy)
+	*p = x
+	return p
+}
+
+func (x ProviderCredentialRefreshStrategy) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (ProviderCredentialRefreshStrategy) Descriptor() protoreflect.EnumDescriptor {
+	return file_openshell_proto_enumTypes[3].Descriptor()
+}
+
+func (ProviderCredentialRefreshStrategy) Type() protoreflect.EnumType {
+	return &file_openshell_proto_enumTypes[3]
+}
+
+func (x ProviderCredentialRefreshStrategy) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use ProviderCredentialRefreshStrategy.Descriptor instead.
+func (ProviderCredentialRefreshStrategy) EnumDescriptor() ([]byte, []int) {
+	return file_openshell_proto_rawDescGZIP(), []int{3}
+}
+
+type ProviderProfileCategory int32
+
+const (
+	ProviderProfileCategory_PROVIDER_PROFILE_CATEGORY_UNSPECIFIED    ProviderProfileCategory = 0
+	ProviderProfileCategory_PROVIDER_PROFILE_CATEGORY_OTHER          ProviderProfileCategory = 1
+	ProviderProfileCategory_PROVIDER_PROFILE_CATEGORY_INFERENCE      ProviderProfileCategory = 2
+	ProviderProfileCategory_PROVIDER_PROFILE_CATEGORY_AGENT          ProviderProfileCategory = 3
+	ProviderProfileCategory_PROVIDER_PROFILE_CATEGORY_SOURCE_CONTROL ProviderProfileCategory = 4
+	ProviderProfileCategory_PROVIDER_PROFILE_CATEGORY_MESSAGING      ProviderProfileCategory = 5
+	ProviderProfileCategory_PROVIDER_PROFILE_CATEGORY_DATA           ProviderProfileCategory = 6
+	ProviderProfileCategory_PROVIDER_PROFILE_CATEGORY_KNOWLEDGE      ProviderProfileCategory = 7
+)
+
+// Enum value maps for ProviderProfileCategory.
+var (
+	ProviderProfileCategory_name = map[int32]string{
+		0: "PROVIDER_PROFILE_CATEGORY_UNSPECIFIED",
+		1: "PROVIDER_PROFILE_CATEGORY_OTHER",
+		2: "PROVIDER_PROFILE_CATEGORY_INFERENCE",
+		3: "PROVIDER_PROFILE_CATEGORY_AGENT",
+		4: "PROVIDER_PROFILE_CATEGORY_SOURCE_CONTROL",
+		5: "PROVIDER_PROFILE_CATEGORY_MESSAGING",
+		6: "PROVIDER_PROFILE_CATEGORY_DATA",
+		7: "PROVIDER_PROFILE_CATEGORY_KNOWLEDGE",
+	}
+	ProviderProfileCategory_value = map[string]int32{
+		"PROVIDER_PROFILE_CATEGORY_UNSPECIFIED":    0,
+		"PROVIDER_PROFILE_CATEGORY_OTHER":          1,
+		"PROVIDER_PROFILE_CATEGORY_INFERENCE":      2,
+		"PROVIDER_PROFILE_CATEGORY_AGENT":          3,
+		"PROVIDER_PROFILE_CATEGORY_SOURCE_CONTROL": 4,
+		"PROVIDER_PROFILE_CATEGORY_MESSAGING":      5,
+		"PROVIDER_PROFILE_CATEGORY_DATA":           6,
+		"PROVIDER_PROFILE_CATEGORY_KNOWLEDGE":      7,
+	}
+)
+
+func (x ProviderProfileCategory) Enum() *ProviderProfileCategory {
+	p := new(ProviderProfileCategory)
+	*p = x
+	return p
+}
+
+func (x ProviderProfileCategory) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (ProviderProfileCategory) Descriptor() protoreflect.EnumDescriptor {
+	return file_openshell_proto_enumTypes[4].Descriptor()
+}
+
+func (ProviderProfileCategory) Type() protoreflect.EnumType {
+	return &file_openshell_proto_enumTypes[4]
+}
+
+func (x ProviderProfileCategory) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use ProviderProfileCategory.Descriptor instead.
+func (ProviderProfileCategory) EnumDescriptor() ([]byte, []int) {
+	return file_openshell_proto_rawDescGZIP(), []int{4}
+}
+
+type WorkspaceRole int32
+
+const (
+	WorkspaceRole_WORKSPACE_ROLE_UNSPECIFIED WorkspaceRole = 0
+	WorkspaceRole_WORKSPACE_ROLE_USER        WorkspaceRole = 1
+	WorkspaceRole_WORKSPACE_ROLE_ADMIN       WorkspaceRole = 2
+)
+
+// Enum value maps for WorkspaceRole.
+var (
+	WorkspaceRole_name = map[int32]string{
+		0: "WORKSPACE_ROLE_UNSPECIFIED",
+		1: "WORKSPACE_ROLE_USER",
+		2: "WORKSPACE_ROLE_ADMIN",
+	}
+	WorkspaceRole_value = map[string]int32{
+		"WORKSPACE_ROLE_UNSPECIFIED": 0,
+		"WORKSPACE_ROLE_USER":        1,
+		"WORKSPACE_ROLE_ADMIN":       2,
+	}
+)
+
+func (x WorkspaceRole) Enum() *WorkspaceRole {
+	p := new(WorkspaceRole)
+	*p = x
+	return p
+}
+
+func (x WorkspaceRole) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (WorkspaceRole) Descriptor() protoreflect.EnumDescriptor {
+	return file_openshell_proto_enumTypes[5].Descriptor()
+}
+
+func (WorkspaceRole) Type() protoreflect.EnumType {
+	return &file_openshell_proto_enumTypes[5]
+}
+
+func (x WorkspaceRole) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use WorkspaceRole.Descriptor instead.
+func (WorkspaceRole) EnumDescriptor() ([]byte, []int) {
+	return file_openshell_proto_rawDescGZIP(), []int{5}
+}
+
 type HealthRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -3965,6 +4194,7676 @@ func (*ReportMainProcessExitResponse) Descriptor() ([]byte, []int) {
 	return file_openshell_proto_rawDescGZIP(), []int{56}
 }
 
+type AddAllowRules struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Host          string                 `protobuf:"bytes,1,opt,name=host,proto3" json:"host,omitempty"`
+	Port          uint32                 `protobuf:"varint,2,opt,name=port,proto3" json:"port,omitempty"`
+	Rules         []*sandboxv1.L7Rule    `protobuf:"bytes,3,rep,name=rules,proto3" json:"rules,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AddAllowRules) Reset() {
+	*x = AddAllowRules{}
+	mi := &file_openshell_proto_msgTypes[57]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AddAllowRules) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AddAllowRules) ProtoMessage() {}
+
+func (x *AddAllowRules) ProtoReflect() protoreflect.Message {
+	mi := &file_openshell_proto_msgTypes[57]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AddAllowRules.ProtoReflect.Descriptor instead.
+func (*AddAllowRules) Descriptor() ([]byte, []int) {
+	return file_openshell_proto_rawDescGZIP(), []int{57}
+}
+
+func (x *AddAllowRules) GetHost() string {
+	if x != nil {
+		return x.Host
+	}
+	return ""
+}
+
+func (x *AddAllowRules) GetPort() uint32 {
+	if x != nil {
+		return x.Port
+	}
+	return 0
+}
+
+func (x *AddAllowRules) GetRules() []*sandboxv1.L7Rule {
+	if x != nil {
+		return x.Rules
+	}
+	return nil
+}
+
+type AddDenyRules struct {
+	state         protoimpl.MessageState  `protogen:"open.v1"`
+	Host          string                  `protobuf:"bytes,1,opt,name=host,proto3" json:"host,omitempty"`
+	Port          uint32                  `protobuf:"varint,2,opt,name=port,proto3" json:"port,omitempty"`
+	DenyRules     []*sandboxv1.L7DenyRule `protobuf:"bytes,3,rep,name=deny_rules,json=denyRules,proto3" json:"deny_rules,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AddDenyRules) Reset() {
+	*x = AddDenyRules{}
+	mi := &file_openshell_proto_msgTypes[58]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AddDenyRules) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AddDenyRules) ProtoMessage() {}
+
+func (x *AddDenyRules) ProtoReflect() protoreflect.Message {
+	mi := &file_openshell_proto_msgTypes[58]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AddDenyRules.ProtoReflect.Descriptor instead.
+func (*AddDenyRules) Descriptor() ([]byte, []int) {
+	return file_openshell_proto_rawDescGZIP(), []int{58}
+}
+
+func (x *AddDenyRules) GetHost() string {
+	if x != nil {
+		return x.Host
+	}
+	return ""
+}
+
+func (x *AddDenyRules) GetPort() uint32 {
+	if x != nil {
+		return x.Port
+	}
+	return 0
+}
+
+func (x *AddDenyRules) GetDenyRules() []*sandboxv1.L7DenyRule {
+	if x != nil {
+		return x.DenyRules
+	}
+	return nil
+}
+
+type AddNetworkRule struct {
+	state         protoimpl.MessageState       `protogen:"open.v1"`
+	RuleName      string                       `protobuf:"bytes,1,opt,name=rule_name,json=ruleName,proto3" json:"rule_name,omitempty"`
+	Rule          *sandboxv1.NetworkPolicyRule `protobuf:"bytes,2,opt,name=rule,proto3" json:"rule,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AddNetworkRule) Reset() {
+	*x = AddNetworkRule{}
+	mi := &file_openshell_proto_msgTypes[59]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AddNetworkRule) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AddNetworkRule) ProtoMessage() {}
+
+func (x *AddNetworkRule) ProtoReflect() protoreflect.Message {
+	mi := &file_openshell_proto_msgTypes[59]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AddNetworkRule.ProtoReflect.Descriptor instead.
+func (*AddNetworkRule) Descriptor() ([]byte, []int) {
+	return file_openshell_proto_rawDescGZIP(), []int{59}
+}
+
+func (x *AddNetworkRule) GetRuleName() string {
+	if x != nil {
+		return x.RuleName
+	}
+	return ""
+}
+
+func (x *AddNetworkRule) GetRule() *sandboxv1.NetworkPolicyRule {
+	if x != nil {
+		return x.Rule
+	}
+	return nil
+}
+
+type AddWorkspaceMemberRequest struct {
+	state            protoimpl.MessageState `protogen:"open.v1"`
+	Workspace        string                 `protobuf:"bytes,1,opt,name=workspace,proto3" json:"workspace,omitempty"`
+	PrincipalSubject string                 `protobuf:"bytes,2,opt,name=principal_subject,json=principalSubject,proto3" json:"principal_subject,omitempty"`
+	Role             WorkspaceRole          `protobuf:"varint,3,opt,name=role,proto3,enum=openshell.v1.WorkspaceRole" json:"role,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *AddWorkspaceMemberRequest) Reset() {
+	*x = AddWorkspaceMemberRequest{}
+	mi := &file_openshell_proto_msgTypes[60]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AddWorkspaceMemberRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AddWorkspaceMemberRequest) ProtoMessage() {}
+
+func (x *AddWorkspaceMemberRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_openshell_proto_msgTypes[60]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AddWorkspaceMemberRequest.ProtoReflect.Descriptor instead.
+func (*AddWorkspaceMemberRequest) Descriptor() ([]byte, []int) {
+	return file_openshell_proto_rawDescGZIP(), []int{60}
+}
+
+func (x *AddWorkspaceMemberRequest) GetWorkspace() string {
+	if x != nil {
+		return x.Workspace
+	}
+	return ""
+}
+
+func (x *AddWorkspaceMemberRequest) GetPrincipalSubject() string {
+	if x != nil {
+		return x.PrincipalSubject
+	}
+	return ""
+}
+
+func (x *AddWorkspaceMemberRequest) GetRole() WorkspaceRole {
+	if x != nil {
+		return x.Role
+	}
+	return WorkspaceRole_WORKSPACE_ROLE_UNSPECIFIED
+}
+
+type AddWorkspaceMemberResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Member        *WorkspaceMember       `protobuf:"bytes,1,opt,name=member,proto3" json:"member,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AddWorkspaceMemberResponse) Reset() {
+	*x = AddWorkspaceMemberResponse{}
+	mi := &file_openshell_proto_msgTypes[61]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AddWorkspaceMemberResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AddWorkspaceMemberResponse) ProtoMessage() {}
+
+func (x *AddWorkspaceMemberResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_openshell_proto_msgTypes[61]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AddWorkspaceMemberResponse.ProtoReflect.Descriptor instead.
+func (*AddWorkspaceMemberResponse) Descriptor() ([]byte, []int) {
+	return file_openshell_proto_rawDescGZIP(), []int{61}
+}
+
+func (x *AddWorkspaceMemberResponse) GetMember() *WorkspaceMember {
+	if x != nil {
+		return x.Member
+	}
+	return nil
+}
+
+type ApproveAllDraftChunksRequest struct {
+	state                  protoimpl.MessageState `protogen:"open.v1"`
+	Name                   string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	IncludeSecurityFlagged bool                   `protobuf:"varint,2,opt,name=include_security_flagged,json=includeSecurityFlagged,proto3" json:"include_security_flagged,omitempty"`
+	Workspace              string                 `protobuf:"bytes,3,opt,name=workspace,proto3" json:"workspace,omitempty"`
+	Approvals              []*DraftChunkApproval  `protobuf:"bytes,4,rep,name=approvals,proto3" json:"approvals,omitempty"`
+	unknownFields          protoimpl.UnknownFields
+	sizeCache              protoimpl.SizeCache
+}
+
+func (x *ApproveAllDraftChunksRequest) Reset() {
+	*x = ApproveAllDraftChunksRequest{}
+	mi := &file_openshell_proto_msgTypes[62]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ApproveAllDraftChunksRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ApproveAllDraftChunksRequest) ProtoMessage() {}
+
+func (x *ApproveAllDraftChunksRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_openshell_proto_msgTypes[62]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ApproveAllDraftChunksRequest.ProtoReflect.Descriptor instead.
+func (*ApproveAllDraftChunksRequest) Descriptor() ([]byte, []int) {
+	return file_openshell_proto_rawDescGZIP(), []int{62}
+}
+
+func (x *ApproveAllDraftChunksRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ApproveAllDraftChunksRequest) GetIncludeSecurityFlagged() bool {
+	if x != nil {
+		return x.IncludeSecurityFlagged
+	}
+	return false
+}
+
+func (x *ApproveAllDraftChunksRequest) GetWorkspace() string {
+	if x != nil {
+		return x.Workspace
+	}
+	return ""
+}
+
+func (x *ApproveAllDraftChunksRequest) GetApprovals() []*DraftChunkApproval {
+	if x != nil {
+		return x.Approvals
+	}
+	return nil
+}
+
+type ApproveAllDraftChunksResponse struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	PolicyVersion  uint32                 `protobuf:"varint,1,opt,name=policy_version,json=policyVersion,proto3" json:"policy_version,omitempty"`
+	PolicyHash     string                 `protobuf:"bytes,2,opt,name=policy_hash,json=policyHash,proto3" json:"policy_hash,omitempty"`
+	ChunksApproved uint32                 `protobuf:"varint,3,opt,name=chunks_approved,json=chunksApproved,proto3" json:"chunks_approved,omitempty"`
+	ChunksSkipped  uint32                 `protobuf:"varint,4,opt,name=chunks_skipped,json=chunksSkipped,proto3" json:"chunks_skipped,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *ApproveAllDraftChunksResponse) Reset() {
+	*x = ApproveAllDraftChunksResponse{}
+	mi := &file_openshell_proto_msgTypes[63]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ApproveAllDraftChunksResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ApproveAllDraftChunksResponse) ProtoMessage() {}
+
+func (x *ApproveAllDraftChunksResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_openshell_proto_msgTypes[63]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ApproveAllDraftChunksResponse.ProtoReflect.Descriptor instead.
+func (*ApproveAllDraftChunksResponse) Descriptor() ([]byte, []int) {
+	return file_openshell_proto_rawDescGZIP(), []int{63}
+}
+
+func (x *ApproveAllDraftChunksResponse) GetPolicyVersion() uint32 {
+	if x != nil {
+		return x.PolicyVersion
+	}
+	return 0
+}
+
+func (x *ApproveAllDraftChunksResponse) GetPolicyHash() string {
+	if x != nil {
+		return x.PolicyHash
+	}
+	return ""
+}
+
+func (x *ApproveAllDraftChunksResponse) GetChunksApproved() uint32 {
+	if x != nil {
+		return x.ChunksApproved
+	}
+	return 0
+}
+
+func (x *ApproveAllDraftChunksResponse) GetChunksSkipped() uint32 {
+	if x != nil {
+		return x.ChunksSkipped
+	}
+	return 0
+}
+
+type ApproveDraftChunkRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	ChunkId       string                 `protobuf:"bytes,2,opt,name=chunk_id,json=chunkId,proto3" json:"chunk_id,omitempty"`
+	Workspace     string                 `protobuf:"bytes,3,opt,name=workspace,proto3" json:"workspace,omitempty"`
+	ReviewToken   string                 `protobuf:"bytes,4,opt,name=review_token,json=reviewToken,proto3" json:"review_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ApproveDraftChunkRequest) Reset() {
+	*x = ApproveDraftChunkRequest{}
+	mi := &file_openshell_proto_msgTypes[64]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ApproveDraftChunkRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ApproveDraftChunkRequest) ProtoMessage() {}
+
+func (x *ApproveDraftChunkRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_openshell_proto_msgTypes[64]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ApproveDraftChunkRequest.ProtoReflect.Descriptor instead.
+func (*ApproveDraftChunkRequest) Descriptor() ([]byte, []int) {
+	return file_openshell_proto_rawDescGZIP(), []int{64}
+}
+
+func (x *ApproveDraftChunkRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ApproveDraftChunkRequest) GetChunkId() string {
+	if x != nil {
+		return x.ChunkId
+	}
+	return ""
+}
+
+func (x *ApproveDraftChunkRequest) GetWorkspace() string {
+	if x != nil {
+		return x.Workspace
+	}
+	return ""
+}
+
+func (x *ApproveDraftChunkRequest) GetReviewToken() string {
+	if x != nil {
+		return x.ReviewToken
+	}
+	return ""
+}
+
+type ApproveDraftChunkResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	PolicyVersion uint32                 `protobuf:"varint,1,opt,name=policy_version,json=policyVersion,proto3" json:"policy_version,omitempty"`
+	PolicyHash    string                 `protobuf:"bytes,2,opt,name=policy_hash,json=policyHash,proto3" json:"policy_hash,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ApproveDraftChunkResponse) Reset() {
+	*x = ApproveDraftChunkResponse{}
+	mi := &file_openshell_proto_msgTypes[65]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ApproveDraftChunkResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ApproveDraftChunkResponse) ProtoMessage() {}
+
+func (x *ApproveDraftChunkResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_openshell_proto_msgTypes[65]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ApproveDraftChunkResponse.ProtoReflect.Descriptor instead.
+func (*ApproveDraftChunkResponse) Descriptor() ([]byte, []int) {
+	return file_openshell_proto_rawDescGZIP(), []int{65}
+}
+
+func (x *ApproveDraftChunkResponse) GetPolicyVersion() uint32 {
+	if x != nil {
+		return x.PolicyVersion
+	}
+	return 0
+}
+
+func (x *ApproveDraftChunkResponse) GetPolicyHash() string {
+	if x != nil {
+		return x.PolicyHash
+	}
+	return ""
+}
+
+type AttachSandboxProviderRequest struct {
+	state                   protoimpl.MessageState `protogen:"open.v1"`
+	SandboxName             string                 `protobuf:"bytes,1,opt,name=sandbox_name,json=sandboxName,proto3" json:"sandbox_name,omitempty"`
+	ProviderName            string                 `protobuf:"bytes,2,opt,name=provider_name,json=providerName,proto3" json:"provider_name,omitempty"`
+	ExpectedResourceVersion uint64                 `protobuf:"varint,3,opt,name=expected_resource_version,json=expectedResourceVersion,proto3" json:"expected_resource_version,omitempty"`
+	Workspace               string                 `protobuf:"bytes,4,opt,name=workspace,proto3" json:"workspace,omitempty"`
+	unknownFields           protoimpl.UnknownFields
+	sizeCache               protoimpl.SizeCache
+}
+
+func (x *AttachSandboxProviderRequest) Reset() {
+	*x = AttachSandboxProviderRequest{}
+	mi := &file_openshell_proto_msgTypes[66]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AttachSandboxProviderRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AttachSandboxProviderRequest) ProtoMessage() {}
+
+func (x *AttachSandboxProviderRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_openshell_proto_msgTypes[66]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AttachSandboxProviderRequest.ProtoReflect.Descriptor instead.
+func (*AttachSandboxProviderRequest) Descriptor() ([]byte, []int) {
+	return file_openshell_proto_rawDescGZIP(), []int{66}
+}
+
+func (x *AttachSandboxProviderRequest) GetSandboxName() string {
+	if x != nil {
+		return x.SandboxName
+	}
+	return ""
+}
+
+func (x *AttachSandboxProviderRequest) GetProviderName() string {
+	if x != nil {
+		return x.ProviderName
+	}
+	return ""
+}
+
+func (x *AttachSandboxProviderRequest) GetExpectedResourceVersion() uint64 {
+	if x != nil {
+		return x.ExpectedResourceVersion
+	}
+	return 0
+}
+
+func (x *AttachSandboxProviderRequest) GetWorkspace() string {
+	if x != nil {
+		return x.Workspace
+	}
+	return ""
+}
+
+type AttachSandboxProviderResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Sandbox       *Sandbox               `protobuf:"bytes,1,opt,name=sandbox,proto3" json:"sandbox,omitempty"`
+	Attached      bool                   `protobuf:"varint,2,opt,name=attached,proto3" json:"attached,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AttachSandboxProviderResponse) Reset() {
+	*x = AttachSandboxProviderResponse{}
+	mi := &file_openshell_proto_msgTypes[67]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AttachSandboxProviderResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AttachSandboxProviderResponse) ProtoMessage() {}
+
+func (x *AttachSandboxProviderResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_openshell_proto_msgTypes[67]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AttachSandboxProviderResponse.ProtoReflect.Descriptor instead.
+func (*AttachSandboxProviderResponse) Descriptor() ([]byte, []int) {
+	return file_openshell_proto_rawDescGZIP(), []int{67}
+}
+
+func (x *AttachSandboxProviderResponse) GetSandbox() *Sandbox {
+	if x != nil {
+		return x.Sandbox
+	}
+	return nil
+}
+
+func (x *AttachSandboxProviderResponse) GetAttached() bool {
+	if x != nil {
+		return x.Attached
+	}
+	return false
+}
+
+type ClearDraftChunksRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Workspace     string                 `protobuf:"bytes,2,opt,name=workspace,proto3" json:"workspace,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ClearDraftChunksRequest) Reset() {
+	*x = ClearDraftChunksRequest{}
+	mi := &file_openshell_proto_msgTypes[68]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ClearDraftChunksRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ClearDraftChunksRequest) ProtoMessage() {}
+
+func (x *ClearDraftChunksRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_openshell_proto_msgTypes[68]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ClearDraftChunksRequest.ProtoReflect.Descriptor instead.
+func (*ClearDraftChunksRequest) Descriptor() ([]byte, []int) {
+	return file_openshell_proto_rawDescGZIP(), []int{68}
+}
+
+func (x *ClearDraftChunksRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ClearDraftChunksRequest) GetWorkspace() string {
+	if x != nil {
+		return x.Workspace
+	}
+	return ""
+}
+
+type ClearDraftChunksResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	ChunksCleared uint32                 `protobuf:"varint,1,opt,name=chunks_cleared,json=chunksCleared,proto3" json:"chunks_cleared,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ClearDraftChunksResponse) Reset() {
+	*x = ClearDraftChunksResponse{}
+	mi := &file_openshell_proto_msgTypes[69]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ClearDraftChunksResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ClearDraftChunksResponse) ProtoMessage() {}
+
+func (x *ClearDraftChunksResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_openshell_proto_msgTypes[69]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ClearDraftChunksResponse.ProtoReflect.Descriptor instead.
+func (*ClearDraftChunksResponse) Descriptor() ([]byte, []int) {
+	return file_openshell_proto_rawDescGZIP(), []int{69}
+}
+
+func (x *ClearDraftChunksResponse) GetChunksCleared() uint32 {
+	if x != nil {
+		return x.ChunksCleared
+	}
+	return 0
+}
+
+type ComputeDriverCapabilities struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	DriverName    string                 `protobuf:"bytes,1,opt,name=driver_name,json=driverName,proto3" json:"driver_name,omitempty"`
+	DriverVersion string                 `protobuf:"bytes,2,opt,name=driver_version,json=driverVersion,proto3" json:"driver_version,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ComputeDriverCapabilities) Reset() {
+	*x = ComputeDriverCapabilities{}
+	mi := &file_openshell_proto_msgTypes[70]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ComputeDriverCapabilities) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ComputeDriverCapabilities) ProtoMessage() {}
+
+func (x *ComputeDriverCapabilities) ProtoReflect() protoreflect.Message {
+	mi := &file_openshell_proto_msgTypes[70]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ComputeDriverCapabilities.ProtoReflect.Descriptor instead.
+func (*ComputeDriverCapabilities) Descriptor() ([]byte, []int) {
+	return file_openshell_proto_rawDescGZIP(), []int{70}
+}
+
+func (x *ComputeDriverCapabilities) GetDriverName() string {
+	if x != nil {
+		return x.DriverName
+	}
+	return ""
+}
+
+func (x *ComputeDriverCapabilities) GetDriverVersion() string {
+	if x != nil {
+		return x.DriverVersion
+	}
+	return ""
+}
+
+type ComputeDriverInfo struct {
+	state         protoimpl.MessageState     `protogen:"open.v1"`
+	Name          string                     `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Capabilities  *ComputeDriverCapabilities `protobuf:"bytes,2,opt,name=capabilities,proto3" json:"capabilities,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ComputeDriverInfo) Reset() {
+	*x = ComputeDriverInfo{}
+	mi := &file_openshell_proto_msgTypes[71]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ComputeDriverInfo) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ComputeDriverInfo) ProtoMessage() {}
+
+func (x *ComputeDriverInfo) ProtoReflect() protoreflect.Message {
+	mi := &file_openshell_proto_msgTypes[71]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ComputeDriverInfo.ProtoReflect.Descriptor instead.
+func (*ComputeDriverInfo) Descriptor() ([]byte, []int) {
+	return file_openshell_proto_rawDescGZIP(), []int{71}
+}
+
+func (x *ComputeDriverInfo) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ComputeDriverInfo) GetCapabilities() *ComputeDriverCapabilities {
+	if x != nil {
+		return x.Capabilities
+	}
+	return nil
+}
+
+type ConfigureProviderRefreshRequest struct {
+	state              protoimpl.MessageState            `protogen:"open.v1"`
+	Provider           string                            `protobuf:"bytes,1,opt,name=provider,proto3" json:"provider,omitempty"`
+	CredentialKey      string                            `protobuf:"bytes,2,opt,name=credential_key,json=credentialKey,proto3" json:"credential_key,omitempty"`
+	Strategy           ProviderCredentialRefreshStrategy `protobuf:"varint,3,opt,name=strategy,proto3,enum=openshell.v1.ProviderCredentialRefreshStrategy" json:"strategy,omitempty"`
+	Material           map[string]string                 `protobuf:"bytes,4,rep,name=material,proto3" json:"material,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	SecretMaterialKeys []string                          `protobuf:"bytes,5,rep,name=secret_material_keys,json=secretMaterialKeys,proto3" json:"secret_material_keys,omitempty"`
+	ExpiresAtMs        *int64                            `protobuf:"varint,6,opt,name=expires_at_ms,json=expiresAtMs,proto3,oneof" json:"expires_at_ms,omitempty"`
+	Workspace          string                            `protobuf:"bytes,7,opt,name=workspace,proto3" json:"workspace,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
+}
+
+func (x *ConfigureProviderRefreshRequest) Reset() {
+	*x = ConfigureProviderRefreshRequest{}
+	mi := &file_openshell_proto_msgTypes[72]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ConfigureProviderRefreshRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ConfigureProviderRefreshRequest) ProtoMessage() {}
+
+func (x *ConfigureProviderRefreshRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_openshell_proto_msgTypes[72]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ConfigureProviderRefreshRequest.ProtoReflect.Descriptor instead.
+func (*ConfigureProviderRefreshRequest) Descriptor() ([]byte, []int) {
+	return file_openshell_proto_rawDescGZIP(), []int{72}
+}
+
+func (x *ConfigureProviderRefreshRequest) GetProvider() string {
+	if x != nil {
+		return x.Provider
+	}
+	return ""
+}
+
+func (x *ConfigureProviderRefreshRequest) GetCredentialKey() string {
+	if x != nil {
+		return x.CredentialKey
+	}
+	return ""
+}
+
+func (x *ConfigureProviderRefreshRequest) GetStrategy() ProviderCredentialRefreshStrategy {
+	if x != nil {
+		return x.Strategy
+	}
+	return ProviderCredentialRefreshStrategy_PROVIDER_CREDENTIAL_REFRESH_STRATEGY_UNSPECIFIED
+}
+
+func (x *ConfigureProviderRefreshRequest) GetMaterial() map[string]string {
+	if x != nil {
+		return x.Material
+	}
+	return nil
+}
+
+func (x *ConfigureProviderRefreshRequest) GetSecretMaterialKeys() []string {
+	if x != nil {
+		return x.SecretMaterialKeys
+	}
+	return nil
+}
+
+func (x *ConfigureProviderRefreshRequest) GetExpiresAtMs() int64 {
+	if x != nil && x.ExpiresAtMs != nil {
+		return *x.ExpiresAtMs
+	}
+	return 0
+}
+
+func (x *ConfigureProviderRefreshRequest) GetWorkspace() string {
+	if x != nil {
+		return x.Workspace
+	}
+	return ""
+}
+
+type ConfigureProviderRefreshResponse struct {
+	state         protoimpl.MessageState           `protogen:"open.v1"`
+	Status        *ProviderCredentialRefreshStatus `protobuf:"bytes,1,opt,name=status,proto3" json:"status,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ConfigureProviderRefreshResponse) Reset() {
+	*x = ConfigureProviderRefreshResponse{}
+	mi := &file_openshell_proto_msgTypes[73]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ConfigureProviderRefreshResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ConfigureProviderRefreshResponse) ProtoMessage() {}
+
+func (x *ConfigureProviderRefreshResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_openshell_proto_msgTypes[73]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ConfigureProviderRefreshResponse.ProtoReflect.Descriptor instead.
+func (*ConfigureProviderRefreshResponse) Descriptor() ([]byte, []int) {
+	return file_openshell_proto_rawDescGZIP(), []int{73}
+}
+
+func (x *ConfigureProviderRefreshResponse) GetStatus() *ProviderCredentialRefreshStatus {
+	if x != nil {
+		return x.Status
+	}
+	return nil
+}
+
+type CreateProviderRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Provider      *datamodelv1.Provider  `protobuf:"bytes,1,opt,name=provider,proto3" json:"provider,omitempty"`
+	Workspace     string                 `protobuf:"bytes,2,opt,name=workspace,proto3" json:"workspace,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateProviderRequest) Reset() {
+	*x = CreateProviderRequest{}
+	mi := &file_openshell_proto_msgTypes[74]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateProviderRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateProviderRequest) ProtoMessage() {}
+
+func (x *CreateProviderRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_openshell_proto_msgTypes[74]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateProviderRequest.ProtoReflect.Descriptor instead.
+func (*CreateProviderRequest) Descriptor() ([]byte, []int) {
+	return file_openshell_proto_rawDescGZIP(), []int{74}
+}
+
+func (x *CreateProviderRequest) GetProvider() *datamodelv1.Provider {
+	if x != nil {
+		return x.Provider
+	}
+	return nil
+}
+
+func (x *CreateProviderRequest) GetWorkspace() string {
+	if x != nil {
+		return x.Workspace
+	}
+	return ""
+}
+
+type CreateWorkspaceRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Labels        map[string]string      `protobuf:"bytes,2,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateWorkspaceRequest) Reset() {
+	*x = CreateWorkspaceRequest{}
+	mi := &file_openshell_proto_msgTypes[75]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateWorkspaceRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateWorkspaceRequest) ProtoMessage() {}
+
+func (x *CreateWorkspaceRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_openshell_proto_msgTypes[75]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateWorkspaceRequest.ProtoReflect.Descriptor instead.
+func (*CreateWorkspaceRequest) Descriptor() ([]byte, []int) {
+	return file_openshell_proto_rawDescGZIP(), []int{75}
+}
+
+func (x *CreateWorkspaceRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *CreateWorkspaceRequest) GetLabels() map[string]string {
+	if x != nil {
+		return x.Labels
+	}
+	return nil
+}
+
+type CreateWorkspaceResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Workspace     *datamodelv1.Workspace `protobuf:"bytes,1,opt,name=workspace,proto3" json:"workspace,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateWorkspaceResponse) Reset() {
+	*x = CreateWorkspaceResponse{}
+	mi := &file_openshell_proto_msgTypes[76]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateWorkspaceResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateWorkspaceResponse) ProtoMessage() {}
+
+func (x *CreateWorkspaceResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_openshell_proto_msgTypes[76]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateWorkspaceResponse.ProtoReflect.Descriptor instead.
+func (*CreateWorkspaceResponse) Descriptor() ([]byte, []int) {
+	return file_openshell_proto_rawDescGZIP(), []int{76}
+}
+
+func (x *CreateWorkspaceResponse) GetWorkspace() *datamodelv1.Workspace {
+	if x != nil {
+		return x.Workspace
+	}
+	return nil
+}
+
+type DeleteProviderProfileRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Workspace     string                 `protobuf:"bytes,2,opt,name=workspace,proto3" json:"workspace,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteProviderProfileRequest) Reset() {
+	*x = DeleteProviderProfileRequest{}
+	mi := &file_openshell_proto_msgTypes[77]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteProviderProfileRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteProviderProfileRequest) ProtoMessage() {}
+
+func (x *DeleteProviderProfileRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_openshell_proto_msgTypes[77]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteProviderProfileRequest.ProtoReflect.Descriptor instead.
+func (*DeleteProviderProfileRequest) Descriptor() ([]byte, []int) {
+	return file_openshell_proto_rawDescGZIP(), []int{77}
+}
+
+func (x *DeleteProviderProfileRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *DeleteProviderProfileRequest) GetWorkspace() string {
+	if x != nil {
+		return x.Workspace
+	}
+	return ""
+}
+
+type DeleteProviderProfileResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Deleted       bool                   `protobuf:"varint,1,opt,name=deleted,proto3" json:"deleted,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteProviderProfileResponse) Reset() {
+	*x = DeleteProviderProfileResponse{}
+	mi := &file_openshell_proto_msgTypes[78]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteProviderProfileResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteProviderProfileResponse) ProtoMessage() {}
+
+func (x *DeleteProviderProfileResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_openshell_proto_msgTypes[78]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteProviderProfileResponse.ProtoReflect.Descriptor instead.
+func (*DeleteProviderProfileResponse) Descriptor() ([]byte, []int) {
+	return file_openshell_proto_rawDescGZIP(), []int{78}
+}
+
+func (x *DeleteProviderProfileResponse) GetDeleted() bool {
+	if x != nil {
+		return x.Deleted
+	}
+	return false
+}
+
+type DeleteProviderRefreshRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Provider      string                 `protobuf:"bytes,1,opt,name=provider,proto3" json:"provider,omitempty"`
+	CredentialKey string                 `protobuf:"bytes,2,opt,name=credential_key,json=credentialKey,proto3" json:"credential_key,omitempty"`
+	Workspace     string                 `protobuf:"bytes,3,opt,name=workspace,proto3" json:"workspace,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteProviderRefreshRequest) Reset() {
+	*x = DeleteProviderRefreshRequest{}
+	mi := &file_openshell_proto_msgTypes[79]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteProviderRefreshRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteProviderRefreshRequest) ProtoMessage() {}
+
+func (x *DeleteProviderRefreshRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_openshell_proto_msgTypes[79]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteProviderRefreshRequest.ProtoReflect.Descriptor instead.
+func (*DeleteProviderRefreshRequest) Descriptor() ([]byte, []int) {
+	return file_openshell_proto_rawDescGZIP(), []int{79}
+}
+
+func (x *DeleteProviderRefreshRequest) GetProvider() string {
+	if x != nil {
+		return x.Provider
+	}
+	return ""
+}
+
+func (x *DeleteProviderRefreshRequest) GetCredentialKey() string {
+	if x != nil {
+		return x.CredentialKey
+	}
+	return ""
+}
+
+func (x *DeleteProviderRefreshRequest) GetWorkspace() string {
+	if x != nil {
+		return x.Workspace
+	}
+	return ""
+}
+
+type DeleteProviderRefreshResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Deleted       bool                   `protobuf:"varint,1,opt,name=deleted,proto3" json:"deleted,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteProviderRefreshResponse) Reset() {
+	*x = DeleteProviderRefreshResponse{}
+	mi := &file_openshell_proto_msgTypes[80]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteProviderRefreshResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteProviderRefreshResponse) ProtoMessage() {}
+
+func (x *DeleteProviderRefreshResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_openshell_proto_msgTypes[80]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteProviderRefreshResponse.ProtoReflect.Descriptor instead.
+func (*DeleteProviderRefreshResponse) Descriptor() ([]byte, []int) {
+	return file_openshell_proto_rawDescGZIP(), []int{80}
+}
+
+func (x *DeleteProviderRefreshResponse) GetDeleted() bool {
+	if x != nil {
+		return x.Deleted
+	}
+	return false
+}
+
+type DeleteProviderRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Workspace     string                 `protobuf:"bytes,2,opt,name=workspace,proto3" json:"workspace,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteProviderRequest) Reset() {
+	*x = DeleteProviderRequest{}
+	mi := &file_openshell_proto_msgTypes[81]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteProviderRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteProviderRequest) ProtoMessage() {}
+
+func (x *DeleteProviderRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_openshell_proto_msgTypes[81]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteProviderRequest.ProtoReflect.Descriptor instead.
+func (*DeleteProviderRequest) Descriptor() ([]byte, []int) {
+	return file_openshell_proto_rawDescGZIP(), []int{81}
+}
+
+func (x *DeleteProviderRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *DeleteProviderRequest) GetWorkspace() string {
+	if x != nil {
+		return x.Workspace
+	}
+	return ""
+}
+
+type DeleteProviderResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Deleted       bool                   `protobuf:"varint,1,opt,name=deleted,proto3" json:"deleted,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteProviderResponse) Reset() {
+	*x = DeleteProviderResponse{}
+	mi := &file_openshell_proto_msgTypes[82]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteProviderResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteProviderResponse) ProtoMessage() {}
+
+func (x *DeleteProviderResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_openshell_proto_msgTypes[82]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteProviderResponse.ProtoReflect.Descriptor instead.
+func (*DeleteProviderResponse) Descriptor() ([]byte, []int) {
+	return file_openshell_proto_rawDescGZIP(), []int{82}
+}
+
+func (x *DeleteProviderResponse) GetDeleted() bool {
+	if x != nil {
+		return x.Deleted
+	}
+	return false
+}
+
+type DeleteServiceRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Sandbox       string                 `protobuf:"bytes,1,opt,name=sandbox,proto3" json:"sandbox,omitempty"`
+	Service       string                 `protobuf:"bytes,2,opt,name=service,proto3" json:"service,omitempty"`
+	Workspace     string                 `protobuf:"bytes,3,opt,name=workspace,proto3" json:"workspace,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteServiceRequest) Reset() {
+	*x = DeleteServiceRequest{}
+	mi := &file_openshell_proto_msgTypes[83]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteServiceRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteServiceRequest) ProtoMessage() {}
+
+func (x *DeleteServiceRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_openshell_proto_msgTypes[83]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteServiceRequest.ProtoReflect.Descriptor instead.
+func (*DeleteServiceRequest) Descriptor() ([]byte, []int) {
+	return file_openshell_proto_rawDescGZIP(), []int{83}
+}
+
+func (x *DeleteServiceRequest) GetSandbox() string {
+	if x != nil {
+		return x.Sandbox
+	}
+	return ""
+}
+
+func (x *DeleteServiceRequest) GetService() string {
+	if x != nil {
+		return x.Service
+	}
+	return ""
+}
+
+func (x *DeleteServiceRequest) GetWorkspace() string {
+	if x != nil {
+		return x.Workspace
+	}
+	return ""
+}
+
+type DeleteServiceResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Deleted       bool                   `protobuf:"varint,1,opt,name=deleted,proto3" json:"deleted,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteServiceResponse) Reset() {
+	*x = DeleteServiceResponse{}
+	mi := &file_openshell_proto_msgTypes[84]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteServiceResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteServiceResponse) ProtoMessage() {}
+
+func (x *DeleteServiceResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_openshell_proto_msgTypes[84]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteServiceResponse.ProtoReflect.Descriptor instead.
+func (*DeleteServiceResponse) Descriptor() ([]byte, []int) {
+	return file_openshell_proto_rawDescGZIP(), []int{84}
+}
+
+func (x *DeleteServiceResponse) GetDeleted() bool {
+	if x != nil {
+		return x.Deleted
+	}
+	return false
+}
+
+type DeleteWorkspaceRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteWorkspaceRequest) Reset() {
+	*x = DeleteWorkspaceRequest{}
+	mi := &file_openshell_proto_msgTypes[85]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteWorkspaceRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteWorkspaceRequest) ProtoMessage() {}
+
+func (x *DeleteWorkspaceRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_openshell_proto_msgTypes[85]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteWorkspaceRequest.ProtoReflect.Descriptor instead.
+func (*DeleteWorkspaceRequest) Descriptor() ([]byte, []int) {
+	return file_openshell_proto_rawDescGZIP(), []int{85}
+}
+
+func (x *DeleteWorkspaceRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+type DeleteWorkspaceResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Deleted       bool                   `protobuf:"varint,1,opt,name=deleted,proto3" json:"deleted,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteWorkspaceResponse) Reset() {
+	*x = DeleteWorkspaceResponse{}
+	mi := &file_openshell_proto_msgTypes[86]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteWorkspaceResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteWorkspaceResponse) ProtoMessage() {}
+
+func (x *DeleteWorkspaceResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_openshell_proto_msgTypes[86]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteWorkspaceResponse.ProtoReflect.Descriptor instead.
+func (*DeleteWorkspaceResponse) Descriptor() ([]byte, []int) {
+	return file_openshell_proto_rawDescGZIP(), []int{86}
+}
+
+func (x *DeleteWorkspaceResponse) GetDeleted() bool {
+	if x != nil {
+		return x.Deleted
+	}
+	return false
+}
+
+type DenialGroupCount struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	DenyGroup     string                 `protobuf:"bytes,1,opt,name=deny_group,json=denyGroup,proto3" json:"deny_group,omitempty"`
+	DeniedCount   uint32                 `protobuf:"varint,2,opt,name=denied_count,json=deniedCount,proto3" json:"denied_count,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DenialGroupCount) Reset() {
+	*x = DenialGroupCount{}
+	mi := &file_openshell_proto_msgTypes[87]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DenialGroupCount) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DenialGroupCount) ProtoMessage() {}
+
+func (x *DenialGroupCount) ProtoReflect() protoreflect.Message {
+	mi := &file_openshell_proto_msgTypes[87]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DenialGroupCount.ProtoReflect.Descriptor instead.
+func (*DenialGroupCount) Descriptor() ([]byte, []int) {
+	return file_openshell_proto_rawDescGZIP(), []int{87}
+}
+
+func (x *DenialGroupCount) GetDenyGroup() string {
+	if x != nil {
+		return x.DenyGroup
+	}
+	return ""
+}
+
+func (x *DenialGroupCount) GetDeniedCount() uint32 {
+	if x != nil {
+		return x.DeniedCount
+	}
+	return 0
+}
+
+type DenialSummary struct {
+	state              protoimpl.MessageState `protogen:"open.v1"`
+	SandboxId          string                 `protobuf:"bytes,1,opt,name=sandbox_id,json=sandboxId,proto3" json:"sandbox_id,omitempty"`
+	Host               string                 `protobuf:"bytes,2,opt,name=host,proto3" json:"host,omitempty"`
+	Port               uint32                 `protobuf:"varint,3,opt,name=port,proto3" json:"port,omitempty"`
+	Binary             string                 `protobuf:"bytes,4,opt,name=binary,proto3" json:"binary,omitempty"`
+	Ancestors          []string               `protobuf:"bytes,5,rep,name=ancestors,proto3" json:"ancestors,omitempty"`
+	DenyReason         string                 `protobuf:"bytes,6,opt,name=deny_reason,json=denyReason,proto3" json:"deny_reason,omitempty"`
+	FirstSeenMs        int64                  `protobuf:"varint,7,opt,name=first_seen_ms,json=firstSeenMs,proto3" json:"first_seen_ms,omitempty"`
+	LastSeenMs         int64                  `protobuf:"varint,8,opt,name=last_seen_ms,json=lastSeenMs,proto3" json:"last_seen_ms,omitempty"`
+	Count              uint32                 `protobuf:"varint,9,opt,name=count,proto3" json:"count,omitempty"`
+	SuppressedCount    uint32                 `protobuf:"varint,10,opt,name=suppressed_count,json=suppressedCount,proto3" json:"suppressed_count,omitempty"`
+	TotalCount         uint32                 `protobuf:"varint,11,opt,name=total_count,json=totalCount,proto3" json:"total_count,omitempty"`
+	SampleCmdlines     []string               `protobuf:"bytes,12,rep,name=sample_cmdlines,json=sampleCmdlines,proto3" json:"sample_cmdlines,omitempty"`
+	BinarySha256       string                 `protobuf:"bytes,13,opt,name=binary_sha256,json=binarySha256,proto3" json:"binary_sha256,omitempty"`
+	Persistent         bool                   `protobuf:"varint,14,opt,name=persistent,proto3" json:"persistent,omitempty"`
+	DenialStage        string                 `protobuf:"bytes,15,opt,name=denial_stage,json=denialStage,proto3" json:"denial_stage,omitempty"`
+	L7RequestSamples   []*L7RequestSample     `protobuf:"bytes,16,rep,name=l7_request_samples,json=l7RequestSamples,proto3" json:"l7_request_samples,omitempty"`
+	L7InspectionActive bool                   `protobuf:"varint,17,opt,name=l7_inspection_active,json=l7InspectionActive,proto3" json:"l7_inspection_active,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
+}
+
+func (x *DenialSummary) Reset() {
+	*x = DenialSummary{}
+	mi := &file_openshell_proto_msgTypes[88]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DenialSummary) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DenialSummary) ProtoMessage() {}
+
+func (x *DenialSummary) ProtoReflect() protoreflect.Message {
+	mi := &file_openshell_proto_msgTypes[88]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DenialSummary.ProtoReflect.Descriptor instead.
+func (*DenialSummary) Descriptor() ([]byte, []int) {
+	return file_openshell_proto_rawDescGZIP(), []int{88}
+}
+
+func (x *DenialSummary) GetSandboxId() string {
+	if x != nil {
+		return x.SandboxId
+	}
+	return ""
+}
+
+func (x *DenialSummary) GetHost() string {
+	if x != nil {
+		return x.Host
+	}
+	return ""
+}
+
+func (x *DenialSummary) GetPort() uint32 {
+	if x != nil {
+		return x.Port
+	}
+	return 0
+}
+
+func (x *DenialSummary) GetBinary() string {
+	if x != nil {
+		return x.Binary
+	}
+	return ""
+}
+
+func (x *DenialSummary) GetAncestors() []string {
+	if x != nil {
+		return x.Ancestors
+	}
+	return nil
+}
+
+func (x *DenialSummary) GetDenyReason() string {
+	if x != nil {
+		return x.DenyReason
+	}
+	return ""
+}
+
+func (x *DenialSummary) GetFirstSeenMs() int64 {
+	if x != nil {
+		return x.FirstSeenMs
+	}
+	return 0
+}
+
+func (x *DenialSummary) GetLastSeenMs() int64 {
+	if x != nil {
+		return x.LastSeenMs
+	}
+	return 0
+}
+
+func (x *DenialSummary) GetCount() uint32 {
+	if x != nil {
+		return x.Count
+	}
+	return 0
+}
+
+func (x *DenialSummary) GetSuppressedCount() uint32 {
+	if x != nil {
+		return x.SuppressedCount
+	}
+	return 0
+}
+
+func (x *DenialSummary) GetTotalCount() uint32 {
+	if x != nil {
+		return x.TotalCount
+	}
+	return 0
+}
+
+func (x *DenialSummary) GetSampleCmdlines() []string {
+	if x != nil {
+		return x.SampleCmdlines
+	}
+	return nil
+}
+
+func (x *DenialSummary) GetBinarySha256() string {
+	if x != nil {
+		return x.BinarySha256
+	}
+	return ""
+}
+
+func (x *DenialSummary) GetPersistent() bool {
+	if x != nil {
+		return x.Persistent
+	}
+	return false
+}
+
+func (x *DenialSummary) GetDenialStage() string {
+	if x != nil {
+		return x.DenialStage
+	}
+	return ""
+}
+
+func (x *DenialSummary) GetL7RequestSamples() []*L7RequestSample {
+	if x != nil {
+		return x.L7RequestSamples
+	}
+	return nil
+}
+
+func (x *DenialSummary) GetL7InspectionActive() bool {
+	if x != nil {
+		return x.L7InspectionActive
+	}
+	return false
+}
+
+type DetachSandboxProviderRequest struct {
+	state                   protoimpl.MessageState `protogen:"open.v1"`
+	SandboxName             string                 `protobuf:"bytes,1,opt,name=sandbox_name,json=sandboxName,proto3" json:"sandbox_name,omitempty"`
+	ProviderName            string                 `protobuf:"bytes,2,opt,name=provider_name,json=providerName,proto3" json:"provider_name,omitempty"`
+	ExpectedResourceVersion uint64                 `protobuf:"varint,3,opt,name=expected_resource_version,json=expectedResourceVersion,proto3" json:"expected_resource_version,omitempty"`
+	Workspace               string                 `protobuf:"bytes,4,opt,name=workspace,proto3" json:"workspace,omitempty"`
+	unknownFields           protoimpl.UnknownFields
+	sizeCache               protoimpl.SizeCache
+}
+
+func (x *DetachSandboxProviderRequest) Reset() {
+	*x = DetachSandboxProviderRequest{}
+	mi := &file_openshell_proto_msgTypes[89]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DetachSandboxProviderRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DetachSandboxProviderRequest) ProtoMessage() {}
+
+func (x *DetachSandboxProviderRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_openshell_proto_msgTypes[89]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DetachSandboxProviderRequest.ProtoReflect.Descriptor instead.
+func (*DetachSandboxProviderRequest) Descriptor() ([]byte, []int) {
+	return file_openshell_proto_rawDescGZIP(), []int{89}
+}
+
+func (x *DetachSandboxProviderRequest) GetSandboxName() string {
+	if x != nil {
+		return x.SandboxName
+	}
+	return ""
+}
+
+func (x *DetachSandboxProviderRequest) GetProviderName() string {
+	if x != nil {
+		return x.ProviderName
+	}
+	return ""
+}
+
+func (x *DetachSandboxProviderRequest) GetExpectedResourceVersion() uint64 {
+	if x != nil {
+		return x.ExpectedResourceVersion
+	}
+	return 0
+}
+
+func (x *DetachSandboxProviderRequest) GetWorkspace() string {
+	if x != nil {
+		return x.Workspace
+	}
+	return ""
+}
+
+type DetachSandboxProviderResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Sandbox       *Sandbox               `protobuf:"bytes,1,opt,name=sandbox,proto3" json:"sandbox,omitempty"`
+	Detached      bool                   `protobuf:"varint,2,opt,name=detached,proto3" json:"detached,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DetachSandboxProviderResponse) Reset() {
+	*x = DetachSandboxProviderResponse{}
+	mi := &file_openshell_proto_msgTypes[90]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DetachSandboxProviderResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DetachSandboxProviderResponse) ProtoMessage() {}
+
+func (x *DetachSandboxProviderResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_openshell_proto_msgTypes[90]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DetachSandboxProviderResponse.ProtoReflect.Descriptor instead.
+func (*DetachSandboxProviderResponse) Descriptor() ([]byte, []int) {
+	return file_openshell_proto_rawDescGZIP(), []int{90}
+}
+
+func (x *DetachSandboxProviderResponse) GetSandbox() *Sandbox {
+	if x != nil {
+		return x.Sandbox
+	}
+	return nil
+}
+
+func (x *DetachSandboxProviderResponse) GetDetached() bool {
+	if x != nil {
+		return x.Detached
+	}
+	return false
+}
+
+type DraftChunkApproval struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	ChunkId       string                 `protobuf:"bytes,1,opt,name=chunk_id,json=chunkId,proto3" json:"chunk_id,omitempty"`
+	ReviewToken   string                 `protobuf:"bytes,2,opt,name=review_token,json=reviewToken,proto3" json:"review_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DraftChunkApproval) Reset() {
+	*x = DraftChunkApproval{}
+	mi := &file_openshell_proto_msgTypes[91]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DraftChunkApproval) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DraftChunkApproval) ProtoMessage() {}
+
+func (x *DraftChunkApproval) ProtoReflect() protoreflect.Message {
+	mi := &file_openshell_proto_msgTypes[91]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DraftChunkApproval.ProtoReflect.Descriptor instead.
+func (*DraftChunkApproval) Descriptor() ([]byte, []int) {
+	return file_openshell_proto_rawDescGZIP(), []int{91}
+}
+
+func (x *DraftChunkApproval) GetChunkId() string {
+	if x != nil {
+		return x.ChunkId
+	}
+	return ""
+}
+
+func (x *DraftChunkApproval) GetReviewToken() string {
+	if x != nil {
+		return x.ReviewToken
+	}
+	return ""
+}
+
+type DraftHistoryEntry struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	TimestampMs   int64                  `protobuf:"varint,1,opt,name=timestamp_ms,json=timestampMs,proto3" json:"timestamp_ms,omitempty"`
+	EventType     string                 `protobuf:"bytes,2,opt,name=event_type,json=eventType,proto3" json:"event_type,omitempty"`
+	Description   string                 `protobuf:"bytes,3,opt,name=description,proto3" json:"description,omitempty"`
+	ChunkId       string                 `protobuf:"bytes,4,opt,name=chunk_id,json=chunkId,proto3" json:"chunk_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DraftHistoryEntry) Reset() {
+	*x = DraftHistoryEntry{}
+	mi := &file_openshell_proto_msgTypes[92]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DraftHistoryEntry) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DraftHistoryEntry) ProtoMessage() {}
+
+func (x *DraftHistoryEntry) ProtoReflect() protoreflect.Message {
+	mi := &file_openshell_proto_msgTypes[92]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DraftHistoryEntry.ProtoReflect.Descriptor instead.
+func (*DraftHistoryEntry) Descriptor() ([]byte, []int) {
+	return file_openshell_proto_rawDescGZIP(), []int{92}
+}
+
+func (x *DraftHistoryEntry) GetTimestampMs() int64 {
+	if x != nil {
+		return x.TimestampMs
+	}
+	return 0
+}
+
+func (x *DraftHistoryEntry) GetEventType() string {
+	if x != nil {
+		return x.EventType
+	}
+	return ""
+}
+
+func (x *DraftHistoryEntry) GetDescription() string {
+	if x != nil {
+		return x.Description
+	}
+	return ""
+}
+
+func (x *DraftHistoryEntry) GetChunkId() string {
+	if x != nil {
+		return x.ChunkId
+	}
+	return ""
+}
+
+type EditDraftChunkRequest struct {
+	state         protoimpl.MessageState       `protogen:"open.v1"`
+	Name          string                       `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	ChunkId       string                       `protobuf:"bytes,2,opt,name=chunk_id,json=chunkId,proto3" json:"chunk_id,omitempty"`
+	ProposedRule  *sandboxv1.NetworkPolicyRule `protobuf:"bytes,3,opt,name=proposed_rule,json=proposedRule,proto3" json:"proposed_rule,omitempty"`
+	Workspace     string                       `protobuf:"bytes,4,opt,name=workspace,proto3" json:"workspace,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EditDraftChunkRequest) Reset() {
+	*x = EditDraftChunkRequest{}
+	mi := &file_openshell_proto_msgTypes[93]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EditDraftChunkRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EditDraftChunkRequest) ProtoMessage() {}
+
+func (x *EditDraftChunkRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_openshell_proto_msgTypes[93]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EditDraftChunkRequest.ProtoReflect.Descriptor instead.
+func (*EditDraftChunkRequest) Descriptor() ([]byte, []int) {
+	return file_openshell_proto_rawDescGZIP(), []int{93}
+}
+
+func (x *EditDraftChunkRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *EditDraftChunkRequest) GetChunkId() string {
+	if x != nil {
+		return x.ChunkId
+	}
+	return ""
+}
+
+func (x *EditDraftChunkRequest) GetProposedRule() *sandboxv1.NetworkPolicyRule {
+	if x != nil {
+		return x.ProposedRule
+	}
+	return nil
+}
+
+func (x *EditDraftChunkRequest) GetWorkspace() string {
+	if x != nil {
+		return x.Workspace
+	}
+	return ""
+}
+
+type EditDraftChunkResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EditDraftChunkResponse) Reset() {
+	*x = EditDraftChunkResponse{}
+	mi := &file_openshell_proto_msgTypes[94]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EditDraftChunkResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EditDraftChunkResponse) ProtoMessage() {}
+
+func (x *EditDraftChunkResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_openshell_proto_msgTypes[94]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EditDraftChunkResponse.ProtoReflect.Descriptor instead.
+func (*EditDraftChunkResponse) Descriptor() ([]byte, []int) {
+	return file_openshell_proto_rawDescGZIP(), []int{94}
+}
+
+type ExposeServiceRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Sandbox       string                 `protobuf:"bytes,1,opt,name=sandbox,proto3" json:"sandbox,omitempty"`
+	Service       string                 `protobuf:"bytes,2,opt,name=service,proto3" json:"service,omitempty"`
+	TargetPort    uint32                 `protobuf:"varint,3,opt,name=target_port,json=targetPort,proto3" json:"target_port,omitempty"`
+	Domain        bool                   `protobuf:"varint,4,opt,name=domain,proto3" json:"domain,omitempty"`
+	Workspace     string                 `protobuf:"bytes,5,opt,name=workspace,proto3" json:"workspace,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExposeServiceRequest) Reset() {
+	*x = ExposeServiceRequest{}
+	mi := &file_openshell_proto_msgTypes[95]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExposeServiceRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExposeServiceRequest) ProtoMessage() {}
+
+func (x *ExposeServiceRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_openshell_proto_msgTypes[95]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExposeServiceRequest.ProtoReflect.Descriptor instead.
+func (*ExposeServiceRequest) Descriptor() ([]byte, []int) {
+	return file_openshell_proto_rawDescGZIP(), []int{95}
+}
+
+func (x *ExposeServiceRequest) GetSandbox() string {
+	if x != nil {
+		return x.Sandbox
+	}
+	return ""
+}
+
+func (x *ExposeServiceRequest) GetService() string {
+	if x != nil {
+		return x.Service
+	}
+	return ""
+}
+
+func (x *ExposeServiceRequest) GetTargetPort() uint32 {
+	if x != nil {
+		return x.TargetPort
+	}
+	return 0
+}
+
+func (x *ExposeServiceRequest) GetDomain() bool {
+	if x != nil {
+		return x.Domain
+	}
+	return false
+}
+
+func (x *ExposeServiceRequest) GetWorkspace() string {
+	if x != nil {
+		return x.Workspace
+	}
+	return ""
+}
+
+type ExtensionServiceCredential struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	ServiceName   string                 `protobuf:"bytes,1,opt,name=service_name,json=serviceName,proto3" json:"service_name,omitempty"`
+	Token         string                 `protobuf:"bytes,2,opt,name=token,proto3" json:"token,omitempty"`
+	ExpiresAtMs   int64                  `protobuf:"varint,3,opt,name=expires_at_ms,json=expiresAtMs,proto3" json:"expires_at_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExtensionServiceCredential) Reset() {
+	*x = ExtensionServiceCredential{}
+	mi := &file_openshell_proto_msgTypes[96]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExtensionServiceCredential) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExtensionServiceCredential) ProtoMessage() {}
+
+func (x *ExtensionServiceCredential) ProtoReflect() protoreflect.Message {
+	mi := &file_openshell_proto_msgTypes[96]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExtensionServiceCredential.ProtoReflect.Descriptor instead.
+func (*ExtensionServiceCredential) Descriptor() ([]byte, []int) {
+	return file_openshell_proto_rawDescGZIP(), []int{96}
+}
+
+func (x *ExtensionServiceCredential) GetServiceName() string {
+	if x != nil {
+		return x.ServiceName
+	}
+	return ""
+}
+
+func (x *ExtensionServiceCredential) GetToken() string {
+	if x != nil {
+		return x.Token
+	}
+	return ""
+}
+
+func (x *ExtensionServiceCredential) GetExpiresAtMs() int64 {
+	if x != nil {
+		return x.ExpiresAtMs
+	}
+	return 0
+}
+
+type GetCurrentUserRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetCurrentUserRequest) Reset() {
+	*x = GetCurrentUserRequest{}
+	mi := &file_openshell_proto_msgTypes[97]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetCurrentUserRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetCurrentUserRequest) ProtoMessage() {}
+
+func (x *GetCurrentUserRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_openshell_proto_msgTypes[97]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetCurrentUserRequest.ProtoReflect.Descriptor instead.
+func (*GetCurrentUserRequest) Descriptor() ([]byte, []int) {
+	return file_openshell_proto_rawDescGZIP(), []int{97}
+}
+
+type GetCurrentUserResponse struct {
+	state            protoimpl.MessageState `protogen:"open.v1"`
+	Subject          string                 `protobuf:"bytes,1,opt,name=subject,proto3" json:"subject,omitempty"`
+	DisplayName      string                 `protobuf:"bytes,2,opt,name=display_name,json=displayName,proto3" json:"display_name,omitempty"`
+	Roles            []string               `protobuf:"bytes,3,rep,name=roles,proto3" json:"roles,omitempty"`
+	Scopes           []string               `protobuf:"bytes,4,rep,name=scopes,proto3" json:"scopes,omitempty"`
+	IdentityProvider string                 `protobuf:"bytes,5,opt,name=identity_provider,json=identityProvider,proto3" json:"identity_provider,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *GetCurrentUserResponse) Reset() {
+	*x = GetCurrentUserResponse{}
+	mi := &file_openshell_proto_msgTypes[98]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetCurrentUserResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetCurrentUserResponse) ProtoMessage() {}
+
+func (x *GetCurrentUserResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_openshell_proto_msgTypes[98]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetCurrentUserResponse.ProtoReflect.Descriptor instead.
+func (*GetCurrentUserResponse) Descriptor() ([]byte, []int) {
+	return file_openshell_proto_rawDescGZIP(), []int{98}
+}
+
+func (x *GetCurrentUserResponse) GetSubject() string {
+	if x != nil {
+		return x.Subject
+	}
+	return ""
+}
+
+func (x *GetCurrentUserResponse) GetDisplayName() string {
+	if x != nil {
+		return x.DisplayName
+	}
+	return ""
+}
+
+func (x *GetCurrentUserResponse) GetRoles() []string {
+	if x != nil {
+		return x.Roles
+	}
+	return nil
+}
+
+func (x *GetCurrentUserResponse) GetScopes() []string {
+	if x != nil {
+		return x.Scopes
+	}
+	return nil
+}
+
+func (x *GetCurrentUserResponse) GetIdentityProvider() string {
+	if x != nil {
+		return x.IdentityProvider
+	}
+	return ""
+}
+
+type GetDraftHistoryRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Workspace     string                 `protobuf:"bytes,2,opt,name=workspace,proto3" json:"workspace,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetDraftHistoryRequest) Reset() {
+	*x = GetDraftHistoryRequest{}
+	mi := &file_openshell_proto_msgTypes[99]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetDraftHistoryRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetDraftHistoryRequest) ProtoMessage() {}
+
+func (x *GetDraftHistoryRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_openshell_proto_msgTypes[99]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetDraftHistoryRequest.ProtoReflect.Descriptor instead.
+func (*GetDraftHistoryRequest) Descriptor() ([]byte, []int) {
+	return file_openshell_proto_rawDescGZIP(), []int{99}
+}
+
+func (x *GetDraftHistoryRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *GetDraftHistoryRequest) GetWorkspace() string {
+	if x != nil {
+		return x.Workspace
+	}
+	return ""
+}
+
+type GetDraftHistoryResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Entries       []*DraftHistoryEntry   `protobuf:"bytes,1,rep,name=entries,proto3" json:"entries,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetDraftHistoryResponse) Reset() {
+	*x = GetDraftHistoryResponse{}
+	mi := &file_openshell_proto_msgTypes[100]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetDraftHistoryResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetDraftHistoryResponse) ProtoMessage() {}
+
+func (x *GetDraftHistoryResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_openshell_proto_msgTypes[100]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetDraftHistoryResponse.ProtoReflect.Descriptor instead.
+func (*GetDraftHistoryResponse) Descriptor() ([]byte, []int) {
+	return file_openshell_proto_rawDescGZIP(), []int{100}
+}
+
+func (x *GetDraftHistoryResponse) GetEntries() []*DraftHistoryEntry {
+	if x != nil {
+		return x.Entries
+	}
+	return nil
+}
+
+type GetDraftPolicyRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	StatusFilter  string                 `protobuf:"bytes,2,opt,name=status_filter,json=statusFilter,proto3" json:"status_filter,omitempty"`
+	Workspace     string                 `protobuf:"bytes,3,opt,name=workspace,proto3" json:"workspace,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetDraftPolicyRequest) Reset() {
+	*x = GetDraftPolicyRequest{}
+	mi := &file_openshell_proto_msgTypes[101]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetDraftPolicyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetDraftPolicyRequest) ProtoMessage() {}
+
+func (x *GetDraftPolicyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_openshell_proto_msgTypes[101]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetDraftPolicyRequest.ProtoReflect.Descriptor instead.
+func (*GetDraftPolicyRequest) Descriptor() ([]byte, []int) {
+	return file_openshell_proto_rawDescGZIP(), []int{101}
+}
+
+func (x *GetDraftPolicyRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *GetDraftPolicyRequest) GetStatusFilter() string {
+	if x != nil {
+		return x.StatusFilter
+	}
+	return ""
+}
+
+func (x *GetDraftPolicyRequest) GetWorkspace() string {
+	if x != nil {
+		return x.Workspace
+	}
+	return ""
+}
+
+type GetDraftPolicyResponse struct {
+	state            protoimpl.MessageState `protogen:"open.v1"`
+	Chunks           []*PolicyChunk         `protobuf:"bytes,1,rep,name=chunks,proto3" json:"chunks,omitempty"`
+	RollingSummary   string                 `protobuf:"bytes,2,opt,name=rolling_summary,json=rollingSummary,proto3" json:"rolling_summary,omitempty"`
+	DraftVersion     uint64                 `protobuf:"varint,3,opt,name=draft_version,json=draftVersion,proto3" json:"draft_version,omitempty"`
+	LastAnalyzedAtMs int64                  `protobuf:"varint,4,opt,name=last_analyzed_at_ms,json=lastAnalyzedAtMs,proto3" json:"last_analyzed_at_ms,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *GetDraftPolicyResponse) Reset() {
+	*x = GetDraftPolicyResponse{}
+	mi := &file_openshell_proto_msgTypes[102]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetDraftPolicyResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetDraftPolicyResponse) ProtoMessage() {}
+
+func (x *GetDraftPolicyResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_openshell_proto_msgTypes[102]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetDraftPolicyResponse.ProtoReflect.Descriptor instead.
+func (*GetDraftPolicyResponse) Descriptor() ([]byte, []int) {
+	return file_openshell_proto_rawDescGZIP(), []int{102}
+}
+
+func (x *GetDraftPolicyResponse) GetChunks() []*PolicyChunk {
+	if x != nil {
+		return x.Chunks
+	}
+	return nil
+}
+
+func (x *GetDraftPolicyResponse) GetRollingSummary() string {
+	if x != nil {
+		return x.RollingSummary
+	}
+	return ""
+}
+
+func (x *GetDraftPolicyResponse) GetDraftVersion() uint64 {
+	if x != nil {
+		return x.DraftVersion
+	}
+	return 0
+}
+
+func (x *GetDraftPolicyResponse) GetLastAnalyzedAtMs() int64 {
+	if x != nil {
+		return x.LastAnalyzedAtMs
+	}
+	return 0
+}
+
+type GetGatewayInfoRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetGatewayInfoRequest) Reset() {
+	*x = GetGatewayInfoRequest{}
+	mi := &file_openshell_proto_msgTypes[103]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetGatewayInfoRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetGatewayInfoRequest) ProtoMessage() {}
+
+func (x *GetGatewayInfoRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_openshell_proto_msgTypes[103]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetGatewayInfoRequest.ProtoReflect.Descriptor instead.
+func (*GetGatewayInfoRequest) Descriptor() ([]byte, []int) {
+	return file_openshell_proto_rawDescGZIP(), []int{103}
+}
+
+type GetGatewayInfoResponse struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	Status         ServiceStatus          `protobuf:"varint,1,opt,name=status,proto3,enum=openshell.v1.ServiceStatus" json:"status,omitempty"`
+	GatewayVersion string                 `protobuf:"bytes,2,opt,name=gateway_version,json=gatewayVersion,proto3" json:"gateway_version,omitempty"`
+	ComputeDrivers []*ComputeDriverInfo   `protobuf:"bytes,3,rep,name=compute_drivers,json=computeDrivers,proto3" json:"compute_drivers,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *GetGatewayInfoResponse) Reset() {
+	*x = GetGatewayInfoResponse{}
+	mi := &file_openshell_proto_msgTypes[104]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetGatewayInfoResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetGatewayInfoResponse) ProtoMessage() {}
+
+func (x *GetGatewayInfoResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_openshell_proto_msgTypes[104]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetGatewayInfoResponse.ProtoReflect.Descriptor instead.
+func (*GetGatewayInfoResponse) Descriptor() ([]byte, []int) {
+	return file_openshell_proto_rawDescGZIP(), []int{104}
+}
+
+func (x *GetGatewayInfoResponse) GetStatus() ServiceStatus {
+	if x != nil {
+		return x.Status
+	}
+	return ServiceStatus_SERVICE_STATUS_UNSPECIFIED
+}
+
+func (x *GetGatewayInfoResponse) GetGatewayVersion() string {
+	if x != nil {
+		return x.GatewayVersion
+	}
+	return ""
+}
+
+func (x *GetGatewayInfoResponse) GetComputeDrivers() []*ComputeDriverInfo {
+	if x != nil {
+		return x.ComputeDrivers
+	}
+	return nil
+}
+
+type GetProviderProfileRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Workspace     string                 `protobuf:"bytes,2,opt,name=workspace,proto3" json:"workspace,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetProviderProfileRequest) Reset() {
+	*x = GetProviderProfileRequest{}
+	mi := &file_openshell_proto_msgTypes[105]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetProviderProfileRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetProviderProfileRequest) ProtoMessage() {}
+
+func (x *GetProviderProfileRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_openshell_proto_msgTypes[105]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetProviderProfileRequest.ProtoReflect.Descriptor instead.
+func (*GetProviderProfileRequest) Descriptor() ([]byte, []int) {
+	return file_openshell_proto_rawDescGZIP(), []int{105}
+}
+
+func (x *GetProviderProfileRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *GetProviderProfileRequest) GetWorkspace() string {
+	if x != nil {
+		return x.Workspace
+	}
+	return ""
+}
+
+type GetProviderRefreshStatusRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Provider      string                 `protobuf:"bytes,1,opt,name=provider,proto3" json:"provider,omitempty"`
+	CredentialKey string                 `protobuf:"bytes,2,opt,name=credential_key,json=credentialKey,proto3" json:"credential_key,omitempty"`
+	Workspace     string                 `protobuf:"bytes,3,opt,name=workspace,proto3" json:"workspace,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetProviderRefreshStatusRequest) Reset() {
+	*x = GetProviderRefreshStatusRequest{}
+	mi := &file_openshell_proto_msgTypes[106]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetProviderRefreshStatusRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetProviderRefreshStatusRequest) ProtoMessage() {}
+
+func (x *GetProviderRefreshStatusRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_openshell_proto_msgTypes[106]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetProviderRefreshStatusRequest.ProtoReflect.Descriptor instead.
+func (*GetProviderRefreshStatusRequest) Descriptor() ([]byte, []int) {
+	return file_openshell_proto_rawDescGZIP(), []int{106}
+}
+
+func (x *GetProviderRefreshStatusRequest) GetProvider() string {
+	if x != nil {
+		return x.Provider
+	}
+	return ""
+}
+
+func (x *GetProviderRefreshStatusRequest) GetCredentialKey() string {
+	if x != nil {
+		return x.CredentialKey
+	}
+	return ""
+}
+
+func (x *GetProviderRefreshStatusRequest) GetWorkspace() string {
+	if x != nil {
+		return x.Workspace
+	}
+	return ""
+}
+
+type GetProviderRefreshStatusResponse struct {
+	state         protoimpl.MessageState             `protogen:"open.v1"`
+	Credentials   []*ProviderCredentialRefreshStatus `protobuf:"bytes,1,rep,name=credentials,proto3" json:"credentials,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetProviderRefreshStatusResponse) Reset() {
+	*x = GetProviderRefreshStatusResponse{}
+	mi := &file_openshell_proto_msgTypes[107]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetProviderRefreshStatusResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetProviderRefreshStatusResponse) ProtoMessage() {}
+
+func (x *GetProviderRefreshStatusResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_openshell_proto_msgTypes[107]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetProviderRefreshStatusResponse.ProtoReflect.Descriptor instead.
+func (*GetProviderRefreshStatusResponse) Descriptor() ([]byte, []int) {
+	return file_openshell_proto_rawDescGZIP(), []int{107}
+}
+
+func (x *GetProviderRefreshStatusResponse) GetCredentials() []*ProviderCredentialRefreshStatus {
+	if x != nil {
+		return x.Credentials
+	}
+	return nil
+}
+
+type GetProviderRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Workspace     string                 `protobuf:"bytes,2,opt,name=workspace,proto3" json:"workspace,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetProviderRequest) Reset() {
+	*x = GetProviderRequest{}
+	mi := &file_openshell_proto_msgTypes[108]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetProviderRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetProviderRequest) ProtoMessage() {}
+
+func (x *GetProviderRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_openshell_proto_msgTypes[108]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetProviderRequest.ProtoReflect.Descriptor instead.
+func (*GetProviderRequest) Descriptor() ([]byte, []int) {
+	return file_openshell_proto_rawDescGZIP(), []int{108}
+}
+
+func (x *GetProviderRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *GetProviderRequest) GetWorkspace() string {
+	if x != nil {
+		return x.Workspace
+	}
+	return ""
+}
+
+type GetSandboxPolicyStatusRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Version       uint32                 `protobuf:"varint,2,opt,name=version,proto3" json:"version,omitempty"`
+	Global        bool                   `protobuf:"varint,3,opt,name=global,proto3" json:"global,omitempty"`
+	Workspace     string                 `protobuf:"bytes,4,opt,name=workspace,proto3" json:"workspace,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetSandboxPolicyStatusRequest) Reset() {
+	*x = GetSandboxPolicyStatusRequest{}
+	mi := &file_openshell_proto_msgTypes[109]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetSandboxPolicyStatusRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetSandboxPolicyStatusRequest) ProtoMessage() {}
+
+func (x *GetSandboxPolicyStatusRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_openshell_proto_msgTypes[109]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetSandboxPolicyStatusRequest.ProtoReflect.Descriptor instead.
+func (*GetSandboxPolicyStatusRequest) Descriptor() ([]byte, []int) {
+	return file_openshell_proto_rawDescGZIP(), []int{109}
+}
+
+func (x *GetSandboxPolicyStatusRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *GetSandboxPolicyStatusRequest) GetVersion() uint32 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+func (x *GetSandboxPolicyStatusRequest) GetGlobal() bool {
+	if x != nil {
+		return x.Global
+	}
+	return false
+}
+
+func (x *GetSandboxPolicyStatusRequest) GetWorkspace() string {
+	if x != nil {
+		return x.Workspace
+	}
+	return ""
+}
+
+type GetSandboxPolicyStatusResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Revision      *SandboxPolicyRevision `protobuf:"bytes,1,opt,name=revision,proto3" json:"revision,omitempty"`
+	ActiveVersion uint32                 `protobuf:"varint,2,opt,name=active_version,json=activeVersion,proto3" json:"active_version,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetSandboxPolicyStatusResponse) Reset() {
+	*x = GetSandboxPolicyStatusResponse{}
+	mi := &file_openshell_proto_msgTypes[110]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetSandboxPolicyStatusResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetSandboxPolicyStatusResponse) ProtoMessage() {}
+
+func (x *GetSandboxPolicyStatusResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_openshell_proto_msgTypes[110]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetSandboxPolicyStatusResponse.ProtoReflect.Descriptor instead.
+func (*GetSandboxPolicyStatusResponse) Descriptor() ([]byte, []int) {
+	return file_openshell_proto_rawDescGZIP(), []int{110}
+}
+
+func (x *GetSandboxPolicyStatusResponse) GetRevision() *SandboxPolicyRevision {
+	if x != nil {
+		return x.Revision
+	}
+	return nil
+}
+
+func (x *GetSandboxPolicyStatusResponse) GetActiveVersion() uint32 {
+	if x != nil {
+		return x.ActiveVersion
+	}
+	return 0
+}
+
+type GetSandboxProviderEnvironmentRequest struct {
+	state                            protoimpl.MessageState `protogen:"open.v1"`
+	SandboxId                        string                 `protobuf:"bytes,1,opt,name=sandbox_id,json=sandboxId,proto3" json:"sandbox_id,omitempty"`
+	SupportsStaticCredentialBindings bool                   `protobuf:"varint,2,opt,name=supports_static_credential_bindings,json=supportsStaticCredentialBindings,proto3" json:"supports_static_credential_bindings,omitempty"`
+	unknownFields                    protoimpl.UnknownFields
+	sizeCache                        protoimpl.SizeCache
+}
+
+func (x *GetSandboxProviderEnvironmentRequest) Reset() {
+	*x = GetSandboxProviderEnvironmentRequest{}
+	mi := &file_openshell_proto_msgTypes[111]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetSandboxProviderEnvironmentRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetSandboxProviderEnvironmentRequest) ProtoMessage() {}
+
+func (x *GetSandboxProviderEnvironmentRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_openshell_proto_msgTypes[111]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetSandboxProviderEnvironmentRequest.ProtoReflect.Descriptor instead.
+func (*GetSandboxProviderEnvironmentRequest) Descriptor() ([]byte, []int) {
+	return file_openshell_proto_rawDescGZIP(), []int{111}
+}
+
+func (x *GetSandboxProviderEnvironmentRequest) GetSandboxId() string {
+	if x != nil {
+		return x.SandboxId
+	}
+	return ""
+}
+
+func (x *GetSandboxProviderEnvironmentRequest) GetSupportsStaticCredentialBindings() bool {
+	if x != nil {
+		return x.SupportsStaticCredentialBindings
+	}
+	return false
+}
+
+type GetSandboxProviderEnvironmentResponse struct {
+	state                    protoimpl.MessageState                `protogen:"open.v1"`
+	Environment              map[string]string                     `protobuf:"bytes,1,rep,name=environment,proto3" json:"environment,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	ProviderEnvRevision      uint64                                `protobuf:"varint,2,opt,name=provider_env_revision,json=providerEnvRevision,proto3" json:"provider_env_revision,omitempty"`
+	CredentialExpiresAtMs    map[string]int64                      `protobuf:"bytes,3,rep,name=credential_expires_at_ms,json=credentialExpiresAtMs,proto3" json:"credential_expires_at_ms,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
+	DynamicCredentials       map[string]*ProviderProfileCredential `protobuf:"bytes,4,rep,name=dynamic_credentials,json=dynamicCredentials,proto3" json:"dynamic_credentials,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	StaticCredentialBindings map[string]*StaticCredentialBinding   `protobuf:"bytes,5,rep,name=static_credential_bindings,json=staticCredentialBindings,proto3" json:"static_credential_bindings,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	NonSecretEnvironmentKeys []string                              `protobuf:"bytes,6,rep,name=non_secret_environment_keys,json=nonSecretEnvironmentKeys,proto3" json:"non_secret_environment_keys,omitempty"`
+	unknownFields            protoimpl.UnknownFields
+	sizeCache                protoimpl.SizeCache
+}
+
+func (x *GetSandboxProviderEnvironmentResponse) Reset() {
+	*x = GetSandboxProviderEnvironmentResponse{}
+	mi := &file_openshell_proto_msgTypes[112]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetSandboxProviderEnvironmentResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetSandboxProviderEnvironmentResponse) ProtoMessage() {}
+
+func (x *GetSandboxProviderEnvironmentResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_openshell_proto_msgTypes[112]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetSandboxProviderEnvironmentResponse.ProtoReflect.Descriptor instead.
+func (*GetSandboxProviderEnvironmentResponse) Descriptor() ([]byte, []int) {
+	return file_openshell_proto_rawDescGZIP(), []int{112}
+}
+
+func (x *GetSandboxProviderEnvironmentResponse) GetEnvironment() map[string]string {
+	if x != nil {
+		return x.Environment
+	}
+	return nil
+}
+
+func (x *GetSandboxProviderEnvironmentResponse) GetProviderEnvRevision() uint64 {
+	if x != nil {
+		return x.ProviderEnvRevision
+	}
+	return 0
+}
+
+func (x *GetSandboxProviderEnvironmentResponse) GetCredentialExpiresAtMs() map[string]int64 {
+	if x != nil {
+		return x.CredentialExpiresAtMs
+	}
+	return nil
+}
+
+func (x *GetSandboxProviderEnvironmentResponse) GetDynamicCredentials() map[string]*ProviderProfileCredential {
+	if x != nil {
+		return x.DynamicCredentials
+	}
+	return nil
+}
+
+func (x *GetSandboxProviderEnvironmentResponse) GetStaticCredentialBindings() map[string]*StaticCredentialBinding {
+	if x != nil {
+		return x.StaticCredentialBindings
+	}
+	return nil
+}
+
+func (x *GetSandboxProviderEnvironmentResponse) GetNonSecretEnvironmentKeys() []string {
+	if x != nil {
+		return x.NonSecretEnvironmentKeys
+	}
+	return nil
+}
+
+type GetServiceRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Sandbox       string                 `protobuf:"bytes,1,opt,name=sandbox,proto3" json:"sandbox,omitempty"`
+	Service       string                 `protobuf:"bytes,2,opt,name=service,proto3" json:"service,omitempty"`
+	Workspace     string                 `protobuf:"bytes,3,opt,name=workspace,proto3" json:"workspace,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetServiceRequest) Reset() {
+	*x = GetServiceRequest{}
+	mi := &file_openshell_proto_msgTypes[113]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetServiceRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetServiceRequest) ProtoMessage() {}
+
+func (x *GetServiceRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_openshell_proto_msgTypes[113]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetServiceRequest.ProtoReflect.Descriptor instead.
+func (*GetServiceRequest) Descriptor() ([]byte, []int) {
+	return file_openshell_proto_rawDescGZIP(), []int{113}
+}
+
+func (x *GetServiceRequest) GetSandbox() string {
+	if x != nil {
+		return x.Sandbox
+	}
+	return ""
+}
+
+func (x *GetServiceRequest) GetService() string {
+	if x != nil {
+		return x.Service
+	}
+	return ""
+}
+
+func (x *GetServiceRequest) GetWorkspace() string {
+	if x != nil {
+		return x.Workspace
+	}
+	return ""
+}
+
+type GetWorkspaceRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetWorkspaceRequest) Reset() {
+	*x = GetWorkspaceRequest{}
+	mi := &file_openshell_proto_msgTypes[114]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetWorkspaceRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetWorkspaceRequest) ProtoMessage() {}
+
+func (x *GetWorkspaceRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_openshell_proto_msgTypes[114]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetWorkspaceRequest.ProtoReflect.Descriptor instead.
+func (*GetWorkspaceRequest) Descriptor() ([]byte, []int) {
+	return file_openshell_proto_rawDescGZIP(), []int{114}
+}
+
+func (x *GetWorkspaceRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+type GetWorkspaceResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Workspace     *datamodelv1.Workspace `protobuf:"bytes,1,opt,name=workspace,proto3" json:"workspace,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetWorkspaceResponse) Reset() {
+	*x = GetWorkspaceResponse{}
+	mi := &file_openshell_proto_msgTypes[115]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetWorkspaceResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetWorkspaceResponse) ProtoMessage() {}
+
+func (x *GetWorkspaceResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_openshell_proto_msgTypes[115]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetWorkspaceResponse.ProtoReflect.Descriptor instead.
+func (*GetWorkspaceResponse) Descriptor() ([]byte, []int) {
+	return file_openshell_proto_rawDescGZIP(), []int{115}
+}
+
+func (x *GetWorkspaceResponse) GetWorkspace() *datamodelv1.Workspace {
+	if x != nil {
+		return x.Workspace
+	}
+	return nil
+}
+
+type ImportProviderProfilesRequest struct {
+	state         protoimpl.MessageState       `protogen:"open.v1"`
+	Profiles      []*ProviderProfileImportItem `protobuf:"bytes,1,rep,name=profiles,proto3" json:"profiles,omitempty"`
+	Workspace     string                       `protobuf:"bytes,2,opt,name=workspace,proto3" json:"workspace,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ImportProviderProfilesRequest) Reset() {
+	*x = ImportProviderProfilesRequest{}
+	mi := &file_openshell_proto_msgTypes[116]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ImportProviderProfilesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ImportProviderProfilesRequest) ProtoMessage() {}
+
+func (x *ImportProviderProfilesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_openshell_proto_msgTypes[116]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ImportProviderProfilesRequest.ProtoReflect.Descriptor instead.
+func (*ImportProviderProfilesRequest) Descriptor() ([]byte, []int) {
+	return file_openshell_proto_rawDescGZIP(), []int{116}
+}
+
+func (x *ImportProviderProfilesRequest) GetProfiles() []*ProviderProfileImportItem {
+	if x != nil {
+		return x.Profiles
+	}
+	return nil
+}
+
+func (x *ImportProviderProfilesRequest) GetWorkspace() string {
+	if x != nil {
+		return x.Workspace
+	}
+	return ""
+}
+
+type ImportProviderProfilesResponse struct {
+	state         protoimpl.MessageState       `protogen:"open.v1"`
+	Diagnostics   []*ProviderProfileDiagnostic `protobuf:"bytes,1,rep,name=diagnostics,proto3" json:"diagnostics,omitempty"`
+	Profiles      []*ProviderProfile           `protobuf:"bytes,2,rep,name=profiles,proto3" json:"profiles,omitempty"`
+	Imported      bool                         `protobuf:"varint,3,opt,name=imported,proto3" json:"imported,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ImportProviderProfilesResponse) Reset() {
+	*x = ImportProviderProfilesResponse{}
+	mi := &file_openshell_proto_msgTypes[117]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ImportProviderProfilesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ImportProviderProfilesResponse) ProtoMessage() {}
+
+func (x *ImportProviderProfilesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_openshell_proto_msgTypes[117]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ImportProviderProfilesResponse.ProtoReflect.Descriptor instead.
+func (*ImportProviderProfilesResponse) Descriptor() ([]byte, []int) {
+	return file_openshell_proto_rawDescGZIP(), []int{117}
+}
+
+func (x *ImportProviderProfilesResponse) GetDiagnostics() []*ProviderProfileDiagnostic {
+	if x != nil {
+		return x.Diagnostics
+	}
+	return nil
+}
+
+func (x *ImportProviderProfilesResponse) GetProfiles() []*ProviderProfile {
+	if x != nil {
+		return x.Profiles
+	}
+	return nil
+}
+
+func (x *ImportProviderProfilesResponse) GetImported() bool {
+	if x != nil {
+		return x.Imported
+	}
+	return false
+}
+
+type IssueSandboxTokenRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *IssueSandboxTokenRequest) Reset() {
+	*x = IssueSandboxTokenRequest{}
+	mi := &file_openshell_proto_msgTypes[118]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *IssueSandboxTokenRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*IssueSandboxTokenRequest) ProtoMessage() {}
+
+func (x *IssueSandboxTokenRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_openshell_proto_msgTypes[118]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use IssueSandboxTokenRequest.ProtoReflect.Descriptor instead.
+func (*IssueSandboxTokenRequest) Descriptor() ([]byte, []int) {
+	return file_openshell_proto_rawDescGZIP(), []int{118}
+}
+
+type IssueSandboxTokenResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Token         string                 `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
+	ExpiresAtMs   int64                  `protobuf:"varint,2,opt,name=expires_at_ms,json=expiresAtMs,proto3" json:"expires_at_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *IssueSandboxTokenResponse) Reset() {
+	*x = IssueSandboxTokenResponse{}
+	mi := &file_openshell_proto_msgTypes[119]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *IssueSandboxTokenResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*IssueSandboxTokenResponse) ProtoMessage() {}
+
+func (x *IssueSandboxTokenResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_openshell_proto_msgTypes[119]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use IssueSandboxTokenResponse.ProtoReflect.Descriptor instead.
+func (*IssueSandboxTokenResponse) Descriptor() ([]byte, []int) {
+	return file_openshell_proto_rawDescGZIP(), []int{119}
+}
+
+func (x *IssueSandboxTokenResponse) GetToken() string {
+	if x != nil {
+		return x.Token
+	}
+	return ""
+}
+
+func (x *IssueSandboxTokenResponse) GetExpiresAtMs() int64 {
+	if x != nil {
+		return x.ExpiresAtMs
+	}
+	return 0
+}
+
+type L7RequestSample struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Method        string                 `protobuf:"bytes,1,opt,name=method,proto3" json:"method,omitempty"`
+	Path          string                 `protobuf:"bytes,2,opt,name=path,proto3" json:"path,omitempty"`
+	Decision      string                 `protobuf:"bytes,3,opt,name=decision,proto3" json:"decision,omitempty"`
+	Count         uint32                 `protobuf:"varint,4,opt,name=count,proto3" json:"count,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *L7RequestSample) Reset() {
+	*x = L7RequestSample{}
+	mi := &file_openshell_proto_msgTypes[120]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *L7RequestSample) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*L7RequestSample) ProtoMessage() {}
+
+func (x *L7RequestSample) ProtoReflect() protoreflect.Message {
+	mi := &file_openshell_proto_msgTypes[120]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use L7RequestSample.ProtoReflect.Descriptor instead.
+func (*L7RequestSample) Descriptor() ([]byte, []int) {
+	return file_openshell_proto_rawDescGZIP(), []int{120}
+}
+
+func (x *L7RequestSample) GetMethod() string {
+	if x != nil {
+		return x.Method
+	}
+	return ""
+}
+
+func (x *L7RequestSample) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+func (x *L7RequestSample) GetDecision() string {
+	if x != nil {
+		return x.Decision
+	}
+	return ""
+}
+
+func (x *L7RequestSample) GetCount() uint32 {
+	if x != nil {
+		return x.Count
+	}
+	return 0
+}
+
+type LintProviderProfilesRequest struct {
+	state         protoimpl.MessageState       `protogen:"open.v1"`
+	Profiles      []*ProviderProfileImportItem `protobuf:"bytes,1,rep,name=profiles,proto3" json:"profiles,omitempty"`
+	Workspace     string                       `protobuf:"bytes,2,opt,name=workspace,proto3" json:"workspace,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LintProviderProfilesRequest) Reset() {
+	*x = LintProviderProfilesRequest{}
+	mi := &file_openshell_proto_msgTypes[121]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LintProviderProfilesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LintProviderProfilesRequest) ProtoMessage() {}
+
+func (x *LintProviderProfilesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_openshell_proto_msgTypes[121]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LintProviderProfilesRequest.ProtoReflect.Descriptor instead.
+func (*LintProviderProfilesRequest) Descriptor() ([]byte, []int) {
+	return file_openshell_proto_rawDescGZIP(), []int{121}
+}
+
+func (x *LintProviderProfilesRequest) GetProfiles() []*ProviderProfileImportItem {
+	if x != nil {
+		return x.Profiles
+	}
+	return nil
+}
+
+func (x *LintProviderProfilesRequest) GetWorkspace() string {
+	if x != nil {
+		return x.Workspace
+	}
+	return ""
+}
+
+type LintProviderProfilesResponse struct {
+	state         protoimpl.MessageState       `protogen:"open.v1"`
+	Diagnostics   []*ProviderProfileDiagnostic `protobuf:"bytes,1,rep,name=diagnostics,proto3" json:"diagnostics,omitempty"`
+	Valid         bool                         `protobuf:"varint,2,opt,name=valid,proto3" json:"valid,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LintProviderProfilesResponse) Reset() {
+	*x = LintProviderProfilesResponse{}
+	mi := &file_openshell_proto_msgTypes[122]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LintProviderProfilesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LintProviderProfilesResponse) ProtoMessage() {}
+
+func (x *LintProviderProfilesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_openshell_proto_msgTypes[122]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LintProviderProfilesResponse.ProtoReflect.Descriptor instead.
+func (*LintProviderProfilesResponse) Descriptor() ([]byte, []int) {
+	return file_openshell_proto_rawDescGZIP(), []int{122}
+}
+
+func (x *LintProviderProfilesResponse) GetDiagnostics() []*ProviderProfileDiagnostic {
+	if x != nil {
+		return x.Diagnostics
+	}
+	return nil
+}
+
+func (x *LintProviderProfilesResponse) GetValid() bool {
+	if x != nil {
+		return x.Valid
+	}
+	return false
+}
+
+type ListProviderProfilesRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Limit         uint32                 `protobuf:"varint,1,opt,name=limit,proto3" json:"limit,omitempty"`
+	Offset        uint32                 `protobuf:"varint,2,opt,name=offset,proto3" json:"offset,omitempty"`
+	Workspace     string                 `protobuf:"bytes,3,opt,name=workspace,proto3" json:"workspace,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListProviderProfilesRequest) Reset() {
+	*x = ListProviderProfilesRequest{}
+	mi := &file_openshell_proto_msgTypes[123]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListProviderProfilesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListProviderProfilesRequest) ProtoMessage() {}
+
+func (x *ListProviderProfilesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_openshell_proto_msgTypes[123]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListProviderProfilesRequest.ProtoReflect.Descriptor instead.
+func (*ListProviderProfilesRequest) Descriptor() ([]byte, []int) {
+	return file_openshell_proto_rawDescGZIP(), []int{123}
+}
+
+func (x *ListProviderProfilesRequest) GetLimit() uint32 {
+	if x != nil {
+		return x.Limit
+	}
+	return 0
+}
+
+func (x *ListProviderProfilesRequest) GetOffset() uint32 {
+	if x != nil {
+		return x.Offset
+	}
+	return 0
+}
+
+func (x *ListProviderProfilesRequest) GetWorkspace() string {
+	if x != nil {
+		return x.Workspace
+	}
+	return ""
+}
+
+type ListProviderProfilesResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Profiles      []*ProviderProfile     `protobuf:"bytes,1,rep,name=profiles,proto3" json:"profiles,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListProviderProfilesResponse) Reset() {
+	*x = ListProviderProfilesResponse{}
+	mi := &file_openshell_proto_msgTypes[124]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListProviderProfilesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListProviderProfilesResponse) ProtoMessage() {}
+
+func (x *ListProviderProfilesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_openshell_proto_msgTypes[124]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListProviderProfilesResponse.ProtoReflect.Descriptor instead.
+func (*ListProviderProfilesResponse) Descriptor() ([]byte, []int) {
+	return file_openshell_proto_rawDescGZIP(), []int{124}
+}
+
+func (x *ListProviderProfilesResponse) GetProfiles() []*ProviderProfile {
+	if x != nil {
+		return x.Profiles
+	}
+	return nil
+}
+
+type ListProvidersRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Limit         uint32                 `protobuf:"varint,1,opt,name=limit,proto3" json:"limit,omitempty"`
+	Offset        uint32                 `protobuf:"varint,2,opt,name=offset,proto3" json:"offset,omitempty"`
+	Workspace     string                 `protobuf:"bytes,3,opt,name=workspace,proto3" json:"workspace,omitempty"`
+	AllWorkspaces bool                   `protobuf:"varint,4,opt,name=all_workspaces,json=allWorkspaces,proto3" json:"all_workspaces,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListProvidersRequest) Reset() {
+	*x = ListProvidersRequest{}
+	mi := &file_openshell_proto_msgTypes[125]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListProvidersRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListProvidersRequest) ProtoMessage() {}
+
+func (x *ListProvidersRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_openshell_proto_msgTypes[125]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListProvidersRequest.ProtoReflect.Descriptor instead.
+func (*ListProvidersRequest) Descriptor() ([]byte, []int) {
+	return file_openshell_proto_rawDescGZIP(), []int{125}
+}
+
+func (x *ListProvidersRequest) GetLimit() uint32 {
+	if x != nil {
+		return x.Limit
+	}
+	return 0
+}
+
+func (x *ListProvidersRequest) GetOffset() uint32 {
+	if x != nil {
+		return x.Offset
+	}
+	return 0
+}
+
+func (x *ListProvidersRequest) GetWorkspace() string {
+	if x != nil {
+		return x.Workspace
+	}
+	return ""
+}
+
+func (x *ListProvidersRequest) GetAllWorkspaces() bool {
+	if x != nil {
+		return x.AllWorkspaces
+	}
+	return false
+}
+
+type ListProvidersResponse struct {
+	state         protoimpl.MessageState  `protogen:"open.v1"`
+	Providers     []*datamodelv1.Provider `protobuf:"bytes,1,rep,name=providers,proto3" json:"providers,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListProvidersResponse) Reset() {
+	*x = ListProvidersResponse{}
+	mi := &file_openshell_proto_msgTypes[126]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListProvidersResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListProvidersResponse) ProtoMessage() {}
+
+func (x *ListProvidersResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_openshell_proto_msgTypes[126]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListProvidersResponse.ProtoReflect.Descriptor instead.
+func (*ListProvidersResponse) Descriptor() ([]byte, []int) {
+	return file_openshell_proto_rawDescGZIP(), []int{126}
+}
+
+func (x *ListProvidersResponse) GetProviders() []*datamodelv1.Provider {
+	if x != nil {
+		return x.Providers
+	}
+	return nil
+}
+
+type ListSandboxPoliciesRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Limit         uint32                 `protobuf:"varint,2,opt,name=limit,proto3" json:"limit,omitempty"`
+	Offset        uint32                 `protobuf:"varint,3,opt,name=offset,proto3" json:"offset,omitempty"`
+	Global        bool                   `protobuf:"varint,4,opt,name=global,proto3" json:"global,omitempty"`
+	Workspace     string                 `protobuf:"bytes,5,opt,name=workspace,proto3" json:"workspace,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListSandboxPoliciesRequest) Reset() {
+	*x = ListSandboxPoliciesRequest{}
+	mi := &file_openshell_proto_msgTypes[127]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListSandboxPoliciesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListSandboxPoliciesRequest) ProtoMessage() {}
+
+func (x *ListSandboxPoliciesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_openshell_proto_msgTypes[127]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListSandboxPoliciesRequest.ProtoReflect.Descriptor instead.
+func (*ListSandboxPoliciesRequest) Descriptor() ([]byte, []int) {
+	return file_openshell_proto_rawDescGZIP(), []int{127}
+}
+
+func (x *ListSandboxPoliciesRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ListSandboxPoliciesRequest) GetLimit() uint32 {
+	if x != nil {
+		return x.Limit
+	}
+	return 0
+}
+
+func (x *ListSandboxPoliciesRequest) GetOffset() uint32 {
+	if x != nil {
+		return x.Offset
+	}
+	return 0
+}
+
+func (x *ListSandboxPoliciesRequest) GetGlobal() bool {
+	if x != nil {
+		return x.Global
+	}
+	return false
+}
+
+func (x *ListSandboxPoliciesRequest) GetWorkspace() string {
+	if x != nil {
+		return x.Workspace
+	}
+	return ""
+}
+
+type ListSandboxPoliciesResponse struct {
+	state         protoimpl.MessageState   `protogen:"open.v1"`
+	Revisions     []*SandboxPolicyRevision `protobuf:"bytes,1,rep,name=revisions,proto3" json:"revisions,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListSandboxPoliciesResponse) Reset() {
+	*x = ListSandboxPoliciesResponse{}
+	mi := &file_openshell_proto_msgTypes[128]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListSandboxPoliciesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListSandboxPoliciesResponse) ProtoMessage() {}
+
+func (x *ListSandboxPoliciesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_openshell_proto_msgTypes[128]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListSandboxPoliciesResponse.ProtoReflect.Descriptor instead.
+func (*ListSandboxPoliciesResponse) Descriptor() ([]byte, []int) {
+	return file_openshell_proto_rawDescGZIP(), []int{128}
+}
+
+func (x *ListSandboxPoliciesResponse) GetRevisions() []*SandboxPolicyRevision {
+	if x != nil {
+		return x.Revisions
+	}
+	return nil
+}
+
+type ListSandboxProvidersRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	SandboxName   string                 `protobuf:"bytes,1,opt,name=sandbox_name,json=sandboxName,proto3" json:"sandbox_name,omitempty"`
+	Workspace     string                 `protobuf:"bytes,2,opt,name=workspace,proto3" json:"workspace,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListSandboxProvidersRequest) Reset() {
+	*x = ListSandboxProvidersRequest{}
+	mi := &file_openshell_proto_msgTypes[129]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListSandboxProvidersRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListSandboxProvidersRequest) ProtoMessage() {}
+
+func (x *ListSandboxProvidersRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_openshell_proto_msgTypes[129]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListSandboxProvidersRequest.ProtoReflect.Descriptor instead.
+func (*ListSandboxProvidersRequest) Descriptor() ([]byte, []int) {
+	return file_openshell_proto_rawDescGZIP(), []int{129}
+}
+
+func (x *ListSandboxProvidersRequest) GetSandboxName() string {
+	if x != nil {
+		return x.SandboxName
+	}
+	return ""
+}
+
+func (x *ListSandboxProvidersRequest) GetWorkspace() string {
+	if x != nil {
+		return x.Workspace
+	}
+	return ""
+}
+
+type ListSandboxProvidersResponse struct {
+	state         protoimpl.MessageState  `protogen:"open.v1"`
+	Providers     []*datamodelv1.Provider `protobuf:"bytes,1,rep,name=providers,proto3" json:"providers,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListSandboxProvidersResponse) Reset() {
+	*x = ListSandboxProvidersResponse{}
+	mi := &file_openshell_proto_msgTypes[130]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListSandboxProvidersResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListSandboxProvidersResponse) ProtoMessage() {}
+
+func (x *ListSandboxProvidersResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_openshell_proto_msgTypes[130]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListSandboxProvidersResponse.ProtoReflect.Descriptor instead.
+func (*ListSandboxProvidersResponse) Descriptor() ([]byte, []int) {
+	return file_openshell_proto_rawDescGZIP(), []int{130}
+}
+
+func (x *ListSandboxProvidersResponse) GetProviders() []*datamodelv1.Provider {
+	if x != nil {
+		return x.Providers
+	}
+	return nil
+}
+
+type ListServicesRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Sandbox       string                 `protobuf:"bytes,1,opt,name=sandbox,proto3" json:"sandbox,omitempty"`
+	Limit         uint32                 `protobuf:"varint,2,opt,name=limit,proto3" json:"limit,omitempty"`
+	Offset        uint32                 `protobuf:"varint,3,opt,name=offset,proto3" json:"offset,omitempty"`
+	Workspace     string                 `protobuf:"bytes,4,opt,name=workspace,proto3" json:"workspace,omitempty"`
+	AllWorkspaces bool                   `protobuf:"varint,5,opt,name=all_workspaces,json=allWorkspaces,proto3" json:"all_workspaces,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListServicesRequest) Reset() {
+	*x = ListServicesRequest{}
+	mi := &file_openshell_proto_msgTypes[131]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListServicesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListServicesRequest) ProtoMessage() {}
+
+func (x *ListServicesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_openshell_proto_msgTypes[131]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListServicesRequest.ProtoReflect.Descriptor instead.
+func (*ListServicesRequest) Descriptor() ([]byte, []int) {
+	return file_openshell_proto_rawDescGZIP(), []int{131}
+}
+
+func (x *ListServicesRequest) GetSandbox() string {
+	if x != nil {
+		return x.Sandbox
+	}
+	return ""
+}
+
+func (x *ListServicesRequest) GetLimit() uint32 {
+	if x != nil {
+		return x.Limit
+	}
+	return 0
+}
+
+func (x *ListServicesRequest) GetOffset() uint32 {
+	if x != nil {
+		return x.Offset
+	}
+	return 0
+}
+
+func (x *ListServicesRequest) GetWorkspace() string {
+	if x != nil {
+		return x.Workspace
+	}
+	return ""
+}
+
+func (x *ListServicesRequest) GetAllWorkspaces() bool {
+	if x != nil {
+		return x.AllWorkspaces
+	}
+	return false
+}
+
+type ListServicesResponse struct {
+	state         protoimpl.MessageState     `protogen:"open.v1"`
+	Services      []*ServiceEndpointResponse `protobuf:"bytes,1,rep,name=services,proto3" json:"services,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListServicesResponse) Reset() {
+	*x = ListServicesResponse{}
+	mi := &file_openshell_proto_msgTypes[132]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListServicesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListServicesResponse) ProtoMessage() {}
+
+func (x *ListServicesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_openshell_proto_msgTypes[132]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListServicesResponse.ProtoReflect.Descriptor instead.
+func (*ListServicesResponse) Descriptor() ([]byte, []int) {
+	return file_openshell_proto_rawDescGZIP(), []int{132}
+}
+
+func (x *ListServicesResponse) GetServices() []*ServiceEndpointResponse {
+	if x != nil {
+		return x.Services
+	}
+	return nil
+}
+
+type ListWorkspaceMembersRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Workspace     string                 `protobuf:"bytes,1,opt,name=workspace,proto3" json:"workspace,omitempty"`
+	Limit         uint32                 `protobuf:"varint,2,opt,name=limit,proto3" json:"limit,omitempty"`
+	Offset        uint32                 `protobuf:"varint,3,opt,name=offset,proto3" json:"offset,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListWorkspaceMembersRequest) Reset() {
+	*x = ListWorkspaceMembersRequest{}
+	mi := &file_openshell_proto_msgTypes[133]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListWorkspaceMembersRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListWorkspaceMembersRequest) ProtoMessage() {}
+
+func (x *ListWorkspaceMembersRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_openshell_proto_msgTypes[133]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListWorkspaceMembersRequest.ProtoReflect.Descriptor instead.
+func (*ListWorkspaceMembersRequest) Descriptor() ([]byte, []int) {
+	return file_openshell_proto_rawDescGZIP(), []int{133}
+}
+
+func (x *ListWorkspaceMembersRequest) GetWorkspace() string {
+	if x != nil {
+		return x.Workspace
+	}
+	return ""
+}
+
+func (x *ListWorkspaceMembersRequest) GetLimit() uint32 {
+	if x != nil {
+		return x.Limit
+	}
+	return 0
+}
+
+func (x *ListWorkspaceMembersRequest) GetOffset() uint32 {
+	if x != nil {
+		return x.Offset
+	}
+	return 0
+}
+
+type ListWorkspaceMembersResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Members       []*WorkspaceMember     `protobuf:"bytes,1,rep,name=members,proto3" json:"members,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListWorkspaceMembersResponse) Reset() {
+	*x = ListWorkspaceMembersResponse{}
+	mi := &file_openshell_proto_msgTypes[134]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListWorkspaceMembersResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListWorkspaceMembersResponse) ProtoMessage() {}
+
+func (x *ListWorkspaceMembersResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_openshell_proto_msgTypes[134]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListWorkspaceMembersResponse.ProtoReflect.Descriptor instead.
+func (*ListWorkspaceMembersResponse) Descriptor() ([]byte, []int) {
+	return file_openshell_proto_rawDescGZIP(), []int{134}
+}
+
+func (x *ListWorkspaceMembersResponse) GetMembers() []*WorkspaceMember {
+	if x != nil {
+		return x.Members
+	}
+	return nil
+}
+
+type ListWorkspacesRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Limit         uint32                 `protobuf:"varint,1,opt,name=limit,proto3" json:"limit,omitempty"`
+	Offset        uint32                 `protobuf:"varint,2,opt,name=offset,proto3" json:"offset,omitempty"`
+	LabelSelector string                 `protobuf:"bytes,3,opt,name=label_selector,json=labelSelector,proto3" json:"label_selector,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListWorkspacesRequest) Reset() {
+	*x = ListWorkspacesRequest{}
+	mi := &file_openshell_proto_msgTypes[135]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListWorkspacesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListWorkspacesRequest) ProtoMessage() {}
+
+func (x *ListWorkspacesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_openshell_proto_msgTypes[135]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListWorkspacesRequest.ProtoReflect.Descriptor instead.
+func (*ListWorkspacesRequest) Descriptor() ([]byte, []int) {
+	return file_openshell_proto_rawDescGZIP(), []int{135}
+}
+
+func (x *ListWorkspacesRequest) GetLimit() uint32 {
+	if x != nil {
+		return x.Limit
+	}
+	return 0
+}
+
+func (x *ListWorkspacesRequest) GetOffset() uint32 {
+	if x != nil {
+		return x.Offset
+	}
+	return 0
+}
+
+func (x *ListWorkspacesRequest) GetLabelSelector() string {
+	if x != nil {
+		return x.LabelSelector
+	}
+	return ""
+}
+
+type ListWorkspacesResponse struct {
+	state         protoimpl.MessageState   `protogen:"open.v1"`
+	Workspaces    []*datamodelv1.Workspace `protobuf:"bytes,1,rep,name=workspaces,proto3" json:"workspaces,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListWorkspacesResponse) Reset() {
+	*x = ListWorkspacesResponse{}
+	mi := &file_openshell_proto_msgTypes[136]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListWorkspacesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListWorkspacesResponse) ProtoMessage() {}
+
+func (x *ListWorkspacesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_openshell_proto_msgTypes[136]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListWorkspacesResponse.ProtoReflect.Descriptor instead.
+func (*ListWorkspacesResponse) Descriptor() ([]byte, []int) {
+	return file_openshell_proto_rawDescGZIP(), []int{136}
+}
+
+func (x *ListWorkspacesResponse) GetWorkspaces() []*datamodelv1.Workspace {
+	if x != nil {
+		return x.Workspaces
+	}
+	return nil
+}
+
+type NetworkActivitySummary struct {
+	state                protoimpl.MessageState `protogen:"open.v1"`
+	NetworkActivityCount uint32                 `protobuf:"varint,1,opt,name=network_activity_count,json=networkActivityCount,proto3" json:"network_activity_count,omitempty"`
+	DeniedActionCount    uint32                 `protobuf:"varint,2,opt,name=denied_action_count,json=deniedActionCount,proto3" json:"denied_action_count,omitempty"`
+	DenialsByGroup       []*DenialGroupCount    `protobuf:"bytes,3,rep,name=denials_by_group,json=denialsByGroup,proto3" json:"denials_by_group,omitempty"`
+	unknownFields        protoimpl.UnknownFields
+	sizeCache            protoimpl.SizeCache
+}
+
+func (x *NetworkActivitySummary) Reset() {
+	*x = NetworkActivitySummary{}
+	mi := &file_openshell_proto_msgTypes[137]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NetworkActivitySummary) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NetworkActivitySummary) ProtoMessage() {}
+
+func (x *NetworkActivitySummary) ProtoReflect() protoreflect.Message {
+	mi := &file_openshell_proto_msgTypes[137]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NetworkActivitySummary.ProtoReflect.Descriptor instead.
+func (*NetworkActivitySummary) Descriptor() ([]byte, []int) {
+	return file_openshell_proto_rawDescGZIP(), []int{137}
+}
+
+func (x *NetworkActivitySummary) GetNetworkActivityCount() uint32 {
+	if x != nil {
+		return x.NetworkActivityCount
+	}
+	return 0
+}
+
+func (x *NetworkActivitySummary) GetDeniedActionCount() uint32 {
+	if x != nil {
+		return x.DeniedActionCount
+	}
+	return 0
+}
+
+func (x *NetworkActivitySummary) GetDenialsByGroup() []*DenialGroupCount {
+	if x != nil {
+		return x.DenialsByGroup
+	}
+	return nil
+}
+
+type PolicyChunk struct {
+	state                        protoimpl.MessageState       `protogen:"open.v1"`
+	Id                           string                       `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Status                       string                       `protobuf:"bytes,2,opt,name=status,proto3" json:"status,omitempty"`
+	RuleName                     string                       `protobuf:"bytes,3,opt,name=rule_name,json=ruleName,proto3" json:"rule_name,omitempty"`
+	ProposedRule                 *sandboxv1.NetworkPolicyRule `protobuf:"bytes,4,opt,name=proposed_rule,json=proposedRule,proto3" json:"proposed_rule,omitempty"`
+	Rationale                    string                       `protobuf:"bytes,5,opt,name=rationale,proto3" json:"rationale,omitempty"`
+	SecurityNotes                string                       `protobuf:"bytes,6,opt,name=security_notes,json=securityNotes,proto3" json:"security_notes,omitempty"`
+	Confidence                   float32                      `protobuf:"fixed32,7,opt,name=confidence,proto3" json:"confidence,omitempty"`
+	DenialSummaryIds             []string                     `protobuf:"bytes,8,rep,name=denial_summary_ids,json=denialSummaryIds,proto3" json:"denial_summary_ids,omitempty"`
+	CreatedAtMs                  int64                        `protobuf:"varint,9,opt,name=created_at_ms,json=createdAtMs,proto3" json:"created_at_ms,omitempty"`
+	DecidedAtMs                  int64                        `protobuf:"varint,10,opt,name=decided_at_ms,json=decidedAtMs,proto3" json:"decided_at_ms,omitempty"`
+	Stage                        string                       `protobuf:"bytes,11,opt,name=stage,proto3" json:"stage,omitempty"`
+	SupersedesChunkId            string                       `protobuf:"bytes,12,opt,name=supersedes_chunk_id,json=supersedesChunkId,proto3" json:"supersedes_chunk_id,omitempty"`
+	HitCount                     int32                        `protobuf:"varint,13,opt,name=hit_count,json=hitCount,proto3" json:"hit_count,omitempty"`
+	FirstSeenMs                  int64                        `protobuf:"varint,14,opt,name=first_seen_ms,json=firstSeenMs,proto3" json:"first_seen_ms,omitempty"`
+	LastSeenMs                   int64                        `protobuf:"varint,15,opt,name=last_seen_ms,json=lastSeenMs,proto3" json:"last_seen_ms,omitempty"`
+	Binary                       string                       `protobuf:"bytes,16,opt,name=binary,proto3" json:"binary,omitempty"`
+	ValidationResult             string                       `protobuf:"bytes,17,opt,name=validation_result,json=validationResult,proto3" json:"validation_result,omitempty"`
+	RejectionReason              string                       `protobuf:"bytes,18,opt,name=rejection_reason,json=rejectionReason,proto3" json:"rejection_reason,omitempty"`
+	ApplicationError             string                       `protobuf:"bytes,19,opt,name=application_error,json=applicationError,proto3" json:"application_error,omitempty"`
+	ReviewToken                  string                       `protobuf:"bytes,20,opt,name=review_token,json=reviewToken,proto3" json:"review_token,omitempty"`
+	CurrentEffectivePolicyHash   string                       `protobuf:"bytes,21,opt,name=current_effective_policy_hash,json=currentEffectivePolicyHash,proto3" json:"current_effective_policy_hash,omitempty"`
+	CandidateEffectivePolicyHash string                       `protobuf:"bytes,22,opt,name=candidate_effective_policy_hash,json=candidateEffectivePolicyHash,proto3" json:"candidate_effective_policy_hash,omitempty"`
+	CurrentEffectivePolicy       *sandboxv1.SandboxPolicy     `protobuf:"bytes,23,opt,name=current_effective_policy,json=currentEffectivePolicy,proto3" json:"current_effective_policy,omitempty"`
+	CandidateEffectivePolicy     *sandboxv1.SandboxPolicy     `protobuf:"bytes,24,opt,name=candidate_effective_policy,json=candidateEffectivePolicy,proto3" json:"candidate_effective_policy,omitempty"`
+	unknownFields                protoimpl.UnknownFields
+	sizeCache                    protoimpl.SizeCache
+}
+
+func (x *PolicyChunk) Reset() {
+	*x = PolicyChunk{}
+	mi := &file_openshell_proto_msgTypes[138]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PolicyChunk) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PolicyChunk) ProtoMessage() {}
+
+func (x *PolicyChunk) ProtoReflect() protoreflect.Message {
+	mi := &file_openshell_proto_msgTypes[138]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PolicyChunk.ProtoReflect.Descriptor instead.
+func (*PolicyChunk) Descriptor() ([]byte, []int) {
+	return file_openshell_proto_rawDescGZIP(), []int{138}
+}
+
+func (x *PolicyChunk) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *PolicyChunk) GetStatus() string {
+	if x != nil {
+		return x.Status
+	}
+	return ""
+}
+
+func (x *PolicyChunk) GetRuleName() string {
+	if x != nil {
+		return x.RuleName
+	}
+	return ""
+}
+
+func (x *PolicyChunk) GetProposedRule() *sandboxv1.NetworkPolicyRule {
+	if x != nil {
+		return x.ProposedRule
+	}
+	return nil
+}
+
+func (x *PolicyChunk) GetRationale() string {
+	if x != nil {
+		return x.Rationale
+	}
+	return ""
+}
+
+func (x *PolicyChunk) GetSecurityNotes() string {
+	if x != nil {
+		return x.SecurityNotes
+	}
+	return ""
+}
+
+func (x *PolicyChunk) GetConfidence() float32 {
+	if x != nil {
+		return x.Confidence
+	}
+	return 0
+}
+
+func (x *PolicyChunk) GetDenialSummaryIds() []string {
+	if x != nil {
+		return x.DenialSummaryIds
+	}
+	return nil
+}
+
+func (x *PolicyChunk) GetCreatedAtMs() int64 {
+	if x != nil {
+		return x.CreatedAtMs
+	}
+	return 0
+}
+
+func (x *PolicyChunk) GetDecidedAtMs() int64 {
+	if x != nil {
+		return x.DecidedAtMs
+	}
+	return 0
+}
+
+func (x *PolicyChunk) GetStage() string {
+	if x != nil {
+		return x.Stage
+	}
+	return ""
+}
+
+func (x *PolicyChunk) GetSupersedesChunkId() string {
+	if x != nil {
+		return x.SupersedesChunkId
+	}
+	return ""
+}
+
+func (x *PolicyChunk) GetHitCount() int32 {
+	if x != nil {
+		return x.HitCount
+	}
+	return 0
+}
+
+func (x *PolicyChunk) GetFirstSeenMs() int64 {
+	if x != nil {
+		return x.FirstSeenMs
+	}
+	return 0
+}
+
+func (x *PolicyChunk) GetLastSeenMs() int64 {
+	if x != nil {
+		return x.LastSeenMs
+	}
+	return 0
+}
+
+func (x *PolicyChunk) GetBinary() string {
+	if x != nil {
+		return x.Binary
+	}
+	return ""
+}
+
+func (x *PolicyChunk) GetValidationResult() string {
+	if x != nil {
+		return x.ValidationResult
+	}
+	return ""
+}
+
+func (x *PolicyChunk) GetRejectionReason() string {
+	if x != nil {
+		return x.RejectionReason
+	}
+	return ""
+}
+
+func (x *PolicyChunk) GetApplicationError() string {
+	if x != nil {
+		return x.ApplicationError
+	}
+	return ""
+}
+
+func (x *PolicyChunk) GetReviewToken() string {
+	if x != nil {
+		return x.ReviewToken
+	}
+	return ""
+}
+
+func (x *PolicyChunk) GetCurrentEffectivePolicyHash() string {
+	if x != nil {
+		return x.CurrentEffectivePolicyHash
+	}
+	return ""
+}
+
+func (x *PolicyChunk) GetCandidateEffectivePolicyHash() string {
+	if x != nil {
+		return x.CandidateEffectivePolicyHash
+	}
+	return ""
+}
+
+func (x *PolicyChunk) GetCurrentEffectivePolicy() *sandboxv1.SandboxPolicy {
+	if x != nil {
+		return x.CurrentEffectivePolicy
+	}
+	return nil
+}
+
+func (x *PolicyChunk) GetCandidateEffectivePolicy() *sandboxv1.SandboxPolicy {
+	if x != nil {
+		return x.CandidateEffectivePolicy
+	}
+	return nil
+}
+
+type PolicyMergeOperation struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to Operation:
+	//
+	//	*PolicyMergeOperation_AddRule
+	//	*PolicyMergeOperation_RemoveEndpoint
+	//	*PolicyMergeOperation_RemoveRule
+	//	*PolicyMergeOperation_AddDenyRules
+	//	*PolicyMergeOperation_AddAllowRules
+	//	*PolicyMergeOperation_RemoveBinary
+	Operation     isPolicyMergeOperation_Operation `protobuf_oneof:"operation"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PolicyMergeOperation) Reset() {
+	*x = PolicyMergeOperation{}
+	mi := &file_openshell_proto_msgTypes[139]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PolicyMergeOperation) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PolicyMergeOperation) ProtoMessage() {}
+
+func (x *PolicyMergeOperation) ProtoReflect() protoreflect.Message {
+	mi := &file_openshell_proto_msgTypes[139]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PolicyMergeOperation.ProtoReflect.Descriptor instead.
+func (*PolicyMergeOperation) Descriptor() ([]byte, []int) {
+	return file_openshell_proto_rawDescGZIP(), []int{139}
+}
+
+func (x *PolicyMergeOperation) GetOperation() isPolicyMergeOperation_Operation {
+	if x != nil {
+		return x.Operation
+	}
+	return nil
+}
+
+func (x *PolicyMergeOperation) GetAddRule() *AddNetworkRule {
+	if x != nil {
+		if x, ok := x.Operation.(*PolicyMergeOperation_AddRule); ok {
+			return x.AddRule
+		}
+	}
+	return nil
+}
+
+func (x *PolicyMergeOperation) GetRemoveEndpoint() *RemoveNetworkEndpoint {
+	if x != nil {
+		if x, ok := x.Operation.(*PolicyMergeOperation_RemoveEndpoint); ok {
+			return x.RemoveEndpoint
+		}
+	}
+	return nil
+}
+
+func (x *PolicyMergeOperation) GetRemoveRule() *RemoveNetworkRule {
+	if x != nil {
+		if x, ok := x.Operation.(*PolicyMergeOperation_RemoveRule); ok {
+			return x.RemoveRule
+		}
+	}
+	return nil
+}
+
+func (x *PolicyMergeOperation) GetAddDenyRules() *AddDenyRules {
+	if x != nil {
+		if x, ok := x.Operation.(*PolicyMergeOperation_AddDenyRules); ok {
+			return x.AddDenyRules
+		}
+	}
+	return nil
+}
+
+func (x *PolicyMergeOperation) GetAddAllowRules() *AddAllowRules {
+	if x != nil {
+		if x, ok := x.Operation.(*PolicyMergeOperation_AddAllowRules); ok {
+			return x.AddAllowRules
+		}
+	}
+	return nil
+}
+
+func (x *PolicyMergeOperation) GetRemoveBinary() *RemoveNetworkBinary {
+	if x != nil {
+		if x, ok := x.Operation.(*PolicyMergeOperation_RemoveBinary); ok {
+			return x.RemoveBinary
+		}
+	}
+	return nil
+}
+
+type isPolicyMergeOperation_Operation interface {
+	isPolicyMergeOperation_Operation()
+}
+
+type PolicyMergeOperation_AddRule struct {
+	AddRule *AddNetworkRule `protobuf:"bytes,1,opt,name=add_rule,json=addRule,proto3,oneof"`
+}
+
+type PolicyMergeOperation_RemoveEndpoint struct {
+	RemoveEndpoint *RemoveNetworkEndpoint `protobuf:"bytes,2,opt,name=remove_endpoint,json=removeEndpoint,proto3,oneof"`
+}
+
+type PolicyMergeOperation_RemoveRule struct {
+	RemoveRule *RemoveNetworkRule `protobuf:"bytes,3,opt,name=remove_rule,json=removeRule,proto3,oneof"`
+}
+
+type PolicyMergeOperation_AddDenyRules struct {
+	AddDenyRules *AddDenyRules `protobuf:"bytes,4,opt,name=add_deny_rules,json=addDenyRules,proto3,oneof"`
+}
+
+type PolicyMergeOperation_AddAllowRules struct {
+	AddAllowRules *AddAllowRules `protobuf:"bytes,5,opt,name=add_allow_rules,json=addAllowRules,proto3,oneof"`
+}
+
+type PolicyMergeOperation_RemoveBinary struct {
+	RemoveBinary *RemoveNetworkBinary `protobuf:"bytes,6,opt,name=remove_binary,json=removeBinary,proto3,oneof"`
+}
+
+func (*PolicyMergeOperation_AddRule) isPolicyMergeOperation_Operation() {}
+
+func (*PolicyMergeOperation_RemoveEndpoint) isPolicyMergeOperation_Operation() {}
+
+func (*PolicyMergeOperation_RemoveRule) isPolicyMergeOperation_Operation() {}
+
+func (*PolicyMergeOperation_AddDenyRules) isPolicyMergeOperation_Operation() {}
+
+func (*PolicyMergeOperation_AddAllowRules) isPolicyMergeOperation_Operation() {}
+
+func (*PolicyMergeOperation_RemoveBinary) isPolicyMergeOperation_Operation() {}
+
+type ProviderCredentialRefresh struct {
+	state                protoimpl.MessageState               `protogen:"open.v1"`
+	Strategy             ProviderCredentialRefreshStrategy    `protobuf:"varint,1,opt,name=strategy,proto3,enum=openshell.v1.ProviderCredentialRefreshStrategy" json:"strategy,omitempty"`
+	TokenUrl             string                               `protobuf:"bytes,2,opt,name=token_url,json=tokenUrl,proto3" json:"token_url,omitempty"`
+	Scopes               []string                             `protobuf:"bytes,3,rep,name=scopes,proto3" json:"scopes,omitempty"`
+	RefreshBeforeSeconds int64                                `protobuf:"varint,4,opt,name=refresh_before_seconds,json=refreshBeforeSeconds,proto3" json:"refresh_before_seconds,omitempty"`
+	MaxLifetimeSeconds   int64                                `protobuf:"varint,5,opt,name=max_lifetime_seconds,json=maxLifetimeSeconds,proto3" json:"max_lifetime_seconds,omitempty"`
+	Material             []*ProviderCredentialRefreshMaterial `protobuf:"bytes,6,rep,name=material,proto3" json:"material,omitempty"`
+	AdditionalOutputs    []*ProviderCredentialRefreshOutput   `protobuf:"bytes,7,rep,name=additional_outputs,json=additionalOutputs,proto3" json:"additional_outputs,omitempty"`
+	unknownFields        protoimpl.UnknownFields
+	sizeCache            protoimpl.SizeCache
+}
+
+func (x *ProviderCredentialRefresh) Reset() {
+	*x = ProviderCredentialRefresh{}
+	mi := &file_openshell_proto_msgTypes[140]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ProviderCredentialRefresh) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ProviderCredentialRefresh) ProtoMessage() {}
+
+func (x *ProviderCredentialRefresh) ProtoReflect() protoreflect.Message {
+	mi := &file_openshell_proto_msgTypes[140]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ProviderCredentialRefresh.ProtoReflect.Descriptor instead.
+func (*ProviderCredentialRefresh) Descriptor() ([]byte, []int) {
+	return file_openshell_proto_rawDescGZIP(), []int{140}
+}
+
+func (x *ProviderCredentialRefresh) GetStrategy() ProviderCredentialRefreshStrategy {
+	if x != nil {
+		return x.Strategy
+	}
+	return ProviderCredentialRefreshStrategy_PROVIDER_CREDENTIAL_REFRESH_STRATEGY_UNSPECIFIED
+}
+
+func (x *ProviderCredentialRefresh) GetTokenUrl() string {
+	if x != nil {
+		return x.TokenUrl
+	}
+	return ""
+}
+
+func (x *ProviderCredentialRefresh) GetScopes() []string {
+	if x != nil {
+		return x.Scopes
+	}
+	return nil
+}
+
+func (x *ProviderCredentialRefresh) GetRefreshBeforeSeconds() int64 {
+	if x != nil {
+		return x.RefreshBeforeSeconds
+	}
+	return 0
+}
+
+func (x *ProviderCredentialRefresh) GetMaxLifetimeSeconds() int64 {
+	if x != nil {
+		return x.MaxLifetimeSeconds
+	}
+	return 0
+}
+
+func (x *ProviderCredentialRefresh) GetMaterial() []*ProviderCredentialRefreshMaterial {
+	if x != nil {
+		return x.Material
+	}
+	return nil
+}
+
+func (x *ProviderCredentialRefresh) GetAdditionalOutputs() []*ProviderCredentialRefreshOutput {
+	if x != nil {
+		return x.AdditionalOutputs
+	}
+	return nil
+}
+
+type ProviderCredentialRefreshMaterial struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Description   string                 `protobuf:"bytes,2,opt,name=description,proto3" json:"description,omitempty"`
+	Required      bool                   `protobuf:"varint,3,opt,name=required,proto3" json:"required,omitempty"`
+	Secret        bool                   `protobuf:"varint,4,opt,name=secret,proto3" json:"secret,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ProviderCredentialRefreshMaterial) Reset() {
+	*x = ProviderCredentialRefreshMaterial{}
+	mi := &file_openshell_proto_msgTypes[141]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ProviderCredentialRefreshMaterial) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ProviderCredentialRefreshMaterial) ProtoMessage() {}
+
+func (x *ProviderCredentialRefreshMaterial) ProtoReflect() protoreflect.Message {
+	mi := &file_openshell_proto_msgTypes[141]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ProviderCredentialRefreshMaterial.ProtoReflect.Descriptor instead.
+func (*ProviderCredentialRefreshMaterial) Descriptor() ([]byte, []int) {
+	return file_openshell_proto_rawDescGZIP(), []int{141}
+}
+
+func (x *ProviderCredentialRefreshMaterial) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ProviderCredentialRefreshMaterial) GetDescription() string {
+	if x != nil {
+		return x.Description
+	}
+	return ""
+}
+
+func (x *ProviderCredentialRefreshMaterial) GetRequired() bool {
+	if x != nil {
+		return x.Required
+	}
+	return false
+}
+
+func (x *ProviderCredentialRefreshMaterial) GetSecret() bool {
+	if x != nil {
+		return x.Secret
+	}
+	return false
+}
+
+type ProviderCredentialRefreshOutput struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Output        string                 `protobuf:"bytes,1,opt,name=output,proto3" json:"output,omitempty"`
+	Credential    string                 `protobuf:"bytes,2,opt,name=credential,proto3" json:"credential,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ProviderCredentialRefreshOutput) Reset() {
+	*x = ProviderCredentialRefreshOutput{}
+	mi := &file_openshell_proto_msgTypes[142]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ProviderCredentialRefreshOutput) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ProviderCredentialRefreshOutput) ProtoMessage() {}
+
+func (x *ProviderCredentialRefreshOutput) ProtoReflect() protoreflect.Message {
+	mi := &file_openshell_proto_msgTypes[142]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ProviderCredentialRefreshOutput.ProtoReflect.Descriptor instead.
+func (*ProviderCredentialRefreshOutput) Descriptor() ([]byte, []int) {
+	return file_openshell_proto_rawDescGZIP(), []int{142}
+}
+
+func (x *ProviderCredentialRefreshOutput) GetOutput() string {
+	if x != nil {
+		return x.Output
+	}
+	return ""
+}
+
+func (x *ProviderCredentialRefreshOutput) GetCredential() string {
+	if x != nil {
+		return x.Credential
+	}
+	return ""
+}
+
+type ProviderCredentialRefreshStatus struct {
+	state           protoimpl.MessageState            `protogen:"open.v1"`
+	ProviderName    string                            `protobuf:"bytes,1,opt,name=provider_name,json=providerName,proto3" json:"provider_name,omitempty"`
+	ProviderId      string                            `protobuf:"bytes,2,opt,name=provider_id,json=providerId,proto3" json:"provider_id,omitempty"`
+	CredentialKey   string                            `protobuf:"bytes,3,opt,name=credential_key,json=credentialKey,proto3" json:"credential_key,omitempty"`
+	Strategy        ProviderCredentialRefreshStrategy `protobuf:"varint,4,opt,name=strategy,proto3,enum=openshell.v1.ProviderCredentialRefreshStrategy" json:"strategy,omitempty"`
+	Status          string                            `protobuf:"bytes,5,opt,name=status,proto3" json:"status,omitempty"`
+	ExpiresAtMs     int64                             `protobuf:"varint,6,opt,name=expires_at_ms,json=expiresAtMs,proto3" json:"expires_at_ms,omitempty"`
+	NextRefreshAtMs int64                             `protobuf:"varint,7,opt,name=next_refresh_at_ms,json=nextRefreshAtMs,proto3" json:"next_refresh_at_ms,omitempty"`
+	LastRefreshAtMs int64                             `protobuf:"varint,8,opt,name=last_refresh_at_ms,json=lastRefreshAtMs,proto3" json:"last_refresh_at_ms,omitempty"`
+	LastError       string                            `protobuf:"bytes,9,opt,name=last_error,json=lastError,proto3" json:"last_error,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *ProviderCredentialRefreshStatus) Reset() {
+	*x = ProviderCredentialRefreshStatus{}
+	mi := &file_openshell_proto_msgTypes[143]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ProviderCredentialRefreshStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ProviderCredentialRefreshStatus) ProtoMessage() {}
+
+func (x *ProviderCredentialRefreshStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_openshell_proto_msgTypes[143]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ProviderCredentialRefreshStatus.ProtoReflect.Descriptor instead.
+func (*ProviderCredentialRefreshStatus) Descriptor() ([]byte, []int) {
+	return file_openshell_proto_rawDescGZIP(), []int{143}
+}
+
+func (x *ProviderCredentialRefreshStatus) GetProviderName() string {
+	if x != nil {
+		return x.ProviderName
+	}
+	return ""
+}
+
+func (x *ProviderCredentialRefreshStatus) GetProviderId() string {
+	if x != nil {
+		return x.ProviderId
+	}
+	return ""
+}
+
+func (x *ProviderCredentialRefreshStatus) GetCredentialKey() string {
+	if x != nil {
+		return x.CredentialKey
+	}
+	return ""
+}
+
+func (x *ProviderCredentialRefreshStatus) GetStrategy() ProviderCredentialRefreshStrategy {
+	if x != nil {
+		return x.Strategy
+	}
+	return ProviderCredentialRefreshStrategy_PROVIDER_CREDENTIAL_REFRESH_STRATEGY_UNSPECIFIED
+}
+
+func (x *ProviderCredentialRefreshStatus) GetStatus() string {
+	if x != nil {
+		return x.Status
+	}
+	return ""
+}
+
+func (x *ProviderCredentialRefreshStatus) GetExpiresAtMs() int64 {
+	if x != nil {
+		return x.ExpiresAtMs
+	}
+	return 0
+}
+
+func (x *ProviderCredentialRefreshStatus) GetNextRefreshAtMs() int64 {
+	if x != nil {
+		return x.NextRefreshAtMs
+	}
+	return 0
+}
+
+func (x *ProviderCredentialRefreshStatus) GetLastRefreshAtMs() int64 {
+	if x != nil {
+		return x.LastRefreshAtMs
+	}
+	return 0
+}
+
+func (x *ProviderCredentialRefreshStatus) GetLastError() string {
+	if x != nil {
+		return x.LastError
+	}
+	return ""
+}
+
+type ProviderCredentialTokenGrant struct {
+	state               protoimpl.MessageState                          `protogen:"open.v1"`
+	TokenEndpoint       string                                          `protobuf:"bytes,1,opt,name=token_endpoint,json=tokenEndpoint,proto3" json:"token_endpoint,omitempty"`
+	Audience            string                                          `protobuf:"bytes,2,opt,name=audience,proto3" json:"audience,omitempty"`
+	JwtSvidAudience     string                                          `protobuf:"bytes,6,opt,name=jwt_svid_audience,json=jwtSvidAudience,proto3" json:"jwt_svid_audience,omitempty"`
+	Scopes              []string                                        `protobuf:"bytes,3,rep,name=scopes,proto3" json:"scopes,omitempty"`
+	CacheTtlSeconds     int64                                           `protobuf:"varint,4,opt,name=cache_ttl_seconds,json=cacheTtlSeconds,proto3" json:"cache_ttl_seconds,omitempty"`
+	AudienceOverrides   []*ProviderCredentialTokenGrantAudienceOverride `protobuf:"bytes,5,rep,name=audience_overrides,json=audienceOverrides,proto3" json:"audience_overrides,omitempty"`
+	ClientAssertionType string                                          `protobuf:"bytes,7,opt,name=client_assertion_type,json=clientAssertionType,proto3" json:"client_assertion_type,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
+}
+
+func (x *ProviderCredentialTokenGrant) Reset() {
+	*x = ProviderCredentialTokenGrant{}
+	mi := &file_openshell_proto_msgTypes[144]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ProviderCredentialTokenGrant) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ProviderCredentialTokenGrant) ProtoMessage() {}
+
+func (x *ProviderCredentialTokenGrant) ProtoReflect() protoreflect.Message {
+	mi := &file_openshell_proto_msgTypes[144]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ProviderCredentialTokenGrant.ProtoReflect.Descriptor instead.
+func (*ProviderCredentialTokenGrant) Descriptor() ([]byte, []int) {
+	return file_openshell_proto_rawDescGZIP(), []int{144}
+}
+
+func (x *ProviderCredentialTokenGrant) GetTokenEndpoint() string {
+	if x != nil {
+		return x.TokenEndpoint
+	}
+	return ""
+}
+
+func (x *ProviderCredentialTokenGrant) GetAudience() string {
+	if x != nil {
+		return x.Audience
+	}
+	return ""
+}
+
+func (x *ProviderCredentialTokenGrant) GetJwtSvidAudience() string {
+	if x != nil {
+		return x.JwtSvidAudience
+	}
+	return ""
+}
+
+func (x *ProviderCredentialTokenGrant) GetScopes() []string {
+	if x != nil {
+		return x.Scopes
+	}
+	return nil
+}
+
+func (x *ProviderCredentialTokenGrant) GetCacheTtlSeconds() int64 {
+	if x != nil {
+		return x.CacheTtlSeconds
+	}
+	return 0
+}
+
+func (x *ProviderCredentialTokenGrant) GetAudienceOverrides() []*ProviderCredentialTokenGrantAudienceOverride {
+	if x != nil {
+		return x.AudienceOverrides
+	}
+	return nil
+}
+
+func (x *ProviderCredentialTokenGrant) GetClientAssertionType() string {
+	if x != nil {
+		return x.ClientAssertionType
+	}
+	return ""
+}
+
+type ProviderCredentialTokenGrantAudienceOverride struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Host          string                 `protobuf:"bytes,1,opt,name=host,proto3" json:"host,omitempty"`
+	Port          uint32                 `protobuf:"varint,2,opt,name=port,proto3" json:"port,omitempty"`
+	Path          string                 `protobuf:"bytes,3,opt,name=path,proto3" json:"path,omitempty"`
+	Audience      string                 `protobuf:"bytes,4,opt,name=audience,proto3" json:"audience,omitempty"`
+	Scopes        []string               `protobuf:"bytes,5,rep,name=scopes,proto3" json:"scopes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ProviderCredentialTokenGrantAudienceOverride) Reset() {
+	*x = ProviderCredentialTokenGrantAudienceOverride{}
+	mi := &file_openshell_proto_msgTypes[145]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ProviderCredentialTokenGrantAudienceOverride) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ProviderCredentialTokenGrantAudienceOverride) ProtoMessage() {}
+
+func (x *ProviderCredentialTokenGrantAudienceOverride) ProtoReflect() protoreflect.Message {
+	mi := &file_openshell_proto_msgTypes[145]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ProviderCredentialTokenGrantAudienceOverride.ProtoReflect.Descriptor instead.
+func (*ProviderCredentialTokenGrantAudienceOverride) Descriptor() ([]byte, []int) {
+	return file_openshell_proto_rawDescGZIP(), []int{145}
+}
+
+func (x *ProviderCredentialTokenGrantAudienceOverride) GetHost() string {
+	if x != nil {
+		return x.Host
+	}
+	return ""
+}
+
+func (x *ProviderCredentialTokenGrantAudienceOverride) GetPort() uint32 {
+	if x != nil {
+		return x.Port
+	}
+	return 0
+}
+
+func (x *ProviderCredentialTokenGrantAudienceOverride) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+func (x *ProviderCredentialTokenGrantAudienceOverride) GetAudience() string {
+	if x != nil {
+		return x.Audience
+	}
+	return ""
+}
+
+func (x *ProviderCredentialTokenGrantAudienceOverride) GetScopes() []string {
+	if x != nil {
+		return x.Scopes
+	}
+	return nil
+}
+
+type ProviderProfile struct {
+	state            protoimpl.MessageState       `protogen:"open.v1"`
+	Id               string                       `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	DisplayName      string                       `protobuf:"bytes,2,opt,name=display_name,json=displayName,proto3" json:"display_name,omitempty"`
+	Description      string                       `protobuf:"bytes,3,opt,name=description,proto3" json:"description,omitempty"`
+	Category         ProviderProfileCategory      `protobuf:"varint,4,opt,name=category,proto3,enum=openshell.v1.ProviderProfileCategory" json:"category,omitempty"`
+	Credentials      []*ProviderProfileCredential `protobuf:"bytes,5,rep,name=credentials,proto3" json:"credentials,omitempty"`
+	Endpoints        []*sandboxv1.NetworkEndpoint `protobuf:"bytes,6,rep,name=endpoints,proto3" json:"endpoints,omitempty"`
+	Binaries         []*sandboxv1.NetworkBinary   `protobuf:"bytes,7,rep,name=binaries,proto3" json:"binaries,omitempty"`
+	InferenceCapable bool                         `protobuf:"varint,8,opt,name=inference_capable,json=inferenceCapable,proto3" json:"inference_capable,omitempty"`
+	Discovery        *ProviderProfileDiscovery    `protobuf:"bytes,9,opt,name=discovery,proto3" json:"discovery,omitempty"`
+	ResourceVersion  uint64                       `protobuf:"varint,10,opt,name=resource_version,json=resourceVersion,proto3" json:"resource_version,omitempty"`
+	Annotations      map[string]string            `protobuf:"bytes,11,rep,name=annotations,proto3" json:"annotations,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Source           string                       `protobuf:"bytes,12,opt,name=source,proto3" json:"source,omitempty"`
+	Scope            string                       `protobuf:"bytes,13,opt,name=scope,proto3" json:"scope,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *ProviderProfile) Reset() {
+	*x = ProviderProfile{}
+	mi := &file_openshell_proto_msgTypes[146]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ProviderProfile) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ProviderProfile) ProtoMessage() {}
+
+func (x *ProviderProfile) ProtoReflect() protoreflect.Message {
+	mi := &file_openshell_proto_msgTypes[146]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ProviderProfile.ProtoReflect.Descriptor instead.
+func (*ProviderProfile) Descriptor() ([]byte, []int) {
+	return file_openshell_proto_rawDescGZIP(), []int{146}
+}
+
+func (x *ProviderProfile) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *ProviderProfile) GetDisplayName() string {
+	if x != nil {
+		return x.DisplayName
+	}
+	return ""
+}
+
+func (x *ProviderProfile) GetDescription() string {
+	if x != nil {
+		return x.Description
+	}
+	return ""
+}
+
+func (x *ProviderProfile) GetCategory() ProviderProfileCategory {
+	if x != nil {
+		return x.Category
+	}
+	return ProviderProfileCategory_PROVIDER_PROFILE_CATEGORY_UNSPECIFIED
+}
+
+func (x *ProviderProfile) GetCredentials() []*ProviderProfileCredential {
+	if x != nil {
+		return x.Credentials
+	}
+	return nil
+}
+
+func (x *ProviderProfile) GetEndpoints() []*sandboxv1.NetworkEndpoint {
+	if x != nil {
+		return x.Endpoints
+	}
+	return nil
+}
+
+func (x *ProviderProfile) GetBinaries() []*sandboxv1.NetworkBinary {
+	if x != nil {
+		return x.Binaries
+	}
+	return nil
+}
+
+func (x *ProviderProfile) GetInferenceCapable() bool {
+	if x != nil {
+		return x.InferenceCapable
+	}
+	return false
+}
+
+func (x *ProviderProfile) GetDiscovery() *ProviderProfileDiscovery {
+	if x != nil {
+		return x.Discovery
+	}
+	return nil
+}
+
+func (x *ProviderProfile) GetResourceVersion() uint64 {
+	if x != nil {
+		return x.ResourceVersion
+	}
+	return 0
+}
+
+func (x *ProviderProfile) GetAnnotations() map[string]string {
+	if x != nil {
+		return x.Annotations
+	}
+	return nil
+}
+
+func (x *ProviderProfile) GetSource() string {
+	if x != nil {
+		return x.Source
+	}
+	return ""
+}
+
+func (x *ProviderProfile) GetScope() string {
+	if x != nil {
+		return x.Scope
+	}
+	return ""
+}
+
+type ProviderProfileCredential struct {
+	state         protoimpl.MessageState        `protogen:"open.v1"`
+	Name          string                        `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Description   string                        `protobuf:"bytes,2,opt,name=description,proto3" json:"description,omitempty"`
+	EnvVars       []string                      `protobuf:"bytes,3,rep,name=env_vars,json=envVars,proto3" json:"env_vars,omitempty"`
+	Required      bool                          `protobuf:"varint,4,opt,name=required,proto3" json:"required,omitempty"`
+	AuthStyle     string                        `protobuf:"bytes,5,opt,name=auth_style,json=authStyle,proto3" json:"auth_style,omitempty"`
+	HeaderName    string                        `protobuf:"bytes,6,opt,name=header_name,json=headerName,proto3" json:"header_name,omitempty"`
+	QueryParam    string                        `protobuf:"bytes,7,opt,name=query_param,json=queryParam,proto3" json:"query_param,omitempty"`
+	Refresh       *ProviderCredentialRefresh    `protobuf:"bytes,8,opt,name=refresh,proto3" json:"refresh,omitempty"`
+	PathTemplate  string                        `protobuf:"bytes,9,opt,name=path_template,json=pathTemplate,proto3" json:"path_template,omitempty"`
+	TokenGrant    *ProviderCredentialTokenGrant `protobuf:"bytes,10,opt,name=token_grant,json=tokenGrant,proto3" json:"token_grant,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ProviderProfileCredential) Reset() {
+	*x = ProviderProfileCredential{}
+	mi := &file_openshell_proto_msgTypes[147]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ProviderProfileCredential) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ProviderProfileCredential) ProtoMessage() {}
+
+func (x *ProviderProfileCredential) ProtoReflect() protoreflect.Message {
+	mi := &file_openshell_proto_msgTypes[147]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ProviderProfileCredential.ProtoReflect.Descriptor instead.
+func (*ProviderProfileCredential) Descriptor() ([]byte, []int) {
+	return file_openshell_proto_rawDescGZIP(), []int{147}
+}
+
+func (x *ProviderProfileCredential) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ProviderProfileCredential) GetDescription() string {
+	if x != nil {
+		return x.Description
+	}
+	return ""
+}
+
+func (x *ProviderProfileCredential) GetEnvVars() []string {
+	if x != nil {
+		return x.EnvVars
+	}
+	return nil
+}
+
+func (x *ProviderProfileCredential) GetRequired() bool {
+	if x != nil {
+		return x.Required
+	}
+	return false
+}
+
+func (x *ProviderProfileCredential) GetAuthStyle() string {
+	if x != nil {
+		return x.AuthStyle
+	}
+	return ""
+}
+
+func (x *ProviderProfileCredential) GetHeaderName() string {
+	if x != nil {
+		return x.HeaderName
+	}
+	return ""
+}
+
+func (x *ProviderProfileCredential) GetQueryParam() string {
+	if x != nil {
+		return x.QueryParam
+	}
+	return ""
+}
+
+func (x *ProviderProfileCredential) GetRefresh() *ProviderCredentialRefresh {
+	if x != nil {
+		return x.Refresh
+	}
+	return nil
+}
+
+func (x *ProviderProfileCredential) GetPathTemplate() string {
+	if x != nil {
+		return x.PathTemplate
+	}
+	return ""
+}
+
+func (x *ProviderProfileCredential) GetTokenGrant() *ProviderCredentialTokenGrant {
+	if x != nil {
+		return x.TokenGrant
+	}
+	return nil
+}
+
+type ProviderProfileDiagnostic struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Source        string                 `protobuf:"bytes,1,opt,name=source,proto3" json:"source,omitempty"`
+	ProfileId     string                 `protobuf:"bytes,2,opt,name=profile_id,json=profileId,proto3" json:"profile_id,omitempty"`
+	Field         string                 `protobuf:"bytes,3,opt,name=field,proto3" json:"field,omitempty"`
+	Message       string                 `protobuf:"bytes,4,opt,name=message,proto3" json:"message,omitempty"`
+	Severity      string                 `protobuf:"bytes,5,opt,name=severity,proto3" json:"severity,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ProviderProfileDiagnostic) Reset() {
+	*x = ProviderProfileDiagnostic{}
+	mi := &file_openshell_proto_msgTypes[148]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ProviderProfileDiagnostic) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ProviderProfileDiagnostic) ProtoMessage() {}
+
+func (x *ProviderProfileDiagnostic) ProtoReflect() protoreflect.Message {
+	mi := &file_openshell_proto_msgTypes[148]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ProviderProfileDiagnostic.ProtoReflect.Descriptor instead.
+func (*ProviderProfileDiagnostic) Descriptor() ([]byte, []int) {
+	return file_openshell_proto_rawDescGZIP(), []int{148}
+}
+
+func (x *ProviderProfileDiagnostic) GetSource() string {
+	if x != nil {
+		return x.Source
+	}
+	return ""
+}
+
+func (x *ProviderProfileDiagnostic) GetProfileId() string {
+	if x != nil {
+		return x.ProfileId
+	}
+	return ""
+}
+
+func (x *ProviderProfileDiagnostic) GetField() string {
+	if x != nil {
+		return x.Field
+	}
+	return ""
+}
+
+func (x *ProviderProfileDiagnostic) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
+func (x *ProviderProfileDiagnostic) GetSeverity() string {
+	if x != nil {
+		return x.Severity
+	}
+	return ""
+}
+
+type ProviderProfileDiscovery struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Credentials   []string               `protobuf:"bytes,1,rep,name=credentials,proto3" json:"credentials,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ProviderProfileDiscovery) Reset() {
+	*x = ProviderProfileDiscovery{}
+	mi := &file_openshell_proto_msgTypes[149]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ProviderProfileDiscovery) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ProviderProfileDiscovery) ProtoMessage() {}
+
+func (x *ProviderProfileDiscovery) ProtoReflect() protoreflect.Message {
+	mi := &file_openshell_proto_msgTypes[149]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ProviderProfileDiscovery.ProtoReflect.Descriptor instead.
+func (*ProviderProfileDiscovery) Descriptor() ([]byte, []int) {
+	return file_openshell_proto_rawDescGZIP(), []int{149}
+}
+
+func (x *ProviderProfileDiscovery) GetCredentials() []string {
+	if x != nil {
+		return x.Credentials
+	}
+	return nil
+}
+
+type ProviderProfileImportItem struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Profile       *ProviderProfile       `protobuf:"bytes,1,opt,name=profile,proto3" json:"profile,omitempty"`
+	Source        string                 `protobuf:"bytes,2,opt,name=source,proto3" json:"source,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ProviderProfileImportItem) Reset() {
+	*x = ProviderProfileImportItem{}
+	mi := &file_openshell_proto_msgTypes[150]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ProviderProfileImportItem) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ProviderProfileImportItem) ProtoMessage() {}
+
+func (x *ProviderProfileImportItem) ProtoReflect() protoreflect.Message {
+	mi := &file_openshell_proto_msgTypes[150]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ProviderProfileImportItem.ProtoReflect.Descriptor instead.
+func (*ProviderProfileImportItem) Descriptor() ([]byte, []int) {
+	return file_openshell_proto_rawDescGZIP(), []int{150}
+}
+
+func (x *ProviderProfileImportItem) GetProfile() *ProviderProfile {
+	if x != nil {
+		return x.Profile
+	}
+	return nil
+}
+
+func (x *ProviderProfileImportItem) GetSource() string {
+	if x != nil {
+		return x.Source
+	}
+	return ""
+}
+
+type ProviderProfileResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Profile       *ProviderProfile       `protobuf:"bytes,1,opt,name=profile,proto3" json:"profile,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ProviderProfileResponse) Reset() {
+	*x = ProviderProfileResponse{}
+	mi := &file_openshell_proto_msgTypes[151]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ProviderProfileResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ProviderProfileResponse) ProtoMessage() {}
+
+func (x *ProviderProfileResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_openshell_proto_msgTypes[151]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ProviderProfileResponse.ProtoReflect.Descriptor instead.
+func (*ProviderProfileResponse) Descriptor() ([]byte, []int) {
+	return file_openshell_proto_rawDescGZIP(), []int{151}
+}
+
+func (x *ProviderProfileResponse) GetProfile() *ProviderProfile {
+	if x != nil {
+		return x.Profile
+	}
+	return nil
+}
+
+type ProviderResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Provider      *datamodelv1.Provider  `protobuf:"bytes,1,opt,name=provider,proto3" json:"provider,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ProviderResponse) Reset() {
+	*x = ProviderResponse{}
+	mi := &file_openshell_proto_msgTypes[152]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ProviderResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ProviderResponse) ProtoMessage() {}
+
+func (x *ProviderResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_openshell_proto_msgTypes[152]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ProviderResponse.ProtoReflect.Descriptor instead.
+func (*ProviderResponse) Descriptor() ([]byte, []int) {
+	return file_openshell_proto_rawDescGZIP(), []int{152}
+}
+
+func (x *ProviderResponse) GetProvider() *datamodelv1.Provider {
+	if x != nil {
+		return x.Provider
+	}
+	return nil
+}
+
+type RefreshSandboxTokenRequest struct {
+	state                 protoimpl.MessageState `protogen:"open.v1"`
+	ExtensionServiceNames []string               `protobuf:"bytes,1,rep,name=extension_service_names,json=extensionServiceNames,proto3" json:"extension_service_names,omitempty"`
+	unknownFields         protoimpl.UnknownFields
+	sizeCache             protoimpl.SizeCache
+}
+
+func (x *RefreshSandboxTokenRequest) Reset() {
+	*x = RefreshSandboxTokenRequest{}
+	mi := &file_openshell_proto_msgTypes[153]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RefreshSandboxTokenRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RefreshSandboxTokenRequest) ProtoMessage() {}
+
+func (x *RefreshSandboxTokenRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_openshell_proto_msgTypes[153]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RefreshSandboxTokenRequest.ProtoReflect.Descriptor instead.
+func (*RefreshSandboxTokenRequest) Descriptor() ([]byte, []int) {
+	return file_openshell_proto_rawDescGZIP(), []int{153}
+}
+
+func (x *RefreshSandboxTokenRequest) GetExtensionServiceNames() []string {
+	if x != nil {
+		return x.ExtensionServiceNames
+	}
+	return nil
+}
+
+type RefreshSandboxTokenResponse struct {
+	state                protoimpl.MessageState        `protogen:"open.v1"`
+	Token                string                        `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
+	ExpiresAtMs          int64                         `protobuf:"varint,2,opt,name=expires_at_ms,json=expiresAtMs,proto3" json:"expires_at_ms,omitempty"`
+	ExtensionCredentials []*ExtensionServiceCredential `protobuf:"bytes,3,rep,name=extension_credentials,json=extensionCredentials,proto3" json:"extension_credentials,omitempty"`
+	unknownFields        protoimpl.UnknownFields
+	sizeCache            protoimpl.SizeCache
+}
+
+func (x *RefreshSandboxTokenResponse) Reset() {
+	*x = RefreshSandboxTokenResponse{}
+	mi := &file_openshell_proto_msgTypes[154]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RefreshSandboxTokenResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RefreshSandboxTokenResponse) ProtoMessage() {}
+
+func (x *RefreshSandboxTokenResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_openshell_proto_msgTypes[154]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RefreshSandboxTokenResponse.ProtoReflect.Descriptor instead.
+func (*RefreshSandboxTokenResponse) Descriptor() ([]byte, []int) {
+	return file_openshell_proto_rawDescGZIP(), []int{154}
+}
+
+func (x *RefreshSandboxTokenResponse) GetToken() string {
+	if x != nil {
+		return x.Token
+	}
+	return ""
+}
+
+func (x *RefreshSandboxTokenResponse) GetExpiresAtMs() int64 {
+	if x != nil {
+		return x.ExpiresAtMs
+	}
+	return 0
+}
+
+func (x *RefreshSandboxTokenResponse) GetExtensionCredentials() []*ExtensionServiceCredential {
+	if x != nil {
+		return x.ExtensionCredentials
+	}
+	return nil
+}
+
+type RejectDraftChunkRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	ChunkId       string                 `protobuf:"bytes,2,opt,name=chunk_id,json=chunkId,proto3" json:"chunk_id,omitempty"`
+	Reason        string                 `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	Workspace     string                 `protobuf:"bytes,4,opt,name=workspace,proto3" json:"workspace,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RejectDraftChunkRequest) Reset() {
+	*x = RejectDraftChunkRequest{}
+	mi := &file_openshell_proto_msgTypes[155]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RejectDraftChunkRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RejectDraftChunkRequest) ProtoMessage() {}
+
+func (x *RejectDraftChunkRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_openshell_proto_msgTypes[155]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RejectDraftChunkRequest.ProtoReflect.Descriptor instead.
+func (*RejectDraftChunkRequest) Descriptor() ([]byte, []int) {
+	return file_openshell_proto_rawDescGZIP(), []int{155}
+}
+
+func (x *RejectDraftChunkRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *RejectDraftChunkRequest) GetChunkId() string {
+	if x != nil {
+		return x.ChunkId
+	}
+	return ""
+}
+
+func (x *RejectDraftChunkRequest) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *RejectDraftChunkRequest) GetWorkspace() string {
+	if x != nil {
+		return x.Workspace
+	}
+	return ""
+}
+
+type RejectDraftChunkResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RejectDraftChunkResponse) Reset() {
+	*x = RejectDraftChunkResponse{}
+	mi := &file_openshell_proto_msgTypes[156]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RejectDraftChunkResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RejectDraftChunkResponse) ProtoMessage() {}
+
+func (x *RejectDraftChunkResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_openshell_proto_msgTypes[156]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RejectDraftChunkResponse.ProtoReflect.Descriptor instead.
+func (*RejectDraftChunkResponse) Descriptor() ([]byte, []int) {
+	return file_openshell_proto_rawDescGZIP(), []int{156}
+}
+
+type RemoveNetworkBinary struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	RuleName      string                 `protobuf:"bytes,1,opt,name=rule_name,json=ruleName,proto3" json:"rule_name,omitempty"`
+	BinaryPath    string                 `protobuf:"bytes,2,opt,name=binary_path,json=binaryPath,proto3" json:"binary_path,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoveNetworkBinary) Reset() {
+	*x = RemoveNetworkBinary{}
+	mi := &file_openshell_proto_msgTypes[157]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveNetworkBinary) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveNetworkBinary) ProtoMessage() {}
+
+func (x *RemoveNetworkBinary) ProtoReflect() protoreflect.Message {
+	mi := &file_openshell_proto_msgTypes[157]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveNetworkBinary.ProtoReflect.Descriptor instead.
+func (*RemoveNetworkBinary) Descriptor() ([]byte, []int) {
+	return file_openshell_proto_rawDescGZIP(), []int{157}
+}
+
+func (x *RemoveNetworkBinary) GetRuleName() string {
+	if x != nil {
+		return x.RuleName
+	}
+	return ""
+}
+
+func (x *RemoveNetworkBinary) GetBinaryPath() string {
+	if x != nil {
+		return x.BinaryPath
+	}
+	return ""
+}
+
+type RemoveNetworkEndpoint struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	RuleName      string                 `protobuf:"bytes,1,opt,name=rule_name,json=ruleName,proto3" json:"rule_name,omitempty"`
+	Host          string                 `protobuf:"bytes,2,opt,name=host,proto3" json:"host,omitempty"`
+	Port          uint32                 `protobuf:"varint,3,opt,name=port,proto3" json:"port,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoveNetworkEndpoint) Reset() {
+	*x = RemoveNetworkEndpoint{}
+	mi := &file_openshell_proto_msgTypes[158]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveNetworkEndpoint) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveNetworkEndpoint) ProtoMessage() {}
+
+func (x *RemoveNetworkEndpoint) ProtoReflect() protoreflect.Message {
+	mi := &file_openshell_proto_msgTypes[158]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveNetworkEndpoint.ProtoReflect.Descriptor instead.
+func (*RemoveNetworkEndpoint) Descriptor() ([]byte, []int) {
+	return file_openshell_proto_rawDescGZIP(), []int{158}
+}
+
+func (x *RemoveNetworkEndpoint) GetRuleName() string {
+	if x != nil {
+		return x.RuleName
+	}
+	return ""
+}
+
+func (x *RemoveNetworkEndpoint) GetHost() string {
+	if x != nil {
+		return x.Host
+	}
+	return ""
+}
+
+func (x *RemoveNetworkEndpoint) GetPort() uint32 {
+	if x != nil {
+		return x.Port
+	}
+	return 0
+}
+
+type RemoveNetworkRule struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	RuleName      string                 `protobuf:"bytes,1,opt,name=rule_name,json=ruleName,proto3" json:"rule_name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoveNetworkRule) Reset() {
+	*x = RemoveNetworkRule{}
+	mi := &file_openshell_proto_msgTypes[159]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveNetworkRule) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveNetworkRule) ProtoMessage() {}
+
+func (x *RemoveNetworkRule) ProtoReflect() protoreflect.Message {
+	mi := &file_openshell_proto_msgTypes[159]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveNetworkRule.ProtoReflect.Descriptor instead.
+func (*RemoveNetworkRule) Descriptor() ([]byte, []int) {
+	return file_openshell_proto_rawDescGZIP(), []int{159}
+}
+
+func (x *RemoveNetworkRule) GetRuleName() string {
+	if x != nil {
+		return x.RuleName
+	}
+	return ""
+}
+
+type RemoveWorkspaceMemberRequest struct {
+	state            protoimpl.MessageState `protogen:"open.v1"`
+	Workspace        string                 `protobuf:"bytes,1,opt,name=workspace,proto3" json:"workspace,omitempty"`
+	PrincipalSubject string                 `protobuf:"bytes,2,opt,name=principal_subject,json=principalSubject,proto3" json:"principal_subject,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *RemoveWorkspaceMemberRequest) Reset() {
+	*x = RemoveWorkspaceMemberRequest{}
+	mi := &file_openshell_proto_msgTypes[160]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveWorkspaceMemberRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveWorkspaceMemberRequest) ProtoMessage() {}
+
+func (x *RemoveWorkspaceMemberRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_openshell_proto_msgTypes[160]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveWorkspaceMemberRequest.ProtoReflect.Descriptor instead.
+func (*RemoveWorkspaceMemberRequest) Descriptor() ([]byte, []int) {
+	return file_openshell_proto_rawDescGZIP(), []int{160}
+}
+
+func (x *RemoveWorkspaceMemberRequest) GetWorkspace() string {
+	if x != nil {
+		return x.Workspace
+	}
+	return ""
+}
+
+func (x *RemoveWorkspaceMemberRequest) GetPrincipalSubject() string {
+	if x != nil {
+		return x.PrincipalSubject
+	}
+	return ""
+}
+
+type RemoveWorkspaceMemberResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Removed       bool                   `protobuf:"varint,1,opt,name=removed,proto3" json:"removed,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoveWorkspaceMemberResponse) Reset() {
+	*x = RemoveWorkspaceMemberResponse{}
+	mi := &file_openshell_proto_msgTypes[161]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveWorkspaceMemberResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveWorkspaceMemberResponse) ProtoMessage() {}
+
+func (x *RemoveWorkspaceMemberResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_openshell_proto_msgTypes[161]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveWorkspaceMemberResponse.ProtoReflect.Descriptor instead.
+func (*RemoveWorkspaceMemberResponse) Descriptor() ([]byte, []int) {
+	return file_openshell_proto_rawDescGZIP(), []int{161}
+}
+
+func (x *RemoveWorkspaceMemberResponse) GetRemoved() bool {
+	if x != nil {
+		return x.Removed
+	}
+	return false
+}
+
+type ReportPolicyStatusRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	SandboxId     string                 `protobuf:"bytes,1,opt,name=sandbox_id,json=sandboxId,proto3" json:"sandbox_id,omitempty"`
+	Version       uint32                 `protobuf:"varint,2,opt,name=version,proto3" json:"version,omitempty"`
+	Status        PolicyStatus           `protobuf:"varint,3,opt,name=status,proto3,enum=openshell.v1.PolicyStatus" json:"status,omitempty"`
+	LoadError     string                 `protobuf:"bytes,4,opt,name=load_error,json=loadError,proto3" json:"load_error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReportPolicyStatusRequest) Reset() {
+	*x = ReportPolicyStatusRequest{}
+	mi := &file_openshell_proto_msgTypes[162]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReportPolicyStatusRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReportPolicyStatusRequest) ProtoMessage() {}
+
+func (x *ReportPolicyStatusRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_openshell_proto_msgTypes[162]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReportPolicyStatusRequest.ProtoReflect.Descriptor instead.
+func (*ReportPolicyStatusRequest) Descriptor() ([]byte, []int) {
+	return file_openshell_proto_rawDescGZIP(), []int{162}
+}
+
+func (x *ReportPolicyStatusRequest) GetSandboxId() string {
+	if x != nil {
+		return x.SandboxId
+	}
+	return ""
+}
+
+func (x *ReportPolicyStatusRequest) GetVersion() uint32 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+func (x *ReportPolicyStatusRequest) GetStatus() PolicyStatus {
+	if x != nil {
+		return x.Status
+	}
+	return PolicyStatus_POLICY_STATUS_UNSPECIFIED
+}
+
+func (x *ReportPolicyStatusRequest) GetLoadError() string {
+	if x != nil {
+		return x.LoadError
+	}
+	return ""
+}
+
+type ReportPolicyStatusResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReportPolicyStatusResponse) Reset() {
+	*x = ReportPolicyStatusResponse{}
+	mi := &file_openshell_proto_msgTypes[163]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReportPolicyStatusResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReportPolicyStatusResponse) ProtoMessage() {}
+
+func (x *ReportPolicyStatusResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_openshell_proto_msgTypes[163]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReportPolicyStatusResponse.ProtoReflect.Descriptor instead.
+func (*ReportPolicyStatusResponse) Descriptor() ([]byte, []int) {
+	return file_openshell_proto_rawDescGZIP(), []int{163}
+}
+
+type RotateProviderCredentialRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Provider      string                 `protobuf:"bytes,1,opt,name=provider,proto3" json:"provider,omitempty"`
+	CredentialKey string                 `protobuf:"bytes,2,opt,name=credential_key,json=credentialKey,proto3" json:"credential_key,omitempty"`
+	Workspace     string                 `protobuf:"bytes,3,opt,name=workspace,proto3" json:"workspace,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RotateProviderCredentialRequest) Reset() {
+	*x = RotateProviderCredentialRequest{}
+	mi := &file_openshell_proto_msgTypes[164]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RotateProviderCredentialRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RotateProviderCredentialRequest) ProtoMessage() {}
+
+func (x *RotateProviderCredentialRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_openshell_proto_msgTypes[164]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RotateProviderCredentialRequest.ProtoReflect.Descriptor instead.
+func (*RotateProviderCredentialRequest) Descriptor() ([]byte, []int) {
+	return file_openshell_proto_rawDescGZIP(), []int{164}
+}
+
+func (x *RotateProviderCredentialRequest) GetProvider() string {
+	if x != nil {
+		return x.Provider
+	}
+	return ""
+}
+
+func (x *RotateProviderCredentialRequest) GetCredentialKey() string {
+	if x != nil {
+		return x.CredentialKey
+	}
+	return ""
+}
+
+func (x *RotateProviderCredentialRequest) GetWorkspace() string {
+	if x != nil {
+		return x.Workspace
+	}
+	return ""
+}
+
+type RotateProviderCredentialResponse struct {
+	state         protoimpl.MessageState           `protogen:"open.v1"`
+	Status        *ProviderCredentialRefreshStatus `protobuf:"bytes,1,opt,name=status,proto3" json:"status,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RotateProviderCredentialResponse) Reset() {
+	*x = RotateProviderCredentialResponse{}
+	mi := &file_openshell_proto_msgTypes[165]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RotateProviderCredentialResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RotateProviderCredentialResponse) ProtoMessage() {}
+
+func (x *RotateProviderCredentialResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_openshell_proto_msgTypes[165]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RotateProviderCredentialResponse.ProtoReflect.Descriptor instead.
+func (*RotateProviderCredentialResponse) Descriptor() ([]byte, []int) {
+	return file_openshell_proto_rawDescGZIP(), []int{165}
+}
+
+func (x *RotateProviderCredentialResponse) GetStatus() *ProviderCredentialRefreshStatus {
+	if x != nil {
+		return x.Status
+	}
+	return nil
+}
+
+type SandboxPolicyRevision struct {
+	state         protoimpl.MessageState   `protogen:"open.v1"`
+	Version       uint32                   `protobuf:"varint,1,opt,name=version,proto3" json:"version,omitempty"`
+	PolicyHash    string                   `protobuf:"bytes,2,opt,name=policy_hash,json=policyHash,proto3" json:"policy_hash,omitempty"`
+	Status        PolicyStatus             `protobuf:"varint,3,opt,name=status,proto3,enum=openshell.v1.PolicyStatus" json:"status,omitempty"`
+	LoadError     string                   `protobuf:"bytes,4,opt,name=load_error,json=loadError,proto3" json:"load_error,omitempty"`
+	CreatedAtMs   int64                    `protobuf:"varint,5,opt,name=created_at_ms,json=createdAtMs,proto3" json:"created_at_ms,omitempty"`
+	LoadedAtMs    int64                    `protobuf:"varint,6,opt,name=loaded_at_ms,json=loadedAtMs,proto3" json:"loaded_at_ms,omitempty"`
+	Policy        *sandboxv1.SandboxPolicy `protobuf:"bytes,7,opt,name=policy,proto3" json:"policy,omitempty"`
+	Provenance    map[string]string        `protobuf:"bytes,8,rep,name=provenance,proto3" json:"provenance,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SandboxPolicyRevision) Reset() {
+	*x = SandboxPolicyRevision{}
+	mi := &file_openshell_proto_msgTypes[166]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SandboxPolicyRevision) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SandboxPolicyRevision) ProtoMessage() {}
+
+func (x *SandboxPolicyRevision) ProtoReflect() protoreflect.Message {
+	mi := &file_openshell_proto_msgTypes[166]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SandboxPolicyRevision.ProtoReflect.Descriptor instead.
+func (*SandboxPolicyRevision) Descriptor() ([]byte, []int) {
+	return file_openshell_proto_rawDescGZIP(), []int{166}
+}
+
+func (x *SandboxPolicyRevision) GetVersion() uint32 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+func (x *SandboxPolicyRevision) GetPolicyHash() string {
+	if x != nil {
+		return x.PolicyHash
+	}
+	return ""
+}
+
+func (x *SandboxPolicyRevision) GetStatus() PolicyStatus {
+	if x != nil {
+		return x.Status
+	}
+	return PolicyStatus_POLICY_STATUS_UNSPECIFIED
+}
+
+func (x *SandboxPolicyRevision) GetLoadError() string {
+	if x != nil {
+		return x.LoadError
+	}
+	return ""
+}
+
+func (x *SandboxPolicyRevision) GetCreatedAtMs() int64 {
+	if x != nil {
+		return x.CreatedAtMs
+	}
+	return 0
+}
+
+func (x *SandboxPolicyRevision) GetLoadedAtMs() int64 {
+	if x != nil {
+		return x.LoadedAtMs
+	}
+	return 0
+}
+
+func (x *SandboxPolicyRevision) GetPolicy() *sandboxv1.SandboxPolicy {
+	if x != nil {
+		return x.Policy
+	}
+	return nil
+}
+
+func (x *SandboxPolicyRevision) GetProvenance() map[string]string {
+	if x != nil {
+		return x.Provenance
+	}
+	return nil
+}
+
+type ServiceEndpoint struct {
+	state         protoimpl.MessageState  `protogen:"open.v1"`
+	Metadata      *datamodelv1.ObjectMeta `protobuf:"bytes,1,opt,name=metadata,proto3" json:"metadata,omitempty"`
+	SandboxId     string                  `protobuf:"bytes,2,opt,name=sandbox_id,json=sandboxId,proto3" json:"sandbox_id,omitempty"`
+	SandboxName   string                  `protobuf:"bytes,3,opt,name=sandbox_name,json=sandboxName,proto3" json:"sandbox_name,omitempty"`
+	ServiceName   string                  `protobuf:"bytes,4,opt,name=service_name,json=serviceName,proto3" json:"service_name,omitempty"`
+	TargetPort    uint32                  `protobuf:"varint,5,opt,name=target_port,json=targetPort,proto3" json:"target_port,omitempty"`
+	Domain        bool                    `protobuf:"varint,6,opt,name=domain,proto3" json:"domain,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ServiceEndpoint) Reset() {
+	*x = ServiceEndpoint{}
+	mi := &file_openshell_proto_msgTypes[167]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ServiceEndpoint) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ServiceEndpoint) ProtoMessage() {}
+
+func (x *ServiceEndpoint) ProtoReflect() protoreflect.Message {
+	mi := &file_openshell_proto_msgTypes[167]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ServiceEndpoint.ProtoReflect.Descriptor instead.
+func (*ServiceEndpoint) Descriptor() ([]byte, []int) {
+	return file_openshell_proto_rawDescGZIP(), []int{167}
+}
+
+func (x *ServiceEndpoint) GetMetadata() *datamodelv1.ObjectMeta {
+	if x != nil {
+		return x.Metadata
+	}
+	return nil
+}
+
+func (x *ServiceEndpoint) GetSandboxId() string {
+	if x != nil {
+		return x.SandboxId
+	}
+	return ""
+}
+
+func (x *ServiceEndpoint) GetSandboxName() string {
+	if x != nil {
+		return x.SandboxName
+	}
+	return ""
+}
+
+func (x *ServiceEndpoint) GetServiceName() string {
+	if x != nil {
+		return x.ServiceName
+	}
+	return ""
+}
+
+func (x *ServiceEndpoint) GetTargetPort() uint32 {
+	if x != nil {
+		return x.TargetPort
+	}
+	return 0
+}
+
+func (x *ServiceEndpoint) GetDomain() bool {
+	if x != nil {
+		return x.Domain
+	}
+	return false
+}
+
+type ServiceEndpointResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Endpoint      *ServiceEndpoint       `protobuf:"bytes,1,opt,name=endpoint,proto3" json:"endpoint,omitempty"`
+	Url           string                 `protobuf:"bytes,2,opt,name=url,proto3" json:"url,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ServiceEndpointResponse) Reset() {
+	*x = ServiceEndpointResponse{}
+	mi := &file_openshell_proto_msgTypes[168]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ServiceEndpointResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ServiceEndpointResponse) ProtoMessage() {}
+
+func (x *ServiceEndpointResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_openshell_proto_msgTypes[168]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ServiceEndpointResponse.ProtoReflect.Descriptor instead.
+func (*ServiceEndpointResponse) Descriptor() ([]byte, []int) {
+	return file_openshell_proto_rawDescGZIP(), []int{168}
+}
+
+func (x *ServiceEndpointResponse) GetEndpoint() *ServiceEndpoint {
+	if x != nil {
+		return x.Endpoint
+	}
+	return nil
+}
+
+func (x *ServiceEndpointResponse) GetUrl() string {
+	if x != nil {
+		return x.Url
+	}
+	return ""
+}
+
+type StaticCredentialBinding struct {
+	state                    protoimpl.MessageState             `protogen:"open.v1"`
+	Endpoints                []*StaticCredentialEndpointBinding `protobuf:"bytes,1,rep,name=endpoints,proto3" json:"endpoints,omitempty"`
+	CredentialIdentity       string                             `protobuf:"bytes,2,opt,name=credential_identity,json=credentialIdentity,proto3" json:"credential_identity,omitempty"`
+	WorkloadCredentialHandle string                             `protobuf:"bytes,3,opt,name=workload_credential_handle,json=workloadCredentialHandle,proto3" json:"workload_credential_handle,omitempty"`
+	unknownFields            protoimpl.UnknownFields
+	sizeCache                protoimpl.SizeCache
+}
+
+func (x *StaticCredentialBinding) Reset() {
+	*x = StaticCredentialBinding{}
+	mi := &file_openshell_proto_msgTypes[169]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StaticCredentialBinding) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StaticCredentialBinding) ProtoMessage() {}
+
+func (x *StaticCredentialBinding) ProtoReflect() protoreflect.Message {
+	mi := &file_openshell_proto_msgTypes[169]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StaticCredentialBinding.ProtoReflect.Descriptor instead.
+func (*StaticCredentialBinding) Descriptor() ([]byte, []int) {
+	return file_openshell_proto_rawDescGZIP(), []int{169}
+}
+
+func (x *StaticCredentialBinding) GetEndpoints() []*StaticCredentialEndpointBinding {
+	if x != nil {
+		return x.Endpoints
+	}
+	return nil
+}
+
+func (x *StaticCredentialBinding) GetCredentialIdentity() string {
+	if x != nil {
+		return x.CredentialIdentity
+	}
+	return ""
+}
+
+func (x *StaticCredentialBinding) GetWorkloadCredentialHandle() string {
+	if x != nil {
+		return x.WorkloadCredentialHandle
+	}
+	return ""
+}
+
+type StaticCredentialEndpointBinding struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Host          string                 `protobuf:"bytes,1,opt,name=host,proto3" json:"host,omitempty"`
+	Port          uint32                 `protobuf:"varint,2,opt,name=port,proto3" json:"port,omitempty"`
+	Path          string                 `protobuf:"bytes,3,opt,name=path,proto3" json:"path,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StaticCredentialEndpointBinding) Reset() {
+	*x = StaticCredentialEndpointBinding{}
+	mi := &file_openshell_proto_msgTypes[170]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StaticCredentialEndpointBinding) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StaticCredentialEndpointBinding) ProtoMessage() {}
+
+func (x *StaticCredentialEndpointBinding) ProtoReflect() protoreflect.Message {
+	mi := &file_openshell_proto_msgTypes[170]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StaticCredentialEndpointBinding.ProtoReflect.Descriptor instead.
+func (*StaticCredentialEndpointBinding) Descriptor() ([]byte, []int) {
+	return file_openshell_proto_rawDescGZIP(), []int{170}
+}
+
+func (x *StaticCredentialEndpointBinding) GetHost() string {
+	if x != nil {
+		return x.Host
+	}
+	return ""
+}
+
+func (x *StaticCredentialEndpointBinding) GetPort() uint32 {
+	if x != nil {
+		return x.Port
+	}
+	return 0
+}
+
+func (x *StaticCredentialEndpointBinding) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+type SubmitPolicyAnalysisRequest struct {
+	state                    protoimpl.MessageState    `protogen:"open.v1"`
+	Summaries                []*DenialSummary          `protobuf:"bytes,1,rep,name=summaries,proto3" json:"summaries,omitempty"`
+	ProposedChunks           []*PolicyChunk            `protobuf:"bytes,2,rep,name=proposed_chunks,json=proposedChunks,proto3" json:"proposed_chunks,omitempty"`
+	AnalysisMode             string                    `protobuf:"bytes,3,opt,name=analysis_mode,json=analysisMode,proto3" json:"analysis_mode,omitempty"`
+	Name                     string                    `protobuf:"bytes,4,opt,name=name,proto3" json:"name,omitempty"`
+	NetworkActivitySummaries []*NetworkActivitySummary `protobuf:"bytes,5,rep,name=network_activity_summaries,json=networkActivitySummaries,proto3" json:"network_activity_summaries,omitempty"`
+	Workspace                string                    `protobuf:"bytes,6,opt,name=workspace,proto3" json:"workspace,omitempty"`
+	unknownFields            protoimpl.UnknownFields
+	sizeCache                protoimpl.SizeCache
+}
+
+func (x *SubmitPolicyAnalysisRequest) Reset() {
+	*x = SubmitPolicyAnalysisRequest{}
+	mi := &file_openshell_proto_msgTypes[171]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SubmitPolicyAnalysisRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SubmitPolicyAnalysisRequest) ProtoMessage() {}
+
+func (x *SubmitPolicyAnalysisRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_openshell_proto_msgTypes[171]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SubmitPolicyAnalysisRequest.ProtoReflect.Descriptor instead.
+func (*SubmitPolicyAnalysisRequest) Descriptor() ([]byte, []int) {
+	return file_openshell_proto_rawDescGZIP(), []int{171}
+}
+
+func (x *SubmitPolicyAnalysisRequest) GetSummaries() []*DenialSummary {
+	if x != nil {
+		return x.Summaries
+	}
+	return nil
+}
+
+func (x *SubmitPolicyAnalysisRequest) GetProposedChunks() []*PolicyChunk {
+	if x != nil {
+		return x.ProposedChunks
+	}
+	return nil
+}
+
+func (x *SubmitPolicyAnalysisRequest) GetAnalysisMode() string {
+	if x != nil {
+		return x.AnalysisMode
+	}
+	return ""
+}
+
+func (x *SubmitPolicyAnalysisRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *SubmitPolicyAnalysisRequest) GetNetworkActivitySummaries() []*NetworkActivitySummary {
+	if x != nil {
+		return x.NetworkActivitySummaries
+	}
+	return nil
+}
+
+func (x *SubmitPolicyAnalysisRequest) GetWorkspace() string {
+	if x != nil {
+		return x.Workspace
+	}
+	return ""
+}
+
+type SubmitPolicyAnalysisResponse struct {
+	state            protoimpl.MessageState `protogen:"open.v1"`
+	AcceptedChunks   uint32                 `protobuf:"varint,1,opt,name=accepted_chunks,json=acceptedChunks,proto3" json:"accepted_chunks,omitempty"`
+	RejectedChunks   uint32                 `protobuf:"varint,2,opt,name=rejected_chunks,json=rejectedChunks,proto3" json:"rejected_chunks,omitempty"`
+	RejectionReasons []string               `protobuf:"bytes,3,rep,name=rejection_reasons,json=rejectionReasons,proto3" json:"rejection_reasons,omitempty"`
+	AcceptedChunkIds []string               `protobuf:"bytes,4,rep,name=accepted_chunk_ids,json=acceptedChunkIds,proto3" json:"accepted_chunk_ids,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *SubmitPolicyAnalysisResponse) Reset() {
+	*x = SubmitPolicyAnalysisResponse{}
+	mi := &file_openshell_proto_msgTypes[172]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SubmitPolicyAnalysisResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SubmitPolicyAnalysisResponse) ProtoMessage() {}
+
+func (x *SubmitPolicyAnalysisResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_openshell_proto_msgTypes[172]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SubmitPolicyAnalysisResponse.ProtoReflect.Descriptor instead.
+func (*SubmitPolicyAnalysisResponse) Descriptor() ([]byte, []int) {
+	return file_openshell_proto_rawDescGZIP(), []int{172}
+}
+
+func (x *SubmitPolicyAnalysisResponse) GetAcceptedChunks() uint32 {
+	if x != nil {
+		return x.AcceptedChunks
+	}
+	return 0
+}
+
+func (x *SubmitPolicyAnalysisResponse) GetRejectedChunks() uint32 {
+	if x != nil {
+		return x.RejectedChunks
+	}
+	return 0
+}
+
+func (x *SubmitPolicyAnalysisResponse) GetRejectionReasons() []string {
+	if x != nil {
+		return x.RejectionReasons
+	}
+	return nil
+}
+
+func (x *SubmitPolicyAnalysisResponse) GetAcceptedChunkIds() []string {
+	if x != nil {
+		return x.AcceptedChunkIds
+	}
+	return nil
+}
+
+type UndoDraftChunkRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	ChunkId       string                 `protobuf:"bytes,2,opt,name=chunk_id,json=chunkId,proto3" json:"chunk_id,omitempty"`
+	Workspace     string                 `protobuf:"bytes,3,opt,name=workspace,proto3" json:"workspace,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UndoDraftChunkRequest) Reset() {
+	*x = UndoDraftChunkRequest{}
+	mi := &file_openshell_proto_msgTypes[173]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UndoDraftChunkRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UndoDraftChunkRequest) ProtoMessage() {}
+
+func (x *UndoDraftChunkRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_openshell_proto_msgTypes[173]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UndoDraftChunkRequest.ProtoReflect.Descriptor instead.
+func (*UndoDraftChunkRequest) Descriptor() ([]byte, []int) {
+	return file_openshell_proto_rawDescGZIP(), []int{173}
+}
+
+func (x *UndoDraftChunkRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *UndoDraftChunkRequest) GetChunkId() string {
+	if x != nil {
+		return x.ChunkId
+	}
+	return ""
+}
+
+func (x *UndoDraftChunkRequest) GetWorkspace() string {
+	if x != nil {
+		return x.Workspace
+	}
+	return ""
+}
+
+type UndoDraftChunkResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	PolicyVersion uint32                 `protobuf:"varint,1,opt,name=policy_version,json=policyVersion,proto3" json:"policy_version,omitempty"`
+	PolicyHash    string                 `protobuf:"bytes,2,opt,name=policy_hash,json=policyHash,proto3" json:"policy_hash,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UndoDraftChunkResponse) Reset() {
+	*x = UndoDraftChunkResponse{}
+	mi := &file_openshell_proto_msgTypes[174]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UndoDraftChunkResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UndoDraftChunkResponse) ProtoMessage() {}
+
+func (x *UndoDraftChunkResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_openshell_proto_msgTypes[174]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UndoDraftChunkResponse.ProtoReflect.Descriptor instead.
+func (*UndoDraftChunkResponse) Descriptor() ([]byte, []int) {
+	return file_openshell_proto_rawDescGZIP(), []int{174}
+}
+
+func (x *UndoDraftChunkResponse) GetPolicyVersion() uint32 {
+	if x != nil {
+		return x.PolicyVersion
+	}
+	return 0
+}
+
+func (x *UndoDraftChunkResponse) GetPolicyHash() string {
+	if x != nil {
+		return x.PolicyHash
+	}
+	return ""
+}
+
+type UpdateConfigRequest struct {
+	state                   protoimpl.MessageState   `protogen:"open.v1"`
+	Name                    string                   `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Policy                  *sandboxv1.SandboxPolicy `protobuf:"bytes,2,opt,name=policy,proto3" json:"policy,omitempty"`
+	SettingKey              string                   `protobuf:"bytes,3,opt,name=setting_key,json=settingKey,proto3" json:"setting_key,omitempty"`
+	SettingValue            *sandboxv1.SettingValue  `protobuf:"bytes,4,opt,name=setting_value,json=settingValue,proto3" json:"setting_value,omitempty"`
+	DeleteSetting           bool                     `protobuf:"varint,5,opt,name=delete_setting,json=deleteSetting,proto3" json:"delete_setting,omitempty"`
+	Global                  bool                     `protobuf:"varint,6,opt,name=global,proto3" json:"global,omitempty"`
+	MergeOperations         []*PolicyMergeOperation  `protobuf:"bytes,7,rep,name=merge_operations,json=mergeOperations,proto3" json:"merge_operations,omitempty"`
+	ExpectedResourceVersion uint64                   `protobuf:"varint,8,opt,name=expected_resource_version,json=expectedResourceVersion,proto3" json:"expected_resource_version,omitempty"`
+	Annotations             map[string]string        `protobuf:"bytes,9,rep,name=annotations,proto3" json:"annotations,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Workspace               string                   `protobuf:"bytes,10,opt,name=workspace,proto3" json:"workspace,omitempty"`
+	unknownFields           protoimpl.UnknownFields
+	sizeCache               protoimpl.SizeCache
+}
+
+func (x *UpdateConfigRequest) Reset() {
+	*x = UpdateConfigRequest{}
+	mi := &file_openshell_proto_msgTypes[175]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateConfigRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateConfigRequest) ProtoMessage() {}
+
+func (x *UpdateConfigRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_openshell_proto_msgTypes[175]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateConfigRequest.ProtoReflect.Descriptor instead.
+func (*UpdateConfigRequest) Descriptor() ([]byte, []int) {
+	return file_openshell_proto_rawDescGZIP(), []int{175}
+}
+
+func (x *UpdateConfigRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *UpdateConfigRequest) GetPolicy() *sandboxv1.SandboxPolicy {
+	if x != nil {
+		return x.Policy
+	}
+	return nil
+}
+
+func (x *UpdateConfigRequest) GetSettingKey() string {
+	if x != nil {
+		return x.SettingKey
+	}
+	return ""
+}
+
+func (x *UpdateConfigRequest) GetSettingValue() *sandboxv1.SettingValue {
+	if x != nil {
+		return x.SettingValue
+	}
+	return nil
+}
+
+func (x *UpdateConfigRequest) GetDeleteSetting() bool {
+	if x != nil {
+		return x.DeleteSetting
+	}
+	return false
+}
+
+func (x *UpdateConfigRequest) GetGlobal() bool {
+	if x != nil {
+		return x.Global
+	}
+	return false
+}
+
+func (x *UpdateConfigRequest) GetMergeOperations() []*PolicyMergeOperation {
+	if x != nil {
+		return x.MergeOperations
+	}
+	return nil
+}
+
+func (x *UpdateConfigRequest) GetExpectedResourceVersion() uint64 {
+	if x != nil {
+		return x.ExpectedResourceVersion
+	}
+	return 0
+}
+
+func (x *UpdateConfigRequest) GetAnnotations() map[string]string {
+	if x != nil {
+		return x.Annotations
+	}
+	return nil
+}
+
+func (x *UpdateConfigRequest) GetWorkspace() string {
+	if x != nil {
+		return x.Workspace
+	}
+	return ""
+}
+
+type UpdateConfigResponse struct {
+	state            protoimpl.MessageState `protogen:"open.v1"`
+	Version          uint32                 `protobuf:"varint,1,opt,name=version,proto3" json:"version,omitempty"`
+	PolicyHash       string                 `protobuf:"bytes,2,opt,name=policy_hash,json=policyHash,proto3" json:"policy_hash,omitempty"`
+	SettingsRevision uint64                 `protobuf:"varint,3,opt,name=settings_revision,json=settingsRevision,proto3" json:"settings_revision,omitempty"`
+	Deleted          bool                   `protobuf:"varint,4,opt,name=deleted,proto3" json:"deleted,omitempty"`
+	Annotations      map[string]string      `protobuf:"bytes,5,rep,name=annotations,proto3" json:"annotations,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *UpdateConfigResponse) Reset() {
+	*x = UpdateConfigResponse{}
+	mi := &file_openshell_proto_msgTypes[176]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateConfigResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateConfigResponse) ProtoMessage() {}
+
+func (x *UpdateConfigResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_openshell_proto_msgTypes[176]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateConfigResponse.ProtoReflect.Descriptor instead.
+func (*UpdateConfigResponse) Descriptor() ([]byte, []int) {
+	return file_openshell_proto_rawDescGZIP(), []int{176}
+}
+
+func (x *UpdateConfigResponse) GetVersion() uint32 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+func (x *UpdateConfigResponse) GetPolicyHash() string {
+	if x != nil {
+		return x.PolicyHash
+	}
+	return ""
+}
+
+func (x *UpdateConfigResponse) GetSettingsRevision() uint64 {
+	if x != nil {
+		return x.SettingsRevision
+	}
+	return 0
+}
+
+func (x *UpdateConfigResponse) GetDeleted() bool {
+	if x != nil {
+		return x.Deleted
+	}
+	return false
+}
+
+func (x *UpdateConfigResponse) GetAnnotations() map[string]string {
+	if x != nil {
+		return x.Annotations
+	}
+	return nil
+}
+
+type UpdateProviderProfilesRequest struct {
+	state                   protoimpl.MessageState     `protogen:"open.v1"`
+	Profile                 *ProviderProfileImportItem `protobuf:"bytes,1,opt,name=profile,proto3" json:"profile,omitempty"`
+	ExpectedResourceVersion uint64                     `protobuf:"varint,2,opt,name=expected_resource_version,json=expectedResourceVersion,proto3" json:"expected_resource_version,omitempty"`
+	Id                      string                     `protobuf:"bytes,3,opt,name=id,proto3" json:"id,omitempty"`
+	Workspace               string                     `protobuf:"bytes,4,opt,name=workspace,proto3" json:"workspace,omitempty"`
+	unknownFields           protoimpl.UnknownFields
+	sizeCache               protoimpl.SizeCache
+}
+
+func (x *UpdateProviderProfilesRequest) Reset() {
+	*x = UpdateProviderProfilesRequest{}
+	mi := &file_openshell_proto_msgTypes[177]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateProviderProfilesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateProviderProfilesRequest) ProtoMessage() {}
+
+func (x *UpdateProviderProfilesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_openshell_proto_msgTypes[177]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateProviderProfilesRequest.ProtoReflect.Descriptor instead.
+func (*UpdateProviderProfilesRequest) Descriptor() ([]byte, []int) {
+	return file_openshell_proto_rawDescGZIP(), []int{177}
+}
+
+func (x *UpdateProviderProfilesRequest) GetProfile() *ProviderProfileImportItem {
+	if x != nil {
+		return x.Profile
+	}
+	return nil
+}
+
+func (x *UpdateProviderProfilesRequest) GetExpectedResourceVersion() uint64 {
+	if x != nil {
+		return x.ExpectedResourceVersion
+	}
+	return 0
+}
+
+func (x *UpdateProviderProfilesRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *UpdateProviderProfilesRequest) GetWorkspace() string {
+	if x != nil {
+		return x.Workspace
+	}
+	return ""
+}
+
+type UpdateProviderProfilesResponse struct {
+	state         protoimpl.MessageState       `protogen:"open.v1"`
+	Diagnostics   []*ProviderProfileDiagnostic `protobuf:"bytes,1,rep,name=diagnostics,proto3" json:"diagnostics,omitempty"`
+	Profile       *ProviderProfile             `protobuf:"bytes,2,opt,name=profile,proto3" json:"profile,omitempty"`
+	Updated       bool                         `protobuf:"varint,3,opt,name=updated,proto3" json:"updated,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpdateProviderProfilesResponse) Reset() {
+	*x = UpdateProviderProfilesResponse{}
+	mi := &file_openshell_proto_msgTypes[178]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateProviderProfilesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateProviderProfilesResponse) ProtoMessage() {}
+
+func (x *UpdateProviderProfilesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_openshell_proto_msgTypes[178]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateProviderProfilesResponse.ProtoReflect.Descriptor instead.
+func (*UpdateProviderProfilesResponse) Descriptor() ([]byte, []int) {
+	return file_openshell_proto_rawDescGZIP(), []int{178}
+}
+
+func (x *UpdateProviderProfilesResponse) GetDiagnostics() []*ProviderProfileDiagnostic {
+	if x != nil {
+		return x.Diagnostics
+	}
+	return nil
+}
+
+func (x *UpdateProviderProfilesResponse) GetProfile() *ProviderProfile {
+	if x != nil {
+		return x.Profile
+	}
+	return nil
+}
+
+func (x *UpdateProviderProfilesResponse) GetUpdated() bool {
+	if x != nil {
+		return x.Updated
+	}
+	return false
+}
+
+type UpdateProviderRequest struct {
+	state                 protoimpl.MessageState `protogen:"open.v1"`
+	Provider              *datamodelv1.Provider  `protobuf:"bytes,1,opt,name=provider,proto3" json:"provider,omitempty"`
+	CredentialExpiresAtMs map[string]int64       `protobuf:"bytes,2,rep,name=credential_expires_at_ms,json=credentialExpiresAtMs,proto3" json:"credential_expires_at_ms,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
+	Workspace             string                 `protobuf:"bytes,3,opt,name=workspace,proto3" json:"workspace,omitempty"`
+	unknownFields         protoimpl.UnknownFields
+	sizeCache             protoimpl.SizeCache
+}
+
+func (x *UpdateProviderRequest) Reset() {
+	*x = UpdateProviderRequest{}
+	mi := &file_openshell_proto_msgTypes[179]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateProviderRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateProviderRequest) ProtoMessage() {}
+
+func (x *UpdateProviderRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_openshell_proto_msgTypes[179]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateProviderRequest.ProtoReflect.Descriptor instead.
+func (*UpdateProviderRequest) Descriptor() ([]byte, []int) {
+	return file_openshell_proto_rawDescGZIP(), []int{179}
+}
+
+func (x *UpdateProviderRequest) GetProvider() *datamodelv1.Provider {
+	if x != nil {
+		return x.Provider
+	}
+	return nil
+}
+
+func (x *UpdateProviderRequest) GetCredentialExpiresAtMs() map[string]int64 {
+	if x != nil {
+		return x.CredentialExpiresAtMs
+	}
+	return nil
+}
+
+func (x *UpdateProviderRequest) GetWorkspace() string {
+	if x != nil {
+		return x.Workspace
+	}
+	return ""
+}
+
+type WorkspaceMember struct {
+	state            protoimpl.MessageState  `protogen:"open.v1"`
+	Metadata         *datamodelv1.ObjectMeta `protobuf:"bytes,1,opt,name=metadata,proto3" json:"metadata,omitempty"`
+	PrincipalSubject string                  `protobuf:"bytes,2,opt,name=principal_subject,json=principalSubject,proto3" json:"principal_subject,omitempty"`
+	Role             WorkspaceRole           `protobuf:"varint,3,opt,name=role,proto3,enum=openshell.v1.WorkspaceRole" json:"role,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *WorkspaceMember) Reset() {
+	*x = WorkspaceMember{}
+	mi := &file_openshell_proto_msgTypes[180]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WorkspaceMember) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WorkspaceMember) ProtoMessage() {}
+
+func (x *WorkspaceMember) ProtoReflect() protoreflect.Message {
+	mi := &file_openshell_proto_msgTypes[180]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WorkspaceMember.ProtoReflect.Descriptor instead.
+func (*WorkspaceMember) Descriptor() ([]byte, []int) {
+	return file_openshell_proto_rawDescGZIP(), []int{180}
+}
+
+func (x *WorkspaceMember) GetMetadata() *datamodelv1.ObjectMeta {
+	if x != nil {
+		return x.Metadata
+	}
+	return nil
+}
+
+func (x *WorkspaceMember) GetPrincipalSubject() string {
+	if x != nil {
+		return x.PrincipalSubject
+	}
+	return ""
+}
+
+func (x *WorkspaceMember) GetRole() WorkspaceRole {
+	if x != nil {
+		return x.Role
+	}
+	return WorkspaceRole_WORKSPACE_ROLE_UNSPECIFIED
+}
+
 var File_openshell_proto protoreflect.FileDescriptor
 
 const file_openshell_proto_rawDesc = "" +
@@ -4272,7 +12171,606 @@ const file_openshell_proto_rawDesc = "" +
 	"\vinstance_id\x18\x02 \x01(\tR\n" +
 	"instanceId\x12\x1b\n" +
 	"\texit_code\x18\x03 \x01(\x05R\bexitCode\"\x1f\n" +
-	"\x1dReportMainProcessExitResponse*\x86\x01\n" +
+	"\x1dReportMainProcessExitResponse\"k\n" +
+	"\rAddAllowRules\x12\x12\n" +
+	"\x04host\x18\x01 \x01(\tR\x04host\x12\x12\n" +
+	"\x04port\x18\x02 \x01(\rR\x04port\x122\n" +
+	"\x05rules\x18\x03 \x03(\v2\x1c.openshell.sandbox.v1.L7RuleR\x05rules\"w\n" +
+	"\fAddDenyRules\x12\x12\n" +
+	"\x04host\x18\x01 \x01(\tR\x04host\x12\x12\n" +
+	"\x04port\x18\x02 \x01(\rR\x04port\x12?\n" +
+	"\n" +
+	"deny_rules\x18\x03 \x03(\v2 .openshell.sandbox.v1.L7DenyRuleR\tdenyRules\"j\n" +
+	"\x0eAddNetworkRule\x12\x1b\n" +
+	"\trule_name\x18\x01 \x01(\tR\bruleName\x12;\n" +
+	"\x04rule\x18\x02 \x01(\v2'.openshell.sandbox.v1.NetworkPolicyRuleR\x04rule\"\x97\x01\n" +
+	"\x19AddWorkspaceMemberRequest\x12\x1c\n" +
+	"\tworkspace\x18\x01 \x01(\tR\tworkspace\x12+\n" +
+	"\x11principal_subject\x18\x02 \x01(\tR\x10principalSubject\x12/\n" +
+	"\x04role\x18\x03 \x01(\x0e2\x1b.openshell.v1.WorkspaceRoleR\x04role\"S\n" +
+	"\x1aAddWorkspaceMemberResponse\x125\n" +
+	"\x06member\x18\x01 \x01(\v2\x1d.openshell.v1.WorkspaceMemberR\x06member\"\xca\x01\n" +
+	"\x1cApproveAllDraftChunksRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x128\n" +
+	"\x18include_security_flagged\x18\x02 \x01(\bR\x16includeSecurityFlagged\x12\x1c\n" +
+	"\tworkspace\x18\x03 \x01(\tR\tworkspace\x12>\n" +
+	"\tapprovals\x18\x04 \x03(\v2 .openshell.v1.DraftChunkApprovalR\tapprovals\"\xb7\x01\n" +
+	"\x1dApproveAllDraftChunksResponse\x12%\n" +
+	"\x0epolicy_version\x18\x01 \x01(\rR\rpolicyVersion\x12\x1f\n" +
+	"\vpolicy_hash\x18\x02 \x01(\tR\n" +
+	"policyHash\x12'\n" +
+	"\x0fchunks_approved\x18\x03 \x01(\rR\x0echunksApproved\x12%\n" +
+	"\x0echunks_skipped\x18\x04 \x01(\rR\rchunksSkipped\"\x8a\x01\n" +
+	"\x18ApproveDraftChunkRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x19\n" +
+	"\bchunk_id\x18\x02 \x01(\tR\achunkId\x12\x1c\n" +
+	"\tworkspace\x18\x03 \x01(\tR\tworkspace\x12!\n" +
+	"\freview_token\x18\x04 \x01(\tR\vreviewToken\"c\n" +
+	"\x19ApproveDraftChunkResponse\x12%\n" +
+	"\x0epolicy_version\x18\x01 \x01(\rR\rpolicyVersion\x12\x1f\n" +
+	"\vpolicy_hash\x18\x02 \x01(\tR\n" +
+	"policyHash\"\xc0\x01\n" +
+	"\x1cAttachSandboxProviderRequest\x12!\n" +
+	"\fsandbox_name\x18\x01 \x01(\tR\vsandboxName\x12#\n" +
+	"\rprovider_name\x18\x02 \x01(\tR\fproviderName\x12:\n" +
+	"\x19expected_resource_version\x18\x03 \x01(\x04R\x17expectedResourceVersion\x12\x1c\n" +
+	"\tworkspace\x18\x04 \x01(\tR\tworkspace\"l\n" +
+	"\x1dAttachSandboxProviderResponse\x12/\n" +
+	"\asandbox\x18\x01 \x01(\v2\x15.openshell.v1.SandboxR\asandbox\x12\x1a\n" +
+	"\battached\x18\x02 \x01(\bR\battached\"K\n" +
+	"\x17ClearDraftChunksRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1c\n" +
+	"\tworkspace\x18\x02 \x01(\tR\tworkspace\"A\n" +
+	"\x18ClearDraftChunksResponse\x12%\n" +
+	"\x0echunks_cleared\x18\x01 \x01(\rR\rchunksCleared\"c\n" +
+	"\x19ComputeDriverCapabilities\x12\x1f\n" +
+	"\vdriver_name\x18\x01 \x01(\tR\n" +
+	"driverName\x12%\n" +
+	"\x0edriver_version\x18\x02 \x01(\tR\rdriverVersion\"t\n" +
+	"\x11ComputeDriverInfo\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12K\n" +
+	"\fcapabilities\x18\x02 \x01(\v2'.openshell.v1.ComputeDriverCapabilitiesR\fcapabilities\"\xd8\x03\n" +
+	"\x1fConfigureProviderRefreshRequest\x12\x1a\n" +
+	"\bprovider\x18\x01 \x01(\tR\bprovider\x12%\n" +
+	"\x0ecredential_key\x18\x02 \x01(\tR\rcredentialKey\x12K\n" +
+	"\bstrategy\x18\x03 \x01(\x0e2/.openshell.v1.ProviderCredentialRefreshStrategyR\bstrategy\x12]\n" +
+	"\bmaterial\x18\x04 \x03(\v2;.openshell.v1.ConfigureProviderRefreshRequest.MaterialEntryB\x04\x88\xb5\x18\x01R\bmaterial\x120\n" +
+	"\x14secret_material_keys\x18\x05 \x03(\tR\x12secretMaterialKeys\x12'\n" +
+	"\rexpires_at_ms\x18\x06 \x01(\x03H\x00R\vexpiresAtMs\x88\x01\x01\x12\x1c\n" +
+	"\tworkspace\x18\a \x01(\tR\tworkspace\x1a;\n" +
+	"\rMaterialEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01B\x10\n" +
+	"\x0e_expires_at_ms\"i\n" +
+	" ConfigureProviderRefreshResponse\x12E\n" +
+	"\x06status\x18\x01 \x01(\v2-.openshell.v1.ProviderCredentialRefreshStatusR\x06status\"s\n" +
+	"\x15CreateProviderRequest\x12<\n" +
+	"\bprovider\x18\x01 \x01(\v2 .openshell.datamodel.v1.ProviderR\bprovider\x12\x1c\n" +
+	"\tworkspace\x18\x02 \x01(\tR\tworkspace\"\xb1\x01\n" +
+	"\x16CreateWorkspaceRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12H\n" +
+	"\x06labels\x18\x02 \x03(\v20.openshell.v1.CreateWorkspaceRequest.LabelsEntryR\x06labels\x1a9\n" +
+	"\vLabelsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"Z\n" +
+	"\x17CreateWorkspaceResponse\x12?\n" +
+	"\tworkspace\x18\x01 \x01(\v2!.openshell.datamodel.v1.WorkspaceR\tworkspace\"L\n" +
+	"\x1cDeleteProviderProfileRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1c\n" +
+	"\tworkspace\x18\x02 \x01(\tR\tworkspace\"9\n" +
+	"\x1dDeleteProviderProfileResponse\x12\x18\n" +
+	"\adeleted\x18\x01 \x01(\bR\adeleted\"\x7f\n" +
+	"\x1cDeleteProviderRefreshRequest\x12\x1a\n" +
+	"\bprovider\x18\x01 \x01(\tR\bprovider\x12%\n" +
+	"\x0ecredential_key\x18\x02 \x01(\tR\rcredentialKey\x12\x1c\n" +
+	"\tworkspace\x18\x03 \x01(\tR\tworkspace\"9\n" +
+	"\x1dDeleteProviderRefreshResponse\x12\x18\n" +
+	"\adeleted\x18\x01 \x01(\bR\adeleted\"I\n" +
+	"\x15DeleteProviderRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1c\n" +
+	"\tworkspace\x18\x02 \x01(\tR\tworkspace\"2\n" +
+	"\x16DeleteProviderResponse\x12\x18\n" +
+	"\adeleted\x18\x01 \x01(\bR\adeleted\"h\n" +
+	"\x14DeleteServiceRequest\x12\x18\n" +
+	"\asandbox\x18\x01 \x01(\tR\asandbox\x12\x18\n" +
+	"\aservice\x18\x02 \x01(\tR\aservice\x12\x1c\n" +
+	"\tworkspace\x18\x03 \x01(\tR\tworkspace\"1\n" +
+	"\x15DeleteServiceResponse\x12\x18\n" +
+	"\adeleted\x18\x01 \x01(\bR\adeleted\",\n" +
+	"\x16DeleteWorkspaceRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\"3\n" +
+	"\x17DeleteWorkspaceResponse\x12\x18\n" +
+	"\adeleted\x18\x01 \x01(\bR\adeleted\"T\n" +
+	"\x10DenialGroupCount\x12\x1d\n" +
+	"\n" +
+	"deny_group\x18\x01 \x01(\tR\tdenyGroup\x12!\n" +
+	"\fdenied_count\x18\x02 \x01(\rR\vdeniedCount\"\xe5\x04\n" +
+	"\rDenialSummary\x12\x1d\n" +
+	"\n" +
+	"sandbox_id\x18\x01 \x01(\tR\tsandboxId\x12\x12\n" +
+	"\x04host\x18\x02 \x01(\tR\x04host\x12\x12\n" +
+	"\x04port\x18\x03 \x01(\rR\x04port\x12\x16\n" +
+	"\x06binary\x18\x04 \x01(\tR\x06binary\x12\x1c\n" +
+	"\tancestors\x18\x05 \x03(\tR\tancestors\x12\x1f\n" +
+	"\vdeny_reason\x18\x06 \x01(\tR\n" +
+	"denyReason\x12\"\n" +
+	"\rfirst_seen_ms\x18\a \x01(\x03R\vfirstSeenMs\x12 \n" +
+	"\flast_seen_ms\x18\b \x01(\x03R\n" +
+	"lastSeenMs\x12\x14\n" +
+	"\x05count\x18\t \x01(\rR\x05count\x12)\n" +
+	"\x10suppressed_count\x18\n" +
+	" \x01(\rR\x0fsuppressedCount\x12\x1f\n" +
+	"\vtotal_count\x18\v \x01(\rR\n" +
+	"totalCount\x12'\n" +
+	"\x0fsample_cmdlines\x18\f \x03(\tR\x0esampleCmdlines\x12#\n" +
+	"\rbinary_sha256\x18\r \x01(\tR\fbinarySha256\x12\x1e\n" +
+	"\n" +
+	"persistent\x18\x0e \x01(\bR\n" +
+	"persistent\x12!\n" +
+	"\fdenial_stage\x18\x0f \x01(\tR\vdenialStage\x12K\n" +
+	"\x12l7_request_samples\x18\x10 \x03(\v2\x1d.openshell.v1.L7RequestSampleR\x10l7RequestSamples\x120\n" +
+	"\x14l7_inspection_active\x18\x11 \x01(\bR\x12l7InspectionActive\"\xc0\x01\n" +
+	"\x1cDetachSandboxProviderRequest\x12!\n" +
+	"\fsandbox_name\x18\x01 \x01(\tR\vsandboxName\x12#\n" +
+	"\rprovider_name\x18\x02 \x01(\tR\fproviderName\x12:\n" +
+	"\x19expected_resource_version\x18\x03 \x01(\x04R\x17expectedResourceVersion\x12\x1c\n" +
+	"\tworkspace\x18\x04 \x01(\tR\tworkspace\"l\n" +
+	"\x1dDetachSandboxProviderResponse\x12/\n" +
+	"\asandbox\x18\x01 \x01(\v2\x15.openshell.v1.SandboxR\asandbox\x12\x1a\n" +
+	"\bdetached\x18\x02 \x01(\bR\bdetached\"R\n" +
+	"\x12DraftChunkApproval\x12\x19\n" +
+	"\bchunk_id\x18\x01 \x01(\tR\achunkId\x12!\n" +
+	"\freview_token\x18\x02 \x01(\tR\vreviewToken\"\x92\x01\n" +
+	"\x11DraftHistoryEntry\x12!\n" +
+	"\ftimestamp_ms\x18\x01 \x01(\x03R\vtimestampMs\x12\x1d\n" +
+	"\n" +
+	"event_type\x18\x02 \x01(\tR\teventType\x12 \n" +
+	"\vdescription\x18\x03 \x01(\tR\vdescription\x12\x19\n" +
+	"\bchunk_id\x18\x04 \x01(\tR\achunkId\"\xb2\x01\n" +
+	"\x15EditDraftChunkRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x19\n" +
+	"\bchunk_id\x18\x02 \x01(\tR\achunkId\x12L\n" +
+	"\rproposed_rule\x18\x03 \x01(\v2'.openshell.sandbox.v1.NetworkPolicyRuleR\fproposedRule\x12\x1c\n" +
+	"\tworkspace\x18\x04 \x01(\tR\tworkspace\"\x18\n" +
+	"\x16EditDraftChunkResponse\"\xa1\x01\n" +
+	"\x14ExposeServiceRequest\x12\x18\n" +
+	"\asandbox\x18\x01 \x01(\tR\asandbox\x12\x18\n" +
+	"\aservice\x18\x02 \x01(\tR\aservice\x12\x1f\n" +
+	"\vtarget_port\x18\x03 \x01(\rR\n" +
+	"targetPort\x12\x16\n" +
+	"\x06domain\x18\x04 \x01(\bR\x06domain\x12\x1c\n" +
+	"\tworkspace\x18\x05 \x01(\tR\tworkspace\"\x7f\n" +
+	"\x1aExtensionServiceCredential\x12!\n" +
+	"\fservice_name\x18\x01 \x01(\tR\vserviceName\x12\x1a\n" +
+	"\x05token\x18\x02 \x01(\tB\x04\x88\xb5\x18\x01R\x05token\x12\"\n" +
+	"\rexpires_at_ms\x18\x03 \x01(\x03R\vexpiresAtMs\"\x17\n" +
+	"\x15GetCurrentUserRequest\"\xb0\x01\n" +
+	"\x16GetCurrentUserResponse\x12\x18\n" +
+	"\asubject\x18\x01 \x01(\tR\asubject\x12!\n" +
+	"\fdisplay_name\x18\x02 \x01(\tR\vdisplayName\x12\x14\n" +
+	"\x05roles\x18\x03 \x03(\tR\x05roles\x12\x16\n" +
+	"\x06scopes\x18\x04 \x03(\tR\x06scopes\x12+\n" +
+	"\x11identity_provider\x18\x05 \x01(\tR\x10identityProvider\"J\n" +
+	"\x16GetDraftHistoryRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1c\n" +
+	"\tworkspace\x18\x02 \x01(\tR\tworkspace\"T\n" +
+	"\x17GetDraftHistoryResponse\x129\n" +
+	"\aentries\x18\x01 \x03(\v2\x1f.openshell.v1.DraftHistoryEntryR\aentries\"n\n" +
+	"\x15GetDraftPolicyRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12#\n" +
+	"\rstatus_filter\x18\x02 \x01(\tR\fstatusFilter\x12\x1c\n" +
+	"\tworkspace\x18\x03 \x01(\tR\tworkspace\"\xc8\x01\n" +
+	"\x16GetDraftPolicyResponse\x121\n" +
+	"\x06chunks\x18\x01 \x03(\v2\x19.openshell.v1.PolicyChunkR\x06chunks\x12'\n" +
+	"\x0frolling_summary\x18\x02 \x01(\tR\x0erollingSummary\x12#\n" +
+	"\rdraft_version\x18\x03 \x01(\x04R\fdraftVersion\x12-\n" +
+	"\x13last_analyzed_at_ms\x18\x04 \x01(\x03R\x10lastAnalyzedAtMs\"\x17\n" +
+	"\x15GetGatewayInfoRequest\"\xc0\x01\n" +
+	"\x16GetGatewayInfoResponse\x123\n" +
+	"\x06status\x18\x01 \x01(\x0e2\x1b.openshell.v1.ServiceStatusR\x06status\x12'\n" +
+	"\x0fgateway_version\x18\x02 \x01(\tR\x0egatewayVersion\x12H\n" +
+	"\x0fcompute_drivers\x18\x03 \x03(\v2\x1f.openshell.v1.ComputeDriverInfoR\x0ecomputeDrivers\"I\n" +
+	"\x19GetProviderProfileRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1c\n" +
+	"\tworkspace\x18\x02 \x01(\tR\tworkspace\"\x82\x01\n" +
+	"\x1fGetProviderRefreshStatusRequest\x12\x1a\n" +
+	"\bprovider\x18\x01 \x01(\tR\bprovider\x12%\n" +
+	"\x0ecredential_key\x18\x02 \x01(\tR\rcredentialKey\x12\x1c\n" +
+	"\tworkspace\x18\x03 \x01(\tR\tworkspace\"s\n" +
+	" GetProviderRefreshStatusResponse\x12O\n" +
+	"\vcredentials\x18\x01 \x03(\v2-.openshell.v1.ProviderCredentialRefreshStatusR\vcredentials\"F\n" +
+	"\x12GetProviderRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1c\n" +
+	"\tworkspace\x18\x02 \x01(\tR\tworkspace\"\x83\x01\n" +
+	"\x1dGetSandboxPolicyStatusRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
+	"\aversion\x18\x02 \x01(\rR\aversion\x12\x16\n" +
+	"\x06global\x18\x03 \x01(\bR\x06global\x12\x1c\n" +
+	"\tworkspace\x18\x04 \x01(\tR\tworkspace\"\x88\x01\n" +
+	"\x1eGetSandboxPolicyStatusResponse\x12?\n" +
+	"\brevision\x18\x01 \x01(\v2#.openshell.v1.SandboxPolicyRevisionR\brevision\x12%\n" +
+	"\x0eactive_version\x18\x02 \x01(\rR\ractiveVersion\"\x94\x01\n" +
+	"$GetSandboxProviderEnvironmentRequest\x12\x1d\n" +
+	"\n" +
+	"sandbox_id\x18\x01 \x01(\tR\tsandboxId\x12M\n" +
+	"#supports_static_credential_bindings\x18\x02 \x01(\bR supportsStaticCredentialBindings\"\x90\b\n" +
+	"%GetSandboxProviderEnvironmentResponse\x12l\n" +
+	"\venvironment\x18\x01 \x03(\v2D.openshell.v1.GetSandboxProviderEnvironmentResponse.EnvironmentEntryB\x04\x88\xb5\x18\x01R\venvironment\x122\n" +
+	"\x15provider_env_revision\x18\x02 \x01(\x04R\x13providerEnvRevision\x12\x87\x01\n" +
+	"\x18credential_expires_at_ms\x18\x03 \x03(\v2N.openshell.v1.GetSandboxProviderEnvironmentResponse.CredentialExpiresAtMsEntryR\x15credentialExpiresAtMs\x12|\n" +
+	"\x13dynamic_credentials\x18\x04 \x03(\v2K.openshell.v1.GetSandboxProviderEnvironmentResponse.DynamicCredentialsEntryR\x12dynamicCredentials\x12\x8f\x01\n" +
+	"\x1astatic_credential_bindings\x18\x05 \x03(\v2Q.openshell.v1.GetSandboxProviderEnvironmentResponse.StaticCredentialBindingsEntryR\x18staticCredentialBindings\x12=\n" +
+	"\x1bnon_secret_environment_keys\x18\x06 \x03(\tR\x18nonSecretEnvironmentKeys\x1a>\n" +
+	"\x10EnvironmentEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1aH\n" +
+	"\x1aCredentialExpiresAtMsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\x03R\x05value:\x028\x01\x1an\n" +
+	"\x17DynamicCredentialsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12=\n" +
+	"\x05value\x18\x02 \x01(\v2'.openshell.v1.ProviderProfileCredentialR\x05value:\x028\x01\x1ar\n" +
+	"\x1dStaticCredentialBindingsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12;\n" +
+	"\x05value\x18\x02 \x01(\v2%.openshell.v1.StaticCredentialBindingR\x05value:\x028\x01\"e\n" +
+	"\x11GetServiceRequest\x12\x18\n" +
+	"\asandbox\x18\x01 \x01(\tR\asandbox\x12\x18\n" +
+	"\aservice\x18\x02 \x01(\tR\aservice\x12\x1c\n" +
+	"\tworkspace\x18\x03 \x01(\tR\tworkspace\")\n" +
+	"\x13GetWorkspaceRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\"W\n" +
+	"\x14GetWorkspaceResponse\x12?\n" +
+	"\tworkspace\x18\x01 \x01(\v2!.openshell.datamodel.v1.WorkspaceR\tworkspace\"\x82\x01\n" +
+	"\x1dImportProviderProfilesRequest\x12C\n" +
+	"\bprofiles\x18\x01 \x03(\v2'.openshell.v1.ProviderProfileImportItemR\bprofiles\x12\x1c\n" +
+	"\tworkspace\x18\x02 \x01(\tR\tworkspace\"\xc2\x01\n" +
+	"\x1eImportProviderProfilesResponse\x12I\n" +
+	"\vdiagnostics\x18\x01 \x03(\v2'.openshell.v1.ProviderProfileDiagnosticR\vdiagnostics\x129\n" +
+	"\bprofiles\x18\x02 \x03(\v2\x1d.openshell.v1.ProviderProfileR\bprofiles\x12\x1a\n" +
+	"\bimported\x18\x03 \x01(\bR\bimported\"\x1a\n" +
+	"\x18IssueSandboxTokenRequest\"[\n" +
+	"\x19IssueSandboxTokenResponse\x12\x1a\n" +
+	"\x05token\x18\x01 \x01(\tB\x04\x88\xb5\x18\x01R\x05token\x12\"\n" +
+	"\rexpires_at_ms\x18\x02 \x01(\x03R\vexpiresAtMs\"o\n" +
+	"\x0fL7RequestSample\x12\x16\n" +
+	"\x06method\x18\x01 \x01(\tR\x06method\x12\x12\n" +
+	"\x04path\x18\x02 \x01(\tR\x04path\x12\x1a\n" +
+	"\bdecision\x18\x03 \x01(\tR\bdecision\x12\x14\n" +
+	"\x05count\x18\x04 \x01(\rR\x05count\"\x80\x01\n" +
+	"\x1bLintProviderProfilesRequest\x12C\n" +
+	"\bprofiles\x18\x01 \x03(\v2'.openshell.v1.ProviderProfileImportItemR\bprofiles\x12\x1c\n" +
+	"\tworkspace\x18\x02 \x01(\tR\tworkspace\"\x7f\n" +
+	"\x1cLintProviderProfilesResponse\x12I\n" +
+	"\vdiagnostics\x18\x01 \x03(\v2'.openshell.v1.ProviderProfileDiagnosticR\vdiagnostics\x12\x14\n" +
+	"\x05valid\x18\x02 \x01(\bR\x05valid\"i\n" +
+	"\x1bListProviderProfilesRequest\x12\x14\n" +
+	"\x05limit\x18\x01 \x01(\rR\x05limit\x12\x16\n" +
+	"\x06offset\x18\x02 \x01(\rR\x06offset\x12\x1c\n" +
+	"\tworkspace\x18\x03 \x01(\tR\tworkspace\"Y\n" +
+	"\x1cListProviderProfilesResponse\x129\n" +
+	"\bprofiles\x18\x01 \x03(\v2\x1d.openshell.v1.ProviderProfileR\bprofiles\"\x89\x01\n" +
+	"\x14ListProvidersRequest\x12\x14\n" +
+	"\x05limit\x18\x01 \x01(\rR\x05limit\x12\x16\n" +
+	"\x06offset\x18\x02 \x01(\rR\x06offset\x12\x1c\n" +
+	"\tworkspace\x18\x03 \x01(\tR\tworkspace\x12%\n" +
+	"\x0eall_workspaces\x18\x04 \x01(\bR\rallWorkspaces\"W\n" +
+	"\x15ListProvidersResponse\x12>\n" +
+	"\tproviders\x18\x01 \x03(\v2 .openshell.datamodel.v1.ProviderR\tproviders\"\x94\x01\n" +
+	"\x1aListSandboxPoliciesRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
+	"\x05limit\x18\x02 \x01(\rR\x05limit\x12\x16\n" +
+	"\x06offset\x18\x03 \x01(\rR\x06offset\x12\x16\n" +
+	"\x06global\x18\x04 \x01(\bR\x06global\x12\x1c\n" +
+	"\tworkspace\x18\x05 \x01(\tR\tworkspace\"`\n" +
+	"\x1bListSandboxPoliciesResponse\x12A\n" +
+	"\trevisions\x18\x01 \x03(\v2#.openshell.v1.SandboxPolicyRevisionR\trevisions\"^\n" +
+	"\x1bListSandboxProvidersRequest\x12!\n" +
+	"\fsandbox_name\x18\x01 \x01(\tR\vsandboxName\x12\x1c\n" +
+	"\tworkspace\x18\x02 \x01(\tR\tworkspace\"^\n" +
+	"\x1cListSandboxProvidersResponse\x12>\n" +
+	"\tproviders\x18\x01 \x03(\v2 .openshell.datamodel.v1.ProviderR\tproviders\"\xa2\x01\n" +
+	"\x13ListServicesRequest\x12\x18\n" +
+	"\asandbox\x18\x01 \x01(\tR\asandbox\x12\x14\n" +
+	"\x05limit\x18\x02 \x01(\rR\x05limit\x12\x16\n" +
+	"\x06offset\x18\x03 \x01(\rR\x06offset\x12\x1c\n" +
+	"\tworkspace\x18\x04 \x01(\tR\tworkspace\x12%\n" +
+	"\x0eall_workspaces\x18\x05 \x01(\bR\rallWorkspaces\"Y\n" +
+	"\x14ListServicesResponse\x12A\n" +
+	"\bservices\x18\x01 \x03(\v2%.openshell.v1.ServiceEndpointResponseR\bservices\"i\n" +
+	"\x1bListWorkspaceMembersRequest\x12\x1c\n" +
+	"\tworkspace\x18\x01 \x01(\tR\tworkspace\x12\x14\n" +
+	"\x05limit\x18\x02 \x01(\rR\x05limit\x12\x16\n" +
+	"\x06offset\x18\x03 \x01(\rR\x06offset\"W\n" +
+	"\x1cListWorkspaceMembersResponse\x127\n" +
+	"\amembers\x18\x01 \x03(\v2\x1d.openshell.v1.WorkspaceMemberR\amembers\"l\n" +
+	"\x15ListWorkspacesRequest\x12\x14\n" +
+	"\x05limit\x18\x01 \x01(\rR\x05limit\x12\x16\n" +
+	"\x06offset\x18\x02 \x01(\rR\x06offset\x12%\n" +
+	"\x0elabel_selector\x18\x03 \x01(\tR\rlabelSelector\"[\n" +
+	"\x16ListWorkspacesResponse\x12A\n" +
+	"\n" +
+	"workspaces\x18\x01 \x03(\v2!.openshell.datamodel.v1.WorkspaceR\n" +
+	"workspaces\"\xc8\x01\n" +
+	"\x16NetworkActivitySummary\x124\n" +
+	"\x16network_activity_count\x18\x01 \x01(\rR\x14networkActivityCount\x12.\n" +
+	"\x13denied_action_count\x18\x02 \x01(\rR\x11deniedActionCount\x12H\n" +
+	"\x10denials_by_group\x18\x03 \x03(\v2\x1e.openshell.v1.DenialGroupCountR\x0edenialsByGroup\"\xb0\b\n" +
+	"\vPolicyChunk\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x16\n" +
+	"\x06status\x18\x02 \x01(\tR\x06status\x12\x1b\n" +
+	"\trule_name\x18\x03 \x01(\tR\bruleName\x12L\n" +
+	"\rproposed_rule\x18\x04 \x01(\v2'.openshell.sandbox.v1.NetworkPolicyRuleR\fproposedRule\x12\x1c\n" +
+	"\trationale\x18\x05 \x01(\tR\trationale\x12%\n" +
+	"\x0esecurity_notes\x18\x06 \x01(\tR\rsecurityNotes\x12\x1e\n" +
+	"\n" +
+	"confidence\x18\a \x01(\x02R\n" +
+	"confidence\x12,\n" +
+	"\x12denial_summary_ids\x18\b \x03(\tR\x10denialSummaryIds\x12\"\n" +
+	"\rcreated_at_ms\x18\t \x01(\x03R\vcreatedAtMs\x12\"\n" +
+	"\rdecided_at_ms\x18\n" +
+	" \x01(\x03R\vdecidedAtMs\x12\x14\n" +
+	"\x05stage\x18\v \x01(\tR\x05stage\x12.\n" +
+	"\x13supersedes_chunk_id\x18\f \x01(\tR\x11supersedesChunkId\x12\x1b\n" +
+	"\thit_count\x18\r \x01(\x05R\bhitCount\x12\"\n" +
+	"\rfirst_seen_ms\x18\x0e \x01(\x03R\vfirstSeenMs\x12 \n" +
+	"\flast_seen_ms\x18\x0f \x01(\x03R\n" +
+	"lastSeenMs\x12\x16\n" +
+	"\x06binary\x18\x10 \x01(\tR\x06binary\x12+\n" +
+	"\x11validation_result\x18\x11 \x01(\tR\x10validationResult\x12)\n" +
+	"\x10rejection_reason\x18\x12 \x01(\tR\x0frejectionReason\x12+\n" +
+	"\x11application_error\x18\x13 \x01(\tR\x10applicationError\x12!\n" +
+	"\freview_token\x18\x14 \x01(\tR\vreviewToken\x12A\n" +
+	"\x1dcurrent_effective_policy_hash\x18\x15 \x01(\tR\x1acurrentEffectivePolicyHash\x12E\n" +
+	"\x1fcandidate_effective_policy_hash\x18\x16 \x01(\tR\x1ccandidateEffectivePolicyHash\x12]\n" +
+	"\x18current_effective_policy\x18\x17 \x01(\v2#.openshell.sandbox.v1.SandboxPolicyR\x16currentEffectivePolicy\x12a\n" +
+	"\x1acandidate_effective_policy\x18\x18 \x01(\v2#.openshell.sandbox.v1.SandboxPolicyR\x18candidateEffectivePolicy\"\xc7\x03\n" +
+	"\x14PolicyMergeOperation\x129\n" +
+	"\badd_rule\x18\x01 \x01(\v2\x1c.openshell.v1.AddNetworkRuleH\x00R\aaddRule\x12N\n" +
+	"\x0fremove_endpoint\x18\x02 \x01(\v2#.openshell.v1.RemoveNetworkEndpointH\x00R\x0eremoveEndpoint\x12B\n" +
+	"\vremove_rule\x18\x03 \x01(\v2\x1f.openshell.v1.RemoveNetworkRuleH\x00R\n" +
+	"removeRule\x12B\n" +
+	"\x0eadd_deny_rules\x18\x04 \x01(\v2\x1a.openshell.v1.AddDenyRulesH\x00R\faddDenyRules\x12E\n" +
+	"\x0fadd_allow_rules\x18\x05 \x01(\v2\x1b.openshell.v1.AddAllowRulesH\x00R\raddAllowRules\x12H\n" +
+	"\rremove_binary\x18\x06 \x01(\v2!.openshell.v1.RemoveNetworkBinaryH\x00R\fremoveBinaryB\v\n" +
+	"\toperation\"\xb0\x03\n" +
+	"\x19ProviderCredentialRefresh\x12K\n" +
+	"\bstrategy\x18\x01 \x01(\x0e2/.openshell.v1.ProviderCredentialRefreshStrategyR\bstrategy\x12\x1b\n" +
+	"\ttoken_url\x18\x02 \x01(\tR\btokenUrl\x12\x16\n" +
+	"\x06scopes\x18\x03 \x03(\tR\x06scopes\x124\n" +
+	"\x16refresh_before_seconds\x18\x04 \x01(\x03R\x14refreshBeforeSeconds\x120\n" +
+	"\x14max_lifetime_seconds\x18\x05 \x01(\x03R\x12maxLifetimeSeconds\x12K\n" +
+	"\bmaterial\x18\x06 \x03(\v2/.openshell.v1.ProviderCredentialRefreshMaterialR\bmaterial\x12\\\n" +
+	"\x12additional_outputs\x18\a \x03(\v2-.openshell.v1.ProviderCredentialRefreshOutputR\x11additionalOutputs\"\x8d\x01\n" +
+	"!ProviderCredentialRefreshMaterial\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12 \n" +
+	"\vdescription\x18\x02 \x01(\tR\vdescription\x12\x1a\n" +
+	"\brequired\x18\x03 \x01(\bR\brequired\x12\x16\n" +
+	"\x06secret\x18\x04 \x01(\bR\x06secret\"Y\n" +
+	"\x1fProviderCredentialRefreshOutput\x12\x16\n" +
+	"\x06output\x18\x01 \x01(\tR\x06output\x12\x1e\n" +
+	"\n" +
+	"credential\x18\x02 \x01(\tR\n" +
+	"credential\"\x90\x03\n" +
+	"\x1fProviderCredentialRefreshStatus\x12#\n" +
+	"\rprovider_name\x18\x01 \x01(\tR\fproviderName\x12\x1f\n" +
+	"\vprovider_id\x18\x02 \x01(\tR\n" +
+	"providerId\x12%\n" +
+	"\x0ecredential_key\x18\x03 \x01(\tR\rcredentialKey\x12K\n" +
+	"\bstrategy\x18\x04 \x01(\x0e2/.openshell.v1.ProviderCredentialRefreshStrategyR\bstrategy\x12\x16\n" +
+	"\x06status\x18\x05 \x01(\tR\x06status\x12\"\n" +
+	"\rexpires_at_ms\x18\x06 \x01(\x03R\vexpiresAtMs\x12+\n" +
+	"\x12next_refresh_at_ms\x18\a \x01(\x03R\x0fnextRefreshAtMs\x12+\n" +
+	"\x12last_refresh_at_ms\x18\b \x01(\x03R\x0flastRefreshAtMs\x12\x1d\n" +
+	"\n" +
+	"last_error\x18\t \x01(\tR\tlastError\"\xf0\x02\n" +
+	"\x1cProviderCredentialTokenGrant\x12%\n" +
+	"\x0etoken_endpoint\x18\x01 \x01(\tR\rtokenEndpoint\x12\x1a\n" +
+	"\baudience\x18\x02 \x01(\tR\baudience\x12*\n" +
+	"\x11jwt_svid_audience\x18\x06 \x01(\tR\x0fjwtSvidAudience\x12\x16\n" +
+	"\x06scopes\x18\x03 \x03(\tR\x06scopes\x12*\n" +
+	"\x11cache_ttl_seconds\x18\x04 \x01(\x03R\x0fcacheTtlSeconds\x12i\n" +
+	"\x12audience_overrides\x18\x05 \x03(\v2:.openshell.v1.ProviderCredentialTokenGrantAudienceOverrideR\x11audienceOverrides\x122\n" +
+	"\x15client_assertion_type\x18\a \x01(\tR\x13clientAssertionType\"\x9e\x01\n" +
+	",ProviderCredentialTokenGrantAudienceOverride\x12\x12\n" +
+	"\x04host\x18\x01 \x01(\tR\x04host\x12\x12\n" +
+	"\x04port\x18\x02 \x01(\rR\x04port\x12\x12\n" +
+	"\x04path\x18\x03 \x01(\tR\x04path\x12\x1a\n" +
+	"\baudience\x18\x04 \x01(\tR\baudience\x12\x16\n" +
+	"\x06scopes\x18\x05 \x03(\tR\x06scopes\"\xd8\x05\n" +
+	"\x0fProviderProfile\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12!\n" +
+	"\fdisplay_name\x18\x02 \x01(\tR\vdisplayName\x12 \n" +
+	"\vdescription\x18\x03 \x01(\tR\vdescription\x12A\n" +
+	"\bcategory\x18\x04 \x01(\x0e2%.openshell.v1.ProviderProfileCategoryR\bcategory\x12I\n" +
+	"\vcredentials\x18\x05 \x03(\v2'.openshell.v1.ProviderProfileCredentialR\vcredentials\x12C\n" +
+	"\tendpoints\x18\x06 \x03(\v2%.openshell.sandbox.v1.NetworkEndpointR\tendpoints\x12?\n" +
+	"\bbinaries\x18\a \x03(\v2#.openshell.sandbox.v1.NetworkBinaryR\bbinaries\x12+\n" +
+	"\x11inference_capable\x18\b \x01(\bR\x10inferenceCapable\x12D\n" +
+	"\tdiscovery\x18\t \x01(\v2&.openshell.v1.ProviderProfileDiscoveryR\tdiscovery\x12)\n" +
+	"\x10resource_version\x18\n" +
+	" \x01(\x04R\x0fresourceVersion\x12P\n" +
+	"\vannotations\x18\v \x03(\v2..openshell.v1.ProviderProfile.AnnotationsEntryR\vannotations\x12\x16\n" +
+	"\x06source\x18\f \x01(\tR\x06source\x12\x14\n" +
+	"\x05scope\x18\r \x01(\tR\x05scope\x1a>\n" +
+	"\x10AnnotationsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x9e\x03\n" +
+	"\x19ProviderProfileCredential\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12 \n" +
+	"\vdescription\x18\x02 \x01(\tR\vdescription\x12\x19\n" +
+	"\benv_vars\x18\x03 \x03(\tR\aenvVars\x12\x1a\n" +
+	"\brequired\x18\x04 \x01(\bR\brequired\x12\x1d\n" +
+	"\n" +
+	"auth_style\x18\x05 \x01(\tR\tauthStyle\x12\x1f\n" +
+	"\vheader_name\x18\x06 \x01(\tR\n" +
+	"headerName\x12\x1f\n" +
+	"\vquery_param\x18\a \x01(\tR\n" +
+	"queryParam\x12A\n" +
+	"\arefresh\x18\b \x01(\v2'.openshell.v1.ProviderCredentialRefreshR\arefresh\x12#\n" +
+	"\rpath_template\x18\t \x01(\tR\fpathTemplate\x12K\n" +
+	"\vtoken_grant\x18\n" +
+	" \x01(\v2*.openshell.v1.ProviderCredentialTokenGrantR\n" +
+	"tokenGrant\"\x9e\x01\n" +
+	"\x19ProviderProfileDiagnostic\x12\x16\n" +
+	"\x06source\x18\x01 \x01(\tR\x06source\x12\x1d\n" +
+	"\n" +
+	"profile_id\x18\x02 \x01(\tR\tprofileId\x12\x14\n" +
+	"\x05field\x18\x03 \x01(\tR\x05field\x12\x18\n" +
+	"\amessage\x18\x04 \x01(\tR\amessage\x12\x1a\n" +
+	"\bseverity\x18\x05 \x01(\tR\bseverity\"<\n" +
+	"\x18ProviderProfileDiscovery\x12 \n" +
+	"\vcredentials\x18\x01 \x03(\tR\vcredentials\"l\n" +
+	"\x19ProviderProfileImportItem\x127\n" +
+	"\aprofile\x18\x01 \x01(\v2\x1d.openshell.v1.ProviderProfileR\aprofile\x12\x16\n" +
+	"\x06source\x18\x02 \x01(\tR\x06source\"R\n" +
+	"\x17ProviderProfileResponse\x127\n" +
+	"\aprofile\x18\x01 \x01(\v2\x1d.openshell.v1.ProviderProfileR\aprofile\"P\n" +
+	"\x10ProviderResponse\x12<\n" +
+	"\bprovider\x18\x01 \x01(\v2 .openshell.datamodel.v1.ProviderR\bprovider\"T\n" +
+	"\x1aRefreshSandboxTokenRequest\x126\n" +
+	"\x17extension_service_names\x18\x01 \x03(\tR\x15extensionServiceNames\"\xbc\x01\n" +
+	"\x1bRefreshSandboxTokenResponse\x12\x1a\n" +
+	"\x05token\x18\x01 \x01(\tB\x04\x88\xb5\x18\x01R\x05token\x12\"\n" +
+	"\rexpires_at_ms\x18\x02 \x01(\x03R\vexpiresAtMs\x12]\n" +
+	"\x15extension_credentials\x18\x03 \x03(\v2(.openshell.v1.ExtensionServiceCredentialR\x14extensionCredentials\"~\n" +
+	"\x17RejectDraftChunkRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x19\n" +
+	"\bchunk_id\x18\x02 \x01(\tR\achunkId\x12\x16\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\x12\x1c\n" +
+	"\tworkspace\x18\x04 \x01(\tR\tworkspace\"\x1a\n" +
+	"\x18RejectDraftChunkResponse\"S\n" +
+	"\x13RemoveNetworkBinary\x12\x1b\n" +
+	"\trule_name\x18\x01 \x01(\tR\bruleName\x12\x1f\n" +
+	"\vbinary_path\x18\x02 \x01(\tR\n" +
+	"binaryPath\"\\\n" +
+	"\x15RemoveNetworkEndpoint\x12\x1b\n" +
+	"\trule_name\x18\x01 \x01(\tR\bruleName\x12\x12\n" +
+	"\x04host\x18\x02 \x01(\tR\x04host\x12\x12\n" +
+	"\x04port\x18\x03 \x01(\rR\x04port\"0\n" +
+	"\x11RemoveNetworkRule\x12\x1b\n" +
+	"\trule_name\x18\x01 \x01(\tR\bruleName\"i\n" +
+	"\x1cRemoveWorkspaceMemberRequest\x12\x1c\n" +
+	"\tworkspace\x18\x01 \x01(\tR\tworkspace\x12+\n" +
+	"\x11principal_subject\x18\x02 \x01(\tR\x10principalSubject\"9\n" +
+	"\x1dRemoveWorkspaceMemberResponse\x12\x18\n" +
+	"\aremoved\x18\x01 \x01(\bR\aremoved\"\xa7\x01\n" +
+	"\x19ReportPolicyStatusRequest\x12\x1d\n" +
+	"\n" +
+	"sandbox_id\x18\x01 \x01(\tR\tsandboxId\x12\x18\n" +
+	"\aversion\x18\x02 \x01(\rR\aversion\x122\n" +
+	"\x06status\x18\x03 \x01(\x0e2\x1a.openshell.v1.PolicyStatusR\x06status\x12\x1d\n" +
+	"\n" +
+	"load_error\x18\x04 \x01(\tR\tloadError\"\x1c\n" +
+	"\x1aReportPolicyStatusResponse\"\x82\x01\n" +
+	"\x1fRotateProviderCredentialRequest\x12\x1a\n" +
+	"\bprovider\x18\x01 \x01(\tR\bprovider\x12%\n" +
+	"\x0ecredential_key\x18\x02 \x01(\tR\rcredentialKey\x12\x1c\n" +
+	"\tworkspace\x18\x03 \x01(\tR\tworkspace\"i\n" +
+	" RotateProviderCredentialResponse\x12E\n" +
+	"\x06status\x18\x01 \x01(\v2-.openshell.v1.ProviderCredentialRefreshStatusR\x06status\"\xbc\x03\n" +
+	"\x15SandboxPolicyRevision\x12\x18\n" +
+	"\aversion\x18\x01 \x01(\rR\aversion\x12\x1f\n" +
+	"\vpolicy_hash\x18\x02 \x01(\tR\n" +
+	"policyHash\x122\n" +
+	"\x06status\x18\x03 \x01(\x0e2\x1a.openshell.v1.PolicyStatusR\x06status\x12\x1d\n" +
+	"\n" +
+	"load_error\x18\x04 \x01(\tR\tloadError\x12\"\n" +
+	"\rcreated_at_ms\x18\x05 \x01(\x03R\vcreatedAtMs\x12 \n" +
+	"\floaded_at_ms\x18\x06 \x01(\x03R\n" +
+	"loadedAtMs\x12;\n" +
+	"\x06policy\x18\a \x01(\v2#.openshell.sandbox.v1.SandboxPolicyR\x06policy\x12S\n" +
+	"\n" +
+	"provenance\x18\b \x03(\v23.openshell.v1.SandboxPolicyRevision.ProvenanceEntryR\n" +
+	"provenance\x1a=\n" +
+	"\x0fProvenanceEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xef\x01\n" +
+	"\x0fServiceEndpoint\x12>\n" +
+	"\bmetadata\x18\x01 \x01(\v2\".openshell.datamodel.v1.ObjectMetaR\bmetadata\x12\x1d\n" +
+	"\n" +
+	"sandbox_id\x18\x02 \x01(\tR\tsandboxId\x12!\n" +
+	"\fsandbox_name\x18\x03 \x01(\tR\vsandboxName\x12!\n" +
+	"\fservice_name\x18\x04 \x01(\tR\vserviceName\x12\x1f\n" +
+	"\vtarget_port\x18\x05 \x01(\rR\n" +
+	"targetPort\x12\x16\n" +
+	"\x06domain\x18\x06 \x01(\bR\x06domain\"f\n" +
+	"\x17ServiceEndpointResponse\x129\n" +
+	"\bendpoint\x18\x01 \x01(\v2\x1d.openshell.v1.ServiceEndpointR\bendpoint\x12\x10\n" +
+	"\x03url\x18\x02 \x01(\tR\x03url\"\xd5\x01\n" +
+	"\x17StaticCredentialBinding\x12K\n" +
+	"\tendpoints\x18\x01 \x03(\v2-.openshell.v1.StaticCredentialEndpointBindingR\tendpoints\x12/\n" +
+	"\x13credential_identity\x18\x02 \x01(\tR\x12credentialIdentity\x12<\n" +
+	"\x1aworkload_credential_handle\x18\x03 \x01(\tR\x18workloadCredentialHandle\"]\n" +
+	"\x1fStaticCredentialEndpointBinding\x12\x12\n" +
+	"\x04host\x18\x01 \x01(\tR\x04host\x12\x12\n" +
+	"\x04port\x18\x02 \x01(\rR\x04port\x12\x12\n" +
+	"\x04path\x18\x03 \x01(\tR\x04path\"\xd7\x02\n" +
+	"\x1bSubmitPolicyAnalysisRequest\x129\n" +
+	"\tsummaries\x18\x01 \x03(\v2\x1b.openshell.v1.DenialSummaryR\tsummaries\x12B\n" +
+	"\x0fproposed_chunks\x18\x02 \x03(\v2\x19.openshell.v1.PolicyChunkR\x0eproposedChunks\x12#\n" +
+	"\ranalysis_mode\x18\x03 \x01(\tR\fanalysisMode\x12\x12\n" +
+	"\x04name\x18\x04 \x01(\tR\x04name\x12b\n" +
+	"\x1anetwork_activity_summaries\x18\x05 \x03(\v2$.openshell.v1.NetworkActivitySummaryR\x18networkActivitySummaries\x12\x1c\n" +
+	"\tworkspace\x18\x06 \x01(\tR\tworkspace\"\xcb\x01\n" +
+	"\x1cSubmitPolicyAnalysisResponse\x12'\n" +
+	"\x0faccepted_chunks\x18\x01 \x01(\rR\x0eacceptedChunks\x12'\n" +
+	"\x0frejected_chunks\x18\x02 \x01(\rR\x0erejectedChunks\x12+\n" +
+	"\x11rejection_reasons\x18\x03 \x03(\tR\x10rejectionReasons\x12,\n" +
+	"\x12accepted_chunk_ids\x18\x04 \x03(\tR\x10acceptedChunkIds\"d\n" +
+	"\x15UndoDraftChunkRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x19\n" +
+	"\bchunk_id\x18\x02 \x01(\tR\achunkId\x12\x1c\n" +
+	"\tworkspace\x18\x03 \x01(\tR\tworkspace\"`\n" +
+	"\x16UndoDraftChunkResponse\x12%\n" +
+	"\x0epolicy_version\x18\x01 \x01(\rR\rpolicyVersion\x12\x1f\n" +
+	"\vpolicy_hash\x18\x02 \x01(\tR\n" +
+	"policyHash\"\xce\x04\n" +
+	"\x13UpdateConfigRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12;\n" +
+	"\x06policy\x18\x02 \x01(\v2#.openshell.sandbox.v1.SandboxPolicyR\x06policy\x12\x1f\n" +
+	"\vsetting_key\x18\x03 \x01(\tR\n" +
+	"settingKey\x12G\n" +
+	"\rsetting_value\x18\x04 \x01(\v2\".openshell.sandbox.v1.SettingValueR\fsettingValue\x12%\n" +
+	"\x0edelete_setting\x18\x05 \x01(\bR\rdeleteSetting\x12\x16\n" +
+	"\x06global\x18\x06 \x01(\bR\x06global\x12M\n" +
+	"\x10merge_operations\x18\a \x03(\v2\".openshell.v1.PolicyMergeOperationR\x0fmergeOperations\x12:\n" +
+	"\x19expected_resource_version\x18\b \x01(\x04R\x17expectedResourceVersion\x12T\n" +
+	"\vannotations\x18\t \x03(\v22.openshell.v1.UpdateConfigRequest.AnnotationsEntryR\vannotations\x12\x1c\n" +
+	"\tworkspace\x18\n" +
+	" \x01(\tR\tworkspace\x1a>\n" +
+	"\x10AnnotationsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xaf\x02\n" +
+	"\x14UpdateConfigResponse\x12\x18\n" +
+	"\aversion\x18\x01 \x01(\rR\aversion\x12\x1f\n" +
+	"\vpolicy_hash\x18\x02 \x01(\tR\n" +
+	"policyHash\x12+\n" +
+	"\x11settings_revision\x18\x03 \x01(\x04R\x10settingsRevision\x12\x18\n" +
+	"\adeleted\x18\x04 \x01(\bR\adeleted\x12U\n" +
+	"\vannotations\x18\x05 \x03(\v23.openshell.v1.UpdateConfigResponse.AnnotationsEntryR\vannotations\x1a>\n" +
+	"\x10AnnotationsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xcc\x01\n" +
+	"\x1dUpdateProviderProfilesRequest\x12A\n" +
+	"\aprofile\x18\x01 \x01(\v2'.openshell.v1.ProviderProfileImportItemR\aprofile\x12:\n" +
+	"\x19expected_resource_version\x18\x02 \x01(\x04R\x17expectedResourceVersion\x12\x0e\n" +
+	"\x02id\x18\x03 \x01(\tR\x02id\x12\x1c\n" +
+	"\tworkspace\x18\x04 \x01(\tR\tworkspace\"\xbe\x01\n" +
+	"\x1eUpdateProviderProfilesResponse\x12I\n" +
+	"\vdiagnostics\x18\x01 \x03(\v2'.openshell.v1.ProviderProfileDiagnosticR\vdiagnostics\x127\n" +
+	"\aprofile\x18\x02 \x01(\v2\x1d.openshell.v1.ProviderProfileR\aprofile\x12\x18\n" +
+	"\aupdated\x18\x03 \x01(\bR\aupdated\"\xb6\x02\n" +
+	"\x15UpdateProviderRequest\x12<\n" +
+	"\bprovider\x18\x01 \x01(\v2 .openshell.datamodel.v1.ProviderR\bprovider\x12w\n" +
+	"\x18credential_expires_at_ms\x18\x02 \x03(\v2>.openshell.v1.UpdateProviderRequest.CredentialExpiresAtMsEntryR\x15credentialExpiresAtMs\x12\x1c\n" +
+	"\tworkspace\x18\x03 \x01(\tR\tworkspace\x1aH\n" +
+	"\x1aCredentialExpiresAtMsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\x03R\x05value:\x028\x01\"\xaf\x01\n" +
+	"\x0fWorkspaceMember\x12>\n" +
+	"\bmetadata\x18\x01 \x01(\v2\".openshell.datamodel.v1.ObjectMetaR\bmetadata\x12+\n" +
+	"\x11principal_subject\x18\x02 \x01(\tR\x10principalSubject\x12/\n" +
+	"\x04role\x18\x03 \x01(\x0e2\x1b.openshell.v1.WorkspaceRoleR\x04role*\x86\x01\n" +
 	"\rServiceStatus\x12\x1e\n" +
 	"\x1aSERVICE_STATUS_UNSPECIFIED\x10\x00\x12\x1a\n" +
 	"\x16SERVICE_STATUS_HEALTHY\x10\x01\x12\x1b\n" +
@@ -4287,7 +12785,34 @@ const file_openshell_proto_rawDesc = "" +
 	"\x15SANDBOX_PHASE_UNKNOWN\x10\x05\x12\x1a\n" +
 	"\x16SANDBOX_PHASE_STOPPING\x10\x06\x12\x19\n" +
 	"\x15SANDBOX_PHASE_STOPPED\x10\a\x12\x1a\n" +
-	"\x16SANDBOX_PHASE_STARTING\x10\b2\xe1\x11\n" +
+	"\x16SANDBOX_PHASE_STARTING\x10\b*\x9a\x01\n" +
+	"\fPolicyStatus\x12\x1d\n" +
+	"\x19POLICY_STATUS_UNSPECIFIED\x10\x00\x12\x19\n" +
+	"\x15POLICY_STATUS_PENDING\x10\x01\x12\x18\n" +
+	"\x14POLICY_STATUS_LOADED\x10\x02\x12\x18\n" +
+	"\x14POLICY_STATUS_FAILED\x10\x03\x12\x1c\n" +
+	"\x18POLICY_STATUS_SUPERSEDED\x10\x04*\xc3\x03\n" +
+	"!ProviderCredentialRefreshStrategy\x124\n" +
+	"0PROVIDER_CREDENTIAL_REFRESH_STRATEGY_UNSPECIFIED\x10\x00\x12/\n" +
+	"+PROVIDER_CREDENTIAL_REFRESH_STRATEGY_STATIC\x10\x01\x121\n" +
+	"-PROVIDER_CREDENTIAL_REFRESH_STRATEGY_EXTERNAL\x10\x02\x12=\n" +
+	"9PROVIDER_CREDENTIAL_REFRESH_STRATEGY_OAUTH2_REFRESH_TOKEN\x10\x03\x12B\n" +
+	">PROVIDER_CREDENTIAL_REFRESH_STRATEGY_OAUTH2_CLIENT_CREDENTIALS\x10\x04\x12C\n" +
+	"?PROVIDER_CREDENTIAL_REFRESH_STRATEGY_GOOGLE_SERVICE_ACCOUNT_JWT\x10\x05\x12<\n" +
+	"8PROVIDER_CREDENTIAL_REFRESH_STRATEGY_AWS_STS_ASSUME_ROLE\x10\x06*\xdb\x02\n" +
+	"\x17ProviderProfileCategory\x12)\n" +
+	"%PROVIDER_PROFILE_CATEGORY_UNSPECIFIED\x10\x00\x12#\n" +
+	"\x1fPROVIDER_PROFILE_CATEGORY_OTHER\x10\x01\x12'\n" +
+	"#PROVIDER_PROFILE_CATEGORY_INFERENCE\x10\x02\x12#\n" +
+	"\x1fPROVIDER_PROFILE_CATEGORY_AGENT\x10\x03\x12,\n" +
+	"(PROVIDER_PROFILE_CATEGORY_SOURCE_CONTROL\x10\x04\x12'\n" +
+	"#PROVIDER_PROFILE_CATEGORY_MESSAGING\x10\x05\x12\"\n" +
+	"\x1ePROVIDER_PROFILE_CATEGORY_DATA\x10\x06\x12'\n" +
+	"#PROVIDER_PROFILE_CATEGORY_KNOWLEDGE\x10\a*b\n" +
+	"\rWorkspaceRole\x12\x1e\n" +
+	"\x1aWORKSPACE_ROLE_UNSPECIFIED\x10\x00\x12\x17\n" +
+	"\x13WORKSPACE_ROLE_USER\x10\x01\x12\x18\n" +
+	"\x14WORKSPACE_ROLE_ADMIN\x10\x022\x95E\n" +
 	"\tOpenShell\x12Z\n" +
 	"\x06Health\x12\x1b.openshell.v1.HealthRequest\x1a\x1c.openshell.v1.HealthResponse\"\x15\x82\xb5\x18\x11\n" +
 	"\x0funauthenticated\x12u\n" +
@@ -4328,7 +12853,104 @@ const file_openshell_proto_rawDesc = "" +
 	"\x0fPushSandboxLogs\x12$.openshell.v1.PushSandboxLogsRequest\x1a%.openshell.v1.PushSandboxLogsResponse\"\r\x82\xb5\x18\t\n" +
 	"\asandbox(\x01\x12\x90\x01\n" +
 	"\x10GetSandboxConfig\x12-.openshell.sandbox.v1.GetSandboxConfigRequest\x1a..openshell.sandbox.v1.GetSandboxConfigResponse\"\x1d\x82\xb5\x18\x19\n" +
-	"\x04dual\x12\x04user\"\vconfig:readB<Z:github.com/openshell/openshell/api/openshellv1;openshellv1b\x06proto3"
+	"\x04dual\x12\x04user\"\vconfig:read\x12i\n" +
+	"\x0eGetCurrentUser\x12#.openshell.v1.GetCurrentUserRequest\x1a$.openshell.v1.GetCurrentUserResponse\"\f\x82\xb5\x18\b\n" +
+	"\x06bearer\x12\x86\x01\n" +
+	"\x0eGetGatewayInfo\x12#.openshell.v1.GetGatewayInfoRequest\x1a$.openshell.v1.GetGatewayInfoResponse\")\x82\xb5\x18%\n" +
+	"\x06bearer\x1a\x0eplatform_admin\"\vconfig:read\x12\x8f\x01\n" +
+	"\x14ListSandboxProviders\x12).openshell.v1.ListSandboxProvidersRequest\x1a*.openshell.v1.ListSandboxProvidersResponse\" \x82\xb5\x18\x1c\n" +
+	"\x06bearer\x12\x04user\"\fsandbox:read\x12\x93\x01\n" +
+	"\x15AttachSandboxProvider\x12*.openshell.v1.AttachSandboxProviderRequest\x1a+.openshell.v1.AttachSandboxProviderResponse\"!\x82\xb5\x18\x1d\n" +
+	"\x06bearer\x12\x04user\"\rsandbox:write\x12\x93\x01\n" +
+	"\x15DetachSandboxProvider\x12*.openshell.v1.DetachSandboxProviderRequest\x1a+.openshell.v1.DetachSandboxProviderResponse\"!\x82\xb5\x18\x1d\n" +
+	"\x06bearer\x12\x04user\"\rsandbox:write\x12}\n" +
+	"\rExposeService\x12\".openshell.v1.ExposeServiceRequest\x1a%.openshell.v1.ServiceEndpointResponse\"!\x82\xb5\x18\x1d\n" +
+	"\x06bearer\x12\x04user\"\rsandbox:write\x12v\n" +
+	"\n" +
+	"GetService\x12\x1f.openshell.v1.GetServiceRequest\x1a%.openshell.v1.ServiceEndpointResponse\" \x82\xb5\x18\x1c\n" +
+	"\x06bearer\x12\x04user\"\fsandbox:read\x12w\n" +
+	"\fListServices\x12!.openshell.v1.ListServicesRequest\x1a\".openshell.v1.ListServicesResponse\" \x82\xb5\x18\x1c\n" +
+	"\x06bearer\x12\x04user\"\fsandbox:read\x12{\n" +
+	"\rDeleteService\x12\".openshell.v1.DeleteServiceRequest\x1a#.openshell.v1.DeleteServiceResponse\"!\x82\xb5\x18\x1d\n" +
+	"\x06bearer\x12\x04user\"\rsandbox:write\x12z\n" +
+	"\x0eCreateProvider\x12#.openshell.v1.CreateProviderRequest\x1a\x1e.openshell.v1.ProviderResponse\"#\x82\xb5\x18\x1f\n" +
+	"\x06bearer\x12\x05admin\"\x0eprovider:write\x12r\n" +
+	"\vGetProvider\x12 .openshell.v1.GetProviderRequest\x1a\x1e.openshell.v1.ProviderResponse\"!\x82\xb5\x18\x1d\n" +
+	"\x06bearer\x12\x04user\"\rprovider:read\x12{\n" +
+	"\rListProviders\x12\".openshell.v1.ListProvidersRequest\x1a#.openshell.v1.ListProvidersResponse\"!\x82\xb5\x18\x1d\n" +
+	"\x06bearer\x12\x04user\"\rprovider:read\x12\x90\x01\n" +
+	"\x14ListProviderProfiles\x12).openshell.v1.ListProviderProfilesRequest\x1a*.openshell.v1.ListProviderProfilesResponse\"!\x82\xb5\x18\x1d\n" +
+	"\x06bearer\x12\x04user\"\rprovider:read\x12\x87\x01\n" +
+	"\x12GetProviderProfile\x12'.openshell.v1.GetProviderProfileRequest\x1a%.openshell.v1.ProviderProfileResponse\"!\x82\xb5\x18\x1d\n" +
+	"\x06bearer\x12\x04user\"\rprovider:read\x12\x98\x01\n" +
+	"\x16ImportProviderProfiles\x12+.openshell.v1.ImportProviderProfilesRequest\x1a,.openshell.v1.ImportProviderProfilesResponse\"#\x82\xb5\x18\x1f\n" +
+	"\x06bearer\x12\x05admin\"\x0eprovider:write\x12\x98\x01\n" +
+	"\x16UpdateProviderProfiles\x12+.openshell.v1.UpdateProviderProfilesRequest\x1a,.openshell.v1.UpdateProviderProfilesResponse\"#\x82\xb5\x18\x1f\n" +
+	"\x06bearer\x12\x05admin\"\x0eprovider:write\x12\x90\x01\n" +
+	"\x14LintProviderProfiles\x12).openshell.v1.LintProviderProfilesRequest\x1a*.openshell.v1.LintProviderProfilesResponse\"!\x82\xb5\x18\x1d\n" +
+	"\x06bearer\x12\x04user\"\rprovider:read\x12z\n" +
+	"\x0eUpdateProvider\x12#.openshell.v1.UpdateProviderRequest\x1a\x1e.openshell.v1.ProviderResponse\"#\x82\xb5\x18\x1f\n" +
+	"\x06bearer\x12\x05admin\"\x0eprovider:write\x12\x9c\x01\n" +
+	"\x18GetProviderRefreshStatus\x12-.openshell.v1.GetProviderRefreshStatusRequest\x1a..openshell.v1.GetProviderRefreshStatusResponse\"!\x82\xb5\x18\x1d\n" +
+	"\x06bearer\x12\x04user\"\rprovider:read\x12\x9e\x01\n" +
+	"\x18ConfigureProviderRefresh\x12-.openshell.v1.ConfigureProviderRefreshRequest\x1a..openshell.v1.ConfigureProviderRefreshResponse\"#\x82\xb5\x18\x1f\n" +
+	"\x06bearer\x12\x05admin\"\x0eprovider:write\x12\x9e\x01\n" +
+	"\x18RotateProviderCredential\x12-.openshell.v1.RotateProviderCredentialRequest\x1a..openshell.v1.RotateProviderCredentialResponse\"#\x82\xb5\x18\x1f\n" +
+	"\x06bearer\x12\x05admin\"\x0eprovider:write\x12\x95\x01\n" +
+	"\x15DeleteProviderRefresh\x12*.openshell.v1.DeleteProviderRefreshRequest\x1a+.openshell.v1.DeleteProviderRefreshResponse\"#\x82\xb5\x18\x1f\n" +
+	"\x06bearer\x12\x05admin\"\x0eprovider:write\x12\x80\x01\n" +
+	"\x0eDeleteProvider\x12#.openshell.v1.DeleteProviderRequest\x1a$.openshell.v1.DeleteProviderResponse\"#\x82\xb5\x18\x1f\n" +
+	"\x06bearer\x12\x05admin\"\x0eprovider:write\x12\x95\x01\n" +
+	"\x15DeleteProviderProfile\x12*.openshell.v1.DeleteProviderProfileRequest\x1a+.openshell.v1.DeleteProviderProfileResponse\"#\x82\xb5\x18\x1f\n" +
+	"\x06bearer\x12\x05admin\"\x0eprovider:write\x12\x8c\x01\n" +
+	"\x10GetGatewayConfig\x12-.openshell.sandbox.v1.GetGatewayConfigRequest\x1a..openshell.sandbox.v1.GetGatewayConfigResponse\"\x19\x82\xb5\x18\x15\n" +
+	"\x06bearer\"\vconfig:read\x12v\n" +
+	"\fUpdateConfig\x12!.openshell.v1.UpdateConfigRequest\x1a\".openshell.v1.UpdateConfigResponse\"\x1f\x82\xb5\x18\x1b\n" +
+	"\x04dual\x12\x05admin\"\fconfig:write\x12\x95\x01\n" +
+	"\x16GetSandboxPolicyStatus\x12+.openshell.v1.GetSandboxPolicyStatusRequest\x1a,.openshell.v1.GetSandboxPolicyStatusResponse\" \x82\xb5\x18\x1c\n" +
+	"\x06bearer\x12\x04user\"\fsandbox:read\x12\x8c\x01\n" +
+	"\x13ListSandboxPolicies\x12(.openshell.v1.ListSandboxPoliciesRequest\x1a).openshell.v1.ListSandboxPoliciesResponse\" \x82\xb5\x18\x1c\n" +
+	"\x06bearer\x12\x04user\"\fsandbox:read\x12v\n" +
+	"\x12ReportPolicyStatus\x12'.openshell.v1.ReportPolicyStatusRequest\x1a(.openshell.v1.ReportPolicyStatusResponse\"\r\x82\xb5\x18\t\n" +
+	"\asandbox\x12\x97\x01\n" +
+	"\x1dGetSandboxProviderEnvironment\x122.openshell.v1.GetSandboxProviderEnvironmentRequest\x1a3.openshell.v1.GetSandboxProviderEnvironmentResponse\"\r\x82\xb5\x18\t\n" +
+	"\asandbox\x12|\n" +
+	"\x14SubmitPolicyAnalysis\x12).openshell.v1.SubmitPolicyAnalysisRequest\x1a*.openshell.v1.SubmitPolicyAnalysisResponse\"\r\x82\xb5\x18\t\n" +
+	"\asandbox\x12z\n" +
+	"\x0eGetDraftPolicy\x12#.openshell.v1.GetDraftPolicyRequest\x1a$.openshell.v1.GetDraftPolicyResponse\"\x1d\x82\xb5\x18\x19\n" +
+	"\x04dual\x12\x04user\"\vconfig:read\x12\x87\x01\n" +
+	"\x11ApproveDraftChunk\x12&.openshell.v1.ApproveDraftChunkRequest\x1a'.openshell.v1.ApproveDraftChunkResponse\"!\x82\xb5\x18\x1d\n" +
+	"\x06bearer\x12\x05admin\"\fconfig:write\x12\x84\x01\n" +
+	"\x10RejectDraftChunk\x12%.openshell.v1.RejectDraftChunkRequest\x1a&.openshell.v1.RejectDraftChunkResponse\"!\x82\xb5\x18\x1d\n" +
+	"\x06bearer\x12\x05admin\"\fconfig:write\x12\x93\x01\n" +
+	"\x15ApproveAllDraftChunks\x12*.openshell.v1.ApproveAllDraftChunksRequest\x1a+.openshell.v1.ApproveAllDraftChunksResponse\"!\x82\xb5\x18\x1d\n" +
+	"\x06bearer\x12\x05admin\"\fconfig:write\x12~\n" +
+	"\x0eEditDraftChunk\x12#.openshell.v1.EditDraftChunkRequest\x1a$.openshell.v1.EditDraftChunkResponse\"!\x82\xb5\x18\x1d\n" +
+	"\x06bearer\x12\x05admin\"\fconfig:write\x12~\n" +
+	"\x0eUndoDraftChunk\x12#.openshell.v1.UndoDraftChunkRequest\x1a$.openshell.v1.UndoDraftChunkResponse\"!\x82\xb5\x18\x1d\n" +
+	"\x06bearer\x12\x05admin\"\fconfig:write\x12\x84\x01\n" +
+	"\x10ClearDraftChunks\x12%.openshell.v1.ClearDraftChunksRequest\x1a&.openshell.v1.ClearDraftChunksResponse\"!\x82\xb5\x18\x1d\n" +
+	"\x06bearer\x12\x05admin\"\fconfig:write\x12\x7f\n" +
+	"\x0fGetDraftHistory\x12$.openshell.v1.GetDraftHistoryRequest\x1a%.openshell.v1.GetDraftHistoryResponse\"\x1f\x82\xb5\x18\x1b\n" +
+	"\x06bearer\x12\x04user\"\vconfig:read\x12s\n" +
+	"\x11IssueSandboxToken\x12&.openshell.v1.IssueSandboxTokenRequest\x1a'.openshell.v1.IssueSandboxTokenResponse\"\r\x82\xb5\x18\t\n" +
+	"\asandbox\x12y\n" +
+	"\x13RefreshSandboxToken\x12(.openshell.v1.RefreshSandboxTokenRequest\x1a).openshell.v1.RefreshSandboxTokenResponse\"\r\x82\xb5\x18\t\n" +
+	"\asandbox\x12\x8d\x01\n" +
+	"\x0fCreateWorkspace\x12$.openshell.v1.CreateWorkspaceRequest\x1a%.openshell.v1.CreateWorkspaceResponse\"-\x82\xb5\x18)\n" +
+	"\x06bearer\x1a\x0eplatform_admin\"\x0fworkspace:write\x12y\n" +
+	"\fGetWorkspace\x12!.openshell.v1.GetWorkspaceRequest\x1a\".openshell.v1.GetWorkspaceResponse\"\"\x82\xb5\x18\x1e\n" +
+	"\x06bearer\x12\x04user\"\x0eworkspace:read\x12\x7f\n" +
+	"\x0eListWorkspaces\x12#.openshell.v1.ListWorkspacesRequest\x1a$.openshell.v1.ListWorkspacesResponse\"\"\x82\xb5\x18\x1e\n" +
+	"\x06bearer\x12\x04user\"\x0eworkspace:read\x12\x8d\x01\n" +
+	"\x0fDeleteWorkspace\x12$.openshell.v1.DeleteWorkspaceRequest\x1a%.openshell.v1.DeleteWorkspaceResponse\"-\x82\xb5\x18)\n" +
+	"\x06bearer\x1a\x0eplatform_admin\"\x0fworkspace:write\x12\x8d\x01\n" +
+	"\x12AddWorkspaceMember\x12'.openshell.v1.AddWorkspaceMemberRequest\x1a(.openshell.v1.AddWorkspaceMemberResponse\"$\x82\xb5\x18 \n" +
+	"\x06bearer\x12\x05admin\"\x0fworkspace:write\x12\x96\x01\n" +
+	"\x15RemoveWorkspaceMember\x12*.openshell.v1.RemoveWorkspaceMemberRequest\x1a+.openshell.v1.RemoveWorkspaceMemberResponse\"$\x82\xb5\x18 \n" +
+	"\x06bearer\x12\x05admin\"\x0fworkspace:write\x12\x91\x01\n" +
+	"\x14ListWorkspaceMembers\x12).openshell.v1.ListWorkspaceMembersRequest\x1a*.openshell.v1.ListWorkspaceMembersResponse\"\"\x82\xb5\x18\x1e\n" +
+	"\x06bearer\x12\x04user\"\x0eworkspace:readB<Z:github.com/openshell/openshell/api/openshellv1;openshellv1b\x06proto3"
 
 var (
 	file_openshell_proto_rawDescOnce sync.Once
@@ -4342,178 +12964,515 @@ func file_openshell_proto_rawDescGZIP() []byte {
 	return file_openshell_proto_rawDescData
 }
 
-var file_openshell_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_openshell_proto_msgTypes = make([]protoimpl.MessageInfo, 66)
+var file_openshell_proto_enumTypes = make([]protoimpl.EnumInfo, 6)
+var file_openshell_proto_msgTypes = make([]protoimpl.MessageInfo, 201)
 var file_openshell_proto_goTypes = []any{
-	(ServiceStatus)(0),                         // 0: openshell.v1.ServiceStatus
-	(SandboxPhase)(0),                          // 1: openshell.v1.SandboxPhase
-	(*HealthRequest)(nil),                      // 2: openshell.v1.HealthRequest
-	(*HealthResponse)(nil),                     // 3: openshell.v1.HealthResponse
-	(*Sandbox)(nil),                            // 4: openshell.v1.Sandbox
-	(*SandboxSpec)(nil),                        // 5: openshell.v1.SandboxSpec
-	(*SandboxTemplate)(nil),                    // 6: openshell.v1.SandboxTemplate
-	(*ResourceRequirements)(nil),               // 7: openshell.v1.ResourceRequirements
-	(*GpuResourceRequirements)(nil),            // 8: openshell.v1.GpuResourceRequirements
-	(*SandboxStatus)(nil),                      // 9: openshell.v1.SandboxStatus
-	(*SandboxCondition)(nil),                   // 10: openshell.v1.SandboxCondition
-	(*CreateSandboxRequest)(nil),               // 11: openshell.v1.CreateSandboxRequest
-	(*GetSandboxRequest)(nil),                  // 12: openshell.v1.GetSandboxRequest
-	(*ListSandboxesRequest)(nil),               // 13: openshell.v1.ListSandboxesRequest
-	(*ListSandboxesResponse)(nil),              // 14: openshell.v1.ListSandboxesResponse
-	(*DeleteSandboxRequest)(nil),               // 15: openshell.v1.DeleteSandboxRequest
-	(*DeleteSandboxResponse)(nil),              // 16: openshell.v1.DeleteSandboxResponse
-	(*StopSandboxRequest)(nil),                 // 17: openshell.v1.StopSandboxRequest
-	(*StartSandboxRequest)(nil),                // 18: openshell.v1.StartSandboxRequest
-	(*SandboxResponse)(nil),                    // 19: openshell.v1.SandboxResponse
-	(*WatchSandboxRequest)(nil),                // 20: openshell.v1.WatchSandboxRequest
-	(*SandboxStreamEvent)(nil),                 // 21: openshell.v1.SandboxStreamEvent
-	(*SandboxLogLine)(nil),                     // 22: openshell.v1.SandboxLogLine
-	(*PlatformEvent)(nil),                      // 23: openshell.v1.PlatformEvent
-	(*SandboxStreamWarning)(nil),               // 24: openshell.v1.SandboxStreamWarning
-	(*DraftPolicyUpdate)(nil),                  // 25: openshell.v1.DraftPolicyUpdate
-	(*ExecSandboxRequest)(nil),                 // 26: openshell.v1.ExecSandboxRequest
-	(*ExecSandboxEvent)(nil),                   // 27: openshell.v1.ExecSandboxEvent
-	(*ExecSandboxStdout)(nil),                  // 28: openshell.v1.ExecSandboxStdout
-	(*ExecSandboxStderr)(nil),                  // 29: openshell.v1.ExecSandboxStderr
-	(*ExecSandboxExit)(nil),                    // 30: openshell.v1.ExecSandboxExit
-	(*ExecSandboxInput)(nil),                   // 31: openshell.v1.ExecSandboxInput
-	(*ExecSandboxWindowResize)(nil),            // 32: openshell.v1.ExecSandboxWindowResize
-	(*CreateSshSessionRequest)(nil),            // 33: openshell.v1.CreateSshSessionRequest
-	(*CreateSshSessionResponse)(nil),           // 34: openshell.v1.CreateSshSessionResponse
-	(*RevokeSshSessionRequest)(nil),            // 35: openshell.v1.RevokeSshSessionRequest
-	(*RevokeSshSessionResponse)(nil),           // 36: openshell.v1.RevokeSshSessionResponse
-	(*TcpForwardFrame)(nil),                    // 37: openshell.v1.TcpForwardFrame
-	(*TcpForwardInit)(nil),                     // 38: openshell.v1.TcpForwardInit
-	(*SshRelayTarget)(nil),                     // 39: openshell.v1.SshRelayTarget
-	(*TcpRelayTarget)(nil),                     // 40: openshell.v1.TcpRelayTarget
-	(*GetSandboxLogsRequest)(nil),              // 41: openshell.v1.GetSandboxLogsRequest
-	(*GetSandboxLogsResponse)(nil),             // 42: openshell.v1.GetSandboxLogsResponse
-	(*PushSandboxLogsRequest)(nil),             // 43: openshell.v1.PushSandboxLogsRequest
-	(*PushSandboxLogsResponse)(nil),            // 44: openshell.v1.PushSandboxLogsResponse
-	(*SupervisorMessage)(nil),                  // 45: openshell.v1.SupervisorMessage
-	(*SupervisorHello)(nil),                    // 46: openshell.v1.SupervisorHello
-	(*SupervisorHeartbeat)(nil),                // 47: openshell.v1.SupervisorHeartbeat
-	(*RelayOpenResult)(nil),                    // 48: openshell.v1.RelayOpenResult
-	(*RelayClose)(nil),                         // 49: openshell.v1.RelayClose
-	(*GatewayMessage)(nil),                     // 50: openshell.v1.GatewayMessage
-	(*SessionAccepted)(nil),                    // 51: openshell.v1.SessionAccepted
-	(*SessionRejected)(nil),                    // 52: openshell.v1.SessionRejected
-	(*GatewayHeartbeat)(nil),                   // 53: openshell.v1.GatewayHeartbeat
-	(*RelayOpen)(nil),                          // 54: openshell.v1.RelayOpen
-	(*RelayFrame)(nil),                         // 55: openshell.v1.RelayFrame
-	(*RelayInit)(nil),                          // 56: openshell.v1.RelayInit
-	(*ReportMainProcessExitRequest)(nil),       // 57: openshell.v1.ReportMainProcessExitRequest
-	(*ReportMainProcessExitResponse)(nil),      // 58: openshell.v1.ReportMainProcessExitResponse
-	nil,                                        // 59: openshell.v1.SandboxSpec.EnvironmentEntry
-	nil,                                        // 60: openshell.v1.SandboxTemplate.LabelsEntry
-	nil,                                        // 61: openshell.v1.SandboxTemplate.AnnotationsEntry
-	nil,                                        // 62: openshell.v1.SandboxTemplate.EnvironmentEntry
-	nil,                                        // 63: openshell.v1.CreateSandboxRequest.LabelsEntry
-	nil,                                        // 64: openshell.v1.CreateSandboxRequest.AnnotationsEntry
-	nil,                                        // 65: openshell.v1.SandboxLogLine.FieldsEntry
-	nil,                                        // 66: openshell.v1.PlatformEvent.MetadataEntry
-	nil,                                        // 67: openshell.v1.ExecSandboxRequest.EnvironmentEntry
-	(*datamodelv1.ObjectMeta)(nil),             // 68: openshell.datamodel.v1.ObjectMeta
-	(*sandboxv1.SandboxPolicy)(nil),            // 69: openshell.sandbox.v1.SandboxPolicy
-	(*structpb.Struct)(nil),                    // 70: google.protobuf.Struct
-	(*sandboxv1.GetSandboxConfigRequest)(nil),  // 71: openshell.sandbox.v1.GetSandboxConfigRequest
-	(*sandboxv1.GetSandboxConfigResponse)(nil), // 72: openshell.sandbox.v1.GetSandboxConfigResponse
+	(ServiceStatus)(0),                                   // 0: openshell.v1.ServiceStatus
+	(SandboxPhase)(0),                                    // 1: openshell.v1.SandboxPhase
+	(PolicyStatus)(0),                                    // 2: openshell.v1.PolicyStatus
+	(ProviderCredentialRefreshStrategy)(0),               // 3: openshell.v1.ProviderCredentialRefreshStrategy
+	(ProviderProfileCategory)(0),                         // 4: openshell.v1.ProviderProfileCategory
+	(WorkspaceRole)(0),                                   // 5: openshell.v1.WorkspaceRole
+	(*HealthRequest)(nil),                                // 6: openshell.v1.HealthRequest
+	(*HealthResponse)(nil),                               // 7: openshell.v1.HealthResponse
+	(*Sandbox)(nil),                                      // 8: openshell.v1.Sandbox
+	(*SandboxSpec)(nil),                                  // 9: openshell.v1.SandboxSpec
+	(*SandboxTemplate)(nil),                              // 10: openshell.v1.SandboxTemplate
+	(*ResourceRequirements)(nil),                         // 11: openshell.v1.ResourceRequirements
+	(*GpuResourceRequirements)(nil),                      // 12: openshell.v1.GpuResourceRequirements
+	(*SandboxStatus)(nil),                                // 13: openshell.v1.SandboxStatus
+	(*SandboxCondition)(nil),                             // 14: openshell.v1.SandboxCondition
+	(*CreateSandboxRequest)(nil),                         // 15: openshell.v1.CreateSandboxRequest
+	(*GetSandboxRequest)(nil),                            // 16: openshell.v1.GetSandboxRequest
+	(*ListSandboxesRequest)(nil),                         // 17: openshell.v1.ListSandboxesRequest
+	(*ListSandboxesResponse)(nil),                        // 18: openshell.v1.ListSandboxesResponse
+	(*DeleteSandboxRequest)(nil),                         // 19: openshell.v1.DeleteSandboxRequest
+	(*DeleteSandboxResponse)(nil),                        // 20: openshell.v1.DeleteSandboxResponse
+	(*StopSandboxRequest)(nil),                           // 21: openshell.v1.StopSandboxRequest
+	(*StartSandboxRequest)(nil),                          // 22: openshell.v1.StartSandboxRequest
+	(*SandboxResponse)(nil),                              // 23: openshell.v1.SandboxResponse
+	(*WatchSandboxRequest)(nil),                          // 24: openshell.v1.WatchSandboxRequest
+	(*SandboxStreamEvent)(nil),                           // 25: openshell.v1.SandboxStreamEvent
+	(*SandboxLogLine)(nil),                               // 26: openshell.v1.SandboxLogLine
+	(*PlatformEvent)(nil),                                // 27: openshell.v1.PlatformEvent
+	(*SandboxStreamWarning)(nil),                         // 28: openshell.v1.SandboxStreamWarning
+	(*DraftPolicyUpdate)(nil),                            // 29: openshell.v1.DraftPolicyUpdate
+	(*ExecSandboxRequest)(nil),                           // 30: openshell.v1.ExecSandboxRequest
+	(*ExecSandboxEvent)(nil),                             // 31: openshell.v1.ExecSandboxEvent
+	(*ExecSandboxStdout)(nil),                            // 32: openshell.v1.ExecSandboxStdout
+	(*ExecSandboxStderr)(nil),                            // 33: openshell.v1.ExecSandboxStderr
+	(*ExecSandboxExit)(nil),                              // 34: openshell.v1.ExecSandboxExit
+	(*ExecSandboxInput)(nil),                             // 35: openshell.v1.ExecSandboxInput
+	(*ExecSandboxWindowResize)(nil),                      // 36: openshell.v1.ExecSandboxWindowResize
+	(*CreateSshSessionRequest)(nil),                      // 37: openshell.v1.CreateSshSessionRequest
+	(*CreateSshSessionResponse)(nil),                     // 38: openshell.v1.CreateSshSessionResponse
+	(*RevokeSshSessionRequest)(nil),                      // 39: openshell.v1.RevokeSshSessionRequest
+	(*RevokeSshSessionResponse)(nil),                     // 40: openshell.v1.RevokeSshSessionResponse
+	(*TcpForwardFrame)(nil),                              // 41: openshell.v1.TcpForwardFrame
+	(*TcpForwardInit)(nil),                               // 42: openshell.v1.TcpForwardInit
+	(*SshRelayTarget)(nil),                               // 43: openshell.v1.SshRelayTarget
+	(*TcpRelayTarget)(nil),                               // 44: openshell.v1.TcpRelayTarget
+	(*GetSandboxLogsRequest)(nil),                        // 45: openshell.v1.GetSandboxLogsRequest
+	(*GetSandboxLogsResponse)(nil),                       // 46: openshell.v1.GetSandboxLogsResponse
+	(*PushSandboxLogsRequest)(nil),                       // 47: openshell.v1.PushSandboxLogsRequest
+	(*PushSandboxLogsResponse)(nil),                      // 48: openshell.v1.PushSandboxLogsResponse
+	(*SupervisorMessage)(nil),                            // 49: openshell.v1.SupervisorMessage
+	(*SupervisorHello)(nil),                              // 50: openshell.v1.SupervisorHello
+	(*SupervisorHeartbeat)(nil),                          // 51: openshell.v1.SupervisorHeartbeat
+	(*RelayOpenResult)(nil),                              // 52: openshell.v1.RelayOpenResult
+	(*RelayClose)(nil),                                   // 53: openshell.v1.RelayClose
+	(*GatewayMessage)(nil),                               // 54: openshell.v1.GatewayMessage
+	(*SessionAccepted)(nil),                              // 55: openshell.v1.SessionAccepted
+	(*SessionRejected)(nil),                              // 56: openshell.v1.SessionRejected
+	(*GatewayHeartbeat)(nil),                             // 57: openshell.v1.GatewayHeartbeat
+	(*RelayOpen)(nil),                                    // 58: openshell.v1.RelayOpen
+	(*RelayFrame)(nil),                                   // 59: openshell.v1.RelayFrame
+	(*RelayInit)(nil),                                    // 60: openshell.v1.RelayInit
+	(*ReportMainProcessExitRequest)(nil),                 // 61: openshell.v1.ReportMainProcessExitRequest
+	(*ReportMainProcessExitResponse)(nil),                // 62: openshell.v1.ReportMainProcessExitResponse
+	(*AddAllowRules)(nil),                                // 63: openshell.v1.AddAllowRules
+	(*AddDenyRules)(nil),                                 // 64: openshell.v1.AddDenyRules
+	(*AddNetworkRule)(nil),                               // 65: openshell.v1.AddNetworkRule
+	(*AddWorkspaceMemberRequest)(nil),                    // 66: openshell.v1.AddWorkspaceMemberRequest
+	(*AddWorkspaceMemberResponse)(nil),                   // 67: openshell.v1.AddWorkspaceMemberResponse
+	(*ApproveAllDraftChunksRequest)(nil),                 // 68: openshell.v1.ApproveAllDraftChunksRequest
+	(*ApproveAllDraftChunksResponse)(nil),                // 69: openshell.v1.ApproveAllDraftChunksResponse
+	(*ApproveDraftChunkRequest)(nil),                     // 70: openshell.v1.ApproveDraftChunkRequest
+	(*ApproveDraftChunkResponse)(nil),                    // 71: openshell.v1.ApproveDraftChunkResponse
+	(*AttachSandboxProviderRequest)(nil),                 // 72: openshell.v1.AttachSandboxProviderRequest
+	(*AttachSandboxProviderResponse)(nil),                // 73: openshell.v1.AttachSandboxProviderResponse
+	(*ClearDraftChunksRequest)(nil),                      // 74: openshell.v1.ClearDraftChunksRequest
+	(*ClearDraftChunksResponse)(nil),                     // 75: openshell.v1.ClearDraftChunksResponse
+	(*ComputeDriverCapabilities)(nil),                    // 76: openshell.v1.ComputeDriverCapabilities
+	(*ComputeDriverInfo)(nil),                            // 77: openshell.v1.ComputeDriverInfo
+	(*ConfigureProviderRefreshRequest)(nil),              // 78: openshell.v1.ConfigureProviderRefreshRequest
+	(*ConfigureProviderRefreshResponse)(nil),             // 79: openshell.v1.ConfigureProviderRefreshResponse
+	(*CreateProviderRequest)(nil),                        // 80: openshell.v1.CreateProviderRequest
+	(*CreateWorkspaceRequest)(nil),                       // 81: openshell.v1.CreateWorkspaceRequest
+	(*CreateWorkspaceResponse)(nil),                      // 82: openshell.v1.CreateWorkspaceResponse
+	(*DeleteProviderProfileRequest)(nil),                 // 83: openshell.v1.DeleteProviderProfileRequest
+	(*DeleteProviderProfileResponse)(nil),                // 84: openshell.v1.DeleteProviderProfileResponse
+	(*DeleteProviderRefreshRequest)(nil),                 // 85: openshell.v1.DeleteProviderRefreshRequest
+	(*DeleteProviderRefreshResponse)(nil),                // 86: openshell.v1.DeleteProviderRefreshResponse
+	(*DeleteProviderRequest)(nil),                        // 87: openshell.v1.DeleteProviderRequest
+	(*DeleteProviderResponse)(nil),                       // 88: openshell.v1.DeleteProviderResponse
+	(*DeleteServiceRequest)(nil),                         // 89: openshell.v1.DeleteServiceRequest
+	(*DeleteServiceResponse)(nil),                        // 90: openshell.v1.DeleteServiceResponse
+	(*DeleteWorkspaceRequest)(nil),                       // 91: openshell.v1.DeleteWorkspaceRequest
+	(*DeleteWorkspaceResponse)(nil),                      // 92: openshell.v1.DeleteWorkspaceResponse
+	(*DenialGroupCount)(nil),                             // 93: openshell.v1.DenialGroupCount
+	(*DenialSummary)(nil),                                // 94: openshell.v1.DenialSummary
+	(*DetachSandboxProviderRequest)(nil),                 // 95: openshell.v1.DetachSandboxProviderRequest
+	(*DetachSandboxProviderResponse)(nil),                // 96: openshell.v1.DetachSandboxProviderResponse
+	(*DraftChunkApproval)(nil),                           // 97: openshell.v1.DraftChunkApproval
+	(*DraftHistoryEntry)(nil),                            // 98: openshell.v1.DraftHistoryEntry
+	(*EditDraftChunkRequest)(nil),                        // 99: openshell.v1.EditDraftChunkRequest
+	(*EditDraftChunkResponse)(nil),                       // 100: openshell.v1.EditDraftChunkResponse
+	(*ExposeServiceRequest)(nil),                         // 101: openshell.v1.ExposeServiceRequest
+	(*ExtensionServiceCredential)(nil),                   // 102: openshell.v1.ExtensionServiceCredential
+	(*GetCurrentUserRequest)(nil),                        // 103: openshell.v1.GetCurrentUserRequest
+	(*GetCurrentUserResponse)(nil),                       // 104: openshell.v1.GetCurrentUserResponse
+	(*GetDraftHistoryRequest)(nil),                       // 105: openshell.v1.GetDraftHistoryRequest
+	(*GetDraftHistoryResponse)(nil),                      // 106: openshell.v1.GetDraftHistoryResponse
+	(*GetDraftPolicyRequest)(nil),                        // 107: openshell.v1.GetDraftPolicyRequest
+	(*GetDraftPolicyResponse)(nil),                       // 108: openshell.v1.GetDraftPolicyResponse
+	(*GetGatewayInfoRequest)(nil),                        // 109: openshell.v1.GetGatewayInfoRequest
+	(*GetGatewayInfoResponse)(nil),                       // 110: openshell.v1.GetGatewayInfoResponse
+	(*GetProviderProfileRequest)(nil),                    // 111: openshell.v1.GetProviderProfileRequest
+	(*GetProviderRefreshStatusRequest)(nil),              // 112: openshell.v1.GetProviderRefreshStatusRequest
+	(*GetProviderRefreshStatusResponse)(nil),             // 113: openshell.v1.GetProviderRefreshStatusResponse
+	(*GetProviderRequest)(nil),                           // 114: openshell.v1.GetProviderRequest
+	(*GetSandboxPolicyStatusRequest)(nil),                // 115: openshell.v1.GetSandboxPolicyStatusRequest
+	(*GetSandboxPolicyStatusResponse)(nil),               // 116: openshell.v1.GetSandboxPolicyStatusResponse
+	(*GetSandboxProviderEnvironmentRequest)(nil),         // 117: openshell.v1.GetSandboxProviderEnvironmentRequest
+	(*GetSandboxProviderEnvironmentResponse)(nil),        // 118: openshell.v1.GetSandboxProviderEnvironmentResponse
+	(*GetServiceRequest)(nil),                            // 119: openshell.v1.GetServiceRequest
+	(*GetWorkspaceRequest)(nil),                          // 120: openshell.v1.GetWorkspaceRequest
+	(*GetWorkspaceResponse)(nil),                         // 121: openshell.v1.GetWorkspaceResponse
+	(*ImportProviderProfilesRequest)(nil),                // 122: openshell.v1.ImportProviderProfilesRequest
+	(*ImportProviderProfilesResponse)(nil),               // 123: openshell.v1.ImportProviderProfilesResponse
+	(*IssueSandboxTokenRequest)(nil),                     // 124: openshell.v1.IssueSandboxTokenRequest
+	(*IssueSandboxTokenResponse)(nil),                    // 125: openshell.v1.IssueSandboxTokenResponse
+	(*L7RequestSample)(nil),                              // 126: openshell.v1.L7RequestSample
+	(*LintProviderProfilesRequest)(nil),                  // 127: openshell.v1.LintProviderProfilesRequest
+	(*LintProviderProfilesResponse)(nil),                 // 128: openshell.v1.LintProviderProfilesResponse
+	(*ListProviderProfilesRequest)(nil),                  // 129: openshell.v1.ListProviderProfilesRequest
+	(*ListProviderProfilesResponse)(nil),                 // 130: openshell.v1.ListProviderProfilesResponse
+	(*ListProvidersRequest)(nil),                         // 131: openshell.v1.ListProvidersRequest
+	(*ListProvidersResponse)(nil),                        // 132: openshell.v1.ListProvidersResponse
+	(*ListSandboxPoliciesRequest)(nil),                   // 133: openshell.v1.ListSandboxPoliciesRequest
+	(*ListSandboxPoliciesResponse)(nil),                  // 134: openshell.v1.ListSandboxPoliciesResponse
+	(*ListSandboxProvidersRequest)(nil),                  // 135: openshell.v1.ListSandboxProvidersRequest
+	(*ListSandboxProvidersResponse)(nil),                 // 136: openshell.v1.ListSandboxProvidersResponse
+	(*ListServicesRequest)(nil),                          // 137: openshell.v1.ListServicesRequest
+	(*ListServicesResponse)(nil),                         // 138: openshell.v1.ListServicesResponse
+	(*ListWorkspaceMembersRequest)(nil),                  // 139: openshell.v1.ListWorkspaceMembersRequest
+	(*ListWorkspaceMembersResponse)(nil),                 // 140: openshell.v1.ListWorkspaceMembersResponse
+	(*ListWorkspacesRequest)(nil),                        // 141: openshell.v1.ListWorkspacesRequest
+	(*ListWorkspacesResponse)(nil),                       // 142: openshell.v1.ListWorkspacesResponse
+	(*NetworkActivitySummary)(nil),                       // 143: openshell.v1.NetworkActivitySummary
+	(*PolicyChunk)(nil),                                  // 144: openshell.v1.PolicyChunk
+	(*PolicyMergeOperation)(nil),                         // 145: openshell.v1.PolicyMergeOperation
+	(*ProviderCredentialRefresh)(nil),                    // 146: openshell.v1.ProviderCredentialRefresh
+	(*ProviderCredentialRefreshMaterial)(nil),            // 147: openshell.v1.ProviderCredentialRefreshMaterial
+	(*ProviderCredentialRefreshOutput)(nil),              // 148: openshell.v1.ProviderCredentialRefreshOutput
+	(*ProviderCredentialRefreshStatus)(nil),              // 149: openshell.v1.ProviderCredentialRefreshStatus
+	(*ProviderCredentialTokenGrant)(nil),                 // 150: openshell.v1.ProviderCredentialTokenGrant
+	(*ProviderCredentialTokenGrantAudienceOverride)(nil), // 151: openshell.v1.ProviderCredentialTokenGrantAudienceOverride
+	(*ProviderProfile)(nil),                              // 152: openshell.v1.ProviderProfile
+	(*ProviderProfileCredential)(nil),                    // 153: openshell.v1.ProviderProfileCredential
+	(*ProviderProfileDiagnostic)(nil),                    // 154: openshell.v1.ProviderProfileDiagnostic
+	(*ProviderProfileDiscovery)(nil),                     // 155: openshell.v1.ProviderProfileDiscovery
+	(*ProviderProfileImportItem)(nil),                    // 156: openshell.v1.ProviderProfileImportItem
+	(*ProviderProfileResponse)(nil),                      // 157: openshell.v1.ProviderProfileResponse
+	(*ProviderResponse)(nil),                             // 158: openshell.v1.ProviderResponse
+	(*RefreshSandboxTokenRequest)(nil),                   // 159: openshell.v1.RefreshSandboxTokenRequest
+	(*RefreshSandboxTokenResponse)(nil),                  // 160: openshell.v1.RefreshSandboxTokenResponse
+	(*RejectDraftChunkRequest)(nil),                      // 161: openshell.v1.RejectDraftChunkRequest
+	(*RejectDraftChunkResponse)(nil),                     // 162: openshell.v1.RejectDraftChunkResponse
+	(*RemoveNetworkBinary)(nil),                          // 163: openshell.v1.RemoveNetworkBinary
+	(*RemoveNetworkEndpoint)(nil),                        // 164: openshell.v1.RemoveNetworkEndpoint
+	(*RemoveNetworkRule)(nil),                            // 165: openshell.v1.RemoveNetworkRule
+	(*RemoveWorkspaceMemberRequest)(nil),                 // 166: openshell.v1.RemoveWorkspaceMemberRequest
+	(*RemoveWorkspaceMemberResponse)(nil),                // 167: openshell.v1.RemoveWorkspaceMemberResponse
+	(*ReportPolicyStatusRequest)(nil),                    // 168: openshell.v1.ReportPolicyStatusRequest
+	(*ReportPolicyStatusResponse)(nil),                   // 169: openshell.v1.ReportPolicyStatusResponse
+	(*RotateProviderCredentialRequest)(nil),              // 170: openshell.v1.RotateProviderCredentialRequest
+	(*RotateProviderCredentialResponse)(nil),             // 171: openshell.v1.RotateProviderCredentialResponse
+	(*SandboxPolicyRevision)(nil),                        // 172: openshell.v1.SandboxPolicyRevision
+	(*ServiceEndpoint)(nil),                              // 173: openshell.v1.ServiceEndpoint
+	(*ServiceEndpointResponse)(nil),                      // 174: openshell.v1.ServiceEndpointResponse
+	(*StaticCredentialBinding)(nil),                      // 175: openshell.v1.StaticCredentialBinding
+	(*StaticCredentialEndpointBinding)(nil),              // 176: openshell.v1.StaticCredentialEndpointBinding
+	(*SubmitPolicyAnalysisRequest)(nil),                  // 177: openshell.v1.SubmitPolicyAnalysisRequest
+	(*SubmitPolicyAnalysisResponse)(nil),                 // 178: openshell.v1.SubmitPolicyAnalysisResponse
+	(*UndoDraftChunkRequest)(nil),                        // 179: openshell.v1.UndoDraftChunkRequest
+	(*UndoDraftChunkResponse)(nil),                       // 180: openshell.v1.UndoDraftChunkResponse
+	(*UpdateConfigRequest)(nil),                          // 181: openshell.v1.UpdateConfigRequest
+	(*UpdateConfigResponse)(nil),                         // 182: openshell.v1.UpdateConfigResponse
+	(*UpdateProviderProfilesRequest)(nil),                // 183: openshell.v1.UpdateProviderProfilesRequest
+	(*UpdateProviderProfilesResponse)(nil),               // 184: openshell.v1.UpdateProviderProfilesResponse
+	(*UpdateProviderRequest)(nil),                        // 185: openshell.v1.UpdateProviderRequest
+	(*WorkspaceMember)(nil),                              // 186: openshell.v1.WorkspaceMember
+	nil,                                                  // 187: openshell.v1.SandboxSpec.EnvironmentEntry
+	nil,                                                  // 188: openshell.v1.SandboxTemplate.LabelsEntry
+	nil,                                                  // 189: openshell.v1.SandboxTemplate.AnnotationsEntry
+	nil,                                                  // 190: openshell.v1.SandboxTemplate.EnvironmentEntry
+	nil,                                                  // 191: openshell.v1.CreateSandboxRequest.LabelsEntry
+	nil,                                                  // 192: openshell.v1.CreateSandboxRequest.AnnotationsEntry
+	nil,                                                  // 193: openshell.v1.SandboxLogLine.FieldsEntry
+	nil,                                                  // 194: openshell.v1.PlatformEvent.MetadataEntry
+	nil,                                                  // 195: openshell.v1.ExecSandboxRequest.EnvironmentEntry
+	nil,                                                  // 196: openshell.v1.ConfigureProviderRefreshRequest.MaterialEntry
+	nil,                                                  // 197: openshell.v1.CreateWorkspaceRequest.LabelsEntry
+	nil,                                                  // 198: openshell.v1.GetSandboxProviderEnvironmentResponse.EnvironmentEntry
+	nil,                                                  // 199: openshell.v1.GetSandboxProviderEnvironmentResponse.CredentialExpiresAtMsEntry
+	nil,                                                  // 200: openshell.v1.GetSandboxProviderEnvironmentResponse.DynamicCredentialsEntry
+	nil,                                                  // 201: openshell.v1.GetSandboxProviderEnvironmentResponse.StaticCredentialBindingsEntry
+	nil,                                                  // 202: openshell.v1.ProviderProfile.AnnotationsEntry
+	nil,                                                  // 203: openshell.v1.SandboxPolicyRevision.ProvenanceEntry
+	nil,                                                  // 204: openshell.v1.UpdateConfigRequest.AnnotationsEntry
+	nil,                                                  // 205: openshell.v1.UpdateConfigResponse.AnnotationsEntry
+	nil,                                                  // 206: openshell.v1.UpdateProviderRequest.CredentialExpiresAtMsEntry
+	(*datamodelv1.ObjectMeta)(nil),                       // 207: openshell.datamodel.v1.ObjectMeta
+	(*sandboxv1.SandboxPolicy)(nil),                      // 208: openshell.sandbox.v1.SandboxPolicy
+	(*structpb.Struct)(nil),                              // 209: google.protobuf.Struct
+	(*sandboxv1.L7Rule)(nil),                             // 210: openshell.sandbox.v1.L7Rule
+	(*sandboxv1.L7DenyRule)(nil),                         // 211: openshell.sandbox.v1.L7DenyRule
+	(*sandboxv1.NetworkPolicyRule)(nil),                  // 212: openshell.sandbox.v1.NetworkPolicyRule
+	(*datamodelv1.Provider)(nil),                         // 213: openshell.datamodel.v1.Provider
+	(*datamodelv1.Workspace)(nil),                        // 214: openshell.datamodel.v1.Workspace
+	(*sandboxv1.NetworkEndpoint)(nil),                    // 215: openshell.sandbox.v1.NetworkEndpoint
+	(*sandboxv1.NetworkBinary)(nil),                      // 216: openshell.sandbox.v1.NetworkBinary
+	(*sandboxv1.SettingValue)(nil),                       // 217: openshell.sandbox.v1.SettingValue
+	(*sandboxv1.GetSandboxConfigRequest)(nil),            // 218: openshell.sandbox.v1.GetSandboxConfigRequest
+	(*sandboxv1.GetGatewayConfigRequest)(nil),            // 219: openshell.sandbox.v1.GetGatewayConfigRequest
+	(*sandboxv1.GetSandboxConfigResponse)(nil),           // 220: openshell.sandbox.v1.GetSandboxConfigResponse
+	(*sandboxv1.GetGatewayConfigResponse)(nil),           // 221: openshell.sandbox.v1.GetGatewayConfigResponse
 }
 var file_openshell_proto_depIdxs = []int32{
-	0,  // 0: openshell.v1.HealthResponse.status:type_name -> openshell.v1.ServiceStatus
-	68, // 1: openshell.v1.Sandbox.metadata:type_name -> openshell.datamodel.v1.ObjectMeta
-	5,  // 2: openshell.v1.Sandbox.spec:type_name -> openshell.v1.SandboxSpec
-	9,  // 3: openshell.v1.Sandbox.status:type_name -> openshell.v1.SandboxStatus
-	59, // 4: openshell.v1.SandboxSpec.environment:type_name -> openshell.v1.SandboxSpec.EnvironmentEntry
-	6,  // 5: openshell.v1.SandboxSpec.template:type_name -> openshell.v1.SandboxTemplate
-	69, // 6: openshell.v1.SandboxSpec.policy:type_name -> openshell.sandbox.v1.SandboxPolicy
-	7,  // 7: openshell.v1.SandboxSpec.resource_requirements:type_name -> openshell.v1.ResourceRequirements
-	60, // 8: openshell.v1.SandboxTemplate.labels:type_name -> openshell.v1.SandboxTemplate.LabelsEntry
-	61, // 9: openshell.v1.SandboxTemplate.annotations:type_name -> openshell.v1.SandboxTemplate.AnnotationsEntry
-	62, // 10: openshell.v1.SandboxTemplate.environment:type_name -> openshell.v1.SandboxTemplate.EnvironmentEntry
-	70, // 11: openshell.v1.SandboxTemplate.resources:type_name -> google.protobuf.Struct
-	70, // 12: openshell.v1.SandboxTemplate.driver_config:type_name -> google.protobuf.Struct
-	8,  // 13: openshell.v1.ResourceRequirements.gpu:type_name -> openshell.v1.GpuResourceRequirements
-	10, // 14: openshell.v1.SandboxStatus.conditions:type_name -> openshell.v1.SandboxCondition
-	1,  // 15: openshell.v1.SandboxStatus.phase:type_name -> openshell.v1.SandboxPhase
-	5,  // 16: openshell.v1.CreateSandboxRequest.spec:type_name -> openshell.v1.SandboxSpec
-	63, // 17: openshell.v1.CreateSandboxRequest.labels:type_name -> openshell.v1.CreateSandboxRequest.LabelsEntry
-	64, // 18: openshell.v1.CreateSandboxRequest.annotations:type_name -> openshell.v1.CreateSandboxRequest.AnnotationsEntry
-	4,  // 19: openshell.v1.ListSandboxesResponse.sandboxes:type_name -> openshell.v1.Sandbox
-	4,  // 20: openshell.v1.SandboxResponse.sandbox:type_name -> openshell.v1.Sandbox
-	4,  // 21: openshell.v1.SandboxStreamEvent.sandbox:type_name -> openshell.v1.Sandbox
-	22, // 22: openshell.v1.SandboxStreamEvent.log:type_name -> openshell.v1.SandboxLogLine
-	23, // 23: openshell.v1.SandboxStreamEvent.event:type_name -> openshell.v1.PlatformEvent
-	24, // 24: openshell.v1.SandboxStreamEvent.warning:type_name -> openshell.v1.SandboxStreamWarning
-	25, // 25: openshell.v1.SandboxStreamEvent.draft_policy_update:type_name -> openshell.v1.DraftPolicyUpdate
-	65, // 26: openshell.v1.SandboxLogLine.fields:type_name -> openshell.v1.SandboxLogLine.FieldsEntry
-	66, // 27: openshell.v1.PlatformEvent.metadata:type_name -> openshell.v1.PlatformEvent.MetadataEntry
-	67, // 28: openshell.v1.ExecSandboxRequest.environment:type_name -> openshell.v1.ExecSandboxRequest.EnvironmentEntry
-	28, // 29: openshell.v1.ExecSandboxEvent.stdout:type_name -> openshell.v1.ExecSandboxStdout
-	29, // 30: openshell.v1.ExecSandboxEvent.stderr:type_name -> openshell.v1.ExecSandboxStderr
-	30, // 31: openshell.v1.ExecSandboxEvent.exit:type_name -> openshell.v1.ExecSandboxExit
-	26, // 32: openshell.v1.ExecSandboxInput.start:type_name -> openshell.v1.ExecSandboxRequest
-	32, // 33: openshell.v1.ExecSandboxInput.resize:type_name -> openshell.v1.ExecSandboxWindowResize
-	38, // 34: openshell.v1.TcpForwardFrame.init:type_name -> openshell.v1.TcpForwardInit
-	39, // 35: openshell.v1.TcpForwardInit.ssh:type_name -> openshell.v1.SshRelayTarget
-	40, // 36: openshell.v1.TcpForwardInit.tcp:type_name -> openshell.v1.TcpRelayTarget
-	22, // 37: openshell.v1.GetSandboxLogsResponse.logs:type_name -> openshell.v1.SandboxLogLine
-	22, // 38: openshell.v1.PushSandboxLogsRequest.logs:type_name -> openshell.v1.SandboxLogLine
-	46, // 39: openshell.v1.SupervisorMessage.hello:type_name -> openshell.v1.SupervisorHello
-	47, // 40: openshell.v1.SupervisorMessage.heartbeat:type_name -> openshell.v1.SupervisorHeartbeat
-	48, // 41: openshell.v1.SupervisorMessage.relay_open_result:type_name -> openshell.v1.RelayOpenResult
-	49, // 42: openshell.v1.SupervisorMessage.relay_close:type_name -> openshell.v1.RelayClose
-	51, // 43: openshell.v1.GatewayMessage.session_accepted:type_name -> openshell.v1.SessionAccepted
-	52, // 44: openshell.v1.GatewayMessage.session_rejected:type_name -> openshell.v1.SessionRejected
-	53, // 45: openshell.v1.GatewayMessage.heartbeat:type_name -> openshell.v1.GatewayHeartbeat
-	54, // 46: openshell.v1.GatewayMessage.relay_open:type_name -> openshell.v1.RelayOpen
-	49, // 47: openshell.v1.GatewayMessage.relay_close:type_name -> openshell.v1.RelayClose
-	39, // 48: openshell.v1.RelayOpen.ssh:type_name -> openshell.v1.SshRelayTarget
-	40, // 49: openshell.v1.RelayOpen.tcp:type_name -> openshell.v1.TcpRelayTarget
-	56, // 50: openshell.v1.RelayFrame.init:type_name -> openshell.v1.RelayInit
-	2,  // 51: openshell.v1.OpenShell.Health:input_type -> openshell.v1.HealthRequest
-	11, // 52: openshell.v1.OpenShell.CreateSandbox:input_type -> openshell.v1.CreateSandboxRequest
-	12, // 53: openshell.v1.OpenShell.GetSandbox:input_type -> openshell.v1.GetSandboxRequest
-	13, // 54: openshell.v1.OpenShell.ListSandboxes:input_type -> openshell.v1.ListSandboxesRequest
-	15, // 55: openshell.v1.OpenShell.DeleteSandbox:input_type -> openshell.v1.DeleteSandboxRequest
-	17, // 56: openshell.v1.OpenShell.StopSandbox:input_type -> openshell.v1.StopSandboxRequest
-	18, // 57: openshell.v1.OpenShell.StartSandbox:input_type -> openshell.v1.StartSandboxRequest
-	20, // 58: openshell.v1.OpenShell.WatchSandbox:input_type -> openshell.v1.WatchSandboxRequest
-	26, // 59: openshell.v1.OpenShell.ExecSandbox:input_type -> openshell.v1.ExecSandboxRequest
-	31, // 60: openshell.v1.OpenShell.ExecSandboxInteractive:input_type -> openshell.v1.ExecSandboxInput
-	33, // 61: openshell.v1.OpenShell.CreateSshSession:input_type -> openshell.v1.CreateSshSessionRequest
-	35, // 62: openshell.v1.OpenShell.RevokeSshSession:input_type -> openshell.v1.RevokeSshSessionRequest
-	37, // 63: openshell.v1.OpenShell.ForwardTcp:input_type -> openshell.v1.TcpForwardFrame
-	41, // 64: openshell.v1.OpenShell.GetSandboxLogs:input_type -> openshell.v1.GetSandboxLogsRequest
-	45, // 65: openshell.v1.OpenShell.ConnectSupervisor:input_type -> openshell.v1.SupervisorMessage
-	55, // 66: openshell.v1.OpenShell.RelayStream:input_type -> openshell.v1.RelayFrame
-	57, // 67: openshell.v1.OpenShell.ReportMainProcessExit:input_type -> openshell.v1.ReportMainProcessExitRequest
-	43, // 68: openshell.v1.OpenShell.PushSandboxLogs:input_type -> openshell.v1.PushSandboxLogsRequest
-	71, // 69: openshell.v1.OpenShell.GetSandboxConfig:input_type -> openshell.sandbox.v1.GetSandboxConfigRequest
-	3,  // 70: openshell.v1.OpenShell.Health:output_type -> openshell.v1.HealthResponse
-	19, // 71: openshell.v1.OpenShell.CreateSandbox:output_type -> openshell.v1.SandboxResponse
-	19, // 72: openshell.v1.OpenShell.GetSandbox:output_type -> openshell.v1.SandboxResponse
-	14, // 73: openshell.v1.OpenShell.ListSandboxes:output_type -> openshell.v1.ListSandboxesResponse
-	16, // 74: openshell.v1.OpenShell.DeleteSandbox:output_type -> openshell.v1.DeleteSandboxResponse
-	19, // 75: openshell.v1.OpenShell.StopSandbox:output_type -> openshell.v1.SandboxResponse
-	19, // 76: openshell.v1.OpenShell.StartSandbox:output_type -> openshell.v1.SandboxResponse
-	21, // 77: openshell.v1.OpenShell.WatchSandbox:output_type -> openshell.v1.SandboxStreamEvent
-	27, // 78: openshell.v1.OpenShell.ExecSandbox:output_type -> openshell.v1.ExecSandboxEvent
-	27, // 79: openshell.v1.OpenShell.ExecSandboxInteractive:output_type -> openshell.v1.ExecSandboxEvent
-	34, // 80: openshell.v1.OpenShell.CreateSshSession:output_type -> openshell.v1.CreateSshSessionResponse
-	36, // 81: openshell.v1.OpenShell.RevokeSshSession:output_type -> openshell.v1.RevokeSshSessionResponse
-	37, // 82: openshell.v1.OpenShell.ForwardTcp:output_type -> openshell.v1.TcpForwardFrame
-	42, // 83: openshell.v1.OpenShell.GetSandboxLogs:output_type -> openshell.v1.GetSandboxLogsResponse
-	50, // 84: openshell.v1.OpenShell.ConnectSupervisor:output_type -> openshell.v1.GatewayMessage
-	55, // 85: openshell.v1.OpenShell.RelayStream:output_type -> openshell.v1.RelayFrame
-	58, // 86: openshell.v1.OpenShell.ReportMainProcessExit:output_type -> openshell.v1.ReportMainProcessExitResponse
-	44, // 87: openshell.v1.OpenShell.PushSandboxLogs:output_type -> openshell.v1.PushSandboxLogsResponse
-	72, // 88: openshell.v1.OpenShell.GetSandboxConfig:output_type -> openshell.sandbox.v1.GetSandboxConfigResponse
-	70, // [70:89] is the sub-list for method output_type
-	51, // [51:70] is the sub-list for method input_type
-	51, // [51:51] is the sub-list for extension type_name
-	51, // [51:51] is the sub-list for extension extendee
-	0,  // [0:51] is the sub-list for field type_name
+	0,   // 0: openshell.v1.HealthResponse.status:type_name -> openshell.v1.ServiceStatus
+	207, // 1: openshell.v1.Sandbox.metadata:type_name -> openshell.datamodel.v1.ObjectMeta
+	9,   // 2: openshell.v1.Sandbox.spec:type_name -> openshell.v1.SandboxSpec
+	13,  // 3: openshell.v1.Sandbox.status:type_name -> openshell.v1.SandboxStatus
+	187, // 4: openshell.v1.SandboxSpec.environment:type_name -> openshell.v1.SandboxSpec.EnvironmentEntry
+	10,  // 5: openshell.v1.SandboxSpec.template:type_name -> openshell.v1.SandboxTemplate
+	208, // 6: openshell.v1.SandboxSpec.policy:type_name -> openshell.sandbox.v1.SandboxPolicy
+	11,  // 7: openshell.v1.SandboxSpec.resource_requirements:type_name -> openshell.v1.ResourceRequirements
+	188, // 8: openshell.v1.SandboxTemplate.labels:type_name -> openshell.v1.SandboxTemplate.LabelsEntry
+	189, // 9: openshell.v1.SandboxTemplate.annotations:type_name -> openshell.v1.SandboxTemplate.AnnotationsEntry
+	190, // 10: openshell.v1.SandboxTemplate.environment:type_name -> openshell.v1.SandboxTemplate.EnvironmentEntry
+	209, // 11: openshell.v1.SandboxTemplate.resources:type_name -> google.protobuf.Struct
+	209, // 12: openshell.v1.SandboxTemplate.driver_config:type_name -> google.protobuf.Struct
+	12,  // 13: openshell.v1.ResourceRequirements.gpu:type_name -> openshell.v1.GpuResourceRequirements
+	14,  // 14: openshell.v1.SandboxStatus.conditions:type_name -> openshell.v1.SandboxCondition
+	1,   // 15: openshell.v1.SandboxStatus.phase:type_name -> openshell.v1.SandboxPhase
+	9,   // 16: openshell.v1.CreateSandboxRequest.spec:type_name -> openshell.v1.SandboxSpec
+	191, // 17: openshell.v1.CreateSandboxRequest.labels:type_name -> openshell.v1.CreateSandboxRequest.LabelsEntry
+	192, // 18: openshell.v1.CreateSandboxRequest.annotations:type_name -> openshell.v1.CreateSandboxRequest.AnnotationsEntry
+	8,   // 19: openshell.v1.ListSandboxesResponse.sandboxes:type_name -> openshell.v1.Sandbox
+	8,   // 20: openshell.v1.SandboxResponse.sandbox:type_name -> openshell.v1.Sandbox
+	8,   // 21: openshell.v1.SandboxStreamEvent.sandbox:type_name -> openshell.v1.Sandbox
+	26,  // 22: openshell.v1.SandboxStreamEvent.log:type_name -> openshell.v1.SandboxLogLine
+	27,  // 23: openshell.v1.SandboxStreamEvent.event:type_name -> openshell.v1.PlatformEvent
+	28,  // 24: openshell.v1.SandboxStreamEvent.warning:type_name -> openshell.v1.SandboxStreamWarning
+	29,  // 25: openshell.v1.SandboxStreamEvent.draft_policy_update:type_name -> openshell.v1.DraftPolicyUpdate
+	193, // 26: openshell.v1.SandboxLogLine.fields:type_name -> openshell.v1.SandboxLogLine.FieldsEntry
+	194, // 27: openshell.v1.PlatformEvent.metadata:type_name -> openshell.v1.PlatformEvent.MetadataEntry
+	195, // 28: openshell.v1.ExecSandboxRequest.environment:type_name -> openshell.v1.ExecSandboxRequest.EnvironmentEntry
+	32,  // 29: openshell.v1.ExecSandboxEvent.stdout:type_name -> openshell.v1.ExecSandboxStdout
+	33,  // 30: openshell.v1.ExecSandboxEvent.stderr:type_name -> openshell.v1.ExecSandboxStderr
+	34,  // 31: openshell.v1.ExecSandboxEvent.exit:type_name -> openshell.v1.ExecSandboxExit
+	30,  // 32: openshell.v1.ExecSandboxInput.start:type_name -> openshell.v1.ExecSandboxRequest
+	36,  // 33: openshell.v1.ExecSandboxInput.resize:type_name -> openshell.v1.ExecSandboxWindowResize
+	42,  // 34: openshell.v1.TcpForwardFrame.init:type_name -> openshell.v1.TcpForwardInit
+	43,  // 35: openshell.v1.TcpForwardInit.ssh:type_name -> openshell.v1.SshRelayTarget
+	44,  // 36: openshell.v1.TcpForwardInit.tcp:type_name -> openshell.v1.TcpRelayTarget
+	26,  // 37: openshell.v1.GetSandboxLogsResponse.logs:type_name -> openshell.v1.SandboxLogLine
+	26,  // 38: openshell.v1.PushSandboxLogsRequest.logs:type_name -> openshell.v1.SandboxLogLine
+	50,  // 39: openshell.v1.SupervisorMessage.hello:type_name -> openshell.v1.SupervisorHello
+	51,  // 40: openshell.v1.SupervisorMessage.heartbeat:type_name -> openshell.v1.SupervisorHeartbeat
+	52,  // 41: openshell.v1.SupervisorMessage.relay_open_result:type_name -> openshell.v1.RelayOpenResult
+	53,  // 42: openshell.v1.SupervisorMessage.relay_close:type_name -> openshell.v1.RelayClose
+	55,  // 43: openshell.v1.GatewayMessage.session_accepted:type_name -> openshell.v1.SessionAccepted
+	56,  // 44: openshell.v1.GatewayMessage.session_rejected:type_name -> openshell.v1.SessionRejected
+	57,  // 45: openshell.v1.GatewayMessage.heartbeat:type_name -> openshell.v1.GatewayHeartbeat
+	58,  // 46: openshell.v1.GatewayMessage.relay_open:type_name -> openshell.v1.RelayOpen
+	53,  // 47: openshell.v1.GatewayMessage.relay_close:type_name -> openshell.v1.RelayClose
+	43,  // 48: openshell.v1.RelayOpen.ssh:type_name -> openshell.v1.SshRelayTarget
+	44,  // 49: openshell.v1.RelayOpen.tcp:type_name -> openshell.v1.TcpRelayTarget
+	60,  // 50: openshell.v1.RelayFrame.init:type_name -> openshell.v1.RelayInit
+	210, // 51: openshell.v1.AddAllowRules.rules:type_name -> openshell.sandbox.v1.L7Rule
+	211, // 52: openshell.v1.AddDenyRules.deny_rules:type_name -> openshell.sandbox.v1.L7DenyRule
+	212, // 53: openshell.v1.AddNetworkRule.rule:type_name -> openshell.sandbox.v1.NetworkPolicyRule
+	5,   // 54: openshell.v1.AddWorkspaceMemberRequest.role:type_name -> openshell.v1.WorkspaceRole
+	186, // 55: openshell.v1.AddWorkspaceMemberResponse.member:type_name -> openshell.v1.WorkspaceMember
+	97,  // 56: openshell.v1.ApproveAllDraftChunksRequest.approvals:type_name -> openshell.v1.DraftChunkApproval
+	8,   // 57: openshell.v1.AttachSandboxProviderResponse.sandbox:type_name -> openshell.v1.Sandbox
+	76,  // 58: openshell.v1.ComputeDriverInfo.capabilities:type_name -> openshell.v1.ComputeDriverCapabilities
+	3,   // 59: openshell.v1.ConfigureProviderRefreshRequest.strategy:type_name -> openshell.v1.ProviderCredentialRefreshStrategy
+	196, // 60: openshell.v1.ConfigureProviderRefreshRequest.material:type_name -> openshell.v1.ConfigureProviderRefreshRequest.MaterialEntry
+	149, // 61: openshell.v1.ConfigureProviderRefreshResponse.status:type_name -> openshell.v1.ProviderCredentialRefreshStatus
+	213, // 62: openshell.v1.CreateProviderRequest.provider:type_name -> openshell.datamodel.v1.Provider
+	197, // 63: openshell.v1.CreateWorkspaceRequest.labels:type_name -> openshell.v1.CreateWorkspaceRequest.LabelsEntry
+	214, // 64: openshell.v1.CreateWorkspaceResponse.workspace:type_name -> openshell.datamodel.v1.Workspace
+	126, // 65: openshell.v1.DenialSummary.l7_request_samples:type_name -> openshell.v1.L7RequestSample
+	8,   // 66: openshell.v1.DetachSandboxProviderResponse.sandbox:type_name -> openshell.v1.Sandbox
+	212, // 67: openshell.v1.EditDraftChunkRequest.proposed_rule:type_name -> openshell.sandbox.v1.NetworkPolicyRule
+	98,  // 68: openshell.v1.GetDraftHistoryResponse.entries:type_name -> openshell.v1.DraftHistoryEntry
+	144, // 69: openshell.v1.GetDraftPolicyResponse.chunks:type_name -> openshell.v1.PolicyChunk
+	0,   // 70: openshell.v1.GetGatewayInfoResponse.status:type_name -> openshell.v1.ServiceStatus
+	77,  // 71: openshell.v1.GetGatewayInfoResponse.compute_drivers:type_name -> openshell.v1.ComputeDriverInfo
+	149, // 72: openshell.v1.GetProviderRefreshStatusResponse.credentials:type_name -> openshell.v1.ProviderCredentialRefreshStatus
+	172, // 73: openshell.v1.GetSandboxPolicyStatusResponse.revision:type_name -> openshell.v1.SandboxPolicyRevision
+	198, // 74: openshell.v1.GetSandboxProviderEnvironmentResponse.environment:type_name -> openshell.v1.GetSandboxProviderEnvironmentResponse.EnvironmentEntry
+	199, // 75: openshell.v1.GetSandboxProviderEnvironmentResponse.credential_expires_at_ms:type_name -> openshell.v1.GetSandboxProviderEnvironmentResponse.CredentialExpiresAtMsEntry
+	200, // 76: openshell.v1.GetSandboxProviderEnvironmentResponse.dynamic_credentials:type_name -> openshell.v1.GetSandboxProviderEnvironmentResponse.DynamicCredentialsEntry
+	201, // 77: openshell.v1.GetSandboxProviderEnvironmentResponse.static_credential_bindings:type_name -> openshell.v1.GetSandboxProviderEnvironmentResponse.StaticCredentialBindingsEntry
+	214, // 78: openshell.v1.GetWorkspaceResponse.workspace:type_name -> openshell.datamodel.v1.Workspace
+	156, // 79: openshell.v1.ImportProviderProfilesRequest.profiles:type_name -> openshell.v1.ProviderProfileImportItem
+	154, // 80: openshell.v1.ImportProviderProfilesResponse.diagnostics:type_name -> openshell.v1.ProviderProfileDiagnostic
+	152, // 81: openshell.v1.ImportProviderProfilesResponse.profiles:type_name -> openshell.v1.ProviderProfile
+	156, // 82: openshell.v1.LintProviderProfilesRequest.profiles:type_name -> openshell.v1.ProviderProfileImportItem
+	154, // 83: openshell.v1.LintProviderProfilesResponse.diagnostics:type_name -> openshell.v1.ProviderProfileDiagnostic
+	152, // 84: openshell.v1.ListProviderProfilesResponse.profiles:type_name -> openshell.v1.ProviderProfile
+	213, // 85: openshell.v1.ListProvidersResponse.providers:type_name -> openshell.datamodel.v1.Provider
+	172, // 86: openshell.v1.ListSandboxPoliciesResponse.revisions:type_name -> openshell.v1.SandboxPolicyRevision
+	213, // 87: openshell.v1.ListSandboxProvidersResponse.providers:type_name -> openshell.datamodel.v1.Provider
+	174, // 88: openshell.v1.ListServicesResponse.services:type_name -> openshell.v1.ServiceEndpointResponse
+	186, // 89: openshell.v1.ListWorkspaceMembersResponse.members:type_name -> openshell.v1.WorkspaceMember
+	214, // 90: openshell.v1.ListWorkspacesResponse.workspaces:type_name -> openshell.datamodel.v1.Workspace
+	93,  // 91: openshell.v1.NetworkActivitySummary.denials_by_group:type_name -> openshell.v1.DenialGroupCount
+	212, // 92: openshell.v1.PolicyChunk.proposed_rule:type_name -> openshell.sandbox.v1.NetworkPolicyRule
+	208, // 93: openshell.v1.PolicyChunk.current_effective_policy:type_name -> openshell.sandbox.v1.SandboxPolicy
+	208, // 94: openshell.v1.PolicyChunk.candidate_effective_policy:type_name -> openshell.sandbox.v1.SandboxPolicy
+	65,  // 95: openshell.v1.PolicyMergeOperation.add_rule:type_name -> openshell.v1.AddNetworkRule
+	164, // 96: openshell.v1.PolicyMergeOperation.remove_endpoint:type_name -> openshell.v1.RemoveNetworkEndpoint
+	165, // 97: openshell.v1.PolicyMergeOperation.remove_rule:type_name -> openshell.v1.RemoveNetworkRule
+	64,  // 98: openshell.v1.PolicyMergeOperation.add_deny_rules:type_name -> openshell.v1.AddDenyRules
+	63,  // 99: openshell.v1.PolicyMergeOperation.add_allow_rules:type_name -> openshell.v1.AddAllowRules
+	163, // 100: openshell.v1.PolicyMergeOperation.remove_binary:type_name -> openshell.v1.RemoveNetworkBinary
+	3,   // 101: openshell.v1.ProviderCredentialRefresh.strategy:type_name -> openshell.v1.ProviderCredentialRefreshStrategy
+	147, // 102: openshell.v1.ProviderCredentialRefresh.material:type_name -> openshell.v1.ProviderCredentialRefreshMaterial
+	148, // 103: openshell.v1.ProviderCredentialRefresh.additional_outputs:type_name -> openshell.v1.ProviderCredentialRefreshOutput
+	3,   // 104: openshell.v1.ProviderCredentialRefreshStatus.strategy:type_name -> openshell.v1.ProviderCredentialRefreshStrategy
+	151, // 105: openshell.v1.ProviderCredentialTokenGrant.audience_overrides:type_name -> openshell.v1.ProviderCredentialTokenGrantAudienceOverride
+	4,   // 106: openshell.v1.ProviderProfile.category:type_name -> openshell.v1.ProviderProfileCategory
+	153, // 107: openshell.v1.ProviderProfile.credentials:type_name -> openshell.v1.ProviderProfileCredential
+	215, // 108: openshell.v1.ProviderProfile.endpoints:type_name -> openshell.sandbox.v1.NetworkEndpoint
+	216, // 109: openshell.v1.ProviderProfile.binaries:type_name -> openshell.sandbox.v1.NetworkBinary
+	155, // 110: openshell.v1.ProviderProfile.discovery:type_name -> openshell.v1.ProviderProfileDiscovery
+	202, // 111: openshell.v1.ProviderProfile.annotations:type_name -> openshell.v1.ProviderProfile.AnnotationsEntry
+	146, // 112: openshell.v1.ProviderProfileCredential.refresh:type_name -> openshell.v1.ProviderCredentialRefresh
+	150, // 113: openshell.v1.ProviderProfileCredential.token_grant:type_name -> openshell.v1.ProviderCredentialTokenGrant
+	152, // 114: openshell.v1.ProviderProfileImportItem.profile:type_name -> openshell.v1.ProviderProfile
+	152, // 115: openshell.v1.ProviderProfileResponse.profile:type_name -> openshell.v1.ProviderProfile
+	213, // 116: openshell.v1.ProviderResponse.provider:type_name -> openshell.datamodel.v1.Provider
+	102, // 117: openshell.v1.RefreshSandboxTokenResponse.extension_credentials:type_name -> openshell.v1.ExtensionServiceCredential
+	2,   // 118: openshell.v1.ReportPolicyStatusRequest.status:type_name -> openshell.v1.PolicyStatus
+	149, // 119: openshell.v1.RotateProviderCredentialResponse.status:type_name -> openshell.v1.ProviderCredentialRefreshStatus
+	2,   // 120: openshell.v1.SandboxPolicyRevision.status:type_name -> openshell.v1.PolicyStatus
+	208, // 121: openshell.v1.SandboxPolicyRevision.policy:type_name -> openshell.sandbox.v1.SandboxPolicy
+	203, // 122: openshell.v1.SandboxPolicyRevision.provenance:type_name -> openshell.v1.SandboxPolicyRevision.ProvenanceEntry
+	207, // 123: openshell.v1.ServiceEndpoint.metadata:type_name -> openshell.datamodel.v1.ObjectMeta
+	173, // 124: openshell.v1.ServiceEndpointResponse.endpoint:type_name -> openshell.v1.ServiceEndpoint
+	176, // 125: openshell.v1.StaticCredentialBinding.endpoints:type_name -> openshell.v1.StaticCredentialEndpointBinding
+	94,  // 126: openshell.v1.SubmitPolicyAnalysisRequest.summaries:type_name -> openshell.v1.DenialSummary
+	144, // 127: openshell.v1.SubmitPolicyAnalysisRequest.proposed_chunks:type_name -> openshell.v1.PolicyChunk
+	143, // 128: openshell.v1.SubmitPolicyAnalysisRequest.network_activity_summaries:type_name -> openshell.v1.NetworkActivitySummary
+	208, // 129: openshell.v1.UpdateConfigRequest.policy:type_name -> openshell.sandbox.v1.SandboxPolicy
+	217, // 130: openshell.v1.UpdateConfigRequest.setting_value:type_name -> openshell.sandbox.v1.SettingValue
+	145, // 131: openshell.v1.UpdateConfigRequest.merge_operations:type_name -> openshell.v1.PolicyMergeOperation
+	204, // 132: openshell.v1.UpdateConfigRequest.annotations:type_name -> openshell.v1.UpdateConfigRequest.AnnotationsEntry
+	205, // 133: openshell.v1.UpdateConfigResponse.annotations:type_name -> openshell.v1.UpdateConfigResponse.AnnotationsEntry
+	156, // 134: openshell.v1.UpdateProviderProfilesRequest.profile:type_name -> openshell.v1.ProviderProfileImportItem
+	154, // 135: openshell.v1.UpdateProviderProfilesResponse.diagnostics:type_name -> openshell.v1.ProviderProfileDiagnostic
+	152, // 136: openshell.v1.UpdateProviderProfilesResponse.profile:type_name -> openshell.v1.ProviderProfile
+	213, // 137: openshell.v1.UpdateProviderRequest.provider:type_name -> openshell.datamodel.v1.Provider
+	206, // 138: openshell.v1.UpdateProviderRequest.credential_expires_at_ms:type_name -> openshell.v1.UpdateProviderRequest.CredentialExpiresAtMsEntry
+	207, // 139: openshell.v1.WorkspaceMember.metadata:type_name -> openshell.datamodel.v1.ObjectMeta
+	5,   // 140: openshell.v1.WorkspaceMember.role:type_name -> openshell.v1.WorkspaceRole
+	153, // 141: openshell.v1.GetSandboxProviderEnvironmentResponse.DynamicCredentialsEntry.value:type_name -> openshell.v1.ProviderProfileCredential
+	175, // 142: openshell.v1.GetSandboxProviderEnvironmentResponse.StaticCredentialBindingsEntry.value:type_name -> openshell.v1.StaticCredentialBinding
+	6,   // 143: openshell.v1.OpenShell.Health:input_type -> openshell.v1.HealthRequest
+	15,  // 144: openshell.v1.OpenShell.CreateSandbox:input_type -> openshell.v1.CreateSandboxRequest
+	16,  // 145: openshell.v1.OpenShell.GetSandbox:input_type -> openshell.v1.GetSandboxRequest
+	17,  // 146: openshell.v1.OpenShell.ListSandboxes:input_type -> openshell.v1.ListSandboxesRequest
+	19,  // 147: openshell.v1.OpenShell.DeleteSandbox:input_type -> openshell.v1.DeleteSandboxRequest
+	21,  // 148: openshell.v1.OpenShell.StopSandbox:input_type -> openshell.v1.StopSandboxRequest
+	22,  // 149: openshell.v1.OpenShell.StartSandbox:input_type -> openshell.v1.StartSandboxRequest
+	24,  // 150: openshell.v1.OpenShell.WatchSandbox:input_type -> openshell.v1.WatchSandboxRequest
+	30,  // 151: openshell.v1.OpenShell.ExecSandbox:input_type -> openshell.v1.ExecSandboxRequest
+	35,  // 152: openshell.v1.OpenShell.ExecSandboxInteractive:input_type -> openshell.v1.ExecSandboxInput
+	37,  // 153: openshell.v1.OpenShell.CreateSshSession:input_type -> openshell.v1.CreateSshSessionRequest
+	39,  // 154: openshell.v1.OpenShell.RevokeSshSession:input_type -> openshell.v1.RevokeSshSessionRequest
+	41,  // 155: openshell.v1.OpenShell.ForwardTcp:input_type -> openshell.v1.TcpForwardFrame
+	45,  // 156: openshell.v1.OpenShell.GetSandboxLogs:input_type -> openshell.v1.GetSandboxLogsRequest
+	49,  // 157: openshell.v1.OpenShell.ConnectSupervisor:input_type -> openshell.v1.SupervisorMessage
+	59,  // 158: openshell.v1.OpenShell.RelayStream:input_type -> openshell.v1.RelayFrame
+	61,  // 159: openshell.v1.OpenShell.ReportMainProcessExit:input_type -> openshell.v1.ReportMainProcessExitRequest
+	47,  // 160: openshell.v1.OpenShell.PushSandboxLogs:input_type -> openshell.v1.PushSandboxLogsRequest
+	218, // 161: openshell.v1.OpenShell.GetSandboxConfig:input_type -> openshell.sandbox.v1.GetSandboxConfigRequest
+	103, // 162: openshell.v1.OpenShell.GetCurrentUser:input_type -> openshell.v1.GetCurrentUserRequest
+	109, // 163: openshell.v1.OpenShell.GetGatewayInfo:input_type -> openshell.v1.GetGatewayInfoRequest
+	135, // 164: openshell.v1.OpenShell.ListSandboxProviders:input_type -> openshell.v1.ListSandboxProvidersRequest
+	72,  // 165: openshell.v1.OpenShell.AttachSandboxProvider:input_type -> openshell.v1.AttachSandboxProviderRequest
+	95,  // 166: openshell.v1.OpenShell.DetachSandboxProvider:input_type -> openshell.v1.DetachSandboxProviderRequest
+	101, // 167: openshell.v1.OpenShell.ExposeService:input_type -> openshell.v1.ExposeServiceRequest
+	119, // 168: openshell.v1.OpenShell.GetService:input_type -> openshell.v1.GetServiceRequest
+	137, // 169: openshell.v1.OpenShell.ListServices:input_type -> openshell.v1.ListServicesRequest
+	89,  // 170: openshell.v1.OpenShell.DeleteService:input_type -> openshell.v1.DeleteServiceRequest
+	80,  // 171: openshell.v1.OpenShell.CreateProvider:input_type -> openshell.v1.CreateProviderRequest
+	114, // 172: openshell.v1.OpenShell.GetProvider:input_type -> openshell.v1.GetProviderRequest
+	131, // 173: openshell.v1.OpenShell.ListProviders:input_type -> openshell.v1.ListProvidersRequest
+	129, // 174: openshell.v1.OpenShell.ListProviderProfiles:input_type -> openshell.v1.ListProviderProfilesRequest
+	111, // 175: openshell.v1.OpenShell.GetProviderProfile:input_type -> openshell.v1.GetProviderProfileRequest
+	122, // 176: openshell.v1.OpenShell.ImportProviderProfiles:input_type -> openshell.v1.ImportProviderProfilesRequest
+	183, // 177: openshell.v1.OpenShell.UpdateProviderProfiles:input_type -> openshell.v1.UpdateProviderProfilesRequest
+	127, // 178: openshell.v1.OpenShell.LintProviderProfiles:input_type -> openshell.v1.LintProviderProfilesRequest
+	185, // 179: openshell.v1.OpenShell.UpdateProvider:input_type -> openshell.v1.UpdateProviderRequest
+	112, // 180: openshell.v1.OpenShell.GetProviderRefreshStatus:input_type -> openshell.v1.GetProviderRefreshStatusRequest
+	78,  // 181: openshell.v1.OpenShell.ConfigureProviderRefresh:input_type -> openshell.v1.ConfigureProviderRefreshRequest
+	170, // 182: openshell.v1.OpenShell.RotateProviderCredential:input_type -> openshell.v1.RotateProviderCredentialRequest
+	85,  // 183: openshell.v1.OpenShell.DeleteProviderRefresh:input_type -> openshell.v1.DeleteProviderRefreshRequest
+	87,  // 184: openshell.v1.OpenShell.DeleteProvider:input_type -> openshell.v1.DeleteProviderRequest
+	83,  // 185: openshell.v1.OpenShell.DeleteProviderProfile:input_type -> openshell.v1.DeleteProviderProfileRequest
+	219, // 186: openshell.v1.OpenShell.GetGatewayConfig:input_type -> openshell.sandbox.v1.GetGatewayConfigRequest
+	181, // 187: openshell.v1.OpenShell.UpdateConfig:input_type -> openshell.v1.UpdateConfigRequest
+	115, // 188: openshell.v1.OpenShell.GetSandboxPolicyStatus:input_type -> openshell.v1.GetSandboxPolicyStatusRequest
+	133, // 189: openshell.v1.OpenShell.ListSandboxPolicies:input_type -> openshell.v1.ListSandboxPoliciesRequest
+	168, // 190: openshell.v1.OpenShell.ReportPolicyStatus:input_type -> openshell.v1.ReportPolicyStatusRequest
+	117, // 191: openshell.v1.OpenShell.GetSandboxProviderEnvironment:input_type -> openshell.v1.GetSandboxProviderEnvironmentRequest
+	177, // 192: openshell.v1.OpenShell.SubmitPolicyAnalysis:input_type -> openshell.v1.SubmitPolicyAnalysisRequest
+	107, // 193: openshell.v1.OpenShell.GetDraftPolicy:input_type -> openshell.v1.GetDraftPolicyRequest
+	70,  // 194: openshell.v1.OpenShell.ApproveDraftChunk:input_type -> openshell.v1.ApproveDraftChunkRequest
+	161, // 195: openshell.v1.OpenShell.RejectDraftChunk:input_type -> openshell.v1.RejectDraftChunkRequest
+	68,  // 196: openshell.v1.OpenShell.ApproveAllDraftChunks:input_type -> openshell.v1.ApproveAllDraftChunksRequest
+	99,  // 197: openshell.v1.OpenShell.EditDraftChunk:input_type -> openshell.v1.EditDraftChunkRequest
+	179, // 198: openshell.v1.OpenShell.UndoDraftChunk:input_type -> openshell.v1.UndoDraftChunkRequest
+	74,  // 199: openshell.v1.OpenShell.ClearDraftChunks:input_type -> openshell.v1.ClearDraftChunksRequest
+	105, // 200: openshell.v1.OpenShell.GetDraftHistory:input_type -> openshell.v1.GetDraftHistoryRequest
+	124, // 201: openshell.v1.OpenShell.IssueSandboxToken:input_type -> openshell.v1.IssueSandboxTokenRequest
+	159, // 202: openshell.v1.OpenShell.RefreshSandboxToken:input_type -> openshell.v1.RefreshSandboxTokenRequest
+	81,  // 203: openshell.v1.OpenShell.CreateWorkspace:input_type -> openshell.v1.CreateWorkspaceRequest
+	120, // 204: openshell.v1.OpenShell.GetWorkspace:input_type -> openshell.v1.GetWorkspaceRequest
+	141, // 205: openshell.v1.OpenShell.ListWorkspaces:input_type -> openshell.v1.ListWorkspacesRequest
+	91,  // 206: openshell.v1.OpenShell.DeleteWorkspace:input_type -> openshell.v1.DeleteWorkspaceRequest
+	66,  // 207: openshell.v1.OpenShell.AddWorkspaceMember:input_type -> openshell.v1.AddWorkspaceMemberRequest
+	166, // 208: openshell.v1.OpenShell.RemoveWorkspaceMember:input_type -> openshell.v1.RemoveWorkspaceMemberRequest
+	139, // 209: openshell.v1.OpenShell.ListWorkspaceMembers:input_type -> openshell.v1.ListWorkspaceMembersRequest
+	7,   // 210: openshell.v1.OpenShell.Health:output_type -> openshell.v1.HealthResponse
+	23,  // 211: openshell.v1.OpenShell.CreateSandbox:output_type -> openshell.v1.SandboxResponse
+	23,  // 212: openshell.v1.OpenShell.GetSandbox:output_type -> openshell.v1.SandboxResponse
+	18,  // 213: openshell.v1.OpenShell.ListSandboxes:output_type -> openshell.v1.ListSandboxesResponse
+	20,  // 214: openshell.v1.OpenShell.DeleteSandbox:output_type -> openshell.v1.DeleteSandboxResponse
+	23,  // 215: openshell.v1.OpenShell.StopSandbox:output_type -> openshell.v1.SandboxResponse
+	23,  // 216: openshell.v1.OpenShell.StartSandbox:output_type -> openshell.v1.SandboxResponse
+	25,  // 217: openshell.v1.OpenShell.WatchSandbox:output_type -> openshell.v1.SandboxStreamEvent
+	31,  // 218: openshell.v1.OpenShell.ExecSandbox:output_type -> openshell.v1.ExecSandboxEvent
+	31,  // 219: openshell.v1.OpenShell.ExecSandboxInteractive:output_type -> openshell.v1.ExecSandboxEvent
+	38,  // 220: openshell.v1.OpenShell.CreateSshSession:output_type -> openshell.v1.CreateSshSessionResponse
+	40,  // 221: openshell.v1.OpenShell.RevokeSshSession:output_type -> openshell.v1.RevokeSshSessionResponse
+	41,  // 222: openshell.v1.OpenShell.ForwardTcp:output_type -> openshell.v1.TcpForwardFrame
+	46,  // 223: openshell.v1.OpenShell.GetSandboxLogs:output_type -> openshell.v1.GetSandboxLogsResponse
+	54,  // 224: openshell.v1.OpenShell.ConnectSupervisor:output_type -> openshell.v1.GatewayMessage
+	59,  // 225: openshell.v1.OpenShell.RelayStream:output_type -> openshell.v1.RelayFrame
+	62,  // 226: openshell.v1.OpenShell.ReportMainProcessExit:output_type -> openshell.v1.ReportMainProcessExitResponse
+	48,  // 227: openshell.v1.OpenShell.PushSandboxLogs:output_type -> openshell.v1.PushSandboxLogsResponse
+	220, // 228: openshell.v1.OpenShell.GetSandboxConfig:output_type -> openshell.sandbox.v1.GetSandboxConfigResponse
+	104, // 229: openshell.v1.OpenShell.GetCurrentUser:output_type -> openshell.v1.GetCurrentUserResponse
+	110, // 230: openshell.v1.OpenShell.GetGatewayInfo:output_type -> openshell.v1.GetGatewayInfoResponse
+	136, // 231: openshell.v1.OpenShell.ListSandboxProviders:output_type -> openshell.v1.ListSandboxProvidersResponse
+	73,  // 232: openshell.v1.OpenShell.AttachSandboxProvider:output_type -> openshell.v1.AttachSandboxProviderResponse
+	96,  // 233: openshell.v1.OpenShell.DetachSandboxProvider:output_type -> openshell.v1.DetachSandboxProviderResponse
+	174, // 234: openshell.v1.OpenShell.ExposeService:output_type -> openshell.v1.ServiceEndpointResponse
+	174, // 235: openshell.v1.OpenShell.GetService:output_type -> openshell.v1.ServiceEndpointResponse
+	138, // 236: openshell.v1.OpenShell.ListServices:output_type -> openshell.v1.ListServicesResponse
+	90,  // 237: openshell.v1.OpenShell.DeleteService:output_type -> openshell.v1.DeleteServiceResponse
+	158, // 238: openshell.v1.OpenShell.CreateProvider:output_type -> openshell.v1.ProviderResponse
+	158, // 239: openshell.v1.OpenShell.GetProvider:output_type -> openshell.v1.ProviderResponse
+	132, // 240: openshell.v1.OpenShell.ListProviders:output_type -> openshell.v1.ListProvidersResponse
+	130, // 241: openshell.v1.OpenShell.ListProviderProfiles:output_type -> openshell.v1.ListProviderProfilesResponse
+	157, // 242: openshell.v1.OpenShell.GetProviderProfile:output_type -> openshell.v1.ProviderProfileResponse
+	123, // 243: openshell.v1.OpenShell.ImportProviderProfiles:output_type -> openshell.v1.ImportProviderProfilesResponse
+	184, // 244: openshell.v1.OpenShell.UpdateProviderProfiles:output_type -> openshell.v1.UpdateProviderProfilesResponse
+	128, // 245: openshell.v1.OpenShell.LintProviderProfiles:output_type -> openshell.v1.LintProviderProfilesResponse
+	158, // 246: openshell.v1.OpenShell.UpdateProvider:output_type -> openshell.v1.ProviderResponse
+	113, // 247: openshell.v1.OpenShell.GetProviderRefreshStatus:output_type -> openshell.v1.GetProviderRefreshStatusResponse
+	79,  // 248: openshell.v1.OpenShell.ConfigureProviderRefresh:output_type -> openshell.v1.ConfigureProviderRefreshResponse
+	171, // 249: openshell.v1.OpenShell.RotateProviderCredential:output_type -> openshell.v1.RotateProviderCredentialResponse
+	86,  // 250: openshell.v1.OpenShell.DeleteProviderRefresh:output_type -> openshell.v1.DeleteProviderRefreshResponse
+	88,  // 251: openshell.v1.OpenShell.DeleteProvider:output_type -> openshell.v1.DeleteProviderResponse
+	84,  // 252: openshell.v1.OpenShell.DeleteProviderProfile:output_type -> openshell.v1.DeleteProviderProfileResponse
+	221, // 253: openshell.v1.OpenShell.GetGatewayConfig:output_type -> openshell.sandbox.v1.GetGatewayConfigResponse
+	182, // 254: openshell.v1.OpenShell.UpdateConfig:output_type -> openshell.v1.UpdateConfigResponse
+	116, // 255: openshell.v1.OpenShell.GetSandboxPolicyStatus:output_type -> openshell.v1.GetSandboxPolicyStatusResponse
+	134, // 256: openshell.v1.OpenShell.ListSandboxPolicies:output_type -> openshell.v1.ListSandboxPoliciesResponse
+	169, // 257: openshell.v1.OpenShell.ReportPolicyStatus:output_type -> openshell.v1.ReportPolicyStatusResponse
+	118, // 258: openshell.v1.OpenShell.GetSandboxProviderEnvironment:output_type -> openshell.v1.GetSandboxProviderEnvironmentResponse
+	178, // 259: openshell.v1.OpenShell.SubmitPolicyAnalysis:output_type -> openshell.v1.SubmitPolicyAnalysisResponse
+	108, // 260: openshell.v1.OpenShell.GetDraftPolicy:output_type -> openshell.v1.GetDraftPolicyResponse
+	71,  // 261: openshell.v1.OpenShell.ApproveDraftChunk:output_type -> openshell.v1.ApproveDraftChunkResponse
+	162, // 262: openshell.v1.OpenShell.RejectDraftChunk:output_type -> openshell.v1.RejectDraftChunkResponse
+	69,  // 263: openshell.v1.OpenShell.ApproveAllDraftChunks:output_type -> openshell.v1.ApproveAllDraftChunksResponse
+	100, // 264: openshell.v1.OpenShell.EditDraftChunk:output_type -> openshell.v1.EditDraftChunkResponse
+	180, // 265: openshell.v1.OpenShell.UndoDraftChunk:output_type -> openshell.v1.UndoDraftChunkResponse
+	75,  // 266: openshell.v1.OpenShell.ClearDraftChunks:output_type -> openshell.v1.ClearDraftChunksResponse
+	106, // 267: openshell.v1.OpenShell.GetDraftHistory:output_type -> openshell.v1.GetDraftHistoryResponse
+	125, // 268: openshell.v1.OpenShell.IssueSandboxToken:output_type -> openshell.v1.IssueSandboxTokenResponse
+	160, // 269: openshell.v1.OpenShell.RefreshSandboxToken:output_type -> openshell.v1.RefreshSandboxTokenResponse
+	82,  // 270: openshell.v1.OpenShell.CreateWorkspace:output_type -> openshell.v1.CreateWorkspaceResponse
+	121, // 271: openshell.v1.OpenShell.GetWorkspace:output_type -> openshell.v1.GetWorkspaceResponse
+	142, // 272: openshell.v1.OpenShell.ListWorkspaces:output_type -> openshell.v1.ListWorkspacesResponse
+	92,  // 273: openshell.v1.OpenShell.DeleteWorkspace:output_type -> openshell.v1.DeleteWorkspaceResponse
+	67,  // 274: openshell.v1.OpenShell.AddWorkspaceMember:output_type -> openshell.v1.AddWorkspaceMemberResponse
+	167, // 275: openshell.v1.OpenShell.RemoveWorkspaceMember:output_type -> openshell.v1.RemoveWorkspaceMemberResponse
+	140, // 276: openshell.v1.OpenShell.ListWorkspaceMembers:output_type -> openshell.v1.ListWorkspaceMembersResponse
+	210, // [210:277] is the sub-list for method output_type
+	143, // [143:210] is the sub-list for method input_type
+	143, // [143:143] is the sub-list for extension type_name
+	143, // [143:143] is the sub-list for extension extendee
+	0,   // [0:143] is the sub-list for field type_name
 }
 
 func init() { file_openshell_proto_init() }
@@ -4570,13 +13529,22 @@ func file_openshell_proto_init() {
 		(*RelayFrame_Init)(nil),
 		(*RelayFrame_Data)(nil),
 	}
+	file_openshell_proto_msgTypes[72].OneofWrappers = []any{}
+	file_openshell_proto_msgTypes[139].OneofWrappers = []any{
+		(*PolicyMergeOperation_AddRule)(nil),
+		(*PolicyMergeOperation_RemoveEndpoint)(nil),
+		(*PolicyMergeOperation_RemoveRule)(nil),
+		(*PolicyMergeOperation_AddDenyRules)(nil),
+		(*PolicyMergeOperation_AddAllowRules)(nil),
+		(*PolicyMergeOperation_RemoveBinary)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_openshell_proto_rawDesc), len(file_openshell_proto_rawDesc)),
-			NumEnums:      2,
-			NumMessages:   66,
+			NumEnums:      6,
+			NumMessages:   201,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -34,10 +34,7 @@ const (
 	Dual
 )
 
-const (
-	svc    = "/openshell.v1.OpenShell/"
-	extSvc = "/openshell.v1.OpenShellExt/"
-)
+const svc = "/openshell.v1.OpenShell/"
 
 // Modes maps full method names to modes. Methods not listed default to User, so a
 // newly added RPC is never accidentally open.
@@ -48,10 +45,14 @@ var Modes = map[string]Mode{
 	svc + "ReportMainProcessExit": Sandbox,
 	svc + "PushSandboxLogs":       Sandbox,
 	svc + "GetSandboxConfig":      Dual,
-	// openshell extensions (api/proto/openshell_ext.proto); the rest of that service is
-	// User by default.
-	extSvc + "ReportPolicyStatus":  Sandbox,
-	extSvc + "GetSandboxProviders": Sandbox,
+	// The rest of the service (handlers refuse what a sandbox may not do on a dual RPC).
+	svc + "ReportPolicyStatus":            Sandbox,
+	svc + "GetSandboxProviderEnvironment": Sandbox,
+	svc + "SubmitPolicyAnalysis":          Sandbox,
+	svc + "IssueSandboxToken":             Sandbox,
+	svc + "RefreshSandboxToken":           Sandbox,
+	svc + "UpdateConfig":                  Dual,
+	svc + "GetDraftPolicy":                Dual,
 }
 
 // ModeOf returns the mode for a full method name.

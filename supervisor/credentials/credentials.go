@@ -31,8 +31,6 @@ import (
 	"slices"
 	"sort"
 	"strings"
-
-	"github.com/openshell/openshell/api/openshellv1"
 )
 
 // Provider is one set of credentials and the hosts they may be sent to.
@@ -51,13 +49,6 @@ type Provider struct {
 
 // DefaultHeaders carry credentials when a provider names none.
 var DefaultHeaders = []string{"Authorization"}
-
-// ProviderFromProto converts the gateway's message, every field included (use it
-// rather than copying fields by hand, so that new ones are not dropped).
-func ProviderFromProto(pc *openshellv1.ProviderCredentials) Provider {
-	return Provider{Name: pc.GetName(), Type: pc.GetType(), Credentials: pc.GetCredentials(),
-		Hosts: slices.Clone(pc.GetHosts()), Headers: slices.Clone(pc.GetHeaders()), AllowWildcardHosts: pc.GetAllowWildcardHosts()}
-}
 
 // refusedHeaders frame the message or belong to one hop (the proxy drops or rewrites
 // them), or, for Host, route it: none may carry a credential.

@@ -1,11 +1,12 @@
-// Package policycmds is the CLI side of `openshell policy set|get`. The policy file
-// is parsed and validated locally (errors name the field and line) before anything
-// is sent.
+// Package policycmds is the CLI side of `openshell policy set|get|list|validate`. The
+// policy file is parsed and validated locally (errors name the field and line) before
+// anything is sent.
 //
 // Gateway RPCs: `get` resolves the name with GetSandbox, then reads the effective
 // policy, version and hash with GetSandboxConfig (falling back to the sandbox's
-// spec.policy when GetSandboxConfig is refused). `set` calls
-// openshell.v1.OpenShellExt/UpdateSandboxPolicy: the gateway validates and stores the
+// spec.policy when GetSandboxConfig is refused); `get --rev N` and `get --full` read
+// one revision with GetSandboxPolicyStatus, `list` the history with
+// ListSandboxPolicies. `set` calls UpdateConfig: the gateway validates and stores the
 // policy and bumps the sandbox's policy version; network_policies apply live, while a
 // change to the static sections (filesystem_policy, landlock, process) is refused with
 // FAILED_PRECONDITION. `--wait` polls GetSandbox until status.current_policy_version
@@ -16,7 +17,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
+	"strings"
+	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -43,19 +47,25 @@ type Gateway interface {
 	SetPolicy(ctx context.Context, sandbox string, p *sandboxv1.SandboxPolicy) (version uint32, err error)
 	// AppliedVersion is the policy version the sandbox's supervisor last confirmed.
 	AppliedVersion(ctx context.Context, sandbox string) (uint32, error)
+	// Revision returns one policy revision (version 0 = the newest) and the version
+	// the supervisor runs.
+	Revision(ctx context.Context, sandbox string, version uint32) (*pb.SandboxPolicyRevision, uint32, error)
+	// Revisions returns the policy history, newest first.
+	Revisions(ctx context.Context, sandbox string) ([]*pb.SandboxPolicyRevision, error)
 }
 
-// ErrSetUnsupported: the gateway has no RPC to replace a running sandbox's policy (an
-// older gateway without the OpenShellExt service).
-var ErrSetUnsupported = errors.New("this gateway cannot update a sandbox's policy (it lacks the UpdateSandboxPolicy RPC; upgrade it); recreate the sandbox with the policy instead")
+// ErrSetUnsupported: the gateway has no RPC to replace a running sandbox's policy.
+var ErrSetUnsupported = errors.New("this gateway cannot update a sandbox's policy (it does not implement UpdateConfig; upgrade it); recreate the sandbox with the policy instead")
+
+// ErrHistoryUnsupported: the gateway keeps no policy history.
+var ErrHistoryUnsupported = errors.New("this gateway keeps no policy history (it does not implement ListSandboxPolicies/GetSandboxPolicyStatus; upgrade it)")
 
 // DialFunc connects to the configured gateway.
 type DialFunc func(ctx context.Context) (*grpc.ClientConn, error)
 
-// GRPC is the Gateway over the OpenShell and OpenShellExt APIs.
+// GRPC is the Gateway over the OpenShell API.
 type GRPC struct {
 	API pb.OpenShellClient
-	Ext pb.OpenShellExtClient
 }
 
 var _ Gateway = GRPC{}
@@ -81,25 +91,47 @@ func (g GRPC) GetPolicy(ctx context.Context, name string) (*Status, error) {
 	return nil, fmt.Errorf("get the policy of sandbox %q: %w", name, err)
 }
 
-// SetPolicy implements Gateway with UpdateSandboxPolicy.
+// SetPolicy implements Gateway with UpdateConfig.
 func (g GRPC) SetPolicy(ctx context.Context, name string, p *sandboxv1.SandboxPolicy) (uint32, error) {
-	if g.Ext == nil {
-		return 0, ErrSetUnsupported
-	}
-	resp, err := g.Ext.UpdateSandboxPolicy(ctx, &pb.UpdateSandboxPolicyRequest{Name: name, Policy: p})
+	resp, err := g.API.UpdateConfig(ctx, &pb.UpdateConfigRequest{Name: name, Policy: p})
 	if err != nil {
-		switch status.Code(err) {
-		case codes.Unimplemented:
-			return 0, ErrSetUnsupported
-		case codes.NotFound:
-			return 0, fmt.Errorf("sandbox %q not found (see `openshell sandbox list`)", name)
-		}
-		if st, ok := status.FromError(err); ok {
-			return 0, errors.New(st.Message())
-		}
-		return 0, err
+		return 0, policyRPCError(name, err, ErrSetUnsupported)
 	}
 	return resp.GetVersion(), nil
+}
+
+// Revision implements Gateway with GetSandboxPolicyStatus.
+func (g GRPC) Revision(ctx context.Context, name string, version uint32) (*pb.SandboxPolicyRevision, uint32, error) {
+	resp, err := g.API.GetSandboxPolicyStatus(ctx, &pb.GetSandboxPolicyStatusRequest{Name: name, Version: version})
+	if err != nil {
+		return nil, 0, policyRPCError(name, err, ErrHistoryUnsupported)
+	}
+	return resp.GetRevision(), resp.GetActiveVersion(), nil
+}
+
+// Revisions implements Gateway with ListSandboxPolicies.
+func (g GRPC) Revisions(ctx context.Context, name string) ([]*pb.SandboxPolicyRevision, error) {
+	resp, err := g.API.ListSandboxPolicies(ctx, &pb.ListSandboxPoliciesRequest{Name: name})
+	if err != nil {
+		return nil, policyRPCError(name, err, ErrHistoryUnsupported)
+	}
+	return resp.GetRevisions(), nil
+}
+
+// policyRPCError keeps the gateway's message (it names the fix); a sandbox-level
+// NOT_FOUND points at the sandbox list.
+func policyRPCError(name string, err, unimplemented error) error {
+	st, ok := status.FromError(err)
+	if !ok {
+		return err
+	}
+	switch {
+	case st.Code() == codes.Unimplemented:
+		return unimplemented
+	case st.Code() == codes.NotFound && !strings.Contains(st.Message(), "policy version"):
+		return fmt.Errorf("sandbox %q not found (see `openshell sandbox list`)", name)
+	}
+	return errors.New(st.Message())
 }
 
 // AppliedVersion implements Gateway with GetSandbox (status.current_policy_version).
@@ -118,14 +150,14 @@ func GRPCFrom(dial DialFunc) func(ctx context.Context) (Gateway, error) {
 		if err != nil {
 			return nil, err
 		}
-		return GRPC{API: pb.NewOpenShellClient(cc), Ext: pb.NewOpenShellExtClient(cc)}, nil
+		return GRPC{API: pb.NewOpenShellClient(cc)}, nil
 	}
 }
 
-// Command returns `policy` with `set` and `get`.
+// Command returns `policy` with `set`, `get`, `list` and `validate`.
 func Command(gateway func(ctx context.Context) (Gateway, error)) *cobra.Command {
 	root := &cobra.Command{Use: "policy", Short: "Show or change a sandbox's policy"}
-	root.AddCommand(setCmd(gateway), getCmd(gateway), validateCmd())
+	root.AddCommand(setCmd(gateway), getCmd(gateway), listCmd(gateway), validateCmd())
 	return root
 }
 
@@ -221,10 +253,16 @@ func setCmd(gateway func(ctx context.Context) (Gateway, error)) *cobra.Command {
 
 func getCmd(gateway func(ctx context.Context) (Gateway, error)) *cobra.Command {
 	var output string
+	var rev uint32
+	var full bool
 	c := &cobra.Command{
-		Use:   "get NAME",
-		Short: "Print a sandbox's effective policy",
-		Args:  cobra.ExactArgs(1),
+		Use:   "get NAME [--rev N] [--full]",
+		Short: "Print a sandbox's effective policy, or one revision of it",
+		Long: `Print a sandbox's effective policy as YAML (or JSON with -o json).
+--rev N prints revision N instead (see 'openshell policy list NAME'); --full adds the
+revision's version, status, hash, load error and times (with -o json: the whole
+revision object).`,
+		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if output != "yaml" && output != "json" {
 				return fmt.Errorf("--output %q: use yaml or json", output)
@@ -234,11 +272,31 @@ func getCmd(gateway func(ctx context.Context) (Gateway, error)) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			st, err := gw.GetPolicy(ctx, args[0])
-			if err != nil {
+			out := cmd.OutOrStdout()
+			var st *Status
+			if rev > 0 || full {
+				r, active, err := gw.Revision(ctx, args[0], rev)
+				if err != nil {
+					return fmt.Errorf("policy of sandbox %q: %w", args[0], err)
+				}
+				if full && output == "json" {
+					b, err := protojson.MarshalOptions{Multiline: true, UseProtoNames: true}.Marshal(r)
+					if err != nil {
+						return err
+					}
+					fmt.Fprintln(out, string(b))
+					return nil
+				}
+				if full {
+					writeRevisionHeader(out, args[0], r, active)
+				}
+				st = &Status{Policy: r.GetPolicy(), Version: r.GetVersion(), Hash: r.GetPolicyHash()}
+				if full {
+					st.Version = 0 // the header said it
+				}
+			} else if st, err = gw.GetPolicy(ctx, args[0]); err != nil {
 				return err
 			}
-			out := cmd.OutOrStdout()
 			if output == "json" {
 				b, err := protojson.MarshalOptions{Multiline: true}.Marshal(st.Policy)
 				if err != nil {
@@ -267,5 +325,77 @@ func getCmd(gateway func(ctx context.Context) (Gateway, error)) *cobra.Command {
 		},
 	}
 	c.Flags().StringVarP(&output, "output", "o", "yaml", "yaml or json")
+	c.Flags().Uint32Var(&rev, "rev", 0, "print this policy revision (version) instead of the effective policy")
+	c.Flags().BoolVar(&full, "full", false, "also print the revision's status, hash, load error and times")
+	return c
+}
+
+func writeRevisionHeader(w io.Writer, sandbox string, r *pb.SandboxPolicyRevision, active uint32) {
+	fmt.Fprintf(w, "# sandbox: %s\n# version: %d (the supervisor runs version %d)\n# status: %s\n# sha256: %s\n# created: %s\n",
+		sandbox, r.GetVersion(), active, statusName(r.GetStatus()), r.GetPolicyHash(), when(r.GetCreatedAtMs()))
+	if r.GetLoadedAtMs() != 0 {
+		fmt.Fprintf(w, "# loaded: %s\n", when(r.GetLoadedAtMs()))
+	}
+	if r.GetLoadError() != "" {
+		fmt.Fprintf(w, "# load error: %s\n", r.GetLoadError())
+	}
+}
+
+func statusName(s pb.PolicyStatus) string {
+	return strings.ToLower(strings.TrimPrefix(s.String(), "POLICY_STATUS_"))
+}
+
+func when(ms int64) string {
+	if ms == 0 {
+		return "-"
+	}
+	return time.UnixMilli(ms).UTC().Format(time.RFC3339)
+}
+
+func listCmd(gateway func(ctx context.Context) (Gateway, error)) *cobra.Command {
+	var output string
+	c := &cobra.Command{
+		Use:   "list NAME",
+		Short: "List a sandbox's policy revisions, newest first",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if output != "table" && output != "json" {
+				return fmt.Errorf("--output %q: use table or json", output)
+			}
+			ctx := cmd.Context()
+			gw, err := gateway(ctx)
+			if err != nil {
+				return err
+			}
+			revs, err := gw.Revisions(ctx, args[0])
+			if err != nil {
+				return fmt.Errorf("policy history of sandbox %q: %w", args[0], err)
+			}
+			out := cmd.OutOrStdout()
+			if output == "json" {
+				b, err := protojson.MarshalOptions{Multiline: true, UseProtoNames: true}.Marshal(&pb.ListSandboxPoliciesResponse{Revisions: revs})
+				if err != nil {
+					return err
+				}
+				fmt.Fprintln(out, string(b))
+				return nil
+			}
+			tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "VERSION\tSTATUS\tSHA256\tCREATED\tLOADED\tERROR")
+			for _, r := range revs {
+				h := r.GetPolicyHash()
+				if len(h) > 12 {
+					h = h[:12]
+				}
+				e := r.GetLoadError()
+				if e == "" {
+					e = "-"
+				}
+				fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\n", r.GetVersion(), statusName(r.GetStatus()), h, when(r.GetCreatedAtMs()), when(r.GetLoadedAtMs()), e)
+			}
+			return tw.Flush()
+		},
+	}
+	c.Flags().StringVarP(&output, "output", "o", "table", "table or json")
 	return c
 }

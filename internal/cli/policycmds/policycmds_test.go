@@ -24,7 +24,7 @@ import (
 	"github.com/openshell/openshell/supervisor/policy"
 )
 
-// miniGateway serves GetSandbox, GetSandboxConfig and UpdateSandboxPolicy for one
+// miniGateway serves GetSandbox, GetSandboxConfig and UpdateConfig for one
 // sandbox "box" over real gRPC; its "supervisor" confirms a new version (applied)
 // 700 ms after it is stored, or never when stuck is set.
 type miniGateway struct {
@@ -38,17 +38,11 @@ type miniGateway struct {
 	noExt   bool
 }
 
-type miniExt struct {
-	pb.UnimplementedOpenShellExtServer
-	g *miniGateway
-}
-
-func (x miniExt) UpdateSandboxPolicy(_ context.Context, r *pb.UpdateSandboxPolicyRequest) (*pb.UpdateSandboxPolicyResponse, error) {
-	g := x.g
+func (g *miniGateway) UpdateConfig(_ context.Context, r *pb.UpdateConfigRequest) (*pb.UpdateConfigResponse, error) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if g.noExt {
-		return nil, status.Error(codes.Unimplemented, "unknown service openshell.v1.OpenShellExt")
+		return nil, status.Error(codes.Unimplemented, "method UpdateConfig not implemented")
 	}
 	if r.GetName() != "box" {
 		return nil, status.Errorf(codes.NotFound, "sandbox %q not found", r.GetName())
@@ -65,7 +59,7 @@ func (x miniExt) UpdateSandboxPolicy(_ context.Context, r *pb.UpdateSandboxPolic
 			g.mu.Unlock()
 		})
 	}
-	return &pb.UpdateSandboxPolicyResponse{Version: v, PolicyHash: "def"}, nil
+	return &pb.UpdateConfigResponse{Version: v, PolicyHash: "def"}, nil
 }
 
 func (g *miniGateway) GetSandbox(_ context.Context, r *pb.GetSandboxRequest) (*pb.SandboxResponse, error) {
@@ -98,7 +92,6 @@ func setup(t *testing.T) (*miniGateway, DialFunc) {
 	}
 	gs := grpc.NewServer()
 	pb.RegisterOpenShellServer(gs, g)
-	pb.RegisterOpenShellExtServer(gs, miniExt{g: g})
 	go gs.Serve(ln)
 	t.Cleanup(gs.Stop)
 	return g, func(ctx context.Context) (*grpc.ClientConn, error) {

@@ -1,7 +1,10 @@
-// Package providercmds is the CLI side of `openshell provider create|list|get|delete`:
-// named credential sets the gateway stores encrypted and hands to the supervisors of
-// sandboxes created with `openshell sandbox create --provider NAME`. Credential values
-// never come back from the gateway; list and get show only the keys.
+// Package providercmds is the CLI side of `openshell provider create|list|get|update|delete`
+// and `openshell sandbox provider attach|detach|list`: named credential sets the
+// gateway stores encrypted and hands to the supervisors of the sandboxes they are
+// attached to (`openshell sandbox create --provider NAME`, or attach). Credential
+// values never come back from the gateway; list and get show only the keys. Where the
+// credentials may be sent (--host, --header, --allow-wildcard-hosts) travels in the
+// provider's config (keys hosts, headers, allow_wildcard_hosts).
 package providercmds
 
 import (
@@ -9,7 +12,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"os"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -20,7 +25,15 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
 
+	"github.com/openshell/openshell/api/datamodelv1"
 	pb "github.com/openshell/openshell/api/openshellv1"
+)
+
+// Provider config keys the gateway reads the credentials' binding from.
+const (
+	configHosts    = "hosts"
+	configHeaders  = "headers"
+	configWildcard = "allow_wildcard_hosts"
 )
 
 // DialFunc connects to the configured gateway.
@@ -65,7 +78,7 @@ func checkKey(k string) error {
 	return nil
 }
 
-// Command returns `provider` with create, list, get and delete.
+// Command returns `provider` with create, list, get, update and delete.
 func Command(dial DialFunc) *cobra.Command {
 	return CommandWithEnv(dial, os.LookupEnv)
 }
@@ -73,18 +86,22 @@ func Command(dial DialFunc) *cobra.Command {
 // CommandWithEnv is Command with the environment lookup used for --credential KEY.
 func CommandWithEnv(dial DialFunc, lookup LookupEnv) *cobra.Command {
 	root := &cobra.Command{Use: "provider", Short: "Manage providers (credentials injected into sandboxes)"}
-	client := func(ctx context.Context) (pb.OpenShellExtClient, error) {
+	client := clientOf(dial)
+	root.AddCommand(createCmd(client, lookup), listCmd(client), getCmd(client), updateCmd(client, lookup), deleteCmd(client))
+	return root
+}
+
+func clientOf(dial DialFunc) clientFunc {
+	return func(ctx context.Context) (pb.OpenShellClient, error) {
 		cc, err := dial(ctx)
 		if err != nil {
 			return nil, err
 		}
-		return pb.NewOpenShellExtClient(cc), nil
+		return pb.NewOpenShellClient(cc), nil
 	}
-	root.AddCommand(createCmd(client, lookup), listCmd(client), getCmd(client), deleteCmd(client))
-	return root
 }
 
-type clientFunc func(ctx context.Context) (pb.OpenShellExtClient, error)
+type clientFunc func(ctx context.Context) (pb.OpenShellClient, error)
 
 func checkOutput(o string) error {
 	if o != "table" && o != "json" {
@@ -123,28 +140,22 @@ func createCmd(client clientFunc, lookup LookupEnv) *cobra.Command {
 			if len(creds) == 0 {
 				return errors.New("at least one --credential KEY[=VALUE] is required")
 			}
-			req := &pb.CreateProviderRequest{Name: name, Type: typ, Credentials: map[string]string{}, Hosts: hosts,
-				Headers: headers, AllowWildcardHosts: wildcard}
-			for _, f := range creds {
-				k, v, err := ParseCredentialFlag(f, lookup)
-				if err != nil {
-					return err
-				}
-				if _, dup := req.Credentials[k]; dup {
-					return fmt.Errorf("--credential %s is given twice", k)
-				}
-				req.Credentials[k] = v
+			p := &datamodelv1.Provider{Metadata: &datamodelv1.ObjectMeta{Name: name}, Type: typ,
+				Config: bindingConfig(hosts, headers, wildcard)}
+			var err error
+			if p.Credentials, err = parseCredentials(creds, lookup); err != nil {
+				return err
 			}
 			ctx := cmd.Context()
 			c, err := client(ctx)
 			if err != nil {
 				return err
 			}
-			p, err := c.CreateProvider(ctx, req)
+			resp, err := c.CreateProvider(ctx, &pb.CreateProviderRequest{Provider: p})
 			if err != nil {
 				return rpcError("create provider "+name, err)
 			}
-			return printProviders(cmd.OutOrStdout(), output, []*pb.Provider{p}, false)
+			return printProviders(cmd.OutOrStdout(), output, []*datamodelv1.Provider{resp.GetProvider()}, false)
 		},
 	}
 	f := c.Flags()
@@ -199,14 +210,98 @@ func getCmd(client clientFunc) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			p, err := c.GetProvider(ctx, &pb.GetProviderRequest{Name: args[0]})
+			resp, err := c.GetProvider(ctx, &pb.GetProviderRequest{Name: args[0]})
 			if err != nil {
 				return rpcError("get provider "+args[0], err)
 			}
-			return printProviders(cmd.OutOrStdout(), output, []*pb.Provider{p}, false)
+			return printProviders(cmd.OutOrStdout(), output, []*datamodelv1.Provider{resp.GetProvider()}, false)
 		},
 	}
 	c.Flags().StringVarP(&output, "output", "o", "table", "table or json")
+	return c
+}
+
+// parseCredentials reads --credential flags into a map, refusing a key given twice.
+func parseCredentials(flags []string, lookup LookupEnv) (map[string]string, error) {
+	out := map[string]string{}
+	for _, f := range flags {
+		k, v, err := ParseCredentialFlag(f, lookup)
+		if err != nil {
+			return nil, err
+		}
+		if _, dup := out[k]; dup {
+			return nil, fmt.Errorf("--credential %s is given twice", k)
+		}
+		out[k] = v
+	}
+	return out, nil
+}
+
+// bindingConfig is the provider config for --host, --header and
+// --allow-wildcard-hosts (nil when none is set).
+func bindingConfig(hosts, headers []string, wildcard bool) map[string]string {
+	c := map[string]string{}
+	if len(hosts) > 0 {
+		c[configHosts] = strings.Join(hosts, ",")
+	}
+	if len(headers) > 0 {
+		c[configHeaders] = strings.Join(headers, ",")
+	}
+	if wildcard {
+		c[configWildcard] = "true"
+	}
+	if len(c) == 0 {
+		return nil
+	}
+	return c
+}
+
+func updateCmd(client clientFunc, lookup LookupEnv) *cobra.Command {
+	var typ, output string
+	var creds, hosts, headers []string
+	var wildcard bool
+	c := &cobra.Command{
+		Use:   "update NAME [--credential KEY[=VALUE]]... [--host HOST]... [--header NAME]... [--type TYPE]",
+		Short: "Change a provider's credentials, hosts, headers or type (unset ones are kept)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := checkOutput(output); err != nil {
+				return err
+			}
+			p := &datamodelv1.Provider{Metadata: &datamodelv1.ObjectMeta{Name: args[0]}, Type: typ,
+				Config: bindingConfig(hosts, headers, wildcard)}
+			if cmd.Flags().Changed("allow-wildcard-hosts") && !wildcard {
+				if p.Config == nil {
+					p.Config = map[string]string{}
+				}
+				p.Config[configWildcard] = "false"
+			}
+			var err error
+			if p.Credentials, err = parseCredentials(creds, lookup); err != nil {
+				return err
+			}
+			if len(p.Credentials) == 0 && len(p.Config) == 0 && typ == "" {
+				return errors.New("nothing to update: give --credential, --host, --header, --allow-wildcard-hosts or --type")
+			}
+			ctx := cmd.Context()
+			c, err := client(ctx)
+			if err != nil {
+				return err
+			}
+			resp, err := c.UpdateProvider(ctx, &pb.UpdateProviderRequest{Provider: p})
+			if err != nil {
+				return rpcError("update provider "+args[0], err)
+			}
+			return printProviders(cmd.OutOrStdout(), output, []*datamodelv1.Provider{resp.GetProvider()}, false)
+		},
+	}
+	f := c.Flags()
+	f.StringVar(&typ, "type", "", "new provider type")
+	f.StringArrayVar(&creds, "credential", nil, "KEY=VALUE, or KEY to read the value from the environment variable KEY (repeatable); other keys keep their values")
+	f.StringArrayVar(&hosts, "host", nil, "replace the hosts the credentials are for (repeatable)")
+	f.StringArrayVar(&headers, "header", nil, "replace the request headers that may carry the credentials (repeatable)")
+	f.BoolVar(&wildcard, "allow-wildcard-hosts", false, `let --host name "*.example.com" patterns`)
+	f.StringVarP(&output, "output", "o", "table", "table or json")
 	return c
 }
 
@@ -234,7 +329,7 @@ var pj = protojson.MarshalOptions{UseProtoNames: true, Multiline: true}
 
 // printProviders writes providers as a table or JSON (a list as an array, one provider as an
 // object).
-func printProviders(w io.Writer, format string, ps []*pb.Provider, list bool) error {
+func printProviders(w io.Writer, format string, ps []*datamodelv1.Provider, list bool) error {
 	if format == "json" {
 		if !list && len(ps) == 1 {
 			b, err := pj.Marshal(ps[0])
@@ -258,12 +353,12 @@ func printProviders(w io.Writer, format string, ps []*pb.Provider, list bool) er
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "NAME\tTYPE\tCREDENTIALS\tHOSTS\tHEADERS\tAGE")
 	for _, p := range ps {
-		headers := strings.Join(p.GetHeaders(), ",")
+		headers := p.GetConfig()[configHeaders]
 		if headers == "" {
 			headers = "Authorization"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", p.GetName(), p.GetType(), orDash(strings.Join(p.GetCredentialKeys(), ",")),
-			orDash(strings.Join(p.GetHosts(), ",")), headers, age(p.GetCreatedAtMs()))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", p.GetMetadata().GetName(), p.GetType(), orDash(strings.Join(slices.Sorted(maps.Keys(p.GetCredentials())), ",")),
+			orDash(p.GetConfig()[configHosts]), headers, age(p.GetMetadata().GetCreatedAtMs()))
 	}
 	return tw.Flush()
 }

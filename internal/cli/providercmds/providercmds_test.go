@@ -175,7 +175,8 @@ func TestProviderCommands(t *testing.T) {
 	if err := json.Unmarshal([]byte(out), &list); err != nil {
 		t.Fatalf("list -o json is not a JSON array: %v\n%s", err, out)
 	}
-	if len(list) != 1 || list[0]["name"] != "gh" || list[0]["type"] != "github" || strings.Contains(out, "ghp_cli_secret") {
+	name := func(m map[string]any) any { md, _ := m["metadata"].(map[string]any); return md["name"] }
+	if len(list) != 1 || name(list[0]) != "gh" || list[0]["type"] != "github" || strings.Contains(out, "ghp_cli_secret") {
 		t.Fatalf("list: %s", out)
 	}
 	out, err = run(t, dial, environ, "provider", "list")
@@ -184,7 +185,7 @@ func TestProviderCommands(t *testing.T) {
 	}
 	out, err = run(t, dial, environ, "provider", "get", "gh", "-o", "json")
 	var one map[string]any
-	if err != nil || json.Unmarshal([]byte(out), &one) != nil || one["name"] != "gh" {
+	if err != nil || json.Unmarshal([]byte(out), &one) != nil || name(one) != "gh" {
 		t.Fatalf("get json: %v\n%s", err, out)
 	}
 	if _, err := run(t, dial, environ, "provider", "get", "gh", "-o", "yaml"); err == nil {
@@ -204,8 +205,18 @@ func TestProviderCommands(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := json.Unmarshal([]byte(out), &one); err != nil || one["allow_wildcard_hosts"] != true || fmt.Sprint(one["headers"]) != "[X-Api-Key]" {
+	cfg := func(m map[string]any) map[string]any { c, _ := m["config"].(map[string]any); return c }
+	if err := json.Unmarshal([]byte(out), &one); err != nil || cfg(one)["allow_wildcard_hosts"] != "true" || fmt.Sprint(cfg(one)["headers"]) != "X-Api-Key" {
 		t.Fatalf("wildcard provider: %v\n%s", err, out)
+	}
+	// update keeps unnamed credentials and replaces the hosts; the value never comes back.
+	out, err = run(t, dial, environ, "provider", "update", "gh", "--credential", "GH_USER=robot", "--host", "uploads.github.com", "-o", "json")
+	if err != nil || json.Unmarshal([]byte(out), &one) != nil || cfg(one)["hosts"] != "uploads.github.com" || strings.Contains(out, "robot") ||
+		fmt.Sprint(one["credentials"]) != "map[GH_USER: GITHUB_TOKEN:]" {
+		t.Fatalf("update: %v\n%s", err, out)
+	}
+	if _, err := run(t, dial, environ, "provider", "update", "gh"); err == nil || !strings.Contains(err.Error(), "nothing to update") {
+		t.Fatalf("empty update: %v", err)
 	}
 	if _, err := run(t, dial, environ, "provider", "delete", "wild"); err != nil {
 		t.Fatal(err)

@@ -58,7 +58,7 @@ func (s *configServer) GetSandboxConfig(ctx context.Context, req *sandboxv1.GetS
 // startConfigServer serves cs over TLS with a fresh test CA, and whatever more the
 // register functions add to the server; it returns the listen address and the CA
 // PEM.
-func startConfigServer(t *testing.T, cs *configServer, register ...func(*grpc.Server)) (addr string, caPEM []byte) {
+func startConfigServer(t *testing.T, cs pb.OpenShellServer, register ...func(*grpc.Server)) (addr string, caPEM []byte) {
 	t.Helper()
 	b, err := pki.Ensure(t.TempDir(), nil)
 	if err != nil {

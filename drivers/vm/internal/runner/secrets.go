@@ -1,7 +1,7 @@
 package runner
 
 // Provider credentials of a VM sandbox live here, on the host, and never in the
-// guest. The runner fetches the real values from the gateway (GetSandboxProviders
+// guest. The runner fetches the real values from the gateway (GetSandboxProviderEnvironment
 // with the sandbox token AND the runner credential of its spec, see package
 // hostcred: the guest holds the same token, so the gateway gives values only to a
 // caller that also shows the credential, which never enters the guest), builds the
@@ -99,19 +99,17 @@ func (s *secretsSync) fetch(ctx context.Context) (ps []credentials.Provider, ret
 	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	cctx = metadata.AppendToOutgoingContext(cctx, hostcred.MetadataKey, s.cred)
-	resp, err := pb.NewOpenShellExtClient(s.cc).GetSandboxProviders(cctx, &pb.GetSandboxProvidersRequest{SandboxId: s.id})
+	resp, err := pb.NewOpenShellClient(s.cc).GetSandboxProviderEnvironment(cctx, &pb.GetSandboxProviderEnvironmentRequest{SandboxId: s.id, SupportsStaticCredentialBindings: true})
 	switch status.Code(err) {
 	case codes.OK:
-		for _, p := range resp.GetProviders() {
-			ps = append(ps, credentials.ProviderFromProto(p))
-		}
-		return ps, false, nil
+		ps, err = credentials.ProvidersFromEnvironment(resp)
+		return ps, false, err
 	case codes.NotFound, codes.Unimplemented:
 		return nil, false, nil
 	case codes.Unavailable, codes.DeadlineExceeded, codes.Aborted, codes.ResourceExhausted, codes.Canceled:
-		return nil, true, fmt.Errorf("GetSandboxProviders for sandbox %s: %w", s.id, err)
+		return nil, true, fmt.Errorf("GetSandboxProviderEnvironment for sandbox %s: %w", s.id, err)
 	default:
-		return nil, false, fmt.Errorf("GetSandboxProviders for sandbox %s: %w", s.id, err)
+		return nil, false, fmt.Errorf("GetSandboxProviderEnvironment for sandbox %s: %w", s.id, err)
 	}
 }
 

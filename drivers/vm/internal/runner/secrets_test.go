@@ -19,7 +19,6 @@ import (
 	"testing"
 	"time"
 
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
@@ -32,14 +31,14 @@ import (
 
 const testSecret = "sk-live-runner-only-7f3a9c1e5b"
 
-// providersServer is a gateway answering GetSandboxProviders as the real one does
-// for a VM sandbox: the sandbox token AND the runner credential, or nothing.
+// providersServer is a gateway answering GetSandboxProviderEnvironment as the real
+// one does for a VM sandbox: the sandbox token AND the runner credential, or nothing.
 type providersServer struct {
-	pb.UnimplementedOpenShellExtServer
+	*configServer
 	key []byte
 }
 
-func (s *providersServer) GetSandboxProviders(ctx context.Context, req *pb.GetSandboxProvidersRequest) (*pb.GetSandboxProvidersResponse, error) {
+func (s *providersServer) GetSandboxProviderEnvironment(ctx context.Context, req *pb.GetSandboxProviderEnvironmentRequest) (*pb.GetSandboxProviderEnvironmentResponse, error) {
 	md, _ := metadata.FromIncomingContext(ctx)
 	if a := md.Get("authorization"); len(a) != 1 || a[0] != "Bearer "+syncTestToken {
 		return nil, status.Error(codes.Unauthenticated, "bad sandbox token")
@@ -48,9 +47,9 @@ func (s *providersServer) GetSandboxProviders(ctx context.Context, req *pb.GetSa
 	if len(c) != 1 || !hostcred.Verify(s.key, req.GetSandboxId(), c[0]) {
 		return nil, status.Error(codes.PermissionDenied, "only the runner gets the values")
 	}
-	return &pb.GetSandboxProvidersResponse{Providers: []*pb.ProviderCredentials{{
+	return credentials.EnvironmentResponse([]credentials.Provider{{
 		Name: "api", Type: "generic", Credentials: map[string]string{"API_TOKEN": testSecret}, Hosts: []string{"localhost"},
-	}}}, nil
+	}})
 }
 
 // upstream is an HTTPS server on loopback with a certificate for localhost from a
@@ -116,7 +115,7 @@ func TestVMSecretsStayOnHost(t *testing.T) {
 
 	cs := &configServer{}
 	cs.resp.Store(policyResp(t, 1, fmt.Sprintf("version: 1\nnetwork_policies:\n  api:\n    endpoints:\n      - {host: localhost, port: %d}\n      - {host: 127.0.0.1, port: %[1]d}\n", up.port)))
-	gw, caPEM := startConfigServer(t, cs, func(gs *grpc.Server) { pb.RegisterOpenShellExtServer(gs, &providersServer{key: key}) })
+	gw, caPEM := startConfigServer(t, &providersServer{configServer: cs, key: key})
 	_, gwPort, _ := net.SplitHostPort(gw)
 
 	run := func(t *testing.T, cred string) (open func(context.Context) (net.Conn, error), rec *recorder) {

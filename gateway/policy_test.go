@@ -36,8 +36,8 @@ func startExtEnvAt(t *testing.T, dir string, drv *drivertest.MemDriver) *env {
 	return startEnvWith(t, dir, drv, 200*time.Millisecond, func(o *gateway.Options) { o.Secrets = box })
 }
 
-// extClient dials the OpenShellExt service with tc and, when tok is set, a sandbox token.
-func (e *env) extClient(tc *tls.Config, tok string) openshellv1.OpenShellExtClient {
+// extClient dials the OpenShell service with tc and, when tok is set, a sandbox token.
+func (e *env) extClient(tc *tls.Config, tok string) openshellv1.OpenShellClient {
 	e.t.Helper()
 	opts := []grpc.DialOption{grpc.WithTransportCredentials(credentials.NewTLS(tc))}
 	if tok != "" {
@@ -48,14 +48,14 @@ func (e *env) extClient(tc *tls.Config, tok string) openshellv1.OpenShellExtClie
 		e.t.Fatal(err)
 	}
 	e.t.Cleanup(func() { cc.Close() })
-	return openshellv1.NewOpenShellExtClient(cc)
+	return openshellv1.NewOpenShellClient(cc)
 }
 
-func (e *env) userExt() openshellv1.OpenShellExtClient {
+func (e *env) userExt() openshellv1.OpenShellClient {
 	return e.extClient(e.bundle.ClientTLSConfig(), "")
 }
 
-func (e *env) sandboxExt(id string) openshellv1.OpenShellExtClient {
+func (e *env) sandboxExt(id string) openshellv1.OpenShellClient {
 	e.t.Helper()
 	tok, err := e.issuer.Mint(id, time.Hour)
 	if err != nil {
@@ -72,7 +72,7 @@ func networkPolicy(host string) *sandboxv1.SandboxPolicy {
 	return p
 }
 
-func TestUpdateSandboxPolicyBumpsVersion(t *testing.T) {
+func TestUpdateConfigBumpsVersion(t *testing.T) {
 	e := startExtEnv(t)
 	ctx := context.Background()
 	sb := e.create("pol")
@@ -89,7 +89,7 @@ func TestUpdateSandboxPolicyBumpsVersion(t *testing.T) {
 
 	ue := e.userExt()
 	want := networkPolicy("api.example.com")
-	resp, err := ue.UpdateSandboxPolicy(ctx, &openshellv1.UpdateSandboxPolicyRequest{Name: "pol", Policy: want})
+	resp, err := ue.UpdateConfig(ctx, &openshellv1.UpdateConfigRequest{Name: "pol", Policy: want})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -104,14 +104,14 @@ func TestUpdateSandboxPolicyBumpsVersion(t *testing.T) {
 		t.Fatalf("config after update: version %d hash %s policy %v", cfg.GetVersion(), cfg.GetPolicyHash(), cfg.GetPolicy())
 	}
 	// The same policy again is no new version.
-	again, err := ue.UpdateSandboxPolicy(ctx, &openshellv1.UpdateSandboxPolicyRequest{Name: "pol", Policy: want})
+	again, err := ue.UpdateConfig(ctx, &openshellv1.UpdateConfigRequest{Name: "pol", Policy: want})
 	if err != nil || again.GetVersion() != 2 {
 		t.Fatalf("identical update: %v, version %d, want 2", err, again.GetVersion())
 	}
 	// Omitted static sections keep the current ones.
 	netOnly := networkPolicy("other.example.com")
 	netOnly.Filesystem, netOnly.Landlock, netOnly.Process = nil, &sandboxv1.LandlockPolicy{}, &sandboxv1.ProcessPolicy{}
-	third, err := ue.UpdateSandboxPolicy(ctx, &openshellv1.UpdateSandboxPolicyRequest{Name: "pol", Policy: netOnly})
+	third, err := ue.UpdateConfig(ctx, &openshellv1.UpdateConfigRequest{Name: "pol", Policy: netOnly})
 	if err != nil || third.GetVersion() != 3 {
 		t.Fatalf("network-only update: %v, version %d, want 3", err, third.GetVersion())
 	}
@@ -131,7 +131,7 @@ func mustMint(t *testing.T, e *env, id string) string {
 	return tok
 }
 
-func TestUpdateSandboxPolicyRefusals(t *testing.T) {
+func TestUpdateConfigRefusals(t *testing.T) {
 	e := startExtEnv(t)
 	ctx := context.Background()
 	e.create("pol")
@@ -139,29 +139,29 @@ func TestUpdateSandboxPolicyRefusals(t *testing.T) {
 
 	static := networkPolicy("api.example.com")
 	static.Filesystem.ReadWrite = append(static.Filesystem.ReadWrite, "/data")
-	_, err := ue.UpdateSandboxPolicy(ctx, &openshellv1.UpdateSandboxPolicyRequest{Name: "pol", Policy: static})
+	_, err := ue.UpdateConfig(ctx, &openshellv1.UpdateConfigRequest{Name: "pol", Policy: static})
 	wantCode(t, err, codes.FailedPrecondition)
 	if !strings.Contains(err.Error(), "filesystem_policy") || !strings.Contains(err.Error(), "created") {
 		t.Errorf("static refusal does not name the section and when it applies: %v", err)
 	}
 	proc := networkPolicy("api.example.com")
 	proc.Process.RunAsUser = "agent"
-	_, err = ue.UpdateSandboxPolicy(ctx, &openshellv1.UpdateSandboxPolicyRequest{Name: "pol", Policy: proc})
+	_, err = ue.UpdateConfig(ctx, &openshellv1.UpdateConfigRequest{Name: "pol", Policy: proc})
 	wantCode(t, err, codes.FailedPrecondition)
 
 	bad := networkPolicy("api.example.com")
 	bad.NetworkPolicies["api"].Endpoints[0].Rules = []*sandboxv1.L7Rule{{}}
-	_, err = ue.UpdateSandboxPolicy(ctx, &openshellv1.UpdateSandboxPolicyRequest{Name: "pol", Policy: bad})
+	_, err = ue.UpdateConfig(ctx, &openshellv1.UpdateConfigRequest{Name: "pol", Policy: bad})
 	wantCode(t, err, codes.InvalidArgument)
 	if !strings.Contains(err.Error(), "network_policies.api.endpoints[0].rules") {
 		t.Errorf("invalid policy error lacks the field path: %v", err)
 	}
-	_, err = ue.UpdateSandboxPolicy(ctx, &openshellv1.UpdateSandboxPolicyRequest{Name: "missing", Policy: networkPolicy("a.example.com")})
+	_, err = ue.UpdateConfig(ctx, &openshellv1.UpdateConfigRequest{Name: "missing", Policy: networkPolicy("a.example.com")})
 	wantCode(t, err, codes.NotFound)
 
 	// A sandbox token may not update policies (user method).
 	sb := e.get("pol")
-	_, err = e.sandboxExt(sb.GetMetadata().GetId()).UpdateSandboxPolicy(ctx, &openshellv1.UpdateSandboxPolicyRequest{Name: "pol", Policy: networkPolicy("a.example.com")})
+	_, err = e.sandboxExt(sb.GetMetadata().GetId()).UpdateConfig(ctx, &openshellv1.UpdateConfigRequest{Name: "pol", Policy: networkPolicy("a.example.com")})
 	wantCode(t, err, codes.PermissionDenied)
 	if v := e.get("pol"); v.GetStatus().GetCurrentPolicyVersion() != 0 {
 		t.Errorf("refused updates changed the sandbox: %v", v.GetStatus())
@@ -174,21 +174,21 @@ func TestReportPolicyStatus(t *testing.T) {
 	a := e.create("a").GetMetadata().GetId()
 	b := e.create("b").GetMetadata().GetId()
 	ue := e.userExt()
-	if _, err := ue.UpdateSandboxPolicy(ctx, &openshellv1.UpdateSandboxPolicyRequest{Name: "a", Policy: networkPolicy("api.example.com")}); err != nil {
+	if _, err := ue.UpdateConfig(ctx, &openshellv1.UpdateConfigRequest{Name: "a", Policy: networkPolicy("api.example.com")}); err != nil {
 		t.Fatal(err)
 	}
 	sa := e.sandboxExt(a)
 
 	// Refused: another sandbox's id, a user certificate, a version never stored.
-	_, err := sa.ReportPolicyStatus(ctx, &openshellv1.ReportPolicyStatusRequest{SandboxId: b, Version: 1, Applied: true})
+	_, err := sa.ReportPolicyStatus(ctx, &openshellv1.ReportPolicyStatusRequest{SandboxId: b, Version: 1, Status: openshellv1.PolicyStatus_POLICY_STATUS_LOADED})
 	wantCode(t, err, codes.PermissionDenied)
-	_, err = ue.ReportPolicyStatus(ctx, &openshellv1.ReportPolicyStatusRequest{SandboxId: a, Version: 2, Applied: true})
+	_, err = ue.ReportPolicyStatus(ctx, &openshellv1.ReportPolicyStatusRequest{SandboxId: a, Version: 2, Status: openshellv1.PolicyStatus_POLICY_STATUS_LOADED})
 	wantCode(t, err, codes.PermissionDenied)
-	_, err = sa.ReportPolicyStatus(ctx, &openshellv1.ReportPolicyStatusRequest{SandboxId: a, Version: 9, Applied: true})
+	_, err = sa.ReportPolicyStatus(ctx, &openshellv1.ReportPolicyStatusRequest{SandboxId: a, Version: 9, Status: openshellv1.PolicyStatus_POLICY_STATUS_LOADED})
 	wantCode(t, err, codes.InvalidArgument)
 
 	// A refusal shows as a condition and a log line.
-	if _, err := sa.ReportPolicyStatus(ctx, &openshellv1.ReportPolicyStatusRequest{SandboxId: a, Version: 2, Error: "bad rule"}); err != nil {
+	if _, err := sa.ReportPolicyStatus(ctx, &openshellv1.ReportPolicyStatusRequest{SandboxId: a, Version: 2, Status: openshellv1.PolicyStatus_POLICY_STATUS_FAILED, LoadError: "bad rule"}); err != nil {
 		t.Fatal(err)
 	}
 	var cond *openshellv1.SandboxCondition
@@ -208,7 +208,7 @@ func TestReportPolicyStatus(t *testing.T) {
 		t.Errorf("no log line for the refusal in %v", logs.GetLogs())
 	}
 
-	if _, err := sa.ReportPolicyStatus(ctx, &openshellv1.ReportPolicyStatusRequest{SandboxId: a, Version: 2, Applied: true}); err != nil {
+	if _, err := sa.ReportPolicyStatus(ctx, &openshellv1.ReportPolicyStatusRequest{SandboxId: a, Version: 2, Status: openshellv1.PolicyStatus_POLICY_STATUS_LOADED}); err != nil {
 		t.Fatal(err)
 	}
 	st := e.get("a").GetStatus()
@@ -246,7 +246,7 @@ func TestPolicyAndProvidersSurviveRestart(t *testing.T) {
 	e := startExtEnvAt(t, dir, drv)
 	ctx := context.Background()
 	ue := e.userExt()
-	if _, err := ue.CreateProvider(ctx, &openshellv1.CreateProviderRequest{Name: "gh", Type: "github", Credentials: map[string]string{"TOKEN": "t0k"}}); err != nil {
+	if _, err := ue.CreateProvider(ctx, newProvider("gh", "github", map[string]string{"TOKEN": "t0k"})); err != nil {
 		t.Fatal(err)
 	}
 	resp, err := e.user.CreateSandbox(ctx, &openshellv1.CreateSandboxRequest{Name: "r", Spec: &openshellv1.SandboxSpec{
@@ -255,11 +255,11 @@ func TestPolicyAndProvidersSurviveRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	id := resp.GetSandbox().GetMetadata().GetId()
-	up, err := ue.UpdateSandboxPolicy(ctx, &openshellv1.UpdateSandboxPolicyRequest{Name: "r", Policy: networkPolicy("api.example.com")})
+	up, err := ue.UpdateConfig(ctx, &openshellv1.UpdateConfigRequest{Name: "r", Policy: networkPolicy("api.example.com")})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := e.sandboxExt(id).ReportPolicyStatus(ctx, &openshellv1.ReportPolicyStatusRequest{SandboxId: id, Version: up.GetVersion(), Applied: true}); err != nil {
+	if _, err := e.sandboxExt(id).ReportPolicyStatus(ctx, &openshellv1.ReportPolicyStatusRequest{SandboxId: id, Version: up.GetVersion(), Status: openshellv1.PolicyStatus_POLICY_STATUS_LOADED}); err != nil {
 		t.Fatal(err)
 	}
 	e.stop()
@@ -273,11 +273,11 @@ func TestPolicyAndProvidersSurviveRestart(t *testing.T) {
 	if v := e2.get("r").GetStatus().GetCurrentPolicyVersion(); v != 2 {
 		t.Fatalf("current_policy_version after restart = %d, want 2", v)
 	}
-	pv, err := e2.sandboxExt(id).GetSandboxProviders(ctx, &openshellv1.GetSandboxProvidersRequest{SandboxId: id})
-	if err != nil || len(pv.GetProviders()) != 1 || pv.GetProviders()[0].GetCredentials()["TOKEN"] != "t0k" {
+	pv, err := e2.sandboxExt(id).GetSandboxProviderEnvironment(ctx, envReq(id))
+	if err != nil || len(decodeEnv(t, pv)) != 1 || decodeEnv(t, pv)[0].Credentials["TOKEN"] != "t0k" {
 		t.Fatalf("providers after restart: %v %v", pv, err)
 	}
-	next, err := e2.userExt().UpdateSandboxPolicy(ctx, &openshellv1.UpdateSandboxPolicyRequest{Name: "r", Policy: networkPolicy("b.example.com")})
+	next, err := e2.userExt().UpdateConfig(ctx, &openshellv1.UpdateConfigRequest{Name: "r", Policy: networkPolicy("b.example.com")})
 	if err != nil || next.GetVersion() != 3 {
 		t.Fatalf("update after restart: %v version %d, want 3", err, next.GetVersion())
 	}

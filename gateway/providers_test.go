@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -15,19 +16,46 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/openshell/openshell/api/datamodelv1"
 	"github.com/openshell/openshell/api/openshellv1"
+	"github.com/openshell/openshell/gateway"
+	"github.com/openshell/openshell/supervisor/credentials"
 )
 
 const ghSecret = "ghp_provider_secret_value_0123456789"
 
-func createGitHubProvider(t *testing.T, ue openshellv1.OpenShellExtClient) *openshellv1.Provider {
+// newProvider is a CreateProviderRequest; hosts go into config "hosts".
+func newProvider(name, typ string, creds map[string]string, hosts ...string) *openshellv1.CreateProviderRequest {
+	p := &datamodelv1.Provider{Metadata: &datamodelv1.ObjectMeta{Name: name}, Type: typ, Credentials: creds}
+	if len(hosts) > 0 {
+		p.Config = map[string]string{gateway.ConfigHosts: strings.Join(hosts, ",")}
+	}
+	return &openshellv1.CreateProviderRequest{Provider: p}
+}
+
+// envReq asks for a sandbox's real provider values (as the supervisor does).
+func envReq(id string) *openshellv1.GetSandboxProviderEnvironmentRequest {
+	return &openshellv1.GetSandboxProviderEnvironmentRequest{SandboxId: id, SupportsStaticCredentialBindings: true}
+}
+
+// decodeEnv decodes a GetSandboxProviderEnvironment answer as the supervisor does.
+func decodeEnv(t *testing.T, resp *openshellv1.GetSandboxProviderEnvironmentResponse) []credentials.Provider {
 	t.Helper()
-	p, err := ue.CreateProvider(context.Background(), &openshellv1.CreateProviderRequest{Name: "github", Type: "github",
-		Credentials: map[string]string{"GITHUB_TOKEN": ghSecret, "GH_USER": "bot"}, Hosts: []string{"api.github.com"}})
+	ps, err := credentials.ProvidersFromEnvironment(resp)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return p
+	return ps
+}
+
+func createGitHubProvider(t *testing.T, ue openshellv1.OpenShellClient) *datamodelv1.Provider {
+	t.Helper()
+	p, err := ue.CreateProvider(context.Background(), newProvider("github", "github",
+		map[string]string{"GITHUB_TOKEN": ghSecret, "GH_USER": "bot"}, "api.github.com"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p.GetProvider()
 }
 
 func TestProviderCRUD(t *testing.T) {
@@ -35,31 +63,32 @@ func TestProviderCRUD(t *testing.T) {
 	ctx := context.Background()
 	ue := e.userExt()
 	p := createGitHubProvider(t, ue)
-	if !slices.Equal(p.GetCredentialKeys(), []string{"GH_USER", "GITHUB_TOKEN"}) || p.GetType() != "github" || p.GetCreatedAtMs() == 0 {
+	if !slices.Equal(slices.Sorted(maps.Keys(p.GetCredentials())), []string{"GH_USER", "GITHUB_TOKEN"}) || p.GetCredentials()["GITHUB_TOKEN"] != "" ||
+		p.GetType() != "github" || p.GetMetadata().GetCreatedAtMs() == 0 || p.GetMetadata().GetId() == "" {
 		t.Fatalf("created provider = %v", p)
 	}
-	_, err := ue.CreateProvider(ctx, &openshellv1.CreateProviderRequest{Name: "github", Type: "github", Credentials: map[string]string{"A": "b"}})
+	_, err := ue.CreateProvider(ctx, newProvider("github", "github", map[string]string{"A": "b"}))
 	wantCode(t, err, codes.AlreadyExists)
-	_, err = ue.CreateProvider(ctx, &openshellv1.CreateProviderRequest{Name: "Bad Name", Type: "x", Credentials: map[string]string{"A": "b"}})
+	_, err = ue.CreateProvider(ctx, newProvider("Bad Name", "x", map[string]string{"A": "b"}))
 	wantCode(t, err, codes.InvalidArgument)
-	_, err = ue.CreateProvider(ctx, &openshellv1.CreateProviderRequest{Name: "x", Type: "x", Credentials: map[string]string{"1BAD": "b"}})
+	_, err = ue.CreateProvider(ctx, newProvider("x", "x", map[string]string{"1BAD": "b"}))
 	wantCode(t, err, codes.InvalidArgument)
 
 	got, err := ue.GetProvider(ctx, &openshellv1.GetProviderRequest{Name: "github"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if strings.Contains(got.String(), ghSecret) || !slices.Equal(got.GetHosts(), []string{"api.github.com"}) {
+	if strings.Contains(got.String(), ghSecret) || got.GetProvider().GetConfig()[gateway.ConfigHosts] != "api.github.com" {
 		t.Fatalf("GetProvider = %v (values must never be returned)", got)
 	}
-	if _, err := ue.CreateProvider(ctx, &openshellv1.CreateProviderRequest{Name: "anthropic", Type: "llm", Credentials: map[string]string{"API_KEY": "k"}}); err != nil {
+	if _, err := ue.CreateProvider(ctx, newProvider("anthropic", "llm", map[string]string{"API_KEY": "k"})); err != nil {
 		t.Fatal(err)
 	}
 	list, err := ue.ListProviders(ctx, &openshellv1.ListProvidersRequest{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(list.GetProviders()) != 2 || list.GetProviders()[0].GetName() != "anthropic" || strings.Contains(list.String(), ghSecret) {
+	if len(list.GetProviders()) != 2 || list.GetProviders()[0].GetMetadata().GetName() != "anthropic" || strings.Contains(list.String(), ghSecret) {
 		t.Fatalf("ListProviders = %v", list)
 	}
 	if _, err := ue.DeleteProvider(ctx, &openshellv1.DeleteProviderRequest{Name: "anthropic"}); err != nil {
@@ -103,21 +132,26 @@ func TestSandboxProviders(t *testing.T) {
 	id := e.create("agent", "github").GetMetadata().GetId()
 	other := e.create("other").GetMetadata().GetId()
 
-	got, err := e.sandboxExt(id).GetSandboxProviders(ctx, &openshellv1.GetSandboxProvidersRequest{SandboxId: id})
+	got, err := e.sandboxExt(id).GetSandboxProviderEnvironment(ctx, envReq(id))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(got.GetProviders()) != 1 || got.GetProviders()[0].GetCredentials()["GITHUB_TOKEN"] != ghSecret ||
-		got.GetProviders()[0].GetType() != "github" || !slices.Equal(got.GetProviders()[0].GetHosts(), []string{"api.github.com"}) {
-		t.Fatalf("GetSandboxProviders = %v", got)
+	if ps := decodeEnv(t, got); len(ps) != 1 || ps[0].Credentials["GITHUB_TOKEN"] != ghSecret || ps[0].Name != "github" ||
+		!slices.Equal(ps[0].Hosts, []string{"api.github.com"}) {
+		t.Fatalf("GetSandboxProviderEnvironment = %v", got)
+	}
+	// A caller that cannot bind credentials to hosts gets placeholders only.
+	ph, err := e.sandboxExt(id).GetSandboxProviderEnvironment(ctx, &openshellv1.GetSandboxProviderEnvironmentRequest{SandboxId: id})
+	if err != nil || strings.Contains(ph.String(), ghSecret) || !strings.HasPrefix(ph.GetEnvironment()["GITHUB_TOKEN"], credentials.PlaceholderPrefix+"github:GITHUB_TOKEN:") {
+		t.Fatalf("placeholder answer %v, %v", ph, err)
 	}
 	// Never to a user, never to another sandbox.
-	_, err = ue.GetSandboxProviders(ctx, &openshellv1.GetSandboxProvidersRequest{SandboxId: id})
+	_, err = ue.GetSandboxProviderEnvironment(ctx, envReq(id))
 	wantCode(t, err, codes.PermissionDenied)
-	_, err = e.sandboxExt(other).GetSandboxProviders(ctx, &openshellv1.GetSandboxProvidersRequest{SandboxId: id})
+	_, err = e.sandboxExt(other).GetSandboxProviderEnvironment(ctx, envReq(id))
 	wantCode(t, err, codes.PermissionDenied)
-	none, err := e.sandboxExt(other).GetSandboxProviders(ctx, &openshellv1.GetSandboxProvidersRequest{SandboxId: other})
-	if err != nil || len(none.GetProviders()) != 0 {
+	none, err := e.sandboxExt(other).GetSandboxProviderEnvironment(ctx, envReq(other))
+	if err != nil || len(none.GetEnvironment()) != 0 {
 		t.Fatalf("sandbox without providers: %v %v", none, err)
 	}
 	// Provider CRUD is a user method.
@@ -156,8 +190,8 @@ func TestProviderDeleteRacesCreate(t *testing.T) {
 	var bothOK, createOnly, deleteOnly int
 	for i := range rounds {
 		prov, box := fmt.Sprintf("p%d", i), fmt.Sprintf("race%d", i)
-		if _, err := ue.CreateProvider(ctx, &openshellv1.CreateProviderRequest{Name: prov, Type: "generic",
-			Credentials: map[string]string{"TOKEN": "v"}}); err != nil {
+		if _, err := ue.CreateProvider(ctx, newProvider(prov, "generic",
+			map[string]string{"TOKEN": "v"})); err != nil {
 			t.Fatal(err)
 		}
 		var cerr, derr error

@@ -10,13 +10,13 @@ import (
 	"github.com/openshell/openshell/gateway/auth"
 )
 
-// TestExtModesMatchProto keeps the mode table in step with the auth_mode options of
-// the OpenShellExt service.
-func TestExtModesMatchProto(t *testing.T) {
+// TestModesMatchProto keeps the mode table in step with the auth_mode options of
+// every OpenShell RPC.
+func TestModesMatchProto(t *testing.T) {
 	byOption := map[string]auth.Mode{"unauthenticated": auth.Unauthenticated, "bearer": auth.User, "sandbox": auth.Sandbox, "dual": auth.Dual}
-	svc := openshellv1.File_openshell_ext_proto.Services().ByName("OpenShellExt")
-	if svc == nil {
-		t.Fatal("OpenShellExt not in openshell_ext.proto")
+	svc := openshellv1.File_openshell_proto.Services().ByName("OpenShell")
+	if svc == nil || svc.Methods().Len() != 67 {
+		t.Fatalf("OpenShell not in openshell.proto with its 67 RPCs")
 	}
 	for i := 0; i < svc.Methods().Len(); i++ {
 		m := svc.Methods().Get(i)
