@@ -17,6 +17,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/openshell/openshell/internal/gpu/gputest"
 )
 
 // The helper process (this test binary re-executed) allocates GPUs as another driver
@@ -32,8 +34,8 @@ func helperMain(mode string) int {
 	sys, state, owner := os.Getenv("GPU_SYS"), os.Getenv("GPU_STATE"), os.Getenv("GPU_OWNER")
 	count, _ := strconv.Atoi(os.Getenv("GPU_COUNT"))
 	stopAfter, _ := strconv.Atoi(os.Getenv("GPU_STOP_AFTER"))
-	k := newKernel(sys)
-	m := New(Config{Sysfs: sys, Proc: "/nonexistent", StateDir: state, Write: k.write})
+	k := gputest.NewKernel(sys)
+	m := New(Config{Sysfs: sys, Proc: "/nonexistent", StateDir: state, Write: k.Write})
 	steps := 0
 	if mode == "crash" && stopAfter > 0 {
 		m.afterStep = func(bdf, step string) {
@@ -61,7 +63,7 @@ func helperMain(mode string) int {
 
 type fixture struct {
 	dir, sys, state string
-	k               *kernel
+	k               *gputest.Kernel
 	m               *Manager
 }
 
@@ -69,11 +71,11 @@ func newFixture(t *testing.T, tree string) *fixture {
 	t.Helper()
 	dir := copyTree(t, tree)
 	f := &fixture{dir: dir, sys: filepath.Join(dir, "sys"), state: filepath.Join(dir, "state")}
-	f.k = newKernel(f.sys)
-	f.m = New(Config{Sysfs: f.sys, Proc: filepath.Join(dir, "proc"), StateDir: f.state, Write: f.k.write})
+	f.k = gputest.NewKernel(f.sys)
+	f.m = New(Config{Sysfs: f.sys, Proc: filepath.Join(dir, "proc"), StateDir: f.state, Write: f.k.Write})
 	t.Cleanup(func() {
-		if len(f.k.unwanted) > 0 {
-			t.Errorf("writes the kernel would refuse: %v", f.k.unwanted)
+		if len(f.k.Unwanted()) > 0 {
+			t.Errorf("writes the kernel would refuse: %v", f.k.Unwanted())
 		}
 	})
 	return f
@@ -281,7 +283,7 @@ func TestAllocateBadInput(t *testing.T) {
 					t.Errorf("error %q does not say %q", err, s)
 				}
 			}
-			if got := f.k.log(); len(got) != 0 {
+			if got := f.k.Log(); len(got) != 0 {
 				t.Errorf("sysfs writes for a refused request: %v", got)
 			}
 			if !reflect.DeepEqual(f.drivers(t), before) {
@@ -301,7 +303,7 @@ func TestRollbackHalfway(t *testing.T) {
 		t.Run(fail.op+" "+fail.bdf, func(t *testing.T) {
 			f := newFixture(t, "hgx8")
 			before := f.drivers(t)
-			f.k.failAt(fail.op, fail.bdf)
+			f.k.FailAt(fail.op, fail.bdf)
 			_, err := f.m.Allocate(t.Context(), "sb", Request{Devices: devs})
 			if err == nil || !strings.Contains(err.Error(), fail.bdf) {
 				t.Fatalf("err = %v, want a failure naming %s", err, fail.bdf)
@@ -317,7 +319,7 @@ func TestRollbackHalfway(t *testing.T) {
 				t.Errorf("journal keeps %v", e)
 			}
 			moved := 0
-			for _, w := range f.k.log() {
+			for _, w := range f.k.Log() {
 				if strings.Contains(w, "drivers/vfio-pci/bind") {
 					moved++
 				}
@@ -434,7 +436,7 @@ func TestCrashThenRecover(t *testing.T) {
 			if len(f.journalEntries(t)) == 0 {
 				t.Fatal("nothing journaled before the kill")
 			}
-			m := New(Config{Sysfs: f.sys, StateDir: f.state, Write: f.k.write, Proc: "/nonexistent"})
+			m := New(Config{Sysfs: f.sys, StateDir: f.state, Write: f.k.Write, Proc: "/nonexistent"})
 			back, err := m.Recover(t.Context(), func(string) bool { return false })
 			if err != nil {
 				t.Fatal(err)

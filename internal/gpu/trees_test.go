@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/openshell/openshell/internal/gpu/gputest"
 )
 
 // The recorded sysfs trees under testdata/ were written from the descriptions below
@@ -308,36 +310,4 @@ func TestRecordedTrees(t *testing.T) {
 	}
 }
 
-// copyTree copies a recorded tree (symlinks as symlinks) so a test may change it.
-func copyTree(t *testing.T, name string) string {
-	t.Helper()
-	src := filepath.Join("testdata", name)
-	dst := t.TempDir()
-	err := filepath.WalkDir(src, func(p string, e fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		r, _ := filepath.Rel(src, p)
-		to := filepath.Join(dst, r)
-		switch {
-		case e.Type()&fs.ModeSymlink != 0:
-			l, err := os.Readlink(p)
-			if err != nil {
-				return err
-			}
-			return os.Symlink(l, to)
-		case e.IsDir():
-			return os.MkdirAll(to, 0o755)
-		default:
-			b, err := os.ReadFile(p)
-			if err != nil {
-				return err
-			}
-			return os.WriteFile(to, b, 0o644)
-		}
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return dst
-}
+func copyTree(t *testing.T, name string) string { return gputest.CopyTree(t, name) }

@@ -1,4 +1,7 @@
-package gpu
+// Package gputest holds the GPU tests' stand-ins: the recorded sysfs trees of
+// internal/gpu/testdata, copied so a test may change them, and a stand-in for the
+// kernel's PCI core that answers the sysfs writes moving a device between drivers.
+package gputest
 
 import (
 	"fmt"
@@ -9,11 +12,11 @@ import (
 	"syscall"
 )
 
-// kernel stands in for the Linux PCI core, and only for the sysfs writes that move
+// Kernel stands in for the Linux PCI core, and only for the sysfs writes that move
 // a device between drivers (driver_override, bind, unbind): it changes the recorded
 // tree the way the kernel changes /sys. Everything else the manager reads is the
 // recorded tree as it is. One write can be made to fail once (failAt).
-type kernel struct {
+type Kernel struct {
 	root string // the tree's sys directory
 
 	mu       sync.Mutex
@@ -22,21 +25,32 @@ type kernel struct {
 	unwanted []string // writes the kernel would not accept at such a path
 }
 
-func newKernel(sys string) *kernel { return &kernel{root: sys, failOn: map[string]string{}} }
+// NewKernel stands in for the kernel of the tree whose sys directory is sys.
+func NewKernel(sys string) *Kernel { return &Kernel{root: sys, failOn: map[string]string{}} }
 
-func (k *kernel) failAt(op, bdf string) {
+// FailAt makes the next write of op ("override", "bind", "unbind") for bdf fail.
+func (k *Kernel) FailAt(op, bdf string) {
 	k.mu.Lock()
 	k.failOn[op+" "+bdf] = "injected"
 	k.mu.Unlock()
 }
 
-func (k *kernel) log() []string {
+// Log is every write so far ("path-in-sys <- value").
+func (k *Kernel) Log() []string {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	return append([]string(nil), k.writes...)
 }
 
-func (k *kernel) write(path string, data []byte) error {
+// Unwanted are writes to paths the kernel would refuse.
+func (k *Kernel) Unwanted() []string {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return append([]string(nil), k.unwanted...)
+}
+
+// Write is gpu.Config.Write for the tree.
+func (k *Kernel) Write(path string, data []byte) error {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	rel, err := filepath.Rel(k.root, path)
@@ -96,4 +110,12 @@ func (k *kernel) write(path string, data []byte) error {
 	}
 	k.unwanted = append(k.unwanted, rel)
 	return fmt.Errorf("kernel stand-in: no such writable attribute %s", rel)
+}
+
+func linkBase(p string) string {
+	t, err := os.Readlink(p)
+	if err != nil {
+		return ""
+	}
+	return filepath.Base(t)
 }
