@@ -556,3 +556,73 @@ func FuzzParseJournal(f *testing.F) {
 		}
 	})
 }
+
+// Two drivers on one host share the journal; neither puts back the other's devices.
+func TestScopesKeepApart(t *testing.T) {
+	f := newFixture(t, "hgx8")
+	a := New(Config{Sysfs: f.sys, Proc: "/nonexistent", StateDir: f.state, Write: f.k.Write, Scope: "/var/a"})
+	b := New(Config{Sysfs: f.sys, Proc: "/nonexistent", StateDir: f.state, Write: f.k.Write, Scope: "/var/b"})
+	got, err := a.Allocate(t.Context(), "sb", Request{Count: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if back, err := b.Recover(t.Context(), func(string) bool { return false }); err != nil || len(back) != 0 {
+		t.Fatalf("the other scope recovered %v, %v", back, err)
+	}
+	if err := b.Release(t.Context(), "sb"); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok, _ := b.Held("sb"); ok {
+		t.Error("the other scope sees sb's devices as its own")
+	}
+	if h, ok, _ := a.Held("sb"); !ok || !reflect.DeepEqual(h, got) {
+		t.Errorf("sb holds %+v, want %+v", h, got)
+	}
+	if _, err := b.Allocate(t.Context(), "sb", Request{Count: 7}); !errors.Is(err, ErrUnavailable) {
+		t.Errorf("the other scope got GPUs already held: %v", err)
+	}
+	if back, err := a.Recover(t.Context(), func(string) bool { return false }); err != nil || len(back) != 2 {
+		t.Errorf("own scope recovered %v, %v", back, err)
+	}
+}
+
+// Without a journal, Release and Recover create nothing (a host without GPUs).
+func TestNoJournalNoState(t *testing.T) {
+	dir := t.TempDir()
+	m := New(Config{Sysfs: "testdata/single/sys", StateDir: filepath.Join(dir, "gpu"),
+		Write: func(string, []byte) error { return errors.New("no writes expected") }})
+	if err := m.Release(t.Context(), "x"); err != nil {
+		t.Fatal(err)
+	}
+	if back, err := m.Recover(t.Context(), func(string) bool { return false }); err != nil || back != nil {
+		t.Fatal(back, err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "gpu")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("state dir created: %v", err)
+	}
+}
+
+func TestInventoryCheck(t *testing.T) {
+	for _, tc := range []struct {
+		tree string
+		r    Request
+		is   error
+		says string
+	}{
+		{"single", Request{Count: 1}, nil, ""},
+		{"single", Request{Count: 2}, ErrInvalid, "this host has 1 GPU(s)"},
+		{"single", Request{Devices: []string{"0000:02:00.0"}}, ErrInvalid, "not a GPU"},
+		{"single", Request{Devices: []string{"0000:7f:00.0"}}, ErrInvalid, "no PCI device"},
+		{"single", Request{Count: 0}, ErrInvalid, "at least 1"},
+		{"h200", Request{Count: 1}, ErrUnavailable, "intel_iommu=on"},
+	} {
+		inv, err := Scan(ScanOptions{Sysfs: filepath.Join("testdata", tc.tree, "sys"), Proc: "/nonexistent"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = inv.Check(tc.r)
+		if tc.is == nil && err != nil || tc.is != nil && (!errors.Is(err, tc.is) || !strings.Contains(err.Error(), tc.says)) {
+			t.Errorf("%s %+v: %v, want %v saying %q", tc.tree, tc.r, err, tc.is, tc.says)
+		}
+	}
+}

@@ -260,3 +260,35 @@ func nvidiaMinor(proc, bdf string) int {
 	}
 	return -1
 }
+
+// Check tells whether r could ever be met on this host, whoever holds what now: each
+// named device exists and is a GPU, the count is not above the host's GPUs, and the
+// host has an IOMMU. Errors wrap ErrInvalid or ErrUnavailable (no IOMMU).
+func (inv *Inventory) Check(r Request) error {
+	if err := CheckRequest(r); err != nil {
+		return err
+	}
+	for _, d := range r.Devices {
+		b, _ := ParseBDF(d)
+		if _, ok := inv.Find(b); !ok {
+			return notAGPU(inv.Sysfs, b)
+		}
+	}
+	if len(r.Devices) == 0 && r.Count > len(inv.GPUs) {
+		return fmt.Errorf("gpu count %d: this host has %d GPU(s) (see `openshell gpu list`): %w", r.Count, len(inv.GPUs), ErrInvalid)
+	}
+	if !inv.IOMMU {
+		return fmt.Errorf("%s: %w", Reason{ReasonNoIOMMU, "this host has no IOMMU enabled, so no GPU can be given to a VM",
+			"enable VT-d/AMD-Vi in the firmware and add intel_iommu=on iommu=pt (Intel) or amd_iommu=on iommu=pt (AMD) to the kernel command line, then reboot"}, ErrUnavailable)
+	}
+	return nil
+}
+
+// notAGPU explains why bdf is not one of the host's GPUs.
+func notAGPU(sysfsRoot, bdf string) error {
+	f, err := (sysfs{root: sysfsRoot}).function(bdf)
+	if err != nil {
+		return fmt.Errorf("gpu device %s: no PCI device at that address on this host (see `openshell gpu list`): %w", bdf, ErrInvalid)
+	}
+	return fmt.Errorf("gpu device %s: it is a %s (%04x:%04x), not a GPU (see `openshell gpu list`): %w", bdf, f.ClassName(), f.Vendor, f.Device, ErrInvalid)
+}

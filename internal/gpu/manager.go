@@ -37,6 +37,10 @@ type Config struct {
 	// Write performs one sysfs write (driver_override, bind, unbind). nil = the real
 	// write to an existing file. Tests stand in for the kernel here, and only here.
 	Write func(path string, data []byte) error
+	// Scope tells apart the users of one host's journal (a VM driver's state dir):
+	// Release and Recover touch only entries of their own scope, so two drivers on
+	// one host never put back each other's devices.
+	Scope string
 	Log   *slog.Logger
 }
 
@@ -133,6 +137,7 @@ const (
 type entry struct {
 	BDF      string    `json:"bdf"`
 	Owner    string    `json:"owner"`
+	Scope    string    `json:"scope,omitempty"`
 	Driver   string    `json:"driver"`             // original driver ("" = none)
 	Override string    `json:"override,omitempty"` // original driver_override
 	State    string    `json:"state"`
@@ -147,6 +152,13 @@ type journal struct {
 }
 
 func (m *Manager) journalPath() string { return filepath.Join(m.cfg.StateDir, "journal.json") }
+
+// journaled: a journal exists, so some device may be away from its driver. Without
+// one, Release and Recover have nothing to do and create nothing.
+func (m *Manager) journaled() bool {
+	_, err := os.Stat(m.journalPath())
+	return err == nil
+}
 
 // ParseJournal reads a journal document; an unknown version or a bad address is an
 // error (the journal decides what is written to sysfs).
@@ -269,14 +281,17 @@ func (m *Manager) Held(owner string) (*Allocation, bool, error) {
 	if err != nil {
 		return nil, false, err
 	}
-	a := allocationOf(j, owner)
+	a := m.allocationOf(j, owner)
 	return a, a != nil, nil
 }
 
-func allocationOf(j *journal, owner string) *Allocation {
+// mine: the entry is owner's within this manager's scope.
+func (m *Manager) mine(e entry, owner string) bool { return e.Owner == owner && e.Scope == m.cfg.Scope }
+
+func (m *Manager) allocationOf(j *journal, owner string) *Allocation {
 	var a *Allocation
 	for _, e := range j.Entries {
-		if e.Owner == owner && e.State == stateBound {
+		if m.mine(e, owner) && e.State == stateBound {
 			if a == nil {
 				a = &Allocation{Owner: owner}
 			}
@@ -329,18 +344,21 @@ func (m *Manager) Allocate(ctx context.Context, owner string, r Request) (_ *All
 		return nil, err
 	}
 	// A half-finished allocation of this owner (a crash) is undone first.
-	if err := m.restoreWhere(j, func(e entry) bool { return e.Owner == owner && e.State == stateBinding }); err != nil {
+	if err := m.restoreWhere(j, func(e entry) bool { return m.mine(e, owner) && e.State == stateBinding }); err != nil {
 		return nil, err
 	}
-	if a := allocationOf(j, owner); a != nil {
+	if a := m.allocationOf(j, owner); a != nil {
 		return a, nil
 	}
 	if r.MaxSandboxes > 0 {
 		var owners []string
 		for _, e := range j.Entries {
-			if !slices.Contains(owners, e.Owner) {
-				owners = append(owners, e.Owner)
+			if o := e.Scope + "\x00" + e.Owner; !slices.Contains(owners, o) {
+				owners = append(owners, o)
 			}
+		}
+		for i, o := range owners {
+			_, owners[i], _ = strings.Cut(o, "\x00")
 		}
 		if len(owners) >= r.MaxSandboxes {
 			return nil, fmt.Errorf("the host's limit of %d GPU sandboxes is reached (held by %s): delete one of them or raise the limit (gpu_max_sandboxes): %w",
@@ -373,7 +391,7 @@ func (m *Manager) Allocate(ctx context.Context, owner string, r Request) (_ *All
 	}
 	defer func() {
 		if retErr != nil {
-			rerr := m.restoreWhere(j, func(e entry) bool { return e.Owner == owner })
+			rerr := m.restoreWhere(j, func(e entry) bool { return m.mine(e, owner) })
 			if rerr != nil {
 				retErr = errors.Join(retErr, fmt.Errorf("putting the devices back: %w", rerr))
 			}
@@ -384,7 +402,7 @@ func (m *Manager) Allocate(ctx context.Context, owner string, r Request) (_ *All
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
-		j.Entries = append(j.Entries, entry{BDF: f.BDF, Owner: owner, Driver: f.Driver, Override: f.Override,
+		j.Entries = append(j.Entries, entry{BDF: f.BDF, Owner: owner, Scope: m.cfg.Scope, Driver: f.Driver, Override: f.Override,
 			State: stateBinding, GPU: f.IsGPU(), MMIO64: f.MMIO64(), Since: now})
 		if err := m.writeJournal(j); err != nil {
 			return nil, fmt.Errorf("GPU journal: %w", err)
@@ -401,7 +419,7 @@ func (m *Manager) Allocate(ctx context.Context, owner string, r Request) (_ *All
 	if err := m.writeJournal(j); err != nil {
 		return nil, fmt.Errorf("GPU journal: %w", err)
 	}
-	a := allocationOf(j, owner)
+	a := m.allocationOf(j, owner)
 	m.cfg.Log.Info("GPUs allocated", "owner", owner, "devices", a.BDFs())
 	return a, nil
 }
@@ -414,11 +432,7 @@ func pick(inv *Inventory, r Request) ([]GPU, error) {
 			b, _ := ParseBDF(d)
 			g, ok := inv.Find(b)
 			if !ok {
-				f, err := (sysfs{root: inv.Sysfs}).function(b)
-				if err != nil {
-					return nil, fmt.Errorf("gpu device %s: no PCI device at that address on this host (see `openshell gpu list`): %w", b, ErrInvalid)
-				}
-				return nil, fmt.Errorf("gpu device %s: it is a %s (%04x:%04x), not a GPU (see `openshell gpu list`): %w", b, f.ClassName(), f.Vendor, f.Device, ErrInvalid)
+				return nil, notAGPU(inv.Sysfs, b)
 			}
 			if !g.Passthrough {
 				return nil, fmt.Errorf("gpu device %s cannot be passed through: %s: %w", b, g.Reasons[0], ErrUnavailable)
@@ -547,6 +561,9 @@ func (m *Manager) restoreWhere(j *journal, match func(entry) bool) error {
 // Release puts every device owner holds back on its driver. Call it once the VMM
 // using them is gone (vfio-pci holds an unbind until the device is closed).
 func (m *Manager) Release(ctx context.Context, owner string) error {
+	if !m.journaled() {
+		return nil
+	}
 	unlock, err := m.lock(ctx)
 	if err != nil {
 		return err
@@ -556,13 +573,16 @@ func (m *Manager) Release(ctx context.Context, owner string) error {
 	if err != nil {
 		return err
 	}
-	return m.restoreWhere(j, func(e entry) bool { return e.Owner == owner })
+	return m.restoreWhere(j, func(e entry) bool { return m.mine(e, owner) })
 }
 
 // Recover is for a driver's start: every device whose owner is not kept (its VM is
 // not running) or whose move was cut short goes back to its driver. It returns the
 // functions put back.
 func (m *Manager) Recover(ctx context.Context, keep func(owner string) bool) ([]string, error) {
+	if !m.journaled() {
+		return nil, nil
+	}
 	unlock, err := m.lock(ctx)
 	if err != nil {
 		return nil, err
@@ -573,7 +593,9 @@ func (m *Manager) Recover(ctx context.Context, keep func(owner string) bool) ([]
 		return nil, err
 	}
 	before := held(j)
-	err = m.restoreWhere(j, func(e entry) bool { return e.State == stateBinding || !keep(e.Owner) })
+	err = m.restoreWhere(j, func(e entry) bool {
+		return e.Scope == m.cfg.Scope && (e.State == stateBinding || !keep(e.Owner))
+	})
 	after := held(j)
 	var back []string
 	for b := range before {
