@@ -6,6 +6,9 @@
 //	go test ./e2e/                                   docker driver (scripts/setup-docker.sh)
 //	E2E_DRIVER=vm go test ./e2e/                     VM driver (scripts/setup-vm-host.sh); the
 //	                                                 image comes from dockerd (E2E_IMAGE overrides)
+//	E2E_DRIVER=podman go test ./e2e/                 Podman driver (scripts/setup-podman.sh): the
+//	                                                 rootful service, or CONTAINER_HOST=unix://…
+//	                                                 for the rootless one
 //	OPENSHELL_BENCH=1 go test -run Bench -v ./e2e/   exec and upload against docker exec/cp
 package e2e
 
@@ -98,9 +101,49 @@ func requireDriver(t *testing.T) {
 		if os.Getenv("E2E_IMAGE") == "" {
 			ensureDockerImage(t)
 		}
+	case "podman":
+		sock := podmanSocket()
+		out, err := engineCmd("version", "--format", "{{.Server.Version}}").CombinedOutput()
+		testenv.Require(t, err == nil, "no Podman service answers on "+sock+" ("+strings.TrimSpace(string(out))+"): run scripts/setup-podman.sh")
+		if os.Getenv("E2E_IMAGE") == "" && engineCmd("image", "inspect", dockerTestImage).Run() != nil {
+			cmd := exec.Command("../scripts/testimage/build.sh", "bash")
+			cmd.Env = append(os.Environ(), "ENGINE=podman", "PODMAN_SOCKETS="+sock)
+			out, err := cmd.CombinedOutput()
+			testenv.Require(t, err == nil, "build the test image with ENGINE=podman scripts/testimage/build.sh bash: "+string(out))
+		}
 	default:
-		t.Fatalf("E2E_DRIVER=%q: use docker or vm", driver())
+		t.Fatalf("E2E_DRIVER=%q: use docker, podman or vm", driver())
 	}
+}
+
+// podmanSocket is the Podman service the podman driver uses: CONTAINER_HOST, else the
+// rootful service.
+func podmanSocket() string {
+	if h := os.Getenv("CONTAINER_HOST"); strings.HasPrefix(h, "unix://") {
+		return strings.TrimPrefix(h, "unix://")
+	}
+	return "/run/podman/podman.sock"
+}
+
+// engineCmd runs the container engine's CLI for the driver under test (docker, or the
+// podman that scripts/setup-podman.sh built, against the driver's service).
+func engineCmd(args ...string) *exec.Cmd {
+	if driver() != "podman" {
+		return exec.Command("docker", args...)
+	}
+	bin := os.Getenv("OPENSHELL_PODMAN_BIN")
+	if bin == "" {
+		out, _ := exec.Command("../scripts/setup-podman.sh", "env").Output()
+		for _, l := range strings.Split(string(out), "\n") {
+			if v, ok := strings.CutPrefix(l, "OPENSHELL_PODMAN_BIN="); ok {
+				bin = v
+			}
+		}
+	}
+	if bin == "" {
+		bin = "podman"
+	}
+	return exec.Command(bin, append([]string{"--remote", "--url", "unix://" + podmanSocket()}, args...)...)
 }
 
 // build compiles the three binaries once per test binary (the supervisor static).
@@ -184,6 +227,9 @@ func newHarness(t *testing.T) *harness {
 		"XDG_STATE_HOME="+filepath.Join(home, "s"),
 		"OPENSHELL_GATEWAY_BIN="+filepath.Join(bin, "openshell-gateway"),
 		"PATH="+bin+":"+os.Getenv("PATH"),
+		// This host runs cgroups v1: the documented switch that lets the podman driver
+		// run on it (rootless sandboxes there get no resource limits).
+		"OPENSHELL_PODMAN_ALLOW_CGROUPS_V1=1",
 	)
 	h.startGateway()
 	t.Cleanup(func() {
@@ -296,10 +342,10 @@ func (h *harness) dial(t *testing.T) *grpc.ClientConn {
 	return cc
 }
 
-// containerID finds the docker container of sandbox name.
+// containerID finds the container of sandbox name (docker or podman driver).
 func containerID(t *testing.T, name string) string {
 	t.Helper()
-	out, err := exec.Command("docker", "ps", "-q", "--filter", "label=openshell.ai/sandbox-name="+name).Output()
+	out, err := engineCmd("ps", "-q", "--filter", "label=openshell.ai/sandbox-name="+name).Output()
 	if err != nil {
 		t.Fatal(err)
 	}

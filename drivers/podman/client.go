@@ -478,31 +478,6 @@ func decodeEvents(ctx context.Context, r io.Reader, out chan<- event) error {
 	}
 }
 
-type networkInspect struct {
-	Name    string            `json:"name"`
-	Driver  string            `json:"driver"`
-	Labels  map[string]string `json:"labels"`
-	Subnets []struct {
-		Subnet  string `json:"subnet"`
-		Gateway string `json:"gateway"`
-	} `json:"subnets"`
-}
-
-func (c *client) networkInspect(ctx context.Context, name string) (networkInspect, error) {
-	var n networkInspect
-	err := c.call(ctx, http.MethodGet, apiPrefix+"/networks/"+url.PathEscape(name)+"/json", nil, nil, &n, "inspect network "+name)
-	return n, err
-}
-
-func (c *client) networkCreate(ctx context.Context, name string, labels map[string]string) error {
-	body := map[string]any{"name": name, "driver": "bridge", "labels": labels}
-	return c.call(ctx, http.MethodPost, apiPrefix+"/networks/create", nil, body, nil, "create network "+name)
-}
-
-func (c *client) networkRemove(ctx context.Context, name string) error {
-	return c.call(ctx, http.MethodDelete, apiPrefix+"/networks/"+url.PathEscape(name), url.Values{"force": {"true"}}, nil, nil, "remove network "+name)
-}
-
 func shortID(id string) string {
 	if len(id) > 12 {
 		return id[:12]

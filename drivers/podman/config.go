@@ -15,7 +15,6 @@ import (
 
 // Defaults filled by Config.withDefaults.
 const (
-	DefaultNetwork      = "openshell"
 	DefaultMinMemory    = 64 << 20 // below this the supervisor itself does not start reliably
 	DefaultPidsLimit    = 4096
 	DefaultStopTimeout  = 10 * time.Second
@@ -24,9 +23,9 @@ const (
 	defaultStateSubpath = ".local/state/openshell/podman"
 	// MinVersion is the oldest Podman the driver accepts (its API and netavark).
 	MinVersion = 5
-	// rootlessHostLoopback is where slirp4netns shows the host's loopback to a
-	// rootless container (allow_host_loopback=true).
-	rootlessHostLoopback = "10.0.2.2"
+	// hostLoopback is where slirp4netns shows the host's loopback to a container
+	// (allow_host_loopback=true).
+	hostLoopback = "10.0.2.2"
 )
 
 // Config configures the Podman driver. Zero values are filled by defaults where noted.
@@ -38,9 +37,8 @@ type Config struct {
 	// SupervisorBinary is the host path of the static openshell-sandbox binary;
 	// it is bind-mounted read-only into every sandbox as its entrypoint. Required.
 	SupervisorBinary string `json:"supervisor_binary" toml:"supervisor_binary"`
-	// GatewayPort is the gateway's port. Rootful sandboxes dial it on the sandbox
-	// network's gateway address, rootless ones on the host loopback (through
-	// slirp4netns); GatewayEndpoint is built from it when empty.
+	// GatewayPort is the gateway's port on the host loopback, which sandboxes reach
+	// through slirp4netns; GatewayEndpoint is built from it when empty.
 	GatewayPort int `json:"gateway_port,omitempty" toml:"gateway_port"`
 	// GatewayEndpoint is the URL the supervisor dials; default
 	// https://host.openshell.internal:<GatewayPort>.
@@ -51,9 +49,6 @@ type Config struct {
 	StateDir string `json:"state_dir,omitempty" toml:"state_dir"`
 	// DefaultImage is reported in capabilities and used when a sandbox names no image.
 	DefaultImage string `json:"default_image,omitempty" toml:"default_image"`
-	// Network is the rootful sandbox bridge network; default "openshell". Rootless
-	// sandboxes each get their own slirp4netns network instead.
-	Network string `json:"network,omitempty" toml:"network"`
 	// DefaultCPU and DefaultMemory (Kubernetes quantities) apply when a sandbox sets
 	// no limit; empty = unlimited.
 	DefaultCPU    string `json:"default_cpu,omitempty" toml:"default_cpu"`
@@ -114,9 +109,6 @@ func (c Config) withDefaults() Config {
 	if c.GatewayEndpoint == "" && c.GatewayPort != 0 {
 		c.GatewayEndpoint = fmt.Sprintf("https://%s:%d", drivers.GatewayHost, c.GatewayPort)
 	}
-	if c.Network == "" {
-		c.Network = DefaultNetwork
-	}
 	if c.MinMemory == 0 {
 		c.MinMemory = DefaultMinMemory
 	}
@@ -172,9 +164,6 @@ func (c Config) Validate() error {
 		bad("state_dir is empty: set it to a directory for per-sandbox files")
 	} else if !filepath.IsAbs(c.StateDir) {
 		bad("state_dir %q is not an absolute path (Podman bind-mounts files from it)", c.StateDir)
-	}
-	if c.Network == "" {
-		bad("network is empty")
 	}
 	if c.DefaultCPU != "" {
 		if _, err := drivers.ParseCPU(c.DefaultCPU); err != nil {

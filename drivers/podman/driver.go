@@ -3,11 +3,12 @@
 // Podman 5 service (`podman system service`) and its libpod REST API. It runs
 // in-process in the gateway.
 //
-// Networking: a rootful service puts sandboxes on a dedicated bridge network whose
-// gateway address the gateway listens on (ListenerRequirements); a rootless service
-// cannot give the host an address on its networks, so each rootless sandbox gets its
-// own slirp4netns network that shows the host loopback at 10.0.2.2, where a
-// loopback-only gateway answers.
+// Networking: every sandbox, rootful or rootless, gets its own slirp4netns user-mode
+// network that shows the host loopback at 10.0.2.2, where the loopback-only gateway
+// answers (host.openshell.internal). No sandbox shares a network with another
+// container, and the gateway listens on no address other containers can reach; a
+// rootless service could not give the host an address on a bridge anyway, and a
+// rootful netavark bridge has no host address until its first container starts.
 package podman
 
 import (
@@ -15,7 +16,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -32,7 +32,6 @@ import (
 const DriverName = "podman"
 
 var _ drivers.Driver = (*Driver)(nil)
-var _ drivers.ListenerRequirer = (*Driver)(nil)
 
 // Driver manages sandbox containers on one Podman service. Safe for concurrent use.
 type Driver struct {
@@ -42,8 +41,7 @@ type Driver struct {
 	version   string
 	rootless  bool
 	cgroupsV1 bool
-	ownerUID  int    // uid the service runs as (owner of its socket)
-	gatewayIP string // rootful: the sandbox network's gateway address
+	ownerUID  int // uid the service runs as (owner of its socket)
 
 	locks sync.Map // sandbox id → *sync.Mutex; serialises create/delete of one id
 
@@ -53,7 +51,7 @@ type Driver struct {
 }
 
 // New connects to the Podman service, refuses a Podman older than 5 or a host it
-// cannot confine sandboxes on, and makes sure the rootful sandbox network exists.
+// cannot confine sandboxes on.
 func New(ctx context.Context, cfg Config) (_ *Driver, retErr error) {
 	cfg = cfg.withDefaults()
 	if err := cfg.Validate(); err != nil {
@@ -110,10 +108,6 @@ func New(ctx context.Context, cfg Config) (_ *Driver, retErr error) {
 	if d.cgroupsV1 {
 		d.log.Warn("cgroups v1 host allowed by configuration", "rootless", d.rootless)
 	}
-	if in.Host.NetworkBackend != "" && in.Host.NetworkBackend != "netavark" && !d.rootless {
-		return nil, fmt.Errorf("podman driver: the Podman service uses the %q network backend; the driver needs netavark (network_backend = \"netavark\" in containers.conf): %w",
-			in.Host.NetworkBackend, drivers.ErrFailedPrecondition)
-	}
 	if err := os.MkdirAll(filepath.Join(cfg.StateDir, "sandboxes"), 0o700); err != nil {
 		return nil, fmt.Errorf("podman driver: state_dir %s: %w", cfg.StateDir, err)
 	}
@@ -126,12 +120,7 @@ func New(ctx context.Context, cfg Config) (_ *Driver, retErr error) {
 			}
 		}
 	}
-	if !d.rootless {
-		if d.gatewayIP, err = d.ensureNetwork(ctx); err != nil {
-			return nil, err
-		}
-	}
-	d.log.Info("podman driver ready", "socket", cfg.Socket, "engine", d.version, "gateway_ip", d.gatewayAddr())
+	d.log.Info("podman driver ready", "socket", cfg.Socket, "engine", d.version)
 	return d, nil
 }
 
@@ -152,14 +141,6 @@ func checkVersion(v string) error {
 // service of an unprivileged user), so files handed to sandboxes are chowned to it.
 func (d *Driver) foreignOwner() bool {
 	return d.rootless && os.Getuid() == 0 && d.ownerUID != 0
-}
-
-// gatewayAddr is the address sandboxes dial host.openshell.internal at.
-func (d *Driver) gatewayAddr() string {
-	if d.rootless {
-		return rootlessHostLoopback
-	}
-	return d.gatewayIP
 }
 
 // Rootless reports whether the service is rootless.
@@ -526,18 +507,4 @@ func firstNonEmpty(s ...string) string {
 		}
 	}
 	return ""
-}
-
-// ListenerRequirements implements drivers.ListenerRequirer: rootful sandboxes dial
-// host.openshell.internal at the sandbox network's gateway address, so the gateway
-// listens there too. Rootless ones reach the host loopback, which it already serves.
-func (d *Driver) ListenerRequirements(context.Context) ([]*computev1.GatewayListenerRequirement, error) {
-	if d.rootless || d.cfg.GatewayPort == 0 || d.gatewayIP == "" {
-		return nil, nil
-	}
-	addr := net.JoinHostPort(d.gatewayIP, strconv.Itoa(d.cfg.GatewayPort))
-	return []*computev1.GatewayListenerRequirement{{
-		Reason:   "sandboxes on the Podman network " + d.cfg.Network + " reach the gateway at " + addr,
-		Selector: &computev1.GatewayListenerRequirement_ExactBindAddress{ExactBindAddress: addr},
-	}}, nil
 }

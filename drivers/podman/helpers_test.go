@@ -153,12 +153,13 @@ func runLeaks(md mode, volsBefore map[string]bool) []string {
 			leaks = append(leaks, md.name+" pod "+p.Name)
 		}
 	}
-	var nets []networkInspect
+	var nets []struct {
+		Name   string            `json:"name"`
+		Labels map[string]string `json:"labels"`
+	}
 	if err := c.call(ctx, "GET", apiPrefix+"/networks/json", q, nil, &nets, "list networks"); err == nil {
 		for _, n := range nets {
-			if strings.HasPrefix(n.Labels[labelTestRun], testRunID) {
-				leaks = append(leaks, md.name+" network "+n.Name)
-			}
+			leaks = append(leaks, md.name+" network "+n.Name)
 		}
 	}
 	for name := range volumeNames(md.socket) {
@@ -240,7 +241,7 @@ func stateDir(t testing.TB) string {
 	return dir
 }
 
-// testConfig is a driver config for one test: its own run label, network and state dir.
+// testConfig is a driver config for one test: its own run label and state dir.
 func testConfig(t testing.TB, md mode) Config {
 	t.Helper()
 	run := testRunID + "-" + strconv.FormatInt(testSeq.Add(1), 10)
@@ -250,7 +251,6 @@ func testConfig(t testing.TB, md mode) Config {
 		GatewayEndpoint:  "https://" + drivers.GatewayHost + ":17670",
 		StateDir:         stateDir(t),
 		DefaultImage:     testImage,
-		Network:          "openshell-test-" + run,
 		StopTimeout:      5 * time.Second,
 		ResyncInterval:   2 * time.Second,
 		Labels:           map[string]string{labelTestRun: run},
@@ -258,7 +258,7 @@ func testConfig(t testing.TB, md mode) Config {
 }
 
 // newTestDriver opens a driver and registers cleanup: close it, then check that no
-// container of this test run is left, then remove the test network.
+// container of this test run is left.
 func newTestDriver(t testing.TB, cfg Config) *Driver {
 	t.Helper()
 	d, err := New(t.Context(), cfg)
@@ -270,8 +270,7 @@ func newTestDriver(t testing.TB, cfg Config) *Driver {
 	return d
 }
 
-// checkNoLeaks fails the test if containers of cfg's run remain (removing them), and
-// removes the run's network.
+// checkNoLeaks fails the test if containers of cfg's run remain (removing them).
 func checkNoLeaks(t testing.TB, cfg Config) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
@@ -285,9 +284,6 @@ func checkNoLeaks(t testing.TB, cfg Config) {
 	for _, it := range items {
 		t.Errorf("leak: container %s (%v) of this test run was left behind", shortID(it.ID), it.Names)
 		_ = c.containerRemove(ctx, it.ID)
-	}
-	if err := c.networkRemove(ctx, cfg.Network); err != nil && !isNotFound(err) {
-		t.Errorf("leak check: remove network %s: %v", cfg.Network, err)
 	}
 }
 

@@ -176,16 +176,11 @@ func (d *Driver) spec(p *plan, stateDir string) *specGenerator {
 		OCIRuntime:      p.runtime,
 		// The image's HEALTHCHECK would test the agent, not the supervisor we start.
 		HealthConfig: map[string]any{"Test": []string{"NONE"}},
-		HostAdd:      []string{drivers.GatewayHost + ":" + d.gatewayAddr()},
-	}
-	if d.rootless {
-		// Each rootless sandbox gets its own user-mode network; the host loopback
-		// (where the gateway listens) shows up at 10.0.2.2.
-		s.NetNS = specNamespace{NSMode: "slirp4netns"}
-		s.NetworkOptions = map[string][]string{"slirp4netns": {"allow_host_loopback=true"}}
-	} else {
-		s.NetNS = specNamespace{NSMode: "bridge"}
-		s.Networks = map[string]map[string]any{d.cfg.Network: {}}
+		HostAdd:      []string{drivers.GatewayHost + ":" + hostLoopback},
+		// Its own user-mode network; the host loopback, where the gateway listens,
+		// shows up at 10.0.2.2.
+		NetNS:          specNamespace{NSMode: "slirp4netns"},
+		NetworkOptions: map[string][]string{"slirp4netns": {"allow_host_loopback=true"}},
 	}
 	if d.rootless && d.cgroupsV1 {
 		// Rootless Podman cannot apply limits on cgroups v1 (allowed by configuration).
