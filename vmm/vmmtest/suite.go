@@ -1,0 +1,257 @@
+// Package vmmtest is the conformance suite every vmm backend runs where it can run:
+// boot, channel up, power-off, stop, kill, wait, crash detection and re-adoption by
+// PID. A backend's test supplies a Harness whose machines boot a guest speaking the
+// suite's small protocol (GuestProtocol).
+package vmmtest
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/openshell/openshell/vmm"
+	"github.com/openshell/openshell/vmm/channel"
+)
+
+// GuestProtocol is what the guest of a Harness machine must do: dial the host on
+// channel.PortBootstrap, send one line, then power off cleanly when it reads "bye"
+// or when the backend asks it to stop.
+const GuestProtocol = "dial PortBootstrap, send a line, power off on bye or stop"
+
+// Harness builds machines of one backend.
+type Harness struct {
+	// Features are the backend's (vmm.Features); the suite skips what it lacks.
+	Features vmm.Features
+	// New returns an unstarted machine whose guest speaks GuestProtocol; name is
+	// unique per case. It registers its own cleanup (kill, wait).
+	New func(t *testing.T, name string) vmm.Machine
+	// BootTimeout bounds boot to channel up and a guest power-off (default 60s).
+	BootTimeout time.Duration
+}
+
+// Run runs the suite.
+func Run(t *testing.T, h Harness) {
+	if h.BootTimeout == 0 {
+		h.BootTimeout = 60 * time.Second
+	}
+	t.Run("BootChannelPowerOff", func(t *testing.T) { bootChannelPowerOff(t, h) })
+	t.Run("Stop", func(t *testing.T) { stop(t, h) })
+	t.Run("KillAndAdoptByPID", func(t *testing.T) { killAndAdopt(t, h) })
+	t.Run("CrashDetected", func(t *testing.T) { crash(t, h) })
+}
+
+// up starts m and waits for the guest's line on PortBootstrap; it returns the
+// guest's connection (the caller closes it).
+func up(t *testing.T, h Harness, m vmm.Machine) io.ReadWriteCloser {
+	t.Helper()
+	if err := m.Start(t.Context()); err != nil {
+		t.Fatalf("Start: %v", err)
+	}
+	if st := m.State(); st != vmm.StateRunning {
+		t.Fatalf("state after Start = %s, want running", st)
+	}
+	if m.PID() <= 0 {
+		t.Fatalf("PID after Start = %d", m.PID())
+	}
+	host := m.Host()
+	if host == nil {
+		t.Fatal("Host() is nil after Start")
+	}
+	ln, err := host.Listen(channel.PortBootstrap)
+	if err != nil {
+		t.Fatalf("Listen: %v", err)
+	}
+	defer ln.Close()
+	ctx, cancel := context.WithTimeout(t.Context(), h.BootTimeout)
+	defer cancel()
+	c, err := channel.Accept(ctx, ln)
+	if err != nil {
+		t.Fatalf("the guest did not dial the host within %s: %v", h.BootTimeout, err)
+	}
+	_ = c.SetReadDeadline(time.Now().Add(h.BootTimeout))
+	line, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil || strings.TrimSpace(line) == "" {
+		c.Close()
+		t.Fatalf("the guest's first line: %q, %v", line, err)
+	}
+	_ = c.SetReadDeadline(time.Time{})
+	return c
+}
+
+// waitBounded calls m.Wait(ctx) and fails the test if Wait outlives ctx by more
+// than a second (a Wait that ignores its context would hang the caller).
+func waitBounded(t *testing.T, m vmm.Machine, ctx context.Context) error {
+	t.Helper()
+	done := make(chan error, 1)
+	go func() { done <- m.Wait(ctx) }()
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+	}
+	select {
+	case err := <-done:
+		return err
+	case <-time.After(time.Second):
+		t.Fatal("Wait did not return within 1s of its context ending")
+		return nil
+	}
+}
+
+func waitExit(t *testing.T, h Harness, m vmm.Machine) error {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), h.BootTimeout)
+	defer cancel()
+	err := waitBounded(t, m, ctx)
+	if errors.Is(err, context.DeadlineExceeded) && ctx.Err() != nil {
+		t.Fatalf("Wait: the VMM did not exit within %s", h.BootTimeout)
+	}
+	return err
+}
+
+func bootChannelPowerOff(t *testing.T, h Harness) {
+	m := h.New(t, "poweroff")
+	c := up(t, h, m)
+	defer c.Close()
+	// Wait honours its context while the machine runs.
+	short, cancel := context.WithTimeout(t.Context(), 50*time.Millisecond)
+	err := waitBounded(t, m, short)
+	cancel()
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Wait with an expiring context while running = %v, want DeadlineExceeded", err)
+	}
+	pid, start := m.PID(), procStart(m.PID())
+	if _, err := io.WriteString(c, "bye\n"); err != nil {
+		t.Fatal(err)
+	}
+	if err := waitExit(t, h, m); err != nil {
+		t.Fatalf("Wait after the guest powered off = %v, want nil", err)
+	}
+	if st := m.State(); st != vmm.StateStopped {
+		t.Fatalf("state after guest power-off = %s, want stopped", st)
+	}
+	if h.Features.ChildProcess {
+		requireGone(t, pid, start)
+	}
+	if err := m.Start(t.Context()); err == nil {
+		t.Fatal("a second Start succeeded; a machine starts once")
+	}
+}
+
+func stop(t *testing.T, h Harness) {
+	m := h.New(t, "stop")
+	c := up(t, h, m)
+	defer c.Close()
+	pid, start := m.PID(), procStart(m.PID())
+	ctx, cancel := context.WithTimeout(t.Context(), h.BootTimeout)
+	defer cancel()
+	if err := m.Stop(ctx); err != nil {
+		t.Fatalf("Stop: %v", err)
+	}
+	if st := m.State(); st != vmm.StateStopped {
+		t.Fatalf("state after Stop = %s, want stopped", st)
+	}
+	if err := waitExit(t, h, m); err != nil {
+		t.Fatalf("Wait after Stop = %v, want nil (a stop is not a crash)", err)
+	}
+	if h.Features.ChildProcess {
+		requireGone(t, pid, start)
+	}
+}
+
+func killAndAdopt(t *testing.T, h Harness) {
+	m := h.New(t, "kill")
+	c := up(t, h, m)
+	defer c.Close()
+	pid := m.PID()
+	if h.Features.ChildProcess {
+		// What a restarted runner does: find the VMM by the recorded pid and start
+		// time, and know it for the same process.
+		if pid == os.Getpid() {
+			t.Fatalf("PID %d is the caller's own, but the backend says the VMM is a child process", pid)
+		}
+		start := procStart(pid)
+		if start == 0 || !sameProcess(pid, start) {
+			t.Fatalf("VMM pid %d cannot be re-adopted: no /proc identity (start %d)", pid, start)
+		}
+		defer requireGone(t, pid, start)
+	}
+	if err := m.Kill(); err != nil {
+		t.Fatalf("Kill: %v", err)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	if err := waitBounded(t, m, ctx); errors.Is(err, context.DeadlineExceeded) {
+		t.Fatal("Wait did not return within 10s of Kill")
+	}
+	if st := m.State(); st == vmm.StateRunning {
+		t.Fatal("state after Kill is still running")
+	}
+}
+
+func crash(t *testing.T, h Harness) {
+	if !h.Features.ChildProcess {
+		t.Skip("the VMM runs in the caller's process: nothing to kill from outside")
+	}
+	m := h.New(t, "crash")
+	c := up(t, h, m)
+	defer c.Close()
+	pid, start := m.PID(), procStart(m.PID())
+	if pid == os.Getpid() || pid <= 0 {
+		t.Fatalf("VMM pid %d: not a child process to crash", pid)
+	}
+	// A crash: the VMM dies without anyone asking the machine.
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	err := waitExit(t, h, m)
+	if err == nil {
+		t.Fatal("Wait after the VMM was killed from outside = nil, want the crash")
+	}
+	if st := m.State(); st != vmm.StateCrashed {
+		t.Fatalf("state after the VMM died = %s, want crashed", st)
+	}
+	requireGone(t, pid, start)
+}
+
+// procStart is /proc/<pid>/stat's starttime (clock ticks since boot), 0 if unknown.
+func procStart(pid int) uint64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	// The command name may contain spaces and parentheses: fields start after the last ')'.
+	i := strings.LastIndexByte(string(b), ')')
+	if i < 0 {
+		return 0
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 20 {
+		return 0
+	}
+	v, _ := strconv.ParseUint(f[19], 10, 64)
+	return v
+}
+
+func sameProcess(pid int, start uint64) bool {
+	return pid > 0 && start != 0 && procStart(pid) == start
+}
+
+func requireGone(t *testing.T, pid int, start uint64) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for sameProcess(pid, start) {
+		if time.Now().After(deadline) {
+			t.Fatalf("VMM pid %d still alive after the machine exited", pid)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
