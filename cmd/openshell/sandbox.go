@@ -11,11 +11,13 @@ import (
 	"unicode/utf8"
 
 	"github.com/spf13/cobra"
+	"golang.org/x/term"
 	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/openshell/openshell/api/openshellv1"
 	"github.com/openshell/openshell/api/sandboxv1"
 	"github.com/openshell/openshell/gateway/validation"
+	"github.com/openshell/openshell/internal/cli/sshcmds"
 	"github.com/openshell/openshell/supervisor/policy"
 )
 
@@ -43,6 +45,9 @@ type createOptions struct {
 	gpu                              bool
 	timeout                          time.Duration
 	noWait                           bool
+	// detach/noTTY: do not attach a shell after READY even on a terminal.
+	detach, noTTY bool
+	uploads       []string // PATH[:DEST], copied in once READY
 }
 
 // buildCreateRequest turns flags and the command after `--` into a request, checking
@@ -137,15 +142,28 @@ func (a *app) sandboxCreate(ws *string) *cobra.Command {
 	var o createOptions
 	cmd := &cobra.Command{
 		Use:   "create [flags] [-- COMMAND ARGS...]",
-		Short: "Create a sandbox and wait until it is ready",
+		Short: "Create a sandbox, wait until it is ready and, on a terminal, open a shell in it",
 		Example: `  openshell sandbox create --name dev --from ubuntu:24.04
   openshell sandbox create --name job --env MODE=batch -- python3 run.py
-  openshell sandbox create --name app --from ./app      # builds ./app/Dockerfile locally`,
+  openshell sandbox create --name app --from ./app      # builds ./app/Dockerfile locally
+  openshell sandbox create --name ci --detach --upload ./src:/sandbox/src`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := checkOutput(a.output); err != nil {
 				return err
 			}
 			ctx := cmd.Context()
+			type upload struct{ src, dst string }
+			var uploads []upload
+			for _, u := range o.uploads {
+				src, dst, err := sshcmds.ParseUpload(u)
+				if err != nil {
+					return err
+				}
+				uploads = append(uploads, upload{src, dst})
+			}
+			if o.noWait && len(uploads) > 0 {
+				return errors.New("--upload needs the sandbox READY: drop --no-wait")
+			}
 			if err := a.resolveCreateImage(ctx, &o, os.Stderr); err != nil {
 				return err
 			}
@@ -170,7 +188,25 @@ func (a *app) sandboxCreate(ws *string) *cobra.Command {
 					return err
 				}
 			}
-			return a.printSandbox(cmd.OutOrStdout(), sb)
+			for _, u := range uploads {
+				if err := sshcmds.UploadTo(ctx, a.dial, name, u.src, u.dst, os.Stderr); err != nil {
+					return fmt.Errorf("sandbox %s is ready, but --upload %s failed: %w", name, u.src, err)
+				}
+			}
+			attach := !o.noWait && !o.detach && !o.noTTY && a.output == "table" &&
+				isTerminal(cmd.InOrStdin()) && isTerminal(cmd.OutOrStdout())
+			if !attach {
+				return a.printSandbox(cmd.OutOrStdout(), sb)
+			}
+			fmt.Fprintf(os.Stderr, "sandbox %s is ready; opening a shell (exit leaves it running; --detach to skip this)\n", name)
+			code, err := sshcmds.Shell(ctx, a.dial, name, cmd.InOrStdin(), cmd.OutOrStdout())
+			if err != nil {
+				return fmt.Errorf("sandbox %s is ready, but the shell failed: %w; try `openshell sandbox connect %s`", name, err, name)
+			}
+			if code != 0 {
+				return &sshcmds.ExitCodeError{Code: code}
+			}
+			return nil
 		},
 	}
 	f := cmd.Flags()
@@ -185,6 +221,9 @@ func (a *app) sandboxCreate(ws *string) *cobra.Command {
 	f.BoolVar(&o.gpu, "gpu", false, "request a GPU")
 	f.DurationVar(&o.timeout, "timeout", 5*time.Minute, "how long to wait for the sandbox to become ready")
 	f.BoolVar(&o.noWait, "no-wait", false, "return right after the gateway accepted the sandbox")
+	f.BoolVarP(&o.detach, "detach", "d", false, "do not open a shell in the sandbox once it is ready (the default on a terminal)")
+	f.BoolVar(&o.noTTY, "no-tty", false, "same as --detach: never attach the terminal")
+	f.StringArrayVar(&o.uploads, "upload", nil, "copy a local file or directory into the sandbox once ready: PATH[:DEST] (repeatable)")
 	return cmd
 }
 
@@ -454,4 +493,10 @@ func (a *app) sandboxWatch(ws *string) *cobra.Command {
 	}
 	cmd.Flags().BoolVar(&logs, "logs", false, "also follow the sandbox's logs")
 	return cmd
+}
+
+// isTerminal reports whether r/w is a terminal (the CLI's own stdin/stdout).
+func isTerminal(f any) bool {
+	file, ok := f.(*os.File)
+	return ok && term.IsTerminal(int(file.Fd()))
 }
