@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Prepares this host to run openshell microVMs:
-#   * QEMU (qemu-system-x86), e2fsprogs, cpio, lz4 from the system's Debian sources;
+#   * QEMU (qemu-system-x86), e2fsprogs, cpio, lz4, gcc from the system's Debian sources;
 #   * the guest kernel: Debian's cloud kernel, unpacked into
 #     $OPENSHELL_VM_DIR/kernel/{vmlinux,vmlinuz,modules/<kver>/,version};
 #   * the vhost-user vsock backend (vhost-device-vsock) from Debian unstable, fetched
@@ -44,6 +44,8 @@ command -v mkfs.ext4 >/dev/null || need+=(e2fsprogs)
 command -v cpio >/dev/null || need+=(cpio)
 command -v lz4 >/dev/null || need+=(lz4)
 command -v dpkg-deb >/dev/null || need+=(dpkg)
+# cgo: the libkrun backend dlopens libkrun.so.1, and its tests build a C stand-in.
+command -v gcc >/dev/null || need+=(gcc libc6-dev)
 if [ "${#need[@]}" -gt 0 ]; then
 	apt_update_once
 	log "installing ${need[*]}"

@@ -13,7 +13,7 @@ func openLibrary(path string) (*lib, error) {
 	return nil, fmt.Errorf("%w: this build (%s, cgo off or not Linux) cannot load %s; build with CGO_ENABLED=1 on Linux", ErrNoLibrary, runtime.GOOS, path)
 }
 
-func (l *lib) setLogLevel(uint32) error                              { return errUnreachable }
+func (l *lib) setLogLevel(uint32) error                               { return errUnreachable }
 func (l *lib) createCtx() (uint32, error)                             { return 0, errUnreachable }
 func (l *lib) setVMConfig(uint32, uint8, uint32) error                { return errUnreachable }
 func (l *lib) setKernel(uint32, string, uint32, string, string) error { return errUnreachable }

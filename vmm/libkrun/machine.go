@@ -315,4 +315,3 @@ func tail(path string, n int) string {
 	}
 	return string(b)
 }
-

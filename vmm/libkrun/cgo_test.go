@@ -1,0 +1,5 @@
+//go:build linux && cgo
+
+package libkrun_test
+
+const cgoEnabled = true
