@@ -112,12 +112,8 @@ func New(ctx context.Context, cfg Config) (_ *Driver, retErr error) {
 		return nil, fmt.Errorf("podman driver: state_dir %s: %w", cfg.StateDir, err)
 	}
 	if d.foreignOwner() {
-		// A rootless service runs as another user: it must reach the bind-mount
-		// sources (each sandbox's own dir stays private to that user).
-		for _, p := range []string{cfg.StateDir, filepath.Join(cfg.StateDir, "sandboxes")} {
-			if err := os.Chmod(p, 0o711); err != nil {
-				return nil, fmt.Errorf("podman driver: state_dir %s: %w", p, err)
-			}
+		if err := d.openPath(filepath.Join(cfg.StateDir, "sandboxes")); err != nil {
+			return nil, err
 		}
 	}
 	d.log.Info("podman driver ready", "socket", cfg.Socket, "engine", d.version)
@@ -141,6 +137,33 @@ func checkVersion(v string) error {
 // service of an unprivileged user), so files handed to sandboxes are chowned to it.
 func (d *Driver) foreignOwner() bool {
 	return d.rootless && os.Getuid() == 0 && d.ownerUID != 0
+}
+
+// openPath lets a rootless service that runs as another user reach the bind-mount
+// sources below dir: every directory on the way that root owns and others cannot
+// traverse gets search permission (0711: no listing). Each sandbox's own directory
+// stays private to the service's user.
+func (d *Driver) openPath(dir string) error {
+	for p := filepath.Clean(dir); ; p = filepath.Dir(p) {
+		st, err := os.Stat(p)
+		if err != nil {
+			return fmt.Errorf("podman driver: state_dir: %w", err)
+		}
+		sys, ok := st.Sys().(*syscall.Stat_t)
+		if ok && st.Mode().Perm()&0o001 == 0 && sys.Uid != uint32(d.ownerUID) {
+			if sys.Uid != 0 {
+				return fmt.Errorf("podman driver: the rootless Podman service (uid %d) cannot reach %s (mode %v, owner uid %d), where sandbox files are bind-mounted from: %w; set state_dir in [drivers.podman] to a directory that user can reach, or run the gateway as that user",
+					d.ownerUID, p, st.Mode().Perm(), sys.Uid, drivers.ErrFailedPrecondition)
+			}
+			if err := os.Chmod(p, st.Mode().Perm()|0o011); err != nil {
+				return fmt.Errorf("podman driver: state_dir %s: %w", p, err)
+			}
+			d.log.Info("gave the rootless Podman service's user search permission", "dir", p)
+		}
+		if p == "/" || p == "." {
+			return nil
+		}
+	}
 }
 
 // Rootless reports whether the service is rootless.
