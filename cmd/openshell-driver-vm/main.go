@@ -89,6 +89,8 @@ func parse(name string, args []string, stderr io.Writer) (*flags, error) {
 	})
 	fs.StringVar(&c.EgressCAFile, "egress-ca-file", "", "PEM CA bundle runners trust besides the system roots for the TLS they originate for guests (provider hosts)")
 	fs.StringVar(&c.RunnerKeyFile, "runner-key-file", "", "the gateway's runner key: runners derive their sandbox's credential for provider values from it (set by the gateway)")
+	fs.IntVar(&c.GPUMaxSandboxes, "gpu-max-sandboxes", 0, "at most this many sandboxes of the host hold passed-through GPUs at once (0 = no cap)")
+	fs.StringVar(&c.GPUStateDir, "gpu-state-dir", "", "host-wide GPU lock and journal of devices moved to vfio-pci (default /var/lib/openshell/gpu)")
 	resume := true
 	fs.BoolVar(&resume, "resume-after-host-reboot", true, "start sandboxes that a host reboot cut off again when the driver starts (false: they stay failed until `sandbox start`)")
 	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")

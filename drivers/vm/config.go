@@ -90,6 +90,16 @@ type Config struct {
 	RunnerCommand []string `json:"runner_command,omitempty"`
 	// RunnerEnv is extra environment for runner processes.
 	RunnerEnv []string `json:"runner_env,omitempty"`
+
+	// GPUMaxSandboxes caps how many sandboxes of this host hold passed-through GPUs at
+	// once (0 = no cap; counted host-wide, across drivers).
+	GPUMaxSandboxes int `json:"gpu_max_sandboxes,omitempty"`
+	// GPUStateDir holds the host-wide GPU lock and journal ("" = /var/lib/openshell/gpu).
+	GPUStateDir string `json:"gpu_state_dir,omitempty"`
+	// GPUSysfs is the sysfs root GPUs are found in ("" = /sys); tests use recorded trees.
+	GPUSysfs string `json:"gpu_sysfs,omitempty"`
+	// GPUWrite stands in for the kernel's sysfs writes in tests (nil = the real ones).
+	GPUWrite func(path string, data []byte) error `json:"-"`
 }
 
 // resumeAfterHostReboot is the effective ResumeAfterHostReboot (default true).
@@ -218,6 +228,9 @@ func (c Config) Validate() error {
 		} else if !x509.NewCertPool().AppendCertsFromPEM(b) {
 			errs = append(errs, fmt.Errorf("egress_ca_file (--egress-ca-file) %s holds no PEM certificate: give a PEM CA bundle", c.EgressCAFile))
 		}
+	}
+	if c.GPUMaxSandboxes < 0 {
+		errs = append(errs, fmt.Errorf("gpu_max_sandboxes (--gpu-max-sandboxes) %d: use 0 (no cap) or more", c.GPUMaxSandboxes))
 	}
 	if c.RunnerKeyFile != "" {
 		if _, err := hostcred.Load(c.RunnerKeyFile); err != nil {

@@ -93,6 +93,7 @@ type Driver struct {
 	sandboxes map[string]*sandbox
 
 	lock *os.File // flock on <StateDir>/driver.lock: one driver per state dir
+	gpus gpuHeld  // passed-through devices per sandbox
 
 	// bootID is the host's boot id ("" when unknown): recorded with every runner
 	// started, compared on adoption to tell a host reboot from a killed runner.
@@ -140,6 +141,7 @@ func New(cfg Config, log *slog.Logger) (*Driver, error) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	d := &Driver{cfg: cfg, log: log, hub: newHub(log), ctx: ctx, cancel: cancel, sandboxes: map[string]*sandbox{}, lock: lock, bootID: bootID}
+	d.recoverGPUs()
 	d.adoptAll()
 	return d, nil
 }
@@ -218,6 +220,9 @@ func (d *Driver) snapshot(s *sandbox) *computev1.DriverSandbox {
 	case phaseDeleting:
 		st.Deleting = true
 		st.Conditions = []*computev1.DriverCondition{cond(drivers.ConditionReady, drivers.StatusFalse, "Deleting", "deleting the VM")}
+	}
+	if c := d.gpuCondition(s.id, ts); c != nil {
+		st.Conditions = append(st.Conditions, c)
 	}
 	return &computev1.DriverSandbox{Id: s.id, Name: s.name, Status: st}
 }
@@ -375,6 +380,9 @@ func (d *Driver) Create(_ context.Context, sb *computev1.DriverSandbox) (retErr 
 	}
 	if err := state.Create(rec); err != nil {
 		return fmt.Errorf("vm sandbox %q: %w", id, err)
+	}
+	if err := d.acquireGPUs(s, res.gpu); err != nil {
+		return err
 	}
 	d.log.Info("creating VM sandbox", "sandbox_id", id, "name", sb.GetName(), "image", res.image, "vcpus", res.vcpus, "memory_mib", res.memoryMiB)
 	d.emit(s)
@@ -917,6 +925,9 @@ func (d *Driver) Delete(ctx context.Context, id, _ string) (bool, error) {
 		<-monDone
 	}
 	d.killLeftovers(s)
+	if err := d.releaseGPUs(ctx, id); err != nil {
+		return false, err
+	}
 	if err := removeDir(s.paths.Dir); err != nil {
 		return false, fmt.Errorf("vm sandbox %q: remove %s: %w", id, s.paths.Dir, err)
 	}

@@ -18,6 +18,7 @@ import (
 	"github.com/openshell/openshell/drivers/vm/internal/state"
 	"github.com/openshell/openshell/images"
 	"github.com/openshell/openshell/images/bundle"
+	"github.com/openshell/openshell/internal/gpu"
 	"github.com/openshell/openshell/internal/hostcred"
 	"github.com/openshell/openshell/supervisor/bootstrap"
 	"github.com/openshell/openshell/vmm"
@@ -37,6 +38,7 @@ type resolved struct {
 	vcpus     int
 	memoryMiB int
 	diskBytes int64
+	gpu       *gpu.Request // nil: no GPUs
 }
 
 // resolve validates a create request and fills defaults.
@@ -48,11 +50,12 @@ func (d *Driver) resolve(sb *computev1.DriverSandbox) (*resolved, error) {
 		return nil, err
 	}
 	spec := sb.GetSpec()
-	if n := spec.GetResourceRequirements().GetGpu().GetCount(); n > 0 {
-		return nil, bad("%d GPU(s) requested; GPU passthrough is not configured for the vm driver", n)
+	gr, err := d.gpuRequest(sb)
+	if err != nil {
+		return nil, gpuErr(sb.GetId(), err)
 	}
 	tpl := spec.GetTemplate()
-	r := &resolved{image: tpl.GetImage(), vcpus: d.cfg.CPUs, memoryMiB: d.cfg.MemoryMiB}
+	r := &resolved{image: tpl.GetImage(), vcpus: d.cfg.CPUs, memoryMiB: d.cfg.MemoryMiB, gpu: gr}
 	if r.image == "" {
 		r.image = d.cfg.DefaultImage
 	}
@@ -82,8 +85,9 @@ func (d *Driver) resolve(sb *computev1.DriverSandbox) (*resolved, error) {
 		switch k {
 		case DriverConfigDiskSize:
 			size = v.GetStringValue()
+		case DriverConfigGPUDevices: // read by gpuRequest
 		default:
-			return nil, bad("driver_config key %q is not known to the vm driver (known: %s)", k, DriverConfigDiskSize)
+			return nil, bad("driver_config key %q is not known to the vm driver (known: %s, %s)", k, DriverConfigDiskSize, DriverConfigGPUDevices)
 		}
 	}
 	b, err := diskBytes(size)
@@ -188,7 +192,7 @@ func (d *Driver) prepare(ctx context.Context, s *sandbox, res *resolved, spec *c
 	if err != nil {
 		return nil, err
 	}
-	return &runner.Spec{
+	rs := &runner.Spec{
 		SandboxID:   s.id,
 		SandboxName: s.name,
 		Machine: runner.MachineSpec{
@@ -201,7 +205,9 @@ func (d *Driver) prepare(ctx context.Context, s *sandbox, res *resolved, spec *c
 		StopTimeout:   runner.Duration(d.cfg.StopTimeout),
 		ImageCacheDir: cache.Dir(),
 		ImageKey:      entry.Key,
-	}, nil
+	}
+	setMachineGPUs(rs, d.gpus.get(s.id))
+	return rs, nil
 }
 
 // bootFiles finds the kernel and builds (or reuses) the initramfs with the supervisor.
@@ -310,6 +316,9 @@ func (d *Driver) refreshSpec(ctx context.Context, s *sandbox, rec *state.Record)
 	}
 	if _, err := os.Stat(s.paths.Disk); err != nil {
 		return fmt.Errorf("writable disk %s is gone: %w", s.paths.Disk, errors.Join(err, drivers.ErrFailedPrecondition))
+	}
+	if err := d.reacquireGPUs(ctx, s, rs); err != nil {
+		return err
 	}
 	// The gateway may have restarted elsewhere since the last boot.
 	endpoint, ca, err := d.gatewayForGuest()

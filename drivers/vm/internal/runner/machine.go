@@ -45,6 +45,7 @@ func MachineConfig(spec *Spec, paths state.Paths) vmm.Config {
 			{Path: spec.Machine.ImageDisk, ReadOnly: true},
 			{Path: spec.Machine.Disk},
 		},
+		PCIDevices: spec.Machine.PCIDevices,
 		Channel:    vmm.ChannelConfig{CID: spec.Machine.CID},
 		ConsoleLog: paths.ConsoleLog,
 		StateDir:   paths.VMMDir,

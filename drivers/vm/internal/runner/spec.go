@@ -58,6 +58,8 @@ type MachineSpec struct {
 	// CID is the guest's vsock context id, unique among the driver's VMs (it must be
 	// unique on the host with vhost-vsock; the per-VM backends ignore clashes).
 	CID uint32 `json:"cid,omitempty"`
+	// PCIDevices are host functions on vfio-pci the VM gets (GPUs; qemu only).
+	PCIDevices []string `json:"pci_devices,omitempty"`
 }
 
 // Limits bound the streams one guest may hold open through the runner at once; a
