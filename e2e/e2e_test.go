@@ -202,14 +202,14 @@ func TestSandboxLifecycle(t *testing.T) {
 // TestSessionGone: a sandbox whose supervisor session is gone answers exec with a
 // clear error in bounded time, not a hang.
 func TestSessionGone(t *testing.T) {
-	if driver() != "docker" {
-		t.Skip("kills the container with docker")
+	if driver() == "vm" {
+		t.Skip("kills the container with the container engine")
 	}
 	h := newHarness(t)
 	gone := uniqueName("gone")
 	h.create(gone, "sleep", "100000")
 	id := containerID(t, gone)
-	if out, err := exec.Command("docker", "kill", id).CombinedOutput(); err != nil {
+	if out, err := engineCmd("kill", id).CombinedOutput(); err != nil {
 		t.Fatalf("docker kill: %v %s", err, out)
 	}
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)

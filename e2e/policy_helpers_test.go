@@ -14,7 +14,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -36,7 +35,7 @@ const baseImageDir = "/var/lib/openshell/images/base"
 // image is missing.
 func ensurePolicyImage(t *testing.T) {
 	t.Helper()
-	if exec.Command("docker", "image", "inspect", policyTestImage).Run() == nil {
+	if engineCmd("image", "inspect", policyTestImage).Run() == nil {
 		return
 	}
 	readJSON := func(p string, v any) {
@@ -59,7 +58,7 @@ func ensurePolicyImage(t *testing.T) {
 	if len(manifest.Layers) != 1 {
 		t.Fatalf("base image has %d layers; this import handles one", len(manifest.Layers))
 	}
-	out, err := exec.Command("docker", "import", "--change", `CMD ["/bin/bash"]`,
+	out, err := engineCmd("import", "--change", `CMD ["/bin/bash"]`,
 		"--change", "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
 		blob(manifest.Layers[0].Digest), policyTestImage).CombinedOutput()
 	if err != nil {

@@ -3,7 +3,6 @@ package e2e
 import (
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -53,8 +52,8 @@ const laterRule = `  later:
 // docker driver: egress proxy decisions, the namespace firewall, Landlock, seccomp,
 // provider credentials and a live policy update.
 func TestPolicyEnforcement(t *testing.T) {
-	if driver() != "docker" {
-		t.Skip("the policy e2e runs on the docker driver (the VM's egress goes through its runner)")
+	if driver() == "vm" {
+		t.Skip("the policy e2e runs on the container drivers (the VM's egress goes through its runner)")
 	}
 	h := newHarness(t)
 	ensurePolicyImage(t)
@@ -80,7 +79,7 @@ func TestPolicyEnforcement(t *testing.T) {
 	cid := containerID(t, box)
 	// The proxy verifies terminated upstreams against the system roots of the
 	// sandbox's filesystem: trust the test CA there before the first TLS request.
-	cmd := exec.Command("docker", "exec", "-i", "-u", "0", cid, "sh", "-c", "cat >> /etc/ssl/certs/ca-certificates.crt")
+	cmd := engineCmd("exec", "-i", "-u", "0", cid, "sh", "-c", "cat >> /etc/ssl/certs/ca-certificates.crt")
 	cmd.Stdin = strings.NewReader(string(caPEM))
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("trust the test CA in the sandbox: %v\n%s", err, out)
@@ -203,7 +202,7 @@ curl -sS -m 15 -H "Authorization: Bearer $API_TOKEN" `+url(secure, "https"))
 	})
 
 	t.Run("no secret in environ, files or logs", func(t *testing.T) {
-		out, err := exec.Command("docker", "exec", "-u", "0", cid, "sh", "-c",
+		out, err := engineCmd("exec", "-u", "0", cid, "sh", "-c",
 			`grep -l -a -F '`+secret+`' /proc/[0-9]*/environ 2>/dev/null; grep -r -l -a -F '`+secret+`' / --exclude-dir=proc --exclude-dir=sys --exclude-dir=dev 2>/dev/null; true`).CombinedOutput()
 		if err != nil {
 			t.Fatalf("docker exec grep: %v %s", err, out)
