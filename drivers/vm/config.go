@@ -164,20 +164,15 @@ func (c Config) WithDefaults() Config {
 	return c
 }
 
-// maxStateDir keeps <StateDir>/sb/<dir name>/v/<socket>_<port> within sun_path: the
-// VMM needs its state dir (…/v) to be at most 85 bytes.
-const maxStateDir = 85 - len("/sb/") - state.MaxDirName - len("/v")
-
 // Validate names the first bad field and how to fix it (call after WithDefaults).
 func (c Config) Validate() error {
 	var errs []error
+	// No length limit on state_dir: the sockets live in a short runtime dir (state.RunDir).
 	switch {
 	case c.StateDir == "":
 		errs = append(errs, errors.New("state_dir (--state-dir) is empty"))
 	case !filepath.IsAbs(c.StateDir):
 		errs = append(errs, fmt.Errorf("state_dir (--state-dir) %q must be an absolute path", c.StateDir))
-	case len(c.StateDir) > maxStateDir:
-		errs = append(errs, fmt.Errorf("state_dir (--state-dir) %q is %d bytes; Unix socket paths inside it need it at most %d bytes: choose a shorter directory", c.StateDir, len(c.StateDir), maxStateDir))
 	}
 	if c.GatewayEndpoint == "" {
 		errs = append(errs, errors.New("gateway_endpoint (--gateway-endpoint) is empty: give the gateway's host:port, e.g. 127.0.0.1:17670"))

@@ -358,7 +358,6 @@ func TestConfigValidate(t *testing.T) {
 		edit  func(*vm.Config)
 	}{
 		{"state_dir", func(c *vm.Config) { c.StateDir = "relative" }},
-		{"state_dir", func(c *vm.Config) { c.StateDir = "/" + strings.Repeat("x", 100) }},
 		{"gateway_endpoint", func(c *vm.Config) { c.GatewayEndpoint = "" }},
 		{"gateway_endpoint", func(c *vm.Config) { c.GatewayEndpoint = "nohostport" }},
 		{"gateway_ca_file", func(c *vm.Config) { c.GatewayCAFile = "/nonexistent/ca.pem" }},
