@@ -6,6 +6,8 @@
 #                                     rootful and a rootless `podman system service`
 #   scripts/setup-podman.sh build     only install packages and build the binaries
 #   scripts/setup-podman.sh env       print the variables the tests read (KEY=VALUE lines)
+#   scripts/setup-podman.sh podman4   unpack Debian's Podman 4.3 (not installed) for the
+#                                     test that shows the driver refusing a Podman 4 service
 #   scripts/setup-podman.sh stop      stop the services this script started (by pid file)
 # Idempotent: binaries already in the cache are reused, services that answer are left alone.
 #
@@ -112,6 +114,22 @@ ensure_user() {
 	chmod 0666 /dev/net/tun
 }
 
+# Debian's podman 4.3 package, unpacked into the cache (never installed: it would put
+# its own podman on PATH), so a test can start a real Podman 4 service.
+PODMAN4_DIR="${OPENSHELL_CACHE:-$HOME/.cache/openshell}/podman/debian-4"
+unpack_podman4() {
+	if [[ -x "$PODMAN4_DIR/usr/bin/podman" ]]; then
+		return 0
+	fi
+	log "unpacking Debian's podman 4 into $PODMAN4_DIR"
+	local tmp
+	tmp="$(mktemp -d)"
+	(cd "$tmp" && apt-get download podman >/dev/null 2>&1 || { apt-get update -q && apt-get download podman; })
+	rm -rf "$PODMAN4_DIR"
+	dpkg-deb -x "$tmp"/podman_*.deb "$PODMAN4_DIR"
+	rm -rf "$tmp"
+}
+
 user_uid() { id -u "$TEST_USER"; }
 rootless_sock() { echo "/run/user/$(user_uid)/podman/podman.sock"; }
 
@@ -191,6 +209,7 @@ print_env() {
 	echo "OPENSHELL_PODMAN_ROOTFUL_SOCK=$ROOTFUL_SOCK"
 	echo "OPENSHELL_PODMAN_ROOTLESS_SOCK=$(rootless_sock)"
 	echo "OPENSHELL_PODMAN_USER=$TEST_USER"
+	echo "OPENSHELL_PODMAN4_BIN=$PODMAN4_DIR/usr/bin/podman"
 }
 
 case "${1:-start}" in
@@ -203,10 +222,12 @@ start)
 	install_packages
 	build_binaries
 	write_config
+	unpack_podman4
 	ensure_user
 	start_services
 	print_env
 	;;
+podman4) unpack_podman4 ;;
 env) print_env ;;
 stop)
 	stop_service rootless
