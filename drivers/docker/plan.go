@@ -109,18 +109,11 @@ func (d *Driver) plan(ctx context.Context, sb *computev1.DriverSandbox) (*plan, 
 		}
 	}
 
-	if g := spec.GetResourceRequirements().GetGpu(); g != nil {
-		if len(d.cdiDirs) == 0 {
-			return nil, fmt.Errorf("sandbox %s: GPU requested but the Docker daemon has no CDI spec directories; configure CDI (generate a spec with `nvidia-ctk cdi generate --output=/etc/cdi/nvidia.yaml` and enable the daemon's CDI feature), or create the sandbox without --gpu: %w",
-				sb.GetId(), drivers.ErrFailedPrecondition)
-		}
-		ids := []string{"nvidia.com/gpu=all"}
-		if g.Count != nil && *g.Count > 0 {
-			ids = ids[:0]
-			for i := range *g.Count {
-				ids = append(ids, fmt.Sprintf("nvidia.com/gpu=%d", i))
-			}
-		}
+	ids, err := d.gpuDeviceIDs(sb)
+	if err != nil {
+		return nil, err
+	}
+	if len(ids) > 0 {
 		p.gpu = &container.DeviceRequest{Driver: "cdi", DeviceIDs: ids}
 	}
 

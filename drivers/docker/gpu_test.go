@@ -1,0 +1,208 @@
+package docker
+
+import (
+	"archive/tar"
+	"bytes"
+	"context"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/moby/moby/client"
+	"google.golang.org/protobuf/types/known/structpb"
+
+	"github.com/openshell/openshell/api/computev1"
+	"github.com/openshell/openshell/drivers"
+	"github.com/openshell/openshell/drivers/drivertest"
+	"github.com/openshell/openshell/internal/testenv"
+)
+
+// cdiDockerd is where scripts/setup-docker-cdi.sh puts a CDI-capable dockerd (the
+// system's 20.10 has no CDI and reports no spec directories).
+const cdiDockerd = "/var/lib/openshell/docker-cdi/usr/sbin/dockerd"
+
+const oneGPUSpec = `cdiVersion: 0.6.0
+kind: nvidia.com/gpu
+devices:
+- name: "0"
+  containerEdits:
+    env: [OPENSHELL_TEST_GPU=0]
+- name: all
+  containerEdits:
+    env: [OPENSHELL_TEST_GPU=all]
+`
+
+// startCDIDaemon starts a private real dockerd whose CDI spec directory holds a spec
+// listing one GPU, with one tiny imported image; it is stopped (by PID) at cleanup.
+func startCDIDaemon(t *testing.T) (host, cdiDir, image string, cli *client.Client) {
+	t.Helper()
+	testenv.RequireRoot(t)
+	_, err := os.Stat(cdiDockerd)
+	testenv.Require(t, err == nil, cdiDockerd+" missing: run scripts/setup-docker-cdi.sh")
+	dir, err := os.MkdirTemp("", "oscdi-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cdiDir = filepath.Join(dir, "cdi")
+	os.MkdirAll(cdiDir, 0o755)
+	if err := os.WriteFile(filepath.Join(cdiDir, "nvidia.yaml"), []byte(oneGPUSpec), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	conf := filepath.Join(dir, "daemon.json")
+	os.WriteFile(conf, []byte(`{"features":{"cdi":true},"cdi-spec-dirs":["`+cdiDir+`"],`+
+		// A range of its own: the driver's network must not shadow the shared daemon's.
+		`"default-address-pools":[{"base":"10.213.0.0/16","size":24}]}`), 0o644)
+	sock := filepath.Join(dir, "d.sock")
+	logf, _ := os.Create(filepath.Join(dir, "dockerd.log"))
+	cmd := exec.Command(cdiDockerd, "--config-file", conf, "--host", "unix://"+sock, "--data-root", filepath.Join(dir, "root"),
+		"--exec-root", filepath.Join(dir, "x"), "--pidfile", filepath.Join(dir, "pid"), "--bridge", "none", "--iptables=false")
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cmd.Process.Signal(syscall.SIGTERM)
+		done := make(chan struct{})
+		go func() { cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(30 * time.Second):
+			syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+			<-done
+		}
+		logf.Close()
+		if t.Failed() {
+			b, _ := os.ReadFile(logf.Name())
+			t.Logf("dockerd log:\n%s", b)
+		}
+		os.RemoveAll(dir)
+	})
+	host = "unix://" + sock
+	cli, err = client.New(client.WithHost(host))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cli.Close() })
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		if _, err = cli.Ping(t.Context(), client.PingOptions{NegotiateAPIVersion: true}); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("private dockerd did not answer: %v", err)
+		}
+	}
+	var tb bytes.Buffer
+	tw := tar.NewWriter(&tb)
+	tw.WriteHeader(&tar.Header{Name: "hello", Mode: 0o644, Size: 2})
+	tw.Write([]byte("hi"))
+	tw.Close()
+	image = "openshell-test/cdi:latest"
+	res, err := cli.ImageImport(t.Context(), client.ImageImportSource{Source: &tb, SourceName: "-"}, image, client.ImageImportOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Close()
+	return host, cdiDir, image, cli
+}
+
+// Against a real daemon whose CDI specs list one GPU: `--gpu 2` fails with a clear
+// error before any container exists; one GPU resolves to the spec's device; unknown
+// ids and a zero count are refused.
+func TestGPUCountCheckedAgainstDaemonCDI(t *testing.T) {
+	host, cdiDir, image, cli := startCDIDaemon(t)
+	sup, _ := os.Executable()
+	cfg := Config{Host: host, SupervisorBinary: sup, GatewayEndpoint: "https://" + GatewayHost + ":17670",
+		StateDir: t.TempDir(), DefaultImage: image, Network: "openshell-cdi-test", StopTimeout: 5 * time.Second}
+	d, err := New(t.Context(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		d.Close()
+		// dockerd leaves a network's bridge on the host when it stops: remove it first.
+		if _, err := cli.NetworkRemove(context.Background(), cfg.Network, client.NetworkRemoveOptions{}); err != nil {
+			t.Errorf("remove network %s: %v", cfg.Network, err)
+		}
+	})
+	if !slices.Equal(d.cdiDirs, []string{cdiDir}) {
+		t.Fatalf("daemon reports CDI dirs %v, want [%s]", d.cdiDirs, cdiDir)
+	}
+	gpuSB := func(count *uint32, ids ...string) *computev1.DriverSandbox {
+		id, name := drivertest.NewIDs()
+		sb := drivertest.DefaultSandbox(id, name, image)
+		if count != nil || len(ids) == 0 {
+			sb.Spec.ResourceRequirements = &computev1.ResourceRequirements{Gpu: &computev1.GpuResourceRequirements{Count: count}}
+		}
+		if len(ids) > 0 {
+			l := []any{}
+			for _, s := range ids {
+				l = append(l, s)
+			}
+			sb.Spec.Template.DriverConfig, _ = structpb.NewStruct(map[string]any{DriverConfigGPUDevices: l})
+		}
+		return sb
+	}
+	n := func(v uint32) *uint32 { return &v }
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+
+	for _, tc := range []struct {
+		name string
+		sb   *computev1.DriverSandbox
+		is   error
+		says []string
+	}{
+		{"2 GPUs, 1 listed", gpuSB(n(2)), drivers.ErrFailedPrecondition, []string{"gpu count 2", cdiDir, "list 1 nvidia.com/gpu device(s) (0)"}},
+		{"unknown device id", gpuSB(nil, "1"), drivers.ErrInvalidArgument, []string{`gpu device "1"`, "nvidia.com/gpu: 0"}},
+		{"count 0", gpuSB(n(0)), drivers.ErrInvalidArgument, []string{"resource_requirements.gpu.count 0"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			for _, op := range []string{"ValidateCreate", "Create"} {
+				var err error
+				if op == "Create" {
+					err = d.Create(ctx, tc.sb)
+				} else {
+					err = d.ValidateCreate(ctx, tc.sb)
+				}
+				if !errors.Is(err, tc.is) {
+					t.Fatalf("%s = %v, want %v", op, err, tc.is)
+				}
+				for _, s := range tc.says {
+					if !strings.Contains(err.Error(), s) {
+						t.Errorf("%s: %q does not say %q", op, err, s)
+					}
+				}
+			}
+			res, err := cli.ContainerList(ctx, client.ContainerListOptions{All: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(res.Items) != 0 {
+				t.Errorf("%d container(s) exist after a refused create", len(res.Items))
+			}
+		})
+	}
+	for _, tc := range []struct {
+		sb   *computev1.DriverSandbox
+		want []string
+	}{
+		{gpuSB(nil), []string{"nvidia.com/gpu=0"}},
+		{gpuSB(n(1)), []string{"nvidia.com/gpu=0"}},
+		{gpuSB(nil, "nvidia.com/gpu=0"), []string{"nvidia.com/gpu=0"}},
+	} {
+		p, err := d.plan(ctx, tc.sb)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if p.gpu == nil || p.gpu.Driver != "cdi" || !slices.Equal(p.gpu.DeviceIDs, tc.want) {
+			t.Errorf("device request %+v, want cdi %v", p.gpu, tc.want)
+		}
+	}
+}
