@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"compress/gzip"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -134,5 +135,39 @@ func TestBuildInitramfsRealModules(t *testing.T) {
 	// A dynamically linked init is refused with the fix.
 	if _, err := BuildInitramfs(t.Context(), "/bin/true", mdir, cache); err == nil || !strings.Contains(err.Error(), "CGO_ENABLED=0") {
 		t.Fatalf("dynamic init accepted or unclear error: %v", err)
+	}
+}
+
+// TestInitramfsRefusesMixedArchitectures: an arm64 init with x86_64 modules (or the
+// reverse) would boot into a guest that cannot load its drivers; refuse it at build.
+func TestInitramfsRefusesMixedArchitectures(t *testing.T) {
+	amd, aerr := FindKernelFor("", "amd64")
+	arm, rerr := FindKernelFor("", "arm64")
+	if aerr != nil || rerr != nil {
+		testenv.Require(t, false, fmt.Sprintf("both guest kernels (run scripts/setup-vm-host.sh): %v %v", aerr, rerr))
+	}
+	armMods, err := ModulesDir(arm)
+	if err != nil {
+		t.Fatal(err)
+	}
+	amdMods, err := ModulesDir(amd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "init-arm64")
+	cmd := exec.Command("go", "build", "-o", bin, "github.com/openshell/openshell/guest/internal/testinit")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH=arm64")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("build: %v %s", err, out)
+	}
+	if _, err := BuildInitramfs(t.Context(), bin, amdMods, filepath.Join(dir, "cache")); err == nil || !strings.Contains(err.Error(), "arm64 but the kernel modules") {
+		t.Fatalf("arm64 init with amd64 modules: %v", err)
+	}
+	if _, err := BuildInitramfs(t.Context(), bin, armMods, filepath.Join(dir, "cache")); err != nil {
+		t.Fatalf("arm64 init with arm64 modules: %v", err)
+	}
+	if filepath.Base(arm) != "Image" {
+		t.Fatalf("arm64 kernel %s: want the uncompressed Image", arm)
 	}
 }

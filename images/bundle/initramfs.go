@@ -43,12 +43,24 @@ func BuildInitramfs(ctx context.Context, initBinary, modulesDir, cacheDir string
 	if err != nil {
 		return "", fmt.Errorf("initramfs: init binary: %w", err)
 	}
-	if err := checkStatic(initData); err != nil {
+	arch, err := checkStatic(initData)
+	if err != nil {
 		return "", fmt.Errorf("initramfs: init binary %s: %w", initBinary, err)
 	}
 	mods, err := selectModules(modulesDir, GuestModules)
 	if err != nil {
 		return "", err
+	}
+	// One bundle format for x86_64 and arm64 guests, but init and modules must agree.
+	for _, m := range mods {
+		if f, err := elf.NewFile(bytes.NewReader(m.data)); err == nil {
+			ma := f.Machine
+			_ = f.Close()
+			if ma != arch {
+				return "", fmt.Errorf("initramfs: init binary %s is built for %s but the kernel modules in %s are %s: pair the init binary with the kernel of the same architecture (kernel/vmlinux for amd64, kernel-arm64/Image for arm64)", initBinary, archName(arch), modulesDir, archName(ma))
+			}
+		}
+		break
 	}
 	if err := ctx.Err(); err != nil {
 		return "", err
@@ -109,22 +121,33 @@ func BuildInitramfs(ctx context.Context, initBinary, modulesDir, cacheDir string
 	return out, nil
 }
 
-// checkStatic rejects binaries that need a dynamic loader: the initramfs has none.
-func checkStatic(b []byte) error {
+// checkStatic rejects binaries that need a dynamic loader (the initramfs has none)
+// or that no guest kernel of ours runs, and returns the binary's architecture.
+func checkStatic(b []byte) (elf.Machine, error) {
 	f, err := elf.NewFile(bytes.NewReader(b))
 	if err != nil {
-		return fmt.Errorf("not an ELF executable: %w", err)
+		return 0, fmt.Errorf("not an ELF executable: %w", err)
 	}
 	defer f.Close()
 	for _, p := range f.Progs {
 		if p.Type == elf.PT_INTERP {
-			return errors.New("is dynamically linked; build it with CGO_ENABLED=0")
+			return 0, errors.New("is dynamically linked; build it with CGO_ENABLED=0")
 		}
 	}
-	if f.Machine != elf.EM_X86_64 {
-		return fmt.Errorf("is built for %s, the guest is x86_64 (GOARCH=amd64)", f.Machine)
+	if f.Machine != elf.EM_X86_64 && f.Machine != elf.EM_AARCH64 {
+		return 0, fmt.Errorf("is built for %s; guests are x86_64 (GOARCH=amd64) or arm64 (GOARCH=arm64)", f.Machine)
 	}
-	return nil
+	return f.Machine, nil
+}
+
+func archName(m elf.Machine) string {
+	switch m {
+	case elf.EM_X86_64:
+		return "amd64"
+	case elf.EM_AARCH64:
+		return "arm64"
+	}
+	return m.String()
 }
 
 type module struct {

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 )
 
@@ -20,8 +21,20 @@ const SystemVMDir = "/var/lib/openshell/vm"
 // ErrKernelNotFound means no guest kernel was found anywhere.
 var ErrKernelNotFound = errors.New("guest kernel not found")
 
+// KernelFile is the kernel's path inside a VM dir for a guest architecture (GOARCH
+// names): kernel/vmlinux for amd64 (an ELF QEMU and libkrun boot directly),
+// kernel-arm64/Image for arm64 (the uncompressed Image Virtualization.framework needs).
+func KernelFile(goarch string) string {
+	if goarch == "arm64" {
+		return filepath.Join("kernel-arm64", "Image")
+	}
+	return filepath.Join("kernel", "vmlinux")
+}
+
 // KernelCandidates lists, in order, where FindKernel looks.
-func KernelCandidates(flag string) []string {
+func KernelCandidates(flag string) []string { return kernelCandidates(flag, runtime.GOARCH) }
+
+func kernelCandidates(flag, goarch string) []string {
 	var c []string
 	if flag != "" {
 		c = append(c, flag)
@@ -36,19 +49,22 @@ func KernelCandidates(flag string) []string {
 		}
 	}
 	if data != "" {
-		c = append(c, filepath.Join(data, "openshell", "vm", "kernel", "vmlinux"))
+		c = append(c, filepath.Join(data, "openshell", "vm", KernelFile(goarch)))
 	}
 	if d := os.Getenv("OPENSHELL_VM_DIR"); d != "" {
-		c = append(c, filepath.Join(d, "kernel", "vmlinux"))
+		c = append(c, filepath.Join(d, KernelFile(goarch)))
 	}
-	return append(c, filepath.Join(SystemVMDir, "kernel", "vmlinux"))
+	return append(c, filepath.Join(SystemVMDir, KernelFile(goarch)))
 }
 
 // FindKernel returns the guest kernel: flag, then $OPENSHELL_VM_KERNEL, then
 // $XDG_DATA_HOME/openshell/vm/kernel/vmlinux (default ~/.local/share/...), then
 // /var/lib/openshell/vm/kernel/vmlinux. An explicit flag or env value that does not
 // exist is an error rather than silently falling through.
-func FindKernel(flag string) (string, error) {
+func FindKernel(flag string) (string, error) { return FindKernelFor(flag, runtime.GOARCH) }
+
+// FindKernelFor is FindKernel for a guest architecture (GOARCH names: amd64, arm64).
+func FindKernelFor(flag, goarch string) (string, error) {
 	explicit := map[string]string{}
 	if flag != "" {
 		explicit[flag] = "--kernel flag"
@@ -56,7 +72,7 @@ func FindKernel(flag string) (string, error) {
 	if e := os.Getenv(EnvKernel); e != "" {
 		explicit[e] = "$" + EnvKernel
 	}
-	cands := KernelCandidates(flag)
+	cands := kernelCandidates(flag, goarch)
 	for _, p := range cands {
 		st, err := os.Stat(p)
 		if err == nil && st.Mode().IsRegular() {

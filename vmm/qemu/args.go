@@ -15,6 +15,7 @@ type plan struct {
 	accel      string // kvm | tcg
 	transport  string // resolved, never auto
 	q35        bool
+	arm64      bool // arm64 guest: qemu-system-aarch64 -M virt
 	cpuKHz     int
 	vhostUser  string   // vhost-user vsock socket (QEMU side)
 	serialSock string   // virtio-serial chardev socket
@@ -39,9 +40,15 @@ const (
 // baseCmdline is always on the kernel command line; cfg.Cmdline is appended.
 const baseCmdline = "console=ttyS0 panic=-1 quiet"
 
+// baseCmdlineARM64 is baseCmdline for arm64 guests, whose serial port is a PL011.
+const baseCmdlineARM64 = "console=ttyAMA0 panic=-1 quiet"
+
 func kernelCmdline(cfg vmm.Config, p plan) string {
 	parts := []string{baseCmdline}
-	if p.accel == AccelTCG && p.cpuKHz > 0 {
+	if p.arm64 {
+		parts = []string{baseCmdlineARM64}
+	}
+	if p.accel == AccelTCG && p.cpuKHz > 0 && !p.arm64 {
 		// Without it TCG guests sometimes fail to calibrate the TSC and hang.
 		parts = append(parts, "tsc_early_khz="+strconv.Itoa(p.cpuKHz))
 	}
@@ -63,7 +70,10 @@ func buildArgs(cfg vmm.Config, p plan) []string {
 	}
 	mem := strconv.Itoa(cfg.MemoryMiB)
 	var a []string
-	if p.q35 {
+	if p.arm64 {
+		a = append(a, "-M", "virt,memory-backend=mem",
+			"-global", "virtio-mmio.force-legacy=false")
+	} else if p.q35 {
 		a = append(a, "-M", "q35,memory-backend=mem")
 	} else {
 		a = append(a, "-M", "microvm,x-option-roms=off,rtc=on,memory-backend=mem",
@@ -85,11 +95,22 @@ func buildArgs(cfg vmm.Config, p plan) []string {
 	)
 	if p.accel == AccelKVM {
 		a = append(a, "-cpu", "host")
+	} else if p.arm64 {
+		// QEMU's own pointer-authentication algorithm: the architected one (QARMA)
+		// costs TCG most of an arm64 boot.
+		a = append(a, "-cpu", "max,pauth-impdef=on")
 	}
 	if cfg.Initrd != "" {
 		a = append(a, "-initrd", cfg.Initrd)
 	}
-	for i, d := range cfg.Disks {
+	for j := range cfg.Disks {
+		// -M virt probes virtio-mmio devices from the last added to the first: add
+		// the disks in reverse so the guest still sees them in order (vda, vdb, ...).
+		i := j
+		if p.arm64 {
+			i = len(cfg.Disks) - 1 - j
+		}
+		d := cfg.Disks[i]
 		drive := fmt.Sprintf("id=disk%d,file=%s,format=raw,if=none,cache=writeback", i, qemuEscape(d.Path))
 		if d.ReadOnly {
 			drive += ",readonly=on"

@@ -25,8 +25,12 @@ import (
 	"github.com/openshell/openshell/vmm/channel"
 )
 
-// DefaultBinary is the QEMU system emulator used unless WithBinary says otherwise.
-const DefaultBinary = "qemu-system-x86_64"
+// DefaultBinary is the QEMU system emulator for x86_64 guests; arm64 guests (an arm64
+// Image as the kernel) get DefaultBinaryARM64, unless WithBinary says otherwise.
+const (
+	DefaultBinary      = "qemu-system-x86_64"
+	DefaultBinaryARM64 = "qemu-system-aarch64"
+)
 
 // VirtiofsdPath is where Debian's qemu-system-common ships virtiofsd.
 const VirtiofsdPath = "/usr/lib/qemu/virtiofsd"
@@ -105,7 +109,7 @@ func New(cfg vmm.Config, opts ...Option) (vmm.Machine, error) {
 
 // NewMachine is New returning the concrete type (for Accel/Transport/QMP helpers).
 func NewMachine(cfg vmm.Config, opts ...Option) (*Machine, error) {
-	o := options{accel: AccelAuto, transport: TransportAuto, binary: DefaultBinary, virtiofsd: VirtiofsdPath, startTimeout: 15 * time.Second}
+	o := options{accel: AccelAuto, transport: TransportAuto, virtiofsd: VirtiofsdPath, startTimeout: 15 * time.Second}
 	for _, opt := range opts {
 		opt(&o)
 	}
@@ -151,6 +155,41 @@ func (m *Machine) Transport() TransportInfo {
 	return m.transport
 }
 
+func machineName(p plan) string {
+	switch {
+	case p.arm64:
+		return "virt (arm64)"
+	case p.q35:
+		return "q35"
+	}
+	return "microvm"
+}
+
+// binary is the QEMU system emulator for the guest's architecture.
+func (m *Machine) binary() string {
+	switch {
+	case m.opts.binary != "":
+		return m.opts.binary
+	case isARM64Image(m.cfg.Kernel):
+		return DefaultBinaryARM64
+	}
+	return DefaultBinary
+}
+
+// isARM64Image reports whether the kernel is an arm64 Image ("ARM\x64" at offset 56).
+func isARM64Image(path string) bool {
+	f, err := os.Open(path)
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	hdr := make([]byte, 64)
+	if _, err := io.ReadFull(f, hdr); err != nil {
+		return false
+	}
+	return string(hdr[56:60]) == "ARM\x64"
+}
+
 // Args returns the QEMU command line Start would run (for diagnostics).
 func (m *Machine) Args() ([]string, error) {
 	p, _, _, err := m.resolve()
@@ -162,7 +201,12 @@ func (m *Machine) Args() ([]string, error) {
 
 func (m *Machine) resolve() (plan, AccelInfo, TransportInfo, error) {
 	cfg := m.cfg
+	arm64 := isARM64Image(cfg.Kernel)
+	if arm64 && (len(cfg.PCIDevices) > 0 || m.opts.forceQ35) {
+		return plan{}, AccelInfo{}, TransportInfo{}, fmt.Errorf("vm %s: PCIDevices: device passthrough needs an x86_64 guest (the kernel is an arm64 Image)", cfg.Name)
+	}
 	p := plan{
+		arm64:      arm64,
 		q35:        len(cfg.PCIDevices) > 0 || m.opts.forceQ35,
 		qmpSock:    statePath(cfg, qmpSockName),
 		vhostUser:  statePath(cfg, vhostUserName),
@@ -229,9 +273,9 @@ func (m *Machine) Start(ctx context.Context) (retErr error) {
 	}()
 
 	cfg := m.cfg
-	bin, err := exec.LookPath(m.opts.binary)
+	bin, err := exec.LookPath(m.binary())
 	if err != nil {
-		return fmt.Errorf("vm %s: QEMU (%s) not found: %w; run scripts/setup-vm-host.sh", cfg.Name, m.opts.binary, err)
+		return fmt.Errorf("vm %s: QEMU (%s) not found: %w; run scripts/setup-vm-host.sh", cfg.Name, m.binary(), err)
 	}
 	if _, err := os.Stat(cfg.Kernel); err != nil {
 		return fmt.Errorf("vm %s: kernel: %w; run scripts/setup-vm-host.sh or set the kernel path", cfg.Name, err)
@@ -256,7 +300,7 @@ func (m *Machine) Start(ctx context.Context) (retErr error) {
 	if ai.Name == AccelTCG && m.opts.accel == AccelAuto {
 		m.log.Warn("no usable hardware virtualisation; guest runs under TCG software emulation", "reason", ai.Reason)
 	}
-	m.log.Info("starting vm", "accel", ai.Name, "transport", ti.Name, "transport_reason", ti.Reason, "machine", map[bool]string{true: "q35", false: "microvm"}[p.q35])
+	m.log.Info("starting vm", "accel", ai.Name, "transport", ti.Name, "transport_reason", ti.Reason, "machine", machineName(p))
 	for _, s := range []string{p.qmpSock, p.vhostUser, p.serialSock} {
 		_ = os.Remove(s)
 	}
