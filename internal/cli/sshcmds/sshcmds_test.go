@@ -39,6 +39,8 @@ type miniGateway struct {
 	sock  string
 	token string
 	logs  []*pb.SandboxLogLine
+	// logsReq is the last GetSandboxLogs request (guarded by mu).
+	logsReq *pb.GetSandboxLogsRequest
 	// key is the host key the supervisor "registered"; tests replace it to play a
 	// supervisor whose SSH server presents another key.
 	mu  sync.Mutex
@@ -145,6 +147,9 @@ func (g *miniGateway) ForwardTcp(s grpc.BidiStreamingServer[pb.TcpForwardFrame, 
 }
 
 func (g *miniGateway) GetSandboxLogs(_ context.Context, r *pb.GetSandboxLogsRequest) (*pb.GetSandboxLogsResponse, error) {
+	g.mu.Lock()
+	g.logsReq = r
+	g.mu.Unlock()
 	return &pb.GetSandboxLogsResponse{Logs: g.logs}, nil
 }
 
@@ -369,6 +374,40 @@ func TestSSHConfigAndLogs(t *testing.T) {
 	}
 	if out != "1970-01-01T00:00:00.000Z INFO  sandbox/main: hello from main\n" {
 		t.Fatalf("logs output %q", out)
+	}
+}
+
+// logs --since/--level/--source reach the gateway as its filter fields; bad values
+// are refused before any call, naming the flag.
+func TestLogsFilters(t *testing.T) {
+	dial, _, h := setupGateway(t)
+	before := time.Now()
+	if _, _, err := run(t, dial, nil, "sandbox", "logs", "box", "--since", "10m", "--level", "warning", "--source", "sandbox,gateway", "--source", "sandbox"); err != nil {
+		t.Fatal(err)
+	}
+	h.g.mu.Lock()
+	req := h.g.logsReq
+	h.g.mu.Unlock()
+	wantSince := before.Add(-10 * time.Minute).UnixMilli()
+	if d := req.GetSinceMs() - wantSince; d < -1000 || d > 5000 {
+		t.Errorf("since_ms = %d, want about now-10m = %d", req.GetSinceMs(), wantSince)
+	}
+	if req.GetMinLevel() != "WARN" || strings.Join(req.GetSources(), ",") != "sandbox,gateway" {
+		t.Errorf("min_level %q sources %v", req.GetMinLevel(), req.GetSources())
+	}
+	for _, tc := range []struct{ flag, val, want string }{
+		{"--since", "yesterday", "--since \"yesterday\" is neither a duration"},
+		{"--since", "-5m", "must be positive"},
+		{"--level", "loud", "--level \"loud\": use one of trace, debug, info, warn, error"},
+		{"--source", "kernel", "--source \"kernel\": use gateway or sandbox"},
+	} {
+		if _, _, err := run(t, dial, nil, "sandbox", "logs", "box", tc.flag, tc.val); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("logs %s %s: err = %v, want %q", tc.flag, tc.val, err, tc.want)
+		}
+	}
+	f, err := ParseLogFilter("2026-01-02T15:04:05Z", "", nil, time.Now())
+	if err != nil || f.SinceMs != time.Date(2026, 1, 2, 15, 4, 5, 0, time.UTC).UnixMilli() {
+		t.Errorf("RFC 3339 --since: %+v %v", f, err)
 	}
 }
 
