@@ -45,7 +45,7 @@ func TestBuildCreateRequest(t *testing.T) {
 	policy := filepath.Join(t.TempDir(), "p.yaml")
 	os.WriteFile(policy, []byte("version: 1\nfilesystem_policy:\n  read_only: [/usr]\nnetwork_policies:\n  web:\n    name: web\n    endpoints:\n      - host: example.com\n        port: 443\n"), 0o600)
 	req, err := buildCreateRequest(createOptions{name: "dev", image: "img:1", cpu: "2", memory: "1Gi", env: []string{"A=1", "B=x=y"},
-		labels: []string{"team=a"}, gpu: true, policy: policy}, "ws", []string{"sleep", "1"})
+		labels: []string{"team=a"}, gpu: "1", policy: policy}, "ws", []string{"sleep", "1"})
 	if err != nil {
 		t.Fatal(err)
 	}

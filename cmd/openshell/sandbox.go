@@ -42,7 +42,8 @@ func (a *app) sandboxCmd() *cobra.Command {
 type createOptions struct {
 	name, image, cpu, memory, policy string
 	env, labels, providers           []string
-	gpu                              bool
+	gpu                              string   // --gpu: "" = none, a count, or bare
+	gpuDevices                       []string // --gpu-device
 	timeout                          time.Duration
 	noWait                           bool
 	// detach/noTTY: do not attach a shell after READY even on a terminal.
@@ -105,8 +106,8 @@ func buildCreateRequest(o createOptions, workspace string, argv []string) (*open
 		}
 		spec.Template.Resources = res
 	}
-	if o.gpu {
-		spec.ResourceRequirements = &openshellv1.ResourceRequirements{Gpu: &openshellv1.GpuResourceRequirements{}}
+	if err := applyGPU(spec, o.gpu, o.gpuDevices); err != nil {
+		return nil, err
 	}
 	if o.policy != "" {
 		p, err := loadPolicy(o.policy)
@@ -167,6 +168,7 @@ func (a *app) sandboxCreate(ws *string) *cobra.Command {
 			if err := a.resolveCreateImage(ctx, &o, os.Stderr); err != nil {
 				return err
 			}
+			args = takeGPUCount(cmd, &o.gpu, args)
 			req, err := buildCreateRequest(o, *ws, args)
 			if err != nil {
 				return err
@@ -218,7 +220,7 @@ func (a *app) sandboxCreate(ws *string) *cobra.Command {
 	f.StringArrayVar(&o.labels, "label", nil, "label KEY=VALUE (repeatable)")
 	f.StringVar(&o.policy, "policy", "", "sandbox policy file (YAML or JSON)")
 	f.StringArrayVar(&o.providers, "provider", nil, "attach a provider's credentials (see `openshell provider create`; repeatable)")
-	f.BoolVar(&o.gpu, "gpu", false, "request a GPU")
+	addGPUFlags(cmd, &o.gpu, &o.gpuDevices)
 	f.DurationVar(&o.timeout, "timeout", 5*time.Minute, "how long to wait for the sandbox to become ready")
 	f.BoolVar(&o.noWait, "no-wait", false, "return right after the gateway accepted the sandbox")
 	f.BoolVarP(&o.detach, "detach", "d", false, "do not open a shell in the sandbox once it is ready (the default on a terminal)")
