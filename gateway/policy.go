@@ -377,3 +377,33 @@ func policyCondition(r *record) []*openshellv1.SandboxCondition {
 	}
 	return []*openshellv1.SandboxCondition{{Type: ConditionPolicyApplied, Status: "False", Reason: "PolicyRejected", Message: r.policyError}}
 }
+
+// sweepRevisions removes the policy revisions of sandboxes that no longer exist (a
+// deleted sandbox leaves its rows behind; they are only read through a live sandbox).
+func (s *Server) sweepRevisions(ctx context.Context) {
+	objs, err := s.st.List(ctx, kindPolicyRevision, store.ListOptions{AllWorkspaces: true})
+	if err != nil {
+		s.log.Warn("policy revision sweep: list failed", "err", err)
+		return
+	}
+	gone := map[string]bool{}
+	removed := 0
+	for _, o := range objs {
+		id := o.Labels[labelSandboxID]
+		if _, seen := gone[id]; !seen {
+			_, err := s.st.Get(ctx, kindSandbox, id)
+			gone[id] = errors.Is(err, store.ErrNotFound)
+		}
+		if !gone[id] {
+			continue
+		}
+		if err := s.st.Delete(ctx, kindPolicyRevision, o.ID, o.ResourceVersion); err != nil && !errors.Is(err, store.ErrNotFound) {
+			s.log.Warn("policy revision sweep: delete failed", "revision", o.Name, "err", err)
+			continue
+		}
+		removed++
+	}
+	if removed > 0 {
+		s.log.Info("removed policy revisions of deleted sandboxes", "revisions", removed)
+	}
+}

@@ -2,15 +2,12 @@ package gateway_test
 
 import (
 	"context"
-	"crypto/tls"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials"
 
 	"github.com/openshell/openshell/api/openshellv1"
 	"github.com/openshell/openshell/api/sandboxv1"
@@ -36,34 +33,6 @@ func startExtEnvAt(t *testing.T, dir string, drv *drivertest.MemDriver) *env {
 	return startEnvWith(t, dir, drv, 200*time.Millisecond, func(o *gateway.Options) { o.Secrets = box })
 }
 
-// extClient dials the OpenShell service with tc and, when tok is set, a sandbox token.
-func (e *env) extClient(tc *tls.Config, tok string) openshellv1.OpenShellClient {
-	e.t.Helper()
-	opts := []grpc.DialOption{grpc.WithTransportCredentials(credentials.NewTLS(tc))}
-	if tok != "" {
-		opts = append(opts, grpc.WithPerRPCCredentials(bearer(tok)))
-	}
-	cc, err := grpc.NewClient("passthrough:///"+e.addr, opts...)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	e.t.Cleanup(func() { cc.Close() })
-	return openshellv1.NewOpenShellClient(cc)
-}
-
-func (e *env) userExt() openshellv1.OpenShellClient {
-	return e.extClient(e.bundle.ClientTLSConfig(), "")
-}
-
-func (e *env) sandboxExt(id string) openshellv1.OpenShellClient {
-	e.t.Helper()
-	tok, err := e.issuer.Mint(id, time.Hour)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	return e.extClient(&tls.Config{RootCAs: e.bundle.CertPool(), MinVersion: tls.VersionTLS13}, tok)
-}
-
 func networkPolicy(host string) *sandboxv1.SandboxPolicy {
 	p := policy.Default().ToProto()
 	p.NetworkPolicies = map[string]*sandboxv1.NetworkPolicyRule{"api": {Name: "api",
@@ -77,7 +46,7 @@ func TestUpdateConfigBumpsVersion(t *testing.T) {
 	ctx := context.Background()
 	sb := e.create("pol")
 	id := sb.GetMetadata().GetId()
-	sup := e.client(&tls.Config{RootCAs: e.bundle.CertPool(), MinVersion: tls.VersionTLS13}, mustMint(t, e, id))
+	sup := e.sandboxClient(id)
 
 	cfg, err := sup.GetSandboxConfig(ctx, &sandboxv1.GetSandboxConfigRequest{SandboxId: id})
 	if err != nil {
@@ -87,7 +56,7 @@ func TestUpdateConfigBumpsVersion(t *testing.T) {
 		t.Fatalf("initial config: version %d source %v, want 1 SANDBOX", cfg.GetVersion(), cfg.GetPolicySource())
 	}
 
-	ue := e.userExt()
+	ue := e.user
 	want := networkPolicy("api.example.com")
 	resp, err := ue.UpdateConfig(ctx, &openshellv1.UpdateConfigRequest{Name: "pol", Policy: want})
 	if err != nil {
@@ -122,20 +91,11 @@ func TestUpdateConfigBumpsVersion(t *testing.T) {
 	}
 }
 
-func mustMint(t *testing.T, e *env, id string) string {
-	t.Helper()
-	tok, err := e.issuer.Mint(id, time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return tok
-}
-
 func TestUpdateConfigRefusals(t *testing.T) {
 	e := startExtEnv(t)
 	ctx := context.Background()
 	e.create("pol")
-	ue := e.userExt()
+	ue := e.user
 
 	static := networkPolicy("api.example.com")
 	static.Filesystem.ReadWrite = append(static.Filesystem.ReadWrite, "/data")
@@ -161,7 +121,7 @@ func TestUpdateConfigRefusals(t *testing.T) {
 
 	// A sandbox token may not update policies (user method).
 	sb := e.get("pol")
-	_, err = e.sandboxExt(sb.GetMetadata().GetId()).UpdateConfig(ctx, &openshellv1.UpdateConfigRequest{Name: "pol", Policy: networkPolicy("a.example.com")})
+	_, err = e.sandboxClient(sb.GetMetadata().GetId()).UpdateConfig(ctx, &openshellv1.UpdateConfigRequest{Name: "pol", Policy: networkPolicy("a.example.com")})
 	wantCode(t, err, codes.PermissionDenied)
 	if v := e.get("pol"); v.GetStatus().GetCurrentPolicyVersion() != 0 {
 		t.Errorf("refused updates changed the sandbox: %v", v.GetStatus())
@@ -173,11 +133,11 @@ func TestReportPolicyStatus(t *testing.T) {
 	ctx := context.Background()
 	a := e.create("a").GetMetadata().GetId()
 	b := e.create("b").GetMetadata().GetId()
-	ue := e.userExt()
+	ue := e.user
 	if _, err := ue.UpdateConfig(ctx, &openshellv1.UpdateConfigRequest{Name: "a", Policy: networkPolicy("api.example.com")}); err != nil {
 		t.Fatal(err)
 	}
-	sa := e.sandboxExt(a)
+	sa := e.sandboxClient(a)
 
 	// Refused: another sandbox's id, a user certificate, a version never stored.
 	_, err := sa.ReportPolicyStatus(ctx, &openshellv1.ReportPolicyStatusRequest{SandboxId: b, Version: 1, Status: openshellv1.PolicyStatus_POLICY_STATUS_LOADED})
@@ -245,7 +205,7 @@ func TestPolicyAndProvidersSurviveRestart(t *testing.T) {
 	drv := drivertest.NewMemDriver()
 	e := startExtEnvAt(t, dir, drv)
 	ctx := context.Background()
-	ue := e.userExt()
+	ue := e.user
 	if _, err := ue.CreateProvider(ctx, newProvider("gh", "github", map[string]string{"TOKEN": "t0k"})); err != nil {
 		t.Fatal(err)
 	}
@@ -259,13 +219,13 @@ func TestPolicyAndProvidersSurviveRestart(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := e.sandboxExt(id).ReportPolicyStatus(ctx, &openshellv1.ReportPolicyStatusRequest{SandboxId: id, Version: up.GetVersion(), Status: openshellv1.PolicyStatus_POLICY_STATUS_LOADED}); err != nil {
+	if _, err := e.sandboxClient(id).ReportPolicyStatus(ctx, &openshellv1.ReportPolicyStatusRequest{SandboxId: id, Version: up.GetVersion(), Status: openshellv1.PolicyStatus_POLICY_STATUS_LOADED}); err != nil {
 		t.Fatal(err)
 	}
 	e.stop()
 
 	e2 := startExtEnvAt(t, dir, drv)
-	sup := e2.client(&tls.Config{RootCAs: e2.bundle.CertPool(), MinVersion: tls.VersionTLS13}, mustMint(t, e2, id))
+	sup := e2.sandboxClient(id)
 	cfg, err := sup.GetSandboxConfig(ctx, &sandboxv1.GetSandboxConfigRequest{SandboxId: id})
 	if err != nil || cfg.GetVersion() != 2 || cfg.GetPolicyHash() != up.GetPolicyHash() {
 		t.Fatalf("config after restart: %v version %d hash %s, want 2 %s", err, cfg.GetVersion(), cfg.GetPolicyHash(), up.GetPolicyHash())
@@ -273,11 +233,11 @@ func TestPolicyAndProvidersSurviveRestart(t *testing.T) {
 	if v := e2.get("r").GetStatus().GetCurrentPolicyVersion(); v != 2 {
 		t.Fatalf("current_policy_version after restart = %d, want 2", v)
 	}
-	pv, err := e2.sandboxExt(id).GetSandboxProviderEnvironment(ctx, envReq(id))
+	pv, err := e2.sandboxClient(id).GetSandboxProviderEnvironment(ctx, envReq(id))
 	if err != nil || len(decodeEnv(t, pv)) != 1 || decodeEnv(t, pv)[0].Credentials["TOKEN"] != "t0k" {
 		t.Fatalf("providers after restart: %v %v", pv, err)
 	}
-	next, err := e2.userExt().UpdateConfig(ctx, &openshellv1.UpdateConfigRequest{Name: "r", Policy: networkPolicy("b.example.com")})
+	next, err := e2.user.UpdateConfig(ctx, &openshellv1.UpdateConfigRequest{Name: "r", Policy: networkPolicy("b.example.com")})
 	if err != nil || next.GetVersion() != 3 {
 		t.Fatalf("update after restart: %v version %d, want 3", err, next.GetVersion())
 	}

@@ -592,6 +592,13 @@ func (s *Server) openProvider(o *store.Object) (*datamodelv1.Provider, error) {
 	if err != nil {
 		return nil, status.Errorf(codes.DataLoss, "provider %s: %v", o.Name, err)
 	}
+	if isLegacyProvider(plain) {
+		p, err := decodeLegacyProvider(plain)
+		if err != nil {
+			return nil, status.Errorf(codes.DataLoss, "provider %s: stored credentials (earlier format) are corrupt: %v", o.Name, err)
+		}
+		return p, nil
+	}
 	p := &datamodelv1.Provider{}
 	if err := proto.Unmarshal(plain, p); err != nil {
 		return nil, status.Errorf(codes.DataLoss, "provider %s: stored credentials are corrupt: %v", o.Name, err)

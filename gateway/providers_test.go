@@ -61,7 +61,7 @@ func createGitHubProvider(t *testing.T, ue openshellv1.OpenShellClient) *datamod
 func TestProviderCRUD(t *testing.T) {
 	e := startExtEnv(t)
 	ctx := context.Background()
-	ue := e.userExt()
+	ue := e.user
 	p := createGitHubProvider(t, ue)
 	if !slices.Equal(slices.Sorted(maps.Keys(p.GetCredentials())), []string{"GH_USER", "GITHUB_TOKEN"}) || p.GetCredentials()["GITHUB_TOKEN"] != "" ||
 		p.GetType() != "github" || p.GetMetadata().GetCreatedAtMs() == 0 || p.GetMetadata().GetId() == "" {
@@ -118,7 +118,7 @@ func TestProviderCRUD(t *testing.T) {
 func TestSandboxProviders(t *testing.T) {
 	e := startExtEnv(t)
 	ctx := context.Background()
-	ue := e.userExt()
+	ue := e.user
 	createGitHubProvider(t, ue)
 
 	// Unknown provider names are refused at create, naming the fix.
@@ -132,7 +132,7 @@ func TestSandboxProviders(t *testing.T) {
 	id := e.create("agent", "github").GetMetadata().GetId()
 	other := e.create("other").GetMetadata().GetId()
 
-	got, err := e.sandboxExt(id).GetSandboxProviderEnvironment(ctx, envReq(id))
+	got, err := e.sandboxClient(id).GetSandboxProviderEnvironment(ctx, envReq(id))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -141,21 +141,21 @@ func TestSandboxProviders(t *testing.T) {
 		t.Fatalf("GetSandboxProviderEnvironment = %v", got)
 	}
 	// A caller that cannot bind credentials to hosts gets placeholders only.
-	ph, err := e.sandboxExt(id).GetSandboxProviderEnvironment(ctx, &openshellv1.GetSandboxProviderEnvironmentRequest{SandboxId: id})
+	ph, err := e.sandboxClient(id).GetSandboxProviderEnvironment(ctx, &openshellv1.GetSandboxProviderEnvironmentRequest{SandboxId: id})
 	if err != nil || strings.Contains(ph.String(), ghSecret) || !strings.HasPrefix(ph.GetEnvironment()["GITHUB_TOKEN"], credentials.PlaceholderPrefix+"github:GITHUB_TOKEN:") {
 		t.Fatalf("placeholder answer %v, %v", ph, err)
 	}
 	// Never to a user, never to another sandbox.
 	_, err = ue.GetSandboxProviderEnvironment(ctx, envReq(id))
 	wantCode(t, err, codes.PermissionDenied)
-	_, err = e.sandboxExt(other).GetSandboxProviderEnvironment(ctx, envReq(id))
+	_, err = e.sandboxClient(other).GetSandboxProviderEnvironment(ctx, envReq(id))
 	wantCode(t, err, codes.PermissionDenied)
-	none, err := e.sandboxExt(other).GetSandboxProviderEnvironment(ctx, envReq(other))
+	none, err := e.sandboxClient(other).GetSandboxProviderEnvironment(ctx, envReq(other))
 	if err != nil || len(none.GetEnvironment()) != 0 {
 		t.Fatalf("sandbox without providers: %v %v", none, err)
 	}
 	// Provider CRUD is a user method.
-	_, err = e.sandboxExt(id).ListProviders(ctx, &openshellv1.ListProvidersRequest{})
+	_, err = e.sandboxClient(id).ListProviders(ctx, &openshellv1.ListProvidersRequest{})
 	wantCode(t, err, codes.PermissionDenied)
 
 	// In use: delete refused, naming the sandbox; allowed after the sandbox is gone.
@@ -185,7 +185,7 @@ func TestSandboxProviders(t *testing.T) {
 func TestProviderDeleteRacesCreate(t *testing.T) {
 	e := startExtEnv(t)
 	ctx := context.Background()
-	ue := e.userExt()
+	ue := e.user
 	const rounds = 40
 	var bothOK, createOnly, deleteOnly int
 	for i := range rounds {

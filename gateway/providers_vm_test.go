@@ -46,14 +46,14 @@ func TestVMSandboxProvidersOnlyToRunner(t *testing.T) {
 		o.Driver = vmMemDriver{MemDriver: o.Driver.(*drivertest.MemDriver), key: key}
 	})
 	ctx := context.Background()
-	createGitHubProvider(t, e.userExt())
+	createGitHubProvider(t, e.user)
 	id := e.create("agent", "github").GetMetadata().GetId()
 	other := e.create("other").GetMetadata().GetId()
 	tok, err := e.issuer.Mint(id, time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := e.extClient(&tls.Config{RootCAs: e.bundle.CertPool(), MinVersion: tls.VersionTLS13}, tok)
+	c := e.client(&tls.Config{RootCAs: e.bundle.CertPool(), MinVersion: tls.VersionTLS13}, tok)
 	ask := func(cred string) (*openshellv1.GetSandboxProviderEnvironmentResponse, error) {
 		cctx := ctx
 		if cred != "" {
@@ -113,10 +113,10 @@ func TestAttachedVMDriverGetsNoValues(t *testing.T) {
 		o.Driver = attachedVMDriver{o.Driver.(*drivertest.MemDriver)}
 	})
 	ctx := context.Background()
-	createGitHubProvider(t, e.userExt())
+	createGitHubProvider(t, e.user)
 	id := e.create("agent", "github").GetMetadata().GetId()
 	cctx := metadata.AppendToOutgoingContext(ctx, hostcred.MetadataKey, hostcred.Derive(nil, id))
-	got, err := e.sandboxExt(id).GetSandboxProviderEnvironment(cctx, envReq(id))
+	got, err := e.sandboxClient(id).GetSandboxProviderEnvironment(cctx, envReq(id))
 	wantCode(t, err, codes.PermissionDenied)
 	if strings.Contains(got.String(), ghSecret) || !strings.Contains(err.Error(), "no runner key") {
 		t.Fatalf("answer %v, %v", got, err)

@@ -154,6 +154,7 @@ func (s *Server) Start(ctx context.Context) error {
 	if err := s.reconcileOnce(ctx); err != nil {
 		s.log.Warn("initial reconcile failed; will retry", "err", err)
 	}
+	s.sweepRevisions(ctx)
 	rctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	s.cancel = cancel
 	s.wg.Add(2)
