@@ -9,7 +9,8 @@
 #   * the arm64 guest (what Apple silicon runs): qemu-system-aarch64 (qemu-system-arm)
 #     and Debian's arm64 cloud kernel, fetched through PRIVATE apt lists for arm64 (the
 #     system gains no foreign architecture) into $OPENSHELL_VM_DIR/kernel-arm64/
-#     {Image,modules/<kver>/,version}. OPENSHELL_VM_ARM64=0 skips it.
+#     {Image,modules/<kver>/,version}, and a static arm64 busybox (the arm64 test
+#     image) into $OPENSHELL_VM_DIR/arm64/. OPENSHELL_VM_ARM64=0 skips it.
 # Idempotent: every step is skipped when its result (keyed by version) already exists.
 # OPENSHELL_VM_REFRESH=1 refreshes the package lists first (picks up newer versions).
 # OPENSHELL_VM_DIR overrides the install dir; OPENSHELL_VM_KERNEL_SERIES the kernel
@@ -236,6 +237,25 @@ if [ "${OPENSHELL_VM_ARM64:-1}" != 0 ]; then
 		rm -rf "$work"
 		trap - EXIT
 		log "arm64 guest kernel $akver installed in $ARM_DIR"
+	fi
+	# A static arm64 busybox: the arm64 end-to-end test's sandbox image.
+	ABB_DIR="$VM_DIR/arm64"
+	abbver="$(apt-cache "${arm_opts[@]}" show busybox-static | awk '/^Version:/{print $2; exit}')"
+	if [ -x "$ABB_DIR/busybox" ] && [ "$(cat "$ABB_DIR/busybox.version" 2>/dev/null)" = "$abbver" ]; then
+		log "arm64 busybox-static $abbver already in $ABB_DIR"
+	else
+		[ -n "$abbver" ] || die "busybox-static not found for arm64"
+		work="$(mktemp -d "$CACHE_DIR/busybox-arm64.XXXXXX")"
+		trap 'rm -rf "$work"' EXIT
+		(cd "$work" && apt-get -qq "${arm_opts[@]}" -o APT::Sandbox::User=root download busybox-static)
+		dpkg-deb -x "$work"/busybox-static_*.deb "$work/root"
+		mkdir -p "$ABB_DIR"
+		install -m 0755 "$work/root/bin/busybox" "$ABB_DIR/busybox.new"
+		mv "$ABB_DIR/busybox.new" "$ABB_DIR/busybox"
+		echo "$abbver" >"$ABB_DIR/busybox.version"
+		rm -rf "$work"
+		trap - EXIT
+		log "arm64 busybox-static $abbver installed in $ABB_DIR"
 	fi
 fi
 

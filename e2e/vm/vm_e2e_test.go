@@ -342,12 +342,16 @@ func (e *env) buildImage(busybox string) string {
 	return "oci-layout:" + dir + ":e2e"
 }
 
-func writeBusyboxRootfs(path, busybox string) error {
+func writeBusyboxRootfs(path, busybox string) error { return writeBusyboxRootfsWith(path, busybox, busybox) }
+
+// writeBusyboxRootfsWith takes the applet list from lister, a busybox this host can
+// run (busybox may be built for another architecture).
+func writeBusyboxRootfsWith(path, busybox, lister string) error {
 	bb, err := os.ReadFile(busybox)
 	if err != nil {
 		return err
 	}
-	list, err := exec.Command(busybox, "--list").Output()
+	list, err := exec.Command(lister, "--list").Output()
 	if err != nil {
 		return fmt.Errorf("busybox --list: %w", err)
 	}

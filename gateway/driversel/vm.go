@@ -30,6 +30,7 @@ var vmTableFlags = []struct{ key, flag string }{
 	{"memory_mib", "--memory-mib"},
 	{"default_image", "--default-image"},
 	{"kernel", "--kernel"},
+	{"backend", "--backend"},
 	{"accel", "--accel"},
 	{"vsock_transport", "--vsock-transport"},
 	{"supervisor_binary", "--supervisor-binary"},
