@@ -342,7 +342,9 @@ func (e *env) buildImage(busybox string) string {
 	return "oci-layout:" + dir + ":e2e"
 }
 
-func writeBusyboxRootfs(path, busybox string) error { return writeBusyboxRootfsWith(path, busybox, busybox) }
+func writeBusyboxRootfs(path, busybox string) error {
+	return writeBusyboxRootfsWith(path, busybox, busybox)
+}
 
 // writeBusyboxRootfsWith takes the applet list from lister, a busybox this host can
 // run (busybox may be built for another architecture).
