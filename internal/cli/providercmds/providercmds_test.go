@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -17,6 +18,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 
+	pb "github.com/openshell/openshell/api/openshellv1"
 	"github.com/openshell/openshell/drivers/drivertest"
 	"github.com/openshell/openshell/gateway"
 	"github.com/openshell/openshell/gateway/auth"
@@ -24,6 +26,7 @@ import (
 	"github.com/openshell/openshell/gateway/secrets"
 	"github.com/openshell/openshell/gateway/store/sqlite"
 	"github.com/openshell/openshell/gateway/token"
+	"github.com/openshell/openshell/internal/cli/policycmds"
 	"github.com/openshell/openshell/internal/cli/providercmds"
 )
 
@@ -137,6 +140,9 @@ func run(t *testing.T, dial providercmds.DialFunc, environ map[string]string, ar
 	t.Helper()
 	root := &cobra.Command{Use: "openshell", SilenceUsage: true, SilenceErrors: true}
 	root.AddCommand(providercmds.CommandWithEnv(dial, env(environ)))
+	sandbox := &cobra.Command{Use: "sandbox"}
+	sandbox.AddCommand(providercmds.SandboxCommand(dial))
+	root.AddCommand(sandbox, policycmds.Command(policycmds.GRPCFrom(policycmds.DialFunc(dial))))
 	var out bytes.Buffer
 	root.SetOut(&out)
 	root.SetErr(&out)
@@ -226,5 +232,80 @@ func TestProviderCommands(t *testing.T) {
 	}
 	if _, err := run(t, dial, environ, "provider", "get", "gh"); err == nil || !strings.Contains(err.Error(), "does not exist") {
 		t.Fatalf("get after delete: %v", err)
+	}
+}
+
+// TestSandboxProviderAndPolicyHistoryCommands drives `sandbox provider
+// attach|detach|list` and `policy set|list|get --rev|--full` against a real gateway.
+func TestSandboxProviderAndPolicyHistoryCommands(t *testing.T) {
+	dial := startGateway(t)
+	environ := map[string]string{}
+	mustRun := func(args ...string) string {
+		t.Helper()
+		out, err := run(t, dial, environ, args...)
+		if err != nil {
+			t.Fatalf("%v: %v\n%s", args, err, out)
+		}
+		return out
+	}
+	mustRun("provider", "create", "--name", "gh", "--type", "github", "--credential", "GITHUB_TOKEN=ghp_x", "--host", "api.github.com")
+	cc, err := dial(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pb.NewOpenShellClient(cc).CreateSandbox(t.Context(), &pb.CreateSandboxRequest{Name: "box",
+		Spec: &pb.SandboxSpec{Template: &pb.SandboxTemplate{Image: "test:1"}}}); err != nil {
+		t.Fatal(err)
+	}
+
+	if out := mustRun("sandbox", "provider", "attach", "box", "gh"); !strings.Contains(out, "provider gh attached") {
+		t.Fatalf("attach: %s", out)
+	}
+	if out := mustRun("sandbox", "provider", "attach", "box", "gh"); !strings.Contains(out, "already attached") {
+		t.Fatalf("second attach: %s", out)
+	}
+	var list []map[string]any
+	out := mustRun("sandbox", "provider", "list", "box", "-o", "json")
+	if err := json.Unmarshal([]byte(out), &list); err != nil || len(list) != 1 || strings.Contains(out, "ghp_x") {
+		t.Fatalf("list: %v\n%s", err, out)
+	}
+	if _, err := run(t, dial, environ, "sandbox", "provider", "attach", "box", "nope"); err == nil || !strings.Contains(err.Error(), `provider "nope" does not exist`) {
+		t.Fatalf("attach of a missing provider: %v", err)
+	}
+	if _, err := run(t, dial, environ, "provider", "delete", "gh"); err == nil || !strings.Contains(err.Error(), "sandbox provider detach") {
+		t.Fatalf("delete in use: %v", err)
+	}
+	if out := mustRun("sandbox", "provider", "detach", "box", "gh"); !strings.Contains(out, "provider gh detached") {
+		t.Fatalf("detach: %s", out)
+	}
+	if out := mustRun("sandbox", "provider", "list", "box"); strings.Contains(out, "gh") {
+		t.Fatalf("list after detach: %s", out)
+	}
+
+	file := filepath.Join(t.TempDir(), "p.yaml")
+	if err := os.WriteFile(file, []byte("version: 1\nnetwork_policies:\n  pypi:\n    endpoints:\n      - {host: pypi.org, port: 443}\n    binaries: [{path: /usr/bin/pip}]\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if out := mustRun("policy", "set", "box", "--policy", file); !strings.Contains(out, "policy version 2 stored") {
+		t.Fatalf("set: %s", out)
+	}
+	out = mustRun("policy", "list", "box")
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	if len(lines) != 3 || !strings.HasPrefix(lines[0], "VERSION") || !strings.HasPrefix(lines[1], "2 ") || !strings.Contains(lines[1], "pending") || !strings.HasPrefix(lines[2], "1 ") {
+		t.Fatalf("policy list:\n%s", out)
+	}
+	if out := mustRun("policy", "get", "box", "--rev", "1"); strings.Contains(out, "pypi") || !strings.Contains(out, "policy version 1") {
+		t.Fatalf("get --rev 1 (before the update):\n%s", out)
+	}
+	if out := mustRun("policy", "get", "box", "--full"); !strings.Contains(out, "# version: 2") || !strings.Contains(out, "# status: pending") || !strings.Contains(out, "pypi") {
+		t.Fatalf("get --full:\n%s", out)
+	}
+	var rev map[string]any
+	out = mustRun("policy", "get", "box", "--rev", "2", "--full", "-o", "json")
+	if err := json.Unmarshal([]byte(out), &rev); err != nil || rev["version"] != float64(2) || rev["policy_hash"] == "" || rev["status"] != "POLICY_STATUS_PENDING" {
+		t.Fatalf("get --rev 2 --full -o json: %v\n%s", err, out)
+	}
+	if _, err := run(t, dial, environ, "policy", "get", "box", "--rev", "9"); err == nil || !strings.Contains(err.Error(), "no policy version 9") {
+		t.Fatalf("get --rev 9: %v", err)
 	}
 }
