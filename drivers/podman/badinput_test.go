@@ -184,7 +184,9 @@ func TestUnknownImageAndNameInUse(t *testing.T) {
 			// A container the driver did not make holds the name.
 			id2, name2 := drivertest.NewIDs()
 			podmanCLI(t, md, "create", "--name", containerName(name2), testImage, "true")
-			t.Cleanup(func() { _, _ = execCommand(podmanBin(), "--remote", "--url", "unix://"+md.socket, "rm", "-f", containerName(name2)) })
+			t.Cleanup(func() {
+				_, _ = execCommand(podmanBin(), "--remote", "--url", "unix://"+md.socket, "rm", "-f", containerName(name2))
+			})
 			err := d.Create(ctx, drivertest.DefaultSandbox(id2, name2, testImage))
 			if !errors.Is(err, drivers.ErrAlreadyExists) || !strings.Contains(err.Error(), "already in use") {
 				t.Fatalf("Create with a taken name = %v; want already exists naming the name", err)
