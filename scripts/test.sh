@@ -19,6 +19,7 @@ step "Docker engine"
 docker_was_up=false
 docker version >/dev/null 2>&1 && docker_was_up=true
 ./scripts/setup-docker.sh
+./scripts/setup-docker-cdi.sh # a CDI-capable dockerd 26 the Docker GPU test starts privately
 pgdir="$(mktemp -d /tmp/openshell-test-pg.XXXXXX)"
 cleanup() {
 	./scripts/setup-postgres.sh stop "$pgdir" >/dev/null 2>&1 || true
