@@ -1,13 +1,17 @@
 package vm_test
 
 import (
+	"bufio"
 	"encoding/json"
 	"errors"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
+	"time"
 
 	"google.golang.org/protobuf/types/known/structpb"
 
@@ -238,5 +242,77 @@ func TestGPUSandboxLimit(t *testing.T) {
 	}
 	if _, err := vm.New(vm.Config{StateDir: shortDir(t), GatewayEndpoint: "127.0.0.1:1", GPUMaxSandboxes: -1}, nil); err == nil || !strings.Contains(err.Error(), "gpu_max_sandboxes") {
 		t.Errorf("negative limit: %v", err)
+	}
+}
+
+const envGPUCrash = "OPENSHELL_TEST_GPU_CRASH_DIR"
+
+// TestGPUDriverCrashHelper is the driver process TestGPUDriverKilledBeforeQEMU kills:
+// it creates a GPU sandbox (the GPUs move to vfio-pci), says so, and waits.
+func TestGPUDriverCrashHelper(t *testing.T) {
+	dir := os.Getenv(envGPUCrash)
+	if dir == "" {
+		t.Skip("helper process of TestGPUDriverKilledBeforeQEMU")
+	}
+	h := &gpuHost{tree: dir, sys: filepath.Join(dir, "sys"), gpuState: filepath.Join(dir, "gpustate")}
+	h.k = gputest.NewKernel(h.sys)
+	d, err := vm.New(h.config(filepath.Join(dir, "vm"), 0), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sb := gpuSandbox(u32(2))
+	if err := d.Create(t.Context(), sb); err != nil {
+		t.Fatal(err)
+	}
+	os.Stdout.WriteString("BOUND " + sb.Id + "\n")
+	time.Sleep(time.Hour)
+}
+
+// The driver process is killed (SIGKILL) after the GPUs moved to vfio-pci and before
+// any QEMU started; the next driver start on the same host puts them back.
+func TestGPUDriverKilledBeforeQEMU(t *testing.T) {
+	h := newGPUHost(t, "hgx8")
+	vmDir, err := os.MkdirTemp("", "osvmk-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(vmDir) })
+	if err := os.Symlink(vmDir, filepath.Join(h.tree, "vm")); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(os.Args[0], "-test.run=^TestGPUDriverCrashHelper$", "-test.timeout=5m")
+	cmd.Env = append(os.Environ(), envGPUCrash+"="+h.tree)
+	cmd.Stderr = os.Stderr
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	line, err := bufio.NewReader(out).ReadString('\n')
+	cmd.Process.Signal(syscall.SIGKILL)
+	cmd.Wait()
+	if err != nil || !strings.HasPrefix(line, "BOUND ") {
+		t.Fatalf("helper: %q %v", line, err)
+	}
+	if v := h.onVFIO(t); len(v) != 2 {
+		t.Fatalf("before the restart on vfio-pci: %v, want 2 GPUs", v)
+	}
+	d, err := vm.New(h.config(filepath.Join(h.tree, "vm"), 0), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	if v := h.onVFIO(t); len(v) != 0 {
+		t.Errorf("after the restart still on vfio-pci: %v", v)
+	}
+	// The sandbox survives (failed provisioning or interrupted), without GPUs.
+	id := strings.TrimSpace(strings.TrimPrefix(line, "BOUND "))
+	if sb, err := d.Get(t.Context(), id, ""); err != nil || drivers.FindCondition(sb.GetStatus(), vm.ConditionGPU) != nil {
+		t.Errorf("sandbox after restart: %v %v", sb.GetStatus(), err)
+	}
+	if _, err := d.Delete(t.Context(), id, ""); err != nil {
+		t.Fatal(err)
 	}
 }
