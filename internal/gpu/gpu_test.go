@@ -626,3 +626,28 @@ func TestInventoryCheck(t *testing.T) {
 		}
 	}
 }
+
+// A device the kernel will not take back stays journaled (and reported); Recover at
+// the next start (the sandbox's VM is gone) puts it back.
+func TestReleaseFailureStaysJournaled(t *testing.T) {
+	f := newFixture(t, "single")
+	before := f.drivers(t)
+	if _, err := f.m.Allocate(t.Context(), "sb", Request{Count: 1}); err != nil {
+		t.Fatal(err)
+	}
+	f.k.FailAt("bind", "0000:01:00.1")
+	err := f.m.Release(t.Context(), "sb")
+	if err == nil || !strings.Contains(err.Error(), "0000:01:00.1") || !strings.Contains(err.Error(), "snd_hda_intel") {
+		t.Fatalf("Release = %v, want a failure naming the audio function and its driver", err)
+	}
+	e := f.journalEntries(t)
+	if len(e) != 1 || e[0].BDF != "0000:01:00.1" {
+		t.Fatalf("journal %+v, want only the function that failed", e)
+	}
+	if back, err := f.m.Recover(t.Context(), func(string) bool { return false }); err != nil || !slices.Equal(back, []string{"0000:01:00.1"}) {
+		t.Fatalf("Recover = %v, %v", back, err)
+	}
+	if after := f.drivers(t); !reflect.DeepEqual(after, before) {
+		t.Errorf("after recovery %v, want %v", after, before)
+	}
+}
