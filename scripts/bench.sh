@@ -8,6 +8,8 @@
 #   images   image → ext4 for ~100 MiB; second Ensure of a cached image (target < 100 ms)
 #   vm       VM create → Ready, sequential and 4 at a time, vs bare QEMU; memory per idle VM
 #   docker   Docker create → Ready vs `docker run -d … sleep infinity` (target ≤ 1.5×)
+#   podman   Podman create → Ready vs `podman run -d … sleep infinity`, rootful and rootless
+#            (target ≤ 1.5×)
 #   exec     `sandbox exec -- true` vs `docker exec`; upload 256 MiB vs `docker cp`
 #   egress   1 GiB through the proxy vs direct (target ≥ 0.8×); CONNECT added latency
 # Usage: scripts/bench.sh [section…]   (default: all)
@@ -15,7 +17,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="/usr/local/go/bin:$PATH"
 sections=("$@")
-[ ${#sections[@]} -gt 0 ] || sections=(gateway store vmm images vm docker exec egress)
+[ ${#sections[@]} -gt 0 ] || sections=(gateway store vmm images vm docker podman exec egress)
 step() { printf '\n==> bench %s (%s)\n' "$*" "$(date +%T)"; }
 needs_docker() { ./scripts/setup-docker.sh >/dev/null; }
 
@@ -28,8 +30,9 @@ for s in "${sections[@]}"; do
 	images) go test -run '^$' -bench . -benchtime 3x ./images ;;
 	vm) ./scripts/setup-vm-host.sh >/dev/null; OPENSHELL_BENCH=1 go test -count=1 -run TestBenchCreateReady -v -timeout 40m ./drivers/vm ;;
 	docker) needs_docker; OPENSHELL_BENCH=1 go test -count=1 -run TestBenchCreateToReady -v -timeout 20m ./drivers/docker ;;
+	podman) ./scripts/setup-podman.sh >/dev/null; OPENSHELL_BENCH=1 go test -count=1 -run TestBenchCreateToReady -v -timeout 20m ./drivers/podman ;;
 	exec) needs_docker; OPENSHELL_BENCH=1 go test -count=1 -run Bench -v -timeout 20m ./e2e/ ;;
 	egress) go test -run '^$' -bench . -benchtime 3x ./supervisor/egress ;;
-	*) echo "unknown section $s; valid: gateway store vmm images vm docker exec egress" >&2; exit 2 ;;
+	*) echo "unknown section $s; valid: gateway store vmm images vm docker podman exec egress" >&2; exit 2 ;;
 	esac
 done

@@ -84,6 +84,8 @@ conmon_path = ["/usr/bin/conmon"]
 
 [network]
 network_backend = "netavark"
+# Debian 12's pasta is too old for Podman 5; slirp4netns is what the driver uses too.
+default_rootless_network_cmd = "slirp4netns"
 
 [containers]
 log_driver = "k8s-file"
@@ -230,8 +232,19 @@ start)
 podman4) unpack_podman4 ;;
 env) print_env ;;
 stop)
+	started_rootless=false
+	[[ -f "$STATE_DIR/rootless.pid" ]] && started_rootless=true
 	stop_service rootless
 	stop_service rootful
+	# The rootless service left its user namespace's pause process (podman records
+	# its pid); stop it too when this script started that service.
+	if $started_rootless && id "$TEST_USER" >/dev/null 2>&1; then
+		pause="/run/user/$(user_uid)/libpod/tmp/pause.pid"
+		if [[ -f "$pause" ]] && kill -0 "$(cat "$pause")" 2>/dev/null; then
+			log "stopping the rootless pause process (pid $(cat "$pause"))"
+			kill -TERM "$(cat "$pause")" || true
+		fi
+	fi
 	;;
 *)
 	echo "usage: $0 [start|build|env|stop]" >&2
