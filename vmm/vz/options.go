@@ -4,7 +4,6 @@ import (
 	"log/slog"
 
 	"github.com/openshell/openshell/vmm"
-	"github.com/openshell/openshell/vmm/channel"
 )
 
 // Option configures New.
@@ -32,5 +31,3 @@ func Features() vmm.Features {
 
 // TransportVirtioSocket names the host end over the framework's virtio socket device.
 const TransportVirtioSocket = "vz-virtio-socket"
-
-var _ = channel.New // the darwin host end wraps a channel.Transport
