@@ -289,6 +289,23 @@ func (l *launcher) start(cmd *exec.Cmd) (*reaper.Proc, error) {
 	return p, err
 }
 
+// dialTCP connects to addr on the agent's loopback: inside the sandbox's network
+// namespace when it has one (the socket belongs to the namespace it was made in), so
+// a forward reaches what the agent listens on.
+func (l *launcher) dialTCP(ctx context.Context, addr string) (net.Conn, error) {
+	var d net.Dialer
+	if l.n == nil {
+		return d.DialContext(ctx, "tcp", addr)
+	}
+	var c net.Conn
+	err := l.n.Do(func() error {
+		var err error
+		c, err = d.DialContext(ctx, "tcp", addr)
+		return err
+	})
+	return c, err
+}
+
 // confineSpec derives the helper's spec; the supervisor binary itself stays
 // executable (SFTP re-executes it as the user) whatever the policy lists.
 func confineSpec(p *policy.Policy, u *sandboxuser.User, dir string) (*confine.Spec, error) {

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -29,6 +30,7 @@ const busyboxImage = "openshell-test/busybox"
 //     and exec there runs in its sh;
 //   - a create the driver refuses (--memory 1) prints why and leaves `sandbox list`
 //     unchanged;
+//   - --forward at create and forward start/list/stop carry HTTP to a port inside;
 //   - `sandbox create --name x` on a terminal (a real pty) drops into a shell in the
 //     sandbox, and --upload copied a file in before that.
 func TestDockerNewUserDefaults(t *testing.T) {
@@ -53,9 +55,10 @@ func TestDockerNewUserDefaults(t *testing.T) {
 		t.Fatalf("gateway start: %v\n%s", err, out)
 	}
 	suffix := strconv.FormatInt(time.Now().UnixNano()%1e6, 10)
-	bb, attached := "bb-"+suffix, "tty-"+suffix
+	bb, attached, fw := "bb-"+suffix, "tty-"+suffix, "fw-"+suffix
 	t.Cleanup(func() {
-		cli(60*time.Second, "sandbox", "delete", bb, attached)
+		cli(30*time.Second, "forward", "stop", fw)
+		cli(60*time.Second, "sandbox", "delete", bb, attached, fw)
 		if out, err := cli(30*time.Second, "gateway", "stop"); err != nil {
 			t.Errorf("gateway stop: %v\n%s", err, out)
 		}
@@ -94,6 +97,61 @@ func TestDockerNewUserDefaults(t *testing.T) {
 		out, err = cli(60*time.Second, "sandbox", "exec", "-n", bb, "--", "sh", "-c", "test ! -e /bin/bash && echo no-bash-$((6*7))")
 		if err != nil || !strings.Contains(out, "no-bash-42") {
 			t.Fatalf("exec in the busybox sandbox: %v\n%s", err, out)
+		}
+	})
+
+	t.Run("Forward", func(t *testing.T) {
+		www := filepath.Join(t.TempDir(), "index.html")
+		if err := os.WriteFile(www, []byte("served-through-the-gateway\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		local, local2 := freePort(t), freePort(t)
+		out, err := cli(150*time.Second, "sandbox", "create", "--name", fw, "--from", busyboxImage, "--timeout", "120s", "--detach",
+			"--upload", www+":/sandbox/index.html", "--forward", strconv.Itoa(local)+":8080",
+			"--", "busybox", "httpd", "-f", "-p", "127.0.0.1:8080", "-h", "/sandbox")
+		if err != nil {
+			t.Fatalf("create --forward: %v\n%s", err, out)
+		}
+		get := func(port int) (string, error) {
+			c := http.Client{Timeout: 20 * time.Second}
+			resp, err := c.Get("http://127.0.0.1:" + strconv.Itoa(port) + "/index.html")
+			if err != nil {
+				return "", err
+			}
+			defer resp.Body.Close()
+			b, err := io.ReadAll(resp.Body)
+			return string(b), err
+		}
+		if body, err := get(local); err != nil || body != "served-through-the-gateway\n" {
+			flog, _ := os.ReadFile(filepath.Join(tmp, "config", "openshell", "gateways", "newuser", "forwards", strconv.Itoa(local)+".log"))
+			logs, _ := cli(30*time.Second, "sandbox", "logs", fw)
+			t.Fatalf("GET through --forward: %q, %v\nforward log:\n%s\nsandbox logs:\n%s", body, err, flog, logs)
+		}
+		if out, err := cli(30*time.Second, "forward", "start", fw, strconv.Itoa(local2)+":8080"); err != nil {
+			t.Fatalf("forward start: %v\n%s", err, out)
+		}
+		if body, err := get(local2); err != nil || !strings.Contains(body, "served-through") {
+			t.Fatalf("GET through forward start: %q, %v", body, err)
+		}
+		out, err = cli(30*time.Second, "forward", "list", "-o", "json")
+		var recs []forwardRecord
+		if err != nil || json.Unmarshal([]byte(out), &recs) != nil || len(recs) != 2 {
+			t.Fatalf("forward list: %v\n%s", err, out)
+		}
+		if out, err := cli(30*time.Second, "forward", "stop", fw, strconv.Itoa(local)); err != nil {
+			t.Fatalf("forward stop: %v\n%s", err, out)
+		}
+		if _, err := get(local); err == nil {
+			t.Errorf("port %d still answers after forward stop", local)
+		}
+		if _, err := get(local2); err != nil {
+			t.Errorf("stopping one forward stopped the other: %v", err)
+		}
+		if out, err := cli(30*time.Second, "forward", "stop", fw); err != nil {
+			t.Fatalf("forward stop (all): %v\n%s", err, out)
+		}
+		if out, err := cli(30*time.Second, "forward", "list"); err != nil || strings.Contains(out, fw) {
+			t.Errorf("forward list after stop: %v\n%s", err, out)
 		}
 	})
 

@@ -49,6 +49,7 @@ type createOptions struct {
 	// detach/noTTY: do not attach a shell after READY even on a terminal.
 	detach, noTTY bool
 	uploads       []string // PATH[:DEST], copied in once READY
+	forwards      []string // PORT or LOCAL:REMOTE, started once READY
 }
 
 // buildCreateRequest turns flags and the command after `--` into a request, checking
@@ -162,8 +163,16 @@ func (a *app) sandboxCreate(ws *string) *cobra.Command {
 				}
 				uploads = append(uploads, upload{src, dst})
 			}
-			if o.noWait && len(uploads) > 0 {
-				return errors.New("--upload needs the sandbox READY: drop --no-wait")
+			var forwards []sshcmds.ForwardSpec
+			for _, f := range o.forwards {
+				spec, err := sshcmds.ParseForward(f)
+				if err != nil {
+					return fmt.Errorf("--forward: %w", err)
+				}
+				forwards = append(forwards, spec)
+			}
+			if o.noWait && (len(uploads) > 0 || len(forwards) > 0) {
+				return errors.New("--upload and --forward need the sandbox READY: drop --no-wait")
 			}
 			if err := a.resolveCreateImage(ctx, &o, os.Stderr); err != nil {
 				return err
@@ -195,6 +204,13 @@ func (a *app) sandboxCreate(ws *string) *cobra.Command {
 					return fmt.Errorf("sandbox %s is ready, but --upload %s failed: %w", name, u.src, err)
 				}
 			}
+			for _, f := range forwards {
+				r, err := a.startForward(ctx, name, f, 15*time.Second)
+				if err != nil {
+					return fmt.Errorf("sandbox %s is ready, but --forward %s failed: %w", name, f, err)
+				}
+				fmt.Fprintf(os.Stderr, "forwarding 127.0.0.1:%d → sandbox %s port %d (stop with `openshell forward stop %s`)\n", r.Local, name, r.Remote, name)
+			}
 			attach := !o.noWait && !o.detach && !o.noTTY && a.output == "table" &&
 				isTerminal(cmd.InOrStdin()) && isTerminal(cmd.OutOrStdout())
 			if !attach {
@@ -225,6 +241,7 @@ func (a *app) sandboxCreate(ws *string) *cobra.Command {
 	f.BoolVar(&o.noWait, "no-wait", false, "return right after the gateway accepted the sandbox")
 	f.BoolVarP(&o.detach, "detach", "d", false, "do not open a shell in the sandbox once it is ready (the default on a terminal)")
 	f.BoolVar(&o.noTTY, "no-tty", false, "same as --detach: never attach the terminal")
+	f.StringArrayVar(&o.forwards, "forward", nil, "forward a local port to the sandbox once ready: PORT or LOCAL:REMOTE (repeatable; see `openshell forward`)")
 	f.StringArrayVar(&o.uploads, "upload", nil, "copy a local file or directory into the sandbox once ready: PATH[:DEST] (repeatable)")
 	return cmd
 }

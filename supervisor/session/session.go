@@ -69,6 +69,9 @@ type Config struct {
 	// DialSSH connects to an SSH server (e.g. on a Unix socket); used for SSH relays
 	// when ServeSSH is nil.
 	DialSSH func(ctx context.Context) (net.Conn, error)
+	// DialTCP connects to a loopback port for a TCP relay (a forward): the agent's
+	// loopback, in its network namespace when it has its own. nil = this process's.
+	DialTCP func(ctx context.Context, addr string) (net.Conn, error)
 	// BackoffMin/Max pace reconnects; 0 = 1 s and 30 s.
 	BackoffMin, BackoffMax time.Duration
 	// OnState is told when the session goes up (true) or down (false); optional.
@@ -348,8 +351,12 @@ func (c *Client) dialTarget(ctx context.Context, open *pb.RelayOpen) (net.Conn, 
 		if t.GetPort() == 0 || t.GetPort() > 65535 {
 			return nil, fmt.Errorf("relay target port %d is out of range 1-65535", t.GetPort())
 		}
+		addr := net.JoinHostPort(host, strconv.Itoa(int(t.GetPort())))
+		if c.cfg.DialTCP != nil {
+			return c.cfg.DialTCP(dctx, addr)
+		}
 		var d net.Dialer
-		return d.DialContext(dctx, "tcp", net.JoinHostPort(host, strconv.Itoa(int(t.GetPort()))))
+		return d.DialContext(dctx, "tcp", addr)
 	}
 	return c.cfg.DialSSH(dctx) // ssh target, or no target (= ssh)
 }

@@ -65,7 +65,8 @@ func openSSHForward(ctx context.Context, api pb.OpenShellClient, sandboxID strin
 	if err != nil {
 		return nil, "", fmt.Errorf("create ssh session for sandbox %s: %w", sandboxID, err)
 	}
-	c, err = openForward(ctx, api, sandboxID, sess.GetToken())
+	c, err = openForward(ctx, api, &pb.TcpForwardInit{SandboxId: sandboxID,
+		Target: &pb.TcpForwardInit_Ssh{Ssh: &pb.SshRelayTarget{}}, AuthorizationToken: sess.GetToken()})
 	return c, sess.GetHostKeyFingerprint(), err
 }
 
@@ -96,16 +97,17 @@ func forwardData(b []byte) *pb.TcpForwardFrame {
 	return &pb.TcpForwardFrame{Payload: &pb.TcpForwardFrame_Data{Data: b}}
 }
 
-func openForward(ctx context.Context, api pb.OpenShellClient, sandboxID, token string) (*streamconn.Conn, error) {
+// openForward opens a ForwardTcp stream with init (the sandbox and the target: its
+// SSH server, or a TCP port on its loopback) and returns it as a connection.
+func openForward(ctx context.Context, api pb.OpenShellClient, init *pb.TcpForwardInit) (*streamconn.Conn, error) {
+	sandboxID := init.GetSandboxId()
 	fctx, cancel := context.WithCancel(ctx)
 	stream, err := api.ForwardTcp(fctx)
 	if err != nil {
 		cancel()
 		return nil, fmt.Errorf("open forward to sandbox %s: %w", sandboxID, err)
 	}
-	if err := stream.Send(&pb.TcpForwardFrame{Payload: &pb.TcpForwardFrame_Init{Init: &pb.TcpForwardInit{
-		SandboxId: sandboxID, Target: &pb.TcpForwardInit_Ssh{Ssh: &pb.SshRelayTarget{}}, AuthorizationToken: token,
-	}}}); err != nil {
+	if err := stream.Send(&pb.TcpForwardFrame{Payload: &pb.TcpForwardFrame_Init{Init: init}}); err != nil {
 		_, rerr := stream.Recv()
 		cancel()
 		if rerr != nil && !errors.Is(rerr, io.EOF) {

@@ -1,0 +1,33 @@
+package sshcmds
+
+import (
+	"strings"
+	"testing"
+)
+
+func TestParseForward(t *testing.T) {
+	for _, tc := range []struct {
+		in            string
+		local, remote uint16
+		err           string
+	}{
+		{in: "8080", local: 8080, remote: 8080},
+		{in: "9000:8080", local: 9000, remote: 8080},
+		{in: "0", err: `"0" is not a port`},
+		{in: "70000", err: `"70000" is not a port`},
+		{in: "http", err: "write PORT or LOCAL:REMOTE"},
+		{in: "9000:", err: `"" is not a port`},
+		{in: "1:2:3", err: `"2:3" is not a port`},
+	} {
+		got, err := ParseForward(tc.in)
+		if tc.err != "" {
+			if err == nil || !strings.Contains(err.Error(), tc.err) {
+				t.Errorf("ParseForward(%q) = %v, %v; want error with %q", tc.in, got, err, tc.err)
+			}
+			continue
+		}
+		if err != nil || got.Local != tc.local || got.Remote != tc.remote {
+			t.Errorf("ParseForward(%q) = %+v, %v", tc.in, got, err)
+		}
+	}
+}
