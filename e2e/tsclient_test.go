@@ -17,7 +17,8 @@ import (
 )
 
 // TestTypeScriptClient runs e2e/tsclient (a TypeScript client on @grpc/grpc-js that
-// loads the project's .proto files) against a real gateway over mTLS: create a
+// loads the project's .proto files, typed by code generated from them) against a real
+// gateway over mTLS: create a
 // sandbox with a provider, exec, set a policy and wait for the supervisor to load
 // it, delete. A second protobuf implementation reading the same schema is where a
 // wire mistake in the Go code shows up.
@@ -32,6 +33,18 @@ func TestTypeScriptClient(t *testing.T) {
 	}
 	_, err = os.Stat(filepath.Join(dir, "node_modules", "@grpc", "grpc-js"))
 	testenv.Require(t, err == nil, "e2e/tsclient has no node_modules: run scripts/setup-node.sh")
+	// TypeScript types generated from the project's .proto files, then compiled: a
+	// request field the client misnames fails here.
+	protoDir, err := filepath.Abs(filepath.Join("..", "api", "proto"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	gen := exec.CommandContext(t.Context(), "node", filepath.Join(dir, "node_modules", "@grpc", "proto-loader", "build", "bin", "proto-loader-gen-types.js"),
+		"--keepCase", "--longs=String", "--enums=String", "--defaults", "--oneofs", "--grpcLib=@grpc/grpc-js",
+		"--outDir="+filepath.Join(dir, "generated"), "--includeDirs", protoDir, "/usr/include", "--", "openshell.proto")
+	if out, err := gen.CombinedOutput(); err != nil {
+		t.Fatalf("proto-loader-gen-types: %v\n%s", err, out)
+	}
 	build := exec.CommandContext(t.Context(), "node", filepath.Join(dir, "node_modules", "typescript", "bin", "tsc"), "-p", dir)
 	if out, err := build.CombinedOutput(); err != nil {
 		t.Fatalf("tsc: %v\n%s", err, out)

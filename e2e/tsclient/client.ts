@@ -1,6 +1,8 @@
 // A second-language client for the openshell gateway: @grpc/grpc-js with the
-// service and messages loaded from the project's own .proto files (api/proto), so a
-// wire mistake in the Go code shows up as a mismatch here. It runs the workflow an
+// service and messages loaded from the project's own .proto files (api/proto), and
+// TypeScript types generated from the same files (proto-loader-gen-types into
+// generated/, see the Go test), so a request field this client names wrongly fails
+// to compile and a wire mistake in the Go code shows up as a mismatch here. It runs the workflow an
 // SDK user would: create a sandbox with a provider, run a command, change the policy
 // and wait for the supervisor to load it, then delete everything. It prints one JSON
 // object with what it saw; e2e/tsclient_test.go asserts on it.
@@ -11,6 +13,10 @@ import * as fs from "fs";
 import * as path from "path";
 import * as grpc from "@grpc/grpc-js";
 import * as loader from "@grpc/proto-loader";
+import type { ProtoGrpcType } from "./generated/openshell";
+import type { OpenShellClient } from "./generated/openshell/v1/OpenShell";
+import type { ExecSandboxEvent__Output } from "./generated/openshell/v1/ExecSandboxEvent";
+import type { Sandbox__Output } from "./generated/openshell/v1/Sandbox";
 
 function env(name: string): string {
   const v = process.env[name];
@@ -29,21 +35,33 @@ const def = loader.loadSync(path.join(protoDir, "openshell.proto"), {
   oneofs: true,
   includeDirs: [protoDir, process.env.PROTO_INCLUDE || "/usr/include"],
 });
-const pkg = grpc.loadPackageDefinition(def) as any;
-const OpenShell = pkg.openshell.v1.OpenShell;
+const pkg = grpc.loadPackageDefinition(def) as unknown as ProtoGrpcType;
 
 const creds = grpc.credentials.createSsl(
   fs.readFileSync(env("OPENSHELL_CA")),
   fs.readFileSync(env("OPENSHELL_KEY")),
   fs.readFileSync(env("OPENSHELL_CERT")),
 );
-const client = new OpenShell(env("OPENSHELL_ENDPOINT"), creds);
+const client: OpenShellClient = new pkg.openshell.v1.OpenShell(env("OPENSHELL_ENDPOINT"), creds);
 
-function call<T = any>(method: string, req: object, timeoutMs = 30000): Promise<T> {
+// Request and response types of a unary method, from its generated signatures (the
+// last overload is (argument, callback)).
+type Unary<F> = F extends (argument: infer Q, callback: grpc.requestCallback<infer R>) => grpc.ClientUnaryCall ? [Q, R] : never;
+
+// unary runs one call with a deadline; request and response are typed from the
+// generated client, so a misnamed request field does not compile.
+function unary<K extends keyof OpenShellClient>(
+  method: K,
+  req: Unary<OpenShellClient[K]>[0],
+  timeoutMs = 30000,
+): Promise<Unary<OpenShellClient[K]>[1]> {
+  const fn = (client[method] as unknown as Function).bind(client);
   return new Promise((resolve, reject) => {
-    client[method](req, { deadline: Date.now() + timeoutMs }, (err: grpc.ServiceError | null, resp: T) => {
+    fn(req, { deadline: Date.now() + timeoutMs }, (err: grpc.ServiceError | null, resp?: Unary<OpenShellClient[K]>[1]) => {
       if (err) {
-        reject(new Error(`${method}: ${grpc.status[err.code]}: ${err.details}`));
+        reject(new Error(`${String(method)}: ${grpc.status[err.code]}: ${err.details}`));
+      } else if (resp === undefined) {
+        reject(new Error(`${String(method)}: no response`));
       } else {
         resolve(resp);
       }
@@ -80,10 +98,10 @@ function exec(sandboxId: string, command: string[]): Promise<{ stdout: string; s
     const errb: Buffer[] = [];
     let code: number | undefined;
     const stream = client.ExecSandbox({ sandbox_id: sandboxId, command, timeout_seconds: 60 }, { deadline: Date.now() + 90000 });
-    stream.on("data", (ev: any) => {
-      if (ev.payload === "stdout") out.push(Buffer.from(ev.stdout.data));
-      if (ev.payload === "stderr") errb.push(Buffer.from(ev.stderr.data));
-      if (ev.payload === "exit") code = ev.exit.exit_code;
+    stream.on("data", (ev: ExecSandboxEvent__Output) => {
+      if (ev.payload === "stdout" && ev.stdout) out.push(Buffer.from(ev.stdout.data));
+      if (ev.payload === "stderr" && ev.stderr) errb.push(Buffer.from(ev.stderr.data));
+      if (ev.payload === "exit" && ev.exit) code = ev.exit.exit_code;
     });
     stream.on("error", (e: grpc.ServiceError) => reject(new Error(`ExecSandbox: ${grpc.status[e.code]}: ${e.details}`)));
     stream.on("end", () => {
@@ -101,15 +119,15 @@ async function main(): Promise<void> {
   const provider = env("PROVIDER");
   const result: Record<string, unknown> = {};
 
-  const health = await call("Health", {});
+  const health = await unary("Health", {});
   result.health = health.status;
   // Read before create, as upstream's CLI does.
-  const cfg = await call("GetGatewayConfig", {});
-  result.gateway_settings = Object.keys(cfg.settings || {}).length;
-  const info = await call("GetGatewayInfo", {});
-  result.drivers = (info.compute_drivers || []).map((d: any) => d.name);
+  const cfg = await unary("GetGatewayConfig", {});
+  result.gateway_settings = Object.keys(cfg.settings).length;
+  const info = await unary("GetGatewayInfo", {});
+  result.drivers = info.compute_drivers.map((d) => d.name);
 
-  const created = await call("CreateProvider", {
+  const created = await unary("CreateProvider", {
     provider: {
       metadata: { name: provider },
       type: "generic",
@@ -117,28 +135,28 @@ async function main(): Promise<void> {
       config: { hosts: "api.example.com" },
     },
   });
-  result.provider_credentials = created.provider.credentials;
+  result.provider_credentials = created.provider?.credentials;
 
-  const sb = await call("CreateSandbox", { name, spec: { template: { image: env("IMAGE") }, providers: [provider] } }, 60000);
-  const id: string = sb.sandbox.metadata.id;
+  const sb = await unary("CreateSandbox", { name, spec: { template: { image: env("IMAGE") }, providers: [provider] } }, 60000);
+  const id = sb.sandbox?.metadata?.id ?? "";
   result.sandbox_id = id;
-  const ready = await until("sandbox READY", 120000, async () => {
-    const got = await call("GetSandbox", { name });
-    const phase = got.sandbox.status.phase;
+  const ready: Sandbox__Output = await until("sandbox READY", 120000, async () => {
+    const got = await unary("GetSandbox", { name });
+    const phase = got.sandbox?.status?.phase;
     if (phase === "SANDBOX_PHASE_ERROR") {
-      throw new Error(`sandbox ${name} is in ERROR: ${JSON.stringify(got.sandbox.status.conditions)}`);
+      throw new Error(`sandbox ${name} is in ERROR: ${JSON.stringify(got.sandbox?.status?.conditions)}`);
     }
-    return phase === "SANDBOX_PHASE_READY" ? got.sandbox : undefined;
+    return phase === "SANDBOX_PHASE_READY" && got.sandbox ? got.sandbox : undefined;
   });
-  result.phase = ready.status.phase;
+  result.phase = ready.status?.phase;
 
   const ex = await exec(id, ["sh", "-c", 'echo "hello from typescript"; printf "%s" "$TS_TOKEN" | cut -d: -f1-3']);
   result.exec = ex;
 
-  const attached = await call("ListSandboxProviders", { sandbox_name: name });
-  result.sandbox_providers = attached.providers.map((p: any) => p.metadata.name);
+  const attached = await unary("ListSandboxProviders", { sandbox_name: name });
+  result.sandbox_providers = attached.providers.map((p) => p.metadata?.name);
 
-  const upd = await call("UpdateConfig", {
+  const upd = await unary("UpdateConfig", {
     name,
     policy: {
       version: 1,
@@ -149,21 +167,21 @@ async function main(): Promise<void> {
   });
   result.policy_version = upd.version;
   const loaded = await until("policy loaded", 60000, async () => {
-    const st = await call("GetSandboxPolicyStatus", { name, version: upd.version });
-    if (st.revision.status === "POLICY_STATUS_FAILED") {
+    const st = await unary("GetSandboxPolicyStatus", { name, version: upd.version });
+    if (st.revision?.status === "POLICY_STATUS_FAILED") {
       throw new Error(`policy version ${upd.version} failed: ${st.revision.load_error}`);
     }
-    return st.revision.status === "POLICY_STATUS_LOADED" ? st : undefined;
+    return st.revision?.status === "POLICY_STATUS_LOADED" ? st : undefined;
   });
-  result.policy_status = loaded.revision.status;
+  result.policy_status = loaded.revision?.status;
   result.active_version = loaded.active_version;
-  const revs = await call("ListSandboxPolicies", { name });
-  result.revisions = revs.revisions.map((r: any) => `${r.version}:${r.status}`);
+  const revs = await unary("ListSandboxPolicies", { name });
+  result.revisions = revs.revisions.map((r) => `${r.version}:${r.status}`);
 
-  await call("DeleteSandbox", { name }, 60000);
+  await unary("DeleteSandbox", { name }, 60000);
   await until("sandbox gone", 120000, async () => {
     try {
-      await call("GetSandbox", { name });
+      await unary("GetSandbox", { name });
       return undefined;
     } catch (e) {
       if (String(e).includes("NOT_FOUND")) return true;
@@ -171,10 +189,10 @@ async function main(): Promise<void> {
     }
   });
   result.deleted = true;
-  const del = await call("DeleteProvider", { name: provider });
+  const del = await unary("DeleteProvider", { name: provider });
   result.provider_deleted = del.deleted;
   try {
-    await call("ListWorkspaces", {});
+    await unary("ListWorkspaces", {});
     result.unimplemented = "none";
   } catch (e) {
     result.unimplemented = String(e);
