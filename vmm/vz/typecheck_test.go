@@ -132,7 +132,7 @@ func vzSourceDir(t *testing.T) {
 	}
 }
 
-func darwinFiles(t *testing.T) []string {
+func darwinBuild(t *testing.T) *build.Package {
 	t.Helper()
 	ctx := build.Default
 	ctx.GOOS, ctx.GOARCH, ctx.CgoEnabled = "darwin", "arm64", true
@@ -140,6 +140,12 @@ func darwinFiles(t *testing.T) []string {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return bp
+}
+
+func darwinFiles(t *testing.T) []string {
+	t.Helper()
+	bp := darwinBuild(t)
 	var files []string
 	for _, f := range append(bp.GoFiles, bp.CgoFiles...) {
 		files = append(files, filepath.Join(bp.Dir, f))
@@ -166,6 +172,22 @@ func TestDarwinFilesTypeCheck(t *testing.T) {
 	}
 	if c.pkgs[vzModule] == nil {
 		t.Fatal("the binding was not type-checked")
+	}
+	// The darwin-only conformance test (run by the macOS workflow) against it too.
+	c.pkgs["github.com/openshell/openshell/vmm/vz"] = p
+	var xtest []string
+	for _, f := range darwinBuild(t).XTestGoFiles {
+		if strings.HasSuffix(f, "_darwin_test.go") {
+			xtest = append(xtest, filepath.Join(dir, f))
+		}
+	}
+	if len(xtest) == 0 {
+		t.Fatal("no darwin test files found")
+	}
+	if _, errs := c.check("github.com/openshell/openshell/vmm/vz_test", dir, xtest); len(errs) > 0 {
+		for _, err := range errs {
+			t.Error(err)
+		}
 	}
 	t.Logf("type-checked %d packages for darwin/arm64; cgo-only errors tolerated in dependencies: %v", len(c.pkgs), c.depErrs)
 }
