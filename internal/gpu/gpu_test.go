@@ -651,3 +651,24 @@ func TestReleaseFailureStaysJournaled(t *testing.T) {
 		t.Errorf("after recovery %v, want %v", after, before)
 	}
 }
+
+// A GPU whose IOMMU group another VMM has open (/dev/vfio/N) is in use.
+func TestVFIOGroupOpenIsInUse(t *testing.T) {
+	proc := t.TempDir()
+	fd := filepath.Join(proc, "777", "fd")
+	if err := os.MkdirAll(fd, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(proc, "777", "comm"), []byte("qemu-system-x86\n"), 0o644)
+	if err := os.Symlink("/dev/vfio/13", filepath.Join(fd, "5")); err != nil {
+		t.Fatal(err)
+	}
+	inv, err := Scan(ScanOptions{Sysfs: "testdata/single/sys", Proc: proc})
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := inv.GPUs[0]
+	if g.Passthrough || g.Reasons[0].Code != ReasonInUse || !strings.Contains(g.Reasons[0].Message, "777 (qemu-system-x86) has /dev/vfio/13 open") {
+		t.Errorf("%+v", g.Reasons)
+	}
+}

@@ -182,6 +182,10 @@ func judge(g *GPU, iommu bool, procs map[string][]Process, minor int, held map[s
 	if minor >= 0 {
 		nodes = append(nodes, "/dev/nvidia"+strconv.Itoa(minor))
 	}
+	if g.IOMMUGroup != "" {
+		// Another VMM (or a sandbox's QEMU) has the group open through VFIO.
+		nodes = append(nodes, "/dev/vfio/"+g.IOMMUGroup)
+	}
 	for _, n := range nodes {
 		g.UsedBy = append(g.UsedBy, procs[n]...)
 	}
@@ -227,7 +231,7 @@ func openDeviceNodes(proc string) map[string][]Process {
 		seen := map[string]bool{}
 		for _, fd := range fds {
 			t, err := os.Readlink(filepath.Join(fdDir, fd.Name()))
-			if err != nil || seen[t] || !(strings.HasPrefix(t, "/dev/dri/") || strings.HasPrefix(t, "/dev/nvidia")) {
+			if err != nil || seen[t] || !(strings.HasPrefix(t, "/dev/dri/") || strings.HasPrefix(t, "/dev/nvidia") || strings.HasPrefix(t, "/dev/vfio/")) {
 				continue
 			}
 			seen[t] = true
