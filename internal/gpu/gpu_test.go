@@ -672,3 +672,30 @@ func TestVFIOGroupOpenIsInUse(t *testing.T) {
 		t.Errorf("%+v", g.Reasons)
 	}
 }
+
+// The attribute files of a function come from the kernel, but a tree handed to
+// --sysfs-root may hold anything: reading must fail cleanly, never panic.
+func FuzzFunctionAttributes(f *testing.F) {
+	f.Add("0x030200\n", "0x10de\n", "0x2335\n", "-1\n", "(null)\n", "0x0 0x0 0x0\n")
+	f.Add("0x040300", "0x10de", "0x22ba", "0", "vfio-pci", "0x1000 0x1fff 0x40200\n")
+	f.Add("zz", "0x1ffff", "", "x", "", "0x1 0x0 0x0\n")
+	f.Fuzz(func(t *testing.T, class, vendor, device, numa, override, resource string) {
+		sys := t.TempDir()
+		dev := filepath.Join(sys, "devices", "pci0000:00", "0000:00:06.0")
+		os.MkdirAll(dev, 0o755)
+		for name, v := range map[string]string{"class": class, "vendor": vendor, "device": device, "numa_node": numa, "driver_override": override, "resource": resource} {
+			os.WriteFile(filepath.Join(dev, name), []byte(v), 0o644)
+		}
+		os.MkdirAll(filepath.Join(sys, "bus", "pci", "devices"), 0o755)
+		os.Symlink("../../../devices/pci0000:00/0000:00:06.0", filepath.Join(sys, "bus", "pci", "devices", "0000:00:06.0"))
+		inv, err := Scan(ScanOptions{Sysfs: sys, Proc: "/nonexistent"})
+		if err != nil {
+			return
+		}
+		for _, g := range inv.GPUs {
+			if !g.IsGPU() || g.Passthrough {
+				t.Fatalf("%+v", g)
+			}
+		}
+	})
+}
