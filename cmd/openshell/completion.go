@@ -59,6 +59,18 @@ func (a *app) completeSandboxes(many bool) cobra.CompletionFunc {
 	}
 }
 
+// completeProviders completes provider names.
+func (a *app) completeProviders(cmd *cobra.Command, _ []string, prefix string) ([]string, cobra.ShellCompDirective) {
+	return a.remoteNames(cmd, prefix, nil, func(ctx context.Context, c openshellv1.OpenShellClient) ([]string, error) {
+		resp, err := c.ListProviders(ctx, &openshellv1.ListProvidersRequest{Limit: MaxCompletions})
+		var out []string
+		for _, p := range resp.GetProviders() {
+			out = append(out, p.GetMetadata().GetName())
+		}
+		return out, err
+	})
+}
+
 // MaxCompletions bounds how many names one completion asks the gateway for.
 const MaxCompletions = 1000
 

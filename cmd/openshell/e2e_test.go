@@ -140,6 +140,29 @@ func TestCLIEndToEnd(t *testing.T) {
 	if err != nil || !strings.Contains(out, "alpha") || !strings.Contains(out, "READY") {
 		t.Fatalf("list: %v\n%s", err, out)
 	}
+	// Completion asks the gateway for sandbox names, and lists registered gateways.
+	out, err = runCLI(t, "__complete", "sandbox", "get", "al")
+	if err != nil || !strings.Contains(out, "alpha\n") {
+		t.Errorf("completion of sandbox names: %v\n%s", err, out)
+	}
+	out, err = runCLI(t, "__complete", "sandbox", "delete", "alpha", "")
+	if err != nil || strings.Contains(out, "alpha\n") {
+		t.Errorf("delete completion offers a name already given: %v\n%s", err, out)
+	}
+	out, err = runCLI(t, "__complete", "--gateway", "")
+	if err != nil || !strings.Contains(out, "default\n") {
+		t.Errorf("completion of gateway names: %v\n%s", err, out)
+	}
+	// OPENSHELL_GATEWAY picks the gateway; -g overrides it.
+	t.Setenv("OPENSHELL_GATEWAY", "elsewhere")
+	if _, err := runCLI(t, "sandbox", "list"); err == nil || !strings.Contains(err.Error(), `gateway "elsewhere" is not configured`) {
+		t.Errorf("OPENSHELL_GATEWAY=elsewhere: %v", err)
+	}
+	if out, err := runCLI(t, "-g", "default", "sandbox", "list"); err != nil || !strings.Contains(out, "alpha") {
+		t.Errorf("-g default with OPENSHELL_GATEWAY set: %v\n%s", err, out)
+	}
+	os.Unsetenv("OPENSHELL_GATEWAY")
+
 	out, err = runCLI(t, "sandbox", "list", "-o", "yaml", "--selector", "team=b")
 	if err != nil || strings.Contains(out, "alpha") {
 		t.Fatalf("list with selector: %v\n%s", err, out)

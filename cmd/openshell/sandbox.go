@@ -236,6 +236,7 @@ func (a *app) sandboxCreate(ws *string) *cobra.Command {
 	f.StringArrayVar(&o.labels, "label", nil, "label KEY=VALUE (repeatable)")
 	f.StringVar(&o.policy, "policy", "", "sandbox policy file (YAML or JSON)")
 	f.StringArrayVar(&o.providers, "provider", nil, "attach a provider's credentials (see `openshell provider create`; repeatable)")
+	_ = cmd.RegisterFlagCompletionFunc("provider", a.completeProviders)
 	addGPUFlags(cmd, &o.gpu, &o.gpuDevices)
 	f.DurationVar(&o.timeout, "timeout", 5*time.Minute, "how long to wait for the sandbox to become ready")
 	f.BoolVar(&o.noWait, "no-wait", false, "return right after the gateway accepted the sandbox")
