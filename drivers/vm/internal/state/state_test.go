@@ -174,3 +174,23 @@ func TestReadsLegacyVMMPID(t *testing.T) {
 		t.Fatalf("round trip: %+v %v", again, err)
 	}
 }
+
+// FuzzRecordJSON: state.json of any version (or a corrupt one) decodes or errors,
+// never panics; the current vmm_pid wins over a legacy qemu_pid.
+func FuzzRecordJSON(f *testing.F) {
+	f.Add([]byte(`{"version":1,"sandbox_id":"a","qemu_pid":4242,"qemu_start":77}`))
+	f.Add([]byte(`{"version":1,"sandbox_id":"a","vmm_pid":1,"qemu_pid":2}`))
+	f.Add([]byte(`{"paths":{"dir":"/x"},"error":{"reason":"BootFailed"}}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		var r Record
+		if err := json.Unmarshal(b, &r); err != nil {
+			return
+		}
+		var raw struct {
+			VMM *int `json:"vmm_pid"`
+		}
+		if json.Unmarshal(b, &raw) == nil && raw.VMM != nil && *raw.VMM != 0 && r.VMMPID != *raw.VMM {
+			t.Fatalf("vmm_pid %d decoded as %d", *raw.VMM, r.VMMPID)
+		}
+	})
+}
