@@ -28,15 +28,48 @@ func mountExtensions(root *cobra.Command, a *app) {
 				}
 				c.AddCommand(sc)
 			}
-			c.AddCommand(providercmds.SandboxCommand(providercmds.DialFunc(a.dial)))
+			sp := providercmds.SandboxCommand(providercmds.DialFunc(a.dial))
+			for _, sc := range sp.Commands() {
+				sc.ValidArgsFunction = a.completeSandboxThenProvider
+			}
+			c.AddCommand(sp)
 		}
 	}
 	root.AddCommand(sshcmds.SSHProxyCommand(a.dial))
-	root.AddCommand(policycmds.Command(policycmds.GRPCFrom(a.dial)))
-	root.AddCommand(providercmds.Command(providercmds.DialFunc(a.dial)))
+	pol := policycmds.Command(policycmds.GRPCFrom(a.dial))
+	for _, sc := range pol.Commands() {
+		if sc.Name() != "validate" {
+			sc.ValidArgsFunction = a.completeSandboxes(false)
+		}
+	}
+	root.AddCommand(pol)
+	prov := providercmds.Command(providercmds.DialFunc(a.dial))
+	for _, sc := range prov.Commands() {
+		if sc.Name() == "get" || sc.Name() == "update" || sc.Name() == "delete" {
+			sc.ValidArgsFunction = func(cmd *cobra.Command, args []string, prefix string) ([]string, cobra.ShellCompDirective) {
+				if len(args) > 0 {
+					return nil, cobra.ShellCompDirectiveNoFileComp
+				}
+				return a.completeProviders(cmd, args, prefix)
+			}
+		}
+	}
+	root.AddCommand(prov)
 	vm := &cobra.Command{Use: "vm", Short: "VM driver tools"}
 	vm.AddCommand(vmimages.Command())
 	root.AddCommand(vm)
+}
+
+// completeSandboxThenProvider completes `sandbox provider attach|detach|list`: a
+// sandbox name first, then (attach, detach) a provider name.
+func (a *app) completeSandboxThenProvider(cmd *cobra.Command, args []string, prefix string) ([]string, cobra.ShellCompDirective) {
+	switch {
+	case len(args) == 0:
+		return a.completeSandboxes(false)(cmd, args, prefix)
+	case len(args) == 1 && cmd.Name() != "list":
+		return a.completeProviders(cmd, args, prefix)
+	}
+	return nil, cobra.ShellCompDirectiveNoFileComp
 }
 
 // remoteExitCode returns the exit code of a remote command that failed (exec).
