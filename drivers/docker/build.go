@@ -1,21 +1,18 @@
 package docker
 
 import (
-	"archive/tar"
-	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"os"
-	"path"
 	"path/filepath"
-	"strings"
 
 	"github.com/moby/moby/api/types/build"
 	"github.com/moby/moby/client"
+
+	"github.com/openshell/openshell/drivers/buildctx"
 )
 
 // BuildImage builds an image from a directory (with a Dockerfile in it) or from a
@@ -58,13 +55,13 @@ func buildImage(ctx context.Context, cli *client.Client, pathOrDockerfile, tag s
 	} else if _, err := os.Stat(filepath.Join(dir, dockerfile)); err != nil {
 		return "", fmt.Errorf("docker build: %s has no Dockerfile: %w", dir, err)
 	}
-	ignore, err := readDockerignore(dir)
+	ignore, err := buildctx.ReadIgnore(dir)
 	if err != nil {
 		return "", err
 	}
 
 	pr, pw := io.Pipe()
-	go func() { pw.CloseWithError(tarContext(dir, dockerfile, ignore, pw)) }()
+	go func() { pw.CloseWithError(buildctx.Tar(dir, dockerfile, ignore, pw)) }()
 	defer pr.Close()
 
 	res, err := cli.ImageBuild(ctx, pr, client.ImageBuildOptions{
@@ -121,106 +118,4 @@ func buildImage(ctx context.Context, cli *client.Client, pathOrDockerfile, tag s
 		imageID = img.ID
 	}
 	return imageID, nil
-}
-
-// readDockerignore reads the context's .dockerignore: one path.Match pattern per
-// line, matched against slash-separated paths relative to the context (a pattern
-// matching a directory excludes everything below it). '!' exceptions are not
-// supported and rejected rather than silently ignored.
-func readDockerignore(dir string) ([]string, error) {
-	f, err := os.Open(filepath.Join(dir, ".dockerignore"))
-	if errors.Is(err, os.ErrNotExist) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, fmt.Errorf("docker build: %w", err)
-	}
-	defer f.Close()
-	var pats []string
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		line := strings.TrimSpace(sc.Text())
-		if line == "" || strings.HasPrefix(line, "#") {
-			continue
-		}
-		if strings.HasPrefix(line, "!") {
-			return nil, fmt.Errorf("docker build: .dockerignore: exception %q is not supported; list what to exclude instead", line)
-		}
-		line = path.Clean(strings.TrimPrefix(filepath.ToSlash(line), "/"))
-		if _, err := path.Match(line, ""); err != nil {
-			return nil, fmt.Errorf("docker build: .dockerignore: bad pattern %q: %w", line, err)
-		}
-		pats = append(pats, line)
-	}
-	return pats, sc.Err()
-}
-
-func ignored(rel string, pats []string) bool {
-	for _, p := range pats {
-		for q := rel; q != "." && q != "/"; q = path.Dir(q) {
-			if ok, _ := path.Match(p, q); ok {
-				return true
-			}
-		}
-	}
-	return false
-}
-
-// tarContext writes dir as a tar stream (the build context). The Dockerfile and
-// .dockerignore are always sent, as the daemon needs them.
-func tarContext(dir, dockerfile string, ignore []string, w io.Writer) error {
-	tw := tar.NewWriter(w)
-	err := filepath.WalkDir(dir, func(p string, e fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		rel, err := filepath.Rel(dir, p)
-		if err != nil || rel == "." {
-			return err
-		}
-		rel = filepath.ToSlash(rel)
-		if rel != dockerfile && rel != ".dockerignore" && ignored(rel, ignore) {
-			if e.IsDir() {
-				return filepath.SkipDir
-			}
-			return nil
-		}
-		info, err := e.Info()
-		if err != nil {
-			return err
-		}
-		link := ""
-		if info.Mode()&fs.ModeSymlink != 0 {
-			if link, err = os.Readlink(p); err != nil {
-				return err
-			}
-		}
-		hdr, err := tar.FileInfoHeader(info, link)
-		if err != nil {
-			return fmt.Errorf("build context %s: %w", p, err)
-		}
-		hdr.Name = rel
-		if info.IsDir() {
-			hdr.Name += "/"
-		}
-		// Ownership on the build host means nothing inside the image.
-		hdr.Uid, hdr.Gid, hdr.Uname, hdr.Gname = 0, 0, "", ""
-		if err := tw.WriteHeader(hdr); err != nil {
-			return err
-		}
-		if !info.Mode().IsRegular() {
-			return nil
-		}
-		f, err := os.Open(p)
-		if err != nil {
-			return err
-		}
-		defer f.Close()
-		_, err = io.Copy(tw, f)
-		return err
-	})
-	if err != nil {
-		return fmt.Errorf("docker build: pack context %s: %w", dir, err)
-	}
-	return tw.Close()
 }

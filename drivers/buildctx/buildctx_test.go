@@ -1,4 +1,4 @@
-package docker
+package buildctx
 
 import (
 	"os"
@@ -12,7 +12,7 @@ func TestDockerignore(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir, ".dockerignore"), []byte("# c\n\n*.key\n/build\nsub/*.tmp\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	pats, err := readDockerignore(dir)
+	pats, err := ReadIgnore(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -20,14 +20,14 @@ func TestDockerignore(t *testing.T) {
 		"a.key": true, "build": true, "build/x/y": true, "sub/a.tmp": true,
 		"sub/a.txt": false, "a.txt": false, "deep/a.key": false, "keep/build": false,
 	} {
-		if got := ignored(rel, pats); got != want {
-			t.Errorf("ignored(%q) = %v, want %v (patterns %q)", rel, got, want, pats)
+		if got := Ignored(rel, pats); got != want {
+			t.Errorf("Ignored(%q) = %v, want %v (patterns %q)", rel, got, want, pats)
 		}
 	}
 	if err := os.WriteFile(filepath.Join(dir, ".dockerignore"), []byte("!keep.key\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := readDockerignore(dir); err == nil || !strings.Contains(err.Error(), "not supported") {
+	if _, err := ReadIgnore(dir); err == nil || !strings.Contains(err.Error(), "not supported") {
 		t.Errorf("exception pattern: %v, want a 'not supported' error", err)
 	}
 }
@@ -44,13 +44,13 @@ func FuzzDockerignore(f *testing.F) {
 		if err := os.WriteFile(filepath.Join(dir, ".dockerignore"), []byte(content), 0o644); err != nil {
 			t.Fatal(err)
 		}
-		pats, err := readDockerignore(dir)
+		pats, err := ReadIgnore(dir)
 		if err != nil {
 			return
 		}
-		_ = ignored(rel, pats)
+		_ = Ignored(rel, pats)
 		for _, p := range pats {
-			if !strings.ContainsAny(p, `*?[\`) && p != "." && !strings.HasPrefix(p, "..") && !ignored(p, pats) {
+			if !strings.ContainsAny(p, `*?[\`) && p != "." && !strings.HasPrefix(p, "..") && !Ignored(p, pats) {
 				t.Fatalf("pattern %q does not exclude itself", p)
 			}
 		}
