@@ -14,9 +14,12 @@ import (
 // Passthrough of host PCI devices (GPUs) with VFIO on q35. Each physical device (a
 // slot: the GPU and its audio function) sits on its own PCIe root port, as on real
 // hardware, so the guest driver sees a normal PCIe link. Large-BAR GPUs (an H200's
-// BAR1 is 256 GiB) need the guest's 64-bit PCI window sized from their BARs: QEMU's
-// default window (32 GiB) cannot map them, and the guest driver then fails to probe.
-// VFIO pins all guest memory for DMA, so it is allocated up front.
+// BAR1 is 256 GiB) need a 64-bit PCI window sized from their BARs: UEFI firmware takes
+// its 64-bit aperture from the host bridge's window (QEMU's default is 32 GiB), and
+// each root port reserves room for its device. (SeaBIOS places BARs anywhere and QEMU
+// widens the window to match.) The guest must also address that window: under KVM it
+// takes the host CPU's physical address width. VFIO pins all guest memory for DMA, so
+// it is allocated up front.
 
 // sysfsRoot is where the host's PCI devices are read from (BAR sizes).
 var sysfsRoot = gpu.DefaultSysfs
