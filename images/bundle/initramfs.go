@@ -52,15 +52,14 @@ func BuildInitramfs(ctx context.Context, initBinary, modulesDir, cacheDir string
 		return "", err
 	}
 	// One bundle format for x86_64 and arm64 guests, but init and modules must agree.
-	for _, m := range mods {
-		if f, err := elf.NewFile(bytes.NewReader(m.data)); err == nil {
+	if len(mods) > 0 {
+		if f, err := elf.NewFile(bytes.NewReader(mods[0].data)); err == nil {
 			ma := f.Machine
 			_ = f.Close()
 			if ma != arch {
 				return "", fmt.Errorf("initramfs: init binary %s is built for %s but the kernel modules in %s are %s: pair the init binary with the kernel of the same architecture (kernel/vmlinux for amd64, kernel-arm64/Image for arm64)", initBinary, archName(arch), modulesDir, archName(ma))
 			}
 		}
-		break
 	}
 	if err := ctx.Err(); err != nil {
 		return "", err

@@ -68,7 +68,7 @@ func New(cfg vmm.Config, opts ...Option) (vmm.Machine, error) {
 // one vCPU (it reports zero where virtualisation is unavailable).
 func Available() error {
 	if vzlib.VirtualMachineConfigurationMaximumAllowedCPUCount() < 1 {
-		return errors.New("Virtualization.framework reports no usable vCPUs (a VM without nested virtualisation?)")
+		return errors.New("vz: Virtualization.framework reports no usable vCPUs (a VM without nested virtualisation?)")
 	}
 	return nil
 }
@@ -206,7 +206,7 @@ func (m *Machine) watch(vm *vzlib.VirtualMachine) {
 		m.mu.Lock()
 		switch {
 		case st == vzlib.VirtualMachineStateError && !m.stopping:
-			m.state, m.exitErr = vmm.StateCrashed, errors.New("Virtualization.framework reported an internal VM error")
+			m.state, m.exitErr = vmm.StateCrashed, errors.New("vz: Virtualization.framework reported an internal VM error")
 		default:
 			m.state = vmm.StateStopped
 		}

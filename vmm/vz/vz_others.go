@@ -17,5 +17,5 @@ func New(cfg vmm.Config, opts ...Option) (vmm.Machine, error) {
 
 // Available: Virtualization.framework exists only on macOS.
 func Available() error {
-	return fmt.Errorf("Virtualization.framework needs macOS: %w", vmm.ErrNotSupported)
+	return fmt.Errorf("vz: Virtualization.framework needs macOS: %w", vmm.ErrNotSupported)
 }
