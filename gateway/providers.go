@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"maps"
 	"regexp"
 	"slices"
@@ -337,19 +338,23 @@ func (s *Server) GetSandboxProviderEnvironment(ctx context.Context, req *openshe
 	}
 	var ps []credentials.Provider
 	expires := map[string]int64{}
+	// The revision changes when the set of providers or any of them changes (not
+	// with the sandbox's status), so a caller can tell whether to reload.
+	rev := fnv.New64a()
 	for _, name := range r.sb.GetSpec().GetProviders() {
-		_, p, err := s.loadProvider(ctx, name)
+		obj, p, err := s.loadProvider(ctx, name)
 		if err != nil {
 			return nil, fmt.Errorf("sandbox %s: provider %s: %w", id, name, err)
 		}
 		ps = append(ps, bindingOf(name, p))
 		maps.Copy(expires, p.GetCredentialExpiresAtMs())
+		fmt.Fprintf(rev, "%s/%s/%d;", name, obj.ID, obj.ResourceVersion)
 	}
 	resp, err := credentials.EnvironmentResponse(ps)
 	if err != nil {
 		return nil, status.Errorf(codes.FailedPrecondition, "sandbox %s: %v", id, strings.TrimPrefix(err.Error(), "credentials: "))
 	}
-	resp.ProviderEnvRevision = r.obj.ResourceVersion
+	resp.ProviderEnvRevision = rev.Sum64()
 	if len(expires) > 0 {
 		resp.CredentialExpiresAtMs = expires
 	}

@@ -90,12 +90,21 @@ func TestUpdateProvider(t *testing.T) {
 	p := createGitHubProvider(t, e.user)
 	id := e.create("agent", "github").GetMetadata().GetId()
 
+	rev0 := mustEnv(t, e, id).GetProviderEnvRevision()
 	// Empty values keep the stored ones (a read-modify-write of a Get result is safe).
 	p.Credentials["GH_USER"] = "robot"
 	p.Config[gateway.ConfigHeaders] = "X-Api-Key"
 	up, err := e.user.UpdateProvider(ctx, &openshellv1.UpdateProviderRequest{Provider: p})
 	if err != nil || up.GetProvider().GetConfig()[gateway.ConfigHeaders] != "X-Api-Key" || up.GetProvider().GetMetadata().GetResourceVersion() <= p.GetMetadata().GetResourceVersion() {
 		t.Fatalf("update: %v %v", up, err)
+	}
+	before := mustEnv(t, e, id).GetProviderEnvRevision()
+	// The revision follows the providers, not the sandbox's own updates.
+	if _, err := e.user.UpdateConfig(ctx, &openshellv1.UpdateConfigRequest{Name: "agent", Policy: networkPolicy("x.example.com")}); err != nil {
+		t.Fatal(err)
+	}
+	if got := mustEnv(t, e, id).GetProviderEnvRevision(); got != before || got == rev0 {
+		t.Fatalf("provider_env_revision %d -> (provider update) %d -> (policy update) %d: want a change, then none", rev0, before, got)
 	}
 	ps := decodeEnv(t, mustEnv(t, e, id))
 	if len(ps) != 1 || ps[0].Credentials["GITHUB_TOKEN"] != ghSecret || ps[0].Credentials["GH_USER"] != "robot" || strings.Join(ps[0].Headers, ",") != "X-Api-Key" {
