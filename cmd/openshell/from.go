@@ -11,6 +11,7 @@ import (
 	"strings"
 
 	"github.com/openshell/openshell/drivers/docker"
+	"github.com/openshell/openshell/drivers/podman"
 )
 
 // imageBuilder builds a directory or Dockerfile into a local image and returns its tag.
@@ -22,6 +23,24 @@ func dockerBuild(ctx context.Context, path, tag string, progress io.Writer) (str
 		return "", err
 	}
 	return tag, nil
+}
+
+// podmanBuild builds with the Podman service the podman driver uses (CONTAINER_HOST,
+// else the user's or the rootful socket).
+func podmanBuild(ctx context.Context, path, tag string, progress io.Writer) (string, error) {
+	if _, err := podman.BuildImage(ctx, "", path, tag, progress); err != nil {
+		return "", err
+	}
+	return tag, nil
+}
+
+// builderFor is the image builder for the gateway's driver: Podman builds for the
+// podman driver, the Docker daemon for everything else.
+func builderFor(driver string) imageBuilder {
+	if driver == "podman" {
+		return podmanBuild
+	}
+	return dockerBuild
 }
 
 var unsafeTagChars = regexp.MustCompile(`[^a-z0-9._-]+`)
@@ -68,7 +87,11 @@ func resolveFrom(ctx context.Context, from, sandboxName, driver string, build im
 		tagName = "image"
 	}
 	tag := "openshell-build/" + tagName + ":latest"
-	fmt.Fprintf(progress, "building %s with the local Docker daemon as %s\n", from, tag)
+	engine := "Docker daemon"
+	if driver == "podman" {
+		engine = "Podman service"
+	}
+	fmt.Fprintf(progress, "building %s with the local %s as %s\n", from, engine, tag)
 	built, err := build(ctx, abs, tag, progress)
 	if err != nil {
 		return "", fmt.Errorf("--from %s: build failed: %w", from, err)
@@ -124,6 +147,6 @@ func (a *app) resolveCreateImage(ctx context.Context, o *createOptions, progress
 	if err != nil {
 		return fmt.Errorf("--from %s is a local path; asking the gateway which driver it uses: %w", o.image, err)
 	}
-	o.image, err = resolveFrom(ctx, o.image, o.name, driver, dockerBuild, progress)
+	o.image, err = resolveFrom(ctx, o.image, o.name, driver, builderFor(driver), progress)
 	return err
 }
