@@ -232,6 +232,11 @@ func setCmd(gateway func(ctx context.Context) (Gateway, error)) *cobra.Command {
 				} else {
 					lastErr = err
 				}
+				// A supervisor that refused the version says so: stop waiting.
+				if r, _, rerr := gw.Revision(ctx, args[0], v); rerr == nil && r.GetStatus() == pb.PolicyStatus_POLICY_STATUS_FAILED {
+					return fmt.Errorf("policy version %d is stored, but the supervisor of sandbox %q did not apply it: %s; it keeps running version %d (see `openshell policy list %s`)",
+						v, args[0], r.GetLoadError(), applied, args[0])
+				}
 				select {
 				case <-ctx.Done():
 					msg := fmt.Sprintf("policy version %d is stored, but the supervisor of sandbox %q has not confirmed it within %s (last confirmed: %d); is the sandbox running? see `openshell sandbox logs %s`",

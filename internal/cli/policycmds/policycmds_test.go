@@ -36,6 +36,17 @@ type miniGateway struct {
 	noCfg   bool
 	stuck   bool
 	noExt   bool
+	refuse  string // the supervisor's load error for every new version
+}
+
+func (g *miniGateway) GetSandboxPolicyStatus(_ context.Context, r *pb.GetSandboxPolicyStatusRequest) (*pb.GetSandboxPolicyStatusResponse, error) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	rev := &pb.SandboxPolicyRevision{Version: r.GetVersion(), Status: pb.PolicyStatus_POLICY_STATUS_PENDING}
+	if g.refuse != "" {
+		rev.Status, rev.LoadError = pb.PolicyStatus_POLICY_STATUS_FAILED, g.refuse
+	}
+	return &pb.GetSandboxPolicyStatusResponse{Revision: rev, ActiveVersion: g.applied}, nil
 }
 
 func (g *miniGateway) UpdateConfig(_ context.Context, r *pb.UpdateConfigRequest) (*pb.UpdateConfigResponse, error) {
@@ -196,6 +207,18 @@ func TestSet(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "has not confirmed it within 1.2s") || !strings.Contains(err.Error(), "policy version 6 is stored") {
 		t.Fatalf("stuck supervisor: %v", err)
 	}
+	// A supervisor that refuses the version: --wait stops at once with its reason.
+	g.mu.Lock()
+	g.refuse = "network_policies.pypi: bad rule"
+	g.mu.Unlock()
+	t0 = time.Now()
+	_, err = run(t, GRPCFrom(dial), "policy", "set", "box", "--policy", file, "--wait", "--timeout", "30s")
+	if err == nil || !strings.Contains(err.Error(), "did not apply it: network_policies.pypi: bad rule") || time.Since(t0) > 5*time.Second {
+		t.Fatalf("refused version: %v after %v", err, time.Since(t0))
+	}
+	g.mu.Lock()
+	g.refuse = ""
+	g.mu.Unlock()
 	// Gateway refusals come through with their message.
 	_, err = run(t, GRPCFrom(dial), "policy", "set", "nope", "--policy", file)
 	if err == nil || !strings.Contains(err.Error(), `sandbox "nope" not found`) {
