@@ -18,6 +18,7 @@ import (
 	"github.com/openshell/openshell/api/sandboxv1"
 	"github.com/openshell/openshell/drivers"
 	"github.com/openshell/openshell/drivers/drivertest"
+	"github.com/openshell/openshell/supervisor/session"
 )
 
 const (
@@ -309,6 +310,43 @@ func TestMainProcessExit(t *testing.T) {
 	sb := e.waitPhase("alpha", phaseError)
 	if sb.GetStatus().ExitCode == nil || sb.GetStatus().GetExitCode() != 0 || readyCondition(sb).GetReason() != drivers.ReasonMainProcessExited {
 		t.Errorf("status after exit = %v", sb.GetStatus())
+	}
+}
+
+// A command that could not start: the supervisor ships exec's reason, then reports
+// exit 127; the Ready condition says why, and a restart clears it.
+func TestMainProcessStartFailureReason(t *testing.T) {
+	e := startEnv(t, t.TempDir(), drivertest.NewMemDriver())
+	id := e.create("alpha").GetMetadata().GetId()
+	e.connectSupervisor(id, "i1")
+	e.waitPhase("alpha", phaseReady)
+	ctx := asInstance(t.Context(), "i1")
+	sc := e.sandboxClient(id)
+	push, err := sc.PushSandboxLogs(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := push.Send(&openshellv1.PushSandboxLogsRequest{SandboxId: id, Logs: []*openshellv1.SandboxLogLine{{
+		SandboxId: id, TimestampMs: time.Now().UnixMilli(), Level: "ERROR", Target: "openshell-sandbox",
+		Message: session.MainStartFailure + "exec /bin/bash: no such file or directory"}}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := push.CloseAndRecv(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := sc.ReportMainProcessExit(ctx, &openshellv1.ReportMainProcessExitRequest{SandboxId: id, InstanceId: "i1", ExitCode: 127}); err != nil {
+		t.Fatal(err)
+	}
+	sb := e.waitPhase("alpha", phaseError)
+	const want = "the sandbox's main process exited with code 127: exec /bin/bash: no such file or directory"
+	if c := readyCondition(sb); c.GetReason() != drivers.ReasonMainProcessExited || c.GetMessage() != want {
+		t.Fatalf("condition = %v, want message %q", c, want)
+	}
+	if _, err := e.user.StartSandbox(t.Context(), &openshellv1.StartSandboxRequest{Name: "alpha"}); err != nil {
+		t.Fatal(err)
+	}
+	if c := readyCondition(e.get("alpha")); strings.Contains(c.GetMessage(), "exec /bin/bash") {
+		t.Errorf("the old exit's reason survived a start: %v", c)
 	}
 }
 

@@ -299,6 +299,9 @@ func (s *Server) StartSandbox(ctx context.Context, req *openshellv1.StartSandbox
 		r.intent = intentStarting
 		r.sb.Status.ExitCode = nil
 		r.sb.Status.MainProcessInstanceId = ""
+		if r.failureReason == "" {
+			r.failureMessage = "" // the last exit's message
+		}
 		return nil
 	}); err != nil {
 		return nil, err

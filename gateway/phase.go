@@ -50,7 +50,11 @@ func derivePhase(in phaseInput) (openshellv1.SandboxPhase, *openshellv1.SandboxC
 		}
 		return stopping, nil
 	case in.exited:
-		return errPhase, readyCond(false, drivers.ReasonMainProcessExited, "the sandbox's main process exited")
+		msg := in.failureMessage // without a failureReason: why the main process exited
+		if msg == "" {
+			msg = "the sandbox's main process exited"
+		}
+		return errPhase, readyCond(false, drivers.ReasonMainProcessExited, msg)
 	}
 	bp := drivers.BackendPhase(in.backend)
 	switch bp {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"strconv"
+	"strings"
 	"time"
 
 	"google.golang.org/grpc/codes"
@@ -16,6 +17,7 @@ import (
 	"github.com/openshell/openshell/gateway/auth"
 	"github.com/openshell/openshell/gateway/hub"
 	"github.com/openshell/openshell/supervisor/policy"
+	"github.com/openshell/openshell/supervisor/session"
 )
 
 // onSession is the hub's listener: a session coming or going changes the derived
@@ -103,6 +105,7 @@ func (s *Server) ReportMainProcessExit(ctx context.Context, req *openshellv1.Rep
 		return nil, err
 	}
 	code := req.GetExitCode()
+	why := s.exitReason(req.GetSandboxId(), code)
 	_, err = s.mutate(ctx, req.GetSandboxId(), func(r *record) error {
 		switch r.intent {
 		case intentStopping, intentStopped, intentDeleting:
@@ -115,6 +118,9 @@ func (s *Server) ReportMainProcessExit(ctx context.Context, req *openshellv1.Rep
 		}
 		r.sb.Status.ExitCode = &code
 		r.sb.Status.MainProcessInstanceId = req.GetInstanceId()
+		if r.failureReason == "" {
+			r.failureMessage = why // shown on the Ready condition while exited
+		}
 		return nil
 	})
 	if err != nil {
@@ -123,6 +129,27 @@ func (s *Server) ReportMainProcessExit(ctx context.Context, req *openshellv1.Rep
 	s.log.Info("main process exited", "sandbox_id", req.GetSandboxId(), "exit_code", code)
 	s.gatewayLog(req.GetSandboxId(), "WARN", fmt.Sprintf("main process exited with code %d", code))
 	return &openshellv1.ReportMainProcessExitResponse{}, nil
+}
+
+// maxExitReason bounds the sandbox-supplied part of an exit message.
+const maxExitReason = 300
+
+// exitReason is the Ready condition's message for a main-process exit: the code, and
+// why the command could not start when the supervisor said so in the last minute
+// (it flushes that line before reporting the exit).
+func (s *Server) exitReason(id string, code int32) string {
+	msg := fmt.Sprintf("the sandbox's main process exited with code %d", code)
+	lines, _ := s.logs.tail(id, 50, logFilter{since: time.Now().Add(-time.Minute).UnixMilli(), sources: []string{sandboxLogSource}, minLevel: "ERROR"})
+	for i := len(lines) - 1; i >= 0; i-- {
+		if rest, ok := strings.CutPrefix(lines[i].GetMessage(), session.MainStartFailure); ok {
+			rest = strings.ToValidUTF8(rest, "?")
+			if len(rest) > maxExitReason {
+				rest = rest[:maxExitReason] + "…"
+			}
+			return msg + ": " + rest
+		}
+	}
+	return msg
 }
 
 // sandboxLogSource is the only source a sandbox may give its log lines: the gateway's

@@ -441,17 +441,6 @@ func Run(ctx context.Context, cfg *bootstrap.Config, o Options) (retErr error) {
 	if err != nil {
 		return err
 	}
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		_ = sc.Run(ctx)
-	}()
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		watcher.run(ctx)
-	}()
-
 	// Without a command the sandbox is a scratch shell: the shell the image has runs
 	// on a PTY for `openshell-main` attaches, and the sandbox stays up whatever happens
 	// to it (an image without any shell, a user typing exit). A given command is the
@@ -465,6 +454,25 @@ func Run(ctx context.Context, cfg *bootstrap.Config, o Options) (retErr error) {
 	if cfg.Main.TTY {
 		menv = append(menv, "TERM=xterm-256color")
 	}
+	// A command that cannot start is reported before the session opens, so the
+	// sandbox goes from PROVISIONING to ERROR with the reason, never READY first.
+	var startErr error
+	if !keepAlive {
+		if _, startErr = mainproc.LookPath(argv[0], menv); startErr != nil {
+			reportStartFailure(ctx, log, shipper, sc, argv, startErr)
+		}
+	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		_ = sc.Run(ctx)
+	}()
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		watcher.run(ctx)
+	}()
+
 	startMain := func() (*mainproc.Main, error) {
 		m, err := mainproc.Start(r, mainproc.Options{Argv: argv, TTY: cfg.Main.TTY, Env: menv, Dir: dir, Cred: user.Credential(),
 			Start: launch.start,
@@ -486,19 +494,21 @@ func Run(ctx context.Context, cfg *bootstrap.Config, o Options) (retErr error) {
 		return main
 	}
 	exitCode := make(chan int, 1)
-	if keepAlive {
+	switch {
+	case keepAlive:
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			keepShell(ctx, log, argv, startMain)
 		}()
-	} else if m, err := startMain(); err != nil {
-		// The reason reaches the gateway's log of this sandbox (the shipper) before the
-		// exit code, so `sandbox get`/`logs` say why the command did not run.
-		log.Error("main process could not start: "+err.Error(), "argv", argv, "err", err)
-		exitCode <- 127
-	} else {
-		go func() { <-m.Done(); exitCode <- m.ExitCode() }()
+	case startErr != nil:
+		// Reported above; the sandbox stays up (ERROR) until stopped or deleted.
+	default:
+		if m, err := startMain(); err != nil {
+			reportStartFailure(ctx, log, shipper, sc, argv, err)
+		} else {
+			go func() { <-m.Done(); exitCode <- m.ExitCode() }()
+		}
 	}
 
 	select {
@@ -551,5 +561,21 @@ func keepShell(ctx context.Context, log *slog.Logger, argv []string, start func(
 			return
 		case <-time.After(pause):
 		}
+	}
+}
+
+// reportStartFailure ships why the command could not start, then reports exit code
+// 127 (the shell's "command not found"): the gateway puts the reason on the Ready
+// condition, so `sandbox create` and `sandbox get` say it.
+func reportStartFailure(ctx context.Context, log *slog.Logger, shipper *session.Shipper, sc *session.Client, argv []string, err error) {
+	log.Error(session.MainStartFailure+err.Error(), "argv", argv)
+	fctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	if ferr := shipper.Flush(fctx); ferr != nil {
+		log.Warn("start failure not shipped before the exit report", "err", ferr)
+	}
+	cancel()
+	log.Info("main process exited", "exit_code", 127)
+	if rerr := sc.ReportExit(ctx, 127); rerr != nil && ctx.Err() == nil {
+		log.Error("main process exit not reported", "err", rerr)
 	}
 }

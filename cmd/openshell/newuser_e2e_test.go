@@ -28,6 +28,7 @@ const busyboxImage = "openshell-test/busybox"
 // the real gateway, dockerd and static supervisor:
 //   - a busybox image with no command is READY and stays READY (no /bin/bash needed),
 //     and exec there runs in its sh;
+//   - a command that cannot start (/bin/bash on busybox) fails saying why;
 //   - a create the driver refuses (--memory 1) prints why and leaves `sandbox list`
 //     unchanged;
 //   - --forward at create and forward start/list/stop carry HTTP to a port inside;
@@ -55,10 +56,10 @@ func TestDockerNewUserDefaults(t *testing.T) {
 		t.Fatalf("gateway start: %v\n%s", err, out)
 	}
 	suffix := strconv.FormatInt(time.Now().UnixNano()%1e6, 10)
-	bb, attached, fw := "bb-"+suffix, "tty-"+suffix, "fw-"+suffix
+	bb, attached, fw, nobash := "bb-"+suffix, "tty-"+suffix, "fw-"+suffix, "nobash-"+suffix
 	t.Cleanup(func() {
 		cli(30*time.Second, "forward", "stop", fw)
-		cli(60*time.Second, "sandbox", "delete", bb, attached, fw)
+		cli(60*time.Second, "sandbox", "delete", bb, attached, fw, nobash)
 		if out, err := cli(30*time.Second, "gateway", "stop"); err != nil {
 			t.Errorf("gateway stop: %v\n%s", err, out)
 		}
@@ -152,6 +153,17 @@ func TestDockerNewUserDefaults(t *testing.T) {
 		}
 		if out, err := cli(30*time.Second, "forward", "list"); err != nil || strings.Contains(out, fw) {
 			t.Errorf("forward list after stop: %v\n%s", err, out)
+		}
+	})
+
+	t.Run("CommandThatCannotStartSaysWhy", func(t *testing.T) {
+		out, err := cli(150*time.Second, "sandbox", "create", "--name", nobash, "--from", busyboxImage, "--timeout", "120s", "--detach", "--", "/bin/bash", "-l")
+		if err == nil || !strings.Contains(out, "exec /bin/bash: no such file or directory") {
+			t.Fatalf("create -- /bin/bash on busybox: %v, want the reason in the output:\n%s", err, out)
+		}
+		out, err = cli(30*time.Second, "sandbox", "get", nobash, "-o", "json")
+		if err != nil || !strings.Contains(out, "exited with code 127: exec /bin/bash: no such file or directory") {
+			t.Errorf("condition of the failed sandbox: %v\n%s", err, out)
 		}
 	})
 

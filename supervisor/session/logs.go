@@ -23,11 +23,22 @@ type Shipper struct {
 	batch     int
 	interval  time.Duration
 
+	fmu     sync.Mutex // one flush at a time, so no batch is sent twice
 	mu      sync.Mutex
 	buf     []*pb.SandboxLogLine
 	dropped int
 	wake    chan struct{}
 }
+
+// MainStartFailure starts the log line the supervisor ships when the sandbox's
+// command cannot start; the rest is exec's reason ("exec /bin/bash: no such file or
+// directory"), which the gateway puts on the sandbox's Ready condition.
+const MainStartFailure = "main process could not start: "
+
+// Flush ships what is buffered now and returns once the gateway acknowledged it (or
+// ctx ends): a line that must arrive before a following call (the reason before the
+// exit report) is flushed first.
+func (s *Shipper) Flush(ctx context.Context) error { return s.flush(ctx) }
 
 // ShipperOptions tune a Shipper; zero values pick defaults.
 type ShipperOptions struct {
@@ -108,6 +119,8 @@ func (s *Shipper) Run(ctx context.Context) {
 // flush sends everything buffered, one push per batch; a batch leaves the buffer
 // only after the gateway acknowledged it.
 func (s *Shipper) flush(ctx context.Context) error {
+	s.fmu.Lock()
+	defer s.fmu.Unlock()
 	for {
 		s.mu.Lock()
 		if s.dropped > 0 {
