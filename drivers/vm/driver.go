@@ -935,6 +935,7 @@ func (d *Driver) Delete(ctx context.Context, id, _ string) (bool, error) {
 		if err := removeDir(run); err != nil {
 			return false, fmt.Errorf("vm sandbox %q: remove %s: %w", id, run, err)
 		}
+		_ = os.Remove(filepath.Dir(run)) // the driver's runtime dir, once no sandbox is left
 	}
 	d.mu.Lock()
 	delete(d.sandboxes, id)

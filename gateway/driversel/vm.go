@@ -120,6 +120,7 @@ type vmDriver struct {
 	*grpcdriver.Client
 	proc   *os.Process
 	exited chan struct{}
+	socket string // in the gateway's runtime dir
 	// runnerKey derives each VM runner's credential for its sandbox's provider
 	// values (package hostcred); the gateway checks it, the driver hands it out.
 	runnerKey []byte
@@ -174,7 +175,7 @@ func newVM(ctx context.Context, env DriverEnv) (_ drivers.Driver, retErr error) 
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("vm driver: start %s: %w", bin, err)
 	}
-	d := &vmDriver{proc: cmd.Process, exited: make(chan struct{}), runnerKey: runnerKey}
+	d := &vmDriver{proc: cmd.Process, exited: make(chan struct{}), runnerKey: runnerKey, socket: socket}
 	go func() { _ = cmd.Wait(); close(d.exited) }()
 	defer func() {
 		if retErr != nil {
@@ -234,6 +235,9 @@ func (d *vmDriver) Close() error {
 		err = d.Client.Close()
 	}
 	d.stop()
+	// The driver is gone: its socket and, when empty, the gateway's runtime dir.
+	_ = os.Remove(d.socket)
+	_ = os.Remove(filepath.Dir(d.socket))
 	return errors.Join(err)
 }
 
