@@ -70,6 +70,10 @@ type Config struct {
 	// OPENSHELL_PODMAN_ALLOW_CGROUPS_V1=1) only where unlimited rootless sandboxes are
 	// acceptable, e.g. test machines.
 	AllowCgroupsV1 bool `json:"allow_cgroups_v1,omitempty" toml:"allow_cgroups_v1"`
+	// CDISpecDirs are the CDI spec directories the service reads; GPU requests are
+	// resolved against them before a create. Default /etc/cdi and /var/run/cdi,
+	// where Podman looks.
+	CDISpecDirs []string `json:"cdi_spec_dirs,omitempty" toml:"cdi_spec_dirs"`
 	// Labels are added to every container and network the driver creates and are
 	// required on everything it lists and watches: they scope one driver instance
 	// (e.g. a test run) on a shared service.
@@ -125,6 +129,9 @@ func (c Config) withDefaults() Config {
 		if home, err := os.UserHomeDir(); err == nil {
 			c.StateDir = filepath.Join(home, defaultStateSubpath)
 		}
+	}
+	if len(c.CDISpecDirs) == 0 {
+		c.CDISpecDirs = DefaultCDISpecDirs
 	}
 	if v := os.Getenv(EnvAllowCgroupsV1); v == "1" || strings.EqualFold(v, "true") {
 		c.AllowCgroupsV1 = true

@@ -30,6 +30,7 @@ type plan struct {
 	nanoCPUs            int64
 	memory, memoryReq   int64
 	runtime             string
+	gpus                []string // CDI device ids (kind=name)
 	labels              map[string]string
 	boot                bootstrap.Config
 }
@@ -93,9 +94,8 @@ func (d *Driver) plan(ctx context.Context, sb *computev1.DriverSandbox) (*plan, 
 		}
 	}
 
-	if spec.GetResourceRequirements().GetGpu() != nil {
-		return nil, fmt.Errorf("sandbox %s: GPUs are not supported by the podman driver yet (CDI device resolution is not wired in): %w; create the sandbox without --gpu, or use the docker or vm driver for GPU sandboxes",
-			sb.GetId(), drivers.ErrNotSupported)
+	if p.gpus, err = d.gpuDeviceIDs(sb); err != nil {
+		return nil, err
 	}
 
 	if rc := tmpl.GetPlatformConfig().GetFields()["runtime_class_name"].GetStringValue(); rc != "" {
@@ -181,6 +181,9 @@ func (d *Driver) spec(p *plan, stateDir string) *specGenerator {
 		// shows up at 10.0.2.2.
 		NetNS:          specNamespace{NSMode: "slirp4netns"},
 		NetworkOptions: map[string][]string{"slirp4netns": {"allow_host_loopback=true"}},
+	}
+	for _, id := range p.gpus {
+		s.Devices = append(s.Devices, map[string]string{"path": id})
 	}
 	if d.rootless && d.cgroupsV1 {
 		// Rootless Podman cannot apply limits on cgroups v1 (allowed by configuration).
