@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/user"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -70,4 +71,30 @@ func realPing(socket string) string {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	defer cancel()
 	return Detector{Timeout: 3 * time.Second}.ping(ctx, socket)
+}
+
+// The [drivers.podman] table reaches the driver: an unknown key is refused by name,
+// and a table naming the real rootful socket builds a working driver.
+func TestBuildPodmanFromTable(t *testing.T) {
+	_, err := Build(context.Background(), "podman", DriverEnv{Table: map[string]any{"bogus": 1}})
+	if err == nil || !strings.Contains(err.Error(), "bogus") || !strings.Contains(err.Error(), "[drivers.podman]") {
+		t.Fatalf("unknown key: %v", err)
+	}
+	rootful := "/run/podman/podman.sock"
+	testenv.Require(t, realPing(rootful) == "podman", "no rootful Podman service on "+rootful+"; run scripts/setup-podman.sh")
+	sup, err := os.Executable() // any executable file stands in for the supervisor path
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := DriverEnv{SupervisorBinary: sup, GatewayEndpoint: "https://host.openshell.internal:17670", GatewayPort: 17670,
+		StateDir: t.TempDir(), Table: map[string]any{"socket": "unix://" + rootful, "allow_cgroups_v1": true}}
+	d, err := Build(context.Background(), "podman", env)
+	if err != nil {
+		t.Fatalf("Build(podman): %v", err)
+	}
+	defer d.Close()
+	caps, err := d.Capabilities(context.Background())
+	if err != nil || caps.GetDriverName() != "podman" || !strings.Contains(caps.GetDriverVersion(), "rootful") {
+		t.Fatalf("Capabilities = %v, %v", caps, err)
+	}
 }
