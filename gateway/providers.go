@@ -31,9 +31,9 @@ import (
 // ciphertext in Data: the sealed Provider message (type, credentials, config; no
 // metadata), bound to the row's id.
 //
-// Where the credentials may be sent lives in Provider.config under three keys:
-// "hosts" and "headers" (comma-separated lists) and "allow_wildcard_hosts" ("true" to
-// admit "*.example.com" hosts). Other config keys are kept as given.
+// Where the credentials may be sent lives in Provider.config (keys in package
+// credentials: hosts, headers, allow_wildcard_hosts). Other config keys are kept as
+// given.
 const (
 	kindProvider      = "provider"
 	providerWorkspace = "global"
@@ -41,10 +41,6 @@ const (
 	maxCredentialSize = 64 << 10
 	maxConfigEntries  = 64
 	maxConfigValue    = 4 << 10
-
-	ConfigHosts              = "hosts"
-	ConfigHeaders            = "headers"
-	ConfigAllowWildcardHosts = "allow_wildcard_hosts"
 )
 
 var (
@@ -56,22 +52,9 @@ var (
 
 func providerAD(id string) []byte { return []byte(kindProvider + "/" + id) }
 
-// splitList reads a comma-separated config value; blanks are dropped.
-func splitList(v string) []string {
-	var out []string
-	for _, f := range strings.Split(v, ",") {
-		if f = strings.TrimSpace(f); f != "" {
-			out = append(out, f)
-		}
-	}
-	return out
-}
-
 // bindingOf is the supervisor's view of a stored provider.
 func bindingOf(name string, p *datamodelv1.Provider) credentials.Provider {
-	c := p.GetConfig()
-	return credentials.Provider{Name: name, Type: p.GetType(), Credentials: maps.Clone(p.GetCredentials()),
-		Hosts: splitList(c[ConfigHosts]), Headers: splitList(c[ConfigHeaders]), AllowWildcardHosts: c[ConfigAllowWildcardHosts] == "true"}
+	return credentials.FromConfig(name, p.GetType(), p.GetCredentials(), p.GetConfig())
 }
 
 func validateProvider(name string, p *datamodelv1.Provider) error {
@@ -106,8 +89,8 @@ func validateProvider(name string, p *datamodelv1.Provider) error {
 			return invalidf("provider %s: config key %q must be 1-128 letters, digits or _.-/ with a value of at most %d bytes", name, k, maxConfigValue)
 		}
 	}
-	if w := p.GetConfig()[ConfigAllowWildcardHosts]; w != "" && w != "true" && w != "false" {
-		return invalidf("provider %s: config %s is %q; use true or false", name, ConfigAllowWildcardHosts, w)
+	if w := p.GetConfig()[credentials.ConfigAllowWildcardHosts]; w != "" && w != "true" && w != "false" {
+		return invalidf("provider %s: config %s is %q; use true or false", name, credentials.ConfigAllowWildcardHosts, w)
 	}
 	b := bindingOf(name, p)
 	for i, h := range b.Hosts {
@@ -326,8 +309,8 @@ func (s *Server) GetSandboxProviderEnvironment(ctx context.Context, req *openshe
 	if err := auth.RequireSandbox(ctx, id); err != nil {
 		return nil, err
 	}
-	real := req.GetSupportsStaticCredentialBindings()
-	if real {
+	withValues := req.GetSupportsStaticCredentialBindings()
+	if withValues {
 		if err := s.checkRunner(ctx, id); err != nil {
 			return nil, err
 		}
@@ -358,7 +341,7 @@ func (s *Server) GetSandboxProviderEnvironment(ctx context.Context, req *openshe
 	if len(expires) > 0 {
 		resp.CredentialExpiresAtMs = expires
 	}
-	if !real {
+	if !withValues {
 		resp.StaticCredentialBindings, resp.DynamicCredentials = nil, nil
 		for _, p := range ps {
 			for k := range p.Credentials {

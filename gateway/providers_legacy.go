@@ -8,6 +8,7 @@ import (
 	"google.golang.org/protobuf/encoding/protowire"
 
 	"github.com/openshell/openshell/api/datamodelv1"
+	"github.com/openshell/openshell/supervisor/credentials"
 )
 
 // Provider rows written before providers were upstream's datamodel.Provider hold a
@@ -67,7 +68,7 @@ func decodeLegacyProvider(b []byte) (*datamodelv1.Provider, error) {
 			}
 			b = b[m:]
 			if num == 6 && v != 0 {
-				p.Config[ConfigAllowWildcardHosts] = "true"
+				p.Config[credentials.ConfigAllowWildcardHosts] = "true"
 			}
 		default:
 			m := protowire.ConsumeFieldValue(num, typ, b)
@@ -78,10 +79,10 @@ func decodeLegacyProvider(b []byte) (*datamodelv1.Provider, error) {
 		}
 	}
 	if len(hosts) > 0 {
-		p.Config[ConfigHosts] = strings.Join(hosts, ",")
+		p.Config[credentials.ConfigHosts] = strings.Join(hosts, ",")
 	}
 	if len(headers) > 0 {
-		p.Config[ConfigHeaders] = strings.Join(headers, ",")
+		p.Config[credentials.ConfigHeaders] = strings.Join(headers, ",")
 	}
 	return p, nil
 }

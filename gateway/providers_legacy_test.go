@@ -7,6 +7,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/openshell/openshell/api/datamodelv1"
+	"github.com/openshell/openshell/supervisor/credentials"
 )
 
 // legacyPayload encodes a provider in the earlier stored shape.
@@ -43,7 +44,7 @@ func TestLegacyProviderPayload(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := &datamodelv1.Provider{Type: "github", Credentials: map[string]string{"GITHUB_TOKEN": "ghp_x"},
-		Config: map[string]string{ConfigHosts: "*.github.com,api.github.com", ConfigHeaders: "Authorization,X-Token", ConfigAllowWildcardHosts: "true"}}
+		Config: map[string]string{credentials.ConfigHosts: "*.github.com,api.github.com", credentials.ConfigHeaders: "Authorization,X-Token", credentials.ConfigAllowWildcardHosts: "true"}}
 	if !proto.Equal(p, want) {
 		t.Fatalf("decoded %v, want %v", p, want)
 	}
@@ -85,7 +86,7 @@ func FuzzValidateProvider(f *testing.F) {
 	f.Add("", "", "", "", "*", "Host", "maybe")
 	f.Fuzz(func(t *testing.T, name, typ, key, value, hosts, headers, wildcard string) {
 		p := &datamodelv1.Provider{Type: typ, Credentials: map[string]string{key: value},
-			Config: map[string]string{ConfigHosts: hosts, ConfigHeaders: headers, ConfigAllowWildcardHosts: wildcard}}
+			Config: map[string]string{credentials.ConfigHosts: hosts, credentials.ConfigHeaders: headers, credentials.ConfigAllowWildcardHosts: wildcard}}
 		if err := validateProvider(name, p); err != nil {
 			return
 		}

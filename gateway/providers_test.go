@@ -18,7 +18,6 @@ import (
 
 	"github.com/openshell/openshell/api/datamodelv1"
 	"github.com/openshell/openshell/api/openshellv1"
-	"github.com/openshell/openshell/gateway"
 	"github.com/openshell/openshell/supervisor/credentials"
 )
 
@@ -28,7 +27,7 @@ const ghSecret = "ghp_provider_secret_value_0123456789"
 func newProvider(name, typ string, creds map[string]string, hosts ...string) *openshellv1.CreateProviderRequest {
 	p := &datamodelv1.Provider{Metadata: &datamodelv1.ObjectMeta{Name: name}, Type: typ, Credentials: creds}
 	if len(hosts) > 0 {
-		p.Config = map[string]string{gateway.ConfigHosts: strings.Join(hosts, ",")}
+		p.Config = map[string]string{credentials.ConfigHosts: strings.Join(hosts, ",")}
 	}
 	return &openshellv1.CreateProviderRequest{Provider: p}
 }
@@ -78,7 +77,7 @@ func TestProviderCRUD(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if strings.Contains(got.String(), ghSecret) || got.GetProvider().GetConfig()[gateway.ConfigHosts] != "api.github.com" {
+	if strings.Contains(got.String(), ghSecret) || got.GetProvider().GetConfig()[credentials.ConfigHosts] != "api.github.com" {
 		t.Fatalf("GetProvider = %v (values must never be returned)", got)
 	}
 	if _, err := ue.CreateProvider(ctx, newProvider("anthropic", "llm", map[string]string{"API_KEY": "k"})); err != nil {

@@ -21,6 +21,7 @@ import (
 	"github.com/openshell/openshell/gateway/auth"
 	"github.com/openshell/openshell/gateway/store"
 	"github.com/openshell/openshell/gateway/store/sqlite"
+	oscred "github.com/openshell/openshell/supervisor/credentials"
 )
 
 func TestAttachDetachSandboxProviders(t *testing.T) {
@@ -93,9 +94,9 @@ func TestUpdateProvider(t *testing.T) {
 	rev0 := mustEnv(t, e, id).GetProviderEnvRevision()
 	// Empty values keep the stored ones (a read-modify-write of a Get result is safe).
 	p.Credentials["GH_USER"] = "robot"
-	p.Config[gateway.ConfigHeaders] = "X-Api-Key"
+	p.Config[oscred.ConfigHeaders] = "X-Api-Key"
 	up, err := e.user.UpdateProvider(ctx, &openshellv1.UpdateProviderRequest{Provider: p})
-	if err != nil || up.GetProvider().GetConfig()[gateway.ConfigHeaders] != "X-Api-Key" || up.GetProvider().GetMetadata().GetResourceVersion() <= p.GetMetadata().GetResourceVersion() {
+	if err != nil || up.GetProvider().GetConfig()[oscred.ConfigHeaders] != "X-Api-Key" || up.GetProvider().GetMetadata().GetResourceVersion() <= p.GetMetadata().GetResourceVersion() {
 		t.Fatalf("update: %v %v", up, err)
 	}
 	before := mustEnv(t, e, id).GetProviderEnvRevision()
@@ -118,7 +119,7 @@ func TestUpdateProvider(t *testing.T) {
 	_, err = e.user.UpdateProvider(ctx, &openshellv1.UpdateProviderRequest{Provider: p})
 	wantCode(t, err, codes.InvalidArgument)
 	p.Credentials = nil
-	p.Config = map[string]string{gateway.ConfigHosts: "*.github.com"}
+	p.Config = map[string]string{oscred.ConfigHosts: "*.github.com"}
 	_, err = e.user.UpdateProvider(ctx, &openshellv1.UpdateProviderRequest{Provider: p})
 	wantCode(t, err, codes.InvalidArgument)
 	if !strings.Contains(err.Error(), "wildcard") {

@@ -20,6 +20,50 @@ import (
 // A wildcard host ("*.example.com") is only ever stored for a provider that allowed
 // wildcards, so the decoder sets AllowWildcardHosts from the hosts.
 
+// Where a provider's credentials may be sent is stored in upstream's
+// Provider.config under these keys: hosts and headers as comma-separated lists
+// (host names and header names hold no comma), allow_wildcard_hosts as "true".
+const (
+	ConfigHosts              = "hosts"
+	ConfigHeaders            = "headers"
+	ConfigAllowWildcardHosts = "allow_wildcard_hosts"
+)
+
+// FromConfig is the Provider for stored parts: its binding is read from config.
+func FromConfig(name, typ string, creds, config map[string]string) Provider {
+	return Provider{Name: name, Type: typ, Credentials: maps.Clone(creds), Hosts: splitList(config[ConfigHosts]),
+		Headers: splitList(config[ConfigHeaders]), AllowWildcardHosts: config[ConfigAllowWildcardHosts] == "true"}
+}
+
+// Config is p's binding as Provider.config entries (nil when it sets none).
+func (p Provider) Config() map[string]string {
+	c := map[string]string{}
+	if len(p.Hosts) > 0 {
+		c[ConfigHosts] = strings.Join(p.Hosts, ",")
+	}
+	if len(p.Headers) > 0 {
+		c[ConfigHeaders] = strings.Join(p.Headers, ",")
+	}
+	if p.AllowWildcardHosts {
+		c[ConfigAllowWildcardHosts] = "true"
+	}
+	if len(c) == 0 {
+		return nil
+	}
+	return c
+}
+
+// splitList reads a comma-separated config value; blanks are dropped.
+func splitList(v string) []string {
+	var out []string
+	for _, f := range strings.Split(v, ",") {
+		if f = strings.TrimSpace(f); f != "" {
+			out = append(out, f)
+		}
+	}
+	return out
+}
+
 // EnvironmentResponse encodes ps; two providers with the same key are refused (the
 // agent's environment has one variable per name).
 func EnvironmentResponse(ps []Provider) (*openshellv1.GetSandboxProviderEnvironmentResponse, error) {

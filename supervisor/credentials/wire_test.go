@@ -70,3 +70,22 @@ func FuzzProvidersFromEnvironment(f *testing.F) {
 		}
 	})
 }
+
+func TestConfigRoundTrip(t *testing.T) {
+	in := Provider{Name: "gh", Type: "github", Credentials: map[string]string{"T": "v"}, Hosts: []string{"*.github.com", "github.com"},
+		Headers: []string{"Authorization", "X-Token"}, AllowWildcardHosts: true}
+	cfg := in.Config()
+	if cfg[ConfigHosts] != "*.github.com,github.com" || cfg[ConfigHeaders] != "Authorization,X-Token" || cfg[ConfigAllowWildcardHosts] != "true" {
+		t.Fatalf("config %v", cfg)
+	}
+	if out := FromConfig("gh", "github", in.Credentials, cfg); !reflect.DeepEqual(out, in) {
+		t.Fatalf("round trip %+v, want %+v", out, in)
+	}
+	if c := (Provider{Name: "bare"}).Config(); c != nil {
+		t.Fatalf("a provider without a binding has config %v", c)
+	}
+	// Blanks and spaces in a hand-written config are dropped.
+	if p := FromConfig("x", "t", nil, map[string]string{ConfigHosts: " a.example.com, ,b.example.com "}); !reflect.DeepEqual(p.Hosts, []string{"a.example.com", "b.example.com"}) {
+		t.Fatalf("hosts %q", p.Hosts)
+	}
+}

@@ -27,13 +27,7 @@ import (
 
 	"github.com/openshell/openshell/api/datamodelv1"
 	pb "github.com/openshell/openshell/api/openshellv1"
-)
-
-// Provider config keys the gateway reads the credentials' binding from.
-const (
-	configHosts    = "hosts"
-	configHeaders  = "headers"
-	configWildcard = "allow_wildcard_hosts"
+	"github.com/openshell/openshell/supervisor/credentials"
 )
 
 // DialFunc connects to the configured gateway.
@@ -240,20 +234,7 @@ func parseCredentials(flags []string, lookup LookupEnv) (map[string]string, erro
 // bindingConfig is the provider config for --host, --header and
 // --allow-wildcard-hosts (nil when none is set).
 func bindingConfig(hosts, headers []string, wildcard bool) map[string]string {
-	c := map[string]string{}
-	if len(hosts) > 0 {
-		c[configHosts] = strings.Join(hosts, ",")
-	}
-	if len(headers) > 0 {
-		c[configHeaders] = strings.Join(headers, ",")
-	}
-	if wildcard {
-		c[configWildcard] = "true"
-	}
-	if len(c) == 0 {
-		return nil
-	}
-	return c
+	return credentials.Provider{Hosts: hosts, Headers: headers, AllowWildcardHosts: wildcard}.Config()
 }
 
 func updateCmd(client clientFunc, lookup LookupEnv) *cobra.Command {
@@ -274,7 +255,7 @@ func updateCmd(client clientFunc, lookup LookupEnv) *cobra.Command {
 				if p.Config == nil {
 					p.Config = map[string]string{}
 				}
-				p.Config[configWildcard] = "false"
+				p.Config[credentials.ConfigAllowWildcardHosts] = "false"
 			}
 			var err error
 			if p.Credentials, err = parseCredentials(creds, lookup); err != nil {
@@ -353,12 +334,12 @@ func printProviders(w io.Writer, format string, ps []*datamodelv1.Provider, list
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "NAME\tTYPE\tCREDENTIALS\tHOSTS\tHEADERS\tAGE")
 	for _, p := range ps {
-		headers := p.GetConfig()[configHeaders]
+		headers := p.GetConfig()[credentials.ConfigHeaders]
 		if headers == "" {
 			headers = "Authorization"
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", p.GetMetadata().GetName(), p.GetType(), orDash(strings.Join(slices.Sorted(maps.Keys(p.GetCredentials())), ",")),
-			orDash(p.GetConfig()[configHosts]), headers, age(p.GetMetadata().GetCreatedAtMs()))
+			orDash(p.GetConfig()[credentials.ConfigHosts]), headers, age(p.GetMetadata().GetCreatedAtMs()))
 	}
 	return tw.Flush()
 }
