@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/openshell/openshell/internal/rundir"
 	"github.com/openshell/openshell/internal/testenv"
 	"github.com/openshell/openshell/internal/testenv/vmhost"
 )
@@ -77,4 +78,13 @@ func TestVMQuickstartLongHome(t *testing.T) {
 		return nil
 	})
 	e.deleteAndCheckClean(t, sandbox)
+	// The runtime dirs go too: the sandboxes' once the last is deleted, the driver's
+	// socket dir when the gateway stops.
+	if _, err := os.Stat(rundir.For(filepath.Join(e.gwState, "vm-driver", "sb"))); err == nil {
+		t.Errorf("sandbox runtime dir %s left after the last delete", rundir.For(filepath.Join(e.gwState, "vm-driver", "sb")))
+	}
+	e.cli("gateway", "stop")
+	if _, err := os.Stat(rundir.For(filepath.Join(e.gwState, "vm-driver"))); err == nil {
+		t.Errorf("driver runtime dir %s left after gateway stop", rundir.For(filepath.Join(e.gwState, "vm-driver")))
+	}
 }
