@@ -36,6 +36,7 @@ step "images the tests use (built locally, no registry)"
 # package having run first or on leftovers of an earlier run.
 ./scripts/build-base-image.sh
 ./scripts/testimage/build.sh all
+./scripts/setup-node.sh # Node.js and the TypeScript client's npm packages (second-language wire test)
 
 step "build"
 make --no-print-directory build
