@@ -114,7 +114,7 @@ func TestRefusesOldPodmanAndDocker(t *testing.T) {
 	cfg := testConfig(t, md)
 	cfg.Socket = svc.socket
 	_, err = New(t.Context(), cfg)
-	if !errors.Is(err, drivers.ErrFailedPrecondition) || !strings.Contains(err.Error(), "Podman 4.3.1 is too old") || !strings.Contains(err.Error(), "Podman 5.0 or newer") {
+	if !errors.Is(err, drivers.ErrFailedPrecondition) || !strings.Contains(err.Error(), "podman 4.3.1 is too old") || !strings.Contains(err.Error(), "Podman 5.0 or newer") {
 		t.Fatalf("New against Podman 4.3.1 = %v; want a failed precondition naming 4.3.1 and the 5.0 minimum", err)
 	}
 

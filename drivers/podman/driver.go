@@ -127,7 +127,7 @@ func checkVersion(v string) error {
 		return fmt.Errorf("cannot read the Podman version %q: %w", v, drivers.ErrFailedPrecondition)
 	}
 	if major < MinVersion {
-		return fmt.Errorf("Podman %s is too old: the driver needs Podman %d.0 or newer (its libpod API and netavark networking): %w; install Podman 5 (scripts/setup-podman.sh builds it) and point the driver at its socket",
+		return fmt.Errorf("podman %s is too old: the driver needs Podman %d.0 or newer (its libpod API and netavark networking): %w; install Podman 5 (scripts/setup-podman.sh builds it) and point the driver at its socket",
 			v, MinVersion, drivers.ErrFailedPrecondition)
 	}
 	return nil
