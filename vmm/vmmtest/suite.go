@@ -23,8 +23,12 @@ import (
 
 // GuestProtocol is what the guest of a Harness machine must do: dial the host on
 // channel.PortBootstrap, send one line, then power off cleanly when it reads "bye"
-// or when the backend asks it to stop.
-const GuestProtocol = "dial PortBootstrap, send a line, power off on bye or stop"
+// or when the backend asks it to stop. Where the backend lets the host dial the
+// guest (Features.HostDial), the guest also echoes lines on EchoPort.
+const GuestProtocol = "dial PortBootstrap, send a line, power off on bye or stop; echo on EchoPort"
+
+// EchoPort is where the guest echoes lines for host→guest dials.
+const EchoPort uint32 = 1030
 
 // Harness builds machines of one backend.
 type Harness struct {
@@ -106,6 +110,36 @@ func waitBounded(t *testing.T, m vmm.Machine, ctx context.Context) error {
 	}
 }
 
+// checkHostDial: a backend that lets the host dial the guest carries an echo both
+// ways; one that does not must say so at once, not hang.
+func checkHostDial(t *testing.T, h Harness, m vmm.Machine) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+	defer cancel()
+	ec, err := m.Host().Dial(ctx, EchoPort)
+	if !h.Features.HostDial {
+		if err == nil {
+			ec.Close()
+			t.Fatal("Dial succeeded on a backend whose Features say the host cannot dial the guest")
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("Dial on a backend without host dial waited for its context: %v", err)
+		}
+		return
+	}
+	if err != nil {
+		t.Fatalf("host→guest Dial(%d): %v", EchoPort, err)
+	}
+	defer ec.Close()
+	_ = ec.SetDeadline(time.Now().Add(20 * time.Second))
+	if _, err := io.WriteString(ec, "ping\n"); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := bufio.NewReader(ec).ReadString('\n'); err != nil || got != "ping\n" {
+		t.Fatalf("echo over a host→guest dial: %q, %v", got, err)
+	}
+}
+
 func waitExit(t *testing.T, h Harness, m vmm.Machine) error {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), h.BootTimeout)
@@ -128,6 +162,7 @@ func bootChannelPowerOff(t *testing.T, h Harness) {
 	if !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("Wait with an expiring context while running = %v, want DeadlineExceeded", err)
 	}
+	checkHostDial(t, h, m)
 	pid, start := m.PID(), procStart(m.PID())
 	if _, err := io.WriteString(c, "bye\n"); err != nil {
 		t.Fatal(err)

@@ -165,8 +165,10 @@ func (m *standIn) PID() int {
 func (m *standIn) Host() *channel.Host { return m.host }
 
 func standInHarness(fault string) vmmtest.Harness {
+	f := vmm.Features{Backend: "stand-in", Transports: []string{channel.TransportUnixPorts}, ChildProcess: true, GracefulStop: true}
+	f.HostDial = fault == "claims-host-dial" // its unix-ports channel cannot dial the guest
 	return vmmtest.Harness{
-		Features:    vmm.Features{Backend: "stand-in", Transports: []string{channel.TransportUnixPorts}, ChildProcess: true, GracefulStop: true},
+		Features:    f,
 		New:         func(t *testing.T, name string) vmm.Machine { return newStandIn(t, name, fault) },
 		BootTimeout: 5 * time.Second,
 	}
@@ -225,6 +227,7 @@ func TestSuiteCatchesBrokenBackends(t *testing.T) {
 		"pid-is-caller":     "KillAndAdoptByPID",
 		"restartable":       "BootChannelPowerOff",
 		"wait-ignores-ctx":  "BootChannelPowerOff",
+		"claims-host-dial":  "BootChannelPowerOff",
 	} {
 		t.Run(fault, func(t *testing.T) {
 			t.Parallel()
