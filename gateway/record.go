@@ -40,8 +40,9 @@ type record struct {
 	// failure is a gateway-side terminal error (e.g. the driver refused the create):
 	// reason and message end up on the Ready condition.
 	failureReason, failureMessage string
-	// policyVersion counts the sandbox's policy updates (0 in records written before
-	// UpdateSandboxPolicy existed = 1); policyError is the supervisor's last refusal.
+	// policyVersion counts the sandbox's policy updates through UpdateConfig (0 in
+	// records written before versions were kept, read as 1 by currentPolicyVersion);
+	// policyError is the supervisor's last refusal.
 	policyVersion uint32
 	policyError   string
 }
