@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/gofrs/flock"
+
+	"github.com/openshell/openshell/internal/atomicfile"
 )
 
 // DefaultStateDir holds the host-wide lock and the journal of devices moved to
@@ -208,37 +210,8 @@ func (m *Manager) writeJournal(j *journal) error {
 	if err != nil {
 		return err
 	}
-	return writeFileSync(m.journalPath(), append(b, '\n'))
-}
-
-// writeFileSync replaces p atomically and durably: a crash leaves the old or the new
-// journal, never a torn one.
-func writeFileSync(p string, b []byte) error {
-	tmp, err := os.CreateTemp(filepath.Dir(p), ".journal-*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(b); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp.Name(), p); err != nil {
-		return err
-	}
-	d, err := os.Open(filepath.Dir(p))
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
+	// Atomic and durable: a crash leaves the old or the new journal, never a torn one.
+	return atomicfile.WriteFile(m.journalPath(), append(b, '\n'), 0o600)
 }
 
 // lock takes the host-wide lock (a flock on a file in the state dir), waiting until ctx ends.
