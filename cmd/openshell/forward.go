@@ -19,6 +19,8 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/openshell/openshell/api/openshellv1"
 	"github.com/openshell/openshell/gateway/clientconf"
@@ -29,6 +31,9 @@ import (
 // local port; it records itself in the gateway's client directory
 // (forwards/<local port>.json) so that `forward list` and `forward stop` find it, and
 // removes the record when it ends.
+// forwardCheckEvery is how often a forward checks that its sandbox still exists.
+var forwardCheckEvery = 5 * time.Second
+
 type forwardRecord struct {
 	Sandbox string    `json:"sandbox"`
 	Local   uint16    `json:"local_port"`
@@ -238,6 +243,29 @@ func (a *app) runForward(ctx context.Context, sandbox string, spec sshcmds.Forwa
 	defer os.Remove(path)
 	logger := log.New(logw, "", log.LstdFlags)
 	logger.Printf("forwarding 127.0.0.1:%d to sandbox %s port %d", spec.Local, sandbox, spec.Remote)
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		// A forward to a deleted sandbox serves nothing: end with it.
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(forwardCheckEvery):
+			}
+			c, done, err := a.client(ctx)
+			if err != nil {
+				continue
+			}
+			_, err = c.GetSandbox(ctx, &openshellv1.GetSandboxRequest{Name: sandbox})
+			done()
+			if status.Code(err) == codes.NotFound {
+				logger.Printf("sandbox %s is gone; stopping the forward", sandbox)
+				cancel()
+				return
+			}
+		}
+	}()
 	err = sshcmds.ServeForward(ctx, a.dial, sandbox, ln, spec.Remote, logger.Printf)
 	logger.Printf("forward ended: %v", err)
 	return err

@@ -154,6 +154,24 @@ func TestDockerNewUserDefaults(t *testing.T) {
 		if out, err := cli(30*time.Second, "forward", "list"); err != nil || strings.Contains(out, fw) {
 			t.Errorf("forward list after stop: %v\n%s", err, out)
 		}
+		// A forward ends with its sandbox.
+		if out, err := cli(30*time.Second, "forward", "start", fw, strconv.Itoa(local)+":8080"); err != nil {
+			t.Fatalf("forward start: %v\n%s", err, out)
+		}
+		if out, err := cli(60*time.Second, "sandbox", "delete", fw); err != nil {
+			t.Fatalf("sandbox delete: %v\n%s", err, out)
+		}
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			out, err := cli(30*time.Second, "forward", "list")
+			if err == nil && !strings.Contains(out, fw) {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("forward still running 30 s after its sandbox was deleted:\n%s", out)
+			}
+			time.Sleep(time.Second)
+		}
 	})
 
 	t.Run("CommandThatCannotStartSaysWhy", func(t *testing.T) {
