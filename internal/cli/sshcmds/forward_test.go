@@ -31,3 +31,23 @@ func TestParseForward(t *testing.T) {
 		}
 	}
 }
+
+// Flag values never panic, and an accepted forward prints back to what parses to it.
+func FuzzParseForward(f *testing.F) {
+	for _, s := range []string{"8080", "9000:8080", "0", ":", "1:2:3", "65536", " 80"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		spec, err := ParseForward(s)
+		if err != nil {
+			return
+		}
+		if spec.Local == 0 || spec.Remote == 0 {
+			t.Fatalf("ParseForward(%q) accepted port 0: %+v", s, spec)
+		}
+		back, err := ParseForward(spec.String())
+		if err != nil || back != spec {
+			t.Fatalf("round trip of %q: %+v → %q → %+v, %v", s, spec, spec.String(), back, err)
+		}
+	})
+}
