@@ -31,6 +31,12 @@ func TestBuildArgs(t *testing.T) {
 			[]string{"tsc_early_khz", "microvm", "vhost-user-vsock"}},
 		{"vhost-vsock", plan{accel: "tcg", transport: channel.TransportVhostVsock, qmpSock: "/s/qmp.sock", fsSockets: []string{"/s/fs-0.sock"}},
 			[]string{"vhost-vsock-device,guest-cid=3"}, nil},
+		// arm64 guest: -M virt probes virtio-mmio devices last-added first, so the
+		// disks go in reverse to keep vda = image, vdb = data.
+		{"arm64 virt tcg", plan{arm64: true, accel: "tcg", transport: channel.TransportVhostUserVsock, cpuKHz: 2596150, vhostUser: "/s/vhu.sock", qmpSock: "/s/qmp.sock", fsSockets: []string{"/s/fs-0.sock"}},
+			[]string{"virt,memory-backend=mem", "-cpu max,pauth-impdef=on", "console=ttyAMA0 panic=-1 quiet openshell.x=1",
+				"-drive id=disk1,file=/d/data.ext4", "virtio-blk-device,drive=disk1,serial=openshell-disk1 -drive id=disk0,file=/d/img,,1.ext4"},
+			[]string{"tsc_early_khz", "microvm", "q35", "ttyS0"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			args := buildArgs(cfg, tc.p)
