@@ -2,7 +2,6 @@ package gateway
 
 import (
 	"fmt"
-	"strings"
 	"unicode/utf8"
 
 	"google.golang.org/protobuf/encoding/protowire"
@@ -29,8 +28,8 @@ func isLegacyProvider(plain []byte) bool {
 }
 
 func decodeLegacyProvider(b []byte) (*datamodelv1.Provider, error) {
-	p := &datamodelv1.Provider{Credentials: map[string]string{}, Config: map[string]string{}}
-	var hosts, headers []string
+	p := &datamodelv1.Provider{Credentials: map[string]string{}}
+	var binding credentials.Provider // hosts, headers, allow_wildcard_hosts
 	for len(b) > 0 {
 		num, typ, n := protowire.ConsumeTag(b)
 		if n < 0 {
@@ -57,9 +56,9 @@ func decodeLegacyProvider(b []byte) (*datamodelv1.Provider, error) {
 				}
 				p.Credentials[k] = val
 			case 4:
-				hosts = append(hosts, string(v))
+				binding.Hosts = append(binding.Hosts, string(v))
 			case 5:
-				headers = append(headers, string(v))
+				binding.Headers = append(binding.Headers, string(v))
 			}
 		case typ == protowire.VarintType:
 			v, m := protowire.ConsumeVarint(b)
@@ -68,7 +67,7 @@ func decodeLegacyProvider(b []byte) (*datamodelv1.Provider, error) {
 			}
 			b = b[m:]
 			if num == 6 && v != 0 {
-				p.Config[credentials.ConfigAllowWildcardHosts] = "true"
+				binding.AllowWildcardHosts = true
 			}
 		default:
 			m := protowire.ConsumeFieldValue(num, typ, b)
@@ -78,12 +77,7 @@ func decodeLegacyProvider(b []byte) (*datamodelv1.Provider, error) {
 			b = b[m:]
 		}
 	}
-	if len(hosts) > 0 {
-		p.Config[credentials.ConfigHosts] = strings.Join(hosts, ",")
-	}
-	if len(headers) > 0 {
-		p.Config[credentials.ConfigHeaders] = strings.Join(headers, ",")
-	}
+	p.Config = binding.Config()
 	return p, nil
 }
 
