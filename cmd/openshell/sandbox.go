@@ -240,10 +240,10 @@ func (a *app) sandboxCreate(ws *string) *cobra.Command {
 	addGPUFlags(cmd, &o.gpu, &o.gpuDevices)
 	f.DurationVar(&o.timeout, "timeout", 5*time.Minute, "how long to wait for the sandbox to become ready")
 	f.BoolVar(&o.noWait, "no-wait", false, "return right after the gateway accepted the sandbox")
-	f.BoolVarP(&o.detach, "detach", "d", false, "do not open a shell in the sandbox once it is ready (the default on a terminal)")
+	f.BoolVarP(&o.detach, "detach", "d", false, "do not open a shell in the sandbox once it is ready (on a terminal, create opens one by default)")
 	f.BoolVar(&o.noTTY, "no-tty", false, "same as --detach: never attach the terminal")
-	f.StringArrayVar(&o.forwards, "forward", nil, "forward a local port to the sandbox once ready: PORT or LOCAL:REMOTE (repeatable; see `openshell forward`)")
-	f.StringArrayVar(&o.uploads, "upload", nil, "copy a local file or directory into the sandbox once ready: PATH[:DEST] (repeatable)")
+	f.StringArrayVar(&o.forwards, "forward", nil, "forward a local `PORT` (or LOCAL:REMOTE) to the sandbox once ready (repeatable; see openshell forward)")
+	f.StringArrayVar(&o.uploads, "upload", nil, "copy a local file or directory into the sandbox once ready: `PATH[:DEST]` (repeatable)")
 	return cmd
 }
 
