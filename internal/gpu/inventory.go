@@ -136,7 +136,7 @@ func Scan(o ScanOptions) (*Inventory, error) {
 				switch {
 				case mf.IsBridge():
 					m.Role = "bridge"
-				case slot(b) == slot(f.BDF):
+				case Slot(b) == Slot(f.BDF):
 					m.Role = "function"
 				}
 				g.Members = append(g.Members, m)

@@ -46,8 +46,8 @@ func ParseBDF(s string) (string, error) {
 	return b, nil
 }
 
-// slot is the BDF without its function: functions of one slot are one device.
-func slot(bdf string) string {
+// Slot is the BDF without its function: functions of one slot are one device.
+func Slot(bdf string) string {
 	if i := strings.LastIndexByte(bdf, '.'); i > 0 {
 		return bdf[:i]
 	}

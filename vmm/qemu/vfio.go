@@ -5,7 +5,6 @@ import (
 	"math/bits"
 	"os"
 	"path/filepath"
-	"strings"
 
 	"github.com/openshell/openshell/internal/gpu"
 	"github.com/openshell/openshell/vmm"
@@ -37,10 +36,7 @@ func vfioSlots(bdfs []string, mmio func(string) uint64) []vfioSlot {
 	var out []vfioSlot
 	index := map[string]int{}
 	for _, b := range bdfs {
-		key := b
-		if i := strings.LastIndexByte(b, '.'); i > 0 {
-			key = b[:i]
-		}
+		key := gpu.Slot(b)
 		i, ok := index[key]
 		if !ok {
 			i = len(out)
@@ -64,13 +60,7 @@ func deviceMMIO(bdf string) uint64 {
 	if err != nil {
 		return 0
 	}
-	var n uint64
-	for _, bar := range bars {
-		if bar.Is64 && bar.Prefetch {
-			n += bar.Size
-		}
-	}
-	return n
+	return gpu.Function{BARs: bars}.MMIO64()
 }
 
 // pow2 rounds n up to a power of two (BAR windows are naturally aligned).
