@@ -40,7 +40,9 @@ func TestMain(m *testing.M) {
 	if sock := os.Getenv(envDial); sock != "" {
 		os.Exit(dialChild(sock))
 	}
-	d, err := os.MkdirTemp("", "osvm-fx-")
+	// A crash-helper child is SIGKILLed by its parent and never removes its own
+	// fixture dir: it makes it inside the parent's GPU tree, which the parent removes.
+	d, err := os.MkdirTemp(os.Getenv(envGPUCrash), "osvm-fx-")
 	if err != nil {
 		panic(err)
 	}
