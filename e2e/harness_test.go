@@ -102,6 +102,10 @@ func requireDriver(t *testing.T) {
 			ensureDockerImage(t)
 		}
 	case "podman":
+		// This host runs cgroups v1: the documented switch that lets the podman driver
+		// run on it (rootless sandboxes there get no resource limits). Every gateway
+		// the tests start inherits it.
+		os.Setenv("OPENSHELL_PODMAN_ALLOW_CGROUPS_V1", "1")
 		sock := podmanSocket()
 		out, err := engineCmd("version", "--format", "{{.Server.Version}}").CombinedOutput()
 		testenv.Require(t, err == nil, "no Podman service answers on "+sock+" ("+strings.TrimSpace(string(out))+"): run scripts/setup-podman.sh")
@@ -227,9 +231,6 @@ func newHarness(t *testing.T) *harness {
 		"XDG_STATE_HOME="+filepath.Join(home, "s"),
 		"OPENSHELL_GATEWAY_BIN="+filepath.Join(bin, "openshell-gateway"),
 		"PATH="+bin+":"+os.Getenv("PATH"),
-		// This host runs cgroups v1: the documented switch that lets the podman driver
-		// run on it (rootless sandboxes there get no resource limits).
-		"OPENSHELL_PODMAN_ALLOW_CGROUPS_V1=1",
 	)
 	h.startGateway()
 	t.Cleanup(func() {

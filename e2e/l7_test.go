@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"fmt"
-	"os/exec"
 	"strings"
 	"testing"
 )
@@ -37,8 +36,8 @@ const l7PolicyTemplate = policyFilesystem + `network_policies:
 // naming the endpoint, method and path, never contacts the server for a refused
 // request, and ships the decisions to the sandbox logs.
 func TestL7Rules(t *testing.T) {
-	if driver() != "docker" {
-		t.Skip("the L7 e2e runs on the docker driver (as the policy e2e)")
+	if driver() == "vm" {
+		t.Skip("the L7 e2e runs on the container drivers (as the policy e2e)")
 	}
 	h := newHarness(t)
 	ensurePolicyImage(t)
@@ -55,7 +54,7 @@ func TestL7Rules(t *testing.T) {
 		"--policy", polFile, "--", "bash", "-c", "while true; do sleep 1; done")
 	cid := containerID(t, box)
 	// The proxy verifies terminated upstreams against the sandbox's system roots.
-	cmd := exec.Command("docker", "exec", "-i", "-u", "0", cid, "sh", "-c", "cat >> /etc/ssl/certs/ca-certificates.crt")
+	cmd := engineCmd("exec", "-i", "-u", "0", cid, "sh", "-c", "cat >> /etc/ssl/certs/ca-certificates.crt")
 	cmd.Stdin = strings.NewReader(string(caPEM))
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("trust the test CA in the sandbox: %v\n%s", err, out)

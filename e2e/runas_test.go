@@ -9,7 +9,6 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -48,13 +47,13 @@ func buildRunAsImage(t *testing.T) string {
 	b := make([]byte, 4)
 	_, _ = rand.Read(b)
 	tag := "openshell-test/runas:" + hex.EncodeToString(b)
-	cmd := exec.Command("docker", "build", "-q", "-t", tag, dir)
+	cmd := engineCmd("build", "-q", "-t", tag, dir)
 	cmd.Env = append(os.Environ(), "DOCKER_BUILDKIT=0") // no buildx here: the classic builder
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("docker build %s: %v\n%s", tag, err, out)
 	}
 	t.Cleanup(func() {
-		if out, err := exec.Command("docker", "image", "rm", "-f", tag).CombinedOutput(); err != nil {
+		if out, err := engineCmd("image", "rm", "-f", tag).CombinedOutput(); err != nil {
 			t.Logf("docker image rm %s: %v %s", tag, err, out)
 		}
 	})
