@@ -149,7 +149,7 @@ func (d *Driver) acquireGPUs(s *sandbox, r *gpu.Request) error {
 		return gpuErr(s.id, err)
 	}
 	b, _ := json.Marshal(gpuRecord{GPUs: a.GPUs()})
-	if err := os.WriteFile(filepath.Join(s.paths.Dir, gpuFile), b, 0o600); err != nil {
+	if err := state.WriteFileAtomic(filepath.Join(s.paths.Dir, gpuFile), b, 0o600); err != nil {
 		return errors.Join(fmt.Errorf("vm sandbox %q: record GPUs: %w", s.id, err), m.Release(ctx, s.id))
 	}
 	d.gpus.set(s.id, a.BDFs())
