@@ -22,6 +22,7 @@ import (
 	"github.com/digitalocean/go-qemu/qmp"
 	"golang.org/x/sys/unix"
 
+	"github.com/openshell/openshell/internal/rundir"
 	"github.com/openshell/openshell/internal/testenv"
 	"github.com/openshell/openshell/internal/testenv/vmhost"
 	"github.com/openshell/openshell/supervisor/credentials"
@@ -200,7 +201,7 @@ func TestVMSecretsNeverInGuest(t *testing.T) {
 
 	t.Run("whole guest memory", func(t *testing.T) {
 		dump := filepath.Join(e.tmp, "guest-memory.elf")
-		if err := dumpGuestMemory(filepath.Join(sbDir, "v", "qmp.sock"), dump); err != nil {
+		if err := dumpGuestMemory(filepath.Join(rundir.For(filepath.Dir(sbDir)), filepath.Base(sbDir), "v", "qmp.sock"), dump); err != nil {
 			t.Fatal(err)
 		}
 		defer os.Remove(dump)
