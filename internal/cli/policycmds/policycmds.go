@@ -292,11 +292,9 @@ revision object).`,
 					fmt.Fprintln(out, string(b))
 					return nil
 				}
-				if full {
-					writeRevisionHeader(out, args[0], r, active)
-				}
 				st = &Status{Policy: r.GetPolicy(), Version: r.GetVersion(), Hash: r.GetPolicyHash()}
 				if full {
+					writeRevisionHeader(out, args[0], r, active)
 					st.Version = 0 // the header said it
 				}
 			} else if st, err = gw.GetPolicy(ctx, args[0]); err != nil {
