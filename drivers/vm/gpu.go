@@ -16,6 +16,7 @@ import (
 	"github.com/openshell/openshell/drivers"
 	"github.com/openshell/openshell/drivers/vm/internal/runner"
 	"github.com/openshell/openshell/drivers/vm/internal/state"
+	"github.com/openshell/openshell/internal/atomicfile"
 	"github.com/openshell/openshell/internal/gpu"
 	"github.com/openshell/openshell/vmm/backends"
 )
@@ -149,7 +150,7 @@ func (d *Driver) acquireGPUs(s *sandbox, r *gpu.Request) error {
 		return gpuErr(s.id, err)
 	}
 	b, _ := json.Marshal(gpuRecord{GPUs: a.GPUs()})
-	if err := state.WriteFileAtomic(filepath.Join(s.paths.Dir, gpuFile), b, 0o600); err != nil {
+	if err := atomicfile.WriteFile(filepath.Join(s.paths.Dir, gpuFile), b, 0o600); err != nil {
 		return errors.Join(fmt.Errorf("vm sandbox %q: record GPUs: %w", s.id, err), m.Release(ctx, s.id))
 	}
 	d.gpus.set(s.id, a.BDFs())

@@ -29,6 +29,8 @@ import (
 	"time"
 
 	"github.com/gofrs/flock"
+
+	"github.com/openshell/openshell/internal/atomicfile"
 )
 
 // File names inside a PKI directory (gateway) or a CLI gateway directory (client).
@@ -225,10 +227,10 @@ func (b *Bundle) ensureLeaf(dir, certFile, keyFile string, force bool, usage x50
 	}
 	// Key first: if interrupted, the next run finds a cert that does not match the key
 	// and re-issues both.
-	if err := writeFileAtomic(filepath.Join(dir, keyFile), keyPEM, 0o600); err != nil {
+	if err := atomicfile.WriteFile(filepath.Join(dir, keyFile), keyPEM, 0o600); err != nil {
 		return tls.Certificate{}, nil, nil, err
 	}
-	if err := writeFileAtomic(filepath.Join(dir, certFile), certPEM, 0o644); err != nil {
+	if err := atomicfile.WriteFile(filepath.Join(dir, certFile), certPEM, 0o644); err != nil {
 		return tls.Certificate{}, nil, nil, err
 	}
 	pair, err := tls.X509KeyPair(certPEM, keyPEM)
@@ -346,10 +348,10 @@ func newCA(dir string) (*x509.Certificate, crypto.Signer, []byte, error) {
 		return nil, nil, nil, err
 	}
 	certPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
-	if err := writeFileAtomic(filepath.Join(dir, CAKeyFile), keyPEM, 0o600); err != nil {
+	if err := atomicfile.WriteFile(filepath.Join(dir, CAKeyFile), keyPEM, 0o600); err != nil {
 		return nil, nil, nil, err
 	}
-	if err := writeFileAtomic(filepath.Join(dir, CACertFile), certPEM, 0o644); err != nil {
+	if err := atomicfile.WriteFile(filepath.Join(dir, CACertFile), certPEM, 0o644); err != nil {
 		return nil, nil, nil, err
 	}
 	return cert, key, certPEM, nil
@@ -473,7 +475,7 @@ func WriteClientDir(b *Bundle, dir string) error {
 		{ClientCertFile, b.clientCertPEM, 0o644},
 		{CACertFile, b.CAPEM, 0o644},
 	} {
-		if err := writeFileAtomic(filepath.Join(dir, f.name), f.data, f.mode); err != nil {
+		if err := atomicfile.WriteFile(filepath.Join(dir, f.name), f.data, f.mode); err != nil {
 			return err
 		}
 	}
@@ -489,43 +491,6 @@ func mkdirPrivate(dir string) error {
 	}
 	if err := os.Chmod(dir, 0o700); err != nil { // it holds private keys
 		return fmt.Errorf("pki: chmod 0700 %s: %w", dir, err)
-	}
-	return nil
-}
-
-// writeFileAtomic writes data to a temporary file in the same directory, syncs it and
-// renames it over path, so readers and crashes see the old or the new file, never a
-// half-written one.
-func writeFileAtomic(path string, data []byte, mode os.FileMode) (retErr error) {
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return fmt.Errorf("pki: write %s: %w", path, err)
-	}
-	defer func() {
-		if retErr != nil {
-			_ = f.Close()
-			_ = os.Remove(f.Name())
-		}
-	}()
-	if err := f.Chmod(mode); err != nil {
-		return fmt.Errorf("pki: write %s: %w", path, err)
-	}
-	if _, err := f.Write(data); err != nil {
-		return fmt.Errorf("pki: write %s: %w", path, err)
-	}
-	if err := f.Sync(); err != nil {
-		return fmt.Errorf("pki: write %s: %w", path, err)
-	}
-	if err := f.Close(); err != nil {
-		return fmt.Errorf("pki: write %s: %w", path, err)
-	}
-	if err := os.Rename(f.Name(), path); err != nil {
-		return fmt.Errorf("pki: write %s: %w", path, err)
-	}
-	if d, err := os.Open(dir); err == nil { // persist the rename
-		_ = d.Sync()
-		_ = d.Close()
 	}
 	return nil
 }

@@ -18,6 +18,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/openshell/openshell/internal/atomicfile"
 )
 
 // CA is a per-sandbox certificate authority: the agent trusts it (through the bundle
@@ -106,11 +108,10 @@ func (ca *CA) WriteBundle(path string) error {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return fmt.Errorf("credentials: CA bundle dir: %w", err)
 	}
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, buf.Bytes(), 0o644); err != nil {
-		return fmt.Errorf("credentials: write CA bundle %s: %w", path, err)
+	if err := atomicfile.WriteFile(path, buf.Bytes(), 0o644); err != nil {
+		return fmt.Errorf("credentials: CA bundle: %w", err)
 	}
-	return os.Rename(tmp, path)
+	return nil
 }
 
 // TLSConfig presents, for any SNI, a leaf certificate signed by the CA (cached per

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/openshell/openshell/drivers/vm/internal/state"
+	"github.com/openshell/openshell/internal/atomicfile"
 	"github.com/openshell/openshell/supervisor/bootstrap"
 	"github.com/openshell/openshell/vmm/backends"
 )
@@ -154,7 +155,7 @@ func WriteSpec(dir string, s *Spec) error {
 	if err != nil {
 		return fmt.Errorf("encode runner spec: %w", err)
 	}
-	return state.WriteFileAtomic(filepath.Join(dir, state.SpecFile), b, 0o600)
+	return atomicfile.WriteFile(filepath.Join(dir, state.SpecFile), b, 0o600)
 }
 
 // ReadSpec loads and validates dir/runner.json.

@@ -18,6 +18,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/openshell/openshell/internal/atomicfile"
 	"github.com/openshell/openshell/internal/rundir"
 )
 
@@ -158,37 +159,6 @@ func DirName(id string) string {
 	return hex.EncodeToString(h[:MaxDirName/2])
 }
 
-// WriteFileAtomic writes data to path via a temp file in the same directory, fsyncs
-// and renames it, so a reader sees the old or the new content, never a mix.
-func WriteFileAtomic(path string, data []byte, perm fs.FileMode) (retErr error) {
-	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp*")
-	if err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	defer func() {
-		if retErr != nil {
-			f.Close()
-			os.Remove(f.Name())
-		}
-	}()
-	if err := f.Chmod(perm); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if _, err := f.Write(data); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := f.Sync(); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := f.Close(); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := os.Rename(f.Name(), path); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	return nil
-}
-
 // lock takes an exclusive flock on dir/state.lock. The returned func releases it.
 func lock(dir string) (func(), error) {
 	f, err := os.OpenFile(filepath.Join(dir, LockFile), os.O_RDWR|os.O_CREATE|unix.O_NOFOLLOW, 0o600)
@@ -265,7 +235,7 @@ func save(r *Record) error {
 	if err != nil {
 		return fmt.Errorf("encode sandbox state %s: %w", r.SandboxID, err)
 	}
-	return WriteFileAtomic(filepath.Join(r.Paths.Dir, RecordFile), b, 0o600)
+	return atomicfile.WriteFile(filepath.Join(r.Paths.Dir, RecordFile), b, 0o600)
 }
 
 // WriteTombstone records why the VM is gone.
@@ -274,7 +244,7 @@ func WriteTombstone(dir string, t *Tombstone) error {
 	if err != nil {
 		return fmt.Errorf("encode tombstone: %w", err)
 	}
-	return WriteFileAtomic(filepath.Join(dir, TombstoneFile), b, 0o600)
+	return atomicfile.WriteFile(filepath.Join(dir, TombstoneFile), b, 0o600)
 }
 
 // ReadTombstone returns the tombstone, or nil when the VM has not ended.
