@@ -46,7 +46,24 @@ func TestMain(m *testing.M) {
 	if tmpRoot != "" {
 		os.RemoveAll(tmpRoot)
 	}
+	if driver() == "podman" && code == 0 && len(podmanLeaks()) > 0 {
+		fmt.Fprintf(os.Stderr, "e2e on podman leaked: %s\n", strings.Join(podmanLeaks(), "; "))
+		code = 1
+	}
 	os.Exit(code)
+}
+
+// podmanLeaks lists what the suite left in the Podman service: containers, pods,
+// networks and volumes labelled openshell.ai/managed-by.
+func podmanLeaks() []string {
+	var leaks []string
+	for _, what := range [][]string{{"ps", "-a"}, {"pod", "ps"}, {"network", "ls"}, {"volume", "ls"}} {
+		out, err := engineCmd(append(what, "-q", "--filter", "label=openshell.ai/managed-by")...).CombinedOutput()
+		if s := strings.TrimSpace(string(out)); err == nil && s != "" {
+			leaks = append(leaks, what[0]+": "+strings.ReplaceAll(s, "\n", " "))
+		}
+	}
+	return leaks
 }
 
 // driver is the compute driver under test.
