@@ -222,10 +222,14 @@ func TestServiceStoppedMidway(t *testing.T) {
 
 	idA, nameA := drivertest.NewIDs()
 	createReady(ctx, t, d, drivertest.DefaultSandbox(idA, nameA, testImage))
+	events, err := d.Watch(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
 
 	svc.stop()
 	idB, nameB := drivertest.NewIDs()
-	err := d.Create(ctx, drivertest.DefaultSandbox(idB, nameB, testImage))
+	err = d.Create(ctx, drivertest.DefaultSandbox(idB, nameB, testImage))
 	if !errors.Is(err, drivers.ErrUnavailable) || !strings.Contains(err.Error(), svc.socket) || !strings.Contains(err.Error(), "podman system service") {
 		t.Fatalf("Create with the service stopped = %v; want unavailable naming the socket and the fix", err)
 	}
@@ -247,6 +251,23 @@ func TestServiceStoppedMidway(t *testing.T) {
 	}
 	if _, err := d.Get(ctx, idB, ""); !errors.Is(err, drivers.ErrNotFound) {
 		t.Fatalf("the failed create left a sandbox: %v", err)
+	}
+	// The watch outlived the service's restart: a stop now shows up on it.
+	if err := d.Stop(ctx, idA, ""); err != nil {
+		t.Fatalf("Stop after the service came back: %v", err)
+	}
+	deadline := time.After(30 * time.Second)
+	for stopped := false; !stopped; {
+		select {
+		case ev, ok := <-events:
+			if !ok {
+				t.Fatal("the watch ended when the service restarted")
+			}
+			sb := ev.GetSandbox().GetSandbox()
+			stopped = sb.GetId() == idA && drivers.StopConfirmed(sb.GetStatus())
+		case <-deadline:
+			t.Fatal("no stopped observation on the watch within 30 s of the service's restart")
+		}
 	}
 	if deleted, err := d.Delete(ctx, idA, ""); !deleted || err != nil {
 		t.Fatalf("Delete after the service came back = %v, %v", deleted, err)
