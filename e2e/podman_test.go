@@ -48,3 +48,51 @@ func TestPodmanFromDirAndNoLeaks(t *testing.T) {
 		t.Fatalf("the sandbox does not run the built image: %q", r.stdout)
 	}
 }
+
+// Bad input through the CLI on the podman driver: an image Podman does not have is
+// refused before the gateway records anything; a name a foreign container holds
+// fails the create, which the gateway keeps as an ERROR sandbox carrying the driver's
+// message until it is deleted, and neither step touches the foreign container.
+func TestPodmanBadInput(t *testing.T) {
+	if driver() != "podman" {
+		t.Skip("podman driver only (E2E_DRIVER=podman)")
+	}
+	h := newHarness(t)
+	ctx := t.Context()
+	gone := func(box string) {
+		t.Helper()
+		r := h.run(ctx, "sandbox", "get", box)
+		if r.err == nil {
+			t.Errorf("the gateway kept sandbox %s after its create failed:\n%s", box, r.stdout)
+		}
+		if r := h.mustRun(t, "sandbox", "list"); strings.Contains(r.stdout, box) {
+			t.Errorf("sandbox list shows %s after its create failed:\n%s", box, r.stdout)
+		}
+	}
+
+	box := uniqueName("noimg")
+	r := h.run(ctx, "sandbox", "create", "--name", box, "--from", "openshell-test/no-such-image:latest", "--timeout", "60s", "--", "true")
+	if r.err == nil || !strings.Contains(r.stderr, "not in Podman's local store") || !strings.Contains(r.stderr, "podman pull") {
+		t.Fatalf("create with an unknown image: %v\nstdout: %s\nstderr: %s", r.err, r.stdout, r.stderr)
+	}
+	gone(box)
+
+	box = uniqueName("taken")
+	if out, err := engineCmd("create", "--name", "openshell-"+box, dockerTestImage, "true").CombinedOutput(); err != nil {
+		t.Fatalf("podman create: %v %s", err, out)
+	}
+	t.Cleanup(func() { _ = engineCmd("rm", "-f", "openshell-"+box).Run() })
+	r = h.run(ctx, "sandbox", "create", "--name", box, "--from", dockerTestImage, "--timeout", "60s", "--", "true")
+	if r.err == nil || !strings.Contains(r.stderr, "already in use") {
+		t.Fatalf("create with a taken name: %v\nstdout: %s\nstderr: %s", r.err, r.stdout, r.stderr)
+	}
+	got := h.mustRun(t, "sandbox", "get", box).stdout
+	if !strings.Contains(got, "ERROR") || !strings.Contains(got, "CreateFailed") || !strings.Contains(got, "podman rm openshell-"+box) {
+		t.Fatalf("the failed create is not an ERROR sandbox naming the cause and the fix:\n%s", got)
+	}
+	h.mustRun(t, "sandbox", "delete", box)
+	gone(box)
+	if out, err := engineCmd("inspect", "-f", "{{.State.Status}}", "openshell-"+box).Output(); err != nil || strings.TrimSpace(string(out)) != "created" {
+		t.Errorf("the foreign container was touched: %q %v", out, err)
+	}
+}
