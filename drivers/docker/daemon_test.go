@@ -35,7 +35,13 @@ type privateDockerd struct {
 func startPrivateDockerd(t *testing.T) *privateDockerd {
 	t.Helper()
 	testenv.RequireRoot(t)
-	bin := testenv.RequireCommand(t, "dockerd", "run scripts/setup-docker.sh")
+	return startPrivateDockerdWith(t, testenv.RequireCommand(t, "dockerd", "run scripts/setup-docker.sh"))
+}
+
+// startPrivateDockerdWith starts the dockerd binary bin, with extra arguments after
+// the private daemon's own, in its own network namespace.
+func startPrivateDockerdWith(t *testing.T, bin string, extra ...string) *privateDockerd {
+	t.Helper()
 	dir, err := os.MkdirTemp("", "osdk-")
 	if err != nil {
 		t.Fatal(err)
@@ -55,6 +61,7 @@ func startPrivateDockerd(t *testing.T) *privateDockerd {
 		// Addresses apart from the shared daemon's, for clarity in logs.
 		"--default-address-pool", "base=10.213.0.0/16,size=24",
 	}
+	p.args = append(p.args, extra...)
 	p.bin = testenv.RequireCommand(t, "unshare", "apt-get install util-linux")
 	t.Cleanup(func() { p.stop(t); p.cleanup(t) })
 	p.launch(t)

@@ -6,11 +6,9 @@ import (
 	"context"
 	"errors"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -45,59 +43,26 @@ func startCDIDaemon(t *testing.T) (host, cdiDir, image string, cli *client.Clien
 	testenv.RequireRoot(t)
 	_, err := os.Stat(cdiDockerd)
 	testenv.Require(t, err == nil, cdiDockerd+" missing: run scripts/setup-docker-cdi.sh")
-	dir, err := os.MkdirTemp("", "oscdi-")
-	if err != nil {
+	cdiDir = filepath.Join(t.TempDir(), "cdi")
+	if err := os.MkdirAll(cdiDir, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	cdiDir = filepath.Join(dir, "cdi")
-	os.MkdirAll(cdiDir, 0o755)
 	if err := os.WriteFile(filepath.Join(cdiDir, "nvidia.yaml"), []byte(oneGPUSpec), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	conf := filepath.Join(dir, "daemon.json")
-	os.WriteFile(conf, []byte(`{"features":{"cdi":true},"cdi-spec-dirs":["`+cdiDir+`"],`+
-		// A range of its own: the driver's network must not shadow the shared daemon's.
-		`"default-address-pools":[{"base":"10.213.0.0/16","size":24}]}`), 0o644)
-	sock := filepath.Join(dir, "d.sock")
-	logf, _ := os.Create(filepath.Join(dir, "dockerd.log"))
-	cmd := exec.Command(cdiDockerd, "--config-file", conf, "--host", "unix://"+sock, "--data-root", filepath.Join(dir, "root"),
-		"--exec-root", filepath.Join(dir, "x"), "--pidfile", filepath.Join(dir, "pid"), "--bridge", "none", "--iptables=false")
-	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := cmd.Start(); err != nil {
+	conf := filepath.Join(filepath.Dir(cdiDir), "daemon.json")
+	if err := os.WriteFile(conf, []byte(`{"features":{"cdi":true},"cdi-spec-dirs":["`+cdiDir+`"]}`), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() {
-		cmd.Process.Signal(syscall.SIGTERM)
-		done := make(chan struct{})
-		go func() { cmd.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(30 * time.Second):
-			syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-			<-done
-		}
-		logf.Close()
-		if t.Failed() {
-			b, _ := os.ReadFile(logf.Name())
-			t.Logf("dockerd log:\n%s", b)
-		}
-		os.RemoveAll(dir)
-	})
-	host = "unix://" + sock
+	// Like every private daemon, in a network namespace of its own: a dockerd started
+	// with --bridge none in the host's namespace deletes the shared daemon's docker0.
+	p := startPrivateDockerdWith(t, cdiDockerd, "--config-file", conf)
+	host = p.host
 	cli, err = client.New(client.WithHost(host))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cli.Close() })
-	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(200 * time.Millisecond) {
-		if _, err = cli.Ping(t.Context(), client.PingOptions{NegotiateAPIVersion: true}); err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("private dockerd did not answer: %v", err)
-		}
-	}
 	var tb bytes.Buffer
 	tw := tar.NewWriter(&tb)
 	tw.WriteHeader(&tar.Header{Name: "hello", Mode: 0o644, Size: 2})
