@@ -17,6 +17,7 @@ import (
 	"strings"
 
 	"github.com/openshell/openshell/guest/kmod"
+	"github.com/openshell/openshell/internal/staticbin"
 )
 
 // GuestModules are the kernel modules the guest needs (their dependencies are added
@@ -123,20 +124,17 @@ func BuildInitramfs(ctx context.Context, initBinary, modulesDir, cacheDir string
 // checkStatic rejects binaries that need a dynamic loader (the initramfs has none)
 // or that no guest kernel of ours runs, and returns the binary's architecture.
 func checkStatic(b []byte) (elf.Machine, error) {
-	f, err := elf.NewFile(bytes.NewReader(b))
+	m, err := staticbin.Machine(bytes.NewReader(b))
+	if errors.Is(err, staticbin.ErrDynamic) {
+		return 0, fmt.Errorf("%w; build it with CGO_ENABLED=0", err)
+	}
 	if err != nil {
-		return 0, fmt.Errorf("not an ELF executable: %w", err)
+		return 0, err
 	}
-	defer f.Close()
-	for _, p := range f.Progs {
-		if p.Type == elf.PT_INTERP {
-			return 0, errors.New("is dynamically linked; build it with CGO_ENABLED=0")
-		}
+	if m != elf.EM_X86_64 && m != elf.EM_AARCH64 {
+		return 0, fmt.Errorf("is built for %s; guests are x86_64 (GOARCH=amd64) or arm64 (GOARCH=arm64)", m)
 	}
-	if f.Machine != elf.EM_X86_64 && f.Machine != elf.EM_AARCH64 {
-		return 0, fmt.Errorf("is built for %s; guests are x86_64 (GOARCH=amd64) or arm64 (GOARCH=arm64)", f.Machine)
-	}
-	return f.Machine, nil
+	return m, nil
 }
 
 func archName(m elf.Machine) string {
