@@ -8,6 +8,7 @@
 #   scripts/setup-podman.sh env       print the variables the tests read (KEY=VALUE lines)
 #   scripts/setup-podman.sh podman4   unpack Debian's Podman 4.3 (not installed) for the
 #                                     test that shows the driver refusing a Podman 4 service
+#   scripts/setup-podman.sh status    exit 0 when the rootful and the rootless service answer
 #   scripts/setup-podman.sh stop      stop the services this script started (by pid file)
 # Idempotent: binaries already in the cache are reused, services that answer are left alone.
 #
@@ -235,6 +236,11 @@ start)
 	;;
 podman4) unpack_podman4 ;;
 env) print_env ;;
+status)
+	# Exit 0 when both services answer (callers then leave them running).
+	command -v curl >/dev/null && id "$TEST_USER" >/dev/null 2>&1 &&
+		answers "$ROOTFUL_SOCK" && answers "$(rootless_sock)"
+	;;
 stop)
 	started_rootless=false
 	[[ -f "$STATE_DIR/rootless.pid" ]] && started_rootless=true
@@ -251,7 +257,7 @@ stop)
 	fi
 	;;
 *)
-	echo "usage: $0 [start|build|env|stop]" >&2
+	echo "usage: $0 [start|build|env|status|podman4|stop]" >&2
 	exit 2
 	;;
 esac

@@ -20,10 +20,17 @@ docker_was_up=false
 docker version >/dev/null 2>&1 && docker_was_up=true
 ./scripts/setup-docker.sh
 ./scripts/setup-docker-cdi.sh # a CDI-capable dockerd 26 the Docker GPU test starts privately
+
+step "Podman 5 (built once into \$OPENSHELL_CACHE; a rootful and a rootless service)"
+# As for Docker: stop at the end only services this run started.
+podman_was_up=false
+./scripts/setup-podman.sh status >/dev/null 2>&1 && podman_was_up=true
+./scripts/setup-podman.sh >/dev/null
 pgdir="$(mktemp -d /tmp/openshell-test-pg.XXXXXX)"
 cleanup() {
 	./scripts/setup-postgres.sh stop "$pgdir" >/dev/null 2>&1 || true
 	rm -rf "$pgdir"
+	$podman_was_up || ./scripts/setup-podman.sh stop || true
 	$docker_was_up || ./scripts/setup-docker.sh stop || true
 }
 trap cleanup EXIT
@@ -36,6 +43,7 @@ step "images the tests use (built locally, no registry)"
 # package having run first or on leftovers of an earlier run.
 ./scripts/build-base-image.sh
 ./scripts/testimage/build.sh all
+ENGINE=podman ./scripts/testimage/build.sh all
 ./scripts/setup-node.sh # Node.js and the TypeScript client's npm packages (second-language wire test)
 
 step "build"
@@ -53,6 +61,11 @@ go test -count=1 -timeout 40m ./... 2>&1 | tee "$log" || test_ok=false
 
 step "supervisor-core end-to-end tests again, on the VM driver"
 E2E_DRIVER=vm go test -count=1 -timeout 30m ./e2e/ 2>&1 | tee -a "$log" || test_ok=false
+
+step "supervisor-core end-to-end tests on the podman driver: rootful, then rootless"
+E2E_DRIVER=podman go test -count=1 -timeout 30m ./e2e/ 2>&1 | tee -a "$log" || test_ok=false
+rootless_sock="$(./scripts/setup-podman.sh env | sed -n 's/^OPENSHELL_PODMAN_ROOTLESS_SOCK=//p')"
+E2E_DRIVER=podman CONTAINER_HOST="unix://$rootless_sock" go test -count=1 -timeout 30m ./e2e/ 2>&1 | tee -a "$log" || test_ok=false
 
 $lint_ok || echo "FAILED: lint (see above)"
 $test_ok || echo "FAILED: go test (see above)"
