@@ -33,6 +33,7 @@ import (
 	"github.com/openshell/openshell/supervisor/sandboxuser"
 	"github.com/openshell/openshell/supervisor/session"
 	"github.com/openshell/openshell/supervisor/sshd"
+	"github.com/openshell/openshell/supervisor/transfer"
 )
 
 // Options are the parts of a supervisor that differ between environments.
@@ -412,11 +413,15 @@ func Run(ctx context.Context, cfg *bootstrap.Config, o Options) (retErr error) {
 
 	var mainMu sync.Mutex
 	var main *mainproc.Main
-	var sftpArgv []string
+	var sftpArgv, tarArgv, writable []string
 	if user.Credential() != nil {
-		sftpArgv = []string{o.SelfExe, SFTPServerArg}
+		sftpArgv, tarArgv = []string{o.SelfExe, SFTPServerArg}, []string{o.SelfExe, transfer.ServerArg}
+	}
+	if launch.spec != nil { // uploads land only where the agent may write
+		writable = append([]string{}, launch.spec.ReadWrite...)
 	}
 	srv, err := sshd.New(sshd.Config{User: user, Env: env, Dir: dir, Reaper: r, SFTPArgv: sftpArgv, Start: launch.start,
+		TarArgv: tarArgv, Writable: writable,
 		Main: func() sshd.MainTarget {
 			mainMu.Lock()
 			defer mainMu.Unlock()

@@ -4,6 +4,7 @@
 //
 //	openshell-sandbox [--bootstrap env|vsock]   run the supervisor
 //	openshell-sandbox sftp-server               serve SFTP on stdin/stdout (re-exec'd as the sandbox user)
+//	openshell-sandbox tar-server WRITABLE       serve one upload/download tar stream (re-exec'd as the sandbox user)
 //	openshell-sandbox confine-exec --spec FD -- CMD…   confine this process, then exec CMD (started by the supervisor)
 //	openshell-sandbox init                      as PID 1 in a VM (also the default for a PID 1 without OPENSHELL_ENDPOINT)
 package main
@@ -30,6 +31,7 @@ import (
 	"github.com/openshell/openshell/supervisor/bootstrap"
 	"github.com/openshell/openshell/supervisor/confine"
 	"github.com/openshell/openshell/supervisor/sshd"
+	"github.com/openshell/openshell/supervisor/transfer"
 )
 
 func main() {
@@ -43,6 +45,9 @@ func main() {
 	}
 	if len(os.Args) > 1 && os.Args[1] == supervisor.SFTPServerArg {
 		os.Exit(sftpServer())
+	}
+	if len(os.Args) > 1 && os.Args[1] == transfer.ServerArg {
+		os.Exit(transfer.Main(os.Args[2:]))
 	}
 	if isVMInit() {
 		// The VM's init: PID 1 duties first, then the supervisor with vsock bootstrap.

@@ -48,6 +48,12 @@ type Config struct {
 	// when the supervisor must switch users; nil serves SFTP in-process, which is only
 	// right when the supervisor already runs as that user.
 	SFTPArgv []string
+	// TarArgv re-executes the transfer server (the "openshell-tar" subsystem) as the
+	// user, like SFTPArgv; the writable list is appended as JSON. nil = in-process.
+	TarArgv []string
+	// Writable is the policy's read_write list that uploads must land in (the agent's
+	// Landlock view); nil = no policy restriction.
+	Writable []string
 	// Shell is the login shell for "shell" requests and for running exec commands;
 	// empty = the user's shell, else /bin/bash, else /bin/sh.
 	Shell string

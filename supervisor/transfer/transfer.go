@@ -1,0 +1,99 @@
+// Package transfer moves files into and out of a sandbox as one tar stream. The CLI
+// opens the "openshell-tar" SSH subsystem; the supervisor serves it as the sandbox
+// user (confined as the agent is), so files it creates belong to that user and land
+// only where the agent itself could write. Extraction goes through os.Root, so no
+// entry (a "../" name, an absolute name, a hard link or a write through a symlink)
+// can reach outside the target directory, whatever the string checks miss.
+package transfer
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"strings"
+)
+
+// Subsystem is the SSH subsystem name the CLI requests.
+const Subsystem = "openshell-tar"
+
+// ServerArg makes the supervisor binary serve one transfer on stdin/stdout
+// (re-executed as the sandbox user); the next argument is the writable list as JSON.
+const ServerArg = "tar-server"
+
+// EnvRequest is the session environment variable (an SSH "env" request sent before
+// the subsystem starts) that carries the Request as JSON.
+const EnvRequest = "OPENSHELL_TAR_REQUEST"
+
+// Ops of a Request.
+const (
+	OpUpload   = "upload"
+	OpDownload = "download"
+)
+
+// Request says what one transfer does.
+type Request struct {
+	Op string `json:"op"`
+	// Path in the sandbox: the destination of an upload (an existing directory
+	// receives the tree under its own name; otherwise the tree is created with this
+	// name) or the source of a download. Relative to the working directory.
+	Path string `json:"path"`
+}
+
+// ParseRequest decodes and checks a Request.
+func ParseRequest(s string) (Request, error) {
+	var r Request
+	if s == "" {
+		return r, fmt.Errorf("transfer: %s is not set: the client must send the request as an SSH env request", EnvRequest)
+	}
+	if err := json.Unmarshal([]byte(s), &r); err != nil {
+		return r, fmt.Errorf("transfer: %s: %w", EnvRequest, err)
+	}
+	switch {
+	case r.Op != OpUpload && r.Op != OpDownload:
+		return r, fmt.Errorf("transfer: request op %q: use %q or %q", r.Op, OpUpload, OpDownload)
+	case r.Path == "":
+		return r, errors.New("transfer: request path is empty: name a path in the sandbox")
+	case strings.ContainsRune(r.Path, 0):
+		return r, errors.New("transfer: request path contains a NUL byte")
+	}
+	return r, nil
+}
+
+// Result is what an upload reports when it is done (one JSON line on stdout).
+type Result struct {
+	Path     string `json:"path"` // where the tree landed
+	Files    int    `json:"files"`
+	Dirs     int    `json:"dirs"`
+	Symlinks int    `json:"symlinks"`
+	Links    int    `json:"hardlinks,omitempty"`
+	Bytes    int64  `json:"bytes"`
+}
+
+// Header is what a download sends before its tar stream (one JSON line).
+type Header struct {
+	Bytes int64 `json:"bytes"` // total size of the regular files, for progress
+}
+
+// CheckWritable reports whether the resolved path p lies inside one of writable (the
+// policy's filesystem read_write list, as the agent's Landlock rules use it). A nil
+// list means no policy restriction (the sandbox is not confined).
+func CheckWritable(p string, writable []string) error {
+	if writable == nil {
+		return nil
+	}
+	for _, w := range writable {
+		if w == "" {
+			continue
+		}
+		if rw, err := filepath.EvalSymlinks(w); err == nil {
+			w = rw
+		}
+		w = filepath.Clean(w)
+		if p == w || strings.HasPrefix(p, strings.TrimSuffix(w, "/")+"/") {
+			return nil
+		}
+	}
+	return fmt.Errorf("%s is not writable for the agent: the policy's filesystem.read_write allows only %s; upload below one of those or add the path to read_write",
+		p, strings.Join(writable, ", "))
+}
