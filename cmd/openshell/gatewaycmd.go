@@ -185,6 +185,10 @@ func (a *app) runGatewayStart(ctx context.Context, o startOptions) error {
 	if err := os.WriteFile(filepath.Join(dir, stateDirFile), []byte(stateDir+"\n"), 0o600); err != nil {
 		return err
 	}
+	// The CLI tries the local socket first and falls back to the endpoint.
+	if err := clientconf.WriteSocket(a.gateway, cfg.SocketPath()); err != nil {
+		return err
+	}
 	if !cfg.DisableTLS {
 		// Create the PKI now (the gateway reuses it) so the client files exist before
 		// the first call.

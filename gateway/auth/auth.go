@@ -8,6 +8,7 @@ package auth
 import (
 	"context"
 	"log/slog"
+	"strconv"
 	"strings"
 
 	"google.golang.org/grpc"
@@ -110,9 +111,32 @@ type Authenticator struct {
 	Log      *slog.Logger
 }
 
+// LocalPeer is the AuthInfo of a connection on the gateway's Unix socket: the caller
+// as the kernel reports it (SO_PEERCRED), and whether the socket's policy makes that
+// caller an administrator. The transport decides Admin; Authenticate only obeys it.
+type LocalPeer struct {
+	credentials.CommonAuthInfo
+	UID, GID uint32
+	Admin    bool
+	// Refusal tells a caller who is not an administrator why, and the fix.
+	Refusal string
+}
+
+// AuthType implements credentials.AuthInfo.
+func (LocalPeer) AuthType() string { return "unix-peercred" }
+
 // Authenticate returns the principal for an incoming call, or an UNAUTHENTICATED status
 // when a credential was presented but is invalid.
 func (a *Authenticator) Authenticate(ctx context.Context) (Principal, error) {
+	// A local caller the socket's policy does not admit is refused outright, token or
+	// not: the socket is for this machine's administrators only.
+	local, isLocal := LocalPeer{}, false
+	if p, ok := peer.FromContext(ctx); ok {
+		local, isLocal = p.AuthInfo.(LocalPeer)
+	}
+	if isLocal && !local.Admin {
+		return Principal{}, status.Error(codes.PermissionDenied, local.Refusal)
+	}
 	md, _ := metadata.FromIncomingContext(ctx)
 	// Only the first authorization value counts (gRPC clients send one).
 	if vals := md.Get("authorization"); len(vals) > 0 {
@@ -131,6 +155,9 @@ func (a *Authenticator) Authenticate(ctx context.Context) (Principal, error) {
 			return Principal{}, status.Errorf(codes.Unauthenticated, "sandbox token rejected: %v", err)
 		}
 		return Principal{Kind: SandboxKind, Name: id, SandboxID: id}, nil
+	}
+	if isLocal {
+		return Principal{Kind: UserKind, Name: "uid:" + strconv.FormatUint(uint64(local.UID), 10)}, nil
 	}
 	if p, ok := peer.FromContext(ctx); ok {
 		if ti, ok := p.AuthInfo.(credentials.TLSInfo); ok {

@@ -18,6 +18,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/openshell/openshell/gateway/store"
+	"github.com/openshell/openshell/internal/rundir"
 )
 
 // DefaultPort is the gateway's gRPC port.
@@ -46,6 +47,13 @@ type Config struct {
 	// SSHSessionTTL is how long a CreateSshSession token stays valid (TOML: a
 	// duration string such as "15m").
 	SSHSessionTTL time.Duration `toml:"ssh_session_ttl"`
+	// Socket is the Unix socket local CLI clients use (no TLS; the kernel names the
+	// caller): "" = gateway.sock in the state dir's short runtime dir, "none" = no
+	// socket. See SocketPath.
+	Socket string `toml:"socket"`
+	// SocketGroup (a group name or gid) makes the socket 0660 with that group, whose
+	// members are then administrators like its owner; "" = owner only (0600).
+	SocketGroup string `toml:"socket_group"`
 	// ConfigFile is the TOML file the rest was read from ("" = none).
 	ConfigFile string `toml:"-"`
 	// DriverTables holds the `[drivers.<name>]` tables, passed verbatim to the driver.
@@ -71,6 +79,8 @@ var Settings = []Setting{
 	{"log-format", "OPENSHELL_LOG_FORMAT", "log_format", "log format: text or json"},
 	{"log-level", "OPENSHELL_LOG_LEVEL", "log_level", "log level: debug, info, warn or error"},
 	{"ssh-session-ttl", "OPENSHELL_SSH_SESSION_TTL", "ssh_session_ttl", "lifetime of SSH/exec session tokens (e.g. 1h, 15m; at least 1s)"},
+	{"socket", "OPENSHELL_SOCKET", "socket", "Unix socket for local CLI clients, no TLS, caller known by uid (default: gateway.sock in the short runtime dir; none = no socket)"},
+	{"socket-group", "OPENSHELL_SOCKET_GROUP", "socket_group", "group (name or gid) whose members may use the Unix socket as administrators; makes it 0660 (default: owner and root only, 0600)"},
 }
 
 // Defaults returns the built-in defaults. StateDir defaults to the directory of the
@@ -230,6 +240,10 @@ func applyFrom(dst, src *Config, key string) {
 		dst.LogLevel = src.LogLevel
 	case "ssh_session_ttl":
 		dst.SSHSessionTTL = src.SSHSessionTTL
+	case "socket":
+		dst.Socket = src.Socket
+	case "socket_group":
+		dst.SocketGroup = src.SocketGroup
 	}
 }
 
@@ -275,6 +289,10 @@ func setString(c *Config, key, v string) error {
 			tmp.LogFormat = v
 		case "log_level":
 			tmp.LogLevel = v
+		case "socket":
+			tmp.Socket = v
+		case "socket_group":
+			tmp.SocketGroup = v
 		default:
 			return fmt.Errorf("unknown setting %q", key)
 		}
@@ -322,7 +340,43 @@ func (c *Config) Validate() error {
 	if u := c.DatabaseURL; u != "" && !strings.HasPrefix(u, "postgres://") && !strings.HasPrefix(u, "postgresql://") && !strings.Contains(u, "=") {
 		errs = append(errs, fmt.Errorf("database_url must be a PostgreSQL DSN (postgres://user:pass@host/db or host=... dbname=...); leave it empty for the embedded SQLite database"))
 	}
+	errs = append(errs, c.validateSocket()...)
 	return errors.Join(errs...)
+}
+
+// MaxSocketPath is the longest Unix socket path the kernel accepts (sun_path).
+const MaxSocketPath = 107
+
+func (c *Config) validateSocket() []error {
+	var errs []error
+	switch {
+	case c.Socket == "none" || c.Socket == "":
+	case !filepath.IsAbs(c.Socket):
+		errs = append(errs, fmt.Errorf("socket %q is not an absolute path; use e.g. /run/openshell.sock, or none for no socket", c.Socket))
+	}
+	if p := c.SocketPath(); len(p) > MaxSocketPath {
+		errs = append(errs, fmt.Errorf("socket path %s is %d bytes, over the kernel's %d; set socket to a shorter path", p, len(p), MaxSocketPath))
+	}
+	if c.SocketGroup != "" && c.Socket == "none" {
+		errs = append(errs, fmt.Errorf("socket_group %q is set but socket is none; drop socket_group or enable the socket", c.SocketGroup))
+	}
+	return errs
+}
+
+// SocketPath is where the gateway serves local clients, "" when the socket is off.
+// The default lives in the state dir's short runtime dir, whatever the state dir's
+// length: a path must fit sun_path.
+func (c *Config) SocketPath() string {
+	switch c.Socket {
+	case "none":
+		return ""
+	case "":
+		if c.StateDir == "" {
+			return ""
+		}
+		return filepath.Join(rundir.For(c.StateDir), "gateway.sock")
+	}
+	return c.Socket
 }
 
 // DriverTable returns the `[drivers.<name>]` table (never nil).

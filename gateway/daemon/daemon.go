@@ -23,6 +23,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/openshell/openshell/api/computev1"
 	"github.com/openshell/openshell/drivers"
@@ -86,6 +87,8 @@ func OpenStore(ctx context.Context, cfg *config.Config) (store.Store, error) {
 type Gateway struct {
 	Addr       net.Addr
 	HealthAddr net.Addr
+	// SocketPath is the local Unix socket ("" when off).
+	SocketPath string
 	DriverName string
 	Server     *gateway.Server
 
@@ -143,6 +146,13 @@ func Start(ctx context.Context, cfg *config.Config, log *slog.Logger) (_ *Gatewa
 	}
 	cleanups = append(cleanups, lis.Close)
 	port := lis.Addr().(*net.TCPAddr).Port
+	ulis, upol, err := listenSocket(cfg)
+	if err != nil {
+		return nil, err
+	}
+	if ulis != nil {
+		cleanups = append(cleanups, ulis.Close)
+	}
 
 	scheme := "https"
 	if cfg.DisableTLS {
@@ -220,6 +230,13 @@ func Start(ctx context.Context, cfg *config.Config, log *slog.Logger) (_ *Gatewa
 	if bundle != nil {
 		creds = grpcopts.TLS(bundle.ServerTLSConfig())
 	}
+	if ulis != nil {
+		tcp := creds
+		if tcp == nil {
+			tcp = insecure.NewCredentials()
+		}
+		creds = &splitCreds{tcp: tcp, local: upol}
+	}
 	opts := grpcopts.Server(creds)
 	gs := gateway.NewGRPCServer(&auth.Authenticator{Tokens: issuer, LocalDev: cfg.DisableTLS, Log: log}, opts...)
 	srv.Register(gs)
@@ -238,7 +255,11 @@ func Start(ctx context.Context, cfg *config.Config, log *slog.Logger) (_ *Gatewa
 	for _, l := range extra {
 		go func() { _ = gs.Serve(l) }()
 	}
-	log.Info("gateway listening", "addr", lis.Addr().String(), "tls", !cfg.DisableTLS, "driver", name,
+	if ulis != nil {
+		g.SocketPath = ulis.Addr().String()
+		go func() { _ = gs.Serve(ulis) }()
+	}
+	log.Info("gateway listening", "addr", lis.Addr().String(), "tls", !cfg.DisableTLS, "driver", name, "socket", g.SocketPath,
 		"state_dir", cfg.StateDir, "health", fmt.Sprint(g.HealthAddr))
 	return g, nil
 }

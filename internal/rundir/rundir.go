@@ -76,7 +76,9 @@ func private(path string, st fs.FileInfo) error {
 	if sys, ok := st.Sys().(*syscall.Stat_t); ok && int(sys.Uid) != os.Geteuid() {
 		return fmt.Errorf("runtime dir %s belongs to uid %d, not to this user (%d); remove it or set XDG_RUNTIME_DIR", path, sys.Uid, os.Geteuid())
 	}
-	if st.Mode().Perm()&0o077 != 0 {
+	// Search-only bits are allowed: a gateway's socket group passes through to its
+	// own subdirectory, and every subdirectory stays closed to all but its owner.
+	if st.Mode().Perm()&0o066 != 0 {
 		if err := os.Chmod(path, 0o700); err != nil {
 			return fmt.Errorf("runtime dir %s is open to others (%v) and cannot be closed: %w", path, st.Mode().Perm(), err)
 		}
