@@ -238,6 +238,7 @@ func (s *Server) finishDelete(ctx context.Context, id, name string) error {
 	if err := s.st.Delete(ctx, kindSandbox, id, 0); err != nil && !errors.Is(err, store.ErrNotFound) {
 		return err
 	}
+	s.deleteServicesOf(ctx, id)
 	s.hub.Drop(id)
 	s.watch.notify(id)
 	s.logs.forget(id)

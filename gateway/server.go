@@ -11,6 +11,7 @@ import (
 	"io"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
@@ -88,6 +89,8 @@ type Server struct {
 	caps  *computev1.GetCapabilitiesResponse
 	logs  *logBook
 	watch *notifier
+	// services is where the services listener serves (nil: none yet).
+	services atomic.Pointer[serviceRouting]
 
 	wg       sync.WaitGroup
 	cancel   context.CancelFunc

@@ -13,24 +13,6 @@ import (
 // reason and what to use instead (the generated default only says "not
 // implemented"). The table in the API test lists each one.
 
-var unimplServices = status.Error(codes.Unimplemented, "this gateway does not route traffic to sandbox services; reach a port in a sandbox with `openshell forward start SANDBOX PORT` (ForwardTcp)")
-
-func (s *Server) ExposeService(context.Context, *openshellv1.ExposeServiceRequest) (*openshellv1.ServiceEndpointResponse, error) {
-	return nil, unimplServices
-}
-
-func (s *Server) GetService(context.Context, *openshellv1.GetServiceRequest) (*openshellv1.ServiceEndpointResponse, error) {
-	return nil, unimplServices
-}
-
-func (s *Server) ListServices(context.Context, *openshellv1.ListServicesRequest) (*openshellv1.ListServicesResponse, error) {
-	return nil, unimplServices
-}
-
-func (s *Server) DeleteService(context.Context, *openshellv1.DeleteServiceRequest) (*openshellv1.DeleteServiceResponse, error) {
-	return nil, unimplServices
-}
-
 var unimplProfiles = status.Error(codes.Unimplemented, "provider profiles are not implemented by this gateway; create providers directly with CreateProvider (type, credentials, config hosts/headers)")
 
 func (s *Server) ListProviderProfiles(context.Context, *openshellv1.ListProviderProfilesRequest) (*openshellv1.ListProviderProfilesResponse, error) {

@@ -350,10 +350,10 @@ func TestUnimplementedRPCsSayWhy(t *testing.T) {
 			t.Errorf("%s: UNIMPLEMENTED without a reason: %q", m.Name(), msg)
 		}
 	}
-	// 30 RPCs have no implementation (services 4, provider profiles 6, refresh 4,
+	// 26 RPCs have no implementation (provider profiles 6, refresh 4,
 	// drafts 9, workspaces 7).
-	if unimplemented != 30 {
-		t.Errorf("%d RPCs answered UNIMPLEMENTED to an empty request, want 30", unimplemented)
+	if unimplemented != 26 {
+		t.Errorf("%d RPCs answered UNIMPLEMENTED to an empty request, want 26", unimplemented)
 	}
 }
 

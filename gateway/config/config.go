@@ -47,6 +47,11 @@ type Config struct {
 	// SSHSessionTTL is how long a CreateSshSession token stays valid (TOML: a
 	// duration string such as "15m").
 	SSHSessionTTL time.Duration `toml:"ssh_session_ttl"`
+	// ServicesPort is the loopback HTTP port that routes to exposed sandbox services
+	// (0 = a free port, reported in the service URLs); ServicesDomain enables
+	// host-based URLs <service>--<sandbox>.<domain>.
+	ServicesPort   int    `toml:"services_port"`
+	ServicesDomain string `toml:"services_domain"`
 	// Socket is the Unix socket local CLI clients use (no TLS; the kernel names the
 	// caller): "" = gateway.sock in the state dir's short runtime dir, "none" = no
 	// socket. See SocketPath.
@@ -79,6 +84,8 @@ var Settings = []Setting{
 	{"log-format", "OPENSHELL_LOG_FORMAT", "log_format", "log format: text or json"},
 	{"log-level", "OPENSHELL_LOG_LEVEL", "log_level", "log level: debug, info, warn or error"},
 	{"ssh-session-ttl", "OPENSHELL_SSH_SESSION_TTL", "ssh_session_ttl", "lifetime of SSH/exec session tokens (e.g. 1h, 15m; at least 1s)"},
+	{"services-port", "OPENSHELL_SERVICES_PORT", "services_port", "loopback HTTP port routing to exposed sandbox services (0 = a free port)"},
+	{"services-domain", "OPENSHELL_SERVICES_DOMAIN", "services_domain", "DNS domain for host-based service URLs <service>--<sandbox>.<domain> (empty = path URLs only)"},
 	{"socket", "OPENSHELL_SOCKET", "socket", "Unix socket for local CLI clients, no TLS, caller known by uid (default: gateway.sock in the short runtime dir; none = no socket)"},
 	{"socket-group", "OPENSHELL_SOCKET_GROUP", "socket_group", "group (name or gid) whose members may use the Unix socket as administrators; makes it 0660 (default: owner and root only, 0600)"},
 }
@@ -108,8 +115,8 @@ func BindFlags(fs *pflag.FlagSet) {
 		switch s.Flag {
 		case "port":
 			fs.Int(s.Flag, d.Port, usage)
-		case "health-port":
-			fs.Int(s.Flag, d.HealthPort, usage)
+		case "health-port", "services-port":
+			fs.Int(s.Flag, 0, usage)
 		case "disable-tls":
 			fs.Bool(s.Flag, false, usage)
 		case "ssh-session-ttl":
@@ -240,6 +247,10 @@ func applyFrom(dst, src *Config, key string) {
 		dst.LogLevel = src.LogLevel
 	case "ssh_session_ttl":
 		dst.SSHSessionTTL = src.SSHSessionTTL
+	case "services_port":
+		dst.ServicesPort = src.ServicesPort
+	case "services_domain":
+		dst.ServicesDomain = src.ServicesDomain
 	case "socket":
 		dst.Socket = src.Socket
 	case "socket_group":
@@ -250,15 +261,18 @@ func applyFrom(dst, src *Config, key string) {
 // setString parses a string (flag or environment value) into the field for key.
 func setString(c *Config, key, v string) error {
 	switch key {
-	case "port", "health_port":
+	case "port", "health_port", "services_port":
 		n, err := strconv.Atoi(strings.TrimSpace(v))
 		if err != nil {
 			return fmt.Errorf("%s %q is not a number", key, v)
 		}
-		if key == "port" {
+		switch key {
+		case "port":
 			c.Port = n
-		} else {
+		case "health_port":
 			c.HealthPort = n
+		default:
+			c.ServicesPort = n
 		}
 	case "disable_tls":
 		b, err := strconv.ParseBool(strings.TrimSpace(v))
@@ -289,6 +303,8 @@ func setString(c *Config, key, v string) error {
 			tmp.LogFormat = v
 		case "log_level":
 			tmp.LogLevel = v
+		case "services_domain":
+			tmp.ServicesDomain = v
 		case "socket":
 			tmp.Socket = v
 		case "socket_group":
@@ -317,6 +333,12 @@ func (c *Config) Validate() error {
 	}
 	if c.HealthPort < 0 || c.HealthPort > 65535 {
 		errs = append(errs, fmt.Errorf("health_port %d is out of range; use 0 (off) or 1-65535", c.HealthPort))
+	}
+	if c.ServicesPort < 0 || c.ServicesPort > 65535 {
+		errs = append(errs, fmt.Errorf("services_port %d is out of range; use 0 (a free port) or 1-65535", c.ServicesPort))
+	}
+	if d := strings.TrimSuffix(c.ServicesDomain, "."); d != "" && (len(d) > 200 || strings.Contains(d, "..") || strings.Trim(strings.ToLower(d), "abcdefghijklmnopqrstuvwxyz0123456789-.") != "") {
+		errs = append(errs, fmt.Errorf("services_domain %q is not a DNS name; use e.g. svc.example.test (lowercase letters, digits, '-' and '.')", c.ServicesDomain))
 	}
 	if c.Driver != "" && !slices.Contains(DriverNames, c.Driver) && c.ComputeDriverSocket == "" {
 		errs = append(errs, fmt.Errorf("drivers %q is not a known driver; use exactly one of %s", c.Driver, strings.Join(DriverNames, ", ")))

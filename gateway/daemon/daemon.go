@@ -225,6 +225,9 @@ func Start(ctx context.Context, cfg *config.Config, log *slog.Logger) (_ *Gatewa
 		return nil, err
 	}
 	cleanups = append(cleanups, srv.Close)
+	if err := startServices(cfg, srv, log); err != nil {
+		return nil, err
+	}
 
 	var creds credentials.TransportCredentials
 	if bundle != nil {
