@@ -119,7 +119,9 @@ func TestHandler(t *testing.T) {
 		t.Errorf("dialed %v, want id-1:8080", dialed)
 	}
 	// A dial failure is a 502 naming the service.
-	h2 := New("", resolve, func(context.Context, string, uint32) (net.Conn, error) { return nil, fmt.Errorf("no supervisor session") }, nil)
+	h2 := New("", resolve, func(context.Context, string, uint32) (net.Conn, error) {
+		return nil, fmt.Errorf("no supervisor session")
+	}, nil)
 	rec := httptest.NewRecorder()
 	h2.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "http://127.0.0.1/sb/web/", nil))
 	if rec.Code != http.StatusBadGateway || !strings.Contains(rec.Body.String(), "service web of sandbox sb (port 8080)") {
