@@ -12,12 +12,14 @@
 #            (target ≤ 1.5×)
 #   exec     `sandbox exec -- true` vs `docker exec`; upload 256 MiB vs `docker cp`
 #   egress   1 GiB through the proxy vs direct (target ≥ 0.8×); CONNECT added latency
+#   cliapi   a CLI's calls over the local Unix socket vs TCP+mTLS: small RPC p50 and
+#            connect + first RPC p50 (target: the socket no slower)
 # Usage: scripts/bench.sh [section…]   (default: all)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="/usr/local/go/bin:$PATH"
 sections=("$@")
-[ ${#sections[@]} -gt 0 ] || sections=(gateway store vmm images vm docker podman exec egress)
+[ ${#sections[@]} -gt 0 ] || sections=(gateway store vmm images vm docker podman exec egress cliapi)
 step() { printf '\n==> bench %s (%s)\n' "$*" "$(date +%T)"; }
 needs_docker() { ./scripts/setup-docker.sh >/dev/null; }
 
@@ -33,6 +35,7 @@ for s in "${sections[@]}"; do
 	podman) ./scripts/setup-podman.sh >/dev/null; OPENSHELL_BENCH=1 go test -count=1 -run TestBenchCreateToReady -v -timeout 20m ./drivers/podman ;;
 	exec) needs_docker; OPENSHELL_BENCH=1 go test -count=1 -run Bench -v -timeout 20m ./e2e/ ;;
 	egress) go test -run '^$' -bench . -benchtime 3x ./supervisor/egress ;;
-	*) echo "unknown section $s; valid: gateway store vmm images vm docker podman exec egress" >&2; exit 2 ;;
+	cliapi) OPENSHELL_BENCH=1 go test -count=1 -run TestBenchCLIAPI -v -timeout 5m ./gateway/daemon/ ;;
+	*) echo "unknown section $s; valid: gateway store vmm images vm docker podman exec egress cliapi" >&2; exit 2 ;;
 	esac
 done
