@@ -58,10 +58,15 @@ func UploadTo(ctx context.Context, dial DialFunc, name, src, dst string, stderr 
 		return err
 	}
 	defer closeFn()
-	sc, closeSFTP, err := sftpClient(ctx, api, name)
+	id, err := resolve(ctx, api, name)
 	if err != nil {
 		return err
 	}
-	defer closeSFTP()
-	return Upload(ctx, sc, src, dst, stderr)
+	cl, err := sshClient(ctx, api, id)
+	if err != nil {
+		return err
+	}
+	defer cl.Close()
+	_, err = Upload(ctx, cl, src, dst, Options{}, stderr)
+	return err
 }

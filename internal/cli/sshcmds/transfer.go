@@ -1,49 +1,32 @@
 package sshcmds
 
 import (
+	"bufio"
+	"bytes"
 	"context"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"io/fs"
 	"os"
-	"path"
 	"path/filepath"
+	"strings"
 	"sync/atomic"
 	"time"
 
 	"github.com/dustin/go-humanize"
-	"github.com/pkg/sftp"
+	"github.com/go-git/go-git/v5/plumbing/format/gitignore"
 	"github.com/spf13/cobra"
+	"golang.org/x/crypto/ssh"
 	"golang.org/x/term"
 
-	pb "github.com/openshell/openshell/api/openshellv1"
+	"github.com/openshell/openshell/supervisor/transfer"
 )
-
-// sftpPacket is the data size of one SFTP read or write request: as large as the
-// sandbox's SFTP server accepts (a 256 KiB message including its header), so a
-// transfer takes half the requests it did at 128 KiB (about 10% less CPU per upload).
-const sftpPacket = 255 << 10
 
 // progressMin is the transfer size from which a progress bar is drawn.
 const progressMin = 8 << 20
-
-func sftpClient(ctx context.Context, api pb.OpenShellClient, name string) (*sftp.Client, func(), error) {
-	id, err := resolve(ctx, api, name)
-	if err != nil {
-		return nil, nil, err
-	}
-	cl, err := sshClient(ctx, api, id)
-	if err != nil {
-		return nil, nil, err
-	}
-	sc, err := sftp.NewClient(cl, sftp.UseConcurrentWrites(true), sftp.UseConcurrentReads(true),
-		sftp.MaxConcurrentRequestsPerFile(64), sftp.MaxPacketUnchecked(sftpPacket))
-	if err != nil {
-		cl.Close()
-		return nil, nil, fmt.Errorf("start sftp in sandbox %q: %w", name, err)
-	}
-	return sc, func() { sc.Close(); cl.Close() }, nil
-}
 
 // progress draws a one-line bar on a terminal stderr for large transfers.
 type progress struct {
@@ -115,231 +98,275 @@ func (c countWriter) Write(b []byte) (int, error) {
 	return n, err
 }
 
-// countReader reports its size so that sftp's ReadFrom pipelines concurrent writes
-// (without a known size it falls back to one request at a time).
-type countReader struct {
-	r    io.Reader
-	p    *progress
-	size int64
+// Options tune an upload.
+type Options struct {
+	// NoGitIgnore sends everything; by default paths matched by the tree's
+	// .gitignore files (and .git itself) stay local.
+	NoGitIgnore bool
 }
 
-func (c countReader) Size() int64 { return c.size }
-
-func (c countReader) Read(b []byte) (int, error) {
-	n, err := c.r.Read(b)
-	c.p.done.Add(int64(n))
-	return n, err
+// Summary is what `-o json` prints after a transfer.
+type Summary struct {
+	Direction string `json:"direction"`
+	Source    string `json:"source"`
+	Dest      string `json:"destination"`
+	transfer.Result
+	Skipped int     `json:"ignored,omitempty"` // entries left out by .gitignore
+	Seconds float64 `json:"seconds"`
 }
 
-func localSize(root string) (int64, error) {
-	var total int64
-	err := filepath.WalkDir(root, func(_ string, d fs.DirEntry, err error) error {
+// gitIgnore builds the upload filter from the .gitignore files below root (each
+// file's patterns apply to its own directory, as git reads them) and always leaves
+// out .git itself.
+func gitIgnore(root string, skipped *int) (transfer.Skip, error) {
+	st, err := os.Stat(root)
+	if err != nil || !st.IsDir() {
+		return nil, err
+	}
+	var patterns []gitignore.Pattern
+	read := func(dir string, domain []string) error {
+		b, err := os.ReadFile(filepath.Join(dir, ".gitignore"))
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil
+		}
 		if err != nil {
 			return err
 		}
-		if d.Type().IsRegular() {
-			info, err := d.Info()
-			if err != nil {
-				return err
+		for _, line := range strings.Split(string(b), "\n") {
+			line = strings.TrimRight(line, "\r")
+			if strings.TrimSpace(line) == "" || strings.HasPrefix(line, "#") {
+				continue
 			}
-			total += info.Size()
+			patterns = append(patterns, gitignore.ParsePattern(line, domain))
 		}
 		return nil
-	})
-	return total, err
+	}
+	if err := read(root, nil); err != nil {
+		return nil, err
+	}
+	seen := map[string]bool{}
+	return func(rel string, isDir bool) bool {
+		parts := strings.Split(rel, "/")
+		if parts[len(parts)-1] == ".git" {
+			*skipped++
+			return true
+		}
+		if gitignore.NewMatcher(patterns).Match(parts, isDir) {
+			*skipped++
+			return true
+		}
+		// Walking is depth first, so a directory's own .gitignore is read before
+		// its contents are matched.
+		if isDir && !seen[rel] {
+			seen[rel] = true
+			_ = read(filepath.Join(root, filepath.FromSlash(rel)), parts)
+		}
+		return false
+	}, nil
 }
 
-// Upload copies the local file or directory src to dst in the sandbox. An existing
-// remote directory dst receives src under its base name. Permissions are kept.
-func Upload(ctx context.Context, c *sftp.Client, src, dst string, stderr io.Writer) error {
-	st, err := os.Stat(src)
+// tarChan is one "openshell-tar" subsystem on its own session channel.
+type tarChan struct {
+	ssh.Channel
+	errb   bytes.Buffer
+	errc   chan struct{} // closed when stderr is drained
+	status chan int      // the exit status, once the channel closed (-1: none)
+}
+
+// openTar starts the transfer subsystem with req (sent as an env request first).
+func openTar(ctx context.Context, cl *ssh.Client, req transfer.Request) (*tarChan, error) {
+	ch, reqs, err := cl.OpenChannel("session", nil)
 	if err != nil {
-		return fmt.Errorf("upload: %w", err)
+		return nil, err
+	}
+	t := &tarChan{Channel: ch, errc: make(chan struct{}), status: make(chan int, 1)}
+	go func() {
+		code := -1
+		for r := range reqs {
+			if r.Type == "exit-status" && len(r.Payload) >= 4 {
+				code = int(binary.BigEndian.Uint32(r.Payload))
+			}
+			if r.WantReply {
+				_ = r.Reply(false, nil)
+			}
+		}
+		t.status <- code
+	}()
+	go func() {
+		defer close(t.errc)
+		_, _ = io.Copy(&t.errb, ch.Stderr())
+	}()
+	stop := context.AfterFunc(ctx, func() { ch.Close() })
+	b, _ := json.Marshal(req)
+	ok, err := ch.SendRequest("env", true, ssh.Marshal(struct{ Name, Value string }{transfer.EnvRequest, string(b)}))
+	if err == nil && ok {
+		ok, err = ch.SendRequest("subsystem", true, ssh.Marshal(struct{ Value string }{transfer.Subsystem}))
+	}
+	stop()
+	if err == nil && !ok {
+		err = fmt.Errorf("the sandbox refused the %s subsystem (an older supervisor?)", transfer.Subsystem)
+	}
+	if err != nil {
+		ch.Close()
+		return nil, err
+	}
+	return t, nil
+}
+
+// wait waits for the server's exit and returns its error (stderr) if it failed.
+func (t *tarChan) wait(ctx context.Context, what string) error {
+	stop := context.AfterFunc(ctx, func() { t.Close() })
+	defer stop()
+	code := <-t.status
+	<-t.errc
+	t.Close()
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	if code == 0 {
+		return nil
+	}
+	msg := strings.TrimSpace(t.errb.String())
+	if msg == "" {
+		msg = fmt.Sprintf("the sandbox's transfer server ended with status %d", code)
+	}
+	return fmt.Errorf("%s: %s", what, msg)
+}
+
+// Upload copies the local file or directory src to dst in the sandbox as one tar
+// stream, written by the supervisor as the sandbox user. An existing remote
+// directory dst receives src under its base name; dst "" is the working directory.
+func Upload(ctx context.Context, cl *ssh.Client, src, dst string, o Options, stderr io.Writer) (Summary, error) {
+	start := time.Now()
+	sum := Summary{Direction: "upload", Source: src, Dest: dst}
+	if _, err := os.Stat(src); err != nil {
+		return sum, fmt.Errorf("upload: %w", err)
 	}
 	if dst == "" {
-		dst = filepath.Base(src)
+		dst = "."
 	}
-	if rst, err := c.Stat(dst); err == nil && rst.IsDir() {
-		dst = path.Join(dst, filepath.Base(src))
+	var skip transfer.Skip
+	if !o.NoGitIgnore {
+		var err error
+		var n int // counted by the sizing walk; the writing walk counts again
+		if skip, err = gitIgnore(src, &n); err != nil {
+			return sum, fmt.Errorf("upload: read .gitignore: %w", err)
+		}
 	}
-	total, err := localSize(src)
+	total, err := transfer.Size(src, skip)
 	if err != nil {
-		return fmt.Errorf("upload: %w", err)
+		return sum, fmt.Errorf("upload: %w", err)
 	}
-	p := startProgress(stderr, total)
-	defer p.finish()
-	if !st.IsDir() {
-		return uploadFile(ctx, c, src, dst, st.Mode().Perm(), p)
+	if !o.NoGitIgnore {
+		if skip, err = gitIgnore(src, &sum.Skipped); err != nil {
+			return sum, fmt.Errorf("upload: read .gitignore: %w", err)
+		}
 	}
-	return filepath.WalkDir(src, func(lp string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
-		rel, _ := filepath.Rel(src, lp)
-		rp := path.Join(dst, filepath.ToSlash(rel))
-		info, err := d.Info()
-		if err != nil {
-			return err
-		}
-		switch {
-		case d.IsDir():
-			if err := c.MkdirAll(rp); err != nil {
-				return fmt.Errorf("upload: mkdir %s in sandbox: %w", rp, err)
-			}
-			return c.Chmod(rp, info.Mode().Perm())
-		case d.Type()&fs.ModeSymlink != 0:
-			target, err := os.Readlink(lp)
-			if err != nil {
-				return err
-			}
-			_ = c.Remove(rp)
-			return c.Symlink(target, rp)
-		case d.Type().IsRegular():
-			return uploadFile(ctx, c, lp, rp, info.Mode().Perm(), p)
-		}
-		return nil // sockets, devices: skipped
-	})
-}
-
-func uploadFile(ctx context.Context, c *sftp.Client, src, dst string, perm fs.FileMode, p *progress) error {
-	lf, err := os.Open(src)
+	tc, err := openTar(ctx, cl, transfer.Request{Op: transfer.OpUpload, Path: dst})
 	if err != nil {
-		return fmt.Errorf("upload: %w", err)
+		return sum, fmt.Errorf("upload: %w", err)
 	}
-	defer lf.Close()
-	rf, err := c.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_TRUNC)
-	if err != nil {
-		return fmt.Errorf("upload: create %s in sandbox: %w", dst, err)
-	}
-	stop := context.AfterFunc(ctx, func() { rf.Close() })
+	defer tc.Close()
+	stop := context.AfterFunc(ctx, func() { tc.Close() })
 	defer stop()
-	st, err := lf.Stat()
-	if err != nil {
-		return fmt.Errorf("upload: %w", err)
+	p := startProgress(stderr, total)
+	name := filepath.Base(filepath.Clean(src))
+	if abs, err := filepath.Abs(src); err == nil {
+		name = filepath.Base(abs)
 	}
-	if _, err := rf.ReadFrom(countReader{lf, p, st.Size()}); err != nil {
-		rf.Close()
-		return fmt.Errorf("upload: write %s in sandbox: %w", dst, err)
+	// Buffered: a tree of small files would otherwise send a packet per header.
+	bw := bufio.NewWriterSize(tc, 256<<10)
+	werr := transfer.WriteTree(bw, src, name, skip, func(n int64) { p.done.Add(n) })
+	if werr == nil {
+		werr = bw.Flush()
 	}
-	if err := rf.Close(); err != nil {
-		return fmt.Errorf("upload: close %s in sandbox: %w", dst, err)
+	_ = tc.CloseWrite()
+	p.finish()
+	out, _ := io.ReadAll(tc)
+	if err := tc.wait(ctx, "upload"); err != nil {
+		return sum, err
 	}
-	return c.Chmod(dst, perm)
+	if werr != nil {
+		return sum, fmt.Errorf("upload: %w", werr)
+	}
+	if err := json.Unmarshal(out, &sum.Result); err != nil {
+		return sum, fmt.Errorf("upload: the sandbox's reply %q: %w", out, err)
+	}
+	sum.Dest, sum.Seconds = sum.Result.Path, time.Since(start).Seconds()
+	return sum, nil
 }
 
 // Download copies the sandbox file or directory src to the local dst. An existing
-// local directory dst receives src under its base name. Permissions are kept.
-func Download(ctx context.Context, c *sftp.Client, src, dst string, stderr io.Writer) error {
-	st, err := c.Stat(src)
-	if err != nil {
-		return fmt.Errorf("download: %s in sandbox: %w", src, err)
-	}
+// local directory dst receives src under its base name. Entries are checked as on
+// upload: a stream from the sandbox cannot write outside dst.
+func Download(ctx context.Context, cl *ssh.Client, src, dst string, stderr io.Writer) (Summary, error) {
+	start := time.Now()
+	sum := Summary{Direction: "download", Source: src, Dest: dst}
 	if dst == "" {
-		dst = path.Base(src)
+		dst = "."
 	}
-	if lst, err := os.Stat(dst); err == nil && lst.IsDir() {
-		dst = filepath.Join(dst, path.Base(src))
-	}
-	var total int64
-	if st.IsDir() {
-		w := c.Walk(src)
-		for w.Step() {
-			if w.Err() == nil && w.Stat().Mode().IsRegular() {
-				total += w.Stat().Size()
-			}
-		}
-	} else {
-		total = st.Size()
-	}
-	p := startProgress(stderr, total)
-	defer p.finish()
-	if !st.IsDir() {
-		return downloadFile(ctx, c, src, dst, st.Mode().Perm(), p)
-	}
-	w := c.Walk(src)
-	var dirs []struct {
-		p    string
-		mode fs.FileMode
-	}
-	for w.Step() {
-		if err := w.Err(); err != nil {
-			return fmt.Errorf("download: walk %s: %w", w.Path(), err)
-		}
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
-		rel, err := filepath.Rel(src, w.Path())
-		if err != nil {
-			return err
-		}
-		lp := filepath.Join(dst, rel)
-		info := w.Stat()
-		switch {
-		case info.IsDir():
-			if err := os.MkdirAll(lp, 0o700); err != nil {
-				return fmt.Errorf("download: %w", err)
-			}
-			dirs = append(dirs, struct {
-				p    string
-				mode fs.FileMode
-			}{lp, info.Mode().Perm()})
-		case info.Mode()&fs.ModeSymlink != 0:
-			target, err := c.ReadLink(w.Path())
-			if err != nil {
-				return err
-			}
-			_ = os.Remove(lp)
-			if err := os.Symlink(target, lp); err != nil {
-				return fmt.Errorf("download: %w", err)
-			}
-		case info.Mode().IsRegular():
-			if err := downloadFile(ctx, c, w.Path(), lp, info.Mode().Perm(), p); err != nil {
-				return err
-			}
-		}
-	}
-	// Directory modes last: a read-only directory must not block its own contents.
-	for i := len(dirs) - 1; i >= 0; i-- {
-		if err := os.Chmod(dirs[i].p, dirs[i].mode); err != nil {
-			return fmt.Errorf("download: %w", err)
-		}
-	}
-	return nil
-}
-
-func downloadFile(ctx context.Context, c *sftp.Client, src, dst string, perm fs.FileMode, p *progress) error {
-	rf, err := c.Open(src)
+	tc, err := openTar(ctx, cl, transfer.Request{Op: transfer.OpDownload, Path: src})
 	if err != nil {
-		return fmt.Errorf("download: open %s in sandbox: %w", src, err)
+		return sum, fmt.Errorf("download: %w", err)
 	}
-	defer rf.Close()
-	stop := context.AfterFunc(ctx, func() { rf.Close() })
+	defer tc.Close()
+	stop := context.AfterFunc(ctx, func() { tc.Close() })
 	defer stop()
-	lf, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, perm)
+	_ = tc.CloseWrite()
+	br := bufio.NewReaderSize(tc, 1<<20)
+	line, herr := br.ReadBytes('\n')
+	var hdr transfer.Header
+	if herr == nil {
+		herr = json.Unmarshal(line, &hdr)
+	}
+	if herr != nil {
+		_, _ = io.Copy(io.Discard, br)
+		if err := tc.wait(ctx, "download "+src); err != nil {
+			return sum, err
+		}
+		return sum, fmt.Errorf("download %s: bad reply from the sandbox: %w", src, herr)
+	}
+	root, as, where, err := transfer.OpenTarget(dst, nil)
 	if err != nil {
-		return fmt.Errorf("download: %w", err)
+		return sum, fmt.Errorf("download: %w", err)
 	}
-	if _, err := rf.WriteTo(countWriter{lf, p}); err != nil {
-		lf.Close()
-		return fmt.Errorf("download: read %s from sandbox: %w", src, err)
+	defer root.Close()
+	p := startProgress(stderr, hdr.Bytes)
+	res, xerr := transfer.Extract(root, as, br, func(n int64) { p.done.Add(n) })
+	p.finish()
+	if xerr != nil { // a refused entry: stop the sender rather than drain it
+		return sum, fmt.Errorf("download %s: %w", src, xerr)
 	}
-	if err := lf.Close(); err != nil {
-		return fmt.Errorf("download: %w", err)
+	if _, err := io.Copy(io.Discard, br); err != nil {
+		return sum, fmt.Errorf("download %s: %w", src, err)
 	}
-	return os.Chmod(dst, perm)
+	if err := tc.wait(ctx, "download "+src); err != nil {
+		return sum, err
+	}
+	sum.Result = res
+	sum.Dest, sum.Seconds = filepath.Join(where, res.Path), time.Since(start).Seconds()
+	return sum, nil
 }
 
 func transferCmd(dial DialFunc, up bool) *cobra.Command {
 	use, short := "upload NAME SRC [DST]", "Copy a local file or directory into a sandbox"
+	long := `Copy a local file or directory into a sandbox as one tar stream. The sandbox's
+supervisor writes it as the sandbox user, keeping modes, mtimes and symlinks, and only
+where the policy lets the agent write (filesystem.read_write). An existing directory DST
+receives SRC under its own name; otherwise SRC is created as DST (default: the working
+directory). Paths matched by .gitignore files in SRC (and .git) are left out unless
+--no-git-ignore is given.`
 	if !up {
 		use, short = "download NAME SRC [DST]", "Copy a file or directory out of a sandbox"
+		long = `Copy a file or directory out of a sandbox as one tar stream, read as the sandbox
+user. An existing local directory DST receives SRC under its own name; otherwise SRC is
+created as DST (default: the current directory).`
 	}
-	return &cobra.Command{
+	var o Options
+	cmd := &cobra.Command{
 		Use:   use,
 		Short: short,
+		Long:  long,
 		Args:  cobra.RangeArgs(2, 3),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
@@ -348,21 +375,40 @@ func transferCmd(dial DialFunc, up bool) *cobra.Command {
 				return err
 			}
 			defer closeFn()
-			sc, closeSFTP, err := sftpClient(ctx, api, args[0])
+			id, err := resolve(ctx, api, args[0])
 			if err != nil {
 				return err
 			}
-			defer closeSFTP()
+			cl, err := sshClient(ctx, api, id)
+			if err != nil {
+				return err
+			}
+			defer cl.Close()
 			dst := ""
 			if len(args) == 3 {
 				dst = args[2]
 			}
+			var sum Summary
 			if up {
-				return Upload(ctx, sc, args[1], dst, cmd.ErrOrStderr())
+				sum, err = Upload(ctx, cl, args[1], dst, o, cmd.ErrOrStderr())
+			} else {
+				sum, err = Download(ctx, cl, args[1], dst, cmd.ErrOrStderr())
 			}
-			return Download(ctx, sc, args[1], dst, cmd.ErrOrStderr())
+			if err != nil {
+				return err
+			}
+			if f := cmd.Flag("output"); f != nil && f.Value.String() == "json" {
+				enc := json.NewEncoder(cmd.OutOrStdout())
+				enc.SetIndent("", "  ")
+				return enc.Encode(sum)
+			}
+			return nil
 		},
 	}
+	if up {
+		cmd.Flags().BoolVar(&o.NoGitIgnore, "no-git-ignore", false, "send everything, also what .gitignore files (and .git) would leave out")
+	}
+	return cmd
 }
 
 func uploadCmd(dial DialFunc) *cobra.Command   { return transferCmd(dial, true) }
