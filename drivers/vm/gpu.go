@@ -29,7 +29,7 @@ import (
 // between binding and QEMU's start); starting such a sandbox takes them again.
 
 // DriverConfigGPUDevices is the driver_config key naming the GPUs (PCI addresses).
-const DriverConfigGPUDevices = "gpu_devices"
+const DriverConfigGPUDevices = drivers.DriverConfigGPUDevices
 
 // ConditionGPU is the condition listing a sandbox's passed-through devices.
 const ConditionGPU = "GPU"
@@ -85,31 +85,18 @@ func (d *Driver) gpuManager() *gpu.Manager {
 // gpuRequest reads the GPU part of a create request (nil: none asked for) and checks
 // that this host could ever meet it.
 func (d *Driver) gpuRequest(sb *computev1.DriverSandbox) (*gpu.Request, error) {
-	spec := sb.GetSpec()
-	g := spec.GetResourceRequirements().GetGpu()
-	var devs []string
-	if v, ok := spec.GetTemplate().GetDriverConfig().GetFields()[DriverConfigGPUDevices]; ok {
-		l := v.GetListValue()
-		if l == nil {
-			return nil, fmt.Errorf("driver_config %s must be a list of PCI addresses, e.g. [\"0000:01:00.0\"]: %w", DriverConfigGPUDevices, gpu.ErrInvalid)
-		}
-		for i, e := range l.GetValues() {
-			s := e.GetStringValue()
-			if s == "" {
-				return nil, fmt.Errorf("driver_config %s[%d] is not a PCI address string: %w", DriverConfigGPUDevices, i, gpu.ErrInvalid)
-			}
-			devs = append(devs, s)
-		}
+	req, err := drivers.ReadGPURequest(sb.GetSpec(), `PCI addresses, e.g. ["0000:01:00.0"]`, "PCI address")
+	if err != nil {
+		return nil, fmt.Errorf("%v: %w", err, gpu.ErrInvalid)
 	}
-	if g == nil && len(devs) == 0 {
+	if req == nil {
 		return nil, nil
 	}
+	devs := req.Devices
 	r := &gpu.Request{Count: 1, Devices: devs, MaxSandboxes: d.cfg.GPUMaxSandboxes}
 	switch {
-	case g != nil && g.Count != nil && g.GetCount() == 0:
-		return nil, fmt.Errorf("resource_requirements.gpu.count 0: ask for at least 1 GPU, or for none by leaving --gpu out: %w", gpu.ErrInvalid)
-	case g != nil && g.Count != nil:
-		r.Count = int(g.GetCount())
+	case req.Count > 0:
+		r.Count = req.Count
 	case len(devs) > 0:
 		r.Count = len(devs)
 	}
