@@ -11,6 +11,9 @@
 #   podman   Podman create → Ready vs `podman run -d … sleep infinity`, rootful and rootless
 #            (target ≤ 1.5×)
 #   exec     `sandbox exec -- true` vs `docker exec`; upload 256 MiB vs `docker cp`
+#   transfer sandbox upload/download (tar stream): Docker driver 256 MiB in one file and
+#            10,000 small files vs `docker cp` (target ratio ≤ 1); VM driver 256 MiB in MiB/s
+#            (target ≥ 45 MiB/s under TCG)
 #   egress   1 GiB through the proxy vs direct (target ≥ 0.8×); CONNECT added latency
 #   cliapi   a CLI's calls over the local Unix socket vs TCP+mTLS: small RPC p50 and
 #            connect + first RPC p50 (target: the socket no slower)
@@ -34,8 +37,11 @@ for s in "${sections[@]}"; do
 	docker) needs_docker; OPENSHELL_BENCH=1 go test -count=1 -run TestBenchCreateToReady -v -timeout 20m ./drivers/docker ;;
 	podman) ./scripts/setup-podman.sh >/dev/null; OPENSHELL_BENCH=1 go test -count=1 -run TestBenchCreateToReady -v -timeout 20m ./drivers/podman ;;
 	exec) needs_docker; OPENSHELL_BENCH=1 go test -count=1 -run Bench -v -timeout 20m ./e2e/ ;;
+	transfer)
+		needs_docker; OPENSHELL_BENCH=1 E2E_DRIVER=docker go test -count=1 -run TestTransferSpeed -v -timeout 30m ./e2e/
+		./scripts/setup-vm-host.sh >/dev/null; OPENSHELL_BENCH=1 E2E_DRIVER=vm go test -count=1 -run TestTransferSpeed -v -timeout 30m ./e2e/ ;;
 	egress) go test -run '^$' -bench . -benchtime 3x ./supervisor/egress ;;
 	cliapi) OPENSHELL_BENCH=1 go test -count=1 -run TestBenchCLIAPI -v -timeout 5m ./gateway/daemon/ ;;
-	*) echo "unknown section $s; valid: gateway store vmm images vm docker podman exec egress cliapi" >&2; exit 2 ;;
+	*) echo "unknown section $s; valid: gateway store vmm images vm docker podman exec transfer egress cliapi" >&2; exit 2 ;;
 	esac
 done
