@@ -37,6 +37,7 @@ func Run(t *testing.T, newStore Factory) {
 		{"ConcurrentCreateSameName", testConcurrentCreateSameName},
 		{"Delete", testDelete},
 		{"CanceledContext", testCanceledContext},
+		{"ServiceRecords", testServiceRecords},
 	} {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, newStore(t)) })
 	}
@@ -426,6 +427,60 @@ func testDelete(t *testing.T, s store.Store) {
 	}
 	if list, err := s.List(ctx, "sandbox", store.ListOptions{AllWorkspaces: true}); err != nil || len(list) != 0 {
 		t.Fatalf("List after deletes = [%s], %v", ids(list), err)
+	}
+}
+
+// testServiceRecords is how the gateway keeps exposed services: one name per
+// (workspace, sandbox, service), dotted label keys, and lookups by two labels across
+// workspaces (the service proxy's route carries no workspace) or by sandbox id (a
+// sandbox's services are deleted with it).
+func testServiceRecords(t *testing.T, s store.Store) {
+	ctx := t.Context()
+	lbl := func(sb, id, svc string) map[string]string {
+		return map[string]string{"openshell.sandbox": sb, "openshell.sandbox-id": id, "openshell.service": svc}
+	}
+	mustCreate(t, s, obj("service", "s1", "default", "web--dev", lbl("dev", "id-1", "web"), 10, "p8080"))
+	mustCreate(t, s, obj("service", "s2", "default", "api--dev", lbl("dev", "id-1", "api"), 20, "p9000"))
+	mustCreate(t, s, obj("service", "s3", "team", "web--dev", lbl("dev", "id-2", "web"), 30, "p80"))
+	mustCreate(t, s, obj("sandbox", "x", "default", "web--dev", lbl("dev", "id-1", "web"), 5, ""))
+	if _, err := s.Create(ctx, obj("service", "s4", "default", "web--dev", lbl("dev", "id-1", "web"), 40, "")); !errors.Is(err, store.ErrAlreadyExists) {
+		t.Errorf("second web--dev in workspace default: %v, want ErrAlreadyExists", err)
+	}
+	for _, tc := range []struct {
+		name string
+		opts store.ListOptions
+		want string
+	}{
+		{"route across workspaces", store.ListOptions{AllWorkspaces: true, Selector: map[string]string{"openshell.sandbox": "dev", "openshell.service": "web"}}, "s1,s3"},
+		{"route, first two", store.ListOptions{AllWorkspaces: true, Limit: 2, Selector: map[string]string{"openshell.service": "api", "openshell.sandbox": "dev"}}, "s2"},
+		{"by sandbox id", store.ListOptions{AllWorkspaces: true, Selector: map[string]string{"openshell.sandbox-id": "id-1"}}, "s1,s2"},
+		{"by sandbox in a workspace", store.ListOptions{Workspace: "team", Selector: map[string]string{"openshell.sandbox": "dev"}}, "s3"},
+	} {
+		got, err := s.List(ctx, "service", tc.opts)
+		if err != nil || ids(got) != tc.want {
+			t.Errorf("%s: %s, %v; want %s", tc.name, ids(got), err, tc.want)
+		}
+	}
+	got, err := s.GetByName(ctx, "service", "team", "web--dev")
+	if err != nil || got.ID != "s3" || string(got.Data) != "p80" {
+		t.Fatalf("GetByName(team, web--dev) = %+v, %v", got, err)
+	}
+	// Re-exposing re-points the record in place.
+	got.Data = []byte("p81")
+	got.Labels = lbl("dev", "id-3", "web")
+	if _, err := s.Update(ctx, got); err != nil {
+		t.Fatal(err)
+	}
+	if l, err := s.List(ctx, "service", store.ListOptions{AllWorkspaces: true, Selector: map[string]string{"openshell.sandbox-id": "id-2"}}); err != nil || len(l) != 0 {
+		t.Errorf("old sandbox id still selects %s, %v", ids(l), err)
+	}
+	for _, id := range []string{"s1", "s2"} {
+		if err := s.Delete(ctx, "service", id, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if l, err := s.List(ctx, "service", store.ListOptions{AllWorkspaces: true}); err != nil || ids(l) != "s3" {
+		t.Errorf("after deleting id-1's services: %s, %v", ids(l), err)
 	}
 }
 
