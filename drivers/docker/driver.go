@@ -23,6 +23,7 @@ import (
 
 	"github.com/openshell/openshell/api/computev1"
 	"github.com/openshell/openshell/drivers"
+	"github.com/openshell/openshell/internal/atomicfile"
 )
 
 // DriverName is reported in capabilities.
@@ -212,7 +213,7 @@ func (d *Driver) Create(ctx context.Context, sb *computev1.DriverSandbox) (retEr
 			_, _ = d.cli.ContainerRemove(cctx, created.ID, client.ContainerRemoveOptions{Force: true, RemoveVolumes: true})
 		}
 	}()
-	if err := writeFileAtomic(filepath.Join(stateDir, "container"), []byte(created.ID), 0o644); err != nil {
+	if err := atomicfile.WriteFile(filepath.Join(stateDir, "container"), []byte(created.ID), 0o644); err != nil {
 		return fmt.Errorf("sandbox %s: record container id: %w", sb.GetId(), err)
 	}
 	if _, err := d.cli.ContainerStart(ctx, created.ID, client.ContainerStartOptions{}); err != nil {
@@ -424,11 +425,11 @@ func (d *Driver) writeState(id, token string) (string, error) {
 		return "", err
 	}
 	// The token is the sandbox's credential: root-only; the supervisor runs as root.
-	if err := writeFileAtomic(filepath.Join(dir, "token"), []byte(token), 0o600); err != nil {
+	if err := atomicfile.WriteFile(filepath.Join(dir, "token"), []byte(token), 0o600); err != nil {
 		return "", fmt.Errorf("sandbox %s: write token: %w", id, err)
 	}
 	if len(d.cfg.CAPEM) > 0 {
-		if err := writeFileAtomic(filepath.Join(dir, "ca.pem"), d.cfg.CAPEM, 0o644); err != nil {
+		if err := atomicfile.WriteFile(filepath.Join(dir, "ca.pem"), d.cfg.CAPEM, 0o644); err != nil {
 			return "", fmt.Errorf("sandbox %s: write CA bundle: %w", id, err)
 		}
 	}
@@ -455,26 +456,6 @@ func (d *Driver) setStopped(id string, stopped bool) error {
 func (d *Driver) isStopped(id string) bool {
 	_, err := os.Stat(filepath.Join(d.stateDir(id), "stopped"))
 	return err == nil
-}
-
-func writeFileAtomic(path string, data []byte, perm os.FileMode) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), ".tmp-*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Chmod(perm); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp.Name(), path)
 }
 
 func firstNonEmpty(s ...string) string {

@@ -26,6 +26,7 @@ import (
 
 	"github.com/openshell/openshell/api/computev1"
 	"github.com/openshell/openshell/drivers"
+	"github.com/openshell/openshell/internal/atomicfile"
 )
 
 // DriverName is reported in capabilities.
@@ -238,7 +239,7 @@ func (d *Driver) Create(ctx context.Context, sb *computev1.DriverSandbox) (retEr
 			_ = d.cli.containerRemove(cctx, cid)
 		}
 	}()
-	if err := writeFileAtomic(filepath.Join(stateDir, "container"), []byte(cid), 0o644, -1); err != nil {
+	if err := atomicfile.WriteFile(filepath.Join(stateDir, "container"), []byte(cid), 0o644); err != nil {
 		return fmt.Errorf("sandbox %s: record container id: %w", sb.GetId(), err)
 	}
 	if err := d.cli.containerStart(ctx, cid); err != nil {
@@ -458,11 +459,11 @@ func (d *Driver) writeState(id, token string) (string, error) {
 	}
 	// The token is the sandbox's credential: readable only by the container's root
 	// (the supervisor); the supervisor covers it before the agent starts.
-	if err := writeFileAtomic(filepath.Join(dir, "token"), []byte(token), 0o600, owner); err != nil {
+	if err := writeOwned(filepath.Join(dir, "token"), []byte(token), 0o600, owner); err != nil {
 		return "", fmt.Errorf("sandbox %s: write token: %w", id, err)
 	}
 	if len(d.cfg.CAPEM) > 0 {
-		if err := writeFileAtomic(filepath.Join(dir, "ca.pem"), d.cfg.CAPEM, 0o644, owner); err != nil {
+		if err := writeOwned(filepath.Join(dir, "ca.pem"), d.cfg.CAPEM, 0o644, owner); err != nil {
 			return "", fmt.Errorf("sandbox %s: write CA bundle: %w", id, err)
 		}
 	}
@@ -491,36 +492,16 @@ func (d *Driver) isStopped(id string) bool {
 	return err == nil
 }
 
-// writeFileAtomic writes path through a temp file and a rename; owner >= 0 chowns it
-// first.
-func writeFileAtomic(path string, data []byte, perm os.FileMode, owner int) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), ".tmp-*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Chmod(perm); err != nil {
-		tmp.Close()
+// writeOwned writes path atomically; owner >= 0 then gives it to that uid (the
+// rootless service's user, the container's root).
+func writeOwned(path string, data []byte, perm os.FileMode, owner int) error {
+	if err := atomicfile.WriteFile(path, data, perm); err != nil {
 		return err
 	}
 	if owner >= 0 {
-		if err := tmp.Chown(owner, owner); err != nil {
-			tmp.Close()
-			return err
-		}
+		return os.Chown(path, owner, owner)
 	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp.Name(), path)
+	return nil
 }
 
 func firstNonEmpty(s ...string) string {
