@@ -188,9 +188,15 @@ curl -sS -m 15 -H "Authorization: Bearer $API_TOKEN" `+url(secure, "https"))
 		if r := sh(t, "cat /sandbox/up.txt"); strings.TrimSpace(r.stdout) != "uploaded" {
 			t.Fatalf("uploaded file: %q %q", r.stdout, r.stderr)
 		}
+		if r := sh(t, `[ "$(stat -c %u /sandbox/up.txt)" = "$(id -u)" ] && echo owned`); strings.TrimSpace(r.stdout) != "owned" {
+			t.Fatalf("uploaded file is not owned by the sandbox user: %q %q", r.stdout, r.stderr)
+		}
 		r := h.run(t.Context(), "sandbox", "upload", box, src, "/var/tmp/up.txt")
 		if r.code == 0 || sh(t, "test -e /var/tmp/up.txt").code == 0 {
-			t.Fatalf("sftp wrote outside the policy's read_write paths (upload exit %d: %s)", r.code, r.stderr)
+			t.Fatalf("upload wrote outside the policy's read_write paths (upload exit %d: %s)", r.code, r.stderr)
+		}
+		if !strings.Contains(r.stderr, "not writable for the agent") || !strings.Contains(r.stderr, "read_write") {
+			t.Fatalf("refused upload does not say why: %q", r.stderr)
 		}
 	})
 

@@ -109,6 +109,10 @@ func Extract(root *os.Root, as string, r io.Reader, count func(int64)) (Result, 
 			}
 			made[dir] = true
 		}
+		if sparse(hdr) {
+			// A few header bytes could expand to terabytes of zeros on disk.
+			return fail(errors.New("sparse files are not transferred"))
+		}
 		switch hdr.Typeflag {
 		case tar.TypeDir:
 			if err := mkdir(root, name); err != nil {
@@ -175,6 +179,18 @@ func Extract(root *os.Root, as string, r io.Reader, count func(int64)) (Result, 
 		}
 	}
 	return res, nil
+}
+
+func sparse(hdr *tar.Header) bool {
+	if hdr.Typeflag == tar.TypeGNUSparse {
+		return true
+	}
+	for k := range hdr.PAXRecords {
+		if strings.HasPrefix(k, "GNU.sparse.") {
+			return true
+		}
+	}
+	return false
 }
 
 func mapTop(name, first, as string) string {
