@@ -175,6 +175,13 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "openshell: no service here; service URLs look like /<sandbox>/<service>/ (see openshell service list)", http.StatusNotFound)
 		return
 	}
+	// Path routes answer only requests addressed to loopback: a web page whose DNS
+	// name rebinds to 127.0.0.1 sends its own name as Host, and must not reach
+	// sandbox services from the user's browser.
+	if !h.isHostRoute(r.Host) && !loopbackHost(r.Host) {
+		http.Error(w, fmt.Sprintf("openshell: requests for host %q are refused; use the URL `openshell service list` prints (127.0.0.1 or localhost)", r.Host), http.StatusMisdirectedRequest)
+		return
+	}
 	if redirect {
 		u := *r.URL
 		u.Path += "/"
@@ -199,6 +206,18 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		p.prefix = strings.TrimSuffix(path, rest)
 	}
 	h.proxy.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), ctxKey{}, p)))
+}
+
+func loopbackHost(host string) bool {
+	if h, _, err := net.SplitHostPort(host); err == nil {
+		host = h
+	}
+	host = strings.TrimSuffix(strings.Trim(host, "[]"), ".")
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 func (h *Handler) isHostRoute(host string) bool {

@@ -112,6 +112,16 @@ func TestHandler(t *testing.T) {
 	if code, _, _ := get("", "/sb/dup/"); code != 409 {
 		t.Errorf("ambiguous: %d", code)
 	}
+	// DNS rebinding: a foreign Host on a path route is refused before any lookup.
+	if code, body, _ := get("evil.example:80", "/sb/web/"); code != http.StatusMisdirectedRequest || !strings.Contains(body, "evil.example") {
+		t.Errorf("foreign host: %d %q", code, body)
+	}
+	if code, _, _ := get("localhost:1", "/sb/web/"); code != 200 {
+		t.Errorf("localhost: %d", code)
+	}
+	if code, _, _ := get("[::1]:1", "/sb/web/"); code != 200 {
+		t.Errorf("[::1]: %d", code)
+	}
 	if code, _, _ := get("", "/"); code != 404 {
 		t.Errorf("root: %d", code)
 	}
