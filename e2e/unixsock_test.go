@@ -3,9 +3,11 @@ package e2e
 import (
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 )
 
 // The CLI talks to a local gateway over its Unix socket: `gateway start` records it,
@@ -46,4 +48,40 @@ func TestCLIOverUnixSocket(t *testing.T) {
 	if r := h.mustRun(t, "sandbox", "list", "-o", "json"); strings.Contains(r.stdout, box) {
 		t.Fatalf("deleted sandbox still listed: %s", r.stdout)
 	}
+}
+
+// TestSocketVsTCPExecTiming (scripts/bench.sh cliapi) times `sandbox exec -- true`, a
+// whole CLI process, over the local socket and over TCP with mTLS (the socket record
+// removed) against one Docker sandbox, and prints both p50s and their ratio.
+func TestSocketVsTCPExecTiming(t *testing.T) {
+	if os.Getenv("OPENSHELL_BENCH") != "1" {
+		t.Skip("benchmark: run through scripts/bench.sh cliapi (OPENSHELL_BENCH=1)")
+	}
+	h := newHarness(t)
+	box := uniqueName("usbench")
+	h.create(box, "sleep", "infinity")
+	record := filepath.Join(h.home, "config", "openshell", "gateways", "default", "socket")
+	saved, err := os.ReadFile(record)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 15
+	timeExec := func() time.Duration {
+		h.mustRun(t, "sandbox", "exec", "-n", box, "--", "true") // warm
+		d := make([]time.Duration, n)
+		for i := range d {
+			d[i] = h.mustRun(t, "sandbox", "exec", "-n", box, "--", "true").took
+		}
+		slices.Sort(d)
+		return d[n/2]
+	}
+	unix := timeExec()
+	if err := os.Remove(record); err != nil {
+		t.Fatal(err)
+	}
+	tcp := timeExec()
+	if err := os.WriteFile(record, saved, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("sandbox exec -- true p50 (whole CLI process): unix %v, tcp+mTLS %v, unix/tcp %.2f×", unix, tcp, float64(unix)/float64(tcp))
 }

@@ -15,8 +15,9 @@
 #            10,000 small files vs `docker cp` (target ratio ≤ 1); VM driver 256 MiB in MiB/s
 #            (target ≥ 45 MiB/s under TCG)
 #   egress   1 GiB through the proxy vs direct (target ≥ 0.8×); CONNECT added latency
-#   cliapi   a CLI's calls over the local Unix socket vs TCP+mTLS: small RPC p50 and
-#            connect + first RPC p50 (target: the socket no slower)
+#   cliapi   a CLI's calls over the local Unix socket vs TCP+mTLS: small RPC p50,
+#            connect + first RPC p50, and `sandbox exec -- true` p50 on Docker
+#            (target: the socket no slower)
 # Usage: scripts/bench.sh [section…]   (default: all)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -41,7 +42,8 @@ for s in "${sections[@]}"; do
 		needs_docker; OPENSHELL_BENCH=1 E2E_DRIVER=docker go test -count=1 -run TestTransferSpeed -v -timeout 30m ./e2e/
 		./scripts/setup-vm-host.sh >/dev/null; OPENSHELL_BENCH=1 E2E_DRIVER=vm go test -count=1 -run TestTransferSpeed -v -timeout 30m ./e2e/ ;;
 	egress) go test -run '^$' -bench . -benchtime 3x ./supervisor/egress ;;
-	cliapi) OPENSHELL_BENCH=1 go test -count=1 -run TestBenchCLIAPI -v -timeout 5m ./gateway/daemon/ ;;
+	cliapi) OPENSHELL_BENCH=1 go test -count=1 -run TestBenchCLIAPI -v -timeout 5m ./gateway/daemon/
+		needs_docker; OPENSHELL_BENCH=1 go test -count=1 -run TestSocketVsTCPExecTiming -v -timeout 10m ./e2e/ ;;
 	*) echo "unknown section $s; valid: gateway store vmm images vm docker podman exec transfer egress cliapi" >&2; exit 2 ;;
 	esac
 done
