@@ -23,6 +23,13 @@ func OpenTarget(p string, writable []string) (root *os.Root, as, where string, e
 	}
 	d, err := os.Open(dir)
 	if err != nil {
+		// Confined, the agent's Landlock view may not even let it open a directory
+		// outside the policy: say which rule is missing rather than EACCES.
+		if errors.Is(err, os.ErrPermission) {
+			if cerr := CheckWritable(filepath.Join(dir, as), writable); cerr != nil {
+				return nil, "", "", cerr
+			}
+		}
 		return nil, "", "", fmt.Errorf("destination directory: %w", err)
 	}
 	defer d.Close()

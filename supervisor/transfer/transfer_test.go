@@ -229,6 +229,16 @@ func TestUploadAsSandboxUserOwnsFiles(t *testing.T) {
 	if _, err := os.Lstat(filepath.Join(base, "x")); !errors.Is(err, fs.ErrNotExist) {
 		t.Fatalf("refused upload left %s behind: %v", filepath.Join(base, "x"), err)
 	}
+	// A directory the user cannot even open (as Landlock makes paths outside the
+	// policy) still gets the policy's explanation, not a bare EACCES.
+	private := filepath.Join(base, "private")
+	if err := os.Mkdir(private, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	_, stderr, err = serveAs(t, uid, Request{Op: OpUpload, Path: filepath.Join(private, "x")}, buf.Bytes(), []string{home})
+	if err == nil || !strings.Contains(stderr, "not writable for the agent") {
+		t.Fatalf("upload into an unreadable directory outside the policy: err %v, stderr %q", err, stderr)
+	}
 	// Download reads as the user too and round-trips the tree.
 	out, stderr, err = serveAs(t, uid, Request{Op: OpDownload, Path: filepath.Join(home, "dest")}, nil, nil)
 	if err != nil {
