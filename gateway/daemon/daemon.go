@@ -147,7 +147,12 @@ func Start(ctx context.Context, cfg *config.Config, log *slog.Logger) (_ *Gatewa
 	cleanups = append(cleanups, lis.Close)
 	port := lis.Addr().(*net.TCPAddr).Port
 	ulis, upol, err := listenSocket(cfg)
-	if err != nil {
+	switch {
+	case err != nil && cfg.Socket == "":
+		// The default socket is a convenience: where the runtime dir cannot be made
+		// (a read-only root in a container), clients still have TCP with mTLS.
+		log.Warn("no local socket; CLI clients use TCP with mTLS", "err", err)
+	case err != nil:
 		return nil, err
 	}
 	if ulis != nil {

@@ -114,8 +114,20 @@ func listenSocket(cfg *config.Config) (*net.UnixListener, *socketPolicy, error) 
 				return nil, nil, err
 			}
 		}
-	} else if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, nil, fmt.Errorf("gateway socket dir %s: %w", dir, err)
+	} else if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) {
+		// A directory made here is private, or passable by the group only; an
+		// existing one is left as its owner set it.
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return nil, nil, fmt.Errorf("gateway socket dir %s: %w", dir, err)
+		}
+		if pol.gid >= 0 {
+			if err := os.Chown(dir, -1, pol.gid); err != nil {
+				return nil, nil, fmt.Errorf("gateway socket dir %s: group %s: %w", dir, pol.groupName, err)
+			}
+			if err := os.Chmod(dir, 0o710); err != nil {
+				return nil, nil, err
+			}
+		}
 	}
 	if err := removeStale(path); err != nil {
 		return nil, nil, err

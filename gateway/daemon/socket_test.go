@@ -325,6 +325,20 @@ func TestSocketRefusesOtherUsers(t *testing.T) {
 	if r := asUser(t, bin, g2.SocketPath, stranger); !strings.HasPrefix(r, "PermissionDenied") || !strings.Contains(r, "add the user to group users") {
 		t.Errorf("non-member through a 0666 socket: %s", r)
 	}
+
+	// A configured path whose directory the gateway makes: passable by the group.
+	tmp3 := tempDir(t)
+	if err := os.Chmod(tmp3, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	sock3 := filepath.Join(tmp3, "new", "gw.sock")
+	startTLSGateway(t, tmp3, func(c *config.Config) { c.Socket, c.SocketGroup = sock3, "100" })
+	if st, err := os.Stat(filepath.Dir(sock3)); err != nil || st.Mode().Perm() != 0o710 || st.Sys().(*syscall.Stat_t).Gid != users {
+		t.Errorf("made socket dir: %v %v", st.Mode(), err)
+	}
+	if r := asUser(t, bin, sock3, member); r != "OK" {
+		t.Errorf("member, configured path: %s", r)
+	}
 }
 
 // remoteEnv marks the test binary re-run inside its own network namespace.
