@@ -94,10 +94,12 @@ type Gateway struct {
 
 	grpc   *grpc.Server
 	health *http.Server
-	driver drivers.Driver
-	store  store.Store
-	log    *slog.Logger
-	done   chan error
+	// socketDir is the default socket's runtime dir, removed at Stop once empty.
+	socketDir string
+	driver    drivers.Driver
+	store     store.Store
+	log       *slog.Logger
+	done      chan error
 }
 
 // Start brings a gateway up and returns once it is serving.
@@ -265,6 +267,9 @@ func Start(ctx context.Context, cfg *config.Config, log *slog.Logger) (_ *Gatewa
 	}
 	if ulis != nil {
 		g.SocketPath = ulis.Addr().String()
+		if cfg.Socket == "" {
+			g.socketDir = filepath.Dir(g.SocketPath)
+		}
 		go func() { _ = gs.Serve(ulis) }()
 	}
 	log.Info("gateway listening", "addr", lis.Addr().String(), "tls", !cfg.DisableTLS, "driver", name, "socket", g.SocketPath,
@@ -384,6 +389,9 @@ func (g *Gateway) Stop(timeout time.Duration) error {
 	}
 	if g.health != nil {
 		_ = g.health.Close()
+	}
+	if g.socketDir != "" {
+		_ = os.Remove(g.socketDir) // only when empty: the socket went with its listener
 	}
 	errs := []error{srvErr, g.driver.Close(), g.store.Close()}
 	return errors.Join(errs...)

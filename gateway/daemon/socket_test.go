@@ -178,8 +178,10 @@ func TestLocalSocketAndTCPFallback(t *testing.T) {
 	if err := g.Stop(5 * time.Second); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := os.Lstat(path); !os.IsNotExist(err) {
-		t.Errorf("socket left after stop: %v", err)
+	for _, p := range []string{path, filepath.Dir(path)} {
+		if _, err := os.Lstat(p); !os.IsNotExist(err) {
+			t.Errorf("%s left after stop: %v", p, err)
+		}
 	}
 }
 
