@@ -44,19 +44,6 @@ func TestTransferSpeed(t *testing.T) {
 		}
 	}
 	f.Close()
-	tree := filepath.Join(t.TempDir(), "tree")
-	const nSmall, smallSize = 10000, 4 << 10
-	for i := 0; i < nSmall; i++ {
-		p := filepath.Join(tree, fmt.Sprintf("d%02d", i/100), fmt.Sprintf("f%04d.txt", i))
-		if i%100 == 0 {
-			if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-				t.Fatal(err)
-			}
-		}
-		if err := os.WriteFile(p, chunk[:smallSize], 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
 	timed := func(f func()) time.Duration {
 		start := time.Now()
 		f()
@@ -77,6 +64,19 @@ func TestTransferSpeed(t *testing.T) {
 		return
 	}
 
+	tree := filepath.Join(t.TempDir(), "tree")
+	const nSmall, smallSize = 10000, 4 << 10
+	for i := 0; i < nSmall; i++ {
+		p := filepath.Join(tree, fmt.Sprintf("d%02d", i/100), fmt.Sprintf("f%04d.txt", i))
+		if i%100 == 0 {
+			if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := os.WriteFile(p, chunk[:smallSize], 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
 	cid := containerID(t, box)
 	dockerCp := func(from, to string) {
 		if out, err := exec.CommandContext(ctx, "docker", "cp", from, to).CombinedOutput(); err != nil {
