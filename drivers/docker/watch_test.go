@@ -5,6 +5,7 @@ import (
 	"testing"
 
 	"github.com/openshell/openshell/api/computev1"
+	"github.com/openshell/openshell/drivers/containers"
 	"github.com/openshell/openshell/drivers/drivertest"
 )
 
@@ -25,16 +26,16 @@ func TestWatchResyncRepairsMissedEvents(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	collect := func(w *watcher) []*computev1.WatchSandboxesEvent {
-		go func() { w.resync(ctx); close(w.out) }()
+	collect := func(w *containers.Watch) []*computev1.WatchSandboxesEvent {
+		go func() { w.Resync(ctx); close(w.Out) }()
 		var evs []*computev1.WatchSandboxesEvent
-		for ev := range w.out {
+		for ev := range w.Out {
 			evs = append(evs, ev)
 		}
 		return evs
 	}
-	w := &watcher{d: d, out: make(chan *computev1.WatchSandboxesEvent, 8),
-		known: map[string]string{"ghost-id": "x", id: "stale"}}
+	w := containers.NewWatch(d, d.log, DriverName)
+	w.Known = map[string]string{"ghost-id": "x", id: "stale"}
 	evs := collect(w)
 	var ghostDeleted, resent bool
 	for _, ev := range evs {
@@ -49,8 +50,8 @@ func TestWatchResyncRepairsMissedEvents(t *testing.T) {
 		t.Errorf("resync events %v: want ghost-id deleted and %s re-sent", evs, id)
 	}
 
-	w = &watcher{d: d, out: make(chan *computev1.WatchSandboxesEvent, 8),
-		known: map[string]string{id: fingerprint(cur)}}
+	w = containers.NewWatch(d, d.log, DriverName)
+	w.Known = map[string]string{id: containers.Fingerprint(cur)}
 	if evs := collect(w); len(evs) != 0 {
 		t.Errorf("resync with nothing changed sent %v", evs)
 	}
