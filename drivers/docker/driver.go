@@ -23,6 +23,7 @@ import (
 
 	"github.com/openshell/openshell/api/computev1"
 	"github.com/openshell/openshell/drivers"
+	"github.com/openshell/openshell/drivers/containers"
 	"github.com/openshell/openshell/internal/atomicfile"
 )
 
@@ -42,7 +43,7 @@ type Driver struct {
 	gatewayIP string   // the openshell bridge network's gateway address
 	fwd       *forwarder
 
-	locks sync.Map // sandbox id → *sync.Mutex; serialises create/delete of one id
+	locks containers.Locks
 
 	closeOnce sync.Once
 	closed    chan struct{}
@@ -169,7 +170,7 @@ func (d *Driver) Create(ctx context.Context, sb *computev1.DriverSandbox) (retEr
 	if err != nil {
 		return err
 	}
-	unlock := d.lock(sb.GetId())
+	unlock := d.locks.Lock(sb.GetId())
 	defer unlock()
 
 	// The state dir records the container of every sandbox this driver created, so
@@ -219,7 +220,7 @@ func (d *Driver) Create(ctx context.Context, sb *computev1.DriverSandbox) (retEr
 	if _, err := d.cli.ContainerStart(ctx, created.ID, client.ContainerStartOptions{}); err != nil {
 		return d.wrap(err, "start container for sandbox "+sb.GetId())
 	}
-	d.log.Info("sandbox container started", "sandbox_id", sb.GetId(), "container", shortID(created.ID), "image", p.imageRef)
+	d.log.Info("sandbox container started", "sandbox_id", sb.GetId(), "container", containers.ShortID(created.ID), "image", p.imageRef)
 	return nil
 }
 
@@ -245,7 +246,7 @@ func (d *Driver) List(ctx context.Context) ([]*computev1.DriverSandbox, error) {
 			continue // removed between list and inspect
 		}
 		if err != nil {
-			return nil, d.wrap(err, "inspect container "+shortID(c.ID))
+			return nil, d.wrap(err, "inspect container "+containers.ShortID(c.ID))
 		}
 		out = append(out, d.observe(ctx, ins.Container))
 	}
@@ -261,7 +262,7 @@ func (d *Driver) Stop(ctx context.Context, id, name string) error {
 		return err
 	}
 	sid := c.Config.Labels[LabelSandboxID]
-	if err := d.setStopped(sid, true); err != nil {
+	if err := containers.SetStopped(d.stateDir(sid), sid, true, stateDirPerm); err != nil {
 		return err
 	}
 	timeout := int(d.cfg.StopTimeout.Round(time.Second) / time.Second)
@@ -281,12 +282,12 @@ func (d *Driver) Start(ctx context.Context, id, name string) error {
 	if _, err := d.cli.ContainerStart(ctx, c.ID, client.ContainerStartOptions{}); err != nil {
 		return d.wrap(err, "start sandbox "+sid)
 	}
-	return d.setStopped(sid, false)
+	return containers.SetStopped(d.stateDir(sid), sid, false, stateDirPerm)
 }
 
 // Delete removes the container, its anonymous volumes and the per-sandbox files.
 func (d *Driver) Delete(ctx context.Context, id, name string) (bool, error) {
-	unlock := d.lock(id)
+	unlock := d.locks.Lock(id)
 	defer unlock()
 	c, err := d.find(ctx, id, name)
 	if errors.Is(err, drivers.ErrNotFound) {
@@ -309,10 +310,10 @@ func (d *Driver) Delete(ctx context.Context, id, name string) (bool, error) {
 	if err := os.RemoveAll(d.stateDir(sid)); err != nil {
 		return true, fmt.Errorf("sandbox %s: container removed but its state files remain: %w", sid, err)
 	}
-	d.log.Info("sandbox container removed", "sandbox_id", sid, "container", shortID(c.ID))
+	d.log.Info("sandbox container removed", "sandbox_id", sid, "container", containers.ShortID(c.ID))
 	// Forget the id's lock so the map does not grow with every sandbox ever made; a
 	// caller already waiting on it still gets it, which is harmless after a delete.
-	d.locks.Delete(id)
+	d.locks.Forget(id)
 	return true, nil
 }
 
@@ -353,7 +354,7 @@ func (d *Driver) find(ctx context.Context, id, name string) (container.InspectRe
 			continue
 		}
 		if err != nil {
-			return container.InspectResponse{}, d.wrap(err, "inspect container "+shortID(it.ID))
+			return container.InspectResponse{}, d.wrap(err, "inspect container "+containers.ShortID(it.ID))
 		}
 		return c.Container, nil
 	}
@@ -402,12 +403,8 @@ func (d *Driver) filters() client.Filters {
 	return f
 }
 
-func (d *Driver) lock(id string) func() {
-	m, _ := d.locks.LoadOrStore(id, &sync.Mutex{})
-	mu := m.(*sync.Mutex)
-	mu.Lock()
-	return mu.Unlock
-}
+// stateDirPerm is the mode of a sandbox's state dir.
+const stateDirPerm = 0o755
 
 // Per-sandbox state on the host: StateDir/<id>/{token,ca.pem,stopped}. The directory is
 // bind-mounted read-only at BootstrapDir.
@@ -417,11 +414,11 @@ func (d *Driver) stateDir(id string) string {
 
 func (d *Driver) writeState(id, token string) (string, error) {
 	dir := d.stateDir(id)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	if err := os.MkdirAll(dir, stateDirPerm); err != nil {
 		return "", fmt.Errorf("sandbox %s: state dir: %w", id, err)
 	}
 	// A leftover from an earlier sandbox with this id (removed behind our back).
-	if err := d.setStopped(id, false); err != nil {
+	if err := containers.SetStopped(d.stateDir(id), id, false, stateDirPerm); err != nil {
 		return "", err
 	}
 	// The token is the sandbox's credential: root-only; the supervisor runs as root.
@@ -434,28 +431,6 @@ func (d *Driver) writeState(id, token string) (string, error) {
 		}
 	}
 	return dir, nil
-}
-
-func (d *Driver) setStopped(id string, stopped bool) error {
-	p := filepath.Join(d.stateDir(id), "stopped")
-	if !stopped {
-		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
-			return fmt.Errorf("sandbox %s: clear stop marker: %w", id, err)
-		}
-		return nil
-	}
-	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-		return fmt.Errorf("sandbox %s: stop marker: %w", id, err)
-	}
-	if err := os.WriteFile(p, nil, 0o600); err != nil {
-		return fmt.Errorf("sandbox %s: stop marker: %w", id, err)
-	}
-	return nil
-}
-
-func (d *Driver) isStopped(id string) bool {
-	_, err := os.Stat(filepath.Join(d.stateDir(id), "stopped"))
-	return err == nil
 }
 
 func firstNonEmpty(s ...string) string {

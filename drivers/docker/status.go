@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"strings"
 	"time"
 
 	"github.com/moby/moby/api/pkg/stdcopy"
@@ -13,6 +12,7 @@ import (
 
 	"github.com/openshell/openshell/api/computev1"
 	"github.com/openshell/openshell/drivers"
+	"github.com/openshell/openshell/drivers/containers"
 )
 
 // exitLogLines is how many of a dead container's last log lines go into its condition.
@@ -37,7 +37,7 @@ func (d *Driver) observe(ctx context.Context, c container.InspectResponse) *comp
 		Workspace: labels[LabelWorkspace],
 		Status: &computev1.DriverSandboxStatus{
 			SandboxName: labels[LabelSandboxName],
-			InstanceId:  shortID(c.ID),
+			InstanceId:  containers.ShortID(c.ID),
 		},
 	}
 	st := c.State
@@ -48,10 +48,10 @@ func (d *Driver) observe(ctx context.Context, c container.InspectResponse) *comp
 		return sb
 	}
 	var logs string
-	if (st.Status == container.StateExited || st.Status == container.StateDead) && !d.isStopped(id) {
+	if (st.Status == container.StateExited || st.Status == container.StateDead) && !containers.IsStopped(d.stateDir(id)) {
 		logs = d.lastLogs(ctx, c.ID)
 	}
-	sb.Status.Conditions, sb.Status.Deleting = conditions(st, c.Created, d.isStopped(id), logs)
+	sb.Status.Conditions, sb.Status.Deleting = conditions(st, c.Created, containers.IsStopped(d.stateDir(id)), logs)
 	return sb
 }
 
@@ -73,23 +73,9 @@ func conditions(st *container.State, created string, stopRequested bool, logs st
 	case st.Running || st.Status == container.StateRunning:
 		return ready(drivers.StatusTrue, drivers.ReasonRunning, "container running", st.StartedAt), false
 	case stopRequested:
-		return []*computev1.DriverCondition{
-			cond(drivers.ConditionReady, drivers.StatusFalse, drivers.ReasonContainerStopped, "sandbox stopped on request", st.FinishedAt),
-			cond(drivers.ConditionSuspended, drivers.StatusTrue, drivers.ReasonStopped, "sandbox stopped on request; start it to resume", st.FinishedAt),
-		}, false
+		return containers.StoppedOnRequest(engineTime(st.FinishedAt)), false
 	default: // exited or dead without a stop request: the supervisor died.
-		var msg strings.Builder
-		fmt.Fprintf(&msg, "container exited with code %d", st.ExitCode)
-		if st.OOMKilled {
-			msg.WriteString(" (killed: out of memory; raise the sandbox's memory limit)")
-		}
-		if st.Error != "" {
-			fmt.Fprintf(&msg, ": %s", st.Error)
-		}
-		if logs != "" {
-			fmt.Fprintf(&msg, "; last log lines:\n%s", logs)
-		}
-		return ready(drivers.StatusFalse, drivers.ReasonContainerExited, msg.String(), st.FinishedAt), false
+		return []*computev1.DriverCondition{containers.Exited(st.ExitCode, st.OOMKilled, st.Error, logs, engineTime(st.FinishedAt))}, false
 	}
 }
 
@@ -109,31 +95,16 @@ func (d *Driver) lastLogs(ctx context.Context, containerID string) string {
 	if _, err := stdcopy.StdCopy(&buf, &buf, rc); err != nil && buf.Len() == 0 {
 		return ""
 	}
-	lines := strings.Split(strings.TrimRight(buf.String(), "\n"), "\n")
-	if len(lines) > exitLogLines {
-		lines = lines[len(lines)-exitLogLines:]
-	}
-	return strings.Join(lines, "\n")
+	return containers.LastLines(buf.String(), exitLogLines)
 }
 
 // cond builds a condition; at is a Docker RFC 3339 timestamp ("" or zero = now).
 func cond(typ, status, reason, msg, at string) *computev1.DriverCondition {
-	t, err := time.Parse(time.RFC3339Nano, at)
-	if err != nil || t.IsZero() || t.Year() < 2000 {
-		t = time.Now()
-	}
-	return &computev1.DriverCondition{
-		Type:               typ,
-		Status:             status,
-		Reason:             reason,
-		Message:            msg,
-		LastTransitionTime: t.UTC().Format(time.RFC3339),
-	}
+	return containers.Condition(typ, status, reason, msg, engineTime(at))
 }
 
-func shortID(id string) string {
-	if len(id) > 12 {
-		return id[:12]
-	}
-	return id
+// engineTime parses a Docker timestamp; zero when there is none.
+func engineTime(at string) time.Time {
+	t, _ := time.Parse(time.RFC3339Nano, at)
+	return t
 }

@@ -21,6 +21,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/openshell/openshell/drivers/containers"
 )
 
 // apiPrefix is the libpod API version the driver speaks (Podman 5).
@@ -274,7 +276,7 @@ func (c *client) containerCreate(ctx context.Context, s *specGenerator) (string,
 }
 
 func (c *client) containerStart(ctx context.Context, id string) error {
-	return c.call(ctx, http.MethodPost, apiPrefix+"/containers/"+url.PathEscape(id)+"/start", nil, nil, nil, "start container "+shortID(id))
+	return c.call(ctx, http.MethodPost, apiPrefix+"/containers/"+url.PathEscape(id)+"/start", nil, nil, nil, "start container "+containers.ShortID(id))
 }
 
 func (c *client) containerStop(ctx context.Context, id string, timeout time.Duration) error {
@@ -282,12 +284,12 @@ func (c *client) containerStop(ctx context.Context, id string, timeout time.Dura
 	// The stop itself waits up to timeout; give the HTTP call that long and more.
 	ctx, cancel := context.WithTimeout(ctx, timeout+30*time.Second)
 	defer cancel()
-	return c.call(ctx, http.MethodPost, apiPrefix+"/containers/"+url.PathEscape(id)+"/stop", q, nil, nil, "stop container "+shortID(id))
+	return c.call(ctx, http.MethodPost, apiPrefix+"/containers/"+url.PathEscape(id)+"/stop", q, nil, nil, "stop container "+containers.ShortID(id))
 }
 
 func (c *client) containerRemove(ctx context.Context, id string) error {
 	q := url.Values{"force": {"true"}, "v": {"true"}, "timeout": {"0"}}
-	return c.call(ctx, http.MethodDelete, apiPrefix+"/containers/"+url.PathEscape(id), q, nil, nil, "remove container "+shortID(id))
+	return c.call(ctx, http.MethodDelete, apiPrefix+"/containers/"+url.PathEscape(id), q, nil, nil, "remove container "+containers.ShortID(id))
 }
 
 // containerState is the State block of a libpod container inspect.
@@ -342,7 +344,7 @@ type containerInspect struct {
 
 func (c *client) containerInspect(ctx context.Context, id string) (containerInspect, error) {
 	var ci containerInspect
-	err := c.call(ctx, http.MethodGet, apiPrefix+"/containers/"+url.PathEscape(id)+"/json", nil, nil, &ci, "inspect container "+shortID(id))
+	err := c.call(ctx, http.MethodGet, apiPrefix+"/containers/"+url.PathEscape(id)+"/json", nil, nil, &ci, "inspect container "+containers.ShortID(id))
 	return ci, err
 }
 
@@ -376,7 +378,7 @@ func (c *client) containerList(ctx context.Context, labels map[string]string) ([
 // containerLogs returns the last n lines of stdout and stderr, interleaved.
 func (c *client) containerLogs(ctx context.Context, id string, n int) (string, error) {
 	q := url.Values{"stdout": {"true"}, "stderr": {"true"}, "tail": {strconv.Itoa(n)}}
-	resp, err := c.do(ctx, c.http, http.MethodGet, apiPrefix+"/containers/"+url.PathEscape(id)+"/logs", q, nil, "read logs of "+shortID(id))
+	resp, err := c.do(ctx, c.http, http.MethodGet, apiPrefix+"/containers/"+url.PathEscape(id)+"/logs", q, nil, "read logs of "+containers.ShortID(id))
 	if err != nil {
 		return "", err
 	}
@@ -476,11 +478,4 @@ func decodeEvents(ctx context.Context, r io.Reader, out chan<- event) error {
 			return nil
 		}
 	}
-}
-
-func shortID(id string) string {
-	if len(id) > 12 {
-		return id[:12]
-	}
-	return id
 }

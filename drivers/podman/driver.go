@@ -26,6 +26,7 @@ import (
 
 	"github.com/openshell/openshell/api/computev1"
 	"github.com/openshell/openshell/drivers"
+	"github.com/openshell/openshell/drivers/containers"
 	"github.com/openshell/openshell/internal/atomicfile"
 )
 
@@ -44,7 +45,7 @@ type Driver struct {
 	cgroupsV1 bool
 	ownerUID  int // uid the service runs as (owner of its socket)
 
-	locks sync.Map // sandbox id → *sync.Mutex; serialises create/delete of one id
+	locks containers.Locks
 
 	closeOnce sync.Once
 	closed    chan struct{}
@@ -207,7 +208,7 @@ func (d *Driver) Create(ctx context.Context, sb *computev1.DriverSandbox) (retEr
 	if err != nil {
 		return err
 	}
-	unlock := d.lock(sb.GetId())
+	unlock := d.locks.Lock(sb.GetId())
 	defer unlock()
 	if c, ok, err := d.lookupByID(ctx, sb.GetId()); err != nil {
 		return err
@@ -245,7 +246,7 @@ func (d *Driver) Create(ctx context.Context, sb *computev1.DriverSandbox) (retEr
 	if err := d.cli.containerStart(ctx, cid); err != nil {
 		return d.wrap(err, "start container for sandbox "+sb.GetId())
 	}
-	d.log.Info("sandbox container started", "sandbox_id", sb.GetId(), "container", shortID(cid), "image", p.imageRef)
+	d.log.Info("sandbox container started", "sandbox_id", sb.GetId(), "container", containers.ShortID(cid), "image", p.imageRef)
 	return nil
 }
 
@@ -271,7 +272,7 @@ func (d *Driver) List(ctx context.Context) ([]*computev1.DriverSandbox, error) {
 			continue // removed between list and inspect
 		}
 		if err != nil {
-			return nil, d.wrap(err, "inspect container "+shortID(it.ID))
+			return nil, d.wrap(err, "inspect container "+containers.ShortID(it.ID))
 		}
 		out = append(out, d.observe(ctx, c))
 	}
@@ -287,7 +288,7 @@ func (d *Driver) Stop(ctx context.Context, id, name string) error {
 		return err
 	}
 	sid := c.Config.Labels[drivers.LabelSandboxID]
-	if err := d.setStopped(sid, true); err != nil {
+	if err := containers.SetStopped(d.stateDir(sid), sid, true, stateDirPerm); err != nil {
 		return err
 	}
 	if err := d.cli.containerStop(ctx, c.ID, d.cfg.StopTimeout); err != nil {
@@ -306,12 +307,12 @@ func (d *Driver) Start(ctx context.Context, id, name string) error {
 	if err := d.cli.containerStart(ctx, c.ID); err != nil {
 		return d.wrap(err, "start sandbox "+sid)
 	}
-	return d.setStopped(sid, false)
+	return containers.SetStopped(d.stateDir(sid), sid, false, stateDirPerm)
 }
 
 // Delete removes the container, its anonymous volumes and the per-sandbox files.
 func (d *Driver) Delete(ctx context.Context, id, name string) (bool, error) {
-	unlock := d.lock(id)
+	unlock := d.locks.Lock(id)
 	defer unlock()
 	c, err := d.find(ctx, id, name)
 	if errors.Is(err, drivers.ErrNotFound) {
@@ -334,8 +335,8 @@ func (d *Driver) Delete(ctx context.Context, id, name string) (bool, error) {
 	if err := os.RemoveAll(d.stateDir(sid)); err != nil {
 		return true, fmt.Errorf("sandbox %s: container removed but its state files remain: %w", sid, err)
 	}
-	d.log.Info("sandbox container removed", "sandbox_id", sid, "container", shortID(c.ID))
-	d.locks.Delete(id)
+	d.log.Info("sandbox container removed", "sandbox_id", sid, "container", containers.ShortID(c.ID))
+	d.locks.Forget(id)
 	return true, nil
 }
 
@@ -375,7 +376,7 @@ func (d *Driver) find(ctx context.Context, id, name string) (containerInspect, e
 			continue
 		}
 		if err != nil {
-			return containerInspect{}, d.wrap(err, "inspect container "+shortID(it.ID))
+			return containerInspect{}, d.wrap(err, "inspect container "+containers.ShortID(it.ID))
 		}
 		if d.owns(c) {
 			return c, nil
@@ -426,12 +427,8 @@ func (d *Driver) selector() map[string]string {
 	return sel
 }
 
-func (d *Driver) lock(id string) func() {
-	m, _ := d.locks.LoadOrStore(id, &sync.Mutex{})
-	mu := m.(*sync.Mutex)
-	mu.Lock()
-	return mu.Unlock
-}
+// stateDirPerm is the mode of a sandbox's state dir.
+const stateDirPerm = 0o700
 
 // Per-sandbox state on the host: StateDir/sandboxes/<id>/{token,ca.pem,container,stopped}.
 // The directory is bind-mounted read-only at drivers.BootstrapDir.
@@ -441,7 +438,7 @@ func (d *Driver) stateDir(id string) string {
 
 func (d *Driver) writeState(id, token string) (string, error) {
 	dir := d.stateDir(id)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+	if err := os.MkdirAll(dir, stateDirPerm); err != nil {
 		return "", fmt.Errorf("sandbox %s: state dir: %w", id, err)
 	}
 	owner := -1
@@ -454,7 +451,7 @@ func (d *Driver) writeState(id, token string) (string, error) {
 		}
 	}
 	// A leftover from an earlier sandbox with this id (removed behind our back).
-	if err := d.setStopped(id, false); err != nil {
+	if err := containers.SetStopped(d.stateDir(id), id, false, stateDirPerm); err != nil {
 		return "", err
 	}
 	// The token is the sandbox's credential: readable only by the container's root
@@ -468,28 +465,6 @@ func (d *Driver) writeState(id, token string) (string, error) {
 		}
 	}
 	return dir, nil
-}
-
-func (d *Driver) setStopped(id string, stopped bool) error {
-	p := filepath.Join(d.stateDir(id), "stopped")
-	if !stopped {
-		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
-			return fmt.Errorf("sandbox %s: clear stop marker: %w", id, err)
-		}
-		return nil
-	}
-	if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
-		return fmt.Errorf("sandbox %s: stop marker: %w", id, err)
-	}
-	if err := os.WriteFile(p, nil, 0o600); err != nil {
-		return fmt.Errorf("sandbox %s: stop marker: %w", id, err)
-	}
-	return nil
-}
-
-func (d *Driver) isStopped(id string) bool {
-	_, err := os.Stat(filepath.Join(d.stateDir(id), "stopped"))
-	return err == nil
 }
 
 // writeOwned writes path atomically; owner >= 0 then gives it to that uid (the

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/openshell/openshell/drivers"
+	"github.com/openshell/openshell/drivers/containers"
 	"github.com/openshell/openshell/internal/testenv"
 )
 
@@ -137,7 +138,7 @@ func runLeaks(md mode, volsBefore map[string]bool) []string {
 	if cs, err := c.containerList(ctx, sel); err == nil {
 		for _, it := range cs {
 			if strings.HasPrefix(it.Labels[labelTestRun], testRunID) {
-				leaks = append(leaks, md.name+" container "+shortID(it.ID))
+				leaks = append(leaks, md.name+" container "+containers.ShortID(it.ID))
 			}
 		}
 	} else {
@@ -282,7 +283,7 @@ func checkNoLeaks(t testing.TB, cfg Config) {
 		t.Errorf("leak check: list containers: %v", err)
 	}
 	for _, it := range items {
-		t.Errorf("leak: container %s (%v) of this test run was left behind", shortID(it.ID), it.Names)
+		t.Errorf("leak: container %s (%v) of this test run was left behind", containers.ShortID(it.ID), it.Names)
 		_ = c.containerRemove(ctx, it.ID)
 	}
 }

@@ -2,12 +2,11 @@ package podman
 
 import (
 	"context"
-	"fmt"
-	"strings"
 	"time"
 
 	"github.com/openshell/openshell/api/computev1"
 	"github.com/openshell/openshell/drivers"
+	"github.com/openshell/openshell/drivers/containers"
 )
 
 // exitLogLines is how many of a dead container's last log lines go into its condition.
@@ -33,7 +32,7 @@ func (d *Driver) observe(ctx context.Context, c containerInspect) *computev1.Dri
 		Workspace: labels[drivers.LabelWorkspace],
 		Status: &computev1.DriverSandboxStatus{
 			SandboxName: labels[drivers.LabelSandboxName],
-			InstanceId:  shortID(c.ID),
+			InstanceId:  containers.ShortID(c.ID),
 		},
 	}
 	st := c.State
@@ -43,7 +42,7 @@ func (d *Driver) observe(ctx context.Context, c containerInspect) *computev1.Dri
 		}
 		return sb
 	}
-	stopped := d.isStopped(id)
+	stopped := containers.IsStopped(d.stateDir(id))
 	var logs string
 	if exited(st) && !stopped {
 		logs = d.lastLogs(ctx, c.ID)
@@ -80,23 +79,9 @@ func conditions(st *containerState, created time.Time, stopRequested bool, logs 
 	case st.Status == "stopping":
 		return ready(drivers.StatusUnknown, ReasonContainerStopping, "container is stopping", st.StartedAt), false
 	case stopRequested:
-		return []*computev1.DriverCondition{
-			cond(drivers.ConditionReady, drivers.StatusFalse, drivers.ReasonContainerStopped, "sandbox stopped on request", st.FinishedAt),
-			cond(drivers.ConditionSuspended, drivers.StatusTrue, drivers.ReasonStopped, "sandbox stopped on request; start it to resume", st.FinishedAt),
-		}, false
+		return containers.StoppedOnRequest(st.FinishedAt), false
 	default: // exited without a stop request: the supervisor died.
-		var msg strings.Builder
-		fmt.Fprintf(&msg, "container exited with code %d", st.ExitCode)
-		if st.OOMKilled {
-			msg.WriteString(" (killed: out of memory; raise the sandbox's memory limit)")
-		}
-		if st.Error != "" {
-			fmt.Fprintf(&msg, ": %s", st.Error)
-		}
-		if logs != "" {
-			fmt.Fprintf(&msg, "; last log lines:\n%s", logs)
-		}
-		return ready(drivers.StatusFalse, drivers.ReasonContainerExited, msg.String(), st.FinishedAt), false
+		return []*computev1.DriverCondition{containers.Exited(st.ExitCode, st.OOMKilled, st.Error, logs, st.FinishedAt)}, false
 	}
 }
 
@@ -108,23 +93,7 @@ func (d *Driver) lastLogs(ctx context.Context, containerID string) string {
 	if err != nil && out == "" {
 		return ""
 	}
-	lines := strings.Split(strings.TrimRight(out, "\n"), "\n")
-	if len(lines) > exitLogLines {
-		lines = lines[len(lines)-exitLogLines:]
-	}
-	return strings.Join(lines, "\n")
+	return containers.LastLines(out, exitLogLines)
 }
 
-// cond builds a condition; a zero (or pre-2000) time means now.
-func cond(typ, status, reason, msg string, at time.Time) *computev1.DriverCondition {
-	if at.IsZero() || at.Year() < 2000 {
-		at = time.Now()
-	}
-	return &computev1.DriverCondition{
-		Type:               typ,
-		Status:             status,
-		Reason:             reason,
-		Message:            msg,
-		LastTransitionTime: at.UTC().Format(time.RFC3339),
-	}
-}
+var cond = containers.Condition
