@@ -3,13 +3,13 @@ package docker
 import (
 	"errors"
 	"fmt"
-	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
 	"time"
 
 	"github.com/openshell/openshell/drivers"
+	"github.com/openshell/openshell/drivers/containers"
 )
 
 // Label keys, paths inside a sandbox container and the gateway's host name are the
@@ -29,10 +29,10 @@ const (
 // Defaults filled by Config.withDefaults.
 const (
 	DefaultNetwork      = "openshell"
-	DefaultMinMemory    = 64 << 20 // below this the supervisor itself does not start reliably
-	DefaultPidsLimit    = 4096
-	DefaultStopTimeout  = 10 * time.Second
-	DefaultResync       = 30 * time.Second
+	DefaultMinMemory    = containers.DefaultMinMemory
+	DefaultPidsLimit    = containers.DefaultPidsLimit
+	DefaultStopTimeout  = containers.DefaultStopTimeout
+	DefaultResync       = containers.DefaultResync
 	defaultSocketPath   = "/var/run/docker.sock"
 	defaultStateSubpath = ".local/state/openshell/docker"
 )
@@ -130,49 +130,16 @@ func (c Config) Validate() error {
 	if c.Host != "" && !strings.Contains(c.Host, "://") {
 		bad("host %q: want unix:///path/to/docker.sock or tcp://host:port", c.Host)
 	}
-	if c.SupervisorBinary == "" {
-		bad("supervisor_binary is empty: set it to the host path of the static openshell-sandbox binary")
-	} else if !filepath.IsAbs(c.SupervisorBinary) {
-		bad("supervisor_binary %q is not an absolute path", c.SupervisorBinary)
-	} else if st, err := os.Stat(c.SupervisorBinary); err != nil {
-		bad("supervisor_binary: %w (build it with CGO_ENABLED=0 go build ./cmd/openshell-sandbox)", err)
-	} else if !st.Mode().IsRegular() || st.Mode().Perm()&0o111 == 0 {
-		bad("supervisor_binary %q is not an executable file", c.SupervisorBinary)
+	cs := containers.Settings{
+		SupervisorBinary: c.SupervisorBinary, GatewayEndpoint: c.GatewayEndpoint, GatewayPort: c.GatewayPort,
+		StateDir: c.StateDir, DefaultCPU: c.DefaultCPU, DefaultMemory: c.DefaultMemory, MinMemory: c.MinMemory,
+		StopTimeout: c.StopTimeout, ResyncInterval: c.ResyncInterval,
 	}
-	if c.GatewayEndpoint == "" {
-		bad("gateway_endpoint is empty: set it to https://%s:<gateway port>", GatewayHost)
-	} else if u, err := url.Parse(c.GatewayEndpoint); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		bad("gateway_endpoint %q: want an http(s) URL such as https://%s:17670", c.GatewayEndpoint, GatewayHost)
-	}
-	if c.GatewayPort < 0 || c.GatewayPort > 65535 {
-		bad("gateway_port %d is out of range 0-65535", c.GatewayPort)
-	}
-	if c.StateDir == "" {
-		bad("state_dir is empty: set it to a directory for per-sandbox files")
-	} else if !filepath.IsAbs(c.StateDir) {
-		bad("state_dir %q is not an absolute path (the Docker daemon bind-mounts files from it)", c.StateDir)
-	}
+	cs.CheckFiles(bad, "", "the Docker daemon")
 	if c.Network == "" {
 		bad("network is empty")
 	}
-	if c.DefaultCPU != "" {
-		if _, err := parseCPU(c.DefaultCPU); err != nil {
-			bad("default_cpu: %w", err)
-		}
-	}
-	if c.DefaultMemory != "" {
-		if m, err := parseMemory(c.DefaultMemory); err != nil {
-			bad("default_memory: %w", err)
-		} else if m < c.MinMemory {
-			bad("default_memory %q is below min_memory (%d bytes)", c.DefaultMemory, c.MinMemory)
-		}
-	}
-	if c.MinMemory < 0 {
-		bad("min_memory %d is negative", c.MinMemory)
-	}
-	if c.StopTimeout < 0 || c.ResyncInterval < 0 {
-		bad("stop_timeout and resync_interval must not be negative")
-	}
+	cs.CheckLimits(bad)
 	for k := range c.Labels {
 		if k == LabelManagedBy || k == LabelSandboxID || k == LabelSandboxName {
 			bad("labels: %q is reserved for the driver", k)

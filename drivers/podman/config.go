@@ -3,7 +3,6 @@ package podman
 import (
 	"errors"
 	"fmt"
-	"net/url"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -11,14 +10,15 @@ import (
 	"time"
 
 	"github.com/openshell/openshell/drivers"
+	"github.com/openshell/openshell/drivers/containers"
 )
 
 // Defaults filled by Config.withDefaults.
 const (
-	DefaultMinMemory    = 64 << 20 // below this the supervisor itself does not start reliably
-	DefaultPidsLimit    = 4096
-	DefaultStopTimeout  = 10 * time.Second
-	DefaultResync       = 30 * time.Second
+	DefaultMinMemory    = containers.DefaultMinMemory
+	DefaultPidsLimit    = containers.DefaultPidsLimit
+	DefaultStopTimeout  = containers.DefaultStopTimeout
+	DefaultResync       = containers.DefaultResync
 	RootfulSocket       = "/run/podman/podman.sock"
 	defaultStateSubpath = ".local/state/openshell/podman"
 	// MinVersion is the oldest Podman the driver accepts (its API and netavark).
@@ -150,46 +150,13 @@ func (c Config) Validate() error {
 	} else if !filepath.IsAbs(c.Socket) {
 		bad("socket %q is not an absolute path", c.Socket)
 	}
-	if c.SupervisorBinary == "" {
-		bad("supervisor_binary is empty: set it to the host path of the static openshell-sandbox binary")
-	} else if !filepath.IsAbs(c.SupervisorBinary) {
-		bad("supervisor_binary %q is not an absolute path", c.SupervisorBinary)
-	} else if st, err := os.Stat(c.SupervisorBinary); err != nil {
-		bad("supervisor_binary: %w (build it with CGO_ENABLED=0 go build ./cmd/openshell-sandbox)", err)
-	} else if !st.Mode().IsRegular() || st.Mode().Perm()&0o111 == 0 {
-		bad("supervisor_binary %q is not an executable file", c.SupervisorBinary)
+	cs := containers.Settings{
+		SupervisorBinary: c.SupervisorBinary, GatewayEndpoint: c.GatewayEndpoint, GatewayPort: c.GatewayPort,
+		StateDir: c.StateDir, DefaultCPU: c.DefaultCPU, DefaultMemory: c.DefaultMemory, MinMemory: c.MinMemory,
+		StopTimeout: c.StopTimeout, ResyncInterval: c.ResyncInterval,
 	}
-	if c.GatewayEndpoint == "" {
-		bad("gateway_endpoint is empty: set it to https://%s:<gateway port> (or set gateway_port)", drivers.GatewayHost)
-	} else if u, err := url.Parse(c.GatewayEndpoint); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		bad("gateway_endpoint %q: want an http(s) URL such as https://%s:17670", c.GatewayEndpoint, drivers.GatewayHost)
-	}
-	if c.GatewayPort < 0 || c.GatewayPort > 65535 {
-		bad("gateway_port %d is out of range 0-65535", c.GatewayPort)
-	}
-	if c.StateDir == "" {
-		bad("state_dir is empty: set it to a directory for per-sandbox files")
-	} else if !filepath.IsAbs(c.StateDir) {
-		bad("state_dir %q is not an absolute path (Podman bind-mounts files from it)", c.StateDir)
-	}
-	if c.DefaultCPU != "" {
-		if _, err := drivers.ParseCPU(c.DefaultCPU); err != nil {
-			bad("default_cpu: %w", err)
-		}
-	}
-	if c.DefaultMemory != "" {
-		if m, err := drivers.ParseMemory(c.DefaultMemory); err != nil {
-			bad("default_memory: %w", err)
-		} else if m < c.MinMemory {
-			bad("default_memory %q is below min_memory (%d bytes)", c.DefaultMemory, c.MinMemory)
-		}
-	}
-	if c.MinMemory < 0 {
-		bad("min_memory %d is negative", c.MinMemory)
-	}
-	if c.StopTimeout < 0 || c.ResyncInterval < 0 {
-		bad("stop_timeout and resync_interval must not be negative")
-	}
+	cs.CheckFiles(bad, " (or set gateway_port)", "Podman")
+	cs.CheckLimits(bad)
 	for k := range c.Labels {
 		if strings.HasPrefix(k, "openshell.ai/") && k != labelTestRun {
 			bad("labels: %q: the openshell.ai/ prefix is reserved for the driver", k)
