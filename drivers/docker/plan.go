@@ -12,6 +12,7 @@ import (
 
 	"github.com/openshell/openshell/api/computev1"
 	"github.com/openshell/openshell/drivers"
+	"github.com/openshell/openshell/drivers/containers"
 	"github.com/openshell/openshell/supervisor/bootstrap"
 )
 
@@ -76,38 +77,13 @@ func (d *Driver) plan(ctx context.Context, sb *computev1.DriverSandbox) (*plan, 
 		p.workdir = img.Config.WorkingDir
 	}
 
-	// Docker has limits, not requests: the limit is the sandbox's limit, else its
-	// request, else the driver default. A memory request becomes a soft reservation.
-	cpu, mem, memReq := d.cfg.DefaultCPU, d.cfg.DefaultMemory, ""
-	if r := tmpl.GetResources(); r != nil {
-		cpu = firstNonEmpty(r.GetCpuLimit(), r.GetCpuRequest(), cpu)
-		mem = firstNonEmpty(r.GetMemoryLimit(), r.GetMemoryRequest(), mem)
-		memReq = r.GetMemoryRequest()
+	// Limits only: the limit, else the request, else the default; a memory request
+	// becomes a soft reservation.
+	res, err := containers.ReadResources(tmpl.GetResources(), d.cfg.DefaultCPU, d.cfg.DefaultMemory, d.cfg.MinMemory)
+	if err != nil {
+		return nil, invalid("%v", err)
 	}
-	if cpu != "" {
-		if p.nanoCPUs, err = parseCPU(cpu); err != nil {
-			return nil, invalid("cpu: %v", err)
-		}
-		if p.nanoCPUs < 10_000_000 {
-			return nil, invalid("cpu %q is below the minimum of 10m", cpu)
-		}
-	}
-	if mem != "" {
-		if p.memory, err = parseMemory(mem); err != nil {
-			return nil, invalid("memory: %v", err)
-		}
-		if p.memory < d.cfg.MinMemory {
-			return nil, invalid("memory %q (%d bytes) is below the minimum of %d MiB", mem, p.memory, d.cfg.MinMemory>>20)
-		}
-	}
-	if memReq != "" {
-		if p.memoryReq, err = parseMemory(memReq); err != nil {
-			return nil, invalid("memory request: %v", err)
-		}
-		if p.memoryReq > p.memory {
-			p.memoryReq = 0 // a reservation above the limit is meaningless for Docker
-		}
-	}
+	p.nanoCPUs, p.memory, p.memoryReq = res.NanoCPUs, res.Memory, res.MemoryReq
 
 	ids, err := d.gpuDeviceIDs(sb)
 	if err != nil {

@@ -10,6 +10,7 @@ import (
 
 	"github.com/openshell/openshell/api/computev1"
 	"github.com/openshell/openshell/drivers"
+	"github.com/openshell/openshell/drivers/containers"
 	"github.com/openshell/openshell/supervisor/bootstrap"
 )
 
@@ -62,37 +63,13 @@ func (d *Driver) plan(ctx context.Context, sb *computev1.DriverSandbox) (*plan, 
 	// Pin the immutable id: a later re-tag must not change what this sandbox runs.
 	p.imageID = img.ID
 
-	// Limits only, as in the Docker driver: the limit, else the request, else the default.
-	cpu, mem, memReq := d.cfg.DefaultCPU, d.cfg.DefaultMemory, ""
-	if r := tmpl.GetResources(); r != nil {
-		cpu = firstNonEmpty(r.GetCpuLimit(), r.GetCpuRequest(), cpu)
-		mem = firstNonEmpty(r.GetMemoryLimit(), r.GetMemoryRequest(), mem)
-		memReq = r.GetMemoryRequest()
+	// Limits only: the limit, else the request, else the default; a memory request
+	// becomes a soft reservation.
+	res, err := containers.ReadResources(tmpl.GetResources(), d.cfg.DefaultCPU, d.cfg.DefaultMemory, d.cfg.MinMemory)
+	if err != nil {
+		return nil, invalid("%v", err)
 	}
-	if cpu != "" {
-		if p.nanoCPUs, err = drivers.ParseCPU(cpu); err != nil {
-			return nil, invalid("cpu: %v", err)
-		}
-		if p.nanoCPUs < 10_000_000 {
-			return nil, invalid("cpu %q is below the minimum of 10m", cpu)
-		}
-	}
-	if mem != "" {
-		if p.memory, err = drivers.ParseMemory(mem); err != nil {
-			return nil, invalid("memory: %v", err)
-		}
-		if p.memory < d.cfg.MinMemory {
-			return nil, invalid("memory %q (%d bytes) is below the minimum of %d MiB", mem, p.memory, d.cfg.MinMemory>>20)
-		}
-	}
-	if memReq != "" {
-		if p.memoryReq, err = drivers.ParseMemory(memReq); err != nil {
-			return nil, invalid("memory request: %v", err)
-		}
-		if p.memoryReq > p.memory {
-			p.memoryReq = 0
-		}
-	}
+	p.nanoCPUs, p.memory, p.memoryReq = res.NanoCPUs, res.Memory, res.MemoryReq
 
 	if p.gpus, err = d.gpuDeviceIDs(sb); err != nil {
 		return nil, err
