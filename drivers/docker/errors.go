@@ -4,15 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
-	"net"
 	"strings"
-	"syscall"
 
 	cerrdefs "github.com/containerd/errdefs"
 	"github.com/moby/moby/client"
 
 	"github.com/openshell/openshell/drivers"
+	"github.com/openshell/openshell/drivers/containers"
 )
 
 // Errors from the Docker API are mapped onto the drivers sentinels here, once, and
@@ -23,15 +21,7 @@ func isConflict(err error) bool { return cerrdefs.IsConflict(err) }
 
 // isDaemonDown reports errors that mean the daemon cannot be reached at all.
 func isDaemonDown(err error) bool {
-	if client.IsErrConnectionFailed(err) || cerrdefs.IsUnavailable(err) {
-		return true
-	}
-	var opErr *net.OpError
-	if errors.As(err, &opErr) {
-		return true
-	}
-	return errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ENOENT) ||
-		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF)
+	return client.IsErrConnectionFailed(err) || cerrdefs.IsUnavailable(err) || containers.Unreachable(err)
 }
 
 // unavailable builds the error for a daemon that does not answer.

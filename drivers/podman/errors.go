@@ -4,12 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
-	"net"
 	"net/http"
-	"syscall"
 
 	"github.com/openshell/openshell/drivers"
+	"github.com/openshell/openshell/drivers/containers"
 )
 
 // Errors from the libpod API are mapped onto the drivers sentinels here, once, and
@@ -21,12 +19,7 @@ func isServiceDown(err error) bool {
 	if errors.As(err, &ae) {
 		return false
 	}
-	var opErr *net.OpError
-	if errors.As(err, &opErr) {
-		return true
-	}
-	return errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ENOENT) ||
-		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF)
+	return containers.Unreachable(err)
 }
 
 // unavailable builds the error for a service that does not answer.
