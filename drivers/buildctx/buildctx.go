@@ -119,3 +119,30 @@ func Tar(dir, dockerfile string, ignore []string, w io.Writer) error {
 	}
 	return tw.Close()
 }
+
+// Open checks a build request and streams its context: pathOrDockerfile is a
+// directory holding a Dockerfile or a Dockerfile's path (its directory is then the
+// context). dockerfile is the Dockerfile's name inside the context; the caller
+// closes the stream. Errors start with what (e.g. "docker build").
+func Open(what, pathOrDockerfile, tag string) (r io.ReadCloser, dockerfile string, err error) {
+	if tag == "" {
+		return nil, "", fmt.Errorf("%s: empty tag: name the image to build (e.g. my-sandbox:latest)", what)
+	}
+	st, err := os.Stat(pathOrDockerfile)
+	if err != nil {
+		return nil, "", fmt.Errorf("%s: %w; give a directory containing a Dockerfile or a Dockerfile path", what, err)
+	}
+	dir, dockerfile := pathOrDockerfile, "Dockerfile"
+	if !st.IsDir() {
+		dir, dockerfile = filepath.Dir(pathOrDockerfile), filepath.Base(pathOrDockerfile)
+	} else if _, err := os.Stat(filepath.Join(dir, dockerfile)); err != nil {
+		return nil, "", fmt.Errorf("%s: %s has no Dockerfile: %w", what, dir, err)
+	}
+	ignore, err := ReadIgnore(dir)
+	if err != nil {
+		return nil, "", err
+	}
+	pr, pw := io.Pipe()
+	go func() { pw.CloseWithError(Tar(dir, dockerfile, ignore, pw)) }()
+	return pr, dockerfile, nil
+}

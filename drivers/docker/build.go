@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 
 	"github.com/moby/moby/api/types/build"
 	"github.com/moby/moby/client"
@@ -42,26 +41,10 @@ func buildImage(ctx context.Context, cli *client.Client, pathOrDockerfile, tag s
 	if progress == nil {
 		progress = io.Discard
 	}
-	if tag == "" {
-		return "", errors.New("docker build: empty tag: name the image to build (e.g. my-sandbox:latest)")
-	}
-	st, err := os.Stat(pathOrDockerfile)
-	if err != nil {
-		return "", fmt.Errorf("docker build: %w; give a directory containing a Dockerfile or a Dockerfile path", err)
-	}
-	dir, dockerfile := pathOrDockerfile, "Dockerfile"
-	if !st.IsDir() {
-		dir, dockerfile = filepath.Dir(pathOrDockerfile), filepath.Base(pathOrDockerfile)
-	} else if _, err := os.Stat(filepath.Join(dir, dockerfile)); err != nil {
-		return "", fmt.Errorf("docker build: %s has no Dockerfile: %w", dir, err)
-	}
-	ignore, err := buildctx.ReadIgnore(dir)
+	pr, dockerfile, err := buildctx.Open("docker build", pathOrDockerfile, tag)
 	if err != nil {
 		return "", err
 	}
-
-	pr, pw := io.Pipe()
-	go func() { pw.CloseWithError(buildctx.Tar(dir, dockerfile, ignore, pw)) }()
 	defer pr.Close()
 
 	res, err := cli.ImageBuild(ctx, pr, client.ImageBuildOptions{

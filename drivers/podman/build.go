@@ -8,8 +8,6 @@ import (
 	"io"
 	"net/http"
 	"net/url"
-	"os"
-	"path/filepath"
 
 	"golang.org/x/sys/unix"
 
@@ -38,25 +36,10 @@ func buildImage(ctx context.Context, c *client, pathOrDockerfile, tag string, pr
 	if progress == nil {
 		progress = io.Discard
 	}
-	if tag == "" {
-		return "", errors.New("podman build: empty tag: name the image to build (e.g. my-sandbox:latest)")
-	}
-	st, err := os.Stat(pathOrDockerfile)
-	if err != nil {
-		return "", fmt.Errorf("podman build: %w; give a directory containing a Dockerfile or a Dockerfile path", err)
-	}
-	dir, dockerfile := pathOrDockerfile, "Dockerfile"
-	if !st.IsDir() {
-		dir, dockerfile = filepath.Dir(pathOrDockerfile), filepath.Base(pathOrDockerfile)
-	} else if _, err := os.Stat(filepath.Join(dir, dockerfile)); err != nil {
-		return "", fmt.Errorf("podman build: %s has no Dockerfile: %w", dir, err)
-	}
-	ignore, err := buildctx.ReadIgnore(dir)
+	pr, dockerfile, err := buildctx.Open("podman build", pathOrDockerfile, tag)
 	if err != nil {
 		return "", err
 	}
-	pr, pw := io.Pipe()
-	go func() { pw.CloseWithError(buildctx.Tar(dir, dockerfile, ignore, pw)) }()
 	defer pr.Close()
 
 	q := url.Values{"t": {tag}, "dockerfile": {dockerfile}, "rm": {"true"}, "forcerm": {"true"}}
