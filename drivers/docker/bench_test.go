@@ -5,9 +5,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -34,69 +32,18 @@ func TestBenchCreateToReady(t *testing.T) {
 	}
 	var rows []row
 	for _, par := range []int{1, 5} {
-		drv := measure(t, n, par, func(ctx context.Context) (time.Duration, func()) { return driverCreateToReady(t, ctx, d) })
-		eng := measure(t, n, par, func(ctx context.Context) (time.Duration, func()) { return engineRunToRunning(t, ctx) })
+		drv := drivertest.Measure(t, n, par, func(ctx context.Context) (time.Duration, func()) {
+			return drivertest.CreateToReady(t, ctx, d, testImage)
+		})
+		eng := drivertest.Measure(t, n, par, func(ctx context.Context) (time.Duration, func()) { return engineRunToRunning(t, ctx) })
 		rows = append(rows, row{fmt.Sprintf("%d sandboxes, %d at a time", n, par), drv, eng})
 	}
 	for _, r := range rows {
-		dp50, dp99 := pct(r.driver, 50), pct(r.driver, 99)
-		ep50, ep99 := pct(r.engine, 50), pct(r.engine, 99)
+		dp50, dp99 := drivertest.Percentile(r.driver, 50), drivertest.Percentile(r.driver, 99)
+		ep50, ep99 := drivertest.Percentile(r.engine, 50), drivertest.Percentile(r.engine, 99)
 		t.Logf("%-28s driver create→Ready p50 %4dms p99 %4dms | docker run→running p50 %4dms p99 %4dms | ratio p50 %.2fx p99 %.2fx",
 			r.name, dp50.Milliseconds(), dp99.Milliseconds(), ep50.Milliseconds(), ep99.Milliseconds(),
 			float64(dp50)/float64(ep50), float64(dp99)/float64(ep99))
-	}
-}
-
-// measure runs n operations, par at a time, and returns their latencies; the cleanups
-// run after all measurements so they do not load the daemon during them.
-func measure(t *testing.T, n, par int, op func(ctx context.Context) (time.Duration, func())) []time.Duration {
-	t.Helper()
-	var (
-		mu       sync.Mutex
-		lat      []time.Duration
-		cleanups []func()
-		wg       sync.WaitGroup
-	)
-	sem := make(chan struct{}, par)
-	for range n {
-		wg.Add(1)
-		sem <- struct{}{}
-		go func() {
-			defer wg.Done()
-			defer func() { <-sem }()
-			d, cleanup := op(t.Context())
-			mu.Lock()
-			lat = append(lat, d)
-			cleanups = append(cleanups, cleanup)
-			mu.Unlock()
-		}()
-	}
-	wg.Wait()
-	for _, c := range cleanups {
-		c()
-	}
-	return lat
-}
-
-func driverCreateToReady(t *testing.T, ctx context.Context, d *Driver) (time.Duration, func()) {
-	id, name := drivertest.NewIDs()
-	sb := drivertest.DefaultSandbox(id, name, testImage)
-	cleanup := func() { _, _ = d.Delete(context.Background(), id, name) }
-	start := time.Now()
-	if err := d.Create(ctx, sb); err != nil {
-		t.Errorf("Create: %v", err)
-		return 0, cleanup
-	}
-	for {
-		got, err := d.Get(ctx, id, "")
-		if err == nil && isReadyObs(got) {
-			return time.Since(start), cleanup
-		}
-		if ctx.Err() != nil || time.Since(start) > time.Minute {
-			t.Errorf("sandbox %s not ready: %v %v", id, got.GetStatus(), err)
-			return 0, cleanup
-		}
-		time.Sleep(5 * time.Millisecond)
 	}
 }
 
@@ -125,16 +72,6 @@ func engineRunToRunning(t *testing.T, ctx context.Context) (time.Duration, func(
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
-}
-
-func pct(d []time.Duration, p int) time.Duration {
-	if len(d) == 0 {
-		return 0
-	}
-	s := slices.Clone(d)
-	slices.Sort(s)
-	i := (len(s)*p + 99) / 100
-	return s[min(max(i-1, 0), len(s)-1)]
 }
 
 // BenchmarkCreateToReady is the same measurement as a Go benchmark (sequential).

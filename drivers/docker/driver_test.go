@@ -20,6 +20,7 @@ import (
 	"github.com/openshell/openshell/api/openshellv1"
 	"github.com/openshell/openshell/drivers"
 	"github.com/openshell/openshell/drivers/drivertest"
+	"github.com/openshell/openshell/gateway/pki"
 )
 
 func TestConformance(t *testing.T) {
@@ -32,34 +33,22 @@ func TestConformance(t *testing.T) {
 			t.Fatalf("New: %v", err)
 		}
 		return d
-	}, drivertest.Options{Image: testImage, ReadyTimeout: 30 * time.Second})
+	}, drivertest.Options{Image: testImage, ReadyTimeout: readyTimeout})
 }
+
+// readyTimeout bounds how long a test waits for a sandbox to change state.
+const readyTimeout = 30 * time.Second
 
 // createReady creates sb, deletes it at cleanup, and waits until it is READY.
 func createReady(ctx context.Context, t *testing.T, d *Driver, sb *computev1.DriverSandbox) *computev1.DriverSandbox {
 	t.Helper()
-	if err := d.Create(ctx, sb); err != nil {
-		t.Fatalf("Create: %v", err)
-	}
-	t.Cleanup(func() { _, _ = d.Delete(context.Background(), sb.GetId(), sb.GetName()) })
-	return waitFor(t, d, sb.GetId(), "READY", func(s *computev1.DriverSandbox) bool { return phase(s) == openshellv1.SandboxPhase_SANDBOX_PHASE_READY })
+	return drivertest.CreateReady(ctx, t, d, sb, readyTimeout)
 }
 
 // waitFor polls Get until pred holds.
 func waitFor(t *testing.T, d *Driver, id string, what string, pred func(*computev1.DriverSandbox) bool) *computev1.DriverSandbox {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	var last *computev1.DriverSandbox
-	var err error
-	for time.Now().Before(deadline) {
-		last, err = d.Get(t.Context(), id, "")
-		if err == nil && pred(last) {
-			return last
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	t.Fatalf("timed out waiting for %s: last %v, %v", what, last.GetStatus(), err)
-	return nil
+	return drivertest.WaitFor(t, d, id, what, readyTimeout, pred)
 }
 
 func phase(sb *computev1.DriverSandbox) openshellv1.SandboxPhase {
@@ -69,7 +58,11 @@ func phase(sb *computev1.DriverSandbox) openshellv1.SandboxPhase {
 func TestCreateContainerShape(t *testing.T) {
 	requireDocker(t)
 	cfg := testConfig(t)
-	cfg.CAPEM = testCAPEM(t)
+	ca, err := pki.Ensure(t.TempDir(), nil) // the gateway's own CA, as handed to supervisors
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.CAPEM = ca.CAPEM
 	d := newTestDriver(t, cfg)
 	ctx := t.Context()
 

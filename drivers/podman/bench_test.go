@@ -5,13 +5,10 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
-	"github.com/openshell/openshell/api/openshellv1"
 	"github.com/openshell/openshell/drivers/drivertest"
 )
 
@@ -31,67 +28,16 @@ func TestBenchCreateToReady(t *testing.T) {
 			requirePodman(t, md)
 			d := newTestDriver(t, testConfig(t, md))
 			for _, par := range []int{1, 5} {
-				drv := measure(t, n, par, func(ctx context.Context) (time.Duration, func()) { return driverCreateToReady(t, ctx, d) })
-				eng := measure(t, n, par, func(ctx context.Context) (time.Duration, func()) { return engineRunToRunning(t, ctx, md) })
-				dp50, dp99, ep50, ep99 := pct(drv, 50), pct(drv, 99), pct(eng, 50), pct(eng, 99)
+				drv := drivertest.Measure(t, n, par, func(ctx context.Context) (time.Duration, func()) {
+					return drivertest.CreateToReady(t, ctx, d, testImage)
+				})
+				eng := drivertest.Measure(t, n, par, func(ctx context.Context) (time.Duration, func()) { return engineRunToRunning(t, ctx, md) })
+				dp50, dp99, ep50, ep99 := drivertest.Percentile(drv, 50), drivertest.Percentile(drv, 99), drivertest.Percentile(eng, 50), drivertest.Percentile(eng, 99)
 				t.Logf("%-8s %-22s driver create→Ready p50 %4dms p99 %4dms | podman run→running p50 %4dms p99 %4dms | ratio p50 %.2fx p99 %.2fx",
 					md.name, fmt.Sprintf("%d, %d at a time", n, par), dp50.Milliseconds(), dp99.Milliseconds(), ep50.Milliseconds(), ep99.Milliseconds(),
 					float64(dp50)/float64(ep50), float64(dp99)/float64(ep99))
 			}
 		})
-	}
-}
-
-// measure runs n operations, par at a time, and returns their latencies; the cleanups
-// run after all measurements so they do not load the service during them.
-func measure(t *testing.T, n, par int, op func(ctx context.Context) (time.Duration, func())) []time.Duration {
-	t.Helper()
-	var (
-		mu       sync.Mutex
-		lat      []time.Duration
-		cleanups []func()
-		wg       sync.WaitGroup
-	)
-	sem := make(chan struct{}, par)
-	for range n {
-		wg.Add(1)
-		sem <- struct{}{}
-		go func() {
-			defer wg.Done()
-			defer func() { <-sem }()
-			d, cleanup := op(t.Context())
-			mu.Lock()
-			lat = append(lat, d)
-			cleanups = append(cleanups, cleanup)
-			mu.Unlock()
-		}()
-	}
-	wg.Wait()
-	for _, c := range cleanups {
-		c()
-	}
-	return lat
-}
-
-func driverCreateToReady(t *testing.T, ctx context.Context, d *Driver) (time.Duration, func()) {
-	id, name := drivertest.NewIDs()
-	sb := drivertest.DefaultSandbox(id, name, testImage)
-	cleanup := func() { _, _ = d.Delete(context.Background(), id, name) }
-	start := time.Now()
-	if err := d.Create(ctx, sb); err != nil {
-		t.Errorf("Create: %v", err)
-		return 0, cleanup
-	}
-	for {
-		got, err := d.Get(ctx, id, "")
-		if err == nil && phase(got) == openshellv1.SandboxPhase_SANDBOX_PHASE_READY {
-			return time.Since(start), cleanup
-		}
-		if ctx.Err() != nil || time.Since(start) > time.Minute {
-			t.Errorf("sandbox %s not ready: %v %v", id, got.GetStatus(), err)
-			return 0, cleanup
-		}
-		time.Sleep(5 * time.Millisecond)
 	}
 }
 
@@ -117,14 +63,4 @@ func engineRunToRunning(t *testing.T, ctx context.Context, md mode) (time.Durati
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
-}
-
-func pct(d []time.Duration, p int) time.Duration {
-	if len(d) == 0 {
-		return 0
-	}
-	s := slices.Clone(d)
-	slices.Sort(s)
-	i := (len(s)*p + 99) / 100
-	return s[min(max(i-1, 0), len(s)-1)]
 }

@@ -1,13 +1,6 @@
 package podman
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
-	"math/big"
 	"strings"
 	"testing"
 	"time"
@@ -15,6 +8,7 @@ import (
 	"github.com/openshell/openshell/api/computev1"
 	"github.com/openshell/openshell/drivers"
 	"github.com/openshell/openshell/drivers/drivertest"
+	"github.com/openshell/openshell/gateway/pki"
 )
 
 // The container the driver makes, as the podman CLI sees it: image pinned by id,
@@ -26,7 +20,11 @@ func TestCreateContainerShape(t *testing.T) {
 		t.Run(md.name, func(t *testing.T) {
 			requirePodman(t, md)
 			cfg := testConfig(t, md)
-			cfg.CAPEM = testCAPEM(t)
+			ca, err := pki.Ensure(t.TempDir(), nil) // the gateway's own CA, as handed to supervisors
+			if err != nil {
+				t.Fatal(err)
+			}
+			cfg.CAPEM = ca.CAPEM
 			d := newTestDriver(t, cfg)
 			ctx := t.Context()
 			id, name := drivertest.NewIDs()
@@ -103,27 +101,4 @@ func TestCreateContainerShape(t *testing.T) {
 			}
 		})
 	}
-}
-
-// testCAPEM is a self-signed CA certificate (the supervisor parses the bundle).
-func testCAPEM(t testing.TB) []byte {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(1),
-		Subject:               pkix.Name{CommonName: "openshell podman test CA"},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(time.Hour),
-		IsCA:                  true,
-		BasicConstraintsValid: true,
-		KeyUsage:              x509.KeyUsageCertSign,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
 }
