@@ -1,6 +1,7 @@
 package docker
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -83,7 +84,7 @@ func buildImage(ctx context.Context, cli *client.Client, pathOrDockerfile, tag s
 		}
 		switch {
 		case m.Error != "" || m.ErrorDetail.Message != "":
-			return "", fmt.Errorf("docker build %s: %s", tag, firstNonEmpty(m.ErrorDetail.Message, m.Error))
+			return "", fmt.Errorf("docker build %s: %s", tag, cmp.Or(m.ErrorDetail.Message, m.Error))
 		case m.Stream != "":
 			_, _ = io.WriteString(progress, m.Stream)
 		case m.Status != "":

@@ -4,6 +4,7 @@
 package docker
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -346,7 +347,7 @@ func (d *Driver) find(ctx context.Context, id, name string) (container.InspectRe
 	}
 	res, err := d.cli.ContainerList(ctx, client.ContainerListOptions{All: true, Filters: f})
 	if err != nil {
-		return container.InspectResponse{}, d.wrap(err, "find sandbox "+firstNonEmpty(id, name))
+		return container.InspectResponse{}, d.wrap(err, "find sandbox "+cmp.Or(id, name))
 	}
 	for _, it := range res.Items {
 		c, err := d.cli.ContainerInspect(ctx, it.ID, client.ContainerInspectOptions{})
@@ -358,7 +359,7 @@ func (d *Driver) find(ctx context.Context, id, name string) (container.InspectRe
 		}
 		return c.Container, nil
 	}
-	return container.InspectResponse{}, fmt.Errorf("sandbox %s: %w", firstNonEmpty(id, name), drivers.ErrNotFound)
+	return container.InspectResponse{}, fmt.Errorf("sandbox %s: %w", cmp.Or(id, name), drivers.ErrNotFound)
 }
 
 // lookupByID inspects the container recorded in the sandbox's state dir; ok is false
@@ -431,15 +432,6 @@ func (d *Driver) writeState(id, token string) (string, error) {
 		}
 	}
 	return dir, nil
-}
-
-func firstNonEmpty(s ...string) string {
-	for _, v := range s {
-		if v != "" {
-			return v
-		}
-	}
-	return ""
 }
 
 // ListenerRequirements implements drivers.ListenerRequirer: with GatewayServesBridge

@@ -1,6 +1,7 @@
 package docker
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"maps"
@@ -125,7 +126,7 @@ func (d *Driver) plan(ctx context.Context, sb *computev1.DriverSandbox) (*plan, 
 		SandboxID:    p.id,
 		SandboxName:  p.name,
 		TokenFile:    BootstrapDir + "/token",
-		LogLevel:     firstNonEmpty(spec.GetLogLevel(), d.cfg.LogLevel),
+		LogLevel:     cmp.Or(spec.GetLogLevel(), d.cfg.LogLevel),
 		ImageUser:    p.imageUser,
 		ImageWorkdir: p.workdir,
 		Main: bootstrap.MainProcessSpec{

@@ -1,6 +1,7 @@
 package podman
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -97,7 +98,7 @@ func buildProgress(r io.Reader, w io.Writer) error {
 		} else if err != nil {
 			return fmt.Errorf("read progress: %w", err)
 		}
-		if msg := firstNonEmpty(m.ErrorDetail.Message, m.Error); msg != "" {
+		if msg := cmp.Or(m.ErrorDetail.Message, m.Error); msg != "" {
 			return errors.New(msg)
 		}
 		if m.Stream != "" {

@@ -12,6 +12,7 @@
 package podman
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -368,7 +369,7 @@ func (d *Driver) find(ctx context.Context, id, name string) (containerInspect, e
 	}
 	items, err := d.cli.containerList(ctx, sel)
 	if err != nil {
-		return containerInspect{}, d.wrap(err, "find sandbox "+firstNonEmpty(id, name))
+		return containerInspect{}, d.wrap(err, "find sandbox "+cmp.Or(id, name))
 	}
 	for _, it := range items {
 		c, err := d.cli.containerInspect(ctx, it.ID)
@@ -382,7 +383,7 @@ func (d *Driver) find(ctx context.Context, id, name string) (containerInspect, e
 			return c, nil
 		}
 	}
-	return containerInspect{}, fmt.Errorf("sandbox %s: %w", firstNonEmpty(id, name), drivers.ErrNotFound)
+	return containerInspect{}, fmt.Errorf("sandbox %s: %w", cmp.Or(id, name), drivers.ErrNotFound)
 }
 
 // lookupByID inspects the container recorded in the sandbox's state dir; ok is false
@@ -477,13 +478,4 @@ func writeOwned(path string, data []byte, perm os.FileMode, owner int) error {
 		return os.Chown(path, owner, owner)
 	}
 	return nil
-}
-
-func firstNonEmpty(s ...string) string {
-	for _, v := range s {
-		if v != "" {
-			return v
-		}
-	}
-	return ""
 }

@@ -1,6 +1,7 @@
 package podman
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"maps"
@@ -48,7 +49,7 @@ func (d *Driver) plan(ctx context.Context, sb *computev1.DriverSandbox) (*plan, 
 	tmpl := spec.GetTemplate()
 	p := &plan{id: sb.GetId(), name: sb.GetName(), workspace: sb.GetWorkspace()}
 
-	p.imageRef = firstNonEmpty(tmpl.GetImage(), d.cfg.DefaultImage)
+	p.imageRef = cmp.Or(tmpl.GetImage(), d.cfg.DefaultImage)
 	if p.imageRef == "" {
 		return nil, invalid("no image: set the sandbox's image (or the driver's default_image)")
 	}
@@ -106,7 +107,7 @@ func (d *Driver) plan(ctx context.Context, sb *computev1.DriverSandbox) (*plan, 
 		SandboxID:    p.id,
 		SandboxName:  p.name,
 		TokenFile:    drivers.BootstrapDir + "/token",
-		LogLevel:     firstNonEmpty(spec.GetLogLevel(), d.cfg.LogLevel),
+		LogLevel:     cmp.Or(spec.GetLogLevel(), d.cfg.LogLevel),
 		ImageUser:    img.Config.User,
 		ImageWorkdir: img.Config.WorkingDir,
 		Main: bootstrap.MainProcessSpec{
