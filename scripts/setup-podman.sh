@@ -156,7 +156,9 @@ start_service() {
 	else
 		log "starting $name podman service on $sock (log: $logf)"
 		rm -f "$sock"
-		nohup "$@" env CONTAINERS_CONF="$CACHE/containers.conf" PODMAN_IGNORE_CGROUPSV1_WARNING=1 \
+		# setsid: a session of its own, so the service outlives the shell (and the
+		# process group) that started it; `stop` ends it by its pid file.
+		setsid nohup "$@" env CONTAINERS_CONF="$CACHE/containers.conf" PODMAN_IGNORE_CGROUPSV1_WARNING=1 \
 			"$BIN/podman" system service --time=0 "unix://$sock" >"$logf" 2>&1 </dev/null &
 		echo $! >"$pidf"
 	fi

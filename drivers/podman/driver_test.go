@@ -37,12 +37,6 @@ func createReady(ctx context.Context, t *testing.T, d *Driver, sb *computev1.Dri
 	return drivertest.CreateReady(ctx, t, d, sb, readyTimeout)
 }
 
-// waitFor polls Get until pred holds.
-func waitFor(t *testing.T, d *Driver, id string, what string, pred func(*computev1.DriverSandbox) bool) *computev1.DriverSandbox {
-	t.Helper()
-	return drivertest.WaitFor(t, d, id, what, readyTimeout, pred)
-}
-
 func phase(sb *computev1.DriverSandbox) openshellv1.SandboxPhase {
 	return drivers.BackendPhase(sb.GetStatus())
 }

@@ -87,17 +87,6 @@ func (p *progress) finish() {
 	}
 }
 
-type countWriter struct {
-	w io.Writer
-	p *progress
-}
-
-func (c countWriter) Write(b []byte) (int, error) {
-	n, err := c.w.Write(b)
-	c.p.done.Add(int64(n))
-	return n, err
-}
-
 // Options tune an upload.
 type Options struct {
 	// NoGitIgnore sends everything; by default paths matched by the tree's
