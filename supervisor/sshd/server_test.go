@@ -243,8 +243,15 @@ func TestPTYShellResize(t *testing.T) {
 	if err := sess.WindowChange(50, 132); err != nil {
 		t.Fatal(err)
 	}
-	fmt.Fprintf(stdin, "stty size\n")
-	waitOut("50 132")
+	// window-change carries no reply and is handled beside the channel's data, so a
+	// line typed right after it may still see the old size: ask until the new one
+	// shows (or the deadline passes).
+	for deadline := time.Now().Add(10 * time.Second); !strings.Contains(out.String(), "50 132"); time.Sleep(300 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("no \"50 132\" after the window change in %q", out.String())
+		}
+		fmt.Fprintf(stdin, "stty size\n")
+	}
 	fmt.Fprintf(stdin, "exit 4\n")
 	err := sess.Wait()
 	var ee *ssh.ExitError
