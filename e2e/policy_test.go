@@ -179,7 +179,7 @@ curl -sS -m 15 -H "Authorization: Bearer $API_TOKEN" `+url(secure, "https"))
 		}
 	})
 
-	t.Run("sftp uploads to the workdir and is confined", func(t *testing.T) {
+	t.Run("uploads land in the workdir as the sandbox user and are confined", func(t *testing.T) {
 		src := filepath.Join(dir, "up.txt")
 		if err := os.WriteFile(src, []byte("uploaded\n"), 0o644); err != nil {
 			t.Fatal(err)
