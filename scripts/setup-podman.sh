@@ -158,8 +158,9 @@ start_service() {
 		rm -f "$sock"
 		# setsid: a session of its own, so the service outlives the shell (and the
 		# process group) that started it; `stop` ends it by its pid file.
-		setsid nohup "$@" env CONTAINERS_CONF="$CACHE/containers.conf" PODMAN_IGNORE_CGROUPSV1_WARNING=1 \
-			"$BIN/podman" system service --time=0 "unix://$sock" >"$logf" 2>&1 </dev/null &
+		# From /: the rootless service's user may not enter the caller's directory.
+		(cd / && exec setsid nohup "$@" env CONTAINERS_CONF="$CACHE/containers.conf" PODMAN_IGNORE_CGROUPSV1_WARNING=1 \
+			"$BIN/podman" system service --time=0 "unix://$sock" >"$logf" 2>&1 </dev/null) &
 		echo $! >"$pidf"
 	fi
 	local pid

@@ -14,26 +14,30 @@ step "host packages, guest kernel and vsock backend"
 ./scripts/setup-vm-host.sh
 command -v protoc >/dev/null || { apt-get update -qq && apt-get install -y -qq protobuf-compiler; }
 
-step "Docker engine"
-# Stop at the end only a daemon this run started; one that already answered stays up.
+# Stop at the end only the engines this run started; ones that already answered stay
+# up. The trap is in place before any is started, so a failing step stops them too.
 docker_was_up=false
 docker version >/dev/null 2>&1 && docker_was_up=true
-./scripts/setup-docker.sh
-./scripts/setup-docker-cdi.sh # a CDI-capable dockerd 26 the Docker GPU test starts privately
-
-step "Podman 5 (built once into \$OPENSHELL_CACHE; a rootful and a rootless service)"
-# As for Docker: stop at the end only services this run started.
 podman_was_up=false
 ./scripts/setup-podman.sh status >/dev/null 2>&1 && podman_was_up=true
-./scripts/setup-podman.sh >/dev/null
-pgdir="$(mktemp -d /tmp/openshell-test-pg.XXXXXX)"
+pgdir=""
 cleanup() {
-	./scripts/setup-postgres.sh stop "$pgdir" >/dev/null 2>&1 || true
-	rm -rf "$pgdir"
+	if [[ -n "$pgdir" ]]; then
+		./scripts/setup-postgres.sh stop "$pgdir" >/dev/null 2>&1 || true
+		rm -rf "$pgdir"
+	fi
 	$podman_was_up || ./scripts/setup-podman.sh stop || true
 	$docker_was_up || ./scripts/setup-docker.sh stop || true
 }
 trap cleanup EXIT
+
+step "Docker engine"
+./scripts/setup-docker.sh
+./scripts/setup-docker-cdi.sh # a CDI-capable dockerd 26 the Docker GPU test starts privately
+
+step "Podman 5 (built once into \$OPENSHELL_CACHE; a rootful and a rootless service)"
+./scripts/setup-podman.sh >/dev/null
+pgdir="$(mktemp -d /tmp/openshell-test-pg.XXXXXX)"
 
 step "PostgreSQL (throwaway server for the store tests)"
 eval "$(./scripts/setup-postgres.sh start "$pgdir" | grep '^OPENSHELL_TEST_POSTGRES_DSN=' | sed 's/^/export /')"
