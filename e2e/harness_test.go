@@ -31,6 +31,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/openshell/openshell/gateway/clientconf"
+	"github.com/openshell/openshell/internal/rundir"
 	"github.com/openshell/openshell/internal/testenv"
 )
 
@@ -255,6 +256,14 @@ func newHarness(t *testing.T) *harness {
 		defer cancel()
 		h.run(ctx, "sandbox", "delete", "--all")
 		h.run(ctx, "gateway", "stop")
+		// A gateway killed by a test (kill -9) cannot remove its sockets' runtime
+		// dirs under /run; they are keyed by state dir, so remove this home's.
+		dirs, _ := filepath.Glob(filepath.Join(home, "s", "openshell", "*"))
+		for _, d := range dirs {
+			for _, sub := range []string{d, filepath.Join(d, "vm-driver"), filepath.Join(d, "vm-driver", "sb")} {
+				os.RemoveAll(rundir.For(sub))
+			}
+		}
 	})
 	return h
 }
