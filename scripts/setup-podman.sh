@@ -257,6 +257,9 @@ stop)
 			log "stopping the rootless pause process (pid $(cat "$pause"))"
 			kill -TERM "$(cat "$pause")" || true
 		fi
+		# Podman keeps an exec session's conmon up to 5 minutes after it ends; the
+		# test user runs nothing else, so end whatever of its processes remain.
+		pkill -TERM -U "$(user_uid)" || true
 	fi
 	;;
 *)
