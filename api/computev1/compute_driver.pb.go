@@ -503,10 +503,13 @@ type DriverSandboxSpec struct {
 	// Gateway-minted sandbox token; deliver it to the supervisor, never echo it.
 	SandboxToken string `protobuf:"bytes,11,opt,name=sandbox_token,json=sandboxToken,proto3" json:"sandbox_token,omitempty"`
 	// Main-process argv.
-	Command       []string `protobuf:"bytes,12,rep,name=command,proto3" json:"command,omitempty"`
-	Tty           bool     `protobuf:"varint,13,opt,name=tty,proto3" json:"tty,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Command []string `protobuf:"bytes,12,rep,name=command,proto3" json:"command,omitempty"`
+	Tty     bool     `protobuf:"varint,13,opt,name=tty,proto3" json:"tty,omitempty"`
+	// Project field: host directory holding gateway.sock, a plaintext gRPC
+	// socket bound to this sandbox; empty = use the TCP endpoint.
+	GatewaySocketDir string `protobuf:"bytes,1000,opt,name=gateway_socket_dir,json=gatewaySocketDir,proto3" json:"gateway_socket_dir,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *DriverSandboxSpec) Reset() {
@@ -586,6 +589,13 @@ func (x *DriverSandboxSpec) GetTty() bool {
 		return x.Tty
 	}
 	return false
+}
+
+func (x *DriverSandboxSpec) GetGatewaySocketDir() string {
+	if x != nil {
+		return x.GatewaySocketDir
+	}
+	return ""
 }
 
 type ResourceRequirements struct {
@@ -2164,7 +2174,7 @@ const file_compute_driver_proto_rawDesc = "" +
 	"\tnamespace\x18\x03 \x01(\tR\tnamespace\x12;\n" +
 	"\x04spec\x18\x04 \x01(\v2'.openshell.compute.v1.DriverSandboxSpecR\x04spec\x12A\n" +
 	"\x06status\x18\x05 \x01(\v2).openshell.compute.v1.DriverSandboxStatusR\x06status\x12\x1c\n" +
-	"\tworkspace\x18\x06 \x01(\tR\tworkspace\"\xdf\x03\n" +
+	"\tworkspace\x18\x06 \x01(\tR\tworkspace\"\x8e\x04\n" +
 	"\x11DriverSandboxSpec\x12\x1b\n" +
 	"\tlog_level\x18\x01 \x01(\tR\blogLevel\x12Z\n" +
 	"\venvironment\x18\x05 \x03(\v28.openshell.compute.v1.DriverSandboxSpec.EnvironmentEntryR\venvironment\x12G\n" +
@@ -2172,7 +2182,8 @@ const file_compute_driver_proto_rawDesc = "" +
 	"\x15resource_requirements\x18\t \x01(\v2*.openshell.compute.v1.ResourceRequirementsR\x14resourceRequirements\x12)\n" +
 	"\rsandbox_token\x18\v \x01(\tB\x04\x88\xb5\x18\x01R\fsandboxToken\x12\x18\n" +
 	"\acommand\x18\f \x03(\tR\acommand\x12\x10\n" +
-	"\x03tty\x18\r \x01(\bR\x03tty\x1a>\n" +
+	"\x03tty\x18\r \x01(\bR\x03tty\x12-\n" +
+	"\x12gateway_socket_dir\x18\xe8\a \x01(\tR\x10gatewaySocketDir\x1a>\n" +
 	"\x10EnvironmentEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01J\x04\b\n" +
