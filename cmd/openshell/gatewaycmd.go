@@ -61,6 +61,7 @@ func (a *app) gatewayCmd() *cobra.Command {
 
 type startOptions struct {
 	drivers, bind, stateDir, configFile, driverSocket string
+	socketGroup                                       string
 	port                                              int
 	foreground, disableTLS                            bool
 	wait                                              time.Duration
@@ -98,6 +99,7 @@ func (o startOptions) gatewayArgs(name string, getenv func(string) string) ([]st
 		{"config", o.configFile, o.configFile != ""},
 		{"compute-driver-socket", o.driverSocket, o.driverSocket != ""},
 		{"state-dir", o.stateDir, o.stateDir != ""},
+		{"socket-group", o.socketGroup, o.socketGroup != ""},
 	} {
 		if f.given {
 			if err := pass(f.flag, f.v); err != nil {
@@ -140,6 +142,7 @@ client files are written to ~/.config/openshell/gateways/<name>/.`,
 	f.StringVar(&o.stateDir, "state-dir", "", "gateway state directory (default: per gateway name under ~/.local/state/openshell)")
 	f.StringVar(&o.configFile, "config", "", "gateway TOML configuration file")
 	f.StringVar(&o.driverSocket, "compute-driver-socket", "", "attach to an external compute driver on this Unix socket")
+	f.StringVar(&o.socketGroup, "socket-group", "", "group (name or gid) whose members may also use the gateway's Unix socket; makes it 0660 (default: only you and root, 0600)")
 	f.BoolVar(&o.foreground, "foreground", false, "run in the foreground (logs to the terminal)")
 	f.BoolVar(&o.disableTLS, "disable-tls", false, "plaintext, no client certificates (local development only)")
 	f.DurationVar(&o.wait, "wait", 60*time.Second, "how long to wait for the background gateway to become healthy")

@@ -62,3 +62,39 @@ func TestGatewayArgsLetTheConfigFileWin(t *testing.T) {
 		t.Errorf("args %v state dir %s port %d, want the file's state dir and the default port", args, cfg.StateDir, cfg.Port)
 	}
 }
+
+// `gateway start --socket-group G` reaches the gateway as its --socket-group flag
+// and wins over the environment; without the flag the environment's group stands.
+func TestGatewayStartSocketGroup(t *testing.T) {
+	t.Setenv("HOME", t.TempDir())
+	a := &app{gateway: "sg"}
+	cmd := a.gatewayStart()
+	f := cmd.Flags().Lookup("socket-group")
+	if f == nil || !strings.Contains(f.Usage, "0660") {
+		t.Fatalf("gateway start has no --socket-group flag with help text: %+v", f)
+	}
+	if err := cmd.Flags().Parse([]string{"--socket-group", "staff"}); err != nil {
+		t.Fatal(err)
+	}
+	o := startOptions{socketGroup: f.Value.String(), set: cmd.Flags().Changed}
+	env := func(k string) string {
+		if k == "OPENSHELL_SOCKET_GROUP" {
+			return "fromenv"
+		}
+		return ""
+	}
+	args, cfg, err := o.gatewayArgs("sg", env)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(strings.Join(args, " "), "--socket-group staff") || cfg.SocketGroup != "staff" {
+		t.Errorf("args %v resolved socket group %q, want --socket-group staff", args, cfg.SocketGroup)
+	}
+	args, cfg, err = startOptions{}.gatewayArgs("sg", env)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if slices.Contains(args, "--socket-group") || cfg.SocketGroup != "fromenv" {
+		t.Errorf("args %v resolved socket group %q, want the environment's fromenv and no flag", args, cfg.SocketGroup)
+	}
+}
