@@ -261,9 +261,9 @@ func (d *Driver) Capabilities(context.Context) (*computev1.GetCapabilitiesRespon
 	return &computev1.GetCapabilitiesResponse{DriverName: Name, DriverVersion: Version, DefaultImage: d.cfg.DefaultImage}, nil
 }
 
-// ListenerRequirements implements drivers.ListenerRequirer: runners bridge guest
-// sessions to the gateway over loopback (--gateway-endpoint 127.0.0.1:PORT), so the
-// gateway must listen there.
+// ListenerRequirements implements drivers.ListenerRequirer: runners reach the gateway
+// over loopback (--gateway-endpoint 127.0.0.1:PORT) for sandboxes the gateway gave no
+// socket dir (and runners booted before it did), so the gateway must listen there.
 func (d *Driver) ListenerRequirements(context.Context) ([]*computev1.GatewayListenerRequirement, error) {
 	host, _, err := net.SplitHostPort(d.cfg.GatewayEndpoint)
 	if err != nil {

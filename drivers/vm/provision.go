@@ -184,7 +184,7 @@ func (d *Driver) prepare(ctx context.Context, s *sandbox, res *resolved, spec *c
 	if err := vmm.CreateWritableDiskContext(ctx, s.paths.Disk, res.diskBytes); err != nil {
 		return nil, err
 	}
-	boot, err := d.bootstrapConfig(s, spec, entry)
+	boot, err := d.bootstrapConfig(s, spec, entry, spec.GetGatewaySocketDir())
 	if err != nil {
 		return nil, err
 	}
@@ -199,12 +199,13 @@ func (d *Driver) prepare(ctx context.Context, s *sandbox, res *resolved, spec *c
 			VCPUs: res.vcpus, MemoryMiB: res.memoryMiB, Kernel: kernel, Initrd: initrd,
 			ImageDisk: entry.DiskPath, Disk: s.paths.Disk, Backend: d.cfg.Backend, Accel: d.cfg.Accel, Transport: d.cfg.Transport, CID: s.cid,
 		},
-		GatewayAddr:   d.cfg.GatewayEndpoint,
-		Egress:        egress,
-		Bootstrap:     *boot,
-		StopTimeout:   runner.Duration(d.cfg.StopTimeout),
-		ImageCacheDir: cache.Dir(),
-		ImageKey:      entry.Key,
+		GatewayAddr:      d.cfg.GatewayEndpoint,
+		GatewaySocketDir: spec.GetGatewaySocketDir(),
+		Egress:           egress,
+		Bootstrap:        *boot,
+		StopTimeout:      runner.Duration(d.cfg.StopTimeout),
+		ImageCacheDir:    cache.Dir(),
+		ImageKey:         entry.Key,
 	}
 	setMachineGPUs(rs, d.gpus.get(s.id))
 	return rs, nil
@@ -231,11 +232,15 @@ func (d *Driver) bootFiles(ctx context.Context) (kernel, initrd string, err erro
 	return kernel, initrd, nil
 }
 
-// gatewayForGuest is the endpoint URL and CA the guest's supervisor uses.
-func (d *Driver) gatewayForGuest() (endpoint string, ca []byte, err error) {
+// gatewayForGuest is the endpoint URL and CA the guest's supervisor uses. With the
+// sandbox's gateway socket (sockDir) the runner bridges the guest's sessions to that
+// socket, which speaks plaintext gRPC: no TLS in the guest, where it is the dearest
+// part of every transfer under emulation. The host name and port are then only a
+// label (the guest dials its vsock port whatever they say).
+func (d *Driver) gatewayForGuest(sockDir string) (endpoint string, ca []byte, err error) {
 	_, port, _ := net.SplitHostPort(d.cfg.GatewayEndpoint)
 	scheme := "http"
-	if d.cfg.GatewayCAFile != "" {
+	if sockDir == "" && d.cfg.GatewayCAFile != "" {
 		b, err := os.ReadFile(d.cfg.GatewayCAFile)
 		if err != nil {
 			return "", nil, fmt.Errorf("gateway CA (--gateway-ca-file): %w", err)
@@ -246,8 +251,8 @@ func (d *Driver) gatewayForGuest() (endpoint string, ca []byte, err error) {
 }
 
 // bootstrapConfig is what the guest's supervisor receives on the bootstrap port.
-func (d *Driver) bootstrapConfig(s *sandbox, spec *computev1.DriverSandboxSpec, entry *images.Entry) (*bootstrap.Config, error) {
-	endpoint, ca, err := d.gatewayForGuest()
+func (d *Driver) bootstrapConfig(s *sandbox, spec *computev1.DriverSandboxSpec, entry *images.Entry, sockDir string) (*bootstrap.Config, error) {
+	endpoint, ca, err := d.gatewayForGuest(sockDir)
 	if err != nil {
 		return nil, err
 	}
@@ -321,7 +326,7 @@ func (d *Driver) refreshSpec(ctx context.Context, s *sandbox, rec *state.Record)
 		return err
 	}
 	// The gateway may have restarted elsewhere since the last boot.
-	endpoint, ca, err := d.gatewayForGuest()
+	endpoint, ca, err := d.gatewayForGuest(rs.GatewaySocketDir)
 	if err != nil {
 		return err
 	}

@@ -1,11 +1,20 @@
 package runner
 
 import (
+	"io"
 	"net"
-	"sync/atomic"
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
 )
+
+// tcpTarget is a bridge target without a sandbox socket: the gateway's TCP address.
+func tcpTarget(addr string) *gatewayTarget {
+	g := &gatewayTarget{}
+	g.addr.Store(addr)
+	return g
+}
 
 // A gateway that comes back while the bridge waits gets the guest's connection; one
 // that stays away fails it once patience runs out.
@@ -18,8 +27,7 @@ func TestBridgeDialWaitsForGateway(t *testing.T) {
 	}
 	addr := l.Addr().String()
 	l.Close()
-	var gw atomic.Value
-	gw.Store(addr)
+	gw := tcpTarget(addr)
 	back := make(chan net.Listener, 1)
 	go func() {
 		time.Sleep(700 * time.Millisecond)
@@ -30,7 +38,7 @@ func TestBridgeDialWaitsForGateway(t *testing.T) {
 		back <- l
 	}()
 	start := time.Now()
-	c, got, err := bridgeDial(&gw, 4*time.Second)
+	c, got, err := bridgeDial(gw, 4*time.Second)
 	if err != nil {
 		t.Fatalf("bridgeDial while the gateway restarts: %v", err)
 	}
@@ -44,11 +52,68 @@ func TestBridgeDialWaitsForGateway(t *testing.T) {
 
 	// Nobody comes back: an error after about the patience, not before.
 	start = time.Now()
-	if c, _, err := bridgeDial(&gw, 500*time.Millisecond); err == nil {
+	if c, _, err := bridgeDial(gw, 500*time.Millisecond); err == nil {
 		c.Close()
 		t.Fatal("bridgeDial to an address nobody listens on succeeded")
 	}
 	if d := time.Since(start); d < 500*time.Millisecond || d > 3*time.Second {
 		t.Fatalf("gave up after %v; want about the 500ms patience", d)
+	}
+}
+
+// With a sandbox socket the bridge dials it and never the TCP address; a gateway that
+// restarts re-creates the socket at the same path, and the waiting bridge gets through.
+func TestBridgeDialSandboxSocket(t *testing.T) {
+	dir := t.TempDir()
+	sock := filepath.Join(dir, "gateway.sock")
+	// A TCP listener that must not be used: the spec's address stays set beside the socket.
+	tl, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tl.Close()
+	gw := &gatewayTarget{sock: sock}
+	gw.addr.Store(tl.Addr().String())
+
+	back := make(chan net.Listener, 1)
+	go func() {
+		time.Sleep(500 * time.Millisecond)
+		l, err := net.Listen("unix", sock)
+		if err != nil {
+			t.Error(err)
+		}
+		back <- l
+	}()
+	start := time.Now()
+	c, got, err := bridgeDial(gw, 4*time.Second)
+	if err != nil {
+		t.Fatalf("bridgeDial while the gateway re-creates its socket: %v", err)
+	}
+	l := <-back
+	defer l.Close()
+	if got != sock || time.Since(start) < 400*time.Millisecond {
+		t.Fatalf("connected to %s after %v; want %s once it exists", got, time.Since(start), sock)
+	}
+	// The bytes arrive on the socket's listener.
+	srv, err := l.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	if _, err := c.Write([]byte("PRI")); err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	b, _ := io.ReadAll(srv)
+	if string(b) != "PRI" {
+		t.Fatalf("socket side read %q, want PRI", b)
+	}
+
+	// The socket goes away with the gateway: the bridge fails rather than fall back to TCP.
+	l.Close()
+	os.Remove(sock)
+	if c, got, err := bridgeDial(gw, 300*time.Millisecond); err == nil {
+		c.Close()
+		t.Fatalf("bridgeDial without the socket reached %s", got)
 	}
 }

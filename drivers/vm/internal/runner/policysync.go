@@ -149,22 +149,24 @@ func (s *policySync) apply(resp *sandboxv1.GetSandboxConfigResponse) {
 
 // dialGateway opens the runner's gRPC connection to the gateway as the sandbox: the
 // endpoint, CA and token of the guest's bootstrap config (TLS names the gateway as the
-// guest does, host.openshell.internal), dialed at addr() (the address guest sessions
-// are bridged to, which the driver may repoint).
-func dialGateway(b *bootstrap.Config, addr func() string) (*grpc.ClientConn, error) {
+// guest does, host.openshell.internal; plaintext on the sandbox socket), dialed where
+// guest sessions are bridged.
+func dialGateway(b *bootstrap.Config, gw *gatewayTarget) (*grpc.ClientConn, error) {
 	if b.Endpoint == "" {
 		return nil, errors.New("runner: the bootstrap config has no gateway endpoint: the egress policy cannot be fetched (re-provision the sandbox)")
 	}
 	if b.Token == "" && b.TokenFile == "" {
 		return nil, errors.New("runner: the bootstrap config has no sandbox token: the egress policy cannot be fetched (re-provision the sandbox)")
 	}
-	var d net.Dialer
 	cc, err := session.Dial(session.DialOptions{
 		Endpoint: b.Endpoint,
 		CAPEM:    b.CAPEM,
 		CAFile:   b.CAFile,
 		Token:    b.LoadToken,
-		Dial:     func(ctx context.Context, _ string) (net.Conn, error) { return d.DialContext(ctx, "tcp", addr()) },
+		Dial: func(ctx context.Context, _ string) (net.Conn, error) {
+			c, _, err := gw.dial(ctx, 0)
+			return c, err
+		},
 	})
 	if err != nil {
 		return nil, fmt.Errorf("runner: gateway connection for the egress policy: %w", err)
@@ -176,8 +178,8 @@ func dialGateway(b *bootstrap.Config, addr func() string) (*grpc.ClientConn, err
 // gateway, and the sandbox's provider credentials (fetched once, see secrets.go),
 // until stop is called; stop closes l and the open tunnels and waits for the
 // goroutines.
-func startEgress(ctx context.Context, l net.Listener, spec *Spec, gwAddr func() string, log *slog.Logger) (stop func(), err error) {
-	cc, err := dialGateway(&spec.Bootstrap, gwAddr)
+func startEgress(ctx context.Context, l net.Listener, spec *Spec, gw *gatewayTarget, log *slog.Logger) (stop func(), err error) {
+	cc, err := dialGateway(&spec.Bootstrap, gw)
 	if err != nil {
 		return nil, err
 	}

@@ -110,7 +110,7 @@ func TestEgressPolicySync(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	stop, err := startEgress(t.Context(), l, syncSpec(gwPort, caPEM, syncTestToken), func() string { return gw }, slog.Default())
+	stop, err := startEgress(t.Context(), l, syncSpec(gwPort, caPEM, syncTestToken), tcpTarget(gw), slog.Default())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -211,7 +211,7 @@ func TestPolicySyncAuthAndApply(t *testing.T) {
 	cs.resp.Store(policyResp(t, 1, "version: 1\n"))
 
 	bad := syncSpec(gwPort, caPEM, "not-the-token")
-	cc, err := dialGateway(&bad.Bootstrap, func() string { return gw })
+	cc, err := dialGateway(&bad.Bootstrap, tcpTarget(gw))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -229,7 +229,7 @@ func TestPolicySyncAuthAndApply(t *testing.T) {
 
 	// A good token over TLS to the test CA loads the gateway's policy.
 	good := syncSpec(gwPort, caPEM, syncTestToken)
-	cc2, err := dialGateway(&good.Bootstrap, func() string { return gw })
+	cc2, err := dialGateway(&good.Bootstrap, tcpTarget(gw))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -276,7 +276,7 @@ func TestPolicySyncAuthAndApply(t *testing.T) {
 	}
 	l, _ := net.Listen("unix", filepath.Join(t.TempDir(), "e.sock"))
 	defer l.Close()
-	if _, err := startEgress(t.Context(), l, &Spec{SandboxID: syncTestSandbox, Bootstrap: bootstrap.Config{Token: "x"}}, func() string { return gw }, slog.Default()); err == nil {
+	if _, err := startEgress(t.Context(), l, &Spec{SandboxID: syncTestSandbox, Bootstrap: bootstrap.Config{Token: "x"}}, tcpTarget(gw), slog.Default()); err == nil {
 		t.Fatal("startEgress without a gateway endpoint succeeded")
 	}
 }

@@ -150,16 +150,27 @@ func Run(ctx context.Context, dir string, o Options) (retErr error) {
 		setReason(ReasonBootFailed, "control socket")
 		return fmt.Errorf("runner: listen on control socket: %w", err)
 	}
-	var gwAddr atomic.Value
-	gwAddr.Store(spec.GatewayAddr)
+	gw := &gatewayTarget{sock: spec.GatewaySocket()}
+	gw.addr.Store(spec.GatewayAddr)
+	if gw.sock != "" {
+		log.Info("guest sessions are bridged to the gateway's sandbox socket (plaintext gRPC in the guest)", "socket", gw.sock)
+	} else {
+		log.Info("no gateway socket for this sandbox; guest sessions are bridged to the gateway's TCP address (TLS from the guest)", "addr", spec.GatewayAddr)
+	}
 	ctl := &control{
 		box: box,
 		setGateway: func(addr string) error {
 			if _, _, err := net.SplitHostPort(addr); err != nil {
 				return fmt.Errorf("gateway address %q: %w", addr, err)
 			}
-			old := gwAddr.Swap(addr)
-			if old != addr {
+			old := gw.addr.Swap(addr)
+			switch {
+			case old == addr:
+			case gw.sock != "":
+				// A restarted gateway re-creates the socket at the same path; its TCP
+				// address does not matter to this runner.
+				log.Info("gateway address changed; this runner keeps using the sandbox socket", "old", old, "new", addr, "socket", gw.sock)
+			default:
 				log.Info("gateway address changed; new guest sessions go there", "old", old, "new", addr)
 			}
 			return nil
@@ -261,7 +272,7 @@ func Run(ctx context.Context, dir string, o Options) (retErr error) {
 	lns[1], lns[2] = gwGate.listen(lns[1]), egGate.listen(lns[2])
 	// The guest's egress is re-checked here against the sandbox's network policy,
 	// which the runner polls from the gateway (fail closed until it is known).
-	stopEgress, err := startEgress(ctx, lns[2], spec, func() string { return gwAddr.Load().(string) }, log)
+	stopEgress, err := startEgress(ctx, lns[2], spec, gw, log)
 	if err != nil {
 		setReason(ReasonBootFailed, "cannot serve the guest's egress with the policy check")
 		return err
@@ -269,7 +280,7 @@ func Run(ctx context.Context, dir string, o Options) (retErr error) {
 	defer stopEgress()
 	wg.Add(2)
 	go func() { defer wg.Done(); serveBootstrapOnce(lns[0], bootDoc, box, log) }()
-	go func() { defer wg.Done(); serveGateway(lns[1], &gwAddr, box, log) }()
+	go func() { defer wg.Done(); serveGateway(lns[1], gw, box, log) }()
 
 	exited := make(chan error, 1)
 	go func() { exited <- m.Wait(context.Background()) }()
@@ -316,9 +327,29 @@ func Run(ctx context.Context, dir string, o Options) (retErr error) {
 	}
 }
 
+// gatewayTarget is where the runner reaches the gateway: the sandbox's socket when the
+// gateway made one, else its TCP address (which the driver may repoint after a gateway
+// restart).
+type gatewayTarget struct {
+	sock string
+	addr atomic.Value // string
+}
+
+// dial connects once to the gateway; what names the target for logs.
+func (g *gatewayTarget) dial(ctx context.Context, timeout time.Duration) (c net.Conn, what string, err error) {
+	d := net.Dialer{Timeout: timeout}
+	if g.sock != "" {
+		c, err = d.DialContext(ctx, "unix", g.sock)
+		return c, g.sock, err
+	}
+	addr := g.addr.Load().(string)
+	c, err = d.DialContext(ctx, "tcp", addr)
+	return c, addr, err
+}
+
 // serveGateway bridges the guest's admitted gateway-port connections (the instance
-// preamble already read) to the gateway's current address.
-func serveGateway(l net.Listener, gwAddr *atomic.Value, box *statusBox, log *slog.Logger) {
+// preamble already read) to the gateway.
+func serveGateway(l net.Listener, gw *gatewayTarget, box *statusBox, log *slog.Logger) {
 	for {
 		c, err := l.Accept()
 		if err != nil {
@@ -327,9 +358,9 @@ func serveGateway(l net.Listener, gwAddr *atomic.Value, box *statusBox, log *slo
 		box.update(func(s *Status) { s.Gateway++ })
 		go func() {
 			defer c.Close()
-			up, addr, err := bridgeDial(gwAddr, gatewayDialPatience)
+			up, what, err := bridgeDial(gw, gatewayDialPatience)
 			if err != nil {
-				log.Warn("gateway bridge: dial gateway", "addr", addr, "err", err)
+				log.Warn("gateway bridge: dial gateway", "target", what, "err", err)
 				return
 			}
 			defer up.Close()
@@ -339,22 +370,22 @@ func serveGateway(l net.Listener, gwAddr *atomic.Value, box *statusBox, log *slo
 }
 
 // gatewayDialPatience is how long the bridge keeps trying to reach the gateway for a
-// guest connection. A gateway that restarts is back within it, and the guest's
-// connection then goes through at once, instead of failing and leaving the guest to
-// its transport's backoff (1 s, 1.6 s, 2.6 s, …), which would keep the sandbox from
-// Ready for seconds after the gateway is up. It stays below the guest's 5 s connect
-// timeout, so a gateway that stays away still fails the guest's attempt first here.
+// guest connection. A gateway that restarts is back within it (re-creating its
+// socket, or listening again), and the guest's connection then goes through at once,
+// instead of failing and leaving the guest to its transport's backoff (1 s, 1.6 s,
+// 2.6 s, …), which would keep the sandbox from Ready for seconds after the gateway is
+// up. It stays below the guest's 5 s connect timeout, so a gateway that stays away
+// still fails the guest's attempt first here.
 const gatewayDialPatience = 4 * time.Second
 
-// bridgeDial dials the gateway's current address (the driver may change it while
+// bridgeDial dials the gateway (its current address: the driver may change it while
 // the bridge waits) every 100 ms until it answers or patience runs out.
-func bridgeDial(gwAddr *atomic.Value, patience time.Duration) (net.Conn, string, error) {
+func bridgeDial(gw *gatewayTarget, patience time.Duration) (net.Conn, string, error) {
 	deadline := time.Now().Add(patience)
 	for {
-		addr := gwAddr.Load().(string)
-		up, err := net.DialTimeout("tcp", addr, time.Second)
+		up, what, err := gw.dial(context.Background(), time.Second)
 		if err == nil || time.Now().After(deadline) {
-			return up, addr, err
+			return up, what, err
 		}
 		time.Sleep(100 * time.Millisecond)
 	}

@@ -126,7 +126,7 @@ func TestVMSecretsStayOnHost(t *testing.T) {
 		}
 		spec := syncSpec(gwPort, caPEM, syncTestToken)
 		spec.Egress.UpstreamCAFile, spec.Egress.RunnerCredential = up.caFile, cred
-		stop, err := startEgress(t.Context(), l, spec, func() string { return gw }, slog.Default())
+		stop, err := startEgress(t.Context(), l, spec, tcpTarget(gw), slog.Default())
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/openshell/openshell/drivers"
 	"github.com/openshell/openshell/drivers/vm/internal/state"
 	"github.com/openshell/openshell/internal/atomicfile"
 	"github.com/openshell/openshell/supervisor/bootstrap"
@@ -26,8 +27,15 @@ type Spec struct {
 	SandboxID   string      `json:"sandbox_id"`
 	SandboxName string      `json:"sandbox_name"`
 	Machine     MachineSpec `json:"machine"`
-	// GatewayAddr is the gateway's TCP address; guest connections on the gateway port
-	// are bridged there byte for byte (TLS stays end to end).
+	// GatewaySocketDir is the host directory holding the gateway's per-sandbox socket
+	// (drivers.GatewaySocketName): a plaintext gRPC socket the gateway binds to this
+	// sandbox. When set, guest connections on the gateway port are bridged to it and
+	// the guest speaks plaintext gRPC (the runner knows its VM, the socket tells the
+	// gateway which sandbox; the token is still checked).
+	GatewaySocketDir string `json:"gateway_socket_dir,omitempty"`
+	// GatewayAddr is the gateway's TCP address. Without a socket dir (runners booted
+	// before the gateway made one) guest connections are bridged there byte for byte
+	// and TLS runs end to end from the guest.
 	GatewayAddr string `json:"gateway_addr"`
 	// Bootstrap is served as one JSON document on the bootstrap port.
 	Bootstrap bootstrap.Config `json:"bootstrap"`
@@ -138,8 +146,10 @@ func (s *Spec) Validate() error {
 		return fmt.Errorf("runner spec: machine.image_disk is empty")
 	case s.Machine.Disk == "":
 		return fmt.Errorf("runner spec: machine.disk is empty")
-	case s.GatewayAddr == "":
-		return fmt.Errorf("runner spec: gateway_addr is empty")
+	case s.GatewayAddr == "" && s.GatewaySocketDir == "":
+		return fmt.Errorf("runner spec: gateway_addr and gateway_socket_dir are both empty: the guest's sessions have nowhere to go")
+	case s.GatewaySocketDir != "" && !filepath.IsAbs(s.GatewaySocketDir):
+		return fmt.Errorf("runner spec: gateway_socket_dir %q must be an absolute path", s.GatewaySocketDir)
 	case s.Machine.Backend != "" && backends.Validate(s.Machine.Backend) != nil:
 		return fmt.Errorf("runner spec: machine.%w", backends.Validate(s.Machine.Backend))
 	}
@@ -147,6 +157,15 @@ func (s *Spec) Validate() error {
 		return err
 	}
 	return s.Egress.Validate()
+}
+
+// GatewaySocket is the path of the gateway's per-sandbox socket ("" = none: bridge
+// to GatewayAddr over TCP).
+func (s *Spec) GatewaySocket() string {
+	if s.GatewaySocketDir == "" {
+		return ""
+	}
+	return filepath.Join(s.GatewaySocketDir, drivers.GatewaySocketName)
 }
 
 // WriteSpec stores spec in dir/runner.json (0600).
