@@ -20,7 +20,9 @@ import (
 )
 
 // schemaVersion is recorded in openshell_store_meta; bump it with a migration.
-const schemaVersion = 1
+// 2: the replica lease and supervisor-session holder tables (CREATE … IF NOT EXISTS,
+// so a version-1 database migrates by running the schema again).
+const schemaVersion = 2
 
 // schemaLockID is the advisory lock key that serializes schema setup when several
 // replicas start at once (CREATE … IF NOT EXISTS alone races in PostgreSQL).
@@ -48,6 +50,19 @@ CREATE INDEX IF NOT EXISTS openshell_objects_labels ON openshell_objects USING g
 -- Created last: on a table without statistics the planner breaks cost ties in favour of
 -- the newest index, and GetByName must use this one, not a prefix of objects_by_created.
 CREATE UNIQUE INDEX IF NOT EXISTS openshell_objects_by_name ON openshell_objects (kind, workspace, name);
+CREATE TABLE IF NOT EXISTS openshell_replicas (
+	replica_id    TEXT   PRIMARY KEY,
+	peer_address  TEXT   NOT NULL,
+	expires_at_ms BIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS openshell_supervisor_sessions (
+	sandbox_id  TEXT PRIMARY KEY,
+	replica_id  TEXT NOT NULL,
+	instance_id TEXT NOT NULL,
+	secret_sum  BYTEA,
+	host_key    BYTEA
+);
+CREATE INDEX IF NOT EXISTS openshell_supervisor_sessions_by_replica ON openshell_supervisor_sessions (replica_id);
 `
 
 // Store is the PostgreSQL backend.
@@ -107,6 +122,11 @@ func (s *Store) migrate(ctx context.Context) error {
 			}
 		case err != nil:
 			return fmt.Errorf("postgres store: read schema version: %w", err)
+		case v == "1":
+			// Version 1 lacked only the tables the schema above just created.
+			if _, err := tx.Exec(ctx, `UPDATE openshell_store_meta SET value = $1 WHERE key = 'schema_version'`, fmt.Sprint(schemaVersion)); err != nil {
+				return fmt.Errorf("postgres store: record schema version: %w", err)
+			}
 		case v != fmt.Sprint(schemaVersion):
 			return fmt.Errorf("postgres store: database has schema version %s, this gateway knows %d; run the same openshell version on every replica", v, schemaVersion)
 		}

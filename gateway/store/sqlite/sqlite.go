@@ -25,7 +25,9 @@ import (
 )
 
 // schemaVersion is stored in PRAGMA user_version; bump it with a migration.
-const schemaVersion = 1
+// 2: the replica lease and supervisor-session holder tables (CREATE … IF NOT EXISTS,
+// so a version-1 database migrates by running the schema again).
+const schemaVersion = 2
 
 // busyTimeout bounds how long a statement waits for another process's lock.
 const busyTimeout = 10 * time.Second
@@ -45,6 +47,19 @@ CREATE TABLE IF NOT EXISTS objects (
 CREATE UNIQUE INDEX IF NOT EXISTS objects_by_name ON objects (kind, workspace, name);
 CREATE INDEX IF NOT EXISTS objects_by_created ON objects (kind, workspace, created_at_ms, id);
 CREATE INDEX IF NOT EXISTS objects_by_kind_created ON objects (kind, created_at_ms, id);
+CREATE TABLE IF NOT EXISTS replicas (
+	replica_id    TEXT    PRIMARY KEY,
+	peer_address  TEXT    NOT NULL,
+	expires_at_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS supervisor_sessions (
+	sandbox_id  TEXT PRIMARY KEY,
+	replica_id  TEXT NOT NULL,
+	instance_id TEXT NOT NULL,
+	secret_sum  BLOB,
+	host_key    BLOB
+);
+CREATE INDEX IF NOT EXISTS supervisor_sessions_by_replica ON supervisor_sessions (replica_id);
 `
 
 // Store is the SQLite backend.

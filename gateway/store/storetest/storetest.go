@@ -38,6 +38,7 @@ func Run(t *testing.T, newStore Factory) {
 		{"Delete", testDelete},
 		{"CanceledContext", testCanceledContext},
 		{"ServiceRecords", testServiceRecords},
+		{"Sessions", testSessions},
 	} {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, newStore(t)) })
 	}
