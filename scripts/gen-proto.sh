@@ -51,5 +51,5 @@ PATH="$PLUGIN_DIR:$PATH" protoc \
   -I . -I "$WKT_INCLUDE" \
   --go_out="$OUT" --go_opt=module="$GO_MODULE" \
   --go-grpc_out="$OUT" --go-grpc_opt=module="$GO_MODULE" \
-  options.proto datamodel.proto sandbox.proto openshell.proto compute_driver.proto
+  options.proto datamodel.proto sandbox.proto openshell.proto compute_driver.proto peer.proto
 log "generated into $OUT: $(cd "$OUT" && ls -d api/*v1 | tr '\n' ' ')"
