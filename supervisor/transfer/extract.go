@@ -75,7 +75,9 @@ func Extract(root *os.Root, as string, r io.Reader, count func(int64)) (Result, 
 	top := ""
 	made := map[string]bool{}
 	var dirs []dirMeta
-	buf := make([]byte, 1<<20)
+	// Grown to the largest file seen, up to 1 MiB: a stream of small files (or a
+	// hostile one that only claims sizes) does not pay for a big zeroed buffer.
+	var buf []byte
 	for {
 		hdr, err := tr.Next()
 		if errors.Is(err, io.EOF) {
@@ -122,6 +124,9 @@ func Extract(root *os.Root, as string, r io.Reader, count func(int64)) (Result, 
 			dirs = append(dirs, dirMeta{name, permOf(hdr.Mode), hdr.ModTime})
 			res.Dirs++
 		case tar.TypeReg, '\x00':
+			if want := min(max(hdr.Size, 32<<10), 1<<20); int64(len(buf)) < want {
+				buf = make([]byte, want)
+			}
 			n, err := writeFile(root, name, tr, permOf(hdr.Mode), buf, count)
 			res.Bytes += n
 			if err != nil {
