@@ -129,6 +129,13 @@ func (s *Server) CreateSandbox(ctx context.Context, req *openshellv1.CreateSandb
 			derr = fmt.Errorf("preparing workspace %q: %w", ws, err)
 		}
 	}
+	if derr == nil && s.opts.SandboxSockets != nil {
+		if dir, err := s.opts.SandboxSockets.Open(id); err != nil {
+			derr = err
+		} else {
+			dsb.Spec.GatewaySocketDir = dir
+		}
+	}
 	if derr == nil {
 		derr = s.drv.Create(dctx, dsb)
 	}
@@ -237,6 +244,9 @@ func (s *Server) finishDelete(ctx context.Context, id, name string) error {
 	}
 	if err := s.st.Delete(ctx, kindSandbox, id, 0); err != nil && !errors.Is(err, store.ErrNotFound) {
 		return err
+	}
+	if s.opts.SandboxSockets != nil {
+		s.opts.SandboxSockets.Remove(id)
 	}
 	s.deleteServicesOf(ctx, id)
 	s.hub.Drop(id)

@@ -76,6 +76,21 @@ type Options struct {
 	// Secrets encrypts provider credentials at rest; nil = provider RPCs answer
 	// FAILED_PRECONDITION.
 	Secrets *secrets.Box
+	// SandboxSockets gives each sandbox a gateway socket of its own, whose directory
+	// the driver mounts (DriverSandboxSpec.gateway_socket_dir); nil = none, the
+	// sandboxes dial the TCP endpoint.
+	SandboxSockets SandboxSockets
+}
+
+// KindSandbox is the store kind of sandbox records.
+const KindSandbox = kindSandbox
+
+// SandboxSockets opens and removes per-sandbox gateway sockets.
+type SandboxSockets interface {
+	// Open creates and serves the sandbox's socket; it returns its host directory.
+	Open(id string) (dir string, err error)
+	// Remove closes the socket and removes its directory.
+	Remove(id string)
 }
 
 // Server implements openshellv1.OpenShellServer.

@@ -43,6 +43,8 @@ type plan struct {
 	runtime             string
 	labels              map[string]string
 	boot                bootstrap.Config
+	// socketDir is the host dir of the sandbox's own gateway socket ("" = TCP).
+	socketDir string
 }
 
 // plan validates a create request and resolves the image and resources.
@@ -139,6 +141,10 @@ func (d *Driver) plan(ctx context.Context, sb *computev1.DriverSandbox) (*plan, 
 	if len(d.cfg.CAPEM) > 0 {
 		p.boot.CAFile = BootstrapDir + "/ca.pem"
 	}
+	if dir := spec.GetGatewaySocketDir(); dir != "" {
+		p.socketDir = dir
+		p.boot.Endpoint = drivers.GatewaySocketEndpoint()
+	}
 	return p, nil
 }
 
@@ -169,7 +175,6 @@ func (d *Driver) containerConfig(p *plan, stateDir string) (*container.Config, *
 			stateDir + ":" + BootstrapDir + ":ro",
 		},
 		NetworkMode:   container.NetworkMode(d.cfg.Network),
-		ExtraHosts:    []string{GatewayHost + ":" + d.gatewayIP},
 		RestartPolicy: container.RestartPolicy{Name: container.RestartPolicyDisabled},
 		CapDrop:       []string{"ALL"},
 		CapAdd:        slices.Clone(supervisorCaps),
@@ -182,6 +187,12 @@ func (d *Driver) containerConfig(p *plan, stateDir string) (*container.Config, *
 			MemoryReservation: p.memoryReq,
 			PidsLimit:         &pids,
 		},
+	}
+	if p.socketDir != "" {
+		// The directory, not the socket: a restarted gateway's new socket shows up.
+		host.Binds = append(host.Binds, p.socketDir+":"+drivers.GatewaySocketMountDir+":ro")
+	} else {
+		host.ExtraHosts = []string{GatewayHost + ":" + d.gatewayIP}
 	}
 	host.Runtime = p.runtime
 	if p.gpu != nil {

@@ -220,6 +220,10 @@ func (d *Driver) Create(ctx context.Context, sb *computev1.DriverSandbox) (retEr
 	if err != nil {
 		return err
 	}
+	if err := d.shareSocketDir(p.socketDir); err != nil {
+		_ = os.RemoveAll(stateDir)
+		return fmt.Errorf("sandbox %s: %w", sb.GetId(), err)
+	}
 	defer func() {
 		if retErr != nil {
 			_ = os.RemoveAll(stateDir)
@@ -466,6 +470,24 @@ func (d *Driver) writeState(id, token string) (string, error) {
 		}
 	}
 	return dir, nil
+}
+
+// shareSocketDir hands the sandbox's gateway socket dir (and the socket in it)
+// to a rootless service's user, the container's root, as the token is, and lets
+// that user reach the directory to mount it. The gateway gives a socket it
+// re-creates there the directory's owner.
+func (d *Driver) shareSocketDir(dir string) error {
+	if dir == "" || !d.foreignOwner() {
+		return nil
+	}
+	if err := os.Chown(dir, d.ownerUID, d.ownerUID); err != nil {
+		return fmt.Errorf("gateway socket dir: %w", err)
+	}
+	sock := filepath.Join(dir, drivers.GatewaySocketName)
+	if err := os.Chown(sock, d.ownerUID, d.ownerUID); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("gateway socket: %w", err)
+	}
+	return d.openPath(filepath.Dir(dir))
 }
 
 // writeOwned writes path atomically; owner >= 0 then gives it to that uid (the

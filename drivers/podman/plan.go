@@ -35,6 +35,8 @@ type plan struct {
 	gpus                []string // CDI device ids (kind=name)
 	labels              map[string]string
 	boot                bootstrap.Config
+	// socketDir is the host dir of the sandbox's own gateway socket ("" = TCP).
+	socketDir string
 }
 
 // plan validates a create request and resolves the image and resources.
@@ -120,6 +122,10 @@ func (d *Driver) plan(ctx context.Context, sb *computev1.DriverSandbox) (*plan, 
 	if len(d.cfg.CAPEM) > 0 {
 		p.boot.CAFile = drivers.BootstrapDir + "/ca.pem"
 	}
+	if dir := spec.GetGatewaySocketDir(); dir != "" {
+		p.socketDir = dir
+		p.boot.Endpoint = drivers.GatewaySocketEndpoint()
+	}
 	return p, nil
 }
 
@@ -154,11 +160,17 @@ func (d *Driver) spec(p *plan, stateDir string) *specGenerator {
 		OCIRuntime:      p.runtime,
 		// The image's HEALTHCHECK would test the agent, not the supervisor we start.
 		HealthConfig: map[string]any{"Test": []string{"NONE"}},
-		HostAdd:      []string{drivers.GatewayHost + ":" + hostLoopback},
-		// Its own user-mode network; the host loopback, where the gateway listens,
-		// shows up at 10.0.2.2.
-		NetNS:          specNamespace{NSMode: "slirp4netns"},
-		NetworkOptions: map[string][]string{"slirp4netns": {"allow_host_loopback=true"}},
+		// Its own user-mode network, for egress (through the supervisor's proxy).
+		NetNS: specNamespace{NSMode: "slirp4netns"},
+	}
+	if p.socketDir != "" {
+		// The directory, not the socket: a restarted gateway's new socket shows up.
+		// The host loopback stays closed to the sandbox.
+		s.Mounts = append(s.Mounts, specMount{Destination: drivers.GatewaySocketMountDir, Type: "bind", Source: p.socketDir, Options: []string{"ro", "rbind"}})
+	} else {
+		// The gateway listens on the host loopback, which slirp4netns shows at 10.0.2.2.
+		s.HostAdd = []string{drivers.GatewayHost + ":" + hostLoopback}
+		s.NetworkOptions = map[string][]string{"slirp4netns": {"allow_host_loopback=true"}}
 	}
 	for _, id := range p.gpus {
 		s.Devices = append(s.Devices, map[string]string{"path": id})

@@ -120,6 +120,10 @@ type LocalPeer struct {
 	Admin    bool
 	// Refusal tells a caller who is not an administrator why, and the fix.
 	Refusal string
+	// SandboxID is set when the connection arrived on that sandbox's own socket: it
+	// serves only that sandbox's supervisor (its token, the supervisor RPCs), never an
+	// administrator, whatever the caller's uid.
+	SandboxID string
 }
 
 // AuthType implements credentials.AuthInfo.
@@ -134,23 +138,23 @@ func (a *Authenticator) Authenticate(ctx context.Context) (Principal, error) {
 	if p, ok := peer.FromContext(ctx); ok {
 		local, isLocal = p.AuthInfo.(LocalPeer)
 	}
+	md, _ := metadata.FromIncomingContext(ctx)
+	if isLocal && local.SandboxID != "" {
+		return a.sandboxSocket(md, local.SandboxID)
+	}
 	if isLocal && !local.Admin {
 		return Principal{}, status.Error(codes.PermissionDenied, local.Refusal)
 	}
-	md, _ := metadata.FromIncomingContext(ctx)
 	// Only the first authorization value counts (gRPC clients send one).
-	if vals := md.Get("authorization"); len(vals) > 0 {
-		tok, ok := strings.CutPrefix(vals[0], "Bearer ")
-		if !ok {
-			tok, ok = strings.CutPrefix(vals[0], "bearer ")
-		}
-		if !ok || strings.TrimSpace(tok) == "" {
-			return Principal{}, status.Error(codes.Unauthenticated, "authorization metadata must be 'Bearer <token>'")
-		}
+	tok, present, err := bearerToken(md)
+	if err != nil {
+		return Principal{}, err
+	}
+	if present {
 		if a.Tokens == nil {
 			return Principal{}, status.Error(codes.Unauthenticated, "this gateway does not accept bearer tokens")
 		}
-		id, err := a.Tokens.Verify(strings.TrimSpace(tok))
+		id, err := a.Tokens.Verify(tok)
 		if err != nil {
 			return Principal{}, status.Errorf(codes.Unauthenticated, "sandbox token rejected: %v", err)
 		}
@@ -173,6 +177,62 @@ func (a *Authenticator) Authenticate(ctx context.Context) (Principal, error) {
 		return Principal{Kind: UserKind, Name: "local-dev"}, nil
 	}
 	return Principal{}, nil
+}
+
+// bearerToken returns the first authorization value's bearer token ("" when none).
+func bearerToken(md metadata.MD) (string, bool, error) {
+	vals := md.Get("authorization")
+	if len(vals) == 0 {
+		return "", false, nil
+	}
+	tok, ok := strings.CutPrefix(vals[0], "Bearer ")
+	if !ok {
+		tok, ok = strings.CutPrefix(vals[0], "bearer ")
+	}
+	if !ok || strings.TrimSpace(tok) == "" {
+		return "", true, status.Error(codes.Unauthenticated, "authorization metadata must be 'Bearer <token>'")
+	}
+	return strings.TrimSpace(tok), true, nil
+}
+
+// sandboxSocket authenticates a call on a sandbox's own socket: the socket says
+// which sandbox is calling, and the token must say the same.
+func (a *Authenticator) sandboxSocket(md metadata.MD, socketID string) (Principal, error) {
+	tok, present, err := bearerToken(md)
+	if err != nil {
+		return Principal{}, err
+	}
+	if !present {
+		return Principal{}, status.Errorf(codes.Unauthenticated, "the gateway socket of sandbox %s serves only that sandbox's supervisor: send its sandbox token", socketID)
+	}
+	if a.Tokens == nil {
+		return Principal{}, status.Error(codes.Unauthenticated, "this gateway does not accept bearer tokens")
+	}
+	id, err := a.Tokens.Verify(tok)
+	if err != nil {
+		return Principal{}, status.Errorf(codes.Unauthenticated, "sandbox token rejected: %v", err)
+	}
+	if id != socketID {
+		return Principal{}, status.Errorf(codes.PermissionDenied, "a token of sandbox %s may not be used on the gateway socket of sandbox %s", id, socketID)
+	}
+	return Principal{Kind: SandboxKind, Name: id, SandboxID: id}, nil
+}
+
+// socketMethod refuses, on a sandbox's own socket, every method a supervisor does
+// not call: that socket is no way into the rest of the API.
+func socketMethod(ctx context.Context, method string) error {
+	p, ok := peer.FromContext(ctx)
+	if !ok {
+		return nil
+	}
+	lp, ok := p.AuthInfo.(LocalPeer)
+	if !ok || lp.SandboxID == "" {
+		return nil
+	}
+	if m := ModeOf(method); m == Sandbox || m == Dual {
+		return nil
+	}
+	return status.Errorf(codes.PermissionDenied, "%s is not served on the gateway socket of sandbox %s, which carries only its supervisor's calls; use the gateway's API endpoint with user credentials", method, lp.SandboxID)
 }
 
 // authorize applies the method's mode to the principal.
@@ -216,6 +276,9 @@ type sandboxIDGetter interface{ GetSandboxId() string }
 
 // Unary is the unary server interceptor.
 func (a *Authenticator) Unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	if err := socketMethod(ctx, info.FullMethod); err != nil {
+		return nil, err
+	}
 	if ModeOf(info.FullMethod) == Unauthenticated {
 		return handler(ctx, req)
 	}
@@ -245,6 +308,9 @@ func (w *wrappedStream) Context() context.Context { return w.ctx }
 // Stream is the streaming server interceptor. Stream handlers check sandbox ids
 // themselves (the id arrives in a later message) with RequireSandbox.
 func (a *Authenticator) Stream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+	if err := socketMethod(ss.Context(), info.FullMethod); err != nil {
+		return err
+	}
 	if ModeOf(info.FullMethod) == Unauthenticated {
 		return handler(srv, ss)
 	}

@@ -96,10 +96,12 @@ type Gateway struct {
 	health *http.Server
 	// socketDir is the default socket's runtime dir, removed at Stop once empty.
 	socketDir string
-	driver    drivers.Driver
-	store     store.Store
-	log       *slog.Logger
-	done      chan error
+	// sbs serves the per-sandbox sockets (nil: the driver's sandboxes use TCP).
+	sbs    *sandboxSockets
+	driver drivers.Driver
+	store  store.Store
+	log    *slog.Logger
+	done   chan error
 }
 
 // Start brings a gateway up and returns once it is serving.
@@ -196,6 +198,7 @@ func Start(ctx context.Context, cfg *config.Config, log *slog.Logger) (_ *Gatewa
 			log.Info("auto-detected compute driver", "driver", name, "socket", det.Socket)
 		}
 		env.Table = cfg.DriverTable(name)
+		env.GatewaySockets = usesSandboxSockets(name, env.Table)
 		if sb, _ := env.Table["supervisor_binary"].(string); sb != "" {
 			env.SupervisorBinary = sb
 		} else if p, ferr := driversel.FindBinary("openshell-sandbox", ""); ferr == nil {
@@ -207,6 +210,13 @@ func Start(ctx context.Context, cfg *config.Config, log *slog.Logger) (_ *Gatewa
 		return nil, err
 	}
 	cleanups = append(cleanups, drv.Close)
+	var sbs *sandboxSockets
+	if env.GatewaySockets {
+		if sbs, err = newSandboxSockets(cfg.StateDir, log); err != nil {
+			return nil, fmt.Errorf("%w; or set gateway_endpoint in [drivers.%s] so that sandboxes dial the gateway over TCP", err, name)
+		}
+		cleanups = append(cleanups, sbs.Close)
+	}
 	extra, err := extraListeners(ctx, drv, lis.Addr().(*net.TCPAddr), cfg.DisableTLS, log)
 	if err != nil {
 		return nil, err
@@ -220,11 +230,20 @@ func Start(ctx context.Context, cfg *config.Config, log *slog.Logger) (_ *Gatewa
 	if err != nil {
 		return nil, err
 	}
-	srv, err := gateway.New(ctx, gateway.Options{
+	gopts := gateway.Options{
 		Store: st, Driver: drv, DriverName: name, Tokens: issuer, Log: log,
 		GatewayHost: hostForClients(cfg), GatewayPort: uint32(port), GatewayScheme: scheme,
 		Exec: sshrelay.Exec, Interactive: sshrelay.Interactive, Secrets: box, SSHSessionTTL: cfg.SSHSessionTTL,
-	})
+	}
+	if sbs != nil {
+		gopts.SandboxSockets = sbs
+		// A restarted gateway serves the sandboxes it knows again: their containers
+		// mount the directory, and their supervisors redial the new socket.
+		if err := openKnownSockets(ctx, st, sbs, log); err != nil {
+			return nil, err
+		}
+	}
+	srv, err := gateway.New(ctx, gopts)
 	if err != nil {
 		return nil, err
 	}
@@ -240,7 +259,7 @@ func Start(ctx context.Context, cfg *config.Config, log *slog.Logger) (_ *Gatewa
 	if bundle != nil {
 		creds = grpcopts.TLS(bundle.ServerTLSConfig())
 	}
-	if ulis != nil {
+	if ulis != nil || sbs != nil {
 		tcp := creds
 		if tcp == nil {
 			tcp = insecure.NewCredentials()
@@ -251,7 +270,7 @@ func Start(ctx context.Context, cfg *config.Config, log *slog.Logger) (_ *Gatewa
 	gs := gateway.NewGRPCServer(&auth.Authenticator{Tokens: issuer, LocalDev: cfg.DisableTLS, Log: log}, opts...)
 	srv.Register(gs)
 
-	g := &Gateway{Addr: lis.Addr(), DriverName: name, Server: srv, grpc: gs, driver: drv, store: st, log: log, done: make(chan error, 1)}
+	g := &Gateway{Addr: lis.Addr(), DriverName: name, Server: srv, grpc: gs, sbs: sbs, driver: drv, store: st, log: log, done: make(chan error, 1)}
 	if cfg.HealthPort != 0 {
 		hl, err := net.Listen("tcp", net.JoinHostPort(cfg.BindAddress, strconv.Itoa(cfg.HealthPort)))
 		if err != nil {
@@ -264,6 +283,9 @@ func Start(ctx context.Context, cfg *config.Config, log *slog.Logger) (_ *Gatewa
 	go func() { g.done <- gs.Serve(lis) }()
 	for _, l := range extra {
 		go func() { _ = gs.Serve(l) }()
+	}
+	if sbs != nil {
+		sbs.start(func(l net.Listener) { _ = gs.Serve(l) })
 	}
 	if ulis != nil {
 		g.SocketPath = ulis.Addr().String()
@@ -343,6 +365,37 @@ func extraListeners(ctx context.Context, drv drivers.Driver, main *net.TCPAddr, 
 	return out, nil
 }
 
+// usesSandboxSockets: container sandboxes (and VM runners) on this host reach
+// the gateway through a socket of their own, unless the driver's table names a
+// gateway_endpoint: then they dial that (several replicas behind a balancer).
+func usesSandboxSockets(driver string, table map[string]any) bool {
+	switch driver {
+	case "docker", "podman", "vm":
+	default:
+		return false
+	}
+	ep, _ := table["gateway_endpoint"].(string)
+	return ep == ""
+}
+
+// openKnownSockets re-creates the socket of every sandbox in the store and removes
+// the directories of sandboxes that are gone.
+func openKnownSockets(ctx context.Context, st store.Store, sbs *sandboxSockets, log *slog.Logger) error {
+	objs, err := st.List(ctx, gateway.KindSandbox, store.ListOptions{AllWorkspaces: true})
+	if err != nil {
+		return fmt.Errorf("listing sandboxes for their gateway sockets: %w", err)
+	}
+	known := map[string]bool{}
+	for _, o := range objs {
+		known[o.ID] = true
+		if _, err := sbs.Open(o.ID); err != nil {
+			log.Warn("could not re-create a sandbox's gateway socket", "sandbox_id", o.ID, "err", err)
+		}
+	}
+	sbs.Prune(known)
+	return nil
+}
+
 func hostForClients(cfg *config.Config) string {
 	if ip := net.ParseIP(cfg.BindAddress); ip != nil && ip.IsUnspecified() {
 		return "127.0.0.1"
@@ -389,6 +442,9 @@ func (g *Gateway) Stop(timeout time.Duration) error {
 	}
 	if g.health != nil {
 		_ = g.health.Close()
+	}
+	if g.sbs != nil {
+		_ = g.sbs.Close()
 	}
 	if g.socketDir != "" {
 		_ = os.Remove(g.socketDir) // only when empty: the socket went with its listener

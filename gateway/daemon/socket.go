@@ -172,13 +172,18 @@ func removeStale(path string) error {
 }
 
 // splitCreds secures TCP connections with tcp (mTLS, or nothing under
-// --disable-tls) and identifies Unix socket callers by their kernel credentials.
+// --disable-tls), identifies callers on the local socket by their kernel
+// credentials (local may be nil: no local socket) and binds connections on a
+// sandbox's own socket to that sandbox.
 type splitCreds struct {
 	tcp   credentials.TransportCredentials
 	local *socketPolicy
 }
 
 func (s *splitCreds) ServerHandshake(c net.Conn) (net.Conn, credentials.AuthInfo, error) {
+	if sc, ok := c.(*sandboxConn); ok {
+		return c, sandboxPeer(sc), nil
+	}
 	if uc, ok := c.(*net.UnixConn); ok && s.local != nil {
 		ai, err := s.local.identify(uc)
 		return c, ai, err

@@ -25,6 +25,10 @@ func newDocker(ctx context.Context, env DriverEnv) (drivers.Driver, error) {
 	if env.EngineSocket != "" {
 		cfg.Host = "unix://" + env.EngineSocket
 	}
+	if env.GatewaySockets {
+		// Sandboxes dial their own socket: nothing on the bridge, no forwarder.
+		cfg.GatewayServesBridge, cfg.GatewayPort = false, 0
+	}
 	if err := env.Decode(&cfg); err != nil {
 		return nil, err
 	}

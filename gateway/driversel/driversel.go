@@ -52,6 +52,10 @@ type DriverEnv struct {
 	EngineSocket string
 	// Table is the driver's `[drivers.<name>]` TOML table (never nil).
 	Table map[string]any
+	// GatewaySockets: the gateway gives each sandbox a socket of its own
+	// (DriverSandboxSpec.gateway_socket_dir), so no listener for sandboxes on a
+	// network is needed.
+	GatewaySockets bool
 	// Log is the gateway's logger.
 	Log *slog.Logger
 }

@@ -30,14 +30,23 @@ type Endpoint struct {
 	Host   string // host name or IP, for TLS ServerName
 	Addr   string // host:port to dial
 	Secure bool
+	// Socket is the path of a Unix socket to dial instead (unix:///path): the
+	// sandbox's own gateway socket, plaintext, since the socket is the identity.
+	Socket string
 }
 
-// ParseEndpoint parses "https://host:port", "http://host:port" or bare "host:port"
-// (TLS). The default port is 17670.
+// ParseEndpoint parses "https://host:port", "http://host:port", bare "host:port"
+// (TLS) or "unix:///path" (plaintext). The default port is 17670.
 func ParseEndpoint(s string) (Endpoint, error) {
 	s = strings.TrimSpace(s)
 	if s == "" {
 		return Endpoint{}, errors.New("session: empty gateway endpoint: set OPENSHELL_ENDPOINT")
+	}
+	if p, ok := strings.CutPrefix(s, "unix://"); ok {
+		if !strings.HasPrefix(p, "/") {
+			return Endpoint{}, fmt.Errorf("session: gateway endpoint %q: want unix:///absolute/path", s)
+		}
+		return Endpoint{Host: "localhost", Addr: "localhost", Socket: p}, nil
 	}
 	secure := true
 	if !strings.Contains(s, "://") {
@@ -52,7 +61,7 @@ func ParseEndpoint(s string) (Endpoint, error) {
 	case "http", "grpc":
 		secure = false
 	default:
-		return Endpoint{}, fmt.Errorf("session: gateway endpoint %q: scheme must be https or http", s)
+		return Endpoint{}, fmt.Errorf("session: gateway endpoint %q: scheme must be https, http or unix", s)
 	}
 	host := u.Hostname()
 	if host == "" {
@@ -129,6 +138,9 @@ func Dial(o DialOptions) (*grpc.ClientConn, error) {
 	if dial == nil {
 		var d net.Dialer
 		dial = func(ctx context.Context, addr string) (net.Conn, error) { return d.DialContext(ctx, "tcp", addr) }
+		if ep.Socket != "" {
+			dial = func(ctx context.Context, _ string) (net.Conn, error) { return d.DialContext(ctx, "unix", ep.Socket) }
+		}
 	}
 	return grpc.NewClient("passthrough:///"+ep.Addr, append(grpcopts.Dial(creds),
 		grpc.WithPerRPCCredentials(bearer{token: o.Token, secure: ep.Secure}),

@@ -1,0 +1,208 @@
+package daemon
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"syscall"
+
+	"google.golang.org/grpc/credentials"
+
+	"github.com/openshell/openshell/drivers"
+	"github.com/openshell/openshell/gateway/auth"
+	"github.com/openshell/openshell/internal/rundir"
+)
+
+// Per-sandbox sockets: each container sandbox reaches the gateway through a socket
+// of its own, in a directory the driver bind-mounts into that container only. The
+// socket is the identity (no TLS): every connection on it is bound to its sandbox,
+// which auth.LocalPeer.SandboxID carries into the auth layer. Drivers mount the
+// directory, not the file, so the socket a restarted gateway re-creates in the same
+// directory is what an existing container sees.
+
+// sandboxSockets opens, serves and removes the per-sandbox sockets of one gateway.
+type sandboxSockets struct {
+	base string // <runtime dir>/sb
+	log  *slog.Logger
+
+	mu      sync.Mutex
+	lis     map[string]*net.UnixListener
+	serve   func(net.Listener) // nil until the gRPC server is up
+	pending []net.Listener
+	closed  bool
+}
+
+// newSandboxSockets prepares <runtime dir of stateDir>/sb.
+func newSandboxSockets(stateDir string, log *slog.Logger) (*sandboxSockets, error) {
+	run := rundir.For(stateDir)
+	if err := rundir.Ensure(run); err != nil {
+		return nil, fmt.Errorf("per-sandbox gateway sockets: %w", err)
+	}
+	base := filepath.Join(run, "sb")
+	if err := os.Mkdir(base, 0o700); err != nil && !errors.Is(err, os.ErrExist) {
+		return nil, fmt.Errorf("per-sandbox gateway sockets: %w", err)
+	}
+	return &sandboxSockets{base: base, log: log, lis: map[string]*net.UnixListener{}}, nil
+}
+
+// dirName is a short, fixed name for a sandbox's directory (a socket path must
+// fit sun_path's 107 bytes, and ids may be long); 64 bits of a hash keep two
+// sandboxes apart.
+func dirName(id string) string {
+	h := sha256.Sum256([]byte(id))
+	return hex.EncodeToString(h[:8])
+}
+
+// Dir is the host directory of a sandbox's socket.
+func (m *sandboxSockets) Dir(id string) string { return filepath.Join(m.base, dirName(id)) }
+
+// Open creates (or re-creates after a restart) the sandbox's socket and serves it,
+// and returns its directory. Opening an open socket returns its directory again.
+func (m *sandboxSockets) Open(id string) (string, error) {
+	if id == "" {
+		return "", errors.New("per-sandbox gateway socket: empty sandbox id")
+	}
+	dir := m.Dir(id)
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed {
+		return "", errors.New("per-sandbox gateway socket: the gateway is stopping")
+	}
+	if _, ok := m.lis[id]; ok {
+		return dir, nil
+	}
+	if err := os.Mkdir(dir, 0o700); err != nil && !errors.Is(err, os.ErrExist) {
+		return "", fmt.Errorf("sandbox %s: gateway socket dir: %w", id, err)
+	}
+	st, err := os.Lstat(dir)
+	if err != nil {
+		return "", fmt.Errorf("sandbox %s: gateway socket dir: %w", id, err)
+	}
+	if !st.IsDir() {
+		return "", fmt.Errorf("sandbox %s: gateway socket dir %s is not a directory; remove it", id, dir)
+	}
+	path := filepath.Join(dir, drivers.GatewaySocketName)
+	// Whatever is there is this gateway's own leftover (the directory is private to
+	// it): a socket of an earlier run, which the new one replaces.
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return "", fmt.Errorf("sandbox %s: stale gateway socket: %w", id, err)
+	}
+	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	if err != nil {
+		return "", fmt.Errorf("sandbox %s: gateway socket: %w", id, err)
+	}
+	// A driver may have given the directory to the user a rootless engine runs as
+	// (the container's root); the socket goes to the same owner, else the
+	// supervisor could not connect to the re-created socket after a restart.
+	uid, gid := os.Geteuid(), os.Getegid()
+	if sys, ok := st.Sys().(*syscall.Stat_t); ok {
+		uid, gid = int(sys.Uid), int(sys.Gid)
+	}
+	if uid != os.Geteuid() || gid != os.Getegid() {
+		if err := os.Chown(path, uid, gid); err != nil {
+			l.Close()
+			return "", fmt.Errorf("sandbox %s: gateway socket owner: %w", id, err)
+		}
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		l.Close()
+		return "", fmt.Errorf("sandbox %s: gateway socket: %w", id, err)
+	}
+	m.lis[id] = l
+	sl := &sandboxListener{UnixListener: l, id: id}
+	if m.serve != nil {
+		go m.serve(sl)
+	} else {
+		m.pending = append(m.pending, sl)
+	}
+	return dir, nil
+}
+
+// Remove closes a sandbox's socket and removes its directory (at delete).
+func (m *sandboxSockets) Remove(id string) {
+	m.mu.Lock()
+	l := m.lis[id]
+	delete(m.lis, id)
+	m.mu.Unlock()
+	if l != nil {
+		_ = l.Close()
+	}
+	if err := os.RemoveAll(m.Dir(id)); err != nil {
+		m.log.Warn("could not remove a sandbox's gateway socket dir", "sandbox_id", id, "err", err)
+	}
+}
+
+// Prune removes the directories of sandboxes the gateway no longer knows (deleted
+// while it was down).
+func (m *sandboxSockets) Prune(known map[string]bool) {
+	keep := map[string]bool{}
+	for id := range known {
+		keep[dirName(id)] = true
+	}
+	ents, err := os.ReadDir(m.base)
+	if err != nil {
+		return
+	}
+	for _, e := range ents {
+		if !keep[e.Name()] {
+			_ = os.RemoveAll(filepath.Join(m.base, e.Name()))
+		}
+	}
+}
+
+// start serves the sockets opened so far and every later one.
+func (m *sandboxSockets) start(serve func(net.Listener)) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.serve = serve
+	for _, l := range m.pending {
+		go serve(l)
+	}
+	m.pending = nil
+}
+
+// Close closes every socket; the directories stay for the next run (containers
+// keep them mounted).
+func (m *sandboxSockets) Close() error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.closed = true
+	for id, l := range m.lis {
+		_ = l.Close()
+		delete(m.lis, id)
+	}
+	return nil
+}
+
+// sandboxListener marks every connection with the sandbox its socket belongs to.
+type sandboxListener struct {
+	*net.UnixListener
+	id string
+}
+
+func (l *sandboxListener) Accept() (net.Conn, error) {
+	c, err := l.AcceptUnix()
+	if err != nil {
+		return nil, err
+	}
+	return &sandboxConn{UnixConn: c, id: l.id}, nil
+}
+
+type sandboxConn struct {
+	*net.UnixConn
+	id string
+}
+
+// sandboxPeer is the identity of a connection on a sandbox's socket.
+func sandboxPeer(c *sandboxConn) credentials.AuthInfo {
+	return auth.LocalPeer{
+		CommonAuthInfo: credentials.CommonAuthInfo{SecurityLevel: credentials.PrivacyAndIntegrity},
+		SandboxID:      c.id,
+	}
+}
