@@ -176,6 +176,9 @@ type Hub struct {
 	maxRelays int
 	openWait  time.Duration
 
+	// remote, when set, is the other gateway replicas' view (see Remote).
+	remote atomic.Pointer[remoteRef]
+
 	mu       sync.Mutex
 	sessions map[string]*session      // by sandbox id
 	bindings map[string]*binding      // by sandbox id; outlive sessions
@@ -227,8 +230,13 @@ type pairResult struct {
 // Connected reports whether the sandbox has a live session.
 func (h *Hub) Connected(sandboxID string) bool {
 	h.mu.Lock()
-	defer h.mu.Unlock()
 	_, ok := h.sessions[sandboxID]
+	h.mu.Unlock()
+	if !ok {
+		if r := h.getRemote(); r != nil {
+			return r.Live(sandboxID)
+		}
+	}
 	return ok
 }
 
@@ -253,9 +261,13 @@ func (h *Hub) InstanceID(sandboxID string) string {
 // instance (nil when none is bound or it registered none).
 func (h *Hub) HostKey(sandboxID string) ssh.PublicKey {
 	h.mu.Lock()
-	defer h.mu.Unlock()
-	if b := h.bindings[sandboxID]; b != nil {
+	b := h.bindings[sandboxID]
+	h.mu.Unlock()
+	if b != nil {
 		return b.hostKey
+	}
+	if rh := h.remoteHolder(context.Background(), sandboxID); rh != nil {
+		return rh.HostKey
 	}
 	return nil
 }
@@ -277,12 +289,17 @@ func (h *Hub) HostKeyFingerprint(sandboxID string) string {
 // report before its session binds).
 func (h *Hub) Authorize(sandboxID string, inst Instance, onlyBound bool) error {
 	h.mu.Lock()
-	defer h.mu.Unlock()
 	b := h.bindings[sandboxID]
-	if b == nil {
-		return nil
-	}
 	live := h.sessions[sandboxID] != nil
+	h.mu.Unlock()
+	if b == nil {
+		// Another replica may hold the session: its binding is in the store.
+		rh := h.remoteHolder(context.Background(), sandboxID)
+		if rh == nil {
+			return nil
+		}
+		b, live = rh.binding(), rh.Live
+	}
 	switch {
 	case inst.ID == b.instanceID && !b.secretMatches(inst.Secret):
 		return fmt.Errorf("sandbox %s: the call names supervisor instance %s but presents the wrong instance secret: %w", sandboxID, inst.ID, ErrRefused)
@@ -305,6 +322,13 @@ func (h *Hub) Drop(sandboxID string) {
 	if s != nil {
 		close(s.superseded)
 	}
+	if r := h.getRemote(); r != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), remoteTimeout)
+		defer cancel()
+		if err := r.Release(ctx, sandboxID, ""); err != nil {
+			h.log.Warn("could not forget the deleted sandbox's session holder", "sandbox_id", sandboxID, "err", err)
+		}
+	}
 }
 
 // Shutdown ends every session (the gateway is stopping; supervisors reconnect to the
@@ -325,9 +349,16 @@ type SessionStream = grpc.BidiStreamingServer[openshellv1.SupervisorMessage, ope
 // bind applies the binding rules of the package doc to a hello and, when it is
 // accepted, registers s as the sandbox's live session. It returns the session s
 // supersedes (nil for none). h.mu held.
-func (h *Hub) bind(s *session, inst Instance, log *slog.Logger) (*session, error) {
+//
+// rh is the sandbox's session record from the other replicas (nil: none); it stands
+// for the binding when this replica has none, and its liveness for a live session.
+func (h *Hub) bind(s *session, inst Instance, rh *Holder, log *slog.Logger) (*session, error) {
 	old := h.sessions[s.sandboxID]
 	b := h.bindings[s.sandboxID]
+	liveElsewhere := false
+	if b == nil && rh != nil {
+		b, liveElsewhere = rh.binding(), rh.Live
+	}
 	if inst.Secret == "" {
 		// Without a secret the binding would protect nothing: any holder of the token
 		// could bind or reconnect as the instance. Every openshell-sandbox sends one.
@@ -346,10 +377,11 @@ func (h *Hub) bind(s *session, inst Instance, log *slog.Logger) (*session, error
 				s.sandboxID, inst.ID, fingerprint(inst.HostKey), fingerprint(b.hostKey), ErrRefused)
 		}
 		s.bound = b
+		h.bindings[s.sandboxID] = b
 		if old != nil {
 			log.Info("supervisor instance reconnected; its new session supersedes the old one", "instance_id", inst.ID, "old_session_id", old.id)
 		}
-	case old != nil:
+	case old != nil || liveElsewhere:
 		return nil, fmt.Errorf("sandbox %s: supervisor instance %s holds the sandbox's live session; a second supervisor (instance %q) is refused: %w",
 			s.sandboxID, b.instanceID, inst.ID, ErrRefused)
 	default:
@@ -385,7 +417,14 @@ func (h *Hub) Serve(stream SessionStream, hello *openshellv1.SupervisorHello, in
 	log := h.log.With("sandbox_id", s.sandboxID, "session_id", s.id)
 
 	h.mu.Lock()
-	old, err := h.bind(s, inst, log)
+	local := h.bindings[s.sandboxID] != nil
+	h.mu.Unlock()
+	var rh *Holder
+	if !local {
+		rh = h.remoteHolder(ctx, s.sandboxID)
+	}
+	h.mu.Lock()
+	old, err := h.bind(s, inst, rh, log)
 	h.mu.Unlock()
 	if err != nil {
 		log.Warn("supervisor session refused", "instance_id", inst.ID, "err", err)
@@ -407,6 +446,7 @@ func (h *Hub) Serve(stream SessionStream, hello *openshellv1.SupervisorHello, in
 		return err
 	}
 	log.Info("supervisor session accepted", "instance_id", s.instanceID, "host_key", fingerprint(s.bound.hostKey))
+	h.claim(ctx, s, log)
 	if h.onChange != nil {
 		h.onChange(s.sandboxID, s.instanceID, true)
 	}
@@ -424,6 +464,9 @@ func (h *Hub) Serve(stream SessionStream, hello *openshellv1.SupervisorHello, in
 		}
 		h.mu.Unlock()
 		log.Info("supervisor session ended", "superseded", !current)
+		if current {
+			h.release(s, log)
+		}
 		if current && h.onChange != nil {
 			h.onChange(s.sandboxID, s.instanceID, false)
 		}
@@ -500,7 +543,31 @@ func (h *Hub) failPending(channel string, s *session, reason string) {
 // OpenRelay asks the sandbox's supervisor to open target and returns the byte stream
 // once the supervisor's RelayStream arrives (or an error after the open timeout or a
 // failing relay_open_result). Closing the returned conn ends the relay.
+//
+// When this gateway is one of several replicas and another replica holds the session,
+// the relay is opened there and its bytes piped through (see Remote).
 func (h *Hub) OpenRelay(ctx context.Context, sandboxID string, target *openshellv1.RelayOpen) (Conn, error) {
+	c, err := h.OpenLocalRelay(ctx, sandboxID, target)
+	if !errors.Is(err, ErrNoSession) {
+		return c, err
+	}
+	r := h.getRemote()
+	if r == nil {
+		return nil, err
+	}
+	rh, rerr := r.Holder(ctx, sandboxID)
+	switch {
+	case rerr != nil:
+		return nil, fmt.Errorf("sandbox %s: looking for the replica that holds its session: %v: %w", sandboxID, rerr, ErrNoSession)
+	case rh == nil || !rh.Live:
+		return nil, err
+	}
+	return r.OpenRelay(ctx, rh, target)
+}
+
+// OpenLocalRelay is OpenRelay on this replica's own sessions only (ErrNoSession when
+// the session is elsewhere): what a replica does for another one.
+func (h *Hub) OpenLocalRelay(ctx context.Context, sandboxID string, target *openshellv1.RelayOpen) (Conn, error) {
 	channel := uuid.NewString()
 	msg := &openshellv1.RelayOpen{ChannelId: channel, ServiceId: target.GetServiceId()}
 	switch t := target.GetTarget().(type) {
