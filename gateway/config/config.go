@@ -17,6 +17,7 @@ import (
 	"github.com/BurntSushi/toml"
 	"github.com/spf13/pflag"
 
+	"github.com/openshell/openshell/gateway/replica"
 	"github.com/openshell/openshell/gateway/store"
 	"github.com/openshell/openshell/internal/rundir"
 )
@@ -59,6 +60,13 @@ type Config struct {
 	// SocketGroup (a group name or gid) makes the socket 0660 with that group, whose
 	// members are then administrators like its owner; "" = owner only (0600).
 	SocketGroup string `toml:"socket_group"`
+	// ReplicaID, PeerAddress and PeerAdvertiseAddress make this gateway one of
+	// several replicas on one database: PeerAddress is where its peer service listens
+	// ("" = a single gateway, no peer service), PeerAdvertiseAddress where the others
+	// dial it (default PeerAddress), ReplicaID its name (default the host name).
+	ReplicaID            string `toml:"replica_id"`
+	PeerAddress          string `toml:"peer_address"`
+	PeerAdvertiseAddress string `toml:"peer_advertise_address"`
 	// ConfigFile is the TOML file the rest was read from ("" = none).
 	ConfigFile string `toml:"-"`
 	// DriverTables holds the `[drivers.<name>]` tables, passed verbatim to the driver.
@@ -88,6 +96,9 @@ var Settings = []Setting{
 	{"services-domain", "OPENSHELL_SERVICES_DOMAIN", "services_domain", "DNS domain for host-based service URLs <service>--<sandbox>.<domain> (empty = path URLs only)"},
 	{"socket", "OPENSHELL_SOCKET", "socket", "Unix socket for local CLI clients, no TLS, caller known by uid (default: gateway.sock in the short runtime dir; none = no socket)"},
 	{"socket-group", "OPENSHELL_SOCKET_GROUP", "socket_group", "group (name or gid) whose members may use the Unix socket as administrators; makes it 0660 (default: owner and root only, 0600)"},
+	{"peer-address", "OPENSHELL_PEER_ADDRESS", "peer_address", "several replicas on one database: host:port where this replica's peer service listens for the others (mTLS with the gateway certificate; empty = a single gateway)"},
+	{"peer-advertise-address", "OPENSHELL_PEER_ADVERTISE_ADDRESS", "peer_advertise_address", "host:port the other replicas dial to reach this one (default: --peer-address; required when that listens on 0.0.0.0; in Kubernetes the pod IP)"},
+	{"replica-id", "OPENSHELL_REPLICA_ID", "replica_id", "this replica's name among several on one database (default: the host name; in Kubernetes the pod name)"},
 }
 
 // Defaults returns the built-in defaults. StateDir defaults to the directory of the
@@ -255,6 +266,12 @@ func applyFrom(dst, src *Config, key string) {
 		dst.Socket = src.Socket
 	case "socket_group":
 		dst.SocketGroup = src.SocketGroup
+	case "replica_id":
+		dst.ReplicaID = src.ReplicaID
+	case "peer_address":
+		dst.PeerAddress = src.PeerAddress
+	case "peer_advertise_address":
+		dst.PeerAdvertiseAddress = src.PeerAdvertiseAddress
 	}
 }
 
@@ -309,6 +326,12 @@ func setString(c *Config, key, v string) error {
 			tmp.Socket = v
 		case "socket_group":
 			tmp.SocketGroup = v
+		case "replica_id":
+			tmp.ReplicaID = v
+		case "peer_address":
+			tmp.PeerAddress = v
+		case "peer_advertise_address":
+			tmp.PeerAdvertiseAddress = v
 		default:
 			return fmt.Errorf("unknown setting %q", key)
 		}
@@ -363,6 +386,7 @@ func (c *Config) Validate() error {
 		errs = append(errs, fmt.Errorf("database_url must be a PostgreSQL DSN (postgres://user:pass@host/db or host=... dbname=...); leave it empty for the embedded SQLite database"))
 	}
 	errs = append(errs, c.validateSocket()...)
+	errs = append(errs, c.validatePeer()...)
 	return errors.Join(errs...)
 }
 
@@ -432,3 +456,39 @@ var Getenv = os.Getenv
 // PKIDir is where a gateway keeps its CA and certificates inside its state directory.
 // The CLI (gateway start) and the gateway itself both use it.
 func PKIDir(stateDir string) string { return filepath.Join(stateDir, "pki") }
+
+func (c *Config) validatePeer() []error {
+	if c.PeerAddress == "" {
+		if c.PeerAdvertiseAddress != "" {
+			return []error{errors.New("peer_advertise_address is set without peer_address; set peer_address (where the peer service listens) too")}
+		}
+		return nil
+	}
+	var errs []error
+	if c.DisableTLS {
+		errs = append(errs, errors.New("peer_address is set with disable_tls: replicas authenticate each other with the gateway certificate; drop --disable-tls"))
+	}
+	if _, err := replica.ParsePeerAddress("peer_address", c.PeerAddress, false); err != nil {
+		errs = append(errs, err)
+	}
+	if _, err := c.PeerAdvertise(); err != nil {
+		errs = append(errs, err)
+	}
+	if strings.ContainsAny(c.ReplicaID, " \t\n/") || len(c.ReplicaID) > 253 {
+		errs = append(errs, fmt.Errorf("replica_id %q: use a name without spaces or slashes (default: the host name)", c.ReplicaID))
+	}
+	return errs
+}
+
+// PeerAdvertise is the address other replicas dial: peer_advertise_address, else
+// peer_address.
+func (c *Config) PeerAdvertise() (string, error) {
+	if c.PeerAdvertiseAddress != "" {
+		return replica.ParsePeerAddress("peer_advertise_address", c.PeerAdvertiseAddress, true)
+	}
+	a, err := replica.ParsePeerAddress("peer_address", c.PeerAddress, true)
+	if err != nil {
+		return "", fmt.Errorf("%w; or set peer_advertise_address", err)
+	}
+	return a, nil
+}

@@ -102,6 +102,8 @@ type Gateway struct {
 	store  store.Store
 	log    *slog.Logger
 	done   chan error
+	// replicas is this gateway's part in a replica set (nil: a single gateway).
+	replicas *replicas
 }
 
 // Start brings a gateway up and returns once it is serving.
@@ -247,6 +249,11 @@ func Start(ctx context.Context, cfg *config.Config, log *slog.Logger) (_ *Gatewa
 	if err != nil {
 		return nil, err
 	}
+	reps, err := startReplicas(ctx, cfg, bundle, st, srv.Hub(), log)
+	if err != nil {
+		return nil, err
+	}
+	cleanups = append(cleanups, reps.Close)
 	if err := srv.Start(ctx); err != nil {
 		return nil, err
 	}
@@ -270,7 +277,7 @@ func Start(ctx context.Context, cfg *config.Config, log *slog.Logger) (_ *Gatewa
 	gs := gateway.NewGRPCServer(&auth.Authenticator{Tokens: issuer, LocalDev: cfg.DisableTLS, Log: log}, opts...)
 	srv.Register(gs)
 
-	g := &Gateway{Addr: lis.Addr(), DriverName: name, Server: srv, grpc: gs, sbs: sbs, driver: drv, store: st, log: log, done: make(chan error, 1)}
+	g := &Gateway{Addr: lis.Addr(), DriverName: name, Server: srv, grpc: gs, sbs: sbs, driver: drv, store: st, log: log, done: make(chan error, 1), replicas: reps}
 	if cfg.HealthPort != 0 {
 		hl, err := net.Listen("tcp", net.JoinHostPort(cfg.BindAddress, strconv.Itoa(cfg.HealthPort)))
 		if err != nil {
@@ -449,7 +456,7 @@ func (g *Gateway) Stop(timeout time.Duration) error {
 	if g.socketDir != "" {
 		_ = os.Remove(g.socketDir) // only when empty: the socket went with its listener
 	}
-	errs := []error{srvErr, g.driver.Close(), g.store.Close()}
+	errs := []error{srvErr, g.replicas.Close(), g.driver.Close(), g.store.Close()}
 	return errors.Join(errs...)
 }
 
