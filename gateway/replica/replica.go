@@ -87,7 +87,7 @@ func ParsePeerAddress(field, addr string, advertised bool) (string, error) {
 	if err != nil || n < 0 || n > 65535 || (advertised && n == 0) {
 		return "", fmt.Errorf("%s %q: port %q is not a number in 1-65535", field, addr, port)
 	}
-	if strings.ContainsAny(host, " /\\@?#") {
+	if net.ParseIP(host) == nil && strings.Trim(strings.ToLower(host), "abcdefghijklmnopqrstuvwxyz0123456789-._") != "" {
 		return "", fmt.Errorf("%s %q: host %q is not an IP address or host name", field, addr, host)
 	}
 	if advertised {
