@@ -66,13 +66,19 @@ func Main(m *testing.M) int {
 	return code
 }
 
-// DSN returns the DSN of a new, empty schema (dropped when the test ends). Without a
-// database it skips the test locally and fails it under CI=true.
+// DSN returns the DSN of a new, empty schema (dropped when the test ends). Without
+// Main it uses the server named by OPENSHELL_TEST_POSTGRES_DSN. Without a database it
+// skips the test locally and fails it under CI=true.
 func DSN(tb testing.TB) string {
 	tb.Helper()
+	if !mainRan && baseDSN == "" {
+		// A package that starts no private server (e.g. the end-to-end tests) can
+		// still use the server scripts/setup-postgres.sh runs.
+		baseDSN = os.Getenv(EnvDSN)
+	}
 	switch {
-	case !mainRan:
-		testenv.Require(tb, false, "pgtest.DSN needs TestMain to call pgtest.Main")
+	case !mainRan && baseDSN == "":
+		testenv.Require(tb, false, "no PostgreSQL: run scripts/setup-postgres.sh and export "+EnvDSN+" (or call pgtest.Main from TestMain)")
 	case baseDSN == "":
 		testenv.Require(tb, false, fmt.Sprintf("no PostgreSQL: %v; run scripts/setup-postgres.sh and export %s, or install the Debian package postgresql", startErr, EnvDSN))
 	}
