@@ -1,12 +1,16 @@
 package vm_test
 
 import (
+	"archive/tar"
 	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -19,6 +23,7 @@ import (
 	"github.com/openshell/openshell/drivers/drivertest"
 	"github.com/openshell/openshell/drivers/vm"
 	"github.com/openshell/openshell/drivers/vm/internal/state"
+	"github.com/openshell/openshell/drivers/vm/ocilayout"
 	"github.com/openshell/openshell/images"
 	"github.com/openshell/openshell/images/bundle"
 	"github.com/openshell/openshell/supervisor/bootstrap"
@@ -251,4 +256,117 @@ func procMemory(pid int) (rss, pss int64) {
 		}
 	}
 	return rss, pss
+}
+
+// TestBenchExecBaseline is the baseline of the exec benchmark (scripts/bench.sh exec),
+// with OPENSHELL_BENCH=1: a VM of the driver (same kernel, backend and vsock channel as
+// a sandbox's) whose test guest serves ExecEchoPort; the host opens one vsock stream
+// to it through the VM's vsock backend and times rounds of "one byte there, the guest
+// runs /bin/true (busybox) and waits for it, one byte back". That is a bare vsock
+// round trip plus a process start, the floor under `sandbox exec -- true`, which the
+// e2e half (e2e TestBenchVMExec) measures through the CLI, the gateway and the guest's
+// supervisor. It prints "BENCH vm-exec-baseline p50_us=… p99_us=…" for bench.sh.
+func TestBenchExecBaseline(t *testing.T) {
+	if os.Getenv("OPENSHELL_BENCH") != "1" {
+		t.Skip("benchmark: set OPENSHELL_BENCH=1")
+	}
+	busybox, err := exec.LookPath("busybox")
+	if err != nil {
+		t.Fatalf("the baseline runs busybox as /bin/true in the guest: %v (apt-get install busybox-static)", err)
+	}
+	image := busyboxTrueImage(t, busybox)
+	gw := newGatewayStub(t)
+	dir := shortDir(t)
+	d := newTestDriver(t, testConfig(t, dir, gw.addr()))
+	defer d.Close()
+
+	id, name := drivertest.NewIDs()
+	sb := drivertest.DefaultSandbox(id, name, image)
+	sb.Spec.Command = []string{"exec-echo"}
+	sb.Spec.Template.Resources = &computev1.DriverResourceRequirements{CpuLimit: "2", MemoryLimit: "512Mi"}
+	if err := d.Create(t.Context(), sb); err != nil {
+		t.Fatalf("Create: %v", err)
+	}
+	defer d.Delete(context.Background(), id, "")
+	gw.next(t, id, vmTimeout) // the guest serves the port before it reports
+
+	uds, _ := filepath.Glob(filepath.Join(dir, "sb", state.DirName(id), "*", "vsock.sock"))
+	if more, _ := filepath.Glob(filepath.Join(dir, "sb", state.DirName(id), "vsock.sock")); len(more) > 0 {
+		uds = append(uds, more...)
+	}
+	if len(uds) != 1 {
+		t.Fatalf("the VM's vsock backend socket under %s: found %q (the baseline needs the vhost-user-vsock transport)", dir, uds)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	c, err := channel.NewHybridVsock(uds[0]).Dial(ctx, testguestExecEchoPort)
+	if err != nil {
+		t.Fatalf("dial the guest's exec-echo port: %v", err)
+	}
+	defer c.Close()
+	round := func() time.Duration {
+		start := time.Now()
+		b := []byte{'x'}
+		if _, err := c.Write(b); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.ReadFull(c, b); err != nil {
+			t.Fatal(err)
+		}
+		if b[0] != '0' {
+			t.Fatalf("the guest's /bin/true answered %q, want '0' (exit status 0)", b)
+		}
+		return time.Since(start)
+	}
+	for range 5 {
+		round()
+	}
+	const n = 100
+	ds := make([]time.Duration, n)
+	for i := range ds {
+		ds[i] = round()
+	}
+	slices.Sort(ds)
+	p50, p99 := ds[n/2], ds[n*99/100]
+	t.Logf("vsock round trip + /bin/true in the guest (%d rounds): p50 %v p99 %v", n, p50, p99)
+	fmt.Printf("BENCH vm-exec-baseline p50_us=%d p99_us=%d\n", p50.Microseconds(), p99.Microseconds())
+}
+
+// testguestExecEchoPort is the test guest's ExecEchoPort.
+const testguestExecEchoPort = 7070
+
+// busyboxTrueImage is an OCI layout image whose /bin/true is a static busybox.
+func busyboxTrueImage(t *testing.T, busybox string) string {
+	t.Helper()
+	bin, err := os.ReadFile(busybox)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmp := t.TempDir()
+	layer := filepath.Join(tmp, "layer.tar")
+	f, err := os.Create(layer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tw := tar.NewWriter(f)
+	for _, d := range []string{"bin/", "etc/", "var/", "var/lib/", "proc/", "sys/", "dev/", "tmp/", "run/"} {
+		if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeDir, Name: d, Mode: 0o755, ModTime: time.Unix(0, 0)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: "bin/true", Mode: 0o755, Size: int64(len(bin)), ModTime: time.Unix(0, 0)}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tw.Write(bin); err != nil {
+		t.Fatal(err)
+	}
+	if err := tw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	dir := filepath.Join(tmp, "image")
+	if _, err := ocilayout.Write(dir, layer, ocilayout.Options{Tag: "true", Env: []string{"PATH=/bin"}, WorkingDir: "/"}); err != nil {
+		t.Fatal(err)
+	}
+	return "oci-layout:" + dir + ":true"
 }

@@ -5,7 +5,8 @@
 // "session" here is one JSON Report line, after which it waits for the host to say
 // "poweroff" (clean guest power-off) or to close (it then reconnects, as a supervisor
 // does after a gateway restart). It remembers the previous boot on the overlay root.
-// With the command "probe-channel" it first tries, as an agent would, what the runner
+// With the command "exec-echo" it also serves ExecEchoPort (see exececho.go), the
+// baseline of the exec benchmark. With the command "probe-channel" it first tries, as an agent would, what the runner
 // must refuse on its channel ports (see probe.go) and reports the outcomes.
 package main
 
@@ -60,6 +61,12 @@ func run() int {
 	r := Report{SandboxID: cfg.SandboxID, Endpoint: cfg.Endpoint, HasToken: cfg.Token != "", Command: cfg.Main.Command}
 	if len(cfg.Main.Command) > 0 && cfg.Main.Command[0] == "probe-channel" {
 		r.Probes = probeChannel(secret, cfg.SandboxID)
+	}
+	if len(cfg.Main.Command) > 0 && cfg.Main.Command[0] == "exec-echo" {
+		if err := serveExecEcho(); err != nil {
+			fmt.Fprintln(os.Stderr, "testguest: exec-echo:", err)
+			return 1
+		}
 	}
 	if b, err := os.ReadFile("/proc/sys/kernel/random/boot_id"); err == nil {
 		r.BootID = strings.TrimSpace(string(b))
