@@ -174,7 +174,10 @@ func (d *Driver) containerConfig(p *plan, stateDir string) (*container.Config, *
 			d.cfg.SupervisorBinary + ":" + SupervisorPath + ":ro",
 			stateDir + ":" + BootstrapDir + ":ro",
 		},
-		NetworkMode:   container.NetworkMode(d.cfg.Network),
+		NetworkMode: container.NetworkMode(d.cfg.Network),
+		// The host's side of the bridge, by name: where host services a policy
+		// allows are found. The gateway listens there only without a socket.
+		ExtraHosts:    []string{GatewayHost + ":" + d.gatewayIP},
 		RestartPolicy: container.RestartPolicy{Name: container.RestartPolicyDisabled},
 		CapDrop:       []string{"ALL"},
 		CapAdd:        slices.Clone(supervisorCaps),
@@ -191,8 +194,6 @@ func (d *Driver) containerConfig(p *plan, stateDir string) (*container.Config, *
 	if p.socketDir != "" {
 		// The directory, not the socket: a restarted gateway's new socket shows up.
 		host.Binds = append(host.Binds, p.socketDir+":"+drivers.GatewaySocketMountDir+":ro")
-	} else {
-		host.ExtraHosts = []string{GatewayHost + ":" + d.gatewayIP}
 	}
 	host.Runtime = p.runtime
 	if p.gpu != nil {

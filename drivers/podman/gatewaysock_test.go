@@ -20,7 +20,7 @@ func TestSpecGatewaySocket(t *testing.T) {
 	if !found {
 		t.Errorf("mounts %+v lack the socket dir, read-only", s.Mounts)
 	}
-	if len(s.HostAdd) != 0 || s.NetworkOptions != nil {
+	if len(s.HostAdd) != 1 || s.HostAdd[0] != drivers.GatewayHost+":host-gateway" || s.NetworkOptions != nil {
 		t.Errorf("host add %v, network options %v with a socket: the host loopback must stay closed", s.HostAdd, s.NetworkOptions)
 	}
 	s = d.spec(&plan{}, "/state")

@@ -165,8 +165,11 @@ func (d *Driver) spec(p *plan, stateDir string) *specGenerator {
 	}
 	if p.socketDir != "" {
 		// The directory, not the socket: a restarted gateway's new socket shows up.
-		// The host loopback stays closed to the sandbox.
+		// The host loopback stays closed to the sandbox; the host name leads to the
+		// host's own address (Podman's host-gateway), where host services a policy
+		// allows are found.
 		s.Mounts = append(s.Mounts, specMount{Destination: drivers.GatewaySocketMountDir, Type: "bind", Source: p.socketDir, Options: []string{"ro", "rbind"}})
+		s.HostAdd = []string{drivers.GatewayHost + ":host-gateway"}
 	} else {
 		// The gateway listens on the host loopback, which slirp4netns shows at 10.0.2.2.
 		s.HostAdd = []string{drivers.GatewayHost + ":" + hostLoopback}
