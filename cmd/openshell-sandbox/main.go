@@ -7,6 +7,7 @@
 //	openshell-sandbox tar-server WRITABLE       serve one upload/download tar stream (re-exec'd as the sandbox user)
 //	openshell-sandbox confine-exec --spec FD -- CMD…   confine this process, then exec CMD (started by the supervisor)
 //	openshell-sandbox init                      as PID 1 in a VM (also the default for a PID 1 without OPENSHELL_ENDPOINT)
+//	openshell-sandbox install DEST              copy this binary to DEST (a Kubernetes init container: the image has no cp)
 package main
 
 import (
@@ -26,6 +27,7 @@ import (
 	"github.com/openshell/openshell/guest"
 	"github.com/openshell/openshell/guest/channel"
 	"github.com/openshell/openshell/guest/channel/wire"
+	"github.com/openshell/openshell/internal/atomicfile"
 	"github.com/openshell/openshell/internal/grpcopts"
 	"github.com/openshell/openshell/supervisor"
 	"github.com/openshell/openshell/supervisor/bootstrap"
@@ -49,6 +51,9 @@ func main() {
 	if len(os.Args) > 1 && os.Args[1] == transfer.ServerArg {
 		os.Exit(transfer.Main(os.Args[2:]))
 	}
+	if len(os.Args) > 1 && os.Args[1] == "install" {
+		os.Exit(installSelf(os.Args[2:]))
+	}
 	if isVMInit() {
 		// The VM's init: PID 1 duties first, then the supervisor with vsock bootstrap.
 		guest.RunPID1(guest.InitOptions{}, func() int { return run("vsock") })
@@ -71,6 +76,27 @@ func isVMInit() bool {
 		return os.Args[1] == "init"
 	}
 	return os.Getenv(bootstrap.EnvEndpoint) == ""
+}
+
+// installSelf copies the running binary to the one path in args, executable by all
+// (the sandbox container mounts its directory read-only and runs it as root).
+func installSelf(args []string) int {
+	if len(args) != 1 || args[0] == "" {
+		fmt.Fprintln(os.Stderr, "usage: openshell-sandbox install DEST")
+		return 2
+	}
+	self, err := os.Executable()
+	if err == nil {
+		var data []byte
+		if data, err = os.ReadFile(self); err == nil {
+			err = atomicfile.WriteFile(args[0], data, 0o555)
+		}
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "openshell-sandbox install:", err)
+		return 1
+	}
+	return 0
 }
 
 func sftpServer() int {
