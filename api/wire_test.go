@@ -176,7 +176,7 @@ func TestReservedAndOneofs(t *testing.T) {
 		fields map[protoreflect.Name]protoreflect.FieldNumber
 	}{
 		{&openshellv1.SandboxStreamEvent{}, "payload", map[protoreflect.Name]protoreflect.FieldNumber{"sandbox": 1, "log": 2, "event": 3, "warning": 4, "draft_policy_update": 5}},
-		{&openshellv1.TcpForwardInit{}, "target", map[protoreflect.Name]protoreflect.FieldNumber{"ssh": 5, "tcp": 6}},
+		{&openshellv1.TcpForwardInit{}, "target", map[protoreflect.Name]protoreflect.FieldNumber{"ssh": 5, "tcp": 6, "transfer": 1000}}, // transfer: project field
 		{&openshellv1.GatewayMessage{}, "payload", map[protoreflect.Name]protoreflect.FieldNumber{"session_accepted": 1, "session_rejected": 2, "heartbeat": 3, "relay_open": 4, "relay_close": 5}},
 		{&computev1.WatchSandboxesEvent{}, "payload", map[protoreflect.Name]protoreflect.FieldNumber{"sandbox": 1, "deleted": 2, "platform_event": 3}},
 		{&computev1.GatewayListenerRequirement{}, "selector", map[protoreflect.Name]protoreflect.FieldNumber{"exact_bind_address": 2, "default_route_interface": 3, "loopback_interface": 4}},

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"strings"
 	"time"
 
 	"google.golang.org/grpc/codes"
@@ -236,8 +237,17 @@ func (s *Server) ForwardTcp(stream openshellv1.OpenShell_ForwardTcpServer) error
 			return err
 		}
 		open.Target = &openshellv1.RelayOpen_Ssh{Ssh: &openshellv1.SshRelayTarget{}}
+	case *openshellv1.TcpForwardInit_Transfer:
+		// A transfer reaches the sandbox as far as an SSH session would: same token.
+		if err := s.checkSSHToken(ctx, id, init.GetAuthorizationToken()); err != nil {
+			return err
+		}
+		if err := validateTransfer(t.Transfer); err != nil {
+			return err
+		}
+		open.Target = &openshellv1.RelayOpen_Transfer{Transfer: t.Transfer}
 	default:
-		return invalidf("init.target must be ssh or tcp")
+		return invalidf("init.target must be ssh, tcp or transfer")
 	}
 	if _, err := s.requireReady(ctx, id); err != nil {
 		return err
@@ -248,6 +258,18 @@ func (s *Server) ForwardTcp(stream openshellv1.OpenShell_ForwardTcpServer) error
 	}
 	defer conn.Close()
 	return pumpForward(ctx, stream, conn)
+}
+
+func validateTransfer(t *openshellv1.TransferRelayTarget) error {
+	switch d := t.GetDirection(); d {
+	case openshellv1.TransferRelayTarget_DIRECTION_UPLOAD, openshellv1.TransferRelayTarget_DIRECTION_DOWNLOAD:
+	default:
+		return invalidf("init.transfer.direction %v: use DIRECTION_UPLOAD or DIRECTION_DOWNLOAD", d)
+	}
+	if t.GetPath() == "" || strings.ContainsRune(t.GetPath(), 0) {
+		return invalidf("init.transfer.path must name a path in the sandbox, without NUL bytes")
+	}
+	return nil
 }
 
 func pumpForward(ctx context.Context, stream openshellv1.OpenShell_ForwardTcpServer, conn hub.Conn) error {

@@ -573,6 +573,8 @@ func (h *Hub) OpenLocalRelay(ctx context.Context, sandboxID string, target *open
 	switch t := target.GetTarget().(type) {
 	case *openshellv1.RelayOpen_Tcp:
 		msg.Target = &openshellv1.RelayOpen_Tcp{Tcp: t.Tcp}
+	case *openshellv1.RelayOpen_Transfer:
+		msg.Target = &openshellv1.RelayOpen_Transfer{Transfer: t.Transfer}
 	default:
 		msg.Target = &openshellv1.RelayOpen_Ssh{Ssh: &openshellv1.SshRelayTarget{}}
 	}

@@ -66,6 +66,9 @@ type Config struct {
 	// (the connection itself ends with the relay). When set, SSH relays hand it the
 	// RelayStream as a net.Conn: no socket and no copying in between.
 	ServeSSH func(ctx context.Context, c net.Conn)
+	// ServeTransfer serves one file-transfer relay in-process (the tar stream over the
+	// RelayStream itself, no SSH); nil = transfer relays are refused.
+	ServeTransfer func(ctx context.Context, c net.Conn, t *pb.TransferRelayTarget)
 	// DialSSH connects to an SSH server (e.g. on a Unix socket); used for SSH relays
 	// when ServeSSH is nil.
 	DialSSH func(ctx context.Context) (net.Conn, error)
@@ -389,7 +392,12 @@ func (c *Client) relay(ctx, life context.Context, open *pb.RelayOpen, send func(
 		result(errors.New("relay_open without channel_id"))
 		return
 	}
-	inProcess := open.GetTcp() == nil && c.cfg.ServeSSH != nil // no target = ssh
+	xfer := open.GetTransfer()
+	if xfer != nil && c.cfg.ServeTransfer == nil {
+		result(errors.New("this supervisor does not serve file transfers on a relay of their own; upgrade openshell-sandbox"))
+		return
+	}
+	inProcess := xfer != nil || open.GetTcp() == nil && c.cfg.ServeSSH != nil // no target = ssh
 	var conn net.Conn
 	if !inProcess {
 		var err error
@@ -414,7 +422,11 @@ func (c *Client) relay(ctx, life context.Context, open *pb.RelayOpen, send func(
 	result(nil)
 	if inProcess {
 		sc := streamconn.New(sctx, streamconn.Bidi(rs, relayData, (*pb.RelayFrame).GetData), scancel, "openshell-relay")
-		c.cfg.ServeSSH(life, sc)
+		if xfer != nil {
+			c.cfg.ServeTransfer(sctx, sc, xfer)
+		} else {
+			c.cfg.ServeSSH(life, sc)
+		}
 		_ = sc.Close()
 	} else {
 		Pump(ctx, conn, rs)

@@ -48,8 +48,8 @@ type Config struct {
 	// when the supervisor must switch users; nil serves SFTP in-process, which is only
 	// right when the supervisor already runs as that user.
 	SFTPArgv []string
-	// TarArgv re-executes the transfer server (the "openshell-tar" subsystem) as the
-	// user, like SFTPArgv; the writable list is appended as JSON. nil = in-process.
+	// TarArgv re-executes the transfer server (ServeTransfer) as the user, like
+	// SFTPArgv; the writable list is appended as JSON. nil = in-process.
 	TarArgv []string
 	// Writable is the policy's read_write list that uploads must land in (the agent's
 	// Landlock view); nil = no policy restriction.

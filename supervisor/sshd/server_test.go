@@ -20,6 +20,7 @@ import (
 	"github.com/openshell/openshell/supervisor/mainproc"
 	"github.com/openshell/openshell/supervisor/reaper"
 	"github.com/openshell/openshell/supervisor/sandboxuser"
+	"github.com/openshell/openshell/supervisor/transfer"
 )
 
 const sftpHelperEnv = "OPENSHELL_SSHD_TEST_SFTP"
@@ -27,6 +28,9 @@ const sftpHelperEnv = "OPENSHELL_SSHD_TEST_SFTP"
 // The test binary doubles as the re-executed SFTP server (what "openshell-sandbox
 // sftp-server" is in production) so that SFTP runs as the sandbox user when root.
 func TestMain(m *testing.M) {
+	if len(os.Args) > 1 && os.Args[1] == transfer.ServerArg { // the re-executed tar server
+		os.Exit(transfer.Main(os.Args[2:]))
+	}
 	if os.Getenv(sftpHelperEnv) == "1" {
 		if err := ServeSFTP(struct {
 			io.Reader

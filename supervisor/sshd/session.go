@@ -3,7 +3,6 @@ package sshd
 import (
 	"context"
 	"encoding/binary"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -12,9 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"regexp"
-	"slices"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -27,7 +24,6 @@ import (
 
 	"github.com/openshell/openshell/supervisor/mainproc"
 	"github.com/openshell/openshell/supervisor/reaper"
-	"github.com/openshell/openshell/supervisor/transfer"
 )
 
 type ptyReq struct {
@@ -188,16 +184,6 @@ func (s *session) start(ctx context.Context, kind, what string) error {
 			return nil
 		}
 		return s.run(ctx, cfg.SFTPArgv, false)
-	case kind == "subsystem" && what == transfer.Subsystem:
-		if cfg.TarArgv == nil {
-			go s.serveTarInProcess()
-			return nil
-		}
-		w, err := json.Marshal(cfg.Writable)
-		if err != nil {
-			return err
-		}
-		return s.run(ctx, append(slices.Clone(cfg.TarArgv), string(w)), false)
 	case kind == "subsystem":
 		return fmt.Errorf("unknown subsystem %q", what)
 	case kind == "shell":
@@ -227,32 +213,6 @@ func (s *session) serveSFTPInProcess() {
 		code = 1
 	}
 	s.finish(syscall.WaitStatus(code << 8))
-}
-
-func (s *session) serveTarInProcess() {
-	defer close(s.done)
-	code := 0
-	req, err := transfer.ParseRequest(s.lookupEnv(transfer.EnvRequest))
-	if err == nil {
-		err = transfer.Serve(req, s.srv.cfg.Dir, s.ch, s.ch, s.srv.cfg.Writable)
-	}
-	if err != nil {
-		fmt.Fprintln(s.ch.Stderr(), err)
-		code = 1
-	}
-	s.finish(syscall.WaitStatus(code << 8))
-}
-
-func (s *session) lookupEnv(name string) string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	v := ""
-	for _, kv := range s.env {
-		if k, val, _ := strings.Cut(kv, "="); k == name {
-			v = val
-		}
-	}
-	return v
 }
 
 // ServeSFTP serves the SFTP protocol on rw until the client closes it. The

@@ -1,7 +1,8 @@
 // Package transfer moves files into and out of a sandbox as one tar stream. The CLI
-// opens the "openshell-tar" SSH subsystem; the supervisor serves it as the sandbox
-// user (confined as the agent is), so files it creates belong to that user and land
-// only where the agent itself could write. Extraction goes through os.Root, so no
+// asks the gateway for a relay whose target is the transfer service (no SSH on the
+// way, relay.go frames it); the supervisor serves it as the sandbox user (confined as
+// the agent is), so files it creates belong to that user and land only where the
+// agent itself could write. Extraction goes through os.Root, so no
 // entry (a "../" name, an absolute name, a hard link or a write through a symlink)
 // can reach outside the target directory, whatever the string checks miss.
 package transfer
@@ -14,15 +15,12 @@ import (
 	"strings"
 )
 
-// Subsystem is the SSH subsystem name the CLI requests.
-const Subsystem = "openshell-tar"
-
 // ServerArg makes the supervisor binary serve one transfer on stdin/stdout
 // (re-executed as the sandbox user); the next argument is the writable list as JSON.
 const ServerArg = "tar-server"
 
-// EnvRequest is the session environment variable (an SSH "env" request sent before
-// the subsystem starts) that carries the Request as JSON.
+// EnvRequest is the environment variable that hands the re-executed server its
+// Request as JSON.
 const EnvRequest = "OPENSHELL_TAR_REQUEST"
 
 // Ops of a Request.
@@ -44,7 +42,7 @@ type Request struct {
 func ParseRequest(s string) (Request, error) {
 	var r Request
 	if s == "" {
-		return r, fmt.Errorf("transfer: %s is not set: the client must send the request as an SSH env request", EnvRequest)
+		return r, fmt.Errorf("transfer: %s is not set: the supervisor passes the request to the tar server in it", EnvRequest)
 	}
 	if err := json.Unmarshal([]byte(s), &r); err != nil {
 		return r, fmt.Errorf("transfer: %s: %w", EnvRequest, err)

@@ -62,11 +62,6 @@ func UploadTo(ctx context.Context, dial DialFunc, name, src, dst string, stderr 
 	if err != nil {
 		return err
 	}
-	cl, err := sshClient(ctx, api, id)
-	if err != nil {
-		return err
-	}
-	defer cl.Close()
-	_, err = Upload(ctx, cl, src, dst, Options{}, stderr)
+	_, err = Upload(ctx, api, id, src, dst, Options{}, stderr)
 	return err
 }

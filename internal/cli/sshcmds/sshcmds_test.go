@@ -45,6 +45,8 @@ type miniGateway struct {
 	// supervisor whose SSH server presents another key.
 	mu  sync.Mutex
 	key ssh.PublicKey
+	// transfer serves a transfer relay, as the supervisor does on the relay stream.
+	transfer func(ctx context.Context, c net.Conn, t *pb.TransferRelayTarget)
 }
 
 func (g *miniGateway) hostKey() ssh.PublicKey {
@@ -114,6 +116,9 @@ func (g *miniGateway) ForwardTcp(s grpc.BidiStreamingServer[pb.TcpForwardFrame, 
 	if f.GetInit().GetAuthorizationToken() != g.token {
 		return status.Error(codes.PermissionDenied, "ssh session token is invalid or expired")
 	}
+	if t := f.GetInit().GetTransfer(); t != nil {
+		return g.forwardTransfer(s, t)
+	}
 	c, err := g.dial()
 	if err != nil {
 		return err
@@ -141,6 +146,38 @@ func (g *miniGateway) ForwardTcp(s grpc.BidiStreamingServer[pb.TcpForwardFrame, 
 			return nil
 		}
 		if _, err := c.Write(f.GetData()); err != nil {
+			return nil
+		}
+	}
+}
+
+// forwardTransfer pumps a ForwardTcp stream to the transfer service over an
+// in-memory pipe (the supervisor's relay stream reduced to a pipe).
+func (g *miniGateway) forwardTransfer(s grpc.BidiStreamingServer[pb.TcpForwardFrame, pb.TcpForwardFrame], t *pb.TransferRelayTarget) error {
+	c, sc := net.Pipe()
+	defer c.Close()
+	go g.transfer(s.Context(), sc, t)
+	go func() {
+		defer c.Close()
+		for {
+			f, err := s.Recv()
+			if err != nil {
+				return
+			}
+			if _, err := c.Write(f.GetData()); err != nil {
+				return
+			}
+		}
+	}()
+	buf := make([]byte, 256<<10)
+	for {
+		n, err := c.Read(buf)
+		if n > 0 {
+			if serr := s.Send(&pb.TcpForwardFrame{Payload: &pb.TcpForwardFrame_Data{Data: buf[:n]}}); serr != nil {
+				return serr
+			}
+		}
+		if err != nil {
 			return nil
 		}
 	}
@@ -179,7 +216,7 @@ func setupGateway(t *testing.T) (DialFunc, string, *gwHandle) {
 	sshDone := make(chan struct{})
 	go func() { _ = srv.Serve(ctx, ln); close(sshDone) }()
 
-	g := &miniGateway{sock: sock, token: "sess-tok", key: srv.HostKey(), logs: []*pb.SandboxLogLine{
+	g := &miniGateway{sock: sock, token: "sess-tok", key: srv.HostKey(), transfer: srv.ServeTransfer, logs: []*pb.SandboxLogLine{
 		{TimestampMs: 0, Level: "INFO", Source: "sandbox", Target: "main", Message: "hello from main", Fields: map[string]string{"stream": "stdout"}},
 	}}
 	gl, err := net.Listen("tcp", "127.0.0.1:0")

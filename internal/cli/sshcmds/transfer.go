@@ -2,9 +2,7 @@ package sshcmds
 
 import (
 	"bufio"
-	"bytes"
 	"context"
-	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -19,9 +17,12 @@ import (
 	"github.com/dustin/go-humanize"
 	"github.com/go-git/go-git/v5/plumbing/format/gitignore"
 	"github.com/spf13/cobra"
-	"golang.org/x/crypto/ssh"
 	"golang.org/x/term"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
+	pb "github.com/openshell/openshell/api/openshellv1"
+	"github.com/openshell/openshell/internal/streamconn"
 	"github.com/openshell/openshell/supervisor/transfer"
 )
 
@@ -154,78 +155,68 @@ func gitIgnore(root string, skipped *int) (transfer.Skip, error) {
 	}, nil
 }
 
-// tarChan is one "openshell-tar" subsystem on its own session channel.
-type tarChan struct {
-	ssh.Channel
-	errb   bytes.Buffer
-	errc   chan struct{} // closed when stderr is drained
-	status chan int      // the exit status, once the channel closed (-1: none)
+// tarRelay is one transfer on a relay of its own (ForwardTcp with the transfer
+// target): the tar stream goes to the sandbox's supervisor without SSH, framed as
+// the transfer package describes.
+type tarRelay struct {
+	conn *streamconn.Conn
+	in   *transfer.FrameReader // the supervisor's data, then its exit frame
 }
 
-// openTar starts the transfer subsystem with req (sent as an env request first).
-func openTar(ctx context.Context, cl *ssh.Client, req transfer.Request) (*tarChan, error) {
-	ch, reqs, err := cl.OpenChannel("session", nil)
+// openTar opens the transfer relay for req through the gateway, authorised by an
+// SSH session token as an SSH connection would be.
+func openTar(ctx context.Context, api pb.OpenShellClient, sandboxID string, req transfer.Request) (*tarRelay, error) {
+	sess, err := api.CreateSshSession(ctx, &pb.CreateSshSessionRequest{SandboxId: sandboxID})
+	if err != nil {
+		return nil, fmt.Errorf("create a session for sandbox %s: %w", sandboxID, err)
+	}
+	dir := pb.TransferRelayTarget_DIRECTION_UPLOAD
+	if req.Op == transfer.OpDownload {
+		dir = pb.TransferRelayTarget_DIRECTION_DOWNLOAD
+	}
+	c, err := openForward(ctx, api, &pb.TcpForwardInit{SandboxId: sandboxID, AuthorizationToken: sess.GetToken(),
+		Target: &pb.TcpForwardInit_Transfer{Transfer: &pb.TransferRelayTarget{Direction: dir, Path: req.Path}}})
 	if err != nil {
 		return nil, err
 	}
-	t := &tarChan{Channel: ch, errc: make(chan struct{}), status: make(chan int, 1)}
-	go func() {
-		code := -1
-		for r := range reqs {
-			if r.Type == "exit-status" && len(r.Payload) >= 4 {
-				code = int(binary.BigEndian.Uint32(r.Payload))
-			}
-			if r.WantReply {
-				_ = r.Reply(false, nil)
-			}
-		}
-		t.status <- code
-	}()
-	go func() {
-		defer close(t.errc)
-		_, _ = io.Copy(&t.errb, ch.Stderr())
-	}()
-	stop := context.AfterFunc(ctx, func() { ch.Close() })
-	b, _ := json.Marshal(req)
-	ok, err := ch.SendRequest("env", true, ssh.Marshal(struct{ Name, Value string }{transfer.EnvRequest, string(b)}))
-	if err == nil && ok {
-		ok, err = ch.SendRequest("subsystem", true, ssh.Marshal(struct{ Value string }{transfer.Subsystem}))
-	}
-	stop()
-	if err == nil && !ok {
-		err = fmt.Errorf("the sandbox refused the %s subsystem (an older supervisor?)", transfer.Subsystem)
-	}
-	if err != nil {
-		ch.Close()
-		return nil, err
-	}
-	return t, nil
+	return &tarRelay{conn: c, in: transfer.NewFrameReader(c, true)}, nil
 }
 
-// wait waits for the server's exit and returns its error (stderr) if it failed.
-func (t *tarChan) wait(ctx context.Context, what string) error {
-	stop := context.AfterFunc(ctx, func() { t.Close() })
+func (t *tarRelay) Close() error { return t.conn.Close() }
+
+// wait reads what is left up to the exit frame and returns the server's error.
+func (t *tarRelay) wait(ctx context.Context, what string) error {
+	stop := context.AfterFunc(ctx, func() { t.conn.Close() })
 	defer stop()
-	code := <-t.status
-	<-t.errc
-	t.Close()
+	_, err := io.Copy(io.Discard, t.in)
 	if ctx.Err() != nil {
 		return ctx.Err()
 	}
-	if code == 0 {
+	if err != nil {
+		return fmt.Errorf("%s: %w", what, gwErr(err))
+	}
+	e := t.in.Exit()
+	if e.Code == 0 {
 		return nil
 	}
-	msg := strings.TrimSpace(t.errb.String())
-	if msg == "" {
-		msg = fmt.Sprintf("the sandbox's transfer server ended with status %d", code)
+	if e.Error == "" {
+		e.Error = fmt.Sprintf("the sandbox's transfer server ended with status %d", e.Code)
 	}
-	return fmt.Errorf("%s: %s", what, msg)
+	return fmt.Errorf("%s: %s", what, e.Error)
+}
+
+// gwErr says what a gRPC status from the relay means when it is one.
+func gwErr(err error) error {
+	if st, ok := status.FromError(errors.Unwrap(err)); ok && st.Code() != codes.Unknown {
+		return fmt.Errorf("the gateway ended the transfer: %s", st.Message())
+	}
+	return err
 }
 
 // Upload copies the local file or directory src to dst in the sandbox as one tar
 // stream, written by the supervisor as the sandbox user. An existing remote
 // directory dst receives src under its base name; dst "" is the working directory.
-func Upload(ctx context.Context, cl *ssh.Client, src, dst string, o Options, stderr io.Writer) (Summary, error) {
+func Upload(ctx context.Context, api pb.OpenShellClient, sandboxID, src, dst string, o Options, stderr io.Writer) (Summary, error) {
 	start := time.Now()
 	sum := Summary{Direction: "upload", Source: src, Dest: dst}
 	if _, err := os.Stat(src); err != nil {
@@ -251,7 +242,7 @@ func Upload(ctx context.Context, cl *ssh.Client, src, dst string, o Options, std
 			return sum, fmt.Errorf("upload: read .gitignore: %w", err)
 		}
 	}
-	tc, err := openTar(ctx, cl, transfer.Request{Op: transfer.OpUpload, Path: dst})
+	tc, err := openTar(ctx, api, sandboxID, transfer.Request{Op: transfer.OpUpload, Path: dst})
 	if err != nil {
 		return sum, fmt.Errorf("upload: %w", err)
 	}
@@ -263,15 +254,33 @@ func Upload(ctx context.Context, cl *ssh.Client, src, dst string, o Options, std
 	if abs, err := filepath.Abs(src); err == nil {
 		name = filepath.Base(abs)
 	}
-	// Buffered: a tree of small files would otherwise send a packet per header.
-	bw := bufio.NewWriterSize(tc, 256<<10)
+	// The reply is read while sending: a refusal arrives before the stream ends.
+	type reply struct {
+		out []byte
+		err error
+	}
+	replied := make(chan reply, 1)
+	go func() {
+		out, err := io.ReadAll(tc.in)
+		replied <- reply{out, err}
+	}()
+	// Buffered: a tree of small files would otherwise send a frame per header.
+	bw := bufio.NewWriterSize(transfer.FrameWriter{W: tc.conn}, 1<<20)
 	werr := transfer.WriteTree(bw, src, name, skip, func(n int64) { p.done.Add(n) })
 	if werr == nil {
 		werr = bw.Flush()
 	}
-	_ = tc.CloseWrite()
+	if werr == nil {
+		werr = transfer.WriteEnd(tc.conn)
+	}
 	p.finish()
-	out, _ := io.ReadAll(tc)
+	var r reply
+	select {
+	case r = <-replied:
+	case <-ctx.Done():
+		return sum, ctx.Err()
+	}
+	out := r.out
 	if err := tc.wait(ctx, "upload"); err != nil {
 		return sum, err
 	}
@@ -288,21 +297,23 @@ func Upload(ctx context.Context, cl *ssh.Client, src, dst string, o Options, std
 // Download copies the sandbox file or directory src to the local dst. An existing
 // local directory dst receives src under its base name. Entries are checked as on
 // upload: a stream from the sandbox cannot write outside dst.
-func Download(ctx context.Context, cl *ssh.Client, src, dst string, stderr io.Writer) (Summary, error) {
+func Download(ctx context.Context, api pb.OpenShellClient, sandboxID, src, dst string, stderr io.Writer) (Summary, error) {
 	start := time.Now()
 	sum := Summary{Direction: "download", Source: src, Dest: dst}
 	if dst == "" {
 		dst = "."
 	}
-	tc, err := openTar(ctx, cl, transfer.Request{Op: transfer.OpDownload, Path: src})
+	tc, err := openTar(ctx, api, sandboxID, transfer.Request{Op: transfer.OpDownload, Path: src})
 	if err != nil {
 		return sum, fmt.Errorf("download: %w", err)
 	}
 	defer tc.Close()
 	stop := context.AfterFunc(ctx, func() { tc.Close() })
 	defer stop()
-	_ = tc.CloseWrite()
-	br := bufio.NewReaderSize(tc, 1<<20)
+	if err := transfer.WriteEnd(tc.conn); err != nil {
+		return sum, fmt.Errorf("download %s: %w", src, err)
+	}
+	br := bufio.NewReaderSize(tc.in, 1<<20)
 	line, herr := br.ReadBytes('\n')
 	var hdr transfer.Header
 	if herr == nil {
@@ -368,20 +379,15 @@ created as DST (default: the current directory).`
 			if err != nil {
 				return err
 			}
-			cl, err := sshClient(ctx, api, id)
-			if err != nil {
-				return err
-			}
-			defer cl.Close()
 			dst := ""
 			if len(args) == 3 {
 				dst = args[2]
 			}
 			var sum Summary
 			if up {
-				sum, err = Upload(ctx, cl, args[1], dst, o, cmd.ErrOrStderr())
+				sum, err = Upload(ctx, api, id, args[1], dst, o, cmd.ErrOrStderr())
 			} else {
-				sum, err = Download(ctx, cl, args[1], dst, cmd.ErrOrStderr())
+				sum, err = Download(ctx, api, id, args[1], dst, cmd.ErrOrStderr())
 			}
 			if err != nil {
 				return err
