@@ -163,11 +163,10 @@ func startReplica(t *testing.T, bin, root, id, dsn string, fwdPort int) *replica
 			t.Logf("replica %s log:\n%s", id, tail(string(b), 60))
 		}
 	})
-	deadline := time.Now().Add(60 * time.Second)
+	// Serving once it logs so (the port is bound early, before the driver is up).
+	deadline := time.Now().Add(90 * time.Second)
 	for {
-		c, err := net.DialTimeout("tcp", "127.0.0.1:"+strconv.Itoa(r.port), time.Second)
-		if err == nil {
-			c.Close()
+		if b, _ := os.ReadFile(r.logf.Name()); bytes.Contains(b, []byte("gateway listening")) {
 			break
 		}
 		select {
@@ -177,7 +176,8 @@ func startReplica(t *testing.T, bin, root, id, dsn string, fwdPort int) *replica
 		default:
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("replica %s does not listen on %d", id, r.port)
+			b, _ := os.ReadFile(r.logf.Name())
+			t.Fatalf("replica %s not serving after 90 s:\n%s", id, b)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
@@ -210,8 +210,8 @@ func (r *replicaProc) stop() {
 
 // TestReplicasOnePostgres: two real gateway processes on one real PostgreSQL behave
 // as one gateway. Sandboxes (real supervisors in Docker containers) reach replica A
-// through the Service stand-in; replica B reports them READY, execs into them and
-// deletes them. Then A is killed with SIGKILL, the stand-in sends new connections to
+// through the Service stand-in; replica B creates one of them and waits for it to be
+// READY, reports them READY, execs into them and deletes them. Then A is killed with SIGKILL, the stand-in sends new connections to
 // B, the supervisor reconnects, and through B the sandbox is READY and exec'able
 // again. A caller that is not a replica is refused by the peer service.
 func TestReplicasOnePostgres(t *testing.T) {
@@ -319,8 +319,13 @@ func TestReplicasOnePostgres(t *testing.T) {
 	})
 
 	s1, s2 := uniqueName("rep1"), uniqueName("rep2")
-	for _, n := range []string{s1, s2} {
-		mustCLI(t, "-g", "a", "sandbox", "create", "--name", n, "--from", testImage(), "--timeout", "120s")
+	// s2 is created through b while its supervisor reaches a: b's create waits on b's
+	// watch, which must hear of a session that came up on a.
+	for _, c := range []struct{ n, via string }{{s1, "a"}, {s2, "b"}} {
+		n, via := c.n, c.via
+		start := time.Now()
+		mustCLI(t, "-g", via, "sandbox", "create", "--name", n, "--from", testImage(), "--timeout", "120s")
+		t.Logf("create through %s → READY in %s", via, time.Since(start).Round(10*time.Millisecond))
 	}
 	for _, n := range []string{s1, s2} {
 		h, err := holderOf(n)
@@ -330,9 +335,15 @@ func TestReplicasOnePostgres(t *testing.T) {
 	}
 
 	t.Run("ThroughB", func(t *testing.T) {
-		if p := phaseOn(apiB, s1); p != ready {
-			t.Fatalf("through replica b, %s (session on a) is %v, want READY", s1, p)
+		// b learns of a's sessions from the store within a second or two.
+		start := time.Now()
+		for p := phaseOn(apiB, s1); p != ready; p = phaseOn(apiB, s1) {
+			if time.Since(start) > 10*time.Second {
+				t.Fatalf("through replica b, %s (session on a) is %v after 10 s, want READY", s1, p)
+			}
+			time.Sleep(100 * time.Millisecond)
 		}
+		t.Logf("READY through b %s after the check began", time.Since(start).Round(10*time.Millisecond))
 		out := mustCLI(t, "-g", "b", "sandbox", "exec", s1, "--", "sh", "-c", "echo via-b-$((6*7))")
 		if !strings.Contains(out, "via-b-42") {
 			t.Fatalf("exec through b: %q", out)

@@ -112,6 +112,19 @@ func (h *Hub) release(s *session, log *slog.Logger) {
 	}
 }
 
+// RemoteChanged is told by the replica registry that a session on another replica
+// came or went: the hub's listener hears it as it would a local change (so phase
+// watchers here wake), unless this replica holds the session itself.
+func (h *Hub) RemoteChanged(sandboxID, instanceID string, live bool) {
+	h.mu.Lock()
+	_, local := h.sessions[sandboxID]
+	h.mu.Unlock()
+	if local || h.onChange == nil {
+		return
+	}
+	h.onChange(sandboxID, instanceID, live)
+}
+
 // Claimed lists the sessions this replica holds, as Claim records (for a replica
 // that re-records them after its lease row was lost).
 func (h *Hub) Claimed() []Holder {

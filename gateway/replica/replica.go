@@ -115,11 +115,14 @@ type Registry struct {
 	snapMu  sync.Mutex
 	snapAt  time.Time
 	snapErr error
-	live    map[string]string // sandbox id → holding replica id
+	live    map[string]liveRec // sandbox id → its live record
 
-	cancel context.CancelFunc
-	done   chan struct{}
+	cancel  context.CancelFunc
+	done    chan struct{}
+	watched chan struct{}
 }
+
+type liveRec struct{ replica, instance string }
 
 var _ hub.Remote = (*Registry)(nil)
 
@@ -148,7 +151,7 @@ func New(st store.Sessions, cfg Config) (*Registry, error) {
 		cfg.Log = slog.Default()
 	}
 	return &Registry{st: st, id: cfg.ID, addr: addr, lease: cfg.Lease, tls: cfg.ClientTLS,
-		log: cfg.Log.With("replica_id", cfg.ID), conns: map[string]*grpc.ClientConn{}, done: make(chan struct{})}, nil
+		log: cfg.Log.With("replica_id", cfg.ID), conns: map[string]*grpc.ClientConn{}, done: make(chan struct{}), watched: make(chan struct{})}, nil
 }
 
 // ReplicaID implements hub.Remote.
@@ -168,6 +171,7 @@ func (r *Registry) Start(ctx context.Context, h *hub.Hub) error {
 	lctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	r.cancel = cancel
 	go r.loop(lctx)
+	go r.watch(lctx)
 	r.log.Info("gateway replica lease taken", "peer_address", r.addr, "lease", r.lease)
 	return nil
 }
@@ -220,6 +224,7 @@ func (r *Registry) Close() error {
 	if r.cancel != nil {
 		r.cancel()
 		<-r.done
+		<-r.watched
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
@@ -265,31 +270,76 @@ func (r *Registry) Holder(ctx context.Context, sandboxID string) (*hub.Holder, e
 	return HolderFrom(rec, r.id, time.Now())
 }
 
-// Live implements hub.Remote from a snapshot at most a second old.
+// Live implements hub.Remote from a snapshot at most a second or two old.
 func (r *Registry) Live(sandboxID string) bool {
 	r.snapMu.Lock()
+	stale := time.Since(r.snapAt) > 2*snapshotAge
+	r.snapMu.Unlock()
+	if stale { // the watch loop is behind (or not running): read now
+		r.refresh(context.Background())
+	}
+	r.snapMu.Lock()
 	defer r.snapMu.Unlock()
-	if time.Since(r.snapAt) > snapshotAge {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		recs, err := r.st.ListSessions(ctx, time.Now().UnixMilli())
-		cancel()
-		r.snapAt = time.Now()
-		if err != nil {
-			if r.snapErr == nil {
-				r.log.Warn("could not list the other replicas' sessions; their sandboxes show as not connected", "err", err)
-			}
-			r.snapErr = err
-			r.live = nil
-		} else {
-			r.snapErr = nil
-			r.live = make(map[string]string, len(recs))
-			for _, rec := range recs {
-				r.live[rec.SandboxID] = rec.ReplicaID
-			}
+	rec, ok := r.live[sandboxID]
+	return ok && rec.replica != r.id
+}
+
+// watch refreshes the snapshot every second and tells the hub of sessions that came
+// or went on other replicas, so this replica's phase watchers see them too.
+func (r *Registry) watch(ctx context.Context) {
+	defer close(r.watched)
+	t := time.NewTicker(snapshotAge)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		came, went := r.refresh(ctx)
+		for id, rec := range came {
+			r.hub.RemoteChanged(id, rec.instance, true)
+		}
+		for id, rec := range went {
+			r.hub.RemoteChanged(id, rec.instance, false)
 		}
 	}
-	holder, ok := r.live[sandboxID]
-	return ok && holder != r.id
+}
+
+// refresh re-reads the live records and returns those of other replicas that
+// appeared and disappeared since the last read.
+func (r *Registry) refresh(ctx context.Context) (came, went map[string]liveRec) {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	recs, err := r.st.ListSessions(ctx, time.Now().UnixMilli())
+	cancel()
+	r.snapMu.Lock()
+	defer r.snapMu.Unlock()
+	r.snapAt = time.Now()
+	if err != nil {
+		if r.snapErr == nil {
+			r.log.Warn("could not list the other replicas' sessions; their sandboxes show as not connected", "err", err)
+		}
+		r.snapErr = err
+		return nil, nil // keep the last snapshot rather than flap every phase
+	}
+	r.snapErr = nil
+	now := make(map[string]liveRec, len(recs))
+	for _, rec := range recs {
+		now[rec.SandboxID] = liveRec{replica: rec.ReplicaID, instance: rec.InstanceID}
+	}
+	came, went = map[string]liveRec{}, map[string]liveRec{}
+	for id, rec := range now {
+		if old, ok := r.live[id]; rec.replica != r.id && (!ok || old != rec) {
+			came[id] = rec
+		}
+	}
+	for id, old := range r.live {
+		if rec, ok := now[id]; old.replica != r.id && (!ok || rec.replica == r.id) {
+			went[id] = old
+		}
+	}
+	r.live = now
+	return came, went
 }
 
 // Claim implements hub.Remote.
