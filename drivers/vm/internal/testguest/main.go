@@ -6,7 +6,8 @@
 // "poweroff" (clean guest power-off) or to close (it then reconnects, as a supervisor
 // does after a gateway restart). It remembers the previous boot on the overlay root.
 // With the command "exec-echo" it also serves ExecEchoPort (see exececho.go), the
-// baseline of the exec benchmark. With the command "probe-channel" it first tries, as an agent would, what the runner
+// baseline of the exec benchmark. With "probe-gateway ID TOKEN" it attacks a real
+// gateway through the runner (gatewayprobe.go), prints the outcomes and waits. With the command "probe-channel" it first tries, as an agent would, what the runner
 // must refuse on its channel ports (see probe.go) and reports the outcomes.
 package main
 
@@ -61,6 +62,11 @@ func run() int {
 	r := Report{SandboxID: cfg.SandboxID, Endpoint: cfg.Endpoint, HasToken: cfg.Token != "", Command: cfg.Main.Command}
 	if len(cfg.Main.Command) > 0 && cfg.Main.Command[0] == "probe-channel" {
 		r.Probes = probeChannel(secret, cfg.SandboxID)
+	}
+	if c := cfg.Main.Command; len(c) == 3 && c[0] == "probe-gateway" {
+		// The gateway here is the real one: no report lines to send it afterwards.
+		probeGateway(secret, cfg, c[1], c[2])
+		select {}
 	}
 	if len(cfg.Main.Command) > 0 && cfg.Main.Command[0] == "exec-echo" {
 		if err := serveExecEcho(); err != nil {
