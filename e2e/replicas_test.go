@@ -26,6 +26,7 @@ import (
 	"github.com/openshell/openshell/api/openshellv1"
 	"github.com/openshell/openshell/api/peerv1"
 	"github.com/openshell/openshell/gateway/pki"
+	"github.com/openshell/openshell/gateway/replica"
 	"github.com/openshell/openshell/gateway/secrets"
 	"github.com/openshell/openshell/gateway/store"
 	"github.com/openshell/openshell/gateway/store/postgres"
@@ -211,9 +212,10 @@ func (r *replicaProc) stop() {
 // TestReplicasOnePostgres: two real gateway processes on one real PostgreSQL behave
 // as one gateway. Sandboxes (real supervisors in Docker containers) reach replica A
 // through the Service stand-in; replica B creates one of them and waits for it to be
-// READY, reports them READY, execs into them and deletes them. Then A is killed with SIGKILL, the stand-in sends new connections to
-// B, the supervisor reconnects, and through B the sandbox is READY and exec'able
-// again. A caller that is not a replica is refused by the peer service.
+// READY, reports them READY, execs into them and deletes them. Then A is killed with
+// SIGKILL: once A's lease ends B stops reporting A's sessions; the stand-in then sends
+// new connections to B, the supervisor reconnects, and through B the sandbox is READY
+// and exec'able again. A caller that is not a replica is refused by the peer service.
 func TestReplicasOnePostgres(t *testing.T) {
 	if testing.Short() {
 		t.Skip("e2e builds the binaries and drives a real compute driver; not in -short")
@@ -401,6 +403,19 @@ func TestReplicasOnePostgres(t *testing.T) {
 			t.Fatal(err)
 		}
 		<-a.waited
+		// While the stand-in still sends the supervisor to the dead replica, a's
+		// records count until its lease ends; then b no longer reports s2 READY.
+		for p := phaseOn(apiB, s2); p == ready; p = phaseOn(apiB, s2) {
+			if time.Since(start) > 40*time.Second {
+				t.Fatalf("40 s after kill -9 of a (lease %s), b still reports %s READY on a's stale record", replica.DefaultLease, s2)
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+		t.Logf("kill -9 of replica a → b stops reporting %s READY after %s (a's lease: %s)", s2, time.Since(start).Round(10*time.Millisecond), replica.DefaultLease)
+		if _, err := cli(t.Context(), "-g", "b", "sandbox", "exec", s2, "--", "true"); err == nil {
+			t.Error("exec through b succeeded while the session's holder is dead and no supervisor reconnected")
+		}
+		start = time.Now()
 		fwd.backend.Store("127.0.0.1:" + strconv.Itoa(b.port))
 		deadline := time.Now().Add(90 * time.Second)
 		for {
@@ -413,7 +428,7 @@ func TestReplicasOnePostgres(t *testing.T) {
 			}
 			time.Sleep(200 * time.Millisecond)
 		}
-		t.Logf("kill -9 of replica a → %s READY through b in %s", s2, time.Since(start).Round(10*time.Millisecond))
+		t.Logf("stand-in switched to b → %s READY through b in %s", s2, time.Since(start).Round(10*time.Millisecond))
 		out := mustCLI(t, "-g", "b", "sandbox", "exec", s2, "--", "echo", "after-failover")
 		if !strings.Contains(out, "after-failover") {
 			t.Fatalf("exec through b after the failover: %q", out)
