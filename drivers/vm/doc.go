@@ -27,7 +27,13 @@
 // and reports "running" once the guest fetched its bootstrap config: the driver then
 // reports Ready=True. The bootstrap config is served once per boot, to the supervisor
 // before any agent runs, with a fresh instance secret; the port then closes, and the
-// gateway and egress ports admit only connections that open with that secret. Stop shuts the guest down (ACPI power button) and the runner exits
+// gateway and egress ports admit only connections that open with that secret. The
+// gateway bridge leads to the sandbox's own gateway socket (gateway_socket_dir in the
+// spec) and the guest speaks plaintext gRPC over it: no TLS inside the guest, the
+// socket tells the gateway which sandbox it is, and the token is still checked. Only a
+// sandbox the gateway gave no socket dir (a runner booted before it did) is bridged
+// to the gateway's TCP address, with TLS from the guest.
+// Stop shuts the guest down (ACPI power button) and the runner exits
 // with a "Stopped" tombstone (Suspended=True); Start spawns a new runner on the same
 // disk. A VM that ends unasked is Ready=False reason VMExited with the console tail.
 // Delete kills the runner's whole session and removes the directory (never following
