@@ -1,0 +1,58 @@
+{{/* Names and labels shared by every object of a release. */}}
+{{- define "openshell.fullname" -}}
+{{- if contains .Chart.Name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "openshell.selectorLabels" -}}
+app.kubernetes.io/name: {{ .Chart.Name }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: gateway
+{{- end -}}
+
+{{- define "openshell.labels" -}}
+{{ include "openshell.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+{{- end -}}
+
+{{- define "openshell.serviceAccountName" -}}
+{{- default (include "openshell.fullname" .) .Values.serviceAccount.name -}}
+{{- end -}}
+
+{{- define "openshell.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
+
+{{- define "openshell.sandboxNamespace" -}}
+{{- default .Release.Namespace .Values.driver.namespace -}}
+{{- end -}}
+
+{{- define "openshell.pkiSecret" -}}
+{{- default (printf "%s-pki" (include "openshell.fullname" .)) .Values.pki.existingSecret -}}
+{{- end -}}
+
+{{/* The [drivers.kubernetes] table: computed defaults, then driver.config on top. */}}
+{{- define "openshell.driverTable" -}}
+{{- $svc := include "openshell.fullname" . -}}
+{{- $t := dict
+  "namespace" (include "openshell.sandboxNamespace" .)
+  "supervisor_image" (default (include "openshell.image" .) .Values.driver.supervisorImage)
+  "gateway_endpoint" (default (printf "https://%s.%s.svc:%d" $svc .Release.Namespace (int .Values.service.port)) .Values.driver.gatewayEndpoint)
+-}}
+{{- toToml (dict "drivers" (dict "kubernetes" (mergeOverwrite $t (deepCopy .Values.driver.config)))) -}}
+{{- end -}}
+
+{{/* Refuse values that cannot work, naming the key and the fix. */}}
+{{- define "openshell.validate" -}}
+{{- if and (gt (int .Values.replicas) 1) (not .Values.database.existingSecret) -}}
+{{- fail (printf "replicas: %d needs a shared PostgreSQL store: set database.existingSecret to a Secret holding the DSN (the embedded SQLite database serves one replica)" (int .Values.replicas)) -}}
+{{- end -}}
+{{- if lt (int .Values.replicas) 1 -}}
+{{- fail "replicas must be at least 1" -}}
+{{- end -}}
+{{- end -}}
