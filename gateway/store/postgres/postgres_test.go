@@ -3,6 +3,7 @@ package postgres
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"strings"
 	"sync"
@@ -112,5 +113,33 @@ func TestBadDSN(t *testing.T) {
 	}
 	if err != nil && strings.Contains(err.Error(), "secret") {
 		t.Fatalf("error leaks the password: %v", err)
+	}
+}
+
+// TestMigrateFromV1: a database a schema-version-1 gateway wrote opens, keeps its
+// objects and gains the session-holder tables; the recorded version becomes current.
+func TestMigrateFromV1(t *testing.T) {
+	dsn := pgtest.DSN(t)
+	ctx := context.Background()
+	s := open(t, dsn)
+	if _, err := s.Create(ctx, &store.Object{Kind: "sandbox", ID: "id-1", Name: "old"}); err != nil {
+		t.Fatal(err)
+	}
+	for _, q := range []string{`DROP TABLE openshell_supervisor_sessions`, `DROP TABLE openshell_replicas`,
+		`UPDATE openshell_store_meta SET value = '1' WHERE key = 'schema_version'`} {
+		if _, err := s.pool.Exec(ctx, q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s2 := open(t, dsn)
+	var v string
+	if err := s2.pool.QueryRow(ctx, `SELECT value FROM openshell_store_meta WHERE key = 'schema_version'`).Scan(&v); err != nil || v != fmt.Sprint(schemaVersion) {
+		t.Fatalf("schema_version = %q, %v; want %d", v, err, schemaVersion)
+	}
+	if _, err := s2.Get(ctx, "sandbox", "id-1"); err != nil {
+		t.Fatalf("object lost in the migration: %v", err)
+	}
+	if err := s2.PutSession(ctx, store.SessionHolder{SandboxID: "id-1", ReplicaID: "r"}); err != nil {
+		t.Fatalf("session table missing after the migration: %v", err)
 	}
 }
