@@ -9,12 +9,15 @@
 # ENGINE=podman builds into Podman instead of Docker: into every Podman service socket
 # in PODMAN_SOCKETS (space-separated; default: the rootful and the rootless services
 # scripts/setup-podman.sh starts), through the podman binary that script builds.
+# ENGINE=containerd builds the images in Docker and imports them (docker save | ctr import)
+# into the containerd of the Kubernetes test node (scripts/setup-kubernetes.sh), namespace
+# k8s.io, where the kubelet finds them without a registry.
 set -euo pipefail
 
 ENGINE="${ENGINE:-docker}"
 case "$ENGINE" in
-docker | podman) ;;
-*) echo "testimage: ENGINE=$ENGINE: use docker or podman" >&2; exit 2 ;;
+docker | podman | containerd) ;;
+*) echo "testimage: ENGINE=$ENGINE: use docker, podman or containerd" >&2; exit 2 ;;
 esac
 FORCE="${FORCE:-0}"
 what="${1:-busybox}"
@@ -123,6 +126,27 @@ if [[ "$ENGINE" == podman ]]; then
 		PODMAN_URL="unix://$sock"
 		log "podman service $sock"
 		build
+	done
+elif [[ "$ENGINE" == containerd ]]; then
+	setup="$(dirname "$0")/../setup-kubernetes.sh"
+	kenv="$("$setup" env)"
+	CTR="${CTR:-$(sed -n 's/^OPENSHELL_KUBE_CTR=//p' <<<"$kenv")}"
+	CTRD_SOCK="${CTRD_SOCK:-$(sed -n 's/^OPENSHELL_KUBE_CONTAINERD_SOCK=//p' <<<"$kenv")}"
+	[[ -x "$CTR" && -S "$CTRD_SOCK" ]] || { log "no test-node containerd at $CTRD_SOCK: run scripts/setup-kubernetes.sh"; exit 1; }
+	case "$what" in
+	all) refs=(openshell-test/busybox:latest openshell-test/bash:latest) ;;
+	*) refs=("openshell-test/$what:latest") ;;
+	esac
+	ENGINE=docker
+	build
+	for ref in "${refs[@]}"; do
+		# containerd names Docker Hub-style references in full.
+		if [[ "$FORCE" != 1 ]] && "$CTR" --address "$CTRD_SOCK" -n k8s.io images ls -q 2>/dev/null | grep -qx "docker.io/$ref"; then
+			log "$ref exists in the test node's containerd"
+			continue
+		fi
+		log "importing $ref into the test node's containerd"
+		docker save "$ref" | "$CTR" --address "$CTRD_SOCK" -n k8s.io images import - >/dev/null
 	done
 else
 	build
