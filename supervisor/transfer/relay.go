@@ -10,6 +10,7 @@ import (
 	"io"
 	"os"
 	"strings"
+	"time"
 
 	pb "github.com/openshell/openshell/api/openshellv1"
 )
@@ -223,8 +224,26 @@ func ServeRelay(ctx context.Context, c io.ReadWriteCloser, t *pb.TransferRelayTa
 	if err := WriteExit(c, e); err != nil {
 		return
 	}
-	// Let the exit frame leave before the relay is torn down.
+	// Let the exit frame leave, then leave the end of the relay to the client: data
+	// may still be on its way through the gateway, and a relay that ends on this
+	// side first can be torn down before it arrives. A client that never hangs up
+	// is given drainWait.
 	if cw, ok := c.(interface{ CloseWrite() error }); ok {
 		_ = cw.CloseWrite()
 	}
+	drained := make(chan struct{})
+	go func() {
+		_, _ = io.Copy(io.Discard, c)
+		close(drained)
+	}()
+	timer := time.NewTimer(drainWait)
+	defer timer.Stop()
+	select {
+	case <-drained:
+	case <-timer.C:
+	case <-ctx.Done():
+	}
 }
+
+// drainWait bounds how long a finished transfer waits for the client to hang up.
+const drainWait = 30 * time.Second
