@@ -350,6 +350,18 @@ func TestReplicasOnePostgres(t *testing.T) {
 		if !strings.Contains(out, "via-b-42") {
 			t.Fatalf("exec through b: %q", out)
 		}
+		// Transfers through b ride the same peer relay (4 MiB file in a small tree).
+		src := filepath.Join(t.TempDir(), "tree")
+		writeTree(t, src, 4<<20)
+		mustCLI(t, "-g", "b", "sandbox", "upload", s1, src, "/tmp/up")
+		if out := mustCLI(t, "-g", "b", "sandbox", "exec", s1, "--", "sha256sum", "/tmp/up/big/blob.bin"); !strings.HasPrefix(out, fileSum(t, filepath.Join(src, "big", "blob.bin"))) {
+			t.Fatalf("checksum in the sandbox after an upload through b: %q", out)
+		}
+		dst := t.TempDir()
+		mustCLI(t, "-g", "b", "sandbox", "download", s1, "/tmp/up", dst)
+		if got, want := treeDigest(t, filepath.Join(dst, "up")), treeDigest(t, src); got != want {
+			t.Fatalf("tree downloaded through b differs:\n%s\nwant:\n%s", got, want)
+		}
 		mustCLI(t, "-g", "b", "sandbox", "delete", s1)
 		deadline := time.Now().Add(60 * time.Second)
 		for {
