@@ -46,7 +46,11 @@ func startReplicas(ctx context.Context, cfg *config.Config, bundle *pki.Bundle, 
 	if err != nil {
 		return nil, err
 	}
-	p, err := replica.Listen(cfg.PeerAddress, srvTLS, h, log.With("replica_id", id))
+	listen, err := replica.ParsePeerAddress("peer_address", cfg.PeerAddress, false) // adds the default port
+	if err != nil {
+		return nil, err
+	}
+	p, err := replica.Listen(listen, srvTLS, h, log.With("replica_id", id))
 	if err != nil {
 		return nil, err
 	}
