@@ -109,6 +109,14 @@ func (m *sandboxSockets) Open(id string) (string, error) {
 			l.Close()
 			return "", fmt.Errorf("sandbox %s: gateway socket owner: %w", id, err)
 		}
+		// That user's engine mounts the directory again when the container restarts:
+		// the directories above it, which a start of the gateway closed, let it
+		// pass (search only; each sandbox's directory stays its owner's).
+		for _, p := range []string{m.base, filepath.Dir(m.base)} {
+			if pst, err := os.Stat(p); err == nil && pst.Mode().Perm()&0o001 == 0 {
+				_ = os.Chmod(p, pst.Mode().Perm()|0o011)
+			}
+		}
 	}
 	if err := os.Chmod(path, 0o600); err != nil {
 		l.Close()
@@ -167,8 +175,8 @@ func (m *sandboxSockets) start(serve func(net.Listener)) {
 	m.pending = nil
 }
 
-// Close closes every socket; the directories stay for the next run (containers
-// keep them mounted).
+// Close closes every socket; the sandboxes' directories stay for the next run
+// (containers keep them mounted).
 func (m *sandboxSockets) Close() error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -177,6 +185,7 @@ func (m *sandboxSockets) Close() error {
 		_ = l.Close()
 		delete(m.lis, id)
 	}
+	_ = os.Remove(m.base) // only when no sandbox is left
 	return nil
 }
 

@@ -1,0 +1,106 @@
+package daemon
+
+import (
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"syscall"
+	"testing"
+
+	"github.com/openshell/openshell/drivers"
+	"github.com/openshell/openshell/internal/rundir"
+)
+
+// The per-sandbox sockets: private modes, connections bound to their sandbox, a
+// socket re-created in place (with the owner a driver gave its directory) after
+// a restart, removal at delete and of directories nobody knows.
+func TestSandboxSockets(t *testing.T) {
+	state := t.TempDir()
+	t.Cleanup(func() { os.RemoveAll(rundir.For(state)) })
+	m, err := newSandboxSockets(state, slog.Default())
+	if err != nil {
+		t.Fatal(err)
+	}
+	accepted := make(chan net.Conn, 4)
+	m.start(func(l net.Listener) {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			accepted <- c
+		}
+	})
+	dir, err := m.Open("sb-a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sock := filepath.Join(dir, drivers.GatewaySocketName)
+	if len(sock) > 107 {
+		t.Fatalf("socket path %d bytes, over sun_path", len(sock))
+	}
+	dst, _ := os.Stat(dir)
+	sst, err := os.Stat(sock)
+	if err != nil || dst.Mode().Perm() != 0o700 || sst.Mode().Perm() != 0o600 {
+		t.Fatalf("dir %v socket %v (%v), want 0700 and 0600", dst.Mode().Perm(), sst.Mode(), err)
+	}
+	c, err := net.Dial("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	if sc, ok := (<-accepted).(*sandboxConn); !ok || sc.id != "sb-a" {
+		t.Fatalf("accepted connection not bound to sb-a: %#v", sc)
+	}
+	other, _ := m.Open("sb-b")
+	if other == dir {
+		t.Fatal("two sandboxes share a directory")
+	}
+
+	// A restart: the old gateway's sockets close; a driver had given sb-a's
+	// directory to another user (a rootless engine's), so the new socket is theirs.
+	if os.Geteuid() == 0 {
+		if err := os.Chown(dir, 4242, 4242); err != nil {
+			t.Fatal(err)
+		}
+	}
+	m.Close()
+	m2, err := newSandboxSockets(state, slog.Default())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m2.Close()
+	m2.start(func(l net.Listener) {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	})
+	if d2, err := m2.Open("sb-a"); err != nil || d2 != dir {
+		t.Fatalf("re-open: %s %v, want %s", d2, err, dir)
+	}
+	sst, err = os.Stat(sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if os.Geteuid() == 0 {
+		if uid := sst.Sys().(*syscall.Stat_t).Uid; uid != 4242 {
+			t.Fatalf("re-created socket owned by %d, want the directory's owner 4242", uid)
+		}
+		if pst, _ := os.Stat(filepath.Dir(dir)); pst.Mode().Perm()&0o001 == 0 {
+			t.Fatalf("%s is %v: the directory's owner cannot pass to mount it", filepath.Dir(dir), pst.Mode().Perm())
+		}
+	}
+	m2.Prune(map[string]bool{"sb-a": true})
+	if _, err := os.Stat(other); !os.IsNotExist(err) {
+		t.Fatalf("directory of an unknown sandbox left: %v", err)
+	}
+	m2.Remove("sb-a")
+	if _, err := os.Stat(dir); !os.IsNotExist(err) {
+		t.Fatalf("directory after Remove: %v", err)
+	}
+}
