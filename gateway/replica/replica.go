@@ -161,9 +161,15 @@ func (r *Registry) ReplicaID() string { return r.id }
 func (r *Registry) PeerAddress() string { return r.addr }
 
 // Start takes the lease (an error when the store cannot be written), attaches the
-// registry to h and keeps renewing until Close.
+// registry to h and keeps renewing until Close. Replica ids must be unique among the
+// replicas running at once (the default, the host name, is in Kubernetes).
 func (r *Registry) Start(ctx context.Context, h *hub.Hub) error {
 	r.hub = h
+	// A starting replica holds no session: records under its id are left over from
+	// an earlier process (killed), and must not look live once it renews the lease.
+	if err := r.st.RemoveReplica(ctx, r.id); err != nil {
+		return fmt.Errorf("replica %s: clear the records of an earlier run: %w", r.id, err)
+	}
 	if _, err := r.renew(ctx); err != nil {
 		return err
 	}
