@@ -5,6 +5,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 )
@@ -115,5 +116,36 @@ func TestBridgeDialSandboxSocket(t *testing.T) {
 	if c, got, err := bridgeDial(gw, 300*time.Millisecond); err == nil {
 		c.Close()
 		t.Fatalf("bridgeDial without the socket reached %s", got)
+	}
+}
+
+// The spec names where the guest's sessions go: a socket dir, a TCP address or both
+// (the socket wins); neither, or a relative dir, is refused naming the fields.
+func TestSpecGatewayTarget(t *testing.T) {
+	base := func() *Spec {
+		return &Spec{SandboxID: "sb-1", Machine: MachineSpec{VCPUs: 1, MemoryMiB: 256, Kernel: "k", Initrd: "i", ImageDisk: "a", Disk: "b"}}
+	}
+	s := base()
+	s.GatewaySocketDir = "/run/openshell/x/sb/abc"
+	if err := s.Validate(); err != nil {
+		t.Fatalf("socket dir only: %v", err)
+	}
+	if got, want := s.GatewaySocket(), "/run/openshell/x/sb/abc/gateway.sock"; got != want {
+		t.Fatalf("GatewaySocket() = %q, want %q", got, want)
+	}
+	s = base()
+	s.GatewayAddr = "127.0.0.1:1"
+	if err := s.Validate(); err != nil || s.GatewaySocket() != "" {
+		t.Fatalf("TCP only: err %v, socket %q", err, s.GatewaySocket())
+	}
+	for _, c := range []struct{ dir, want string }{
+		{"", "gateway_addr and gateway_socket_dir are both empty"},
+		{"run/sb", `gateway_socket_dir "run/sb" must be an absolute path`},
+	} {
+		s := base()
+		s.GatewaySocketDir = c.dir
+		if err := s.Validate(); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("socket dir %q: error %v, want it to say %q", c.dir, err, c.want)
+		}
 	}
 }
