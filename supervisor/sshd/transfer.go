@@ -117,7 +117,9 @@ func (s *Server) runTransfer(ctx context.Context, req transfer.Request, in io.Re
 	}()
 	copied := make(chan error, 1)
 	go func() {
-		_, err := io.CopyBuffer(out, outR, make([]byte, 1<<20))
+		// struct{io.Reader} hides (*os.File).WriteTo, which would copy 32 KiB at a
+		// time (a frame each) instead of what the pipe holds.
+		_, err := io.CopyBuffer(out, struct{ io.Reader }{outR}, make([]byte, 1<<20))
 		copied <- err
 	}()
 	gotCopy := false
