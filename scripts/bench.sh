@@ -10,6 +10,8 @@
 #   docker   Docker create → Ready vs `docker run -d … sleep infinity` (target ≤ 1.5×)
 #   podman   Podman create → Ready vs `podman run -d … sleep infinity`, rootful and rootless
 #            (target ≤ 1.5×)
+#   kubernetes  10 sandboxes at once: create → Ready vs a bare pod of the same image → Running
+#            on the test cluster's node (target ≤ 1.5×)
 #   exec     `sandbox exec -- true` vs `docker exec` (target ≤ 0.5×); upload 256 MiB vs
 #            `docker cp`; VM driver: `sandbox exec -- true` vs a bare vsock round trip to a
 #            guest of the driver plus a /bin/true start in it (target ≤ 1.2×)
@@ -59,6 +61,7 @@ for s in "${sections[@]}"; do
 	vm) ./scripts/setup-vm-host.sh >/dev/null; OPENSHELL_BENCH=1 go test -count=1 -run TestBenchCreateReady -v -timeout 40m ./drivers/vm ;;
 	docker) needs_docker; OPENSHELL_BENCH=1 go test -count=1 -run TestBenchCreateToReady -v -timeout 20m ./drivers/docker ;;
 	podman) ./scripts/setup-podman.sh >/dev/null; OPENSHELL_BENCH=1 go test -count=1 -run TestBenchCreateToReady -v -timeout 20m ./drivers/podman ;;
+	kubernetes) ./scripts/setup-kubernetes.sh >/dev/null; OPENSHELL_BENCH=1 go test -count=1 -run TestBenchCreateToReady -v -timeout 20m ./drivers/kubernetes ;;
 	exec) needs_docker; OPENSHELL_BENCH=1 go test -count=1 -run TestBenchVsDocker -v -timeout 20m ./e2e/
 		./scripts/setup-vm-host.sh >/dev/null; vm_exec ;;
 	transfer)
