@@ -11,6 +11,8 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+	fakediscovery "k8s.io/client-go/discovery/fake"
+	clienttesting "k8s.io/client-go/testing"
 	sandboxv1beta1 "sigs.k8s.io/agent-sandbox/api/v1beta1"
 
 	"github.com/openshell/openshell/api/openshellv1"
@@ -144,4 +146,33 @@ func TestErrorMapping(t *testing.T) {
 		t.Errorf("unavailable: %v", err)
 	}
 	_ = sandboxv1beta1.SandboxKind
+}
+
+// TestDiscoverVersion uses client-go's fake discovery as a STAND-IN for a cluster
+// without the CRD (the shared test cluster keeps it installed for other tests);
+// the v1alpha1-only and v1beta1 cases also run against the real apiserver in
+// TestUpgradeAlphaToBeta.
+func TestDiscoverVersion(t *testing.T) {
+	list := func(v string) *metav1.APIResourceList {
+		return &metav1.APIResourceList{GroupVersion: group + "/" + v, APIResources: []metav1.APIResource{{Name: resourceName, Kind: "Sandbox", Namespaced: true}}}
+	}
+	for _, tc := range []struct {
+		what, forced, want, err string
+		served                  []*metav1.APIResourceList
+	}{
+		{"both served", "", versionBeta, "", []*metav1.APIResourceList{list(versionAlpha), list(versionBeta)}},
+		{"only v1alpha1", "", versionAlpha, "", []*metav1.APIResourceList{list(versionAlpha)}},
+		{"forced v1alpha1", versionAlpha, versionAlpha, "", []*metav1.APIResourceList{list(versionAlpha), list(versionBeta)}},
+		{"forced v1beta1 not served", versionBeta, "", "does not serve agents.x-k8s.io/v1beta1", []*metav1.APIResourceList{list(versionAlpha)}},
+		{"no CRD", "", "", "the Sandbox CRD sandboxes.agents.x-k8s.io is not installed", nil},
+	} {
+		fd := &fakediscovery.FakeDiscovery{Fake: &clienttesting.Fake{Resources: tc.served}}
+		got, err := discoverVersion(fd, tc.forced)
+		if tc.err == "" && (err != nil || got != tc.want) {
+			t.Errorf("%s: %q, %v; want %q", tc.what, got, err, tc.want)
+		}
+		if tc.err != "" && (!errors.Is(err, drivers.ErrFailedPrecondition) || !strings.Contains(err.Error(), tc.err) || !strings.Contains(err.Error(), "install agent-sandbox")) {
+			t.Errorf("%s: err %v, want ErrFailedPrecondition saying %q and how to install", tc.what, err, tc.err)
+		}
+	}
 }
