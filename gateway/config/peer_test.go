@@ -14,7 +14,7 @@ func TestPeerSettings(t *testing.T) {
 	}{
 		{name: "single gateway", wantAdvertise: ""},
 		{name: "specific listen address", listen: "10.0.0.5:17671", wantAdvertise: "10.0.0.5:17671"},
-		{name: "default port", listen: "10.0.0.5", wantAdvertise: "10.0.0.5:17671"},
+		{name: "default port", listen: "10.0.0.5", wantAdvertise: "10.0.0.5:17672"},
 		{name: "all interfaces, pod IP", listen: "0.0.0.0:17671", advertise: "10.1.2.3:17671", id: "gw-0", wantAdvertise: "10.1.2.3:17671"},
 		{name: "all interfaces without advertise", listen: "0.0.0.0:17671", wantErr: "or set peer_advertise_address"},
 		{name: "advertise without listen", advertise: "10.1.2.3:17671", wantErr: "peer_advertise_address is set without peer_address"},

@@ -38,7 +38,7 @@ const (
 	// renews every third of it.
 	DefaultLease = 15 * time.Second
 	// DefaultPeerPort is the peer service's port when an address names none.
-	DefaultPeerPort = 17671
+	DefaultPeerPort = 17672
 	// pruneAfter: leases that ended this many lease periods ago are deleted.
 	pruneAfter = 20
 	// snapshotAge bounds how stale the live-session snapshot behind Live may be.
