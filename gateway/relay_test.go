@@ -92,3 +92,63 @@ func TestRelayFailures(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// TestForwardTransferTarget: a transfer relay is authorised as an SSH session is
+// (a CreateSshSession token for that sandbox) and its target is checked before any
+// relay opens; a good one reaches the supervisor and carries bytes both ways.
+func TestForwardTransferTarget(t *testing.T) {
+	e := startEnv(t, t.TempDir(), drivertest.NewMemDriver())
+	ctx, cancel := context.WithTimeout(t.Context(), 15*time.Second)
+	defer cancel()
+	id := e.create("xfer").GetMetadata().GetId()
+	e.connectSupervisor(id, "i1")
+	e.waitPhase("xfer", openshellv1.SandboxPhase_SANDBOX_PHASE_READY)
+	sess, err := e.user.CreateSshSession(ctx, &openshellv1.CreateSshSessionRequest{SandboxId: id})
+	if err != nil {
+		t.Fatal(err)
+	}
+	try := func(tok string, dir openshellv1.TransferRelayTarget_Direction, path string) error {
+		fs, err := e.user.ForwardTcp(ctx)
+		if err != nil {
+			return err
+		}
+		defer fs.CloseSend()
+		init := &openshellv1.TcpForwardInit{SandboxId: id, AuthorizationToken: tok,
+			Target: &openshellv1.TcpForwardInit_Transfer{Transfer: &openshellv1.TransferRelayTarget{Direction: dir, Path: path}}}
+		if err := fs.Send(&openshellv1.TcpForwardFrame{Payload: &openshellv1.TcpForwardFrame_Init{Init: init}}); err != nil {
+			return err
+		}
+		if err := fs.Send(&openshellv1.TcpForwardFrame{Payload: &openshellv1.TcpForwardFrame_Data{Data: []byte("tar")}}); err != nil {
+			return err
+		}
+		f, err := fs.Recv()
+		if err != nil {
+			return err
+		}
+		if string(f.GetData()) != "tar" {
+			t.Errorf("echo %q", f.GetData())
+		}
+		return nil
+	}
+	up := openshellv1.TransferRelayTarget_DIRECTION_UPLOAD
+	if err := try(sess.GetToken(), up, "/sandbox/x"); err != nil {
+		t.Fatalf("transfer relay with a session token: %v", err)
+	}
+	wantCode(t, try("", up, "/sandbox/x"), codes.Unauthenticated)
+	wantCode(t, try("bogus", up, "/sandbox/x"), codes.Unauthenticated)
+	for _, c := range []struct {
+		dir  openshellv1.TransferRelayTarget_Direction
+		path string
+		want string
+	}{
+		{openshellv1.TransferRelayTarget_DIRECTION_UNSPECIFIED, "/sandbox/x", "init.transfer.direction"},
+		{up, "", "init.transfer.path"},
+		{openshellv1.TransferRelayTarget_DIRECTION_DOWNLOAD, "a\x00b", "init.transfer.path"},
+	} {
+		err := try(sess.GetToken(), c.dir, c.path)
+		wantCode(t, err, codes.InvalidArgument)
+		if err != nil && !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%v %q: %v, want it to name %s", c.dir, c.path, err, c.want)
+		}
+	}
+}
