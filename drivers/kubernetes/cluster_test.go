@@ -1,8 +1,10 @@
 package kubernetes
 
 import (
+	"cmp"
 	"context"
 	"errors"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -23,12 +25,12 @@ import (
 	"github.com/openshell/openshell/internal/testenv"
 )
 
-// Images on the test node (scripts/testimage/build.sh ENGINE=containerd and
-// scripts/build-gateway-image.sh import them into its containerd).
-const (
-	testImage       = "docker.io/openshell-test/busybox:latest"
-	supervisorImage = "openshell/gateway:dev"
-)
+// Images on the test node: ENGINE=containerd scripts/testimage/build.sh and
+// scripts/build-gateway-image.sh import imports them into its containerd.
+const testImage = "docker.io/openshell-test/busybox:latest"
+
+// supervisorImage is the gateway image (its tag follows the chart's appVersion).
+var supervisorImage = cmp.Or(os.Getenv("OPENSHELL_GATEWAY_IMAGE"), "docker.io/openshell/gateway:0.1.0")
 
 // clusterConfig is a driver config for the test cluster in namespace ns.
 func clusterConfig(ns string) Config {
