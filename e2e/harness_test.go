@@ -9,6 +9,8 @@
 //	E2E_DRIVER=podman go test ./e2e/                 Podman driver (scripts/setup-podman.sh): the
 //	                                                 rootful service, or CONTAINER_HOST=unix://…
 //	                                                 for the rootless one
+//	E2E_DRIVER=kubernetes go test ./e2e/             Kubernetes driver on the test cluster's node
+//	                                                 (scripts/setup-kubernetes.sh; images imported)
 //	OPENSHELL_BENCH=1 go test -run Bench -v ./e2e/   exec and upload against docker exec/cp
 package e2e
 
@@ -133,8 +135,10 @@ func requireDriver(t *testing.T) {
 			out, err := cmd.CombinedOutput()
 			testenv.Require(t, err == nil, "build the test image with ENGINE=podman scripts/testimage/build.sh bash: "+string(out))
 		}
+	case "kubernetes":
+		requireKube(t)
 	default:
-		t.Fatalf("E2E_DRIVER=%q: use docker, podman or vm", driver())
+		t.Fatalf("E2E_DRIVER=%q: use docker, podman, kubernetes or vm", driver())
 	}
 }
 
@@ -272,7 +276,7 @@ func (h *harness) startGateway() {
 	h.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
-	r := h.run(ctx, "gateway", "start", "--drivers", driver(), "--port", strconv.Itoa(h.port))
+	r := h.run(ctx, append([]string{"gateway", "start", "--drivers", driver(), "--port", strconv.Itoa(h.port)}, h.driverArgs()...)...)
 	if r.err != nil {
 		h.t.Fatalf("gateway start: %v\n%s%s", r.err, r.stdout, r.stderr)
 	}
