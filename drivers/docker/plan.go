@@ -17,20 +17,9 @@ import (
 	"github.com/openshell/openshell/supervisor/bootstrap"
 )
 
-// Capabilities the supervisor keeps; everything else is dropped. The supervisor runs
-// as root only to set the sandbox up and then runs the agent as the image's user,
-// which loses all of them. Why each one:
-//   - CHOWN, FOWNER, DAC_OVERRIDE: create the image user's home/workdir and hand
-//     /sandbox to that user, even where the image left files owned by someone else.
-//   - SETUID, SETGID: switch to the image's user (and its groups) for the agent.
-//   - KILL: signal the agent's process tree, which runs under another uid.
-//   - NET_ADMIN: install the agent's network rules (egress only through the
-//     supervisor's proxy).
-//   - SYS_ADMIN: create the agent's network namespace and mounts (unshare/mount need
-//     it); Landlock and seccomp themselves need no capability.
-//   - SETPCAP: empty the agent's capability bounding set before it runs, so nothing
-//     it executes can regain a capability.
-var supervisorCaps = []string{"CHOWN", "DAC_OVERRIDE", "FOWNER", "SETUID", "SETGID", "KILL", "NET_ADMIN", "SYS_ADMIN", "SETPCAP"}
+// supervisorCaps are the capabilities the supervisor keeps (the shared set, with
+// the reason for each in drivers/containers); everything else is dropped.
+var supervisorCaps = containers.SupervisorCapabilities
 
 // plan is a validated create request with everything resolved.
 type plan struct {

@@ -15,12 +15,9 @@ import (
 	"github.com/openshell/openshell/supervisor/bootstrap"
 )
 
-// Capabilities the supervisor keeps; everything else is dropped. They are the Docker
-// driver's, for the same reasons: set the sandbox up as root (CHOWN, DAC_OVERRIDE,
-// FOWNER), switch to the image's user (SETUID, SETGID), signal the agent (KILL), build
-// the agent's network namespace, rules and mounts (NET_ADMIN, SYS_ADMIN) and empty
-// the agent's bounding set (SETPCAP).
-var supervisorCaps = []string{"CHOWN", "DAC_OVERRIDE", "FOWNER", "SETUID", "SETGID", "KILL", "NET_ADMIN", "SYS_ADMIN", "SETPCAP"}
+// supervisorCaps are the capabilities the supervisor keeps (the shared set, with
+// the reason for each in drivers/containers); everything else is dropped.
+var supervisorCaps = containers.SupervisorCapabilities
 
 // cpuPeriod is the CFS period the cpu limit is expressed in (100 ms, the kernel default).
 const cpuPeriod = 100_000
