@@ -21,6 +21,7 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -137,6 +138,8 @@ func TestSandboxSocket(t *testing.T) {
 		if st.Mode().Perm() != 0o600 || dst.Mode().Perm() != 0o700 {
 			t.Fatalf("socket %v in dir %v, want 0600 in 0700", st.Mode().Perm(), dst.Mode().Perm())
 		}
+		t.Logf("socket %s: %v, owner uid %d (the container's root on the host)", filepath.Join(fa.sockDir, drivers.GatewaySocketName),
+			st.Mode(), st.Sys().(*syscall.Stat_t).Uid)
 	})
 
 	t.Run("another sandbox's socket and token are refused", func(t *testing.T) {
@@ -273,6 +276,16 @@ func TestSandboxSocket(t *testing.T) {
 		t.Logf("exec works %v after the restart", time.Since(start).Round(time.Millisecond))
 		if got := probeIn(t, fa.cid, probe, "-socket", mine, "-token", fa.token, "-sandbox", fa.id); got["code"] != "OK" {
 			t.Fatalf("own socket after the restart: %v", got)
+		}
+	})
+
+	t.Run("stop and start after the restart mount the socket dir again", func(t *testing.T) {
+		// The engine mounts the directory anew at the container's start; a rootless
+		// engine's user must still reach it after the gateway's restart.
+		h.mustRun(t, "sandbox", "stop", a)
+		h.mustRun(t, "sandbox", "start", a, "--timeout", "120s")
+		if r := h.mustRun(t, "sandbox", "exec", "-n", a, "--", "echo", "restarted"); strings.TrimSpace(r.stdout) != "restarted" {
+			t.Fatalf("exec after stop and start: %q", r.stdout)
 		}
 	})
 
