@@ -162,11 +162,11 @@ func envOf(c map[string]any) map[string]any {
 
 // driverRules are exactly the rules the Kubernetes driver needs in its namespace.
 var driverRules = []any{
-	map[string]any{"apiGroups": []any{"agents.x-k8s.io"}, "resources": []any{"sandboxes"}, "verbs": []any{"create", "delete", "get", "list", "patch", "update", "watch"}},
-	map[string]any{"apiGroups": []any{""}, "resources": []any{"secrets"}, "verbs": []any{"create", "delete", "get", "list", "watch"}},
-	map[string]any{"apiGroups": []any{""}, "resources": []any{"pods"}, "verbs": []any{"get", "list", "watch"}},
-	map[string]any{"apiGroups": []any{""}, "resources": []any{"persistentvolumeclaims"}, "verbs": []any{"delete", "get", "list", "watch"}},
-	map[string]any{"apiGroups": []any{""}, "resources": []any{"events"}, "verbs": []any{"get", "list", "watch"}},
+	map[string]any{"apiGroups": []any{"agents.x-k8s.io"}, "resources": []any{"sandboxes"}, "verbs": []any{"create", "delete", "get", "list", "patch", "watch"}},
+	map[string]any{"apiGroups": []any{""}, "resources": []any{"secrets"}, "verbs": []any{"create", "delete"}},
+	map[string]any{"apiGroups": []any{""}, "resources": []any{"pods"}, "verbs": []any{"list", "watch"}},
+	map[string]any{"apiGroups": []any{""}, "resources": []any{"persistentvolumeclaims"}, "verbs": []any{"delete", "get"}},
+	map[string]any{"apiGroups": []any{""}, "resources": []any{"namespaces"}, "resourceNames": []any{"team-a"}, "verbs": []any{"get"}},
 }
 
 // TestRenderDefault: one replica on SQLite with its PVC, the exact driver Role, a
@@ -346,6 +346,7 @@ func TestRenderReplicasPostgres(t *testing.T) {
 		"replicas": 3,
 		"database": map[string]any{"existingSecret": "pg", "secretKey": "dsn"},
 		"driver":   map[string]any{"namespace": "sandboxes", "config": map[string]any{"runtime_class_name": "kata"}},
+		"service":  map[string]any{"clusterIP": "10.96.0.170"},
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -391,8 +392,12 @@ func TestRenderReplicasPostgres(t *testing.T) {
 	if _, err := toml.Decode(cm, &tbl); err != nil {
 		t.Fatal(err)
 	}
-	if k := tbl.Drivers["kubernetes"]; k["namespace"] != "sandboxes" || k["runtime_class_name"] != "kata" {
+	if k := tbl.Drivers["kubernetes"]; k["namespace"] != "sandboxes" || k["runtime_class_name"] != "kata" ||
+		k["gateway_endpoint"] != "https://host.openshell.internal:17670" || k["gateway_host_ip"] != "10.96.0.170" {
 		t.Errorf("[drivers.kubernetes] = %v", k)
+	}
+	if ip, _, _ := unstructured.NestedString(find(t, objs, "Service", "gw-openshell").Object, "spec", "clusterIP"); ip != "10.96.0.170" {
+		t.Errorf("Service clusterIP = %q, want the fixed 10.96.0.170", ip)
 	}
 }
 

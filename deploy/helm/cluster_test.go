@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	authorizationv1 "k8s.io/api/authorization/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
@@ -137,11 +138,55 @@ func TestApplyToAPIServer(t *testing.T) {
 					}
 				}
 			}
+			checkAccess(t, c, ns)
 			if err := a.deleteAll(ctx, objs); err != nil {
 				t.Fatal(err)
 			}
 			assertEmpty(t, c, ns)
 		})
+	}
+}
+
+// checkAccess asks the real apiserver's authorizer (SubjectAccessReview) what the
+// gateway's ServiceAccount may do: every call the driver makes, and nothing next to it.
+func checkAccess(t *testing.T, c *kubetest.Cluster, ns string) {
+	t.Helper()
+	user := "system:serviceaccount:" + ns + ":gw-openshell"
+	for _, tc := range []struct {
+		group, resource, verb, ns, name string
+		allowed                         bool
+	}{
+		{"agents.x-k8s.io", "sandboxes", "create", ns, "", true},
+		{"agents.x-k8s.io", "sandboxes", "watch", ns, "", true},
+		{"agents.x-k8s.io", "sandboxes", "patch", ns, "s1", true},
+		{"agents.x-k8s.io", "sandboxes", "delete", ns, "s1", true},
+		{"", "secrets", "create", ns, "", true},
+		{"", "secrets", "delete", ns, "t1", true},
+		{"", "pods", "list", ns, "", true},
+		{"", "pods", "watch", ns, "", true},
+		{"", "persistentvolumeclaims", "get", ns, "p1", true},
+		{"", "persistentvolumeclaims", "delete", ns, "p1", true},
+		{"", "namespaces", "get", ns, ns, true},
+		// Not granted: reading other Secrets, touching pods, other namespaces.
+		{"", "secrets", "get", ns, "t1", false},
+		{"", "secrets", "list", ns, "", false},
+		{"", "pods", "delete", ns, "x", false},
+		{"", "pods", "create", ns, "", false},
+		{"agents.x-k8s.io", "sandboxes", "create", "default", "", false},
+		{"", "namespaces", "get", "default", "default", false},
+	} {
+		sar := &authorizationv1.SubjectAccessReview{Spec: authorizationv1.SubjectAccessReviewSpec{
+			User:               user,
+			Groups:             []string{"system:serviceaccounts", "system:serviceaccounts:" + ns, "system:authenticated"},
+			ResourceAttributes: &authorizationv1.ResourceAttributes{Group: tc.group, Resource: tc.resource, Verb: tc.verb, Namespace: tc.ns, Name: tc.name},
+		}}
+		r, err := c.Client.AuthorizationV1().SubjectAccessReviews().Create(t.Context(), sar, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.Status.Allowed != tc.allowed {
+			t.Errorf("%s %s.%s in %q (name %q): allowed %v, want %v (%s)", tc.verb, tc.resource, tc.group, tc.ns, tc.name, r.Status.Allowed, tc.allowed, r.Status.Reason)
+		}
 	}
 }
 

@@ -42,8 +42,15 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- $t := dict
   "namespace" (include "openshell.sandboxNamespace" .)
   "supervisor_image" (default (include "openshell.image" .) .Values.driver.supervisorImage)
-  "gateway_endpoint" (default (printf "https://%s.%s.svc:%d" $svc .Release.Namespace (int .Values.service.port)) .Values.driver.gatewayEndpoint)
 -}}
+{{- if .Values.service.clusterIP -}}
+{{- /* The gateway's certificate always names host.openshell.internal; sandbox pods map
+that name to the Service's fixed ClusterIP, so no cluster DNS is needed either. */ -}}
+{{- $_ := set $t "gateway_endpoint" (default (printf "https://host.openshell.internal:%d" (int .Values.service.port)) .Values.driver.gatewayEndpoint) -}}
+{{- $_ := set $t "gateway_host_ip" .Values.service.clusterIP -}}
+{{- else -}}
+{{- $_ := set $t "gateway_endpoint" (default (printf "https://%s.%s.svc:%d" $svc .Release.Namespace (int .Values.service.port)) .Values.driver.gatewayEndpoint) -}}
+{{- end -}}
 {{- toToml (dict "drivers" (dict "kubernetes" (mergeOverwrite $t (deepCopy .Values.driver.config)))) -}}
 {{- end -}}
 
