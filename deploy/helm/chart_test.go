@@ -374,8 +374,37 @@ func TestRenderReplicasPostgres(t *testing.T) {
 	if !reflect.DeepEqual(env["OPENSHELL_DATABASE_URL"], wantDSN) {
 		t.Errorf("OPENSHELL_DATABASE_URL = %v, want %v", env["OPENSHELL_DATABASE_URL"], wantDSN)
 	}
-	if env["OPENSHELL_REPLICA_ID"] != "$(POD_NAME)" || env["OPENSHELL_PEER_ADDRESS"] != "$(POD_IP):17672" {
-		t.Errorf("replica env: id %v, peer %v", env["OPENSHELL_REPLICA_ID"], env["OPENSHELL_PEER_ADDRESS"])
+	if env["OPENSHELL_REPLICA_ID"] != "$(POD_NAME)" || env["OPENSHELL_PEER_ADDRESS"] != "0.0.0.0:17672" ||
+		env["OPENSHELL_PEER_ADVERTISE_ADDRESS"] != "$(POD_IP):17672" {
+		t.Errorf("replica env: id %v, peer listen %v, advertised %v", env["OPENSHELL_REPLICA_ID"], env["OPENSHELL_PEER_ADDRESS"], env["OPENSHELL_PEER_ADVERTISE_ADDRESS"])
+	}
+	// The environment as the kubelet expands it, through the gateway's own loader (the
+	// config file as the ConfigMap mounts it).
+	cmText, _, _ := unstructured.NestedString(find(t, objs, "ConfigMap", "gw-openshell").Object, "data", "config.toml")
+	cfgPath := filepath.Join(t.TempDir(), "config.toml")
+	if err := os.WriteFile(cfgPath, []byte(cmText), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := config.Resolve(nil, func(k string) string {
+		v, _ := env[k].(string)
+		if k == "OPENSHELL_GATEWAY_CONFIG" {
+			v = cfgPath
+		}
+		v = strings.NewReplacer("$(POD_NAME)", "gw-openshell-7d9f-abcde", "$(POD_IP)", "10.244.0.7").Replace(v)
+		if k == "OPENSHELL_DATABASE_URL" {
+			v = "postgres://u:p@db:5432/openshell"
+		}
+		return v
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cfg.Validate(); err != nil {
+		t.Fatalf("the gateway refuses the chart's environment: %v", err)
+	}
+	if cfg.ReplicaID != "gw-openshell-7d9f-abcde" || cfg.PeerAddress != "0.0.0.0:17672" || cfg.PeerAdvertiseAddress != "10.244.0.7:17672" ||
+		cfg.Driver != "kubernetes" || cfg.BindAddress != "0.0.0.0" || cfg.HealthPort != 17671 || cfg.Socket != "none" {
+		t.Errorf("gateway config from the chart's env: %+v", cfg)
 	}
 	vols, _, _ := unstructured.NestedSlice(dep.Object, "spec", "template", "spec", "volumes")
 	if _, ok := vols[0].(map[string]any)["emptyDir"]; !ok {
