@@ -455,14 +455,32 @@ func TestRenderRefusesBadValues(t *testing.T) {
 // TestRenderAgentSandbox: the optional dependency renders the Sandbox CRD and a
 // controller with exactly the webhook-free flags.
 func TestRenderAgentSandbox(t *testing.T) {
-	crd := []byte("apiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\nmetadata:\n  name: sandboxes.agents.x-k8s.io\n")
-	objs, _, err := render(t, "x", map[string]any{"agentSandbox": map[string]any{"enabled": true}}, func(c *chart.Chart) {
-		c.Files = append(c.Files, &common.File{Name: "files/agent-sandbox/agents.x-k8s.io_sandboxes.yaml", Data: crd})
-	})
+	// The real manifest when deploy/helm/fetch-agent-sandbox.sh has run, else a stub
+	// with the same name.
+	var edit []func(*chart.Chart)
+	fetched := true
+	if _, err := os.Stat(filepath.Join(chartDir, "files/agent-sandbox/agents.x-k8s.io_sandboxes.yaml")); err != nil {
+		fetched = false
+		crd := []byte("apiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\nmetadata:\n  name: sandboxes.agents.x-k8s.io\n")
+		edit = append(edit, func(c *chart.Chart) {
+			c.Files = append(c.Files, &common.File{Name: "files/agent-sandbox/agents.x-k8s.io_sandboxes.yaml", Data: crd})
+		})
+	}
+	objs, _, err := render(t, "x", map[string]any{"agentSandbox": map[string]any{"enabled": true}}, edit...)
 	if err != nil {
 		t.Fatal(err)
 	}
-	find(t, objs, "CustomResourceDefinition", "sandboxes.agents.x-k8s.io")
+	crdObj := find(t, objs, "CustomResourceDefinition", "sandboxes.agents.x-k8s.io")
+	if fetched {
+		vers, _, _ := unstructured.NestedSlice(crdObj.Object, "spec", "versions")
+		var names []string
+		for _, v := range vers {
+			names = append(names, v.(map[string]any)["name"].(string))
+		}
+		if !slices.Contains(names, "v1beta1") || !slices.Contains(names, "v1alpha1") {
+			t.Errorf("Sandbox CRD serves %v, want v1beta1 and v1alpha1", names)
+		}
+	}
 	find(t, objs, "ClusterRoleBinding", "gw-openshell-agent-sandbox")
 	dep := find(t, objs, "Deployment", "gw-openshell-agent-sandbox")
 	args := container(t, dep, "containers", "controller")["args"]
