@@ -12,8 +12,10 @@ import (
 // CLI over the gateway's local Unix socket (p50/p99 of 40 runs after 3 warm-ups).
 // Its baseline, a bare vsock round trip to a guest of the same driver plus a process
 // start, is drivers/vm TestBenchExecBaseline; scripts/bench.sh exec runs both and
-// prints the ratio from the two "BENCH" lines. Runs with OPENSHELL_BENCH=1 and
-// E2E_DRIVER=vm.
+// prints the ratio from the two "BENCH" lines. Beyond the floor, the openshell side
+// pays for the CLI's own start, the gateway's relay, the SSH session the supervisor
+// serves the exec on (its handshake runs in the guest, under TCG here) and the
+// supervisor's confined spawn. Runs with OPENSHELL_BENCH=1 and E2E_DRIVER=vm.
 func TestBenchVMExec(t *testing.T) {
 	if os.Getenv("OPENSHELL_BENCH") != "1" {
 		t.Skip("benchmark: set OPENSHELL_BENCH=1")
