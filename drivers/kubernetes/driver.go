@@ -377,8 +377,15 @@ func (d *Driver) setSuspended(ctx context.Context, id, name string, suspend bool
 	}
 	// Patch through the version the object was read with, so a Sandbox written as
 	// v1alpha1 (replicas) is handled the same as a v1beta1 one (operatingMode).
-	if _, err := d.sandboxes().Patch(ctx, u.GetName(), types.MergePatchType, suspendPatch(d.version, suspend), metav1.PatchOptions{FieldManager: "openshell"}); err != nil {
+	patched, err := d.sandboxes().Patch(ctx, u.GetName(), types.MergePatchType, suspendPatch(d.version, suspend), metav1.PatchOptions{FieldManager: "openshell"})
+	if err != nil {
 		return d.wrap(err, "patch", resourceName, "sandbox "+id+": "+verb)
+	}
+	// A CRD that stores v1alpha1 without conversion drops v1beta1's operatingMode
+	// on the way to storage: the patch "succeeds" and nothing changes.
+	if o, err := fromUnstructured(patched); err == nil && o.suspended != suspend {
+		return fmt.Errorf("sandbox %s: %s: %w: the cluster did not keep %s (the %s CRD stores another version without conversion, which drops the field); make %s the storage version of the CRD, or set api_version in [drivers.kubernetes] to the stored version",
+			id, verb, drivers.ErrFailedPrecondition, suspendPatch(d.version, suspend), crdName, d.version)
 	}
 	d.log.Info("sandbox "+verb+" requested", "sandbox_id", id, "sandbox", u.GetName())
 	return nil
