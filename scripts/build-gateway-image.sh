@@ -23,8 +23,6 @@ VERSION="${OPENSHELL_VERSION:-$(sed -n 's/^appVersion: *"\{0,1\}\([^"]*\)"\{0,1\
 TAG="openshell/gateway:$VERSION"
 OUT_DIR="${OPENSHELL_CACHE:-$HOME/.cache/openshell}/gateway-image/$VERSION"
 OUT="$OUT_DIR/gateway.tar"
-# containerd of the cluster set up by scripts/setup-kubernetes.sh.
-CTR_ADDRESS="${OPENSHELL_CTR_ADDRESS:-/run/openshell/kube/containerd/containerd.sock}"
 
 log() { echo "build-gateway-image: $*" >&2; }
 
@@ -66,13 +64,18 @@ load)
 	docker load -i "$OUT" >&2
 	;;
 import)
-	build
-	if [[ ! -S "$CTR_ADDRESS" ]]; then
-		log "no containerd socket at $CTR_ADDRESS; start the cluster (scripts/setup-kubernetes.sh) or set OPENSHELL_CTR_ADDRESS"
+	# The containerd of the test node that scripts/setup-kubernetes.sh runs (CTR and
+	# CTRD_SOCK override it, e.g. for another node's containerd).
+	kenv="$("$ROOT/scripts/setup-kubernetes.sh" env 2>/dev/null || true)"
+	CTR="${CTR:-$(sed -n 's/^OPENSHELL_KUBE_CTR=//p' <<<"$kenv")}"
+	CTRD_SOCK="${CTRD_SOCK:-$(sed -n 's/^OPENSHELL_KUBE_CONTAINERD_SOCK=//p' <<<"$kenv")}"
+	if [[ ! -x "$CTR" || ! -S "$CTRD_SOCK" ]]; then
+		log "no test-node containerd at ${CTRD_SOCK:-?}: run scripts/setup-kubernetes.sh (or set CTR and CTRD_SOCK)"
 		exit 1
 	fi
-	ctr --address "$CTR_ADDRESS" -n k8s.io images import "$OUT" >&2
-	log "imported $TAG into $CTR_ADDRESS"
+	build
+	"$CTR" --address "$CTRD_SOCK" -n k8s.io images import "$OUT" >&2
+	log "imported $TAG into $CTRD_SOCK"
 	;;
 path) echo "$OUT" ;;
 *)
