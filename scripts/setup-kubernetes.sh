@@ -254,6 +254,10 @@ state = "$RUN_DIR/containerd"
     [plugins.'io.containerd.cri.v1.images'.pinned_images]
       sandbox = "$PAUSE_IMAGE"
   [plugins.'io.containerd.cri.v1.runtime']
+    # This host withholds CAP_SYS_RESOURCE even from root, so no process may lower its
+    # oom_score_adj; kubelet asks -998 for every pod sandbox, which runc then fails
+    # ("failed to update /proc/self/oom_score_adj: Permission denied"). Clamp to ours.
+    restrict_oom_score_adj = true
     [plugins.'io.containerd.cri.v1.runtime'.containerd]
       default_runtime_name = "runc"
       [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]
