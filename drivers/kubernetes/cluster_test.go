@@ -353,9 +353,11 @@ func TestUpgradeAlphaToBeta(t *testing.T) {
 		r := drivers.FindCondition(s.GetStatus(), drivers.ConditionReady)
 		return r != nil && r.GetStatus() == drivers.StatusTrue
 	}
+	// Generous: the controller's v1beta1 watch broke while only v1alpha1 was served
+	// and is set up again after a back-off.
 	waitObs := func(what string, pred func(*computev1.DriverSandbox) bool) {
 		t.Helper()
-		waitFor(t, 90*time.Second, what, func() bool {
+		waitFor(t, 200*time.Second, what, func() bool {
 			got, err := d.Get(t.Context(), id, name)
 			return err == nil && pred(got)
 		})
