@@ -339,6 +339,8 @@ clusterCIDR: $POD_CIDR
 bindAddress: $ip
 healthzBindAddress: 127.0.0.1:10256
 metricsBindAddress: 127.0.0.1:10249
+# NodePorts on the node's primary address only, not on Docker's or Podman's bridges.
+nodePortAddresses: ["primary"]
 clientConnection:
   kubeconfig: $STATE_DIR/kube-proxy.kubeconfig
 conntrack:
