@@ -447,7 +447,9 @@ start_control_plane() {
 # install_crds applies the agent-sandbox Sandbox CRD from the module cache. Its shipped
 # form converts between versions through a webhook Service that a test cluster does not
 # run; here conversion is None (v1alpha1 and v1beta1 share one schema shape) and objects
-# are stored as v1alpha1, which is also what a cluster upgraded from v1alpha1 holds.
+# are stored as v1beta1, as shipped: with v1alpha1 as the storage version the apiserver
+# prunes v1beta1's spec.operatingMode on write, so no Sandbox could ever be suspended.
+# Objects written as v1alpha1 are still read (the driver's upgrade test covers that).
 install_crds() {
 	local dir crd
 	dir="$(cd "$ROOT/tools/kube" && GOFLAGS=-mod=mod go mod download -json "sigs.k8s.io/agent-sandbox@$AGENT_SANDBOX_VERSION" |
@@ -459,8 +461,6 @@ install_crds() {
 		skip && /^  [^ ]/ { skip = 0 }
 		skip && /^[^ ]/ { skip = 0 }
 		skip { next }
-		/^    storage: true$/ { print "    storage: false"; next }
-		/^    storage: false$/ { print "    storage: true"; next }
 		{ print }
 	' "$dir/k8s/crds/agents.x-k8s.io_sandboxes.yaml" >"$crd"
 	api -X PATCH -H 'Content-Type: application/apply-patch+yaml' --data-binary "@$crd" \

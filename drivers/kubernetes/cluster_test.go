@@ -247,6 +247,7 @@ func TestBadEnvironment(t *testing.T) {
 // (stored as v1beta1). The test switches the cluster's CRD and restores it.
 func TestUpgradeAlphaToBeta(t *testing.T) {
 	c := kubetest.Require(t)
+	c.LockSandboxCRD(t, true)
 	ns := c.Namespace(t)
 	crds := c.Dynamic.Resource(apiextv1.SchemeGroupVersion.WithResource("customresourcedefinitions"))
 	orig, err := crds.Get(t.Context(), crdName, metav1.GetOptions{})

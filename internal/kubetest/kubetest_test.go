@@ -21,6 +21,7 @@ var sandboxes = schema.GroupVersionResource{Group: "agents.x-k8s.io", Version: "
 // end must remove everything (Namespace's cleanup waits for it).
 func TestSandboxBecomesPod(t *testing.T) {
 	c := Require(t)
+	c.LockSandboxCRD(t, false)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	ns := c.Namespace(t)
