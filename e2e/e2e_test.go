@@ -202,7 +202,10 @@ func TestSandboxLifecycle(t *testing.T) {
 // TestSessionGone: a sandbox whose supervisor session is gone answers exec with a
 // clear error in bounded time, not a hang.
 func TestSessionGone(t *testing.T) {
-	if driver() == "vm" {
+	if driver() == "vm" || driver() == "kubernetes" {
+		// A VM has no container to kill, and on Kubernetes the agent-sandbox controller
+		// replaces a killed pod; the session-gone path is the gateway's, covered on docker
+		// and podman.
 		t.Skip("kills the container with the container engine")
 	}
 	h := newHarness(t)

@@ -93,12 +93,7 @@ func TestCredentialEchoes(t *testing.T) {
 	box := uniqueName("echo")
 	h.mustRun(t, "sandbox", "create", "--name", box, "--from", policyTestImage, "--timeout", "120s",
 		"--policy", polFile, "--provider", prov, "--", "bash", "-c", "while true; do sleep 1; done")
-	cid := containerID(t, box)
-	cmd := engineCmd("exec", "-i", "-u", "0", cid, "sh", "-c", "cat >> /etc/ssl/certs/ca-certificates.crt")
-	cmd.Stdin = strings.NewReader(string(caPEM))
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("trust the test CA in the sandbox: %v\n%s", err, out)
-	}
+	trustTestCA(t, box, caPEM)
 	target := fmt.Sprintf("https://%s:%d/", gatewayHostName, srv.port())
 	// curl prints the body and headers, then the status on a line of its own.
 	curl := func(t *testing.T, env, args string) (int, string) {

@@ -33,6 +33,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/openshell/openshell/gateway/clientconf"
+	"github.com/openshell/openshell/internal/kubetest"
 	"github.com/openshell/openshell/internal/rundir"
 	"github.com/openshell/openshell/internal/testenv"
 )
@@ -388,3 +389,34 @@ func containerID(t *testing.T, name string) string {
 }
 
 func killPID(pid int) error { return syscall.Kill(pid, syscall.SIGKILL) }
+
+// rootExec runs a shell script as root in sandbox name's container, outside the
+// supervisor (the test's own hand, e.g. to trust a test CA): through the container
+// engine, or kubectl on the kubernetes driver.
+func rootExec(t *testing.T, name, stdin, script string) ([]byte, error) {
+	t.Helper()
+	var cmd *exec.Cmd
+	if driver() == "kubernetes" {
+		kc := "--kubeconfig=" + kubetest.KubeconfigPath()
+		out, err := exec.Command("kubectl", kc, "get", "pods", "-n", kubeNamespace, "-o", "name",
+			"-l", "openshell.ai/sandbox-name="+name).Output()
+		pod := strings.TrimSpace(string(out))
+		if err != nil || pod == "" || strings.Contains(pod, "\n") {
+			t.Fatalf("pod of sandbox %s: %q %v", name, pod, err)
+		}
+		cmd = exec.Command("kubectl", kc, "exec", "-i", "-n", kubeNamespace, pod, "-c", "sandbox", "--", "sh", "-c", script)
+	} else {
+		cmd = engineCmd("exec", "-i", "-u", "0", containerID(t, name), "sh", "-c", script)
+	}
+	cmd.Stdin = strings.NewReader(stdin)
+	return cmd.CombinedOutput()
+}
+
+// trustTestCA appends the test CA to the sandbox's system roots, which its proxy
+// checks terminated upstreams against; do it before the first TLS request.
+func trustTestCA(t *testing.T, name string, caPEM []byte) {
+	t.Helper()
+	if out, err := rootExec(t, name, string(caPEM), "cat >> /etc/ssl/certs/ca-certificates.crt"); err != nil {
+		t.Fatalf("trust the test CA in the sandbox: %v\n%s", err, out)
+	}
+}

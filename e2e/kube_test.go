@@ -4,7 +4,9 @@ import (
 	"cmp"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/openshell/openshell/internal/kubetest"
@@ -45,4 +47,56 @@ gateway_host_ip = %q
 		h.t.Fatal(err)
 	}
 	return []string{"--bind-address", "0.0.0.0", "--config", cfg}
+}
+
+// importToKubeNode copies an image the test built in dockerd into the test node's
+// containerd (the pods use image_pull_policy Never) and removes it there at cleanup.
+// Other drivers read the image from their engine directly: nothing to do.
+func importToKubeNode(t *testing.T, ref string) {
+	t.Helper()
+	if driver() != "kubernetes" {
+		return
+	}
+	env, err := exec.Command("../scripts/setup-kubernetes.sh", "env").Output()
+	if err != nil {
+		t.Fatalf("scripts/setup-kubernetes.sh env: %v", err)
+	}
+	var ctr, sock string
+	for _, l := range strings.Split(string(env), "\n") {
+		if v, ok := strings.CutPrefix(l, "OPENSHELL_KUBE_CTR="); ok {
+			ctr = v
+		}
+		if v, ok := strings.CutPrefix(l, "OPENSHELL_KUBE_CONTAINERD_SOCK="); ok {
+			sock = v
+		}
+	}
+	if ctr == "" || sock == "" {
+		t.Fatalf("scripts/setup-kubernetes.sh env names no ctr or containerd socket:\n%s", env)
+	}
+	save := exec.Command("docker", "save", ref)
+	imp := exec.Command(ctr, "--address", sock, "-n", "k8s.io", "images", "import", "-")
+	pipe, err := save.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	imp.Stdin = pipe
+	var saveErr, impOut strings.Builder
+	save.Stderr = &saveErr
+	imp.Stdout, imp.Stderr = &impOut, &impOut
+	if err := save.Start(); err != nil {
+		t.Fatalf("docker save %s: %v", ref, err)
+	}
+	impErr := imp.Run()
+	if err := save.Wait(); err != nil || impErr != nil {
+		t.Fatalf("import %s into the test node: docker save: %v %s; ctr import: %v %s", ref, err, saveErr.String(), impErr, impOut.String())
+	}
+	full := ref
+	if strings.Count(strings.SplitN(ref, "/", 2)[0], ".") == 0 {
+		full = "docker.io/" + ref // containerd names Docker Hub-style references in full
+	}
+	t.Cleanup(func() {
+		if out, err := exec.Command(ctr, "--address", sock, "-n", "k8s.io", "images", "rm", full).CombinedOutput(); err != nil {
+			t.Logf("remove %s from the test node: %v %s", full, err, out)
+		}
+	})
 }

@@ -52,13 +52,7 @@ func TestL7Rules(t *testing.T) {
 	box := uniqueName("l7")
 	h.mustRun(t, "sandbox", "create", "--name", box, "--from", policyTestImage, "--timeout", "120s",
 		"--policy", polFile, "--", "bash", "-c", "while true; do sleep 1; done")
-	cid := containerID(t, box)
-	// The proxy verifies terminated upstreams against the sandbox's system roots.
-	cmd := engineCmd("exec", "-i", "-u", "0", cid, "sh", "-c", "cat >> /etc/ssl/certs/ca-certificates.crt")
-	cmd.Stdin = strings.NewReader(string(caPEM))
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("trust the test CA in the sandbox: %v\n%s", err, out)
-	}
+	trustTestCA(t, box, caPEM)
 	// curl prints the body, then the status on a line of its own.
 	curl := func(t *testing.T, args string) (int, string) {
 		t.Helper()

@@ -35,6 +35,7 @@ const baseImageDir = "/var/lib/openshell/images/base"
 // image is missing.
 func ensurePolicyImage(t *testing.T) {
 	t.Helper()
+	defer importToKubeNode(t, policyTestImage)
 	if engineCmd("image", "inspect", policyTestImage).Run() == nil {
 		return
 	}

@@ -76,14 +76,7 @@ func TestPolicyEnforcement(t *testing.T) {
 	h.mustRun(t, "sandbox", "create", "--name", box, "--from", policyTestImage, "--timeout", "120s",
 		"--policy", polFile, "--provider", prov, "--",
 		"bash", "-c", "echo $$ > /tmp/main.pid; while true; do sleep 1; done")
-	cid := containerID(t, box)
-	// The proxy verifies terminated upstreams against the system roots of the
-	// sandbox's filesystem: trust the test CA there before the first TLS request.
-	cmd := engineCmd("exec", "-i", "-u", "0", cid, "sh", "-c", "cat >> /etc/ssl/certs/ca-certificates.crt")
-	cmd.Stdin = strings.NewReader(string(caPEM))
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("trust the test CA in the sandbox: %v\n%s", err, out)
-	}
+	trustTestCA(t, box, caPEM)
 
 	sh := func(t *testing.T, script string) result {
 		t.Helper()
@@ -208,10 +201,10 @@ curl -sS -m 15 -H "Authorization: Bearer $API_TOKEN" `+url(secure, "https"))
 	})
 
 	t.Run("no secret in environ, files or logs", func(t *testing.T) {
-		out, err := engineCmd("exec", "-u", "0", cid, "sh", "-c",
-			`grep -l -a -F '`+secret+`' /proc/[0-9]*/environ 2>/dev/null; grep -r -l -a -F '`+secret+`' / --exclude-dir=proc --exclude-dir=sys --exclude-dir=dev 2>/dev/null; true`).CombinedOutput()
+		out, err := rootExec(t, box, "",
+			`grep -l -a -F '`+secret+`' /proc/[0-9]*/environ 2>/dev/null; grep -r -l -a -F '`+secret+`' / --exclude-dir=proc --exclude-dir=sys --exclude-dir=dev 2>/dev/null; true`)
 		if err != nil {
-			t.Fatalf("docker exec grep: %v %s", err, out)
+			t.Fatalf("grep for the secret as root in the sandbox: %v %s", err, out)
 		}
 		if strings.TrimSpace(string(out)) != "" {
 			t.Fatalf("the secret is readable in the sandbox: %s", out)

@@ -60,6 +60,7 @@ func buildRunAsImage(t *testing.T) string {
 	if driver() == "vm" {
 		return "docker-daemon:" + tag
 	}
+	importToKubeNode(t, tag)
 	return tag
 }
 
