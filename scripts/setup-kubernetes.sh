@@ -590,7 +590,7 @@ cleanup_host() {
 	for table in filter nat mangle; do
 		for chain in $(iptables -t "$table" -S 2>/dev/null | awk '$1 == "-N" {print $2}' | grep -E '^(KUBE-|CNI-)' || true); do
 			iptables -t "$table" -S 2>/dev/null | grep -E -- "-j $chain( |$)" | grep -v "^-N" | sed 's/^-A/-D/' |
-				while read -r rule; do eval "iptables -t $table $rule" 2>/dev/null || true; done
+				while read -r rule; do eval "iptables -t $table $rule" 2>/dev/null || true; done || true # none: grep fails
 		done
 		for chain in $(iptables -t "$table" -S 2>/dev/null | awk '$1 == "-N" {print $2}' | grep -E '^(KUBE-|CNI-)' || true); do
 			iptables -t "$table" -F "$chain" 2>/dev/null || true

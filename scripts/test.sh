@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite against real components: QEMU guests (TCG where the host has no
-# usable KVM), a real dockerd, a real PostgreSQL. Installs and starts what the tests need
+# usable KVM), a real dockerd, real Podman services, a one-node Kubernetes cluster (real
+# kube-apiserver, etcd, kubelet on containerd, agent-sandbox controller), a real PostgreSQL. Installs and starts what the tests need
 # through the project's own setup scripts, runs lint and every Go test, and stops the
 # services it started. CI runs exactly this (with CI=true, under which a missing
 # prerequisite fails a test instead of skipping it).
@@ -20,12 +21,15 @@ docker_was_up=false
 docker version >/dev/null 2>&1 && docker_was_up=true
 podman_was_up=false
 ./scripts/setup-podman.sh status >/dev/null 2>&1 && podman_was_up=true
+kube_was_up=false
+./scripts/setup-kubernetes.sh status >/dev/null 2>&1 && kube_was_up=true
 pgdir=""
 cleanup() {
 	if [[ -n "$pgdir" ]]; then
 		./scripts/setup-postgres.sh stop "$pgdir" >/dev/null 2>&1 || true
 		rm -rf "$pgdir"
 	fi
+	$kube_was_up || ./scripts/setup-kubernetes.sh stop || true
 	$podman_was_up || ./scripts/setup-podman.sh stop || true
 	$docker_was_up || ./scripts/setup-docker.sh stop || true
 }
@@ -37,6 +41,10 @@ step "Docker engine"
 
 step "Podman 5 (built once into \$OPENSHELL_CACHE; a rootful and a rootless service)"
 ./scripts/setup-podman.sh >/dev/null
+
+step "Kubernetes test cluster (built once into \$OPENSHELL_CACHE; apiserver, etcd, a kubelet node, agent-sandbox)"
+./scripts/setup-kubernetes.sh >/dev/null
+
 pgdir="$(mktemp -d /tmp/openshell-test-pg.XXXXXX)"
 
 step "PostgreSQL (throwaway server for the store tests)"
@@ -48,6 +56,9 @@ step "images the tests use (built locally, no registry)"
 ./scripts/build-base-image.sh
 ./scripts/testimage/build.sh all
 ENGINE=podman ./scripts/testimage/build.sh all
+ENGINE=containerd ./scripts/testimage/build.sh all # into the test node's containerd
+./scripts/build-gateway-image.sh import           # the gateway image: chart install, the pods' supervisor
+./deploy/helm/fetch-agent-sandbox.sh              # the Sandbox CRD the chart can install
 ./scripts/setup-node.sh # Node.js and the TypeScript client's npm packages (second-language wire test)
 
 step "build"
@@ -70,6 +81,9 @@ step "supervisor-core end-to-end tests on the podman driver: rootful, then rootl
 E2E_DRIVER=podman go test -count=1 -timeout 30m ./e2e/ 2>&1 | tee -a "$log" || test_ok=false
 rootless_sock="$(./scripts/setup-podman.sh env | sed -n 's/^OPENSHELL_PODMAN_ROOTLESS_SOCK=//p')"
 E2E_DRIVER=podman CONTAINER_HOST="unix://$rootless_sock" go test -count=1 -timeout 30m ./e2e/ 2>&1 | tee -a "$log" || test_ok=false
+
+step "supervisor-core end-to-end tests on the kubernetes driver (the test cluster's node)"
+E2E_DRIVER=kubernetes go test -count=1 -timeout 20m ./e2e/ 2>&1 | tee -a "$log" || test_ok=false
 
 $lint_ok || echo "FAILED: lint (see above)"
 $test_ok || echo "FAILED: go test (see above)"

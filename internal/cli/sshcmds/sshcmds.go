@@ -118,12 +118,6 @@ func openForward(ctx context.Context, api pb.OpenShellClient, init *pb.TcpForwar
 	return streamconn.New(fctx, streamconn.Bidi(stream, forwardData, (*pb.TcpForwardFrame).GetData), cancel, "openshell-forward"), nil
 }
 
-// sshClient opens an SSH client to the sandbox through the gateway; the server must
-// present the host key its supervisor registered with the gateway.
-func sshClient(ctx context.Context, api pb.OpenShellClient, sandboxID string) (*ssh.Client, error) {
-	return handshake(ctx, api, sandboxID, nil)
-}
-
 // handshake runs the SSH client handshake with the sandbox's SSH server through the
 // gateway. The host key must be the one its supervisor registered with the gateway;
 // once it is, onKey (when not nil) sees it and may end the handshake with an error.
