@@ -6,7 +6,6 @@ import (
 	"errors"
 	"os"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -53,66 +52,9 @@ func newClusterDriver(t *testing.T, c *kubetest.Cluster, cfg Config) *Driver {
 	return d
 }
 
-// simulateNode is a STAND-IN for a kubelet, used only when the test cluster has no
-// Ready node: it marks the driver's pods in ns Running and Ready through the status
-// subresource, as a kubelet would report them. Everything else (apiserver,
-// agent-sandbox controller, garbage collector) is real. It stops with ctx.
-func simulateNode(ctx context.Context, t *testing.T, c *kubetest.Cluster, ns string) {
-	t.Helper()
-	t.Log("no Ready node: pod status is SIMULATED (patched Running+Ready); apiserver and controller are real")
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		tick := time.NewTicker(200 * time.Millisecond)
-		defer tick.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-tick.C:
-			}
-			pods, err := c.Client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: drivers.LabelManagedBy + "=" + drivers.ManagedByValue})
-			if err != nil {
-				continue
-			}
-			for i := range pods.Items {
-				p := &pods.Items[i]
-				if p.DeletionTimestamp != nil {
-					// No kubelet to confirm the end: delete it now, as a kubelet would.
-					_ = c.Client.CoreV1().Pods(ns).Delete(ctx, p.Name, metav1.DeleteOptions{GracePeriodSeconds: ptr(int64(0))})
-					continue
-				}
-				if p.Status.Phase == corev1.PodRunning {
-					continue
-				}
-				now := metav1.Now()
-				p.Status.Phase = corev1.PodRunning
-				p.Status.Conditions = []corev1.PodCondition{
-					{Type: corev1.PodScheduled, Status: corev1.ConditionTrue, LastTransitionTime: now},
-					{Type: corev1.PodReady, Status: corev1.ConditionTrue, LastTransitionTime: now},
-				}
-				_, _ = c.Client.CoreV1().Pods(ns).UpdateStatus(ctx, p, metav1.UpdateOptions{})
-			}
-		}
-	})
-	t.Cleanup(wg.Wait)
-}
-
-// needPods returns after arranging for pods to become Ready: the real node when it
-// runs, else the named simulation.
-func needPods(t *testing.T, c *kubetest.Cluster, ns string) (simulated bool) {
-	if ok, _ := c.NodeReady(t.Context()); ok {
-		return false
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	t.Cleanup(cancel)
-	simulateNode(ctx, t, c, ns)
-	return true
-}
-
 func TestConformance(t *testing.T) {
-	c := kubetest.Require(t)
+	c := kubetest.RequireNode(t) // the pods run on the real node
 	ns := c.Namespace(t)
-	needPods(t, c, ns)
 	drivertest.Suite(t, func(t *testing.T) drivers.Driver {
 		return newClusterDriver(t, c, clusterConfig(ns))
 	}, drivertest.Options{Image: testImage, ReadyTimeout: 90 * time.Second})
@@ -246,7 +188,7 @@ func TestBadEnvironment(t *testing.T) {
 // is read, stopped, started and deleted by a driver after the CRD serves v1beta1
 // (stored as v1beta1). The test switches the cluster's CRD and restores it.
 func TestUpgradeAlphaToBeta(t *testing.T) {
-	c := kubetest.Require(t)
+	c := kubetest.RequireNode(t) // the pods run on the real node
 	c.LockSandboxCRD(t, true)
 	ns := c.Namespace(t)
 	crds := c.Dynamic.Resource(apiextv1.SchemeGroupVersion.WithResource("customresourcedefinitions"))
@@ -303,7 +245,6 @@ func TestUpgradeAlphaToBeta(t *testing.T) {
 			t.Errorf("restore the Sandbox CRD: %v", err)
 		}
 	})
-	needPods(t, c, ns)
 
 	if err := apply(t.Context(), setVersions(true)); err != nil {
 		t.Fatalf("serve only v1alpha1: %v", err)
