@@ -151,22 +151,7 @@ func TestSandboxLifecycle(t *testing.T) {
 
 	t.Run("gateway kill -9 and restart", func(t *testing.T) {
 		before := h.mustRun(t, "sandbox", "exec", "-n", box, "--", "cat", "/tmp/main.pid").stdout
-		if err := killPID(h.gatewayPID()); err != nil {
-			t.Fatal(err)
-		}
-		time.Sleep(200 * time.Millisecond)
-		h.startGateway()
-		start := time.Now()
-		for {
-			r := h.run(t.Context(), "sandbox", "get", box)
-			if r.err == nil && strings.Contains(r.stdout, "READY") {
-				break
-			}
-			if time.Since(start) > 5*time.Second {
-				t.Fatalf("not READY within 5s of the restart: %s %s", r.stdout, r.stderr)
-			}
-			time.Sleep(100 * time.Millisecond)
-		}
+		h.killGatewayAndWaitReady(t, box, 5*time.Second)
 		after := h.mustRun(t, "sandbox", "exec", "-n", box, "--", "cat", "/tmp/main.pid").stdout
 		if before != after {
 			t.Fatalf("main process restarted: pid %q → %q", before, after)

@@ -390,6 +390,29 @@ func containerID(t *testing.T, name string) string {
 
 func killPID(pid int) error { return syscall.Kill(pid, syscall.SIGKILL) }
 
+// killGatewayAndWaitReady SIGKILLs the gateway, starts it again on the same state and
+// waits until sandbox name is READY through it, failing the test after within; it
+// returns how long READY took after the restart.
+func (h *harness) killGatewayAndWaitReady(t *testing.T, name string, within time.Duration) time.Duration {
+	t.Helper()
+	if err := killPID(h.gatewayPID()); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(200 * time.Millisecond)
+	h.startGateway()
+	start := time.Now()
+	for {
+		r := h.run(t.Context(), "sandbox", "get", name)
+		if r.err == nil && strings.Contains(r.stdout, "READY") {
+			return time.Since(start)
+		}
+		if time.Since(start) > within {
+			t.Fatalf("not READY within %v of the restart: %s %s", within, r.stdout, r.stderr)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
 // rootExec runs a shell script as root in sandbox name's container, outside the
 // supervisor (the test's own hand, e.g. to trust a test CA): through the container
 // engine, or kubectl on the kubernetes driver.

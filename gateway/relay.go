@@ -20,7 +20,6 @@ import (
 	"github.com/openshell/openshell/gateway/hub"
 	"github.com/openshell/openshell/gateway/store"
 	"github.com/openshell/openshell/gateway/validation"
-	"github.com/openshell/openshell/internal/grpcopts"
 )
 
 // requireReady loads a sandbox by id and fails with FAILED_PRECONDITION unless READY.
@@ -257,7 +256,11 @@ func (s *Server) ForwardTcp(stream openshellv1.OpenShell_ForwardTcpServer) error
 		return err
 	}
 	defer conn.Close()
-	return pumpForward(ctx, stream, conn)
+	return hub.Pump(ctx, conn,
+		func() ([]byte, error) { f, err := stream.Recv(); return f.GetData(), err },
+		func(d []byte) error {
+			return stream.Send(&openshellv1.TcpForwardFrame{Payload: &openshellv1.TcpForwardFrame_Data{Data: d}})
+		})
 }
 
 func validateTransfer(t *openshellv1.TransferRelayTarget) error {
@@ -270,33 +273,4 @@ func validateTransfer(t *openshellv1.TransferRelayTarget) error {
 		return invalidf("init.transfer.path must name a path in the sandbox, without NUL bytes")
 	}
 	return nil
-}
-
-func pumpForward(ctx context.Context, stream openshellv1.OpenShell_ForwardTcpServer, conn hub.Conn) error {
-	go func() {
-		defer conn.Close()
-		for {
-			f, err := stream.Recv()
-			if err != nil {
-				return
-			}
-			// Each received frame's data is a fresh slice: hand it on uncopied.
-			if d := f.GetData(); len(d) > 0 {
-				if err := conn.WriteOwned(d); err != nil {
-					return
-				}
-			}
-		}
-	}()
-	stop := context.AfterFunc(ctx, func() { conn.Close() })
-	defer stop()
-	for {
-		d, err := conn.ReadChunk(grpcopts.RelayChunk)
-		if err != nil {
-			return nil
-		}
-		if serr := stream.Send(&openshellv1.TcpForwardFrame{Payload: &openshellv1.TcpForwardFrame_Data{Data: d}}); serr != nil {
-			return serr
-		}
-	}
 }

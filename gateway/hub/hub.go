@@ -675,6 +675,37 @@ type Conn interface {
 
 var _ Conn = (*relayConn)(nil)
 
+// Pump joins conn with a caller's stream until either ends or ctx is done: each
+// received frame's data (a fresh slice) is handed to conn uncopied, and conn's bytes
+// go out in chunks of at most ChunkSize. It returns the send error, if any.
+func Pump(ctx context.Context, conn Conn, recv func() ([]byte, error), send func([]byte) error) error {
+	go func() { // caller → relay; the caller half-closes only after closing its end
+		defer conn.Close()
+		for {
+			d, err := recv()
+			if err != nil {
+				return
+			}
+			if len(d) > 0 {
+				if err := conn.WriteOwned(d); err != nil {
+					return
+				}
+			}
+		}
+	}()
+	stop := context.AfterFunc(ctx, func() { conn.Close() })
+	defer stop()
+	for {
+		d, err := conn.ReadChunk(ChunkSize)
+		if err != nil { // the relay ended (EOF) or was closed
+			return nil
+		}
+		if err := send(d); err != nil {
+			return err
+		}
+	}
+}
+
 func (c *relayConn) HostKey() ssh.PublicKey { return c.hostKey }
 
 func (c *relayConn) Close() error {

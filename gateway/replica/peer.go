@@ -144,31 +144,11 @@ func (p *Peer) Relay(stream grpc.BidiStreamingServer[peerv1.PeerRelayFrame, peer
 	if err := stream.Send(&peerv1.PeerRelayFrame{Payload: &peerv1.PeerRelayFrame_Opened{Opened: opened}}); err != nil {
 		return err
 	}
-	go func() { // caller → relay; the caller half-closes only after closing its end
-		defer conn.Close()
-		for {
-			f, err := stream.Recv()
-			if err != nil {
-				return
-			}
-			if d := f.GetData(); len(d) > 0 {
-				if err := conn.WriteOwned(d); err != nil {
-					return
-				}
-			}
-		}
-	}()
-	stop := context.AfterFunc(ctx, func() { conn.Close() })
-	defer stop()
-	for {
-		d, err := conn.ReadChunk(hub.ChunkSize)
-		if err != nil { // the relay ended (EOF) or was closed
-			return nil
-		}
-		if err := stream.Send(&peerv1.PeerRelayFrame{Payload: &peerv1.PeerRelayFrame_Data{Data: d}}); err != nil {
-			return err
-		}
-	}
+	return hub.Pump(ctx, conn,
+		func() ([]byte, error) { f, err := stream.Recv(); return f.GetData(), err },
+		func(d []byte) error {
+			return stream.Send(&peerv1.PeerRelayFrame{Payload: &peerv1.PeerRelayFrame_Data{Data: d}})
+		})
 }
 
 func toStatus(err error) error {
