@@ -151,14 +151,7 @@ func (a *Authenticator) Authenticate(ctx context.Context) (Principal, error) {
 		return Principal{}, err
 	}
 	if present {
-		if a.Tokens == nil {
-			return Principal{}, status.Error(codes.Unauthenticated, "this gateway does not accept bearer tokens")
-		}
-		id, err := a.Tokens.Verify(tok)
-		if err != nil {
-			return Principal{}, status.Errorf(codes.Unauthenticated, "sandbox token rejected: %v", err)
-		}
-		return Principal{Kind: SandboxKind, Name: id, SandboxID: id}, nil
+		return a.sandboxPrincipal(tok)
 	}
 	if isLocal {
 		return Principal{Kind: UserKind, Name: "uid:" + strconv.FormatUint(uint64(local.UID), 10)}, nil
@@ -205,15 +198,24 @@ func (a *Authenticator) sandboxSocket(md metadata.MD, socketID string) (Principa
 	if !present {
 		return Principal{}, status.Errorf(codes.Unauthenticated, "the gateway socket of sandbox %s serves only that sandbox's supervisor: send its sandbox token", socketID)
 	}
+	p, err := a.sandboxPrincipal(tok)
+	if err != nil {
+		return Principal{}, err
+	}
+	if p.SandboxID != socketID {
+		return Principal{}, status.Errorf(codes.PermissionDenied, "a token of sandbox %s may not be used on the gateway socket of sandbox %s", p.SandboxID, socketID)
+	}
+	return p, nil
+}
+
+// sandboxPrincipal verifies a sandbox token and names the sandbox it was minted for.
+func (a *Authenticator) sandboxPrincipal(tok string) (Principal, error) {
 	if a.Tokens == nil {
 		return Principal{}, status.Error(codes.Unauthenticated, "this gateway does not accept bearer tokens")
 	}
 	id, err := a.Tokens.Verify(tok)
 	if err != nil {
 		return Principal{}, status.Errorf(codes.Unauthenticated, "sandbox token rejected: %v", err)
-	}
-	if id != socketID {
-		return Principal{}, status.Errorf(codes.PermissionDenied, "a token of sandbox %s may not be used on the gateway socket of sandbox %s", id, socketID)
 	}
 	return Principal{Kind: SandboxKind, Name: id, SandboxID: id}, nil
 }
