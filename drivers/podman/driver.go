@@ -29,6 +29,7 @@ import (
 	"github.com/openshell/openshell/drivers"
 	"github.com/openshell/openshell/drivers/containers"
 	"github.com/openshell/openshell/internal/atomicfile"
+	"github.com/openshell/openshell/internal/rundir"
 )
 
 // DriverName is reported in capabilities.
@@ -147,26 +148,10 @@ func (d *Driver) foreignOwner() bool {
 // traverse gets search permission (0711: no listing). Each sandbox's own directory
 // stays private to the service's user.
 func (d *Driver) openPath(dir string) error {
-	for p := filepath.Clean(dir); ; p = filepath.Dir(p) {
-		st, err := os.Stat(p)
-		if err != nil {
-			return fmt.Errorf("podman driver: state_dir: %w", err)
-		}
-		sys, ok := st.Sys().(*syscall.Stat_t)
-		if ok && st.Mode().Perm()&0o001 == 0 && sys.Uid != uint32(d.ownerUID) {
-			if sys.Uid != 0 {
-				return fmt.Errorf("podman driver: the rootless Podman service (uid %d) cannot reach %s (mode %v, owner uid %d), where sandbox files are bind-mounted from: %w; set state_dir in [drivers.podman] to a directory that user can reach, or run the gateway as that user",
-					d.ownerUID, p, st.Mode().Perm(), sys.Uid, drivers.ErrFailedPrecondition)
-			}
-			if err := os.Chmod(p, st.Mode().Perm()|0o011); err != nil {
-				return fmt.Errorf("podman driver: state_dir %s: %w", p, err)
-			}
-			d.log.Info("gave the rootless Podman service's user search permission", "dir", p)
-		}
-		if p == "/" || p == "." {
-			return nil
-		}
+	if err := rundir.LetTraverse(dir, d.ownerUID); err != nil {
+		return fmt.Errorf("podman driver: the rootless Podman service cannot reach the sandbox files bind-mounted from %s: %w; set state_dir in [drivers.podman] to a directory that user can reach, or run the gateway as that user (%w)", dir, err, drivers.ErrFailedPrecondition)
 	}
+	return nil
 }
 
 // Rootless reports whether the service is rootless.

@@ -112,10 +112,9 @@ func (m *sandboxSockets) Open(id string) (string, error) {
 		// That user's engine mounts the directory again when the container restarts:
 		// the directories above it, which a start of the gateway closed, let it
 		// pass (search only; each sandbox's directory stays its owner's).
-		for _, p := range []string{m.base, filepath.Dir(m.base)} {
-			if pst, err := os.Stat(p); err == nil && pst.Mode().Perm()&0o001 == 0 {
-				_ = os.Chmod(p, pst.Mode().Perm()|0o011)
-			}
+		if err := rundir.LetTraverse(m.base, uid); err != nil {
+			l.Close()
+			return "", fmt.Errorf("sandbox %s: gateway socket dir: %w", id, err)
 		}
 	}
 	if err := os.Chmod(path, 0o600); err != nil {

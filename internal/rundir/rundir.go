@@ -85,3 +85,31 @@ func private(path string, st fs.FileInfo) error {
 	}
 	return nil
 }
+
+// LetTraverse lets uid reach entries below dir without listing anything: every
+// directory from dir up to / that uid cannot already traverse gets search
+// permission for group and others (0711 for a 0700 directory). A rootless engine
+// runs as another user and bind-mounts sockets and files from below dir; the
+// directories it passes stay closed to listing, and each sandbox's own directory
+// stays its owner's. A directory on the way that belongs to someone other than this
+// process cannot be opened: the error names it.
+func LetTraverse(dir string, uid int) error {
+	for p := filepath.Clean(dir); ; p = filepath.Dir(p) {
+		st, err := os.Stat(p)
+		if err != nil {
+			return err
+		}
+		sys, ok := st.Sys().(*syscall.Stat_t)
+		if ok && st.Mode().Perm()&0o001 == 0 && int(sys.Uid) != uid {
+			if int(sys.Uid) != os.Geteuid() {
+				return fmt.Errorf("uid %d cannot reach %s (mode %v, owner uid %d): %w", uid, p, st.Mode().Perm(), sys.Uid, fs.ErrPermission)
+			}
+			if err := os.Chmod(p, st.Mode().Perm()|0o011); err != nil {
+				return fmt.Errorf("%s: %w", p, err)
+			}
+		}
+		if p == "/" || p == "." {
+			return nil
+		}
+	}
+}

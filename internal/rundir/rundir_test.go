@@ -1,6 +1,8 @@
 package rundir
 
 import (
+	"errors"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -32,11 +34,14 @@ func TestEnsure(t *testing.T) {
 	if err := Ensure(dir); err != nil {
 		t.Fatal(err)
 	}
-	for _, p := range []string{Base(), dir} {
-		st, err := os.Lstat(p)
-		if err != nil || !st.IsDir() || st.Mode().Perm() != 0o700 {
-			t.Errorf("%s: %v %v, want a 0700 directory", p, st.Mode(), err)
-		}
+	// Base may carry search-only bits (LetTraverse, a gateway's socket group, run by
+	// another package's test on this machine); it is never readable or writable by
+	// others. A state dir's own directory is 0700.
+	if st, err := os.Lstat(Base()); err != nil || !st.IsDir() || st.Mode().Perm()&0o766 != 0o700 {
+		t.Errorf("%s: %v %v, want a directory only its owner can list or write", Base(), st.Mode(), err)
+	}
+	if st, err := os.Lstat(dir); err != nil || !st.IsDir() || st.Mode().Perm() != 0o700 {
+		t.Errorf("%s: %v %v, want a 0700 directory", dir, st.Mode(), err)
 	}
 	if err := Ensure(dir); err != nil {
 		t.Errorf("second Ensure: %v", err)
@@ -77,5 +82,54 @@ func TestPrivate(t *testing.T) {
 		if err := private(open, st); err == nil || !strings.Contains(err.Error(), "belongs to uid 4242") {
 			t.Errorf("foreign dir: err = %v", err)
 		}
+	}
+}
+
+// LetTraverse opens each closed directory on the way up for search only, leaves the
+// other user's own directory alone, and refuses one that belongs to a third user.
+func TestLetTraverse(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("chown to another user needs root")
+	}
+	const other = 54321
+	root := t.TempDir()
+	mid := filepath.Join(root, "mid")
+	own := filepath.Join(mid, "own")
+	if err := os.MkdirAll(own, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(root, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(own, other, other); err != nil {
+		t.Fatal(err)
+	}
+	if err := LetTraverse(own, other); err != nil {
+		t.Fatal(err)
+	}
+	for p, want := range map[string]os.FileMode{root: 0o711, mid: 0o711, own: 0o700} {
+		if st, err := os.Stat(p); err != nil || st.Mode().Perm() != want {
+			t.Errorf("%s: %v %v, want %v", p, st.Mode().Perm(), err, want)
+		}
+	}
+	// A directory of a third user on the way: this process may not open it.
+	third := filepath.Join(root, "third")
+	below := filepath.Join(third, "below")
+	if err := os.MkdirAll(below, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(third, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(third, other+1, other+1); err != nil {
+		t.Fatal(err)
+	}
+	// Root may chmod anything; the rule is about ownership, not capability.
+	err := LetTraverse(below, other)
+	if err == nil || !strings.Contains(err.Error(), third) || !errors.Is(err, fs.ErrPermission) {
+		t.Errorf("third user's dir on the way: err = %v, want one naming %s", err, third)
+	}
+	if st, _ := os.Stat(third); st.Mode().Perm() != 0o700 {
+		t.Errorf("third user's dir was changed to %v", st.Mode().Perm())
 	}
 }
