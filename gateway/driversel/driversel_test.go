@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/openshell/openshell/internal/rundir"
 )
 
 // engine serves /_ping on a Unix socket like a Docker (podman=false) or Podman engine.
@@ -241,4 +243,10 @@ func TestVMDriverProcess(t *testing.T) {
 	if err != nil || st.Mode().Perm() != 0o700 {
 		t.Errorf("vm-driver dir mode = %v, %v; want 0700", st.Mode().Perm(), err)
 	}
+	if run := rundir.For(filepath.Join(dir, "vm-driver")); fileExists(run) {
+		t.Errorf("runtime dir %s left after the driver failed to start", run)
+		os.RemoveAll(run)
+	}
 }
+
+func fileExists(p string) bool { _, err := os.Lstat(p); return err == nil }

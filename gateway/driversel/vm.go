@@ -180,6 +180,7 @@ func newVM(ctx context.Context, env DriverEnv) (_ drivers.Driver, retErr error) 
 	defer func() {
 		if retErr != nil {
 			d.stop()
+			d.removeSocket()
 		}
 	}()
 	if env.Log != nil {
@@ -229,15 +230,20 @@ func (d *vmDriver) stop() {
 	}
 }
 
+// removeSocket removes the stopped driver's socket and, when empty, the gateway's
+// runtime dir (also when the driver never came up).
+func (d *vmDriver) removeSocket() {
+	_ = os.Remove(d.socket)
+	_ = os.Remove(filepath.Dir(d.socket))
+}
+
 func (d *vmDriver) Close() error {
 	var err error
 	if d.Client != nil {
 		err = d.Client.Close()
 	}
 	d.stop()
-	// The driver is gone: its socket and, when empty, the gateway's runtime dir.
-	_ = os.Remove(d.socket)
-	_ = os.Remove(filepath.Dir(d.socket))
+	d.removeSocket()
 	return errors.Join(err)
 }
 

@@ -8,6 +8,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/openshell/openshell/internal/rundir"
 )
 
 // TestVMDriverRealProcess starts the real openshell-driver-vm through the vm factory
@@ -51,6 +53,10 @@ func TestVMDriverRealProcess(t *testing.T) {
 	}
 	if err := d.Close(); err != nil {
 		t.Errorf("Close: %v", err)
+	}
+	if run := rundir.For(filepath.Join(tmp, "vm-driver")); fileExists(run) {
+		t.Errorf("runtime dir %s left after Close", run)
+		os.RemoveAll(run)
 	}
 	if err := syscall.Kill(pid, 0); err == nil {
 		t.Errorf("driver process %d still running after Close", pid)
