@@ -18,6 +18,7 @@
 package computev1
 
 import (
+	datamodelv1 "github.com/openshell/openshell/api/datamodelv1"
 	_ "github.com/openshell/openshell/api/optionsv1"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
@@ -862,9 +863,12 @@ type DriverSandboxStatus struct {
 	SandboxFd  string             `protobuf:"bytes,4,opt,name=sandbox_fd,json=sandboxFd,proto3" json:"sandbox_fd,omitempty"`
 	Conditions []*DriverCondition `protobuf:"bytes,5,rep,name=conditions,proto3" json:"conditions,omitempty"`
 	// True once the platform started deleting.
-	Deleting      bool `protobuf:"varint,6,opt,name=deleting,proto3" json:"deleting,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Deleting bool `protobuf:"varint,6,opt,name=deleting,proto3" json:"deleting,omitempty"`
+	// Project field: the steps of the last create (or start) so far, in order
+	// (the VM driver: image, disk, runner, vmm, firmware, kernel, init, bootstrap).
+	CreateTimeline []*datamodelv1.TimelineStep `protobuf:"bytes,1000,rep,name=create_timeline,json=createTimeline,proto3" json:"create_timeline,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *DriverSandboxStatus) Reset() {
@@ -937,6 +941,13 @@ func (x *DriverSandboxStatus) GetDeleting() bool {
 		return x.Deleting
 	}
 	return false
+}
+
+func (x *DriverSandboxStatus) GetCreateTimeline() []*datamodelv1.TimelineStep {
+	if x != nil {
+		return x.CreateTimeline
+	}
+	return nil
 }
 
 type DriverCondition struct {
@@ -2148,7 +2159,7 @@ var File_compute_driver_proto protoreflect.FileDescriptor
 
 const file_compute_driver_proto_rawDesc = "" +
 	"\n" +
-	"\x14compute_driver.proto\x12\x14openshell.compute.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\roptions.proto\"\x18\n" +
+	"\x14compute_driver.proto\x12\x14openshell.compute.v1\x1a\x0fdatamodel.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\roptions.proto\"\x18\n" +
 	"\x16GetCapabilitiesRequest\"\xe7\x01\n" +
 	"\x17GetCapabilitiesResponse\x12\x1f\n" +
 	"\vdriver_name\x18\x01 \x01(\tR\n" +
@@ -2214,7 +2225,7 @@ const file_compute_driver_proto_rawDesc = "" +
 	"cpuRequest\x12\x1b\n" +
 	"\tcpu_limit\x18\x02 \x01(\tR\bcpuLimit\x12%\n" +
 	"\x0ememory_request\x18\x03 \x01(\tR\rmemoryRequest\x12!\n" +
-	"\fmemory_limit\x18\x04 \x01(\tR\vmemoryLimit\"\xf6\x01\n" +
+	"\fmemory_limit\x18\x04 \x01(\tR\vmemoryLimit\"\xc6\x02\n" +
 	"\x13DriverSandboxStatus\x12!\n" +
 	"\fsandbox_name\x18\x01 \x01(\tR\vsandboxName\x12\x1f\n" +
 	"\vinstance_id\x18\x02 \x01(\tR\n" +
@@ -2225,7 +2236,8 @@ const file_compute_driver_proto_rawDesc = "" +
 	"\n" +
 	"conditions\x18\x05 \x03(\v2%.openshell.compute.v1.DriverConditionR\n" +
 	"conditions\x12\x1a\n" +
-	"\bdeleting\x18\x06 \x01(\bR\bdeleting\"\xa1\x01\n" +
+	"\bdeleting\x18\x06 \x01(\bR\bdeleting\x12N\n" +
+	"\x0fcreate_timeline\x18\xe8\a \x03(\v2$.openshell.datamodel.v1.TimelineStepR\x0ecreateTimeline\"\xa1\x01\n" +
 	"\x0fDriverCondition\x12\x12\n" +
 	"\x04type\x18\x01 \x01(\tR\x04type\x12\x16\n" +
 	"\x06status\x18\x02 \x01(\tR\x06status\x12\x16\n" +
@@ -2368,6 +2380,7 @@ var file_compute_driver_proto_goTypes = []any{
 	nil,                                             // 41: openshell.compute.v1.DriverSandboxTemplate.EnvironmentEntry
 	nil,                                             // 42: openshell.compute.v1.DriverPlatformEvent.MetadataEntry
 	(*structpb.Struct)(nil),                         // 43: google.protobuf.Struct
+	(*datamodelv1.TimelineStep)(nil),                // 44: openshell.datamodel.v1.TimelineStep
 }
 var file_compute_driver_proto_depIdxs = []int32{
 	4,  // 0: openshell.compute.v1.GetGatewayListenerRequirementsResponse.requirements:type_name -> openshell.compute.v1.GatewayListenerRequirement
@@ -2385,45 +2398,46 @@ var file_compute_driver_proto_depIdxs = []int32{
 	43, // 12: openshell.compute.v1.DriverSandboxTemplate.platform_config:type_name -> google.protobuf.Struct
 	43, // 13: openshell.compute.v1.DriverSandboxTemplate.driver_config:type_name -> google.protobuf.Struct
 	14, // 14: openshell.compute.v1.DriverSandboxStatus.conditions:type_name -> openshell.compute.v1.DriverCondition
-	42, // 15: openshell.compute.v1.DriverPlatformEvent.metadata:type_name -> openshell.compute.v1.DriverPlatformEvent.MetadataEntry
-	7,  // 16: openshell.compute.v1.ValidateSandboxCreateRequest.sandbox:type_name -> openshell.compute.v1.DriverSandbox
-	7,  // 17: openshell.compute.v1.GetSandboxResponse.sandbox:type_name -> openshell.compute.v1.DriverSandbox
-	7,  // 18: openshell.compute.v1.ListSandboxesResponse.sandboxes:type_name -> openshell.compute.v1.DriverSandbox
-	7,  // 19: openshell.compute.v1.CreateSandboxRequest.sandbox:type_name -> openshell.compute.v1.DriverSandbox
-	32, // 20: openshell.compute.v1.WatchSandboxesEvent.sandbox:type_name -> openshell.compute.v1.WatchSandboxesSandboxEvent
-	33, // 21: openshell.compute.v1.WatchSandboxesEvent.deleted:type_name -> openshell.compute.v1.WatchSandboxesDeletedEvent
-	34, // 22: openshell.compute.v1.WatchSandboxesEvent.platform_event:type_name -> openshell.compute.v1.WatchSandboxesPlatformEvent
-	7,  // 23: openshell.compute.v1.WatchSandboxesSandboxEvent.sandbox:type_name -> openshell.compute.v1.DriverSandbox
-	15, // 24: openshell.compute.v1.WatchSandboxesPlatformEvent.event:type_name -> openshell.compute.v1.DriverPlatformEvent
-	0,  // 25: openshell.compute.v1.ComputeDriver.GetCapabilities:input_type -> openshell.compute.v1.GetCapabilitiesRequest
-	2,  // 26: openshell.compute.v1.ComputeDriver.GetGatewayListenerRequirements:input_type -> openshell.compute.v1.GetGatewayListenerRequirementsRequest
-	16, // 27: openshell.compute.v1.ComputeDriver.ValidateSandboxCreate:input_type -> openshell.compute.v1.ValidateSandboxCreateRequest
-	18, // 28: openshell.compute.v1.ComputeDriver.GetSandbox:input_type -> openshell.compute.v1.GetSandboxRequest
-	20, // 29: openshell.compute.v1.ComputeDriver.ListSandboxes:input_type -> openshell.compute.v1.ListSandboxesRequest
-	22, // 30: openshell.compute.v1.ComputeDriver.CreateSandbox:input_type -> openshell.compute.v1.CreateSandboxRequest
-	24, // 31: openshell.compute.v1.ComputeDriver.StopSandbox:input_type -> openshell.compute.v1.StopSandboxRequest
-	26, // 32: openshell.compute.v1.ComputeDriver.StartSandbox:input_type -> openshell.compute.v1.StartSandboxRequest
-	28, // 33: openshell.compute.v1.ComputeDriver.DeleteSandbox:input_type -> openshell.compute.v1.DeleteSandboxRequest
-	30, // 34: openshell.compute.v1.ComputeDriver.WatchSandboxes:input_type -> openshell.compute.v1.WatchSandboxesRequest
-	35, // 35: openshell.compute.v1.ComputeDriver.EnsureWorkspace:input_type -> openshell.compute.v1.EnsureWorkspaceRequest
-	37, // 36: openshell.compute.v1.ComputeDriver.DeleteWorkspace:input_type -> openshell.compute.v1.DeleteWorkspaceRequest
-	1,  // 37: openshell.compute.v1.ComputeDriver.GetCapabilities:output_type -> openshell.compute.v1.GetCapabilitiesResponse
-	3,  // 38: openshell.compute.v1.ComputeDriver.GetGatewayListenerRequirements:output_type -> openshell.compute.v1.GetGatewayListenerRequirementsResponse
-	17, // 39: openshell.compute.v1.ComputeDriver.ValidateSandboxCreate:output_type -> openshell.compute.v1.ValidateSandboxCreateResponse
-	19, // 40: openshell.compute.v1.ComputeDriver.GetSandbox:output_type -> openshell.compute.v1.GetSandboxResponse
-	21, // 41: openshell.compute.v1.ComputeDriver.ListSandboxes:output_type -> openshell.compute.v1.ListSandboxesResponse
-	23, // 42: openshell.compute.v1.ComputeDriver.CreateSandbox:output_type -> openshell.compute.v1.CreateSandboxResponse
-	25, // 43: openshell.compute.v1.ComputeDriver.StopSandbox:output_type -> openshell.compute.v1.StopSandboxResponse
-	27, // 44: openshell.compute.v1.ComputeDriver.StartSandbox:output_type -> openshell.compute.v1.StartSandboxResponse
-	29, // 45: openshell.compute.v1.ComputeDriver.DeleteSandbox:output_type -> openshell.compute.v1.DeleteSandboxResponse
-	31, // 46: openshell.compute.v1.ComputeDriver.WatchSandboxes:output_type -> openshell.compute.v1.WatchSandboxesEvent
-	36, // 47: openshell.compute.v1.ComputeDriver.EnsureWorkspace:output_type -> openshell.compute.v1.EnsureWorkspaceResponse
-	38, // 48: openshell.compute.v1.ComputeDriver.DeleteWorkspace:output_type -> openshell.compute.v1.DeleteWorkspaceResponse
-	37, // [37:49] is the sub-list for method output_type
-	25, // [25:37] is the sub-list for method input_type
-	25, // [25:25] is the sub-list for extension type_name
-	25, // [25:25] is the sub-list for extension extendee
-	0,  // [0:25] is the sub-list for field type_name
+	44, // 15: openshell.compute.v1.DriverSandboxStatus.create_timeline:type_name -> openshell.datamodel.v1.TimelineStep
+	42, // 16: openshell.compute.v1.DriverPlatformEvent.metadata:type_name -> openshell.compute.v1.DriverPlatformEvent.MetadataEntry
+	7,  // 17: openshell.compute.v1.ValidateSandboxCreateRequest.sandbox:type_name -> openshell.compute.v1.DriverSandbox
+	7,  // 18: openshell.compute.v1.GetSandboxResponse.sandbox:type_name -> openshell.compute.v1.DriverSandbox
+	7,  // 19: openshell.compute.v1.ListSandboxesResponse.sandboxes:type_name -> openshell.compute.v1.DriverSandbox
+	7,  // 20: openshell.compute.v1.CreateSandboxRequest.sandbox:type_name -> openshell.compute.v1.DriverSandbox
+	32, // 21: openshell.compute.v1.WatchSandboxesEvent.sandbox:type_name -> openshell.compute.v1.WatchSandboxesSandboxEvent
+	33, // 22: openshell.compute.v1.WatchSandboxesEvent.deleted:type_name -> openshell.compute.v1.WatchSandboxesDeletedEvent
+	34, // 23: openshell.compute.v1.WatchSandboxesEvent.platform_event:type_name -> openshell.compute.v1.WatchSandboxesPlatformEvent
+	7,  // 24: openshell.compute.v1.WatchSandboxesSandboxEvent.sandbox:type_name -> openshell.compute.v1.DriverSandbox
+	15, // 25: openshell.compute.v1.WatchSandboxesPlatformEvent.event:type_name -> openshell.compute.v1.DriverPlatformEvent
+	0,  // 26: openshell.compute.v1.ComputeDriver.GetCapabilities:input_type -> openshell.compute.v1.GetCapabilitiesRequest
+	2,  // 27: openshell.compute.v1.ComputeDriver.GetGatewayListenerRequirements:input_type -> openshell.compute.v1.GetGatewayListenerRequirementsRequest
+	16, // 28: openshell.compute.v1.ComputeDriver.ValidateSandboxCreate:input_type -> openshell.compute.v1.ValidateSandboxCreateRequest
+	18, // 29: openshell.compute.v1.ComputeDriver.GetSandbox:input_type -> openshell.compute.v1.GetSandboxRequest
+	20, // 30: openshell.compute.v1.ComputeDriver.ListSandboxes:input_type -> openshell.compute.v1.ListSandboxesRequest
+	22, // 31: openshell.compute.v1.ComputeDriver.CreateSandbox:input_type -> openshell.compute.v1.CreateSandboxRequest
+	24, // 32: openshell.compute.v1.ComputeDriver.StopSandbox:input_type -> openshell.compute.v1.StopSandboxRequest
+	26, // 33: openshell.compute.v1.ComputeDriver.StartSandbox:input_type -> openshell.compute.v1.StartSandboxRequest
+	28, // 34: openshell.compute.v1.ComputeDriver.DeleteSandbox:input_type -> openshell.compute.v1.DeleteSandboxRequest
+	30, // 35: openshell.compute.v1.ComputeDriver.WatchSandboxes:input_type -> openshell.compute.v1.WatchSandboxesRequest
+	35, // 36: openshell.compute.v1.ComputeDriver.EnsureWorkspace:input_type -> openshell.compute.v1.EnsureWorkspaceRequest
+	37, // 37: openshell.compute.v1.ComputeDriver.DeleteWorkspace:input_type -> openshell.compute.v1.DeleteWorkspaceRequest
+	1,  // 38: openshell.compute.v1.ComputeDriver.GetCapabilities:output_type -> openshell.compute.v1.GetCapabilitiesResponse
+	3,  // 39: openshell.compute.v1.ComputeDriver.GetGatewayListenerRequirements:output_type -> openshell.compute.v1.GetGatewayListenerRequirementsResponse
+	17, // 40: openshell.compute.v1.ComputeDriver.ValidateSandboxCreate:output_type -> openshell.compute.v1.ValidateSandboxCreateResponse
+	19, // 41: openshell.compute.v1.ComputeDriver.GetSandbox:output_type -> openshell.compute.v1.GetSandboxResponse
+	21, // 42: openshell.compute.v1.ComputeDriver.ListSandboxes:output_type -> openshell.compute.v1.ListSandboxesResponse
+	23, // 43: openshell.compute.v1.ComputeDriver.CreateSandbox:output_type -> openshell.compute.v1.CreateSandboxResponse
+	25, // 44: openshell.compute.v1.ComputeDriver.StopSandbox:output_type -> openshell.compute.v1.StopSandboxResponse
+	27, // 45: openshell.compute.v1.ComputeDriver.StartSandbox:output_type -> openshell.compute.v1.StartSandboxResponse
+	29, // 46: openshell.compute.v1.ComputeDriver.DeleteSandbox:output_type -> openshell.compute.v1.DeleteSandboxResponse
+	31, // 47: openshell.compute.v1.ComputeDriver.WatchSandboxes:output_type -> openshell.compute.v1.WatchSandboxesEvent
+	36, // 48: openshell.compute.v1.ComputeDriver.EnsureWorkspace:output_type -> openshell.compute.v1.EnsureWorkspaceResponse
+	38, // 49: openshell.compute.v1.ComputeDriver.DeleteWorkspace:output_type -> openshell.compute.v1.DeleteWorkspaceResponse
+	38, // [38:50] is the sub-list for method output_type
+	26, // [26:38] is the sub-list for method input_type
+	26, // [26:26] is the sub-list for extension type_name
+	26, // [26:26] is the sub-list for extension extendee
+	0,  // [0:26] is the sub-list for field type_name
 }
 
 func init() { file_compute_driver_proto_init() }

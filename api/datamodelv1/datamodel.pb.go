@@ -428,6 +428,73 @@ func (x *WorkspaceStatus) GetPhase() WorkspacePhase {
 	return WorkspacePhase_WORKSPACE_PHASE_UNSPECIFIED
 }
 
+// Project message: one step of bringing a sandbox up, for the create timeline that
+// the driver reports (DriverSandboxStatus.create_timeline) and the gateway shows
+// (SandboxStatus.create_timeline). Steps are in order; each is stamped when it ended.
+type TimelineStep struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// What ended: "received", "gateway", "image", "disk", "runner", "vmm", "firmware",
+	// "kernel", "init", "bootstrap", "ready" (a driver reports the steps it has).
+	Phase string `protobuf:"bytes,1,opt,name=phase,proto3" json:"phase,omitempty"`
+	// When it ended, host wall clock, microseconds since the Unix epoch.
+	AtUnixUs int64 `protobuf:"varint,2,opt,name=at_unix_us,json=atUnixUs,proto3" json:"at_unix_us,omitempty"`
+	// How long it took: at_unix_us minus the previous step's (0 for the first step).
+	TookUs        int64 `protobuf:"varint,3,opt,name=took_us,json=tookUs,proto3" json:"took_us,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TimelineStep) Reset() {
+	*x = TimelineStep{}
+	mi := &file_datamodel_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TimelineStep) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TimelineStep) ProtoMessage() {}
+
+func (x *TimelineStep) ProtoReflect() protoreflect.Message {
+	mi := &file_datamodel_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TimelineStep.ProtoReflect.Descriptor instead.
+func (*TimelineStep) Descriptor() ([]byte, []int) {
+	return file_datamodel_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *TimelineStep) GetPhase() string {
+	if x != nil {
+		return x.Phase
+	}
+	return ""
+}
+
+func (x *TimelineStep) GetAtUnixUs() int64 {
+	if x != nil {
+		return x.AtUnixUs
+	}
+	return 0
+}
+
+func (x *TimelineStep) GetTookUs() int64 {
+	if x != nil {
+		return x.TookUs
+	}
+	return 0
+}
+
 var File_datamodel_proto protoreflect.FileDescriptor
 
 const file_datamodel_proto_rawDesc = "" +
@@ -480,7 +547,12 @@ const file_datamodel_proto_rawDesc = "" +
 	"\bmetadata\x18\x01 \x01(\v2\".openshell.datamodel.v1.ObjectMetaR\bmetadata\x12?\n" +
 	"\x06status\x18\x02 \x01(\v2'.openshell.datamodel.v1.WorkspaceStatusR\x06status\"O\n" +
 	"\x0fWorkspaceStatus\x12<\n" +
-	"\x05phase\x18\x01 \x01(\x0e2&.openshell.datamodel.v1.WorkspacePhaseR\x05phase*n\n" +
+	"\x05phase\x18\x01 \x01(\x0e2&.openshell.datamodel.v1.WorkspacePhaseR\x05phase\"[\n" +
+	"\fTimelineStep\x12\x14\n" +
+	"\x05phase\x18\x01 \x01(\tR\x05phase\x12\x1c\n" +
+	"\n" +
+	"at_unix_us\x18\x02 \x01(\x03R\batUnixUs\x12\x17\n" +
+	"\atook_us\x18\x03 \x01(\x03R\x06tookUs*n\n" +
 	"\x0eWorkspacePhase\x12\x1f\n" +
 	"\x1bWORKSPACE_PHASE_UNSPECIFIED\x10\x00\x12\x1a\n" +
 	"\x16WORKSPACE_PHASE_ACTIVE\x10\x01\x12\x1f\n" +
@@ -499,7 +571,7 @@ func file_datamodel_proto_rawDescGZIP() []byte {
 }
 
 var file_datamodel_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_datamodel_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
+var file_datamodel_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
 var file_datamodel_proto_goTypes = []any{
 	(WorkspacePhase)(0),      // 0: openshell.datamodel.v1.WorkspacePhase
 	(*ObjectMeta)(nil),       // 1: openshell.datamodel.v1.ObjectMeta
@@ -507,23 +579,24 @@ var file_datamodel_proto_goTypes = []any{
 	(*Provider)(nil),         // 3: openshell.datamodel.v1.Provider
 	(*Workspace)(nil),        // 4: openshell.datamodel.v1.Workspace
 	(*WorkspaceStatus)(nil),  // 5: openshell.datamodel.v1.WorkspaceStatus
-	nil,                      // 6: openshell.datamodel.v1.ObjectMeta.LabelsEntry
-	nil,                      // 7: openshell.datamodel.v1.ObjectMeta.AnnotationsEntry
-	nil,                      // 8: openshell.datamodel.v1.CredentialHandle.MetadataEntry
-	nil,                      // 9: openshell.datamodel.v1.Provider.CredentialsEntry
-	nil,                      // 10: openshell.datamodel.v1.Provider.ConfigEntry
-	nil,                      // 11: openshell.datamodel.v1.Provider.CredentialExpiresAtMsEntry
-	nil,                      // 12: openshell.datamodel.v1.Provider.CredentialHandlesEntry
+	(*TimelineStep)(nil),     // 6: openshell.datamodel.v1.TimelineStep
+	nil,                      // 7: openshell.datamodel.v1.ObjectMeta.LabelsEntry
+	nil,                      // 8: openshell.datamodel.v1.ObjectMeta.AnnotationsEntry
+	nil,                      // 9: openshell.datamodel.v1.CredentialHandle.MetadataEntry
+	nil,                      // 10: openshell.datamodel.v1.Provider.CredentialsEntry
+	nil,                      // 11: openshell.datamodel.v1.Provider.ConfigEntry
+	nil,                      // 12: openshell.datamodel.v1.Provider.CredentialExpiresAtMsEntry
+	nil,                      // 13: openshell.datamodel.v1.Provider.CredentialHandlesEntry
 }
 var file_datamodel_proto_depIdxs = []int32{
-	6,  // 0: openshell.datamodel.v1.ObjectMeta.labels:type_name -> openshell.datamodel.v1.ObjectMeta.LabelsEntry
-	7,  // 1: openshell.datamodel.v1.ObjectMeta.annotations:type_name -> openshell.datamodel.v1.ObjectMeta.AnnotationsEntry
-	8,  // 2: openshell.datamodel.v1.CredentialHandle.metadata:type_name -> openshell.datamodel.v1.CredentialHandle.MetadataEntry
+	7,  // 0: openshell.datamodel.v1.ObjectMeta.labels:type_name -> openshell.datamodel.v1.ObjectMeta.LabelsEntry
+	8,  // 1: openshell.datamodel.v1.ObjectMeta.annotations:type_name -> openshell.datamodel.v1.ObjectMeta.AnnotationsEntry
+	9,  // 2: openshell.datamodel.v1.CredentialHandle.metadata:type_name -> openshell.datamodel.v1.CredentialHandle.MetadataEntry
 	1,  // 3: openshell.datamodel.v1.Provider.metadata:type_name -> openshell.datamodel.v1.ObjectMeta
-	9,  // 4: openshell.datamodel.v1.Provider.credentials:type_name -> openshell.datamodel.v1.Provider.CredentialsEntry
-	10, // 5: openshell.datamodel.v1.Provider.config:type_name -> openshell.datamodel.v1.Provider.ConfigEntry
-	11, // 6: openshell.datamodel.v1.Provider.credential_expires_at_ms:type_name -> openshell.datamodel.v1.Provider.CredentialExpiresAtMsEntry
-	12, // 7: openshell.datamodel.v1.Provider.credential_handles:type_name -> openshell.datamodel.v1.Provider.CredentialHandlesEntry
+	10, // 4: openshell.datamodel.v1.Provider.credentials:type_name -> openshell.datamodel.v1.Provider.CredentialsEntry
+	11, // 5: openshell.datamodel.v1.Provider.config:type_name -> openshell.datamodel.v1.Provider.ConfigEntry
+	12, // 6: openshell.datamodel.v1.Provider.credential_expires_at_ms:type_name -> openshell.datamodel.v1.Provider.CredentialExpiresAtMsEntry
+	13, // 7: openshell.datamodel.v1.Provider.credential_handles:type_name -> openshell.datamodel.v1.Provider.CredentialHandlesEntry
 	1,  // 8: openshell.datamodel.v1.Workspace.metadata:type_name -> openshell.datamodel.v1.ObjectMeta
 	5,  // 9: openshell.datamodel.v1.Workspace.status:type_name -> openshell.datamodel.v1.WorkspaceStatus
 	0,  // 10: openshell.datamodel.v1.WorkspaceStatus.phase:type_name -> openshell.datamodel.v1.WorkspacePhase
@@ -546,7 +619,7 @@ func file_datamodel_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_datamodel_proto_rawDesc), len(file_datamodel_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   12,
+			NumMessages:   13,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
