@@ -18,6 +18,7 @@ FORCE=0
 PACKAGES="ca-certificates,curl,git,python3,procps,less"
 
 log() { printf 'build-base-image: %s\n' "$*"; }
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 die() { printf 'build-base-image: ERROR: %s\n' "$*" >&2; exit 1; }
 
 while [ $# -gt 0 ]; do
@@ -40,9 +41,7 @@ fi
 [ "$(id -u)" -eq 0 ] || die "run as root (debootstrap needs it)"
 export DEBIAN_FRONTEND=noninteractive
 if ! command -v debootstrap >/dev/null; then
-	log "installing debootstrap"
-	apt-get update -qq
-	apt-get install -y -qq --no-install-recommends debootstrap
+	apt_install debootstrap
 fi
 command -v go >/dev/null || die "go not found: the layout is written by a small Go program (drivers/vm/internal/mkimage)"
 

@@ -25,6 +25,7 @@ OUT_DIR="${OPENSHELL_CACHE:-$HOME/.cache/openshell}/gateway-image/$VERSION"
 OUT="$OUT_DIR/gateway.tar"
 
 log() { echo "build-gateway-image: $*" >&2; }
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 if [[ -z "$VERSION" ]]; then
 	log "no version: set OPENSHELL_VERSION or appVersion in $CHART"
@@ -33,7 +34,7 @@ fi
 
 build() {
 	if [[ ! -s /etc/ssl/certs/ca-certificates.crt ]]; then
-		DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends ca-certificates >&2
+		apt_install ca-certificates >&2
 	fi
 	mkdir -p "$OUT_DIR"
 	local bin="$OUT_DIR/bin"

@@ -16,18 +16,16 @@ PLUGIN_DIR="${OPENSHELL_TOOLS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/openshell/p
 OUT="${OPENSHELL_GEN_OUT:-$ROOT}"
 
 log() { echo "gen-proto: $*"; }
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 if ! command -v protoc >/dev/null 2>&1; then
-  log "protoc missing: apt-get install -y protobuf-compiler"
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq protobuf-compiler
+  apt_install protobuf-compiler
 fi
 # The well-known types (struct.proto, descriptor.proto) ship with Debian's
 # libprotobuf-dev / protobuf-compiler under /usr/include.
 WKT_INCLUDE=/usr/include
 if [[ ! -f "$WKT_INCLUDE/google/protobuf/struct.proto" ]]; then
-  log "well-known protos missing: apt-get install -y libprotobuf-dev"
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libprotobuf-dev
+  apt_install libprotobuf-dev
 fi
 
 mkdir -p "$PLUGIN_DIR"

@@ -12,6 +12,7 @@ LOG_FILE="$STATE_DIR/dockerd.log"
 TIMEOUT="${OPENSHELL_DOCKER_TIMEOUT:-60}"
 
 log() { echo "setup-docker: $*" >&2; }
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 answers() { docker version >/dev/null 2>&1; }
 
@@ -43,10 +44,7 @@ install_engine() {
 		log "dockerd present: $(command -v dockerd)"
 		return 0
 	fi
-	log "dockerd missing: installing docker.io from Debian"
-	export DEBIAN_FRONTEND=noninteractive
-	apt-get update -q
-	apt-get install -y -q --no-install-recommends docker.io
+	apt_install docker.io
 }
 
 install_cli() {
@@ -54,9 +52,7 @@ install_cli() {
 		return 0
 	fi
 	# docker.io ships the CLI too; this only triggers when dockerd came from elsewhere.
-	log "docker CLI missing: installing docker.io"
-	export DEBIAN_FRONTEND=noninteractive
-	apt-get install -y -q --no-install-recommends docker.io
+	apt_install docker.io
 }
 
 start_daemon() {

@@ -54,18 +54,7 @@ die() { log "$*"; exit 1; }
 export DEBIAN_FRONTEND=noninteractive
 command -v go >/dev/null || export PATH="/usr/local/go/bin:$PATH"
 
-apt_install() {
-	local missing=() p
-	for p in "$@"; do
-		dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
-	done
-	((${#missing[@]} == 0)) && return 0
-	log "installing from Debian: ${missing[*]}"
-	apt-get install -y -q --no-install-recommends "${missing[@]}" || {
-		apt-get update -q
-		apt-get install -y -q --no-install-recommends "${missing[@]}"
-	}
-}
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 install_packages() {
 	# runc for containerd's shim; the CNI plugins (bridge, host-local, portmap, loopback);

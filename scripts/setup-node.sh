@@ -7,11 +7,10 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 DIR="$ROOT/e2e/tsclient"
 log() { echo "setup-node: $*"; }
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
-  log "installing nodejs and npm (Debian packages)"
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nodejs npm
+  apt_install nodejs npm
 fi
 major="$(node -p 'process.versions.node.split(".")[0]')"
 if (( major < 18 )); then
@@ -20,9 +19,7 @@ if (( major < 18 )); then
 fi
 # The client loads options.proto, which imports google/protobuf/descriptor.proto.
 if [[ ! -f /usr/include/google/protobuf/descriptor.proto ]]; then
-  log "well-known protos missing: apt-get install -y libprotobuf-dev"
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libprotobuf-dev
+  apt_install libprotobuf-dev
 fi
 stamp="$DIR/node_modules/.package-lock.json"
 if [[ ! -f "$stamp" || "$DIR/package-lock.json" -nt "$stamp" ]]; then

@@ -32,18 +32,7 @@ log() { echo "setup-podman: $*" >&2; }
 export DEBIAN_FRONTEND=noninteractive
 export PODMAN_IGNORE_CGROUPSV1_WARNING=1
 
-apt_install() {
-	local missing=() p
-	for p in "$@"; do
-		dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
-	done
-	((${#missing[@]} == 0)) && return 0
-	log "installing from Debian: ${missing[*]}"
-	apt-get install -y -q --no-install-recommends "${missing[@]}" || {
-		apt-get update -q
-		apt-get install -y -q --no-install-recommends "${missing[@]}"
-	}
-}
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 install_packages() {
 	# Runtime helpers podman execs, and the headers the build links against.

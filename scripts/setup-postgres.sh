@@ -23,6 +23,7 @@ PORT=${OPENSHELL_TEST_PGPORT:-55432}
 DB=openshell_test
 
 log() { echo "setup-postgres: $*" >&2; }
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 DIR=$(realpath -m -- "$DIR")
 DATA=$DIR/data
@@ -59,10 +60,7 @@ if ! BIN=$(find_bindir); then
 		log "no PostgreSQL installed; nothing to stop"
 		exit 0
 	fi
-	log "PostgreSQL binaries not found; installing Debian package postgresql"
-	export DEBIAN_FRONTEND=noninteractive
-	apt-get update -qq
-	apt-get install -y -qq --no-install-recommends postgresql >/dev/null
+	apt_install postgresql
 	BIN=$(find_bindir) || { log "postgresql installed but no /usr/lib/postgresql/*/bin/initdb"; exit 1; }
 fi
 log "using $BIN"

@@ -28,6 +28,7 @@ die() { printf 'setup-vm-host: ERROR: %s\n' "$*" >&2; exit 1; }
 [ "$(id -u)" -eq 0 ] || die "run as root (it installs Debian packages and writes $VM_DIR)"
 command -v apt-get >/dev/null || die "apt-get not found: this script supports Debian hosts"
 
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 export DEBIAN_FRONTEND=noninteractive
 APT_UPDATED=0
 apt_update_once() {
@@ -48,9 +49,7 @@ command -v dpkg-deb >/dev/null || need+=(dpkg)
 # cgo: the libkrun backend dlopens libkrun.so.1, and its tests build a C stand-in.
 command -v gcc >/dev/null || need+=(gcc libc6-dev)
 if [ "${#need[@]}" -gt 0 ]; then
-	apt_update_once
-	log "installing ${need[*]}"
-	apt-get install -y -qq --no-install-recommends "${need[@]}"
+	apt_install "${need[@]}"
 else
 	log "host packages present (qemu-system-x86_64, mkfs.ext4, cpio, lz4)"
 fi
@@ -174,9 +173,7 @@ fi
 ARM_DIR="$VM_DIR/kernel-arm64"
 if [ "${OPENSHELL_VM_ARM64:-1}" != 0 ]; then
 	if ! command -v qemu-system-aarch64 >/dev/null; then
-		apt_update_once
-		log "installing qemu-system-arm"
-		apt-get install -y -qq --no-install-recommends qemu-system-arm
+		apt_install qemu-system-arm
 	fi
 	ARMAPT="$CACHE_DIR/apt-arm64"
 	mkdir -p "$ARMAPT/lists/partial" "$ARMAPT/archives/partial"
