@@ -9,6 +9,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/openshell/openshell/drivers/kubernetes"
 	"github.com/openshell/openshell/gateway/doctor"
 	"github.com/openshell/openshell/gateway/driversel"
 )
@@ -23,6 +24,18 @@ func init() {
 				Fix: "use --drivers vm, or start Docker/Podman"}}
 		}
 		return []doctor.Finding{{Check: "driver.autodetect", Status: doctor.OK, Detail: strings.TrimSpace(det.Driver + " " + det.Socket)}}
+	})
+	// A cluster is probed only when a kubeconfig (or an in-cluster config) is there.
+	doctor.Register("kubernetes", func(ctx context.Context) []doctor.Finding {
+		if !kubernetes.Configured(kubernetes.Config{}) {
+			return []doctor.Finding{{Check: "kubernetes", Status: doctor.Info, Detail: "no kubeconfig or in-cluster config",
+				Fix: "set KUBECONFIG to use --drivers kubernetes"}}
+		}
+		info, err := kubernetes.Probe(ctx, kubernetes.Config{}, 5*time.Second)
+		if err != nil {
+			return []doctor.Finding{{Check: "kubernetes", Status: doctor.Warn, Detail: err.Error()}}
+		}
+		return []doctor.Finding{{Check: "kubernetes", Status: doctor.OK, Detail: info}}
 	})
 	// The VM driver inspects the host itself (accel, vsock transport, kernel).
 	doctor.Register("vm", doctor.VMCheck(func() (string, error) { return driversel.FindBinary(driversel.VMBinaryName, "") }))

@@ -77,6 +77,17 @@ func New(ctx context.Context, cfg Config, opts ...Options) (*Driver, error) {
 			return nil, err
 		}
 	}
+	d, err := connect(ctx, cfg, rc)
+	if err != nil {
+		return nil, err
+	}
+	d.log.Info("kubernetes driver ready", "server", d.server, "namespace", cfg.Namespace, "cluster", d.info)
+	return d, nil
+}
+
+// connect makes the clients and checks the cluster as New describes; cfg has its
+// defaults filled in.
+func connect(ctx context.Context, cfg Config, rc *rest.Config) (*Driver, error) {
 	rc = rest.CopyConfig(rc)
 	rc.UserAgent = "openshell-gateway/kubernetes-driver"
 	core, err := k8s.NewForConfig(rc)
@@ -114,7 +125,6 @@ func New(ctx context.Context, cfg Config, opts ...Options) (*Driver, error) {
 	if _, err := d.sandboxes().List(ctx, metav1.ListOptions{Limit: 1, LabelSelector: d.selector().String()}); err != nil {
 		return nil, d.wrap(err, "list", resourceName, "list Sandboxes in namespace "+cfg.Namespace)
 	}
-	d.log.Info("kubernetes driver ready", "server", rc.Host, "namespace", cfg.Namespace, "api", group+"/"+d.version, "cluster", sv.GitVersion)
 	return d, nil
 }
 
