@@ -59,6 +59,9 @@ type Config struct {
 	Channel    ChannelConfig `json:"channel"`
 	ConsoleLog string        `json:"console_log,omitempty"` // default <StateDir>/console.log
 	StateDir   string        `json:"state_dir"`             // the backend's sockets and pid files
+	// RestoreFrom is a state file a Saver wrote: the machine starts from it, paused,
+	// instead of booting (backends whose Features.Snapshots is set).
+	RestoreFrom string `json:"restore_from,omitempty"`
 }
 
 // Defaults used by WithDefaults.
@@ -143,6 +146,9 @@ func (c Config) Validate() error {
 func (c Config) CheckFeatures(f Features) error {
 	if len(c.SharedDirs) > 0 && !f.SharedDirs {
 		return fmt.Errorf("vmm config %q: SharedDirs: the %s backend cannot share host directories; drop them or use a backend that can", c.Name, f.Backend)
+	}
+	if c.RestoreFrom != "" && !f.Snapshots {
+		return fmt.Errorf("vmm config %q: RestoreFrom: the %s backend cannot restore a saved machine (Features.Snapshots is false); use the qemu backend", c.Name, f.Backend)
 	}
 	if len(c.PCIDevices) > 0 && !f.DevicePassthrough {
 		return fmt.Errorf("vmm config %q: PCIDevices: the %s backend cannot pass devices through; choose a backend whose Features.DevicePassthrough is set (see openshell doctor)", c.Name, f.Backend)

@@ -102,6 +102,29 @@ func (h *Host) Dial(ctx context.Context, port uint32) (net.Conn, error) {
 	return c, nil
 }
 
+// Detacher is a Transport that can let go of the guest for a while (virtio-serial).
+type Detacher interface {
+	Detach()
+	Attach()
+}
+
+// Detach drops the host's connection to the guest until Attach, when the transport
+// can (reports whether it did): a VM about to be saved must not carry a live session.
+func (h *Host) Detach() bool {
+	d, ok := h.t.(Detacher)
+	if ok {
+		d.Detach()
+	}
+	return ok
+}
+
+// Attach undoes Detach.
+func (h *Host) Attach() {
+	if d, ok := h.t.(Detacher); ok {
+		d.Attach()
+	}
+}
+
 // Close releases the host end (listeners stay owned by their callers).
 func (h *Host) Close() error { return h.t.Close() }
 

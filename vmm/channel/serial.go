@@ -44,6 +44,7 @@ type serial struct {
 	done      chan struct{}
 	closeOnce sync.Once
 	routing   sync.WaitGroup // streams whose port header is being read and delivered
+	held      chan struct{}  // non-nil while detached: run waits for it to close
 }
 
 func yamuxConfig() *yamux.Config {
@@ -63,6 +64,16 @@ func (s *serial) run() {
 		case <-s.done:
 			return
 		default:
+		}
+		s.mu.Lock()
+		held := s.held
+		s.mu.Unlock()
+		if held != nil {
+			select {
+			case <-s.done:
+				return
+			case <-held:
+			}
 		}
 		conn, err := net.Dial("unix", s.path)
 		if err != nil {
@@ -177,6 +188,32 @@ func (s *serial) Dial(ctx context.Context, port uint32) (net.Conn, error) {
 			return nil, ctx.Err()
 		}
 	}
+}
+
+// Detach drops the connection to the VMM's port and stays away until Attach, so the
+// guest sees the port closed (its session ends and it reconnects once a host end is
+// back). Used before a VM is saved: the saved guest then knows its old session is
+// gone, whichever host end it meets after a restore.
+func (s *serial) Detach() {
+	s.mu.Lock()
+	if s.held == nil {
+		s.held = make(chan struct{})
+	}
+	sess := s.sess
+	s.mu.Unlock()
+	if sess != nil {
+		_ = sess.Close()
+	}
+}
+
+// Attach lets the host end connect again after Detach.
+func (s *serial) Attach() {
+	s.mu.Lock()
+	if s.held != nil {
+		close(s.held)
+		s.held = nil
+	}
+	s.mu.Unlock()
 }
 
 func (s *serial) Close() error {

@@ -63,6 +63,8 @@ func Features() vmm.Features {
 		Transports:   []string{channel.TransportUnixPorts},
 		SharedDirs:   true,
 		ChildProcess: true,
+		// libkrun's C API has no save/restore: suspend and snapshots are refused.
+		Snapshots: false,
 	}
 }
 

@@ -82,13 +82,15 @@ func cpuKHz(cpuinfo []byte) int {
 // Features of the QEMU backend.
 func Features() vmm.Features {
 	return vmm.Features{
-		Backend:           "qemu",
-		Transports:        []string{channel.TransportVhostVsock, channel.TransportVhostUserVsock, channel.TransportVirtioSerial},
-		HostDial:          true,
-		SharedDirs:        true,
-		DevicePassthrough: true,
-		ChildProcess:      true,
-		GracefulStop:      true,
+		Backend:            "qemu",
+		Transports:         []string{channel.TransportVhostVsock, channel.TransportVhostUserVsock, channel.TransportVirtioSerial},
+		HostDial:           true,
+		SharedDirs:         true,
+		DevicePassthrough:  true,
+		ChildProcess:       true,
+		GracefulStop:       true,
+		Snapshots:          true,
+		SnapshotTransports: snapshotTransports,
 	}
 }
 

@@ -196,7 +196,7 @@ func (m *Machine) Args() ([]string, error) {
 	if err != nil {
 		return nil, err
 	}
-	return append(buildArgs(m.cfg, p), m.opts.extraArgs...), nil
+	return append(append(buildArgs(m.cfg, p), restoreArgs(m.cfg)...), m.opts.extraArgs...), nil
 }
 
 func (m *Machine) resolve() (plan, AccelInfo, TransportInfo, error) {
@@ -297,6 +297,9 @@ func (m *Machine) Start(ctx context.Context) (retErr error) {
 	if err != nil {
 		return err
 	}
+	if err := m.checkRestore(ti.Name); err != nil {
+		return err
+	}
 	if ai.Name == AccelTCG && m.opts.accel == AccelAuto {
 		m.log.Warn("no usable hardware virtualisation; guest runs under TCG software emulation", "reason", ai.Reason)
 	}
@@ -324,7 +327,7 @@ func (m *Machine) Start(ctx context.Context) (retErr error) {
 		}
 	}
 
-	args := append(buildArgs(cfg, p), m.opts.extraArgs...)
+	args := append(append(buildArgs(cfg, p), restoreArgs(cfg)...), m.opts.extraArgs...)
 	logf, err := os.OpenFile(statePath(cfg, qemuLogName), os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
 	if err != nil {
 		return fmt.Errorf("vm %s: %w", cfg.Name, err)
@@ -344,7 +347,11 @@ func (m *Machine) Start(ctx context.Context) (retErr error) {
 	_ = os.WriteFile(statePath(cfg, qemuPidName), []byte(strconv.Itoa(cmd.Process.Pid)+"\n"), 0o600)
 	go m.reap()
 
-	if err := m.waitQMP(ctx); err != nil {
+	err = m.waitQMP(ctx)
+	if err == nil {
+		err = m.waitRestored(ctx)
+	}
+	if err != nil {
 		_ = m.Kill()
 		<-m.exited
 		m.mu.Lock()

@@ -1,0 +1,189 @@
+package qemu_test
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/openshell/openshell/internal/testenv"
+	"github.com/openshell/openshell/vmm"
+	"github.com/openshell/openshell/vmm/channel"
+	"github.com/openshell/openshell/vmm/qemu"
+)
+
+// echoOnce dials the guest's echo port and checks one line comes back.
+func echoOnce(t *testing.T, ctx context.Context, m *qemu.Machine, msg string) {
+	t.Helper()
+	dctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	c, err := m.Host().Dial(dctx, echoPort)
+	if err != nil {
+		t.Fatalf("host→guest dial: %v\nconsole:\n%s", err, m.ConsoleTail(4096))
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(30 * time.Second))
+	if _, err := io.WriteString(c, msg+"\n"); err != nil {
+		t.Fatal(err)
+	}
+	got, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil || got != msg+"\n" {
+		t.Fatalf("echo %q: got %q, %v\nconsole:\n%s", msg, got, err, m.ConsoleTail(4096))
+	}
+}
+
+// bootServing starts m and waits for the test guest's answer on PortBootstrap; the
+// returned conn is the guest's (it powers off when told "bye" or when it ends).
+func bootServing(t *testing.T, ctx context.Context, m *qemu.Machine) io.ReadWriteCloser {
+	t.Helper()
+	if err := m.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	ln, err := m.Host().Listen(channel.PortBootstrap)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	actx, cancel := context.WithTimeout(ctx, bootTimeout)
+	defer cancel()
+	c, err := channel.Accept(actx, ln)
+	if err != nil {
+		t.Fatalf("no answer from guest: %v\nconsole:\n%s", err, m.ConsoleTail(4096))
+	}
+	t.Cleanup(func() { c.Close() })
+	_ = c.SetReadDeadline(time.Now().Add(bootTimeout))
+	if _, err := bufio.NewReader(c).ReadString('\n'); err != nil {
+		t.Fatalf("read answer: %v", err)
+	}
+	return c
+}
+
+// TestSaveRestore saves a running guest (virtio-serial channel), ends its QEMU and
+// restores it in a new one: the same guest program goes on (its connection to the old
+// host end is gone, which it notices and reports on the console), the host can reach
+// it again, and the restore is much faster than the boot.
+func TestSaveRestore(t *testing.T) {
+	_, _, image := requireVM(t)
+	ctx := t.Context()
+	data := writableDisk(t)
+	cfg := baseConfig(t, "save", vmm.Disk{Path: image, ReadOnly: true}, vmm.Disk{Path: data})
+	m := newMachine(t, cfg, qemu.WithTransport(channel.TransportVirtioSerial))
+	bootStart := time.Now()
+	bootServing(t, ctx, m)
+	echoOnce(t, ctx, m, "before-save")
+	boot := time.Since(bootStart)
+
+	state := filepath.Join(shortStateDir(t), "vm.state")
+	saveStart := time.Now()
+	if err := m.Save(ctx, state); err != nil {
+		t.Fatalf("save: %v\nqemu log: %s", err, m.ConsoleTail(2048))
+	}
+	saveTook := time.Since(saveStart)
+	if st, err := m.Status(ctx); err != nil || (st != "postmigrate" && st != "paused") {
+		t.Fatalf("QEMU state after save = %q, %v; want paused (postmigrate)", st, err)
+	}
+	fi, err := os.Stat(state)
+	if err != nil || fi.Size() < 1<<20 {
+		t.Fatalf("state file: %v (size %v), want at least 1 MiB of guest memory", err, fi)
+	}
+	if _, err := os.Stat(state + ".part"); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("partial state file left behind: %v", err)
+	}
+	_ = m.Kill()
+	<-m.Exited()
+
+	rcfg := cfg
+	rcfg.Name = "restore"
+	rcfg.StateDir = shortStateDir(t)
+	rcfg.ConsoleLog = ""
+	rcfg.RestoreFrom = state
+	r := newMachine(t, rcfg, qemu.WithTransport(channel.TransportVirtioSerial))
+	restoreStart := time.Now()
+	if err := r.Start(ctx); err != nil {
+		t.Fatalf("restore: %v", err)
+	}
+	if st, err := r.Status(ctx); err != nil || st != "paused" {
+		t.Fatalf("restored QEMU state = %q, %v; want paused until Resume", st, err)
+	}
+	if err := r.Resume(ctx); err != nil {
+		t.Fatal(err)
+	}
+	echoOnce(t, ctx, r, "after-restore")
+	restore := time.Since(restoreStart)
+	t.Logf("boot→echo %s; save %s (%d MiB file); restore→echo %s (%.2f× the boot)",
+		boot.Round(time.Millisecond), saveTook.Round(time.Millisecond), fi.Size()>>20, restore.Round(time.Millisecond), restore.Seconds()/boot.Seconds())
+	// The program that answered at boot runs on: its bootstrap connection (to the old
+	// host end) ends, it says so and returns, and init powers the guest off.
+	wctx, cancel := context.WithTimeout(ctx, bootTimeout)
+	defer cancel()
+	if err := r.Wait(wctx); err != nil {
+		t.Fatalf("restored guest did not power off cleanly: %v\nconsole:\n%s", err, r.ConsoleTail(4096))
+	}
+	if con := r.ConsoleTail(1 << 16); !strings.Contains(con, `expected bye, got ""`) {
+		t.Fatalf("restored guest's console lacks the old program's end (a fresh boot?):\n%s", con)
+	}
+	if strings.Contains(r.ConsoleTail(1<<16), "kernel modules loaded") {
+		t.Fatalf("restored guest booted again instead of continuing:\n%s", r.ConsoleTail(4096))
+	}
+	if restore > boot {
+		t.Fatalf("restore→echo %s is slower than boot→echo %s", restore, boot)
+	}
+}
+
+// TestSaveThenContinue saves a guest and lets the same QEMU go on (a snapshot of a
+// running machine): the guest keeps serving after Resume.
+func TestSaveThenContinue(t *testing.T) {
+	_, _, image := requireVM(t)
+	ctx := t.Context()
+	cfg := baseConfig(t, "savecont", vmm.Disk{Path: image, ReadOnly: true}, vmm.Disk{Path: writableDisk(t)})
+	m := newMachine(t, cfg, qemu.WithTransport(channel.TransportVirtioSerial))
+	bootServing(t, ctx, m)
+	state := filepath.Join(shortStateDir(t), "vm.state")
+	if err := m.Save(ctx, state); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Resume(ctx); err != nil {
+		t.Fatal(err)
+	}
+	echoOnce(t, ctx, m, "after-continue")
+	if st, err := m.Status(ctx); err != nil || st != "running" {
+		t.Fatalf("state after resume = %q, %v", st, err)
+	}
+}
+
+// TestSaveRefused: what QEMU cannot migrate is refused before the guest is touched,
+// naming the device and the fix; a bad path is refused too.
+func TestSaveRefused(t *testing.T) {
+	_, _, image := requireVM(t)
+	_, err := channel.FindVsockBackend()
+	testenv.Require(t, err == nil, fmt.Sprint(err))
+	ctx := t.Context()
+	cfg := baseConfig(t, "nosave", vmm.Disk{Path: image, ReadOnly: true}, vmm.Disk{Path: writableDisk(t)})
+	m := newMachine(t, cfg, qemu.WithTransport(channel.TransportVhostUserVsock))
+	bootServing(t, ctx, m)
+	err = m.Save(ctx, filepath.Join(shortStateDir(t), "vm.state"))
+	if !errors.Is(err, vmm.ErrCannotSave) || !strings.Contains(err.Error(), "virtio-serial") {
+		t.Fatalf("save over vhost-user-vsock: %v; want ErrCannotSave naming virtio-serial", err)
+	}
+	if st, err := m.Status(ctx); err != nil || st != "running" {
+		t.Fatalf("guest state after a refused save = %q, %v; want running", st, err)
+	}
+	if err := m.Save(ctx, "relative/vm.state"); err == nil || !strings.Contains(err.Error(), "absolute") {
+		t.Fatalf("relative path: %v", err)
+	}
+	// A restore from a file that is not there is refused at Start, naming the field.
+	rcfg := cfg
+	rcfg.StateDir = shortStateDir(t)
+	rcfg.ConsoleLog = ""
+	rcfg.RestoreFrom = filepath.Join(rcfg.StateDir, "missing.state")
+	r := newMachine(t, rcfg, qemu.WithTransport(channel.TransportVirtioSerial))
+	if err := r.Start(ctx); err == nil || !strings.Contains(err.Error(), "RestoreFrom") {
+		t.Fatalf("restore from a missing file: %v", err)
+	}
+}
