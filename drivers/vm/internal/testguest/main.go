@@ -6,7 +6,8 @@
 // "poweroff" (clean guest power-off) or to close (it then reconnects, as a supervisor
 // does after a gateway restart). It remembers the previous boot on the overlay root.
 // With the command "exec-echo" it also serves ExecEchoPort (see exececho.go), the
-// baseline of the exec benchmark. With "probe-gateway ID TOKEN" it attacks a real
+// baseline of the exec benchmark; with "xfer" it serves XferPort (xfer.go), the raw
+// channel leg of the transfer benchmark. With "probe-gateway ID TOKEN" it attacks a real
 // gateway through the runner (gatewayprobe.go), prints the outcomes and waits. With the command "probe-channel" it first tries, as an agent would, what the runner
 // must refuse on its channel ports (see probe.go) and reports the outcomes.
 package main
@@ -71,6 +72,12 @@ func run() int {
 	if len(cfg.Main.Command) > 0 && cfg.Main.Command[0] == "exec-echo" {
 		if err := serveExecEcho(); err != nil {
 			fmt.Fprintln(os.Stderr, "testguest: exec-echo:", err)
+			return 1
+		}
+	}
+	if len(cfg.Main.Command) > 0 && cfg.Main.Command[0] == "xfer" {
+		if err := serveXfer(); err != nil {
+			fmt.Fprintln(os.Stderr, "testguest: xfer:", err)
 			return 1
 		}
 	}
