@@ -35,6 +35,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/openshell/openshell/gateway/config"
+	"github.com/openshell/openshell/gateway/daemon"
 	"github.com/openshell/openshell/gateway/pki"
 	"github.com/openshell/openshell/gateway/secrets"
 	"github.com/openshell/openshell/gateway/token"
@@ -276,6 +277,19 @@ func TestRenderDefault(t *testing.T) {
 		if tbl[k] != v {
 			t.Errorf("[drivers.kubernetes] %s = %v, want %s", k, tbl[k], v)
 		}
+	}
+
+	// The sandboxes dial the Service by name: the server certificate must carry it.
+	if err := cfg.Validate(); err != nil {
+		t.Errorf("gateway config from the ConfigMap does not validate: %v", err)
+	}
+	for _, h := range []string{"gw-openshell", "gw-openshell.team-a.svc", "gw-openshell.team-a.svc.cluster.local"} {
+		if !slices.Contains(cfg.TLSHosts, h) {
+			t.Errorf("tls_hosts %q lacks %s, which sandboxes and clients dial", cfg.TLSHosts, h)
+		}
+	}
+	if hosts := daemon.CertHosts(cfg); !slices.Contains(hosts, "gw-openshell.team-a.svc") {
+		t.Errorf("the gateway's certificate hosts %q lack the Service name", hosts)
 	}
 
 	checkPKISecret(t, find(t, objs, "Secret", "gw-openshell-pki"))

@@ -17,6 +17,7 @@ import (
 	"github.com/BurntSushi/toml"
 	"github.com/spf13/pflag"
 
+	"github.com/openshell/openshell/gateway/pki"
 	"github.com/openshell/openshell/gateway/replica"
 	"github.com/openshell/openshell/gateway/store"
 	"github.com/openshell/openshell/internal/rundir"
@@ -67,6 +68,10 @@ type Config struct {
 	ReplicaID            string `toml:"replica_id"`
 	PeerAddress          string `toml:"peer_address"`
 	PeerAdvertiseAddress string `toml:"peer_advertise_address"`
+	// TLSHosts are more names (DNS names or IPs) the gateway's server certificate
+	// carries, for clients that reach it by a name it cannot know, such as its
+	// Kubernetes Service.
+	TLSHosts []string `toml:"tls_hosts"`
 	// ConfigFile is the TOML file the rest was read from ("" = none).
 	ConfigFile string `toml:"-"`
 	// DriverTables holds the `[drivers.<name>]` tables, passed verbatim to the driver.
@@ -98,6 +103,7 @@ var Settings = []Setting{
 	{"socket-group", "OPENSHELL_SOCKET_GROUP", "socket_group", "group (name or gid) whose members may use the Unix socket as administrators; makes it 0660 (default: owner and root only, 0600)"},
 	{"peer-address", "OPENSHELL_PEER_ADDRESS", "peer_address", "several replicas on one database: host:port where this replica's peer service listens for the others (mTLS with the gateway certificate; empty = a single gateway)"},
 	{"peer-advertise-address", "OPENSHELL_PEER_ADVERTISE_ADDRESS", "peer_advertise_address", "host:port the other replicas dial to reach this one (default: --peer-address; required when that listens on 0.0.0.0; in Kubernetes the pod IP)"},
+	{"tls-hosts", "OPENSHELL_TLS_HOSTS", "tls_hosts", "more DNS names or IP addresses for the gateway's server certificate, comma-separated (e.g. its Kubernetes Service name; the host name and bind address are always in it)"},
 	{"replica-id", "OPENSHELL_REPLICA_ID", "replica_id", "this replica's name among several on one database (default: the host name; in Kubernetes the pod name)"},
 }
 
@@ -272,6 +278,8 @@ func applyFrom(dst, src *Config, key string) {
 		dst.PeerAddress = src.PeerAddress
 	case "peer_advertise_address":
 		dst.PeerAdvertiseAddress = src.PeerAdvertiseAddress
+	case "tls_hosts":
+		dst.TLSHosts = src.TLSHosts
 	}
 }
 
@@ -332,6 +340,12 @@ func setString(c *Config, key, v string) error {
 			tmp.PeerAddress = v
 		case "peer_advertise_address":
 			tmp.PeerAdvertiseAddress = v
+		case "tls_hosts":
+			for _, h := range strings.Split(v, ",") {
+				if h = strings.TrimSpace(h); h != "" {
+					tmp.TLSHosts = append(tmp.TLSHosts, h)
+				}
+			}
 		default:
 			return fmt.Errorf("unknown setting %q", key)
 		}
@@ -384,6 +398,11 @@ func (c *Config) Validate() error {
 	}
 	if u := c.DatabaseURL; u != "" && !strings.HasPrefix(u, "postgres://") && !strings.HasPrefix(u, "postgresql://") && !strings.Contains(u, "=") {
 		errs = append(errs, fmt.Errorf("database_url must be a PostgreSQL DSN (postgres://user:pass@host/db or host=... dbname=...); leave it empty for the embedded SQLite database"))
+	}
+	for _, h := range c.TLSHosts {
+		if err := pki.CheckHost(h); err != nil {
+			errs = append(errs, fmt.Errorf("tls_hosts: %w", err))
+		}
 	}
 	errs = append(errs, c.validateSocket()...)
 	errs = append(errs, c.validatePeer()...)

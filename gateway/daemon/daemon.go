@@ -53,7 +53,7 @@ func CertHosts(cfg *config.Config) []string {
 	if h, err := os.Hostname(); err == nil && h != "" {
 		hosts = append(hosts, strings.ToLower(h))
 	}
-	return hosts
+	return append(hosts, cfg.TLSHosts...)
 }
 
 // EnsureCerts creates (or reuses) the gateway PKI in the state directory.

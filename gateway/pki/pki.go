@@ -267,6 +267,15 @@ func checkCA(c *x509.Certificate) error {
 	return nil
 }
 
+// CheckHost says whether h can name the gateway in its server certificate: a DNS
+// name or an IP address, without port or scheme.
+func CheckHost(h string) error {
+	if h == "" || strings.ContainsAny(h, " /:,") && net.ParseIP(h) == nil {
+		return fmt.Errorf("host %q is neither a DNS name nor an IP address; pass host names without port or scheme", h)
+	}
+	return nil
+}
+
 func normalizeHosts(hosts []string) ([]string, error) {
 	out := slices.Clone(DefaultHosts)
 	for _, h := range hosts {
@@ -275,8 +284,8 @@ func normalizeHosts(hosts []string) ([]string, error) {
 		if h == "" {
 			continue
 		}
-		if strings.ContainsAny(h, " /:") && net.ParseIP(h) == nil {
-			return nil, fmt.Errorf("pki: host %q is neither a DNS name nor an IP address; pass host names without port or scheme", h)
+		if err := CheckHost(h); err != nil {
+			return nil, fmt.Errorf("pki: %w", err)
 		}
 		if ip := net.ParseIP(h); ip != nil {
 			h = ip.String()

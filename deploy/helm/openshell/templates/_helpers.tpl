@@ -37,7 +37,10 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- end -}}
 
 {{/* The [drivers.kubernetes] table: computed defaults, then driver.config on top. */}}
-{{- define "openshell.driverTable" -}}
+{{- /* The gateway's config.toml: the Service's names for its server certificate (a
+client or a sandbox reaching it as <service>.<namespace>.svc must find that name in
+it), and the Kubernetes driver's table. */ -}}
+{{- define "openshell.config" -}}
 {{- $svc := include "openshell.fullname" . -}}
 {{- $t := dict
   "namespace" (include "openshell.sandboxNamespace" .)
@@ -51,7 +54,11 @@ that name to the Service's fixed ClusterIP, so no cluster DNS is needed either. 
 {{- else -}}
 {{- $_ := set $t "gateway_endpoint" (default (printf "https://%s.%s.svc:%d" $svc .Release.Namespace (int .Values.service.port)) .Values.driver.gatewayEndpoint) -}}
 {{- end -}}
-{{- toToml (dict "drivers" (dict "kubernetes" (mergeOverwrite $t (deepCopy .Values.driver.config)))) -}}
+{{- $hosts := list $svc (printf "%s.%s" $svc .Release.Namespace) (printf "%s.%s.svc" $svc .Release.Namespace) (printf "%s.%s.svc.cluster.local" $svc .Release.Namespace) -}}
+{{- if .Values.service.clusterIP -}}
+{{- $hosts = append $hosts .Values.service.clusterIP -}}
+{{- end -}}
+{{- toToml (dict "tls_hosts" $hosts "drivers" (dict "kubernetes" (mergeOverwrite $t (deepCopy .Values.driver.config)))) -}}
 {{- end -}}
 
 {{/* Refuse values that cannot work, naming the key and the fix. */}}
