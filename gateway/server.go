@@ -392,6 +392,7 @@ func (s *Server) viewOwned(r *record, sb *openshellv1.Sandbox) *openshellv1.Sand
 		st.AgentPod = r.backend.GetInstanceId()
 		st.AgentFd = r.backend.GetAgentFd()
 		st.SandboxFd = r.backend.GetSandboxFd()
+		st.FromPool = r.backend.GetFromPool()
 		if n := r.backend.GetSandboxName(); n != "" {
 			st.SandboxName = n
 		}

@@ -867,8 +867,11 @@ type DriverSandboxStatus struct {
 	// Project field: the steps of the last create (or start) so far, in order
 	// (the VM driver: image, disk, runner, vmm, firmware, kernel, init, bootstrap).
 	CreateTimeline []*datamodelv1.TimelineStep `protobuf:"bytes,1000,rep,name=create_timeline,json=createTimeline,proto3" json:"create_timeline,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// Project field: the warm pool whose pre-booted VM this sandbox took ("" = it was
+	// booted for this sandbox).
+	FromPool      string `protobuf:"bytes,1001,opt,name=from_pool,json=fromPool,proto3" json:"from_pool,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *DriverSandboxStatus) Reset() {
@@ -948,6 +951,13 @@ func (x *DriverSandboxStatus) GetCreateTimeline() []*datamodelv1.TimelineStep {
 		return x.CreateTimeline
 	}
 	return nil
+}
+
+func (x *DriverSandboxStatus) GetFromPool() string {
+	if x != nil {
+		return x.FromPool
+	}
+	return ""
 }
 
 type DriverCondition struct {
@@ -2225,7 +2235,7 @@ const file_compute_driver_proto_rawDesc = "" +
 	"cpuRequest\x12\x1b\n" +
 	"\tcpu_limit\x18\x02 \x01(\tR\bcpuLimit\x12%\n" +
 	"\x0ememory_request\x18\x03 \x01(\tR\rmemoryRequest\x12!\n" +
-	"\fmemory_limit\x18\x04 \x01(\tR\vmemoryLimit\"\xc6\x02\n" +
+	"\fmemory_limit\x18\x04 \x01(\tR\vmemoryLimit\"\xe4\x02\n" +
 	"\x13DriverSandboxStatus\x12!\n" +
 	"\fsandbox_name\x18\x01 \x01(\tR\vsandboxName\x12\x1f\n" +
 	"\vinstance_id\x18\x02 \x01(\tR\n" +
@@ -2237,7 +2247,8 @@ const file_compute_driver_proto_rawDesc = "" +
 	"conditions\x18\x05 \x03(\v2%.openshell.compute.v1.DriverConditionR\n" +
 	"conditions\x12\x1a\n" +
 	"\bdeleting\x18\x06 \x01(\bR\bdeleting\x12N\n" +
-	"\x0fcreate_timeline\x18\xe8\a \x03(\v2$.openshell.datamodel.v1.TimelineStepR\x0ecreateTimeline\"\xa1\x01\n" +
+	"\x0fcreate_timeline\x18\xe8\a \x03(\v2$.openshell.datamodel.v1.TimelineStepR\x0ecreateTimeline\x12\x1c\n" +
+	"\tfrom_pool\x18\xe9\a \x01(\tR\bfromPool\"\xa1\x01\n" +
 	"\x0fDriverCondition\x12\x12\n" +
 	"\x04type\x18\x01 \x01(\tR\x04type\x12\x16\n" +
 	"\x06status\x18\x02 \x01(\tR\x06status\x12\x16\n" +

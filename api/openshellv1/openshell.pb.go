@@ -901,8 +901,11 @@ type SandboxStatus struct {
 	// Project field: when each step of the create ended, from the gateway's receipt
 	// through the driver's steps to the live session ("ready"); kept once Ready.
 	CreateTimeline []*datamodelv1.TimelineStep `protobuf:"bytes,1000,rep,name=create_timeline,json=createTimeline,proto3" json:"create_timeline,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// Project field: the warm pool whose pre-booted VM this sandbox took ("" = none),
+	// from the driver's DriverSandboxStatus.from_pool.
+	FromPool      string `protobuf:"bytes,1001,opt,name=from_pool,json=fromPool,proto3" json:"from_pool,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *SandboxStatus) Reset() {
@@ -1003,6 +1006,13 @@ func (x *SandboxStatus) GetCreateTimeline() []*datamodelv1.TimelineStep {
 		return x.CreateTimeline
 	}
 	return nil
+}
+
+func (x *SandboxStatus) GetFromPool() string {
+	if x != nil {
+		return x.FromPool
+	}
+	return ""
 }
 
 type SandboxCondition struct {
@@ -12185,7 +12195,7 @@ const file_openshell_proto_rawDesc = "" +
 	"\x03gpu\x18\x01 \x01(\v2%.openshell.v1.GpuResourceRequirementsR\x03gpu\">\n" +
 	"\x17GpuResourceRequirements\x12\x19\n" +
 	"\x05count\x18\x01 \x01(\rH\x00R\x05count\x88\x01\x01B\b\n" +
-	"\x06_count\"\xea\x03\n" +
+	"\x06_count\"\x88\x04\n" +
 	"\rSandboxStatus\x12!\n" +
 	"\fsandbox_name\x18\x01 \x01(\tR\vsandboxName\x12\x1b\n" +
 	"\tagent_pod\x18\x02 \x01(\tR\bagentPod\x12\x19\n" +
@@ -12199,7 +12209,8 @@ const file_openshell_proto_rawDesc = "" +
 	"\x16current_policy_version\x18\a \x01(\rR\x14currentPolicyVersion\x127\n" +
 	"\x18main_process_instance_id\x18\b \x01(\tR\x15mainProcessInstanceId\x12 \n" +
 	"\texit_code\x18\t \x01(\x05H\x00R\bexitCode\x88\x01\x01\x12N\n" +
-	"\x0fcreate_timeline\x18\xe8\a \x03(\v2$.openshell.datamodel.v1.TimelineStepR\x0ecreateTimelineB\f\n" +
+	"\x0fcreate_timeline\x18\xe8\a \x03(\v2$.openshell.datamodel.v1.TimelineStepR\x0ecreateTimeline\x12\x1c\n" +
+	"\tfrom_pool\x18\xe9\a \x01(\tR\bfromPoolB\f\n" +
 	"\n" +
 	"_exit_code\"\xa2\x01\n" +
 	"\x10SandboxCondition\x12\x12\n" +

@@ -91,6 +91,14 @@ func parse(name string, args []string, stderr io.Writer) (*flags, error) {
 	fs.StringVar(&c.RunnerKeyFile, "runner-key-file", "", "the gateway's runner key: runners derive their sandbox's credential for provider values from it (set by the gateway)")
 	fs.IntVar(&c.GPUMaxSandboxes, "gpu-max-sandboxes", 0, "at most this many sandboxes of the host hold passed-through GPUs at once (0 = no cap)")
 	fs.StringVar(&c.GPUStateDir, "gpu-state-dir", "", "host-wide GPU lock and journal of devices moved to vfio-pci (default /var/lib/openshell/gpu)")
+	fs.Func("pools", `warm pools as JSON, by name: {"small":{"size":2,"image":"…","cpus":1,"memory_mib":512,"disk_size":"2Gi"}} (the gateway passes [drivers.vm.pools.NAME])`, func(s string) error {
+		dec := json.NewDecoder(strings.NewReader(s))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&c.Pools); err != nil {
+			return fmt.Errorf("pools: %w (keys of a pool: size, image, cpus, memory_mib, disk_size)", err)
+		}
+		return nil
+	})
 	resume := true
 	fs.BoolVar(&resume, "resume-after-host-reboot", true, "start sandboxes that a host reboot cut off again when the driver starts (false: they stay failed until `sandbox start`)")
 	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")

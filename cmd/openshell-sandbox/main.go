@@ -228,7 +228,9 @@ func fetchOnce(ctx context.Context) (*bootstrap.Config, wire.Secret, error) {
 		return nil, secret, err
 	}
 	defer conn.Close()
-	conn.SetDeadline(time.Now().Add(30 * time.Second))
+	// No deadline on the document: the runner of a warm pool's VM holds this
+	// connection open until a sandbox claims the VM, which may be hours away. A runner
+	// that goes away closes the connection, and the fetch is tried again.
 	cfg, err := bootstrap.Read(conn)
 	if err != nil {
 		return nil, secret, err

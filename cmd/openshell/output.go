@@ -144,6 +144,9 @@ func printSandboxDetail(w io.Writer, sb *openshellv1.Sandbox) error {
 		row("Labels", strings.Join(ls, ","))
 	}
 	row("Instance", st.GetAgentPod())
+	if p := st.GetFromPool(); p != "" {
+		row("From pool", p+" (a pre-booted VM)")
+	}
 	if st.ExitCode != nil {
 		row("Exit code", fmt.Sprint(st.GetExitCode()))
 	}

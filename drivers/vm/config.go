@@ -8,11 +8,14 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"regexp"
+	"sort"
 	"strconv"
 	"time"
 
 	"github.com/openshell/openshell/drivers/vm/internal/quantity"
 	"github.com/openshell/openshell/drivers/vm/internal/state"
+	"github.com/openshell/openshell/images"
 	"github.com/openshell/openshell/internal/hostcred"
 	"github.com/openshell/openshell/vmm/backends"
 )
@@ -100,6 +103,69 @@ type Config struct {
 	GPUSysfs string `json:"gpu_sysfs,omitempty"`
 	// GPUWrite stands in for the kernel's sysfs writes in tests (nil = the real ones).
 	GPUWrite func(path string, data []byte) error `json:"-"`
+
+	// Pools are warm pools of VMs booted ahead of time, by name (`[drivers.vm.pools.NAME]`
+	// in the gateway config, --pools on the driver): a create whose image, cpus,
+	// memory and disk size match a pool takes one of its VMs (see pool.go).
+	Pools map[string]PoolConfig `json:"pools,omitempty"`
+}
+
+// PoolConfig is one warm pool: Size VMs of this shape kept booted and waiting.
+type PoolConfig struct {
+	// Size is how many idle VMs the pool keeps (0 = none, the pool is off).
+	Size int `json:"size"`
+	// Image is the sandbox image ("" = default_image).
+	Image string `json:"image,omitempty"`
+	// CPUs, MemoryMiB and DiskSize are the VM's shape (0/"" = the driver's defaults).
+	CPUs      int    `json:"cpus,omitempty"`
+	MemoryMiB int    `json:"memory_mib,omitempty"`
+	DiskSize  string `json:"disk_size,omitempty"`
+}
+
+// poolName is what a pool may be called (it is part of its VMs' ids).
+var poolName = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,31}$`)
+
+// validatePools names each bad pool field and its fix.
+func (c Config) validatePools() []error {
+	var errs []error
+	names := make([]string, 0, len(c.Pools))
+	for n := range c.Pools {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		p := c.Pools[n]
+		f := "pools." + n
+		if !poolName.MatchString(n) {
+			errs = append(errs, fmt.Errorf("%s: pool name %q: use 1-32 lowercase letters, digits or '-', starting with a letter or digit", f, n))
+		}
+		if p.Size < 0 || p.Size > 64 {
+			errs = append(errs, fmt.Errorf("%s.size %d: use 0 (pool off) to 64", f, p.Size))
+		}
+		if p.CPUs < 0 || p.CPUs > 256 {
+			errs = append(errs, fmt.Errorf("%s.cpus %d: use 1..256 (or leave it out for cpus = %d)", f, p.CPUs, c.CPUs))
+		}
+		if p.MemoryMiB != 0 && p.MemoryMiB < 128 {
+			errs = append(errs, fmt.Errorf("%s.memory_mib %d: too small for a VM: use at least 128 (or leave it out for memory_mib = %d)", f, p.MemoryMiB, c.MemoryMiB))
+		}
+		if p.DiskSize != "" {
+			if _, err := diskBytes(p.DiskSize); err != nil {
+				errs = append(errs, fmt.Errorf("%s.disk_size: %w", f, err))
+			}
+		}
+		img := p.Image
+		if img == "" {
+			img = c.DefaultImage
+		}
+		if ref, err := images.ParseReference(img); err != nil {
+			errs = append(errs, fmt.Errorf("%s.image: %w", f, err))
+		} else if ref.Transport == images.TransportOCILayout {
+			if _, err := os.Stat(filepath.Join(ref.Path, "index.json")); err != nil {
+				errs = append(errs, fmt.Errorf("%s.image %q: unknown image: no OCI layout at %s: build it (scripts/build-base-image.sh for the base image) or name an image you have", f, img, ref.Path))
+			}
+		}
+	}
+	return errs
 }
 
 // resumeAfterHostReboot is the effective ResumeAfterHostReboot (default true).
@@ -232,6 +298,7 @@ func (c Config) Validate() error {
 			errs = append(errs, fmt.Errorf("runner_key_file (--runner-key-file): %w", err))
 		}
 	}
+	errs = append(errs, c.validatePools()...)
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("vm driver config: %w", err)
 	}

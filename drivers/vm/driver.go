@@ -73,6 +73,7 @@ type sandbox struct {
 	monCancel   context.CancelFunc
 	monDone     chan struct{}
 	exited      chan struct{} // closed when the current runner is gone
+	pool        string        // the warm pool its VM was claimed from ("" = booted for it)
 }
 
 func (s *sandbox) setPhase(p phase, reason, msg string) {
@@ -94,6 +95,8 @@ type Driver struct {
 
 	lock *os.File // flock on <StateDir>/driver.lock: one driver per state dir
 	gpus gpuHeld  // passed-through devices per sandbox
+	// pools are the warm pools (pool.go).
+	pools *pools
 
 	// bootID is the host's boot id ("" when unknown): recorded with every runner
 	// started, compared on adoption to tell a host reboot from a killed runner.
@@ -141,8 +144,10 @@ func New(cfg Config, log *slog.Logger) (*Driver, error) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	d := &Driver{cfg: cfg, log: log, hub: newHub(log), ctx: ctx, cancel: cancel, sandboxes: map[string]*sandbox{}, lock: lock, bootID: bootID}
+	d.pools = newPools(d)
 	d.recoverGPUs()
 	d.adoptAll()
+	d.startPools()
 	return d, nil
 }
 
@@ -188,6 +193,7 @@ func (d *Driver) freeCIDLocked() uint32 {
 	for _, s := range d.sandboxes {
 		used[s.cid] = true
 	}
+	d.pools.cidsLocked(used) // warm pools' VMs too
 	c := uint32(firstCID)
 	for used[c] {
 		c++
@@ -205,6 +211,7 @@ func (d *Driver) snapshot(s *sandbox) *computev1.DriverSandbox {
 		return &computev1.DriverCondition{Type: typ, Status: status, Reason: reason, Message: msg, LastTransitionTime: ts}
 	}
 	st := &computev1.DriverSandboxStatus{SandboxName: s.name, InstanceId: "vm-" + s.id}
+	st.FromPool = s.pool
 	switch s.phase {
 	case phaseProvisioning, phaseBooting:
 		st.Conditions = []*computev1.DriverCondition{cond(drivers.ConditionReady, drivers.StatusFalse, drivers.ReasonStarting, s.msg)}
@@ -345,6 +352,9 @@ func (d *Driver) ValidateCreate(_ context.Context, sb *computev1.DriverSandbox) 
 func (d *Driver) Create(_ context.Context, sb *computev1.DriverSandbox) (retErr error) {
 	res, err := d.resolve(sb)
 	if err != nil {
+		return err
+	}
+	if claimed, err := d.claim(sb, res); claimed || err != nil {
 		return err
 	}
 	id := sb.GetId()
@@ -648,11 +658,22 @@ func (d *Driver) adoptAll() {
 			d.log.Warn("skipping sandbox directory without a usable state record", "dir", dir, "err", err)
 			continue
 		}
-		if state.DirName(rec.SandboxID) != e.Name() {
+		// A warm pool's VM: idle ones go back to their pool; a claimed one is a
+		// sandbox in a directory named after the pool member (pool.go).
+		dirName, fromPool := state.DirName(rec.SandboxID), ""
+		if pr, err := readPoolRecord(dir); err == nil {
+			if pr.ClaimedBy == "" || pr.ClaimedBy != rec.SandboxID {
+				d.adoptMember(dir, rec, pr)
+				continue
+			}
+			dirName, fromPool = state.DirName(pr.Member), pr.Pool
+			defer d.finishClaim(rec.SandboxID)
+		}
+		if dirName != e.Name() {
 			d.log.Warn("skipping sandbox directory whose record names another id", "dir", dir, "record_id", rec.SandboxID)
 			continue
 		}
-		s := &sandbox{id: rec.SandboxID, name: rec.SandboxName, paths: state.PathsFor(dir), cid: rec.CID}
+		s := &sandbox{id: rec.SandboxID, name: rec.SandboxName, paths: state.PathsFor(dir), cid: rec.CID, pool: fromPool}
 		if d.adopt(s, rec) {
 			resume = append(resume, s)
 		}

@@ -2,6 +2,7 @@ package driversel
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -103,7 +104,19 @@ func VMArgs(env DriverEnv, socket, stateDir string, gatewayPID int) ([]string, e
 			args = append(args, "--egress-allow-cidr="+s)
 		}
 	}
-	valid := []string{"binary", "egress_allow_cidr"}
+	// pools is a table of tables ([drivers.vm.pools.NAME]): passed as JSON, which the
+	// driver checks key by key.
+	if v, ok := env.Table["pools"]; ok {
+		if _, ok := v.(map[string]any); !ok {
+			return nil, fmt.Errorf("[drivers.vm] pools: value %v must be a table of pools, e.g. [drivers.vm.pools.small] with size = 2", v)
+		}
+		b, err := json.Marshal(v)
+		if err != nil {
+			return nil, fmt.Errorf("[drivers.vm] pools: %w", err)
+		}
+		args = append(args, "--pools="+string(b))
+	}
+	valid := []string{"binary", "egress_allow_cidr", "pools"}
 	for _, kv := range vmTableFlags {
 		valid = append(valid, kv.key)
 	}

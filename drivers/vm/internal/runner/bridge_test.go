@@ -73,7 +73,8 @@ func TestBridgeDialSandboxSocket(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer tl.Close()
-	gw := &gatewayTarget{sock: sock}
+	gw := &gatewayTarget{}
+	gw.sock.Store(sock)
 	gw.addr.Store(tl.Addr().String())
 
 	back := make(chan net.Listener, 1)

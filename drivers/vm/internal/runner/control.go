@@ -17,6 +17,7 @@ import (
 // Runner states reported on the control socket.
 const (
 	StateBooting  = "booting"  // VMM started, guest has not dialled in yet
+	StatePooled   = "pooled"   // a warm pool's VM: booted, waiting for a sandbox identity (claim.go)
 	StateRunning  = "running"  // guest fetched (and acknowledged) its bootstrap config
 	StateStopping = "stopping" // graceful shutdown in progress
 	StateExited   = "exited"   // VM gone; tombstone written; runner about to exit
@@ -44,6 +45,12 @@ type Status struct {
 	// BadPreamble counts connections to the gateway or egress port refused for not
 	// starting with this boot's instance preamble (not the supervisor).
 	BadPreamble int `json:"bad_preamble,omitempty"`
+	// Pool is the warm pool a pooled VM was booted for; GuestWaiting says its guest's
+	// supervisor has asked for its identity (the bootstrap fetch is held open), so a
+	// claim is served at once; ClaimedAt is when a sandbox claimed it.
+	Pool         string    `json:"pool,omitempty"`
+	GuestWaiting bool      `json:"guest_waiting,omitempty"`
+	ClaimedAt    time.Time `json:"claimed_at,omitzero"`
 }
 
 // statusBox holds the current status and wakes watchers on change.
@@ -79,6 +86,8 @@ type control struct {
 	// setGateway changes where guest gateway sessions are bridged (a restarted
 	// gateway may listen on another port).
 	setGateway func(addr string) error
+	// claim hands a pooled VM its sandbox identity (nil: not a pooled VM).
+	claim func(*Claim) error
 }
 
 func (c *control) handler() http.Handler {
@@ -132,6 +141,26 @@ func (c *control) handler() http.Handler {
 		}
 		if err := c.setGateway(req.Addr); err != nil {
 			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		w.WriteHeader(http.StatusAccepted)
+	})
+	mux.HandleFunc("POST /claim", func(w http.ResponseWriter, r *http.Request) {
+		var cl Claim
+		if err := json.NewDecoder(io.LimitReader(r.Body, maxClaimBytes)).Decode(&cl); err != nil {
+			http.Error(w, "claim: "+err.Error(), http.StatusBadRequest)
+			return
+		}
+		if c.claim == nil {
+			http.Error(w, "claim: this runner's VM is not a pooled one", http.StatusConflict)
+			return
+		}
+		if err := c.claim(&cl); err != nil {
+			code := http.StatusBadRequest
+			if errors.Is(err, errClaimed) {
+				code = http.StatusConflict
+			}
+			http.Error(w, err.Error(), code)
 			return
 		}
 		w.WriteHeader(http.StatusAccepted)

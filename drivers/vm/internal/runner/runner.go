@@ -150,12 +150,12 @@ func Run(ctx context.Context, dir string, o Options) (retErr error) {
 		setReason(ReasonBootFailed, "control socket")
 		return fmt.Errorf("runner: listen on control socket: %w", err)
 	}
-	gw := &gatewayTarget{sock: spec.GatewaySocket()}
+	gw := &gatewayTarget{}
+	gw.sock.Store(spec.GatewaySocket())
 	gw.addr.Store(spec.GatewayAddr)
-	if gw.sock != "" {
-		log.Info("guest sessions are bridged to the gateway's sandbox socket (plaintext gRPC in the guest)", "socket", gw.sock)
-	} else {
-		log.Info("no gateway socket for this sandbox; guest sessions are bridged to the gateway's TCP address (TLS from the guest)", "addr", spec.GatewayAddr)
+	var claims *claimBox
+	if spec.Pool != "" {
+		claims = newClaimBox()
 	}
 	ctl := &control{
 		box: box,
@@ -166,10 +166,10 @@ func Run(ctx context.Context, dir string, o Options) (retErr error) {
 			old := gw.addr.Swap(addr)
 			switch {
 			case old == addr:
-			case gw.sock != "":
+			case gw.socket() != "":
 				// A restarted gateway re-creates the socket at the same path; its TCP
 				// address does not matter to this runner.
-				log.Info("gateway address changed; this runner keeps using the sandbox socket", "old", old, "new", addr, "socket", gw.sock)
+				log.Info("gateway address changed; this runner keeps using the sandbox socket", "old", old, "new", addr, "socket", gw.socket())
 			default:
 				log.Info("gateway address changed; new guest sessions go there", "old", old, "new", addr)
 			}
@@ -177,6 +177,9 @@ func Run(ctx context.Context, dir string, o Options) (retErr error) {
 		},
 		stop: func() { stopOnce.Do(func() { close(stopReq) }) },
 		kill: func() { killOnce.Do(func() { close(killReq) }) },
+	}
+	if claims != nil {
+		ctl.claim = claims.take
 	}
 	srv := &http.Server{Handler: ctl.handler(), ReadHeaderTimeout: 10 * time.Second}
 	go srv.Serve(cl)
@@ -250,37 +253,66 @@ func Run(ctx context.Context, dir string, o Options) (retErr error) {
 		}
 		lns = append(lns, l)
 	}
-	// A new boot, a new instance secret: it reaches the guest only in the bootstrap
-	// document (never runner.json) and admits the guest's gateway and egress streams.
-	secret, err := newInstanceSecret()
-	if err != nil {
-		setReason(ReasonBootFailed, "instance secret")
-		return err
+	// serve starts what belongs to the sandbox: the instance secret, the gateway
+	// bridge, the egress relay and the bootstrap document. A pooled VM has none until
+	// it is claimed.
+	var stopEgress func()
+	defer func() {
+		if stopEgress != nil {
+			stopEgress()
+		}
+	}()
+	serve := func() error {
+		if gw.socket() != "" {
+			log.Info("guest sessions are bridged to the gateway's sandbox socket (plaintext gRPC in the guest)", "socket", gw.socket())
+		} else {
+			log.Info("no gateway socket for this sandbox; guest sessions are bridged to the gateway's TCP address (TLS from the guest)", "addr", spec.GatewayAddr)
+		}
+		// A new boot, a new instance secret: it reaches the guest only in the bootstrap
+		// document (never runner.json) and admits the guest's gateway and egress streams.
+		secret, err := newInstanceSecret()
+		if err != nil {
+			setReason(ReasonBootFailed, "instance secret")
+			return err
+		}
+		boot := spec.Bootstrap
+		boot.InstanceSecret = secret.String()
+		bootDoc, err := json.Marshal(boot)
+		if err != nil {
+			setReason(ReasonBootFailed, "bootstrap config")
+			return fmt.Errorf("runner: encode bootstrap config: %w", err)
+		}
+		limits := spec.Limits.WithDefaults()
+		gwGate := &gate{port: "gateway", limit: limits.GatewayStreams, secret: secret, box: box, log: log,
+			refused: func(s *Status) { s.GatewayRefused++ }}
+		egGate := &gate{port: "egress", limit: limits.EgressStreams, secret: secret, box: box, log: log,
+			refused: func(s *Status) { s.EgressRefused++ }}
+		lns[1], lns[2] = gwGate.listen(lns[1]), egGate.listen(lns[2])
+		// The guest's egress is re-checked here against the sandbox's network policy,
+		// which the runner polls from the gateway (fail closed until it is known).
+		if stopEgress, err = startEgress(ctx, lns[2], spec, gw, log); err != nil {
+			setReason(ReasonBootFailed, "cannot serve the guest's egress with the policy check")
+			return err
+		}
+		wg.Add(2)
+		go func() { defer wg.Done(); serveBootstrapOnce(lns[0], bootDoc, box, log) }()
+		go func() { defer wg.Done(); serveGateway(lns[1], gw, box, log) }()
+		return nil
 	}
-	boot := spec.Bootstrap
-	boot.InstanceSecret = secret.String()
-	bootDoc, err := json.Marshal(boot)
-	if err != nil {
-		setReason(ReasonBootFailed, "bootstrap config")
-		return fmt.Errorf("runner: encode bootstrap config: %w", err)
+	var claimCh chan *Claim
+	if claims == nil {
+		if err := serve(); err != nil {
+			return err
+		}
+	} else {
+		claimCh = claims.ch
+		lns[0] = newHoldingListener(lns[0], func() {
+			box.update(func(s *Status) { s.GuestWaiting = true })
+			log.Info("pooled VM: the guest waits for its identity", "pool", spec.Pool)
+		})
+		box.update(func(s *Status) { s.State, s.Pool = StatePooled, spec.Pool })
+		log.Info("pooled VM booting; it serves no sandbox until claimed", "pool", spec.Pool)
 	}
-	limits := spec.Limits.WithDefaults()
-	gwGate := &gate{port: "gateway", limit: limits.GatewayStreams, secret: secret, box: box, log: log,
-		refused: func(s *Status) { s.GatewayRefused++ }}
-	egGate := &gate{port: "egress", limit: limits.EgressStreams, secret: secret, box: box, log: log,
-		refused: func(s *Status) { s.EgressRefused++ }}
-	lns[1], lns[2] = gwGate.listen(lns[1]), egGate.listen(lns[2])
-	// The guest's egress is re-checked here against the sandbox's network policy,
-	// which the runner polls from the gateway (fail closed until it is known).
-	stopEgress, err := startEgress(ctx, lns[2], spec, gw, log)
-	if err != nil {
-		setReason(ReasonBootFailed, "cannot serve the guest's egress with the policy check")
-		return err
-	}
-	defer stopEgress()
-	wg.Add(2)
-	go func() { defer wg.Done(); serveBootstrapOnce(lns[0], bootDoc, box, log) }()
-	go func() { defer wg.Done(); serveGateway(lns[1], gw, box, log) }()
 
 	exited := make(chan error, 1)
 	go func() { exited <- m.Wait(context.Background()) }()
@@ -305,25 +337,38 @@ func Run(ctx context.Context, dir string, o Options) (retErr error) {
 		}
 		return nil
 	}
-	select {
-	case err := <-exited:
-		msg := "the VM exited unexpectedly"
-		if err != nil {
-			msg = fmt.Sprintf("the VM exited unexpectedly: %v", err)
+	for {
+		select {
+		case cl := <-claimCh:
+			claimCh = nil
+			cl.apply(spec)
+			gw.sock.Store(spec.GatewaySocket())
+			log = log.With("sandbox_id", spec.SandboxID)
+			box.update(func(s *Status) { s.State, s.ClaimedAt = StateBooting, time.Now().UTC() })
+			log.Info("pooled VM claimed by a sandbox", "sandbox_name", spec.SandboxName)
+			if err := serve(); err != nil {
+				return err
+			}
+			continue
+		case err := <-exited:
+			msg := "the VM exited unexpectedly"
+			if err != nil {
+				msg = fmt.Sprintf("the VM exited unexpectedly: %v", err)
+			}
+			setReason(ReasonVMExited, msg)
+			return nil
+		case <-stopReq:
+			return graceful(ReasonStopped, "stopped on request")
+		case sig := <-sigs:
+			return graceful(ReasonStopped, "runner received "+sig.String())
+		case <-killReq:
+			setReason(ReasonKilled, "killed on request")
+			m.Kill()
+			<-exited
+			return nil
+		case <-ctx.Done():
+			return graceful(ReasonStopped, "runner context ended")
 		}
-		setReason(ReasonVMExited, msg)
-		return nil
-	case <-stopReq:
-		return graceful(ReasonStopped, "stopped on request")
-	case sig := <-sigs:
-		return graceful(ReasonStopped, "runner received "+sig.String())
-	case <-killReq:
-		setReason(ReasonKilled, "killed on request")
-		m.Kill()
-		<-exited
-		return nil
-	case <-ctx.Done():
-		return graceful(ReasonStopped, "runner context ended")
 	}
 }
 
@@ -331,16 +376,18 @@ func Run(ctx context.Context, dir string, o Options) (retErr error) {
 // gateway made one, else its TCP address (which the driver may repoint after a gateway
 // restart).
 type gatewayTarget struct {
-	sock string
+	sock atomic.Value // string: set once more when a pooled VM is claimed
 	addr atomic.Value // string
 }
+
+func (g *gatewayTarget) socket() string { s, _ := g.sock.Load().(string); return s }
 
 // dial connects once to the gateway; what names the target for logs.
 func (g *gatewayTarget) dial(ctx context.Context, timeout time.Duration) (c net.Conn, what string, err error) {
 	d := net.Dialer{Timeout: timeout}
-	if g.sock != "" {
-		c, err = d.DialContext(ctx, "unix", g.sock)
-		return c, g.sock, err
+	if sock := g.socket(); sock != "" {
+		c, err = d.DialContext(ctx, "unix", sock)
+		return c, sock, err
 	}
 	addr := g.addr.Load().(string)
 	c, err = d.DialContext(ctx, "tcp", addr)

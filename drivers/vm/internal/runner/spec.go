@@ -49,6 +49,10 @@ type Spec struct {
 	// it (images.Cache.Acquire) while the VM runs so it is not collected.
 	ImageCacheDir string `json:"image_cache_dir,omitempty"`
 	ImageKey      string `json:"image_key,omitempty"`
+	// Pool names the warm pool this VM was booted for: its runner boots it with no
+	// sandbox identity (SandboxID is the pool member's, Bootstrap is empty) and holds
+	// the guest's bootstrap fetch until a Claim hands it one (claim.go).
+	Pool string `json:"pool,omitempty"`
 }
 
 // MachineSpec is the VM itself.

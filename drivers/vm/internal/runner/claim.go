@@ -1,0 +1,173 @@
+package runner
+
+// Warm pools. A pooled VM's runner boots the guest with no sandbox identity: its spec
+// names the pool (Spec.Pool), its SandboxID is the pool member's own and its bootstrap
+// document is empty. The guest's supervisor dials the bootstrap port as usual and the
+// runner holds that connection open (holdingListener) until the driver claims the VM
+// for a sandbox (POST /claim): the claim carries everything that is the sandbox's
+// (id, name, token, policy, environment, command, the runner credential for its
+// provider values, the per-sandbox gateway socket), the runner applies it to its spec
+// and only then mints the instance secret, starts the gateway bridge and the egress
+// relay with its policy sync, and serves the document on the held connection. Nothing
+// of a sandbox exists in the VM or its runner before the claim, and a VM is claimed
+// at most once: a second claim is refused (errClaimed) and the driver never puts a
+// claimed VM back into its pool.
+//
+// What the boot binds before a claim is neutral: the state directory and disk paths
+// are named after the pool member, the vsock CID is allocated by the driver among all
+// its VMs (not derived from an id), the kernel command line names no sandbox, and the
+// guest has no hostname until its supervisor sets the sandbox's name from the
+// document. The guest's kernel random state is its own boot's (never shared: each
+// pooled VM boots separately and is used once).
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+
+	"github.com/openshell/openshell/drivers/vm/internal/state"
+	"github.com/openshell/openshell/supervisor/bootstrap"
+)
+
+// Claim is the identity a pooled VM receives when a sandbox claims it.
+type Claim struct {
+	SandboxID   string `json:"sandbox_id"`
+	SandboxName string `json:"sandbox_name"`
+	// Bootstrap is the document the guest's supervisor gets (token, CA, command, env,
+	// policy); the runner adds this boot's instance secret.
+	Bootstrap bootstrap.Config `json:"bootstrap"`
+	// Egress is the host-side egress check, with the sandbox's runner credential.
+	Egress EgressPolicy `json:"egress"`
+	// GatewaySocketDir holds the gateway's socket for this sandbox ("" = bridge to
+	// GatewayAddr over TCP).
+	GatewaySocketDir string `json:"gateway_socket_dir,omitempty"`
+}
+
+// maxClaimBytes bounds a claim request (a policy and an environment fit easily).
+const maxClaimBytes = 4 << 20
+
+// errClaimed refuses a second claim of one VM.
+var errClaimed = errors.New("this pooled VM was already claimed: a pooled VM serves one sandbox only")
+
+// Validate names the first bad field.
+func (c *Claim) Validate() error {
+	switch {
+	case state.ValidID(c.SandboxID) != nil:
+		return fmt.Errorf("claim: sandbox_id: %w", state.ValidID(c.SandboxID))
+	case c.Bootstrap.SandboxID != c.SandboxID:
+		return fmt.Errorf("claim: bootstrap.sandbox_id %q differs from sandbox_id %q", c.Bootstrap.SandboxID, c.SandboxID)
+	case c.Bootstrap.Token == "":
+		return errors.New("claim: bootstrap.token is empty: the guest could not open its session")
+	case c.GatewaySocketDir != "" && !strings.HasPrefix(c.GatewaySocketDir, "/"):
+		return fmt.Errorf("claim: gateway_socket_dir %q must be an absolute path", c.GatewaySocketDir)
+	}
+	return c.Egress.Validate()
+}
+
+// apply makes spec the claimed sandbox's: from here on the runner is that sandbox's.
+func (c *Claim) apply(spec *Spec) {
+	spec.SandboxID, spec.SandboxName = c.SandboxID, c.SandboxName
+	spec.Bootstrap, spec.Egress, spec.GatewaySocketDir = c.Bootstrap, c.Egress, c.GatewaySocketDir
+	spec.Pool = ""
+}
+
+// claimBox takes at most one claim and hands it to the runner's main loop.
+type claimBox struct {
+	once sync.Once
+	ch   chan *Claim
+}
+
+func newClaimBox() *claimBox { return &claimBox{ch: make(chan *Claim, 1)} }
+
+// take validates c and delivers it; every later claim is refused.
+func (b *claimBox) take(c *Claim) error {
+	if err := c.Validate(); err != nil {
+		return err
+	}
+	err := errClaimed
+	b.once.Do(func() { b.ch <- c; err = nil })
+	return err
+}
+
+// holdingListener accepts guest connections on l one at a time and holds each until
+// Accept is called: a pooled VM's guest dials the bootstrap port long before there is
+// a document to serve, and its connection stays open (the guest waits on it) until
+// the claim. waiting is called once, when the first connection arrives.
+type holdingListener struct {
+	net.Listener
+	conns   chan net.Conn
+	done    chan struct{}
+	once    sync.Once
+	waiting func()
+}
+
+func newHoldingListener(l net.Listener, waiting func()) *holdingListener {
+	h := &holdingListener{Listener: l, conns: make(chan net.Conn), done: make(chan struct{}), waiting: waiting}
+	go h.loop()
+	return h
+}
+
+func (h *holdingListener) loop() {
+	var first sync.Once
+	for {
+		c, err := h.Listener.Accept()
+		if err != nil {
+			h.Close()
+			return
+		}
+		first.Do(h.waiting)
+		select {
+		case h.conns <- c:
+		case <-h.done:
+			c.Close()
+			return
+		}
+	}
+}
+
+func (h *holdingListener) Accept() (net.Conn, error) {
+	select {
+	case c := <-h.conns:
+		return c, nil
+	case <-h.done:
+		return nil, net.ErrClosed
+	}
+}
+
+func (h *holdingListener) Close() error {
+	var err error
+	h.once.Do(func() {
+		close(h.done)
+		err = h.Listener.Close()
+		if errors.Is(err, net.ErrClosed) {
+			err = nil
+		}
+	})
+	return err
+}
+
+// Claim hands a pooled VM its sandbox identity. The runner answers once it has taken
+// the claim; the guest then gets its document (Status turns running as usual).
+func (c *Client) Claim(ctx context.Context, cl *Claim) error {
+	b, err := json.Marshal(cl)
+	if err != nil {
+		return fmt.Errorf("encode claim: %w", err)
+	}
+	resp, err := c.do(ctx, http.MethodPost, "/claim", b)
+	clear(b)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusAccepted {
+		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+		return fmt.Errorf("runner %s: claim: HTTP %d: %s", c.socket, resp.StatusCode, strings.TrimSpace(string(msg)))
+	}
+	return nil
+}

@@ -1,0 +1,162 @@
+package runner
+
+import (
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/openshell/openshell/guest/channel/wire"
+	"github.com/openshell/openshell/supervisor/bootstrap"
+)
+
+func goodClaim(id string) *Claim {
+	return &Claim{SandboxID: id, SandboxName: "n-" + id, Bootstrap: bootstrap.Config{SandboxID: id, Token: "tok-" + id}}
+}
+
+// TestClaimOnce: the control socket takes one valid claim; a second one is refused
+// with 409 naming why, a bad one with 400 naming the field, and a runner whose VM is
+// not pooled refuses any.
+func TestClaimOnce(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "ctl.sock")
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	box := newClaimBox()
+	srv := &http.Server{Handler: (&control{box: newStatusBox(Status{State: StatePooled}), stop: func() {}, kill: func() {}, claim: box.take}).handler()}
+	go srv.Serve(l)
+	defer srv.Close()
+	c := NewClient(sock)
+
+	bad := goodClaim("sb-1")
+	bad.Bootstrap.Token = ""
+	if err := c.Claim(t.Context(), bad); err == nil || !strings.Contains(err.Error(), "bootstrap.token") || !strings.Contains(err.Error(), "HTTP 400") {
+		t.Fatalf("claim without token: %v", err)
+	}
+	bad = goodClaim("sb-1")
+	bad.Bootstrap.SandboxID = "other"
+	if err := c.Claim(t.Context(), bad); err == nil || !strings.Contains(err.Error(), "bootstrap.sandbox_id") {
+		t.Fatalf("claim with mismatched ids: %v", err)
+	}
+	if err := c.Claim(t.Context(), goodClaim("../x")); err == nil || !strings.Contains(err.Error(), "sandbox_id") {
+		t.Fatalf("claim with a path as id: %v", err)
+	}
+	if err := c.Claim(t.Context(), goodClaim("sb-1")); err != nil {
+		t.Fatalf("first claim: %v", err)
+	}
+	select {
+	case got := <-box.ch:
+		if got.SandboxID != "sb-1" || got.Bootstrap.Token != "tok-sb-1" {
+			t.Fatalf("delivered claim %+v", got)
+		}
+	default:
+		t.Fatal("the claim was not delivered")
+	}
+	if err := c.Claim(t.Context(), goodClaim("sb-2")); err == nil || !strings.Contains(err.Error(), "HTTP 409") || !strings.Contains(err.Error(), "already claimed") {
+		t.Fatalf("second claim: %v", err)
+	}
+	select {
+	case got := <-box.ch:
+		t.Fatalf("a second claim reached the runner: %+v", got)
+	default:
+	}
+
+	sock2 := filepath.Join(t.TempDir(), "ctl2.sock")
+	l2, _ := net.Listen("unix", sock2)
+	srv2 := &http.Server{Handler: (&control{box: newStatusBox(Status{State: StateRunning}), stop: func() {}, kill: func() {}}).handler()}
+	go srv2.Serve(l2)
+	defer srv2.Close()
+	if err := NewClient(sock2).Claim(t.Context(), goodClaim("sb-3")); err == nil || !strings.Contains(err.Error(), "not a pooled one") {
+		t.Fatalf("claim of a runner that is not pooled: %v", err)
+	}
+}
+
+// TestClaimApply: after a claim the spec is the sandbox's and no longer names a pool.
+func TestClaimApply(t *testing.T) {
+	s := &Spec{SandboxID: "pool-a-1", Pool: "a", GatewayAddr: "127.0.0.1:1"}
+	cl := goodClaim("sb-9")
+	cl.GatewaySocketDir = "/run/x"
+	cl.Egress.RunnerCredential = "cred"
+	cl.apply(s)
+	if s.SandboxID != "sb-9" || s.SandboxName != "n-sb-9" || s.Pool != "" || s.Bootstrap.Token != "tok-sb-9" ||
+		s.Egress.RunnerCredential != "cred" || s.GatewaySocket() != "/run/x/"+filepath.Base(s.GatewaySocket()) {
+		t.Fatalf("spec after claim: %+v", s)
+	}
+}
+
+// TestHoldingListenerServesAfterClaim runs the bootstrap handshake through a holding
+// listener as a pooled VM does: the guest's connection is taken at once (waiting
+// reported) and gets nothing until the document is served, which it then receives
+// whole on that same connection.
+func TestHoldingListenerServesAfterClaim(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	waiting := make(chan struct{})
+	hl := newHoldingListener(l, func() { close(waiting) })
+	defer hl.Close()
+	c, err := net.Dial("tcp", l.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	select {
+	case <-waiting:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the guest's connection was not reported as waiting")
+	}
+	c.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+	if n, err := c.Read(make([]byte, 1)); n != 0 || err == nil {
+		t.Fatalf("the guest read %d bytes before any claim (err %v)", n, err)
+	}
+	c.SetReadDeadline(time.Time{})
+
+	doc := []byte(`{"sandbox_id":"sb-1","token":"t"}`)
+	box := newStatusBox(Status{State: StateBooting})
+	done := make(chan struct{})
+	go func() {
+		serveBootstrapOnce(hl, append([]byte(nil), doc...), box, slog.New(slog.DiscardHandler))
+		close(done)
+	}()
+	got := make([]byte, len(doc))
+	if _, err := io.ReadFull(c, got); err != nil || string(got) != string(doc) {
+		t.Fatalf("document %q, %v", got, err)
+	}
+	io.WriteString(c, wire.BootstrapAck)
+	end := make([]byte, len(wire.BootstrapDone))
+	if _, err := io.ReadFull(c, end); err != nil || string(end) != wire.BootstrapDone {
+		t.Fatalf("end %q, %v", end, err)
+	}
+	<-done
+	if st, _ := box.get(); st.State != StateRunning || st.Bootstrap != 1 {
+		t.Fatalf("status after serving: %+v", st)
+	}
+	if _, err := net.DialTimeout("tcp", l.Addr().String(), time.Second); err == nil {
+		t.Fatal("the bootstrap port still accepts after the document was served")
+	}
+}
+
+// FuzzClaimDecode: whatever arrives on POST /claim, Validate never accepts a claim
+// without a usable id and token.
+func FuzzClaimDecode(f *testing.F) {
+	f.Add([]byte(`{"sandbox_id":"a","bootstrap":{"sandbox_id":"a","token":"t"}}`))
+	f.Add([]byte(`{"sandbox_id":"..","bootstrap":{"sandbox_id":"..","token":"t"},"gateway_socket_dir":"rel"}`))
+	f.Add([]byte(`{"egress":{"allow_cidrs":["nope"]}}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		var c Claim
+		if json.Unmarshal(b, &c) != nil {
+			return
+		}
+		if c.Validate() == nil && (c.Bootstrap.Token == "" || c.SandboxID == "" || c.SandboxID != c.Bootstrap.SandboxID ||
+			strings.ContainsAny(c.SandboxID, "/") || c.SandboxID == ".." || (c.GatewaySocketDir != "" && !filepath.IsAbs(c.GatewaySocketDir))) {
+			t.Fatalf("Validate accepted %+v", c)
+		}
+	})
+}

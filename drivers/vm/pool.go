@@ -1,0 +1,748 @@
+package vm
+
+// Warm pools: VMs booted ahead of time to the point where the guest's supervisor
+// waits for its identity, so that a create matching a pool's shape (image, cpus,
+// memory, disk size; no GPU) is Ready as soon as the supervisor has its document and
+// its session is up, instead of after a whole boot.
+//
+// A pool member is a sandbox directory like any other (sb/<hash of the member id>),
+// with pool.json beside state.json naming the pool and, once claimed, the sandbox.
+// Its runner boots the VM with no identity (runner.Spec.Pool) and holds the guest's
+// bootstrap fetch open. A claim (Create) moves the member into the driver's sandboxes
+// under the sandbox's id: pool.json and state.json get the sandbox's id, runner.json
+// its full spec (so a later Start boots it as that sandbox), and the runner receives
+// the identity over its control socket (runner.Claim). The directory keeps the
+// member's name; adoption finds the sandbox by pool.json. A member is claimed once and
+// never returns to a pool: Delete removes it like any sandbox.
+//
+// What is bound at boot, and why that is safe (see also runner/claim.go):
+//   - state dir, disk and socket paths: named after the member id, never the sandbox's;
+//   - vsock CID: allocated among all of the driver's VMs (members included), not
+//     derived from any id;
+//   - kernel command line, image disk, initramfs: the pool's shape only;
+//   - hostname: none until the supervisor sets the sandbox's name from its document;
+//   - sandbox id, name, token, CA, policy, environment, command, runner credential
+//     (provider values), per-sandbox gateway socket, egress policy sync: late-bound
+//     at the claim;
+//   - guest memory, processes, files and the kernel's random state: the member's own
+//     boot, which no other sandbox ever shares (used once, never recycled).
+//
+// The pools refill in the background, one VM at a time (boots compete for the same
+// cores), and survive a driver or gateway restart: idle members are re-adopted from
+// their directories like running sandboxes.
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/openshell/openshell/api/computev1"
+	"github.com/openshell/openshell/drivers"
+	"github.com/openshell/openshell/drivers/vm/internal/runner"
+	"github.com/openshell/openshell/drivers/vm/internal/state"
+	"github.com/openshell/openshell/images"
+	"github.com/openshell/openshell/internal/atomicfile"
+	"github.com/openshell/openshell/supervisor/bootstrap"
+)
+
+// PoolFile marks a sandbox directory as a warm pool's VM.
+const PoolFile = "pool.json"
+
+// poolRecord is pool.json.
+type poolRecord struct {
+	Pool string `json:"pool"`
+	// Key is the pool's shape when the member was booted: a member of a pool whose
+	// config changed since is discarded on adoption.
+	Key    string `json:"key"`
+	Member string `json:"member"` // the member id the directory is named after
+	// ClaimedBy is the sandbox that took the VM ("" = idle in its pool).
+	ClaimedBy string    `json:"claimed_by,omitempty"`
+	ClaimedAt time.Time `json:"claimed_at,omitzero"`
+}
+
+func readPoolRecord(dir string) (*poolRecord, error) {
+	b, err := os.ReadFile(filepath.Join(dir, PoolFile))
+	if err != nil {
+		return nil, err
+	}
+	var r poolRecord
+	if err := json.Unmarshal(b, &r); err != nil {
+		return nil, fmt.Errorf("%s: %w", filepath.Join(dir, PoolFile), err)
+	}
+	if r.Member == "" || state.ValidID(r.Member) != nil {
+		return nil, fmt.Errorf("%s: bad member id %q", filepath.Join(dir, PoolFile), r.Member)
+	}
+	return &r, nil
+}
+
+func writePoolRecord(dir string, r *poolRecord) error {
+	b, err := json.Marshal(r)
+	if err != nil {
+		return err
+	}
+	return atomicfile.WriteFile(filepath.Join(dir, PoolFile), b, 0o600)
+}
+
+// poolMember is one VM of a pool. Fields under pools.mu.
+type poolMember struct {
+	id, pool string
+	paths    state.Paths
+	cid      uint32
+
+	runnerPID   int
+	runnerStart uint64
+	vmmPID      int
+	waiting     bool          // the guest asked for its identity: claimable
+	ready       chan struct{} // closed when waiting turns true, or the member is gone
+	gone        bool
+	since       time.Time // when the runner was started (or adopted)
+
+	monCancel context.CancelFunc
+	monDone   chan struct{}
+}
+
+// pools keeps the warm pools of one driver.
+type pools struct {
+	d   *Driver
+	cfg map[string]PoolConfig
+
+	mu      sync.Mutex
+	members map[string]*poolMember // by member id
+	lastErr map[string]string      // pool → why its last VM did not come up
+	retryAt map[string]time.Time   // pool → no new boot before (after a failure)
+	fails   map[string]int         // pool → failures in a row
+	claimed map[string]int         // pool → VMs handed out since the driver started
+	kick    chan struct{}
+}
+
+func newPools(d *Driver) *pools {
+	return &pools{d: d, cfg: d.cfg.Pools, members: map[string]*poolMember{}, lastErr: map[string]string{},
+		retryAt: map[string]time.Time{}, fails: map[string]int{}, claimed: map[string]int{}, kick: make(chan struct{}, 1)}
+}
+
+// poolKey fingerprints a pool's effective shape and boot files.
+func (d *Driver) poolKey(res *resolved) string {
+	h := sha256.Sum256([]byte(fmt.Sprintf("%s|%d|%d|%d|%s|%s|%s|%s", res.image, res.vcpus, res.memoryMiB, res.diskBytes,
+		d.cfg.Kernel, d.cfg.Backend, d.cfg.Accel, d.cfg.Transport)))
+	return hex.EncodeToString(h[:8])
+}
+
+// poolShape is the resolved create a pool serves.
+func (d *Driver) poolShape(pc PoolConfig) (*resolved, error) {
+	r := &resolved{image: pc.Image, vcpus: pc.CPUs, memoryMiB: pc.MemoryMiB}
+	if r.image == "" {
+		r.image = d.cfg.DefaultImage
+	}
+	if r.vcpus == 0 {
+		r.vcpus = d.cfg.CPUs
+	}
+	if r.memoryMiB == 0 {
+		r.memoryMiB = d.cfg.MemoryMiB
+	}
+	size := pc.DiskSize
+	if size == "" {
+		size = d.cfg.DiskSize
+	}
+	b, err := diskBytes(size)
+	if err != nil {
+		return nil, err
+	}
+	r.diskBytes = b
+	return r, nil
+}
+
+// match returns the pool that serves res ("" = none).
+func (p *pools) match(res *resolved) string {
+	if res.gpu != nil {
+		return ""
+	}
+	names := make([]string, 0, len(p.cfg))
+	for n := range p.cfg {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		shape, err := p.d.poolShape(p.cfg[n])
+		if err != nil || p.cfg[n].Size == 0 {
+			continue
+		}
+		if shape.image == res.image && shape.vcpus == res.vcpus && shape.memoryMiB == res.memoryMiB && shape.diskBytes == res.diskBytes {
+			return n
+		}
+	}
+	return ""
+}
+
+// take removes a waiting member of pool from the pool (nil = none waiting). Once
+// taken, a member never returns to the pool.
+func (p *pools) take(pool string) *poolMember {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var best *poolMember
+	for _, m := range p.members {
+		if m.pool == pool && m.waiting && !m.gone && (best == nil || m.since.Before(best.since)) {
+			best = m
+		}
+	}
+	if best != nil {
+		delete(p.members, best.id)
+		p.claimed[pool]++
+	}
+	return best
+}
+
+// cidsLocked adds the members' CIDs to used. d.mu held (lock order: d.mu, then p.mu).
+func (p *pools) cidsLocked(used map[uint32]bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, m := range p.members {
+		used[m.cid] = true
+	}
+}
+
+func (p *pools) wake() {
+	select {
+	case p.kick <- struct{}{}:
+	default:
+	}
+}
+
+// ---- claim ----
+
+// claim serves a create from a warm pool when one matches and has a waiting VM. It
+// returns false (and no error) when the create must go the cold way; an error only
+// when the create must fail.
+func (d *Driver) claim(sb *computev1.DriverSandbox, res *resolved) (bool, error) {
+	pool := d.pools.match(res)
+	if pool == "" {
+		return false, nil
+	}
+	id := sb.GetId()
+	log := d.log.With("sandbox_id", id, "pool", pool)
+	d.mu.Lock()
+	_, exists := d.sandboxes[id]
+	d.mu.Unlock()
+	if exists {
+		return false, fmt.Errorf("vm sandbox %q: %w", id, drivers.ErrAlreadyExists)
+	}
+	m := d.pools.take(pool)
+	d.pools.wake() // refill, whether this one is taken or none was waiting
+	if m == nil {
+		log.Info("warm pool has no waiting VM; creating cold")
+		return false, nil
+	}
+	start := time.Now()
+	if m.monCancel != nil {
+		m.monCancel()
+		<-m.monDone
+	}
+	s := &sandbox{id: id, name: sb.GetName(), paths: m.paths, cid: m.cid, pool: pool}
+	s.setPhase(phaseBooting, drivers.ReasonStarting, "claimed a warm VM from pool "+pool)
+	s.runnerPID, s.runnerStart, s.vmmPID = m.runnerPID, m.runnerStart, m.vmmPID
+	d.mu.Lock()
+	if _, ok := d.sandboxes[id]; ok {
+		d.mu.Unlock()
+		d.discardMember(m, "a sandbox of the same id appeared meanwhile")
+		return false, fmt.Errorf("vm sandbox %q: %w", id, drivers.ErrAlreadyExists)
+	}
+	d.sandboxes[id] = s
+	d.mu.Unlock()
+	if err := d.handOver(s, m, sb); err != nil {
+		// The VM may have received part of an identity: it is never used again.
+		log.Warn("claiming a warm VM failed; discarding it and creating cold", "member", m.id, "err", err)
+		d.mu.Lock()
+		delete(d.sandboxes, id)
+		d.mu.Unlock()
+		d.discardMember(m, "claim failed: "+err.Error())
+		return false, nil
+	}
+	log.Info("claimed a warm VM", "member", m.id, "runner_pid", m.runnerPID, "took", time.Since(start))
+	d.emit(s)
+	d.startMonitor(s, m.runnerPID, m.runnerStart)
+	return true, nil
+}
+
+// handOver makes member m sandbox s: records first (so a driver restarted midway
+// adopts the sandbox, not an idle member), then the identity to the runner.
+func (d *Driver) handOver(s *sandbox, m *poolMember, sb *computev1.DriverSandbox) error {
+	dir := m.paths.Dir
+	if !state.SameProcess(m.runnerPID, m.runnerStart) {
+		return errors.New("its runner is gone")
+	}
+	rs, err := runner.ReadSpec(dir)
+	if err != nil {
+		return err
+	}
+	cache, err := images.NewCache(d.cfg.ImageCacheDir)
+	if err != nil {
+		return err
+	}
+	entry, err := cache.Get(rs.ImageKey)
+	if err != nil {
+		return fmt.Errorf("the pool's image: %w", err)
+	}
+	spec := sb.GetSpec()
+	boot, err := d.bootstrapConfig(s, spec, entry, spec.GetGatewaySocketDir())
+	if err != nil {
+		return err
+	}
+	egress, err := d.egressPolicy(s.id)
+	if err != nil {
+		return err
+	}
+	cl := &runner.Claim{SandboxID: s.id, SandboxName: s.name, Bootstrap: *boot, Egress: egress, GatewaySocketDir: spec.GetGatewaySocketDir()}
+	if err := cl.Validate(); err != nil {
+		return err
+	}
+	now := time.Now().UTC()
+	pr, err := readPoolRecord(dir)
+	if err != nil {
+		return err
+	}
+	pr.ClaimedBy, pr.ClaimedAt = s.id, now
+	if err := writePoolRecord(dir, pr); err != nil {
+		return err
+	}
+	if _, err := state.Update(dir, func(r *state.Record) error {
+		r.SandboxID, r.SandboxName, r.SpecDigest, r.CreatedAt = s.id, s.name, specDigest(spec), now
+		return nil
+	}); err != nil {
+		return err
+	}
+	rs.SandboxID, rs.SandboxName, rs.Bootstrap, rs.Egress, rs.GatewaySocketDir, rs.Pool = s.id, s.name, *boot, egress, spec.GetGatewaySocketDir(), ""
+	if err := runner.WriteSpec(dir, rs); err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(d.ctx, 10*time.Second)
+	defer cancel()
+	return runner.NewClient(m.paths.ControlSocket).Claim(ctx, cl)
+}
+
+// discardMember ends a member's VM and removes its directory.
+func (d *Driver) discardMember(m *poolMember, why string) {
+	d.log.Info("discarding a warm pool VM", "pool", m.pool, "member", m.id, "why", why)
+	s := &sandbox{id: m.id, paths: m.paths}
+	if state.SameProcess(m.runnerPID, m.runnerStart) {
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		runner.NewClient(m.paths.ControlSocket).Kill(ctx)
+		cancel()
+	}
+	d.killLeftovers(s)
+	removeDir(m.paths.Dir)
+	if run := state.RunDir(m.paths.Dir); run != m.paths.Dir {
+		removeDir(run)
+	}
+}
+
+// ---- fill ----
+
+// startPools starts the refill loop (after adoption).
+func (d *Driver) startPools() {
+	if len(d.pools.cfg) == 0 {
+		return
+	}
+	d.wg.Add(1)
+	go func() {
+		defer d.wg.Done()
+		d.fillLoop()
+	}()
+}
+
+func (d *Driver) fillLoop() {
+	p := d.pools
+	for {
+		pool, wait := p.next()
+		if pool != "" {
+			d.bootMember(pool)
+			continue
+		}
+		select {
+		case <-d.ctx.Done():
+			return
+		case <-p.kick:
+		case <-time.After(wait):
+		}
+	}
+}
+
+// next picks the pool that lacks a VM most (none: how long to wait at most).
+func (p *pools) next() (string, time.Duration) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	best, bestLack, wait := "", 0, 30*time.Second
+	names := make([]string, 0, len(p.cfg))
+	for n := range p.cfg {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	now := time.Now()
+	for _, n := range names {
+		have := 0
+		for _, m := range p.members {
+			if m.pool == n && !m.gone {
+				have++
+			}
+		}
+		lack := p.cfg[n].Size - have
+		if lack <= 0 {
+			continue
+		}
+		if at := p.retryAt[n]; now.Before(at) {
+			wait = min(wait, at.Sub(now))
+			continue
+		}
+		if lack > bestLack {
+			best, bestLack = n, lack
+		}
+	}
+	return best, wait
+}
+
+// failed records why a pool's VM did not come up and backs off.
+func (p *pools) failed(pool, why string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.lastErr[pool] = why
+	p.fails[pool]++
+	back := min(time.Duration(1<<min(p.fails[pool], 6))*time.Second, time.Minute)
+	p.retryAt[pool] = time.Now().Add(back)
+}
+
+// memberBootTimeout bounds a pool VM's boot to its waiting guest.
+var memberBootTimeout = 3 * time.Minute
+
+// bootMember boots one VM for pool and waits until its guest waits for its identity
+// (or it failed): one boot at a time.
+func (d *Driver) bootMember(pool string) {
+	p := d.pools
+	log := d.log.With("pool", pool)
+	res, err := d.poolShape(p.cfg[pool])
+	if err != nil {
+		p.failed(pool, err.Error())
+		return
+	}
+	var rnd [4]byte
+	rand.Read(rnd[:])
+	id := "pool-" + pool + "-" + hex.EncodeToString(rnd[:])
+	dir := d.sandboxDir(id)
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		p.failed(pool, err.Error())
+		return
+	}
+	m := &poolMember{id: id, pool: pool, paths: state.PathsFor(dir), ready: make(chan struct{}), since: time.Now()}
+	d.mu.Lock()
+	m.cid = d.freeCIDLocked()
+	p.mu.Lock()
+	p.members[id] = m // counted (and its CID reserved) while it boots
+	p.mu.Unlock()
+	d.mu.Unlock()
+	fail := func(err error) {
+		log.Error("warm pool VM did not come up", "member", id, "err", err)
+		p.mu.Lock()
+		delete(p.members, id)
+		p.mu.Unlock()
+		if d.ctx.Err() == nil {
+			p.failed(pool, err.Error())
+			d.discardMember(m, err.Error())
+		}
+	}
+	// pool.json first: a directory with a state record but without it would be
+	// adopted as a sandbox.
+	if err := writePoolRecord(dir, &poolRecord{Pool: pool, Key: d.poolKey(res), Member: id}); err != nil {
+		fail(err)
+		return
+	}
+	rec := &state.Record{SandboxID: id, SandboxName: id, CreatedAt: time.Now().UTC(), Image: res.image, CID: m.cid,
+		VCPUs: res.vcpus, MemoryMiB: res.memoryMiB, Paths: m.paths, BootID: d.bootID}
+	if err := state.Create(rec); err != nil {
+		fail(err)
+		return
+	}
+	log.Info("booting a warm pool VM", "member", id, "image", res.image, "vcpus", res.vcpus, "memory_mib", res.memoryMiB)
+	tmp := &sandbox{id: id, name: id, paths: m.paths, cid: m.cid}
+	rs, err := d.prepare(d.ctx, tmp, res, &computev1.DriverSandboxSpec{}, func(string) {})
+	if err != nil {
+		fail(fmt.Errorf("pools.%s: %w", pool, err))
+		return
+	}
+	// Nothing of any sandbox: the identity comes with the claim.
+	rs.Bootstrap, rs.GatewaySocketDir, rs.Pool = bootstrap.Config{}, "", pool
+	rs.Egress.RunnerCredential = ""
+	if err := runner.WriteSpec(dir, rs); err != nil {
+		fail(err)
+		return
+	}
+	pid, start, err := d.spawnRunner(m.paths)
+	if err != nil {
+		fail(err)
+		return
+	}
+	p.mu.Lock()
+	m.runnerPID, m.runnerStart, m.since = pid, start, time.Now()
+	p.mu.Unlock()
+	d.watchMember(m)
+	select {
+	case <-m.ready:
+	case <-d.ctx.Done():
+		return
+	case <-time.After(memberBootTimeout):
+		p.mu.Lock()
+		delete(p.members, id)
+		p.mu.Unlock()
+		if m.monCancel != nil {
+			m.monCancel()
+			<-m.monDone
+		}
+		fail(fmt.Errorf("the guest did not ask for its identity within %v; see %s", memberBootTimeout, m.paths.ConsoleLog))
+		return
+	}
+	p.mu.Lock()
+	ok := m.waiting
+	if ok {
+		p.fails[pool] = 0
+		delete(p.lastErr, pool)
+	}
+	p.mu.Unlock()
+	if ok {
+		log.Info("warm pool VM waiting for a sandbox", "member", id, "took", time.Since(rec.CreatedAt))
+	}
+}
+
+// spawnRunner starts a runner for paths in its own session (it outlives the driver).
+func (d *Driver) spawnRunner(paths state.Paths) (int, uint64, error) {
+	logf, err := os.OpenFile(paths.RunnerLog, os.O_WRONLY|os.O_CREATE|os.O_APPEND|syscall.O_NOFOLLOW, 0o600)
+	if err != nil {
+		return 0, 0, fmt.Errorf("open runner log: %w", err)
+	}
+	defer logf.Close()
+	argv := append(append([]string{}, d.cfg.RunnerCommand...), "--state-dir", paths.Dir)
+	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.Env = append(os.Environ(), d.cfg.RunnerEnv...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.Dir = paths.Dir
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		return 0, 0, fmt.Errorf("start runner %v: %w", argv, err)
+	}
+	pid := cmd.Process.Pid
+	start, _ := state.ProcStartTime(pid)
+	go cmd.Wait()
+	return pid, start, nil
+}
+
+// watchMember follows a member's runner until it is claimed (cancelled) or gone.
+func (d *Driver) watchMember(m *poolMember) {
+	ctx, cancel := context.WithCancel(d.ctx)
+	done := make(chan struct{})
+	d.pools.mu.Lock()
+	m.monCancel, m.monDone = cancel, done
+	pid, start := m.runnerPID, m.runnerStart
+	d.pools.mu.Unlock()
+	p := d.pools
+	var readyOnce sync.Once
+	d.wg.Add(1)
+	go func() {
+		defer d.wg.Done()
+		defer close(done)
+		defer cancel()
+		cl := runner.NewClient(m.paths.ControlSocket)
+		for {
+			err := cl.Watch(ctx, func(st runner.Status) {
+				p.mu.Lock()
+				if st.VMMPID != 0 {
+					m.vmmPID = st.VMMPID
+				}
+				if st.GuestWaiting && !m.waiting {
+					m.waiting = true
+					readyOnce.Do(func() { close(m.ready) })
+				}
+				p.mu.Unlock()
+			})
+			if ctx.Err() != nil {
+				return
+			}
+			if err == nil || !state.SameProcess(pid, start) {
+				break
+			}
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(100 * time.Millisecond):
+			}
+		}
+		// The runner ended while idle: the VM is gone; never reuse its directory.
+		p.mu.Lock()
+		m.gone = true
+		_, still := p.members[m.id]
+		delete(p.members, m.id)
+		p.mu.Unlock()
+		readyOnce.Do(func() { close(m.ready) })
+		if !still {
+			return
+		}
+		why := "the pool VM's runner ended"
+		if ts, _ := state.ReadTombstone(m.paths.Dir); ts != nil {
+			why = ts.Reason + ": " + ts.Message
+			if ts.ConsoleTail != "" {
+				why += "\nconsole tail:\n" + ts.ConsoleTail
+			}
+		}
+		p.failed(m.pool, why)
+		d.discardMember(m, why)
+		p.wake()
+	}()
+}
+
+// ---- adoption ----
+
+// adoptMember takes an idle member found on disk back into its pool, or removes it
+// (its pool is gone or changed, its runner is dead, the host rebooted).
+func (d *Driver) adoptMember(dir string, rec *state.Record, pr *poolRecord) {
+	m := &poolMember{id: pr.Member, pool: pr.Pool, paths: state.PathsFor(dir), cid: rec.CID, ready: make(chan struct{}),
+		runnerPID: rec.RunnerPID, runnerStart: rec.RunnerStart, vmmPID: rec.VMMPID, since: rec.CreatedAt}
+	pc, ok := d.pools.cfg[pr.Pool]
+	why := ""
+	switch {
+	case pr.ClaimedBy != "":
+		why = "the driver stopped while the VM was being claimed; the sandbox was never told it exists"
+	case !ok || pc.Size == 0:
+		why = "its pool is no longer configured"
+	case hostRebooted(rec, d.bootID) || rec.RunnerPID == 0 || !state.SameProcess(rec.RunnerPID, rec.RunnerStart):
+		why = "its runner is gone"
+	default:
+		if res, err := d.poolShape(pc); err != nil || d.poolKey(res) != pr.Key {
+			why = "its pool's configuration changed"
+		}
+	}
+	if why != "" {
+		d.discardMember(m, why)
+		return
+	}
+	d.pools.mu.Lock()
+	d.pools.members[m.id] = m
+	d.pools.mu.Unlock()
+	d.log.Info("re-adopted a warm pool VM", "pool", m.pool, "member", m.id, "runner_pid", m.runnerPID)
+	d.watchMember(m)
+}
+
+// ---- reporting ----
+
+// PoolStatus is one warm pool as doctor and metrics show it.
+type PoolStatus struct {
+	Name      string `json:"name"`
+	Size      int    `json:"size"`    // configured
+	Idle      int    `json:"idle"`    // VMs whose guest waits for an identity
+	Booting   int    `json:"booting"` // VMs still booting
+	Claimed   int    `json:"claimed"` // VMs handed to sandboxes since the driver started
+	Image     string `json:"image"`
+	VCPUs     int    `json:"vcpus"`
+	MemoryMiB int    `json:"memory_mib"`
+	// IdleRSSBytes is the host memory (resident set) of each idle VM: its VMM, runner
+	// and the rest of the runner's session (vsock backend).
+	IdleRSSBytes []int64 `json:"idle_rss_bytes,omitempty"`
+	LastError    string  `json:"last_error,omitempty"`
+}
+
+// Pools reports the warm pools.
+func (d *Driver) Pools() []PoolStatus {
+	p := d.pools
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	names := make([]string, 0, len(p.cfg))
+	for n := range p.cfg {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	out := make([]PoolStatus, 0, len(names))
+	for _, n := range names {
+		ps := PoolStatus{Name: n, Size: p.cfg[n].Size, Claimed: p.claimed[n], LastError: p.lastErr[n]}
+		if res, err := d.poolShape(p.cfg[n]); err == nil {
+			ps.Image, ps.VCPUs, ps.MemoryMiB = res.image, res.vcpus, res.memoryMiB
+		}
+		for _, m := range p.members {
+			if m.pool != n || m.gone {
+				continue
+			}
+			if m.waiting {
+				ps.Idle++
+				ps.IdleRSSBytes = append(ps.IdleRSSBytes, sessionRSS(m.runnerPID, m.runnerStart, m.vmmPID))
+			} else {
+				ps.Booting++
+			}
+		}
+		out = append(out, ps)
+	}
+	return out
+}
+
+// sessionRSS is the resident memory of a runner's session (runner, VMM, vsock
+// backend) in bytes.
+func sessionRSS(runnerPID int, runnerStart uint64, vmmPID int) int64 {
+	pids := state.SessionMembers(runnerPID, runnerStart)
+	seen := map[int]bool{}
+	var total int64
+	for _, pid := range append(pids, vmmPID) {
+		if pid == 0 || seen[pid] {
+			continue
+		}
+		seen[pid] = true
+		total += processRSS(pid)
+	}
+	return total
+}
+
+// processRSS reads VmRSS of pid from /proc (0 when gone).
+func processRSS(pid int) int64 {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			f := strings.Fields(v)
+			if len(f) >= 1 {
+				kb, _ := strconv.ParseInt(f[0], 10, 64)
+				return kb << 10
+			}
+		}
+	}
+	return 0
+}
+
+// finishClaim hands a claimed VM its identity again when the driver stopped between
+// recording the claim and telling the runner (its runner still reports pooled):
+// runner.json already holds the sandbox's spec.
+func (d *Driver) finishClaim(id string) {
+	s, err := d.lookup(id)
+	if err != nil || !d.runnerAlive(s) {
+		return
+	}
+	ctx, cancel := context.WithTimeout(d.ctx, 5*time.Second)
+	defer cancel()
+	cl := runner.NewClient(s.paths.ControlSocket)
+	st, err := cl.Status(ctx)
+	if err != nil || st.State != runner.StatePooled {
+		return
+	}
+	rs, err := runner.ReadSpec(s.paths.Dir)
+	if err != nil || rs.SandboxID != id {
+		return
+	}
+	d.log.Info("finishing an interrupted claim of a warm VM", "sandbox_id", id)
+	if err := cl.Claim(ctx, &runner.Claim{SandboxID: rs.SandboxID, SandboxName: rs.SandboxName, Bootstrap: rs.Bootstrap, Egress: rs.Egress, GatewaySocketDir: rs.GatewaySocketDir}); err != nil {
+		d.log.Warn("finish the claim", "sandbox_id", id, "err", err)
+	}
+}
