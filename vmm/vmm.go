@@ -62,6 +62,11 @@ type Config struct {
 	// RestoreFrom is a state file a Saver wrote: the machine starts from it, paused,
 	// instead of booting (backends whose Features.Snapshots is set).
 	RestoreFrom string `json:"restore_from,omitempty"`
+	// MemoryFile backs guest RAM with this file (shared, sparse) instead of anonymous
+	// memory. A Saver then leaves RAM in the file and saves only the device state, and
+	// a restore maps the same file: far less to write and read. The file belongs with
+	// the saved state (a cold start clears it).
+	MemoryFile string `json:"memory_file,omitempty"`
 }
 
 // Defaults used by WithDefaults.

@@ -85,7 +85,7 @@ func buildArgs(cfg vmm.Config, p plan) []string {
 		"-smp", strconv.Itoa(cfg.VCPUs),
 		"-m", mem+"M",
 		// Shared memfd memory: vhost-user backends map guest RAM.
-		"-object", "memory-backend-memfd,id=mem,size="+mem+"M,share=on"+memPrealloc(cfg),
+		"-object", memBackend(cfg, mem)+memPrealloc(cfg),
 		"-nographic", "-no-reboot", "-nodefaults", "-no-user-config",
 		"-chardev", "file,id=con0,path="+qemuEscape(cfg.ConsoleLog),
 		"-serial", "chardev:con0",

@@ -7,6 +7,7 @@ package qemu
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -148,6 +149,9 @@ func (m *Machine) Save(ctx context.Context, path string) (retErr error) {
 	if err := m.qmpCall("migrate-set-parameters", map[string]any{"max-bandwidth": saveBandwidth}, nil); err != nil {
 		return fmt.Errorf("vm %s: %w", m.cfg.Name, err)
 	}
+	if err := m.ignoreSharedRAM(); err != nil {
+		return err
+	}
 	start := time.Now()
 	if err := m.qmpCall("migrate", map[string]any{"uri": "exec:cat > '" + tmp + "'"}, nil); err != nil {
 		return fmt.Errorf("vm %s: save to %s: %w", m.cfg.Name, path, err)
@@ -257,25 +261,76 @@ func (m *Machine) waitChardevClosed(ctx context.Context, label string) {
 	m.log.Warn("QEMU still sees the channel's host end connected; saving anyway", "chardev", label)
 }
 
-// restoreArgs start QEMU paused, loading cfg.RestoreFrom.
+// memBackend is guest RAM: a shared memfd (vhost-user backends map it), or the shared
+// file cfg.MemoryFile.
+func memBackend(cfg vmm.Config, mem string) string {
+	if cfg.MemoryFile != "" {
+		return "memory-backend-file,id=mem,size=" + mem + "M,share=on,mem-path=" + qemuEscape(cfg.MemoryFile)
+	}
+	return "memory-backend-memfd,id=mem,size=" + mem + "M,share=on"
+}
+
+// ignoreSharedRAM leaves file-backed RAM out of the migration stream (it stays in
+// cfg.MemoryFile); both ends must say so.
+func (m *Machine) ignoreSharedRAM() error {
+	if m.cfg.MemoryFile == "" {
+		return nil
+	}
+	caps := []map[string]any{{"capability": "x-ignore-shared", "state": true}}
+	if err := m.qmpCall("migrate-set-capabilities", map[string]any{"capabilities": caps}, nil); err != nil {
+		return fmt.Errorf("vm %s: keep RAM in %s: %w", m.cfg.Name, m.cfg.MemoryFile, err)
+	}
+	return nil
+}
+
+// restoreArgs start QEMU paused, loading cfg.RestoreFrom: at once, or (RAM in a
+// file) once waitRestored has set the capabilities the stream needs.
 func restoreArgs(cfg vmm.Config) []string {
 	if cfg.RestoreFrom == "" {
 		return nil
 	}
+	if cfg.MemoryFile != "" {
+		return []string{"-S", "-incoming", "defer"}
+	}
 	return []string{"-S", "-incoming", "exec:cat '" + cfg.RestoreFrom + "'"}
+}
+
+// prepareMemoryFile clears a cold start's RAM file (what a previous run left must not
+// reach a new boot) and checks a restore's is there.
+func (m *Machine) prepareMemoryFile() error {
+	f := m.cfg.MemoryFile
+	if f == "" {
+		return nil
+	}
+	if err := checkStatePath("MemoryFile", f); err != nil {
+		return fmt.Errorf("vm %s: %w", m.cfg.Name, err)
+	}
+	if m.cfg.RestoreFrom != "" {
+		if _, err := os.Stat(f); err != nil {
+			return fmt.Errorf("vm %s: MemoryFile: the saved machine's RAM is gone: %w", m.cfg.Name, err)
+		}
+		return nil
+	}
+	if err := os.Remove(f); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("vm %s: MemoryFile: %w", m.cfg.Name, err)
+	}
+	return nil
 }
 
 // checkRestore refuses a restore QEMU could not perform, naming the fix.
 func (m *Machine) checkRestore(transport string) error {
 	p := m.cfg.RestoreFrom
 	if p == "" {
-		return nil
+		return m.prepareMemoryFile()
 	}
 	if err := checkStatePath("RestoreFrom", p); err != nil {
 		return fmt.Errorf("vm %s: %w", m.cfg.Name, err)
 	}
 	if _, err := os.Stat(p); err != nil {
 		return fmt.Errorf("vm %s: RestoreFrom: %w", m.cfg.Name, err)
+	}
+	if err := m.prepareMemoryFile(); err != nil {
+		return err
 	}
 	if transport == channel.TransportVhostUserVsock {
 		return fmt.Errorf("vm %s: RestoreFrom: a saved machine cannot use the %s channel; use virtio-serial or vhost-vsock: %w", m.cfg.Name, transport, vmm.ErrCannotSave)
@@ -289,6 +344,14 @@ func (m *Machine) waitRestored(ctx context.Context) error {
 		return nil
 	}
 	start := time.Now()
+	if m.cfg.MemoryFile != "" {
+		if err := m.ignoreSharedRAM(); err != nil {
+			return err
+		}
+		if err := m.qmpCall("migrate-incoming", map[string]any{"uri": "exec:cat '" + m.cfg.RestoreFrom + "'"}, nil); err != nil {
+			return fmt.Errorf("vm %s: restore from %s: %w", m.cfg.Name, m.cfg.RestoreFrom, err)
+		}
+	}
 	for {
 		st, err := m.status()
 		if err == nil && st != "inmigrate" {
