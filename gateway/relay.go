@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"strings"
 	"time"
@@ -18,6 +19,7 @@ import (
 
 	"github.com/openshell/openshell/api/openshellv1"
 	"github.com/openshell/openshell/gateway/hub"
+	"github.com/openshell/openshell/gateway/sshrelay"
 	"github.com/openshell/openshell/gateway/store"
 	"github.com/openshell/openshell/gateway/validation"
 )
@@ -56,7 +58,23 @@ func validateExec(req *openshellv1.ExecSandboxRequest) error {
 	if err := validation.Env("environment", req.GetEnvironment()); err != nil {
 		return err
 	}
+	if strings.ContainsRune(req.GetWorkdir(), 0) {
+		return invalidf("workdir contains a NUL byte")
+	}
+	if req.GetTty() {
+		if err := sshrelay.CheckWindow(req.GetCols(), req.GetRows()); err != nil {
+			return invalidf("%v", err)
+		}
+	}
 	return validation.Command("command", req.GetCommand())
+}
+
+// relayOpener opens relays to one sandbox's supervisor for an exec; closing the
+// returned conn ends its relay.
+func (s *Server) relayOpener(sandboxID string) RelayOpener {
+	return func(ctx context.Context, target *openshellv1.RelayOpen) (io.ReadWriteCloser, error) {
+		return s.hub.OpenRelay(ctx, sandboxID, target)
+	}
 }
 
 func (s *Server) ExecSandbox(req *openshellv1.ExecSandboxRequest, stream openshellv1.OpenShell_ExecSandboxServer) error {
@@ -70,12 +88,7 @@ func (s *Server) ExecSandbox(req *openshellv1.ExecSandboxRequest, stream openshe
 	if _, err := s.requireReady(ctx, req.GetSandboxId()); err != nil {
 		return err
 	}
-	conn, err := s.hub.OpenRelay(ctx, req.GetSandboxId(), &openshellv1.RelayOpen{Target: &openshellv1.RelayOpen_Ssh{Ssh: &openshellv1.SshRelayTarget{}}})
-	if err != nil {
-		return err
-	}
-	defer conn.Close()
-	return s.opts.Exec(ctx, conn, req, stream.Send)
+	return s.opts.Exec(ctx, s.relayOpener(req.GetSandboxId()), req, stream.Send)
 }
 
 func (s *Server) ExecSandboxInteractive(stream openshellv1.OpenShell_ExecSandboxInteractiveServer) error {
@@ -97,12 +110,7 @@ func (s *Server) ExecSandboxInteractive(stream openshellv1.OpenShell_ExecSandbox
 	if _, err := s.requireReady(ctx, start.GetSandboxId()); err != nil {
 		return err
 	}
-	conn, err := s.hub.OpenRelay(ctx, start.GetSandboxId(), &openshellv1.RelayOpen{Target: &openshellv1.RelayOpen_Ssh{Ssh: &openshellv1.SshRelayTarget{}}})
-	if err != nil {
-		return err
-	}
-	defer conn.Close()
-	return s.opts.Interactive(ctx, conn, start, stream.Recv, stream.Send)
+	return s.opts.Interactive(ctx, s.relayOpener(start.GetSandboxId()), start, stream.Recv, stream.Send)
 }
 
 // ---- SSH sessions ----

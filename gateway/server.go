@@ -38,11 +38,14 @@ type Tokens interface {
 	Verify(tok string) (sandboxID string, err error)
 }
 
-// ExecFunc runs a non-interactive command over a relay conn (gateway/sshrelay.Exec).
-type ExecFunc func(ctx context.Context, conn io.ReadWriteCloser, req *openshellv1.ExecSandboxRequest, send func(*openshellv1.ExecSandboxEvent) error) error
+// RelayOpener opens a relay with a target to one sandbox's supervisor.
+type RelayOpener = func(ctx context.Context, target *openshellv1.RelayOpen) (io.ReadWriteCloser, error)
 
-// InteractiveFunc runs an interactive session over a relay conn (gateway/sshrelay.Interactive).
-type InteractiveFunc func(ctx context.Context, conn io.ReadWriteCloser, first *openshellv1.ExecSandboxRequest,
+// ExecFunc runs a non-interactive command over relays it opens (gateway/sshrelay.Exec).
+type ExecFunc func(ctx context.Context, open RelayOpener, req *openshellv1.ExecSandboxRequest, send func(*openshellv1.ExecSandboxEvent) error) error
+
+// InteractiveFunc runs an interactive session over relays it opens (gateway/sshrelay.Interactive).
+type InteractiveFunc func(ctx context.Context, open RelayOpener, first *openshellv1.ExecSandboxRequest,
 	recv func() (*openshellv1.ExecSandboxInput, error), send func(*openshellv1.ExecSandboxEvent) error) error
 
 // Options configure a Server.
@@ -321,6 +324,7 @@ func (s *Server) mutate(ctx context.Context, id string, fn func(r *record) error
 			return nil, err
 		}
 		s.stampPhase(r)
+		ready := finishTimeline(r, time.Now())
 		data, err := r.encode()
 		if err != nil {
 			return nil, err
@@ -342,6 +346,11 @@ func (s *Server) mutate(ctx context.Context, id string, fn func(r *record) error
 		}
 		r.obj = nobj
 		s.watch.notify(id)
+		if ready {
+			tl := r.sb.GetStatus().GetCreateTimeline()
+			s.log.Info("sandbox ready", "sandbox_id", id, "sandbox", r.sb.GetMetadata().GetName(),
+				"create_ms", (tl[len(tl)-1].GetAtUnixUs()-tl[0].GetAtUnixUs())/1000, "timeline", timelineLog(tl))
+		}
 		return r, nil
 	}
 }
@@ -400,5 +409,6 @@ func (s *Server) viewOwned(r *record, sb *openshellv1.Sandbox) *openshellv1.Sand
 	if st.SandboxName == "" {
 		st.SandboxName = md.GetName()
 	}
+	st.CreateTimeline = liveTimeline(r, phase, time.Now())
 	return sb
 }

@@ -441,7 +441,7 @@ func Run(ctx context.Context, cfg *bootstrap.Config, o Options) (retErr error) {
 	// SSH relays are served in-process on the relay stream (no socket).
 	sc, err := session.New(cc, session.Config{
 		SandboxID: cfg.SandboxID, InstanceID: identity.InstanceID, InstanceSecret: identity.Secret,
-		ServeSSH: srv.ServeConn, ServeTransfer: srv.ServeTransfer, HostKey: srv.HostKey(), DialTCP: launch.dialTCP,
+		ServeSSH: srv.ServeConn, ServeTransfer: srv.ServeTransfer, ServeExec: srv.ServeExec, HostKey: srv.HostKey(), DialTCP: launch.dialTCP,
 	})
 	if err != nil {
 		return err

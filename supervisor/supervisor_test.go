@@ -166,19 +166,25 @@ func serveGW(t *testing.T, g *gw, addr string) (string, func()) {
 
 func execOverRelay(t *testing.T, g *gw, s grpc.BidiStreamingServer[pb.SupervisorMessage, pb.GatewayMessage], argv ...string) (string, int32) {
 	t.Helper()
-	if err := s.Send(&pb.GatewayMessage{Payload: &pb.GatewayMessage_RelayOpen{RelayOpen: &pb.RelayOpen{ChannelId: "c-" + strconv.Itoa(int(time.Now().UnixNano()))}}}); err != nil {
-		t.Fatal(err)
+	// The relay is opened on the session as the gateway's hub opens it: the exec
+	// target, answered by the supervisor's exec relay.
+	open := func(_ context.Context, target *pb.RelayOpen) (io.ReadWriteCloser, error) {
+		target.ChannelId = "c-" + strconv.Itoa(int(time.Now().UnixNano()))
+		if err := s.Send(&pb.GatewayMessage{Payload: &pb.GatewayMessage_RelayOpen{RelayOpen: target}}); err != nil {
+			return nil, err
+		}
+		select {
+		case rc := <-g.relays:
+			t.Cleanup(func() { rc.Close() })
+			return rc, nil
+		case <-time.After(10 * time.Second):
+			t.Fatal("supervisor did not open a RelayStream")
+			return nil, nil
+		}
 	}
-	var rc *relayConn
-	select {
-	case rc = <-g.relays:
-	case <-time.After(10 * time.Second):
-		t.Fatal("supervisor did not open a RelayStream")
-	}
-	defer rc.Close()
 	var out strings.Builder
 	var code int32 = -1
-	err := sshrelay.Exec(t.Context(), rc, &pb.ExecSandboxRequest{Command: argv}, func(ev *pb.ExecSandboxEvent) error {
+	err := sshrelay.Exec(t.Context(), open, &pb.ExecSandboxRequest{Command: argv}, func(ev *pb.ExecSandboxEvent) error {
 		out.Write(ev.GetStdout().GetData())
 		out.Write(ev.GetStderr().GetData())
 		if e := ev.GetExit(); e != nil {

@@ -575,6 +575,8 @@ func (h *Hub) OpenLocalRelay(ctx context.Context, sandboxID string, target *open
 		msg.Target = &openshellv1.RelayOpen_Tcp{Tcp: t.Tcp}
 	case *openshellv1.RelayOpen_Transfer:
 		msg.Target = &openshellv1.RelayOpen_Transfer{Transfer: t.Transfer}
+	case *openshellv1.RelayOpen_Exec:
+		msg.Target = &openshellv1.RelayOpen_Exec{Exec: t.Exec}
 	default:
 		msg.Target = &openshellv1.RelayOpen_Ssh{Ssh: &openshellv1.SshRelayTarget{}}
 	}

@@ -1,5 +1,7 @@
 // Package sshrelay runs ExecSandbox and ExecSandboxInteractive on the gateway side:
-// an SSH client over a relay connection to the supervisor's built-in SSH server.
+// over an exec relay (the command's stdio framed on the relay itself, see exec.go),
+// or, for a supervisor that predates exec relays, as an SSH client over a relay to
+// the supervisor's built-in SSH server.
 package sshrelay
 
 import (
@@ -206,6 +208,13 @@ func (k *sink) exit(code int) error {
 	return k.send(exitEvent(code))
 }
 
+// stop ends the stream without an exit event: nothing is sent after it.
+func (k *sink) stop() {
+	k.mu.Lock()
+	k.exited = true
+	k.mu.Unlock()
+}
+
 type sinkWriter struct {
 	k      *sink
 	stderr bool
@@ -243,10 +252,10 @@ func defaultSize(cols, rows uint32) (int, int) {
 	return int(cols), int(rows)
 }
 
-// Exec runs req over conn, streaming stdout/stderr events and ending with exactly one
-// exit event (124 when timeout_seconds elapses). When the exit status cannot be
-// known it returns an error instead of an exit event.
-func Exec(ctx context.Context, conn io.ReadWriteCloser, req *pb.ExecSandboxRequest, send func(*pb.ExecSandboxEvent) error) error {
+// execSSH runs req as an SSH exec over conn, streaming stdout/stderr events and
+// ending with exactly one exit event (124 when timeout_seconds elapses). When the
+// exit status cannot be known it returns an error instead of an exit event.
+func execSSH(ctx context.Context, conn io.ReadWriteCloser, req *pb.ExecSandboxRequest, send func(*pb.ExecSandboxEvent) error) error {
 	cmd, err := BuildCommand(req.GetCommand(), req.GetEnvironment(), req.GetWorkdir())
 	if err != nil {
 		conn.Close()
@@ -280,10 +289,10 @@ func Exec(ctx context.Context, conn io.ReadWriteCloser, req *pb.ExecSandboxReque
 	return awaitExit(ctx, sess, client, k, req.GetTimeoutSeconds(), nil, ssh.SIGKILL)
 }
 
-// Interactive runs first over conn and streams stdin and resize frames from recv
-// into it (with a PTY when first.tty) until the command exits; it ends with one exit
-// event. A client half-close sends EOF to the command's stdin.
-func Interactive(ctx context.Context, conn io.ReadWriteCloser, first *pb.ExecSandboxRequest,
+// interactiveSSH runs first as an SSH exec over conn and streams stdin and resize
+// frames from recv into it (with a PTY when first.tty) until the command exits; it
+// ends with one exit event. A client half-close sends EOF to the command's stdin.
+func interactiveSSH(ctx context.Context, conn io.ReadWriteCloser, first *pb.ExecSandboxRequest,
 	recv func() (*pb.ExecSandboxInput, error), send func(*pb.ExecSandboxEvent) error) error {
 	cmd, err := BuildCommand(first.GetCommand(), first.GetEnvironment(), first.GetWorkdir())
 	if err != nil {

@@ -69,6 +69,9 @@ type Config struct {
 	// ServeTransfer serves one file-transfer relay in-process (the tar stream over the
 	// RelayStream itself, no SSH); nil = transfer relays are refused.
 	ServeTransfer func(ctx context.Context, c net.Conn, t *pb.TransferRelayTarget)
+	// ServeExec runs one command on an exec relay in-process (framed stdio over the
+	// RelayStream itself, no SSH); nil = exec relays are refused.
+	ServeExec func(ctx context.Context, c net.Conn, t *pb.ExecRelayTarget)
 	// DialSSH connects to an SSH server (e.g. on a Unix socket); used for SSH relays
 	// when ServeSSH is nil.
 	DialSSH func(ctx context.Context) (net.Conn, error)
@@ -397,7 +400,13 @@ func (c *Client) relay(ctx, life context.Context, open *pb.RelayOpen, send func(
 		result(errors.New("this supervisor does not serve file transfers on a relay of their own; upgrade openshell-sandbox"))
 		return
 	}
-	inProcess := xfer != nil || open.GetTcp() == nil && c.cfg.ServeSSH != nil // no target = ssh
+	ex := open.GetExec()
+	if c.cfg.ServeExec == nil {
+		// Answered as an older supervisor answers a target it does not know: with
+		// SSH, which the gateway recognises and runs the exec over.
+		ex = nil
+	}
+	inProcess := xfer != nil || ex != nil || open.GetTcp() == nil && c.cfg.ServeSSH != nil // no target = ssh
 	var conn net.Conn
 	if !inProcess {
 		var err error
@@ -422,9 +431,12 @@ func (c *Client) relay(ctx, life context.Context, open *pb.RelayOpen, send func(
 	result(nil)
 	if inProcess {
 		sc := streamconn.New(sctx, streamconn.Bidi(rs, relayData, (*pb.RelayFrame).GetData), scancel, "openshell-relay")
-		if xfer != nil {
+		switch {
+		case xfer != nil:
 			c.cfg.ServeTransfer(sctx, sc, xfer)
-		} else {
+		case ex != nil:
+			c.cfg.ServeExec(sctx, sc, ex)
+		default:
 			c.cfg.ServeSSH(life, sc)
 		}
 		_ = sc.Close()

@@ -9,20 +9,16 @@ import (
 	"log/slog"
 	"net"
 	"os"
-	"os/exec"
 	"regexp"
 	"strconv"
 	"sync"
 	"sync/atomic"
 	"syscall"
-	"time"
 
-	"github.com/creack/pty"
 	"github.com/pkg/sftp"
 	"golang.org/x/crypto/ssh"
 	"golang.org/x/sys/unix"
 
-	"github.com/openshell/openshell/supervisor/mainproc"
 	"github.com/openshell/openshell/supervisor/reaper"
 )
 
@@ -49,30 +45,11 @@ type session struct {
 	env     []string
 	pty     *ptyReq
 	started bool
-	master  *os.File      // PTY master of the running program
+	running *Running      // running program
 	proc    *reaper.Proc  // running program
 	main    MainTarget    // set when attached to the main process
 	done    chan struct{} // closed when the program finished
 	closed  chan struct{} // closed when the channel's requests ended
-}
-
-// hangUp ends a program whose channel went away: SIGHUP to its process group, as a
-// terminal hang-up would, then SIGKILL if it is still there after two seconds.
-func (s *session) hangUp(p *reaper.Proc) {
-	if p == nil {
-		return
-	}
-	select {
-	case <-p.Done(): // already reaped: its pid may belong to someone else now
-		return
-	default:
-	}
-	_ = syscall.Kill(-p.Pid, syscall.SIGHUP)
-	select {
-	case <-s.done:
-	case <-time.After(2 * time.Second):
-		_ = syscall.Kill(-p.Pid, syscall.SIGKILL)
-	}
 }
 
 func (s *session) serve(ctx context.Context, reqs <-chan *ssh.Request) {
@@ -82,10 +59,12 @@ func (s *session) serve(ctx context.Context, reqs <-chan *ssh.Request) {
 		// The client closed the channel (or the program finished and we closed it).
 		close(s.closed)
 		s.mu.Lock()
-		started, proc := s.started, s.proc
+		started, running := s.started, s.running
 		s.mu.Unlock()
 		if started {
-			s.hangUp(proc)
+			if running != nil {
+				running.HangUp()
+			}
 			<-s.done
 		}
 		s.ch.Close()
@@ -135,8 +114,8 @@ func (s *session) handle(ctx context.Context, req *ssh.Request) (bool, error) {
 			s.pty.Cols, s.pty.Rows = w.Cols, w.Rows
 		}
 		switch {
-		case s.master != nil:
-			_ = pty.Setsize(s.master, &pty.Winsize{Cols: uint16(w.Cols), Rows: uint16(w.Rows)})
+		case s.running != nil:
+			_ = s.running.Resize(uint16(w.Cols), uint16(w.Rows))
 		case s.main != nil:
 			_ = s.main.Resize(uint16(w.Cols), uint16(w.Rows))
 		}
@@ -193,14 +172,6 @@ func (s *session) start(ctx context.Context, kind, what string) error {
 	}
 }
 
-func (s *session) environ() []string {
-	env := append([]string(nil), s.srv.cfg.Env...)
-	if s.pty != nil && s.pty.Term != "" {
-		env = append(env, "TERM="+s.pty.Term)
-	}
-	return append(env, s.env...)
-}
-
 func (s *session) serveSFTPInProcess() {
 	defer close(s.done)
 	opts := []sftp.ServerOption{}
@@ -233,127 +204,21 @@ func ServeSFTP(rw io.ReadWriter, opts ...sftp.ServerOption) error {
 	return nil
 }
 
-// run starts argv as the sandbox user with or without a PTY; called with s.mu held.
-func (s *session) run(ctx context.Context, argv []string, withPTY bool) (retErr error) {
-	cfg := &s.srv.cfg
-	env := s.environ()
-	path, err := mainproc.LookPath(argv[0], env)
+// run starts argv as the sandbox user with or without a PTY (Server.Start); called
+// with s.mu held.
+func (s *session) run(ctx context.Context, argv []string, withPTY bool) error {
+	p := Program{Argv: argv, Env: s.env, Stdin: s.ch, Stdout: s.ch, Stderr: s.ch.Stderr()}
+	if withPTY {
+		p.TTY, p.Term = &Winsize{Cols: uint16(s.pty.Cols), Rows: uint16(s.pty.Rows)}, s.pty.Term
+	}
+	r, err := s.srv.Start(ctx, p)
 	if err != nil {
 		return err
 	}
-	cmd := &exec.Cmd{Path: path, Args: argv, Env: env, Dir: cfg.Dir,
-		SysProcAttr: &syscall.SysProcAttr{Credential: cfg.User.Credential(), Setsid: true}}
-	startProc := cfg.Reaper.Start
-	if cfg.Start != nil {
-		startProc = cfg.Start
-	}
-	var toClose []*os.File
-	defer func() {
-		for _, f := range toClose {
-			f.Close()
-		}
-	}()
-	var progress atomic.Int64
-	var copies sync.WaitGroup
-	var readers []*os.File
-	copyOut := func(dst io.Writer, src *os.File) {
-		readers = append(readers, src)
-		copies.Add(1)
-		go func() {
-			defer copies.Done()
-			_, _ = io.CopyBuffer(dst, &countingReader{src, &progress}, make([]byte, copyBuf))
-		}()
-	}
-	if withPTY {
-		master, slave, err := pty.Open()
-		if err != nil {
-			return fmt.Errorf("open pty: %w", err)
-		}
-		cols, rows := uint16(s.pty.Cols), uint16(s.pty.Rows)
-		if cols == 0 || rows == 0 {
-			cols, rows = 80, 24
-		}
-		_ = pty.Setsize(master, &pty.Winsize{Cols: cols, Rows: rows})
-		cmd.Stdin, cmd.Stdout, cmd.Stderr = slave, slave, slave
-		cmd.SysProcAttr.Setctty = true
-		toClose = append(toClose, slave)
-		defer func() {
-			if retErr != nil {
-				master.Close()
-			}
-		}()
-		p, err := startProc(cmd)
-		if err != nil {
-			return fmt.Errorf("start %s: %w", argv[0], err)
-		}
-		s.master, s.proc = master, p
-		go func() { _, _ = io.Copy(master, s.ch) }()
-		copyOut(s.ch, master)
-	} else {
-		inR, inW, err := os.Pipe()
-		if err != nil {
-			return err
-		}
-		outR, outW, err := os.Pipe()
-		if err != nil {
-			inR.Close()
-			inW.Close()
-			return err
-		}
-		errR, errW, err := os.Pipe()
-		if err != nil {
-			inR.Close()
-			inW.Close()
-			outR.Close()
-			outW.Close()
-			return err
-		}
-		// Bulk transfers (SFTP) move through these pipes: 1 MiB pipes and 256 KiB
-		// copies take a tenth of the system calls and wake-ups of the 64 KiB/32 KiB
-		// defaults. Best effort: a smaller pipe only costs speed.
-		growPipe(inW)
-		growPipe(outR)
-		toClose = append(toClose, inR, outW, errW)
-		cmd.Stdin, cmd.Stdout, cmd.Stderr = inR, outW, errW
-		p, err := startProc(cmd)
-		if err != nil {
-			inW.Close()
-			outR.Close()
-			errR.Close()
-			return fmt.Errorf("start %s: %w", argv[0], err)
-		}
-		s.proc = p
-		go func() {
-			// struct{io.Writer} hides (*os.File).ReadFrom, which would copy 32 KiB at a time.
-			_, _ = io.CopyBuffer(struct{ io.Writer }{inW}, s.ch, make([]byte, copyBuf))
-			inW.Close()
-		}()
-		copyOut(s.ch, outR)
-		copyOut(s.ch.Stderr(), errR)
-	}
-	p := s.proc
+	s.running, s.proc = r, r.Proc
 	go func() {
-		select {
-		case <-p.Done():
-		case <-ctx.Done():
-			_ = p.Signal(syscall.SIGKILL)
-			<-p.Done()
-		}
-		copiesDone := make(chan struct{})
-		go func() { copies.Wait(); close(copiesDone) }()
-		mainproc.DrainAfterExit(copiesDone, &progress, func() {
-			for _, f := range readers {
-				_ = f.SetReadDeadline(time.Now())
-			}
-		})
-		// Under the lock: a window-change must not use the PTY while it is closed.
-		s.mu.Lock()
-		s.master = nil
-		for _, f := range readers {
-			f.Close()
-		}
-		s.mu.Unlock()
-		s.finish(p.Status())
+		<-r.Done()
+		s.finish(r.Status())
 		close(s.done)
 	}()
 	return nil

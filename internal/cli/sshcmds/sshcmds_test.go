@@ -84,12 +84,14 @@ func (g *miniGateway) dial() (net.Conn, error) {
 	return keyedConn{Conn: c, key: g.hostKey()}, nil
 }
 
+// open answers every relay with the SSH server, as a supervisor older than exec
+// relays does (exec falls back to SSH).
+func (g *miniGateway) open(context.Context, *pb.RelayOpen) (io.ReadWriteCloser, error) {
+	return g.dial()
+}
+
 func (g *miniGateway) ExecSandbox(r *pb.ExecSandboxRequest, s grpc.ServerStreamingServer[pb.ExecSandboxEvent]) error {
-	c, err := g.dial()
-	if err != nil {
-		return err
-	}
-	return sshrelay.Exec(s.Context(), c, r, s.Send)
+	return sshrelay.Exec(s.Context(), g.open, r, s.Send)
 }
 
 func (g *miniGateway) ExecSandboxInteractive(s grpc.BidiStreamingServer[pb.ExecSandboxInput, pb.ExecSandboxEvent]) error {
@@ -97,11 +99,7 @@ func (g *miniGateway) ExecSandboxInteractive(s grpc.BidiStreamingServer[pb.ExecS
 	if err != nil {
 		return err
 	}
-	c, err := g.dial()
-	if err != nil {
-		return err
-	}
-	return sshrelay.Interactive(s.Context(), c, first.GetStart(), s.Recv, s.Send)
+	return sshrelay.Interactive(s.Context(), g.open, first.GetStart(), s.Recv, s.Send)
 }
 
 func (g *miniGateway) CreateSshSession(_ context.Context, r *pb.CreateSshSessionRequest) (*pb.CreateSshSessionResponse, error) {
