@@ -50,6 +50,13 @@ type ListenerRequirer interface {
 	ListenerRequirements(ctx context.Context) ([]*computev1.GatewayListenerRequirement, error)
 }
 
+// Suspender is implemented by drivers that can suspend a running sandbox: its memory
+// is saved, nothing of it keeps running, and Start resumes it where it was. A sandbox
+// that cannot be (its backend or devices) is refused with ErrFailedPrecondition.
+type Suspender interface {
+	Suspend(ctx context.Context, id, name string) error
+}
+
 // WorkspaceManager is implemented by drivers that keep per-workspace
 // platform objects (namespaces, networks).
 type WorkspaceManager interface {

@@ -620,6 +620,8 @@ func (d *Driver) applyTombstone(s *sandbox, ts *state.Tombstone) {
 		s.setPhase(phaseFailed, ReasonVMExited, "the VM runner is gone without leaving a tombstone (host restart or runner killed); see "+s.paths.RunnerLog)
 	case ts.Reason == runner.ReasonStopped:
 		s.setPhase(phaseStopped, drivers.ReasonContainerStopped, "stopped")
+	case ts.Reason == runner.ReasonSuspended:
+		s.setPhase(phaseStopped, drivers.ReasonContainerStopped, msgSuspended)
 	default:
 		msg := ts.Message
 		if ts.ConsoleTail != "" {
@@ -711,7 +713,7 @@ func (d *Driver) adopt(s *sandbox, rec *state.Record) (resume bool) {
 		}
 		switch {
 		case rec.Stopped:
-			s.setPhase(phaseStopped, drivers.ReasonContainerStopped, "stopped")
+			s.setPhase(phaseStopped, drivers.ReasonContainerStopped, stoppedMessage(s.paths.Dir))
 		case cutOffByReboot(rec, ts, d.bootID) && d.cfg.resumeAfterHostReboot():
 			log.Info(msgResume, "recorded_boot_id", rec.BootID, "boot_id", d.bootID)
 			s.setPhase(phaseProvisioning, drivers.ReasonStarting, msgResume)

@@ -88,6 +88,8 @@ type control struct {
 	setGateway func(addr string) error
 	// claim hands a pooled VM its sandbox identity (nil: not a pooled VM).
 	claim func(*Claim) error
+	// suspend saves the VM and ends it (suspend.go); nil: this runner cannot.
+	suspend func(context.Context) error
 }
 
 func (c *control) handler() http.Handler {
@@ -123,6 +125,7 @@ func (c *control) handler() http.Handler {
 		c.stop()
 		w.WriteHeader(http.StatusAccepted)
 	})
+	mux.HandleFunc("POST /suspend", c.serveSuspend)
 	mux.HandleFunc("POST /kill", func(w http.ResponseWriter, r *http.Request) {
 		c.kill()
 		w.WriteHeader(http.StatusAccepted)

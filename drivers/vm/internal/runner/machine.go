@@ -45,10 +45,11 @@ func MachineConfig(spec *Spec, paths state.Paths) vmm.Config {
 			{Path: spec.Machine.ImageDisk, ReadOnly: true},
 			{Path: spec.Machine.Disk},
 		},
-		PCIDevices: spec.Machine.PCIDevices,
-		Channel:    vmm.ChannelConfig{CID: spec.Machine.CID},
-		ConsoleLog: paths.ConsoleLog,
-		StateDir:   paths.VMMDir,
+		PCIDevices:  spec.Machine.PCIDevices,
+		Channel:     vmm.ChannelConfig{CID: spec.Machine.CID},
+		ConsoleLog:  paths.ConsoleLog,
+		StateDir:    paths.VMMDir,
+		RestoreFrom: spec.Machine.RestoreFrom,
 	}.WithDefaults()
 }
 
@@ -76,6 +77,7 @@ func NewVMMMachine(_ context.Context, spec *Spec, paths state.Paths, log *slog.L
 	case backends.VZ:
 		m, err = vz.New(cfg, vz.WithLogger(log))
 	default:
+		cfg.MemoryFile = guestRAMFile(spec, paths)
 		m, err = qemu.New(cfg, qemu.WithLogger(log), qemu.WithAccel(spec.Machine.Accel), qemu.WithTransport(spec.Machine.Transport))
 	}
 	if err != nil {

@@ -81,6 +81,11 @@ func Run(ctx context.Context, dir string, o Options) (retErr error) {
 		return err
 	}
 	log = log.With("sandbox_id", spec.SandboxID, "driver", "vm", "component", "runner")
+	sp, err := newSuspender(dir, spec)
+	if err != nil {
+		return err
+	}
+	defer func() { sp.setAside(retErr, log) }()
 	startTime, err := state.ProcStartTime(os.Getpid())
 	if err != nil {
 		return fmt.Errorf("runner: read own start time: %w", err)
@@ -175,9 +180,11 @@ func Run(ctx context.Context, dir string, o Options) (retErr error) {
 			}
 			return nil
 		},
-		stop: func() { stopOnce.Do(func() { close(stopReq) }) },
-		kill: func() { killOnce.Do(func() { close(killReq) }) },
+		stop:    func() { stopOnce.Do(func() { close(stopReq) }) },
+		kill:    func() { killOnce.Do(func() { close(killReq) }) },
+		suspend: sp.request,
 	}
+	defer close(sp.done)
 	if claims != nil {
 		ctl.claim = claims.take
 	}
@@ -270,7 +277,7 @@ func Run(ctx context.Context, dir string, o Options) (retErr error) {
 		}
 		// A new boot, a new instance secret: it reaches the guest only in the bootstrap
 		// document (never runner.json) and admits the guest's gateway and egress streams.
-		secret, err := newInstanceSecret()
+		secret, err := sp.instanceSecret()
 		if err != nil {
 			setReason(ReasonBootFailed, "instance secret")
 			return err
@@ -295,13 +302,17 @@ func Run(ctx context.Context, dir string, o Options) (retErr error) {
 			return err
 		}
 		wg.Add(2)
-		go func() { defer wg.Done(); serveBootstrapOnce(lns[0], bootDoc, box, log) }()
+		go func() { defer wg.Done(); sp.serveBootstrap(lns[0], bootDoc, box, log) }()
 		go func() { defer wg.Done(); serveGateway(lns[1], gw, box, log) }()
 		return nil
 	}
 	var claimCh chan *Claim
 	if claims == nil {
 		if err := serve(); err != nil {
+			return err
+		}
+		if err := sp.resumeGuest(ctx, m, box, log); err != nil {
+			setReason(ReasonBootFailed, "cannot resume the suspended VM")
 			return err
 		}
 	} else {
@@ -348,6 +359,11 @@ func Run(ctx context.Context, dir string, o Options) (retErr error) {
 			log.Info("pooled VM claimed by a sandbox", "sandbox_name", spec.SandboxName)
 			if err := serve(); err != nil {
 				return err
+			}
+			continue
+		case req := <-sp.reqs:
+			if sp.handle(req, m, spec, exited, setReason, log) {
+				return nil
 			}
 			continue
 		case err := <-exited:

@@ -73,6 +73,9 @@ type MachineSpec struct {
 	CID uint32 `json:"cid,omitempty"`
 	// PCIDevices are host functions on vfio-pci the VM gets (GPUs; qemu only).
 	PCIDevices []string `json:"pci_devices,omitempty"`
+	// RestoreFrom is set by a runner resuming a suspended VM (never by the driver): the
+	// saved state to start from.
+	RestoreFrom string `json:"restore_from,omitempty"`
 }
 
 // Limits bound the streams one guest may hold open through the runner at once; a
