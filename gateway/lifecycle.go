@@ -263,6 +263,13 @@ func (s *Server) StopSandbox(ctx context.Context, req *openshellv1.StopSandboxRe
 	id, name := r.id(), r.sb.GetMetadata().GetName()
 	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), driverCallTimeout)
 	defer cancel()
+	if req.GetSuspend() && r.intent == intentStopped {
+		// The driver knows whether it is suspended already (a no-op) or only stopped.
+		if err := s.stopWorkload(dctx, id, name, true); err != nil {
+			return nil, driverOpError(name, "suspend", err)
+		}
+		return &openshellv1.SandboxResponse{Sandbox: s.view(r)}, nil
+	}
 	if _, err := s.mutate(dctx, id, func(r *record) error {
 		switch r.intent {
 		case intentDeleting:
@@ -275,7 +282,7 @@ func (s *Server) StopSandbox(ctx context.Context, req *openshellv1.StopSandboxRe
 	}); err != nil {
 		return nil, err
 	}
-	if err := s.drv.Stop(dctx, id, name); err != nil {
+	if err := s.stopWorkload(dctx, id, name, req.GetSuspend()); err != nil {
 		s.revertIntent(dctx, id, intentStopping, intentNone)
 		return nil, driverOpError(name, "stop", err)
 	}

@@ -1458,9 +1458,13 @@ func (*CreateSandboxResponse) Descriptor() ([]byte, []int) {
 }
 
 type StopSandboxRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	SandboxId     string                 `protobuf:"bytes,1,opt,name=sandbox_id,json=sandboxId,proto3" json:"sandbox_id,omitempty"`
-	SandboxName   string                 `protobuf:"bytes,2,opt,name=sandbox_name,json=sandboxName,proto3" json:"sandbox_name,omitempty"`
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	SandboxId   string                 `protobuf:"bytes,1,opt,name=sandbox_id,json=sandboxId,proto3" json:"sandbox_id,omitempty"`
+	SandboxName string                 `protobuf:"bytes,2,opt,name=sandbox_name,json=sandboxName,proto3" json:"sandbox_name,omitempty"`
+	// Project extension (numbers from 1000 up): save the sandbox's memory and devices
+	// to disk and stop it with nothing left running; StartSandbox then resumes it where
+	// it was. Refused (FAILED_PRECONDITION) where the driver or backend cannot.
+	Suspend       bool `protobuf:"varint,1000,opt,name=suspend,proto3" json:"suspend,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1507,6 +1511,13 @@ func (x *StopSandboxRequest) GetSandboxName() string {
 		return x.SandboxName
 	}
 	return ""
+}
+
+func (x *StopSandboxRequest) GetSuspend() bool {
+	if x != nil {
+		return x.Suspend
+	}
+	return false
 }
 
 type StopSandboxResponse struct {
@@ -2279,11 +2290,12 @@ const file_compute_driver_proto_rawDesc = "" +
 	"\tsandboxes\x18\x01 \x03(\v2#.openshell.compute.v1.DriverSandboxR\tsandboxes\"U\n" +
 	"\x14CreateSandboxRequest\x12=\n" +
 	"\asandbox\x18\x01 \x01(\v2#.openshell.compute.v1.DriverSandboxR\asandbox\"\x17\n" +
-	"\x15CreateSandboxResponse\"V\n" +
+	"\x15CreateSandboxResponse\"q\n" +
 	"\x12StopSandboxRequest\x12\x1d\n" +
 	"\n" +
 	"sandbox_id\x18\x01 \x01(\tR\tsandboxId\x12!\n" +
-	"\fsandbox_name\x18\x02 \x01(\tR\vsandboxName\"\x15\n" +
+	"\fsandbox_name\x18\x02 \x01(\tR\vsandboxName\x12\x19\n" +
+	"\asuspend\x18\xe8\a \x01(\bR\asuspend\"\x15\n" +
 	"\x13StopSandboxResponse\"W\n" +
 	"\x13StartSandboxRequest\x12\x1d\n" +
 	"\n" +

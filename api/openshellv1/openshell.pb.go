@@ -1443,9 +1443,13 @@ func (x *DeleteSandboxResponse) GetDeleted() bool {
 }
 
 type StopSandboxRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	Workspace     string                 `protobuf:"bytes,2,opt,name=workspace,proto3" json:"workspace,omitempty"`
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Name      string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Workspace string                 `protobuf:"bytes,2,opt,name=workspace,proto3" json:"workspace,omitempty"`
+	// Project extension (numbers from 1000 up): save the sandbox's memory and devices
+	// to disk and stop it with nothing left running; StartSandbox then resumes it where
+	// it was. Refused (FAILED_PRECONDITION) where the driver or backend cannot.
+	Suspend       bool `protobuf:"varint,1000,opt,name=suspend,proto3" json:"suspend,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1492,6 +1496,13 @@ func (x *StopSandboxRequest) GetWorkspace() string {
 		return x.Workspace
 	}
 	return ""
+}
+
+func (x *StopSandboxRequest) GetSuspend() bool {
+	if x != nil {
+		return x.Suspend
+	}
+	return false
 }
 
 type StartSandboxRequest struct {
@@ -12246,10 +12257,11 @@ const file_openshell_proto_rawDesc = "" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1c\n" +
 	"\tworkspace\x18\x02 \x01(\tR\tworkspace\"1\n" +
 	"\x15DeleteSandboxResponse\x12\x18\n" +
-	"\adeleted\x18\x01 \x01(\bR\adeleted\"F\n" +
+	"\adeleted\x18\x01 \x01(\bR\adeleted\"a\n" +
 	"\x12StopSandboxRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1c\n" +
-	"\tworkspace\x18\x02 \x01(\tR\tworkspace\"G\n" +
+	"\tworkspace\x18\x02 \x01(\tR\tworkspace\x12\x19\n" +
+	"\asuspend\x18\xe8\a \x01(\bR\asuspend\"G\n" +
 	"\x13StartSandboxRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1c\n" +
 	"\tworkspace\x18\x02 \x01(\tR\tworkspace\"B\n" +

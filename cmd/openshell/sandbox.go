@@ -406,24 +406,47 @@ func (a *app) sandboxDelete(ws *string) *cobra.Command {
 }
 
 func (a *app) sandboxStop(ws *string) *cobra.Command {
-	return &cobra.Command{
+	var suspend bool
+	cmd := &cobra.Command{
 		Use:   "stop NAME",
-		Short: "Stop a sandbox (keeps its state)",
-		Args:  cobra.ExactArgs(1),
+		Short: "Stop a sandbox (keeps its state); --suspend keeps its memory too",
+		Long: `Stop a sandbox. Its disk is kept; start boots it again.
+
+With --suspend (VM sandboxes on a backend that can save VMs), the running VM's
+memory and devices are saved to disk and nothing of it keeps running (no CPU, no
+RAM); start then resumes it where it was, its processes still running.`,
+		Example: `  openshell sandbox stop my-box
+  openshell sandbox stop --suspend my-box && openshell sandbox start my-box`,
+		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := checkOutput(a.output); err != nil {
+				return err
+			}
 			c, done, err := a.client(cmd.Context())
 			if err != nil {
 				return err
 			}
 			defer done()
-			resp, err := c.StopSandbox(cmd.Context(), &openshellv1.StopSandboxRequest{Name: args[0], Workspace: *ws})
+			if suspend && a.output == "table" {
+				fmt.Fprintf(os.Stderr, "suspending sandbox %s (saving its memory)...\n", args[0])
+			}
+			resp, err := c.StopSandbox(cmd.Context(), &openshellv1.StopSandboxRequest{Name: args[0], Workspace: *ws, Suspend: suspend})
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "sandbox %s: %s\n", args[0], phaseString(resp.GetSandbox().GetStatus().GetPhase()))
+			if a.output != "table" {
+				return printStructured(cmd.OutOrStdout(), a.output, resp.GetSandbox())
+			}
+			what := phaseString(resp.GetSandbox().GetStatus().GetPhase())
+			if suspend {
+				what += " (suspended: start resumes it)"
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "sandbox %s: %s\n", args[0], what)
 			return nil
 		},
 	}
+	cmd.Flags().BoolVar(&suspend, "suspend", false, "save the VM's memory to disk and stop it with nothing running; start resumes it where it was")
+	return cmd
 }
 
 func (a *app) sandboxStart(ws *string) *cobra.Command {

@@ -35,6 +35,7 @@ var (
 	_ drivers.Driver           = (*Client)(nil)
 	_ drivers.ListenerRequirer = (*Client)(nil)
 	_ drivers.WorkspaceManager = (*Client)(nil)
+	_ drivers.Suspender        = (*Client)(nil)
 )
 
 // NewClient wraps an existing connection; Close then closes conn too.
@@ -121,6 +122,13 @@ func (c *Client) List(ctx context.Context) ([]*computev1.DriverSandbox, error) {
 
 func (c *Client) Stop(ctx context.Context, id, name string) error {
 	_, err := c.rpc.StopSandbox(ctx, &computev1.StopSandboxRequest{SandboxId: id, SandboxName: name})
+	return fromStatus(err)
+}
+
+// Suspend implements drivers.Suspender; a driver that cannot answers
+// FailedPrecondition.
+func (c *Client) Suspend(ctx context.Context, id, name string) error {
+	_, err := c.rpc.StopSandbox(ctx, &computev1.StopSandboxRequest{SandboxId: id, SandboxName: name, Suspend: true})
 	return fromStatus(err)
 }
 

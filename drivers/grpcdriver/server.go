@@ -134,6 +134,16 @@ func (s *server) CreateSandbox(ctx context.Context, req *computev1.CreateSandbox
 }
 
 func (s *server) StopSandbox(ctx context.Context, req *computev1.StopSandboxRequest) (*computev1.StopSandboxResponse, error) {
+	if req.GetSuspend() {
+		sus, ok := s.d.(drivers.Suspender)
+		if !ok {
+			return nil, toStatus(fmt.Errorf("this compute driver cannot suspend sandboxes: stop without suspend: %w", drivers.ErrFailedPrecondition))
+		}
+		if err := sus.Suspend(ctx, req.GetSandboxId(), req.GetSandboxName()); err != nil {
+			return nil, toStatus(err)
+		}
+		return &computev1.StopSandboxResponse{}, nil
+	}
 	if err := s.d.Stop(ctx, req.GetSandboxId(), req.GetSandboxName()); err != nil {
 		return nil, toStatus(err)
 	}
