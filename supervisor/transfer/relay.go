@@ -3,7 +3,6 @@ package transfer
 import (
 	"bufio"
 	"context"
-	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -13,11 +12,12 @@ import (
 	"time"
 
 	pb "github.com/openshell/openshell/api/openshellv1"
+	"github.com/openshell/openshell/internal/relayframe"
 )
 
-// A transfer relay carries one transfer as frames, because the relay is one byte
-// stream with no half-close of its own: each frame is a kind byte, a 4-byte
-// big-endian length and the payload. The client sends data frames and then an end
+// A transfer relay carries one transfer as frames (relayframe's header), because
+// the relay is one byte stream with no half-close of its own: each frame is a kind
+// byte, a 4-byte big-endian length and the payload. The client sends data frames and then an end
 // frame; the supervisor answers with data frames and ends with one exit frame.
 const (
 	FrameData = 'd'
@@ -26,7 +26,7 @@ const (
 )
 
 // MaxFrame is the largest payload a reader accepts (and a writer sends).
-const MaxFrame = 1 << 20
+const MaxFrame = relayframe.MaxFrame
 
 // maxExitFrame bounds an exit frame (a JSON Exit with the server's message).
 const maxExitFrame = 64 << 10
@@ -88,10 +88,7 @@ func (f FrameWriter) Write(p []byte) (int, error) {
 }
 
 func writeHeader(w io.Writer, kind byte, n int) error {
-	var h [5]byte
-	h[0] = kind
-	binary.BigEndian.PutUint32(h[1:], uint32(n))
-	_, err := w.Write(h[:])
+	_, err := w.Write(relayframe.AppendHeader(make([]byte, 0, relayframe.HeaderLen), kind, n))
 	return err
 }
 
@@ -148,26 +145,25 @@ func (f *FrameReader) Read(p []byte) (int, error) {
 }
 
 func (f *FrameReader) next() error {
-	var h [5]byte
-	if _, err := io.ReadFull(f.r, h[:]); err != nil {
+	kind, n, err := relayframe.ReadHeader(f.r)
+	if err != nil {
 		if errors.Is(err, io.EOF) {
 			return fmt.Errorf("transfer relay: the stream ended without an %s frame (the other side went away)", f.last())
 		}
 		return fmt.Errorf("transfer relay: %w", err)
 	}
-	n := binary.BigEndian.Uint32(h[1:])
 	switch {
-	case h[0] == FrameData:
+	case kind == FrameData:
 		if n > MaxFrame {
 			return fmt.Errorf("transfer relay: data frame of %d bytes is over the %d-byte limit", n, MaxFrame)
 		}
 		f.left = int(n)
-	case h[0] == FrameEnd && !f.exitOK:
+	case kind == FrameEnd && !f.exitOK:
 		if n != 0 {
 			return fmt.Errorf("transfer relay: end frame carries %d bytes; it must be empty", n)
 		}
 		f.done = true
-	case h[0] == FrameExit && f.exitOK:
+	case kind == FrameExit && f.exitOK:
 		if n > maxExitFrame {
 			return fmt.Errorf("transfer relay: exit frame of %d bytes is over the %d-byte limit", n, maxExitFrame)
 		}
@@ -184,7 +180,7 @@ func (f *FrameReader) next() error {
 		}
 		f.exit, f.done = &e, true
 	default:
-		return fmt.Errorf("transfer relay: unexpected frame kind %q (want data or %s)", h[0], f.last())
+		return fmt.Errorf("transfer relay: unexpected frame kind %q (want data or %s)", kind, f.last())
 	}
 	return nil
 }
