@@ -24,6 +24,8 @@ import (
 // before run is logged to the console (prefixed "openshell-init: FATAL") and the VM
 // powers off, so the host sees the reason in the console log.
 func RunPID1(opts InitOptions, run func() int) {
+	// The kernel's part of the boot ends here.
+	Stamp("kernel")
 	opts = opts.withDefaults()
 	start := time.Now()
 	setupConsole()
@@ -37,10 +39,20 @@ func RunPID1(opts InitOptions, run func() int) {
 		code = 1
 	} else {
 		log.Info("root ready; starting", "elapsed", time.Since(start).Round(time.Millisecond))
+		Stamp("init")
 		code = runGuarded(run, log)
 	}
 	log.Info("powering off", "exit_code", code)
 	powerOff(log)
+}
+
+// bootTimeNs is CLOCK_BOOTTIME: the guest kernel's clock since it started keeping time.
+func bootTimeNs() int64 {
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_BOOTTIME, &ts); err != nil {
+		return 0
+	}
+	return ts.Nano()
 }
 
 func runGuarded(run func() int, log *slog.Logger) (code int) {

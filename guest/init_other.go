@@ -9,3 +9,5 @@ func RunPID1(opts InitOptions, run func() int) {
 	os.Stderr.WriteString("guest: RunPID1 only works as PID 1 of a Linux guest\n")
 	os.Exit(1)
 }
+
+func bootTimeNs() int64 { return 0 }

@@ -238,7 +238,14 @@ func fetchOnce(ctx context.Context) (*bootstrap.Config, wire.Secret, error) {
 	if secret, err = wire.ParseSecret(cfg.InstanceSecret); err != nil {
 		return nil, secret, fmt.Errorf("bootstrap over vsock port %d: %w: %w", channel.PortBootstrap, errNoInstanceSecret, err)
 	}
-	if err := channel.AckBootstrap(conn, 10*time.Second); err != nil {
+	// The supervisor's start-up (up to the document in hand) ends here; the host
+	// learns the guest's steps with the acknowledgement.
+	guest.Stamp("supervisor")
+	var tl *wire.GuestTimeline
+	if t, ok := guest.Timeline(); ok {
+		tl = &t
+	}
+	if err := channel.AckBootstrapTimeline(conn, 10*time.Second, tl); err != nil {
 		return cfg, secret, err
 	}
 	return cfg, secret, nil

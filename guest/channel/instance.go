@@ -40,9 +40,22 @@ var ErrBootstrapNotClosed = errors.New("guest channel: the host did not confirm 
 // checked the document: it acknowledges it and waits (at most timeout) for the
 // host's word that the bootstrap port is closed.
 func AckBootstrap(c net.Conn, timeout time.Duration) error {
+	return AckBootstrapTimeline(c, timeout, nil)
+}
+
+// AckBootstrapTimeline is AckBootstrap that also reports the guest's boot timeline
+// (nil: none) with the acknowledgement.
+func AckBootstrapTimeline(c net.Conn, timeout time.Duration, tl *wire.GuestTimeline) error {
 	_ = c.SetDeadline(time.Now().Add(timeout))
 	defer c.SetDeadline(time.Time{})
-	if _, err := io.WriteString(c, wire.BootstrapAck); err != nil {
+	ack := []byte(wire.BootstrapAck)
+	if tl != nil {
+		var err error
+		if ack, err = wire.AppendTimelineAck(nil, *tl); err != nil {
+			ack = []byte(wire.BootstrapAck)
+		}
+	}
+	if _, err := c.Write(ack); err != nil {
 		return fmt.Errorf("guest channel: acknowledge the bootstrap config: %w", err)
 	}
 	var b [len(wire.BootstrapDone)]byte

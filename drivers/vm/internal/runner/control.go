@@ -12,6 +12,8 @@ import (
 	"net/http"
 	"sync"
 	"time"
+
+	"github.com/openshell/openshell/guest/channel/wire"
 )
 
 // Runner states reported on the control socket.
@@ -45,6 +47,10 @@ type Status struct {
 	// BadPreamble counts connections to the gateway or egress port refused for not
 	// starting with this boot's instance preamble (not the supervisor).
 	BadPreamble int `json:"bad_preamble,omitempty"`
+	// Timeline is this boot's steps after the runner's start (StartedAt), in order:
+	// vmm (the VMM answers), then from the guest's acknowledgement firmware, kernel,
+	// init, supervisor (guest clock mapped to the host's) and bootstrap.
+	Timeline []wire.HostStep `json:"timeline,omitempty"`
 	// Pool is the warm pool a pooled VM was booted for; GuestWaiting says its guest's
 	// supervisor has asked for its identity (the bootstrap fetch is held open), so a
 	// claim is served at once; ClaimedAt is when a sandbox claimed it.

@@ -61,7 +61,8 @@ func serveBootstrapOnce(l net.Listener, doc []byte, box *statusBox, log *slog.Lo
 		if err != nil {
 			return
 		}
-		if err := sendBootstrap(c, doc); err != nil {
+		guestTL, err := sendBootstrap(c, doc)
+		if err != nil {
 			c.Close()
 			box.update(func(s *Status) { s.BootstrapUnacked++ })
 			log.Warn("bootstrap: the guest did not take its config; serving it again to the next connection", "err", err)
@@ -80,6 +81,7 @@ func serveBootstrapOnce(l net.Listener, doc []byte, box *statusBox, log *slog.Lo
 			s.Bootstrap++
 			if s.State == StateBooting {
 				s.State, s.BootedAt = StateRunning, now
+				s.Timeline = append(s.Timeline, guestSteps(guestTL, now)...)
 			}
 		})
 		log.Info("guest fetched its bootstrap config; the bootstrap port is closed for this boot")
@@ -87,21 +89,61 @@ func serveBootstrapOnce(l net.Listener, doc []byte, box *statusBox, log *slog.Lo
 	}
 }
 
-// sendBootstrap writes doc and waits for the guest's acknowledgement.
-func sendBootstrap(c net.Conn, doc []byte) error {
+// sendBootstrap writes doc and waits for the guest's acknowledgement, which may carry
+// the guest's boot timeline (nil when it does not, or when it does not parse: the
+// timeline is for the record, never a reason to refuse the guest).
+func sendBootstrap(c net.Conn, doc []byte) (*guestTimeline, error) {
 	c.SetDeadline(time.Now().Add(bootstrapTimeout))
 	defer c.SetDeadline(time.Time{})
 	if _, err := c.Write(doc); err != nil {
-		return fmt.Errorf("send: %w", err)
+		return nil, fmt.Errorf("send: %w", err)
 	}
 	var ack [len(wire.BootstrapAck)]byte
 	if _, err := io.ReadFull(c, ack[:]); err != nil {
-		return fmt.Errorf("no acknowledgement: %w", err)
+		return nil, fmt.Errorf("no acknowledgement: %w", err)
 	}
-	if string(ack[:]) != wire.BootstrapAck {
-		return fmt.Errorf("acknowledgement %q, want %q", ack[:], wire.BootstrapAck)
+	switch string(ack[:]) {
+	case wire.BootstrapAck:
+		return nil, nil
+	case wire.BootstrapAckTimeline:
+		tl, err := wire.ReadTimeline(c)
+		if err != nil {
+			return nil, fmt.Errorf("acknowledgement: %w", err)
+		}
+		return &guestTimeline{tl: tl, received: time.Now().UTC()}, nil
 	}
-	return nil
+	return nil, fmt.Errorf("acknowledgement %q, want %q", ack[:], wire.BootstrapAck)
+}
+
+// stamp records that the boot step phase ended now.
+func (s *Status) stamp(phase string) {
+	s.Timeline = append(s.Timeline, wire.HostStep{Phase: phase, At: time.Now().UTC()})
+}
+
+// guestTimeline is a guest's timeline and when the runner received it.
+type guestTimeline struct {
+	tl       wire.GuestTimeline
+	received time.Time
+}
+
+// guestSteps turns the guest's timeline into host-clock steps ending with the
+// bootstrap acknowledged at ackAt; each step is kept between the last one before it
+// and ackAt, so a skewed guest clock cannot reorder the host's steps.
+func guestSteps(g *guestTimeline, ackAt time.Time) []wire.HostStep {
+	var out []wire.HostStep
+	if g != nil {
+		out = g.tl.HostTimes(g.received)
+	}
+	out = append(out, wire.HostStep{Phase: "bootstrap", At: ackAt})
+	for i := range out {
+		if out[i].At.After(ackAt) {
+			out[i].At = ackAt
+		}
+		if i > 0 && out[i].At.Before(out[i-1].At) {
+			out[i].At = out[i-1].At
+		}
+	}
+	return out
 }
 
 // gate admits guest connections to one channel port: at most limit open at once,

@@ -389,6 +389,11 @@ func FuzzBootstrapAck(f *testing.F) {
 	f.Add([]byte(wire.BootstrapAck + "extra"))
 	f.Add([]byte("OSB1-AC"))
 	f.Add([]byte{})
+	if ack, err := wire.AppendTimelineAck(nil, wire.GuestTimeline{NowNs: 9e8, Steps: []wire.GuestStep{{Phase: "kernel", Ns: 5e8}}}); err == nil {
+		f.Add(ack)
+		f.Add(ack[:len(ack)-2])
+	}
+	f.Add([]byte(wire.BootstrapAckTimeline + "\xff\xff{}"))
 	f.Fuzz(func(t *testing.T, ans []byte) {
 		a, b := net.Pipe()
 		go func() {
@@ -396,9 +401,13 @@ func FuzzBootstrapAck(f *testing.F) {
 			b.Write(ans)
 			b.Close()
 		}()
-		err := sendBootstrap(a, []byte("doc"))
+		_, err := sendBootstrap(a, []byte("doc"))
 		a.Close()
 		good := bytes.HasPrefix(ans, []byte(wire.BootstrapAck))
+		if bytes.HasPrefix(ans, []byte(wire.BootstrapAckTimeline)) {
+			_, terr := wire.ReadTimeline(bytes.NewReader(ans[len(wire.BootstrapAckTimeline):]))
+			good = terr == nil
+		}
 		if (err == nil) != good {
 			t.Fatalf("answer %q: err=%v, want served=%v", ans, err, good)
 		}

@@ -225,7 +225,10 @@ func Run(ctx context.Context, dir string, o Options) (retErr error) {
 	}
 	pid := m.PID()
 	qstart, _ := state.ProcStartTime(pid)
-	box.update(func(s *Status) { s.VMMPID = pid })
+	box.update(func(s *Status) {
+		s.VMMPID = pid
+		s.stamp("vmm")
+	})
 	if _, err := state.Update(dir, func(r *state.Record) error {
 		r.VMMPID, r.VMMStart = pid, qstart
 		return nil

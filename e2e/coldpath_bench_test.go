@@ -1,0 +1,78 @@
+package e2e
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestBenchColdCreate times a cold VM create → Ready through the CLI (`openshell
+// sandbox create`, which returns once the sandbox is Ready), 10 one after another on
+// one gateway, after one warm-up that fills the image and initramfs caches. It prints
+// one "BENCH vm-cold-create" line (p50/p99) and the create timeline of the median
+// sample as `sandbox get -o json` reports it. Its baseline, a bare boot of the same
+// kernel to a trivial init that powers off, is vmm/qemu BenchmarkBootBare;
+// scripts/bench.sh coldpath runs both and prints the ratio. Runs with
+// OPENSHELL_BENCH=1 and E2E_DRIVER=vm.
+func TestBenchColdCreate(t *testing.T) {
+	if os.Getenv("OPENSHELL_BENCH") != "1" {
+		t.Skip("benchmark: set OPENSHELL_BENCH=1")
+	}
+	if driver() != "vm" {
+		t.Skip("VM driver only (E2E_DRIVER=vm)")
+	}
+	h := newHarness(t)
+	one := func() (time.Duration, string) {
+		name := uniqueName("cold")
+		r := h.mustRun(t, "sandbox", "create", "--name", name, "--from", testImage(), "--timeout", "120s", "--", "sleep", "1000000")
+		got := h.mustRun(t, "sandbox", "get", name, "-o", "json")
+		h.mustRun(t, "sandbox", "delete", name)
+		return r.took, got.stdout
+	}
+	one() // warm-up: image disk and initramfs built once
+	n := 10
+	if v := os.Getenv("OPENSHELL_BENCH_N"); v != "" {
+		fmt.Sscan(v, &n)
+	}
+	type sample struct {
+		took time.Duration
+		get  string
+	}
+	ss := make([]sample, n)
+	for i := range ss {
+		ss[i].took, ss[i].get = one()
+		t.Logf("create %d: %v", i+1, ss[i].took)
+	}
+	slices.SortFunc(ss, func(a, b sample) int { return int(a.took - b.took) })
+	p50, p99 := ss[n/2].took, ss[(n*99)/100].took
+	t.Logf("cold create → Ready through the CLI (%d sequential): p50 %v p99 %v", n, p50, p99)
+	fmt.Printf("BENCH vm-cold-create p50_us=%d p99_us=%d n=%d\n", p50.Microseconds(), p99.Microseconds(), n)
+	fmt.Printf("TIMELINE of the median create:\n%s\n", timelineTable(ss[n/2].get))
+}
+
+// timelineTable renders the create timeline of a `sandbox get -o json` document as
+// "phase took" lines (empty when it has none).
+func timelineTable(doc string) string {
+	var sb struct {
+		Status struct {
+			Timeline []struct {
+				Phase  string `json:"phase"`
+				TookUs string `json:"took_us"`
+			} `json:"create_timeline"`
+		} `json:"status"`
+	}
+	if err := json.Unmarshal([]byte(doc), &sb); err != nil {
+		return "(no timeline: " + err.Error() + ")"
+	}
+	var b strings.Builder
+	for _, p := range sb.Status.Timeline {
+		var us int64
+		fmt.Sscan(p.TookUs, &us)
+		fmt.Fprintf(&b, "  %-11s %8.1f ms\n", p.Phase, float64(us)/1000)
+	}
+	return b.String()
+}
