@@ -19,6 +19,9 @@
 #            10,000 small files vs `docker cp` (target ratio ≤ 1); VM driver 256 MiB in MiB/s
 #            (target ≥ 45 MiB/s under TCG)
 #   egress   1 GiB through the proxy vs direct (target ≥ 0.8×); CONNECT added latency
+#   pools    VM create → READY through the CLI from a warm pool of 5 vs a cold create of
+#            another shape, 20 sequential and 5 at a time; idle pooled VMs' host RSS
+#            (target: pool p50 < 150 ms)
 #   cliapi   a CLI's calls over the local Unix socket vs TCP+mTLS: small RPC p50,
 #            connect + first RPC p50, and `sandbox exec -- true` p50 on Docker
 #            (target: the socket no slower)
@@ -68,8 +71,9 @@ for s in "${sections[@]}"; do
 		needs_docker; OPENSHELL_BENCH=1 E2E_DRIVER=docker go test -count=1 -run TestTransferSpeed -v -timeout 30m ./e2e/
 		./scripts/setup-vm-host.sh >/dev/null; OPENSHELL_BENCH=1 E2E_DRIVER=vm go test -count=1 -run TestTransferSpeed -v -timeout 30m ./e2e/ ;;
 	egress) go test -run '^$' -bench . -benchtime 3x ./supervisor/egress ;;
+	pools) ./scripts/setup-vm-host.sh >/dev/null; OPENSHELL_BENCH=1 go test -count=1 -run TestBenchPool -v -timeout 60m ./e2e/vm/ ;;
 	cliapi) OPENSHELL_BENCH=1 go test -count=1 -run TestBenchCLIAPI -v -timeout 5m ./gateway/daemon/
 		needs_docker; OPENSHELL_BENCH=1 go test -count=1 -run TestSocketVsTCPExecTiming -v -timeout 10m ./e2e/ ;;
-	*) echo "unknown section $s; valid: gateway store vmm images vm docker podman exec transfer egress cliapi" >&2; exit 2 ;;
+	*) echo "unknown section $s; valid: gateway store vmm images vm docker podman exec transfer egress cliapi pools" >&2; exit 2 ;;
 	esac
 done

@@ -229,6 +229,14 @@ func doctor(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stdout, "guest kernel:  %s\n", orNone(r.Kernel))
 		fmt.Fprintf(stdout, "supervisor:    %s\n", orNone(r.Supervisor))
 		fmt.Fprintf(stdout, "default image: %s\n", r.DefaultImage)
+		for _, p := range r.Pools {
+			var rss []string
+			for _, b := range p.IdleRSSBytes {
+				rss = append(rss, fmt.Sprintf("%.0f MiB", float64(b)/(1<<20)))
+			}
+			fmt.Fprintf(stdout, "warm pool %s: %d idle, %d booting (size %d; %s, %d vCPU, %d MiB); idle VMs' host RSS: %s\n",
+				p.Name, p.Idle, p.Booting, p.Size, p.Image, p.VCPUs, p.MemoryMiB, orNone(strings.Join(rss, ", ")))
+		}
 		for _, m := range r.Missing {
 			fmt.Fprintf(stdout, "MISSING: %s\n  fix: %s\n", m.What, m.Fix)
 		}

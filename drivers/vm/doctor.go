@@ -32,6 +32,9 @@ type Report struct {
 	Supervisor      string    `json:"supervisor,omitempty"`
 	DefaultImage    string    `json:"default_image"`
 	Missing         []Missing `json:"missing,omitempty"`
+	// Pools are the warm pools with VMs in the state dir (pool.go): idle and booting
+	// VMs, and each idle VM's host memory.
+	Pools []PoolStatus `json:"pools,omitempty"`
 }
 
 // OK reports whether nothing is missing.
@@ -116,5 +119,6 @@ func Doctor(_ context.Context, cfg Config) Report {
 			miss(fmt.Sprintf("default image %s (no OCI layout at %s)", cfg.DefaultImage, ref.Path), fix)
 		}
 	}
+	r.Pools = PoolsOnDisk(context.Background(), cfg.StateDir, cfg.Pools)
 	return r
 }

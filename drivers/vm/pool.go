@@ -746,3 +746,52 @@ func (d *Driver) finishClaim(id string) {
 		d.log.Warn("finish the claim", "sandbox_id", id, "err", err)
 	}
 }
+
+// PoolsOnDisk reports the warm pools' VMs found in a driver state directory, for
+// doctor (which runs apart from the driver): each idle member's runner is asked
+// whether its guest waits, and its host memory is read from /proc. cfg gives the
+// configured sizes (nil: sizes unknown, 0).
+func PoolsOnDisk(ctx context.Context, stateDir string, cfg map[string]PoolConfig) []PoolStatus {
+	byName := map[string]*PoolStatus{}
+	get := func(n string) *PoolStatus {
+		if byName[n] == nil {
+			byName[n] = &PoolStatus{Name: n, Size: cfg[n].Size, Image: cfg[n].Image, VCPUs: cfg[n].CPUs, MemoryMiB: cfg[n].MemoryMiB}
+		}
+		return byName[n]
+	}
+	for n := range cfg {
+		get(n)
+	}
+	root := filepath.Join(stateDir, "sb")
+	ents, _ := os.ReadDir(root)
+	for _, e := range ents {
+		dir := filepath.Join(root, e.Name())
+		pr, err := readPoolRecord(dir)
+		if err != nil || pr.ClaimedBy != "" {
+			continue
+		}
+		rec, err := state.Load(dir)
+		if err != nil || rec.RunnerPID == 0 || !state.SameProcess(rec.RunnerPID, rec.RunnerStart) {
+			continue
+		}
+		ps := get(pr.Pool)
+		if ps.Image == "" {
+			ps.Image, ps.VCPUs, ps.MemoryMiB = rec.Image, rec.VCPUs, rec.MemoryMiB
+		}
+		sctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		st, err := runner.NewClient(state.PathsFor(dir).ControlSocket).Status(sctx)
+		cancel()
+		if err == nil && st.GuestWaiting && st.State == runner.StatePooled {
+			ps.Idle++
+			ps.IdleRSSBytes = append(ps.IdleRSSBytes, sessionRSS(rec.RunnerPID, rec.RunnerStart, rec.VMMPID))
+		} else {
+			ps.Booting++
+		}
+	}
+	out := make([]PoolStatus, 0, len(byName))
+	for _, ps := range byName {
+		out = append(out, *ps)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}

@@ -417,6 +417,7 @@ func (g *Gateway) healthMux() http.Handler {
 		func() float64 { return 1 }))
 	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "openshell_gateway_supervisor_sessions", Help: "Live supervisor sessions."},
 		func() float64 { return float64(g.Server.Hub().Count()) }))
+	registerPoolMetrics(reg, g.driver)
 	mux := http.NewServeMux()
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) {

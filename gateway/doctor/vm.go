@@ -4,8 +4,14 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
+	"os"
 	"os/exec"
+	"path/filepath"
+	"strings"
 	"time"
+
+	"github.com/openshell/openshell/gateway/config"
 )
 
 // vmReport mirrors the JSON of `openshell-driver-vm doctor --json`.
@@ -23,6 +29,14 @@ type vmReport struct {
 		What string `json:"what"`
 		Fix  string `json:"fix"`
 	} `json:"missing"`
+	Pools []struct {
+		Name         string  `json:"name"`
+		Size         int     `json:"size"`
+		Idle         int     `json:"idle"`
+		Booting      int     `json:"booting"`
+		Image        string  `json:"image"`
+		IdleRSSBytes []int64 `json:"idle_rss_bytes"`
+	} `json:"pools"`
 }
 
 // VMCheck returns a check that runs `<driverBinary> doctor --json` (the VM driver's
@@ -37,7 +51,12 @@ func VMCheck(find func() (string, error)) Check {
 		ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 		defer cancel()
 		var stdout, stderr bytes.Buffer
-		cmd := exec.CommandContext(ctx, bin, "doctor", "--json")
+		args := []string{"doctor", "--json"}
+		// The local gateway's VM driver state (default state dir): its warm pools.
+		if dir := filepath.Join(config.Defaults().StateDir, "vm-driver"); dirExists(dir) {
+			args = append(args, "--state-dir", dir)
+		}
+		cmd := exec.CommandContext(ctx, bin, args...)
 		cmd.Stdout, cmd.Stderr = &stdout, &stderr
 		runErr := cmd.Run() // exit 1 = something missing; the JSON says what
 		var r vmReport
@@ -69,8 +88,21 @@ func VMCheck(find func() (string, error)) Check {
 		for _, m := range r.Missing {
 			out = append(out, Finding{Check: "vm.missing", Status: Warn, Detail: m.What, Fix: m.Fix})
 		}
+		for _, p := range r.Pools {
+			var rss []string
+			for _, b := range p.IdleRSSBytes {
+				rss = append(rss, fmt.Sprintf("%.0f MiB", float64(b)/(1<<20)))
+			}
+			detail := fmt.Sprintf("%d idle, %d booting, size %d (%s); idle VMs' host RSS: %s", p.Idle, p.Booting, p.Size, p.Image, strings.Join(rss, ", "))
+			out = append(out, Finding{Check: "vm.pool." + p.Name, Status: Info, Detail: detail})
+		}
 		return out
 	}
+}
+
+func dirExists(p string) bool {
+	st, err := os.Stat(p)
+	return err == nil && st.IsDir()
 }
 
 func statusIf(ok bool) Status {

@@ -1,0 +1,130 @@
+package vm_test
+
+import (
+	"fmt"
+	"os"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+)
+
+// TestBenchPool measures, with OPENSHELL_BENCH=1, create → READY through the CLI
+// (`openshell sandbox create`, which returns once the sandbox is READY: VM up and the
+// supervisor's session live) on one gateway, side by side:
+//
+//   - from a warm pool of 5 VMs: 20 one after another, and 4 rounds of 5 at a time,
+//     each sample or round started with the pool full (no refill boot competing);
+//   - cold (a shape the pool does not serve: 520 MiB instead of 512): the same.
+//
+// It prints one "BENCH vm-pool-…" line per series and the ratios; the target is a
+// pool p50 < 150 ms. scripts/bench.sh pools runs it.
+func TestBenchPool(t *testing.T) {
+	if os.Getenv("OPENSHELL_BENCH") != "1" {
+		t.Skip("benchmark: set OPENSHELL_BENCH=1")
+	}
+	const pool, size = "bench", 5
+	r := startPoolRun(t, pool, size)
+	r.waitIdle(pool, size, 10*time.Minute)
+
+	n := 0
+	one := func(cold bool) time.Duration {
+		n++
+		name := fmt.Sprintf("bench-%d", n)
+		args := []string{"sandbox", "create", "--name", name, "--from", r.image, "--timeout", cliTimeout.String()}
+		if cold {
+			args = append(args, "--memory", "520Mi")
+		}
+		t0 := time.Now()
+		if out, err := r.run(append(args, "--", "sleep", "1000000")...); err != nil {
+			r.dumpLogs()
+			t.Fatalf("create %s: %v\n%s", name, err, out)
+		}
+		took := time.Since(t0)
+		if fp := r.fromPool(name); (fp == pool) == cold {
+			t.Fatalf("%s: from_pool %q (cold %v): the sample measured the wrong path", name, fp, cold)
+		}
+		return took
+	}
+	del := func(names ...string) {
+		for _, nm := range names {
+			r.deleteAndWaitGone(nm, 2*time.Minute)
+		}
+	}
+	seq := func(cold bool) []time.Duration {
+		var out []time.Duration
+		for range 20 {
+			if !cold {
+				r.waitIdle(pool, size, 5*time.Minute)
+			}
+			out = append(out, one(cold))
+			del(fmt.Sprintf("bench-%d", n))
+		}
+		return out
+	}
+	par := func(cold bool) []time.Duration {
+		var out []time.Duration
+		for range 4 {
+			if !cold {
+				r.waitIdle(pool, size, 5*time.Minute)
+			}
+			var (
+				mu    sync.Mutex
+				wg    sync.WaitGroup
+				names []string
+			)
+			base := n
+			n += size
+			for i := range size {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					name := fmt.Sprintf("bench-%d", base+i+1)
+					args := []string{"sandbox", "create", "--name", name, "--from", r.image, "--timeout", cliTimeout.String()}
+					if cold {
+						args = append(args, "--memory", "520Mi")
+					}
+					t0 := time.Now()
+					out2, err := r.run(append(args, "--", "sleep", "1000000")...)
+					took := time.Since(t0)
+					if err != nil {
+						t.Errorf("create %s: %v\n%s", name, err, out2)
+						return
+					}
+					mu.Lock()
+					out = append(out, took)
+					names = append(names, name)
+					mu.Unlock()
+				}()
+			}
+			wg.Wait()
+			for _, nm := range names {
+				if fp := r.fromPool(nm); (fp == pool) == cold {
+					t.Errorf("%s: from_pool %q (cold %v)", nm, fp, cold)
+				}
+			}
+			del(names...)
+		}
+		return out
+	}
+	stats := func(what string, ds []time.Duration) time.Duration {
+		slices.Sort(ds)
+		if len(ds) == 0 {
+			t.Fatalf("%s: no samples", what)
+		}
+		p50, p99 := ds[len(ds)/2], ds[min(len(ds)-1, (len(ds)*99)/100)]
+		fmt.Printf("BENCH vm-pool-%s p50_us=%d p99_us=%d n=%d\n", what, p50.Microseconds(), p99.Microseconds(), len(ds))
+		t.Logf("%s: p50 %v p99 %v min %v max %v (n=%d)", what, p50.Round(time.Millisecond), p99.Round(time.Millisecond), ds[0].Round(time.Millisecond), ds[len(ds)-1].Round(time.Millisecond), len(ds))
+		return p50
+	}
+	ps := r.waitIdle(pool, size, 5*time.Minute)
+	for i, b := range ps.IdleRSSBytes {
+		fmt.Printf("BENCH vm-pool-idle-rss vm=%d rss_mib=%.1f\n", i, float64(b)/(1<<20))
+	}
+	poolSeq := stats("pool-seq", seq(false))
+	poolPar := stats("pool-5x", par(false))
+	coldSeq := stats("cold-seq", seq(true))
+	coldPar := stats("cold-5x", par(true))
+	fmt.Printf("BENCH vm-pool ratio pool/cold p50: sequential %.3f, 5 at a time %.3f (pool p50 %v / %v; target < 150 ms)\n",
+		float64(poolSeq)/float64(coldSeq), float64(poolPar)/float64(coldPar), poolSeq.Round(time.Millisecond), poolPar.Round(time.Millisecond))
+}
