@@ -44,6 +44,7 @@ func (s *Server) Health(ctx context.Context, _ *openshellv1.HealthRequest) (*ope
 }
 
 func (s *Server) CreateSandbox(ctx context.Context, req *openshellv1.CreateSandboxRequest) (*openshellv1.SandboxResponse, error) {
+	received := time.Now()
 	if err := validation.CreateRequest(req); err != nil {
 		return nil, err
 	}
@@ -72,8 +73,9 @@ func (s *Server) CreateSandbox(ctx context.Context, req *openshellv1.CreateSandb
 	sb := &openshellv1.Sandbox{
 		Metadata: &datamodelv1.ObjectMeta{Id: id, Name: name, Workspace: ws,
 			Labels: maps.Clone(req.GetLabels()), Annotations: maps.Clone(req.GetAnnotations())},
-		Spec:   spec,
-		Status: &openshellv1.SandboxStatus{SandboxName: name, Phase: openshellv1.SandboxPhase_SANDBOX_PHASE_PROVISIONING},
+		Spec: spec,
+		Status: &openshellv1.SandboxStatus{SandboxName: name, Phase: openshellv1.SandboxPhase_SANDBOX_PHASE_PROVISIONING,
+			CreateTimeline: []*datamodelv1.TimelineStep{{Phase: stepReceived, AtUnixUs: received.UnixMicro()}}},
 	}
 	log := s.log.With("sandbox_id", id, "sandbox", name, "workspace", ws)
 	token, err := s.opts.Tokens.Mint(id, s.opts.TokenTTL)

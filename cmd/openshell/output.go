@@ -12,6 +12,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"gopkg.in/yaml.v3"
 
+	"github.com/openshell/openshell/api/datamodelv1"
 	"github.com/openshell/openshell/api/openshellv1"
 )
 
@@ -153,5 +154,25 @@ func printSandboxDetail(w io.Writer, sb *openshellv1.Sandbox) error {
 	for _, c := range st.GetConditions() {
 		row("Condition "+c.GetType(), strings.TrimSpace(fmt.Sprintf("%s %s %s", c.GetStatus(), c.GetReason(), c.GetMessage())))
 	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	return printTimeline(w, st.GetCreateTimeline())
+}
+
+// printTimeline writes the create timeline as a table: phase, when it ended (local
+// time), how long it took; then the total.
+func printTimeline(w io.Writer, tl []*datamodelv1.TimelineStep) error {
+	if len(tl) == 0 {
+		return nil
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "Create timeline:")
+	fmt.Fprintln(tw, "  PHASE\tAT\tTOOK")
+	ms := func(us int64) string { return fmt.Sprintf("%.1f ms", float64(us)/1000) }
+	for _, s := range tl {
+		fmt.Fprintf(tw, "  %s\t%s\t%s\n", s.GetPhase(), time.UnixMicro(s.GetAtUnixUs()).Format("15:04:05.000"), ms(s.GetTookUs()))
+	}
+	fmt.Fprintf(tw, "  total\t\t%s\n", ms(tl[len(tl)-1].GetAtUnixUs()-tl[0].GetAtUnixUs()))
 	return tw.Flush()
 }

@@ -20,9 +20,11 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/openshell/openshell/api/computev1"
+	"github.com/openshell/openshell/api/datamodelv1"
 	"github.com/openshell/openshell/drivers"
 	"github.com/openshell/openshell/drivers/vm/internal/runner"
 	"github.com/openshell/openshell/drivers/vm/internal/state"
+	"github.com/openshell/openshell/guest/channel/wire"
 )
 
 // Name is the driver name reported in capabilities.
@@ -74,6 +76,38 @@ type sandbox struct {
 	monDone     chan struct{}
 	exited      chan struct{} // closed when the current runner is gone
 	pool        string        // the warm pool its VM was claimed from ("" = booted for it)
+
+	// steps are the driver's steps of the current create or start (image, disk);
+	// runnerSteps the runner's (runner, vmm, the guest's, bootstrap).
+	steps, runnerSteps []wire.HostStep
+}
+
+// stamp records that step phase of the current create or start ended now.
+func (s *sandbox) stamp(phase string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.steps = append(s.steps, wire.HostStep{Phase: phase, At: time.Now().UTC()})
+}
+
+// timelineLocked is the create timeline so far, in order, each step's took from the
+// one before. s.mu held.
+func (s *sandbox) timelineLocked() []*datamodelv1.TimelineStep {
+	all := append(append([]wire.HostStep(nil), s.steps...), s.runnerSteps...)
+	out := make([]*datamodelv1.TimelineStep, 0, len(all))
+	var prev int64
+	for i, st := range all {
+		at := st.At.UnixMicro()
+		if i > 0 && at < prev { // a runner clock step never runs backwards in the report
+			at = prev
+		}
+		var took int64
+		if i > 0 {
+			took = at - prev
+		}
+		out = append(out, &datamodelv1.TimelineStep{Phase: st.Phase, AtUnixUs: at, TookUs: took})
+		prev = at
+	}
+	return out
 }
 
 func (s *sandbox) setPhase(p phase, reason, msg string) {
@@ -210,7 +244,7 @@ func (d *Driver) snapshot(s *sandbox) *computev1.DriverSandbox {
 	cond := func(typ, status, reason, msg string) *computev1.DriverCondition {
 		return &computev1.DriverCondition{Type: typ, Status: status, Reason: reason, Message: msg, LastTransitionTime: ts}
 	}
-	st := &computev1.DriverSandboxStatus{SandboxName: s.name, InstanceId: "vm-" + s.id}
+	st := &computev1.DriverSandboxStatus{SandboxName: s.name, InstanceId: "vm-" + s.id, CreateTimeline: s.timelineLocked()}
 	st.FromPool = s.pool
 	switch s.phase {
 	case phaseProvisioning, phaseBooting:
@@ -350,6 +384,7 @@ func (d *Driver) ValidateCreate(_ context.Context, sb *computev1.DriverSandbox) 
 // Create implements drivers.Driver. It records the sandbox and returns; the image,
 // disk and boot proceed in the background and are reported through Watch/Get.
 func (d *Driver) Create(_ context.Context, sb *computev1.DriverSandbox) (retErr error) {
+	received := time.Now().UTC()
 	res, err := d.resolve(sb)
 	if err != nil {
 		return err
@@ -373,6 +408,7 @@ func (d *Driver) Create(_ context.Context, sb *computev1.DriverSandbox) (retErr 
 	}
 	s := &sandbox{id: id, name: sb.GetName(), paths: state.PathsFor(dir), cid: d.freeCIDLocked()}
 	s.setPhase(phaseProvisioning, drivers.ReasonStarting, "preparing the image")
+	s.steps = []wire.HostStep{{Phase: "driver", At: received}}
 	d.sandboxes[id] = s
 	d.mu.Unlock()
 	defer func() {
@@ -574,6 +610,7 @@ func (d *Driver) applyRunnerStatus(s *sandbox, st runner.Status) {
 	switch st.State {
 	case runner.StateRunning:
 		if s.phase == phaseBooting {
+			s.runnerSteps = append([]wire.HostStep{{Phase: "runner", At: st.StartedAt}}, st.Timeline...)
 			s.setPhase(phaseRunning, drivers.ReasonRunning, "guest booted at "+st.BootedAt.Format(time.RFC3339Nano))
 			changed = true
 		}
@@ -584,9 +621,24 @@ func (d *Driver) applyRunnerStatus(s *sandbox, st runner.Status) {
 	}
 	s.mu.Unlock()
 	if changed {
-		d.log.Info("VM sandbox ready", "sandbox_id", s.id, "vmm_pid", st.VMMPID)
+		d.log.Info("VM sandbox ready", "sandbox_id", s.id, "vmm_pid", st.VMMPID, "timeline", timelineAttr(s))
 		d.emit(s)
 	}
+}
+
+// timelineAttr renders s's timeline for one log line: "image=12ms disk=3ms …".
+func timelineAttr(s *sandbox) string {
+	s.mu.Lock()
+	tl := s.timelineLocked()
+	s.mu.Unlock()
+	var b []byte
+	for i, st := range tl {
+		if i > 0 {
+			b = append(b, ' ')
+		}
+		b = fmt.Appendf(b, "%s=%dms", st.GetPhase(), st.GetTookUs()/1000)
+	}
+	return string(b)
 }
 
 // runnerGone reports the end of a runner from its tombstone.
@@ -894,6 +946,9 @@ func (d *Driver) startLocked(ctx context.Context, s *sandbox) error {
 		return fmt.Errorf("vm sandbox %q was never provisioned (%s): delete and create it again: %w", id, rec.Error.Message, drivers.ErrFailedPrecondition)
 	}
 	d.killLeftovers(s)
+	s.mu.Lock()
+	s.steps, s.runnerSteps = []wire.HostStep{{Phase: "driver", At: time.Now().UTC()}}, nil
+	s.mu.Unlock()
 	if err := d.refreshSpec(ctx, s, rec); err != nil {
 		return fmt.Errorf("vm sandbox %q: %w", id, err)
 	}

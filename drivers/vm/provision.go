@@ -176,6 +176,7 @@ func (d *Driver) prepare(ctx context.Context, s *sandbox, res *resolved, spec *c
 	if _, err := state.Update(s.paths.Dir, func(r *state.Record) error { r.ImageDigest = entry.Digest; return nil }); err != nil {
 		return nil, err
 	}
+	s.stamp("image")
 	kernel, initrd, err := d.bootFiles(ctx)
 	if err != nil {
 		return nil, err
@@ -184,6 +185,7 @@ func (d *Driver) prepare(ctx context.Context, s *sandbox, res *resolved, spec *c
 	if err := vmm.CreateWritableDiskContext(ctx, s.paths.Disk, res.diskBytes); err != nil {
 		return nil, err
 	}
+	s.stamp("disk")
 	boot, err := d.bootstrapConfig(s, spec, entry, spec.GetGatewaySocketDir())
 	if err != nil {
 		return nil, err
