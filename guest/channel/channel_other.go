@@ -19,3 +19,6 @@ func Listen(port uint32) (net.Listener, error) { return nil, errNotLinux }
 
 // Detect is only implemented on Linux.
 func Detect() (string, error) { return "", errNotLinux }
+
+// SetVsockBuffer does nothing outside Linux.
+func SetVsockBuffer(net.Conn, uint64) {}

@@ -6,10 +6,7 @@ import (
 	"io"
 	"net"
 	"os"
-	"syscall"
 	"time"
-
-	"golang.org/x/sys/unix"
 
 	"github.com/openshell/openshell/guest/channel"
 )
@@ -49,7 +46,7 @@ func xfer(c net.Conn) {
 		return
 	}
 	if req[1] == 1 {
-		setVsockBuffer(c, 4<<20)
+		channel.SetVsockBuffer(c, 4<<20)
 	}
 	buf := make([]byte, 1<<20)
 	switch req[0] {
@@ -82,20 +79,4 @@ func xfer(c net.Conn) {
 			}
 		}
 	}
-}
-
-// setVsockBuffer raises the socket's vsock buffer (its receive credit) to n.
-func setVsockBuffer(c net.Conn, n uint64) {
-	sc, ok := c.(syscall.Conn)
-	if !ok {
-		return
-	}
-	rc, err := sc.SyscallConn()
-	if err != nil {
-		return
-	}
-	_ = rc.Control(func(fd uintptr) {
-		_ = unix.SetsockoptUint64(int(fd), unix.AF_VSOCK, unix.SO_VM_SOCKETS_BUFFER_MAX_SIZE, n)
-		_ = unix.SetsockoptUint64(int(fd), unix.AF_VSOCK, unix.SO_VM_SOCKETS_BUFFER_SIZE, n)
-	})
 }
