@@ -20,24 +20,17 @@ import (
 // testguestXferPort is the test guest's XferPort.
 const testguestXferPort = 7071
 
-// TestBenchTransferChannel is the raw channel leg of the transfer benchmark
-// (scripts/bench.sh transfer), with OPENSHELL_BENCH=1: a VM of the driver (same
-// kernel, backend and vsock channel as a sandbox's) whose test guest dials the host's
-// XferPort as a supervisor dials the gateway port; the host streams 256 MiB to the guest (discarded, then written to the guest's root
-// with one fsync) and reads 256 MiB from it, through the VM's vsock backend with no
-// gRPC, runner or gateway on the way. It is the ceiling of `sandbox upload/download`
-// on this host, which the e2e half (e2e TestTransferSpeed) measures through the CLI,
-// the gateway, the runner and the guest's supervisor. Each case runs with the
-// guest's default vsock buffer and with 4 MiB.
-func TestBenchTransferChannel(t *testing.T) {
-	if os.Getenv("OPENSHELL_BENCH") != "1" {
-		t.Skip("benchmark: set OPENSHELL_BENCH=1")
-	}
+// xferGuest boots a VM of the driver (same kernel, backend and vsock channel as a
+// sandbox's) whose test guest dials the host's XferPort (see testguest/xfer.go) as a
+// supervisor dials the gateway port through the VM's vsock backend. It returns a
+// function that takes the guest's next connection and sends it a request.
+func xferGuest(t *testing.T) (dial func(op, flag byte, n uint64) net.Conn) {
+	t.Helper()
 	_, image := vmFixture(t)
 	gw := newGatewayStub(t)
 	dir := shortDir(t)
 	d := newTestDriver(t, testConfig(t, dir, gw.addr()))
-	defer d.Close()
+	t.Cleanup(func() { d.Close() })
 
 	id, name := drivertest.NewIDs()
 	sb := drivertest.DefaultSandbox(id, name, image)
@@ -46,19 +39,19 @@ func TestBenchTransferChannel(t *testing.T) {
 	if err := d.Create(t.Context(), sb); err != nil {
 		t.Fatalf("Create: %v", err)
 	}
-	defer d.Delete(context.Background(), id, "")
+	t.Cleanup(func() { d.Delete(context.Background(), id, "") })
 	gw.next(t, id, vmTimeout) // the guest serves the port before it reports
 
 	rec := record(t, dir, id)
-	defer func() {
+	t.Cleanup(func() {
 		if t.Failed() {
 			t.Logf("guest console:\n%s", state.Tail(rec.Paths.ConsoleLog, 3000))
 			t.Logf("vsock backend log:\n%s", state.Tail(filepath.Join(rec.Paths.VMMDir, "vsock-backend.log"), 3000))
 		}
-	}()
+	})
 	uds := filepath.Join(rec.Paths.VMMDir, "vsock.sock")
 	if _, err := os.Stat(uds); err != nil {
-		t.Fatalf("the VM's vsock backend socket: %v (the bench needs the vhost-user-vsock transport)", err)
+		t.Fatalf("the VM's vsock backend socket: %v (the xfer guest needs the vhost-user-vsock transport)", err)
 	}
 	// The guest dials the host's Unix socket for the port (as a supervisor dials the
 	// gateway port through the backend), one connection per request.
@@ -66,9 +59,8 @@ func TestBenchTransferChannel(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
-	const size = 256 << 20
-	dial := func(op, flag byte, n uint64) net.Conn {
+	t.Cleanup(func() { ln.Close() })
+	return func(op, flag byte, n uint64) net.Conn {
 		type res struct {
 			c   net.Conn
 			err error
@@ -96,6 +88,43 @@ func TestBenchTransferChannel(t *testing.T) {
 		}
 		return c
 	}
+}
+
+// The gateway connection's larger vsock buffer takes effect in a real guest kernel:
+// channel.SetVsockBuffer on a guest connection raises what the guest's socket
+// reports from the kernel's 256 KiB default to 4 MiB.
+func TestGuestVsockBuffer(t *testing.T) {
+	dial := xferGuest(t)
+	for _, c := range []struct {
+		flag byte
+		want uint64
+	}{{0, 256 << 10}, {1, 4 << 20}} {
+		conn := dial('b', c.flag, 0)
+		var got [8]byte
+		if _, err := io.ReadFull(conn, got[:]); err != nil {
+			t.Fatalf("the guest's buffer size: %v", err)
+		}
+		conn.Close()
+		if n := binary.BigEndian.Uint64(got[:]); n != c.want {
+			t.Errorf("flag %d: the guest's vsock buffer is %d bytes, want %d", c.flag, n, c.want)
+		}
+	}
+}
+
+// TestBenchTransferChannel is the raw channel leg of the transfer benchmark
+// (scripts/bench.sh transfer), with OPENSHELL_BENCH=1: on an xferGuest the host
+// streams 256 MiB to the guest (discarded; then 32 MiB written to the guest's disk
+// with one fsync) and reads 256 MiB from it, through the VM's vsock backend with no
+// gRPC, runner or gateway on the way. It is the ceiling of `sandbox upload/download`
+// on this host, which the e2e half (e2e TestTransferSpeed) measures through the CLI,
+// the gateway, the runner and the guest's supervisor. Each case runs with the
+// guest's default vsock buffer and with 4 MiB.
+func TestBenchTransferChannel(t *testing.T) {
+	if os.Getenv("OPENSHELL_BENCH") != "1" {
+		t.Skip("benchmark: set OPENSHELL_BENCH=1")
+	}
+	dial := xferGuest(t)
+	const size = 256 << 20
 	send := func(op, flag byte, size int) float64 {
 		c := dial(op, flag, uint64(size))
 		defer c.Close()

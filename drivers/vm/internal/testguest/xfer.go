@@ -6,7 +6,10 @@ import (
 	"io"
 	"net"
 	"os"
+	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/openshell/openshell/guest/channel"
 )
@@ -20,8 +23,10 @@ import (
 // On each connection the host sends one request: an op byte, a flag byte and an
 // 8-byte big-endian count. Ops: 'w' the guest reads count bytes and discards them;
 // 'f' the same into /xfer.bin with one fsync at the end; 'r' the guest writes count
-// bytes. After 'w' and 'f' the guest answers with the 8-byte count it read. Flag 1
-// sets the guest socket's vsock buffer to 4 MiB first. Then the guest dials again.
+// bytes; 'b' the guest answers with its socket's vsock buffer size (8 bytes). After
+// 'w' and 'f' the guest answers with the 8-byte count it read. Flag 1 sets the guest
+// socket's vsock buffer to 4 MiB first (channel.SetVsockBuffer, as the gateway
+// connection's). Then the guest dials again.
 const XferPort = 7071
 
 // serveXfer dials the host's XferPort in the background, one request per connection.
@@ -69,6 +74,10 @@ func xfer(c net.Conn) {
 		var out [8]byte
 		binary.BigEndian.PutUint64(out[:], uint64(n))
 		_, _ = c.Write(out[:])
+	case 'b':
+		var out [8]byte
+		binary.BigEndian.PutUint64(out[:], vsockBuffer(c))
+		_, _ = c.Write(out[:])
 	case 'r':
 		left := int64(binary.BigEndian.Uint64(req[2:]))
 		for left > 0 {
@@ -79,4 +88,24 @@ func xfer(c net.Conn) {
 			}
 		}
 	}
+}
+
+// vsockBuffer is c's SO_VM_SOCKETS_BUFFER_SIZE (0 if it cannot be read).
+func vsockBuffer(c net.Conn) uint64 {
+	sc, ok := c.(syscall.Conn)
+	if !ok {
+		return 0
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return 0
+	}
+	var n uint64
+	_ = rc.Control(func(fd uintptr) {
+		v, err := unix.GetsockoptUint64(int(fd), unix.AF_VSOCK, unix.SO_VM_SOCKETS_BUFFER_SIZE)
+		if err == nil {
+			n = v
+		}
+	})
+	return n
 }
