@@ -24,6 +24,10 @@ func TestBenchPool(t *testing.T) {
 		t.Skip("benchmark: set OPENSHELL_BENCH=1")
 	}
 	const pool, size = "bench", 5
+	samples := 20 // per series; OPENSHELL_BENCH_N overrides (a multiple of 5 for the 5-at-a-time series)
+	if v := os.Getenv("OPENSHELL_BENCH_N"); v != "" {
+		fmt.Sscan(v, &samples)
+	}
 	r := startPoolRun(t, pool, size)
 	r.waitIdle(pool, size, 10*time.Minute)
 
@@ -53,7 +57,7 @@ func TestBenchPool(t *testing.T) {
 	}
 	seq := func(cold bool) []time.Duration {
 		var out []time.Duration
-		for range 20 {
+		for range samples {
 			if !cold {
 				r.waitIdle(pool, size, 5*time.Minute)
 			}
@@ -64,7 +68,7 @@ func TestBenchPool(t *testing.T) {
 	}
 	par := func(cold bool) []time.Duration {
 		var out []time.Duration
-		for range 4 {
+		for range max(1, samples/size) {
 			if !cold {
 				r.waitIdle(pool, size, 5*time.Minute)
 			}

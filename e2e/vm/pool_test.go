@@ -139,15 +139,23 @@ func TestVMPoolIsolationAndKill9(t *testing.T) {
 		}
 	}
 
-	type seen struct{ boot, rnd, file, procs, env string }
+	// What a sandbox sees: its boot id, 16 random bytes, and the rest (its /tmp, its
+	// processes, its environment) in one text.
+	type seen struct{ boot, rnd, rest string }
 	look := func(name string) seen {
+		// READY means the session is up; wait for the main process's file first.
+		for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(500 * time.Millisecond) {
+			if out, err := r.run("sandbox", "exec", "-n", name, "--", "sh", "-c", "ls /tmp/file-*"); err == nil && strings.Contains(out, "file-") {
+				break
+			}
+		}
 		out := r.execIn(name, "sh", "-c",
 			`cat /proc/sys/kernel/random/boot_id; head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n'; echo; ls /tmp; echo; ps -o args 2>/dev/null || ps; echo; env`)
 		parts := strings.SplitN(out, "\n", 3)
 		if len(parts) < 3 {
 			t.Fatalf("%s: output %q", name, out)
 		}
-		return seen{boot: parts[0], rnd: parts[1], file: parts[2], procs: parts[2], env: parts[2]}
+		return seen{boot: parts[0], rnd: parts[1], rest: parts[2]}
 	}
 	// Each sandbox's main process writes a file named after its secret and then
 	// sleeps for a number of seconds only it uses (its process marker).
@@ -168,19 +176,19 @@ func TestVMPoolIsolationAndKill9(t *testing.T) {
 		}
 	}
 	sa, sb := look(a), look(b)
-	if !strings.Contains(sa.file, "file-alpha1") || !strings.Contains(sa.env, "POOL_SECRET=alpha1") || !strings.Contains(sa.procs, "7000001") {
-		t.Fatalf("sandbox a does not see its own file, variable and process: %q", sa.file)
+	if !strings.Contains(sa.rest, "file-alpha1") || !strings.Contains(sa.rest, "POOL_SECRET=alpha1") || !strings.Contains(sa.rest, "7000001") {
+		t.Fatalf("sandbox a does not see its own file, variable and process: %q", sa.rest)
 	}
-	if !strings.Contains(sb.file, "file-bravo2") || !strings.Contains(sb.env, "POOL_SECRET=bravo2") || !strings.Contains(sb.procs, "7000002") {
-		t.Fatalf("sandbox b does not see its own file, variable and process: %q", sb.file)
+	if !strings.Contains(sb.rest, "file-bravo2") || !strings.Contains(sb.rest, "POOL_SECRET=bravo2") || !strings.Contains(sb.rest, "7000002") {
+		t.Fatalf("sandbox b does not see its own file, variable and process: %q", sb.rest)
 	}
 	for _, leak := range []string{"alpha1", "7000001"} {
-		if strings.Contains(sb.file, leak) {
-			t.Errorf("sandbox b sees %q of sandbox a:\n%s", leak, sb.file)
+		if strings.Contains(sb.rest, leak) {
+			t.Errorf("sandbox b sees %q of sandbox a:\n%s", leak, sb.rest)
 		}
 	}
-	if strings.Contains(sa.file, "bravo2") || strings.Contains(sa.file, "7000002") {
-		t.Errorf("sandbox a sees sandbox b's secret:\n%s", sa.file)
+	if strings.Contains(sa.rest, "bravo2") || strings.Contains(sa.rest, "7000002") {
+		t.Errorf("sandbox a sees sandbox b's secret:\n%s", sa.rest)
 	}
 	if sa.boot == "" || sa.boot == sb.boot {
 		t.Errorf("two pooled sandboxes share a boot: %q / %q", sa.boot, sb.boot)
@@ -203,8 +211,8 @@ func TestVMPoolIsolationAndKill9(t *testing.T) {
 		t.Errorf("sandbox c shares a boot or random stream with a or b: %+v", sc)
 	}
 	for _, leak := range []string{"alpha1", "bravo2", "7000001", "7000002"} {
-		if strings.Contains(sc.file, leak) {
-			t.Errorf("sandbox c sees %q of an earlier sandbox:\n%s", leak, sc.file)
+		if strings.Contains(sc.rest, leak) {
+			t.Errorf("sandbox c sees %q of an earlier sandbox:\n%s", leak, sc.rest)
 		}
 	}
 	t.Logf("create → READY from the pool after a delete: %v", tookC)
@@ -238,7 +246,15 @@ func TestVMPoolIsolationAndKill9(t *testing.T) {
 	if r.fromPool(d) != pool {
 		t.Errorf("%s (after the restart) was not served from the pool", d)
 	}
-	if got := r.execIn(d, "cat", "/tmp/file-delta4"); got != "delta4" {
+	// READY means the session is up; the main process may not have written yet.
+	var got string
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(500 * time.Millisecond) {
+		if out, err := r.run("sandbox", "exec", "-n", d, "--", "cat", "/tmp/file-delta4"); err == nil {
+			got = strings.TrimSpace(out)
+			break
+		}
+	}
+	if got != "delta4" {
 		t.Errorf("%s: its own file reads %q", d, got)
 	}
 	t.Logf("create → READY from the pool after gateway kill -9: %v", tookD)

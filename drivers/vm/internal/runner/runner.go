@@ -298,15 +298,17 @@ func Run(ctx context.Context, dir string, o Options) (retErr error) {
 		egGate := &gate{port: "egress", limit: limits.EgressStreams, secret: secret, box: box, log: log,
 			refused: func(s *Status) { s.EgressRefused++ }}
 		lns[1], lns[2] = gwGate.listen(lns[1]), egGate.listen(lns[2])
+		// The document first: the guest's start-up need not wait for the runner's own
+		// first policy fetch below (its egress is refused until that is known).
+		wg.Add(2)
+		go func() { defer wg.Done(); sp.serveBootstrap(lns[0], bootDoc, box, log) }()
+		go func() { defer wg.Done(); serveGateway(lns[1], gw, box, log) }()
 		// The guest's egress is re-checked here against the sandbox's network policy,
 		// which the runner polls from the gateway (fail closed until it is known).
 		if stopEgress, err = startEgress(ctx, lns[2], spec, gw, log); err != nil {
 			setReason(ReasonBootFailed, "cannot serve the guest's egress with the policy check")
 			return err
 		}
-		wg.Add(2)
-		go func() { defer wg.Done(); sp.serveBootstrap(lns[0], bootDoc, box, log) }()
-		go func() { defer wg.Done(); serveGateway(lns[1], gw, box, log) }()
 		return nil
 	}
 	var claimCh chan *Claim
