@@ -50,6 +50,10 @@ type SuspendRecord struct {
 	// runner admits the guest's streams with it.
 	InstanceSecret string    `json:"instance_secret"`
 	SavedAt        time.Time `json:"saved_at"`
+	// Identity is the sandbox the VM served when saved. A VM claimed from a warm pool
+	// got it at its claim, after its runner.json was written (which still names the
+	// pool): the resumed runner serves this identity rather than wait for a claim.
+	Identity *Claim `json:"identity,omitempty"`
 	// SaveMillis is how long the save took.
 	SaveMillis int64 `json:"save_ms"`
 }
@@ -124,6 +128,9 @@ func resumeMachine(spec *Spec, r *SuspendRecord) {
 	m.ImageDisk, m.Disk = spec.Machine.ImageDisk, spec.Machine.Disk
 	m.RestoreFrom = r.StateFile
 	spec.Machine = m
+	if spec.Pool != "" && r.Identity != nil {
+		r.Identity.apply(spec)
+	}
 }
 
 // saver is a Machine that can be saved (the vmm backend's Saver).
@@ -172,7 +179,9 @@ func suspendVM(ctx context.Context, dir string, m Machine, spec *Spec, secret wi
 	mach := spec.Machine
 	mach.RestoreFrom = ""
 	r := &SuspendRecord{StateFile: statePath, Bytes: size, Machine: mach, InstanceSecret: secret.String(),
-		SavedAt: time.Now().UTC(), SaveMillis: time.Since(start).Milliseconds()}
+		SavedAt: time.Now().UTC(), SaveMillis: time.Since(start).Milliseconds(),
+		Identity: &Claim{SandboxID: spec.SandboxID, SandboxName: spec.SandboxName, Bootstrap: spec.Bootstrap,
+			Egress: spec.Egress, GatewaySocketDir: spec.GatewaySocketDir}}
 	b, err := json.MarshalIndent(r, "", "  ")
 	if err == nil {
 		err = atomicfile.WriteFile(filepath.Join(dir, SuspendFile), b, 0o600)

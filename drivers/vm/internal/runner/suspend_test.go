@@ -68,7 +68,8 @@ func serveControl(t *testing.T, sp *suspender, m Machine, spec *Spec, exited cha
 // the guest resumes, and a failed restore is set aside so the next start boots.
 func TestSuspendRecordRoundTrip(t *testing.T) {
 	dir := t.TempDir()
-	spec := &Spec{Machine: MachineSpec{VCPUs: 1, MemoryMiB: 128, Kernel: "/k", Initrd: "/i", ImageDisk: "/img", Disk: "/d", Transport: "virtio-serial"}}
+	spec := &Spec{SandboxID: "sb-1", Machine: MachineSpec{VCPUs: 1, MemoryMiB: 128, Kernel: "/k", Initrd: "/i", ImageDisk: "/img", Disk: "/d", Transport: "virtio-serial"}}
+	spec.Bootstrap.Token = "tok"
 	sp, err := newSuspender(dir, spec)
 	if err != nil || sp.resuming() {
 		t.Fatalf("fresh sandbox: resuming=%v err=%v", sp.resuming(), err)
@@ -104,6 +105,12 @@ func TestSuspendRecordRoundTrip(t *testing.T) {
 	}
 	if next.Machine.Kernel != "/k" || next.Machine.Transport != "virtio-serial" || next.Machine.Disk != "/d2" || next.Machine.RestoreFrom != filepath.Join(dir, SuspendStateFile) {
 		t.Fatalf("resumed machine %+v: want the saved kernel and channel, the current disks, restored from the state file", next.Machine)
+	}
+	// A VM claimed from a pool: its runner.json still names the pool; the resumed run
+	// serves the identity it had when saved instead of waiting for a claim.
+	pooled := &Spec{SandboxID: "pool-member", Pool: "small"}
+	if _, err := newSuspender(dir, pooled); err != nil || pooled.Pool != "" || pooled.SandboxID != spec.SandboxID || pooled.Bootstrap.Token != "tok" {
+		t.Fatalf("resumed claimed pool VM: %+v, %v; want the saved sandbox's identity, no pool", pooled, err)
 	}
 	got, err := sp2.instanceSecret()
 	if err != nil || got != secret {
