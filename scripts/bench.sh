@@ -7,6 +7,9 @@
 #   vmm      QEMU start → guest answers over vsock vs a bare boot to a trivial /init (target ≤ 1.3×)
 #   images   image → ext4 for ~100 MiB; second Ensure of a cached image (target < 100 ms)
 #   vm       VM create → Ready, sequential and 4 at a time, vs bare QEMU; memory per idle VM
+#   coldpath cold VM create → Ready through the CLI, 10 sequential, vs a bare boot of the same
+#            kernel to a trivial init that powers off (target ≤ 1.5×); the median create's
+#            timeline
 #   docker   Docker create → Ready vs `docker run -d … sleep infinity` (target ≤ 1.5×)
 #   podman   Podman create → Ready vs `podman run -d … sleep infinity`, rootful and rootless
 #            (target ≤ 1.5×)
@@ -56,6 +59,28 @@ vm_exec() {
 		}'
 }
 
+# coldpath prints a cold VM create through the CLI against a bare boot of the same
+# kernel: each half prints a "BENCH <name> p50_us=… p99_us=…" line (the bare boot's
+# benchmark prints one per round: the last is the full one); the ratio is computed here.
+coldpath() {
+	local out
+	out=$(mktemp -d)
+	go test -run '^$' -bench 'BootBare' -benchtime 10x -timeout 30m ./vmm/qemu/ | tee "$out/bare"
+	OPENSHELL_BENCH=1 E2E_DRIVER=vm go test -count=1 -run TestBenchColdCreate -v -timeout 30m ./e2e/ | tee "$out/cold"
+	{ grep -h '^BENCH vm-bare-boot' "$out/bare" | tail -1; grep -h '^BENCH vm-cold-create' "$out/cold"; } >"$out/lines" || true
+	rm -f "$out/bare" "$out/cold"
+	[ "$(wc -l <"$out/lines")" -eq 2 ] || { echo "coldpath: a half did not report (see above)" >&2; rm -rf "$out"; return 1; }
+	awk '
+		{ for (i = 3; i <= NF; i++) { split($i, kv, "="); v[$2, kv[1]] = kv[2] } }
+		END {
+			b50 = v["vm-bare-boot", "p50_us"]; b99 = v["vm-bare-boot", "p99_us"]
+			c50 = v["vm-cold-create", "p50_us"]; c99 = v["vm-cold-create", "p99_us"]
+			printf "vm cold create → Ready (CLI): p50=%.0fms p99=%.0fms | bare boot to a trivial init: p50=%.0fms p99=%.0fms | ratio p50=%.2f p99=%.2f (target ≤ 1.5)\n",
+				c50/1000, c99/1000, b50/1000, b99/1000, c50/b50, c99/b99
+		}' "$out/lines"
+	rm -rf "$out"
+}
+
 for s in "${sections[@]}"; do
 	step "$s"
 	case "$s" in
@@ -64,6 +89,7 @@ for s in "${sections[@]}"; do
 	vmm) ./scripts/setup-vm-host.sh >/dev/null; go test -run '^$' -bench 'Boot' -benchtime 10x -timeout 30m ./vmm/qemu/ ;;
 	images) go test -run '^$' -bench . -benchtime 3x ./images ;;
 	vm) ./scripts/setup-vm-host.sh >/dev/null; OPENSHELL_BENCH=1 go test -count=1 -run TestBenchCreateReady -v -timeout 40m ./drivers/vm ;;
+	coldpath) ./scripts/setup-vm-host.sh >/dev/null; needs_docker; coldpath ;;
 	docker) needs_docker; OPENSHELL_BENCH=1 go test -count=1 -run TestBenchCreateToReady -v -timeout 20m ./drivers/docker ;;
 	podman) ./scripts/setup-podman.sh >/dev/null; OPENSHELL_BENCH=1 go test -count=1 -run TestBenchCreateToReady -v -timeout 20m ./drivers/podman ;;
 	kubernetes) ./scripts/setup-kubernetes.sh >/dev/null; OPENSHELL_BENCH=1 go test -count=1 -run TestBenchCreateToReady -v -timeout 20m ./drivers/kubernetes ;;
@@ -78,6 +104,6 @@ for s in "${sections[@]}"; do
 	pools) ./scripts/setup-vm-host.sh >/dev/null; OPENSHELL_BENCH=1 go test -count=1 -run TestBenchPool -v -timeout 60m ./e2e/vm/ ;;
 	cliapi) OPENSHELL_BENCH=1 go test -count=1 -run TestBenchCLIAPI -v -timeout 5m ./gateway/daemon/
 		needs_docker; OPENSHELL_BENCH=1 go test -count=1 -run TestSocketVsTCPExecTiming -v -timeout 10m ./e2e/ ;;
-	*) echo "unknown section $s; valid: gateway store vmm images vm docker podman exec transfer egress cliapi pools" >&2; exit 2 ;;
+	*) echo "unknown section $s; valid: gateway store vmm images vm coldpath docker podman exec transfer egress cliapi pools" >&2; exit 2 ;;
 	esac
 done

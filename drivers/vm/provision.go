@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/openshell/openshell/api/computev1"
@@ -227,12 +228,32 @@ func (d *Driver) bootFiles(ctx context.Context) (kernel, initrd string, err erro
 	if err != nil {
 		return "", "", err
 	}
-	initrd, err = bundle.BuildInitramfs(ctx, sup, mods, filepath.Join(d.cfg.StateDir, "initramfs"))
+	cacheDir := filepath.Join(d.cfg.StateDir, "initramfs")
+	// BuildInitramfs reads and hashes the whole supervisor (~24 MiB) to find its
+	// cached archive: remember the answer for the same binary (path, size, mtime) so
+	// a create does not pay that again.
+	var key string
+	if st, err := os.Stat(sup); err == nil {
+		key = fmt.Sprintf("%s\x00%s\x00%s\x00%d\x00%d", cacheDir, mods, sup, st.Size(), st.ModTime().UnixNano())
+		if p, ok := initramfsMemo.Load(key); ok {
+			if _, err := os.Stat(p.(string)); err == nil {
+				return kernel, p.(string), nil
+			}
+		}
+	}
+	initrd, err = bundle.BuildInitramfs(ctx, sup, mods, cacheDir)
 	if err != nil {
 		return "", "", err
 	}
+	if key != "" {
+		initramfsMemo.Store(key, initrd)
+	}
 	return kernel, initrd, nil
 }
+
+// initramfsMemo maps a supervisor binary (cache dir, modules dir, path, size, mtime)
+// to its built initramfs.
+var initramfsMemo sync.Map
 
 // gatewayForGuest is the endpoint URL and CA the guest's supervisor uses. With the
 // sandbox's gateway socket (sockDir) the runner bridges the guest's sessions to that

@@ -2,7 +2,6 @@ package bundle
 
 import (
 	"bytes"
-	"compress/gzip"
 	"errors"
 	"fmt"
 	"os"
@@ -116,12 +115,9 @@ func TestBuildInitramfsRealModules(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	zr, err := gzip.NewReader(f)
-	if err != nil {
-		t.Fatal(err)
-	}
+	// Uncompressed: the guest kernel copies it rather than inflating it every boot.
 	cmd := exec.Command(cpio, "-t", "--quiet")
-	cmd.Stdin = zr
+	cmd.Stdin = f
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		t.Fatalf("cpio -t: %v: %s", err, out)

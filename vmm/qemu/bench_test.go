@@ -2,6 +2,7 @@ package qemu_test
 
 import (
 	"fmt"
+	"slices"
 	"testing"
 	"time"
 
@@ -29,17 +30,27 @@ func BenchmarkBootToChannel(b *testing.B) {
 	b.ReportMetric(float64(toAnswer.Milliseconds())/float64(b.N), "ms/boot")
 }
 
-// BenchmarkBootBare: QEMU start → kernel → trivial /init that powers off.
+// BenchmarkBootBare: QEMU start → kernel → trivial /init that powers off. It is the
+// floor the cold create is compared with (scripts/bench.sh coldpath): it reports p50
+// and p99 and prints one "BENCH vm-bare-boot" line per run (the last is the full one).
 func BenchmarkBootBare(b *testing.B) {
+	var ds []time.Duration
 	for i := 0; b.Loop(); i++ {
 		cfg := baseConfig(b, fmt.Sprintf("bare-%d", i))
 		cfg.Cmdline = "openshell_test=bare"
 		m := newMachine(b, cfg)
+		start := time.Now()
 		if err := m.Start(b.Context()); err != nil {
 			b.Fatal(err)
 		}
 		if err := m.Wait(b.Context()); err != nil {
 			b.Fatalf("bare guest: %v\n%s", err, m.ConsoleTail(2048))
 		}
+		ds = append(ds, time.Since(start))
 	}
+	slices.Sort(ds)
+	p50, p99 := ds[len(ds)/2], ds[len(ds)*99/100]
+	b.ReportMetric(float64(p50.Microseconds())/1000, "p50-ms")
+	b.ReportMetric(float64(p99.Microseconds())/1000, "p99-ms")
+	fmt.Printf("BENCH vm-bare-boot p50_us=%d p99_us=%d n=%d\n", p50.Microseconds(), p99.Microseconds(), len(ds))
 }
