@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -88,7 +89,7 @@ func Serve(req Request, dir string, in io.Reader, out io.Writer, writable []stri
 		if err != nil {
 			return fmt.Errorf("download %s: %w", req.Path, err)
 		}
-		bw := bufio.NewWriterSize(out, 256<<10)
+		bw := newSpliceWriter(out)
 		if err := json.NewEncoder(bw).Encode(Header{Bytes: size}); err != nil {
 			return err
 		}
@@ -124,4 +125,23 @@ func Main(args []string) int {
 		return 1
 	}
 	return 0
+}
+
+// spliceWriter is a buffered writer on a pipe whose large file contents WriteTree
+// splices into the pipe directly (see WriteTree).
+type spliceWriter struct {
+	*bufio.Writer
+	pipe *os.File // nil: not a pipe, never spliced into
+}
+
+// newSpliceWriter buffers out; when out is a pipe (the re-executed server's stdout)
+// WriteTree may splice into it.
+func newSpliceWriter(out io.Writer) *spliceWriter {
+	sw := &spliceWriter{Writer: bufio.NewWriterSize(out, 256<<10)}
+	if f, ok := out.(*os.File); ok {
+		if st, err := f.Stat(); err == nil && st.Mode()&fs.ModeNamedPipe != 0 {
+			sw.pipe = f
+		}
+	}
+	return sw
 }
