@@ -3,6 +3,7 @@ package transfer
 import (
 	"archive/tar"
 	"bytes"
+	"errors"
 	"fmt"
 	"io"
 	"io/fs"
@@ -124,7 +125,9 @@ func WriteTree(w io.Writer, src, name string, skip Skip, count func(int64)) erro
 			if err := sw.Flush(); err != nil {
 				return err
 			}
-			n, err = splice(sw.pipe, f, hdr.Size)
+			if n, err = splice(sw.pipe, f, hdr.Size); errors.Is(err, errNoSplice) {
+				n, err = io.CopyBuffer(w, io.LimitReader(f, hdr.Size), buf)
+			}
 		default:
 			n, err = io.CopyBuffer(w, io.LimitReader(f, hdr.Size), buf)
 		}
@@ -147,6 +150,10 @@ func WriteTree(w io.Writer, src, name string, skip Skip, count func(int64)) erro
 	_, err = w.Write(zeroBlock[:])
 	return err
 }
+
+// errNoSplice means splice moved nothing because the kernel would not splice from
+// that file; the caller copies instead.
+var errNoSplice = errors.New("splice not supported here")
 
 // spliceMin is the file size from which WriteTree splices the contents into a
 // spliceWriter's pipe; smaller files stay in its buffer with their headers.

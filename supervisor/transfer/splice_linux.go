@@ -8,7 +8,8 @@ import (
 )
 
 // splice moves up to n bytes from the regular file src (from its current offset)
-// into the pipe dst in the kernel, without copying them through this process.
+// into the pipe dst in the kernel, without copying them through this process. It
+// returns errNoSplice, having moved nothing, where the kernel will not splice.
 func splice(dst, src *os.File, n int64) (int64, error) {
 	rc, err := dst.SyscallConn()
 	if err != nil {
@@ -37,6 +38,9 @@ func splice(dst, src *os.File, n int64) (int64, error) {
 	})
 	if err == nil {
 		err = serr
+	}
+	if done == 0 && (errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOSYS) || errors.Is(err, unix.EPERM)) {
+		err = errNoSplice // a file system or filter that does not splice
 	}
 	return done, err
 }

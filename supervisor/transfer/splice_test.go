@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/json"
+	"errors"
 	"io"
 	"os"
 	"path/filepath"
@@ -121,5 +122,28 @@ func TestSpliceStopsAtFileEnd(t *testing.T) {
 	w.Close()
 	if err != nil || n != 1000 {
 		t.Fatalf("splice of a 1000-byte file asked for 5000: n=%d err=%v; want 1000 and no error (the caller checks the size)", n, err)
+	}
+}
+
+// Where the kernel will not splice (here: neither end is a pipe) splice moves
+// nothing and says so, and WriteTree copies instead.
+func TestSpliceRefusedFallsBack(t *testing.T) {
+	dir := t.TempDir()
+	src := filepath.Join(dir, "src")
+	if err := os.WriteFile(src, []byte("data"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	dst, err := os.Create(filepath.Join(dir, "dst"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dst.Close()
+	if n, err := splice(dst, f, 4); n != 0 || !errors.Is(err, errNoSplice) {
+		t.Fatalf("splice into a regular file: n=%d err=%v; want 0 and errNoSplice", n, err)
 	}
 }
