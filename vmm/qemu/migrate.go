@@ -239,26 +239,37 @@ func (m *Machine) Resume(ctx context.Context) error {
 	return nil
 }
 
-// waitChardevClosed waits (briefly) until QEMU has seen the host end of a socket
-// chardev go: QEMU then has told the guest, and the event is part of what is saved.
+// waitChardevClosed waits until QEMU has seen the host end of a socket chardev go and
+// the guest has reacted (closed its end of the port, which our guest does when its
+// session ends), so the saved guest has already dropped its old session: a guest that
+// only learned of it after a restore could read the next host end's greeting into the
+// dead session. Bounded; a slow guest is saved anyway (it then recovers by timeouts).
 func (m *Machine) waitChardevClosed(ctx context.Context, label string) {
-	deadline := time.Now().Add(2 * time.Second)
+	deadline := time.Now().Add(3 * time.Second)
+	hostGone := false
 	for time.Now().Before(deadline) && ctx.Err() == nil {
 		var devs []struct {
-			Label    string `json:"label"`
-			Filename string `json:"filename"`
+			Label        string `json:"label"`
+			Filename     string `json:"filename"`
+			FrontendOpen bool   `json:"frontend-open"`
 		}
 		if err := m.qmpCall("query-chardev", nil, &devs); err != nil {
 			return
 		}
 		for _, d := range devs {
-			if d.Label == label && strings.HasPrefix(d.Filename, "disconnected:") {
+			if d.Label != label {
+				continue
+			}
+			if strings.HasPrefix(d.Filename, "disconnected:") {
+				hostGone = true
+			}
+			if hostGone && !d.FrontendOpen {
 				return
 			}
 		}
-		time.Sleep(5 * time.Millisecond)
+		time.Sleep(2 * time.Millisecond)
 	}
-	m.log.Warn("QEMU still sees the channel's host end connected; saving anyway", "chardev", label)
+	m.log.Warn("the guest did not close its channel port after the host end went; saving anyway", "chardev", label, "host_end_gone", hostGone)
 }
 
 // memBackend is guest RAM: a shared memfd (vhost-user backends map it), or the shared
