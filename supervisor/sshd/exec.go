@@ -146,10 +146,17 @@ func (s *Server) runExec(ctx context.Context, c net.Conn, w *relayframe.Writer, 
 		}
 		return fail(127, "%s: command not found (%v)", p.Argv[0], err)
 	}
+	began := time.Now()
 	r, err := s.Start(ctx, p)
 	if err != nil {
 		return fail(126, "%s: cannot run: %v", p.Argv[0], err)
 	}
+	spawned := time.Since(began)
+	exitedAt := make(chan time.Duration, 1)
+	go func() {
+		<-r.Proc.Done()
+		exitedAt <- time.Since(began)
+	}()
 	var protoErr error
 	var mu sync.Mutex
 	go func() {
@@ -198,6 +205,13 @@ func (s *Server) runExec(ctx context.Context, c net.Conn, w *relayframe.Writer, 
 	if e.Code < 0 || e.Code > 255 {
 		e.Code = 255
 	}
+	// One line per exec (the program's name only: arguments may carry secrets),
+	// with where its time went: starting it (until the confinement helper runs),
+	// until it exited (the helper's own start included), and until its output
+	// was passed on.
+	exited := <-exitedAt
+	slog.Info("exec relay: command ended", "program", p.Argv[0], "pid", r.Proc.Pid, "exit_code", e.Code, "tty", p.TTY != nil,
+		"spawn_us", spawned.Microseconds(), "exit_us", (exited - spawned).Microseconds(), "drain_us", (time.Since(began) - exited).Microseconds())
 	if st.Signaled() {
 		e.Signal = strings.TrimPrefix(unix.SignalName(st.Signal()), "SIG")
 	}
