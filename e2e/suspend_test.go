@@ -124,7 +124,17 @@ func TestVMSuspendResume(t *testing.T) {
 	t0 := time.Now()
 	h.create(box, "sh", "-c", "i=0; while :; do i=$((i+1)); echo $i >> /sandbox/counter; sleep 0.2; done")
 	cold := time.Since(t0)
-	time.Sleep(time.Second)
+	// The main process starts as the sandbox becomes READY: wait for its first lines.
+	for deadline := time.Now().Add(60 * time.Second); ; {
+		r := h.run(t.Context(), "sandbox", "exec", "-n", box, "--", "cat", "/sandbox/counter")
+		if r.err == nil && len(strings.Fields(r.stdout)) >= 3 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the main process wrote no counter within 60 s: %v %s %s", r.err, r.stdout, r.stderr)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
 	before := counterLines(t, h, box)
 	rec := vmRecordOf(t, h, box)
 	if rec.VMMPID == 0 || rssKiB(rec.VMMPID) == 0 {
@@ -173,9 +183,17 @@ func TestVMSuspendResume(t *testing.T) {
 	if again := counterLines(t, h, box); again <= after {
 		t.Fatalf("counter stuck at %d after resume", again)
 	}
+	// The guest's wall clock: QEMU's virtual clock stood still while suspended, and
+	// nothing in the guest sets it again yet (measured, not asserted).
+	var clockLag time.Duration
+	if d := h.mustRun(t, "sandbox", "exec", "-n", box, "--", "date", "+%s"); true {
+		if gs, err := strconv.ParseInt(strings.TrimSpace(d.stdout), 10, 64); err == nil {
+			clockLag = time.Since(time.Unix(gs, 0)).Round(time.Second)
+		}
+	}
 	rec2 := vmRecordOf(t, h, box)
-	t.Logf("cold create→READY %v; suspend %v (QEMU RSS before %d MiB, after 0); resume→READY %v; counter %d → %d, consecutive",
-		cold.Round(time.Millisecond), suspendTook.Round(time.Millisecond), runningRSS>>10, resume.Round(time.Millisecond), before, after)
+	t.Logf("cold create→READY %v; suspend %v (QEMU RSS before %d MiB, after 0); resume→READY %v; counter %d → %d, consecutive; guest clock behind the host by %v after resume",
+		cold.Round(time.Millisecond), suspendTook.Round(time.Millisecond), runningRSS>>10, resume.Round(time.Millisecond), before, after, clockLag)
 	fmt.Printf("BENCH snapshot resume_ms=%d cold_ms=%d ratio=%.3f suspend_ms=%d running_rss_mib=%d suspended_rss_kib=0\n",
 		resume.Milliseconds(), cold.Milliseconds(), resume.Seconds()/cold.Seconds(), suspendTook.Milliseconds(), runningRSS>>10)
 	if rec2.VMMPID == rec.VMMPID {
