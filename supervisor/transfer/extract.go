@@ -71,6 +71,7 @@ type dirMeta struct {
 // *EntryError. count, when not nil, is told the file bytes written.
 func Extract(root *os.Root, as string, r io.Reader, count func(int64)) (Result, error) {
 	var res Result
+	sr, _ := r.(*spliceReader)
 	tr := tar.NewReader(r)
 	top := ""
 	made := map[string]bool{}
@@ -127,7 +128,13 @@ func Extract(root *os.Root, as string, r io.Reader, count func(int64)) (Result, 
 			if want := min(max(hdr.Size, 32<<10), 1<<20); int64(len(buf)) < want {
 				buf = make([]byte, want)
 			}
-			n, err := writeFile(root, name, tr, permOf(hdr.Mode), buf, count)
+			var src io.Reader = tr
+			if sr != nil && count == nil && hdr.Size >= spliceMin {
+				// The contents go from the pipe to the file in the kernel; the tar
+				// reader then skips them as already read (spliceReader).
+				src = sr.contents(hdr.Size)
+			}
+			n, err := writeFile(root, name, src, permOf(hdr.Mode), buf, count)
 			res.Bytes += n
 			if err != nil {
 				return fail(err)
@@ -254,7 +261,12 @@ func writeFile(root *os.Root, name string, r io.Reader, perm fs.FileMode, buf []
 	}
 	// countingWriter also hides os.File's ReadFrom, which would copy through a 32 KiB
 	// buffer instead of buf.
-	n, err := io.CopyBuffer(countingWriter{f, count}, r, buf)
+	var n int64
+	if sc, ok := r.(*splicedContents); ok {
+		n, err = sc.spliceInto(f, buf)
+	} else {
+		n, err = io.CopyBuffer(countingWriter{f, count}, r, buf)
+	}
 	if err == nil {
 		err = f.Chmod(perm)
 	}

@@ -77,7 +77,7 @@ func Serve(req Request, dir string, in io.Reader, out io.Writer, writable []stri
 			return fmt.Errorf("upload to %s: %w", req.Path, err)
 		}
 		defer root.Close()
-		res, err := Extract(root, as, in, nil)
+		res, err := Extract(root, as, newSpliceReader(in), nil)
 		if err != nil {
 			return fmt.Errorf("upload to %s: %w", req.Path, err)
 		}
@@ -144,4 +144,81 @@ func newSpliceWriter(out io.Writer) *spliceWriter {
 		}
 	}
 	return sw
+}
+
+// spliceReader reads a tar stream from a pipe (the re-executed server's stdin) and
+// lets Extract splice the contents of large files from the pipe into their files
+// in the kernel. The tar reader does not see those bytes; when it skips past them
+// (an io.Seeker lets it) they are taken from the credit left by the splice instead
+// of from the pipe.
+type spliceReader struct {
+	pipe   *os.File
+	credit int64 // bytes spliced past the tar reader, still to be skipped
+	pos    int64 // bytes consumed, as the tar reader sees it
+}
+
+// newSpliceReader returns in as a spliceReader when it is a pipe, else in itself.
+func newSpliceReader(in io.Reader) io.Reader {
+	if f, ok := in.(*os.File); ok {
+		if st, err := f.Stat(); err == nil && st.Mode()&fs.ModeNamedPipe != 0 {
+			return &spliceReader{pipe: f}
+		}
+	}
+	return in
+}
+
+func (s *spliceReader) Read(p []byte) (int, error) {
+	if s.credit > 0 {
+		// Only the tar reader's skip reads here while there is credit; what it
+		// reads is thrown away.
+		n := int(min(int64(len(p)), s.credit))
+		clear(p[:n])
+		s.credit -= int64(n)
+		s.pos += int64(n)
+		return n, nil
+	}
+	n, err := s.pipe.Read(p)
+	s.pos += int64(n)
+	return n, err
+}
+
+// Seek moves forward over credit only: the tar reader skips a file it did not
+// read, which is exactly one spliced file's contents.
+func (s *spliceReader) Seek(off int64, whence int) (int64, error) {
+	if whence != io.SeekCurrent || off < 0 || off > s.credit {
+		return -1, errors.New("transfer: the tar stream can only skip what was spliced")
+	}
+	s.credit -= off
+	s.pos += off
+	return s.pos, nil
+}
+
+// contents stands for the next n bytes of the pipe, which writeFile splices into
+// its file (splicedContents.spliceInto); they become credit as they move.
+func (s *spliceReader) contents(n int64) io.Reader { return &splicedContents{s: s, left: n} }
+
+// splicedContents is the next bytes of a spliceReader's pipe, to be spliced by
+// writeFile into a file (spliceInto).
+type splicedContents struct {
+	s    *spliceReader
+	left int64
+}
+
+func (c *splicedContents) Read([]byte) (int, error) {
+	return 0, errors.New("transfer: spliced contents are only moved by spliceInto")
+}
+
+// spliceInto moves the contents into f (copying through buf where the kernel will
+// not splice) and leaves them as credit for the tar reader to skip.
+func (c *splicedContents) spliceInto(f *os.File, buf []byte) (int64, error) {
+	n, err := spliceFromPipe(f, c.s.pipe, c.left)
+	if errors.Is(err, errNoSplice) {
+		n, err = io.CopyBuffer(struct{ io.Writer }{f}, io.LimitReader(c.s.pipe, c.left), buf)
+	}
+	c.s.credit += n
+	c.left -= n
+	if err == nil && c.left > 0 {
+		err = io.ErrUnexpectedEOF // the stream ended inside the file
+	}
+	return n, err
 }
