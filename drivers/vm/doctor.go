@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"slices"
 	"strings"
 
 	"github.com/openshell/openshell/images"
@@ -22,16 +23,20 @@ type Missing struct {
 
 // Report is what `openshell doctor` prints about VM sandboxes on this host.
 type Report struct {
-	Backend         string    `json:"backend"`          // the VMM backend sandboxes would use: qemu, libkrun or vz
-	BackendReason   string    `json:"backend_reason"`   // why that one (and why not the others)
-	Accel           string    `json:"accel"`            // qemu: kvm or tcg
-	AccelReason     string    `json:"accel_reason"`     // evidence for the choice
-	Transport       string    `json:"transport"`        // vhost-vsock, vhost-user-vsock or virtio-serial
-	TransportReason string    `json:"transport_reason"` // evidence for the choice
-	Kernel          string    `json:"kernel,omitempty"` // guest kernel path ("" = not found)
-	Supervisor      string    `json:"supervisor,omitempty"`
-	DefaultImage    string    `json:"default_image"`
-	Missing         []Missing `json:"missing,omitempty"`
+	Backend         string `json:"backend"`          // the VMM backend sandboxes would use: qemu, libkrun or vz
+	BackendReason   string `json:"backend_reason"`   // why that one (and why not the others)
+	Accel           string `json:"accel"`            // qemu: kvm or tcg
+	AccelReason     string `json:"accel_reason"`     // evidence for the choice
+	Transport       string `json:"transport"`        // vhost-vsock, vhost-user-vsock or virtio-serial
+	TransportReason string `json:"transport_reason"` // evidence for the choice
+	// Suspend says whether sandboxes here can be suspended (stop --suspend), and why
+	// not: the backend's Features.Snapshots and the channel QEMU can migrate.
+	Suspend       bool      `json:"suspend"`
+	SuspendReason string    `json:"suspend_reason"`
+	Kernel        string    `json:"kernel,omitempty"` // guest kernel path ("" = not found)
+	Supervisor    string    `json:"supervisor,omitempty"`
+	DefaultImage  string    `json:"default_image"`
+	Missing       []Missing `json:"missing,omitempty"`
 	// Pools are the warm pools with VMs in the state dir (pool.go): idle and booting
 	// VMs, and each idle VM's host memory.
 	Pools []PoolStatus `json:"pools,omitempty"`
@@ -80,6 +85,8 @@ func Doctor(_ context.Context, cfg Config) Report {
 		}
 	}
 
+	r.Suspend, r.SuspendReason = suspendable(r.Backend, r.Transport)
+
 	if r.Backend != backends.QEMU {
 		// QEMU is the fallback backend; its absence matters only when it is the one.
 	} else if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
@@ -121,4 +128,16 @@ func Doctor(_ context.Context, cfg Config) Report {
 	}
 	r.Pools = PoolsOnDisk(context.Background(), cfg.StateDir, cfg.Pools)
 	return r
+}
+
+// suspendable says whether VMs of backend with channel transport can be saved.
+func suspendable(backend, transport string) (bool, string) {
+	if backend != backends.QEMU {
+		return false, "the " + backend + " backend cannot save VMs (Features.Snapshots is false)"
+	}
+	f := qemu.Features()
+	if slices.Contains(f.SnapshotTransports, transport) {
+		return true, "qemu with the " + transport + " channel"
+	}
+	return false, "QEMU cannot migrate the " + transport + " channel: set [drivers.vm] vsock_transport = \"virtio-serial\" (or load vhost_vsock) to suspend sandboxes"
 }

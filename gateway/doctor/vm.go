@@ -22,6 +22,8 @@ type vmReport struct {
 	AccelReason     string `json:"accel_reason"`
 	Transport       string `json:"transport"`
 	TransportReason string `json:"transport_reason"`
+	Suspend         bool   `json:"suspend"`
+	SuspendReason   string `json:"suspend_reason"`
 	Kernel          string `json:"kernel"`
 	Supervisor      string `json:"supervisor"`
 	DefaultImage    string `json:"default_image"`
@@ -78,6 +80,7 @@ func VMCheck(find func() (string, error)) Check {
 			{Check: "vm.accel", Status: Info, Detail: r.Accel + " (" + r.AccelReason + ")"},
 			{Check: "vm.backend", Status: Info, Detail: r.Backend + " (" + r.BackendReason + ")"},
 			{Check: "vm.vsock_transport", Status: Info, Detail: r.Transport + " (" + r.TransportReason + ")"},
+			{Check: "vm.suspend", Status: Info, Detail: yesNo(r.Suspend) + " (" + r.SuspendReason + ")"},
 			{Check: "vm.kernel", Status: statusIf(r.Kernel != ""), Detail: na(r.Kernel)},
 			{Check: "vm.supervisor", Status: statusIf(r.Supervisor != ""), Detail: na(r.Supervisor)},
 			{Check: "vm.default_image", Status: Info, Detail: r.DefaultImage},
@@ -110,4 +113,11 @@ func statusIf(ok bool) Status {
 		return OK
 	}
 	return Warn
+}
+
+func yesNo(b bool) string {
+	if b {
+		return "yes"
+	}
+	return "no"
 }
