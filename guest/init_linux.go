@@ -208,22 +208,80 @@ func loadModules(dir string, log *slog.Logger) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	n := 0
-	for _, m := range ordered {
+	load := func(m kmod.Info) bool {
 		f, err := os.Open(paths[m.Name])
 		if err != nil {
 			log.Warn("module", "name", m.Name, "err", err)
-			continue
+			return false
 		}
 		err = unix.FinitModule(int(f.Fd()), "", 0)
 		_ = f.Close()
 		if err != nil && !errors.Is(err, unix.EEXIST) {
 			log.Warn("module failed to load", "name", m.Name, "err", err)
+			return false
+		}
+		return true
+	}
+	// Loading a module costs a software-emulated guest tens of milliseconds (its
+	// signature is checked): the ones for devices this VM does not have wait until
+	// the device is seen. The PCI transport only when a virtio PCI device exists (q35;
+	// microvm and arm64 virt use MMIO); the NIC and virtiofs drivers, after the
+	// transports, only when the bus shows such a device.
+	pciVirtio := hasVirtioPCI()
+	n := 0
+	var later []kmod.Info
+	for _, m := range ordered {
+		if w := deviceModules[m.Name]; w != "" && (w != devPCI || !pciVirtio) {
+			later = append(later, m)
 			continue
 		}
-		n++
+		if load(m) {
+			n++
+		}
+	}
+	present := virtioDeviceIDs()
+	for _, m := range later {
+		if w := deviceModules[m.Name]; w == devPCI || !present[w] {
+			continue
+		}
+		if load(m) {
+			n++
+		}
 	}
 	return n, nil
+}
+
+// Which device a module serves, for those loaded only when it is present: devPCI,
+// or the virtio device id as /sys/bus/virtio/devices/*/device shows it.
+const devPCI = "pci"
+
+var deviceModules = map[string]string{
+	"virtio_pci": devPCI, "virtio_pci_modern_dev": devPCI, "virtio_pci_legacy_dev": devPCI,
+	"virtio_net": "0x0001", "net_failover": "0x0001", "failover": "0x0001",
+	"virtiofs": "0x001a",
+}
+
+// hasVirtioPCI reports whether a virtio device (vendor 0x1af4) sits on a PCI bus.
+func hasVirtioPCI() bool {
+	vs, _ := filepath.Glob("/sys/bus/pci/devices/*/vendor")
+	for _, v := range vs {
+		if b, err := os.ReadFile(v); err == nil && strings.TrimSpace(string(b)) == "0x1af4" {
+			return true
+		}
+	}
+	return false
+}
+
+// virtioDeviceIDs is the set of virtio device ids on the bus ("0x0002" = block).
+func virtioDeviceIDs() map[string]bool {
+	ids := map[string]bool{}
+	devs, _ := filepath.Glob("/sys/bus/virtio/devices/*/device")
+	for _, d := range devs {
+		if b, err := os.ReadFile(d); err == nil {
+			ids[strings.TrimSpace(string(b))] = true
+		}
+	}
+	return ids
 }
 
 // switchRoot moves /dev, /proc, /sys into the new root, frees the initramfs files and

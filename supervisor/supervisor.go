@@ -357,6 +357,20 @@ func Run(ctx context.Context, cfg *bootstrap.Config, o Options) (retErr error) {
 	r := reaper.New(reapOrphans)
 	defer r.Close()
 
+	// The provider credentials do not depend on the policy: fetch them (a round trip
+	// to the runner, a CA key) while the policy is fetched, rather than after it.
+	type credsResult struct {
+		store      sandboxCredentials
+		caFile     string
+		nProviders int
+	}
+	credsCh := make(chan credsResult, 1)
+	go func() {
+		var c credsResult
+		c.store, c.caFile, c.nProviders = loadCredentials(ctx, cc, cfg.SandboxID, o, log)
+		credsCh <- c
+	}()
+
 	// Policy: the bootstrap's, else the gateway's, else the default.
 	gctx, gcancel := context.WithTimeout(ctx, 15*time.Second)
 	gwCfg, err := sandboxConfig(gctx, cc, cfg.SandboxID, true)
@@ -386,7 +400,8 @@ func Run(ctx context.Context, cfg *bootstrap.Config, o Options) (retErr error) {
 		}
 	}
 	env := SandboxEnv(os.Environ(), user, cfg.Main.Env)
-	store, caFile, nProviders := loadCredentials(ctx, cc, cfg.SandboxID, o, log)
+	creds := <-credsCh
+	store, caFile, nProviders := creds.store, creds.caFile, creds.nProviders
 	var agentCred *syscall.Credential
 	if o.Confine {
 		agentCred = user.Credential()
