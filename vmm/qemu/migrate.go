@@ -163,6 +163,9 @@ func (m *Machine) Save(ctx context.Context, path string) (retErr error) {
 	if err := syncRename(tmp, path); err != nil {
 		return fmt.Errorf("vm %s: %w", m.cfg.Name, err)
 	}
+	m.mu.Lock()
+	m.saved = true
+	m.mu.Unlock()
 	fi, _ := os.Stat(path)
 	var size int64
 	if fi != nil {
@@ -233,6 +236,9 @@ func (m *Machine) Resume(ctx context.Context) error {
 	if err := m.qmpCall("cont", nil, nil); err != nil {
 		return fmt.Errorf("vm %s: resume: %w", m.cfg.Name, err)
 	}
+	m.mu.Lock()
+	m.saved = false
+	m.mu.Unlock()
 	if h := m.Host(); h != nil {
 		h.Attach()
 	}

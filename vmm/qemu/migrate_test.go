@@ -156,6 +156,12 @@ func testSaveRestore(t *testing.T, ramFile bool) {
 	if strings.Contains(r.ConsoleTail(1<<16), "kernel modules loaded") {
 		t.Fatalf("restored guest booted again instead of continuing:\n%s", r.ConsoleTail(4096))
 	}
+	if ramFile {
+		// A guest that ends without being saved gives its RAM file back.
+		if _, err := os.Stat(cfg.MemoryFile); !errors.Is(err, os.ErrNotExist) {
+			t.Fatalf("RAM file of a machine that powered off is still there: %v", err)
+		}
+	}
 	if restore > boot {
 		t.Fatalf("restore→echo %s is slower than boot→echo %s", restore, boot)
 	}

@@ -98,6 +98,7 @@ type Machine struct {
 	stopping  bool
 	accelInfo AccelInfo
 	transport TransportInfo
+	saved     bool // the guest's state is saved (Save) and not resumed: keep MemoryFile
 }
 
 var _ vmm.Machine = (*Machine)(nil)
@@ -435,6 +436,14 @@ func (m *Machine) reap() {
 		_ = h.Close()
 	}
 	_ = os.Remove(statePath(m.cfg, qemuPidName))
+	m.mu.Lock()
+	saved := m.saved
+	m.mu.Unlock()
+	if m.cfg.MemoryFile != "" && !saved {
+		// Guest RAM of a machine that ended without being saved: nothing will map it
+		// again, so give the disk space back.
+		_ = os.Remove(m.cfg.MemoryFile)
+	}
 	close(m.exited)
 	m.log.Info("vm exited", "err", err)
 }
