@@ -54,6 +54,63 @@ func TestBenchColdCreate(t *testing.T) {
 	fmt.Printf("TIMELINE of the median create:\n%s\n", timelineTable(ss[n/2].get))
 }
 
+// TestVMCreateTimeline: a VM sandbox's create timeline, as `sandbox get -o json`
+// shows it, has every step from the gateway's receipt through the driver, runner,
+// VMM and the guest's own steps to the session, in order, each step's took adding up
+// to the total; `sandbox get` prints it as a table. Runs with E2E_DRIVER=vm.
+func TestVMCreateTimeline(t *testing.T) {
+	if driver() != "vm" {
+		t.Skip("VM driver only (E2E_DRIVER=vm)")
+	}
+	h := newHarness(t)
+	name := uniqueName("timeline")
+	h.create(name, "sleep", "1000000")
+	var sb struct {
+		Status struct {
+			Timeline []struct {
+				Phase  string `json:"phase"`
+				At     string `json:"at_unix_us"`
+				TookUs string `json:"took_us"`
+			} `json:"create_timeline"`
+		} `json:"status"`
+	}
+	out := h.mustRun(t, "sandbox", "get", name, "-o", "json").stdout
+	if err := json.Unmarshal([]byte(out), &sb); err != nil {
+		t.Fatalf("sandbox get -o json: %v\n%s", err, out)
+	}
+	want := []string{"received", "driver", "image", "disk", "runner", "vmm", "firmware", "kernel", "init", "supervisor", "bootstrap", "ready"}
+	tl := sb.Status.Timeline
+	var got []string
+	for _, s := range tl {
+		got = append(got, s.Phase)
+	}
+	if strings.Join(got, " ") != strings.Join(want, " ") {
+		t.Fatalf("timeline phases %v, want %v\n%s", got, want, out)
+	}
+	var prev, sum, first int64
+	for i, s := range tl {
+		var at, took int64
+		fmt.Sscan(s.At, &at)
+		fmt.Sscan(s.TookUs, &took)
+		if i == 0 {
+			first = at
+		} else if at < prev || took != at-prev {
+			t.Errorf("step %s at %d took %d, after %d: out of order or took wrong", s.Phase, at, took, prev)
+		}
+		prev, sum = at, sum+took
+	}
+	if total := prev - first; total <= 0 || sum != total || total > int64(5*time.Minute/time.Microsecond) {
+		t.Errorf("steps add up to %d µs, total %d µs", sum, total)
+	}
+	table := h.mustRun(t, "sandbox", "get", name).stdout
+	for _, w := range []string{"Create timeline:", "PHASE", "firmware", "total"} {
+		if !strings.Contains(table, w) {
+			t.Errorf("sandbox get lacks %q:\n%s", w, table)
+		}
+	}
+	t.Logf("create timeline:\n%s", timelineTable(out))
+}
+
 // timelineTable renders the create timeline of a `sandbox get -o json` document as
 // "phase took" lines (empty when it has none).
 func timelineTable(doc string) string {
