@@ -14,6 +14,7 @@ import (
 	"github.com/openshell/openshell/drivers/drivertest"
 	"github.com/openshell/openshell/drivers/vm"
 	"github.com/openshell/openshell/drivers/vm/internal/state"
+	"github.com/openshell/openshell/internal/rundir"
 )
 
 // TestPoolConfigValidate: each bad pool setting is refused with an error naming the
@@ -109,6 +110,9 @@ func TestPoolClaimIsolationAndRestart(t *testing.T) {
 	_, image := vmFixture(t)
 	gw := newGatewayStub(t)
 	dir := shortDir(t)
+	// Idle pool VMs are never deleted (shortDir's cleanup kills them): their socket
+	// dirs go with the test too.
+	t.Cleanup(func() { os.RemoveAll(rundir.For(filepath.Join(dir, "sb"))) })
 	cfg := testConfig(t, dir, gw.addr())
 	cfg.Pools = map[string]vm.PoolConfig{"t": {Size: 2}}
 	cfg.MemoryMiB = 256

@@ -9,9 +9,11 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
+	"github.com/openshell/openshell/internal/rundir"
 	"github.com/openshell/openshell/internal/testenv/vmhost"
 )
 
@@ -43,9 +45,45 @@ func startPoolRun(t *testing.T, pool string, size int) *vmRun {
 	r.startGateway()
 	t.Cleanup(func() {
 		r.cliMayFail("gateway", "stop")
-		r.killLeftovers() // the pool's idle VMs outlive the gateway by design
+		r.killSessions() // the pool's idle VMs outlive the gateway by design
+		r.killLeftovers()
+		for _, sub := range []string{r.gwState, filepath.Join(r.gwState, "vm-driver"), filepath.Join(r.gwState, "vm-driver", "sb")} {
+			os.RemoveAll(rundir.For(sub))
+		}
 	})
 	return r
+}
+
+// killSessions SIGKILLs every process of each VM runner's session under the gateway's
+// state (runner, QEMU, vsock backend): the vsock backend's command line names only the
+// runtime dir, which killLeftovers does not look for.
+func (r *vmRun) killSessions() {
+	sids := map[int]bool{}
+	files, _ := filepath.Glob(filepath.Join(r.gwState, "vm-driver", "sb", "*", "state.json"))
+	for _, f := range files {
+		var rec vmRecord
+		if b, err := os.ReadFile(f); err == nil && json.Unmarshal(b, &rec) == nil && rec.RunnerPID > 1 {
+			sids[rec.RunnerPID] = true
+		}
+	}
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || pid == os.Getpid() {
+			continue
+		}
+		st, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			continue
+		}
+		f := strings.Fields(string(st[strings.LastIndexByte(string(st), ')')+1:]))
+		if len(f) > 3 {
+			if sid, _ := strconv.Atoi(f[3]); sids[sid] {
+				r.t.Logf("cleanup: killing pid %d of VM runner session %d", pid, sid)
+				syscall.Kill(pid, syscall.SIGKILL)
+			}
+		}
+	}
 }
 
 // pools asks the driver binary's doctor about the warm pools in the gateway's state.
