@@ -287,6 +287,19 @@ func (d *Driver) platformEvent(id, typ, reason, msg string) {
 	}})
 }
 
+// beginOp finds a sandbox and takes its operation lock for a Stop, Start or Suspend:
+// its phase and current runner's exit channel as of then; unlock ends the operation.
+func (d *Driver) beginOp(id string) (s *sandbox, ph phase, exited chan struct{}, unlock func(), err error) {
+	if s, err = d.lookup(id); err != nil {
+		return nil, 0, nil, nil, err
+	}
+	s.op.Lock()
+	s.mu.Lock()
+	ph, exited = s.phase, s.exited
+	s.mu.Unlock()
+	return s, ph, exited, s.op.Unlock, nil
+}
+
 func (d *Driver) lookup(id string) (*sandbox, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -865,15 +878,11 @@ func (d *Driver) repointGateway(s *sandbox) {
 
 // Stop implements drivers.Driver: graceful guest shutdown; the disk is kept.
 func (d *Driver) Stop(ctx context.Context, id, _ string) error {
-	s, err := d.lookup(id)
+	s, ph, exited, unlock, err := d.beginOp(id)
 	if err != nil {
 		return err
 	}
-	s.op.Lock()
-	defer s.op.Unlock()
-	s.mu.Lock()
-	ph, exited := s.phase, s.exited
-	s.mu.Unlock()
+	defer unlock()
 	switch ph {
 	case phaseStopped:
 		return nil
@@ -914,15 +923,11 @@ func (d *Driver) Stop(ctx context.Context, id, _ string) error {
 // Start implements drivers.Driver: boots a stopped (or ended) sandbox again with the
 // same writable disk.
 func (d *Driver) Start(ctx context.Context, id, _ string) error {
-	s, err := d.lookup(id)
+	s, ph, _, unlock, err := d.beginOp(id)
 	if err != nil {
 		return err
 	}
-	s.op.Lock()
-	defer s.op.Unlock()
-	s.mu.Lock()
-	ph := s.phase
-	s.mu.Unlock()
+	defer unlock()
 	switch ph {
 	case phaseProvisioning, phaseBooting, phaseRunning:
 		return nil

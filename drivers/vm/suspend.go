@@ -29,15 +29,11 @@ func stoppedMessage(dir string) string {
 
 // Suspend implements drivers.Suspender: the running VM is saved and ended.
 func (d *Driver) Suspend(ctx context.Context, id, _ string) error {
-	s, err := d.lookup(id)
+	s, ph, exited, unlock, err := d.beginOp(id)
 	if err != nil {
 		return err
 	}
-	s.op.Lock()
-	defer s.op.Unlock()
-	s.mu.Lock()
-	ph, exited := s.phase, s.exited
-	s.mu.Unlock()
+	defer unlock()
 	switch ph {
 	case phaseRunning:
 	case phaseStopped:
