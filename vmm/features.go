@@ -25,7 +25,7 @@ type Features struct {
 	// snapshot for them instead of trying.
 	Snapshots bool `json:"snapshots"`
 	// SnapshotTransports are the channel transports a saved machine may use; empty =
-	// all of Transports. (QEMU cannot migrate its vhost-user vsock device.)
+	// all of Transports (a vhost-user vsock device, for one, may not be migratable).
 	SnapshotTransports []string `json:"snapshot_transports,omitempty"`
 	// ChildProcess: the VMM is a process of its own whose PID (with its start time)
 	// identifies the machine, so a restarted runner can re-adopt it by PID. False

@@ -153,7 +153,7 @@ func (c Config) CheckFeatures(f Features) error {
 		return fmt.Errorf("vmm config %q: SharedDirs: the %s backend cannot share host directories; drop them or use a backend that can", c.Name, f.Backend)
 	}
 	if c.RestoreFrom != "" && !f.Snapshots {
-		return fmt.Errorf("vmm config %q: RestoreFrom: the %s backend cannot restore a saved machine (Features.Snapshots is false); use the qemu backend", c.Name, f.Backend)
+		return fmt.Errorf("vmm config %q: RestoreFrom: the %s backend cannot restore a saved machine (Features.Snapshots is false); use a backend that can", c.Name, f.Backend)
 	}
 	if len(c.PCIDevices) > 0 && !f.DevicePassthrough {
 		return fmt.Errorf("vmm config %q: PCIDevices: the %s backend cannot pass devices through; choose a backend whose Features.DevicePassthrough is set (see openshell doctor)", c.Name, f.Backend)
