@@ -509,8 +509,11 @@ type DriverSandboxSpec struct {
 	// Project field: host directory holding gateway.sock, a plaintext gRPC
 	// socket bound to this sandbox; empty = use the TCP endpoint.
 	GatewaySocketDir string `protobuf:"bytes,1000,opt,name=gateway_socket_dir,json=gatewaySocketDir,proto3" json:"gateway_socket_dir,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// Project field: restore the sandbox from this driver snapshot (DriverSnapshots)
+	// instead of booting it; empty = boot.
+	FromSnapshot  string `protobuf:"bytes,1001,opt,name=from_snapshot,json=fromSnapshot,proto3" json:"from_snapshot,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *DriverSandboxSpec) Reset() {
@@ -595,6 +598,13 @@ func (x *DriverSandboxSpec) GetTty() bool {
 func (x *DriverSandboxSpec) GetGatewaySocketDir() string {
 	if x != nil {
 		return x.GatewaySocketDir
+	}
+	return ""
+}
+
+func (x *DriverSandboxSpec) GetFromSnapshot() string {
+	if x != nil {
+		return x.FromSnapshot
 	}
 	return ""
 }
@@ -2206,7 +2216,7 @@ const file_compute_driver_proto_rawDesc = "" +
 	"\tnamespace\x18\x03 \x01(\tR\tnamespace\x12;\n" +
 	"\x04spec\x18\x04 \x01(\v2'.openshell.compute.v1.DriverSandboxSpecR\x04spec\x12A\n" +
 	"\x06status\x18\x05 \x01(\v2).openshell.compute.v1.DriverSandboxStatusR\x06status\x12\x1c\n" +
-	"\tworkspace\x18\x06 \x01(\tR\tworkspace\"\x8e\x04\n" +
+	"\tworkspace\x18\x06 \x01(\tR\tworkspace\"\xb4\x04\n" +
 	"\x11DriverSandboxSpec\x12\x1b\n" +
 	"\tlog_level\x18\x01 \x01(\tR\blogLevel\x12Z\n" +
 	"\venvironment\x18\x05 \x03(\v28.openshell.compute.v1.DriverSandboxSpec.EnvironmentEntryR\venvironment\x12G\n" +
@@ -2215,7 +2225,8 @@ const file_compute_driver_proto_rawDesc = "" +
 	"\rsandbox_token\x18\v \x01(\tB\x04\x88\xb5\x18\x01R\fsandboxToken\x12\x18\n" +
 	"\acommand\x18\f \x03(\tR\acommand\x12\x10\n" +
 	"\x03tty\x18\r \x01(\bR\x03tty\x12-\n" +
-	"\x12gateway_socket_dir\x18\xe8\a \x01(\tR\x10gatewaySocketDir\x1a>\n" +
+	"\x12gateway_socket_dir\x18\xe8\a \x01(\tR\x10gatewaySocketDir\x12$\n" +
+	"\rfrom_snapshot\x18\xe9\a \x01(\tR\ffromSnapshot\x1a>\n" +
 	"\x10EnvironmentEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01J\x04\b\n" +

@@ -1101,7 +1101,12 @@ type CreateSandboxRequest struct {
 	Labels      map[string]string `protobuf:"bytes,3,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	Annotations map[string]string `protobuf:"bytes,4,rep,name=annotations,proto3" json:"annotations,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// Empty = "default".
-	Workspace     string `protobuf:"bytes,5,opt,name=workspace,proto3" json:"workspace,omitempty"`
+	Workspace string `protobuf:"bytes,5,opt,name=workspace,proto3" json:"workspace,omitempty"`
+	// Project extension (numbers from 1000 up): start the sandbox from this snapshot
+	// (openshell.snapshot.v1.Snapshots) of the same workspace: its memory, devices and
+	// disk as they were, with this sandbox's own identity. The spec's image and
+	// resources must be empty or the snapshot's.
+	FromSnapshot  string `protobuf:"bytes,1000,opt,name=from_snapshot,json=fromSnapshot,proto3" json:"from_snapshot,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1167,6 +1172,13 @@ func (x *CreateSandboxRequest) GetAnnotations() map[string]string {
 func (x *CreateSandboxRequest) GetWorkspace() string {
 	if x != nil {
 		return x.Workspace
+	}
+	return ""
+}
+
+func (x *CreateSandboxRequest) GetFromSnapshot() string {
+	if x != nil {
+		return x.FromSnapshot
 	}
 	return ""
 }
@@ -12229,13 +12241,14 @@ const file_openshell_proto_rawDesc = "" +
 	"\x06status\x18\x02 \x01(\tR\x06status\x12\x16\n" +
 	"\x06reason\x18\x03 \x01(\tR\x06reason\x12\x18\n" +
 	"\amessage\x18\x04 \x01(\tR\amessage\x120\n" +
-	"\x14last_transition_time\x18\x05 \x01(\tR\x12lastTransitionTime\"\x91\x03\n" +
+	"\x14last_transition_time\x18\x05 \x01(\tR\x12lastTransitionTime\"\xb7\x03\n" +
 	"\x14CreateSandboxRequest\x12-\n" +
 	"\x04spec\x18\x01 \x01(\v2\x19.openshell.v1.SandboxSpecR\x04spec\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12F\n" +
 	"\x06labels\x18\x03 \x03(\v2..openshell.v1.CreateSandboxRequest.LabelsEntryR\x06labels\x12U\n" +
 	"\vannotations\x18\x04 \x03(\v23.openshell.v1.CreateSandboxRequest.AnnotationsEntryR\vannotations\x12\x1c\n" +
-	"\tworkspace\x18\x05 \x01(\tR\tworkspace\x1a9\n" +
+	"\tworkspace\x18\x05 \x01(\tR\tworkspace\x12$\n" +
+	"\rfrom_snapshot\x18\xe8\a \x01(\tR\ffromSnapshot\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a>\n" +
