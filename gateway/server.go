@@ -202,6 +202,7 @@ func (s *Server) Close() error {
 // Register adds the OpenShell service to a gRPC server.
 func (s *Server) Register(r grpc.ServiceRegistrar) {
 	openshellv1.RegisterOpenShellServer(r, s)
+	s.registerSnapshots(r)
 }
 
 // NewGRPCServer returns a gRPC server with the auth and error-mapping interceptors

@@ -7,6 +7,7 @@ import (
 
 	"github.com/openshell/openshell/internal/cli/policycmds"
 	"github.com/openshell/openshell/internal/cli/providercmds"
+	"github.com/openshell/openshell/internal/cli/snapshotcmds"
 	"github.com/openshell/openshell/internal/cli/sshcmds"
 	"github.com/openshell/openshell/internal/cli/vmimages"
 )
@@ -33,6 +34,9 @@ func mountExtensions(root *cobra.Command, a *app) {
 				sc.ValidArgsFunction = a.completeSandboxThenProvider
 			}
 			c.AddCommand(sp)
+			snap := snapshotcmds.SandboxCommand(snapshotcmds.DialFunc(a.dial))
+			snap.ValidArgsFunction = a.completeSandboxes(false)
+			c.AddCommand(snap)
 		}
 	}
 	root.AddCommand(sshcmds.SSHProxyCommand(a.dial))
@@ -55,6 +59,7 @@ func mountExtensions(root *cobra.Command, a *app) {
 		}
 	}
 	root.AddCommand(prov)
+	root.AddCommand(snapshotcmds.Command(snapshotcmds.DialFunc(a.dial)))
 	vm := &cobra.Command{Use: "vm", Short: "VM driver tools"}
 	vm.AddCommand(vmimages.Command())
 	root.AddCommand(vm)

@@ -28,6 +28,7 @@ const stopGrace = 2 * time.Second
 func Serve(ctx context.Context, lis net.Listener, d drivers.Driver, opts ...grpc.ServerOption) error {
 	srv := grpc.NewServer(opts...)
 	computev1.RegisterComputeDriverServer(srv, &server{d: d})
+	registerSnapshots(srv, d)
 
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(lis) }()
