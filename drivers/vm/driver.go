@@ -180,6 +180,7 @@ func New(cfg Config, log *slog.Logger) (*Driver, error) {
 	d := &Driver{cfg: cfg, log: log, hub: newHub(log), ctx: ctx, cancel: cancel, sandboxes: map[string]*sandbox{}, lock: lock, bootID: bootID}
 	d.pools = newPools(d)
 	d.recoverGPUs()
+	d.cleanPartialSnapshots()
 	d.adoptAll()
 	d.startPools()
 	return d, nil

@@ -96,6 +96,8 @@ type control struct {
 	claim func(*Claim) error
 	// suspend saves the VM and ends it (suspend.go); nil: this runner cannot.
 	suspend func(context.Context) error
+	// snapshot saves a copy of the running VM into a directory (snapshot.go).
+	snapshot func(ctx context.Context, dir string) (*SnapshotRecord, error)
 }
 
 func (c *control) handler() http.Handler {
@@ -132,6 +134,7 @@ func (c *control) handler() http.Handler {
 		w.WriteHeader(http.StatusAccepted)
 	})
 	mux.HandleFunc("POST /suspend", c.serveSuspend)
+	mux.HandleFunc("POST /snapshot", c.serveSnapshot)
 	mux.HandleFunc("POST /kill", func(w http.ResponseWriter, r *http.Request) {
 		c.kill()
 		w.WriteHeader(http.StatusAccepted)

@@ -180,9 +180,10 @@ func Run(ctx context.Context, dir string, o Options) (retErr error) {
 			}
 			return nil
 		},
-		stop:    func() { stopOnce.Do(func() { close(stopReq) }) },
-		kill:    func() { killOnce.Do(func() { close(killReq) }) },
-		suspend: sp.request,
+		stop:     func() { stopOnce.Do(func() { close(stopReq) }) },
+		kill:     func() { killOnce.Do(func() { close(killReq) }) },
+		suspend:  sp.request,
+		snapshot: sp.requestSnapshot,
 	}
 	defer close(sp.done)
 	if claims != nil {

@@ -254,6 +254,10 @@ func (c *control) serveSuspend(w http.ResponseWriter, r *http.Request) {
 type suspendRequest struct {
 	ctx   context.Context
 	reply chan error
+	// snapshotDir set: a snapshot into that directory (snapshot.go), not a suspend;
+	// its record is put in *record before the reply.
+	snapshotDir string
+	record      **SnapshotRecord
 }
 
 // requestSuspend hands a request to the main loop and waits for its answer.
@@ -366,6 +370,10 @@ func (sp *suspender) request(ctx context.Context) error { return requestSuspend(
 // handle serves one suspend request in the runner's main loop; it reports true when
 // the VM was saved and ended (the runner then exits), false when it runs on.
 func (sp *suspender) handle(req suspendRequest, m Machine, spec *Spec, exited <-chan error, setReason func(reason, why string), log *slog.Logger) bool {
+	if req.snapshotDir != "" {
+		sp.handleSnapshot(req, m, spec, log)
+		return false
+	}
 	if sp.secret == nil {
 		req.reply <- fmt.Errorf("the VM serves no sandbox yet (a pooled VM before its claim): nothing to suspend: %w", vmm.ErrCannotSave)
 		return false
