@@ -258,9 +258,54 @@ type launcher struct {
 	self string
 	spec *confine.Spec
 	n    *netns.Net
+
+	// spares holds a confinement helper started ahead of need (see warm); nil
+	// before warm and after close.
+	spareMu sync.Mutex
+	spares  *confine.Spares[*reaper.Proc]
+	closed  bool
+}
+
+// warm keeps a spare confinement helper from now on: a program then skips the
+// helper's start (the supervisor binary's own start-up, most of an exec's time in
+// a VM guest). Called once the session is up, so that the spare's start does not
+// compete with the sandbox's own.
+func (l *launcher) warm() {
+	if l.spec == nil {
+		return
+	}
+	l.spareMu.Lock()
+	defer l.spareMu.Unlock()
+	if l.closed {
+		return
+	}
+	if l.spares == nil {
+		l.spares = &confine.Spares[*reaper.Proc]{Self: l.self, Start: l.startHere,
+			Kill: func(p *reaper.Proc) { _ = p.Signal(syscall.SIGKILL) }}
+	}
+	l.spares.Fill()
+}
+
+// close lets the spare go (it exits when its socket closes) and starts no more.
+func (l *launcher) close() {
+	l.spareMu.Lock()
+	sp := l.spares
+	l.spares, l.closed = nil, true
+	l.spareMu.Unlock()
+	if sp != nil {
+		sp.Close()
+	}
 }
 
 func (l *launcher) start(cmd *exec.Cmd) (*reaper.Proc, error) {
+	l.spareMu.Lock()
+	sp := l.spares
+	l.spareMu.Unlock()
+	if l.spec != nil && sp != nil {
+		if p, ok, err := sp.Run(*l.spec, cmd); ok {
+			return p, err
+		}
+	}
 	c := cmd
 	if l.spec != nil {
 		// Background: the reaper, not exec's context watcher, owns the process.
@@ -277,6 +322,11 @@ func (l *launcher) start(cmd *exec.Cmd) (*reaper.Proc, error) {
 		}
 		c = cc
 	}
+	return l.startHere(c)
+}
+
+// startHere starts c under the reaper, in the sandbox's network namespace if it has one.
+func (l *launcher) startHere(c *exec.Cmd) (*reaper.Proc, error) {
 	if l.n == nil {
 		return l.r.Start(c)
 	}

@@ -416,6 +416,7 @@ func Run(ctx context.Context, cfg *bootstrap.Config, o Options) (retErr error) {
 		env = append(env, store.Env()...)
 	}
 	launch := &launcher{r: r, self: o.SelfExe, n: eg.net}
+	defer launch.close()
 	if o.Confine {
 		if launch.spec, err = confineSpec(pol, user, dir); err != nil {
 			return err
@@ -457,6 +458,11 @@ func Run(ctx context.Context, cfg *bootstrap.Config, o Options) (retErr error) {
 	sc, err := session.New(cc, session.Config{
 		SandboxID: cfg.SandboxID, InstanceID: identity.InstanceID, InstanceSecret: identity.Secret,
 		ServeSSH: srv.ServeConn, ServeTransfer: srv.ServeTransfer, ServeExec: srv.ServeExec, HostKey: srv.HostKey(), DialTCP: launch.dialTCP,
+		OnState: func(up bool) {
+			if up {
+				launch.warm()
+			}
+		},
 	})
 	if err != nil {
 		return err

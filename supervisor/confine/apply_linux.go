@@ -9,6 +9,7 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"unsafe"
 
@@ -170,16 +171,26 @@ func applyLandlock(s Spec) (int, error) {
 	return abi, nil
 }
 
-// loadSeccomp installs the agent's filter (see buildFilter) on every thread of the
-// process (TSYNC), with no_new_privs already set.
-func loadSeccomp() error {
+// seccompProgram is the agent's filter (see buildFilter), assembled once: a spare
+// helper builds it while it waits for its command.
+var seccompProgram = sync.OnceValues(func() ([]unix.SockFilter, error) {
 	ins, err := buildFilter(auditArch)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	prog, err := assemble(ins)
 	if err != nil {
-		return fmt.Errorf("confine: assemble the seccomp filter: %w", err)
+		return nil, fmt.Errorf("confine: assemble the seccomp filter: %w", err)
+	}
+	return prog, nil
+})
+
+// loadSeccomp installs the agent's filter on every thread of the process (TSYNC),
+// with no_new_privs already set.
+func loadSeccomp() error {
+	prog, err := seccompProgram()
+	if err != nil {
+		return err
 	}
 	fprog := unix.SockFprog{Len: uint16(len(prog)), Filter: &prog[0]}
 	if _, _, e := unix.Syscall(unix.SYS_SECCOMP, unix.SECCOMP_SET_MODE_FILTER, unix.SECCOMP_FILTER_FLAG_TSYNC, uintptr(unsafe.Pointer(&fprog))); e != 0 {

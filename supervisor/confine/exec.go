@@ -51,10 +51,14 @@ func Command(ctx context.Context, self string, s Spec, argv []string) (*exec.Cmd
 // ExecMain is the body of `confine-exec`: args are what follows the subcommand
 // (`--spec FD -- argv…`), env the agent's environment. It reads the spec, applies it
 // and execs the agent; it only returns on failure, and the caller must then exit
-// non-zero (126 by convention) without running anything.
+// non-zero (126 by convention) without running anything. `--wait FD` makes it a
+// spare that waits for its command first (see SpareCommand).
 func ExecMain(args, env []string) error {
+	if len(args) > 0 && args[0] == WaitFlag {
+		return waitMain(args)
+	}
 	if len(args) < 4 || args[0] != "--spec" || args[2] != "--" {
-		return fmt.Errorf("confine: usage: %s --spec FD -- COMMAND [ARG…]", Subcommand)
+		return fmt.Errorf("confine: usage: %s --spec FD -- COMMAND [ARG…] (or %s FD)", Subcommand, WaitFlag)
 	}
 	fd, err := strconv.Atoi(args[1])
 	if err != nil || fd < 3 {
@@ -71,6 +75,11 @@ func ExecMain(args, env []string) error {
 	if err != nil {
 		return err
 	}
+	return execConfined(s, argv, env)
+}
+
+// execConfined applies s and execs argv with env; it returns only on failure.
+func execConfined(s Spec, argv, env []string) error {
 	if _, err := Apply(s); err != nil {
 		return err
 	}
