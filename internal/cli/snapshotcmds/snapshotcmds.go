@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/encoding/protojson"
 
+	"github.com/openshell/openshell/api/openshellv1"
 	"github.com/openshell/openshell/api/snapshotv1"
 )
 
@@ -71,6 +72,8 @@ func writeJSON(w io.Writer, v any) error {
 // sandbox command's --workspace).
 func SandboxCommand(dial DialFunc) *cobra.Command {
 	var name string
+	var timeout time.Duration
+	var noWait bool
 	cmd := &cobra.Command{
 		Use:   "snapshot NAME [--name SNAP]",
 		Short: "Snapshot a running VM sandbox (memory, devices and disk); it runs on",
@@ -93,11 +96,12 @@ Snapshots are files of the VM driver: they survive gateway restarts until
 			if err != nil {
 				return err
 			}
-			c, done, err := client(cmd.Context(), dial)
+			cc, err := dial(cmd.Context())
 			if err != nil {
 				return err
 			}
-			defer done()
+			defer cc.Close()
+			c := snapshotv1.NewSnapshotsClient(cc)
 			if out == "table" {
 				fmt.Fprintf(os.Stderr, "snapshotting sandbox %s (pausing it to copy its memory and disk)...\n", args[0])
 			}
@@ -107,6 +111,13 @@ Snapshots are files of the VM driver: they survive gateway restarts until
 				return err
 			}
 			sn := resp.GetSnapshot()
+			if !noWait {
+				// The sandbox's session to the gateway drops for the pause; it is READY
+				// again once its supervisor has reconnected.
+				if err := waitReady(cmd.Context(), openshellv1.NewOpenShellClient(cc), args[0], workspace, timeout); err != nil {
+					return fmt.Errorf("snapshot %s was taken, but: %w", sn.GetName(), err)
+				}
+			}
 			if out == "json" {
 				return writeJSON(cmd.OutOrStdout(), sn)
 			}
@@ -116,7 +127,30 @@ Snapshots are files of the VM driver: they survive gateway restarts until
 		},
 	}
 	cmd.Flags().StringVar(&name, "name", "", "the snapshot's name (lower-case letters, digits, '-'); default NAME-<date>-<time>")
+	cmd.Flags().DurationVar(&timeout, "timeout", 2*time.Minute, "how long to wait for the sandbox to be READY again after the pause")
+	cmd.Flags().BoolVar(&noWait, "no-wait", false, "return once the snapshot is taken, without waiting for the sandbox to be READY again")
 	return cmd
+}
+
+// waitReady polls the sandbox until it is READY (its session back after the pause).
+func waitReady(ctx context.Context, c openshellv1.OpenShellClient, name, workspace string, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	for {
+		r, err := c.GetSandbox(ctx, &openshellv1.GetSandboxRequest{Name: name, Workspace: workspace})
+		ph := r.GetSandbox().GetStatus().GetPhase()
+		switch {
+		case err == nil && ph == openshellv1.SandboxPhase_SANDBOX_PHASE_READY:
+			return nil
+		case err == nil && ph == openshellv1.SandboxPhase_SANDBOX_PHASE_ERROR:
+			return fmt.Errorf("sandbox %s is in ERROR after the snapshot; see openshell sandbox get %s", name, name)
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("sandbox %s is not READY again within %s after the snapshot (phase %s, %v); follow it with openshell sandbox watch %s", name, timeout, ph, err, name)
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
 }
 
 // Command is `snapshot list|delete`.
