@@ -41,22 +41,8 @@ func Apply(s Spec) (Result, error) {
 		}
 		res.LandlockABI = abi
 	}
-	// The bounding set is per thread: drop it on every thread when the runtime can
-	// (no cgo), and always on this one, which execs the agent.
-	// Without CAP_SETPCAP (a container engine that did not grant it) the bounding set
-	// cannot shrink: what is left of it is inert for a non-root uid under
-	// no_new_privs (no setuid, no file capabilities), so that is not an error.
-	canDrop := hasEffectiveCap(unix.CAP_SETPCAP)
-	for c := 0; c <= lastCap && canDrop; c++ {
-		if in, err := unix.PrctlRetInt(unix.PR_CAPBSET_READ, uintptr(c), 0, 0, 0); err == nil && in == 0 {
-			continue // not in the bounding set
-		}
-		if _, _, e := syscall.AllThreadsSyscall(unix.SYS_PRCTL, unix.PR_CAPBSET_DROP, uintptr(c), 0); e != 0 && e != unix.EINVAL && e != unix.ENOTSUP {
-			return res, fmt.Errorf("confine: drop capability %d from the bounding set: %w", c, e)
-		}
-		if err := unix.Prctl(unix.PR_CAPBSET_DROP, uintptr(c), 0, 0, 0); err != nil && !errors.Is(err, unix.EINVAL) {
-			return res, fmt.Errorf("confine: drop capability %d from the bounding set: %w", c, err)
-		}
+	if err := dropBoundingSet(lastCap); err != nil {
+		return res, err
 	}
 	groups := s.Groups
 	if groups == nil {
@@ -86,6 +72,30 @@ func Apply(s Spec) (Result, error) {
 		return res, err
 	}
 	return res, nil
+}
+
+// dropBoundingSet empties the capability bounding set. It is per thread: drop it on
+// every thread when the runtime can (no cgo), and always on this one, which execs
+// the agent. Without CAP_SETPCAP (a container engine that did not grant it) the
+// bounding set cannot shrink: what is left of it is inert for a non-root uid under
+// no_new_privs (no setuid, no file capabilities), so that is not an error.
+// Capabilities already gone cost one read each: a spare helper drops them all while
+// it waits (each drop stops every thread of the runtime, tens of ms in all under
+// emulation), and Apply then finds nothing left.
+func dropBoundingSet(lastCap int) error {
+	canDrop := hasEffectiveCap(unix.CAP_SETPCAP)
+	for c := 0; c <= lastCap && canDrop; c++ {
+		if in, err := unix.PrctlRetInt(unix.PR_CAPBSET_READ, uintptr(c), 0, 0, 0); err == nil && in == 0 {
+			continue // not in the bounding set
+		}
+		if _, _, e := syscall.AllThreadsSyscall(unix.SYS_PRCTL, unix.PR_CAPBSET_DROP, uintptr(c), 0); e != 0 && e != unix.EINVAL && e != unix.ENOTSUP {
+			return fmt.Errorf("confine: drop capability %d from the bounding set: %w", c, e)
+		}
+		if err := unix.Prctl(unix.PR_CAPBSET_DROP, uintptr(c), 0, 0, 0); err != nil && !errors.Is(err, unix.EINVAL) {
+			return fmt.Errorf("confine: drop capability %d from the bounding set: %w", c, err)
+		}
+	}
+	return nil
 }
 
 // hasEffectiveCap reports whether this thread has capability c in its effective set.

@@ -125,8 +125,8 @@ type Spare struct {
 	child *os.File // the spare's end until Started
 }
 
-// SpareCommand builds `self confine-exec --wait 3` with an empty environment, /
-// as its directory and its own session. The caller may add to SysProcAttr, starts
+// SpareCommand builds `self confine-exec --wait 3` with an empty environment, / as
+// its directory and its own session. The caller may add to SysProcAttr, starts
 // it (in the sandbox's network namespace, under its reaper), then calls Started.
 func SpareCommand(self string) (*exec.Cmd, *Spare, error) {
 	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
@@ -270,8 +270,14 @@ func waitMain(args []string) error {
 		return fmt.Errorf("confine: spare fd %d is not a Unix socket", fd)
 	}
 	defer conn.Close()
-	// The filter is the same for every command: build it while nobody waits.
+	// What does not depend on the command is done while nobody waits: the filter is
+	// the same for every command, and the bounding set only ever shrinks (the spare
+	// keeps its effective capabilities for what it must still do as root). Apply
+	// does both again, and finds them done; a failure here is Apply's to report.
 	_, _ = seccompProgram()
+	if last, err := lastCapability(); err == nil {
+		_ = dropBoundingSet(last)
+	}
 
 	req, err := receive(conn)
 	if err != nil {

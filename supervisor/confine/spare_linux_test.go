@@ -170,6 +170,33 @@ read line; echo "stdin=$line"; echo to-stderr >&2; exit 7`, dir)
 	}
 }
 
+// TestSpareWaitsWithoutBoundingSet: a waiting spare has already emptied its
+// bounding set and still holds root's effective capabilities (it must still switch
+// identity), without being confined yet.
+func TestSpareWaitsWithoutBoundingSet(t *testing.T) {
+	testenv.RequireRoot(t)
+	s := testSpares(t)
+	spare := idleSpare(t, s)
+	status := map[string]string{}
+	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", spare.pid()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, l := range strings.Split(string(b), "\n") {
+			if k, v, ok := strings.Cut(l, ":"); ok {
+				status[k] = strings.TrimSpace(v)
+			}
+		}
+		if status["CapBnd"] == "0000000000000000" {
+			break
+		}
+	}
+	if status["CapBnd"] != "0000000000000000" || status["CapEff"] == "0000000000000000" || status["Uid"] != "0\t0\t0\t0" {
+		t.Errorf("waiting spare: CapBnd %s CapEff %s Uid %q; want an empty bounding set, root's effective set", status["CapBnd"], status["CapEff"], status["Uid"])
+	}
+}
+
 // TestSpareTTY: a PTY program gets its terminal as the controlling one, as
 // Setctty gives it.
 func TestSpareTTY(t *testing.T) {
