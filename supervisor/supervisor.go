@@ -61,6 +61,9 @@ type Options struct {
 	Network NetworkMode
 	// EgressOpen opens a stream to the host runner's egress port (NetworkVM).
 	EgressOpen func(ctx context.Context) (net.Conn, error)
+	// Warm is the start-up work done before the configuration arrived (Prewarm);
+	// nil = none.
+	Warm *Warm
 	// Confine starts the main process, SSH sessions and SFTP through the confinement
 	// helper (SelfExe confine-exec: Landlock, seccomp, no capabilities, the sandbox
 	// user). Needs root and a SelfExe that dispatches confine.Subcommand.
@@ -283,6 +286,8 @@ func installCA(root, sandboxID string, providers []credentials.Provider) (*crede
 // once the gateway connection exists (e.g. a policy account the image lacks) is
 // also shipped to the gateway's sandbox logs, so `openshell sandbox logs` shows it.
 func Run(ctx context.Context, cfg *bootstrap.Config, o Options) (retErr error) {
+	steps := newStartupSteps()
+	o.Warm.stop()
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
@@ -375,6 +380,7 @@ func Run(ctx context.Context, cfg *bootstrap.Config, o Options) (retErr error) {
 	gctx, gcancel := context.WithTimeout(ctx, 15*time.Second)
 	gwCfg, err := sandboxConfig(gctx, cc, cfg.SandboxID, true)
 	gcancel()
+	steps.mark("config")
 	if err != nil {
 		log.Warn("the gateway's sandbox config is unavailable; starting with the bootstrap or default policy", "err", err)
 	}
@@ -399,8 +405,10 @@ func Run(ctx context.Context, cfg *bootstrap.Config, o Options) (retErr error) {
 			return err
 		}
 	}
+	steps.mark("user")
 	env := SandboxEnv(os.Environ(), user, cfg.Main.Env)
 	creds := <-credsCh
+	steps.mark("credentials")
 	store, caFile, nProviders := creds.store, creds.caFile, creds.nProviders
 	var agentCred *syscall.Credential
 	if o.Confine {
@@ -411,6 +419,7 @@ func Run(ctx context.Context, cfg *bootstrap.Config, o Options) (retErr error) {
 		return err
 	}
 	defer eg.close()
+	steps.mark("egress")
 	env = append(env, egress.ChildEnv(eg.proxyURL, caFile)...)
 	if store != nil {
 		env = append(env, store.Env()...)
@@ -436,7 +445,7 @@ func Run(ctx context.Context, cfg *bootstrap.Config, o Options) (retErr error) {
 	if launch.spec != nil { // uploads land only where the agent may write
 		writable = append([]string{}, launch.spec.ReadWrite...)
 	}
-	srv, err := sshd.New(sshd.Config{User: user, Env: env, Dir: dir, Reaper: r, SFTPArgv: sftpArgv, Start: launch.start,
+	srv, err := sshd.New(sshd.Config{User: user, Env: env, Dir: dir, Reaper: r, SFTPArgv: sftpArgv, Start: launch.start, HostKey: o.Warm.takeHostKey(),
 		TarArgv: tarArgv, Writable: writable,
 		Main: func() sshd.MainTarget {
 			mainMu.Lock()
@@ -449,6 +458,7 @@ func Run(ctx context.Context, cfg *bootstrap.Config, o Options) (retErr error) {
 	if err != nil {
 		return err
 	}
+	steps.mark("sshd")
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	ctx, cancel := context.WithCancel(ctx)
@@ -461,6 +471,9 @@ func Run(ctx context.Context, cfg *bootstrap.Config, o Options) (retErr error) {
 		OnState: func(up bool) {
 			if up {
 				launch.warm()
+			}
+			if up && steps.mark("session") {
+				log.Info("supervisor start-up steps (ms since the configuration was in hand)", "steps", steps.String())
 			}
 		},
 	})
@@ -511,6 +524,7 @@ func Run(ctx context.Context, cfg *bootstrap.Config, o Options) (retErr error) {
 		mainMu.Lock()
 		main = m
 		mainMu.Unlock()
+		steps.mark("main")
 		log.Info("main process started", "pid", m.Pid(), "argv", argv, "tty", cfg.Main.TTY, "user", user.Name, "uid", user.UID, "gid", user.GID, "dir", dir)
 		return m, nil
 	}
@@ -558,6 +572,37 @@ func Run(ctx context.Context, cfg *bootstrap.Config, o Options) (retErr error) {
 	}
 	cancel()
 	return nil
+}
+
+// startupSteps records when each start-up step ended, for one log line once the
+// session is up: the profile of a create after the supervisor has its configuration
+// (a warm pool's claim, a cold boot's bootstrap).
+type startupSteps struct {
+	t0   time.Time
+	mu   sync.Mutex
+	done bool // the session step was logged: later steps are not
+	b    strings.Builder
+}
+
+func newStartupSteps() *startupSteps { return &startupSteps{t0: time.Now()} }
+
+// mark records that step ended now; it reports false for a step after the session
+// was marked (a reconnect's session, a shell restarted later), which is not recorded.
+func (s *startupSteps) mark(step string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.done {
+		return false
+	}
+	s.done = step == "session"
+	fmt.Fprintf(&s.b, "%s=%d ", step, time.Since(s.t0).Milliseconds())
+	return true
+}
+
+func (s *startupSteps) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return strings.TrimSpace(s.b.String())
 }
 
 // keepShell runs the default shell of a sandbox created without a command until ctx

@@ -53,6 +53,7 @@ import (
 	"github.com/openshell/openshell/drivers"
 	"github.com/openshell/openshell/drivers/vm/internal/runner"
 	"github.com/openshell/openshell/drivers/vm/internal/state"
+	"github.com/openshell/openshell/guest/channel/wire"
 	"github.com/openshell/openshell/images"
 	"github.com/openshell/openshell/internal/atomicfile"
 	"github.com/openshell/openshell/supervisor/bootstrap"
@@ -251,6 +252,9 @@ func (d *Driver) claim(sb *computev1.DriverSandbox, res *resolved) (bool, error)
 	}
 	s := &sandbox{id: id, name: sb.GetName(), paths: m.paths, cid: m.cid, pool: pool}
 	s.setPhase(phaseBooting, drivers.ReasonStarting, "claimed a warm VM from pool "+pool)
+	// The timeline of a claimed create: the driver's part up to here, then the claim
+	// (records and the runner told); the runner adds the guest's bootstrap.
+	s.steps = []wire.HostStep{{Phase: "driver", At: start.UTC()}}
 	s.runnerPID, s.runnerStart, s.vmmPID = m.runnerPID, m.runnerStart, m.vmmPID
 	d.mu.Lock()
 	if _, ok := d.sandboxes[id]; ok {
@@ -269,6 +273,7 @@ func (d *Driver) claim(sb *computev1.DriverSandbox, res *resolved) (bool, error)
 		d.discardMember(m, "claim failed: "+err.Error())
 		return false, nil
 	}
+	s.stamp("claim")
 	log.Info("claimed a warm VM", "member", m.id, "runner_pid", m.runnerPID, "took", time.Since(start))
 	d.emit(s)
 	d.startMonitor(s, m.runnerPID, m.runnerStart)

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -18,7 +19,8 @@ import (
 //   - cold (a shape the pool does not serve: 520 MiB instead of 512): the same.
 //
 // It prints one "BENCH vm-pool-…" line per series and the ratios; the target is a
-// pool p50 < 150 ms. scripts/bench.sh pools runs it.
+// pool p50 < 150 ms. scripts/bench.sh pools runs it. OPENSHELL_BENCH_POOL_ONLY=1 runs
+// the pool series only.
 func TestBenchPool(t *testing.T) {
 	if os.Getenv("OPENSHELL_BENCH") != "1" {
 		t.Skip("benchmark: set OPENSHELL_BENCH=1")
@@ -47,6 +49,14 @@ func TestBenchPool(t *testing.T) {
 		took := time.Since(t0)
 		if fp := r.fromPool(name); (fp == pool) == cold {
 			t.Fatalf("%s: from_pool %q (cold %v): the sample measured the wrong path", name, fp, cold)
+		}
+		// The guest's own profile of the sample: its supervisor's start-up steps.
+		if logs, err := r.run("sandbox", "logs", name); err == nil {
+			for _, line := range strings.Split(logs, "\n") {
+				if strings.Contains(line, "start-up steps") || strings.Contains(line, "main process started") {
+					t.Logf("%s (took %v): %s", name, took.Round(time.Millisecond), strings.TrimSpace(line))
+				}
+			}
 		}
 		return took
 	}
@@ -127,6 +137,9 @@ func TestBenchPool(t *testing.T) {
 	}
 	poolSeq := stats("pool-seq", seq(false))
 	poolPar := stats("pool-5x", par(false))
+	if os.Getenv("OPENSHELL_BENCH_POOL_ONLY") == "1" {
+		return // the pool series alone (profiling a change); no ratio
+	}
 	coldSeq := stats("cold-seq", seq(true))
 	coldPar := stats("cold-5x", par(true))
 	fmt.Printf("BENCH vm-pool ratio pool/cold p50: sequential %.3f, 5 at a time %.3f (pool p50 %v / %v; target < 150 ms)\n",

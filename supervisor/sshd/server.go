@@ -61,6 +61,9 @@ type Config struct {
 	// the user's Credential) and registers it with the reaper; the supervisor uses it
 	// to confine sessions as it confines the main process. nil = Reaper.Start.
 	Start func(cmd *exec.Cmd) (*reaper.Proc, error)
+	// HostKey is the server's host key; nil = a fresh ed25519 key. The supervisor
+	// makes one ahead while a pooled VM waits for its sandbox.
+	HostKey ssh.Signer
 }
 
 // Validate names the first bad field.
@@ -82,7 +85,7 @@ type Server struct {
 	wg      sync.WaitGroup
 }
 
-// New creates a server with a fresh ed25519 host key.
+// New creates a server with cfg.HostKey, or a fresh ed25519 host key.
 func New(cfg Config) (*Server, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
@@ -90,13 +93,15 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Shell == "" {
 		cfg.Shell = pickShell(cfg.User.Shell)
 	}
-	_, priv, err := ed25519.GenerateKey(rand.Reader)
-	if err != nil {
-		return nil, fmt.Errorf("sshd: generate host key: %w", err)
-	}
-	signer, err := ssh.NewSignerFromKey(priv)
-	if err != nil {
-		return nil, fmt.Errorf("sshd: host key: %w", err)
+	signer := cfg.HostKey
+	if signer == nil {
+		_, priv, err := ed25519.GenerateKey(rand.Reader)
+		if err != nil {
+			return nil, fmt.Errorf("sshd: generate host key: %w", err)
+		}
+		if signer, err = ssh.NewSignerFromKey(priv); err != nil {
+			return nil, fmt.Errorf("sshd: host key: %w", err)
+		}
 	}
 	// NoClientAuth: the server is reached only through relays the supervisor opens on
 	// the gateway's request (served in-process on the relay stream, or through a Unix

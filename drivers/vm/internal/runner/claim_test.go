@@ -160,3 +160,61 @@ func FuzzClaimDecode(f *testing.F) {
 		}
 	})
 }
+
+// TestClaimedTimeline: a VM booted for its sandbox reports the guest's boot steps
+// with the bootstrap; a claimed pool VM reports the bootstrap only (its boot was the
+// pool's, before this create), so its create timeline is claim → bootstrap → ready.
+func TestClaimedTimeline(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		claimed bool
+		want    []string
+	}{
+		{"booted for the sandbox", false, []string{"vmm", "firmware", "kernel", "bootstrap"}},
+		{"claimed from a pool", true, []string{"bootstrap"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			l, sock := unixListener(t)
+			st := Status{State: StateBooting}
+			st.stamp("vmm")
+			if tc.claimed {
+				// What the runner's main loop does on a claim.
+				st.State, st.ClaimedAt, st.Timeline = StateBooting, time.Now().UTC(), nil
+			}
+			box := newStatusBox(st)
+			done := make(chan struct{})
+			go func() {
+				serveBootstrapOnce(l, []byte(`{"sandbox_id":"sb"}`), box, slog.New(slog.DiscardHandler))
+				close(done)
+			}()
+			c, err := net.Dial("unix", sock)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(10 * time.Second))
+			if _, err := io.ReadFull(c, make([]byte, len(`{"sandbox_id":"sb"}`))); err != nil {
+				t.Fatal(err)
+			}
+			ack, err := wire.AppendTimelineAck(nil, wire.GuestTimeline{NowNs: 9e8, Steps: []wire.GuestStep{{Phase: "kernel", Ns: 5e8}}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := c.Write(ack); err != nil {
+				t.Fatal(err)
+			}
+			if b, _ := io.ReadAll(c); string(b) != wire.BootstrapDone {
+				t.Fatalf("after the acknowledgement: %q", b)
+			}
+			<-done
+			got, _ := box.get()
+			var phases []string
+			for _, s := range got.Timeline {
+				phases = append(phases, s.Phase)
+			}
+			if strings.Join(phases, ",") != strings.Join(tc.want, ",") || got.State != StateRunning {
+				t.Fatalf("timeline %v (state %s), want %v", phases, got.State, tc.want)
+			}
+		})
+	}
+}

@@ -81,6 +81,9 @@ func serveBootstrapOnce(l net.Listener, doc []byte, box *statusBox, log *slog.Lo
 			s.Bootstrap++
 			if s.State == StateBooting {
 				s.State, s.BootedAt = StateRunning, now
+				if !s.ClaimedAt.IsZero() {
+					guestTL = nil // a claimed VM booted for its pool, before this create
+				}
 				s.Timeline = append(s.Timeline, guestSteps(guestTL, now)...)
 			}
 		})

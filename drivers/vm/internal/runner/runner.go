@@ -361,7 +361,9 @@ func Run(ctx context.Context, dir string, o Options) (retErr error) {
 			cl.apply(spec)
 			gw.sock.Store(spec.GatewaySocket())
 			log = log.With("sandbox_id", spec.SandboxID)
-			box.update(func(s *Status) { s.State, s.ClaimedAt = StateBooting, time.Now().UTC() })
+			// This create's timeline starts at the claim: the boot steps were another
+			// time's (the pool's), not this sandbox's wait.
+			box.update(func(s *Status) { s.State, s.ClaimedAt, s.Timeline = StateBooting, time.Now().UTC(), nil })
 			log.Info("pooled VM claimed by a sandbox", "sandbox_name", spec.SandboxName)
 			if err := serve(); err != nil {
 				return err
