@@ -67,6 +67,11 @@ func (s *Server) CreateSandbox(ctx context.Context, req *openshellv1.CreateSandb
 	if spec.Template == nil {
 		spec.Template = &openshellv1.SandboxTemplate{}
 	}
+	if snap := req.GetFromSnapshot(); snap != "" {
+		if err := s.fromSnapshot(ctx, ws, snap, spec); err != nil {
+			return nil, err
+		}
+	}
 	if spec.Template.Image == "" {
 		spec.Template.Image = s.caps.GetDefaultImage()
 	}
@@ -86,6 +91,7 @@ func (s *Server) CreateSandbox(ctx context.Context, req *openshellv1.CreateSandb
 	if err != nil {
 		return nil, err
 	}
+	dsb.GetSpec().FromSnapshot = req.GetFromSnapshot()
 	// The driver checks the request before anything is stored: a create it refuses
 	// (a memory limit it cannot honour, an image it cannot use) leaves no record for
 	// the user to delete.

@@ -13,6 +13,7 @@ import (
 
 	"google.golang.org/grpc"
 
+	"github.com/openshell/openshell/api/openshellv1"
 	"github.com/openshell/openshell/api/snapshotv1"
 	"github.com/openshell/openshell/drivers"
 )
@@ -149,5 +150,23 @@ func validSnapshotName(name string) error {
 			return invalidf("name %q: use lower-case letters, digits and '-' (not first or last), e.g. my-snap", name)
 		}
 	}
+	return nil
+}
+
+// fromSnapshot checks a create from snapshot name of workspace ws and fills the
+// image the snapshot was taken of. The sandbox's shape is the snapshot's: a
+// different image or resources are refused.
+func (s *Server) fromSnapshot(ctx context.Context, ws, name string, spec *openshellv1.SandboxSpec) error {
+	sn, err := s.findSnapshot(ctx, ws, name)
+	if err != nil {
+		return err
+	}
+	if img := spec.GetTemplate().GetImage(); img != "" && img != sn.GetImage() {
+		return invalidf("from_snapshot %q: the snapshot is of image %s, not %s: drop --from (the image comes with the snapshot)", name, sn.GetImage(), img)
+	}
+	if spec.GetTemplate().GetResources() != nil {
+		return invalidf("from_snapshot %q: a sandbox from a snapshot has the snapshot's CPUs and memory (%d vCPUs, %d MiB): drop --cpu and --memory", name, sn.GetVcpus(), sn.GetMemoryMib())
+	}
+	spec.Template.Image = sn.GetImage()
 	return nil
 }

@@ -129,6 +129,7 @@ func run(mode string) int {
 		cfg  *bootstrap.Config
 		err  error
 		opts supervisor.Options
+		re   *supervisor.Reidentify // VM guests: a copy restored from a snapshot becomes its own sandbox
 	)
 	switch mode {
 	case "env":
@@ -138,9 +139,6 @@ func run(mode string) int {
 			opts.Network, opts.Confine = supervisor.NetworkNamespace, true
 		}
 	case "vsock":
-		// What needs no sandbox is done while the host has no configuration for this
-		// VM yet (a warm pool's VM waits here until a sandbox claims it).
-		opts.Warm = supervisor.Prewarm()
 		var secret wire.Secret
 		cfg, secret, err = fetchVsock(ctx)
 		// The runner admits only connections that open with this boot's instance
@@ -152,6 +150,18 @@ func run(mode string) int {
 		opts.Network, opts.Confine = supervisor.NetworkVM, true
 		opts.EgressOpen = func(ctx context.Context) (net.Conn, error) {
 			return channel.DialHostAs(ctx, channel.PortEgress, secret)
+		}
+		re = &supervisor.Reidentify{
+			Fetch: func(ctx context.Context) ([]byte, error) { return channel.FetchNewIdentity(ctx, secret) },
+			Apply: func(id *supervisor.Identity) {
+				// Between runs: no dialer of the old run is left to read secret.
+				if s, perr := wire.ParseSecret(id.Config.InstanceSecret); perr == nil {
+					secret = s
+				}
+				if id.Config.SandboxName != "" {
+					_ = syscall.Sethostname([]byte(id.Config.SandboxName))
+				}
+			},
 		}
 	default:
 		err = fmt.Errorf("--bootstrap %q: use env or vsock", mode)
@@ -169,7 +179,12 @@ func run(mode string) int {
 			logger.Warn("cannot set the hostname", "err", err)
 		}
 	}
-	if err := supervisor.Run(ctx, cfg, opts); err != nil {
+	if re != nil {
+		err = supervisor.RunVM(ctx, cfg, opts, re)
+	} else {
+		err = supervisor.Run(ctx, cfg, opts)
+	}
+	if err != nil {
 		logger.Error("supervisor failed", "err", err)
 		return 1
 	}

@@ -50,6 +50,7 @@ type createOptions struct {
 	detach, noTTY bool
 	uploads       []string // PATH[:DEST], copied in once READY
 	forwards      []string // PORT or LOCAL:REMOTE, started once READY
+	fromSnapshot  string   // --from-snapshot: start from a snapshot of a VM sandbox
 }
 
 // buildCreateRequest turns flags and the command after `--` into a request, checking
@@ -118,7 +119,7 @@ func buildCreateRequest(o createOptions, workspace string, argv []string) (*open
 		spec.Policy = p
 	}
 	spec.Providers = o.providers
-	req := &openshellv1.CreateSandboxRequest{Name: o.name, Workspace: workspace, Labels: labels, Spec: spec}
+	req := &openshellv1.CreateSandboxRequest{Name: o.name, Workspace: workspace, Labels: labels, Spec: spec, FromSnapshot: o.fromSnapshot}
 	if err := validation.CreateRequest(req); err != nil {
 		return nil, err
 	}
@@ -244,6 +245,7 @@ func (a *app) sandboxCreate(ws *string) *cobra.Command {
 	f.BoolVar(&o.noTTY, "no-tty", false, "same as --detach: never attach the terminal")
 	f.StringArrayVar(&o.forwards, "forward", nil, "forward a local `PORT` (or LOCAL:REMOTE) to the sandbox once ready (repeatable; see openshell forward)")
 	f.StringArrayVar(&o.uploads, "upload", nil, "copy a local file or directory into the sandbox once ready: `PATH[:DEST]` (repeatable)")
+	f.StringVar(&o.fromSnapshot, "from-snapshot", "", "start from a snapshot of a VM sandbox (openshell sandbox snapshot; its image, CPUs and memory) with this sandbox's own identity")
 	return cmd
 }
 

@@ -403,8 +403,10 @@ func (d *Driver) Create(_ context.Context, sb *computev1.DriverSandbox) (retErr 
 	if err != nil {
 		return err
 	}
-	if claimed, err := d.claim(sb, res); claimed || err != nil {
-		return err
+	if sb.GetSpec().GetFromSnapshot() == "" {
+		if claimed, err := d.claim(sb, res); claimed || err != nil {
+			return err
+		}
 	}
 	id := sb.GetId()
 	dir := d.sandboxDir(id)
@@ -624,10 +626,7 @@ func (d *Driver) applyRunnerStatus(s *sandbox, st runner.Status) {
 	switch st.State {
 	case runner.StateRunning:
 		if s.phase == phaseBooting {
-			s.runnerSteps = st.Timeline
-			if st.ClaimedAt.IsZero() { // a claimed VM's runner started for its pool
-				s.runnerSteps = append([]wire.HostStep{{Phase: "runner", At: st.StartedAt}}, st.Timeline...)
-			}
+			s.runnerSteps = append([]wire.HostStep{{Phase: "runner", At: st.StartedAt}}, st.Timeline...)
 			s.setPhase(phaseRunning, drivers.ReasonRunning, "guest booted at "+st.BootedAt.Format(time.RFC3339Nano))
 			changed = true
 		}

@@ -162,6 +162,9 @@ func progressLogger(ref string, report func(string)) func(images.Progress) {
 // prepare ensures the image, kernel, initramfs and writable disk, and returns the
 // runner spec.
 func (d *Driver) prepare(ctx context.Context, s *sandbox, res *resolved, spec *computev1.DriverSandboxSpec, progress func(string)) (*runner.Spec, error) {
+	if name := spec.GetFromSnapshot(); name != "" {
+		return d.prepareFromSnapshot(ctx, s, spec, name, progress)
+	}
 	cache, err := images.NewCache(d.cfg.ImageCacheDir)
 	if err != nil {
 		return nil, err

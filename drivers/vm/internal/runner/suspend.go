@@ -56,6 +56,9 @@ type SuspendRecord struct {
 	Identity *Claim `json:"identity,omitempty"`
 	// SaveMillis is how long the save took.
 	SaveMillis int64 `json:"save_ms"`
+	// ForkOf is set on a copy started from a snapshot (fork.go): the id of the
+	// snapshotted sandbox, whose identity and InstanceSecret the guest still holds.
+	ForkOf string `json:"fork_of,omitempty"`
 }
 
 // GuestRAMFile holds the guest RAM of a QEMU VM that can be suspended: saving then
@@ -282,6 +285,7 @@ func requestSuspend(ctx context.Context, reqs chan<- suspendRequest, done <-chan
 type suspender struct {
 	dir    string
 	resume *SuspendRecord // non-nil: this run restores a suspended VM
+	fork   *SuspendRecord // non-nil: the restored VM is a copy from a snapshot (fork.go); never cleared
 	secret *wire.Secret   // the guest's instance secret, once the sandbox is served
 	reqs   chan suspendRequest
 	done   chan struct{} // closed when the runner's main loop ends
@@ -297,7 +301,11 @@ func newSuspender(dir string, spec *Spec) (*suspender, error) {
 	if r != nil {
 		resumeMachine(spec, r)
 	}
-	return &suspender{dir: dir, resume: r, reqs: make(chan suspendRequest), done: make(chan struct{})}, nil
+	sp := &suspender{dir: dir, resume: r, reqs: make(chan suspendRequest), done: make(chan struct{})}
+	if r != nil && r.ForkOf != "" {
+		sp.fork = r
+	}
+	return sp, nil
 }
 
 // resuming reports whether this run restores a suspended VM.
@@ -308,7 +316,7 @@ func (sp *suspender) resuming() bool { return sp.resume != nil }
 func (sp *suspender) instanceSecret() (wire.Secret, error) {
 	var s wire.Secret
 	var err error
-	if sp.resume != nil {
+	if sp.resume != nil && !sp.forking() {
 		s, err = wire.ParseSecret(sp.resume.InstanceSecret)
 		if err != nil {
 			return s, fmt.Errorf("suspend record: instance_secret: %w", err)
@@ -323,6 +331,10 @@ func (sp *suspender) instanceSecret() (wire.Secret, error) {
 // serveBootstrap serves the bootstrap document once, except to a resumed guest: it
 // has its configuration already, and nothing else in it may fetch one.
 func (sp *suspender) serveBootstrap(l net.Listener, doc []byte, box *statusBox, log *slog.Logger) {
+	if sp.forking() {
+		sp.serveFork(l, doc, box, log)
+		return
+	}
 	if sp.resume != nil {
 		clear(doc)
 		_ = l.Close()

@@ -1,0 +1,191 @@
+package supervisor
+
+// Re-identification of a VM guest restored as a copy of another sandbox (a create
+// from a snapshot). The restored supervisor still holds the snapshotted sandbox's
+// identity (id, token, instance secret, environment). Its gateway session dropped
+// across the save and restore, and every reconnect first asks the host (in the
+// background) whether this guest is now someone else: the copy's runner answers, on
+// the bootstrap port, with the copy's bootstrap document, plus the host's time and
+// fresh entropy. The supervisor then steps the clock, feeds the entropy to the
+// kernel and has it reseed (the copies share the snapshotted random state), ends its
+// run as the old sandbox and runs again as the new one: the old identity's session,
+// token and credentials are dropped; the old main process is stopped like at any
+// supervisor stop and the copy's own command starts. The files (the disk) are the
+// copy's own. What cannot change without a reboot stays: the kernel's boot_id, the
+// state of processes' own user-space random generators.
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/openshell/openshell/supervisor/bootstrap"
+)
+
+// Identity is a new identity handed to a restored guest.
+type Identity struct {
+	Config   *bootstrap.Config
+	HostTime time.Time
+	Entropy  []byte
+}
+
+// ParseIdentity decodes the document a copy's runner serves: a bootstrap.Config with
+// a "reidentify" member (host_time_unix_nano, entropy).
+func ParseIdentity(doc []byte) (*Identity, error) {
+	var cfg bootstrap.Config
+	if err := json.Unmarshal(doc, &cfg); err != nil {
+		return nil, fmt.Errorf("new identity: %w", err)
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("new identity: %w", err)
+	}
+	var extra struct {
+		Reidentify struct {
+			HostTimeUnixNano int64  `json:"host_time_unix_nano"`
+			Entropy          []byte `json:"entropy"`
+		} `json:"reidentify"`
+	}
+	if err := json.Unmarshal(doc, &extra); err != nil {
+		return nil, fmt.Errorf("new identity: reidentify: %w", err)
+	}
+	id := &Identity{Config: &cfg, Entropy: extra.Reidentify.Entropy}
+	if ns := extra.Reidentify.HostTimeUnixNano; ns > 0 {
+		id.HostTime = time.Unix(0, ns)
+	}
+	return id, nil
+}
+
+// Reidentify is what RunVM needs from the guest's channel.
+type Reidentify struct {
+	// Fetch asks the host for a new identity, opening with the current instance
+	// secret; nil, nil when it offers none.
+	Fetch func(ctx context.Context) ([]byte, error)
+	// Apply makes id current for the next run (the instance secret the dialers
+	// present, the hostname); called before the supervisor runs again.
+	Apply func(id *Identity)
+	// ProbeTimeout bounds one Fetch (default 5 s).
+	ProbeTimeout time.Duration
+}
+
+// watcher probes for a new identity on each reconnect of one run's gateway session.
+type watcher struct {
+	re      *Reidentify
+	current string
+	log     *slog.Logger
+
+	mu      sync.Mutex
+	dials   int
+	probing bool
+	found   *Identity
+	foundCh chan struct{}
+}
+
+// dialing is called before each gateway dial: from the second on (a reconnect) it
+// probes in the background, one probe at a time.
+func (w *watcher) dialing(ctx context.Context) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.dials++
+	if w.dials < 2 || w.probing || w.found != nil {
+		return
+	}
+	w.probing = true
+	go func() {
+		pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cmpDur(w.re.ProbeTimeout, 5*time.Second))
+		doc, err := w.re.Fetch(pctx)
+		cancel()
+		var id *Identity
+		if err == nil && doc != nil {
+			id, err = ParseIdentity(doc)
+			clear(doc)
+		}
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		w.probing = false
+		switch {
+		case err != nil:
+			w.log.Warn("asking the host for a new identity failed", "err", err)
+		case id != nil && id.Config.SandboxID != w.current:
+			w.found = id
+			close(w.foundCh)
+		case id != nil:
+			w.log.Warn("the host offered this sandbox's own identity again; ignored")
+		}
+	}()
+}
+
+func cmpDur(a, b time.Duration) time.Duration {
+	if a > 0 {
+		return a
+	}
+	return b
+}
+
+// RunVM runs the supervisor of a VM guest (Run) and, when the host hands the guest a
+// new identity (it was restored as a copy of a snapshot), ends that run and runs
+// again as the new sandbox, until ctx ends or a run fails.
+func RunVM(ctx context.Context, cfg *bootstrap.Config, o Options, re *Reidentify) error {
+	log := o.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	dial := o.Dial
+	for {
+		w := &watcher{re: re, current: cfg.SandboxID, log: log, foundCh: make(chan struct{})}
+		runCtx, cancel := context.WithCancel(ctx)
+		o.Dial = func(dctx context.Context, addr string) (net.Conn, error) {
+			w.dialing(runCtx)
+			return dial(dctx, addr)
+		}
+		go func() {
+			select {
+			case <-w.foundCh:
+				log.Info("this VM was restored as a copy of sandbox "+cfg.SandboxID+": ending this run to become the new sandbox", "new_sandbox_id", w.found.Config.SandboxID)
+				cancel()
+			case <-runCtx.Done():
+			}
+		}()
+		err := Run(runCtx, cfg, o)
+		cancel()
+		w.mu.Lock()
+		id := w.found
+		w.mu.Unlock()
+		if id == nil || ctx.Err() != nil {
+			return err
+		}
+		if err != nil {
+			log.Warn("the old identity's run ended with an error; going on as the new sandbox", "err", err)
+		}
+		applyHostState(id, log)
+		re.Apply(id)
+		cfg = id.Config
+	}
+}
+
+// errNoHostState: setting the clock or the entropy needs a Linux guest.
+var errNoHostState = errors.New("not supported outside a Linux guest")
+
+// applyHostState steps the clock to the host's and reseeds the kernel's random
+// generator with the host's entropy; failures are logged (the new identity is taken
+// anyway).
+func applyHostState(id *Identity, log *slog.Logger) {
+	if !id.HostTime.IsZero() {
+		before := time.Now()
+		if err := setClock(id.HostTime); err != nil {
+			log.Warn("cannot step the clock to the host's", "err", err)
+		} else {
+			log.Info("clock stepped to the host's", "was_behind", id.HostTime.Sub(before).Round(time.Millisecond))
+		}
+	}
+	if len(id.Entropy) > 0 {
+		if err := reseedRandom(id.Entropy); err != nil {
+			log.Warn("cannot reseed the kernel's random generator", "err", err)
+		}
+		clear(id.Entropy)
+	}
+}
