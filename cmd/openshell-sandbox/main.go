@@ -139,6 +139,9 @@ func run(mode string) int {
 			opts.Network, opts.Confine = supervisor.NetworkNamespace, true
 		}
 	case "vsock":
+		// What needs no sandbox is done while the host has no configuration for this
+		// VM yet (a warm pool's VM waits here until a sandbox claims it).
+		opts.Warm = supervisor.Prewarm()
 		var secret wire.Secret
 		cfg, secret, err = fetchVsock(ctx)
 		// The runner admits only connections that open with this boot's instance

@@ -626,7 +626,10 @@ func (d *Driver) applyRunnerStatus(s *sandbox, st runner.Status) {
 	switch st.State {
 	case runner.StateRunning:
 		if s.phase == phaseBooting {
-			s.runnerSteps = append([]wire.HostStep{{Phase: "runner", At: st.StartedAt}}, st.Timeline...)
+			s.runnerSteps = st.Timeline
+			if st.ClaimedAt.IsZero() { // a claimed VM's runner started for its pool
+				s.runnerSteps = append([]wire.HostStep{{Phase: "runner", At: st.StartedAt}}, st.Timeline...)
+			}
 			s.setPhase(phaseRunning, drivers.ReasonRunning, "guest booted at "+st.BootedAt.Format(time.RFC3339Nano))
 			changed = true
 		}
