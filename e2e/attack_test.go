@@ -3,8 +3,9 @@ package e2e
 // The agent attacks its own sandbox: e2e/internal/attacker, uploaded into a sandbox
 // and run through `sandbox exec` (so as the agent, confined like any agent program),
 // tries io_uring, vsock (directly and through io_uring), the runner's bootstrap and
-// gateway ports, ptrace and the memory of the supervisor, the sandbox token file and
-// a write outside the policy's read_write (Landlock, under hard_requirement). Both
+// gateway ports, ptrace and the memory of the supervisor, the supervisor's waiting
+// spare confinement helper, the sandbox token file and a write outside the policy's
+// read_write (Landlock, under hard_requirement). Both
 // drivers: `go test -run Attack ./e2e/`, `E2E_DRIVER=vm go test -run Attack ./e2e/`.
 
 import (
@@ -101,6 +102,17 @@ func TestAttackFromAgent(t *testing.T) {
 		// Landlock is enforced (in the guest kernel too).
 		"write_denied":  {"EACCES"},
 		"write_allowed": {"ok"},
+		// The supervisor's spare confinement helper is there (root, waiting for a
+		// command) and out of the agent's reach; the agent holds no socket.
+		"spare_found":       {"true"},
+		"spare_uid":         {"0"},
+		"spare_kill":        {"EPERM"},
+		"spare_sigstop":     {"EPERM"},
+		"spare_ptrace":      {"EPERM"},
+		"spare_list_fds":    {"EACCES"},
+		"spare_open_socket": {"EACCES"},
+		"spare_pidfd_getfd": {"EPERM"},
+		"own_sockets":       {"0"},
 	}
 	for k, ok := range want {
 		v, present := got[k]
