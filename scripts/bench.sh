@@ -26,7 +26,8 @@
 #            then the VM's bare vsock channel each way, the ceiling of the VM figures
 #   egress   1 GiB through the proxy vs direct (target ≥ 0.8×); CONNECT added latency
 #   snapshot VM suspend → resume (CLI, until READY) vs a cold create → READY of the same
-#            sandbox with its image cached (target resume ≤ 0.3× cold); suspended RSS
+#            sandbox with its image cached (target resume ≤ 0.3× cold); suspended RSS;
+#            then create --from-snapshot → READY vs a cold create (target ≤ 0.3×)
 #   pools    VM create → READY through the CLI from a warm pool of 5 vs a cold create of
 #            another shape, 20 sequential and 5 at a time; idle pooled VMs' host RSS
 #            (target: pool p50 < 150 ms)
@@ -105,7 +106,7 @@ for s in "${sections[@]}"; do
 		OPENSHELL_BENCH=1 go test -count=1 -run TestBenchTransferChannel -v -timeout 15m ./drivers/vm/ | grep -E '^(BENCH|---|ok|FAIL)' ;;
 	egress) go test -run '^$' -bench . -benchtime 3x ./supervisor/egress ;;
 	snapshot) ./scripts/setup-vm-host.sh >/dev/null; needs_docker
-		E2E_DRIVER=vm go test -count=1 -run TestVMSuspendResume -v -timeout 20m ./e2e/ | tee /dev/stderr | grep '^BENCH snapshot' ;;
+		E2E_DRIVER=vm go test -count=1 -run 'TestVMSuspendResume|TestVMSnapshotCopies' -v -timeout 30m ./e2e/ | tee /dev/stderr | grep '^BENCH snapshot' ;;
 	pools) ./scripts/setup-vm-host.sh >/dev/null; OPENSHELL_BENCH=1 go test -count=1 -run TestBenchPool -v -timeout 60m ./e2e/vm/ ;;
 	cliapi) OPENSHELL_BENCH=1 go test -count=1 -run TestBenchCLIAPI -v -timeout 5m ./gateway/daemon/
 		needs_docker; OPENSHELL_BENCH=1 go test -count=1 -run TestSocketVsTCPExecTiming -v -timeout 10m ./e2e/ ;;
