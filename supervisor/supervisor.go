@@ -61,6 +61,9 @@ type Options struct {
 	Network NetworkMode
 	// EgressOpen opens a stream to the host runner's egress port (NetworkVM).
 	EgressOpen func(ctx context.Context) (net.Conn, error)
+	// BulkOpen opens a bulk stream to the host runner (NetworkVM): file transfers'
+	// bytes skip gRPC in the guest (session.Config.DialBulk).
+	BulkOpen func(ctx context.Context) (net.Conn, error)
 	// Warm is the start-up work done before the configuration arrived (Prewarm);
 	// nil = none.
 	Warm *Warm
@@ -468,6 +471,7 @@ func Run(ctx context.Context, cfg *bootstrap.Config, o Options) (retErr error) {
 	sc, err := session.New(cc, session.Config{
 		SandboxID: cfg.SandboxID, InstanceID: identity.InstanceID, InstanceSecret: identity.Secret,
 		ServeSSH: srv.ServeConn, ServeTransfer: srv.ServeTransfer, ServeExec: srv.ServeExec, HostKey: srv.HostKey(), DialTCP: launch.dialTCP,
+		DialBulk: o.BulkOpen,
 		OnState: func(up bool) {
 			if up {
 				launch.warm()

@@ -77,7 +77,7 @@ const (
 )
 
 // DefaultPorts is the project's port plan: what the guest dials on the host.
-var DefaultPorts = []uint32{channel.PortGateway, channel.PortBootstrap, channel.PortEgress}
+var DefaultPorts = []uint32{channel.PortGateway, channel.PortBootstrap, channel.PortEgress, channel.PortBulk}
 
 // WithDefaults returns a copy of c with empty fields filled.
 func (c Config) WithDefaults() Config {

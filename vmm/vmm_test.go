@@ -66,7 +66,7 @@ func TestValidate(t *testing.T) {
 	if err := good.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	if good.ConsoleLog != "/tmp/x/console.log" || good.Channel.CID != 3 || len(good.Channel.Ports) != 3 {
+	if good.ConsoleLog != "/tmp/x/console.log" || good.Channel.CID != 3 || len(good.Channel.Ports) != len(DefaultPorts) {
 		t.Fatalf("defaults: %+v", good)
 	}
 	for field, mut := range map[string]func(*Config){

@@ -166,6 +166,9 @@ func run(mode string) int {
 				}
 			},
 		}
+		opts.BulkOpen = func(ctx context.Context) (net.Conn, error) {
+			return channel.DialHostAs(ctx, channel.PortBulk, secret)
+		}
 	default:
 		err = fmt.Errorf("--bootstrap %q: use env or vsock", mode)
 	}

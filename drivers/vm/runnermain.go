@@ -33,7 +33,7 @@ func RunnerMain(ctx context.Context, args []string, stderr io.Writer, log *slog.
 	}
 	return runner.Run(ctx, *dir, runner.Options{
 		NewMachine: runner.NewVMMMachine,
-		Ports:      runner.Ports{Gateway: channel.PortGateway, Bootstrap: channel.PortBootstrap, Egress: channel.PortEgress},
+		Ports:      runner.Ports{Gateway: channel.PortGateway, Bootstrap: channel.PortBootstrap, Egress: channel.PortEgress, Bulk: channel.PortBulk},
 		Log:        log,
 		Hold: func(spec *runner.Spec) (func(), error) {
 			if spec.ImageCacheDir == "" || spec.ImageKey == "" {

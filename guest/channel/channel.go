@@ -9,6 +9,7 @@ const (
 	PortGateway   uint32 = 1024 // supervisor ↔ gateway session, relayed by the runner
 	PortBootstrap uint32 = 1025 // the guest fetches its bootstrap config here
 	PortEgress    uint32 = 1026 // egress proxy upstream, policy-checked on the host
+	PortBulk      uint32 = 1027 // one relay's bytes (a file transfer), gRPC spoken by the runner
 )
 
 // HostCID is the vsock context id of the host.

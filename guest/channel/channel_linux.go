@@ -74,7 +74,7 @@ func DialHost(ctx context.Context, port uint32) (net.Conn, error) {
 			var c net.Conn
 			switch tr {
 			case TransportVsock:
-				if c, err = dialVsock(ctx, port); err == nil && port == PortGateway {
+				if c, err = dialVsock(ctx, port); err == nil && (port == PortGateway || port == PortBulk) {
 					SetVsockBuffer(c, gatewayVsockBuffer)
 				}
 			case TransportSerial:

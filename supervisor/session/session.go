@@ -26,6 +26,7 @@ import (
 	pb "github.com/openshell/openshell/api/openshellv1"
 	"github.com/openshell/openshell/internal/grpcopts"
 	"github.com/openshell/openshell/internal/instancemd"
+	"github.com/openshell/openshell/internal/relayframe"
 	"github.com/openshell/openshell/internal/streamconn"
 )
 
@@ -69,6 +70,10 @@ type Config struct {
 	// ServeTransfer serves one file-transfer relay in-process (the tar stream over the
 	// RelayStream itself, no SSH); nil = transfer relays are refused.
 	ServeTransfer func(ctx context.Context, c net.Conn, t *pb.TransferRelayTarget)
+	// DialBulk opens a bulk stream to the host end of the VM's channel (see
+	// relayframe.Open): a transfer relay's bytes then skip gRPC in the guest. nil, or
+	// a stream the host refuses, = the transfer goes over RelayStream.
+	DialBulk func(ctx context.Context) (net.Conn, error)
 	// ServeExec runs one command on an exec relay in-process (framed stdio over the
 	// RelayStream itself, no SSH); nil = exec relays are refused.
 	ServeExec func(ctx context.Context, c net.Conn, t *pb.ExecRelayTarget)
@@ -121,6 +126,7 @@ type Client struct {
 
 	relays sync.WaitGroup
 	up     atomic.Bool
+	noBulk atomic.Bool // DialBulk failed: the host end has no bulk port
 	// sessions counts accepted sessions (tests and status).
 	sessions atomic.Int64
 }
@@ -400,6 +406,17 @@ func (c *Client) relay(ctx, life context.Context, open *pb.RelayOpen, send func(
 		result(errors.New("this supervisor does not serve file transfers on a relay of their own; upgrade openshell-sandbox"))
 		return
 	}
+	if xfer != nil && c.cfg.DialBulk != nil && !c.noBulk.Load() {
+		if bc, err := c.openBulk(ctx, id); err != nil {
+			log.Warn("relay: no bulk stream for this transfer; it goes over the session", "err", err)
+		} else {
+			result(nil)
+			c.cfg.ServeTransfer(ctx, bc, xfer)
+			_ = bc.Close()
+			_ = send(&pb.SupervisorMessage{Payload: &pb.SupervisorMessage_RelayClose{RelayClose: &pb.RelayClose{ChannelId: id, Reason: "closed"}}})
+			return
+		}
+	}
 	ex := open.GetExec()
 	if c.cfg.ServeExec == nil {
 		// Answered as an older supervisor answers a target it does not know: with
@@ -444,6 +461,32 @@ func (c *Client) relay(ctx, life context.Context, open *pb.RelayOpen, send func(
 		Pump(ctx, conn, rs)
 	}
 	_ = send(&pb.SupervisorMessage{Payload: &pb.SupervisorMessage_RelayClose{RelayClose: &pb.RelayClose{ChannelId: id, Reason: "closed"}}})
+}
+
+// bulkDialWait bounds dialing the bulk port: a host end that does not serve it
+// would otherwise be retried until the relay's context ends.
+const bulkDialWait = 3 * time.Second
+
+// openBulk opens relay id on a new bulk stream. A dial that fails turns bulk streams
+// off for this client (a host end without the port); a refusal does not.
+func (c *Client) openBulk(ctx context.Context, id string) (net.Conn, error) {
+	dctx, cancel := context.WithTimeout(ctx, bulkDialWait)
+	defer cancel()
+	bc, err := c.cfg.DialBulk(dctx)
+	if err != nil {
+		c.noBulk.Store(true)
+		return nil, fmt.Errorf("dial the bulk port: %w", err)
+	}
+	stop := context.AfterFunc(dctx, func() { bc.Close() })
+	err = relayframe.OpenBulk(bc, relayframe.Open{ChannelID: id, InstanceID: c.cfg.InstanceID, InstanceSecret: c.cfg.InstanceSecret})
+	if !stop() && err == nil {
+		err = dctx.Err() // closed just as the answer came
+	}
+	if err != nil {
+		bc.Close()
+		return nil, err
+	}
+	return bc, nil
 }
 
 // relayData is a RelayStream data frame.

@@ -29,6 +29,7 @@ const (
 	PortGateway   = gchannel.PortGateway
 	PortBootstrap = gchannel.PortBootstrap
 	PortEgress    = gchannel.PortEgress
+	PortBulk      = gchannel.PortBulk
 )
 
 // VsockBackendName is the vhost-user vsock backend binary.

@@ -175,6 +175,7 @@ func TestCallsMatchCAPI(t *testing.T) {
 		"krun_add_vsock_port2 ctx=7 port=1024 path=" + sock + "_1024 listen=0",
 		"krun_add_vsock_port2 ctx=7 port=1025 path=" + sock + "_1025 listen=0",
 		"krun_add_vsock_port2 ctx=7 port=1026 path=" + sock + "_1026 listen=0",
+		"krun_add_vsock_port2 ctx=7 port=1027 path=" + sock + "_1027 listen=0",
 		"krun_set_console_output ctx=7 path=" + filepath.Join(dir, "console.log"),
 		"krun_start_enter ctx=7",
 	}
@@ -261,7 +262,7 @@ func TestCallFailureNamesTheCall(t *testing.T) {
 func TestPlan(t *testing.T) {
 	base := vmm.Config{Name: "p", StateDir: "/s", Kernel: fakeKernel(t, "arm64")}.WithDefaults()
 	s, err := libkrun.Plan(base, "libkrun.so.1", 0)
-	if err != nil || s.KernelFormat != libkrun.KernelFormatRaw || len(s.VsockPorts) != 3 || s.VsockPorts[0].Path != "/s/vsock.sock_1024" {
+	if err != nil || s.KernelFormat != libkrun.KernelFormatRaw || len(s.VsockPorts) != len(vmm.DefaultPorts) || s.VsockPorts[0].Path != "/s/vsock.sock_1024" {
 		t.Fatalf("arm64 plan %+v, %v", s, err)
 	}
 	for name, mut := range map[string]func(*vmm.Config){

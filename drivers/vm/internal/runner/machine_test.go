@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/openshell/openshell/drivers/vm/internal/state"
+	"github.com/openshell/openshell/vmm"
 	"github.com/openshell/openshell/vmm/libkrun"
 )
 
@@ -32,7 +33,7 @@ func TestNewVMMMachineRequestedBackendUnavailable(t *testing.T) {
 		t.Fatalf("NewVMMMachine(libkrun) = %v", err)
 	}
 	cfg := MachineConfig(spec, state.PathsFor("/s"))
-	if len(cfg.Disks) != 2 || !cfg.Disks[0].ReadOnly || cfg.Disks[1].ReadOnly || len(cfg.Channel.Ports) != 3 {
+	if len(cfg.Disks) != 2 || !cfg.Disks[0].ReadOnly || cfg.Disks[1].ReadOnly || len(cfg.Channel.Ports) != len(vmm.DefaultPorts) {
 		t.Fatalf("machine config %+v", cfg)
 	}
 }

@@ -45,6 +45,9 @@ type NewMachine func(ctx context.Context, spec *Spec, paths state.Paths, log *sl
 // Channel ports the runner serves.
 type Ports struct {
 	Gateway, Bootstrap, Egress uint32
+	// Bulk carries relays' bytes without gRPC in the guest (see serveBulk); 0 = not
+	// served (the guest's transfers then go over its session).
+	Bulk uint32
 }
 
 // Options configure Run.
@@ -264,6 +267,15 @@ func Run(ctx context.Context, dir string, o Options) (retErr error) {
 		}
 		lns = append(lns, l)
 	}
+	var bulkLn net.Listener
+	if o.Ports.Bulk != 0 {
+		var err error
+		if bulkLn, err = m.Listen(o.Ports.Bulk); err != nil {
+			setReason(ReasonBootFailed, fmt.Sprintf("cannot listen on channel port %d", o.Ports.Bulk))
+			return err
+		}
+		lns = append(lns, bulkLn)
+	}
 	// serve starts what belongs to the sandbox: the instance secret, the gateway
 	// bridge, the egress relay and the bootstrap document. A pooled VM has none until
 	// it is claimed.
@@ -304,6 +316,14 @@ func Run(ctx context.Context, dir string, o Options) (retErr error) {
 		wg.Add(2)
 		go func() { defer wg.Done(); sp.serveBootstrap(lns[0], bootDoc, box, log) }()
 		go func() { defer wg.Done(); serveGateway(lns[1], gw, box, log) }()
+		if bulkLn != nil {
+			bkGate := &gate{port: "bulk", limit: limits.GatewayStreams, secret: secret, box: box, log: log,
+				refused: func(s *Status) { s.GatewayRefused++ }}
+			gl := bkGate.listen(bulkLn)
+			lns[3] = gl
+			wg.Add(1)
+			go func() { defer wg.Done(); serveBulk(gl, &spec.Bootstrap, gw, log) }()
+		}
 		// The guest's egress is re-checked here against the sandbox's network policy,
 		// which the runner polls from the gateway (fail closed until it is known).
 		if stopEgress, err = startEgress(ctx, lns[2], spec, gw, log); err != nil {
