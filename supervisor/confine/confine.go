@@ -14,8 +14,8 @@
 //     best_effort downgrades to what the kernel supports (or nothing); under
 //     hard_requirement a kernel without Landlock is an error (fail closed).
 //  4. Capability bounding set emptied (needs CAP_SETPCAP, so before the uid change).
-//     A spare helper (SpareCommand) empties it already while it waits for its
-//     command; here it is then found empty.
+//     A spare helper (SpareCommand) empties it for its exec thread already while
+//     it waits for its command; here it is then found empty.
 //  5. setgroups, setresgid, setresuid to the sandbox user (Go applies them to all
 //     threads). Refuses uid 0 / gid 0.
 //  6. Ambient set cleared and effective/permitted/inheritable zeroed with capset.

@@ -28,6 +28,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -270,13 +271,17 @@ func waitMain(args []string) error {
 		return fmt.Errorf("confine: spare fd %d is not a Unix socket", fd)
 	}
 	defer conn.Close()
+	// This goroutine's thread is the one that will exec the command (Apply locks it
+	// too): lock it now, so that what is prepared for it below stays with it.
+	runtime.LockOSThread()
 	// What does not depend on the command is done while nobody waits: the filter is
-	// the same for every command, and the bounding set only ever shrinks (the spare
-	// keeps its effective capabilities for what it must still do as root). Apply
-	// does both again, and finds them done; a failure here is Apply's to report.
+	// the same for every command, and the exec thread's bounding set only ever
+	// shrinks (the spare keeps its effective capabilities for what it must still do
+	// as root). Apply does both again and finds them done; a failure here is Apply's
+	// to report.
 	_, _ = seccompProgram()
 	if last, err := lastCapability(); err == nil {
-		_ = dropBoundingSet(last)
+		_ = dropThreadBoundingSet(last)
 	}
 
 	req, err := receive(conn)

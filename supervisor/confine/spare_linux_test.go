@@ -170,30 +170,45 @@ read line; echo "stdin=$line"; echo to-stderr >&2; exit 7`, dir)
 	}
 }
 
-// TestSpareWaitsWithoutBoundingSet: a waiting spare has already emptied its
-// bounding set and still holds root's effective capabilities (it must still switch
-// identity), without being confined yet.
+// TestSpareWaitsWithoutBoundingSet: a waiting spare has already emptied the
+// bounding set of its exec thread and still holds root's effective capabilities
+// (it must still switch identity), without being confined yet.
 func TestSpareWaitsWithoutBoundingSet(t *testing.T) {
 	testenv.RequireRoot(t)
 	s := testSpares(t)
 	spare := idleSpare(t, s)
-	status := map[string]string{}
-	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
-		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", spare.pid()))
+	var emptied, threads int
+	var leader map[string]string
+	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline) && emptied == 0; time.Sleep(10 * time.Millisecond) {
+		tids, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", spare.pid()))
 		if err != nil {
 			t.Fatal(err)
 		}
-		for _, l := range strings.Split(string(b), "\n") {
-			if k, v, ok := strings.Cut(l, ":"); ok {
-				status[k] = strings.TrimSpace(v)
+		threads = len(tids)
+		for _, tid := range tids {
+			b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/status", spare.pid(), tid.Name()))
+			if err != nil {
+				continue
+			}
+			st := map[string]string{}
+			for _, l := range strings.Split(string(b), "\n") {
+				if k, v, ok := strings.Cut(l, ":"); ok {
+					st[k] = strings.TrimSpace(v)
+				}
+			}
+			if st["CapBnd"] == "0000000000000000" {
+				emptied++
+			}
+			if tid.Name() == strconv.Itoa(spare.pid()) {
+				leader = st
 			}
 		}
-		if status["CapBnd"] == "0000000000000000" {
-			break
-		}
 	}
-	if status["CapBnd"] != "0000000000000000" || status["CapEff"] == "0000000000000000" || status["Uid"] != "0\t0\t0\t0" {
-		t.Errorf("waiting spare: CapBnd %s CapEff %s Uid %q; want an empty bounding set, root's effective set", status["CapBnd"], status["CapEff"], status["Uid"])
+	if emptied != 1 {
+		t.Errorf("waiting spare: %d of %d threads with an empty bounding set, want 1 (its exec thread)", emptied, threads)
+	}
+	if leader["CapEff"] == "0000000000000000" || leader["Uid"] != "0\t0\t0\t0" || leader["NoNewPrivs"] != "0" {
+		t.Errorf("waiting spare: CapEff %s Uid %q NoNewPrivs %s; want root's effective set, not yet confined", leader["CapEff"], leader["Uid"], leader["NoNewPrivs"])
 	}
 }
 
