@@ -204,6 +204,7 @@ func TestSpareWaitsWithoutBoundingSet(t *testing.T) {
 			}
 		}
 	}
+	t.Logf("waiting spare: %d threads, VmRSS %s", threads, leader["VmRSS"])
 	if emptied != 1 {
 		t.Errorf("waiting spare: %d of %d threads with an empty bounding set, want 1 (its exec thread)", emptied, threads)
 	}
