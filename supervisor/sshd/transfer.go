@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"syscall"
 
 	pb "github.com/openshell/openshell/api/openshellv1"
@@ -27,8 +28,92 @@ func (s *Server) ServeTransfer(ctx context.Context, c net.Conn, t *pb.TransferRe
 	run := s.runTransfer
 	if s.cfg.TarArgv == nil {
 		run = transfer.InProcess(s.cfg.Dir, s.cfg.Writable)
+	} else if sock := transfer.SocketFile(c); sock != nil {
+		// A bulk stream's socket: the server reads and writes the relay itself
+		// (ServeRelay's framing of c stays unused until the exit frame).
+		defer sock.Close()
+		run = func(ctx context.Context, req transfer.Request, _ io.Reader, _ io.Writer) transfer.Exit {
+			return s.runTransferOn(ctx, req, sock)
+		}
 	}
 	transfer.ServeRelay(ctx, c, t, run)
+}
+
+// transfersOnSocket counts transfers served on a bulk stream's socket (tests).
+var transfersOnSocket atomic.Int64
+
+// transferCmd is the transfer server for req, to run as the sandbox user.
+func (s *Server) transferCmd(req transfer.Request, framed bool) (*exec.Cmd, error) {
+	cfg := &s.cfg
+	w, err := json.Marshal(cfg.Writable)
+	if err != nil {
+		return nil, err
+	}
+	rq, err := json.Marshal(req)
+	if err != nil {
+		return nil, err
+	}
+	argv := append(slices.Clone(cfg.TarArgv), string(w))
+	env := append(slices.Clone(cfg.Env), transfer.EnvRequest+"="+string(rq))
+	if framed {
+		env = append(env, transfer.EnvFramed+"=1")
+	}
+	path, err := mainproc.LookPath(argv[0], env)
+	if err != nil {
+		return nil, err
+	}
+	return &exec.Cmd{Path: path, Args: argv, Env: env, Dir: cfg.Dir,
+		SysProcAttr: &syscall.SysProcAttr{Credential: cfg.User.Credential(), Setsid: true}}, nil
+}
+
+// runTransferOn runs the transfer server on the relay's socket itself (stdin and
+// stdout, EnvFramed): the bytes go between the socket and the files in that one
+// process. Its stderr becomes the exit's message, as for runTransfer.
+func (s *Server) runTransferOn(ctx context.Context, req transfer.Request, sock *os.File) transfer.Exit {
+	transfersOnSocket.Add(1)
+	cmd, err := s.transferCmd(req, true)
+	if err != nil {
+		return transfer.ExitOf(err)
+	}
+	errR, errW, err := os.Pipe()
+	if err != nil {
+		return transfer.ExitOf(err)
+	}
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = sock, sock, errW
+	start := s.cfg.Reaper.Start
+	if s.cfg.Start != nil {
+		start = s.cfg.Start
+	}
+	p, err := start(cmd)
+	errW.Close()
+	if err != nil {
+		errR.Close()
+		return transfer.ExitOf(fmt.Errorf("start the transfer server: %w", err))
+	}
+	var stderr bytes.Buffer
+	read := make(chan struct{})
+	go func() {
+		defer close(read)
+		_, _ = io.Copy(&stderr, io.LimitReader(errR, maxTransferStderr))
+		errR.Close()
+	}()
+	select {
+	case <-p.Done():
+	case <-ctx.Done():
+		_ = p.Signal(syscall.SIGKILL)
+		<-p.Done()
+	}
+	<-read
+	code := reaper.ExitCode(p.Status())
+	switch {
+	case ctx.Err() != nil:
+		return transfer.Exit{Code: max(code, 1), Error: "the transfer was cancelled"}
+	case code == 0:
+		return transfer.Exit{}
+	case stderr.Len() == 0:
+		return transfer.Exit{Code: code, Error: fmt.Sprintf("the transfer server ended with status %d", code)}
+	}
+	return transfer.Exit{Code: code, Error: stderr.String()}
 }
 
 // maxTransferStderr bounds what the tar server's stderr may say.
@@ -38,22 +123,10 @@ const maxTransferStderr = 16 << 10
 // stdin and stdout; its stderr becomes the exit's message.
 func (s *Server) runTransfer(ctx context.Context, req transfer.Request, in io.Reader, out io.Writer) transfer.Exit {
 	cfg := &s.cfg
-	w, err := json.Marshal(cfg.Writable)
+	cmd, err := s.transferCmd(req, false)
 	if err != nil {
 		return transfer.ExitOf(err)
 	}
-	rq, err := json.Marshal(req)
-	if err != nil {
-		return transfer.ExitOf(err)
-	}
-	argv := append(slices.Clone(cfg.TarArgv), string(w))
-	env := append(slices.Clone(cfg.Env), transfer.EnvRequest+"="+string(rq))
-	path, err := mainproc.LookPath(argv[0], env)
-	if err != nil {
-		return transfer.ExitOf(err)
-	}
-	cmd := &exec.Cmd{Path: path, Args: argv, Env: env, Dir: cfg.Dir,
-		SysProcAttr: &syscall.SysProcAttr{Credential: cfg.User.Credential(), Setsid: true}}
 	var pipes []*os.File
 	closeAll := func() {
 		for _, f := range pipes {

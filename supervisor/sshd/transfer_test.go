@@ -76,7 +76,7 @@ func relay(t *testing.T, srv *Server, dir pb.TransferRelayTarget_Direction, path
 	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 	defer cancel()
-	c, sc := net.Pipe()
+	c, sc := connPair(t)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -96,6 +96,31 @@ func relay(t *testing.T, srv *Server, dir pb.TransferRelayTarget_Direction, path
 	return out, in.Exit()
 }
 
+// connPair makes the two ends of one relay: an in-memory pipe as a RelayStream
+// carries it (the server copies through pipes to the tar server), or with
+// socketPairs a connected Unix socket pair, as a bulk stream's socket is (the tar
+// server serves the socket itself).
+var connPair = func(*testing.T) (net.Conn, net.Conn) { return net.Pipe() }
+
+func socketPair(t *testing.T) (net.Conn, net.Conn) {
+	t.Helper()
+	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cs [2]net.Conn
+	for i, fd := range fds {
+		f := os.NewFile(uintptr(fd), "relay")
+		c, err := net.FileConn(f)
+		f.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		cs[i] = c
+	}
+	return cs[0], cs[1]
+}
+
 func tarTree(t *testing.T, src, name string) []byte {
 	t.Helper()
 	var b bytes.Buffer
@@ -110,6 +135,26 @@ func tarTree(t *testing.T, src, name string) []byte {
 // brings the same tree back; a path outside the policy's read_write list, a hostile
 // entry and a bad target are refused by name with nothing written outside.
 func TestTransferRelayRoundTripAsSandboxUser(t *testing.T) {
+	t.Run("relay stream", func(t *testing.T) {
+		before := transfersOnSocket.Load()
+		transferRoundTrip(t)
+		if n := transfersOnSocket.Load() - before; n != 0 {
+			t.Fatalf("%d transfers were served on a socket; a RelayStream has none", n)
+		}
+	})
+	t.Run("bulk socket", func(t *testing.T) {
+		connPair = socketPair
+		defer func() { connPair = func(*testing.T) (net.Conn, net.Conn) { return net.Pipe() } }()
+		before := transfersOnSocket.Load()
+		transferRoundTrip(t)
+		// Every relay but the bad target's (refused before any server starts).
+		if n := transfersOnSocket.Load() - before; n != 6 {
+			t.Fatalf("%d transfers were served on the socket itself, want 6", n)
+		}
+	})
+}
+
+func transferRoundTrip(t *testing.T) {
 	srv, base, work, uid := transferServer(t)
 	src := filepath.Join(t.TempDir(), "proj")
 	for _, d := range []string{"sub/empty"} {

@@ -115,7 +115,15 @@ func Main(args []string) int {
 		if err != nil {
 			return err
 		}
-		return Serve(req, "", os.Stdin, os.Stdout, writable)
+		if os.Getenv(EnvFramed) != "1" {
+			return Serve(req, "", os.Stdin, os.Stdout, writable)
+		}
+		// Frames of up to 1 MiB: a frame header per buffered MiB, not per write.
+		out := bufio.NewWriterSize(FrameWriter{W: os.Stdout}, 1<<20)
+		if err := Serve(req, "", NewFrameReader(os.Stdin, false), out, writable); err != nil {
+			return err
+		}
+		return out.Flush()
 	}()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)

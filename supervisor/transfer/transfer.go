@@ -23,6 +23,14 @@ const ServerArg = "tar-server"
 // Request as JSON.
 const EnvRequest = "OPENSHELL_TAR_REQUEST"
 
+// EnvFramed tells the re-executed server that its stdin and stdout are the relay
+// itself (a bulk stream's socket) rather than pipes from the supervisor: it reads
+// the client's frames and writes data frames itself, and the supervisor, which
+// keeps the socket, sends the exit frame once it has exited. A guest then moves each
+// byte between the socket and the file once, with no pipe and no supervisor copy in
+// between.
+const EnvFramed = "OPENSHELL_TAR_FRAMED"
+
 // Ops of a Request.
 const (
 	OpUpload   = "upload"
