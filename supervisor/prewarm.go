@@ -10,19 +10,30 @@ package supervisor
 // sandbox only, so nothing done here is ever shared between two.
 
 import (
+	"context"
 	"crypto/ed25519"
 	"crypto/rand"
+	"log/slog"
+	"net"
+	"os"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"golang.org/x/crypto/ssh"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/reflect/protoregistry"
 
+	pb "github.com/openshell/openshell/api/openshellv1"
+	sandboxv1 "github.com/openshell/openshell/api/sandboxv1"
 	"github.com/openshell/openshell/supervisor/credentials"
 	"github.com/openshell/openshell/supervisor/policy"
+	"github.com/openshell/openshell/supervisor/session"
 )
 
 // Warm is the result of Prewarm, handed to Run in Options.Warm.
@@ -39,7 +50,7 @@ type Warm struct {
 // background: the kernel's random pool (the first getrandom blocks until it is
 // initialised), this boot's SSH host key, the protobuf types' lazy set-up, and one run
 // of the policy compiler and the CA code (which also pays, under emulation, for
-// translating that code once). Run stops what is left of it when the configuration
+// translating that code once), and a rehearsal of the first gateway calls in-process. Run stops what is left of it when the configuration
 // arrives: the work it needs is then done on its own path.
 func Prewarm() *Warm {
 	w := &Warm{done: make(chan struct{})}
@@ -85,7 +96,134 @@ func (w *Warm) run() {
 		return
 	}
 	_, _ = credentials.NewCA("prewarm")
+	if w.stopped.Load() {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := rehearseSession(ctx); err != nil {
+		slog.Debug("warm-up: the session rehearsal failed (only its speed-up is lost)", "err", err)
+	}
 }
+
+// rehearseSession runs the supervisor's first gateway calls once against a stand-in
+// served in this process over a socket pair: the gRPC client with the options of
+// session.Dial, a config call, a session stream's hello, a log push. Nothing leaves
+// the process; what it buys is the client's first-use cost (connection set-up,
+// HTTP/2 and header coding, the calls' types), which under emulation is a large part
+// of the first real calls.
+func rehearseSession(ctx context.Context) error {
+	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	conns := make([]net.Conn, 2)
+	for i, fd := range fds {
+		f := os.NewFile(uintptr(fd), "rehearsal")
+		conns[i], err = net.FileConn(f)
+		f.Close()
+		if err != nil {
+			if i == 1 {
+				conns[0].Close()
+			}
+			return err
+		}
+	}
+	srv := grpc.NewServer(grpc.UnknownServiceHandler(rehearsalHandler))
+	defer srv.Stop()
+	go srv.Serve(&oneConnListener{c: conns[1], done: make(chan struct{})})
+	var once sync.Once
+	cc, err := session.Dial(session.DialOptions{Endpoint: "http://rehearsal:1", Token: func() (string, error) { return "rehearsal", nil },
+		Dial: func(context.Context, string) (net.Conn, error) {
+			c := net.Conn(nil)
+			once.Do(func() { c = conns[0] })
+			if c == nil {
+				return nil, net.ErrClosed
+			}
+			return c, nil
+		}})
+	if err != nil {
+		conns[0].Close()
+		return err
+	}
+	defer cc.Close()
+	if _, err := sandboxConfig(ctx, cc, "rehearsal", true); err != nil {
+		return err
+	}
+	api := pb.NewOpenShellClient(cc)
+	st, err := api.ConnectSupervisor(ctx)
+	if err != nil {
+		return err
+	}
+	if err := st.Send(&pb.SupervisorMessage{Payload: &pb.SupervisorMessage_Hello{Hello: &pb.SupervisorHello{SandboxId: "rehearsal"}}}); err != nil {
+		return err
+	}
+	if _, err := st.Recv(); err != nil {
+		return err
+	}
+	_ = st.CloseSend()
+	logs, err := api.PushSandboxLogs(ctx)
+	if err != nil {
+		return err
+	}
+	if err := logs.Send(&pb.PushSandboxLogsRequest{SandboxId: "rehearsal"}); err != nil {
+		return err
+	}
+	_, err = logs.CloseAndRecv()
+	return err
+}
+
+// rehearsalHandler answers each call of the rehearsal with an empty reply of its type.
+func rehearsalHandler(_ any, ss grpc.ServerStream) error {
+	m, _ := grpc.MethodFromServerStream(ss)
+	switch m {
+	case pb.OpenShell_GetSandboxConfig_FullMethodName:
+		if err := ss.RecvMsg(&sandboxv1.GetSandboxConfigRequest{}); err != nil {
+			return err
+		}
+		return ss.SendMsg(&sandboxv1.GetSandboxConfigResponse{Version: 1})
+	case pb.OpenShell_ConnectSupervisor_FullMethodName:
+		if err := ss.RecvMsg(&pb.SupervisorMessage{}); err != nil {
+			return err
+		}
+		return ss.SendMsg(&pb.GatewayMessage{Payload: &pb.GatewayMessage_SessionAccepted{SessionAccepted: &pb.SessionAccepted{SessionId: "rehearsal"}}})
+	case pb.OpenShell_PushSandboxLogs_FullMethodName:
+		for {
+			if err := ss.RecvMsg(&pb.PushSandboxLogsRequest{}); err != nil {
+				break
+			}
+		}
+		return ss.SendMsg(&pb.PushSandboxLogsResponse{})
+	}
+	return status.Errorf(codes.Unimplemented, "rehearsal: %s", m)
+}
+
+// oneConnListener hands out one connection, then blocks until closed.
+type oneConnListener struct {
+	c    net.Conn
+	once sync.Once
+	done chan struct{}
+	mu   sync.Mutex
+}
+
+func (l *oneConnListener) Accept() (net.Conn, error) {
+	l.mu.Lock()
+	c := l.c
+	l.c = nil
+	l.mu.Unlock()
+	if c != nil {
+		return c, nil
+	}
+	<-l.done
+	return nil, net.ErrClosed
+}
+
+func (l *oneConnListener) Close() error {
+	l.once.Do(func() { close(l.done) })
+	return nil
+}
+
+func (l *oneConnListener) Addr() net.Addr { return &net.UnixAddr{Name: "rehearsal", Net: "unix"} }
 
 // stop ends what is left of the warm-up (nil-safe).
 func (w *Warm) stop() {
@@ -104,6 +242,22 @@ func (w *Warm) takeHostKey() ssh.Signer {
 	k := w.hostKey
 	w.hostKey = nil
 	return k
+}
+
+// summary says how the warm-up stands, for the start-up log line: "none",
+// "unfinished" or how long it took.
+func (w *Warm) summary() string {
+	if w == nil {
+		return "none"
+	}
+	select {
+	case <-w.done:
+	default:
+		return "unfinished"
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.took.Round(time.Millisecond).String()
 }
 
 // Done is closed when the warm-up has ended (finished or stopped).

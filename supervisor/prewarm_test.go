@@ -60,3 +60,12 @@ func TestPrewarmStop(t *testing.T) {
 		t.Fatal("a stopped warm-up still runs")
 	}
 }
+
+// TestRehearseSession: the in-process rehearsal of the first gateway calls completes
+// (config, session hello answered with session_accepted, a log push), so the warm-up
+// really runs those code paths rather than failing at the first call.
+func TestRehearseSession(t *testing.T) {
+	if err := rehearseSession(t.Context()); err != nil {
+		t.Fatalf("rehearsal: %v", err)
+	}
+}

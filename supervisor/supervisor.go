@@ -24,7 +24,9 @@ import (
 	"syscall"
 	"time"
 
+	pb "github.com/openshell/openshell/api/openshellv1"
 	"github.com/openshell/openshell/supervisor/bootstrap"
+	"github.com/openshell/openshell/supervisor/confine"
 	"github.com/openshell/openshell/supervisor/credentials"
 	"github.com/openshell/openshell/supervisor/egress"
 	"github.com/openshell/openshell/supervisor/mainproc"
@@ -290,6 +292,7 @@ func installCA(root, sandboxID string, providers []credentials.Provider) (*crede
 // also shipped to the gateway's sandbox logs, so `openshell sandbox logs` shows it.
 func Run(ctx context.Context, cfg *bootstrap.Config, o Options) (retErr error) {
 	steps := newStartupSteps()
+	warmUp := o.Warm.summary()
 	o.Warm.stop()
 	if err := cfg.Validate(); err != nil {
 		return err
@@ -333,6 +336,9 @@ func Run(ctx context.Context, cfg *bootstrap.Config, o Options) (retErr error) {
 		return err
 	}
 	defer cc.Close()
+	// Connect now, not at the first call: the connection comes up while the rest of
+	// the start-up runs up to it.
+	cc.Connect()
 	base := o.Logger
 	if base == nil {
 		// Not slog.Default(): wrapping the default handler and then installing the
@@ -410,6 +416,113 @@ func Run(ctx context.Context, cfg *bootstrap.Config, o Options) (retErr error) {
 	}
 	steps.mark("user")
 	env := SandboxEnv(os.Environ(), user, cfg.Main.Env)
+	var confSpec *confine.Spec
+	if o.Confine {
+		if confSpec, err = confineSpec(pol, user, dir); err != nil {
+			return err
+		}
+	}
+	// Without a command the sandbox is a scratch shell: the shell the image has runs
+	// on a PTY for `openshell-main` attaches, and the sandbox stays up whatever happens
+	// to it (an image without any shell, a user typing exit). A given command is the
+	// sandbox's purpose: its exit, or its failure to start, is reported.
+	keepAlive := len(cfg.Main.Command) == 0
+	argv := cfg.Main.Command
+	if keepAlive {
+		argv = mainproc.DefaultArgv(func(p string) bool { return exists(filepath.Join(o.Root, p)) })
+	}
+	// A command that cannot start is reported before the session opens, so the
+	// sandbox goes from PROVISIONING to ERROR with the reason, never READY first. Only
+	// PATH matters here: the proxy and credential variables added below leave it.
+	var startErr error
+	if !keepAlive {
+		_, startErr = mainproc.LookPath(argv[0], env)
+	}
+
+	// The session opens now, while the credentials, the egress proxy and the SSH
+	// server are set up: the gateway's relays wait until they are (served), and
+	// whatever could keep the sandbox from starting was checked above. Its host key
+	// was made ahead when a warm-up ran.
+	hostKey := o.Warm.takeHostKey()
+	if hostKey == nil {
+		if hostKey, err = sshd.NewHostKey(); err != nil {
+			return err
+		}
+	}
+	var (
+		srv    *sshd.Server
+		launch *launcher
+		served = make(chan struct{})
+	)
+	ready := func(ctx context.Context) bool {
+		select {
+		case <-served:
+			return true
+		case <-ctx.Done():
+			return false
+		}
+	}
+	sessCtx, sessCancel := context.WithCancel(ctx)
+	var sessWG sync.WaitGroup
+	stopSession := func() { sessCancel(); sessWG.Wait() }
+	defer stopSession()
+	sc, err := session.New(cc, session.Config{
+		SandboxID: cfg.SandboxID, InstanceID: identity.InstanceID, InstanceSecret: identity.Secret, HostKey: hostKey.PublicKey(),
+		// SSH relays are served in-process on the relay stream (no socket).
+		ServeSSH: func(ctx context.Context, c net.Conn) {
+			if !ready(ctx) {
+				c.Close()
+				return
+			}
+			srv.ServeConn(ctx, c)
+		},
+		ServeTransfer: func(ctx context.Context, c net.Conn, t *pb.TransferRelayTarget) {
+			if !ready(ctx) {
+				c.Close()
+				return
+			}
+			srv.ServeTransfer(ctx, c, t)
+		},
+		ServeExec: func(ctx context.Context, c net.Conn, t *pb.ExecRelayTarget) {
+			if !ready(ctx) {
+				c.Close()
+				return
+			}
+			srv.ServeExec(ctx, c, t)
+		},
+		DialTCP: func(ctx context.Context, addr string) (net.Conn, error) {
+			if !ready(ctx) {
+				return nil, ctx.Err()
+			}
+			return launch.dialTCP(ctx, addr)
+		},
+		DialBulk: o.BulkOpen,
+		OnState: func(up bool) {
+			if !up {
+				return
+			}
+			go func() {
+				if ready(sessCtx) {
+					launch.warm()
+				}
+			}()
+			if steps.mark("session") && steps.complete() {
+				log.Info("supervisor start-up steps (ms since the configuration was in hand)", "steps", steps.String(), "warm_up", warmUp)
+			}
+		},
+	})
+	if err != nil {
+		return err
+	}
+	if startErr != nil {
+		reportStartFailure(ctx, log, shipper, sc, argv, startErr)
+	}
+	sessWG.Add(1)
+	go func() {
+		defer sessWG.Done()
+		_ = sc.Run(sessCtx)
+	}()
+
 	creds := <-credsCh
 	steps.mark("credentials")
 	store, caFile, nProviders := creds.store, creds.caFile, creds.nProviders
@@ -427,13 +540,10 @@ func Run(ctx context.Context, cfg *bootstrap.Config, o Options) (retErr error) {
 	if store != nil {
 		env = append(env, store.Env()...)
 	}
-	launch := &launcher{r: r, self: o.SelfExe, n: eg.net}
+	launch = &launcher{r: r, self: o.SelfExe, n: eg.net, spec: confSpec}
 	defer launch.close()
-	if o.Confine {
-		if launch.spec, err = confineSpec(pol, user, dir); err != nil {
-			return err
-		}
-	}
+	// The session stops before the proxy and the launcher it serves through do.
+	defer stopSession()
 	log.Info("policy in force", "source", polSrc, "version", gwCfg.GetVersion(), "rules", len(pol.NetworkPolicies),
 		"proxy", eg.proxyURL, "network", o.Network, "confined", o.Confine, "providers", nProviders)
 	watcher := &policyWatcher{cc: cc, id: cfg.SandboxID, prx: eg.prx, net: eg.net, version: gwCfg.GetVersion(), log: log,
@@ -448,7 +558,7 @@ func Run(ctx context.Context, cfg *bootstrap.Config, o Options) (retErr error) {
 	if launch.spec != nil { // uploads land only where the agent may write
 		writable = append([]string{}, launch.spec.ReadWrite...)
 	}
-	srv, err := sshd.New(sshd.Config{User: user, Env: env, Dir: dir, Reaper: r, SFTPArgv: sftpArgv, Start: launch.start, HostKey: o.Warm.takeHostKey(),
+	srv, err = sshd.New(sshd.Config{User: user, Env: env, Dir: dir, Reaper: r, SFTPArgv: sftpArgv, Start: launch.start, HostKey: hostKey,
 		TarArgv: tarArgv, Writable: writable,
 		Main: func() sshd.MainTarget {
 			mainMu.Lock()
@@ -461,55 +571,19 @@ func Run(ctx context.Context, cfg *bootstrap.Config, o Options) (retErr error) {
 	if err != nil {
 		return err
 	}
-	steps.mark("sshd")
+	close(served)
+	if steps.mark("sshd") && steps.complete() {
+		log.Info("supervisor start-up steps (ms since the configuration was in hand)", "steps", steps.String(), "warm_up", warmUp)
+	}
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 
-	// SSH relays are served in-process on the relay stream (no socket).
-	sc, err := session.New(cc, session.Config{
-		SandboxID: cfg.SandboxID, InstanceID: identity.InstanceID, InstanceSecret: identity.Secret,
-		ServeSSH: srv.ServeConn, ServeTransfer: srv.ServeTransfer, ServeExec: srv.ServeExec, HostKey: srv.HostKey(), DialTCP: launch.dialTCP,
-		DialBulk: o.BulkOpen,
-		OnState: func(up bool) {
-			if up {
-				launch.warm()
-			}
-			if up && steps.mark("session") {
-				log.Info("supervisor start-up steps (ms since the configuration was in hand)", "steps", steps.String())
-			}
-		},
-	})
-	if err != nil {
-		return err
-	}
-	// Without a command the sandbox is a scratch shell: the shell the image has runs
-	// on a PTY for `openshell-main` attaches, and the sandbox stays up whatever happens
-	// to it (an image without any shell, a user typing exit). A given command is the
-	// sandbox's purpose: its exit, or its failure to start, is reported.
-	keepAlive := len(cfg.Main.Command) == 0
-	argv := cfg.Main.Command
-	if keepAlive {
-		argv = mainproc.DefaultArgv(func(p string) bool { return exists(filepath.Join(o.Root, p)) })
-	}
 	menv := env
 	if cfg.Main.TTY {
 		menv = append(menv, "TERM=xterm-256color")
 	}
-	// A command that cannot start is reported before the session opens, so the
-	// sandbox goes from PROVISIONING to ERROR with the reason, never READY first.
-	var startErr error
-	if !keepAlive {
-		if _, startErr = mainproc.LookPath(argv[0], menv); startErr != nil {
-			reportStartFailure(ctx, log, shipper, sc, argv, startErr)
-		}
-	}
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		_ = sc.Run(ctx)
-	}()
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
@@ -579,27 +653,39 @@ func Run(ctx context.Context, cfg *bootstrap.Config, o Options) (retErr error) {
 }
 
 // startupSteps records when each start-up step ended, for one log line once the
-// session is up: the profile of a create after the supervisor has its configuration
-// (a warm pool's claim, a cold boot's bootstrap).
+// session is up and the sandbox served: the profile of a create after the supervisor
+// has its configuration (a warm pool's claim, a cold boot's bootstrap).
 type startupSteps struct {
-	t0   time.Time
-	mu   sync.Mutex
-	done bool // the session step was logged: later steps are not
-	b    strings.Builder
+	t0     time.Time
+	mu     sync.Mutex
+	seen   map[string]bool
+	logged bool
+	b      strings.Builder
 }
 
-func newStartupSteps() *startupSteps { return &startupSteps{t0: time.Now()} }
+func newStartupSteps() *startupSteps { return &startupSteps{t0: time.Now(), seen: map[string]bool{}} }
 
-// mark records that step ended now; it reports false for a step after the session
-// was marked (a reconnect's session, a shell restarted later), which is not recorded.
+// mark records that step ended now; it reports false when the step was marked
+// before (a reconnect's session, a shell restarted later), which is not recorded.
 func (s *startupSteps) mark(step string) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.done {
+	if s.seen[step] {
 		return false
 	}
-	s.done = step == "session"
+	s.seen[step] = true
 	fmt.Fprintf(&s.b, "%s=%d ", step, time.Since(s.t0).Milliseconds())
+	return true
+}
+
+// complete reports true once: when both the session and the SSH server are up.
+func (s *startupSteps) complete() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.logged || !s.seen["session"] || !s.seen["sshd"] {
+		return false
+	}
+	s.logged = true
 	return true
 }
 

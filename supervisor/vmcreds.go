@@ -86,6 +86,10 @@ func loadCredentials(ctx context.Context, cc grpc.ClientConnInterface, sandboxID
 func fetchPlaceholders(ctx context.Context, open func(context.Context) (net.Conn, error)) (*egress.PlaceholderSet, error) {
 	ctx, cancel := context.WithTimeout(ctx, placeholderWait)
 	defer cancel()
+	// The runner of a VM claimed from a warm pool fetches the credentials from the
+	// gateway as the claim arrives, tens of ms before the guest asks: retry soon at
+	// first (the sandbox's start waits on this), then every 250 ms.
+	wait := 20 * time.Millisecond
 	for {
 		set, err := egress.RunnerPlaceholders(ctx, open)
 		if err == nil {
@@ -99,7 +103,8 @@ func fetchPlaceholders(ctx context.Context, open func(context.Context) (net.Conn
 		select {
 		case <-ctx.Done():
 			return nil, fmt.Errorf("supervisor: provider placeholders from the VM runner: %w", err)
-		case <-time.After(250 * time.Millisecond):
+		case <-time.After(wait):
 		}
+		wait = min(2*wait, 250*time.Millisecond)
 	}
 }

@@ -1,6 +1,7 @@
 package vm_test
 
 import (
+	"encoding/json"
 	"fmt"
 	"os"
 	"slices"
@@ -34,6 +35,20 @@ func TestBenchPool(t *testing.T) {
 	r.waitIdle(pool, size, 10*time.Minute)
 
 	n := 0
+	// The gateway's own measure of each sample: its create timeline from received to
+	// ready, without the CLI process (start, connection, watch).
+	gw := map[bool][]time.Duration{}
+	var gwMu sync.Mutex
+	gateway := func(cold bool, name string) {
+		total, steps := r.createTimeline(name)
+		gwMu.Lock()
+		gw[cold] = append(gw[cold], total)
+		gwMu.Unlock()
+		t.Logf("%s: gateway timeline %s", name, steps)
+		if !cold && !strings.Contains(steps, " claim=") {
+			t.Errorf("%s: a pooled create's timeline has no claim step: %s", name, steps)
+		}
+	}
 	one := func(cold bool) time.Duration {
 		n++
 		name := fmt.Sprintf("bench-%d", n)
@@ -50,6 +65,7 @@ func TestBenchPool(t *testing.T) {
 		if fp := r.fromPool(name); (fp == pool) == cold {
 			t.Fatalf("%s: from_pool %q (cold %v): the sample measured the wrong path", name, fp, cold)
 		}
+		gateway(cold, name)
 		// The guest's own profile of the sample: its supervisor's start-up steps.
 		if logs, err := r.run("sandbox", "logs", name); err == nil {
 			for _, line := range strings.Split(logs, "\n") {
@@ -116,6 +132,7 @@ func TestBenchPool(t *testing.T) {
 				if fp := r.fromPool(nm); (fp == pool) == cold {
 					t.Errorf("%s: from_pool %q (cold %v)", nm, fp, cold)
 				}
+				gateway(cold, nm)
 			}
 			del(names...)
 		}
@@ -138,10 +155,44 @@ func TestBenchPool(t *testing.T) {
 	poolSeq := stats("pool-seq", seq(false))
 	poolPar := stats("pool-5x", par(false))
 	if os.Getenv("OPENSHELL_BENCH_POOL_ONLY") == "1" {
+		stats("pool-gateway", gw[false])
 		return // the pool series alone (profiling a change); no ratio
 	}
 	coldSeq := stats("cold-seq", seq(true))
 	coldPar := stats("cold-5x", par(true))
+	poolGw, coldGw := stats("pool-gateway", gw[false]), stats("cold-gateway", gw[true])
+	fmt.Printf("BENCH vm-pool gateway received->ready p50 (no CLI): pool %v, cold %v\n", poolGw.Round(time.Millisecond), coldGw.Round(time.Millisecond))
 	fmt.Printf("BENCH vm-pool ratio pool/cold p50: sequential %.3f, 5 at a time %.3f (pool p50 %v / %v; target < 150 ms)\n",
 		float64(poolSeq)/float64(coldSeq), float64(poolPar)/float64(coldPar), poolSeq.Round(time.Millisecond), poolPar.Round(time.Millisecond))
+}
+
+// createTimeline reads sandbox name's create timeline (sandbox get -o json): the time
+// from the gateway's received to ready, and the steps as "phase=ms …".
+func (r *vmRun) createTimeline(name string) (time.Duration, string) {
+	r.t.Helper()
+	out, err := r.run("sandbox", "get", name, "-o", "json")
+	if err != nil {
+		r.t.Fatalf("sandbox get %s: %v\n%s", name, err, out)
+	}
+	var v struct {
+		Status struct {
+			Timeline []struct {
+				Phase string `json:"phase"`
+				At    int64  `json:"at_unix_us,string"`
+				Took  int64  `json:"took_us,string"`
+			} `json:"create_timeline"`
+		} `json:"status"`
+	}
+	if err := json.Unmarshal([]byte(out), &v); err != nil {
+		r.t.Fatalf("sandbox get %s: %v", name, err)
+	}
+	tl := v.Status.Timeline
+	if len(tl) < 2 || tl[len(tl)-1].Phase != "ready" {
+		r.t.Fatalf("%s: create timeline %+v does not end with ready", name, tl)
+	}
+	var b strings.Builder
+	for _, st := range tl {
+		fmt.Fprintf(&b, "%s=%dms ", st.Phase, st.Took/1000)
+	}
+	return time.Duration(tl[len(tl)-1].At-tl[0].At) * time.Microsecond, strings.TrimSpace(b.String())
 }

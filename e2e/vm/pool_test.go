@@ -212,6 +212,15 @@ func TestVMPoolIsolationAndKill9(t *testing.T) {
 		if fp := r.fromPool(n); fp != pool {
 			t.Errorf("%s: status.from_pool %q, want %q", n, fp, pool)
 		}
+		// A claimed create's timeline: the pool's boot is not this create's wait.
+		_, steps := r.createTimeline(n)
+		var phases []string
+		for _, f := range strings.Fields(steps) {
+			phases = append(phases, f[:strings.IndexByte(f, '=')])
+		}
+		if got := strings.Join(phases, " "); got != "received driver claim bootstrap ready" {
+			t.Errorf("%s: create timeline %q, want received driver claim bootstrap ready", n, steps)
+		}
 	}
 	sa, sb := look(a), look(b)
 	if !strings.Contains(sa.rest, "file-alpha1") || !strings.Contains(sa.rest, "POOL_SECRET=alpha1") || !strings.Contains(sa.rest, "7000001") {

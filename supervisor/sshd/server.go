@@ -85,6 +85,19 @@ type Server struct {
 	wg      sync.WaitGroup
 }
 
+// NewHostKey makes a fresh ed25519 host key.
+func NewHostKey() (ssh.Signer, error) {
+	_, priv, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		return nil, fmt.Errorf("sshd: generate host key: %w", err)
+	}
+	signer, err := ssh.NewSignerFromKey(priv)
+	if err != nil {
+		return nil, fmt.Errorf("sshd: host key: %w", err)
+	}
+	return signer, nil
+}
+
 // New creates a server with cfg.HostKey, or a fresh ed25519 host key.
 func New(cfg Config) (*Server, error) {
 	if err := cfg.Validate(); err != nil {
@@ -95,12 +108,9 @@ func New(cfg Config) (*Server, error) {
 	}
 	signer := cfg.HostKey
 	if signer == nil {
-		_, priv, err := ed25519.GenerateKey(rand.Reader)
-		if err != nil {
-			return nil, fmt.Errorf("sshd: generate host key: %w", err)
-		}
-		if signer, err = ssh.NewSignerFromKey(priv); err != nil {
-			return nil, fmt.Errorf("sshd: host key: %w", err)
+		var err error
+		if signer, err = NewHostKey(); err != nil {
+			return nil, err
 		}
 	}
 	// NoClientAuth: the server is reached only through relays the supervisor opens on
