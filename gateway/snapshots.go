@@ -77,7 +77,7 @@ func (g *snapshotService) CreateSnapshot(ctx context.Context, req *snapshotv1.Cr
 	return &snapshotv1.SnapshotResponse{Snapshot: snap}, nil
 }
 
-// inWorkspace lists the driver's snapshots of workspace ws.
+// snapshotsIn lists the driver's snapshots of workspace ws.
 func (s *Server) snapshotsIn(ctx context.Context, ws string) ([]*snapshotv1.Snapshot, error) {
 	sn, err := s.snapshotter()
 	if err != nil {

@@ -152,14 +152,14 @@ func (d *Driver) SaveSnapshot(ctx context.Context, req *snapshotv1.SaveSnapshotR
 	if err != nil {
 		return nil, fmt.Errorf("snapshot %q: %w", req.GetName(), err)
 	}
-	d.log.Info("VM sandbox snapshotted", "sandbox_id", id, "snapshot", req.GetName(), "paused_ms", rec.PausedMillis, "bytes", sparsefile.Allocated(dir))
+	d.log.Info("VM sandbox snapshotted", "sandbox_id", id, "snapshot", req.GetName(), "paused_ms", rec.PausedMillis, "bytes", sparsefile.AllocatedOwn(dir))
 	return manifestProto(&man, dir), nil
 }
 
 func manifestProto(m *snapshotManifest, dir string) *snapshotv1.Snapshot {
 	return &snapshotv1.Snapshot{Name: m.Name, SourceSandboxId: m.SourceID, SourceSandboxName: m.SourceName, Workspace: m.Workspace,
 		Image: m.Image, Vcpus: uint32(m.VCPUs), MemoryMib: uint32(m.MemoryMiB), DiskSizeBytes: m.DiskBytes,
-		CreatedAtMs: m.Created.UnixMilli(), Bytes: sparsefile.Allocated(dir), PausedMs: m.PausedMs}
+		CreatedAtMs: m.Created.UnixMilli(), Bytes: sparsefile.AllocatedOwn(dir), PausedMs: m.PausedMs}
 }
 
 // readManifest reads a snapshot directory's manifest.
@@ -220,7 +220,7 @@ func (d *Driver) DeleteSnapshot(_ context.Context, name string) (int64, error) {
 		}
 		return 0, err
 	}
-	freed := sparsefile.Allocated(dir)
+	freed := sparsefile.AllocatedOwn(dir)
 	// Renamed first, so a listing never sees a half-deleted snapshot.
 	gone := dir + ".deleting"
 	if err := os.Rename(dir, gone); err != nil {

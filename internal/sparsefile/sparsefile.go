@@ -69,6 +69,18 @@ func Allocated(path string) int64 {
 	return total
 }
 
+// AllocatedOwn is Allocated counting only files with no other hard link: what
+// removing the tree frees.
+func AllocatedOwn(path string) int64 {
+	var total int64
+	walk(path, func(fi os.FileInfo) {
+		if fi.IsDir() || links(fi) <= 1 {
+			total += allocated(fi)
+		}
+	})
+	return total
+}
+
 func walk(path string, fn func(os.FileInfo)) {
 	fi, err := os.Lstat(path)
 	if err != nil {

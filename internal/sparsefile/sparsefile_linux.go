@@ -63,3 +63,10 @@ func allocated(fi os.FileInfo) int64 {
 	}
 	return fi.Size()
 }
+
+func links(fi os.FileInfo) uint64 {
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		return uint64(st.Nlink)
+	}
+	return 1
+}

@@ -59,7 +59,14 @@ func TestLinkOrCopyAndMissingSource(t *testing.T) {
 	if err := LinkOrCopy(dst, src, 0o644); err != nil {
 		t.Fatal(err)
 	}
+	own1, all := AllocatedOwn(dir), Allocated(dir)
+	if own1 >= all {
+		t.Fatalf("a dir of two links to one file: own %d bytes, all %d: the shared file counted as own", own1, all)
+	}
 	os.Remove(src)
+	if own2 := AllocatedOwn(dir); own2 <= own1 {
+		t.Fatalf("the remaining link is the dir's own, yet own bytes went %d -> %d", own1, own2)
+	}
 	if b, err := os.ReadFile(dst); err != nil || string(b) != "image" {
 		t.Fatalf("linked copy after the source went: %q, %v", b, err)
 	}
