@@ -75,7 +75,7 @@ func newLineGateway(t *testing.T) *lineGateway {
 
 // TestGuestChannelGuards boots a real guest whose init, after its bootstrap, acts as
 // an agent would on the runner's channel ports: it fetches the bootstrap again, talks
-// to the gateway and egress ports without the instance preamble or with a wrong one,
+// to the gateway, egress and bulk ports without the instance preamble or with a wrong one,
 // stays silent, and opens more streams than the runner allows. The runner must refuse
 // each one: no second bootstrap, no forged line reaching the gateway, no egress
 // answer, exactly the default limits (64 gateway, 256 egress streams) held open, and
@@ -109,7 +109,8 @@ func TestGuestChannelGuards(t *testing.T) {
 	if p := probes["bootstrap_again"]; p != "refused" && p != "closed" {
 		t.Errorf("second bootstrap fetch: %q; want refused or closed (nothing served)", p)
 	}
-	for _, k := range []string{"gateway_no_preamble", "gateway_wrong_secret", "gateway_silent", "egress_no_preamble", "egress_wrong_secret"} {
+	for _, k := range []string{"gateway_no_preamble", "gateway_wrong_secret", "gateway_silent", "egress_no_preamble", "egress_wrong_secret",
+		"bulk_no_preamble", "bulk_wrong_secret"} {
 		if probes[k] != "closed" {
 			t.Errorf("%s: %q; want the runner to close the connection", k, probes[k])
 		}
@@ -142,8 +143,8 @@ func TestGuestChannelGuards(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("runner status: %+v", st)
-	if st.Bootstrap != 1 || st.BadPreamble != 5 || st.GatewayRefused != 4 || st.EgressRefused != 4 {
-		t.Errorf("runner status %+v: want bootstrap_count 1, bad_preamble 5, gateway_refused 4, egress_refused 4", st)
+	if st.Bootstrap != 1 || st.BadPreamble != 7 || st.GatewayRefused != 4 || st.EgressRefused != 4 {
+		t.Errorf("runner status %+v: want bootstrap_count 1, bad_preamble 7, gateway_refused 4, egress_refused 4", st)
 	}
 	logb, _ := os.ReadFile(rec.Paths.RunnerLog)
 	logs := string(logb)
@@ -156,7 +157,7 @@ func TestGuestChannelGuards(t *testing.T) {
 			t.Errorf("runner log has %d lines with %q, want %d", n, s, want)
 		}
 	}
-	if n := strings.Count(logs, "without this boot's instance preamble"); n < 1 || n >= 5 {
-		t.Errorf("runner log has %d lines for 5 connections without the preamble; want at least one, rate-limited", n)
+	if n := strings.Count(logs, "without this boot's instance preamble"); n < 1 || n >= 7 {
+		t.Errorf("runner log has %d lines for 7 connections without the preamble; want at least one, rate-limited", n)
 	}
 }

@@ -12,6 +12,7 @@ import (
 
 	"github.com/openshell/openshell/guest/channel"
 	"github.com/openshell/openshell/guest/channel/wire"
+	"github.com/openshell/openshell/internal/relayframe"
 )
 
 // Stream counts the limit probes open: the runner's defaults plus a few over.
@@ -21,8 +22,8 @@ const (
 )
 
 // probeChannel tries, from inside the guest after the bootstrap, what an agent could:
-// fetch the bootstrap again, use the gateway and egress ports without (or with a
-// wrong) instance preamble, and hold more streams than the runner allows. Each
+// fetch the bootstrap again, use the gateway, egress and bulk ports without (or
+// with a wrong) instance preamble, and hold more streams than the runner allows. Each
 // outcome is a short word the test checks: "refused" (no connection), "closed" (the
 // runner closed it without a byte), "open" (still open after the wait), "answered:
 // <first line>", "got N bytes".
@@ -43,6 +44,12 @@ func probeChannel(secret wire.Secret, sandboxID string) map[string]string {
 	out["egress_no_preamble"] = probeStream(channel.PortEgress, nil, req)
 	out["egress_wrong_secret"] = probeStream(channel.PortEgress, &wrong, req)
 	out["egress_good"] = probeStream(channel.PortEgress, &secret, req)
+	// The bulk port with a well-formed open frame naming a relay: without this
+	// boot's preamble it must not reach the gateway either.
+	body := `{"channel_id":"forged","instance_id":"forged"}`
+	open := string(relayframe.AppendHeader(nil, relayframe.BulkOpen, len(body))) + body
+	out["bulk_no_preamble"] = probeStream(channel.PortBulk, nil, open)
+	out["bulk_wrong_secret"] = probeStream(channel.PortBulk, &wrong, open)
 	out["gateway_limit"] = probeLimit(channel.PortGateway, secret, gatewayProbeStreams)
 	out["egress_limit"] = probeLimit(channel.PortEgress, secret, egressProbeStreams)
 	for k, v := range out {
