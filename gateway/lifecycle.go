@@ -158,9 +158,18 @@ func (s *Server) CreateSandbox(ctx context.Context, req *openshellv1.CreateSandb
 		}
 		return nil, fmt.Errorf("sandbox %s: driver %s: %w", name, s.opts.DriverName, derr)
 	}
-	// Pick up the first observation if the driver has one already.
+	// Pick up the first observation if the driver has one already, unless its event
+	// stream got there first: that status is as new or newer (a VM claimed from a warm
+	// pool reports running within tens of ms), and this older one must not overwrite it
+	// until the next reconcile.
 	if ds, err := s.drv.Get(dctx, id, name); err == nil {
-		if nr, err := s.observe(dctx, id, ds); err == nil && nr != nil {
+		if nr, err := s.mutate(dctx, id, func(r *record) error {
+			if r.backend != nil {
+				return errNoChange
+			}
+			r.backend = ds.GetStatus()
+			return nil
+		}); err == nil && nr != nil {
 			r = nr
 		}
 	} else if r2, err := s.load(dctx, id); err == nil {

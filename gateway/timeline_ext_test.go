@@ -1,12 +1,16 @@
 package gateway_test
 
 import (
+	"context"
+	"sync"
 	"testing"
 	"time"
 
 	"google.golang.org/protobuf/proto"
 
+	"github.com/openshell/openshell/api/computev1"
 	"github.com/openshell/openshell/drivers/drivertest"
+	"github.com/openshell/openshell/gateway"
 )
 
 // TestCreateTimeline: a create's timeline starts when the gateway got it and ends
@@ -57,4 +61,52 @@ func TestCreateTimeline(t *testing.T) {
 	if len(again) != len(tl) || !proto.Equal(again[len(again)-1], last) {
 		t.Errorf("timeline after the session came back = %v, want the create's %v", again, tl)
 	}
+}
+
+// staleGetDriver answers Get with the status a sandbox had when Create returned,
+// after its event stream has already told the gateway the newer one (what a warm
+// pool's claim does: its VM reports running tens of ms after Create).
+type staleGetDriver struct {
+	*drivertest.MemDriver
+	mu    sync.Mutex
+	stale map[string]*computev1.DriverSandbox
+}
+
+func (d *staleGetDriver) Create(ctx context.Context, sb *computev1.DriverSandbox) error {
+	if err := d.MemDriver.Create(ctx, sb); err != nil {
+		return err
+	}
+	ds, err := d.MemDriver.Get(ctx, sb.GetId(), sb.GetName())
+	if err != nil {
+		return err
+	}
+	d.mu.Lock()
+	d.stale[sb.GetId()] = proto.Clone(ds).(*computev1.DriverSandbox)
+	d.mu.Unlock()
+	return nil
+}
+
+func (d *staleGetDriver) Get(ctx context.Context, id, name string) (*computev1.DriverSandbox, error) {
+	d.mu.Lock()
+	ds := d.stale[id]
+	delete(d.stale, id)
+	d.mu.Unlock()
+	if ds == nil {
+		return d.MemDriver.Get(ctx, id, name)
+	}
+	time.Sleep(300 * time.Millisecond) // the Ready event (20 ms) is in the gateway by now
+	return ds, nil
+}
+
+// TestCreateKeepsNewerDriverStatus: the observation CreateSandbox picks up after the
+// driver's Create does not overwrite a newer one its event stream delivered
+// meanwhile; with reconciles an hour apart, a lost update would keep the sandbox
+// from Ready.
+func TestCreateKeepsNewerDriverStatus(t *testing.T) {
+	mem := drivertest.NewMemDriver()
+	drv := &staleGetDriver{MemDriver: mem, stale: map[string]*computev1.DriverSandbox{}}
+	e := startEnvWith(t, t.TempDir(), mem, time.Hour, func(o *gateway.Options) { o.Driver = drv })
+	sb := e.create("fast")
+	e.connectSupervisor(sb.GetMetadata().GetId(), "inst-1")
+	e.waitPhase("fast", phaseReady)
 }

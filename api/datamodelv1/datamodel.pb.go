@@ -435,7 +435,8 @@ type TimelineStep struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// What ended: "received" (the gateway got the request), then the driver's steps
 	// (the VM driver: "driver", "image", "disk", "runner", "vmm", "firmware", "kernel",
-	// "init", "supervisor", "bootstrap"), then "ready" (session up, gateway).
+	// "init", "supervisor", "bootstrap"; a create served by a warm pool: "driver",
+	// "claim", "bootstrap"), then "ready" (session up, gateway).
 	Phase string `protobuf:"bytes,1,opt,name=phase,proto3" json:"phase,omitempty"`
 	// When it ended, host wall clock, microseconds since the Unix epoch.
 	AtUnixUs int64 `protobuf:"varint,2,opt,name=at_unix_us,json=atUnixUs,proto3" json:"at_unix_us,omitempty"`
