@@ -206,8 +206,9 @@ func (s *Server) runExec(ctx context.Context, c net.Conn, w *relayframe.Writer, 
 		e.Code = 255
 	}
 	// One line per exec (the program's name only: arguments may carry secrets),
-	// with where its time went: starting it (until the confinement helper runs),
-	// until it exited (the helper's own start included), and until its output
+	// with where its time went: starting it (handing it to a spare confinement
+	// helper, or starting a helper of its own when none was ready), until it
+	// exited (confinement and the program's exec included), and until its output
 	// was passed on.
 	exited := <-exitedAt
 	slog.Info("exec relay: command ended", "program", p.Argv[0], "pid", r.Proc.Pid, "exit_code", e.Code, "tty", p.TTY != nil,
