@@ -1,0 +1,39 @@
+package e2e
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// TestTransferRules: on every driver (on the VM the bytes take the bulk stream and
+// the tar server serves its socket itself), an upload lands as the sandbox user and
+// one into a path the policy leaves read-only for the agent is refused naming
+// filesystem.read_write, with nothing written there.
+func TestTransferRules(t *testing.T) {
+	h := newHarness(t)
+	box := uniqueName("xrule")
+	h.create(box, "sleep", "1000000")
+	sh := func(script string) result {
+		return h.mustRun(t, "sandbox", "exec", box, "--", "sh", "-c", script)
+	}
+	src := filepath.Join(t.TempDir(), "up.txt")
+	if err := os.WriteFile(src, []byte("uploaded\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	h.mustRun(t, "sandbox", "upload", box, src, "/sandbox/up.txt")
+	if r := sh(`[ "$(cat /sandbox/up.txt)" = uploaded ] && [ "$(stat -c %u /sandbox/up.txt)" = "$(id -u)" ] && [ "$(id -u)" != 0 ] && echo owned`); strings.TrimSpace(r.stdout) != "owned" {
+		t.Fatalf("the upload is not the sandbox user's file with the content sent: %q %q", r.stdout, r.stderr)
+	}
+	r := h.run(t.Context(), "sandbox", "upload", box, src, "/etc/up.txt")
+	if r.code == 0 {
+		t.Fatalf("an upload into /etc (read-only for the agent) succeeded: %s", r.stderr)
+	}
+	if !strings.Contains(r.stderr, "read_write") {
+		t.Fatalf("the refused upload does not name filesystem.read_write: %q", r.stderr)
+	}
+	if c := h.run(t.Context(), "sandbox", "exec", box, "--", "test", "-e", "/etc/up.txt"); c.code == 0 {
+		t.Fatal("the refused upload left /etc/up.txt")
+	}
+}
