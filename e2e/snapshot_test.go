@@ -218,6 +218,7 @@ func TestVMSnapshotCopies(t *testing.T) {
 		copies = append(copies, c)
 	}
 	t.Logf("cold create→READY %v; create --from-snapshot→READY %v, %v", cold.Round(time.Millisecond), took[0].Round(time.Millisecond), took[1].Round(time.Millisecond))
+	t.Logf("first copy (its create timeline):\n%s", h.mustRun(t, "sandbox", "get", copies[0]).stdout)
 	fmt.Printf("BENCH snapshot from_snapshot_ms=%d cold_ms=%d ratio=%.3f\n", took[0].Milliseconds(), cold.Milliseconds(), took[0].Seconds()/cold.Seconds())
 
 	ids := map[string]bool{sandboxID(t, h, src): true}

@@ -119,6 +119,16 @@ func (w *watcher) dialing(ctx context.Context) {
 	}()
 }
 
+// taken reports whether a new identity was found.
+func (w *watcher) taken() bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.found != nil
+}
+
+// errReidentified refuses the old identity's dials once a new identity is taken.
+var errReidentified = errors.New("this guest is now another sandbox: the old identity's session is over")
+
 func cmpDur(a, b time.Duration) time.Duration {
 	if a > 0 {
 		return a
@@ -139,6 +149,11 @@ func RunVM(ctx context.Context, cfg *bootstrap.Config, o Options, re *Reidentify
 		w := &watcher{re: re, current: cfg.SandboxID, log: log, foundCh: make(chan struct{})}
 		runCtx, cancel := context.WithCancel(ctx)
 		o.Dial = func(dctx context.Context, addr string) (net.Conn, error) {
+			if w.taken() {
+				// The run is ending as the old sandbox: its last calls (the final log
+				// flush) fail at once instead of waiting on a session the host refuses.
+				return nil, errReidentified
+			}
 			w.dialing(runCtx)
 			return dial(dctx, addr)
 		}
