@@ -29,8 +29,9 @@
 #            sandbox with its image cached (target resume ≤ 0.3× cold); suspended RSS;
 #            then create --from-snapshot → READY vs a cold create (target ≤ 0.3×)
 #   pools    VM create → READY through the CLI from a warm pool of 5 vs a cold create of
-#            another shape, 20 sequential and 5 at a time; idle pooled VMs' host RSS
-#            (target: pool p50 < 150 ms)
+#            another shape, 20 sequential and 5 at a time; the same creates as the gateway
+#            timed them (received → ready, no CLI); each pooled sample's guest start-up
+#            steps; idle pooled VMs' host RSS (target: pool p50 < 150 ms)
 #   cliapi   a CLI's calls over the local Unix socket vs TCP+mTLS: small RPC p50,
 #            connect + first RPC p50, and `sandbox exec -- true` p50 on Docker
 #            (target: the socket no slower)
