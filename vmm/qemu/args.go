@@ -99,6 +99,12 @@ func buildArgs(cfg vmm.Config, p plan) []string {
 		// QEMU's own pointer-authentication algorithm: the architected one (QARMA)
 		// costs TCG most of an arm64 boot.
 		a = append(a, "-cpu", "max,pauth-impdef=on")
+	} else {
+		// RDRAND on the emulated CPU (QEMU answers it from the host's getrandom): the
+		// guest kernel trusts it and has its random pool ready at boot. Without it an
+		// idle guest's pool initialises only on first use, ~1 s later under TCG, and the
+		// supervisor's first TLS/token work waits for that. (arm64's max has RNDR.)
+		a = append(a, "-cpu", "qemu64,+rdrand")
 	}
 	if cfg.Initrd != "" {
 		a = append(a, "-initrd", cfg.Initrd)

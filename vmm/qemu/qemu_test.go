@@ -26,12 +26,13 @@ const bootTimeout = 60 * time.Second // TCG on two shared cores
 
 // answer mirrors guest/internal/testinit.Answer.
 type answer struct {
-	Image     string `json:"image"`
-	Prev      string `json:"prev"`
-	Transport string `json:"transport"`
-	PID       int    `json:"pid"`
-	Root      string `json:"root"`
-	Share     string `json:"share"`
+	Image       string `json:"image"`
+	Prev        string `json:"prev"`
+	Transport   string `json:"transport"`
+	PID         int    `json:"pid"`
+	Root        string `json:"root"`
+	Share       string `json:"share"`
+	RandomReady bool   `json:"random_ready"`
 }
 
 const echoPort = 1030
@@ -259,6 +260,11 @@ func TestBootAnswersOverChannel(t *testing.T) {
 			t.Logf("boot→answer→poweroff in %s (accel %s, transport %s)", time.Since(start).Round(time.Millisecond), m.Accel().Name, m.Transport().Name)
 			if a.Image != "image-ok" || a.Prev != "none" || a.Transport != tc.guestSees || a.PID != 1 || a.Root != "overlay" {
 				t.Fatalf("answer %+v: want image-ok, prev none, transport %s, pid 1, overlay root", a, tc.guestSees)
+			}
+			if !a.RandomReady {
+				// The emulated CPU's seed (RDRAND) lets the guest kernel ready its pool
+				// at boot; without it the first token or TLS work waits ~1 s here.
+				t.Fatalf("guest's random pool was not ready when its program ran (want a CPU seed: -cpu with rdrand)")
 			}
 			if m.Transport().Name != tc.transport {
 				t.Fatalf("transport %q, want %q", m.Transport().Name, tc.transport)
