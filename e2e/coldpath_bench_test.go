@@ -25,10 +25,20 @@ func TestBenchColdCreate(t *testing.T) {
 	if driver() != "vm" {
 		t.Skip("VM driver only (E2E_DRIVER=vm)")
 	}
+	// The VM shape: the one scripts/bench.sh gives the bare boot it is compared with
+	// (unset: the driver's defaults).
+	var shape []string
+	if v := os.Getenv("OPENSHELL_BENCH_VCPUS"); v != "" {
+		shape = append(shape, "--cpu", v)
+	}
+	if v := os.Getenv("OPENSHELL_BENCH_MEMORY_MIB"); v != "" {
+		shape = append(shape, "--memory", v+"Mi")
+	}
 	h := newHarness(t)
 	one := func() (time.Duration, string) {
 		name := uniqueName("cold")
-		r := h.mustRun(t, "sandbox", "create", "--name", name, "--from", testImage(), "--timeout", "120s", "--", "sleep", "1000000")
+		args := append([]string{"sandbox", "create", "--name", name, "--from", testImage(), "--timeout", "120s"}, shape...)
+		r := h.mustRun(t, append(args, "--", "sleep", "1000000")...)
 		got := h.mustRun(t, "sandbox", "get", name, "-o", "json")
 		h.mustRun(t, "sandbox", "delete", name)
 		return r.took, got.stdout

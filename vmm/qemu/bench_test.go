@@ -2,7 +2,9 @@ package qemu_test
 
 import (
 	"fmt"
+	"os"
 	"slices"
+	"strconv"
 	"testing"
 	"time"
 
@@ -38,6 +40,7 @@ func BenchmarkBootBare(b *testing.B) {
 	for i := 0; b.Loop(); i++ {
 		cfg := baseConfig(b, fmt.Sprintf("bare-%d", i))
 		cfg.Cmdline = "openshell_test=bare"
+		cfg.VCPUs, cfg.MemoryMiB = benchShape(b, cfg.VCPUs, cfg.MemoryMiB)
 		m := newMachine(b, cfg)
 		start := time.Now()
 		if err := m.Start(b.Context()); err != nil {
@@ -53,4 +56,25 @@ func BenchmarkBootBare(b *testing.B) {
 	b.ReportMetric(float64(p50.Microseconds())/1000, "p50-ms")
 	b.ReportMetric(float64(p99.Microseconds())/1000, "p99-ms")
 	fmt.Printf("BENCH vm-bare-boot p50_us=%d p99_us=%d n=%d\n", p50.Microseconds(), p99.Microseconds(), len(ds))
+}
+
+// benchShape is the VM shape a benchmark compared with a sandbox boots:
+// OPENSHELL_BENCH_VCPUS and OPENSHELL_BENCH_MEMORY_MIB (scripts/bench.sh sets both
+// halves of a comparison from one place), else the given defaults.
+func benchShape(b *testing.B, vcpus, memMiB int) (int, int) {
+	for _, v := range []struct {
+		env string
+		dst *int
+	}{{"OPENSHELL_BENCH_VCPUS", &vcpus}, {"OPENSHELL_BENCH_MEMORY_MIB", &memMiB}} {
+		s := os.Getenv(v.env)
+		if s == "" {
+			continue
+		}
+		n, err := strconv.Atoi(s)
+		if err != nil || n <= 0 {
+			b.Fatalf("%s=%q: want a positive whole number", v.env, s)
+		}
+		*v.dst = n
+	}
+	return vcpus, memMiB
 }
