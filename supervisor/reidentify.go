@@ -182,9 +182,6 @@ func RunVM(ctx context.Context, cfg *bootstrap.Config, o Options, re *Reidentify
 	}
 }
 
-// errNoHostState: setting the clock or the entropy needs a Linux guest.
-var errNoHostState = errors.New("not supported outside a Linux guest")
-
 // applyHostState steps the clock to the host's and reseeds the kernel's random
 // generator with the host's entropy; failures are logged (the new identity is taken
 // anyway).

@@ -2,7 +2,13 @@
 
 package supervisor
 
-import "time"
+import (
+	"errors"
+	"time"
+)
+
+// errNoHostState: setting the clock or the entropy needs a Linux guest.
+var errNoHostState = errors.New("not supported outside a Linux guest")
 
 func setClock(time.Time) error { return errNoHostState }
 
