@@ -126,6 +126,18 @@ func (p *Proc) Signal(sig syscall.Signal) error {
 	return p.cmd.Process.Signal(sig)
 }
 
+// SignalGroup sends sig to the process's group (a process started as the leader of
+// its own session or group, so the group id is its pid) if it has not been reaped
+// yet: what the program started (a shell's children) gets it too.
+func (p *Proc) SignalGroup(sig syscall.Signal) error {
+	select {
+	case <-p.done:
+		return os.ErrProcessDone
+	default:
+	}
+	return syscall.Kill(-p.Pid, sig)
+}
+
 // ExitCode converts a wait status to a shell-style exit code (128+signo for signals).
 func ExitCode(st syscall.WaitStatus) int {
 	switch {

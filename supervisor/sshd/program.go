@@ -232,7 +232,10 @@ func (s *Server) Start(ctx context.Context, p Program) (_ *Running, retErr error
 		select {
 		case <-proc.Done():
 		case <-ctx.Done():
-			_ = proc.Signal(syscall.SIGKILL)
+			// The whole group: killing only the program could leave what it started
+			// (a shell's child) running, and once the program is reaped HangUp no
+			// longer signals its group.
+			_ = proc.SignalGroup(syscall.SIGKILL)
 			<-proc.Done()
 		}
 		copiesDone := make(chan struct{})

@@ -129,7 +129,10 @@ func (s *session) handle(ctx context.Context, req *ssh.Request) (bool, error) {
 		if n == 0 || s.proc == nil {
 			return false, fmt.Errorf("cannot deliver signal %q", sig.Name)
 		}
-		return true, s.proc.Signal(n)
+		// To the program's group (it leads its own session): a client's signal is
+		// how the gateway cancels an exec, and a shell killed alone would leave its
+		// children running, out of HangUp's reach once the shell is reaped.
+		return true, s.proc.SignalGroup(n)
 	case "shell", "exec", "subsystem":
 		if s.started {
 			return false, errors.New("a program already runs on this channel")
