@@ -462,6 +462,22 @@ func Run(ctx context.Context, cfg *bootstrap.Config, o Options) (retErr error) {
 			return false
 		}
 	}
+	// whenServed waits for the SSH server before a relay is served on c; a relay whose
+	// session ended first is closed.
+	whenServed := func(ctx context.Context, c net.Conn) bool {
+		if ready(ctx) {
+			return true
+		}
+		c.Close()
+		return false
+	}
+	// stepDone marks a start-up step; the profile is logged once, when the session and
+	// the SSH server are both up, whichever came last.
+	stepDone := func(step string) {
+		if steps.mark(step) && steps.complete() {
+			log.Info("supervisor start-up steps (ms since the configuration was in hand)", "steps", steps.String(), "warm_up", warmUp)
+		}
+	}
 	sessCtx, sessCancel := context.WithCancel(ctx)
 	var sessWG sync.WaitGroup
 	stopSession := func() { sessCancel(); sessWG.Wait() }
@@ -470,25 +486,19 @@ func Run(ctx context.Context, cfg *bootstrap.Config, o Options) (retErr error) {
 		SandboxID: cfg.SandboxID, InstanceID: identity.InstanceID, InstanceSecret: identity.Secret, HostKey: hostKey.PublicKey(),
 		// SSH relays are served in-process on the relay stream (no socket).
 		ServeSSH: func(ctx context.Context, c net.Conn) {
-			if !ready(ctx) {
-				c.Close()
-				return
+			if whenServed(ctx, c) {
+				srv.ServeConn(ctx, c)
 			}
-			srv.ServeConn(ctx, c)
 		},
 		ServeTransfer: func(ctx context.Context, c net.Conn, t *pb.TransferRelayTarget) {
-			if !ready(ctx) {
-				c.Close()
-				return
+			if whenServed(ctx, c) {
+				srv.ServeTransfer(ctx, c, t)
 			}
-			srv.ServeTransfer(ctx, c, t)
 		},
 		ServeExec: func(ctx context.Context, c net.Conn, t *pb.ExecRelayTarget) {
-			if !ready(ctx) {
-				c.Close()
-				return
+			if whenServed(ctx, c) {
+				srv.ServeExec(ctx, c, t)
 			}
-			srv.ServeExec(ctx, c, t)
 		},
 		DialTCP: func(ctx context.Context, addr string) (net.Conn, error) {
 			if !ready(ctx) {
@@ -506,9 +516,7 @@ func Run(ctx context.Context, cfg *bootstrap.Config, o Options) (retErr error) {
 					launch.warm()
 				}
 			}()
-			if steps.mark("session") && steps.complete() {
-				log.Info("supervisor start-up steps (ms since the configuration was in hand)", "steps", steps.String(), "warm_up", warmUp)
-			}
+			stepDone("session")
 		},
 	})
 	if err != nil {
@@ -572,9 +580,7 @@ func Run(ctx context.Context, cfg *bootstrap.Config, o Options) (retErr error) {
 		return err
 	}
 	close(served)
-	if steps.mark("sshd") && steps.complete() {
-		log.Info("supervisor start-up steps (ms since the configuration was in hand)", "steps", steps.String(), "warm_up", warmUp)
-	}
+	stepDone("sshd")
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	ctx, cancel := context.WithCancel(ctx)
