@@ -7,8 +7,8 @@ import (
 	"testing"
 )
 
-// TestTransferRules: on every driver (on the VM the bytes take the bulk stream and
-// the tar server serves its socket itself), an upload lands as the sandbox user and
+// TestTransferRules: on every driver (on the VM and on containers the bytes take a
+// bulk stream and the tar server serves its socket itself), an upload lands as the sandbox user and
 // one into a path the policy leaves read-only for the agent is refused naming
 // filesystem.read_write, with nothing written there.
 func TestTransferRules(t *testing.T) {
@@ -23,6 +23,19 @@ func TestTransferRules(t *testing.T) {
 		t.Fatal(err)
 	}
 	h.mustRun(t, "sandbox", "upload", box, src, "/sandbox/up.txt")
+	if d := driver(); d == "docker" || d == "podman" {
+		// A container's supervisor sends the bytes on the bulk socket beside its
+		// gateway socket, not over its session: the gateway logs each such stream.
+		logs, _ := filepath.Glob(filepath.Join(h.home, "s", "openshell", "*", "gateway.log"))
+		var text []byte
+		for _, l := range logs {
+			b, _ := os.ReadFile(l)
+			text = append(text, b...)
+		}
+		if !strings.Contains(string(text), "bulk stream ended") {
+			t.Fatalf("the upload did not take the bulk socket (no \"bulk stream ended\" in %v)", logs)
+		}
+	}
 	if r := sh(`[ "$(cat /sandbox/up.txt)" = uploaded ] && [ "$(stat -c %u /sandbox/up.txt)" = "$(id -u)" ] && [ "$(id -u)" != 0 ] && echo owned`); strings.TrimSpace(r.stdout) != "owned" {
 		t.Fatalf("the upload is not the sandbox user's file with the content sent: %q %q", r.stdout, r.stderr)
 	}

@@ -198,6 +198,7 @@ type fakeSupervisor struct {
 	accepted *openshellv1.SessionAccepted
 	done     chan struct{}
 	err      error
+	opens    chan string // mode "bulk": each relay_open's channel id
 }
 
 // asInstance is ctx carrying the identity (instance id and its secret) of the fake
@@ -212,7 +213,8 @@ func (e *env) connectSupervisor(id, instance string) *fakeSupervisor {
 }
 
 // connectSupervisorMode answers relay_open per mode: "echo" (RelayStream echoing
-// bytes), "fail" (relay_open_result success=false), "ignore" (nothing).
+// bytes), "fail" (relay_open_result success=false), "ignore" (nothing), "bulk" (the
+// channel id goes to opens).
 func (e *env) connectSupervisorMode(id, instance, mode string) *fakeSupervisor {
 	e.t.Helper()
 	c := e.sandboxClient(id)
@@ -233,7 +235,7 @@ func (e *env) connectSupervisorMode(id, instance, mode string) *fakeSupervisor {
 		cancel()
 		e.t.Fatalf("ConnectSupervisor(%s): %v", id, err)
 	}
-	fs := &fakeSupervisor{cancel: cancel, accepted: first.GetSessionAccepted(), done: make(chan struct{})}
+	fs := &fakeSupervisor{cancel: cancel, accepted: first.GetSessionAccepted(), done: make(chan struct{}), opens: make(chan string, 8)}
 	go func() {
 		defer close(fs.done)
 		for {
@@ -246,6 +248,8 @@ func (e *env) connectSupervisorMode(id, instance, mode string) *fakeSupervisor {
 				switch mode {
 				case "echo":
 					go echoRelay(ctx, c, ro.GetChannelId())
+				case "bulk": // the test opens the relay itself, on a bulk stream
+					fs.opens <- ro.GetChannelId()
 				case "fail":
 					_ = stream.Send(&openshellv1.SupervisorMessage{Payload: &openshellv1.SupervisorMessage_RelayOpenResult{
 						RelayOpenResult: &openshellv1.RelayOpenResult{ChannelId: ro.GetChannelId(), Error: "connection refused by 127.0.0.1:8080"}}})

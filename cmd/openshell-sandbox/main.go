@@ -138,6 +138,10 @@ func run(mode string) int {
 			// A container: the agent gets its own network namespace and confinement.
 			opts.Network, opts.Confine = supervisor.NetworkNamespace, true
 		}
+		if err == nil {
+			// A container's gateway socket has a bulk socket beside it for transfers.
+			opts.BulkOpen = transfer.GatewaySocketBulk(cfg.Endpoint, cfg.LoadToken)
+		}
 	case "vsock":
 		// What needs no sandbox is done while the host has no configuration for this
 		// VM yet (a warm pool's VM waits here until a sandbox claims it).

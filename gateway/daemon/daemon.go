@@ -292,7 +292,8 @@ func Start(ctx context.Context, cfg *config.Config, log *slog.Logger) (_ *Gatewa
 		go func() { _ = gs.Serve(l) }()
 	}
 	if sbs != nil {
-		sbs.start(func(l net.Listener) { _ = gs.Serve(l) })
+		sbs.start(func(l net.Listener) { _ = gs.Serve(l) },
+			func(c *net.UnixConn, id string) { _ = srv.ServeSandboxBulk(c, id) })
 	}
 	if ulis != nil {
 		g.SocketPath = ulis.Addr().String()

@@ -16,6 +16,7 @@ import (
 
 	"github.com/openshell/openshell/drivers"
 	"github.com/openshell/openshell/gateway/auth"
+	"github.com/openshell/openshell/internal/relayframe"
 	"github.com/openshell/openshell/internal/rundir"
 )
 
@@ -33,9 +34,14 @@ type sandboxSockets struct {
 
 	mu      sync.Mutex
 	lis     map[string]*net.UnixListener
-	serve   func(net.Listener) // nil until the gRPC server is up
+	bulk    map[string]*net.UnixListener // each sandbox's bulk stream socket
+	serve   func(net.Listener)           // nil until the gRPC server is up
 	pending []net.Listener
-	closed  bool
+	// serveBulk serves one bulk stream of a sandbox (nil until the server is up:
+	// connections wait in the listen queue until then).
+	serveBulk   func(c *net.UnixConn, sandboxID string)
+	pendingBulk []string
+	closed      bool
 }
 
 // newSandboxSockets prepares <runtime dir of stateDir>/sb.
@@ -48,7 +54,7 @@ func newSandboxSockets(stateDir string, log *slog.Logger) (*sandboxSockets, erro
 	if err := os.Mkdir(base, 0o700); err != nil && !errors.Is(err, os.ErrExist) {
 		return nil, fmt.Errorf("per-sandbox gateway sockets: %w", err)
 	}
-	return &sandboxSockets{base: base, log: log, lis: map[string]*net.UnixListener{}}, nil
+	return &sandboxSockets{base: base, log: log, lis: map[string]*net.UnixListener{}, bulk: map[string]*net.UnixListener{}}, nil
 }
 
 // dirName is a short, fixed name for a sandbox's directory (a socket path must
@@ -87,39 +93,22 @@ func (m *sandboxSockets) Open(id string) (string, error) {
 	if !st.IsDir() {
 		return "", fmt.Errorf("sandbox %s: gateway socket dir %s is not a directory; remove it", id, dir)
 	}
-	path := filepath.Join(dir, drivers.GatewaySocketName)
-	// Whatever is there is this gateway's own leftover (the directory is private to
-	// it): a socket of an earlier run, which the new one replaces.
-	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return "", fmt.Errorf("sandbox %s: stale gateway socket: %w", id, err)
-	}
-	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	l, err := m.listenSandbox(dir, drivers.GatewaySocketName, id, st)
 	if err != nil {
-		return "", fmt.Errorf("sandbox %s: gateway socket: %w", id, err)
+		return "", err
 	}
-	// A driver may have given the directory to the user a rootless engine runs as
-	// (the container's root); the socket goes to the same owner, else the
-	// supervisor could not connect to the re-created socket after a restart.
-	uid, gid := os.Geteuid(), os.Getegid()
-	if sys, ok := st.Sys().(*syscall.Stat_t); ok {
-		uid, gid = int(sys.Uid), int(sys.Gid)
-	}
-	if uid != os.Geteuid() || gid != os.Getegid() {
-		if err := os.Chown(path, uid, gid); err != nil {
-			l.Close()
-			return "", fmt.Errorf("sandbox %s: gateway socket owner: %w", id, err)
+	// Beside it, the socket for file transfers' bytes (see Server.ServeSandboxBulk).
+	// A gateway that cannot make it still serves the sandbox: its supervisor sends
+	// transfers over the session.
+	if bl, berr := m.listenSandbox(dir, relayframe.BulkSocketName, id, st); berr != nil {
+		m.log.Warn("no bulk socket for this sandbox; its transfers go over the session", "sandbox_id", id, "err", berr)
+	} else {
+		m.bulk[id] = bl
+		if m.serveBulk != nil {
+			go m.acceptBulk(bl, id, m.serveBulk)
+		} else {
+			m.pendingBulk = append(m.pendingBulk, id)
 		}
-		// That user's engine mounts the directory again when the container restarts:
-		// the directories above it, which a start of the gateway closed, let it
-		// pass (search only; each sandbox's directory stays its owner's).
-		if err := rundir.LetTraverse(m.base, uid); err != nil {
-			l.Close()
-			return "", fmt.Errorf("sandbox %s: gateway socket dir: %w", id, err)
-		}
-	}
-	if err := os.Chmod(path, 0o600); err != nil {
-		l.Close()
-		return "", fmt.Errorf("sandbox %s: gateway socket: %w", id, err)
 	}
 	m.lis[id] = l
 	sl := &sandboxListener{UnixListener: l, id: id}
@@ -131,14 +120,69 @@ func (m *sandboxSockets) Open(id string) (string, error) {
 	return dir, nil
 }
 
+// listenSandbox creates socket name in a sandbox's directory dir (whose Lstat is
+// st), owned as the directory is and mode 0600.
+func (m *sandboxSockets) listenSandbox(dir, name, id string, st os.FileInfo) (*net.UnixListener, error) {
+	path := filepath.Join(dir, name)
+	// Whatever is there is this gateway's own leftover (the directory is private to
+	// it): a socket of an earlier run, which the new one replaces.
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("sandbox %s: stale gateway socket: %w", id, err)
+	}
+	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	if err != nil {
+		return nil, fmt.Errorf("sandbox %s: gateway socket: %w", id, err)
+	}
+	// A driver may have given the directory to the user a rootless engine runs as
+	// (the container's root); the socket goes to the same owner, else the
+	// supervisor could not connect to the re-created socket after a restart.
+	uid, gid := os.Geteuid(), os.Getegid()
+	if sys, ok := st.Sys().(*syscall.Stat_t); ok {
+		uid, gid = int(sys.Uid), int(sys.Gid)
+	}
+	if uid != os.Geteuid() || gid != os.Getegid() {
+		if err := os.Chown(path, uid, gid); err != nil {
+			l.Close()
+			return nil, fmt.Errorf("sandbox %s: gateway socket owner: %w", id, err)
+		}
+		// That user's engine mounts the directory again when the container restarts:
+		// the directories above it, which a start of the gateway closed, let it
+		// pass (search only; each sandbox's directory stays its owner's).
+		if err := rundir.LetTraverse(m.base, uid); err != nil {
+			l.Close()
+			return nil, fmt.Errorf("sandbox %s: gateway socket dir: %w", id, err)
+		}
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		l.Close()
+		return nil, fmt.Errorf("sandbox %s: gateway socket: %w", id, err)
+	}
+	return l, nil
+}
+
+// acceptBulk serves the bulk streams of sandbox id's bulk socket until it closes.
+func (m *sandboxSockets) acceptBulk(l *net.UnixListener, id string, serve func(*net.UnixConn, string)) {
+	for {
+		c, err := l.AcceptUnix()
+		if err != nil {
+			return
+		}
+		go serve(c, id)
+	}
+}
+
 // Remove closes a sandbox's socket and removes its directory (at delete).
 func (m *sandboxSockets) Remove(id string) {
 	m.mu.Lock()
-	l := m.lis[id]
+	l, bl := m.lis[id], m.bulk[id]
 	delete(m.lis, id)
+	delete(m.bulk, id)
 	m.mu.Unlock()
 	if l != nil {
 		_ = l.Close()
+	}
+	if bl != nil {
+		_ = bl.Close()
 	}
 	if err := os.RemoveAll(m.Dir(id)); err != nil {
 		m.log.Warn("could not remove a sandbox's gateway socket dir", "sandbox_id", id, "err", err)
@@ -163,15 +207,22 @@ func (m *sandboxSockets) Prune(known map[string]bool) {
 	}
 }
 
-// start serves the sockets opened so far and every later one.
-func (m *sandboxSockets) start(serve func(net.Listener)) {
+// start serves the sockets opened so far and every later one: serve the gRPC
+// sockets, bulk each bulk stream.
+func (m *sandboxSockets) start(serve func(net.Listener), bulk func(c *net.UnixConn, sandboxID string)) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	m.serve = serve
+	m.serve, m.serveBulk = serve, bulk
 	for _, l := range m.pending {
 		go serve(l)
 	}
 	m.pending = nil
+	for _, id := range m.pendingBulk {
+		if bl := m.bulk[id]; bl != nil {
+			go m.acceptBulk(bl, id, bulk)
+		}
+	}
+	m.pendingBulk = nil
 }
 
 // Close closes every socket; the sandboxes' directories stay for the next run
@@ -183,6 +234,10 @@ func (m *sandboxSockets) Close() error {
 	for id, l := range m.lis {
 		_ = l.Close()
 		delete(m.lis, id)
+	}
+	for id, l := range m.bulk {
+		_ = l.Close()
+		delete(m.bulk, id)
 	}
 	_ = os.Remove(m.base) // only when no sandbox is left
 	return nil

@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/openshell/openshell/drivers"
+	"github.com/openshell/openshell/internal/relayframe"
 	"github.com/openshell/openshell/internal/rundir"
 )
 
@@ -23,6 +24,7 @@ func TestSandboxSockets(t *testing.T) {
 		t.Fatal(err)
 	}
 	accepted := make(chan net.Conn, 4)
+	bulkFrom := make(chan string, 4)
 	m.start(func(l net.Listener) {
 		for {
 			c, err := l.Accept()
@@ -31,7 +33,7 @@ func TestSandboxSockets(t *testing.T) {
 			}
 			accepted <- c
 		}
-	})
+	}, func(c *net.UnixConn, id string) { c.Close(); bulkFrom <- id })
 	dir, err := m.Open("sb-a")
 	if err != nil {
 		t.Fatal(err)
@@ -52,6 +54,19 @@ func TestSandboxSockets(t *testing.T) {
 	c.Close()
 	if sc, ok := (<-accepted).(*sandboxConn); !ok || sc.id != "sb-a" {
 		t.Fatalf("accepted connection not bound to sb-a: %#v", sc)
+	}
+	// The bulk socket beside it: as private, and its streams bound to sb-a too.
+	bulk := filepath.Join(dir, relayframe.BulkSocketName)
+	if bst, err := os.Stat(bulk); err != nil || bst.Mode().Perm() != 0o600 || bst.Mode()&os.ModeSocket == 0 {
+		t.Fatalf("bulk socket %v (%v), want a 0600 socket", bst, err)
+	}
+	bc, err := net.Dial("unix", bulk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bc.Close()
+	if id := <-bulkFrom; id != "sb-a" {
+		t.Fatalf("bulk stream on sb-a's socket served as %q", id)
 	}
 	other, _ := m.Open("sb-b")
 	if other == dir {
@@ -79,7 +94,7 @@ func TestSandboxSockets(t *testing.T) {
 			}
 			c.Close()
 		}
-	})
+	}, func(c *net.UnixConn, _ string) { c.Close() })
 	if d2, err := m2.Open("sb-a"); err != nil || d2 != dir {
 		t.Fatalf("re-open: %s %v, want %s", d2, err, dir)
 	}
@@ -90,6 +105,9 @@ func TestSandboxSockets(t *testing.T) {
 	if os.Geteuid() == 0 {
 		if uid := sst.Sys().(*syscall.Stat_t).Uid; uid != 4242 {
 			t.Fatalf("re-created socket owned by %d, want the directory's owner 4242", uid)
+		}
+		if bst, err := os.Stat(filepath.Join(dir, relayframe.BulkSocketName)); err != nil || bst.Sys().(*syscall.Stat_t).Uid != 4242 {
+			t.Fatalf("re-created bulk socket %v (%v), want it owned by the directory's owner 4242", bst, err)
 		}
 		if pst, _ := os.Stat(filepath.Dir(dir)); pst.Mode().Perm()&0o001 == 0 {
 			t.Fatalf("%s is %v: the directory's owner cannot pass to mount it", filepath.Dir(dir), pst.Mode().Perm())

@@ -716,6 +716,38 @@ func (c *relayConn) Close() error {
 	return err
 }
 
+// pairRelay pairs the pending relay channel with the supervisor side that names it
+// (authorize and inst checked as ServeRelay says) and returns that side's end of the
+// relay pipe. A channel pairs once: a second claim finds it gone.
+func (h *Hub) pairRelay(channel string, inst Instance, authorize func(sandboxID string) error) (*pipeEnd, error) {
+	h.mu.Lock()
+	p := h.pending[channel]
+	h.mu.Unlock()
+	if p == nil {
+		return nil, fmt.Errorf("relay channel %q: %w (it expired or was never requested)", channel, ErrUnknownChannel)
+	}
+	if err := authorize(p.sandboxID); err != nil {
+		return nil, err
+	}
+	if b := p.sess.bound; inst.ID != p.sess.instanceID || !b.secretMatches(inst.Secret) {
+		return nil, fmt.Errorf("sandbox %s: relay %s was asked of supervisor instance %s; a RelayStream from instance %q (or with another instance secret) may not claim it: %w",
+			p.sandboxID, channel, p.sess.instanceID, inst.ID, ErrRefused)
+	}
+	gwSide, relaySide := bufPipe()
+	h.mu.Lock()
+	if h.pending[channel] != p {
+		h.mu.Unlock()
+		return nil, fmt.Errorf("relay channel %q: %w (it expired)", channel, ErrUnknownChannel)
+	}
+	delete(h.pending, channel)
+	// Deliver under the lock: OpenRelay's timeout path drops the pending entry under
+	// the same lock, so it either sees this result or the entry is gone (buffered, so
+	// this never blocks).
+	p.result <- pairResult{conn: gwSide}
+	h.mu.Unlock()
+	return relaySide, nil
+}
+
 // RelayStreamServer is the server side of RelayStream.
 type RelayStreamServer = grpc.BidiStreamingServer[openshellv1.RelayFrame, openshellv1.RelayFrame]
 
@@ -725,31 +757,10 @@ type RelayStreamServer = grpc.BidiStreamingServer[openshellv1.RelayFrame, opensh
 // own relays; inst (the call's instance metadata) must be the supervisor instance
 // whose session the relay was asked on, with its secret.
 func (h *Hub) ServeRelay(stream RelayStreamServer, channel string, inst Instance, authorize func(sandboxID string) error) error {
-	h.mu.Lock()
-	p := h.pending[channel]
-	h.mu.Unlock()
-	if p == nil {
-		return fmt.Errorf("relay channel %q: %w (it expired or was never requested)", channel, ErrUnknownChannel)
-	}
-	if err := authorize(p.sandboxID); err != nil {
+	relaySide, err := h.pairRelay(channel, inst, authorize)
+	if err != nil {
 		return err
 	}
-	if b := p.sess.bound; inst.ID != p.sess.instanceID || !b.secretMatches(inst.Secret) {
-		return fmt.Errorf("sandbox %s: relay %s was asked of supervisor instance %s; a RelayStream from instance %q (or with another instance secret) may not claim it: %w",
-			p.sandboxID, channel, p.sess.instanceID, inst.ID, ErrRefused)
-	}
-	gwSide, relaySide := bufPipe()
-	h.mu.Lock()
-	if h.pending[channel] != p {
-		h.mu.Unlock()
-		return fmt.Errorf("relay channel %q: %w (it expired)", channel, ErrUnknownChannel)
-	}
-	delete(h.pending, channel)
-	// Deliver under the lock: OpenRelay's timeout path drops the pending entry under
-	// the same lock, so it either sees this result or the entry is gone (buffered, so
-	// this never blocks).
-	p.result <- pairResult{conn: gwSide}
-	h.mu.Unlock()
 	ctx := stream.Context()
 
 	// stream → pipe
@@ -789,3 +800,86 @@ func (h *Hub) ServeRelay(stream RelayStreamServer, channel string, inst Instance
 		}
 	}
 }
+
+// BulkConn is a supervisor's raw stream for one relay (a bulk stream): a byte
+// stream with a half-close of its own, so it needs no frames.
+type BulkConn interface {
+	io.ReadWriteCloser
+	CloseWrite() error
+}
+
+// bulkBuf is the size of the buffers a bulk stream's bytes are read into: each is
+// handed to the relay pipe as it is (WriteOwned), so the gateway copies a byte once.
+const bulkBuf = 256 << 10
+
+// ServeBulk pairs a bulk stream with the pending relay channel (checked as
+// ServeRelay checks a RelayStream's), calls accepted (which answers the stream's
+// opener) and then moves bytes both ways until both directions end, and closes c.
+// It returns the pairing's error (nothing was paired, accepted was not called and c
+// is left open for the caller's answer) or accepted's.
+func (h *Hub) ServeBulk(c BulkConn, channel string, inst Instance, authorize func(sandboxID string) error, accepted func() error) (BulkStats, error) {
+	var st BulkStats
+	relaySide, err := h.pairRelay(channel, inst, authorize)
+	if err != nil {
+		return st, err
+	}
+	defer c.Close()
+	defer relaySide.Close()
+	if err := accepted(); err != nil {
+		return st, err
+	}
+	up := make(chan struct{})
+	go func() { // supervisor → relay
+		defer close(up)
+		for {
+			b := make([]byte, bulkBuf)
+			n, err := c.Read(b)
+			st.Up += int64(n)
+			if n > 0 {
+				if werr := relaySide.WriteOwned(b[:n]); werr != nil {
+					relaySide.Close()
+					c.Close()
+					return
+				}
+			}
+			if err != nil {
+				if errors.Is(err, io.EOF) {
+					_ = relaySide.CloseWrite()
+				} else {
+					relaySide.Close()
+				}
+				return
+			}
+		}
+	}()
+	for { // relay → supervisor
+		d, err := relaySide.ReadChunk(ChunkSize)
+		if err != nil {
+			_ = c.CloseWrite()
+			break
+		}
+		n, err := c.Write(d)
+		st.Down += int64(n)
+		if err != nil {
+			relaySide.Close()
+			break
+		}
+	}
+	// The client is done; the supervisor hangs up once it has read the end. One that
+	// does not is cut off after bulkDrain rather than holding the stream.
+	timer := time.NewTimer(bulkDrain)
+	defer timer.Stop()
+	select {
+	case <-up:
+	case <-timer.C:
+		c.Close()
+		<-up
+	}
+	return st, nil
+}
+
+// BulkStats counts a bulk stream's bytes: Up from the supervisor, Down to it.
+type BulkStats struct{ Up, Down int64 }
+
+// bulkDrain bounds how long a bulk stream stays open after the client's end closed.
+const bulkDrain = 30 * time.Second

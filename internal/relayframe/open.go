@@ -161,3 +161,52 @@ func OpenBulk(c io.ReadWriter, o Open) error {
 	}
 	return ReadOpenReply(c)
 }
+
+// On a container's gateway socket directory the gateway serves bulk streams on a
+// socket of their own beside the gRPC socket (BulkSocketName). There a bulk stream
+// starts with one BulkToken frame carrying the sandbox token (the VM runner adds the
+// token itself, outside the guest), then the BulkOpen frame.
+const (
+	BulkToken      = 't'
+	BulkSocketName = "bulk.sock"
+)
+
+// maxBulkToken bounds a BulkToken frame (a sandbox token is a few hundred bytes).
+const maxBulkToken = 8 << 10
+
+// WriteToken sends tok as a bulk stream's token frame.
+func WriteToken(w io.Writer, tok string) error {
+	if tok == "" {
+		return errors.New("bulk token: the sandbox token is empty")
+	}
+	if len(tok) > maxBulkToken {
+		return fmt.Errorf("bulk token: %d bytes, over the %d-byte limit", len(tok), maxBulkToken)
+	}
+	_, err := w.Write(append(AppendHeader(nil, BulkToken, len(tok)), tok...))
+	return err
+}
+
+// ReadToken reads a bulk stream's token frame, exactly that frame.
+func ReadToken(r io.Reader) (string, error) {
+	kind, n, err := ReadHeader(r)
+	if err != nil {
+		return "", fmt.Errorf("bulk token: %w", err)
+	}
+	if kind != BulkToken {
+		return "", fmt.Errorf("bulk token: the first frame is %q; a bulk stream on a gateway socket starts with the sandbox token (%q)", kind, BulkToken)
+	}
+	switch {
+	case n == 0:
+		return "", errors.New("bulk token: the token frame is empty; send the sandbox token")
+	case n > maxBulkToken:
+		return "", fmt.Errorf("bulk token: frame of %d bytes: %w of %d bytes", n, ErrTooLarge, maxBulkToken)
+	}
+	b := make([]byte, n)
+	if _, err := io.ReadFull(r, b); err != nil {
+		if errors.Is(err, io.EOF) {
+			err = io.ErrUnexpectedEOF
+		}
+		return "", fmt.Errorf("bulk token: %w", err)
+	}
+	return string(b), nil
+}

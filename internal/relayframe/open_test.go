@@ -126,3 +126,65 @@ func FuzzReadOpen(f *testing.F) {
 		}
 	})
 }
+
+// A bulk stream on a gateway socket opens with the token frame: it round-trips,
+// leaves what follows unread, and a bad one is refused by what is wrong with it.
+func TestBulkToken(t *testing.T) {
+	var b bytes.Buffer
+	if err := WriteToken(&b, "tok.en"); err != nil {
+		t.Fatal(err)
+	}
+	_ = WriteOpen(&b, Open{ChannelID: "c", InstanceID: "i"})
+	if tok, err := ReadToken(&b); err != nil || tok != "tok.en" {
+		t.Fatalf("ReadToken = %q, %v", tok, err)
+	}
+	if _, err := ReadOpen(&b); err != nil {
+		t.Fatalf("the open frame after the token: %v", err)
+	}
+	if err := WriteToken(&b, ""); err == nil {
+		t.Fatal("WriteToken sent an empty token")
+	}
+	frame := func(kind byte, payload string) []byte {
+		return append(AppendHeader(nil, kind, len(payload)), payload...)
+	}
+	for _, c := range []struct {
+		name string
+		in   []byte
+		want string
+	}{
+		{"nothing", nil, "EOF"},
+		{"open frame first", frame(BulkOpen, "{}"), "starts with the sandbox token"},
+		{"empty", frame(BulkToken, ""), "empty"},
+		{"over the limit", AppendHeader(nil, BulkToken, maxBulkToken+1), "over the size limit"},
+		{"cut short", frame(BulkToken, "abcdef")[:8], "unexpected EOF"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			if _, err := ReadToken(bytes.NewReader(c.in)); err == nil || !strings.Contains(err.Error(), c.want) {
+				t.Fatalf("ReadToken = %v, want an error containing %q", err, c.want)
+			}
+		})
+	}
+}
+
+// FuzzReadToken: the gateway reads a container's token frame; whatever it sends, a
+// token within the limit or an error, never a panic or a read past the frame.
+func FuzzReadToken(f *testing.F) {
+	var b bytes.Buffer
+	_ = WriteToken(&b, "eyJhbGciOiJFZERTQSJ9.e30.sig")
+	f.Add(b.Bytes())
+	f.Add(AppendHeader(nil, BulkToken, 1<<31))
+	f.Add([]byte("t\x00\x00\x00\x00"))
+	f.Fuzz(func(t *testing.T, in []byte) {
+		r := bytes.NewReader(in)
+		tok, err := ReadToken(r)
+		if err != nil {
+			return
+		}
+		if tok == "" || len(tok) > maxBulkToken {
+			t.Fatalf("ReadToken returned a token of %d bytes", len(tok))
+		}
+		if used := len(in) - r.Len(); used != HeaderLen+len(tok) {
+			t.Fatalf("read %d bytes for a %d-byte token", used, len(tok))
+		}
+	})
+}
