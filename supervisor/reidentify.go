@@ -15,6 +15,7 @@ package supervisor
 // state of processes' own user-space random generators.
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -34,27 +35,17 @@ type Identity struct {
 	Entropy  []byte
 }
 
-// ParseIdentity decodes the document a copy's runner serves: a bootstrap.Config with
-// a "reidentify" member (host_time_unix_nano, entropy).
+// ParseIdentity decodes the document a copy's runner serves (bootstrap.IdentityDoc).
 func ParseIdentity(doc []byte) (*Identity, error) {
-	var cfg bootstrap.Config
-	if err := json.Unmarshal(doc, &cfg); err != nil {
+	var d bootstrap.IdentityDoc
+	if err := json.Unmarshal(doc, &d); err != nil {
 		return nil, fmt.Errorf("new identity: %w", err)
 	}
-	if err := cfg.Validate(); err != nil {
+	if err := d.Config.Validate(); err != nil {
 		return nil, fmt.Errorf("new identity: %w", err)
 	}
-	var extra struct {
-		Reidentify struct {
-			HostTimeUnixNano int64  `json:"host_time_unix_nano"`
-			Entropy          []byte `json:"entropy"`
-		} `json:"reidentify"`
-	}
-	if err := json.Unmarshal(doc, &extra); err != nil {
-		return nil, fmt.Errorf("new identity: reidentify: %w", err)
-	}
-	id := &Identity{Config: &cfg, Entropy: extra.Reidentify.Entropy}
-	if ns := extra.Reidentify.HostTimeUnixNano; ns > 0 {
+	id := &Identity{Config: &d.Config, Entropy: d.Reidentify.Entropy}
+	if ns := d.Reidentify.HostTimeUnixNano; ns > 0 {
 		id.HostTime = time.Unix(0, ns)
 	}
 	return id, nil
@@ -96,7 +87,7 @@ func (w *watcher) dialing(ctx context.Context) {
 	}
 	w.probing = true
 	go func() {
-		pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cmpDur(w.re.ProbeTimeout, 5*time.Second))
+		pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cmp.Or(w.re.ProbeTimeout, 5*time.Second))
 		doc, err := w.re.Fetch(pctx)
 		cancel()
 		var id *Identity
@@ -128,13 +119,6 @@ func (w *watcher) taken() bool {
 
 // errReidentified refuses the old identity's dials once a new identity is taken.
 var errReidentified = errors.New("this guest is now another sandbox: the old identity's session is over")
-
-func cmpDur(a, b time.Duration) time.Duration {
-	if a > 0 {
-		return a
-	}
-	return b
-}
 
 // RunVM runs the supervisor of a VM guest (Run) and, when the host hands the guest a
 // new identity (it was restored as a copy of a snapshot), ends that run and runs

@@ -159,18 +159,25 @@ func progressLogger(ref string, report func(string)) func(images.Progress) {
 	}
 }
 
+// ensureImage has ref's image in the driver's image cache (pulled and converted when
+// missing), reporting progress.
+func (d *Driver) ensureImage(ctx context.Context, ref string, progress func(string)) (*images.Cache, *images.Entry, error) {
+	cache, err := images.NewCache(d.cfg.ImageCacheDir)
+	if err != nil {
+		return nil, nil, err
+	}
+	progress("resolving image " + ref)
+	entry, err := cache.Ensure(ctx, ref, progressLogger(ref, progress))
+	return cache, entry, err
+}
+
 // prepare ensures the image, kernel, initramfs and writable disk, and returns the
 // runner spec.
 func (d *Driver) prepare(ctx context.Context, s *sandbox, res *resolved, spec *computev1.DriverSandboxSpec, progress func(string)) (*runner.Spec, error) {
 	if name := spec.GetFromSnapshot(); name != "" {
 		return d.prepareFromSnapshot(ctx, s, spec, name, progress)
 	}
-	cache, err := images.NewCache(d.cfg.ImageCacheDir)
-	if err != nil {
-		return nil, err
-	}
-	progress("resolving image " + res.image)
-	entry, err := cache.Ensure(ctx, res.image, progressLogger(res.image, progress))
+	cache, entry, err := d.ensureImage(ctx, res.image, progress)
 	if err != nil {
 		if res.image == DefaultImage {
 			return nil, fmt.Errorf("%w (the default image is built by scripts/build-base-image.sh)", err)

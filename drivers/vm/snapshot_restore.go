@@ -21,7 +21,6 @@ import (
 	"github.com/openshell/openshell/drivers"
 	"github.com/openshell/openshell/drivers/vm/internal/runner"
 	"github.com/openshell/openshell/drivers/vm/internal/state"
-	"github.com/openshell/openshell/images"
 	"github.com/openshell/openshell/internal/sparsefile"
 )
 
@@ -45,14 +44,9 @@ func (d *Driver) prepareFromSnapshot(ctx context.Context, s *sandbox, spec *comp
 	if err != nil {
 		return nil, err
 	}
-	cache, err := images.NewCache(d.cfg.ImageCacheDir)
-	if err != nil {
-		return nil, err
-	}
 	// The image's facts for the bootstrap document (user, workdir); its disk is the
 	// snapshot's own, which the restored guest has mounted.
-	progress("resolving image " + man.Image)
-	entry, err := cache.Ensure(ctx, man.Image, progressLogger(man.Image, progress))
+	cache, entry, err := d.ensureImage(ctx, man.Image, progress)
 	if err != nil {
 		return nil, fmt.Errorf("snapshot %q: image %s: %w", name, man.Image, err)
 	}

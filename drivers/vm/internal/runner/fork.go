@@ -8,9 +8,9 @@ package runner
 // come back through here) and serves this sandbox's bootstrap document once more on
 // the bootstrap port, admitting only a connection that opens with the OLD instance
 // secret: the restored supervisor is the one program in the guest that holds it (the
-// agent never sees it). The document also carries the host's time and fresh entropy
-// (ForkInfo): the restored guest's clock stood still since the snapshot, and its
-// kernel's random state is the snapshotted one, shared with every other copy.
+// agent never sees it). The document (bootstrap.IdentityDoc) also carries the host's
+// time and fresh entropy: the restored guest's clock stood still since the snapshot,
+// and its kernel's random state is the snapshotted one, shared with every other copy.
 
 import (
 	"crypto/rand"
@@ -29,21 +29,6 @@ import (
 
 // ForkEntropyBytes is how much host randomness a copy's document carries.
 const ForkEntropyBytes = 64
-
-// ForkInfo is what a copy's supervisor needs beyond its bootstrap.Config: it rides
-// in the same JSON document under "reidentify".
-type ForkInfo struct {
-	// HostTimeUnixNano is the host's clock when the document was sent.
-	HostTimeUnixNano int64 `json:"host_time_unix_nano"`
-	// Entropy is fresh randomness for the guest kernel's pool.
-	Entropy []byte `json:"entropy"`
-}
-
-// ForkDoc is the document served to a copy's supervisor.
-type ForkDoc struct {
-	bootstrap.Config
-	Reidentify ForkInfo `json:"reidentify"`
-}
 
 // forking reports whether this run restores a copy made from a snapshot.
 func (sp *suspender) forking() bool { return sp.fork != nil }
@@ -72,7 +57,7 @@ func (sp *suspender) serveFork(l net.Listener, doc []byte, box *statusBox, log *
 		if err != nil {
 			return
 		}
-		d := ForkDoc{Config: cfg, Reidentify: ForkInfo{HostTimeUnixNano: time.Now().UnixNano(), Entropy: make([]byte, ForkEntropyBytes)}}
+		d := bootstrap.IdentityDoc{Config: cfg, Reidentify: bootstrap.Reidentify{HostTimeUnixNano: time.Now().UnixNano(), Entropy: make([]byte, ForkEntropyBytes)}}
 		_, _ = rand.Read(d.Reidentify.Entropy)
 		b, err := json.Marshal(d)
 		if err != nil {

@@ -51,7 +51,7 @@ func TestServeForkAdmitsOnlyTheOldSecret(t *testing.T) {
 	c := dial(old)
 	defer c.Close()
 	c.SetDeadline(time.Now().Add(10 * time.Second))
-	var got ForkDoc
+	var got bootstrap.IdentityDoc
 	dec := json.NewDecoder(c)
 	if err := dec.Decode(&got); err != nil {
 		t.Fatal(err)
