@@ -124,6 +124,25 @@ func TestTransferSpeed(t *testing.T) {
 			t.Fatalf("docker cp %s %s: %v %s", from, to, err, out)
 		}
 	}
+	// Where one 256 MiB upload's CPU goes, each way: the client process, the server
+	// (the gateway, or dockerd with the untar it runs for docker cp) and the
+	// sandbox's container (supervisor and tar server, or nothing for docker cp).
+	profile := func(name string, argv []string, server int) {
+		c0, s0 := boxCPU(t, cid), procCPU(t, server)
+		cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
+		cmd.Env = h.env
+		start := time.Now()
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("%v: %v %s", argv, err, out)
+		}
+		wall := time.Since(start)
+		client := cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()
+		fmt.Printf("cpu %-30s wall %6.2fs | client %5.2fs | server %5.2fs | container %5.2fs\n", name, wall.Seconds(),
+			client.Seconds(), (procCPU(t, server) - s0).Seconds(), (boxCPU(t, cid) - c0).Seconds())
+	}
+	profile("upload 256 MiB (openshell)", []string{filepath.Join(h.bin, "openshell"), "sandbox", "upload", box, blob, "/tmp/prof-osh"}, h.gatewayPID())
+	profile("upload 256 MiB (docker cp)", []string{"docker", "cp", blob, cid + ":/tmp/prof-cp"}, dockerdPID(t))
+
 	for _, c := range []struct {
 		name, src string
 		mib       float64
@@ -165,4 +184,32 @@ func TestTransferSpeed(t *testing.T) {
 			}
 		}
 	}
+}
+
+// boxCPU is the CPU time container cid used so far (its cgroup's accounting; 0
+// where neither cgroup layout is found).
+func boxCPU(t *testing.T, cid string) time.Duration {
+	// cid is the short id `docker ps -q` prints: the cgroup is named by the full one.
+	if m, _ := filepath.Glob(filepath.Join("/sys/fs/cgroup/cpuacct/docker", cid+"*", "cpuacct.usage")); len(m) == 1 {
+		if b, err := os.ReadFile(m[0]); err == nil {
+			n, _ := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
+			return time.Duration(n)
+		}
+	}
+	v2, _ := filepath.Glob("/sys/fs/cgroup/system.slice/docker-" + cid + "*.scope/cpu.stat")
+	v2b, _ := filepath.Glob("/sys/fs/cgroup/docker/" + cid + "*/cpu.stat")
+	for _, p := range append(v2, v2b...) {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(string(b), "\n") {
+			if v, ok := strings.CutPrefix(line, "usage_usec "); ok {
+				n, _ := strconv.ParseInt(v, 10, 64)
+				return time.Duration(n) * time.Microsecond
+			}
+		}
+	}
+	t.Logf("no cgroup CPU accounting found for container %s", cid)
+	return 0
 }

@@ -10,7 +10,8 @@ import (
 // TestTransferRules: on every driver (on the VM and on containers the bytes take a
 // bulk stream and the tar server serves its socket itself), an upload lands as the sandbox user and
 // one into a path the policy leaves read-only for the agent is refused naming
-// filesystem.read_write, with nothing written there.
+// filesystem.read_write, with nothing written there, also when its parent directory
+// is missing.
 func TestTransferRules(t *testing.T) {
 	h := newHarness(t)
 	box := uniqueName("xrule")
@@ -48,5 +49,11 @@ func TestTransferRules(t *testing.T) {
 	}
 	if c := h.run(t.Context(), "sandbox", "exec", box, "--", "test", "-e", "/etc/up.txt"); c.code == 0 {
 		t.Fatal("the refused upload left /etc/up.txt")
+	}
+	// Below a directory that may not exist in the image (/var/tmp in the test image),
+	// outside read_write: the policy is the reason given, not the missing directory.
+	r = h.run(t.Context(), "sandbox", "upload", box, src, "/var/tmp/sub/up.txt")
+	if r.code == 0 || !strings.Contains(r.stderr, "read_write") {
+		t.Fatalf("an upload below /var/tmp (not in read_write): code %d, %q; want a refusal naming filesystem.read_write", r.code, r.stderr)
 	}
 }

@@ -41,6 +41,7 @@
 package hub
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"crypto/subtle"
@@ -831,12 +832,20 @@ func (h *Hub) ServeBulk(c BulkConn, channel string, inst Instance, authorize fun
 	up := make(chan struct{})
 	go func() { // supervisor → relay
 		defer close(up)
+		b := make([]byte, bulkBuf)
 		for {
-			b := make([]byte, bulkBuf)
 			n, err := c.Read(b)
 			st.Up += int64(n)
 			if n > 0 {
-				if werr := relaySide.WriteOwned(b[:n]); werr != nil {
+				// A full read is handed over as it is; a short one is copied out, so a
+				// trickle of small reads does not queue a large buffer each.
+				d := b[:n]
+				if n >= bulkBuf/4 {
+					b = make([]byte, bulkBuf)
+				} else {
+					d = bytes.Clone(d)
+				}
+				if werr := relaySide.WriteOwned(d); werr != nil {
 					relaySide.Close()
 					c.Close()
 					return

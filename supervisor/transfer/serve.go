@@ -24,12 +24,14 @@ func OpenTarget(p string, writable []string) (root *os.Root, as, where string, e
 	}
 	d, err := os.Open(dir)
 	if err != nil {
-		// Confined, the agent's Landlock view may not even let it open a directory
-		// outside the policy: say which rule is missing rather than EACCES.
-		if errors.Is(err, os.ErrPermission) {
-			if cerr := CheckWritable(filepath.Join(dir, as), writable); cerr != nil {
-				return nil, "", "", cerr
-			}
+		// The policy first: a directory that is missing (or, confined, that the
+		// agent's Landlock view does not even let it open) outside what the policy
+		// lets the agent write is refused by the rule, not by ENOENT or EACCES.
+		if cerr := CheckWritable(resolveExisting(filepath.Join(dir, as)), writable); cerr != nil {
+			return nil, "", "", cerr
+		}
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, "", "", fmt.Errorf("destination directory %s does not exist: create it first or upload to an existing directory: %w", dir, err)
 		}
 		return nil, "", "", fmt.Errorf("destination directory: %w", err)
 	}
@@ -53,6 +55,23 @@ func OpenTarget(p string, writable []string) (root *os.Root, as, where string, e
 		return nil, "", "", fmt.Errorf("destination directory %s: %w", dir, err)
 	}
 	return root, as, real, nil
+}
+
+// resolveExisting is p with its longest existing ancestor's symlinks resolved, so
+// that a path below a missing directory is judged where it would be created.
+func resolveExisting(p string) string {
+	rest := ""
+	for cur := filepath.Clean(p); ; {
+		if real, err := filepath.EvalSymlinks(cur); err == nil {
+			return filepath.Join(real, rest)
+		}
+		parent := filepath.Dir(cur)
+		if parent == cur {
+			return p
+		}
+		rest = filepath.Join(filepath.Base(cur), rest)
+		cur = parent
+	}
 }
 
 // Serve runs one transfer on the server side: an upload reads a tar stream from in

@@ -506,3 +506,49 @@ func shortMinimize(f *testing.F) {
 		}
 	}
 }
+
+// An upload below a directory that does not exist: outside what the policy lets the
+// agent write it is refused by the policy rule (not by ENOENT, which would hide
+// why), also through a symlinked ancestor that resolves outside; inside, the error
+// says the directory is missing and how to fix it.
+func TestUploadMissingParentNamesPolicyFirst(t *testing.T) {
+	base := t.TempDir()
+	writable := filepath.Join(base, "sandbox")
+	outside := filepath.Join(base, "var")
+	for _, d := range []string{writable, outside} {
+		if err := os.Mkdir(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A link inside the writable dir that points out of it.
+	if err := os.Symlink(outside, filepath.Join(writable, "out")); err != nil {
+		t.Fatal(err)
+	}
+	rw := []string{writable}
+	for _, c := range []struct {
+		name, path string
+		want       []string
+	}{
+		{"outside the policy", filepath.Join(outside, "tmp", "up.txt"), []string{"read_write", "not writable"}},
+		{"through a link out", filepath.Join(writable, "out", "tmp", "up.txt"), []string{"read_write", outside}},
+		{"inside the policy", filepath.Join(writable, "new", "up.txt"), []string{"does not exist", "create it first"}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			var out bytes.Buffer
+			err := Serve(Request{Op: OpUpload, Path: c.path}, "", bytes.NewReader(nil), &out, rw)
+			if err == nil {
+				t.Fatal("upload below a missing directory succeeded")
+			}
+			for _, w := range c.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not mention %q", err, w)
+				}
+			}
+			if strings.Contains(c.name, "outside") || strings.Contains(c.name, "out") {
+				if strings.Contains(err.Error(), "no such file") {
+					t.Errorf("the policy refusal is reported as a missing directory: %v", err)
+				}
+			}
+		})
+	}
+}
