@@ -61,6 +61,10 @@ type Reidentify struct {
 	Apply func(id *Identity)
 	// ProbeTimeout bounds one Fetch (default 5 s).
 	ProbeTimeout time.Duration
+	// Returns delivers a value each time the guest's host end came back after it was
+	// gone (the guest was restored): a probe follows at once, without waiting for the
+	// gateway session's reconnect backoff. nil: none.
+	Returns <-chan struct{}
 }
 
 // watcher probes for a new identity on each reconnect of one run's gateway session.
@@ -73,6 +77,7 @@ type watcher struct {
 	dials   int
 	probing bool
 	found   *Identity
+	foundAt time.Time
 	foundCh chan struct{}
 }
 
@@ -82,7 +87,22 @@ func (w *watcher) dialing(ctx context.Context) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.dials++
-	if w.dials < 2 || w.probing || w.found != nil {
+	if w.dials < 2 {
+		return
+	}
+	w.probeLocked(ctx)
+}
+
+// probe asks the host for a new identity in the background, unless a probe is under
+// way or an identity was found.
+func (w *watcher) probe(ctx context.Context) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.probeLocked(ctx)
+}
+
+func (w *watcher) probeLocked(ctx context.Context) {
+	if w.probing || w.found != nil {
 		return
 	}
 	w.probing = true
@@ -102,12 +122,29 @@ func (w *watcher) dialing(ctx context.Context) {
 		case err != nil:
 			w.log.Warn("asking the host for a new identity failed", "err", err)
 		case id != nil && id.Config.SandboxID != w.current:
-			w.found = id
+			w.found, w.foundAt = id, time.Now()
 			close(w.foundCh)
 		case id != nil:
 			w.log.Warn("the host offered this sandbox's own identity again; ignored")
 		}
 	}()
+}
+
+// watch probes each time the host end comes back, until ctx ends; once a new identity
+// is found it ends the run (end).
+func (w *watcher) watch(ctx context.Context, end context.CancelFunc) {
+	for {
+		select {
+		case <-w.re.Returns:
+			w.probe(ctx)
+		case <-w.foundCh:
+			w.log.Info("this VM was restored as a copy of sandbox "+w.current+": ending this run to become the new sandbox", "new_sandbox_id", w.found.Config.SandboxID)
+			end()
+			return
+		case <-ctx.Done():
+			return
+		}
+	}
 }
 
 // taken reports whether a new identity was found.
@@ -141,14 +178,7 @@ func RunVM(ctx context.Context, cfg *bootstrap.Config, o Options, re *Reidentify
 			w.dialing(runCtx)
 			return dial(dctx, addr)
 		}
-		go func() {
-			select {
-			case <-w.foundCh:
-				log.Info("this VM was restored as a copy of sandbox "+cfg.SandboxID+": ending this run to become the new sandbox", "new_sandbox_id", w.found.Config.SandboxID)
-				cancel()
-			case <-runCtx.Done():
-			}
-		}()
+		go w.watch(runCtx, cancel)
 		err := Run(runCtx, cfg, o)
 		cancel()
 		w.mu.Lock()
@@ -157,6 +187,7 @@ func RunVM(ctx context.Context, cfg *bootstrap.Config, o Options, re *Reidentify
 		if id == nil || ctx.Err() != nil {
 			return err
 		}
+		log.Info("the old identity's run ended", "took", time.Since(w.foundAt).Round(time.Millisecond))
 		if err != nil {
 			log.Warn("the old identity's run ended with an error; going on as the new sandbox", "err", err)
 		}

@@ -91,3 +91,57 @@ func TestWatcherProbesOnReconnect(t *testing.T) {
 		t.Fatalf("found %+v", w.found.Config)
 	}
 }
+
+// TestWatcherProbesOnHostReturn: with no dial at all, a return of the host end makes
+// the watcher ask at once; a return whose host offers nothing leaves the run alone,
+// one that offers another sandbox's identity ends it.
+func TestWatcherProbesOnHostReturn(t *testing.T) {
+	var fetches atomic.Int32
+	offer := atomic.Value{}
+	offer.Store("")
+	returns := make(chan struct{}, 1)
+	re := &Reidentify{Returns: returns, Fetch: func(context.Context) ([]byte, error) {
+		fetches.Add(1)
+		id := offer.Load().(string)
+		if id == "" {
+			return nil, nil
+		}
+		return json.Marshal(map[string]any{"endpoint": "e", "sandbox_id": id, "token": "t"})
+	}}
+	w := &watcher{re: re, current: "old", log: slog.New(slog.DiscardHandler), foundCh: make(chan struct{})}
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	ended := make(chan struct{})
+	go func() {
+		defer close(ended)
+		w.watch(ctx, cancel)
+	}()
+	waitFetches := func(n int32) {
+		t.Helper()
+		deadline := time.Now().Add(5 * time.Second)
+		for fetches.Load() < n {
+			if time.Now().After(deadline) {
+				t.Fatalf("%d fetches after a host return; want %d", fetches.Load(), n)
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+	returns <- struct{}{}
+	waitFetches(1)
+	time.Sleep(50 * time.Millisecond)
+	if ctx.Err() != nil || w.taken() {
+		t.Fatal("a return without an offer ended the run")
+	}
+	offer.Store("new")
+	t0 := time.Now()
+	returns <- struct{}{}
+	select {
+	case <-ended:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the run did not end after a return with a new identity")
+	}
+	if ctx.Err() == nil || !w.taken() || w.found.Config.SandboxID != "new" || fetches.Load() != 2 {
+		t.Fatalf("after the offer: run ended %v, found %+v, %d fetches", ctx.Err(), w.found, fetches.Load())
+	}
+	t.Logf("return -> run ended in %v", time.Since(t0))
+}

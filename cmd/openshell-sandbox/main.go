@@ -159,7 +159,8 @@ func run(mode string) int {
 			return channel.DialHostAs(ctx, channel.PortEgress, secret)
 		}
 		re = &supervisor.Reidentify{
-			Fetch: func(ctx context.Context) ([]byte, error) { return channel.FetchNewIdentity(ctx, secret) },
+			Fetch:   func(ctx context.Context) ([]byte, error) { return channel.FetchNewIdentity(ctx, secret) },
+			Returns: channel.HostReturns(ctx),
 			Apply: func(id *supervisor.Identity) {
 				// Between runs: no dialer of the old run is left to read secret.
 				if s, perr := wire.ParseSecret(id.Config.InstanceSecret); perr == nil {

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -110,6 +111,7 @@ func dialVsock(ctx context.Context, port uint32) (net.Conn, error) {
 			ch <- res{nil, err}
 			return
 		}
+		noteContextID(c)
 		ch <- res{c, nil}
 	}()
 	select {
@@ -324,4 +326,66 @@ func (s *serialSession) listen(port uint32) (net.Listener, error) {
 		}
 	}()
 	return l, nil
+}
+
+// Watching for the host end's return (HostReturns).
+const (
+	returnPollMin = 10 * time.Millisecond
+	returnPollMax = 250 * time.Millisecond
+)
+
+var (
+	returnWatch sync.Once
+	lastCID     atomic.Uint32
+)
+
+// watchReturns starts, once, the serial transport's watcher: vsock needs none (see
+// noteContextID).
+func watchReturns() {
+	returnWatch.Do(func() {
+		if tr, err := Detect(); err == nil && tr == TransportSerial {
+			go serialMux.watchReturns()
+		}
+	})
+}
+
+// noteContextID reports a host return when a vsock connection's local context id is
+// not the one of the previous connection: the guest was restored into another VM.
+func noteContextID(c *vsock.Conn) {
+	a, ok := c.LocalAddr().(*vsock.Addr)
+	if !ok {
+		return
+	}
+	if prev := lastCID.Swap(a.ContextID); prev != 0 && prev != a.ContextID {
+		hostReturns.notify()
+	}
+}
+
+// watchReturns keeps the serial session up: when the host end goes, it polls for it
+// (quickly at first) and reports each new session after the first. The host's
+// greeting reaches only a guest that reads the port, so without this a restored
+// guest would notice its host only at its next dial.
+func (s *serialSession) watchReturns() {
+	var last *yamux.Session
+	wait := returnPollMin
+	for {
+		sess := s.current()
+		if sess == nil {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			var err error
+			sess, err = s.session(ctx)
+			cancel()
+			if err != nil {
+				time.Sleep(wait)
+				wait = min(2*wait, returnPollMax)
+				continue
+			}
+		}
+		wait = returnPollMin
+		if last != nil && sess != last {
+			hostReturns.notify()
+		}
+		last = sess
+		<-sess.CloseChan()
+	}
 }

@@ -22,3 +22,6 @@ func Detect() (string, error) { return "", errNotLinux }
 
 // SetVsockBuffer does nothing outside Linux.
 func SetVsockBuffer(net.Conn, uint64) {}
+
+// watchReturns has nothing to watch outside Linux.
+func watchReturns() {}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sync"
 	"time"
 
 	"github.com/openshell/openshell/guest/channel/wire"
@@ -42,4 +43,51 @@ func FetchNewIdentity(ctx context.Context, secret wire.Secret) ([]byte, error) {
 		return nil, err
 	}
 	return doc, nil
+}
+
+// HostReturns delivers a value each time the host end of the channel comes back after
+// it was gone: the guest was saved and is now restored (a resume, or a copy made from
+// a snapshot), or its runner was restarted. Only then can the host have a new
+// identity for this guest, so the supervisor asks for one at that moment rather than
+// at each reconnect of its gateway session (which waits out that session's backoff).
+// On the virtio-serial transport a watcher notices the host's greeting within tens of
+// milliseconds; on vsock a restored copy has a new context id, seen at its next dial.
+// The channel ends with ctx.
+func HostReturns(ctx context.Context) <-chan struct{} {
+	ch := hostReturns.subscribe(ctx)
+	watchReturns()
+	return ch
+}
+
+// returnFeed fans "the host end came back" out to its subscribers; a subscriber that
+// has not taken the last value misses none that matter (one pending value is enough).
+type returnFeed struct {
+	mu   sync.Mutex
+	subs map[chan struct{}]struct{}
+}
+
+var hostReturns = &returnFeed{subs: map[chan struct{}]struct{}{}}
+
+func (f *returnFeed) subscribe(ctx context.Context) <-chan struct{} {
+	ch := make(chan struct{}, 1)
+	f.mu.Lock()
+	f.subs[ch] = struct{}{}
+	f.mu.Unlock()
+	context.AfterFunc(ctx, func() {
+		f.mu.Lock()
+		delete(f.subs, ch)
+		f.mu.Unlock()
+	})
+	return ch
+}
+
+func (f *returnFeed) notify() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for ch := range f.subs {
+		select {
+		case ch <- struct{}{}:
+		default:
+		}
+	}
 }
