@@ -16,13 +16,13 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/openshell/openshell/gateway"
 	"github.com/openshell/openshell/gateway/config"
 	"github.com/openshell/openshell/gateway/daemon"
 	"github.com/openshell/openshell/gateway/driversel"
 	"github.com/openshell/openshell/gateway/pki"
 	"github.com/openshell/openshell/internal/grpcopts"
 	"github.com/openshell/openshell/internal/staticbin"
+	"github.com/openshell/openshell/internal/version"
 )
 
 func main() {
@@ -37,7 +37,7 @@ func newRoot() *cobra.Command {
 	root := &cobra.Command{
 		Use:           "openshell-gateway",
 		Short:         "Run the openshell gateway (control plane)",
-		Version:       gateway.Version,
+		Version:       version.Version,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		Args:          cobra.NoArgs,
@@ -73,6 +73,7 @@ func newRoot() *cobra.Command {
 			return nil
 		},
 	})
+	root.AddCommand(doctorCmd(), buildImageCmd(), cliCmd())
 	return root
 }
 

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -224,15 +225,54 @@ func cliEnv(t *testing.T, cmds ...string) string {
 	t.Setenv("XDG_STATE_HOME", filepath.Join(tmp, "state"))
 
 	for _, c := range cmds {
-		build := exec.Command("go", "build", "-o", filepath.Join(tmp, c), "github.com/openshell/openshell/cmd/"+c)
-		build.Env = append(os.Environ(), "CGO_ENABLED=0")
-		if out, err := build.CombinedOutput(); err != nil {
-			t.Fatalf("build %s: %v\n%s", c, err, out)
+		if err := os.Link(builtCommand(t, c), filepath.Join(tmp, c)); err != nil {
+			t.Fatal(err)
 		}
 	}
 	t.Setenv("OPENSHELL_GATEWAY_BIN", filepath.Join(tmp, "openshell-gateway"))
 
 	return tmp
+}
+
+// built holds the commands this test process built, once each (linking the gateway
+// takes ~20 s here); TestMain removes the directory.
+var built struct {
+	sync.Mutex
+	dir  string
+	bins map[string]string
+}
+
+// builtCommand builds cmd/<name> once per test process and returns its path.
+func builtCommand(t *testing.T, name string) string {
+	t.Helper()
+	built.Lock()
+	defer built.Unlock()
+	if p, ok := built.bins[name]; ok {
+		return p
+	}
+	if built.dir == "" {
+		dir, err := os.MkdirTemp("", "osh-bin")
+		if err != nil {
+			t.Fatal(err)
+		}
+		built.dir, built.bins = dir, map[string]string{}
+	}
+	p := filepath.Join(built.dir, name)
+	build := exec.Command("go", "build", "-o", p, "github.com/openshell/openshell/cmd/"+name)
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("build %s: %v\n%s", name, err, out)
+	}
+	built.bins[name] = p
+	return p
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if built.dir != "" {
+		os.RemoveAll(built.dir)
+	}
+	os.Exit(code)
 }
 
 // superviseFirst waits for the first sandbox to reach the driver, then connects as its

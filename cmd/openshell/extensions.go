@@ -9,14 +9,13 @@ import (
 	"github.com/openshell/openshell/internal/cli/providercmds"
 	"github.com/openshell/openshell/internal/cli/snapshotcmds"
 	"github.com/openshell/openshell/internal/cli/sshcmds"
-	"github.com/openshell/openshell/internal/cli/vmimages"
 )
 
 // mountExtensions adds commands implemented in other packages: the exec/connect/
 // ssh-config/upload/download/logs sandbox subcommands, `sandbox provider`
 // (internal/cli/providercmds) and the ssh-proxy used as an
-// ssh ProxyCommand (internal/cli/sshcmds), `policy` (internal/cli/policycmds) and
-// `vm images` (internal/cli/vmimages).
+// ssh ProxyCommand (internal/cli/sshcmds), `policy` (internal/cli/policycmds); and
+// `vm images` (internal/cli/vmimages), run by openshell-gateway (delegate.go).
 func mountExtensions(root *cobra.Command, a *app) {
 	for _, c := range root.Commands() {
 		if c.Name() == "sandbox" {
@@ -61,7 +60,7 @@ func mountExtensions(root *cobra.Command, a *app) {
 	root.AddCommand(prov)
 	root.AddCommand(snapshotcmds.Command(snapshotcmds.DialFunc(a.dial)))
 	vm := &cobra.Command{Use: "vm", Short: "VM driver tools"}
-	vm.AddCommand(vmimages.Command())
+	vm.AddCommand(delegated([]string{"vm"}, "images", "List and prune the VM image cache (read-only ext4 disks made from OCI images)"))
 	root.AddCommand(vm)
 }
 

@@ -2,45 +2,51 @@ package main
 
 import (
 	"archive/tar"
+	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
-
-	"github.com/openshell/openshell/drivers/docker"
-	"github.com/openshell/openshell/drivers/podman"
 )
 
 // imageBuilder builds a directory or Dockerfile into a local image and returns its tag.
-// It is docker.BuildImage in production (the local Docker daemon's classic builder).
 type imageBuilder func(ctx context.Context, pathOrDockerfile, tag string, progress io.Writer) (string, error)
 
-func dockerBuild(ctx context.Context, path, tag string, progress io.Writer) (string, error) {
-	if _, err := docker.BuildImage(ctx, path, tag, progress); err != nil {
-		return "", err
+// engineBuild builds with the local engine ("docker": the Docker daemon's classic
+// builder; "podman": the Podman service the podman driver uses) by running
+// `openshell-gateway build-image`, which links the engine clients so this binary
+// does not. Its output is the build's progress; its last stderr line the error.
+func engineBuild(engine string) imageBuilder {
+	return func(ctx context.Context, path, tag string, progress io.Writer) (string, error) {
+		bin, err := findGateway()
+		if err != nil {
+			return "", fmt.Errorf("image builds run in %w", err)
+		}
+		var stderr bytes.Buffer
+		cmd := exec.CommandContext(ctx, bin, "build-image", "--engine", engine, "--tag", tag, "--", path)
+		cmd.Stdout, cmd.Stderr = progress, &stderr
+		if err := cmd.Run(); err != nil {
+			if msg := strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(stderr.String()), "openshell-gateway: ")); msg != "" {
+				return "", errors.New(msg)
+			}
+			return "", fmt.Errorf("%s build-image: %w", bin, err)
+		}
+		return tag, nil
 	}
-	return tag, nil
-}
-
-// podmanBuild builds with the Podman service the podman driver uses (CONTAINER_HOST,
-// else the user's or the rootful socket).
-func podmanBuild(ctx context.Context, path, tag string, progress io.Writer) (string, error) {
-	if _, err := podman.BuildImage(ctx, "", path, tag, progress); err != nil {
-		return "", err
-	}
-	return tag, nil
 }
 
 // builderFor is the image builder for the gateway's driver: Podman builds for the
 // podman driver, the Docker daemon for everything else.
 func builderFor(driver string) imageBuilder {
 	if driver == "podman" {
-		return podmanBuild
+		return engineBuild("podman")
 	}
-	return dockerBuild
+	return engineBuild("docker")
 }
 
 var unsafeTagChars = regexp.MustCompile(`[^a-z0-9._-]+`)

@@ -83,11 +83,12 @@ func TestResolveFromBuildsWithDocker(t *testing.T) {
 	}
 	ok, why := dockerReady()
 	testenv.Require(t, ok, why)
+	cliEnv(t, "openshell-gateway") // the build runs in openshell-gateway build-image
 	dir := t.TempDir()
 	os.WriteFile(filepath.Join(dir, "Dockerfile"), []byte("FROM scratch\nCOPY hello.txt /hello.txt\n"), 0o644)
 	os.WriteFile(filepath.Join(dir, "hello.txt"), []byte("hi\n"), 0o644)
 	var progress bytes.Buffer
-	ref, err := resolveFrom(t.Context(), dir, "from-test", "docker", dockerBuild, &progress)
+	ref, err := resolveFrom(t.Context(), dir, "from-test", "docker", engineBuild("docker"), &progress)
 	if err != nil {
 		t.Fatalf("build: %v\n%s", err, progress.String())
 	}
@@ -103,7 +104,7 @@ func TestResolveFromBuildsWithDocker(t *testing.T) {
 	}
 	// A broken Dockerfile is a build error naming the path.
 	os.WriteFile(filepath.Join(dir, "Dockerfile"), []byte("FROM scratch\nCOPY missing.txt /\n"), 0o644)
-	if _, err := resolveFrom(t.Context(), dir, "from-test", "docker", dockerBuild, io.Discard); err == nil || !strings.Contains(err.Error(), dir) {
+	if _, err := resolveFrom(t.Context(), dir, "from-test", "docker", engineBuild("docker"), io.Discard); err == nil || !strings.Contains(err.Error(), dir) {
 		t.Errorf("broken build: %v", err)
 	}
 }

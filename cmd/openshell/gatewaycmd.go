@@ -19,16 +19,18 @@ import (
 	"google.golang.org/grpc/metadata"
 
 	"github.com/openshell/openshell/api/openshellv1"
-	"github.com/openshell/openshell/gateway"
 	"github.com/openshell/openshell/gateway/clientconf"
 	"github.com/openshell/openshell/gateway/config"
-	"github.com/openshell/openshell/gateway/driversel"
 	"github.com/openshell/openshell/gateway/pki"
+	"github.com/openshell/openshell/internal/version"
 )
 
 const (
-	pidFileName = "gateway.pid"
-	logFileName = "gateway.log"
+	// gatewayBinEnv overrides where openshell-gateway is found (default: next to
+	// this binary, else PATH).
+	gatewayBinEnv = "OPENSHELL_GATEWAY_BIN"
+	pidFileName   = "gateway.pid"
+	logFileName   = "gateway.log"
 	// stateDirFile records, in the client dir, which state dir a started gateway uses.
 	stateDirFile = "state_dir"
 )
@@ -151,11 +153,11 @@ client files are written to ~/.config/openshell/gateways/<name>/.`,
 
 func (a *app) runGatewayStart(ctx context.Context, o startOptions) error {
 	if o.drivers != "" {
-		if _, err := driversel.ParseDriverName(o.drivers); err != nil {
+		if _, err := config.ParseDriverName(o.drivers); err != nil {
 			return err
 		}
 	}
-	bin, err := driversel.FindBinary("openshell-gateway", os.Getenv("OPENSHELL_GATEWAY_BIN"))
+	bin, err := findGateway()
 	if err != nil {
 		return err
 	}
@@ -335,7 +337,7 @@ func (a *app) health(ctx context.Context) (*openshellv1.HealthResponse, string, 
 		return nil, "", err
 	}
 	driver := ""
-	if v := md.Get(gateway.DriverHeader); len(v) > 0 {
+	if v := md.Get(version.DriverHeader); len(v) > 0 {
 		driver = v[0]
 	}
 	return resp, driver, nil

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"fmt"
 	"os"
 	"regexp"
@@ -13,7 +12,6 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/openshell/openshell/api/openshellv1"
-	"github.com/openshell/openshell/gateway/doctor"
 	"github.com/openshell/openshell/internal/gpu"
 )
 
@@ -210,43 +208,4 @@ func printGPUTable(cmd *cobra.Command, inv *gpu.Inventory) error {
 		fmt.Fprintln(out, "\nthe vfio-pci driver is not loaded\n  fix: modprobe vfio-pci")
 	}
 	return nil
-}
-
-// The doctor's GPU section: what `gpu list` says, one finding per GPU.
-func init() {
-	doctor.Register("gpu", func(context.Context) []doctor.Finding { return gpuFindings(gpu.DefaultSysfs, gpu.DefaultProc) })
-}
-
-func gpuFindings(sysfs, proc string) []doctor.Finding {
-	inv, err := gpu.New(gpu.Config{Sysfs: sysfs, Proc: proc}).Inventory()
-	if err != nil {
-		if inv, err = gpu.Scan(gpu.ScanOptions{Sysfs: sysfs, Proc: proc}); err != nil {
-			return []doctor.Finding{{Check: "gpu", Status: doctor.Warn, Detail: err.Error(), Fix: "check that sysfs is mounted at " + sysfs}}
-		}
-	}
-	if len(inv.GPUs) == 0 {
-		return []doctor.Finding{{Check: "gpu", Status: doctor.Info, Detail: "no GPU on this host"}}
-	}
-	var out []doctor.Finding
-	for _, g := range inv.GPUs {
-		f := doctor.Finding{Check: "gpu " + g.BDF, Status: doctor.OK,
-			Detail: fmt.Sprintf("%04x:%04x %s on %s, can be passed through to a VM sandbox", g.Vendor, g.Device, g.ClassName(), orDash(g.Driver))}
-		if !g.Passthrough {
-			f.Status = doctor.Warn
-			f.Detail = fmt.Sprintf("%04x:%04x on %s: %s", g.Vendor, g.Device, orDash(g.Driver), g.Reasons[0].Message)
-			f.Fix = g.Reasons[0].Fix
-		}
-		out = append(out, f)
-	}
-	if inv.IOMMU && !inv.VFIO {
-		out = append(out, doctor.Finding{Check: "gpu vfio-pci", Status: doctor.Warn, Detail: "the vfio-pci driver is not loaded", Fix: "modprobe vfio-pci"})
-	}
-	return out
-}
-
-func orDash(s string) string {
-	if s == "" {
-		return "-"
-	}
-	return s
 }

@@ -188,7 +188,7 @@ func TestGPUListH200(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(tree, "gpustate")); err == nil {
 		t.Error("gpu list created the GPU state dir")
 	}
-	f := gpuFindings(filepath.Join(tree, "sys"), filepath.Join(tree, "proc"))
+	f := doctor.GPUFindings(filepath.Join(tree, "sys"), filepath.Join(tree, "proc"))
 	if len(f) != 1 || f[0].Status != doctor.Warn || !strings.Contains(f[0].Fix, "intel_iommu=on") {
 		t.Errorf("doctor findings %+v", f)
 	}
@@ -210,10 +210,10 @@ func TestGPUListShapes(t *testing.T) {
 			}
 		}
 	}
-	if f := gpuFindings(filepath.Join(gputest.TreeDir("hgx8"), "sys"), "/nonexistent"); len(f) != 8 || f[0].Status != doctor.OK {
+	if f := doctor.GPUFindings(filepath.Join(gputest.TreeDir("hgx8"), "sys"), "/nonexistent"); len(f) != 8 || f[0].Status != doctor.OK {
 		t.Errorf("doctor on the 8-GPU host: %+v", f)
 	}
-	if f := gpuFindings(t.TempDir(), "/nonexistent"); len(f) != 1 || f[0].Status != doctor.Warn {
+	if f := doctor.GPUFindings(t.TempDir(), "/nonexistent"); len(f) != 1 || f[0].Status != doctor.Warn {
 		t.Errorf("doctor without sysfs: %+v", f)
 	}
 }

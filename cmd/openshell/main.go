@@ -14,9 +14,9 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/openshell/openshell/api/openshellv1"
-	"github.com/openshell/openshell/gateway"
 	"github.com/openshell/openshell/gateway/clientconf"
 	"github.com/openshell/openshell/internal/grpcopts"
+	"github.com/openshell/openshell/internal/version"
 )
 
 // app holds the global flags; commands read them at run time.
@@ -44,7 +44,7 @@ func newRoot() (*cobra.Command, *app) {
 	root := &cobra.Command{
 		Use:           "openshell",
 		Short:         "Create and manage sandboxes for AI agents",
-		Version:       gateway.Version,
+		Version:       version.Version,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}

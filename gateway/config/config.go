@@ -32,6 +32,18 @@ const DefaultSSHSessionTTL = time.Hour
 // DriverNames are the values --drivers accepts (exactly one).
 var DriverNames = []string{"docker", "podman", "kubernetes", "vm"}
 
+// ParseDriverName validates a --drivers value: exactly one of DriverNames.
+func ParseDriverName(v string) (string, error) {
+	v = strings.TrimSpace(v)
+	if strings.Contains(v, ",") {
+		return "", fmt.Errorf("--drivers takes exactly one driver, got %q; pick one of %s", v, strings.Join(DriverNames, ", "))
+	}
+	if !slices.Contains(DriverNames, v) {
+		return "", fmt.Errorf("--drivers %q is not a known driver; valid values: %s", v, strings.Join(DriverNames, ", "))
+	}
+	return v, nil
+}
+
 // Config is the gateway's resolved configuration.
 type Config struct {
 	BindAddress string `toml:"bind_address"`

@@ -1,26 +1,28 @@
-// Package doctor collects host diagnostics for `openshell doctor`. Built-in checks
-// cover the gateway and driver detection; driver packages add their own checks with
-// Register from an init function (the VM driver reports accel, vsock transport and
-// guest kernel), and cmd/openshell imports that package for its side effect.
+// Package doctor collects host diagnostics for `openshell doctor`. The host checks
+// run in openshell-gateway (`openshell-gateway doctor --local -o json`), which links
+// the compute drivers and registers their checks (driver autodetection, the
+// Kubernetes probe, the VM driver's own report via VMCheck) with Register; the CLI
+// runs that command (Local), adds the gateway's health and prints the table. The GPU
+// check reads only sysfs and is built in.
 //
-// Extension point for the VM driver:
+// A check is a function returning findings:
 //
-//	func init() {
-//		doctor.Register("vm", func(ctx context.Context) []doctor.Finding {
-//			return []doctor.Finding{
-//				{Check: "vm.accel", Status: doctor.OK, Detail: "kvm"},
-//				{Check: "vm.vsock_transport", Status: doctor.OK, Detail: "vhost-user"},
-//				{Check: "vm.kernel", Status: doctor.OK, Detail: "/usr/lib/openshell/vmlinux"},
-//			}
-//		})
-//	}
+//	doctor.Register("vm", func(ctx context.Context) []doctor.Finding {
+//		return []doctor.Finding{
+//			{Check: "vm.accel", Status: doctor.OK, Detail: "kvm"},
+//			{Check: "vm.kernel", Status: doctor.OK, Detail: "/usr/lib/openshell/vmlinux"},
+//		}
+//	})
 package doctor
 
 import (
 	"context"
+	"fmt"
+	"io"
 	"maps"
 	"slices"
 	"sync"
+	"text/tabwriter"
 )
 
 // Status of a finding.
@@ -70,4 +72,20 @@ func Run(ctx context.Context) []Finding {
 		out = append(out, c(ctx)...)
 	}
 	return out
+}
+
+// WriteTable prints findings as the doctor's table and reports whether any failed.
+func WriteTable(w io.Writer, findings []Finding) (failed bool, err error) {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "CHECK\tSTATUS\tDETAIL\tFIX")
+	for _, f := range findings {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", f.Check, f.Status, f.Detail, f.Fix)
+		failed = failed || f.Status == Fail
+	}
+	return failed, tw.Flush()
+}
+
+// Failed reports whether any finding failed.
+func Failed(findings []Finding) bool {
+	return slices.ContainsFunc(findings, func(f Finding) bool { return f.Status == Fail })
 }

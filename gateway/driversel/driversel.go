@@ -25,6 +25,7 @@ import (
 
 	"github.com/openshell/openshell/drivers"
 	"github.com/openshell/openshell/drivers/grpcdriver"
+	"github.com/openshell/openshell/gateway/config"
 )
 
 // DriverEnv is what every driver factory receives from the gateway.
@@ -104,7 +105,7 @@ func Names() []string {
 }
 
 // ValidNames are the names --drivers accepts.
-var ValidNames = []string{"docker", "podman", "kubernetes", "vm"}
+var ValidNames = config.DriverNames
 
 // ErrNotBuilt is returned for a known driver name that has no factory registered in
 // this gateway (its package is not built in).
@@ -152,16 +153,7 @@ func Attach(ctx context.Context, socket string) (drivers.Driver, error) {
 }
 
 // ParseDriverName validates a --drivers value: exactly one known name.
-func ParseDriverName(v string) (string, error) {
-	v = strings.TrimSpace(v)
-	if strings.Contains(v, ",") {
-		return "", fmt.Errorf("--drivers takes exactly one driver, got %q; pick one of %s", v, strings.Join(ValidNames, ", "))
-	}
-	if !slices.Contains(ValidNames, v) {
-		return "", fmt.Errorf("--drivers %q is not a known driver; valid values: %s", v, strings.Join(ValidNames, ", "))
-	}
-	return v, nil
-}
+func ParseDriverName(v string) (string, error) { return config.ParseDriverName(v) }
 
 // Detector finds a usable driver when none was chosen. Its fields make it testable;
 // the zero value uses the real environment.

@@ -16,6 +16,7 @@ import (
 
 	"github.com/openshell/openshell/drivers"
 	"github.com/openshell/openshell/drivers/grpcdriver"
+	"github.com/openshell/openshell/internal/binpath"
 	"github.com/openshell/openshell/internal/hostcred"
 	"github.com/openshell/openshell/internal/rundir"
 )
@@ -44,25 +45,7 @@ var vmTableFlags = []struct{ key, flag string }{
 }
 
 // FindBinary looks for name next to the running executable, then on PATH.
-func FindBinary(name, override string) (string, error) {
-	if override != "" {
-		if _, err := os.Stat(override); err != nil {
-			return "", fmt.Errorf("%s: %w", override, err)
-		}
-		return override, nil
-	}
-	if exe, err := os.Executable(); err == nil {
-		p := filepath.Join(filepath.Dir(exe), name)
-		if st, err := os.Stat(p); err == nil && !st.IsDir() {
-			return p, nil
-		}
-	}
-	p, err := exec.LookPath(name)
-	if err != nil {
-		return "", fmt.Errorf("%s not found next to the gateway binary or on PATH; build it (go build ./cmd/%s) or set its path in the config file", name, name)
-	}
-	return p, nil
-}
+func FindBinary(name, override string) (string, error) { return binpath.Find(name, override) }
 
 // VMArgs builds the VM driver's command line.
 func VMArgs(env DriverEnv, socket, stateDir string, gatewayPID int) ([]string, error) {
