@@ -2,9 +2,9 @@ package supervisor
 
 // Re-identification of a VM guest restored as a copy of another sandbox (a create
 // from a snapshot). The restored supervisor still holds the snapshotted sandbox's
-// identity (id, token, instance secret, environment). Its gateway session dropped
-// across the save and restore, and every reconnect first asks the host (in the
-// background) whether this guest is now someone else: the copy's runner answers, on
+// identity (id, token, instance secret, environment). Its channel to the host dropped
+// across the save and restore, and when the host end is back (Reidentify.Returns) it
+// asks the host whether this guest is now someone else: the copy's runner answers, on
 // the bootstrap port, with the copy's bootstrap document, plus the host's time and
 // fresh entropy. The supervisor then steps the clock, feeds the entropy to the
 // kernel and has it reseed (the copies share the snapshotted random state), ends its
@@ -67,67 +67,62 @@ type Reidentify struct {
 	Returns <-chan struct{}
 }
 
-// watcher probes for a new identity on each reconnect of one run's gateway session.
+// watcher probes for a new identity when the guest's host end comes back (only a
+// restored guest sees that), never at a mere reconnect of the gateway session (a
+// gateway restart): a guest that was not restored has nothing to ask.
 type watcher struct {
 	re      *Reidentify
 	current string
 	log     *slog.Logger
 
 	mu      sync.Mutex
-	dials   int
 	probing bool
 	found   *Identity
 	foundAt time.Time
 	foundCh chan struct{}
 }
 
-// dialing is called before each gateway dial: from the second on (a reconnect) it
-// probes in the background, one probe at a time.
-func (w *watcher) dialing(ctx context.Context) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	w.dials++
-	if w.dials < 2 {
-		return
-	}
-	w.probeLocked(ctx)
-}
+// retryFor bounds how long a failed probe after a host return is asked again.
+const retryFor = time.Minute
 
 // probe asks the host for a new identity in the background, unless a probe is under
-// way or an identity was found.
+// way or an identity was found. A probe that fails is asked again (50 ms doubling to
+// 2 s) for up to retryFor: the host end is back, so the question is worth an answer.
 func (w *watcher) probe(ctx context.Context) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	w.probeLocked(ctx)
-}
-
-func (w *watcher) probeLocked(ctx context.Context) {
 	if w.probing || w.found != nil {
 		return
 	}
 	w.probing = true
-	go func() {
-		pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cmp.Or(w.re.ProbeTimeout, 5*time.Second))
-		doc, err := w.re.Fetch(pctx)
-		cancel()
-		var id *Identity
-		if err == nil && doc != nil {
-			id, err = ParseIdentity(doc)
-			clear(doc)
-		}
-		w.mu.Lock()
-		defer w.mu.Unlock()
-		w.probing = false
-		switch {
-		case err != nil:
-			w.log.Warn("asking the host for a new identity failed", "err", err)
-		case id != nil && id.Config.SandboxID != w.current:
-			w.found, w.foundAt = id, time.Now()
-			close(w.foundCh)
-		case id != nil:
-			w.log.Warn("the host offered this sandbox's own identity again; ignored")
-		}
-	}()
+	go w.ask(ctx, time.Now(), 50*time.Millisecond)
+}
+
+func (w *watcher) ask(ctx context.Context, since time.Time, retry time.Duration) {
+	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cmp.Or(w.re.ProbeTimeout, 5*time.Second))
+	doc, err := w.re.Fetch(pctx)
+	cancel()
+	var id *Identity
+	if err == nil && doc != nil {
+		id, err = ParseIdentity(doc)
+		clear(doc)
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	switch {
+	case err != nil && ctx.Err() == nil && time.Since(since) < retryFor:
+		w.log.Warn("asking the host for a new identity failed; asking again", "err", err, "retry_in", retry)
+		time.AfterFunc(retry, func() { w.ask(ctx, since, min(2*retry, 2*time.Second)) })
+		return // still probing
+	case err != nil:
+		w.log.Warn("asking the host for a new identity failed", "err", err)
+	case id != nil && id.Config.SandboxID != w.current:
+		w.found, w.foundAt = id, time.Now()
+		close(w.foundCh)
+	case id != nil:
+		w.log.Warn("the host offered this sandbox's own identity again; ignored")
+	}
+	w.probing = false
 }
 
 // watch probes each time the host end comes back, until ctx ends; once a new identity
@@ -175,7 +170,6 @@ func RunVM(ctx context.Context, cfg *bootstrap.Config, o Options, re *Reidentify
 				// flush) fail at once instead of waiting on a session the host refuses.
 				return nil, errReidentified
 			}
-			w.dialing(runCtx)
 			return dial(dctx, addr)
 		}
 		go w.watch(runCtx, cancel)

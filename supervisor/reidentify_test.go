@@ -3,8 +3,8 @@ package supervisor
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"log/slog"
-	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -35,60 +35,34 @@ func FuzzParseIdentity(f *testing.F) {
 	})
 }
 
-// TestWatcherProbesOnReconnect: the first dial (the run's first session) asks
-// nothing; a reconnect asks the host once at a time; an identity of another sandbox
-// is taken, the run's own is not.
-func TestWatcherProbesOnReconnect(t *testing.T) {
+// TestWatcherRetriesFailedProbe: without a host return nothing is asked (a gateway
+// reconnect is no reason); after one, a probe that fails is asked again until the
+// host answers, and the identity it offers is taken.
+func TestWatcherRetriesFailedProbe(t *testing.T) {
 	var fetches atomic.Int32
-	offer := atomic.Value{}
-	offer.Store("")
-	re := &Reidentify{Fetch: func(context.Context) ([]byte, error) {
-		fetches.Add(1)
-		id := offer.Load().(string)
-		if id == "" {
-			return nil, nil
+	returns := make(chan struct{}, 1)
+	re := &Reidentify{Returns: returns, Fetch: func(context.Context) ([]byte, error) {
+		if fetches.Add(1) < 3 {
+			return nil, errors.New("guest channel: read a new identity: i/o timeout")
 		}
-		return json.Marshal(map[string]any{"endpoint": "e", "sandbox_id": id, "token": "t"})
+		return json.Marshal(map[string]any{"endpoint": "e", "sandbox_id": "new", "token": "t"})
 	}}
 	w := &watcher{re: re, current: "old", log: slog.New(slog.DiscardHandler), foundCh: make(chan struct{})}
-	ctx := t.Context()
-	w.dialing(ctx)
-	time.Sleep(50 * time.Millisecond)
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	go w.watch(ctx, cancel)
+	time.Sleep(100 * time.Millisecond)
 	if n := fetches.Load(); n != 0 {
-		t.Fatalf("first dial probed %d times", n)
+		t.Fatalf("%d fetches without a host return; want none", n)
 	}
-	w.dialing(ctx)
-	waitProbe := func() {
-		for i := 0; i < 100; i++ {
-			w.mu.Lock()
-			p := w.probing
-			w.mu.Unlock()
-			if !p {
-				return
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
-		t.Fatal("probe did not end")
-	}
-	waitProbe()
-	if n := fetches.Load(); n != 1 || w.found != nil {
-		t.Fatalf("reconnect without an offer: %d fetches, found %v", n, w.found)
-	}
-	offer.Store("old")
-	w.dialing(ctx)
-	waitProbe()
-	if w.found != nil {
-		t.Fatal("took its own identity as a new one")
-	}
-	offer.Store("new")
-	w.dialing(ctx)
+	returns <- struct{}{}
 	select {
-	case <-w.foundCh:
-	case <-time.After(5 * time.Second):
-		t.Fatal("a new identity was not taken")
+	case <-ctx.Done():
+	case <-time.After(10 * time.Second):
+		t.Fatalf("no identity taken after %d fetches", fetches.Load())
 	}
-	if w.found.Config.SandboxID != "new" || !strings.Contains(w.found.Config.Endpoint, "e") {
-		t.Fatalf("found %+v", w.found.Config)
+	if n := fetches.Load(); n != 3 || !w.taken() || w.found.Config.SandboxID != "new" {
+		t.Fatalf("%d fetches, found %+v; want 3 (two failures, then the offer) and the new identity", n, w.found)
 	}
 }
 
