@@ -1,6 +1,7 @@
 package qemu
 
 import (
+	"cmp"
 	"fmt"
 	"path/filepath"
 	"strconv"
@@ -17,10 +18,33 @@ type plan struct {
 	q35        bool
 	arm64      bool // arm64 guest: qemu-system-aarch64 -M virt
 	cpuKHz     int
+	cpu        string   // -cpu model
 	vhostUser  string   // vhost-user vsock socket (QEMU side)
 	serialSock string   // virtio-serial chardev socket
 	qmpSock    string   // QMP socket
 	fsSockets  []string // virtiofsd sockets, one per shared dir
+}
+
+// cpuModel is the -cpu model: want when given (a saved machine's recorded model), else
+// the default for the plan's accelerator and architecture.
+func cpuModel(p plan, want string) string {
+	switch {
+	case want != "" && want != CPUUnrecorded:
+		return want
+	case p.accel == AccelKVM:
+		return "host"
+	case p.arm64:
+		// QEMU's own pointer-authentication algorithm: the architected one (QARMA)
+		// costs TCG most of an arm64 boot.
+		return "max,pauth-impdef=on"
+	case want == CPUUnrecorded:
+		return "qemu64" // QEMU's default, before x86 TCG guests got RDRAND
+	}
+	// RDRAND on the emulated CPU (QEMU answers it from the host's getrandom): the
+	// guest kernel trusts it and has its random pool ready at boot. Without it an idle
+	// guest's pool initialises only on first use, ~1 s later under TCG, and the
+	// supervisor's first TLS/token work waits for that. (arm64's max has RNDR.)
+	return "qemu64,+rdrand"
 }
 
 // Paths inside the state dir.
@@ -93,19 +117,7 @@ func buildArgs(cfg vmm.Config, p plan) []string {
 		"-kernel", cfg.Kernel,
 		"-append", kernelCmdline(cfg, p),
 	)
-	if p.accel == AccelKVM {
-		a = append(a, "-cpu", "host")
-	} else if p.arm64 {
-		// QEMU's own pointer-authentication algorithm: the architected one (QARMA)
-		// costs TCG most of an arm64 boot.
-		a = append(a, "-cpu", "max,pauth-impdef=on")
-	} else {
-		// RDRAND on the emulated CPU (QEMU answers it from the host's getrandom): the
-		// guest kernel trusts it and has its random pool ready at boot. Without it an
-		// idle guest's pool initialises only on first use, ~1 s later under TCG, and the
-		// supervisor's first TLS/token work waits for that. (arm64's max has RNDR.)
-		a = append(a, "-cpu", "qemu64,+rdrand")
-	}
+	a = append(a, "-cpu", cmp.Or(p.cpu, cpuModel(p, "")))
 	if cfg.Initrd != "" {
 		a = append(a, "-initrd", cfg.Initrd)
 	}

@@ -57,3 +57,28 @@ func TestBuildArgs(t *testing.T) {
 		})
 	}
 }
+
+// TestCPUModel: a recorded model wins; an unrecorded one is the x86 TCG model of
+// before RDRAND (KVM and arm64 models never changed); "" is today's default.
+func TestCPUModel(t *testing.T) {
+	for _, c := range []struct {
+		p         plan
+		want, got string
+	}{
+		{plan{accel: AccelTCG}, "", "qemu64,+rdrand"},
+		{plan{accel: AccelTCG}, CPUUnrecorded, "qemu64"},
+		{plan{accel: AccelTCG}, "qemu64", "qemu64"},
+		{plan{accel: AccelTCG}, "qemu64,+rdrand", "qemu64,+rdrand"},
+		{plan{accel: AccelKVM}, CPUUnrecorded, "host"},
+		{plan{accel: AccelTCG, arm64: true}, CPUUnrecorded, "max,pauth-impdef=on"},
+	} {
+		if got := cpuModel(c.p, c.want); got != c.got {
+			t.Errorf("cpuModel(%+v, %q) = %q; want %q", c.p, c.want, got, c.got)
+		}
+		p := c.p
+		p.cpu = cpuModel(p, c.want)
+		if a := strings.Join(buildArgs(vmm.Config{Name: "x", VCPUs: 1, MemoryMiB: 64, Kernel: "/k"}, p), " ")+" "; !strings.Contains(a, "-cpu "+c.got+" ") {
+			t.Errorf("args for %+v lack -cpu %s: %s", c.p, c.got, a)
+		}
+	}
+}

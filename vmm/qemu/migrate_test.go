@@ -238,3 +238,55 @@ func TestSaveRefused(t *testing.T) {
 		t.Fatalf("restore from a missing file: %v", err)
 	}
 }
+
+// TestRestoreUnrecordedCPU: a machine saved before its CPU model was recorded ran
+// with QEMU's default x86 model; restored with CPUUnrecorded it gets that model back
+// (not the RDRAND one new boots get) and the guest runs on to a clean power-off.
+func TestRestoreUnrecordedCPU(t *testing.T) {
+	_, _, image := requireVM(t)
+	ctx := t.Context()
+	cfg := baseConfig(t, "oldcpu", vmm.Disk{Path: image, ReadOnly: true}, vmm.Disk{Path: writableDisk(t)})
+	cfg.MemoryFile = filepath.Join(shortStateDir(t), "guest.ram")
+	m := newMachine(t, cfg, qemu.WithTransport(channel.TransportVirtioSerial), qemu.WithAccel(qemu.AccelTCG), qemu.WithCPU("qemu64"))
+	bootServing(t, ctx, m)
+	if got := m.CPU(); got != "qemu64" {
+		t.Fatalf("CPU() = %q; want the model given (qemu64)", got)
+	}
+	state := filepath.Join(shortStateDir(t), "vm.state")
+	if err := m.Save(ctx, state); err != nil {
+		t.Fatalf("save: %v", err)
+	}
+	_ = m.Kill()
+	<-m.Exited()
+	rcfg := cfg
+	rcfg.Name, rcfg.StateDir, rcfg.ConsoleLog, rcfg.RestoreFrom = "oldcpu-restore", shortStateDir(t), "", state
+	r := newMachine(t, rcfg, qemu.WithTransport(channel.TransportVirtioSerial), qemu.WithAccel(qemu.AccelTCG), qemu.WithCPU(qemu.CPUUnrecorded))
+	if err := r.Start(ctx); err != nil {
+		t.Fatalf("restore with the unrecorded model: %v", err)
+	}
+	if got := r.CPU(); got != "qemu64" {
+		t.Fatalf("restored CPU() = %q; want qemu64 (the model before it was recorded)", got)
+	}
+	if err := r.Resume(ctx); err != nil {
+		t.Fatal(err)
+	}
+	wctx, cancel := context.WithTimeout(ctx, bootTimeout)
+	defer cancel()
+	if err := r.Wait(wctx); err != nil {
+		t.Fatalf("restored guest did not power off cleanly: %v\nconsole:\n%s", err, r.ConsoleTail(4096))
+	}
+	if strings.Contains(r.ConsoleTail(1<<16), "kernel modules loaded") {
+		t.Fatalf("restored guest booted again instead of continuing:\n%s", r.ConsoleTail(4096))
+	}
+}
+
+// TestCPUModelRefused: a model that is not a plain QEMU model string is refused
+// naming the option.
+func TestCPUModelRefused(t *testing.T) {
+	cfg := vmm.Config{Name: "x", VCPUs: 1, MemoryMiB: 64, Kernel: "/k", StateDir: t.TempDir()}
+	for _, bad := range []string{"qemu64 -device x", "host\n", "a;b"} {
+		if _, err := qemu.New(cfg, qemu.WithCPU(bad)); err == nil || !strings.Contains(err.Error(), "cpu model") {
+			t.Errorf("WithCPU(%q): %v; want an error naming the cpu model", bad, err)
+		}
+	}
+}

@@ -15,6 +15,7 @@ import (
 	"os"
 	"os/exec"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -45,6 +46,7 @@ type options struct {
 	log          *slog.Logger
 	startTimeout time.Duration
 	forceQ35     bool
+	cpu          string
 }
 
 // Option configures New.
@@ -71,6 +73,19 @@ func WithVirtiofsd(path string) Option { return func(o *options) { o.virtiofsd =
 func WithExtraArgs(args ...string) Option {
 	return func(o *options) { o.extraArgs = append(o.extraArgs, args...) }
 }
+
+// WithCPU sets the guest CPU model (-cpu), as recorded with a saved machine (CPU):
+// a restored guest must get the model it was saved with. "" = the default for the
+// accelerator and architecture; CPUUnrecorded = the default of machines saved before
+// the model was recorded with their state.
+func WithCPU(model string) Option { return func(o *options) { o.cpu = model } }
+
+// CPUUnrecorded asks WithCPU for the model machines ran with before their saved state
+// recorded it (x86_64 TCG guests had QEMU's default qemu64, without RDRAND).
+const CPUUnrecorded = "unrecorded"
+
+// CPU is the guest CPU model in use (after Start): record it with saved state.
+func (m *Machine) CPU() string { m.mu.Lock(); defer m.mu.Unlock(); return m.plan.cpu }
 
 // WithQ35 uses the q35 machine type (PCI devices) even without passthrough devices.
 func WithQ35() Option { return func(o *options) { o.forceQ35 = true } }
@@ -123,6 +138,9 @@ func NewMachine(cfg vmm.Config, opts ...Option) (*Machine, error) {
 	case "", TransportAuto, channel.TransportVhostVsock, channel.TransportVhostUserVsock, channel.TransportVirtioSerial:
 	default:
 		return nil, fmt.Errorf("vm %s: qemu transport %q: use auto, vhost-vsock, vhost-user-vsock or virtio-serial", cfg.Name, o.transport)
+	}
+	if strings.Trim(o.cpu, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789,+-=_.") != "" {
+		return nil, fmt.Errorf("vm %s: qemu cpu model %q: letters, digits and , + - = _ . only (as recorded with the saved machine; empty for the default)", cfg.Name, o.cpu)
 	}
 	if o.accel == "" {
 		o.accel = AccelAuto
@@ -224,6 +242,7 @@ func (m *Machine) resolve() (plan, AccelInfo, TransportInfo, error) {
 		ai = AccelInfo{Name: AccelTCG, Reason: "requested"}
 	}
 	p.accel = ai.Name
+	p.cpu = cpuModel(p, m.opts.cpu)
 	var ti TransportInfo
 	switch m.opts.transport {
 	case TransportAuto:

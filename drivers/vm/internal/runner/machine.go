@@ -78,7 +78,7 @@ func NewVMMMachine(_ context.Context, spec *Spec, paths state.Paths, log *slog.L
 		m, err = vz.New(cfg, vz.WithLogger(log))
 	default:
 		cfg.MemoryFile = guestRAMFile(spec, paths)
-		m, err = qemu.New(cfg, qemu.WithLogger(log), qemu.WithAccel(spec.Machine.Accel), qemu.WithTransport(spec.Machine.Transport))
+		m, err = qemu.New(cfg, qemu.WithLogger(log), qemu.WithAccel(spec.Machine.Accel), qemu.WithTransport(spec.Machine.Transport), qemu.WithCPU(spec.Machine.CPU))
 	}
 	if err != nil {
 		return nil, err

@@ -122,7 +122,7 @@ func snapshotVM(ctx context.Context, dir string, m Machine, spec *Spec, paths st
 		}
 	}
 	mach := spec.Machine
-	mach.RestoreFrom = ""
+	mach.RestoreFrom, mach.CPU = "", guestCPU(m)
 	r := &SnapshotRecord{Machine: mach, InstanceSecret: secret.String(), SourceID: spec.SandboxID, SourceName: spec.SandboxName,
 		SavedAt: time.Now().UTC(), PausedMillis: paused.Milliseconds()}
 	if fi, err := os.Stat(filepath.Join(dir, SnapshotStateFile)); err == nil {

@@ -76,6 +76,10 @@ type MachineSpec struct {
 	// RestoreFrom is set by a runner resuming a suspended VM (never by the driver): the
 	// saved state to start from.
 	RestoreFrom string `json:"restore_from,omitempty"`
+	// CPU is the guest CPU model the VMM gave the machine, recorded with its saved
+	// state so that a restore gets the same; empty on a fresh boot (the backend's
+	// default).
+	CPU string `json:"cpu,omitempty"`
 }
 
 // Limits bound the streams one guest may hold open through the runner at once; a

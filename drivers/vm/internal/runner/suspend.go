@@ -24,6 +24,7 @@ import (
 	"github.com/openshell/openshell/internal/atomicfile"
 	"github.com/openshell/openshell/vmm"
 	"github.com/openshell/openshell/vmm/channel"
+	"github.com/openshell/openshell/vmm/qemu"
 )
 
 // ReasonSuspended is the tombstone reason of a runner that saved its VM on request.
@@ -130,6 +131,12 @@ func resumeMachine(spec *Spec, r *SuspendRecord) {
 	m := r.Machine
 	m.ImageDisk, m.Disk = spec.Machine.ImageDisk, spec.Machine.Disk
 	m.RestoreFrom = r.StateFile
+	if m.CPU == "" {
+		// Saved before the CPU model was recorded: the guest gets the model machines
+		// had then, not today's default (a restored kernel keeps the CPU features it
+		// saw at boot).
+		m.CPU = qemu.CPUUnrecorded
+	}
 	spec.Machine = m
 	if spec.Pool != "" && r.Identity != nil {
 		r.Identity.apply(spec)
@@ -148,6 +155,17 @@ func (m vmmMachine) Save(ctx context.Context, path string) error {
 		return fmt.Errorf("this VM's backend cannot save a running machine (Features.Snapshots is false; use the qemu backend): %w", vmm.ErrCannotSave)
 	}
 	return s.Save(ctx, path)
+}
+
+// guestCPU is the guest CPU model m runs with, to record with its saved state
+// ("" when the backend does not say: a restore then gets the backend's default).
+func guestCPU(m Machine) string {
+	if vm, ok := m.(vmmMachine); ok {
+		if c, ok := vm.Machine.(interface{ CPU() string }); ok {
+			return c.CPU()
+		}
+	}
+	return ""
 }
 
 func (m vmmMachine) Resume(ctx context.Context) error {
@@ -180,7 +198,7 @@ func suspendVM(ctx context.Context, dir string, m Machine, spec *Spec, secret wi
 		size = fi.Size()
 	}
 	mach := spec.Machine
-	mach.RestoreFrom = ""
+	mach.RestoreFrom, mach.CPU = "", guestCPU(m)
 	r := &SuspendRecord{StateFile: statePath, Bytes: size, Machine: mach, InstanceSecret: secret.String(),
 		SavedAt: time.Now().UTC(), SaveMillis: time.Since(start).Milliseconds(),
 		Identity: &Claim{SandboxID: spec.SandboxID, SandboxName: spec.SandboxName, Bootstrap: spec.Bootstrap,

@@ -15,6 +15,7 @@ import (
 
 	"github.com/openshell/openshell/guest/channel/wire"
 	"github.com/openshell/openshell/vmm"
+	"github.com/openshell/openshell/vmm/qemu"
 )
 
 // fakeSaver is a test double of a saveable machine: Save writes the file (or fails).
@@ -188,5 +189,33 @@ func TestSuspendRefusals(t *testing.T) {
 	os.WriteFile(filepath.Join(dir, SuspendFile), []byte("{not json"), 0o600)
 	if _, err := newSuspender(dir, &Spec{}); err == nil || !strings.Contains(err.Error(), "suspend record") {
 		t.Fatalf("corrupt record: %v", err)
+	}
+}
+
+// TestSuspendRecordCPU: a record written before the CPU model was recorded (no "cpu")
+// resumes with the model machines had then; a recorded model is resumed as recorded.
+func TestSuspendRecordCPU(t *testing.T) {
+	for _, c := range []struct{ field, want string }{
+		{"", qemu.CPUUnrecorded},
+		{`"cpu": "qemu64,+rdrand",`, "qemu64,+rdrand"},
+	} {
+		dir := t.TempDir()
+		if err := os.WriteFile(filepath.Join(dir, SuspendStateFile), []byte("state"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		rec := `{"state_file": "` + filepath.Join(dir, SuspendStateFile) + `", "bytes": 5,
+  "machine": {` + c.field + ` "vcpus": 1, "memory_mib": 128, "kernel": "/k", "initrd": "/i", "image_disk": "/img", "disk": "/d", "accel": "tcg", "transport": "virtio-serial"},
+  "instance_secret": "` + strings.Repeat("ab", 32) + `", "saved_at": "2026-12-01T10:00:00Z", "save_ms": 80}`
+		if err := os.WriteFile(filepath.Join(dir, SuspendFile), []byte(rec), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		next := &Spec{SandboxID: "sb-1", Machine: MachineSpec{VCPUs: 1, MemoryMiB: 128, Kernel: "/k2", ImageDisk: "/img", Disk: "/d"}}
+		sp, err := newSuspender(dir, next)
+		if err != nil || !sp.resuming() {
+			t.Fatalf("record %s: resuming=%v, %v", c.field, sp != nil && sp.resuming(), err)
+		}
+		if next.Machine.CPU != c.want {
+			t.Fatalf("record with %q: resumed machine's CPU %q; want %q", c.field, next.Machine.CPU, c.want)
+		}
 	}
 }
