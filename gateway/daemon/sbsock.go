@@ -160,14 +160,29 @@ func (m *sandboxSockets) listenSandbox(dir, name, id string, st os.FileInfo) (*n
 	return l, nil
 }
 
+// maxBulkStreams bounds the bulk streams one sandbox has open at once (a transfer
+// holds one; the gateway's relay limit bounds those that pair): a container that
+// opens more, say without ever naming a relay, has the extra ones closed at once.
+var maxBulkStreams = 64
+
 // acceptBulk serves the bulk streams of sandbox id's bulk socket until it closes.
 func (m *sandboxSockets) acceptBulk(l *net.UnixListener, id string, serve func(*net.UnixConn, string)) {
+	open := make(chan struct{}, maxBulkStreams)
 	for {
 		c, err := l.AcceptUnix()
 		if err != nil {
 			return
 		}
-		go serve(c, id)
+		select {
+		case open <- struct{}{}:
+			go func() {
+				defer func() { <-open }()
+				serve(c, id)
+			}()
+		default:
+			m.log.Warn("too many bulk streams open; closing a new one", "sandbox_id", id, "limit", maxBulkStreams)
+			c.Close()
+		}
 	}
 }
 

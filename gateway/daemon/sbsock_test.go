@@ -1,12 +1,15 @@
 package daemon
 
 import (
+	"errors"
+	"io"
 	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/openshell/openshell/drivers"
 	"github.com/openshell/openshell/internal/relayframe"
@@ -120,5 +123,64 @@ func TestSandboxSockets(t *testing.T) {
 	m2.Remove("sb-a")
 	if _, err := os.Stat(dir); !os.IsNotExist(err) {
 		t.Fatalf("directory after Remove: %v", err)
+	}
+}
+
+// A sandbox that opens more bulk streams than maxBulkStreams at once (never naming a
+// relay) has the extra ones closed at once; once one ends, a new one is served.
+func TestSandboxBulkStreamLimit(t *testing.T) {
+	defer func(n int) { maxBulkStreams = n }(maxBulkStreams)
+	maxBulkStreams = 2
+	state := t.TempDir()
+	t.Cleanup(func() { os.RemoveAll(rundir.For(state)) })
+	m, err := newSandboxSockets(state, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	held := make(chan *net.UnixConn, 8)
+	m.start(func(l net.Listener) { <-make(chan struct{}) }, func(c *net.UnixConn, _ string) {
+		held <- c
+		buf := make([]byte, 1)
+		_, _ = c.Read(buf) // served until the client hangs up
+		c.Close()
+	})
+	dir, err := m.Open("sb-limit")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sock := filepath.Join(dir, relayframe.BulkSocketName)
+	dial := func() net.Conn {
+		c, err := net.Dial("unix", sock)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return c
+	}
+	first := dial()
+	dial()
+	<-held
+	<-held
+	extra := dial()
+	_ = extra.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if n, err := extra.Read(make([]byte, 1)); n != 0 || !errors.Is(err, io.EOF) {
+		t.Fatalf("a third stream over the limit of 2: read %d, %v; want it closed (EOF)", n, err)
+	}
+	// The slot frees once the server has seen the first stream end, which the
+	// client cannot observe: a new stream is served within a deadline.
+	first.Close()
+	deadline := time.After(10 * time.Second)
+	for {
+		c := dial()
+		closed := make(chan struct{})
+		go func() { _, _ = c.Read(make([]byte, 1)); close(closed) }()
+		select {
+		case <-held:
+			return
+		case <-closed: // still over the limit: refused, try again
+		case <-deadline:
+			t.Fatal("a stream after one ended was not served")
+		}
 	}
 }
