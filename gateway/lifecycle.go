@@ -20,10 +20,11 @@ import (
 	"github.com/openshell/openshell/drivers"
 	"github.com/openshell/openshell/gateway/store"
 	"github.com/openshell/openshell/gateway/validation"
+	"github.com/openshell/openshell/internal/version"
 )
 
 // DriverHeader is the Health response header naming the gateway's compute driver.
-const DriverHeader = "x-openshell-driver"
+const DriverHeader = version.DriverHeader
 
 // DefaultListLimit is ListSandboxes' page size when the request says 0.
 const (

@@ -27,10 +27,11 @@ import (
 	"github.com/openshell/openshell/gateway/secrets"
 	"github.com/openshell/openshell/gateway/store"
 	"github.com/openshell/openshell/gateway/validation"
+	"github.com/openshell/openshell/internal/version"
 )
 
-// Version is the gateway's version string (set with -ldflags -X).
-var Version = "dev"
+// Version is the gateway's version string (internal/version, set with -ldflags -X).
+var Version = version.Version
 
 // Tokens mints and verifies sandbox tokens (gateway/token.Issuer implements it).
 type Tokens interface {

@@ -40,7 +40,7 @@ build() {
 	local bin="$OUT_DIR/bin"
 	mkdir -p "$bin"
 	log "building static binaries ($VERSION)"
-	(cd "$ROOT" && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w -X github.com/openshell/openshell/gateway.Version=$VERSION" \
+	(cd "$ROOT" && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w -X github.com/openshell/openshell/internal/version.Version=$VERSION" \
 		-o "$bin/" ./cmd/openshell-gateway ./cmd/openshell-sandbox ./deploy/image/openshell-copy)
 	# Rebuild the archive only when a binary or the CA bundle changed: go build keeps
 	# the binaries byte-identical for the same sources.

@@ -31,6 +31,7 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"sync"
 )
 
 // Provider is one set of credentials and the hosts they may be sent to.
@@ -55,8 +56,10 @@ var DefaultHeaders = []string{"Authorization"}
 var refusedHeaders = []string{"Host", "Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authorization",
 	"Proxy-Authenticate", "Te", "Trailer", "Transfer-Encoding", "Upgrade", "Content-Length"}
 
-// tokenRE is an HTTP field name (RFC 9110 token).
-var tokenRE = regexp.MustCompile("^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,128}$")
+// tokenRE is an HTTP field name (RFC 9110 token). These patterns are compiled on
+// first use: their counted repetitions make ~400 KB of program, which every
+// process linking this package (the CLI included) would otherwise build at start.
+var tokenRE = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile("^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,128}$") })
 
 // ValidateBinding checks where the credentials may go: Hosts, Headers and the
 // wildcard opt-in (the gateway checks this at provider create; New again).
@@ -75,7 +78,7 @@ func (p *Provider) ValidateBinding() error {
 	}
 	for i, h := range p.Headers {
 		switch {
-		case !tokenRE.MatchString(h):
+		case !tokenRE().MatchString(h):
 			return fmt.Errorf("credentials: provider %s: headers[%d] %q is not an HTTP header name, e.g. Authorization or X-Api-Key", p.Name, i, h)
 		case slices.ContainsFunc(refusedHeaders, func(r string) bool { return strings.EqualFold(r, h) }):
 			return fmt.Errorf("credentials: provider %s: headers[%d] %q routes or frames the request and cannot carry credentials: name the header the service reads them from, e.g. Authorization", p.Name, i, h)
@@ -88,15 +91,17 @@ func (p *Provider) ValidateBinding() error {
 const PlaceholderPrefix = "openshell-placeholder:"
 
 var (
-	nameRE        = regexp.MustCompile(`^[A-Za-z0-9_.-]{1,64}$`)
-	keyRE         = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]{0,127}$`)
-	placeholderRE = regexp.MustCompile(`openshell-placeholder:[A-Za-z0-9_.-]{1,64}:[A-Za-z0-9_]{1,128}:[0-9a-f]{32}`)
+	nameRE        = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^[A-Za-z0-9_.-]{1,64}$`) })
+	keyRE         = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]{0,127}$`) })
+	placeholderRE = sync.OnceValue(func() *regexp.Regexp {
+		return regexp.MustCompile(`openshell-placeholder:[A-Za-z0-9_.-]{1,64}:[A-Za-z0-9_]{1,128}:[0-9a-f]{32}`)
+	})
 )
 
 // Validate names the first bad field.
 func (p *Provider) Validate() error {
 	switch {
-	case !nameRE.MatchString(p.Name):
+	case !nameRE().MatchString(p.Name):
 		return fmt.Errorf("credentials: provider name %q: use 1-64 letters, digits, '.', '_' or '-'", p.Name)
 	case len(p.Credentials) == 0:
 		return fmt.Errorf("credentials: provider %s has no credentials", p.Name)
@@ -104,7 +109,7 @@ func (p *Provider) Validate() error {
 		return fmt.Errorf("credentials: provider %s is bound to no host: its placeholders could never be resolved", p.Name)
 	}
 	for k, v := range p.Credentials {
-		if !keyRE.MatchString(k) {
+		if !keyRE().MatchString(k) {
 			return fmt.Errorf("credentials: provider %s: key %q is not an environment variable name", p.Name, k)
 		}
 		if v == "" || strings.ContainsAny(v, "\r\n\x00") {
@@ -233,7 +238,7 @@ func (s *Store) Rewrite(host string, overTLS bool, h http.Header) error {
 		}
 	}
 	replace := func(header, v string) string {
-		return placeholderRE.ReplaceAllStringFunc(v, func(ph string) string {
+		return placeholderRE().ReplaceAllStringFunc(v, func(ph string) string {
 			sec := s.placeholders[ph]
 			if err := mismatch(sec, host, overTLS); err != nil {
 				fail(err)

@@ -72,7 +72,7 @@ func NewGuest(ca *CA, providers []egress.PlaceholderProvider) (*Guest, error) {
 	g := &Guest{ca: ca, phs: map[string]*secret{}}
 	owner := map[string]string{}
 	for i, p := range providers {
-		if !nameRE.MatchString(p.Name) {
+		if !nameRE().MatchString(p.Name) {
 			return nil, fmt.Errorf("credentials: providers[%d] name %q from the runner: 1-64 letters, digits, '.', '_' or '-'", i, p.Name)
 		}
 		if len(p.Env) == 0 || len(p.Hosts) == 0 {
@@ -85,10 +85,10 @@ func NewGuest(ca *CA, providers []egress.PlaceholderProvider) (*Guest, error) {
 		}
 		for _, k := range slices.Sorted(maps.Keys(p.Env)) {
 			ph := p.Env[k]
-			if !keyRE.MatchString(k) {
+			if !keyRE().MatchString(k) {
 				return nil, fmt.Errorf("credentials: provider %s from the runner: key %q is not an environment variable name", p.Name, k)
 			}
-			if !placeholderRE.MatchString(ph) || len(placeholderRE.FindString(ph)) != len(ph) || !strings.HasPrefix(ph, PlaceholderPrefix+p.Name+":"+k+":") {
+			if !placeholderRE().MatchString(ph) || len(placeholderRE().FindString(ph)) != len(ph) || !strings.HasPrefix(ph, PlaceholderPrefix+p.Name+":"+k+":") {
 				return nil, fmt.Errorf("credentials: provider %s from the runner: %s is not a placeholder of %s/%s", p.Name, k, p.Name, k)
 			}
 			if o, dup := owner[k]; dup {
@@ -133,10 +133,10 @@ func (g *Guest) Rewrite(host string, overTLS bool, h http.Header) error {
 // placeholdersIn finds placeholders in a header value, also inside a Basic
 // credential.
 func placeholdersIn(v string) []string {
-	out := placeholderRE.FindAllString(v, -1)
+	out := placeholderRE().FindAllString(v, -1)
 	if enc, ok := strings.CutPrefix(v, "Basic "); ok {
 		if dec, err := base64.StdEncoding.DecodeString(strings.TrimSpace(enc)); err == nil {
-			out = append(out, placeholderRE.FindAllString(string(dec), -1)...)
+			out = append(out, placeholderRE().FindAllString(string(dec), -1)...)
 		}
 	}
 	return out

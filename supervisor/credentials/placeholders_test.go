@@ -99,7 +99,7 @@ func FuzzNewGuest(f *testing.F) {
 		}
 		for _, kv := range g.Env() {
 			k, v, _ := strings.Cut(kv, "=")
-			if !strings.HasPrefix(v, PlaceholderPrefix) || !keyRE.MatchString(k) {
+			if !strings.HasPrefix(v, PlaceholderPrefix) || !keyRE().MatchString(k) {
 				t.Fatalf("env %q", kv)
 			}
 		}
