@@ -10,7 +10,6 @@ import (
 	"log/slog"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"sort"
 	"sync"
@@ -524,19 +523,11 @@ func (d *Driver) boot(s *sandbox) error {
 	if _, err := state.Update(s.paths.Dir, func(r *state.Record) error { r.BootID = d.bootID; return nil }); err != nil {
 		return d.fail(s, ReasonBootFailed, err)
 	}
-	logf, err := os.OpenFile(s.paths.RunnerLog, os.O_WRONLY|os.O_CREATE|os.O_APPEND|syscall.O_NOFOLLOW, 0o600)
+	cmd, closeLog, err := d.runnerCommand(s.paths)
 	if err != nil {
-		return d.fail(s, ReasonBootFailed, fmt.Errorf("open runner log: %w", err))
+		return d.fail(s, ReasonBootFailed, err)
 	}
-	defer logf.Close()
-	argv := append(append([]string{}, d.cfg.RunnerCommand...), "--state-dir", s.paths.Dir)
-	cmd := exec.Command(argv[0], argv[1:]...)
-	cmd.Env = append(os.Environ(), d.cfg.RunnerEnv...)
-	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.Dir = s.paths.Dir
-	// Own session: no signal from the driver's or gateway's terminal/process group
-	// reaches it, and it survives both.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	defer closeLog()
 	// Check for a concurrent Delete and record the runner under one lock: Delete either
 	// sees the runner (and kills it) or this refuses to start one.
 	s.mu.Lock()
@@ -546,7 +537,7 @@ func (d *Driver) boot(s *sandbox) error {
 	}
 	if err := cmd.Start(); err != nil {
 		s.mu.Unlock()
-		return d.fail(s, ReasonBootFailed, fmt.Errorf("start runner %v: %w", argv, err))
+		return d.fail(s, ReasonBootFailed, fmt.Errorf("start runner %v: %w", cmd.Args, err))
 	}
 	pid := cmd.Process.Pid
 	start, _ := state.ProcStartTime(pid)

@@ -526,25 +526,37 @@ func (d *Driver) bootMember(pool string) {
 	}
 }
 
-// spawnRunner starts a runner for paths in its own session (it outlives the driver).
-func (d *Driver) spawnRunner(paths state.Paths) (int, uint64, error) {
+// runnerCommand is the command that starts the runner of the VM in paths, in its own
+// session: no signal from the driver's or gateway's terminal or process group reaches
+// it, and it outlives both. Its output goes to the runner log; closeLog closes the
+// driver's copy of that file once the command started (or will not).
+func (d *Driver) runnerCommand(paths state.Paths) (cmd *exec.Cmd, closeLog func(), err error) {
 	logf, err := os.OpenFile(paths.RunnerLog, os.O_WRONLY|os.O_CREATE|os.O_APPEND|syscall.O_NOFOLLOW, 0o600)
 	if err != nil {
-		return 0, 0, fmt.Errorf("open runner log: %w", err)
+		return nil, nil, fmt.Errorf("open runner log: %w", err)
 	}
-	defer logf.Close()
 	argv := append(append([]string{}, d.cfg.RunnerCommand...), "--state-dir", paths.Dir)
-	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd = exec.Command(argv[0], argv[1:]...)
 	cmd.Env = append(os.Environ(), d.cfg.RunnerEnv...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.Dir = paths.Dir
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	return cmd, func() { logf.Close() }, nil
+}
+
+// spawnRunner starts a pool member's runner.
+func (d *Driver) spawnRunner(paths state.Paths) (int, uint64, error) {
+	cmd, closeLog, err := d.runnerCommand(paths)
+	if err != nil {
+		return 0, 0, err
+	}
+	defer closeLog()
 	if err := cmd.Start(); err != nil {
-		return 0, 0, fmt.Errorf("start runner %v: %w", argv, err)
+		return 0, 0, fmt.Errorf("start runner %v: %w", cmd.Args, err)
 	}
 	pid := cmd.Process.Pid
 	start, _ := state.ProcStartTime(pid)
-	go cmd.Wait()
+	go cmd.Wait() // reap it if it ends while the driver lives
 	return pid, start, nil
 }
 

@@ -1,10 +1,12 @@
 package vm_test
 
 import (
+	"bytes"
 	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -135,6 +137,16 @@ func TestPoolClaimIsolationAndRestart(t *testing.T) {
 	if len(idleRunners) != 2 {
 		t.Fatalf("pool members on disk: %v", idleRunners)
 	}
+	// An idle member's VMM runs at the refill's lower priority, its runner at the
+	// normal one (it answers the claim).
+	for _, rec := range poolRecords(t, dir) {
+		if n := niceOf(t, rec.VMMPID); n != 10 {
+			t.Errorf("idle pooled VM: VMM %d at nice %d, want 10", rec.VMMPID, n)
+		}
+		if n := niceOf(t, rec.RunnerPID); n != 0 {
+			t.Errorf("idle pooled VM: runner %d at nice %d, want 0", rec.RunnerPID, n)
+		}
+	}
 
 	type got struct {
 		id   string
@@ -169,6 +181,9 @@ func TestPoolClaimIsolationAndRestart(t *testing.T) {
 	// Claimed VMs are the pool's former members; none of them is idle in the pool again.
 	for _, c := range claimed {
 		rec := record2(t, dir, c.id)
+		if n := niceOf(t, rec.VMMPID); n != 0 {
+			t.Errorf("sandbox %s: its claimed VM's VMM %d still at nice %d", c.id, rec.VMMPID, n)
+		}
 		if rec.RunnerPID != idleRunners[0] && rec.RunnerPID != idleRunners[1] {
 			t.Errorf("sandbox %s runs on runner %d, not a pooled one %v", c.id, rec.RunnerPID, idleRunners)
 		}
@@ -243,6 +258,37 @@ func runnerPIDsOfPool(t *testing.T, stateDir string) []int {
 	}
 	slices.Sort(out)
 	return out
+}
+
+// poolRecords reads the state records of the idle pool members on disk.
+func poolRecords(t *testing.T, stateDir string) []*state.Record {
+	t.Helper()
+	var out []*state.Record
+	ents, _ := os.ReadDir(filepath.Join(stateDir, "sb"))
+	for _, e := range ents {
+		d := filepath.Join(stateDir, "sb", e.Name())
+		b, err := os.ReadFile(filepath.Join(d, vm.PoolFile))
+		if err != nil || strings.Contains(string(b), "claimed_by") {
+			continue
+		}
+		out = append(out, loadRecord(t, d))
+	}
+	return out
+}
+
+// niceOf reads the nice value of pid's main thread (field 19 of /proc/PID/stat).
+func niceOf(t *testing.T, pid int) int {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		t.Fatalf("nice of pid %d: %v", pid, err)
+	}
+	f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+2:]))
+	n, err := strconv.Atoi(f[16])
+	if err != nil {
+		t.Fatalf("nice of pid %d: %v", pid, err)
+	}
+	return n
 }
 
 // loadRecord reads the state record in dir.

@@ -28,8 +28,13 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
+	"strconv"
 	"strings"
 	"sync"
+	"syscall"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/openshell/openshell/drivers/vm/internal/state"
 	"github.com/openshell/openshell/supervisor/bootstrap"
@@ -170,4 +175,82 @@ func (c *Client) Claim(ctx context.Context, cl *Claim) error {
 		return fmt.Errorf("runner %s: claim: HTTP %d: %s", c.socket, resp.StatusCode, strings.TrimSpace(string(msg)))
 	}
 	return nil
+}
+
+// Boot priority of a pooled VM. A pool refills while sandboxes are claimed from it,
+// and a refill's cold boot under emulation takes a whole core for seconds: once the
+// VMM of a pooled VM started, the runner lowers the priority of its session's other
+// processes (the VMM, the channel backend), and restores it at the claim, the VMM
+// first. A claimed guest's start-up then gets the CPU before a refill's boot does.
+// The runner itself keeps its priority: it answers the claim.
+
+// refillNice is the nice value of a pooled VM's VMM and backends until its claim.
+const refillNice = 10
+
+// setPoolNice sets nice on the processes of this runner's session other than the
+// runner, first's threads first (0 = none), when the runner leads a session (a runner
+// process started by the driver; not a runner run inside another program, as in
+// tests, whose session is not its own).
+func setPoolNice(nice, first int) error {
+	sid, err := unix.Getsid(0)
+	if err != nil || sid != os.Getpid() {
+		return nil
+	}
+	var firstErr error
+	if first > 0 && first != sid {
+		_, firstErr = setThreadsNice(first, nice)
+	}
+	start, err := state.ProcStartTime(sid)
+	if err != nil {
+		return errors.Join(firstErr, err)
+	}
+	return errors.Join(firstErr, setSessionNice(sid, start, nice, sid))
+}
+
+// setSessionNice sets nice on every thread of every process in the session led by sid
+// except pid except. New threads take their creator's value, so passes repeat until
+// one finds every thread set.
+func setSessionNice(sid int, minStart uint64, nice, except int) error {
+	var firstErr error
+	for range 5 {
+		changed := false
+		for _, pid := range state.SessionMembers(sid, minStart) {
+			if pid == except {
+				continue
+			}
+			c, err := setThreadsNice(pid, nice)
+			changed = changed || c
+			if err != nil && firstErr == nil {
+				firstErr = err
+			}
+		}
+		if !changed {
+			return firstErr
+		}
+	}
+	return firstErr
+}
+
+// setThreadsNice sets nice on every thread of pid; it reports whether one was not set
+// yet.
+func setThreadsNice(pid, nice int) (changed bool, err error) {
+	tids, rerr := os.ReadDir("/proc/" + strconv.Itoa(pid) + "/task")
+	if rerr != nil {
+		return false, nil // gone meanwhile
+	}
+	for _, t := range tids {
+		tid, perr := strconv.Atoi(t.Name())
+		if perr != nil {
+			continue
+		}
+		// The raw getpriority answers 20 - nice.
+		if p, gerr := syscall.Getpriority(syscall.PRIO_PROCESS, tid); gerr == nil && 20-p == nice {
+			continue
+		}
+		changed = true
+		if serr := syscall.Setpriority(syscall.PRIO_PROCESS, tid, nice); serr != nil && !errors.Is(serr, syscall.ESRCH) && err == nil {
+			err = fmt.Errorf("set the nice value of thread %d of pid %d: %w", tid, pid, serr)
+		}
+	}
+	return changed, err
 }

@@ -2,16 +2,24 @@ package runner
 
 import (
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
+	"os/exec"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
+	"github.com/openshell/openshell/drivers/vm/internal/state"
 	"github.com/openshell/openshell/guest/channel/wire"
+	"github.com/openshell/openshell/internal/testenv"
 	"github.com/openshell/openshell/supervisor/bootstrap"
 )
 
@@ -216,5 +224,110 @@ func TestClaimedTimeline(t *testing.T) {
 				t.Fatalf("timeline %v (state %s), want %v", phases, got.State, tc.want)
 			}
 		})
+	}
+}
+
+// TestSessionNice: a pooled VM's runner lowers the priority of every thread of every
+// process in its session but its own (a Go child has several threads), and the claim
+// restores all of them. The session here is a re-executed
+// test binary (a multi-threaded Go process, as the runner is) that starts a child.
+func TestSessionNice(t *testing.T) {
+	if os.Getenv("RUNNER_NICE_HELPER") == "1" {
+		// Lead a session with a child in it; wait until stdin closes.
+		child := exec.Command("sleep", "600")
+		if err := child.Start(); err != nil {
+			os.Exit(3)
+		}
+		os.Stdout.WriteString(strconv.Itoa(child.Process.Pid) + "\n")
+		io.Copy(io.Discard, os.Stdin)
+		child.Process.Kill()
+		os.Exit(0)
+	}
+	testenv.RequireRoot(t) // restoring a lowered priority needs CAP_SYS_NICE
+	cmd := exec.Command(os.Args[0], "-test.run=^TestSessionNice$")
+	cmd.Env = append(os.Environ(), "RUNNER_NICE_HELPER=1")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { stdin.Close(); cmd.Wait() }()
+	var childPID int
+	if _, err := fmt.Fscan(out, &childPID); err != nil {
+		t.Fatalf("helper did not start its child: %v", err)
+	}
+	sid := cmd.Process.Pid
+	start, err := state.ProcStartTime(sid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// nices reads the nice value of every thread of pid.
+	nices := func(pid int) []int {
+		tids, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []int
+		for _, e := range tids {
+			b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/stat", pid, e.Name()))
+			if err != nil {
+				continue
+			}
+			f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+2:]))
+			n, _ := strconv.Atoi(f[16]) // field 19 of stat: nice
+			out = append(out, n)
+		}
+		return out
+	}
+	check := func(want int) {
+		t.Helper()
+		for _, pid := range []int{sid, childPID} {
+			ns := nices(pid)
+			if pid == sid && len(ns) < 2 {
+				t.Fatalf("the helper has %d threads; the test needs a multi-threaded leader", len(ns))
+			}
+			for _, n := range ns {
+				if n != want {
+					t.Fatalf("pid %d threads' nice %v, want all %d", pid, ns, want)
+				}
+			}
+		}
+	}
+	check(0)
+	if err := setSessionNice(sid, start, refillNice, 0); err != nil {
+		t.Fatal(err)
+	}
+	check(refillNice)
+	if err := setSessionNice(sid, start, 0, 0); err != nil {
+		t.Fatal(err)
+	}
+	check(0)
+	// The runner (the session's leader) keeps its priority.
+	if err := setSessionNice(sid, start, refillNice, sid); err != nil {
+		t.Fatal(err)
+	}
+	if ns := nices(sid); slices.Contains(ns, refillNice) {
+		t.Fatalf("the excepted leader was reniced: %v", ns)
+	}
+	if ns := nices(childPID); slices.ContainsFunc(ns, func(n int) bool { return n != refillNice }) {
+		t.Fatalf("the session's other process was not reniced: %v", ns)
+	}
+	if err := setSessionNice(sid, start, 0, 0); err != nil {
+		t.Fatal(err)
+	}
+	check(0)
+	// Not a session leader (a runner inside a test binary): nothing is changed.
+	if err := setPoolNice(refillNice, os.Getpid()); err != nil {
+		t.Fatal(err)
+	}
+	if ns := nices(os.Getpid()); slices.ContainsFunc(ns, func(n int) bool { return n == refillNice }) {
+		t.Fatalf("setPoolNice changed a process that does not lead its session: %v", ns)
 	}
 }

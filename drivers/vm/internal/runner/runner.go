@@ -228,6 +228,12 @@ func Run(ctx context.Context, dir string, o Options) (retErr error) {
 		return err
 	}
 	pid := m.PID()
+	if spec.Pool != "" {
+		// Until its claim, a pooled VM's boot yields the CPU to claimed guests.
+		if err := setPoolNice(refillNice, pid); err != nil {
+			log.Warn("cannot lower the pooled VM's priority", "err", err)
+		}
+	}
 	qstart, _ := state.ProcStartTime(pid)
 	box.update(func(s *Status) {
 		s.VMMPID = pid
@@ -385,6 +391,11 @@ func Run(ctx context.Context, dir string, o Options) (retErr error) {
 			// time's (the pool's), not this sandbox's wait.
 			box.update(func(s *Status) { s.State, s.ClaimedAt, s.Timeline = StateBooting, time.Now().UTC(), nil })
 			log.Info("pooled VM claimed by a sandbox", "sandbox_name", spec.SandboxName)
+			t0 := time.Now()
+			if err := setPoolNice(0, m.PID()); err != nil {
+				log.Warn("cannot restore the claimed VM's priority", "err", err)
+			}
+			log.Info("claimed VM back at normal priority", "took", time.Since(t0))
 			if err := serve(); err != nil {
 				return err
 			}
