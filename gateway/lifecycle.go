@@ -81,7 +81,8 @@ func (s *Server) CreateSandbox(ctx context.Context, req *openshellv1.CreateSandb
 			Labels: maps.Clone(req.GetLabels()), Annotations: maps.Clone(req.GetAnnotations())},
 		Spec: spec,
 		Status: &openshellv1.SandboxStatus{SandboxName: name, Phase: openshellv1.SandboxPhase_SANDBOX_PHASE_PROVISIONING,
-			CreateTimeline: []*datamodelv1.TimelineStep{{Phase: stepReceived, AtUnixUs: received.UnixMicro()}}},
+			CreateTimeline: []*datamodelv1.TimelineStep{{Phase: stepReceived, AtUnixUs: received.UnixMicro()}},
+			FromSnapshot:   req.GetFromSnapshot()},
 	}
 	log := s.log.With("sandbox_id", id, "sandbox", name, "workspace", ws)
 	token, err := s.opts.Tokens.Mint(id, s.opts.TokenTTL)

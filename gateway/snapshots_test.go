@@ -168,3 +168,46 @@ func TestSnapshots(t *testing.T) {
 		t.Fatalf("refusal %q: want it to say the driver cannot snapshot and which can", err)
 	}
 }
+
+// TestFromSnapshotKept: a sandbox created from a snapshot says so (status
+// from_snapshot) in Get and List, and still does after a gateway restart; one created
+// cold says nothing.
+func TestFromSnapshotKept(t *testing.T) {
+	dir := t.TempDir()
+	drv := &snapshottingDriver{MemDriver: drivertest.NewMemDriver(), snaps: map[string]*snapshotv1.Snapshot{}}
+	mod := func(o *gateway.Options) { o.Driver = drv }
+	e := startEnvWith(t, dir, drv.MemDriver, 200*time.Millisecond, mod)
+	id := e.create("alpha").GetMetadata().GetId()
+	e.connectSupervisor(id, "i1")
+	e.waitPhase("alpha", phaseReady)
+	if _, err := snapshotsClient(t, e, e.bundle.ClientTLSConfig()).CreateSnapshot(t.Context(), &snapshotv1.CreateSnapshotRequest{Sandbox: "alpha", Name: "base"}); err != nil {
+		t.Fatal(err)
+	}
+	drv.mu.Lock()
+	drv.snaps["base"].Image = "test:1"
+	drv.mu.Unlock()
+	resp, err := e.user.CreateSandbox(t.Context(), &openshellv1.CreateSandboxRequest{Name: "copy", FromSnapshot: "base", Spec: &openshellv1.SandboxSpec{}})
+	if err != nil || resp.GetSandbox().GetStatus().GetFromSnapshot() != "base" {
+		t.Fatalf("create from snapshot base: %v, %v", resp.GetSandbox().GetStatus(), err)
+	}
+	if got := e.get("copy").GetStatus().GetFromSnapshot(); got != "base" {
+		t.Fatalf("Get copy: from_snapshot %q; want base", got)
+	}
+	if got := e.get("alpha").GetStatus().GetFromSnapshot(); got != "" {
+		t.Fatalf("Get alpha (created cold): from_snapshot %q; want none", got)
+	}
+	e.stop()
+	e2 := startEnvWith(t, dir, drv.MemDriver, 200*time.Millisecond, mod)
+	if got := e2.get("copy").GetStatus().GetFromSnapshot(); got != "base" {
+		t.Fatalf("after a gateway restart, Get copy: from_snapshot %q; want base", got)
+	}
+	l, err := e2.user.ListSandboxes(t.Context(), &openshellv1.ListSandboxesRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, sb := range l.GetSandboxes() {
+		if want := map[string]string{"copy": "base"}[sb.GetMetadata().GetName()]; sb.GetStatus().GetFromSnapshot() != want {
+			t.Fatalf("List after restart: %s from_snapshot %q; want %q", sb.GetMetadata().GetName(), sb.GetStatus().GetFromSnapshot(), want)
+		}
+	}
+}

@@ -903,7 +903,10 @@ type SandboxStatus struct {
 	CreateTimeline []*datamodelv1.TimelineStep `protobuf:"bytes,1000,rep,name=create_timeline,json=createTimeline,proto3" json:"create_timeline,omitempty"`
 	// Project field: the warm pool whose pre-booted VM this sandbox took ("" = none),
 	// from the driver's DriverSandboxStatus.from_pool.
-	FromPool      string `protobuf:"bytes,1001,opt,name=from_pool,json=fromPool,proto3" json:"from_pool,omitempty"`
+	FromPool string `protobuf:"bytes,1001,opt,name=from_pool,json=fromPool,proto3" json:"from_pool,omitempty"`
+	// Project field: the snapshot this sandbox was created from ("" = none); set by
+	// the gateway at create and kept with the sandbox.
+	FromSnapshot  string `protobuf:"bytes,1002,opt,name=from_snapshot,json=fromSnapshot,proto3" json:"from_snapshot,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1011,6 +1014,13 @@ func (x *SandboxStatus) GetCreateTimeline() []*datamodelv1.TimelineStep {
 func (x *SandboxStatus) GetFromPool() string {
 	if x != nil {
 		return x.FromPool
+	}
+	return ""
+}
+
+func (x *SandboxStatus) GetFromSnapshot() string {
+	if x != nil {
+		return x.FromSnapshot
 	}
 	return ""
 }
@@ -12218,7 +12228,7 @@ const file_openshell_proto_rawDesc = "" +
 	"\x03gpu\x18\x01 \x01(\v2%.openshell.v1.GpuResourceRequirementsR\x03gpu\">\n" +
 	"\x17GpuResourceRequirements\x12\x19\n" +
 	"\x05count\x18\x01 \x01(\rH\x00R\x05count\x88\x01\x01B\b\n" +
-	"\x06_count\"\x88\x04\n" +
+	"\x06_count\"\xae\x04\n" +
 	"\rSandboxStatus\x12!\n" +
 	"\fsandbox_name\x18\x01 \x01(\tR\vsandboxName\x12\x1b\n" +
 	"\tagent_pod\x18\x02 \x01(\tR\bagentPod\x12\x19\n" +
@@ -12233,7 +12243,8 @@ const file_openshell_proto_rawDesc = "" +
 	"\x18main_process_instance_id\x18\b \x01(\tR\x15mainProcessInstanceId\x12 \n" +
 	"\texit_code\x18\t \x01(\x05H\x00R\bexitCode\x88\x01\x01\x12N\n" +
 	"\x0fcreate_timeline\x18\xe8\a \x03(\v2$.openshell.datamodel.v1.TimelineStepR\x0ecreateTimeline\x12\x1c\n" +
-	"\tfrom_pool\x18\xe9\a \x01(\tR\bfromPoolB\f\n" +
+	"\tfrom_pool\x18\xe9\a \x01(\tR\bfromPool\x12$\n" +
+	"\rfrom_snapshot\x18\xea\a \x01(\tR\ffromSnapshotB\f\n" +
 	"\n" +
 	"_exit_code\"\xa2\x01\n" +
 	"\x10SandboxCondition\x12\x12\n" +

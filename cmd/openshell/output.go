@@ -148,6 +148,9 @@ func printSandboxDetail(w io.Writer, sb *openshellv1.Sandbox) error {
 	if p := st.GetFromPool(); p != "" {
 		row("From pool", p+" (a pre-booted VM)")
 	}
+	if n := st.GetFromSnapshot(); n != "" {
+		row("From snapshot", n)
+	}
 	if st.ExitCode != nil {
 		row("Exit code", fmt.Sprint(st.GetExitCode()))
 	}
