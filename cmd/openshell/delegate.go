@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"slices"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -21,23 +22,30 @@ import (
 // delegated is a stand-in for the command named by use (e.g. "images") under path
 // (e.g. ["vm"]); short is its one-line help for the parent's command list.
 func delegated(path []string, use, short string) *cobra.Command {
-	full := append(append([]string{}, path...), use)
-	return &cobra.Command{
+	full := slices.Concat(path, []string{use})
+	cmd := &cobra.Command{
 		Use:                use,
 		Short:              short,
 		DisableFlagParsing: true,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return runGatewayCLI(cmd.Context(), append(full, args...), cmd.InOrStdin(), cmd.OutOrStdout(), os.Stderr)
+			return runGatewayCLI(cmd.Context(), slices.Concat(full, args), cmd.InOrStdin(), cmd.OutOrStdout(), os.Stderr)
 		},
 		ValidArgsFunction: func(cmd *cobra.Command, args []string, prefix string) ([]string, cobra.ShellCompDirective) {
 			var out bytes.Buffer
-			argv := append(append([]string{cobra.ShellCompRequestCmd}, full...), args...)
-			if err := runGatewayCLI(cmd.Context(), append(argv, prefix), nil, &out, io.Discard); err != nil {
+			argv := slices.Concat([]string{cobra.ShellCompRequestCmd}, full, args, []string{prefix})
+			if err := runGatewayCLI(cmd.Context(), argv, nil, &out, io.Discard); err != nil {
 				return nil, cobra.ShellCompDirectiveError
 			}
 			return parseCompletion(out.String())
 		},
 	}
+	// `openshell help vm images` shows the delegated command's own help.
+	cmd.SetHelpFunc(func(c *cobra.Command, _ []string) {
+		if err := runGatewayCLI(c.Context(), slices.Concat(full, []string{"--help"}), nil, c.OutOrStdout(), os.Stderr); err != nil {
+			fmt.Fprintln(c.ErrOrStderr(), "error:", err)
+		}
+	})
+	return cmd
 }
 
 // runGatewayCLI runs `openshell-gateway cli ARGS`. stdout streams; stderr is passed
@@ -46,7 +54,7 @@ func delegated(path []string, use, short string) *cobra.Command {
 func runGatewayCLI(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	bin, err := findGateway()
 	if err != nil {
-		return fmt.Errorf("`openshell %s` runs in %w", strings.Join(args[:min(2, len(args))], " "), err)
+		return fmt.Errorf("`openshell %s` runs in openshell-gateway: %w", strings.Join(args[:min(2, len(args))], " "), err)
 	}
 	var errBuf bytes.Buffer
 	c := exec.CommandContext(ctx, bin, append([]string{"cli"}, args...)...)

@@ -12,12 +12,23 @@ import (
 	"github.com/openshell/openshell/internal/binpath"
 )
 
+// findGateway locates openshell-gateway: $OPENSHELL_GATEWAY_BIN, else next to this
+// binary, else PATH.
+//
 // The host checks that need the compute drivers (autodetection, the Kubernetes probe,
 // the VM driver's report) run in openshell-gateway, which links the drivers; the CLI
 // merges its report. Without that binary the CLI says so and runs the checks it has
 // (the GPU inventory).
 func findGateway() (string, error) {
-	return binpath.Find(doctor.GatewayBinary, os.Getenv(gatewayBinEnv))
+	override := os.Getenv(gatewayBinEnv)
+	p, err := binpath.Find(doctor.GatewayBinary, override)
+	switch {
+	case err == nil:
+		return p, nil
+	case override != "":
+		return "", fmt.Errorf("%s=%s: no such file; point it at openshell-gateway or unset it", gatewayBinEnv, override)
+	}
+	return "", fmt.Errorf("%w, or set %s", err, gatewayBinEnv)
 }
 
 // hostFindings is the host part of the report.

@@ -25,7 +25,7 @@ func engineBuild(engine string) imageBuilder {
 	return func(ctx context.Context, path, tag string, progress io.Writer) (string, error) {
 		bin, err := findGateway()
 		if err != nil {
-			return "", fmt.Errorf("image builds run in %w", err)
+			return "", fmt.Errorf("the image build runs in openshell-gateway: %w", err)
 		}
 		var stderr bytes.Buffer
 		cmd := exec.CommandContext(ctx, bin, "build-image", "--engine", engine, "--tag", tag, "--", path)

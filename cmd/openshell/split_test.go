@@ -176,7 +176,7 @@ func TestFromBuildNeedsGateway(t *testing.T) {
 	dir := t.TempDir()
 	t.Setenv("OPENSHELL_GATEWAY_BIN", filepath.Join(dir, "missing"))
 	_, err := resolveFrom(t.Context(), dir, "x", "docker", engineBuild("docker"), os.Stdout)
-	if err == nil || !strings.Contains(err.Error(), "build failed: image builds run in") || !strings.Contains(err.Error(), filepath.Join(dir, "missing")) {
+	if err == nil || !strings.Contains(err.Error(), "build failed: the image build runs in openshell-gateway") || !strings.Contains(err.Error(), filepath.Join(dir, "missing")) {
 		t.Errorf("missing gateway binary: %v", err)
 	}
 }

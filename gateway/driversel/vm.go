@@ -45,7 +45,13 @@ var vmTableFlags = []struct{ key, flag string }{
 }
 
 // FindBinary looks for name next to the running executable, then on PATH.
-func FindBinary(name, override string) (string, error) { return binpath.Find(name, override) }
+func FindBinary(name, override string) (string, error) {
+	p, err := binpath.Find(name, override)
+	if err != nil && override == "" {
+		return "", fmt.Errorf("%w, or set its path in the config file", err)
+	}
+	return p, err
+}
 
 // VMArgs builds the VM driver's command line.
 func VMArgs(env DriverEnv, socket, stateDir string, gatewayPID int) ([]string, error) {

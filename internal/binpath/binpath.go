@@ -11,7 +11,7 @@ import (
 )
 
 // Find returns override when set (it must exist), else name next to the running
-// executable, else name on PATH.
+// executable, else name on PATH. Callers add where an override comes from.
 func Find(name, override string) (string, error) {
 	if override != "" {
 		if _, err := os.Stat(override); err != nil {
@@ -27,7 +27,7 @@ func Find(name, override string) (string, error) {
 	}
 	p, err := exec.LookPath(name)
 	if err != nil {
-		return "", fmt.Errorf("%s not found next to %s or on PATH; build it (go build ./cmd/%s) or set its path in the config file", name, selfName(), name)
+		return "", fmt.Errorf("%s not found next to %s or on PATH; build it (go build ./cmd/%s)", name, selfName(), name)
 	}
 	return p, nil
 }
