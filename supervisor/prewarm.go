@@ -10,9 +10,12 @@ package supervisor
 // sandbox only, so nothing done here is ever shared between two.
 
 import (
+	"bytes"
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
+	"encoding/json"
+	"fmt"
 	"log/slog"
 	"net"
 	"os"
@@ -31,6 +34,7 @@ import (
 
 	pb "github.com/openshell/openshell/api/openshellv1"
 	sandboxv1 "github.com/openshell/openshell/api/sandboxv1"
+	"github.com/openshell/openshell/supervisor/bootstrap"
 	"github.com/openshell/openshell/supervisor/credentials"
 	"github.com/openshell/openshell/supervisor/policy"
 	"github.com/openshell/openshell/supervisor/session"
@@ -92,6 +96,11 @@ func (w *Warm) run() {
 		return
 	}
 	_, _ = policy.Compile(policy.Default())
+	// The first thing a claim runs in the guest: decoding the bootstrap document.
+	if doc, err := json.Marshal(&bootstrap.Config{Endpoint: "http://rehearsal:1", SandboxID: "rehearsal", SandboxName: "rehearsal",
+		Token: "rehearsal", CAPEM: []byte("rehearsal"), Main: bootstrap.MainProcessSpec{Version: 1, Command: []string{"true"}, Env: map[string]string{"K": "v"}}}); err == nil {
+		_, _ = bootstrap.Read(bytes.NewReader(doc))
+	}
 	if w.stopped.Load() {
 		return
 	}
@@ -147,8 +156,14 @@ func rehearseSession(ctx context.Context) error {
 		return err
 	}
 	defer cc.Close()
-	if _, err := sandboxConfig(ctx, cc, "rehearsal", true); err != nil {
+	// The config call answers with a policy, converted as a real start converts the
+	// gateway's (its conversion code is otherwise first run on the claim's path).
+	resp, err := sandboxConfig(ctx, cc, "rehearsal", true)
+	if err != nil {
 		return err
+	}
+	if _, src, err := initialPolicy(&bootstrap.Config{}, resp); err != nil || src != "gateway policy" {
+		return fmt.Errorf("rehearsal: the config answer's policy was not taken (%s): %v", src, err)
 	}
 	api := pb.NewOpenShellClient(cc)
 	st, err := api.ConnectSupervisor(ctx)
@@ -181,7 +196,7 @@ func rehearsalHandler(_ any, ss grpc.ServerStream) error {
 		if err := ss.RecvMsg(&sandboxv1.GetSandboxConfigRequest{}); err != nil {
 			return err
 		}
-		return ss.SendMsg(&sandboxv1.GetSandboxConfigResponse{Version: 1})
+		return ss.SendMsg(&sandboxv1.GetSandboxConfigResponse{Version: 1, Policy: policy.Default().ToProto()})
 	case pb.OpenShell_ConnectSupervisor_FullMethodName:
 		if err := ss.RecvMsg(&pb.SupervisorMessage{}); err != nil {
 			return err

@@ -62,7 +62,8 @@ func TestPrewarmStop(t *testing.T) {
 }
 
 // TestRehearseSession: the in-process rehearsal of the first gateway calls completes
-// (config, session hello answered with session_accepted, a log push), so the warm-up
+// (config answered with a policy that the start's conversion takes, session hello
+// answered with session_accepted, a log push), so the warm-up
 // really runs those code paths rather than failing at the first call.
 func TestRehearseSession(t *testing.T) {
 	if err := rehearseSession(t.Context()); err != nil {
