@@ -280,8 +280,9 @@ func (d *Driver) claim(sb *computev1.DriverSandbox, res *resolved) (bool, error)
 	return true, nil
 }
 
-// handOver makes member m sandbox s: records first (so a driver restarted midway
-// adopts the sandbox, not an idle member), then the identity to the runner.
+// handOver makes member m sandbox s: the pool record first (so a driver restarted
+// midway never takes the VM for an idle member), then the identity to the runner and
+// the sandbox's records (state, runner spec) at the same time.
 func (d *Driver) handOver(s *sandbox, m *poolMember, sb *computev1.DriverSandbox) error {
 	dir := m.paths.Dir
 	if !state.SameProcess(m.runnerPID, m.runnerStart) {
@@ -321,19 +322,26 @@ func (d *Driver) handOver(s *sandbox, m *poolMember, sb *computev1.DriverSandbox
 	if err := writePoolRecord(dir, pr); err != nil {
 		return err
 	}
-	if _, err := state.Update(dir, func(r *state.Record) error {
-		r.SandboxID, r.SandboxName, r.SpecDigest, r.CreatedAt = s.id, s.name, specDigest(spec), now
-		return nil
-	}); err != nil {
-		return err
-	}
+	// From here on a restarted driver never pools this VM again (pool.json says it is
+	// claimed). The runner gets the identity while the sandbox's own records are
+	// written: the guest's start-up need not wait for their two fsyncs (~15 ms each on
+	// a busy disk here). A record that fails fails the claim, and the VM is discarded.
 	rs.SandboxID, rs.SandboxName, rs.Bootstrap, rs.Egress, rs.GatewaySocketDir, rs.Pool = s.id, s.name, *boot, egress, spec.GetGatewaySocketDir(), ""
-	if err := runner.WriteSpec(dir, rs); err != nil {
-		return err
-	}
+	records := make(chan error, 1)
+	go func() {
+		_, err := state.Update(dir, func(r *state.Record) error {
+			r.SandboxID, r.SandboxName, r.SpecDigest, r.CreatedAt = s.id, s.name, specDigest(spec), now
+			return nil
+		})
+		if err == nil {
+			err = runner.WriteSpec(dir, rs)
+		}
+		records <- err
+	}()
 	ctx, cancel := context.WithTimeout(d.ctx, 10*time.Second)
 	defer cancel()
-	return runner.NewClient(m.paths.ControlSocket).Claim(ctx, cl)
+	err = runner.NewClient(m.paths.ControlSocket).Claim(ctx, cl)
+	return errors.Join(err, <-records)
 }
 
 // discardMember ends a member's VM and removes its directory.
