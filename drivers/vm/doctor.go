@@ -40,6 +40,8 @@ type Report struct {
 	// Pools are the warm pools with VMs in the state dir (pool.go): idle and booting
 	// VMs, and each idle VM's host memory.
 	Pools []PoolStatus `json:"pools,omitempty"`
+	// Snapshots are the snapshots in the state dir and the disk they hold.
+	Snapshots *SnapshotUsage `json:"snapshots,omitempty"`
 }
 
 // OK reports whether nothing is missing.
@@ -127,6 +129,11 @@ func Doctor(_ context.Context, cfg Config) Report {
 		}
 	}
 	r.Pools = PoolsOnDisk(context.Background(), cfg.StateDir, cfg.Pools)
+	if cfg.StateDir != "" {
+		if u, err := SnapshotsOnDisk(context.Background(), cfg.StateDir); err == nil {
+			r.Snapshots = &u
+		}
+	}
 	return r
 }
 

@@ -14,6 +14,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -201,6 +202,25 @@ func (d *Driver) ListSnapshots(context.Context) ([]*snapshotv1.Snapshot, error) 
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].GetName() < out[j].GetName() })
 	return out, nil
+}
+
+// SnapshotUsage is what the snapshots of a state dir hold (doctor).
+type SnapshotUsage struct {
+	Count int `json:"count"`
+	// Bytes counts each snapshot's own files only, not what it shares by hard link
+	// with the image cache.
+	Bytes int64 `json:"bytes"`
+}
+
+// SnapshotsOnDisk counts the snapshots under stateDir (see ListSnapshots).
+func SnapshotsOnDisk(ctx context.Context, stateDir string) (SnapshotUsage, error) {
+	d := &Driver{cfg: Config{StateDir: stateDir}, log: slog.New(slog.DiscardHandler)}
+	l, err := d.ListSnapshots(ctx)
+	u := SnapshotUsage{Count: len(l)}
+	for _, s := range l {
+		u.Bytes += s.GetBytes()
+	}
+	return u, err
 }
 
 // DeleteSnapshot implements drivers.Snapshotter: the snapshot's files are removed

@@ -1,6 +1,7 @@
 package vm_test
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/openshell/openshell/api/snapshotv1"
 	"github.com/openshell/openshell/drivers"
+	"github.com/openshell/openshell/drivers/vm"
 )
 
 // TestSnapshotSaveListDelete snapshots a running VM sandbox (virtio-serial channel):
@@ -159,5 +161,42 @@ func TestSnapshotRefused(t *testing.T) {
 	waitFor(t, d, id, "still Ready", ready)
 	if ents, _ := os.ReadDir(filepath.Join(dir, "snapshots")); len(ents) != 0 {
 		t.Fatalf("a refused snapshot left %v", ents)
+	}
+}
+
+// TestSnapshotsOnDisk: doctor's count of a state dir's snapshots takes each snapshot
+// directory with a manifest and its own bytes, and skips a partial one and a
+// directory without a manifest; a state dir without snapshots has none.
+func TestSnapshotsOnDisk(t *testing.T) {
+	dir := t.TempDir()
+	if u, err := vm.SnapshotsOnDisk(t.Context(), dir); err != nil || u.Count != 0 || u.Bytes != 0 {
+		t.Fatalf("no snapshots dir: %+v, %v", u, err)
+	}
+	for name, files := range map[string]map[string]int{
+		"base":         {"manifest.json": 0, "disk.img": 64 << 10},
+		"other":        {"manifest.json": 0, "disk.img": 32 << 10},
+		"half.partial": {"manifest.json": 0, "disk.img": 1 << 20},
+		"junk":         {"disk.img": 1 << 20},
+	} {
+		d := filepath.Join(dir, "snapshots", name)
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		for f, n := range files {
+			b := bytes.Repeat([]byte{1}, n)
+			if f == "manifest.json" {
+				b = []byte(`{"name":"` + name + `","image":"img"}`)
+			}
+			if err := os.WriteFile(filepath.Join(d, f), b, 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	u, err := vm.SnapshotsOnDisk(t.Context(), dir)
+	if err != nil || u.Count != 2 || u.Bytes < 96<<10 || u.Bytes > 1<<20 {
+		t.Fatalf("SnapshotsOnDisk = %+v, %v; want 2 snapshots holding about 96 KiB", u, err)
+	}
+	if r := vm.Doctor(t.Context(), vm.Config{StateDir: dir}); r.Snapshots == nil || *r.Snapshots != u {
+		t.Fatalf("Doctor's snapshots = %+v; want %+v", r.Snapshots, u)
 	}
 }

@@ -39,6 +39,10 @@ type vmReport struct {
 		Image        string  `json:"image"`
 		IdleRSSBytes []int64 `json:"idle_rss_bytes"`
 	} `json:"pools"`
+	Snapshots *struct {
+		Count int   `json:"count"`
+		Bytes int64 `json:"bytes"`
+	} `json:"snapshots"`
 }
 
 // VMCheck returns a check that runs `<driverBinary> doctor --json` (the VM driver's
@@ -98,6 +102,9 @@ func VMCheck(find func() (string, error)) Check {
 			}
 			detail := fmt.Sprintf("%d idle, %d booting, size %d (%s); idle VMs' host RSS: %s", p.Idle, p.Booting, p.Size, p.Image, strings.Join(rss, ", "))
 			out = append(out, Finding{Check: "vm.pool." + p.Name, Status: Info, Detail: detail})
+		}
+		if sn := r.Snapshots; sn != nil {
+			out = append(out, Finding{Check: "vm.snapshots", Status: Info, Detail: fmt.Sprintf("%d snapshots, %.1f MiB on disk", sn.Count, float64(sn.Bytes)/(1<<20))})
 		}
 		return out
 	}
