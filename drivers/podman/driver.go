@@ -29,6 +29,7 @@ import (
 	"github.com/openshell/openshell/drivers"
 	"github.com/openshell/openshell/drivers/containers"
 	"github.com/openshell/openshell/internal/atomicfile"
+	"github.com/openshell/openshell/internal/relayframe"
 	"github.com/openshell/openshell/internal/rundir"
 )
 
@@ -457,7 +458,7 @@ func (d *Driver) writeState(id, token string) (string, error) {
 	return dir, nil
 }
 
-// shareSocketDir hands the sandbox's gateway socket dir (and the socket in it)
+// shareSocketDir hands the sandbox's gateway socket dir (and the sockets in it)
 // to a rootless service's user, the container's root, as the token is, and lets
 // that user reach the directory to mount it. The gateway gives a socket it
 // re-creates there the directory's owner.
@@ -468,9 +469,12 @@ func (d *Driver) shareSocketDir(dir string) error {
 	if err := os.Chown(dir, d.ownerUID, d.ownerUID); err != nil {
 		return fmt.Errorf("gateway socket dir: %w", err)
 	}
-	sock := filepath.Join(dir, drivers.GatewaySocketName)
-	if err := os.Chown(sock, d.ownerUID, d.ownerUID); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("gateway socket: %w", err)
+	// The gRPC socket and the bulk socket beside it (file transfers' bytes).
+	for _, name := range []string{drivers.GatewaySocketName, relayframe.BulkSocketName} {
+		sock := filepath.Join(dir, name)
+		if err := os.Chown(sock, d.ownerUID, d.ownerUID); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("gateway socket %s: %w", name, err)
+		}
 	}
 	return d.openPath(filepath.Dir(dir))
 }
