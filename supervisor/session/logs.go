@@ -23,9 +23,12 @@ type Shipper struct {
 	batch     int
 	interval  time.Duration
 
-	fmu     sync.Mutex // one flush at a time, so no batch is sent twice
-	mu      sync.Mutex
-	buf     []*pb.SandboxLogLine
+	fmu sync.Mutex // one flush at a time, so no batch is sent twice
+	mu  sync.Mutex
+	buf []*pb.SandboxLogLine
+	// dropped counts lines dropped from buf and not yet reported. The notice saying
+	// so is made when a batch is sent, never kept in buf: there it could itself be
+	// dropped by a later Add and its count lost, and it would push buf past max.
 	dropped int
 	wake    chan struct{}
 }
@@ -85,10 +88,14 @@ func (s *Shipper) Add(level, target, message string, fields map[string]string) {
 	}
 }
 
-// Pending is the number of lines not yet acknowledged by the gateway.
+// Pending is the number of lines not yet acknowledged by the gateway, counting a
+// pending drop notice as one.
 func (s *Shipper) Pending() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.dropped > 0 {
+		return len(s.buf) + 1
+	}
 	return len(s.buf)
 }
 
@@ -116,39 +123,44 @@ func (s *Shipper) Run(ctx context.Context) {
 	}
 }
 
-// flush sends everything buffered, one push per batch; a batch leaves the buffer
-// only after the gateway acknowledged it.
+// flush sends everything buffered, one push per batch (the drop notice first, when
+// lines were dropped); a batch leaves the buffer only after the gateway acknowledged it.
 func (s *Shipper) flush(ctx context.Context) error {
 	s.fmu.Lock()
 	defer s.fmu.Unlock()
 	for {
 		s.mu.Lock()
-		if s.dropped > 0 {
-			n := s.dropped
-			s.dropped = 0
-			s.buf = append([]*pb.SandboxLogLine{{SandboxId: s.sandboxID, TimestampMs: time.Now().UnixMilli(),
+		d := s.dropped
+		var batch []*pb.SandboxLogLine
+		if d > 0 {
+			batch = append(batch, &pb.SandboxLogLine{SandboxId: s.sandboxID, TimestampMs: time.Now().UnixMilli(),
 				Level: "WARN", Target: "openshell-sandbox", Source: "sandbox",
-				Message: fmt.Sprintf("%d log lines dropped while the gateway was unreachable", n)}}, s.buf...)
+				Message: fmt.Sprintf("%d log lines dropped while the gateway was unreachable", d)})
 		}
-		n := min(len(s.buf), s.batch)
-		batch := append([]*pb.SandboxLogLine(nil), s.buf[:n]...)
+		n := min(len(s.buf), s.batch-len(batch))
+		lines := append([]*pb.SandboxLogLine(nil), s.buf[:n]...)
+		batch = append(batch, lines...)
 		s.mu.Unlock()
-		if n == 0 {
+		if len(batch) == 0 {
 			return nil
 		}
 		if err := s.pushBatch(ctx, batch); err != nil {
 			return err
 		}
 		s.mu.Lock()
-		// Lines dropped while pushing may have shifted the buffer: remove from the
-		// front whatever was sent, and nothing else.
+		// Adds while pushing may have dropped lines from the front, sent ones among
+		// them: what is left of the batch is still at the front. Remove that, and
+		// uncount the sent lines that Add counted as dropped.
 		sent := make(map[*pb.SandboxLogLine]bool, n)
-		for _, l := range batch {
+		for _, l := range lines {
 			sent[l] = true
 		}
+		removed := 0
 		for len(s.buf) > 0 && sent[s.buf[0]] {
 			s.buf = s.buf[1:]
+			removed++
 		}
+		s.dropped -= d + n - removed
 		s.mu.Unlock()
 	}
 }

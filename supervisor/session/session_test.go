@@ -26,6 +26,7 @@ import (
 	"golang.org/x/crypto/ssh"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
@@ -45,13 +46,30 @@ type fakeGateway struct {
 	auth       []string
 	md         []metadata.MD // of every call, in order
 	rejectN    int           // reject this many sessions first
-	streams    chan grpc.BidiStreamingServer[pb.SupervisorMessage, pb.GatewayMessage]
-	results    chan *pb.RelayOpenResult
-	closes     chan string // channel ids of the supervisor's relay_close messages
-	relays     chan relayCall
-	exitFails  int
-	exits      []*pb.ReportMainProcessExitRequest
-	logs       []*pb.SandboxLogLine
+	// heartbeat is the interval the fake announces and heartbeats at (0 = the real
+	// gateway's 15 s); silent = it announces the interval but never heartbeats.
+	heartbeat time.Duration
+	silent    bool
+	streams   chan grpc.BidiStreamingServer[pb.SupervisorMessage, pb.GatewayMessage]
+	results   chan *pb.RelayOpenResult
+	closes    chan string // channel ids of the supervisor's relay_close messages
+	relays    chan relayCall
+	exitFails int
+	exits     []*pb.ReportMainProcessExitRequest
+	logs      []*pb.SandboxLogLine
+}
+
+// lockedStream lets the fake's heartbeats and a test's messages share one stream
+// (a gRPC stream allows one sender at a time).
+type lockedStream struct {
+	grpc.BidiStreamingServer[pb.SupervisorMessage, pb.GatewayMessage]
+	mu sync.Mutex
+}
+
+func (l *lockedStream) Send(m *pb.GatewayMessage) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.BidiStreamingServer.Send(m)
 }
 
 type relayCall struct {
@@ -94,14 +112,39 @@ func (g *fakeGateway) ConnectSupervisor(s grpc.BidiStreamingServer[pb.Supervisor
 	if reject {
 		g.rejectN--
 	}
+	every, silent := g.heartbeat, g.silent
 	g.mu.Unlock()
+	if every <= 0 {
+		every = 15 * time.Second
+	}
 	if reject {
 		return status.Error(codes.Unavailable, "not yet")
 	}
-	if err := s.Send(&pb.GatewayMessage{Payload: &pb.GatewayMessage_SessionAccepted{SessionAccepted: &pb.SessionAccepted{SessionId: "s1", HeartbeatIntervalSecs: 1}}}); err != nil {
+	if err := s.Send(&pb.GatewayMessage{Payload: &pb.GatewayMessage_SessionAccepted{SessionAccepted: &pb.SessionAccepted{SessionId: "s1",
+		HeartbeatIntervalSecs: uint32(every / time.Second)}}}); err != nil {
 		return err
 	}
-	g.streams <- s
+	// Like the real gateway: heartbeats at the interval it announced, which the
+	// supervisor holds it to (three silent intervals and it reconnects).
+	ls := &lockedStream{BidiStreamingServer: s}
+	go func() {
+		if silent {
+			return
+		}
+		t := time.NewTicker(every)
+		defer t.Stop()
+		for {
+			select {
+			case <-s.Context().Done():
+				return
+			case <-t.C:
+			}
+			if ls.Send(&pb.GatewayMessage{Payload: &pb.GatewayMessage_Heartbeat{Heartbeat: &pb.GatewayHeartbeat{}}}) != nil {
+				return
+			}
+		}
+	}()
+	g.streams <- ls
 	for {
 		m, err := s.Recv()
 		if err != nil {
@@ -406,6 +449,25 @@ func TestReconnectWithBackoffAfterGatewayRestart(t *testing.T) {
 	}
 }
 
+// TestSilentGatewayIsLeft: a gateway that accepts the session and then says nothing
+// for three of its heartbeat intervals is taken for gone; the supervisor reconnects.
+func TestSilentGatewayIsLeft(t *testing.T) {
+	g := newFake()
+	g.heartbeat, g.silent = time.Second, true
+	addr, _ := serve(t, g, "127.0.0.1:0")
+	c, _ := startClient(t, "http://"+addr, echoSSH(t), DialOptions{})
+	waitUntil(t, 20*time.Second, "a new session after the gateway went silent", func() bool { return c.Sessions() == 2 })
+	g.mu.Lock()
+	hellos := slices.Clone(g.helloTimes)
+	g.mu.Unlock()
+	if len(hellos) != 2 {
+		t.Fatalf("%d hellos, want 2", len(hellos))
+	}
+	if d := hellos[1].Sub(hellos[0]); d < 3*time.Second {
+		t.Fatalf("left the gateway %v after its hello, before three silent 1 s intervals", d)
+	}
+}
+
 func TestReportExitRetriesUntilAcknowledged(t *testing.T) {
 	g := newFake()
 	g.exitFails = 2
@@ -454,6 +516,62 @@ func TestShipperKeepsLinesAcrossOutage(t *testing.T) {
 		if l.GetSource() != "sandbox" || l.GetSandboxId() != "sb-1" {
 			t.Fatalf("bad line %v", l)
 		}
+		msgs = append(msgs, l.GetMessage())
+	}
+	want := "3 log lines dropped while the gateway was unreachable|line 3|line 4|line 5|line 6|line 7"
+	if strings.Join(msgs, "|") != want {
+		t.Fatalf("delivered %q, want %q", strings.Join(msgs, "|"), want)
+	}
+}
+
+// TestShipperDropNoticeSurvivesFailedFlush: a flush that fails while lines are
+// being dropped leaves the drop count whole and the buffer bounded. (The notice used
+// to be put in the buffer, where the next Add dropped it as if it were one line: the
+// count shrank and the buffer held max lines plus a new notice.)
+func TestShipperDropNoticeSurvivesFailedFlush(t *testing.T) {
+	g := newFake()
+	addr, stop := serve(t, g, "127.0.0.1:0")
+	stop() // gateway down
+	cc, err := Dial(DialOptions{Endpoint: "http://" + addr, Token: func() (string, error) { return "t", nil }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	sh := NewShipper(pb.NewOpenShellClient(cc), "sb-1", ShipperOptions{MaxBuffered: 5, Batch: 10})
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+	defer cancel()
+	for i := 0; i < 7; i++ { // lines 0 and 1 dropped
+		sh.Add("INFO", "main", fmt.Sprintf("line %d", i), nil)
+	}
+	if err := sh.Flush(ctx); err == nil {
+		t.Fatal("flush to a stopped gateway succeeded")
+	}
+	sh.Add("INFO", "main", "line 7", nil) // line 2 dropped
+	if err := sh.Flush(ctx); err == nil {
+		t.Fatal("flush to a stopped gateway succeeded")
+	}
+	if p := sh.Pending(); p != 6 {
+		t.Fatalf("pending = %d, want the bounded 5 plus a drop notice", p)
+	}
+	g2 := newFake()
+	serve(t, g2, addr)
+	// The connection redials on its own backoff; flush once it is back.
+	for s := cc.GetState(); s != connectivity.Ready; s = cc.GetState() {
+		cc.Connect()
+		if !cc.WaitForStateChange(ctx, s) {
+			t.Fatal("no connection to the restarted gateway")
+		}
+	}
+	if err := sh.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if p := sh.Pending(); p != 0 {
+		t.Fatalf("pending = %d after a flush the gateway acknowledged", p)
+	}
+	g2.mu.Lock()
+	defer g2.mu.Unlock()
+	var msgs []string
+	for _, l := range g2.logs {
 		msgs = append(msgs, l.GetMessage())
 	}
 	want := "3 log lines dropped while the gateway was unreachable|line 3|line 4|line 5|line 6|line 7"
