@@ -23,7 +23,8 @@
 #   transfer sandbox upload/download (tar stream): Docker driver 256 MiB in one file and
 #            10,000 small files vs `docker cp` (target ratio ≤ 1); VM driver 256 MiB in MiB/s
 #            (target ≥ 45 MiB/s under TCG); each the median of 3 runs (OPENSHELL_BENCH_RUNS);
-#            then the VM's bare vsock channel each way, the ceiling of the VM figures
+#            on Docker first where one 256 MiB upload's CPU goes (client, gateway or dockerd,
+#            container); then the VM's bare vsock channel each way, the ceiling of the VM figures
 #   egress   1 GiB through the proxy vs direct (target ≥ 0.8×); CONNECT added latency
 #   snapshot VM suspend → resume (CLI, until READY) vs a cold create → READY of the same
 #            sandbox with its image cached (target resume ≤ 0.3× cold); suspended RSS;
