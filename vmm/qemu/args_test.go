@@ -77,7 +77,7 @@ func TestCPUModel(t *testing.T) {
 		}
 		p := c.p
 		p.cpu = cpuModel(p, c.want)
-		if a := strings.Join(buildArgs(vmm.Config{Name: "x", VCPUs: 1, MemoryMiB: 64, Kernel: "/k"}, p), " ")+" "; !strings.Contains(a, "-cpu "+c.got+" ") {
+		if a := strings.Join(buildArgs(vmm.Config{Name: "x", VCPUs: 1, MemoryMiB: 64, Kernel: "/k"}, p), " ") + " "; !strings.Contains(a, "-cpu "+c.got+" ") {
 			t.Errorf("args for %+v lack -cpu %s: %s", c.p, c.got, a)
 		}
 	}
