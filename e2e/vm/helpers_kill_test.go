@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/openshell/openshell/internal/rundir"
 	"github.com/openshell/openshell/internal/testenv/vmhost"
 )
 
@@ -25,7 +26,11 @@ type vmRun struct {
 
 // startVMRun checks the prerequisites, builds the binaries and the image, and starts a
 // gateway with the VM driver; cleanup stops it and kills what is left, by PID.
-func startVMRun(t *testing.T) *vmRun {
+func startVMRun(t *testing.T) *vmRun { return startVMRunWith(t, nil) }
+
+// startVMRunWith is startVMRun with more gateway configuration: extra, given the test
+// image's reference, returns TOML appended after the [drivers.vm] section.
+func startVMRunWith(t *testing.T, extra func(image string) string) *vmRun {
 	t.Helper()
 	if testing.Short() {
 		t.Skip("builds every binary and boots VMs")
@@ -37,13 +42,21 @@ func startVMRun(t *testing.T) *vmRun {
 	r.image = r.buildImage(busybox)
 	r.port = freePort(t)
 	r.cfg = filepath.Join(r.tmp, "gateway.toml")
-	if err := os.WriteFile(r.cfg, []byte("[drivers.vm]\ncpus = 1\nmemory_mib = 512\n"), 0o600); err != nil {
+	body := "[drivers.vm]\ncpus = 1\nmemory_mib = 512\n"
+	if extra != nil {
+		body += extra(r.image)
+	}
+	if err := os.WriteFile(r.cfg, []byte(body), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	r.startGateway()
 	t.Cleanup(func() {
 		r.cliMayFail("gateway", "stop")
+		r.killSessions() // VMs outlive the gateway by design (a pool's idle ones too)
 		r.killLeftovers()
+		for _, sub := range []string{r.gwState, filepath.Join(r.gwState, "vm-driver"), filepath.Join(r.gwState, "vm-driver", "sb")} {
+			os.RemoveAll(rundir.For(sub))
+		}
 	})
 	return r
 }

@@ -12,9 +12,6 @@ import (
 	"syscall"
 	"testing"
 	"time"
-
-	"github.com/openshell/openshell/internal/rundir"
-	"github.com/openshell/openshell/internal/testenv/vmhost"
 )
 
 // poolStatus is the part of `openshell-driver-vm doctor --json` a pool test reads.
@@ -29,29 +26,9 @@ type poolStatus struct {
 // (1 vCPU, 512 MiB, the driver's default disk) in the gateway config.
 func startPoolRun(t *testing.T, pool string, size int) *vmRun {
 	t.Helper()
-	if testing.Short() {
-		t.Skip("builds every binary and boots VMs")
-	}
-	vmhost.Require(t)
-	busybox := requireStaticBusybox(t)
-	r := &vmRun{env: newEnv(t)}
-	r.image = r.buildImage(busybox)
-	r.port = freePort(t)
-	r.cfg = filepath.Join(r.tmp, "gateway.toml")
-	body := fmt.Sprintf("[drivers.vm]\ncpus = 1\nmemory_mib = 512\n\n[drivers.vm.pools.%s]\nsize = %d\nimage = %q\n", pool, size, r.image)
-	if err := os.WriteFile(r.cfg, []byte(body), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	r.startGateway()
-	t.Cleanup(func() {
-		r.cliMayFail("gateway", "stop")
-		r.killSessions() // the pool's idle VMs outlive the gateway by design
-		r.killLeftovers()
-		for _, sub := range []string{r.gwState, filepath.Join(r.gwState, "vm-driver"), filepath.Join(r.gwState, "vm-driver", "sb")} {
-			os.RemoveAll(rundir.For(sub))
-		}
+	return startVMRunWith(t, func(image string) string {
+		return fmt.Sprintf("\n[drivers.vm.pools.%s]\nsize = %d\nimage = %q\n", pool, size, image)
 	})
-	return r
 }
 
 // killSessions SIGKILLs every process of each VM runner's session under the gateway's
