@@ -50,13 +50,22 @@ type session struct {
 	main    MainTarget    // set when attached to the main process
 	done    chan struct{} // closed when the program finished
 	closed  chan struct{} // closed when the channel's requests ended
+	// replied is closed once the request that started the program was answered:
+	// the exit status waits for it, because a client whose exec is answered after
+	// the channel closed sees its exec fail (EOF) instead of the program's status.
+	replied     chan struct{}
+	repliedOnce sync.Once
 }
+
+func (s *session) markReplied() { s.repliedOnce.Do(func() { close(s.replied) }) }
 
 func (s *session) serve(ctx context.Context, reqs <-chan *ssh.Request) {
 	s.done = make(chan struct{})
 	s.closed = make(chan struct{})
+	s.replied = make(chan struct{})
 	defer func() {
 		// The client closed the channel (or the program finished and we closed it).
+		s.markReplied()
 		close(s.closed)
 		s.mu.Lock()
 		started, running := s.started, s.running
@@ -80,6 +89,12 @@ func (s *session) serve(ctx context.Context, reqs <-chan *ssh.Request) {
 		}
 		if req.WantReply {
 			_ = req.Reply(ok, nil)
+		}
+		s.mu.Lock()
+		started := s.started
+		s.mu.Unlock()
+		if started {
+			s.markReplied()
 		}
 	}
 }
@@ -227,8 +242,10 @@ func (s *session) run(ctx context.Context, argv []string, withPTY bool) error {
 	return nil
 }
 
-// finish reports the exit status and ends the channel.
+// finish reports the exit status and ends the channel, after the reply to the
+// request that started the program.
 func (s *session) finish(st syscall.WaitStatus) {
+	<-s.replied
 	_ = s.ch.CloseWrite()
 	if st.Signaled() {
 		name := unix.SignalName(st.Signal())
