@@ -246,14 +246,7 @@ func TestPoolClaimIsolationAndRestart(t *testing.T) {
 func runnerPIDsOfPool(t *testing.T, stateDir string) []int {
 	t.Helper()
 	var out []int
-	ents, _ := os.ReadDir(filepath.Join(stateDir, "sb"))
-	for _, e := range ents {
-		d := filepath.Join(stateDir, "sb", e.Name())
-		b, err := os.ReadFile(filepath.Join(d, vm.PoolFile))
-		if err != nil || strings.Contains(string(b), "claimed_by") {
-			continue
-		}
-		rec := loadRecord(t, d)
+	for _, rec := range poolRecords(t, stateDir) {
 		out = append(out, rec.RunnerPID)
 	}
 	slices.Sort(out)

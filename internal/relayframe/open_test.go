@@ -51,9 +51,6 @@ func TestBulkOpenRoundTrip(t *testing.T) {
 // What a guest may send the runner as an open frame: each bad one is refused with
 // the field or the rule named.
 func TestBulkOpenHostile(t *testing.T) {
-	frame := func(kind byte, payload string) []byte {
-		return append(AppendHeader(nil, kind, len(payload)), payload...)
-	}
 	for _, c := range []struct {
 		name string
 		in   []byte
@@ -144,9 +141,6 @@ func TestBulkToken(t *testing.T) {
 	if err := WriteToken(&b, ""); err == nil {
 		t.Fatal("WriteToken sent an empty token")
 	}
-	frame := func(kind byte, payload string) []byte {
-		return append(AppendHeader(nil, kind, len(payload)), payload...)
-	}
 	for _, c := range []struct {
 		name string
 		in   []byte
@@ -187,4 +181,9 @@ func FuzzReadToken(f *testing.F) {
 			t.Fatalf("read %d bytes for a %d-byte token", used, len(tok))
 		}
 	})
+}
+
+// frame is one frame of kind with payload, as a peer would send it.
+func frame(kind byte, payload string) []byte {
+	return append(AppendHeader(nil, kind, len(payload)), payload...)
 }
