@@ -331,3 +331,38 @@ func TestSessionNice(t *testing.T) {
 		t.Fatalf("setPoolNice changed a process that does not lead its session: %v", ns)
 	}
 }
+
+// A runner lowers a pooled VM's priority only when it can raise it again at the claim:
+// root may; the same root without CAP_SYS_NICE and with an RLIMIT_NICE of 0 (a
+// container's default) may not, and would otherwise leave claimed VMs niced.
+func TestMayRestoreNice(t *testing.T) {
+	if os.Getenv("OPENSHELL_TEST_MAY_RESTORE_NICE") == "1" {
+		fmt.Printf("may-restore=%v\n", mayRestoreNice())
+		return
+	}
+	testenv.RequireRoot(t)
+	if !mayRestoreNice() {
+		t.Fatal("root with CAP_SYS_NICE: mayRestoreNice = false")
+	}
+	setpriv := testenv.RequireCommand(t, "setpriv", "apt-get install util-linux")
+	prlimit := testenv.RequireCommand(t, "prlimit", "apt-get install util-linux")
+	for _, c := range []struct {
+		name string
+		argv []string
+		want string
+	}{
+		{"no CAP_SYS_NICE, RLIMIT_NICE 0", []string{prlimit, "--nice=0:0", setpriv, "--bounding-set=-sys_nice"}, "may-restore=false"},
+		{"CAP_SYS_NICE, RLIMIT_NICE 0", []string{prlimit, "--nice=0:0"}, "may-restore=true"},
+	} {
+		argv := append(c.argv, os.Args[0], "-test.run", "^TestMayRestoreNice$")
+		cmd := exec.Command(argv[0], argv[1:]...)
+		cmd.Env = append(os.Environ(), "OPENSHELL_TEST_MAY_RESTORE_NICE=1")
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("%s: %v\n%s", c.name, err, out)
+		}
+		if !strings.Contains(string(out), c.want) {
+			t.Errorf("%s: child said %q; want %s", c.name, out, c.want)
+		}
+	}
+}

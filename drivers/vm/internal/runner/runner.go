@@ -228,7 +228,9 @@ func Run(ctx context.Context, dir string, o Options) (retErr error) {
 		return err
 	}
 	pid := m.PID()
-	if spec.Pool != "" {
+	if spec.Pool != "" && !mayRestoreNice() {
+		log.Info("pooled VM keeps normal priority: this runner could not restore it at the claim (no CAP_SYS_NICE, RLIMIT_NICE below 20)")
+	} else if spec.Pool != "" {
 		// Until its claim, a pooled VM's boot yields the CPU to claimed guests.
 		if err := setPoolNice(refillNice, pid); err != nil {
 			log.Warn("cannot lower the pooled VM's priority", "err", err)
