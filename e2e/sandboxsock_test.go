@@ -26,6 +26,7 @@ import (
 	"time"
 
 	"github.com/openshell/openshell/drivers"
+	"github.com/openshell/openshell/internal/relayframe"
 )
 
 // buildSockProbe compiles e2e/internal/sockprobe static for the host.
@@ -45,10 +46,19 @@ func buildSockProbe(t *testing.T) string {
 // root (the supervisor's identity), returning its report.
 func probeIn(t *testing.T, cid, probe string, args ...string) map[string]string {
 	t.Helper()
+	return probeAs(t, cid, probe, "0", args...)
+}
+
+// probeAs runs the probe in container cid as user (a name or uid).
+func probeAs(t *testing.T, cid, probe, user string, args ...string) map[string]string {
+	t.Helper()
 	if out, err := engineCmd("cp", probe, cid+":/tmp/sockprobe").CombinedOutput(); err != nil {
 		t.Fatalf("copy the probe into %s: %v %s", cid, err, out)
 	}
-	out, err := engineCmd(append([]string{"exec", "-u", "0", cid, "/tmp/sockprobe"}, args...)...).CombinedOutput()
+	if out, err := engineCmd("exec", "-u", "0", cid, "chmod", "0755", "/tmp/sockprobe").CombinedOutput(); err != nil {
+		t.Fatalf("make the probe runnable by every user in %s: %v %s", cid, err, out)
+	}
+	out, err := engineCmd(append([]string{"exec", "-u", user, cid, "/tmp/sockprobe"}, args...)...).CombinedOutput()
 	return decodeProbe(t, out, err)
 }
 
@@ -163,6 +173,21 @@ func TestSandboxSocket(t *testing.T) {
 		// A's own token naming B in the request.
 		if got := probeIn(t, fa.cid, probe, "-socket", mine, "-token", fa.token, "-sandbox", fb.id); got["code"] != "PermissionDenied" {
 			t.Errorf("A's token asking for B's config: %v, want PermissionDenied", got)
+		}
+	})
+
+	t.Run("the agent cannot open either socket", func(t *testing.T) {
+		// The sockets are the supervisor's (the container's root): the agent, the
+		// sandbox user, gets no connection to them, its own token or not.
+		bulk := drivers.GatewaySocketMountDir + "/" + relayframe.BulkSocketName
+		if st, err := os.Stat(filepath.Join(fa.sockDir, relayframe.BulkSocketName)); err != nil || st.Mode()&os.ModeSocket == 0 {
+			t.Fatalf("host bulk socket: %v %v", st, err)
+		}
+		for _, sock := range []string{mine, bulk} {
+			got := probeAs(t, fa.cid, probe, "sandbox", "-socket", sock, "-token", fa.token, "-sandbox", fa.id)
+			if got["code"] == "OK" || got["stat"] != "EACCES" && !strings.Contains(got["msg"], "permission denied") {
+				t.Errorf("the agent on %s: %v, want EACCES or permission denied", sock, got)
+			}
 		}
 	})
 
