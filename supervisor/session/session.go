@@ -126,7 +126,9 @@ type Client struct {
 
 	relays sync.WaitGroup
 	up     atomic.Bool
-	noBulk atomic.Bool // DialBulk failed: the host end has no bulk port
+	// bulkRetry: unix ns before which DialBulk is not tried again (its last
+	// failure was slow; see openBulk).
+	bulkRetry atomic.Int64
 	// sessions counts accepted sessions (tests and status).
 	sessions atomic.Int64
 }
@@ -406,7 +408,7 @@ func (c *Client) relay(ctx, life context.Context, open *pb.RelayOpen, send func(
 		result(errors.New("this supervisor does not serve file transfers on a relay of their own; upgrade openshell-sandbox"))
 		return
 	}
-	if xfer != nil && c.cfg.DialBulk != nil && !c.noBulk.Load() {
+	if xfer != nil && c.cfg.DialBulk != nil && time.Now().UnixNano() >= c.bulkRetry.Load() {
 		if bc, err := c.openBulk(ctx, id); err != nil {
 			log.Warn("relay: no bulk stream for this transfer; it goes over the session", "err", err)
 		} else {
@@ -467,14 +469,27 @@ func (c *Client) relay(ctx, life context.Context, open *pb.RelayOpen, send func(
 // would otherwise be retried until the relay's context ends.
 const bulkDialWait = 3 * time.Second
 
-// openBulk opens relay id on a new bulk stream. A dial that fails turns bulk streams
-// off for this client (a host end without the port); a refusal does not.
+// A bulk dial that failed in under bulkSlowDial is tried again on the next transfer;
+// one that took longer is not tried again for bulkRetryAfter.
+const (
+	bulkSlowDial   = 100 * time.Millisecond
+	bulkRetryAfter = time.Minute
+)
+
+// openBulk opens relay id on a new bulk stream. A dial that fails at once (a
+// container's bulk socket that is not there) is tried again on the next transfer:
+// it costs nothing, and a restarted gateway re-creates the socket. A dial that fails
+// slowly (a VM's vsock port nobody serves answers after ~2 s) would slow every
+// transfer, so bulk streams rest for bulkRetryAfter. A refusal does neither.
 func (c *Client) openBulk(ctx context.Context, id string) (net.Conn, error) {
 	dctx, cancel := context.WithTimeout(ctx, bulkDialWait)
 	defer cancel()
+	start := time.Now()
 	bc, err := c.cfg.DialBulk(dctx)
 	if err != nil {
-		c.noBulk.Store(true)
+		if now := time.Now(); now.Sub(start) >= bulkSlowDial {
+			c.bulkRetry.Store(now.Add(bulkRetryAfter).UnixNano())
+		}
 		return nil, fmt.Errorf("dial the bulk port: %w", err)
 	}
 	stop := context.AfterFunc(dctx, func() { bc.Close() })
