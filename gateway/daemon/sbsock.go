@@ -32,16 +32,21 @@ type sandboxSockets struct {
 	base string // <runtime dir>/sb
 	log  *slog.Logger
 
-	mu      sync.Mutex
-	lis     map[string]*net.UnixListener
-	bulk    map[string]*net.UnixListener // each sandbox's bulk stream socket
-	serve   func(net.Listener)           // nil until the gRPC server is up
-	pending []net.Listener
-	// serveBulk serves one bulk stream of a sandbox (nil until the server is up:
-	// connections wait in the listen queue until then).
-	serveBulk   func(c *net.UnixConn, sandboxID string)
-	pendingBulk []string
-	closed      bool
+	mu   sync.Mutex
+	lis  map[string]*net.UnixListener
+	bulk map[string]*net.UnixListener // each sandbox's bulk stream socket
+	up   *sandboxServers              // nil until the gRPC server is up
+	// pending: what to start once it is up (until then, connections wait in the
+	// sockets' listen queues).
+	pending []func(*sandboxServers)
+	closed  bool
+}
+
+// sandboxServers serve the per-sandbox sockets: grpc each gateway socket, bulk one
+// bulk stream of a sandbox.
+type sandboxServers struct {
+	grpc func(net.Listener)
+	bulk func(c *net.UnixConn, sandboxID string)
 }
 
 // newSandboxSockets prepares <runtime dir of stateDir>/sb.
@@ -84,54 +89,60 @@ func (m *sandboxSockets) Open(id string) (string, error) {
 		return dir, nil
 	}
 	if err := os.Mkdir(dir, 0o700); err != nil && !errors.Is(err, os.ErrExist) {
-		return "", fmt.Errorf("sandbox %s: gateway socket dir: %w", id, err)
+		return "", fmt.Errorf("sandbox %s: socket dir: %w", id, err)
 	}
 	st, err := os.Lstat(dir)
 	if err != nil {
-		return "", fmt.Errorf("sandbox %s: gateway socket dir: %w", id, err)
+		return "", fmt.Errorf("sandbox %s: socket dir: %w", id, err)
 	}
 	if !st.IsDir() {
-		return "", fmt.Errorf("sandbox %s: gateway socket dir %s is not a directory; remove it", id, dir)
+		return "", fmt.Errorf("sandbox %s: socket dir %s is not a directory; remove it", id, dir)
 	}
-	l, err := m.listenSandbox(dir, drivers.GatewaySocketName, id, st)
+	l, err := m.listenSandbox(dir, drivers.GatewaySocketName, "gateway socket", id, st)
 	if err != nil {
 		return "", err
 	}
 	// Beside it, the socket for file transfers' bytes (see Server.ServeSandboxBulk).
 	// A gateway that cannot make it still serves the sandbox: its supervisor sends
 	// transfers over the session.
-	if bl, berr := m.listenSandbox(dir, relayframe.BulkSocketName, id, st); berr != nil {
+	if bl, berr := m.listenSandbox(dir, relayframe.BulkSocketName, "bulk socket", id, st); berr != nil {
 		m.log.Warn("no bulk socket for this sandbox; its transfers go over the session", "sandbox_id", id, "err", berr)
 	} else {
 		m.bulk[id] = bl
-		if m.serveBulk != nil {
-			go m.acceptBulk(bl, id, m.serveBulk)
-		} else {
-			m.pendingBulk = append(m.pendingBulk, id)
-		}
+		m.whenUp(func(s *sandboxServers) { m.acceptBulk(bl, id, s.bulk) })
 	}
 	m.lis[id] = l
 	sl := &sandboxListener{UnixListener: l, id: id}
-	if m.serve != nil {
-		go m.serve(sl)
-	} else {
-		m.pending = append(m.pending, sl)
-	}
+	m.whenUp(func(s *sandboxServers) { s.grpc(sl) })
 	return dir, nil
 }
 
-// listenSandbox creates socket name in a sandbox's directory dir (whose Lstat is
-// st), owned as the directory is and mode 0600.
-func (m *sandboxSockets) listenSandbox(dir, name, id string, st os.FileInfo) (*net.UnixListener, error) {
+// whenUp runs f in a goroutine of its own once the servers are up: now if they
+// are, else at start. m.mu is held.
+func (m *sandboxSockets) whenUp(f func(*sandboxServers)) {
+	if m.up != nil {
+		go f(m.up)
+		return
+	}
+	m.pending = append(m.pending, f)
+}
+
+// listenSandbox creates socket name (the kind of socket it is, for errors) in a
+// sandbox's directory dir (whose Lstat is st), owned as the directory is and mode
+// 0600.
+func (m *sandboxSockets) listenSandbox(dir, name, kind, id string, st os.FileInfo) (*net.UnixListener, error) {
 	path := filepath.Join(dir, name)
+	fail := func(what string, err error) error {
+		return fmt.Errorf("sandbox %s: %s %s: %s: %w", id, kind, path, what, err)
+	}
 	// Whatever is there is this gateway's own leftover (the directory is private to
 	// it): a socket of an earlier run, which the new one replaces.
 	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return nil, fmt.Errorf("sandbox %s: stale gateway socket: %w", id, err)
+		return nil, fail("remove the one of an earlier run (remove it by hand if it is not a socket)", err)
 	}
 	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
 	if err != nil {
-		return nil, fmt.Errorf("sandbox %s: gateway socket: %w", id, err)
+		return nil, fail("listen", err)
 	}
 	// A driver may have given the directory to the user a rootless engine runs as
 	// (the container's root); the socket goes to the same owner, else the
@@ -143,19 +154,19 @@ func (m *sandboxSockets) listenSandbox(dir, name, id string, st os.FileInfo) (*n
 	if uid != os.Geteuid() || gid != os.Getegid() {
 		if err := os.Chown(path, uid, gid); err != nil {
 			l.Close()
-			return nil, fmt.Errorf("sandbox %s: gateway socket owner: %w", id, err)
+			return nil, fail(fmt.Sprintf("give it to the directory's owner %d:%d", uid, gid), err)
 		}
 		// That user's engine mounts the directory again when the container restarts:
 		// the directories above it, which a start of the gateway closed, let it
 		// pass (search only; each sandbox's directory stays its owner's).
 		if err := rundir.LetTraverse(m.base, uid); err != nil {
 			l.Close()
-			return nil, fmt.Errorf("sandbox %s: gateway socket dir: %w", id, err)
+			return nil, fail(fmt.Sprintf("let user %d pass the directories above it", uid), err)
 		}
 	}
 	if err := os.Chmod(path, 0o600); err != nil {
 		l.Close()
-		return nil, fmt.Errorf("sandbox %s: gateway socket: %w", id, err)
+		return nil, fail("chmod 0600", err)
 	}
 	return l, nil
 }
@@ -227,17 +238,11 @@ func (m *sandboxSockets) Prune(known map[string]bool) {
 func (m *sandboxSockets) start(serve func(net.Listener), bulk func(c *net.UnixConn, sandboxID string)) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	m.serve, m.serveBulk = serve, bulk
-	for _, l := range m.pending {
-		go serve(l)
+	m.up = &sandboxServers{grpc: serve, bulk: bulk}
+	for _, f := range m.pending {
+		go f(m.up)
 	}
 	m.pending = nil
-	for _, id := range m.pendingBulk {
-		if bl := m.bulk[id]; bl != nil {
-			go m.acceptBulk(bl, id, bulk)
-		}
-	}
-	m.pendingBulk = nil
 }
 
 // Close closes every socket; the sandboxes' directories stay for the next run

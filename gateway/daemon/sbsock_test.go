@@ -1,12 +1,15 @@
 package daemon
 
 import (
+	"bytes"
 	"errors"
 	"io"
 	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -182,5 +185,111 @@ func TestSandboxBulkStreamLimit(t *testing.T) {
 		case <-deadline:
 			t.Fatal("a stream after one ended was not served")
 		}
+	}
+}
+
+// A socket that cannot be made is named in the error, path and kind: the gateway
+// socket fails the sandbox's Open, the bulk socket only its transfers' fast path.
+func TestSandboxSocketErrorsNameTheSocket(t *testing.T) {
+	state := t.TempDir()
+	t.Cleanup(func() { os.RemoveAll(rundir.For(state)) })
+	var logged bytes.Buffer
+	var logMu sync.Mutex
+	m, err := newSandboxSockets(state, slog.New(slog.NewTextHandler(lockedWriter{&logMu, &logged}, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	// Something that is no socket and cannot be removed (a non-empty directory)
+	// where each socket goes.
+	block := func(id, name string) string {
+		p := filepath.Join(m.Dir(id), name)
+		if err := os.MkdirAll(filepath.Join(p, "x"), 0o700); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	gw := block("sb-gw", drivers.GatewaySocketName)
+	if _, err := m.Open("sb-gw"); err == nil || !strings.Contains(err.Error(), "gateway socket "+gw+":") {
+		t.Fatalf("Open with %s blocked: %v; want an error naming the gateway socket and its path", gw, err)
+	}
+	bulk := block("sb-bulk", relayframe.BulkSocketName)
+	if _, err := m.Open("sb-bulk"); err != nil {
+		t.Fatalf("Open with only the bulk socket blocked: %v; want the sandbox served without it", err)
+	}
+	logMu.Lock()
+	out := logged.String()
+	logMu.Unlock()
+	if !strings.Contains(out, "bulk socket "+bulk+":") || strings.Contains(out, "gateway socket") {
+		t.Fatalf("log %q: want the bulk socket and its path named, not the gateway socket", out)
+	}
+}
+
+type lockedWriter struct {
+	mu *sync.Mutex
+	w  io.Writer
+}
+
+func (l lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
+}
+
+// Sockets opened before the gRPC server is up (a restarted gateway re-opens its
+// sandboxes' sockets first) are served once it is: both kinds, each bound to its
+// sandbox; one removed in between is not.
+func TestSandboxSocketsOpenedBeforeStart(t *testing.T) {
+	state := t.TempDir()
+	t.Cleanup(func() { os.RemoveAll(rundir.For(state)) })
+	m, err := newSandboxSockets(state, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	dirA, err := m.Open("sb-a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.Open("sb-gone"); err != nil {
+		t.Fatal(err)
+	}
+	m.Remove("sb-gone")
+	// Before start a connection waits in the listen queue.
+	early, err := net.Dial("unix", filepath.Join(dirA, drivers.GatewaySocketName))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer early.Close()
+	accepted := make(chan string, 4)
+	bulkFrom := make(chan string, 4)
+	m.start(func(l net.Listener) {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			accepted <- c.(*sandboxConn).id
+			c.Close()
+		}
+	}, func(c *net.UnixConn, id string) { c.Close(); bulkFrom <- id })
+	bc, err := net.Dial("unix", filepath.Join(dirA, relayframe.BulkSocketName))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bc.Close()
+	for _, ch := range []chan string{accepted, bulkFrom} {
+		select {
+		case id := <-ch:
+			if id != "sb-a" {
+				t.Fatalf("served as %q, want sb-a", id)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("a socket opened before start was not served after it")
+		}
+	}
+	if c, err := net.Dial("unix", filepath.Join(m.Dir("sb-gone"), drivers.GatewaySocketName)); err == nil {
+		c.Close()
+		t.Fatal("the socket of a sandbox removed before start still answers")
 	}
 }
