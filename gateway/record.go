@@ -3,6 +3,7 @@ package gateway
 import (
 	"fmt"
 	"strconv"
+	"time"
 
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
@@ -45,6 +46,9 @@ type record struct {
 	// policyError is the supervisor's last refusal.
 	policyVersion uint32
 	policyError   string
+	// sessionAt, when set, is when the supervisor session that this write records was
+	// accepted: the moment a create became Ready (finishTimeline). Not stored.
+	sessionAt time.Time
 }
 
 // The stored payload is a small protobuf-encoded envelope (no .proto file: it is

@@ -21,13 +21,25 @@ import (
 )
 
 // onSession is the hub's listener: a session coming or going changes the derived
-// phase, so persist it and wake watchers.
+// phase, so wake watchers and persist it.
+//
+// Watchers first: they derive the phase from the stored record and the hub's live
+// sessions, which already hold this change, so a sandbox turning READY is seen now,
+// not after the store write below (which queues behind every other write of a busy
+// gateway). Nothing is lost to a crash in between: the phase is derived again on
+// every read, and a supervisor re-opens its session with a restarted gateway. The
+// create timeline's "ready" is stamped at this moment too, not at the write's.
 func (s *Server) onSession(sandboxID, instanceID string, connected bool) {
+	at := time.Now()
+	s.watch.notify(sandboxID)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	_, err := s.mutate(ctx, sandboxID, func(r *record) error {
 		if connected && instanceID != "" && r.sb.GetStatus().GetMainProcessInstanceId() == "" {
 			r.sb.Status.MainProcessInstanceId = instanceID
+		}
+		if connected {
+			r.sessionAt = at
 		}
 		return nil // always re-stamp the phase
 	})

@@ -64,8 +64,13 @@ func liveTimeline(r *record, phase openshellv1.SandboxPhase, now time.Time) []*d
 }
 
 // finishTimeline closes a create's timeline when the sandbox has just become Ready:
-// it reports true once per create (the caller logs it).
+// it reports true once per create (the caller logs it). "ready" is at now, or at the
+// session's accept when the write records one (the write may land much later on a
+// busy gateway).
 func finishTimeline(r *record, now time.Time) bool {
+	if !r.sessionAt.IsZero() && r.sessionAt.Before(now) {
+		now = r.sessionAt
+	}
 	st := r.sb.GetStatus()
 	if st.GetPhase() != openshellv1.SandboxPhase_SANDBOX_PHASE_READY || timelineDone(st) {
 		return false
