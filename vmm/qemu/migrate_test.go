@@ -74,6 +74,24 @@ func oldProgramEnded(console string) bool {
 		strings.Contains(console, "testinit: send answer: session shutdown")
 }
 
+// restoreConfig is cfg, the configuration of a saved machine, for a new machine
+// called name that restores it from state (a state dir and console of its own).
+func restoreConfig(t *testing.T, cfg vmm.Config, name, state string) vmm.Config {
+	t.Helper()
+	cfg.Name, cfg.StateDir, cfg.ConsoleLog, cfg.RestoreFrom = name, shortStateDir(t), "", state
+	return cfg
+}
+
+// ranOnToPowerOff waits for restored machine r's guest to power off cleanly and
+// checks that it went on from where it was saved (its console shows no new boot).
+func ranOnToPowerOff(t *testing.T, ctx context.Context, r *qemu.Machine) {
+	t.Helper()
+	waitPowerOff(t, ctx, r)
+	if strings.Contains(r.ConsoleTail(1<<16), "kernel modules loaded") {
+		t.Fatalf("restored guest booted again instead of continuing:\n%s", r.ConsoleTail(4096))
+	}
+}
+
 // TestSaveRestore saves a running guest (virtio-serial channel), ends its QEMU and
 // restores it in a new one: the same guest program goes on (its connection to the old
 // host end is gone, which it notices and reports on the console), the host can reach
@@ -127,12 +145,7 @@ func testSaveRestore(t *testing.T, ramFile bool) {
 	_ = m.Kill()
 	<-m.Exited()
 
-	rcfg := cfg
-	rcfg.Name = "restore"
-	rcfg.StateDir = shortStateDir(t)
-	rcfg.ConsoleLog = ""
-	rcfg.RestoreFrom = state
-	r := newMachine(t, rcfg, qemu.WithTransport(channel.TransportVirtioSerial))
+	r := newMachine(t, restoreConfig(t, cfg, "restore", state), qemu.WithTransport(channel.TransportVirtioSerial))
 	restoreStart := time.Now()
 	if err := r.Start(ctx); err != nil {
 		t.Fatalf("restore: %v", err)
@@ -158,14 +171,7 @@ func testSaveRestore(t *testing.T, ramFile bool) {
 	restore := time.Since(restoreStart)
 	t.Logf("boot→echo %s; save %s (%d KiB file); restore→guest running %s (%.2f× the boot)",
 		boot.Round(time.Millisecond), saveTook.Round(time.Millisecond), fi.Size()>>10, restore.Round(time.Millisecond), restore.Seconds()/boot.Seconds())
-	wctx, cancel := context.WithTimeout(ctx, bootTimeout)
-	defer cancel()
-	if err := r.Wait(wctx); err != nil {
-		t.Fatalf("restored guest did not power off cleanly: %v\nconsole:\n%s", err, r.ConsoleTail(4096))
-	}
-	if strings.Contains(r.ConsoleTail(1<<16), "kernel modules loaded") {
-		t.Fatalf("restored guest booted again instead of continuing:\n%s", r.ConsoleTail(4096))
-	}
+	ranOnToPowerOff(t, ctx, r)
 	if ramFile {
 		// A guest that ends without being saved gives its RAM file back.
 		if _, err := os.Stat(cfg.MemoryFile); !errors.Is(err, os.ErrNotExist) {
@@ -201,11 +207,7 @@ func TestSaveThenContinue(t *testing.T) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	wctx, cancel := context.WithTimeout(ctx, bootTimeout)
-	defer cancel()
-	if err := m.Wait(wctx); err != nil {
-		t.Fatalf("continued guest did not power off cleanly: %v", err)
-	}
+	waitPowerOff(t, ctx, m)
 }
 
 // TestSaveRefused: what QEMU cannot migrate is refused before the guest is touched,
@@ -229,11 +231,7 @@ func TestSaveRefused(t *testing.T) {
 		t.Fatalf("relative path: %v", err)
 	}
 	// A restore from a file that is not there is refused at Start, naming the field.
-	rcfg := cfg
-	rcfg.StateDir = shortStateDir(t)
-	rcfg.ConsoleLog = ""
-	rcfg.RestoreFrom = filepath.Join(rcfg.StateDir, "missing.state")
-	r := newMachine(t, rcfg, qemu.WithTransport(channel.TransportVirtioSerial))
+	r := newMachine(t, restoreConfig(t, cfg, cfg.Name, filepath.Join(t.TempDir(), "missing.state")), qemu.WithTransport(channel.TransportVirtioSerial))
 	if err := r.Start(ctx); err == nil || !strings.Contains(err.Error(), "RestoreFrom") {
 		t.Fatalf("restore from a missing file: %v", err)
 	}
@@ -258,9 +256,7 @@ func TestRestoreUnrecordedCPU(t *testing.T) {
 	}
 	_ = m.Kill()
 	<-m.Exited()
-	rcfg := cfg
-	rcfg.Name, rcfg.StateDir, rcfg.ConsoleLog, rcfg.RestoreFrom = "oldcpu-restore", shortStateDir(t), "", state
-	r := newMachine(t, rcfg, qemu.WithTransport(channel.TransportVirtioSerial), qemu.WithAccel(qemu.AccelTCG), qemu.WithCPU(qemu.CPUUnrecorded))
+	r := newMachine(t, restoreConfig(t, cfg, "oldcpu-restore", state), qemu.WithTransport(channel.TransportVirtioSerial), qemu.WithAccel(qemu.AccelTCG), qemu.WithCPU(qemu.CPUUnrecorded))
 	if err := r.Start(ctx); err != nil {
 		t.Fatalf("restore with the unrecorded model: %v", err)
 	}
@@ -270,14 +266,7 @@ func TestRestoreUnrecordedCPU(t *testing.T) {
 	if err := r.Resume(ctx); err != nil {
 		t.Fatal(err)
 	}
-	wctx, cancel := context.WithTimeout(ctx, bootTimeout)
-	defer cancel()
-	if err := r.Wait(wctx); err != nil {
-		t.Fatalf("restored guest did not power off cleanly: %v\nconsole:\n%s", err, r.ConsoleTail(4096))
-	}
-	if strings.Contains(r.ConsoleTail(1<<16), "kernel modules loaded") {
-		t.Fatalf("restored guest booted again instead of continuing:\n%s", r.ConsoleTail(4096))
-	}
+	ranOnToPowerOff(t, ctx, r)
 }
 
 // TestCPUModelRefused: a model that is not a plain QEMU model string is refused

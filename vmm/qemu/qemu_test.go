@@ -184,11 +184,7 @@ func bootAndAsk(t testing.TB, ctx context.Context, m *qemu.Machine, checkDial bo
 	if _, err := io.WriteString(c, "bye\n"); err != nil {
 		t.Fatal(err)
 	}
-	wctx, wcancel := context.WithTimeout(ctx, bootTimeout)
-	defer wcancel()
-	if err := m.Wait(wctx); err != nil {
-		t.Fatalf("guest did not power off cleanly: %v\nconsole:\n%s", err, m.ConsoleTail(4096))
-	}
+	waitPowerOff(t, ctx, m)
 	if st := m.State(); st != vmm.StateStopped {
 		t.Fatalf("state after power off = %s, want stopped", st)
 	}
@@ -203,6 +199,16 @@ func bootAndAsk(t testing.TB, ctx context.Context, m *qemu.Machine, checkDial bo
 		}
 	}
 	return a
+}
+
+// waitPowerOff waits for m's guest to power off cleanly (within bootTimeout).
+func waitPowerOff(tb testing.TB, ctx context.Context, m *qemu.Machine) {
+	tb.Helper()
+	wctx, cancel := context.WithTimeout(ctx, bootTimeout)
+	defer cancel()
+	if err := m.Wait(wctx); err != nil {
+		tb.Fatalf("guest did not power off cleanly: %v\nconsole:\n%s", err, m.ConsoleTail(4096))
+	}
 }
 
 func baseConfig(tb testing.TB, name string, disks ...vmm.Disk) vmm.Config {
