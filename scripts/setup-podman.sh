@@ -25,6 +25,7 @@ STATE_DIR="${OPENSHELL_PODMAN_STATE_DIR:-/var/lib/openshell/podman}"
 TEST_USER="${OPENSHELL_PODMAN_USER:-openshell-podman}"
 ROOTFUL_SOCK="/run/podman/podman.sock"
 TIMEOUT="${OPENSHELL_PODMAN_TIMEOUT:-60}"
+EXEC_CLEANUP_DELAY=10 # seconds; see write_config
 BUILD_TAGS="seccomp exclude_graphdriver_btrfs btrfs_noversion exclude_graphdriver_devicemapper"
 
 log() { echo "setup-podman: $*" >&2; }
@@ -66,6 +67,12 @@ write_config() {
 	mkdir -p "$CACHE"
 	cat >"$CACHE/containers.conf" <<EOF
 [engine]
+# An exec session through the API keeps its conmon (two processes) this long after
+# the command ends, then cleans up; the default is 300 s, so every probe left them
+# for five minutes. The client reads the exit code and removes the session at once,
+# so a few seconds is enough; 0 is not (the clean-up can win that race: "no exec
+# session ... found", 1 of 60 execs here).
+exit_command_delay = $EXEC_CLEANUP_DELAY
 runtime = "runc"
 cgroup_manager = "cgroupfs"
 events_logger = "file"
@@ -135,7 +142,15 @@ answers() { curl -fsS --max-time 2 --unix-socket "$1" http://d/_ping >/dev/null 
 start_service() {
 	local name="$1" sock="$2"
 	shift 2
-	local pidf="$STATE_DIR/$name.pid" logf="$STATE_DIR/$name.log"
+	local pidf="$STATE_DIR/$name.pid" logf="$STATE_DIR/$name.log" conff="$STATE_DIR/$name.conf-sum"
+	local sum
+	sum="$(sha256sum <"$CACHE/containers.conf")"
+	# A service this script started with another containers.conf is restarted (its
+	# containers keep running: conmon holds them, not the service).
+	if [[ -f "$pidf" ]] && ! [[ -f "$conff" && "$(cat "$conff")" == "$sum" ]]; then
+		log "$name service runs with an older containers.conf; restarting it"
+		stop_service "$name"
+	fi
 	if answers "$sock"; then
 		log "$name service answers on $sock"
 		return 0
@@ -151,6 +166,7 @@ start_service() {
 		(cd / && exec setsid nohup "$@" env CONTAINERS_CONF="$CACHE/containers.conf" PODMAN_IGNORE_CGROUPSV1_WARNING=1 \
 			"$BIN/podman" system service --time=0 "unix://$sock" >"$logf" 2>&1 </dev/null) &
 		echo $! >"$pidf"
+		echo "$sum" >"$conff"
 	fi
 	local pid
 	pid="$(cat "$pidf")"
@@ -199,7 +215,7 @@ stop_service() {
 		done
 		kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null || true
 	fi
-	rm -f "$pidf"
+	rm -f "$pidf" "$STATE_DIR/$name.conf-sum"
 }
 
 print_env() {
@@ -246,8 +262,9 @@ stop)
 			log "stopping the rootless pause process (pid $(cat "$pause"))"
 			kill -TERM "$(cat "$pause")" || true
 		fi
-		# Podman keeps an exec session's conmon up to 5 minutes after it ends; the
-		# test user runs nothing else, so end whatever of its processes remain.
+		# Podman keeps an exec session's conmon for exit_command_delay after it ends
+		# (see write_config); the test user runs nothing else, so end whatever of its
+		# processes remain.
 		pkill -TERM -U "$(user_uid)" || true
 	fi
 	;;
