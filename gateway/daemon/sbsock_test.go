@@ -19,16 +19,27 @@ import (
 	"github.com/openshell/openshell/internal/rundir"
 )
 
+// testSockets makes the per-sandbox sockets of a gateway whose state dir is state
+// (each test's own), logging to log (nil = nowhere); closed and removed after the test.
+func testSockets(t *testing.T, state string, log *slog.Logger) *sandboxSockets {
+	t.Helper()
+	if log == nil {
+		log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	m, err := newSandboxSockets(state, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { m.Close(); os.RemoveAll(rundir.For(state)) })
+	return m
+}
+
 // The per-sandbox sockets: private modes, connections bound to their sandbox, a
 // socket re-created in place (with the owner a driver gave its directory) after
 // a restart, removal at delete and of directories nobody knows.
 func TestSandboxSockets(t *testing.T) {
 	state := t.TempDir()
-	t.Cleanup(func() { os.RemoveAll(rundir.For(state)) })
-	m, err := newSandboxSockets(state, slog.Default())
-	if err != nil {
-		t.Fatal(err)
-	}
+	m := testSockets(t, state, slog.Default())
 	accepted := make(chan net.Conn, 4)
 	bulkFrom := make(chan string, 4)
 	m.start(func(l net.Listener) {
@@ -87,11 +98,7 @@ func TestSandboxSockets(t *testing.T) {
 		}
 	}
 	m.Close()
-	m2, err := newSandboxSockets(state, slog.Default())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer m2.Close()
+	m2 := testSockets(t, state, slog.Default())
 	m2.start(func(l net.Listener) {
 		for {
 			c, err := l.Accept()
@@ -134,13 +141,7 @@ func TestSandboxSockets(t *testing.T) {
 func TestSandboxBulkStreamLimit(t *testing.T) {
 	defer func(n int) { maxBulkStreams = n }(maxBulkStreams)
 	maxBulkStreams = 2
-	state := t.TempDir()
-	t.Cleanup(func() { os.RemoveAll(rundir.For(state)) })
-	m, err := newSandboxSockets(state, slog.New(slog.NewTextHandler(io.Discard, nil)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer m.Close()
+	m := testSockets(t, t.TempDir(), nil)
 	held := make(chan *net.UnixConn, 8)
 	m.start(func(l net.Listener) { <-make(chan struct{}) }, func(c *net.UnixConn, _ string) {
 		held <- c
@@ -191,15 +192,9 @@ func TestSandboxBulkStreamLimit(t *testing.T) {
 // A socket that cannot be made is named in the error, path and kind: the gateway
 // socket fails the sandbox's Open, the bulk socket only its transfers' fast path.
 func TestSandboxSocketErrorsNameTheSocket(t *testing.T) {
-	state := t.TempDir()
-	t.Cleanup(func() { os.RemoveAll(rundir.For(state)) })
 	var logged bytes.Buffer
 	var logMu sync.Mutex
-	m, err := newSandboxSockets(state, slog.New(slog.NewTextHandler(lockedWriter{&logMu, &logged}, nil)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer m.Close()
+	m := testSockets(t, t.TempDir(), slog.New(slog.NewTextHandler(lockedWriter{&logMu, &logged}, nil)))
 	// Something that is no socket and cannot be removed (a non-empty directory)
 	// where each socket goes.
 	block := func(id, name string) string {
@@ -240,13 +235,7 @@ func (l lockedWriter) Write(p []byte) (int, error) {
 // sandboxes' sockets first) are served once it is: both kinds, each bound to its
 // sandbox; one removed in between is not.
 func TestSandboxSocketsOpenedBeforeStart(t *testing.T) {
-	state := t.TempDir()
-	t.Cleanup(func() { os.RemoveAll(rundir.For(state)) })
-	m, err := newSandboxSockets(state, slog.New(slog.NewTextHandler(io.Discard, nil)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer m.Close()
+	m := testSockets(t, t.TempDir(), nil)
 	dirA, err := m.Open("sb-a")
 	if err != nil {
 		t.Fatal(err)

@@ -32,7 +32,7 @@ func bulkClient(t *testing.T, dial func(context.Context) (net.Conn, error)) (grp
 	}
 	t.Cleanup(func() { cc.Close() })
 	onBulk := make(chan bool, 4)
-	c, err := New(cc, Config{SandboxID: "sb-1", InstanceID: "inst-1", DialSSH: echoSSH(t), HostKey: testkeys.SSHPublicKey(t),
+	c, _ := runClient(t, cc, Config{SandboxID: "sb-1", InstanceID: "inst-1", DialSSH: echoSSH(t), HostKey: testkeys.SSHPublicKey(t),
 		ServeTransfer: func(_ context.Context, conn net.Conn, _ *pb.TransferRelayTarget) {
 			_, unix := conn.(*net.UnixConn)
 			onBulk <- unix
@@ -42,13 +42,6 @@ func bulkClient(t *testing.T, dial func(context.Context) (net.Conn, error)) (grp
 		},
 		DialBulk: dial,
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { _ = c.Run(ctx); close(done) }()
-	t.Cleanup(func() { cancel(); <-done })
 	select {
 	case s := <-g.streams:
 		waitUntil(t, 5*time.Second, "Up", c.Up)

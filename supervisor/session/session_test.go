@@ -270,8 +270,14 @@ func startClientBackoff(t *testing.T, endpoint string, dialSSH func(context.Cont
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cc.Close() })
-	c, err := New(cc, Config{SandboxID: "sb-1", InstanceID: "inst-1", DialSSH: dialSSH, HostKey: testkeys.SSHPublicKey(t),
+	return runClient(t, cc, Config{SandboxID: "sb-1", InstanceID: "inst-1", DialSSH: dialSSH, HostKey: testkeys.SSHPublicKey(t),
 		BackoffMin: bmin, BackoffMax: bmax})
+}
+
+// runClient runs a client of cfg over cc until the test ends or cancel is called.
+func runClient(t *testing.T, cc grpc.ClientConnInterface, cfg Config) (*Client, context.CancelFunc) {
+	t.Helper()
+	c, err := New(cc, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
