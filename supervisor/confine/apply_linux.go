@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"reflect"
 	"runtime"
 	"strconv"
 	"strings"
@@ -20,7 +21,12 @@ import (
 
 // Apply confines the calling process (see the package doc for the order). It leaves
 // the calling goroutine locked to its OS thread: exec from that goroutine.
-func Apply(s Spec) (Result, error) {
+func Apply(s Spec) (Result, error) { return applyPrepared(s, nil) }
+
+// applyPrepared is Apply with a Landlock ruleset built ahead (nil: none). The
+// ruleset is used only when it was built for s exactly; otherwise one is built
+// now, as Apply does.
+func applyPrepared(s Spec, pr *preparedRuleset) (Result, error) {
 	var res Result
 	if err := s.Validate(); err != nil {
 		return res, err
@@ -35,7 +41,7 @@ func Apply(s Spec) (Result, error) {
 		return res, err
 	}
 	if !s.NoLandlock {
-		abi, err := applyLandlock(s)
+		abi, err := applyLandlock(s, pr)
 		if err != nil {
 			return res, err
 		}
@@ -169,11 +175,31 @@ func CheckLandlock(hard bool) (int, error) {
 	return 0, fmt.Errorf("confine: Landlock is required (landlock.compatibility: hard_requirement) but %s: boot a kernel with CONFIG_SECURITY_LANDLOCK=y and landlock in its lsm= list, or set landlock.compatibility: best_effort", why)
 }
 
-func applyLandlock(s Spec) (int, error) {
+func applyLandlock(s Spec, pr *preparedRuleset) (int, error) {
+	if pr.matches(s) {
+		if err := restrictWith(pr.fd, pr.flags); err != nil {
+			return 0, err
+		}
+		return pr.abi, nil
+	}
 	abi, err := CheckLandlock(s.LandlockHard)
 	if err != nil || abi == 0 {
 		return 0, err
 	}
+	// The newest config the library knows, downgraded to the kernel's ABI. Under
+	// hard_requirement the kernel has Landlock (checked above); what it cannot
+	// restrict beyond its ABI is not an error either way.
+	if err := landlockConfig.RestrictPaths(landlockRules(s)...); err != nil {
+		return 0, fmt.Errorf("confine: Landlock: %w", err)
+	}
+	return abi, nil
+}
+
+var landlockConfig = landlock.V11.BestEffort()
+
+// landlockRules are the spec's paths as Landlock rules; a path's kind (file or
+// directory) is decided now, and a missing path is skipped.
+func landlockRules(s Spec) []landlock.Rule {
 	var rules []landlock.Rule
 	for _, p := range s.ReadOnly {
 		if fi, err := os.Stat(p); err == nil && !fi.IsDir() {
@@ -189,13 +215,83 @@ func applyLandlock(s Spec) (int, error) {
 			rules = append(rules, landlock.RWDirs(p).WithRefer().WithIoctlDev().IgnoreIfMissing())
 		}
 	}
-	// The newest config the library knows, downgraded to the kernel's ABI. Under
-	// hard_requirement the kernel has Landlock (checked above); what it cannot
-	// restrict beyond its ABI is not an error either way.
-	if err := landlock.V11.BestEffort().RestrictPaths(rules...); err != nil {
-		return 0, fmt.Errorf("confine: Landlock: %w", err)
+	return rules
+}
+
+// A preparedRuleset is the Landlock ruleset of a spec, built ahead of Apply: a
+// spare helper builds it while it waits for its command (opening every listed path
+// and adding it as a rule is most of a spare's work after the hand-over, 5-50 ms
+// in a guest under software emulation). Apply enforces it only for exactly the
+// spec it was built for. The rules hold the files the paths named when the ruleset
+// was built, as a ruleset built in Apply holds those of that moment.
+type preparedRuleset struct {
+	spec  Spec
+	fd    int // close-on-exec (every Landlock ruleset fd is)
+	flags uint32
+	abi   int
+}
+
+// prepareLandlock builds s's ruleset. nil (and no error) when there is nothing to
+// prepare (no Landlock in s or in the kernel): Apply then does what it always does,
+// reporting a kernel without Landlock under hard_requirement.
+func prepareLandlock(s Spec) (*preparedRuleset, error) {
+	if s.NoLandlock || s.Validate() != nil {
+		return nil, nil
 	}
-	return abi, nil
+	abi, err := CheckLandlock(false)
+	if err != nil || abi == 0 {
+		return nil, err
+	}
+	rules := landlockRules(s)
+	if psxListsTasks {
+		rules = append(rules, landlock.PathAccess(llsys.AccessFSReadDir, fmt.Sprintf("/proc/%d/task", os.Getpid())))
+	}
+	fd, flags, err := landlockConfig.NewRulesetFD(rules...)
+	if err != nil {
+		return nil, fmt.Errorf("confine: Landlock: %w", err)
+	}
+	if fd < 0 {
+		return nil, nil // nothing to restrict: let Apply find that out itself
+	}
+	return &preparedRuleset{spec: s, fd: fd, flags: flags, abi: abi}, nil
+}
+
+// matches reports whether pr was built for exactly s.
+func (pr *preparedRuleset) matches(s Spec) bool {
+	return pr != nil && pr.fd >= 0 && reflect.DeepEqual(normalSpec(pr.spec), normalSpec(s))
+}
+
+// normalSpec makes nil and empty lists equal (JSON turns one into the other).
+func normalSpec(s Spec) Spec {
+	for _, l := range []*[]string{&s.ReadOnly, &s.ReadWrite} {
+		if len(*l) == 0 {
+			*l = nil
+		}
+	}
+	if len(s.Groups) == 0 {
+		s.Groups = nil
+	}
+	return s
+}
+
+func (pr *preparedRuleset) close() {
+	if pr != nil && pr.fd >= 0 {
+		unix.Close(pr.fd)
+		pr.fd = -1
+	}
+}
+
+// restrictWith enforces a ruleset on every thread, as the library's RestrictPaths
+// does on kernels before Landlock's thread synchronisation: no_new_privs first
+// (landlock_restrict_self requires it or CAP_SYS_ADMIN), then the ruleset.
+func restrictWith(fd int, flags uint32) error {
+	if err := llsys.AllThreadsPrctl(unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); err != nil {
+		return fmt.Errorf("confine: Landlock: no_new_privs: %w", err)
+	}
+	if err := llsys.AllThreadsLandlockRestrictSelf(fd, flags); err != nil {
+		return fmt.Errorf("confine: Landlock: landlock_restrict_self: %w", err)
+	}
+	return nil
 }
 
 // seccompProgram is the agent's filter (see buildFilter), assembled once: a spare

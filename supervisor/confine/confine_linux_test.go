@@ -334,13 +334,19 @@ func TestLandlockMissing(t *testing.T) {
 	orig := landlockABI
 	t.Cleanup(func() { landlockABI = orig })
 	landlockABI = func() (int, error) { return 0, syscall.ENOSYS }
-	_, err := applyLandlock(Spec{UID: 1, GID: 1, LandlockHard: true, ReadOnly: []string{"/usr"}})
+	_, err := applyLandlock(Spec{UID: 1, GID: 1, LandlockHard: true, ReadOnly: []string{"/usr"}}, nil)
 	if err == nil || !strings.Contains(err.Error(), "hard_requirement") {
 		t.Fatalf("hard_requirement without Landlock: %v", err)
 	}
-	abi, err := applyLandlock(Spec{UID: 1, GID: 1, ReadOnly: []string{"/usr"}})
+	abi, err := applyLandlock(Spec{UID: 1, GID: 1, ReadOnly: []string{"/usr"}}, nil)
 	if err != nil || abi != 0 {
 		t.Fatalf("best_effort without Landlock must degrade to nothing: abi=%d err=%v", abi, err)
+	}
+	// A spare on such a kernel prepares nothing, and Apply decides as above.
+	for _, hard := range []bool{false, true} {
+		if pr, err := prepareLandlock(Spec{UID: 1, GID: 1, LandlockHard: hard, ReadOnly: []string{"/usr"}}); pr != nil || err != nil {
+			t.Errorf("prepareLandlock without Landlock (hard %v) = %v, %v; want nothing", hard, pr, err)
+		}
 	}
 	// Built in but left out of lsm= (what a guest kernel booted with its own lsm=
 	// list would answer): the error names the cause and both fixes.

@@ -80,7 +80,13 @@ func ExecMain(args, env []string) error {
 
 // execConfined applies s and execs argv with env; it returns only on failure.
 func execConfined(s Spec, argv, env []string) error {
-	if _, err := Apply(s); err != nil {
+	return execPrepared(s, nil, argv, env)
+}
+
+// execPrepared is execConfined with a Landlock ruleset built ahead (see
+// applyPrepared).
+func execPrepared(s Spec, pr *preparedRuleset, argv, env []string) error {
+	if _, err := applyPrepared(s, pr); err != nil {
 		return err
 	}
 	// Look the command up after confinement: what the agent cannot reach, it cannot run.

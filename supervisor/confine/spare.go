@@ -13,6 +13,12 @@ package confine
 // terminal, as fork would have), answers "ok", then Apply, LookPath and exec. Only
 // the hand-over differs; the confinement is the same code.
 //
+// A spare started with the spec of the previous command (SpareCommand's spec) also
+// builds that spec's Landlock ruleset while it waits, as it assembles its seccomp
+// filter. The request's spec stays the one enforced: a ruleset built for another
+// spec (the policy changed) is dropped and the request's is built as a one-shot
+// helper builds it.
+//
 // Nothing of a spare is reachable by the agent: the supervisor's end of the socket
 // is close-on-exec (no child inherits it), the spare's end is inherited by the
 // spare alone and closed before it execs, the spare is root (the agent's uid may not
@@ -124,12 +130,42 @@ func encodeRequest(req *request) (head, body []byte, err error) {
 type Spare struct {
 	conn  *net.UnixConn
 	child *os.File // the spare's end until Started
+	specR *os.File // the spare's spec pipe until Started (nil: none)
 }
 
+// SpecFlag names the descriptor a spare reads the spec to prepare from:
+// `confine-exec --wait 3 --spec 4`.
+const SpecFlag = "--spec"
+
 // SpareCommand builds `self confine-exec --wait 3` with an empty environment, / as
-// its directory and its own session. The caller may add to SysProcAttr, starts
-// it (in the sandbox's network namespace, under its reaper), then calls Started.
-func SpareCommand(self string) (*exec.Cmd, *Spare, error) {
+// its directory and its own session. With spec, the spare prepares that spec's
+// Landlock ruleset while it waits (the spec travels on a pipe inherited as fd 4).
+// The caller may add to SysProcAttr, starts it (in the sandbox's network
+// namespace, under its reaper), then calls Started.
+func SpareCommand(self string, spec *Spec) (*exec.Cmd, *Spare, error) {
+	var specR *os.File
+	if spec != nil {
+		b, err := spec.Marshal()
+		if err != nil {
+			return nil, nil, err
+		}
+		r, w, err := os.Pipe()
+		if err != nil {
+			return nil, nil, fmt.Errorf("confine: spare spec pipe: %w", err)
+		}
+		// A spec is a few hundred bytes (the pipe holds 64 KiB): this never blocks.
+		if len(b) > maxPreparedSpec {
+			err = fmt.Errorf("confine: spec of %d bytes (more than %d)", len(b), maxPreparedSpec)
+		} else {
+			_, err = w.Write(b)
+		}
+		w.Close()
+		if err != nil {
+			r.Close()
+			return nil, nil, fmt.Errorf("confine: write the spare's spec: %w", err)
+		}
+		specR = r
+	}
 	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return nil, nil, fmt.Errorf("confine: spare socket: %w", err)
@@ -139,6 +175,9 @@ func SpareCommand(self string) (*exec.Cmd, *Spare, error) {
 	mine.Close()
 	if err != nil {
 		unix.Close(fds[1])
+		if specR != nil {
+			specR.Close()
+		}
 		return nil, nil, fmt.Errorf("confine: spare socket: %w", err)
 	}
 	child := os.NewFile(uintptr(fds[1]), "spare-child")
@@ -146,9 +185,16 @@ func SpareCommand(self string) (*exec.Cmd, *Spare, error) {
 	cmd.Env = []string{}
 	cmd.Dir = "/"
 	cmd.ExtraFiles = []*os.File{child}
+	if specR != nil {
+		cmd.Args = append(cmd.Args, SpecFlag, "4")
+		cmd.ExtraFiles = append(cmd.ExtraFiles, specR)
+	}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	return cmd, &Spare{conn: c.(*net.UnixConn), child: child}, nil
+	return cmd, &Spare{conn: c.(*net.UnixConn), child: child, specR: specR}, nil
 }
+
+// maxPreparedSpec bounds the spec a spare reads to prepare.
+const maxPreparedSpec = 1 << 20
 
 // Started closes the spare's end in this process (call it once the spare was
 // started, or was not).
@@ -156,6 +202,10 @@ func (s *Spare) Started() {
 	if s.child != nil {
 		s.child.Close()
 		s.child = nil
+	}
+	if s.specR != nil {
+		s.specR.Close()
+		s.specR = nil
 	}
 }
 
@@ -252,12 +302,30 @@ func readLine(r io.Reader, max int) (string, error) {
 // failure (the caller exits 126 without running anything); the error is also on
 // the command's stderr when it got that far.
 func waitMain(args []string) error {
-	if len(args) != 2 {
-		return fmt.Errorf("confine: usage: %s %s FD", Subcommand, WaitFlag)
+	if len(args) != 2 && (len(args) != 4 || args[2] != SpecFlag) {
+		return fmt.Errorf("confine: usage: %s %s FD [%s FD]", Subcommand, WaitFlag, SpecFlag)
 	}
 	fd, err := strconv.Atoi(args[1])
 	if err != nil || fd < 3 {
 		return fmt.Errorf("confine: %s %q: want an inherited socket ≥ 3", WaitFlag, args[1])
+	}
+	var prepared Spec
+	var hasPrepared bool
+	if len(args) == 4 {
+		sfd, err := strconv.Atoi(args[3])
+		if err != nil || sfd < 3 || sfd == fd {
+			return fmt.Errorf("confine: %s %q: want an inherited pipe ≥ 3, not the socket", SpecFlag, args[3])
+		}
+		f := os.NewFile(uintptr(sfd), "spare-spec")
+		b, err := io.ReadAll(io.LimitReader(f, maxPreparedSpec))
+		f.Close()
+		if err != nil {
+			return fmt.Errorf("confine: read the spec to prepare from fd %d: %w", sfd, err)
+		}
+		// A spec that does not parse prepares nothing; the request's spec decides.
+		if prepared, err = ParseSpec(b); err == nil {
+			hasPrepared = true
+		}
 	}
 	f := os.NewFile(uintptr(fd), "spare")
 	c, err := net.FileConn(f) // a close-on-exec duplicate: the agent never inherits it
@@ -279,6 +347,14 @@ func waitMain(args []string) error {
 	// shrinks (the spare keeps its effective capabilities for what it must still do
 	// as root). Apply does both again and finds them done; a failure here is Apply's
 	// to report.
+	// The ruleset of the spec the supervisor expects to hand over comes first (the
+	// bounding set's drop below then also tells that it is built). A failure leaves
+	// the work to Apply, which reports it.
+	var pr *preparedRuleset
+	if hasPrepared {
+		pr, _ = prepareLandlock(prepared)
+	}
+	defer pr.close()
 	_, _ = seccompProgram()
 	if last, err := lastCapability(); err == nil {
 		_ = dropThreadBoundingSet(last)
@@ -309,7 +385,10 @@ func waitMain(args []string) error {
 		return fmt.Errorf("confine: answer the supervisor: %w", err)
 	}
 	conn.Close()
-	return execConfined(req.Spec, req.Argv, req.Env)
+	if !pr.matches(req.Spec) {
+		pr.close() // the policy changed since this spare started: build afresh
+	}
+	return execPrepared(req.Spec, pr, req.Argv, req.Env)
 }
 
 // receive reads the request and puts its stdio in place as fds 0-2.
@@ -382,6 +461,7 @@ type Spares[P any] struct {
 	idle    *held[P]
 	filling bool
 	closed  bool
+	spec    *Spec // the last command's: what the next spare prepares for
 }
 
 type held[P any] struct {
@@ -399,6 +479,8 @@ func (s *Spares[P]) Run(spec Spec, cmd *exec.Cmd) (p P, ok bool, err error) {
 	s.mu.Lock()
 	h := s.idle
 	s.idle = nil
+	// The next spare prepares for this spec: a sandbox's programs share one.
+	s.spec = &spec
 	s.mu.Unlock()
 	defer s.Fill()
 	if h == nil {
@@ -428,12 +510,13 @@ func (s *Spares[P]) Fill() {
 		return
 	}
 	s.filling = true
+	spec := s.spec
 	s.mu.Unlock()
-	go s.fill()
+	go s.fill(spec)
 }
 
-func (s *Spares[P]) fill() {
-	h, err := s.startOne()
+func (s *Spares[P]) fill(spec *Spec) {
+	h, err := s.startOne(spec)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.filling = false
@@ -448,8 +531,8 @@ func (s *Spares[P]) fill() {
 	s.idle = h
 }
 
-func (s *Spares[P]) startOne() (*held[P], error) {
-	cmd, sp, err := SpareCommand(s.Self)
+func (s *Spares[P]) startOne(spec *Spec) (*held[P], error) {
+	cmd, sp, err := SpareCommand(s.Self, spec)
 	if err != nil {
 		return nil, err
 	}

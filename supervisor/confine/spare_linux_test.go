@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -488,5 +489,128 @@ func TestSpareRequestRoundTrip(t *testing.T) {
 	}
 	if _, err := decodeRequest(bytes.NewReader(append(binary.BigEndian.AppendUint32(nil, 9), `{"x":1}  `...))); err == nil {
 		t.Error("an unknown field decoded")
+	}
+}
+
+// runOnSpare runs `sh -c script` confined by spec on s's idle spare and returns its
+// exit code and output (stdout and stderr).
+func runOnSpare(t *testing.T, s *Spares[*proc], spec Spec, script string) (int, string) {
+	t.Helper()
+	want := idleSpare(t, s)
+	outR, outW, _ := os.Pipe()
+	cmd := agentCmd([]string{"sh", "-c", script}, []string{"PATH=/usr/bin:/bin"}, "/")
+	cmd.Stdout, cmd.Stderr = outW, outW
+	p, ok, err := s.Run(spec, cmd)
+	outW.Close()
+	if err != nil || !ok {
+		t.Fatalf("Run: ok=%v err=%v", ok, err)
+	}
+	if p != want {
+		t.Fatalf("Run used pid %d, not the idle spare %d", p.pid(), want.pid())
+	}
+	out, _ := io.ReadAll(outR)
+	outR.Close()
+	return waitExit(t, p), string(out)
+}
+
+// TestSparePreparesLandlock: a spare started after a command builds that command's
+// Landlock ruleset while it waits; a command with that spec is confined by it, and
+// one with another spec (the policy changed) by its own spec, never by the
+// prepared one.
+func TestSparePreparesLandlock(t *testing.T) {
+	testenv.RequireRoot(t)
+	testenv.RequireCommand(t, "sh", "apt-get install dash")
+	if abi, _ := CheckLandlock(false); abi == 0 {
+		t.Skip("the kernel enforces no Landlock")
+	}
+	dir := setupTree(t)
+	s := testSpares(t)
+	sys := []string{"/usr", "/bin", "/lib", "/lib64", "/etc", "/proc"}
+	later := filepath.Join(dir, "later")
+	specA := Spec{UID: nobody, GID: nobody, ReadOnly: sys, ReadWrite: []string{filepath.Join(dir, "rw"), later, "/dev/null"}}
+
+	// The first spare started before any command: it has nothing to prepare.
+	first := idleSpare(t, s)
+	if slices.Contains(first.cmd.Args, SpecFlag) {
+		t.Fatalf("first spare %q prepares a spec nobody gave", first.cmd.Args)
+	}
+	if code, out := runOnSpare(t, s, specA, "true"); code != 0 {
+		t.Fatalf("true on the first spare: exit %d: %s", code, out)
+	}
+	prepared := idleSpare(t, s)
+	if !slices.Contains(prepared.cmd.Args, SpecFlag) {
+		t.Fatalf("the spare after a command %q does not prepare its spec", prepared.cmd.Args)
+	}
+	waitPrepared(t, prepared)
+	// Made after the spare built its ruleset: the prepared rules cannot hold it
+	// (a ruleset holds the files its paths named when it was built), which shows
+	// the command below was confined by the prepared ruleset.
+	if err := os.Mkdir(later, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	os.Chmod(later, 0o777)
+	script := fmt.Sprintf(`echo hi > %[1]s/rw/a && echo rw-ok; echo x > %[1]s/outside/f || echo outside-refused
+echo x > %[1]s/later/f || echo later-refused; cat %[1]s/outside/secret || echo read-refused
+grep -E '^(NoNewPrivs|Seccomp|CapEff):' /proc/self/status; id -u`, dir)
+	code, out := runOnSpare(t, s, specA, script)
+	for _, want := range []string{"rw-ok", "outside-refused", "later-refused", "read-refused", "NoNewPrivs:\t1", "Seccomp:\t2", "CapEff:\t0000000000000000", "65534\n"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("prepared spare: output lacks %q (exit %d):\n%s", want, code, out)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(dir, "outside", "f")); err == nil {
+		t.Error("a command on a prepared spare wrote outside read_write")
+	}
+
+	// The policy changes: rw becomes read-only and later writable. The idle spare
+	// prepared specA; the command must get specB.
+	specB := Spec{UID: nobody, GID: nobody, ReadOnly: append(slices.Clone(sys), filepath.Join(dir, "rw")), ReadWrite: []string{later, "/dev/null"}}
+	if p := idleSpare(t, s); !slices.Contains(p.cmd.Args, SpecFlag) {
+		t.Fatalf("spare %q does not prepare", p.cmd.Args)
+	}
+	code, out = runOnSpare(t, s, specB, fmt.Sprintf(`echo y > %[1]s/rw/b || echo rw-now-refused; echo y > %[1]s/later/g && echo later-ok; cat %[1]s/rw/a`, dir))
+	for _, want := range []string{"rw-now-refused", "later-ok", "hi\n"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("spare prepared for another spec: output lacks %q (exit %d):\n%s", want, code, out)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(dir, "rw", "b")); err == nil {
+		t.Error("a command confined by a new spec wrote where only the prepared (old) spec allowed")
+	}
+}
+
+// waitPrepared waits until spare p has done what it does before it waits for its
+// command: its exec thread's bounding set, emptied last, is empty.
+func waitPrepared(t *testing.T, p *proc) {
+	t.Helper()
+	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+		tids, _ := os.ReadDir(fmt.Sprintf("/proc/%d/task", p.pid()))
+		for _, tid := range tids {
+			b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/status", p.pid(), tid.Name()))
+			if strings.Contains(string(b), "CapBnd:\t0000000000000000") {
+				return
+			}
+		}
+	}
+	t.Fatalf("spare %d did not get ready in 20 s", p.pid())
+}
+
+// TestSpareBadPreparedSpec: a spare whose spec to prepare is not a spec prepares
+// nothing and still confines its command by the request's spec.
+func TestSpareBadPreparedSpec(t *testing.T) {
+	testenv.RequireRoot(t)
+	testenv.RequireCommand(t, "sh", "apt-get install dash")
+	dir := setupTree(t)
+	s := testSpares(t)
+	bad := Spec{UID: 0, GID: 0} // refused by Validate: nothing is prepared for it
+	s.mu.Lock()
+	s.spec = &bad
+	s.mu.Unlock()
+	spec := Spec{UID: nobody, GID: nobody, ReadOnly: []string{"/usr", "/bin", "/lib", "/lib64", "/etc", "/proc"}, ReadWrite: []string{filepath.Join(dir, "rw"), "/dev/null"}}
+	code, out := runOnSpare(t, s, spec, fmt.Sprintf(`id -u; echo x > %[1]s/outside/f || echo outside-refused; echo ok > %[1]s/rw/f && echo rw-ok`, dir))
+	for _, want := range []string{"65534\n", "outside-refused", "rw-ok"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("output lacks %q (exit %d):\n%s", want, code, out)
+		}
 	}
 }
