@@ -34,23 +34,35 @@ func testSockets(t *testing.T, state string, log *slog.Logger) *sandboxSockets {
 	return m
 }
 
-// The per-sandbox sockets: private modes, connections bound to their sandbox, a
-// socket re-created in place (with the owner a driver gave its directory) after
-// a restart, removal at delete and of directories nobody knows.
-func TestSandboxSockets(t *testing.T) {
-	state := t.TempDir()
-	m := testSockets(t, state, slog.Default())
-	accepted := make(chan net.Conn, 4)
-	bulkFrom := make(chan string, 4)
+// startRecording starts m with servers that close each connection and say which
+// sandbox it was bound to: accepted for the gRPC sockets ("" = not bound to one),
+// bulkFrom for the bulk streams.
+func startRecording(m *sandboxSockets) (accepted, bulkFrom chan string) {
+	accepted, bulkFrom = make(chan string, 4), make(chan string, 4)
 	m.start(func(l net.Listener) {
 		for {
 			c, err := l.Accept()
 			if err != nil {
 				return
 			}
-			accepted <- c
+			var id string
+			if sc, ok := c.(*sandboxConn); ok {
+				id = sc.id
+			}
+			c.Close()
+			accepted <- id
 		}
 	}, func(c *net.UnixConn, id string) { c.Close(); bulkFrom <- id })
+	return accepted, bulkFrom
+}
+
+// The per-sandbox sockets: private modes, connections bound to their sandbox, a
+// socket re-created in place (with the owner a driver gave its directory) after
+// a restart, removal at delete and of directories nobody knows.
+func TestSandboxSockets(t *testing.T) {
+	state := t.TempDir()
+	m := testSockets(t, state, slog.Default())
+	accepted, bulkFrom := startRecording(m)
 	dir, err := m.Open("sb-a")
 	if err != nil {
 		t.Fatal(err)
@@ -69,8 +81,8 @@ func TestSandboxSockets(t *testing.T) {
 		t.Fatal(err)
 	}
 	c.Close()
-	if sc, ok := (<-accepted).(*sandboxConn); !ok || sc.id != "sb-a" {
-		t.Fatalf("accepted connection not bound to sb-a: %#v", sc)
+	if id := <-accepted; id != "sb-a" {
+		t.Fatalf("accepted connection bound to %q, want sb-a", id)
 	}
 	// The bulk socket beside it: as private, and its streams bound to sb-a too.
 	bulk := filepath.Join(dir, relayframe.BulkSocketName)
@@ -250,18 +262,7 @@ func TestSandboxSocketsOpenedBeforeStart(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer early.Close()
-	accepted := make(chan string, 4)
-	bulkFrom := make(chan string, 4)
-	m.start(func(l net.Listener) {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			accepted <- c.(*sandboxConn).id
-			c.Close()
-		}
-	}, func(c *net.UnixConn, id string) { c.Close(); bulkFrom <- id })
+	accepted, bulkFrom := startRecording(m)
 	bc, err := net.Dial("unix", filepath.Join(dirA, relayframe.BulkSocketName))
 	if err != nil {
 		t.Fatal(err)
