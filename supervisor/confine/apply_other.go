@@ -21,4 +21,4 @@ func CheckLandlock(hard bool) (int, error) {
 // preparedRuleset is a Landlock ruleset built ahead; there is none here.
 type preparedRuleset struct{}
 
-func applyPrepared(s Spec, _ *preparedRuleset) (Result, error) { return Apply(s) }
+func applyForExec(s Spec, _ *preparedRuleset) (Result, error) { return Apply(s) }

@@ -30,6 +30,12 @@
 //     syscall ABI kills the process.
 //  9. The caller execs the agent (ExecMain does it on the same locked thread).
 //
+// The helpers (ExecMain, a spare) exec the agent right after, from the thread they
+// confined, and confine that thread alone (applyForExec): Landlock, the bounding
+// set, the ids, no_new_privs and seccomp are per-thread state that execve keeps,
+// and execve ends the other threads before the agent's program runs. Apply, for
+// a process that goes on running Go code, does every step on all threads.
+//
 // Failure modes: every error is returned and the caller must exit without exec'ing
 // the agent; a partly applied confinement is never "good enough". Errors name the
 // step. Landlock under best_effort is the only step allowed to degrade, and Result

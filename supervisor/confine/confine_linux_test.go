@@ -334,13 +334,15 @@ func TestLandlockMissing(t *testing.T) {
 	orig := landlockABI
 	t.Cleanup(func() { landlockABI = orig })
 	landlockABI = func() (int, error) { return 0, syscall.ENOSYS }
-	_, err := applyLandlock(Spec{UID: 1, GID: 1, LandlockHard: true, ReadOnly: []string{"/usr"}}, nil)
-	if err == nil || !strings.Contains(err.Error(), "hard_requirement") {
-		t.Fatalf("hard_requirement without Landlock: %v", err)
-	}
-	abi, err := applyLandlock(Spec{UID: 1, GID: 1, ReadOnly: []string{"/usr"}}, nil)
-	if err != nil || abi != 0 {
-		t.Fatalf("best_effort without Landlock must degrade to nothing: abi=%d err=%v", abi, err)
+	for _, thread := range []bool{false, true} { // Apply, and a helper's applyForExec
+		_, err := applyLandlock(Spec{UID: 1, GID: 1, LandlockHard: true, ReadOnly: []string{"/usr"}}, nil, thread)
+		if err == nil || !strings.Contains(err.Error(), "hard_requirement") {
+			t.Fatalf("hard_requirement without Landlock (thread %v): %v", thread, err)
+		}
+		abi, err := applyLandlock(Spec{UID: 1, GID: 1, ReadOnly: []string{"/usr"}}, nil, thread)
+		if err != nil || abi != 0 {
+			t.Fatalf("best_effort without Landlock must degrade to nothing (thread %v): abi=%d err=%v", thread, abi, err)
+		}
 	}
 	// A spare on such a kernel prepares nothing, and Apply decides as above.
 	for _, hard := range []bool{false, true} {
@@ -351,7 +353,7 @@ func TestLandlockMissing(t *testing.T) {
 	// Built in but left out of lsm= (what a guest kernel booted with its own lsm=
 	// list would answer): the error names the cause and both fixes.
 	landlockABI = func() (int, error) { return 0, syscall.EOPNOTSUPP }
-	_, err = CheckLandlock(true)
+	_, err := CheckLandlock(true)
 	for _, want := range []string{"Landlock", "hard_requirement", "not enabled at boot", "lsm=", "best_effort"} {
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("CheckLandlock(hard) error lacks %q: %v", want, err)

@@ -84,9 +84,9 @@ func execConfined(s Spec, argv, env []string) error {
 }
 
 // execPrepared is execConfined with a Landlock ruleset built ahead (see
-// applyPrepared).
+// applyForExec).
 func execPrepared(s Spec, pr *preparedRuleset, argv, env []string) error {
-	if _, err := applyPrepared(s, pr); err != nil {
+	if _, err := applyForExec(s, pr); err != nil {
 		return err
 	}
 	// Look the command up after confinement: what the agent cannot reach, it cannot run.

@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -520,6 +521,7 @@ func runOnSpare(t *testing.T, s *Spares[*proc], spec Spec, script string) (int, 
 func TestSparePreparesLandlock(t *testing.T) {
 	testenv.RequireRoot(t)
 	testenv.RequireCommand(t, "sh", "apt-get install dash")
+	testenv.RequireCommand(t, "bash", "apt-get install bash")
 	if abi, _ := CheckLandlock(false); abi == 0 {
 		t.Skip("the kernel enforces no Landlock")
 	}
@@ -549,11 +551,28 @@ func TestSparePreparesLandlock(t *testing.T) {
 		t.Fatal(err)
 	}
 	os.Chmod(later, 0o777)
+	// The ruleset is the filesystem's only: the network is the proxy's to police,
+	// and a prepared ruleset must not refuse a TCP connection either.
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
 	script := fmt.Sprintf(`echo hi > %[1]s/rw/a && echo rw-ok; echo x > %[1]s/outside/f || echo outside-refused
 echo x > %[1]s/later/f || echo later-refused; cat %[1]s/outside/secret || echo read-refused
-grep -E '^(NoNewPrivs|Seccomp|CapEff):' /proc/self/status; id -u`, dir)
+grep -E '^(NoNewPrivs|Seccomp|CapEff|CapBnd):' /proc/self/status; id -u; echo "gid=$(id -g) groups=$(id -G)"
+bash -c 'exec 3<>/dev/tcp/%[2]s && echo tcp-ok'`, dir, strings.Replace(l.Addr().String(), ":", "/", 1))
 	code, out := runOnSpare(t, s, specA, script)
-	for _, want := range []string{"rw-ok", "outside-refused", "later-refused", "read-refused", "NoNewPrivs:\t1", "Seccomp:\t2", "CapEff:\t0000000000000000", "65534\n"} {
+	for _, want := range []string{"rw-ok", "outside-refused", "later-refused", "read-refused", "NoNewPrivs:\t1", "Seccomp:\t2", "CapEff:\t0000000000000000", "CapBnd:\t0000000000000000", "65534\n", "gid=65534 groups=65534\n", "tcp-ok"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("prepared spare: output lacks %q (exit %d):\n%s", want, code, out)
 		}
