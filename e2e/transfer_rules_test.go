@@ -5,6 +5,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 // TestTransferRules: on every driver (on the VM and on containers the bytes take a
@@ -26,16 +27,35 @@ func TestTransferRules(t *testing.T) {
 	h.mustRun(t, "sandbox", "upload", box, src, "/sandbox/up.txt")
 	if d := driver(); d == "docker" || d == "podman" {
 		// A container's supervisor sends the bytes on the bulk socket beside its
-		// gateway socket, not over its session: the gateway logs each such stream.
+		// gateway socket, not over its session: the gateway logs each such stream
+		// when both its directions have ended, which can be just after the CLI has
+		// the upload's result.
 		logs, _ := filepath.Glob(filepath.Join(h.home, "s", "openshell", "*", "gateway.log"))
-		var text []byte
-		for _, l := range logs {
-			b, _ := os.ReadFile(l)
-			text = append(text, b...)
+		bulkLogged := func() bool {
+			for _, l := range logs {
+				if b, _ := os.ReadFile(l); strings.Contains(string(b), "bulk stream ended") {
+					return true
+				}
+			}
+			return false
 		}
-		if !strings.Contains(string(text), "bulk stream ended") {
-			t.Fatalf("the upload did not take the bulk socket (no \"bulk stream ended\" in %v)", logs)
+		uploaded := time.Now()
+		for !bulkLogged() {
+			if time.Since(uploaded) > 10*time.Second {
+				var said []string // what the gateway said of bulk streams instead
+				for _, l := range logs {
+					b, _ := os.ReadFile(l)
+					for _, line := range strings.Split(string(b), "\n") {
+						if strings.Contains(line, "bulk") {
+							said = append(said, line)
+						}
+					}
+				}
+				t.Fatalf("the upload did not take the bulk socket (no \"bulk stream ended\" in %v; its lines on bulk streams: %q)", logs, said)
+			}
+			time.Sleep(50 * time.Millisecond)
 		}
+		t.Logf("the gateway logged the bulk stream's end %v after the upload returned", time.Since(uploaded).Round(time.Millisecond))
 	}
 	if r := sh(`[ "$(cat /sandbox/up.txt)" = uploaded ] && [ "$(stat -c %u /sandbox/up.txt)" = "$(id -u)" ] && [ "$(id -u)" != 0 ] && echo owned`); strings.TrimSpace(r.stdout) != "owned" {
 		t.Fatalf("the upload is not the sandbox user's file with the content sent: %q %q", r.stdout, r.stderr)
