@@ -66,12 +66,20 @@ func TestBenchPool(t *testing.T) {
 			t.Fatalf("%s: from_pool %q (cold %v): the sample measured the wrong path", name, fp, cold)
 		}
 		gateway(cold, name)
-		// The guest's own profile of the sample: its supervisor's start-up steps.
-		if logs, err := r.run("sandbox", "logs", name); err == nil {
-			for _, line := range strings.Split(logs, "\n") {
-				if strings.Contains(line, "start-up steps") || strings.Contains(line, "main process started") {
-					t.Logf("%s (took %v): %s", name, took.Round(time.Millisecond), strings.TrimSpace(line))
+		// The guest's own profile of the sample: its supervisor's start-up steps. The
+		// line is shipped once the SSH server is up too, which may be after READY.
+		for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+			logs, err := r.run("sandbox", "logs", name)
+			if err != nil {
+				break
+			}
+			if strings.Contains(logs, "start-up steps") || time.Now().After(deadline) {
+				for _, line := range strings.Split(logs, "\n") {
+					if strings.Contains(line, "start-up steps") || strings.Contains(line, "main process started") {
+						t.Logf("%s (took %v): %s", name, took.Round(time.Millisecond), strings.TrimSpace(line))
+					}
 				}
+				break
 			}
 		}
 		return took
