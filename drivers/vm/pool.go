@@ -264,13 +264,13 @@ func (d *Driver) claim(sb *computev1.DriverSandbox, res *resolved) (bool, error)
 	}
 	d.sandboxes[id] = s
 	d.mu.Unlock()
-	if err := d.handOver(s, m, sb); err != nil {
+	if recorded, err := d.handOver(s, m, sb); err != nil {
 		// The VM may have received part of an identity: it is never used again.
 		log.Warn("claiming a warm VM failed; discarding it and creating cold", "member", m.id, "err", err)
 		d.mu.Lock()
 		delete(d.sandboxes, id)
 		d.mu.Unlock()
-		d.discardMember(m, "claim failed: "+err.Error())
+		d.discardMemberAfter(m, "claim failed: "+err.Error(), recorded)
 		return false, nil
 	}
 	s.stamp("claim")
@@ -282,70 +282,99 @@ func (d *Driver) claim(sb *computev1.DriverSandbox, res *resolved) (bool, error)
 
 // handOver makes member m sandbox s: the pool record first (so a driver restarted
 // midway never takes the VM for an idle member), then the identity to the runner and
-// the sandbox's records (state, runner spec) at the same time.
-func (d *Driver) handOver(s *sandbox, m *poolMember, sb *computev1.DriverSandbox) error {
+// the sandbox's records (state, runner spec) at the same time. recorded waits for
+// those record writes (nil error when none were started): a failed claim returns
+// before they end, and the member's directory must not be removed until they have.
+func (d *Driver) handOver(s *sandbox, m *poolMember, sb *computev1.DriverSandbox) (recorded func() error, err error) {
+	recorded = func() error { return nil }
 	dir := m.paths.Dir
 	if !state.SameProcess(m.runnerPID, m.runnerStart) {
-		return errors.New("its runner is gone")
+		return recorded, errors.New("its runner is gone")
 	}
 	rs, err := runner.ReadSpec(dir)
 	if err != nil {
-		return err
+		return recorded, err
 	}
 	cache, err := images.NewCache(d.cfg.ImageCacheDir)
 	if err != nil {
-		return err
+		return recorded, err
 	}
 	entry, err := cache.Get(rs.ImageKey)
 	if err != nil {
-		return fmt.Errorf("the pool's image: %w", err)
+		return recorded, fmt.Errorf("the pool's image: %w", err)
 	}
 	spec := sb.GetSpec()
 	boot, err := d.bootstrapConfig(s, spec, entry, spec.GetGatewaySocketDir())
 	if err != nil {
-		return err
+		return recorded, err
 	}
 	egress, err := d.egressPolicy(s.id)
 	if err != nil {
-		return err
+		return recorded, err
 	}
 	cl := &runner.Claim{SandboxID: s.id, SandboxName: s.name, Bootstrap: *boot, Egress: egress, GatewaySocketDir: spec.GetGatewaySocketDir()}
 	if err := cl.Validate(); err != nil {
-		return err
+		return recorded, err
 	}
 	now := time.Now().UTC()
 	pr, err := readPoolRecord(dir)
 	if err != nil {
-		return err
+		return recorded, err
 	}
 	pr.ClaimedBy, pr.ClaimedAt = s.id, now
 	if err := writePoolRecord(dir, pr); err != nil {
-		return err
+		return recorded, err
 	}
 	// From here on a restarted driver never pools this VM again (pool.json says it is
 	// claimed). The runner gets the identity while the sandbox's own records are
 	// written: the guest's start-up need not wait for their two fsyncs (~15 ms each on
 	// a busy disk here). A record that fails fails the claim, and the VM is discarded.
 	rs.SandboxID, rs.SandboxName, rs.Bootstrap, rs.Egress, rs.GatewaySocketDir, rs.Pool = s.id, s.name, *boot, egress, spec.GetGatewaySocketDir(), ""
-	records := make(chan error, 1)
-	go func() {
-		_, err := state.Update(dir, func(r *state.Record) error {
-			r.SandboxID, r.SandboxName, r.SpecDigest, r.CreatedAt = s.id, s.name, specDigest(spec), now
-			return nil
-		})
-		if err == nil {
-			err = runner.WriteSpec(dir, rs)
-		}
-		records <- err
-	}()
 	ctx, cancel := context.WithTimeout(d.ctx, 10*time.Second)
 	defer cancel()
-	err = runner.NewClient(m.paths.ControlSocket).Claim(ctx, cl)
-	return errors.Join(err, <-records)
+	return claimWhileRecording(ctx,
+		func(ctx context.Context) error { return runner.NewClient(m.paths.ControlSocket).Claim(ctx, cl) },
+		func() error {
+			_, err := state.Update(dir, func(r *state.Record) error {
+				r.SandboxID, r.SandboxName, r.SpecDigest, r.CreatedAt = s.id, s.name, specDigest(spec), now
+				return nil
+			})
+			if err == nil {
+				err = runner.WriteSpec(dir, rs)
+			}
+			return err
+		})
+}
+
+// claimWhileRecording tells the runner (tell) while the records are written (record,
+// in the background). A claim the runner refused is returned at once: the create then
+// falls back to a cold boot without first waiting for the records of a VM that is
+// discarded anyway. Otherwise it returns when both are done, with the records' error
+// (a claimed VM whose records failed is not a sandbox a restarted driver could find).
+// recorded waits for record and returns its error, once or more.
+func claimWhileRecording(ctx context.Context, tell func(context.Context) error, record func() error) (recorded func() error, err error) {
+	done := make(chan struct{})
+	var recErr error
+	go func() {
+		defer close(done)
+		recErr = record()
+	}()
+	recorded = func() error { <-done; return recErr }
+	if err := tell(ctx); err != nil {
+		return recorded, err
+	}
+	return recorded, recorded()
 }
 
 // discardMember ends a member's VM and removes its directory.
 func (d *Driver) discardMember(m *poolMember, why string) {
+	d.discardMemberAfter(m, why, nil)
+}
+
+// discardMemberAfter is discardMember that removes the directory only once before
+// (nil = nothing) returned: writes still under way in it (a failed claim's records)
+// would otherwise leave files behind in a directory being removed.
+func (d *Driver) discardMemberAfter(m *poolMember, why string, before func() error) {
 	d.log.Info("discarding a warm pool VM", "pool", m.pool, "member", m.id, "why", why)
 	s := &sandbox{id: m.id, paths: m.paths}
 	if state.SameProcess(m.runnerPID, m.runnerStart) {
@@ -354,6 +383,9 @@ func (d *Driver) discardMember(m *poolMember, why string) {
 		cancel()
 	}
 	d.killLeftovers(s)
+	if before != nil {
+		_ = before() // its failure is the claim's, logged by the caller
+	}
 	removeDir(m.paths.Dir)
 	if run := state.RunDir(m.paths.Dir); run != m.paths.Dir {
 		removeDir(run)

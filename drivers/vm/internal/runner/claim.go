@@ -207,6 +207,18 @@ func setPoolNice(nice, first int) error {
 	return errors.Join(firstErr, setSessionNice(sid, start, nice, sid))
 }
 
+// setVMMNice sets nice on the threads of the VMM vmm only, under the same condition as
+// setPoolNice: a claim restores them before anything else, the rest of the session
+// after (setPoolNice).
+func setVMMNice(nice, vmm int) error {
+	sid, err := unix.Getsid(0)
+	if err != nil || sid != os.Getpid() || vmm <= 0 || vmm == sid {
+		return nil
+	}
+	_, err = setThreadsNice(vmm, nice)
+	return err
+}
+
 // setSessionNice sets nice on every thread of every process in the session led by sid
 // except pid except. New threads take their creator's value, so passes repeat until
 // one finds every thread set.

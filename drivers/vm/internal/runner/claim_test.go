@@ -330,6 +330,10 @@ func TestSessionNice(t *testing.T) {
 	if ns := nices(os.Getpid()); slices.ContainsFunc(ns, func(n int) bool { return n == refillNice }) {
 		t.Fatalf("setPoolNice changed a process that does not lead its session: %v", ns)
 	}
+	if err := setVMMNice(refillNice, childPID); err != nil {
+		t.Fatal(err)
+	}
+	check(0)
 }
 
 // A runner lowers a pooled VM's priority only when it can raise it again at the claim:

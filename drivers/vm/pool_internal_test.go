@@ -1,0 +1,76 @@
+package vm
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+)
+
+// TestClaimWhileRecording: a claim the runner refused returns at once, while the
+// records are still being written (before, it waited for them); recorded then waits
+// for the records. A claim taken returns only with its records, and a record that
+// failed fails it.
+func TestClaimWhileRecording(t *testing.T) {
+	refused := errors.New("runner: claim: HTTP 409")
+	diskFull := errors.New("write runner.json: no space left on device")
+
+	t.Run("refused claim returns before the records", func(t *testing.T) {
+		release := make(chan struct{})
+		defer close(release)
+		start := time.Now()
+		recorded, err := claimWhileRecording(t.Context(),
+			func(context.Context) error { return refused },
+			func() error {
+				// Bounded, so a claim that waits for the records fails the test below
+				// rather than hanging it.
+				select {
+				case <-release:
+				case <-time.After(5 * time.Second):
+				}
+				return nil
+			})
+		if !errors.Is(err, refused) {
+			t.Fatalf("err = %v, want the runner's refusal", err)
+		}
+		if took := time.Since(start); took > 2*time.Second {
+			t.Fatalf("the refused claim returned after %v: it waited for the records", took)
+		}
+		waited := make(chan error, 1)
+		go func() { waited <- recorded() }()
+		select {
+		case err := <-waited:
+			t.Fatalf("recorded returned (%v) before the records were written", err)
+		case <-time.After(50 * time.Millisecond):
+		}
+		release <- struct{}{}
+		if err := <-waited; err != nil {
+			t.Fatalf("recorded = %v, want nil", err)
+		}
+	})
+
+	t.Run("taken claim waits for its records", func(t *testing.T) {
+		wrote := false
+		recorded, err := claimWhileRecording(t.Context(),
+			func(context.Context) error { return nil },
+			func() error { time.Sleep(30 * time.Millisecond); wrote = true; return nil })
+		if err != nil || !wrote {
+			t.Fatalf("err = %v, records written %v: want nil after the records", err, wrote)
+		}
+		if err := recorded(); err != nil {
+			t.Fatalf("recorded = %v", err)
+		}
+	})
+
+	t.Run("failed record fails the claim", func(t *testing.T) {
+		recorded, err := claimWhileRecording(t.Context(),
+			func(context.Context) error { return nil },
+			func() error { return diskFull })
+		if !errors.Is(err, diskFull) {
+			t.Fatalf("err = %v, want the record's error", err)
+		}
+		if err := recorded(); !errors.Is(err, diskFull) {
+			t.Fatalf("recorded = %v, want the record's error again", err)
+		}
+	})
+}
