@@ -376,40 +376,30 @@ func Run(ctx context.Context, cfg *bootstrap.Config, o Options) (retErr error) {
 	r := reaper.New(reapOrphans)
 	defer r.Close()
 
+	// Policy: the bootstrap's, else the gateway's, else the default.
+	gctx, gcancel := context.WithTimeout(ctx, 15*time.Second)
+	gwCfg, err := sandboxConfig(gctx, cc, cfg.SandboxID, true)
+	gcancel()
+	steps.mark("config")
 	// The provider credentials (a round trip to the runner or the gateway, a CA key,
-	// the CA bundle written) do not depend on the policy, and the session does not
-	// wait for them: they are loaded once the session is up (startCreds), or
-	// credentialsHoldoff after it was started, whichever comes first. Loaded
-	// alongside the session's set-up, their CPU work took the CPU from it: on a VM's
-	// single emulated vCPU the gateway connection came up 84-116 ms into the start
-	// instead of 24-68 ms.
+	// the CA bundle written) do not depend on the policy: they load while the policy
+	// is applied and the session opens. Not earlier: alongside the gateway connection's
+	// set-up and the config call, their CPU work took the CPU from them on a VM's one
+	// emulated vCPU (the connection came up 84-116 ms into the start instead of
+	// 24-68 ms). Not after the session either: the SSH server, the egress proxy and
+	// the main process wait for them (with them loaded after the session, the SSH
+	// server came up ~150 ms later).
 	type credsResult struct {
 		store      sandboxCredentials
 		caFile     string
 		nProviders int
 	}
 	credsCh := make(chan credsResult, 1)
-	credsGo := make(chan struct{})
-	var credsOnce sync.Once
-	startCreds := func() { credsOnce.Do(func() { close(credsGo) }) }
-	credsCtx, credsCancel := context.WithCancel(ctx)
-	defer credsCancel()
 	go func() {
-		select {
-		case <-credsGo:
-		case <-credsCtx.Done(): // Run ended before it needed them
-			return
-		}
 		var c credsResult
 		c.store, c.caFile, c.nProviders = loadCredentials(ctx, cc, cfg.SandboxID, o, log)
 		credsCh <- c
 	}()
-
-	// Policy: the bootstrap's, else the gateway's, else the default.
-	gctx, gcancel := context.WithTimeout(ctx, 15*time.Second)
-	gwCfg, err := sandboxConfig(gctx, cc, cfg.SandboxID, true)
-	gcancel()
-	steps.mark("config")
 	if err != nil {
 		log.Warn("the gateway's sandbox config is unavailable; starting with the bootstrap or default policy", "err", err)
 	}
@@ -531,7 +521,6 @@ func Run(ctx context.Context, cfg *bootstrap.Config, o Options) (retErr error) {
 			if !up {
 				return
 			}
-			startCreds()
 			go func() {
 				if ready(sessCtx) {
 					launch.warm()
@@ -551,8 +540,6 @@ func Run(ctx context.Context, cfg *bootstrap.Config, o Options) (retErr error) {
 		defer sessWG.Done()
 		_ = sc.Run(sessCtx)
 	}()
-	holdoff := time.AfterFunc(credentialsHoldoff, startCreds)
-	defer holdoff.Stop()
 
 	creds := <-credsCh
 	steps.mark("credentials")
@@ -680,11 +667,6 @@ func Run(ctx context.Context, cfg *bootstrap.Config, o Options) (retErr error) {
 	cancel()
 	return nil
 }
-
-// credentialsHoldoff bounds how long the credentials wait for the session to come up
-// before they are loaded anyway (a gateway slow to answer must not hold up the
-// sandbox's own start: its egress proxy, SSH server and main process wait for them).
-const credentialsHoldoff = time.Second
 
 // startupSteps records when each start-up step ended, for one log line once the
 // session is up and the sandbox served: the profile of a create after the supervisor
