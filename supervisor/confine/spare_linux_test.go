@@ -15,6 +15,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -39,6 +40,7 @@ func (p *proc) pid() int { return p.cmd.Process.Pid }
 func testSpares(t *testing.T) *Spares[*proc] {
 	t.Helper()
 	exe, _ := os.Executable()
+	var startedMu sync.Mutex
 	var started []*proc
 	s := &Spares[*proc]{Self: exe, Timeout: 20 * time.Second,
 		Start: func(c *exec.Cmd) (*proc, error) {
@@ -51,7 +53,9 @@ func testSpares(t *testing.T) *Spares[*proc] {
 				return nil, err
 			}
 			p := &proc{cmd: c, done: make(chan struct{})}
+			startedMu.Lock()
 			started = append(started, p)
+			startedMu.Unlock()
 			go func() {
 				_ = c.Wait()
 				p.code = c.ProcessState.ExitCode()
@@ -63,9 +67,18 @@ func testSpares(t *testing.T) *Spares[*proc] {
 	}
 	t.Cleanup(func() {
 		s.Close()
-		// Every spare and program ends with the test.
-		s.mu.Lock()
-		defer s.mu.Unlock()
+		// A spare being started when Close came is started still: wait for it, so
+		// that every spare and program ends with the test.
+		for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
+			s.mu.Lock()
+			filling := s.filling
+			s.mu.Unlock()
+			if !filling {
+				break
+			}
+		}
+		startedMu.Lock()
+		defer startedMu.Unlock()
 		for _, p := range started {
 			_ = p.cmd.Process.Kill()
 			<-p.done
