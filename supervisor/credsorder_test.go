@@ -3,7 +3,6 @@ package supervisor
 import (
 	"context"
 	"net"
-	"os"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -68,16 +67,8 @@ func startOrderGW(t *testing.T, configAfter, acceptAfter time.Duration) (*orderG
 
 func runOrdered(t *testing.T, addr string) {
 	t.Helper()
-	// Not t.TempDir: the sandbox user must be able to reach the sandbox directory.
-	base, err := os.MkdirTemp("", "supervisor-test-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(base) })
-	os.Chmod(base, 0o755)
-	root := filepath.Join(base, "root")
-	os.MkdirAll(filepath.Join(root, "etc"), 0o755)
-	os.WriteFile(filepath.Join(root, "etc", "passwd"), []byte("root:x:0:0:root:/root:/bin/sh\n"), 0o644)
+	base := agentReachableDir(t, "supervisor-test-")
+	root := rootOnlyRoot(t, base)
 	cfg := &bootstrap.Config{Endpoint: "http://" + addr, SandboxID: "sb-1", SandboxName: "box", Token: "tok",
 		Main: bootstrap.MainProcessSpec{Version: 1, Command: []string{"/bin/sh", "-c", "sleep 30"}}}
 	runInBackground(t, cfg, Options{RunDir: filepath.Join(base, "run"), Root: root, SandboxDir: filepath.Join(base, "sandbox")})

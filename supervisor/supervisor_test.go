@@ -198,16 +198,37 @@ func execOverRelay(t *testing.T, g *gw, s grpc.BidiStreamingServer[pb.Supervisor
 	return out.String(), code
 }
 
-func TestSupervisorEndToEnd(t *testing.T) {
-	base, err := os.MkdirTemp("", "supervisor-test-")
+// agentReachableDir makes a temporary directory, removed with the test, that the
+// sandbox user can traverse. Not t.TempDir: its parent is 0700.
+func agentReachableDir(t *testing.T, prefix string) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", prefix)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { os.RemoveAll(base) })
-	os.Chmod(base, 0o755)
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+// rootOnlyRoot makes base/root, a sandbox root whose account files know only root.
+func rootOnlyRoot(t *testing.T, base string) string {
+	t.Helper()
 	root := filepath.Join(base, "root")
-	os.MkdirAll(filepath.Join(root, "etc"), 0o755)
-	os.WriteFile(filepath.Join(root, "etc", "passwd"), []byte("root:x:0:0:root:/root:/bin/sh\n"), 0o644)
+	if err := os.MkdirAll(filepath.Join(root, "etc"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(root, "etc", "passwd"), []byte("root:x:0:0:root:/root:/bin/sh\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return root
+}
+
+func TestSupervisorEndToEnd(t *testing.T) {
+	base := agentReachableDir(t, "supervisor-test-")
+	root := rootOnlyRoot(t, base)
 
 	g := newGW()
 	addr, stop := serveGW(t, g, "127.0.0.1:0")
@@ -333,13 +354,8 @@ func TestSandboxEnvDropsSecrets(t *testing.T) {
 // policy account (agent, member of tools) and a spare group (other).
 func runAsRoot(t *testing.T) string {
 	t.Helper()
-	base, err := os.MkdirTemp("", "supervisor-runas-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(base) })
 	// The accounts must reach their working directory under it.
-	os.Chmod(base, 0o755)
+	base := agentReachableDir(t, "supervisor-runas-")
 	root := filepath.Join(base, "root")
 	if err := os.MkdirAll(filepath.Join(root, "etc"), 0o755); err != nil {
 		t.Fatal(err)

@@ -22,15 +22,7 @@ import (
 // user gets EACCES opening the path.
 func TestHideTokenFile(t *testing.T) {
 	testenv.RequireRoot(t)
-	// Not t.TempDir: its parent is 0700, which the agent could not traverse.
-	dir, err := os.MkdirTemp("", "tokenhide")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	if err := os.Chmod(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
+	dir := agentReachableDir(t, "tokenhide")
 	tokenFile := filepath.Join(dir, "token")
 	if err := os.WriteFile(tokenFile, []byte("secret-token-value\n"), 0o600); err != nil {
 		t.Fatal(err)
