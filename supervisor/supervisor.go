@@ -395,11 +395,18 @@ func Run(ctx context.Context, cfg *bootstrap.Config, o Options) (retErr error) {
 		nProviders int
 	}
 	credsCh := make(chan credsResult, 1)
+	credsCtx, credsCancel := context.WithCancel(ctx)
+	credsDone := make(chan struct{})
 	go func() {
+		defer close(credsDone)
 		var c credsResult
-		c.store, c.caFile, c.nProviders = loadCredentials(ctx, cc, cfg.SandboxID, o, log)
+		c.store, c.caFile, c.nProviders = loadCredentials(credsCtx, cc, cfg.SandboxID, o, log)
 		credsCh <- c
 	}()
+	// Run returns only once the load has ended, on every path: a start that fails
+	// (a bad policy, an unknown account) must not leave it writing the CA bundle
+	// into a sandbox root its caller is already removing.
+	defer func() { credsCancel(); <-credsDone }()
 	if err != nil {
 		log.Warn("the gateway's sandbox config is unavailable; starting with the bootstrap or default policy", "err", err)
 	}

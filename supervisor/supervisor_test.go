@@ -206,7 +206,16 @@ func agentReachableDir(t *testing.T, prefix string) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
+	t.Cleanup(func() {
+		os.RemoveAll(dir)
+		// Whatever the test started has ended by now (Run returns only when its
+		// work has): nothing may write into the directory afterwards.
+		time.Sleep(200 * time.Millisecond)
+		if _, err := os.Stat(dir); err == nil {
+			t.Errorf("%s was written to after the test ended (a goroutine outlived Run)", dir)
+			os.RemoveAll(dir)
+		}
+	})
 	if err := os.Chmod(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
