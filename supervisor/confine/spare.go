@@ -145,26 +145,10 @@ const SpecFlag = "--spec"
 func SpareCommand(self string, spec *Spec) (*exec.Cmd, *Spare, error) {
 	var specR *os.File
 	if spec != nil {
-		b, err := spec.Marshal()
-		if err != nil {
+		var err error
+		if specR, err = specPipe(*spec); err != nil {
 			return nil, nil, err
 		}
-		r, w, err := os.Pipe()
-		if err != nil {
-			return nil, nil, fmt.Errorf("confine: spare spec pipe: %w", err)
-		}
-		// A spec is a few hundred bytes (the pipe holds 64 KiB): this never blocks.
-		if len(b) > maxPreparedSpec {
-			err = fmt.Errorf("confine: spec of %d bytes (more than %d)", len(b), maxPreparedSpec)
-		} else {
-			_, err = w.Write(b)
-		}
-		w.Close()
-		if err != nil {
-			r.Close()
-			return nil, nil, fmt.Errorf("confine: write the spare's spec: %w", err)
-		}
-		specR = r
 	}
 	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
@@ -195,6 +179,36 @@ func SpareCommand(self string, spec *Spec) (*exec.Cmd, *Spare, error) {
 
 // maxPreparedSpec bounds the spec a spare reads to prepare.
 const maxPreparedSpec = 1 << 20
+
+// specPipe returns the read end of a pipe holding s, for a spare to prepare from.
+// The whole spec is written before the spare starts, so it must fit in the pipe's
+// buffer (64 KiB by default; a write beyond it would wait for a reader that is not
+// there yet): a spec that does not fit returns nil, and that spare prepares
+// nothing (the request's spec is built and enforced as a one-shot helper does).
+func specPipe(s Spec) (*os.File, error) {
+	b, err := s.Marshal()
+	if err != nil {
+		return nil, err
+	}
+	r, w, err := os.Pipe()
+	if err != nil {
+		return nil, fmt.Errorf("confine: spare spec pipe: %w", err)
+	}
+	defer w.Close()
+	size, err := unix.FcntlInt(w.Fd(), unix.F_GETPIPE_SZ, 0)
+	if err == nil && (len(b) > size || len(b) > maxPreparedSpec) {
+		r.Close()
+		return nil, nil
+	}
+	if err == nil {
+		_, err = w.Write(b)
+	}
+	if err != nil {
+		r.Close()
+		return nil, fmt.Errorf("confine: write the spare's spec: %w", err)
+	}
+	return r, nil
+}
 
 // Started closes the spare's end in this process (call it once the spare was
 // started, or was not).

@@ -646,3 +646,46 @@ func TestSpareBadPreparedSpec(t *testing.T) {
 		}
 	}
 }
+
+// TestSpareSpecTooBigForThePipe: a spec larger than the pipe's buffer (written in
+// whole before the spare starts, with nobody reading yet) gives a spare that
+// prepares nothing, at once, rather than a start that waits forever.
+func TestSpareSpecTooBigForThePipe(t *testing.T) {
+	big := Spec{UID: nobody, GID: nobody}
+	for i := 0; len(big.ReadOnly)*64 < 256<<10; i++ {
+		big.ReadOnly = append(big.ReadOnly, fmt.Sprintf("/srv/a-rather-long-directory-name-to-fill-the-pipe/%08d", i))
+	}
+	type started struct {
+		cmd *exec.Cmd
+		sp  *Spare
+		err error
+	}
+	done := make(chan started, 1)
+	go func() {
+		cmd, sp, err := SpareCommand("/bin/true", &big)
+		done <- started{cmd, sp, err}
+	}()
+	select {
+	case st := <-done:
+		if st.err != nil {
+			t.Fatalf("SpareCommand: %v", st.err)
+		}
+		defer st.sp.Close()
+		defer st.sp.Started()
+		if slices.Contains(st.cmd.Args, SpecFlag) {
+			t.Fatalf("a spare was given a spec that does not fit its pipe: %q", st.cmd.Args)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("SpareCommand still writing a spec larger than the pipe after 5 s")
+	}
+	// One that fits is still prepared.
+	cmd, sp, err := SpareCommand("/bin/true", &Spec{UID: nobody, GID: nobody, ReadOnly: []string{"/usr"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sp.Close()
+	defer sp.Started()
+	if !slices.Contains(cmd.Args, SpecFlag) {
+		t.Fatalf("a small spec is not prepared: %q", cmd.Args)
+	}
+}
