@@ -2,7 +2,6 @@ package supervisor
 
 import (
 	"context"
-	"net"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -54,15 +53,8 @@ func (g *orderGW) GetSandboxProviderEnvironment(context.Context, *pb.GetSandboxP
 func startOrderGW(t *testing.T, configAfter, acceptAfter time.Duration) (*orderGW, string) {
 	t.Helper()
 	g := &orderGW{gw: newGW(), configAfter: configAfter, acceptAfter: acceptAfter, credsAt: make(chan time.Time, 1)}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := grpc.NewServer()
-	pb.RegisterOpenShellServer(s, g)
-	go s.Serve(ln)
-	t.Cleanup(s.Stop)
-	return g, ln.Addr().String()
+	addr, _ := serveGW(t, g, "127.0.0.1:0")
+	return g, addr
 }
 
 func runOrdered(t *testing.T, addr string) {

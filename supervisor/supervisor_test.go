@@ -142,7 +142,8 @@ func (g *gw) PushSandboxLogs(s grpc.ClientStreamingServer[pb.PushSandboxLogsRequ
 	}
 }
 
-func serveGW(t *testing.T, g *gw, addr string) (string, func()) {
+// serveGW serves g (a gw, or a gw with some calls replaced) on addr.
+func serveGW(t *testing.T, g pb.OpenShellServer, addr string) (string, func()) {
 	t.Helper()
 	var ln net.Listener
 	var err error
