@@ -449,7 +449,7 @@ func (s *Server) WatchSandbox(req *openshellv1.WatchSandboxRequest, stream opens
 	for {
 		select {
 		case <-ctx.Done():
-			return nil
+			return status.FromContextError(ctx.Err()).Err()
 		case <-s.stopping:
 			return status.Error(codes.Unavailable, "the gateway is shutting down; watch again")
 		case <-wake:

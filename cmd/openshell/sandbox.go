@@ -263,11 +263,16 @@ func waitReady(ctx context.Context, c openshellv1.OpenShellClient, sb *openshell
 	cur := sb
 	for {
 		ev, err := stream.Recv()
-		if errors.Is(err, io.EOF) {
+		// The gateway ends the stream at the deadline this side sent it, which the
+		// wire rounds down to the millisecond: an end within a second of the deadline,
+		// clean or not, is the timeout too.
+		dl, _ := wctx.Deadline()
+		timedOut := err != nil && ctx.Err() == nil && (wctx.Err() != nil || time.Until(dl) < time.Second)
+		if errors.Is(err, io.EOF) && !timedOut {
 			break
 		}
 		if err != nil {
-			if wctx.Err() != nil && ctx.Err() == nil {
+			if timedOut {
 				return nil, &exitError{code: 3, err: fmt.Errorf("sandbox %s is not ready after %s (phase %s%s); it keeps provisioning — follow it with `openshell sandbox watch %s` or raise --timeout",
 					name, timeout, phaseString(cur.GetStatus().GetPhase()), parenthesize(readyDetail(cur)), name)}
 			}
