@@ -257,6 +257,9 @@ func newHarness(t *testing.T) *harness {
 	)
 	h.startGateway()
 	t.Cleanup(func() {
+		if t.Failed() {
+			h.logDiagnostics()
+		}
 		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 		defer cancel()
 		h.run(ctx, "sandbox", "delete", "--all")
@@ -271,6 +274,25 @@ func newHarness(t *testing.T) *harness {
 		}
 	})
 	return h
+}
+
+// logDiagnostics logs the tails of the gateway's log and, for VM sandboxes, of each
+// sandbox's runner log and guest console: a test that failed on a CI machine leaves
+// nothing else to read once its temporary home is removed.
+func (h *harness) logDiagnostics() {
+	h.t.Helper()
+	files, _ := filepath.Glob(filepath.Join(h.home, "s", "openshell", "*", "gateway.log"))
+	for _, sb := range []string{"runner.log", "console.log"} {
+		more, _ := filepath.Glob(filepath.Join(h.home, "s", "openshell", "*", "vm-driver", "sb", "*", sb))
+		files = append(files, more...)
+	}
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		h.t.Logf("diagnostics: last lines of %s:\n%s", strings.TrimPrefix(f, h.home+"/"), tail(string(b), 80))
+	}
 }
 
 func (h *harness) startGateway() {
