@@ -1,21 +1,18 @@
 // Package peercred restricts a Unix socket listener to one peer process: every
-// accepted connection's SO_PEERCRED must carry the expected uid and (when set) the
-// expected pid, otherwise the connection is closed and logged. The VM driver serves
+// accepted connection's peer credentials (SO_PEERCRED on Linux, LOCAL_PEERCRED and
+// LOCAL_PEERPID on macOS) must carry the expected uid and (when set) the expected
+// pid, otherwise the connection is closed and logged. The VM driver serves
 // its compute contract this way so that only the gateway that started it can talk to
 // it, even though other processes of the same user can reach the socket file.
 package peercred
 
 import (
-	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
 	"syscall"
-
-	"golang.org/x/sys/unix"
 )
 
 // Policy says which peers are accepted.
@@ -93,7 +90,7 @@ func (l *Listener) Accept() (net.Conn, error) {
 			continue
 		}
 		if reason := l.policy.check(cred); reason != "" {
-			l.log.Warn("driver socket: refusing connection", "peer_pid", cred.Pid, "peer_uid", cred.Uid, "reason", reason)
+			l.log.Warn("driver socket: refusing connection", "peer_pid", cred.PID, "peer_uid", cred.UID, "reason", reason)
 			c.Close()
 			continue
 		}
@@ -101,61 +98,32 @@ func (l *Listener) Accept() (net.Conn, error) {
 	}
 }
 
-func (p Policy) check(c *unix.Ucred) string {
-	if int(c.Uid) != p.UID {
-		return fmt.Sprintf("uid %d is not the driver's expected uid %d", c.Uid, p.UID)
+func (p Policy) check(c Cred) string {
+	if c.UID != p.UID {
+		return fmt.Sprintf("uid %d is not the driver's expected uid %d", c.UID, p.UID)
 	}
-	if p.PID != 0 && int(c.Pid) != p.PID {
-		return fmt.Sprintf("pid %d is not the expected peer pid %d (--expected-peer-pid)", c.Pid, p.PID)
+	if p.PID != 0 && c.PID != p.PID {
+		return fmt.Sprintf("pid %d is not the expected peer pid %d (--expected-peer-pid)", c.PID, p.PID)
 	}
 	return ""
 }
 
-// Peer returns the SO_PEERCRED credentials of a Unix connection.
-func Peer(c *net.UnixConn) (*unix.Ucred, error) {
-	raw, err := c.SyscallConn()
-	if err != nil {
-		return nil, err
-	}
-	var cred *unix.Ucred
-	var serr error
-	if err := raw.Control(func(fd uintptr) {
-		cred, serr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
-	}); err != nil {
-		return nil, err
-	}
-	if serr != nil {
-		return nil, fmt.Errorf("SO_PEERCRED: %w", serr)
-	}
-	if cred == nil {
-		return nil, errors.New("SO_PEERCRED: no credentials")
-	}
-	return cred, nil
+// Cred is what the kernel reports about a Unix connection's peer.
+type Cred struct {
+	UID int
+	PID int
 }
 
-// WaitExit blocks until process pid exits or ctx ends. It uses a pidfd, so a recycled
-// pid cannot be mistaken for the original process. It returns nil when the process is
-// gone (or was already gone), ctx.Err() otherwise.
-func WaitExit(ctx context.Context, pid int) error {
-	fd, err := unix.PidfdOpen(pid, 0)
-	if errors.Is(err, unix.ESRCH) {
-		return nil
-	}
+// Peer returns the credentials of a Unix connection's peer.
+func Peer(c *net.UnixConn) (Cred, error) {
+	raw, err := c.SyscallConn()
 	if err != nil {
-		return fmt.Errorf("watch pid %d: pidfd_open: %w", pid, err)
+		return Cred{}, err
 	}
-	defer unix.Close(fd)
-	for {
-		fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
-		n, err := unix.Poll(fds, 500)
-		if err != nil && !errors.Is(err, unix.EINTR) {
-			return fmt.Errorf("watch pid %d: poll: %w", pid, err)
-		}
-		if n > 0 {
-			return nil
-		}
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
+	var cred Cred
+	var credErr error
+	if err := raw.Control(func(fd uintptr) { cred, credErr = peerCred(int(fd)) }); err != nil {
+		return Cred{}, err
 	}
+	return cred, credErr
 }

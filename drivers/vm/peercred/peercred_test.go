@@ -170,3 +170,31 @@ func TestWaitExit(t *testing.T) {
 		t.Fatalf("WaitExit on a gone pid: %v", err)
 	}
 }
+
+// TestPeerIsTheDialer: the credentials read on the accepted side are the dialing
+// process's own (the kernel's record, per platform).
+func TestPeerIsTheDialer(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "d.sock")
+	l, err := Listen(path, Policy{UID: os.Getuid()}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	d, err := net.Dial("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	c, err := l.AcceptUnix()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	got, err := Peer(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := (Cred{UID: os.Getuid(), PID: os.Getpid()}); got != want {
+		t.Fatalf("Peer = %+v, want %+v", got, want)
+	}
+}
