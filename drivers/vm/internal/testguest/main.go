@@ -1,3 +1,5 @@
+//go:build linux
+
 // Command testguest is a stand-in supervisor for the VM driver's tests: built static
 // and put into the initramfs as /init instead of openshell-sandbox. Like the real
 // supervisor it fetches its bootstrap config on the bootstrap port and then holds a
