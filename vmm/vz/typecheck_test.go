@@ -5,115 +5,41 @@ package vz_test
 import (
 	"encoding/json"
 	"errors"
-	"fmt"
-	"go/ast"
 	"go/build"
-	"go/parser"
-	"go/token"
-	"go/types"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
-)
 
-var (
-	sharedOnce    sync.Once
-	sharedChecker *darwinChecker
+	"github.com/openshell/openshell/internal/darwincheck"
 )
-
-// checker is one darwinChecker for the package's tests: the standard library and
-// the binding are checked once.
-func checker(t *testing.T) *darwinChecker {
-	sharedOnce.Do(func() { sharedChecker = newDarwinChecker() })
-	return sharedChecker
-}
 
 // vzModule is the Virtualization.framework binding the darwin files are written
 // against (the version in go.mod).
 const vzModule = "github.com/Code-Hex/vz/v3"
 
-// darwinChecker type-checks packages as they compile for darwin/arm64, from source,
-// with cgo faked (go/types FakeImportC): the binding's Objective-C half cannot build
-// here, but every Go-level call into it is checked against its real signatures.
-type darwinChecker struct {
-	fset    *token.FileSet
-	ctx     build.Context
-	pkgs    map[string]*types.Package
-	depErrs map[string]int // dependency -> errors tolerated (cgo only)
-}
+const vzPackage = "github.com/openshell/openshell/vmm/vz"
 
-func newDarwinChecker() *darwinChecker {
-	ctx := build.Default
-	ctx.GOOS, ctx.GOARCH, ctx.CgoEnabled = "darwin", "arm64", true
-	fset := token.NewFileSet()
-	return &darwinChecker{fset: fset, ctx: ctx, pkgs: map[string]*types.Package{}, depErrs: map[string]int{}}
-}
+var (
+	graphOnce sync.Once
+	graph     *darwincheck.Graph
+	graphErr  error
+)
 
-func (c *darwinChecker) Import(path string) (*types.Package, error) { return c.ImportFrom(path, "", 0) }
-
-func (c *darwinChecker) ImportFrom(path, dir string, mode types.ImportMode) (*types.Package, error) {
-	if path == "unsafe" {
-		return types.Unsafe, nil
+// darwinGraph is vmm/vz and what its darwin test files import, listed and checked
+// once for the package's tests: the standard library and the binding are checked
+// from source as they are on darwin/arm64, with cgo faked.
+func darwinGraph(t *testing.T) *darwincheck.Graph {
+	t.Helper()
+	patterns := append([]string{vzPackage}, darwinBuild(t).XTestImports...)
+	graphOnce.Do(func() { graph, graphErr = darwincheck.Load(".", patterns...) })
+	if graphErr != nil {
+		t.Fatal(graphErr)
 	}
-	if p, ok := c.pkgs[path]; ok {
-		return p, nil
-	}
-	bp, err := c.ctx.Import(path, dir, 0)
-	if err != nil {
-		return nil, err
-	}
-	// The standard library too is checked as it is on darwin (syscall.Sysctl, ...).
-	files := append(append([]string(nil), bp.GoFiles...), bp.CgoFiles...)
-	for i := range files {
-		files[i] = filepath.Join(bp.Dir, files[i])
-	}
-	p, errs := c.check(path, bp.Dir, files)
-	if p == nil {
-		return nil, fmt.Errorf("type-checking %s for darwin: %w", path, errors.Join(errs...))
-	}
-	// Errors inside a dependency are cgo's shadows (C values have no type under
-	// FakeImportC); its exported Go API is complete all the same, and the mutation
-	// test proves calls into it are still checked.
-	if len(errs) > 0 {
-		c.depErrs[path] = len(errs)
-	}
-	c.pkgs[path] = p
-	return p, nil
-}
-
-func (c *darwinChecker) check(path, dir string, files []string) (*types.Package, []error) {
-	var parsed []*ast.File
-	for _, f := range files {
-		af, err := parser.ParseFile(c.fset, f, nil, parser.SkipObjectResolution)
-		if err != nil {
-			return nil, []error{err}
-		}
-		parsed = append(parsed, af)
-	}
-	var errs []error
-	conf := types.Config{
-		Importer:    importerAt{c, dir},
-		FakeImportC: true,
-		Error:       func(err error) { errs = append(errs, err) },
-	}
-	p, _ := conf.Check(path, c.fset, parsed, nil)
-	return p, errs
-}
-
-// importerAt resolves a package's imports from its own directory (module mode).
-type importerAt struct {
-	c   *darwinChecker
-	dir string
-}
-
-func (i importerAt) Import(path string) (*types.Package, error) {
-	return i.c.ImportFrom(path, i.dir, 0)
-}
-func (i importerAt) ImportFrom(path, _ string, mode types.ImportMode) (*types.Package, error) {
-	return i.c.ImportFrom(path, i.dir, mode)
+	return graph
 }
 
 // vzSourceDir downloads (if needed) the binding and checks its version.
@@ -157,24 +83,26 @@ func darwinFiles(t *testing.T) []string {
 // against the real binding (v3.6.0): a call with a wrong signature fails here.
 func TestDarwinFilesTypeCheck(t *testing.T) {
 	vzSourceDir(t)
-	files := darwinFiles(t)
-	if !strings.Contains(strings.Join(files, " "), "vz_darwin.go") {
+	if files := darwinFiles(t); !strings.Contains(strings.Join(files, " "), "vz_darwin.go") {
 		t.Fatalf("darwin build of vmm/vz lacks vz_darwin.go: %v", files)
 	}
-	c := checker(t)
-	dir, _ := os.Getwd()
-	p, errs := c.check("github.com/openshell/openshell/vmm/vz", dir, files)
-	for _, err := range errs {
+	g := darwinGraph(t)
+	failed := g.Check()
+	for _, err := range failed[vzPackage] {
 		t.Error(err)
 	}
+	if errs := slices.DeleteFunc(slices.Clone(failed[vzModule]), darwincheck.CgoOnly); len(errs) > 0 {
+		t.Errorf("the binding does not type-check for darwin beyond cgo: %v", errors.Join(errs...))
+	}
+	p := g.Package(vzPackage)
 	if p == nil || p.Scope().Lookup("Machine") == nil {
 		t.Fatal("the darwin build of vmm/vz has no Machine type")
 	}
-	if c.pkgs[vzModule] == nil {
+	if g.Package(vzModule) == nil {
 		t.Fatal("the binding was not type-checked")
 	}
 	// The darwin-only conformance test (run by the macOS workflow) against it too.
-	c.pkgs["github.com/openshell/openshell/vmm/vz"] = p
+	dir, _ := os.Getwd()
 	var xtest []string
 	for _, f := range darwinBuild(t).XTestGoFiles {
 		if strings.HasSuffix(f, "_darwin_test.go") {
@@ -184,19 +112,17 @@ func TestDarwinFilesTypeCheck(t *testing.T) {
 	if len(xtest) == 0 {
 		t.Fatal("no darwin test files found")
 	}
-	if _, errs := c.check("github.com/openshell/openshell/vmm/vz_test", dir, xtest); len(errs) > 0 {
-		for _, err := range errs {
-			t.Error(err)
-		}
+	_, errs := g.CheckFiles(vzPackage+"_test", xtest)
+	for _, err := range errs {
+		t.Error(err)
 	}
-	t.Logf("type-checked %d packages for darwin/arm64; cgo-only errors tolerated in dependencies: %v", len(c.pkgs), c.depErrs)
+	t.Logf("type-checked %d packages for darwin/arm64; cgo-only errors tolerated in the binding: %d", len(g.Packages()), len(failed[vzModule]))
 }
 
 // TestDarwinTypeCheckCatchesWrongCall proves the check can fail: the same files with
 // one call changed to a wrong signature must not type-check.
 func TestDarwinTypeCheckCatchesWrongCall(t *testing.T) {
 	vzSourceDir(t)
-	dir, _ := os.Getwd()
 	for _, m := range []struct{ from, to, want string }{
 		// NewVirtualMachineConfiguration(bootLoader, cpu uint, memorySize uint64)
 		{"uint(cfg.VCPUs), uint64(cfg.MemoryMiB)<<20)", "cfg.VCPUs, cfg.MemoryMiB)", "cannot use"},
@@ -227,7 +153,7 @@ func TestDarwinTypeCheckCatchesWrongCall(t *testing.T) {
 			if !changed {
 				t.Fatalf("vz_darwin.go no longer contains %q: update the mutation", m.from)
 			}
-			_, errs := checker(t).check("github.com/openshell/openshell/vmm/vz", dir, files)
+			_, errs := darwinGraph(t).CheckFiles(vzPackage, files)
 			all := errors.Join(errs...)
 			if len(errs) == 0 || !strings.Contains(all.Error(), m.want) || strings.Contains(all.Error(), "could not import") {
 				t.Fatalf("mutated call type-checked (errors %v), want %q", errs, m.want)
