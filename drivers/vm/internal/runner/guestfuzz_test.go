@@ -174,7 +174,7 @@ func serveGuestEgress(t *testing.T, secret wire.Secret, pol *policy.Compiled, kn
 // socketPair is a connected pair of Unix stream sockets, as the runner's channel
 // listeners hand out.
 func socketPair(t *testing.T) (*net.UnixConn, net.Conn) {
-	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM, 0) // closed by the test; no exec in between
 	if err != nil {
 		t.Fatal(err)
 	}
