@@ -1,7 +1,8 @@
 // Package vm is the VM compute driver: each sandbox is a microVM (QEMU today) booted
 // from the sandbox's OCI image, run by its own runner process that outlives the driver.
 // The driver process (cmd/openshell-driver-vm) serves the compute contract to the
-// gateway over a private Unix socket (peer-checked with SO_PEERCRED, see peercred).
+// gateway over a private Unix socket, peer-checked by uid and pid (SO_PEERCRED on
+// Linux, LOCAL_PEERCRED and LOCAL_PEERPID on macOS; see peercred).
 //
 // On disk, under Config.StateDir:
 //
