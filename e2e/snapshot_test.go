@@ -176,7 +176,9 @@ func sandboxID(t *testing.T, h *harness, box string) string {
 // and in the source, while the source's file from before the snapshot is in both);
 // their clocks are the host's. They were restored, not booted (their uptime goes on
 // from the source's), and what a restore cannot change is asserted: the kernel's
-// boot_id, read in the source before the snapshot, is the source's in both. The
+// boot_id, read in the source before the snapshot, is the source's in both. No
+// process of the source runs on in a copy: a program its main process left in the
+// background, and the variable in its environment, are seen in the source only. The
 // source runs on unaffected. It times create
 // --from-snapshot → READY against a cold create (BENCH line for scripts/bench.sh
 // snapshot; target ≤ 0.3×).
@@ -199,7 +201,9 @@ func TestVMSnapshotCopies(t *testing.T) {
 	h.mustRun(t, "sandbox", "delete", warm)
 	src := uniqueName("src")
 	t0 := time.Now()
-	h.create(src, "sh", "-c", "i=0; while :; do i=$((i+1)); echo $i >> /sandbox/counter; sleep 0.2; done")
+	// The main process leaves a program of its own running in the background, with a
+	// variable of the source's in its environment: the copies must run neither.
+	h.create(src, "sh", "-c", "export SOURCE_ONLY=src-secret-7f3a; sleep 86399 & i=0; while :; do i=$((i+1)); echo $i >> /sandbox/counter; sleep 0.2; done")
 	cold := time.Since(t0)
 	execOut(t, h, src, "sh", "-c", "echo from-source > /sandbox/before-snapshot")
 	// The kernel makes its boot_id at the first read: read it before the snapshot, so
@@ -226,6 +230,16 @@ func TestVMSnapshotCopies(t *testing.T) {
 	t.Logf("first copy (its create timeline):\n%s", h.mustRun(t, "sandbox", "get", copies[0]).stdout)
 	logRestoreTimeline(t, h, sandboxID(t, h, copies[0]))
 	fmt.Printf("BENCH snapshot from_snapshot_ms=%d cold_ms=%d ratio=%.3f\n", took[0].Milliseconds(), cold.Milliseconds(), took[0].Seconds()/cold.Seconds())
+
+	// What the source's main process started is seen by the source's agent, and by
+	// no copy's: no process of the source runs on in a copy, and none carries its
+	// environment.
+	for _, b := range append([]string{src}, copies...) {
+		got := execOut(t, h, b, "sh", "-c", sourceLeftovers)
+		if want := b == src; strings.Contains(got, "sleep 86399") != want || strings.Contains(got, "src-secret-7f3a") != want {
+			t.Fatalf("%s: processes with the source's background program or environment (want them only in the source): %q", b, got)
+		}
+	}
 
 	ids := map[string]bool{sandboxID(t, h, src): true}
 	rnd := map[string]string{}
@@ -274,6 +288,10 @@ func TestVMSnapshotCopies(t *testing.T) {
 		t.Fatalf("source counter stuck at %d after the copies were made", after)
 	}
 }
+
+// sourceLeftovers prints, as the agent reads them, every process's command line and
+// the environment variables of those whose environment it may read.
+const sourceLeftovers = `for p in /proc/[0-9]*; do tr '\0' ' ' < $p/cmdline 2>/dev/null; tr '\0' '\n' < $p/environ 2>/dev/null | grep SOURCE_ONLY; echo; done`
 
 // uptime reads a sandbox's /proc/uptime (seconds).
 func uptime(t *testing.T, h *harness, box string) float64 {

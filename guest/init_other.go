@@ -2,7 +2,11 @@
 
 package guest
 
-import "os"
+import (
+	"errors"
+	"os"
+	"time"
+)
 
 // RunPID1 only exists in a Linux guest; elsewhere it exits with status 1.
 func RunPID1(opts InitOptions, run func() int) {
@@ -11,3 +15,8 @@ func RunPID1(opts InitOptions, run func() int) {
 }
 
 func bootTimeNs() int64 { return 0 }
+
+// EndOtherProcesses only exists in a Linux guest.
+func EndOtherProcesses(time.Duration) (int, error) {
+	return 0, errors.New("guest: EndOtherProcesses only works as PID 1 of a Linux guest")
+}

@@ -9,8 +9,10 @@ package supervisor
 // fresh entropy. The supervisor then steps the clock, feeds the entropy to the
 // kernel and has it reseed (the copies share the snapshotted random state), ends its
 // run as the old sandbox and runs again as the new one: the old identity's session,
-// token and credentials are dropped; the old main process is stopped like at any
-// supervisor stop and the copy's own command starts. The files (the disk) are the
+// token and credentials are dropped; the old main process is killed at once (nobody
+// waits for it: the source sandbox runs on elsewhere), Apply ends whatever else of
+// the old run is left (a VM guest's init kills every other process), and the copy's
+// own command starts. The files (the disk) are the
 // copy's own. What cannot change without a reboot stays: the kernel's boot_id, the
 // state of processes' own user-space random generators.
 
@@ -57,7 +59,9 @@ type Reidentify struct {
 	// secret; nil, nil when it offers none.
 	Fetch func(ctx context.Context) ([]byte, error)
 	// Apply makes id current for the next run (the instance secret the dialers
-	// present, the hostname); called before the supervisor runs again.
+	// present, the hostname) and ends what is left of the old run's processes (the
+	// main process's children, daemons it started); called before the supervisor
+	// runs again.
 	Apply func(id *Identity)
 	// ProbeTimeout bounds one Fetch (default 5 s).
 	ProbeTimeout time.Duration
@@ -163,7 +167,7 @@ func RunVM(ctx context.Context, cfg *bootstrap.Config, o Options, re *Reidentify
 	dial := o.Dial
 	for {
 		w := &watcher{re: re, current: cfg.SandboxID, log: log, foundCh: make(chan struct{})}
-		runCtx, cancel := context.WithCancel(ctx)
+		runCtx, cancel := context.WithCancelCause(ctx)
 		o.Dial = func(dctx context.Context, addr string) (net.Conn, error) {
 			if w.taken() {
 				// The run is ending as the old sandbox: its last calls (the final log
@@ -172,9 +176,9 @@ func RunVM(ctx context.Context, cfg *bootstrap.Config, o Options, re *Reidentify
 			}
 			return dial(dctx, addr)
 		}
-		go w.watch(runCtx, cancel)
+		go w.watch(runCtx, func() { cancel(errReidentified) })
 		err := Run(runCtx, cfg, o)
-		cancel()
+		cancel(nil)
 		w.mu.Lock()
 		id := w.found
 		w.mu.Unlock()

@@ -1,13 +1,22 @@
 package supervisor
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/openshell/openshell/supervisor/bootstrap"
 )
 
 func TestParseIdentity(t *testing.T) {
@@ -118,4 +127,76 @@ func TestWatcherProbesOnHostReturn(t *testing.T) {
 		t.Fatalf("after the offer: run ended %v, found %+v, %d fetches", ctx.Err(), w.found, fetches.Load())
 	}
 	t.Logf("return -> run ended in %v", time.Since(t0))
+}
+
+// TestReidentifiedRunKillsAtOnce: when a restored copy takes a new identity, the old
+// identity's main process, here one that ignores SIGTERM, and the program it left in
+// its group are killed at once, not after the stop grace (10 s here) a supervisor
+// stop gives; the new identity's run starts right after.
+func TestReidentifiedRunKillsAtOnce(t *testing.T) {
+	g := newGW()
+	addr, _ := serveGW(t, g, "127.0.0.1:0")
+	base := agentReachableDir(t, "supervisor-test-")
+	root := rootOnlyRoot(t, base)
+	pidFile := filepath.Join(base, "sandbox", "child.pid")
+	cfg := &bootstrap.Config{Endpoint: "http://" + addr, SandboxID: "sb-old", SandboxName: "box", Token: "tok",
+		Main: bootstrap.MainProcessSpec{Version: 1, Command: []string{"/bin/sh", "-c", "trap '' TERM; sleep 300 & echo $! > " + pidFile + "; wait"}}}
+	newDoc, err := json.Marshal(bootstrap.IdentityDoc{Config: bootstrap.Config{Endpoint: "http://" + addr, SandboxID: "sb-new", SandboxName: "box2", Token: "tok2"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	returns := make(chan struct{}, 1)
+	applied := make(chan time.Time, 1)
+	re := &Reidentify{
+		Fetch:   func(context.Context) ([]byte, error) { return bytes.Clone(newDoc), nil },
+		Returns: returns,
+		Apply:   func(*Identity) { applied <- time.Now() },
+	}
+	no := false
+	o := Options{RunDir: filepath.Join(base, "run"), Root: root, SandboxDir: filepath.Join(base, "sandbox"),
+		SelfExe: os.Args[0], ReapOrphans: &no, StopGrace: 10 * time.Second,
+		Dial: func(ctx context.Context, a string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "tcp", a)
+		}}
+	ctx, cancel := context.WithCancel(context.Background())
+	runErr := make(chan error, 1)
+	go func() { runErr <- RunVM(ctx, cfg, o, re) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case <-runErr:
+		case <-time.After(15 * time.Second):
+			t.Error("RunVM did not return after cancel")
+		}
+	})
+	var child int
+	for deadline := time.Now().Add(20 * time.Second); child == 0; time.Sleep(20 * time.Millisecond) {
+		if b, err := os.ReadFile(pidFile); err == nil {
+			child, _ = strconv.Atoi(strings.TrimSpace(string(b)))
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the old identity's main process did not start its child within 20 s")
+		}
+	}
+	returned := time.Now()
+	returns <- struct{}{}
+	select {
+	case at := <-applied:
+		if took := at.Sub(returned); took > 5*time.Second {
+			t.Fatalf("the new identity was applied %v after the host returned: the old main process got the stop grace", took)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("the new identity was never applied")
+	}
+	// The child was killed with its group (a zombie until its reparented parent reaps it).
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", child))
+		if err != nil || strings.Contains(string(b), ") Z ") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the old main process's child %d still runs: %s", child, b)
+		}
+	}
 }

@@ -660,7 +660,14 @@ func Run(ctx context.Context, cfg *bootstrap.Config, o Options) (retErr error) {
 		}
 		<-ctx.Done()
 	case <-ctx.Done():
-		if m := current(); m != nil {
+		if m := current(); m != nil && errors.Is(context.Cause(ctx), errReidentified) {
+			// A restored copy becoming another sandbox: this run's main process is a
+			// copy of the source's, which runs on elsewhere; nothing is owed a graceful
+			// stop, and a process slow to take SIGTERM would hold the copy's start.
+			log.Info("killing the old identity's main process")
+			_ = m.SignalGroup(syscall.SIGKILL)
+			<-m.Done()
+		} else if m != nil {
 			log.Info("stopping main process")
 			_ = m.Signal(syscall.SIGTERM)
 			select {

@@ -130,6 +130,8 @@ func run(mode string) int {
 		err  error
 		opts supervisor.Options
 		re   *supervisor.Reidentify // VM guests: a copy restored from a snapshot becomes its own sandbox
+		// logger is set once the configuration says the level; Reidentify.Apply runs later.
+		logger *slog.Logger
 	)
 	switch mode {
 	case "env":
@@ -162,6 +164,14 @@ func run(mode string) int {
 			Fetch:   func(ctx context.Context) ([]byte, error) { return channel.FetchNewIdentity(ctx, secret) },
 			Returns: channel.HostReturns(ctx),
 			Apply: func(id *supervisor.Identity) {
+				// What the old identity's run left (its main process's children, a
+				// daemon that left the group) carries the source sandbox's environment
+				// and work: none of it may run on into this sandbox.
+				if guest.IsPID1() {
+					if left, err := guest.EndOtherProcesses(5 * time.Second); err != nil || left > 0 {
+						logger.Warn("the old identity's processes did not all end", "left", left, "err", err)
+					}
+				}
 				// Between runs: no dialer of the old run is left to read secret.
 				if s, perr := wire.ParseSecret(id.Config.InstanceSecret); perr == nil {
 					secret = s
@@ -181,7 +191,7 @@ func run(mode string) int {
 		fmt.Fprintln(os.Stderr, "openshell-sandbox:", err)
 		return 2
 	}
-	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: logLevel(cfg.LogLevel)}))
+	logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: logLevel(cfg.LogLevel)}))
 	opts.Logger = logger
 	if mode == "vsock" && cfg.SandboxName != "" {
 		// The guest kernel boots without a hostname ("(none)"); a container gets one

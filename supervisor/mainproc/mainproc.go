@@ -321,3 +321,7 @@ func (m *Main) Resize(cols, rows uint16) error {
 
 // Signal signals the main process.
 func (m *Main) Signal(sig syscall.Signal) error { return m.proc.Signal(sig) }
+
+// SignalGroup signals the main process's group (it leads its own session): the
+// programs it started get the signal too, unless they left the group.
+func (m *Main) SignalGroup(sig syscall.Signal) error { return m.proc.SignalGroup(sig) }
