@@ -6,7 +6,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/openshell/openshell/internal/darwincheck"
@@ -19,23 +18,15 @@ var commands = []string{
 	"github.com/openshell/openshell/cmd/openshell-driver-vm",
 }
 
-// vzBinding is the Virtualization.framework binding, the one cgo package whose
-// cgo-only errors (see darwincheck.CgoOnly) are tolerated.
-const vzBinding = "github.com/Code-Hex/vz/v3"
-
-var (
-	graphOnce sync.Once
-	graph     *darwincheck.Graph
-	graphErr  error
-)
+var shared darwincheck.Shared
 
 func commandsGraph(t *testing.T) *darwincheck.Graph {
 	t.Helper()
-	graphOnce.Do(func() { graph, graphErr = darwincheck.Load(".", commands...) })
-	if graphErr != nil {
-		t.Fatal(graphErr)
+	g, err := shared.Load(".", commands...)
+	if err != nil {
+		t.Fatal(err)
 	}
-	return graph
+	return g
 }
 
 // TestCommandsTypeCheckForDarwin: every package the commands import, as it compiles
@@ -46,7 +37,7 @@ func TestCommandsTypeCheckForDarwin(t *testing.T) {
 	failed := g.Check()
 	for _, path := range slices.Sorted(maps.Keys(failed)) {
 		errs := failed[path]
-		if path == vzBinding {
+		if path == darwincheck.VZBinding {
 			errs = slices.DeleteFunc(slices.Clone(errs), darwincheck.CgoOnly)
 			if len(errs) == 0 {
 				t.Logf("%s: %d cgo-only errors tolerated, first: %v", path, len(failed[path]), failed[path][0])
@@ -67,8 +58,8 @@ func TestCommandsTypeCheckForDarwin(t *testing.T) {
 		}
 	}
 	// vmm/vz imports the binding only in its darwin files: present, the graph is macOS's.
-	if g.Package(vzBinding) == nil {
-		t.Errorf("%s is not in the graph: not the darwin build", vzBinding)
+	if g.Package(darwincheck.VZBinding) == nil {
+		t.Errorf("%s is not in the graph: not the darwin build", darwincheck.VZBinding)
 	}
 	t.Logf("type-checked %d packages for %s/%s", len(g.Packages()), darwincheck.GOOS, darwincheck.GOARCH)
 }

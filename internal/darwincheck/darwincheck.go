@@ -31,6 +31,25 @@ const (
 	GOARCH = "arm64"
 )
 
+// VZBinding is the Virtualization.framework binding (Code-Hex/vz, the version in
+// go.mod): the one cgo package the VM driver imports on macOS.
+const VZBinding = "github.com/Code-Hex/vz/v3"
+
+// Shared is a Graph loaded once for a test binary's tests (listing and checking the
+// standard library from source takes seconds).
+type Shared struct {
+	once sync.Once
+	g    *Graph
+	err  error
+}
+
+// Load returns the graph of patterns, loaded at the first call; later calls return
+// the same graph whatever their patterns.
+func (s *Shared) Load(dir string, patterns ...string) (*Graph, error) {
+	s.once.Do(func() { s.g, s.err = Load(dir, patterns...) })
+	return s.g, s.err
+}
+
 // Graph is a set of packages as `go list -deps` lists them for darwin/arm64 with cgo
 // enabled, with their type-checked form once Check has run.
 type Graph struct {

@@ -11,23 +11,14 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/openshell/openshell/internal/darwincheck"
 )
 
-// vzModule is the Virtualization.framework binding the darwin files are written
-// against (the version in go.mod).
-const vzModule = "github.com/Code-Hex/vz/v3"
-
 const vzPackage = "github.com/openshell/openshell/vmm/vz"
 
-var (
-	graphOnce sync.Once
-	graph     *darwincheck.Graph
-	graphErr  error
-)
+var shared darwincheck.Shared
 
 // darwinGraph is vmm/vz and what its darwin test files import, listed and checked
 // once for the package's tests: the standard library and the binding are checked
@@ -35,26 +26,26 @@ var (
 func darwinGraph(t *testing.T) *darwincheck.Graph {
 	t.Helper()
 	patterns := append([]string{vzPackage}, darwinBuild(t).XTestImports...)
-	graphOnce.Do(func() { graph, graphErr = darwincheck.Load(".", patterns...) })
-	if graphErr != nil {
-		t.Fatal(graphErr)
+	g, err := shared.Load(".", patterns...)
+	if err != nil {
+		t.Fatal(err)
 	}
-	return graph
+	return g
 }
 
 // vzSourceDir downloads (if needed) the binding and checks its version.
 func vzSourceDir(t *testing.T) {
 	t.Helper()
-	out, err := exec.Command("go", "mod", "download", "-json", vzModule).Output()
+	out, err := exec.Command("go", "mod", "download", "-json", darwincheck.VZBinding).Output()
 	if err != nil {
-		t.Fatalf("go mod download %s: %v", vzModule, err)
+		t.Fatalf("go mod download %s: %v", darwincheck.VZBinding, err)
 	}
 	var m struct{ Version, Dir string }
 	if err := json.Unmarshal(out, &m); err != nil || m.Dir == "" {
-		t.Fatalf("go mod download %s: %q %v", vzModule, out, err)
+		t.Fatalf("go mod download %s: %q %v", darwincheck.VZBinding, out, err)
 	}
 	if m.Version != "v3.6.0" {
-		t.Fatalf("%s is %s in go.mod; this check was written for v3.6.0", vzModule, m.Version)
+		t.Fatalf("%s is %s in go.mod; this check was written for v3.6.0", darwincheck.VZBinding, m.Version)
 	}
 }
 
@@ -91,14 +82,14 @@ func TestDarwinFilesTypeCheck(t *testing.T) {
 	for _, err := range failed[vzPackage] {
 		t.Error(err)
 	}
-	if errs := slices.DeleteFunc(slices.Clone(failed[vzModule]), darwincheck.CgoOnly); len(errs) > 0 {
+	if errs := slices.DeleteFunc(slices.Clone(failed[darwincheck.VZBinding]), darwincheck.CgoOnly); len(errs) > 0 {
 		t.Errorf("the binding does not type-check for darwin beyond cgo: %v", errors.Join(errs...))
 	}
 	p := g.Package(vzPackage)
 	if p == nil || p.Scope().Lookup("Machine") == nil {
 		t.Fatal("the darwin build of vmm/vz has no Machine type")
 	}
-	if g.Package(vzModule) == nil {
+	if g.Package(darwincheck.VZBinding) == nil {
 		t.Fatal("the binding was not type-checked")
 	}
 	// The darwin-only conformance test (run by the macOS workflow) against it too.
@@ -116,7 +107,7 @@ func TestDarwinFilesTypeCheck(t *testing.T) {
 	for _, err := range errs {
 		t.Error(err)
 	}
-	t.Logf("type-checked %d packages for darwin/arm64; cgo-only errors tolerated in the binding: %d", len(g.Packages()), len(failed[vzModule]))
+	t.Logf("type-checked %d packages for darwin/arm64; cgo-only errors tolerated in the binding: %d", len(g.Packages()), len(failed[darwincheck.VZBinding]))
 }
 
 // TestDarwinTypeCheckCatchesWrongCall proves the check can fail: the same files with
