@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 	"testing"
 	"time"
 
@@ -163,15 +164,27 @@ func (c *Cluster) DeleteNamespace(ctx context.Context, name string, timeout time
 	if err != nil {
 		return fmt.Errorf("delete namespace %s: %w", name, err)
 	}
+	var last *corev1.Namespace
 	err = wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, timeout, true, func(ctx context.Context) (bool, error) {
-		_, err := c.Client.CoreV1().Namespaces().Get(ctx, name, metav1.GetOptions{})
+		n, err := c.Client.CoreV1().Namespaces().Get(ctx, name, metav1.GetOptions{})
 		if apierrors.IsNotFound(err) {
 			return true, nil
 		}
+		last = n
 		return false, err
 	})
 	if err != nil {
-		return fmt.Errorf("namespace %s still there after %s: %w", name, timeout, err)
+		// The namespace controller says in the status what holds the deletion (content
+		// or finalizers remaining, a discovery failure): that is what to look at.
+		var why []string
+		if last != nil {
+			for _, cond := range last.Status.Conditions {
+				if cond.Status == corev1.ConditionTrue {
+					why = append(why, fmt.Sprintf("%s: %s", cond.Type, cond.Message))
+				}
+			}
+		}
+		return fmt.Errorf("namespace %s still there after %s (%s): %w", name, timeout, strings.Join(why, "; "), err)
 	}
 	return nil
 }
