@@ -265,9 +265,11 @@ func waitReady(ctx context.Context, c openshellv1.OpenShellClient, sb *openshell
 		ev, err := stream.Recv()
 		// The gateway ends the stream at the deadline this side sent it, which the
 		// wire rounds down to the millisecond: an end within a second of the deadline,
-		// clean or not, is the timeout too.
+		// clean or not, is the timeout too, unless the sandbox got where it was going.
 		dl, _ := wctx.Deadline()
-		timedOut := err != nil && ctx.Err() == nil && (wctx.Err() != nil || time.Until(dl) < time.Second)
+		phase := cur.GetStatus().GetPhase()
+		settled := phase == openshellv1.SandboxPhase_SANDBOX_PHASE_READY || phase == openshellv1.SandboxPhase_SANDBOX_PHASE_ERROR
+		timedOut := err != nil && !settled && ctx.Err() == nil && (wctx.Err() != nil || time.Until(dl) < time.Second)
 		if errors.Is(err, io.EOF) && !timedOut {
 			break
 		}
