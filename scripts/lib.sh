@@ -18,3 +18,18 @@ apt_install() {
 		apt-get install -y -qq --no-install-recommends "${missing[@]}"
 	}
 }
+
+# shared_netns_dir makes /run/netns a shared mount point of its own, as both the
+# test cluster's containerd and rootful Podman want it. Each engine, on its first
+# network namespace, bind-mounts the directory onto itself when it is not a mount
+# point yet; when the other engine already had a namespace mounted in it, that bind
+# hides the namespace's mount, which then can never be unmounted or removed (unlink:
+# "device or resource busy"), and the pod or container it belongs to never finishes
+# terminating. Called before either engine starts, so neither binds it again.
+shared_netns_dir() {
+	mkdir -p /run/netns
+	if ! mountpoint -q /run/netns; then
+		mount --bind /run/netns /run/netns
+	fi
+	mount --make-shared /run/netns
+}

@@ -504,6 +504,7 @@ host_prepare() {
 	[[ -e /proc/sys/net/bridge/bridge-nf-call-iptables ]] && echo 1 >/proc/sys/net/bridge/bridge-nf-call-iptables
 	echo 1 >/proc/sys/net/ipv4/ip_forward
 	mkdir -p /var/log/pods /var/log/containers
+	shared_netns_dir
 }
 
 start_node() {

@@ -187,6 +187,7 @@ start_service() {
 start_services() {
 	apt_install curl
 	mkdir -p "$STATE_DIR" /run/podman
+	shared_netns_dir
 	start_service rootful "$ROOTFUL_SOCK"
 	local uid run
 	uid="$(user_uid)"
