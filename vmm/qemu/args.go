@@ -75,11 +75,11 @@ func kernelCmdline(cfg vmm.Config, p plan) string {
 	if p.accel == AccelTCG && p.cpuKHz > 0 && !p.arm64 {
 		// Without it TCG guests sometimes fail to calibrate the TSC and hang.
 		parts = append(parts, "tsc_early_khz="+strconv.Itoa(p.cpuKHz))
-		// Every vCPU of a TCG guest reads the host's TSC, so the guest's TSCs agree;
-		// but qemu64 claims no constant TSC, and a guest with two or more vCPUs then
-		// marks its TSC unstable and falls back to the jiffies clock: 4 ms ticks for
-		// every clock read and every timer (a Go runtime's 3 µs sleeps take 4 ms).
-		parts = append(parts, "tsc=reliable")
+		// Not tsc=reliable: it moves a guest with two or more vCPUs off the jiffies
+		// clock (qemu64 claims no constant TSC, so the guest marks its TSC unstable
+		// and every timer rounds to 4 ms), but with it a guest now and then hung
+		// before its init's first line on a loaded host (two full test runs in a row
+		// each lost one VM that way; none is known without it).
 	}
 	if c := strings.TrimSpace(cfg.Cmdline); c != "" {
 		parts = append(parts, c)

@@ -24,7 +24,7 @@ func TestBuildArgs(t *testing.T) {
 		{"microvm tcg vhost-user", plan{accel: "tcg", transport: channel.TransportVhostUserVsock, cpuKHz: 2596150, vhostUser: "/s/vhu.sock", qmpSock: "/s/qmp.sock", fsSockets: []string{"/s/fs-0.sock"}},
 			[]string{"microvm,", "virtio-mmio.force-legacy=false", "tsc_early_khz=2596150", "vhost-user-vsock-device,chardev=vsock0",
 				"file=/d/img,,1.ext4,format=raw,if=none,cache=writeback,readonly=on", "virtio-blk-device,drive=disk1", "discard=unmap",
-				"vhost-user-fs-device,chardev=fs0,tag=work", "console=ttyS0 panic=-1 quiet tsc_early_khz=2596150 tsc=reliable openshell.x=1", "-cpu qemu64,+rdrand"},
+				"vhost-user-fs-device,chardev=fs0,tag=work", "console=ttyS0 panic=-1 quiet tsc_early_khz=2596150 openshell.x=1", "-cpu qemu64,+rdrand"},
 			[]string{"-cpu host", "q35", "virtserialport"}},
 		{"q35 kvm serial", plan{accel: "kvm", transport: channel.TransportVirtioSerial, q35: true, cpuKHz: 2596150, serialSock: "/s/serial.sock", qmpSock: "/s/qmp.sock", fsSockets: []string{"/s/fs-0.sock"}},
 			[]string{"q35,memory-backend=mem", "virtio-serial-pci", "virtserialport,chardev=ch0,name=openshell.0", "virtio-blk-pci,drive=disk0", "-cpu", "host"},
