@@ -1,19 +1,15 @@
 package guest
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"os"
 	"strconv"
 	"time"
 
+	"github.com/openshell/openshell/internal/procstat"
 	"golang.org/x/sys/unix"
 )
-
-// pfKthread is the kernel's PF_KTHREAD process flag (include/linux/sched.h): kernel
-// threads take no signals and are not the sandbox's.
-const pfKthread = 0x00200000
 
 // EndOtherProcesses kills every process of the guest but its init (this process,
 // PID 1) and the kernel's threads, and waits until none of them runs any more (a
@@ -53,34 +49,11 @@ func runningOthers() (int, error) {
 		if err != nil || pid == 1 {
 			continue
 		}
-		b, err := os.ReadFile("/proc/" + e.Name() + "/stat")
-		if err != nil {
-			continue // gone meanwhile
-		}
-		state, flags, ok := statStateFlags(b)
-		if !ok || state == 'Z' || state == 'X' || flags&pfKthread != 0 {
-			continue
+		st, err := procstat.Read(pid)
+		if err != nil || st.State == 'Z' || st.State == 'X' || st.Flags&procstat.PFKthread != 0 {
+			continue // gone meanwhile, no longer running, or a kernel thread
 		}
 		n++
 	}
 	return n, nil
-}
-
-// statStateFlags reads the state (field 3) and flags (field 9) of a /proc/PID/stat
-// line. The command name (field 2) may hold spaces and parentheses, so fields are
-// counted from its last ')'.
-func statStateFlags(stat []byte) (state byte, flags uint64, ok bool) {
-	i := bytes.LastIndexByte(stat, ')')
-	if i < 0 {
-		return 0, 0, false
-	}
-	f := bytes.Fields(stat[i+1:])
-	if len(f) < 7 || len(f[0]) != 1 {
-		return 0, 0, false
-	}
-	flags, err := strconv.ParseUint(string(f[6]), 10, 64)
-	if err != nil {
-		return 0, 0, false
-	}
-	return f[0][0], flags, true
 }

@@ -12,28 +12,9 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/openshell/openshell/internal/procstat"
 	"github.com/openshell/openshell/internal/testenv"
 )
-
-func TestStatStateFlags(t *testing.T) {
-	for _, c := range []struct {
-		line  string
-		state byte
-		flags uint64
-		ok    bool
-	}{
-		{"42 (sleep) S 1 42 42 0 -1 4194560 100 0 0 0", 'S', 4194560, true},
-		{"7 (a) b) (c) Z 1 7 7 0 -1 2097152 0 0", 'Z', pfKthread, true},
-		{"2 (kthreadd) S 0 0 0 0 -1 2129984 0", 'S', 2129984, true},
-		{"garbage", 0, 0, false},
-		{"1 (x) S 0", 0, 0, false},
-	} {
-		st, fl, ok := statStateFlags([]byte(c.line))
-		if st != c.state || fl != c.flags || ok != c.ok {
-			t.Errorf("statStateFlags(%q) = %c %d %v, want %c %d %v", c.line, st, fl, ok, c.state, c.flags, c.ok)
-		}
-	}
-}
 
 func TestEndOtherProcessesRefusedOutsideInit(t *testing.T) {
 	if _, err := EndOtherProcesses(time.Second); err == nil || !strings.Contains(err.Error(), "PID 1") {
@@ -101,9 +82,8 @@ func endOthersAsInit() {
 	ents, _ := os.ReadDir("/proc")
 	for _, e := range ents {
 		if pid, err := strconv.Atoi(e.Name()); err == nil && pid != 1 {
-			b, _ := os.ReadFile("/proc/" + e.Name() + "/stat")
-			if st, _, ok := statStateFlags(b); ok && st != 'Z' {
-				fail("pid %d still running: %s", pid, b)
+			if st, err := procstat.Read(pid); err == nil && st.State != 'Z' {
+				fail("pid %d still running: %+v", pid, st)
 			}
 		}
 	}

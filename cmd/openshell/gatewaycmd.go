@@ -22,6 +22,7 @@ import (
 	"github.com/openshell/openshell/gateway/clientconf"
 	"github.com/openshell/openshell/gateway/config"
 	"github.com/openshell/openshell/gateway/pki"
+	"github.com/openshell/openshell/internal/procstat"
 	"github.com/openshell/openshell/internal/version"
 )
 
@@ -280,11 +281,9 @@ func runningPID(path string) (int, bool) {
 	if cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid)); err == nil && !strings.Contains(string(cmdline), "openshell-gateway") {
 		return 0, false
 	}
-	if st, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid)); err == nil {
-		// A zombie has exited; it is not running.
-		if f := strings.Fields(string(st[strings.LastIndexByte(string(st), ')')+1:])); len(f) > 0 && f[0] == "Z" {
-			return 0, false
-		}
+	// A zombie has exited; it is not running.
+	if st, err := procstat.Read(pid); err == nil && st.State == 'Z' {
+		return 0, false
 	}
 	return pid, true
 }

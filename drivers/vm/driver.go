@@ -24,6 +24,7 @@ import (
 	"github.com/openshell/openshell/drivers/vm/internal/runner"
 	"github.com/openshell/openshell/drivers/vm/internal/state"
 	"github.com/openshell/openshell/guest/channel/wire"
+	"github.com/openshell/openshell/internal/procstat"
 )
 
 // Name is the driver name reported in capabilities.
@@ -1092,7 +1093,7 @@ func (d *Driver) killLeftovers(s *sandbox) {
 	deadline := time.Now().Add(5 * time.Second)
 	for _, pid := range pids {
 		for time.Now().Before(deadline) {
-			st, err := state.ReadProcStat(pid)
+			st, err := procstat.Read(pid)
 			if err != nil || st.State == 'Z' || st.State == 'X' {
 				break
 			}

@@ -22,6 +22,7 @@ import (
 	"github.com/openshell/openshell/drivers/drivertest"
 	"github.com/openshell/openshell/drivers/grpcdriver"
 	"github.com/openshell/openshell/drivers/vm/internal/state"
+	"github.com/openshell/openshell/internal/procstat"
 )
 
 // envDial makes the test binary a second client process: it dials the driver socket
@@ -227,7 +228,7 @@ func TestRunnerSurvivesDriverKill(t *testing.T) {
 	if !state.SameProcess(rec.RunnerPID, rec.RunnerStart) || !state.SameProcess(rec.VMMPID, rec.VMMStart) {
 		t.Fatalf("runner/qemu not running: %+v", rec)
 	}
-	if st, _ := state.ReadProcStat(rec.RunnerPID); st == nil || st.Session != rec.RunnerPID {
+	if st, _ := procstat.Read(rec.RunnerPID); st == nil || st.Session != rec.RunnerPID {
 		t.Errorf("runner is not a session leader: %+v", st)
 	}
 

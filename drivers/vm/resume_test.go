@@ -14,6 +14,7 @@ import (
 	"github.com/openshell/openshell/drivers/drivertest"
 	"github.com/openshell/openshell/drivers/vm"
 	"github.com/openshell/openshell/drivers/vm/internal/state"
+	"github.com/openshell/openshell/internal/procstat"
 )
 
 // withBootID returns cfg whose host boot id source answers id (a host reboot is a
@@ -66,7 +67,7 @@ func powerLoss(t *testing.T, rec *state.Record) {
 	deadline := time.Now().Add(10 * time.Second)
 	for _, p := range pids {
 		for time.Now().Before(deadline) {
-			st, err := state.ReadProcStat(p)
+			st, err := procstat.Read(p)
 			if err != nil || st.State == 'Z' || st.State == 'X' {
 				break
 			}

@@ -17,6 +17,7 @@ import (
 	"github.com/openshell/openshell/drivers/drivertest"
 	"github.com/openshell/openshell/drivers/vm"
 	"github.com/openshell/openshell/drivers/vm/internal/state"
+	"github.com/openshell/openshell/internal/procstat"
 	"github.com/openshell/openshell/internal/testenv"
 )
 
@@ -253,7 +254,7 @@ func assertNoLeftovers(t *testing.T, stateDir string, rec *state.Record, pids []
 		t.Errorf("sandbox directory left behind: %s", e.Name())
 	}
 	for _, p := range append(pids, rec.RunnerPID, rec.VMMPID) {
-		if st, err := state.ReadProcStat(p); err == nil && st.State != 'Z' && st.Session == rec.RunnerPID {
+		if st, err := procstat.Read(p); err == nil && st.State != 'Z' && st.Session == rec.RunnerPID {
 			t.Errorf("process %d of the sandbox still runs", p)
 		}
 	}

@@ -8,15 +8,14 @@ import (
 	"bufio"
 	"context"
 	"errors"
-	"fmt"
 	"io"
 	"os"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/openshell/openshell/internal/procstat"
 	"github.com/openshell/openshell/vmm"
 	"github.com/openshell/openshell/vmm/channel"
 )
@@ -259,21 +258,11 @@ func crash(t *testing.T, h Harness) {
 
 // procStart is /proc/<pid>/stat's starttime (clock ticks since boot), 0 if unknown.
 func procStart(pid int) uint64 {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	st, err := procstat.Read(pid)
 	if err != nil {
 		return 0
 	}
-	// The command name may contain spaces and parentheses: fields start after the last ')'.
-	i := strings.LastIndexByte(string(b), ')')
-	if i < 0 {
-		return 0
-	}
-	f := strings.Fields(string(b[i+1:]))
-	if len(f) < 20 {
-		return 0
-	}
-	v, _ := strconv.ParseUint(f[19], 10, 64)
-	return v
+	return st.StartTime
 }
 
 func sameProcess(pid int, start uint64) bool {

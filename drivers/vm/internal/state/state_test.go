@@ -119,28 +119,6 @@ func TestProcStatRealProcess(t *testing.T) {
 	}
 }
 
-func TestParseProcStat(t *testing.T) {
-	line := "1234 (we ird) (name) S 1 1234 1234 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 100 0"
-	s, err := ParseProcStat([]byte(line))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if s.State != 'S' || s.PPID != 1 || s.Session != 1234 || s.StartTime != 987654 {
-		t.Fatalf("parsed %+v", s)
-	}
-	if _, err := ParseProcStat([]byte("1 (x) S 1")); err == nil {
-		t.Fatal("short line accepted")
-	}
-}
-
-func FuzzParseProcStat(f *testing.F) {
-	f.Add([]byte("1234 (sleep) S 1 1234 1234 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 100 0"))
-	f.Add([]byte("1 ())) R"))
-	f.Fuzz(func(t *testing.T, b []byte) {
-		_, _ = ParseProcStat(b)
-	})
-}
-
 func FuzzDecode(f *testing.F) {
 	f.Add([]byte(`{"version":1,"sandbox_id":"a","paths":{"dir":"/x"}}`))
 	f.Add([]byte(`{"version":1,"sandbox_id":"../a"}`))

@@ -1,0 +1,68 @@
+// Package procstat reads a Linux process's /proc/<pid>/stat: the one parser of its
+// fields for the driver, the guest init, the egress proxy, the CLI and the tests.
+package procstat
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+)
+
+// Stat is the part of /proc/<pid>/stat the project reads.
+type Stat struct {
+	State     byte   // field 3: R, S, D, Z, ...
+	PPID      int    // field 4
+	Session   int    // field 6
+	Flags     uint64 // field 9: the kernel's PF_* flags
+	StartTime uint64 // field 22, clock ticks since boot
+}
+
+// PFKthread is the kernel's PF_KTHREAD flag (include/linux/sched.h): the process is
+// a kernel thread, which takes no signals.
+const PFKthread = 0x00200000
+
+// Read reads /proc/<pid>/stat.
+func Read(pid int) (*Stat, error) {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return nil, err
+	}
+	return Parse(b)
+}
+
+// Parse parses the content of /proc/<pid>/stat. The command name (field 2) may
+// contain spaces and parentheses, so fields are counted after the last ')'.
+func Parse(b []byte) (*Stat, error) {
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return nil, errors.New("proc stat: no ')' after the command name")
+	}
+	f := strings.Fields(string(b[i+1:]))
+	// f[0] is field 3 (state); field n is f[n-3].
+	if len(f) < 20 {
+		return nil, fmt.Errorf("proc stat: %d fields after the command name, want at least 20", len(f))
+	}
+	if len(f[0]) != 1 {
+		return nil, fmt.Errorf("proc stat: bad state %q", f[0])
+	}
+	ppid, err := strconv.Atoi(f[1])
+	if err != nil {
+		return nil, fmt.Errorf("proc stat: ppid: %w", err)
+	}
+	sid, err := strconv.Atoi(f[3])
+	if err != nil {
+		return nil, fmt.Errorf("proc stat: session: %w", err)
+	}
+	flags, err := strconv.ParseUint(f[6], 10, 64)
+	if err != nil {
+		return nil, fmt.Errorf("proc stat: flags: %w", err)
+	}
+	st, err := strconv.ParseUint(f[19], 10, 64)
+	if err != nil {
+		return nil, fmt.Errorf("proc stat: starttime: %w", err)
+	}
+	return &Stat{State: f[0][0], PPID: ppid, Session: sid, Flags: flags, StartTime: st}, nil
+}

@@ -1,0 +1,41 @@
+package procstat
+
+import (
+	"os"
+	"testing"
+)
+
+func TestParse(t *testing.T) {
+	line := "1234 (we ird) (name) S 1 1234 1234 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 100 0"
+	s, err := Parse([]byte(line))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.State != 'S' || s.PPID != 1 || s.Session != 1234 || s.Flags != 4194560 || s.StartTime != 987654 {
+		t.Fatalf("parsed %+v", s)
+	}
+	for _, bad := range []string{"1 (x) S 1", "garbage", "1 (x) S 1 1 1 0 -1 notanumber 0 0 0 0 1 2 0 0 20 0 1 0 9 1 1 0"} {
+		if _, err := Parse([]byte(bad)); err == nil {
+			t.Errorf("Parse(%q) accepted", bad)
+		}
+	}
+}
+
+func TestReadSelf(t *testing.T) {
+	s, err := Read(os.Getpid())
+	if err != nil || s.PPID != os.Getppid() || s.Flags&PFKthread != 0 {
+		t.Fatalf("Read(self) = %+v, %v; want ppid %d and no kernel-thread flag", s, err, os.Getppid())
+	}
+	k, err := Read(2) // kthreadd
+	if err == nil && k.Flags&PFKthread == 0 {
+		t.Fatalf("pid 2 (kthreadd) without PF_KTHREAD: %+v", k)
+	}
+}
+
+func FuzzParse(f *testing.F) {
+	f.Add([]byte("1234 (sleep) S 1 1234 1234 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 100 0"))
+	f.Add([]byte("1 ())) R"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		_, _ = Parse(b)
+	})
+}
