@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/openshell/openshell/api/openshellv1"
+	"github.com/openshell/openshell/drivers"
 	"github.com/openshell/openshell/drivers/drivertest"
 	"github.com/openshell/openshell/gateway"
 	"github.com/openshell/openshell/gateway/auth"
@@ -172,6 +173,24 @@ func (e *env) waitPhase(name string, want openshellv1.SandboxPhase) *openshellv1
 		time.Sleep(10 * time.Millisecond)
 	}
 	e.t.Fatalf("sandbox %s: phase %v, want %v (conditions %v)", name, sb.GetStatus().GetPhase(), want, sb.GetStatus().GetConditions())
+	return nil
+}
+
+// waitDriverSettled waits until the gateway has recorded the MemDriver's report that
+// the backend runs: the sandbox then waits for a supervisor, and no driver event will
+// bump its resource version behind a test's back.
+func (e *env) waitDriverSettled(name string) *openshellv1.Sandbox {
+	e.t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	var sb *openshellv1.Sandbox
+	for time.Now().Before(deadline) {
+		sb = e.get(name)
+		if readyCondition(sb).GetReason() == drivers.ReasonSupervisorNotConnected {
+			return sb
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	e.t.Fatalf("sandbox %s: the driver's report of a running backend was not recorded (conditions %v)", name, sb.GetStatus().GetConditions())
 	return nil
 }
 

@@ -434,7 +434,7 @@ func (s *Server) AttachSandboxProvider(ctx context.Context, req *openshellv1.Att
 		// A DeleteProvider that marked the provider before this attach was stored may
 		// have found no users: undo rather than keep a sandbox naming a deleted provider.
 		if err := s.checkProviders(ctx, []string{name}); err != nil {
-			if _, uerr := s.detach(context.WithoutCancel(ctx), cur.id(), name); uerr != nil {
+			if _, uerr := s.detach(context.WithoutCancel(ctx), cur.id(), name, nil); uerr != nil {
 				s.log.Error("attach of a provider being deleted not undone", "sandbox_id", cur.id(), "provider", name, "err", uerr)
 			}
 			return nil, err
@@ -455,10 +455,13 @@ func (s *Server) DetachSandboxProvider(ctx context.Context, req *openshellv1.Det
 	if err != nil {
 		return nil, err
 	}
-	if rv := req.GetExpectedResourceVersion(); rv != 0 && rv != cur.obj.ResourceVersion {
-		return nil, status.Errorf(codes.Aborted, "sandbox %s changed (resource version %d, expected %d); read it again and retry", req.GetSandboxName(), cur.obj.ResourceVersion, rv)
-	}
-	r, err := s.detach(ctx, cur.id(), req.GetProviderName())
+	r, err := s.detach(ctx, cur.id(), req.GetProviderName(), func(r *record) error {
+		// Checked inside the update, so a change landing after the read above is seen.
+		if rv := req.GetExpectedResourceVersion(); rv != 0 && rv != r.obj.ResourceVersion {
+			return status.Errorf(codes.Aborted, "sandbox %s changed (resource version %d, expected %d); read it again and retry", req.GetSandboxName(), r.obj.ResourceVersion, rv)
+		}
+		return nil
+	})
 	if err != nil {
 		return nil, err
 	}
@@ -470,8 +473,15 @@ func (s *Server) DetachSandboxProvider(ctx context.Context, req *openshellv1.Det
 	return &openshellv1.DetachSandboxProviderResponse{Sandbox: s.view(r), Detached: detached}, nil
 }
 
-func (s *Server) detach(ctx context.Context, id, name string) (*record, error) {
+// detach removes provider name from the sandbox's spec; check, if set, may refuse
+// the update on the record about to be changed.
+func (s *Server) detach(ctx context.Context, id, name string, check func(*record) error) (*record, error) {
 	return s.mutate(ctx, id, func(r *record) error {
+		if check != nil {
+			if err := check(r); err != nil {
+				return err
+			}
+		}
 		i := slices.Index(r.sb.GetSpec().GetProviders(), name)
 		if i < 0 {
 			return errNoChange

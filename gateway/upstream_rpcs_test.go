@@ -32,6 +32,9 @@ func TestAttachDetachSandboxProviders(t *testing.T) {
 		t.Fatal(err)
 	}
 	id := e.create("box").GetMetadata().GetId()
+	// The driver's status reports bump the resource version too; the expected-version
+	// checks below need them all recorded first.
+	e.waitDriverSettled("box")
 
 	at, err := e.user.AttachSandboxProvider(ctx, &openshellv1.AttachSandboxProviderRequest{SandboxName: "box", ProviderName: "github"})
 	if err != nil || !at.GetAttached() || strings.Join(at.GetSandbox().GetSpec().GetProviders(), ",") != "github" {
