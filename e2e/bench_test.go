@@ -12,26 +12,19 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/openshell/openshell/internal/procstat"
 )
 
 // procCPU is the CPU time pid and its reaped children used (utime+stime+cutime+cstime
 // from /proc/PID/stat); the supervisor's SFTP servers are such children.
 func procCPU(t *testing.T, pid int) time.Duration {
 	t.Helper()
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	st, err := procstat.Read(pid)
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Fields after the ")" closing the command name: state is field 3, utime 14.
-	f := strings.Fields(string(data[strings.LastIndexByte(string(data), ')')+1:]))
-	var ticks int64
-	for _, i := range []int{11, 12, 13, 14} {
-		n, err := strconv.ParseInt(f[i], 10, 64)
-		if err != nil {
-			t.Fatalf("/proc/%d/stat field %d: %v", pid, i+3, err)
-		}
-		ticks += n
-	}
+	ticks := st.UTime + st.STime + st.CUTime + st.CSTime
 	return time.Duration(ticks) * time.Second / 100 // USER_HZ
 }
 

@@ -1,12 +1,10 @@
 package vm_test
 
 import (
-	"bytes"
 	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -16,6 +14,7 @@ import (
 	"github.com/openshell/openshell/drivers/drivertest"
 	"github.com/openshell/openshell/drivers/vm"
 	"github.com/openshell/openshell/drivers/vm/internal/state"
+	"github.com/openshell/openshell/internal/procstat"
 	"github.com/openshell/openshell/internal/rundir"
 )
 
@@ -272,16 +271,11 @@ func poolRecords(t *testing.T, stateDir string) []*state.Record {
 // niceOf reads the nice value of pid's main thread (field 19 of /proc/PID/stat).
 func niceOf(t *testing.T, pid int) int {
 	t.Helper()
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	st, err := procstat.Read(pid)
 	if err != nil {
 		t.Fatalf("nice of pid %d: %v", pid, err)
 	}
-	f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+2:]))
-	n, err := strconv.Atoi(f[16])
-	if err != nil {
-		t.Fatalf("nice of pid %d: %v", pid, err)
-	}
-	return n
+	return st.Nice
 }
 
 // loadRecord reads the state record in dir.

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/openshell/openshell/internal/procstat"
 	"github.com/openshell/openshell/internal/rundir"
 	"github.com/openshell/openshell/internal/testenv/vmhost"
 )
@@ -174,28 +175,17 @@ func procsUnder(dir string) []string {
 
 // alive reports whether pid exists and is not a zombie.
 func alive(pid int) bool {
-	st, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return false
-	}
-	s := string(st)
-	f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
-	return len(f) > 0 && f[0] != "Z" && f[0] != "X"
+	st, err := procstat.Read(pid)
+	return err == nil && st.State != 'Z' && st.State != 'X'
 }
 
 // ppid returns pid's parent pid (0 if unknown).
 func ppid(pid int) int {
-	st, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	st, err := procstat.Read(pid)
 	if err != nil {
 		return 0
 	}
-	s := string(st)
-	f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
-	if len(f) < 2 {
-		return 0
-	}
-	n, _ := strconv.Atoi(f[1])
-	return n
+	return st.PPID
 }
 
 // childrenOf lists the live children of parent whose command line contains want.

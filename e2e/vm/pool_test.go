@@ -12,6 +12,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/openshell/openshell/internal/procstat"
 )
 
 // poolStatus is the part of `openshell-driver-vm doctor --json` a pool test reads.
@@ -49,16 +51,9 @@ func (r *vmRun) killSessions() {
 		if err != nil || pid == os.Getpid() {
 			continue
 		}
-		st, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-		if err != nil {
-			continue
-		}
-		f := strings.Fields(string(st[strings.LastIndexByte(string(st), ')')+1:]))
-		if len(f) > 3 {
-			if sid, _ := strconv.Atoi(f[3]); sids[sid] {
-				r.t.Logf("cleanup: killing pid %d of VM runner session %d", pid, sid)
-				syscall.Kill(pid, syscall.SIGKILL)
-			}
+		if st, err := procstat.Read(pid); err == nil && sids[st.Session] {
+			r.t.Logf("cleanup: killing pid %d of VM runner session %d", pid, st.Session)
+			syscall.Kill(pid, syscall.SIGKILL)
 		}
 	}
 }

@@ -13,11 +13,15 @@ import (
 
 // Stat is the part of /proc/<pid>/stat the project reads.
 type Stat struct {
-	State     byte   // field 3: R, S, D, Z, ...
-	PPID      int    // field 4
-	Session   int    // field 6
-	Flags     uint64 // field 9: the kernel's PF_* flags
-	StartTime uint64 // field 22, clock ticks since boot
+	State   byte   // field 3: R, S, D, Z, ...
+	PPID    int    // field 4
+	Session int    // field 6
+	Flags   uint64 // field 9: the kernel's PF_* flags
+	// Fields 14-17: CPU time in clock ticks (USER_HZ), the process's own in user and
+	// kernel mode, then that of its waited-for children.
+	UTime, STime, CUTime, CSTime uint64
+	Nice                         int    // field 19
+	StartTime                    uint64 // field 22, clock ticks since boot
 }
 
 // PFKthread is the kernel's PF_KTHREAD flag (include/linux/sched.h): the process is
@@ -60,9 +64,20 @@ func Parse(b []byte) (*Stat, error) {
 	if err != nil {
 		return nil, fmt.Errorf("proc stat: flags: %w", err)
 	}
+	var times [4]uint64
+	for i, name := range []string{"utime", "stime", "cutime", "cstime"} {
+		if times[i], err = strconv.ParseUint(f[11+i], 10, 64); err != nil {
+			return nil, fmt.Errorf("proc stat: %s: %w", name, err)
+		}
+	}
+	nice, err := strconv.Atoi(f[16])
+	if err != nil {
+		return nil, fmt.Errorf("proc stat: nice: %w", err)
+	}
 	st, err := strconv.ParseUint(f[19], 10, 64)
 	if err != nil {
 		return nil, fmt.Errorf("proc stat: starttime: %w", err)
 	}
-	return &Stat{State: f[0][0], PPID: ppid, Session: sid, Flags: flags, StartTime: st}, nil
+	return &Stat{State: f[0][0], PPID: ppid, Session: sid, Flags: flags,
+		UTime: times[0], STime: times[1], CUTime: times[2], CSTime: times[3], Nice: nice, StartTime: st}, nil
 }

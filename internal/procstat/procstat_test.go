@@ -6,12 +6,13 @@ import (
 )
 
 func TestParse(t *testing.T) {
-	line := "1234 (we ird) (name) S 1 1234 1234 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 100 0"
+	line := "1234 (we ird) (name) S 1 1234 1234 0 -1 4194560 100 0 0 0 1 2 3 4 20 -5 1 0 987654 1000 100 0"
 	s, err := Parse([]byte(line))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if s.State != 'S' || s.PPID != 1 || s.Session != 1234 || s.Flags != 4194560 || s.StartTime != 987654 {
+	if s.State != 'S' || s.PPID != 1 || s.Session != 1234 || s.Flags != 4194560 || s.StartTime != 987654 ||
+		s.UTime != 1 || s.STime != 2 || s.CUTime != 3 || s.CSTime != 4 || s.Nice != -5 {
 		t.Fatalf("parsed %+v", s)
 	}
 	for _, bad := range []string{"1 (x) S 1", "garbage", "1 (x) S 1 1 1 0 -1 notanumber 0 0 0 0 1 2 0 0 20 0 1 0 9 1 1 0"} {

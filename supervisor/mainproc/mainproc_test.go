@@ -17,6 +17,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/openshell/openshell/internal/procstat"
 	"github.com/openshell/openshell/supervisor/reaper"
 )
 
@@ -60,21 +61,14 @@ func subreaperHelper() int {
 }
 
 func countZombieChildren() int {
-	self := strconv.Itoa(os.Getpid())
 	n := 0
 	ents, _ := os.ReadDir("/proc")
 	for _, e := range ents {
-		data, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
+		pid, err := strconv.Atoi(e.Name())
 		if err != nil {
 			continue
 		}
-		s := string(data)
-		i := strings.LastIndexByte(s, ')')
-		if i < 0 {
-			continue
-		}
-		f := strings.Fields(s[i+1:])
-		if len(f) > 2 && f[0] == "Z" && f[1] == self {
+		if st, err := procstat.Read(pid); err == nil && st.State == 'Z' && st.PPID == os.Getpid() {
 			n++
 		}
 	}

@@ -19,6 +19,7 @@ import (
 
 	"github.com/openshell/openshell/drivers/vm/internal/state"
 	"github.com/openshell/openshell/guest/channel/wire"
+	"github.com/openshell/openshell/internal/procstat"
 	"github.com/openshell/openshell/internal/testenv"
 	"github.com/openshell/openshell/supervisor/bootstrap"
 )
@@ -280,9 +281,11 @@ func TestSessionNice(t *testing.T) {
 			if err != nil {
 				continue
 			}
-			f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+2:]))
-			n, _ := strconv.Atoi(f[16]) // field 19 of stat: nice
-			out = append(out, n)
+			st, err := procstat.Parse(b)
+			if err != nil {
+				t.Fatalf("thread %s of pid %d: %v", e.Name(), pid, err)
+			}
+			out = append(out, st.Nice)
 		}
 		return out
 	}
