@@ -83,10 +83,13 @@ type sandbox struct {
 }
 
 // stamp records that step phase of the current create or start ended now.
-func (s *sandbox) stamp(phase string) {
+func (s *sandbox) stamp(phase string) { s.stampAt(phase, time.Now()) }
+
+// stampAt ends a create timeline step at a time already past.
+func (s *sandbox) stampAt(phase string, at time.Time) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.steps = append(s.steps, wire.HostStep{Phase: phase, At: time.Now().UTC()})
+	s.steps = append(s.steps, wire.HostStep{Phase: phase, At: at.UTC()})
 }
 
 // timelineLocked is the create timeline so far, in order, each step's took from the

@@ -253,7 +253,7 @@ func (d *Driver) claim(sb *computev1.DriverSandbox, res *resolved) (bool, error)
 	s := &sandbox{id: id, name: sb.GetName(), paths: m.paths, cid: m.cid, pool: pool}
 	s.setPhase(phaseBooting, drivers.ReasonStarting, "claimed a warm VM from pool "+pool)
 	// The timeline of a claimed create: the driver's part up to here, then the claim
-	// (records and the runner told); the runner adds the guest's bootstrap.
+	// (until the runner took the identity); the runner adds the guest's bootstrap.
 	s.steps = []wire.HostStep{{Phase: "driver", At: start.UTC()}}
 	s.runnerPID, s.runnerStart, s.vmmPID = m.runnerPID, m.runnerStart, m.vmmPID
 	d.mu.Lock()
@@ -264,7 +264,8 @@ func (d *Driver) claim(sb *computev1.DriverSandbox, res *resolved) (bool, error)
 	}
 	d.sandboxes[id] = s
 	d.mu.Unlock()
-	if recorded, err := d.handOver(s, m, sb); err != nil {
+	recorded, toldAt, err := d.handOver(s, m, sb)
+	if err != nil {
 		// The VM may have received part of an identity: it is never used again.
 		log.Warn("claiming a warm VM failed; discarding it and creating cold", "member", m.id, "err", err)
 		d.mu.Lock()
@@ -273,7 +274,10 @@ func (d *Driver) claim(sb *computev1.DriverSandbox, res *resolved) (bool, error)
 		d.discardMemberAfter(m, "claim failed: "+err.Error(), recorded)
 		return false, nil
 	}
-	s.stamp("claim")
+	// The guest starts when the runner is told, not when the records are written
+	// (they go on alongside): the claim step ends there, and the guest's bootstrap
+	// is timed from it.
+	s.stampAt("claim", toldAt)
 	log.Info("claimed a warm VM", "member", m.id, "runner_pid", m.runnerPID, "took", time.Since(start))
 	d.emit(s)
 	d.startMonitor(s, m.runnerPID, m.runnerStart)
@@ -285,45 +289,46 @@ func (d *Driver) claim(sb *computev1.DriverSandbox, res *resolved) (bool, error)
 // the sandbox's records (state, runner spec) at the same time. recorded waits for
 // those record writes (nil error when none were started): a failed claim returns
 // before they end, and the member's directory must not be removed until they have.
-func (d *Driver) handOver(s *sandbox, m *poolMember, sb *computev1.DriverSandbox) (recorded func() error, err error) {
+// toldAt is when the runner took the identity.
+func (d *Driver) handOver(s *sandbox, m *poolMember, sb *computev1.DriverSandbox) (recorded func() error, toldAt time.Time, err error) {
 	recorded = func() error { return nil }
 	dir := m.paths.Dir
 	if !state.SameProcess(m.runnerPID, m.runnerStart) {
-		return recorded, errors.New("its runner is gone")
+		return recorded, toldAt, errors.New("its runner is gone")
 	}
 	rs, err := runner.ReadSpec(dir)
 	if err != nil {
-		return recorded, err
+		return recorded, toldAt, err
 	}
 	cache, err := images.NewCache(d.cfg.ImageCacheDir)
 	if err != nil {
-		return recorded, err
+		return recorded, toldAt, err
 	}
 	entry, err := cache.Get(rs.ImageKey)
 	if err != nil {
-		return recorded, fmt.Errorf("the pool's image: %w", err)
+		return recorded, toldAt, fmt.Errorf("the pool's image: %w", err)
 	}
 	spec := sb.GetSpec()
 	boot, err := d.bootstrapConfig(s, spec, entry, spec.GetGatewaySocketDir())
 	if err != nil {
-		return recorded, err
+		return recorded, toldAt, err
 	}
 	egress, err := d.egressPolicy(s.id)
 	if err != nil {
-		return recorded, err
+		return recorded, toldAt, err
 	}
 	cl := &runner.Claim{SandboxID: s.id, SandboxName: s.name, Bootstrap: *boot, Egress: egress, GatewaySocketDir: spec.GetGatewaySocketDir()}
 	if err := cl.Validate(); err != nil {
-		return recorded, err
+		return recorded, toldAt, err
 	}
 	now := time.Now().UTC()
 	pr, err := readPoolRecord(dir)
 	if err != nil {
-		return recorded, err
+		return recorded, toldAt, err
 	}
 	pr.ClaimedBy, pr.ClaimedAt = s.id, now
 	if err := writePoolRecord(dir, pr); err != nil {
-		return recorded, err
+		return recorded, toldAt, err
 	}
 	// From here on a restarted driver never pools this VM again (pool.json says it is
 	// claimed). The runner gets the identity while the sandbox's own records are
@@ -351,8 +356,9 @@ func (d *Driver) handOver(s *sandbox, m *poolMember, sb *computev1.DriverSandbox
 // falls back to a cold boot without first waiting for the records of a VM that is
 // discarded anyway. Otherwise it returns when both are done, with the records' error
 // (a claimed VM whose records failed is not a sandbox a restarted driver could find).
-// recorded waits for record and returns its error, once or more.
-func claimWhileRecording(ctx context.Context, tell func(context.Context) error, record func() error) (recorded func() error, err error) {
+// recorded waits for record and returns its error, once or more; toldAt is when tell
+// returned.
+func claimWhileRecording(ctx context.Context, tell func(context.Context) error, record func() error) (recorded func() error, toldAt time.Time, err error) {
 	done := make(chan struct{})
 	var recErr error
 	go func() {
@@ -360,10 +366,12 @@ func claimWhileRecording(ctx context.Context, tell func(context.Context) error, 
 		recErr = record()
 	}()
 	recorded = func() error { <-done; return recErr }
-	if err := tell(ctx); err != nil {
-		return recorded, err
+	err = tell(ctx)
+	toldAt = time.Now()
+	if err != nil {
+		return recorded, toldAt, err
 	}
-	return recorded, recorded()
+	return recorded, toldAt, recorded()
 }
 
 // discardMember ends a member's VM and removes its directory.

@@ -19,7 +19,7 @@ func TestClaimWhileRecording(t *testing.T) {
 		release := make(chan struct{})
 		defer close(release)
 		start := time.Now()
-		recorded, err := claimWhileRecording(t.Context(),
+		recorded, _, err := claimWhileRecording(t.Context(),
 			func(context.Context) error { return refused },
 			func() error {
 				// Bounded, so a claim that waits for the records fails the test below
@@ -51,11 +51,17 @@ func TestClaimWhileRecording(t *testing.T) {
 
 	t.Run("taken claim waits for its records", func(t *testing.T) {
 		wrote := false
-		recorded, err := claimWhileRecording(t.Context(),
-			func(context.Context) error { return nil },
-			func() error { time.Sleep(30 * time.Millisecond); wrote = true; return nil })
+		var tellEnded time.Time
+		recorded, toldAt, err := claimWhileRecording(t.Context(),
+			func(context.Context) error { tellEnded = time.Now(); return nil },
+			func() error { time.Sleep(300 * time.Millisecond); wrote = true; return nil })
 		if err != nil || !wrote {
 			t.Fatalf("err = %v, records written %v: want nil after the records", err, wrote)
+		}
+		// The create timeline's claim step ends when the runner was told (the guest
+		// starts then), not when the records were written.
+		if d := toldAt.Sub(tellEnded); d < 0 || d > 100*time.Millisecond {
+			t.Fatalf("toldAt is %v after the tell ended, want at once (not at the records' end, 300 ms later)", d)
 		}
 		if err := recorded(); err != nil {
 			t.Fatalf("recorded = %v", err)
@@ -63,7 +69,7 @@ func TestClaimWhileRecording(t *testing.T) {
 	})
 
 	t.Run("failed record fails the claim", func(t *testing.T) {
-		recorded, err := claimWhileRecording(t.Context(),
+		recorded, _, err := claimWhileRecording(t.Context(),
 			func(context.Context) error { return nil },
 			func() error { return diskFull })
 		if !errors.Is(err, diskFull) {
