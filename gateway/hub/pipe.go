@@ -220,6 +220,10 @@ func (e *pipeEnd) ReadChunk(limit int) ([]byte, error) { return e.r.readChunk(li
 // CloseWrite half-closes: the other end reads EOF after the buffered bytes.
 func (e *pipeEnd) CloseWrite() error { e.w.closeWrite(); return nil }
 
+// CloseRead stops reading: the other end's writes fail, and what it wrote but this
+// end did not read is dropped. Reading the other way goes on.
+func (e *pipeEnd) CloseRead() error { e.r.closeRead(); return nil }
+
 func (e *pipeEnd) Close() error {
 	e.once.Do(func() {
 		e.w.closeWrite()

@@ -183,7 +183,13 @@ func StreamConn(f Frames, hostKey ssh.PublicKey, cancel func()) Conn {
 				return
 			}
 			if err := f.Send(d); err != nil {
-				far.Close()
+				// The far side takes no more frames: it ended the stream (io.EOF; what it
+				// sent before, and its status, still come through Recv) or the stream
+				// broke (Recv fails too and closes the pipe). Only this direction stops:
+				// a replica that ran a short exec to its end ends the stream while this
+				// side's end of stdin may still be on its way, and the exec's output and
+				// exit frame must still be read.
+				_ = far.CloseRead()
 				return
 			}
 		}
