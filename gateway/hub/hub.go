@@ -803,10 +803,12 @@ func (h *Hub) ServeRelay(stream RelayStreamServer, channel string, inst Instance
 }
 
 // BulkConn is a supervisor's raw stream for one relay (a bulk stream): a byte
-// stream with a half-close of its own, so it needs no frames.
+// stream with a half-close of its own each way, so it needs no frames.
 type BulkConn interface {
 	io.ReadWriteCloser
 	CloseWrite() error
+	// CloseRead stops reading: the supervisor's further writes fail.
+	CloseRead() error
 }
 
 // bulkBuf is the size of the buffers a bulk stream's bytes are read into: each is
@@ -818,6 +820,11 @@ const bulkBuf = 256 << 10
 // opener) and then moves bytes both ways until both directions end, and closes c.
 // It returns the pairing's error (nothing was paired, accepted was not called and c
 // is left open for the caller's answer) or accepted's.
+//
+// A direction whose write fails stops alone; the other goes on to its end. The
+// supervisor of an upload that fails sends its exit frame (the error) and closes
+// its end while the client's bytes are still coming: writing them fails, and the
+// exit frame, already on its way in, must still reach the client.
 func (h *Hub) ServeBulk(c BulkConn, channel string, inst Instance, authorize func(sandboxID string) error, accepted func() error) (BulkStats, error) {
 	var st BulkStats
 	relaySide, err := h.pairRelay(channel, inst, authorize)
@@ -829,7 +836,9 @@ func (h *Hub) ServeBulk(c BulkConn, channel string, inst Instance, authorize fun
 	if err := accepted(); err != nil {
 		return st, err
 	}
-	up := make(chan struct{})
+	up, down := make(chan struct{}), make(chan struct{})
+	// refused is closed when the client takes no more of the supervisor's bytes.
+	refused := make(chan struct{})
 	go func() { // supervisor → relay
 		defer close(up)
 		b := make([]byte, bulkBuf)
@@ -846,8 +855,11 @@ func (h *Hub) ServeBulk(c BulkConn, channel string, inst Instance, authorize fun
 					d = bytes.Clone(d)
 				}
 				if werr := relaySide.WriteOwned(d); werr != nil {
-					relaySide.Close()
-					c.Close()
+					// The client's end is closed: the supervisor's further writes
+					// fail (as they did when c was closed here), but what the client
+					// sent before its close still goes down to the supervisor.
+					_ = c.CloseRead()
+					close(refused)
 					return
 				}
 			}
@@ -861,30 +873,54 @@ func (h *Hub) ServeBulk(c BulkConn, channel string, inst Instance, authorize fun
 			}
 		}
 	}()
-	for { // relay → supervisor
-		d, err := relaySide.ReadChunk(ChunkSize)
-		if err != nil {
-			_ = c.CloseWrite()
-			break
+	go func() { // relay → supervisor
+		defer close(down)
+		for {
+			d, err := relaySide.ReadChunk(ChunkSize)
+			if err != nil {
+				_ = c.CloseWrite()
+				return
+			}
+			n, err := c.Write(d)
+			st.Down += int64(n)
+			if err != nil {
+				// The supervisor reads no more: the client's further writes fail,
+				// and what the supervisor sent before still goes up to the client.
+				_ = relaySide.CloseRead()
+				return
+			}
 		}
-		n, err := c.Write(d)
-		st.Down += int64(n)
-		if err != nil {
-			relaySide.Close()
-			break
-		}
-	}
-	// The client is done; the supervisor hangs up once it has read the end. One that
-	// does not is cut off after bulkDrain rather than holding the stream.
-	timer := time.NewTimer(bulkDrain)
-	defer timer.Stop()
+	}()
+	// Once the bytes toward the supervisor have ended (the client's end, or the
+	// supervisor's refusal) or the client takes no more, the supervisor hangs up once
+	// it has read the end and sent its last bytes. One that does not (or does not read
+	// what is left for it) is cut off after bulkDrain rather than holding the stream.
 	select {
-	case <-up:
-	case <-timer.C:
+	case <-down:
+	case <-refused:
+	}
+	if !waitAll(bulkDrain, up, down) {
 		c.Close()
+		relaySide.Close() // a write into a pipe the client no longer reads ends too
 		<-up
+		<-down
 	}
 	return st, nil
+}
+
+// waitAll waits until every one of chs is closed, for at most d; false when d ran
+// out first.
+func waitAll(d time.Duration, chs ...<-chan struct{}) bool {
+	timer := time.NewTimer(d)
+	defer timer.Stop()
+	for _, ch := range chs {
+		select {
+		case <-ch:
+		case <-timer.C:
+			return false
+		}
+	}
+	return true
 }
 
 // BulkStats counts a bulk stream's bytes: Up from the supervisor, Down to it.
