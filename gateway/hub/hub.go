@@ -678,19 +678,26 @@ type Conn interface {
 
 var _ Conn = (*relayConn)(nil)
 
-// Pump joins conn with a caller's stream until either ends or ctx is done: each
-// received frame's data (a fresh slice) is handed to conn uncopied, and conn's bytes
-// go out in chunks of at most ChunkSize. It returns the send error, if any.
+// Pump joins conn with a caller's stream until the relay ends (the caller's
+// half-close ends it), a send fails or ctx is done: each received frame's data (a
+// fresh slice) is handed to conn uncopied, and conn's bytes go out in chunks of at
+// most ChunkSize. It returns the send error, if any.
 func Pump(ctx context.Context, conn Conn, recv func() ([]byte, error), send func([]byte) error) error {
-	go func() { // caller → relay; the caller half-closes only after closing its end
-		defer conn.Close()
+	go func() { // caller → relay
 		for {
 			d, err := recv()
 			if err != nil {
+				// The caller half-closes only after closing its end: the relay ends.
+				conn.Close()
 				return
 			}
 			if len(d) > 0 {
 				if err := conn.WriteOwned(d); err != nil {
+					// The relay's far end reads no more. Only this direction stops:
+					// what that end sent before (an upload's exit frame, with the
+					// sandbox's error) still goes out below, up to the relay's end.
+					// The caller's further frames stay unread: its sends wait, then
+					// fail once the call ends.
 					return
 				}
 			}
