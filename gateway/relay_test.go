@@ -2,6 +2,8 @@ package gateway_test
 
 import (
 	"context"
+	"errors"
+	"io"
 	"strings"
 	"testing"
 	"time"
@@ -18,16 +20,26 @@ func forwardInit(id string) *openshellv1.TcpForwardFrame {
 		Target: &openshellv1.TcpForwardInit_Tcp{Tcp: &openshellv1.TcpRelayTarget{Host: "127.0.0.1", Port: 8080}}}}}
 }
 
+// sendForward sends f on fs. io.EOF means the gateway has already ended the call
+// (it refused the init): that is not the error, the call's status is, which the
+// next Recv returns.
+func sendForward(fs openshellv1.OpenShell_ForwardTcpClient, f *openshellv1.TcpForwardFrame) error {
+	if err := fs.Send(f); err != nil && !errors.Is(err, io.EOF) {
+		return err
+	}
+	return nil
+}
+
 // openForward starts a ForwardTcp and returns the first error (nil once data flows).
 func openForward(ctx context.Context, e *env, id string) (openshellv1.OpenShell_ForwardTcpClient, error) {
 	fs, err := e.user.ForwardTcp(ctx)
 	if err != nil {
 		return nil, err
 	}
-	if err := fs.Send(forwardInit(id)); err != nil {
+	if err := sendForward(fs, forwardInit(id)); err != nil {
 		return nil, err
 	}
-	if err := fs.Send(&openshellv1.TcpForwardFrame{Payload: &openshellv1.TcpForwardFrame_Data{Data: []byte("x")}}); err != nil {
+	if err := sendForward(fs, &openshellv1.TcpForwardFrame{Payload: &openshellv1.TcpForwardFrame_Data{Data: []byte("x")}}); err != nil {
 		return nil, err
 	}
 	if _, err := fs.Recv(); err != nil {
@@ -115,10 +127,10 @@ func TestForwardTransferTarget(t *testing.T) {
 		defer fs.CloseSend()
 		init := &openshellv1.TcpForwardInit{SandboxId: id, AuthorizationToken: tok,
 			Target: &openshellv1.TcpForwardInit_Transfer{Transfer: &openshellv1.TransferRelayTarget{Direction: dir, Path: path}}}
-		if err := fs.Send(&openshellv1.TcpForwardFrame{Payload: &openshellv1.TcpForwardFrame_Init{Init: init}}); err != nil {
+		if err := sendForward(fs, &openshellv1.TcpForwardFrame{Payload: &openshellv1.TcpForwardFrame_Init{Init: init}}); err != nil {
 			return err
 		}
-		if err := fs.Send(&openshellv1.TcpForwardFrame{Payload: &openshellv1.TcpForwardFrame_Data{Data: []byte("tar")}}); err != nil {
+		if err := sendForward(fs, &openshellv1.TcpForwardFrame{Payload: &openshellv1.TcpForwardFrame_Data{Data: []byte("tar")}}); err != nil {
 			return err
 		}
 		f, err := fs.Recv()
