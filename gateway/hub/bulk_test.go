@@ -109,15 +109,6 @@ func serveBulk(t *testing.T, sup BulkConn) (*pipeEnd, <-chan error) {
 	return nil, nil
 }
 
-func waitFor(t *testing.T, ch <-chan struct{}, what string) {
-	t.Helper()
-	select {
-	case <-ch:
-	case <-time.After(5 * time.Second):
-		t.Fatalf("%s: not within 5 s", what)
-	}
-}
-
 // TestServeBulkKeepsSupervisorBytesAfterWriteFails: an upload's supervisor sent its
 // exit frame (the upload's error) and closed its end while the client's bytes were
 // still coming. Writing them fails; the exit frame, on its way in, must still reach
@@ -133,16 +124,7 @@ func TestServeBulkKeepsSupervisorBytesAfterWriteFails(t *testing.T) {
 	waitFor(t, sup.writeErr, "the client's bytes were not written to the supervisor")
 	// Wait until the failed write has been taken in (the client's writes fail), so
 	// the exit frame arrives after it.
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		if _, err := client.Write([]byte("more")); err != nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the client's writes still accepted 5 s after the supervisor's end refused them")
-		}
-		time.Sleep(time.Millisecond)
-	}
+	waitWritesRefused(t, client, "the supervisor's end refused the client's bytes")
 	exit := []byte(`x{"code":13,"error":"/sandbox/x is not writable"}`)
 	sup.reads <- exit
 	close(sup.reads)
@@ -150,14 +132,7 @@ func TestServeBulkKeepsSupervisorBytesAfterWriteFails(t *testing.T) {
 	if err != nil || !bytes.Equal(got, exit) {
 		t.Fatalf("the client read %q, %v; want the supervisor's exit frame %q, then EOF", got, err, exit)
 	}
-	select {
-	case err := <-served:
-		if err != nil {
-			t.Fatalf("ServeBulk: %v", err)
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("ServeBulk did not return within 5 s after both directions ended")
-	}
+	waitReturned(t, served, "ServeBulk, after both directions ended,")
 }
 
 // TestServeBulkKeepsClientBytesAfterItStopsReading: the client sent its last bytes
@@ -186,14 +161,7 @@ func TestServeBulkKeepsClientBytesAfterItStopsReading(t *testing.T) {
 		t.Fatal("the supervisor's bytes for a closed client were neither refused nor cut off within 5 s")
 	}
 	close(sup.writeGate)
-	select {
-	case err := <-served:
-		if err != nil {
-			t.Fatalf("ServeBulk: %v", err)
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("ServeBulk did not return within 5 s after both directions ended")
-	}
+	waitReturned(t, served, "ServeBulk, after both directions ended,")
 	sup.mu.Lock()
 	got, end := sup.written.String(), sup.wroteEnd
 	sup.mu.Unlock()

@@ -72,14 +72,7 @@ func TestPumpKeepsRelayBytesAfterWriteFails(t *testing.T) {
 	// land before the queued bytes are sent.
 	time.Sleep(20 * time.Millisecond)
 	close(gate)
-	select {
-	case err := <-pumped:
-		if err != nil {
-			t.Fatalf("Pump: %v", err)
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("Pump did not return within 5 s after the relay ended")
-	}
+	waitReturned(t, pumped, "Pump, after the relay ended,")
 	if got.String() != "output exit" {
 		t.Fatalf("the caller got %q; want the far end's %q", got.String(), "output exit")
 	}
