@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -160,20 +161,29 @@ func (e *env) get(name string) *openshellv1.Sandbox {
 	return resp.GetSandbox()
 }
 
-// waitPhase polls GetSandbox until the phase matches (like the SDK's WaitReady).
-func (e *env) waitPhase(name string, want openshellv1.SandboxPhase) *openshellv1.Sandbox {
+// waitSandbox polls GetSandbox until ok holds, for up to 10 s; the failure names what
+// was awaited and the sandbox's phase and conditions.
+func (e *env) waitSandbox(name, what string, ok func(*openshellv1.Sandbox) bool) *openshellv1.Sandbox {
 	e.t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	var sb *openshellv1.Sandbox
 	for time.Now().Before(deadline) {
 		sb = e.get(name)
-		if sb.GetStatus().GetPhase() == want {
+		if ok(sb) {
 			return sb
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	e.t.Fatalf("sandbox %s: phase %v, want %v (conditions %v)", name, sb.GetStatus().GetPhase(), want, sb.GetStatus().GetConditions())
+	e.t.Fatalf("sandbox %s: %s (phase %v, conditions %v)", name, what, sb.GetStatus().GetPhase(), sb.GetStatus().GetConditions())
 	return nil
+}
+
+// waitPhase polls GetSandbox until the phase matches (like the SDK's WaitReady).
+func (e *env) waitPhase(name string, want openshellv1.SandboxPhase) *openshellv1.Sandbox {
+	e.t.Helper()
+	return e.waitSandbox(name, fmt.Sprintf("phase is not %v", want), func(sb *openshellv1.Sandbox) bool {
+		return sb.GetStatus().GetPhase() == want
+	})
 }
 
 // waitDriverSettled waits until the gateway has recorded the MemDriver's report that
@@ -181,17 +191,9 @@ func (e *env) waitPhase(name string, want openshellv1.SandboxPhase) *openshellv1
 // bump its resource version behind a test's back.
 func (e *env) waitDriverSettled(name string) *openshellv1.Sandbox {
 	e.t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	var sb *openshellv1.Sandbox
-	for time.Now().Before(deadline) {
-		sb = e.get(name)
-		if readyCondition(sb).GetReason() == drivers.ReasonSupervisorNotConnected {
-			return sb
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	e.t.Fatalf("sandbox %s: the driver's report of a running backend was not recorded (conditions %v)", name, sb.GetStatus().GetConditions())
-	return nil
+	return e.waitSandbox(name, "the driver's report of a running backend was not recorded", func(sb *openshellv1.Sandbox) bool {
+		return readyCondition(sb).GetReason() == drivers.ReasonSupervisorNotConnected
+	})
 }
 
 func readyCondition(sb *openshellv1.Sandbox) *openshellv1.SandboxCondition {
