@@ -7,8 +7,9 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/openshell/openshell/internal/procstat"
 	"golang.org/x/sys/unix"
+
+	"github.com/openshell/openshell/internal/procstat"
 )
 
 // EndOtherProcesses kills every process of the guest but its init (this process,
