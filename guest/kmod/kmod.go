@@ -127,3 +127,28 @@ func Order(mods []Info) ([]Info, error) {
 	}
 	return out, nil
 }
+
+// sigMagic ends a module that carries an appended signature; before it sit the
+// signature and a 12-byte descriptor whose last 4 bytes are the signature's length
+// (big-endian), as scripts/sign-file in the kernel tree writes them.
+const sigMagic = "~Module signature appended~\n"
+
+// StripSignature returns data without its appended signature (data itself when it
+// has none, or when the trailer does not describe a signature that fits in data).
+func StripSignature(data []byte) []byte {
+	if !bytes.HasSuffix(data, []byte(sigMagic)) {
+		return data
+	}
+	const descLen = 12
+	end := len(data) - len(sigMagic)
+	if end < descLen {
+		return data
+	}
+	desc := data[end-descLen : end]
+	sigLen := int(desc[8])<<24 | int(desc[9])<<16 | int(desc[10])<<8 | int(desc[11])
+	body := end - descLen - sigLen
+	if sigLen <= 0 || body <= 0 {
+		return data
+	}
+	return data[:body]
+}
