@@ -19,6 +19,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -52,7 +53,8 @@ type Warm struct {
 
 // Prewarm starts the identity-free part of the supervisor's start-up in the
 // background: the kernel's random pool (the first getrandom blocks until it is
-// initialised), this boot's SSH host key, the protobuf types' lazy set-up, and one run
+// initialised), this boot's SSH host key, the image files a start reads
+// (warmFiles), the protobuf types' lazy set-up, and one run
 // of the policy compiler and the CA code (which also pays, under emulation, for
 // translating that code once), and a rehearsal of the first gateway calls in-process. Run stops what is left of it when the configuration
 // arrives: the work it needs is then done on its own path.
@@ -79,6 +81,10 @@ func (w *Warm) run() {
 			w.mu.Unlock()
 		}
 	}
+	if w.stopped.Load() {
+		return
+	}
+	warmFiles()
 	// Each message type sets up its encoder on its first use: do it for every type
 	// this binary knows (the gateway API, the policy wire types), not only the few a
 	// guess would name.
@@ -112,6 +118,22 @@ func (w *Warm) run() {
 	defer cancel()
 	if err := rehearseSession(ctx); err != nil {
 		slog.Debug("warm-up: the session rehearsal failed (only its speed-up is lost)", "err", err)
+	}
+}
+
+// warmFiles reads what a start reads from the image before it can report the sandbox
+// up (the account files, the system CA roots, the directories a command is looked up
+// in), so that their blocks come from memory then instead of the image's disk: a
+// virtio-blk read costs an emulated guest milliseconds. What the files hold is not
+// kept; an image without some of them is fine.
+func warmFiles() {
+	for _, f := range []string{"/etc/passwd", "/etc/group"} {
+		_, _ = os.ReadFile(f)
+	}
+	_ = credentials.SystemRoots()
+	// The guest's init set PATH to the default a sandbox's processes get.
+	for _, d := range filepath.SplitList(os.Getenv("PATH")) {
+		_, _ = os.ReadDir(d)
 	}
 }
 

@@ -92,18 +92,26 @@ var systemBundles = []string{
 	"/etc/ssl/ca-bundle.pem",
 }
 
+// SystemRoots returns the image's bundle of public roots, the first of systemBundles
+// found (nil when there is none).
+func SystemRoots() []byte {
+	for _, f := range systemBundles {
+		if b, err := os.ReadFile(f); err == nil {
+			return b
+		}
+	}
+	return nil
+}
+
 // WriteBundle writes the CA certificate followed by the system roots (when found)
 // to path, mode 0644: tools told to use SSL_CERT_FILE replace their trust store with
 // it, so it must keep trusting the public roots as well.
 func (ca *CA) WriteBundle(path string) error {
 	var buf bytes.Buffer
 	buf.Write(ca.CertPEM())
-	for _, f := range systemBundles {
-		if b, err := os.ReadFile(f); err == nil {
-			buf.WriteString("\n")
-			buf.Write(b)
-			break
-		}
+	if b := SystemRoots(); b != nil {
+		buf.WriteString("\n")
+		buf.Write(b)
 	}
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return fmt.Errorf("credentials: CA bundle dir: %w", err)
