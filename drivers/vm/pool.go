@@ -223,6 +223,12 @@ func (p *pools) wake() {
 
 // ---- claim ----
 
+// refillDelay is how long after a claim its pool's refill starts. The refill's boot
+// takes the host's CPU at normal priority until its VMM runs (the runner's start, the
+// VMM's set-up: 100-300 ms of a core here), and the claimed guest's start-up, over
+// within this under emulation, needs the CPU first.
+const refillDelay = time.Second
+
 // claim serves a create from a warm pool when one matches and has a waiting VM. It
 // returns false (and no error) when the create must go the cold way; an error only
 // when the create must fail.
@@ -240,7 +246,8 @@ func (d *Driver) claim(sb *computev1.DriverSandbox, res *resolved) (bool, error)
 		return false, fmt.Errorf("vm sandbox %q: %w", id, drivers.ErrAlreadyExists)
 	}
 	m := d.pools.take(pool)
-	d.pools.wake() // refill, whether this one is taken or none was waiting
+	// Refill, whether this one is taken or none was waiting; not at once (refillDelay).
+	time.AfterFunc(refillDelay, d.pools.wake)
 	if m == nil {
 		log.Info("warm pool has no waiting VM; creating cold")
 		return false, nil

@@ -162,6 +162,15 @@ func TestPoolClaimIsolationAndRestart(t *testing.T) {
 		if fp := st.GetStatus().GetFromPool(); fp != "t" {
 			t.Errorf("sandbox %s: from pool %q, want t", id, fp)
 		}
+		if i == 0 && took < 500*time.Millisecond {
+			// The refill waits (a second) while the claimed guest starts: no VM boots
+			// beside it.
+			for _, p := range d.Pools() {
+				if p.Name == "t" && p.Booting > 0 {
+					t.Errorf("%v after the claim, %d pool VM(s) boot beside the claimed one: the refill did not wait", took, p.Booting)
+				}
+			}
+		}
 		rep := gw.next(t, id, vmTimeout)
 		claimed = append(claimed, got{id, took, rep})
 		t.Logf("claim %d: create → Ready %v (report %+v)", i, took, rep)
