@@ -57,16 +57,24 @@ func TestOrder(t *testing.T) {
 	}
 }
 
+// guestModule is the path of a module of the installed guest kernel (rel under its
+// kernel/ tree).
+func guestModule(t *testing.T, rel string) string {
+	t.Helper()
+	ms, _ := filepath.Glob("/var/lib/openshell/vm/kernel/modules/*/kernel/" + rel)
+	testenv.Require(t, len(ms) > 0, "guest kernel modules not installed (run scripts/setup-vm-host.sh)")
+	return ms[0]
+}
+
 // TestReadInfoRealModules reads the guest kernel's modules when installed.
 func TestReadInfoRealModules(t *testing.T) {
-	ms, _ := filepath.Glob("/var/lib/openshell/vm/kernel/modules/*/kernel/net/vmw_vsock/vmw_vsock_virtio_transport.ko")
-	testenv.Require(t, len(ms) > 0, "guest kernel modules not installed (run scripts/setup-vm-host.sh)")
-	f, err := os.Open(ms[0])
+	path := guestModule(t, "net/vmw_vsock/vmw_vsock_virtio_transport.ko")
+	f, err := os.Open(path)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	in, err := ReadInfo(f, filepath.Base(ms[0]))
+	in, err := ReadInfo(f, filepath.Base(path))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -128,14 +136,13 @@ func TestStripSignature(t *testing.T) {
 // TestStripSignatureRealModule: a module of the guest kernel loses exactly its
 // signature: the rest is the same ELF file, its sections intact.
 func TestStripSignatureRealModule(t *testing.T) {
-	ms, _ := filepath.Glob("/var/lib/openshell/vm/kernel/modules/*/kernel/drivers/block/virtio_blk.ko")
-	testenv.Require(t, len(ms) > 0, "guest kernel modules not installed (run scripts/setup-vm-host.sh)")
-	data, err := os.ReadFile(ms[0])
+	path := guestModule(t, "drivers/block/virtio_blk.ko")
+	data, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if !bytes.HasSuffix(data, []byte(sigMagic)) {
-		t.Fatalf("%s carries no signature; the kernel package's modules are signed", ms[0])
+		t.Fatalf("%s carries no signature; the kernel package's modules are signed", path)
 	}
 	got := StripSignature(data)
 	if len(got) >= len(data)-len(sigMagic) || bytes.Contains(got[len(got)-min(len(got), 64):], []byte("~Module")) {
