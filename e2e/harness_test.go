@@ -437,7 +437,8 @@ func (h *harness) killGatewayAndWaitReady(t *testing.T, name string, within time
 
 // rootExec runs a shell script as root in sandbox name's container, outside the
 // supervisor (the test's own hand, e.g. to trust a test CA): through the container
-// engine, or kubectl on the kubernetes driver.
+// engine, or kubectl on the kubernetes driver. It returns the script's standard
+// output; a failure's error carries its standard error.
 func rootExec(t *testing.T, name, stdin, script string) ([]byte, error) {
 	t.Helper()
 	var cmd *exec.Cmd
@@ -454,7 +455,15 @@ func rootExec(t *testing.T, name, stdin, script string) ([]byte, error) {
 		cmd = engineCmd("exec", "-i", "-u", "0", containerID(t, name), "sh", "-c", script)
 	}
 	cmd.Stdin = strings.NewReader(stdin)
-	return cmd.CombinedOutput()
+	// The script's output only: kubectl logs client-side notices of its own on stderr
+	// ("Unknown stream id 1, discarding message"), which are no output of the script.
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		err = fmt.Errorf("%w (stderr: %s)", err, strings.TrimSpace(stderr.String()))
+	}
+	return out, err
 }
 
 // trustTestCA appends the test CA to the sandbox's system roots, which its proxy
