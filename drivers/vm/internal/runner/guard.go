@@ -164,6 +164,7 @@ type gate struct {
 	preambleWait, linger time.Duration
 
 	open              atomic.Int64
+	lingering         atomic.Int64 // refused connections being drained (closeRefused)
 	fullLog, wrongLog refusalLog
 }
 
@@ -224,6 +225,25 @@ func lingerClose(c net.Conn, d time.Duration) {
 	c.Close()
 }
 
+// maxLingering bounds the refused connections drained at once (closeRefused); past
+// it a refused connection is closed at once: a flood must not hold descriptors.
+const maxLingering = 64
+
+// closeRefused ends a connection refused for want of a slot. Its preamble may have
+// arrived already: it is drained first (lingerClose, in the background), or the close
+// would reset the stream, which the guest never hears of through the vsock backend.
+func (g *gate) closeRefused(c net.Conn) {
+	if g.lingering.Add(1) > maxLingering {
+		g.lingering.Add(-1)
+		c.Close()
+		return
+	}
+	go func() {
+		defer g.lingering.Add(-1)
+		lingerClose(c, cmp.Or(g.linger, lingerTimeout))
+	}()
+}
+
 // gatedListener is l behind g: Accept returns only admitted connections, whose Close
 // frees their slot.
 type gatedListener struct {
@@ -250,7 +270,7 @@ func (gl *gatedListener) loop() {
 		}
 		if !gl.g.acquire() {
 			gl.g.refuseFull()
-			c.Close()
+			gl.g.closeRefused(c)
 			continue
 		}
 		go gl.admit(c)

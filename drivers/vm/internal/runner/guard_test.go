@@ -231,7 +231,7 @@ func TestGateLimit(t *testing.T) {
 	var logs logBuf
 	const limit, extra = 5, 20
 	g := &gate{port: "gateway", limit: limit, secret: secret, box: box, log: logs.logger(),
-		refused: func(s *Status) { s.GatewayRefused++ }}
+		refused: func(s *Status) { s.GatewayRefused++ }, linger: 20 * time.Millisecond}
 	gl := g.listen(l)
 	defer gl.Close()
 	var held []net.Conn
@@ -261,8 +261,10 @@ func TestGateLimit(t *testing.T) {
 		c.SetReadDeadline(time.Now().Add(5 * time.Second))
 		n, err := c.Read(make([]byte, 1))
 		c.Close()
-		if n != 0 || errors.Is(err, os.ErrDeadlineExceeded) {
-			t.Fatalf("connection %d over the limit: read %d, %v; want closed", limit+i+1, n, err)
+		// A clean end, not a reset: the vsock backend does not pass a reset on, and
+		// the guest's end of the refused stream would stay open.
+		if n != 0 || !errors.Is(err, io.EOF) {
+			t.Fatalf("connection %d over the limit: read %d, %v; want it ended (EOF)", limit+i+1, n, err)
 		}
 	}
 	st, _ := box.get()
