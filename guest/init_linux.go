@@ -241,9 +241,9 @@ func loadModules(dir string, log *slog.Logger) (int, bool, error) {
 		}
 		return true
 	}
-	// Loading a module costs a software-emulated guest tens of milliseconds (its
-	// signature is checked): the ones for devices this VM does not have wait until
-	// the device is seen. The PCI transport only when a virtio PCI device exists (q35;
+	// Loading a module costs a software-emulated guest milliseconds (tens with its
+	// signature checked): the ones for devices this VM does not have wait until the
+	// device is seen. The PCI transport only when a virtio PCI device exists (q35;
 	// microvm and arm64 virt use MMIO); the NIC and virtiofs drivers, after the
 	// transports, only when the bus shows such a device.
 	pciVirtio := hasVirtioPCI()
