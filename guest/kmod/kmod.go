@@ -7,6 +7,7 @@ package kmod
 import (
 	"bytes"
 	"debug/elf"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -145,7 +146,7 @@ func StripSignature(data []byte) []byte {
 		return data
 	}
 	desc := data[end-descLen : end]
-	sigLen := int(desc[8])<<24 | int(desc[9])<<16 | int(desc[10])<<8 | int(desc[11])
+	sigLen := int(binary.BigEndian.Uint32(desc[8:]))
 	body := end - descLen - sigLen
 	if sigLen <= 0 || body <= 0 {
 		return data
