@@ -362,10 +362,20 @@ func Run(ctx context.Context, cfg *bootstrap.Config, o Options) (retErr error) {
 	// The supervisor is the process's main: its packages log through the default
 	// logger, and their events are shipped too.
 	slog.SetDefault(log)
-	shipCtx, stopShip := context.WithCancel(context.WithoutCancel(ctx))
+	shipCtx, stopShip := context.WithCancelCause(context.WithoutCancel(ctx))
 	shipDone := make(chan struct{})
 	go func() { shipper.Run(shipCtx); close(shipDone) }()
-	defer func() { stopShip(); <-shipDone }() // a last flush, bounded by the shipper
+	defer func() {
+		// A last flush, bounded by the shipper; none for a run that ends because this
+		// guest became another sandbox: the host refuses the old identity's session,
+		// and waiting on gRPC to find that out held the copy's start ~170 ms under TCG.
+		var cause error
+		if errors.Is(context.Cause(ctx), errReidentified) {
+			cause = session.ErrNoLastFlush
+		}
+		stopShip(cause)
+		<-shipDone
+	}()
 	defer func() {
 		if retErr != nil {
 			// Not through log: the caller prints retErr to stderr already.

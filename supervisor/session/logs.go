@@ -2,6 +2,7 @@ package session
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"sync"
@@ -99,7 +100,13 @@ func (s *Shipper) Pending() int {
 	return len(s.buf)
 }
 
-// Run ships until ctx ends, then makes one last attempt (bounded by flushTimeout).
+// ErrNoLastFlush, as the cause of the context a Shipper runs under, ends its Run
+// without the last attempt: for lines nobody can take any more (a restored guest's
+// old identity, whose session the host refuses).
+var ErrNoLastFlush = errors.New("log shipping ended without a last flush")
+
+// Run ships until ctx ends, then makes one last attempt (bounded by 2 s) unless ctx
+// ended with ErrNoLastFlush.
 func (s *Shipper) Run(ctx context.Context) {
 	fails := 0
 	for {
@@ -113,6 +120,9 @@ func (s *Shipper) Run(ctx context.Context) {
 		}
 		select {
 		case <-ctx.Done():
+			if errors.Is(context.Cause(ctx), ErrNoLastFlush) {
+				return
+			}
 			fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
 			_ = s.flush(fctx)
 			cancel()

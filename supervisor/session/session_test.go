@@ -759,3 +759,46 @@ func TestIdentityMetadata(t *testing.T) {
 		t.Errorf("reconnect secret %q, want %q", again, secret[0])
 	}
 }
+
+// TestShipperLastFlush: a shipper whose context ends makes one last push of what it
+// holds, unless the context ended with ErrNoLastFlush (a restored guest's old
+// identity, whose lines nobody takes): then it returns at once and pushes nothing.
+func TestShipperLastFlush(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		cause error
+		want  int // lines the gateway got
+	}{
+		{"plain end", nil, 1},
+		{"no last flush", ErrNoLastFlush, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			g := newFake()
+			addr, _ := serve(t, g, "127.0.0.1:0")
+			cc, err := Dial(DialOptions{Endpoint: "http://" + addr, Token: func() (string, error) { return "t", nil }})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer cc.Close()
+			// Lines wait for an hour between pushes: only the last flush can send one.
+			sh := NewShipper(pb.NewOpenShellClient(cc), "sb-1", ShipperOptions{Interval: time.Hour})
+			ctx, cancel := context.WithCancelCause(t.Context())
+			done := make(chan struct{})
+			go func() { sh.Run(ctx); close(done) }()
+			time.Sleep(100 * time.Millisecond) // Run's first (empty) push is done
+			sh.Add("INFO", "main", "the last line", nil)
+			cancel(tc.cause)
+			select {
+			case <-done:
+			case <-time.After(5 * time.Second):
+				t.Fatal("Run did not return after its context ended")
+			}
+			g.mu.Lock()
+			got := len(g.logs)
+			g.mu.Unlock()
+			if got != tc.want || sh.Pending() != 1-tc.want {
+				t.Fatalf("the gateway got %d lines, %d pending; want %d got", got, sh.Pending(), tc.want)
+			}
+		})
+	}
+}
