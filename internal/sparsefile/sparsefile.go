@@ -12,7 +12,14 @@ import (
 
 // Copy copies src to dst (created or truncated, mode perm) and syncs it. The result
 // has src's size; only src's data extents are written.
-func Copy(dst, src string, perm os.FileMode) (retErr error) {
+func Copy(dst, src string, perm os.FileMode) error { return copyFile(dst, src, perm, true) }
+
+// CopyUnsynced is Copy without the sync: for a copy worth nothing after the host
+// restarts (a VM's memory), whose sync would cost a write of all its data to disk.
+// The caller must be able to tell such a copy made before a host restart.
+func CopyUnsynced(dst, src string, perm os.FileMode) error { return copyFile(dst, src, perm, false) }
+
+func copyFile(dst, src string, perm os.FileMode, sync bool) (retErr error) {
 	in, err := os.Open(src)
 	if err != nil {
 		return fmt.Errorf("sparse copy: %w", err)
@@ -41,6 +48,9 @@ func Copy(dst, src string, perm os.FileMode) (retErr error) {
 		if err := out.Truncate(fi.Size()); err != nil {
 			return fmt.Errorf("sparse copy: %w", err)
 		}
+	}
+	if !sync {
+		return nil
 	}
 	if err := out.Sync(); err != nil {
 		return fmt.Errorf("sparse copy: sync %s: %w", dst, err)

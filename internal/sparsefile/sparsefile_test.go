@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 )
 
@@ -23,15 +24,18 @@ func TestCopyKeepsDataAndHoles(t *testing.T) {
 		}
 	}
 	f.Close()
-	for _, tc := range []struct{ name string }{{"fresh"}, {"over-existing"}} {
+	for _, tc := range []struct {
+		name string
+		copy func(dst, src string, perm os.FileMode) error
+	}{{"fresh", Copy}, {"over-existing", Copy}, {"unsynced", CopyUnsynced}, {"unsynced-over-existing", CopyUnsynced}} {
 		t.Run(tc.name, func(t *testing.T) {
 			dst := filepath.Join(dir, "dst")
-			if tc.name == "over-existing" {
+			if strings.HasSuffix(tc.name, "over-existing") {
 				if err := os.WriteFile(dst, bytes.Repeat([]byte("x"), size+4096), 0o600); err != nil {
 					t.Fatal(err)
 				}
 			}
-			if err := Copy(dst, src, 0o600); err != nil {
+			if err := tc.copy(dst, src, 0o600); err != nil {
 				t.Fatal(err)
 			}
 			got, err := os.ReadFile(dst)

@@ -89,6 +89,10 @@ func Run(ctx context.Context, dir string, o Options) (retErr error) {
 	if err != nil {
 		return err
 	}
+	if sp.staleFork != nil {
+		log.Warn("this copy of a snapshot was made before the host restarted, and its memory may not have reached the disk; it boots from its disk instead of resuming",
+			"copy_of", sp.staleFork.ForkOf, "made_in_boot", sp.staleFork.HostBootID)
+	}
 	defer func() { sp.setAside(retErr, log) }()
 	startTime, err := state.ProcStartTime(os.Getpid())
 	if err != nil {

@@ -60,7 +60,15 @@ type SuspendRecord struct {
 	// ForkOf is set on a copy started from a snapshot (fork.go): the id of the
 	// snapshotted sandbox, whose identity and InstanceSecret the guest still holds.
 	ForkOf string `json:"fork_of,omitempty"`
+	// HostBootID is the host's boot id when a copy's files were made. Its memory file
+	// is copied without a sync, so a copy that finds another boot id was cut off by a
+	// host restart before it ran, and its memory may never have reached the disk: it
+	// boots from its disk instead.
+	HostBootID string `json:"host_boot_id,omitempty"`
 }
+
+// hostBootID reads the host's boot id (tests replace it).
+var hostBootID = state.HostBootID
 
 // GuestRAMFile holds the guest RAM of a QEMU VM that can be suspended: saving then
 // writes only the device state, and resuming maps the RAM back.
@@ -307,6 +315,9 @@ type suspender struct {
 	secret *wire.Secret   // the guest's instance secret, once the sandbox is served
 	reqs   chan suspendRequest
 	done   chan struct{} // closed when the runner's main loop ends
+	// staleFork is a copy's record set aside because it was made before the host
+	// restarted (the runner logs it).
+	staleFork *SuspendRecord
 }
 
 // newSuspender reads the sandbox's suspend record; when there is one, spec's machine
@@ -316,10 +327,17 @@ func newSuspender(dir string, spec *Spec) (*suspender, error) {
 	if err != nil {
 		return nil, err
 	}
+	var stale *SuspendRecord
+	if r != nil && r.ForkOf != "" && r.HostBootID != "" {
+		if now, err := hostBootID(); err == nil && now != r.HostBootID {
+			failSuspend(dir, r)
+			stale, r = r, nil
+		}
+	}
 	if r != nil {
 		resumeMachine(spec, r)
 	}
-	sp := &suspender{dir: dir, resume: r, reqs: make(chan suspendRequest), done: make(chan struct{})}
+	sp := &suspender{dir: dir, resume: r, staleFork: stale, reqs: make(chan suspendRequest), done: make(chan struct{})}
 	if r != nil && r.ForkOf != "" {
 		sp.fork = r
 	}

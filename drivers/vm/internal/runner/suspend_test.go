@@ -219,3 +219,42 @@ func TestSuspendRecordCPU(t *testing.T) {
 		}
 	}
 }
+
+// TestForkRecordFromAnotherHostBoot: a copy's memory file is not synced, so a copy
+// whose record was made in another boot of the host (a restart cut it off before it
+// ran) is set aside and boots from its disk; one made in this boot resumes, and so
+// does a user's suspend (synced) whatever the boot.
+func TestForkRecordFromAnotherHostBoot(t *testing.T) {
+	old := hostBootID
+	hostBootID = func() (string, error) { return "this-boot", nil }
+	t.Cleanup(func() { hostBootID = old })
+	for _, tc := range []struct {
+		name           string
+		forkOf, bootID string
+		resumes        bool
+	}{
+		{"copy made in another boot", "src-1", "earlier-boot", false},
+		{"copy made in this boot", "src-1", "this-boot", true},
+		{"copy from before boot ids were recorded", "src-1", "", true},
+		{"a user's suspend, another boot", "", "earlier-boot", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			rec := &SuspendRecord{StateFile: filepath.Join(dir, SuspendStateFile), InstanceSecret: "00", ForkOf: tc.forkOf, HostBootID: tc.bootID,
+				Machine: MachineSpec{VCPUs: 1, MemoryMiB: 128, Kernel: "/k", Transport: "virtio-serial"}}
+			if err := WriteSuspend(dir, rec); err != nil {
+				t.Fatal(err)
+			}
+			sp, err := newSuspender(dir, &Spec{Machine: MachineSpec{Kernel: "/current"}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if sp.resuming() != tc.resumes || Suspended(dir) != tc.resumes || (sp.staleFork != nil) == tc.resumes {
+				t.Fatalf("resuming=%v suspended=%v staleFork=%v; want resuming=%v", sp.resuming(), Suspended(dir), sp.staleFork != nil, tc.resumes)
+			}
+			if _, err := os.Stat(filepath.Join(dir, suspendFailedFile)); (err == nil) == tc.resumes {
+				t.Fatalf("set-aside record present=%v; want %v", err == nil, !tc.resumes)
+			}
+		})
+	}
+}
