@@ -312,6 +312,17 @@ func uptime(t *testing.T, h *harness, box string) float64 {
 // time): where the time between the restore and READY goes.
 func logRestoreTimeline(t *testing.T, h *harness, id string) {
 	t.Helper()
+	gwLogs, _ := filepath.Glob(filepath.Join(h.home, "s", "openshell", "*", "gateway.log"))
+	for _, f := range gwLogs {
+		b, _ := os.ReadFile(f)
+		var keep []string
+		for _, l := range strings.Split(string(b), "\n") {
+			if strings.Contains(l, id) && len(keep) < 40 {
+				keep = append(keep, l)
+			}
+		}
+		t.Logf("copy %s: gateway.log:\n%s", id, strings.Join(keep, "\n"))
+	}
 	dirs, _ := filepath.Glob(filepath.Join(h.home, "s", "openshell", "*", "vm-driver", "sb", "*"))
 	for _, d := range dirs {
 		st, err := os.ReadFile(filepath.Join(d, "state.json"))
