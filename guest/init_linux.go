@@ -17,6 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/openshell/openshell/guest/kmod"
+	"github.com/openshell/openshell/internal/defaultpath"
 )
 
 // RunPID1 prepares the guest root, calls run (the supervisor main) as PID 1 in the
@@ -148,7 +149,7 @@ func prepareRoot(opts InitOptions, log *slog.Logger) error {
 	extraMounts(log)
 	bringUpLoopback(log)
 	if os.Getenv("PATH") == "" {
-		_ = os.Setenv("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+		_ = os.Setenv("PATH", defaultpath.PATH)
 	}
 	return nil
 }

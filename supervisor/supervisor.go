@@ -29,6 +29,7 @@ import (
 	"google.golang.org/grpc/connectivity"
 
 	pb "github.com/openshell/openshell/api/openshellv1"
+	"github.com/openshell/openshell/internal/defaultpath"
 	"github.com/openshell/openshell/supervisor/bootstrap"
 	"github.com/openshell/openshell/supervisor/confine"
 	"github.com/openshell/openshell/supervisor/credentials"
@@ -121,7 +122,7 @@ func SandboxEnv(base []string, u *sandboxuser.User, extra map[string]string) []s
 		set(k, v)
 	}
 	if env["PATH"] == "" {
-		set("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+		set("PATH", defaultpath.PATH)
 	}
 	for k, v := range extra {
 		set(k, v)

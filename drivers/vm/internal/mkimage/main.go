@@ -12,6 +12,7 @@ import (
 	"strings"
 
 	"github.com/openshell/openshell/drivers/vm/ocilayout"
+	"github.com/openshell/openshell/internal/defaultpath"
 )
 
 type list []string
@@ -34,7 +35,7 @@ func main() {
 		os.Exit(2)
 	}
 	if len(env) == 0 {
-		env = list{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
+		env = list{"PATH=" + defaultpath.PATH}
 	}
 	d, err := ocilayout.Write(*out, *layer, ocilayout.Options{Tag: *tag, Env: env, WorkingDir: *workdir, User: *user, Cmd: cmd})
 	if err != nil {
