@@ -30,26 +30,36 @@ import (
 	"github.com/openshell/openshell/supervisor/bootstrap"
 )
 
-// Identity is a new identity handed to a restored guest.
+// Identity is a new identity handed to a restored guest, or (Config nil) only the
+// host's state: what a resumed guest's runner answers.
 type Identity struct {
 	Config   *bootstrap.Config
 	HostTime time.Time
 	Entropy  []byte
 }
 
-// ParseIdentity decodes the document a copy's runner serves (bootstrap.IdentityDoc).
+// ParseIdentity decodes the document a copy's runner serves (bootstrap.IdentityDoc),
+// or the one a resumed guest's runner serves: no configuration (no sandbox id), only
+// the host's time.
 func ParseIdentity(doc []byte) (*Identity, error) {
 	var d bootstrap.IdentityDoc
 	if err := json.Unmarshal(doc, &d); err != nil {
 		return nil, fmt.Errorf("new identity: %w", err)
 	}
-	if err := d.Config.Validate(); err != nil {
-		return nil, fmt.Errorf("new identity: %w", err)
-	}
-	id := &Identity{Config: &d.Config, Entropy: d.Reidentify.Entropy}
+	id := &Identity{Entropy: d.Reidentify.Entropy}
 	if ns := d.Reidentify.HostTimeUnixNano; ns > 0 {
 		id.HostTime = time.Unix(0, ns)
 	}
+	if d.SandboxID == "" {
+		if id.HostTime.IsZero() {
+			return nil, errors.New("new identity: the document has neither a sandbox_id nor the host's time")
+		}
+		return id, nil
+	}
+	if err := d.Config.Validate(); err != nil {
+		return nil, fmt.Errorf("new identity: %w", err)
+	}
+	id.Config = &d.Config
 	return id, nil
 }
 
@@ -120,6 +130,9 @@ func (w *watcher) ask(ctx context.Context, since time.Time, retry time.Duration)
 		return // still probing
 	case err != nil:
 		w.log.Warn("asking the host for a new identity failed", "err", err)
+	case id != nil && id.Config == nil:
+		// Resumed, still this sandbox: the clock stood still while it was suspended.
+		applyHostState(id, w.log)
 	case id != nil && id.Config.SandboxID != w.current:
 		w.found, w.foundAt = id, time.Now()
 		close(w.foundCh)
@@ -195,13 +208,16 @@ func RunVM(ctx context.Context, cfg *bootstrap.Config, o Options, re *Reidentify
 	}
 }
 
+// stepClock sets the system clock (tests replace it: they must not step the host's).
+var stepClock = setClock
+
 // applyHostState steps the clock to the host's and reseeds the kernel's random
 // generator with the host's entropy; failures are logged (the new identity is taken
 // anyway).
 func applyHostState(id *Identity, log *slog.Logger) {
 	if !id.HostTime.IsZero() {
 		before := time.Now()
-		if err := setClock(id.HostTime); err != nil {
+		if err := stepClock(id.HostTime); err != nil {
 			log.Warn("cannot step the clock to the host's", "err", err)
 		} else {
 			log.Info("clock stepped to the host's", "was_behind", id.HostTime.Sub(before).Round(time.Millisecond))

@@ -25,7 +25,13 @@ func TestParseIdentity(t *testing.T) {
 	if err != nil || id.Config.SandboxID != "new" || id.Config.Token != "t" || len(id.Entropy) != 3 || id.HostTime.Unix() != 1700000000 {
 		t.Fatalf("ParseIdentity = %+v, %v", id, err)
 	}
-	for _, bad := range []string{`{"sandbox_id":"x"}`, `not json`, `{"endpoint":"e","sandbox_id":"x","token":"t","reidentify":{"entropy":5}}`} {
+	// A resumed guest's runner offers no identity, only the host's time.
+	clock, err := ParseIdentity([]byte(`{"reidentify":{"host_time_unix_nano":1700000000000000000}}`))
+	if err != nil || clock.Config != nil || clock.HostTime.Unix() != 1700000000 {
+		t.Fatalf("ParseIdentity(host time only) = %+v, %v", clock, err)
+	}
+	for _, bad := range []string{`{"sandbox_id":"x"}`, `not json`, `{"endpoint":"e","sandbox_id":"x","token":"t","reidentify":{"entropy":5}}`,
+		`{}`, `{"reidentify":{"entropy":"AAEC"}}`, `{"token":"t","reidentify":{"host_time_unix_nano":-1}}`} {
 		if _, err := ParseIdentity([]byte(bad)); err == nil {
 			t.Errorf("ParseIdentity(%s) accepted", bad)
 		}
@@ -36,10 +42,11 @@ func TestParseIdentity(t *testing.T) {
 func FuzzParseIdentity(f *testing.F) {
 	f.Add([]byte(`{"endpoint":"http://gw","sandbox_id":"new","token":"t","reidentify":{"host_time_unix_nano":1,"entropy":"AAEC"}}`))
 	f.Add([]byte(`{}`))
+	f.Add([]byte(`{"reidentify":{"host_time_unix_nano":1700000000000000000}}`))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		id, err := ParseIdentity(b)
-		if err == nil && (id.Config == nil || id.Config.SandboxID == "") {
-			t.Fatalf("accepted a document without a sandbox id: %s", b)
+		if err == nil && (id.Config == nil && id.HostTime.IsZero() || id.Config != nil && id.Config.SandboxID == "") {
+			t.Fatalf("accepted a document with neither a sandbox id nor the host's time: %s", b)
 		}
 	})
 }
@@ -127,6 +134,39 @@ func TestWatcherProbesOnHostReturn(t *testing.T) {
 		t.Fatalf("after the offer: run ended %v, found %+v, %d fetches", ctx.Err(), w.found, fetches.Load())
 	}
 	t.Logf("return -> run ended in %v", time.Since(t0))
+}
+
+// TestWatcherStepsClockOnResume: a resumed guest's host offers no identity, only its
+// time: the clock is stepped to it and the run goes on as the same sandbox.
+func TestWatcherStepsClockOnResume(t *testing.T) {
+	var stepped atomic.Value
+	old := stepClock
+	stepClock = func(at time.Time) error { stepped.Store(at); return nil }
+	t.Cleanup(func() { stepClock = old })
+	hostTime := time.Now().Add(3 * time.Hour)
+	returns := make(chan struct{}, 1)
+	re := &Reidentify{Returns: returns, Fetch: func(context.Context) ([]byte, error) {
+		return json.Marshal(map[string]any{"reidentify": map[string]any{"host_time_unix_nano": hostTime.UnixNano()}})
+	}}
+	w := &watcher{re: re, current: "same", log: slog.New(slog.DiscardHandler), foundCh: make(chan struct{})}
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	go w.watch(ctx, cancel)
+	returns <- struct{}{}
+	deadline := time.Now().Add(5 * time.Second)
+	for stepped.Load() == nil {
+		if time.Now().After(deadline) {
+			t.Fatal("the clock was not stepped after a host return that offered the host's time")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if got := stepped.Load().(time.Time); !got.Equal(hostTime) {
+		t.Fatalf("clock stepped to %v, want the host's %v", got, hostTime)
+	}
+	time.Sleep(50 * time.Millisecond)
+	if ctx.Err() != nil || w.taken() {
+		t.Fatal("an offer of the host's time alone ended the run")
+	}
 }
 
 // TestReidentifiedRunKillsAtOnce: when a restored copy takes a new identity, the old

@@ -49,7 +49,29 @@ func (sp *suspender) serveFork(l net.Listener, doc []byte, box *statusBox, log *
 		_ = l.Close()
 		return
 	}
-	g := &gate{port: "bootstrap", limit: 2, secret: old, box: box, log: log, refused: func(*Status) {}}
+	serveHostDoc(l, old, box, log, "fork", func() bootstrap.IdentityDoc {
+		d := bootstrap.IdentityDoc{Config: cfg, Reidentify: bootstrap.Reidentify{HostTimeUnixNano: time.Now().UnixNano(), Entropy: make([]byte, ForkEntropyBytes)}}
+		_, _ = rand.Read(d.Reidentify.Entropy)
+		return d
+	})
+	log.Info("the restored copy's supervisor took this sandbox's identity; the bootstrap port is closed", "copy_of", sp.fork.ForkOf)
+}
+
+// serveHostClock answers a resumed guest's question for a new identity with none,
+// only the host's time: its clock stood still while it was suspended. It is served
+// once, to a connection that opens with the guest's instance secret.
+func serveHostClock(l net.Listener, secret wire.Secret, box *statusBox, log *slog.Logger) {
+	serveHostDoc(l, secret, box, log, "resume", func() bootstrap.IdentityDoc {
+		return bootstrap.IdentityDoc{Reidentify: bootstrap.Reidentify{HostTimeUnixNano: time.Now().UnixNano()}}
+	})
+	log.Info("the resumed guest took the host's time; the bootstrap port is closed")
+}
+
+// serveHostDoc serves a document made by doc (at each attempt: it carries the host's
+// time) on the bootstrap port to a connection that opens with secret, until the guest
+// acknowledges one; then the port is closed. what names the case in logs.
+func serveHostDoc(l net.Listener, secret wire.Secret, box *statusBox, log *slog.Logger, what string, doc func() bootstrap.IdentityDoc) {
+	g := &gate{port: "bootstrap", limit: 2, secret: secret, box: box, log: log, refused: func(*Status) {}}
 	gl := g.listen(l)
 	defer gl.Close()
 	for {
@@ -57,12 +79,12 @@ func (sp *suspender) serveFork(l net.Listener, doc []byte, box *statusBox, log *
 		if err != nil {
 			return
 		}
-		d := bootstrap.IdentityDoc{Config: cfg, Reidentify: bootstrap.Reidentify{HostTimeUnixNano: time.Now().UnixNano(), Entropy: make([]byte, ForkEntropyBytes)}}
-		_, _ = rand.Read(d.Reidentify.Entropy)
+		d := doc()
 		b, err := json.Marshal(d)
+		clear(d.Reidentify.Entropy)
 		if err != nil {
 			c.Close()
-			log.Error("fork: encode the document", "err", err)
+			log.Error(what+": encode the document", "err", err)
 			return
 		}
 		_, err = sendBootstrap(c, b)
@@ -70,17 +92,16 @@ func (sp *suspender) serveFork(l net.Listener, doc []byte, box *statusBox, log *
 		if err != nil {
 			c.Close()
 			box.update(func(s *Status) { s.BootstrapUnacked++ })
-			log.Warn("fork: the restored guest did not take its new identity; serving it again", "err", err)
+			log.Warn(what+": the restored guest did not take the document; serving it again", "err", err)
 			continue
 		}
 		gl.Close()
 		c.SetWriteDeadline(time.Now().Add(bootstrapTimeout))
 		if _, err := io.WriteString(c, wire.BootstrapDone); err != nil {
-			log.Warn("fork: confirm the closed port to the guest", "err", err)
+			log.Warn(what+": confirm the closed port to the guest", "err", err)
 		}
 		c.Close()
 		box.update(func(s *Status) { s.Bootstrap++ })
-		log.Info("the restored copy's supervisor took this sandbox's identity; the bootstrap port is closed", "copy_of", sp.fork.ForkOf)
 		return
 	}
 }

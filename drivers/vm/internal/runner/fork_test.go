@@ -31,6 +31,45 @@ func TestServeForkAdmitsOnlyTheOldSecret(t *testing.T) {
 	done := make(chan struct{})
 	go func() { sp.serveFork(l, doc, box, slog.New(slog.DiscardHandler)); close(done) }()
 
+	got := takeHostDoc(t, l, old, other, done)
+	if got.SandboxID != "copy-id" || got.InstanceSecret != newSecret.String() || len(got.Reidentify.Entropy) != ForkEntropyBytes ||
+		time.Since(time.Unix(0, got.Reidentify.HostTimeUnixNano)).Abs() > 5*time.Second {
+		t.Fatalf("document %+v", got)
+	}
+	if st, _ := box.get(); st.Bootstrap != 1 || st.BadPreamble != 1 {
+		t.Fatalf("status %+v: want one document served and one bad preamble", st)
+	}
+}
+
+// TestServeResumedGuestTheHostClock: a resumed guest asks for a new identity as a
+// copy does; its runner answers with none, only the host's time (its clock stood
+// still while it was suspended), to the guest's instance secret only, once.
+func TestServeResumedGuestTheHostClock(t *testing.T) {
+	secret, _ := newInstanceSecret()
+	other, _ := newInstanceSecret()
+	sp := &suspender{resume: &SuspendRecord{InstanceSecret: secret.String()}, secret: &secret}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	box := newStatusBox(Status{State: StateBooting})
+	done := make(chan struct{})
+	doc := []byte(`{"sandbox_id":"sb","token":"tok"}`)
+	go func() { sp.serveBootstrap(l, doc, box, slog.New(slog.DiscardHandler)); close(done) }()
+	got := takeHostDoc(t, l, secret, other, done)
+	if got.SandboxID != "" || got.Token != "" || len(got.Reidentify.Entropy) != 0 || time.Since(time.Unix(0, got.Reidentify.HostTimeUnixNano)).Abs() > 5*time.Second {
+		t.Fatalf("document %+v: want the host's time and nothing else", got)
+	}
+	if st, _ := box.get(); st.Bootstrap != 1 || st.BadPreamble != 1 {
+		t.Fatalf("status %+v: want one document served and one bad preamble", st)
+	}
+}
+
+// takeHostDoc checks that a connection opening with other gets nothing on l, takes
+// the document with secret as the guest would (acknowledging it), and checks that
+// the server (done) ends and the port is closed after.
+func takeHostDoc(t *testing.T, l net.Listener, secret, other wire.Secret, done <-chan struct{}) bootstrap.IdentityDoc {
+	t.Helper()
 	dial := func(s wire.Secret) net.Conn {
 		c, err := net.Dial("tcp", l.Addr().String())
 		if err != nil {
@@ -48,17 +87,13 @@ func TestServeForkAdmitsOnlyTheOldSecret(t *testing.T) {
 	}
 	bad.Close()
 
-	c := dial(old)
+	c := dial(secret)
 	defer c.Close()
 	c.SetDeadline(time.Now().Add(10 * time.Second))
 	var got bootstrap.IdentityDoc
 	dec := json.NewDecoder(c)
 	if err := dec.Decode(&got); err != nil {
 		t.Fatal(err)
-	}
-	if got.SandboxID != "copy-id" || got.InstanceSecret != newSecret.String() || len(got.Reidentify.Entropy) != ForkEntropyBytes ||
-		time.Since(time.Unix(0, got.Reidentify.HostTimeUnixNano)).Abs() > 5*time.Second {
-		t.Fatalf("document %+v", got)
 	}
 	if _, err := c.Write([]byte(wire.BootstrapAck)); err != nil {
 		t.Fatal(err)
@@ -70,12 +105,10 @@ func TestServeForkAdmitsOnlyTheOldSecret(t *testing.T) {
 	select {
 	case <-done:
 	case <-time.After(5 * time.Second):
-		t.Fatal("serveFork did not end after the document was taken")
+		t.Fatal("the server did not end after the document was taken")
 	}
 	if _, err := net.DialTimeout("tcp", l.Addr().String(), time.Second); err == nil {
 		t.Fatal("the bootstrap port still accepts after the document was taken")
 	}
-	if st, _ := box.get(); st.Bootstrap != 1 || st.BadPreamble != 1 {
-		t.Fatalf("status %+v: want one document served and one bad preamble", st)
-	}
+	return got
 }

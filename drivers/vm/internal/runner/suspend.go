@@ -365,7 +365,8 @@ func (sp *suspender) instanceSecret() (wire.Secret, error) {
 }
 
 // serveBootstrap serves the bootstrap document once, except to a resumed guest: it
-// has its configuration already, and nothing else in it may fetch one.
+// has its configuration already, and nothing else in it may fetch one. It is offered
+// the host's time instead (serveHostClock).
 func (sp *suspender) serveBootstrap(l net.Listener, doc []byte, box *statusBox, log *slog.Logger) {
 	if sp.forking() {
 		sp.serveFork(l, doc, box, log)
@@ -373,7 +374,11 @@ func (sp *suspender) serveBootstrap(l net.Listener, doc []byte, box *statusBox, 
 	}
 	if sp.resume != nil {
 		clear(doc)
-		_ = l.Close()
+		if sp.secret == nil {
+			_ = l.Close()
+			return
+		}
+		serveHostClock(l, *sp.secret, box, log)
 		return
 	}
 	serveBootstrapOnce(l, doc, box, log)
