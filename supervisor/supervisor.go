@@ -71,6 +71,9 @@ type Options struct {
 	// BulkOpen opens a bulk stream to the host runner (NetworkVM): file transfers'
 	// bytes skip gRPC in the guest (session.Config.DialBulk).
 	BulkOpen func(ctx context.Context) (net.Conn, error)
+	// HostReturns delivers a value when the VM's host end came back after it was gone
+	// (a restore): the gateway session redials at once (session.Config.HostReturns).
+	HostReturns <-chan struct{}
 	// Warm is the start-up work done before the configuration arrived (Prewarm);
 	// nil = none.
 	Warm *Warm
@@ -534,7 +537,8 @@ func Run(ctx context.Context, cfg *bootstrap.Config, o Options) (retErr error) {
 			}
 			return launch.dialTCP(ctx, addr)
 		},
-		DialBulk: o.BulkOpen,
+		DialBulk:    o.BulkOpen,
+		HostReturns: o.HostReturns,
 		OnState: func(up bool) {
 			if !up {
 				return

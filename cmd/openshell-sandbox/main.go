@@ -160,6 +160,9 @@ func run(mode string) int {
 		opts.EgressOpen = func(ctx context.Context) (net.Conn, error) {
 			return channel.DialHostAs(ctx, channel.PortEgress, secret)
 		}
+		// Two subscriptions: the identity watcher's, and the gateway session's (it
+		// redials at once after a restore rather than at the end of its backoff).
+		opts.HostReturns = channel.HostReturns(ctx)
 		re = &supervisor.Reidentify{
 			Fetch:   func(ctx context.Context) ([]byte, error) { return channel.FetchNewIdentity(ctx, secret) },
 			Returns: channel.HostReturns(ctx),

@@ -85,6 +85,10 @@ type Config struct {
 	DialTCP func(ctx context.Context, addr string) (net.Conn, error)
 	// BackoffMin/Max pace reconnects; 0 = 1 s and 30 s.
 	BackoffMin, BackoffMax time.Duration
+	// HostReturns delivers a value when the host end of a VM's channel came back (the
+	// VM was restored): a session that is down redials at once instead of waiting out
+	// its backoff, and the gRPC connection's own. nil: none.
+	HostReturns <-chan struct{}
 	// OnState is told when the session goes up (true) or down (false); optional.
 	OnState func(up bool)
 }
@@ -204,11 +208,24 @@ func (c *Client) Run(ctx context.Context) error {
 // sleep waits d, or less when the connection to the gateway was down and comes back
 // (the transport redials with its own backoff): a restarted gateway gets its session
 // at once instead of at the end of a long backoff. A gateway that is reachable but
-// refuses the session is not retried early.
+// refuses the session is not retried early. A host return (HostReturns) makes the
+// transport redial now.
 func (c *Client) sleep(ctx context.Context, d time.Duration) {
 	wctx, cancel := context.WithTimeout(ctx, d)
 	defer cancel()
 	cc, ok := c.cc.(*grpc.ClientConn)
+	if c.cfg.HostReturns != nil {
+		go func() {
+			select {
+			case <-c.cfg.HostReturns:
+				if ok {
+					cc.ResetConnectBackoff()
+				}
+				cancel() // retry now
+			case <-wctx.Done():
+			}
+		}()
+	}
 	if !ok || cc.GetState() == connectivity.Ready {
 		<-wctx.Done()
 		return

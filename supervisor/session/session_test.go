@@ -20,6 +20,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -800,5 +801,47 @@ func TestShipperLastFlush(t *testing.T) {
 				t.Fatalf("the gateway got %d lines, %d pending; want %d got", got, sh.Pending(), tc.want)
 			}
 		})
+	}
+}
+
+// TestHostReturnRedialsAtOnce: a VM restored after its host end was gone (here: the
+// gateway stopped and the dialer failing) has a gRPC connection deep in its redial
+// backoff; a host return makes it redial at once, so the session is back well before
+// that backoff (and the session's own, 20 s here) would have let it.
+func TestHostReturnRedialsAtOnce(t *testing.T) {
+	g := newFake()
+	addr, stop := serve(t, g, "127.0.0.1:0")
+	var hostGone atomic.Bool
+	var d net.Dialer
+	cc, err := Dial(DialOptions{Endpoint: "http://" + addr, Token: func() (string, error) { return "tok-123", nil },
+		Dial: func(ctx context.Context, addr string) (net.Conn, error) {
+			if hostGone.Load() {
+				return nil, errors.New("host end gone")
+			}
+			return d.DialContext(ctx, "tcp", addr)
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cc.Close() })
+	returns := make(chan struct{}, 1)
+	c, _ := runClient(t, cc, Config{SandboxID: "sb-1", InstanceID: "inst-1", DialSSH: echoSSH(t), HostKey: testkeys.SSHPublicKey(t),
+		BackoffMin: 20 * time.Second, BackoffMax: 20 * time.Second, HostReturns: returns})
+	waitUntil(t, 10*time.Second, "first session", func() bool { return c.Up() && c.Sessions() == 1 })
+
+	hostGone.Store(true)
+	stop()
+	waitUntil(t, 10*time.Second, "session down", func() bool { return !c.Up() })
+	// Redials at ~1 s, ~2.6 s and ~5.2 s fail: the next is due ~4 s later.
+	time.Sleep(6 * time.Second)
+	serve(t, g, addr)
+	hostGone.Store(false)
+	t0 := time.Now()
+	returns <- struct{}{}
+	waitUntil(t, 10*time.Second, "session after the host return", func() bool { return c.Up() && c.Sessions() == 2 })
+	if took := time.Since(t0); took > 1200*time.Millisecond {
+		t.Fatalf("session back %v after the host return; want a redial at once", took)
+	} else {
+		t.Logf("session back %v after the host return", took)
 	}
 }
