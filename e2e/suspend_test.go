@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -202,11 +203,33 @@ func TestVMSuspendResume(t *testing.T) {
 	rec2 := vmRecordOf(t, h, box)
 	t.Logf("cold create→READY %v; suspend %v (QEMU RSS before %d MiB, after 0); resume→READY %v; counter %d → %d, consecutive; guest clock behind the host by %v after resume",
 		cold.Round(time.Millisecond), suspendTook.Round(time.Millisecond), runningRSS>>10, resume.Round(time.Millisecond), before, after, clockLag)
-	fmt.Printf("BENCH snapshot resume_ms=%d cold_ms=%d ratio=%.3f suspend_ms=%d running_rss_mib=%d suspended_rss_kib=0\n",
-		resume.Milliseconds(), cold.Milliseconds(), resume.Seconds()/cold.Seconds(), suspendTook.Milliseconds(), runningRSS>>10)
 	if rec2.VMMPID == rec.VMMPID {
 		t.Fatalf("same QEMU pid %d after resume", rec.VMMPID)
 	}
+	// The bench line is the median of three cycles: the first resume above came
+	// right after a gateway restart, which one sample alone can make look slow.
+	if os.Getenv("OPENSHELL_BENCH") == "1" {
+		resumes, suspends := []time.Duration{resume}, []time.Duration{suspendTook}
+		for range 2 {
+			ts := time.Now()
+			h.mustRun(t, "sandbox", "stop", "--suspend", box)
+			suspends = append(suspends, time.Since(ts))
+			time.Sleep(time.Second)
+			tr := time.Now()
+			h.mustRun(t, "sandbox", "start", box, "--timeout", "120s")
+			resumes = append(resumes, time.Since(tr))
+			if time.Since(tr) > 5*time.Second { // seen once: 45 s, the channel's keepalive
+				t.Logf("a resume took %v", time.Since(tr))
+				h.logDiagnostics()
+			}
+		}
+		slices.Sort(resumes)
+		slices.Sort(suspends)
+		t.Logf("resume→READY over three cycles: %v; suspend: %v", resumes, suspends)
+		resume, suspendTook = resumes[1], suspends[1]
+	}
+	fmt.Printf("BENCH snapshot resume_ms=%d cold_ms=%d ratio=%.3f suspend_ms=%d running_rss_mib=%d suspended_rss_kib=0\n",
+		resume.Milliseconds(), cold.Milliseconds(), resume.Seconds()/cold.Seconds(), suspendTook.Milliseconds(), runningRSS>>10)
 
 	// Bad input.
 	ctx := t.Context()
