@@ -49,35 +49,38 @@ func (sp *suspender) serveFork(l net.Listener, doc []byte, box *statusBox, log *
 		_ = l.Close()
 		return
 	}
-	serveHostDoc(l, old, box, log, "fork", func() bootstrap.IdentityDoc {
+	if serveHostDoc(l, old, box, log, "fork", func() bootstrap.IdentityDoc {
 		d := bootstrap.IdentityDoc{Config: cfg, Reidentify: bootstrap.Reidentify{HostTimeUnixNano: time.Now().UnixNano(), Entropy: make([]byte, ForkEntropyBytes)}}
 		_, _ = rand.Read(d.Reidentify.Entropy)
 		return d
-	})
-	log.Info("the restored copy's supervisor took this sandbox's identity; the bootstrap port is closed", "copy_of", sp.fork.ForkOf)
+	}) {
+		log.Info("the restored copy's supervisor took this sandbox's identity; the bootstrap port is closed", "copy_of", sp.fork.ForkOf)
+	}
 }
 
 // serveHostClock answers a resumed guest's question for a new identity with none,
 // only the host's time: its clock stood still while it was suspended. It is served
 // once, to a connection that opens with the guest's instance secret.
 func serveHostClock(l net.Listener, secret wire.Secret, box *statusBox, log *slog.Logger) {
-	serveHostDoc(l, secret, box, log, "resume", func() bootstrap.IdentityDoc {
+	if serveHostDoc(l, secret, box, log, "resume", func() bootstrap.IdentityDoc {
 		return bootstrap.IdentityDoc{Reidentify: bootstrap.Reidentify{HostTimeUnixNano: time.Now().UnixNano()}}
-	})
-	log.Info("the resumed guest took the host's time; the bootstrap port is closed")
+	}) {
+		log.Info("the resumed guest took the host's time; the bootstrap port is closed")
+	}
 }
 
 // serveHostDoc serves a document made by doc (at each attempt: it carries the host's
 // time) on the bootstrap port to a connection that opens with secret, until the guest
-// acknowledges one; then the port is closed. what names the case in logs.
-func serveHostDoc(l net.Listener, secret wire.Secret, box *statusBox, log *slog.Logger, what string, doc func() bootstrap.IdentityDoc) {
+// acknowledges one; then the port is closed. It reports whether one was taken (not
+// when the listener closed first). what names the case in logs.
+func serveHostDoc(l net.Listener, secret wire.Secret, box *statusBox, log *slog.Logger, what string, doc func() bootstrap.IdentityDoc) bool {
 	g := &gate{port: "bootstrap", limit: 2, secret: secret, box: box, log: log, refused: func(*Status) {}}
 	gl := g.listen(l)
 	defer gl.Close()
 	for {
 		c, err := gl.Accept()
 		if err != nil {
-			return
+			return false
 		}
 		d := doc()
 		b, err := json.Marshal(d)
@@ -85,7 +88,7 @@ func serveHostDoc(l net.Listener, secret wire.Secret, box *statusBox, log *slog.
 		if err != nil {
 			c.Close()
 			log.Error(what+": encode the document", "err", err)
-			return
+			return false
 		}
 		_, err = sendBootstrap(c, b)
 		clear(b)
@@ -102,7 +105,7 @@ func serveHostDoc(l net.Listener, secret wire.Secret, box *statusBox, log *slog.
 		}
 		c.Close()
 		box.update(func(s *Status) { s.Bootstrap++ })
-		return
+		return true
 	}
 }
 

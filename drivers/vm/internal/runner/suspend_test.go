@@ -1,6 +1,7 @@
 package runner
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -123,12 +124,19 @@ func TestSuspendRecordRoundTrip(t *testing.T) {
 	bl, _ := net.Listen("tcp", "127.0.0.1:0")
 	doc := []byte(`{"token":"x"}`)
 	served := make(chan struct{})
-	go func() { sp2.serveBootstrap(bl, doc, newStatusBox(Status{}), slog.Default()); close(served) }()
+	var logs bytes.Buffer
+	go func() {
+		sp2.serveBootstrap(bl, doc, newStatusBox(Status{}), slog.New(slog.NewTextHandler(&logs, nil)))
+		close(served)
+	}()
 	time.Sleep(50 * time.Millisecond)
 	bl.Close()
 	<-served
 	if string(doc) == `{"token":"x"}` {
 		t.Fatalf("the bootstrap document was kept for a resumed guest: %q", doc)
+	}
+	if strings.Contains(logs.String(), "took") {
+		t.Fatalf("the port closed before the guest asked, yet the log says it took the host's time:\n%s", logs.String())
 	}
 	m2 := &fakeSaver{exitedCh: make(chan error, 1)}
 	box := newStatusBox(Status{State: StateBooting})
