@@ -307,21 +307,14 @@ func uptime(t *testing.T, h *harness, box string) float64 {
 	return v
 }
 
-// logRestoreTimeline logs, for the copy with id, its runner's and its guest's lines
-// from the restore on (host and guest clocks agree once the guest took the host's
-// time): where the time between the restore and READY goes.
+// logRestoreTimeline logs, for the copy with id, the gateway's lines about it and its
+// runner's and its guest's lines from the restore on (host and guest clocks agree once
+// the guest took the host's time): where the time between the restore and READY goes.
 func logRestoreTimeline(t *testing.T, h *harness, id string) {
 	t.Helper()
 	gwLogs, _ := filepath.Glob(filepath.Join(h.home, "s", "openshell", "*", "gateway.log"))
 	for _, f := range gwLogs {
-		b, _ := os.ReadFile(f)
-		var keep []string
-		for _, l := range strings.Split(string(b), "\n") {
-			if strings.Contains(l, id) && len(keep) < 40 {
-				keep = append(keep, l)
-			}
-		}
-		t.Logf("copy %s: gateway.log:\n%s", id, strings.Join(keep, "\n"))
+		logMatching(t, "copy "+id+": gateway.log", f, id, 40)
 	}
 	dirs, _ := filepath.Glob(filepath.Join(h.home, "s", "openshell", "*", "vm-driver", "sb", "*"))
 	for _, d := range dirs {
@@ -330,16 +323,22 @@ func logRestoreTimeline(t *testing.T, h *harness, id string) {
 			continue
 		}
 		for _, f := range []string{"runner.log", "console.log"} {
-			b, _ := os.ReadFile(filepath.Join(d, f))
-			var keep []string
-			for _, l := range strings.Split(string(b), "\n") {
-				if strings.Contains(l, "time=") && len(keep) < 60 {
-					keep = append(keep, l)
-				}
-			}
-			t.Logf("copy %s: %s:\n%s", id, f, strings.Join(keep, "\n"))
+			logMatching(t, "copy "+id+": "+f, filepath.Join(d, f), "time=", 60)
 		}
 		return
 	}
 	t.Logf("copy %s: no state directory found", id)
+}
+
+// logMatching logs, under label, the first max lines of the file at path that hold sub.
+func logMatching(t *testing.T, label, path, sub string, max int) {
+	t.Helper()
+	b, _ := os.ReadFile(path)
+	var keep []string
+	for _, l := range strings.Split(string(b), "\n") {
+		if strings.Contains(l, sub) && len(keep) < max {
+			keep = append(keep, l)
+		}
+	}
+	t.Logf("%s:\n%s", label, strings.Join(keep, "\n"))
 }

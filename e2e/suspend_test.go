@@ -217,9 +217,10 @@ func TestVMSuspendResume(t *testing.T) {
 			time.Sleep(time.Second)
 			tr := time.Now()
 			h.mustRun(t, "sandbox", "start", box, "--timeout", "120s")
-			resumes = append(resumes, time.Since(tr))
-			if time.Since(tr) > 5*time.Second { // seen once: 45 s, the channel's keepalive
-				t.Logf("a resume took %v", time.Since(tr))
+			took := time.Since(tr)
+			resumes = append(resumes, took)
+			if took > 5*time.Second { // seen once: 45 s, the channel's keepalive
+				t.Logf("a resume took %v", took)
 				h.logDiagnostics()
 			}
 		}
