@@ -74,6 +74,13 @@ test_ok=true
 log="${OPENSHELL_TEST_LOG:-/tmp/openshell-test.log}"
 go test -count=1 -timeout 40m ./... 2>&1 | tee "$log" || test_ok=false
 
+step "race detector: the supervisor's concurrent pieces and the host channel"
+# A lost race here shows only now and then under load; the detector makes it show
+# on every run (the main process's end and its attached clients, sessions, relays).
+go test -race -count=1 -timeout 10m ./supervisor/mainproc/ ./supervisor/sshd/ ./supervisor/session/ \
+	./supervisor/reaper/ ./supervisor/transfer/ ./supervisor/egress/ ./supervisor/credentials/ \
+	./vmm/channel/ 2>&1 | tee -a "$log" || test_ok=false
+
 step "supervisor-core end-to-end tests again, on the VM driver"
 E2E_DRIVER=vm go test -count=1 -timeout 30m ./e2e/ 2>&1 | tee -a "$log" || test_ok=false
 

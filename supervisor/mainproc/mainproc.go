@@ -240,8 +240,10 @@ func Start(r *reaper.Reaper, o Options) (_ *Main, retErr error) {
 		m.closed = true
 		m.wmu.Unlock()
 		m.code = reaper.ExitCode(p.Status())
-		m.out.close()
+		// Done before the live channels close: a client that sees its channel
+		// closed tells an ended process from its own drop by looking at Done.
 		close(m.done)
+		m.out.close()
 	}()
 	return m, nil
 }

@@ -229,7 +229,11 @@ func TestPTYAttachReplayResize(t *testing.T) {
 	for chunk := range live {
 		liveOut.Write(chunk)
 	}
-	<-m.Done()
+	select {
+	case <-m.Done():
+	default:
+		t.Fatal("the live channel closed before Done: an attached client would take the end for a drop")
+	}
 	if m.ExitCode() != 3 {
 		t.Fatalf("exit %d", m.ExitCode())
 	}
@@ -240,6 +244,31 @@ func TestPTYAttachReplayResize(t *testing.T) {
 	}
 	if _, err := m.Write([]byte("x")); err == nil {
 		t.Fatal("write after exit succeeded")
+	}
+}
+
+// An attached client learns how its live channel ended from Done: the process's end
+// must be visible there by the time the channel closes, every time.
+func TestLiveClosesAfterDone(t *testing.T) {
+	r := reaper.New(false)
+	defer r.Close()
+	for i := range 40 {
+		m, err := Start(r, Options{Argv: []string{"/bin/sh", "-c", "echo x; exit 4"}, Env: os.Environ()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, live, detach := m.Attach()
+		for range live {
+		}
+		select {
+		case <-m.Done():
+		default:
+			t.Fatalf("run %d: the live channel closed before Done", i)
+		}
+		detach()
+		if m.ExitCode() != 4 {
+			t.Fatalf("run %d: exit %d, want 4", i, m.ExitCode())
+		}
 	}
 }
 
