@@ -213,3 +213,103 @@ func TestUnixPorts(t *testing.T) {
 		t.Fatalf("dial over unix ports: %v", err)
 	}
 }
+
+// TestSerialGreetsAgainAGuestThatMissedIt plays a restored guest that lost the host
+// end's greeting (it was frozen just as it read its port's end, and the greeting
+// went with its old session): once the guest is let run (Attach), a connection on
+// which the guest says nothing is dropped and the guest greeted again; a guest that
+// answers is left alone, and so is a booting guest nobody has let run yet.
+func TestSerialGreetsAgainAGuestThatMissedIt(t *testing.T) {
+	old := guestAnswerWait
+	guestAnswerWait = 300 * time.Millisecond
+	t.Cleanup(func() { guestAnswerWait = old })
+	dir := shortDir(t)
+	sock := filepath.Join(dir, "serial.sock")
+	vmmEnd, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer vmmEnd.Close()
+	conns := make(chan net.Conn, 4)
+	go func() {
+		for {
+			c, err := vmmEnd.Accept()
+			if err != nil {
+				close(conns)
+				return
+			}
+			conns <- c
+		}
+	}()
+	h := NewSerial(sock, nil)
+	defer h.Close()
+	next := func(within time.Duration) net.Conn {
+		t.Helper()
+		select {
+		case c := <-conns:
+			return c
+		case <-time.After(within):
+			return nil
+		}
+	}
+
+	// The guest that lost the greeting: it reads and drops whatever comes.
+	first := next(5 * time.Second)
+	if first == nil {
+		t.Fatal("the host end never connected")
+	}
+	defer first.Close()
+	go func() { _, _ = io.Copy(io.Discard, first) }()
+	// Before Attach the guest may still be booting: the host end waits.
+	if c := next(4 * guestAnswerWait); c != nil {
+		c.Close()
+		t.Fatal("the host end reconnected to a guest nobody had let run yet")
+	}
+	h.Attach()
+	second := next(4 * guestAnswerWait)
+	if second == nil {
+		t.Fatal("the host end did not greet again a guest that stayed silent after Attach")
+	}
+	defer second.Close()
+	br, err := wire.WaitHello(second)
+	if err != nil {
+		t.Fatalf("second connection: %v", err)
+	}
+	sess, err := yamux.Client(struct {
+		io.Reader
+		io.Writer
+		io.Closer
+	}{br, second, second}, yamuxConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sess.Close()
+	go func() {
+		gs, err := sess.AcceptStream()
+		if err != nil {
+			return
+		}
+		port, _ := wire.ReadHeader(gs)
+		fmt.Fprintf(gs, "port %d\n", port)
+		_ = gs.Close()
+	}()
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+	defer cancel()
+	dc, err := h.Dial(ctx, 1031)
+	if err != nil {
+		t.Fatal(err)
+	}
+	line, _ := bufio.NewReader(dc).ReadString('\n')
+	_ = dc.Close()
+	if line != "port 1031\n" {
+		t.Fatalf("host dial got %q", line)
+	}
+	// The guest answered: its session stays.
+	if c := next(4 * guestAnswerWait); c != nil {
+		c.Close()
+		t.Fatal("the host end dropped a guest that had answered")
+	}
+	if sess.IsClosed() {
+		t.Fatal("the answering guest's session was closed")
+	}
+}

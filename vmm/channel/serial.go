@@ -45,6 +45,32 @@ type serial struct {
 	closeOnce sync.Once
 	routing   sync.WaitGroup // streams whose port header is being read and delivered
 	held      chan struct{}  // non-nil while detached: run waits for it to close
+	// Set by Attach, cleared once the guest has answered on a connection; while set,
+	// every connection is checked (awaitAnswer).
+	expectAnswer bool
+	checking     *yamux.Session // the session awaitAnswer is watching, if any
+	conn         *heardConn     // sess's connection
+}
+
+// guestAnswerWait is how long a guest that was let run again (Attach) has to answer
+// on its connection before the host end drops it and greets the guest again.
+var guestAnswerWait = 3 * time.Second
+
+// heardConn notes the first byte that arrives from the guest.
+type heardConn struct {
+	net.Conn
+	once  sync.Once
+	heard chan struct{} // closed at the first byte
+}
+
+func newHeardConn(c net.Conn) *heardConn { return &heardConn{Conn: c, heard: make(chan struct{})} }
+
+func (c *heardConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	if n > 0 {
+		c.once.Do(func() { close(c.heard) })
+	}
+	return n, err
 }
 
 func yamuxConfig() *yamux.Config {
@@ -92,20 +118,25 @@ func (s *serial) run() {
 			_ = conn.Close()
 			continue
 		}
-		sess, err := yamux.Server(conn, yamuxConfig())
+		hc := newHeardConn(conn)
+		sess, err := yamux.Server(hc, yamuxConfig())
 		if err != nil {
 			_ = conn.Close()
 			continue
 		}
 		s.mu.Lock()
-		s.sess = sess
+		s.sess, s.conn = sess, hc
 		close(s.ready)
+		check := s.expectAnswer
 		s.mu.Unlock()
+		if check {
+			s.startAnswerCheck(sess, hc)
+		}
 		s.log.Debug("serial channel connected")
 		s.acceptLoop(sess)
 		_ = sess.Close()
 		s.mu.Lock()
-		s.sess = nil
+		s.sess, s.conn = nil, nil
 		s.ready = make(chan struct{})
 		s.mu.Unlock()
 		s.log.Debug("serial channel disconnected; reconnecting")
@@ -206,14 +237,58 @@ func (s *serial) Detach() {
 	}
 }
 
-// Attach lets the host end connect again after Detach.
+// Attach lets the host end connect again after Detach; it is also called when a
+// restored guest is let run. Either way the guest runs on from a moment it was
+// frozen at, which may have been just as it read its port's end: a greeting that
+// arrives then is consumed or dropped with the old session (a virtio-serial port
+// drops unread data when the guest closes it), and the guest waits for one that
+// would only come after the session's keepalive gives up (45 s). So until the
+// guest has answered once, a connection on which nothing arrives within
+// guestAnswerWait is dropped and the guest greeted again.
 func (s *serial) Attach() {
 	s.mu.Lock()
 	if s.held != nil {
 		close(s.held)
 		s.held = nil
 	}
+	s.expectAnswer = true
+	sess, hc := s.sess, s.conn
 	s.mu.Unlock()
+	if sess != nil {
+		s.startAnswerCheck(sess, hc)
+	}
+}
+
+// startAnswerCheck watches sess (one watcher per session).
+func (s *serial) startAnswerCheck(sess *yamux.Session, hc *heardConn) {
+	s.mu.Lock()
+	if s.checking == sess {
+		s.mu.Unlock()
+		return
+	}
+	s.checking = sess
+	s.mu.Unlock()
+	go s.awaitAnswer(sess, hc)
+}
+
+// awaitAnswer pings the guest (a yamux ping: answered by a guest whose session is
+// up, skipped as noise by one still waiting for a greeting) and drops the
+// connection when nothing arrives in time; run then connects and greets again.
+func (s *serial) awaitAnswer(sess *yamux.Session, hc *heardConn) {
+	go func() { _, _ = sess.Ping() }()
+	t := time.NewTimer(guestAnswerWait)
+	defer t.Stop()
+	select {
+	case <-hc.heard:
+		s.mu.Lock()
+		s.expectAnswer = false
+		s.mu.Unlock()
+	case <-t.C:
+		s.log.Warn("serial channel: the guest did not answer since it was let run; greeting it again", "waited", guestAnswerWait)
+		_ = sess.Close()
+	case <-sess.CloseChan():
+	case <-s.done:
+	}
 }
 
 func (s *serial) Close() error {
