@@ -200,6 +200,15 @@ func TestVMSuspendResume(t *testing.T) {
 	if clockLag.Abs() > 2*time.Second {
 		t.Fatalf("the resumed guest's clock is %v behind the host's: not stepped after the resume", clockLag)
 	}
+	// As the agent, after the resume (when the supervisor has just reopened its
+	// channel port): the port is the supervisor's alone.
+	attacker := buildAttacker(t)
+	h.mustRun(t, "sandbox", "upload", box, attacker, "/sandbox/attacker")
+	got := runAttacker(t, h, "sandbox", "exec", "-n", box, "--", "/sandbox/attacker")
+	if !strings.HasPrefix(got["serial_port"], "/dev/vport") || got["open_serial_port"] != "EACCES" {
+		t.Fatalf("the agent on a resumed virtio-serial VM: serial_port %q, open %q; want the port found and EACCES",
+			got["serial_port"], got["open_serial_port"])
+	}
 	rec2 := vmRecordOf(t, h, box)
 	t.Logf("cold create→READY %v; suspend %v (QEMU RSS before %d MiB, after 0); resume→READY %v; counter %d → %d, consecutive; guest clock behind the host by %v after resume",
 		cold.Round(time.Millisecond), suspendTook.Round(time.Millisecond), runningRSS>>10, resume.Round(time.Millisecond), before, after, clockLag)

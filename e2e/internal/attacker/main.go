@@ -22,6 +22,8 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/openshell/openshell/guest/channel/wire"
 )
 
 // Ports of the host end of the VM channel (guest/channel); the guest dials CID 2.
@@ -124,6 +126,12 @@ func main() {
 	// not yet given): were it reachable, it would run anything with a spec of the
 	// caller's choosing.
 	spareProbe(r)
+
+	// The channel's virtio-serial port (VMs on that transport): the supervisor's
+	// line to its runner's ports. The supervisor closes and reopens it whenever the
+	// host end goes (a suspend, a restore); an agent that could open it in such a
+	// moment would speak to the runner in the supervisor's place.
+	serialPortProbe(r)
 
 	// Token files.
 	for i, p := range tokens {
@@ -364,4 +372,40 @@ func (u *uring) close() {
 		}
 	}
 	unix.Close(u.fd)
+}
+
+// serialPortProbe finds the channel's port by its name in sysfs (or, where the
+// policy hides sysfs, among the device names virtio-serial gives) and opens it for
+// reading and writing. serial_port is the device or "none"; open_serial_port the
+// result (EBUSY would mean its mode let the agent in while the supervisor held it).
+func serialPortProbe(r map[string]string) {
+	dev := ""
+	if ents, err := os.ReadDir("/sys/class/virtio-ports"); err == nil {
+		for _, e := range ents {
+			b, err := os.ReadFile(filepath.Join("/sys/class/virtio-ports", e.Name(), "name"))
+			if err == nil && strings.TrimSpace(string(b)) == wire.PortName {
+				dev = filepath.Join("/dev", e.Name())
+			}
+		}
+	}
+	for i := 0; dev == "" && i < 4; i++ {
+		for j := 0; j < 4; j++ {
+			p := fmt.Sprintf("/dev/vport%dp%d", i, j)
+			if _, err := os.Lstat(p); !errors.Is(err, os.ErrNotExist) {
+				dev = p
+				break
+			}
+		}
+	}
+	if dev == "" {
+		r["serial_port"] = "none"
+		r["open_serial_port"] = "not attempted: no port"
+		return
+	}
+	r["serial_port"] = dev
+	fd, err := unix.Open(dev, unix.O_RDWR|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
+	r["open_serial_port"] = name(err)
+	if err == nil {
+		unix.Close(fd)
+	}
 }
