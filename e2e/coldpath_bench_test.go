@@ -1,9 +1,12 @@
 package e2e
 
 import (
+	"cmp"
 	"encoding/json"
 	"fmt"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -11,13 +14,15 @@ import (
 )
 
 // TestBenchColdCreate times a cold VM create → Ready through the CLI (`openshell
-// sandbox create`, which returns once the sandbox is Ready), 10 one after another on
-// one gateway, after one warm-up that fills the image and initramfs caches. It prints
-// one "BENCH vm-cold-create" line (p50/p99) and the create timeline of the median
-// sample as `sandbox get -o json` reports it. Its baseline, a bare boot of the same
-// kernel to a trivial init that powers off, is vmm/qemu BenchmarkBootBare;
-// scripts/bench.sh coldpath runs both and prints the ratio. Runs with
-// OPENSHELL_BENCH=1 and E2E_DRIVER=vm.
+// sandbox create`, which returns once the sandbox is Ready) against its baseline, a
+// bare boot of the same kernel to a trivial init that powers off (vmm/qemu
+// BenchmarkBootBare, one boot per run of its test binary), 10 of each on one gateway
+// after one warm-up create that fills the image and initramfs caches. The two
+// alternate, sample by sample, so that a host whose speed drifts (as this nested one
+// does, by 20-30 % within minutes) weighs on both alike. It prints a "BENCH
+// vm-bare-boot" and a "BENCH vm-cold-create" line (p50/p99), logs their ratio, and the
+// create timeline of the median sample as `sandbox get -o json` reports it.
+// scripts/bench.sh coldpath runs it. Runs with OPENSHELL_BENCH=1 and E2E_DRIVER=vm.
 func TestBenchColdCreate(t *testing.T) {
 	if os.Getenv("OPENSHELL_BENCH") != "1" {
 		t.Skip("benchmark: set OPENSHELL_BENCH=1")
@@ -25,14 +30,31 @@ func TestBenchColdCreate(t *testing.T) {
 	if driver() != "vm" {
 		t.Skip("VM driver only (E2E_DRIVER=vm)")
 	}
-	// The VM shape: the one scripts/bench.sh gives the bare boot it is compared with
-	// (unset: the driver's defaults).
-	var shape []string
-	if v := os.Getenv("OPENSHELL_BENCH_VCPUS"); v != "" {
-		shape = append(shape, "--cpu", v)
+	// One VM shape for both halves: OPENSHELL_BENCH_VCPUS and _MEMORY_MIB, else the
+	// VM driver's default sandbox (2 vCPUs, 2 GiB).
+	vcpus, memMiB := cmp.Or(os.Getenv("OPENSHELL_BENCH_VCPUS"), "2"), cmp.Or(os.Getenv("OPENSHELL_BENCH_MEMORY_MIB"), "2048")
+	shape := []string{"--cpu", vcpus, "--memory", memMiB + "Mi"}
+	bareBin := filepath.Join(t.TempDir(), "qemu.test")
+	build := exec.Command("go", "test", "-c", "-o", bareBin, "./vmm/qemu/")
+	build.Dir = ".."
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("build the bare boot's benchmark: %v\n%s", err, out)
 	}
-	if v := os.Getenv("OPENSHELL_BENCH_MEMORY_MIB"); v != "" {
-		shape = append(shape, "--memory", v+"Mi")
+	bare := func() time.Duration {
+		cmd := exec.Command(bareBin, "-test.run", "^$", "-test.bench", "^BenchmarkBootBare$", "-test.benchtime", "1x", "-test.timeout", "5m")
+		cmd.Dir = "../vmm/qemu"
+		cmd.Env = append(os.Environ(), "OPENSHELL_BENCH_VCPUS="+vcpus, "OPENSHELL_BENCH_MEMORY_MIB="+memMiB)
+		out, err := cmd.CombinedOutput()
+		var us int64
+		for _, line := range strings.Split(string(out), "\n") {
+			if rest, ok := strings.CutPrefix(line, "BENCH vm-bare-boot p50_us="); ok {
+				fmt.Sscan(rest, &us)
+			}
+		}
+		if err != nil || us <= 0 {
+			t.Fatalf("bare boot: %v\n%s", err, out)
+		}
+		return time.Duration(us) * time.Microsecond
 	}
 	h := newHarness(t)
 	one := func() (time.Duration, string) {
@@ -44,6 +66,7 @@ func TestBenchColdCreate(t *testing.T) {
 		return r.took, got.stdout
 	}
 	one() // warm-up: image disk and initramfs built once
+	bare()
 	n := 10
 	if v := os.Getenv("OPENSHELL_BENCH_N"); v != "" {
 		fmt.Sscan(v, &n)
@@ -53,13 +76,25 @@ func TestBenchColdCreate(t *testing.T) {
 		get  string
 	}
 	ss := make([]sample, n)
+	bs := make([]time.Duration, n)
 	for i := range ss {
-		ss[i].took, ss[i].get = one()
-		t.Logf("create %d: %v", i+1, ss[i].took)
+		// Which goes first alternates too: neither half always follows the other.
+		if i%2 == 0 {
+			ss[i].took, ss[i].get = one()
+			bs[i] = bare()
+		} else {
+			bs[i] = bare()
+			ss[i].took, ss[i].get = one()
+		}
+		t.Logf("sample %d: cold create %v, bare boot %v", i+1, ss[i].took.Round(time.Millisecond), bs[i].Round(time.Millisecond))
 	}
 	slices.SortFunc(ss, func(a, b sample) int { return int(a.took - b.took) })
+	slices.Sort(bs)
 	p50, p99 := ss[n/2].took, ss[(n*99)/100].took
-	t.Logf("cold create → Ready through the CLI (%d sequential): p50 %v p99 %v", n, p50, p99)
+	b50, b99 := bs[n/2], bs[(n*99)/100]
+	t.Logf("cold create → Ready through the CLI: p50 %v p99 %v; bare boot: p50 %v p99 %v (%d each, alternating); p50 ratio %.2f",
+		p50, p99, b50, b99, n, p50.Seconds()/b50.Seconds())
+	fmt.Printf("BENCH vm-bare-boot p50_us=%d p99_us=%d n=%d\n", b50.Microseconds(), b99.Microseconds(), n)
 	fmt.Printf("BENCH vm-cold-create p50_us=%d p99_us=%d n=%d\n", p50.Microseconds(), p99.Microseconds(), n)
 	fmt.Printf("TIMELINE of the median create:\n%s\n", timelineTable(ss[n/2].get))
 }
