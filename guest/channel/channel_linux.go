@@ -112,7 +112,7 @@ func dialVsock(ctx context.Context, port uint32) (net.Conn, error) {
 			return
 		}
 		noteContextID(c)
-		ch <- res{c, nil}
+		ch <- res{resetNoticing{c}, nil}
 	}()
 	select {
 	case r := <-ch:
@@ -359,6 +359,70 @@ func noteContextID(c *vsock.Conn) {
 	if prev := lastCID.Swap(a.ContextID); prev != 0 && prev != a.ContextID {
 		hostReturns.notify()
 	}
+}
+
+// resetNoticing is a vsock connection to the host that reports a transport reset as
+// a host return. A VM restored from a save on vhost-vsock keeps its context id, so
+// noteContextID sees nothing; what it does see is the device's transport reset (QEMU
+// sends one as it loads the saved state), on which the guest kernel fails every
+// established vsock connection with ECONNRESET. Nothing else does: a host end that
+// closes or resets a connection makes it read EOF, and a refused dial fails before
+// there is a connection.
+type resetNoticing struct{ net.Conn }
+
+func (c resetNoticing) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	noticeReset(err)
+	return n, err
+}
+
+func (c resetNoticing) Write(p []byte) (int, error) {
+	n, err := c.Conn.Write(p)
+	noticeReset(err)
+	return n, err
+}
+
+// CloseWrite and CloseRead keep the half-closes of the connection (relays end one
+// direction at a time).
+func (c resetNoticing) CloseWrite() error {
+	if hc, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return hc.CloseWrite()
+	}
+	return errors.ErrUnsupported
+}
+
+func (c resetNoticing) CloseRead() error {
+	if hc, ok := c.Conn.(interface{ CloseRead() error }); ok {
+		return hc.CloseRead()
+	}
+	return errors.ErrUnsupported
+}
+
+// SyscallConn keeps the socket reachable (SetVsockBuffer).
+func (c resetNoticing) SyscallConn() (syscall.RawConn, error) {
+	sc, ok := c.Conn.(syscall.Conn)
+	if !ok {
+		return nil, errors.New("guest channel: not a socket")
+	}
+	return sc.SyscallConn()
+}
+
+// resetQuiet is how long after one reported reset others are not reported: a reset
+// fails every connection at once, and each would report it.
+const resetQuiet = 2 * time.Second
+
+var lastReset atomic.Int64 // unix nanoseconds of the last reported reset
+
+func noticeReset(err error) {
+	if err == nil || !errors.Is(err, syscall.ECONNRESET) {
+		return
+	}
+	now := time.Now().UnixNano()
+	prev := lastReset.Load()
+	if now-prev < int64(resetQuiet) || !lastReset.CompareAndSwap(prev, now) {
+		return
+	}
+	hostReturns.notify()
 }
 
 // watchReturns keeps the serial session up: when the host end goes, it polls for it

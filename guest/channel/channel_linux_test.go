@@ -2,9 +2,13 @@ package channel
 
 import (
 	"errors"
+	"io"
+	"net"
 	"os"
 	"path/filepath"
+	"syscall"
 	"testing"
+	"time"
 )
 
 func fakeSys(t *testing.T) (ports, devs string) {
@@ -55,5 +59,116 @@ func TestDetect(t *testing.T) {
 	p, err := findSerialPort()
 	if err != nil || p != filepath.Join(devDir, "vport1p2") {
 		t.Fatalf("findSerialPort = %q, %v", p, err)
+	}
+}
+
+// TestTransportResetIsAHostReturn: a connection that fails with ECONNRESET (what the
+// guest kernel makes of a vsock transport reset, the mark of a restore on
+// vhost-vsock) reports one host return, however many connections fail with it at
+// once; one that reads EOF (a host end that closed it) reports none. The resets here
+// are real ones, of TCP connections over loopback, through the same error wrapping.
+func TestTransportResetIsAHostReturn(t *testing.T) {
+	returns := hostReturns.subscribe(t.Context())
+	lastReset.Store(0)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	// conn dials ln; the far end closes at once, resetting the connection or not.
+	conn := func(reset bool) net.Conn {
+		t.Helper()
+		c, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		far, err := ln.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if reset {
+			_ = far.(*net.TCPConn).SetLinger(0)
+		}
+		_ = far.Close()
+		return resetNoticing{c}
+	}
+	got := func(within time.Duration) bool {
+		select {
+		case <-returns:
+			return true
+		case <-time.After(within):
+			return false
+		}
+	}
+	buf := make([]byte, 8)
+	c := conn(false)
+	if _, err := c.Read(buf); !errors.Is(err, io.EOF) {
+		t.Fatalf("closed by the far end: read %v, want EOF", err)
+	}
+	c.Close()
+	if got(200 * time.Millisecond) {
+		t.Fatal("a connection closed by the host end reported a host return")
+	}
+	for i := range 3 {
+		c := conn(true)
+		time.Sleep(20 * time.Millisecond)
+		if _, err := c.Read(buf); !errors.Is(err, syscall.ECONNRESET) {
+			t.Fatalf("reset %d: read %v, want ECONNRESET", i, err)
+		}
+		c.Close()
+		if r := got(200 * time.Millisecond); r != (i == 0) {
+			t.Fatalf("reset %d: host return reported %v, want it for the first reset only", i, r)
+		}
+	}
+	// A reset after the quiet time is another restore.
+	lastReset.Store(time.Now().Add(-resetQuiet).UnixNano())
+	c = conn(true)
+	time.Sleep(20 * time.Millisecond)
+	_, _ = c.Write([]byte("x"))
+	_, _ = c.Read(buf)
+	c.Close()
+	if !got(time.Second) {
+		t.Fatal("a reset after the quiet time reported no host return")
+	}
+}
+
+// The wrapper keeps what relays use of the socket: half-closes and the raw socket.
+func TestResetNoticingKeepsTheSocket(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	raw, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	far, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer far.Close()
+	var c net.Conn = resetNoticing{raw}
+	defer c.Close()
+	cw, ok := c.(interface{ CloseWrite() error })
+	if !ok {
+		t.Fatal("no CloseWrite")
+	}
+	if _, ok := c.(syscall.Conn); !ok {
+		t.Fatal("no SyscallConn")
+	}
+	if err := cw.CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	// The far end sees the end of the stream, and can still answer.
+	if _, err := far.Read(make([]byte, 1)); !errors.Is(err, io.EOF) {
+		t.Fatalf("far end read %v after CloseWrite, want EOF", err)
+	}
+	if _, err := far.Write([]byte("ok")); err != nil {
+		t.Fatal(err)
+	}
+	b := make([]byte, 2)
+	if _, err := io.ReadFull(c, b); err != nil || string(b) != "ok" {
+		t.Fatalf("read after CloseWrite: %q %v", b, err)
 	}
 }

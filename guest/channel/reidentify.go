@@ -51,7 +51,9 @@ func FetchNewIdentity(ctx context.Context, secret wire.Secret) ([]byte, error) {
 // identity for this guest, so the supervisor asks for one at that moment rather than
 // at each reconnect of its gateway session (which waits out that session's backoff).
 // On the virtio-serial transport a watcher notices the host's greeting within tens of
-// milliseconds; on vsock a restored copy has a new context id, seen at its next dial.
+// milliseconds; on vsock a restored copy has a new context id, seen at its next dial,
+// and any restored guest's open connections fail with the device's transport reset
+// (resetNoticing).
 // The channel ends with ctx.
 func HostReturns(ctx context.Context) <-chan struct{} {
 	ch := hostReturns.subscribe(ctx)
