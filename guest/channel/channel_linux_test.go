@@ -62,6 +62,23 @@ func TestDetect(t *testing.T) {
 	}
 }
 
+// tcpPair is a TCP connection over loopback: its near and far ends.
+func tcpPair(t *testing.T) (near, far net.Conn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	if near, err = net.Dial("tcp", ln.Addr().String()); err != nil {
+		t.Fatal(err)
+	}
+	if far, err = ln.Accept(); err != nil {
+		t.Fatal(err)
+	}
+	return near, far
+}
+
 // TestTransportResetIsAHostReturn: a connection that fails with ECONNRESET (what the
 // guest kernel makes of a vsock transport reset, the mark of a restore on
 // vhost-vsock) reports one host return, however many connections fail with it at
@@ -70,22 +87,10 @@ func TestDetect(t *testing.T) {
 func TestTransportResetIsAHostReturn(t *testing.T) {
 	returns := hostReturns.subscribe(t.Context())
 	lastReset.Store(0)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	// conn dials ln; the far end closes at once, resetting the connection or not.
+	// conn's far end closes at once, resetting the connection or not.
 	conn := func(reset bool) net.Conn {
 		t.Helper()
-		c, err := net.Dial("tcp", ln.Addr().String())
-		if err != nil {
-			t.Fatal(err)
-		}
-		far, err := ln.Accept()
-		if err != nil {
-			t.Fatal(err)
-		}
+		c, far := tcpPair(t)
 		if reset {
 			_ = far.(*net.TCPConn).SetLinger(0)
 		}
@@ -134,19 +139,7 @@ func TestTransportResetIsAHostReturn(t *testing.T) {
 
 // The wrapper keeps what relays use of the socket: half-closes and the raw socket.
 func TestResetNoticingKeepsTheSocket(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	raw, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	far, err := ln.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
+	raw, far := tcpPair(t)
 	defer far.Close()
 	var c net.Conn = resetNoticing{raw}
 	defer c.Close()

@@ -28,6 +28,51 @@ func shortDir(t *testing.T) string {
 	return d
 }
 
+// guestSession plays the guest's end on conn: it waits for the host's greeting and
+// runs the multiplexer's client side.
+func guestSession(t *testing.T, conn net.Conn) *yamux.Session {
+	t.Helper()
+	br, err := wire.WaitHello(conn)
+	if err != nil {
+		t.Fatalf("hello: %v", err)
+	}
+	sess, err := yamux.Client(struct {
+		io.Reader
+		io.Writer
+		io.Closer
+	}{br, conn, conn}, yamuxConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return sess
+}
+
+// checkHostDial has the host end dial port on h while the guest's session answers
+// the stream with the port its header named.
+func checkHostDial(t *testing.T, h *Host, sess *yamux.Session, port uint32) {
+	t.Helper()
+	go func() {
+		gs, err := sess.AcceptStream()
+		if err != nil {
+			return
+		}
+		p, _ := wire.ReadHeader(gs)
+		fmt.Fprintf(gs, "port %d\n", p)
+		_ = gs.Close()
+	}()
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+	defer cancel()
+	dc, err := h.Dial(ctx, port)
+	if err != nil {
+		t.Fatal(err)
+	}
+	line, _ := bufio.NewReader(dc).ReadString('\n')
+	_ = dc.Close()
+	if want := fmt.Sprintf("port %d\n", port); line != want {
+		t.Fatalf("host dial got %q, want %q", line, want)
+	}
+}
+
 // TestSerialHost plays the VMM's serial socket server and the guest's multiplexer end and
 // checks both directions, the port header, and reconnection after a disconnect.
 func TestSerialHost(t *testing.T) {
@@ -56,18 +101,7 @@ func TestSerialHost(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		br, err := wire.WaitHello(conn)
-		if err != nil {
-			t.Fatalf("round %d: hello: %v", round, err)
-		}
-		sess, err := yamux.Client(struct {
-			io.Reader
-			io.Writer
-			io.Closer
-		}{br, conn, conn}, yamuxConfig())
-		if err != nil {
-			t.Fatal(err)
-		}
+		sess := guestSession(t, conn)
 		// guest → host
 		st, err := sess.OpenStream()
 		if err != nil {
@@ -89,26 +123,7 @@ func TestSerialHost(t *testing.T) {
 		}
 		_ = c.Close()
 		// host → guest
-		go func() {
-			gs, err := sess.AcceptStream()
-			if err != nil {
-				return
-			}
-			port, _ := wire.ReadHeader(gs)
-			fmt.Fprintf(gs, "port %d\n", port)
-			_ = gs.Close()
-		}()
-		dctx, dcancel := context.WithTimeout(t.Context(), 5*time.Second)
-		dc, err := h.Dial(dctx, 1030)
-		dcancel()
-		if err != nil {
-			t.Fatal(err)
-		}
-		line, _ = bufio.NewReader(dc).ReadString('\n')
-		if line != "port 1030\n" {
-			t.Fatalf("host dial got %q", line)
-		}
-		_ = dc.Close()
+		checkHostDial(t, h, sess, 1030)
 		// A stream to a port nobody listens on is closed, not left hanging.
 		st2, _ := sess.OpenStream()
 		_ = wire.WriteHeader(st2, 4242)
@@ -271,39 +286,9 @@ func TestSerialGreetsAgainAGuestThatMissedIt(t *testing.T) {
 		t.Fatal("the host end did not greet again a guest that stayed silent after Attach")
 	}
 	defer second.Close()
-	br, err := wire.WaitHello(second)
-	if err != nil {
-		t.Fatalf("second connection: %v", err)
-	}
-	sess, err := yamux.Client(struct {
-		io.Reader
-		io.Writer
-		io.Closer
-	}{br, second, second}, yamuxConfig())
-	if err != nil {
-		t.Fatal(err)
-	}
+	sess := guestSession(t, second)
 	defer sess.Close()
-	go func() {
-		gs, err := sess.AcceptStream()
-		if err != nil {
-			return
-		}
-		port, _ := wire.ReadHeader(gs)
-		fmt.Fprintf(gs, "port %d\n", port)
-		_ = gs.Close()
-	}()
-	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
-	defer cancel()
-	dc, err := h.Dial(ctx, 1031)
-	if err != nil {
-		t.Fatal(err)
-	}
-	line, _ := bufio.NewReader(dc).ReadString('\n')
-	_ = dc.Close()
-	if line != "port 1031\n" {
-		t.Fatalf("host dial got %q", line)
-	}
+	checkHostDial(t, h, sess, 1031)
 	// The guest answered: its session stays.
 	if c := next(4 * guestAnswerWait); c != nil {
 		c.Close()
