@@ -209,7 +209,9 @@ func (c *Client) Run(ctx context.Context) error {
 // (the transport redials with its own backoff): a restarted gateway gets its session
 // at once instead of at the end of a long backoff. A gateway that is reachable but
 // refuses the session is not retried early. A host return (HostReturns) makes the
-// transport redial now.
+// transport redial now, and the session is retried as soon as it is up: not at
+// once, as a call made while the transport still reports the failure from before
+// the return fails at once, and would wait out the next backoff.
 func (c *Client) sleep(ctx context.Context, d time.Duration) {
 	wctx, cancel := context.WithTimeout(ctx, d)
 	defer cancel()
@@ -220,6 +222,14 @@ func (c *Client) sleep(ctx context.Context, d time.Duration) {
 			case <-c.cfg.HostReturns:
 				if ok {
 					cc.ResetConnectBackoff()
+					for s := cc.GetState(); s != connectivity.Ready; s = cc.GetState() {
+						if s == connectivity.Idle {
+							cc.Connect()
+						}
+						if !cc.WaitForStateChange(wctx, s) {
+							return
+						}
+					}
 				}
 				cancel() // retry now
 			case <-wctx.Done():

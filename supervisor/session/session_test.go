@@ -834,7 +834,7 @@ func TestHostReturnRedialsAtOnce(t *testing.T) {
 	waitUntil(t, 10*time.Second, "session down", func() bool { return !c.Up() })
 	// Redials at ~1 s, ~2.6 s and ~5.2 s fail: the next is due ~4 s later.
 	time.Sleep(6 * time.Second)
-	serve(t, g, addr)
+	_, stop = serve(t, g, addr)
 	hostGone.Store(false)
 	t0 := time.Now()
 	returns <- struct{}{}
@@ -843,5 +843,24 @@ func TestHostReturnRedialsAtOnce(t *testing.T) {
 		t.Fatalf("session back %v after the host return; want a redial at once", took)
 	} else {
 		t.Logf("session back %v after the host return", took)
+	}
+
+	// The host is back a moment before its transport can be dialed: the first redial
+	// fails. The session is retried once the transport is up (its own next redial,
+	// ~1 s), not at once into that failure and then after its 20 s backoff.
+	hostGone.Store(true)
+	stop()
+	waitUntil(t, 10*time.Second, "session down again", func() bool { return !c.Up() })
+	time.Sleep(2 * time.Second)
+	serve(t, g, addr)
+	t0 = time.Now()
+	returns <- struct{}{}
+	time.Sleep(100 * time.Millisecond)
+	hostGone.Store(false)
+	waitUntil(t, 10*time.Second, "session after a host return ahead of its transport", func() bool { return c.Up() && c.Sessions() == 3 })
+	if took := time.Since(t0); took > 3*time.Second {
+		t.Fatalf("session back %v after a host return ahead of its transport; want it at the transport's next redial", took)
+	} else {
+		t.Logf("session back %v after a host return ahead of its transport", took)
 	}
 }
