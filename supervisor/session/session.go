@@ -135,6 +135,12 @@ type Client struct {
 	bulkRetry atomic.Int64
 	// sessions counts accepted sessions (tests and status).
 	sessions atomic.Int64
+	// transportDrops counts the times the gateway connection stopped being ready
+	// (watched while Run runs): a session that failed on a connection that went down
+	// and is back by the time the retry's wait starts is retried at once.
+	transportDrops atomic.Int64
+	// beforeSleep, when set (tests), runs between a failed session and its wait.
+	beforeSleep func()
 }
 
 // New returns a client over an existing gRPC connection (see Dial).
@@ -186,8 +192,12 @@ func Backoff(n int, min, max time.Duration) time.Duration {
 // opened by a session outlive it; Run waits for them before returning.
 func (c *Client) Run(ctx context.Context) error {
 	defer c.relays.Wait()
+	if cc, ok := c.cc.(*grpc.ClientConn); ok {
+		go c.watchTransport(ctx, cc)
+	}
 	fails := 0
 	for {
+		drops := c.transportDrops.Load()
 		accepted, err := c.runOnce(ctx)
 		if ctx.Err() != nil {
 			return ctx.Err()
@@ -198,21 +208,36 @@ func (c *Client) Run(ctx context.Context) error {
 		wait := Backoff(fails, c.cfg.BackoffMin, c.cfg.BackoffMax)
 		fails++
 		slog.Warn("gateway session ended; reconnecting", "err", err, "retry_in", wait.Round(time.Millisecond))
-		c.sleep(ctx, wait)
+		if c.beforeSleep != nil {
+			c.beforeSleep()
+		}
+		c.sleep(ctx, wait, drops)
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
 	}
 }
 
+// watchTransport counts the gateway connection's drops (it leaves ready) until ctx
+// ends. A drop is counted as it happens, whatever state comes next.
+func (c *Client) watchTransport(ctx context.Context, cc *grpc.ClientConn) {
+	for s := cc.GetState(); cc.WaitForStateChange(ctx, s); s = cc.GetState() {
+		if s == connectivity.Ready {
+			c.transportDrops.Add(1)
+		}
+	}
+}
+
 // sleep waits d, or less when the connection to the gateway was down and comes back
 // (the transport redials with its own backoff): a restarted gateway gets its session
-// at once instead of at the end of a long backoff. A gateway that is reachable but
-// refuses the session is not retried early. A host return (HostReturns) makes the
-// transport redial now, and the session is retried as soon as it is up: not at
-// once, as a call made while the transport still reports the failure from before
-// the return fails at once, and would wait out the next backoff.
-func (c *Client) sleep(ctx context.Context, d time.Duration) {
+// at once instead of at the end of a long backoff. That includes a connection that
+// dropped and came back before this wait (dropsBefore is the count of drops when the
+// failed session started), and one that drops during the wait. A gateway that is
+// reachable but refuses the session is not retried early: its connection stays up. A host return
+// (HostReturns) makes the transport redial now, and the session is retried as soon
+// as it is up: not at once, as a call made while the transport still reports the
+// failure from before the return fails at once, and would wait out the next backoff.
+func (c *Client) sleep(ctx context.Context, d time.Duration, dropsBefore int64) {
 	wctx, cancel := context.WithTimeout(ctx, d)
 	defer cancel()
 	cc, ok := c.cc.(*grpc.ClientConn)
@@ -236,9 +261,20 @@ func (c *Client) sleep(ctx context.Context, d time.Duration) {
 			}
 		}()
 	}
-	if !ok || cc.GetState() == connectivity.Ready {
+	if !ok {
 		<-wctx.Done()
 		return
+	}
+	if cc.GetState() == connectivity.Ready {
+		if c.transportDrops.Load() != dropsBefore {
+			return // back already: the session failed on the connection that went
+		}
+		// Up through the failed session, as far as the connection has noticed: a
+		// refusal, which waits. A drop it notices later (the session's stream may
+		// see the end of its connection first) ends the wait when it is back.
+		if !cc.WaitForStateChange(wctx, connectivity.Ready) {
+			return
+		}
 	}
 	for {
 		s := cc.GetState()

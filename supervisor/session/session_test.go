@@ -864,3 +864,80 @@ func TestHostReturnRedialsAtOnce(t *testing.T) {
 		t.Logf("session back %v after a host return ahead of its transport", took)
 	}
 }
+
+// TestTransportBackBeforeTheWait: the session fails while its connection is down, and
+// the connection is back before the wait starts (a gateway restarted in that
+// instant). The session is retried at once, not after its backoff (20 s here). A
+// gateway that then refuses the session, on a connection that stays up, is retried
+// only after the backoff.
+func TestTransportBackBeforeTheWait(t *testing.T) {
+	g := newFake()
+	addr, stop := serve(t, g, "127.0.0.1:0")
+	cc, err := Dial(DialOptions{Endpoint: "http://" + addr, Token: func() (string, error) { return "tok-123", nil }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cc.Close() })
+	c, err := New(cc, Config{SandboxID: "sb-1", InstanceID: "inst-1", DialSSH: echoSSH(t), HostKey: testkeys.SSHPublicKey(t),
+		BackoffMin: 20 * time.Second, BackoffMax: 20 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var (
+		restart atomic.Bool
+		backAt  atomic.Int64
+		stops   = make(chan func(), 2)
+	)
+	// Between the failed session and its wait: the gateway is back, and so is the
+	// client's connection to it.
+	c.beforeSleep = func() {
+		if !restart.Swap(false) {
+			return
+		}
+		_, stop := serve(t, g, addr)
+		stops <- stop
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		for s := cc.GetState(); s != connectivity.Ready; s = cc.GetState() {
+			if s == connectivity.Idle {
+				cc.Connect()
+			}
+			if !cc.WaitForStateChange(ctx, s) {
+				t.Errorf("the connection did not come back: %v", cc.GetState())
+				return
+			}
+		}
+		backAt.Store(time.Now().UnixNano())
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { _ = c.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	waitUntil(t, 10*time.Second, "first session", func() bool { return c.Up() && c.Sessions() == 1 })
+
+	restart.Store(true)
+	stop()
+	waitUntil(t, 15*time.Second, "session after the connection came back", func() bool { return c.Sessions() == 2 && c.Up() })
+	if took := time.Since(time.Unix(0, backAt.Load())); took > 2*time.Second {
+		t.Fatalf("session back %v after its connection was; want a retry at once", took)
+	} else {
+		t.Logf("session back %v after its connection was", took)
+	}
+
+	hellos := func() int {
+		g.mu.Lock()
+		defer g.mu.Unlock()
+		return len(g.helloTimes)
+	}
+	g.mu.Lock()
+	g.rejectN = 1
+	g.mu.Unlock()
+	n := hellos()
+	restart.Store(true)
+	(<-stops)()
+	waitUntil(t, 15*time.Second, "the refused session", func() bool { return hellos() == n+1 })
+	time.Sleep(1500 * time.Millisecond)
+	if got := hellos(); got != n+1 || c.Up() {
+		t.Fatalf("%d sessions tried after a refusal on a connection that stayed up (up %v); want none before the backoff", got-n-1, c.Up())
+	}
+}
