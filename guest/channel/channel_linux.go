@@ -43,14 +43,15 @@ func Detect() (string, error) {
 			return TransportVsock, nil
 		}
 	}
-	if _, err := findSerialPort(); err == nil {
+	if _, err := SerialPort(); err == nil {
 		return TransportSerial, nil
 	}
 	return "", ErrNoChannel
 }
 
-// findSerialPort returns /dev/vportNpM of the port named wire.PortName.
-func findSerialPort() (string, error) {
+// SerialPort returns the device (/dev/vportNpM) of the virtio-serial port named
+// wire.PortName, found by its sysfs name.
+func SerialPort() (string, error) {
 	ents, err := os.ReadDir(virtioPortsDir)
 	if err != nil {
 		return "", err
@@ -222,7 +223,7 @@ func (s *serialSession) session(ctx context.Context) (*yamux.Session, error) {
 		s.f = nil
 	}
 	s.mu.Unlock()
-	path, err := findSerialPort()
+	path, err := SerialPort()
 	if err != nil {
 		return nil, err
 	}

@@ -56,9 +56,9 @@ func TestDetect(t *testing.T) {
 	if tr, err := Detect(); err != nil || tr != TransportVsock {
 		t.Fatalf("vsock device: %q %v", tr, err)
 	}
-	p, err := findSerialPort()
+	p, err := SerialPort()
 	if err != nil || p != filepath.Join(devDir, "vport1p2") {
-		t.Fatalf("findSerialPort = %q, %v", p, err)
+		t.Fatalf("SerialPort = %q, %v", p, err)
 	}
 }
 

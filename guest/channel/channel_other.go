@@ -25,3 +25,6 @@ func SetVsockBuffer(net.Conn, uint64) {}
 
 // watchReturns has nothing to watch outside Linux.
 func watchReturns() {}
+
+// SerialPort is only implemented on Linux.
+func SerialPort() (string, error) { return "", errNotLinux }
