@@ -137,17 +137,25 @@ type vmRecord struct {
 	} `json:"paths"`
 }
 
-// sandboxDir finds the driver's state directory of the sandbox called name.
-func (e *env) sandboxDir(name string) (string, vmRecord, bool) {
+// vmRecords reads the driver's record of each VM (pool members too), by state
+// directory.
+func (e *env) vmRecords() map[string]vmRecord {
+	recs := map[string]vmRecord{}
 	files, _ := filepath.Glob(filepath.Join(e.gwState, "vm-driver", "sb", "*", "state.json"))
 	for _, f := range files {
-		b, err := os.ReadFile(f)
-		if err != nil {
-			continue
-		}
 		var rec vmRecord
-		if json.Unmarshal(b, &rec) == nil && rec.SandboxName == name {
-			return filepath.Dir(f), rec, true
+		if b, err := os.ReadFile(f); err == nil && json.Unmarshal(b, &rec) == nil {
+			recs[filepath.Dir(f)] = rec
+		}
+	}
+	return recs
+}
+
+// sandboxDir finds the driver's state directory of the sandbox called name.
+func (e *env) sandboxDir(name string) (string, vmRecord, bool) {
+	for dir, rec := range e.vmRecords() {
+		if rec.SandboxName == name {
+			return dir, rec, true
 		}
 	}
 	return "", vmRecord{}, false

@@ -20,7 +20,9 @@ import (
 //   - cold (a shape the pool does not serve: 520 MiB instead of 512): the same.
 //
 // It prints one "BENCH vm-pool-…" line per series and the ratios; the target is a
-// pool p50 < 150 ms. scripts/bench.sh pools runs it. OPENSHELL_BENCH_POOL_ONLY=1 runs
+// pool p50 < 150 ms. It also prints the host CPU of the pooled creates (cpu_bench_test.go):
+// an idle pooled VM's, a create's by process, and the floor that a create's CPU and
+// the host's cores put under the five-at-a-time median. scripts/bench.sh pools runs it. OPENSHELL_BENCH_POOL_ONLY=1 runs
 // the pool series only.
 func TestBenchPool(t *testing.T) {
 	if os.Getenv("OPENSHELL_BENCH") != "1" {
@@ -39,6 +41,8 @@ func TestBenchPool(t *testing.T) {
 	// ready, without the CLI process (start, connection, watch).
 	gw := map[bool][]time.Duration{}
 	var gwMu sync.Mutex
+	// The host CPU of each pooled sample (one at a time) and round (five at a time).
+	var cpuSeq, cpuRounds []createCPU
 	gateway := func(cold bool, name string) {
 		total, steps := r.createTimeline(name)
 		gwMu.Lock()
@@ -49,29 +53,13 @@ func TestBenchPool(t *testing.T) {
 			t.Errorf("%s: a pooled create's timeline has no claim step: %s", name, steps)
 		}
 	}
-	one := func(cold bool) time.Duration {
-		n++
-		name := fmt.Sprintf("bench-%d", n)
-		args := []string{"sandbox", "create", "--name", name, "--from", r.image, "--timeout", cliTimeout.String()}
-		if cold {
-			args = append(args, "--memory", "520Mi")
-		}
-		t0 := time.Now()
-		if out, err := r.run(append(args, "--", "sleep", "1000000")...); err != nil {
-			r.dumpLogs()
-			t.Fatalf("create %s: %v\n%s", name, err, out)
-		}
-		took := time.Since(t0)
-		if fp := r.fromPool(name); (fp == pool) == cold {
-			t.Fatalf("%s: from_pool %q (cold %v): the sample measured the wrong path", name, fp, cold)
-		}
-		gateway(cold, name)
-		// The guest's own profile of the sample: its supervisor's start-up steps. The
-		// line is shipped once the SSH server is up too, which may be after READY.
+	// The guest's own profile of a sample: its supervisor's start-up steps. The line
+	// is shipped once the SSH server is up too, which may be after READY.
+	guestSteps := func(name string, took time.Duration) {
 		for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(100 * time.Millisecond) {
 			logs, err := r.run("sandbox", "logs", name)
 			if err != nil {
-				break
+				return
 			}
 			if strings.Contains(logs, "start-up steps") || time.Now().After(deadline) {
 				for _, line := range strings.Split(logs, "\n") {
@@ -79,9 +67,32 @@ func TestBenchPool(t *testing.T) {
 						t.Logf("%s (took %v): %s", name, took.Round(time.Millisecond), strings.TrimSpace(line))
 					}
 				}
-				break
+				return
 			}
 		}
+	}
+	one := func(cold bool) time.Duration {
+		n++
+		name := fmt.Sprintf("bench-%d", n)
+		args := []string{"sandbox", "create", "--name", name, "--from", r.image, "--timeout", cliTimeout.String()}
+		if cold {
+			args = append(args, "--memory", "520Mi")
+		}
+		cpu0 := r.cpuNow()
+		t0 := time.Now()
+		if out, err := r.run(append(args, "--", "sleep", "1000000")...); err != nil {
+			r.dumpLogs()
+			t.Fatalf("create %s: %v\n%s", name, err, out)
+		}
+		took := time.Since(t0)
+		if !cold {
+			cpuSeq = append(cpuSeq, r.cpuSince(cpu0, name))
+		}
+		if fp := r.fromPool(name); (fp == pool) == cold {
+			t.Fatalf("%s: from_pool %q (cold %v): the sample measured the wrong path", name, fp, cold)
+		}
+		gateway(cold, name)
+		guestSteps(name, took)
 		return took
 	}
 	del := func(names ...string) {
@@ -110,9 +121,11 @@ func TestBenchPool(t *testing.T) {
 				mu    sync.Mutex
 				wg    sync.WaitGroup
 				names []string
+				tooks = map[string]time.Duration{}
 			)
 			base := n
 			n += size
+			cpu0 := r.cpuNow()
 			for i := range size {
 				wg.Add(1)
 				go func() {
@@ -132,15 +145,20 @@ func TestBenchPool(t *testing.T) {
 					mu.Lock()
 					out = append(out, took)
 					names = append(names, name)
+					tooks[name] = took
 					mu.Unlock()
 				}()
 			}
 			wg.Wait()
+			if !cold {
+				cpuRounds = append(cpuRounds, r.cpuSince(cpu0, names...))
+			}
 			for _, nm := range names {
 				if fp := r.fromPool(nm); (fp == pool) == cold {
 					t.Errorf("%s: from_pool %q (cold %v)", nm, fp, cold)
 				}
 				gateway(cold, nm)
+				guestSteps(nm, tooks[nm])
 			}
 			del(names...)
 		}
@@ -160,8 +178,10 @@ func TestBenchPool(t *testing.T) {
 	for i, b := range ps.IdleRSSBytes {
 		fmt.Printf("BENCH vm-pool-idle-rss vm=%d rss_mib=%.1f\n", i, float64(b)/(1<<20))
 	}
+	r.reportIdleCPU(5 * time.Second)
 	poolSeq := stats("pool-seq", seq(false))
 	poolPar := stats("pool-5x", par(false))
+	reportCPU(cpuSeq, cpuRounds, size)
 	if os.Getenv("OPENSHELL_BENCH_POOL_ONLY") == "1" {
 		stats("pool-gateway", gw[false])
 		return // the pool series alone (profiling a change); no ratio

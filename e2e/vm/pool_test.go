@@ -38,10 +38,8 @@ func startPoolRun(t *testing.T, pool string, size int) *vmRun {
 // runtime dir, which killLeftovers does not look for.
 func (r *vmRun) killSessions() {
 	sids := map[int]bool{}
-	files, _ := filepath.Glob(filepath.Join(r.gwState, "vm-driver", "sb", "*", "state.json"))
-	for _, f := range files {
-		var rec vmRecord
-		if b, err := os.ReadFile(f); err == nil && json.Unmarshal(b, &rec) == nil && rec.RunnerPID > 1 {
+	for _, rec := range r.vmRecords() {
+		if rec.RunnerPID > 1 {
 			sids[rec.RunnerPID] = true
 		}
 	}
