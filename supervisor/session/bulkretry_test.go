@@ -26,11 +26,7 @@ func bulkClient(t *testing.T, dial func(context.Context) (net.Conn, error)) (grp
 	t.Helper()
 	g := newFake()
 	addr, _ := serve(t, g, "127.0.0.1:0")
-	cc, err := Dial(DialOptions{Endpoint: "http://" + addr, Token: func() (string, error) { return "tok-123", nil }})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cc.Close() })
+	cc := dialPlain(t, addr)
 	onBulk := make(chan bool, 4)
 	c, _ := runClient(t, cc, Config{SandboxID: "sb-1", InstanceID: "inst-1", DialSSH: echoSSH(t), HostKey: testkeys.SSHPublicKey(t),
 		ServeTransfer: func(_ context.Context, conn net.Conn, _ *pb.TransferRelayTarget) {

@@ -289,6 +289,18 @@ func runClient(t *testing.T, cc grpc.ClientConnInterface, cfg Config) (*Client, 
 	return c, cancel
 }
 
+// dialPlain dials the fake gateway at addr in plaintext, with a fixed token; the
+// connection is closed when the test ends.
+func dialPlain(t *testing.T, addr string) *grpc.ClientConn {
+	t.Helper()
+	cc, err := Dial(DialOptions{Endpoint: "http://" + addr, Token: func() (string, error) { return "tok-123", nil }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cc.Close() })
+	return cc
+}
+
 func waitUntil(t *testing.T, d time.Duration, what string, f func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(d)
@@ -873,11 +885,7 @@ func TestHostReturnRedialsAtOnce(t *testing.T) {
 func TestTransportBackBeforeTheWait(t *testing.T) {
 	g := newFake()
 	addr, stop := serve(t, g, "127.0.0.1:0")
-	cc, err := Dial(DialOptions{Endpoint: "http://" + addr, Token: func() (string, error) { return "tok-123", nil }})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cc.Close() })
+	cc := dialPlain(t, addr)
 	c, err := New(cc, Config{SandboxID: "sb-1", InstanceID: "inst-1", DialSSH: echoSSH(t), HostKey: testkeys.SSHPublicKey(t),
 		BackoffMin: 20 * time.Second, BackoffMax: 20 * time.Second})
 	if err != nil {
