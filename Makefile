@@ -9,9 +9,15 @@ STATICCHECK := $(TOOLS)/staticcheck-$(STATICCHECK_VERSION)/staticcheck
 
 all: build
 
+# The CLI starts anew for every command: on Linux it is linked without cgo (no dynamic
+# loader or C library to start: 6-7 ms less per command here); elsewhere (macOS) it
+# keeps cgo for the system's name resolver.
+CLI_CGO := $(if $(filter Linux,$(shell uname -s)),0,1)
+
 build:
 	@mkdir -p $(BIN)
-	$(GO) build -o $(BIN)/ ./cmd/openshell ./cmd/openshell-gateway ./cmd/openshell-driver-vm
+	$(GO) build -o $(BIN)/ ./cmd/openshell-gateway ./cmd/openshell-driver-vm
+	CGO_ENABLED=$(CLI_CGO) $(GO) build -o $(BIN)/ ./cmd/openshell
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags='-s -w' -o $(BIN)/openshell-sandbox ./cmd/openshell-sandbox
 
 # The full suite with the real components (QEMU, dockerd, PostgreSQL); installs and
