@@ -533,9 +533,17 @@ func (w *policyWatcher) run(ctx context.Context) {
 	}
 }
 
-// writeCABundle writes the sandbox CA where the agent can read it.
-func writeCABundle(root string, ca *credentials.CA) (string, error) {
+// writeCABundle writes the sandbox CA where the agent can read it, finishing the
+// bundle the warm-up drafted when there is one.
+func writeCABundle(root string, ca *credentials.CA, warm *Warm) (string, error) {
 	p := filepath.Join(root, CABundlePath)
+	if d := warm.takeBundleDraft(p); d != nil {
+		err := d.Finish(ca)
+		if err == nil {
+			return p, nil
+		}
+		slog.Warn("the CA bundle drafted ahead could not be finished; writing it anew", "err", err)
+	}
 	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
 		return "", fmt.Errorf("supervisor: create %s: %w", filepath.Dir(p), err)
 	}

@@ -49,6 +49,11 @@ type Warm struct {
 	mu      sync.Mutex
 	hostKey ssh.Signer // taken once
 	took    time.Duration
+	// bundle is the sandbox CA bundle drafted ahead (its system roots) for
+	// bundlePath, taken once; after bundleAsked a draft still being written is dropped.
+	bundle      *credentials.BundleDraft
+	bundlePath  string
+	bundleAsked bool
 }
 
 // Prewarm starts the identity-free part of the supervisor's start-up in the
@@ -56,15 +61,19 @@ type Warm struct {
 // initialised), this boot's SSH host key, the image files a start reads
 // (warmFiles), the protobuf types' lazy set-up, and one run
 // of the policy compiler and the CA code (which also pays, under emulation, for
-// translating that code once), and a rehearsal of the first gateway calls in-process. Run stops what is left of it when the configuration
+// translating that code once), a rehearsal of the first gateway calls in-process, and
+// the CA bundle's system roots. Run stops what is left of it when the configuration
 // arrives: the work it needs is then done on its own path.
-func Prewarm() *Warm {
+//
+// bundlePath is where the sandbox CA bundle will go (Options.Root joined with
+// CABundlePath): its system roots are written ahead beside it. "" drafts none.
+func Prewarm(bundlePath string) *Warm {
 	w := &Warm{done: make(chan struct{})}
-	go w.run()
+	go w.run(bundlePath)
 	return w
 }
 
-func (w *Warm) run() {
+func (w *Warm) run(bundlePath string) {
 	defer close(w.done)
 	t0 := time.Now()
 	defer func() {
@@ -113,6 +122,12 @@ func (w *Warm) run() {
 	_, _ = credentials.NewCA("prewarm")
 	if w.stopped.Load() {
 		return
+	}
+	if bundlePath != "" {
+		w.draftBundle(bundlePath)
+		if w.stopped.Load() {
+			return
+		}
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
@@ -279,6 +294,42 @@ func (w *Warm) takeHostKey() ssh.Signer {
 	k := w.hostKey
 	w.hostKey = nil
 	return k
+}
+
+// draftBundle writes the sandbox CA bundle's system roots ahead, at path; the start
+// takes the draft (takeBundleDraft) or, when it asked before the draft was written,
+// the draft is dropped.
+func (w *Warm) draftBundle(path string) {
+	d, err := credentials.DraftBundle(path)
+	if err != nil {
+		slog.Debug("warm-up: the CA bundle draft failed (only its speed-up is lost)", "err", err)
+		return
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.bundleAsked {
+		d.Discard()
+		return
+	}
+	w.bundle, w.bundlePath = d, path
+}
+
+// takeBundleDraft returns the bundle drafted ahead for path, once; nil when there is
+// none (yet), or it was drafted for another path (then it is dropped).
+func (w *Warm) takeBundleDraft(path string) *credentials.BundleDraft {
+	if w == nil {
+		return nil
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.bundleAsked = true
+	d := w.bundle
+	w.bundle = nil
+	if d != nil && w.bundlePath != path {
+		d.Discard()
+		return nil
+	}
+	return d
 }
 
 // summary says how the warm-up stands, for the start-up log line: "none",

@@ -2,9 +2,12 @@ package supervisor
 
 import (
 	"bytes"
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
+	"github.com/openshell/openshell/supervisor/credentials"
 	"github.com/openshell/openshell/supervisor/reaper"
 	"github.com/openshell/openshell/supervisor/sandboxuser"
 	"github.com/openshell/openshell/supervisor/sshd"
@@ -14,7 +17,7 @@ import (
 // once (a second take gets none, so no two servers share it) and that the SSH server
 // then presents; two warm-ups (two pooled VMs) never make the same key.
 func TestPrewarm(t *testing.T) {
-	a, b := Prewarm(), Prewarm()
+	a, b := Prewarm(""), Prewarm("")
 	for _, w := range []*Warm{a, b} {
 		select {
 		case <-w.Done():
@@ -52,7 +55,7 @@ func TestPrewarm(t *testing.T) {
 // TestPrewarmStop: a stopped warm-up ends promptly (Run stops it when the
 // configuration arrives, so that it does not compete with the start-up).
 func TestPrewarmStop(t *testing.T) {
-	w := Prewarm()
+	w := Prewarm("")
 	w.stop()
 	select {
 	case <-w.Done():
@@ -68,5 +71,59 @@ func TestPrewarmStop(t *testing.T) {
 func TestRehearseSession(t *testing.T) {
 	if err := rehearseSession(t.Context()); err != nil {
 		t.Fatalf("rehearsal: %v", err)
+	}
+}
+
+// TestBundleDraftHandOff: a warm-up drafts the CA bundle beside its path; the start
+// finishes it into the bundle with the sandbox's CA, once. A draft for another path,
+// or one written after the start asked for it, is dropped and leaves no file.
+func TestBundleDraftHandOff(t *testing.T) {
+	root := t.TempDir()
+	path := filepath.Join(root, CABundlePath)
+	w := Prewarm(path)
+	select {
+	case <-w.Done():
+	case <-time.After(time.Minute):
+		t.Fatal("the warm-up did not end")
+	}
+	drafts := func() []string {
+		m, _ := filepath.Glob(filepath.Join(filepath.Dir(path), ".*draft*"))
+		return m
+	}
+	if len(drafts()) != 1 {
+		t.Fatalf("drafts after the warm-up: %v, want one", drafts())
+	}
+	ca, err := credentials.NewCA("sb-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := writeCABundle(root, ca, w)
+	if err != nil || got != path {
+		t.Fatalf("writeCABundle = %q, %v", got, err)
+	}
+	if b, _ := os.ReadFile(path); !bytes.HasSuffix(b, ca.CertPEM()) {
+		t.Fatal("the bundle does not end with the sandbox's CA")
+	}
+	if d := w.takeBundleDraft(path); d != nil || len(drafts()) != 0 {
+		t.Fatalf("a draft handed out twice (%v) or left behind: %v", d, drafts())
+	}
+
+	// Drafted for another path: dropped.
+	other := &Warm{}
+	other.draftBundle(filepath.Join(root, "elsewhere", "ca.pem"))
+	if d := other.takeBundleDraft(path); d != nil {
+		t.Fatal("a draft for another path was handed out")
+	}
+	// Asked for before it was written: dropped once written.
+	late := &Warm{}
+	if late.takeBundleDraft(path) != nil {
+		t.Fatal("a draft before any was written")
+	}
+	late.draftBundle(path)
+	if m, _ := filepath.Glob(filepath.Join(root, "*", "*", ".*draft*")); len(m) != 0 {
+		t.Fatalf("drafts left behind: %v", m)
+	}
+	if m, _ := filepath.Glob(filepath.Join(root, "elsewhere", ".*draft*")); len(m) != 0 {
+		t.Fatalf("drafts left behind: %v", m)
 	}
 }

@@ -286,7 +286,7 @@ func installCA(root, sandboxID string, providers []credentials.Provider) (*crede
 	if err != nil {
 		return nil, "", err
 	}
-	caFile, err := writeCABundle(root, ca)
+	caFile, err := writeCABundle(root, ca, nil)
 	if err != nil {
 		return nil, "", err
 	}

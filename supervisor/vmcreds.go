@@ -72,7 +72,7 @@ func loadCredentials(ctx context.Context, cc grpc.ClientConnInterface, sandboxID
 			ps = nil
 		}
 		if err == nil {
-			if caFile, err = writeCABundle(o.Root, ca); err == nil {
+			if caFile, err = writeCABundle(o.Root, ca, o.Warm); err == nil {
 				return g, caFile, len(ps)
 			}
 		}

@@ -20,6 +20,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
@@ -147,7 +148,8 @@ func run(mode string) int {
 	case "vsock":
 		// What needs no sandbox is done while the host has no configuration for this
 		// VM yet (a warm pool's VM waits here until a sandbox claims it).
-		opts.Warm = supervisor.Prewarm()
+		// The VM's supervisor runs in the image's root, where the CA bundle goes.
+		opts.Warm = supervisor.Prewarm(filepath.Join("/", supervisor.CABundlePath))
 		var secret wire.Secret
 		cfg, secret, err = fetchVsock(ctx)
 		// The runner admits only connections that open with this boot's instance

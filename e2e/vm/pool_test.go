@@ -213,6 +213,24 @@ func TestVMPoolIsolationAndKill9(t *testing.T) {
 	if len(sa.rnd) != 32 || sa.rnd == sb.rnd {
 		t.Errorf("random bytes of a %q and b %q", sa.rnd, sb.rnd)
 	}
+	// Each claimed sandbox's CA bundle, drafted by its VM's warm-up, is finished with
+	// its own CA (the last certificate), and no draft is left beside it.
+	sandboxCA := func(name string) string {
+		out := r.execIn(name, "sh", "-c", `ls -a /etc/openshell; echo ---; cat /etc/openshell/ca-bundle.pem`)
+		listing, pem, _ := strings.Cut(out, "---")
+		if strings.Contains(listing, "draft") {
+			t.Errorf("%s: a CA bundle draft is left in /etc/openshell:\n%s", name, listing)
+		}
+		pem = strings.TrimSpace(pem)
+		i := strings.LastIndex(pem, "-----BEGIN CERTIFICATE-----")
+		if i < 0 || !strings.HasSuffix(pem, "-----END CERTIFICATE-----") {
+			t.Fatalf("%s: the CA bundle does not end with a certificate:\n%s", name, pem)
+		}
+		return pem[i:]
+	}
+	if caA, caB := sandboxCA(a), sandboxCA(b); caA == caB {
+		t.Errorf("two pooled sandboxes trust the same sandbox CA")
+	}
 
 	// Nothing of a claimed VM returns to the pool: delete a; the next claim is a VM
 	// none of a or b ran in.

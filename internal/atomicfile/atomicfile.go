@@ -12,18 +12,7 @@ import (
 // WriteFile writes data to a temporary file beside path with mode perm, syncs it,
 // renames it over path and syncs the directory, so the rename itself is durable.
 // On error path is unchanged and no temporary file is left behind.
-func WriteFile(path string, data []byte, perm fs.FileMode) error {
-	return write(path, data, perm, true)
-}
-
-// Replace is WriteFile without the syncs: readers see the old content or the new,
-// but after a crash the file may be either, or empty. For a file its writer makes
-// anew on every start (a sync costs a VM guest a disk flush through its VMM).
-func Replace(path string, data []byte, perm fs.FileMode) error {
-	return write(path, data, perm, false)
-}
-
-func write(path string, data []byte, perm fs.FileMode, durable bool) (retErr error) {
+func WriteFile(path string, data []byte, perm fs.FileMode) (retErr error) {
 	dir := filepath.Dir(path)
 	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
 	if err != nil {
@@ -41,19 +30,14 @@ func write(path string, data []byte, perm fs.FileMode, durable bool) (retErr err
 	if _, err := f.Write(data); err != nil {
 		return fmt.Errorf("write %s: %w", path, err)
 	}
-	if durable {
-		if err := f.Sync(); err != nil {
-			return fmt.Errorf("write %s: %w", path, err)
-		}
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
 	}
 	if err := f.Close(); err != nil {
 		return fmt.Errorf("write %s: %w", path, err)
 	}
 	if err := os.Rename(f.Name(), path); err != nil {
 		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if !durable {
-		return nil
 	}
 	d, err := os.Open(dir)
 	if err != nil {

@@ -6,16 +6,7 @@ import (
 	"testing"
 )
 
-// writers are the two ways to replace a file; every test runs both.
-var writers = map[string]func(string, []byte, os.FileMode) error{"WriteFile": WriteFile, "Replace": Replace}
-
 func TestWriteFile(t *testing.T) {
-	for name, write := range writers {
-		t.Run(name, func(t *testing.T) { testWrite(t, write) })
-	}
-}
-
-func testWrite(t *testing.T, WriteFile func(string, []byte, os.FileMode) error) {
 	dir := t.TempDir()
 	p := filepath.Join(dir, "f.json")
 	for _, content := range []string{"first\n", "second, longer\n", ""} {
@@ -46,12 +37,6 @@ func testWrite(t *testing.T, WriteFile func(string, []byte, os.FileMode) error) 
 }
 
 func TestWriteFileFailureLeavesNothing(t *testing.T) {
-	for name, write := range writers {
-		t.Run(name, func(t *testing.T) { testFailureLeavesNothing(t, write) })
-	}
-}
-
-func testFailureLeavesNothing(t *testing.T, WriteFile func(string, []byte, os.FileMode) error) {
 	dir := t.TempDir()
 	// A directory in the way: the rename fails after the temporary file was written.
 	p := filepath.Join(dir, "d")
