@@ -33,6 +33,7 @@ type cpuSnapshot struct {
 
 func (e *env) cpuNow() cpuSnapshot {
 	s := cpuSnapshot{vmm: map[int]time.Duration{}, byName: map[string]time.Duration{}}
+	byPID := map[int]time.Duration{}
 	ents, _ := os.ReadDir("/proc")
 	for _, ent := range ents {
 		pid, err := strconv.Atoi(ent.Name())
@@ -42,15 +43,13 @@ func (e *env) cpuNow() cpuSnapshot {
 		st, err := procstat.Read(pid)
 		comm, _ := os.ReadFile("/proc/" + ent.Name() + "/comm")
 		if err == nil && len(comm) > 0 {
-			s.byName[strings.TrimSpace(string(comm))] += time.Duration(st.UTime+st.STime) * clockTick
+			byPID[pid] = time.Duration(st.UTime+st.STime) * clockTick
+			s.byName[strings.TrimSpace(string(comm))] += byPID[pid]
 		}
 	}
 	for _, rec := range e.vmRecords() {
-		if rec.VMMPID <= 1 {
-			continue
-		}
-		if st, err := procstat.Read(rec.VMMPID); err == nil {
-			s.vmm[rec.VMMPID] = time.Duration(st.UTime+st.STime) * clockTick
+		if t, ok := byPID[rec.VMMPID]; ok && rec.VMMPID > 1 {
+			s.vmm[rec.VMMPID] = t
 		}
 	}
 	var ru syscall.Rusage
@@ -81,15 +80,22 @@ func (c createCPU) own() time.Duration {
 	return d
 }
 
+// grown is the CPU time each name took between two snapshots, for the names alive at
+// both that took some.
+func grown(before, after map[string]time.Duration) map[string]time.Duration {
+	d := map[string]time.Duration{}
+	for name, t1 := range after {
+		if t0, ok := before[name]; ok && t1 > t0 {
+			d[name] = t1 - t0
+		}
+	}
+	return d
+}
+
 // cpuSince is what happened between s0 and now, the guests being those of sandboxes.
 func (e *env) cpuSince(s0 cpuSnapshot, sandboxes ...string) createCPU {
 	s1 := e.cpuNow()
-	c := createCPU{clis: s1.clis - s0.clis, byName: map[string]time.Duration{}}
-	for name, t1 := range s1.byName {
-		if t0, ok := s0.byName[name]; ok && t1 > t0 {
-			c.byName[name] = t1 - t0
-		}
-	}
+	c := createCPU{clis: s1.clis - s0.clis, byName: grown(s0.byName, s1.byName)}
 	for _, name := range sandboxes {
 		if _, rec, ok := e.sandboxDir(name); ok {
 			c.guests += s1.vmm[rec.VMMPID] - s0.vmm[rec.VMMPID]
@@ -157,10 +163,9 @@ func (e *env) reportIdleCPU(over time.Duration) {
 		}
 	}
 	var parts []string
-	for _, n := range slices.Sorted(maps.Keys(s1.byName)) {
-		if t0, ok := s0.byName[n]; ok && s1.byName[n] > t0 {
-			parts = append(parts, fmt.Sprintf("%s=%.1f%%", n, pct(s1.byName[n]-t0)))
-		}
+	byName := grown(s0.byName, s1.byName)
+	for _, n := range slices.Sorted(maps.Keys(byName)) {
+		parts = append(parts, fmt.Sprintf("%s=%.1f%%", n, pct(byName[n])))
 	}
 	fmt.Printf("BENCH vm-pool-idle-cpu over %v, by process (%% of one core): %s\n", over, strings.Join(parts, " "))
 }
