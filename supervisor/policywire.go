@@ -544,10 +544,7 @@ func writeCABundle(root string, ca *credentials.CA, warm *Warm) (string, error) 
 		}
 		slog.Warn("the CA bundle drafted ahead could not be finished; writing it anew", "err", err)
 	}
-	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-		return "", fmt.Errorf("supervisor: create %s: %w", filepath.Dir(p), err)
-	}
-	if err := ca.WriteBundle(p); err != nil {
+	if err := ca.WriteBundle(p); err != nil { // it creates the directory
 		return "", err
 	}
 	return p, nil
