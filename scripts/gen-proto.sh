@@ -49,5 +49,5 @@ PATH="$PLUGIN_DIR:$PATH" protoc \
   -I . -I "$WKT_INCLUDE" \
   --go_out="$OUT" --go_opt=module="$GO_MODULE" \
   --go-grpc_out="$OUT" --go-grpc_opt=module="$GO_MODULE" \
-  options.proto datamodel.proto sandbox.proto openshell.proto compute_driver.proto peer.proto snapshot.proto
+  options.proto datamodel.proto sandbox.proto openshell.proto compute_driver.proto peer.proto snapshot.proto pool.proto
 log "generated into $OUT: $(cd "$OUT" && ls -d api/*v1 | tr '\n' ' ')"
