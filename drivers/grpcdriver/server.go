@@ -29,6 +29,7 @@ func Serve(ctx context.Context, lis net.Listener, d drivers.Driver, opts ...grpc
 	srv := grpc.NewServer(opts...)
 	computev1.RegisterComputeDriverServer(srv, &server{d: d})
 	registerSnapshots(srv, d)
+	registerPools(srv, d)
 
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(lis) }()

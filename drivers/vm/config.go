@@ -136,33 +136,44 @@ func (c Config) validatePools() []error {
 	for _, n := range names {
 		p := c.Pools[n]
 		f := "pools." + n
-		if !poolName.MatchString(n) {
-			errs = append(errs, fmt.Errorf("%s: pool name %q: use 1-32 lowercase letters, digits or '-', starting with a letter or digit", f, n))
+		if p.Size < 0 || p.Size > maxPoolSize {
+			errs = append(errs, fmt.Errorf("%s.size %d: use 0 (pool off) to %d", f, p.Size, maxPoolSize))
 		}
-		if p.Size < 0 || p.Size > 64 {
-			errs = append(errs, fmt.Errorf("%s.size %d: use 0 (pool off) to 64", f, p.Size))
+		errs = append(errs, c.validatePool(f, n, p)...)
+	}
+	return errs
+}
+
+// maxPoolSize bounds a pool's idle VMs.
+const maxPoolSize = 64
+
+// validatePool checks pool n's name and shape (not its size); f prefixes each
+// error's field ("pools.NAME" in the config).
+func (c Config) validatePool(f, n string, p PoolConfig) []error {
+	var errs []error
+	if !poolName.MatchString(n) {
+		errs = append(errs, fmt.Errorf("%s: pool name %q: use 1-32 lowercase letters, digits or '-', starting with a letter or digit", f, n))
+	}
+	if p.CPUs < 0 || p.CPUs > 256 {
+		errs = append(errs, fmt.Errorf("%s.cpus %d: use 1..256 (or leave it out for cpus = %d)", f, p.CPUs, c.CPUs))
+	}
+	if p.MemoryMiB != 0 && p.MemoryMiB < 128 {
+		errs = append(errs, fmt.Errorf("%s.memory_mib %d: too small for a VM: use at least 128 (or leave it out for memory_mib = %d)", f, p.MemoryMiB, c.MemoryMiB))
+	}
+	if p.DiskSize != "" {
+		if _, err := diskBytes(p.DiskSize); err != nil {
+			errs = append(errs, fmt.Errorf("%s.disk_size: %w", f, err))
 		}
-		if p.CPUs < 0 || p.CPUs > 256 {
-			errs = append(errs, fmt.Errorf("%s.cpus %d: use 1..256 (or leave it out for cpus = %d)", f, p.CPUs, c.CPUs))
-		}
-		if p.MemoryMiB != 0 && p.MemoryMiB < 128 {
-			errs = append(errs, fmt.Errorf("%s.memory_mib %d: too small for a VM: use at least 128 (or leave it out for memory_mib = %d)", f, p.MemoryMiB, c.MemoryMiB))
-		}
-		if p.DiskSize != "" {
-			if _, err := diskBytes(p.DiskSize); err != nil {
-				errs = append(errs, fmt.Errorf("%s.disk_size: %w", f, err))
-			}
-		}
-		img := p.Image
-		if img == "" {
-			img = c.DefaultImage
-		}
-		if ref, err := images.ParseReference(img); err != nil {
-			errs = append(errs, fmt.Errorf("%s.image: %w", f, err))
-		} else if ref.Transport == images.TransportOCILayout {
-			if _, err := os.Stat(filepath.Join(ref.Path, "index.json")); err != nil {
-				errs = append(errs, fmt.Errorf("%s.image %q: unknown image: no OCI layout at %s: build it (scripts/build-base-image.sh for the base image) or name an image you have", f, img, ref.Path))
-			}
+	}
+	img := p.Image
+	if img == "" {
+		img = c.DefaultImage
+	}
+	if ref, err := images.ParseReference(img); err != nil {
+		errs = append(errs, fmt.Errorf("%s.image: %w", f, err))
+	} else if ref.Transport == images.TransportOCILayout {
+		if _, err := os.Stat(filepath.Join(ref.Path, "index.json")); err != nil {
+			errs = append(errs, fmt.Errorf("%s.image %q: unknown image: no OCI layout at %s: build it (scripts/build-base-image.sh for the base image) or name an image you have", f, img, ref.Path))
 		}
 	}
 	return errs

@@ -117,21 +117,68 @@ type poolMember struct {
 
 // pools keeps the warm pools of one driver.
 type pools struct {
-	d   *Driver
-	cfg map[string]PoolConfig
+	d *Driver
+	// conf are the pools of the driver's configuration (the gateway config): fixed
+	// while the driver runs.
+	conf map[string]PoolConfig
 
-	mu      sync.Mutex
+	mu sync.Mutex
+	// api are the pools made through CreatePool, kept in pools.json (poolapi.go);
+	// apiErr says why that file could not be read (nil: it could, or there is none).
+	api     map[string]PoolConfig
+	apiErr  error
 	members map[string]*poolMember // by member id
 	lastErr map[string]string      // pool → why its last VM did not come up
 	retryAt map[string]time.Time   // pool → no new boot before (after a failure)
 	fails   map[string]int         // pool → failures in a row
 	claimed map[string]int         // pool → VMs handed out since the driver started
+	booting string                 // the member bootMember is starting ("" = none)
 	kick    chan struct{}
 }
 
 func newPools(d *Driver) *pools {
-	return &pools{d: d, cfg: d.cfg.Pools, members: map[string]*poolMember{}, lastErr: map[string]string{},
+	p := &pools{d: d, conf: d.cfg.Pools, members: map[string]*poolMember{}, lastErr: map[string]string{},
 		retryAt: map[string]time.Time{}, fails: map[string]int{}, claimed: map[string]int{}, kick: make(chan struct{}, 1)}
+	p.api, p.apiErr = readAPIPools(d.cfg.StateDir)
+	if p.apiErr != nil {
+		d.log.Error("the pools made with `openshell pool create` are not served until this file is mended or removed", "err", p.apiErr)
+	}
+	for n := range p.api {
+		if _, ok := p.conf[n]; ok {
+			d.log.Warn("a pool of the gateway config has the name of one made with `openshell pool create`: the config's is served", "pool", n)
+			delete(p.api, n)
+		}
+	}
+	return p
+}
+
+// configLocked returns pool n's configuration (ok false: there is no such pool).
+// p.mu held.
+func (p *pools) configLocked(n string) (PoolConfig, bool) {
+	if c, ok := p.conf[n]; ok {
+		return c, true
+	}
+	c, ok := p.api[n]
+	return c, ok
+}
+
+func (p *pools) config(n string) (PoolConfig, bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.configLocked(n)
+}
+
+// namesLocked lists every pool, sorted. p.mu held.
+func (p *pools) namesLocked() []string {
+	names := make([]string, 0, len(p.conf)+len(p.api))
+	for n := range p.conf {
+		names = append(names, n)
+	}
+	for n := range p.api {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	return names
 }
 
 // poolKey fingerprints a pool's effective shape and boot files.
@@ -170,14 +217,16 @@ func (p *pools) match(res *resolved) string {
 	if res.gpu != nil {
 		return ""
 	}
-	names := make([]string, 0, len(p.cfg))
-	for n := range p.cfg {
-		names = append(names, n)
+	p.mu.Lock()
+	names := p.namesLocked()
+	cfgs := make([]PoolConfig, len(names))
+	for i, n := range names {
+		cfgs[i], _ = p.configLocked(n)
 	}
-	sort.Strings(names)
-	for _, n := range names {
-		shape, err := p.d.poolShape(p.cfg[n])
-		if err != nil || p.cfg[n].Size == 0 {
+	p.mu.Unlock()
+	for i, n := range names {
+		shape, err := p.d.poolShape(cfgs[i])
+		if err != nil || cfgs[i].Size == 0 {
 			continue
 		}
 		if shape.image == res.image && shape.vcpus == res.vcpus && shape.memoryMiB == res.memoryMiB && shape.diskBytes == res.diskBytes {
@@ -409,11 +458,9 @@ func (d *Driver) discardMemberAfter(m *poolMember, why string, before func() err
 
 // ---- fill ----
 
-// startPools starts the refill loop (after adoption).
+// startPools starts the refill loop (after adoption); it idles while there are no
+// pools (CreatePool wakes it).
 func (d *Driver) startPools() {
-	if len(d.pools.cfg) == 0 {
-		return
-	}
 	d.wg.Add(1)
 	go func() {
 		defer d.wg.Done()
@@ -443,20 +490,16 @@ func (p *pools) next() (string, time.Duration) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	best, bestLack, wait := "", 0, 30*time.Second
-	names := make([]string, 0, len(p.cfg))
-	for n := range p.cfg {
-		names = append(names, n)
-	}
-	sort.Strings(names)
 	now := time.Now()
-	for _, n := range names {
+	for _, n := range p.namesLocked() {
+		pc, _ := p.configLocked(n)
 		have := 0
 		for _, m := range p.members {
 			if m.pool == n && !m.gone {
 				have++
 			}
 		}
-		lack := p.cfg[n].Size - have
+		lack := pc.Size - have
 		if lack <= 0 {
 			continue
 		}
@@ -489,7 +532,11 @@ var memberBootTimeout = 3 * time.Minute
 func (d *Driver) bootMember(pool string) {
 	p := d.pools
 	log := d.log.With("pool", pool)
-	res, err := d.poolShape(p.cfg[pool])
+	pc, ok := p.config(pool)
+	if !ok {
+		return // deleted since next() picked it
+	}
+	res, err := d.poolShape(pc)
 	if err != nil {
 		p.failed(pool, err.Error())
 		return
@@ -507,7 +554,13 @@ func (d *Driver) bootMember(pool string) {
 	m.cid = d.freeCIDLocked()
 	p.mu.Lock()
 	p.members[id] = m // counted (and its CID reserved) while it boots
+	p.booting = id
 	p.mu.Unlock()
+	defer func() {
+		p.mu.Lock()
+		p.booting = ""
+		p.mu.Unlock()
+	}()
 	d.mu.Unlock()
 	fail := func(err error) {
 		log.Error("warm pool VM did not come up", "member", id, "err", err)
@@ -570,15 +623,38 @@ func (d *Driver) bootMember(pool string) {
 		return
 	}
 	p.mu.Lock()
-	ok := m.waiting
-	if ok {
+	waiting := m.waiting
+	if waiting {
 		p.fails[pool] = 0
 		delete(p.lastErr, pool)
 	}
+	_, still := p.configLocked(pool)
+	_, member := p.members[id]
+	if !still && member {
+		delete(p.members, id)
+	}
 	p.mu.Unlock()
-	if ok {
+	if !still && member {
+		// DeletePool left this boot to end here.
+		d.stopMember(m, "its pool was deleted")
+		return
+	}
+	if waiting {
 		log.Info("warm pool VM waiting for a sandbox", "member", id, "took", time.Since(rec.CreatedAt))
 	}
+}
+
+// stopMember discards a member already taken out of p.members: its runner's watch
+// ends first, so the runner's end is not taken for a failure.
+func (d *Driver) stopMember(m *poolMember, why string) {
+	d.pools.mu.Lock()
+	cancel, done := m.monCancel, m.monDone
+	d.pools.mu.Unlock()
+	if cancel != nil {
+		cancel()
+		<-done
+	}
+	d.discardMember(m, why)
 }
 
 // runnerCommand is the command that starts the runner of the VM in paths, in its own
@@ -685,7 +761,7 @@ func (d *Driver) watchMember(m *poolMember) {
 func (d *Driver) adoptMember(dir string, rec *state.Record, pr *poolRecord) {
 	m := &poolMember{id: pr.Member, pool: pr.Pool, paths: state.PathsFor(dir), cid: rec.CID, ready: make(chan struct{}),
 		runnerPID: rec.RunnerPID, runnerStart: rec.RunnerStart, vmmPID: rec.VMMPID, since: rec.CreatedAt}
-	pc, ok := d.pools.cfg[pr.Pool]
+	pc, ok := d.pools.config(pr.Pool)
 	why := ""
 	switch {
 	case pr.ClaimedBy != "":
@@ -714,7 +790,9 @@ func (d *Driver) adoptMember(dir string, rec *state.Record, pr *poolRecord) {
 
 // PoolStatus is one warm pool as doctor and metrics show it.
 type PoolStatus struct {
-	Name      string `json:"name"`
+	Name string `json:"name"`
+	// Source is where the pool is defined: PoolSourceConfig or PoolSourceAPI.
+	Source    string `json:"source,omitempty"`
 	Size      int    `json:"size"`    // configured
 	Idle      int    `json:"idle"`    // VMs whose guest waits for an identity
 	Booting   int    `json:"booting"` // VMs still booting
@@ -722,6 +800,7 @@ type PoolStatus struct {
 	Image     string `json:"image"`
 	VCPUs     int    `json:"vcpus"`
 	MemoryMiB int    `json:"memory_mib"`
+	DiskBytes int64  `json:"disk_bytes,omitempty"`
 	// IdleRSSBytes is the host memory (resident set) of each idle VM: its VMM, runner
 	// and the rest of the runner's session (vsock backend).
 	IdleRSSBytes []int64 `json:"idle_rss_bytes,omitempty"`
@@ -733,16 +812,16 @@ func (d *Driver) Pools() []PoolStatus {
 	p := d.pools
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	names := make([]string, 0, len(p.cfg))
-	for n := range p.cfg {
-		names = append(names, n)
-	}
-	sort.Strings(names)
+	names := p.namesLocked()
 	out := make([]PoolStatus, 0, len(names))
 	for _, n := range names {
-		ps := PoolStatus{Name: n, Size: p.cfg[n].Size, Claimed: p.claimed[n], LastError: p.lastErr[n]}
-		if res, err := d.poolShape(p.cfg[n]); err == nil {
-			ps.Image, ps.VCPUs, ps.MemoryMiB = res.image, res.vcpus, res.memoryMiB
+		pc, _ := p.configLocked(n)
+		ps := PoolStatus{Name: n, Size: pc.Size, Claimed: p.claimed[n], LastError: p.lastErr[n], Source: PoolSourceConfig}
+		if _, fromAPI := p.api[n]; fromAPI {
+			ps.Source = PoolSourceAPI
+		}
+		if res, err := d.poolShape(pc); err == nil {
+			ps.Image, ps.VCPUs, ps.MemoryMiB, ps.DiskBytes = res.image, res.vcpus, res.memoryMiB, res.diskBytes
 		}
 		for _, m := range p.members {
 			if m.pool != n || m.gone {
@@ -822,16 +901,27 @@ func (d *Driver) finishClaim(id string) {
 // PoolsOnDisk reports the warm pools' VMs found in a driver state directory, for
 // doctor (which runs apart from the driver): each idle member's runner is asked
 // whether its guest waits, and its host memory is read from /proc. cfg gives the
-// configured sizes (nil: sizes unknown, 0).
+// configured sizes (nil: sizes unknown, 0); the pools made through the API are read
+// from the state directory's pools.json.
 func PoolsOnDisk(ctx context.Context, stateDir string, cfg map[string]PoolConfig) []PoolStatus {
+	all := map[string]PoolConfig{}
+	source := map[string]string{}
+	api, _ := readAPIPools(stateDir)
+	for n, c := range api {
+		all[n], source[n] = c, PoolSourceAPI
+	}
+	for n, c := range cfg {
+		all[n], source[n] = c, PoolSourceConfig
+	}
 	byName := map[string]*PoolStatus{}
 	get := func(n string) *PoolStatus {
 		if byName[n] == nil {
-			byName[n] = &PoolStatus{Name: n, Size: cfg[n].Size, Image: cfg[n].Image, VCPUs: cfg[n].CPUs, MemoryMiB: cfg[n].MemoryMiB}
+			c := all[n]
+			byName[n] = &PoolStatus{Name: n, Source: source[n], Size: c.Size, Image: c.Image, VCPUs: c.CPUs, MemoryMiB: c.MemoryMiB}
 		}
 		return byName[n]
 	}
-	for n := range cfg {
+	for n := range all {
 		get(n)
 	}
 	root := filepath.Join(stateDir, "sb")
