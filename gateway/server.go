@@ -204,6 +204,7 @@ func (s *Server) Close() error {
 func (s *Server) Register(r grpc.ServiceRegistrar) {
 	openshellv1.RegisterOpenShellServer(r, s)
 	s.registerSnapshots(r)
+	s.registerPools(r)
 }
 
 // NewGRPCServer returns a gRPC server with the auth and error-mapping interceptors

@@ -2,24 +2,25 @@ package daemon
 
 import (
 	"context"
+	"errors"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/openshell/openshell/drivers"
-	"github.com/openshell/openshell/gateway/driversel"
 )
 
 // poolCollector exports a driver's warm pools on /metrics: configured size, idle and
 // booting VMs, and the idle VMs' host memory, per pool.
 type poolCollector struct {
-	pr                           driversel.PoolReporter
+	pr                           drivers.Pooler
 	size, idle, booting, idleRSS *prometheus.Desc
 }
 
-// registerPoolMetrics adds the warm-pool gauges when the driver has pools.
+// registerPoolMetrics adds the warm-pool gauges when the driver can have pools (an
+// external driver that turns out to have none reports none).
 func registerPoolMetrics(reg *prometheus.Registry, drv drivers.Driver) {
-	pr, ok := drv.(driversel.PoolReporter)
+	pr, ok := drv.(drivers.Pooler)
 	if !ok {
 		return
 	}
@@ -42,19 +43,22 @@ func (c *poolCollector) Describe(ch chan<- *prometheus.Desc) {
 func (c *poolCollector) Collect(ch chan<- prometheus.Metric) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	pools, err := c.pr.Pools(ctx)
+	pools, err := c.pr.ListPools(ctx)
+	if errors.Is(err, drivers.ErrNotSupported) {
+		return
+	}
 	if err != nil {
 		ch <- prometheus.NewInvalidMetric(c.idle, err)
 		return
 	}
 	for _, p := range pools {
 		var rss int64
-		for _, b := range p.IdleRSSBytes {
+		for _, b := range p.GetIdleRssBytes() {
 			rss += b
 		}
-		ch <- prometheus.MustNewConstMetric(c.size, prometheus.GaugeValue, float64(p.Size), p.Name)
-		ch <- prometheus.MustNewConstMetric(c.idle, prometheus.GaugeValue, float64(p.Idle), p.Name)
-		ch <- prometheus.MustNewConstMetric(c.booting, prometheus.GaugeValue, float64(p.Booting), p.Name)
-		ch <- prometheus.MustNewConstMetric(c.idleRSS, prometheus.GaugeValue, float64(rss), p.Name)
+		ch <- prometheus.MustNewConstMetric(c.size, prometheus.GaugeValue, float64(p.GetSize()), p.GetName())
+		ch <- prometheus.MustNewConstMetric(c.idle, prometheus.GaugeValue, float64(p.GetIdle()), p.GetName())
+		ch <- prometheus.MustNewConstMetric(c.booting, prometheus.GaugeValue, float64(p.GetBooting()), p.GetName())
+		ch <- prometheus.MustNewConstMetric(c.idleRSS, prometheus.GaugeValue, float64(rss), p.GetName())
 	}
 }

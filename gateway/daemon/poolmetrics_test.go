@@ -3,31 +3,31 @@ package daemon
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/openshell/openshell/api/poolv1"
 	"github.com/openshell/openshell/drivers"
-	"github.com/openshell/openshell/gateway/driversel"
 )
 
-// fakePoolDriver is a driver with warm pools; only Pools is used.
+// fakePoolDriver is a driver with warm pools; only ListPools is used.
 type fakePoolDriver struct {
 	drivers.Driver
-	pools []driversel.PoolStat
+	drivers.Pooler
+	pools []*poolv1.Pool
 	err   error
 }
 
-func (f *fakePoolDriver) Pools(context.Context) ([]driversel.PoolStat, error) { return f.pools, f.err }
-
-var _ driversel.PoolReporter = (*fakePoolDriver)(nil)
+func (f *fakePoolDriver) ListPools(context.Context) ([]*poolv1.Pool, error) { return f.pools, f.err }
 
 // TestPoolMetrics: a driver's warm pools appear on /metrics per pool (size, idle,
 // booting, the idle VMs' RSS summed); a failing report is an error, not zeros.
 func TestPoolMetrics(t *testing.T) {
 	reg := prometheus.NewRegistry()
-	drv := &fakePoolDriver{pools: []driversel.PoolStat{{Name: "small", Size: 3, Idle: 2, Booting: 1, IdleRSSBytes: []int64{100, 200}}}}
+	drv := &fakePoolDriver{pools: []*poolv1.Pool{{Name: "small", Size: 3, Idle: 2, Booting: 1, IdleRssBytes: []int64{100, 200}}}}
 	registerPoolMetrics(reg, drv)
 	mfs, err := reg.Gather()
 	if err != nil {
@@ -48,9 +48,14 @@ func TestPoolMetrics(t *testing.T) {
 			t.Errorf("%s = %v, want %v (all: %v)", k, got[k], v, got)
 		}
 	}
-	drv.err = errors.New("driver doctor failed")
-	if _, err := reg.Gather(); err == nil || !strings.Contains(err.Error(), "driver doctor failed") {
+	drv.err = errors.New("driver unreachable")
+	if _, err := reg.Gather(); err == nil || !strings.Contains(err.Error(), "driver unreachable") {
 		t.Fatalf("gather with a failing report: %v", err)
+	}
+	// A driver process without the pool service: no pools, no error.
+	drv.err = fmt.Errorf("no DriverPools: %w", drivers.ErrNotSupported)
+	if mfs, err := reg.Gather(); err != nil || len(mfs) != 0 {
+		t.Fatalf("gather from a driver without pools: %v, %v", mfs, err)
 	}
 	// A driver without pools registers nothing.
 	reg2 := prometheus.NewRegistry()

@@ -126,8 +126,6 @@ type vmDriver struct {
 	// runnerKey derives each VM runner's credential for its sandbox's provider
 	// values (package hostcred); the gateway checks it, the driver hands it out.
 	runnerKey []byte
-	// bin, stateDir and poolsArg let Pools ask the driver binary about its warm pools.
-	bin, stateDir, poolsArg string
 }
 
 // newVM starts openshell-driver-vm on a private socket (directory 0700) and
@@ -179,12 +177,7 @@ func newVM(ctx context.Context, env DriverEnv) (_ drivers.Driver, retErr error) 
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("vm driver: start %s: %w", bin, err)
 	}
-	d := &vmDriver{proc: cmd.Process, exited: make(chan struct{}), runnerKey: runnerKey, socket: socket, bin: bin, stateDir: dir}
-	for _, a := range args {
-		if strings.HasPrefix(a, "--pools=") {
-			d.poolsArg = a
-		}
-	}
+	d := &vmDriver{proc: cmd.Process, exited: make(chan struct{}), runnerKey: runnerKey, socket: socket}
 	go func() { _ = cmd.Wait(); close(d.exited) }()
 	defer func() {
 		if retErr != nil {
@@ -261,38 +254,3 @@ func (d *vmDriver) RunnerKey() []byte { return d.runnerKey }
 
 // PID returns the driver process id.
 func (d *vmDriver) PID() int { return d.proc.Pid }
-
-// PoolStat is one warm pool of the VM driver (gateway metrics).
-type PoolStat struct {
-	Name         string  `json:"name"`
-	Size         int     `json:"size"`
-	Idle         int     `json:"idle"`
-	Booting      int     `json:"booting"`
-	IdleRSSBytes []int64 `json:"idle_rss_bytes"`
-}
-
-// PoolReporter is a driver with warm pools.
-type PoolReporter interface {
-	Pools(ctx context.Context) ([]PoolStat, error)
-}
-
-var _ PoolReporter = (*vmDriver)(nil)
-
-// Pools asks the driver binary's doctor about the warm pools in the driver's state
-// dir (the pools' VMs are read from disk and their runners, not through the driver).
-func (d *vmDriver) Pools(ctx context.Context) ([]PoolStat, error) {
-	if d.poolsArg == "" {
-		return nil, nil
-	}
-	out, err := exec.CommandContext(ctx, d.bin, "doctor", "--json", "--state-dir", d.stateDir, d.poolsArg).Output()
-	if len(out) == 0 && err != nil {
-		return nil, fmt.Errorf("vm driver doctor: %w", err)
-	}
-	var rep struct {
-		Pools []PoolStat `json:"pools"`
-	}
-	if err := json.Unmarshal(out, &rep); err != nil {
-		return nil, fmt.Errorf("vm driver doctor: %w", err)
-	}
-	return rep.Pools, nil
-}
