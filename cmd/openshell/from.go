@@ -143,16 +143,16 @@ func isOCIArchive(r io.Reader) bool {
 	}
 }
 
-// localFromDriver asks the gateway for its driver, but only when --from names a
-// local path (an image reference needs no round trip).
-func (a *app) resolveCreateImage(ctx context.Context, o *createOptions, progress io.Writer) error {
-	if _, err := os.Stat(o.image); o.image == "" || err != nil {
-		return nil
+// resolveImage resolves a --from (or a pool's --image) with resolveFrom, asking the
+// gateway for its driver only when it names a local path (an image reference needs no
+// round trip). name names the image a build makes.
+func (a *app) resolveImage(ctx context.Context, image, name, flag string, progress io.Writer) (string, error) {
+	if _, err := os.Stat(image); image == "" || err != nil {
+		return image, nil
 	}
 	_, driver, err := a.health(ctx)
 	if err != nil {
-		return fmt.Errorf("--from %s is a local path; asking the gateway which driver it uses: %w", o.image, err)
+		return "", fmt.Errorf("%s %s is a local path; asking the gateway which driver it uses: %w", flag, image, err)
 	}
-	o.image, err = resolveFrom(ctx, o.image, o.name, driver, builderFor(driver), progress)
-	return err
+	return resolveFrom(ctx, image, name, driver, builderFor(driver), progress)
 }

@@ -51,7 +51,7 @@ func newRoot() (*cobra.Command, *app) {
 	root.PersistentFlags().StringVarP(&a.gateway, "gateway", "g", defaultGateway(os.Getenv), "name of the gateway to talk to (~/.config/openshell/gateways/<name>; default $"+gatewayEnv+", else \"default\")")
 	_ = root.RegisterFlagCompletionFunc("gateway", completeGatewayNames)
 	root.PersistentFlags().StringVarP(&a.output, "output", "o", "table", "output format where it applies: table, json or yaml")
-	root.AddCommand(a.gatewayCmd(), a.sandboxCmd(), a.forwardCmd(), a.doctorCmd(), a.gpuCmd(), a.serviceCmd())
+	root.AddCommand(a.gatewayCmd(), a.sandboxCmd(), a.forwardCmd(), a.doctorCmd(), a.gpuCmd(), a.serviceCmd(), a.poolCmd())
 	mountExtensions(root, a)
 	return root, a
 }

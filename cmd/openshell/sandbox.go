@@ -175,9 +175,11 @@ func (a *app) sandboxCreate(ws *string) *cobra.Command {
 			if o.noWait && (len(uploads) > 0 || len(forwards) > 0) {
 				return errors.New("--upload and --forward need the sandbox READY: drop --no-wait")
 			}
-			if err := a.resolveCreateImage(ctx, &o, os.Stderr); err != nil {
+			image, err := a.resolveImage(ctx, o.image, o.name, "--from", os.Stderr)
+			if err != nil {
 				return err
 			}
+			o.image = image
 			args = takeGPUCount(cmd, &o.gpu, args)
 			req, err := buildCreateRequest(o, *ws, args)
 			if err != nil {
