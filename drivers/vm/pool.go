@@ -122,6 +122,9 @@ type pools struct {
 	// while the driver runs.
 	conf map[string]PoolConfig
 
+	// apiMu orders CreatePool and DeletePool (each writes pools.json).
+	apiMu sync.Mutex
+
 	mu sync.Mutex
 	// api are the pools made through CreatePool, kept in pools.json (poolapi.go);
 	// apiErr says why that file could not be read (nil: it could, or there is none).

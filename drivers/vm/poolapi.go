@@ -100,8 +100,35 @@ func (d *Driver) CreatePool(_ context.Context, req *poolv1.CreatePoolRequest) (*
 		return nil, bad("%v", err)
 	}
 	p := d.pools
+	// p.apiMu orders the API's changes; p.mu is held only to read and swap the pools,
+	// not across the file's write (claims take p.mu).
+	p.apiMu.Lock()
+	defer p.apiMu.Unlock()
 	p.mu.Lock()
-	defer p.mu.Unlock()
+	next, err := d.admitPoolLocked(n, pc, shape)
+	p.mu.Unlock()
+	if err != nil {
+		return nil, err
+	}
+	if err := writeAPIPools(d.cfg.StateDir, next); err != nil {
+		return nil, fmt.Errorf("pool %q: keep it in the driver's state: %w", n, err)
+	}
+	p.mu.Lock()
+	p.api = next
+	delete(p.lastErr, n)
+	delete(p.retryAt, n)
+	delete(p.fails, n)
+	p.mu.Unlock()
+	p.wake()
+	d.log.Info("warm pool created", "pool", n, "size", pc.Size, "image", shape.image, "vcpus", shape.vcpus, "memory_mib", shape.memoryMiB, "disk_bytes", shape.diskBytes)
+	return &poolv1.Pool{Name: n, Source: PoolSourceAPI, Size: int32(pc.Size), Image: shape.image, Vcpus: uint32(shape.vcpus),
+		MemoryMib: uint32(shape.memoryMiB), DiskSizeBytes: shape.diskBytes}, nil
+}
+
+// admitPoolLocked checks that pool n of shape may be added and returns the API's
+// pools with it. p.mu held.
+func (d *Driver) admitPoolLocked(n string, pc PoolConfig, shape *resolved) (map[string]PoolConfig, error) {
+	p := d.pools
 	if p.apiErr != nil {
 		return nil, fmt.Errorf("%w: %w", p.apiErr, drivers.ErrFailedPrecondition)
 	}
@@ -116,22 +143,16 @@ func (d *Driver) CreatePool(_ context.Context, req *poolv1.CreatePoolRequest) (*
 	for _, other := range p.namesLocked() {
 		oc, _ := p.configLocked(other)
 		if theirs, err := d.poolShape(oc); err == nil && oc.Size > 0 && *theirs == *shape {
-			return nil, fmt.Errorf("pool %q has the same image, CPUs, memory and disk size, and serves those creates already; change its size instead (delete it and create it again): %w", other, drivers.ErrAlreadyExists)
+			fix := "delete it and create it again"
+			if _, conf := p.conf[other]; conf {
+				fix = "in the gateway config"
+			}
+			return nil, fmt.Errorf("pool %q has the same image, CPUs, memory and disk size, and serves those creates already; to change its size, do it there (%s): %w", other, fix, drivers.ErrAlreadyExists)
 		}
 	}
 	next := maps.Clone(p.api)
 	next[n] = pc
-	if err := writeAPIPools(d.cfg.StateDir, next); err != nil {
-		return nil, fmt.Errorf("pool %q: keep it in the driver's state: %w", n, err)
-	}
-	p.api = next
-	delete(p.lastErr, n)
-	delete(p.retryAt, n)
-	delete(p.fails, n)
-	p.wake()
-	d.log.Info("warm pool created", "pool", n, "size", pc.Size, "image", shape.image, "vcpus", shape.vcpus, "memory_mib", shape.memoryMiB, "disk_bytes", shape.diskBytes)
-	return &poolv1.Pool{Name: n, Source: PoolSourceAPI, Size: int32(pc.Size), Image: shape.image, Vcpus: uint32(shape.vcpus),
-		MemoryMib: uint32(shape.memoryMiB), DiskSizeBytes: shape.diskBytes}, nil
+	return next, nil
 }
 
 // ListPools implements drivers.Pooler.
@@ -157,6 +178,8 @@ func (d *Driver) DeletePool(_ context.Context, n string) (int, error) {
 		return 0, fmt.Errorf("name: name the pool to delete (see `openshell pool list`): %w", drivers.ErrInvalidArgument)
 	}
 	p := d.pools
+	p.apiMu.Lock()
+	defer p.apiMu.Unlock()
 	p.mu.Lock()
 	if _, ok := p.conf[n]; ok {
 		p.mu.Unlock()
@@ -172,10 +195,11 @@ func (d *Driver) DeletePool(_ context.Context, n string) (int, error) {
 	}
 	next := maps.Clone(p.api)
 	delete(next, n)
+	p.mu.Unlock()
 	if err := writeAPIPools(d.cfg.StateDir, next); err != nil {
-		p.mu.Unlock()
 		return 0, fmt.Errorf("pool %q: remove it from the driver's state: %w", n, err)
 	}
+	p.mu.Lock()
 	p.api = next
 	var stop []*poolMember
 	stopped := 0
