@@ -16,6 +16,7 @@ import (
 	"github.com/openshell/openshell/api/sandboxv1"
 	"github.com/openshell/openshell/gateway/auth"
 	"github.com/openshell/openshell/gateway/hub"
+	"github.com/openshell/openshell/gateway/store"
 	"github.com/openshell/openshell/supervisor/policy"
 	"github.com/openshell/openshell/supervisor/session"
 )
@@ -43,8 +44,14 @@ func (s *Server) onSession(sandboxID, instanceID string, connected bool) {
 		}
 		return nil // always re-stamp the phase
 	})
+	if errors.Is(err, store.ErrNotFound) {
+		s.log.Debug("session change for an unknown sandbox", "sandbox_id", sandboxID)
+		return
+	}
 	if err != nil {
-		s.log.Debug("session change for an unknown sandbox", "sandbox_id", sandboxID, "err", err)
+		// Watchers were woken above and derive the phase live; the record catches up at
+		// the next write or reconcile.
+		s.log.Warn("recording a session change failed", "sandbox_id", sandboxID, "connected", connected, "err", err)
 		return
 	}
 	if connected {
