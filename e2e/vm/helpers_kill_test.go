@@ -227,6 +227,21 @@ func (e *env) gatewayPID() int {
 	return pid
 }
 
+// kill9GatewayAndDriver SIGKILLs the gateway and its VM driver (the gateway's child,
+// whose command line names the gateway's pid), waits until both are gone and returns
+// the driver's pid.
+func (e *env) kill9GatewayAndDriver() (driverPID int) {
+	e.t.Helper()
+	gw := e.gatewayPID()
+	drv := childrenOf(gw, "openshell-driver-vm")
+	if len(drv) != 1 {
+		e.t.Fatalf("expected one openshell-driver-vm child of the gateway (pid %d), found %v", gw, drv)
+	}
+	kill9(e.t, "gateway", gw)
+	kill9(e.t, "VM driver", drv[0])
+	return drv[0]
+}
+
 // kill9 SIGKILLs pid and waits until it is gone (or a zombie nobody reaps).
 func kill9(t *testing.T, what string, pid int) {
 	t.Helper()

@@ -258,13 +258,7 @@ func TestVMPoolIsolationAndKill9(t *testing.T) {
 	if len(before) != 3 {
 		t.Fatalf("idle pool runners %v, want 3", before)
 	}
-	gw := r.gatewayPID()
-	drv := childrenOf(gw, "openshell-driver-vm")
-	if len(drv) != 1 {
-		t.Fatalf("expected one openshell-driver-vm child of the gateway (pid %d), found %v", gw, drv)
-	}
-	kill9(t, "gateway", gw)
-	kill9(t, "VM driver", drv[0])
+	r.kill9GatewayAndDriver()
 	r.startGateway()
 	r.waitIdle(pool, 3, time.Minute)
 	if after := r.idleRunners(); !slices.Equal(before, after) {

@@ -101,13 +101,7 @@ func TestVMPoolCLI(t *testing.T) {
 	// kill -9 with the refilled pool: the pool and its VM survive.
 	r.waitIdle(pool, 1, 6*time.Minute)
 	before := r.idleRunners()
-	gw := r.gatewayPID()
-	drv := childrenOf(gw, "openshell-driver-vm")
-	if len(drv) != 1 {
-		t.Fatalf("expected one openshell-driver-vm child of the gateway (pid %d), found %v", gw, drv)
-	}
-	kill9(t, "gateway", gw)
-	kill9(t, "VM driver", drv[0])
+	r.kill9GatewayAndDriver()
 	r.startGateway()
 	if p := r.cliPools()[pool]; p.Source != "api" || p.Size != 1 {
 		t.Fatalf("after the restart, pool %s: %+v", pool, p)

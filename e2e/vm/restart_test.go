@@ -69,14 +69,7 @@ func TestVMRestartKill9(t *testing.T) {
 		t.Logf("%s: boot id %s, uptime %.2f s, runner %d, qemu %d", n, g.boot, g.uptime, rec.RunnerPID, rec.VMMPID)
 	}
 
-	// The driver is the gateway's child (its command line names the gateway's pid).
-	gw := r.gatewayPID()
-	drv := childrenOf(gw, "openshell-driver-vm")
-	if len(drv) != 1 {
-		t.Fatalf("expected one openshell-driver-vm child of the gateway (pid %d), found %v", gw, drv)
-	}
-	kill9(t, "gateway", gw)
-	kill9(t, "VM driver", drv[0])
+	drv := r.kill9GatewayAndDriver()
 	for n, g := range before {
 		for _, p := range g.pids {
 			if !alive(p) {
@@ -135,8 +128,8 @@ func TestVMRestartKill9(t *testing.T) {
 			t.Errorf("%s: exec after restart printed %q", n, out)
 		}
 	}
-	if alive(drv[0]) {
-		t.Errorf("the killed driver (pid %d) is alive", drv[0])
+	if alive(drv) {
+		t.Errorf("the killed driver (pid %d) is alive", drv)
 	}
 
 	// Delete both: nothing may be left (runner, QEMU, vsock backend, state dirs).
