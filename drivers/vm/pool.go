@@ -305,10 +305,7 @@ func (d *Driver) claim(sb *computev1.DriverSandbox, res *resolved) (bool, error)
 		return false, nil
 	}
 	start := time.Now()
-	if m.monCancel != nil {
-		m.monCancel()
-		<-m.monDone
-	}
+	d.pools.unwatch(m)
 	s := &sandbox{id: id, name: sb.GetName(), paths: m.paths, cid: m.cid, pool: pool}
 	s.setPhase(phaseBooting, drivers.ReasonStarting, "claimed a warm VM from pool "+pool)
 	// The timeline of a claimed create: the driver's part up to here, then the claim
@@ -618,10 +615,7 @@ func (d *Driver) bootMember(pool string) {
 		p.mu.Lock()
 		delete(p.members, id)
 		p.mu.Unlock()
-		if m.monCancel != nil {
-			m.monCancel()
-			<-m.monDone
-		}
+		p.unwatch(m)
 		fail(fmt.Errorf("the guest did not ask for its identity within %v; see %s", memberBootTimeout, m.paths.ConsoleLog))
 		return
 	}
@@ -650,14 +644,20 @@ func (d *Driver) bootMember(pool string) {
 // stopMember discards a member already taken out of p.members: its runner's watch
 // ends first, so the runner's end is not taken for a failure.
 func (d *Driver) stopMember(m *poolMember, why string) {
-	d.pools.mu.Lock()
+	d.pools.unwatch(m)
+	d.discardMember(m, why)
+}
+
+// unwatch ends the watch of member m's runner (watchMember), if one runs, and waits
+// until it has returned.
+func (p *pools) unwatch(m *poolMember) {
+	p.mu.Lock()
 	cancel, done := m.monCancel, m.monDone
-	d.pools.mu.Unlock()
+	p.mu.Unlock()
 	if cancel != nil {
 		cancel()
 		<-done
 	}
-	d.discardMember(m, why)
 }
 
 // runnerCommand is the command that starts the runner of the VM in paths, in its own

@@ -115,14 +115,20 @@ func (d *Driver) CreatePool(_ context.Context, req *poolv1.CreatePoolRequest) (*
 	}
 	p.mu.Lock()
 	p.api = next
-	delete(p.lastErr, n)
-	delete(p.retryAt, n)
-	delete(p.fails, n)
+	p.forgetFailuresLocked(n)
 	p.mu.Unlock()
 	p.wake()
 	d.log.Info("warm pool created", "pool", n, "size", pc.Size, "image", shape.image, "vcpus", shape.vcpus, "memory_mib", shape.memoryMiB, "disk_bytes", shape.diskBytes)
-	return &poolv1.Pool{Name: n, Source: PoolSourceAPI, Size: int32(pc.Size), Image: shape.image, Vcpus: uint32(shape.vcpus),
-		MemoryMib: uint32(shape.memoryMiB), DiskSizeBytes: shape.diskBytes}, nil
+	return PoolStatus{Name: n, Source: PoolSourceAPI, Size: pc.Size, Image: shape.image, VCPUs: shape.vcpus,
+		MemoryMiB: shape.memoryMiB, DiskBytes: shape.diskBytes}.proto(), nil
+}
+
+// forgetFailuresLocked drops what pool n's failed boots left (its last error and back-off),
+// so that a pool made again under that name starts afresh. p.mu held.
+func (p *pools) forgetFailuresLocked(n string) {
+	delete(p.lastErr, n)
+	delete(p.retryAt, n)
+	delete(p.fails, n)
 }
 
 // admitPoolLocked checks that pool n of shape may be added and returns the API's
@@ -214,9 +220,7 @@ func (d *Driver) DeletePool(_ context.Context, n string) (int, error) {
 		delete(p.members, id)
 		stop = append(stop, m)
 	}
-	delete(p.lastErr, n)
-	delete(p.retryAt, n)
-	delete(p.fails, n)
+	p.forgetFailuresLocked(n)
 	p.mu.Unlock()
 	for _, m := range stop {
 		d.stopMember(m, "its pool was deleted")
