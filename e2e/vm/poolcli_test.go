@@ -2,6 +2,7 @@ package vm_test
 
 import (
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -48,8 +49,8 @@ func (r *vmRun) cliPools() map[string]cliPool {
 //     the config's pools cannot be deleted through it; a pool deleted while its VM
 //     boots leaves nothing running or on disk once that boot ends.
 func TestVMPoolCLI(t *testing.T) {
-	r := startVMRunWith(t, func(string) string {
-		return "\n[drivers.vm.pools.conf]\nsize = 0\n" // a pool of the config, off
+	r := startVMRunWith(t, func(image string) string {
+		return fmt.Sprintf("\n[drivers.vm.pools.conf]\nsize = 0\nimage = %q\n", image) // a pool of the config, off
 	})
 
 	for _, c := range []struct {
