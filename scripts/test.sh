@@ -92,6 +92,16 @@ E2E_DRIVER=podman CONTAINER_HOST="unix://$rootless_sock" go test -count=1 -timeo
 step "supervisor-core end-to-end tests on the kubernetes driver (the test cluster's node)"
 E2E_DRIVER=kubernetes go test -count=1 -timeout 20m ./e2e/ 2>&1 | tee -a "$log" || test_ok=false
 
+# The failing tests' own complaints, last, where a reader of a long log looks first:
+# the lines the tests wrote after "--- FAIL" (each with up to 4 lines of its text),
+# without the commands they echoed and what those printed.
+if ! $test_ok; then
+	step "what the failing tests said (all of it is in $log)"
+	awk '/^ *--- FAIL/ { fail = 1; print; next }
+		/^(=== |--- |ok |FAIL|PASS)/ { fail = 0 }
+		fail && /_test\.go:[0-9]+: / { more = /_test\.go:[0-9]+: \$ / ? 0 : 4; if (more) print substr($0, 1, 300); next }
+		fail && more-- > 0 { print substr($0, 1, 300) }' "$log" | head -n 60
+fi
 $lint_ok || echo "FAILED: lint (see above)"
 $test_ok || echo "FAILED: go test (see above)"
 $lint_ok && $test_ok
