@@ -95,6 +95,7 @@ func TestTypeScriptClient(t *testing.T) {
 		Deleted          bool     `json:"deleted"`
 		ProviderDeleted  bool     `json:"provider_deleted"`
 		Unimplemented    string   `json:"unimplemented"`
+		SandboxLogs      []string `json:"sandbox_logs"` // only when the placeholder is missing
 	}
 	if err := json.Unmarshal(stdout.Bytes(), &got); err != nil {
 		t.Fatalf("client output is not JSON: %v\n%s", err, stdout.String())
@@ -120,5 +121,8 @@ func TestTypeScriptClient(t *testing.T) {
 		if !c.ok {
 			t.Errorf("%s: got %+v", c.what, got)
 		}
+	}
+	if len(got.SandboxLogs) > 0 {
+		t.Logf("the sandbox's log, read when the exec saw no placeholder:\n%s", strings.Join(got.SandboxLogs, "\n"))
 	}
 }

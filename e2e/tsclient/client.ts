@@ -152,6 +152,16 @@ async function main(): Promise<void> {
 
   const ex = await exec(id, ["sh", "-c", 'echo "hello from typescript"; printf "%s" "$TS_TOKEN" | cut -d: -f1-3']);
   result.exec = ex;
+  if (!ex.stdout.includes("openshell-placeholder:")) {
+    // No placeholder: the sandbox's own log (the supervisor's credential fetch) says
+    // why; kept for the test's report.
+    try {
+      const logs = await unary("GetSandboxLogs", { sandbox_id: id, lines: 200 });
+      result.sandbox_logs = logs.logs.map((l) => `${l.source} ${l.level} ${l.target}: ${l.message} ${JSON.stringify(l.fields)}`);
+    } catch (e) {
+      result.sandbox_logs = [String(e)];
+    }
+  }
 
   const attached = await unary("ListSandboxProviders", { sandbox_name: name });
   result.sandbox_providers = attached.providers.map((p) => p.metadata?.name);
