@@ -25,6 +25,7 @@ var kubeNamespace string
 func requireKube(t *testing.T) {
 	t.Helper()
 	c := kubetest.RequireNode(t)
+	c.LockSandboxCRD(t, false) // the CRD stays as it is while this test's sandboxes exist
 	kubeNamespace = c.Namespace(t)
 }
 

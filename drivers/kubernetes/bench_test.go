@@ -24,6 +24,7 @@ func TestBenchCreateToReady(t *testing.T) {
 		t.Skip("benchmark: set OPENSHELL_BENCH=1 to run")
 	}
 	c := kubetest.RequireNode(t)
+	c.LockSandboxCRD(t, false)
 	ns := c.Namespace(t)
 	d := newClusterDriver(t, c, clusterConfig(ns))
 	defer d.Close()

@@ -54,6 +54,7 @@ func newClusterDriver(t *testing.T, c *kubetest.Cluster, cfg Config) *Driver {
 
 func TestConformance(t *testing.T) {
 	c := kubetest.RequireNode(t) // the pods run on the real node
+	c.LockSandboxCRD(t, false)
 	ns := c.Namespace(t)
 	drivertest.Suite(t, func(t *testing.T) drivers.Driver {
 		return newClusterDriver(t, c, clusterConfig(ns))
@@ -63,6 +64,7 @@ func TestConformance(t *testing.T) {
 // TestNoOrphans: deleting a sandbox leaves none of its Secret, claim or pod.
 func TestNoOrphans(t *testing.T) {
 	c := kubetest.Require(t)
+	c.LockSandboxCRD(t, false)
 	ns := c.Namespace(t)
 	cfg := clusterConfig(ns)
 	cfg.StorageSize = "16Mi"
@@ -111,6 +113,7 @@ func waitFor(t *testing.T, timeout time.Duration, what string, f func() bool) {
 // by New with the fix named.
 func TestBadEnvironment(t *testing.T) {
 	c := kubetest.Require(t)
+	c.LockSandboxCRD(t, false)
 	ns := c.Namespace(t)
 
 	t.Run("UnknownNamespace", func(t *testing.T) {
