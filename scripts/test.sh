@@ -100,7 +100,7 @@ if ! $test_ok; then
 	awk '/^ *--- FAIL/ { fail = 1; print; next }
 		/^(=== |--- |ok |FAIL|PASS)/ { fail = 0 }
 		fail && /_test\.go:[0-9]+: / { more = /_test\.go:[0-9]+: \$ / ? 0 : 4; if (more) print substr($0, 1, 300); next }
-		fail && more-- > 0 { print substr($0, 1, 300) }' "$log" | head -n 60
+		fail && more-- > 0 { print substr($0, 1, 300) }' "$log" | head -n 60 || true # head may close the pipe first
 fi
 $lint_ok || echo "FAILED: lint (see above)"
 $test_ok || echo "FAILED: go test (see above)"
