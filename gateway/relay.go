@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/openshell/openshell/api/openshellv1"
+	"github.com/openshell/openshell/drivers"
 	"github.com/openshell/openshell/gateway/hub"
 	"github.com/openshell/openshell/gateway/sshrelay"
 	"github.com/openshell/openshell/gateway/store"
@@ -25,6 +26,10 @@ import (
 )
 
 // requireReady loads a sandbox by id and fails with FAILED_PRECONDITION unless READY.
+// A running sandbox whose supervisor had a session and has none now is waited for,
+// up to Options.SessionReturnWait: its supervisor redials on its own (after a gateway
+// restart, within a second or two), and a command sent in that window runs instead
+// of failing.
 func (s *Server) requireReady(ctx context.Context, id string) (*record, error) {
 	if id == "" {
 		return nil, invalidf("sandbox_id is required")
@@ -33,11 +38,65 @@ func (s *Server) requireReady(ctx context.Context, id string) (*record, error) {
 	if err != nil {
 		return nil, err
 	}
-	if p, _ := derivePhase(s.phaseInput(r)); p != openshellv1.SandboxPhase_SANDBOX_PHASE_READY {
+	p, cond := derivePhase(s.phaseInput(r))
+	waited := time.Duration(0)
+	if p != openshellv1.SandboxPhase_SANDBOX_PHASE_READY && reconnecting(r, cond) {
+		start := time.Now()
+		back := s.awaitSession(ctx, id)
+		waited = time.Since(start)
+		if back {
+			if r, err = s.load(ctx, id); err != nil {
+				return nil, err
+			}
+			p, _ = derivePhase(s.phaseInput(r))
+		}
+	}
+	if p != openshellv1.SandboxPhase_SANDBOX_PHASE_READY {
+		name := r.sb.GetMetadata().GetName()
+		if waited > 0 {
+			return nil, fmt.Errorf("sandbox %s is %s, not READY: its supervisor had a session and did not reconnect within %v; see `openshell sandbox logs %s`: %w",
+				name, phaseName(p), waited.Round(time.Millisecond), name, errNotReady)
+		}
 		return nil, fmt.Errorf("sandbox %s is %s, not READY; wait for it (openshell sandbox watch %s): %w",
-			r.sb.GetMetadata().GetName(), phaseName(p), r.sb.GetMetadata().GetName(), errNotReady)
+			name, phaseName(p), name, errNotReady)
 	}
 	return r, nil
+}
+
+// defaultSessionReturnWait is Options.SessionReturnWait's default.
+const defaultSessionReturnWait = 10 * time.Second
+
+// reconnecting reports whether sandbox r runs and its supervisor, which had a
+// session before (it recorded its main process's instance), has none now.
+func reconnecting(r *record, cond *openshellv1.SandboxCondition) bool {
+	return cond.GetReason() == drivers.ReasonSupervisorNotConnected && r.sb.GetStatus().GetMainProcessInstanceId() != ""
+}
+
+// awaitSession waits until sandbox id has a supervisor session, ctx ends or
+// Options.SessionReturnWait passes; it reports whether the session is there.
+func (s *Server) awaitSession(ctx context.Context, id string) bool {
+	wait := s.opts.SessionReturnWait
+	if wait <= 0 {
+		wait = defaultSessionReturnWait
+	}
+	changed, unsubscribe := s.watch.subscribe(id) // before the check: a change in between still wakes
+	defer unsubscribe()
+	deadline := time.NewTimer(wait)
+	defer deadline.Stop()
+	// A session held by another replica is not announced here: looked for now and then.
+	poll := time.NewTicker(250 * time.Millisecond)
+	defer poll.Stop()
+	for !s.hub.Connected(id) {
+		select {
+		case <-ctx.Done():
+			return false
+		case <-deadline.C:
+			return false
+		case <-changed:
+		case <-poll.C:
+		}
+	}
+	return true
 }
 
 func phaseName(p openshellv1.SandboxPhase) string {

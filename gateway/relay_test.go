@@ -164,3 +164,75 @@ func TestForwardTransferTarget(t *testing.T) {
 		}
 	}
 }
+
+// TestRelayWaitsForReconnect: a relay to a running sandbox whose supervisor lost its
+// session (a gateway restart, a dropped connection) waits for the supervisor to come
+// back and then goes through; one that does not come back fails after the bound with
+// the reason; a sandbox whose supervisor never connected is not waited for.
+func TestRelayWaitsForReconnect(t *testing.T) {
+	const bound = 2 * time.Second
+	e := startEnvWith(t, t.TempDir(), drivertest.NewMemDriver(), time.Hour, func(o *gateway.Options) {
+		o.SessionReturnWait = bound
+	})
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	id := e.create("back").GetMetadata().GetId()
+	sup := e.connectSupervisor(id, "i1")
+	e.waitSandbox("back", "no main process instance recorded", func(sb *openshellv1.Sandbox) bool {
+		return sb.GetStatus().GetPhase() == phaseReady && sb.GetStatus().GetMainProcessInstanceId() == "i1"
+	})
+
+	lose := func() {
+		t.Helper()
+		sup.close()
+		e.waitSandbox("back", "the session's end not seen", func(sb *openshellv1.Sandbox) bool {
+			return readyCondition(sb).GetReason() == "SupervisorNotConnected"
+		})
+	}
+	lose()
+	const away = 400 * time.Millisecond
+	type result struct {
+		took time.Duration
+		err  error
+	}
+	done := make(chan result, 1)
+	start := time.Now()
+	go func() {
+		fs, err := openForward(ctx, e, id)
+		if err == nil {
+			fs.CloseSend()
+		}
+		done <- result{time.Since(start), err}
+	}()
+	time.Sleep(away)
+	sup = e.connectSupervisor(id, "i1")
+	res := <-done
+	took, err := res.took, res.err
+	if err != nil {
+		t.Fatalf("forward while the supervisor reconnects: %v (after %v)", err, took)
+	}
+	if took < away || took > bound {
+		t.Errorf("the forward went through %v after it was asked for; the supervisor was back after %v", took, away)
+	}
+
+	lose()
+	start = time.Now()
+	_, err = openForward(ctx, e, id)
+	took = time.Since(start)
+	wantCode(t, err, codes.FailedPrecondition)
+	if !strings.Contains(err.Error(), "did not reconnect within") || took < bound || took > bound+time.Second {
+		t.Errorf("no supervisor back: %v after %v, want the reason after %v", err, took, bound)
+	}
+
+	// Never connected: still starting, refused at once (the user is told to wait).
+	fresh := e.create("fresh").GetMetadata().GetId()
+	e.waitSandbox("fresh", "backend not ready", func(sb *openshellv1.Sandbox) bool {
+		return readyCondition(sb).GetReason() == "SupervisorNotConnected"
+	})
+	start = time.Now()
+	_, err = openForward(ctx, e, fresh)
+	wantCode(t, err, codes.FailedPrecondition)
+	if took := time.Since(start); took > bound/2 || !strings.Contains(err.Error(), "wait for it") {
+		t.Errorf("a sandbox still starting: %v after %v, want an immediate refusal", err, took)
+	}
+}

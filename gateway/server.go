@@ -75,6 +75,9 @@ type Options struct {
 	MaxRelaysPerSandbox int
 	// RelayOpenTimeout bounds the wait for a supervisor to claim a relay (0 = 10 s).
 	RelayOpenTimeout time.Duration
+	// SessionReturnWait bounds how long an exec, forward or transfer to a running
+	// sandbox waits for its supervisor to reconnect after losing its session (0 = 10 s).
+	SessionReturnWait time.Duration
 	// LogLines is the per-sandbox log ring size (0 = 10000).
 	LogLines int
 	// Secrets encrypts provider credentials at rest; nil = provider RPCs answer
