@@ -27,40 +27,60 @@ import (
 
 // requireReady loads a sandbox by id and fails with FAILED_PRECONDITION unless READY.
 // A running sandbox whose supervisor had a session and has none now is waited for,
-// up to Options.SessionReturnWait: its supervisor redials on its own (after a gateway
-// restart, within a second or two), and a command sent in that window runs instead
-// of failing.
+// up to Options.SessionReturnWait, while it stays so: its supervisor redials on its
+// own (after a gateway restart, within a second or two), and a command sent in that
+// window runs instead of failing. A sandbox that leaves that state meanwhile (stopped,
+// deleted, failed) is answered at once with its new phase.
 func (s *Server) requireReady(ctx context.Context, id string) (*record, error) {
 	if id == "" {
 		return nil, invalidf("sandbox_id is required")
 	}
-	r, err := s.load(ctx, id)
-	if err != nil {
-		return nil, err
-	}
-	p, cond := derivePhase(s.phaseInput(r))
-	waited := time.Duration(0)
-	if p != openshellv1.SandboxPhase_SANDBOX_PHASE_READY && reconnecting(r, cond) {
-		start := time.Now()
-		back := s.awaitSession(ctx, id)
-		waited = time.Since(start)
-		if back {
-			if r, err = s.load(ctx, id); err != nil {
-				return nil, err
-			}
-			p, _ = derivePhase(s.phaseInput(r))
+	var (
+		changed  <-chan struct{}
+		deadline <-chan time.Time
+		poll     <-chan time.Time
+		start    time.Time
+	)
+	for {
+		r, err := s.load(ctx, id)
+		if err != nil {
+			return nil, err
 		}
-	}
-	if p != openshellv1.SandboxPhase_SANDBOX_PHASE_READY {
+		p, cond := derivePhase(s.phaseInput(r))
+		if p == openshellv1.SandboxPhase_SANDBOX_PHASE_READY {
+			return r, nil
+		}
 		name := r.sb.GetMetadata().GetName()
-		if waited > 0 {
-			return nil, fmt.Errorf("sandbox %s is %s, not READY: its supervisor had a session and did not reconnect within %v; see `openshell sandbox logs %s`: %w",
-				name, phaseName(p), waited.Round(time.Millisecond), name, errNotReady)
+		if !reconnecting(r, cond) {
+			return nil, fmt.Errorf("sandbox %s is %s, not READY; wait for it (openshell sandbox watch %s): %w",
+				name, phaseName(p), name, errNotReady)
 		}
-		return nil, fmt.Errorf("sandbox %s is %s, not READY; wait for it (openshell sandbox watch %s): %w",
-			name, phaseName(p), name, errNotReady)
+		if changed == nil {
+			// Subscribed before the next look, so a change in between still wakes it.
+			ch, unsubscribe := s.watch.subscribe(id)
+			defer unsubscribe()
+			wait := s.opts.SessionReturnWait
+			if wait <= 0 {
+				wait = defaultSessionReturnWait
+			}
+			t := time.NewTimer(wait)
+			defer t.Stop()
+			// A session held by another replica is not announced here: looked for now and then.
+			tick := time.NewTicker(250 * time.Millisecond)
+			defer tick.Stop()
+			changed, deadline, poll, start = ch, t.C, tick.C, time.Now()
+			continue
+		}
+		select {
+		case <-ctx.Done():
+			return nil, status.FromContextError(ctx.Err()).Err()
+		case <-deadline:
+			return nil, fmt.Errorf("sandbox %s is %s, not READY: its supervisor had a session and did not reconnect within %v; see `openshell sandbox logs %s`: %w",
+				name, phaseName(p), time.Since(start).Round(time.Millisecond), name, errNotReady)
+		case <-changed:
+		case <-poll:
+		}
 	}
-	return r, nil
 }
 
 // defaultSessionReturnWait is Options.SessionReturnWait's default.
@@ -70,33 +90,6 @@ const defaultSessionReturnWait = 10 * time.Second
 // session before (it recorded its main process's instance), has none now.
 func reconnecting(r *record, cond *openshellv1.SandboxCondition) bool {
 	return cond.GetReason() == drivers.ReasonSupervisorNotConnected && r.sb.GetStatus().GetMainProcessInstanceId() != ""
-}
-
-// awaitSession waits until sandbox id has a supervisor session, ctx ends or
-// Options.SessionReturnWait passes; it reports whether the session is there.
-func (s *Server) awaitSession(ctx context.Context, id string) bool {
-	wait := s.opts.SessionReturnWait
-	if wait <= 0 {
-		wait = defaultSessionReturnWait
-	}
-	changed, unsubscribe := s.watch.subscribe(id) // before the check: a change in between still wakes
-	defer unsubscribe()
-	deadline := time.NewTimer(wait)
-	defer deadline.Stop()
-	// A session held by another replica is not announced here: looked for now and then.
-	poll := time.NewTicker(250 * time.Millisecond)
-	defer poll.Stop()
-	for !s.hub.Connected(id) {
-		select {
-		case <-ctx.Done():
-			return false
-		case <-deadline.C:
-			return false
-		case <-changed:
-		case <-poll.C:
-		}
-	}
-	return true
 }
 
 func phaseName(p openshellv1.SandboxPhase) string {

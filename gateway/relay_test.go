@@ -224,6 +224,21 @@ func TestRelayWaitsForReconnect(t *testing.T) {
 		t.Errorf("no supervisor back: %v after %v, want the reason after %v", err, took, bound)
 	}
 
+	// Deleted while a forward waits for its supervisor: the forward is answered then,
+	// not at the end of the wait.
+	go func() {
+		time.Sleep(away)
+		if _, err := e.user.DeleteSandbox(ctx, &openshellv1.DeleteSandboxRequest{Name: "back"}); err != nil {
+			t.Errorf("delete: %v", err)
+		}
+	}()
+	start = time.Now()
+	_, err = openForward(ctx, e, id)
+	took = time.Since(start)
+	if err == nil || strings.Contains(err.Error(), "did not reconnect") || took < away || took > bound-away/2 {
+		t.Errorf("a sandbox deleted while the forward waited: %v after %v, want its new state at the delete (%v)", err, took, away)
+	}
+
 	// Never connected: still starting, refused at once (the user is told to wait).
 	fresh := e.create("fresh").GetMetadata().GetId()
 	e.waitSandbox("fresh", "backend not ready", func(sb *openshellv1.Sandbox) bool {
