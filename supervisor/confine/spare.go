@@ -458,8 +458,8 @@ func receive(conn *net.UnixConn) (*request, error) {
 
 func oneLine(err error) string { return strings.ReplaceAll(err.Error(), "\n", " ") }
 
-// Spares keeps one spare helper started ahead of need for a launcher whose
-// processes are P (the supervisor's reaper processes).
+// Spares keeps spare helpers started ahead of need (one, or Keep) for a launcher
+// whose processes are P (the supervisor's reaper processes).
 type Spares[P any] struct {
 	// Self is the supervisor binary.
 	Self string
@@ -470,9 +470,11 @@ type Spares[P any] struct {
 	Kill func(P)
 	// Timeout bounds a hand-over (the spare may still be starting); 0 = 30 s.
 	Timeout time.Duration
+	// Keep is how many idle spares Fill keeps (0 = 1); SetKeep changes it later.
+	Keep int
 
 	mu      sync.Mutex
-	idle    *held[P]
+	idle    []*held[P] // oldest first
 	filling bool
 	closed  bool
 	spec    *Spec // the last command's: what the next spare prepares for
@@ -483,16 +485,19 @@ type held[P any] struct {
 	spare *Spare
 }
 
-// Run starts cmd's program confined by spec on the spare, if there is one. ok
+// Run starts cmd's program confined by spec on an idle spare, if there is one. ok
 // false = there was none (or it was gone): start the program the one-shot way.
-// Either way a new spare is started for the next program.
+// Either way the spares are filled again for the next program.
 func (s *Spares[P]) Run(spec Spec, cmd *exec.Cmd) (p P, ok bool, err error) {
 	if _, _, err := requestOf(spec, cmd); err != nil || spec.Validate() != nil {
 		return p, false, nil // the one-shot path starts it, or refuses the spec
 	}
 	s.mu.Lock()
-	h := s.idle
-	s.idle = nil
+	var h *held[P]
+	if len(s.idle) > 0 {
+		h = s.idle[0]
+		s.idle = s.idle[1:]
+	}
 	// The next spare prepares for this spec: a sandbox's programs share one.
 	s.spec = &spec
 	s.mu.Unlock()
@@ -516,33 +521,59 @@ func (s *Spares[P]) Run(spec Spec, cmd *exec.Cmd) (p P, ok bool, err error) {
 	return h.proc, true, nil
 }
 
-// Fill starts a spare in the background unless one is there or on its way.
+// SetKeep changes how many idle spares Fill keeps from now on (spares already idle
+// stay).
+func (s *Spares[P]) SetKeep(n int) {
+	s.mu.Lock()
+	s.Keep = n
+	s.mu.Unlock()
+}
+
+// wantLocked says whether another spare should be started.
+func (s *Spares[P]) wantLocked() bool {
+	return !s.closed && len(s.idle) < max(s.Keep, 1)
+}
+
+// Fill starts spares in the background, one after the other, until Keep are idle,
+// unless they are there or on their way.
 func (s *Spares[P]) Fill() {
 	s.mu.Lock()
-	if s.closed || s.idle != nil || s.filling {
+	if !s.wantLocked() || s.filling {
 		s.mu.Unlock()
 		return
 	}
 	s.filling = true
-	spec := s.spec
 	s.mu.Unlock()
-	go s.fill(spec)
+	go s.fill()
 }
 
-func (s *Spares[P]) fill(spec *Spec) {
-	h, err := s.startOne(spec)
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.filling = false
-	if err != nil {
-		// The next Run tries again (and starts its program the one-shot way).
-		return
+func (s *Spares[P]) fill() {
+	for {
+		s.mu.Lock()
+		spec := s.spec
+		s.mu.Unlock()
+		h, err := s.startOne(spec)
+		s.mu.Lock()
+		switch {
+		case err != nil:
+			// The next Run tries again (and starts its program the one-shot way).
+			s.filling = false
+			s.mu.Unlock()
+			return
+		case s.closed:
+			s.filling = false
+			s.mu.Unlock()
+			h.spare.Close()
+			return
+		}
+		s.idle = append(s.idle, h)
+		if !s.wantLocked() {
+			s.filling = false
+			s.mu.Unlock()
+			return
+		}
+		s.mu.Unlock()
 	}
-	if s.closed {
-		h.spare.Close()
-		return
-	}
-	s.idle = h
 }
 
 func (s *Spares[P]) startOne(spec *Spec) (*held[P], error) {
@@ -559,13 +590,13 @@ func (s *Spares[P]) startOne(spec *Spec) (*held[P], error) {
 	return &held[P]{proc: p, spare: sp}, nil
 }
 
-// Close lets the idle spare go (it exits when its socket ends) and starts no more.
+// Close lets the idle spares go (each exits when its socket ends) and starts no more.
 func (s *Spares[P]) Close() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.closed = true
-	if s.idle != nil {
-		s.idle.spare.Close()
-		s.idle = nil
+	for _, h := range s.idle {
+		h.spare.Close()
 	}
+	s.idle = nil
 }

@@ -94,7 +94,10 @@ func idleSpare(t *testing.T, s *Spares[*proc]) *proc {
 	deadline := time.Now().Add(20 * time.Second)
 	for time.Now().Before(deadline) {
 		s.mu.Lock()
-		h := s.idle
+		var h *held[*proc]
+		if len(s.idle) > 0 {
+			h = s.idle[0]
+		}
 		s.mu.Unlock()
 		if h != nil {
 			return h.proc
@@ -311,6 +314,61 @@ func TestSpareRefusesBadCommand(t *testing.T) {
 	}
 }
 
+// TestSparesKeep: with Keep 2 two spares wait; a program takes the older one and
+// none is started for it while one still waits (SetKeep 1); the next program takes
+// that one and a new spare follows.
+func TestSparesKeep(t *testing.T) {
+	testenv.RequireRoot(t)
+	testenv.RequireCommand(t, "sh", "apt-get install dash")
+	s := testSpares(t)
+	s.Keep = 2
+	s.Fill()
+	var idle []*proc
+	for deadline := time.Now().Add(40 * time.Second); len(idle) < 2; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d spares after 40 s, want 2", len(idle))
+		}
+		s.mu.Lock()
+		idle = idle[:0]
+		for _, h := range s.idle {
+			idle = append(idle, h.proc)
+		}
+		s.mu.Unlock()
+	}
+	if idle[0] == idle[1] {
+		t.Fatal("the same spare is kept twice")
+	}
+	s.SetKeep(1)
+	spec := Spec{UID: nobody, GID: nobody, ReadOnly: []string{"/usr", "/bin", "/lib", "/lib64", "/etc", "/proc"}, ReadWrite: []string{"/dev/null"}}
+	run := func() *proc {
+		t.Helper()
+		p, ok, err := s.Run(spec, agentCmd([]string{"sh", "-c", "exit 3"}, []string{"PATH=/usr/bin:/bin"}, "/"))
+		if err != nil || !ok {
+			t.Fatalf("Run: ok=%v err=%v", ok, err)
+		}
+		if code := waitExit(t, p); code != 3 {
+			t.Fatalf("exit %d, want 3", code)
+		}
+		return p
+	}
+	if p := run(); p != idle[0] {
+		t.Fatalf("the first program ran on pid %d, not the older spare %d", p.pid(), idle[0].pid())
+	}
+	time.Sleep(200 * time.Millisecond)
+	s.mu.Lock()
+	n, filling := len(s.idle), s.filling
+	s.mu.Unlock()
+	if n != 1 || filling {
+		t.Fatalf("after one program with Keep 1: %d idle, filling %v; want the other spare alone", n, filling)
+	}
+	if p := run(); p != idle[1] {
+		t.Fatalf("the second program ran on pid %d, not the kept spare %d", p.pid(), idle[1].pid())
+	}
+	if next := idleSpare(t, s); next == idle[0] || next == idle[1] {
+		t.Error("no new spare once none was left")
+	}
+}
+
 // TestSpareClose: an idle spare exits once the supervisor lets it go.
 func TestSpareClose(t *testing.T) {
 	testenv.RequireRoot(t)
@@ -324,7 +382,7 @@ func TestSpareClose(t *testing.T) {
 	time.Sleep(50 * time.Millisecond)
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.idle != nil || s.filling {
+	if len(s.idle) != 0 || s.filling {
 		t.Error("a closed Spares started another spare")
 	}
 }

@@ -18,10 +18,14 @@ type Spares[P any] struct {
 	Start   func(*exec.Cmd) (P, error)
 	Kill    func(P)
 	Timeout time.Duration
+	Keep    int
 }
 
 // Run never has a spare here.
 func (s *Spares[P]) Run(Spec, *exec.Cmd) (p P, ok bool, err error) { return p, false, nil }
+
+// SetKeep does nothing here.
+func (s *Spares[P]) SetKeep(int) {}
 
 // Fill does nothing here.
 func (s *Spares[P]) Fill() {}
