@@ -280,10 +280,26 @@ func (l *launcher) warm() {
 		return
 	}
 	if l.spares == nil {
-		l.spares = &confine.Spares[*reaper.Proc]{Self: l.self, Start: l.startHere,
-			Kill: func(p *reaper.Proc) { _ = p.Signal(syscall.SIGKILL) }}
+		l.spares = &confine.Spares[*reaper.Proc]{Self: l.self, Start: l.startHere, Kill: killSpare}
 	}
 	l.spares.Fill()
+}
+
+// killSpare ends a spare that did not answer its hand-over.
+func killSpare(p *reaper.Proc) { _ = p.Signal(syscall.SIGKILL) }
+
+// adopt takes the spares a warm-up started (nil: none): they serve this launcher's
+// first programs when they were started as it would start them (confined, in the
+// supervisor's own network namespace, from the same binary). From then on one spare
+// is kept, as warm keeps it.
+func (l *launcher) adopt(sp *confine.Spares[*reaper.Proc]) {
+	if sp == nil || l.spec == nil || l.n != nil || l.self != defaultSelfExe {
+		return
+	}
+	sp.SetKeep(1)
+	l.spareMu.Lock()
+	l.spares = sp
+	l.spareMu.Unlock()
 }
 
 // close lets the spare go (it exits when its socket closes) and starts no more.

@@ -36,8 +36,10 @@ import (
 	pb "github.com/openshell/openshell/api/openshellv1"
 	sandboxv1 "github.com/openshell/openshell/api/sandboxv1"
 	"github.com/openshell/openshell/supervisor/bootstrap"
+	"github.com/openshell/openshell/supervisor/confine"
 	"github.com/openshell/openshell/supervisor/credentials"
 	"github.com/openshell/openshell/supervisor/policy"
+	"github.com/openshell/openshell/supervisor/reaper"
 	"github.com/openshell/openshell/supervisor/session"
 )
 
@@ -54,6 +56,11 @@ type Warm struct {
 	bundle      *credentials.BundleDraft
 	bundlePath  string
 	bundleAsked bool
+	// spares are confinement helpers started ahead by reaper, taken once
+	// (takeSpares); after sparesAsked none are started.
+	reaper      *reaper.Reaper
+	spares      *confine.Spares[*reaper.Proc]
+	sparesAsked bool
 }
 
 // Prewarm starts the identity-free part of the supervisor's start-up in the
@@ -62,18 +69,27 @@ type Warm struct {
 // (warmFiles), the protobuf types' lazy set-up, and one run
 // of the policy compiler and the CA code (which also pays, under emulation, for
 // translating that code once), a rehearsal of the first gateway calls in-process, and
-// the CA bundle's system roots. Run stops what is left of it when the configuration
-// arrives: the work it needs is then done on its own path.
+// the CA bundle's system roots, and last spare confinement helpers. Run stops what is
+// left of it when the configuration arrives: the work it needs is then done on its
+// own path.
 //
 // bundlePath is where the sandbox CA bundle will go (Options.Root joined with
 // CABundlePath): its system roots are written ahead beside it. "" drafts none.
-func Prewarm(bundlePath string) *Warm {
+//
+// spares is how many confinement helpers to start ahead (0: none), for a supervisor
+// that confines its programs and runs them in its own network namespace (a VM
+// guest's): each is the supervisor binary started and waiting, root and unconfined,
+// for one program (confine.Spares), and holds nothing of a sandbox until then. Two
+// serve a pooled VM's main process and its first exec or SSH session, so that a
+// claimed guest starts no supervisor binary of its own (~50 ms of a guest's CPU each
+// under emulation, run beside the other guests' start-ups when creates come together).
+func Prewarm(bundlePath string, spares int) *Warm {
 	w := &Warm{done: make(chan struct{})}
-	go w.run(bundlePath)
+	go w.run(bundlePath, spares)
 	return w
 }
 
-func (w *Warm) run(bundlePath string) {
+func (w *Warm) run(bundlePath string, spares int) {
 	defer close(w.done)
 	t0 := time.Now()
 	defer func() {
@@ -134,6 +150,39 @@ func (w *Warm) run(bundlePath string) {
 	if err := rehearseSession(ctx); err != nil {
 		slog.Debug("warm-up: the session rehearsal failed (only its speed-up is lost)", "err", err)
 	}
+	// Last: a cold boot's configuration is in hand before this, and its start-up
+	// needs the guest's CPU more than a spare does.
+	if spares > 0 && !w.stopped.Load() {
+		w.startSpares(spares)
+	}
+}
+
+// startSpares starts n spare helpers in the background, with the reaper that will
+// own them (and the supervisor's other children: Run takes it).
+func (w *Warm) startSpares(n int) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.sparesAsked {
+		return
+	}
+	r := reaper.New(os.Getpid() == 1)
+	w.reaper = r
+	w.spares = &confine.Spares[*reaper.Proc]{Self: defaultSelfExe, Start: r.Start, Keep: n, Kill: killSpare}
+	w.spares.Fill()
+}
+
+// takeSpares returns the spares started ahead and their reaper, once; nils when
+// there are none, and none are started after.
+func (w *Warm) takeSpares() (*reaper.Reaper, *confine.Spares[*reaper.Proc]) {
+	if w == nil {
+		return nil, nil
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.sparesAsked = true
+	r, sp := w.reaper, w.spares
+	w.reaper, w.spares = nil, nil
+	return r, sp
 }
 
 // warmFiles reads what a start reads from the image before it can report the sandbox

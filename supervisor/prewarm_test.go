@@ -17,7 +17,7 @@ import (
 // once (a second take gets none, so no two servers share it) and that the SSH server
 // then presents; two warm-ups (two pooled VMs) never make the same key.
 func TestPrewarm(t *testing.T) {
-	a, b := Prewarm(""), Prewarm("")
+	a, b := Prewarm("", 0), Prewarm("", 0)
 	for _, w := range []*Warm{a, b} {
 		select {
 		case <-w.Done():
@@ -55,7 +55,7 @@ func TestPrewarm(t *testing.T) {
 // TestPrewarmStop: a stopped warm-up ends promptly (Run stops it when the
 // configuration arrives, so that it does not compete with the start-up).
 func TestPrewarmStop(t *testing.T) {
-	w := Prewarm("")
+	w := Prewarm("", 0)
 	w.stop()
 	select {
 	case <-w.Done():
@@ -80,7 +80,7 @@ func TestRehearseSession(t *testing.T) {
 func TestBundleDraftHandOff(t *testing.T) {
 	root := t.TempDir()
 	path := filepath.Join(root, CABundlePath)
-	w := Prewarm(path)
+	w := Prewarm(path, 0)
 	select {
 	case <-w.Done():
 	case <-time.After(time.Minute):

@@ -86,6 +86,12 @@ type Options struct {
 // SFTPServerArg is the argument that makes the binary serve SFTP on stdin/stdout.
 const SFTPServerArg = "sftp-server"
 
+// defaultSelfExe is how the supervisor re-executes itself (Options.SelfExe):
+// /proc/self/exe, not os.Executable(): in a VM this binary was /init in the
+// initramfs, a path that no longer exists after the switch to the image root; the
+// magic link still executes the same file.
+const defaultSelfExe = "/proc/self/exe"
+
 // secretEnv are variables the supervisor consumes and the sandbox's processes must
 // not see (the token, its file, TLS material) or need not (the spec).
 var secretEnv = []string{
@@ -318,10 +324,7 @@ func Run(ctx context.Context, cfg *bootstrap.Config, o Options) (retErr error) {
 		o.StopGrace = 8 * time.Second // inside the container engine's 10 s stop timeout
 	}
 	if o.SelfExe == "" {
-		// /proc/self/exe, not os.Executable(): in a VM this binary was /init in the
-		// initramfs, a path that no longer exists after the switch to the image root;
-		// the magic link still executes the same file.
-		o.SelfExe = "/proc/self/exe"
+		o.SelfExe = defaultSelfExe
 	}
 	reapOrphans := os.Getpid() == 1
 	if o.ReapOrphans != nil {
@@ -387,8 +390,16 @@ func Run(ctx context.Context, cfg *bootstrap.Config, o Options) (retErr error) {
 		}
 	}()
 
-	r := reaper.New(reapOrphans)
+	// The warm-up's spares were started by a reaper of their own: it is the one (a
+	// second would race it for the statuses of the supervisor's children).
+	r, warmSpares := o.Warm.takeSpares()
+	if r == nil {
+		r = reaper.New(reapOrphans)
+	}
 	defer r.Close()
+	if warmSpares != nil {
+		defer warmSpares.Close() // unless the launcher took them (it closes them then)
+	}
 
 	// Policy: the bootstrap's, else the gateway's, else the default.
 	gctx, gcancel := context.WithTimeout(ctx, 15*time.Second)
@@ -581,6 +592,7 @@ func Run(ctx context.Context, cfg *bootstrap.Config, o Options) (retErr error) {
 		env = append(env, store.Env()...)
 	}
 	launch = &launcher{r: r, self: o.SelfExe, n: eg.net, spec: confSpec}
+	launch.adopt(warmSpares)
 	defer launch.close()
 	// The session stops before the proxy and the launcher it serves through do.
 	defer stopSession()

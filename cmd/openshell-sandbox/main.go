@@ -149,7 +149,7 @@ func run(mode string) int {
 		// What needs no sandbox is done while the host has no configuration for this
 		// VM yet (a warm pool's VM waits here until a sandbox claims it).
 		// The VM's supervisor runs in the image's root, where the CA bundle goes.
-		opts.Warm = supervisor.Prewarm(filepath.Join("/", supervisor.CABundlePath))
+		opts.Warm = supervisor.Prewarm(filepath.Join("/", supervisor.CABundlePath), 2)
 		var secret wire.Secret
 		cfg, secret, err = fetchVsock(ctx)
 		// The runner admits only connections that open with this boot's instance

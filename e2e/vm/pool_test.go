@@ -167,8 +167,10 @@ func TestVMPoolIsolationAndKill9(t *testing.T) {
 	}
 	// Each sandbox's main process writes a file named after its secret and then
 	// sleeps for a number of seconds only it uses (its process marker).
+	createdAt := map[string]time.Time{}
 	create := func(name, secret string, marker int) time.Duration {
 		t0 := time.Now()
+		createdAt[name] = t0
 		r.cli("sandbox", "create", "--name", name, "--from", r.image, "--timeout", cliTimeout.String(), "--env", "POOL_SECRET="+secret,
 			"--", "sh", "-c", "echo "+secret+" > /tmp/file-"+secret+"; exec sleep "+strconv.Itoa(marker))
 		return time.Since(t0)
@@ -193,6 +195,29 @@ func TestVMPoolIsolationAndKill9(t *testing.T) {
 		}
 	}
 	sa, sb := look(a), look(b)
+	// A pooled VM's warm-up starts the confinement helpers its first programs run on
+	// (spares) before any claim: the main process is such a process, exec'd into the
+	// command at the claim, so it is older than its sandbox. Its age is read in the
+	// guest (uptime minus its start time, in USER_HZ ticks of 1/100 s); the pattern is
+	// assembled so that no process searching for it matches it.
+	mainAge := func(name string, marker int) time.Duration {
+		out := r.execIn(name, "sh", "-c", `m=`+strconv.Itoa(marker/10)+`; m=${m}`+strconv.Itoa(marker%10)+`
+for p in /proc/[0-9]*; do case "$(tr '\0' ' ' < $p/cmdline 2>/dev/null)" in "sleep $m "*)
+echo $(cut -d' ' -f1 /proc/uptime) $(cut -d' ' -f22 $p/stat);; esac; done`)
+		var up float64
+		var start int64
+		if _, err := fmt.Sscan(out, &up, &start); err != nil {
+			t.Fatalf("%s: main process age: %q: %v", name, out, err)
+		}
+		return time.Duration(up*float64(time.Second)) - time.Duration(start)*10*time.Millisecond
+	}
+	for n, marker := range map[string]int{a: 7000001, b: 7000002} {
+		age, since := mainAge(n, marker), time.Since(createdAt[n])
+		t.Logf("%s: main process age %v, sandbox created %v ago", n, age.Round(time.Millisecond), since.Round(time.Millisecond))
+		if age <= since {
+			t.Errorf("%s: the main process (%v old) was started after the create (%v ago): it did not run on a spare the pooled VM started ahead", n, age, since)
+		}
+	}
 	if !strings.Contains(sa.rest, "file-alpha1") || !strings.Contains(sa.rest, "POOL_SECRET=alpha1") || !strings.Contains(sa.rest, "7000001") {
 		t.Fatalf("sandbox a does not see its own file, variable and process: %q", sa.rest)
 	}
