@@ -147,6 +147,28 @@ func TestVMPoolIsolationAndKill9(t *testing.T) {
 		}
 	}
 
+	// A pooled VM yields the CPU to other VMs until it is claimed: on a kernel with
+	// autogroup scheduling (each runner's session a scheduling group of its own) that
+	// takes the group's nice, not only its threads'.
+	groupNice := func(pid int) (string, bool) {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/autogroup", pid))
+		f := strings.Fields(string(b))
+		if err != nil || len(f) != 3 {
+			return "", false
+		}
+		return f[2], true
+	}
+	for _, pid := range r.idleRunners() {
+		n, ok := groupNice(pid)
+		if !ok {
+			t.Logf("idle pooled VM's runner %d: no scheduling group (a kernel without autogroups)", pid)
+		} else if n != "10" {
+			t.Errorf("idle pooled VM's runner %d: its scheduling group has nice %s, want 10", pid, n)
+		} else {
+			t.Logf("idle pooled VM's runner %d: its scheduling group has nice 10", pid)
+		}
+	}
+
 	// What a sandbox sees: its boot id, 16 random bytes, and the rest (its /tmp, its
 	// processes, its environment) in one text.
 	type seen struct{ boot, rnd, rest string }
@@ -192,6 +214,13 @@ func TestVMPoolIsolationAndKill9(t *testing.T) {
 		}
 		if got := strings.Join(phases, " "); got != "received driver claim bootstrap ready" {
 			t.Errorf("%s: create timeline %q, want received driver claim bootstrap ready", n, steps)
+		}
+	}
+	for _, n := range []string{a, b} {
+		if _, rec, ok := r.sandboxDir(n); !ok {
+			t.Errorf("%s: no VM record", n)
+		} else if g, ok := groupNice(rec.RunnerPID); ok && g != "0" {
+			t.Errorf("%s: the claimed VM's scheduling group has nice %s, want 0", n, g)
 		}
 	}
 	sa, sb := look(a), look(b)

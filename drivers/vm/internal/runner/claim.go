@@ -33,6 +33,7 @@ import (
 	"strings"
 	"sync"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -183,6 +184,13 @@ func (c *Client) Claim(ctx context.Context, cl *Claim) error {
 // processes (the VMM, the channel backend), and restores it at the claim, the VMM
 // first. A claimed guest's start-up then gets the CPU before a refill's boot does.
 // The runner itself keeps its priority: it answers the claim.
+//
+// A kernel with autogroup scheduling (on by default in many distributions) makes each
+// session a scheduling group of its own, and a thread's nice then ranks it only within
+// its group: every runner leads its own session, so the threads' nice alone does not
+// make a pooled VM yield to other VMs. The group's nice does: it is set with the
+// threads', and restored first at the claim. The runner is in that group too; its
+// group is idle when the claim comes (a booted pool VM waits), so it is woken at once.
 
 // refillNice is the nice value of a pooled VM's VMM and backends until its claim.
 const refillNice = 10
@@ -196,9 +204,10 @@ func setPoolNice(nice, first int) error {
 	if err != nil || sid != os.Getpid() {
 		return nil
 	}
-	var firstErr error
+	firstErr := setAutogroupNice(sid, nice)
 	if first > 0 && first != sid {
-		_, firstErr = setThreadsNice(first, nice)
+		_, err := setThreadsNice(first, nice)
+		firstErr = errors.Join(firstErr, err)
 	}
 	start, err := state.ProcStartTime(sid)
 	if err != nil {
@@ -215,8 +224,45 @@ func setVMMNice(nice, vmm int) error {
 	if err != nil || sid != os.Getpid() || vmm <= 0 || vmm == sid {
 		return nil
 	}
+	gerr := setAutogroupNice(sid, nice)
 	_, err = setThreadsNice(vmm, nice)
-	return err
+	return errors.Join(gerr, err)
+}
+
+// setAutogroupNice sets the nice of the scheduling group of pid's session, where the
+// kernel has autogroups (no /proc/PID/autogroup: nothing to do) and it differs.
+// Raising or restoring it to 0 needs no privilege; without CAP_SYS_ADMIN the kernel
+// takes one change every 100 ms on the whole host (EAGAIN), so a refused change is
+// tried again for up to a second.
+func setAutogroupNice(pid, nice int) error {
+	path := "/proc/" + strconv.Itoa(pid) + "/autogroup"
+	for deadline := time.Now().Add(time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if cur, ok := autogroupNice(pid); !ok || cur == nice {
+			return nil
+		}
+		err := os.WriteFile(path, []byte(strconv.Itoa(nice)), 0)
+		switch {
+		case err == nil, errors.Is(err, os.ErrNotExist), errors.Is(err, syscall.ESRCH):
+			return nil
+		case !errors.Is(err, syscall.EAGAIN) || time.Now().After(deadline):
+			return fmt.Errorf("set the nice of pid %d's scheduling group: %w", pid, err)
+		}
+	}
+}
+
+// autogroupNice reads the nice of pid's scheduling group ("/autogroup-N nice X");
+// false when the kernel has no autogroups or pid is gone.
+func autogroupNice(pid int) (int, bool) {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/autogroup")
+	if err != nil {
+		return 0, false
+	}
+	f := strings.Fields(string(b))
+	if len(f) != 3 || f[1] != "nice" {
+		return 0, false
+	}
+	n, err := strconv.Atoi(f[2])
+	return n, err == nil
 }
 
 // setSessionNice sets nice on every thread of every process in the session led by sid

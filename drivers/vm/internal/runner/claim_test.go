@@ -337,6 +337,27 @@ func TestSessionNice(t *testing.T) {
 		t.Fatal(err)
 	}
 	check(0)
+	if _, ok := autogroupNice(sid); !ok {
+		t.Log("this kernel has no autogroups: the scheduling group's nice is not checked")
+		return
+	}
+	// The helper leads its session, so it has a scheduling group of its own; this
+	// test's group is another.
+	ours, _ := autogroupNice(os.Getpid())
+	for _, want := range []int{refillNice, 0} {
+		if err := setAutogroupNice(sid, want); err != nil {
+			t.Fatal(err)
+		}
+		if got, _ := autogroupNice(sid); got != want {
+			t.Fatalf("the helper's scheduling group has nice %d, want %d", got, want)
+		}
+		if got, _ := autogroupNice(os.Getpid()); got != ours {
+			t.Fatalf("the test's own scheduling group went from nice %d to %d", ours, got)
+		}
+	}
+	if err := setAutogroupNice(os.Getpid()+1<<22, 0); err != nil {
+		t.Errorf("a pid that does not exist: %v (want nothing done)", err)
+	}
 }
 
 // A runner lowers a pooled VM's priority only when it can raise it again at the claim:
