@@ -352,6 +352,11 @@ func (d *Driver) handOver(s *sandbox, m *poolMember, sb *computev1.DriverSandbox
 	if !state.SameProcess(m.runnerPID, m.runnerStart) {
 		return recorded, toldAt, errors.New("its runner is gone")
 	}
+	// The runner reads the claim at normal priority, not at its pooled VM's (the
+	// runner restores the rest, and retries this if the kernel refused it for now).
+	if err := runner.RestorePoolPriority(m.runnerPID); err != nil {
+		d.log.Debug("the pooled VM's runner stays at its pool priority until it takes the claim", "member", m.id, "err", err)
+	}
 	rs, err := runner.ReadSpec(dir)
 	if err != nil {
 		return recorded, toldAt, err

@@ -189,8 +189,9 @@ func (c *Client) Claim(ctx context.Context, cl *Claim) error {
 // session a scheduling group of its own, and a thread's nice then ranks it only within
 // its group: every runner leads its own session, so the threads' nice alone does not
 // make a pooled VM yield to other VMs. The group's nice does: it is set with the
-// threads', and restored first at the claim. The runner is in that group too; its
-// group is idle when the claim comes (a booted pool VM waits), so it is woken at once.
+// threads', and restored first at the claim. The runner is in that group too: the
+// driver restores the group's nice before it sends the claim (RestorePoolPriority), so
+// the runner does not read it at the pool's priority while other VMs take the CPU.
 
 // refillNice is the nice value of a pooled VM's VMM and backends until its claim.
 const refillNice = 10
@@ -204,7 +205,14 @@ func setPoolNice(nice, first int) error {
 	if err != nil || sid != os.Getpid() {
 		return nil
 	}
-	firstErr := setAutogroupNice(sid, nice)
+	// A claimed VM must not stay niced: a restore waits out the kernel's rate limit on
+	// these changes for longer (a burst of claims by a driver without CAP_SYS_ADMIN)
+	// than a lowering, which may as well be given up.
+	patience := time.Second
+	if nice == 0 {
+		patience = 30 * time.Second
+	}
+	firstErr := setAutogroupNice(sid, nice, patience)
 	if first > 0 && first != sid {
 		_, err := setThreadsNice(first, nice)
 		firstErr = errors.Join(firstErr, err)
@@ -224,19 +232,28 @@ func setVMMNice(nice, vmm int) error {
 	if err != nil || sid != os.Getpid() || vmm <= 0 || vmm == sid {
 		return nil
 	}
-	gerr := setAutogroupNice(sid, nice)
+	// One attempt: a change the kernel refuses for now is made by setPoolNice next.
+	gerr := setAutogroupNice(sid, nice, 0)
 	_, err = setThreadsNice(vmm, nice)
 	return errors.Join(gerr, err)
+}
+
+// RestorePoolPriority puts the scheduling group of a pooled VM's runner session back
+// at nice 0, once (the runner does it again at the claim, and retries): the driver
+// calls it before it hands the runner its claim, so that the runner reads the claim
+// at normal priority.
+func RestorePoolPriority(runnerPID int) error {
+	return setAutogroupNice(runnerPID, 0, 0)
 }
 
 // setAutogroupNice sets the nice of the scheduling group of pid's session, where the
 // kernel has autogroups (no /proc/PID/autogroup: nothing to do) and it differs.
 // Raising or restoring it to 0 needs no privilege; without CAP_SYS_ADMIN the kernel
 // takes one change every 100 ms on the whole host (EAGAIN), so a refused change is
-// tried again for up to a second.
-func setAutogroupNice(pid, nice int) error {
+// tried again for up to patience.
+func setAutogroupNice(pid, nice int, patience time.Duration) error {
 	path := "/proc/" + strconv.Itoa(pid) + "/autogroup"
-	for deadline := time.Now().Add(time.Second); ; time.Sleep(20 * time.Millisecond) {
+	for deadline := time.Now().Add(patience); ; time.Sleep(20 * time.Millisecond) {
 		if cur, ok := autogroupNice(pid); !ok || cur == nice {
 			return nil
 		}

@@ -345,7 +345,7 @@ func TestSessionNice(t *testing.T) {
 	// test's group is another.
 	ours, _ := autogroupNice(os.Getpid())
 	for _, want := range []int{refillNice, 0} {
-		if err := setAutogroupNice(sid, want); err != nil {
+		if err := setAutogroupNice(sid, want, 0); err != nil {
 			t.Fatal(err)
 		}
 		if got, _ := autogroupNice(sid); got != want {
@@ -355,7 +355,7 @@ func TestSessionNice(t *testing.T) {
 			t.Fatalf("the test's own scheduling group went from nice %d to %d", ours, got)
 		}
 	}
-	if err := setAutogroupNice(os.Getpid()+1<<22, 0); err != nil {
+	if err := setAutogroupNice(os.Getpid()+1<<22, 0, time.Second); err != nil {
 		t.Errorf("a pid that does not exist: %v (want nothing done)", err)
 	}
 }
