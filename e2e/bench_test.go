@@ -24,8 +24,7 @@ func procCPU(t *testing.T, pid int) time.Duration {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ticks := st.UTime + st.STime + st.CUTime + st.CSTime
-	return time.Duration(ticks) * time.Second / 100 // USER_HZ
+	return st.CPU() + time.Duration(st.CUTime+st.CSTime)*procstat.ClockTick
 }
 
 // childrenCPU is the CPU time of this process's waited-for children (the CLI runs).

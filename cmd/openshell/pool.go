@@ -36,7 +36,9 @@ func (a *app) poolCmd() *cobra.Command {
 point where their supervisor waits for a sandbox. 'openshell sandbox create' with
 the same --from, --cpu and --memory (and disk size) takes one of them instead of
 booting a VM, and the pool boots a replacement in the background. Each VM serves
-one sandbox only.
+one sandbox only. A VM counts as idle once its guest's warm-up is over too (the
+identity-free part of a start, done while it waits); until then it counts as
+booting, and a create takes one only when no idle VM is left.
 
 Pools belong to the vm driver. They are made here or in the gateway config
 ([drivers.vm.pools.NAME]); both survive gateway restarts.`,
@@ -112,7 +114,7 @@ func (a *app) poolCreate() *cobra.Command {
 	f.StringVar(&req.Cpu, "cpu", "", "CPUs of each VM, as 'sandbox create --cpu' takes them (default: the driver's)")
 	f.StringVar(&req.Memory, "memory", "", "memory of each VM, as 'sandbox create --memory' takes it, e.g. 1Gi (default: the driver's)")
 	f.IntVar(&size, "size", 0, "idle VMs the pool keeps (1 to 64)")
-	f.BoolVar(&wait, "wait", false, "wait until every VM of the pool is booted, printing progress")
+	f.BoolVar(&wait, "wait", false, "wait until every VM of the pool is idle (booted and warmed up), printing progress")
 	f.DurationVar(&timeout, "timeout", 15*time.Minute, "how long --wait waits")
 	return cmd
 }

@@ -107,6 +107,7 @@ type poolMember struct {
 	runnerStart uint64
 	vmmPID      int
 	waiting     bool          // the guest asked for its identity: claimable
+	settled     bool          // and its warm-up is over (runner.Status.GuestSettled): idle
 	ready       chan struct{} // closed when waiting turns true, or the member is gone
 	gone        bool
 	since       time.Time // when the runner was started (or adopted)
@@ -244,9 +245,13 @@ func (p *pools) match(res *resolved) string {
 func (p *pools) take(pool string) *poolMember {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	// The longest waiting of the settled ones; else of those still warming up.
 	var best *poolMember
 	for _, m := range p.members {
-		if m.pool == pool && m.waiting && !m.gone && (best == nil || m.since.Before(best.since)) {
+		if m.pool != pool || !m.waiting || m.gone {
+			continue
+		}
+		if best == nil || (m.settled && !best.settled) || (m.settled == best.settled && m.since.Before(best.since)) {
 			best = m
 		}
 	}
@@ -725,6 +730,7 @@ func (d *Driver) watchMember(m *poolMember) {
 					m.waiting = true
 					readyOnce.Do(func() { close(m.ready) })
 				}
+				m.settled = m.waiting && st.GuestSettled
 				p.mu.Unlock()
 			})
 			if ctx.Err() != nil {
@@ -802,8 +808,8 @@ type PoolStatus struct {
 	// Source is where the pool is defined: PoolSourceConfig or PoolSourceAPI.
 	Source    string `json:"source,omitempty"`
 	Size      int    `json:"size"`    // configured
-	Idle      int    `json:"idle"`    // VMs whose guest waits for an identity
-	Booting   int    `json:"booting"` // VMs still booting
+	Idle      int    `json:"idle"`    // VMs whose guest waits for an identity, its warm-up over
+	Booting   int    `json:"booting"` // VMs still booting or warming up (a claim may take one warming up)
 	Claimed   int    `json:"claimed"` // VMs handed to sandboxes since the driver started
 	Image     string `json:"image"`
 	VCPUs     int    `json:"vcpus"`
@@ -835,7 +841,7 @@ func (d *Driver) Pools() []PoolStatus {
 			if m.pool != n || m.gone {
 				continue
 			}
-			if m.waiting {
+			if m.settled {
 				ps.Idle++
 				ps.IdleRSSBytes = append(ps.IdleRSSBytes, sessionRSS(m.runnerPID, m.runnerStart, m.vmmPID))
 			} else {
@@ -951,7 +957,7 @@ func PoolsOnDisk(ctx context.Context, stateDir string, cfg map[string]PoolConfig
 		sctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 		st, err := runner.NewClient(state.PathsFor(dir).ControlSocket).Status(sctx)
 		cancel()
-		if err == nil && st.GuestWaiting && st.State == runner.StatePooled {
+		if err == nil && st.GuestSettled && st.State == runner.StatePooled {
 			ps.Idle++
 			ps.IdleRSSBytes = append(ps.IdleRSSBytes, sessionRSS(rec.RunnerPID, rec.RunnerStart, rec.VMMPID))
 		} else {

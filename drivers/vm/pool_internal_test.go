@@ -3,6 +3,7 @@ package vm
 import (
 	"context"
 	"errors"
+	"slices"
 	"testing"
 	"time"
 )
@@ -79,4 +80,32 @@ func TestClaimWhileRecording(t *testing.T) {
 			t.Fatalf("recorded = %v, want the record's error again", err)
 		}
 	})
+}
+
+// TestTakePrefersSettled: a claim takes the longest-waiting VM whose warm-up is over
+// before any still warming up, and one warming up only when no other waits; never one
+// that does not wait yet, is gone, or belongs to another pool.
+func TestTakePrefersSettled(t *testing.T) {
+	now := time.Now()
+	p := &pools{claimed: map[string]int{}, members: map[string]*poolMember{}}
+	add := func(id, pool string, age time.Duration, waiting, settled, gone bool) {
+		p.members[id] = &poolMember{id: id, pool: pool, since: now.Add(-age), waiting: waiting, settled: settled, gone: gone}
+	}
+	add("warming-oldest", "a", 9*time.Minute, true, false, false)
+	add("settled-newer", "a", 2*time.Minute, true, true, false)
+	add("settled-older", "a", 5*time.Minute, true, true, false)
+	add("booting", "a", 10*time.Minute, false, false, false)
+	add("gone", "a", 11*time.Minute, true, true, true)
+	add("other-pool", "b", 12*time.Minute, true, true, false)
+	var got []string
+	for m := p.take("a"); m != nil; m = p.take("a") {
+		got = append(got, m.id)
+	}
+	want := []string{"settled-older", "settled-newer", "warming-oldest"}
+	if !slices.Equal(got, want) {
+		t.Fatalf("taken in the order %v, want %v", got, want)
+	}
+	if p.claimed["a"] != 3 {
+		t.Errorf("claimed[a] = %d, want 3", p.claimed["a"])
+	}
 }

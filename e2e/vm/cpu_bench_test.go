@@ -19,9 +19,6 @@ import (
 // is the VMM's CPU time). With that, the bench can say what the host's cores allow
 // for creates run at the same time, next to what it measured.
 
-// clockTick is USER_HZ, the unit of /proc's CPU times (100 on every Linux ABI).
-const clockTick = 10 * time.Millisecond
-
 // cpuSnapshot is the host's CPU use at one moment.
 type cpuSnapshot struct {
 	vmm  map[int]time.Duration // each VM's VMM process's own CPU time, by PID
@@ -43,7 +40,7 @@ func (e *env) cpuNow() cpuSnapshot {
 		st, err := procstat.Read(pid)
 		comm, _ := os.ReadFile("/proc/" + ent.Name() + "/comm")
 		if err == nil && len(comm) > 0 {
-			byPID[pid] = time.Duration(st.UTime+st.STime) * clockTick
+			byPID[pid] = st.CPU()
 			s.byName[strings.TrimSpace(string(comm))] += byPID[pid]
 		}
 	}

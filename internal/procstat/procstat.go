@@ -9,6 +9,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // Stat is the part of /proc/<pid>/stat the project reads.
@@ -23,6 +24,12 @@ type Stat struct {
 	Nice                         int    // field 19
 	StartTime                    uint64 // field 22, clock ticks since boot
 }
+
+// ClockTick is USER_HZ, the unit of the CPU times (100 on every Linux ABI).
+const ClockTick = 10 * time.Millisecond
+
+// CPU is the process's own CPU time, in user and kernel mode.
+func (s *Stat) CPU() time.Duration { return time.Duration(s.UTime+s.STime) * ClockTick }
 
 // PFKthread is the kernel's PF_KTHREAD flag (include/linux/sched.h): the process is
 // a kernel thread, which takes no signals.

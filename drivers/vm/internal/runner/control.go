@@ -53,9 +53,11 @@ type Status struct {
 	Timeline []wire.HostStep `json:"timeline,omitempty"`
 	// Pool is the warm pool a pooled VM was booted for; GuestWaiting says its guest's
 	// supervisor has asked for its identity (the bootstrap fetch is held open), so a
-	// claim is served at once; ClaimedAt is when a sandbox claimed it.
+	// claim is served at once; GuestSettled that the guest's warm-up is over too
+	// (settle.go); ClaimedAt is when a sandbox claimed it.
 	Pool         string    `json:"pool,omitempty"`
 	GuestWaiting bool      `json:"guest_waiting,omitempty"`
+	GuestSettled bool      `json:"guest_settled,omitempty"`
 	ClaimedAt    time.Time `json:"claimed_at,omitzero"`
 }
 

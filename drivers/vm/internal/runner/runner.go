@@ -346,6 +346,9 @@ func Run(ctx context.Context, dir string, o Options) (retErr error) {
 		return nil
 	}
 	var claimCh chan *Claim
+	// The settle watch of a pooled VM ends at its claim (or the runner's end).
+	settleCtx, stopSettle := context.WithCancel(ctx)
+	defer stopSettle()
 	if claims == nil {
 		if err := serve(); err != nil {
 			return err
@@ -356,9 +359,11 @@ func Run(ctx context.Context, dir string, o Options) (retErr error) {
 		}
 	} else {
 		claimCh = claims.ch
+		var settleOnce sync.Once
 		lns[0] = newHoldingListener(lns[0], func() {
 			box.update(func(s *Status) { s.GuestWaiting = true })
 			log.Info("pooled VM: the guest waits for its identity", "pool", spec.Pool)
+			settleOnce.Do(func() { go watchSettle(settleCtx, pid, box, log) })
 		})
 		box.update(func(s *Status) { s.State, s.Pool = StatePooled, spec.Pool })
 		log.Info("pooled VM booting; it serves no sandbox until claimed", "pool", spec.Pool)
@@ -395,6 +400,7 @@ func Run(ctx context.Context, dir string, o Options) (retErr error) {
 		select {
 		case cl := <-claimCh:
 			claimCh = nil
+			stopSettle()
 			cl.apply(spec)
 			gw.sock.Store(spec.GatewaySocket())
 			log = log.With("sandbox_id", spec.SandboxID)
