@@ -238,7 +238,7 @@ echo $(cut -d' ' -f1 /proc/uptime) $(cut -d' ' -f22 $p/stat);; esac; done`)
 		if _, err := fmt.Sscan(out, &up, &start); err != nil {
 			t.Fatalf("%s: main process age: %q: %v", name, out, err)
 		}
-		return time.Duration(up*float64(time.Second)) - time.Duration(start)*10*time.Millisecond
+		return time.Duration(up*float64(time.Second)) - time.Duration(start)*procstat.ClockTick
 	}
 	for n, marker := range map[string]int{a: 7000001, b: 7000002} {
 		age, since := mainAge(n, marker), time.Since(createdAt[n])
