@@ -65,13 +65,30 @@ func SerialPort() (string, error) {
 	return "", fmt.Errorf("guest channel: no virtio port named %s in %s", wire.PortName, virtioPortsDir)
 }
 
+// detected is the transport the first successful detection found: a VM's devices
+// do not change while it runs (a copy restored from its memory has the same machine),
+// and each look costs a dial a dozen sysfs reads (milliseconds of an emulated guest).
+var detected atomic.Pointer[string]
+
+// transport is Detect, looked up once per process when it succeeds.
+func transport() (string, error) {
+	if tr := detected.Load(); tr != nil {
+		return *tr, nil
+	}
+	tr, err := Detect()
+	if err == nil {
+		detected.Store(&tr)
+	}
+	return tr, err
+}
+
 // DialHost connects to the host on port, retrying until ctx is done while the host
 // end is not there yet (not listening, or the serial port not connected).
 func DialHost(ctx context.Context, port uint32) (net.Conn, error) {
 	backoff := 20 * time.Millisecond
 	var lastErr error
 	for {
-		tr, err := Detect()
+		tr, err := transport()
 		if err == nil {
 			var c net.Conn
 			switch tr {
@@ -156,7 +173,7 @@ func SetVsockBuffer(c net.Conn, n uint64) {
 
 // Listen accepts host-initiated connections to port (only from the host).
 func Listen(port uint32) (net.Listener, error) {
-	tr, err := Detect()
+	tr, err := transport()
 	if err != nil {
 		return nil, err
 	}
@@ -344,7 +361,7 @@ var (
 // noteContextID).
 func watchReturns() {
 	returnWatch.Do(func() {
-		if tr, err := Detect(); err == nil && tr == TransportSerial {
+		if tr, err := transport(); err == nil && tr == TransportSerial {
 			go serialMux.watchReturns()
 		}
 	})

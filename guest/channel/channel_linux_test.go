@@ -18,7 +18,8 @@ func fakeSys(t *testing.T) (ports, devs string) {
 	virtioPortsDir = filepath.Join(root, "virtio-ports")
 	virtioDevsDir = filepath.Join(root, "virtio-devices")
 	devDir = filepath.Join(root, "dev")
-	t.Cleanup(func() { virtioPortsDir, virtioDevsDir, devDir = oldP, oldD, oldDev })
+	detected.Store(nil)
+	t.Cleanup(func() { virtioPortsDir, virtioDevsDir, devDir = oldP, oldD, oldDev; detected.Store(nil) })
 	for _, d := range []string{virtioPortsDir, virtioDevsDir, devDir} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			t.Fatal(err)
