@@ -16,6 +16,7 @@ import (
 	"crypto/rand"
 	"encoding/json"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"os"
@@ -38,6 +39,7 @@ import (
 	"github.com/openshell/openshell/supervisor/bootstrap"
 	"github.com/openshell/openshell/supervisor/confine"
 	"github.com/openshell/openshell/supervisor/credentials"
+	"github.com/openshell/openshell/supervisor/egress"
 	"github.com/openshell/openshell/supervisor/policy"
 	"github.com/openshell/openshell/supervisor/reaper"
 	"github.com/openshell/openshell/supervisor/session"
@@ -51,8 +53,10 @@ type Warm struct {
 	mu      sync.Mutex
 	hostKey ssh.Signer // taken once
 	took    time.Duration
-	// bundle is the sandbox CA bundle drafted ahead (its system roots) for
-	// bundlePath, taken once; after bundleAsked a draft still being written is dropped.
+	// ca is the sandbox CA made ahead and bundle its bundle (the system roots and
+	// the CA) written beside bundlePath, taken once together; after bundleAsked a
+	// draft still being written is dropped.
+	ca          *credentials.CA
 	bundle      *credentials.BundleDraft
 	bundlePath  string
 	bundleAsked bool
@@ -66,15 +70,17 @@ type Warm struct {
 // Prewarm starts the identity-free part of the supervisor's start-up in the
 // background: the kernel's random pool (the first getrandom blocks until it is
 // initialised), this boot's SSH host key, the image files a start reads
-// (warmFiles), the protobuf types' lazy set-up, and one run
-// of the policy compiler and the CA code (which also pays, under emulation, for
-// translating that code once), a rehearsal of the first gateway calls in-process, and
-// the CA bundle's system roots, and last spare confinement helpers. Run stops what is
+// (warmFiles), the runtime's and net package's lazy set-up (warmRuntime), the
+// protobuf types' lazy set-up, one run of the policy compiler (which also pays, under
+// emulation, for translating that code once), the sandbox CA and its bundle, a
+// rehearsal of the first gateway calls in-process, and last spare confinement
+// helpers. Run stops what is
 // left of it when the configuration arrives: the work it needs is then done on its
 // own path.
 //
 // bundlePath is where the sandbox CA bundle will go (Options.Root joined with
-// CABundlePath): its system roots are written ahead beside it. "" drafts none.
+// CABundlePath): the CA is made ahead and its bundle written beside it, so that the
+// start only renames it. "" makes none.
 //
 // spares is how many confinement helpers to start ahead (0: none), for a supervisor
 // that confines its programs and runs them in its own network namespace (a VM
@@ -110,6 +116,7 @@ func (w *Warm) run(bundlePath string, spares int) {
 		return
 	}
 	warmFiles()
+	warmRuntime()
 	// Each message type sets up its encoder on its first use: do it for every type
 	// this binary knows (the gateway API, the policy wire types), not only the few a
 	// guess would name.
@@ -135,12 +142,8 @@ func (w *Warm) run(bundlePath string, spares int) {
 	if w.stopped.Load() {
 		return
 	}
-	_, _ = credentials.NewCA("prewarm")
-	if w.stopped.Load() {
-		return
-	}
 	if bundlePath != "" {
-		w.draftBundle(bundlePath)
+		w.prepareCA(bundlePath)
 		if w.stopped.Load() {
 			return
 		}
@@ -199,6 +202,42 @@ func warmFiles() {
 	for _, d := range filepath.SplitList(os.Getenv("PATH")) {
 		_, _ = os.ReadDir(d)
 	}
+}
+
+// warmRuntime runs the Go runtime's and net package's set-up done once per process
+// on first use: the runtime metrics the start-up's log line reads (readGC), and a
+// loopback listener like the egress proxy's (the net package probes the IP stacks
+// and multipath TCP then). Under emulation they took ~4 and ~14 ms of a pooled
+// guest's claim.
+func warmRuntime() {
+	_ = readGC()
+	if l, err := net.Listen("tcp", "127.0.0.1:0"); err == nil {
+		l.Close()
+	}
+	if _, err := rehearsePlaceholders(); err != nil {
+		slog.Debug("warm-up: the placeholder fetch rehearsal failed (only its speed-up is lost)", "err", err)
+	}
+}
+
+// rehearsePlaceholders runs the guest's provider placeholder fetch once against a
+// canned answer served in-process (an HTTP response's parse and the set's decode take
+// a few ms of an emulated guest on their first run; the start's real fetch is on the
+// way to the SSH server).
+func rehearsePlaceholders() (*egress.PlaceholderSet, error) {
+	const answer = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n" +
+		`{"providers":[{"name":"rehearsal","env":{"K":"v"},"hosts":["rehearsal.invalid"]}]}`
+	open := func(context.Context) (net.Conn, error) {
+		near, far := net.Pipe()
+		go func() {
+			defer far.Close()
+			_, _ = far.Read(make([]byte, 512)) // the request
+			_, _ = io.WriteString(far, answer)
+		}()
+		return near, nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	return egress.RunnerPlaceholders(ctx, open)
 }
 
 // rehearseSession runs the supervisor's first gateway calls once against a stand-in
@@ -345,13 +384,22 @@ func (w *Warm) takeHostKey() ssh.Signer {
 	return k
 }
 
-// draftBundle writes the sandbox CA bundle's system roots ahead, at path; the start
-// takes the draft (takeBundleDraft) or, when it asked before the draft was written,
-// the draft is dropped.
-func (w *Warm) draftBundle(path string) {
-	d, err := credentials.DraftBundle(path)
+// prepareCA makes the sandbox CA ahead and writes its bundle beside path; the start
+// takes both (takeCA) or, when it asked before they were made, they are dropped. The
+// CA is named after no sandbox (none is known yet); like the host key it is this
+// boot's alone, and a pooled VM serves one sandbox.
+func (w *Warm) prepareCA(path string) {
+	ca, err := credentials.NewCA("")
 	if err != nil {
-		slog.Debug("warm-up: the CA bundle draft failed (only its speed-up is lost)", "err", err)
+		slog.Debug("warm-up: the CA made ahead failed (only its speed-up is lost)", "err", err)
+		return
+	}
+	d, err := credentials.DraftBundle(path)
+	if err == nil {
+		err = d.Seal(ca)
+	}
+	if err != nil {
+		slog.Debug("warm-up: the CA bundle written ahead failed (only its speed-up is lost)", "err", err)
 		return
 	}
 	w.mu.Lock()
@@ -360,25 +408,25 @@ func (w *Warm) draftBundle(path string) {
 		d.Discard()
 		return
 	}
-	w.bundle, w.bundlePath = d, path
+	w.ca, w.bundle, w.bundlePath = ca, d, path
 }
 
-// takeBundleDraft returns the bundle drafted ahead for path, once; nil when there is
-// none (yet), or it was drafted for another path (then it is dropped).
-func (w *Warm) takeBundleDraft(path string) *credentials.BundleDraft {
+// takeCA returns the CA made ahead and its bundle for path, once; nils when there are
+// none (yet), or the bundle was written for another path (then both are dropped).
+func (w *Warm) takeCA(path string) (*credentials.CA, *credentials.BundleDraft) {
 	if w == nil {
-		return nil
+		return nil, nil
 	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.bundleAsked = true
-	d := w.bundle
-	w.bundle = nil
+	ca, d := w.ca, w.bundle
+	w.ca, w.bundle = nil, nil
 	if d != nil && w.bundlePath != path {
 		d.Discard()
-		return nil
+		return nil, nil
 	}
-	return d
+	return ca, d
 }
 
 // summary says how the warm-up stands, for the start-up log line: "none",

@@ -74,17 +74,32 @@ func TestRehearseSession(t *testing.T) {
 	}
 }
 
-// TestBundleDraftHandOff: a warm-up drafts the CA bundle beside its path; the start
-// finishes it into the bundle with the sandbox's CA, once. A draft for another path,
-// or one written after the start asked for it, is dropped and leaves no file.
+// TestRehearsePlaceholders: the warm-up's placeholder fetch really runs the fetch and
+// the decode (it gets the canned provider back) rather than failing early.
+func TestRehearsePlaceholders(t *testing.T) {
+	set, err := rehearsePlaceholders()
+	if err != nil {
+		t.Fatalf("rehearsal: %v", err)
+	}
+	if len(set.Providers) != 1 || set.Providers[0].Name != "rehearsal" {
+		t.Fatalf("rehearsal decoded %+v", set.Providers)
+	}
+}
+
+// TestBundleDraftHandOff: a warm-up makes the sandbox CA and writes its bundle beside
+// the bundle's path; the start takes both, once, and puts the bundle in place. A
+// bundle for another path, or one written after the start asked for it, is dropped
+// and leaves no file. Two warm-ups never make the same CA.
 func TestBundleDraftHandOff(t *testing.T) {
 	root := t.TempDir()
 	path := filepath.Join(root, CABundlePath)
-	w := Prewarm(path, 0)
-	select {
-	case <-w.Done():
-	case <-time.After(time.Minute):
-		t.Fatal("the warm-up did not end")
+	w, w2 := Prewarm(path, 0), Prewarm(filepath.Join(t.TempDir(), CABundlePath), 0)
+	for _, w := range []*Warm{w, w2} {
+		select {
+		case <-w.Done():
+		case <-time.After(time.Minute):
+			t.Fatal("the warm-up did not end")
+		}
 	}
 	drafts := func() []string {
 		m, _ := filepath.Glob(filepath.Join(filepath.Dir(path), ".*draft*"))
@@ -93,33 +108,51 @@ func TestBundleDraftHandOff(t *testing.T) {
 	if len(drafts()) != 1 {
 		t.Fatalf("drafts after the warm-up: %v, want one", drafts())
 	}
-	ca, err := credentials.NewCA("sb-1")
-	if err != nil {
-		t.Fatal(err)
+	if _, err := os.Stat(path); err == nil {
+		t.Fatal("the warm-up put a bundle in place before the start")
 	}
-	got, err := writeCABundle(root, ca, w)
+	ca, draft := w.takeCA(path)
+	if ca == nil || draft == nil {
+		t.Fatal("no CA and bundle made ahead")
+	}
+	if ca2, _ := w2.takeCA(w2.bundlePath); ca2 == nil || bytes.Equal(ca.CertPEM(), ca2.CertPEM()) {
+		t.Fatal("two warm-ups made the same CA (or none)")
+	}
+	got, err := writeCABundle(root, ca, draft)
 	if err != nil || got != path {
 		t.Fatalf("writeCABundle = %q, %v", got, err)
 	}
 	if b, _ := os.ReadFile(path); !bytes.HasSuffix(b, ca.CertPEM()) {
-		t.Fatal("the bundle does not end with the sandbox's CA")
+		t.Fatal("the bundle does not end with the CA made ahead")
 	}
-	if d := w.takeBundleDraft(path); d != nil || len(drafts()) != 0 {
-		t.Fatalf("a draft handed out twice (%v) or left behind: %v", d, drafts())
+	if ca, d := w.takeCA(path); ca != nil || d != nil || len(drafts()) != 0 {
+		t.Fatalf("a CA handed out twice (%v) or a draft left behind: %v", ca != nil, drafts())
 	}
 
-	// Drafted for another path: dropped.
+	// A start without a warm-up's CA writes the bundle of its own.
+	own, err := credentials.NewCA("sb-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := writeCABundle(root, own, nil); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(path); !bytes.HasSuffix(b, own.CertPEM()) {
+		t.Fatal("the bundle does not end with the start's own CA")
+	}
+
+	// Written for another path: dropped.
 	other := &Warm{}
-	other.draftBundle(filepath.Join(root, "elsewhere", "ca.pem"))
-	if d := other.takeBundleDraft(path); d != nil {
-		t.Fatal("a draft for another path was handed out")
+	other.prepareCA(filepath.Join(root, "elsewhere", "ca.pem"))
+	if ca, d := other.takeCA(path); ca != nil || d != nil {
+		t.Fatal("a CA made for another path was handed out")
 	}
 	// Asked for before it was written: dropped once written.
 	late := &Warm{}
-	if late.takeBundleDraft(path) != nil {
-		t.Fatal("a draft before any was written")
+	if ca, _ := late.takeCA(path); ca != nil {
+		t.Fatal("a CA before any was made")
 	}
-	late.draftBundle(path)
+	late.prepareCA(path)
 	if m, _ := filepath.Glob(filepath.Join(root, "*", "*", ".*draft*")); len(m) != 0 {
 		t.Fatalf("drafts left behind: %v", m)
 	}

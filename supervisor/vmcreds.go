@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"path/filepath"
 	"time"
 
 	"google.golang.org/grpc"
@@ -63,7 +64,12 @@ func loadCredentials(ctx context.Context, cc grpc.ClientConnInterface, sandboxID
 			ps = set.Providers
 		}
 	}
-	ca, err := credentials.NewCA(sandboxID)
+	// The CA and its bundle made by the warm-up, or made now.
+	ca, draft := o.Warm.takeCA(filepath.Join(o.Root, CABundlePath))
+	var err error
+	if ca == nil {
+		ca, err = credentials.NewCA(sandboxID)
+	}
 	if err == nil {
 		var g *credentials.Guest
 		if g, err = credentials.NewGuest(ca, ps); err != nil {
@@ -72,7 +78,7 @@ func loadCredentials(ctx context.Context, cc grpc.ClientConnInterface, sandboxID
 			ps = nil
 		}
 		if err == nil {
-			if caFile, err = writeCABundle(o.Root, ca, o.Warm); err == nil {
+			if caFile, err = writeCABundle(o.Root, ca, draft); err == nil {
 				return g, caFile, len(ps)
 			}
 		}

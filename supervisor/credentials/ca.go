@@ -37,7 +37,8 @@ type CA struct {
 // longer gets a new CA on supervisor restart.
 const caLifetime = 90 * 24 * time.Hour
 
-// NewCA creates a CA named after the sandbox.
+// NewCA creates a CA named after the sandbox; "" names none (a CA made ahead, before
+// the sandbox is known).
 func NewCA(sandbox string) (*CA, error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -46,7 +47,7 @@ func NewCA(sandbox string) (*CA, error) {
 	now := time.Now()
 	tmpl := &x509.Certificate{
 		SerialNumber:          serial(),
-		Subject:               pkix.Name{CommonName: "openshell sandbox CA " + sandbox, Organization: []string{"openshell"}},
+		Subject:               pkix.Name{CommonName: strings.TrimSpace("openshell sandbox CA " + sandbox), Organization: []string{"openshell"}},
 		NotBefore:             now.Add(-time.Hour),
 		NotAfter:              now.Add(caLifetime),
 		IsCA:                  true,
@@ -112,15 +113,16 @@ func (ca *CA) WriteBundle(path string) error {
 	return d.Finish(ca)
 }
 
-// BundleDraft is a CA bundle whose system roots are written ahead, to a temporary
-// file beside its path, before the CA exists: a pooled VM writes it while it waits
-// for its sandbox, and the claim only adds the CA and renames the file (in pooled
-// creates under emulation the bundle's write went from 16-44 ms to 4-13 ms: the
-// file's creation in the image's overlay root is done ahead too). Finish puts it in
-// place; Discard drops it.
+// BundleDraft is a CA bundle written ahead to a temporary file beside its path: its
+// system roots, and with Seal the CA too. A pooled VM writes it while it waits for its
+// sandbox, and the claim only puts it in place (in pooled creates under emulation the
+// bundle's write went from 16-44 ms to 4-13 ms with the roots written ahead, the file's
+// creation in the image's overlay root included; the CA's write, mode and close were
+// most of the rest). Finish puts it in place; Discard drops it.
 type BundleDraft struct {
 	path string
 	f    *os.File
+	ca   *CA // the CA sealed in (the file then complete and closed); nil until Seal
 }
 
 // DraftBundle writes the system roots (when found) to a temporary file beside path.
@@ -145,11 +147,12 @@ func DraftBundle(path string) (*BundleDraft, error) {
 	return d, nil
 }
 
-// Finish adds the CA certificate and renames the draft over the bundle's path, mode
-// 0644. Readers see the old bundle or the new, never a part. No sync: the bundle is
-// made anew, with a new CA, at every start of the supervisor, and under emulation
-// the guest's disk flushes took 40-170 ms of a pooled sandbox's start.
-func (d *BundleDraft) Finish(ca *CA) error {
+// Seal adds the CA certificate to the draft and closes it, mode 0644; Finish then only
+// renames it. A draft that cannot be sealed is removed.
+func (d *BundleDraft) Seal(ca *CA) error {
+	if d.ca != nil {
+		return errors.New("credentials: CA bundle draft sealed already")
+	}
 	err := d.f.Chmod(0o644)
 	if err == nil {
 		_, err = d.f.Write(ca.CertPEM())
@@ -157,10 +160,29 @@ func (d *BundleDraft) Finish(ca *CA) error {
 	if cerr := d.f.Close(); err == nil {
 		err = cerr
 	}
-	if err == nil {
-		err = os.Rename(d.f.Name(), d.path)
-	}
 	if err != nil {
+		os.Remove(d.f.Name())
+		return fmt.Errorf("credentials: CA bundle: %w", err)
+	}
+	d.ca = ca
+	return nil
+}
+
+// Finish seals the draft with ca (unless it was sealed with it ahead) and renames it
+// over the bundle's path. Readers see the old bundle or the new, never a part. No
+// sync: the bundle is made anew, with a new CA, at every start of the supervisor, and
+// under emulation the guest's disk flushes took 40-170 ms of a pooled sandbox's start.
+func (d *BundleDraft) Finish(ca *CA) error {
+	switch {
+	case d.ca == nil:
+		if err := d.Seal(ca); err != nil {
+			return err
+		}
+	case d.ca != ca:
+		d.Discard()
+		return errors.New("credentials: the CA bundle draft was sealed with another CA")
+	}
+	if err := os.Rename(d.f.Name(), d.path); err != nil {
 		os.Remove(d.f.Name())
 		return fmt.Errorf("credentials: CA bundle: %w", err)
 	}
@@ -169,7 +191,7 @@ func (d *BundleDraft) Finish(ca *CA) error {
 
 // Discard removes the draft.
 func (d *BundleDraft) Discard() {
-	d.f.Close()
+	d.f.Close() // an error when sealed (closed already)
 	os.Remove(d.f.Name())
 }
 
