@@ -22,6 +22,7 @@ type orderGW struct {
 	acceptAfter time.Duration // the hello waits this long; < 0: never accepted
 	mu          sync.Mutex
 	configAt    time.Time
+	acceptAt    time.Time // when the session's accept was about to be sent
 	credsAt     chan time.Time
 }
 
@@ -39,6 +40,9 @@ func (g *orderGW) ConnectSupervisor(s grpc.BidiStreamingServer[pb.SupervisorMess
 		return s.Context().Err()
 	}
 	time.Sleep(g.acceptAfter)
+	g.mu.Lock()
+	g.acceptAt = time.Now()
+	g.mu.Unlock()
 	return g.gw.ConnectSupervisor(s)
 }
 
@@ -66,21 +70,27 @@ func runOrdered(t *testing.T, addr string) {
 	runInBackground(t, cfg, Options{RunDir: filepath.Join(base, "run"), Root: root, SandboxDir: filepath.Join(base, "sandbox")})
 }
 
-// TestCredentialsAfterTheConfig: the credentials (whose CPU work competed with the
-// gateway connection's set-up and the config call on a VM's one vCPU) are loaded once
-// the config call is answered, not alongside it; and not after the session (the SSH
-// server, the egress proxy and the main process wait for them): a gateway that never
-// accepts the session still gets asked for them at once.
-func TestCredentialsAfterTheConfig(t *testing.T) {
-	t.Run("after the config", func(t *testing.T) {
-		g, addr := startOrderGW(t, 400*time.Millisecond, 0)
-		runOrdered(t, addr)
-		var at time.Time
+// TestCredentialsAfterTheSession: the credentials (whose CPU work competed with the
+// gateway connection's set-up, the config call and the session's opening on a VM's
+// emulated vCPUs) are loaded once the config call is answered and the session is up,
+// not alongside them; a gateway that never accepts the session still gets asked for
+// them after sessionFirst (the SSH server, the egress proxy and the main process wait
+// for them).
+func TestCredentialsAfterTheSession(t *testing.T) {
+	asked := func(t *testing.T, g *orderGW) time.Time {
+		t.Helper()
 		select {
-		case at = <-g.credsAt:
+		case at := <-g.credsAt:
+			return at
 		case <-time.After(20 * time.Second):
 			t.Fatal("the credentials were never asked for")
 		}
+		return time.Time{}
+	}
+	t.Run("after the config", func(t *testing.T) {
+		g, addr := startOrderGW(t, 400*time.Millisecond, 0)
+		runOrdered(t, addr)
+		at := asked(t, g)
 		g.mu.Lock()
 		answered := g.configAt
 		g.mu.Unlock()
@@ -88,15 +98,24 @@ func TestCredentialsAfterTheConfig(t *testing.T) {
 			t.Fatalf("credentials asked for at %v, config answered at %v: they did not wait for the config", at.Format(time.StampMicro), answered.Format(time.StampMicro))
 		}
 	})
-	t.Run("not after the session", func(t *testing.T) {
+	t.Run("after the session", func(t *testing.T) {
+		g, addr := startOrderGW(t, 0, 400*time.Millisecond)
+		runOrdered(t, addr)
+		at := asked(t, g)
+		g.mu.Lock()
+		accepted := g.acceptAt
+		g.mu.Unlock()
+		if accepted.IsZero() || at.Before(accepted) {
+			t.Fatalf("credentials asked for at %v, session accepted at %v: they did not wait for the session", at.Format(time.StampMicro), accepted.Format(time.StampMicro))
+		}
+	})
+	t.Run("without a session", func(t *testing.T) {
 		g, addr := startOrderGW(t, 0, -1)
 		start := time.Now()
 		runOrdered(t, addr)
-		select {
-		case <-g.credsAt:
-			t.Logf("credentials asked for %v after the start, with no session", time.Since(start).Round(time.Millisecond))
-		case <-time.After(20 * time.Second):
-			t.Fatal("without a session the credentials were never asked for")
+		at := asked(t, g)
+		if took := at.Sub(start); took < sessionFirst {
+			t.Fatalf("credentials asked for %v after the start with no session: before sessionFirst (%v)", took, sessionFirst)
 		}
 	})
 }

@@ -299,6 +299,11 @@ func installCA(root, sandboxID string, providers []credentials.Provider) (*crede
 	return store, caFile, nil
 }
 
+// sessionFirst bounds how long the start-up past the session's opening (credentials,
+// egress proxy, SSH server, main process) waits for the session to come up: a gateway
+// that is away does not hold the sandbox's main process for longer.
+const sessionFirst = 2 * time.Second
+
 // Run runs the supervisor until ctx ends. The main process is started once: a
 // gateway reconnect never restarts it. When it exits the exit is reported and the
 // supervisor keeps serving (exec, logs) until it is stopped. An error that ends Run
@@ -406,14 +411,16 @@ func Run(ctx context.Context, cfg *bootstrap.Config, o Options) (retErr error) {
 	gwCfg, err := sandboxConfig(gctx, cc, cfg.SandboxID, true)
 	gcancel()
 	steps.mark("config")
-	// The provider credentials (a round trip to the runner or the gateway, a CA key,
-	// the CA bundle written) do not depend on the policy: they load while the policy
-	// is applied and the session opens. Not earlier: alongside the gateway connection's
-	// set-up and the config call, their CPU work took the CPU from them on a VM's one
-	// emulated vCPU (the connection came up 84-116 ms into the start instead of
-	// 24-68 ms). Not after the session either: the SSH server, the egress proxy and
-	// the main process wait for them (with them loaded after the session, the SSH
-	// server came up ~150 ms later).
+	// The provider credentials (a round trip to the runner or the gateway, the CA and
+	// its bundle) do not depend on the policy, and the SSH server, the egress proxy and
+	// the main process wait for them. They load once the session is up (or after
+	// sessionFirst without it): until then the session's set-up, which the sandbox's
+	// Ready waits for, has the CPU. Loaded beside it (claimed pooled VMs under
+	// emulation, the CA and bundle made ahead), they and what follows them took the CPU
+	// from it: the session came up 37-62 ms into the start, against 30-40 ms after,
+	// and the SSH server 47-76 ms in either way. Not before the session either:
+	// alongside the gateway connection's set-up and the config call they delayed the
+	// connection (84-116 ms into the start instead of 24-68 ms).
 	type credsResult struct {
 		store      sandboxCredentials
 		caFile     string
@@ -422,8 +429,15 @@ func Run(ctx context.Context, cfg *bootstrap.Config, o Options) (retErr error) {
 	credsCh := make(chan credsResult, 1)
 	credsCtx, credsCancel := context.WithCancel(ctx)
 	credsDone := make(chan struct{})
+	sessionUp := make(chan struct{})
+	var sessionUpOnce sync.Once
 	go func() {
 		defer close(credsDone)
+		select {
+		case <-sessionUp:
+		case <-time.After(sessionFirst):
+		case <-credsCtx.Done():
+		}
 		var c credsResult
 		c.store, c.caFile, c.nProviders = loadCredentials(credsCtx, cc, cfg.SandboxID, o, log)
 		credsCh <- c
@@ -559,6 +573,7 @@ func Run(ctx context.Context, cfg *bootstrap.Config, o Options) (retErr error) {
 					launch.warm()
 				}
 			}()
+			sessionUpOnce.Do(func() { close(sessionUp) })
 			stepDone("session")
 		},
 	})
