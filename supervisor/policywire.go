@@ -549,17 +549,9 @@ func (w *policyWatcher) run(ctx context.Context) {
 	}
 }
 
-// writeCABundle writes the sandbox CA where the agent can read it, putting in place
-// the bundle written ahead for it (draft, sealed with ca) when there is one.
-func writeCABundle(root string, ca *credentials.CA, draft *credentials.BundleDraft) (string, error) {
+// writeCABundle writes the sandbox CA where the agent can read it.
+func writeCABundle(root string, ca *credentials.CA) (string, error) {
 	p := filepath.Join(root, CABundlePath)
-	if draft != nil {
-		err := draft.Finish(ca)
-		if err == nil {
-			return p, nil
-		}
-		slog.Warn("the CA bundle written ahead could not be put in place; writing it anew", "err", err)
-	}
 	if err := ca.WriteBundle(p); err != nil { // it creates the directory
 		return "", err
 	}

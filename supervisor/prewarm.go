@@ -53,11 +53,9 @@ type Warm struct {
 	mu      sync.Mutex
 	hostKey ssh.Signer // taken once
 	took    time.Duration
-	// ca is the sandbox CA made ahead and bundle its bundle (the system roots and
-	// the CA) written beside bundlePath, taken once together; after bundleAsked a
-	// draft still being written is dropped.
+	// ca is the sandbox CA made ahead, its bundle written at bundlePath, taken once;
+	// after bundleAsked none is written.
 	ca          *credentials.CA
-	bundle      *credentials.BundleDraft
 	bundlePath  string
 	bundleAsked bool
 	// spares are confinement helpers started ahead by reaper, taken once
@@ -79,8 +77,8 @@ type Warm struct {
 // own path.
 //
 // bundlePath is where the sandbox CA bundle will go (Options.Root joined with
-// CABundlePath): the CA is made ahead and its bundle written beside it, so that the
-// start only renames it. "" makes none.
+// CABundlePath): the CA is made ahead and its bundle written there, so that the start
+// has nothing left to write. "" makes none.
 //
 // spares is how many confinement helpers to start ahead (0: none), for a supervisor
 // that confines its programs and runs them in its own network namespace (a VM
@@ -384,49 +382,48 @@ func (w *Warm) takeHostKey() ssh.Signer {
 	return k
 }
 
-// prepareCA makes the sandbox CA ahead and writes its bundle beside path; the start
-// takes both (takeCA) or, when it asked before they were made, they are dropped. The
-// CA is named after no sandbox (none is known yet); like the host key it is this
-// boot's alone, and a pooled VM serves one sandbox.
+// prepareCA makes the sandbox CA ahead and writes its bundle at path; the start takes
+// the CA (takeCA) or, when it asked first, none is written. The CA is named after no
+// sandbox (none is known yet); like the host key it is this boot's alone, and a
+// pooled VM serves one sandbox. Before this, a claim made the CA and wrote the bundle
+// (the system roots drafted ahead, then the CA added and the file renamed): 8-10 ms of
+// an emulated guest's CPU.
 func (w *Warm) prepareCA(path string) {
 	ca, err := credentials.NewCA("")
 	if err != nil {
 		slog.Debug("warm-up: the CA made ahead failed (only its speed-up is lost)", "err", err)
 		return
 	}
-	d, err := credentials.DraftBundle(path)
-	if err == nil {
-		err = d.Seal(ca)
-	}
-	if err != nil {
-		slog.Debug("warm-up: the CA bundle written ahead failed (only its speed-up is lost)", "err", err)
-		return
-	}
+	// Under the lock: a start that asked meanwhile writes its own bundle, and the two
+	// writes must not cross.
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if w.bundleAsked {
-		d.Discard()
 		return
 	}
-	w.ca, w.bundle, w.bundlePath = ca, d, path
+	if err := ca.WriteBundle(path); err != nil {
+		slog.Debug("warm-up: the CA bundle written ahead failed (only its speed-up is lost)", "err", err)
+		return
+	}
+	w.ca, w.bundlePath = ca, path
 }
 
-// takeCA returns the CA made ahead and its bundle for path, once; nils when there are
-// none (yet), or the bundle was written for another path (then both are dropped).
-func (w *Warm) takeCA(path string) (*credentials.CA, *credentials.BundleDraft) {
+// takeCA returns the CA made ahead when its bundle is at path, once; nil when there is
+// none (yet), or its bundle was written elsewhere (then that file is removed).
+func (w *Warm) takeCA(path string) *credentials.CA {
 	if w == nil {
-		return nil, nil
+		return nil
 	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.bundleAsked = true
-	ca, d := w.ca, w.bundle
-	w.ca, w.bundle = nil, nil
-	if d != nil && w.bundlePath != path {
-		d.Discard()
-		return nil, nil
+	ca := w.ca
+	w.ca = nil
+	if ca != nil && w.bundlePath != path {
+		os.Remove(w.bundlePath)
+		return nil
 	}
-	return ca, d
+	return ca
 }
 
 // summary says how the warm-up stands, for the start-up log line: "none",

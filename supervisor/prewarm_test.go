@@ -7,7 +7,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/openshell/openshell/supervisor/credentials"
 	"github.com/openshell/openshell/supervisor/reaper"
 	"github.com/openshell/openshell/supervisor/sandboxuser"
 	"github.com/openshell/openshell/supervisor/sshd"
@@ -86,14 +85,15 @@ func TestRehearsePlaceholders(t *testing.T) {
 	}
 }
 
-// TestBundleDraftHandOff: a warm-up makes the sandbox CA and writes its bundle beside
-// the bundle's path; the start takes both, once, and puts the bundle in place. A
-// bundle for another path, or one written after the start asked for it, is dropped
-// and leaves no file. Two warm-ups never make the same CA.
-func TestBundleDraftHandOff(t *testing.T) {
+// TestCAHandOff: a warm-up makes the sandbox CA and writes its bundle at the bundle's
+// path; the start takes the CA, once. A CA whose bundle went to another path is not
+// handed out and its file is removed; one asked for before it was made is never
+// written. Two warm-ups never make the same CA.
+func TestCAHandOff(t *testing.T) {
 	root := t.TempDir()
 	path := filepath.Join(root, CABundlePath)
-	w, w2 := Prewarm(path, 0), Prewarm(filepath.Join(t.TempDir(), CABundlePath), 0)
+	path2 := filepath.Join(t.TempDir(), CABundlePath)
+	w, w2 := Prewarm(path, 0), Prewarm(path2, 0)
 	for _, w := range []*Warm{w, w2} {
 		select {
 		case <-w.Done():
@@ -101,62 +101,44 @@ func TestBundleDraftHandOff(t *testing.T) {
 			t.Fatal("the warm-up did not end")
 		}
 	}
-	drafts := func() []string {
-		m, _ := filepath.Glob(filepath.Join(filepath.Dir(path), ".*draft*"))
-		return m
-	}
-	if len(drafts()) != 1 {
-		t.Fatalf("drafts after the warm-up: %v, want one", drafts())
-	}
-	if _, err := os.Stat(path); err == nil {
-		t.Fatal("the warm-up put a bundle in place before the start")
-	}
-	ca, draft := w.takeCA(path)
-	if ca == nil || draft == nil {
-		t.Fatal("no CA and bundle made ahead")
-	}
-	if ca2, _ := w2.takeCA(w2.bundlePath); ca2 == nil || bytes.Equal(ca.CertPEM(), ca2.CertPEM()) {
-		t.Fatal("two warm-ups made the same CA (or none)")
-	}
-	got, err := writeCABundle(root, ca, draft)
-	if err != nil || got != path {
-		t.Fatalf("writeCABundle = %q, %v", got, err)
+	ca := w.takeCA(path)
+	if ca == nil {
+		t.Fatal("no CA made ahead")
 	}
 	if b, _ := os.ReadFile(path); !bytes.HasSuffix(b, ca.CertPEM()) {
-		t.Fatal("the bundle does not end with the CA made ahead")
+		t.Fatal("the bundle at the path does not end with the CA made ahead")
 	}
-	if ca, d := w.takeCA(path); ca != nil || d != nil || len(drafts()) != 0 {
-		t.Fatalf("a CA handed out twice (%v) or a draft left behind: %v", ca != nil, drafts())
+	if again := w.takeCA(path); again != nil {
+		t.Fatal("the CA was handed out twice")
 	}
-
-	// A start without a warm-up's CA writes the bundle of its own.
-	own, err := credentials.NewCA("sb-1")
-	if err != nil {
-		t.Fatal(err)
+	if ca2 := w2.takeCA(path2); ca2 == nil || bytes.Equal(ca.CertPEM(), ca2.CertPEM()) {
+		t.Fatal("two warm-ups made the same CA (or none)")
 	}
-	if _, err := writeCABundle(root, own, nil); err != nil {
-		t.Fatal(err)
-	}
-	if b, _ := os.ReadFile(path); !bytes.HasSuffix(b, own.CertPEM()) {
-		t.Fatal("the bundle does not end with the start's own CA")
+	if m, _ := filepath.Glob(filepath.Join(filepath.Dir(path), ".*")); len(m) != 0 {
+		t.Fatalf("temporary files left beside the bundle: %v", m)
 	}
 
-	// Written for another path: dropped.
+	// Written for another path: not handed out, and removed.
+	elsewhere := filepath.Join(root, "elsewhere", "ca.pem")
 	other := &Warm{}
-	other.prepareCA(filepath.Join(root, "elsewhere", "ca.pem"))
-	if ca, d := other.takeCA(path); ca != nil || d != nil {
-		t.Fatal("a CA made for another path was handed out")
+	other.prepareCA(elsewhere)
+	if _, err := os.Stat(elsewhere); err != nil {
+		t.Fatalf("the warm-up wrote no bundle: %v", err)
 	}
-	// Asked for before it was written: dropped once written.
+	if other.takeCA(path) != nil {
+		t.Fatal("a CA whose bundle is elsewhere was handed out")
+	}
+	if _, err := os.Stat(elsewhere); !os.IsNotExist(err) {
+		t.Fatalf("the bundle written elsewhere is left: %v", err)
+	}
+	// Asked for before it was made: never written.
 	late := &Warm{}
-	if ca, _ := late.takeCA(path); ca != nil {
+	fresh := filepath.Join(t.TempDir(), CABundlePath)
+	if late.takeCA(fresh) != nil {
 		t.Fatal("a CA before any was made")
 	}
-	late.prepareCA(path)
-	if m, _ := filepath.Glob(filepath.Join(root, "*", "*", ".*draft*")); len(m) != 0 {
-		t.Fatalf("drafts left behind: %v", m)
-	}
-	if m, _ := filepath.Glob(filepath.Join(root, "elsewhere", ".*draft*")); len(m) != 0 {
-		t.Fatalf("drafts left behind: %v", m)
+	late.prepareCA(fresh)
+	if _, err := os.Stat(fresh); !os.IsNotExist(err) {
+		t.Fatalf("a bundle was written after the start asked: %v", err)
 	}
 }

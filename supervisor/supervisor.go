@@ -292,7 +292,7 @@ func installCA(root, sandboxID string, providers []credentials.Provider) (*crede
 	if err != nil {
 		return nil, "", err
 	}
-	caFile, err := writeCABundle(root, ca, nil)
+	caFile, err := writeCABundle(root, ca)
 	if err != nil {
 		return nil, "", err
 	}

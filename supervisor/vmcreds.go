@@ -64,11 +64,14 @@ func loadCredentials(ctx context.Context, cc grpc.ClientConnInterface, sandboxID
 			ps = set.Providers
 		}
 	}
-	// The CA and its bundle made by the warm-up, or made now.
-	ca, draft := o.Warm.takeCA(filepath.Join(o.Root, CABundlePath))
+	// The CA whose bundle the warm-up wrote, or one made and written now.
+	bundle := filepath.Join(o.Root, CABundlePath)
+	ca := o.Warm.takeCA(bundle)
 	var err error
-	if ca == nil {
-		ca, err = credentials.NewCA(sandboxID)
+	if ca != nil {
+		caFile = bundle
+	} else if ca, err = credentials.NewCA(sandboxID); err == nil {
+		caFile, err = writeCABundle(o.Root, ca)
 	}
 	if err == nil {
 		var g *credentials.Guest
@@ -78,9 +81,7 @@ func loadCredentials(ctx context.Context, cc grpc.ClientConnInterface, sandboxID
 			ps = nil
 		}
 		if err == nil {
-			if caFile, err = writeCABundle(o.Root, ca, draft); err == nil {
-				return g, caFile, len(ps)
-			}
+			return g, caFile, len(ps)
 		}
 	}
 	log.Error("sandbox CA not installed: TLS termination is unavailable", "err", err)

@@ -104,95 +104,39 @@ func SystemRoots() []byte {
 
 // WriteBundle writes the system roots (when found) followed by the CA certificate
 // to path, mode 0644: tools told to use SSL_CERT_FILE replace their trust store with
-// it, so it must keep trusting the public roots as well.
+// it, so it must keep trusting the public roots as well. It goes to a temporary file
+// beside path, renamed over it: readers see the old bundle or the new, never a part.
+// No sync: the bundle is made anew, with a new CA, at every start of the supervisor,
+// and under emulation the guest's disk flushes took 40-170 ms of a pooled sandbox's
+// start.
 func (ca *CA) WriteBundle(path string) error {
-	d, err := DraftBundle(path)
-	if err != nil {
-		return err
-	}
-	return d.Finish(ca)
-}
-
-// BundleDraft is a CA bundle written ahead to a temporary file beside its path: its
-// system roots, and with Seal the CA too. A pooled VM writes it while it waits for its
-// sandbox, and the claim only puts it in place (in pooled creates under emulation the
-// bundle's write went from 16-44 ms to 4-13 ms with the roots written ahead, the file's
-// creation in the image's overlay root included; the CA's write, mode and close were
-// most of the rest). Finish puts it in place; Discard drops it.
-type BundleDraft struct {
-	path string
-	f    *os.File
-	ca   *CA // the CA sealed in (the file then complete and closed); nil until Seal
-}
-
-// DraftBundle writes the system roots (when found) to a temporary file beside path.
-func DraftBundle(path string) (*BundleDraft, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		return nil, fmt.Errorf("credentials: CA bundle dir: %w", err)
+		return fmt.Errorf("credentials: CA bundle dir: %w", err)
 	}
-	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".draft-*")
+	b := SystemRoots()
+	if len(b) > 0 && !bytes.HasSuffix(b, []byte("\n")) {
+		b = append(b, '\n')
+	}
+	b = append(b, ca.CertPEM()...)
+	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".new-*")
 	if err != nil {
-		return nil, fmt.Errorf("credentials: CA bundle: %w", err)
+		return fmt.Errorf("credentials: CA bundle: %w", err)
 	}
-	d := &BundleDraft{path: path, f: f}
-	if b := SystemRoots(); b != nil {
-		if !bytes.HasSuffix(b, []byte("\n")) {
-			b = append(b, '\n')
-		}
-		if _, err := f.Write(b); err != nil {
-			d.Discard()
-			return nil, fmt.Errorf("credentials: CA bundle: %w", err)
-		}
-	}
-	return d, nil
-}
-
-// Seal adds the CA certificate to the draft and closes it, mode 0644; Finish then only
-// renames it. A draft that cannot be sealed is removed.
-func (d *BundleDraft) Seal(ca *CA) error {
-	if d.ca != nil {
-		return errors.New("credentials: CA bundle draft sealed already")
-	}
-	err := d.f.Chmod(0o644)
+	err = f.Chmod(0o644)
 	if err == nil {
-		_, err = d.f.Write(ca.CertPEM())
+		_, err = f.Write(b)
 	}
-	if cerr := d.f.Close(); err == nil {
+	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
+	if err == nil {
+		err = os.Rename(f.Name(), path)
+	}
 	if err != nil {
-		os.Remove(d.f.Name())
-		return fmt.Errorf("credentials: CA bundle: %w", err)
-	}
-	d.ca = ca
-	return nil
-}
-
-// Finish seals the draft with ca (unless it was sealed with it ahead) and renames it
-// over the bundle's path. Readers see the old bundle or the new, never a part. No
-// sync: the bundle is made anew, with a new CA, at every start of the supervisor, and
-// under emulation the guest's disk flushes took 40-170 ms of a pooled sandbox's start.
-func (d *BundleDraft) Finish(ca *CA) error {
-	switch {
-	case d.ca == nil:
-		if err := d.Seal(ca); err != nil {
-			return err
-		}
-	case d.ca != ca:
-		d.Discard()
-		return errors.New("credentials: the CA bundle draft was sealed with another CA")
-	}
-	if err := os.Rename(d.f.Name(), d.path); err != nil {
-		os.Remove(d.f.Name())
+		os.Remove(f.Name())
 		return fmt.Errorf("credentials: CA bundle: %w", err)
 	}
 	return nil
-}
-
-// Discard removes the draft.
-func (d *BundleDraft) Discard() {
-	d.f.Close() // an error when sealed (closed already)
-	os.Remove(d.f.Name())
 }
 
 // TLSConfig presents, for any SNI, a leaf certificate signed by the CA (cached per
