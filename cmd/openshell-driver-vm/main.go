@@ -153,6 +153,9 @@ func serve(args []string, stderr io.Writer) int {
 		return 1
 	}
 	defer d.Close()
+	if err := vm.PrioritizeControlPlane(); err != nil {
+		log.Info("the control plane keeps the VMs' scheduling priority (creates slow down while VMs are busy)", "err", err)
+	}
 
 	var lns []net.Listener
 	if f.bindSocket != "" {

@@ -189,6 +189,11 @@ func New(cfg Config, log *slog.Logger) (*Driver, error) {
 	return d, nil
 }
 
+// PrioritizeControlPlane raises the scheduling group of this process's session above
+// its VMs' (runner.ControlPlaneNice): the driver binary calls it when it serves (not
+// New: a driver in a test process would change its test run's group).
+func PrioritizeControlPlane() error { return runner.PrioritizeControlPlane(os.Getpid()) }
+
 // lockWait is how long New waits for a previous driver to release the state dir.
 var lockWait = 15 * time.Second
 

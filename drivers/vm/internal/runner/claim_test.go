@@ -355,6 +355,20 @@ func TestSessionNice(t *testing.T) {
 			t.Fatalf("the test's own scheduling group went from nice %d to %d", ours, got)
 		}
 	}
+	// The control plane's group goes above its VMs' (a lower nice: CAP_SYS_NICE).
+	switch err := PrioritizeControlPlane(sid); {
+	case err != nil && mayRestoreNice():
+		t.Fatalf("PrioritizeControlPlane with CAP_SYS_NICE: %v", err)
+	case err != nil:
+		t.Logf("no CAP_SYS_NICE here: %v", err)
+	default:
+		if got, _ := autogroupNice(sid); got != ControlPlaneNice {
+			t.Fatalf("the control plane's group has nice %d, want %d", got, ControlPlaneNice)
+		}
+		if got, _ := autogroupNice(os.Getpid()); got != ours {
+			t.Fatalf("the test's own scheduling group went from nice %d to %d", ours, got)
+		}
+	}
 	if err := setAutogroupNice(os.Getpid()+1<<22, 0, time.Second); err != nil {
 		t.Errorf("a pid that does not exist: %v (want nothing done)", err)
 	}
