@@ -224,18 +224,25 @@ func setPoolNice(nice, first int) error {
 	return errors.Join(firstErr, setSessionNice(sid, start, nice, sid))
 }
 
-// setVMMNice sets nice on the threads of the VMM vmm only, under the same condition as
-// setPoolNice: a claim restores them before anything else, the rest of the session
-// after (setPoolNice).
-func setVMMNice(nice, vmm int) error {
+// setVMMNice sets nice on the threads of the VMM and its helper processes only (the
+// pids given, the VMM first), under the same condition as setPoolNice: a claim
+// restores them before anything else (the guest's start-up runs on the VMM's vCPUs and
+// talks to the host through the channel backend), the rest of the session after
+// (setPoolNice).
+func setVMMNice(nice int, pids ...int) error {
 	sid, err := unix.Getsid(0)
-	if err != nil || sid != os.Getpid() || vmm <= 0 || vmm == sid {
+	if err != nil || sid != os.Getpid() {
 		return nil
 	}
 	// One attempt: a change the kernel refuses for now is made by setPoolNice next.
-	gerr := setAutogroupNice(sid, nice, 0)
-	_, err = setThreadsNice(vmm, nice)
-	return errors.Join(gerr, err)
+	errs := []error{setAutogroupNice(sid, nice, 0)}
+	for _, pid := range pids {
+		if pid > 0 && pid != sid {
+			_, err := setThreadsNice(pid, nice)
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // RestorePoolPriority puts the scheduling group of a pooled VM's runner session back

@@ -408,13 +408,18 @@ func Run(ctx context.Context, dir string, o Options) (retErr error) {
 			// time's (the pool's), not this sandbox's wait.
 			box.update(func(s *Status) { s.State, s.ClaimedAt, s.Timeline = StateBooting, time.Now().UTC(), nil })
 			log.Info("pooled VM claimed by a sandbox", "sandbox_name", spec.SandboxName)
-			// The VMM's threads first, at once: its vCPU runs the guest's start-up,
-			// which the document served next begins. The session's other processes
-			// (the channel backend) follow while the document is served: finding them
-			// walks /proc, 10-17 ms here, all of it spent before the guest had its
+			// The VMM's threads first, at once, and its helpers' (the channel backend):
+			// the vCPUs run the guest's start-up, which the document served next
+			// begins, and every message of it to the host goes through the backend. The
+			// session's other processes follow while the document is served: finding
+			// them walks /proc, 10-17 ms here, all of it spent before the guest had its
 			// document when done first.
 			t0 := time.Now()
-			if err := setVMMNice(0, m.PID()); err != nil {
+			pids := []int{m.PID()}
+			if h, ok := m.(interface{ HelperPIDs() []int }); ok {
+				pids = append(pids, h.HelperPIDs()...)
+			}
+			if err := setVMMNice(0, pids...); err != nil {
 				log.Warn("cannot restore the claimed VM's priority", "err", err)
 			}
 			vmmAt := time.Since(t0)
