@@ -87,28 +87,27 @@ func TestCredentialsAfterTheSession(t *testing.T) {
 		}
 		return time.Time{}
 	}
-	t.Run("after the config", func(t *testing.T) {
-		g, addr := startOrderGW(t, 400*time.Millisecond, 0)
-		runOrdered(t, addr)
-		at := asked(t, g)
-		g.mu.Lock()
-		answered := g.configAt
-		g.mu.Unlock()
-		if answered.IsZero() || at.Before(answered) {
-			t.Fatalf("credentials asked for at %v, config answered at %v: they did not wait for the config", at.Format(time.StampMicro), answered.Format(time.StampMicro))
-		}
-	})
-	t.Run("after the session", func(t *testing.T) {
-		g, addr := startOrderGW(t, 0, 400*time.Millisecond)
-		runOrdered(t, addr)
-		at := asked(t, g)
-		g.mu.Lock()
-		accepted := g.acceptAt
-		g.mu.Unlock()
-		if accepted.IsZero() || at.Before(accepted) {
-			t.Fatalf("credentials asked for at %v, session accepted at %v: they did not wait for the session", at.Format(time.StampMicro), accepted.Format(time.StampMicro))
-		}
-	})
+	// Each gateway holds one answer back 400 ms; the credentials wait for it.
+	for _, c := range []struct {
+		what                     string
+		configAfter, acceptAfter time.Duration
+		answered                 func(*orderGW) time.Time
+	}{
+		{"the config", 400 * time.Millisecond, 0, func(g *orderGW) time.Time { return g.configAt }},
+		{"the session", 0, 400 * time.Millisecond, func(g *orderGW) time.Time { return g.acceptAt }},
+	} {
+		t.Run("after "+c.what, func(t *testing.T) {
+			g, addr := startOrderGW(t, c.configAfter, c.acceptAfter)
+			runOrdered(t, addr)
+			at := asked(t, g)
+			g.mu.Lock()
+			answered := c.answered(g)
+			g.mu.Unlock()
+			if answered.IsZero() || at.Before(answered) {
+				t.Fatalf("credentials asked for at %v, %s answered at %v: they did not wait for it", at.Format(time.StampMicro), c.what, answered.Format(time.StampMicro))
+			}
+		})
+	}
 	t.Run("without a session", func(t *testing.T) {
 		g, addr := startOrderGW(t, 0, -1)
 		start := time.Now()
