@@ -100,3 +100,31 @@ func FuzzBuildCreateRequest(f *testing.F) {
 		t.Fatalf("error names no flag or field: %v", err)
 	})
 }
+
+// TestBuildCreateRequestDiskSize: --disk-size goes to the vm driver's driver_config
+// (beside GPU ids there), is refused with --from-snapshot (the snapshot's disk stays)
+// and when it is not a quantity, naming the flag.
+func TestBuildCreateRequestDiskSize(t *testing.T) {
+	req, err := buildCreateRequest(createOptions{diskSize: "20Gi", gpuDevices: []string{"0000:01:00.0"}}, "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	vm := req.GetSpec().GetTemplate().GetDriverConfig().GetFields()[vmDriverName].GetStructValue().GetFields()
+	if got := vm[diskSizeDriverConfigKey].GetStringValue(); got != "20Gi" {
+		t.Errorf("driver_config.vm.disk_size = %q, want 20Gi", got)
+	}
+	if vm[gpuDriverConfigKey] == nil {
+		t.Error("the GPU ids were dropped from the vm driver's driver_config")
+	}
+	if docker := req.GetSpec().GetTemplate().GetDriverConfig().GetFields()["docker"].GetStructValue().GetFields(); docker[diskSizeDriverConfigKey] != nil {
+		t.Error("disk_size went to the docker driver's driver_config too")
+	}
+	if req, _ := buildCreateRequest(createOptions{}, "", nil); req.GetSpec().GetTemplate().GetDriverConfig() != nil {
+		t.Errorf("a create without --disk-size has a driver_config: %v", req.GetSpec().GetTemplate().GetDriverConfig())
+	}
+	for _, o := range []createOptions{{diskSize: "20Gi", fromSnapshot: "snap"}, {diskSize: "20 Gi"}} {
+		if _, err := buildCreateRequest(o, "", nil); err == nil || !strings.Contains(err.Error(), "--disk-size") {
+			t.Errorf("%+v: %v, want an error naming --disk-size", o, err)
+		}
+	}
+}

@@ -70,6 +70,11 @@ func TestDockerEndToEnd(t *testing.T) {
 	if err != nil || !strings.Contains(out, `"driver": "docker"`) {
 		t.Fatalf("status: %v\n%s", err, out)
 	}
+	// A flag only the vm driver reads is refused here, not dropped without a word.
+	if out, err := cli(30*time.Second, "sandbox", "create", "--name", name, "--from", dockerTestImage, "--disk-size", "20Gi", "--", "true"); err == nil ||
+		!strings.Contains(out, `--disk-size: the gateway's driver is "docker"`) {
+		t.Fatalf("create --disk-size on the docker driver: %v\n%s", err, out)
+	}
 	if out, err := cli(120*time.Second, "sandbox", "create", "--name", name, "--from", dockerTestImage, "--timeout", "90s", "--", "sleep", "100000"); err != nil {
 		t.Fatalf("create: %v\n%s", err, out)
 	} else if !strings.Contains(out, "READY") {

@@ -56,7 +56,7 @@ func (a *app) poolCreate() *cobra.Command {
 		image, image2 string
 	)
 	cmd := &cobra.Command{
-		Use:   "create [NAME] --image IMAGE [--cpu N] [--memory M] --size N",
+		Use:   "create [NAME] --image IMAGE [--cpu N] [--memory M] [--disk-size D] --size N",
 		Short: "Make a warm pool of N VMs for sandboxes of one shape",
 		Example: `  openshell pool create --image ubuntu:24.04 --cpu 2 --memory 1Gi --size 3
   openshell pool create small --size 2 --wait        # the driver's default image and shape
@@ -113,6 +113,7 @@ func (a *app) poolCreate() *cobra.Command {
 	f.StringVar(&image2, "from", "", "same as --image")
 	f.StringVar(&req.Cpu, "cpu", "", "CPUs of each VM, as 'sandbox create --cpu' takes them (default: the driver's)")
 	f.StringVar(&req.Memory, "memory", "", "memory of each VM, as 'sandbox create --memory' takes it, e.g. 1Gi (default: the driver's)")
+	f.StringVar(&req.DiskSize, "disk-size", "", "writable disk of each VM, as 'sandbox create --disk-size' takes it, e.g. 20Gi (default: the driver's)")
 	f.IntVar(&size, "size", 0, "idle VMs the pool keeps (1 to 64)")
 	f.BoolVar(&wait, "wait", false, "wait until every VM of the pool is idle (booted and warmed up), printing progress")
 	f.DurationVar(&timeout, "timeout", 15*time.Minute, "how long --wait waits")

@@ -44,6 +44,7 @@ type createOptions struct {
 	env, labels, providers           []string
 	gpu                              string   // --gpu: "" = none, a count, or bare
 	gpuDevices                       []string // --gpu-device
+	diskSize                         string   // --disk-size: the vm driver's writable disk
 	timeout                          time.Duration
 	noWait                           bool
 	// detach/noTTY: do not attach a shell after READY even on a terminal.
@@ -89,7 +90,7 @@ func buildCreateRequest(o createOptions, workspace string, argv []string) (*open
 			return nil, err
 		}
 	}
-	for _, q := range []struct{ flag, v string }{{"--cpu", o.cpu}, {"--memory", o.memory}} {
+	for _, q := range []struct{ flag, v string }{{"--cpu", o.cpu}, {"--memory", o.memory}, {"--disk-size", o.diskSize}} {
 		if !utf8.ValidString(q.v) || strings.ContainsAny(q.v, " \t\r\n") {
 			return nil, fmt.Errorf("%s %q is not a quantity; write e.g. 2, 500m, 4Gi", q.flag, q.v)
 		}
@@ -109,6 +110,9 @@ func buildCreateRequest(o createOptions, workspace string, argv []string) (*open
 		spec.Template.Resources = res
 	}
 	if err := applyGPU(spec, o.gpu, o.gpuDevices); err != nil {
+		return nil, err
+	}
+	if err := applyDiskSize(spec, o.diskSize, o.fromSnapshot); err != nil {
 		return nil, err
 	}
 	if o.policy != "" {
@@ -180,6 +184,11 @@ func (a *app) sandboxCreate(ws *string) *cobra.Command {
 				return err
 			}
 			o.image = image
+			if o.diskSize != "" {
+				if err := a.requireDriver(ctx, "--disk-size", vmDriverName); err != nil {
+					return err
+				}
+			}
 			args = takeGPUCount(cmd, &o.gpu, args)
 			req, err := buildCreateRequest(o, *ws, args)
 			if err != nil {
@@ -241,6 +250,7 @@ func (a *app) sandboxCreate(ws *string) *cobra.Command {
 	f.StringArrayVar(&o.providers, "provider", nil, "attach a provider's credentials (see `openshell provider create`; repeatable)")
 	_ = cmd.RegisterFlagCompletionFunc("provider", a.completeProviders)
 	addGPUFlags(cmd, &o.gpu, &o.gpuDevices)
+	f.StringVar(&o.diskSize, "disk-size", "", "writable disk of a VM sandbox, e.g. 20Gi (vm driver only; default: the driver's)")
 	f.DurationVar(&o.timeout, "timeout", 5*time.Minute, "how long to wait for the sandbox to become ready")
 	f.BoolVar(&o.noWait, "no-wait", false, "return right after the gateway accepted the sandbox")
 	f.BoolVarP(&o.detach, "detach", "d", false, "do not open a shell in the sandbox once it is ready (on a terminal, create opens one by default)")

@@ -18,6 +18,7 @@ type cliPool struct {
 	Size      int    `json:"size"`
 	Idle      int    `json:"idle"`
 	MemoryMiB int    `json:"memory_mib"`
+	DiskBytes string `json:"disk_size_bytes"` // an int64 in protobuf's JSON: a string
 }
 
 // cliPools lists the gateway's pools through the CLI.
@@ -62,6 +63,7 @@ func TestVMPoolCLI(t *testing.T) {
 		{[]string{"pool", "create", "Bad_Name", "--image", r.image, "--size", "1"}, "pool name"},
 		{[]string{"pool", "create", "p", "--image", r.image, "--memory", "64Mi", "--size", "1"}, "at least 128"},
 		{[]string{"pool", "create", "p", "--image", r.image, "--cpu", "lots", "--size", "1"}, "cpu"},
+		{[]string{"pool", "create", "p", "--image", r.image, "--disk-size", "10Mi", "--size", "1"}, "disk size \"10Mi\": use at least 64Mi"},
 		{[]string{"pool", "create", "p", "--image", "oci-layout:" + filepath.Join(r.tmp, "nothing") + ":x", "--size", "1"}, "unknown image"},
 		{[]string{"pool", "create", "conf", "--image", r.image, "--size", "1"}, "defined in the gateway config"},
 		{[]string{"pool", "delete", "conf"}, "defined in the gateway config"},
@@ -77,26 +79,27 @@ func TestVMPoolCLI(t *testing.T) {
 	}
 
 	const pool = "cli"
-	out := r.cli("pool", "create", pool, "--image", r.image, "--memory", "256Mi", "--size", "1", "--wait", "-o", "json")
+	// A shape of its own, the disk included: only creates that ask for it match.
+	out := r.cli("pool", "create", pool, "--image", r.image, "--memory", "256Mi", "--disk-size", "1Gi", "--size", "1", "--wait", "-o", "json")
 	var created cliPool
 	// The progress lines (stderr) come first.
 	if i := strings.Index(out, "\n{"); i >= 0 {
 		out = out[i+1:]
 	}
-	if err := json.Unmarshal([]byte(out), &created); err != nil || created.Name != pool || created.Source != "api" || created.Idle != 1 || created.MemoryMiB != 256 {
+	if err := json.Unmarshal([]byte(out), &created); err != nil || created.Name != pool || created.Source != "api" || created.Idle != 1 || created.MemoryMiB != 256 || created.DiskBytes != "1073741824" {
 		t.Fatalf("pool create --wait -o json: %+v (%v): %s", created, err, out)
 	}
 	if b, err := os.ReadFile(filepath.Join(r.gwState, "vm-driver", "pools.json")); err != nil || !strings.Contains(string(b), `"`+pool+`"`) {
 		t.Fatalf("the driver's pools.json: %v %s", err, b)
 	}
-	if out, err := r.run("pool", "create", "again", "--image", r.image, "--memory", "256Mi", "--size", "1"); err == nil || !strings.Contains(out, `pool "cli" has the same image`) {
+	if out, err := r.run("pool", "create", "again", "--image", r.image, "--memory", "256Mi", "--disk-size", "1Gi", "--size", "1"); err == nil || !strings.Contains(out, `pool "cli" has the same image`) {
 		t.Errorf("a second pool of the same shape: %v %q", err, out)
 	}
 
 	const sb = "from-cli-pool"
-	r.cli("sandbox", "create", "--name", sb, "--from", r.image, "--memory", "256Mi", "--timeout", cliTimeout.String(), "--", "sleep", "100000")
+	r.cli("sandbox", "create", "--name", sb, "--from", r.image, "--memory", "256Mi", "--disk-size", "1Gi", "--timeout", cliTimeout.String(), "--", "sleep", "100000")
 	if fp := r.fromPool(sb); fp != pool {
-		t.Fatalf("sandbox %s of the pool's shape: from pool %q, want %q", sb, fp, pool)
+		t.Fatalf("sandbox %s of the pool's shape (--disk-size 1Gi): from pool %q, want %q", sb, fp, pool)
 	}
 
 	// kill -9 with the refilled pool: the pool and its VM survive.
