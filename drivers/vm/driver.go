@@ -16,6 +16,7 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/openshell/openshell/api/computev1"
@@ -190,9 +191,21 @@ func New(cfg Config, log *slog.Logger) (*Driver, error) {
 }
 
 // PrioritizeControlPlane raises the scheduling group of this process's session above
-// its VMs' (runner.ControlPlaneNice): the driver binary calls it when it serves (not
-// New: a driver in a test process would change its test run's group).
-func PrioritizeControlPlane() error { return runner.PrioritizeControlPlane(os.Getpid()) }
+// its VMs' (runner.ControlPlaneNice) when that session is the control plane's own: led
+// by this process or by its parent, the gateway (`openshell gateway start` makes the
+// gateway a session leader). A driver started from a shell or a test run leaves that
+// session's group alone. The driver binary calls it when it serves (not New, which tests
+// call in-process).
+func PrioritizeControlPlane() error {
+	sid, err := unix.Getsid(0)
+	if err != nil {
+		return err
+	}
+	if sid != os.Getpid() && sid != os.Getppid() {
+		return fmt.Errorf("its session (%d) is not the gateway's or its own: left as it is", sid)
+	}
+	return runner.PrioritizeControlPlane(os.Getpid())
+}
 
 // lockWait is how long New waits for a previous driver to release the state dir.
 var lockWait = 15 * time.Second
