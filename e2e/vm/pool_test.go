@@ -338,15 +338,18 @@ echo $(cut -d' ' -f1 /proc/uptime) $(cut -d' ' -f22 $p/stat);; esac; done`)
 		t.Errorf("%s (after the restart) was not served from the pool", d)
 	}
 	// READY means the session is up; the main process may not have written yet.
-	var got string
+	var got, lastErr string
 	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(500 * time.Millisecond) {
-		if out, err := r.run("sandbox", "exec", "-n", d, "--", "cat", "/tmp/file-delta4"); err == nil {
+		out, err := r.run("sandbox", "exec", "-n", d, "--", "cat", "/tmp/file-delta4")
+		if err == nil {
 			got = strings.TrimSpace(out)
 			break
 		}
+		lastErr = fmt.Sprintf("%v: %s", err, out)
 	}
 	if got != "delta4" {
-		t.Errorf("%s: its own file reads %q", d, got)
+		logs, _ := r.run("sandbox", "logs", d)
+		t.Errorf("%s: its own file reads %q (last exec: %s); its logs:\n%s", d, got, lastErr, logs)
 	}
 	t.Logf("create → READY from the pool after gateway kill -9: %v", tookD)
 	for _, n := range []string{b, c, d} {
