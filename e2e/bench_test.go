@@ -28,11 +28,7 @@ func procCPU(t *testing.T, pid int) time.Duration {
 }
 
 // childrenCPU is the CPU time of this process's waited-for children (the CLI runs).
-func childrenCPU() time.Duration {
-	var ru syscall.Rusage
-	_ = syscall.Getrusage(syscall.RUSAGE_CHILDREN, &ru)
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
-}
+func childrenCPU() time.Duration { return procstat.RusageCPU(syscall.RUSAGE_CHILDREN) }
 
 // TestBenchVsDocker compares `openshell sandbox exec -- true` with `docker exec
 // CONTAINER true` (p50/p99), and a 256 MiB upload and download with `docker cp`. It prints the

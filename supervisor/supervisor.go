@@ -30,6 +30,7 @@ import (
 
 	pb "github.com/openshell/openshell/api/openshellv1"
 	"github.com/openshell/openshell/internal/defaultpath"
+	"github.com/openshell/openshell/internal/procstat"
 	"github.com/openshell/openshell/supervisor/bootstrap"
 	"github.com/openshell/openshell/supervisor/confine"
 	"github.com/openshell/openshell/supervisor/credentials"
@@ -744,13 +745,7 @@ func newStartupSteps() *startupSteps {
 // processCPU is the CPU this process has used (user and system, all threads): under
 // emulation a guest's start-up is CPU-bound, and this says how much of a step's time
 // was the supervisor's own work rather than waiting or the guest's other processes.
-func processCPU() time.Duration {
-	var ru syscall.Rusage
-	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) != nil {
-		return 0
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
-}
+func processCPU() time.Duration { return procstat.RusageCPU(syscall.RUSAGE_SELF) }
 
 // gcSample is the runtime's garbage collection so far: cycles and CPU time.
 type gcSample struct {

@@ -49,10 +49,7 @@ func (e *env) cpuNow() cpuSnapshot {
 			s.vmm[rec.VMMPID] = t
 		}
 	}
-	var ru syscall.Rusage
-	if syscall.Getrusage(syscall.RUSAGE_CHILDREN, &ru) == nil {
-		s.clis = time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
-	}
+	s.clis = procstat.RusageCPU(syscall.RUSAGE_CHILDREN)
 	return s
 }
 

@@ -2,7 +2,10 @@ package procstat
 
 import (
 	"os"
+	"os/exec"
+	"syscall"
 	"testing"
+	"time"
 )
 
 func TestParse(t *testing.T) {
@@ -39,4 +42,22 @@ func FuzzParse(f *testing.F) {
 	f.Fuzz(func(t *testing.T, b []byte) {
 		_, _ = Parse(b)
 	})
+}
+
+// TestRusageCPU: this process's CPU grows by at least what a busy loop spends; a
+// child's CPU is counted once the child is waited for.
+func TestRusageCPU(t *testing.T) {
+	before := RusageCPU(syscall.RUSAGE_SELF)
+	for end := time.Now().Add(50 * time.Millisecond); time.Now().Before(end); {
+	}
+	if got := RusageCPU(syscall.RUSAGE_SELF) - before; got < 20*time.Millisecond {
+		t.Errorf("a 50 ms busy loop added %v of CPU", got)
+	}
+	kids := RusageCPU(syscall.RUSAGE_CHILDREN)
+	if err := exec.Command("sh", "-c", "i=0; while [ $i -lt 200000 ]; do i=$((i+1)); done").Run(); err != nil {
+		t.Fatalf("a busy child: %v", err)
+	}
+	if RusageCPU(syscall.RUSAGE_CHILDREN) <= kids {
+		t.Error("a waited-for busy child added no CPU to RUSAGE_CHILDREN")
+	}
 }
