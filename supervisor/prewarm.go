@@ -72,9 +72,8 @@ type Warm struct {
 // protobuf types' lazy set-up, one run of the policy compiler (which also pays, under
 // emulation, for translating that code once), the sandbox CA and its bundle, a
 // rehearsal of the first gateway calls in-process, and last spare confinement
-// helpers. Run stops what is
-// left of it when the configuration arrives: the work it needs is then done on its
-// own path.
+// helpers. Run stops what is left of it when the configuration arrives: the work it
+// needs is then done on its own path.
 //
 // bundlePath is where the sandbox CA bundle will go (Options.Root joined with
 // CABundlePath): the CA is made ahead and its bundle written there, so that the start

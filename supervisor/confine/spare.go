@@ -548,8 +548,12 @@ func (s *Spares[P]) Fill() {
 }
 
 func (s *Spares[P]) fill() {
-	for {
-		s.mu.Lock()
+	s.mu.Lock()
+	defer func() {
+		s.filling = false
+		s.mu.Unlock()
+	}()
+	for s.wantLocked() {
 		spec := s.spec
 		s.mu.Unlock()
 		h, err := s.startOne(spec)
@@ -557,22 +561,12 @@ func (s *Spares[P]) fill() {
 		switch {
 		case err != nil:
 			// The next Run tries again (and starts its program the one-shot way).
-			s.filling = false
-			s.mu.Unlock()
 			return
 		case s.closed:
-			s.filling = false
-			s.mu.Unlock()
 			h.spare.Close()
 			return
 		}
 		s.idle = append(s.idle, h)
-		if !s.wantLocked() {
-			s.filling = false
-			s.mu.Unlock()
-			return
-		}
-		s.mu.Unlock()
 	}
 }
 
