@@ -150,20 +150,12 @@ func TestVMPoolIsolationAndKill9(t *testing.T) {
 	// A pooled VM yields the CPU to other VMs until it is claimed: on a kernel with
 	// autogroup scheduling (each runner's session a scheduling group of its own) that
 	// takes the group's nice, not only its threads'.
-	groupNice := func(pid int) (string, bool) {
-		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/autogroup", pid))
-		f := strings.Fields(string(b))
-		if err != nil || len(f) != 3 {
-			return "", false
-		}
-		return f[2], true
-	}
 	for _, pid := range r.idleRunners() {
-		n, ok := groupNice(pid)
+		n, ok := procstat.AutogroupNice(pid)
 		if !ok {
 			t.Logf("idle pooled VM's runner %d: no scheduling group (a kernel without autogroups)", pid)
-		} else if n != "10" {
-			t.Errorf("idle pooled VM's runner %d: its scheduling group has nice %s, want 10", pid, n)
+		} else if n != 10 {
+			t.Errorf("idle pooled VM's runner %d: its scheduling group has nice %d, want 10", pid, n)
 		} else {
 			t.Logf("idle pooled VM's runner %d: its scheduling group has nice 10", pid)
 		}
@@ -171,10 +163,10 @@ func TestVMPoolIsolationAndKill9(t *testing.T) {
 	// The control plane (the gateway's session, its VM driver in it) ranks above its
 	// VMs: the creates' steps go through it while VMs take the CPU. Raising a group
 	// takes CAP_SYS_NICE, which root has.
-	if n, ok := groupNice(r.gatewayPID()); ok && os.Geteuid() == 0 && n != "-5" {
-		t.Errorf("the gateway's and VM driver's scheduling group has nice %s, want -5", n)
+	if n, ok := procstat.AutogroupNice(r.gatewayPID()); ok && os.Geteuid() == 0 && n != -5 {
+		t.Errorf("the gateway's and VM driver's scheduling group has nice %d, want -5", n)
 	} else if ok {
-		t.Logf("the gateway's and VM driver's scheduling group has nice %s", n)
+		t.Logf("the gateway's and VM driver's scheduling group has nice %d", n)
 	}
 
 	// What a sandbox sees: its boot id, 16 random bytes, and the rest (its /tmp, its
@@ -227,8 +219,8 @@ func TestVMPoolIsolationAndKill9(t *testing.T) {
 	for _, n := range []string{a, b} {
 		if _, rec, ok := r.sandboxDir(n); !ok {
 			t.Errorf("%s: no VM record", n)
-		} else if g, ok := groupNice(rec.RunnerPID); ok && g != "0" {
-			t.Errorf("%s: the claimed VM's scheduling group has nice %s, want 0", n, g)
+		} else if g, ok := procstat.AutogroupNice(rec.RunnerPID); ok && g != 0 {
+			t.Errorf("%s: the claimed VM's scheduling group has nice %d, want 0", n, g)
 		}
 	}
 	sa, sb := look(a), look(b)

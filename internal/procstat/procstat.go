@@ -29,6 +29,25 @@ type Stat struct {
 // ClockTick is USER_HZ, the unit of the CPU times (100 on every Linux ABI).
 const ClockTick = 10 * time.Millisecond
 
+// AutogroupNice reads the nice of the scheduling group of pid's session
+// (/proc/PID/autogroup: "/autogroup-N nice X"); false when the kernel has no
+// autogroups or pid is gone.
+func AutogroupNice(pid int) (int, bool) {
+	b, err := os.ReadFile(AutogroupPath(pid))
+	if err != nil {
+		return 0, false
+	}
+	f := strings.Fields(string(b))
+	if len(f) != 3 || f[1] != "nice" {
+		return 0, false
+	}
+	n, err := strconv.Atoi(f[2])
+	return n, err == nil
+}
+
+// AutogroupPath is where pid's scheduling group is read and its nice written.
+func AutogroupPath(pid int) string { return "/proc/" + strconv.Itoa(pid) + "/autogroup" }
+
 // RusageCPU is the CPU (user and system, all threads) getrusage reports for who:
 // syscall.RUSAGE_SELF, this process; syscall.RUSAGE_CHILDREN, its waited-for children.
 // Unlike Stat's ticks it counts in microseconds. 0 when the call fails.

@@ -61,3 +61,19 @@ func TestRusageCPU(t *testing.T) {
 		t.Error("a waited-for busy child added no CPU to RUSAGE_CHILDREN")
 	}
 }
+
+// TestAutogroupNice: this process's group reads as a nice in -20..19 where the kernel
+// has autogroups (its file exists), and nothing for a pid that does not exist.
+func TestAutogroupNice(t *testing.T) {
+	n, ok := AutogroupNice(os.Getpid())
+	if _, err := os.Stat(AutogroupPath(os.Getpid())); err == nil {
+		if !ok || n < -20 || n > 19 {
+			t.Errorf("AutogroupNice(self) = %d, %v", n, ok)
+		}
+	} else if ok {
+		t.Errorf("no %s, yet AutogroupNice(self) = %d", AutogroupPath(os.Getpid()), n)
+	}
+	if _, ok := AutogroupNice(os.Getpid() + 1<<22); ok {
+		t.Error("a pid that does not exist has a scheduling group")
+	}
+}

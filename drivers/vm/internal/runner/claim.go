@@ -38,6 +38,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/openshell/openshell/drivers/vm/internal/state"
+	"github.com/openshell/openshell/internal/procstat"
 	"github.com/openshell/openshell/supervisor/bootstrap"
 )
 
@@ -277,9 +278,9 @@ func PrioritizeControlPlane(pid int) error {
 // takes one change every 100 ms on the whole host (EAGAIN), so a refused change is
 // tried again for up to patience.
 func setAutogroupNice(pid, nice int, patience time.Duration) error {
-	path := "/proc/" + strconv.Itoa(pid) + "/autogroup"
+	path := procstat.AutogroupPath(pid)
 	for deadline := time.Now().Add(patience); ; time.Sleep(20 * time.Millisecond) {
-		if cur, ok := autogroupNice(pid); !ok || cur == nice {
+		if cur, ok := procstat.AutogroupNice(pid); !ok || cur == nice {
 			return nil
 		}
 		err := os.WriteFile(path, []byte(strconv.Itoa(nice)), 0)
@@ -290,21 +291,6 @@ func setAutogroupNice(pid, nice int, patience time.Duration) error {
 			return fmt.Errorf("set the nice of pid %d's scheduling group: %w", pid, err)
 		}
 	}
-}
-
-// autogroupNice reads the nice of pid's scheduling group ("/autogroup-N nice X");
-// false when the kernel has no autogroups or pid is gone.
-func autogroupNice(pid int) (int, bool) {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/autogroup")
-	if err != nil {
-		return 0, false
-	}
-	f := strings.Fields(string(b))
-	if len(f) != 3 || f[1] != "nice" {
-		return 0, false
-	}
-	n, err := strconv.Atoi(f[2])
-	return n, err == nil
 }
 
 // setSessionNice sets nice on every thread of every process in the session led by sid

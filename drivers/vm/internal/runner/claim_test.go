@@ -337,21 +337,21 @@ func TestSessionNice(t *testing.T) {
 		t.Fatal(err)
 	}
 	check(0)
-	if _, ok := autogroupNice(sid); !ok {
+	if _, ok := procstat.AutogroupNice(sid); !ok {
 		t.Log("this kernel has no autogroups: the scheduling group's nice is not checked")
 		return
 	}
 	// The helper leads its session, so it has a scheduling group of its own; this
 	// test's group is another.
-	ours, _ := autogroupNice(os.Getpid())
+	ours, _ := procstat.AutogroupNice(os.Getpid())
 	for _, want := range []int{refillNice, 0} {
 		if err := setAutogroupNice(sid, want, 0); err != nil {
 			t.Fatal(err)
 		}
-		if got, _ := autogroupNice(sid); got != want {
+		if got, _ := procstat.AutogroupNice(sid); got != want {
 			t.Fatalf("the helper's scheduling group has nice %d, want %d", got, want)
 		}
-		if got, _ := autogroupNice(os.Getpid()); got != ours {
+		if got, _ := procstat.AutogroupNice(os.Getpid()); got != ours {
 			t.Fatalf("the test's own scheduling group went from nice %d to %d", ours, got)
 		}
 	}
@@ -362,10 +362,10 @@ func TestSessionNice(t *testing.T) {
 	case err != nil:
 		t.Logf("no CAP_SYS_NICE here: %v", err)
 	default:
-		if got, _ := autogroupNice(sid); got != ControlPlaneNice {
+		if got, _ := procstat.AutogroupNice(sid); got != ControlPlaneNice {
 			t.Fatalf("the control plane's group has nice %d, want %d", got, ControlPlaneNice)
 		}
-		if got, _ := autogroupNice(os.Getpid()); got != ours {
+		if got, _ := procstat.AutogroupNice(os.Getpid()); got != ours {
 			t.Fatalf("the test's own scheduling group went from nice %d to %d", ours, got)
 		}
 	}
