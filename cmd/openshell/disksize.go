@@ -27,19 +27,25 @@ func applyDiskSize(spec *openshellv1.SandboxSpec, size, fromSnapshot string) err
 	if fromSnapshot != "" {
 		return errors.New("--disk-size with --from-snapshot: a sandbox made from a snapshot keeps the snapshot's disk; drop --disk-size")
 	}
+	setDriverConfig(spec, vmDriverName, diskSizeDriverConfigKey, structpb.NewStringValue(size))
+	return nil
+}
+
+// setDriverConfig sets key in driver's object of the spec's driver_config (the gateway
+// hands each driver only its own), keeping what else the object holds.
+func setDriverConfig(spec *openshellv1.SandboxSpec, driver, key string, v *structpb.Value) {
 	if spec.Template == nil {
 		spec.Template = &openshellv1.SandboxTemplate{}
 	}
 	if spec.Template.DriverConfig == nil {
 		spec.Template.DriverConfig = &structpb.Struct{Fields: map[string]*structpb.Value{}}
 	}
-	vm := spec.Template.DriverConfig.Fields[vmDriverName].GetStructValue()
-	if vm == nil {
-		vm = &structpb.Struct{Fields: map[string]*structpb.Value{}}
-		spec.Template.DriverConfig.Fields[vmDriverName] = structpb.NewStructValue(vm)
+	obj := spec.Template.DriverConfig.Fields[driver].GetStructValue()
+	if obj == nil {
+		obj = &structpb.Struct{Fields: map[string]*structpb.Value{}}
+		spec.Template.DriverConfig.Fields[driver] = structpb.NewStructValue(obj)
 	}
-	vm.Fields[diskSizeDriverConfigKey] = structpb.NewStringValue(size)
-	return nil
+	obj.Fields[key] = v
 }
 
 // requireDriver refuses flag unless the gateway runs driver: a flag only one driver

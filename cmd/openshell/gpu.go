@@ -108,22 +108,12 @@ func applyGPU(spec *openshellv1.SandboxSpec, count string, devices []string) err
 	for i, d := range devices {
 		ids[i] = d
 	}
-	if spec.Template == nil {
-		spec.Template = &openshellv1.SandboxTemplate{}
-	}
-	if spec.Template.DriverConfig == nil {
-		spec.Template.DriverConfig = &structpb.Struct{Fields: map[string]*structpb.Value{}}
-	}
 	for _, drv := range gpuDeviceDrivers {
-		s, err := structpb.NewStruct(map[string]any{gpuDriverConfigKey: ids})
+		v, err := structpb.NewList(ids) // each driver's object its own copy
 		if err != nil {
 			return err
 		}
-		if cur := spec.Template.DriverConfig.Fields[drv].GetStructValue(); cur != nil {
-			cur.Fields[gpuDriverConfigKey] = s.Fields[gpuDriverConfigKey]
-			continue
-		}
-		spec.Template.DriverConfig.Fields[drv] = structpb.NewStructValue(s)
+		setDriverConfig(spec, drv, gpuDriverConfigKey, structpb.NewListValue(v))
 	}
 	return nil
 }
