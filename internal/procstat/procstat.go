@@ -31,18 +31,27 @@ const ClockTick = 10 * time.Millisecond
 
 // AutogroupNice reads the nice of the scheduling group of pid's session
 // (/proc/PID/autogroup: "/autogroup-N nice X"); false when the kernel has no
-// autogroups or pid is gone.
+// autogroups, pid is gone, or pid's task group is a cgroup's rather than its
+// session's autogroup (the file is then empty and the group's nice has no effect).
 func AutogroupNice(pid int) (int, bool) {
 	b, err := os.ReadFile(AutogroupPath(pid))
 	if err != nil {
 		return 0, false
 	}
+	return parseAutogroup(b)
+}
+
+// parseAutogroup reads the nice out of a /proc/PID/autogroup file's content.
+func parseAutogroup(b []byte) (int, bool) {
 	f := strings.Fields(string(b))
-	if len(f) != 3 || f[1] != "nice" {
+	if len(f) != 3 || !strings.HasPrefix(f[0], "/autogroup-") || f[1] != "nice" {
 		return 0, false
 	}
 	n, err := strconv.Atoi(f[2])
-	return n, err == nil
+	if err != nil || n < -20 || n > 19 {
+		return 0, false
+	}
+	return n, true
 }
 
 // AutogroupPath is where pid's scheduling group is read and its nice written.

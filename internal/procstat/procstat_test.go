@@ -1,6 +1,7 @@
 package procstat
 
 import (
+	"bytes"
 	"os"
 	"os/exec"
 	"syscall"
@@ -62,18 +63,57 @@ func TestRusageCPU(t *testing.T) {
 	}
 }
 
-// TestAutogroupNice: this process's group reads as a nice in -20..19 where the kernel
-// has autogroups (its file exists), and nothing for a pid that does not exist.
+// TestAutogroupNice: this process's group reads as the nice its file shows where the
+// file has one, as nothing where it is empty (the kernel writes nothing when the task
+// group is a cgroup's, as on a CI runner in a container) or missing, and as nothing
+// for a pid that does not exist.
 func TestAutogroupNice(t *testing.T) {
 	n, ok := AutogroupNice(os.Getpid())
-	if _, err := os.Stat(AutogroupPath(os.Getpid())); err == nil {
-		if !ok || n < -20 || n > 19 {
-			t.Errorf("AutogroupNice(self) = %d, %v", n, ok)
-		}
-	} else if ok {
-		t.Errorf("no %s, yet AutogroupNice(self) = %d", AutogroupPath(os.Getpid()), n)
+	b, err := os.ReadFile(AutogroupPath(os.Getpid()))
+	switch want, wantOK := parseAutogroup(b); {
+	case err != nil && ok:
+		t.Errorf("no %s (%v), yet AutogroupNice(self) = %d", AutogroupPath(os.Getpid()), err, n)
+	case err == nil && (n != want || ok != wantOK):
+		t.Errorf("AutogroupNice(self) = %d, %v; its file says %q", n, ok, b)
+	case err == nil && len(bytes.TrimSpace(b)) > 0 && !ok:
+		t.Errorf("AutogroupNice(self) read nothing from %q", b)
 	}
 	if _, ok := AutogroupNice(os.Getpid() + 1<<22); ok {
 		t.Error("a pid that does not exist has a scheduling group")
 	}
+}
+
+// TestParseAutogroup: the kernel's line gives its nice; an empty file (a task group
+// that is not an autogroup) and anything else give nothing.
+func TestParseAutogroup(t *testing.T) {
+	for _, c := range []struct {
+		in   string
+		want int
+		ok   bool
+	}{
+		{"/autogroup-39592 nice 0\n", 0, true},
+		{"/autogroup-7 nice -5\n", -5, true},
+		{"/autogroup-7 nice 19", 19, true},
+		{"", 0, false},
+		{"\n", 0, false},
+		{"/autogroup-7 nice", 0, false},
+		{"/autogroup-7 nice x", 0, false},
+		{"/autogroup-7 nice -21", 0, false},
+		{"/autogroup-7 nicety 3", 0, false},
+		{"autogroup nice 3", 0, false},
+	} {
+		if n, ok := parseAutogroup([]byte(c.in)); n != c.want || ok != c.ok {
+			t.Errorf("parseAutogroup(%q) = %d, %v; want %d, %v", c.in, n, ok, c.want, c.ok)
+		}
+	}
+}
+
+func FuzzParseAutogroup(f *testing.F) {
+	f.Add([]byte("/autogroup-1 nice -5\n"))
+	f.Add([]byte(""))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		if n, ok := parseAutogroup(b); ok && (n < -20 || n > 19) {
+			t.Errorf("parseAutogroup(%q) = %d, out of range", b, n)
+		}
+	})
 }
