@@ -228,10 +228,12 @@ func TestVMPoolIsolationAndKill9(t *testing.T) {
 	// (spares) before any claim: the main process is such a process, exec'd into the
 	// command at the claim, so it is older than its sandbox. Its age is read in the
 	// guest (uptime minus its start time, in USER_HZ ticks of 1/100 s); the pattern is
-	// assembled so that no process searching for it matches it.
+	// assembled so that no process searching for it matches it, and a process that
+	// ends during the search is passed over in silence (the shell reports a failed
+	// redirection on the stderr in force when it is made, hence 2>/dev/null first).
 	mainAge := func(name string, marker int) time.Duration {
 		out := r.execIn(name, "sh", "-c", `m=`+strconv.Itoa(marker/10)+`; m=${m}`+strconv.Itoa(marker%10)+`
-for p in /proc/[0-9]*; do case "$(tr '\0' ' ' < $p/cmdline 2>/dev/null)" in "sleep $m "*)
+for p in /proc/[0-9]*; do case "$(tr '\0' ' ' 2>/dev/null <$p/cmdline)" in "sleep $m "*)
 echo $(cut -d' ' -f1 /proc/uptime) $(cut -d' ' -f22 $p/stat);; esac; done`)
 		var up float64
 		var start int64
