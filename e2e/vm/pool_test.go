@@ -331,15 +331,18 @@ echo $(cut -d' ' -f1 /proc/uptime) $(cut -d' ' -f22 $p/stat);; esac; done`)
 	if r.fromPool(d) != pool {
 		t.Errorf("%s (after the restart) was not served from the pool", d)
 	}
-	// READY means the session is up; the main process may not have written yet.
+	// READY means the session is up; the main process may not have written yet, or
+	// may have made the file and not yet written to it (an exec then reads it empty).
 	var got, lastErr string
 	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(500 * time.Millisecond) {
 		out, err := r.run("sandbox", "exec", "-n", d, "--", "cat", "/tmp/file-delta4")
-		if err == nil {
-			got = strings.TrimSpace(out)
+		if err != nil {
+			lastErr = fmt.Sprintf("%v: %s", err, out)
+			continue
+		}
+		if got = strings.TrimSpace(out); got == "delta4" {
 			break
 		}
-		lastErr = fmt.Sprintf("%v: %s", err, out)
 	}
 	if got != "delta4" {
 		logs, _ := r.run("sandbox", "logs", d)
