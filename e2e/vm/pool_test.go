@@ -343,6 +343,7 @@ echo $(cut -d' ' -f1 /proc/uptime) $(cut -d' ' -f22 $p/stat);; esac; done`)
 		if got = strings.TrimSpace(out); got == "delta4" {
 			break
 		}
+		t.Logf("%s: its file reads %q so far", d, got)
 	}
 	if got != "delta4" {
 		logs, _ := r.run("sandbox", "logs", d)
