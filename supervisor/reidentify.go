@@ -211,6 +211,9 @@ func RunVM(ctx context.Context, cfg *bootstrap.Config, o Options, re *Reidentify
 // stepClock sets the system clock (tests replace it: they must not step the host's).
 var stepClock = setClock
 
+// SetClock sets the system clock to t (a VM guest's supervisor, to the host's).
+func SetClock(t time.Time) error { return stepClock(t) }
+
 // applyHostState steps the clock to the host's and reseeds the kernel's random
 // generator with the host's entropy; failures are logged (the new identity is taken
 // anyway).

@@ -131,6 +131,8 @@ func run(mode string) int {
 		err  error
 		opts supervisor.Options
 		re   *supervisor.Reidentify // VM guests: a copy restored from a snapshot becomes its own sandbox
+		// clock is what a VM guest made of its clock at the bootstrap.
+		clock clockStep
 		// logger is set once the configuration says the level; Reidentify.Apply runs later.
 		logger *slog.Logger
 	)
@@ -150,8 +152,11 @@ func run(mode string) int {
 		// VM yet (a warm pool's VM waits here until a sandbox claims it).
 		// The VM's supervisor runs in the image's root, where the CA bundle goes.
 		opts.Warm = supervisor.Prewarm(filepath.Join("/", supervisor.CABundlePath), 2)
-		var secret wire.Secret
-		cfg, secret, err = fetchVsock(ctx)
+		var h handshake
+		h, err = fetchVsock(ctx)
+		cfg = h.cfg
+		secret := h.secret
+		clock = setClockToHost(h.hostClock)
 		// The runner admits only connections that open with this boot's instance
 		// secret, which the agent never sees: it cannot reach these ports itself.
 		opts.Dial = func(ctx context.Context, _ string) (net.Conn, error) {
@@ -198,6 +203,12 @@ func run(mode string) int {
 	}
 	logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: logLevel(cfg.LogLevel)}))
 	opts.Logger = logger
+	switch {
+	case clock.err != nil:
+		logger.Warn("cannot set the clock to the host's", "err", clock.err)
+	case clock.set:
+		logger.Info("clock set to the host's", "was_behind", clock.behind.Round(time.Microsecond))
+	}
 	if mode == "vsock" && cfg.SandboxName != "" {
 		// The guest kernel boots without a hostname ("(none)"); a container gets one
 		// from its engine. Name the VM after its sandbox, as a user would expect.
@@ -222,40 +233,39 @@ func run(mode string) int {
 // guest acknowledges a document it could decode and goes on only when the host has
 // confirmed that the bootstrap port is closed (until then the document could still
 // be served to someone else, so it fetches again).
-func fetchVsock(ctx context.Context) (*bootstrap.Config, wire.Secret, error) {
+func fetchVsock(ctx context.Context) (handshake, error) {
 	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
 	var (
-		lastErr    error
-		held       *bootstrap.Config // acknowledged, but the close was not confirmed
-		heldSecret wire.Secret       // held's instance secret
-		heldCtx    = ctx             // bounds the attempts after that
+		lastErr error
+		held    handshake // acknowledged, but the close was not confirmed
+		heldCtx = ctx     // bounds the attempts after that
 	)
 	for {
-		cfg, secret, err := fetchOnce(heldCtx)
+		h, err := fetchOnce(heldCtx)
 		if err == nil {
-			return cfg, secret, nil
+			return h, nil
 		}
 		lastErr = err
-		if cfg != nil && held == nil {
-			held, heldSecret = cfg, secret
+		if h.cfg != nil && held.cfg == nil {
+			held = h
 			var c context.CancelFunc
 			heldCtx, c = context.WithTimeout(ctx, 5*time.Second)
 			defer c()
 		}
 		if errors.Is(err, errNoInstanceSecret) {
 			// A runner that mints no secret cannot admit this guest's sessions.
-			return nil, secret, err
+			return handshake{}, err
 		}
 		select {
 		case <-heldCtx.Done():
-			if held != nil {
+			if held.cfg != nil {
 				// The host took the acknowledgement (its port no longer answers) but
 				// its confirmation was lost: the config in hand is this boot's.
 				fmt.Fprintln(os.Stderr, "openshell-sandbox: the host did not confirm the bootstrap port closed; going on with the acknowledged config:", lastErr)
-				return held, heldSecret, nil
+				return held, nil
 			}
-			return nil, secret, fmt.Errorf("bootstrap over vsock port %d: %w", channel.PortBootstrap, lastErr)
+			return handshake{}, fmt.Errorf("bootstrap over vsock port %d: %w", channel.PortBootstrap, lastErr)
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
@@ -263,13 +273,20 @@ func fetchVsock(ctx context.Context) (*bootstrap.Config, wire.Secret, error) {
 
 var errNoInstanceSecret = errors.New("the bootstrap config has no valid instance_secret (the VM runner mints one per boot; update openshell-driver-vm)")
 
+// handshake is what the bootstrap handshake gave the guest.
+type handshake struct {
+	cfg       *bootstrap.Config
+	secret    wire.Secret // cfg's instance secret
+	hostClock time.Time   // the host's clock at its confirmation (zero: none sent)
+}
+
 // fetchOnce runs one bootstrap handshake. It returns the decoded config also when
 // only the host's closing confirmation failed.
-func fetchOnce(ctx context.Context) (*bootstrap.Config, wire.Secret, error) {
-	var secret wire.Secret
+func fetchOnce(ctx context.Context) (handshake, error) {
+	var h handshake
 	conn, err := channel.DialHost(ctx, channel.PortBootstrap)
 	if err != nil {
-		return nil, secret, err
+		return h, err
 	}
 	defer conn.Close()
 	// No deadline on the document: the runner of a warm pool's VM holds this
@@ -277,11 +294,13 @@ func fetchOnce(ctx context.Context) (*bootstrap.Config, wire.Secret, error) {
 	// that goes away closes the connection, and the fetch is tried again.
 	cfg, err := bootstrap.Read(conn)
 	if err != nil {
-		return nil, secret, err
+		return h, err
 	}
-	if secret, err = wire.ParseSecret(cfg.InstanceSecret); err != nil {
-		return nil, secret, fmt.Errorf("bootstrap over vsock port %d: %w: %w", channel.PortBootstrap, errNoInstanceSecret, err)
+	secret, err := wire.ParseSecret(cfg.InstanceSecret)
+	if err != nil {
+		return h, fmt.Errorf("bootstrap over vsock port %d: %w: %w", channel.PortBootstrap, errNoInstanceSecret, err)
 	}
+	h.cfg, h.secret = cfg, secret
 	// The supervisor's start-up (up to the document in hand) ends here; the host
 	// learns the guest's steps with the acknowledgement.
 	guest.Stamp("supervisor")
@@ -289,8 +308,29 @@ func fetchOnce(ctx context.Context) (*bootstrap.Config, wire.Secret, error) {
 	if t, ok := guest.Timeline(); ok {
 		tl = &t
 	}
-	if err := channel.AckBootstrapTimeline(conn, 10*time.Second, tl); err != nil {
-		return cfg, secret, err
+	h.hostClock, err = channel.AckBootstrapTimeline(conn, 10*time.Second, tl)
+	return h, err
+}
+
+// clockStep is the outcome of setting the guest's clock to the host's.
+type clockStep struct {
+	set    bool
+	behind time.Duration // how far the guest's clock was behind the host's (negative: ahead)
+	err    error
+}
+
+// setClockToHost sets the guest's clock to the host's (sent with the bootstrap's
+// confirmation) when this process is the VM's init: the guest kernel took the time
+// from the VM's real-time clock in whole seconds at boot, and a pooled VM may have
+// booted long before its claim. Sandbox logs interleave with the gateway's by these
+// times. A zero hostClock (an older runner sends none) leaves the clock alone.
+func setClockToHost(hostClock time.Time) clockStep {
+	if hostClock.IsZero() || !guest.IsPID1() {
+		return clockStep{}
 	}
-	return cfg, secret, nil
+	behind := time.Until(hostClock)
+	if err := supervisor.SetClock(hostClock); err != nil {
+		return clockStep{err: err}
+	}
+	return clockStep{set: true, behind: behind}
 }

@@ -40,12 +40,14 @@ var ErrBootstrapNotClosed = errors.New("guest channel: the host did not confirm 
 // checked the document: it acknowledges it and waits (at most timeout) for the
 // host's word that the bootstrap port is closed.
 func AckBootstrap(c net.Conn, timeout time.Duration) error {
-	return AckBootstrapTimeline(c, timeout, nil)
+	_, err := AckBootstrapTimeline(c, timeout, nil)
+	return err
 }
 
 // AckBootstrapTimeline is AckBootstrap that also reports the guest's boot timeline
-// (nil: none) with the acknowledgement.
-func AckBootstrapTimeline(c net.Conn, timeout time.Duration, tl *wire.GuestTimeline) error {
+// (nil: none) with the acknowledgement, and returns the host's clock sent with the
+// confirmation (zero when the host sent none).
+func AckBootstrapTimeline(c net.Conn, timeout time.Duration, tl *wire.GuestTimeline) (hostClock time.Time, err error) {
 	_ = c.SetDeadline(time.Now().Add(timeout))
 	defer c.SetDeadline(time.Time{})
 	ack := []byte(wire.BootstrapAck)
@@ -56,11 +58,18 @@ func AckBootstrapTimeline(c net.Conn, timeout time.Duration, tl *wire.GuestTimel
 		}
 	}
 	if _, err := c.Write(ack); err != nil {
-		return fmt.Errorf("guest channel: acknowledge the bootstrap config: %w", err)
+		return time.Time{}, fmt.Errorf("guest channel: acknowledge the bootstrap config: %w", err)
 	}
 	var b [len(wire.BootstrapDone)]byte
 	if _, err := io.ReadFull(c, b[:]); err != nil || string(b[:]) != wire.BootstrapDone {
-		return fmt.Errorf("%w (read %q: %v)", ErrBootstrapNotClosed, b[:], err)
+		return time.Time{}, fmt.Errorf("%w (read %q: %v)", ErrBootstrapNotClosed, b[:], err)
 	}
-	return nil
+	// The clock follows in the same write; a host that sends none hangs up (EOF).
+	var clk [wire.HostClockLen]byte
+	if _, err := io.ReadFull(c, clk[:]); err == nil {
+		if t, ok := wire.ParseHostClock(clk); ok {
+			hostClock = t
+		}
+	}
+	return hostClock, nil
 }

@@ -11,16 +11,23 @@ import (
 )
 
 // TestAckBootstrap: the guest goes on only when the host confirms the closed port;
-// a host that hangs up or says something else means "fetch again".
+// a host that hangs up or says something else means "fetch again". The host's clock
+// after the confirmation is returned; a host that sends none, or a part of one, gives
+// none and is still a confirmation.
 func TestAckBootstrap(t *testing.T) {
+	clock := time.Date(2026, 12, 6, 21, 0, 0, 123456789, time.UTC)
+	withClock := string(wire.AppendHostClock([]byte(wire.BootstrapDone), clock))
 	for _, tc := range []struct {
 		name  string
 		reply string
 		ok    bool
+		clock time.Time
 	}{
-		{"confirmed", wire.BootstrapDone, true},
-		{"hung up", "", false},
-		{"other", "OSB1-???", false},
+		{"confirmed with the host's clock", withClock, true, clock},
+		{"confirmed, no clock", wire.BootstrapDone, true, time.Time{}},
+		{"confirmed, clock cut short", withClock[:len(withClock)-3], true, time.Time{}},
+		{"hung up", "", false, time.Time{}},
+		{"other", "OSB1-???", false, time.Time{}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			g, h := net.Pipe()
@@ -33,9 +40,12 @@ func TestAckBootstrap(t *testing.T) {
 				}
 				io.WriteString(h, tc.reply)
 			}()
-			err := AckBootstrap(g, 5*time.Second)
+			got, err := AckBootstrapTimeline(g, 5*time.Second, nil)
 			if (err == nil) != tc.ok || (!tc.ok && !errors.Is(err, ErrBootstrapNotClosed)) {
-				t.Fatalf("AckBootstrap = %v, want ok=%v", err, tc.ok)
+				t.Fatalf("AckBootstrapTimeline = %v, want ok=%v", err, tc.ok)
+			}
+			if !got.Equal(tc.clock) {
+				t.Errorf("host clock %v, want %v", got, tc.clock)
 			}
 		})
 	}

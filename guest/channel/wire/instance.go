@@ -12,18 +12,24 @@ package wire
 //
 //	runner → guest  the bootstrap document (one JSON object)
 //	guest → runner  BootstrapAck, once it has decoded and checked the document
-//	runner → guest  BootstrapDone, after it has closed the bootstrap port
+//	runner → guest  BootstrapDone, after it has closed the bootstrap port, then the
+//	                host's clock (HostClockLen bytes), then it hangs up
 //
 // The document counts as served only when the acknowledgement arrived, so a transfer
 // cut off halfway is served again to the guest's next attempt; and the guest goes on
-// only after BootstrapDone, when nothing else can fetch the document any more.
+// only after BootstrapDone, when nothing else can fetch the document any more. The
+// clock comes after BootstrapDone so that a guest that reads no further (an older
+// supervisor) still takes the confirmation; a guest finding none (an older runner
+// hangs up at once) keeps its own clock.
 
 import (
 	"crypto/subtle"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
+	"time"
 )
 
 // SecretLen is the size of an instance secret in bytes (hex in the bootstrap document).
@@ -44,6 +50,25 @@ const (
 	BootstrapAck  = "OSB1-ACK"
 	BootstrapDone = "OSB1-END"
 )
+
+// HostClockLen is the size of the host's clock sent after BootstrapDone: the host's
+// time as it confirmed, in Unix nanoseconds, big-endian. A guest's clock starts from
+// the VM's real-time clock, in whole seconds, when it boots (for a pooled VM, long
+// before its claim); the supervisor sets it to this one.
+const HostClockLen = 8
+
+// AppendHostClock appends t in the form sent after BootstrapDone.
+func AppendHostClock(b []byte, t time.Time) []byte {
+	return binary.BigEndian.AppendUint64(b, uint64(t.UnixNano()))
+}
+
+// ParseHostClock decodes what AppendHostClock appended; false for a time before 2001 or
+// after 2200 (not a clock the host could have sent).
+func ParseHostClock(b [HostClockLen]byte) (time.Time, bool) {
+	ns := int64(binary.BigEndian.Uint64(b[:]))
+	t := time.Unix(0, ns)
+	return t, t.Year() > 2000 && t.Year() < 2200
+}
 
 // Errors of the preamble check.
 var (

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestSecretAndPreamble(t *testing.T) {
@@ -68,4 +69,23 @@ func FuzzParseSecret(f *testing.F) {
 			t.Fatalf("ParseSecret(%q) = %s", s, sec)
 		}
 	})
+}
+
+// TestHostClock: the clock sent after BootstrapDone reads back to the nanosecond; a
+// zero or far-off value (not a clock a host sends) is refused.
+func TestHostClock(t *testing.T) {
+	now := time.Now()
+	b := AppendHostClock([]byte(BootstrapDone), now)
+	if len(b) != len(BootstrapDone)+HostClockLen || string(b[:len(BootstrapDone)]) != BootstrapDone {
+		t.Fatalf("encoded %q", b)
+	}
+	got, ok := ParseHostClock([HostClockLen]byte(b[len(BootstrapDone):]))
+	if !ok || !got.Equal(now.Round(0)) {
+		t.Fatalf("ParseHostClock = %v, %v; want %v", got, ok, now)
+	}
+	for _, bad := range []time.Time{time.Unix(0, 0), time.Date(2250, 1, 1, 0, 0, 0, 0, time.UTC)} {
+		if _, ok := ParseHostClock([HostClockLen]byte(AppendHostClock(nil, bad))); ok {
+			t.Errorf("%v was taken as a host clock", bad)
+		}
+	}
 }

@@ -72,7 +72,7 @@ func serveBootstrapOnce(l net.Listener, doc []byte, box *statusBox, log *slog.Lo
 		// the agent) only after it has heard so.
 		l.Close()
 		c.SetWriteDeadline(time.Now().Add(bootstrapTimeout))
-		if _, err := io.WriteString(c, wire.BootstrapDone); err != nil {
+		if _, err := c.Write(wire.AppendHostClock([]byte(wire.BootstrapDone), time.Now())); err != nil {
 			log.Warn("bootstrap: confirm the closed port to the guest", "err", err)
 		}
 		c.Close()

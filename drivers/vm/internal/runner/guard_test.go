@@ -60,7 +60,7 @@ func shortTimeouts(t *testing.T, d time.Duration) {
 
 // TestBootstrapServedOnce: attempts that stop halfway or never acknowledge do not
 // count and the document is served again; the first acknowledged fetch closes the
-// port (the next dial is refused) after telling the guest so; the status says one
+// port (the next dial is refused) after telling the guest so, with the host's clock; the status says one
 // document served and how many attempts were not completed.
 func TestBootstrapServedOnce(t *testing.T) {
 	shortTimeouts(t, 500*time.Millisecond)
@@ -105,12 +105,16 @@ func TestBootstrapServedOnce(t *testing.T) {
 	if _, err := io.ReadFull(c, got); err != nil || !bytes.Equal(got, want) {
 		t.Fatalf("fourth fetch: %v (equal=%v)", err, bytes.Equal(got, want))
 	}
+	before := time.Now()
 	if _, err := io.WriteString(c, wire.BootstrapAck); err != nil {
 		t.Fatal(err)
 	}
 	end, err := io.ReadAll(c)
-	if err != nil || string(end) != wire.BootstrapDone {
-		t.Fatalf("after the acknowledgement: %q, %v; want %q then EOF", end, err, wire.BootstrapDone)
+	if err != nil || len(end) != len(wire.BootstrapDone)+wire.HostClockLen || string(end[:len(wire.BootstrapDone)]) != wire.BootstrapDone {
+		t.Fatalf("after the acknowledgement: %q, %v; want %q, the host's clock, then EOF", end, err, wire.BootstrapDone)
+	}
+	if clock, ok := wire.ParseHostClock([wire.HostClockLen]byte(end[len(wire.BootstrapDone):])); !ok || clock.Before(before) || clock.After(time.Now()) {
+		t.Errorf("the host's clock after the confirmation reads %v (%v), want a time between the acknowledgement and now", clock, ok)
 	}
 	c.Close()
 	select {
