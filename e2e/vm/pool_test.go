@@ -202,6 +202,7 @@ func TestVMPoolIsolationAndKill9(t *testing.T) {
 	tookA := create(a, "alpha1", 7000001)
 	tookB := create(b, "bravo2", 7000002)
 	t.Logf("create → READY through the CLI from the pool: %v, %v", tookA, tookB)
+	r.checkGuestClock(a)
 	for _, n := range []string{a, b} {
 		if fp := r.fromPool(n); fp != pool {
 			t.Errorf("%s: status.from_pool %q, want %q", n, fp, pool)

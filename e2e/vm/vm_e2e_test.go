@@ -73,6 +73,7 @@ func TestVMEndToEnd(t *testing.T) {
 	t0 := time.Now()
 	e.cli("sandbox", "create", "--name", sandbox, "--from", image, "--timeout", cliTimeout.String(), "--", "sleep", "1000000")
 	t.Logf("create → Ready took %v", time.Since(t0))
+	e.checkGuestClock(sandbox)
 
 	// The guest's boot id tells a re-adopted VM from a rebooted one.
 	boot0 := strings.TrimSpace(e.cli("sandbox", "exec", "-n", sandbox, "--", "cat", "/proc/sys/kernel/random/boot_id"))

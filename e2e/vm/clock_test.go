@@ -1,0 +1,70 @@
+package vm_test
+
+import (
+	"encoding/json"
+	"strings"
+	"time"
+)
+
+// checkGuestClock compares the guest's clock with the host's in sandbox name's first
+// session: the runner stamps the create timeline's "bootstrap" step (host clock) when
+// the guest acknowledged its document, and the guest's supervisor logs "gateway
+// session accepted" (guest clock) after it, before or shortly after the gateway logs
+// "supervisor connected" (host clock, once the session is recorded). With the guest's
+// clock set to the host's with the bootstrap's confirmation, its line falls between
+// the two (the guest is behind by the confirmation's way to it, which its session's
+// start-up more than makes up). A guest kernel's clock starts from the VM's real-time
+// clock in whole seconds, up to a second behind (a pooled VM's long before its claim):
+// before it was set, the line came 500-650 ms before the bootstrap step.
+func (e *env) checkGuestClock(name string) {
+	e.t.Helper()
+	var v struct {
+		Status struct {
+			Timeline []struct {
+				Phase string `json:"phase"`
+				At    int64  `json:"at_unix_us,string"`
+			} `json:"create_timeline"`
+		} `json:"status"`
+	}
+	if err := json.Unmarshal([]byte(e.cli("sandbox", "get", name, "-o", "json")), &v); err != nil {
+		e.t.Fatalf("sandbox get %s: %v", name, err)
+	}
+	var bootstrapped time.Time
+	for _, st := range v.Status.Timeline {
+		if st.Phase == "bootstrap" {
+			bootstrapped = time.UnixMicro(st.At)
+		}
+	}
+	stamp := func(line string) time.Time {
+		f, _, _ := strings.Cut(line, " ")
+		t, _ := time.Parse(time.RFC3339Nano, f)
+		return t
+	}
+	var logs string
+	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(300 * time.Millisecond) {
+		logs = e.cli("sandbox", "logs", name)
+		if strings.Contains(logs, "gateway session accepted") {
+			break
+		}
+	}
+	var connected, accepted time.Time
+	for _, line := range strings.Split(logs, "\n") {
+		switch {
+		case strings.Contains(line, "gateway/gateway: supervisor connected") && connected.IsZero():
+			connected = stamp(line)
+		case strings.Contains(line, "sandbox/openshell-sandbox: gateway session accepted") && accepted.IsZero():
+			accepted = stamp(line)
+		}
+	}
+	if bootstrapped.IsZero() || connected.IsZero() || accepted.IsZero() {
+		e.t.Fatalf("%s: no bootstrap step in its create timeline %+v, or its logs lack the gateway's or the guest's session line:\n%s", name, v.Status.Timeline, logs)
+	}
+	e.t.Logf("%s: the guest stamps its session accepted %v after the host's bootstrap step, %v after the gateway logged its supervisor connected",
+		name, accepted.Sub(bootstrapped), accepted.Sub(connected))
+	// Slack for the runner's two readings of its clock (the one sent, the step's).
+	const slack = 20 * time.Millisecond
+	if accepted.Before(bootstrapped.Add(-slack)) || accepted.After(connected.Add(time.Second)) {
+		e.t.Errorf("%s: the guest's clock stamps its session accepted at %s, outside the host's bootstrap step at %s and its supervisor connected at %s (+1 s): the clocks disagree",
+			name, accepted.Format(time.StampMilli), bootstrapped.Format(time.StampMilli), connected.Format(time.StampMilli))
+	}
+}
