@@ -53,8 +53,7 @@ func startVMRunWith(t *testing.T, extra func(image string) string) *vmRun {
 	r.startGateway()
 	t.Cleanup(func() {
 		r.cliMayFail("gateway", "stop")
-		r.killSessions() // VMs outlive the gateway by design (a pool's idle ones too)
-		r.killLeftovers()
+		r.killLeftovers() // VMs outlive the gateway by design (a pool's idle ones too)
 		for _, sub := range []string{r.gwState, filepath.Join(r.gwState, "vm-driver"), filepath.Join(r.gwState, "vm-driver", "sb")} {
 			os.RemoveAll(rundir.For(sub))
 		}

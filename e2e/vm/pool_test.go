@@ -9,7 +9,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -31,29 +30,6 @@ func startPoolRun(t *testing.T, pool string, size int) *vmRun {
 	return startVMRunWith(t, func(image string) string {
 		return fmt.Sprintf("\n[drivers.vm.pools.%s]\nsize = %d\nimage = %q\n", pool, size, image)
 	})
-}
-
-// killSessions SIGKILLs every process of each VM runner's session under the gateway's
-// state (runner, QEMU, vsock backend): the vsock backend's command line names only the
-// runtime dir, which killLeftovers does not look for.
-func (r *vmRun) killSessions() {
-	sids := map[int]bool{}
-	for _, rec := range r.vmRecords() {
-		if rec.RunnerPID > 1 {
-			sids[rec.RunnerPID] = true
-		}
-	}
-	ents, _ := os.ReadDir("/proc")
-	for _, e := range ents {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil || pid == os.Getpid() {
-			continue
-		}
-		if st, err := procstat.Read(pid); err == nil && sids[st.Session] {
-			r.t.Logf("cleanup: killing pid %d of VM runner session %d", pid, st.Session)
-			syscall.Kill(pid, syscall.SIGKILL)
-		}
-	}
 }
 
 // pools asks the driver binary's doctor about the warm pools in the gateway's state.

@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/openshell/openshell/drivers/vm/ocilayout"
+	"github.com/openshell/openshell/internal/procstat"
 	"github.com/openshell/openshell/internal/testenv"
 	"github.com/openshell/openshell/internal/testenv/vmhost"
 )
@@ -319,8 +320,33 @@ func (e *env) vmPIDs() []int {
 	return pids
 }
 
-// killLeftovers SIGKILLs what a failed run left (by PID, from the runners' records).
+// killSessions SIGKILLs every process of each VM runner's session under the gateway's
+// state (runner, QEMU, vsock backend): the vsock backend's command line names only the
+// runtime dir, which the search of killLeftovers by command line does not find.
+func (e *env) killSessions() {
+	sids := map[int]bool{}
+	for _, rec := range e.vmRecords() {
+		if rec.RunnerPID > 1 {
+			sids[rec.RunnerPID] = true
+		}
+	}
+	ents, _ := os.ReadDir("/proc")
+	for _, ent := range ents {
+		pid, err := strconv.Atoi(ent.Name())
+		if err != nil || pid == os.Getpid() {
+			continue
+		}
+		if st, err := procstat.Read(pid); err == nil && sids[st.Session] {
+			e.t.Logf("cleanup: killing pid %d of VM runner session %d", pid, st.Session)
+			syscall.Kill(pid, syscall.SIGKILL)
+		}
+	}
+}
+
+// killLeftovers SIGKILLs what a failed run left (by PID): the runners' sessions from
+// their records, then any process whose command line names the driver's sandboxes.
 func (e *env) killLeftovers() {
+	e.killSessions()
 	for _, p := range e.qemuProcs() {
 		pid, _ := strconv.Atoi(strings.Fields(p)[0])
 		e.t.Logf("cleanup: killing leftover %s", p)
