@@ -211,19 +211,22 @@ func RunVM(ctx context.Context, cfg *bootstrap.Config, o Options, re *Reidentify
 // stepClock sets the system clock (tests replace it: they must not step the host's).
 var stepClock = setClock
 
-// SetClock sets the system clock to t (a VM guest's supervisor, to the host's).
-func SetClock(t time.Time) error { return stepClock(t) }
+// SetClock sets the system clock to t (a VM guest's supervisor, to the host's) and
+// returns how far behind t the clock was (negative: ahead).
+func SetClock(t time.Time) (behind time.Duration, err error) {
+	behind = time.Until(t)
+	return behind, stepClock(t)
+}
 
 // applyHostState steps the clock to the host's and reseeds the kernel's random
 // generator with the host's entropy; failures are logged (the new identity is taken
 // anyway).
 func applyHostState(id *Identity, log *slog.Logger) {
 	if !id.HostTime.IsZero() {
-		before := time.Now()
-		if err := stepClock(id.HostTime); err != nil {
+		if behind, err := SetClock(id.HostTime); err != nil {
 			log.Warn("cannot step the clock to the host's", "err", err)
 		} else {
-			log.Info("clock stepped to the host's", "was_behind", id.HostTime.Sub(before).Round(time.Millisecond))
+			log.Info("clock stepped to the host's", "was_behind", behind.Round(time.Millisecond))
 		}
 	}
 	if len(id.Entropy) > 0 {

@@ -328,8 +328,8 @@ func setClockToHost(hostClock time.Time) clockStep {
 	if hostClock.IsZero() || !guest.IsPID1() {
 		return clockStep{}
 	}
-	behind := time.Until(hostClock)
-	if err := supervisor.SetClock(hostClock); err != nil {
+	behind, err := supervisor.SetClock(hostClock)
+	if err != nil {
 		return clockStep{err: err}
 	}
 	return clockStep{set: true, behind: behind}
