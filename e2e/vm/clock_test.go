@@ -1,7 +1,6 @@
 package vm_test
 
 import (
-	"encoding/json"
 	"strings"
 	"time"
 )
@@ -18,19 +17,9 @@ import (
 // before it was set, the line came 500-650 ms before the bootstrap step.
 func (e *env) checkGuestClock(name string) {
 	e.t.Helper()
-	var v struct {
-		Status struct {
-			Timeline []struct {
-				Phase string `json:"phase"`
-				At    int64  `json:"at_unix_us,string"`
-			} `json:"create_timeline"`
-		} `json:"status"`
-	}
-	if err := json.Unmarshal([]byte(e.cli("sandbox", "get", name, "-o", "json")), &v); err != nil {
-		e.t.Fatalf("sandbox get %s: %v", name, err)
-	}
+	tl := e.timeline(name)
 	var bootstrapped time.Time
-	for _, st := range v.Status.Timeline {
+	for _, st := range tl {
 		if st.Phase == "bootstrap" {
 			bootstrapped = time.UnixMicro(st.At)
 		}
@@ -57,7 +46,7 @@ func (e *env) checkGuestClock(name string) {
 		}
 	}
 	if bootstrapped.IsZero() || connected.IsZero() || accepted.IsZero() {
-		e.t.Fatalf("%s: no bootstrap step in its create timeline %+v, or its logs lack the gateway's or the guest's session line:\n%s", name, v.Status.Timeline, logs)
+		e.t.Fatalf("%s: no bootstrap step in its create timeline %+v, or its logs lack the gateway's or the guest's session line:\n%s", name, tl, logs)
 	}
 	e.t.Logf("%s: the guest stamps its session accepted %v after the host's bootstrap step, %v after the gateway logged its supervisor connected",
 		name, accepted.Sub(bootstrapped), accepted.Sub(connected))

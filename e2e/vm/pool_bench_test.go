@@ -194,27 +194,37 @@ func TestBenchPool(t *testing.T) {
 		float64(poolSeq)/float64(coldSeq), float64(poolPar)/float64(coldPar), poolSeq.Round(time.Millisecond), poolPar.Round(time.Millisecond))
 }
 
-// createTimeline reads sandbox name's create timeline (sandbox get -o json): the time
-// from the gateway's received to ready, and the steps as "phase=ms …".
-func (r *vmRun) createTimeline(name string) (time.Duration, string) {
-	r.t.Helper()
-	out, err := r.run("sandbox", "get", name, "-o", "json")
+// timelineStep is one step of a sandbox's create timeline, as `sandbox get -o json`
+// shows it (microseconds: the step's end on the host's clock, and its length).
+type timelineStep struct {
+	Phase string `json:"phase"`
+	At    int64  `json:"at_unix_us,string"`
+	Took  int64  `json:"took_us,string"`
+}
+
+// timeline reads sandbox name's create timeline (sandbox get -o json).
+func (e *env) timeline(name string) []timelineStep {
+	e.t.Helper()
+	out, err := e.run("sandbox", "get", name, "-o", "json")
 	if err != nil {
-		r.t.Fatalf("sandbox get %s: %v\n%s", name, err, out)
+		e.t.Fatalf("sandbox get %s: %v\n%s", name, err, out)
 	}
 	var v struct {
 		Status struct {
-			Timeline []struct {
-				Phase string `json:"phase"`
-				At    int64  `json:"at_unix_us,string"`
-				Took  int64  `json:"took_us,string"`
-			} `json:"create_timeline"`
+			Timeline []timelineStep `json:"create_timeline"`
 		} `json:"status"`
 	}
 	if err := json.Unmarshal([]byte(out), &v); err != nil {
-		r.t.Fatalf("sandbox get %s: %v", name, err)
+		e.t.Fatalf("sandbox get %s: %v", name, err)
 	}
-	tl := v.Status.Timeline
+	return v.Status.Timeline
+}
+
+// createTimeline reads sandbox name's create timeline: the time from the gateway's
+// received to ready, and the steps as "phase=ms …".
+func (r *vmRun) createTimeline(name string) (time.Duration, string) {
+	r.t.Helper()
+	tl := r.timeline(name)
 	if len(tl) < 2 || tl[len(tl)-1].Phase != "ready" {
 		r.t.Fatalf("%s: create timeline %+v does not end with ready", name, tl)
 	}
