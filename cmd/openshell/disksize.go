@@ -31,23 +31,6 @@ func applyDiskSize(spec *openshellv1.SandboxSpec, size, fromSnapshot string) err
 	return nil
 }
 
-// setDriverConfig sets key in driver's object of the spec's driver_config (the gateway
-// hands each driver only its own), keeping what else the object holds.
-func setDriverConfig(spec *openshellv1.SandboxSpec, driver, key string, v *structpb.Value) {
-	if spec.Template == nil {
-		spec.Template = &openshellv1.SandboxTemplate{}
-	}
-	if spec.Template.DriverConfig == nil {
-		spec.Template.DriverConfig = &structpb.Struct{Fields: map[string]*structpb.Value{}}
-	}
-	obj := spec.Template.DriverConfig.Fields[driver].GetStructValue()
-	if obj == nil {
-		obj = &structpb.Struct{Fields: map[string]*structpb.Value{}}
-		spec.Template.DriverConfig.Fields[driver] = structpb.NewStructValue(obj)
-	}
-	obj.Fields[key] = v
-}
-
 // requireDriver refuses flag unless the gateway runs driver: a flag only one driver
 // reads would otherwise be dropped without a word by the others.
 func (a *app) requireDriver(ctx context.Context, flag, driver string) error {
