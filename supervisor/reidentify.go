@@ -192,6 +192,7 @@ func RunVM(ctx context.Context, cfg *bootstrap.Config, o Options, re *Reidentify
 		go w.watch(runCtx, func() { cancel(errReidentified) })
 		err := Run(runCtx, cfg, o)
 		cancel(nil)
+		o.Early = nil // this boot's first lines: shipped by its first identity's run only
 		w.mu.Lock()
 		id := w.found
 		w.mu.Unlock()

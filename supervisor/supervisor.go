@@ -64,6 +64,10 @@ type Options struct {
 	StopGrace time.Duration
 	// Logger is the base logger; its records at Info and above are also shipped.
 	Logger *slog.Logger
+	// Early are records logged (to the console) before Run, when no shipper existed
+	// yet (a VM guest's clock step, its hostname): Run ships those at Info and above
+	// first, with their own times and the sandbox's id.
+	Early []slog.Record
 	// Network is how the sandbox's programs reach the egress proxy (default: the
 	// proxy on loopback, announced through the environment only).
 	Network NetworkMode
@@ -375,6 +379,10 @@ func Run(ctx context.Context, cfg *bootstrap.Config, o Options) (retErr error) {
 	// The supervisor is the process's main: its packages log through the default
 	// logger, and their events are shipped too.
 	slog.SetDefault(log)
+	early := slog.New(shipper.Handler(slog.DiscardHandler)).With("sandbox_id", cfg.SandboxID).Handler()
+	for _, r := range o.Early {
+		_ = early.Handle(ctx, r)
+	}
 	shipCtx, stopShip := context.WithCancelCause(context.WithoutCancel(ctx))
 	shipDone := make(chan struct{})
 	go func() { shipper.Run(shipCtx); close(shipDone) }()

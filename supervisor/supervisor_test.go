@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"log/slog"
 	"net"
 	"os"
 	"os/exec"
@@ -248,7 +249,14 @@ func TestSupervisorEndToEnd(t *testing.T) {
 			Env: map[string]string{"FOO": "bar"}},
 	}
 	t.Setenv(bootstrap.EnvToken, "must-not-leak")
-	runInBackground(t, cfg, Options{RunDir: filepath.Join(base, "run"), Root: root, SandboxDir: filepath.Join(base, "sandbox")})
+	// A line logged before the run (a VM guest's clock step) is shipped with its own
+	// time; one below Info is not.
+	earlyAt := time.Now().Add(-3 * time.Second).Truncate(time.Millisecond)
+	early := slog.NewRecord(earlyAt, slog.LevelInfo, "clock set to the host's", 0)
+	early.AddAttrs(slog.String("was_behind", "314ms"))
+	quiet := slog.NewRecord(earlyAt, slog.LevelDebug, "early debug line", 0)
+	runInBackground(t, cfg, Options{RunDir: filepath.Join(base, "run"), Root: root, SandboxDir: filepath.Join(base, "sandbox"),
+		Early: []slog.Record{early, quiet}})
 
 	var s grpc.BidiStreamingServer[pb.SupervisorMessage, pb.GatewayMessage]
 	select {
@@ -296,21 +304,31 @@ func TestSupervisorEndToEnd(t *testing.T) {
 	}
 	g.mu.Unlock()
 
-	// Logs: the main process's output line was shipped with source=sandbox.
+	// Logs: the main process's output line was shipped with source=sandbox, and the
+	// early line with its time, its attribute and the sandbox's id.
 	for {
 		g.mu.Lock()
-		found := false
+		found, foundEarly := false, false
 		for _, l := range g.logs {
 			if l.GetMessage() == "main-started bar" && l.GetSource() == "sandbox" && l.GetFields()["stream"] == "stdout" {
 				found = true
 			}
+			if l.GetMessage() == "clock set to the host's" {
+				if l.GetTimestampMs() != earlyAt.UnixMilli() || l.GetFields()["was_behind"] != "314ms" || l.GetFields()["sandbox_id"] != "sb-1" || l.GetLevel() != "INFO" {
+					t.Errorf("early line shipped as %v (logged at %d ms)", l, earlyAt.UnixMilli())
+				}
+				foundEarly = true
+			}
+			if l.GetMessage() == "early debug line" {
+				t.Errorf("an early line below Info was shipped: %v", l)
+			}
 		}
 		g.mu.Unlock()
-		if found {
+		if found && foundEarly {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatal("main process output not shipped")
+			t.Fatalf("not shipped: main process output (%v), early line (%v)", found, foundEarly)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}

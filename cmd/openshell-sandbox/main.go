@@ -203,19 +203,24 @@ func run(mode string) int {
 	}
 	logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: logLevel(cfg.LogLevel)}))
 	opts.Logger = logger
+	// What happens before the supervisor's run reaches the console now and the
+	// sandbox's logs once the run has its shipper.
+	early := &earlyRecords{next: logger.Handler()}
+	elog := slog.New(early)
 	switch {
 	case clock.err != nil:
-		logger.Warn("cannot set the clock to the host's", "err", clock.err)
+		elog.Warn("cannot set the clock to the host's", "err", clock.err)
 	case clock.set:
-		logger.Info("clock set to the host's", "was_behind", clock.behind.Round(time.Microsecond))
+		elog.Info("clock set to the host's", "was_behind", clock.behind.Round(time.Microsecond))
 	}
 	if mode == "vsock" && cfg.SandboxName != "" {
 		// The guest kernel boots without a hostname ("(none)"); a container gets one
 		// from its engine. Name the VM after its sandbox, as a user would expect.
 		if err := syscall.Sethostname([]byte(cfg.SandboxName)); err != nil {
-			logger.Warn("cannot set the hostname", "err", err)
+			elog.Warn("cannot set the hostname", "err", err)
 		}
 	}
+	opts.Early = early.recs
 	if re != nil {
 		err = supervisor.RunVM(ctx, cfg, opts, re)
 	} else {
@@ -334,3 +339,30 @@ func setClockToHost(hostClock time.Time) clockStep {
 	}
 	return clockStep{set: true, behind: behind}
 }
+
+// earlyRecords is the handler of the lines logged before the supervisor's run: it
+// writes them through next and keeps those at Info and above (supervisor.Options.Early
+// ships them, as the run's own lines are, whatever the console's level).
+type earlyRecords struct {
+	next slog.Handler
+	recs []slog.Record
+}
+
+func (h *earlyRecords) Enabled(ctx context.Context, l slog.Level) bool {
+	return l >= slog.LevelInfo || h.next.Enabled(ctx, l)
+}
+
+func (h *earlyRecords) Handle(ctx context.Context, r slog.Record) error {
+	if r.Level >= slog.LevelInfo {
+		h.recs = append(h.recs, r.Clone())
+	}
+	if h.next.Enabled(ctx, r.Level) {
+		return h.next.Handle(ctx, r)
+	}
+	return nil
+}
+
+// The early lines carry their attributes themselves: no logger derived from this one
+// keeps lines.
+func (h *earlyRecords) WithAttrs(as []slog.Attr) slog.Handler { return h.next.WithAttrs(as) }
+func (h *earlyRecords) WithGroup(name string) slog.Handler    { return h.next.WithGroup(name) }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -65,5 +66,27 @@ func TestSFTPServerSubcommand(t *testing.T) {
 	out, err = cmd.CombinedOutput()
 	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 2 || !strings.Contains(string(out), "OPENSHELL_ENDPOINT") {
 		t.Fatalf("no config: %v %s", err, out)
+	}
+}
+
+// TestEarlyRecords: the lines logged before the run reach the console (at its level)
+// and are kept from Info up, with their attributes and times, whatever that level.
+func TestEarlyRecords(t *testing.T) {
+	var console bytes.Buffer
+	h := &earlyRecords{next: slog.NewTextHandler(&console, &slog.HandlerOptions{Level: slog.LevelWarn})}
+	log := slog.New(h)
+	log.Debug("not kept")
+	log.Info("clock set to the host's", "was_behind", "12ms")
+	log.Warn("cannot set the hostname", "err", "EPERM")
+	if len(h.recs) != 2 || h.recs[0].Message != "clock set to the host's" || h.recs[1].Level != slog.LevelWarn {
+		t.Fatalf("kept %d records: %+v", len(h.recs), h.recs)
+	}
+	var attr string
+	h.recs[0].Attrs(func(a slog.Attr) bool { attr = a.Key + "=" + a.Value.String(); return true })
+	if attr != "was_behind=12ms" || h.recs[0].Time.IsZero() {
+		t.Fatalf("first record's attribute %q, time %v", attr, h.recs[0].Time)
+	}
+	if out := console.String(); strings.Contains(out, "clock set") || !strings.Contains(out, "cannot set the hostname") {
+		t.Fatalf("console at Warn got:\n%s", out)
 	}
 }

@@ -69,9 +69,15 @@ func NewShipper(api pb.OpenShellClient, sandboxID string, o ShipperOptions) *Shi
 		interval: o.Interval, wake: make(chan struct{}, 1)}
 }
 
-// Add queues a line; it never blocks. source is set to "sandbox".
+// Add queues a line stamped now; it never blocks. source is set to "sandbox".
 func (s *Shipper) Add(level, target, message string, fields map[string]string) {
-	line := &pb.SandboxLogLine{SandboxId: s.sandboxID, TimestampMs: time.Now().UnixMilli(), Level: level,
+	s.addAt(time.Now(), level, target, message, fields)
+}
+
+// addAt queues a line stamped at (a record's own time: one logged before the shipper
+// existed keeps it).
+func (s *Shipper) addAt(at time.Time, level, target, message string, fields map[string]string) {
+	line := &pb.SandboxLogLine{SandboxId: s.sandboxID, TimestampMs: at.UnixMilli(), Level: level,
 		Target: target, Message: message, Source: "sandbox", Fields: fields}
 	s.mu.Lock()
 	if len(s.buf) >= s.max {
@@ -222,7 +228,11 @@ func (h *teeHandler) Handle(ctx context.Context, r slog.Record) error {
 			fields[a.Key] = a.Value.String()
 			return true
 		})
-		h.s.Add(r.Level.String(), "openshell-sandbox", r.Message, fields)
+		at := r.Time
+		if at.IsZero() {
+			at = time.Now()
+		}
+		h.s.addAt(at, r.Level.String(), "openshell-sandbox", r.Message, fields)
 	}
 	if h.next.Enabled(ctx, r.Level) {
 		return h.next.Handle(ctx, r)
