@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"cmp"
 	"slices"
 	"strings"
 	"sync"
@@ -153,7 +154,9 @@ func (f logFilter) match(l *openshellv1.SandboxLogLine) bool {
 	return true
 }
 
-// tail returns up to n matching lines (chronological) and the total held.
+// tail returns the last n matching lines to arrive, in the order of their times, and
+// the total held. A sandbox ships its lines in batches, after the gateway wrote its own
+// lines of the same moments; lines of one millisecond keep their order of arrival.
 func (b *logBook) tail(id string, n int, f logFilter) ([]*openshellv1.SandboxLogLine, int) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -165,6 +168,9 @@ func (b *logBook) tail(id string, n int, f logFilter) ([]*openshellv1.SandboxLog
 		}
 	}
 	slices.Reverse(out)
+	slices.SortStableFunc(out, func(a, b *openshellv1.SandboxLogLine) int {
+		return cmp.Compare(a.GetTimestampMs(), b.GetTimestampMs())
+	})
 	return out, len(all)
 }
 

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -503,6 +504,48 @@ func TestLogs(t *testing.T) {
 			t.Fatalf("followed log %d = %q", i, got)
 		}
 		i++
+	}
+}
+
+// TestLogsInTimeOrder: a sandbox's lines arrive in batches, after the gateway's lines
+// of the same moments; the listing puts every line at its time.
+func TestLogsInTimeOrder(t *testing.T) {
+	e := startEnv(t, t.TempDir(), drivertest.NewMemDriver())
+	id := e.create("alpha").GetMetadata().GetId()
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	before, err := e.user.GetSandboxLogs(ctx, &openshellv1.GetSandboxLogsRequest{SandboxId: id})
+	if err != nil || len(before.GetLogs()) == 0 {
+		t.Fatalf("the gateway's own lines: %v, %v", before.GetLogs(), err)
+	}
+	accepted := before.GetLogs()[0].GetTimestampMs()
+	push, err := e.sandboxClient(id).PushSandboxLogs(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Shipped late: one line from before the gateway's first, two of one moment after.
+	push.Send(&openshellv1.PushSandboxLogsRequest{SandboxId: id, Logs: []*openshellv1.SandboxLogLine{
+		{Level: "INFO", Message: "late a", TimestampMs: accepted + 5},
+		{Level: "INFO", Message: "late b", TimestampMs: accepted + 5},
+		{Level: "INFO", Message: "early", TimestampMs: accepted - 20},
+	}})
+	if _, err := push.CloseAndRecv(); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := e.user.GetSandboxLogs(ctx, &openshellv1.GetSandboxLogsRequest{SandboxId: id})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, l := range resp.GetLogs() {
+		if l.GetSource() == "sandbox" {
+			got = append(got, l.GetMessage())
+		} else if l.GetTimestampMs() == accepted && len(got) == 1 {
+			got = append(got, "gateway's first")
+		}
+	}
+	if want := []string{"early", "gateway's first", "late a", "late b"}; !slices.Equal(got, want) {
+		t.Fatalf("listing order %q, want %q (all: %v)", got, want, resp.GetLogs())
 	}
 }
 
