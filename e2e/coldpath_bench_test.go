@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"cmp"
-	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -11,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/openshell/openshell/e2e/internal/timeline"
 )
 
 // TestBenchColdCreate times a cold VM create → Ready through the CLI (`openshell
@@ -110,21 +111,12 @@ func TestVMCreateTimeline(t *testing.T) {
 	h := newHarness(t)
 	name := uniqueName("timeline")
 	h.create(name, "sleep", "1000000")
-	var sb struct {
-		Status struct {
-			Timeline []struct {
-				Phase  string `json:"phase"`
-				At     string `json:"at_unix_us"`
-				TookUs string `json:"took_us"`
-			} `json:"create_timeline"`
-		} `json:"status"`
-	}
 	out := h.mustRun(t, "sandbox", "get", name, "-o", "json").stdout
-	if err := json.Unmarshal([]byte(out), &sb); err != nil {
-		t.Fatalf("sandbox get -o json: %v\n%s", err, out)
+	tl, err := timeline.Parse([]byte(out))
+	if err != nil {
+		t.Fatalf("%v\n%s", err, out)
 	}
 	want := []string{"received", "driver", "image", "disk", "runner", "vmm", "firmware", "kernel", "init", "supervisor", "bootstrap", "ready"}
-	tl := sb.Status.Timeline
 	var got []string
 	for _, s := range tl {
 		got = append(got, s.Phase)
@@ -134,9 +126,7 @@ func TestVMCreateTimeline(t *testing.T) {
 	}
 	var prev, sum, first int64
 	for i, s := range tl {
-		var at, took int64
-		fmt.Sscan(s.At, &at)
-		fmt.Sscan(s.TookUs, &took)
+		at, took := s.At, s.Took
 		if i == 0 {
 			first = at
 		} else if at < prev || took != at-prev {
@@ -159,22 +149,13 @@ func TestVMCreateTimeline(t *testing.T) {
 // timelineTable renders the create timeline of a `sandbox get -o json` document as
 // "phase took" lines (empty when it has none).
 func timelineTable(doc string) string {
-	var sb struct {
-		Status struct {
-			Timeline []struct {
-				Phase  string `json:"phase"`
-				TookUs string `json:"took_us"`
-			} `json:"create_timeline"`
-		} `json:"status"`
-	}
-	if err := json.Unmarshal([]byte(doc), &sb); err != nil {
+	tl, err := timeline.Parse([]byte(doc))
+	if err != nil {
 		return "(no timeline: " + err.Error() + ")"
 	}
 	var b strings.Builder
-	for _, p := range sb.Status.Timeline {
-		var us int64
-		fmt.Sscan(p.TookUs, &us)
-		fmt.Fprintf(&b, "  %-11s %8.1f ms\n", p.Phase, float64(us)/1000)
+	for _, p := range tl {
+		fmt.Fprintf(&b, "  %-11s %8.1f ms\n", p.Phase, float64(p.Took)/1000)
 	}
 	return b.String()
 }

@@ -1,7 +1,6 @@
 package vm_test
 
 import (
-	"encoding/json"
 	"fmt"
 	"os"
 	"slices"
@@ -9,6 +8,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/openshell/openshell/e2e/internal/timeline"
 )
 
 // TestBenchPool measures, with OPENSHELL_BENCH=1, create → READY through the CLI
@@ -199,30 +200,18 @@ func TestBenchPool(t *testing.T) {
 		float64(poolSeq)/float64(coldSeq), float64(poolPar)/float64(coldPar), poolSeq.Round(time.Millisecond), poolPar.Round(time.Millisecond))
 }
 
-// timelineStep is one step of a sandbox's create timeline, as `sandbox get -o json`
-// shows it (microseconds: the step's end on the host's clock, and its length).
-type timelineStep struct {
-	Phase string `json:"phase"`
-	At    int64  `json:"at_unix_us,string"`
-	Took  int64  `json:"took_us,string"`
-}
-
 // timeline reads sandbox name's create timeline (sandbox get -o json).
-func (e *env) timeline(name string) []timelineStep {
+func (e *env) timeline(name string) []timeline.Step {
 	e.t.Helper()
 	out, err := e.run("sandbox", "get", name, "-o", "json")
 	if err != nil {
 		e.t.Fatalf("sandbox get %s: %v\n%s", name, err, out)
 	}
-	var v struct {
-		Status struct {
-			Timeline []timelineStep `json:"create_timeline"`
-		} `json:"status"`
-	}
-	if err := json.Unmarshal([]byte(out), &v); err != nil {
+	tl, err := timeline.Parse([]byte(out))
+	if err != nil {
 		e.t.Fatalf("sandbox get %s: %v", name, err)
 	}
-	return v.Status.Timeline
+	return tl
 }
 
 // createTimeline reads sandbox name's create timeline: the time from the gateway's
