@@ -379,7 +379,7 @@ func Run(ctx context.Context, cfg *bootstrap.Config, o Options) (retErr error) {
 	// The supervisor is the process's main: its packages log through the default
 	// logger, and their events are shipped too.
 	slog.SetDefault(log)
-	early := slog.New(shipper.Handler(slog.DiscardHandler)).With("sandbox_id", cfg.SandboxID).Handler()
+	early := shipper.Handler(slog.DiscardHandler).WithAttrs([]slog.Attr{slog.String("sandbox_id", cfg.SandboxID)})
 	for _, r := range o.Early {
 		_ = early.Handle(ctx, r)
 	}
