@@ -26,6 +26,7 @@ import (
 	"github.com/openshell/openshell/drivers/vm/ocilayout"
 	"github.com/openshell/openshell/images"
 	"github.com/openshell/openshell/images/bundle"
+	"github.com/openshell/openshell/internal/procstat"
 	"github.com/openshell/openshell/supervisor/bootstrap"
 	"github.com/openshell/openshell/vmm"
 	"github.com/openshell/openshell/vmm/channel"
@@ -225,7 +226,7 @@ var memLog []string
 // sessionMemory sums Rss and Pss (KiB) from /proc/<pid>/smaps_rollup over the runner's
 // session (runner, QEMU, vsock backend).
 func sessionMemory(sid int, start uint64) (rss, pss int64) {
-	for _, pid := range state.SessionMembers(sid, start) {
+	for _, pid := range procstat.SessionMembers(sid, start) {
 		r, p := procMemory(pid)
 		comm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
 		memLog = append(memLog, fmt.Sprintf("%s RSS %d MiB PSS %d MiB", strings.TrimSpace(string(comm)), r>>10, p>>10))

@@ -1102,7 +1102,7 @@ func (d *Driver) killLeftovers(s *sandbox) {
 	}
 	var pids []int
 	if rec.RunnerPID != 0 {
-		pids = append(pids, state.SessionMembers(rec.RunnerPID, rec.RunnerStart)...)
+		pids = append(pids, procstat.SessionMembers(rec.RunnerPID, rec.RunnerStart)...)
 	}
 	if rec.VMMPID != 0 && state.SameProcess(rec.VMMPID, rec.VMMStart) {
 		pids = append(pids, rec.VMMPID)

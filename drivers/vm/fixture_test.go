@@ -20,6 +20,7 @@ import (
 	"github.com/openshell/openshell/drivers/vm"
 	"github.com/openshell/openshell/drivers/vm/internal/state"
 	"github.com/openshell/openshell/drivers/vm/ocilayout"
+	"github.com/openshell/openshell/internal/procstat"
 	"github.com/openshell/openshell/internal/testenv/vmhost"
 )
 
@@ -148,7 +149,7 @@ func killAll(t testing.TB, stateDir string) {
 		}
 		var pids []int
 		if rec.RunnerPID != 0 {
-			pids = state.SessionMembers(rec.RunnerPID, rec.RunnerStart)
+			pids = procstat.SessionMembers(rec.RunnerPID, rec.RunnerStart)
 		}
 		if rec.VMMPID != 0 && state.SameProcess(rec.VMMPID, rec.VMMStart) {
 			pids = append(pids, rec.VMMPID)

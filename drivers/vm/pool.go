@@ -56,6 +56,7 @@ import (
 	"github.com/openshell/openshell/guest/channel/wire"
 	"github.com/openshell/openshell/images"
 	"github.com/openshell/openshell/internal/atomicfile"
+	"github.com/openshell/openshell/internal/procstat"
 	"github.com/openshell/openshell/supervisor/bootstrap"
 )
 
@@ -856,7 +857,7 @@ func (d *Driver) Pools() []PoolStatus {
 // sessionRSS is the resident memory of a runner's session (runner, VMM, vsock
 // backend) in bytes.
 func sessionRSS(runnerPID int, runnerStart uint64, vmmPID int) int64 {
-	pids := state.SessionMembers(runnerPID, runnerStart)
+	pids := procstat.SessionMembers(runnerPID, runnerStart)
 	seen := map[int]bool{}
 	var total int64
 	for _, pid := range append(pids, vmmPID) {

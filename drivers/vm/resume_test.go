@@ -54,7 +54,7 @@ func readyInBoot1(t *testing.T) bootedSandbox {
 // QEMU at once, as a power cut would end them: no tombstone, no clean-up.
 func powerLoss(t *testing.T, rec *state.Record) {
 	t.Helper()
-	pids := state.SessionMembers(rec.RunnerPID, rec.RunnerStart)
+	pids := procstat.SessionMembers(rec.RunnerPID, rec.RunnerStart)
 	if state.SameProcess(rec.VMMPID, rec.VMMStart) {
 		pids = append(pids, rec.VMMPID)
 	}

@@ -24,6 +24,7 @@ import (
 	"github.com/openshell/openshell/drivers/drivertest"
 	"github.com/openshell/openshell/drivers/vm/internal/state"
 	"github.com/openshell/openshell/drivers/vm/internal/testimage"
+	"github.com/openshell/openshell/internal/procstat"
 	"github.com/openshell/openshell/internal/testenv"
 	"github.com/openshell/openshell/vmm/channel"
 )
@@ -194,7 +195,7 @@ func TestImageSourcesAndTransports(t *testing.T) {
 					t.Errorf("console shows no guest init progress:\n%s", console)
 				}
 
-				members := state.SessionMembers(rec.RunnerPID, rec.RunnerStart)
+				members := procstat.SessionMembers(rec.RunnerPID, rec.RunnerStart)
 				ok, err := d.Delete(t.Context(), id, "")
 				if err != nil || !ok {
 					t.Fatalf("Delete = %v, %v", ok, err)

@@ -186,7 +186,7 @@ func TestCrashThenDelete(t *testing.T) {
 	gw.next(t, id, vmTimeout)
 	waitFor(t, d, id, "Ready", ready)
 	rec := record(t, dir, id)
-	helpers := state.SessionMembers(rec.RunnerPID, rec.RunnerStart)
+	helpers := procstat.SessionMembers(rec.RunnerPID, rec.RunnerStart)
 	if len(helpers) < 3 {
 		t.Logf("runner session members: %v (runner, qemu, vsock backend expected)", helpers)
 	}
@@ -229,7 +229,7 @@ func TestDeleteRunningLeavesNothing(t *testing.T) {
 	id := create(t, d, image)
 	waitFor(t, d, id, "Ready", ready)
 	rec := record(t, dir, id)
-	members := state.SessionMembers(rec.RunnerPID, rec.RunnerStart)
+	members := procstat.SessionMembers(rec.RunnerPID, rec.RunnerStart)
 	// A symlink inside the sandbox dir must be removed, never followed.
 	outside := filepath.Join(t.TempDir(), "keep")
 	os.WriteFile(outside, []byte("x"), 0o600)
@@ -258,7 +258,7 @@ func assertNoLeftovers(t *testing.T, stateDir string, rec *state.Record, pids []
 			t.Errorf("process %d of the sandbox still runs", p)
 		}
 	}
-	if m := state.SessionMembers(rec.RunnerPID, rec.RunnerStart); len(m) > 0 {
+	if m := procstat.SessionMembers(rec.RunnerPID, rec.RunnerStart); len(m) > 0 {
 		t.Errorf("runner session still has processes %v", m)
 	}
 }

@@ -324,20 +324,12 @@ func (e *env) vmPIDs() []int {
 // state (runner, QEMU, vsock backend): the vsock backend's command line names only the
 // runtime dir, which the search of killLeftovers by command line does not find.
 func (e *env) killSessions() {
-	sids := map[int]bool{}
 	for _, rec := range e.vmRecords() {
-		if rec.RunnerPID > 1 {
-			sids[rec.RunnerPID] = true
-		}
-	}
-	ents, _ := os.ReadDir("/proc")
-	for _, ent := range ents {
-		pid, err := strconv.Atoi(ent.Name())
-		if err != nil || pid == os.Getpid() {
+		if rec.RunnerPID <= 1 {
 			continue
 		}
-		if st, err := procstat.Read(pid); err == nil && sids[st.Session] {
-			e.t.Logf("cleanup: killing pid %d of VM runner session %d", pid, st.Session)
+		for _, pid := range procstat.SessionMembers(rec.RunnerPID, 0) {
+			e.t.Logf("cleanup: killing pid %d of VM runner session %d", pid, rec.RunnerPID)
 			syscall.Kill(pid, syscall.SIGKILL)
 		}
 	}

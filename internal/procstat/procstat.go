@@ -128,3 +128,25 @@ func Parse(b []byte) (*Stat, error) {
 	return &Stat{State: f[0][0], PPID: ppid, Session: sid, Flags: flags,
 		UTime: times[0], STime: times[1], CUTime: times[2], CSTime: times[3], Nice: nice, StartTime: st}, nil
 }
+
+// SessionMembers lists the live processes whose session id is sid and which started at
+// or after minStart (to skip a foreign session that reused the id).
+func SessionMembers(sid int, minStart uint64) []int {
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return nil
+	}
+	var pids []int
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		s, err := Read(pid)
+		if err != nil || s.Session != sid || s.StartTime < minStart || s.State == 'Z' {
+			continue
+		}
+		pids = append(pids, pid)
+	}
+	return pids
+}

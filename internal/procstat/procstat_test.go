@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"os"
 	"os/exec"
+	"slices"
 	"syscall"
 	"testing"
 	"time"
@@ -116,4 +117,22 @@ func FuzzParseAutogroup(f *testing.F) {
 			t.Errorf("parseAutogroup(%q) = %d, out of range", b, n)
 		}
 	})
+}
+
+// TestSessionMembers: this test's process is listed in its own session, and not once
+// the start bound is after its start (a foreign session that reused the id).
+func TestSessionMembers(t *testing.T) {
+	self, err := Read(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Contains(SessionMembers(self.Session, 0), os.Getpid()) {
+		t.Fatalf("pid %d not among the members of its session %d", os.Getpid(), self.Session)
+	}
+	if slices.Contains(SessionMembers(self.Session, self.StartTime+1), os.Getpid()) {
+		t.Fatalf("pid %d listed though it started before the bound", os.Getpid())
+	}
+	if got := SessionMembers(-1, 0); len(got) != 0 {
+		t.Fatalf("members of no session: %v", got)
+	}
 }

@@ -300,7 +300,7 @@ func setSessionNice(sid int, minStart uint64, nice, except int) error {
 	var firstErr error
 	for range 5 {
 		changed := false
-		for _, pid := range state.SessionMembers(sid, minStart) {
+		for _, pid := range procstat.SessionMembers(sid, minStart) {
 			if pid == except {
 				continue
 			}

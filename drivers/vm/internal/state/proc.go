@@ -1,8 +1,6 @@
 package state
 
 import (
-	"os"
-	"strconv"
 	"syscall"
 
 	"github.com/openshell/openshell/internal/procstat"
@@ -28,28 +26,6 @@ func SameProcess(pid int, start uint64) bool {
 		return false
 	}
 	return s.StartTime == start && s.State != 'Z' && s.State != 'X'
-}
-
-// SessionMembers lists the live processes whose session id is sid and which started at
-// or after minStart (to skip a foreign session that reused the id).
-func SessionMembers(sid int, minStart uint64) []int {
-	ents, err := os.ReadDir("/proc")
-	if err != nil {
-		return nil
-	}
-	var pids []int
-	for _, e := range ents {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		s, err := procstat.Read(pid)
-		if err != nil || s.Session != sid || s.StartTime < minStart || s.State == 'Z' {
-			continue
-		}
-		pids = append(pids, pid)
-	}
-	return pids
 }
 
 // Signal sends sig to pid if it is still the process that started at start.
