@@ -279,25 +279,7 @@ func (e *env) waitPhase(want string) {
 // qemuProcs lists live processes whose command line mentions this test's directory
 // (QEMU, the vsock backend, runners).
 func (e *env) qemuProcs() []string {
-	var out []string
-	ents, _ := os.ReadDir("/proc")
-	for _, d := range ents {
-		pid, err := strconv.Atoi(d.Name())
-		if err != nil || pid == os.Getpid() {
-			continue
-		}
-		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
-		if err != nil {
-			continue
-		}
-		cl := strings.ReplaceAll(string(b), "\x00", " ")
-		if strings.Contains(cl, filepath.Join(e.gwState, "vm-driver", "sb")) {
-			if st, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid)); err == nil && !strings.Contains(string(st), ") Z ") {
-				out = append(out, fmt.Sprintf("%d %s", pid, cl))
-			}
-		}
-	}
-	return out
+	return procsUnder(filepath.Join(e.gwState, "vm-driver", "sb"))
 }
 
 // vmPIDs returns the runner and QEMU pids recorded in the sandbox's state.json.
