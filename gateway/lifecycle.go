@@ -446,6 +446,37 @@ func (s *Server) WatchSandbox(req *openshellv1.WatchSandboxRequest, stream opens
 			events = fol.events
 		}
 	}
+	// reread sends the sandbox again if it changed; done once the watch is over.
+	reread := func() (done bool, err error) {
+		r, err := s.load(ctx, id)
+		if errors.Is(err, store.ErrNotFound) {
+			// Deleted: send a final DELETING snapshot so clients see the end.
+			last.Status.Phase = openshellv1.SandboxPhase_SANDBOX_PHASE_DELETING
+			if req.GetFollowStatus() {
+				_ = send(last)
+			}
+			return true, nil
+		}
+		if err != nil {
+			return true, err
+		}
+		cur := s.view(r)
+		changed := cur.GetMetadata().GetResourceVersion() != last.GetMetadata().GetResourceVersion() ||
+			cur.GetStatus().GetPhase() != last.GetStatus().GetPhase()
+		last = cur
+		if changed && (req.GetFollowStatus() || req.GetStopOnTerminal()) {
+			if err := send(cur); err != nil {
+				return true, err
+			}
+		}
+		return req.GetStopOnTerminal() && terminal(cur.GetStatus().GetPhase()), nil
+	}
+	var recheck <-chan time.Time
+	if s.opts.SharedStore {
+		t := time.NewTicker(sharedStoreRecheck)
+		defer t.Stop()
+		recheck = t.C
+	}
 	for {
 		select {
 		case <-ctx.Done():
@@ -453,29 +484,12 @@ func (s *Server) WatchSandbox(req *openshellv1.WatchSandboxRequest, stream opens
 		case <-s.stopping:
 			return status.Error(codes.Unavailable, "the gateway is shutting down; watch again")
 		case <-wake:
-			r, err := s.load(ctx, id)
-			if errors.Is(err, store.ErrNotFound) {
-				// Deleted: send a final DELETING snapshot so clients see the end.
-				last.Status.Phase = openshellv1.SandboxPhase_SANDBOX_PHASE_DELETING
-				if req.GetFollowStatus() {
-					_ = send(last)
-				}
-				return nil
-			}
-			if err != nil {
+			if done, err := reread(); done {
 				return err
 			}
-			cur := s.view(r)
-			changed := cur.GetMetadata().GetResourceVersion() != last.GetMetadata().GetResourceVersion() ||
-				cur.GetStatus().GetPhase() != last.GetStatus().GetPhase()
-			last = cur
-			if changed && (req.GetFollowStatus() || req.GetStopOnTerminal()) {
-				if err := send(cur); err != nil {
-					return err
-				}
-			}
-			if req.GetStopOnTerminal() && terminal(cur.GetStatus().GetPhase()) {
-				return nil
+		case <-recheck: // what other replicas wrote wakes nobody here
+			if done, err := reread(); done {
+				return err
 			}
 		case l := <-logs:
 			if filter.match(l) {

@@ -10,7 +10,9 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/openshell/openshell/api/openshellv1"
 	"github.com/openshell/openshell/drivers/drivertest"
+	"github.com/openshell/openshell/gateway"
 	"github.com/openshell/openshell/gateway/replica"
 	"github.com/openshell/openshell/gateway/store/sqlite"
 	"github.com/openshell/openshell/internal/testkeys"
@@ -94,5 +96,46 @@ func TestReplicaSessionBinding(t *testing.T) {
 	}
 	if out, _, err := a.execOut(ctx, id, "echo", "still-a"); err != nil || strings.TrimSpace(out) != "still-a" {
 		t.Fatalf("exec through a after the attacks = %q, %v", out, err)
+	}
+}
+
+// TestReplicaWatchSeesOthersWrites: a watch on replica a sends what replica b wrote
+// to the shared store. b's writes wake no watcher of a's; without the re-read a's
+// watch (a create waiting for READY, say) sat on the old record for good.
+func TestReplicaWatchSeesOthersWrites(t *testing.T) {
+	dir := t.TempDir()
+	drv := drivertest.NewMemDriver()
+	shared := func(o *gateway.Options) { o.SharedStore = true }
+	a := startEnvWith(t, dir, drv, 200*time.Millisecond, shared)
+	b := startEnvWith(t, dir, drv, 200*time.Millisecond, shared)
+	id := a.create("watched").GetMetadata().GetId()
+	a.waitDriverSettled("watched")
+	b.waitDriverSettled("watched")
+
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	w, err := a.user.WatchSandbox(ctx, &openshellv1.WatchSandboxRequest{Id: id, FollowStatus: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.Recv(); err != nil { // the record as it is
+		t.Fatal(err)
+	}
+	if _, err := b.user.UpdateConfig(ctx, &openshellv1.UpdateConfigRequest{Name: "watched", Policy: networkPolicy("b.example.com")}); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	for {
+		ev, err := w.Recv()
+		if err != nil {
+			t.Fatalf("a's watch ended before it sent b's policy: %v", err)
+		}
+		if eps := ev.GetSandbox().GetSpec().GetPolicy().GetNetworkPolicies()["api"].GetEndpoints(); len(eps) == 1 && eps[0].GetHost() == "b.example.com" {
+			t.Logf("a's watch sent b's write after %v", time.Since(start).Round(time.Millisecond))
+			if d := time.Since(start); d > 3*time.Second {
+				t.Fatalf("a's watch took %v to send b's write; it re-reads every second", d)
+			}
+			return
+		}
 	}
 }

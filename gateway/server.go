@@ -87,7 +87,15 @@ type Options struct {
 	// the driver mounts (DriverSandboxSpec.gateway_socket_dir); nil = none, the
 	// sandboxes dial the TCP endpoint.
 	SandboxSockets SandboxSockets
+	// SharedStore says other gateway replicas write the same store. Their writes wake
+	// no watcher of this gateway, so a watch re-reads its sandbox every
+	// sharedStoreRecheck as well as on this gateway's own writes.
+	SharedStore bool
 }
+
+// sharedStoreRecheck is how often a watch re-reads a record other replicas may write:
+// the pace at which a replica learns of the others' sessions, too.
+const sharedStoreRecheck = time.Second
 
 // KindSandbox is the store kind of sandbox records.
 const KindSandbox = kindSandbox

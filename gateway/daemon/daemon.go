@@ -236,6 +236,7 @@ func Start(ctx context.Context, cfg *config.Config, log *slog.Logger) (_ *Gatewa
 		Store: st, Driver: drv, DriverName: name, Tokens: issuer, Log: log,
 		GatewayHost: hostForClients(cfg), GatewayPort: uint32(port), GatewayScheme: scheme,
 		Exec: sshrelay.Exec, Interactive: sshrelay.Interactive, Secrets: box, SSHSessionTTL: cfg.SSHSessionTTL,
+		SharedStore: cfg.PeerAddress != "",
 	}
 	if sbs != nil {
 		gopts.SandboxSockets = sbs
